@@ -1,0 +1,25 @@
+use crate::ids::TaskId;
+
+/// Errors a [`crate::MasterProxy`] call can return.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The request was malformed; the message says which field and why.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// No task with this id is known (never submitted, or forgotten after its retention).
+    #[error("task {0} not found")]
+    NotFound(TaskId),
+    /// The request conflicts with recorded state, e.g. a task id reused with another spec.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The request is too large to accept.
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
+    /// The master is not running (stopped, crashed, or unreachable); retrying later may work.
+    #[error("master unavailable: {0}")]
+    Unavailable(String),
+    /// An unexpected failure inside the master.
+    #[error("internal error: {0}")]
+    Internal(String),
+}

@@ -1,0 +1,200 @@
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+
+/// Identity of a task: a UUIDv7 chosen by the client.
+///
+/// Because the client generates it, a resubmission after a lost reply carries the same id and
+/// the master recognises it instead of enqueuing a second task. UUIDv7 ids sort by creation
+/// time, which is the order `list` pages in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TaskId(uuid::Uuid);
+
+impl TaskId {
+    /// A fresh, time-ordered id.
+    pub fn new() -> Self {
+        TaskId(uuid::Uuid::now_v7())
+    }
+
+    /// Wraps raw bytes (e.g. from another language's client). The nil id is rejected.
+    ///
+    /// # Errors
+    /// [`ApiError::InvalidArgument`] for the all-zero id.
+    pub fn from_bytes(bytes: [u8; 16]) -> Result<Self, ApiError> {
+        let id = uuid::Uuid::from_bytes(bytes);
+        if id.is_nil() {
+            return Err(ApiError::InvalidArgument("task id must not be nil".into()));
+        }
+        Ok(TaskId(id))
+    }
+
+    /// The 16 bytes of the id.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+}
+
+impl Default for TaskId {
+    fn default() -> Self {
+        TaskId::new()
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl FromStr for TaskId {
+    type Err = ApiError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let id = uuid::Uuid::parse_str(s)
+            .map_err(|e| ApiError::InvalidArgument(format!("task id {s:?} is not a UUID: {e}")))?;
+        TaskId::from_bytes(*id.as_bytes())
+    }
+}
+
+/// Number of one try of a task, counted from 1. Every message about a running task carries it,
+/// so an answer from an attempt that is no longer current is recognised and dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct Attempt(pub u32);
+
+impl Attempt {
+    /// The attempt after this one.
+    pub fn next(self) -> Attempt {
+        Attempt(self.0.saturating_add(1))
+    }
+}
+
+impl fmt::Display for Attempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// The longest group or pod name accepted.
+const MAX_NAME_LEN: usize = 128;
+
+fn validate_name(kind: &str, name: &str) -> Result<(), ApiError> {
+    if name.is_empty() {
+        return Err(ApiError::InvalidArgument(format!("{kind} name must not be empty")));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(ApiError::InvalidArgument(format!(
+            "{kind} name is {} bytes long, the limit is {MAX_NAME_LEN}",
+            name.len()
+        )));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/')))
+    {
+        return Err(ApiError::InvalidArgument(format!(
+            "{kind} name {name:?} contains {bad:?}; use ASCII letters, digits and - _ . : /"
+        )));
+    }
+    Ok(())
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        ///
+        /// Cheap to clone (shared string). 1 to 128 ASCII letters, digits or `- _ . : /`.
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            /// Validates and wraps a name.
+            ///
+            /// # Errors
+            /// [`ApiError::InvalidArgument`] naming what is wrong with it.
+            pub fn new(name: impl AsRef<str>) -> Result<Self, ApiError> {
+                let name = name.as_ref();
+                validate_name($kind, name)?;
+                Ok($name(Arc::from(name)))
+            }
+
+            /// The name as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = ApiError;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                $name::new(s)
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = ApiError;
+            fn try_from(s: &str) -> Result<Self, Self::Error> {
+                $name::new(s)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ApiError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                $name::new(s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(n: $name) -> String {
+                n.0.to_string()
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A consumer group: tasks of a group are pulled by the workers of that group.
+    GroupName,
+    "group"
+);
+name_type!(
+    /// Identity of a pod: one worker process hosting workers of one or more groups.
+    PodId,
+    "pod"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_validated() {
+        assert!(GroupName::new("etl.load-2").is_ok());
+        assert!(GroupName::new("").is_err());
+        assert!(GroupName::new("has space").is_err());
+        assert!(PodId::new("x".repeat(129)).is_err());
+        let json = serde_json::to_string(&GroupName::new("a").unwrap()).unwrap();
+        assert_eq!(json, "\"a\"");
+        assert!(serde_json::from_str::<GroupName>("\"b a d\"").is_err());
+    }
+
+    #[test]
+    fn task_ids_parse_and_reject_nil() {
+        let id = TaskId::new();
+        assert_eq!(id.to_string().parse::<TaskId>().unwrap(), id);
+        assert!("00000000-0000-0000-0000-000000000000".parse::<TaskId>().is_err());
+        assert!("nope".parse::<TaskId>().is_err());
+        assert!(TaskId::new() > id, "v7 ids grow with time");
+    }
+}

@@ -1,0 +1,39 @@
+//! Domain types of mawex, the [`MasterProxy`] trait every client talks through, and the
+//! transport-agnostic messages a pod and the master exchange.
+//!
+//! This crate depends on no other mawex crate. Everything here is plain data: it can be sent
+//! over a channel in-process or converted to protobuf at the gRPC edge.
+//!
+//! ```
+//! use mawex_api::{GroupName, TaskSpec, TaskId};
+//!
+//! let group = GroupName::new("thumbnails").expect("a valid group name");
+//! let spec = TaskSpec::new(group, "resize", b"cat.png".to_vec()).with_priority(5);
+//! assert_eq!(spec.priority, 5);
+//! // The client chooses the id, so submitting the same spec again is idempotent.
+//! let again = spec.clone();
+//! assert_eq!(spec.id, again.id);
+//! assert_ne!(spec.id, TaskId::new());
+//! ```
+
+mod error;
+mod ids;
+pub mod pod;
+mod proxy;
+mod task;
+mod time;
+
+pub use error::ApiError;
+pub use ids::{Attempt, GroupName, PodId, TaskId};
+pub use proxy::{
+    CancelAck, ListQuery, MasterProxy, ResultCursor, ResultStream, SubmitAck, TaskPage,
+    MAX_LIST_LIMIT,
+};
+pub use task::{
+    ErrorKind, Limits, Outcome, TaskError, TaskResult, TaskSpec, TaskState, TaskView,
+    MAX_HANDLER_LEN,
+};
+pub use time::Timestamp;
+
+/// Re-exported so users need no direct dependency to build payloads.
+pub use bytes::Bytes;

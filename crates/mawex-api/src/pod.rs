@@ -1,0 +1,125 @@
+//! Messages between a pod and the master.
+//!
+//! Transport-agnostic: in-process pods exchange these values over channels, remote pods over
+//! one bidirectional gRPC stream that carries exactly these messages.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Attempt, GroupName, PodId, TaskId};
+use crate::task::{TaskError, TaskSpec};
+
+/// One attempt of one task: the fencing token of a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AttemptRef {
+    /// The task.
+    pub task: TaskId,
+    /// Its attempt.
+    pub attempt: Attempt,
+}
+
+/// The first message of a pod on a new connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PodHello {
+    /// The pod's identity; a second registration under the same id replaces the first.
+    pub pod: PodId,
+    /// Groups the pod hosts a worker for.
+    pub groups: Vec<GroupName>,
+    /// How many attempts it runs at once (1: strictly one after another).
+    pub slots: u32,
+    /// How many more leases it holds queued beyond its slots, to hide the round trip to the
+    /// master. 0 keeps dispatch strict: a task is leased only when a slot is free.
+    pub prefetch: u32,
+    /// Free-form labels (zone, machine type, ...).
+    pub labels: BTreeMap<String, String>,
+    /// Address other pods can reach it at, if any.
+    pub address: Option<String>,
+    /// Attempts it still holds from an earlier connection, for the master to re-adopt.
+    pub holding: Vec<AttemptRef>,
+}
+
+impl PodHello {
+    /// A hello for `pod` serving `groups` with one slot and no prefetch.
+    pub fn new(pod: PodId, groups: Vec<GroupName>) -> Self {
+        PodHello {
+            pod,
+            groups,
+            slots: 1,
+            prefetch: 0,
+            labels: BTreeMap::new(),
+            address: None,
+            holding: Vec::new(),
+        }
+    }
+}
+
+/// The master's answer to a [`PodHello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Welcome {
+    /// Identifies this connection; messages of a replaced connection are ignored.
+    pub session: u64,
+    /// How often the pod should heartbeat.
+    pub heartbeat_interval: Duration,
+    /// After this long without a heartbeat the pod's leases expire.
+    pub lease_timeout: Duration,
+}
+
+impl Welcome {
+    /// A welcome for `session`.
+    pub fn new(session: u64, heartbeat_interval: Duration, lease_timeout: Duration) -> Self {
+        Welcome {
+            session,
+            heartbeat_interval,
+            lease_timeout,
+        }
+    }
+}
+
+/// A lease: run this attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The attempt being leased.
+    pub attempt: AttemptRef,
+    /// What to run.
+    pub spec: TaskSpec,
+}
+
+/// Messages a pod sends after its hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum PodMessage {
+    /// I am alive; these are the attempts I hold (running or queued). Renews all my leases.
+    Heartbeat {
+        /// Attempts held.
+        holding: Vec<AttemptRef>,
+    },
+    /// An attempt finished.
+    Finished {
+        /// Which attempt.
+        attempt: AttemptRef,
+        /// Its output or error.
+        outcome: Result<Bytes, TaskError>,
+    },
+    /// I give these attempts back unfinished (shutting down): run them elsewhere now.
+    Returned {
+        /// Attempts handed back.
+        attempts: Vec<AttemptRef>,
+    },
+    /// I am leaving: lease me nothing more.
+    Leave,
+}
+
+/// Messages the master sends to a pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum MasterMessage {
+    /// New leases, in the order they should start.
+    Assign(Vec<Assignment>),
+    /// Stop this attempt: it was cancelled, or it is no longer yours.
+    Cancel(AttemptRef),
+}

@@ -1,0 +1,178 @@
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::ids::{GroupName, TaskId};
+use crate::task::{TaskResult, TaskSpec, TaskState, TaskView};
+
+/// The most tasks one `list` page returns.
+pub const MAX_LIST_LIMIT: usize = 1000;
+
+/// Answer to a submit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SubmitAck {
+    /// The task's id.
+    pub id: TaskId,
+    /// False when a task with this id was already known: the submit was a harmless repeat.
+    pub created: bool,
+}
+
+impl SubmitAck {
+    /// An acknowledgement for `id`.
+    pub fn new(id: TaskId, created: bool) -> Self {
+        SubmitAck { id, created }
+    }
+}
+
+/// Answer to a cancel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum CancelAck {
+    /// The task is now cancelled (a running attempt is told to stop).
+    Cancelled,
+    /// The task had already finished in this state; nothing changed.
+    AlreadyFinished(TaskState),
+}
+
+/// Position in a group's result stream: results after it are delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ResultCursor(pub u64);
+
+impl ResultCursor {
+    /// The cursor that resumes after `result`.
+    pub fn after(result: &TaskResult) -> Self {
+        ResultCursor(result.seq)
+    }
+}
+
+/// A stream of results, retained ones first, then live ones as they are recorded.
+pub type ResultStream = Pin<Box<dyn Stream<Item = Result<TaskResult, ApiError>> + Send>>;
+
+/// Filters and pagination of `list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ListQuery {
+    /// Only tasks of this group.
+    pub group: Option<GroupName>,
+    /// Only tasks in this state.
+    pub state: Option<TaskState>,
+    /// Resume after this id (the previous page's `next`).
+    pub after: Option<TaskId>,
+    /// Page size, 1 to [`MAX_LIST_LIMIT`].
+    pub limit: usize,
+}
+
+impl Default for ListQuery {
+    fn default() -> Self {
+        ListQuery {
+            group: None,
+            state: None,
+            after: None,
+            limit: 100,
+        }
+    }
+}
+
+impl ListQuery {
+    /// Only tasks of `group`.
+    pub fn group(mut self, group: GroupName) -> Self {
+        self.group = Some(group);
+        self
+    }
+
+    /// Only tasks in `state`.
+    pub fn state(mut self, state: TaskState) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// Resume after `id`.
+    pub fn after(mut self, id: TaskId) -> Self {
+        self.after = Some(id);
+        self
+    }
+
+    /// Page size.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+}
+
+/// One page of `list`, in task id (submission time) order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TaskPage {
+    /// The tasks of this page.
+    pub tasks: Vec<TaskView>,
+    /// Pass as `after` to get the next page; `None` on the last page.
+    pub next: Option<TaskId>,
+}
+
+impl TaskPage {
+    /// A page of `tasks` followed by `next`.
+    pub fn new(tasks: Vec<TaskView>, next: Option<TaskId>) -> Self {
+        TaskPage { tasks, next }
+    }
+}
+
+/// Everything a client can ask of a master. `LocalMasterProxy` answers in-process;
+/// `RemoteMasterProxy` answers over gRPC. Both give the same guarantees: a call that returned
+/// `Ok` was made durable by the master before it answered.
+#[async_trait]
+pub trait MasterProxy: Send + Sync {
+    /// Submits one task. Repeating a submit with the same id and spec is harmless.
+    ///
+    /// # Errors
+    /// `InvalidArgument` or `ResourceExhausted` for a bad spec, `Conflict` for an id already
+    /// used by a different spec, `Unavailable` when the master is down.
+    async fn submit(&self, spec: TaskSpec) -> Result<SubmitAck, ApiError>;
+
+    /// Submits a batch atomically: all are accepted, or none (the error names the first bad one).
+    ///
+    /// # Errors
+    /// As [`MasterProxy::submit`].
+    async fn submit_many(&self, specs: Vec<TaskSpec>) -> Result<Vec<SubmitAck>, ApiError>;
+
+    /// The task as the master knows it now.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown id.
+    async fn get(&self, id: TaskId) -> Result<TaskView, ApiError>;
+
+    /// Cancels a pending or running task.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown id.
+    async fn cancel(&self, id: TaskId) -> Result<CancelAck, ApiError>;
+
+    /// Waits until the task is finished and returns its result.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown id; `Unavailable` if the master stops while waiting.
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the wait and nothing else.
+    async fn await_result(&self, id: TaskId) -> Result<TaskResult, ApiError>;
+
+    /// Results of one group: those still retained after `after` (all retained ones if `None`),
+    /// then live ones, in recording order. Resume with the `seq` of the last result seen.
+    ///
+    /// # Errors
+    /// `Unavailable` when the master is down.
+    async fn results(
+        &self,
+        group: GroupName,
+        after: Option<ResultCursor>,
+    ) -> Result<ResultStream, ApiError>;
+
+    /// Lists tasks matching `query`, one page at a time.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a limit of 0 or above [`MAX_LIST_LIMIT`].
+    async fn list(&self, query: ListQuery) -> Result<TaskPage, ApiError>;
+}

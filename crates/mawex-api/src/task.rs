@@ -1,0 +1,309 @@
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::ids::{Attempt, GroupName, PodId, TaskId};
+use crate::time::Timestamp;
+
+/// The longest handler name accepted, in bytes.
+pub const MAX_HANDLER_LEN: usize = 256;
+
+/// Resource limits of one attempt. Sandboxes enforce what they can (a timeout everywhere,
+/// memory in child processes and Kubernetes Jobs).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Wall-clock limit of one attempt.
+    pub timeout: Option<Duration>,
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<u64>,
+}
+
+impl Limits {
+    /// Limits with a wall-clock timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Limits with a memory ceiling.
+    pub fn with_memory_bytes(mut self, bytes: u64) -> Self {
+        self.memory_bytes = Some(bytes);
+        self
+    }
+}
+
+/// What to run, where, and how: everything a client says about a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TaskSpec {
+    /// Client-chosen identity; resubmitting the same id is idempotent.
+    pub id: TaskId,
+    /// The consumer group whose workers run it.
+    pub group: GroupName,
+    /// Name of the handler the pod's sandbox runs.
+    pub handler: String,
+    /// Opaque input handed to the handler.
+    pub payload: Bytes,
+    /// Higher runs first; tasks of equal priority run oldest first.
+    pub priority: i32,
+    /// Limits of each attempt.
+    pub limits: Limits,
+}
+
+impl TaskSpec {
+    /// A task with a fresh id, priority 0 and no limits.
+    pub fn new(group: GroupName, handler: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        TaskSpec {
+            id: TaskId::new(),
+            group,
+            handler: handler.into(),
+            payload: payload.into(),
+            priority: 0,
+            limits: Limits::default(),
+        }
+    }
+
+    /// The same task under a given id.
+    pub fn with_id(mut self, id: TaskId) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// The same task with another priority.
+    pub fn with_priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// The same task with other limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Checks what the types alone cannot: handler name, limits and payload size.
+    ///
+    /// # Errors
+    /// [`ApiError::InvalidArgument`] or [`ApiError::ResourceExhausted`] saying what to fix.
+    pub fn validate(&self, max_payload_bytes: usize) -> Result<(), ApiError> {
+        if self.handler.is_empty() {
+            return Err(ApiError::InvalidArgument(format!(
+                "task {}: handler name must not be empty",
+                self.id
+            )));
+        }
+        if self.handler.len() > MAX_HANDLER_LEN || self.handler.chars().any(char::is_control) {
+            return Err(ApiError::InvalidArgument(format!(
+                "task {}: handler name must be at most {MAX_HANDLER_LEN} bytes without control characters",
+                self.id
+            )));
+        }
+        if self.limits.timeout == Some(Duration::ZERO) {
+            return Err(ApiError::InvalidArgument(format!(
+                "task {}: a timeout of zero would fail every attempt; omit it for no timeout",
+                self.id
+            )));
+        }
+        if self.limits.memory_bytes == Some(0) {
+            return Err(ApiError::InvalidArgument(format!(
+                "task {}: a memory limit of zero bytes is not satisfiable",
+                self.id
+            )));
+        }
+        if self.payload.len() > max_payload_bytes {
+            return Err(ApiError::ResourceExhausted(format!(
+                "task {}: payload is {} bytes, the limit is {max_payload_bytes}",
+                self.id,
+                self.payload.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum TaskState {
+    /// Accepted and waiting for a free slot of a worker of its group.
+    Pending,
+    /// Leased to a pod as its current attempt.
+    Running,
+    /// Finished with an output.
+    Succeeded,
+    /// Finished with an error.
+    Failed,
+    /// Cancelled before it finished.
+    Cancelled,
+}
+
+impl TaskState {
+    /// True for states a task never leaves.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled)
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TaskState::Pending => "pending",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        })
+    }
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The handler returned an error.
+    Handler,
+    /// The handler panicked.
+    Panicked,
+    /// No handler of that name is registered in the pod's sandbox.
+    UnknownHandler,
+    /// The attempt ran past its timeout.
+    TimedOut,
+    /// The attempt was cancelled.
+    Cancelled,
+    /// The process running the attempt died (signal, abort).
+    Crashed,
+    /// A command exited with a non-zero status.
+    NonZeroExit,
+    /// The attempt exceeded its memory limit.
+    OutOfMemory,
+    /// The sandbox itself failed (could not start the attempt).
+    Sandbox,
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorKind::Handler => "handler error",
+            ErrorKind::Panicked => "panicked",
+            ErrorKind::UnknownHandler => "unknown handler",
+            ErrorKind::TimedOut => "timed out",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::Crashed => "crashed",
+            ErrorKind::NonZeroExit => "non-zero exit",
+            ErrorKind::OutOfMemory => "out of memory",
+            ErrorKind::Sandbox => "sandbox error",
+        })
+    }
+}
+
+/// A failed attempt: what kind of failure and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskError {
+    /// The class of failure.
+    pub kind: ErrorKind,
+    /// Details, e.g. the handler's error or the panic message.
+    pub message: String,
+}
+
+impl TaskError {
+    /// An error of `kind` with `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        TaskError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The handler's output.
+    Succeeded(Bytes),
+    /// The last attempt's error.
+    Failed(TaskError),
+    /// Cancelled by a client.
+    Cancelled,
+}
+
+impl Outcome {
+    /// The terminal state this outcome puts a task in.
+    pub fn state(&self) -> TaskState {
+        match self {
+            Outcome::Succeeded(_) => TaskState::Succeeded,
+            Outcome::Failed(_) => TaskState::Failed,
+            Outcome::Cancelled => TaskState::Cancelled,
+        }
+    }
+}
+
+/// The recorded result of a finished task, as delivered to waiters and result streams.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TaskResult {
+    /// The task.
+    pub id: TaskId,
+    /// Its group.
+    pub group: GroupName,
+    /// The attempt whose result this is (0 if it never ran, e.g. cancelled while pending).
+    pub attempt: Attempt,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// When the master recorded it.
+    pub finished_at: Timestamp,
+    /// Position in the master's result log; pass it back as a
+    /// [`crate::ResultCursor`] to resume a result stream after this result.
+    pub seq: u64,
+}
+
+/// A snapshot of one task as the master knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TaskView {
+    /// What was submitted.
+    pub spec: TaskSpec,
+    /// Where it is in its life.
+    pub state: TaskState,
+    /// The current or last attempt (0 before the first one).
+    pub attempt: Attempt,
+    /// The pod running the current attempt.
+    pub pod: Option<PodId>,
+    /// When the master accepted it.
+    pub submitted_at: Timestamp,
+    /// When the current or last attempt was assigned.
+    pub started_at: Option<Timestamp>,
+    /// The result, once finished.
+    pub result: Option<TaskResult>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> TaskSpec {
+        TaskSpec::new(GroupName::new("g").unwrap(), "h", vec![1, 2, 3])
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        assert!(spec().validate(3).is_ok());
+        let err = spec().validate(2).unwrap_err();
+        assert!(matches!(err, ApiError::ResourceExhausted(ref m) if m.contains("3 bytes")));
+        let mut s = spec();
+        s.handler.clear();
+        assert!(matches!(s.validate(10), Err(ApiError::InvalidArgument(_))));
+        let s = spec().with_limits(Limits::default().with_timeout(Duration::ZERO));
+        assert!(matches!(s.validate(10), Err(ApiError::InvalidArgument(ref m)) if m.contains("timeout")));
+    }
+}

@@ -1,0 +1,52 @@
+use bytes::Bytes;
+use mawex_api::pod::AttemptRef;
+use mawex_api::{Attempt, GroupName, Limits, TaskId, TaskSpec};
+
+/// Everything a sandbox needs to run one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TaskInput {
+    /// The task.
+    pub task: TaskId,
+    /// Which attempt this is (1 for the first).
+    pub attempt: Attempt,
+    /// The task's group.
+    pub group: GroupName,
+    /// The handler to run.
+    pub handler: String,
+    /// The task's payload.
+    pub payload: Bytes,
+    /// Limits of this attempt.
+    pub limits: Limits,
+}
+
+impl TaskInput {
+    /// The input for `attempt` of `spec`.
+    pub fn new(attempt: AttemptRef, spec: TaskSpec) -> Self {
+        TaskInput {
+            task: attempt.task,
+            attempt: attempt.attempt,
+            group: spec.group,
+            handler: spec.handler,
+            payload: spec.payload,
+            limits: spec.limits,
+        }
+    }
+
+    /// An input for trying a handler outside a master: group `test`, attempt 1.
+    pub fn for_test(handler: &str, payload: impl Into<Bytes>) -> Self {
+        let group = match GroupName::new("test") {
+            Ok(group) => group,
+            // "test" is a valid name by the rules in mawex-api; a change there is a bug here.
+            Err(e) => unreachable!("{e}"),
+        };
+        TaskInput {
+            task: TaskId::new(),
+            attempt: Attempt(1),
+            group,
+            handler: handler.to_owned(),
+            payload: payload.into(),
+            limits: Limits::default(),
+        }
+    }
+}
