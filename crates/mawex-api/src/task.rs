@@ -267,6 +267,27 @@ pub struct TaskResult {
     pub seq: u64,
 }
 
+impl TaskResult {
+    /// The result of `attempt` of task `id`, recorded at `finished_at` as number `seq`.
+    pub fn new(
+        id: TaskId,
+        group: GroupName,
+        attempt: Attempt,
+        outcome: Outcome,
+        finished_at: Timestamp,
+        seq: u64,
+    ) -> Self {
+        TaskResult {
+            id,
+            group,
+            attempt,
+            outcome,
+            finished_at,
+            seq,
+        }
+    }
+}
+
 /// A snapshot of one task as the master knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -285,6 +306,21 @@ pub struct TaskView {
     pub started_at: Option<Timestamp>,
     /// The result, once finished.
     pub result: Option<TaskResult>,
+}
+
+impl TaskView {
+    /// A view of a task submitted as `spec`, now in `state`; other fields are empty.
+    pub fn new(spec: TaskSpec, state: TaskState, submitted_at: Timestamp) -> Self {
+        TaskView {
+            spec,
+            state,
+            attempt: Attempt(0),
+            pod: None,
+            submitted_at,
+            started_at: None,
+            result: None,
+        }
+    }
 }
 
 #[cfg(test)]

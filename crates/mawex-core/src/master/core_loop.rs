@@ -1,0 +1,412 @@
+//! The one thread that owns the master's state: group commit and delivery.
+//!
+//! Each turn: wait for a message (or the next lease deadline), drain everything queued,
+//! decide it all (events are applied in memory as they are decided), run timers and
+//! dispatch, append the whole batch to the journal with one flush, and only then answer
+//! clients, send assignments and publish results. A journal error stops the core: the
+//! in-memory state may be ahead of the disk, and the disk is the truth on restart.
+//!
+//! The core is a plain OS thread, not a tokio task, because the journal's flush is a
+//! blocking fsync; on its own thread it blocks nothing else, and work that arrives
+//! meanwhile simply forms the next batch.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mawex_api::pod::{Assignment, MasterMessage, PodHello, PodMessage, Welcome};
+use mawex_api::{
+    ApiError, CancelAck, GroupName, ListQuery, ResultCursor, SubmitAck, TaskId, TaskPage,
+    TaskResult, TaskSpec, TaskView, MAX_LIST_LIMIT,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, error, info};
+
+use super::engine::{Engine, Output};
+use super::event::Event;
+use super::{MasterConfig, MasterStats};
+use crate::clock::Clock;
+use crate::error::CoreError;
+use crate::journal::Journal;
+
+/// Answer channel of a request.
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
+
+/// Everything the core loop can be asked. Closed: adding a request means adding a variant.
+pub(crate) enum CoreMsg {
+    Submit {
+        specs: Vec<TaskSpec>,
+        reply: Reply<Vec<SubmitAck>>,
+    },
+    Get {
+        id: TaskId,
+        reply: Reply<TaskView>,
+    },
+    Cancel {
+        id: TaskId,
+        reply: Reply<CancelAck>,
+    },
+    AwaitResult {
+        id: TaskId,
+        reply: Reply<TaskResult>,
+    },
+    Subscribe {
+        group: GroupName,
+        after: Option<ResultCursor>,
+        results: mpsc::UnboundedSender<Result<TaskResult, ApiError>>,
+        reply: Reply<()>,
+    },
+    List {
+        query: ListQuery,
+        reply: Reply<TaskPage>,
+    },
+    PodConnect {
+        hello: PodHello,
+        outbox: mpsc::UnboundedSender<MasterMessage>,
+        reply: Reply<Welcome>,
+    },
+    Pod {
+        session: u64,
+        message: PodMessage,
+    },
+    PodDisconnected {
+        session: u64,
+    },
+    /// Wake up and run timers now (tests with a manual clock).
+    Tick,
+    /// Stop cleanly: finish the batch, snapshot, close.
+    Shutdown { done: oneshot::Sender<()> },
+    /// Stop at once as a crash would: the current batch is not committed, no snapshot.
+    Halt,
+}
+
+/// The most messages decided in one batch; bounds the latency of one turn.
+const MAX_BATCH_MESSAGES: usize = 16 * 1024;
+/// The longest the loop sleeps without checking timers.
+const MAX_IDLE: Duration = Duration::from_millis(250);
+
+pub(crate) struct Subscriber {
+    group: GroupName,
+    results: mpsc::UnboundedSender<Result<TaskResult, ApiError>>,
+}
+
+type Deferred = Box<dyn FnOnce() + Send>;
+
+enum Stop {
+    Clean(oneshot::Sender<()>),
+    Crash,
+}
+
+pub(crate) struct CoreLoop<J> {
+    pub(crate) engine: Engine,
+    pub(crate) journal: J,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: MasterConfig,
+    pub(crate) inbox: Receiver<CoreMsg>,
+    pub(crate) last_seq: u64,
+    pub(crate) events_since_snapshot: u64,
+    pub(crate) stats: watch::Sender<MasterStats>,
+    pub(crate) sessions: HashMap<u64, mpsc::UnboundedSender<MasterMessage>>,
+    pub(crate) next_session: u64,
+    pub(crate) waiters: HashMap<TaskId, Vec<Reply<TaskResult>>>,
+    pub(crate) subscribers: Vec<Subscriber>,
+}
+
+impl<J: Journal> CoreLoop<J> {
+    /// Runs until shutdown, halt, or a journal failure.
+    pub(crate) fn run(mut self) -> Result<(), CoreError> {
+        let mut batch: Vec<CoreMsg> = Vec::new();
+        loop {
+            let wait = self.wait_time();
+            match self.inbox.recv_timeout(wait) {
+                Ok(msg) => batch.push(msg),
+                Err(RecvTimeoutError::Timeout) => {}
+                // Every handle, proxy and pod link is gone: nobody can ask anything more.
+                Err(RecvTimeoutError::Disconnected) => return self.stop_cleanly(),
+            }
+            while batch.len() < MAX_BATCH_MESSAGES {
+                match self.inbox.try_recv() {
+                    Ok(msg) => batch.push(msg),
+                    Err(_) => break,
+                }
+            }
+            let now = self.clock.now();
+            let mut out = Output::default();
+            let mut deferred: Vec<Deferred> = Vec::new();
+            let mut new_subscribers: Vec<(Subscriber, Option<ResultCursor>, Reply<()>)> = Vec::new();
+            let mut stop = None;
+            for msg in batch.drain(..) {
+                match msg {
+                    CoreMsg::Halt => {
+                        stop = Some(Stop::Crash);
+                        break;
+                    }
+                    CoreMsg::Shutdown { done } => stop = Some(Stop::Clean(done)),
+                    CoreMsg::Subscribe {
+                        group,
+                        after,
+                        results,
+                        reply,
+                    } => new_subscribers.push((Subscriber { group, results }, after, reply)),
+                    other => self.handle(other, now, &mut out, &mut deferred),
+                }
+            }
+            if matches!(stop, Some(Stop::Crash)) {
+                info!("master halted without committing its last batch");
+                return Ok(());
+            }
+            self.engine.tick(now, &mut out);
+            if stop.is_none() {
+                self.engine.dispatch(now, &mut out);
+            }
+            if let Err(e) = self.commit(&out.events) {
+                error!(error = %e, "journal append failed; the master stops");
+                return Err(e);
+            }
+            self.deliver(out, deferred, new_subscribers, now);
+            self.publish_stats();
+            if let Some(Stop::Clean(done)) = stop {
+                self.stop_cleanly()?;
+                let _ = done.send(());
+                return Ok(());
+            }
+            if self.config.snapshot_every > 0
+                && self.events_since_snapshot >= self.config.snapshot_every
+            {
+                self.take_snapshot()?;
+            }
+        }
+    }
+
+    fn wait_time(&self) -> Duration {
+        let now = self.clock.now();
+        match self.engine.next_deadline() {
+            Some(deadline) => deadline
+                .saturating_since(now)
+                .clamp(Duration::from_millis(1), MAX_IDLE),
+            None => MAX_IDLE,
+        }
+    }
+
+    fn handle(
+        &mut self,
+        msg: CoreMsg,
+        now: mawex_api::Timestamp,
+        out: &mut Output,
+        deferred: &mut Vec<Deferred>,
+    ) {
+        fn answer<T: Send + 'static>(
+            deferred: &mut Vec<Deferred>,
+            reply: Reply<T>,
+            value: Result<T, ApiError>,
+        ) {
+            deferred.push(Box::new(move || {
+                // The requester may have given up; nothing to do then.
+                let _ = reply.send(value);
+            }));
+        }
+        match msg {
+            CoreMsg::Submit { specs, reply } => {
+                let r = self.engine.submit(specs, now, out);
+                answer(deferred, reply, r);
+            }
+            CoreMsg::Get { id, reply } => {
+                let r = self.engine.state().view(&id).ok_or(ApiError::NotFound(id));
+                answer(deferred, reply, r);
+            }
+            CoreMsg::Cancel { id, reply } => {
+                let r = self.engine.cancel(id, now, out);
+                answer(deferred, reply, r);
+            }
+            CoreMsg::AwaitResult { id, reply } => match self.engine.state().task(&id) {
+                None => answer(deferred, reply, Err(ApiError::NotFound(id))),
+                Some(entry) => match &entry.result {
+                    Some(result) => answer(deferred, reply, Ok(result.clone())),
+                    None => self.waiters.entry(id).or_default().push(reply),
+                },
+            },
+            CoreMsg::List { query, reply } => {
+                let r = if query.limit == 0 || query.limit > MAX_LIST_LIMIT {
+                    Err(ApiError::InvalidArgument(format!(
+                        "list limit must be between 1 and {MAX_LIST_LIMIT}, got {}",
+                        query.limit
+                    )))
+                } else {
+                    Ok(self.engine.state().list(&query))
+                };
+                answer(deferred, reply, r);
+            }
+            CoreMsg::PodConnect {
+                hello,
+                outbox,
+                reply,
+            } => {
+                self.next_session += 1;
+                let session = self.next_session;
+                let r = self
+                    .engine
+                    .pod_hello(session, hello, now, out)
+                    .map(|()| {
+                        self.sessions.insert(session, outbox);
+                        Welcome::new(
+                            session,
+                            self.config.heartbeat_interval,
+                            self.config.lease_timeout,
+                        )
+                    });
+                answer(deferred, reply, r);
+            }
+            CoreMsg::Pod { session, message } => {
+                self.engine.pod_message(session, message, now, out);
+            }
+            CoreMsg::PodDisconnected { session } => {
+                self.sessions.remove(&session);
+                self.engine.pod_disconnected(session, now);
+            }
+            CoreMsg::Tick => {}
+            // Handled by the caller.
+            CoreMsg::Subscribe { .. } | CoreMsg::Shutdown { .. } | CoreMsg::Halt => {}
+        }
+    }
+
+    fn commit(&mut self, events: &[Event]) -> Result<(), CoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.journal.append(self.last_seq + 1, events)?;
+        self.last_seq += events.len() as u64;
+        self.events_since_snapshot += events.len() as u64;
+        Ok(())
+    }
+
+    /// Everything that may leave the master once the batch is durable.
+    fn deliver(
+        &mut self,
+        out: Output,
+        deferred: Vec<Deferred>,
+        new_subscribers: Vec<(Subscriber, Option<ResultCursor>, Reply<()>)>,
+        now: mawex_api::Timestamp,
+    ) {
+        for reply in deferred {
+            reply();
+        }
+
+        // Assignments, grouped per pod, skipping any cancelled in the same batch.
+        let mut assigns: HashMap<u64, Vec<Assignment>> = HashMap::new();
+        let mut finished: Vec<TaskId> = Vec::new();
+        for event in &out.events {
+            match event {
+                Event::TaskAssigned { attempt, pod, .. } => {
+                    let state = self.engine.state();
+                    let Some(entry) = state.task(&attempt.task) else {
+                        continue;
+                    };
+                    if entry.current() != *attempt || entry.result.is_some() {
+                        continue;
+                    }
+                    if let Some(session) = self.engine.session_of(pod) {
+                        assigns.entry(session).or_default().push(Assignment {
+                            attempt: *attempt,
+                            spec: entry.spec.clone(),
+                        });
+                    }
+                }
+                Event::TaskFinished { attempt, .. } => finished.push(attempt.task),
+                Event::TaskCancelled { task, .. } => finished.push(*task),
+                _ => {}
+            }
+        }
+        let mut dead_sessions = Vec::new();
+        for (session, list) in assigns {
+            if !self.send_to(session, MasterMessage::Assign(list)) {
+                dead_sessions.push(session);
+            }
+        }
+        for (session, message) in out.messages {
+            if !self.send_to(session, message) {
+                dead_sessions.push(session);
+            }
+        }
+        for session in out.closed_sessions {
+            self.sessions.remove(&session);
+        }
+        for session in dead_sessions {
+            self.sessions.remove(&session);
+            self.engine.pod_disconnected(session, now);
+        }
+
+        // Results: waiters, then existing subscribers, then new subscribers with their
+        // backlog (which already holds this batch's results, so none is sent twice).
+        for id in finished {
+            let Some(result) = self.engine.state().result(&id) else {
+                continue;
+            };
+            if let Some(waiters) = self.waiters.remove(&id) {
+                for w in waiters {
+                    let _ = w.send(Ok(result.clone()));
+                }
+            }
+            self.subscribers.retain(|s| {
+                s.group != result.group || s.results.send(Ok(result.clone())).is_ok()
+            });
+        }
+        for (sub, after, reply) in new_subscribers {
+            let after = after.map_or(0, |c| c.0);
+            let mut open = true;
+            for result in self.engine.state().results_after(after) {
+                if result.group == sub.group && sub.results.send(Ok(result.clone())).is_err() {
+                    open = false;
+                    break;
+                }
+            }
+            if open {
+                self.subscribers.push(sub);
+            }
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    fn send_to(&self, session: u64, message: MasterMessage) -> bool {
+        match self.sessions.get(&session) {
+            Some(outbox) => outbox.send(message).is_ok(),
+            None => {
+                debug!(session, "message for a closed session dropped");
+                true
+            }
+        }
+    }
+
+    fn publish_stats(&self) {
+        let stats = MasterStats {
+            counts: self.engine.counts(),
+            pods: self.engine.pod_stats(),
+            last_seq: self.last_seq,
+        };
+        self.stats.send_replace(stats);
+    }
+
+    fn take_snapshot(&mut self) -> Result<(), CoreError> {
+        let started = std::time::Instant::now();
+        self.journal
+            .snapshot(self.last_seq, self.engine.state())?;
+        self.events_since_snapshot = 0;
+        debug!(seq = self.last_seq, took_ms = started.elapsed().as_millis() as u64, "snapshot taken");
+        Ok(())
+    }
+
+    fn stop_cleanly(&mut self) -> Result<(), CoreError> {
+        if self.events_since_snapshot > 0 {
+            self.take_snapshot()?;
+        }
+        for s in self.subscribers.drain(..) {
+            let _ = s
+                .results
+                .send(Err(ApiError::Unavailable("the master shut down".into())));
+        }
+        self.sessions.clear();
+        info!(seq = self.last_seq, "master stopped cleanly");
+        Ok(())
+    }
+}
+

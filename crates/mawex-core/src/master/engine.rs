@@ -1,0 +1,551 @@
+//! Decisions: what events a command produces, given the state, the live pods and `now`.
+//!
+//! The engine owns the durable [`MasterState`] and the volatile registry of connected pods
+//! (which a restart rebuilds from reconnecting pods, so it is never journaled). It does no
+//! I/O and reads no clock: every method takes `now`. Each emitted event is applied at once,
+//! so later commands of the same batch see earlier ones; the core loop makes the batch
+//! durable before anything leaves the master.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use mawex_api::pod::{AttemptRef, MasterMessage, PodHello, PodMessage};
+use mawex_api::{
+    ApiError, Attempt, CancelAck, GroupName, Outcome, PodId, SubmitAck, TaskId, TaskSpec,
+    TaskState, Timestamp,
+};
+use tracing::debug;
+
+use super::event::{Event, RequeueReason};
+use super::state::{MasterState, TaskCounts};
+
+/// The most slots one pod may declare.
+pub const MAX_POD_SLOTS: u32 = 4096;
+/// The most prefetched leases one pod may ask for.
+pub const MAX_POD_PREFETCH: u32 = 65_536;
+/// The most finished tasks forgotten by one tick, to bound the work of one batch.
+const FORGET_PER_TICK: usize = 10_000;
+
+/// The engine's share of the master configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct EngineConfig {
+    pub(crate) lease_timeout: Duration,
+    pub(crate) result_retention: Duration,
+    pub(crate) max_payload_bytes: usize,
+}
+
+/// What one batch of commands produced.
+#[derive(Debug, Default)]
+pub(crate) struct Output {
+    /// Events to journal, in order; already applied to the state.
+    pub(crate) events: Vec<Event>,
+    /// Messages to pods, by session, to send once the events are durable.
+    pub(crate) messages: Vec<(u64, MasterMessage)>,
+    /// Sessions the engine dropped (expired or replaced): close their connections.
+    pub(crate) closed_sessions: Vec<u64>,
+}
+
+/// A connected pod as the master sees it.
+#[derive(Debug, Clone)]
+struct PodEntry {
+    session: u64,
+    groups: Vec<GroupName>,
+    slots: u32,
+    /// Leases it may hold: slots plus prefetch.
+    capacity: u32,
+    leases: HashMap<TaskId, Attempt>,
+    /// Without a message from the pod by then, its leases expire.
+    expires_at: Timestamp,
+}
+
+impl PodEntry {
+    fn free(&self) -> usize {
+        (self.capacity as usize).saturating_sub(self.leases.len())
+    }
+}
+
+/// A pod's load, for monitoring and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PodStats {
+    /// The pod.
+    pub id: PodId,
+    /// Groups it serves.
+    pub groups: Vec<GroupName>,
+    /// Attempts it runs at once.
+    pub slots: u32,
+    /// Leases it holds now (running or queued in the pod).
+    pub leased: usize,
+}
+
+/// State machine plus live pod registry.
+#[derive(Debug)]
+pub(crate) struct Engine {
+    state: MasterState,
+    config: EngineConfig,
+    /// Ordered so that dispatch order, and so the journal, is deterministic.
+    pods: BTreeMap<PodId, PodEntry>,
+    sessions: HashMap<u64, PodId>,
+    /// Running attempts whose holder is not connected, with the time their lease ends.
+    orphans: HashMap<TaskId, (Attempt, Timestamp)>,
+    /// Rotates which pod dispatch serves first, to spread work.
+    rotation: usize,
+    /// Something changed that may allow new assignments.
+    dispatch_needed: bool,
+}
+
+impl Engine {
+    /// An engine over recovered `state`. Attempts that were running when the master stopped
+    /// become orphans: their pods get one lease timeout to reconnect and claim them.
+    pub(crate) fn new(mut state: MasterState, config: EngineConfig, now: Timestamp) -> Self {
+        state.rebuild_indexes();
+        let deadline = now.saturating_add(config.lease_timeout);
+        let orphans = state
+            .running()
+            .map(|e| (e.spec.id, (e.attempt, deadline)))
+            .collect();
+        Engine {
+            state,
+            config,
+            pods: BTreeMap::new(),
+            sessions: HashMap::new(),
+            orphans,
+            rotation: 0,
+            dispatch_needed: true,
+        }
+    }
+
+    pub(crate) fn state(&self) -> &MasterState {
+        &self.state
+    }
+
+    /// Applies `event` to the registry and the state, and records it for the journal.
+    fn emit(&mut self, event: Event, out: &mut Output) {
+        self.apply(&event);
+        out.events.push(event);
+    }
+
+    /// Applies an event to the volatile registry, then to the durable state.
+    pub(crate) fn apply(&mut self, event: &Event) {
+        match event {
+            Event::TaskAccepted { .. } => self.dispatch_needed = true,
+            Event::TaskAssigned { attempt, pod, .. } => {
+                if let Some(entry) = self.pods.get_mut(pod) {
+                    entry.leases.insert(attempt.task, attempt.attempt);
+                }
+                self.orphans.remove(&attempt.task);
+            }
+            Event::TaskFinished { attempt, .. } | Event::TaskRequeued { attempt, .. } => {
+                self.release(&attempt.task);
+            }
+            Event::TaskCancelled { task, .. } => self.release(task),
+            Event::TasksForgotten { .. } => {}
+        }
+        self.state.apply(event);
+    }
+
+    /// Frees the lease a running task holds, wherever it is.
+    fn release(&mut self, task: &TaskId) {
+        let holder = self.state.task(task).and_then(|e| e.pod.as_ref());
+        if let Some(entry) = holder.and_then(|pod| self.pods.get_mut(pod)) {
+            entry.leases.remove(task);
+        }
+        self.orphans.remove(task);
+        self.dispatch_needed = true;
+    }
+
+    /// Accepts a batch of tasks atomically.
+    pub(crate) fn submit(
+        &mut self,
+        specs: Vec<TaskSpec>,
+        now: Timestamp,
+        out: &mut Output,
+    ) -> Result<Vec<SubmitAck>, ApiError> {
+        let mut acks = Vec::with_capacity(specs.len());
+        let mut fresh: HashMap<TaskId, usize> = HashMap::new();
+        for (index, spec) in specs.iter().enumerate() {
+            let known = match self.state.task(&spec.id) {
+                Some(entry) => Some(&entry.spec),
+                None => fresh.get(&spec.id).map(|&i| &specs[i]),
+            };
+            match known {
+                Some(known) if known == spec => acks.push(SubmitAck::new(spec.id, false)),
+                Some(_) => {
+                    return Err(ApiError::Conflict(format!(
+                        "task #{index} of the batch: id {} is already used by a different task",
+                        spec.id
+                    )))
+                }
+                None => {
+                    spec.validate(self.config.max_payload_bytes).map_err(|e| {
+                        match e {
+                            ApiError::InvalidArgument(m) => {
+                                ApiError::InvalidArgument(format!("task #{index} of the batch: {m}"))
+                            }
+                            ApiError::ResourceExhausted(m) => ApiError::ResourceExhausted(
+                                format!("task #{index} of the batch: {m}"),
+                            ),
+                            other => other,
+                        }
+                    })?;
+                    fresh.insert(spec.id, index);
+                    acks.push(SubmitAck::new(spec.id, true));
+                }
+            }
+        }
+        for (spec, ack) in specs.into_iter().zip(&acks) {
+            if ack.created {
+                self.emit(Event::TaskAccepted { spec, at: now }, out);
+            }
+        }
+        Ok(acks)
+    }
+
+    /// Cancels a pending or running task; a running attempt is told to stop.
+    pub(crate) fn cancel(
+        &mut self,
+        id: TaskId,
+        now: Timestamp,
+        out: &mut Output,
+    ) -> Result<CancelAck, ApiError> {
+        let entry = self.state.task(&id).ok_or(ApiError::NotFound(id))?;
+        if entry.state.is_terminal() {
+            return Ok(CancelAck::AlreadyFinished(entry.state));
+        }
+        if entry.state == TaskState::Running {
+            let session = entry
+                .pod
+                .as_ref()
+                .and_then(|pod| self.pods.get(pod))
+                .map(|p| p.session);
+            if let Some(session) = session {
+                out.messages
+                    .push((session, MasterMessage::Cancel(entry.current())));
+            }
+        }
+        self.emit(Event::TaskCancelled { task: id, at: now }, out);
+        Ok(CancelAck::Cancelled)
+    }
+
+    /// Registers a pod on a new session, replacing an earlier registration of the same id,
+    /// and re-adopts the attempts it still holds.
+    pub(crate) fn pod_hello(
+        &mut self,
+        session: u64,
+        hello: PodHello,
+        now: Timestamp,
+        out: &mut Output,
+    ) -> Result<(), ApiError> {
+        if hello.groups.is_empty() {
+            return Err(ApiError::InvalidArgument(format!(
+                "pod {}: a pod must serve at least one group",
+                hello.pod
+            )));
+        }
+        if !(1..=MAX_POD_SLOTS).contains(&hello.slots) {
+            return Err(ApiError::InvalidArgument(format!(
+                "pod {}: slots must be between 1 and {MAX_POD_SLOTS}, got {}",
+                hello.pod, hello.slots
+            )));
+        }
+        if hello.prefetch > MAX_POD_PREFETCH {
+            return Err(ApiError::InvalidArgument(format!(
+                "pod {}: prefetch must be at most {MAX_POD_PREFETCH}, got {}",
+                hello.pod, hello.prefetch
+            )));
+        }
+        let held: HashMap<TaskId, Attempt> =
+            hello.holding.iter().map(|r| (r.task, r.attempt)).collect();
+
+        // What the pod no longer holds, from an earlier session or from before a master
+        // restart, runs elsewhere now rather than after a lease timeout.
+        let mut lost: Vec<AttemptRef> = Vec::new();
+        if let Some(old) = self.pods.remove(&hello.pod) {
+            self.sessions.remove(&old.session);
+            out.closed_sessions.push(old.session);
+            lost.extend(
+                old.leases
+                    .iter()
+                    .filter(|(task, attempt)| held.get(task) != Some(attempt))
+                    .map(|(&task, &attempt)| AttemptRef { task, attempt }),
+            );
+        }
+        lost.extend(
+            self.orphans
+                .iter()
+                .filter(|(task, (attempt, _))| {
+                    held.get(task) != Some(attempt)
+                        && self.state.task(task).and_then(|e| e.pod.as_ref()) == Some(&hello.pod)
+                })
+                .map(|(&task, &(attempt, _))| AttemptRef { task, attempt }),
+        );
+        for attempt in lost {
+            self.requeue(attempt, RequeueReason::PodLeft, now, out);
+        }
+
+        let groups: Vec<GroupName> = hello
+            .groups
+            .iter()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut entry = PodEntry {
+            session,
+            groups,
+            slots: hello.slots,
+            capacity: hello.slots.saturating_add(hello.prefetch),
+            leases: HashMap::new(),
+            expires_at: now.saturating_add(self.config.lease_timeout),
+        };
+        for r in &hello.holding {
+            let adoptable = self.state.task(&r.task).is_some_and(|e| {
+                e.state == TaskState::Running
+                    && e.attempt == r.attempt
+                    && e.pod.as_ref() == Some(&hello.pod)
+            });
+            if adoptable {
+                entry.leases.insert(r.task, r.attempt);
+                self.orphans.remove(&r.task);
+            } else {
+                out.messages.push((session, MasterMessage::Cancel(*r)));
+            }
+        }
+        debug!(pod = %hello.pod, session, adopted = entry.leases.len(), "pod registered");
+        self.sessions.insert(session, hello.pod.clone());
+        self.pods.insert(hello.pod, entry);
+        self.dispatch_needed = true;
+        Ok(())
+    }
+
+    /// Handles a message of a pod's session. Messages of unknown (replaced or expired)
+    /// sessions are ignored: their pod must register again.
+    pub(crate) fn pod_message(
+        &mut self,
+        session: u64,
+        message: PodMessage,
+        now: Timestamp,
+        out: &mut Output,
+    ) {
+        let Some(pod_id) = self.sessions.get(&session).cloned() else {
+            debug!(session, "message of an unknown session ignored");
+            return;
+        };
+        let lease_timeout = self.config.lease_timeout;
+        if let Some(entry) = self.pods.get_mut(&pod_id) {
+            entry.expires_at = now.saturating_add(lease_timeout);
+        }
+        match message {
+            PodMessage::Heartbeat { holding } => {
+                let Some(entry) = self.pods.get(&pod_id) else {
+                    return;
+                };
+                for r in holding {
+                    if entry.leases.get(&r.task) != Some(&r.attempt) {
+                        out.messages.push((session, MasterMessage::Cancel(r)));
+                    }
+                }
+            }
+            PodMessage::Finished { attempt, outcome } => {
+                let current = self
+                    .state
+                    .task(&attempt.task)
+                    .is_some_and(|e| e.state == TaskState::Running && e.attempt == attempt.attempt);
+                if !current {
+                    debug!(task = %attempt.task, attempt = %attempt.attempt, pod = %pod_id, "result of a stale attempt dropped");
+                    return;
+                }
+                let outcome = match outcome {
+                    Ok(output) => Outcome::Succeeded(output),
+                    Err(error) => Outcome::Failed(error),
+                };
+                self.emit(
+                    Event::TaskFinished {
+                        attempt,
+                        outcome,
+                        at: now,
+                    },
+                    out,
+                );
+            }
+            PodMessage::Returned { attempts } => {
+                for attempt in attempts {
+                    let held = self
+                        .pods
+                        .get(&pod_id)
+                        .is_some_and(|p| p.leases.get(&attempt.task) == Some(&attempt.attempt));
+                    if held {
+                        self.requeue(attempt, RequeueReason::Returned, now, out);
+                    }
+                }
+            }
+            PodMessage::Leave => {
+                self.sessions.remove(&session);
+                out.closed_sessions.push(session);
+                if let Some(entry) = self.pods.remove(&pod_id) {
+                    for (task, attempt) in entry.leases {
+                        self.requeue(AttemptRef { task, attempt }, RequeueReason::PodLeft, now, out);
+                    }
+                }
+                debug!(pod = %pod_id, "pod left");
+            }
+            other => debug!(pod = %pod_id, message = ?other, "unsupported pod message ignored"),
+        }
+    }
+
+    /// The connection of `session` is gone. Its pod may come back within a lease timeout
+    /// and claim its attempts; until then they are orphans.
+    pub(crate) fn pod_disconnected(&mut self, session: u64, now: Timestamp) {
+        let Some(pod_id) = self.sessions.remove(&session) else {
+            return;
+        };
+        if let Some(entry) = self.pods.remove(&pod_id) {
+            let deadline = now.saturating_add(self.config.lease_timeout);
+            for (task, attempt) in entry.leases {
+                self.orphans.insert(task, (attempt, deadline));
+            }
+        }
+        debug!(pod = %pod_id, session, "pod disconnected");
+    }
+
+    fn requeue(&mut self, attempt: AttemptRef, reason: RequeueReason, now: Timestamp, out: &mut Output) {
+        let current = self
+            .state
+            .task(&attempt.task)
+            .is_some_and(|e| e.state == TaskState::Running && e.attempt == attempt.attempt);
+        if current {
+            self.emit(
+                Event::TaskRequeued {
+                    attempt,
+                    reason,
+                    at: now,
+                },
+                out,
+            );
+        }
+    }
+
+    /// Expires silent pods and unclaimed orphans, and forgets results past retention.
+    pub(crate) fn tick(&mut self, now: Timestamp, out: &mut Output) {
+        let silent: Vec<PodId> = self
+            .pods
+            .iter()
+            .filter(|(_, p)| p.expires_at <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for pod_id in silent {
+            if let Some(entry) = self.pods.remove(&pod_id) {
+                tracing::warn!(pod = %pod_id, leases = entry.leases.len(), "pod stopped heartbeating; its leases expire");
+                self.sessions.remove(&entry.session);
+                out.closed_sessions.push(entry.session);
+                for (task, attempt) in entry.leases {
+                    self.requeue(AttemptRef { task, attempt }, RequeueReason::LeaseExpired, now, out);
+                }
+            }
+        }
+        let mut expired: Vec<AttemptRef> = self
+            .orphans
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .map(|(&task, &(attempt, _))| AttemptRef { task, attempt })
+            .collect();
+        // Deterministic event order regardless of hash order.
+        expired.sort_unstable();
+        for attempt in expired {
+            self.orphans.remove(&attempt.task);
+            self.requeue(attempt, RequeueReason::LeaseExpired, now, out);
+        }
+        if let Some(cutoff) = now.0.checked_sub(
+            u64::try_from(self.config.result_retention.as_millis()).unwrap_or(u64::MAX),
+        ) {
+            let old = self.state.finished_before(Timestamp(cutoff), FORGET_PER_TICK);
+            if !old.is_empty() {
+                self.emit(Event::TasksForgotten { tasks: old }, out);
+            }
+        }
+    }
+
+    /// Leases pending tasks to pods with free capacity: highest priority, then oldest,
+    /// among the pod's groups; one task per pod per round so that work spreads.
+    pub(crate) fn dispatch(&mut self, now: Timestamp, out: &mut Output) {
+        if !self.dispatch_needed {
+            return;
+        }
+        self.dispatch_needed = false;
+        let mut active: Vec<PodId> = self
+            .pods
+            .iter()
+            .filter(|(_, p)| p.free() > 0 && p.groups.iter().any(|g| self.state.has_pending(g)))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if active.is_empty() {
+            return;
+        }
+        let start = self.rotation % active.len();
+        active.rotate_left(start);
+        self.rotation = self.rotation.wrapping_add(1);
+        while !active.is_empty() {
+            let mut still: Vec<PodId> = Vec::with_capacity(active.len());
+            for pod_id in active {
+                let Some(pod) = self.pods.get(&pod_id) else {
+                    continue;
+                };
+                if pod.free() == 0 {
+                    continue;
+                }
+                let Some(task) = self.state.next_pending(&pod.groups) else {
+                    continue;
+                };
+                let Some(next) = self.state.task(&task).map(|e| e.attempt.next()) else {
+                    continue;
+                };
+                let attempt = AttemptRef {
+                    task,
+                    attempt: next,
+                };
+                self.emit(
+                    Event::TaskAssigned {
+                        attempt,
+                        pod: pod_id.clone(),
+                        at: now,
+                    },
+                    out,
+                );
+                still.push(pod_id);
+            }
+            active = still;
+        }
+    }
+
+    /// When the next lease or orphan deadline falls, if any.
+    pub(crate) fn next_deadline(&self) -> Option<Timestamp> {
+        let pods = self.pods.values().map(|p| p.expires_at);
+        let orphans = self.orphans.values().map(|(_, d)| *d);
+        pods.chain(orphans).min()
+    }
+
+    /// The session currently serving `pod`.
+    pub(crate) fn session_of(&self, pod: &PodId) -> Option<u64> {
+        self.pods.get(pod).map(|p| p.session)
+    }
+
+    pub(crate) fn counts(&self) -> TaskCounts {
+        self.state.counts()
+    }
+
+    pub(crate) fn pod_stats(&self) -> Vec<PodStats> {
+        self.pods
+            .iter()
+            .map(|(id, p)| PodStats {
+                id: id.clone(),
+                groups: p.groups.clone(),
+                slots: p.slots,
+                leased: p.leases.len(),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

@@ -1,0 +1,73 @@
+//! What the journal records: every change of durable task state.
+
+use mawex_api::pod::AttemptRef;
+use mawex_api::{Outcome, PodId, TaskId, TaskSpec, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// One change of durable state. Applying the same events in the same order always yields the
+/// same [`crate::MasterState`].
+///
+/// Architecture invariant: never change what an existing variant means or how it encodes;
+/// add a variant, or a new record format version with an upgrade from the old one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Event {
+    /// A task was accepted and waits in its group's queue.
+    TaskAccepted {
+        /// What was submitted.
+        spec: TaskSpec,
+        /// When.
+        at: Timestamp,
+    },
+    /// An attempt was leased to a pod.
+    TaskAssigned {
+        /// The new attempt.
+        attempt: AttemptRef,
+        /// The pod that holds the lease.
+        pod: PodId,
+        /// When.
+        at: Timestamp,
+    },
+    /// The current attempt finished; its result is recorded.
+    TaskFinished {
+        /// The attempt.
+        attempt: AttemptRef,
+        /// Output or error.
+        outcome: Outcome,
+        /// When.
+        at: Timestamp,
+    },
+    /// The current attempt ended without a result; the task waits in its queue again.
+    TaskRequeued {
+        /// The attempt that ended.
+        attempt: AttemptRef,
+        /// Why.
+        reason: RequeueReason,
+        /// When.
+        at: Timestamp,
+    },
+    /// A client cancelled the task.
+    TaskCancelled {
+        /// The task.
+        task: TaskId,
+        /// When.
+        at: Timestamp,
+    },
+    /// Finished tasks past their retention were dropped from state.
+    TasksForgotten {
+        /// The tasks.
+        tasks: Vec<TaskId>,
+    },
+}
+
+/// Why an attempt ended without a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RequeueReason {
+    /// The pod stopped heartbeating (or never came back after a master restart).
+    LeaseExpired,
+    /// The pod handed it back unfinished (it is shutting down).
+    Returned,
+    /// The pod left, or re-registered without it.
+    PodLeft,
+}

@@ -1,0 +1,291 @@
+//! The master: durable task state, scheduling and leases, behind a cheap handle.
+
+mod core_loop;
+mod engine;
+mod event;
+mod state;
+
+use std::collections::HashMap;
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+use tracing::info;
+
+pub(crate) use core_loop::CoreMsg;
+use core_loop::CoreLoop;
+use engine::{Engine, EngineConfig};
+pub use engine::{PodStats, MAX_POD_PREFETCH, MAX_POD_SLOTS};
+pub use event::{Event, RequeueReason};
+pub use state::{MasterState, TaskCounts};
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::CoreError;
+use crate::journal::Journal;
+use crate::pod::LocalPodConnector;
+use crate::proxy::LocalMasterProxy;
+
+/// Settings of a master. Start from `MasterConfig::default()` and change fields.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct MasterConfig {
+    /// A pod silent for this long loses its leases, and their tasks run again elsewhere.
+    /// After a restart, pods get this long to reconnect and claim what they still run.
+    pub lease_timeout: Duration,
+    /// How often pods are asked to heartbeat; at most a third of `lease_timeout`, so one
+    /// lost heartbeat never costs a lease.
+    pub heartbeat_interval: Duration,
+    /// How long results of finished tasks are kept (and a reused task id is recognised).
+    pub result_retention: Duration,
+    /// Take a snapshot after this many events (0: only at clean shutdown). Bounds replay
+    /// time at start-up.
+    pub snapshot_every: u64,
+    /// The largest task payload accepted, in bytes.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for MasterConfig {
+    fn default() -> Self {
+        MasterConfig {
+            lease_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(2),
+            result_retention: Duration::from_secs(24 * 3600),
+            snapshot_every: 200_000,
+            max_payload_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl MasterConfig {
+    /// Checks that the values work together.
+    ///
+    /// # Errors
+    /// [`CoreError::Config`] naming the field and the rule.
+    pub fn validate(&self) -> Result<(), CoreError> {
+        if self.lease_timeout < Duration::from_millis(10) {
+            return Err(CoreError::Config(format!(
+                "lease_timeout must be at least 10ms, got {:?}",
+                self.lease_timeout
+            )));
+        }
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval * 3 > self.lease_timeout
+        {
+            return Err(CoreError::Config(format!(
+                "heartbeat_interval ({:?}) must be positive and at most a third of lease_timeout ({:?})",
+                self.heartbeat_interval, self.lease_timeout
+            )));
+        }
+        if self.max_payload_bytes == 0 {
+            return Err(CoreError::Config("max_payload_bytes must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+/// What the master is doing, published after every commit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MasterStats {
+    /// Tasks per state.
+    pub counts: TaskCounts,
+    /// Connected pods and their leases.
+    pub pods: Vec<PodStats>,
+    /// Sequence number of the last journaled event.
+    pub last_seq: u64,
+}
+
+impl MasterStats {
+    /// True when no task is pending or running.
+    pub fn is_idle(&self) -> bool {
+        self.counts.pending == 0 && self.counts.running == 0
+    }
+}
+
+/// Builds a [`Master`].
+#[derive(Default)]
+pub struct MasterBuilder {
+    config: MasterConfig,
+    clock: Option<Arc<dyn Clock>>,
+}
+
+impl std::fmt::Debug for MasterBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MasterBuilder {
+    /// Uses `config` instead of the defaults.
+    pub fn config(mut self, config: MasterConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Uses `clock` instead of the system clock (tests).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Recovers the state from `journal` (snapshot plus tail) and starts the master.
+    ///
+    /// # Errors
+    /// A bad configuration, or a journal that cannot be read (see [`Journal::recover`]).
+    pub async fn start<J: Journal>(self, journal: J) -> Result<Master, CoreError> {
+        self.config.validate()?;
+        let config = self.config;
+        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock::new()));
+        let (inbox_tx, inbox_rx) = std_mpsc::channel();
+        let (stats_tx, stats_rx) = watch::channel(MasterStats::default());
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<(), CoreError>>();
+        let (done_tx, done_rx) = oneshot::channel::<Result<(), CoreError>>();
+
+        let thread = std::thread::Builder::new()
+            .name("mawex-core".into())
+            .spawn(move || {
+                let mut journal = journal;
+                let recovered = match journal.recover() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let events = recovered.events.len();
+                let (last_seq, state) = recovered.into_state();
+                info!(last_seq, replayed = events, tasks = state.len(), "master recovered");
+                let engine_config = EngineConfig {
+                    lease_timeout: config.lease_timeout,
+                    result_retention: config.result_retention,
+                    max_payload_bytes: config.max_payload_bytes,
+                };
+                let engine = Engine::new(state, engine_config, clock.now());
+                let core = CoreLoop {
+                    engine,
+                    journal,
+                    clock,
+                    config,
+                    inbox: inbox_rx,
+                    last_seq,
+                    events_since_snapshot: events as u64,
+                    stats: stats_tx,
+                    sessions: HashMap::new(),
+                    next_session: 0,
+                    waiters: HashMap::new(),
+                    subscribers: Vec::new(),
+                };
+                let _ = ready_tx.send(Ok(()));
+                let result = core.run();
+                // `core` (and with it the journal) is dropped by now, so the storage is
+                // closed before anyone hears that the master is done.
+                let _ = done_tx.send(result);
+            })
+            .map_err(|e| CoreError::Thread(e.to_string()))?;
+
+        match ready_rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(CoreError::Thread("the core thread died during recovery".into()));
+            }
+        }
+        Ok(Master {
+            inbox: inbox_tx,
+            stats: stats_rx,
+            done: Some(done_rx),
+            thread: Some(thread),
+        })
+    }
+}
+
+/// A running master. Clients talk to it through [`Master::proxy`], in-process pods connect
+/// through [`Master::pod_connector`].
+///
+/// Dropping the handle asks the master to stop cleanly without waiting for it; prefer
+/// [`Master::shutdown`].
+#[derive(Debug)]
+pub struct Master {
+    inbox: std_mpsc::Sender<CoreMsg>,
+    stats: watch::Receiver<MasterStats>,
+    done: Option<oneshot::Receiver<Result<(), CoreError>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Master {
+    /// A builder with default configuration and the system clock.
+    pub fn builder() -> MasterBuilder {
+        MasterBuilder::default()
+    }
+
+    /// A client handle that talks to this master in-process.
+    pub fn proxy(&self) -> LocalMasterProxy {
+        LocalMasterProxy::new(self.inbox.clone())
+    }
+
+    /// What in-process pods connect through.
+    pub fn pod_connector(&self) -> LocalPodConnector {
+        LocalPodConnector::new(self.inbox.clone())
+    }
+
+    /// Live statistics, updated after every commit: wait on it instead of sleeping.
+    pub fn stats(&self) -> watch::Receiver<MasterStats> {
+        self.stats.clone()
+    }
+
+    /// Asks the core to run its timers now (useful with a manual clock).
+    pub fn tick(&self) {
+        let _ = self.inbox.send(CoreMsg::Tick);
+    }
+
+    /// Stops cleanly: finishes the current batch, writes a snapshot, closes the journal.
+    ///
+    /// # Errors
+    /// The error that stopped the master earlier, if one did (e.g. a journal failure).
+    pub async fn shutdown(mut self) -> Result<(), CoreError> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.inbox.send(CoreMsg::Shutdown { done: tx });
+        let _ = rx.await;
+        self.join().await
+    }
+
+    /// Stops at once, as a crash would: what is not yet committed is lost (and was never
+    /// acknowledged), no snapshot is written. For fault-injection tests.
+    ///
+    /// # Errors
+    /// The error that stopped the master earlier, if one did.
+    pub async fn halt(mut self) -> Result<(), CoreError> {
+        let _ = self.inbox.send(CoreMsg::Halt);
+        self.join().await
+    }
+
+    async fn join(&mut self) -> Result<(), CoreError> {
+        let result = match self.done.take() {
+            Some(done) => done
+                .await
+                .unwrap_or_else(|_| Err(CoreError::Thread("the core thread panicked".into()))),
+            None => Ok(()),
+        };
+        if let Some(thread) = self.thread.take() {
+            // The thread has sent its result and only returns now.
+            let _ = thread.join();
+        }
+        result
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let (tx, _rx) = oneshot::channel();
+            let _ = self.inbox.send(CoreMsg::Shutdown { done: tx });
+        }
+    }
+}

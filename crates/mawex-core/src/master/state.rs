@@ -1,0 +1,363 @@
+//! The durable state of the master and the pure function that changes it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use mawex_api::pod::AttemptRef;
+use mawex_api::{
+    Attempt, GroupName, ListQuery, Outcome, PodId, TaskId, TaskPage, TaskResult, TaskSpec,
+    TaskState, TaskView, Timestamp,
+};
+use serde::{Deserialize, Serialize};
+
+use super::event::Event;
+
+/// Order of a pending task in its group's queue: higher priority first, then oldest first.
+type QueueKey = (i64, u64);
+
+/// One task as the master records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TaskEntry {
+    pub(crate) spec: TaskSpec,
+    pub(crate) state: TaskState,
+    /// The current or last attempt; 0 before the first assignment.
+    pub(crate) attempt: Attempt,
+    /// Holder of the current attempt's lease while running.
+    pub(crate) pod: Option<PodId>,
+    /// Acceptance order; keeps FIFO within a priority and survives requeues.
+    pub(crate) order: u64,
+    pub(crate) submitted_at: Timestamp,
+    pub(crate) started_at: Option<Timestamp>,
+    pub(crate) result: Option<TaskResult>,
+}
+
+impl TaskEntry {
+    fn queue_key(&self) -> QueueKey {
+        (-i64::from(self.spec.priority), self.order)
+    }
+
+    pub(crate) fn current(&self) -> AttemptRef {
+        AttemptRef {
+            task: self.spec.id,
+            attempt: self.attempt,
+        }
+    }
+
+    pub(crate) fn view(&self) -> TaskView {
+        let mut view = TaskView::new(self.spec.clone(), self.state, self.submitted_at);
+        view.attempt = self.attempt;
+        view.pod = self.pod.clone();
+        view.started_at = self.started_at;
+        view.result = self.result.clone();
+        view
+    }
+}
+
+/// How many tasks are in each state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TaskCounts {
+    /// Waiting for a slot.
+    pub pending: u64,
+    /// Leased to a pod.
+    pub running: u64,
+    /// Finished with an output (and still retained).
+    pub succeeded: u64,
+    /// Finished with an error (and still retained).
+    pub failed: u64,
+    /// Cancelled (and still retained).
+    pub cancelled: u64,
+}
+
+impl TaskCounts {
+    fn slot(&mut self, state: TaskState) -> &mut u64 {
+        match state {
+            TaskState::Pending => &mut self.pending,
+            TaskState::Running => &mut self.running,
+            TaskState::Succeeded => &mut self.succeeded,
+            TaskState::Failed => &mut self.failed,
+            // TaskState is non_exhaustive only for other crates; Cancelled is the last state.
+            _ => &mut self.cancelled,
+        }
+    }
+
+    fn moved(&mut self, from: Option<TaskState>, to: Option<TaskState>) {
+        if let Some(from) = from {
+            let n = self.slot(from);
+            *n = n.saturating_sub(1);
+        }
+        if let Some(to) = to {
+            *self.slot(to) += 1;
+        }
+    }
+}
+
+/// Everything the journal makes durable: tasks, their attempts and their results.
+///
+/// Architecture invariant: [`MasterState::apply`] is pure and deterministic. No clock, no
+/// I/O, no randomness: time comes in as data inside events. Replay, snapshots and (later) the
+/// Raft state machine all rest on this.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterState {
+    tasks: BTreeMap<TaskId, TaskEntry>,
+    /// Tasks ever accepted; source of each task's queue order.
+    accepted: u64,
+    /// Results ever recorded; source of each result's stream position.
+    results_recorded: u64,
+    /// Derived indexes below are rebuilt after a snapshot is loaded, not stored in it.
+    #[serde(skip)]
+    pending: HashMap<GroupName, BTreeMap<QueueKey, TaskId>>,
+    #[serde(skip)]
+    results: BTreeMap<u64, TaskId>,
+    #[serde(skip)]
+    counts: TaskCounts,
+}
+
+impl MasterState {
+    /// An empty state.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Rebuilds the derived indexes (queues, result log, counts) from the tasks.
+    pub(crate) fn rebuild_indexes(&mut self) {
+        self.pending.clear();
+        self.results.clear();
+        self.counts = TaskCounts::default();
+        for (id, entry) in &self.tasks {
+            self.counts.moved(None, Some(entry.state));
+            if entry.state == TaskState::Pending {
+                self.pending
+                    .entry(entry.spec.group.clone())
+                    .or_default()
+                    .insert(entry.queue_key(), *id);
+            }
+            if let Some(result) = &entry.result {
+                self.results.insert(result.seq, *id);
+            }
+        }
+    }
+
+    /// Applies one event. Events come from `decide` (which validated them) or from the
+    /// journal; an event that does not fit the state is a no-op, so replay is total.
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::TaskAccepted { spec, at } => {
+                if self.tasks.contains_key(&spec.id) {
+                    return;
+                }
+                self.accepted += 1;
+                let entry = TaskEntry {
+                    spec: spec.clone(),
+                    state: TaskState::Pending,
+                    attempt: Attempt(0),
+                    pod: None,
+                    order: self.accepted,
+                    submitted_at: *at,
+                    started_at: None,
+                    result: None,
+                };
+                self.pending
+                    .entry(spec.group.clone())
+                    .or_default()
+                    .insert(entry.queue_key(), spec.id);
+                self.counts.moved(None, Some(TaskState::Pending));
+                self.tasks.insert(spec.id, entry);
+            }
+            Event::TaskAssigned { attempt, pod, at } => {
+                let Some(entry) = self.tasks.get_mut(&attempt.task) else {
+                    return;
+                };
+                if entry.state != TaskState::Pending {
+                    return;
+                }
+                if let Some(queue) = self.pending.get_mut(&entry.spec.group) {
+                    queue.remove(&entry.queue_key());
+                }
+                self.counts.moved(Some(entry.state), Some(TaskState::Running));
+                entry.state = TaskState::Running;
+                entry.attempt = attempt.attempt;
+                entry.pod = Some(pod.clone());
+                entry.started_at = Some(*at);
+            }
+            Event::TaskFinished {
+                attempt,
+                outcome,
+                at,
+            } => {
+                let Some(entry) = self.tasks.get(&attempt.task) else {
+                    return;
+                };
+                if entry.state != TaskState::Running || entry.attempt != attempt.attempt {
+                    return;
+                }
+                self.finish(attempt.task, outcome.clone(), *at);
+            }
+            Event::TaskRequeued { attempt, at: _, .. } => {
+                let Some(entry) = self.tasks.get_mut(&attempt.task) else {
+                    return;
+                };
+                if entry.state != TaskState::Running || entry.attempt != attempt.attempt {
+                    return;
+                }
+                self.counts.moved(Some(entry.state), Some(TaskState::Pending));
+                entry.state = TaskState::Pending;
+                entry.pod = None;
+                self.pending
+                    .entry(entry.spec.group.clone())
+                    .or_default()
+                    .insert(entry.queue_key(), attempt.task);
+            }
+            Event::TaskCancelled { task, at } => {
+                let Some(entry) = self.tasks.get(task) else {
+                    return;
+                };
+                if entry.state.is_terminal() {
+                    return;
+                }
+                if entry.state == TaskState::Pending {
+                    let key = entry.queue_key();
+                    if let Some(queue) = self.pending.get_mut(&entry.spec.group) {
+                        queue.remove(&key);
+                    }
+                }
+                self.finish(*task, Outcome::Cancelled, *at);
+            }
+            Event::TasksForgotten { tasks } => {
+                for id in tasks {
+                    let Some(entry) = self.tasks.get(id) else {
+                        continue;
+                    };
+                    if !entry.state.is_terminal() {
+                        continue;
+                    }
+                    if let Some(result) = &entry.result {
+                        self.results.remove(&result.seq);
+                    }
+                    self.counts.moved(Some(entry.state), None);
+                    self.tasks.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Records the result of a running or pending task.
+    fn finish(&mut self, id: TaskId, outcome: Outcome, at: Timestamp) {
+        let Some(entry) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        self.results_recorded += 1;
+        let seq = self.results_recorded;
+        let state = outcome.state();
+        self.counts.moved(Some(entry.state), Some(state));
+        entry.state = state;
+        entry.pod = None;
+        entry.result = Some(TaskResult::new(
+            id,
+            entry.spec.group.clone(),
+            entry.attempt,
+            outcome,
+            at,
+            seq,
+        ));
+        self.results.insert(seq, id);
+    }
+
+    pub(crate) fn task(&self, id: &TaskId) -> Option<&TaskEntry> {
+        self.tasks.get(id)
+    }
+
+    /// The task as a client sees it.
+    pub fn view(&self, id: &TaskId) -> Option<TaskView> {
+        self.tasks.get(id).map(TaskEntry::view)
+    }
+
+    /// The recorded result of a finished task.
+    pub fn result(&self, id: &TaskId) -> Option<&TaskResult> {
+        self.tasks.get(id).and_then(|e| e.result.as_ref())
+    }
+
+    /// How many tasks are in each state.
+    pub fn counts(&self) -> TaskCounts {
+        self.counts
+    }
+
+    /// Number of tasks known (retained ones included).
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// True if no task is known.
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// The next pending task among `groups`: highest priority first, then oldest.
+    pub(crate) fn next_pending<'a>(
+        &self,
+        groups: impl IntoIterator<Item = &'a GroupName>,
+    ) -> Option<TaskId> {
+        groups
+            .into_iter()
+            .filter_map(|g| self.pending.get(g)?.first_key_value())
+            .min_by_key(|(key, _)| **key)
+            .map(|(_, id)| *id)
+    }
+
+    /// True if some task of `group` waits.
+    pub(crate) fn has_pending(&self, group: &GroupName) -> bool {
+        self.pending.get(group).is_some_and(|q| !q.is_empty())
+    }
+
+    /// Tasks currently running, with their lease holder.
+    pub(crate) fn running(&self) -> impl Iterator<Item = &TaskEntry> {
+        self.tasks
+            .values()
+            .filter(|e| e.state == TaskState::Running)
+    }
+
+    /// Results recorded after `after`, oldest first.
+    pub(crate) fn results_after(&self, after: u64) -> impl Iterator<Item = &TaskResult> {
+        self.results
+            .range(after.saturating_add(1)..)
+            .filter_map(|(_, id)| self.tasks.get(id)?.result.as_ref())
+    }
+
+    /// Finished tasks whose results are older than `cutoff`, oldest first, at most `limit`.
+    pub(crate) fn finished_before(&self, cutoff: Timestamp, limit: usize) -> Vec<TaskId> {
+        self.results
+            .values()
+            .take_while(|id| {
+                self.tasks
+                    .get(id)
+                    .and_then(|e| e.result.as_ref())
+                    .is_some_and(|r| r.finished_at < cutoff)
+            })
+            .take(limit)
+            .copied()
+            .collect()
+    }
+
+    /// One page of tasks matching `query` (already validated).
+    pub(crate) fn list(&self, query: &ListQuery) -> TaskPage {
+        use std::ops::Bound;
+        let start = match query.after {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Unbounded,
+        };
+        let mut tasks = Vec::new();
+        let mut next = None;
+        for entry in self.tasks.range((start, Bound::Unbounded)).map(|(_, e)| e) {
+            if query.group.as_ref().is_some_and(|g| *g != entry.spec.group)
+                || query.state.is_some_and(|s| s != entry.state)
+            {
+                continue;
+            }
+            if tasks.len() == query.limit {
+                next = tasks.last().map(|t: &TaskView| t.spec.id);
+                break;
+            }
+            tasks.push(entry.view());
+        }
+        TaskPage::new(tasks, next)
+    }
+}

@@ -1,0 +1,127 @@
+//! How a pod reaches its master: a transport-agnostic session.
+
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use mawex_api::pod::{MasterMessage, PodHello, PodMessage, Welcome};
+use mawex_api::ApiError;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::master::CoreMsg;
+
+/// Where a pod sends its messages. Implementations must not block.
+pub trait PodOutbox: Send + Sync + 'static {
+    /// Sends `message` to the master.
+    ///
+    /// # Errors
+    /// [`ApiError::Unavailable`] when the session is closed.
+    fn send(&self, message: PodMessage) -> Result<(), ApiError>;
+}
+
+/// One registered connection of a pod to a master.
+#[non_exhaustive]
+pub struct PodSession {
+    /// The master's answer to the hello.
+    pub welcome: Welcome,
+    /// Messages to the master.
+    pub outbox: Arc<dyn PodOutbox>,
+    /// Messages from the master; closed when the master drops the session.
+    pub inbox: mpsc::UnboundedReceiver<MasterMessage>,
+}
+
+impl PodSession {
+    /// A session from its parts (for transports outside this crate).
+    pub fn new(
+        welcome: Welcome,
+        outbox: Arc<dyn PodOutbox>,
+        inbox: mpsc::UnboundedReceiver<MasterMessage>,
+    ) -> Self {
+        PodSession {
+            welcome,
+            outbox,
+            inbox,
+        }
+    }
+}
+
+impl std::fmt::Debug for PodSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodSession")
+            .field("welcome", &self.welcome)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens sessions to a master: in-process, or over the network.
+#[async_trait]
+pub trait PodConnector: Send + Sync + 'static {
+    /// Registers the pod and opens a session.
+    ///
+    /// # Errors
+    /// `Unavailable` when the master cannot be reached, `InvalidArgument` when it refuses
+    /// the hello.
+    async fn connect(&self, hello: PodHello) -> Result<PodSession, ApiError>;
+}
+
+/// Connects pods to a master in the same process.
+#[derive(Debug, Clone)]
+pub struct LocalPodConnector {
+    inbox: std_mpsc::Sender<CoreMsg>,
+}
+
+impl LocalPodConnector {
+    pub(crate) fn new(inbox: std_mpsc::Sender<CoreMsg>) -> Self {
+        LocalPodConnector { inbox }
+    }
+}
+
+fn stopped() -> ApiError {
+    ApiError::Unavailable("the master is not running".into())
+}
+
+#[async_trait]
+impl PodConnector for LocalPodConnector {
+    async fn connect(&self, hello: PodHello) -> Result<PodSession, ApiError> {
+        let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
+        let (reply, answer) = oneshot::channel();
+        self.inbox
+            .send(CoreMsg::PodConnect {
+                hello,
+                outbox: outbox_tx,
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        let welcome = answer.await.map_err(|_| stopped())??;
+        let outbox = Arc::new(LocalOutbox {
+            session: welcome.session,
+            inbox: self.inbox.clone(),
+        });
+        Ok(PodSession::new(welcome, outbox, outbox_rx))
+    }
+}
+
+/// The pod side of an in-process session. Dropping it is the pod hanging up.
+struct LocalOutbox {
+    session: u64,
+    inbox: std_mpsc::Sender<CoreMsg>,
+}
+
+impl PodOutbox for LocalOutbox {
+    fn send(&self, message: PodMessage) -> Result<(), ApiError> {
+        self.inbox
+            .send(CoreMsg::Pod {
+                session: self.session,
+                message,
+            })
+            .map_err(|_| stopped())
+    }
+}
+
+impl Drop for LocalOutbox {
+    fn drop(&mut self) {
+        let _ = self.inbox.send(CoreMsg::PodDisconnected {
+            session: self.session,
+        });
+    }
+}

@@ -1,0 +1,530 @@
+//! The pod runtime: hosts workers of one or more groups, runs leased attempts in a sandbox,
+//! heartbeats, reconnects, and leaves cleanly.
+
+mod link;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use mawex_api::pod::{AttemptRef, Assignment, MasterMessage, PodHello, PodMessage};
+use mawex_api::{ApiError, Attempt, GroupName, PodId, TaskError, TaskId};
+use mawex_sandbox::{Sandbox, SandboxError, TaskInput};
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use link::{LocalPodConnector, PodConnector, PodOutbox, PodSession};
+
+use crate::error::CoreError;
+use crate::master::{MAX_POD_PREFETCH, MAX_POD_SLOTS};
+
+/// Settings of a pod.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PodConfig {
+    /// The pod's identity; keep it stable across restarts so running attempts are re-adopted.
+    pub id: PodId,
+    /// Groups it hosts a worker for.
+    pub groups: Vec<GroupName>,
+    /// Attempts run at once across all its groups (1: strictly one after another).
+    pub slots: u32,
+    /// Leases held queued beyond `slots`, hiding the round trip to the master for short
+    /// tasks. 0 (the default) keeps dispatch strict: a task is leased only to a free slot.
+    pub prefetch: u32,
+    /// Free-form labels.
+    pub labels: BTreeMap<String, String>,
+    /// Address other pods can reach this one at.
+    pub address: Option<String>,
+    /// On shutdown, how long running attempts may finish before they are interrupted.
+    pub shutdown_grace: Duration,
+    /// Upper bound of the delay between reconnection attempts.
+    pub reconnect_max_delay: Duration,
+}
+
+impl PodConfig {
+    /// A pod `id` serving `groups` with one slot.
+    pub fn new(id: PodId, groups: Vec<GroupName>) -> Self {
+        PodConfig {
+            id,
+            groups,
+            slots: 1,
+            prefetch: 0,
+            labels: BTreeMap::new(),
+            address: None,
+            shutdown_grace: Duration::from_secs(30),
+            reconnect_max_delay: Duration::from_secs(5),
+        }
+    }
+
+    /// The same pod with `slots` slots.
+    pub fn with_slots(mut self, slots: u32) -> Self {
+        self.slots = slots;
+        self
+    }
+
+    /// The same pod with `prefetch` queued leases beyond its slots.
+    pub fn with_prefetch(mut self, prefetch: u32) -> Self {
+        self.prefetch = prefetch;
+        self
+    }
+
+    /// The same pod with another shutdown grace period.
+    pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// [`CoreError::Config`] naming the field.
+    pub fn validate(&self) -> Result<(), CoreError> {
+        if self.groups.is_empty() {
+            return Err(CoreError::Config(format!("pod {}: serve at least one group", self.id)));
+        }
+        if !(1..=MAX_POD_SLOTS).contains(&self.slots) {
+            return Err(CoreError::Config(format!(
+                "pod {}: slots must be between 1 and {MAX_POD_SLOTS}",
+                self.id
+            )));
+        }
+        if self.prefetch > MAX_POD_PREFETCH {
+            return Err(CoreError::Config(format!(
+                "pod {}: prefetch must be at most {MAX_POD_PREFETCH}",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// An attempt the pod holds: queued, or running with a cancel token.
+struct Held {
+    attempt: Attempt,
+    cancel: Option<CancellationToken>,
+}
+
+struct Shared {
+    config: PodConfig,
+    sandbox: Arc<dyn Sandbox>,
+    connector: Arc<dyn PodConnector>,
+    queue_tx: mpsc::UnboundedSender<Assignment>,
+    queue_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Assignment>>,
+    holding: Mutex<HashMap<TaskId, Held>>,
+    outbox: Mutex<Option<Arc<dyn PodOutbox>>>,
+    /// Results of attempts that ended while no session was open; sent on reconnect.
+    unsent: Mutex<Vec<PodMessage>>,
+    /// Executors take no more work once this is cancelled.
+    draining: CancellationToken,
+    /// Set when shutdown interrupts running attempts: they are returned, not failed.
+    interrupted: AtomicBool,
+    executed: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The data stays consistent at every unlock point, so a panic elsewhere does not taint it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn hello(&self) -> PodHello {
+        let mut hello = PodHello::new(self.config.id.clone(), self.config.groups.clone());
+        hello.slots = self.config.slots;
+        hello.prefetch = self.config.prefetch;
+        hello.labels = self.config.labels.clone();
+        hello.address = self.config.address.clone();
+        hello.holding = self.holding_refs();
+        hello
+    }
+
+    fn holding_refs(&self) -> Vec<AttemptRef> {
+        lock(&self.holding)
+            .iter()
+            .map(|(&task, h)| AttemptRef {
+                task,
+                attempt: h.attempt,
+            })
+            .collect()
+    }
+
+    /// Sends if a session is open; for messages that lose nothing when dropped.
+    fn send(&self, message: PodMessage) {
+        let outbox = lock(&self.outbox).clone();
+        if let Some(outbox) = outbox {
+            let _ = outbox.send(message);
+        }
+    }
+
+    /// Sends now, or keeps the message for the next session (results).
+    fn send_or_keep(&self, message: PodMessage) {
+        let outbox = lock(&self.outbox).clone();
+        if let Some(outbox) = outbox {
+            if outbox.send(message.clone()).is_ok() {
+                return;
+            }
+        }
+        lock(&self.unsent).push(message);
+    }
+
+    fn attach(&self, outbox: Arc<dyn PodOutbox>) {
+        let unsent = std::mem::take(&mut *lock(&self.unsent));
+        for message in unsent {
+            if outbox.send(message.clone()).is_err() {
+                lock(&self.unsent).push(message);
+            }
+        }
+        *lock(&self.outbox) = Some(outbox);
+    }
+
+    fn detach(&self) {
+        *lock(&self.outbox) = None;
+    }
+
+    fn accept(&self, assignments: Vec<Assignment>) {
+        let mut holding = lock(&self.holding);
+        for a in assignments {
+            holding.insert(
+                a.attempt.task,
+                Held {
+                    attempt: a.attempt.attempt,
+                    cancel: None,
+                },
+            );
+            // The receiver lives as long as `self`.
+            let _ = self.queue_tx.send(a);
+        }
+    }
+
+    fn cancel(&self, r: AttemptRef) {
+        let mut holding = lock(&self.holding);
+        let Some(held) = holding.get(&r.task) else {
+            return;
+        };
+        if held.attempt != r.attempt {
+            return;
+        }
+        match &held.cancel {
+            Some(token) => token.cancel(),
+            // Still queued: forget it; the executor skips it.
+            None => {
+                holding.remove(&r.task);
+            }
+        }
+    }
+
+    fn interrupt_all(&self) {
+        self.interrupted.store(true, Ordering::SeqCst);
+        for held in lock(&self.holding).values() {
+            if let Some(token) = &held.cancel {
+                token.cancel();
+            }
+        }
+    }
+
+    async fn run_one(&self, a: Assignment) {
+        let token = CancellationToken::new();
+        {
+            let mut holding = lock(&self.holding);
+            match holding.get_mut(&a.attempt.task) {
+                Some(held) if held.attempt == a.attempt.attempt => {
+                    held.cancel = Some(token.clone());
+                }
+                // Cancelled or replaced while queued.
+                _ => return,
+            }
+        }
+        let r = a.attempt;
+        let result = self.sandbox.run(TaskInput::new(r, a.spec), token).await;
+        {
+            let mut holding = lock(&self.holding);
+            if holding.get(&r.task).is_some_and(|h| h.attempt == r.attempt) {
+                holding.remove(&r.task);
+            }
+        }
+        self.executed.fetch_add(1, Ordering::Relaxed);
+        let message = match result {
+            Err(SandboxError::Cancelled) if self.interrupted.load(Ordering::SeqCst) => {
+                PodMessage::Returned {
+                    attempts: vec![r],
+                }
+            }
+            other => PodMessage::Finished {
+                attempt: r,
+                outcome: other.map_err(TaskError::from),
+            },
+        };
+        self.send_or_keep(message);
+    }
+
+    fn heartbeat(&self) {
+        self.send(PodMessage::Heartbeat {
+            holding: self.holding_refs(),
+        });
+    }
+}
+
+async fn executor(shared: Arc<Shared>) {
+    loop {
+        let next = {
+            let mut queue = shared.queue_rx.lock().await;
+            tokio::select! {
+                biased;
+                () = shared.draining.cancelled() => None,
+                a = queue.recv() => a,
+            }
+        };
+        let Some(a) = next else {
+            return;
+        };
+        shared.run_one(a).await;
+    }
+}
+
+/// How one session ended.
+enum SessionEnd {
+    /// The master closed it; connect again.
+    Lost,
+    /// The pod is stopping and has left.
+    Left,
+}
+
+/// A running pod. Stop it with [`Pod::shutdown`]; dropping it kills it abruptly.
+pub struct Pod {
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    runner: Option<JoinHandle<()>>,
+    executors: Vec<AbortHandle>,
+}
+
+impl std::fmt::Debug for Pod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pod")
+            .field("id", &self.shared.config.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pod {
+    /// Starts a pod that runs attempts in `sandbox` and reaches its master through
+    /// `connector`, reconnecting with backoff whenever the session is lost.
+    /// Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    /// [`CoreError::Config`] for a bad configuration.
+    pub fn start(
+        config: PodConfig,
+        sandbox: Arc<dyn Sandbox>,
+        connector: Arc<dyn PodConnector>,
+    ) -> Result<Pod, CoreError> {
+        config.validate()?;
+        let (queue_tx, queue_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            config,
+            sandbox,
+            connector,
+            queue_tx,
+            queue_rx: tokio::sync::Mutex::new(queue_rx),
+            holding: Mutex::new(HashMap::new()),
+            outbox: Mutex::new(None),
+            unsent: Mutex::new(Vec::new()),
+            draining: CancellationToken::new(),
+            interrupted: AtomicBool::new(false),
+            executed: AtomicU64::new(0),
+        });
+        let executors: Vec<JoinHandle<()>> = (0..shared.config.slots)
+            .map(|_| tokio::spawn(executor(shared.clone())))
+            .collect();
+        let aborts = executors.iter().map(JoinHandle::abort_handle).collect();
+        let stop = CancellationToken::new();
+        let runner = tokio::spawn(run(shared.clone(), stop.clone(), executors));
+        Ok(Pod {
+            shared,
+            stop,
+            runner: Some(runner),
+            executors: aborts,
+        })
+    }
+
+    /// The pod's identity.
+    pub fn id(&self) -> &PodId {
+        &self.shared.config.id
+    }
+
+    /// How many attempts this pod has run to an end (any outcome).
+    pub fn executed(&self) -> u64 {
+        self.shared.executed.load(Ordering::Relaxed)
+    }
+
+    /// Leaves cleanly: takes no more work, hands queued leases back, lets running attempts
+    /// finish within the grace period, hands back the ones it had to interrupt, then tells
+    /// the master it is gone. Nothing it held waits for a lease timeout.
+    ///
+    /// # Errors
+    /// [`CoreError::Thread`] if the pod's task panicked.
+    pub async fn shutdown(mut self) -> Result<(), CoreError> {
+        self.stop.cancel();
+        if let Some(runner) = self.runner.take() {
+            runner
+                .await
+                .map_err(|e| CoreError::Thread(format!("pod task failed: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Stops at once, as a crash would: attempts are dropped mid-flight and the connection
+    /// is cut. The master re-runs them after the lease timeout. For fault-injection tests.
+    pub fn kill(mut self) {
+        self.abort();
+    }
+
+    fn abort(&mut self) {
+        if let Some(runner) = self.runner.take() {
+            runner.abort();
+        }
+        for e in &self.executors {
+            e.abort();
+        }
+        self.shared.detach();
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        if self.runner.is_some() {
+            self.abort();
+        }
+    }
+}
+
+fn reconnect_delays(max: Duration) -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(20))
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+async fn run(shared: Arc<Shared>, stop: CancellationToken, executors: Vec<JoinHandle<()>>) {
+    let max_delay = shared.config.reconnect_max_delay;
+    let mut delays = reconnect_delays(max_delay);
+    let mut executors = Some(executors);
+    while !stop.is_cancelled() {
+        let connected = tokio::select! {
+            () = stop.cancelled() => break,
+            r = shared.connector.connect(shared.hello()) => r,
+        };
+        let session = match connected {
+            Ok(session) => session,
+            Err(e) => {
+                let delay = delays.next().unwrap_or(max_delay);
+                match e {
+                    ApiError::InvalidArgument(_) => {
+                        warn!(pod = %shared.config.id, error = %e, "master refused the pod")
+                    }
+                    _ => debug!(pod = %shared.config.id, error = %e, ?delay, "cannot reach the master; retrying"),
+                }
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(delay) => continue,
+                }
+            }
+        };
+        delays = reconnect_delays(max_delay);
+        info!(pod = %shared.config.id, session = session.welcome.session, "pod connected");
+        match serve(&shared, session, &stop, &mut executors).await {
+            SessionEnd::Left => return,
+            SessionEnd::Lost => {
+                shared.detach();
+                warn!(pod = %shared.config.id, "session lost; reconnecting");
+            }
+        }
+    }
+    // Stopped while disconnected: nobody to hand work back to; stop the executors.
+    shared.draining.cancel();
+    shared.interrupt_all();
+    if let Some(executors) = executors {
+        futures::future::join_all(executors).await;
+    }
+}
+
+async fn serve(
+    shared: &Arc<Shared>,
+    session: PodSession,
+    stop: &CancellationToken,
+    executors: &mut Option<Vec<JoinHandle<()>>>,
+) -> SessionEnd {
+    let PodSession {
+        welcome,
+        outbox,
+        mut inbox,
+        ..
+    } = session;
+    shared.attach(outbox);
+    let mut heartbeat = tokio::time::interval(welcome.heartbeat_interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            message = inbox.recv() => match message {
+                Some(MasterMessage::Assign(list)) => shared.accept(list),
+                Some(MasterMessage::Cancel(r)) => shared.cancel(r),
+                Some(other) => debug!(message = ?other, "unsupported master message ignored"),
+                None => return SessionEnd::Lost,
+            },
+            _ = heartbeat.tick() => shared.heartbeat(),
+            () = stop.cancelled() => break,
+        }
+    }
+
+    // Leaving: hand back what has not started.
+    shared.draining.cancel();
+    let queued: Vec<AttemptRef> = {
+        let mut queue = shared.queue_rx.lock().await;
+        let mut holding = lock(&shared.holding);
+        let mut refs = Vec::new();
+        while let Ok(a) = queue.try_recv() {
+            if holding
+                .get(&a.attempt.task)
+                .is_some_and(|h| h.attempt == a.attempt.attempt && h.cancel.is_none())
+            {
+                holding.remove(&a.attempt.task);
+                refs.push(a.attempt);
+            }
+        }
+        refs
+    };
+    if !queued.is_empty() {
+        shared.send(PodMessage::Returned { attempts: queued });
+    }
+
+    // Let running attempts finish, keep heartbeating, interrupt after the grace period.
+    let all = futures::future::join_all(executors.take().unwrap_or_default());
+    tokio::pin!(all);
+    let grace = tokio::time::sleep(shared.config.shutdown_grace);
+    tokio::pin!(grace);
+    let mut interrupted = false;
+    loop {
+        tokio::select! {
+            _ = &mut all => break,
+            _ = heartbeat.tick() => shared.heartbeat(),
+            () = &mut grace, if !interrupted => {
+                interrupted = true;
+                info!(pod = %shared.config.id, "grace period over; interrupting running attempts");
+                shared.interrupt_all();
+            }
+            message = inbox.recv() => match message {
+                Some(MasterMessage::Cancel(r)) => shared.cancel(r),
+                // Nothing new is taken while leaving; the master re-queues it after Leave.
+                Some(_) | None => {}
+            },
+        }
+    }
+    shared.send(PodMessage::Leave);
+    shared.detach();
+    info!(pod = %shared.config.id, "pod left");
+    SessionEnd::Left
+}

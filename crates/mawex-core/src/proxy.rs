@@ -1,0 +1,100 @@
+//! [`LocalMasterProxy`]: the in-process client.
+
+use std::sync::mpsc as std_mpsc;
+
+use async_trait::async_trait;
+use futures::stream;
+use mawex_api::{
+    ApiError, CancelAck, GroupName, ListQuery, MasterProxy, ResultCursor, ResultStream,
+    SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec, TaskView,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::master::CoreMsg;
+
+fn stopped() -> ApiError {
+    ApiError::Unavailable("the master is not running".into())
+}
+
+/// Talks to a master in the same process: no network, no serialization. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LocalMasterProxy {
+    inbox: std_mpsc::Sender<CoreMsg>,
+}
+
+impl LocalMasterProxy {
+    pub(crate) fn new(inbox: std_mpsc::Sender<CoreMsg>) -> Self {
+        LocalMasterProxy { inbox }
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, ApiError>>) -> CoreMsg,
+    ) -> Result<T, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.inbox.send(make(tx)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+#[async_trait]
+impl MasterProxy for LocalMasterProxy {
+    async fn submit(&self, spec: TaskSpec) -> Result<SubmitAck, ApiError> {
+        let mut acks = self
+            .call(|reply| CoreMsg::Submit {
+                specs: vec![spec],
+                reply,
+            })
+            .await?;
+        acks.pop()
+            .ok_or_else(|| ApiError::Internal("submit answered without an acknowledgement".into()))
+    }
+
+    async fn submit_many(&self, specs: Vec<TaskSpec>) -> Result<Vec<SubmitAck>, ApiError> {
+        if specs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.call(|reply| CoreMsg::Submit { specs, reply }).await
+    }
+
+    async fn get(&self, id: TaskId) -> Result<TaskView, ApiError> {
+        self.call(|reply| CoreMsg::Get { id, reply }).await
+    }
+
+    async fn cancel(&self, id: TaskId) -> Result<CancelAck, ApiError> {
+        self.call(|reply| CoreMsg::Cancel { id, reply }).await
+    }
+
+    async fn await_result(&self, id: TaskId) -> Result<TaskResult, ApiError> {
+        self.call(|reply| CoreMsg::AwaitResult { id, reply }).await
+    }
+
+    async fn results(
+        &self,
+        group: GroupName,
+        after: Option<ResultCursor>,
+    ) -> Result<ResultStream, ApiError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.call(|reply| CoreMsg::Subscribe {
+            group,
+            after,
+            results: tx,
+            reply,
+        })
+        .await?;
+        // Ends with one `Unavailable` error if the master goes away without saying so.
+        let results = stream::unfold(Some(rx), |rx| async move {
+            let mut rx = rx?;
+            match rx.recv().await {
+                Some(Ok(result)) => Some((Ok(result), Some(rx))),
+                Some(Err(e)) => Some((Err(e), None)),
+                None => Some((Err(stopped()), None)),
+            }
+        });
+        Ok(Box::pin(results))
+    }
+
+    async fn list(&self, query: ListQuery) -> Result<TaskPage, ApiError> {
+        self.call(|reply| CoreMsg::List { query, reply }).await
+    }
+}
