@@ -1,0 +1,134 @@
+//! Benchmarks of mawex. Each scenario prints one JSON line.
+//!
+//! `cargo run --release --example bench -- --scenario local --tasks 100000`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use futures::StreamExt;
+use mawex::{
+    Bytes, GroupName, HandlerRegistry, InProcess, Master, MasterConfig, MasterProxy, Pod,
+    PodConfig, PodId, SledJournal, TaskInput, TaskSpec,
+};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Which scenario to run: `local`.
+    #[arg(long, default_value = "local")]
+    scenario: String,
+    /// Tasks in the throughput phase.
+    #[arg(long, default_value_t = 100_000)]
+    tasks: usize,
+    /// Tasks per submit batch.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Pod slots.
+    #[arg(long, default_value_t = 2)]
+    slots: u32,
+    /// Leases a pod holds queued beyond its slots.
+    #[arg(long, default_value_t = 1024)]
+    prefetch: u32,
+    /// Sequential single-task round trips measured for latency.
+    #[arg(long, default_value_t = 1000)]
+    rtt_samples: usize,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+async fn local(args: &Args) -> anyhow::Result<serde_json::Value> {
+    let dir = tempfile::tempdir()?;
+    let journal = SledJournal::open(dir.path().join("journal"))?;
+    let master = Master::builder()
+        .config(MasterConfig::default())
+        .start(journal)
+        .await?;
+    let group = GroupName::new("bench")?;
+    let mut handlers = HandlerRegistry::new();
+    handlers.register("noop", |_: TaskInput| async { Ok(Bytes::new()) })?;
+    let pod = Pod::start(
+        PodConfig::new(PodId::new("bench-pod")?, vec![group.clone()])
+            .with_slots(args.slots)
+            .with_prefetch(args.prefetch),
+        Arc::new(InProcess::new(handlers)),
+        Arc::new(master.pod_connector()),
+    )?;
+    let proxy = master.proxy();
+
+    // Throughput: submit in batches while a result stream counts completions.
+    let mut results = proxy.results(group.clone(), None).await?;
+    let started = Instant::now();
+    let submitter = {
+        let proxy = proxy.clone();
+        let group = group.clone();
+        let (tasks, batch) = (args.tasks, args.batch);
+        tokio::spawn(async move {
+            let mut left = tasks;
+            while left > 0 {
+                let n = left.min(batch);
+                let specs = (0..n)
+                    .map(|_| TaskSpec::new(group.clone(), "noop", Bytes::new()))
+                    .collect();
+                proxy.submit_many(specs).await?;
+                left -= n;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let mut done = 0;
+    while done < args.tasks {
+        let r = results.next().await.context("result stream ended")??;
+        anyhow::ensure!(
+            matches!(r.outcome, mawex::Outcome::Succeeded(_)),
+            "a no-op failed: {:?}",
+            r.outcome
+        );
+        done += 1;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    submitter.await??;
+    drop(results);
+
+    // Latency: one task at a time on an idle master.
+    let mut rtts = Vec::with_capacity(args.rtt_samples);
+    for _ in 0..args.rtt_samples {
+        let t = Instant::now();
+        let ack = proxy
+            .submit(TaskSpec::new(group.clone(), "noop", Bytes::new()))
+            .await?;
+        proxy.await_result(ack.id).await?;
+        rtts.push(t.elapsed());
+    }
+    rtts.sort();
+
+    pod.shutdown().await?;
+    master.shutdown().await?;
+    Ok(serde_json::json!({
+        "scenario": "local",
+        "tasks": args.tasks,
+        "seconds": (seconds * 1000.0).round() / 1000.0,
+        "tasks_per_s": (args.tasks as f64 / seconds).round(),
+        "rtt_ms_p50": (percentile(&rtts, 0.50) * 1000.0).round() / 1000.0,
+        "rtt_ms_p99": (percentile(&rtts, 0.99) * 1000.0).round() / 1000.0,
+        "slots": args.slots,
+        "prefetch": args.prefetch,
+    }))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let line = match args.scenario.as_str() {
+        "local" => local(&args).await?,
+        other => anyhow::bail!("unknown scenario {other:?}; known: local"),
+    };
+    println!("{line}");
+    Ok(())
+}
