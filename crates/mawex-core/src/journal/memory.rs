@@ -36,6 +36,24 @@ impl MemoryJournal {
         self.lock().records.insert(seq, bytes.to_vec());
     }
 
+    /// The stored records as `(first sequence number, bytes)`: for golden-file tests.
+    #[doc(hidden)]
+    pub fn raw_records(&self) -> Vec<(u64, Vec<u8>)> {
+        self.lock().records.iter().map(|(k, v)| (*k, v.clone())).collect()
+    }
+
+    /// The stored snapshot bytes: for golden-file tests.
+    #[doc(hidden)]
+    pub fn raw_snapshot(&self) -> Option<Vec<u8>> {
+        self.lock().snapshot.clone()
+    }
+
+    /// Replaces the stored snapshot bytes: for golden-file and fault-injection tests.
+    #[doc(hidden)]
+    pub fn write_raw_snapshot(&self, bytes: &[u8]) {
+        self.lock().snapshot = Some(bytes.to_vec());
+    }
+
     /// Number of records stored (after truncation by snapshots).
     pub fn record_count(&self) -> usize {
         self.lock().records.len()

@@ -3,6 +3,8 @@
 mod memory;
 pub(crate) mod record;
 mod sled_journal;
+#[cfg(test)]
+mod tests;
 
 use tracing::warn;
 

@@ -1,0 +1,503 @@
+//! Command in, exact events out.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use mawex_api::pod::{AttemptRef, MasterMessage, PodHello, PodMessage};
+use mawex_api::{
+    ApiError, Attempt, CancelAck, ErrorKind, GroupName, Outcome, PodId, TaskError, TaskSpec,
+    TaskState, Timestamp,
+};
+
+use super::{Engine, EngineConfig, Output};
+use crate::master::event::{Event, RequeueReason};
+use crate::master::state::MasterState;
+
+const LEASE: Duration = Duration::from_secs(10);
+const T0: Timestamp = Timestamp(1_000_000);
+
+fn engine() -> Engine {
+    Engine::new(
+        MasterState::new(),
+        EngineConfig {
+            lease_timeout: LEASE,
+            result_retention: Duration::from_secs(3600),
+            max_payload_bytes: 1024,
+        },
+        T0,
+    )
+}
+
+fn group(name: &str) -> GroupName {
+    GroupName::new(name).unwrap()
+}
+
+fn pod(name: &str) -> PodId {
+    PodId::new(name).unwrap()
+}
+
+fn spec(g: &str) -> TaskSpec {
+    TaskSpec::new(group(g), "h", Bytes::from_static(b"x"))
+}
+
+fn at(ms: u64) -> Timestamp {
+    Timestamp(T0.0 + ms)
+}
+
+fn hello(name: &str, groups: &[&str], slots: u32) -> PodHello {
+    let mut h = PodHello::new(pod(name), groups.iter().map(|g| group(g)).collect());
+    h.slots = slots;
+    h
+}
+
+fn attempt(spec: &TaskSpec, n: u32) -> AttemptRef {
+    AttemptRef {
+        task: spec.id,
+        attempt: Attempt(n),
+    }
+}
+
+/// Submits `spec`, connects pod `p1` on session 1, dispatches; returns the engine.
+fn running(spec: &TaskSpec) -> Engine {
+    let mut e = engine();
+    let mut out = Output::default();
+    e.submit(vec![spec.clone()], T0, &mut out).unwrap();
+    e.pod_hello(1, hello("p1", &["g"], 1), T0, &mut out).unwrap();
+    e.dispatch(T0, &mut out);
+    assert_eq!(e.state().task(&spec.id).unwrap().state, TaskState::Running);
+    e
+}
+
+mod submit {
+    use super::*;
+
+    #[test]
+    fn accepts_new_tasks_in_order() {
+        let mut e = engine();
+        let mut out = Output::default();
+        let (a, b) = (spec("g"), spec("g"));
+        let acks = e.submit(vec![a.clone(), b.clone()], T0, &mut out).unwrap();
+        assert!(acks.iter().all(|a| a.created));
+        assert_eq!(
+            out.events,
+            vec![
+                Event::TaskAccepted { spec: a, at: T0 },
+                Event::TaskAccepted { spec: b, at: T0 },
+            ]
+        );
+    }
+
+    #[test]
+    fn repeat_is_acknowledged_without_events() {
+        let mut e = engine();
+        let a = spec("g");
+        e.submit(vec![a.clone()], T0, &mut Output::default()).unwrap();
+        let mut out = Output::default();
+        let acks = e.submit(vec![a.clone(), a.clone()], at(5), &mut out).unwrap();
+        assert!(acks.iter().all(|ack| !ack.created && ack.id == a.id));
+        assert!(out.events.is_empty());
+    }
+
+    #[test]
+    fn reused_id_with_other_spec_conflicts_and_batch_is_atomic() {
+        let mut e = engine();
+        let a = spec("g");
+        e.submit(vec![a.clone()], T0, &mut Output::default()).unwrap();
+        let mut out = Output::default();
+        let other = spec("g").with_id(a.id).with_priority(9);
+        let r = e.submit(vec![spec("g"), other], T0, &mut out);
+        assert!(matches!(r, Err(ApiError::Conflict(m)) if m.contains("#1")));
+        assert!(out.events.is_empty(), "nothing of a refused batch is accepted");
+        assert_eq!(e.state().len(), 1);
+    }
+
+    #[test]
+    fn invalid_spec_is_refused_with_its_index() {
+        let mut e = engine();
+        let mut out = Output::default();
+        let big = TaskSpec::new(group("g"), "h", vec![0u8; 2048]);
+        let r = e.submit(vec![spec("g"), big], T0, &mut out);
+        assert!(matches!(r, Err(ApiError::ResourceExhausted(m)) if m.contains("#1")));
+        assert!(out.events.is_empty());
+    }
+}
+
+mod dispatch {
+    use super::*;
+
+    #[test]
+    fn nothing_is_leased_without_a_worker_of_the_group() {
+        let mut e = engine();
+        let mut out = Output::default();
+        e.submit(vec![spec("g")], T0, &mut out).unwrap();
+        e.pod_hello(1, hello("p1", &["other"], 1), T0, &mut out).unwrap();
+        out.events.clear();
+        e.dispatch(T0, &mut out);
+        assert!(out.events.is_empty());
+    }
+
+    #[test]
+    fn leases_highest_priority_then_oldest_one_per_free_slot() {
+        let mut e = engine();
+        let mut out = Output::default();
+        let (old, new, urgent) = (spec("g"), spec("g"), spec("g").with_priority(5));
+        e.submit(vec![old.clone(), new.clone(), urgent.clone()], T0, &mut out)
+            .unwrap();
+        e.pod_hello(1, hello("p1", &["g"], 2), T0, &mut out).unwrap();
+        out.events.clear();
+        e.dispatch(at(1), &mut out);
+        assert_eq!(
+            out.events,
+            vec![
+                Event::TaskAssigned {
+                    attempt: attempt(&urgent, 1),
+                    pod: pod("p1"),
+                    at: at(1)
+                },
+                Event::TaskAssigned {
+                    attempt: attempt(&old, 1),
+                    pod: pod("p1"),
+                    at: at(1)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn spreads_across_pods() {
+        let mut e = engine();
+        let mut out = Output::default();
+        e.submit(vec![spec("g"), spec("g")], T0, &mut out).unwrap();
+        e.pod_hello(1, hello("p1", &["g"], 4), T0, &mut out).unwrap();
+        e.pod_hello(2, hello("p2", &["g"], 4), T0, &mut out).unwrap();
+        out.events.clear();
+        e.dispatch(T0, &mut out);
+        let pods: Vec<_> = out
+            .events
+            .iter()
+            .map(|ev| match ev {
+                Event::TaskAssigned { pod, .. } => pod.clone(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(pods.len(), 2);
+        assert_ne!(pods[0], pods[1]);
+    }
+
+    #[test]
+    fn prefetch_adds_capacity_beyond_slots() {
+        let mut e = engine();
+        let mut out = Output::default();
+        e.submit((0..5).map(|_| spec("g")).collect(), T0, &mut out)
+            .unwrap();
+        let mut h = hello("p1", &["g"], 1);
+        h.prefetch = 2;
+        e.pod_hello(1, h, T0, &mut out).unwrap();
+        out.events.clear();
+        e.dispatch(T0, &mut out);
+        assert_eq!(out.events.len(), 3);
+    }
+}
+
+mod results {
+    use super::*;
+
+    #[test]
+    fn current_attempt_result_is_recorded_once() {
+        let a = spec("g");
+        let mut e = running(&a);
+        let mut out = Output::default();
+        let finished = PodMessage::Finished {
+            attempt: attempt(&a, 1),
+            outcome: Ok(Bytes::from_static(b"ok")),
+        };
+        e.pod_message(1, finished.clone(), at(3), &mut out);
+        assert_eq!(
+            out.events,
+            vec![Event::TaskFinished {
+                attempt: attempt(&a, 1),
+                outcome: Outcome::Succeeded(Bytes::from_static(b"ok")),
+                at: at(3)
+            }]
+        );
+        let mut again = Output::default();
+        e.pod_message(1, finished, at(4), &mut again);
+        assert!(again.events.is_empty(), "a repeated result records nothing");
+    }
+
+    #[test]
+    fn result_of_an_old_attempt_is_dropped() {
+        let a = spec("g");
+        let mut e = running(&a);
+        let mut out = Output::default();
+        e.pod_message(1, PodMessage::Returned { attempts: vec![attempt(&a, 1)] }, at(1), &mut out);
+        e.dispatch(at(2), &mut out);
+        assert_eq!(e.state().task(&a.id).unwrap().attempt, Attempt(2));
+        out.events.clear();
+        let late = PodMessage::Finished {
+            attempt: attempt(&a, 1),
+            outcome: Err(TaskError::new(ErrorKind::Handler, "late")),
+        };
+        e.pod_message(1, late, at(3), &mut out);
+        assert!(out.events.is_empty());
+        assert_eq!(e.state().task(&a.id).unwrap().state, TaskState::Running);
+    }
+
+    #[test]
+    fn messages_of_unknown_sessions_are_ignored() {
+        let a = spec("g");
+        let mut e = running(&a);
+        let mut out = Output::default();
+        let forged = PodMessage::Finished {
+            attempt: attempt(&a, 1),
+            outcome: Ok(Bytes::new()),
+        };
+        e.pod_message(99, forged, at(1), &mut out);
+        assert!(out.events.is_empty());
+    }
+}
+
+mod leases {
+    use super::*;
+
+    #[test]
+    fn silent_pod_loses_its_leases_at_the_deadline() {
+        let a = spec("g");
+        let mut e = running(&a);
+        let mut out = Output::default();
+        e.tick(T0.saturating_add(LEASE - Duration::from_millis(1)), &mut out);
+        assert!(out.events.is_empty(), "not expired before the deadline");
+        let deadline = T0.saturating_add(LEASE);
+        e.tick(deadline, &mut out);
+        assert_eq!(
+            out.events,
+            vec![Event::TaskRequeued {
+                attempt: attempt(&a, 1),
+                reason: RequeueReason::LeaseExpired,
+                at: deadline
+            }]
+        );
+        assert_eq!(out.closed_sessions, vec![1]);
+    }
+
+    #[test]
+    fn heartbeat_renews_and_flags_attempts_the_pod_should_not_hold() {
+        let a = spec("g");
+        let mut e = running(&a);
+        let mut out = Output::default();
+        let stranger = AttemptRef {
+            task: spec("g").id,
+            attempt: Attempt(1),
+        };
+        e.pod_message(
+            1,
+            PodMessage::Heartbeat {
+                holding: vec![attempt(&a, 1), stranger],
+            },
+            at(9_000),
+            &mut out,
+        );
+        assert_eq!(out.messages, vec![(1, MasterMessage::Cancel(stranger))]);
+        e.tick(T0.saturating_add(LEASE), &mut out);
+        assert!(out.events.is_empty(), "the heartbeat renewed the lease");
+    }
+
+    #[test]
+    fn disconnected_pod_can_reclaim_within_the_lease_timeout() {
+        let a = spec("g");
+        let mut e = running(&a);
+        let mut out = Output::default();
+        e.pod_disconnected(1, at(1));
+        let mut h = hello("p1", &["g"], 1);
+        h.holding = vec![attempt(&a, 1)];
+        e.pod_hello(2, h, at(2), &mut out).unwrap();
+        e.tick(at(1).saturating_add(LEASE), &mut out);
+        assert!(out.events.is_empty(), "re-adopted, not expired");
+        assert!(out.messages.is_empty());
+        let mut done = Output::default();
+        e.pod_message(
+            2,
+            PodMessage::Finished {
+                attempt: attempt(&a, 1),
+                outcome: Ok(Bytes::new()),
+            },
+            at(3),
+            &mut done,
+        );
+        assert_eq!(done.events.len(), 1);
+    }
+
+    #[test]
+    fn orphans_after_restart_expire_unless_claimed() {
+        let a = spec("g");
+        let e = running(&a);
+        // A new engine over the same state, as after a restart.
+        let mut restarted = Engine::new(e.state().clone(), e.config.clone(), at(100));
+        let mut out = Output::default();
+        restarted.tick(at(100).saturating_add(LEASE), &mut out);
+        assert_eq!(
+            out.events,
+            vec![Event::TaskRequeued {
+                attempt: attempt(&a, 1),
+                reason: RequeueReason::LeaseExpired,
+                at: at(100).saturating_add(LEASE)
+            }]
+        );
+    }
+
+    #[test]
+    fn re_registering_without_an_attempt_requeues_it_at_once() {
+        let a = spec("g");
+        let mut e = running(&a);
+        let mut out = Output::default();
+        e.pod_hello(2, hello("p1", &["g"], 1), at(1), &mut out).unwrap();
+        assert_eq!(
+            out.events[0],
+            Event::TaskRequeued {
+                attempt: attempt(&a, 1),
+                reason: RequeueReason::PodLeft,
+                at: at(1)
+            }
+        );
+        assert_eq!(out.closed_sessions, vec![1]);
+    }
+
+    #[test]
+    fn leave_requeues_what_the_pod_still_holds() {
+        let a = spec("g");
+        let mut e = running(&a);
+        let mut out = Output::default();
+        e.pod_message(1, PodMessage::Leave, at(1), &mut out);
+        assert_eq!(
+            out.events,
+            vec![Event::TaskRequeued {
+                attempt: attempt(&a, 1),
+                reason: RequeueReason::PodLeft,
+                at: at(1)
+            }]
+        );
+        assert!(e.pod_stats().is_empty());
+    }
+
+    #[test]
+    fn bad_hellos_are_refused() {
+        let mut e = engine();
+        let mut out = Output::default();
+        assert!(matches!(
+            e.pod_hello(1, hello("p", &["g"], 0), T0, &mut out),
+            Err(ApiError::InvalidArgument(m)) if m.contains("slots")
+        ));
+        assert!(e.pod_hello(1, hello("p", &[], 1), T0, &mut out).is_err());
+        assert!(e.pod_stats().is_empty());
+    }
+}
+
+mod cancel {
+    use super::*;
+
+    #[test]
+    fn pending_task_is_cancelled_and_never_leased() {
+        let mut e = engine();
+        let mut out = Output::default();
+        let a = spec("g");
+        e.submit(vec![a.clone()], T0, &mut out).unwrap();
+        out.events.clear();
+        assert_eq!(e.cancel(a.id, at(1), &mut out).unwrap(), CancelAck::Cancelled);
+        assert_eq!(out.events, vec![Event::TaskCancelled { task: a.id, at: at(1) }]);
+        e.pod_hello(1, hello("p1", &["g"], 1), at(2), &mut out).unwrap();
+        out.events.clear();
+        e.dispatch(at(2), &mut out);
+        assert!(out.events.is_empty());
+    }
+
+    #[test]
+    fn running_task_is_cancelled_and_its_pod_told() {
+        let a = spec("g");
+        let mut e = running(&a);
+        let mut out = Output::default();
+        e.cancel(a.id, at(1), &mut out).unwrap();
+        assert_eq!(out.messages, vec![(1, MasterMessage::Cancel(attempt(&a, 1)))]);
+        assert_eq!(
+            e.cancel(a.id, at(2), &mut out).unwrap(),
+            CancelAck::AlreadyFinished(TaskState::Cancelled)
+        );
+        // The racing result of the cancelled attempt changes nothing.
+        let mut late = Output::default();
+        e.pod_message(
+            1,
+            PodMessage::Finished {
+                attempt: attempt(&a, 1),
+                outcome: Ok(Bytes::new()),
+            },
+            at(3),
+            &mut late,
+        );
+        assert!(late.events.is_empty());
+        assert_eq!(e.state().task(&a.id).unwrap().state, TaskState::Cancelled);
+    }
+}
+
+mod retention {
+    use super::*;
+
+    #[test]
+    fn finished_tasks_are_forgotten_after_retention() {
+        let a = spec("g");
+        let mut e = running(&a);
+        let mut out = Output::default();
+        e.pod_message(
+            1,
+            PodMessage::Finished {
+                attempt: attempt(&a, 1),
+                outcome: Ok(Bytes::new()),
+            },
+            at(0),
+            &mut out,
+        );
+        out.events.clear();
+        // Keep the pod alive so only retention acts.
+        e.pod_message(1, PodMessage::Heartbeat { holding: vec![] }, at(3_600_000), &mut out);
+        e.tick(at(3_600_000), &mut out);
+        assert!(out.events.is_empty(), "kept for exactly the retention");
+        e.pod_message(1, PodMessage::Heartbeat { holding: vec![] }, at(3_600_001), &mut out);
+        e.tick(at(3_600_001), &mut out);
+        assert_eq!(out.events, vec![Event::TasksForgotten { tasks: vec![a.id] }]);
+        assert!(e.state().task(&a.id).is_none());
+    }
+}
+
+/// Replaying the journal of a run rebuilds exactly the state the run ended with.
+#[test]
+fn replay_rebuilds_the_same_state() {
+    let mut e = engine();
+    let mut out = Output::default();
+    let specs: Vec<_> = (0..20).map(|i| spec(if i % 2 == 0 { "g" } else { "h" })).collect();
+    e.submit(specs.clone(), T0, &mut out).unwrap();
+    e.pod_hello(1, hello("p1", &["g", "h"], 3), T0, &mut out).unwrap();
+    for round in 0..10u64 {
+        e.dispatch(at(round), &mut out);
+        let leased: Vec<_> = e
+            .state()
+            .running()
+            .map(|entry| entry.current())
+            .collect();
+        for (i, r) in leased.into_iter().enumerate() {
+            let message = if i % 3 == 0 {
+                PodMessage::Returned { attempts: vec![r] }
+            } else {
+                PodMessage::Finished {
+                    attempt: r,
+                    outcome: Ok(Bytes::new()),
+                }
+            };
+            e.pod_message(1, message, at(round), &mut out);
+        }
+    }
+    e.cancel(specs[19].id, at(20), &mut out).unwrap();
+    let mut replayed = MasterState::new();
+    for event in &out.events {
+        replayed.apply(event);
+    }
+    assert_eq!(&replayed, e.state());
+    assert_eq!(replayed.counts(), e.state().counts());
+}

@@ -1,0 +1,255 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mawex_api::pod::AttemptRef;
+use mawex_api::{
+    Attempt, ErrorKind, GroupName, Limits, Outcome, PodId, TaskError, TaskId, TaskSpec, Timestamp,
+};
+
+use super::record::{decode_record, encode_records};
+use super::{Journal, MemoryJournal};
+use crate::error::CoreError;
+use crate::master::{Event, MasterState, RequeueReason};
+
+fn id(n: u8) -> TaskId {
+    let mut bytes = [0u8; 16];
+    bytes[6] = 0x70; // version 7
+    bytes[15] = n;
+    TaskId::from_bytes(bytes).expect("non-nil")
+}
+
+/// One of every event, with fixed contents: what the golden files hold.
+fn golden_events() -> Vec<Event> {
+    let group = GroupName::new("golden").expect("valid");
+    let pod = PodId::new("pod-a").expect("valid");
+    let spec = TaskSpec::new(group.clone(), "resize", Bytes::from_static(b"cat.png"))
+        .with_id(id(1))
+        .with_priority(-3)
+        .with_limits(
+            Limits::default()
+                .with_timeout(Duration::from_millis(1500))
+                .with_memory_bytes(1 << 20),
+        );
+    let second = TaskSpec::new(group, "noop", Bytes::new()).with_id(id(2));
+    let a1 = AttemptRef {
+        task: id(1),
+        attempt: Attempt(1),
+    };
+    let a2 = AttemptRef {
+        task: id(1),
+        attempt: Attempt(2),
+    };
+    vec![
+        Event::TaskAccepted {
+            spec,
+            at: Timestamp(1_700_000_000_000),
+        },
+        Event::TaskAccepted {
+            spec: second,
+            at: Timestamp(1_700_000_000_001),
+        },
+        Event::TaskAssigned {
+            attempt: a1,
+            pod: pod.clone(),
+            at: Timestamp(1_700_000_000_002),
+        },
+        Event::TaskRequeued {
+            attempt: a1,
+            reason: RequeueReason::LeaseExpired,
+            at: Timestamp(1_700_000_000_003),
+        },
+        Event::TaskAssigned {
+            attempt: a2,
+            pod,
+            at: Timestamp(1_700_000_000_004),
+        },
+        Event::TaskFinished {
+            attempt: a2,
+            outcome: Outcome::Failed(TaskError::new(ErrorKind::Panicked, "boom")),
+            at: Timestamp(1_700_000_000_005),
+        },
+        Event::TaskCancelled {
+            task: id(2),
+            at: Timestamp(1_700_000_000_006),
+        },
+        Event::TaskRequeued {
+            attempt: a2,
+            reason: RequeueReason::Returned,
+            at: Timestamp(1_700_000_000_007),
+        },
+        Event::TaskRequeued {
+            attempt: a2,
+            reason: RequeueReason::PodLeft,
+            at: Timestamp(1_700_000_000_008),
+        },
+        Event::TaskFinished {
+            attempt: a1,
+            outcome: Outcome::Succeeded(Bytes::from_static(b"out")),
+            at: Timestamp(1_700_000_000_009),
+        },
+        Event::TasksForgotten { tasks: vec![id(2)] },
+    ]
+}
+
+fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn write_framed(records: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (seq, bytes) in records {
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(bytes);
+    }
+    out
+}
+
+fn read_framed(mut data: &[u8]) -> Vec<(u64, Vec<u8>)> {
+    let mut records = Vec::new();
+    while !data.is_empty() {
+        let seq = u64::from_be_bytes(data[..8].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(data[8..12].try_into().expect("4 bytes")) as usize;
+        records.push((seq, data[12..12 + len].to_vec()));
+        data = &data[12 + len..];
+    }
+    records
+}
+
+/// Golden files hold records and a snapshot written by format version 1. Every future
+/// version must still decode them to exactly these events and this state. Regenerate only
+/// when adding a *new* version's files: `MAWEX_WRITE_GOLDEN=1 cargo test -p mawex-core golden`.
+#[test]
+fn golden_v1_records_and_snapshot_decode() {
+    let events = golden_events();
+    let records_path = golden_dir().join("journal-v1.records");
+    let snapshot_path = golden_dir().join("journal-v1.snapshot");
+    if std::env::var_os("MAWEX_WRITE_GOLDEN").is_some() {
+        let mut j = MemoryJournal::new();
+        // Two appends, so the file holds more than one record.
+        j.append(1, &events[..4]).expect("append");
+        j.append(5, &events[4..]).expect("append");
+        std::fs::write(&records_path, write_framed(&j.raw_records())).expect("write");
+        let mut state = MasterState::new();
+        events.iter().for_each(|e| state.apply(e));
+        j.snapshot(events.len() as u64, &state).expect("snapshot");
+        std::fs::write(&snapshot_path, j.raw_snapshot().expect("snapshot")).expect("write");
+    }
+
+    let records = read_framed(&std::fs::read(&records_path).expect("golden records present"));
+    assert_eq!(records.len(), 2);
+    let mut j = MemoryJournal::new();
+    for (seq, bytes) in &records {
+        j.write_raw_record(*seq, bytes);
+    }
+    let recovered = j.recover().expect("golden records decode");
+    let decoded: Vec<Event> = recovered.events.into_iter().map(|(_, e)| e).collect();
+    assert_eq!(decoded, events);
+
+    let mut expected = MasterState::new();
+    events.iter().for_each(|e| expected.apply(e));
+    let mut j = MemoryJournal::new();
+    j.write_raw_snapshot(&std::fs::read(&snapshot_path).expect("golden snapshot present"));
+    let (seq, mut state) = j.recover().expect("golden snapshot decodes").snapshot.expect("a snapshot");
+    state.rebuild_indexes();
+    assert_eq!(seq, events.len() as u64);
+    assert_eq!(state, expected);
+}
+
+#[test]
+fn records_are_split_by_size_and_round_trip() {
+    let events = golden_events();
+    let records = encode_records(10, &events, 64).expect("encode");
+    assert!(records.len() > 1, "a 64-byte cap splits the batch");
+    let mut seq = 10;
+    let mut decoded = Vec::new();
+    for (first, bytes) in &records {
+        assert_eq!(*first, seq);
+        let batch = decode_record(bytes).expect("decode");
+        seq += batch.len() as u64;
+        decoded.extend(batch);
+    }
+    assert_eq!(decoded, events);
+}
+
+#[test]
+fn every_flipped_bit_is_detected() {
+    let (_, bytes) = encode_records(1, &golden_events()[..1], 1 << 20)
+        .expect("encode")
+        .remove(0);
+    for i in 1..bytes.len() {
+        let mut bad = bytes.clone();
+        bad[i] ^= 0x10;
+        assert!(decode_record(&bad).is_err(), "flip in byte {i} went unnoticed");
+    }
+}
+
+fn journal_with(batches: &[&[Event]]) -> MemoryJournal {
+    let mut j = MemoryJournal::new();
+    let mut seq = 1;
+    for b in batches {
+        j.append(seq, b).expect("append");
+        seq += b.len() as u64;
+    }
+    j
+}
+
+#[test]
+fn torn_last_record_is_dropped_and_the_rest_recovers() {
+    let events = golden_events();
+    let mut j = journal_with(&[&events[..3], &events[3..6]]);
+    let (seq, mut bytes) = j.raw_records().pop().expect("a record");
+    bytes.truncate(bytes.len() / 2);
+    j.write_raw_record(seq, &bytes);
+    let recovered = j.recover().expect("recovers");
+    assert_eq!(recovered.events.len(), 3);
+    assert_eq!(j.record_count(), 1, "the torn record is removed");
+    // Appending after recovery continues from the last good event.
+    j.append(4, &events[3..4]).expect("append");
+    assert_eq!(j.recover().expect("recovers").events.len(), 4);
+}
+
+#[test]
+fn corrupt_record_followed_by_good_ones_fails_naming_its_sequence() {
+    let events = golden_events();
+    let mut j = journal_with(&[&events[..2], &events[2..5], &events[5..]]);
+    let (seq, mut bytes) = j.raw_records()[1].clone();
+    assert_eq!(seq, 3);
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    j.write_raw_record(seq, &bytes);
+    match j.recover() {
+        Err(CoreError::CorruptJournal { seq, reason }) => {
+            assert_eq!(seq, 3);
+            assert!(reason.contains("checksum"), "{reason}");
+        }
+        other => panic!("expected a corruption error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_gap_in_sequence_numbers_is_corruption() {
+    let events = golden_events();
+    let mut j = journal_with(&[&events[..2]]);
+    j.append(10, &events[2..3]).expect("append");
+    assert!(matches!(j.recover(), Err(CoreError::CorruptJournal { seq: 10, .. })));
+}
+
+#[test]
+fn snapshot_truncates_and_restart_replays_only_the_tail() {
+    let events = golden_events();
+    let mut j = journal_with(&[&events[..4]]);
+    let mut state = MasterState::new();
+    events[..4].iter().for_each(|e| state.apply(e));
+    j.snapshot(4, &state).expect("snapshot");
+    assert_eq!(j.record_count(), 0);
+    j.append(5, &events[4..]).expect("append");
+    let recovered = j.recover().expect("recovers");
+    assert_eq!(recovered.events.first().map(|(s, _)| *s), Some(5));
+    let (last, rebuilt) = recovered.into_state();
+    let mut expected = MasterState::new();
+    events.iter().for_each(|e| expected.apply(e));
+    assert_eq!(last, events.len() as u64);
+    assert_eq!(rebuilt, expected);
+}
