@@ -56,6 +56,15 @@ impl SledJournal {
         Ok(())
     }
 
+    /// The raw bytes stored under a sequence number: for fault-injection tests.
+    ///
+    /// # Errors
+    /// A storage error.
+    #[doc(hidden)]
+    pub fn raw_record(&self, seq: u64) -> Result<Option<Vec<u8>>, CoreError> {
+        Ok(self.journal.get(seq.to_be_bytes())?.map(|v| v.to_vec()))
+    }
+
     /// Reads every event in the journal (after the latest snapshot): for tools and tests
     /// that audit what was recorded.
     ///

@@ -1,0 +1,262 @@
+//! The shared harness of the integration tests: masters on temp-dir sled journals, pods with
+//! instrumented handlers, and waiting on conditions with deadlines (never bare sleeps).
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mawex::{
+    Bytes, GroupName, HandlerError, HandlerRegistry, InProcess, LocalMasterProxy, Master,
+    MasterConfig, MasterStats, Pod, PodConfig, PodId, SledJournal, TaskId, TaskInput,
+};
+
+/// How long any condition may take before a test fails: generous for a loaded 2-core CI.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Waits until `check` returns `Some`, polling every few milliseconds, or panics with `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub fn group(name: &str) -> GroupName {
+    GroupName::new(name).expect("valid group name")
+}
+
+pub fn pod_id(name: &str) -> PodId {
+    PodId::new(name).expect("valid pod id")
+}
+
+/// Short leases so that expiry tests finish quickly.
+pub fn fast_config() -> MasterConfig {
+    let mut c = MasterConfig::default();
+    c.lease_timeout = Duration::from_millis(900);
+    c.heartbeat_interval = Duration::from_millis(150);
+    c
+}
+
+/// A master on a sled journal in its own temp dir. Dropping it without `shutdown` or
+/// `halt` panics: every test ends its master on purpose.
+pub struct TestMaster {
+    master: Option<Master>,
+    dir: Arc<tempfile::TempDir>,
+    pub config: MasterConfig,
+}
+
+impl TestMaster {
+    pub async fn start() -> TestMaster {
+        Self::start_with(fast_config()).await
+    }
+
+    pub async fn start_with(config: MasterConfig) -> TestMaster {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        Self::open(dir, config).await
+    }
+
+    async fn open(dir: Arc<tempfile::TempDir>, config: MasterConfig) -> TestMaster {
+        let journal = SledJournal::open(journal_path(dir.path())).expect("open journal");
+        let master = Master::builder()
+            .config(config.clone())
+            .start(journal)
+            .await
+            .expect("start master");
+        TestMaster {
+            master: Some(master),
+            dir,
+            config,
+        }
+    }
+
+    pub fn master(&self) -> &Master {
+        self.master.as_ref().expect("master running")
+    }
+
+    pub fn proxy(&self) -> LocalMasterProxy {
+        self.master().proxy()
+    }
+
+    pub fn journal_dir(&self) -> PathBuf {
+        journal_path(self.dir.path())
+    }
+
+    /// Starts an in-process pod on this master.
+    pub fn pod(&self, config: PodConfig, handlers: HandlerRegistry) -> Pod {
+        Pod::start(
+            config,
+            Arc::new(InProcess::new(handlers)),
+            Arc::new(self.master().pod_connector()),
+        )
+        .expect("start pod")
+    }
+
+    /// Waits until the published stats satisfy `pred`.
+    pub async fn wait_stats(&self, what: &str, pred: impl Fn(&MasterStats) -> bool) -> MasterStats {
+        let mut rx = self.master().stats();
+        let waited = tokio::time::timeout(DEADLINE, async {
+            rx.wait_for(|s| pred(s)).await.map(|s| s.clone())
+        })
+        .await;
+        match waited {
+            Ok(Ok(stats)) => stats,
+            Ok(Err(_)) => panic!("master stopped while waiting for {what}"),
+            Err(_) => panic!("timed out waiting for {what}; last stats: {:?}", self.stats()),
+        }
+    }
+
+    pub fn stats(&self) -> MasterStats {
+        self.master().stats().borrow().clone()
+    }
+
+    pub async fn shutdown(mut self) {
+        let master = self.master.take().expect("master running");
+        master.shutdown().await.expect("clean shutdown");
+    }
+
+    /// Crashes the master (nothing uncommitted survives, no snapshot) and keeps the directory.
+    pub async fn halt(mut self) -> Arc<tempfile::TempDir> {
+        let master = self.master.take().expect("master running");
+        master.halt().await.expect("halt");
+        self.dir.clone()
+    }
+
+    /// Starts a new master on a directory a previous one used.
+    pub async fn restart(dir: Arc<tempfile::TempDir>, config: MasterConfig) -> TestMaster {
+        Self::open(dir, config).await
+    }
+}
+
+impl Drop for TestMaster {
+    fn drop(&mut self) {
+        if self.master.is_some() && !std::thread::panicking() {
+            panic!("a TestMaster was dropped without shutdown() or halt()");
+        }
+    }
+}
+
+pub fn journal_path(dir: &Path) -> PathBuf {
+    dir.join("journal")
+}
+
+/// Counts attempts running at once and remembers the highest count.
+#[derive(Default, Debug)]
+pub struct Overlap {
+    now: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl Overlap {
+    pub fn enter(&self) -> OverlapGuard<'_> {
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(n, Ordering::SeqCst);
+        OverlapGuard(self)
+    }
+
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::SeqCst)
+    }
+}
+
+pub struct OverlapGuard<'a>(&'a Overlap);
+
+impl Drop for OverlapGuard<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Records which task ran how many times.
+#[derive(Default, Debug)]
+pub struct Runs(Mutex<HashMap<TaskId, usize>>);
+
+impl Runs {
+    pub fn record(&self, id: TaskId) {
+        *self.0.lock().expect("lock").entry(id).or_default() += 1;
+    }
+
+    pub fn count(&self, id: &TaskId) -> usize {
+        self.0.lock().expect("lock").get(id).copied().unwrap_or(0)
+    }
+
+    pub fn total(&self) -> usize {
+        self.0.lock().expect("lock").values().sum()
+    }
+}
+
+/// Handlers every test can use:
+/// - `echo`: returns its payload;
+/// - `fail`: returns a handler error;
+/// - `panic`: panics;
+/// - `sleep`: sleeps for the payload's number of milliseconds, then returns it;
+/// - `track`: like `sleep`, counted by `overlap` while it runs.
+/// Every run is recorded in `runs`.
+pub fn handlers(runs: Arc<Runs>, overlap: Arc<Overlap>) -> HandlerRegistry {
+    let mut r = HandlerRegistry::new();
+    let rn = runs.clone();
+    r.register("echo", move |t: TaskInput| {
+        rn.record(t.task);
+        async move { Ok(t.payload) }
+    })
+    .expect("register");
+    let rn = runs.clone();
+    r.register("fail", move |t: TaskInput| {
+        rn.record(t.task);
+        async move { Err(HandlerError::new("this handler always fails")) }
+    })
+    .expect("register");
+    let rn = runs.clone();
+    r.register("panic", move |t: TaskInput| {
+        rn.record(t.task);
+        async move { panic!("this handler always panics") }
+    })
+    .expect("register");
+    let rn = runs.clone();
+    r.register("sleep", move |t: TaskInput| {
+        rn.record(t.task);
+        async move {
+            tokio::time::sleep(millis(&t.payload)).await;
+            Ok(t.payload)
+        }
+    })
+    .expect("register");
+    r.register("track", move |t: TaskInput| {
+        runs.record(t.task);
+        let overlap = overlap.clone();
+        async move {
+            let _guard = overlap.enter();
+            tokio::time::sleep(millis(&t.payload)).await;
+            Ok(Bytes::new())
+        }
+    })
+    .expect("register");
+    r
+}
+
+fn millis(payload: &[u8]) -> Duration {
+    let ms = std::str::from_utf8(payload)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Duration::from_millis(ms)
+}
+
+/// Default instrumented handlers with fresh counters.
+pub fn instrumented() -> (HandlerRegistry, Arc<Runs>, Arc<Overlap>) {
+    let runs = Arc::new(Runs::default());
+    let overlap = Arc::new(Overlap::default());
+    (handlers(runs.clone(), overlap.clone()), runs, overlap)
+}
