@@ -51,7 +51,11 @@ async fn main() -> anyhow::Result<()> {
     let mut specs = Vec::new();
     for i in 0..50 {
         specs.push(TaskSpec::new(text.clone(), "shout", format!("hello {i}")));
-        let payload = if i % 10 == 9 { "nine?".to_string() } else { i.to_string() };
+        let payload = if i % 10 == 9 {
+            "nine?".to_string()
+        } else {
+            i.to_string()
+        };
         specs.push(TaskSpec::new(math.clone(), "square", payload));
     }
     let started = std::time::Instant::now();
@@ -93,6 +97,9 @@ async fn main() -> anyhow::Result<()> {
 
     pod.shutdown().await?;
     master.shutdown().await?;
-    anyhow::ensure!(stats.counts.succeeded == 95 && stats.counts.failed == 5, "unexpected outcome counts");
+    anyhow::ensure!(
+        stats.counts.succeeded == 95 && stats.counts.failed == 5,
+        "unexpected outcome counts"
+    );
     Ok(())
 }

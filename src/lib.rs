@@ -37,15 +37,17 @@
 pub use mawex_api::pod;
 pub use mawex_api::{
     ApiError, Attempt, Bytes, CancelAck, ErrorKind, GroupName, Limits, ListQuery, MasterProxy,
-    Outcome, PodId, ResultCursor, ResultStream, SubmitAck, TaskError, TaskId, TaskPage,
-    TaskResult, TaskSpec, TaskState, TaskView, Timestamp,
+    Outcome, PodId, ResultCursor, ResultStream, SubmitAck, TaskError, TaskId, TaskPage, TaskResult,
+    TaskSpec, TaskState, TaskView, Timestamp,
 };
 pub use mawex_core::{
     clock, journal, CoreError, Event, Journal, LocalMasterProxy, LocalPodConnector, Master,
     MasterBuilder, MasterConfig, MasterState, MasterStats, MemoryJournal, Pod, PodConfig,
     PodConnector, PodStats, RequeueReason, SledJournal, TaskCounts,
 };
-pub use mawex_sandbox::{HandlerError, HandlerRegistry, InProcess, Sandbox, SandboxError, TaskInput};
+pub use mawex_sandbox::{
+    HandlerError, HandlerRegistry, InProcess, Sandbox, SandboxError, TaskInput,
+};
 
 /// Sandboxes: where task bodies run.
 pub mod sandbox {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use common::*;
 use futures::StreamExt;
-use mawex::pod::{PodHello, PodMessage, MasterMessage};
+use mawex::pod::{MasterMessage, PodHello, PodMessage};
 use mawex::{
     ErrorKind, ListQuery, MasterProxy, Outcome, PodConfig, PodConnector, TaskSpec, TaskState,
 };
@@ -16,7 +16,10 @@ async fn single_task_is_accepted_scheduled_and_recorded() {
     let m = TestMaster::start().await;
     let proxy = m.proxy();
     let g = group("single");
-    let ack = proxy.submit(TaskSpec::new(g.clone(), "echo", "hi")).await.unwrap();
+    let ack = proxy
+        .submit(TaskSpec::new(g.clone(), "echo", "hi"))
+        .await
+        .unwrap();
     assert!(ack.created);
     assert_eq!(proxy.get(ack.id).await.unwrap().state, TaskState::Pending);
 
@@ -83,9 +86,12 @@ async fn a_pod_joining_mid_stream_receives_work() {
     let g = group("scale-out");
     let (handlers, _, _) = instrumented();
     let first = m.pod(PodConfig::new(pod_id("p-out-1"), vec![g.clone()]), handlers);
-    let specs: Vec<_> = (0..60).map(|_| TaskSpec::new(g.clone(), "sleep", "10")).collect();
+    let specs: Vec<_> = (0..60)
+        .map(|_| TaskSpec::new(g.clone(), "sleep", "10"))
+        .collect();
     let acks = m.proxy().submit_many(specs).await.unwrap();
-    m.wait_stats("a few results", |s| s.counts.succeeded >= 3).await;
+    m.wait_stats("a few results", |s| s.counts.succeeded >= 3)
+        .await;
 
     let (handlers, _, _) = instrumented();
     let second = m.pod(PodConfig::new(pod_id("p-out-2"), vec![g.clone()]), handlers);
@@ -112,12 +118,19 @@ async fn pods_leaving_mid_stream_hand_their_work_to_the_rest() {
             )
         })
         .collect();
-    let specs: Vec<_> = (0..90).map(|_| TaskSpec::new(g.clone(), "sleep", "5")).collect();
+    let specs: Vec<_> = (0..90)
+        .map(|_| TaskSpec::new(g.clone(), "sleep", "5"))
+        .collect();
     let acks = m.proxy().submit_many(specs).await.unwrap();
-    m.wait_stats("some results", |s| s.counts.succeeded >= 10).await;
+    m.wait_stats("some results", |s| s.counts.succeeded >= 10)
+        .await;
 
     let mut pods = pods.into_iter();
-    let (a, b, last) = (pods.next().unwrap(), pods.next().unwrap(), pods.next().unwrap());
+    let (a, b, last) = (
+        pods.next().unwrap(),
+        pods.next().unwrap(),
+        pods.next().unwrap(),
+    );
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
     let before = last.executed();
@@ -125,7 +138,10 @@ async fn pods_leaving_mid_stream_hand_their_work_to_the_rest() {
         let r = m.proxy().await_result(ack.id).await.unwrap();
         assert!(matches!(r.outcome, Outcome::Succeeded(_)));
     }
-    assert!(last.executed() > before, "the remaining pod finished the rest");
+    assert!(
+        last.executed() > before,
+        "the remaining pod finished the rest"
+    );
     assert_eq!(m.stats().pods.len(), 1, "the others left");
     // Leaving pods handed queued work back; nothing ran twice.
     assert_eq!(runs.total(), 90);
@@ -151,15 +167,28 @@ async fn one_slot_pod_never_overlaps_across_groups_and_two_pods_run_in_parallel(
     // Two one-slot pods of one group: two tasks at once.
     let g = group("parallel");
     let (handlers, _, overlap) = instrumented();
-    let p1 = m.pod(PodConfig::new(pod_id("p-par-1"), vec![g.clone()]), handlers.clone());
+    let p1 = m.pod(
+        PodConfig::new(pod_id("p-par-1"), vec![g.clone()]),
+        handlers.clone(),
+    );
     let p2 = m.pod(PodConfig::new(pod_id("p-par-2"), vec![g.clone()]), handlers);
-    m.wait_stats("both pods registered", |s| s.pods.len() == 2).await;
-    let specs: Vec<_> = (0..8).map(|_| TaskSpec::new(g.clone(), "track", "40")).collect();
+    m.wait_stats("both pods registered", |s| s.pods.len() == 2)
+        .await;
+    let specs: Vec<_> = (0..8)
+        .map(|_| TaskSpec::new(g.clone(), "track", "40"))
+        .collect();
     for ack in m.proxy().submit_many(specs).await.unwrap() {
         m.proxy().await_result(ack.id).await.unwrap();
     }
-    assert_eq!(overlap.max(), 2, "two pods, one slot each: exactly two at a time");
-    assert!(p1.executed() > 0 && p2.executed() > 0, "work is balanced over both pods");
+    assert_eq!(
+        overlap.max(),
+        2,
+        "two pods, one slot each: exactly two at a time"
+    );
+    assert!(
+        p1.executed() > 0 && p2.executed() > 0,
+        "work is balanced over both pods"
+    );
     p1.shutdown().await.unwrap();
     p2.shutdown().await.unwrap();
     m.shutdown().await;
@@ -171,13 +200,24 @@ async fn tasks_wait_for_a_worker_of_their_group() {
     let (late, busy) = (group("late"), group("busy"));
     let late_acks = m
         .proxy()
-        .submit_many((0..5).map(|_| TaskSpec::new(late.clone(), "echo", "x")).collect())
+        .submit_many(
+            (0..5)
+                .map(|_| TaskSpec::new(late.clone(), "echo", "x"))
+                .collect(),
+        )
         .await
         .unwrap();
     // A pod of another group runs its own task: dispatch ran, and still left these alone.
     let (handlers, _, _) = instrumented();
-    let other = m.pod(PodConfig::new(pod_id("p-busy"), vec![busy.clone()]), handlers.clone());
-    let ack = m.proxy().submit(TaskSpec::new(busy, "echo", "y")).await.unwrap();
+    let other = m.pod(
+        PodConfig::new(pod_id("p-busy"), vec![busy.clone()]),
+        handlers.clone(),
+    );
+    let ack = m
+        .proxy()
+        .submit(TaskSpec::new(busy, "echo", "y"))
+        .await
+        .unwrap();
     m.proxy().await_result(ack.id).await.unwrap();
     for a in &late_acks {
         assert_eq!(m.proxy().get(a.id).await.unwrap().state, TaskState::Pending);
@@ -228,7 +268,11 @@ async fn a_duplicate_submit_runs_once() {
 async fn a_late_result_of_an_old_attempt_is_ignored() {
     let m = TestMaster::start().await;
     let g = group("fenced");
-    let ack = m.proxy().submit(TaskSpec::new(g.clone(), "echo", "x")).await.unwrap();
+    let ack = m
+        .proxy()
+        .submit(TaskSpec::new(g.clone(), "echo", "x"))
+        .await
+        .unwrap();
     let connector = m.master().pod_connector();
 
     let mut first = connector
@@ -278,7 +322,11 @@ async fn a_late_result_of_an_old_attempt_is_ignored() {
 async fn a_silent_pod_loses_its_lease_and_the_task_runs_elsewhere() {
     let m = TestMaster::start().await;
     let g = group("silent");
-    let ack = m.proxy().submit(TaskSpec::new(g.clone(), "echo", "x")).await.unwrap();
+    let ack = m
+        .proxy()
+        .submit(TaskSpec::new(g.clone(), "echo", "x"))
+        .await
+        .unwrap();
     // Connected but never heartbeating nor answering.
     let mut ghost = m
         .master()
@@ -286,7 +334,10 @@ async fn a_silent_pod_loses_its_lease_and_the_task_runs_elsewhere() {
         .connect(PodHello::new(pod_id("p-ghost"), vec![g.clone()]))
         .await
         .unwrap();
-    assert!(matches!(ghost.inbox.recv().await, Some(MasterMessage::Assign(_))));
+    assert!(matches!(
+        ghost.inbox.recv().await,
+        Some(MasterMessage::Assign(_))
+    ));
     let (handlers, runs, _) = instrumented();
     let pod = m.pod(PodConfig::new(pod_id("p-alive"), vec![g]), handlers);
     let result = m.proxy().await_result(ack.id).await.unwrap();
@@ -307,19 +358,42 @@ async fn cancel_stops_pending_and_running_tasks() {
     let m = TestMaster::start().await;
     let g = group("cancel");
     let (handlers, runs, _) = instrumented();
-    let pod = m.pod(PodConfig::new(pod_id("p-cancel"), vec![g.clone()]), handlers);
-    let running = m.proxy().submit(TaskSpec::new(g.clone(), "sleep", "60000")).await.unwrap();
-    let pending = m.proxy().submit(TaskSpec::new(g.clone(), "echo", "x")).await.unwrap();
+    let pod = m.pod(
+        PodConfig::new(pod_id("p-cancel"), vec![g.clone()]),
+        handlers,
+    );
+    let running = m
+        .proxy()
+        .submit(TaskSpec::new(g.clone(), "sleep", "60000"))
+        .await
+        .unwrap();
+    let pending = m
+        .proxy()
+        .submit(TaskSpec::new(g.clone(), "echo", "x"))
+        .await
+        .unwrap();
     wait_for("the long task to start", || {
         let n = runs.count(&running.id);
         async move { (n == 1).then_some(()) }
     })
     .await;
-    assert_eq!(m.proxy().get(pending.id).await.unwrap().state, TaskState::Pending);
-    assert_eq!(m.proxy().cancel(pending.id).await.unwrap(), mawex::CancelAck::Cancelled);
-    assert_eq!(m.proxy().cancel(running.id).await.unwrap(), mawex::CancelAck::Cancelled);
+    assert_eq!(
+        m.proxy().get(pending.id).await.unwrap().state,
+        TaskState::Pending
+    );
+    assert_eq!(
+        m.proxy().cancel(pending.id).await.unwrap(),
+        mawex::CancelAck::Cancelled
+    );
+    assert_eq!(
+        m.proxy().cancel(running.id).await.unwrap(),
+        mawex::CancelAck::Cancelled
+    );
     for id in [running.id, pending.id] {
-        assert_eq!(m.proxy().await_result(id).await.unwrap().outcome, Outcome::Cancelled);
+        assert_eq!(
+            m.proxy().await_result(id).await.unwrap().outcome,
+            Outcome::Cancelled
+        );
     }
     // The running attempt was stopped, so the pod is free again and idle.
     wait_for("the pod to stop the cancelled attempt", || {
@@ -327,7 +401,11 @@ async fn cancel_stops_pending_and_running_tasks() {
         async move { (n == 1).then_some(()) }
     })
     .await;
-    assert_eq!(runs.count(&pending.id), 0, "a cancelled pending task never runs");
+    assert_eq!(
+        runs.count(&pending.id),
+        0,
+        "a cancelled pending task never runs"
+    );
     assert!(matches!(
         m.proxy().cancel(mawex::TaskId::new()).await,
         Err(mawex::ApiError::NotFound(_))
@@ -341,16 +419,25 @@ async fn result_streams_resume_from_a_cursor() {
     let m = TestMaster::start().await;
     let g = group("stream");
     let (handlers, _, _) = instrumented();
-    let pod = m.pod(PodConfig::new(pod_id("p-stream"), vec![g.clone()]), handlers);
+    let pod = m.pod(
+        PodConfig::new(pod_id("p-stream"), vec![g.clone()]),
+        handlers,
+    );
     let mut live = m.proxy().results(g.clone(), None).await.unwrap();
-    let specs: Vec<_> = (0..5).map(|i| TaskSpec::new(g.clone(), "echo", format!("{i}"))).collect();
+    let specs: Vec<_> = (0..5)
+        .map(|i| TaskSpec::new(g.clone(), "echo", format!("{i}")))
+        .collect();
     m.proxy().submit_many(specs.clone()).await.unwrap();
     let mut seen = Vec::new();
     for _ in 0..5 {
         seen.push(live.next().await.unwrap().unwrap());
     }
     let ids: Vec<_> = seen.iter().map(|r| r.id).collect();
-    assert_eq!(ids, specs.iter().map(|s| s.id).collect::<Vec<_>>(), "one slot runs them in order");
+    assert_eq!(
+        ids,
+        specs.iter().map(|s| s.id).collect::<Vec<_>>(),
+        "one slot runs them in order"
+    );
 
     let mut resumed = m
         .proxy()
@@ -362,7 +449,10 @@ async fn result_streams_resume_from_a_cursor() {
     pod.shutdown().await.unwrap();
     m.shutdown().await;
     // The stream says the master is gone instead of ending silently.
-    assert!(matches!(resumed.next().await, Some(Err(mawex::ApiError::Unavailable(_)))));
+    assert!(matches!(
+        resumed.next().await,
+        Some(Err(mawex::ApiError::Unavailable(_)))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,8 +474,15 @@ async fn list_filters_and_pages() {
             None => break,
         }
     }
-    let expected: Vec<_> = specs.iter().filter(|s| s.group == a).map(|s| s.id).collect();
-    assert_eq!(collected, expected, "all of group a, in submission order, once");
+    let expected: Vec<_> = specs
+        .iter()
+        .filter(|s| s.group == a)
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(
+        collected, expected,
+        "all of group a, in submission order, once"
+    );
     let pending = m
         .proxy()
         .list(ListQuery::default().state(TaskState::Pending).limit(1000))

@@ -29,7 +29,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -114,7 +117,10 @@ impl TestMaster {
         match waited {
             Ok(Ok(stats)) => stats,
             Ok(Err(_)) => panic!("master stopped while waiting for {what}"),
-            Err(_) => panic!("timed out waiting for {what}; last stats: {:?}", self.stats()),
+            Err(_) => panic!(
+                "timed out waiting for {what}; last stats: {:?}",
+                self.stats()
+            ),
         }
     }
 
@@ -122,9 +128,11 @@ impl TestMaster {
         self.master().stats().borrow().clone()
     }
 
-    pub async fn shutdown(mut self) {
+    /// Stops cleanly; the returned handle keeps the directory for a restart.
+    pub async fn shutdown(mut self) -> Arc<tempfile::TempDir> {
         let master = self.master.take().expect("master running");
         master.shutdown().await.expect("clean shutdown");
+        self.dir.clone()
     }
 
     /// Crashes the master (nothing uncommitted survives, no snapshot) and keeps the directory.
@@ -203,6 +211,7 @@ impl Runs {
 /// - `panic`: panics;
 /// - `sleep`: sleeps for the payload's number of milliseconds, then returns it;
 /// - `track`: like `sleep`, counted by `overlap` while it runs.
+///
 /// Every run is recorded in `runs`.
 pub fn handlers(runs: Arc<Runs>, overlap: Arc<Overlap>) -> HandlerRegistry {
     let mut r = HandlerRegistry::new();

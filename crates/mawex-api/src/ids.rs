@@ -62,7 +62,9 @@ impl FromStr for TaskId {
 
 /// Number of one try of a task, counted from 1. Every message about a running task carries it,
 /// so an answer from an attempt that is no longer current is recognised and dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Attempt(pub u32);
 
 impl Attempt {
@@ -83,7 +85,9 @@ const MAX_NAME_LEN: usize = 128;
 
 fn validate_name(kind: &str, name: &str) -> Result<(), ApiError> {
     if name.is_empty() {
-        return Err(ApiError::InvalidArgument(format!("{kind} name must not be empty")));
+        return Err(ApiError::InvalidArgument(format!(
+            "{kind} name must not be empty"
+        )));
     }
     if name.len() > MAX_NAME_LEN {
         return Err(ApiError::InvalidArgument(format!(
@@ -193,7 +197,9 @@ mod tests {
     fn task_ids_parse_and_reject_nil() {
         let id = TaskId::new();
         assert_eq!(id.to_string().parse::<TaskId>().unwrap(), id);
-        assert!("00000000-0000-0000-0000-000000000000".parse::<TaskId>().is_err());
+        assert!("00000000-0000-0000-0000-000000000000"
+            .parse::<TaskId>()
+            .is_err());
         assert!("nope".parse::<TaskId>().is_err());
         assert!(TaskId::new() > id, "v7 ids grow with time");
     }

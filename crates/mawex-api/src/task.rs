@@ -144,7 +144,10 @@ pub enum TaskState {
 impl TaskState {
     /// True for states a task never leaves.
     pub fn is_terminal(self) -> bool {
-        matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled)
+        matches!(
+            self,
+            TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled
+        )
     }
 }
 
@@ -340,6 +343,8 @@ mod tests {
         s.handler.clear();
         assert!(matches!(s.validate(10), Err(ApiError::InvalidArgument(_))));
         let s = spec().with_limits(Limits::default().with_timeout(Duration::ZERO));
-        assert!(matches!(s.validate(10), Err(ApiError::InvalidArgument(ref m)) if m.contains("timeout")));
+        assert!(
+            matches!(s.validate(10), Err(ApiError::InvalidArgument(ref m)) if m.contains("timeout"))
+        );
     }
 }

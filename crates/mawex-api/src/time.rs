@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 ///
 /// Time enters the master only as data of this type, which keeps its state machine
 /// deterministic: replaying the same events always yields the same state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Timestamp(pub u64);
 
 impl Timestamp {

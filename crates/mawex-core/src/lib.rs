@@ -45,8 +45,8 @@ mod proxy;
 pub use error::CoreError;
 pub use journal::{Journal, MemoryJournal, Recovered, SledJournal};
 pub use master::{
-    Event, Master, MasterBuilder, MasterConfig, MasterState, MasterStats, PodStats,
-    RequeueReason, TaskCounts, MAX_POD_PREFETCH, MAX_POD_SLOTS,
+    Event, Master, MasterBuilder, MasterConfig, MasterState, MasterStats, PodStats, RequeueReason,
+    TaskCounts, MAX_POD_PREFETCH, MAX_POD_SLOTS,
 };
 pub use pod::{LocalPodConnector, Pod, PodConfig, PodConnector, PodOutbox, PodSession};
 pub use proxy::LocalMasterProxy;

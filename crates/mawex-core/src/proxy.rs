@@ -5,8 +5,8 @@ use std::sync::mpsc as std_mpsc;
 use async_trait::async_trait;
 use futures::stream;
 use mawex_api::{
-    ApiError, CancelAck, GroupName, ListQuery, MasterProxy, ResultCursor, ResultStream,
-    SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec, TaskView,
+    ApiError, CancelAck, GroupName, ListQuery, MasterProxy, ResultCursor, ResultStream, SubmitAck,
+    TaskId, TaskPage, TaskResult, TaskSpec, TaskView,
 };
 use tokio::sync::{mpsc, oneshot};
 

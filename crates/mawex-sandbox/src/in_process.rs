@@ -27,7 +27,9 @@ impl std::fmt::Debug for HandlerRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut names: Vec<_> = self.handlers.keys().collect();
         names.sort();
-        f.debug_struct("HandlerRegistry").field("handlers", &names).finish()
+        f.debug_struct("HandlerRegistry")
+            .field("handlers", &names)
+            .finish()
     }
 }
 
@@ -108,7 +110,11 @@ impl Sandbox for InProcess {
         "in-process"
     }
 
-    async fn run(&self, input: TaskInput, cancel: CancellationToken) -> Result<Bytes, SandboxError> {
+    async fn run(
+        &self,
+        input: TaskInput,
+        cancel: CancellationToken,
+    ) -> Result<Bytes, SandboxError> {
         let handler = self
             .registry
             .get(&input.handler)

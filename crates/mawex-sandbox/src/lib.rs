@@ -46,5 +46,6 @@ pub trait Sandbox: Send + Sync + 'static {
     /// # Cancel safety
     /// Dropping the future stops the attempt as far as the sandbox can (an in-process
     /// handler is dropped at its next `.await`).
-    async fn run(&self, input: TaskInput, cancel: CancellationToken) -> Result<Bytes, SandboxError>;
+    async fn run(&self, input: TaskInput, cancel: CancellationToken)
+        -> Result<Bytes, SandboxError>;
 }

@@ -39,7 +39,11 @@ impl MemoryJournal {
     /// The stored records as `(first sequence number, bytes)`: for golden-file tests.
     #[doc(hidden)]
     pub fn raw_records(&self) -> Vec<(u64, Vec<u8>)> {
-        self.lock().records.iter().map(|(k, v)| (*k, v.clone())).collect()
+        self.lock()
+            .records
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect()
     }
 
     /// The stored snapshot bytes: for golden-file tests.

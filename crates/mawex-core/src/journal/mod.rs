@@ -77,9 +77,11 @@ pub trait Journal: Send + 'static {
     fn snapshot(&mut self, last_seq: u64, state: &MasterState) -> Result<(), CoreError>;
 }
 
+/// Events with their sequence numbers, and the key of a torn last record to delete.
+pub(crate) type Replayed = (Vec<(u64, Event)>, Option<u64>);
+
 /// Validates `(key, bytes)` records in key order, starting after `after_seq`.
-/// Returns the decoded events and the key of a torn last record to delete, if any.
-pub(crate) fn replay_records<I>(records: I, after_seq: u64) -> Result<(Vec<(u64, Event)>, Option<u64>), CoreError>
+pub(crate) fn replay_records<I>(records: I, after_seq: u64) -> Result<Replayed, CoreError>
 where
     I: IntoIterator<Item = Result<(u64, Vec<u8>), CoreError>>,
 {
@@ -93,7 +95,10 @@ where
             continue;
         }
         if let Some((bad_seq, reason)) = bad.take() {
-            return Err(CoreError::CorruptJournal { seq: bad_seq, reason });
+            return Err(CoreError::CorruptJournal {
+                seq: bad_seq,
+                reason,
+            });
         }
         if seq != expected {
             return Err(CoreError::CorruptJournal {

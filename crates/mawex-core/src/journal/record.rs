@@ -35,11 +35,10 @@ pub(crate) fn encode_records(
     max_bytes: usize,
 ) -> Result<Vec<(u64, Vec<u8>)>, CoreError> {
     let mut records = Vec::new();
-    let mut seq = first_seq;
-    let mut start = seq;
+    let mut start = first_seq;
     let mut count: u32 = 0;
     let mut buf = header_placeholder();
-    for event in events {
+    for (seq, event) in (first_seq..).zip(events) {
         if count > 0 && buf.len() >= max_bytes {
             records.push((start, seal(buf, count)));
             buf = header_placeholder();
@@ -49,7 +48,6 @@ pub(crate) fn encode_records(
         bincode::serde::encode_into_std_write(event, &mut buf, config())
             .map_err(|e| CoreError::Encode(e.to_string()))?;
         count += 1;
-        seq += 1;
     }
     if count > 0 {
         records.push((start, seal(buf, count)));
@@ -74,7 +72,10 @@ fn seal(mut buf: Vec<u8>, count: u32) -> Vec<u8> {
 /// Checks the envelope and returns (format, payload after the count, count).
 fn open<'a>(bytes: &'a [u8], what: &str) -> Result<(u8, u32, &'a [u8]), String> {
     if bytes.len() < HEADER_LEN {
-        return Err(format!("{what} is {} bytes, shorter than its header", bytes.len()));
+        return Err(format!(
+            "{what} is {} bytes, shorter than its header",
+            bytes.len()
+        ));
     }
     let stored = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
     let actual = crc32fast::hash(&bytes[5..]);

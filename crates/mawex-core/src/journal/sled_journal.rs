@@ -78,7 +78,10 @@ impl SledJournal {
 fn key_seq(key: &[u8]) -> Result<u64, CoreError> {
     let arr: [u8; 8] = key.try_into().map_err(|_| CoreError::CorruptJournal {
         seq: 0,
-        reason: format!("journal key of {} bytes is not a sequence number", key.len()),
+        reason: format!(
+            "journal key of {} bytes is not a sequence number",
+            key.len()
+        ),
     })?;
     Ok(u64::from_be_bytes(arr))
 }

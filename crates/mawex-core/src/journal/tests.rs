@@ -151,7 +151,11 @@ fn golden_v1_records_and_snapshot_decode() {
     events.iter().for_each(|e| expected.apply(e));
     let mut j = MemoryJournal::new();
     j.write_raw_snapshot(&std::fs::read(&snapshot_path).expect("golden snapshot present"));
-    let (seq, mut state) = j.recover().expect("golden snapshot decodes").snapshot.expect("a snapshot");
+    let (seq, mut state) = j
+        .recover()
+        .expect("golden snapshot decodes")
+        .snapshot
+        .expect("a snapshot");
     state.rebuild_indexes();
     assert_eq!(seq, events.len() as u64);
     assert_eq!(state, expected);
@@ -181,7 +185,10 @@ fn every_flipped_bit_is_detected() {
     for i in 1..bytes.len() {
         let mut bad = bytes.clone();
         bad[i] ^= 0x10;
-        assert!(decode_record(&bad).is_err(), "flip in byte {i} went unnoticed");
+        assert!(
+            decode_record(&bad).is_err(),
+            "flip in byte {i} went unnoticed"
+        );
     }
 }
 
@@ -233,7 +240,10 @@ fn a_gap_in_sequence_numbers_is_corruption() {
     let events = golden_events();
     let mut j = journal_with(&[&events[..2]]);
     j.append(10, &events[2..3]).expect("append");
-    assert!(matches!(j.recover(), Err(CoreError::CorruptJournal { seq: 10, .. })));
+    assert!(matches!(
+        j.recover(),
+        Err(CoreError::CorruptJournal { seq: 10, .. })
+    ));
 }
 
 #[test]

@@ -76,7 +76,9 @@ pub(crate) enum CoreMsg {
     /// Wake up and run timers now (tests with a manual clock).
     Tick,
     /// Stop cleanly: finish the batch, snapshot, close.
-    Shutdown { done: oneshot::Sender<()> },
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
     /// Stop at once as a crash would: the current batch is not committed, no snapshot.
     Halt,
 }
@@ -134,7 +136,8 @@ impl<J: Journal> CoreLoop<J> {
             let now = self.clock.now();
             let mut out = Output::default();
             let mut deferred: Vec<Deferred> = Vec::new();
-            let mut new_subscribers: Vec<(Subscriber, Option<ResultCursor>, Reply<()>)> = Vec::new();
+            let mut new_subscribers: Vec<(Subscriber, Option<ResultCursor>, Reply<()>)> =
+                Vec::new();
             let mut stop = None;
             for msg in batch.drain(..) {
                 match msg {
@@ -164,8 +167,9 @@ impl<J: Journal> CoreLoop<J> {
                 error!(error = %e, "journal append failed; the master stops");
                 return Err(e);
             }
-            self.deliver(out, deferred, new_subscribers, now);
+            // Stats first, so whoever hears back from this batch sees it in them too.
             self.publish_stats();
+            self.deliver(out, deferred, new_subscribers, now);
             if let Some(Stop::Clean(done)) = stop {
                 self.stop_cleanly()?;
                 let _ = done.send(());
@@ -244,17 +248,14 @@ impl<J: Journal> CoreLoop<J> {
             } => {
                 self.next_session += 1;
                 let session = self.next_session;
-                let r = self
-                    .engine
-                    .pod_hello(session, hello, now, out)
-                    .map(|()| {
-                        self.sessions.insert(session, outbox);
-                        Welcome::new(
-                            session,
-                            self.config.heartbeat_interval,
-                            self.config.lease_timeout,
-                        )
-                    });
+                let r = self.engine.pod_hello(session, hello, now, out).map(|()| {
+                    self.sessions.insert(session, outbox);
+                    Welcome::new(
+                        session,
+                        self.config.heartbeat_interval,
+                        self.config.lease_timeout,
+                    )
+                });
                 answer(deferred, reply, r);
             }
             CoreMsg::Pod { session, message } => {
@@ -347,9 +348,8 @@ impl<J: Journal> CoreLoop<J> {
                     let _ = w.send(Ok(result.clone()));
                 }
             }
-            self.subscribers.retain(|s| {
-                s.group != result.group || s.results.send(Ok(result.clone())).is_ok()
-            });
+            self.subscribers
+                .retain(|s| s.group != result.group || s.results.send(Ok(result.clone())).is_ok());
         }
         for (sub, after, reply) in new_subscribers {
             let after = after.map_or(0, |c| c.0);
@@ -377,7 +377,7 @@ impl<J: Journal> CoreLoop<J> {
         }
     }
 
-    fn publish_stats(&self) {
+    pub(crate) fn publish_stats(&self) {
         let stats = MasterStats {
             counts: self.engine.counts(),
             pods: self.engine.pod_stats(),
@@ -388,10 +388,13 @@ impl<J: Journal> CoreLoop<J> {
 
     fn take_snapshot(&mut self) -> Result<(), CoreError> {
         let started = std::time::Instant::now();
-        self.journal
-            .snapshot(self.last_seq, self.engine.state())?;
+        self.journal.snapshot(self.last_seq, self.engine.state())?;
         self.events_since_snapshot = 0;
-        debug!(seq = self.last_seq, took_ms = started.elapsed().as_millis() as u64, "snapshot taken");
+        debug!(
+            seq = self.last_seq,
+            took_ms = started.elapsed().as_millis() as u64,
+            "snapshot taken"
+        );
         Ok(())
     }
 
@@ -409,4 +412,3 @@ impl<J: Journal> CoreLoop<J> {
         Ok(())
     }
 }
-

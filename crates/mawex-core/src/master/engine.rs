@@ -177,17 +177,16 @@ impl Engine {
                     )))
                 }
                 None => {
-                    spec.validate(self.config.max_payload_bytes).map_err(|e| {
-                        match e {
-                            ApiError::InvalidArgument(m) => {
-                                ApiError::InvalidArgument(format!("task #{index} of the batch: {m}"))
-                            }
-                            ApiError::ResourceExhausted(m) => ApiError::ResourceExhausted(
-                                format!("task #{index} of the batch: {m}"),
-                            ),
+                    spec.validate(self.config.max_payload_bytes)
+                        .map_err(|e| match e {
+                            ApiError::InvalidArgument(m) => ApiError::InvalidArgument(format!(
+                                "task #{index} of the batch: {m}"
+                            )),
+                            ApiError::ResourceExhausted(m) => ApiError::ResourceExhausted(format!(
+                                "task #{index} of the batch: {m}"
+                            )),
                             other => other,
-                        }
-                    })?;
+                        })?;
                     fresh.insert(spec.id, index);
                     acks.push(SubmitAck::new(spec.id, true));
                 }
@@ -384,7 +383,12 @@ impl Engine {
                 out.closed_sessions.push(session);
                 if let Some(entry) = self.pods.remove(&pod_id) {
                     for (task, attempt) in entry.leases {
-                        self.requeue(AttemptRef { task, attempt }, RequeueReason::PodLeft, now, out);
+                        self.requeue(
+                            AttemptRef { task, attempt },
+                            RequeueReason::PodLeft,
+                            now,
+                            out,
+                        );
                     }
                 }
                 debug!(pod = %pod_id, "pod left");
@@ -408,7 +412,13 @@ impl Engine {
         debug!(pod = %pod_id, session, "pod disconnected");
     }
 
-    fn requeue(&mut self, attempt: AttemptRef, reason: RequeueReason, now: Timestamp, out: &mut Output) {
+    fn requeue(
+        &mut self,
+        attempt: AttemptRef,
+        reason: RequeueReason,
+        now: Timestamp,
+        out: &mut Output,
+    ) {
         let current = self
             .state
             .task(&attempt.task)
@@ -439,7 +449,12 @@ impl Engine {
                 self.sessions.remove(&entry.session);
                 out.closed_sessions.push(entry.session);
                 for (task, attempt) in entry.leases {
-                    self.requeue(AttemptRef { task, attempt }, RequeueReason::LeaseExpired, now, out);
+                    self.requeue(
+                        AttemptRef { task, attempt },
+                        RequeueReason::LeaseExpired,
+                        now,
+                        out,
+                    );
                 }
             }
         }
@@ -458,7 +473,9 @@ impl Engine {
         if let Some(cutoff) = now.0.checked_sub(
             u64::try_from(self.config.result_retention.as_millis()).unwrap_or(u64::MAX),
         ) {
-            let old = self.state.finished_before(Timestamp(cutoff), FORGET_PER_TICK);
+            let old = self
+                .state
+                .finished_before(Timestamp(cutoff), FORGET_PER_TICK);
             if !old.is_empty() {
                 self.emit(Event::TasksForgotten { tasks: old }, out);
             }

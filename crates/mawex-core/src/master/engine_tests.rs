@@ -62,7 +62,8 @@ fn running(spec: &TaskSpec) -> Engine {
     let mut e = engine();
     let mut out = Output::default();
     e.submit(vec![spec.clone()], T0, &mut out).unwrap();
-    e.pod_hello(1, hello("p1", &["g"], 1), T0, &mut out).unwrap();
+    e.pod_hello(1, hello("p1", &["g"], 1), T0, &mut out)
+        .unwrap();
     e.dispatch(T0, &mut out);
     assert_eq!(e.state().task(&spec.id).unwrap().state, TaskState::Running);
     e
@@ -91,9 +92,12 @@ mod submit {
     fn repeat_is_acknowledged_without_events() {
         let mut e = engine();
         let a = spec("g");
-        e.submit(vec![a.clone()], T0, &mut Output::default()).unwrap();
+        e.submit(vec![a.clone()], T0, &mut Output::default())
+            .unwrap();
         let mut out = Output::default();
-        let acks = e.submit(vec![a.clone(), a.clone()], at(5), &mut out).unwrap();
+        let acks = e
+            .submit(vec![a.clone(), a.clone()], at(5), &mut out)
+            .unwrap();
         assert!(acks.iter().all(|ack| !ack.created && ack.id == a.id));
         assert!(out.events.is_empty());
     }
@@ -102,12 +106,16 @@ mod submit {
     fn reused_id_with_other_spec_conflicts_and_batch_is_atomic() {
         let mut e = engine();
         let a = spec("g");
-        e.submit(vec![a.clone()], T0, &mut Output::default()).unwrap();
+        e.submit(vec![a.clone()], T0, &mut Output::default())
+            .unwrap();
         let mut out = Output::default();
         let other = spec("g").with_id(a.id).with_priority(9);
         let r = e.submit(vec![spec("g"), other], T0, &mut out);
         assert!(matches!(r, Err(ApiError::Conflict(m)) if m.contains("#1")));
-        assert!(out.events.is_empty(), "nothing of a refused batch is accepted");
+        assert!(
+            out.events.is_empty(),
+            "nothing of a refused batch is accepted"
+        );
         assert_eq!(e.state().len(), 1);
     }
 
@@ -130,7 +138,8 @@ mod dispatch {
         let mut e = engine();
         let mut out = Output::default();
         e.submit(vec![spec("g")], T0, &mut out).unwrap();
-        e.pod_hello(1, hello("p1", &["other"], 1), T0, &mut out).unwrap();
+        e.pod_hello(1, hello("p1", &["other"], 1), T0, &mut out)
+            .unwrap();
         out.events.clear();
         e.dispatch(T0, &mut out);
         assert!(out.events.is_empty());
@@ -143,7 +152,8 @@ mod dispatch {
         let (old, new, urgent) = (spec("g"), spec("g"), spec("g").with_priority(5));
         e.submit(vec![old.clone(), new.clone(), urgent.clone()], T0, &mut out)
             .unwrap();
-        e.pod_hello(1, hello("p1", &["g"], 2), T0, &mut out).unwrap();
+        e.pod_hello(1, hello("p1", &["g"], 2), T0, &mut out)
+            .unwrap();
         out.events.clear();
         e.dispatch(at(1), &mut out);
         assert_eq!(
@@ -168,8 +178,10 @@ mod dispatch {
         let mut e = engine();
         let mut out = Output::default();
         e.submit(vec![spec("g"), spec("g")], T0, &mut out).unwrap();
-        e.pod_hello(1, hello("p1", &["g"], 4), T0, &mut out).unwrap();
-        e.pod_hello(2, hello("p2", &["g"], 4), T0, &mut out).unwrap();
+        e.pod_hello(1, hello("p1", &["g"], 4), T0, &mut out)
+            .unwrap();
+        e.pod_hello(2, hello("p2", &["g"], 4), T0, &mut out)
+            .unwrap();
         out.events.clear();
         e.dispatch(T0, &mut out);
         let pods: Vec<_> = out
@@ -230,7 +242,14 @@ mod results {
         let a = spec("g");
         let mut e = running(&a);
         let mut out = Output::default();
-        e.pod_message(1, PodMessage::Returned { attempts: vec![attempt(&a, 1)] }, at(1), &mut out);
+        e.pod_message(
+            1,
+            PodMessage::Returned {
+                attempts: vec![attempt(&a, 1)],
+            },
+            at(1),
+            &mut out,
+        );
         e.dispatch(at(2), &mut out);
         assert_eq!(e.state().task(&a.id).unwrap().attempt, Attempt(2));
         out.events.clear();
@@ -265,7 +284,10 @@ mod leases {
         let a = spec("g");
         let mut e = running(&a);
         let mut out = Output::default();
-        e.tick(T0.saturating_add(LEASE - Duration::from_millis(1)), &mut out);
+        e.tick(
+            T0.saturating_add(LEASE - Duration::from_millis(1)),
+            &mut out,
+        );
         assert!(out.events.is_empty(), "not expired before the deadline");
         let deadline = T0.saturating_add(LEASE);
         e.tick(deadline, &mut out);
@@ -350,7 +372,8 @@ mod leases {
         let a = spec("g");
         let mut e = running(&a);
         let mut out = Output::default();
-        e.pod_hello(2, hello("p1", &["g"], 1), at(1), &mut out).unwrap();
+        e.pod_hello(2, hello("p1", &["g"], 1), at(1), &mut out)
+            .unwrap();
         assert_eq!(
             out.events[0],
             Event::TaskRequeued {
@@ -402,9 +425,19 @@ mod cancel {
         let a = spec("g");
         e.submit(vec![a.clone()], T0, &mut out).unwrap();
         out.events.clear();
-        assert_eq!(e.cancel(a.id, at(1), &mut out).unwrap(), CancelAck::Cancelled);
-        assert_eq!(out.events, vec![Event::TaskCancelled { task: a.id, at: at(1) }]);
-        e.pod_hello(1, hello("p1", &["g"], 1), at(2), &mut out).unwrap();
+        assert_eq!(
+            e.cancel(a.id, at(1), &mut out).unwrap(),
+            CancelAck::Cancelled
+        );
+        assert_eq!(
+            out.events,
+            vec![Event::TaskCancelled {
+                task: a.id,
+                at: at(1)
+            }]
+        );
+        e.pod_hello(1, hello("p1", &["g"], 1), at(2), &mut out)
+            .unwrap();
         out.events.clear();
         e.dispatch(at(2), &mut out);
         assert!(out.events.is_empty());
@@ -416,7 +449,10 @@ mod cancel {
         let mut e = running(&a);
         let mut out = Output::default();
         e.cancel(a.id, at(1), &mut out).unwrap();
-        assert_eq!(out.messages, vec![(1, MasterMessage::Cancel(attempt(&a, 1)))]);
+        assert_eq!(
+            out.messages,
+            vec![(1, MasterMessage::Cancel(attempt(&a, 1)))]
+        );
         assert_eq!(
             e.cancel(a.id, at(2), &mut out).unwrap(),
             CancelAck::AlreadyFinished(TaskState::Cancelled)
@@ -456,12 +492,25 @@ mod retention {
         );
         out.events.clear();
         // Keep the pod alive so only retention acts.
-        e.pod_message(1, PodMessage::Heartbeat { holding: vec![] }, at(3_600_000), &mut out);
+        e.pod_message(
+            1,
+            PodMessage::Heartbeat { holding: vec![] },
+            at(3_600_000),
+            &mut out,
+        );
         e.tick(at(3_600_000), &mut out);
         assert!(out.events.is_empty(), "kept for exactly the retention");
-        e.pod_message(1, PodMessage::Heartbeat { holding: vec![] }, at(3_600_001), &mut out);
+        e.pod_message(
+            1,
+            PodMessage::Heartbeat { holding: vec![] },
+            at(3_600_001),
+            &mut out,
+        );
         e.tick(at(3_600_001), &mut out);
-        assert_eq!(out.events, vec![Event::TasksForgotten { tasks: vec![a.id] }]);
+        assert_eq!(
+            out.events,
+            vec![Event::TasksForgotten { tasks: vec![a.id] }]
+        );
         assert!(e.state().task(&a.id).is_none());
     }
 }
@@ -471,16 +520,15 @@ mod retention {
 fn replay_rebuilds_the_same_state() {
     let mut e = engine();
     let mut out = Output::default();
-    let specs: Vec<_> = (0..20).map(|i| spec(if i % 2 == 0 { "g" } else { "h" })).collect();
+    let specs: Vec<_> = (0..20)
+        .map(|i| spec(if i % 2 == 0 { "g" } else { "h" }))
+        .collect();
     e.submit(specs.clone(), T0, &mut out).unwrap();
-    e.pod_hello(1, hello("p1", &["g", "h"], 3), T0, &mut out).unwrap();
+    e.pod_hello(1, hello("p1", &["g", "h"], 3), T0, &mut out)
+        .unwrap();
     for round in 0..10u64 {
         e.dispatch(at(round), &mut out);
-        let leased: Vec<_> = e
-            .state()
-            .running()
-            .map(|entry| entry.current())
-            .collect();
+        let leased: Vec<_> = e.state().running().map(|entry| entry.current()).collect();
         for (i, r) in leased.into_iter().enumerate() {
             let message = if i % 3 == 0 {
                 PodMessage::Returned { attempts: vec![r] }

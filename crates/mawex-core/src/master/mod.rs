@@ -14,8 +14,8 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tracing::info;
 
-pub(crate) use core_loop::CoreMsg;
 use core_loop::CoreLoop;
+pub(crate) use core_loop::CoreMsg;
 use engine::{Engine, EngineConfig};
 pub use engine::{PodStats, MAX_POD_PREFETCH, MAX_POD_SLOTS};
 pub use event::{Event, RequeueReason};
@@ -70,15 +70,16 @@ impl MasterConfig {
                 self.lease_timeout
             )));
         }
-        if self.heartbeat_interval.is_zero() || self.heartbeat_interval * 3 > self.lease_timeout
-        {
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval * 3 > self.lease_timeout {
             return Err(CoreError::Config(format!(
                 "heartbeat_interval ({:?}) must be positive and at most a third of lease_timeout ({:?})",
                 self.heartbeat_interval, self.lease_timeout
             )));
         }
         if self.max_payload_bytes == 0 {
-            return Err(CoreError::Config("max_payload_bytes must be positive".into()));
+            return Err(CoreError::Config(
+                "max_payload_bytes must be positive".into(),
+            ));
         }
         Ok(())
     }
@@ -157,7 +158,12 @@ impl MasterBuilder {
                 };
                 let events = recovered.events.len();
                 let (last_seq, state) = recovered.into_state();
-                info!(last_seq, replayed = events, tasks = state.len(), "master recovered");
+                info!(
+                    last_seq,
+                    replayed = events,
+                    tasks = state.len(),
+                    "master recovered"
+                );
                 let engine_config = EngineConfig {
                     lease_timeout: config.lease_timeout,
                     result_retention: config.result_retention,
@@ -178,6 +184,8 @@ impl MasterBuilder {
                     waiters: HashMap::new(),
                     subscribers: Vec::new(),
                 };
+                // Recovered counts are visible as soon as `start` returns.
+                core.publish_stats();
                 let _ = ready_tx.send(Ok(()));
                 let result = core.run();
                 // `core` (and with it the journal) is dropped by now, so the storage is
@@ -194,7 +202,9 @@ impl MasterBuilder {
             }
             Err(_) => {
                 let _ = thread.join();
-                return Err(CoreError::Thread("the core thread died during recovery".into()));
+                return Err(CoreError::Thread(
+                    "the core thread died during recovery".into(),
+                ));
             }
         }
         Ok(Master {

@@ -184,7 +184,8 @@ impl MasterState {
                 if let Some(queue) = self.pending.get_mut(&entry.spec.group) {
                     queue.remove(&entry.queue_key());
                 }
-                self.counts.moved(Some(entry.state), Some(TaskState::Running));
+                self.counts
+                    .moved(Some(entry.state), Some(TaskState::Running));
                 entry.state = TaskState::Running;
                 entry.attempt = attempt.attempt;
                 entry.pod = Some(pod.clone());
@@ -210,7 +211,8 @@ impl MasterState {
                 if entry.state != TaskState::Running || entry.attempt != attempt.attempt {
                     return;
                 }
-                self.counts.moved(Some(entry.state), Some(TaskState::Pending));
+                self.counts
+                    .moved(Some(entry.state), Some(TaskState::Pending));
                 entry.state = TaskState::Pending;
                 entry.pod = None;
                 self.pending

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
-use mawex_api::pod::{AttemptRef, Assignment, MasterMessage, PodHello, PodMessage};
+use mawex_api::pod::{Assignment, AttemptRef, MasterMessage, PodHello, PodMessage};
 use mawex_api::{ApiError, Attempt, GroupName, PodId, TaskError, TaskId};
 use mawex_sandbox::{Sandbox, SandboxError, TaskInput};
 use tokio::sync::mpsc;
@@ -84,7 +84,10 @@ impl PodConfig {
     /// [`CoreError::Config`] naming the field.
     pub fn validate(&self) -> Result<(), CoreError> {
         if self.groups.is_empty() {
-            return Err(CoreError::Config(format!("pod {}: serve at least one group", self.id)));
+            return Err(CoreError::Config(format!(
+                "pod {}: serve at least one group",
+                self.id
+            )));
         }
         if !(1..=MAX_POD_SLOTS).contains(&self.slots) {
             return Err(CoreError::Config(format!(
@@ -248,9 +251,7 @@ impl Shared {
         self.executed.fetch_add(1, Ordering::Relaxed);
         let message = match result {
             Err(SandboxError::Cancelled) if self.interrupted.load(Ordering::SeqCst) => {
-                PodMessage::Returned {
-                    attempts: vec![r],
-                }
+                PodMessage::Returned { attempts: vec![r] }
             }
             other => PodMessage::Finished {
                 attempt: r,
@@ -426,7 +427,9 @@ async fn run(shared: Arc<Shared>, stop: CancellationToken, executors: Vec<JoinHa
                     ApiError::InvalidArgument(_) => {
                         warn!(pod = %shared.config.id, error = %e, "master refused the pod")
                     }
-                    _ => debug!(pod = %shared.config.id, error = %e, ?delay, "cannot reach the master; retrying"),
+                    _ => {
+                        debug!(pod = %shared.config.id, error = %e, ?delay, "cannot reach the master; retrying")
+                    }
                 }
                 tokio::select! {
                     () = stop.cancelled() => break,
@@ -516,11 +519,12 @@ async fn serve(
                 info!(pod = %shared.config.id, "grace period over; interrupting running attempts");
                 shared.interrupt_all();
             }
-            message = inbox.recv() => match message {
-                Some(MasterMessage::Cancel(r)) => shared.cancel(r),
+            message = inbox.recv() => {
                 // Nothing new is taken while leaving; the master re-queues it after Leave.
-                Some(_) | None => {}
-            },
+                if let Some(MasterMessage::Cancel(r)) = message {
+                    shared.cancel(r);
+                }
+            }
         }
     }
     shared.send(PodMessage::Leave);

@@ -1,0 +1,289 @@
+//! Restarts and journal damage: nothing acknowledged is lost, nothing is recorded twice.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use mawex::{
+    Bytes, CoreError, Event, HandlerRegistry, ListQuery, MasterProxy, Outcome, PodConfig,
+    SledJournal, TaskId, TaskInput, TaskResult, TaskSpec, TaskState,
+};
+
+/// Every task of the master, through paginated `list`.
+async fn all_tasks(m: &TestMaster) -> Vec<mawex::TaskView> {
+    let mut out = Vec::new();
+    let mut query = ListQuery::default().limit(1000);
+    loop {
+        let page = m.proxy().list(query.clone()).await.expect("list");
+        out.extend(page.tasks);
+        match page.next {
+            Some(next) => query = query.after(next),
+            None => return out,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_master_restarts_with_every_task_and_no_double_result() {
+    const TASKS: usize = 10_000;
+    const BEFORE_CRASH: usize = TASKS / 2;
+    let mut config = fast_config();
+    // Keep every event in the journal so the test can audit it.
+    config.snapshot_every = 0;
+    let m = TestMaster::start_with(config.clone()).await;
+    let g = group("restart");
+
+    // The first pod completes half, then every further attempt hangs: those are running
+    // when the master dies.
+    let started = Arc::new(AtomicUsize::new(0));
+    let mut hanging = HandlerRegistry::new();
+    let s = started.clone();
+    hanging
+        .register("work", move |t: TaskInput| {
+            let n = s.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n >= BEFORE_CRASH {
+                    futures::future::pending::<()>().await;
+                }
+                Ok(t.payload)
+            }
+        })
+        .unwrap();
+    let pod = m.pod(
+        PodConfig::new(pod_id("p-before"), vec![g.clone()])
+            .with_slots(2)
+            .with_prefetch(16),
+        hanging,
+    );
+    let specs: Vec<TaskSpec> = (0..TASKS)
+        .map(|i| TaskSpec::new(g.clone(), "work", format!("{i}")))
+        .collect();
+    for chunk in specs.chunks(1000) {
+        m.proxy().submit_many(chunk.to_vec()).await.unwrap();
+    }
+    m.wait_stats("half the tasks done", |s| {
+        s.counts.succeeded as usize >= BEFORE_CRASH
+    })
+    .await;
+    let mut before: HashMap<TaskId, TaskResult> = HashMap::new();
+    for view in all_tasks(&m).await {
+        if let Some(r) = view.result {
+            before.insert(view.spec.id, r);
+        }
+    }
+    assert_eq!(before.len(), BEFORE_CRASH);
+
+    let dir = m.halt().await;
+    pod.kill();
+
+    let m = TestMaster::restart(dir, config).await;
+    let tasks = all_tasks(&m).await;
+    assert_eq!(tasks.len(), TASKS, "every accepted task is there");
+    for view in &tasks {
+        if let Some(r) = before.get(&view.spec.id) {
+            assert_eq!(
+                view.result.as_ref(),
+                Some(r),
+                "finished tasks keep their results"
+            );
+        } else {
+            assert!(matches!(
+                view.state,
+                TaskState::Pending | TaskState::Running
+            ));
+        }
+    }
+
+    // A new pod runs the rest; the attempts that were running at the crash run again once
+    // their orphaned leases expire.
+    let (handlers, _, _) = instrumented();
+    let mut registry = handlers;
+    registry
+        .register("work", |t: TaskInput| async move { Ok(t.payload) })
+        .unwrap();
+    let pod = m.pod(
+        PodConfig::new(pod_id("p-after"), vec![g.clone()])
+            .with_slots(2)
+            .with_prefetch(16),
+        registry,
+    );
+    let stats = m
+        .wait_stats("all tasks done", |s| s.counts.succeeded as usize == TASKS)
+        .await;
+    assert!(stats.is_idle());
+    for spec in &specs {
+        let r = m.proxy().await_result(spec.id).await.unwrap();
+        assert_eq!(r.outcome, Outcome::Succeeded(spec.payload.clone()));
+    }
+    pod.shutdown().await.unwrap();
+    let dir = m.halt().await;
+
+    // Audit the journal: exactly one recorded result per task.
+    let mut journal = SledJournal::open(journal_path(dir.path())).unwrap();
+    let mut results: HashMap<TaskId, usize> = HashMap::new();
+    for (_, event) in journal.read_events().unwrap() {
+        if let Event::TaskFinished { attempt, .. } = event {
+            *results.entry(attempt.task).or_default() += 1;
+        }
+    }
+    assert_eq!(results.len(), TASKS);
+    assert!(
+        results.values().all(|&n| n == 1),
+        "no task result is recorded twice"
+    );
+}
+
+/// Three submits, three commits, three records (keys 1, 2, 3); then a crash.
+async fn three_records() -> (Arc<tempfile::TempDir>, Vec<TaskId>) {
+    let mut config = fast_config();
+    config.snapshot_every = 0;
+    let m = TestMaster::start_with(config).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let ack = m
+            .proxy()
+            .submit(TaskSpec::new(group("torn"), "echo", format!("{i}")))
+            .await
+            .expect("submit");
+        ids.push(ack.id);
+    }
+    assert_eq!(m.stats().last_seq, 3);
+    (m.halt().await, ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_last_record_is_dropped_and_everything_before_recovers() {
+    let (dir, ids) = three_records().await;
+    {
+        let journal = SledJournal::open(journal_path(dir.path())).unwrap();
+        // Half of a real record, as a crash in the middle of a write would leave it.
+        let mut torn = journal.raw_record(3).unwrap().expect("record 3");
+        torn.truncate(torn.len() / 2);
+        journal.write_raw_record(3, &torn).unwrap();
+    }
+    let m = TestMaster::restart(dir.clone(), fast_config()).await;
+    assert_eq!(m.stats().last_seq, 2);
+    for id in &ids[..2] {
+        assert_eq!(m.proxy().get(*id).await.unwrap().state, TaskState::Pending);
+    }
+    assert!(matches!(
+        m.proxy().get(ids[2]).await,
+        Err(mawex::ApiError::NotFound(_))
+    ));
+    // The journal goes on after the last good record.
+    m.proxy()
+        .submit(TaskSpec::new(group("torn"), "echo", "again"))
+        .await
+        .unwrap();
+    assert_eq!(m.stats().last_seq, 3);
+    m.shutdown().await;
+
+    // Garbage (not even a header) as the last record is dropped the same way.
+    let (dir, ids) = three_records().await;
+    SledJournal::open(journal_path(dir.path()))
+        .unwrap()
+        .write_raw_record(4, b"\x01garbage")
+        .unwrap();
+    let m = TestMaster::restart(dir, fast_config()).await;
+    assert_eq!(m.stats().counts.pending, 3);
+    assert_eq!(
+        m.proxy().get(ids[2]).await.unwrap().state,
+        TaskState::Pending
+    );
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_record_followed_by_good_ones_stops_start_up_naming_it() {
+    let (dir, _) = three_records().await;
+    {
+        let journal = SledJournal::open(journal_path(dir.path())).unwrap();
+        let mut bad = journal.raw_record(2).unwrap().expect("record 2");
+        let last = bad.len() - 1;
+        bad[last] ^= 0x5a;
+        journal.write_raw_record(2, &bad).unwrap();
+    }
+    let journal = SledJournal::open(journal_path(dir.path())).unwrap();
+    let err = mawex::Master::builder().start(journal).await.unwrap_err();
+    match &err {
+        CoreError::CorruptJournal { seq, .. } => assert_eq!(*seq, 2),
+        other => panic!("expected CorruptJournal, got {other:?}"),
+    }
+    assert!(err.to_string().contains("sequence 2"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_bound_replay_and_restart_is_exact() {
+    let mut config = fast_config();
+    config.snapshot_every = 50;
+    let m = TestMaster::start_with(config.clone()).await;
+    let g = group("snap");
+    let (handlers, _, _) = instrumented();
+    let pod = m.pod(
+        PodConfig::new(pod_id("p-snap"), vec![g.clone()]).with_slots(2),
+        handlers,
+    );
+    let specs: Vec<_> = (0..200)
+        .map(|i| TaskSpec::new(g.clone(), "echo", format!("{i}")))
+        .collect();
+    m.proxy().submit_many(specs.clone()).await.unwrap();
+    m.wait_stats("all done", |s| s.counts.succeeded == 200)
+        .await;
+    let before = all_tasks(&m).await;
+    pod.shutdown().await.unwrap();
+    let dir = m.halt().await;
+
+    {
+        let mut journal = SledJournal::open(journal_path(dir.path())).unwrap();
+        let tail = journal.read_events().unwrap();
+        assert!(
+            tail.len() < 100,
+            "snapshots truncated the journal ({} events left)",
+            tail.len()
+        );
+    }
+    let m = TestMaster::restart(dir, config).await;
+    assert_eq!(all_tasks(&m).await, before);
+    assert_eq!(m.stats().counts.succeeded, 200);
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_shutdown_and_restart_keeps_results_and_pending_work() {
+    let m = TestMaster::start().await;
+    let g = group("clean");
+    let done = m
+        .proxy()
+        .submit(TaskSpec::new(g.clone(), "echo", "kept"))
+        .await
+        .unwrap();
+    let (handlers, _, _) = instrumented();
+    let pod = m.pod(
+        PodConfig::new(pod_id("p-clean"), vec![g.clone()]),
+        handlers.clone(),
+    );
+    m.proxy().await_result(done.id).await.unwrap();
+    pod.shutdown().await.unwrap();
+    let waiting = m
+        .proxy()
+        .submit(TaskSpec::new(g.clone(), "echo", "later"))
+        .await
+        .unwrap();
+    let dir = m.shutdown().await;
+    let m = TestMaster::restart(dir, fast_config()).await;
+    let proxy = m.proxy();
+    assert_eq!(
+        proxy.get(done.id).await.unwrap().result.unwrap().outcome,
+        Outcome::Succeeded(Bytes::from_static(b"kept"))
+    );
+    let pod = m.pod(PodConfig::new(pod_id("p-clean"), vec![g]), handlers);
+    assert_eq!(
+        proxy.await_result(waiting.id).await.unwrap().outcome,
+        Outcome::Succeeded(Bytes::from_static(b"later"))
+    );
+    pod.shutdown().await.unwrap();
+    m.shutdown().await;
+}
