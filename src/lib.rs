@@ -53,3 +53,8 @@ pub use mawex_sandbox::{
 pub mod sandbox {
     pub use mawex_sandbox::*;
 }
+
+/// The README's example, compiled as a doctest so it cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -226,8 +226,9 @@ async fn snapshots_bound_replay_and_restart_is_exact() {
         PodConfig::new(pod_id("p-snap"), vec![g.clone()]).with_slots(2),
         handlers,
     );
+    // 2 KiB payloads and outputs: the snapshot spans several chunks.
     let specs: Vec<_> = (0..200)
-        .map(|i| TaskSpec::new(g.clone(), "echo", format!("{i}")))
+        .map(|i| TaskSpec::new(g.clone(), "echo", format!("{i:>2048}")))
         .collect();
     m.proxy().submit_many(specs.clone()).await.unwrap();
     m.wait_stats("all done", |s| s.counts.succeeded == 200)

@@ -9,18 +9,38 @@ use crate::master::{Event, MasterState};
 
 const JOURNAL_TREE: &str = "journal";
 const SNAPSHOT_TREE: &str = "snapshot";
-const SNAPSHOT_KEY: &str = "latest";
+/// Names the chunks of the latest snapshot: `[last_seq u64 BE][chunk count u32 BE]`.
+const SNAPSHOT_MANIFEST_KEY: &[u8] = b"manifest";
+/// Snapshot chunks are keyed `chunk/[last_seq u64 BE][index u32 BE]`.
+const SNAPSHOT_CHUNK_PREFIX: &[u8] = b"chunk/";
+/// sled writes values much larger than this to unsynced side files ("blobs"); snapshots are
+/// cut into chunks below it so everything goes through the synced log.
+const SNAPSHOT_CHUNK_BYTES: usize = 120 * 1024;
+/// sled 0.34 keeps its log in this file of the database directory.
+const SLED_DATA_FILE: &str = "db";
+
+fn chunk_key(last_seq: u64, index: u32) -> Vec<u8> {
+    let mut key = SNAPSHOT_CHUNK_PREFIX.to_vec();
+    key.extend_from_slice(&last_seq.to_be_bytes());
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
 
 /// A journal in a sled database: one value per commit batch (packed, size-capped), one
-/// `flush` (fsync) per append.
+/// durable flush per append.
 ///
 /// Packing a batch into a few large values instead of one key per event is what makes
 /// group commit pay off: sled's per-key work, not the disk, is the limit otherwise.
+///
+/// Durability: sled's own flush uses `sync_file_range`, which neither flushes the device's
+/// write cache nor file metadata, so after it the journal also `fdatasync`s sled's data file.
+/// Snapshots are cut into chunks small enough to stay in sled's synced log.
 #[derive(Debug)]
 pub struct SledJournal {
     db: sled::Db,
     journal: sled::Tree,
     snapshots: sled::Tree,
+    data_file: std::fs::File,
 }
 
 impl SledJournal {
@@ -37,11 +57,66 @@ impl SledJournal {
             .open()?;
         let journal = db.open_tree(JOURNAL_TREE)?;
         let snapshots = db.open_tree(SNAPSHOT_TREE)?;
+        let data_path = path.as_ref().join(SLED_DATA_FILE);
+        let data_file = std::fs::File::open(&data_path).map_err(|e| {
+            CoreError::Config(format!(
+                "cannot open sled's data file {} to sync it: {e}",
+                data_path.display()
+            ))
+        })?;
         Ok(SledJournal {
             db,
             journal,
             snapshots,
+            data_file,
         })
+    }
+
+    /// Makes everything written so far durable.
+    fn sync(&self) -> Result<(), CoreError> {
+        self.db.flush()?;
+        self.data_file
+            .sync_data()
+            .map_err(|e| CoreError::Storage(sled::Error::Io(e)))
+    }
+
+    fn read_snapshot(&self) -> Result<Option<(u64, MasterState)>, CoreError> {
+        let Some(manifest) = self.snapshots.get(SNAPSHOT_MANIFEST_KEY)? else {
+            return Ok(None);
+        };
+        let manifest: [u8; 12] = manifest.as_ref().try_into().map_err(|_| {
+            CoreError::CorruptSnapshot(format!("manifest of {} bytes, expected 12", manifest.len()))
+        })?;
+        let last_seq = u64::from_be_bytes([
+            manifest[0],
+            manifest[1],
+            manifest[2],
+            manifest[3],
+            manifest[4],
+            manifest[5],
+            manifest[6],
+            manifest[7],
+        ]);
+        let chunks = u32::from_be_bytes([manifest[8], manifest[9], manifest[10], manifest[11]]);
+        let mut bytes = Vec::new();
+        for index in 0..chunks {
+            let chunk = self
+                .snapshots
+                .get(chunk_key(last_seq, index))?
+                .ok_or_else(|| {
+                    CoreError::CorruptSnapshot(format!(
+                    "chunk {index} of {chunks} of the snapshot at sequence {last_seq} is missing"
+                ))
+                })?;
+            bytes.extend_from_slice(&chunk);
+        }
+        let (seq, state) = decode_snapshot(&bytes)?;
+        if seq != last_seq {
+            return Err(CoreError::CorruptSnapshot(format!(
+                "manifest names sequence {last_seq}, the snapshot holds {seq}"
+            )));
+        }
+        Ok(Some((seq, state)))
     }
 
     /// Writes raw bytes under a sequence number, bypassing encoding: for fault-injection
@@ -52,8 +127,7 @@ impl SledJournal {
     #[doc(hidden)]
     pub fn write_raw_record(&self, seq: u64, bytes: &[u8]) -> Result<(), CoreError> {
         self.journal.insert(seq.to_be_bytes(), bytes)?;
-        self.db.flush()?;
-        Ok(())
+        self.sync()
     }
 
     /// The raw bytes stored under a sequence number: for fault-injection tests.
@@ -88,10 +162,7 @@ fn key_seq(key: &[u8]) -> Result<u64, CoreError> {
 
 impl Journal for SledJournal {
     fn recover(&mut self) -> Result<Recovered, CoreError> {
-        let snapshot = match self.snapshots.get(SNAPSHOT_KEY)? {
-            Some(bytes) => Some(decode_snapshot(&bytes)?),
-            None => None,
-        };
+        let snapshot = self.read_snapshot()?;
         let after = snapshot.as_ref().map_or(0, |(seq, _)| *seq);
         let records = self.journal.iter().map(|r| {
             let (k, v) = r?;
@@ -100,7 +171,7 @@ impl Journal for SledJournal {
         let (events, torn) = replay_records(records, after)?;
         if let Some(seq) = torn {
             self.journal.remove(seq.to_be_bytes())?;
-            self.db.flush()?;
+            self.sync()?;
         }
         debug!(snapshot = after, events = events.len(), "journal recovered");
         Ok(Recovered { snapshot, events })
@@ -121,21 +192,40 @@ impl Journal for SledJournal {
                 self.journal.apply_batch(batch)?;
             }
         }
-        self.db.flush()?;
-        Ok(())
+        self.sync()
     }
 
     fn snapshot(&mut self, last_seq: u64, state: &MasterState) -> Result<(), CoreError> {
         let bytes = encode_snapshot(last_seq, state)?;
-        self.snapshots.insert(SNAPSHOT_KEY, bytes)?;
-        self.db.flush()?;
-        // Records wholly covered by the snapshot; losing this removal to a crash is harmless
-        // because recovery skips covered records.
         let mut batch = sled::Batch::default();
-        for key in self.journal.range(..=last_seq.to_be_bytes()).keys() {
-            batch.remove(key?);
+        let mut chunks: u32 = 0;
+        for chunk in bytes.chunks(SNAPSHOT_CHUNK_BYTES) {
+            batch.insert(chunk_key(last_seq, chunks), chunk);
+            chunks += 1;
         }
-        self.journal.apply_batch(batch)?;
+        let mut manifest = last_seq.to_be_bytes().to_vec();
+        manifest.extend_from_slice(&chunks.to_be_bytes());
+        batch.insert(SNAPSHOT_MANIFEST_KEY, manifest);
+        self.snapshots.apply_batch(batch)?;
+        self.sync()?;
+
+        // Now that the new snapshot is durable: drop the old one's chunks and the records the
+        // new one covers. Losing these removals to a crash is harmless: recovery skips covered
+        // records and reads only the chunks the manifest names.
+        let mut stale = sled::Batch::default();
+        for key in self.snapshots.scan_prefix(SNAPSHOT_CHUNK_PREFIX).keys() {
+            let key = key?;
+            if !key.starts_with(&chunk_key(last_seq, 0)[..SNAPSHOT_CHUNK_PREFIX.len() + 8]) {
+                stale.remove(key);
+            }
+        }
+        self.snapshots.apply_batch(stale)?;
+        let mut covered = sled::Batch::default();
+        for key in self.journal.range(..=last_seq.to_be_bytes()).keys() {
+            covered.remove(key?);
+        }
+        self.journal.apply_batch(covered)?;
+        debug!(last_seq, chunks, bytes = bytes.len(), "snapshot stored");
         Ok(())
     }
 }
