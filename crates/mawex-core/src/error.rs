@@ -9,7 +9,7 @@ pub enum CoreError {
     Config(String),
     /// The journal's storage failed. Fatal: the master stops, and the journal is the truth.
     #[error("journal storage failed: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A journal record failed its checksum or decode, with good records after it.
     /// Start-up refuses to guess: repair or restore the journal.
     #[error("journal record at sequence {seq} is corrupt ({reason}) and is followed by good records; refusing to start")]
@@ -34,4 +34,16 @@ pub enum CoreError {
     /// A request was refused.
     #[error(transparent)]
     Api(#[from] ApiError),
+}
+
+impl From<sled::Error> for CoreError {
+    fn from(e: sled::Error) -> Self {
+        CoreError::Storage(Box::new(e))
+    }
+}
+
+impl From<std::io::Error> for CoreError {
+    fn from(e: std::io::Error) -> Self {
+        CoreError::Storage(Box::new(e))
+    }
 }

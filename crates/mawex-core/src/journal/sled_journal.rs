@@ -75,9 +75,7 @@ impl SledJournal {
     /// Makes everything written so far durable.
     fn sync(&self) -> Result<(), CoreError> {
         self.db.flush()?;
-        self.data_file
-            .sync_data()
-            .map_err(|e| CoreError::Storage(sled::Error::Io(e)))
+        Ok(self.data_file.sync_data()?)
     }
 
     fn read_snapshot(&self) -> Result<Option<(u64, MasterState)>, CoreError> {
