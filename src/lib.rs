@@ -43,7 +43,8 @@ pub use mawex_api::{
 pub use mawex_core::{
     clock, journal, CoreError, Event, Journal, LocalMasterProxy, LocalPodConnector, Master,
     MasterBuilder, MasterConfig, MasterState, MasterStats, MemoryJournal, Pod, PodConfig,
-    PodConnector, PodStats, Recovered, RequeueReason, SledJournal, TaskCounts,
+    PodConnector, PodOutbox, PodSession, PodStats, Recovered, RequeueReason, SledJournal,
+    TaskCounts,
 };
 pub use mawex_sandbox::{
     HandlerError, HandlerRegistry, InProcess, Sandbox, SandboxError, TaskInput,

@@ -279,7 +279,10 @@ async fn a_late_result_of_an_old_attempt_is_ignored() {
         .connect(PodHello::new(pod_id("p-hand"), vec![g.clone()]))
         .await
         .unwrap();
-    let Some(MasterMessage::Assign(list)) = first.inbox.recv().await else {
+    let Some(MasterMessage::Assign {
+        assignments: list, ..
+    }) = first.inbox.recv().await
+    else {
         panic!("expected an assignment");
     };
     let old = list[0].attempt;
@@ -290,7 +293,10 @@ async fn a_late_result_of_an_old_attempt_is_ignored() {
         .connect(PodHello::new(pod_id("p-hand"), vec![g.clone()]))
         .await
         .unwrap();
-    let Some(MasterMessage::Assign(list)) = second.inbox.recv().await else {
+    let Some(MasterMessage::Assign {
+        assignments: list, ..
+    }) = second.inbox.recv().await
+    else {
         panic!("expected a second assignment");
     };
     let new = list[0].attempt;
@@ -336,7 +342,7 @@ async fn a_silent_pod_loses_its_lease_and_the_task_runs_elsewhere() {
         .unwrap();
     assert!(matches!(
         ghost.inbox.recv().await,
-        Some(MasterMessage::Assign(_))
+        Some(MasterMessage::Assign { .. })
     ));
     let (handlers, runs, _) = instrumented();
     let pod = m.pod(PodConfig::new(pod_id("p-alive"), vec![g]), handlers);

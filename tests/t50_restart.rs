@@ -158,7 +158,7 @@ async fn three_records() -> (Arc<tempfile::TempDir>, Vec<TaskId>) {
 async fn a_torn_last_record_is_dropped_and_everything_before_recovers() {
     let (dir, ids) = three_records().await;
     {
-        let journal = SledJournal::open(journal_path(dir.path())).unwrap();
+        let mut journal = SledJournal::open(journal_path(dir.path())).unwrap();
         // Half of a real record, as a crash in the middle of a write would leave it.
         let mut torn = journal.raw_record(3).unwrap().expect("record 3");
         torn.truncate(torn.len() / 2);
@@ -200,7 +200,7 @@ async fn a_torn_last_record_is_dropped_and_everything_before_recovers() {
 async fn a_bad_record_followed_by_good_ones_stops_start_up_naming_it() {
     let (dir, _) = three_records().await;
     {
-        let journal = SledJournal::open(journal_path(dir.path())).unwrap();
+        let mut journal = SledJournal::open(journal_path(dir.path())).unwrap();
         let mut bad = journal.raw_record(2).unwrap().expect("record 2");
         let last = bad.len() - 1;
         bad[last] ^= 0x5a;

@@ -269,3 +269,89 @@ pub fn instrumented() -> (HandlerRegistry, Arc<Runs>, Arc<Overlap>) {
     let overlap = Arc::new(Overlap::default());
     (handlers(runs.clone(), overlap.clone()), runs, overlap)
 }
+
+/// A pod connector the test controls, as a network would be: it can cut the current session,
+/// refuse new ones for a while, and be pointed at another master.
+pub struct Network {
+    target: Mutex<mawex::LocalPodConnector>,
+    refuse: std::sync::atomic::AtomicBool,
+    current: Mutex<Option<tokio_util::sync::CancellationToken>>,
+    pub connects: AtomicUsize,
+}
+
+impl Network {
+    pub fn new(target: mawex::LocalPodConnector) -> Arc<Network> {
+        Arc::new(Network {
+            target: Mutex::new(target),
+            refuse: Default::default(),
+            current: Mutex::new(None),
+            connects: AtomicUsize::new(0),
+        })
+    }
+
+    /// Cuts the open session, if any: both directions stop at once.
+    pub fn cut(&self) {
+        if let Some(token) = self.current.lock().expect("lock").take() {
+            token.cancel();
+        }
+    }
+
+    /// While set, connection attempts fail as if the master were unreachable.
+    pub fn refuse(&self, refuse: bool) {
+        self.refuse.store(refuse, Ordering::SeqCst);
+    }
+
+    pub fn point_at(&self, target: mawex::LocalPodConnector) {
+        *self.target.lock().expect("lock") = target;
+    }
+}
+
+struct CutOutbox {
+    inner: Arc<dyn mawex::PodOutbox>,
+    cut: tokio_util::sync::CancellationToken,
+}
+
+impl mawex::PodOutbox for CutOutbox {
+    fn send(&self, message: mawex::pod::PodMessage) -> Result<(), mawex::ApiError> {
+        if self.cut.is_cancelled() {
+            return Err(mawex::ApiError::Unavailable("connection cut".into()));
+        }
+        self.inner.send(message)
+    }
+}
+
+#[async_trait::async_trait]
+impl mawex::PodConnector for Network {
+    async fn connect(
+        &self,
+        hello: mawex::pod::PodHello,
+    ) -> Result<mawex::PodSession, mawex::ApiError> {
+        if self.refuse.load(Ordering::SeqCst) {
+            return Err(mawex::ApiError::Unavailable("unreachable".into()));
+        }
+        let target = self.target.lock().expect("lock").clone();
+        let session = target.connect(hello).await?;
+        self.connects.fetch_add(1, Ordering::SeqCst);
+        let cut = tokio_util::sync::CancellationToken::new();
+        *self.current.lock().expect("lock") = Some(cut.clone());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut inbox = session.inbox;
+        let forward_cut = cut.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = forward_cut.cancelled() => return,
+                    m = inbox.recv() => match m {
+                        Some(m) => { let _ = tx.send(m); }
+                        None => return,
+                    },
+                }
+            }
+        });
+        let outbox = Arc::new(CutOutbox {
+            inner: session.outbox,
+            cut,
+        });
+        Ok(mawex::PodSession::new(session.welcome, outbox, rx))
+    }
+}

@@ -93,10 +93,14 @@ pub struct Assignment {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum PodMessage {
-    /// I am alive; these are the attempts I hold (running or queued). Renews all my leases.
+    /// I am alive; these are the attempts I hold (queued, running, or finished with the
+    /// result not yet delivered). Renews all my leases. A lease from an `Assign` up to
+    /// `received` that is missing here is lost and runs again elsewhere.
     Heartbeat {
         /// Attempts held.
         holding: Vec<AttemptRef>,
+        /// The `batch` of the last `Assign` this session received (0 if none).
+        received: u64,
     },
     /// An attempt finished.
     Finished {
@@ -110,7 +114,9 @@ pub enum PodMessage {
         /// Attempts handed back.
         attempts: Vec<AttemptRef>,
     },
-    /// I am leaving: lease me nothing more.
+    /// I am shutting down: lease me nothing more; results and returns follow.
+    Drain,
+    /// I am leaving: whatever I still hold runs elsewhere.
     Leave,
 }
 
@@ -119,7 +125,12 @@ pub enum PodMessage {
 #[non_exhaustive]
 pub enum MasterMessage {
     /// New leases, in the order they should start.
-    Assign(Vec<Assignment>),
+    Assign {
+        /// Numbers the assignments of a session in increasing order; echoed in heartbeats.
+        batch: u64,
+        /// The leases.
+        assignments: Vec<Assignment>,
+    },
     /// Stop this attempt: it was cancelled, or it is no longer yours.
     Cancel(AttemptRef),
 }

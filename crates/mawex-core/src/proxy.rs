@@ -1,6 +1,8 @@
 //! [`LocalMasterProxy`]: the in-process client.
 
+use std::sync::atomic::Ordering;
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::stream;
@@ -10,7 +12,7 @@ use mawex_api::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::master::CoreMsg;
+use crate::master::{CoreMsg, FeedState, MAX_STREAM_LAG};
 
 fn stopped() -> ApiError {
     ApiError::Unavailable("the master is not running".into())
@@ -75,20 +77,35 @@ impl MasterProxy for LocalMasterProxy {
         after: Option<ResultCursor>,
     ) -> Result<ResultStream, ApiError> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let feed = Arc::new(FeedState::default());
         self.call(|reply| CoreMsg::Subscribe {
             group,
             after,
             results: tx,
+            feed: feed.clone(),
             reply,
         })
         .await?;
-        // Ends with one `Unavailable` error if the master goes away without saying so.
-        let results = stream::unfold(Some(rx), |rx| async move {
-            let mut rx = rx?;
-            match rx.recv().await {
-                Some(Ok(result)) => Some((Ok(result), Some(rx))),
-                Some(Err(e)) => Some((Err(e), None)),
-                None => Some((Err(stopped()), None)),
+        // Ends with one error saying why: the master went away, or the reader fell behind.
+        let results = stream::unfold(Some(rx), move |rx| {
+            let feed = feed.clone();
+            async move {
+                let mut rx = rx?;
+                match rx.recv().await {
+                    Some(Ok(result)) => {
+                        feed.backlog.fetch_sub(1, Ordering::Relaxed);
+                        Some((Ok(result), Some(rx)))
+                    }
+                    Some(Err(e)) => Some((Err(e), None)),
+                    None if feed.lagged.load(Ordering::Relaxed) => Some((
+                        Err(ApiError::ResourceExhausted(format!(
+                            "the result stream fell {MAX_STREAM_LAG} results behind and was cut off; \
+                             resume from the cursor of the last result read"
+                        ))),
+                        None,
+                    )),
+                    None => Some((Err(stopped()), None)),
+                }
             }
         });
         Ok(Box::pin(results))

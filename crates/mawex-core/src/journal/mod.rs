@@ -14,8 +14,9 @@ pub use sled_journal::SledJournal;
 use crate::error::CoreError;
 use crate::master::{Event, MasterState};
 
-/// Records are capped near this size: sled slows down on much larger values.
-pub const MAX_RECORD_BYTES: usize = 128 * 1024;
+/// Records are cut before they grow past this size (an event larger than it gets a record of
+/// its own): sled slows down on larger values and moves them out of its synced log.
+pub const MAX_RECORD_BYTES: usize = 120 * 1024;
 
 /// What a journal holds at start-up: the latest snapshot and the events after it.
 #[derive(Debug, Default)]
@@ -114,7 +115,11 @@ where
                 }
             }
             Ok(_) => bad = Some((seq, "record holds no events".to_owned())),
-            Err(reason) => bad = Some((seq, reason)),
+            Err(record::DecodeError::Torn(reason)) => bad = Some((seq, reason)),
+            // Intact bytes this version cannot read: never a torn write, never to be deleted.
+            Err(record::DecodeError::Unreadable(reason)) => {
+                return Err(CoreError::CorruptJournal { seq, reason });
+            }
         }
     }
     let torn = bad.map(|(seq, reason)| {

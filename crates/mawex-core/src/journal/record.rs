@@ -38,15 +38,18 @@ pub(crate) fn encode_records(
     let mut start = first_seq;
     let mut count: u32 = 0;
     let mut buf = header_placeholder();
+    let mut scratch = Vec::with_capacity(1024);
     for (seq, event) in (first_seq..).zip(events) {
-        if count > 0 && buf.len() >= max_bytes {
+        scratch.clear();
+        bincode::serde::encode_into_std_write(event, &mut scratch, config())
+            .map_err(|e| CoreError::Encode(e.to_string()))?;
+        if count > 0 && buf.len() + scratch.len() > max_bytes {
             records.push((start, seal(buf, count)));
             buf = header_placeholder();
             count = 0;
             start = seq;
         }
-        bincode::serde::encode_into_std_write(event, &mut buf, config())
-            .map_err(|e| CoreError::Encode(e.to_string()))?;
+        buf.extend_from_slice(&scratch);
         count += 1;
     }
     if count > 0 {
@@ -67,6 +70,15 @@ fn seal(mut buf: Vec<u8>, count: u32) -> Vec<u8> {
     let crc = crc32fast::hash(&buf[5..]);
     buf[1..5].copy_from_slice(&crc.to_le_bytes());
     buf
+}
+
+/// Why a record could not be read.
+#[derive(Debug)]
+pub(crate) enum DecodeError {
+    /// Short or failing its checksum: the bytes were not (completely) written.
+    Torn(String),
+    /// Intact (checksum good) but not decodable by this version.
+    Unreadable(String),
 }
 
 /// Checks the envelope and returns (format, payload after the count, count).
@@ -93,25 +105,31 @@ fn decode_one<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), String> {
 }
 
 /// Decodes one record into its events, checking checksum, format and length.
-pub(crate) fn decode_record(bytes: &[u8]) -> Result<Vec<Event>, String> {
-    let (format, count, mut rest) = open(bytes, "record")?;
+pub(crate) fn decode_record(bytes: &[u8]) -> Result<Vec<Event>, DecodeError> {
+    let (format, count, mut rest) = open(bytes, "record").map_err(DecodeError::Torn)?;
     match format {
         RECORD_FORMAT_V1 => {
-            let mut events = Vec::with_capacity(count as usize);
+            // The count comes from disk: trust it only as far as the bytes allow.
+            let mut events = Vec::with_capacity((count as usize).min(rest.len()));
             for i in 0..count {
-                let (event, used) = decode_one::<Event>(rest)
-                    .map_err(|e| format!("event {i} of {count} does not decode: {e}"))?;
+                let (event, used) = decode_one::<Event>(rest).map_err(|e| {
+                    DecodeError::Unreadable(format!("event {i} of {count} does not decode: {e}"))
+                })?;
                 events.push(event);
                 rest = &rest[used..];
             }
             if !rest.is_empty() {
-                return Err(format!("{} bytes left after {count} events", rest.len()));
+                return Err(DecodeError::Unreadable(format!(
+                    "{} bytes left after {count} events",
+                    rest.len()
+                )));
             }
             Ok(events)
         }
-        other => Err(format!(
-            "record format {other} is unknown to this version (it reads format {RECORD_FORMAT_V1})"
-        )),
+        other => Err(DecodeError::Unreadable(format!(
+            "record format {other} is unknown to this version (it reads format \
+             {RECORD_FORMAT_V1}); was it written by a newer mawex?"
+        ))),
     }
 }
 

@@ -1,4 +1,7 @@
-use std::path::Path;
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
 
 use tracing::debug;
 
@@ -18,6 +21,8 @@ const SNAPSHOT_CHUNK_PREFIX: &[u8] = b"chunk/";
 const SNAPSHOT_CHUNK_BYTES: usize = 120 * 1024;
 /// sled 0.34 keeps its log in this file of the database directory.
 const SLED_DATA_FILE: &str = "db";
+/// ... and writes pages too large for its log into files of this directory, unsynced.
+const SLED_BLOB_DIR: &str = "blobs";
 
 fn chunk_key(last_seq: u64, index: u32) -> Vec<u8> {
     let mut key = SNAPSHOT_CHUNK_PREFIX.to_vec();
@@ -33,14 +38,19 @@ fn chunk_key(last_seq: u64, index: u32) -> Vec<u8> {
 /// group commit pay off: sled's per-key work, not the disk, is the limit otherwise.
 ///
 /// Durability: sled's own flush uses `sync_file_range`, which neither flushes the device's
-/// write cache nor file metadata, so after it the journal also `fdatasync`s sled's data file.
-/// Snapshots are cut into chunks small enough to stay in sled's synced log.
+/// write cache nor file metadata, and it never syncs the side files it writes for very large
+/// pages. So after sled's flush the journal `fdatasync`s sled's data file and `fsync`s every
+/// side file it has not synced yet. Records and snapshot chunks are kept small so that side
+/// files stay rare.
 #[derive(Debug)]
 pub struct SledJournal {
     db: sled::Db,
     journal: sled::Tree,
     snapshots: sled::Tree,
     data_file: std::fs::File,
+    blob_dir: PathBuf,
+    /// Side files already synced (pruned to those that still exist).
+    synced_blobs: HashSet<OsString>,
 }
 
 impl SledJournal {
@@ -64,18 +74,54 @@ impl SledJournal {
                 data_path.display()
             ))
         })?;
-        Ok(SledJournal {
+        // Make the directory entries of sled's files durable too.
+        std::fs::File::open(path.as_ref())?.sync_all()?;
+        let mut journal = SledJournal {
             db,
             journal,
             snapshots,
             data_file,
-        })
+            blob_dir: path.as_ref().join(SLED_BLOB_DIR),
+            synced_blobs: HashSet::new(),
+        };
+        journal.sync()?;
+        Ok(journal)
     }
 
     /// Makes everything written so far durable.
-    fn sync(&self) -> Result<(), CoreError> {
+    fn sync(&mut self) -> Result<(), CoreError> {
         self.db.flush()?;
-        Ok(self.data_file.sync_data()?)
+        self.data_file.sync_data()?;
+        self.sync_new_blobs()
+    }
+
+    fn sync_new_blobs(&mut self) -> Result<(), CoreError> {
+        let entries = match std::fs::read_dir(&self.blob_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut present = HashSet::with_capacity(self.synced_blobs.len());
+        let mut synced_any = false;
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !self.synced_blobs.contains(&name) {
+                match std::fs::File::open(entry.path()) {
+                    Ok(file) => file.sync_all()?,
+                    // Garbage-collected by sled in the meantime.
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                }
+                synced_any = true;
+            }
+            present.insert(name);
+        }
+        if synced_any {
+            std::fs::File::open(&self.blob_dir)?.sync_all()?;
+        }
+        self.synced_blobs = present;
+        Ok(())
     }
 
     fn read_snapshot(&self) -> Result<Option<(u64, MasterState)>, CoreError> {
@@ -123,7 +169,7 @@ impl SledJournal {
     /// # Errors
     /// A storage error.
     #[doc(hidden)]
-    pub fn write_raw_record(&self, seq: u64, bytes: &[u8]) -> Result<(), CoreError> {
+    pub fn write_raw_record(&mut self, seq: u64, bytes: &[u8]) -> Result<(), CoreError> {
         self.journal.insert(seq.to_be_bytes(), bytes)?;
         self.sync()
     }

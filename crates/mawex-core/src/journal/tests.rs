@@ -263,3 +263,21 @@ fn snapshot_truncates_and_restart_replays_only_the_tail() {
     assert_eq!(last, events.len() as u64);
     assert_eq!(rebuilt, expected);
 }
+
+#[test]
+fn an_intact_record_this_version_cannot_read_is_an_error_and_is_kept() {
+    let events = golden_events();
+    let mut j = journal_with(&[&events[..2], &events[2..4]]);
+    let (seq, mut bytes) = j.raw_records().pop().expect("a record");
+    // A format from the future: checksum still good (the format byte is outside it).
+    bytes[0] = 99;
+    j.write_raw_record(seq, &bytes);
+    match j.recover() {
+        Err(CoreError::CorruptJournal { seq: bad, reason }) => {
+            assert_eq!(bad, seq);
+            assert!(reason.contains("format 99"), "{reason}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert_eq!(j.record_count(), 2, "the record is not deleted");
+}

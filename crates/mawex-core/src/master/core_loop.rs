@@ -11,6 +11,7 @@
 //! meanwhile simply forms the next batch.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +56,7 @@ pub(crate) enum CoreMsg {
         group: GroupName,
         after: Option<ResultCursor>,
         results: mpsc::UnboundedSender<Result<TaskResult, ApiError>>,
+        feed: Arc<FeedState>,
         reply: Reply<()>,
     },
     List {
@@ -88,9 +90,41 @@ const MAX_BATCH_MESSAGES: usize = 16 * 1024;
 /// The longest the loop sleeps without checking timers.
 const MAX_IDLE: Duration = Duration::from_millis(250);
 
+/// A result stream may fall this many results behind before it is cut off (the client then
+/// resumes from its last cursor); bounds the memory a slow reader can pin.
+pub(crate) const MAX_STREAM_LAG: usize = 1 << 20;
+
+/// What the core and a result stream share.
+#[derive(Debug, Default)]
+pub(crate) struct FeedState {
+    /// Results sent and not yet taken by the reader.
+    pub(crate) backlog: AtomicUsize,
+    /// Set when the core cut the stream off for falling behind.
+    pub(crate) lagged: AtomicBool,
+}
+
 pub(crate) struct Subscriber {
     group: GroupName,
     results: mpsc::UnboundedSender<Result<TaskResult, ApiError>>,
+    feed: Arc<FeedState>,
+}
+
+impl Subscriber {
+    /// Sends `result` if it is of this stream's group; false when the stream is gone or cut off.
+    fn offer(&self, result: &TaskResult) -> bool {
+        if result.group != self.group {
+            return true;
+        }
+        if self.feed.backlog.load(Ordering::Relaxed) >= MAX_STREAM_LAG {
+            self.feed.lagged.store(true, Ordering::Relaxed);
+            return false;
+        }
+        if self.results.send(Ok(result.clone())).is_err() {
+            return false;
+        }
+        self.feed.backlog.fetch_add(1, Ordering::Relaxed);
+        true
+    }
 }
 
 type Deferred = Box<dyn FnOnce() + Send>;
@@ -113,7 +147,12 @@ pub(crate) struct CoreLoop<J> {
     pub(crate) next_session: u64,
     pub(crate) waiters: HashMap<TaskId, Vec<Reply<TaskResult>>>,
     pub(crate) subscribers: Vec<Subscriber>,
+    /// When abandoned waiters were last dropped.
+    pub(crate) last_prune: std::time::Instant,
 }
+
+/// How often waiters whose callers gave up are dropped.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 impl<J: Journal> CoreLoop<J> {
     /// Runs until shutdown, halt, or a journal failure.
@@ -150,8 +189,16 @@ impl<J: Journal> CoreLoop<J> {
                         group,
                         after,
                         results,
+                        feed,
                         reply,
-                    } => new_subscribers.push((Subscriber { group, results }, after, reply)),
+                    } => {
+                        let sub = Subscriber {
+                            group,
+                            results,
+                            feed,
+                        };
+                        new_subscribers.push((sub, after, reply));
+                    }
                     other => self.handle(other, now, &mut out, &mut deferred),
                 }
             }
@@ -174,6 +221,9 @@ impl<J: Journal> CoreLoop<J> {
                 self.stop_cleanly()?;
                 let _ = done.send(());
                 return Ok(());
+            }
+            if self.last_prune.elapsed() >= PRUNE_EVERY {
+                self.prune_waiters();
             }
             if self.config.snapshot_every > 0
                 && self.events_since_snapshot >= self.config.snapshot_every
@@ -318,14 +368,16 @@ impl<J: Journal> CoreLoop<J> {
                 _ => {}
             }
         }
+        // Cancels first: a pod must stop an old attempt before it hears of a newer one.
         let mut dead_sessions = Vec::new();
-        for (session, list) in assigns {
-            if !self.send_to(session, MasterMessage::Assign(list)) {
+        for (session, message) in out.messages {
+            if !self.send_to(session, message) {
                 dead_sessions.push(session);
             }
         }
-        for (session, message) in out.messages {
-            if !self.send_to(session, message) {
+        let batch = self.engine.batch();
+        for (session, assignments) in assigns {
+            if !self.send_to(session, MasterMessage::Assign { batch, assignments }) {
                 dead_sessions.push(session);
             }
         }
@@ -348,23 +400,30 @@ impl<J: Journal> CoreLoop<J> {
                     let _ = w.send(Ok(result.clone()));
                 }
             }
-            self.subscribers
-                .retain(|s| s.group != result.group || s.results.send(Ok(result.clone())).is_ok());
+            self.subscribers.retain(|s| s.offer(result));
         }
         for (sub, after, reply) in new_subscribers {
             let after = after.map_or(0, |c| c.0);
-            let mut open = true;
-            for result in self.engine.state().results_after(after) {
-                if result.group == sub.group && sub.results.send(Ok(result.clone())).is_err() {
-                    open = false;
-                    break;
-                }
-            }
+            let open = self
+                .engine
+                .state()
+                .results_after(after)
+                .all(|result| sub.offer(result));
             if open {
                 self.subscribers.push(sub);
             }
             let _ = reply.send(Ok(()));
         }
+    }
+
+    /// Drops the waits of callers that went away (timed out, cancelled), which would
+    /// otherwise pile up on a task that never finishes.
+    fn prune_waiters(&mut self) {
+        self.waiters.retain(|_, waiters| {
+            waiters.retain(|w| !w.is_closed());
+            !waiters.is_empty()
+        });
+        self.last_prune = std::time::Instant::now();
     }
 
     fn send_to(&self, session: u64, message: MasterMessage) -> bool {

@@ -6,7 +6,7 @@
 //! so later commands of the same batch see earlier ones; the core loop makes the batch
 //! durable before anything leaves the master.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use mawex_api::pod::{AttemptRef, MasterMessage, PodHello, PodMessage};
@@ -45,6 +45,14 @@ pub(crate) struct Output {
     pub(crate) closed_sessions: Vec<u64>,
 }
 
+/// One lease of a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Lease {
+    attempt: Attempt,
+    /// The dispatch batch whose `Assign` carried it (0: adopted from the pod's hello).
+    batch: u64,
+}
+
 /// A connected pod as the master sees it.
 #[derive(Debug, Clone)]
 struct PodEntry {
@@ -53,14 +61,26 @@ struct PodEntry {
     slots: u32,
     /// Leases it may hold: slots plus prefetch.
     capacity: u32,
-    leases: HashMap<TaskId, Attempt>,
+    /// Ordered, so that events derived from it come out in a deterministic order.
+    leases: BTreeMap<TaskId, Lease>,
     /// Without a message from the pod by then, its leases expire.
     expires_at: Timestamp,
+    /// Shutting down: it gets no new leases.
+    draining: bool,
 }
 
 impl PodEntry {
     fn free(&self) -> usize {
+        if self.draining {
+            return 0;
+        }
         (self.capacity as usize).saturating_sub(self.leases.len())
+    }
+
+    fn holds(&self, r: &AttemptRef) -> bool {
+        self.leases
+            .get(&r.task)
+            .is_some_and(|l| l.attempt == r.attempt)
     }
 }
 
@@ -87,7 +107,9 @@ pub(crate) struct Engine {
     pods: BTreeMap<PodId, PodEntry>,
     sessions: HashMap<u64, PodId>,
     /// Running attempts whose holder is not connected, with the time their lease ends.
-    orphans: HashMap<TaskId, (Attempt, Timestamp)>,
+    orphans: BTreeMap<TaskId, (Attempt, Timestamp)>,
+    /// Number of the last dispatch batch; `Assign` messages carry it.
+    batch: u64,
     /// Rotates which pod dispatch serves first, to spread work.
     rotation: usize,
     /// Something changed that may allow new assignments.
@@ -110,6 +132,7 @@ impl Engine {
             pods: BTreeMap::new(),
             sessions: HashMap::new(),
             orphans,
+            batch: 0,
             rotation: 0,
             dispatch_needed: true,
         }
@@ -131,7 +154,11 @@ impl Engine {
             Event::TaskAccepted { .. } => self.dispatch_needed = true,
             Event::TaskAssigned { attempt, pod, .. } => {
                 if let Some(entry) = self.pods.get_mut(pod) {
-                    entry.leases.insert(attempt.task, attempt.attempt);
+                    let lease = Lease {
+                        attempt: attempt.attempt,
+                        batch: self.batch,
+                    };
+                    entry.leases.insert(attempt.task, lease);
                 }
                 self.orphans.remove(&attempt.task);
             }
@@ -265,8 +292,11 @@ impl Engine {
             lost.extend(
                 old.leases
                     .iter()
-                    .filter(|(task, attempt)| held.get(task) != Some(attempt))
-                    .map(|(&task, &attempt)| AttemptRef { task, attempt }),
+                    .filter(|(task, lease)| held.get(task) != Some(&lease.attempt))
+                    .map(|(&task, lease)| AttemptRef {
+                        task,
+                        attempt: lease.attempt,
+                    }),
             );
         }
         lost.extend(
@@ -294,8 +324,9 @@ impl Engine {
             groups,
             slots: hello.slots,
             capacity: hello.slots.saturating_add(hello.prefetch),
-            leases: HashMap::new(),
+            leases: BTreeMap::new(),
             expires_at: now.saturating_add(self.config.lease_timeout),
+            draining: false,
         };
         for r in &hello.holding {
             let adoptable = self.state.task(&r.task).is_some_and(|e| {
@@ -304,7 +335,11 @@ impl Engine {
                     && e.pod.as_ref() == Some(&hello.pod)
             });
             if adoptable {
-                entry.leases.insert(r.task, r.attempt);
+                let lease = Lease {
+                    attempt: r.attempt,
+                    batch: 0,
+                };
+                entry.leases.insert(r.task, lease);
                 self.orphans.remove(&r.task);
             } else {
                 out.messages.push((session, MasterMessage::Cancel(*r)));
@@ -335,21 +370,39 @@ impl Engine {
             entry.expires_at = now.saturating_add(lease_timeout);
         }
         match message {
-            PodMessage::Heartbeat { holding } => {
+            PodMessage::Heartbeat { holding, received } => {
                 let Some(entry) = self.pods.get(&pod_id) else {
                     return;
                 };
+                let held: HashSet<AttemptRef> = holding.iter().copied().collect();
                 for r in holding {
-                    if entry.leases.get(&r.task) != Some(&r.attempt) {
+                    if !entry.holds(&r) {
                         out.messages.push((session, MasterMessage::Cancel(r)));
                     }
                 }
+                // Leases the pod has certainly received but no longer holds, with no result
+                // on the way (results are sent before an attempt leaves `holding`).
+                let lost: Vec<AttemptRef> = entry
+                    .leases
+                    .iter()
+                    .filter(|(_, lease)| lease.batch <= received)
+                    .map(|(&task, lease)| AttemptRef {
+                        task,
+                        attempt: lease.attempt,
+                    })
+                    .filter(|r| !held.contains(r))
+                    .collect();
+                for r in lost {
+                    tracing::warn!(task = %r.task, attempt = %r.attempt, pod = %pod_id, "pod no longer holds a lease; running it again");
+                    self.requeue(r, RequeueReason::NotHeld, now, out);
+                }
             }
             PodMessage::Finished { attempt, outcome } => {
-                let current = self
-                    .state
-                    .task(&attempt.task)
-                    .is_some_and(|e| e.state == TaskState::Running && e.attempt == attempt.attempt);
+                let current = self.state.task(&attempt.task).is_some_and(|e| {
+                    e.state == TaskState::Running
+                        && e.attempt == attempt.attempt
+                        && e.pod.as_ref() == Some(&pod_id)
+                });
                 if !current {
                     debug!(task = %attempt.task, attempt = %attempt.attempt, pod = %pod_id, "result of a stale attempt dropped");
                     return;
@@ -367,12 +420,18 @@ impl Engine {
                     out,
                 );
             }
+            PodMessage::Drain => {
+                if let Some(entry) = self.pods.get_mut(&pod_id) {
+                    entry.draining = true;
+                }
+            }
             PodMessage::Returned { attempts } => {
+                // Only a pod that is shutting down hands work back: lease it nothing more.
+                if let Some(entry) = self.pods.get_mut(&pod_id) {
+                    entry.draining = true;
+                }
                 for attempt in attempts {
-                    let held = self
-                        .pods
-                        .get(&pod_id)
-                        .is_some_and(|p| p.leases.get(&attempt.task) == Some(&attempt.attempt));
+                    let held = self.pods.get(&pod_id).is_some_and(|p| p.holds(&attempt));
                     if held {
                         self.requeue(attempt, RequeueReason::Returned, now, out);
                     }
@@ -382,14 +441,7 @@ impl Engine {
                 self.sessions.remove(&session);
                 out.closed_sessions.push(session);
                 if let Some(entry) = self.pods.remove(&pod_id) {
-                    for (task, attempt) in entry.leases {
-                        self.requeue(
-                            AttemptRef { task, attempt },
-                            RequeueReason::PodLeft,
-                            now,
-                            out,
-                        );
-                    }
+                    self.requeue_all(entry.leases, RequeueReason::PodLeft, now, out);
                 }
                 debug!(pod = %pod_id, "pod left");
             }
@@ -405,11 +457,27 @@ impl Engine {
         };
         if let Some(entry) = self.pods.remove(&pod_id) {
             let deadline = now.saturating_add(self.config.lease_timeout);
-            for (task, attempt) in entry.leases {
-                self.orphans.insert(task, (attempt, deadline));
+            for (task, lease) in entry.leases {
+                self.orphans.insert(task, (lease.attempt, deadline));
             }
         }
         debug!(pod = %pod_id, session, "pod disconnected");
+    }
+
+    fn requeue_all(
+        &mut self,
+        leases: BTreeMap<TaskId, Lease>,
+        reason: RequeueReason,
+        now: Timestamp,
+        out: &mut Output,
+    ) {
+        for (task, lease) in leases {
+            let attempt = AttemptRef {
+                task,
+                attempt: lease.attempt,
+            };
+            self.requeue(attempt, reason, now, out);
+        }
     }
 
     fn requeue(
@@ -448,24 +516,15 @@ impl Engine {
                 tracing::warn!(pod = %pod_id, leases = entry.leases.len(), "pod stopped heartbeating; its leases expire");
                 self.sessions.remove(&entry.session);
                 out.closed_sessions.push(entry.session);
-                for (task, attempt) in entry.leases {
-                    self.requeue(
-                        AttemptRef { task, attempt },
-                        RequeueReason::LeaseExpired,
-                        now,
-                        out,
-                    );
-                }
+                self.requeue_all(entry.leases, RequeueReason::LeaseExpired, now, out);
             }
         }
-        let mut expired: Vec<AttemptRef> = self
+        let expired: Vec<AttemptRef> = self
             .orphans
             .iter()
             .filter(|(_, (_, deadline))| *deadline <= now)
             .map(|(&task, &(attempt, _))| AttemptRef { task, attempt })
             .collect();
-        // Deterministic event order regardless of hash order.
-        expired.sort_unstable();
         for attempt in expired {
             self.orphans.remove(&attempt.task);
             self.requeue(attempt, RequeueReason::LeaseExpired, now, out);
@@ -501,6 +560,7 @@ impl Engine {
         let start = self.rotation % active.len();
         active.rotate_left(start);
         self.rotation = self.rotation.wrapping_add(1);
+        self.batch += 1;
         while !active.is_empty() {
             let mut still: Vec<PodId> = Vec::with_capacity(active.len());
             for pod_id in active {
@@ -539,6 +599,11 @@ impl Engine {
         let pods = self.pods.values().map(|p| p.expires_at);
         let orphans = self.orphans.values().map(|(_, d)| *d);
         pods.chain(orphans).min()
+    }
+
+    /// The number of the last dispatch batch, carried by its `Assign` messages.
+    pub(crate) fn batch(&self) -> u64 {
+        self.batch
     }
 
     /// The session currently serving `pod`.

@@ -250,6 +250,8 @@ mod results {
             at(1),
             &mut out,
         );
+        e.pod_hello(2, hello("p2", &["g"], 1), at(2), &mut out)
+            .unwrap();
         e.dispatch(at(2), &mut out);
         assert_eq!(e.state().task(&a.id).unwrap().attempt, Attempt(2));
         out.events.clear();
@@ -315,6 +317,7 @@ mod leases {
             1,
             PodMessage::Heartbeat {
                 holding: vec![attempt(&a, 1), stranger],
+                received: 1,
             },
             at(9_000),
             &mut out,
@@ -494,7 +497,10 @@ mod retention {
         // Keep the pod alive so only retention acts.
         e.pod_message(
             1,
-            PodMessage::Heartbeat { holding: vec![] },
+            PodMessage::Heartbeat {
+                holding: vec![],
+                received: 0,
+            },
             at(3_600_000),
             &mut out,
         );
@@ -502,7 +508,10 @@ mod retention {
         assert!(out.events.is_empty(), "kept for exactly the retention");
         e.pod_message(
             1,
-            PodMessage::Heartbeat { holding: vec![] },
+            PodMessage::Heartbeat {
+                holding: vec![],
+                received: 0,
+            },
             at(3_600_001),
             &mut out,
         );
@@ -548,4 +557,105 @@ fn replay_rebuilds_the_same_state() {
     }
     assert_eq!(&replayed, e.state());
     assert_eq!(replayed.counts(), e.state().counts());
+}
+
+mod reconciliation {
+    use super::*;
+
+    fn heartbeat(holding: Vec<AttemptRef>, received: u64) -> PodMessage {
+        PodMessage::Heartbeat { holding, received }
+    }
+
+    #[test]
+    fn a_lease_the_pod_received_but_no_longer_holds_runs_again() {
+        let a = spec("g");
+        let mut e = running(&a);
+        let batch = e.batch();
+        let mut out = Output::default();
+        // Not yet received: the Assign may still be on its way.
+        e.pod_message(1, heartbeat(vec![], batch - 1), at(1), &mut out);
+        assert!(out.events.is_empty());
+        e.pod_message(1, heartbeat(vec![], batch), at(2), &mut out);
+        assert_eq!(
+            out.events,
+            vec![Event::TaskRequeued {
+                attempt: attempt(&a, 1),
+                reason: RequeueReason::NotHeld,
+                at: at(2)
+            }]
+        );
+    }
+
+    #[test]
+    fn a_held_lease_is_kept() {
+        let a = spec("g");
+        let mut e = running(&a);
+        let batch = e.batch();
+        let mut out = Output::default();
+        e.pod_message(1, heartbeat(vec![attempt(&a, 1)], batch), at(1), &mut out);
+        assert!(out.events.is_empty() && out.messages.is_empty());
+    }
+
+    #[test]
+    fn a_draining_pod_gets_no_new_leases() {
+        let mut e = engine();
+        let mut out = Output::default();
+        e.pod_hello(1, hello("p1", &["g"], 1), T0, &mut out)
+            .unwrap();
+        e.pod_message(1, PodMessage::Drain, at(1), &mut out);
+        e.submit(vec![spec("g")], at(2), &mut out).unwrap();
+        out.events.clear();
+        e.dispatch(at(2), &mut out);
+        assert!(out.events.is_empty());
+    }
+
+    #[test]
+    fn returned_work_is_not_leased_back_to_the_pod_that_returned_it() {
+        let a = spec("g");
+        let mut e = running(&a);
+        let mut out = Output::default();
+        e.pod_message(
+            1,
+            PodMessage::Returned {
+                attempts: vec![attempt(&a, 1)],
+            },
+            at(1),
+            &mut out,
+        );
+        e.dispatch(at(1), &mut out);
+        assert_eq!(e.state().task(&a.id).unwrap().state, TaskState::Pending);
+        e.pod_hello(2, hello("p2", &["g"], 1), at(2), &mut out)
+            .unwrap();
+        out.events.clear();
+        e.dispatch(at(2), &mut out);
+        assert_eq!(
+            out.events,
+            vec![Event::TaskAssigned {
+                attempt: attempt(&a, 2),
+                pod: pod("p2"),
+                at: at(2)
+            }]
+        );
+    }
+
+    #[test]
+    fn a_result_from_a_pod_that_does_not_hold_the_lease_is_dropped() {
+        let a = spec("g");
+        let mut e = running(&a);
+        let mut out = Output::default();
+        e.pod_hello(2, hello("p2", &["g"], 1), at(1), &mut out)
+            .unwrap();
+        out.events.clear();
+        e.pod_message(
+            2,
+            PodMessage::Finished {
+                attempt: attempt(&a, 1),
+                outcome: Ok(Bytes::new()),
+            },
+            at(2),
+            &mut out,
+        );
+        assert!(out.events.is_empty());
+        assert_eq!(e.state().task(&a.id).unwrap().state, TaskState::Running);
+    }
 }

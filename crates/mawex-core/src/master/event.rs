@@ -70,4 +70,6 @@ pub enum RequeueReason {
     Returned,
     /// The pod left, or re-registered without it.
     PodLeft,
+    /// The pod's heartbeat shows it no longer holds the attempt (and sent no result).
+    NotHeld,
 }

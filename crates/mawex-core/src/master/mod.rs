@@ -15,7 +15,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::info;
 
 use core_loop::CoreLoop;
-pub(crate) use core_loop::CoreMsg;
+pub(crate) use core_loop::{CoreMsg, FeedState, MAX_STREAM_LAG};
 use engine::{Engine, EngineConfig};
 pub use engine::{PodStats, MAX_POD_PREFETCH, MAX_POD_SLOTS};
 pub use event::{Event, RequeueReason};
@@ -183,6 +183,7 @@ impl MasterBuilder {
                     next_session: 0,
                     waiters: HashMap::new(),
                     subscribers: Vec::new(),
+                    last_prune: std::time::Instant::now(),
                 };
                 // Recovered counts are visible as soon as `start` returns.
                 core.publish_stats();

@@ -105,22 +105,37 @@ impl PodConfig {
     }
 }
 
-/// An attempt the pod holds: queued, or running with a cancel token.
+/// An attempt the pod holds: queued, running, or finished with its result not yet delivered.
 struct Held {
     attempt: Attempt,
+    /// Set once the attempt started.
     cancel: Option<CancellationToken>,
 }
 
+/// What the pod holds, and the last `Assign` batch of this session that it has taken in:
+/// kept under one lock so a heartbeat reports both consistently.
+#[derive(Default)]
+struct Holdings {
+    held: HashMap<TaskId, Held>,
+    received: u64,
+}
+
+/// After the grace period, interrupted attempts get this long to end before their executors
+/// are aborted.
+const INTERRUPT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Lock order, where more than one is taken: `unsent`, then `outbox`, then `holdings`.
 struct Shared {
     config: PodConfig,
     sandbox: Arc<dyn Sandbox>,
     connector: Arc<dyn PodConnector>,
     queue_tx: mpsc::UnboundedSender<Assignment>,
     queue_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Assignment>>,
-    holding: Mutex<HashMap<TaskId, Held>>,
+    holdings: Mutex<Holdings>,
     outbox: Mutex<Option<Arc<dyn PodOutbox>>>,
-    /// Results of attempts that ended while no session was open; sent on reconnect.
-    unsent: Mutex<Vec<PodMessage>>,
+    /// Reports of attempts that ended while no session was open; sent on reconnect. Their
+    /// attempts stay in `holdings` until sent, so a reconnect re-reports them.
+    unsent: Mutex<Vec<(AttemptRef, PodMessage)>>,
     /// Executors take no more work once this is cancelled.
     draining: CancellationToken,
     /// Set when shutdown interrupts running attempts: they are returned, not failed.
@@ -140,18 +155,8 @@ impl Shared {
         hello.prefetch = self.config.prefetch;
         hello.labels = self.config.labels.clone();
         hello.address = self.config.address.clone();
-        hello.holding = self.holding_refs();
+        hello.holding = held_refs(&lock(&self.holdings));
         hello
-    }
-
-    fn holding_refs(&self) -> Vec<AttemptRef> {
-        lock(&self.holding)
-            .iter()
-            .map(|(&task, h)| AttemptRef {
-                task,
-                attempt: h.attempt,
-            })
-            .collect()
     }
 
     /// Sends if a session is open; for messages that lose nothing when dropped.
@@ -162,49 +167,70 @@ impl Shared {
         }
     }
 
-    /// Sends now, or keeps the message for the next session (results).
-    fn send_or_keep(&self, message: PodMessage) {
+    /// Reports how attempt `r` ended. The attempt leaves `holdings` only once the report is
+    /// sent, so neither a heartbeat nor a hello can claim it is gone while its result waits.
+    fn report(&self, r: AttemptRef, message: PodMessage) {
+        let mut unsent = lock(&self.unsent);
         let outbox = lock(&self.outbox).clone();
-        if let Some(outbox) = outbox {
-            if outbox.send(message.clone()).is_ok() {
-                return;
-            }
+        match outbox {
+            Some(outbox) if outbox.send(message.clone()).is_ok() => self.release(r),
+            _ => unsent.push((r, message)),
         }
-        lock(&self.unsent).push(message);
     }
 
+    fn release(&self, r: AttemptRef) {
+        let mut holdings = lock(&self.holdings);
+        if holdings
+            .held
+            .get(&r.task)
+            .is_some_and(|h| h.attempt == r.attempt)
+        {
+            holdings.held.remove(&r.task);
+        }
+    }
+
+    /// Opens the session: delivers what waited, then routes new reports to `outbox`.
     fn attach(&self, outbox: Arc<dyn PodOutbox>) {
-        let unsent = std::mem::take(&mut *lock(&self.unsent));
-        for message in unsent {
-            if outbox.send(message.clone()).is_err() {
-                lock(&self.unsent).push(message);
+        let mut unsent = lock(&self.unsent);
+        let waiting = std::mem::take(&mut *unsent);
+        for (r, message) in waiting {
+            if outbox.send(message.clone()).is_ok() {
+                self.release(r);
+            } else {
+                unsent.push((r, message));
             }
         }
+        lock(&self.holdings).received = 0;
         *lock(&self.outbox) = Some(outbox);
     }
 
     fn detach(&self) {
+        let _unsent = lock(&self.unsent);
         *lock(&self.outbox) = None;
     }
 
-    fn accept(&self, assignments: Vec<Assignment>) {
-        let mut holding = lock(&self.holding);
+    fn accept(&self, batch: u64, assignments: Vec<Assignment>) {
+        let mut holdings = lock(&self.holdings);
         for a in assignments {
-            holding.insert(
-                a.attempt.task,
-                Held {
-                    attempt: a.attempt.attempt,
-                    cancel: None,
-                },
-            );
+            let held = Held {
+                attempt: a.attempt.attempt,
+                cancel: None,
+            };
+            if let Some(old) = holdings.held.insert(a.attempt.task, held) {
+                // A newer attempt replaces an older one the master gave up on: stop the old.
+                if let Some(token) = old.cancel {
+                    token.cancel();
+                }
+            }
             // The receiver lives as long as `self`.
             let _ = self.queue_tx.send(a);
         }
+        holdings.received = holdings.received.max(batch);
     }
 
     fn cancel(&self, r: AttemptRef) {
-        let mut holding = lock(&self.holding);
-        let Some(held) = holding.get(&r.task) else {
+        let mut holdings = lock(&self.holdings);
+        let Some(held) = holdings.held.get(&r.task) else {
             return;
         };
         if held.attempt != r.attempt {
@@ -214,25 +240,43 @@ impl Shared {
             Some(token) => token.cancel(),
             // Still queued: forget it; the executor skips it.
             None => {
-                holding.remove(&r.task);
+                holdings.held.remove(&r.task);
             }
         }
     }
 
     fn interrupt_all(&self) {
         self.interrupted.store(true, Ordering::SeqCst);
-        for held in lock(&self.holding).values() {
+        for held in lock(&self.holdings).held.values() {
             if let Some(token) = &held.cancel {
                 token.cancel();
             }
         }
     }
 
+    /// Takes back everything queued and not started, for handing back to the master.
+    async fn take_queued(&self) -> Vec<AttemptRef> {
+        let mut queue = self.queue_rx.lock().await;
+        let mut holdings = lock(&self.holdings);
+        let mut refs = Vec::new();
+        while let Ok(a) = queue.try_recv() {
+            let queued = holdings
+                .held
+                .get(&a.attempt.task)
+                .is_some_and(|h| h.attempt == a.attempt.attempt && h.cancel.is_none());
+            if queued {
+                holdings.held.remove(&a.attempt.task);
+                refs.push(a.attempt);
+            }
+        }
+        refs
+    }
+
     async fn run_one(&self, a: Assignment) {
         let token = CancellationToken::new();
         {
-            let mut holding = lock(&self.holding);
-            match holding.get_mut(&a.attempt.task) {
+            let mut holdings = lock(&self.holdings);
+            match holdings.held.get_mut(&a.attempt.task) {
                 Some(held) if held.attempt == a.attempt.attempt => {
                     held.cancel = Some(token.clone());
                 }
@@ -240,14 +284,12 @@ impl Shared {
                 _ => return,
             }
         }
+        // An interrupt that came before the token was registered must still reach it.
+        if self.interrupted.load(Ordering::SeqCst) {
+            token.cancel();
+        }
         let r = a.attempt;
         let result = self.sandbox.run(TaskInput::new(r, a.spec), token).await;
-        {
-            let mut holding = lock(&self.holding);
-            if holding.get(&r.task).is_some_and(|h| h.attempt == r.attempt) {
-                holding.remove(&r.task);
-            }
-        }
         self.executed.fetch_add(1, Ordering::Relaxed);
         let message = match result {
             Err(SandboxError::Cancelled) if self.interrupted.load(Ordering::SeqCst) => {
@@ -258,14 +300,42 @@ impl Shared {
                 outcome: other.map_err(TaskError::from),
             },
         };
-        self.send_or_keep(message);
+        self.report(r, message);
     }
 
     fn heartbeat(&self) {
-        self.send(PodMessage::Heartbeat {
-            holding: self.holding_refs(),
-        });
+        let (holding, received) = {
+            let holdings = lock(&self.holdings);
+            (held_refs(&holdings), holdings.received)
+        };
+        self.send(PodMessage::Heartbeat { holding, received });
     }
+
+    /// Interrupts running attempts and waits for the executors, aborting them if interrupted
+    /// attempts do not end in time.
+    async fn stop_executors(&self, executors: Vec<JoinHandle<()>>) {
+        self.draining.cancel();
+        self.interrupt_all();
+        let aborts: Vec<AbortHandle> = executors.iter().map(JoinHandle::abort_handle).collect();
+        if tokio::time::timeout(INTERRUPT_DEADLINE, futures::future::join_all(executors))
+            .await
+            .is_err()
+        {
+            warn!(pod = %self.config.id, "interrupted attempts did not end in time; aborting them");
+            aborts.iter().for_each(AbortHandle::abort);
+        }
+    }
+}
+
+fn held_refs(holdings: &Holdings) -> Vec<AttemptRef> {
+    holdings
+        .held
+        .iter()
+        .map(|(&task, h)| AttemptRef {
+            task,
+            attempt: h.attempt,
+        })
+        .collect()
 }
 
 async fn executor(shared: Arc<Shared>) {
@@ -329,7 +399,7 @@ impl Pod {
             connector,
             queue_tx,
             queue_rx: tokio::sync::Mutex::new(queue_rx),
-            holding: Mutex::new(HashMap::new()),
+            holdings: Mutex::new(Holdings::default()),
             outbox: Mutex::new(None),
             unsent: Mutex::new(Vec::new()),
             draining: CancellationToken::new(),
@@ -448,10 +518,8 @@ async fn run(shared: Arc<Shared>, stop: CancellationToken, executors: Vec<JoinHa
         }
     }
     // Stopped while disconnected: nobody to hand work back to; stop the executors.
-    shared.draining.cancel();
-    shared.interrupt_all();
     if let Some(executors) = executors {
-        futures::future::join_all(executors).await;
+        shared.stop_executors(executors).await;
     }
 }
 
@@ -468,12 +536,16 @@ async fn serve(
         ..
     } = session;
     shared.attach(outbox);
-    let mut heartbeat = tokio::time::interval(welcome.heartbeat_interval);
+    // A zero interval from a remote master would make `interval` panic.
+    let period = welcome.heartbeat_interval.max(Duration::from_millis(1));
+    let mut heartbeat = tokio::time::interval(period);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             message = inbox.recv() => match message {
-                Some(MasterMessage::Assign(list)) => shared.accept(list),
+                Some(MasterMessage::Assign { batch, assignments }) => {
+                    shared.accept(batch, assignments);
+                }
                 Some(MasterMessage::Cancel(r)) => shared.cancel(r),
                 Some(other) => debug!(message = ?other, "unsupported master message ignored"),
                 None => return SessionEnd::Lost,
@@ -483,33 +555,25 @@ async fn serve(
         }
     }
 
-    // Leaving: hand back what has not started.
+    // Leaving: no new leases, hand back what has not started.
+    shared.send(PodMessage::Drain);
     shared.draining.cancel();
-    let queued: Vec<AttemptRef> = {
-        let mut queue = shared.queue_rx.lock().await;
-        let mut holding = lock(&shared.holding);
-        let mut refs = Vec::new();
-        while let Ok(a) = queue.try_recv() {
-            if holding
-                .get(&a.attempt.task)
-                .is_some_and(|h| h.attempt == a.attempt.attempt && h.cancel.is_none())
-            {
-                holding.remove(&a.attempt.task);
-                refs.push(a.attempt);
-            }
-        }
-        refs
-    };
+    let queued = shared.take_queued().await;
     if !queued.is_empty() {
         shared.send(PodMessage::Returned { attempts: queued });
     }
 
     // Let running attempts finish, keep heartbeating, interrupt after the grace period.
-    let all = futures::future::join_all(executors.take().unwrap_or_default());
+    let executors = executors.take().unwrap_or_default();
+    let aborts: Vec<AbortHandle> = executors.iter().map(JoinHandle::abort_handle).collect();
+    let all = futures::future::join_all(executors);
     tokio::pin!(all);
     let grace = tokio::time::sleep(shared.config.shutdown_grace);
     tokio::pin!(grace);
+    let hard = tokio::time::sleep(shared.config.shutdown_grace + INTERRUPT_DEADLINE);
+    tokio::pin!(hard);
     let mut interrupted = false;
+    let mut inbox_open = true;
     loop {
         tokio::select! {
             _ = &mut all => break,
@@ -519,12 +583,21 @@ async fn serve(
                 info!(pod = %shared.config.id, "grace period over; interrupting running attempts");
                 shared.interrupt_all();
             }
-            message = inbox.recv() => {
-                // Nothing new is taken while leaving; the master re-queues it after Leave.
-                if let Some(MasterMessage::Cancel(r)) = message {
-                    shared.cancel(r);
-                }
+            () = &mut hard => {
+                warn!(pod = %shared.config.id, "interrupted attempts did not end in time; aborting them");
+                aborts.iter().for_each(AbortHandle::abort);
+                break;
             }
+            message = inbox.recv(), if inbox_open => match message {
+                Some(MasterMessage::Cancel(r)) => shared.cancel(r),
+                // Leases that crossed the drain notice go straight back.
+                Some(MasterMessage::Assign { assignments, .. }) => {
+                    let attempts = assignments.iter().map(|a| a.attempt).collect();
+                    shared.send(PodMessage::Returned { attempts });
+                }
+                Some(_) => {}
+                None => inbox_open = false,
+            },
         }
     }
     shared.send(PodMessage::Leave);

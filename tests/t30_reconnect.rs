@@ -1,0 +1,104 @@
+//! Pods that lose their master and find it again: nothing they ran is lost or run twice.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use mawex::{InProcess, MasterProxy, Outcome, Pod, PodConfig, TaskSpec};
+
+fn patient_config() -> mawex::MasterConfig {
+    let mut c = fast_config();
+    // Long enough that a short outage never expires the lease, even on a loaded machine.
+    c.lease_timeout = Duration::from_secs(20);
+    c.heartbeat_interval = Duration::from_millis(200);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_finished_while_disconnected_is_delivered_after_reconnect() {
+    let m = TestMaster::start_with(patient_config()).await;
+    let g = group("outage");
+    let network = Network::new(m.master().pod_connector());
+    let (handlers, runs, _) = instrumented();
+    let pod = Pod::start(
+        PodConfig::new(pod_id("p-outage"), vec![g.clone()]),
+        Arc::new(InProcess::new(handlers)),
+        network.clone(),
+    )
+    .unwrap();
+    let ack = m
+        .proxy()
+        .submit(TaskSpec::new(g, "sleep", "300"))
+        .await
+        .unwrap();
+    wait_for("the task to start", || {
+        let n = runs.count(&ack.id);
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+
+    network.refuse(true);
+    network.cut();
+    wait_for("the attempt to finish while disconnected", || {
+        let n = pod.executed();
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    assert_eq!(m.stats().counts.running, 1, "the master has no result yet");
+    network.refuse(false);
+
+    let result = m.proxy().await_result(ack.id).await.unwrap();
+    assert_eq!(
+        result.attempt.0, 1,
+        "the first attempt's result, re-adopted"
+    );
+    assert_eq!(result.outcome, Outcome::Succeeded("300".into()));
+    assert_eq!(runs.count(&ack.id), 1, "it ran once");
+    assert!(network.connects.load(Ordering::SeqCst) >= 2);
+    pod.shutdown().await.unwrap();
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_master_crash_pods_reconnect_and_their_running_attempts_are_readopted() {
+    let m = TestMaster::start_with(patient_config()).await;
+    let g = group("readopt");
+    let network = Network::new(m.master().pod_connector());
+    let (handlers, runs, _) = instrumented();
+    let pod = Pod::start(
+        PodConfig::new(pod_id("p-readopt"), vec![g.clone()]),
+        Arc::new(InProcess::new(handlers)),
+        network.clone(),
+    )
+    .unwrap();
+    let long = m
+        .proxy()
+        .submit(TaskSpec::new(g.clone(), "sleep", "500"))
+        .await
+        .unwrap();
+    let next = m
+        .proxy()
+        .submit(TaskSpec::new(g.clone(), "echo", "next"))
+        .await
+        .unwrap();
+    wait_for("the long task to start", || {
+        let n = runs.count(&long.id);
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+
+    let dir = m.halt().await;
+    let m = TestMaster::restart(dir, patient_config()).await;
+    network.point_at(m.master().pod_connector());
+
+    let result = m.proxy().await_result(long.id).await.unwrap();
+    assert_eq!(result.attempt.0, 1, "re-adopted, not re-run");
+    assert_eq!(runs.count(&long.id), 1);
+    let result = m.proxy().await_result(next.id).await.unwrap();
+    assert_eq!(result.outcome, Outcome::Succeeded("next".into()));
+    pod.shutdown().await.unwrap();
+    m.shutdown().await;
+}
