@@ -659,3 +659,241 @@ mod reconciliation {
         assert_eq!(e.state().task(&a.id).unwrap().state, TaskState::Running);
     }
 }
+
+/// Seeded random runs of the engine against the invariants a simple model states: every
+/// running task has exactly one lease holder, terminal states never change, each task gets at
+/// most one result, the counts match, and replaying the events rebuilds the state.
+mod model {
+    use std::collections::{HashMap, HashSet};
+
+    use super::*;
+
+    /// xorshift64*: enough randomness for exploring schedules, reproducible by seed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    const GROUPS: [&str; 3] = ["a", "b", "c"];
+    const PODS: [&str; 3] = ["p0", "p1", "p2"];
+
+    fn check(e: &Engine, terminal: &HashMap<mawex_api::TaskId, TaskState>) {
+        let state = e.state();
+        let mut counts = crate::master::state::TaskCounts::default();
+        let mut holders: HashMap<mawex_api::TaskId, usize> = HashMap::new();
+        for (pod_id, entry) in &e.pods {
+            for (task, lease) in &entry.leases {
+                let t = state.task(task).expect("a lease on a known task");
+                assert_eq!(t.state, TaskState::Running, "lease on a non-running task");
+                assert_eq!(t.attempt, lease.attempt, "lease of another attempt");
+                assert_eq!(t.pod.as_ref(), Some(pod_id), "lease held by another pod");
+                *holders.entry(*task).or_default() += 1;
+            }
+            assert_eq!(e.sessions.get(&entry.session), Some(pod_id));
+        }
+        for (task, (attempt, _)) in &e.orphans {
+            let t = state.task(task).expect("an orphan of a known task");
+            assert_eq!((t.state, t.attempt), (TaskState::Running, *attempt));
+            *holders.entry(*task).or_default() += 1;
+        }
+        for entry in state.running() {
+            assert_eq!(
+                holders.get(&entry.spec.id),
+                Some(&1),
+                "one holder per running task"
+            );
+        }
+        for id in terminal.keys() {
+            if let Some(t) = state.task(id) {
+                assert_eq!(Some(&t.state), terminal.get(id), "a terminal state changed");
+            }
+        }
+        for (_, entry) in state.tasks_for_test() {
+            match entry.state {
+                TaskState::Pending => counts.pending += 1,
+                TaskState::Running => counts.running += 1,
+                TaskState::Succeeded => counts.succeeded += 1,
+                TaskState::Failed => counts.failed += 1,
+                _ => counts.cancelled += 1,
+            }
+        }
+        assert_eq!(counts, state.counts());
+    }
+
+    fn run(seed: u64) {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut e = engine();
+        let mut now = T0;
+        let mut all_events = Vec::new();
+        let mut ids = Vec::new();
+        let mut next_session = 0u64;
+        let mut terminal: HashMap<mawex_api::TaskId, TaskState> = HashMap::new();
+        let mut results: HashSet<mawex_api::TaskId> = HashSet::new();
+        for _ in 0..400 {
+            let mut out = Output::default();
+            match rng.below(10) {
+                0 | 1 => {
+                    let n = 1 + rng.below(3);
+                    let specs: Vec<_> = (0..n)
+                        .map(|_| {
+                            let g = GROUPS[rng.below(3) as usize];
+                            spec(g).with_priority(rng.below(3) as i32)
+                        })
+                        .collect();
+                    ids.extend(specs.iter().map(|s| s.id));
+                    e.submit(specs, now, &mut out).unwrap();
+                }
+                2 => {
+                    next_session += 1;
+                    let name = PODS[rng.below(3) as usize];
+                    let groups: Vec<&str> = GROUPS
+                        .iter()
+                        .copied()
+                        .filter(|_| rng.below(2) == 0)
+                        .collect();
+                    let mut h = hello(
+                        name,
+                        if groups.is_empty() { &["a"] } else { &groups },
+                        1 + rng.below(2) as u32,
+                    );
+                    h.prefetch = rng.below(2) as u32;
+                    // Sometimes the pod still holds what it had.
+                    if let Some(p) = e.pods.get(&pod(name)) {
+                        if rng.below(2) == 0 {
+                            h.holding = p
+                                .leases
+                                .iter()
+                                .map(|(t, l)| AttemptRef {
+                                    task: *t,
+                                    attempt: l.attempt,
+                                })
+                                .collect();
+                        }
+                    }
+                    // And sometimes claims what is not its own.
+                    if rng.below(3) == 0 {
+                        if let Some(&id) = ids.get(rng.below(ids.len().max(1) as u64) as usize) {
+                            let attempt = Attempt(1 + rng.below(3) as u32);
+                            h.holding.push(AttemptRef { task: id, attempt });
+                        }
+                    }
+                    e.pod_hello(next_session, h, now, &mut out).unwrap();
+                }
+                3 | 4 | 5 => {
+                    // A pod reports on one of its leases, or a stale one.
+                    let sessions: Vec<u64> = e.sessions.keys().copied().collect();
+                    if let Some(&s) = sessions.get(rng.below(sessions.len().max(1) as u64) as usize)
+                    {
+                        let pod_id = e.sessions[&s].clone();
+                        let leases: Vec<AttemptRef> = e.pods[&pod_id]
+                            .leases
+                            .iter()
+                            .map(|(t, l)| AttemptRef {
+                                task: *t,
+                                attempt: l.attempt,
+                            })
+                            .collect();
+                        if let Some(&r) = leases.get(rng.below(leases.len().max(1) as u64) as usize)
+                        {
+                            let r = if rng.below(5) == 0 {
+                                AttemptRef {
+                                    task: r.task,
+                                    attempt: Attempt(r.attempt.0 + 1),
+                                }
+                            } else {
+                                r
+                            };
+                            let message = match rng.below(4) {
+                                0 => PodMessage::Returned { attempts: vec![r] },
+                                1 => PodMessage::Finished {
+                                    attempt: r,
+                                    outcome: Err(TaskError::new(ErrorKind::Handler, "x")),
+                                },
+                                _ => PodMessage::Finished {
+                                    attempt: r,
+                                    outcome: Ok(Bytes::new()),
+                                },
+                            };
+                            e.pod_message(s, message, now, &mut out);
+                        }
+                    }
+                }
+                6 => {
+                    let sessions: Vec<u64> = e.sessions.keys().copied().collect();
+                    if let Some(&s) = sessions.get(rng.below(sessions.len().max(1) as u64) as usize)
+                    {
+                        match rng.below(3) {
+                            0 => e.pod_message(s, PodMessage::Leave, now, &mut out),
+                            1 => e.pod_disconnected(s, now),
+                            _ => {
+                                let pod_id = e.sessions[&s].clone();
+                                let holding = e.pods[&pod_id]
+                                    .leases
+                                    .iter()
+                                    .filter(|_| rng.below(4) != 0)
+                                    .map(|(t, l)| AttemptRef {
+                                        task: *t,
+                                        attempt: l.attempt,
+                                    })
+                                    .collect();
+                                let received = e.batch();
+                                e.pod_message(
+                                    s,
+                                    PodMessage::Heartbeat { holding, received },
+                                    now,
+                                    &mut out,
+                                );
+                            }
+                        }
+                    }
+                }
+                7 => {
+                    if let Some(&id) = ids.get(rng.below(ids.len().max(1) as u64) as usize) {
+                        let _ = e.cancel(id, now, &mut out);
+                    }
+                }
+                _ => {
+                    now = now.saturating_add(Duration::from_millis(rng.below(6_000)));
+                    e.tick(now, &mut out);
+                }
+            }
+            e.dispatch(now, &mut out);
+            for event in &out.events {
+                if let Event::TaskFinished { attempt, .. } = event {
+                    assert!(results.insert(attempt.task), "a second result for one task");
+                }
+            }
+            all_events.extend(out.events);
+            for id in &ids {
+                if let Some(t) = e.state().task(id) {
+                    if t.state.is_terminal() {
+                        terminal.entry(*id).or_insert(t.state);
+                    }
+                }
+            }
+            check(&e, &terminal);
+        }
+        let mut replayed = MasterState::new();
+        for event in &all_events {
+            replayed.apply(event);
+        }
+        assert_eq!(&replayed, e.state(), "seed {seed}: replay differs");
+    }
+
+    #[test]
+    fn random_schedules_keep_the_invariants() {
+        for seed in 0..100 {
+            run(seed);
+        }
+    }
+}

@@ -321,6 +321,11 @@ impl MasterState {
         self.pending.get(group).is_some_and(|q| !q.is_empty())
     }
 
+    #[cfg(test)]
+    pub(crate) fn tasks_for_test(&self) -> impl Iterator<Item = (&TaskId, &TaskEntry)> {
+        self.tasks.iter()
+    }
+
     /// Tasks currently running, with their lease holder.
     pub(crate) fn running(&self) -> impl Iterator<Item = &TaskEntry> {
         self.tasks
