@@ -742,7 +742,7 @@ mod model {
         for _ in 0..400 {
             let mut out = Output::default();
             match rng.below(10) {
-                0 | 1 => {
+                0..=1 => {
                     let n = 1 + rng.below(3);
                     let specs: Vec<_> = (0..n)
                         .map(|_| {
@@ -789,7 +789,7 @@ mod model {
                     }
                     e.pod_hello(next_session, h, now, &mut out).unwrap();
                 }
-                3 | 4 | 5 => {
+                3..=5 => {
                     // A pod reports on one of its leases, or a stale one.
                     let sessions: Vec<u64> = e.sessions.keys().copied().collect();
                     if let Some(&s) = sessions.get(rng.below(sessions.len().max(1) as u64) as usize)
