@@ -37,14 +37,14 @@
 pub use mawex_api::pod;
 pub use mawex_api::{
     ApiError, Attempt, Bytes, CancelAck, ErrorKind, GroupName, Limits, ListQuery, MasterProxy,
-    Outcome, PodId, ResultCursor, ResultStream, SubmitAck, TaskError, TaskId, TaskPage, TaskResult,
-    TaskSpec, TaskState, TaskView, Timestamp,
+    Outcome, PodId, RemoteConfig, RemoteMasterProxy, ResultCursor, ResultStream, SubmitAck,
+    TaskError, TaskId, TaskPage, TaskResult, TaskSpec, TaskState, TaskView, Timestamp,
 };
 pub use mawex_core::{
-    clock, journal, CoreError, Event, Journal, LocalMasterProxy, LocalPodConnector, Master,
-    MasterBuilder, MasterConfig, MasterState, MasterStats, MemoryJournal, Pod, PodConfig,
-    PodConnector, PodOutbox, PodSession, PodStats, Recovered, RequeueReason, SledJournal,
-    TaskCounts,
+    clock, journal, CoreError, Event, GrpcPodConnector, GrpcServer, Journal, LocalMasterProxy,
+    LocalPodConnector, Master, MasterBuilder, MasterConfig, MasterState, MasterStats,
+    MemoryJournal, Pod, PodConfig, PodConnector, PodOutbox, PodSession, PodStats, Recovered,
+    RequeueReason, ServerConfig, SledJournal, TaskCounts,
 };
 pub use mawex_sandbox::{
     HandlerError, HandlerRegistry, InProcess, Sandbox, SandboxError, TaskInput,

@@ -1,5 +1,7 @@
 //! The basics through the public API: submit, schedule, run, record; groups, pods, slots.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
 mod common;
 
 use std::sync::Arc;
@@ -7,13 +9,10 @@ use std::sync::Arc;
 use common::*;
 use futures::StreamExt;
 use mawex::pod::{MasterMessage, PodHello, PodMessage};
-use mawex::{
-    ErrorKind, ListQuery, MasterProxy, Outcome, PodConfig, PodConnector, TaskSpec, TaskState,
-};
+use mawex::{ErrorKind, ListQuery, Outcome, PodConfig, TaskSpec, TaskState};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn single_task_is_accepted_scheduled_and_recorded() {
-    let m = TestMaster::start().await;
+async fn single_task_is_accepted_scheduled_and_recorded(t: Transport) {
+    let m = TestMaster::start_on(t).await;
     let proxy = m.proxy();
     let g = group("single");
     let ack = proxy
@@ -43,9 +42,8 @@ async fn single_task_is_accepted_scheduled_and_recorded() {
     m.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn errors_and_panics_are_recorded_as_failures() {
-    let m = TestMaster::start().await;
+async fn errors_and_panics_are_recorded_as_failures(t: Transport) {
+    let m = TestMaster::start_on(t).await;
     let g = group("mixed");
     let (handlers, _, _) = instrumented();
     let pod = m.pod(
@@ -80,9 +78,8 @@ async fn errors_and_panics_are_recorded_as_failures() {
     m.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pod_joining_mid_stream_receives_work() {
-    let m = TestMaster::start().await;
+async fn a_pod_joining_mid_stream_receives_work(t: Transport) {
+    let m = TestMaster::start_on(t).await;
     let g = group("scale-out");
     let (handlers, _, _) = instrumented();
     let first = m.pod(PodConfig::new(pod_id("p-out-1"), vec![g.clone()]), handlers);
@@ -105,9 +102,8 @@ async fn a_pod_joining_mid_stream_receives_work() {
     m.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pods_leaving_mid_stream_hand_their_work_to_the_rest() {
-    let m = TestMaster::start().await;
+async fn pods_leaving_mid_stream_hand_their_work_to_the_rest(t: Transport) {
+    let m = TestMaster::start_on(t).await;
     let g = group("scale-down");
     let (handlers, runs, _) = instrumented();
     let pods: Vec<_> = (0..3)
@@ -149,9 +145,8 @@ async fn pods_leaving_mid_stream_hand_their_work_to_the_rest() {
     m.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_slot_pod_never_overlaps_across_groups_and_two_pods_run_in_parallel() {
-    let m = TestMaster::start().await;
+async fn one_slot_pod_never_overlaps_across_groups_and_two_pods_run_in_parallel(t: Transport) {
+    let m = TestMaster::start_on(t).await;
     let groups = [group("seq-a"), group("seq-b"), group("seq-c")];
     let (handlers, _, overlap) = instrumented();
     let pod = m.pod(PodConfig::new(pod_id("p-seq"), groups.to_vec()), handlers);
@@ -194,9 +189,8 @@ async fn one_slot_pod_never_overlaps_across_groups_and_two_pods_run_in_parallel(
     m.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tasks_wait_for_a_worker_of_their_group() {
-    let m = TestMaster::start().await;
+async fn tasks_wait_for_a_worker_of_their_group(t: Transport) {
+    let m = TestMaster::start_on(t).await;
     let (late, busy) = (group("late"), group("busy"));
     let late_acks = m
         .proxy()
@@ -236,9 +230,8 @@ async fn tasks_wait_for_a_worker_of_their_group() {
     m.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_duplicate_submit_runs_once() {
-    let m = TestMaster::start().await;
+async fn a_duplicate_submit_runs_once(t: Transport) {
+    let m = TestMaster::start_on(t).await;
     let g = group("dup");
     let spec = TaskSpec::new(g.clone(), "sleep", "20");
     let first = m.proxy().submit(spec.clone()).await.unwrap();
@@ -264,16 +257,15 @@ async fn a_duplicate_submit_runs_once() {
 }
 
 /// Plays a pod by hand through the connector to make an old attempt answer late.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_late_result_of_an_old_attempt_is_ignored() {
-    let m = TestMaster::start().await;
+async fn a_late_result_of_an_old_attempt_is_ignored(t: Transport) {
+    let m = TestMaster::start_on(t).await;
     let g = group("fenced");
     let ack = m
         .proxy()
         .submit(TaskSpec::new(g.clone(), "echo", "x"))
         .await
         .unwrap();
-    let connector = m.master().pod_connector();
+    let connector = m.connector();
 
     let mut first = connector
         .connect(PodHello::new(pod_id("p-hand"), vec![g.clone()]))
@@ -324,9 +316,8 @@ async fn a_late_result_of_an_old_attempt_is_ignored() {
     m.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_pod_loses_its_lease_and_the_task_runs_elsewhere() {
-    let m = TestMaster::start().await;
+async fn a_silent_pod_loses_its_lease_and_the_task_runs_elsewhere(t: Transport) {
+    let m = TestMaster::start_on(t).await;
     let g = group("silent");
     let ack = m
         .proxy()
@@ -335,8 +326,7 @@ async fn a_silent_pod_loses_its_lease_and_the_task_runs_elsewhere() {
         .unwrap();
     // Connected but never heartbeating nor answering.
     let mut ghost = m
-        .master()
-        .pod_connector()
+        .connector()
         .connect(PodHello::new(pod_id("p-ghost"), vec![g.clone()]))
         .await
         .unwrap();
@@ -359,9 +349,8 @@ async fn a_silent_pod_loses_its_lease_and_the_task_runs_elsewhere() {
     m.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_stops_pending_and_running_tasks() {
-    let m = TestMaster::start().await;
+async fn cancel_stops_pending_and_running_tasks(t: Transport) {
+    let m = TestMaster::start_on(t).await;
     let g = group("cancel");
     let (handlers, runs, _) = instrumented();
     let pod = m.pod(
@@ -420,9 +409,8 @@ async fn cancel_stops_pending_and_running_tasks() {
     m.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn result_streams_resume_from_a_cursor() {
-    let m = TestMaster::start().await;
+async fn result_streams_resume_from_a_cursor(t: Transport) {
+    let m = TestMaster::start_on(t).await;
     let g = group("stream");
     let (handlers, _, _) = instrumented();
     let pod = m.pod(
@@ -461,9 +449,8 @@ async fn result_streams_resume_from_a_cursor() {
     ));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_filters_and_pages() {
-    let m = TestMaster::start().await;
+async fn list_filters_and_pages(t: Transport) {
+    let m = TestMaster::start_on(t).await;
     let (a, b) = (group("list-a"), group("list-b"));
     let specs: Vec<_> = (0..25)
         .map(|i| TaskSpec::new(if i % 5 == 0 { b.clone() } else { a.clone() }, "echo", ""))
@@ -497,15 +484,14 @@ async fn list_filters_and_pages() {
     assert_eq!(pending.tasks.len(), 25);
     assert!(pending.next.is_none());
     assert!(matches!(
-        m.proxy().list(ListQuery::default().limit(0)).await,
+        m.proxy().list(ListQuery::default().limit(5000)).await,
         Err(mawex::ApiError::InvalidArgument(_))
     ));
     m.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_gets_clear_errors() {
-    let m = TestMaster::start().await;
+async fn bad_input_gets_clear_errors(t: Transport) {
+    let m = TestMaster::start_on(t).await;
     let g = group("bad");
     let empty_handler = TaskSpec::new(g.clone(), "", "");
     assert!(matches!(
@@ -524,15 +510,31 @@ async fn bad_input_gets_clear_errors() {
     let mut zero_slots = PodHello::new(pod_id("p-zero"), vec![g]);
     zero_slots.slots = 0;
     assert!(matches!(
-        m.master().pod_connector().connect(zero_slots).await,
+        m.connector().connect(zero_slots).await,
         Err(mawex::ApiError::InvalidArgument(_))
     ));
     assert!(mawex::Pod::start(
         PodConfig::new(pod_id("p-none"), vec![]),
         Arc::new(mawex::InProcess::new(Default::default())),
-        Arc::new(m.master().pod_connector()),
+        m.connector(),
     )
     .is_err());
     assert_eq!(m.stats().counts, Default::default(), "nothing was accepted");
     m.shutdown().await;
 }
+
+on_both_transports!(
+    single_task_is_accepted_scheduled_and_recorded,
+    errors_and_panics_are_recorded_as_failures,
+    a_pod_joining_mid_stream_receives_work,
+    pods_leaving_mid_stream_hand_their_work_to_the_rest,
+    one_slot_pod_never_overlaps_across_groups_and_two_pods_run_in_parallel,
+    tasks_wait_for_a_worker_of_their_group,
+    a_duplicate_submit_runs_once,
+    a_late_result_of_an_old_attempt_is_ignored,
+    a_silent_pod_loses_its_lease_and_the_task_runs_elsewhere,
+    cancel_stops_pending_and_running_tasks,
+    result_streams_resume_from_a_cursor,
+    list_filters_and_pages,
+    bad_input_gets_clear_errors,
+);

@@ -1,5 +1,7 @@
 //! A journal that fails: the master stops instead of acknowledging what it could not record.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 

@@ -1,5 +1,7 @@
 //! Pods that lose their master and find it again: nothing they ran is lost or run twice.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
 mod common;
 
 use std::sync::atomic::Ordering;
@@ -7,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use mawex::{InProcess, MasterProxy, Outcome, Pod, PodConfig, TaskSpec};
+use mawex::{InProcess, Outcome, Pod, PodConfig, TaskSpec};
 
 fn patient_config() -> mawex::MasterConfig {
     let mut c = fast_config();

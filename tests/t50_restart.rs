@@ -1,5 +1,7 @@
 //! Restarts and journal damage: nothing acknowledged is lost, nothing is recorded twice.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
 mod common;
 
 use std::collections::HashMap;
@@ -8,8 +10,8 @@ use std::sync::Arc;
 
 use common::*;
 use mawex::{
-    Bytes, CoreError, Event, HandlerRegistry, ListQuery, MasterProxy, Outcome, PodConfig,
-    SledJournal, TaskId, TaskInput, TaskResult, TaskSpec, TaskState,
+    Bytes, CoreError, Event, HandlerRegistry, ListQuery, Outcome, PodConfig, SledJournal, TaskId,
+    TaskInput, TaskResult, TaskSpec, TaskState,
 };
 
 /// Every task of the master, through paginated `list`.

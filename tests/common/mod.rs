@@ -11,9 +11,42 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mawex::{
-    Bytes, GroupName, HandlerError, HandlerRegistry, InProcess, LocalMasterProxy, Master,
-    MasterConfig, MasterStats, Pod, PodConfig, PodId, SledJournal, TaskId, TaskInput,
+    Bytes, GroupName, GrpcPodConnector, GrpcServer, HandlerError, HandlerRegistry, InProcess,
+    Master, MasterConfig, MasterProxy, MasterStats, Pod, PodConfig, PodConnector, PodId,
+    RemoteMasterProxy, SledJournal, TaskId, TaskInput,
 };
+
+/// How clients and pods reach the master in a test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// In-process handles.
+    Local,
+    /// gRPC over loopback.
+    Grpc,
+}
+
+/// Generates one test per transport for each `async fn name(t: Transport)` listed.
+#[macro_export]
+macro_rules! on_both_transports {
+    ($($name:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Transport::Local).await
+                }
+            )*
+        }
+        mod grpc {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Transport::Grpc).await
+                }
+            )*
+        }
+    };
+}
 
 /// How long any condition may take before a test fails: generous for a loaded 2-core CI.
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -59,11 +92,19 @@ pub struct TestMaster {
     master: Option<Master>,
     dir: Arc<tempfile::TempDir>,
     pub config: MasterConfig,
+    transport: Transport,
+    server: Option<GrpcServer>,
+    proxy: Option<Arc<dyn MasterProxy>>,
 }
 
 impl TestMaster {
     pub async fn start() -> TestMaster {
         Self::start_with(fast_config()).await
+    }
+
+    pub async fn start_on(transport: Transport) -> TestMaster {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        Self::open_on(dir, fast_config(), transport).await
     }
 
     pub async fn start_with(config: MasterConfig) -> TestMaster {
@@ -72,16 +113,63 @@ impl TestMaster {
     }
 
     async fn open(dir: Arc<tempfile::TempDir>, config: MasterConfig) -> TestMaster {
+        Self::open_on(dir, config, Transport::Local).await
+    }
+
+    async fn open_on(
+        dir: Arc<tempfile::TempDir>,
+        config: MasterConfig,
+        transport: Transport,
+    ) -> TestMaster {
         let journal = SledJournal::open(journal_path(dir.path())).expect("open journal");
         let master = Master::builder()
             .config(config.clone())
             .start(journal)
             .await
             .expect("start master");
+        let (server, proxy): (Option<GrpcServer>, Arc<dyn MasterProxy>) = match transport {
+            Transport::Local => (None, Arc::new(master.proxy())),
+            Transport::Grpc => {
+                let server = master
+                    .serve("127.0.0.1:0".parse().expect("address"))
+                    .await
+                    .expect("serve gRPC");
+                // Short retries: tests that stop the master expect errors soon.
+                let mut remote = mawex::RemoteConfig::default();
+                remote.retry_for = Duration::from_secs(2);
+                let proxy =
+                    RemoteMasterProxy::with_config(&server.endpoint(), remote).expect("client");
+                (Some(server), Arc::new(proxy))
+            }
+        };
         TestMaster {
             master: Some(master),
             dir,
             config,
+            transport,
+            server,
+            proxy: Some(proxy),
+        }
+    }
+
+    /// How pods of this test reach the master.
+    pub fn connector(&self) -> Arc<dyn PodConnector> {
+        match &self.server {
+            None => Arc::new(self.master().pod_connector()),
+            Some(server) => {
+                Arc::new(GrpcPodConnector::new(&server.endpoint()).expect("pod connector"))
+            }
+        }
+    }
+
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    async fn stop_server(&mut self) {
+        self.proxy = None;
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.expect("gRPC server stops");
         }
     }
 
@@ -89,8 +177,9 @@ impl TestMaster {
         self.master.as_ref().expect("master running")
     }
 
-    pub fn proxy(&self) -> LocalMasterProxy {
-        self.master().proxy()
+    /// The client of this test's transport.
+    pub fn proxy(&self) -> Arc<dyn MasterProxy> {
+        self.proxy.clone().expect("master running")
     }
 
     pub fn journal_dir(&self) -> PathBuf {
@@ -99,12 +188,7 @@ impl TestMaster {
 
     /// Starts an in-process pod on this master.
     pub fn pod(&self, config: PodConfig, handlers: HandlerRegistry) -> Pod {
-        Pod::start(
-            config,
-            Arc::new(InProcess::new(handlers)),
-            Arc::new(self.master().pod_connector()),
-        )
-        .expect("start pod")
+        Pod::start(config, Arc::new(InProcess::new(handlers)), self.connector()).expect("start pod")
     }
 
     /// Waits until the published stats satisfy `pred`.
@@ -130,6 +214,7 @@ impl TestMaster {
 
     /// Stops cleanly; the returned handle keeps the directory for a restart.
     pub async fn shutdown(mut self) -> Arc<tempfile::TempDir> {
+        self.stop_server().await;
         let master = self.master.take().expect("master running");
         master.shutdown().await.expect("clean shutdown");
         self.dir.clone()
@@ -137,6 +222,7 @@ impl TestMaster {
 
     /// Crashes the master (nothing uncommitted survives, no snapshot) and keeps the directory.
     pub async fn halt(mut self) -> Arc<tempfile::TempDir> {
+        self.stop_server().await;
         let master = self.master.take().expect("master running");
         master.halt().await.expect("halt");
         self.dir.clone()

@@ -16,10 +16,13 @@
 //! assert_ne!(spec.id, TaskId::new());
 //! ```
 
+pub mod convert;
 mod error;
 mod ids;
 pub mod pod;
+pub mod proto;
 mod proxy;
+mod remote;
 mod task;
 mod time;
 
@@ -29,6 +32,7 @@ pub use proxy::{
     CancelAck, ListQuery, MasterProxy, ResultCursor, ResultStream, SubmitAck, TaskPage,
     MAX_LIST_LIMIT,
 };
+pub use remote::{RemoteConfig, RemoteMasterProxy};
 pub use task::{
     ErrorKind, Limits, Outcome, TaskError, TaskResult, TaskSpec, TaskState, TaskView,
     MAX_HANDLER_LEN,

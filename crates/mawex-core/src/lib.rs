@@ -41,6 +41,7 @@ pub mod journal;
 mod master;
 mod pod;
 mod proxy;
+mod server;
 
 pub use error::CoreError;
 pub use journal::{Journal, MemoryJournal, Recovered, SledJournal};
@@ -50,3 +51,4 @@ pub use master::{
 };
 pub use pod::{LocalPodConnector, Pod, PodConfig, PodConnector, PodOutbox, PodSession};
 pub use proxy::LocalMasterProxy;
+pub use server::{GrpcPodConnector, GrpcServer, ServerConfig};

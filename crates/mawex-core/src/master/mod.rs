@@ -6,6 +6,7 @@ mod event;
 mod state;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -26,6 +27,7 @@ use crate::error::CoreError;
 use crate::journal::Journal;
 use crate::pod::LocalPodConnector;
 use crate::proxy::LocalMasterProxy;
+use crate::server::{GrpcServer, ServerConfig};
 
 /// Settings of a master. Start from `MasterConfig::default()` and change fields.
 #[derive(Debug, Clone)]
@@ -244,6 +246,27 @@ impl Master {
     /// What in-process pods connect through.
     pub fn pod_connector(&self) -> LocalPodConnector {
         LocalPodConnector::new(self.inbox.clone())
+    }
+
+    /// Serves the gRPC protocol (clients, pods, health, reflection) on `addr`; port 0 picks
+    /// a free port (see [`GrpcServer::local_addr`]). Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    /// [`CoreError::Config`] if the address cannot be bound.
+    pub async fn serve(&self, addr: SocketAddr) -> Result<GrpcServer, CoreError> {
+        self.serve_with(addr, ServerConfig::default()).await
+    }
+
+    /// As [`Master::serve`], with server settings.
+    ///
+    /// # Errors
+    /// [`CoreError::Config`] if the address cannot be bound.
+    pub async fn serve_with(
+        &self,
+        addr: SocketAddr,
+        config: ServerConfig,
+    ) -> Result<GrpcServer, CoreError> {
+        crate::server::start(self.proxy(), self.pod_connector(), addr, config).await
     }
 
     /// Live statistics, updated after every commit: wait on it instead of sleeping.

@@ -1,0 +1,250 @@
+//! Pod link messages.
+
+use std::time::Duration;
+
+use crate::convert::{in_field, invalid, required, task_id};
+use crate::error::ApiError;
+use crate::ids::{Attempt, GroupName, PodId};
+use crate::pod::{Assignment, AttemptRef, MasterMessage, PodHello, PodMessage, Welcome};
+use crate::proto;
+use crate::proto::master_to_pod::Message as ToPod;
+use crate::proto::pod_to_master::Message as ToMaster;
+use crate::task::{Outcome, TaskSpec};
+
+impl From<AttemptRef> for proto::AttemptRef {
+    fn from(r: AttemptRef) -> Self {
+        proto::AttemptRef {
+            task: r.task.to_string(),
+            attempt: r.attempt.0,
+        }
+    }
+}
+
+impl TryFrom<proto::AttemptRef> for AttemptRef {
+    type Error = ApiError;
+
+    fn try_from(r: proto::AttemptRef) -> Result<Self, ApiError> {
+        if r.attempt == 0 {
+            return Err(invalid("attempt: attempts are numbered from 1"));
+        }
+        Ok(AttemptRef {
+            task: task_id("attempt.task", &r.task)?,
+            attempt: Attempt(r.attempt),
+        })
+    }
+}
+
+fn attempts(list: Vec<proto::AttemptRef>) -> Result<Vec<AttemptRef>, ApiError> {
+    list.into_iter().map(TryInto::try_into).collect()
+}
+
+fn to_proto_attempts(list: Vec<AttemptRef>) -> Vec<proto::AttemptRef> {
+    list.into_iter().map(Into::into).collect()
+}
+
+impl From<PodHello> for proto::PodHello {
+    fn from(h: PodHello) -> Self {
+        proto::PodHello {
+            pod: h.pod.to_string(),
+            groups: h.groups.into_iter().map(|g| g.to_string()).collect(),
+            slots: h.slots,
+            prefetch: h.prefetch,
+            labels: h.labels.into_iter().collect(),
+            address: h.address,
+            holding: to_proto_attempts(h.holding),
+        }
+    }
+}
+
+impl TryFrom<proto::PodHello> for PodHello {
+    type Error = ApiError;
+
+    fn try_from(h: proto::PodHello) -> Result<Self, ApiError> {
+        let groups = h
+            .groups
+            .iter()
+            .map(|g| GroupName::new(g).map_err(in_field("hello.groups")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut hello = PodHello::new(PodId::new(&h.pod).map_err(in_field("hello.pod"))?, groups);
+        hello.slots = h.slots;
+        hello.prefetch = h.prefetch;
+        hello.labels = h.labels.into_iter().collect();
+        hello.address = h.address;
+        hello.holding = attempts(h.holding)?;
+        Ok(hello)
+    }
+}
+
+impl From<Welcome> for proto::Welcome {
+    fn from(w: Welcome) -> Self {
+        proto::Welcome {
+            session: w.session,
+            heartbeat_interval_ms: u64::try_from(w.heartbeat_interval.as_millis())
+                .unwrap_or(u64::MAX),
+            lease_timeout_ms: u64::try_from(w.lease_timeout.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+impl From<proto::Welcome> for Welcome {
+    fn from(w: proto::Welcome) -> Self {
+        Welcome::new(
+            w.session,
+            Duration::from_millis(w.heartbeat_interval_ms),
+            Duration::from_millis(w.lease_timeout_ms),
+        )
+    }
+}
+
+impl From<Assignment> for proto::Assignment {
+    fn from(a: Assignment) -> Self {
+        proto::Assignment {
+            attempt: Some(a.attempt.into()),
+            spec: Some(a.spec.into()),
+        }
+    }
+}
+
+impl TryFrom<proto::Assignment> for Assignment {
+    type Error = ApiError;
+
+    fn try_from(a: proto::Assignment) -> Result<Self, ApiError> {
+        Ok(Assignment {
+            attempt: required("assignment.attempt", a.attempt)?.try_into()?,
+            spec: TaskSpec::try_from(required("assignment.spec", a.spec)?)?,
+        })
+    }
+}
+
+/// A pod's message on the wire; the hello is a separate variant because only the first
+/// message of a stream may be one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodFrame {
+    /// The registration that opens a stream.
+    Hello(PodHello),
+    /// Anything after it.
+    Message(PodMessage),
+}
+
+impl From<PodHello> for proto::PodToMaster {
+    fn from(h: PodHello) -> Self {
+        proto::PodToMaster {
+            message: Some(ToMaster::Hello(h.into())),
+        }
+    }
+}
+
+impl From<PodMessage> for proto::PodToMaster {
+    fn from(m: PodMessage) -> Self {
+        let message = match m {
+            PodMessage::Heartbeat { holding, received } => ToMaster::Heartbeat(proto::Heartbeat {
+                holding: to_proto_attempts(holding),
+                received,
+                cpu_percent: 0.0,
+                memory_bytes: 0,
+            }),
+            PodMessage::Finished { attempt, outcome } => {
+                let outcome = match outcome {
+                    Ok(out) => Outcome::Succeeded(out),
+                    Err(e) => Outcome::Failed(e),
+                };
+                ToMaster::Finished(proto::Finished {
+                    attempt: Some(attempt.into()),
+                    outcome: Some(outcome.into()),
+                })
+            }
+            PodMessage::Returned { attempts } => ToMaster::Returned(proto::Returned {
+                attempts: to_proto_attempts(attempts),
+            }),
+            PodMessage::Drain => ToMaster::Drain(proto::Drain {}),
+            PodMessage::Leave => ToMaster::Leave(proto::Leave {}),
+        };
+        proto::PodToMaster {
+            message: Some(message),
+        }
+    }
+}
+
+impl TryFrom<proto::PodToMaster> for PodFrame {
+    type Error = ApiError;
+
+    fn try_from(m: proto::PodToMaster) -> Result<Self, ApiError> {
+        let message = match required("message", m.message)? {
+            ToMaster::Hello(h) => return Ok(PodFrame::Hello(h.try_into()?)),
+            ToMaster::Heartbeat(h) => PodMessage::Heartbeat {
+                holding: attempts(h.holding)?,
+                received: h.received,
+            },
+            ToMaster::Finished(f) => {
+                let attempt = required("finished.attempt", f.attempt)?.try_into()?;
+                let outcome = match Outcome::try_from(required("finished.outcome", f.outcome)?)? {
+                    Outcome::Succeeded(out) => Ok(out),
+                    Outcome::Failed(e) => Err(e),
+                    Outcome::Cancelled => {
+                        return Err(invalid(
+                            "finished.outcome: a pod reports output or an error",
+                        ))
+                    }
+                };
+                PodMessage::Finished { attempt, outcome }
+            }
+            ToMaster::Returned(r) => PodMessage::Returned {
+                attempts: attempts(r.attempts)?,
+            },
+            ToMaster::Drain(_) => PodMessage::Drain,
+            ToMaster::Leave(_) => PodMessage::Leave,
+        };
+        Ok(PodFrame::Message(message))
+    }
+}
+
+impl From<Welcome> for proto::MasterToPod {
+    fn from(w: Welcome) -> Self {
+        proto::MasterToPod {
+            message: Some(ToPod::Welcome(w.into())),
+        }
+    }
+}
+
+impl From<MasterMessage> for proto::MasterToPod {
+    fn from(m: MasterMessage) -> Self {
+        let message = match m {
+            MasterMessage::Assign { batch, assignments } => ToPod::Assign(proto::Assign {
+                batch,
+                assignments: assignments.into_iter().map(Into::into).collect(),
+            }),
+            MasterMessage::Cancel(r) => ToPod::Cancel(r.into()),
+        };
+        proto::MasterToPod {
+            message: Some(message),
+        }
+    }
+}
+
+/// The master's message on the wire: the welcome first, then the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MasterFrame {
+    /// The answer to the hello.
+    Welcome(Welcome),
+    /// Anything after it.
+    Message(MasterMessage),
+}
+
+impl TryFrom<proto::MasterToPod> for MasterFrame {
+    type Error = ApiError;
+
+    fn try_from(m: proto::MasterToPod) -> Result<Self, ApiError> {
+        Ok(match required("message", m.message)? {
+            ToPod::Welcome(w) => MasterFrame::Welcome(w.into()),
+            ToPod::Assign(a) => MasterFrame::Message(MasterMessage::Assign {
+                batch: a.batch,
+                assignments: a
+                    .assignments
+                    .into_iter()
+                    .map(TryInto::try_into)
+                    .collect::<Result<_, _>>()?,
+            }),
+            ToPod::Cancel(r) => MasterFrame::Message(MasterMessage::Cancel(r.try_into()?)),
+        })
+    }
+}

@@ -1,0 +1,110 @@
+//! Client requests and answers.
+
+use crate::convert::{in_field, invalid, task_id, task_state};
+use crate::error::ApiError;
+use crate::ids::GroupName;
+use crate::proto;
+use crate::proxy::{CancelAck, ListQuery, SubmitAck, TaskPage};
+use crate::task::TaskState;
+
+impl From<SubmitAck> for proto::SubmitResponse {
+    fn from(a: SubmitAck) -> Self {
+        proto::SubmitResponse {
+            id: a.id.to_string(),
+            created: a.created,
+        }
+    }
+}
+
+impl TryFrom<proto::SubmitResponse> for SubmitAck {
+    type Error = ApiError;
+
+    fn try_from(a: proto::SubmitResponse) -> Result<Self, ApiError> {
+        Ok(SubmitAck::new(task_id("ack.id", &a.id)?, a.created))
+    }
+}
+
+impl From<CancelAck> for proto::CancelResponse {
+    fn from(a: CancelAck) -> Self {
+        match a {
+            CancelAck::Cancelled => proto::CancelResponse {
+                cancelled: true,
+                state: proto::TaskState::Cancelled as i32,
+            },
+            CancelAck::AlreadyFinished(state) => proto::CancelResponse {
+                cancelled: false,
+                state: proto::TaskState::from(state) as i32,
+            },
+        }
+    }
+}
+
+impl TryFrom<proto::CancelResponse> for CancelAck {
+    type Error = ApiError;
+
+    fn try_from(a: proto::CancelResponse) -> Result<Self, ApiError> {
+        if a.cancelled {
+            return Ok(CancelAck::Cancelled);
+        }
+        let state: TaskState = task_state("cancel.state", a.state)?
+            .ok_or_else(|| invalid("cancel.state is required"))?;
+        Ok(CancelAck::AlreadyFinished(state))
+    }
+}
+
+impl From<ListQuery> for proto::ListRequest {
+    fn from(q: ListQuery) -> Self {
+        proto::ListRequest {
+            group: q.group.map(|g| g.to_string()),
+            state: q
+                .state
+                .map_or(proto::TaskState::Unspecified, proto::TaskState::from)
+                as i32,
+            after: q.after.map(|id| id.to_string()),
+            limit: u32::try_from(q.limit).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+impl TryFrom<proto::ListRequest> for ListQuery {
+    type Error = ApiError;
+
+    fn try_from(r: proto::ListRequest) -> Result<Self, ApiError> {
+        Ok(ListQuery {
+            group: r
+                .group
+                .map(|g| GroupName::new(g).map_err(in_field("list.group")))
+                .transpose()?,
+            state: task_state("list.state", r.state)?,
+            after: r.after.map(|a| task_id("list.after", &a)).transpose()?,
+            limit: if r.limit == 0 {
+                ListQuery::default().limit
+            } else {
+                r.limit as usize
+            },
+        })
+    }
+}
+
+impl From<TaskPage> for proto::ListResponse {
+    fn from(p: TaskPage) -> Self {
+        proto::ListResponse {
+            tasks: p.tasks.into_iter().map(Into::into).collect(),
+            next: p.next.map(|id| id.to_string()),
+        }
+    }
+}
+
+impl TryFrom<proto::ListResponse> for TaskPage {
+    type Error = ApiError;
+
+    fn try_from(r: proto::ListResponse) -> Result<Self, ApiError> {
+        Ok(TaskPage::new(
+            r.tasks
+                .into_iter()
+                .map(TryInto::try_into)
+                .collect::<Result<_, _>>()?,
+            r.next.map(|n| task_id("list.next", &n)).transpose()?,
+        ))
+    }
+}

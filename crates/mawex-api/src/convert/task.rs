@@ -1,0 +1,228 @@
+//! Tasks, results and views.
+
+use std::time::Duration;
+
+use crate::convert::{in_field, invalid, required, task_id};
+use crate::error::ApiError;
+use crate::ids::{Attempt, GroupName, PodId};
+use crate::proto;
+use crate::task::{
+    ErrorKind, Limits, Outcome, TaskError, TaskResult, TaskSpec, TaskState, TaskView,
+};
+use crate::time::Timestamp;
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl From<Limits> for proto::Limits {
+    fn from(l: Limits) -> Self {
+        proto::Limits {
+            timeout_ms: l.timeout.map(millis),
+            memory_bytes: l.memory_bytes,
+        }
+    }
+}
+
+impl From<proto::Limits> for Limits {
+    fn from(l: proto::Limits) -> Self {
+        Limits {
+            timeout: l.timeout_ms.map(Duration::from_millis),
+            memory_bytes: l.memory_bytes,
+        }
+    }
+}
+
+impl From<TaskSpec> for proto::TaskSpec {
+    fn from(s: TaskSpec) -> Self {
+        proto::TaskSpec {
+            id: s.id.to_string(),
+            group: s.group.to_string(),
+            handler: s.handler,
+            payload: s.payload.to_vec(),
+            priority: s.priority,
+            limits: Some(s.limits.into()),
+        }
+    }
+}
+
+impl TryFrom<proto::TaskSpec> for TaskSpec {
+    type Error = ApiError;
+
+    fn try_from(s: proto::TaskSpec) -> Result<Self, ApiError> {
+        Ok(TaskSpec {
+            id: task_id("task.id", &s.id)?,
+            group: GroupName::new(&s.group).map_err(in_field("task.group"))?,
+            handler: s.handler,
+            payload: s.payload.into(),
+            priority: s.priority,
+            limits: s.limits.map(Limits::from).unwrap_or_default(),
+        })
+    }
+}
+
+impl From<TaskState> for proto::TaskState {
+    fn from(s: TaskState) -> Self {
+        match s {
+            TaskState::Pending => proto::TaskState::Pending,
+            TaskState::Running => proto::TaskState::Running,
+            TaskState::Succeeded => proto::TaskState::Succeeded,
+            TaskState::Failed => proto::TaskState::Failed,
+            TaskState::Cancelled => proto::TaskState::Cancelled,
+        }
+    }
+}
+
+/// A state field: `Ok(None)` for UNSPECIFIED, an error for numbers this version does not know.
+pub(crate) fn task_state(field: &str, raw: i32) -> Result<Option<TaskState>, ApiError> {
+    match proto::TaskState::try_from(raw) {
+        Ok(proto::TaskState::Unspecified) => Ok(None),
+        Ok(proto::TaskState::Pending) => Ok(Some(TaskState::Pending)),
+        Ok(proto::TaskState::Running) => Ok(Some(TaskState::Running)),
+        Ok(proto::TaskState::Succeeded) => Ok(Some(TaskState::Succeeded)),
+        Ok(proto::TaskState::Failed) => Ok(Some(TaskState::Failed)),
+        Ok(proto::TaskState::Cancelled) => Ok(Some(TaskState::Cancelled)),
+        Err(_) => Err(invalid(format!("{field}: unknown task state {raw}"))),
+    }
+}
+
+impl From<ErrorKind> for proto::ErrorKind {
+    fn from(k: ErrorKind) -> Self {
+        match k {
+            ErrorKind::Handler => proto::ErrorKind::Handler,
+            ErrorKind::Panicked => proto::ErrorKind::Panicked,
+            ErrorKind::UnknownHandler => proto::ErrorKind::UnknownHandler,
+            ErrorKind::TimedOut => proto::ErrorKind::TimedOut,
+            ErrorKind::Cancelled => proto::ErrorKind::Cancelled,
+            ErrorKind::Crashed => proto::ErrorKind::Crashed,
+            ErrorKind::NonZeroExit => proto::ErrorKind::NonZeroExit,
+            ErrorKind::OutOfMemory => proto::ErrorKind::OutOfMemory,
+            ErrorKind::Sandbox => proto::ErrorKind::Sandbox,
+        }
+    }
+}
+
+fn error_kind(raw: i32) -> Result<ErrorKind, ApiError> {
+    Ok(match proto::ErrorKind::try_from(raw) {
+        Ok(proto::ErrorKind::Handler) => ErrorKind::Handler,
+        Ok(proto::ErrorKind::Panicked) => ErrorKind::Panicked,
+        Ok(proto::ErrorKind::UnknownHandler) => ErrorKind::UnknownHandler,
+        Ok(proto::ErrorKind::TimedOut) => ErrorKind::TimedOut,
+        Ok(proto::ErrorKind::Cancelled) => ErrorKind::Cancelled,
+        Ok(proto::ErrorKind::Crashed) => ErrorKind::Crashed,
+        Ok(proto::ErrorKind::NonZeroExit) => ErrorKind::NonZeroExit,
+        Ok(proto::ErrorKind::OutOfMemory) => ErrorKind::OutOfMemory,
+        Ok(proto::ErrorKind::Sandbox) => ErrorKind::Sandbox,
+        Ok(proto::ErrorKind::Unspecified) | Err(_) => {
+            return Err(invalid(format!("error.kind: unknown error kind {raw}")))
+        }
+    })
+}
+
+impl From<TaskError> for proto::TaskError {
+    fn from(e: TaskError) -> Self {
+        proto::TaskError {
+            kind: proto::ErrorKind::from(e.kind) as i32,
+            message: e.message,
+        }
+    }
+}
+
+impl TryFrom<proto::TaskError> for TaskError {
+    type Error = ApiError;
+
+    fn try_from(e: proto::TaskError) -> Result<Self, ApiError> {
+        Ok(TaskError::new(error_kind(e.kind)?, e.message))
+    }
+}
+
+impl From<Outcome> for proto::Outcome {
+    fn from(o: Outcome) -> Self {
+        use proto::outcome::Outcome as O;
+        let outcome = match o {
+            Outcome::Succeeded(out) => O::Output(out.to_vec()),
+            Outcome::Failed(e) => O::Error(e.into()),
+            Outcome::Cancelled => O::Cancelled(proto::Cancelled {}),
+        };
+        proto::Outcome {
+            outcome: Some(outcome),
+        }
+    }
+}
+
+impl TryFrom<proto::Outcome> for Outcome {
+    type Error = ApiError;
+
+    fn try_from(o: proto::Outcome) -> Result<Self, ApiError> {
+        use proto::outcome::Outcome as O;
+        match required("outcome", o.outcome)? {
+            O::Output(out) => Ok(Outcome::Succeeded(out.into())),
+            O::Error(e) => Ok(Outcome::Failed(e.try_into()?)),
+            O::Cancelled(_) => Ok(Outcome::Cancelled),
+        }
+    }
+}
+
+impl From<TaskResult> for proto::TaskResult {
+    fn from(r: TaskResult) -> Self {
+        proto::TaskResult {
+            id: r.id.to_string(),
+            group: r.group.to_string(),
+            attempt: r.attempt.0,
+            outcome: Some(r.outcome.into()),
+            finished_at_ms: r.finished_at.0,
+            seq: r.seq,
+        }
+    }
+}
+
+impl TryFrom<proto::TaskResult> for TaskResult {
+    type Error = ApiError;
+
+    fn try_from(r: proto::TaskResult) -> Result<Self, ApiError> {
+        Ok(TaskResult::new(
+            task_id("result.id", &r.id)?,
+            GroupName::new(&r.group).map_err(in_field("result.group"))?,
+            Attempt(r.attempt),
+            required("result.outcome", r.outcome)?.try_into()?,
+            Timestamp(r.finished_at_ms),
+            r.seq,
+        ))
+    }
+}
+
+impl From<TaskView> for proto::TaskView {
+    fn from(v: TaskView) -> Self {
+        proto::TaskView {
+            spec: Some(v.spec.into()),
+            state: proto::TaskState::from(v.state) as i32,
+            attempt: v.attempt.0,
+            pod: v.pod.map(|p| p.to_string()),
+            submitted_at_ms: v.submitted_at.0,
+            started_at_ms: v.started_at.map(|t| t.0),
+            result: v.result.map(Into::into),
+        }
+    }
+}
+
+impl TryFrom<proto::TaskView> for TaskView {
+    type Error = ApiError;
+
+    fn try_from(v: proto::TaskView) -> Result<Self, ApiError> {
+        let state =
+            task_state("view.state", v.state)?.ok_or_else(|| invalid("view.state is required"))?;
+        let mut view = TaskView::new(
+            required("view.spec", v.spec)?.try_into()?,
+            state,
+            Timestamp(v.submitted_at_ms),
+        );
+        view.attempt = Attempt(v.attempt);
+        view.pod = v
+            .pod
+            .map(|p| PodId::new(p).map_err(in_field("view.pod")))
+            .transpose()?;
+        view.started_at = v.started_at_ms.map(Timestamp);
+        view.result = v.result.map(TryInto::try_into).transpose()?;
+        Ok(view)
+    }
+}

@@ -1,0 +1,348 @@
+//! [`RemoteMasterProxy`]: the `MasterProxy` of a master reached over gRPC.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::BackoffBuilder;
+use futures::stream;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tonic::transport::{Channel, Endpoint};
+use tracing::debug;
+
+use crate::error::ApiError;
+use crate::ids::{GroupName, TaskId};
+use crate::proto;
+use crate::proto::master_client::MasterClient;
+use crate::proxy::{
+    CancelAck, ListQuery, MasterProxy, ResultCursor, ResultStream, SubmitAck, TaskPage,
+};
+use crate::task::{TaskResult, TaskSpec, TaskView};
+
+/// Settings of a [`RemoteMasterProxy`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RemoteConfig {
+    /// How long a call keeps retrying while the master is unreachable (restarting, failing
+    /// over) before it returns `Unavailable`. Every call is safe to retry: submits are
+    /// idempotent by task id.
+    pub retry_for: Duration,
+    /// Largest message sent or received, in bytes.
+    pub max_message_bytes: usize,
+    /// Time allowed to establish a connection.
+    pub connect_timeout: Duration,
+    /// Most specs sent in one coalesced batch of concurrent `submit` calls.
+    pub max_submit_batch: usize,
+}
+
+impl Default for RemoteConfig {
+    fn default() -> Self {
+        RemoteConfig {
+            retry_for: Duration::from_secs(30),
+            max_message_bytes: 64 * 1024 * 1024,
+            connect_timeout: Duration::from_secs(5),
+            max_submit_batch: 1024,
+        }
+    }
+}
+
+/// Concurrent batch RPCs of the submit coalescer.
+const SUBMIT_PIPELINE: usize = 8;
+
+struct PendingSubmit {
+    spec: TaskSpec,
+    reply: oneshot::Sender<Result<SubmitAck, ApiError>>,
+}
+
+/// Talks to a master over gRPC. Cheap to clone; reconnects by itself, retries calls while the
+/// master is unreachable, and coalesces concurrent `submit`s into batches.
+#[derive(Clone)]
+pub struct RemoteMasterProxy {
+    client: MasterClient<Channel>,
+    config: Arc<RemoteConfig>,
+    submits: mpsc::UnboundedSender<PendingSubmit>,
+}
+
+impl std::fmt::Debug for RemoteMasterProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteMasterProxy")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn retry_delays() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(20))
+        .with_max_delay(Duration::from_secs(1))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Runs `call` until it returns something other than `Unavailable`, or `retry_for` passes.
+async fn retrying<T, F, Fut>(config: &RemoteConfig, mut call: F) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ApiError>>,
+{
+    let deadline = tokio::time::Instant::now() + config.retry_for;
+    let mut delays = retry_delays();
+    loop {
+        match call().await {
+            Err(ApiError::Unavailable(m)) if tokio::time::Instant::now() < deadline => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(1));
+                debug!(error = %m, ?delay, "master unavailable; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+impl RemoteMasterProxy {
+    /// A proxy for the master at `endpoint` (e.g. `http://127.0.0.1:7070`). Connects on
+    /// first use. Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a malformed endpoint.
+    pub fn connect(endpoint: &str) -> Result<Self, ApiError> {
+        Self::with_config(endpoint, RemoteConfig::default())
+    }
+
+    /// As [`RemoteMasterProxy::connect`], with settings.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a malformed endpoint.
+    pub fn with_config(endpoint: &str, config: RemoteConfig) -> Result<Self, ApiError> {
+        let channel = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|e| ApiError::InvalidArgument(format!("endpoint {endpoint:?}: {e}")))?
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let client = MasterClient::new(channel)
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(config.max_message_bytes);
+        let config = Arc::new(config);
+        let (submits, queue) = mpsc::unbounded_channel();
+        tokio::spawn(coalesce_submits(client.clone(), config.clone(), queue));
+        Ok(RemoteMasterProxy {
+            client,
+            config,
+            submits,
+        })
+    }
+
+    async fn submit_batch(&self, specs: Vec<TaskSpec>) -> Result<Vec<SubmitAck>, ApiError> {
+        submit_batch(&self.client, &self.config, specs).await
+    }
+
+    async fn open_results(
+        &self,
+        group: &GroupName,
+        after: Option<u64>,
+    ) -> Result<tonic::Streaming<proto::TaskResult>, ApiError> {
+        let request = proto::StreamResultsRequest {
+            group: group.to_string(),
+            after,
+        };
+        retrying(&self.config, || {
+            let mut client = self.client.clone();
+            let request = request.clone();
+            async move { Ok(client.stream_results(request).await?.into_inner()) }
+        })
+        .await
+    }
+}
+
+async fn submit_batch(
+    client: &MasterClient<Channel>,
+    config: &RemoteConfig,
+    specs: Vec<TaskSpec>,
+) -> Result<Vec<SubmitAck>, ApiError> {
+    let request = proto::SubmitBatchRequest {
+        tasks: specs.into_iter().map(Into::into).collect(),
+    };
+    let response = retrying(config, || {
+        let mut client = client.clone();
+        let request = request.clone();
+        async move { Ok(client.submit_batch(request).await?.into_inner()) }
+    })
+    .await?;
+    response.acks.into_iter().map(TryInto::try_into).collect()
+}
+
+/// Gathers concurrent `submit`s into batch RPCs: whatever queued while the previous batch was
+/// on the wire goes out together. A batch the master refuses as a whole is retried one spec at
+/// a time, so each caller gets its own answer.
+async fn coalesce_submits(
+    client: MasterClient<Channel>,
+    config: Arc<RemoteConfig>,
+    mut queue: mpsc::UnboundedReceiver<PendingSubmit>,
+) {
+    let pipeline = Arc::new(Semaphore::new(SUBMIT_PIPELINE));
+    while let Some(first) = queue.recv().await {
+        let Ok(permit) = pipeline.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < config.max_submit_batch {
+            match queue.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let (client, config) = (client.clone(), config.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let specs = batch.iter().map(|p| p.spec.clone()).collect();
+            match submit_batch(&client, &config, specs).await {
+                Ok(acks) if acks.len() == batch.len() => {
+                    for (p, ack) in batch.into_iter().zip(acks) {
+                        let _ = p.reply.send(Ok(ack));
+                    }
+                }
+                Ok(_) => {
+                    for p in batch {
+                        let _ = p.reply.send(Err(ApiError::Internal(
+                            "the master answered a batch with the wrong number of acks".into(),
+                        )));
+                    }
+                }
+                Err(
+                    ApiError::InvalidArgument(_)
+                    | ApiError::Conflict(_)
+                    | ApiError::ResourceExhausted(_),
+                ) if batch.len() > 1 => {
+                    for p in batch {
+                        let r = submit_batch(&client, &config, vec![p.spec]).await.and_then(
+                            |mut acks| {
+                                acks.pop().ok_or_else(|| {
+                                    ApiError::Internal("an empty answer to a submit".into())
+                                })
+                            },
+                        );
+                        let _ = p.reply.send(r);
+                    }
+                }
+                Err(e) => {
+                    for p in batch {
+                        let _ = p.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl MasterProxy for RemoteMasterProxy {
+    async fn submit(&self, spec: TaskSpec) -> Result<SubmitAck, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        self.submits
+            .send(PendingSubmit { spec, reply })
+            .map_err(|_| ApiError::Internal("the submit coalescer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| ApiError::Internal("the submit coalescer dropped a submit".into()))?
+    }
+
+    async fn submit_many(&self, specs: Vec<TaskSpec>) -> Result<Vec<SubmitAck>, ApiError> {
+        if specs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.submit_batch(specs).await
+    }
+
+    async fn get(&self, id: TaskId) -> Result<TaskView, ApiError> {
+        let request = proto::TaskIdRequest { id: id.to_string() };
+        let view = retrying(&self.config, || {
+            let mut client = self.client.clone();
+            let request = request.clone();
+            async move { Ok(client.get(request).await?.into_inner()) }
+        })
+        .await?;
+        view.try_into()
+    }
+
+    async fn cancel(&self, id: TaskId) -> Result<CancelAck, ApiError> {
+        let request = proto::TaskIdRequest { id: id.to_string() };
+        let ack = retrying(&self.config, || {
+            let mut client = self.client.clone();
+            let request = request.clone();
+            async move { Ok(client.cancel(request).await?.into_inner()) }
+        })
+        .await?;
+        ack.try_into()
+    }
+
+    async fn await_result(&self, id: TaskId) -> Result<TaskResult, ApiError> {
+        let request = proto::TaskIdRequest { id: id.to_string() };
+        let result = retrying(&self.config, || {
+            let mut client = self.client.clone();
+            let request = request.clone();
+            async move { Ok(client.await_result(request).await?.into_inner()) }
+        })
+        .await?;
+        result.try_into()
+    }
+
+    async fn results(
+        &self,
+        group: GroupName,
+        after: Option<ResultCursor>,
+    ) -> Result<ResultStream, ApiError> {
+        let first = self.open_results(&group, after.map(|c| c.0)).await?;
+        struct Feed {
+            proxy: RemoteMasterProxy,
+            group: GroupName,
+            cursor: Option<u64>,
+            stream: Option<tonic::Streaming<proto::TaskResult>>,
+        }
+        let feed = Feed {
+            proxy: self.clone(),
+            group,
+            cursor: after.map(|c| c.0),
+            stream: Some(first),
+        };
+        // Resumes from the last result seen whenever the connection drops.
+        let results = stream::unfold(Some(feed), |feed| async move {
+            let mut feed = feed?;
+            loop {
+                if let Some(stream) = feed.stream.as_mut() {
+                    match stream.message().await {
+                        Ok(Some(result)) => {
+                            let result = TaskResult::try_from(result);
+                            if let Ok(r) = &result {
+                                feed.cursor = Some(r.seq);
+                            }
+                            return Some((result, Some(feed)));
+                        }
+                        Ok(None) => feed.stream = None,
+                        Err(status) => match ApiError::from(status) {
+                            ApiError::Unavailable(_) => feed.stream = None,
+                            other => return Some((Err(other), None)),
+                        },
+                    }
+                }
+                match feed.proxy.open_results(&feed.group, feed.cursor).await {
+                    Ok(stream) => feed.stream = Some(stream),
+                    Err(e) => return Some((Err(e), None)),
+                }
+            }
+        });
+        Ok(Box::pin(results))
+    }
+
+    async fn list(&self, query: ListQuery) -> Result<TaskPage, ApiError> {
+        let request = proto::ListRequest::from(query);
+        let page = retrying(&self.config, || {
+            let mut client = self.client.clone();
+            let request = request.clone();
+            async move { Ok(client.list(request).await?.into_inner()) }
+        })
+        .await?;
+        page.try_into()
+    }
+}

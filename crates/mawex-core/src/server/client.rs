@@ -1,0 +1,120 @@
+//! The `mawex.v1.Master` service: client requests, answered by the in-process proxy.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use mawex_api::convert::{required, task_id};
+use mawex_api::{proto, GroupName, ListQuery, MasterProxy, ResultCursor, TaskSpec};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::proxy::LocalMasterProxy;
+
+pub(crate) struct ClientService {
+    proxy: LocalMasterProxy,
+    /// Ends long waits and streams when the server stops.
+    stop: CancellationToken,
+}
+
+impl ClientService {
+    pub(crate) fn new(proxy: LocalMasterProxy, stop: CancellationToken) -> Self {
+        ClientService { proxy, stop }
+    }
+}
+
+fn shutting_down() -> Status {
+    Status::unavailable("the server is shutting down")
+}
+
+type ResultStream = Pin<Box<dyn Stream<Item = Result<proto::TaskResult, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl proto::master_server::Master for ClientService {
+    async fn submit(
+        &self,
+        request: Request<proto::SubmitRequest>,
+    ) -> Result<Response<proto::SubmitResponse>, Status> {
+        let spec = TaskSpec::try_from(required("task", request.into_inner().task)?)?;
+        let ack = self.proxy.submit(spec).await?;
+        Ok(Response::new(ack.into()))
+    }
+
+    async fn submit_batch(
+        &self,
+        request: Request<proto::SubmitBatchRequest>,
+    ) -> Result<Response<proto::SubmitBatchResponse>, Status> {
+        let specs = request
+            .into_inner()
+            .tasks
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| {
+                TaskSpec::try_from(t).map_err(|e| {
+                    Status::invalid_argument(format!(
+                        "task #{i} of the batch: {}",
+                        Status::from(e).message()
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let acks = self.proxy.submit_many(specs).await?;
+        Ok(Response::new(proto::SubmitBatchResponse {
+            acks: acks.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<proto::TaskIdRequest>,
+    ) -> Result<Response<proto::TaskView>, Status> {
+        let id = task_id("id", &request.into_inner().id)?;
+        Ok(Response::new(self.proxy.get(id).await?.into()))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<proto::TaskIdRequest>,
+    ) -> Result<Response<proto::CancelResponse>, Status> {
+        let id = task_id("id", &request.into_inner().id)?;
+        Ok(Response::new(self.proxy.cancel(id).await?.into()))
+    }
+
+    async fn await_result(
+        &self,
+        request: Request<proto::TaskIdRequest>,
+    ) -> Result<Response<proto::TaskResult>, Status> {
+        let id = task_id("id", &request.into_inner().id)?;
+        tokio::select! {
+            r = self.proxy.await_result(id) => Ok(Response::new(r?.into())),
+            () = self.stop.cancelled() => Err(shutting_down()),
+        }
+    }
+
+    async fn list(
+        &self,
+        request: Request<proto::ListRequest>,
+    ) -> Result<Response<proto::ListResponse>, Status> {
+        let query = ListQuery::try_from(request.into_inner())?;
+        Ok(Response::new(self.proxy.list(query).await?.into()))
+    }
+
+    type StreamResultsStream = ResultStream;
+
+    async fn stream_results(
+        &self,
+        request: Request<proto::StreamResultsRequest>,
+    ) -> Result<Response<ResultStream>, Status> {
+        let request = request.into_inner();
+        let group = GroupName::new(&request.group)
+            .map_err(|e| Status::invalid_argument(format!("group: {e}")))?;
+        let results = self
+            .proxy
+            .results(group, request.after.map(ResultCursor))
+            .await?;
+        let stop = self.stop.clone();
+        let results = results
+            .map(|r| r.map(Into::into).map_err(Status::from))
+            .take_until(async move { stop.cancelled().await });
+        Ok(Response::new(Box::pin(results)))
+    }
+}
