@@ -59,12 +59,12 @@ impl SledJournal {
     /// # Errors
     /// A storage error, e.g. the directory is in use by another master.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, CoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path.as_ref())
             // Every append flushes itself; a background flusher would only add fsyncs.
             .flush_every_ms(None)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+            .mode(sled::Mode::HighThroughput);
+        let db = open_waiting_for_lock(&config)?;
         let journal = db.open_tree(JOURNAL_TREE)?;
         let snapshots = db.open_tree(SNAPSHOT_TREE)?;
         let data_path = path.as_ref().join(SLED_DATA_FILE);
@@ -190,6 +190,25 @@ impl SledJournal {
     /// As [`Journal::recover`].
     pub fn read_events(&mut self) -> Result<Vec<(u64, Event)>, CoreError> {
         Ok(self.recover()?.events)
+    }
+}
+
+/// How long `open` waits for the directory's lock: sled's I/O threads may still hold the
+/// database of a master that stopped a moment ago in this same process.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn open_waiting_for_lock(config: &sled::Config) -> Result<sled::Db, CoreError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return Ok(other?),
+        }
     }
 }
 
