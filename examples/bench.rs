@@ -9,13 +9,14 @@ use anyhow::Context;
 use clap::Parser;
 use futures::StreamExt;
 use mawex::{
-    Bytes, GroupName, HandlerRegistry, InProcess, Master, MasterConfig, MasterProxy, Pod,
-    PodConfig, PodId, SledJournal, TaskInput, TaskSpec,
+    Bytes, GroupName, GrpcPodConnector, HandlerRegistry, InProcess, Master, MasterConfig,
+    MasterProxy, Pod, PodConfig, PodConnector, PodId, RemoteMasterProxy, SledJournal, TaskInput,
+    TaskSpec,
 };
 
 #[derive(Parser, Debug)]
 struct Args {
-    /// Which scenario to run: `local`.
+    /// Which scenario to run: `local` or `grpc`.
     #[arg(long, default_value = "local")]
     scenario: String,
     /// Tasks in the throughput phase.
@@ -43,13 +44,31 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-async fn local(args: &Args) -> anyhow::Result<serde_json::Value> {
+/// How the client and the pod reach the master.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Local,
+    Grpc,
+}
+
+async fn run(args: &Args, transport: Transport) -> anyhow::Result<serde_json::Value> {
     let dir = tempfile::tempdir()?;
     let journal = SledJournal::open(dir.path().join("journal"))?;
     let master = Master::builder()
         .config(MasterConfig::default())
         .start(journal)
         .await?;
+    let server = match transport {
+        Transport::Local => None,
+        Transport::Grpc => Some(master.serve("127.0.0.1:0".parse()?).await?),
+    };
+    let (proxy, connector): (Arc<dyn MasterProxy>, Arc<dyn PodConnector>) = match &server {
+        None => (Arc::new(master.proxy()), Arc::new(master.pod_connector())),
+        Some(server) => (
+            Arc::new(RemoteMasterProxy::connect(&server.endpoint())?),
+            Arc::new(GrpcPodConnector::new(&server.endpoint())?),
+        ),
+    };
     let group = GroupName::new("bench")?;
     let mut handlers = HandlerRegistry::new();
     handlers.register("noop", |_: TaskInput| async { Ok(Bytes::new()) })?;
@@ -58,9 +77,8 @@ async fn local(args: &Args) -> anyhow::Result<serde_json::Value> {
             .with_slots(args.slots)
             .with_prefetch(args.prefetch),
         Arc::new(InProcess::new(handlers)),
-        Arc::new(master.pod_connector()),
+        connector,
     )?;
-    let proxy = master.proxy();
 
     // Throughput: submit in batches while a result stream counts completions.
     let mut results = proxy.results(group.clone(), None).await?;
@@ -109,9 +127,12 @@ async fn local(args: &Args) -> anyhow::Result<serde_json::Value> {
     rtts.sort();
 
     pod.shutdown().await?;
+    if let Some(server) = server {
+        server.shutdown().await?;
+    }
     master.shutdown().await?;
     Ok(serde_json::json!({
-        "scenario": "local",
+        "scenario": if transport == Transport::Local { "local" } else { "grpc" },
         "tasks": args.tasks,
         "seconds": (seconds * 1000.0).round() / 1000.0,
         "tasks_per_s": (args.tasks as f64 / seconds).round(),
@@ -126,8 +147,9 @@ async fn local(args: &Args) -> anyhow::Result<serde_json::Value> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let line = match args.scenario.as_str() {
-        "local" => local(&args).await?,
-        other => anyhow::bail!("unknown scenario {other:?}; known: local"),
+        "local" => run(&args, Transport::Local).await?,
+        "grpc" => run(&args, Transport::Grpc).await?,
+        other => anyhow::bail!("unknown scenario {other:?}; known: local, grpc"),
     };
     println!("{line}");
     Ok(())

@@ -1,0 +1,39 @@
+//! Submits tasks to a master over gRPC and prints their results.
+//!
+//! `cargo run --example client -- --master http://127.0.0.1:7070 --tasks 10`
+
+use clap::Parser;
+use mawex::{GroupName, MasterProxy, Outcome, RemoteMasterProxy, TaskSpec};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// The master's endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    master: String,
+    /// How many `square` tasks to submit.
+    #[arg(long, default_value_t = 10)]
+    tasks: i64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let proxy = RemoteMasterProxy::connect(&args.master)?;
+    let math = GroupName::new("math")?;
+    let specs: Vec<_> = (1..=args.tasks)
+        .map(|n| TaskSpec::new(math.clone(), "square", n.to_string()))
+        .collect();
+    let acks = proxy.submit_many(specs).await?;
+    println!("submitted {} tasks; waiting for a worker of group {math}", acks.len());
+    for (n, ack) in (1..).zip(&acks) {
+        let result = proxy.await_result(ack.id).await?;
+        match result.outcome {
+            Outcome::Succeeded(out) => {
+                println!("{n}² = {} (attempt {})", String::from_utf8_lossy(&out), result.attempt.0)
+            }
+            Outcome::Failed(e) => println!("{n}: failed: {e}"),
+            other => println!("{n}: {other:?}"),
+        }
+    }
+    Ok(())
+}
