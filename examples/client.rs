@@ -24,12 +24,19 @@ async fn main() -> anyhow::Result<()> {
         .map(|n| TaskSpec::new(math.clone(), "square", n.to_string()))
         .collect();
     let acks = proxy.submit_many(specs).await?;
-    println!("submitted {} tasks; waiting for a worker of group {math}", acks.len());
+    println!(
+        "submitted {} tasks; waiting for a worker of group {math}",
+        acks.len()
+    );
     for (n, ack) in (1..).zip(&acks) {
         let result = proxy.await_result(ack.id).await?;
         match result.outcome {
             Outcome::Succeeded(out) => {
-                println!("{n}² = {} (attempt {})", String::from_utf8_lossy(&out), result.attempt.0)
+                println!(
+                    "{n}² = {} (attempt {})",
+                    String::from_utf8_lossy(&out),
+                    result.attempt.0
+                )
             }
             Outcome::Failed(e) => println!("{n}: failed: {e}"),
             other => println!("{n}: {other:?}"),

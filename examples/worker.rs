@@ -74,7 +74,10 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(InProcess::new(handlers()?)),
         Arc::new(GrpcPodConnector::new(&args.master)?),
     )?;
-    println!("pod {} serving {:?} for {}", args.id, args.groups, args.master);
+    println!(
+        "pod {} serving {:?} for {}",
+        args.id, args.groups, args.master
+    );
     tokio::signal::ctrl_c().await?;
     println!("leaving");
     pod.shutdown().await?;

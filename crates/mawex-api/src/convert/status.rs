@@ -29,6 +29,16 @@ impl From<ApiError> for Status {
 impl From<Status> for ApiError {
     fn from(status: Status) -> ApiError {
         let message = status.message().to_owned();
+        // A status with a source was made on this side from a failed connection (not sent by
+        // the master): the request may or may not have arrived, and retrying is the answer.
+        if std::error::Error::source(&status).is_some()
+            && matches!(status.code(), Code::Unknown | Code::Internal)
+        {
+            let cause = std::error::Error::source(&status)
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            return ApiError::Unavailable(format!("{message}: {cause}"));
+        }
         match status.code() {
             Code::InvalidArgument | Code::OutOfRange => ApiError::InvalidArgument(message),
             Code::NotFound => {

@@ -1,0 +1,344 @@
+//! Real processes killed with SIGKILL: a master while clients submit and a pod executes, and
+//! a pod in the middle of a task. The test binary re-executes itself as the master or pod
+//! child (`MAWEX_TEST_ROLE`), so no other binary is needed.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mawex::{
+    Event, GroupName, GrpcPodConnector, HandlerRegistry, InProcess, Master, MasterConfig,
+    MasterProxy, Outcome, Pod, PodConfig, PodId, RemoteConfig, RemoteMasterProxy, SledJournal,
+    TaskId, TaskInput, TaskSpec,
+};
+
+const ROLE: &str = "MAWEX_TEST_ROLE";
+
+fn main() {
+    if let Ok(role) = std::env::var(ROLE) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        match role.as_str() {
+            "master" => rt.block_on(child_master()),
+            "pod" => rt.block_on(child_pod()),
+            other => panic!("unknown role {other}"),
+        }
+        return;
+    }
+    let tests: [(&str, fn()); 2] = [
+        ("kill_9_of_the_master_loses_no_acknowledged_task", || {
+            runtime().block_on(kill_master())
+        }),
+        ("kill_9_of_a_pod_reruns_its_task_elsewhere", || {
+            runtime().block_on(kill_pod())
+        }),
+    ];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Enough of libtest's interface for cargo-nextest: `--list [--ignored]`, then one run per test.
+    if args.iter().any(|a| a == "--list") {
+        if !args.iter().any(|a| a == "--ignored") {
+            for (name, _) in &tests {
+                println!("{name}: test");
+            }
+        }
+        return;
+    }
+    let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let (mut passed, mut failed) = (0, 0);
+    for (name, test) in tests {
+        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        match std::panic::catch_unwind(test) {
+            Ok(()) => {
+                println!("test {name} ... ok");
+                passed += 1;
+            }
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed += 1;
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+// ------------------------------------------------------------------ children
+
+/// Ends the child when the parent goes away (its stdin closes), so no process outlives a test.
+fn exit_with_parent() {
+    std::thread::spawn(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+        std::process::exit(0);
+    });
+}
+
+async fn child_master() {
+    exit_with_parent();
+    let dir = std::env::var("MAWEX_DIR").unwrap();
+    let addr: SocketAddr = std::env::var("MAWEX_ADDR").unwrap().parse().unwrap();
+    let mut config = MasterConfig::default();
+    config.lease_timeout = Duration::from_millis(1500);
+    config.heartbeat_interval = Duration::from_millis(250);
+    config.snapshot_every = 0;
+    let master = Master::builder()
+        .config(config)
+        .start(SledJournal::open(&dir).unwrap())
+        .await
+        .unwrap();
+    // The port of a just-killed master may take a moment to be free again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let server = loop {
+        match master.serve(addr).await {
+            Ok(server) => break server,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("retrying bind: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    println!("LISTENING {}", server.local_addr());
+    std::future::pending::<()>().await;
+}
+
+async fn child_pod() {
+    exit_with_parent();
+    let endpoint = std::env::var("MAWEX_ENDPOINT").unwrap();
+    let id = std::env::var("MAWEX_POD_ID").unwrap();
+    let _pod = Pod::start(
+        PodConfig::new(PodId::new(id).unwrap(), vec![group()])
+            .with_slots(2)
+            .with_prefetch(32),
+        Arc::new(InProcess::new(handlers())),
+        Arc::new(GrpcPodConnector::new(&endpoint).unwrap()),
+    )
+    .unwrap();
+    println!("READY");
+    std::future::pending::<()>().await;
+}
+
+fn group() -> GroupName {
+    GroupName::new("procs").unwrap()
+}
+
+/// `work`: sleeps the payload's milliseconds, returns the payload.
+fn handlers() -> HandlerRegistry {
+    let mut r = HandlerRegistry::new();
+    r.register("work", |t: TaskInput| async move {
+        let ms: u64 = std::str::from_utf8(&t.payload)
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(t.payload)
+    })
+    .unwrap();
+    r
+}
+
+// ------------------------------------------------------------------ parent side
+
+struct ChildProcess {
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl ChildProcess {
+    fn spawn(role: &str, env: &[(&str, String)]) -> ChildProcess {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.env(ROLE, role)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        ChildProcess { child, stdout }
+    }
+
+    /// The first line starting with `prefix`, without it.
+    fn wait_line(&mut self, prefix: &str) -> String {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self.stdout.read_line(&mut line).unwrap();
+            assert!(n > 0, "child exited before printing {prefix}");
+            if let Some(rest) = line.trim().strip_prefix(prefix) {
+                return rest.trim().to_owned();
+            }
+        }
+    }
+
+    /// SIGKILL, and reap it.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+fn start_master(dir: &Path, addr: &str) -> (ChildProcess, SocketAddr) {
+    let mut master = ChildProcess::spawn(
+        "master",
+        &[
+            ("MAWEX_DIR", dir.display().to_string()),
+            ("MAWEX_ADDR", addr.to_owned()),
+        ],
+    );
+    let addr = master.wait_line("LISTENING").parse().unwrap();
+    (master, addr)
+}
+
+fn start_pod(endpoint: &str, id: &str) -> ChildProcess {
+    let mut pod = ChildProcess::spawn(
+        "pod",
+        &[
+            ("MAWEX_ENDPOINT", endpoint.to_owned()),
+            ("MAWEX_POD_ID", id.to_owned()),
+        ],
+    );
+    pod.wait_line("READY");
+    pod
+}
+
+fn patient_client(endpoint: &str) -> RemoteMasterProxy {
+    let mut config = RemoteConfig::default();
+    config.retry_for = Duration::from_secs(60);
+    RemoteMasterProxy::with_config(endpoint, config).unwrap()
+}
+
+/// Counts, per task, the events of each kind recorded in a stopped master's journal.
+fn audit(dir: &Path) -> (HashMap<TaskId, usize>, HashMap<TaskId, usize>) {
+    let mut journal = SledJournal::open(dir).unwrap();
+    let (mut accepted, mut finished) = (HashMap::new(), HashMap::new());
+    for (_, event) in journal.read_events().unwrap() {
+        match event {
+            Event::TaskAccepted { spec, .. } => *accepted.entry(spec.id).or_insert(0) += 1,
+            Event::TaskFinished { attempt, .. } => *finished.entry(attempt.task).or_insert(0) += 1,
+            _ => {}
+        }
+    }
+    (accepted, finished)
+}
+
+async fn kill_master() {
+    const BATCHES: usize = 100;
+    const PER_BATCH: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let (master, addr) = start_master(&journal, "127.0.0.1:0");
+    let endpoint = format!("http://{addr}");
+    let pod = start_pod(&endpoint, "pod-a");
+    let client = patient_client(&endpoint);
+
+    // Submit 10,000 tasks in batches; a batch counts once its submit returned Ok.
+    let acked: Arc<Mutex<Vec<TaskId>>> = Arc::default();
+    let submitter = {
+        let (client, acked) = (client.clone(), acked.clone());
+        tokio::spawn(async move {
+            for _ in 0..BATCHES {
+                let specs: Vec<TaskSpec> = (0..PER_BATCH)
+                    .map(|_| TaskSpec::new(group(), "work", "1"))
+                    .collect();
+                let ids: Vec<TaskId> = specs.iter().map(|s| s.id).collect();
+                client.submit_many(specs).await.unwrap();
+                acked.lock().unwrap().extend(ids);
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < BATCHES * PER_BATCH / 3 {
+        assert!(Instant::now() < deadline, "submits stalled before the kill");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    master.kill();
+    let (master, _) = start_master(&journal, &addr.to_string());
+
+    submitter.await.unwrap();
+    let ids = acked.lock().unwrap().clone();
+    assert_eq!(ids.len(), BATCHES * PER_BATCH);
+    for id in &ids {
+        let r = tokio::time::timeout(Duration::from_secs(60), client.await_result(*id))
+            .await
+            .expect("every acknowledged task completes")
+            .unwrap();
+        assert_eq!(r.outcome, Outcome::Succeeded("1".into()));
+    }
+
+    master.kill();
+    pod.kill();
+    let (accepted, finished) = audit(&journal);
+    for id in &ids {
+        assert_eq!(accepted.get(id), Some(&1), "task {id} accepted once");
+        assert_eq!(
+            finished.get(id),
+            Some(&1),
+            "task {id} has exactly one result"
+        );
+    }
+}
+
+async fn kill_pod() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let (master, addr) = start_master(&journal, "127.0.0.1:0");
+    let endpoint = format!("http://{addr}");
+    let doomed = start_pod(&endpoint, "pod-doomed");
+    let client = patient_client(&endpoint);
+
+    let ack = client
+        .submit(TaskSpec::new(group(), "work", "3000"))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let view = client.get(ack.id).await.unwrap();
+        if view.pod.as_ref().map(|p| p.as_str()) == Some("pod-doomed") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the task never started on the doomed pod"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    doomed.kill();
+    let survivor = Pod::start(
+        PodConfig::new(PodId::new("pod-survivor").unwrap(), vec![group()]),
+        Arc::new(InProcess::new(handlers())),
+        Arc::new(GrpcPodConnector::new(&endpoint).unwrap()),
+    )
+    .unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(30), client.await_result(ack.id))
+        .await
+        .expect("the task runs again")
+        .unwrap();
+    assert_eq!(result.attempt.0, 2, "a new attempt after the lease expired");
+    let view = client.get(ack.id).await.unwrap();
+    assert!(view.pod.is_none());
+    survivor.shutdown().await.unwrap();
+    master.kill();
+    let (_, finished) = audit(&journal);
+    assert_eq!(finished.get(&ack.id), Some(&1));
+}
