@@ -35,6 +35,8 @@
 //! ```
 
 pub use mawex_api::pod;
+/// The generated protobuf types and gRPC stubs of the `mawex.v1` protocol.
+pub use mawex_api::proto;
 pub use mawex_api::{
     ApiError, Attempt, Bytes, CancelAck, ErrorKind, GroupName, Limits, ListQuery, MasterProxy,
     Outcome, PodId, RemoteConfig, RemoteMasterProxy, ResultCursor, ResultStream, SubmitAck,

@@ -162,6 +162,11 @@ impl TestMaster {
         }
     }
 
+    /// The gRPC endpoint (gRPC transport only).
+    pub fn endpoint(&self) -> String {
+        self.server.as_ref().expect("a gRPC master").endpoint()
+    }
+
     pub fn transport(&self) -> Transport {
         self.transport
     }
