@@ -9,7 +9,7 @@ use common::*;
 use mawex::proto::master_client::MasterClient;
 use mawex::proto::pod_link_client::PodLinkClient;
 use mawex::proto::{self, master_to_pod, pod_to_master};
-use mawex::{Outcome, PodConfig, TaskSpec};
+use mawex::{MasterProxy, Outcome, PodConfig, TaskSpec};
 use tokio::sync::mpsc;
 use tonic::Code;
 
@@ -309,5 +309,32 @@ async fn health_and_reflection_are_served() {
     ] {
         assert!(names.contains(&expected), "{expected} in {names:?}");
     }
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_whose_answer_is_lost_is_retried_into_one_task() {
+    let m = TestMaster::start_on(Transport::Grpc).await;
+    let proxy = CutProxy::start(m.endpoint().trim_start_matches("http://").parse().unwrap()).await;
+    let client = mawex::RemoteMasterProxy::connect(&format!("http://{}", proxy.addr)).unwrap();
+    // Warm up: the connection and its HTTP/2 settings are in place.
+    assert!(client.get(mawex::TaskId::new()).await.is_err());
+
+    for submit_many in [false, true] {
+        let spec = TaskSpec::new(group("lost-answer"), "echo", "x");
+        proxy.arm();
+        let ack = if submit_many {
+            client.submit_many(vec![spec.clone()]).await.unwrap()[0]
+        } else {
+            client.submit(spec.clone()).await.unwrap()
+        };
+        assert_eq!(ack.id, spec.id);
+        assert!(
+            !ack.created,
+            "the first try reached the master; the retry found the task there"
+        );
+    }
+    assert_eq!(proxy.cuts.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(m.stats().counts.pending, 2, "exactly one task per submit");
     m.shutdown().await;
 }

@@ -446,3 +446,65 @@ impl mawex::PodConnector for Network {
         Ok(mawex::PodSession::new(session.welcome, outbox, rx))
     }
 }
+
+/// A TCP proxy in front of a gRPC master that, when armed, cuts the connection as the next
+/// response comes back: the request arrived and was processed, the answer is lost.
+pub struct CutProxy {
+    pub addr: std::net::SocketAddr,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    pub cuts: Arc<AtomicUsize>,
+}
+
+/// Server frames this small are HTTP/2 housekeeping (SETTINGS/PING acks, window updates),
+/// not a response.
+const HOUSEKEEPING_BYTES: usize = 20;
+
+impl CutProxy {
+    pub async fn start(target: std::net::SocketAddr) -> CutProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let (armed_c, cuts_c) = (armed.clone(), cuts.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (mut client_r, mut client_w) = client.into_split();
+                let (mut server_r, mut server_w) = server.into_split();
+                let upstream = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_r, &mut server_w).await;
+                });
+                let (armed, cuts) = (armed_c.clone(), cuts_c.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match server_r.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if n > HOUSEKEEPING_BYTES && armed.swap(false, Ordering::SeqCst) {
+                            cuts.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                        if client_w.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    // Dropping both halves closes both connections.
+                    upstream.abort();
+                });
+            }
+        });
+        CutProxy { addr, armed, cuts }
+    }
+
+    /// Cut the connection at the next response.
+    pub fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+}
