@@ -38,6 +38,11 @@ async fn single_task_is_accepted_scheduled_and_recorded(t: Transport) {
     assert!(stats.is_idle(), "nothing pending or running: {stats:?}");
     assert_eq!(stats.counts.succeeded, 1);
     assert_eq!(runs.count(&ack.id), 1);
+    // Heartbeats carry the pod's resource use to the master.
+    m.wait_stats("the pod's memory use", |s| {
+        s.pods.iter().any(|p| p.usage.memory_bytes > 0)
+    })
+    .await;
     pod.shutdown().await.unwrap();
     m.shutdown().await;
 }

@@ -35,7 +35,10 @@ async fn a_python_client_generated_from_the_protos_works() {
     let generated = tempfile::tempdir().unwrap();
     let status = Command::new("python3")
         .args(["-m", "grpc_tools.protoc"])
-        .arg(format!("-I{}", root.join("crates/mawex-api/proto").display()))
+        .arg(format!(
+            "-I{}",
+            root.join("crates/mawex-api/proto").display()
+        ))
         .arg(format!("--python_out={}", generated.path().display()))
         .arg(format!("--grpc_python_out={}", generated.path().display()))
         .arg("mawex/v1/mawex.proto")

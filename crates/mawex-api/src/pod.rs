@@ -89,6 +89,15 @@ pub struct Assignment {
     pub spec: TaskSpec,
 }
 
+/// What a pod process uses, reported with its heartbeats for monitoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ResourceUsage {
+    /// CPU time per wall-clock time since the last report, in thousandths (1000 = one core).
+    pub cpu_permille: u32,
+    /// Resident memory in bytes.
+    pub memory_bytes: u64,
+}
+
 /// Messages a pod sends after its hello.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -101,6 +110,8 @@ pub enum PodMessage {
         holding: Vec<AttemptRef>,
         /// The `batch` of the last `Assign` this session received (0 if none).
         received: u64,
+        /// The pod's resource use, if it measures it.
+        usage: Option<ResourceUsage>,
     },
     /// An attempt finished.
     Finished {

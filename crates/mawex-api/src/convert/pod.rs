@@ -5,7 +5,9 @@ use std::time::Duration;
 use crate::convert::{in_field, invalid, required, task_id};
 use crate::error::ApiError;
 use crate::ids::{Attempt, GroupName, PodId};
-use crate::pod::{Assignment, AttemptRef, MasterMessage, PodHello, PodMessage, Welcome};
+use crate::pod::{
+    Assignment, AttemptRef, MasterMessage, PodHello, PodMessage, ResourceUsage, Welcome,
+};
 use crate::proto;
 use crate::proto::master_to_pod::Message as ToPod;
 use crate::proto::pod_to_master::Message as ToMaster;
@@ -137,12 +139,19 @@ impl From<PodHello> for proto::PodToMaster {
 impl From<PodMessage> for proto::PodToMaster {
     fn from(m: PodMessage) -> Self {
         let message = match m {
-            PodMessage::Heartbeat { holding, received } => ToMaster::Heartbeat(proto::Heartbeat {
-                holding: to_proto_attempts(holding),
+            PodMessage::Heartbeat {
+                holding,
                 received,
-                cpu_percent: 0.0,
-                memory_bytes: 0,
-            }),
+                usage,
+            } => {
+                let usage = usage.unwrap_or_default();
+                ToMaster::Heartbeat(proto::Heartbeat {
+                    holding: to_proto_attempts(holding),
+                    received,
+                    cpu_percent: usage.cpu_permille as f32 / 10.0,
+                    memory_bytes: usage.memory_bytes,
+                })
+            }
             PodMessage::Finished { attempt, outcome } => {
                 let outcome = match outcome {
                     Ok(out) => Outcome::Succeeded(out),
@@ -174,6 +183,11 @@ impl TryFrom<proto::PodToMaster> for PodFrame {
             ToMaster::Heartbeat(h) => PodMessage::Heartbeat {
                 holding: attempts(h.holding)?,
                 received: h.received,
+                // Clamped: a hostile or broken pod cannot make the number absurd.
+                usage: Some(ResourceUsage {
+                    cpu_permille: (h.cpu_percent.clamp(0.0, 100_000.0) * 10.0) as u32,
+                    memory_bytes: h.memory_bytes,
+                }),
             },
             ToMaster::Finished(f) => {
                 let attempt = required("finished.attempt", f.attempt)?.try_into()?;

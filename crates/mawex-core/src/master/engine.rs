@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-use mawex_api::pod::{AttemptRef, MasterMessage, PodHello, PodMessage};
+use mawex_api::pod::{AttemptRef, MasterMessage, PodHello, PodMessage, ResourceUsage};
 use mawex_api::{
     ApiError, Attempt, CancelAck, GroupName, Outcome, PodId, SubmitAck, TaskId, TaskSpec,
     TaskState, Timestamp,
@@ -67,6 +67,8 @@ struct PodEntry {
     expires_at: Timestamp,
     /// Shutting down: it gets no new leases.
     draining: bool,
+    /// Last reported resource use.
+    usage: ResourceUsage,
 }
 
 impl PodEntry {
@@ -96,6 +98,8 @@ pub struct PodStats {
     pub slots: u32,
     /// Leases it holds now (running or queued in the pod).
     pub leased: usize,
+    /// Resource use from its last heartbeat.
+    pub usage: ResourceUsage,
 }
 
 /// State machine plus live pod registry.
@@ -327,6 +331,7 @@ impl Engine {
             leases: BTreeMap::new(),
             expires_at: now.saturating_add(self.config.lease_timeout),
             draining: false,
+            usage: ResourceUsage::default(),
         };
         for r in &hello.holding {
             let adoptable = self.state.task(&r.task).is_some_and(|e| {
@@ -370,7 +375,14 @@ impl Engine {
             entry.expires_at = now.saturating_add(lease_timeout);
         }
         match message {
-            PodMessage::Heartbeat { holding, received } => {
+            PodMessage::Heartbeat {
+                holding,
+                received,
+                usage,
+            } => {
+                if let (Some(entry), Some(usage)) = (self.pods.get_mut(&pod_id), usage) {
+                    entry.usage = usage;
+                }
                 let Some(entry) = self.pods.get(&pod_id) else {
                     return;
                 };
@@ -623,6 +635,7 @@ impl Engine {
                 groups: p.groups.clone(),
                 slots: p.slots,
                 leased: p.leases.len(),
+                usage: p.usage,
             })
             .collect()
     }

@@ -318,6 +318,7 @@ mod leases {
             PodMessage::Heartbeat {
                 holding: vec![attempt(&a, 1), stranger],
                 received: 1,
+                usage: None,
             },
             at(9_000),
             &mut out,
@@ -500,6 +501,7 @@ mod retention {
             PodMessage::Heartbeat {
                 holding: vec![],
                 received: 0,
+                usage: None,
             },
             at(3_600_000),
             &mut out,
@@ -511,6 +513,7 @@ mod retention {
             PodMessage::Heartbeat {
                 holding: vec![],
                 received: 0,
+                usage: None,
             },
             at(3_600_001),
             &mut out,
@@ -563,7 +566,11 @@ mod reconciliation {
     use super::*;
 
     fn heartbeat(holding: Vec<AttemptRef>, received: u64) -> PodMessage {
-        PodMessage::Heartbeat { holding, received }
+        PodMessage::Heartbeat {
+            holding,
+            received,
+            usage: None,
+        }
     }
 
     #[test]
@@ -849,7 +856,11 @@ mod model {
                                 let received = e.batch();
                                 e.pod_message(
                                     s,
-                                    PodMessage::Heartbeat { holding, received },
+                                    PodMessage::Heartbeat {
+                                        holding,
+                                        received,
+                                        usage: None,
+                                    },
                                     now,
                                     &mut out,
                                 );

@@ -2,6 +2,7 @@
 //! heartbeats, reconnects, and leaves cleanly.
 
 mod link;
+mod usage;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -141,6 +142,7 @@ struct Shared {
     /// Set when shutdown interrupts running attempts: they are returned, not failed.
     interrupted: AtomicBool,
     executed: AtomicU64,
+    usage: Mutex<usage::UsageMeter>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -308,7 +310,12 @@ impl Shared {
             let holdings = lock(&self.holdings);
             (held_refs(&holdings), holdings.received)
         };
-        self.send(PodMessage::Heartbeat { holding, received });
+        let usage = lock(&self.usage).sample();
+        self.send(PodMessage::Heartbeat {
+            holding,
+            received,
+            usage,
+        });
     }
 
     /// Interrupts running attempts and waits for the executors, aborting them if interrupted
@@ -405,6 +412,7 @@ impl Pod {
             draining: CancellationToken::new(),
             interrupted: AtomicBool::new(false),
             executed: AtomicU64::new(0),
+            usage: Mutex::new(usage::UsageMeter::new()),
         });
         let executors: Vec<JoinHandle<()>> = (0..shared.config.slots)
             .map(|_| tokio::spawn(executor(shared.clone())))
