@@ -37,7 +37,7 @@ async fn main() -> anyhow::Result<()> {
             let n: i64 = std::str::from_utf8(&t.payload)
                 .ok()
                 .and_then(|s| s.parse().ok())
-                .ok_or_else(|| HandlerError::new("payload is not an integer"))?;
+                .ok_or_else(|| HandlerError::permanent("payload is not an integer"))?;
             Ok((n * n).to_string().into())
         })?;
     let pod = Pod::start(

@@ -39,9 +39,9 @@ fn handlers() -> anyhow::Result<HandlerRegistry> {
         let n: i64 = std::str::from_utf8(&t.payload)
             .ok()
             .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| HandlerError::new("payload is not an integer"))?;
+            .ok_or_else(|| HandlerError::permanent("payload is not an integer"))?;
         Ok(n.checked_mul(n)
-            .ok_or_else(|| HandlerError::new("overflow"))?
+            .ok_or_else(|| HandlerError::permanent("overflow"))?
             .to_string()
             .into())
     })?

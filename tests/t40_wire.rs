@@ -28,6 +28,8 @@ fn spec(id: &str, group: &str) -> proto::TaskSpec {
         payload: b"x".to_vec(),
         priority: 0,
         limits: None,
+        retry: None,
+        run_at_ms: None,
     }
 }
 

@@ -34,8 +34,8 @@ pub use proxy::{
 };
 pub use remote::{RemoteConfig, RemoteMasterProxy};
 pub use task::{
-    ErrorKind, Limits, Outcome, TaskError, TaskResult, TaskSpec, TaskState, TaskView,
-    MAX_HANDLER_LEN,
+    AttemptFailure, ErrorKind, Limits, Outcome, RetryHint, RetryPolicy, TaskError, TaskResult,
+    TaskSpec, TaskState, TaskView, MAX_ATTEMPTS, MAX_HANDLER_LEN,
 };
 pub use time::Timestamp;
 

@@ -36,6 +36,91 @@ impl Limits {
     }
 }
 
+/// How often and how patiently a failing task is tried again.
+///
+/// An attempt that fails (handler error, panic, timeout, crash, lost lease) is retried while
+/// fewer than `max_attempts` attempts have failed, after an exponential backoff with full
+/// jitter: a delay drawn uniformly from `[0, min(max_delay, base_delay × 2^(failures−1)))`.
+/// An attempt handed back by a pod that shuts down is not a failure and does not count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (1: never retry).
+    pub max_attempts: u32,
+    /// Upper bound of the first retry's delay.
+    pub base_delay: Duration,
+    /// Upper bound of any retry's delay.
+    pub max_delay: Duration,
+}
+
+/// The most attempts a retry policy may allow.
+pub const MAX_ATTEMPTS: u32 = 1000;
+
+impl RetryPolicy {
+    /// Up to `max_attempts` attempts, first retry within 1 s, none later than 5 min.
+    pub fn new(max_attempts: u32) -> Self {
+        RetryPolicy {
+            max_attempts,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(300),
+        }
+    }
+
+    /// Never retry.
+    pub fn never() -> Self {
+        RetryPolicy::new(1)
+    }
+
+    /// The same policy with another base delay.
+    pub fn with_base_delay(mut self, base: Duration) -> Self {
+        self.base_delay = base;
+        self
+    }
+
+    /// The same policy with another maximum delay.
+    pub fn with_max_delay(mut self, max: Duration) -> Self {
+        self.max_delay = max;
+        self
+    }
+
+    /// Checks the bounds.
+    ///
+    /// # Errors
+    /// [`ApiError::InvalidArgument`] saying which bound is off.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if !(1..=MAX_ATTEMPTS).contains(&self.max_attempts) {
+            return Err(ApiError::InvalidArgument(format!(
+                "retry.max_attempts must be between 1 and {MAX_ATTEMPTS}, got {}",
+                self.max_attempts
+            )));
+        }
+        if self.base_delay > self.max_delay {
+            return Err(ApiError::InvalidArgument(format!(
+                "retry.base_delay ({:?}) must not exceed retry.max_delay ({:?})",
+                self.base_delay, self.max_delay
+            )));
+        }
+        Ok(())
+    }
+
+    /// The upper bound of the delay before the retry that follows failure number `failures`
+    /// (1 for the first failure).
+    pub fn delay_cap(&self, failures: u32) -> Duration {
+        let factor = 2u32.saturating_pow(failures.saturating_sub(1));
+        self.base_delay
+            .checked_mul(factor)
+            .unwrap_or(self.max_delay)
+            .min(self.max_delay)
+    }
+}
+
+impl Default for RetryPolicy {
+    /// Three attempts in all.
+    fn default() -> Self {
+        RetryPolicy::new(3)
+    }
+}
+
 /// What to run, where, and how: everything a client says about a task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -52,6 +137,10 @@ pub struct TaskSpec {
     pub priority: i32,
     /// Limits of each attempt.
     pub limits: Limits,
+    /// Retries of failed attempts; `None`: the master's default.
+    pub retry: Option<RetryPolicy>,
+    /// Not before this time (a delayed task); `None`: as soon as a worker is free.
+    pub run_at: Option<Timestamp>,
 }
 
 impl TaskSpec {
@@ -64,7 +153,21 @@ impl TaskSpec {
             payload: payload.into(),
             priority: 0,
             limits: Limits::default(),
+            retry: None,
+            run_at: None,
         }
+    }
+
+    /// The same task with its own retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// The same task, to run no earlier than `at`.
+    pub fn with_run_at(mut self, at: Timestamp) -> Self {
+        self.run_at = Some(at);
+        self
     }
 
     /// The same task under a given id.
@@ -113,6 +216,11 @@ impl TaskSpec {
                 "task {}: a memory limit of zero bytes is not satisfiable",
                 self.id
             )));
+        }
+        if let Some(retry) = &self.retry {
+            retry.validate().map_err(|e| {
+                ApiError::InvalidArgument(format!("task {}: {}", self.id, message_of(e)))
+            })?;
         }
         if self.payload.len() > max_payload_bytes {
             return Err(ApiError::ResourceExhausted(format!(
@@ -163,6 +271,13 @@ impl fmt::Display for TaskState {
     }
 }
 
+fn message_of(e: ApiError) -> String {
+    match e {
+        ApiError::InvalidArgument(m) => m,
+        other => other.to_string(),
+    }
+}
+
 /// Why an attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -185,6 +300,8 @@ pub enum ErrorKind {
     OutOfMemory,
     /// The sandbox itself failed (could not start the attempt).
     Sandbox,
+    /// The pod holding the attempt went silent or lost it; nothing is known of its outcome.
+    LeaseExpired,
 }
 
 impl fmt::Display for ErrorKind {
@@ -199,8 +316,22 @@ impl fmt::Display for ErrorKind {
             ErrorKind::NonZeroExit => "non-zero exit",
             ErrorKind::OutOfMemory => "out of memory",
             ErrorKind::Sandbox => "sandbox error",
+            ErrorKind::LeaseExpired => "lease expired",
         })
     }
+}
+
+/// What a failed attempt says about trying again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RetryHint {
+    /// Follow the task's retry policy.
+    #[default]
+    Policy,
+    /// Do not retry: the failure is permanent (bad input, say).
+    Never,
+    /// Retry (if attempts remain) after this delay instead of the backoff.
+    After(Duration),
 }
 
 /// A failed attempt: what kind of failure and a message for people.
@@ -210,15 +341,43 @@ pub struct TaskError {
     pub kind: ErrorKind,
     /// Details, e.g. the handler's error or the panic message.
     pub message: String,
+    /// Whether and when to retry.
+    pub retry: RetryHint,
 }
 
 impl TaskError {
-    /// An error of `kind` with `message`.
+    /// An error of `kind` with `message`, retried per policy.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         TaskError {
             kind,
             message: message.into(),
+            retry: RetryHint::Policy,
         }
+    }
+
+    /// The same error with a retry hint.
+    pub fn with_retry(mut self, retry: RetryHint) -> Self {
+        self.retry = retry;
+        self
+    }
+}
+
+/// One failed attempt of a task, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct AttemptFailure {
+    /// Which attempt.
+    pub attempt: Attempt,
+    /// How it failed.
+    pub error: TaskError,
+    /// When the failure was recorded.
+    pub at: Timestamp,
+}
+
+impl AttemptFailure {
+    /// A failure of `attempt`.
+    pub fn new(attempt: Attempt, error: TaskError, at: Timestamp) -> Self {
+        AttemptFailure { attempt, error, at }
     }
 }
 
@@ -309,6 +468,10 @@ pub struct TaskView {
     pub started_at: Option<Timestamp>,
     /// The result, once finished.
     pub result: Option<TaskResult>,
+    /// Every failed attempt so far, oldest first.
+    pub failures: Vec<AttemptFailure>,
+    /// While pending: not dispatched before this time (a delayed task or a scheduled retry).
+    pub not_before: Option<Timestamp>,
 }
 
 impl TaskView {
@@ -322,6 +485,8 @@ impl TaskView {
             submitted_at,
             started_at: None,
             result: None,
+            failures: Vec::new(),
+            not_before: None,
         }
     }
 }

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use mawex_api::{ErrorKind, TaskError};
+use mawex_api::{ErrorKind, RetryHint, TaskError};
 
 /// How an attempt failed, or why a sandbox could not be set up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,11 +36,10 @@ impl From<SandboxError> for TaskError {
             SandboxError::TimedOut(_) => ErrorKind::TimedOut,
             SandboxError::Cancelled => ErrorKind::Cancelled,
         };
-        let message = match e {
-            SandboxError::Handler(h) => h.message,
-            other => other.to_string(),
-        };
-        TaskError::new(kind, message)
+        match e {
+            SandboxError::Handler(h) => TaskError::new(kind, h.message).with_retry(h.retry),
+            other => TaskError::new(kind, other.to_string()),
+        }
     }
 }
 
@@ -51,13 +50,32 @@ impl From<SandboxError> for TaskError {
 pub struct HandlerError {
     /// What went wrong, for people.
     pub message: String,
+    /// Whether and when the task should be tried again.
+    pub retry: RetryHint,
 }
 
 impl HandlerError {
-    /// An error with `message`.
+    /// An error with `message`, retried per the task's policy.
     pub fn new(message: impl Into<String>) -> Self {
         HandlerError {
             message: message.into(),
+            retry: RetryHint::Policy,
+        }
+    }
+
+    /// An error that retrying cannot fix (bad input): the task fails at once.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        HandlerError {
+            message: message.into(),
+            retry: RetryHint::Never,
+        }
+    }
+
+    /// An error worth retrying after `delay` (a rate limit, say), if attempts remain.
+    pub fn retry_after(message: impl Into<String>, delay: Duration) -> Self {
+        HandlerError {
+            message: message.into(),
+            retry: RetryHint::After(delay),
         }
     }
 }

@@ -7,7 +7,8 @@ use crate::error::ApiError;
 use crate::ids::{Attempt, GroupName, PodId};
 use crate::proto;
 use crate::task::{
-    ErrorKind, Limits, Outcome, TaskError, TaskResult, TaskSpec, TaskState, TaskView,
+    AttemptFailure, ErrorKind, Limits, Outcome, RetryHint, RetryPolicy, TaskError, TaskResult,
+    TaskSpec, TaskState, TaskView,
 };
 use crate::time::Timestamp;
 
@@ -42,6 +43,12 @@ impl From<TaskSpec> for proto::TaskSpec {
             payload: s.payload.to_vec(),
             priority: s.priority,
             limits: Some(s.limits.into()),
+            retry: s.retry.map(|r| proto::RetryPolicy {
+                max_attempts: r.max_attempts,
+                base_delay_ms: millis(r.base_delay),
+                max_delay_ms: millis(r.max_delay),
+            }),
+            run_at_ms: s.run_at.map(|t| t.0),
         }
     }
 }
@@ -57,6 +64,12 @@ impl TryFrom<proto::TaskSpec> for TaskSpec {
             payload: s.payload.into(),
             priority: s.priority,
             limits: s.limits.map(Limits::from).unwrap_or_default(),
+            retry: s.retry.map(|r| {
+                RetryPolicy::new(r.max_attempts)
+                    .with_base_delay(Duration::from_millis(r.base_delay_ms))
+                    .with_max_delay(Duration::from_millis(r.max_delay_ms))
+            }),
+            run_at: s.run_at_ms.map(Timestamp),
         })
     }
 }
@@ -98,6 +111,7 @@ impl From<ErrorKind> for proto::ErrorKind {
             ErrorKind::NonZeroExit => proto::ErrorKind::NonZeroExit,
             ErrorKind::OutOfMemory => proto::ErrorKind::OutOfMemory,
             ErrorKind::Sandbox => proto::ErrorKind::Sandbox,
+            ErrorKind::LeaseExpired => proto::ErrorKind::LeaseExpired,
         }
     }
 }
@@ -113,6 +127,7 @@ fn error_kind(raw: i32) -> Result<ErrorKind, ApiError> {
         Ok(proto::ErrorKind::NonZeroExit) => ErrorKind::NonZeroExit,
         Ok(proto::ErrorKind::OutOfMemory) => ErrorKind::OutOfMemory,
         Ok(proto::ErrorKind::Sandbox) => ErrorKind::Sandbox,
+        Ok(proto::ErrorKind::LeaseExpired) => ErrorKind::LeaseExpired,
         Ok(proto::ErrorKind::Unspecified) | Err(_) => {
             return Err(invalid(format!("error.kind: unknown error kind {raw}")))
         }
@@ -121,9 +136,16 @@ fn error_kind(raw: i32) -> Result<ErrorKind, ApiError> {
 
 impl From<TaskError> for proto::TaskError {
     fn from(e: TaskError) -> Self {
+        let (permanent, retry_after_ms) = match e.retry {
+            RetryHint::Never => (true, None),
+            RetryHint::After(d) => (false, Some(millis(d))),
+            _ => (false, None),
+        };
         proto::TaskError {
             kind: proto::ErrorKind::from(e.kind) as i32,
             message: e.message,
+            permanent,
+            retry_after_ms,
         }
     }
 }
@@ -132,7 +154,12 @@ impl TryFrom<proto::TaskError> for TaskError {
     type Error = ApiError;
 
     fn try_from(e: proto::TaskError) -> Result<Self, ApiError> {
-        Ok(TaskError::new(error_kind(e.kind)?, e.message))
+        let retry = match (e.permanent, e.retry_after_ms) {
+            (true, _) => RetryHint::Never,
+            (false, Some(ms)) => RetryHint::After(Duration::from_millis(ms)),
+            (false, None) => RetryHint::Policy,
+        };
+        Ok(TaskError::new(error_kind(e.kind)?, e.message).with_retry(retry))
     }
 }
 
@@ -201,6 +228,16 @@ impl From<TaskView> for proto::TaskView {
             submitted_at_ms: v.submitted_at.0,
             started_at_ms: v.started_at.map(|t| t.0),
             result: v.result.map(Into::into),
+            failures: v
+                .failures
+                .into_iter()
+                .map(|f| proto::AttemptFailure {
+                    attempt: f.attempt.0,
+                    error: Some(f.error.into()),
+                    at_ms: f.at.0,
+                })
+                .collect(),
+            not_before_ms: v.not_before.map(|t| t.0),
         }
     }
 }
@@ -223,6 +260,18 @@ impl TryFrom<proto::TaskView> for TaskView {
             .transpose()?;
         view.started_at = v.started_at_ms.map(Timestamp);
         view.result = v.result.map(TryInto::try_into).transpose()?;
+        view.failures = v
+            .failures
+            .into_iter()
+            .map(|f| {
+                Ok(AttemptFailure::new(
+                    Attempt(f.attempt),
+                    required("failure.error", f.error)?.try_into()?,
+                    Timestamp(f.at_ms),
+                ))
+            })
+            .collect::<Result<_, ApiError>>()?;
+        view.not_before = v.not_before_ms.map(Timestamp);
         Ok(view)
     }
 }

@@ -5,6 +5,7 @@ pub(crate) mod record;
 mod sled_journal;
 #[cfg(test)]
 mod tests;
+pub(crate) mod v1;
 
 use tracing::warn;
 

@@ -17,10 +17,15 @@ use serde::Serialize;
 use crate::error::CoreError;
 use crate::master::{Event, MasterState};
 
-/// Format of records written by this version.
+/// Format 1 (frozen in `v1.rs`): read, never written.
 pub(crate) const RECORD_FORMAT_V1: u8 = 1;
-/// Format of snapshots written by this version.
+/// Format of records written by this version: format 1 plus retry policies, delays and
+/// attempt failures.
+pub(crate) const RECORD_FORMAT_V2: u8 = 2;
+/// Snapshot format 1 (frozen): read, never written.
 pub(crate) const SNAPSHOT_FORMAT_V1: u8 = 1;
+/// Format of snapshots written by this version.
+pub(crate) const SNAPSHOT_FORMAT_V2: u8 = 2;
 const HEADER_LEN: usize = 9;
 
 fn config() -> bincode::config::Configuration {
@@ -65,12 +70,15 @@ fn header_placeholder() -> Vec<u8> {
 }
 
 fn seal(mut buf: Vec<u8>, count: u32) -> Vec<u8> {
-    buf[0] = RECORD_FORMAT_V1;
+    buf[0] = RECORD_FORMAT_V2;
     buf[5..9].copy_from_slice(&count.to_le_bytes());
     let crc = crc32fast::hash(&buf[5..]);
     buf[1..5].copy_from_slice(&crc.to_le_bytes());
     buf
 }
+
+/// Decodes one event of some record format, returning it and the bytes it used.
+type DecodeEvent = fn(&[u8]) -> Result<(Event, usize), String>;
 
 /// Why a record could not be read.
 #[derive(Debug)]
@@ -107,12 +115,24 @@ fn decode_one<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), String> {
 /// Decodes one record into its events, checking checksum, format and length.
 pub(crate) fn decode_record(bytes: &[u8]) -> Result<Vec<Event>, DecodeError> {
     let (format, count, mut rest) = open(bytes, "record").map_err(DecodeError::Torn)?;
-    match format {
+    let decode: DecodeEvent = match format {
         RECORD_FORMAT_V1 => {
+            |bytes| decode_one::<super::v1::EventV1>(bytes).map(|(e, used)| (e.into(), used))
+        }
+        RECORD_FORMAT_V2 => decode_one::<Event>,
+        other => {
+            return Err(DecodeError::Unreadable(format!(
+                "record format {other} is unknown to this version (it reads formats 1 and \
+                 {RECORD_FORMAT_V2}); was it written by a newer mawex?"
+            )))
+        }
+    };
+    {
+        {
             // The count comes from disk: trust it only as far as the bytes allow.
             let mut events = Vec::with_capacity((count as usize).min(rest.len()));
             for i in 0..count {
-                let (event, used) = decode_one::<Event>(rest).map_err(|e| {
+                let (event, used) = decode(rest).map_err(|e| {
                     DecodeError::Unreadable(format!("event {i} of {count} does not decode: {e}"))
                 })?;
                 events.push(event);
@@ -126,10 +146,6 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<Vec<Event>, DecodeError> {
             }
             Ok(events)
         }
-        other => Err(DecodeError::Unreadable(format!(
-            "record format {other} is unknown to this version (it reads format \
-             {RECORD_FORMAT_V1}); was it written by a newer mawex?"
-        ))),
     }
 }
 
@@ -151,7 +167,7 @@ pub(crate) fn encode_snapshot(last_seq: u64, state: &MasterState) -> Result<Vec<
     bincode::serde::encode_into_std_write(SnapshotRef { last_seq, state }, &mut buf, config())
         .map_err(|e| CoreError::Encode(e.to_string()))?;
     let mut sealed = seal(buf, 1);
-    sealed[0] = SNAPSHOT_FORMAT_V1;
+    sealed[0] = SNAPSHOT_FORMAT_V2;
     // The format byte is outside the checksum, so sealing again is not needed.
     Ok(sealed)
 }
@@ -159,17 +175,25 @@ pub(crate) fn encode_snapshot(last_seq: u64, state: &MasterState) -> Result<Vec<
 /// Decodes a snapshot into `(last_seq, state)`.
 pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<(u64, MasterState), CoreError> {
     let (format, _, rest) = open(bytes, "snapshot").map_err(CoreError::CorruptSnapshot)?;
-    if format != SNAPSHOT_FORMAT_V1 {
-        return Err(CoreError::CorruptSnapshot(format!(
-            "snapshot format {format} is unknown to this version"
-        )));
+    let (snapshot, used) = match format {
+        SNAPSHOT_FORMAT_V1 => {
+            decode_one::<super::v1::SnapshotV1>(rest).map(|(s, used)| (s.upgrade(), used))
+        }
+        SNAPSHOT_FORMAT_V2 => {
+            decode_one::<SnapshotOwned>(rest).map(|(s, used)| ((s.last_seq, s.state), used))
+        }
+        other => {
+            return Err(CoreError::CorruptSnapshot(format!(
+                "snapshot format {other} is unknown to this version"
+            )))
+        }
     }
-    let (snap, used) = decode_one::<SnapshotOwned>(rest).map_err(CoreError::CorruptSnapshot)?;
+    .map_err(CoreError::CorruptSnapshot)?;
     if used != rest.len() {
         return Err(CoreError::CorruptSnapshot(format!(
             "{} bytes left after the snapshot",
             rest.len() - used
         )));
     }
-    Ok((snap.last_seq, snap.state))
+    Ok(snapshot)
 }

@@ -4,7 +4,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use mawex_api::pod::AttemptRef;
 use mawex_api::{
-    Attempt, ErrorKind, GroupName, Limits, Outcome, PodId, TaskError, TaskId, TaskSpec, Timestamp,
+    Attempt, ErrorKind, GroupName, Limits, Outcome, PodId, RetryHint, RetryPolicy, TaskError,
+    TaskId, TaskSpec, Timestamp,
 };
 
 use super::record::{decode_record, encode_records};
@@ -117,30 +118,57 @@ fn read_framed(mut data: &[u8]) -> Vec<(u64, Vec<u8>)> {
     records
 }
 
-/// Golden files hold records and a snapshot written by format version 1. Every future
-/// version must still decode them to exactly these events and this state. Regenerate only
-/// when adding a *new* version's files: `MAWEX_WRITE_GOLDEN=1 cargo test -p mawex-core golden`.
-#[test]
-fn golden_v1_records_and_snapshot_decode() {
-    let events = golden_events();
-    let records_path = golden_dir().join("journal-v1.records");
-    let snapshot_path = golden_dir().join("journal-v1.snapshot");
-    if std::env::var_os("MAWEX_WRITE_GOLDEN").is_some() {
-        let mut j = MemoryJournal::new();
-        // Two appends, so the file holds more than one record.
-        j.append(1, &events[..4]).expect("append");
-        j.append(5, &events[4..]).expect("append");
-        std::fs::write(&records_path, write_framed(&j.raw_records())).expect("write");
-        let mut state = MasterState::new();
-        events.iter().for_each(|e| state.apply(e));
-        j.snapshot(events.len() as u64, &state).expect("snapshot");
-        std::fs::write(&snapshot_path, j.raw_snapshot().expect("snapshot")).expect("write");
-    }
+/// One more of every kind format 2 added: retry policies, delays, retry hints, scheduled retries.
+fn golden_events_v2() -> Vec<Event> {
+    let mut events = golden_events();
+    let group = GroupName::new("golden").expect("valid");
+    let spec = TaskSpec::new(group, "flaky", Bytes::from_static(b"again"))
+        .with_id(id(3))
+        .with_retry(
+            RetryPolicy::new(4)
+                .with_base_delay(Duration::from_millis(250))
+                .with_max_delay(Duration::from_secs(10)),
+        )
+        .with_run_at(Timestamp(1_700_000_000_050));
+    let a1 = AttemptRef {
+        task: id(3),
+        attempt: Attempt(1),
+    };
+    events.push(Event::TaskAccepted {
+        spec,
+        at: Timestamp(1_700_000_000_010),
+    });
+    events.push(Event::TaskAssigned {
+        attempt: a1,
+        pod: PodId::new("pod-b").expect("valid"),
+        at: Timestamp(1_700_000_000_051),
+    });
+    events.push(Event::TaskRetryScheduled {
+        attempt: a1,
+        error: TaskError::new(ErrorKind::LeaseExpired, "silent")
+            .with_retry(RetryHint::After(Duration::from_millis(70))),
+        retry_at: Timestamp(1_700_000_000_122),
+        at: Timestamp(1_700_000_000_052),
+    });
+    events.push(Event::TaskFinished {
+        attempt: a1,
+        outcome: Outcome::Failed(
+            TaskError::new(ErrorKind::Handler, "no").with_retry(RetryHint::Never),
+        ),
+        at: Timestamp(1_700_000_000_053),
+    });
+    events
+}
 
+/// Decodes golden records and snapshot of `version` and compares them with `events`.
+fn check_golden(version: u8, events: &[Event]) {
+    let records_path = golden_dir().join(format!("journal-v{version}.records"));
+    let snapshot_path = golden_dir().join(format!("journal-v{version}.snapshot"));
     let records = read_framed(&std::fs::read(&records_path).expect("golden records present"));
     assert_eq!(records.len(), 2);
     let mut j = MemoryJournal::new();
     for (seq, bytes) in &records {
+        assert_eq!(bytes[0], version, "golden file of format {version}");
         j.write_raw_record(*seq, bytes);
     }
     let recovered = j.recover().expect("golden records decode");
@@ -159,6 +187,39 @@ fn golden_v1_records_and_snapshot_decode() {
     state.rebuild_indexes();
     assert_eq!(seq, events.len() as u64);
     assert_eq!(state, expected);
+}
+
+/// Format 1 golden files, written by the first release. Never regenerate them: every future
+/// version must decode them to exactly these events and this state.
+#[test]
+fn golden_v1_records_and_snapshot_decode() {
+    check_golden(1, &golden_events());
+}
+
+/// Format 2 golden files. Written once with
+/// `MAWEX_WRITE_GOLDEN=2 cargo test -p mawex-core golden` when format 2 was introduced.
+#[test]
+fn golden_v2_records_and_snapshot_decode() {
+    let events = golden_events_v2();
+    if std::env::var("MAWEX_WRITE_GOLDEN").as_deref() == Ok("2") {
+        let mut j = MemoryJournal::new();
+        j.append(1, &events[..6]).expect("append");
+        j.append(7, &events[6..]).expect("append");
+        std::fs::write(
+            golden_dir().join("journal-v2.records"),
+            write_framed(&j.raw_records()),
+        )
+        .expect("write");
+        let mut state = MasterState::new();
+        events.iter().for_each(|e| state.apply(e));
+        j.snapshot(events.len() as u64, &state).expect("snapshot");
+        std::fs::write(
+            golden_dir().join("journal-v2.snapshot"),
+            j.raw_snapshot().expect("snapshot"),
+        )
+        .expect("write");
+    }
+    check_golden(2, &events);
 }
 
 #[test]

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use mawex_api::pod::{AttemptRef, MasterMessage, PodHello, PodMessage, ResourceUsage};
 use mawex_api::{
-    ApiError, Attempt, CancelAck, GroupName, Outcome, PodId, SubmitAck, TaskId, TaskSpec,
-    TaskState, Timestamp,
+    ApiError, Attempt, CancelAck, ErrorKind, GroupName, Outcome, PodId, RetryHint, RetryPolicy,
+    SubmitAck, TaskError, TaskId, TaskSpec, TaskState, Timestamp,
 };
 use tracing::debug;
 
@@ -30,6 +30,8 @@ const FORGET_PER_TICK: usize = 10_000;
 #[derive(Debug, Clone)]
 pub(crate) struct EngineConfig {
     pub(crate) lease_timeout: Duration,
+    /// Retries of tasks that name no policy of their own.
+    pub(crate) default_retry: RetryPolicy,
     pub(crate) result_retention: Duration,
     pub(crate) max_payload_bytes: usize,
 }
@@ -170,6 +172,7 @@ impl Engine {
                 self.release(&attempt.task);
             }
             Event::TaskCancelled { task, .. } => self.release(task),
+            Event::TaskRetryScheduled { attempt, .. } => self.release(&attempt.task),
             Event::TasksForgotten { .. } => {}
         }
         self.state.apply(event);
@@ -419,18 +422,17 @@ impl Engine {
                     debug!(task = %attempt.task, attempt = %attempt.attempt, pod = %pod_id, "result of a stale attempt dropped");
                     return;
                 }
-                let outcome = match outcome {
-                    Ok(output) => Outcome::Succeeded(output),
-                    Err(error) => Outcome::Failed(error),
-                };
-                self.emit(
-                    Event::TaskFinished {
-                        attempt,
-                        outcome,
-                        at: now,
-                    },
-                    out,
-                );
+                match outcome {
+                    Ok(output) => self.emit(
+                        Event::TaskFinished {
+                            attempt,
+                            outcome: Outcome::Succeeded(output),
+                            at: now,
+                        },
+                        out,
+                    ),
+                    Err(error) => self.fail_attempt(attempt, error, now, out),
+                }
             }
             PodMessage::Drain => {
                 if let Some(entry) = self.pods.get_mut(&pod_id) {
@@ -492,6 +494,47 @@ impl Engine {
         }
     }
 
+    /// A failed attempt: retried after a backoff while the policy allows, else the task
+    /// fails for good with every attempt's error on record.
+    fn fail_attempt(
+        &mut self,
+        attempt: AttemptRef,
+        error: TaskError,
+        now: Timestamp,
+        out: &mut Output,
+    ) {
+        let Some(entry) = self.state.task(&attempt.task) else {
+            return;
+        };
+        if entry.state != TaskState::Running || entry.attempt != attempt.attempt {
+            return;
+        }
+        let policy = entry.spec.retry.unwrap_or(self.config.default_retry);
+        let failures = u32::try_from(entry.failures.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+        let delay = match error.retry {
+            RetryHint::Never => None,
+            _ if failures >= policy.max_attempts => None,
+            RetryHint::After(delay) => Some(delay),
+            _ => Some(full_jitter(policy.delay_cap(failures), attempt)),
+        };
+        let event = match delay {
+            Some(delay) => Event::TaskRetryScheduled {
+                attempt,
+                error,
+                retry_at: now.saturating_add(delay),
+                at: now,
+            },
+            None => Event::TaskFinished {
+                attempt,
+                outcome: Outcome::Failed(error),
+                at: now,
+            },
+        };
+        self.emit(event, out);
+    }
+
     fn requeue(
         &mut self,
         attempt: AttemptRef,
@@ -499,6 +542,16 @@ impl Engine {
         now: Timestamp,
         out: &mut Output,
     ) {
+        // A lease lost without word from the pod is a failed attempt: it counts.
+        if matches!(reason, RequeueReason::LeaseExpired | RequeueReason::NotHeld) {
+            let message = match reason {
+                RequeueReason::NotHeld => "the pod no longer holds the attempt",
+                _ => "the pod went silent; its lease expired",
+            };
+            let error = TaskError::new(ErrorKind::LeaseExpired, message);
+            self.fail_attempt(attempt, error, now, out);
+            return;
+        }
         let current = self
             .state
             .task(&attempt.task)
@@ -515,8 +568,12 @@ impl Engine {
         }
     }
 
-    /// Expires silent pods and unclaimed orphans, and forgets results past retention.
+    /// Releases delayed tasks that are due, expires silent pods and unclaimed orphans, and
+    /// forgets results past retention.
     pub(crate) fn tick(&mut self, now: Timestamp, out: &mut Output) {
+        if self.state.promote_due(now) {
+            self.dispatch_needed = true;
+        }
         let silent: Vec<PodId> = self
             .pods
             .iter()
@@ -610,7 +667,7 @@ impl Engine {
     pub(crate) fn next_deadline(&self) -> Option<Timestamp> {
         let pods = self.pods.values().map(|p| p.expires_at);
         let orphans = self.orphans.values().map(|(_, d)| *d);
-        pods.chain(orphans).min()
+        pods.chain(orphans).chain(self.state.next_due()).min()
     }
 
     /// The number of the last dispatch batch, carried by its `Assign` messages.
@@ -639,6 +696,23 @@ impl Engine {
             })
             .collect()
     }
+}
+
+/// A delay drawn from `[0, cap)`, "full jitter" so that retries of many tasks spread out.
+/// Derived from the attempt rather than a random source, so the decision is deterministic; the
+/// chosen time is journaled, so replay never recomputes it.
+fn full_jitter(cap: Duration, attempt: AttemptRef) -> Duration {
+    let bytes = attempt.task.as_bytes();
+    let mut x = u64::from_le_bytes([
+        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+    ]) ^ u64::from_le_bytes([
+        bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15],
+    ]) ^ u64::from(attempt.attempt.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    // splitmix64 finalizer: spreads the bits uniformly.
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    cap.mul_f64((x >> 11) as f64 / (1u64 << 53) as f64)
 }
 
 #[cfg(test)]

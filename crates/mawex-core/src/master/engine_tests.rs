@@ -5,8 +5,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use mawex_api::pod::{AttemptRef, MasterMessage, PodHello, PodMessage};
 use mawex_api::{
-    ApiError, Attempt, CancelAck, ErrorKind, GroupName, Outcome, PodId, TaskError, TaskSpec,
-    TaskState, Timestamp,
+    ApiError, Attempt, CancelAck, ErrorKind, GroupName, Outcome, PodId, RetryPolicy, TaskError,
+    TaskSpec, TaskState, Timestamp,
 };
 
 use super::{Engine, EngineConfig, Output};
@@ -21,6 +21,10 @@ fn engine() -> Engine {
         MasterState::new(),
         EngineConfig {
             lease_timeout: LEASE,
+            // Immediate retries keep expected events exact; backoff has tests of its own.
+            default_retry: RetryPolicy::new(3)
+                .with_base_delay(Duration::ZERO)
+                .with_max_delay(Duration::ZERO),
             result_retention: Duration::from_secs(3600),
             max_payload_bytes: 1024,
         },
@@ -54,6 +58,16 @@ fn attempt(spec: &TaskSpec, n: u32) -> AttemptRef {
     AttemptRef {
         task: spec.id,
         attempt: Attempt(n),
+    }
+}
+
+/// The event of attempt 1 of `a` losing its lease at `at`, retried at once (test policy).
+fn lease_lost(a: &TaskSpec, at: Timestamp, message: &str) -> Event {
+    Event::TaskRetryScheduled {
+        attempt: attempt(a, 1),
+        error: TaskError::new(ErrorKind::LeaseExpired, message),
+        retry_at: at,
+        at,
     }
 }
 
@@ -295,11 +309,11 @@ mod leases {
         e.tick(deadline, &mut out);
         assert_eq!(
             out.events,
-            vec![Event::TaskRequeued {
-                attempt: attempt(&a, 1),
-                reason: RequeueReason::LeaseExpired,
-                at: deadline
-            }]
+            vec![lease_lost(
+                &a,
+                deadline,
+                "the pod went silent; its lease expired"
+            )]
         );
         assert_eq!(out.closed_sessions, vec![1]);
     }
@@ -363,11 +377,11 @@ mod leases {
         restarted.tick(at(100).saturating_add(LEASE), &mut out);
         assert_eq!(
             out.events,
-            vec![Event::TaskRequeued {
-                attempt: attempt(&a, 1),
-                reason: RequeueReason::LeaseExpired,
-                at: at(100).saturating_add(LEASE)
-            }]
+            vec![lease_lost(
+                &a,
+                at(100).saturating_add(LEASE),
+                "the pod went silent; its lease expired"
+            )]
         );
     }
 
@@ -585,11 +599,7 @@ mod reconciliation {
         e.pod_message(1, heartbeat(vec![], batch), at(2), &mut out);
         assert_eq!(
             out.events,
-            vec![Event::TaskRequeued {
-                attempt: attempt(&a, 1),
-                reason: RequeueReason::NotHeld,
-                at: at(2)
-            }]
+            vec![lease_lost(&a, at(2), "the pod no longer holds the attempt")]
         );
     }
 

@@ -1,7 +1,7 @@
 //! What the journal records: every change of durable task state.
 
 use mawex_api::pod::AttemptRef;
-use mawex_api::{Outcome, PodId, TaskId, TaskSpec, Timestamp};
+use mawex_api::{Outcome, PodId, TaskError, TaskId, TaskSpec, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// One change of durable state. Applying the same events in the same order always yields the
@@ -57,6 +57,17 @@ pub enum Event {
     TasksForgotten {
         /// The tasks.
         tasks: Vec<TaskId>,
+    },
+    /// The current attempt failed and the task will be tried again, not before `retry_at`.
+    TaskRetryScheduled {
+        /// The attempt that failed.
+        attempt: AttemptRef,
+        /// How it failed.
+        error: TaskError,
+        /// The earliest time of the next attempt.
+        retry_at: Timestamp,
+        /// When.
+        at: Timestamp,
     },
 }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use mawex_api::RetryPolicy;
 use tokio::sync::{oneshot, watch};
 use tracing::info;
 
@@ -46,6 +47,8 @@ pub struct MasterConfig {
     pub snapshot_every: u64,
     /// The largest task payload accepted, in bytes.
     pub max_payload_bytes: usize,
+    /// Retries of tasks that name no policy of their own (default: 3 attempts in all).
+    pub default_retry: RetryPolicy,
 }
 
 impl Default for MasterConfig {
@@ -56,6 +59,7 @@ impl Default for MasterConfig {
             result_retention: Duration::from_secs(24 * 3600),
             snapshot_every: 200_000,
             max_payload_bytes: 4 * 1024 * 1024,
+            default_retry: RetryPolicy::default(),
         }
     }
 }
@@ -78,6 +82,9 @@ impl MasterConfig {
                 self.heartbeat_interval, self.lease_timeout
             )));
         }
+        self.default_retry
+            .validate()
+            .map_err(|e| CoreError::Config(format!("default_retry: {e}")))?;
         if self.max_payload_bytes == 0 {
             return Err(CoreError::Config(
                 "max_payload_bytes must be positive".into(),
@@ -168,6 +175,7 @@ impl MasterBuilder {
                 );
                 let engine_config = EngineConfig {
                     lease_timeout: config.lease_timeout,
+                    default_retry: config.default_retry,
                     result_retention: config.result_retention,
                     max_payload_bytes: config.max_payload_bytes,
                 };

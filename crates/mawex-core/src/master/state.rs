@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use mawex_api::pod::AttemptRef;
 use mawex_api::{
-    Attempt, GroupName, ListQuery, Outcome, PodId, TaskId, TaskPage, TaskResult, TaskSpec,
-    TaskState, TaskView, Timestamp,
+    Attempt, AttemptFailure, GroupName, ListQuery, Outcome, PodId, TaskId, TaskPage, TaskResult,
+    TaskSpec, TaskState, TaskView, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +28,10 @@ pub(crate) struct TaskEntry {
     pub(crate) submitted_at: Timestamp,
     pub(crate) started_at: Option<Timestamp>,
     pub(crate) result: Option<TaskResult>,
+    /// Every failed attempt, oldest first.
+    pub(crate) failures: Vec<AttemptFailure>,
+    /// While pending: not dispatched before this time (delayed task, scheduled retry).
+    pub(crate) not_before: Option<Timestamp>,
 }
 
 impl TaskEntry {
@@ -48,6 +52,8 @@ impl TaskEntry {
         view.pod = self.pod.clone();
         view.started_at = self.started_at;
         view.result = self.result.clone();
+        view.failures = self.failures.clone();
+        view.not_before = self.not_before;
         view
     }
 }
@@ -106,6 +112,10 @@ pub struct MasterState {
     /// Derived indexes below are rebuilt after a snapshot is loaded, not stored in it.
     #[serde(skip)]
     pending: HashMap<GroupName, BTreeMap<QueueKey, TaskId>>,
+    /// Pending tasks that must wait, by the time they may run. Moved into `pending` by
+    /// [`MasterState::promote_due`], which depends on `now` and so is not part of `apply`.
+    #[serde(skip)]
+    delayed: BTreeMap<(Timestamp, u64), TaskId>,
     #[serde(skip)]
     results: BTreeMap<u64, TaskId>,
     #[serde(skip)]
@@ -129,23 +139,65 @@ impl MasterState {
         Self::default()
     }
 
+    /// Upgrades a state decoded from a format-1 snapshot.
+    pub(crate) fn from_v1(v1: crate::journal::v1::MasterStateV1) -> Self {
+        let tasks = v1
+            .tasks
+            .into_iter()
+            .map(|(id, e)| {
+                let result: Option<TaskResult> = e.result.map(Into::into);
+                // Format 1 had no retries: a failed task failed exactly once, as its result says.
+                let failures = match &result {
+                    Some(r) => match &r.outcome {
+                        Outcome::Failed(error) => {
+                            vec![AttemptFailure::new(r.attempt, error.clone(), r.finished_at)]
+                        }
+                        _ => Vec::new(),
+                    },
+                    None => Vec::new(),
+                };
+                let entry = TaskEntry {
+                    spec: e.spec.into(),
+                    state: e.state,
+                    attempt: e.attempt,
+                    pod: e.pod,
+                    order: e.order,
+                    submitted_at: e.submitted_at,
+                    started_at: e.started_at,
+                    result,
+                    failures,
+                    not_before: None,
+                };
+                (id, entry)
+            })
+            .collect();
+        let mut state = MasterState {
+            tasks,
+            accepted: v1.accepted,
+            results_recorded: v1.results_recorded,
+            ..MasterState::default()
+        };
+        state.rebuild_indexes();
+        state
+    }
+
     /// Rebuilds the derived indexes (queues, result log, counts) from the tasks.
     pub(crate) fn rebuild_indexes(&mut self) {
         self.pending.clear();
+        self.delayed.clear();
         self.results.clear();
         self.counts = TaskCounts::default();
-        for (id, entry) in &self.tasks {
+        let tasks = std::mem::take(&mut self.tasks);
+        for (id, entry) in &tasks {
             self.counts.moved(None, Some(entry.state));
             if entry.state == TaskState::Pending {
-                self.pending
-                    .entry(entry.spec.group.clone())
-                    .or_default()
-                    .insert(entry.queue_key(), *id);
+                self.enqueue(entry);
             }
             if let Some(result) = &entry.result {
                 self.results.insert(result.seq, *id);
             }
         }
+        self.tasks = tasks;
     }
 
     /// Applies one event. Events come from `decide` (which validated them) or from the
@@ -166,12 +218,11 @@ impl MasterState {
                     submitted_at: *at,
                     started_at: None,
                     result: None,
+                    failures: Vec::new(),
+                    not_before: spec.run_at.filter(|t| t > at),
                 };
-                self.pending
-                    .entry(spec.group.clone())
-                    .or_default()
-                    .insert(entry.queue_key(), spec.id);
                 self.counts.moved(None, Some(TaskState::Pending));
+                self.enqueue(&entry);
                 self.tasks.insert(spec.id, entry);
             }
             Event::TaskAssigned { attempt, pod, at } => {
@@ -183,6 +234,9 @@ impl MasterState {
                 }
                 if let Some(queue) = self.pending.get_mut(&entry.spec.group) {
                     queue.remove(&entry.queue_key());
+                }
+                if let Some(t) = entry.not_before.take() {
+                    self.delayed.remove(&(t, entry.order));
                 }
                 self.counts
                     .moved(Some(entry.state), Some(TaskState::Running));
@@ -215,10 +269,31 @@ impl MasterState {
                     .moved(Some(entry.state), Some(TaskState::Pending));
                 entry.state = TaskState::Pending;
                 entry.pod = None;
-                self.pending
-                    .entry(entry.spec.group.clone())
-                    .or_default()
-                    .insert(entry.queue_key(), attempt.task);
+                let entry = entry.clone();
+                self.enqueue(&entry);
+            }
+            Event::TaskRetryScheduled {
+                attempt,
+                error,
+                retry_at,
+                at,
+            } => {
+                let Some(entry) = self.tasks.get_mut(&attempt.task) else {
+                    return;
+                };
+                if entry.state != TaskState::Running || entry.attempt != attempt.attempt {
+                    return;
+                }
+                self.counts
+                    .moved(Some(entry.state), Some(TaskState::Pending));
+                entry.state = TaskState::Pending;
+                entry.pod = None;
+                entry
+                    .failures
+                    .push(AttemptFailure::new(attempt.attempt, error.clone(), *at));
+                entry.not_before = Some(*retry_at);
+                let entry = entry.clone();
+                self.enqueue(&entry);
             }
             Event::TaskCancelled { task, at } => {
                 let Some(entry) = self.tasks.get(task) else {
@@ -228,10 +303,8 @@ impl MasterState {
                     return;
                 }
                 if entry.state == TaskState::Pending {
-                    let key = entry.queue_key();
-                    if let Some(queue) = self.pending.get_mut(&entry.spec.group) {
-                        queue.remove(&key);
-                    }
+                    let entry = entry.clone();
+                    self.dequeue(&entry);
                 }
                 self.finish(*task, Outcome::Cancelled, *at);
             }
@@ -253,11 +326,69 @@ impl MasterState {
         }
     }
 
+    /// Puts a pending task in its group's queue, or with the delayed ones if it must wait.
+    fn enqueue(&mut self, entry: &TaskEntry) {
+        match entry.not_before {
+            Some(t) => {
+                self.delayed.insert((t, entry.order), entry.spec.id);
+            }
+            None => {
+                self.pending
+                    .entry(entry.spec.group.clone())
+                    .or_default()
+                    .insert(entry.queue_key(), entry.spec.id);
+            }
+        }
+    }
+
+    /// Takes a pending task out of whichever queue holds it.
+    fn dequeue(&mut self, entry: &TaskEntry) {
+        if let Some(queue) = self.pending.get_mut(&entry.spec.group) {
+            queue.remove(&entry.queue_key());
+        }
+        if let Some(t) = entry.not_before {
+            self.delayed.remove(&(t, entry.order));
+        }
+    }
+
+    /// Moves delayed tasks whose time has come into their queues. Changes only derived
+    /// indexes, so replay needs no event for it: after a restart the first tick does it again.
+    pub(crate) fn promote_due(&mut self, now: Timestamp) -> bool {
+        let mut promoted = false;
+        while let Some(first) = self.delayed.first_entry() {
+            if first.key().0 > now {
+                break;
+            }
+            let id = first.remove();
+            if let Some(task) = self.tasks.get(&id) {
+                self.pending
+                    .entry(task.spec.group.clone())
+                    .or_default()
+                    .insert(task.queue_key(), id);
+                promoted = true;
+            }
+        }
+        promoted
+    }
+
+    /// When the next delayed task becomes due.
+    pub(crate) fn next_due(&self) -> Option<Timestamp> {
+        self.delayed.keys().next().map(|(t, _)| *t)
+    }
+
     /// Records the result of a running or pending task.
     fn finish(&mut self, id: TaskId, outcome: Outcome, at: Timestamp) {
         let Some(entry) = self.tasks.get_mut(&id) else {
             return;
         };
+        if let Outcome::Failed(error) = &outcome {
+            if entry.state == TaskState::Running {
+                entry
+                    .failures
+                    .push(AttemptFailure::new(entry.attempt, error.clone(), at));
+            }
+        }
+        entry.not_before = None;
         self.results_recorded += 1;
         let seq = self.results_recorded;
         let state = outcome.state();

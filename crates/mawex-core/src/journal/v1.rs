@@ -1,0 +1,211 @@
+//! Record and snapshot format 1, frozen.
+//!
+//! These types are the exact serde layout of format 1. They never change: journals written
+//! in format 1 are decoded through them and upgraded to the current types. Only primitives
+//! whose encoding is stable by contract (ids, names, timestamps, attempt numbers, `Bytes`,
+//! `Duration`, and enums that only ever grow at the end) are shared with the live types.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mawex_api::pod::AttemptRef;
+use mawex_api::{
+    Attempt, ErrorKind, GroupName, Limits, Outcome, PodId, TaskError, TaskId, TaskResult, TaskSpec,
+    TaskState, Timestamp,
+};
+use serde::Deserialize;
+
+use crate::master::{Event, MasterState, RequeueReason};
+
+#[derive(Deserialize)]
+pub(crate) struct LimitsV1 {
+    timeout: Option<Duration>,
+    memory_bytes: Option<u64>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct TaskSpecV1 {
+    id: TaskId,
+    group: GroupName,
+    handler: String,
+    payload: Bytes,
+    priority: i32,
+    limits: LimitsV1,
+}
+
+impl From<TaskSpecV1> for TaskSpec {
+    fn from(s: TaskSpecV1) -> TaskSpec {
+        let mut limits = Limits::default();
+        limits.timeout = s.limits.timeout;
+        limits.memory_bytes = s.limits.memory_bytes;
+        TaskSpec::new(s.group, s.handler, s.payload)
+            .with_id(s.id)
+            .with_priority(s.priority)
+            .with_limits(limits)
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct TaskErrorV1 {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl From<TaskErrorV1> for TaskError {
+    fn from(e: TaskErrorV1) -> TaskError {
+        TaskError::new(e.kind, e.message)
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) enum OutcomeV1 {
+    Succeeded(Bytes),
+    Failed(TaskErrorV1),
+    Cancelled,
+}
+
+impl From<OutcomeV1> for Outcome {
+    fn from(o: OutcomeV1) -> Outcome {
+        match o {
+            OutcomeV1::Succeeded(b) => Outcome::Succeeded(b),
+            OutcomeV1::Failed(e) => Outcome::Failed(e.into()),
+            OutcomeV1::Cancelled => Outcome::Cancelled,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) enum RequeueReasonV1 {
+    LeaseExpired,
+    Returned,
+    PodLeft,
+    NotHeld,
+}
+
+impl From<RequeueReasonV1> for RequeueReason {
+    fn from(r: RequeueReasonV1) -> RequeueReason {
+        match r {
+            RequeueReasonV1::LeaseExpired => RequeueReason::LeaseExpired,
+            RequeueReasonV1::Returned => RequeueReason::Returned,
+            RequeueReasonV1::PodLeft => RequeueReason::PodLeft,
+            RequeueReasonV1::NotHeld => RequeueReason::NotHeld,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) enum EventV1 {
+    TaskAccepted {
+        spec: TaskSpecV1,
+        at: Timestamp,
+    },
+    TaskAssigned {
+        attempt: AttemptRef,
+        pod: PodId,
+        at: Timestamp,
+    },
+    TaskFinished {
+        attempt: AttemptRef,
+        outcome: OutcomeV1,
+        at: Timestamp,
+    },
+    TaskRequeued {
+        attempt: AttemptRef,
+        reason: RequeueReasonV1,
+        at: Timestamp,
+    },
+    TaskCancelled {
+        task: TaskId,
+        at: Timestamp,
+    },
+    TasksForgotten {
+        tasks: Vec<TaskId>,
+    },
+}
+
+impl From<EventV1> for Event {
+    fn from(e: EventV1) -> Event {
+        match e {
+            EventV1::TaskAccepted { spec, at } => Event::TaskAccepted {
+                spec: spec.into(),
+                at,
+            },
+            EventV1::TaskAssigned { attempt, pod, at } => Event::TaskAssigned { attempt, pod, at },
+            EventV1::TaskFinished {
+                attempt,
+                outcome,
+                at,
+            } => Event::TaskFinished {
+                attempt,
+                outcome: outcome.into(),
+                at,
+            },
+            EventV1::TaskRequeued {
+                attempt,
+                reason,
+                at,
+            } => Event::TaskRequeued {
+                attempt,
+                reason: reason.into(),
+                at,
+            },
+            EventV1::TaskCancelled { task, at } => Event::TaskCancelled { task, at },
+            EventV1::TasksForgotten { tasks } => Event::TasksForgotten { tasks },
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct TaskResultV1 {
+    id: TaskId,
+    group: GroupName,
+    attempt: Attempt,
+    outcome: OutcomeV1,
+    finished_at: Timestamp,
+    seq: u64,
+}
+
+impl From<TaskResultV1> for TaskResult {
+    fn from(r: TaskResultV1) -> TaskResult {
+        TaskResult::new(
+            r.id,
+            r.group,
+            r.attempt,
+            r.outcome.into(),
+            r.finished_at,
+            r.seq,
+        )
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct TaskEntryV1 {
+    pub(crate) spec: TaskSpecV1,
+    pub(crate) state: TaskState,
+    pub(crate) attempt: Attempt,
+    pub(crate) pod: Option<PodId>,
+    pub(crate) order: u64,
+    pub(crate) submitted_at: Timestamp,
+    pub(crate) started_at: Option<Timestamp>,
+    pub(crate) result: Option<TaskResultV1>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct MasterStateV1 {
+    pub(crate) tasks: BTreeMap<TaskId, TaskEntryV1>,
+    pub(crate) accepted: u64,
+    pub(crate) results_recorded: u64,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct SnapshotV1 {
+    pub(crate) last_seq: u64,
+    pub(crate) state: MasterStateV1,
+}
+
+impl SnapshotV1 {
+    pub(crate) fn upgrade(self) -> (u64, MasterState) {
+        (self.last_seq, MasterState::from_v1(self.state))
+    }
+}
