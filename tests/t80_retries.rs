@@ -249,3 +249,40 @@ async fn a_delayed_task_runs_at_its_time_not_before() {
     s.pod.shutdown().await.unwrap();
     s.master.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_over_the_pods_limit_fails_the_task_for_good() {
+    let master = Master::builder()
+        .config(config())
+        .start(MemoryJournal::new())
+        .await
+        .unwrap();
+    let mut pod_config = PodConfig::new(pod_id("p-small"), vec![group("retry")]);
+    pod_config.max_output_bytes = 10;
+    let pod = Pod::start(
+        pod_config,
+        Arc::new(InProcess::new(handlers())),
+        Arc::new(master.pod_connector()),
+    )
+    .unwrap();
+    let big = TaskSpec::new(group("retry"), "ok", "twenty bytes of text");
+    let small = TaskSpec::new(group("retry"), "ok", "tiny");
+    master
+        .proxy()
+        .submit_many(vec![big.clone(), small.clone()])
+        .await
+        .unwrap();
+    let r = master.proxy().await_result(big.id).await.unwrap();
+    match r.outcome {
+        Outcome::Failed(e) => {
+            assert_eq!(e.kind, ErrorKind::Sandbox);
+            assert!(e.message.contains("exceeds"), "{e}");
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    assert_eq!(r.attempt.0, 1, "not retried: it would fail the same way");
+    let r = master.proxy().await_result(small.id).await.unwrap();
+    assert_eq!(r.outcome, Outcome::Succeeded("tiny".into()));
+    pod.shutdown().await.unwrap();
+    master.shutdown().await.unwrap();
+}

@@ -141,6 +141,8 @@ pub enum MasterMessage {
         batch: u64,
         /// The leases.
         assignments: Vec<Assignment>,
+        /// More `Assign`s of the same batch follow (a batch too large for one message).
+        more: bool,
     },
     /// Stop this attempt: it was cancelled, or it is no longer yours.
     Cancel(AttemptRef),

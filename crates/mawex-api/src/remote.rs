@@ -87,11 +87,17 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, ApiError>>,
 {
-    let deadline = tokio::time::Instant::now() + config.retry_for;
+    // The window opens at the first failure: a long wait (`await_result`) that loses its
+    // connection still gets the full `retry_for` to find the master again.
+    let mut deadline = None;
     let mut delays = retry_delays();
     loop {
         match call().await {
-            Err(ApiError::Unavailable(m)) if tokio::time::Instant::now() < deadline => {
+            Err(ApiError::Unavailable(m))
+                if tokio::time::Instant::now()
+                    < *deadline
+                        .get_or_insert_with(|| tokio::time::Instant::now() + config.retry_for) =>
+            {
                 let delay = delays.next().unwrap_or(Duration::from_secs(1));
                 debug!(error = %m, ?delay, "master unavailable; retrying");
                 tokio::time::sleep(delay).await;
@@ -120,6 +126,11 @@ impl RemoteMasterProxy {
             .map_err(|e| ApiError::InvalidArgument(format!("endpoint {endpoint:?}: {e}")))?
             .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true)
+            .tcp_keepalive(Some(Duration::from_secs(10)))
+            // A master that vanishes without a reset is noticed in seconds, not minutes.
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true)
             .connect_lazy();
         let client = MasterClient::new(channel)
             .max_decoding_message_size(config.max_message_bytes)
@@ -321,11 +332,16 @@ impl MasterProxy for RemoteMasterProxy {
                         }
                         Ok(None) => feed.stream = None,
                         Err(status) => match ApiError::from(status) {
-                            ApiError::Unavailable(_) => feed.stream = None,
+                            // Gone, or cut off for falling behind: resume from the cursor.
+                            ApiError::Unavailable(_) | ApiError::ResourceExhausted(_) => {
+                                feed.stream = None
+                            }
                             other => return Some((Err(other), None)),
                         },
                     }
                 }
+                // A pause so that a stream the server keeps ending is not reopened hot.
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 match feed.proxy.open_results(&feed.group, feed.cursor).await {
                     Ok(stream) => feed.stream = Some(stream),
                     Err(e) => return Some((Err(e), None)),

@@ -223,9 +223,14 @@ impl From<Welcome> for proto::MasterToPod {
 impl From<MasterMessage> for proto::MasterToPod {
     fn from(m: MasterMessage) -> Self {
         let message = match m {
-            MasterMessage::Assign { batch, assignments } => ToPod::Assign(proto::Assign {
+            MasterMessage::Assign {
+                batch,
+                assignments,
+                more,
+            } => ToPod::Assign(proto::Assign {
                 batch,
                 assignments: assignments.into_iter().map(Into::into).collect(),
+                more,
             }),
             MasterMessage::Cancel(r) => ToPod::Cancel(r.into()),
         };
@@ -252,6 +257,7 @@ impl TryFrom<proto::MasterToPod> for MasterFrame {
             ToPod::Welcome(w) => MasterFrame::Welcome(w.into()),
             ToPod::Assign(a) => MasterFrame::Message(MasterMessage::Assign {
                 batch: a.batch,
+                more: a.more,
                 assignments: a
                     .assignments
                     .into_iter()

@@ -40,7 +40,9 @@ impl From<Status> for ApiError {
             return ApiError::Unavailable(format!("{message}: {cause}"));
         }
         match status.code() {
-            Code::InvalidArgument | Code::OutOfRange => ApiError::InvalidArgument(message),
+            Code::InvalidArgument => ApiError::InvalidArgument(message),
+            // tonic's answer to a message over the size limit.
+            Code::OutOfRange => ApiError::ResourceExhausted(message),
             Code::NotFound => {
                 let id = status
                     .metadata()

@@ -128,9 +128,8 @@ fn error_kind(raw: i32) -> Result<ErrorKind, ApiError> {
         Ok(proto::ErrorKind::OutOfMemory) => ErrorKind::OutOfMemory,
         Ok(proto::ErrorKind::Sandbox) => ErrorKind::Sandbox,
         Ok(proto::ErrorKind::LeaseExpired) => ErrorKind::LeaseExpired,
-        Ok(proto::ErrorKind::Unspecified) | Err(_) => {
-            return Err(invalid(format!("error.kind: unknown error kind {raw}")))
-        }
+        // A newer pod may know kinds this master does not: keep the error, not the kind.
+        Ok(proto::ErrorKind::Unspecified) | Err(_) => ErrorKind::Sandbox,
     })
 }
 

@@ -85,6 +85,31 @@ pub(crate) enum CoreMsg {
     Halt,
 }
 
+/// Payload bytes carried by one `Assign` message at most (a single larger payload still goes,
+/// alone): keeps messages well inside a transport's size limit.
+const MAX_ASSIGN_PAYLOAD_BYTES: usize = 4 * 1024 * 1024;
+
+/// Cuts `items` into runs whose payloads add up to at most `budget` (each run holds at least
+/// one item).
+fn split_by_bytes(items: Vec<Assignment>, budget: usize) -> impl Iterator<Item = Vec<Assignment>> {
+    let mut runs: Vec<Vec<Assignment>> = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let size = item.spec.payload.len();
+        match runs.last_mut() {
+            Some(run) if bytes + size <= budget => {
+                bytes += size;
+                run.push(item);
+            }
+            _ => {
+                bytes = size;
+                runs.push(vec![item]);
+            }
+        }
+    }
+    runs.into_iter()
+}
+
 /// The most messages decided in one batch; bounds the latency of one turn.
 const MAX_BATCH_MESSAGES: usize = 16 * 1024;
 /// The longest the loop sleeps without checking timers.
@@ -113,7 +138,7 @@ impl Subscriber {
     /// Sends `result` if it is of this stream's group; false when the stream is gone or cut off.
     fn offer(&self, result: &TaskResult) -> bool {
         if result.group != self.group {
-            return true;
+            return !self.results.is_closed();
         }
         if self.feed.backlog.load(Ordering::Relaxed) >= MAX_STREAM_LAG {
             self.feed.lagged.store(true, Ordering::Relaxed);
@@ -377,8 +402,19 @@ impl<J: Journal> CoreLoop<J> {
         }
         let batch = self.engine.batch();
         for (session, assignments) in assigns {
-            if !self.send_to(session, MasterMessage::Assign { batch, assignments }) {
-                dead_sessions.push(session);
+            // Split by payload size so that no message outgrows a transport's limit.
+            let mut chunks = split_by_bytes(assignments, MAX_ASSIGN_PAYLOAD_BYTES).peekable();
+            while let Some(chunk) = chunks.next() {
+                let more = chunks.peek().is_some();
+                let message = MasterMessage::Assign {
+                    batch,
+                    assignments: chunk,
+                    more,
+                };
+                if !self.send_to(session, message) {
+                    dead_sessions.push(session);
+                    break;
+                }
             }
         }
         for session in out.closed_sessions {
@@ -416,13 +452,14 @@ impl<J: Journal> CoreLoop<J> {
         }
     }
 
-    /// Drops the waits of callers that went away (timed out, cancelled), which would
-    /// otherwise pile up on a task that never finishes.
+    /// Drops the waits and result streams of callers that went away (timed out, cancelled,
+    /// disconnected), which would otherwise pile up.
     fn prune_waiters(&mut self) {
         self.waiters.retain(|_, waiters| {
             waiters.retain(|w| !w.is_closed());
             !waiters.is_empty()
         });
+        self.subscribers.retain(|s| !s.results.is_closed());
         self.last_prune = std::time::Instant::now();
     }
 
@@ -469,5 +506,45 @@ impl<J: Journal> CoreLoop<J> {
         self.sessions.clear();
         info!(seq = self.last_seq, "master stopped cleanly");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use mawex_api::pod::{Assignment, AttemptRef};
+    use mawex_api::{Attempt, GroupName, TaskSpec};
+
+    use super::split_by_bytes;
+
+    fn assignment(bytes: usize) -> Assignment {
+        let spec = TaskSpec::new(
+            GroupName::new("g").unwrap(),
+            "h",
+            Bytes::from(vec![0; bytes]),
+        );
+        Assignment {
+            attempt: AttemptRef {
+                task: spec.id,
+                attempt: Attempt(1),
+            },
+            spec,
+        }
+    }
+
+    #[test]
+    fn assignments_are_split_by_payload_size() {
+        let sizes = [40, 40, 30, 100, 5, 5];
+        let runs: Vec<Vec<usize>> =
+            split_by_bytes(sizes.iter().map(|&b| assignment(b)).collect(), 100)
+                .map(|run| run.iter().map(|a| a.spec.payload.len()).collect())
+                .collect();
+        assert_eq!(runs, vec![vec![40, 40], vec![30], vec![100], vec![5, 5]]);
+        assert_eq!(
+            split_by_bytes(vec![assignment(500)], 100).count(),
+            1,
+            "an oversized one goes alone"
+        );
+        assert_eq!(split_by_bytes(Vec::new(), 100).count(), 0);
     }
 }

@@ -242,6 +242,11 @@ impl Engine {
         out: &mut Output,
     ) -> Result<CancelAck, ApiError> {
         let entry = self.state.task(&id).ok_or(ApiError::NotFound(id))?;
+        // Cancelling twice answers the same: a retried cancel whose first reply was lost
+        // must not look as if the task had finished by itself.
+        if entry.state == TaskState::Cancelled {
+            return Ok(CancelAck::Cancelled);
+        }
         if entry.state.is_terminal() {
             return Ok(CancelAck::AlreadyFinished(entry.state));
         }

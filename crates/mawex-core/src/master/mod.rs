@@ -148,6 +148,7 @@ impl MasterBuilder {
     pub async fn start<J: Journal>(self, journal: J) -> Result<Master, CoreError> {
         self.config.validate()?;
         let config = self.config;
+        let max_payload_bytes = config.max_payload_bytes;
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock::new()));
         let (inbox_tx, inbox_rx) = std_mpsc::channel();
         let (stats_tx, stats_rx) = watch::channel(MasterStats::default());
@@ -223,6 +224,7 @@ impl MasterBuilder {
             stats: stats_rx,
             done: Some(done_rx),
             thread: Some(thread),
+            max_payload_bytes,
         })
     }
 }
@@ -238,6 +240,8 @@ pub struct Master {
     stats: watch::Receiver<MasterStats>,
     done: Option<oneshot::Receiver<Result<(), CoreError>>>,
     thread: Option<JoinHandle<()>>,
+    /// Bounds the messages a gRPC server of this master must accept.
+    max_payload_bytes: usize,
 }
 
 impl Master {
@@ -274,6 +278,14 @@ impl Master {
         addr: SocketAddr,
         config: ServerConfig,
     ) -> Result<GrpcServer, CoreError> {
+        // Room for the largest payload plus the rest of a message.
+        let needed = self.max_payload_bytes.saturating_add(64 * 1024);
+        if config.max_message_bytes < needed {
+            return Err(CoreError::Config(format!(
+                "max_message_bytes ({}) must be at least max_payload_bytes + 64 KiB ({needed})",
+                config.max_message_bytes
+            )));
+        }
         crate::server::start(self.proxy(), self.pod_connector(), addr, config).await
     }
 

@@ -92,12 +92,42 @@ impl PodConnector for LocalPodConnector {
                 reply,
             })
             .map_err(|_| stopped())?;
-        let welcome = answer.await.map_err(|_| stopped())??;
+        // If this future is dropped while the master registers the pod, the guard still tells
+        // the master the session is gone, so its leases do not wait for a timeout.
+        let mut guard = PendingSession {
+            inbox: self.inbox.clone(),
+            answer,
+            armed: true,
+        };
+        let welcome = (&mut guard.answer).await.map_err(|_| stopped())??;
         let outbox = Arc::new(LocalOutbox {
             session: welcome.session,
             inbox: self.inbox.clone(),
         });
+        guard.armed = false;
         Ok(PodSession::new(welcome, outbox, outbox_rx))
+    }
+}
+
+/// A registration in flight: dropped before the welcome arrives, it hangs up the session the
+/// master may already have opened.
+struct PendingSession {
+    inbox: std_mpsc::Sender<CoreMsg>,
+    answer: oneshot::Receiver<Result<Welcome, ApiError>>,
+    /// Cleared once the session is handed to the pod.
+    armed: bool,
+}
+
+impl Drop for PendingSession {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Ok(Ok(welcome)) = self.answer.try_recv() {
+            let _ = self.inbox.send(CoreMsg::PodDisconnected {
+                session: welcome.session,
+            });
+        }
     }
 }
 

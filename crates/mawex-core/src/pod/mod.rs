@@ -12,7 +12,7 @@ use std::time::Duration;
 use backon::BackoffBuilder;
 use mawex_api::pod::{Assignment, AttemptRef, MasterMessage, PodHello, PodMessage};
 use mawex_api::{ApiError, Attempt, GroupName, PodId, TaskError, TaskId};
-use mawex_sandbox::{Sandbox, SandboxError, TaskInput};
+use mawex_sandbox::{Sandbox, TaskInput};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -44,6 +44,9 @@ pub struct PodConfig {
     pub shutdown_grace: Duration,
     /// Upper bound of the delay between reconnection attempts.
     pub reconnect_max_delay: Duration,
+    /// Largest output an attempt may return; a larger one fails the attempt for good rather
+    /// than breaking the connection that would carry it.
+    pub max_output_bytes: usize,
 }
 
 impl PodConfig {
@@ -58,6 +61,7 @@ impl PodConfig {
             address: None,
             shutdown_grace: Duration::from_secs(30),
             reconnect_max_delay: Duration::from_secs(5),
+            max_output_bytes: 4 * 1024 * 1024,
         }
     }
 
@@ -120,6 +124,12 @@ struct Holdings {
     held: HashMap<TaskId, Held>,
     received: u64,
 }
+
+/// A session that lasted this long resets the reconnect backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(1);
+/// After `Leave`, how long the pod waits for the master to close the session (so its last
+/// messages are delivered before the process may exit).
+const LEAVE_ACK_WAIT: Duration = Duration::from_secs(2);
 
 /// After the grace period, interrupted attempts get this long to end before their executors
 /// are aborted.
@@ -292,14 +302,32 @@ impl Shared {
         }
         let r = a.attempt;
         let result = self.sandbox.run(TaskInput::new(r, a.spec), token).await;
+        let limit = self.config.max_output_bytes;
+        let result = result.map_err(TaskError::from).and_then(|out| {
+            if out.len() > limit {
+                Err(TaskError::new(
+                    mawex_api::ErrorKind::Sandbox,
+                    format!(
+                        "output of {} bytes exceeds the pod's limit of {limit}",
+                        out.len()
+                    ),
+                )
+                .with_retry(mawex_api::RetryHint::Never))
+            } else {
+                Ok(out)
+            }
+        });
         self.executed.fetch_add(1, Ordering::Relaxed);
         let message = match result {
-            Err(SandboxError::Cancelled) if self.interrupted.load(Ordering::SeqCst) => {
+            Err(e)
+                if e.kind == mawex_api::ErrorKind::Cancelled
+                    && self.interrupted.load(Ordering::SeqCst) =>
+            {
                 PodMessage::Returned { attempts: vec![r] }
             }
-            other => PodMessage::Finished {
+            outcome => PodMessage::Finished {
                 attempt: r,
-                outcome: other.map_err(TaskError::from),
+                outcome,
             },
         };
         self.report(r, message);
@@ -515,13 +543,24 @@ async fn run(shared: Arc<Shared>, stop: CancellationToken, executors: Vec<JoinHa
                 }
             }
         };
-        delays = reconnect_delays(max_delay);
         info!(pod = %shared.config.id, session = session.welcome.session, "pod connected");
+        let opened = tokio::time::Instant::now();
         match serve(&shared, session, &stop, &mut executors).await {
             SessionEnd::Left => return,
             SessionEnd::Lost => {
                 shared.detach();
                 warn!(pod = %shared.config.id, "session lost; reconnecting");
+                // A session that ends at once (the id registered elsewhere, the master
+                // refusing us) must not turn into a tight reconnect loop.
+                if opened.elapsed() >= STABLE_SESSION {
+                    delays = reconnect_delays(max_delay);
+                } else {
+                    let delay = delays.next().unwrap_or(max_delay);
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
             }
         }
     }
@@ -551,8 +590,9 @@ async fn serve(
     loop {
         tokio::select! {
             message = inbox.recv() => match message {
-                Some(MasterMessage::Assign { batch, assignments }) => {
-                    shared.accept(batch, assignments);
+                Some(MasterMessage::Assign { batch, assignments, more }) => {
+                    // A batch counts as received with its last part.
+                    shared.accept(if more { batch.saturating_sub(1) } else { batch }, assignments);
                 }
                 Some(MasterMessage::Cancel(r)) => shared.cancel(r),
                 Some(other) => debug!(message = ?other, "unsupported master message ignored"),
@@ -610,6 +650,14 @@ async fn serve(
     }
     shared.send(PodMessage::Leave);
     shared.detach();
+    // The master closes the session once it has processed `Leave`; until then the last
+    // results and returns may still be in flight.
+    if inbox_open {
+        let _ = tokio::time::timeout(LEAVE_ACK_WAIT, async {
+            while inbox.recv().await.is_some() {}
+        })
+        .await;
+    }
     info!(pod = %shared.config.id, "pod left");
     SessionEnd::Left
 }

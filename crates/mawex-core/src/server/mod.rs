@@ -44,13 +44,20 @@ impl Default for ServerConfig {
     }
 }
 
-/// A running gRPC server. Dropping it leaves the server running until the master stops;
-/// [`GrpcServer::shutdown`] stops it.
+/// A running gRPC server. [`GrpcServer::shutdown`] stops it and waits; dropping it stops it
+/// without waiting.
 #[derive(Debug)]
 pub struct GrpcServer {
     local_addr: SocketAddr,
     stop: CancellationToken,
-    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Taken by `shutdown`.
+    task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 impl GrpcServer {
@@ -68,9 +75,12 @@ impl GrpcServer {
     ///
     /// # Errors
     /// [`CoreError::Thread`] if the server failed.
-    pub async fn shutdown(self) -> Result<(), CoreError> {
+    pub async fn shutdown(mut self) -> Result<(), CoreError> {
         self.stop.cancel();
-        match self.task.await {
+        let Some(task) = self.task.take() else {
+            return Ok(());
+        };
+        match task.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(CoreError::Thread(format!("gRPC server failed: {e}"))),
             Err(e) => Err(CoreError::Thread(format!("gRPC server task failed: {e}"))),
@@ -130,6 +140,6 @@ pub(crate) async fn start(
     Ok(GrpcServer {
         local_addr,
         stop,
-        task,
+        task: Some(task),
     })
 }

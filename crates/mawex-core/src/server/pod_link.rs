@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::{stream, Stream, StreamExt};
@@ -16,6 +17,9 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
 use crate::pod::{LocalPodConnector, PodConnector, PodOutbox, PodSession};
+
+/// How long a new pod stream may take to send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) struct PodLinkService {
     connector: LocalPodConnector,
@@ -39,10 +43,13 @@ impl proto::pod_link_server::PodLink for PodLinkService {
         request: Request<Streaming<proto::PodToMaster>>,
     ) -> Result<Response<ToPodStream>, Status> {
         let mut inbound = request.into_inner();
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("the stream ended before a hello"))?;
+        // A peer that opens a stream and says nothing must not hold the server open.
+        let first = tokio::select! {
+            first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message()) => first
+                .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??,
+            () = self.stop.cancelled() => return Err(Status::unavailable("the server is shutting down")),
+        }
+        .ok_or_else(|| Status::invalid_argument("the stream ended before a hello"))?;
         let hello = match PodFrame::try_from(first)? {
             PodFrame::Hello(hello) => hello,
             PodFrame::Message(_) => {
@@ -126,8 +133,13 @@ impl GrpcPodConnector {
     pub fn new(endpoint: &str) -> Result<Self, ApiError> {
         let channel = Endpoint::from_shared(endpoint.to_owned())
             .map_err(|e| ApiError::InvalidArgument(format!("endpoint {endpoint:?}: {e}")))?
-            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
+            .tcp_keepalive(Some(Duration::from_secs(10)))
+            // A master that vanishes without a reset is noticed in seconds, not minutes.
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true)
             .connect_lazy();
         let client = PodLinkClient::new(channel)
             .max_decoding_message_size(64 * 1024 * 1024)
