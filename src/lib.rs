@@ -38,10 +38,10 @@ pub use mawex_api::pod;
 /// The generated protobuf types and gRPC stubs of the `mawex.v1` protocol.
 pub use mawex_api::proto;
 pub use mawex_api::{
-    ApiError, Attempt, AttemptFailure, Bytes, CancelAck, ErrorKind, GroupName, Limits, ListQuery,
-    MasterProxy, Outcome, PodId, RemoteConfig, RemoteMasterProxy, ResultCursor, ResultStream,
-    RetryHint, RetryPolicy, SubmitAck, TaskError, TaskId, TaskPage, TaskResult, TaskSpec,
-    TaskState, TaskView, Timestamp,
+    ApiError, Attempt, AttemptFailure, Bytes, CancelAck, Dedup, ErrorKind, FailedCount,
+    FailedFilter, GroupName, GroupSettings, Limits, ListQuery, MasterProxy, Outcome, PodId,
+    RemoteConfig, RemoteMasterProxy, ResultCursor, ResultStream, RetryHint, RetryPolicy, SubmitAck,
+    TaskError, TaskId, TaskPage, TaskResult, TaskSpec, TaskState, TaskView, Timestamp,
 };
 pub use mawex_core::{
     clock, journal, CoreError, Event, GrpcPodConnector, GrpcServer, Journal, LocalMasterProxy,

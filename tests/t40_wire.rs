@@ -30,6 +30,7 @@ fn spec(id: &str, group: &str) -> proto::TaskSpec {
         limits: None,
         retry: None,
         run_at_ms: None,
+        dedup: None,
     }
 }
 

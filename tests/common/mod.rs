@@ -319,6 +319,18 @@ pub fn handlers(runs: Arc<Runs>, overlap: Arc<Overlap>) -> HandlerRegistry {
     })
     .expect("register");
     let rn = runs.clone();
+    r.register("flaky", move |t: TaskInput| {
+        rn.record(t.task);
+        async move {
+            if t.attempt.0 == 1 {
+                Err(HandlerError::new("first attempts always fail"))
+            } else {
+                Ok(t.payload)
+            }
+        }
+    })
+    .expect("register");
+    let rn = runs.clone();
     r.register("panic", move |t: TaskInput| {
         rn.record(t.task);
         async move { panic!("this handler always panics") }

@@ -16,6 +16,7 @@
 //! assert_ne!(spec.id, TaskId::new());
 //! ```
 
+mod admin;
 pub mod convert;
 mod error;
 mod ids;
@@ -26,6 +27,9 @@ mod remote;
 mod task;
 mod time;
 
+pub use admin::{
+    Dedup, FailedCount, FailedFilter, GroupSettings, MAX_DEDUP_KEY_LEN, MAX_GROUP_CONCURRENCY,
+};
 pub use error::ApiError;
 pub use ids::{Attempt, GroupName, PodId, TaskId};
 pub use proxy::{

@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 
+use crate::admin::{FailedCount, FailedFilter, GroupSettings};
 use crate::error::ApiError;
 use crate::ids::{GroupName, TaskId};
 use crate::task::{TaskResult, TaskSpec, TaskState, TaskView};
@@ -175,4 +176,40 @@ pub trait MasterProxy: Send + Sync {
     /// # Errors
     /// `InvalidArgument` for a limit of 0 or above [`MAX_LIST_LIMIT`].
     async fn list(&self, query: ListQuery) -> Result<TaskPage, ApiError>;
+
+    /// The failed queue (tasks that failed for good), counted by group and kind of last error.
+    /// List its tasks with `list` and state `Failed`.
+    ///
+    /// # Errors
+    /// `Unavailable` when the master is down.
+    async fn failed_summary(&self) -> Result<Vec<FailedCount>, ApiError>;
+
+    /// Runs failed tasks matching `filter` again, each with a fresh attempt budget (their
+    /// error history is kept). Returns how many.
+    ///
+    /// # Errors
+    /// `Unavailable` when the master is down.
+    async fn retry_failed(&self, filter: FailedFilter) -> Result<u64, ApiError>;
+
+    /// Forgets failed tasks matching `filter`. Returns how many.
+    ///
+    /// # Errors
+    /// `Unavailable` when the master is down.
+    async fn purge_failed(&self, filter: FailedFilter) -> Result<u64, ApiError>;
+
+    /// Sets how `group` is dispatched: pause and resume it, cap its concurrency.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for out-of-range settings.
+    async fn configure_group(
+        &self,
+        group: GroupName,
+        settings: GroupSettings,
+    ) -> Result<(), ApiError>;
+
+    /// How `group` is dispatched now (defaults for a group never configured).
+    ///
+    /// # Errors
+    /// `Unavailable` when the master is down.
+    async fn group_settings(&self, group: GroupName) -> Result<GroupSettings, ApiError>;
 }

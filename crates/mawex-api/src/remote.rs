@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::transport::{Channel, Endpoint};
 use tracing::debug;
 
+use crate::admin::{FailedCount, FailedFilter, GroupSettings};
 use crate::error::ApiError;
 use crate::ids::{GroupName, TaskId};
 use crate::proto;
@@ -360,5 +361,73 @@ impl MasterProxy for RemoteMasterProxy {
         })
         .await?;
         page.try_into()
+    }
+
+    async fn failed_summary(&self) -> Result<Vec<FailedCount>, ApiError> {
+        let response = retrying(&self.config, || {
+            let mut client = self.client.clone();
+            async move {
+                Ok(client
+                    .failed_summary(proto::FailedSummaryRequest {})
+                    .await?
+                    .into_inner())
+            }
+        })
+        .await?;
+        response.counts.into_iter().map(TryInto::try_into).collect()
+    }
+
+    async fn retry_failed(&self, filter: FailedFilter) -> Result<u64, ApiError> {
+        // Retrying is idempotent: a task already back in the queue is no longer failed.
+        let request = proto::FailedFilter::from(filter);
+        let response = retrying(&self.config, || {
+            let mut client = self.client.clone();
+            let request = request.clone();
+            async move { Ok(client.retry_failed(request).await?.into_inner()) }
+        })
+        .await?;
+        Ok(response.count)
+    }
+
+    async fn purge_failed(&self, filter: FailedFilter) -> Result<u64, ApiError> {
+        let request = proto::FailedFilter::from(filter);
+        let response = retrying(&self.config, || {
+            let mut client = self.client.clone();
+            let request = request.clone();
+            async move { Ok(client.purge_failed(request).await?.into_inner()) }
+        })
+        .await?;
+        Ok(response.count)
+    }
+
+    async fn configure_group(
+        &self,
+        group: GroupName,
+        settings: GroupSettings,
+    ) -> Result<(), ApiError> {
+        let request = proto::ConfigureGroupRequest {
+            group: group.to_string(),
+            settings: Some(settings.into()),
+        };
+        retrying(&self.config, || {
+            let mut client = self.client.clone();
+            let request = request.clone();
+            async move { Ok(client.configure_group(request).await?.into_inner()) }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn group_settings(&self, group: GroupName) -> Result<GroupSettings, ApiError> {
+        let request = proto::GroupRequest {
+            group: group.to_string(),
+        };
+        let settings = retrying(&self.config, || {
+            let mut client = self.client.clone();
+            let request = request.clone();
+            async move { Ok(client.get_group_settings(request).await?.into_inner()) }
+        })
+        .await?;
+        Ok(settings.into())
     }
 }

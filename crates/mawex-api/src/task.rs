@@ -4,6 +4,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::admin::Dedup;
 use crate::error::ApiError;
 use crate::ids::{Attempt, GroupName, PodId, TaskId};
 use crate::time::Timestamp;
@@ -141,6 +142,8 @@ pub struct TaskSpec {
     pub retry: Option<RetryPolicy>,
     /// Not before this time (a delayed task); `None`: as soon as a worker is free.
     pub run_at: Option<Timestamp>,
+    /// Deduplication: a submit with the key of a live or recent task returns that task.
+    pub dedup: Option<Dedup>,
 }
 
 impl TaskSpec {
@@ -155,7 +158,14 @@ impl TaskSpec {
             limits: Limits::default(),
             retry: None,
             run_at: None,
+            dedup: None,
         }
+    }
+
+    /// The same task, deduplicated by `key` for `window` after it finishes.
+    pub fn with_dedup(mut self, key: impl Into<String>, window: Duration) -> Self {
+        self.dedup = Some(Dedup::new(key, window));
+        self
     }
 
     /// The same task with its own retry policy.
@@ -219,6 +229,11 @@ impl TaskSpec {
         }
         if let Some(retry) = &self.retry {
             retry.validate().map_err(|e| {
+                ApiError::InvalidArgument(format!("task {}: {}", self.id, message_of(e)))
+            })?;
+        }
+        if let Some(dedup) = &self.dedup {
+            dedup.validate().map_err(|e| {
                 ApiError::InvalidArgument(format!("task {}: {}", self.id, message_of(e)))
             })?;
         }

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::stream;
 use mawex_api::{
-    ApiError, CancelAck, GroupName, ListQuery, MasterProxy, ResultCursor, ResultStream, SubmitAck,
-    TaskId, TaskPage, TaskResult, TaskSpec, TaskView,
+    ApiError, CancelAck, FailedCount, FailedFilter, GroupName, GroupSettings, ListQuery,
+    MasterProxy, ResultCursor, ResultStream, SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec,
+    TaskView,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -113,5 +114,37 @@ impl MasterProxy for LocalMasterProxy {
 
     async fn list(&self, query: ListQuery) -> Result<TaskPage, ApiError> {
         self.call(|reply| CoreMsg::List { query, reply }).await
+    }
+
+    async fn failed_summary(&self) -> Result<Vec<FailedCount>, ApiError> {
+        self.call(|reply| CoreMsg::FailedSummary { reply }).await
+    }
+
+    async fn retry_failed(&self, filter: FailedFilter) -> Result<u64, ApiError> {
+        self.call(|reply| CoreMsg::RetryFailed { filter, reply })
+            .await
+    }
+
+    async fn purge_failed(&self, filter: FailedFilter) -> Result<u64, ApiError> {
+        self.call(|reply| CoreMsg::PurgeFailed { filter, reply })
+            .await
+    }
+
+    async fn configure_group(
+        &self,
+        group: GroupName,
+        settings: GroupSettings,
+    ) -> Result<(), ApiError> {
+        self.call(|reply| CoreMsg::ConfigureGroup {
+            group,
+            settings,
+            reply,
+        })
+        .await
+    }
+
+    async fn group_settings(&self, group: GroupName) -> Result<GroupSettings, ApiError> {
+        self.call(|reply| CoreMsg::GroupSettings { group, reply })
+            .await
     }
 }

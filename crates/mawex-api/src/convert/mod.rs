@@ -4,6 +4,7 @@
 //! `ApiError::InvalidArgument` naming the field), because it is where hostile or malformed
 //! input from the network enters.
 
+mod admin;
 mod pod;
 mod proxy;
 mod status;

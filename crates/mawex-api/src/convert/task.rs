@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::admin::Dedup;
 use crate::convert::{in_field, invalid, required, task_id};
 use crate::error::ApiError;
 use crate::ids::{Attempt, GroupName, PodId};
@@ -49,6 +50,10 @@ impl From<TaskSpec> for proto::TaskSpec {
                 max_delay_ms: millis(r.max_delay),
             }),
             run_at_ms: s.run_at.map(|t| t.0),
+            dedup: s.dedup.map(|d| proto::Dedup {
+                key: d.key,
+                window_ms: millis(d.window),
+            }),
         }
     }
 }
@@ -70,6 +75,9 @@ impl TryFrom<proto::TaskSpec> for TaskSpec {
                     .with_max_delay(Duration::from_millis(r.max_delay_ms))
             }),
             run_at: s.run_at_ms.map(Timestamp),
+            dedup: s
+                .dedup
+                .map(|d| Dedup::new(d.key, Duration::from_millis(d.window_ms))),
         })
     }
 }
@@ -113,6 +121,14 @@ impl From<ErrorKind> for proto::ErrorKind {
             ErrorKind::Sandbox => proto::ErrorKind::Sandbox,
             ErrorKind::LeaseExpired => proto::ErrorKind::LeaseExpired,
         }
+    }
+}
+
+/// An error-kind field: `None` for UNSPECIFIED (a filter's "any").
+pub(crate) fn error_kind_filter(raw: i32) -> Option<ErrorKind> {
+    match proto::ErrorKind::try_from(raw) {
+        Ok(proto::ErrorKind::Unspecified) | Err(_) => None,
+        Ok(_) => error_kind(raw).ok(),
     }
 }
 

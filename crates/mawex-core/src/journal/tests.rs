@@ -4,8 +4,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use mawex_api::pod::AttemptRef;
 use mawex_api::{
-    Attempt, ErrorKind, GroupName, Limits, Outcome, PodId, RetryHint, RetryPolicy, TaskError,
-    TaskId, TaskSpec, Timestamp,
+    Attempt, ErrorKind, GroupName, GroupSettings, Limits, Outcome, PodId, RetryHint, RetryPolicy,
+    TaskError, TaskId, TaskSpec, Timestamp,
 };
 
 use super::record::{decode_record, encode_records};
@@ -156,6 +156,26 @@ fn golden_events_v2() -> Vec<Event> {
             TaskError::new(ErrorKind::Handler, "no").with_retry(RetryHint::Never),
         ),
         at: Timestamp(1_700_000_000_053),
+    });
+    events.push(Event::TasksRetried {
+        tasks: vec![id(3)],
+        at: Timestamp(1_700_000_000_054),
+    });
+    events.push(Event::GroupConfigured {
+        group: GroupName::new("golden").expect("valid"),
+        settings: GroupSettings::default()
+            .with_paused(true)
+            .with_max_concurrency(Some(2)),
+    });
+    events.push(Event::TaskAccepted {
+        spec: TaskSpec::new(
+            GroupName::new("golden").expect("valid"),
+            "once",
+            Bytes::new(),
+        )
+        .with_id(id(4))
+        .with_dedup("nightly-report", Duration::from_secs(3600)),
+        at: Timestamp(1_700_000_000_055),
     });
     events
 }

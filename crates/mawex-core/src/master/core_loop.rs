@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use mawex_api::pod::{Assignment, MasterMessage, PodHello, PodMessage, Welcome};
 use mawex_api::{
-    ApiError, CancelAck, GroupName, ListQuery, ResultCursor, SubmitAck, TaskId, TaskPage,
-    TaskResult, TaskSpec, TaskView, MAX_LIST_LIMIT,
+    ApiError, CancelAck, FailedCount, FailedFilter, GroupName, GroupSettings, ListQuery,
+    ResultCursor, SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec, TaskView, MAX_LIST_LIMIT,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info};
@@ -62,6 +62,26 @@ pub(crate) enum CoreMsg {
     List {
         query: ListQuery,
         reply: Reply<TaskPage>,
+    },
+    FailedSummary {
+        reply: Reply<Vec<FailedCount>>,
+    },
+    RetryFailed {
+        filter: FailedFilter,
+        reply: Reply<u64>,
+    },
+    PurgeFailed {
+        filter: FailedFilter,
+        reply: Reply<u64>,
+    },
+    ConfigureGroup {
+        group: GroupName,
+        settings: GroupSettings,
+        reply: Reply<()>,
+    },
+    GroupSettings {
+        group: GroupName,
+        reply: Reply<GroupSettings>,
     },
     PodConnect {
         hello: PodHello,
@@ -315,6 +335,29 @@ impl<J: Journal> CoreLoop<J> {
                     Ok(self.engine.state().list(&query))
                 };
                 answer(deferred, reply, r);
+            }
+            CoreMsg::FailedSummary { reply } => {
+                answer(deferred, reply, Ok(self.engine.state().failed_summary()));
+            }
+            CoreMsg::RetryFailed { filter, reply } => {
+                let n = self.engine.retry_failed(&filter, now, out);
+                answer(deferred, reply, Ok(n));
+            }
+            CoreMsg::PurgeFailed { filter, reply } => {
+                let n = self.engine.purge_failed(&filter, out);
+                answer(deferred, reply, Ok(n));
+            }
+            CoreMsg::ConfigureGroup {
+                group,
+                settings,
+                reply,
+            } => {
+                let r = self.engine.configure_group(group, settings, out);
+                answer(deferred, reply, r);
+            }
+            CoreMsg::GroupSettings { group, reply } => {
+                let settings = self.engine.state().group_settings(&group);
+                answer(deferred, reply, Ok(settings));
             }
             CoreMsg::PodConnect {
                 hello,

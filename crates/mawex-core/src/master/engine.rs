@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use mawex_api::pod::{AttemptRef, MasterMessage, PodHello, PodMessage, ResourceUsage};
 use mawex_api::{
-    ApiError, Attempt, CancelAck, ErrorKind, GroupName, Outcome, PodId, RetryHint, RetryPolicy,
-    SubmitAck, TaskError, TaskId, TaskSpec, TaskState, Timestamp,
+    ApiError, Attempt, CancelAck, ErrorKind, FailedFilter, GroupName, GroupSettings, Outcome,
+    PodId, RetryHint, RetryPolicy, SubmitAck, TaskError, TaskId, TaskSpec, TaskState, Timestamp,
 };
 use tracing::debug;
 
@@ -174,6 +174,10 @@ impl Engine {
             Event::TaskCancelled { task, .. } => self.release(task),
             Event::TaskRetryScheduled { attempt, .. } => self.release(&attempt.task),
             Event::TasksForgotten { .. } => {}
+            // Back in a queue, or a group opened up: maybe something can be dispatched.
+            Event::TasksRetried { .. } | Event::GroupConfigured { .. } => {
+                self.dispatch_needed = true
+            }
         }
         self.state.apply(event);
     }
@@ -197,7 +201,23 @@ impl Engine {
     ) -> Result<Vec<SubmitAck>, ApiError> {
         let mut acks = Vec::with_capacity(specs.len());
         let mut fresh: HashMap<TaskId, usize> = HashMap::new();
+        // Dedup keys accepted earlier in this batch.
+        let mut fresh_keys: HashMap<&str, TaskId> = HashMap::new();
         for (index, spec) in specs.iter().enumerate() {
+            if let Some(dedup) = &spec.dedup {
+                let live = fresh_keys.get(dedup.key.as_str()).copied().or_else(|| {
+                    let holder = self.state.dedup_holder(&dedup.key)?;
+                    let within = match &holder.result {
+                        None => true,
+                        Some(r) => now < r.finished_at.saturating_add(dedup.window),
+                    };
+                    (within && holder.spec.id != spec.id).then_some(holder.spec.id)
+                });
+                if let Some(existing) = live {
+                    acks.push(SubmitAck::new(existing, false));
+                    continue;
+                }
+            }
             let known = match self.state.task(&spec.id) {
                 Some(entry) => Some(&entry.spec),
                 None => fresh.get(&spec.id).map(|&i| &specs[i]),
@@ -222,16 +242,58 @@ impl Engine {
                             other => other,
                         })?;
                     fresh.insert(spec.id, index);
+                    if let Some(dedup) = &spec.dedup {
+                        fresh_keys.insert(dedup.key.as_str(), spec.id);
+                    }
                     acks.push(SubmitAck::new(spec.id, true));
                 }
             }
         }
         for (spec, ack) in specs.into_iter().zip(&acks) {
-            if ack.created {
+            if ack.created && ack.id == spec.id {
                 self.emit(Event::TaskAccepted { spec, at: now }, out);
             }
         }
         Ok(acks)
+    }
+
+    /// Runs failed tasks matching `filter` again.
+    pub(crate) fn retry_failed(
+        &mut self,
+        filter: &FailedFilter,
+        now: Timestamp,
+        out: &mut Output,
+    ) -> u64 {
+        let tasks = self.state.failed_matching(filter);
+        let n = tasks.len() as u64;
+        if !tasks.is_empty() {
+            self.emit(Event::TasksRetried { tasks, at: now }, out);
+        }
+        n
+    }
+
+    /// Forgets failed tasks matching `filter`.
+    pub(crate) fn purge_failed(&mut self, filter: &FailedFilter, out: &mut Output) -> u64 {
+        let tasks = self.state.failed_matching(filter);
+        let n = tasks.len() as u64;
+        if !tasks.is_empty() {
+            self.emit(Event::TasksForgotten { tasks }, out);
+        }
+        n
+    }
+
+    /// Changes how `group` is dispatched.
+    pub(crate) fn configure_group(
+        &mut self,
+        group: GroupName,
+        settings: GroupSettings,
+        out: &mut Output,
+    ) -> Result<(), ApiError> {
+        settings.validate()?;
+        if self.state.group_settings(&group) != settings {
+            self.emit(Event::GroupConfigured { group, settings }, out);
+        }
+        Ok(())
     }
 
     /// Cancels a pending or running task; a running attempt is told to stop.
@@ -515,8 +577,10 @@ impl Engine {
             return;
         }
         let policy = entry.spec.retry.unwrap_or(self.config.default_retry);
+        // Failures since the last manual retry, this one included.
         let failures = u32::try_from(entry.failures.len())
             .unwrap_or(u32::MAX)
+            .saturating_sub(entry.retry_base)
             .saturating_add(1);
         let delay = match error.retry {
             RetryHint::Never => None,
@@ -625,7 +689,12 @@ impl Engine {
         let mut active: Vec<PodId> = self
             .pods
             .iter()
-            .filter(|(_, p)| p.free() > 0 && p.groups.iter().any(|g| self.state.has_pending(g)))
+            .filter(|(_, p)| {
+                p.free() > 0
+                    && p.groups
+                        .iter()
+                        .any(|g| self.state.has_pending(g) && self.state.group_open(g))
+            })
             .map(|(id, _)| id.clone())
             .collect();
         if active.is_empty() {
@@ -644,7 +713,8 @@ impl Engine {
                 if pod.free() == 0 {
                     continue;
                 }
-                let Some(task) = self.state.next_pending(&pod.groups) else {
+                let open = pod.groups.iter().filter(|g| self.state.group_open(g));
+                let Some(task) = self.state.next_pending(open) else {
                     continue;
                 };
                 let Some(next) = self.state.task(&task).map(|e| e.attempt.next()) else {

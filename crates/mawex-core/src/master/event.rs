@@ -1,7 +1,7 @@
 //! What the journal records: every change of durable task state.
 
 use mawex_api::pod::AttemptRef;
-use mawex_api::{Outcome, PodId, TaskError, TaskId, TaskSpec, Timestamp};
+use mawex_api::{GroupName, GroupSettings, Outcome, PodId, TaskError, TaskId, TaskSpec, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// One change of durable state. Applying the same events in the same order always yields the
@@ -68,6 +68,20 @@ pub enum Event {
         retry_at: Timestamp,
         /// When.
         at: Timestamp,
+    },
+    /// Failed tasks were put back in their queues with a fresh attempt budget.
+    TasksRetried {
+        /// The tasks.
+        tasks: Vec<TaskId>,
+        /// When.
+        at: Timestamp,
+    },
+    /// A group's dispatch settings changed.
+    GroupConfigured {
+        /// The group.
+        group: GroupName,
+        /// Its settings from now on.
+        settings: GroupSettings,
     },
 }
 

@@ -4,8 +4,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use mawex_api::pod::AttemptRef;
 use mawex_api::{
-    Attempt, AttemptFailure, GroupName, ListQuery, Outcome, PodId, TaskId, TaskPage, TaskResult,
-    TaskSpec, TaskState, TaskView, Timestamp,
+    Attempt, AttemptFailure, ErrorKind, FailedCount, FailedFilter, GroupName, GroupSettings,
+    ListQuery, Outcome, PodId, TaskId, TaskPage, TaskResult, TaskSpec, TaskState, TaskView,
+    Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +33,8 @@ pub(crate) struct TaskEntry {
     pub(crate) failures: Vec<AttemptFailure>,
     /// While pending: not dispatched before this time (delayed task, scheduled retry).
     pub(crate) not_before: Option<Timestamp>,
+    /// Failures before the last manual retry; the retry budget counts the ones after it.
+    pub(crate) retry_base: u32,
 }
 
 impl TaskEntry {
@@ -97,6 +100,16 @@ impl TaskCounts {
     }
 }
 
+/// One running task of `group` stopped running.
+fn leave_running(running: &mut HashMap<GroupName, u32>, group: &GroupName) {
+    if let Some(n) = running.get_mut(group) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            running.remove(group);
+        }
+    }
+}
+
 /// Everything the journal makes durable: tasks, their attempts and their results.
 ///
 /// Architecture invariant: [`MasterState::apply`] is pure and deterministic. No clock, no
@@ -105,6 +118,8 @@ impl TaskCounts {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MasterState {
     tasks: BTreeMap<TaskId, TaskEntry>,
+    /// Settings of groups that were configured.
+    groups: BTreeMap<GroupName, GroupSettings>,
     /// Tasks ever accepted; source of each task's queue order.
     accepted: u64,
     /// Results ever recorded; source of each result's stream position.
@@ -120,6 +135,12 @@ pub struct MasterState {
     results: BTreeMap<u64, TaskId>,
     #[serde(skip)]
     counts: TaskCounts,
+    /// Running tasks per group, for per-group concurrency ceilings.
+    #[serde(skip)]
+    running_by_group: HashMap<GroupName, u32>,
+    /// The latest task of each dedup key.
+    #[serde(skip)]
+    dedup: HashMap<String, TaskId>,
 }
 
 /// Equal when the durable parts are; the indexes are functions of them.
@@ -167,6 +188,7 @@ impl MasterState {
                     result,
                     failures,
                     not_before: None,
+                    retry_base: 0,
                 };
                 (id, entry)
             })
@@ -187,14 +209,26 @@ impl MasterState {
         self.delayed.clear();
         self.results.clear();
         self.counts = TaskCounts::default();
+        self.running_by_group.clear();
+        self.dedup.clear();
         let tasks = std::mem::take(&mut self.tasks);
         for (id, entry) in &tasks {
             self.counts.moved(None, Some(entry.state));
+            if entry.state == TaskState::Running {
+                *self
+                    .running_by_group
+                    .entry(entry.spec.group.clone())
+                    .or_default() += 1;
+            }
             if entry.state == TaskState::Pending {
                 self.enqueue(entry);
             }
             if let Some(result) = &entry.result {
                 self.results.insert(result.seq, *id);
+            }
+            if let Some(dedup) = &entry.spec.dedup {
+                // Tasks iterate in id (creation) order: the last one of a key wins.
+                self.dedup.insert(dedup.key.clone(), *id);
             }
         }
         self.tasks = tasks;
@@ -220,7 +254,11 @@ impl MasterState {
                     result: None,
                     failures: Vec::new(),
                     not_before: spec.run_at.filter(|t| t > at),
+                    retry_base: 0,
                 };
+                if let Some(dedup) = &spec.dedup {
+                    self.dedup.insert(dedup.key.clone(), spec.id);
+                }
                 self.counts.moved(None, Some(TaskState::Pending));
                 self.enqueue(&entry);
                 self.tasks.insert(spec.id, entry);
@@ -240,6 +278,10 @@ impl MasterState {
                 }
                 self.counts
                     .moved(Some(entry.state), Some(TaskState::Running));
+                *self
+                    .running_by_group
+                    .entry(entry.spec.group.clone())
+                    .or_default() += 1;
                 entry.state = TaskState::Running;
                 entry.attempt = attempt.attempt;
                 entry.pod = Some(pod.clone());
@@ -267,6 +309,7 @@ impl MasterState {
                 }
                 self.counts
                     .moved(Some(entry.state), Some(TaskState::Pending));
+                leave_running(&mut self.running_by_group, &entry.spec.group);
                 entry.state = TaskState::Pending;
                 entry.pod = None;
                 let entry = entry.clone();
@@ -286,6 +329,7 @@ impl MasterState {
                 }
                 self.counts
                     .moved(Some(entry.state), Some(TaskState::Pending));
+                leave_running(&mut self.running_by_group, &entry.spec.group);
                 entry.state = TaskState::Pending;
                 entry.pod = None;
                 entry
@@ -308,6 +352,33 @@ impl MasterState {
                 }
                 self.finish(*task, Outcome::Cancelled, *at);
             }
+            Event::TasksRetried { tasks, at: _ } => {
+                for id in tasks {
+                    let Some(entry) = self.tasks.get_mut(id) else {
+                        continue;
+                    };
+                    if entry.state != TaskState::Failed {
+                        continue;
+                    }
+                    if let Some(result) = entry.result.take() {
+                        self.results.remove(&result.seq);
+                    }
+                    self.counts
+                        .moved(Some(entry.state), Some(TaskState::Pending));
+                    entry.state = TaskState::Pending;
+                    entry.not_before = None;
+                    entry.retry_base = u32::try_from(entry.failures.len()).unwrap_or(u32::MAX);
+                    let entry = entry.clone();
+                    self.enqueue(&entry);
+                }
+            }
+            Event::GroupConfigured { group, settings } => {
+                if *settings == GroupSettings::default() {
+                    self.groups.remove(group);
+                } else {
+                    self.groups.insert(group.clone(), *settings);
+                }
+            }
             Event::TasksForgotten { tasks } => {
                 for id in tasks {
                     let Some(entry) = self.tasks.get(id) else {
@@ -318,6 +389,11 @@ impl MasterState {
                     }
                     if let Some(result) = &entry.result {
                         self.results.remove(&result.seq);
+                    }
+                    if let Some(dedup) = &entry.spec.dedup {
+                        if self.dedup.get(&dedup.key) == Some(id) {
+                            self.dedup.remove(&dedup.key);
+                        }
                     }
                     self.counts.moved(Some(entry.state), None);
                     self.tasks.remove(id);
@@ -392,6 +468,9 @@ impl MasterState {
         self.results_recorded += 1;
         let seq = self.results_recorded;
         let state = outcome.state();
+        if entry.state == TaskState::Running {
+            leave_running(&mut self.running_by_group, &entry.spec.group);
+        }
         self.counts.moved(Some(entry.state), Some(state));
         entry.state = state;
         entry.pod = None;
@@ -418,6 +497,77 @@ impl MasterState {
     /// The recorded result of a finished task.
     pub fn result(&self, id: &TaskId) -> Option<&TaskResult> {
         self.tasks.get(id).and_then(|e| e.result.as_ref())
+    }
+
+    /// The settings of `group` (defaults if never configured).
+    pub(crate) fn group_settings(&self, group: &GroupName) -> GroupSettings {
+        self.groups.get(group).copied().unwrap_or_default()
+    }
+
+    /// May another task of `group` start now?
+    pub(crate) fn group_open(&self, group: &GroupName) -> bool {
+        let settings = self.group_settings(group);
+        !settings.paused
+            && settings
+                .max_concurrency
+                .is_none_or(|max| self.running_in(group) < max)
+    }
+
+    /// The task deduplicating submits of `key`, if any.
+    pub(crate) fn dedup_holder(&self, key: &str) -> Option<&TaskEntry> {
+        self.dedup.get(key).and_then(|id| self.tasks.get(id))
+    }
+
+    /// Failed tasks matching `filter`, in id order.
+    pub(crate) fn failed_matching(&self, filter: &FailedFilter) -> Vec<TaskId> {
+        let matches = |e: &TaskEntry| {
+            e.state == TaskState::Failed
+                && filter.group.as_ref().is_none_or(|g| *g == e.spec.group)
+                && filter
+                    .kind
+                    .is_none_or(|k| e.failures.last().map(|f| f.error.kind) == Some(k))
+        };
+        if filter.ids.is_empty() {
+            self.tasks
+                .values()
+                .filter(|e| matches(e))
+                .map(|e| e.spec.id)
+                .collect()
+        } else {
+            let mut ids: Vec<TaskId> = filter
+                .ids
+                .iter()
+                .filter(|id| self.tasks.get(id).is_some_and(&matches))
+                .copied()
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        }
+    }
+
+    /// The failed queue counted by group and kind of last error.
+    pub(crate) fn failed_summary(&self) -> Vec<FailedCount> {
+        let mut counts: BTreeMap<(GroupName, String), (ErrorKind, u64)> = BTreeMap::new();
+        for e in self.tasks.values().filter(|e| e.state == TaskState::Failed) {
+            let kind = e
+                .failures
+                .last()
+                .map_or(ErrorKind::Sandbox, |f| f.error.kind);
+            let slot = counts
+                .entry((e.spec.group.clone(), format!("{kind:?}")))
+                .or_insert((kind, 0));
+            slot.1 += 1;
+        }
+        counts
+            .into_iter()
+            .map(|((group, _), (kind, n))| FailedCount::new(group, kind, n))
+            .collect()
+    }
+
+    /// Tasks of `group` running now.
+    pub(crate) fn running_in(&self, group: &GroupName) -> u32 {
+        self.running_by_group.get(group).copied().unwrap_or(0)
     }
 
     /// How many tasks are in each state.

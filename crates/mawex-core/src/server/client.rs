@@ -4,7 +4,7 @@ use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
 use mawex_api::convert::{required, task_id};
-use mawex_api::{proto, GroupName, ListQuery, MasterProxy, ResultCursor, TaskSpec};
+use mawex_api::{proto, FailedFilter, GroupName, ListQuery, MasterProxy, ResultCursor, TaskSpec};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -96,6 +96,57 @@ impl proto::master_server::Master for ClientService {
     ) -> Result<Response<proto::ListResponse>, Status> {
         let query = ListQuery::try_from(request.into_inner())?;
         Ok(Response::new(self.proxy.list(query).await?.into()))
+    }
+
+    async fn failed_summary(
+        &self,
+        _request: Request<proto::FailedSummaryRequest>,
+    ) -> Result<Response<proto::FailedSummaryResponse>, Status> {
+        let counts = self.proxy.failed_summary().await?;
+        Ok(Response::new(proto::FailedSummaryResponse {
+            counts: counts.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn retry_failed(
+        &self,
+        request: Request<proto::FailedFilter>,
+    ) -> Result<Response<proto::CountResponse>, Status> {
+        let filter = FailedFilter::try_from(request.into_inner())?;
+        let count = self.proxy.retry_failed(filter).await?;
+        Ok(Response::new(proto::CountResponse { count }))
+    }
+
+    async fn purge_failed(
+        &self,
+        request: Request<proto::FailedFilter>,
+    ) -> Result<Response<proto::CountResponse>, Status> {
+        let filter = FailedFilter::try_from(request.into_inner())?;
+        let count = self.proxy.purge_failed(filter).await?;
+        Ok(Response::new(proto::CountResponse { count }))
+    }
+
+    async fn configure_group(
+        &self,
+        request: Request<proto::ConfigureGroupRequest>,
+    ) -> Result<Response<proto::ConfigureGroupResponse>, Status> {
+        let request = request.into_inner();
+        let group = GroupName::new(&request.group)
+            .map_err(|e| Status::invalid_argument(format!("group: {e}")))?;
+        let settings = required("settings", request.settings)?.into();
+        self.proxy.configure_group(group, settings).await?;
+        Ok(Response::new(proto::ConfigureGroupResponse {}))
+    }
+
+    async fn get_group_settings(
+        &self,
+        request: Request<proto::GroupRequest>,
+    ) -> Result<Response<proto::GroupSettings>, Status> {
+        let group = GroupName::new(&request.into_inner().group)
+            .map_err(|e| Status::invalid_argument(format!("group: {e}")))?;
+        Ok(Response::new(
+            self.proxy.group_settings(group).await?.into(),
+        ))
     }
 
     type StreamResultsStream = ResultStream;

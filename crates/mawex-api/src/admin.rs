@@ -1,0 +1,148 @@
+//! Queue administration: per-group settings and the failed queue.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::ids::{GroupName, TaskId};
+use crate::task::ErrorKind;
+
+/// The most a group's concurrency ceiling may be.
+pub const MAX_GROUP_CONCURRENCY: u32 = 1_000_000;
+
+/// How a consumer group is dispatched. Kept in the journal: settings survive restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct GroupSettings {
+    /// Paused: its tasks are accepted and wait, none starts. Running ones finish.
+    pub paused: bool,
+    /// At most this many of its tasks run at once, across all pods.
+    pub max_concurrency: Option<u32>,
+}
+
+impl GroupSettings {
+    /// The same settings, paused or not.
+    pub fn with_paused(mut self, paused: bool) -> Self {
+        self.paused = paused;
+        self
+    }
+
+    /// The same settings with a concurrency ceiling (`None`: none).
+    pub fn with_max_concurrency(mut self, max: Option<u32>) -> Self {
+        self.max_concurrency = max;
+        self
+    }
+
+    /// Checks the bounds.
+    ///
+    /// # Errors
+    /// [`ApiError::InvalidArgument`] naming the field.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if let Some(max) = self.max_concurrency {
+            if !(1..=MAX_GROUP_CONCURRENCY).contains(&max) {
+                return Err(ApiError::InvalidArgument(format!(
+                    "max_concurrency must be between 1 and {MAX_GROUP_CONCURRENCY}, got {max}; \
+                     pause the group to stop it"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Identifies "the same job" for deduplication: while a task with this key is pending or
+/// running, or finished less than `window` ago, a new submit with the key returns that task
+/// instead of enqueuing another.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Dedup {
+    /// The job's identity, e.g. `"reindex:customer-42"`.
+    pub key: String,
+    /// How long after it finished a task still counts as a duplicate.
+    pub window: Duration,
+}
+
+/// The longest dedup key accepted, in bytes.
+pub const MAX_DEDUP_KEY_LEN: usize = 512;
+
+impl Dedup {
+    /// A dedup `key` with a `window`.
+    pub fn new(key: impl Into<String>, window: Duration) -> Self {
+        Dedup {
+            key: key.into(),
+            window,
+        }
+    }
+
+    /// Checks the key.
+    ///
+    /// # Errors
+    /// [`ApiError::InvalidArgument`] for an empty or overlong key.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if self.key.is_empty() || self.key.len() > MAX_DEDUP_KEY_LEN {
+            return Err(ApiError::InvalidArgument(format!(
+                "dedup.key must be 1 to {MAX_DEDUP_KEY_LEN} bytes"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Selects tasks of the failed queue (tasks that failed for good).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct FailedFilter {
+    /// Only these tasks (empty: any).
+    pub ids: Vec<TaskId>,
+    /// Only tasks of this group.
+    pub group: Option<GroupName>,
+    /// Only tasks whose last error is of this kind.
+    pub kind: Option<ErrorKind>,
+}
+
+impl FailedFilter {
+    /// Every failed task.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Just these tasks.
+    pub fn ids(ids: Vec<TaskId>) -> Self {
+        FailedFilter {
+            ids,
+            ..Self::default()
+        }
+    }
+
+    /// Only tasks of `group`.
+    pub fn group(mut self, group: GroupName) -> Self {
+        self.group = Some(group);
+        self
+    }
+
+    /// Only tasks whose last error is of `kind`.
+    pub fn kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = Some(kind);
+        self
+    }
+}
+
+/// How many tasks of a group failed with a kind of error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct FailedCount {
+    /// The group.
+    pub group: GroupName,
+    /// The kind of the tasks' last error.
+    pub kind: ErrorKind,
+    /// How many.
+    pub count: u64,
+}
+
+impl FailedCount {
+    /// A count of `count` tasks.
+    pub fn new(group: GroupName, kind: ErrorKind, count: u64) -> Self {
+        FailedCount { group, kind, count }
+    }
+}

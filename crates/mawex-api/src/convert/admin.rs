@@ -1,0 +1,86 @@
+//! Group settings and the failed queue.
+
+use crate::admin::{FailedCount, FailedFilter, GroupSettings};
+use crate::convert::task::error_kind_filter;
+use crate::convert::{in_field, invalid, task_id};
+use crate::error::ApiError;
+use crate::ids::GroupName;
+use crate::proto;
+use crate::task::ErrorKind;
+
+impl From<GroupSettings> for proto::GroupSettings {
+    fn from(s: GroupSettings) -> Self {
+        proto::GroupSettings {
+            paused: s.paused,
+            max_concurrency: s.max_concurrency,
+        }
+    }
+}
+
+impl From<proto::GroupSettings> for GroupSettings {
+    fn from(s: proto::GroupSettings) -> Self {
+        GroupSettings::default()
+            .with_paused(s.paused)
+            .with_max_concurrency(s.max_concurrency)
+    }
+}
+
+impl From<FailedFilter> for proto::FailedFilter {
+    fn from(f: FailedFilter) -> Self {
+        proto::FailedFilter {
+            ids: f.ids.into_iter().map(|id| id.to_string()).collect(),
+            group: f.group.map(|g| g.to_string()),
+            kind: f
+                .kind
+                .map_or(proto::ErrorKind::Unspecified, proto::ErrorKind::from)
+                as i32,
+        }
+    }
+}
+
+impl TryFrom<proto::FailedFilter> for FailedFilter {
+    type Error = ApiError;
+
+    fn try_from(f: proto::FailedFilter) -> Result<Self, ApiError> {
+        if f.kind != 0 && error_kind_filter(f.kind).is_none() {
+            return Err(invalid(format!(
+                "filter.kind: unknown error kind {}",
+                f.kind
+            )));
+        }
+        let mut filter = FailedFilter::ids(
+            f.ids
+                .iter()
+                .map(|id| task_id("filter.ids", id))
+                .collect::<Result<_, _>>()?,
+        );
+        filter.group = f
+            .group
+            .map(|g| GroupName::new(g).map_err(in_field("filter.group")))
+            .transpose()?;
+        filter.kind = error_kind_filter(f.kind);
+        Ok(filter)
+    }
+}
+
+impl From<FailedCount> for proto::FailedCount {
+    fn from(c: FailedCount) -> Self {
+        proto::FailedCount {
+            group: c.group.to_string(),
+            kind: proto::ErrorKind::from(c.kind) as i32,
+            count: c.count,
+        }
+    }
+}
+
+impl TryFrom<proto::FailedCount> for FailedCount {
+    type Error = ApiError;
+
+    fn try_from(c: proto::FailedCount) -> Result<Self, ApiError> {
+        Ok(FailedCount::new(
+            GroupName::new(&c.group).map_err(in_field("count.group"))?,
+            error_kind_filter(c.kind).unwrap_or(ErrorKind::Sandbox),
+            c.count,
+        ))
+    }
+}

@@ -1,0 +1,203 @@
+//! The failed queue, deduplication and group controls, through both transports.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use mawex::{
+    ErrorKind, FailedFilter, GroupSettings, Outcome, PodConfig, RetryPolicy, TaskSpec, TaskState,
+};
+
+async fn failed_tasks_are_counted_retried_and_purged(t: Transport) {
+    let m = TestMaster::start_on(t).await;
+    let (a, b) = (group("dead-a"), group("dead-b"));
+    let (handlers, _, _) = instrumented();
+    let pod = m.pod(
+        PodConfig::new(pod_id("p-dead"), vec![a.clone(), b.clone()]),
+        handlers,
+    );
+    let never = RetryPolicy::never();
+    let flaky: Vec<TaskSpec> = (0..3)
+        .map(|i| TaskSpec::new(a.clone(), "flaky", format!("{i}")).with_retry(never))
+        .collect();
+    let broken = TaskSpec::new(b.clone(), "fail", "").with_retry(never);
+    let mut all = flaky.clone();
+    all.push(broken.clone());
+    m.proxy().submit_many(all).await.unwrap();
+    m.wait_stats("four failures", |s| s.counts.failed == 4)
+        .await;
+
+    let mut summary = m.proxy().failed_summary().await.unwrap();
+    summary.sort_by(|x, y| x.group.cmp(&y.group));
+    let rows: Vec<_> = summary
+        .iter()
+        .map(|c| (c.group.as_str(), c.kind, c.count))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("dead-a", ErrorKind::Handler, 3),
+            ("dead-b", ErrorKind::Handler, 1)
+        ]
+    );
+
+    // Retry everything of group a: the flaky tasks succeed on their second attempt.
+    let retried = m
+        .proxy()
+        .retry_failed(FailedFilter::all().group(a.clone()))
+        .await
+        .unwrap();
+    assert_eq!(retried, 3);
+    for spec in &flaky {
+        let r = m.proxy().await_result(spec.id).await.unwrap();
+        assert_eq!(r.outcome, Outcome::Succeeded(spec.payload.clone()));
+        assert_eq!(r.attempt.0, 2);
+        let view = m.proxy().get(spec.id).await.unwrap();
+        assert_eq!(view.failures.len(), 1, "the first failure stays on record");
+    }
+
+    // Retry one by id, then purge what is left.
+    assert_eq!(
+        m.proxy()
+            .retry_failed(FailedFilter::ids(vec![flaky[0].id]))
+            .await
+            .unwrap(),
+        0,
+        "only failed tasks are retried"
+    );
+    let purged = m
+        .proxy()
+        .purge_failed(FailedFilter::all().kind(ErrorKind::Handler))
+        .await
+        .unwrap();
+    assert_eq!(purged, 1);
+    assert!(matches!(
+        m.proxy().get(broken.id).await,
+        Err(mawex::ApiError::NotFound(_))
+    ));
+    assert!(m.proxy().failed_summary().await.unwrap().is_empty());
+    pod.shutdown().await.unwrap();
+    m.shutdown().await;
+}
+
+async fn a_dedup_key_returns_the_live_task_until_its_window_passes(t: Transport) {
+    let m = TestMaster::start_on(t).await;
+    let g = group("dedup");
+    let window = Duration::from_millis(300);
+    let first = TaskSpec::new(g.clone(), "sleep", "50").with_dedup("nightly", window);
+    let ack = m.proxy().submit(first.clone()).await.unwrap();
+    assert!(ack.created);
+    let again = TaskSpec::new(g.clone(), "sleep", "50").with_dedup("nightly", window);
+    let dup = m.proxy().submit(again.clone()).await.unwrap();
+    assert_eq!(
+        (dup.id, dup.created),
+        (first.id, false),
+        "pending: deduplicated"
+    );
+
+    let (handlers, runs, _) = instrumented();
+    let pod = m.pod(PodConfig::new(pod_id("p-dedup"), vec![g.clone()]), handlers);
+    m.proxy().await_result(first.id).await.unwrap();
+    let dup = m
+        .proxy()
+        .submit(TaskSpec::new(g.clone(), "sleep", "50").with_dedup("nightly", window))
+        .await
+        .unwrap();
+    assert_eq!(
+        dup.id, first.id,
+        "finished within the window: still deduplicated"
+    );
+
+    // Once the window has passed, the key runs again.
+    let fresh = wait_for("the dedup window to pass", || {
+        let proxy = m.proxy();
+        let g = g.clone();
+        async move {
+            let spec = TaskSpec::new(g, "sleep", "1").with_dedup("nightly", window);
+            let ack = proxy.submit(spec).await.unwrap();
+            ack.created.then_some(ack.id)
+        }
+    })
+    .await;
+    assert_ne!(fresh, first.id);
+    m.proxy().await_result(fresh).await.unwrap();
+    assert_eq!(runs.count(&first.id), 1);
+    assert_eq!(m.stats().counts.succeeded, 2, "exactly two tasks ever ran");
+    pod.shutdown().await.unwrap();
+    m.shutdown().await;
+}
+
+async fn paused_groups_wait_and_concurrency_ceilings_hold(t: Transport) {
+    let m = TestMaster::start_on(t).await;
+    let (slow, other) = (group("ceiling"), group("elsewhere"));
+    let paused = GroupSettings::default().with_paused(true);
+    m.proxy()
+        .configure_group(slow.clone(), paused)
+        .await
+        .unwrap();
+    assert_eq!(
+        m.proxy().group_settings(slow.clone()).await.unwrap(),
+        paused
+    );
+
+    let (handlers, _, overlap) = instrumented();
+    let pods: Vec<_> = (0..5)
+        .map(|i| {
+            m.pod(
+                PodConfig::new(
+                    pod_id(&format!("p-ceil-{i}")),
+                    vec![slow.clone(), other.clone()],
+                ),
+                handlers.clone(),
+            )
+        })
+        .collect();
+    let specs: Vec<_> = (0..10)
+        .map(|_| TaskSpec::new(slow.clone(), "track", "30"))
+        .collect();
+    m.proxy().submit_many(specs.clone()).await.unwrap();
+    // Dispatch runs (another group's task completes) and still leaves the paused group alone.
+    let probe = m
+        .proxy()
+        .submit(TaskSpec::new(other, "echo", "x"))
+        .await
+        .unwrap();
+    m.proxy().await_result(probe.id).await.unwrap();
+    assert_eq!(
+        m.proxy().get(specs[0].id).await.unwrap().state,
+        TaskState::Pending
+    );
+
+    let ceiling = GroupSettings::default().with_max_concurrency(Some(2));
+    m.proxy()
+        .configure_group(slow.clone(), ceiling)
+        .await
+        .unwrap();
+    for spec in &specs {
+        m.proxy().await_result(spec.id).await.unwrap();
+    }
+    assert_eq!(
+        overlap.max(),
+        2,
+        "five free pods, never more than two at once"
+    );
+
+    let bad = GroupSettings::default().with_max_concurrency(Some(0));
+    assert!(matches!(
+        m.proxy().configure_group(slow, bad).await,
+        Err(mawex::ApiError::InvalidArgument(_))
+    ));
+    for pod in pods {
+        pod.shutdown().await.unwrap();
+    }
+    m.shutdown().await;
+}
+
+on_both_transports!(
+    failed_tasks_are_counted_retried_and_purged,
+    a_dedup_key_returns_the_live_task_until_its_window_passes,
+    paused_groups_wait_and_concurrency_ceilings_hold,
+);
