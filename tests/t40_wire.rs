@@ -31,6 +31,7 @@ fn spec(id: &str, group: &str) -> proto::TaskSpec {
         retry: None,
         run_at_ms: None,
         dedup: None,
+        fairness_key: None,
     }
 }
 

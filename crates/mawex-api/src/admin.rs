@@ -19,6 +19,25 @@ pub struct GroupSettings {
     pub paused: bool,
     /// At most this many of its tasks run at once, across all pods.
     pub max_concurrency: Option<u32>,
+    /// At most this many of its tasks start per second, on average (token bucket).
+    pub rate: Option<RateLimit>,
+}
+
+/// A token bucket: `per_second` tokens a second, at most `burst` saved up. Each start takes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RateLimit {
+    /// Sustained starts per second.
+    pub per_second: u32,
+    /// Starts allowed at once after a quiet spell.
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// `per_second` starts a second with bursts of `burst`.
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        RateLimit { per_second, burst }
+    }
 }
 
 impl GroupSettings {
@@ -34,11 +53,25 @@ impl GroupSettings {
         self
     }
 
+    /// The same settings with a start rate limit (`None`: none).
+    pub fn with_rate(mut self, rate: Option<RateLimit>) -> Self {
+        self.rate = rate;
+        self
+    }
+
     /// Checks the bounds.
     ///
     /// # Errors
     /// [`ApiError::InvalidArgument`] naming the field.
     pub fn validate(&self) -> Result<(), ApiError> {
+        if let Some(rate) = self.rate {
+            if rate.per_second == 0 || rate.burst == 0 {
+                return Err(ApiError::InvalidArgument(
+                    "rate.per_second and rate.burst must be at least 1; pause the group to stop it"
+                        .into(),
+                ));
+            }
+        }
         if let Some(max) = self.max_concurrency {
             if !(1..=MAX_GROUP_CONCURRENCY).contains(&max) {
                 return Err(ApiError::InvalidArgument(format!(

@@ -28,7 +28,8 @@ mod task;
 mod time;
 
 pub use admin::{
-    Dedup, FailedCount, FailedFilter, GroupSettings, MAX_DEDUP_KEY_LEN, MAX_GROUP_CONCURRENCY,
+    Dedup, FailedCount, FailedFilter, GroupSettings, RateLimit, MAX_DEDUP_KEY_LEN,
+    MAX_GROUP_CONCURRENCY,
 };
 pub use error::ApiError;
 pub use ids::{Attempt, GroupName, PodId, TaskId};
@@ -39,7 +40,7 @@ pub use proxy::{
 pub use remote::{RemoteConfig, RemoteMasterProxy};
 pub use task::{
     AttemptFailure, ErrorKind, Limits, Outcome, RetryHint, RetryPolicy, TaskError, TaskResult,
-    TaskSpec, TaskState, TaskView, MAX_ATTEMPTS, MAX_HANDLER_LEN,
+    TaskSpec, TaskState, TaskView, MAX_ATTEMPTS, MAX_FAIRNESS_KEY_LEN, MAX_HANDLER_LEN,
 };
 pub use time::Timestamp;
 

@@ -9,6 +9,9 @@ use crate::error::ApiError;
 use crate::ids::{Attempt, GroupName, PodId, TaskId};
 use crate::time::Timestamp;
 
+/// The longest fairness key accepted, in bytes.
+pub const MAX_FAIRNESS_KEY_LEN: usize = 256;
+
 /// The longest handler name accepted, in bytes.
 pub const MAX_HANDLER_LEN: usize = 256;
 
@@ -144,6 +147,9 @@ pub struct TaskSpec {
     pub run_at: Option<Timestamp>,
     /// Deduplication: a submit with the key of a live or recent task returns that task.
     pub dedup: Option<Dedup>,
+    /// Fair queueing within the group: tasks of different keys (tenants, say) take turns, so
+    /// one key's burst cannot starve the others. Priority still comes first.
+    pub fairness_key: Option<String>,
 }
 
 impl TaskSpec {
@@ -159,7 +165,14 @@ impl TaskSpec {
             retry: None,
             run_at: None,
             dedup: None,
+            fairness_key: None,
         }
+    }
+
+    /// The same task, taking turns with other keys of its group.
+    pub fn with_fairness_key(mut self, key: impl Into<String>) -> Self {
+        self.fairness_key = Some(key.into());
+        self
     }
 
     /// The same task, deduplicated by `key` for `window` after it finishes.
@@ -236,6 +249,16 @@ impl TaskSpec {
             dedup.validate().map_err(|e| {
                 ApiError::InvalidArgument(format!("task {}: {}", self.id, message_of(e)))
             })?;
+        }
+        if self
+            .fairness_key
+            .as_ref()
+            .is_some_and(|k| k.len() > MAX_FAIRNESS_KEY_LEN)
+        {
+            return Err(ApiError::InvalidArgument(format!(
+                "task {}: fairness_key must be at most {MAX_FAIRNESS_KEY_LEN} bytes",
+                self.id
+            )));
         }
         if self.payload.len() > max_payload_bytes {
             return Err(ApiError::ResourceExhausted(format!(

@@ -1,6 +1,6 @@
 //! Group settings and the failed queue.
 
-use crate::admin::{FailedCount, FailedFilter, GroupSettings};
+use crate::admin::{FailedCount, FailedFilter, GroupSettings, RateLimit};
 use crate::convert::task::error_kind_filter;
 use crate::convert::{in_field, invalid, task_id};
 use crate::error::ApiError;
@@ -13,15 +13,22 @@ impl From<GroupSettings> for proto::GroupSettings {
         proto::GroupSettings {
             paused: s.paused,
             max_concurrency: s.max_concurrency,
+            rate_per_second: s.rate.map(|r| r.per_second),
+            rate_burst: s.rate.map(|r| r.burst),
         }
     }
 }
 
 impl From<proto::GroupSettings> for GroupSettings {
     fn from(s: proto::GroupSettings) -> Self {
+        // A rate without a burst allows one second's worth at once.
+        let rate = s
+            .rate_per_second
+            .map(|r| RateLimit::new(r, s.rate_burst.unwrap_or(r)));
         GroupSettings::default()
             .with_paused(s.paused)
             .with_max_concurrency(s.max_concurrency)
+            .with_rate(rate)
     }
 }
 

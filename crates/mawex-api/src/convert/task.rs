@@ -54,6 +54,7 @@ impl From<TaskSpec> for proto::TaskSpec {
                 key: d.key,
                 window_ms: millis(d.window),
             }),
+            fairness_key: s.fairness_key,
         }
     }
 }
@@ -78,6 +79,7 @@ impl TryFrom<proto::TaskSpec> for TaskSpec {
             dedup: s
                 .dedup
                 .map(|d| Dedup::new(d.key, Duration::from_millis(d.window_ms))),
+            fairness_key: s.fairness_key,
         })
     }
 }

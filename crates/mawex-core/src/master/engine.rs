@@ -120,6 +120,38 @@ pub(crate) struct Engine {
     rotation: usize,
     /// Something changed that may allow new assignments.
     dispatch_needed: bool,
+    /// Token buckets of rate-limited groups. Volatile: a restart starts them full.
+    buckets: HashMap<GroupName, Bucket>,
+}
+
+/// A group's token bucket, in thousandths of a token.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    milli_tokens: u64,
+    refilled_at: Timestamp,
+}
+
+const MILLI: u64 = 1000;
+
+impl Bucket {
+    /// Tops the bucket up for the time since the last refill.
+    fn refill(&mut self, rate: mawex_api::RateLimit, now: Timestamp) {
+        let elapsed_ms = now.0.saturating_sub(self.refilled_at.0);
+        // `per_second` tokens a second is `per_second` thousandths a millisecond.
+        let added = elapsed_ms.saturating_mul(u64::from(rate.per_second));
+        self.milli_tokens = self
+            .milli_tokens
+            .saturating_add(added)
+            .min(u64::from(rate.burst) * MILLI);
+        self.refilled_at = self.refilled_at.max(now);
+    }
+
+    /// When the next whole token is there.
+    fn next_token_at(&self, rate: mawex_api::RateLimit) -> Timestamp {
+        let missing = MILLI.saturating_sub(self.milli_tokens);
+        let ms = missing.div_ceil(u64::from(rate.per_second.max(1)));
+        Timestamp(self.refilled_at.0.saturating_add(ms))
+    }
 }
 
 impl Engine {
@@ -141,6 +173,7 @@ impl Engine {
             batch: 0,
             rotation: 0,
             dispatch_needed: true,
+            buckets: HashMap::new(),
         }
     }
 
@@ -643,6 +676,10 @@ impl Engine {
         if self.state.promote_due(now) {
             self.dispatch_needed = true;
         }
+        // Rate-limited groups with work may have earned tokens since the last look.
+        if self.buckets.keys().any(|g| self.state.has_pending(g)) {
+            self.dispatch_needed = true;
+        }
         let silent: Vec<PodId> = self
             .pods
             .iter()
@@ -713,10 +750,17 @@ impl Engine {
                 if pod.free() == 0 {
                     continue;
                 }
-                let open = pod.groups.iter().filter(|g| self.state.group_open(g));
-                let Some(task) = self.state.next_pending(open) else {
+                let groups = pod.groups.clone();
+                let open: Vec<GroupName> = groups
+                    .into_iter()
+                    .filter(|g| self.state.group_open(g) && self.has_token(g, now))
+                    .collect();
+                let Some(task) = self.state.next_pending(&open) else {
                     continue;
                 };
+                if let Some(group) = self.state.task(&task).map(|e| e.spec.group.clone()) {
+                    self.take_token(&group);
+                }
                 let Some(next) = self.state.task(&task).map(|e| e.attempt.next()) else {
                     continue;
                 };
@@ -738,11 +782,39 @@ impl Engine {
         }
     }
 
-    /// When the next lease or orphan deadline falls, if any.
+    /// May `group` start a task now under its rate limit? Refills its bucket first.
+    fn has_token(&mut self, group: &GroupName, now: Timestamp) -> bool {
+        let Some(rate) = self.state.group_settings(group).rate else {
+            self.buckets.remove(group);
+            return true;
+        };
+        let bucket = self.buckets.entry(group.clone()).or_insert(Bucket {
+            milli_tokens: u64::from(rate.burst) * MILLI,
+            refilled_at: now,
+        });
+        bucket.refill(rate, now);
+        bucket.milli_tokens >= MILLI
+    }
+
+    fn take_token(&mut self, group: &GroupName) {
+        if let Some(bucket) = self.buckets.get_mut(group) {
+            bucket.milli_tokens = bucket.milli_tokens.saturating_sub(MILLI);
+        }
+    }
+
+    /// When the next lease, orphan, delayed task or rate-limit token falls due, if any.
     pub(crate) fn next_deadline(&self) -> Option<Timestamp> {
         let pods = self.pods.values().map(|p| p.expires_at);
         let orphans = self.orphans.values().map(|(_, d)| *d);
-        pods.chain(orphans).chain(self.state.next_due()).min()
+        let tokens = self.buckets.iter().filter_map(|(group, bucket)| {
+            let rate = self.state.group_settings(group).rate?;
+            (bucket.milli_tokens < MILLI && self.state.has_pending(group))
+                .then(|| bucket.next_token_at(rate))
+        });
+        pods.chain(orphans)
+            .chain(self.state.next_due())
+            .chain(tokens)
+            .min()
     }
 
     /// The number of the last dispatch batch, carried by its `Assign` messages.

@@ -919,3 +919,142 @@ mod model {
         }
     }
 }
+
+mod fairness {
+    use super::*;
+
+    /// Runs the engine with one single-slot pod until the queue is empty; returns the tasks in
+    /// the order they started.
+    fn drain(e: &mut Engine) -> Vec<mawex_api::TaskId> {
+        let mut started = Vec::new();
+        let mut out = Output::default();
+        e.pod_hello(1, hello("p1", &["g"], 1), T0, &mut out)
+            .unwrap();
+        loop {
+            let mut out = Output::default();
+            e.dispatch(T0, &mut out);
+            let Some(Event::TaskAssigned { attempt, .. }) = out.events.first().cloned() else {
+                return started;
+            };
+            started.push(attempt.task);
+            let done = PodMessage::Finished {
+                attempt,
+                outcome: Ok(Bytes::new()),
+            };
+            e.pod_message(1, done, T0, &mut out);
+        }
+    }
+
+    #[test]
+    fn a_late_tenant_is_not_starved_by_an_early_burst() {
+        let mut e = engine();
+        let mut out = Output::default();
+        let a: Vec<_> = (0..1000)
+            .map(|_| spec("g").with_fairness_key("tenant-a"))
+            .collect();
+        let b: Vec<_> = (0..10)
+            .map(|_| spec("g").with_fairness_key("tenant-b"))
+            .collect();
+        e.submit(a.clone(), T0, &mut out).unwrap();
+        e.submit(b.clone(), T0, &mut out).unwrap();
+        let order = drain(&mut e);
+        assert_eq!(order.len(), 1010);
+        let position = |id| order.iter().position(|t| *t == id).unwrap();
+        let hundredth_a = position(a[99].id);
+        for task in &b {
+            assert!(
+                position(task.id) < hundredth_a,
+                "every B task starts before A's 100th"
+            );
+        }
+        // Within a tenant, first in, first out.
+        let a_positions: Vec<_> = a.iter().map(|t| position(t.id)).collect();
+        assert!(a_positions.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn priority_comes_before_fairness() {
+        let mut e = engine();
+        let mut out = Output::default();
+        let mut specs: Vec<_> = (0..50)
+            .map(|i| spec("g").with_fairness_key(format!("t{}", i % 5)))
+            .collect();
+        let urgent = spec("g").with_fairness_key("t0").with_priority(10);
+        specs.push(urgent.clone());
+        e.submit(specs, T0, &mut out).unwrap();
+        assert_eq!(drain(&mut e)[0], urgent.id, "submitted last, started first");
+    }
+}
+
+mod rate_limit {
+    use mawex_api::{GroupSettings, RateLimit};
+
+    use super::*;
+
+    #[test]
+    fn a_token_bucket_caps_starts_over_time() {
+        let mut e = engine();
+        let mut out = Output::default();
+        let settings = GroupSettings::default().with_rate(Some(RateLimit::new(50, 10)));
+        e.configure_group(group("g"), settings, &mut out).unwrap();
+        e.submit((0..500).map(|_| spec("g")).collect(), T0, &mut out)
+            .unwrap();
+        e.pod_hello(1, hello("p1", &["g"], 1000), T0, &mut out)
+            .unwrap();
+        let mut starts = 0usize;
+        // Three simulated seconds in 10 ms steps; every started task finishes at once.
+        for step in 0..=300u64 {
+            let now = at(step * 10);
+            let mut out = Output::default();
+            e.pod_message(
+                1,
+                PodMessage::Heartbeat {
+                    holding: vec![],
+                    received: 0,
+                    usage: None,
+                },
+                now,
+                &mut out,
+            );
+            e.tick(now, &mut out);
+            e.dispatch(now, &mut out);
+            let started: Vec<AttemptRef> = out
+                .events
+                .iter()
+                .filter_map(|ev| match ev {
+                    Event::TaskAssigned { attempt, .. } => Some(*attempt),
+                    _ => None,
+                })
+                .collect();
+            starts += started.len();
+            for attempt in started {
+                let done = PodMessage::Finished {
+                    attempt,
+                    outcome: Ok(Bytes::new()),
+                };
+                e.pod_message(1, done, now, &mut out);
+            }
+            if step == 0 {
+                assert_eq!(starts, 10, "a full bucket allows the burst at once");
+            }
+        }
+        assert!(starts <= 10 + 50 * 3, "{starts} starts in 3 s");
+        assert!(starts >= 50 * 3, "{starts}: the rate is used, not wasted");
+    }
+
+    #[test]
+    fn a_rate_limited_group_asks_to_be_woken_for_its_next_token() {
+        let mut e = engine();
+        let mut out = Output::default();
+        let settings = GroupSettings::default().with_rate(Some(RateLimit::new(4, 1)));
+        e.configure_group(group("g"), settings, &mut out).unwrap();
+        e.submit(vec![spec("g"), spec("g")], T0, &mut out).unwrap();
+        e.pod_hello(1, hello("p1", &["g"], 2), T0, &mut out)
+            .unwrap();
+        out.events.clear();
+        e.dispatch(T0, &mut out);
+        assert_eq!(out.events.len(), 1, "one token, one start");
+        // 4 per second: the next token is 250 ms away; the lease deadline is later.
+        assert_eq!(e.next_deadline(), Some(at(250)));
+    }
+}

@@ -12,8 +12,59 @@ use serde::{Deserialize, Serialize};
 
 use super::event::Event;
 
-/// Order of a pending task in its group's queue: higher priority first, then oldest first.
-type QueueKey = (i64, u64);
+/// Order of a pending task in its group's queue: higher priority first, then the earlier
+/// fairness round, then oldest first.
+type QueueKey = (i64, u64, u64);
+
+/// Fairness rounds of a group's live (not finished) tasks, as multisets: a new task of key
+/// `k` gets round `max(last round of k + 1, first live round of the group)`, so keys take
+/// turns round by round and a key that arrives late starts at the current round, not behind
+/// everyone else's backlog. Derived from durable state only (each task keeps its round), so
+/// replay assigns the same rounds.
+#[derive(Debug, Clone, Default)]
+struct Rounds {
+    all: BTreeMap<u64, u32>,
+    by_key: HashMap<String, BTreeMap<u64, u32>>,
+}
+
+fn multiset_add(set: &mut BTreeMap<u64, u32>, round: u64) {
+    *set.entry(round).or_default() += 1;
+}
+
+fn multiset_remove(set: &mut BTreeMap<u64, u32>, round: u64) {
+    if let Some(n) = set.get_mut(&round) {
+        *n -= 1;
+        if *n == 0 {
+            set.remove(&round);
+        }
+    }
+}
+
+impl Rounds {
+    fn next_for(&self, key: &str) -> u64 {
+        let floor = self.all.keys().next().copied().unwrap_or(0);
+        let last = self
+            .by_key
+            .get(key)
+            .and_then(|s| s.keys().next_back().copied());
+        last.map_or(floor, |l| (l + 1).max(floor))
+    }
+
+    fn add(&mut self, key: &str, round: u64) {
+        multiset_add(&mut self.all, round);
+        multiset_add(self.by_key.entry(key.to_owned()).or_default(), round);
+    }
+
+    fn remove(&mut self, key: &str, round: u64) {
+        multiset_remove(&mut self.all, round);
+        if let Some(set) = self.by_key.get_mut(key) {
+            multiset_remove(set, round);
+            if set.is_empty() {
+                self.by_key.remove(key);
+            }
+        }
+    }
+}
 
 /// One task as the master records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,11 +86,17 @@ pub(crate) struct TaskEntry {
     pub(crate) not_before: Option<Timestamp>,
     /// Failures before the last manual retry; the retry budget counts the ones after it.
     pub(crate) retry_base: u32,
+    /// Fair-queueing round (see `Rounds`).
+    pub(crate) round: u64,
 }
 
 impl TaskEntry {
     fn queue_key(&self) -> QueueKey {
-        (-i64::from(self.spec.priority), self.order)
+        (-i64::from(self.spec.priority), self.round, self.order)
+    }
+
+    fn fairness_key(&self) -> &str {
+        self.spec.fairness_key.as_deref().unwrap_or("")
     }
 
     pub(crate) fn current(&self) -> AttemptRef {
@@ -141,6 +198,9 @@ pub struct MasterState {
     /// The latest task of each dedup key.
     #[serde(skip)]
     dedup: HashMap<String, TaskId>,
+    /// Fairness rounds of live tasks, per group.
+    #[serde(skip)]
+    rounds: HashMap<GroupName, Rounds>,
 }
 
 /// Equal when the durable parts are; the indexes are functions of them.
@@ -189,6 +249,8 @@ impl MasterState {
                     failures,
                     not_before: None,
                     retry_base: 0,
+                    // Format 1 knew no fairness: one round for all keeps the queue FIFO.
+                    round: 0,
                 };
                 (id, entry)
             })
@@ -211,6 +273,7 @@ impl MasterState {
         self.counts = TaskCounts::default();
         self.running_by_group.clear();
         self.dedup.clear();
+        self.rounds.clear();
         let tasks = std::mem::take(&mut self.tasks);
         for (id, entry) in &tasks {
             self.counts.moved(None, Some(entry.state));
@@ -229,6 +292,12 @@ impl MasterState {
             if let Some(dedup) = &entry.spec.dedup {
                 // Tasks iterate in id (creation) order: the last one of a key wins.
                 self.dedup.insert(dedup.key.clone(), *id);
+            }
+            if !entry.state.is_terminal() {
+                self.rounds
+                    .entry(entry.spec.group.clone())
+                    .or_default()
+                    .add(entry.fairness_key(), entry.round);
             }
         }
         self.tasks = tasks;
@@ -255,7 +324,12 @@ impl MasterState {
                     failures: Vec::new(),
                     not_before: spec.run_at.filter(|t| t > at),
                     retry_base: 0,
+                    round: 0,
                 };
+                let mut entry = entry;
+                let rounds = self.rounds.entry(spec.group.clone()).or_default();
+                entry.round = rounds.next_for(entry.fairness_key());
+                rounds.add(entry.fairness_key(), entry.round);
                 if let Some(dedup) = &spec.dedup {
                     self.dedup.insert(dedup.key.clone(), spec.id);
                 }
@@ -368,6 +442,11 @@ impl MasterState {
                     entry.state = TaskState::Pending;
                     entry.not_before = None;
                     entry.retry_base = u32::try_from(entry.failures.len()).unwrap_or(u32::MAX);
+                    // Back in line as a newcomer of its key.
+                    let rounds = self.rounds.entry(entry.spec.group.clone()).or_default();
+                    let key = entry.spec.fairness_key.as_deref().unwrap_or("");
+                    entry.round = rounds.next_for(key);
+                    rounds.add(key, entry.round);
                     let entry = entry.clone();
                     self.enqueue(&entry);
                 }
@@ -470,6 +549,10 @@ impl MasterState {
         let state = outcome.state();
         if entry.state == TaskState::Running {
             leave_running(&mut self.running_by_group, &entry.spec.group);
+        }
+        if let Some(rounds) = self.rounds.get_mut(&entry.spec.group) {
+            let key = entry.spec.fairness_key.as_deref().unwrap_or("");
+            rounds.remove(key, entry.round);
         }
         self.counts.moved(Some(entry.state), Some(state));
         entry.state = state;
