@@ -16,7 +16,7 @@ use mawex::{
 
 #[derive(Parser, Debug)]
 struct Args {
-    /// Which scenario to run: `local` or `grpc`.
+    /// Which scenario to run: `local`, `grpc`, or `fair` (local, 1,000 fairness keys).
     #[arg(long, default_value = "local")]
     scenario: String,
     /// Tasks in the throughput phase.
@@ -31,6 +31,9 @@ struct Args {
     /// Leases a pod holds queued beyond its slots.
     #[arg(long, default_value_t = 1024)]
     prefetch: u32,
+    /// Events between snapshots (0: only at shutdown).
+    #[arg(long, default_value_t = MasterConfig::default().snapshot_every)]
+    snapshot_every: u64,
     /// Sequential single-task round trips measured for latency.
     #[arg(long, default_value_t = 1000)]
     rtt_samples: usize,
@@ -51,13 +54,15 @@ enum Transport {
     Grpc,
 }
 
-async fn run(args: &Args, transport: Transport) -> anyhow::Result<serde_json::Value> {
+/// Distinct fairness keys of the `fair` scenario.
+const FAIR_KEYS: usize = 1000;
+
+async fn run(args: &Args, transport: Transport, fair: bool) -> anyhow::Result<serde_json::Value> {
     let dir = tempfile::tempdir()?;
     let journal = SledJournal::open(dir.path().join("journal"))?;
-    let master = Master::builder()
-        .config(MasterConfig::default())
-        .start(journal)
-        .await?;
+    let mut config = MasterConfig::default();
+    config.snapshot_every = args.snapshot_every;
+    let master = Master::builder().config(config).start(journal).await?;
     let server = match transport {
         Transport::Local => None,
         Transport::Grpc => Some(master.serve("127.0.0.1:0".parse()?).await?),
@@ -92,7 +97,14 @@ async fn run(args: &Args, transport: Transport) -> anyhow::Result<serde_json::Va
             while left > 0 {
                 let n = left.min(batch);
                 let specs = (0..n)
-                    .map(|_| TaskSpec::new(group.clone(), "noop", Bytes::new()))
+                    .map(|i| {
+                        let spec = TaskSpec::new(group.clone(), "noop", Bytes::new());
+                        if fair {
+                            spec.with_fairness_key(format!("tenant-{}", (left + i) % FAIR_KEYS))
+                        } else {
+                            spec
+                        }
+                    })
                     .collect();
                 proxy.submit_many(specs).await?;
                 left -= n;
@@ -132,7 +144,12 @@ async fn run(args: &Args, transport: Transport) -> anyhow::Result<serde_json::Va
     }
     master.shutdown().await?;
     Ok(serde_json::json!({
-        "scenario": if transport == Transport::Local { "local" } else { "grpc" },
+        "scenario": match (transport, fair) {
+            (_, true) => "fair",
+            (Transport::Local, false) => "local",
+            (Transport::Grpc, false) => "grpc",
+        },
+        "fairness_keys": if fair { FAIR_KEYS } else { 0 },
         "tasks": args.tasks,
         "seconds": (seconds * 1000.0).round() / 1000.0,
         "tasks_per_s": (args.tasks as f64 / seconds).round(),
@@ -147,9 +164,10 @@ async fn run(args: &Args, transport: Transport) -> anyhow::Result<serde_json::Va
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let line = match args.scenario.as_str() {
-        "local" => run(&args, Transport::Local).await?,
-        "grpc" => run(&args, Transport::Grpc).await?,
-        other => anyhow::bail!("unknown scenario {other:?}; known: local, grpc"),
+        "local" => run(&args, Transport::Local, false).await?,
+        "grpc" => run(&args, Transport::Grpc, false).await?,
+        "fair" => run(&args, Transport::Local, true).await?,
+        other => anyhow::bail!("unknown scenario {other:?}; known: local, grpc, fair"),
     };
     println!("{line}");
     Ok(())

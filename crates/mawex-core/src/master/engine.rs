@@ -750,17 +750,27 @@ impl Engine {
                 if pod.free() == 0 {
                     continue;
                 }
-                let groups = pod.groups.clone();
-                let open: Vec<GroupName> = groups
-                    .into_iter()
-                    .filter(|g| self.state.group_open(g) && self.has_token(g, now))
-                    .collect();
-                let Some(task) = self.state.next_pending(&open) else {
+                let next = if self.state.any_group_settings() {
+                    // Some group is paused, capped or rate limited: check each of the pod's.
+                    let groups = pod.groups.clone();
+                    let open: Vec<GroupName> = groups
+                        .into_iter()
+                        .filter(|g| self.state.group_open(g) && self.has_token(g, now))
+                        .collect();
+                    let next = self.state.next_pending(&open);
+                    if let Some(group) = next
+                        .and_then(|t| self.state.task(&t))
+                        .map(|e| e.spec.group.clone())
+                    {
+                        self.take_token(&group);
+                    }
+                    next
+                } else {
+                    self.state.next_pending(&pod.groups)
+                };
+                let Some(task) = next else {
                     continue;
                 };
-                if let Some(group) = self.state.task(&task).map(|e| e.spec.group.clone()) {
-                    self.take_token(&group);
-                }
                 let Some(next) = self.state.task(&task).map(|e| e.attempt.next()) else {
                     continue;
                 };
@@ -785,7 +795,10 @@ impl Engine {
     /// May `group` start a task now under its rate limit? Refills its bucket first.
     fn has_token(&mut self, group: &GroupName, now: Timestamp) -> bool {
         let Some(rate) = self.state.group_settings(group).rate else {
-            self.buckets.remove(group);
+            if !self.buckets.is_empty() {
+                // The limit was lifted.
+                self.buckets.remove(group);
+            }
             return true;
         };
         let bucket = self.buckets.entry(group.clone()).or_insert(Bucket {

@@ -52,7 +52,15 @@ impl Rounds {
 
     fn add(&mut self, key: &str, round: u64) {
         multiset_add(&mut self.all, round);
-        multiset_add(self.by_key.entry(key.to_owned()).or_default(), round);
+        // Look up before inserting: most adds are for a key already live, and need no String.
+        match self.by_key.get_mut(key) {
+            Some(set) => multiset_add(set, round),
+            None => {
+                let mut set = BTreeMap::new();
+                multiset_add(&mut set, round);
+                self.by_key.insert(key.to_owned(), set);
+            }
+        }
     }
 
     fn remove(&mut self, key: &str, round: u64) {
@@ -587,8 +595,16 @@ impl MasterState {
         self.groups.get(group).copied().unwrap_or_default()
     }
 
+    /// True if some group has non-default settings (dispatch can skip the checks otherwise).
+    pub(crate) fn any_group_settings(&self) -> bool {
+        !self.groups.is_empty()
+    }
+
     /// May another task of `group` start now?
     pub(crate) fn group_open(&self, group: &GroupName) -> bool {
+        if self.groups.is_empty() {
+            return true;
+        }
         let settings = self.group_settings(group);
         !settings.paused
             && settings
