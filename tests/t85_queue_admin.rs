@@ -196,8 +196,142 @@ async fn paused_groups_wait_and_concurrency_ceilings_hold(t: Transport) {
     m.shutdown().await;
 }
 
+/// Collects the next `n` results of a stream: with a one-slot pod, the order tasks ran in.
+async fn run_order(stream: &mut mawex::ResultStream, n: usize) -> Vec<mawex::TaskId> {
+    use futures::StreamExt;
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(stream.next().await.unwrap().unwrap().id);
+    }
+    ids
+}
+
+async fn pending_tasks_can_be_moved_reprioritized_and_reordered(t: Transport) {
+    let m = TestMaster::start_on(t).await;
+    let (g, other) = (group("admin"), group("admin-other"));
+    let specs: Vec<_> = (0..5)
+        .map(|i| TaskSpec::new(g.clone(), "echo", format!("{i}")))
+        .collect();
+    m.proxy().submit_many(specs.clone()).await.unwrap();
+    let ids: Vec<_> = specs.iter().map(|s| s.id).collect();
+    let change = |c: mawex::PendingChange, which: &[usize]| {
+        let proxy = m.proxy();
+        let ids: Vec<_> = which.iter().map(|&i| ids[i]).collect();
+        async move { proxy.update_pending(ids, c).await.unwrap() }
+    };
+    assert_eq!(
+        change(mawex::PendingChange::default().to_front(), &[4]).await,
+        1
+    );
+    assert_eq!(
+        change(mawex::PendingChange::default().to_back(), &[0]).await,
+        1
+    );
+    assert_eq!(
+        change(mawex::PendingChange::default().priority(5), &[3]).await,
+        1
+    );
+    assert_eq!(
+        change(mawex::PendingChange::default().move_to(other.clone()), &[2]).await,
+        1
+    );
+    assert!(matches!(
+        m.proxy()
+            .update_pending(vec![ids[1]], mawex::PendingChange::default())
+            .await,
+        Err(mawex::ApiError::InvalidArgument(_))
+    ));
+
+    let mut results = m.proxy().results(g.clone(), None).await.unwrap();
+    let (handlers, _, _) = instrumented();
+    let pod = m.pod(
+        PodConfig::new(pod_id("p-admin"), vec![g.clone()]),
+        handlers.clone(),
+    );
+    let order = run_order(&mut results, 4).await;
+    assert_eq!(
+        order,
+        vec![ids[3], ids[4], ids[1], ids[0]],
+        "priority, front, FIFO, back"
+    );
+    let moved = m.proxy().get(ids[2]).await.unwrap();
+    assert_eq!(
+        (moved.state, moved.spec.group.clone()),
+        (TaskState::Pending, other.clone())
+    );
+    let elsewhere = m.pod(PodConfig::new(pod_id("p-admin-2"), vec![other]), handlers);
+    m.proxy().await_result(ids[2]).await.unwrap();
+    assert_eq!(
+        change(mawex::PendingChange::default().to_front(), &[0]).await,
+        0,
+        "finished tasks are left alone"
+    );
+    pod.shutdown().await.unwrap();
+    elsewhere.shutdown().await.unwrap();
+    m.shutdown().await;
+}
+
+async fn queued_tasks_show_an_estimated_wait(t: Transport) {
+    let m = TestMaster::start_on(t).await;
+    let g = group("eta");
+    let (handlers, runs, _) = instrumented();
+    let pod = m.pod(PodConfig::new(pod_id("p-eta"), vec![g.clone()]), handlers);
+    // One finished task gives the group a mean run time.
+    let first = m
+        .proxy()
+        .submit(TaskSpec::new(g.clone(), "sleep", "30"))
+        .await
+        .unwrap();
+    m.proxy().await_result(first.id).await.unwrap();
+    let busy = m
+        .proxy()
+        .submit(TaskSpec::new(g.clone(), "sleep", "300"))
+        .await
+        .unwrap();
+    wait_for("the long task to start", || {
+        let n = runs.count(&busy.id);
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    let queued: Vec<_> = (0..3)
+        .map(|_| TaskSpec::new(g.clone(), "echo", ""))
+        .collect();
+    m.proxy().submit_many(queued.clone()).await.unwrap();
+    let mut etas = Vec::new();
+    for spec in &queued {
+        etas.push(
+            m.proxy()
+                .get(spec.id)
+                .await
+                .unwrap()
+                .eta
+                .expect("an estimate"),
+        );
+    }
+    assert_eq!(etas[0], Duration::ZERO, "next in line");
+    assert!(etas[0] < etas[1] && etas[1] < etas[2], "{etas:?}");
+    let page = m
+        .proxy()
+        .list(
+            mawex::ListQuery::default()
+                .group(g)
+                .state(TaskState::Pending),
+        )
+        .await
+        .unwrap();
+    assert!(page.tasks.iter().all(|v| v.eta.is_some()));
+    assert!(
+        m.proxy().get(busy.id).await.unwrap().eta.is_none(),
+        "running: no estimate"
+    );
+    pod.shutdown().await.unwrap();
+    m.shutdown().await;
+}
+
 on_both_transports!(
     failed_tasks_are_counted_retried_and_purged,
     a_dedup_key_returns_the_live_task_until_its_window_passes,
     paused_groups_wait_and_concurrency_ceilings_hold,
+    pending_tasks_can_be_moved_reprioritized_and_reordered,
+    queued_tasks_show_an_estimated_wait,
 );

@@ -179,3 +179,57 @@ impl FailedCount {
         FailedCount { group, kind, count }
     }
 }
+
+/// Where a pending task goes in its queue (within its priority).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum QueuePosition {
+    /// Ahead of every task of its priority.
+    Front,
+    /// Behind every task of its priority.
+    Back,
+}
+
+/// A change to pending tasks: move to another group, change priority, requeue to the back or
+/// prefer to the front. Running and finished tasks are left alone.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PendingChange {
+    /// Move to this group.
+    pub group: Option<GroupName>,
+    /// Take this priority.
+    pub priority: Option<i32>,
+    /// Go to the front or the back.
+    pub position: Option<QueuePosition>,
+}
+
+impl PendingChange {
+    /// Move the tasks to `group`.
+    pub fn move_to(mut self, group: GroupName) -> Self {
+        self.group = Some(group);
+        self
+    }
+
+    /// Give the tasks `priority`.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Put the tasks ahead of the others of their priority.
+    pub fn to_front(mut self) -> Self {
+        self.position = Some(QueuePosition::Front);
+        self
+    }
+
+    /// Put the tasks behind the others of their priority.
+    pub fn to_back(mut self) -> Self {
+        self.position = Some(QueuePosition::Back);
+        self
+    }
+
+    /// True if it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.group.is_none() && self.priority.is_none() && self.position.is_none()
+    }
+}

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 
-use crate::admin::{FailedCount, FailedFilter, GroupSettings};
+use crate::admin::{FailedCount, FailedFilter, GroupSettings, PendingChange};
 use crate::error::ApiError;
 use crate::ids::{GroupName, TaskId};
 use crate::task::{TaskResult, TaskSpec, TaskState, TaskView};
@@ -206,6 +206,17 @@ pub trait MasterProxy: Send + Sync {
         group: GroupName,
         settings: GroupSettings,
     ) -> Result<(), ApiError>;
+
+    /// Changes pending tasks among `ids` (moves them, reprioritizes them, requeues them to the
+    /// back or prefers them to the front). Returns how many were pending and changed.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for no ids or an empty change.
+    async fn update_pending(
+        &self,
+        ids: Vec<TaskId>,
+        change: PendingChange,
+    ) -> Result<u64, ApiError>;
 
     /// How `group` is dispatched now (defaults for a group never configured).
     ///

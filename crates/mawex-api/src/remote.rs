@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::transport::{Channel, Endpoint};
 use tracing::debug;
 
-use crate::admin::{FailedCount, FailedFilter, GroupSettings};
+use crate::admin::{FailedCount, FailedFilter, GroupSettings, PendingChange};
 use crate::error::ApiError;
 use crate::ids::{GroupName, TaskId};
 use crate::proto;
@@ -416,6 +416,22 @@ impl MasterProxy for RemoteMasterProxy {
         })
         .await?;
         Ok(())
+    }
+
+    async fn update_pending(
+        &self,
+        ids: Vec<TaskId>,
+        change: PendingChange,
+    ) -> Result<u64, ApiError> {
+        // Idempotent: applying the same change twice leaves the same queue.
+        let request = crate::convert::update_pending_request(&ids, &change);
+        let response = retrying(&self.config, || {
+            let mut client = self.client.clone();
+            let request = request.clone();
+            async move { Ok(client.update_pending(request).await?.into_inner()) }
+        })
+        .await?;
+        Ok(response.count)
     }
 
     async fn group_settings(&self, group: GroupName) -> Result<GroupSettings, ApiError> {

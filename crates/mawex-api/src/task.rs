@@ -510,6 +510,9 @@ pub struct TaskView {
     pub failures: Vec<AttemptFailure>,
     /// While pending: not dispatched before this time (a delayed task or a scheduled retry).
     pub not_before: Option<Timestamp>,
+    /// While pending and ready: estimated wait until it starts (tasks ahead of it × the
+    /// group's recent mean duration ÷ the group's slots), if there is enough to go on.
+    pub eta: Option<Duration>,
 }
 
 impl TaskView {
@@ -525,6 +528,7 @@ impl TaskView {
             result: None,
             failures: Vec::new(),
             not_before: None,
+            eta: None,
         }
     }
 }

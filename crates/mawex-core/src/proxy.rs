@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use futures::stream;
 use mawex_api::{
     ApiError, CancelAck, FailedCount, FailedFilter, GroupName, GroupSettings, ListQuery,
-    MasterProxy, ResultCursor, ResultStream, SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec,
-    TaskView,
+    MasterProxy, PendingChange, ResultCursor, ResultStream, SubmitAck, TaskId, TaskPage,
+    TaskResult, TaskSpec, TaskView,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -141,6 +141,15 @@ impl MasterProxy for LocalMasterProxy {
             reply,
         })
         .await
+    }
+
+    async fn update_pending(
+        &self,
+        ids: Vec<TaskId>,
+        change: PendingChange,
+    ) -> Result<u64, ApiError> {
+        self.call(|reply| CoreMsg::UpdatePending { ids, change, reply })
+            .await
     }
 
     async fn group_settings(&self, group: GroupName) -> Result<GroupSettings, ApiError> {

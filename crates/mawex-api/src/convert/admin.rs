@@ -1,10 +1,12 @@
 //! Group settings and the failed queue.
 
-use crate::admin::{FailedCount, FailedFilter, GroupSettings, RateLimit};
+use crate::admin::{
+    FailedCount, FailedFilter, GroupSettings, PendingChange, QueuePosition, RateLimit,
+};
 use crate::convert::task::error_kind_filter;
 use crate::convert::{in_field, invalid, task_id};
 use crate::error::ApiError;
-use crate::ids::GroupName;
+use crate::ids::{GroupName, TaskId};
 use crate::proto;
 use crate::task::ErrorKind;
 
@@ -90,4 +92,50 @@ impl TryFrom<proto::FailedCount> for FailedCount {
             c.count,
         ))
     }
+}
+
+/// Builds the wire request of `update_pending`.
+pub fn update_pending_request(
+    ids: &[TaskId],
+    change: &PendingChange,
+) -> proto::UpdatePendingRequest {
+    proto::UpdatePendingRequest {
+        ids: ids.iter().map(|id| id.to_string()).collect(),
+        group: change.group.as_ref().map(|g| g.to_string()),
+        priority: change.priority,
+        position: match change.position {
+            Some(QueuePosition::Front) => proto::QueuePosition::Front,
+            Some(QueuePosition::Back) => proto::QueuePosition::Back,
+            None => proto::QueuePosition::Unspecified,
+        } as i32,
+    }
+}
+
+/// Reads the wire request of `update_pending`.
+///
+/// # Errors
+/// `InvalidArgument` naming the bad field.
+pub fn parse_update_pending(
+    r: proto::UpdatePendingRequest,
+) -> Result<(Vec<TaskId>, PendingChange), ApiError> {
+    let ids = r
+        .ids
+        .iter()
+        .map(|id| task_id("ids", id))
+        .collect::<Result<Vec<_>, _>>()?;
+    let position = match proto::QueuePosition::try_from(r.position) {
+        Ok(proto::QueuePosition::Unspecified) => None,
+        Ok(proto::QueuePosition::Front) => Some(QueuePosition::Front),
+        Ok(proto::QueuePosition::Back) => Some(QueuePosition::Back),
+        Err(_) => return Err(invalid(format!("position: unknown value {}", r.position))),
+    };
+    let change = PendingChange {
+        group: r
+            .group
+            .map(|g| GroupName::new(g).map_err(in_field("group")))
+            .transpose()?,
+        priority: r.priority,
+        position,
+    };
+    Ok((ids, change))
 }

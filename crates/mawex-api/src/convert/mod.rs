@@ -10,6 +10,7 @@ mod proxy;
 mod status;
 mod task;
 
+pub use admin::{parse_update_pending, update_pending_request};
 pub use pod::{MasterFrame, PodFrame};
 pub(crate) use task::task_state;
 

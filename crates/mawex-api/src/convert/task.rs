@@ -255,6 +255,7 @@ impl From<TaskView> for proto::TaskView {
                 })
                 .collect(),
             not_before_ms: v.not_before.map(|t| t.0),
+            eta_ms: v.eta.map(millis),
         }
     }
 }
@@ -289,6 +290,7 @@ impl TryFrom<proto::TaskView> for TaskView {
             })
             .collect::<Result<_, ApiError>>()?;
         view.not_before = v.not_before_ms.map(Timestamp);
+        view.eta = v.eta_ms.map(Duration::from_millis);
         Ok(view)
     }
 }

@@ -4,8 +4,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use mawex_api::pod::AttemptRef;
 use mawex_api::{
-    Attempt, ErrorKind, GroupName, GroupSettings, Limits, Outcome, PodId, RetryHint, RetryPolicy,
-    TaskError, TaskId, TaskSpec, Timestamp,
+    Attempt, ErrorKind, GroupName, GroupSettings, Limits, Outcome, PendingChange, PodId, RetryHint,
+    RetryPolicy, TaskError, TaskId, TaskSpec, Timestamp,
 };
 
 use super::record::{decode_record, encode_records};
@@ -176,6 +176,13 @@ fn golden_events_v2() -> Vec<Event> {
         .with_id(id(4))
         .with_dedup("nightly-report", Duration::from_secs(3600)),
         at: Timestamp(1_700_000_000_055),
+    });
+    events.push(Event::TasksUpdated {
+        tasks: vec![id(4)],
+        change: PendingChange::default()
+            .move_to(GroupName::new("elsewhere").expect("valid"))
+            .priority(7)
+            .to_front(),
     });
     events
 }

@@ -19,7 +19,8 @@ use std::time::Duration;
 use mawex_api::pod::{Assignment, MasterMessage, PodHello, PodMessage, Welcome};
 use mawex_api::{
     ApiError, CancelAck, FailedCount, FailedFilter, GroupName, GroupSettings, ListQuery,
-    ResultCursor, SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec, TaskView, MAX_LIST_LIMIT,
+    PendingChange, ResultCursor, SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec, TaskView,
+    MAX_LIST_LIMIT,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info};
@@ -82,6 +83,11 @@ pub(crate) enum CoreMsg {
     GroupSettings {
         group: GroupName,
         reply: Reply<GroupSettings>,
+    },
+    UpdatePending {
+        ids: Vec<TaskId>,
+        change: PendingChange,
+        reply: Reply<u64>,
     },
     PodConnect {
         hello: PodHello,
@@ -311,7 +317,7 @@ impl<J: Journal> CoreLoop<J> {
                 answer(deferred, reply, r);
             }
             CoreMsg::Get { id, reply } => {
-                let r = self.engine.state().view(&id).ok_or(ApiError::NotFound(id));
+                let r = self.engine.view(&id).ok_or(ApiError::NotFound(id));
                 answer(deferred, reply, r);
             }
             CoreMsg::Cancel { id, reply } => {
@@ -332,7 +338,7 @@ impl<J: Journal> CoreLoop<J> {
                         query.limit
                     )))
                 } else {
-                    Ok(self.engine.state().list(&query))
+                    Ok(self.engine.list(&query))
                 };
                 answer(deferred, reply, r);
             }
@@ -353,6 +359,10 @@ impl<J: Journal> CoreLoop<J> {
                 reply,
             } => {
                 let r = self.engine.configure_group(group, settings, out);
+                answer(deferred, reply, r);
+            }
+            CoreMsg::UpdatePending { ids, change, reply } => {
+                let r = self.engine.update_pending(ids, change, out);
                 answer(deferred, reply, r);
             }
             CoreMsg::GroupSettings { group, reply } => {

@@ -12,7 +12,8 @@ use std::time::Duration;
 use mawex_api::pod::{AttemptRef, MasterMessage, PodHello, PodMessage, ResourceUsage};
 use mawex_api::{
     ApiError, Attempt, CancelAck, ErrorKind, FailedFilter, GroupName, GroupSettings, Outcome,
-    PodId, RetryHint, RetryPolicy, SubmitAck, TaskError, TaskId, TaskSpec, TaskState, Timestamp,
+    PendingChange, PodId, RetryHint, RetryPolicy, SubmitAck, TaskError, TaskId, TaskSpec,
+    TaskState, TaskView, Timestamp,
 };
 use tracing::debug;
 
@@ -208,9 +209,9 @@ impl Engine {
             Event::TaskRetryScheduled { attempt, .. } => self.release(&attempt.task),
             Event::TasksForgotten { .. } => {}
             // Back in a queue, or a group opened up: maybe something can be dispatched.
-            Event::TasksRetried { .. } | Event::GroupConfigured { .. } => {
-                self.dispatch_needed = true
-            }
+            Event::TasksRetried { .. }
+            | Event::GroupConfigured { .. }
+            | Event::TasksUpdated { .. } => self.dispatch_needed = true,
         }
         self.state.apply(event);
     }
@@ -313,6 +314,74 @@ impl Engine {
             self.emit(Event::TasksForgotten { tasks }, out);
         }
         n
+    }
+
+    /// Moves, reprioritizes or repositions the pending tasks among `ids`.
+    pub(crate) fn update_pending(
+        &mut self,
+        ids: Vec<TaskId>,
+        change: PendingChange,
+        out: &mut Output,
+    ) -> Result<u64, ApiError> {
+        if ids.is_empty() {
+            return Err(ApiError::InvalidArgument("name the tasks to change".into()));
+        }
+        if change.is_empty() {
+            return Err(ApiError::InvalidArgument(
+                "the change is empty: give a group, a priority or a position".into(),
+            ));
+        }
+        let mut tasks: Vec<TaskId> = ids
+            .into_iter()
+            .filter(|id| {
+                self.state
+                    .task(id)
+                    .is_some_and(|e| e.state == TaskState::Pending)
+            })
+            .collect();
+        tasks.sort_unstable();
+        tasks.dedup();
+        let n = tasks.len() as u64;
+        if !tasks.is_empty() {
+            self.emit(Event::TasksUpdated { tasks, change }, out);
+        }
+        Ok(n)
+    }
+
+    /// A task as clients see it, with an estimate of its wait if it is queued.
+    pub(crate) fn view(&self, id: &TaskId) -> Option<TaskView> {
+        let mut view = self.state.view(id)?;
+        if view.state == TaskState::Pending && view.not_before.is_none() {
+            view.eta = self.eta(&view.spec.group, id);
+        }
+        Some(view)
+    }
+
+    /// A page of tasks, with wait estimates for the queued ones.
+    pub(crate) fn list(&self, query: &mawex_api::ListQuery) -> mawex_api::TaskPage {
+        let mut page = self.state.list(query);
+        for view in &mut page.tasks {
+            if view.state == TaskState::Pending && view.not_before.is_none() {
+                view.eta = self.eta(&view.spec.group, &view.spec.id);
+            }
+        }
+        page
+    }
+
+    /// Tasks ahead × the group's recent mean duration ÷ the slots serving it now.
+    fn eta(&self, group: &GroupName, id: &TaskId) -> Option<Duration> {
+        let mean = self.state.mean_duration(group)?;
+        let slots: u64 = self
+            .pods
+            .values()
+            .filter(|p| !p.draining && p.groups.contains(group))
+            .map(|p| u64::from(p.slots))
+            .sum();
+        if slots == 0 {
+            return None;
+        }
+        let ahead = self.state.position_in_queue(id)? as u64;
+        Some(mean.mul_f64(ahead as f64 / slots as f64))
     }
 
     /// Changes how `group` is dispatched.

@@ -1,7 +1,9 @@
 //! What the journal records: every change of durable task state.
 
 use mawex_api::pod::AttemptRef;
-use mawex_api::{GroupName, GroupSettings, Outcome, PodId, TaskError, TaskId, TaskSpec, Timestamp};
+use mawex_api::{
+    GroupName, GroupSettings, Outcome, PendingChange, PodId, TaskError, TaskId, TaskSpec, Timestamp,
+};
 use serde::{Deserialize, Serialize};
 
 /// One change of durable state. Applying the same events in the same order always yields the
@@ -75,6 +77,13 @@ pub enum Event {
         tasks: Vec<TaskId>,
         /// When.
         at: Timestamp,
+    },
+    /// Pending tasks were moved, reprioritized, requeued to the back or preferred to the front.
+    TasksUpdated {
+        /// The tasks (all pending when decided).
+        tasks: Vec<TaskId>,
+        /// What changed.
+        change: PendingChange,
     },
     /// A group's dispatch settings changed.
     GroupConfigured {

@@ -1,12 +1,13 @@
 //! The durable state of the master and the pure function that changes it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use mawex_api::pod::AttemptRef;
 use mawex_api::{
     Attempt, AttemptFailure, ErrorKind, FailedCount, FailedFilter, GroupName, GroupSettings,
-    ListQuery, Outcome, PodId, TaskId, TaskPage, TaskResult, TaskSpec, TaskState, TaskView,
-    Timestamp,
+    ListQuery, Outcome, PodId, QueuePosition, TaskId, TaskPage, TaskResult, TaskSpec, TaskState,
+    TaskView, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +28,30 @@ struct Rounds {
     by_key: HashMap<String, BTreeMap<u64, u32>>,
 }
 
+/// Rounds start here, leaving room below for tasks preferred to the front.
+const ROUND_BASE: u64 = 1 << 32;
+
+impl Rounds {
+    /// A round ahead of every live task of the group.
+    fn front(&self) -> u64 {
+        self.all
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(ROUND_BASE)
+            .saturating_sub(1)
+    }
+
+    /// A round behind every live task of the group.
+    fn back(&self) -> u64 {
+        self.all
+            .keys()
+            .next_back()
+            .copied()
+            .map_or(ROUND_BASE, |r| r.saturating_add(1))
+    }
+}
+
 fn multiset_add(set: &mut BTreeMap<u64, u32>, round: u64) {
     *set.entry(round).or_default() += 1;
 }
@@ -42,7 +67,7 @@ fn multiset_remove(set: &mut BTreeMap<u64, u32>, round: u64) {
 
 impl Rounds {
     fn next_for(&self, key: &str) -> u64 {
-        let floor = self.all.keys().next().copied().unwrap_or(0);
+        let floor = self.all.keys().next().copied().unwrap_or(ROUND_BASE);
         let last = self
             .by_key
             .get(key)
@@ -209,6 +234,9 @@ pub struct MasterState {
     /// Fairness rounds of live tasks, per group.
     #[serde(skip)]
     rounds: HashMap<GroupName, Rounds>,
+    /// Recent mean run time per group (ms, moving average), for wait estimates.
+    #[serde(skip)]
+    durations: HashMap<GroupName, u64>,
 }
 
 /// Equal when the durable parts are; the indexes are functions of them.
@@ -258,7 +286,7 @@ impl MasterState {
                     not_before: None,
                     retry_base: 0,
                     // Format 1 knew no fairness: one round for all keeps the queue FIFO.
-                    round: 0,
+                    round: ROUND_BASE,
                 };
                 (id, entry)
             })
@@ -459,6 +487,42 @@ impl MasterState {
                     self.enqueue(&entry);
                 }
             }
+            Event::TasksUpdated { tasks, change } => {
+                for id in tasks {
+                    let Some(entry) = self.tasks.get(id) else {
+                        continue;
+                    };
+                    if entry.state != TaskState::Pending {
+                        continue;
+                    }
+                    let mut entry = entry.clone();
+                    self.dequeue(&entry);
+                    if let Some(rounds) = self.rounds.get_mut(&entry.spec.group) {
+                        rounds.remove(entry.fairness_key(), entry.round);
+                    }
+                    let moved = change
+                        .group
+                        .as_ref()
+                        .is_some_and(|g| *g != entry.spec.group);
+                    if let Some(group) = &change.group {
+                        entry.spec.group = group.clone();
+                    }
+                    if let Some(priority) = change.priority {
+                        entry.spec.priority = priority;
+                    }
+                    let rounds = self.rounds.entry(entry.spec.group.clone()).or_default();
+                    entry.round = match change.position {
+                        Some(QueuePosition::Front) => rounds.front(),
+                        Some(QueuePosition::Back) => rounds.back(),
+                        // A task moved to another group joins it as a newcomer of its key.
+                        _ if moved => rounds.next_for(entry.fairness_key()),
+                        _ => entry.round,
+                    };
+                    rounds.add(entry.fairness_key(), entry.round);
+                    self.enqueue(&entry);
+                    self.tasks.insert(*id, entry);
+                }
+            }
             Event::GroupConfigured { group, settings } => {
                 if *settings == GroupSettings::default() {
                     self.groups.remove(group);
@@ -562,6 +626,12 @@ impl MasterState {
             let key = entry.spec.fairness_key.as_deref().unwrap_or("");
             rounds.remove(key, entry.round);
         }
+        if let (TaskState::Running, Some(started)) = (entry.state, entry.started_at) {
+            let ms = at.0.saturating_sub(started.0);
+            let mean = self.durations.entry(entry.spec.group.clone()).or_insert(ms);
+            // A moving average weighted 4:1 towards the past: recent, but not jumpy.
+            *mean = (*mean * 4 + ms) / 5;
+        }
         self.counts.moved(Some(entry.state), Some(state));
         entry.state = state;
         entry.pod = None;
@@ -662,6 +732,21 @@ impl MasterState {
             .into_iter()
             .map(|((group, _), (kind, n))| FailedCount::new(group, kind, n))
             .collect()
+    }
+
+    /// The recent mean run time of `group`'s tasks, if any finished since start-up.
+    pub(crate) fn mean_duration(&self, group: &GroupName) -> Option<Duration> {
+        self.durations
+            .get(group)
+            .map(|ms| Duration::from_millis(*ms))
+    }
+
+    /// How many ready tasks are ahead of `id` in its group's queue.
+    pub(crate) fn position_in_queue(&self, id: &TaskId) -> Option<usize> {
+        let entry = self.tasks.get(id)?;
+        let queue = self.pending.get(&entry.spec.group)?;
+        let key = entry.queue_key();
+        queue.contains_key(&key).then(|| queue.range(..key).count())
     }
 
     /// Tasks of `group` running now.

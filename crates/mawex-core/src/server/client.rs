@@ -3,7 +3,7 @@
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
-use mawex_api::convert::{required, task_id};
+use mawex_api::convert::{parse_update_pending, required, task_id};
 use mawex_api::{proto, FailedFilter, GroupName, ListQuery, MasterProxy, ResultCursor, TaskSpec};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -136,6 +136,15 @@ impl proto::master_server::Master for ClientService {
         let settings = required("settings", request.settings)?.into();
         self.proxy.configure_group(group, settings).await?;
         Ok(Response::new(proto::ConfigureGroupResponse {}))
+    }
+
+    async fn update_pending(
+        &self,
+        request: Request<proto::UpdatePendingRequest>,
+    ) -> Result<Response<proto::CountResponse>, Status> {
+        let (ids, change) = parse_update_pending(request.into_inner())?;
+        let count = self.proxy.update_pending(ids, change).await?;
+        Ok(Response::new(proto::CountResponse { count }))
     }
 
     async fn get_group_settings(
