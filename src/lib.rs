@@ -39,10 +39,10 @@ pub use mawex_api::pod;
 pub use mawex_api::proto;
 pub use mawex_api::{
     ApiError, Attempt, AttemptFailure, Bytes, CancelAck, Dedup, ErrorKind, FailedCount,
-    FailedFilter, GroupName, GroupSettings, Limits, ListQuery, MasterProxy, Outcome, PendingChange,
-    PodId, QueuePosition, RateLimit, RemoteConfig, RemoteMasterProxy, ResultCursor, ResultStream,
-    RetryHint, RetryPolicy, SubmitAck, TaskError, TaskId, TaskPage, TaskResult, TaskSpec,
-    TaskState, TaskView, Timestamp,
+    FailedFilter, GroupName, GroupSettings, Limits, ListQuery, MasterProxy, MissedTicks, Outcome,
+    PendingChange, PodId, QueuePosition, RateLimit, RemoteConfig, RemoteMasterProxy, ResultCursor,
+    ResultStream, RetryHint, RetryPolicy, ScheduleSpec, ScheduleView, SubmitAck, TaskError, TaskId,
+    TaskPage, TaskResult, TaskSpec, TaskState, TaskView, Timestamp,
 };
 pub use mawex_core::{
     clock, journal, CoreError, Event, GrpcPodConnector, GrpcServer, Journal, LocalMasterProxy,

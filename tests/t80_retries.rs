@@ -286,3 +286,116 @@ async fn an_output_over_the_pods_limit_fails_the_task_for_good() {
     pod.shutdown().await.unwrap();
     master.shutdown().await.unwrap();
 }
+
+async fn fired(master: &Master, name: &str) -> u64 {
+    master
+        .proxy()
+        .list_schedules()
+        .await
+        .unwrap()
+        .iter()
+        .find(|s| s.spec.name.as_str() == name)
+        .map_or(0, |s| s.fired)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_schedule_fires_once_per_tick_across_a_restart_and_not_while_paused() {
+    let clock = ManualClock::new(START);
+    let journal = MemoryJournal::new();
+    let s = setup(journal.clone(), clock.clone()).await;
+    let template = TaskSpec::new(group("retry"), "ok", "tick");
+    let every_minute =
+        mawex::ScheduleSpec::new(group("every-minute"), "*/1 * * * *", template.clone());
+    let paused = mawex::ScheduleSpec::new(group("paused"), "*/1 * * * *", template.clone());
+    s.master
+        .proxy()
+        .create_schedule(every_minute.clone())
+        .await
+        .unwrap();
+    s.master
+        .proxy()
+        .create_schedule(every_minute.clone())
+        .await
+        .unwrap();
+    s.master
+        .proxy()
+        .create_schedule(paused.clone())
+        .await
+        .unwrap();
+    s.master
+        .proxy()
+        .pause_schedule(group("paused"), true)
+        .await
+        .unwrap();
+    let other = mawex::ScheduleSpec::new(group("every-minute"), "*/5 * * * *", template.clone());
+    assert!(matches!(
+        s.master.proxy().create_schedule(other).await,
+        Err(mawex::ApiError::Conflict(_))
+    ));
+    let bad = mawex::ScheduleSpec::new(group("bad"), "every minute", template.clone());
+    assert!(matches!(
+        s.master.proxy().create_schedule(bad).await,
+        Err(mawex::ApiError::InvalidArgument(_))
+    ));
+
+    let mut s = s;
+    for minute in 1..=10u64 {
+        if minute == 6 {
+            // A crash and a restart in the middle: no tick is lost or repeated.
+            s.pod.kill();
+            s.master.halt().await.unwrap();
+            s = setup(journal.clone(), clock.clone()).await;
+            assert_eq!(fired(&s.master, "every-minute").await, 5);
+        }
+        s.clock.advance(Duration::from_secs(60));
+        wait_for("the tick to fire", || {
+            s.master.tick();
+            let master = &s.master;
+            async move { (fired(master, "every-minute").await == minute).then_some(()) }
+        })
+        .await;
+        // Ticking again within the same minute fires nothing more.
+        s.master.tick();
+        assert_eq!(fired(&s.master, "every-minute").await, minute);
+    }
+    assert_eq!(
+        fired(&s.master, "paused").await,
+        0,
+        "a paused schedule never fires"
+    );
+
+    // Every firing submitted one task, with its own id, and they all ran.
+    let page = s
+        .master
+        .proxy()
+        .list(mawex::ListQuery::default().group(group("retry")).limit(100))
+        .await
+        .unwrap();
+    assert_eq!(page.tasks.len(), 10);
+    for view in &page.tasks {
+        s.master.proxy().await_result(view.spec.id).await.unwrap();
+    }
+
+    // Resuming does not owe the ticks that passed while paused.
+    s.master
+        .proxy()
+        .pause_schedule(group("paused"), false)
+        .await
+        .unwrap();
+    s.master.tick();
+    s.master.proxy().list_schedules().await.unwrap();
+    assert_eq!(fired(&s.master, "paused").await, 0);
+    s.master
+        .proxy()
+        .delete_schedule(group("paused"))
+        .await
+        .unwrap();
+    s.master
+        .proxy()
+        .delete_schedule(group("paused"))
+        .await
+        .unwrap();
+    assert_eq!(s.master.proxy().list_schedules().await.unwrap().len(), 1);
+    s.pod.shutdown().await.unwrap();
+    s.master.shutdown().await.unwrap();
+}

@@ -233,3 +233,86 @@ impl PendingChange {
         self.group.is_none() && self.priority.is_none() && self.position.is_none()
     }
 }
+
+/// What a schedule does with ticks it missed while the master was down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum MissedTicks {
+    /// Run nothing for them; continue with the next tick.
+    #[default]
+    Skip,
+    /// Run once for all of them (for the latest), then continue.
+    RunOnce,
+}
+
+/// A cron schedule: a task submitted at every tick of a cron expression.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ScheduleSpec {
+    /// Identity of the schedule (same rules as group names).
+    pub name: GroupName,
+    /// A standard cron expression of 5 fields, or 6 with seconds first.
+    pub cron: String,
+    /// IANA time zone the expression is read in, e.g. `"Europe/Prague"`.
+    pub time_zone: String,
+    /// The task submitted at each tick (its id is replaced by one derived from the tick).
+    pub task: crate::task::TaskSpec,
+    /// What happens to ticks missed while the master was down.
+    pub missed: MissedTicks,
+}
+
+impl ScheduleSpec {
+    /// A schedule `name` running `task` at every tick of `cron` (UTC, missed ticks skipped).
+    pub fn new(name: GroupName, cron: impl Into<String>, task: crate::task::TaskSpec) -> Self {
+        ScheduleSpec {
+            name,
+            cron: cron.into(),
+            time_zone: "UTC".into(),
+            task,
+            missed: MissedTicks::Skip,
+        }
+    }
+
+    /// The same schedule read in `time_zone`.
+    pub fn in_time_zone(mut self, time_zone: impl Into<String>) -> Self {
+        self.time_zone = time_zone.into();
+        self
+    }
+
+    /// The same schedule with a policy for missed ticks.
+    pub fn on_missed(mut self, missed: MissedTicks) -> Self {
+        self.missed = missed;
+        self
+    }
+}
+
+/// A schedule as the master knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ScheduleView {
+    /// What was created.
+    pub spec: ScheduleSpec,
+    /// Paused schedules do not fire.
+    pub paused: bool,
+    /// The last tick handled (fired or skipped).
+    pub last_tick: Option<crate::time::Timestamp>,
+    /// How many times it fired.
+    pub fired: u64,
+}
+
+impl ScheduleView {
+    /// A view of `spec`.
+    pub fn new(
+        spec: ScheduleSpec,
+        paused: bool,
+        last_tick: Option<crate::time::Timestamp>,
+        fired: u64,
+    ) -> Self {
+        ScheduleView {
+            spec,
+            paused,
+            last_tick,
+            fired,
+        }
+    }
+}

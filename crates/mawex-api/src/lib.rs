@@ -28,8 +28,8 @@ mod task;
 mod time;
 
 pub use admin::{
-    Dedup, FailedCount, FailedFilter, GroupSettings, PendingChange, QueuePosition, RateLimit,
-    MAX_DEDUP_KEY_LEN, MAX_GROUP_CONCURRENCY,
+    Dedup, FailedCount, FailedFilter, GroupSettings, MissedTicks, PendingChange, QueuePosition,
+    RateLimit, ScheduleSpec, ScheduleView, MAX_DEDUP_KEY_LEN, MAX_GROUP_CONCURRENCY,
 };
 pub use error::ApiError;
 pub use ids::{Attempt, GroupName, PodId, TaskId};

@@ -4,7 +4,9 @@ use async_trait::async_trait;
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 
-use crate::admin::{FailedCount, FailedFilter, GroupSettings, PendingChange};
+use crate::admin::{
+    FailedCount, FailedFilter, GroupSettings, PendingChange, ScheduleSpec, ScheduleView,
+};
 use crate::error::ApiError;
 use crate::ids::{GroupName, TaskId};
 use crate::task::{TaskResult, TaskSpec, TaskState, TaskView};
@@ -217,6 +219,31 @@ pub trait MasterProxy: Send + Sync {
         ids: Vec<TaskId>,
         change: PendingChange,
     ) -> Result<u64, ApiError>;
+
+    /// Creates a cron schedule. Creating the same schedule again is harmless; a different one
+    /// under a taken name is a `Conflict`.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a bad cron expression, time zone or task.
+    async fn create_schedule(&self, spec: ScheduleSpec) -> Result<(), ApiError>;
+
+    /// Every schedule.
+    ///
+    /// # Errors
+    /// `Unavailable` when the master is down.
+    async fn list_schedules(&self) -> Result<Vec<ScheduleView>, ApiError>;
+
+    /// Pauses (`true`) or resumes a schedule. Ticks that pass while paused never fire.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for an unknown schedule.
+    async fn pause_schedule(&self, name: GroupName, paused: bool) -> Result<(), ApiError>;
+
+    /// Deletes a schedule; tasks it already submitted are not touched.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for an unknown schedule.
+    async fn delete_schedule(&self, name: GroupName) -> Result<(), ApiError>;
 
     /// How `group` is dispatched now (defaults for a group never configured).
     ///

@@ -11,7 +11,9 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::transport::{Channel, Endpoint};
 use tracing::debug;
 
-use crate::admin::{FailedCount, FailedFilter, GroupSettings, PendingChange};
+use crate::admin::{
+    FailedCount, FailedFilter, GroupSettings, PendingChange, ScheduleSpec, ScheduleView,
+};
 use crate::error::ApiError;
 use crate::ids::{GroupName, TaskId};
 use crate::proto;
@@ -432,6 +434,65 @@ impl MasterProxy for RemoteMasterProxy {
         })
         .await?;
         Ok(response.count)
+    }
+
+    async fn create_schedule(&self, spec: ScheduleSpec) -> Result<(), ApiError> {
+        // Idempotent: the same schedule created twice is one schedule.
+        let request = proto::CreateScheduleRequest {
+            spec: Some(spec.into()),
+        };
+        retrying(&self.config, || {
+            let mut client = self.client.clone();
+            let request = request.clone();
+            async move { Ok(client.create_schedule(request).await?.into_inner()) }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<ScheduleView>, ApiError> {
+        let response = retrying(&self.config, || {
+            let mut client = self.client.clone();
+            async move {
+                Ok(client
+                    .list_schedules(proto::ListSchedulesRequest {})
+                    .await?
+                    .into_inner())
+            }
+        })
+        .await?;
+        response
+            .schedules
+            .into_iter()
+            .map(TryInto::try_into)
+            .collect()
+    }
+
+    async fn pause_schedule(&self, name: GroupName, paused: bool) -> Result<(), ApiError> {
+        let request = proto::PauseScheduleRequest {
+            name: name.to_string(),
+            paused,
+        };
+        retrying(&self.config, || {
+            let mut client = self.client.clone();
+            let request = request.clone();
+            async move { Ok(client.pause_schedule(request).await?.into_inner()) }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_schedule(&self, name: GroupName) -> Result<(), ApiError> {
+        let request = proto::ScheduleNameRequest {
+            name: name.to_string(),
+        };
+        retrying(&self.config, || {
+            let mut client = self.client.clone();
+            let request = request.clone();
+            async move { Ok(client.delete_schedule(request).await?.into_inner()) }
+        })
+        .await?;
+        Ok(())
     }
 
     async fn group_settings(&self, group: GroupName) -> Result<GroupSettings, ApiError> {

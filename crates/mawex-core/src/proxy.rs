@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use futures::stream;
 use mawex_api::{
     ApiError, CancelAck, FailedCount, FailedFilter, GroupName, GroupSettings, ListQuery,
-    MasterProxy, PendingChange, ResultCursor, ResultStream, SubmitAck, TaskId, TaskPage,
-    TaskResult, TaskSpec, TaskView,
+    MasterProxy, PendingChange, ResultCursor, ResultStream, ScheduleSpec, ScheduleView, SubmitAck,
+    TaskId, TaskPage, TaskResult, TaskSpec, TaskView,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -149,6 +149,29 @@ impl MasterProxy for LocalMasterProxy {
         change: PendingChange,
     ) -> Result<u64, ApiError> {
         self.call(|reply| CoreMsg::UpdatePending { ids, change, reply })
+            .await
+    }
+
+    async fn create_schedule(&self, spec: ScheduleSpec) -> Result<(), ApiError> {
+        self.call(|reply| CoreMsg::CreateSchedule { spec, reply })
+            .await
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<ScheduleView>, ApiError> {
+        self.call(|reply| CoreMsg::ListSchedules { reply }).await
+    }
+
+    async fn pause_schedule(&self, name: GroupName, paused: bool) -> Result<(), ApiError> {
+        self.call(|reply| CoreMsg::PauseSchedule {
+            name,
+            paused,
+            reply,
+        })
+        .await
+    }
+
+    async fn delete_schedule(&self, name: GroupName) -> Result<(), ApiError> {
+        self.call(|reply| CoreMsg::DeleteSchedule { name, reply })
             .await
     }
 

@@ -1,14 +1,17 @@
 //! Group settings and the failed queue.
 
 use crate::admin::{
-    FailedCount, FailedFilter, GroupSettings, PendingChange, QueuePosition, RateLimit,
+    FailedCount, FailedFilter, GroupSettings, MissedTicks, PendingChange, QueuePosition, RateLimit,
+    ScheduleSpec, ScheduleView,
 };
+use crate::convert::required;
 use crate::convert::task::error_kind_filter;
 use crate::convert::{in_field, invalid, task_id};
 use crate::error::ApiError;
 use crate::ids::{GroupName, TaskId};
 use crate::proto;
 use crate::task::ErrorKind;
+use crate::time::Timestamp;
 
 impl From<GroupSettings> for proto::GroupSettings {
     fn from(s: GroupSettings) -> Self {
@@ -138,4 +141,72 @@ pub fn parse_update_pending(
         position,
     };
     Ok((ids, change))
+}
+
+impl From<ScheduleSpec> for proto::ScheduleSpec {
+    fn from(s: ScheduleSpec) -> Self {
+        proto::ScheduleSpec {
+            name: s.name.to_string(),
+            cron: s.cron,
+            time_zone: s.time_zone,
+            task: Some(s.task.into()),
+            missed: match s.missed {
+                MissedTicks::RunOnce => proto::MissedTicks::RunOnce,
+                _ => proto::MissedTicks::Skip,
+            } as i32,
+        }
+    }
+}
+
+impl TryFrom<proto::ScheduleSpec> for ScheduleSpec {
+    type Error = ApiError;
+
+    fn try_from(s: proto::ScheduleSpec) -> Result<Self, ApiError> {
+        let missed = match proto::MissedTicks::try_from(s.missed) {
+            Ok(proto::MissedTicks::Skip) => MissedTicks::Skip,
+            Ok(proto::MissedTicks::RunOnce) => MissedTicks::RunOnce,
+            Err(_) => {
+                return Err(invalid(format!(
+                    "schedule.missed: unknown value {}",
+                    s.missed
+                )))
+            }
+        };
+        let time_zone = if s.time_zone.is_empty() {
+            "UTC".to_owned()
+        } else {
+            s.time_zone
+        };
+        Ok(ScheduleSpec::new(
+            GroupName::new(&s.name).map_err(in_field("schedule.name"))?,
+            s.cron,
+            required("schedule.task", s.task)?.try_into()?,
+        )
+        .in_time_zone(time_zone)
+        .on_missed(missed))
+    }
+}
+
+impl From<ScheduleView> for proto::ScheduleView {
+    fn from(v: ScheduleView) -> Self {
+        proto::ScheduleView {
+            spec: Some(v.spec.into()),
+            paused: v.paused,
+            last_tick_ms: v.last_tick.map(|t| t.0),
+            fired: v.fired,
+        }
+    }
+}
+
+impl TryFrom<proto::ScheduleView> for ScheduleView {
+    type Error = ApiError;
+
+    fn try_from(v: proto::ScheduleView) -> Result<Self, ApiError> {
+        Ok(ScheduleView::new(
+            required("schedule", v.spec)?.try_into()?,
+            v.paused,
+            v.last_tick_ms.map(Timestamp),
+            v.fired,
+        ))
+    }
 }

@@ -4,8 +4,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use mawex_api::pod::AttemptRef;
 use mawex_api::{
-    Attempt, ErrorKind, GroupName, GroupSettings, Limits, Outcome, PendingChange, PodId, RetryHint,
-    RetryPolicy, TaskError, TaskId, TaskSpec, Timestamp,
+    Attempt, ErrorKind, GroupName, GroupSettings, Limits, MissedTicks, Outcome, PendingChange,
+    PodId, RetryHint, RetryPolicy, ScheduleSpec, TaskError, TaskId, TaskSpec, Timestamp,
 };
 
 use super::record::{decode_record, encode_records};
@@ -183,6 +183,40 @@ fn golden_events_v2() -> Vec<Event> {
             .move_to(GroupName::new("elsewhere").expect("valid"))
             .priority(7)
             .to_front(),
+    });
+    let schedule = ScheduleSpec::new(
+        GroupName::new("nightly").expect("valid"),
+        "0 3 * * *",
+        TaskSpec::new(
+            GroupName::new("golden").expect("valid"),
+            "report",
+            Bytes::new(),
+        )
+        .with_id(id(5)),
+    )
+    .in_time_zone("Europe/Prague")
+    .on_missed(MissedTicks::RunOnce);
+    events.push(Event::ScheduleCreated {
+        spec: schedule.clone(),
+        at: Timestamp(1_700_000_000_060),
+    });
+    events.push(Event::SchedulePaused {
+        name: schedule.name.clone(),
+        paused: true,
+        at: Timestamp(1_700_000_000_061),
+    });
+    events.push(Event::ScheduleSkipped {
+        name: schedule.name.clone(),
+        through: Timestamp(1_700_000_000_062),
+    });
+    events.push(Event::ScheduleFired {
+        name: schedule.name.clone(),
+        tick: Timestamp(1_700_000_000_063),
+        task: schedule.task.clone().with_id(id(6)),
+        at: Timestamp(1_700_000_000_064),
+    });
+    events.push(Event::ScheduleDeleted {
+        name: schedule.name.clone(),
     });
     events
 }

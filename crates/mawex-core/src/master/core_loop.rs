@@ -19,8 +19,8 @@ use std::time::Duration;
 use mawex_api::pod::{Assignment, MasterMessage, PodHello, PodMessage, Welcome};
 use mawex_api::{
     ApiError, CancelAck, FailedCount, FailedFilter, GroupName, GroupSettings, ListQuery,
-    PendingChange, ResultCursor, SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec, TaskView,
-    MAX_LIST_LIMIT,
+    PendingChange, ResultCursor, ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskPage,
+    TaskResult, TaskSpec, TaskView, MAX_LIST_LIMIT,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info};
@@ -88,6 +88,22 @@ pub(crate) enum CoreMsg {
         ids: Vec<TaskId>,
         change: PendingChange,
         reply: Reply<u64>,
+    },
+    CreateSchedule {
+        spec: ScheduleSpec,
+        reply: Reply<()>,
+    },
+    ListSchedules {
+        reply: Reply<Vec<ScheduleView>>,
+    },
+    PauseSchedule {
+        name: GroupName,
+        paused: bool,
+        reply: Reply<()>,
+    },
+    DeleteSchedule {
+        name: GroupName,
+        reply: Reply<()>,
     },
     PodConnect {
         hello: PodHello,
@@ -360,6 +376,25 @@ impl<J: Journal> CoreLoop<J> {
             } => {
                 let r = self.engine.configure_group(group, settings, out);
                 answer(deferred, reply, r);
+            }
+            CoreMsg::CreateSchedule { spec, reply } => {
+                let r = self.engine.create_schedule(spec, now, out);
+                answer(deferred, reply, r);
+            }
+            CoreMsg::ListSchedules { reply } => {
+                answer(deferred, reply, Ok(self.engine.schedule_views()));
+            }
+            CoreMsg::PauseSchedule {
+                name,
+                paused,
+                reply,
+            } => {
+                let r = self.engine.pause_schedule(name, paused, now, out);
+                answer(deferred, reply, r);
+            }
+            CoreMsg::DeleteSchedule { name, reply } => {
+                self.engine.delete_schedule(name, out);
+                answer(deferred, reply, Ok(()));
             }
             CoreMsg::UpdatePending { ids, change, reply } => {
                 let r = self.engine.update_pending(ids, change, out);

@@ -12,12 +12,13 @@ use std::time::Duration;
 use mawex_api::pod::{AttemptRef, MasterMessage, PodHello, PodMessage, ResourceUsage};
 use mawex_api::{
     ApiError, Attempt, CancelAck, ErrorKind, FailedFilter, GroupName, GroupSettings, Outcome,
-    PendingChange, PodId, RetryHint, RetryPolicy, SubmitAck, TaskError, TaskId, TaskSpec,
-    TaskState, TaskView, Timestamp,
+    PendingChange, PodId, RetryHint, RetryPolicy, ScheduleSpec, ScheduleView, SubmitAck, TaskError,
+    TaskId, TaskSpec, TaskState, TaskView, Timestamp,
 };
 use tracing::debug;
 
 use super::event::{Event, RequeueReason};
+use super::schedule::{self, Compiled, Due};
 use super::state::{MasterState, TaskCounts};
 
 /// The most slots one pod may declare.
@@ -123,6 +124,8 @@ pub(crate) struct Engine {
     dispatch_needed: bool,
     /// Token buckets of rate-limited groups. Volatile: a restart starts them full.
     buckets: HashMap<GroupName, Bucket>,
+    /// Parsed cron expressions of the schedules (derived; parsed again when missing).
+    compiled: HashMap<GroupName, Compiled>,
 }
 
 /// A group's token bucket, in thousandths of a token.
@@ -175,6 +178,7 @@ impl Engine {
             rotation: 0,
             dispatch_needed: true,
             buckets: HashMap::new(),
+            compiled: HashMap::new(),
         }
     }
 
@@ -209,9 +213,14 @@ impl Engine {
             Event::TaskRetryScheduled { attempt, .. } => self.release(&attempt.task),
             Event::TasksForgotten { .. } => {}
             // Back in a queue, or a group opened up: maybe something can be dispatched.
+            Event::ScheduleCreated { .. }
+            | Event::SchedulePaused { .. }
+            | Event::ScheduleDeleted { .. }
+            | Event::ScheduleSkipped { .. } => {}
             Event::TasksRetried { .. }
             | Event::GroupConfigured { .. }
-            | Event::TasksUpdated { .. } => self.dispatch_needed = true,
+            | Event::TasksUpdated { .. }
+            | Event::ScheduleFired { .. } => self.dispatch_needed = true,
         }
         self.state.apply(event);
     }
@@ -382,6 +391,111 @@ impl Engine {
         }
         let ahead = self.state.position_in_queue(id)? as u64;
         Some(mean.mul_f64(ahead as f64 / slots as f64))
+    }
+
+    /// Creates a schedule; the same one again is a no-op, another under its name a conflict.
+    pub(crate) fn create_schedule(
+        &mut self,
+        spec: ScheduleSpec,
+        now: Timestamp,
+        out: &mut Output,
+    ) -> Result<(), ApiError> {
+        let compiled = Compiled::new(&spec)?;
+        spec.task.validate(self.config.max_payload_bytes)?;
+        match self.state.schedule(&spec.name) {
+            Some(existing) if existing.spec == spec => Ok(()),
+            Some(_) => Err(ApiError::Conflict(format!(
+                "a different schedule named {} exists; delete it first",
+                spec.name
+            ))),
+            None => {
+                self.compiled.insert(spec.name.clone(), compiled);
+                self.emit(Event::ScheduleCreated { spec, at: now }, out);
+                Ok(())
+            }
+        }
+    }
+
+    /// Pauses or resumes a schedule.
+    pub(crate) fn pause_schedule(
+        &mut self,
+        name: GroupName,
+        paused: bool,
+        now: Timestamp,
+        out: &mut Output,
+    ) -> Result<(), ApiError> {
+        let schedule = self
+            .state
+            .schedule(&name)
+            .ok_or_else(|| ApiError::InvalidArgument(format!("no schedule is named {name}")))?;
+        if schedule.paused != paused {
+            self.emit(
+                Event::SchedulePaused {
+                    name,
+                    paused,
+                    at: now,
+                },
+                out,
+            );
+        }
+        Ok(())
+    }
+
+    /// Deletes a schedule (deleting an unknown one is harmless, so a retry is too).
+    pub(crate) fn delete_schedule(&mut self, name: GroupName, out: &mut Output) {
+        if self.state.schedule(&name).is_some() {
+            self.compiled.remove(&name);
+            self.emit(Event::ScheduleDeleted { name }, out);
+        }
+    }
+
+    /// Every schedule as clients see it.
+    pub(crate) fn schedule_views(&self) -> Vec<ScheduleView> {
+        self.state
+            .schedules()
+            .map(|s| ScheduleView::new(s.spec.clone(), s.paused, s.last_tick, s.fired))
+            .collect()
+    }
+
+    /// Fires the schedules whose ticks are due, under their missed-ticks policy.
+    fn fire_schedules(&mut self, now: Timestamp, out: &mut Output) {
+        let due: Vec<(GroupName, Due)> = self
+            .state
+            .schedules()
+            .filter(|s| !s.paused)
+            .filter_map(|s| {
+                let compiled = match self.compiled.get(&s.spec.name) {
+                    Some(c) => c.clone(),
+                    None => Compiled::new(&s.spec).ok()?,
+                };
+                let due = schedule::decide(&compiled, s.spec.missed, s.handled_through, now)?;
+                Some((s.spec.name.clone(), due))
+            })
+            .collect();
+        for (name, due) in due {
+            let Some(schedule) = self.state.schedule(&name) else {
+                continue;
+            };
+            let tick = match due {
+                Due::Skip(through) => {
+                    self.emit(Event::ScheduleSkipped { name, through }, out);
+                    continue;
+                }
+                Due::Fire(tick) | Due::FireSkipping(tick) => tick,
+            };
+            let mut task = schedule.spec.task.clone();
+            task.id = schedule::task_id(name.as_str(), tick);
+            task.run_at = None;
+            self.emit(
+                Event::ScheduleFired {
+                    name,
+                    tick,
+                    task,
+                    at: now,
+                },
+                out,
+            );
+        }
     }
 
     /// Changes how `group` is dispatched.
@@ -742,6 +856,7 @@ impl Engine {
     /// Releases delayed tasks that are due, expires silent pods and unclaimed orphans, and
     /// forgets results past retention.
     pub(crate) fn tick(&mut self, now: Timestamp, out: &mut Output) {
+        self.fire_schedules(now, out);
         if self.state.promote_due(now) {
             self.dispatch_needed = true;
         }

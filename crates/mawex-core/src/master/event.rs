@@ -2,7 +2,8 @@
 
 use mawex_api::pod::AttemptRef;
 use mawex_api::{
-    GroupName, GroupSettings, Outcome, PendingChange, PodId, TaskError, TaskId, TaskSpec, Timestamp,
+    GroupName, GroupSettings, Outcome, PendingChange, PodId, ScheduleSpec, TaskError, TaskId,
+    TaskSpec, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -84,6 +85,45 @@ pub enum Event {
         tasks: Vec<TaskId>,
         /// What changed.
         change: PendingChange,
+    },
+    /// A cron schedule was created.
+    ScheduleCreated {
+        /// The schedule.
+        spec: ScheduleSpec,
+        /// When; ticks after this fire.
+        at: Timestamp,
+    },
+    /// A schedule was paused or resumed; ticks that pass while paused never fire.
+    SchedulePaused {
+        /// The schedule.
+        name: GroupName,
+        /// Paused (true) or resumed.
+        paused: bool,
+        /// When.
+        at: Timestamp,
+    },
+    /// A schedule was deleted.
+    ScheduleDeleted {
+        /// The schedule.
+        name: GroupName,
+    },
+    /// A schedule's tick came: `task` was submitted. Ticks up to `tick` are handled.
+    ScheduleFired {
+        /// The schedule.
+        name: GroupName,
+        /// The tick fired for.
+        tick: Timestamp,
+        /// The task submitted (its id derives from schedule and tick).
+        task: TaskSpec,
+        /// When.
+        at: Timestamp,
+    },
+    /// Ticks up to `through` passed unfired (missed while the master was down).
+    ScheduleSkipped {
+        /// The schedule.
+        name: GroupName,
+        /// The last tick skipped.
+        through: Timestamp,
     },
     /// A group's dispatch settings changed.
     GroupConfigured {

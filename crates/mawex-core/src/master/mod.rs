@@ -3,6 +3,7 @@
 mod core_loop;
 mod engine;
 mod event;
+mod schedule;
 mod state;
 
 use std::collections::HashMap;

@@ -12,6 +12,7 @@ use mawex_api::{
 use serde::{Deserialize, Serialize};
 
 use super::event::Event;
+use super::schedule::Schedule;
 
 /// Order of a pending task in its group's queue: higher priority first, then the earlier
 /// fairness round, then oldest first.
@@ -210,6 +211,8 @@ pub struct MasterState {
     tasks: BTreeMap<TaskId, TaskEntry>,
     /// Settings of groups that were configured.
     groups: BTreeMap<GroupName, GroupSettings>,
+    /// Cron schedules by name.
+    schedules: BTreeMap<GroupName, Schedule>,
     /// Tasks ever accepted; source of each task's queue order.
     accepted: u64,
     /// Results ever recorded; source of each result's stream position.
@@ -523,6 +526,51 @@ impl MasterState {
                     self.tasks.insert(*id, entry);
                 }
             }
+            Event::ScheduleCreated { spec, at } => {
+                if !self.schedules.contains_key(&spec.name) {
+                    let schedule = Schedule {
+                        spec: spec.clone(),
+                        paused: false,
+                        handled_through: *at,
+                        last_tick: None,
+                        fired: 0,
+                    };
+                    self.schedules.insert(spec.name.clone(), schedule);
+                }
+            }
+            Event::SchedulePaused { name, paused, at } => {
+                if let Some(s) = self.schedules.get_mut(name) {
+                    if s.paused && !*paused {
+                        // Ticks that passed while paused are not owed.
+                        s.handled_through = s.handled_through.max(*at);
+                    }
+                    s.paused = *paused;
+                }
+            }
+            Event::ScheduleDeleted { name } => {
+                self.schedules.remove(name);
+            }
+            Event::ScheduleFired {
+                name,
+                tick,
+                task,
+                at,
+            } => {
+                if let Some(s) = self.schedules.get_mut(name) {
+                    s.handled_through = s.handled_through.max(*tick);
+                    s.last_tick = Some(*tick);
+                    s.fired += 1;
+                }
+                self.apply(&Event::TaskAccepted {
+                    spec: task.clone(),
+                    at: *at,
+                });
+            }
+            Event::ScheduleSkipped { name, through } => {
+                if let Some(s) = self.schedules.get_mut(name) {
+                    s.handled_through = s.handled_through.max(*through);
+                }
+            }
             Event::GroupConfigured { group, settings } => {
                 if *settings == GroupSettings::default() {
                     self.groups.remove(group);
@@ -663,6 +711,15 @@ impl MasterState {
     /// The settings of `group` (defaults if never configured).
     pub(crate) fn group_settings(&self, group: &GroupName) -> GroupSettings {
         self.groups.get(group).copied().unwrap_or_default()
+    }
+
+    /// Every schedule, by name.
+    pub(crate) fn schedules(&self) -> impl Iterator<Item = &Schedule> {
+        self.schedules.values()
+    }
+
+    pub(crate) fn schedule(&self, name: &GroupName) -> Option<&Schedule> {
+        self.schedules.get(name)
     }
 
     /// True if some group has non-default settings (dispatch can skip the checks otherwise).

@@ -4,7 +4,9 @@ use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
 use mawex_api::convert::{parse_update_pending, required, task_id};
-use mawex_api::{proto, FailedFilter, GroupName, ListQuery, MasterProxy, ResultCursor, TaskSpec};
+use mawex_api::{
+    proto, FailedFilter, GroupName, ListQuery, MasterProxy, ResultCursor, ScheduleSpec, TaskSpec,
+};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -145,6 +147,46 @@ impl proto::master_server::Master for ClientService {
         let (ids, change) = parse_update_pending(request.into_inner())?;
         let count = self.proxy.update_pending(ids, change).await?;
         Ok(Response::new(proto::CountResponse { count }))
+    }
+
+    async fn create_schedule(
+        &self,
+        request: Request<proto::CreateScheduleRequest>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        let spec = ScheduleSpec::try_from(required("spec", request.into_inner().spec)?)?;
+        self.proxy.create_schedule(spec).await?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn list_schedules(
+        &self,
+        _request: Request<proto::ListSchedulesRequest>,
+    ) -> Result<Response<proto::ListSchedulesResponse>, Status> {
+        let schedules = self.proxy.list_schedules().await?;
+        Ok(Response::new(proto::ListSchedulesResponse {
+            schedules: schedules.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn pause_schedule(
+        &self,
+        request: Request<proto::PauseScheduleRequest>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        let request = request.into_inner();
+        let name = GroupName::new(&request.name)
+            .map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
+        self.proxy.pause_schedule(name, request.paused).await?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn delete_schedule(
+        &self,
+        request: Request<proto::ScheduleNameRequest>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        let name = GroupName::new(&request.into_inner().name)
+            .map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
+        self.proxy.delete_schedule(name).await?;
+        Ok(Response::new(proto::Empty {}))
     }
 
     async fn get_group_settings(
