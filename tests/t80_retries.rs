@@ -399,3 +399,36 @@ async fn a_cron_schedule_fires_once_per_tick_across_a_restart_and_not_while_paus
     s.pod.shutdown().await.unwrap();
     s.master.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_default_retry_policy_applies_to_tasks_without_their_own() {
+    let s = setup(MemoryJournal::new(), ManualClock::new(START)).await;
+    let two_quick = RetryPolicy::new(2)
+        .with_base_delay(Duration::ZERO)
+        .with_max_delay(Duration::ZERO);
+    let settings = mawex::GroupSettings::default().with_retry(Some(two_quick));
+    s.master
+        .proxy()
+        .configure_group(group("retry"), settings)
+        .await
+        .unwrap();
+    let inherits = TaskSpec::new(group("retry"), "fail", "");
+    let own = TaskSpec::new(group("retry"), "fail", "").with_retry(RetryPolicy::never());
+    s.master
+        .proxy()
+        .submit_many(vec![inherits.clone(), own.clone()])
+        .await
+        .unwrap();
+    let view = wait_task(&s, inherits.id, "the group's policy to run out", |v| {
+        v.state == TaskState::Failed
+    })
+    .await;
+    assert_eq!(view.failures.len(), 2, "the group's two attempts");
+    let view = wait_task(&s, own.id, "the task's own policy", |v| {
+        v.state == TaskState::Failed
+    })
+    .await;
+    assert_eq!(view.failures.len(), 1, "its own policy wins");
+    s.pod.shutdown().await.unwrap();
+    s.master.shutdown().await.unwrap();
+}

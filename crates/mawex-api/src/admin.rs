@@ -21,6 +21,8 @@ pub struct GroupSettings {
     pub max_concurrency: Option<u32>,
     /// At most this many of its tasks start per second, on average (token bucket).
     pub rate: Option<RateLimit>,
+    /// Retries of its tasks that name no policy of their own (else the master's default).
+    pub retry: Option<crate::task::RetryPolicy>,
 }
 
 /// A token bucket: `per_second` tokens a second, at most `burst` saved up. Each start takes one.
@@ -53,6 +55,12 @@ impl GroupSettings {
         self
     }
 
+    /// The same settings with a default retry policy for the group's tasks.
+    pub fn with_retry(mut self, retry: Option<crate::task::RetryPolicy>) -> Self {
+        self.retry = retry;
+        self
+    }
+
     /// The same settings with a start rate limit (`None`: none).
     pub fn with_rate(mut self, rate: Option<RateLimit>) -> Self {
         self.rate = rate;
@@ -64,6 +72,9 @@ impl GroupSettings {
     /// # Errors
     /// [`ApiError::InvalidArgument`] naming the field.
     pub fn validate(&self) -> Result<(), ApiError> {
+        if let Some(retry) = &self.retry {
+            retry.validate()?;
+        }
         if let Some(rate) = self.rate {
             if rate.per_second == 0 || rate.burst == 0 {
                 return Err(ApiError::InvalidArgument(

@@ -20,6 +20,7 @@ impl From<GroupSettings> for proto::GroupSettings {
             max_concurrency: s.max_concurrency,
             rate_per_second: s.rate.map(|r| r.per_second),
             rate_burst: s.rate.map(|r| r.burst),
+            retry: s.retry.map(Into::into),
         }
     }
 }
@@ -34,6 +35,7 @@ impl From<proto::GroupSettings> for GroupSettings {
             .with_paused(s.paused)
             .with_max_concurrency(s.max_concurrency)
             .with_rate(rate)
+            .with_retry(s.retry.map(Into::into))
     }
 }
 

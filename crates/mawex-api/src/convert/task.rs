@@ -44,11 +44,7 @@ impl From<TaskSpec> for proto::TaskSpec {
             payload: s.payload.to_vec(),
             priority: s.priority,
             limits: Some(s.limits.into()),
-            retry: s.retry.map(|r| proto::RetryPolicy {
-                max_attempts: r.max_attempts,
-                base_delay_ms: millis(r.base_delay),
-                max_delay_ms: millis(r.max_delay),
-            }),
+            retry: s.retry.map(Into::into),
             run_at_ms: s.run_at.map(|t| t.0),
             dedup: s.dedup.map(|d| proto::Dedup {
                 key: d.key,
@@ -70,17 +66,31 @@ impl TryFrom<proto::TaskSpec> for TaskSpec {
             payload: s.payload.into(),
             priority: s.priority,
             limits: s.limits.map(Limits::from).unwrap_or_default(),
-            retry: s.retry.map(|r| {
-                RetryPolicy::new(r.max_attempts)
-                    .with_base_delay(Duration::from_millis(r.base_delay_ms))
-                    .with_max_delay(Duration::from_millis(r.max_delay_ms))
-            }),
+            retry: s.retry.map(Into::into),
             run_at: s.run_at_ms.map(Timestamp),
             dedup: s
                 .dedup
                 .map(|d| Dedup::new(d.key, Duration::from_millis(d.window_ms))),
             fairness_key: s.fairness_key,
         })
+    }
+}
+
+impl From<RetryPolicy> for proto::RetryPolicy {
+    fn from(r: RetryPolicy) -> Self {
+        proto::RetryPolicy {
+            max_attempts: r.max_attempts,
+            base_delay_ms: millis(r.base_delay),
+            max_delay_ms: millis(r.max_delay),
+        }
+    }
+}
+
+impl From<proto::RetryPolicy> for RetryPolicy {
+    fn from(r: proto::RetryPolicy) -> Self {
+        RetryPolicy::new(r.max_attempts)
+            .with_base_delay(Duration::from_millis(r.base_delay_ms))
+            .with_max_delay(Duration::from_millis(r.max_delay_ms))
     }
 }
 

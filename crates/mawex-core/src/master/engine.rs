@@ -792,7 +792,12 @@ impl Engine {
         if entry.state != TaskState::Running || entry.attempt != attempt.attempt {
             return;
         }
-        let policy = entry.spec.retry.unwrap_or(self.config.default_retry);
+        // The task's own policy, else its group's, else the master's.
+        let policy = entry
+            .spec
+            .retry
+            .or_else(|| self.state.group_settings(&entry.spec.group).retry)
+            .unwrap_or(self.config.default_retry);
         // Failures since the last manual retry, this one included.
         let failures = u32::try_from(entry.failures.len())
             .unwrap_or(u32::MAX)
