@@ -75,6 +75,23 @@ impl std::fmt::Debug for RemoteMasterProxy {
     }
 }
 
+/// A channel to a master that connects on first use and again after every failure, and
+/// notices a master that vanished without a reset within seconds (HTTP/2 and TCP keepalive).
+///
+/// # Errors
+/// `InvalidArgument` for a malformed endpoint.
+pub fn lazy_channel(endpoint: &str, connect_timeout: Duration) -> Result<Channel, ApiError> {
+    Ok(Endpoint::from_shared(endpoint.to_owned())
+        .map_err(|e| ApiError::InvalidArgument(format!("endpoint {endpoint:?}: {e}")))?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .tcp_keepalive(Some(Duration::from_secs(10)))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
 fn retry_delays() -> impl Iterator<Item = Duration> {
     backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(20))
@@ -125,16 +142,7 @@ impl RemoteMasterProxy {
     /// # Errors
     /// `InvalidArgument` for a malformed endpoint.
     pub fn with_config(endpoint: &str, config: RemoteConfig) -> Result<Self, ApiError> {
-        let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| ApiError::InvalidArgument(format!("endpoint {endpoint:?}: {e}")))?
-            .connect_timeout(config.connect_timeout)
-            .tcp_nodelay(true)
-            .tcp_keepalive(Some(Duration::from_secs(10)))
-            // A master that vanishes without a reset is noticed in seconds, not minutes.
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+        let channel = lazy_channel(endpoint, config.connect_timeout)?;
         let client = MasterClient::new(channel)
             .max_decoding_message_size(config.max_message_bytes)
             .max_encoding_message_size(config.max_message_bytes);
@@ -146,6 +154,20 @@ impl RemoteMasterProxy {
             config,
             submits,
         })
+    }
+
+    /// One unary RPC, retried while the master is unreachable.
+    async fn unary<Req, Resp, F, Fut>(&self, request: Req, call: F) -> Result<Resp, ApiError>
+    where
+        Req: Clone,
+        F: Fn(MasterClient<Channel>, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        retrying(&self.config, || {
+            let response = call(self.client.clone(), request.clone());
+            async move { Ok(response.await?.into_inner()) }
+        })
+        .await
     }
 
     async fn submit_batch(&self, specs: Vec<TaskSpec>) -> Result<Vec<SubmitAck>, ApiError> {
@@ -161,12 +183,8 @@ impl RemoteMasterProxy {
             group: group.to_string(),
             after,
         };
-        retrying(&self.config, || {
-            let mut client = self.client.clone();
-            let request = request.clone();
-            async move { Ok(client.stream_results(request).await?.into_inner()) }
-        })
-        .await
+        self.unary(request, |mut c, r| async move { c.stream_results(r).await })
+            .await
     }
 }
 
@@ -271,34 +289,25 @@ impl MasterProxy for RemoteMasterProxy {
 
     async fn get(&self, id: TaskId) -> Result<TaskView, ApiError> {
         let request = proto::TaskIdRequest { id: id.to_string() };
-        let view = retrying(&self.config, || {
-            let mut client = self.client.clone();
-            let request = request.clone();
-            async move { Ok(client.get(request).await?.into_inner()) }
-        })
-        .await?;
+        let view = self
+            .unary(request, |mut c, r| async move { c.get(r).await })
+            .await?;
         view.try_into()
     }
 
     async fn cancel(&self, id: TaskId) -> Result<CancelAck, ApiError> {
         let request = proto::TaskIdRequest { id: id.to_string() };
-        let ack = retrying(&self.config, || {
-            let mut client = self.client.clone();
-            let request = request.clone();
-            async move { Ok(client.cancel(request).await?.into_inner()) }
-        })
-        .await?;
+        let ack = self
+            .unary(request, |mut c, r| async move { c.cancel(r).await })
+            .await?;
         ack.try_into()
     }
 
     async fn await_result(&self, id: TaskId) -> Result<TaskResult, ApiError> {
         let request = proto::TaskIdRequest { id: id.to_string() };
-        let result = retrying(&self.config, || {
-            let mut client = self.client.clone();
-            let request = request.clone();
-            async move { Ok(client.await_result(request).await?.into_inner()) }
-        })
-        .await?;
+        let result = self
+            .unary(request, |mut c, r| async move { c.await_result(r).await })
+            .await?;
         result.try_into()
     }
 
@@ -356,12 +365,9 @@ impl MasterProxy for RemoteMasterProxy {
 
     async fn list(&self, query: ListQuery) -> Result<TaskPage, ApiError> {
         let request = proto::ListRequest::from(query);
-        let page = retrying(&self.config, || {
-            let mut client = self.client.clone();
-            let request = request.clone();
-            async move { Ok(client.list(request).await?.into_inner()) }
-        })
-        .await?;
+        let page = self
+            .unary(request, |mut c, r| async move { c.list(r).await })
+            .await?;
         page.try_into()
     }
 
@@ -382,23 +388,17 @@ impl MasterProxy for RemoteMasterProxy {
     async fn retry_failed(&self, filter: FailedFilter) -> Result<u64, ApiError> {
         // Retrying is idempotent: a task already back in the queue is no longer failed.
         let request = proto::FailedFilter::from(filter);
-        let response = retrying(&self.config, || {
-            let mut client = self.client.clone();
-            let request = request.clone();
-            async move { Ok(client.retry_failed(request).await?.into_inner()) }
-        })
-        .await?;
+        let response = self
+            .unary(request, |mut c, r| async move { c.retry_failed(r).await })
+            .await?;
         Ok(response.count)
     }
 
     async fn purge_failed(&self, filter: FailedFilter) -> Result<u64, ApiError> {
         let request = proto::FailedFilter::from(filter);
-        let response = retrying(&self.config, || {
-            let mut client = self.client.clone();
-            let request = request.clone();
-            async move { Ok(client.purge_failed(request).await?.into_inner()) }
-        })
-        .await?;
+        let response = self
+            .unary(request, |mut c, r| async move { c.purge_failed(r).await })
+            .await?;
         Ok(response.count)
     }
 
@@ -411,11 +411,10 @@ impl MasterProxy for RemoteMasterProxy {
             group: group.to_string(),
             settings: Some(settings.into()),
         };
-        retrying(&self.config, || {
-            let mut client = self.client.clone();
-            let request = request.clone();
-            async move { Ok(client.configure_group(request).await?.into_inner()) }
-        })
+        self.unary(
+            request,
+            |mut c, r| async move { c.configure_group(r).await },
+        )
         .await?;
         Ok(())
     }
@@ -427,12 +426,9 @@ impl MasterProxy for RemoteMasterProxy {
     ) -> Result<u64, ApiError> {
         // Idempotent: applying the same change twice leaves the same queue.
         let request = crate::convert::update_pending_request(&ids, &change);
-        let response = retrying(&self.config, || {
-            let mut client = self.client.clone();
-            let request = request.clone();
-            async move { Ok(client.update_pending(request).await?.into_inner()) }
-        })
-        .await?;
+        let response = self
+            .unary(request, |mut c, r| async move { c.update_pending(r).await })
+            .await?;
         Ok(response.count)
     }
 
@@ -441,11 +437,10 @@ impl MasterProxy for RemoteMasterProxy {
         let request = proto::CreateScheduleRequest {
             spec: Some(spec.into()),
         };
-        retrying(&self.config, || {
-            let mut client = self.client.clone();
-            let request = request.clone();
-            async move { Ok(client.create_schedule(request).await?.into_inner()) }
-        })
+        self.unary(
+            request,
+            |mut c, r| async move { c.create_schedule(r).await },
+        )
         .await?;
         Ok(())
     }
@@ -473,12 +468,8 @@ impl MasterProxy for RemoteMasterProxy {
             name: name.to_string(),
             paused,
         };
-        retrying(&self.config, || {
-            let mut client = self.client.clone();
-            let request = request.clone();
-            async move { Ok(client.pause_schedule(request).await?.into_inner()) }
-        })
-        .await?;
+        self.unary(request, |mut c, r| async move { c.pause_schedule(r).await })
+            .await?;
         Ok(())
     }
 
@@ -486,11 +477,10 @@ impl MasterProxy for RemoteMasterProxy {
         let request = proto::ScheduleNameRequest {
             name: name.to_string(),
         };
-        retrying(&self.config, || {
-            let mut client = self.client.clone();
-            let request = request.clone();
-            async move { Ok(client.delete_schedule(request).await?.into_inner()) }
-        })
+        self.unary(
+            request,
+            |mut c, r| async move { c.delete_schedule(r).await },
+        )
         .await?;
         Ok(())
     }
@@ -499,12 +489,12 @@ impl MasterProxy for RemoteMasterProxy {
         let request = proto::GroupRequest {
             group: group.to_string(),
         };
-        let settings = retrying(&self.config, || {
-            let mut client = self.client.clone();
-            let request = request.clone();
-            async move { Ok(client.get_group_settings(request).await?.into_inner()) }
-        })
-        .await?;
+        let settings = self
+            .unary(
+                request,
+                |mut c, r| async move { c.get_group_settings(r).await },
+            )
+            .await?;
         Ok(settings.into())
     }
 }

@@ -414,19 +414,7 @@ impl MasterState {
                 self.finish(attempt.task, outcome.clone(), *at);
             }
             Event::TaskRequeued { attempt, at: _, .. } => {
-                let Some(entry) = self.tasks.get_mut(&attempt.task) else {
-                    return;
-                };
-                if entry.state != TaskState::Running || entry.attempt != attempt.attempt {
-                    return;
-                }
-                self.counts
-                    .moved(Some(entry.state), Some(TaskState::Pending));
-                leave_running(&mut self.running_by_group, &entry.spec.group);
-                entry.state = TaskState::Pending;
-                entry.pod = None;
-                let entry = entry.clone();
-                self.enqueue(&entry);
+                self.back_to_pending(attempt, None);
             }
             Event::TaskRetryScheduled {
                 attempt,
@@ -434,23 +422,8 @@ impl MasterState {
                 retry_at,
                 at,
             } => {
-                let Some(entry) = self.tasks.get_mut(&attempt.task) else {
-                    return;
-                };
-                if entry.state != TaskState::Running || entry.attempt != attempt.attempt {
-                    return;
-                }
-                self.counts
-                    .moved(Some(entry.state), Some(TaskState::Pending));
-                leave_running(&mut self.running_by_group, &entry.spec.group);
-                entry.state = TaskState::Pending;
-                entry.pod = None;
-                entry
-                    .failures
-                    .push(AttemptFailure::new(attempt.attempt, error.clone(), *at));
-                entry.not_before = Some(*retry_at);
-                let entry = entry.clone();
-                self.enqueue(&entry);
+                let failure = AttemptFailure::new(attempt.attempt, error.clone(), *at);
+                self.back_to_pending(attempt, Some((failure, *retry_at)));
             }
             Event::TaskCancelled { task, at } => {
                 let Some(entry) = self.tasks.get(task) else {
@@ -599,6 +572,32 @@ impl MasterState {
                 }
             }
         }
+    }
+
+    /// Ends the current attempt of a running task without a result and queues the task again;
+    /// with a failure, the failure is recorded and the task waits until the retry time.
+    fn back_to_pending(
+        &mut self,
+        attempt: &AttemptRef,
+        failed: Option<(AttemptFailure, Timestamp)>,
+    ) {
+        let Some(entry) = self.tasks.get_mut(&attempt.task) else {
+            return;
+        };
+        if entry.state != TaskState::Running || entry.attempt != attempt.attempt {
+            return;
+        }
+        self.counts
+            .moved(Some(entry.state), Some(TaskState::Pending));
+        leave_running(&mut self.running_by_group, &entry.spec.group);
+        entry.state = TaskState::Pending;
+        entry.pod = None;
+        if let Some((failure, retry_at)) = failed {
+            entry.failures.push(failure);
+            entry.not_before = Some(retry_at);
+        }
+        let entry = entry.clone();
+        self.enqueue(&entry);
     }
 
     /// Puts a pending task in its group's queue, or with the delayed ones if it must wait.

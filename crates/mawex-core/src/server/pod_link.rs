@@ -12,7 +12,7 @@ use mawex_api::proto::pod_link_client::PodLinkClient;
 use mawex_api::{proto, ApiError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
@@ -131,16 +131,7 @@ impl GrpcPodConnector {
     /// # Errors
     /// `InvalidArgument` for a malformed endpoint.
     pub fn new(endpoint: &str) -> Result<Self, ApiError> {
-        let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| ApiError::InvalidArgument(format!("endpoint {endpoint:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .tcp_keepalive(Some(Duration::from_secs(10)))
-            // A master that vanishes without a reset is noticed in seconds, not minutes.
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+        let channel = mawex_api::lazy_channel(endpoint, Duration::from_secs(5))?;
         let client = PodLinkClient::new(channel)
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024);
