@@ -432,3 +432,73 @@ async fn a_group_default_retry_policy_applies_to_tasks_without_their_own() {
     s.pod.shutdown().await.unwrap();
     s.master.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_settings_can_come_from_the_configuration() {
+    let journal = MemoryJournal::new();
+    let mut paused = config();
+    paused.groups.insert(
+        group("retry"),
+        mawex::GroupSettings::default().with_paused(true),
+    );
+    let s = Master::builder()
+        .config(paused)
+        .start(journal.clone())
+        .await
+        .unwrap();
+    assert!(
+        s.proxy()
+            .group_settings(group("retry"))
+            .await
+            .unwrap()
+            .paused
+    );
+    s.shutdown().await.unwrap();
+
+    // A restart with other configured settings changes them; without, they stay as journaled.
+    let master = Master::builder()
+        .config(config())
+        .start(journal.clone())
+        .await
+        .unwrap();
+    assert!(
+        master
+            .proxy()
+            .group_settings(group("retry"))
+            .await
+            .unwrap()
+            .paused
+    );
+    master.shutdown().await.unwrap();
+    let mut resumed = config();
+    resumed
+        .groups
+        .insert(group("retry"), mawex::GroupSettings::default());
+    let master = Master::builder()
+        .config(resumed)
+        .start(journal)
+        .await
+        .unwrap();
+    assert!(
+        !master
+            .proxy()
+            .group_settings(group("retry"))
+            .await
+            .unwrap()
+            .paused
+    );
+    master.shutdown().await.unwrap();
+
+    let mut bad = config();
+    bad.groups.insert(
+        group("retry"),
+        mawex::GroupSettings::default().with_max_concurrency(Some(0)),
+    );
+    assert!(matches!(
+        Master::builder()
+            .config(bad)
+            .start(MemoryJournal::new())
+            .await,
+        Err(mawex::CoreError::Config(_))
+    ));
+}

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use mawex_api::RetryPolicy;
+use std::collections::BTreeMap;
+
+use mawex_api::{GroupName, GroupSettings, RetryPolicy};
 use tokio::sync::{oneshot, watch};
 use tracing::info;
 
@@ -50,6 +52,9 @@ pub struct MasterConfig {
     pub max_payload_bytes: usize,
     /// Retries of tasks that name no policy of their own (default: 3 attempts in all).
     pub default_retry: RetryPolicy,
+    /// Group settings applied at start (journaled like a runtime change, and only when they
+    /// differ from what the journal holds); groups not named keep their settings.
+    pub groups: BTreeMap<GroupName, GroupSettings>,
 }
 
 impl Default for MasterConfig {
@@ -61,6 +66,7 @@ impl Default for MasterConfig {
             snapshot_every: 200_000,
             max_payload_bytes: 4 * 1024 * 1024,
             default_retry: RetryPolicy::default(),
+            groups: BTreeMap::new(),
         }
     }
 }
@@ -86,6 +92,11 @@ impl MasterConfig {
         self.default_retry
             .validate()
             .map_err(|e| CoreError::Config(format!("default_retry: {e}")))?;
+        for (group, settings) in &self.groups {
+            settings
+                .validate()
+                .map_err(|e| CoreError::Config(format!("groups.{group}: {e}")))?;
+        }
         if self.max_payload_bytes == 0 {
             return Err(CoreError::Config(
                 "max_payload_bytes must be positive".into(),
@@ -150,6 +161,7 @@ impl MasterBuilder {
         self.config.validate()?;
         let config = self.config;
         let max_payload_bytes = config.max_payload_bytes;
+        let groups = config.groups.clone();
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock::new()));
         let (inbox_tx, inbox_rx) = std_mpsc::channel();
         let (stats_tx, stats_rx) = watch::channel(MasterStats::default());
@@ -218,6 +230,24 @@ impl MasterBuilder {
                 return Err(CoreError::Thread(
                     "the core thread died during recovery".into(),
                 ));
+            }
+        }
+        // Configured group settings go through the journal like any other change.
+        let mut answers = Vec::new();
+        for (group, settings) in groups {
+            let (reply, answer) = oneshot::channel();
+            let _ = inbox_tx.send(CoreMsg::ConfigureGroup {
+                group,
+                settings,
+                reply,
+            });
+            answers.push(answer);
+        }
+        for answer in answers {
+            match answer.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(CoreError::Api(e)),
+                Err(_) => return Err(CoreError::Stopped),
             }
         }
         Ok(Master {
