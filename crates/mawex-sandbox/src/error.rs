@@ -24,6 +24,39 @@ pub enum SandboxError {
     /// The attempt was cancelled.
     #[error("cancelled")]
     Cancelled,
+    /// The process could not be started (missing program, bad directory, ...).
+    #[error("could not start the process: {0}")]
+    Spawn(String),
+    /// A process exited with a non-zero status; `stderr` is the end of its error output.
+    #[error("exited with status {code}: {stderr}")]
+    NonZeroExit {
+        /// The exit status.
+        code: i32,
+        /// The end of its standard error.
+        stderr: String,
+    },
+    /// A process was ended by a signal (crash, abort).
+    #[error("killed by signal {signal}: {stderr}")]
+    Crashed {
+        /// The signal number.
+        signal: i32,
+        /// The end of its standard error.
+        stderr: String,
+    },
+    /// A process ran out of its memory limit.
+    #[error("exceeded its memory limit of {limit} bytes: {stderr}")]
+    OutOfMemory {
+        /// The limit, bytes.
+        limit: u64,
+        /// The end of its standard error.
+        stderr: String,
+    },
+    /// The output is larger than the sandbox accepts.
+    #[error("output of more than {limit} bytes")]
+    OutputTooLarge {
+        /// The limit, bytes.
+        limit: usize,
+    },
 }
 
 impl From<SandboxError> for TaskError {
@@ -35,9 +68,21 @@ impl From<SandboxError> for TaskError {
             SandboxError::DuplicateHandler(_) => ErrorKind::Sandbox,
             SandboxError::TimedOut(_) => ErrorKind::TimedOut,
             SandboxError::Cancelled => ErrorKind::Cancelled,
+            SandboxError::Spawn(_) | SandboxError::OutputTooLarge { .. } => ErrorKind::Sandbox,
+            SandboxError::NonZeroExit { .. } => ErrorKind::NonZeroExit,
+            SandboxError::Crashed { .. } => ErrorKind::Crashed,
+            SandboxError::OutOfMemory { .. } => ErrorKind::OutOfMemory,
         };
+        // Retrying cannot make an output smaller or a program appear.
+        let permanent = matches!(
+            e,
+            SandboxError::OutputTooLarge { .. } | SandboxError::UnknownHandler(_)
+        );
         match e {
             SandboxError::Handler(h) => TaskError::new(kind, h.message).with_retry(h.retry),
+            other if permanent => {
+                TaskError::new(kind, other.to_string()).with_retry(RetryHint::Never)
+            }
             other => TaskError::new(kind, other.to_string()),
         }
     }

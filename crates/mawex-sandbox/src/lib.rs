@@ -19,14 +19,17 @@
 //! # });
 //! ```
 
+mod command;
 mod error;
 mod in_process;
 mod input;
+pub mod process;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
+pub use command::{CommandSandbox, CommandSpec};
 pub use error::{HandlerError, SandboxError};
 pub use in_process::{HandlerRegistry, InProcess};
 pub use input::TaskInput;

@@ -1,0 +1,207 @@
+//! The command sandbox ("shell module"): runs a configured program per handler name, with an
+//! explicit environment, the payload on stdin, and the output from stdout.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::SandboxError;
+use crate::input::TaskInput;
+use crate::process::{self, Budgets, ProcessLimits};
+use crate::Sandbox;
+
+/// How to run one handler as a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CommandSpec {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Working directory (default: the pod's).
+    pub cwd: Option<PathBuf>,
+    /// The environment, exactly: nothing of the pod's own is passed unless listed here or in
+    /// `inherit`.
+    pub env: BTreeMap<String, String>,
+    /// Names of the pod's environment variables to pass through.
+    pub inherit: Vec<String>,
+    /// Limits beyond the task's timeout and memory: CPU seconds and open files.
+    pub cpu_seconds: Option<u64>,
+    /// Open-file limit.
+    pub open_files: Option<u64>,
+}
+
+impl CommandSpec {
+    /// Runs `argv` with an empty environment.
+    pub fn new<I, S>(argv: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        CommandSpec {
+            argv: argv.into_iter().map(Into::into).collect(),
+            cwd: None,
+            env: BTreeMap::new(),
+            inherit: Vec::new(),
+            cpu_seconds: None,
+            open_files: None,
+        }
+    }
+
+    /// The same command with `key=value` in its environment.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(key.into(), value.into());
+        self
+    }
+
+    /// The same command, passed the pod's `name` variable too.
+    pub fn inherit(mut self, name: impl Into<String>) -> Self {
+        self.inherit.push(name.into());
+        self
+    }
+
+    /// The same command run in `dir`.
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+}
+
+/// Runs handlers as child processes: exit status 0 is success with stdout as the output; any
+/// other ending is a failure carrying the end of stderr. Each run has its own process group,
+/// which is killed (SIGTERM, then SIGKILL after the grace period) on timeout or cancel, and
+/// swept when the command ends: no process it started outlives it.
+#[derive(Debug, Clone)]
+pub struct CommandSandbox {
+    commands: HashMap<String, CommandSpec>,
+    /// Largest stdout accepted as output; beyond it the attempt fails (never buffered whole).
+    pub max_output_bytes: usize,
+    /// How much of stderr is kept for error reports.
+    pub stderr_tail_bytes: usize,
+    /// Between SIGTERM and SIGKILL.
+    pub grace: Duration,
+}
+
+impl Default for CommandSandbox {
+    fn default() -> Self {
+        CommandSandbox {
+            commands: HashMap::new(),
+            max_output_bytes: 4 * 1024 * 1024,
+            stderr_tail_bytes: 64 * 1024,
+            grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl CommandSandbox {
+    /// A sandbox with no commands.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `spec` for tasks naming handler `name`.
+    ///
+    /// # Errors
+    /// [`SandboxError::DuplicateHandler`] if the name is taken, [`SandboxError::Spawn`] for an
+    /// empty argv.
+    pub fn command(&mut self, name: &str, spec: CommandSpec) -> Result<&mut Self, SandboxError> {
+        if spec.argv.is_empty() {
+            return Err(SandboxError::Spawn(format!(
+                "command {name:?} has an empty argv"
+            )));
+        }
+        if self.commands.contains_key(name) {
+            return Err(SandboxError::DuplicateHandler(name.to_owned()));
+        }
+        self.commands.insert(name.to_owned(), spec);
+        Ok(self)
+    }
+}
+
+#[async_trait]
+impl Sandbox for CommandSandbox {
+    fn name(&self) -> &'static str {
+        "command"
+    }
+
+    async fn run(
+        &self,
+        input: TaskInput,
+        cancel: CancellationToken,
+    ) -> Result<Bytes, SandboxError> {
+        let spec = self
+            .commands
+            .get(&input.handler)
+            .ok_or_else(|| SandboxError::UnknownHandler(input.handler.clone()))?;
+        let (program, args) = spec
+            .argv
+            .split_first()
+            .ok_or_else(|| SandboxError::Spawn("empty argv".into()))?;
+        let mut command = tokio::process::Command::new(program);
+        command.args(args).env_clear().envs(&spec.env);
+        for name in &spec.inherit {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
+        if let Some(dir) = &spec.cwd {
+            command.current_dir(dir);
+        }
+        let limits = ProcessLimits {
+            timeout: input.limits.timeout,
+            memory_bytes: input.limits.memory_bytes,
+            cpu_seconds: spec.cpu_seconds,
+            open_files: spec.open_files,
+        };
+        // One byte over the limit tells "too large" from "exactly the limit".
+        let budgets = Budgets {
+            stdout: self.max_output_bytes + 1,
+            stderr: self.stderr_tail_bytes,
+            grace: self.grace,
+        };
+        let outcome = process::run(command, input.payload, limits, budgets, &cancel).await?;
+        let stderr = outcome.stderr.text();
+        match (outcome.code, outcome.signal) {
+            (Some(0), _)
+                if outcome.stdout.truncated()
+                    || outcome.stdout.total as usize > self.max_output_bytes =>
+            {
+                Err(SandboxError::OutputTooLarge {
+                    limit: self.max_output_bytes,
+                })
+            }
+            (Some(0), _) => Ok(outcome.stdout.bytes),
+            (Some(code), _) if out_of_memory(limits, &stderr) => Err(SandboxError::OutOfMemory {
+                limit: limits.memory_bytes.unwrap_or(0),
+                stderr: format!("exit status {code}: {stderr}"),
+            }),
+            (Some(code), _) => Err(SandboxError::NonZeroExit { code, stderr }),
+            (None, Some(signal)) if out_of_memory(limits, &stderr) => {
+                Err(SandboxError::OutOfMemory {
+                    limit: limits.memory_bytes.unwrap_or(0),
+                    stderr: format!("signal {signal}: {stderr}"),
+                })
+            }
+            (None, Some(signal)) => Err(SandboxError::Crashed { signal, stderr }),
+            (None, None) => Err(SandboxError::Spawn(
+                "the process ended without a status".into(),
+            )),
+        }
+    }
+}
+
+/// Under a memory limit, the usual last words of a process that hit it.
+fn out_of_memory(limits: ProcessLimits, stderr: &str) -> bool {
+    limits.memory_bytes.is_some()
+        && [
+            "MemoryError",
+            "Cannot allocate memory",
+            "out of memory",
+            "memory allocation of",
+            "bad_alloc",
+        ]
+        .iter()
+        .any(|needle| stderr.contains(needle))
+}

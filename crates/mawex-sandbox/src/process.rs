@@ -1,0 +1,289 @@
+//! Running a child process under limits: its own process group, rlimits, a wall-clock
+//! timeout, cancellation (SIGTERM to the group, SIGKILL after a grace period), bounded
+//! stdout/stderr capture, and no process of the group left behind.
+//!
+//! The only module of the crate with `unsafe` code: applying rlimits in the child between
+//! `fork` and `exec` needs `pre_exec`.
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::error::SandboxError;
+
+/// Limits of one child process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProcessLimits {
+    /// Wall-clock limit.
+    pub timeout: Option<Duration>,
+    /// Address-space limit (`RLIMIT_AS`), bytes.
+    pub memory_bytes: Option<u64>,
+    /// CPU-time limit (`RLIMIT_CPU`), seconds.
+    pub cpu_seconds: Option<u64>,
+    /// Open-file limit (`RLIMIT_NOFILE`).
+    pub open_files: Option<u64>,
+}
+
+/// The last bytes a stream produced, and how many it produced in all.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tail {
+    /// The kept bytes (the end of the stream).
+    pub bytes: Bytes,
+    /// Everything the stream produced, in bytes.
+    pub total: u64,
+}
+
+impl Tail {
+    /// True if the stream produced more than was kept.
+    pub fn truncated(&self) -> bool {
+        self.total > self.bytes.len() as u64
+    }
+
+    /// The kept bytes as text, for messages.
+    pub fn text(&self) -> String {
+        let text = String::from_utf8_lossy(&self.bytes).into_owned();
+        if self.truncated() {
+            format!("…{text}")
+        } else {
+            text
+        }
+    }
+}
+
+/// How a child process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessOutcome {
+    /// Exit code, if it exited.
+    pub code: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+    /// End of its standard output (up to the stdout budget).
+    pub stdout: Tail,
+    /// End of its standard error.
+    pub stderr: Tail,
+}
+
+/// Output budgets of [`run`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budgets {
+    pub(crate) stdout: usize,
+    pub(crate) stderr: usize,
+    /// Between SIGTERM and SIGKILL.
+    pub(crate) grace: Duration,
+}
+
+/// Reads a stream to its end, keeping only its last `cap` bytes.
+async fn tail_of<R: AsyncRead + Unpin>(mut reader: R, cap: usize) -> Tail {
+    let mut kept: VecDeque<u8> = VecDeque::with_capacity(cap.min(64 * 1024));
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                total += n as u64;
+                kept.extend(&buf[..n]);
+                let excess = kept.len().saturating_sub(cap);
+                kept.drain(..excess);
+            }
+        }
+    }
+    Tail {
+        bytes: Bytes::from(Vec::from(kept)),
+        total,
+    }
+}
+
+/// Applies `limits` in the child before `exec`.
+#[allow(unsafe_code)]
+fn set_rlimits(command: &mut Command, limits: ProcessLimits) {
+    use nix::sys::resource::{setrlimit, Resource};
+    let wanted: Vec<(Resource, u64)> = [
+        (Resource::RLIMIT_AS, limits.memory_bytes),
+        (Resource::RLIMIT_CPU, limits.cpu_seconds),
+        (Resource::RLIMIT_NOFILE, limits.open_files),
+    ]
+    .into_iter()
+    .filter_map(|(r, v)| v.map(|v| (r, v)))
+    .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    // SAFETY: the closure runs in the forked child before exec. It only calls setrlimit (an
+    // async-signal-safe system call) on values computed before the fork, and allocates
+    // nothing.
+    unsafe {
+        command.pre_exec(move || {
+            for (resource, value) in &wanted {
+                setrlimit(*resource, *value, *value).map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Sends `signal` to the whole process group `pgid`; a group already gone is fine.
+fn signal_group(pgid: i32, signal: Signal) {
+    match killpg(Pid::from_raw(pgid), signal) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => debug!(pgid, ?signal, error = %e, "could not signal a process group"),
+    }
+}
+
+/// True while any process of group `pgid` exists.
+pub fn group_alive(pgid: i32) -> bool {
+    killpg(Pid::from_raw(pgid), None).is_ok()
+}
+
+/// Runs `command` with `stdin` as its input under `limits`, until it exits, times out or
+/// `cancel` fires. Whatever happens, the process group is killed and reaped before this
+/// returns: no process of it outlives the call.
+///
+/// # Errors
+/// `TimedOut`, `Cancelled`, or `Spawn` if the program could not be started.
+///
+/// # Cancel safety
+/// Dropping the future kills the group leader (`kill_on_drop`); prefer `cancel`, which also
+/// reaches the rest of the group.
+pub(crate) async fn run(
+    mut command: Command,
+    stdin: Bytes,
+    limits: ProcessLimits,
+    budgets: Budgets,
+    cancel: &CancellationToken,
+) -> Result<ProcessOutcome, SandboxError> {
+    command
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    set_rlimits(&mut command, limits);
+    become_subreaper();
+    let mut child = command
+        .spawn()
+        .map_err(|e| SandboxError::Spawn(e.to_string()))?;
+    let pgid = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .ok_or_else(|| SandboxError::Spawn("the child has no process id".into()))?;
+
+    if let Some(mut input) = child.stdin.take() {
+        tokio::spawn(async move {
+            // A child that does not read its input closes the pipe early; that is its business.
+            let _ = input.write_all(&stdin).await;
+        });
+    }
+    let stdout = child
+        .stdout
+        .take()
+        .map(|r| tokio::spawn(tail_of(r, budgets.stdout)));
+    let stderr = child
+        .stderr
+        .take()
+        .map(|r| tokio::spawn(tail_of(r, budgets.stderr)));
+
+    let deadline = async {
+        match limits.timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut stopped: Option<SandboxError> = None;
+    let status = tokio::select! {
+        status = child.wait() => status,
+        () = deadline => {
+            stopped = limits.timeout.map(SandboxError::TimedOut);
+            terminate(&mut child, pgid, budgets.grace).await
+        }
+        () = cancel.cancelled() => {
+            stopped = Some(SandboxError::Cancelled);
+            terminate(&mut child, pgid, budgets.grace).await
+        }
+    };
+    // Background processes the child left in its group go too, so the pipes close, and
+    // their remains are reaped.
+    signal_group(pgid, Signal::SIGKILL);
+    reap_group(pgid).await;
+    let status = status.map_err(|e| SandboxError::Spawn(format!("waiting for the child: {e}")))?;
+    let stdout = match stdout {
+        Some(h) => h.await.unwrap_or_default(),
+        None => Tail::default(),
+    };
+    let stderr = match stderr {
+        Some(h) => h.await.unwrap_or_default(),
+        None => Tail::default(),
+    };
+    if let Some(e) = stopped {
+        return Err(e);
+    }
+    use std::os::unix::process::ExitStatusExt;
+    Ok(ProcessOutcome {
+        code: status.code(),
+        signal: status.signal(),
+        stdout,
+        stderr,
+    })
+}
+
+/// How long to wait for a killed group's last members to be reaped.
+const REAP_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Makes this process the reaper of orphans it causes (Linux): when a sandboxed leader dies,
+/// its children are re-parented here instead of to an init that may never reap them, so
+/// [`reap_group`] can collect them. Done once per process.
+fn become_subreaper() {
+    #[cfg(target_os = "linux")]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+                debug!(error = %e, "could not become a child subreaper");
+            }
+        });
+    }
+}
+
+/// Reaps members of group `pgid` that were re-parented to this process, until none is left.
+async fn reap_group(pgid: i32) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let deadline = tokio::time::Instant::now() + REAP_DEADLINE;
+    loop {
+        // Reap whatever of the group has already died.
+        loop {
+            match waitpid(Pid::from_raw(-pgid), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+        if !group_alive(pgid) || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// SIGTERM to the group, SIGKILL after `grace`; returns the leader's exit status.
+async fn terminate(
+    child: &mut tokio::process::Child,
+    pgid: i32,
+    grace: Duration,
+) -> std::io::Result<std::process::ExitStatus> {
+    signal_group(pgid, Signal::SIGTERM);
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            signal_group(pgid, Signal::SIGKILL);
+            child.wait().await
+        }
+    }
+}
