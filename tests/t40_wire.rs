@@ -32,6 +32,7 @@ fn spec(id: &str, group: &str) -> proto::TaskSpec {
         run_at_ms: None,
         dedup: None,
         fairness_key: None,
+        sandbox: None,
     }
 }
 

@@ -150,6 +150,9 @@ pub struct TaskSpec {
     /// Fair queueing within the group: tasks of different keys (tenants, say) take turns, so
     /// one key's burst cannot starve the others. Priority still comes first.
     pub fairness_key: Option<String>,
+    /// The sandbox to run in, by name, among those the pod offers; `None`: the pod's default
+    /// for the group.
+    pub sandbox: Option<String>,
 }
 
 impl TaskSpec {
@@ -166,7 +169,14 @@ impl TaskSpec {
             run_at: None,
             dedup: None,
             fairness_key: None,
+            sandbox: None,
         }
+    }
+
+    /// The same task, run in the pod's sandbox named `name`.
+    pub fn with_sandbox(mut self, name: impl Into<String>) -> Self {
+        self.sandbox = Some(name.into());
+        self
     }
 
     /// The same task, taking turns with other keys of its group.

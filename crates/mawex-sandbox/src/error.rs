@@ -51,6 +51,9 @@ pub enum SandboxError {
         /// The end of its standard error.
         stderr: String,
     },
+    /// The task names a sandbox the pod does not offer.
+    #[error("this pod offers no sandbox named {0:?}")]
+    UnknownSandbox(String),
     /// The output is larger than the sandbox accepts.
     #[error("output of more than {limit} bytes")]
     OutputTooLarge {
@@ -68,7 +71,9 @@ impl From<SandboxError> for TaskError {
             SandboxError::DuplicateHandler(_) => ErrorKind::Sandbox,
             SandboxError::TimedOut(_) => ErrorKind::TimedOut,
             SandboxError::Cancelled => ErrorKind::Cancelled,
-            SandboxError::Spawn(_) | SandboxError::OutputTooLarge { .. } => ErrorKind::Sandbox,
+            SandboxError::Spawn(_)
+            | SandboxError::OutputTooLarge { .. }
+            | SandboxError::UnknownSandbox(_) => ErrorKind::Sandbox,
             SandboxError::NonZeroExit { .. } => ErrorKind::NonZeroExit,
             SandboxError::Crashed { .. } => ErrorKind::Crashed,
             SandboxError::OutOfMemory { .. } => ErrorKind::OutOfMemory,
@@ -76,7 +81,9 @@ impl From<SandboxError> for TaskError {
         // Retrying cannot make an output smaller or a program appear.
         let permanent = matches!(
             e,
-            SandboxError::OutputTooLarge { .. } | SandboxError::UnknownHandler(_)
+            SandboxError::OutputTooLarge { .. }
+                | SandboxError::UnknownHandler(_)
+                | SandboxError::UnknownSandbox(_)
         );
         match e {
             SandboxError::Handler(h) => TaskError::new(kind, h.message).with_retry(h.retry),

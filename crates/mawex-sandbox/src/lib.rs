@@ -24,6 +24,7 @@ mod error;
 mod in_process;
 mod input;
 pub mod process;
+mod set;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -33,6 +34,7 @@ pub use command::{CommandSandbox, CommandSpec};
 pub use error::{HandlerError, SandboxError};
 pub use in_process::{HandlerRegistry, InProcess};
 pub use input::TaskInput;
+pub use set::SandboxSet;
 
 /// Runs attempts of tasks. Implementations must honour `cancel` promptly and the task's
 /// timeout, and must not let the attempt outlive the returned future.

@@ -51,6 +51,7 @@ impl From<TaskSpec> for proto::TaskSpec {
                 window_ms: millis(d.window),
             }),
             fairness_key: s.fairness_key,
+            sandbox: s.sandbox,
         }
     }
 }
@@ -72,6 +73,7 @@ impl TryFrom<proto::TaskSpec> for TaskSpec {
                 .dedup
                 .map(|d| Dedup::new(d.key, Duration::from_millis(d.window_ms))),
             fairness_key: s.fairness_key,
+            sandbox: s.sandbox,
         })
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use backon::BackoffBuilder;
 use mawex_api::pod::{Assignment, AttemptRef, MasterMessage, PodHello, PodMessage};
 use mawex_api::{ApiError, Attempt, GroupName, PodId, TaskError, TaskId};
-use mawex_sandbox::{Sandbox, TaskInput};
+use mawex_sandbox::{SandboxSet, TaskInput};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -138,7 +138,7 @@ const INTERRUPT_DEADLINE: Duration = Duration::from_secs(5);
 /// Lock order, where more than one is taken: `unsent`, then `outbox`, then `holdings`.
 struct Shared {
     config: PodConfig,
-    sandbox: Arc<dyn Sandbox>,
+    sandboxes: SandboxSet,
     connector: Arc<dyn PodConnector>,
     queue_tx: mpsc::UnboundedSender<Assignment>,
     queue_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Assignment>>,
@@ -301,7 +301,13 @@ impl Shared {
             token.cancel();
         }
         let r = a.attempt;
-        let result = self.sandbox.run(TaskInput::new(r, a.spec), token).await;
+        let result = match self
+            .sandboxes
+            .select(&a.spec.group, a.spec.sandbox.as_deref())
+        {
+            Ok(sandbox) => sandbox.run(TaskInput::new(r, a.spec), token).await,
+            Err(e) => Err(e),
+        };
         let limit = self.config.max_output_bytes;
         let result = result.map_err(TaskError::from).and_then(|out| {
             if out.len() > limit {
@@ -423,14 +429,15 @@ impl Pod {
     /// [`CoreError::Config`] for a bad configuration.
     pub fn start(
         config: PodConfig,
-        sandbox: Arc<dyn Sandbox>,
+        sandboxes: impl Into<SandboxSet>,
         connector: Arc<dyn PodConnector>,
     ) -> Result<Pod, CoreError> {
+        let sandboxes = sandboxes.into();
         config.validate()?;
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             config,
-            sandbox,
+            sandboxes,
             connector,
             queue_tx,
             queue_rx: tokio::sync::Mutex::new(queue_rx),

@@ -1,0 +1,84 @@
+//! A pod offering several sandboxes: per-group defaults, tasks naming one, and a clear error
+//! for a sandbox the pod does not offer.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use mawex::sandbox::{CommandSandbox, CommandSpec, SandboxSet};
+use mawex::{ErrorKind, InProcess, Outcome, Pod, PodConfig, TaskSpec};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_run_in_the_sandbox_their_group_or_they_name() {
+    let m = TestMaster::start().await;
+    let (shell, plain) = (group("shell"), group("plain"));
+    let (handlers, runs, _) = instrumented();
+    let mut commands = CommandSandbox::new();
+    commands
+        .command(
+            "echo",
+            CommandSpec::new(["/bin/sh", "-c", "printf 'from a process: '; cat"]),
+        )
+        .unwrap();
+    let sandboxes = SandboxSet::new(Arc::new(InProcess::new(handlers)))
+        .with("command", Arc::new(commands))
+        .group_default(shell.clone(), "command")
+        .unwrap();
+    let pod = Pod::start(
+        PodConfig::new(
+            pod_id("p-mixed-sandboxes"),
+            vec![shell.clone(), plain.clone()],
+        ),
+        sandboxes,
+        m.connector(),
+    )
+    .unwrap();
+
+    let by_group = TaskSpec::new(shell.clone(), "echo", "hi");
+    let in_process = TaskSpec::new(plain.clone(), "echo", "hi");
+    let named = TaskSpec::new(plain.clone(), "echo", "hi").with_sandbox("command");
+    let missing = TaskSpec::new(plain.clone(), "echo", "hi").with_sandbox("kubernetes");
+    m.proxy()
+        .submit_many(vec![
+            by_group.clone(),
+            in_process.clone(),
+            named.clone(),
+            missing.clone(),
+        ])
+        .await
+        .unwrap();
+
+    let out = |r: mawex::TaskResult| match r.outcome {
+        Outcome::Succeeded(b) => String::from_utf8(b.to_vec()).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        out(m.proxy().await_result(by_group.id).await.unwrap()),
+        "from a process: hi"
+    );
+    assert_eq!(
+        out(m.proxy().await_result(in_process.id).await.unwrap()),
+        "hi"
+    );
+    assert_eq!(
+        out(m.proxy().await_result(named.id).await.unwrap()),
+        "from a process: hi"
+    );
+    assert_eq!(runs.count(&in_process.id), 1);
+    assert_eq!(runs.count(&named.id), 0, "not run in-process");
+
+    let r = m.proxy().await_result(missing.id).await.unwrap();
+    match r.outcome {
+        Outcome::Failed(e) => {
+            assert_eq!(e.kind, ErrorKind::Sandbox);
+            assert!(e.message.contains("kubernetes"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.attempt.0, 1, "failed at once, not retried");
+    pod.shutdown().await.unwrap();
+    m.shutdown().await;
+}
