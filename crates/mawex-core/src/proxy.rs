@@ -153,8 +153,11 @@ impl MasterProxy for LocalMasterProxy {
     }
 
     async fn create_schedule(&self, spec: ScheduleSpec) -> Result<(), ApiError> {
-        self.call(|reply| CoreMsg::CreateSchedule { spec, reply })
-            .await
+        self.call(|reply| CoreMsg::CreateSchedule {
+            spec: Box::new(spec),
+            reply,
+        })
+        .await
     }
 
     async fn list_schedules(&self) -> Result<Vec<ScheduleView>, ApiError> {

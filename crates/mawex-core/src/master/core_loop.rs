@@ -90,7 +90,8 @@ pub(crate) enum CoreMsg {
         reply: Reply<u64>,
     },
     CreateSchedule {
-        spec: ScheduleSpec,
+        /// Boxed: a schedule (with its task template) is much larger than other requests.
+        spec: Box<ScheduleSpec>,
         reply: Reply<()>,
     },
     ListSchedules {
@@ -378,7 +379,7 @@ impl<J: Journal> CoreLoop<J> {
                 answer(deferred, reply, r);
             }
             CoreMsg::CreateSchedule { spec, reply } => {
-                let r = self.engine.create_schedule(spec, now, out);
+                let r = self.engine.create_schedule(*spec, now, out);
                 answer(deferred, reply, r);
             }
             CoreMsg::ListSchedules { reply } => {
