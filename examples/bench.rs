@@ -16,7 +16,8 @@ use mawex::{
 
 #[derive(Parser, Debug)]
 struct Args {
-    /// Which scenario to run: `local`, `grpc`, or `fair` (local, 1,000 fairness keys).
+    /// Which scenario to run: `local`, `grpc`, `fair` (local, 1,000 fairness keys), or
+    /// `sandbox` (per-task overhead of each sandbox against a bare spawn).
     #[arg(long, default_value = "local")]
     scenario: String,
     /// Tasks in the throughput phase.
@@ -160,14 +161,68 @@ async fn run(args: &Args, transport: Transport, fair: bool) -> anyhow::Result<se
     }))
 }
 
+/// Median and p99 of `samples` in ms, as a JSON line for `sandbox`.
+fn overhead_line(sandbox: &str, samples: &mut [Duration]) -> serde_json::Value {
+    samples.sort();
+    serde_json::json!({
+        "scenario": "sandbox",
+        "sandbox": sandbox,
+        "runs": samples.len(),
+        "ms_p50": (percentile(samples, 0.50) * 1000.0).round() / 1000.0,
+        "ms_p99": (percentile(samples, 0.99) * 1000.0).round() / 1000.0,
+    })
+}
+
+/// Times `runs` attempts of a no-op in each sandbox, and bare spawns of `/bin/true`.
+async fn sandboxes(runs: usize) -> anyhow::Result<Vec<serde_json::Value>> {
+    use mawex::sandbox::{CommandSandbox, CommandSpec};
+    use mawex::Sandbox;
+    use tokio_util::sync::CancellationToken;
+
+    let mut handlers = HandlerRegistry::new();
+    handlers.register("noop", |_: TaskInput| async { Ok(Bytes::new()) })?;
+    let in_process = InProcess::new(handlers);
+    let mut command = CommandSandbox::new();
+    command.command("noop", CommandSpec::new(["/bin/true"]))?;
+
+    let mut lines = Vec::new();
+    let candidates: [(&str, &dyn Sandbox); 2] = [("in-process", &in_process), ("command", &command)];
+    for (name, sandbox) in candidates {
+        let mut samples = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let t = Instant::now();
+            sandbox
+                .run(TaskInput::for_test("noop", Bytes::new()), CancellationToken::new())
+                .await?;
+            samples.push(t.elapsed());
+        }
+        lines.push(overhead_line(name, &mut samples));
+    }
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        let status = std::process::Command::new("/bin/true").status()?;
+        anyhow::ensure!(status.success(), "/bin/true failed");
+        samples.push(t.elapsed());
+    }
+    lines.push(overhead_line("bare-spawn", &mut samples));
+    Ok(lines)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.scenario == "sandbox" {
+        for line in sandboxes(args.rtt_samples).await? {
+            println!("{line}");
+        }
+        return Ok(());
+    }
     let line = match args.scenario.as_str() {
         "local" => run(&args, Transport::Local, false).await?,
         "grpc" => run(&args, Transport::Grpc, false).await?,
         "fair" => run(&args, Transport::Local, true).await?,
-        other => anyhow::bail!("unknown scenario {other:?}; known: local, grpc, fair"),
+        other => anyhow::bail!("unknown scenario {other:?}; known: local, grpc, fair, sandbox"),
     };
     println!("{line}");
     Ok(())
