@@ -162,46 +162,14 @@ impl Sandbox for CommandSandbox {
             grace: self.grace,
         };
         let outcome = process::run(command, input.payload, limits, budgets, &cancel).await?;
-        let stderr = outcome.stderr.text();
-        match (outcome.code, outcome.signal) {
-            (Some(0), _)
-                if outcome.stdout.truncated()
-                    || outcome.stdout.total as usize > self.max_output_bytes =>
-            {
-                Err(SandboxError::OutputTooLarge {
-                    limit: self.max_output_bytes,
-                })
-            }
-            (Some(0), _) => Ok(outcome.stdout.bytes),
-            (Some(code), _) if out_of_memory(limits, &stderr) => Err(SandboxError::OutOfMemory {
-                limit: limits.memory_bytes.unwrap_or(0),
-                stderr: format!("exit status {code}: {stderr}"),
-            }),
-            (Some(code), _) => Err(SandboxError::NonZeroExit { code, stderr }),
-            (None, Some(signal)) if out_of_memory(limits, &stderr) => {
-                Err(SandboxError::OutOfMemory {
-                    limit: limits.memory_bytes.unwrap_or(0),
-                    stderr: format!("signal {signal}: {stderr}"),
-                })
-            }
-            (None, Some(signal)) => Err(SandboxError::Crashed { signal, stderr }),
-            (None, None) => Err(SandboxError::Spawn(
-                "the process ended without a status".into(),
-            )),
+        if outcome.code != Some(0) {
+            return Err(process::failure(&outcome, limits));
         }
+        if outcome.stdout.truncated() || outcome.stdout.total as usize > self.max_output_bytes {
+            return Err(SandboxError::OutputTooLarge {
+                limit: self.max_output_bytes,
+            });
+        }
+        Ok(outcome.stdout.bytes)
     }
-}
-
-/// Under a memory limit, the usual last words of a process that hit it.
-fn out_of_memory(limits: ProcessLimits, stderr: &str) -> bool {
-    limits.memory_bytes.is_some()
-        && [
-            "MemoryError",
-            "Cannot allocate memory",
-            "out of memory",
-            "memory allocation of",
-            "bad_alloc",
-        ]
-        .iter()
-        .any(|needle| stderr.contains(needle))
 }

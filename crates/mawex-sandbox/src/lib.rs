@@ -21,6 +21,7 @@
 
 mod command;
 mod error;
+pub mod forked;
 mod in_process;
 mod input;
 pub mod process;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use command::{CommandSandbox, CommandSpec};
 pub use error::{HandlerError, SandboxError};
+pub use forked::ForkedSandbox;
 pub use in_process::{HandlerRegistry, InProcess};
 pub use input::TaskInput;
 pub use set::SandboxSet;

@@ -287,3 +287,33 @@ async fn terminate(
         }
     }
 }
+
+/// The error for a process that did not exit with status 0.
+pub(crate) fn failure(outcome: &ProcessOutcome, limits: ProcessLimits) -> SandboxError {
+    let stderr = outcome.stderr.text();
+    let out_of_memory =
+        limits.memory_bytes.is_some() && OOM_WORDS.iter().any(|needle| stderr.contains(needle));
+    match (outcome.code, outcome.signal) {
+        (Some(code), _) if out_of_memory => SandboxError::OutOfMemory {
+            limit: limits.memory_bytes.unwrap_or(0),
+            stderr: format!("exit status {code}: {stderr}"),
+        },
+        (None, Some(signal)) if out_of_memory => SandboxError::OutOfMemory {
+            limit: limits.memory_bytes.unwrap_or(0),
+            stderr: format!("signal {signal}: {stderr}"),
+        },
+        (Some(code), _) => SandboxError::NonZeroExit { code, stderr },
+        (None, Some(signal)) => SandboxError::Crashed { signal, stderr },
+        (None, None) => SandboxError::Spawn("the process ended without a status".into()),
+    }
+}
+
+/// Under a memory limit, the usual last words of a process that hit it (Python, libc, Rust's
+/// allocator, C++).
+const OOM_WORDS: [&str; 5] = [
+    "MemoryError",
+    "Cannot allocate memory",
+    "out of memory",
+    "memory allocation of",
+    "bad_alloc",
+];

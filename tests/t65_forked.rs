@@ -1,0 +1,157 @@
+//! The forked sandbox: this test binary is also the child it forks (its `main` calls
+//! `run_if_child` first, as an application's would).
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+use std::time::Duration;
+
+use mawex::sandbox::{forked, process::group_alive, ForkedSandbox};
+use mawex::{
+    Bytes, HandlerError, HandlerRegistry, Limits, RetryHint, Sandbox, SandboxError, TaskInput,
+};
+use tokio_util::sync::CancellationToken;
+
+fn handlers() -> HandlerRegistry {
+    let mut r = HandlerRegistry::new();
+    r.register("upper", |t: TaskInput| async move {
+        Ok(Bytes::from(t.payload.to_ascii_uppercase()))
+    })
+    .unwrap()
+    .register("refuse", |_: TaskInput| async {
+        Err(HandlerError::retry_after("busy", Duration::from_secs(7)))
+    })
+    .unwrap()
+    .register("panic", |_: TaskInput| async { panic!("child panicked") })
+    .unwrap()
+    .register("abort", |_: TaskInput| async { std::process::abort() })
+    .unwrap()
+    .register("pid-then-hang", |_: TaskInput| async {
+        println!("{}", std::process::id());
+        std::future::pending::<()>().await;
+        Ok(Bytes::new())
+    })
+    .unwrap()
+    .register("hog", |_: TaskInput| async {
+        let v: Vec<u8> = vec![1; 3 << 30];
+        Ok(Bytes::from(vec![v[v.len() - 1]]))
+    })
+    .unwrap();
+    r
+}
+
+/// One test of this binary, run on the shared runtime.
+type TestFn = fn(&tokio::runtime::Runtime);
+
+fn main() {
+    forked::run_if_child(&handlers());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tests: [(&str, TestFn); 3] = [
+        ("results_and_errors_cross_the_process_boundary", |rt| {
+            rt.block_on(results_and_errors())
+        }),
+        ("crashes_and_memory_limits_are_reported", |rt| {
+            rt.block_on(crashes())
+        }),
+        ("a_timeout_kills_the_child_and_its_group", |rt| {
+            rt.block_on(timeout())
+        }),
+    ];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        if !args.iter().any(|a| a == "--ignored") {
+            for (name, _) in &tests {
+                println!("{name}: test");
+            }
+        }
+        return;
+    }
+    let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let (mut passed, mut failed) = (0, 0);
+    for (name, test) in tests {
+        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        match std::panic::catch_unwind(|| test(&rt)) {
+            Ok(()) => {
+                println!("test {name} ... ok");
+                passed += 1;
+            }
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed += 1;
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
+
+async fn run(handler: &str, limits: Limits) -> Result<Bytes, SandboxError> {
+    let mut sandbox = ForkedSandbox::new().unwrap();
+    sandbox.grace = Duration::from_millis(200);
+    let mut input = TaskInput::for_test(handler, "abc");
+    input.limits = limits;
+    sandbox.run(input, CancellationToken::new()).await
+}
+
+async fn results_and_errors() {
+    assert_eq!(run("upper", Limits::default()).await.unwrap(), "ABC");
+    match run("refuse", Limits::default()).await {
+        Err(SandboxError::Handler(e)) => {
+            assert_eq!(e.message, "busy");
+            assert_eq!(e.retry, RetryHint::After(Duration::from_secs(7)));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        run("panic", Limits::default()).await,
+        Err(SandboxError::Panicked("child panicked".into()))
+    );
+    assert_eq!(
+        run("nope", Limits::default()).await,
+        Err(SandboxError::UnknownHandler("nope".into()))
+    );
+}
+
+async fn crashes() {
+    assert!(matches!(
+        run("abort", Limits::default()).await,
+        Err(SandboxError::Crashed { signal: 6, .. })
+    ));
+    let limits = Limits::default().with_memory_bytes(512 << 20);
+    match run("hog", limits).await {
+        Err(SandboxError::OutOfMemory { limit, .. }) => assert_eq!(limit, 512 << 20),
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn timeout() {
+    let limits = Limits::default().with_timeout(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    assert_eq!(
+        run("pid-then-hang", limits).await,
+        Err(SandboxError::TimedOut(Duration::from_millis(500)))
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The child printed its pid (= its group) before hanging; nothing of it is left.
+    // (The printed line is not returned on a timeout, so check every process of ours.)
+    let me = std::process::id();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        let parent: u32 = fields[1].parse().unwrap();
+        if parent == me {
+            assert!(
+                !group_alive(pid),
+                "a child of the test is still around: {stat}"
+            );
+        }
+    }
+}
