@@ -21,6 +21,8 @@ use mawex::{
 const ROLE: &str = "MAWEX_TEST_ROLE";
 
 fn main() {
+    // A pod of this binary may fork it again to run a task (the forked sandbox).
+    mawex::sandbox::forked::run_if_child(&handlers());
     if let Ok(role) = std::env::var(ROLE) {
         let rt = tokio::runtime::Runtime::new().unwrap();
         match role.as_str() {
@@ -30,12 +32,15 @@ fn main() {
         }
         return;
     }
-    let tests: [(&str, fn()); 2] = [
+    let tests: [(&str, fn()); 3] = [
         ("kill_9_of_the_master_loses_no_acknowledged_task", || {
             runtime().block_on(kill_master())
         }),
         ("kill_9_of_a_pod_reruns_its_task_elsewhere", || {
             runtime().block_on(kill_pod())
+        }),
+        ("sigterm_to_a_forking_pod_loses_no_task", || {
+            runtime().block_on(sigterm_forked_pod())
         }),
     ];
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -123,16 +128,28 @@ async fn child_pod() {
     exit_with_parent();
     let endpoint = std::env::var("MAWEX_ENDPOINT").unwrap();
     let id = std::env::var("MAWEX_POD_ID").unwrap();
-    let _pod = Pod::start(
+    let forked = std::env::var_os("MAWEX_FORKED").is_some();
+    let sandboxes: mawex::sandbox::SandboxSet = if forked {
+        Arc::new(mawex::sandbox::ForkedSandbox::new().unwrap()).into()
+    } else {
+        Arc::new(InProcess::new(handlers())).into()
+    };
+    let pod = Pod::start(
         PodConfig::new(PodId::new(id).unwrap(), vec![group()])
             .with_slots(2)
-            .with_prefetch(32),
-        Arc::new(InProcess::new(handlers())),
+            .with_prefetch(if forked { 4 } else { 32 })
+            .with_shutdown_grace(Duration::from_secs(10)),
+        sandboxes,
         Arc::new(GrpcPodConnector::new(&endpoint).unwrap()),
     )
     .unwrap();
     println!("READY");
-    std::future::pending::<()>().await;
+    // SIGTERM: leave cleanly, as a deployment tool would ask.
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+    term.recv().await;
+    pod.shutdown().await.unwrap();
+    std::process::exit(0);
 }
 
 fn group() -> GroupName {
@@ -295,6 +312,82 @@ async fn kill_master() {
             Some(&1),
             "task {id} has exactly one result"
         );
+    }
+}
+
+async fn sigterm_forked_pod() {
+    const TASKS: usize = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let (master, addr) = start_master(&journal, "127.0.0.1:0");
+    let endpoint = format!("http://{addr}");
+    let mut forking = ChildProcess::spawn(
+        "pod",
+        &[
+            ("MAWEX_ENDPOINT", endpoint.clone()),
+            ("MAWEX_POD_ID", "pod-forking".to_owned()),
+            ("MAWEX_FORKED", "1".to_owned()),
+        ],
+    );
+    forking.wait_line("READY");
+    let client = patient_client(&endpoint);
+    let specs: Vec<TaskSpec> = (0..TASKS)
+        .map(|i| TaskSpec::new(group(), "work", if i % 10 == 0 { "30" } else { "1" }))
+        .collect();
+    client.submit_many(specs.clone()).await.unwrap();
+
+    // Mid-run, the pod is asked to stop.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = client
+            .list(
+                mawex::ListQuery::default()
+                    .state(mawex::TaskState::Succeeded)
+                    .limit(1000),
+            )
+            .await
+            .unwrap()
+            .tasks
+            .len();
+        if done >= 100 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the forking pod made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = forking.child.id().to_string();
+    let term = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(term.success());
+    let status = forking.child.wait().unwrap();
+    assert!(status.success(), "the pod left cleanly: {status:?}");
+
+    // Another pod finishes the rest; nothing was lost, nothing recorded twice.
+    let survivor = Pod::start(
+        PodConfig::new(PodId::new("pod-after").unwrap(), vec![group()]).with_slots(2),
+        Arc::new(InProcess::new(handlers())),
+        Arc::new(GrpcPodConnector::new(&endpoint).unwrap()),
+    )
+    .unwrap();
+    for spec in &specs {
+        let r = tokio::time::timeout(Duration::from_secs(120), client.await_result(spec.id))
+            .await
+            .expect("every task completes")
+            .unwrap();
+        assert!(
+            matches!(r.outcome, Outcome::Succeeded(_)),
+            "{:?}",
+            r.outcome
+        );
+    }
+    survivor.shutdown().await.unwrap();
+    master.kill();
+    let (accepted, finished) = audit(&journal);
+    for spec in &specs {
+        assert_eq!(accepted.get(&spec.id), Some(&1));
+        assert_eq!(finished.get(&spec.id), Some(&1), "exactly one result");
     }
 }
 
