@@ -152,8 +152,8 @@ pub fn group_alive(pgid: i32) -> bool {
 /// `TimedOut`, `Cancelled`, or `Spawn` if the program could not be started.
 ///
 /// # Cancel safety
-/// Dropping the future kills the group leader (`kill_on_drop`); prefer `cancel`, which also
-/// reaches the rest of the group.
+/// Dropping the future kills the whole group at once (SIGKILL, no grace); prefer `cancel`,
+/// which gives it the grace period first.
 pub(crate) async fn run(
     mut command: Command,
     stdin: Bytes,
@@ -176,6 +176,8 @@ pub(crate) async fn run(
         .id()
         .and_then(|id| i32::try_from(id).ok())
         .ok_or_else(|| SandboxError::Spawn("the child has no process id".into()))?;
+    // If this future is dropped (the pod aborted), the whole group still goes.
+    let _group = GroupGuard(pgid);
 
     if let Some(mut input) = child.stdin.take() {
         tokio::spawn(async move {
@@ -233,6 +235,15 @@ pub(crate) async fn run(
         stdout,
         stderr,
     })
+}
+
+/// Kills a process group when dropped: nothing outlives an abandoned attempt.
+struct GroupGuard(i32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        signal_group(self.0, Signal::SIGKILL);
+    }
 }
 
 /// How long to wait for a killed group's last members to be reaped.

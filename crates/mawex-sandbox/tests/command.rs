@@ -167,3 +167,40 @@ async fn timeout_and_cancel_kill_the_whole_group_and_leave_no_zombie() {
     assert!(!group_alive(pgid));
     assert!(!Path::new(&format!("/proc/{pgid}")).exists());
 }
+
+#[tokio::test]
+async fn an_abandoned_attempt_takes_its_group_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dropped");
+    let input = TaskInput::for_test("hang", format!("{}\n", file.display()));
+    let s = sandbox();
+    let task = tokio::spawn(async move { s.run(input, CancellationToken::new()).await });
+    wait_for_file(&file).await;
+    let pgid = pid_in(&file);
+    assert!(group_alive(pgid));
+    task.abort();
+    let _ = task.await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    // The killed processes are gone once reaped (by tokio for the leader, by init or the
+    // subreaper for the rest); what matters is that none is running.
+    loop {
+        let running = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+            .filter(|stat| {
+                let rest = &stat[stat.rfind(')').unwrap() + 2..];
+                let fields: Vec<&str> = rest.split(' ').collect();
+                fields[2] == pgid.to_string() && fields[0] != "Z"
+            })
+            .count();
+        if running == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{running} processes of the group still run"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
