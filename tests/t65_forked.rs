@@ -31,6 +31,23 @@ fn handlers() -> HandlerRegistry {
         Ok(Bytes::new())
     })
     .unwrap()
+    .register("echo", |t: TaskInput| async move { Ok(t.payload) })
+    .unwrap()
+    .register("fail", |_: TaskInput| async {
+        Err(HandlerError::new("no"))
+    })
+    .unwrap()
+    .register("crash", |_: TaskInput| async { std::process::abort() })
+    .unwrap()
+    .register("sleep", |_: TaskInput| async {
+        std::future::pending::<()>().await;
+        Ok(Bytes::new())
+    })
+    .unwrap()
+    .register("big", |_: TaskInput| async {
+        Ok(Bytes::from(vec![b'x'; 5000]))
+    })
+    .unwrap()
     .register("hog", |_: TaskInput| async {
         let v: Vec<u8> = vec![1; 3 << 30];
         Ok(Bytes::from(vec![v[v.len() - 1]]))
@@ -45,7 +62,19 @@ type TestFn = fn(&tokio::runtime::Runtime);
 fn main() {
     forked::run_if_child(&handlers());
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let tests: [(&str, TestFn); 3] = [
+    let tests: [(&str, TestFn); 4] = [
+        ("the_forked_sandbox_passes_the_conformance_suite", |rt| {
+            rt.block_on(async {
+                let mut sandbox = ForkedSandbox::new().unwrap();
+                sandbox.max_output_bytes = 1000;
+                sandbox.grace = Duration::from_millis(200);
+                mawex::sandbox::testing::sandbox_suite(
+                    &sandbox,
+                    mawex::sandbox::testing::Kind::Child,
+                )
+                .await
+            })
+        }),
         ("results_and_errors_cross_the_process_boundary", |rt| {
             rt.block_on(results_and_errors())
         }),

@@ -5,13 +5,10 @@
 //! pod offers:
 //!
 //! ```no_run
-//! # let registry = mawex_sandbox::HandlerRegistry::new();
-//! fn main() {
-//!     # let registry = mawex_sandbox::HandlerRegistry::new();
-//!     // In a forked child this runs the attempt and exits; otherwise it returns at once.
-//!     mawex_sandbox::forked::run_if_child(&registry);
-//!     // ... the application as usual ...
-//! }
+//! let registry = mawex_sandbox::HandlerRegistry::new(); // the pod's handlers
+//! // The first thing in `main`: in a forked child this runs the attempt and exits;
+//! // otherwise it returns at once and the application goes on as usual.
+//! mawex_sandbox::forked::run_if_child(&registry);
 //! ```
 //!
 //! The attempt goes to the child on stdin and the result comes back on stdout, each as one

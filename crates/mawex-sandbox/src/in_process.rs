@@ -217,3 +217,25 @@ mod tests {
         assert_eq!(r.names(), vec!["a"]);
     }
 }
+
+#[cfg(all(test, feature = "testing"))]
+mod conformance {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_in_process_sandbox_passes_the_conformance_suite() {
+        let mut r = HandlerRegistry::new();
+        r.register("echo", |i: TaskInput| async move { Ok(i.payload) })
+            .unwrap()
+            .register("fail", |_| async { Err(HandlerError::new("no")) })
+            .unwrap()
+            .register("crash", |_| async { panic!("crash") })
+            .unwrap()
+            .register("sleep", |_| async {
+                std::future::pending::<()>().await;
+                Ok(Bytes::new())
+            })
+            .unwrap();
+        crate::testing::sandbox_suite(&InProcess::new(r), crate::testing::Kind::InProcess).await;
+    }
+}

@@ -26,6 +26,8 @@ mod in_process;
 mod input;
 pub mod process;
 mod set;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use async_trait::async_trait;
 use bytes::Bytes;

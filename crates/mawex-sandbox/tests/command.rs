@@ -204,3 +204,21 @@ async fn an_abandoned_attempt_takes_its_group_with_it() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn the_command_sandbox_passes_the_conformance_suite() {
+    let mut s = CommandSandbox::new();
+    s.max_output_bytes = 1000;
+    s.grace = Duration::from_millis(200);
+    s.command("echo", CommandSpec::new(["/bin/cat"])).unwrap();
+    s.command("fail", sh("exit 1")).unwrap();
+    s.command("crash", sh("kill -SEGV $$")).unwrap();
+    s.command("sleep", sh("sleep 600")).unwrap();
+    s.command("big", sh("head -c 5000 /dev/zero")).unwrap();
+    s.command(
+        "hog",
+        CommandSpec::new(["python3", "-c", "x = bytearray(2 * 1024 ** 3)"]).inherit("PATH"),
+    )
+    .unwrap();
+    mawex_sandbox::testing::sandbox_suite(&s, mawex_sandbox::testing::Kind::Child).await;
+}
