@@ -18,6 +18,9 @@ use mawex::{
     TaskId, TaskInput, TaskSpec,
 };
 
+#[path = "common/own_main.rs"]
+mod own_main;
+
 const ROLE: &str = "MAWEX_TEST_ROLE";
 
 fn main() {
@@ -32,48 +35,17 @@ fn main() {
         }
         return;
     }
-    let tests: [(&str, fn()); 3] = [
-        ("kill_9_of_the_master_loses_no_acknowledged_task", || {
+    own_main::run_tests(&[
+        ("kill_9_of_the_master_loses_no_acknowledged_task", &|| {
             runtime().block_on(kill_master())
         }),
-        ("kill_9_of_a_pod_reruns_its_task_elsewhere", || {
+        ("kill_9_of_a_pod_reruns_its_task_elsewhere", &|| {
             runtime().block_on(kill_pod())
         }),
-        ("sigterm_to_a_forking_pod_loses_no_task", || {
+        ("sigterm_to_a_forking_pod_loses_no_task", &|| {
             runtime().block_on(sigterm_forked_pod())
         }),
-    ];
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    // Enough of libtest's interface for cargo-nextest: `--list [--ignored]`, then one run per test.
-    if args.iter().any(|a| a == "--list") {
-        if !args.iter().any(|a| a == "--ignored") {
-            for (name, _) in &tests {
-                println!("{name}: test");
-            }
-        }
-        return;
-    }
-    let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    let (mut passed, mut failed) = (0, 0);
-    for (name, test) in tests {
-        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        match std::panic::catch_unwind(test) {
-            Ok(()) => {
-                println!("test {name} ... ok");
-                passed += 1;
-            }
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed += 1;
-            }
-        }
-    }
-    println!("{passed} passed, {failed} failed");
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    ]);
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -11,6 +11,9 @@ use mawex::{
 };
 use tokio_util::sync::CancellationToken;
 
+#[path = "common/own_main.rs"]
+mod own_main;
+
 fn handlers() -> HandlerRegistry {
     let mut r = HandlerRegistry::new();
     r.register("upper", |t: TaskInput| async move {
@@ -56,14 +59,11 @@ fn handlers() -> HandlerRegistry {
     r
 }
 
-/// One test of this binary, run on the shared runtime.
-type TestFn = fn(&tokio::runtime::Runtime);
-
 fn main() {
     forked::run_if_child(&handlers());
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let tests: [(&str, TestFn); 4] = [
-        ("the_forked_sandbox_passes_the_conformance_suite", |rt| {
+    own_main::run_tests(&[
+        ("the_forked_sandbox_passes_the_conformance_suite", &|| {
             rt.block_on(async {
                 let mut sandbox = ForkedSandbox::new().unwrap();
                 sandbox.max_output_bytes = 1000;
@@ -75,46 +75,16 @@ fn main() {
                 .await
             })
         }),
-        ("results_and_errors_cross_the_process_boundary", |rt| {
+        ("results_and_errors_cross_the_process_boundary", &|| {
             rt.block_on(results_and_errors())
         }),
-        ("crashes_and_memory_limits_are_reported", |rt| {
+        ("crashes_and_memory_limits_are_reported", &|| {
             rt.block_on(crashes())
         }),
-        ("a_timeout_kills_the_child_and_its_group", |rt| {
+        ("a_timeout_kills_the_child_and_its_group", &|| {
             rt.block_on(timeout())
         }),
-    ];
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
-        if !args.iter().any(|a| a == "--ignored") {
-            for (name, _) in &tests {
-                println!("{name}: test");
-            }
-        }
-        return;
-    }
-    let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    let (mut passed, mut failed) = (0, 0);
-    for (name, test) in tests {
-        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        match std::panic::catch_unwind(|| test(&rt)) {
-            Ok(()) => {
-                println!("test {name} ... ok");
-                passed += 1;
-            }
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed += 1;
-            }
-        }
-    }
-    println!("{passed} passed, {failed} failed");
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    ]);
 }
 
 async fn run(handler: &str, limits: Limits) -> Result<Bytes, SandboxError> {

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::SandboxError;
 use crate::input::TaskInput;
-use crate::process::{self, Budgets, ProcessLimits};
+use crate::process::{self, Budgets};
 use crate::Sandbox;
 
 /// How to run one handler as a command.
@@ -139,22 +139,11 @@ impl Sandbox for CommandSandbox {
             .argv
             .split_first()
             .ok_or_else(|| SandboxError::Spawn("empty argv".into()))?;
-        let mut command = tokio::process::Command::new(program);
-        command.args(args).env_clear().envs(&spec.env);
-        for name in &spec.inherit {
-            if let Some(value) = std::env::var_os(name) {
-                command.env(name, value);
-            }
-        }
+        let mut command = process::isolated_command(program, args, &spec.env, &spec.inherit);
         if let Some(dir) = &spec.cwd {
             command.current_dir(dir);
         }
-        let limits = ProcessLimits {
-            timeout: input.limits.timeout,
-            memory_bytes: input.limits.memory_bytes,
-            cpu_seconds: spec.cpu_seconds,
-            open_files: spec.open_files,
-        };
+        let limits = process::limits_for(&input.limits, spec.cpu_seconds, spec.open_files);
         // One byte over the limit tells "too large" from "exactly the limit".
         let budgets = Budgets {
             stdout: self.max_output_bytes + 1,

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{HandlerError, SandboxError};
 use crate::in_process::{HandlerRegistry, InProcess};
 use crate::input::TaskInput;
-use crate::process::{self, Budgets, ProcessLimits};
+use crate::process::{self, Budgets};
 use crate::Sandbox;
 
 /// Set in a forked child's environment; [`run_if_child`] looks for it.
@@ -196,23 +196,10 @@ impl Sandbox for ForkedSandbox {
             payload: input.payload.to_vec(),
         };
         let stdin = frame(&request).map_err(SandboxError::Spawn)?;
-        let mut command = tokio::process::Command::new(&self.program);
-        command
-            .args(&self.args)
-            .env_clear()
-            .envs(&self.env)
-            .env(CHILD_ENV, "1");
-        for name in &self.inherit {
-            if let Some(value) = std::env::var_os(name) {
-                command.env(name, value);
-            }
-        }
-        let limits = ProcessLimits {
-            timeout: input.limits.timeout,
-            memory_bytes: input.limits.memory_bytes,
-            cpu_seconds: self.cpu_seconds,
-            open_files: self.open_files,
-        };
+        let mut command =
+            process::isolated_command(&self.program, &self.args, &self.env, &self.inherit);
+        command.env(CHILD_ENV, "1");
+        let limits = process::limits_for(&input.limits, self.cpu_seconds, self.open_files);
         let budgets = Budgets {
             // The frame's own bytes on top of the output.
             stdout: self.max_output_bytes + 64 * 1024,

@@ -72,6 +72,38 @@ pub struct ProcessOutcome {
     pub stderr: Tail,
 }
 
+/// A command for `program` with exactly `env` as its environment, plus the variables of this
+/// process named in `inherit`: nothing else leaks into a sandboxed child.
+pub(crate) fn isolated_command<'a>(
+    program: impl AsRef<std::ffi::OsStr>,
+    args: &[String],
+    env: &std::collections::BTreeMap<String, String>,
+    inherit: impl IntoIterator<Item = &'a String>,
+) -> Command {
+    let mut command = Command::new(program);
+    command.args(args).env_clear().envs(env);
+    for name in inherit {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    command
+}
+
+/// The limits of an attempt: the task's timeout and memory, the sandbox's CPU and files.
+pub(crate) fn limits_for(
+    task: &mawex_api::Limits,
+    cpu_seconds: Option<u64>,
+    open_files: Option<u64>,
+) -> ProcessLimits {
+    ProcessLimits {
+        timeout: task.timeout,
+        memory_bytes: task.memory_bytes,
+        cpu_seconds,
+        open_files,
+    }
+}
+
 /// Output budgets of [`run`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Budgets {
