@@ -521,7 +521,8 @@ pub struct TaskView {
     /// While pending: not dispatched before this time (a delayed task or a scheduled retry).
     pub not_before: Option<Timestamp>,
     /// While pending and ready: estimated wait until it starts (tasks ahead of it × the
-    /// group's recent mean duration ÷ the group's slots), if there is enough to go on.
+    /// group's recent mean duration ÷ the group's slots), if there is enough to go on. With
+    /// more than 10,000 tasks ahead it is a lower bound.
     pub eta: Option<Duration>,
 }
 

@@ -29,6 +29,9 @@ struct Rounds {
     by_key: HashMap<String, BTreeMap<u64, u32>>,
 }
 
+/// Queue positions are counted up to this many tasks ahead (see `position_in_queue`).
+pub(crate) const MAX_POSITION_SCAN: usize = 10_000;
+
 /// Rounds start here, leaving room below for tasks preferred to the front.
 const ROUND_BASE: u64 = 1 << 32;
 
@@ -797,12 +800,16 @@ impl MasterState {
             .map(|ms| Duration::from_millis(*ms))
     }
 
-    /// How many ready tasks are ahead of `id` in its group's queue.
+    /// How many ready tasks are ahead of `id` in its group's queue, counted up to
+    /// [`MAX_POSITION_SCAN`] (beyond it the estimate is a lower bound): reads run on the core
+    /// thread, so a page of a long queue must stay cheap.
     pub(crate) fn position_in_queue(&self, id: &TaskId) -> Option<usize> {
         let entry = self.tasks.get(id)?;
         let queue = self.pending.get(&entry.spec.group)?;
         let key = entry.queue_key();
-        queue.contains_key(&key).then(|| queue.range(..key).count())
+        queue
+            .contains_key(&key)
+            .then(|| queue.range(..key).take(MAX_POSITION_SCAN).count())
     }
 
     /// Tasks of `group` running now.
