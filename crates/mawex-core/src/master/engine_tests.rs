@@ -71,6 +71,14 @@ fn lease_lost(a: &TaskSpec, at: Timestamp, message: &str) -> Event {
     }
 }
 
+/// Attempt `n` of `spec` succeeded with an empty output.
+fn finished(spec: &TaskSpec, n: u32) -> PodMessage {
+    PodMessage::Finished {
+        attempt: attempt(spec, n),
+        outcome: Ok(Bytes::new()),
+    }
+}
+
 /// Submits `spec`, connects pod `p1` on session 1, dispatches; returns the engine.
 fn running(spec: &TaskSpec) -> Engine {
     let mut e = engine();
@@ -283,10 +291,7 @@ mod results {
         let a = spec("g");
         let mut e = running(&a);
         let mut out = Output::default();
-        let forged = PodMessage::Finished {
-            attempt: attempt(&a, 1),
-            outcome: Ok(Bytes::new()),
-        };
+        let forged = finished(&a, 1);
         e.pod_message(99, forged, at(1), &mut out);
         assert!(out.events.is_empty());
     }
@@ -355,15 +360,7 @@ mod leases {
         assert!(out.events.is_empty(), "re-adopted, not expired");
         assert!(out.messages.is_empty());
         let mut done = Output::default();
-        e.pod_message(
-            2,
-            PodMessage::Finished {
-                attempt: attempt(&a, 1),
-                outcome: Ok(Bytes::new()),
-            },
-            at(3),
-            &mut done,
-        );
+        e.pod_message(2, finished(&a, 1), at(3), &mut done);
         assert_eq!(done.events.len(), 1);
     }
 
@@ -478,15 +475,7 @@ mod cancel {
         );
         // The racing result of the cancelled attempt changes nothing.
         let mut late = Output::default();
-        e.pod_message(
-            1,
-            PodMessage::Finished {
-                attempt: attempt(&a, 1),
-                outcome: Ok(Bytes::new()),
-            },
-            at(3),
-            &mut late,
-        );
+        e.pod_message(1, finished(&a, 1), at(3), &mut late);
         assert!(late.events.is_empty());
         assert_eq!(e.state().task(&a.id).unwrap().state, TaskState::Cancelled);
     }
@@ -500,15 +489,7 @@ mod retention {
         let a = spec("g");
         let mut e = running(&a);
         let mut out = Output::default();
-        e.pod_message(
-            1,
-            PodMessage::Finished {
-                attempt: attempt(&a, 1),
-                outcome: Ok(Bytes::new()),
-            },
-            at(0),
-            &mut out,
-        );
+        e.pod_message(1, finished(&a, 1), at(0), &mut out);
         out.events.clear();
         // Keep the pod alive so only retention acts.
         e.pod_message(
@@ -664,15 +645,7 @@ mod reconciliation {
         e.pod_hello(2, hello("p2", &["g"], 1), at(1), &mut out)
             .unwrap();
         out.events.clear();
-        e.pod_message(
-            2,
-            PodMessage::Finished {
-                attempt: attempt(&a, 1),
-                outcome: Ok(Bytes::new()),
-            },
-            at(2),
-            &mut out,
-        );
+        e.pod_message(2, finished(&a, 1), at(2), &mut out);
         assert!(out.events.is_empty());
         assert_eq!(e.state().task(&a.id).unwrap().state, TaskState::Running);
     }
