@@ -60,6 +60,17 @@ pub enum SandboxError {
         /// The limit, bytes.
         limit: usize,
     },
+    /// The payload is larger than the sandbox can hand to the attempt.
+    #[error("a payload of {size} bytes is over this sandbox's limit of {limit}")]
+    PayloadTooLarge {
+        /// The payload's size, bytes.
+        size: usize,
+        /// The limit, bytes.
+        limit: usize,
+    },
+    /// The Kubernetes API failed or the Job ended without a result.
+    #[error("kubernetes: {0}")]
+    Kubernetes(String),
 }
 
 impl From<SandboxError> for TaskError {
@@ -72,6 +83,8 @@ impl From<SandboxError> for TaskError {
             SandboxError::TimedOut(_) => ErrorKind::TimedOut,
             SandboxError::Cancelled => ErrorKind::Cancelled,
             SandboxError::Spawn(_)
+            | SandboxError::Kubernetes(_)
+            | SandboxError::PayloadTooLarge { .. }
             | SandboxError::OutputTooLarge { .. }
             | SandboxError::UnknownSandbox(_) => ErrorKind::Sandbox,
             SandboxError::NonZeroExit { .. } => ErrorKind::NonZeroExit,
@@ -82,6 +95,7 @@ impl From<SandboxError> for TaskError {
         let permanent = matches!(
             e,
             SandboxError::OutputTooLarge { .. }
+                | SandboxError::PayloadTooLarge { .. }
                 | SandboxError::UnknownHandler(_)
                 | SandboxError::UnknownSandbox(_)
         );

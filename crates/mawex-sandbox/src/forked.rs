@@ -80,8 +80,11 @@ fn unframe<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
 }
 
 /// In a forked child (its environment says so), runs the attempt read from stdin with
-/// `registry`, writes the result to stdout and exits the process. Elsewhere returns at once.
+/// `registry`, writes the result to stdout and exits the process. In a Kubernetes Job in
+/// executor mode, does the same with the attempt in the environment (see
+/// [`crate::executor`]). Elsewhere returns at once.
 pub fn run_if_child(registry: &HandlerRegistry) {
+    crate::executor::run_if_executor(registry);
     if std::env::var_os(CHILD_ENV).is_none() {
         return;
     }

@@ -21,9 +21,12 @@
 
 mod command;
 mod error;
+pub mod executor;
 pub mod forked;
 mod in_process;
 mod input;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod process;
 mod set;
 #[cfg(feature = "testing")]
@@ -35,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use command::{CommandSandbox, CommandSpec};
 pub use error::{HandlerError, SandboxError};
-pub use forked::ForkedSandbox;
+pub use forked::{run_if_child, ForkedSandbox};
 pub use in_process::{HandlerRegistry, InProcess};
 pub use input::TaskInput;
 pub use set::SandboxSet;
