@@ -183,11 +183,14 @@ async fn sandboxes(runs: usize) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut command = CommandSandbox::new();
     command.command("noop", CommandSpec::new(["/bin/true"]))?;
     let forked = mawex::sandbox::ForkedSandbox::new()?;
+    let mut forked_cold = mawex::sandbox::ForkedSandbox::new()?;
+    forked_cold.warm = 0;
 
     let mut lines = Vec::new();
-    let candidates: [(&str, &dyn Sandbox); 3] = [
+    let candidates: [(&str, &dyn Sandbox); 4] = [
         ("in-process", &in_process),
         ("forked", &forked),
+        ("forked-cold", &forked_cold),
         ("command", &command),
     ];
     for (name, sandbox) in candidates {
@@ -204,6 +207,20 @@ async fn sandboxes(runs: usize) -> anyhow::Result<Vec<serde_json::Value>> {
         }
         lines.push(overhead_line(name, &mut samples));
     }
+    // Tasks that arrive with gaps (every 5 ms) find a warm child ready.
+    let mut samples = Vec::with_capacity(runs / 4);
+    for _ in 0..runs / 4 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let t = Instant::now();
+        forked
+            .run(
+                TaskInput::for_test("noop", Bytes::new()),
+                CancellationToken::new(),
+            )
+            .await?;
+        samples.push(t.elapsed());
+    }
+    lines.push(overhead_line("forked-paced", &mut samples));
     let mut samples = Vec::with_capacity(runs);
     for _ in 0..runs {
         let t = Instant::now();

@@ -34,6 +34,10 @@ fn handlers() -> HandlerRegistry {
         Ok(Bytes::new())
     })
     .unwrap()
+    .register("pid", |_: TaskInput| async {
+        Ok(Bytes::from(std::process::id().to_string()))
+    })
+    .unwrap()
     .register("echo", |t: TaskInput| async move { Ok(t.payload) })
     .unwrap()
     .register("fail", |_: TaskInput| async {
@@ -84,11 +88,20 @@ fn main() {
         ("a_timeout_kills_the_child_and_its_group", &|| {
             rt.block_on(timeout())
         }),
+        (
+            "warm_children_serve_one_attempt_each_and_die_with_the_sandbox",
+            &|| rt.block_on(warm_children()),
+        ),
     ]);
 }
 
 async fn run(handler: &str, limits: Limits) -> Result<Bytes, SandboxError> {
+    run_warm(handler, limits, 2).await
+}
+
+async fn run_warm(handler: &str, limits: Limits, warm: usize) -> Result<Bytes, SandboxError> {
     let mut sandbox = ForkedSandbox::new().unwrap();
+    sandbox.warm = warm;
     sandbox.grace = Duration::from_millis(200);
     let mut input = TaskInput::for_test(handler, "abc");
     input.limits = limits;
@@ -126,17 +139,10 @@ async fn crashes() {
     }
 }
 
-async fn timeout() {
-    let limits = Limits::default().with_timeout(Duration::from_millis(500));
-    let started = std::time::Instant::now();
-    assert_eq!(
-        run("pid-then-hang", limits).await,
-        Err(SandboxError::TimedOut(Duration::from_millis(500)))
-    );
-    assert!(started.elapsed() < Duration::from_secs(10));
-    // The child printed its pid (= its group) before hanging; nothing of it is left.
-    // (The printed line is not returned on a timeout, so check every process of ours.)
+/// Children of this process: pid and the rest of /proc/<pid>/stat after the name.
+fn our_children() -> Vec<(i32, String)> {
     let me = std::process::id();
+    let mut children = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
@@ -144,13 +150,87 @@ async fn timeout() {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
-        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-        let parent: u32 = fields[1].parse().unwrap();
+        let rest = stat[stat.rfind(')').unwrap() + 2..].to_owned();
+        let parent: u32 = rest.split(' ').nth(1).unwrap().parse().unwrap();
         if parent == me {
+            children.push((pid, rest));
+        }
+    }
+    children
+}
+
+async fn timeout() {
+    let before: Vec<i32> = our_children().into_iter().map(|(pid, _)| pid).collect();
+    let limits = Limits::default().with_timeout(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    // No warm children: every child of this call is the attempt's.
+    assert_eq!(
+        run_warm("pid-then-hang", limits, 0).await,
+        Err(SandboxError::TimedOut(Duration::from_millis(500)))
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The child printed its pid (= its group) before hanging; nothing of it is left.
+    // (The printed line is not returned on a timeout, so check every new process of ours.)
+    for (pid, stat) in our_children() {
+        if !before.contains(&pid) {
             assert!(
                 !group_alive(pid),
                 "a child of the test is still around: {stat}"
             );
         }
+    }
+}
+
+/// Warm children: one fresh process per attempt, the pool refilled, and every waiting
+/// child killed and reaped with the sandbox.
+async fn warm_children() {
+    let mut sandbox = ForkedSandbox::new().unwrap();
+    sandbox.warm = 3;
+    let mut pids = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let out = sandbox
+            .run(TaskInput::for_test("pid", ""), CancellationToken::new())
+            .await
+            .unwrap();
+        pids.insert(String::from_utf8(out.to_vec()).unwrap());
+    }
+    assert_eq!(pids.len(), 6, "a child serves one attempt: {pids:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let warm = loop {
+        let warm = sandbox.warm_children();
+        if warm.len() == 3 {
+            break warm;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool refills: {warm:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    for pid in &warm {
+        assert!(
+            !pids.contains(&pid.to_string()),
+            "waiting children ran nothing yet"
+        );
+    }
+    let limits = Limits::default().with_memory_bytes(256 << 20);
+    let mut hog = TaskInput::for_test("hog", "");
+    hog.limits = limits;
+    assert!(
+        matches!(
+            sandbox.run(hog, CancellationToken::new()).await,
+            Err(SandboxError::OutOfMemory { .. })
+        ),
+        "a warm child takes its attempt's memory limit"
+    );
+    let warm = sandbox.warm_children();
+    drop(sandbox);
+    let alive: Vec<i32> = our_children().into_iter().map(|(pid, _)| pid).collect();
+    for pid in warm {
+        let pid = i32::try_from(pid).unwrap();
+        assert!(
+            !alive.contains(&pid),
+            "{pid} outlived its sandbox, even as a zombie"
+        );
     }
 }

@@ -12,12 +12,15 @@
 //! ```
 //!
 //! The attempt goes to the child on stdin and the result comes back on stdout, each as one
-//! frame: a 4-byte little-endian length, then bincode 2. Limits, process group, timeout,
-//! cancellation and cleanup are those of the command sandbox.
+//! frame: a 4-byte little-endian length, then bincode 2. Process group, timeout,
+//! cancellation and cleanup are those of the command sandbox; the rlimits travel in the
+//! frame and the child sets them on itself before it runs the handler.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{HandlerError, SandboxError};
 use crate::in_process::{HandlerRegistry, InProcess};
 use crate::input::TaskInput;
-use crate::process::{self, Budgets};
+use crate::process::{self, Budgets, ProcessLimits, Spawned};
 use crate::Sandbox;
 
 /// Set in a forked child's environment; [`run_if_child`] looks for it.
@@ -44,6 +47,11 @@ struct Request {
     group: GroupName,
     handler: String,
     payload: Vec<u8>,
+    /// Limits the child sets on itself before running the handler: a warm child was started
+    /// before its attempt was known.
+    memory_bytes: Option<u64>,
+    cpu_seconds: Option<u64>,
+    open_files: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -99,15 +107,17 @@ pub fn run_if_child(registry: &HandlerRegistry) {
 }
 
 fn child_main(registry: &HandlerRegistry) -> Result<(), String> {
+    // Ready before the attempt arrives: a warm child waits here.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting a runtime: {e}"))?;
     let mut input = Vec::new();
     std::io::stdin()
         .read_to_end(&mut input)
         .map_err(|e| format!("reading the attempt: {e}"))?;
     let request: Request = unframe(&input)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting a runtime: {e}"))?;
+    set_own_limits(&request)?;
     let sandbox = InProcess::new(registry.clone());
     let mut task = TaskInput::for_test(&request.handler, request.payload);
     task.task = request.task;
@@ -135,7 +145,56 @@ fn child_main(registry: &HandlerRegistry) -> Result<(), String> {
         .map_err(|e| format!("writing the result: {e}"))
 }
 
+fn set_own_limits(request: &Request) -> Result<(), String> {
+    use nix::sys::resource::{setrlimit, Resource};
+    for (resource, value) in [
+        (Resource::RLIMIT_AS, request.memory_bytes),
+        (Resource::RLIMIT_CPU, request.cpu_seconds),
+        (Resource::RLIMIT_NOFILE, request.open_files),
+    ] {
+        if let Some(value) = value {
+            setrlimit(resource, value, value).map_err(|e| format!("setting {resource:?}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Children started ahead of their attempts, and how many are being started.
+#[derive(Debug, Default)]
+struct WarmPool {
+    idle: Mutex<Vec<Spawned>>,
+    starting: AtomicUsize,
+}
+
+impl WarmPool {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Spawned>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for WarmPool {
+    /// Kills the waiting children and reaps them: none outlives the sandbox, not even as a
+    /// zombie.
+    fn drop(&mut self) {
+        let mut idle = std::mem::take(&mut *self.idle());
+        for child in &mut idle {
+            child.kill();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while !idle.is_empty() && std::time::Instant::now() < deadline {
+            idle.retain_mut(|child| child.alive());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
 /// Runs each attempt in a child process re-executing this binary (see [`run_if_child`]).
+///
+/// Starting a large binary costs milliseconds (loading and relocating it, starting its
+/// runtime), so the sandbox keeps `warm` children started ahead, each waiting for one
+/// attempt. Every attempt still gets a fresh process of its own; a child serves exactly one
+/// attempt and is never reused. Set the fields before the first run: warm children are
+/// started with the settings of that time.
 #[derive(Debug, Clone)]
 pub struct ForkedSandbox {
     /// The program to run: the current executable by default.
@@ -156,6 +215,9 @@ pub struct ForkedSandbox {
     pub cpu_seconds: Option<u64>,
     /// Open-file limit of each child.
     pub open_files: Option<u64>,
+    /// How many children to keep started ahead (0: start each when its attempt comes).
+    pub warm: usize,
+    pool: Arc<WarmPool>,
 }
 
 impl ForkedSandbox {
@@ -176,7 +238,59 @@ impl ForkedSandbox {
             grace: Duration::from_secs(5),
             cpu_seconds: None,
             open_files: None,
+            warm: 2,
+            pool: Arc::default(),
         })
+    }
+
+    /// Process ids of the started children waiting for an attempt now.
+    pub fn warm_children(&self) -> Vec<u32> {
+        self.pool
+            .idle()
+            .iter()
+            .filter_map(|child| u32::try_from(child.pid()).ok())
+            .collect()
+    }
+
+    fn child_command(&self) -> tokio::process::Command {
+        let mut command =
+            process::isolated_command(&self.program, &self.args, &self.env, &self.inherit);
+        command.env(CHILD_ENV, "1");
+        command
+    }
+
+    /// A warm child if one is ready, else one started now.
+    fn child(&self) -> Result<Spawned, SandboxError> {
+        let warm = {
+            let mut idle = self.pool.idle();
+            std::iter::from_fn(|| idle.pop()).find_map(|mut child| child.alive().then_some(child))
+        };
+        match warm {
+            Some(child) => Ok(child),
+            // Limits are set by the child itself, once it has read its attempt.
+            None => process::spawn(self.child_command(), ProcessLimits::default()),
+        }
+    }
+
+    /// Starts children in the background until `warm` are ready or starting.
+    fn refill(&self) {
+        let ready = self.pool.idle().len() + self.pool.starting.load(Ordering::Acquire);
+        let missing = self.warm.saturating_sub(ready);
+        if missing == 0 {
+            return;
+        }
+        self.pool.starting.fetch_add(missing, Ordering::AcqRel);
+        let this = self.clone();
+        // Spawning waits for the child's exec: keep it off the async workers.
+        tokio::task::spawn_blocking(move || {
+            for _ in 0..missing {
+                match process::spawn(this.child_command(), ProcessLimits::default()) {
+                    Ok(child) => this.pool.idle().push(child),
+                    Err(e) => tracing::debug!(error = %e, "could not start a warm child"),
+                }
+                this.pool.starting.fetch_sub(1, Ordering::AcqRel);
+            }
+        });
     }
 }
 
@@ -197,19 +311,21 @@ impl Sandbox for ForkedSandbox {
             group: input.group,
             handler: input.handler,
             payload: input.payload.to_vec(),
+            memory_bytes: input.limits.memory_bytes,
+            cpu_seconds: self.cpu_seconds,
+            open_files: self.open_files,
         };
         let stdin = frame(&request).map_err(SandboxError::Spawn)?;
-        let mut command =
-            process::isolated_command(&self.program, &self.args, &self.env, &self.inherit);
-        command.env(CHILD_ENV, "1");
         let limits = process::limits_for(&input.limits, self.cpu_seconds, self.open_files);
+        let child = self.child()?;
+        self.refill();
         let budgets = Budgets {
             // The frame's own bytes on top of the output.
             stdout: self.max_output_bytes + 64 * 1024,
             stderr: self.stderr_tail_bytes,
             grace: self.grace,
         };
-        let outcome = process::run(command, stdin.into(), limits, budgets, &cancel).await?;
+        let outcome = process::drive(child, stdin.into(), limits, budgets, &cancel).await?;
         if outcome.code != Some(0) {
             return Err(process::failure(&outcome, limits));
         }

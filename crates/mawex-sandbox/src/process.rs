@@ -176,6 +176,54 @@ pub fn group_alive(pgid: i32) -> bool {
     killpg(Pid::from_raw(pgid), None).is_ok()
 }
 
+/// A started child process, its own process-group leader, with piped stdio.
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    child: tokio::process::Child,
+    pgid: i32,
+}
+
+impl Spawned {
+    /// True if the process has not exited yet; reaps it if it has.
+    pub(crate) fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGKILL to its process group.
+    pub(crate) fn kill(&mut self) {
+        signal_group(self.pgid, Signal::SIGKILL);
+    }
+
+    /// Its process id (= its process group).
+    pub(crate) fn pid(&self) -> i32 {
+        self.pgid
+    }
+}
+
+/// Starts `command` in a process group of its own, with piped stdio, `limits`' rlimits
+/// applied before `exec`, and killed if dropped.
+///
+/// # Errors
+/// `Spawn` if the program could not be started.
+pub(crate) fn spawn(mut command: Command, limits: ProcessLimits) -> Result<Spawned, SandboxError> {
+    command
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    set_rlimits(&mut command, limits);
+    become_subreaper();
+    let child = command
+        .spawn()
+        .map_err(|e| SandboxError::Spawn(e.to_string()))?;
+    let pgid = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .ok_or_else(|| SandboxError::Spawn("the child has no process id".into()))?;
+    Ok(Spawned { child, pgid })
+}
+
 /// Runs `command` with `stdin` as its input under `limits`, until it exits, times out or
 /// `cancel` fires. Whatever happens, the process group is killed and reaped before this
 /// returns: no process of it outlives the call.
@@ -187,27 +235,26 @@ pub fn group_alive(pgid: i32) -> bool {
 /// Dropping the future kills the whole group at once (SIGKILL, no grace); prefer `cancel`,
 /// which gives it the grace period first.
 pub(crate) async fn run(
-    mut command: Command,
+    command: Command,
     stdin: Bytes,
     limits: ProcessLimits,
     budgets: Budgets,
     cancel: &CancellationToken,
 ) -> Result<ProcessOutcome, SandboxError> {
-    command
-        .process_group(0)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    set_rlimits(&mut command, limits);
-    become_subreaper();
-    let mut child = command
-        .spawn()
-        .map_err(|e| SandboxError::Spawn(e.to_string()))?;
-    let pgid = child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .ok_or_else(|| SandboxError::Spawn("the child has no process id".into()))?;
+    let spawned = spawn(command, limits)?;
+    drive(spawned, stdin, limits, budgets, cancel).await
+}
+
+/// [`run`] for a process already started by [`spawn`]: feeds it `stdin` and sees it to its
+/// end. `limits` gives the timeout (counted from now) and the memory limit for reports.
+pub(crate) async fn drive(
+    spawned: Spawned,
+    stdin: Bytes,
+    limits: ProcessLimits,
+    budgets: Budgets,
+    cancel: &CancellationToken,
+) -> Result<ProcessOutcome, SandboxError> {
+    let Spawned { mut child, pgid } = spawned;
     // If this future is dropped (the pod aborted), the whole group still goes.
     let _group = GroupGuard(pgid);
 
