@@ -6,10 +6,11 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::*;
 use mawex::sandbox::{CommandSandbox, CommandSpec, SandboxSet};
-use mawex::{ErrorKind, InProcess, Outcome, Pod, PodConfig, TaskSpec};
+use mawex::{ErrorKind, InProcess, Limits, Outcome, Pod, PodConfig, RetryPolicy, TaskSpec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_run_in_the_sandbox_their_group_or_they_name() {
@@ -79,6 +80,40 @@ async fn tasks_run_in_the_sandbox_their_group_or_they_name() {
         other => panic!("{other:?}"),
     }
     assert_eq!(r.attempt.0, 1, "failed at once, not retried");
+    pod.shutdown().await.unwrap();
+    m.shutdown().await;
+}
+
+/// A pod's default limits apply to tasks that set none; a task's own limit wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_default_limits_apply_where_the_task_sets_none() {
+    let m = TestMaster::start().await;
+    let g = group("limited");
+    let (handlers, _, _) = instrumented();
+    let pod = Pod::start(
+        PodConfig::new(pod_id("p-limited"), vec![g.clone()])
+            .with_slots(2)
+            .with_default_limits(Limits::default().with_timeout(Duration::from_millis(200))),
+        Arc::new(InProcess::new(handlers)),
+        m.connector(),
+    )
+    .unwrap();
+    let no_retry = RetryPolicy::new(1);
+    let defaulted = TaskSpec::new(g.clone(), "sleep", "5000").with_retry(no_retry);
+    let mut own = TaskSpec::new(g.clone(), "sleep", "500").with_retry(no_retry);
+    own.limits = Limits::default().with_timeout(Duration::from_secs(20));
+    m.proxy()
+        .submit_many(vec![defaulted.clone(), own.clone()])
+        .await
+        .unwrap();
+    match m.proxy().await_result(defaulted.id).await.unwrap().outcome {
+        Outcome::Failed(e) => assert_eq!(e.kind, ErrorKind::TimedOut, "{e}"),
+        other => panic!("the pod's timeout applies: {other:?}"),
+    }
+    match m.proxy().await_result(own.id).await.unwrap().outcome {
+        Outcome::Succeeded(out) => assert_eq!(out, "500"),
+        other => panic!("the task's own timeout wins: {other:?}"),
+    }
     pod.shutdown().await.unwrap();
     m.shutdown().await;
 }

@@ -38,6 +38,14 @@ impl Limits {
         self.memory_bytes = Some(bytes);
         self
     }
+
+    /// These limits, with `defaults` for the ones not set.
+    pub fn or(self, defaults: Limits) -> Limits {
+        Limits {
+            timeout: self.timeout.or(defaults.timeout),
+            memory_bytes: self.memory_bytes.or(defaults.memory_bytes),
+        }
+    }
 }
 
 /// How often and how patiently a failing task is tried again.

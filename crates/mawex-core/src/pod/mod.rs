@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use backon::BackoffBuilder;
 use mawex_api::pod::{Assignment, AttemptRef, MasterMessage, PodHello, PodMessage};
-use mawex_api::{ApiError, Attempt, GroupName, PodId, TaskError, TaskId};
+use mawex_api::{ApiError, Attempt, GroupName, Limits, PodId, TaskError, TaskId};
 use mawex_sandbox::{SandboxSet, TaskInput};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle};
@@ -47,6 +47,9 @@ pub struct PodConfig {
     /// Largest output an attempt may return; a larger one fails the attempt for good rather
     /// than breaking the connection that would carry it.
     pub max_output_bytes: usize,
+    /// Limits of attempts whose task sets none (per field: a task's timeout wins over this
+    /// timeout, its memory limit over this one).
+    pub default_limits: Limits,
 }
 
 impl PodConfig {
@@ -62,7 +65,14 @@ impl PodConfig {
             shutdown_grace: Duration::from_secs(30),
             reconnect_max_delay: Duration::from_secs(5),
             max_output_bytes: 4 * 1024 * 1024,
+            default_limits: Limits::default(),
         }
+    }
+
+    /// The same pod, with `limits` for attempts whose task sets none.
+    pub fn with_default_limits(mut self, limits: Limits) -> Self {
+        self.default_limits = limits;
+        self
     }
 
     /// The same pod with `slots` slots.
@@ -305,7 +315,11 @@ impl Shared {
             .sandboxes
             .select(&a.spec.group, a.spec.sandbox.as_deref())
         {
-            Ok(sandbox) => sandbox.run(TaskInput::new(r, a.spec), token).await,
+            Ok(sandbox) => {
+                let mut input = TaskInput::new(r, a.spec);
+                input.limits = input.limits.or(self.config.default_limits.clone());
+                sandbox.run(input, token).await
+            }
             Err(e) => Err(e),
         };
         let limit = self.config.max_output_bytes;
