@@ -34,6 +34,8 @@
 //! # });
 //! ```
 
+/// Broadcasts: one task run on every pod of a group, propagated pod to pod.
+pub use mawex_api::broadcast;
 pub use mawex_api::pod;
 /// The generated protobuf types and gRPC stubs of the `mawex.v1` protocol.
 pub use mawex_api::proto;
@@ -43,6 +45,10 @@ pub use mawex_api::{
     PendingChange, PodId, QueuePosition, RateLimit, RemoteConfig, RemoteMasterProxy, ResultCursor,
     ResultStream, RetryHint, RetryPolicy, ScheduleSpec, ScheduleView, SubmitAck, TaskError, TaskId,
     TaskPage, TaskResult, TaskSpec, TaskState, TaskView, Timestamp,
+};
+pub use mawex_api::{
+    BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView, PlannedTarget, Source,
+    Strategy, TargetFilter, TargetState, TargetView,
 };
 pub use mawex_core::{
     clock, journal, CoreError, Event, GrpcPodConnector, GrpcServer, Journal, LocalMasterProxy,

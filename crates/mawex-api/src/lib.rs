@@ -17,6 +17,7 @@
 //! ```
 
 mod admin;
+pub mod broadcast;
 pub mod convert;
 mod error;
 mod ids;
@@ -30,6 +31,10 @@ mod time;
 pub use admin::{
     Dedup, FailedCount, FailedFilter, GroupSettings, MissedTicks, PendingChange, QueuePosition,
     RateLimit, ScheduleSpec, ScheduleView, MAX_DEDUP_KEY_LEN, MAX_GROUP_CONCURRENCY,
+};
+pub use broadcast::{
+    BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView, PlannedTarget, Source,
+    Strategy, TargetFilter, TargetState, TargetView,
 };
 pub use error::ApiError;
 pub use ids::{Attempt, GroupName, PodId, TaskId};

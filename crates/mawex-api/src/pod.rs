@@ -87,6 +87,9 @@ pub struct Assignment {
     pub attempt: AttemptRef,
     /// What to run.
     pub spec: TaskSpec,
+    /// Environment of this attempt beyond the task's (a broadcast target's source, say):
+    /// child sandboxes pass it to the process, in-process handlers read it from their input.
+    pub env: BTreeMap<String, String>,
 }
 
 /// What a pod process uses, reported with its heartbeats for monitoring.

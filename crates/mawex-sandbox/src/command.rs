@@ -140,6 +140,7 @@ impl Sandbox for CommandSandbox {
             .split_first()
             .ok_or_else(|| SandboxError::Spawn("empty argv".into()))?;
         let mut command = process::isolated_command(program, args, &spec.env, &spec.inherit);
+        command.envs(&input.env);
         if let Some(dir) = &spec.cwd {
             command.current_dir(dir);
         }

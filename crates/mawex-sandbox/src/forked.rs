@@ -52,6 +52,7 @@ struct Request {
     memory_bytes: Option<u64>,
     cpu_seconds: Option<u64>,
     open_files: Option<u64>,
+    env: BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -123,6 +124,7 @@ fn child_main(registry: &HandlerRegistry) -> Result<(), String> {
     task.task = request.task;
     task.attempt = Attempt(request.attempt);
     task.group = request.group;
+    task.env = request.env;
     // Limits are enforced by the parent around this whole process.
     let result = runtime.block_on(sandbox.run(task, CancellationToken::new()));
     let response = match result {
@@ -314,6 +316,7 @@ impl Sandbox for ForkedSandbox {
             memory_bytes: input.limits.memory_bytes,
             cpu_seconds: self.cpu_seconds,
             open_files: self.open_files,
+            env: input.env,
         };
         let stdin = frame(&request).map_err(SandboxError::Spawn)?;
         let limits = process::limits_for(&input.limits, self.cpu_seconds, self.open_files);

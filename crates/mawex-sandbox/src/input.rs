@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 use mawex_api::pod::AttemptRef;
 use mawex_api::{Attempt, GroupName, Limits, TaskId, TaskSpec};
@@ -18,6 +20,9 @@ pub struct TaskInput {
     pub payload: Bytes,
     /// Limits of this attempt.
     pub limits: Limits,
+    /// Environment of this attempt from the master (a broadcast's source, say). Child
+    /// sandboxes add it to the process environment.
+    pub env: BTreeMap<String, String>,
 }
 
 impl TaskInput {
@@ -30,6 +35,7 @@ impl TaskInput {
             handler: spec.handler,
             payload: spec.payload,
             limits: spec.limits,
+            env: BTreeMap::new(),
         }
     }
 
@@ -47,6 +53,7 @@ impl TaskInput {
             handler: handler.to_owned(),
             payload: payload.into(),
             limits: Limits::default(),
+            env: BTreeMap::new(),
         }
     }
 }

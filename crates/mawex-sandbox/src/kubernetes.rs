@@ -300,6 +300,7 @@ impl KubernetesJobSandbox {
                 BASE64.encode(&input.payload),
             ),
         ]);
+        env.extend(input.env.clone());
         env.extend(self.config.env.clone());
         let (image, command) = match run {
             HandlerRun::Executor => {

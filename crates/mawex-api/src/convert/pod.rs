@@ -103,6 +103,7 @@ impl From<Assignment> for proto::Assignment {
         proto::Assignment {
             attempt: Some(a.attempt.into()),
             spec: Some(a.spec.into()),
+            env: a.env.into_iter().collect(),
         }
     }
 }
@@ -114,6 +115,7 @@ impl TryFrom<proto::Assignment> for Assignment {
         Ok(Assignment {
             attempt: required("assignment.attempt", a.attempt)?.try_into()?,
             spec: TaskSpec::try_from(required("assignment.spec", a.spec)?)?,
+            env: a.env.into_iter().collect(),
         })
     }
 }

@@ -19,13 +19,17 @@ use crate::master::{Event, MasterState};
 
 /// Format 1 (frozen in `v1.rs`): read, never written.
 pub(crate) const RECORD_FORMAT_V1: u8 = 1;
-/// Format of records written by this version: format 1 plus retry policies, delays and
-/// attempt failures.
+/// Format 2: format 1 plus retry policies, delays and attempt failures. Read, never written.
 pub(crate) const RECORD_FORMAT_V2: u8 = 2;
+/// Format of records written by this version: format 2 plus the broadcast events (appended
+/// variants, so format 2 records decode as they are).
+pub(crate) const RECORD_FORMAT_V3: u8 = 3;
 /// Snapshot format 1 (frozen): read, never written.
 pub(crate) const SNAPSHOT_FORMAT_V1: u8 = 1;
-/// Format of snapshots written by this version.
+/// Snapshot format 2: read through [`SnapshotV2`], never written.
 pub(crate) const SNAPSHOT_FORMAT_V2: u8 = 2;
+/// Format of snapshots written by this version: format 2 plus broadcasts.
+pub(crate) const SNAPSHOT_FORMAT_V3: u8 = 3;
 const HEADER_LEN: usize = 9;
 
 fn config() -> bincode::config::Configuration {
@@ -70,7 +74,7 @@ fn header_placeholder() -> Vec<u8> {
 }
 
 fn seal(mut buf: Vec<u8>, count: u32) -> Vec<u8> {
-    buf[0] = RECORD_FORMAT_V2;
+    buf[0] = RECORD_FORMAT_V3;
     buf[5..9].copy_from_slice(&count.to_le_bytes());
     let crc = crc32fast::hash(&buf[5..]);
     buf[1..5].copy_from_slice(&crc.to_le_bytes());
@@ -119,11 +123,11 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<Vec<Event>, DecodeError> {
         RECORD_FORMAT_V1 => {
             |bytes| decode_one::<super::v1::EventV1>(bytes).map(|(e, used)| (e.into(), used))
         }
-        RECORD_FORMAT_V2 => decode_one::<Event>,
+        RECORD_FORMAT_V2 | RECORD_FORMAT_V3 => decode_one::<Event>,
         other => {
             return Err(DecodeError::Unreadable(format!(
-                "record format {other} is unknown to this version (it reads formats 1 and \
-                 {RECORD_FORMAT_V2}); was it written by a newer mawex?"
+                "record format {other} is unknown to this version (it reads formats 1 to \
+                 {RECORD_FORMAT_V3}); was it written by a newer mawex?"
             )))
         }
     };
@@ -155,6 +159,17 @@ struct SnapshotOwned {
     state: MasterState,
 }
 
+/// A format-2 snapshot: the state's fields before broadcasts were added (frozen layout).
+#[derive(serde::Deserialize)]
+struct SnapshotV2 {
+    last_seq: u64,
+    tasks: std::collections::BTreeMap<mawex_api::TaskId, crate::master::TaskEntry>,
+    groups: std::collections::BTreeMap<mawex_api::GroupName, mawex_api::GroupSettings>,
+    schedules: std::collections::BTreeMap<mawex_api::GroupName, crate::master::Schedule>,
+    accepted: u64,
+    results_recorded: u64,
+}
+
 #[derive(Serialize)]
 struct SnapshotRef<'a> {
     last_seq: u64,
@@ -167,7 +182,7 @@ pub(crate) fn encode_snapshot(last_seq: u64, state: &MasterState) -> Result<Vec<
     bincode::serde::encode_into_std_write(SnapshotRef { last_seq, state }, &mut buf, config())
         .map_err(|e| CoreError::Encode(e.to_string()))?;
     let mut sealed = seal(buf, 1);
-    sealed[0] = SNAPSHOT_FORMAT_V2;
+    sealed[0] = SNAPSHOT_FORMAT_V3;
     // The format byte is outside the checksum, so sealing again is not needed.
     Ok(sealed)
 }
@@ -179,7 +194,17 @@ pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<(u64, MasterState), CoreEr
         SNAPSHOT_FORMAT_V1 => {
             decode_one::<super::v1::SnapshotV1>(rest).map(|(s, used)| (s.upgrade(), used))
         }
-        SNAPSHOT_FORMAT_V2 => {
+        SNAPSHOT_FORMAT_V2 => decode_one::<SnapshotV2>(rest).map(|(s, used)| {
+            let state = MasterState::from_v2(
+                s.tasks,
+                s.groups,
+                s.schedules,
+                s.accepted,
+                s.results_recorded,
+            );
+            ((s.last_seq, state), used)
+        }),
+        SNAPSHOT_FORMAT_V3 => {
             decode_one::<SnapshotOwned>(rest).map(|(s, used)| ((s.last_seq, s.state), used))
         }
         other => {

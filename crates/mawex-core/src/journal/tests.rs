@@ -283,6 +283,83 @@ fn golden_v2_records_and_snapshot_decode() {
     check_golden(2, &events);
 }
 
+/// One more of every kind format 3 added: the broadcast events, and a target's task events.
+fn golden_events_v3() -> Vec<Event> {
+    let mut events = golden_events_v2();
+    let group = GroupName::new("golden").expect("valid");
+    let (a, b) = (
+        PodId::new("pod-a").expect("valid"),
+        PodId::new("pod-b").expect("valid"),
+    );
+    let spec = mawex_api::BroadcastSpec::new("site", group, "deploy")
+        .with_version("v1.2.3")
+        .with_payload(Bytes::from_static(b"artifact"))
+        .with_strategy(mawex_api::Strategy::Tree { branches: 2 })
+        .with_origin_address("origin:873");
+    events.push(Event::BroadcastFired {
+        id: 1,
+        spec,
+        targets: vec![(a.clone(), id(10))],
+        already: vec![b],
+        at: Timestamp(1_700_000_001_000),
+    });
+    let attempt = AttemptRef {
+        task: id(10),
+        attempt: Attempt(1),
+    };
+    events.push(Event::TaskAssigned {
+        attempt,
+        pod: a.clone(),
+        at: Timestamp(1_700_000_001_001),
+    });
+    events.push(Event::BroadcastPullStarted {
+        task: id(10),
+        source: mawex_api::Source::Origin,
+    });
+    events.push(Event::TaskFinished {
+        attempt,
+        outcome: Outcome::Succeeded(Bytes::new()),
+        at: Timestamp(1_700_000_001_200),
+    });
+    events.push(Event::BroadcastTargetAdded {
+        id: 1,
+        pod: PodId::new("pod-c").expect("valid"),
+        task: id(11),
+        at: Timestamp(1_700_000_001_300),
+    });
+    events.push(Event::BroadcastAborted {
+        id: 1,
+        at: Timestamp(1_700_000_001_400),
+    });
+    events
+}
+
+/// Format 3 golden files. Written once with
+/// `MAWEX_WRITE_GOLDEN=3 cargo test -p mawex-core golden` when format 3 was introduced.
+#[test]
+fn golden_v3_records_and_snapshot_decode() {
+    let events = golden_events_v3();
+    if std::env::var("MAWEX_WRITE_GOLDEN").as_deref() == Ok("3") {
+        let mut j = MemoryJournal::new();
+        j.append(1, &events[..6]).expect("append");
+        j.append(7, &events[6..]).expect("append");
+        std::fs::write(
+            golden_dir().join("journal-v3.records"),
+            write_framed(&j.raw_records()),
+        )
+        .expect("write");
+        let mut state = MasterState::new();
+        events.iter().for_each(|e| state.apply(e));
+        j.snapshot(events.len() as u64, &state).expect("snapshot");
+        std::fs::write(
+            golden_dir().join("journal-v3.snapshot"),
+            j.raw_snapshot().expect("snapshot"),
+        )
+        .expect("write");
+    }
+    check_golden(3, &events);
+}
+
 #[test]
 fn records_are_split_by_size_and_round_trip() {
     let events = golden_events();

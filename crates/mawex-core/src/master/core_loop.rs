@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use mawex_api::pod::{Assignment, MasterMessage, PodHello, PodMessage, Welcome};
 use mawex_api::{
-    ApiError, CancelAck, FailedCount, FailedFilter, GroupName, GroupSettings, ListQuery,
-    PendingChange, ResultCursor, ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskPage,
-    TaskResult, TaskSpec, TaskView, MAX_LIST_LIMIT,
+    ApiError, BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView, CancelAck,
+    FailedCount, FailedFilter, GroupName, GroupSettings, ListQuery, PendingChange, ResultCursor,
+    ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec, TaskView,
+    MAX_LIST_LIMIT,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info};
@@ -105,6 +106,32 @@ pub(crate) enum CoreMsg {
     DeleteSchedule {
         name: GroupName,
         reply: Reply<()>,
+    },
+    FireBroadcast {
+        spec: Box<BroadcastSpec>,
+        reply: Reply<BroadcastView>,
+    },
+    PlanBroadcast {
+        spec: Box<BroadcastSpec>,
+        reply: Reply<BroadcastPlan>,
+    },
+    GetBroadcast {
+        id: BroadcastId,
+        reply: Reply<BroadcastView>,
+    },
+    ListBroadcasts {
+        reply: Reply<Vec<BroadcastView>>,
+    },
+    AwaitBroadcast {
+        id: BroadcastId,
+        reply: Reply<BroadcastView>,
+    },
+    BroadcastLocks {
+        reply: Reply<Vec<BroadcastLock>>,
+    },
+    ClearBroadcastLock {
+        app: String,
+        reply: Reply<Option<BroadcastId>>,
     },
     PodConnect {
         hello: PodHello,
@@ -214,9 +241,15 @@ pub(crate) struct CoreLoop<J> {
     pub(crate) sessions: HashMap<u64, mpsc::UnboundedSender<MasterMessage>>,
     pub(crate) next_session: u64,
     pub(crate) waiters: HashMap<TaskId, Vec<Reply<TaskResult>>>,
+    /// Callers waiting for a broadcast to finish.
+    pub(crate) broadcast_waiters: HashMap<BroadcastId, Vec<Reply<BroadcastView>>>,
     pub(crate) subscribers: Vec<Subscriber>,
     /// When abandoned waiters were last dropped.
     pub(crate) last_prune: std::time::Instant,
+}
+
+fn no_broadcast(id: BroadcastId) -> ApiError {
+    ApiError::InvalidArgument(format!("no broadcast #{id}"))
 }
 
 /// How often waiters whose callers gave up are dropped.
@@ -401,6 +434,37 @@ impl<J: Journal> CoreLoop<J> {
                 let r = self.engine.update_pending(ids, change, out);
                 answer(deferred, reply, r);
             }
+            CoreMsg::FireBroadcast { spec, reply } => {
+                let r = self.engine.fire_broadcast(*spec, now, out);
+                answer(deferred, reply, r);
+            }
+            CoreMsg::PlanBroadcast { spec, reply } => {
+                answer(deferred, reply, self.engine.plan_broadcast(&spec));
+            }
+            CoreMsg::GetBroadcast { id, reply } => {
+                answer(
+                    deferred,
+                    reply,
+                    self.engine
+                        .broadcast_view(id)
+                        .ok_or_else(|| no_broadcast(id)),
+                );
+            }
+            CoreMsg::ListBroadcasts { reply } => {
+                answer(deferred, reply, Ok(self.engine.broadcast_views()));
+            }
+            CoreMsg::AwaitBroadcast { id, reply } => match self.engine.broadcast_view(id) {
+                None => answer(deferred, reply, Err(no_broadcast(id))),
+                Some(view) if view.finished_at.is_some() => answer(deferred, reply, Ok(view)),
+                Some(_) => self.broadcast_waiters.entry(id).or_default().push(reply),
+            },
+            CoreMsg::BroadcastLocks { reply } => {
+                answer(deferred, reply, Ok(self.engine.broadcast_locks()));
+            }
+            CoreMsg::ClearBroadcastLock { app, reply } => {
+                let cleared = self.engine.clear_broadcast_lock(&app, now, out);
+                answer(deferred, reply, Ok(cleared));
+            }
             CoreMsg::GroupSettings { group, reply } => {
                 let settings = self.engine.state().group_settings(&group);
                 answer(deferred, reply, Ok(settings));
@@ -474,6 +538,7 @@ impl<J: Journal> CoreLoop<J> {
                         assigns.entry(session).or_default().push(Assignment {
                             attempt: *attempt,
                             spec: entry.spec.clone(),
+                            env: self.engine.attempt_env(&attempt.task),
                         });
                     }
                 }
@@ -527,6 +592,24 @@ impl<J: Journal> CoreLoop<J> {
             }
             self.subscribers.retain(|s| s.offer(result));
         }
+        // Broadcasts that finished (or were aborted) in this batch.
+        if !self.broadcast_waiters.is_empty() {
+            let engine = &self.engine;
+            self.broadcast_waiters.retain(|id, waiters| {
+                match engine
+                    .broadcast_view(*id)
+                    .filter(|v| v.finished_at.is_some())
+                {
+                    Some(view) => {
+                        for w in waiters.drain(..) {
+                            let _ = w.send(Ok(view.clone()));
+                        }
+                        false
+                    }
+                    None => true,
+                }
+            });
+        }
         for (sub, after, reply) in new_subscribers {
             let after = after.map_or(0, |c| c.0);
             let open = self
@@ -549,6 +632,10 @@ impl<J: Journal> CoreLoop<J> {
             !waiters.is_empty()
         });
         self.subscribers.retain(|s| !s.results.is_closed());
+        self.broadcast_waiters.retain(|_, waiters| {
+            waiters.retain(|w| !w.is_closed());
+            !waiters.is_empty()
+        });
         self.last_prune = std::time::Instant::now();
     }
 
@@ -618,6 +705,7 @@ mod tests {
                 attempt: Attempt(1),
             },
             spec,
+            env: Default::default(),
         }
     }
 

@@ -73,6 +73,10 @@ struct PodEntry {
     draining: bool,
     /// Last reported resource use.
     usage: ResourceUsage,
+    /// Its labels, for broadcast filters.
+    labels: BTreeMap<String, String>,
+    /// Where other pods reach it (a broadcast source's address).
+    address: Option<String>,
 }
 
 impl PodEntry {
@@ -220,7 +224,11 @@ impl Engine {
             Event::TasksRetried { .. }
             | Event::GroupConfigured { .. }
             | Event::TasksUpdated { .. }
-            | Event::ScheduleFired { .. } => self.dispatch_needed = true,
+            | Event::ScheduleFired { .. }
+            | Event::BroadcastFired { .. }
+            | Event::BroadcastTargetAdded { .. }
+            | Event::BroadcastAborted { .. } => self.dispatch_needed = true,
+            Event::BroadcastPullStarted { .. } => {}
         }
         self.state.apply(event);
     }
@@ -618,6 +626,8 @@ impl Engine {
             expires_at: now.saturating_add(self.config.lease_timeout),
             draining: false,
             usage: ResourceUsage::default(),
+            labels: hello.labels.clone(),
+            address: hello.address.clone(),
         };
         for r in &hello.holding {
             let adoptable = self.state.task(&r.task).is_some_and(|e| {
@@ -638,7 +648,8 @@ impl Engine {
         }
         debug!(pod = %hello.pod, session, adopted = entry.leases.len(), "pod registered");
         self.sessions.insert(session, hello.pod.clone());
-        self.pods.insert(hello.pod, entry);
+        self.pods.insert(hello.pod.clone(), entry);
+        self.catch_up(&hello.pod, now, out);
         self.dispatch_needed = true;
         Ok(())
     }
@@ -865,6 +876,9 @@ impl Engine {
         if self.state.promote_due(now) {
             self.dispatch_needed = true;
         }
+        if self.next_broadcast_deadline().is_some_and(|t| t <= now) {
+            self.dispatch_needed = true;
+        }
         // Rate-limited groups with work may have earned tokens since the last look.
         if self.buckets.keys().any(|g| self.state.has_pending(g)) {
             self.dispatch_needed = true;
@@ -912,6 +926,8 @@ impl Engine {
             return;
         }
         self.dispatch_needed = false;
+        // Broadcast targets first: each is pinned to its pod and waits for a source.
+        self.dispatch_broadcasts(now, out);
         let mut active: Vec<PodId> = self
             .pods
             .iter()
@@ -1016,6 +1032,7 @@ impl Engine {
         pods.chain(orphans)
             .chain(self.state.next_due())
             .chain(tokens)
+            .chain(self.next_broadcast_deadline())
             .min()
     }
 
@@ -1063,6 +1080,9 @@ fn full_jitter(cap: Duration, attempt: AttemptRef) -> Duration {
     x ^= x >> 31;
     cap.mul_f64((x >> 11) as f64 / (1u64 << 53) as f64)
 }
+
+#[path = "engine_broadcast.rs"]
+mod broadcast;
 
 #[cfg(test)]
 #[path = "engine_tests.rs"]

@@ -2,8 +2,8 @@
 
 use mawex_api::pod::AttemptRef;
 use mawex_api::{
-    GroupName, GroupSettings, Outcome, PendingChange, PodId, ScheduleSpec, TaskError, TaskId,
-    TaskSpec, Timestamp,
+    BroadcastId, BroadcastSpec, GroupName, GroupSettings, Outcome, PendingChange, PodId,
+    ScheduleSpec, Source, TaskError, TaskId, TaskSpec, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -131,6 +131,46 @@ pub enum Event {
         group: GroupName,
         /// Its settings from now on.
         settings: GroupSettings,
+    },
+    /// A broadcast was fired. Each target's task exists from now on, pinned to its pod and
+    /// never in a group queue.
+    BroadcastFired {
+        /// Its number.
+        id: BroadcastId,
+        /// As fired, with the version resolved.
+        spec: BroadcastSpec,
+        /// Pods that run it, sorted (the tree's node order), with their tasks.
+        targets: Vec<(PodId, TaskId)>,
+        /// Pods that had the version already.
+        already: Vec<PodId>,
+        /// When.
+        at: Timestamp,
+    },
+    /// A pod that joined later became a target of its app's latest broadcast (it catches up).
+    BroadcastTargetAdded {
+        /// The broadcast.
+        id: BroadcastId,
+        /// The pod.
+        pod: PodId,
+        /// Its task.
+        task: TaskId,
+        /// When.
+        at: Timestamp,
+    },
+    /// The attempt just assigned to a target pulls from `source`.
+    BroadcastPullStarted {
+        /// The target's task.
+        task: TaskId,
+        /// Where it pulls from.
+        source: Source,
+    },
+    /// A broadcast was aborted (its lock cleared, or taken over after it expired); the
+    /// cancellation of its waiting targets follows as task events.
+    BroadcastAborted {
+        /// The broadcast.
+        id: BroadcastId,
+        /// When.
+        at: Timestamp,
     },
 }
 

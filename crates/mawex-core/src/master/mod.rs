@@ -1,5 +1,6 @@
 //! The master: durable task state, scheduling and leases, behind a cheap handle.
 
+mod broadcast;
 mod core_loop;
 mod engine;
 mod event;
@@ -24,6 +25,8 @@ pub(crate) use core_loop::{CoreMsg, FeedState, MAX_STREAM_LAG};
 use engine::{Engine, EngineConfig};
 pub use engine::{PodStats, MAX_POD_PREFETCH, MAX_POD_SLOTS};
 pub use event::{Event, RequeueReason};
+pub(crate) use schedule::Schedule;
+pub(crate) use state::TaskEntry;
 pub use state::{MasterState, TaskCounts};
 
 use crate::clock::{Clock, SystemClock};
@@ -206,6 +209,7 @@ impl MasterBuilder {
                     sessions: HashMap::new(),
                     next_session: 0,
                     waiters: HashMap::new(),
+                    broadcast_waiters: HashMap::new(),
                     subscribers: Vec::new(),
                     last_prune: std::time::Instant::now(),
                 };

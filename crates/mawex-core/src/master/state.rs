@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use mawex_api::pod::AttemptRef;
 use mawex_api::{
-    Attempt, AttemptFailure, ErrorKind, FailedCount, FailedFilter, GroupName, GroupSettings,
-    ListQuery, Outcome, PodId, QueuePosition, TaskId, TaskPage, TaskResult, TaskSpec, TaskState,
-    TaskView, Timestamp,
+    Attempt, AttemptFailure, BroadcastSpec, ErrorKind, FailedCount, FailedFilter, GroupName,
+    GroupSettings, ListQuery, Outcome, PodId, QueuePosition, TaskId, TaskPage, TaskResult,
+    TaskSpec, TaskState, TaskView, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
+use super::broadcast::Broadcasts;
 use super::event::Event;
 use super::schedule::Schedule;
 
@@ -220,6 +221,8 @@ pub struct MasterState {
     accepted: u64,
     /// Results ever recorded; source of each result's stream position.
     results_recorded: u64,
+    /// Broadcasts, their targets, and the versions pods applied.
+    broadcasts: Broadcasts,
     /// Derived indexes below are rebuilt after a snapshot is loaded, not stored in it.
     #[serde(skip)]
     pending: HashMap<GroupName, BTreeMap<QueueKey, TaskId>>,
@@ -251,6 +254,7 @@ impl PartialEq for MasterState {
         self.tasks == other.tasks
             && self.accepted == other.accepted
             && self.results_recorded == other.results_recorded
+            && self.broadcasts == other.broadcasts
     }
 }
 
@@ -307,8 +311,29 @@ impl MasterState {
         state
     }
 
+    /// A state decoded from a format-2 snapshot (which knew no broadcasts).
+    pub(crate) fn from_v2(
+        tasks: BTreeMap<TaskId, TaskEntry>,
+        groups: BTreeMap<GroupName, GroupSettings>,
+        schedules: BTreeMap<GroupName, Schedule>,
+        accepted: u64,
+        results_recorded: u64,
+    ) -> Self {
+        let mut state = MasterState {
+            tasks,
+            groups,
+            schedules,
+            accepted,
+            results_recorded,
+            ..MasterState::default()
+        };
+        state.rebuild_indexes();
+        state
+    }
+
     /// Rebuilds the derived indexes (queues, result log, counts) from the tasks.
     pub(crate) fn rebuild_indexes(&mut self) {
+        self.broadcasts.rebuild_index();
         self.pending.clear();
         self.delayed.clear();
         self.results.clear();
@@ -386,6 +411,8 @@ impl MasterState {
                 if entry.state != TaskState::Pending {
                     return;
                 }
+                self.broadcasts
+                    .assigned(&attempt.task, attempt.attempt.0, *at);
                 if let Some(queue) = self.pending.get_mut(&entry.spec.group) {
                     queue.remove(&entry.queue_key());
                 }
@@ -415,9 +442,12 @@ impl MasterState {
                     return;
                 }
                 self.finish(attempt.task, outcome.clone(), *at);
+                self.broadcasts.finished(&attempt.task, outcome, *at);
             }
             Event::TaskRequeued { attempt, at: _, .. } => {
-                self.back_to_pending(attempt, None);
+                if self.back_to_pending(attempt, None) {
+                    self.broadcasts.back_to_waiting(&attempt.task, None);
+                }
             }
             Event::TaskRetryScheduled {
                 attempt,
@@ -426,7 +456,9 @@ impl MasterState {
                 at,
             } => {
                 let failure = AttemptFailure::new(attempt.attempt, error.clone(), *at);
-                self.back_to_pending(attempt, Some((failure, *retry_at)));
+                if self.back_to_pending(attempt, Some((failure, *retry_at))) {
+                    self.broadcasts.back_to_waiting(&attempt.task, Some(error));
+                }
             }
             Event::TaskCancelled { task, at } => {
                 let Some(entry) = self.tasks.get(task) else {
@@ -440,6 +472,7 @@ impl MasterState {
                     self.dequeue(&entry);
                 }
                 self.finish(*task, Outcome::Cancelled, *at);
+                self.broadcasts.finished(task, &Outcome::Cancelled, *at);
             }
             Event::TasksRetried { tasks, at: _ } => {
                 for id in tasks {
@@ -464,6 +497,7 @@ impl MasterState {
                     rounds.add(key, entry.round);
                     let entry = entry.clone();
                     self.enqueue(&entry);
+                    self.broadcasts.back_to_waiting(id, None);
                 }
             }
             Event::TasksUpdated { tasks, change } => {
@@ -554,6 +588,34 @@ impl MasterState {
                     self.groups.insert(group.clone(), *settings);
                 }
             }
+            Event::BroadcastFired {
+                id,
+                spec,
+                targets,
+                already,
+                at,
+            } => {
+                if self.broadcasts.by_id.contains_key(id) {
+                    return;
+                }
+                self.broadcasts.fired(*id, spec, targets, already, *at);
+                for (_, task) in targets {
+                    self.add_target_task(spec, *task, *at);
+                }
+            }
+            Event::BroadcastTargetAdded { id, pod, task, at } => {
+                if let Some(spec) = self
+                    .broadcasts
+                    .target_added(*id, pod, *task)
+                    .map(|b| b.spec.clone())
+                {
+                    self.add_target_task(&spec, *task, *at);
+                }
+            }
+            Event::BroadcastPullStarted { task, source } => {
+                self.broadcasts.pull_started(task, source);
+            }
+            Event::BroadcastAborted { id, at } => self.broadcasts.aborted(*id, *at),
             Event::TasksForgotten { tasks } => {
                 for id in tasks {
                     let Some(entry) = self.tasks.get(id) else {
@@ -577,18 +639,52 @@ impl MasterState {
         }
     }
 
+    /// The pending task of a broadcast target (already indexed as one, so never queued).
+    fn add_target_task(&mut self, spec: &BroadcastSpec, task: TaskId, at: Timestamp) {
+        if self.tasks.contains_key(&task) {
+            return;
+        }
+        let mut task_spec = TaskSpec::new(spec.group.clone(), &spec.handler, spec.payload.clone());
+        task_spec.id = task;
+        task_spec.retry = spec.retry;
+        task_spec.limits = spec.limits.clone();
+        task_spec.sandbox = spec.sandbox.clone();
+        self.accepted += 1;
+        let entry = TaskEntry {
+            spec: task_spec,
+            state: TaskState::Pending,
+            attempt: Attempt(0),
+            pod: None,
+            order: self.accepted,
+            submitted_at: at,
+            started_at: None,
+            result: None,
+            failures: Vec::new(),
+            not_before: None,
+            retry_base: 0,
+            round: ROUND_BASE,
+        };
+        self.counts.moved(None, Some(TaskState::Pending));
+        self.tasks.insert(task, entry);
+    }
+
+    /// The broadcasts.
+    pub(crate) fn broadcasts(&self) -> &Broadcasts {
+        &self.broadcasts
+    }
+
     /// Ends the current attempt of a running task without a result and queues the task again;
     /// with a failure, the failure is recorded and the task waits until the retry time.
     fn back_to_pending(
         &mut self,
         attempt: &AttemptRef,
         failed: Option<(AttemptFailure, Timestamp)>,
-    ) {
+    ) -> bool {
         let Some(entry) = self.tasks.get_mut(&attempt.task) else {
-            return;
+            return false;
         };
         if entry.state != TaskState::Running || entry.attempt != attempt.attempt {
-            return;
+            return false;
         }
         self.counts
             .moved(Some(entry.state), Some(TaskState::Pending));
@@ -601,10 +697,15 @@ impl MasterState {
         }
         let entry = entry.clone();
         self.enqueue(&entry);
+        true
     }
 
     /// Puts a pending task in its group's queue, or with the delayed ones if it must wait.
+    /// Broadcast targets stay out: the engine dispatches them by their strategy.
     fn enqueue(&mut self, entry: &TaskEntry) {
+        if self.broadcasts.is_target(&entry.spec.id) {
+            return;
+        }
         match entry.not_before {
             Some(t) => {
                 self.delayed.insert((t, entry.order), entry.spec.id);

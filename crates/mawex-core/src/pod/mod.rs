@@ -317,6 +317,7 @@ impl Shared {
         {
             Ok(sandbox) => {
                 let mut input = TaskInput::new(r, a.spec);
+                input.env = a.env;
                 input.limits = input.limits.or(self.config.default_limits.clone());
                 sandbox.run(input, token).await
             }

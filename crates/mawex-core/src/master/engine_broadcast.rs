@@ -1,0 +1,402 @@
+//! The engine's side of broadcasts: firing (targets, version, lock), dry runs, choosing each
+//! target's source, catching up pods that join later, and the attempt environment.
+
+use std::collections::{BTreeMap, HashMap};
+
+use mawex_api::broadcast::{next_version, APP_ENV, SOURCE_ADDR_ENV, SOURCE_POD_ENV, VERSION_ENV};
+use mawex_api::pod::AttemptRef;
+use mawex_api::{
+    ApiError, BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView, PodId,
+    Source, Strategy, TargetState, TaskId, TaskState, Timestamp,
+};
+
+use super::super::broadcast::{plan, tree_parent, Broadcast};
+use super::super::event::Event;
+use super::{Engine, Output};
+
+/// Who a fire would reach.
+struct Reach {
+    version: String,
+    /// Connected pods of the group that match and lack the version, sorted.
+    targets: Vec<PodId>,
+    already: Vec<PodId>,
+}
+
+impl Engine {
+    fn reach(&self, spec: &BroadcastSpec) -> Result<Reach, ApiError> {
+        spec.validate()?;
+        let broadcasts = self.state.broadcasts();
+        let version = match &spec.version {
+            Some(v) => v.clone(),
+            None => {
+                let last = broadcasts
+                    .latest
+                    .get(&spec.app)
+                    .and_then(|id| broadcasts.by_id.get(id))
+                    .map(|b| b.version.as_str());
+                next_version(last)
+            }
+        };
+        let (mut targets, mut already) = (Vec::new(), Vec::new());
+        for (id, pod) in &self.pods {
+            if !pod.groups.contains(&spec.group) || !spec.filter.matches(id, &pod.labels) {
+                continue;
+            }
+            if broadcasts.has_version(&spec.app, id, &version) {
+                already.push(id.clone());
+            } else {
+                targets.push(id.clone());
+            }
+        }
+        Ok(Reach {
+            version,
+            targets,
+            already,
+        })
+    }
+
+    /// What firing `spec` now would do; changes nothing.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a bad spec.
+    pub(crate) fn plan_broadcast(&self, spec: &BroadcastSpec) -> Result<BroadcastPlan, ApiError> {
+        let reach = self.reach(spec)?;
+        let targets = plan(spec.strategy, &reach.targets);
+        let waves = targets.iter().map(|t| t.wave).max().unwrap_or(0);
+        Ok(BroadcastPlan {
+            app: spec.app.clone(),
+            version: reach.version,
+            strategy: spec.strategy,
+            targets,
+            already_applied: reach.already,
+            waves,
+        })
+    }
+
+    /// Fires a broadcast to the connected pods of its group.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a bad spec, `Conflict` while another broadcast of the
+    /// app holds its lock.
+    pub(crate) fn fire_broadcast(
+        &mut self,
+        spec: BroadcastSpec,
+        now: Timestamp,
+        out: &mut Output,
+    ) -> Result<BroadcastView, ApiError> {
+        let reach = self.reach(&spec)?;
+        if let Some(lock) = self.state.broadcasts().lock(&spec.app) {
+            if lock.expires_at > now {
+                return Err(ApiError::Conflict(format!(
+                    "app {:?} is being broadcast (#{}, version {}) since {}; its lock expires at \
+                     {} or can be cleared",
+                    spec.app, lock.broadcast, lock.version, lock.since, lock.expires_at
+                )));
+            }
+            // Expired: this fire takes over.
+            self.abort_broadcast(lock.broadcast, now, out);
+        }
+        let id = self.state.broadcasts().fired + 1;
+        let mut spec = spec;
+        spec.version = Some(reach.version);
+        let targets = reach
+            .targets
+            .into_iter()
+            .map(|pod| (pod, TaskId::new()))
+            .collect();
+        self.emit(
+            Event::BroadcastFired {
+                id,
+                spec,
+                targets,
+                already: reach.already,
+                at: now,
+            },
+            out,
+        );
+        self.broadcast_view(id)
+            .ok_or_else(|| ApiError::Internal(format!("broadcast #{id} vanished")))
+    }
+
+    /// Aborts broadcast `id`: its waiting targets are cancelled, running ones end as they do.
+    fn abort_broadcast(&mut self, id: BroadcastId, now: Timestamp, out: &mut Output) {
+        let waiting: Vec<TaskId> = self
+            .state
+            .broadcasts()
+            .by_id
+            .get(&id)
+            .map(|b| {
+                b.targets
+                    .values()
+                    .filter(|t| t.state == TargetState::Waiting)
+                    .filter_map(|t| t.task)
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.emit(Event::BroadcastAborted { id, at: now }, out);
+        for task in waiting {
+            self.emit(Event::TaskCancelled { task, at: now }, out);
+        }
+    }
+
+    /// Clears the lock of `app` by aborting the broadcast holding it; returns that broadcast.
+    pub(crate) fn clear_broadcast_lock(
+        &mut self,
+        app: &str,
+        now: Timestamp,
+        out: &mut Output,
+    ) -> Option<BroadcastId> {
+        let lock = self.state.broadcasts().lock(app)?;
+        self.abort_broadcast(lock.broadcast, now, out);
+        Some(lock.broadcast)
+    }
+
+    pub(crate) fn broadcast_view(&self, id: BroadcastId) -> Option<BroadcastView> {
+        self.state.broadcasts().by_id.get(&id).map(|b| b.view(id))
+    }
+
+    pub(crate) fn broadcast_views(&self) -> Vec<BroadcastView> {
+        let broadcasts = self.state.broadcasts();
+        broadcasts.by_id.iter().map(|(id, b)| b.view(*id)).collect()
+    }
+
+    pub(crate) fn broadcast_locks(&self) -> Vec<BroadcastLock> {
+        let broadcasts = self.state.broadcasts();
+        broadcasts
+            .latest
+            .keys()
+            .filter_map(|app| broadcasts.lock(app))
+            .collect()
+    }
+
+    /// A pod that (re)joined: it becomes a target of each app's latest broadcast to its
+    /// group whose version it lacks.
+    pub(crate) fn catch_up(&mut self, pod: &PodId, now: Timestamp, out: &mut Output) {
+        let Some(entry) = self.pods.get(pod) else {
+            return;
+        };
+        let broadcasts = self.state.broadcasts();
+        let owed: Vec<BroadcastId> = broadcasts
+            .latest
+            .values()
+            .filter_map(|id| Some((*id, broadcasts.by_id.get(id)?)))
+            .filter(|(_, b)| {
+                !b.aborted
+                    && !b.targets.contains_key(pod)
+                    && entry.groups.contains(&b.spec.group)
+                    && b.spec.filter.matches(pod, &entry.labels)
+                    && !broadcasts.has_version(&b.spec.app, pod, &b.version)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        for id in owed {
+            let event = Event::BroadcastTargetAdded {
+                id,
+                pod: pod.clone(),
+                task: TaskId::new(),
+                at: now,
+            };
+            self.emit(event, out);
+        }
+    }
+
+    /// The environment of a target's attempt: its source, app and version.
+    pub(crate) fn attempt_env(&self, task: &TaskId) -> BTreeMap<String, String> {
+        let Some((b, target)) = self.state.broadcasts().target_of(task) else {
+            return BTreeMap::new();
+        };
+        let (pod, addr) = match &target.source {
+            Some(Source::Pod(p)) => (
+                p.to_string(),
+                self.pods
+                    .get(p)
+                    .and_then(|e| e.address.clone())
+                    .unwrap_or_default(),
+            ),
+            _ => (Source::Origin.to_string(), b.spec.origin_address.clone()),
+        };
+        BTreeMap::from([
+            (SOURCE_POD_ENV.to_owned(), pod),
+            (SOURCE_ADDR_ENV.to_owned(), addr),
+            (APP_ENV.to_owned(), b.spec.app.clone()),
+            (VERSION_ENV.to_owned(), b.version.clone()),
+        ])
+    }
+
+    /// When the next waiting target's retry delay ends, if any.
+    pub(crate) fn next_broadcast_deadline(&self) -> Option<Timestamp> {
+        let broadcasts = self.state.broadcasts();
+        broadcasts
+            .by_id
+            .values()
+            .filter(|b| b.is_active())
+            .flat_map(|b| b.targets.values())
+            .filter(|t| t.state == TargetState::Waiting)
+            .filter_map(|t| self.state.task(&t.task?)?.not_before)
+            .min()
+    }
+
+    /// Starts every waiting target that has a source and a free slot on its pod.
+    pub(crate) fn dispatch_broadcasts(&mut self, now: Timestamp, out: &mut Output) {
+        let active: Vec<BroadcastId> = self
+            .state
+            .broadcasts()
+            .by_id
+            .iter()
+            .filter(|(_, b)| b.is_active())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in active {
+            let starts = match self.state.broadcasts().by_id.get(&id) {
+                Some(b) => self.starts(b, now),
+                None => continue,
+            };
+            if !starts.is_empty() {
+                // A batch of its own: the pods' acknowledgement of it covers these leases.
+                self.batch += 1;
+            }
+            for (task, pod, source) in starts {
+                let Some(attempt) = self.state.task(&task).map(|e| e.attempt.next()) else {
+                    continue;
+                };
+                let attempt = AttemptRef { task, attempt };
+                self.emit(
+                    Event::TaskAssigned {
+                        attempt,
+                        pod,
+                        at: now,
+                    },
+                    out,
+                );
+                self.emit(Event::BroadcastPullStarted { task, source }, out);
+            }
+        }
+    }
+
+    /// The targets of `b` that can start now, with their sources.
+    fn starts(&self, b: &Broadcast, now: Timestamp) -> Vec<(TaskId, PodId, Source)> {
+        let broadcasts = self.state.broadcasts();
+        let mut free: HashMap<&PodId, usize> = HashMap::new();
+        let mut ready = Vec::new();
+        // Tree order first, then pods that joined later.
+        let later = b.targets.keys().filter(|p| !b.order.contains(p));
+        for pod in b.order.iter().chain(later) {
+            let Some(target) = b.targets.get(pod) else {
+                continue;
+            };
+            let Some(task) = target.task else { continue };
+            if target.state != TargetState::Waiting {
+                continue;
+            }
+            let due = self.state.task(&task).is_some_and(|e| {
+                e.state == TaskState::Pending && e.not_before.is_none_or(|t| t <= now)
+            });
+            let Some(entry) = self.pods.get(pod) else {
+                continue;
+            };
+            let slots = free.entry(pod).or_insert_with(|| entry.free());
+            if !due || *slots == 0 {
+                continue;
+            }
+            *slots -= 1;
+            ready.push((pod.clone(), task));
+        }
+        // A usable source: finished with this version, connected, not the target itself.
+        let usable = |p: &PodId| {
+            self.pods.get(p).is_some_and(|e| !e.draining)
+                && broadcasts.has_version(&b.spec.app, p, &b.version)
+        };
+        let mut pulls: HashMap<Source, u32> = HashMap::new();
+        for t in b.targets.values() {
+            if let (TargetState::Running, Some(source)) = (t.state, &t.source) {
+                *pulls.entry(source.clone()).or_default() += 1;
+            }
+        }
+        let mut starts = Vec::new();
+        for (pod, task) in ready {
+            let in_tree = b.order.iter().position(|p| *p == pod);
+            let source = match (b.spec.strategy, in_tree) {
+                (Strategy::Tree { branches }, Some(i)) => {
+                    match self.tree_source(b, i, branches as usize, &usable) {
+                        Some(source) => source,
+                        None => continue,
+                    }
+                }
+                (strategy, _) => {
+                    let limit = match strategy {
+                        Strategy::Pull { per_source } => per_source,
+                        Strategy::Tree { branches } => branches,
+                        _ => 1,
+                    };
+                    // Another source than the last attempt's, when there is a choice.
+                    let last = b.targets.get(&pod).and_then(|t| t.source.clone());
+                    // Targets of this broadcast and pods that applied the version earlier.
+                    let pods: std::collections::BTreeSet<&PodId> = b
+                        .targets
+                        .keys()
+                        .chain(
+                            broadcasts
+                                .applied
+                                .get(&b.spec.app)
+                                .into_iter()
+                                .flat_map(|m| m.keys()),
+                        )
+                        .filter(|p| **p != pod && usable(p))
+                        .collect();
+                    let mut candidates: Vec<(u32, bool, usize, Source)> =
+                        std::iter::once(Source::Origin)
+                            .chain(pods.into_iter().map(|p| Source::Pod(p.clone())))
+                            .enumerate()
+                            .map(|(i, s)| {
+                                let n = pulls.get(&s).copied().unwrap_or(0);
+                                (n, Some(&s) == last.as_ref(), i, s)
+                            })
+                            .filter(|(n, ..)| *n < limit)
+                            .collect();
+                    // Least loaded first, pods before the origin (spare the publisher),
+                    // ties rotating so the first source is not always hit.
+                    let spin = self.rotation.wrapping_add(starts.len());
+                    let n = candidates.len().max(1);
+                    candidates.sort_by_key(|(load, was_last, i, source)| {
+                        let origin = *source == Source::Origin;
+                        (*was_last, *load, origin, (i + n - spin % n) % n)
+                    });
+                    match candidates.into_iter().next() {
+                        Some((.., source)) => source,
+                        None => continue,
+                    }
+                }
+            };
+            *pulls.entry(source.clone()).or_default() += 1;
+            starts.push((task, pod, source));
+        }
+        starts
+    }
+
+    /// Target `i`'s source in a `k`-ary tree: its parent once it finished, the nearest
+    /// finished ancestor if the parent failed for good; `None` while it must wait.
+    fn tree_source(
+        &self,
+        b: &Broadcast,
+        i: usize,
+        k: usize,
+        usable: &impl Fn(&PodId) -> bool,
+    ) -> Option<Source> {
+        let mut node = i;
+        loop {
+            let Some(parent) = tree_parent(node, k) else {
+                return Some(Source::Origin);
+            };
+            let pod = b.order.get(parent)?;
+            let state = b.targets.get(pod).map(|t| t.state);
+            match state {
+                Some(TargetState::Done) if usable(pod) => return Some(Source::Pod(pod.clone())),
+                // Failed, cancelled or gone: route around it.
+                Some(TargetState::Failed | TargetState::Cancelled) | Some(TargetState::Done) => {
+                    node = parent;
+                }
+                _ => return None,
+            }
+        }
+    }
+}
