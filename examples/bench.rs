@@ -38,6 +38,15 @@ struct Args {
     /// Sequential single-task round trips measured for latency.
     #[arg(long, default_value_t = 1000)]
     rtt_samples: usize,
+    /// `broadcast`: pods to reach.
+    #[arg(long, default_value_t = 100)]
+    targets: usize,
+    /// `broadcast`: concurrent pulls one source serves.
+    #[arg(long, default_value_t = 5)]
+    per_source: u32,
+    /// `broadcast`: how long one pull takes.
+    #[arg(long, default_value_t = 200)]
+    pull_ms: u64,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -232,6 +241,102 @@ async fn sandboxes(runs: usize) -> anyhow::Result<Vec<serde_json::Value>> {
     Ok(lines)
 }
 
+/// A broadcast to `--targets` pods whose pull takes `--pull-ms`, against the same pulls all
+/// served by the origin, `--per-source` at a time (a group capped at that concurrency).
+async fn broadcast(args: &Args) -> anyhow::Result<serde_json::Value> {
+    use mawex::{BroadcastSpec, GroupSettings, Strategy};
+
+    let dir = tempfile::tempdir()?;
+    let journal = SledJournal::open(dir.path().join("journal"))?;
+    let master = Master::builder().start(journal).await?;
+    let pull = Duration::from_millis(args.pull_ms);
+    let (fleet, origin) = (GroupName::new("fleet")?, GroupName::new("origin-push")?);
+    let mut handlers = HandlerRegistry::new();
+    handlers.register("pull", move |_: TaskInput| async move {
+        tokio::time::sleep(pull).await;
+        Ok(Bytes::new())
+    })?;
+    let mut pods = Vec::with_capacity(args.targets);
+    for i in 0..args.targets {
+        let mut config = PodConfig::new(
+            PodId::new(format!("pod-{i:04}"))?,
+            vec![fleet.clone(), origin.clone()],
+        );
+        config.address = Some(format!("10.0.{}.{}:873", i / 250, i % 250 + 1));
+        pods.push(Pod::start(
+            config,
+            Arc::new(InProcess::new(handlers.clone())),
+            Arc::new(master.pod_connector()),
+        )?);
+    }
+    let proxy = master.proxy();
+    let mut stats = master.stats();
+    stats
+        .wait_for(|s| s.pods.len() == args.targets)
+        .await
+        .context("pods connect")?;
+
+    let started = Instant::now();
+    let fired = proxy
+        .fire_broadcast(
+            BroadcastSpec::new("bench", fleet.clone(), "pull")
+                .with_strategy(Strategy::Pull {
+                    per_source: args.per_source,
+                })
+                .with_origin_address("origin:873"),
+        )
+        .await?;
+    let view = proxy
+        .wait_broadcast(fired.id, Duration::from_secs(3600))
+        .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        view.done() == args.targets,
+        "{} of {} targets done",
+        view.done(),
+        args.targets
+    );
+
+    // Origin push: the same pulls, all from the origin, `per_source` at a time.
+    let settings = GroupSettings::default().with_max_concurrency(Some(args.per_source));
+    proxy.configure_group(origin.clone(), settings).await?;
+    let specs: Vec<TaskSpec> = (0..args.targets)
+        .map(|_| TaskSpec::new(origin.clone(), "pull", Bytes::new()))
+        .collect();
+    let ids: Vec<_> = specs.iter().map(|s| s.id).collect();
+    let started = Instant::now();
+    proxy.submit_many(specs).await?;
+    for id in ids {
+        proxy.await_result(id).await?;
+    }
+    let seconds_origin_push = started.elapsed().as_secs_f64();
+
+    for pod in pods {
+        pod.shutdown().await?;
+    }
+    master.shutdown().await?;
+    // ⌈log_(c+1) (N+1)⌉: each wave, every finished node (and the origin) serves c.
+    let mut waves_ideal = 0u32;
+    let mut reached = 1u64;
+    while reached < args.targets as u64 + 1 {
+        reached *= u64::from(args.per_source) + 1;
+        waves_ideal += 1;
+    }
+    let seconds_ideal = f64::from(waves_ideal) * pull.as_secs_f64();
+    Ok(serde_json::json!({
+        "scenario": "broadcast",
+        "targets": args.targets,
+        "per_source": args.per_source,
+        "pull_ms": args.pull_ms,
+        "seconds": (seconds * 1000.0).round() / 1000.0,
+        "waves_ideal": waves_ideal,
+        "seconds_ideal": (seconds_ideal * 1000.0).round() / 1000.0,
+        "seconds_origin_push": (seconds_origin_push * 1000.0).round() / 1000.0,
+        "vs_ideal": (seconds / seconds_ideal * 100.0).round() / 100.0,
+        "speedup_vs_origin_push": (seconds_origin_push / seconds * 10.0).round() / 10.0,
+    }))
+}
+
 fn noop_handlers() -> anyhow::Result<HandlerRegistry> {
     let mut handlers = HandlerRegistry::new();
     handlers.register("noop", |_: TaskInput| async { Ok(Bytes::new()) })?;
@@ -256,7 +361,10 @@ async fn bench() -> anyhow::Result<()> {
         "local" => run(&args, Transport::Local, false).await?,
         "grpc" => run(&args, Transport::Grpc, false).await?,
         "fair" => run(&args, Transport::Local, true).await?,
-        other => anyhow::bail!("unknown scenario {other:?}; known: local, grpc, fair, sandbox"),
+        "broadcast" => broadcast(&args).await?,
+        other => anyhow::bail!(
+            "unknown scenario {other:?}; known: local, grpc, fair, sandbox, broadcast"
+        ),
     };
     println!("{line}");
     Ok(())
