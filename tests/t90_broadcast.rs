@@ -13,8 +13,7 @@ use common::*;
 use mawex::broadcast::{APP_ENV, SOURCE_ADDR_ENV, SOURCE_POD_ENV, VERSION_ENV};
 use mawex::{
     ApiError, BroadcastSpec, BroadcastView, Bytes, GroupName, HandlerError, HandlerRegistry,
-    InProcess, LocalMasterProxy, Pod, PodConfig, RetryPolicy, Source, Strategy, TargetState,
-    TaskInput,
+    InProcess, MasterProxy, Pod, PodConfig, RetryPolicy, Source, Strategy, TargetState, TaskInput,
 };
 
 /// One pull as the handler saw it.
@@ -110,7 +109,7 @@ async fn wait_pods(m: &TestMaster, n: usize) {
         .await;
 }
 
-async fn wait_done(proxy: &LocalMasterProxy, id: u64) -> BroadcastView {
+async fn wait_done(proxy: &Arc<dyn MasterProxy>, id: u64) -> BroadcastView {
     let view = proxy.wait_broadcast(id, DEADLINE).await.unwrap();
     assert!(
         view.is_finished(),
@@ -160,7 +159,7 @@ async fn pull_reaches_100_pods_in_log_waves_with_at_most_c_pulls_per_source() {
     let pull_time = Duration::from_millis(300);
     let pods = start_pods(&m, &fleet, &g, 0..100, pull_time);
     wait_pods(&m, 100).await;
-    let proxy = m.master().proxy();
+    let proxy = m.proxy();
 
     let fired = proxy
         .fire_broadcast(spec(&g, Strategy::Pull { per_source: 5 }))
@@ -219,7 +218,7 @@ async fn tree_targets_pull_from_their_parent() {
     let fleet = Arc::new(Fleet::default());
     let pods = start_pods(&m, &fleet, &g, 0..40, Duration::from_millis(20));
     wait_pods(&m, 40).await;
-    let proxy = m.master().proxy();
+    let proxy = m.proxy();
     // Node 1 fails for good: its children (6, 7, 8) re-attach to the origin.
     fleet.broken.lock().unwrap().insert(name(1));
 
@@ -261,7 +260,7 @@ async fn failed_targets_never_serve_and_recover_with_retries() {
     let fleet = Arc::new(Fleet::default());
     let pods = start_pods(&m, &fleet, &g, 0..100, Duration::from_millis(20));
     wait_pods(&m, 100).await;
-    let proxy = m.master().proxy();
+    let proxy = m.proxy();
     let bad: HashSet<String> = [7, 42, 90].map(name).into();
     *fleet.broken.lock().unwrap() = bad.clone();
 
@@ -322,14 +321,18 @@ async fn failed_targets_never_serve_and_recover_with_retries() {
     m.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn versions_are_applied_once_and_late_pods_catch_up() {
-    let m = TestMaster::start().await;
+on_both_transports!(
+    versions_are_applied_once_and_late_pods_catch_up,
+    a_dry_run_changes_nothing
+);
+
+async fn versions_are_applied_once_and_late_pods_catch_up(transport: Transport) {
+    let m = TestMaster::start_on(transport).await;
     let g = group("web-version");
     let fleet = Arc::new(Fleet::default());
     let mut pods = start_pods(&m, &fleet, &g, 0..5, Duration::from_millis(200));
     wait_pods(&m, 5).await;
-    let proxy = m.master().proxy();
+    let proxy = m.proxy();
 
     let first = spec(&g, Strategy::Pull { per_source: 2 }).with_version("v0.3.1");
     let fired = proxy.fire_broadcast(first.clone()).await.unwrap();
@@ -338,9 +341,14 @@ async fn versions_are_applied_once_and_late_pods_catch_up() {
     assert_eq!(locks.len(), 1);
     assert_eq!(locks[0].broadcast, fired.id);
     assert_eq!(locks[0].version, "v0.3.1");
-    match proxy.fire_broadcast(first.clone()).await {
+    let retried = proxy.fire_broadcast(first.clone()).await.unwrap();
+    assert_eq!(
+        retried.id, fired.id,
+        "the same fire again is the same broadcast"
+    );
+    match proxy.fire_broadcast(first.clone().with_version("v9")).await {
         Err(ApiError::Conflict(m)) => assert!(m.contains("lock"), "{m}"),
-        other => panic!("a second fire while the first runs: {other:?}"),
+        other => panic!("another fire while the first runs: {other:?}"),
     }
     wait_done(&proxy, fired.id).await;
     assert!(
@@ -407,14 +415,13 @@ async fn versions_are_applied_once_and_late_pods_catch_up() {
     m.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dry_run_changes_nothing() {
-    let m = TestMaster::start().await;
+async fn a_dry_run_changes_nothing(transport: Transport) {
+    let m = TestMaster::start_on(transport).await;
     let g = group("web-dry");
     let fleet = Arc::new(Fleet::default());
     let pods = start_pods(&m, &fleet, &g, 0..20, Duration::from_millis(10));
     wait_pods(&m, 20).await;
-    let proxy = m.master().proxy();
+    let proxy = m.proxy();
     let before = m.stats().last_seq;
     let state_before = proxy.list_broadcasts().await.unwrap();
 
@@ -431,6 +438,26 @@ async fn a_dry_run_changes_nothing() {
         2,
         "the origin serves 2 in the first wave"
     );
+
+    // Bad input gets a clear error, and records nothing either.
+    match proxy
+        .plan_broadcast(spec(&g, Strategy::Pull { per_source: 0 }))
+        .await
+    {
+        Err(ApiError::InvalidArgument(m)) => assert!(m.contains("per_source"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    match proxy
+        .fire_broadcast(spec(&g, Strategy::Tree { branches: 2 }).with_version("no spaces"))
+        .await
+    {
+        Err(ApiError::InvalidArgument(m)) => assert!(m.contains("version"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        proxy.broadcast(999).await,
+        Err(ApiError::InvalidArgument(_))
+    ));
 
     assert_eq!(m.stats().last_seq, before, "nothing journaled");
     assert_eq!(proxy.list_broadcasts().await.unwrap(), state_before);
@@ -460,7 +487,7 @@ async fn a_master_restart_mid_broadcast_resumes_without_rerunning_finished_targe
         })
         .collect();
     wait_pods(&m, 30).await;
-    let proxy = m.master().proxy();
+    let proxy = m.proxy();
     let fired = proxy
         .fire_broadcast(spec(&g, Strategy::Pull { per_source: 2 }))
         .await
@@ -474,7 +501,7 @@ async fn a_master_restart_mid_broadcast_resumes_without_rerunning_finished_targe
     let dir = m.halt().await;
     let m = TestMaster::restart(dir, fast_config()).await;
     network.point_at(m.master().pod_connector());
-    let proxy = m.master().proxy();
+    let proxy = m.proxy();
     let view = wait_done(&proxy, fired.id).await;
     assert_eq!(view.done(), 30);
     let pulls = fleet.pulls();

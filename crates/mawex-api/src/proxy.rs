@@ -1,4 +1,5 @@
 use std::pin::Pin;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::Stream;
@@ -7,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::admin::{
     FailedCount, FailedFilter, GroupSettings, PendingChange, ScheduleSpec, ScheduleView,
 };
+use crate::broadcast::{BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView};
 use crate::error::ApiError;
 use crate::ids::{GroupName, TaskId};
 use crate::task::{TaskResult, TaskSpec, TaskState, TaskView};
@@ -250,4 +252,56 @@ pub trait MasterProxy: Send + Sync {
     /// # Errors
     /// `Unavailable` when the master is down.
     async fn group_settings(&self, group: GroupName) -> Result<GroupSettings, ApiError>;
+
+    /// Fires a broadcast to the pods of its group connected now (see [`BroadcastSpec`]);
+    /// pods that join the group later catch up by themselves. Firing the spec of the
+    /// broadcast that holds the app's lock again returns that broadcast.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a bad spec; `Conflict` while another broadcast of the app holds
+    /// its lock (it expires `lock_ttl` after that fire, or clear it with
+    /// [`MasterProxy::clear_broadcast_lock`]).
+    async fn fire_broadcast(&self, spec: BroadcastSpec) -> Result<BroadcastView, ApiError>;
+
+    /// What firing `spec` would do (targets, sources, waves), without doing anything.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a bad spec.
+    async fn plan_broadcast(&self, spec: BroadcastSpec) -> Result<BroadcastPlan, ApiError>;
+
+    /// A broadcast and the progress of each of its targets.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for an unknown id.
+    async fn broadcast(&self, id: BroadcastId) -> Result<BroadcastView, ApiError>;
+
+    /// Every broadcast, oldest first.
+    ///
+    /// # Errors
+    /// `Unavailable` when the master is down.
+    async fn list_broadcasts(&self) -> Result<Vec<BroadcastView>, ApiError>;
+
+    /// Waits until every target of broadcast `id` has ended, or `timeout` passes; returns
+    /// its progress either way (see [`BroadcastView::is_finished`]).
+    ///
+    /// # Errors
+    /// `InvalidArgument` for an unknown id.
+    async fn wait_broadcast(
+        &self,
+        id: BroadcastId,
+        timeout: Duration,
+    ) -> Result<BroadcastView, ApiError>;
+
+    /// The locks held by running broadcasts, one per app.
+    ///
+    /// # Errors
+    /// `Unavailable` when the master is down.
+    async fn broadcast_locks(&self) -> Result<Vec<BroadcastLock>, ApiError>;
+
+    /// Clears the lock of `app` by aborting the broadcast that holds it (its waiting targets
+    /// are cancelled, running ones finish); returns that broadcast, if one held it.
+    ///
+    /// # Errors
+    /// `Unavailable` when the master is down.
+    async fn clear_broadcast_lock(&self, app: &str) -> Result<Option<BroadcastId>, ApiError>;
 }

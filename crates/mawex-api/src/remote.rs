@@ -14,6 +14,7 @@ use tracing::debug;
 use crate::admin::{
     FailedCount, FailedFilter, GroupSettings, PendingChange, ScheduleSpec, ScheduleView,
 };
+use crate::broadcast::{BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView};
 use crate::error::ApiError;
 use crate::ids::{GroupName, TaskId};
 use crate::proto;
@@ -496,5 +497,77 @@ impl MasterProxy for RemoteMasterProxy {
             )
             .await?;
         Ok(settings.into())
+    }
+
+    async fn fire_broadcast(&self, spec: BroadcastSpec) -> Result<BroadcastView, ApiError> {
+        // Retrying is safe: the identical spec while it runs returns the same broadcast.
+        let request = proto::FireBroadcastRequest {
+            spec: Some(spec.into()),
+        };
+        self.unary(request, |mut c, r| async move { c.fire_broadcast(r).await })
+            .await?
+            .try_into()
+    }
+
+    async fn plan_broadcast(&self, spec: BroadcastSpec) -> Result<BroadcastPlan, ApiError> {
+        let request = proto::FireBroadcastRequest {
+            spec: Some(spec.into()),
+        };
+        self.unary(request, |mut c, r| async move { c.plan_broadcast(r).await })
+            .await?
+            .try_into()
+    }
+
+    async fn broadcast(&self, id: BroadcastId) -> Result<BroadcastView, ApiError> {
+        let request = proto::BroadcastIdRequest { id };
+        self.unary(request, |mut c, r| async move { c.get_broadcast(r).await })
+            .await?
+            .try_into()
+    }
+
+    async fn list_broadcasts(&self) -> Result<Vec<BroadcastView>, ApiError> {
+        self.unary(proto::Empty {}, |mut c, r| async move {
+            c.list_broadcasts(r).await
+        })
+        .await?
+        .broadcasts
+        .into_iter()
+        .map(TryInto::try_into)
+        .collect()
+    }
+
+    async fn wait_broadcast(
+        &self,
+        id: BroadcastId,
+        timeout: Duration,
+    ) -> Result<BroadcastView, ApiError> {
+        let request = proto::WaitBroadcastRequest {
+            id,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        self.unary(request, |mut c, r| async move { c.wait_broadcast(r).await })
+            .await?
+            .try_into()
+    }
+
+    async fn broadcast_locks(&self) -> Result<Vec<BroadcastLock>, ApiError> {
+        let locks = self
+            .unary(proto::Empty {}, |mut c, r| async move {
+                c.list_broadcast_locks(r).await
+            })
+            .await?;
+        Ok(locks.locks.into_iter().map(Into::into).collect())
+    }
+
+    async fn clear_broadcast_lock(&self, app: &str) -> Result<Option<BroadcastId>, ApiError> {
+        let request = proto::ClearBroadcastLockRequest {
+            app: app.to_owned(),
+        };
+        let cleared = self
+            .unary(request, |mut c, r| async move {
+                c.clear_broadcast_lock(r).await
+            })
+            .await?;
+        Ok(cleared.broadcast)
     }
 }

@@ -39,84 +39,6 @@ impl LocalMasterProxy {
         self.inbox.send(make(tx)).map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
-
-    /// Fires a broadcast to the pods of its group connected now (see [`BroadcastSpec`]); pods
-    /// that join the group later catch up by themselves.
-    ///
-    /// # Errors
-    /// `InvalidArgument` for a bad spec; `Conflict` while another broadcast of the app holds
-    /// its lock (it expires `lock_ttl` after that fire, or clear it with
-    /// [`LocalMasterProxy::clear_broadcast_lock`]).
-    pub async fn fire_broadcast(&self, spec: BroadcastSpec) -> Result<BroadcastView, ApiError> {
-        let spec = Box::new(spec);
-        self.call(|reply| CoreMsg::FireBroadcast { spec, reply })
-            .await
-    }
-
-    /// What firing `spec` would do (targets, sources, waves), without doing anything.
-    ///
-    /// # Errors
-    /// `InvalidArgument` for a bad spec.
-    pub async fn plan_broadcast(&self, spec: BroadcastSpec) -> Result<BroadcastPlan, ApiError> {
-        let spec = Box::new(spec);
-        self.call(|reply| CoreMsg::PlanBroadcast { spec, reply })
-            .await
-    }
-
-    /// A broadcast and the progress of each of its targets.
-    ///
-    /// # Errors
-    /// `InvalidArgument` for an unknown id.
-    pub async fn broadcast(&self, id: BroadcastId) -> Result<BroadcastView, ApiError> {
-        self.call(|reply| CoreMsg::GetBroadcast { id, reply }).await
-    }
-
-    /// Every broadcast, oldest first.
-    ///
-    /// # Errors
-    /// `Unavailable` if the master stopped.
-    pub async fn list_broadcasts(&self) -> Result<Vec<BroadcastView>, ApiError> {
-        self.call(|reply| CoreMsg::ListBroadcasts { reply }).await
-    }
-
-    /// Waits until every target of broadcast `id` has ended, or `timeout` passes; returns
-    /// its progress either way (see [`BroadcastView::is_finished`]).
-    ///
-    /// # Errors
-    /// `InvalidArgument` for an unknown id.
-    pub async fn wait_broadcast(
-        &self,
-        id: BroadcastId,
-        timeout: std::time::Duration,
-    ) -> Result<BroadcastView, ApiError> {
-        let wait = self.call(|reply| CoreMsg::AwaitBroadcast { id, reply });
-        match tokio::time::timeout(timeout, wait).await {
-            Ok(view) => view,
-            Err(_) => self.broadcast(id).await,
-        }
-    }
-
-    /// The locks held by running broadcasts, one per app.
-    ///
-    /// # Errors
-    /// `Unavailable` if the master stopped.
-    pub async fn broadcast_locks(&self) -> Result<Vec<BroadcastLock>, ApiError> {
-        self.call(|reply| CoreMsg::BroadcastLocks { reply }).await
-    }
-
-    /// Clears the lock of `app` by aborting the broadcast that holds it (its waiting targets
-    /// are cancelled, running ones finish); returns that broadcast, if one held it.
-    ///
-    /// # Errors
-    /// `Unavailable` if the master stopped.
-    pub async fn clear_broadcast_lock(
-        &self,
-        app: impl Into<String>,
-    ) -> Result<Option<BroadcastId>, ApiError> {
-        let app = app.into();
-        self.call(|reply| CoreMsg::ClearBroadcastLock { app, reply })
-            .await
-    }
 }
 
 #[async_trait]
@@ -259,6 +181,48 @@ impl MasterProxy for LocalMasterProxy {
 
     async fn group_settings(&self, group: GroupName) -> Result<GroupSettings, ApiError> {
         self.call(|reply| CoreMsg::GroupSettings { group, reply })
+            .await
+    }
+
+    async fn fire_broadcast(&self, spec: BroadcastSpec) -> Result<BroadcastView, ApiError> {
+        let spec = Box::new(spec);
+        self.call(|reply| CoreMsg::FireBroadcast { spec, reply })
+            .await
+    }
+
+    async fn plan_broadcast(&self, spec: BroadcastSpec) -> Result<BroadcastPlan, ApiError> {
+        let spec = Box::new(spec);
+        self.call(|reply| CoreMsg::PlanBroadcast { spec, reply })
+            .await
+    }
+
+    async fn broadcast(&self, id: BroadcastId) -> Result<BroadcastView, ApiError> {
+        self.call(|reply| CoreMsg::GetBroadcast { id, reply }).await
+    }
+
+    async fn list_broadcasts(&self) -> Result<Vec<BroadcastView>, ApiError> {
+        self.call(|reply| CoreMsg::ListBroadcasts { reply }).await
+    }
+
+    async fn wait_broadcast(
+        &self,
+        id: BroadcastId,
+        timeout: std::time::Duration,
+    ) -> Result<BroadcastView, ApiError> {
+        let wait = self.call(|reply| CoreMsg::AwaitBroadcast { id, reply });
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(view) => view,
+            Err(_) => self.broadcast(id).await,
+        }
+    }
+
+    async fn broadcast_locks(&self) -> Result<Vec<BroadcastLock>, ApiError> {
+        self.call(|reply| CoreMsg::BroadcastLocks { reply }).await
+    }
+
+    async fn clear_broadcast_lock(&self, app: &str) -> Result<Option<BroadcastId>, ApiError> {
+        let app = app.to_owned();
+        self.call(|reply| CoreMsg::ClearBroadcastLock { app, reply })
             .await
     }
 }

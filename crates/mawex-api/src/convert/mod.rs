@@ -5,6 +5,7 @@
 //! input from the network enters.
 
 mod admin;
+mod broadcast;
 mod pod;
 mod proxy;
 mod status;

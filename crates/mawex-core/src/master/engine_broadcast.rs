@@ -14,6 +14,16 @@ use super::super::broadcast::{plan, tree_parent, Broadcast};
 use super::super::event::Event;
 use super::{Engine, Output};
 
+/// Is `again` the fire that started `fired` (whose version is resolved)?
+fn same_fire(fired: &BroadcastSpec, again: &BroadcastSpec) -> bool {
+    let version_matches = again.version.is_none() || again.version == fired.version;
+    let mut a = fired.clone();
+    let mut b = again.clone();
+    a.version = None;
+    b.version = None;
+    version_matches && a == b
+}
+
 /// Who a fire would reach.
 struct Reach {
     version: String,
@@ -86,6 +96,13 @@ impl Engine {
     ) -> Result<BroadcastView, ApiError> {
         let reach = self.reach(&spec)?;
         if let Some(lock) = self.state.broadcasts().lock(&spec.app) {
+            // The same fire again (a client retrying) gets the broadcast it started.
+            let holder = self.state.broadcasts().by_id.get(&lock.broadcast);
+            if holder.is_some_and(|b| same_fire(&b.spec, &spec)) {
+                return self.broadcast_view(lock.broadcast).ok_or_else(|| {
+                    ApiError::Internal(format!("broadcast #{} vanished", lock.broadcast))
+                });
+            }
             if lock.expires_at > now {
                 return Err(ApiError::Conflict(format!(
                     "app {:?} is being broadcast (#{}, version {}) since {}; its lock expires at \

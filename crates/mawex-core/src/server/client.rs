@@ -5,7 +5,8 @@ use std::pin::Pin;
 use futures::{Stream, StreamExt};
 use mawex_api::convert::{parse_update_pending, required, task_id};
 use mawex_api::{
-    proto, FailedFilter, GroupName, ListQuery, MasterProxy, ResultCursor, ScheduleSpec, TaskSpec,
+    proto, BroadcastSpec, FailedFilter, GroupName, ListQuery, MasterProxy, ResultCursor,
+    ScheduleSpec, TaskSpec,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -198,6 +199,73 @@ impl proto::master_server::Master for ClientService {
         Ok(Response::new(
             self.proxy.group_settings(group).await?.into(),
         ))
+    }
+
+    async fn fire_broadcast(
+        &self,
+        request: Request<proto::FireBroadcastRequest>,
+    ) -> Result<Response<proto::BroadcastView>, Status> {
+        let spec = BroadcastSpec::try_from(required("spec", request.into_inner().spec)?)?;
+        Ok(Response::new(self.proxy.fire_broadcast(spec).await?.into()))
+    }
+
+    async fn plan_broadcast(
+        &self,
+        request: Request<proto::FireBroadcastRequest>,
+    ) -> Result<Response<proto::BroadcastPlan>, Status> {
+        let spec = BroadcastSpec::try_from(required("spec", request.into_inner().spec)?)?;
+        Ok(Response::new(self.proxy.plan_broadcast(spec).await?.into()))
+    }
+
+    async fn get_broadcast(
+        &self,
+        request: Request<proto::BroadcastIdRequest>,
+    ) -> Result<Response<proto::BroadcastView>, Status> {
+        let id = request.into_inner().id;
+        Ok(Response::new(self.proxy.broadcast(id).await?.into()))
+    }
+
+    async fn list_broadcasts(
+        &self,
+        _request: Request<proto::Empty>,
+    ) -> Result<Response<proto::ListBroadcastsResponse>, Status> {
+        let broadcasts = self.proxy.list_broadcasts().await?;
+        Ok(Response::new(proto::ListBroadcastsResponse {
+            broadcasts: broadcasts.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn wait_broadcast(
+        &self,
+        request: Request<proto::WaitBroadcastRequest>,
+    ) -> Result<Response<proto::BroadcastView>, Status> {
+        let request = request.into_inner();
+        let timeout = std::time::Duration::from_millis(request.timeout_ms);
+        tokio::select! {
+            r = self.proxy.wait_broadcast(request.id, timeout) => Ok(Response::new(r?.into())),
+            () = self.stop.cancelled() => Err(shutting_down()),
+        }
+    }
+
+    async fn list_broadcast_locks(
+        &self,
+        _request: Request<proto::Empty>,
+    ) -> Result<Response<proto::ListBroadcastLocksResponse>, Status> {
+        let locks = self.proxy.broadcast_locks().await?;
+        Ok(Response::new(proto::ListBroadcastLocksResponse {
+            locks: locks.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn clear_broadcast_lock(
+        &self,
+        request: Request<proto::ClearBroadcastLockRequest>,
+    ) -> Result<Response<proto::ClearBroadcastLockResponse>, Status> {
+        let app = request.into_inner().app;
+        let broadcast = self.proxy.clear_broadcast_lock(&app).await?;
+        Ok(Response::new(proto::ClearBroadcastLockResponse {
+            broadcast,
+        }))
     }
 
     type StreamResultsStream = ResultStream;
