@@ -25,6 +25,10 @@ pub const APP_ENV: &str = "MAWEX_BROADCAST_APP";
 pub const VERSION_ENV: &str = "MAWEX_BROADCAST_VERSION";
 /// What [`SOURCE_POD_ENV`] says when the source is the origin (not a valid pod id).
 pub const ORIGIN: &str = "@origin";
+/// Environment variable (host broadcasts): the host this step brings the version to.
+pub const TARGET_HOST_ENV: &str = "MAWEX_TARGET_HOST";
+/// Environment variable (host broadcasts): the host to pull from, or `@origin`.
+pub const SOURCE_HOST_ENV: &str = "MAWEX_SOURCE_HOST";
 
 /// A broadcast's number, given by the master in firing order.
 pub type BroadcastId = u64;
@@ -125,6 +129,11 @@ pub struct BroadcastSpec {
     pub sandbox: Option<String>,
     /// The app's lock expires this long after the fire, if the broadcast has not finished.
     pub lock_ttl: Duration,
+    /// Plain hosts instead of pods (grifork's standalone mode): the targets are these names
+    /// (ssh aliases, say: 1 to 128 of `A-Z a-z 0-9 - _ . : /`), each step runs on some pod
+    /// of `group` (typically in an ssh sandbox) with [`TARGET_HOST_ENV`] and
+    /// [`SOURCE_HOST_ENV`] set, and `filter` is not used. Empty: the group's pods.
+    pub hosts: Vec<String>,
 }
 
 /// The longest app name or version.
@@ -146,7 +155,18 @@ impl BroadcastSpec {
             limits: Limits::default(),
             sandbox: None,
             lock_ttl: Duration::from_secs(3600),
+            hosts: Vec::new(),
         }
+    }
+
+    /// The same broadcast to plain `hosts` instead of the group's pods.
+    pub fn with_hosts<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.hosts = hosts.into_iter().map(Into::into).collect();
+        self
     }
 
     /// The same broadcast with another strategy.
@@ -221,6 +241,14 @@ impl BroadcastSpec {
         }
         if let Some(retry) = &self.retry {
             retry.validate()?;
+        }
+        for host in &self.hosts {
+            PodId::new(host).map_err(|e| match e {
+                ApiError::InvalidArgument(m) => {
+                    ApiError::InvalidArgument(format!("broadcast host {host:?}: {m}"))
+                }
+                other => other,
+            })?;
         }
         Ok(())
     }

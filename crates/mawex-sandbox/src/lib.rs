@@ -29,6 +29,7 @@ mod input;
 pub mod kubernetes;
 pub mod process;
 mod set;
+pub mod ssh;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -42,6 +43,7 @@ pub use forked::{run_if_child, ForkedSandbox};
 pub use in_process::{HandlerRegistry, InProcess};
 pub use input::TaskInput;
 pub use set::SandboxSet;
+pub use ssh::{SshSandbox, SshStep};
 
 /// Runs attempts of tasks. Implementations must honour `cancel` promptly and the task's
 /// timeout, and must not let the attempt outlive the returned future.

@@ -68,6 +68,7 @@ impl From<BroadcastSpec> for proto::BroadcastSpec {
             limits: Some(s.limits.into()),
             sandbox: s.sandbox,
             lock_ttl_ms: millis(s.lock_ttl),
+            hosts: s.hosts,
         }
     }
 }
@@ -91,6 +92,7 @@ impl TryFrom<proto::BroadcastSpec> for BroadcastSpec {
         spec.retry = s.retry.map(Into::into);
         spec.limits = s.limits.map(Limits::from).unwrap_or_default();
         spec.sandbox = s.sandbox;
+        spec.hosts = s.hosts;
         if s.lock_ttl_ms > 0 {
             spec.lock_ttl = Duration::from_millis(s.lock_ttl_ms);
         }

@@ -3,7 +3,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use mawex_api::broadcast::{next_version, APP_ENV, SOURCE_ADDR_ENV, SOURCE_POD_ENV, VERSION_ENV};
+use mawex_api::broadcast::{
+    next_version, APP_ENV, SOURCE_ADDR_ENV, SOURCE_HOST_ENV, SOURCE_POD_ENV, TARGET_HOST_ENV,
+    VERSION_ENV,
+};
 use mawex_api::pod::AttemptRef;
 use mawex_api::{
     ApiError, BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView, PodId,
@@ -48,14 +51,28 @@ impl Engine {
             }
         };
         let (mut targets, mut already) = (Vec::new(), Vec::new());
-        for (id, pod) in &self.pods {
-            if !pod.groups.contains(&spec.group) || !spec.filter.matches(id, &pod.labels) {
-                continue;
-            }
-            if broadcasts.has_version(&spec.app, id, &version) {
-                already.push(id.clone());
+        let names: Vec<PodId> = if spec.hosts.is_empty() {
+            self.pods
+                .iter()
+                .filter(|(id, pod)| {
+                    pod.groups.contains(&spec.group) && spec.filter.matches(id, &pod.labels)
+                })
+                .map(|(id, _)| id.clone())
+                .collect()
+        } else {
+            // Validated above; sorted and without repeats, like the pods.
+            let hosts: std::collections::BTreeSet<PodId> = spec
+                .hosts
+                .iter()
+                .filter_map(|h| PodId::new(h).ok())
+                .collect();
+            hosts.into_iter().collect()
+        };
+        for id in names {
+            if broadcasts.has_version(&spec.app, &id, &version) {
+                already.push(id);
             } else {
-                targets.push(id.clone());
+                targets.push(id);
             }
         }
         Ok(Reach {
@@ -199,6 +216,7 @@ impl Engine {
             .filter_map(|id| Some((*id, broadcasts.by_id.get(id)?)))
             .filter(|(_, b)| {
                 !b.aborted
+                    && b.spec.hosts.is_empty()
                     && !b.targets.contains_key(pod)
                     && entry.groups.contains(&b.spec.group)
                     && b.spec.filter.matches(pod, &entry.labels)
@@ -222,6 +240,25 @@ impl Engine {
         let Some((b, target)) = self.state.broadcasts().target_of(task) else {
             return BTreeMap::new();
         };
+        if !b.spec.hosts.is_empty() {
+            let name = self
+                .state
+                .broadcasts()
+                .by_task
+                .get(task)
+                .map(|(_, n)| n.to_string());
+            let (source, addr) = match &target.source {
+                Some(Source::Pod(host)) => (host.to_string(), host.to_string()),
+                _ => (Source::Origin.to_string(), b.spec.origin_address.clone()),
+            };
+            return BTreeMap::from([
+                (TARGET_HOST_ENV.to_owned(), name.unwrap_or_default()),
+                (SOURCE_HOST_ENV.to_owned(), source),
+                (SOURCE_ADDR_ENV.to_owned(), addr),
+                (APP_ENV.to_owned(), b.spec.app.clone()),
+                (VERSION_ENV.to_owned(), b.version.clone()),
+            ]);
+        }
         let (pod, addr) = match &target.source {
             Some(Source::Pod(p)) => (
                 p.to_string(),
@@ -293,7 +330,18 @@ impl Engine {
     /// The targets of `b` that can start now, with their sources.
     fn starts(&self, b: &Broadcast, now: Timestamp) -> Vec<(TaskId, PodId, Source)> {
         let broadcasts = self.state.broadcasts();
+        let hosts = !b.spec.hosts.is_empty();
         let mut free: HashMap<&PodId, usize> = HashMap::new();
+        // Host steps run on any pod of the group with a free slot.
+        let runners: Vec<&PodId> = if hosts {
+            self.pods
+                .iter()
+                .filter(|(_, e)| e.groups.contains(&b.spec.group))
+                .map(|(id, _)| id)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut ready = Vec::new();
         // Tree order first, then pods that joined later.
         let later = b.targets.keys().filter(|p| !b.order.contains(p));
@@ -308,19 +356,31 @@ impl Engine {
             let due = self.state.task(&task).is_some_and(|e| {
                 e.state == TaskState::Pending && e.not_before.is_none_or(|t| t <= now)
             });
-            let Some(entry) = self.pods.get(pod) else {
-                continue;
-            };
-            let slots = free.entry(pod).or_insert_with(|| entry.free());
-            if !due || *slots == 0 {
+            if !due {
                 continue;
             }
-            *slots -= 1;
-            ready.push((pod.clone(), task));
+            let candidates: &[&PodId] = if hosts {
+                &runners
+            } else {
+                std::slice::from_ref(&pod)
+            };
+            let runner = candidates.iter().copied().find(|p| {
+                let slots = free
+                    .entry(p)
+                    .or_insert_with(|| self.pods.get(*p).map_or(0, |e| e.free()));
+                *slots > 0
+            });
+            let Some(runner) = runner else {
+                continue;
+            };
+            if let Some(slots) = free.get_mut(runner) {
+                *slots -= 1;
+            }
+            ready.push((pod.clone(), runner.clone(), task));
         }
-        // A usable source: finished with this version, connected, not the target itself.
+        // A usable source: finished with this version and (a pod) connected.
         let usable = |p: &PodId| {
-            self.pods.get(p).is_some_and(|e| !e.draining)
+            (hosts || self.pods.get(p).is_some_and(|e| !e.draining))
                 && broadcasts.has_version(&b.spec.app, p, &b.version)
         };
         let mut pulls: HashMap<Source, u32> = HashMap::new();
@@ -330,7 +390,7 @@ impl Engine {
             }
         }
         let mut starts = Vec::new();
-        for (pod, task) in ready {
+        for (pod, runner, task) in ready {
             let in_tree = b.order.iter().position(|p| *p == pod);
             let source = match (b.spec.strategy, in_tree) {
                 (Strategy::Tree { branches }, Some(i)) => {
@@ -385,7 +445,7 @@ impl Engine {
                 }
             };
             *pulls.entry(source.clone()).or_default() += 1;
-            starts.push((task, pod, source));
+            starts.push((task, runner, source));
         }
         starts
     }

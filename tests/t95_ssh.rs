@@ -1,0 +1,167 @@
+//! Broadcasts to plain hosts over ssh (grifork's standalone mode), against a real `sshd` on
+//! 127.0.0.1: every "host" is an alias of it with a directory of its own.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod common;
+#[path = "common/sshd.rs"]
+mod sshd;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use common::*;
+use mawex::sandbox::{SandboxSet, SshSandbox, SshStep};
+use mawex::{BroadcastSpec, ErrorKind, Pod, PodConfig, RetryPolicy, Source, Strategy, TargetState};
+use sshd::LocalSshd;
+
+const HOSTS: [&str; 6] = ["h1", "h2", "h3", "h4", "h5", "h6"];
+
+/// Every file under `dir`, relative, with its contents.
+fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                files.push((rel, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// A pod that runs host steps: `sync` copies the source host's directory to the target's
+/// (run on the source, as `ssh parent rsync -a dir child:dir`), `sync-not-h3` fails on h3
+/// with status 7.
+fn deployer(m: &TestMaster, sshd: &LocalSshd, base: &Path) -> Pod {
+    let cfg = sshd.client_config.display().to_string();
+    let base = base.display();
+    let rsync =
+        format!("rsync -a -e 'ssh -F {cfg}' {base}/{{source}}/ {{target}}:{base}/{{target}}/");
+    let mut ssh = SshSandbox::new().with_options(["-F", cfg.as_str()]);
+    ssh.step("sync", SshStep::on_source(rsync.clone()))
+        .unwrap()
+        .step(
+            "sync-not-h3",
+            SshStep::on_source(format!("test {{target}} != h3 || exit 7; {rsync}")),
+        )
+        .unwrap();
+    Pod::start(
+        PodConfig::new(pod_id("deployer"), vec![group("deployers")]).with_slots(4),
+        SandboxSet::new(Arc::new(ssh)),
+        m.connector(),
+    )
+    .unwrap()
+}
+
+fn site(base: &Path) {
+    let origin = base.join("origin");
+    std::fs::create_dir_all(origin.join("assets/css")).unwrap();
+    std::fs::write(origin.join("index.html"), "<h1>v1</h1>").unwrap();
+    std::fs::write(origin.join("assets/css/site.css"), "body {}").unwrap();
+    std::fs::write(origin.join("assets/logo.bin"), vec![7u8; 100_000]).unwrap();
+    for host in HOSTS {
+        std::fs::create_dir_all(base.join(host)).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_goes_down_a_tree_of_hosts_over_ssh() {
+    let Some(sshd) = LocalSshd::start().await else {
+        return;
+    };
+    let base = sshd.scratch().join("hosts");
+    site(&base);
+    let m = TestMaster::start().await;
+    let pod = deployer(&m, &sshd, &base);
+    let proxy = m.proxy();
+    let fired = proxy
+        .fire_broadcast(
+            BroadcastSpec::new("site", group("deployers"), "sync")
+                .with_hosts(HOSTS)
+                .with_strategy(Strategy::Tree { branches: 2 })
+                .with_retry(RetryPolicy::never()),
+        )
+        .await
+        .unwrap();
+    let view = proxy.wait_broadcast(fired.id, DEADLINE).await.unwrap();
+    assert!(view.is_finished(), "{view:?}");
+    let expected = tree(&base.join("origin"));
+    assert_eq!(expected.len(), 3);
+    for t in &view.targets {
+        assert_eq!(t.state, TargetState::Done, "{t:?}");
+        assert_eq!(
+            tree(&base.join(t.pod.as_str())),
+            expected,
+            "{} has the site",
+            t.pod
+        );
+    }
+    let source = |host: &str| {
+        view.targets
+            .iter()
+            .find(|t| t.pod.as_str() == host)
+            .and_then(|t| t.source.clone())
+    };
+    let from = |host: &str| Some(Source::Pod(pod_id(host)));
+    assert_eq!(source("h1"), Some(Source::Origin));
+    assert_eq!(source("h2"), Some(Source::Origin));
+    assert_eq!(source("h3"), from("h1"));
+    assert_eq!(source("h4"), from("h1"));
+    assert_eq!(source("h5"), from("h2"));
+    assert_eq!(source("h6"), from("h2"));
+    pod.shutdown().await.unwrap();
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_remote_command_fails_its_target_with_its_exit_code() {
+    let Some(sshd) = LocalSshd::start().await else {
+        return;
+    };
+    let base = sshd.scratch().join("hosts");
+    site(&base);
+    let m = TestMaster::start().await;
+    let pod = deployer(&m, &sshd, &base);
+    let proxy = m.proxy();
+    let fired = proxy
+        .fire_broadcast(
+            BroadcastSpec::new("site", group("deployers"), "sync-not-h3")
+                .with_hosts(HOSTS)
+                .with_strategy(Strategy::Pull { per_source: 2 })
+                .with_retry(RetryPolicy::never()),
+        )
+        .await
+        .unwrap();
+    let view = proxy.wait_broadcast(fired.id, DEADLINE).await.unwrap();
+    assert!(view.is_finished(), "{view:?}");
+    assert_eq!(view.done(), 5, "everyone else finishes");
+    let h3 = view
+        .targets
+        .iter()
+        .find(|t| t.pod.as_str() == "h3")
+        .unwrap();
+    assert_eq!(h3.state, TargetState::Failed);
+    let error = h3.error.as_ref().unwrap();
+    assert_eq!(error.kind, ErrorKind::NonZeroExit, "{error}");
+    assert!(error.message.contains("status 7"), "{error}");
+    assert!(tree(&base.join("h3")).is_empty(), "nothing copied to h3");
+    assert!(
+        view.targets
+            .iter()
+            .all(|t| t.source != Some(Source::Pod(pod_id("h3")))),
+        "a failed host is never a source"
+    );
+    pod.shutdown().await.unwrap();
+    m.shutdown().await;
+}
