@@ -1,7 +1,7 @@
 //! The engine's side of broadcasts: firing (targets, version, lock), dry runs, choosing each
 //! target's source, catching up pods that join later, and the attempt environment.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use mawex_api::broadcast::{
     next_version, APP_ENV, SOURCE_ADDR_ENV, SOURCE_HOST_ENV, SOURCE_POD_ENV, TARGET_HOST_ENV,
@@ -344,7 +344,10 @@ impl Engine {
         };
         let mut ready = Vec::new();
         // Tree order first, then pods that joined later.
-        let later = b.targets.keys().filter(|p| !b.order.contains(p));
+        let later = b
+            .targets
+            .keys()
+            .filter(|p| b.order.binary_search(p).is_err());
         for pod in b.order.iter().chain(later) {
             let Some(target) = b.targets.get(pod) else {
                 continue;
@@ -389,9 +392,18 @@ impl Engine {
                 *pulls.entry(source.clone()).or_default() += 1;
             }
         }
+        let limit = match b.spec.strategy {
+            Strategy::Pull { per_source } => per_source,
+            Strategy::Tree { branches } => branches,
+            _ => 1,
+        };
+        // Sources with a free pull slot, least loaded first, pods before the origin (spare
+        // the publisher), ties in an order that rotates between dispatches. Built on first
+        // need: a tree broadcast's nodes mostly have their parent.
+        let mut open: Option<BTreeSet<(u32, bool, usize, Source)>> = None;
         let mut starts = Vec::new();
         for (pod, runner, task) in ready {
-            let in_tree = b.order.iter().position(|p| *p == pod);
+            let in_tree = b.order.binary_search(&pod).ok();
             let source = match (b.spec.strategy, in_tree) {
                 (Strategy::Tree { branches }, Some(i)) => {
                     match self.tree_source(b, i, branches as usize, &usable) {
@@ -399,52 +411,48 @@ impl Engine {
                         None => continue,
                     }
                 }
-                (strategy, _) => {
-                    let limit = match strategy {
-                        Strategy::Pull { per_source } => per_source,
-                        Strategy::Tree { branches } => branches,
-                        _ => 1,
-                    };
-                    // Another source than the last attempt's, when there is a choice.
-                    let last = b.targets.get(&pod).and_then(|t| t.source.clone());
-                    // Targets of this broadcast and pods that applied the version earlier.
-                    let pods: std::collections::BTreeSet<&PodId> = b
-                        .targets
-                        .keys()
-                        .chain(
-                            broadcasts
-                                .applied
-                                .get(&b.spec.app)
-                                .into_iter()
-                                .flat_map(|m| m.keys()),
-                        )
-                        .filter(|p| **p != pod && usable(p))
-                        .collect();
-                    let mut candidates: Vec<(u32, bool, usize, Source)> =
+                _ => {
+                    let open = open.get_or_insert_with(|| {
+                        let pods: BTreeSet<&PodId> = b
+                            .targets
+                            .keys()
+                            .chain(
+                                broadcasts
+                                    .applied
+                                    .get(&b.spec.app)
+                                    .into_iter()
+                                    .flat_map(|m| m.keys()),
+                            )
+                            .filter(|p| usable(p))
+                            .collect();
+                        let n = pods.len() + 1;
+                        let spin = self.rotation % n;
                         std::iter::once(Source::Origin)
                             .chain(pods.into_iter().map(|p| Source::Pod(p.clone())))
                             .enumerate()
                             .map(|(i, s)| {
-                                let n = pulls.get(&s).copied().unwrap_or(0);
-                                (n, Some(&s) == last.as_ref(), i, s)
+                                let load = pulls.get(&s).copied().unwrap_or(0);
+                                (load, s == Source::Origin, (i + n - spin) % n, s)
                             })
-                            .filter(|(n, ..)| *n < limit)
-                            .collect();
-                    // Least loaded first, pods before the origin (spare the publisher),
-                    // ties rotating so the first source is not always hit.
-                    let spin = self.rotation.wrapping_add(starts.len());
-                    let n = candidates.len().max(1);
-                    candidates.sort_by_key(|(load, was_last, i, source)| {
-                        let origin = *source == Source::Origin;
-                        (*was_last, *load, origin, (i + n - spin % n) % n)
+                            .filter(|(load, ..)| *load < limit)
+                            .collect()
                     });
-                    match candidates.into_iter().next() {
-                        Some((.., source)) => source,
-                        None => continue,
+                    // Another source than the last attempt's, when there is a choice.
+                    let last = b.targets.get(&pod).and_then(|t| t.source.as_ref());
+                    let mut best = open.iter().take(2);
+                    let pick = match (best.next(), best.next()) {
+                        (Some(first), Some(second)) if Some(&first.3) == last => second.clone(),
+                        (Some(first), _) => first.clone(),
+                        (None, _) => break,
+                    };
+                    open.remove(&pick);
+                    let (load, is_origin, key, source) = pick;
+                    if load + 1 < limit {
+                        open.insert((load + 1, is_origin, key, source.clone()));
                     }
+                    source
                 }
             };
-            *pulls.entry(source.clone()).or_default() += 1;
             starts.push((task, runner, source));
         }
         starts

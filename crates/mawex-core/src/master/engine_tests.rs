@@ -1031,3 +1031,108 @@ mod rate_limit {
         assert_eq!(e.next_deadline(), Some(at(250)));
     }
 }
+
+mod broadcast {
+    use std::collections::BTreeMap;
+
+    use mawex_api::{BroadcastSpec, Source, Strategy, TargetState};
+
+    use super::*;
+
+    /// Fires a pull broadcast to `n` one-slot pods, then finishes every running pull at
+    /// once, round after round, checking the invariants each round. Returns the rounds.
+    fn waves(n: usize, c: u32) -> u32 {
+        let mut e = engine();
+        let mut out = Output::default();
+        for i in 0..n {
+            e.pod_hello(
+                i as u64 + 1,
+                hello(&format!("p{i:03}"), &["g"], 1),
+                T0,
+                &mut out,
+            )
+            .unwrap();
+        }
+        let spec = BroadcastSpec::new("app", group("g"), "pull")
+            .with_strategy(Strategy::Pull { per_source: c });
+        let view = e.fire_broadcast(spec, T0, &mut out).unwrap();
+        let mut rounds = 0;
+        let mut now = T0;
+        loop {
+            e.dispatch(now, &mut out);
+            let view = e.broadcast_view(view.id).unwrap();
+            let running: Vec<_> = view
+                .targets
+                .iter()
+                .filter(|t| t.state == TargetState::Running)
+                .collect();
+            if running.is_empty() {
+                assert!(view.is_finished(), "stuck: {view:?}");
+                break;
+            }
+            rounds += 1;
+            let mut per_source: BTreeMap<&Source, u32> = BTreeMap::new();
+            for t in &running {
+                let source = t.source.as_ref().unwrap();
+                *per_source.entry(source).or_default() += 1;
+                if let Source::Pod(p) = source {
+                    let s = view.targets.iter().find(|o| &o.pod == p).unwrap();
+                    assert_eq!(s.state, TargetState::Done, "a source finished first");
+                }
+            }
+            assert!(per_source.values().all(|n| *n <= c), "{per_source:?}");
+            now = at(u64::from(rounds) * 100);
+            for t in running {
+                let task = t.task.unwrap();
+                let session = e.session_of(&t.pod).unwrap();
+                let attempt = AttemptRef {
+                    task,
+                    attempt: Attempt(1),
+                };
+                let done = PodMessage::Finished {
+                    attempt,
+                    outcome: Ok(Bytes::new()),
+                };
+                e.pod_message(session, done, now, &mut out);
+            }
+        }
+        rounds
+    }
+
+    #[test]
+    fn pull_takes_log_waves_and_respects_the_per_source_limit() {
+        // 1 → 3 → 9 → 27 ≥ 21 nodes: three rounds for 20 pods with 2 pulls per source.
+        assert_eq!(waves(20, 2), 3);
+        // 1 → 6 → 36 → 216 ≥ 101: three rounds for 100 pods with 5.
+        assert_eq!(waves(100, 5), 3);
+        // One pull per source: doubling, ⌈log₂ 65⌉ = 7 rounds for 64 pods.
+        assert_eq!(waves(64, 1), 7);
+    }
+
+    #[test]
+    fn replaying_a_broadcast_gives_the_same_state() {
+        let mut e = engine();
+        let mut out = Output::default();
+        for i in 0..12 {
+            e.pod_hello(i + 1, hello(&format!("p{i:02}"), &["g"], 1), T0, &mut out)
+                .unwrap();
+        }
+        let spec = BroadcastSpec::new("app", group("g"), "pull")
+            .with_strategy(Strategy::Tree { branches: 3 });
+        e.fire_broadcast(spec, T0, &mut out).unwrap();
+        e.dispatch(T0, &mut out);
+        let mut replayed = MasterState::new();
+        for event in &out.events {
+            replayed.apply(event);
+        }
+        replayed.rebuild_indexes();
+        assert_eq!(&replayed, e.state());
+        // The tree's first level (3 nodes) pulls from the origin; nobody else may start.
+        let running = e.state().broadcasts().by_id[&1]
+            .targets
+            .values()
+            .filter(|t| t.state == TargetState::Running)
+            .count();
+        assert_eq!(running, 3);
+    }
+}
