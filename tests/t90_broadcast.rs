@@ -13,7 +13,8 @@ use common::*;
 use mawex::broadcast::{APP_ENV, SOURCE_ADDR_ENV, SOURCE_POD_ENV, VERSION_ENV};
 use mawex::{
     ApiError, BroadcastSpec, BroadcastView, Bytes, GroupName, HandlerError, HandlerRegistry,
-    InProcess, MasterProxy, Pod, PodConfig, RetryPolicy, Source, Strategy, TargetState, TaskInput,
+    InProcess, MasterProxy, Pod, PodConfig, RetryPolicy, Source, Strategy, TargetFilter,
+    TargetState, TaskInput,
 };
 
 /// One pull as the handler saw it.
@@ -438,6 +439,17 @@ async fn a_dry_run_changes_nothing(transport: Transport) {
         2,
         "the origin serves 2 in the first wave"
     );
+
+    // Only the pods the filter selects.
+    let mut filter = TargetFilter::default();
+    filter.name_pattern = Some("p01?".into());
+    let filtered = proxy
+        .plan_broadcast(spec(&g, Strategy::Tree { branches: 3 }).with_filter(filter))
+        .await
+        .unwrap();
+    let names: Vec<&str> = filtered.targets.iter().map(|t| t.pod.as_str()).collect();
+    assert_eq!(names, (10..20).map(name).collect::<Vec<_>>());
+    assert_eq!(filtered.targets[3].source, Source::Pod(pod_id("p010")));
 
     // Bad input gets a clear error, and records nothing either.
     match proxy
