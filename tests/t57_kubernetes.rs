@@ -15,6 +15,7 @@ use std::time::Duration;
 use common::*;
 use fake_k8s::{Deletion, FakeKubernetes};
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Container;
 use mawex::sandbox::kubernetes::{
     job_name, JobCommand, KubernetesConfig, KubernetesJobSandbox, Resources,
 };
@@ -68,8 +69,9 @@ fn fake_sandbox(fake: &FakeKubernetes) -> KubernetesJobSandbox {
     sandbox
 }
 
-fn container_env(job: &Job) -> BTreeSet<String> {
-    job.spec
+/// The container that runs the attempt.
+fn container(job: &Job) -> &Container {
+    &job.spec
         .as_ref()
         .unwrap()
         .template
@@ -77,6 +79,10 @@ fn container_env(job: &Job) -> BTreeSet<String> {
         .as_ref()
         .unwrap()
         .containers[0]
+}
+
+fn container_env(job: &Job) -> BTreeSet<String> {
+    container(job)
         .env
         .iter()
         .flatten()
@@ -85,16 +91,7 @@ fn container_env(job: &Job) -> BTreeSet<String> {
 }
 
 fn handler_of(job: &Job) -> String {
-    let container = &job
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0];
-    container
+    container(job)
         .env
         .iter()
         .flatten()

@@ -278,6 +278,8 @@ async fn failed_targets_never_serve_and_recover_with_retries() {
     for t in &view.targets {
         let failed = t.state == TargetState::Failed;
         assert_eq!(failed, bad.contains(t.pod.as_str()), "{t:?}");
+        let expected = (!failed).then(|| "1".to_owned());
+        assert_eq!(t.version, expected, "the version each pod has now");
         if failed {
             assert!(t.error.as_ref().unwrap().message.contains("rsync failed"));
         }

@@ -7,12 +7,15 @@ mod common;
 #[path = "common/sshd.rs"]
 mod sshd;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::*;
 use mawex::sandbox::{SandboxSet, SshSandbox, SshStep};
-use mawex::{BroadcastSpec, ErrorKind, Pod, PodConfig, RetryPolicy, Source, Strategy, TargetState};
+use mawex::{
+    BroadcastSpec, BroadcastView, ErrorKind, Pod, PodConfig, RetryPolicy, Source, Strategy,
+    TargetState,
+};
 use sshd::LocalSshd;
 
 const HOSTS: [&str; 6] = ["h1", "h2", "h3", "h4", "h5", "h6"];
@@ -75,11 +78,14 @@ fn site(base: &Path) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_directory_goes_down_a_tree_of_hosts_over_ssh() {
-    let Some(sshd) = LocalSshd::start().await else {
-        return;
-    };
+/// Broadcasts the site to the six hosts with `handler` and `strategy` (no retries) and
+/// returns the finished view and the hosts' base directory (alive while the daemon is);
+/// `None` where sshd is not installed.
+async fn broadcast_site(
+    handler: &str,
+    strategy: Strategy,
+) -> Option<(BroadcastView, PathBuf, LocalSshd)> {
+    let sshd = LocalSshd::start().await?;
     let base = sshd.scratch().join("hosts");
     site(&base);
     let m = TestMaster::start().await;
@@ -87,15 +93,26 @@ async fn a_directory_goes_down_a_tree_of_hosts_over_ssh() {
     let proxy = m.proxy();
     let fired = proxy
         .fire_broadcast(
-            BroadcastSpec::new("site", group("deployers"), "sync")
+            BroadcastSpec::new("site", group("deployers"), handler)
                 .with_hosts(HOSTS)
-                .with_strategy(Strategy::Tree { branches: 2 })
+                .with_strategy(strategy)
                 .with_retry(RetryPolicy::never()),
         )
         .await
         .unwrap();
     let view = proxy.wait_broadcast(fired.id, DEADLINE).await.unwrap();
     assert!(view.is_finished(), "{view:?}");
+    pod.shutdown().await.unwrap();
+    m.shutdown().await;
+    Some((view, base, sshd))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_goes_down_a_tree_of_hosts_over_ssh() {
+    let Some((view, base, _sshd)) = broadcast_site("sync", Strategy::Tree { branches: 2 }).await
+    else {
+        return;
+    };
     let expected = tree(&base.join("origin"));
     assert_eq!(expected.len(), 3);
     for t in &view.targets {
@@ -120,31 +137,15 @@ async fn a_directory_goes_down_a_tree_of_hosts_over_ssh() {
     assert_eq!(source("h4"), from("h1"));
     assert_eq!(source("h5"), from("h2"));
     assert_eq!(source("h6"), from("h2"));
-    pod.shutdown().await.unwrap();
-    m.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_remote_command_fails_its_target_with_its_exit_code() {
-    let Some(sshd) = LocalSshd::start().await else {
+    let Some((view, base, _sshd)) =
+        broadcast_site("sync-not-h3", Strategy::Pull { per_source: 2 }).await
+    else {
         return;
     };
-    let base = sshd.scratch().join("hosts");
-    site(&base);
-    let m = TestMaster::start().await;
-    let pod = deployer(&m, &sshd, &base);
-    let proxy = m.proxy();
-    let fired = proxy
-        .fire_broadcast(
-            BroadcastSpec::new("site", group("deployers"), "sync-not-h3")
-                .with_hosts(HOSTS)
-                .with_strategy(Strategy::Pull { per_source: 2 })
-                .with_retry(RetryPolicy::never()),
-        )
-        .await
-        .unwrap();
-    let view = proxy.wait_broadcast(fired.id, DEADLINE).await.unwrap();
-    assert!(view.is_finished(), "{view:?}");
     assert_eq!(view.done(), 5, "everyone else finishes");
     let h3 = view
         .targets
@@ -162,6 +163,4 @@ async fn a_failing_remote_command_fails_its_target_with_its_exit_code() {
             .all(|t| t.source != Some(Source::Pod(pod_id("h3")))),
         "a failed host is never a source"
     );
-    pod.shutdown().await.unwrap();
-    m.shutdown().await;
 }

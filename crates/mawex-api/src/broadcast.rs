@@ -304,6 +304,8 @@ pub struct TargetView {
     pub pod: PodId,
     /// The task that runs on it; `None` if it had the version already.
     pub task: Option<TaskId>,
+    /// The version of the app the pod has now (its last applied), if any.
+    pub version: Option<String>,
     /// Where it stands.
     pub state: TargetState,
     /// The source of its current or last attempt.

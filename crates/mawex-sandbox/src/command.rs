@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::SandboxError;
 use crate::input::TaskInput;
-use crate::process::{self, Budgets};
+use crate::process;
 use crate::Sandbox;
 
 /// How to run one handler as a command.
@@ -145,21 +145,15 @@ impl Sandbox for CommandSandbox {
             command.current_dir(dir);
         }
         let limits = process::limits_for(&input.limits, spec.cpu_seconds, spec.open_files);
-        // One byte over the limit tells "too large" from "exactly the limit".
-        let budgets = Budgets {
-            stdout: self.max_output_bytes + 1,
-            stderr: self.stderr_tail_bytes,
-            grace: self.grace,
-        };
-        let outcome = process::run(command, input.payload, limits, budgets, &cancel).await?;
-        if outcome.code != Some(0) {
-            return Err(process::failure(&outcome, limits));
-        }
-        if outcome.stdout.truncated() || outcome.stdout.total as usize > self.max_output_bytes {
-            return Err(SandboxError::OutputTooLarge {
-                limit: self.max_output_bytes,
-            });
-        }
-        Ok(outcome.stdout.bytes)
+        process::run_for_output(
+            command,
+            input.payload,
+            limits,
+            self.max_output_bytes,
+            self.stderr_tail_bytes,
+            self.grace,
+            &cancel,
+        )
+        .await
     }
 }

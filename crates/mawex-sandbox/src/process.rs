@@ -378,6 +378,38 @@ async fn terminate(
     }
 }
 
+/// Runs a program whose stdout is the attempt's output: status 0 with at most
+/// `max_output_bytes` of stdout is success; anything else fails (never buffered whole).
+///
+/// # Errors
+/// As [`run`], plus the failure of a non-zero status and `OutputTooLarge`.
+pub(crate) async fn run_for_output(
+    command: Command,
+    stdin: Bytes,
+    limits: ProcessLimits,
+    max_output_bytes: usize,
+    stderr_tail_bytes: usize,
+    grace: Duration,
+    cancel: &CancellationToken,
+) -> Result<Bytes, SandboxError> {
+    // One byte over the limit tells "too large" from "exactly the limit".
+    let budgets = Budgets {
+        stdout: max_output_bytes + 1,
+        stderr: stderr_tail_bytes,
+        grace,
+    };
+    let outcome = run(command, stdin, limits, budgets, cancel).await?;
+    if outcome.code != Some(0) {
+        return Err(failure(&outcome, limits));
+    }
+    if outcome.stdout.truncated() || outcome.stdout.total as usize > max_output_bytes {
+        return Err(SandboxError::OutputTooLarge {
+            limit: max_output_bytes,
+        });
+    }
+    Ok(outcome.stdout.bytes)
+}
+
 /// The error for a process that did not exit with status 0.
 pub(crate) fn failure(outcome: &ProcessOutcome, limits: ProcessLimits) -> SandboxError {
     let stderr = outcome.stderr.text();

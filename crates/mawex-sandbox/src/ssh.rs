@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::SandboxError;
 use crate::input::TaskInput;
-use crate::process::{self, Budgets};
+use crate::process;
 use crate::Sandbox;
 
 /// `MAWEX_SOURCE_HOST` when the source is the origin.
@@ -211,21 +211,16 @@ impl Sandbox for SshSandbox {
         let command = process::isolated_command(program, args, &BTreeMap::new(), &self.inherit);
         let mut limits = process::limits_for(&input.limits, None, None);
         limits.timeout = Some(limits.timeout.unwrap_or(self.step_timeout));
-        let budgets = Budgets {
-            stdout: self.max_output_bytes + 1,
-            stderr: self.stderr_tail_bytes,
-            grace: self.grace,
-        };
-        let outcome = process::run(command, input.payload, limits, budgets, &cancel).await?;
-        if outcome.code != Some(0) {
-            return Err(process::failure(&outcome, limits));
-        }
-        if outcome.stdout.truncated() || outcome.stdout.total as usize > self.max_output_bytes {
-            return Err(SandboxError::OutputTooLarge {
-                limit: self.max_output_bytes,
-            });
-        }
-        Ok(outcome.stdout.bytes)
+        process::run_for_output(
+            command,
+            input.payload,
+            limits,
+            self.max_output_bytes,
+            self.stderr_tail_bytes,
+            self.grace,
+            &cancel,
+        )
+        .await
     }
 }
 

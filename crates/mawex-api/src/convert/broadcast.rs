@@ -149,6 +149,7 @@ impl From<BroadcastView> for proto::BroadcastView {
                     started_at_ms: t.started_at.map(|t| t.0),
                     finished_at_ms: t.finished_at.map(|t| t.0),
                     error: t.error.map(Into::into),
+                    version: t.version,
                 })
                 .collect(),
         }
@@ -172,6 +173,7 @@ impl TryFrom<proto::BroadcastView> for BroadcastView {
                     started_at: t.started_at_ms.map(Timestamp),
                     finished_at: t.finished_at_ms.map(Timestamp),
                     error: t.error.map(TaskError::try_from).transpose()?,
+                    version: t.version,
                 })
             })
             .collect::<Result<_, ApiError>>()?;

@@ -221,6 +221,31 @@ fn golden_events_v2() -> Vec<Event> {
     events
 }
 
+/// With `MAWEX_WRITE_GOLDEN=<version>`, writes the golden records (two of them) and snapshot
+/// of `events` in the current format. Only when that format is introduced: later, the files
+/// are what every future version must still read.
+fn write_golden_if_asked(version: u8, events: &[Event]) {
+    if std::env::var("MAWEX_WRITE_GOLDEN").as_deref() != Ok(version.to_string().as_str()) {
+        return;
+    }
+    let mut j = MemoryJournal::new();
+    j.append(1, &events[..6]).expect("append");
+    j.append(7, &events[6..]).expect("append");
+    std::fs::write(
+        golden_dir().join(format!("journal-v{version}.records")),
+        write_framed(&j.raw_records()),
+    )
+    .expect("write");
+    let mut state = MasterState::new();
+    events.iter().for_each(|e| state.apply(e));
+    j.snapshot(events.len() as u64, &state).expect("snapshot");
+    std::fs::write(
+        golden_dir().join(format!("journal-v{version}.snapshot")),
+        j.raw_snapshot().expect("snapshot"),
+    )
+    .expect("write");
+}
+
 /// Decodes golden records and snapshot of `version` and compares them with `events`.
 fn check_golden(version: u8, events: &[Event]) {
     let records_path = golden_dir().join(format!("journal-v{version}.records"));
@@ -262,24 +287,7 @@ fn golden_v1_records_and_snapshot_decode() {
 #[test]
 fn golden_v2_records_and_snapshot_decode() {
     let events = golden_events_v2();
-    if std::env::var("MAWEX_WRITE_GOLDEN").as_deref() == Ok("2") {
-        let mut j = MemoryJournal::new();
-        j.append(1, &events[..6]).expect("append");
-        j.append(7, &events[6..]).expect("append");
-        std::fs::write(
-            golden_dir().join("journal-v2.records"),
-            write_framed(&j.raw_records()),
-        )
-        .expect("write");
-        let mut state = MasterState::new();
-        events.iter().for_each(|e| state.apply(e));
-        j.snapshot(events.len() as u64, &state).expect("snapshot");
-        std::fs::write(
-            golden_dir().join("journal-v2.snapshot"),
-            j.raw_snapshot().expect("snapshot"),
-        )
-        .expect("write");
-    }
+    write_golden_if_asked(2, &events);
     check_golden(2, &events);
 }
 
@@ -339,24 +347,7 @@ fn golden_events_v3() -> Vec<Event> {
 #[test]
 fn golden_v3_records_and_snapshot_decode() {
     let events = golden_events_v3();
-    if std::env::var("MAWEX_WRITE_GOLDEN").as_deref() == Ok("3") {
-        let mut j = MemoryJournal::new();
-        j.append(1, &events[..6]).expect("append");
-        j.append(7, &events[6..]).expect("append");
-        std::fs::write(
-            golden_dir().join("journal-v3.records"),
-            write_framed(&j.raw_records()),
-        )
-        .expect("write");
-        let mut state = MasterState::new();
-        events.iter().for_each(|e| state.apply(e));
-        j.snapshot(events.len() as u64, &state).expect("snapshot");
-        std::fs::write(
-            golden_dir().join("journal-v3.snapshot"),
-            j.raw_snapshot().expect("snapshot"),
-        )
-        .expect("write");
-    }
+    write_golden_if_asked(3, &events);
     check_golden(3, &events);
 }
 

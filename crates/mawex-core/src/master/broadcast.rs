@@ -67,11 +67,17 @@ impl Broadcast {
         !self.aborted && self.finished_at.is_none()
     }
 
-    pub(crate) fn view(&self, id: BroadcastId) -> BroadcastView {
+    /// The broadcast as clients see it; `applied` is the version each pod has of its app.
+    pub(crate) fn view(
+        &self,
+        id: BroadcastId,
+        applied: Option<&BTreeMap<PodId, String>>,
+    ) -> BroadcastView {
         let targets = self
             .targets
             .iter()
             .map(|(pod, t)| TargetView {
+                version: applied.and_then(|a| a.get(pod)).cloned(),
                 pod: pod.clone(),
                 task: t.task,
                 state: t.state,
@@ -122,6 +128,12 @@ pub(crate) struct Broadcasts {
 }
 
 impl Broadcasts {
+    /// Broadcast `id` as clients see it.
+    pub(crate) fn view(&self, id: BroadcastId) -> Option<BroadcastView> {
+        let b = self.by_id.get(&id)?;
+        Some(b.view(id, self.applied.get(&b.spec.app)))
+    }
+
     pub(crate) fn rebuild_index(&mut self) {
         self.by_task = self
             .by_id

@@ -186,12 +186,16 @@ impl Engine {
     }
 
     pub(crate) fn broadcast_view(&self, id: BroadcastId) -> Option<BroadcastView> {
-        self.state.broadcasts().by_id.get(&id).map(|b| b.view(id))
+        self.state.broadcasts().view(id)
     }
 
     pub(crate) fn broadcast_views(&self) -> Vec<BroadcastView> {
         let broadcasts = self.state.broadcasts();
-        broadcasts.by_id.iter().map(|(id, b)| b.view(*id)).collect()
+        broadcasts
+            .by_id
+            .keys()
+            .filter_map(|id| broadcasts.view(*id))
+            .collect()
     }
 
     pub(crate) fn broadcast_locks(&self) -> Vec<BroadcastLock> {
