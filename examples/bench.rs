@@ -192,14 +192,18 @@ async fn sandboxes(runs: usize) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut command = CommandSandbox::new();
     command.command("noop", CommandSpec::new(["/bin/true"]))?;
     let forked = mawex::sandbox::ForkedSandbox::new()?;
+    let mut forked_warm = mawex::sandbox::ForkedSandbox::new()?;
+    forked_warm.fork_server = false;
     let mut forked_cold = mawex::sandbox::ForkedSandbox::new()?;
+    forked_cold.fork_server = false;
     forked_cold.warm = 0;
 
     let mut lines = Vec::new();
-    let candidates: [(&str, &dyn Sandbox); 4] = [
+    let candidates: [(&str, &dyn Sandbox); 5] = [
         ("in-process", &in_process),
         ("forked", &forked),
-        ("forked-cold", &forked_cold),
+        ("forked-spawn-warm", &forked_warm),
+        ("forked-spawn-cold", &forked_cold),
         ("command", &command),
     ];
     for (name, sandbox) in candidates {
@@ -221,7 +225,7 @@ async fn sandboxes(runs: usize) -> anyhow::Result<Vec<serde_json::Value>> {
     for _ in 0..runs / 4 {
         tokio::time::sleep(Duration::from_millis(5)).await;
         let t = Instant::now();
-        forked
+        forked_warm
             .run(
                 TaskInput::for_test("noop", Bytes::new()),
                 CancellationToken::new(),
@@ -229,7 +233,7 @@ async fn sandboxes(runs: usize) -> anyhow::Result<Vec<serde_json::Value>> {
             .await?;
         samples.push(t.elapsed());
     }
-    lines.push(overhead_line("forked-paced", &mut samples));
+    lines.push(overhead_line("forked-spawn-warm-paced", &mut samples));
     let mut samples = Vec::with_capacity(runs);
     for _ in 0..runs {
         let t = Instant::now();

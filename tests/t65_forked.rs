@@ -92,6 +92,23 @@ fn main() {
             "warm_children_serve_one_attempt_each_and_die_with_the_sandbox",
             &|| rt.block_on(warm_children()),
         ),
+        (
+            "the_fork_server_forks_a_fresh_child_per_attempt_and_cleans_up",
+            &|| rt.block_on(fork_server()),
+        ),
+        ("spawned_children_pass_the_conformance_suite_too", &|| {
+            rt.block_on(async {
+                let mut sandbox = ForkedSandbox::new().unwrap();
+                sandbox.fork_server = false;
+                sandbox.max_output_bytes = 1000;
+                sandbox.grace = Duration::from_millis(200);
+                mawex::sandbox::testing::sandbox_suite(
+                    &sandbox,
+                    mawex::sandbox::testing::Kind::Child,
+                )
+                .await
+            })
+        }),
     ]);
 }
 
@@ -101,6 +118,7 @@ async fn run(handler: &str, limits: Limits) -> Result<Bytes, SandboxError> {
 
 async fn run_warm(handler: &str, limits: Limits, warm: usize) -> Result<Bytes, SandboxError> {
     let mut sandbox = ForkedSandbox::new().unwrap();
+    sandbox.fork_server = false;
     sandbox.warm = warm;
     sandbox.grace = Duration::from_millis(200);
     let mut input = TaskInput::for_test(handler, "abc");
@@ -181,10 +199,76 @@ async fn timeout() {
     }
 }
 
+/// Processes whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<i32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        if rest.split(' ').nth(1) == Some(parent.to_string().as_str()) {
+            children.push(pid);
+        }
+    }
+    children
+}
+
+/// The fork server: a fresh process per attempt, forked (not a child of the pod); after a
+/// timeout the attempt's whole group is gone and reaped; the server dies with the sandbox.
+async fn fork_server() {
+    let mut sandbox = ForkedSandbox::new().unwrap();
+    sandbox.grace = Duration::from_millis(200);
+    let mut pids = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let out = sandbox
+            .run(TaskInput::for_test("pid", ""), CancellationToken::new())
+            .await
+            .unwrap();
+        pids.insert(String::from_utf8(out.to_vec()).unwrap());
+    }
+    assert_eq!(pids.len(), 6, "a fresh process per attempt: {pids:?}");
+    let server = sandbox.fork_server_pid().expect("a fork server runs");
+    assert!(!pids.contains(&server.to_string()));
+
+    let mut hang = TaskInput::for_test("pid-then-hang", "");
+    hang.limits = Limits::default().with_timeout(Duration::from_millis(300));
+    assert_eq!(
+        sandbox.run(hang, CancellationToken::new()).await,
+        Err(SandboxError::TimedOut(Duration::from_millis(300)))
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !children_of(server).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the timed-out child is still there: {:?}",
+            children_of(server)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(sandbox);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{server}/stat"))
+            .map_or(true, |stat| stat.contains(") Z "))
+    };
+    while !gone() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fork server outlived its sandbox"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Warm children: one fresh process per attempt, the pool refilled, and every waiting
 /// child killed and reaped with the sandbox.
 async fn warm_children() {
     let mut sandbox = ForkedSandbox::new().unwrap();
+    sandbox.fork_server = false;
     sandbox.warm = 3;
     let mut pids = std::collections::BTreeSet::new();
     for _ in 0..6 {

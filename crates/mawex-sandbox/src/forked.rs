@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{HandlerError, SandboxError};
+use crate::fork_server::ForkServer;
 use crate::in_process::{HandlerRegistry, InProcess};
 use crate::input::TaskInput;
 use crate::process::{self, Budgets, ProcessLimits, Spawned};
@@ -94,9 +95,14 @@ fn unframe<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
 /// [`crate::executor`]). Elsewhere returns at once.
 pub fn run_if_child(registry: &HandlerRegistry) {
     crate::executor::run_if_executor(registry);
-    if std::env::var_os(CHILD_ENV).is_none() {
-        return;
+    crate::fork_server::run_if_server(registry);
+    if std::env::var_os(CHILD_ENV).is_some() {
+        run_child(registry);
     }
+}
+
+/// Runs the attempt on stdin and exits: a spawned child, or a fork server's.
+pub(crate) fn run_child(registry: &HandlerRegistry) -> ! {
     let code = match child_main(registry) {
         Ok(()) => 0,
         Err(e) => {
@@ -217,9 +223,15 @@ pub struct ForkedSandbox {
     pub cpu_seconds: Option<u64>,
     /// Open-file limit of each child.
     pub open_files: Option<u64>,
-    /// How many children to keep started ahead (0: start each when its attempt comes).
+    /// Fork each attempt's child from a fork server (the default; see
+    /// [`crate::fork_server`]). Off, or if the server cannot start: spawn each child, with
+    /// `warm` of them started ahead.
+    pub fork_server: bool,
+    /// How many children to keep started ahead when spawning (0: start each when its
+    /// attempt comes).
     pub warm: usize,
     pool: Arc<WarmPool>,
+    server: Arc<Mutex<Option<Arc<ForkServer>>>>,
 }
 
 impl ForkedSandbox {
@@ -240,8 +252,10 @@ impl ForkedSandbox {
             grace: Duration::from_secs(5),
             cpu_seconds: None,
             open_files: None,
+            fork_server: true,
             warm: 2,
             pool: Arc::default(),
+            server: Arc::default(),
         })
     }
 
@@ -259,6 +273,52 @@ impl ForkedSandbox {
             process::isolated_command(&self.program, &self.args, &self.env, &self.inherit);
         command.env(CHILD_ENV, "1");
         command
+    }
+
+    /// Process id of the fork server, once one runs.
+    pub fn fork_server_pid(&self) -> Option<u32> {
+        let server = self.server.lock().unwrap_or_else(PoisonError::into_inner);
+        server
+            .as_ref()
+            .filter(|s| s.is_alive())
+            .and_then(|s| s.pid())
+    }
+
+    /// The running fork server, started (again) if needed; `None` if it cannot start.
+    fn fork_server(&self) -> Option<Arc<ForkServer>> {
+        if !self.fork_server {
+            return None;
+        }
+        let mut server = self.server.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = server.as_ref().filter(|s| s.is_alive()) {
+            return Some(s.clone());
+        }
+        let command =
+            process::isolated_command(&self.program, &self.args, &self.env, &self.inherit);
+        match ForkServer::start(command) {
+            Ok(s) => {
+                let s = Arc::new(s);
+                *server = Some(s.clone());
+                Some(s)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no fork server; spawning a child per attempt");
+                None
+            }
+        }
+    }
+
+    /// The child of one attempt: forked by the fork server, else a warm or new spawn.
+    async fn started(&self) -> Result<process::Started, SandboxError> {
+        if let Some(server) = self.fork_server() {
+            match server.start_child().await {
+                Ok(started) => return Ok(started),
+                Err(e) => tracing::debug!(error = %e, "fork server failed; spawning instead"),
+            }
+        }
+        let child = self.child()?;
+        self.refill();
+        Ok(child.into())
     }
 
     /// A warm child if one is ready, else one started now.
@@ -320,8 +380,7 @@ impl Sandbox for ForkedSandbox {
         };
         let stdin = frame(&request).map_err(SandboxError::Spawn)?;
         let limits = process::limits_for(&input.limits, self.cpu_seconds, self.open_files);
-        let child = self.child()?;
-        self.refill();
+        let child = self.started().await?;
         let budgets = Budgets {
             // The frame's own bytes on top of the output.
             stdout: self.max_output_bytes + 64 * 1024,

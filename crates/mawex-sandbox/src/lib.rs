@@ -22,6 +22,7 @@
 mod command;
 mod error;
 pub mod executor;
+pub mod fork_server;
 pub mod forked;
 mod in_process;
 mod input;

@@ -12,7 +12,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use std::pin::Pin;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -176,6 +178,66 @@ pub fn group_alive(pgid: i32) -> bool {
     killpg(Pid::from_raw(pgid), None).is_ok()
 }
 
+/// How a process ended: its exit code, or the signal that killed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ExitInfo {
+    pub(crate) code: Option<i32>,
+    pub(crate) signal: Option<i32>,
+}
+
+/// Where a started process's end is learned: from our own child, or relayed by the fork
+/// server whose child it is.
+pub(crate) enum Exit {
+    Child(tokio::process::Child),
+    Relayed(tokio::sync::oneshot::Receiver<ExitInfo>),
+}
+
+impl Exit {
+    async fn wait(&mut self) -> std::io::Result<ExitInfo> {
+        use std::os::unix::process::ExitStatusExt;
+        match self {
+            Exit::Child(child) => child.wait().await.map(|s| ExitInfo {
+                code: s.code(),
+                signal: s.signal(),
+            }),
+            Exit::Relayed(rx) => rx.await.map_err(|_| {
+                std::io::Error::other("the fork server went away before the child ended")
+            }),
+        }
+    }
+}
+
+/// A started process ready for [`drive`]: its group and its stdio.
+pub(crate) struct Started {
+    pub(crate) pgid: i32,
+    pub(crate) stdin: Option<Pin<Box<dyn AsyncWrite + Send>>>,
+    pub(crate) stdout: Option<Pin<Box<dyn AsyncRead + Send>>>,
+    pub(crate) stderr: Option<Pin<Box<dyn AsyncRead + Send>>>,
+    pub(crate) exit: Exit,
+}
+
+impl From<Spawned> for Started {
+    fn from(s: Spawned) -> Started {
+        let Spawned { mut child, pgid } = s;
+        Started {
+            pgid,
+            stdin: child
+                .stdin
+                .take()
+                .map(|w| Box::pin(w) as Pin<Box<dyn AsyncWrite + Send>>),
+            stdout: child
+                .stdout
+                .take()
+                .map(|r| Box::pin(r) as Pin<Box<dyn AsyncRead + Send>>),
+            stderr: child
+                .stderr
+                .take()
+                .map(|r| Box::pin(r) as Pin<Box<dyn AsyncRead + Send>>),
+            exit: Exit::Child(child),
+        }
+    }
+}
+
 /// A started child process, its own process-group leader, with piped stdio.
 #[derive(Debug)]
 pub(crate) struct Spawned {
@@ -248,30 +310,30 @@ pub(crate) async fn run(
 /// [`run`] for a process already started by [`spawn`]: feeds it `stdin` and sees it to its
 /// end. `limits` gives the timeout (counted from now) and the memory limit for reports.
 pub(crate) async fn drive(
-    spawned: Spawned,
+    spawned: impl Into<Started>,
     stdin: Bytes,
     limits: ProcessLimits,
     budgets: Budgets,
     cancel: &CancellationToken,
 ) -> Result<ProcessOutcome, SandboxError> {
-    let Spawned { mut child, pgid } = spawned;
+    let Started {
+        pgid,
+        stdin: input,
+        stdout,
+        stderr,
+        mut exit,
+    } = spawned.into();
     // If this future is dropped (the pod aborted), the whole group still goes.
     let _group = GroupGuard(pgid);
 
-    if let Some(mut input) = child.stdin.take() {
+    if let Some(mut input) = input {
         tokio::spawn(async move {
             // A child that does not read its input closes the pipe early; that is its business.
             let _ = input.write_all(&stdin).await;
         });
     }
-    let stdout = child
-        .stdout
-        .take()
-        .map(|r| tokio::spawn(tail_of(r, budgets.stdout)));
-    let stderr = child
-        .stderr
-        .take()
-        .map(|r| tokio::spawn(tail_of(r, budgets.stderr)));
+    let stdout = stdout.map(|r| tokio::spawn(tail_of(r, budgets.stdout)));
+    let stderr = stderr.map(|r| tokio::spawn(tail_of(r, budgets.stderr)));
 
     let deadline = async {
         match limits.timeout {
@@ -281,14 +343,14 @@ pub(crate) async fn drive(
     };
     let mut stopped: Option<SandboxError> = None;
     let status = tokio::select! {
-        status = child.wait() => status,
+        status = exit.wait() => status,
         () = deadline => {
             stopped = limits.timeout.map(SandboxError::TimedOut);
-            terminate(&mut child, pgid, budgets.grace).await
+            terminate(&mut exit, pgid, budgets.grace).await
         }
         () = cancel.cancelled() => {
             stopped = Some(SandboxError::Cancelled);
-            terminate(&mut child, pgid, budgets.grace).await
+            terminate(&mut exit, pgid, budgets.grace).await
         }
     };
     // Background processes the child left in its group go too, so the pipes close, and
@@ -307,10 +369,9 @@ pub(crate) async fn drive(
     if let Some(e) = stopped {
         return Err(e);
     }
-    use std::os::unix::process::ExitStatusExt;
     Ok(ProcessOutcome {
-        code: status.code(),
-        signal: status.signal(),
+        code: status.code,
+        signal: status.signal,
         stdout,
         stderr,
     })
@@ -363,17 +424,13 @@ async fn reap_group(pgid: i32) {
 }
 
 /// SIGTERM to the group, SIGKILL after `grace`; returns the leader's exit status.
-async fn terminate(
-    child: &mut tokio::process::Child,
-    pgid: i32,
-    grace: Duration,
-) -> std::io::Result<std::process::ExitStatus> {
+async fn terminate(exit: &mut Exit, pgid: i32, grace: Duration) -> std::io::Result<ExitInfo> {
     signal_group(pgid, Signal::SIGTERM);
-    match tokio::time::timeout(grace, child.wait()).await {
+    match tokio::time::timeout(grace, exit.wait()).await {
         Ok(status) => status,
         Err(_) => {
             signal_group(pgid, Signal::SIGKILL);
-            child.wait().await
+            exit.wait().await
         }
     }
 }
