@@ -39,6 +39,9 @@ fn main() {
         ("kill_9_of_the_master_loses_no_acknowledged_task", &|| {
             runtime().block_on(kill_master())
         }),
+        ("kill_9_of_a_forking_pod_leaves_no_process_behind", &|| {
+            runtime().block_on(kill_forked_pod())
+        }),
         ("kill_9_of_a_pod_reruns_its_task_elsewhere", &|| {
             runtime().block_on(kill_pod())
         }),
@@ -361,6 +364,85 @@ async fn sigterm_forked_pod() {
         assert_eq!(accepted.get(&spec.id), Some(&1));
         assert_eq!(finished.get(&spec.id), Some(&1), "exactly one result");
     }
+}
+
+/// Every process below `root`, by the parent links in /proc.
+fn descendants(root: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        if let Some(ppid) = rest.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok()) {
+            parent_of.push((pid, ppid));
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// Running, not a zombie.
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| !stat[stat.rfind(')').unwrap_or(0)..].starts_with(") Z"))
+        .unwrap_or(false)
+}
+
+async fn kill_forked_pod() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let (master, addr) = start_master(&journal, "127.0.0.1:0");
+    let endpoint = format!("http://{addr}");
+    let mut forking = ChildProcess::spawn(
+        "pod",
+        &[
+            ("MAWEX_ENDPOINT", endpoint.clone()),
+            ("MAWEX_POD_ID", "pod-forking".to_owned()),
+            ("MAWEX_FORKED", "1".to_owned()),
+        ],
+    );
+    forking.wait_line("READY");
+    let client = patient_client(&endpoint);
+    client
+        .submit(TaskSpec::new(group(), "work", "600000"))
+        .await
+        .unwrap();
+    // The fork server and the attempt's child run below the pod.
+    let pod = forking.child.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let below = loop {
+        let below = descendants(pod);
+        if below.len() >= 2 {
+            break below;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the attempt never started: {below:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    forking.kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while below.iter().any(|p| running(*p)) {
+        let left: Vec<u32> = below.iter().copied().filter(|p| running(*p)).collect();
+        assert!(
+            Instant::now() < deadline,
+            "processes outlived their pod: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    master.kill();
 }
 
 async fn kill_pod() {

@@ -249,6 +249,59 @@ async fn fork_server() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // If the fork server dies (it does when its pod dies, even by kill -9), its running
+    // children die with it.
+    let running = {
+        let sandbox = sandbox.clone();
+        tokio::spawn(async move {
+            sandbox
+                .run(
+                    TaskInput::for_test("pid-then-hang", ""),
+                    CancellationToken::new(),
+                )
+                .await
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let child = loop {
+        if let Some(&child) = children_of(server).first() {
+            break child;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the attempt never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &server.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let result = running.await.unwrap();
+    assert!(result.is_err(), "{result:?}");
+    let gone = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |stat| stat.contains(") Z "))
+    };
+    while !gone(child) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{child} outlived its fork server"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The next attempt starts a new server.
+    let out = sandbox
+        .run(
+            TaskInput::for_test("echo", "again"),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out, "again");
+    let server = sandbox.fork_server_pid().expect("a new fork server");
+
     drop(sandbox);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let gone = || {
@@ -307,14 +360,25 @@ async fn warm_children() {
         ),
         "a warm child takes its attempt's memory limit"
     );
-    let warm = sandbox.warm_children();
+    let warm: Vec<i32> = sandbox
+        .warm_children()
+        .into_iter()
+        .map(|pid| i32::try_from(pid).unwrap())
+        .collect();
     drop(sandbox);
-    let alive: Vec<i32> = our_children().into_iter().map(|(pid, _)| pid).collect();
-    for pid in warm {
-        let pid = i32::try_from(pid).unwrap();
+    // A refill still running holds the pool a moment longer; then every waiting child is
+    // killed and reaped (no zombie either: it would still be listed as our child).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let alive: Vec<i32> = our_children().into_iter().map(|(pid, _)| pid).collect();
+        let left: Vec<&i32> = warm.iter().filter(|pid| alive.contains(pid)).collect();
+        if left.is_empty() {
+            break;
+        }
         assert!(
-            !alive.contains(&pid),
-            "{pid} outlived its sandbox, even as a zombie"
+            std::time::Instant::now() < deadline,
+            "{left:?} outlived their sandbox, even as zombies"
         );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

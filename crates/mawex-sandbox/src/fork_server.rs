@@ -168,6 +168,7 @@ fn fork_child(
     blocked: &SigSet,
     stdio: [OwnedFd; 3],
 ) -> Result<i32, i32> {
+    let server = nix::unistd::getpid();
     // SAFETY: this process is single-threaded (it runs no runtime and starts no thread), so
     // the child may go on to allocate, start a runtime and run the handler.
     #[allow(unsafe_code)]
@@ -180,6 +181,13 @@ fn fork_child(
             Ok(child.as_raw())
         }
         Ok(ForkResult::Child) => {
+            // The server exits when the pod goes (its socket closes), even on kill -9; its
+            // children go with it, so no attempt outlives its pod.
+            #[cfg(target_os = "linux")]
+            let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+            if nix::unistd::getppid() != server {
+                std::process::exit(70);
+            }
             let _ = blocked.thread_unblock();
             let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
             let [stdin, stdout, stderr] = stdio;
