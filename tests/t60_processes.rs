@@ -212,6 +212,20 @@ fn start_pod(endpoint: &str, id: &str) -> ChildProcess {
     pod
 }
 
+/// A pod process whose group runs in the forked sandbox.
+fn start_forking_pod(endpoint: &str) -> ChildProcess {
+    let mut pod = ChildProcess::spawn(
+        "pod",
+        &[
+            ("MAWEX_ENDPOINT", endpoint.to_owned()),
+            ("MAWEX_POD_ID", "pod-forking".to_owned()),
+            ("MAWEX_FORKED", "1".to_owned()),
+        ],
+    );
+    pod.wait_line("READY");
+    pod
+}
+
 fn patient_client(endpoint: &str) -> RemoteMasterProxy {
     let mut config = RemoteConfig::default();
     config.retry_for = Duration::from_secs(60);
@@ -296,15 +310,7 @@ async fn sigterm_forked_pod() {
     let journal = dir.path().join("journal");
     let (master, addr) = start_master(&journal, "127.0.0.1:0");
     let endpoint = format!("http://{addr}");
-    let mut forking = ChildProcess::spawn(
-        "pod",
-        &[
-            ("MAWEX_ENDPOINT", endpoint.clone()),
-            ("MAWEX_POD_ID", "pod-forking".to_owned()),
-            ("MAWEX_FORKED", "1".to_owned()),
-        ],
-    );
-    forking.wait_line("READY");
+    let mut forking = start_forking_pod(&endpoint);
     let client = patient_client(&endpoint);
     let specs: Vec<TaskSpec> = (0..TASKS)
         .map(|i| TaskSpec::new(group(), "work", if i % 10 == 0 { "30" } else { "1" }))
@@ -404,15 +410,7 @@ async fn kill_forked_pod() {
     let journal = dir.path().join("journal");
     let (master, addr) = start_master(&journal, "127.0.0.1:0");
     let endpoint = format!("http://{addr}");
-    let mut forking = ChildProcess::spawn(
-        "pod",
-        &[
-            ("MAWEX_ENDPOINT", endpoint.clone()),
-            ("MAWEX_POD_ID", "pod-forking".to_owned()),
-            ("MAWEX_FORKED", "1".to_owned()),
-        ],
-    );
-    forking.wait_line("READY");
+    let forking = start_forking_pod(&endpoint);
     let client = patient_client(&endpoint);
     client
         .submit(TaskSpec::new(group(), "work", "600000"))

@@ -158,8 +158,13 @@ async fn crashes() {
 }
 
 /// Children of this process: pid and the rest of /proc/<pid>/stat after the name.
+/// Children of this process: pid and the rest of /proc/<pid>/stat after the name.
 fn our_children() -> Vec<(i32, String)> {
-    let me = std::process::id();
+    children_with_stat(std::process::id())
+}
+
+/// Processes whose parent is `parent`, with the rest of their /proc stat line.
+fn children_with_stat(parent: u32) -> Vec<(i32, String)> {
     let mut children = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
@@ -169,8 +174,7 @@ fn our_children() -> Vec<(i32, String)> {
             continue;
         };
         let rest = stat[stat.rfind(')').unwrap() + 2..].to_owned();
-        let parent: u32 = rest.split(' ').nth(1).unwrap().parse().unwrap();
-        if parent == me {
+        if rest.split(' ').nth(1) == Some(parent.to_string().as_str()) {
             children.push((pid, rest));
         }
     }
@@ -201,20 +205,10 @@ async fn timeout() {
 
 /// Processes whose parent is `parent`.
 fn children_of(parent: u32) -> Vec<i32> {
-    let mut children = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        if rest.split(' ').nth(1) == Some(parent.to_string().as_str()) {
-            children.push(pid);
-        }
-    }
-    children
+    children_with_stat(parent)
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 /// The fork server: a fresh process per attempt, forked (not a child of the pod); after a
