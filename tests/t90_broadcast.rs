@@ -472,6 +472,14 @@ async fn a_dry_run_changes_nothing(transport: Transport) {
         proxy.broadcast(999).await,
         Err(ApiError::InvalidArgument(_))
     ));
+    let mut huge = spec(&g, Strategy::Pull { per_source: 2 });
+    huge.payload = vec![0u8; (4 << 20) + 1].into();
+    match proxy.plan_broadcast(huge).await {
+        Err(ApiError::InvalidArgument(m) | ApiError::ResourceExhausted(m)) => {
+            assert!(m.contains("broadcast") && m.contains("payload"), "{m}")
+        }
+        other => panic!("a payload over the master's limit: {other:?}"),
+    }
 
     assert_eq!(m.stats().last_seq, before, "nothing journaled");
     assert_eq!(proxy.list_broadcasts().await.unwrap(), state_before);

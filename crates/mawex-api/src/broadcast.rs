@@ -242,6 +242,11 @@ impl BroadcastSpec {
         if let Some(retry) = &self.retry {
             retry.validate()?;
         }
+        if self.lock_ttl.is_zero() {
+            return bad("broadcast lock_ttl must be positive (it bounds how long a stuck \
+                        broadcast blocks the next fire)"
+                .into());
+        }
         for host in &self.hosts {
             PodId::new(host).map_err(|e| match e {
                 ApiError::InvalidArgument(m) => {

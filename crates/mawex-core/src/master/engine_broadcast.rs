@@ -10,7 +10,7 @@ use mawex_api::broadcast::{
 use mawex_api::pod::AttemptRef;
 use mawex_api::{
     ApiError, BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView, PodId,
-    Source, Strategy, TargetState, TaskId, TaskState, Timestamp,
+    Source, Strategy, TargetState, TaskId, TaskSpec, TaskState, Timestamp,
 };
 
 use super::super::broadcast::{plan, tree_parent, Broadcast};
@@ -38,6 +38,27 @@ struct Reach {
 impl Engine {
     fn reach(&self, spec: &BroadcastSpec) -> Result<Reach, ApiError> {
         spec.validate()?;
+        // Each target runs this task: the same checks as a submitted one (payload size,
+        // limits, retry policy), reported as the broadcast's.
+        let mut template = TaskSpec::new(spec.group.clone(), &spec.handler, spec.payload.clone());
+        template.retry = spec.retry;
+        template.limits = spec.limits.clone();
+        template.sandbox = spec.sandbox.clone();
+        template
+            .validate(self.config.max_payload_bytes)
+            .map_err(|e| {
+                let ours = |m: String| {
+                    m.replace(
+                        &format!("task {}", template.id),
+                        &format!("broadcast of {:?}", spec.app),
+                    )
+                };
+                match e {
+                    ApiError::InvalidArgument(m) => ApiError::InvalidArgument(ours(m)),
+                    ApiError::ResourceExhausted(m) => ApiError::ResourceExhausted(ours(m)),
+                    other => other,
+                }
+            })?;
         let broadcasts = self.state.broadcasts();
         let version = match &spec.version {
             Some(v) => v.clone(),
@@ -371,12 +392,19 @@ impl Engine {
             } else {
                 std::slice::from_ref(&pod)
             };
-            let runner = candidates.iter().copied().find(|p| {
-                let slots = free
-                    .entry(p)
-                    .or_insert_with(|| self.pods.get(*p).map_or(0, |e| e.free()));
-                *slots > 0
-            });
+            // The runner with the most free slots, so host steps spread over the pods.
+            let runner = candidates
+                .iter()
+                .copied()
+                .map(|p| {
+                    let slots = *free
+                        .entry(p)
+                        .or_insert_with(|| self.pods.get(p).map_or(0, |e| e.free()));
+                    (p, slots)
+                })
+                .filter(|(_, slots)| *slots > 0)
+                .max_by_key(|(p, slots)| (*slots, std::cmp::Reverse(*p)))
+                .map(|(p, _)| p);
             let Some(runner) = runner else {
                 continue;
             };
