@@ -104,3 +104,58 @@ async fn after_a_master_crash_pods_reconnect_and_their_running_attempts_are_read
     pod.shutdown().await.unwrap();
     m.shutdown().await;
 }
+
+/// A result the pod sent into a connection that then died (the master never got it) is
+/// sent again after the reconnect: the pod keeps every report until the master acknowledges
+/// it, so the task is not run a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_lost_in_flight_is_sent_again_not_rerun() {
+    let m = TestMaster::start_with(patient_config()).await;
+    let g = group("in-flight");
+    let network = Network::new(m.master().pod_connector());
+    let (handlers, runs, _) = instrumented();
+    let pod = Pod::start(
+        PodConfig::new(pod_id("p-in-flight"), vec![g.clone()]),
+        Arc::new(InProcess::new(handlers)),
+        network.clone(),
+    )
+    .unwrap();
+    let ack = m
+        .proxy()
+        .submit(TaskSpec::new(g, "sleep", "300"))
+        .await
+        .unwrap();
+    wait_for("the task to start", || {
+        let n = runs.count(&ack.id);
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+
+    // The result leaves the pod and is lost on the way; then the connection drops.
+    network.swallow(true);
+    wait_for("the attempt to finish", || {
+        let n = pod.executed();
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    let view = m.proxy().get(ack.id).await.unwrap();
+    assert_eq!(
+        view.state,
+        mawex::TaskState::Running,
+        "the master never heard"
+    );
+    let before = network.connects.load(Ordering::SeqCst);
+    network.cut();
+    network.swallow(false);
+
+    let result = m.proxy().await_result(ack.id).await.unwrap();
+    assert_eq!(result.outcome, Outcome::Succeeded("300".into()));
+    assert_eq!(
+        result.attempt.0, 1,
+        "the first attempt's result, sent again"
+    );
+    assert_eq!(runs.count(&ack.id), 1, "not run twice");
+    assert!(network.connects.load(Ordering::SeqCst) > before);
+    pod.shutdown().await.unwrap();
+    m.shutdown().await;
+}

@@ -378,6 +378,8 @@ pub fn instrumented() -> (HandlerRegistry, Arc<Runs>, Arc<Overlap>) {
 pub struct Network {
     target: Mutex<mawex::LocalPodConnector>,
     refuse: std::sync::atomic::AtomicBool,
+    /// While set, what the pod sends is accepted and lost, as bytes in a dying connection.
+    swallow: Arc<std::sync::atomic::AtomicBool>,
     current: Mutex<Option<tokio_util::sync::CancellationToken>>,
     pub connects: AtomicUsize,
 }
@@ -387,6 +389,7 @@ impl Network {
         Arc::new(Network {
             target: Mutex::new(target),
             refuse: Default::default(),
+            swallow: Default::default(),
             current: Mutex::new(None),
             connects: AtomicUsize::new(0),
         })
@@ -404,6 +407,11 @@ impl Network {
         self.refuse.store(refuse, Ordering::SeqCst);
     }
 
+    /// While set, the pod's messages are accepted and lost on the way.
+    pub fn swallow(&self, swallow: bool) {
+        self.swallow.store(swallow, Ordering::SeqCst);
+    }
+
     pub fn point_at(&self, target: mawex::LocalPodConnector) {
         *self.target.lock().expect("lock") = target;
     }
@@ -412,12 +420,16 @@ impl Network {
 struct CutOutbox {
     inner: Arc<dyn mawex::PodOutbox>,
     cut: tokio_util::sync::CancellationToken,
+    swallow: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl mawex::PodOutbox for CutOutbox {
     fn send(&self, message: mawex::pod::PodMessage) -> Result<(), mawex::ApiError> {
         if self.cut.is_cancelled() {
             return Err(mawex::ApiError::Unavailable("connection cut".into()));
+        }
+        if self.swallow.load(Ordering::SeqCst) {
+            return Ok(());
         }
         self.inner.send(message)
     }
@@ -454,6 +466,7 @@ impl mawex::PodConnector for Network {
         let outbox = Arc::new(CutOutbox {
             inner: session.outbox,
             cut,
+            swallow: self.swallow.clone(),
         });
         Ok(mawex::PodSession::new(session.welcome, outbox, rx))
     }

@@ -243,9 +243,11 @@ impl BroadcastSpec {
             retry.validate()?;
         }
         if self.lock_ttl.is_zero() {
-            return bad("broadcast lock_ttl must be positive (it bounds how long a stuck \
+            return bad(
+                "broadcast lock_ttl must be positive (it bounds how long a stuck \
                         broadcast blocks the next fire)"
-                .into());
+                    .into(),
+            );
         }
         for host in &self.hosts {
             PodId::new(host).map_err(|e| match e {

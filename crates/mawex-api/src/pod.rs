@@ -67,6 +67,10 @@ pub struct Welcome {
     pub heartbeat_interval: Duration,
     /// After this long without a heartbeat the pod's leases expire.
     pub lease_timeout: Duration,
+    /// The master acknowledges each report ([`MasterMessage::Ack`]) once it is durable; the
+    /// pod keeps reports (and re-sends them after a reconnect) until then. A master that
+    /// does not say so gets the older behaviour: a report counts as delivered once sent.
+    pub acks_reports: bool,
 }
 
 impl Welcome {
@@ -76,6 +80,7 @@ impl Welcome {
             session,
             heartbeat_interval,
             lease_timeout,
+            acks_reports: false,
         }
     }
 }
@@ -149,4 +154,7 @@ pub enum MasterMessage {
     },
     /// Stop this attempt: it was cancelled, or it is no longer yours.
     Cancel(AttemptRef),
+    /// The reports (results, returns) of these attempts are durable, or were stale: forget
+    /// them.
+    Ack(Vec<AttemptRef>),
 }

@@ -84,17 +84,20 @@ impl From<Welcome> for proto::Welcome {
             heartbeat_interval_ms: u64::try_from(w.heartbeat_interval.as_millis())
                 .unwrap_or(u64::MAX),
             lease_timeout_ms: u64::try_from(w.lease_timeout.as_millis()).unwrap_or(u64::MAX),
+            acks_reports: w.acks_reports,
         }
     }
 }
 
 impl From<proto::Welcome> for Welcome {
     fn from(w: proto::Welcome) -> Self {
-        Welcome::new(
+        let mut welcome = Welcome::new(
             w.session,
             Duration::from_millis(w.heartbeat_interval_ms),
             Duration::from_millis(w.lease_timeout_ms),
-        )
+        );
+        welcome.acks_reports = w.acks_reports;
+        welcome
     }
 }
 
@@ -235,6 +238,9 @@ impl From<MasterMessage> for proto::MasterToPod {
                 more,
             }),
             MasterMessage::Cancel(r) => ToPod::Cancel(r.into()),
+            MasterMessage::Ack(attempts) => ToPod::Ack(proto::Ack {
+                attempts: attempts.into_iter().map(Into::into).collect(),
+            }),
         };
         proto::MasterToPod {
             message: Some(message),
@@ -267,6 +273,12 @@ impl TryFrom<proto::MasterToPod> for MasterFrame {
                     .collect::<Result<_, _>>()?,
             }),
             ToPod::Cancel(r) => MasterFrame::Message(MasterMessage::Cancel(r.try_into()?)),
+            ToPod::Ack(a) => MasterFrame::Message(MasterMessage::Ack(
+                a.attempts
+                    .into_iter()
+                    .map(TryInto::try_into)
+                    .collect::<Result<_, _>>()?,
+            )),
         })
     }
 }

@@ -478,11 +478,13 @@ impl<J: Journal> CoreLoop<J> {
                 let session = self.next_session;
                 let r = self.engine.pod_hello(session, hello, now, out).map(|()| {
                     self.sessions.insert(session, outbox);
-                    Welcome::new(
+                    let mut welcome = Welcome::new(
                         session,
                         self.config.heartbeat_interval,
                         self.config.lease_timeout,
-                    )
+                    );
+                    welcome.acks_reports = true;
+                    welcome
                 });
                 answer(deferred, reply, r);
             }
@@ -548,9 +550,18 @@ impl<J: Journal> CoreLoop<J> {
             }
         }
         // Cancels first: a pod must stop an old attempt before it hears of a newer one.
+        // Acks of one session go as one message: a pod may report thousands per batch.
         let mut dead_sessions = Vec::new();
+        let mut acks: HashMap<u64, Vec<mawex_api::pod::AttemptRef>> = HashMap::new();
         for (session, message) in out.messages {
-            if !self.send_to(session, message) {
+            if let MasterMessage::Ack(attempts) = message {
+                acks.entry(session).or_default().extend(attempts);
+            } else if !self.send_to(session, message) {
+                dead_sessions.push(session);
+            }
+        }
+        for (session, attempts) in acks {
+            if !self.send_to(session, MasterMessage::Ack(attempts)) {
                 dead_sessions.push(session);
             }
         }

@@ -707,6 +707,9 @@ impl Engine {
                 }
             }
             PodMessage::Finished { attempt, outcome } => {
+                // Recorded or stale, the pod may forget it once this batch is durable.
+                out.messages
+                    .push((session, MasterMessage::Ack(vec![attempt])));
                 let current = self.state.task(&attempt.task).is_some_and(|e| {
                     e.state == TaskState::Running
                         && e.attempt == attempt.attempt
@@ -734,6 +737,8 @@ impl Engine {
                 }
             }
             PodMessage::Returned { attempts } => {
+                out.messages
+                    .push((session, MasterMessage::Ack(attempts.clone())));
                 // Only a pod that is shutting down hands work back: lease it nothing more.
                 if let Some(entry) = self.pods.get_mut(&pod_id) {
                     entry.draining = true;

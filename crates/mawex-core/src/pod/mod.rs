@@ -145,7 +145,7 @@ const LEAVE_ACK_WAIT: Duration = Duration::from_secs(2);
 /// are aborted.
 const INTERRUPT_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Lock order, where more than one is taken: `unsent`, then `outbox`, then `holdings`.
+/// Lock order, where more than one is taken: `reports`, then `outbox`, then `holdings`.
 struct Shared {
     config: PodConfig,
     sandboxes: SandboxSet,
@@ -154,9 +154,13 @@ struct Shared {
     queue_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Assignment>>,
     holdings: Mutex<Holdings>,
     outbox: Mutex<Option<Arc<dyn PodOutbox>>>,
-    /// Reports of attempts that ended while no session was open; sent on reconnect. Their
-    /// attempts stay in `holdings` until sent, so a reconnect re-reports them.
-    unsent: Mutex<Vec<(AttemptRef, PodMessage)>>,
+    /// Reports of attempts that ended, kept until the master acknowledges them (or, with a
+    /// master that does not, until sent). Their attempts stay in `holdings` meanwhile, so
+    /// a hello claims them and the reports go again after a reconnect: a result sent just
+    /// before the master crashed is not lost.
+    reports: Mutex<Vec<(AttemptRef, PodMessage)>>,
+    /// The master of the current session acknowledges reports.
+    acks: AtomicBool,
     /// Executors take no more work once this is cancelled.
     draining: CancellationToken,
     /// Set when shutdown interrupts running attempts: they are returned, not failed.
@@ -192,11 +196,22 @@ impl Shared {
     /// Reports how attempt `r` ended. The attempt leaves `holdings` only once the report is
     /// sent, so neither a heartbeat nor a hello can claim it is gone while its result waits.
     fn report(&self, r: AttemptRef, message: PodMessage) {
-        let mut unsent = lock(&self.unsent);
+        let mut reports = lock(&self.reports);
         let outbox = lock(&self.outbox).clone();
-        match outbox {
-            Some(outbox) if outbox.send(message.clone()).is_ok() => self.release(r),
-            _ => unsent.push((r, message)),
+        let sent = outbox.is_some_and(|o| o.send(message.clone()).is_ok());
+        if sent && !self.acks.load(Ordering::SeqCst) {
+            self.release(r);
+        } else {
+            reports.push((r, message));
+        }
+    }
+
+    /// The master made these reports durable (or found them stale): forget them.
+    fn acked(&self, attempts: &[AttemptRef]) {
+        let mut reports = lock(&self.reports);
+        reports.retain(|(r, _)| !attempts.contains(r));
+        for r in attempts {
+            self.release(*r);
         }
     }
 
@@ -212,14 +227,15 @@ impl Shared {
     }
 
     /// Opens the session: delivers what waited, then routes new reports to `outbox`.
-    fn attach(&self, outbox: Arc<dyn PodOutbox>) {
-        let mut unsent = lock(&self.unsent);
-        let waiting = std::mem::take(&mut *unsent);
+    fn attach(&self, outbox: Arc<dyn PodOutbox>, acks: bool) {
+        let mut reports = lock(&self.reports);
+        self.acks.store(acks, Ordering::SeqCst);
+        let waiting = std::mem::take(&mut *reports);
         for (r, message) in waiting {
-            if outbox.send(message.clone()).is_ok() {
+            if outbox.send(message.clone()).is_ok() && !acks {
                 self.release(r);
             } else {
-                unsent.push((r, message));
+                reports.push((r, message));
             }
         }
         lock(&self.holdings).received = 0;
@@ -227,7 +243,7 @@ impl Shared {
     }
 
     fn detach(&self) {
-        let _unsent = lock(&self.unsent);
+        let _reports = lock(&self.reports);
         *lock(&self.outbox) = None;
     }
 
@@ -458,7 +474,8 @@ impl Pod {
             queue_rx: tokio::sync::Mutex::new(queue_rx),
             holdings: Mutex::new(Holdings::default()),
             outbox: Mutex::new(None),
-            unsent: Mutex::new(Vec::new()),
+            reports: Mutex::new(Vec::new()),
+            acks: AtomicBool::new(false),
             draining: CancellationToken::new(),
             interrupted: AtomicBool::new(false),
             executed: AtomicU64::new(0),
@@ -604,7 +621,7 @@ async fn serve(
         mut inbox,
         ..
     } = session;
-    shared.attach(outbox);
+    shared.attach(outbox, welcome.acks_reports);
     // A zero interval from a remote master would make `interval` panic.
     let period = welcome.heartbeat_interval.max(Duration::from_millis(1));
     let mut heartbeat = tokio::time::interval(period);
@@ -617,6 +634,7 @@ async fn serve(
                     shared.accept(if more { batch.saturating_sub(1) } else { batch }, assignments);
                 }
                 Some(MasterMessage::Cancel(r)) => shared.cancel(r),
+                Some(MasterMessage::Ack(attempts)) => shared.acked(&attempts),
                 Some(other) => debug!(message = ?other, "unsupported master message ignored"),
                 None => return SessionEnd::Lost,
             },
@@ -660,6 +678,7 @@ async fn serve(
             }
             message = inbox.recv(), if inbox_open => match message {
                 Some(MasterMessage::Cancel(r)) => shared.cancel(r),
+                Some(MasterMessage::Ack(attempts)) => shared.acked(&attempts),
                 // Leases that crossed the drain notice go straight back.
                 Some(MasterMessage::Assign { assignments, .. }) => {
                     let attempts = assignments.iter().map(|a| a.attempt).collect();
