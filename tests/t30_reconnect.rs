@@ -19,28 +19,55 @@ fn patient_config() -> mawex::MasterConfig {
     c
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_result_finished_while_disconnected_is_delivered_after_reconnect() {
+/// A master, a pod behind a test network, and a 300 ms task running on it.
+struct Sleeper {
+    m: TestMaster,
+    network: Arc<Network>,
+    pod: Pod,
+    runs: Arc<Runs>,
+    task: mawex::TaskId,
+}
+
+async fn sleeper(name: &str) -> Sleeper {
     let m = TestMaster::start_with(patient_config()).await;
-    let g = group("outage");
+    let g = group(name);
     let network = Network::new(m.master().pod_connector());
     let (handlers, runs, _) = instrumented();
     let pod = Pod::start(
-        PodConfig::new(pod_id("p-outage"), vec![g.clone()]),
+        PodConfig::new(pod_id(&format!("p-{name}")), vec![g.clone()]),
         Arc::new(InProcess::new(handlers)),
         network.clone(),
     )
     .unwrap();
-    let ack = m
+    let task = m
         .proxy()
         .submit(TaskSpec::new(g, "sleep", "300"))
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     wait_for("the task to start", || {
-        let n = runs.count(&ack.id);
+        let n = runs.count(&task);
         async move { (n == 1).then_some(()) }
     })
     .await;
+    Sleeper {
+        m,
+        network,
+        pod,
+        runs,
+        task,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_finished_while_disconnected_is_delivered_after_reconnect() {
+    let Sleeper {
+        m,
+        network,
+        pod,
+        runs,
+        task,
+    } = sleeper("outage").await;
 
     network.refuse(true);
     network.cut();
@@ -52,13 +79,13 @@ async fn a_result_finished_while_disconnected_is_delivered_after_reconnect() {
     assert_eq!(m.stats().counts.running, 1, "the master has no result yet");
     network.refuse(false);
 
-    let result = m.proxy().await_result(ack.id).await.unwrap();
+    let result = m.proxy().await_result(task).await.unwrap();
     assert_eq!(
         result.attempt.0, 1,
         "the first attempt's result, re-adopted"
     );
     assert_eq!(result.outcome, Outcome::Succeeded("300".into()));
-    assert_eq!(runs.count(&ack.id), 1, "it ran once");
+    assert_eq!(runs.count(&task), 1, "it ran once");
     assert!(network.connects.load(Ordering::SeqCst) >= 2);
     pod.shutdown().await.unwrap();
     m.shutdown().await;
@@ -110,26 +137,13 @@ async fn after_a_master_crash_pods_reconnect_and_their_running_attempts_are_read
 /// it, so the task is not run a second time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_lost_in_flight_is_sent_again_not_rerun() {
-    let m = TestMaster::start_with(patient_config()).await;
-    let g = group("in-flight");
-    let network = Network::new(m.master().pod_connector());
-    let (handlers, runs, _) = instrumented();
-    let pod = Pod::start(
-        PodConfig::new(pod_id("p-in-flight"), vec![g.clone()]),
-        Arc::new(InProcess::new(handlers)),
-        network.clone(),
-    )
-    .unwrap();
-    let ack = m
-        .proxy()
-        .submit(TaskSpec::new(g, "sleep", "300"))
-        .await
-        .unwrap();
-    wait_for("the task to start", || {
-        let n = runs.count(&ack.id);
-        async move { (n == 1).then_some(()) }
-    })
-    .await;
+    let Sleeper {
+        m,
+        network,
+        pod,
+        runs,
+        task,
+    } = sleeper("in-flight").await;
 
     // The result leaves the pod and is lost on the way; then the connection drops.
     network.swallow(true);
@@ -138,7 +152,7 @@ async fn a_result_lost_in_flight_is_sent_again_not_rerun() {
         async move { (n == 1).then_some(()) }
     })
     .await;
-    let view = m.proxy().get(ack.id).await.unwrap();
+    let view = m.proxy().get(task).await.unwrap();
     assert_eq!(
         view.state,
         mawex::TaskState::Running,
@@ -148,13 +162,13 @@ async fn a_result_lost_in_flight_is_sent_again_not_rerun() {
     network.cut();
     network.swallow(false);
 
-    let result = m.proxy().await_result(ack.id).await.unwrap();
+    let result = m.proxy().await_result(task).await.unwrap();
     assert_eq!(result.outcome, Outcome::Succeeded("300".into()));
     assert_eq!(
         result.attempt.0, 1,
         "the first attempt's result, sent again"
     );
-    assert_eq!(runs.count(&ack.id), 1, "not run twice");
+    assert_eq!(runs.count(&task), 1, "not run twice");
     assert!(network.connects.load(Ordering::SeqCst) > before);
     pod.shutdown().await.unwrap();
     m.shutdown().await;
