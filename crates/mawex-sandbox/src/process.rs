@@ -2,8 +2,8 @@
 //! timeout, cancellation (SIGTERM to the group, SIGKILL after a grace period), bounded
 //! stdout/stderr capture, and no process of the group left behind.
 //!
-//! The only module of the crate with `unsafe` code: applying rlimits in the child between
-//! `fork` and `exec` needs `pre_exec`.
+//! One of the two modules of the crate with `unsafe` code (the other is the fork server):
+//! applying rlimits in the child between `fork` and `exec` needs `pre_exec`.
 
 use std::collections::VecDeque;
 use std::process::Stdio;
