@@ -534,3 +534,49 @@ async fn a_master_restart_mid_broadcast_resumes_without_rerunning_finished_targe
     stop(pods).await;
     m.shutdown().await;
 }
+
+/// A target whose pod goes away fails once it has been away longer than a lease, so the
+/// broadcast finishes without it; when the pod comes back it catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absent_target_fails_and_catches_up_when_it_returns() {
+    let m = TestMaster::start().await;
+    let g = group("web-absent");
+    let fleet = Arc::new(Fleet::default());
+    let mut pods = start_pods(&m, &fleet, &g, 0..4, Duration::from_millis(300));
+    wait_pods(&m, 4).await;
+    let proxy = m.proxy();
+    let fired = proxy
+        .fire_broadcast(spec(&g, Strategy::Pull { per_source: 1 }))
+        .await
+        .unwrap();
+    // p003 is last in line (one pull per source): it leaves before its turn.
+    pods.pop().unwrap().shutdown().await.unwrap();
+    let view = wait_done(&proxy, fired.id).await;
+    assert_eq!(view.done(), 3);
+    let away = view
+        .targets
+        .iter()
+        .find(|t| t.pod.as_str() == name(3))
+        .unwrap();
+    assert_eq!(away.state, TargetState::Failed, "{away:?}");
+    assert_eq!(
+        away.error.as_ref().unwrap().kind,
+        mawex::ErrorKind::LeaseExpired
+    );
+    assert!(fleet.pulls().iter().all(|p| p.pod != name(3)));
+
+    pods.extend(start_pods(&m, &fleet, &g, 3..4, Duration::from_millis(20)));
+    let back = wait_for("the returning pod to catch up", || async {
+        let view = proxy.broadcast(fired.id).await.unwrap();
+        let t = view
+            .targets
+            .iter()
+            .find(|t| t.pod.as_str() == name(3))
+            .cloned();
+        t.filter(|t| t.state == TargetState::Done)
+    })
+    .await;
+    assert_eq!(back.version.as_deref(), Some("1"));
+    stop(pods).await;
+    m.shutdown().await;
+}

@@ -335,6 +335,10 @@ fn golden_events_v3() -> Vec<Event> {
         task: id(11),
         at: Timestamp(1_700_000_001_300),
     });
+    events.push(Event::BroadcastTargetUnreachable {
+        task: id(11),
+        at: Timestamp(1_700_000_001_350),
+    });
     events.push(Event::BroadcastAborted {
         id: 1,
         at: Timestamp(1_700_000_001_400),

@@ -224,7 +224,11 @@ impl Broadcasts {
         task: TaskId,
     ) -> Option<&Broadcast> {
         let b = self.by_id.get_mut(&id)?;
-        if b.targets.contains_key(pod) {
+        // A new target, or a new try for one that failed or was cancelled.
+        if b.targets
+            .get(pod)
+            .is_some_and(|t| !matches!(t.state, TargetState::Failed | TargetState::Cancelled))
+        {
             return None;
         }
         b.targets.insert(pod.clone(), Target::new(Some(task)));

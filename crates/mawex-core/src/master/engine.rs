@@ -130,6 +130,10 @@ pub(crate) struct Engine {
     buckets: HashMap<GroupName, Bucket>,
     /// Parsed cron expressions of the schedules (derived; parsed again when missing).
     compiled: HashMap<GroupName, Compiled>,
+    /// When each pod that is not connected now went away (volatile).
+    departed: HashMap<PodId, Timestamp>,
+    /// When this engine started: a pod not seen since is away since then.
+    started_at: Timestamp,
 }
 
 /// A group's token bucket, in thousandths of a token.
@@ -183,6 +187,8 @@ impl Engine {
             dispatch_needed: true,
             buckets: HashMap::new(),
             compiled: HashMap::new(),
+            departed: HashMap::new(),
+            started_at: now,
         }
     }
 
@@ -228,7 +234,7 @@ impl Engine {
             | Event::BroadcastFired { .. }
             | Event::BroadcastTargetAdded { .. }
             | Event::BroadcastAborted { .. } => self.dispatch_needed = true,
-            Event::BroadcastPullStarted { .. } => {}
+            Event::BroadcastPullStarted { .. } | Event::BroadcastTargetUnreachable { .. } => {}
         }
         self.state.apply(event);
     }
@@ -648,6 +654,7 @@ impl Engine {
         }
         debug!(pod = %hello.pod, session, adopted = entry.leases.len(), "pod registered");
         self.sessions.insert(session, hello.pod.clone());
+        self.departed.remove(&hello.pod);
         self.pods.insert(hello.pod.clone(), entry);
         self.catch_up(&hello.pod, now, out);
         self.dispatch_needed = true;
@@ -757,6 +764,7 @@ impl Engine {
                     self.requeue_all(entry.leases, RequeueReason::PodLeft, now, out);
                 }
                 debug!(pod = %pod_id, "pod left");
+                self.departed.insert(pod_id, now);
             }
             other => debug!(pod = %pod_id, message = ?other, "unsupported pod message ignored"),
         }
@@ -775,6 +783,7 @@ impl Engine {
             }
         }
         debug!(pod = %pod_id, session, "pod disconnected");
+        self.departed.insert(pod_id, now);
     }
 
     fn requeue_all(
@@ -900,8 +909,10 @@ impl Engine {
                 self.sessions.remove(&entry.session);
                 out.closed_sessions.push(entry.session);
                 self.requeue_all(entry.leases, RequeueReason::LeaseExpired, now, out);
+                self.departed.insert(pod_id, now);
             }
         }
+        self.fail_unreachable_targets(now, out);
         let expired: Vec<AttemptRef> = self
             .orphans
             .iter()

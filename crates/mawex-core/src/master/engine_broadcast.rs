@@ -242,7 +242,10 @@ impl Engine {
             .filter(|(_, b)| {
                 !b.aborted
                     && b.spec.hosts.is_empty()
-                    && !b.targets.contains_key(pod)
+                    // Not a target yet, or one that failed (away, say): it tries again.
+                    && b.targets.get(pod).is_none_or(|t| {
+                        matches!(t.state, TargetState::Failed | TargetState::Cancelled)
+                    })
                     && entry.groups.contains(&b.spec.group)
                     && b.spec.filter.matches(pod, &entry.labels)
                     && !broadcasts.has_version(&b.spec.app, pod, &b.version)
@@ -302,17 +305,55 @@ impl Engine {
         ])
     }
 
-    /// When the next waiting target's retry delay ends, if any.
+    /// When the next waiting target's retry delay ends, or its absent pod's time is up.
     pub(crate) fn next_broadcast_deadline(&self) -> Option<Timestamp> {
         let broadcasts = self.state.broadcasts();
         broadcasts
             .by_id
             .values()
             .filter(|b| b.is_active())
-            .flat_map(|b| b.targets.values())
-            .filter(|t| t.state == TargetState::Waiting)
-            .filter_map(|t| self.state.task(&t.task?)?.not_before)
+            .flat_map(|b| {
+                let pods = b.spec.hosts.is_empty();
+                b.targets
+                    .iter()
+                    .map(move |(pod, t)| (pods.then_some(pod), t))
+            })
+            .filter(|(_, t)| t.state == TargetState::Waiting)
+            .filter_map(|(pod, t)| {
+                let retry = self.state.task(&t.task?)?.not_before;
+                let away = pod.and_then(|p| self.unreachable_at(p));
+                retry.into_iter().chain(away).min()
+            })
             .min()
+    }
+
+    /// When a pod that is not connected counts as unreachable; `None` while it is connected.
+    fn unreachable_at(&self, pod: &PodId) -> Option<Timestamp> {
+        if self.pods.contains_key(pod) {
+            return None;
+        }
+        let since = self.departed.get(pod).copied().unwrap_or(self.started_at);
+        Some(since.saturating_add(self.config.lease_timeout))
+    }
+
+    /// Fails the waiting targets whose pod stayed away longer than a lease, so a broadcast
+    /// finishes without them; they catch up when their pod comes back.
+    pub(crate) fn fail_unreachable_targets(&mut self, now: Timestamp, out: &mut Output) {
+        let broadcasts = self.state.broadcasts();
+        let gone: Vec<TaskId> = broadcasts
+            .by_id
+            .values()
+            .filter(|b| b.is_active() && b.spec.hosts.is_empty())
+            .flat_map(|b| b.targets.iter())
+            .filter(|(pod, t)| {
+                t.state == TargetState::Waiting
+                    && self.unreachable_at(pod).is_some_and(|at| at <= now)
+            })
+            .filter_map(|(_, t)| t.task)
+            .collect();
+        for task in gone {
+            self.emit(Event::BroadcastTargetUnreachable { task, at: now }, out);
+        }
     }
 
     /// Starts every waiting target that has a source and a free slot on its pod.

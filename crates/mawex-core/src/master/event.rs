@@ -172,6 +172,14 @@ pub enum Event {
         /// When.
         at: Timestamp,
     },
+    /// A waiting target's pod stayed away longer than a lease: the target fails (its task
+    /// with it), so the broadcast can finish. The pod catches up if it comes back.
+    BroadcastTargetUnreachable {
+        /// The target's task.
+        task: TaskId,
+        /// When.
+        at: Timestamp,
+    },
 }
 
 /// Why an attempt ended without a result.

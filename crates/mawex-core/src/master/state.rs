@@ -6,8 +6,8 @@ use std::time::Duration;
 use mawex_api::pod::AttemptRef;
 use mawex_api::{
     Attempt, AttemptFailure, BroadcastSpec, ErrorKind, FailedCount, FailedFilter, GroupName,
-    GroupSettings, ListQuery, Outcome, PodId, QueuePosition, TaskId, TaskPage, TaskResult,
-    TaskSpec, TaskState, TaskView, Timestamp,
+    GroupSettings, ListQuery, Outcome, PodId, QueuePosition, TaskError, TaskId, TaskPage,
+    TaskResult, TaskSpec, TaskState, TaskView, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -616,6 +616,20 @@ impl MasterState {
                 self.broadcasts.pull_started(task, source);
             }
             Event::BroadcastAborted { id, at } => self.broadcasts.aborted(*id, *at),
+            Event::BroadcastTargetUnreachable { task, at } => {
+                let Some(entry) = self.tasks.get(task) else {
+                    return;
+                };
+                if entry.state != TaskState::Pending || !self.broadcasts.is_target(task) {
+                    return;
+                }
+                let outcome = Outcome::Failed(TaskError::new(
+                    ErrorKind::LeaseExpired,
+                    "the pod stayed away longer than a lease",
+                ));
+                self.finish(*task, outcome.clone(), *at);
+                self.broadcasts.finished(task, &outcome, *at);
+            }
             Event::TasksForgotten { tasks } => {
                 for id in tasks {
                     let Some(entry) = self.tasks.get(id) else {
