@@ -7,7 +7,7 @@
 //! in step with those task events, so a view needs nothing else (not even after the task's
 //! result is forgotten).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use mawex_api::{
     BroadcastId, BroadcastLock, BroadcastSpec, BroadcastView, Outcome, PlannedTarget, PodId,
@@ -125,6 +125,10 @@ pub(crate) struct Broadcasts {
     /// Which broadcast and pod each target task belongs to (derived).
     #[serde(skip)]
     pub(crate) by_task: HashMap<TaskId, (BroadcastId, PodId)>,
+    /// Broadcasts still running (derived): what dispatch and timers look at, so that their
+    /// cost does not grow with every broadcast ever fired.
+    #[serde(skip)]
+    active: BTreeSet<BroadcastId>,
 }
 
 impl Broadcasts {
@@ -144,6 +148,28 @@ impl Broadcasts {
                     .filter_map(move |(pod, t)| Some((t.task?, (*id, pod.clone()))))
             })
             .collect();
+        self.active = self
+            .by_id
+            .iter()
+            .filter(|(_, b)| b.is_active())
+            .map(|(id, _)| *id)
+            .collect();
+    }
+
+    /// The running broadcasts, oldest first.
+    pub(crate) fn active(&self) -> impl Iterator<Item = (BroadcastId, &Broadcast)> {
+        self.active
+            .iter()
+            .filter_map(|id| Some((*id, self.by_id.get(id)?)))
+    }
+
+    /// Keeps `active` in step after broadcast `id` changed.
+    fn refresh(&mut self, id: BroadcastId) {
+        if self.by_id.get(&id).is_some_and(Broadcast::is_active) {
+            self.active.insert(id);
+        } else {
+            self.active.remove(&id);
+        }
     }
 
     pub(crate) fn is_target(&self, task: &TaskId) -> bool {
@@ -157,9 +183,9 @@ impl Broadcasts {
         Some((b, b.targets.get(pod)?))
     }
 
-    fn target_mut(&mut self, task: &TaskId) -> Option<(&mut Broadcast, PodId)> {
+    fn target_mut(&mut self, task: &TaskId) -> Option<(BroadcastId, &mut Broadcast, PodId)> {
         let (id, pod) = self.by_task.get(task)?.clone();
-        Some((self.by_id.get_mut(&id)?, pod))
+        Some((id, self.by_id.get_mut(&id)?, pod))
     }
 
     /// Does `pod` have `version` of `app`?
@@ -215,6 +241,7 @@ impl Broadcasts {
         b.settle(at);
         self.latest.insert(spec.app.clone(), id);
         self.by_id.insert(id, b);
+        self.refresh(id);
     }
 
     pub(crate) fn target_added(
@@ -234,6 +261,7 @@ impl Broadcasts {
         b.targets.insert(pod.clone(), Target::new(Some(task)));
         b.finished_at = None;
         self.by_task.insert(task, (id, pod.clone()));
+        self.refresh(id);
         self.by_id.get(&id)
     }
 
@@ -242,10 +270,11 @@ impl Broadcasts {
             b.aborted = true;
             b.finished_at.get_or_insert(at);
         }
+        self.refresh(id);
     }
 
     pub(crate) fn pull_started(&mut self, task: &TaskId, source: &Source) {
-        if let Some((b, pod)) = self.target_mut(task) {
+        if let Some((_, b, pod)) = self.target_mut(task) {
             if let Some(t) = b.targets.get_mut(&pod) {
                 t.source = Some(source.clone());
             }
@@ -253,7 +282,7 @@ impl Broadcasts {
     }
 
     pub(crate) fn assigned(&mut self, task: &TaskId, attempt: u32, at: Timestamp) {
-        if let Some((b, pod)) = self.target_mut(task) {
+        if let Some((_, b, pod)) = self.target_mut(task) {
             if let Some(t) = b.targets.get_mut(&pod) {
                 t.state = TargetState::Running;
                 t.attempts = attempt;
@@ -265,7 +294,7 @@ impl Broadcasts {
 
     /// The attempt ended without ending the task: the target waits again.
     pub(crate) fn back_to_waiting(&mut self, task: &TaskId, error: Option<&TaskError>) {
-        if let Some((b, pod)) = self.target_mut(task) {
+        if let Some((id, b, pod)) = self.target_mut(task) {
             if let Some(t) = b.targets.get_mut(&pod) {
                 t.state = TargetState::Waiting;
                 if let Some(e) = error {
@@ -273,11 +302,12 @@ impl Broadcasts {
                 }
             }
             b.finished_at = None;
+            self.refresh(id);
         }
     }
 
     pub(crate) fn finished(&mut self, task: &TaskId, outcome: &Outcome, at: Timestamp) {
-        let Some((b, pod)) = self.target_mut(task) else {
+        let Some((id, b, pod)) = self.target_mut(task) else {
             return;
         };
         let Some(t) = b.targets.get_mut(&pod) else {
@@ -295,6 +325,7 @@ impl Broadcasts {
         let applied =
             (t.state == TargetState::Done).then(|| (b.spec.app.clone(), b.version.clone()));
         b.settle(at);
+        self.refresh(id);
         if let Some((app, version)) = applied {
             self.applied.entry(app).or_default().insert(pod, version);
         }

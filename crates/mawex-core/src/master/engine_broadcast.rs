@@ -309,10 +309,8 @@ impl Engine {
     pub(crate) fn next_broadcast_deadline(&self) -> Option<Timestamp> {
         let broadcasts = self.state.broadcasts();
         broadcasts
-            .by_id
-            .values()
-            .filter(|b| b.is_active())
-            .flat_map(|b| {
+            .active()
+            .flat_map(|(_, b)| {
                 let pods = b.spec.hosts.is_empty();
                 b.targets
                     .iter()
@@ -341,10 +339,9 @@ impl Engine {
     pub(crate) fn fail_unreachable_targets(&mut self, now: Timestamp, out: &mut Output) {
         let broadcasts = self.state.broadcasts();
         let gone: Vec<TaskId> = broadcasts
-            .by_id
-            .values()
-            .filter(|b| b.is_active() && b.spec.hosts.is_empty())
-            .flat_map(|b| b.targets.iter())
+            .active()
+            .filter(|(_, b)| b.spec.hosts.is_empty())
+            .flat_map(|(_, b)| b.targets.iter())
             .filter(|(pod, t)| {
                 t.state == TargetState::Waiting
                     && self.unreachable_at(pod).is_some_and(|at| at <= now)
@@ -358,14 +355,7 @@ impl Engine {
 
     /// Starts every waiting target that has a source and a free slot on its pod.
     pub(crate) fn dispatch_broadcasts(&mut self, now: Timestamp, out: &mut Output) {
-        let active: Vec<BroadcastId> = self
-            .state
-            .broadcasts()
-            .by_id
-            .iter()
-            .filter(|(_, b)| b.is_active())
-            .map(|(id, _)| *id)
-            .collect();
+        let active: Vec<BroadcastId> = self.state.broadcasts().active().map(|(id, _)| id).collect();
         for id in active {
             let starts = match self.state.broadcasts().by_id.get(&id) {
                 Some(b) => self.starts(b, now),
