@@ -20,6 +20,8 @@ use mawex::{
 
 #[path = "common/own_main.rs"]
 mod own_main;
+#[path = "common/procs.rs"]
+mod procs;
 
 const ROLE: &str = "MAWEX_TEST_ROLE";
 
@@ -372,39 +374,6 @@ async fn sigterm_forked_pod() {
     }
 }
 
-/// Every process below `root`, by the parent links in /proc.
-fn descendants(root: u32) -> Vec<u32> {
-    let mut parent_of = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        if let Some(ppid) = rest.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok()) {
-            parent_of.push((pid, ppid));
-        }
-    }
-    let mut found = vec![root];
-    let mut i = 0;
-    while i < found.len() {
-        let p = found[i];
-        found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
-        i += 1;
-    }
-    found.remove(0);
-    found
-}
-
-/// Running, not a zombie.
-fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| !stat[stat.rfind(')').unwrap_or(0)..].starts_with(") Z"))
-        .unwrap_or(false)
-}
-
 async fn kill_forked_pod() {
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal");
@@ -420,7 +389,7 @@ async fn kill_forked_pod() {
     let pod = forking.child.id();
     let deadline = Instant::now() + Duration::from_secs(60);
     let below = loop {
-        let below = descendants(pod);
+        let below = procs::descendants(pod);
         if below.len() >= 2 {
             break below;
         }
@@ -432,8 +401,12 @@ async fn kill_forked_pod() {
     };
     forking.kill();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while below.iter().any(|p| running(*p)) {
-        let left: Vec<u32> = below.iter().copied().filter(|p| running(*p)).collect();
+    while below.iter().any(|p| procs::running(*p)) {
+        let left: Vec<u32> = below
+            .iter()
+            .copied()
+            .filter(|p| procs::running(*p))
+            .collect();
         assert!(
             Instant::now() < deadline,
             "processes outlived their pod: {left:?}"

@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "common/own_main.rs"]
 mod own_main;
+#[path = "common/procs.rs"]
+mod procs;
 
 fn handlers() -> HandlerRegistry {
     let mut r = HandlerRegistry::new();
@@ -157,32 +159,34 @@ async fn crashes() {
     }
 }
 
-/// Children of this process: pid and the rest of /proc/<pid>/stat after the name.
-/// Children of this process: pid and the rest of /proc/<pid>/stat after the name.
-fn our_children() -> Vec<(i32, String)> {
-    children_with_stat(std::process::id())
+/// Waits until `check` gives a value, or panics with `what` after 30 s.
+async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
-/// Processes whose parent is `parent`, with the rest of their /proc stat line.
-fn children_with_stat(parent: u32) -> Vec<(i32, String)> {
-    let mut children = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let rest = stat[stat.rfind(')').unwrap() + 2..].to_owned();
-        if rest.split(' ').nth(1) == Some(parent.to_string().as_str()) {
-            children.push((pid, rest));
-        }
+/// The outputs of six `pid` attempts: each child's process id.
+async fn six_attempt_pids(sandbox: &ForkedSandbox) -> std::collections::BTreeSet<String> {
+    let mut pids = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let out = sandbox
+            .run(TaskInput::for_test("pid", ""), CancellationToken::new())
+            .await
+            .unwrap();
+        pids.insert(String::from_utf8(out.to_vec()).unwrap());
     }
-    children
+    pids
 }
 
 async fn timeout() {
-    let before: Vec<i32> = our_children().into_iter().map(|(pid, _)| pid).collect();
+    let me = std::process::id();
+    let before: Vec<u32> = procs::children_of(me).iter().map(|p| p.pid).collect();
     let limits = Limits::default().with_timeout(Duration::from_millis(500));
     let started = std::time::Instant::now();
     // No warm children: every child of this call is the attempt's.
@@ -193,22 +197,15 @@ async fn timeout() {
     assert!(started.elapsed() < Duration::from_secs(10));
     // The child printed its pid (= its group) before hanging; nothing of it is left.
     // (The printed line is not returned on a timeout, so check every new process of ours.)
-    for (pid, stat) in our_children() {
-        if !before.contains(&pid) {
+    for child in procs::children_of(me) {
+        if !before.contains(&child.pid) {
             assert!(
-                !group_alive(pid),
-                "a child of the test is still around: {stat}"
+                !group_alive(i32::try_from(child.pid).unwrap()),
+                "a child of the test is still around: {}",
+                child.stat
             );
         }
     }
-}
-
-/// Processes whose parent is `parent`.
-fn children_of(parent: u32) -> Vec<i32> {
-    children_with_stat(parent)
-        .into_iter()
-        .map(|(pid, _)| pid)
-        .collect()
 }
 
 /// The fork server: a fresh process per attempt, forked (not a child of the pod); after a
@@ -216,14 +213,7 @@ fn children_of(parent: u32) -> Vec<i32> {
 async fn fork_server() {
     let mut sandbox = ForkedSandbox::new().unwrap();
     sandbox.grace = Duration::from_millis(200);
-    let mut pids = std::collections::BTreeSet::new();
-    for _ in 0..6 {
-        let out = sandbox
-            .run(TaskInput::for_test("pid", ""), CancellationToken::new())
-            .await
-            .unwrap();
-        pids.insert(String::from_utf8(out.to_vec()).unwrap());
-    }
+    let pids = six_attempt_pids(&sandbox).await;
     assert_eq!(pids.len(), 6, "a fresh process per attempt: {pids:?}");
     let server = sandbox.fork_server_pid().expect("a fork server runs");
     assert!(!pids.contains(&server.to_string()));
@@ -234,15 +224,10 @@ async fn fork_server() {
         sandbox.run(hang, CancellationToken::new()).await,
         Err(SandboxError::TimedOut(Duration::from_millis(300)))
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !children_of(server).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the timed-out child is still there: {:?}",
-            children_of(server)
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("the timed-out child to be gone and reaped", || {
+        procs::children_of(server).is_empty().then_some(())
+    })
+    .await;
     // If the fork server dies (it does when its pod dies, even by kill -9), its running
     // children die with it.
     let running = {
@@ -256,17 +241,10 @@ async fn fork_server() {
                 .await
         })
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let child = loop {
-        if let Some(&child) = children_of(server).first() {
-            break child;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the attempt never started"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let child = eventually("the attempt to start", || {
+        procs::children_of(server).first().map(|p| p.pid)
+    })
+    .await;
     let killed = std::process::Command::new("kill")
         .args(["-9", &server.to_string()])
         .status()
@@ -274,17 +252,10 @@ async fn fork_server() {
     assert!(killed.success());
     let result = running.await.unwrap();
     assert!(result.is_err(), "{result:?}");
-    let gone = |pid: i32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map_or(true, |stat| stat.contains(") Z "))
-    };
-    while !gone(child) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{child} outlived its fork server"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("the child to die with its fork server", || {
+        (!procs::running(child)).then_some(())
+    })
+    .await;
     // The next attempt starts a new server.
     let out = sandbox
         .run(
@@ -297,18 +268,10 @@ async fn fork_server() {
     let server = sandbox.fork_server_pid().expect("a new fork server");
 
     drop(sandbox);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let gone = || {
-        std::fs::read_to_string(format!("/proc/{server}/stat"))
-            .map_or(true, |stat| stat.contains(") Z "))
-    };
-    while !gone() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the fork server outlived its sandbox"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("the fork server to die with its sandbox", || {
+        (!procs::running(server)).then_some(())
+    })
+    .await;
 }
 
 /// Warm children: one fresh process per attempt, the pool refilled, and every waiting
@@ -317,27 +280,12 @@ async fn warm_children() {
     let mut sandbox = ForkedSandbox::new().unwrap();
     sandbox.fork_server = false;
     sandbox.warm = 3;
-    let mut pids = std::collections::BTreeSet::new();
-    for _ in 0..6 {
-        let out = sandbox
-            .run(TaskInput::for_test("pid", ""), CancellationToken::new())
-            .await
-            .unwrap();
-        pids.insert(String::from_utf8(out.to_vec()).unwrap());
-    }
+    let pids = six_attempt_pids(&sandbox).await;
     assert_eq!(pids.len(), 6, "a child serves one attempt: {pids:?}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let warm = loop {
-        let warm = sandbox.warm_children();
-        if warm.len() == 3 {
-            break warm;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the pool refills: {warm:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let warm = eventually("the pool to refill to 3", || {
+        Some(sandbox.warm_children()).filter(|w| w.len() == 3)
+    })
+    .await;
     for pid in &warm {
         assert!(
             !pids.contains(&pid.to_string()),
@@ -354,25 +302,14 @@ async fn warm_children() {
         ),
         "a warm child takes its attempt's memory limit"
     );
-    let warm: Vec<i32> = sandbox
-        .warm_children()
-        .into_iter()
-        .map(|pid| i32::try_from(pid).unwrap())
-        .collect();
+    let warm = sandbox.warm_children();
     drop(sandbox);
     // A refill still running holds the pool a moment longer; then every waiting child is
     // killed and reaped (no zombie either: it would still be listed as our child).
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let alive: Vec<i32> = our_children().into_iter().map(|(pid, _)| pid).collect();
-        let left: Vec<&i32> = warm.iter().filter(|pid| alive.contains(pid)).collect();
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{left:?} outlived their sandbox, even as zombies"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let me = std::process::id();
+    eventually("the waiting children to be killed and reaped", || {
+        let ours: Vec<u32> = procs::children_of(me).iter().map(|p| p.pid).collect();
+        warm.iter().all(|pid| !ours.contains(pid)).then_some(())
+    })
+    .await;
 }
