@@ -110,7 +110,7 @@ impl From<SandboxError> for TaskError {
 }
 
 /// The error a handler returns.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{message}")]
 #[non_exhaustive]
 pub struct HandlerError {

@@ -39,8 +39,9 @@ pub const TERMINATION_LOG_ENV: &str = "MAWEX_TERMINATION_LOG";
 pub const TERMINATION_MESSAGE_LIMIT: usize = 4096;
 const PREFIX: &str = "mawex:v1:";
 
-/// How an executor-mode attempt ended, as written on one line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How an attempt that ran in a child of the pod (forked, or a Job in executor mode) ended:
+/// framed with bincode by a forked child, written as one line by an executor.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Report {
     /// The handler's output.
     Ok(Bytes),
@@ -102,6 +103,18 @@ impl Report {
         }
     }
 
+    /// The report of an attempt run in-process by the child; failures of the sandbox itself
+    /// travel as handler errors.
+    pub fn of(result: Result<Bytes, SandboxError>) -> Report {
+        match result {
+            Ok(out) => Report::Ok(out),
+            Err(SandboxError::Handler(e)) => Report::Failed(e),
+            Err(SandboxError::Panicked(m)) => Report::Panicked(m),
+            Err(SandboxError::UnknownHandler(h)) => Report::UnknownHandler(h),
+            Err(other) => Report::Failed(HandlerError::new(other.to_string())),
+        }
+    }
+
     /// The attempt's result as a sandbox returns it.
     pub fn into_result(self) -> Result<Bytes, SandboxError> {
         match self {
@@ -149,13 +162,7 @@ pub fn run_attempt(
     // Limits are the container's; the Job's deadline bounds the time.
     let result =
         runtime.block_on(InProcess::new(registry.clone()).run(input, CancellationToken::new()));
-    Ok(match result {
-        Ok(out) => Report::Ok(out),
-        Err(SandboxError::Handler(e)) => Report::Failed(e),
-        Err(SandboxError::Panicked(m)) => Report::Panicked(m),
-        Err(SandboxError::UnknownHandler(h)) => Report::UnknownHandler(h),
-        Err(other) => Report::Failed(HandlerError::new(other.to_string())),
-    })
+    Ok(Report::of(result))
 }
 
 /// In an executor container, runs the attempt, leaves the report and exits; elsewhere returns.

@@ -25,11 +25,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use mawex_api::{Attempt, GroupName, RetryHint, TaskId};
+use mawex_api::{Attempt, GroupName, TaskId};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{HandlerError, SandboxError};
+use crate::error::SandboxError;
+use crate::executor::Report;
 use crate::fork_server::ForkServer;
 use crate::in_process::{HandlerRegistry, InProcess};
 use crate::input::TaskInput;
@@ -54,14 +55,6 @@ struct Request {
     cpu_seconds: Option<u64>,
     open_files: Option<u64>,
     env: BTreeMap<String, String>,
-}
-
-#[derive(Serialize, Deserialize)]
-enum Response {
-    Ok(Vec<u8>),
-    Handler { message: String, retry: RetryHint },
-    Panicked(String),
-    UnknownHandler(String),
 }
 
 fn frame<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
@@ -133,19 +126,7 @@ fn child_main(registry: &HandlerRegistry) -> Result<(), String> {
     task.env = request.env;
     // Limits are enforced by the parent around this whole process.
     let result = runtime.block_on(sandbox.run(task, CancellationToken::new()));
-    let response = match result {
-        Ok(out) => Response::Ok(out.to_vec()),
-        Err(SandboxError::Handler(h)) => Response::Handler {
-            message: h.message,
-            retry: h.retry,
-        },
-        Err(SandboxError::Panicked(m)) => Response::Panicked(m),
-        Err(SandboxError::UnknownHandler(h)) => Response::UnknownHandler(h),
-        Err(other) => Response::Handler {
-            message: other.to_string(),
-            retry: RetryHint::Policy,
-        },
-    };
+    let response = Report::of(result);
     let mut stdout = std::io::stdout().lock();
     stdout
         .write_all(&frame(&response)?)
@@ -396,20 +377,13 @@ impl Sandbox for ForkedSandbox {
                 limit: self.max_output_bytes,
             });
         }
-        match unframe::<Response>(&outcome.stdout.bytes) {
-            Ok(Response::Ok(out)) if out.len() > self.max_output_bytes => {
+        match unframe::<Report>(&outcome.stdout.bytes) {
+            Ok(Report::Ok(out)) if out.len() > self.max_output_bytes => {
                 Err(SandboxError::OutputTooLarge {
                     limit: self.max_output_bytes,
                 })
             }
-            Ok(Response::Ok(out)) => Ok(out.into()),
-            Ok(Response::Handler { message, retry }) => {
-                let mut e = HandlerError::new(message);
-                e.retry = retry;
-                Err(SandboxError::Handler(e))
-            }
-            Ok(Response::Panicked(m)) => Err(SandboxError::Panicked(m)),
-            Ok(Response::UnknownHandler(h)) => Err(SandboxError::UnknownHandler(h)),
+            Ok(report) => report.into_result(),
             Err(e) => Err(SandboxError::Spawn(format!(
                 "the child's answer does not decode ({e}); does main call run_if_child?"
             ))),
