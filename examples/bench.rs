@@ -10,8 +10,8 @@ use clap::Parser;
 use futures::StreamExt;
 use mawex::{
     Bytes, GroupName, GrpcPodConnector, HandlerRegistry, InProcess, Master, MasterConfig,
-    MasterProxy, Pod, PodConfig, PodConnector, PodId, RemoteMasterProxy, SledJournal, TaskInput,
-    TaskSpec,
+    MasterProxy, Pod, PodConfig, PodConnector, PodId, RemoteMasterProxy, Server, SledJournal,
+    TaskInput, TaskSpec,
 };
 
 #[derive(Parser, Debug)]
@@ -75,7 +75,7 @@ async fn run(args: &Args, transport: Transport, fair: bool) -> anyhow::Result<se
     let master = Master::builder().config(config).start(journal).await?;
     let server = match transport {
         Transport::Local => None,
-        Transport::Grpc => Some(master.serve("127.0.0.1:0".parse()?).await?),
+        Transport::Grpc => Some(Server::new(&master).start("127.0.0.1:0".parse()?).await?),
     };
     let (proxy, connector): (Arc<dyn MasterProxy>, Arc<dyn PodConnector>) = match &server {
         None => (Arc::new(master.proxy()), Arc::new(master.pod_connector())),

@@ -4,7 +4,7 @@
 //! Stop it with Ctrl-C (clean: snapshot and close).
 
 use clap::Parser;
-use mawex::{Master, MasterConfig, SledJournal};
+use mawex::{Master, MasterConfig, Server, SledJournal};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -34,11 +34,18 @@ async fn main() -> anyhow::Result<()> {
         .config(config)
         .start(SledJournal::open(&args.journal)?)
         .await?;
-    let server = master.serve(args.listen).await?;
-    println!("mawex master listening on {}", server.endpoint());
-    tokio::signal::ctrl_c().await?;
-    println!("shutting down");
-    server.shutdown().await?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    println!(
+        "mawex master listening on http://{}",
+        listener.local_addr()?
+    );
+    // Serves until Ctrl-C, then ends open streams so clients and pods move on at once.
+    Server::new(&master)
+        .serve(listener, async {
+            let _ = tokio::signal::ctrl_c().await;
+            println!("shutting down");
+        })
+        .await?;
     master.shutdown().await?;
     Ok(())
 }

@@ -37,6 +37,7 @@
 /// Broadcasts: one task run on every pod of a group, propagated pod to pod.
 pub use mawex_api::broadcast;
 pub use mawex_api::pod;
+pub use mawex_api::pod::{PodConnector, PodOutbox, PodSession};
 /// The generated protobuf types and gRPC stubs of the `mawex.v1` protocol.
 pub use mawex_api::proto;
 pub use mawex_api::{
@@ -50,15 +51,17 @@ pub use mawex_api::{
     BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView, PlannedTarget, Source,
     Strategy, TargetFilter, TargetState, TargetView,
 };
+pub use mawex_api::{ChannelConfig, GrpcPodConnector};
 pub use mawex_core::{
-    clock, journal, CoreError, Event, GrpcPodConnector, GrpcServer, Journal, LocalMasterProxy,
-    LocalPodConnector, Master, MasterBuilder, MasterConfig, MasterState, MasterStats,
-    MemoryJournal, Pod, PodConfig, PodConnector, PodOutbox, PodSession, PodStats, Recovered,
-    RequeueReason, ServerConfig, SledJournal, TaskCounts,
+    clock, journal, CoreError, Event, Journal, LocalMasterProxy, LocalPodConnector, Master,
+    MasterBuilder, MasterConfig, MasterState, MasterStats, MemoryJournal, PodStats, Recovered,
+    RequeueReason, SledJournal, TaskCounts,
 };
 pub use mawex_sandbox::{
     HandlerError, HandlerRegistry, InProcess, Sandbox, SandboxError, TaskInput,
 };
+pub use mawex_server::{RunningServer, Server, ServerConfig, ServerError};
+pub use mawex_worker::{Pod, PodConfig, WorkerError};
 
 /// Sandboxes: where task bodies run.
 pub mod sandbox {

@@ -88,7 +88,7 @@ async fn child_master() {
     // The port of a just-killed master may take a moment to be free again.
     let deadline = Instant::now() + Duration::from_secs(10);
     let server = loop {
-        match master.serve(addr).await {
+        match mawex::Server::new(&master).start(addr).await {
             Ok(server) => break server,
             Err(e) if Instant::now() < deadline => {
                 eprintln!("retrying bind: {e}");
@@ -231,7 +231,7 @@ fn start_forking_pod(endpoint: &str) -> ChildProcess {
 fn patient_client(endpoint: &str) -> RemoteMasterProxy {
     let mut config = RemoteConfig::default();
     config.retry_for = Duration::from_secs(60);
-    RemoteMasterProxy::with_config(endpoint, config).unwrap()
+    RemoteMasterProxy::with_config([endpoint], config).unwrap()
 }
 
 /// Counts, per task, the events of each kind recorded in a stopped master's journal.

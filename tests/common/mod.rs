@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mawex::{
-    Bytes, GroupName, GrpcPodConnector, GrpcServer, HandlerError, HandlerRegistry, InProcess,
-    Master, MasterConfig, MasterProxy, MasterStats, Pod, PodConfig, PodConnector, PodId,
-    RemoteMasterProxy, SledJournal, TaskId, TaskInput,
+    Bytes, GroupName, GrpcPodConnector, HandlerError, HandlerRegistry, InProcess, Master,
+    MasterConfig, MasterProxy, MasterStats, Pod, PodConfig, PodConnector, PodId, RemoteMasterProxy,
+    RunningServer, SledJournal, TaskId, TaskInput,
 };
 
 /// How clients and pods reach the master in a test.
@@ -93,7 +93,7 @@ pub struct TestMaster {
     dir: Arc<tempfile::TempDir>,
     pub config: MasterConfig,
     transport: Transport,
-    server: Option<GrpcServer>,
+    server: Option<RunningServer>,
     proxy: Option<Arc<dyn MasterProxy>>,
 }
 
@@ -127,18 +127,18 @@ impl TestMaster {
             .start(journal)
             .await
             .expect("start master");
-        let (server, proxy): (Option<GrpcServer>, Arc<dyn MasterProxy>) = match transport {
+        let (server, proxy): (Option<RunningServer>, Arc<dyn MasterProxy>) = match transport {
             Transport::Local => (None, Arc::new(master.proxy())),
             Transport::Grpc => {
-                let server = master
-                    .serve("127.0.0.1:0".parse().expect("address"))
+                let server = mawex::Server::new(&master)
+                    .start("127.0.0.1:0".parse().expect("address"))
                     .await
                     .expect("serve gRPC");
                 // Short retries: tests that stop the master expect errors soon.
                 let mut remote = mawex::RemoteConfig::default();
                 remote.retry_for = Duration::from_secs(2);
                 let proxy =
-                    RemoteMasterProxy::with_config(&server.endpoint(), remote).expect("client");
+                    RemoteMasterProxy::with_config([server.endpoint()], remote).expect("client");
                 (Some(server), Arc::new(proxy))
             }
         };

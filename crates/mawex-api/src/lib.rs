@@ -42,7 +42,7 @@ pub use proxy::{
     CancelAck, ListQuery, MasterProxy, ResultCursor, ResultStream, SubmitAck, TaskPage,
     MAX_LIST_LIMIT,
 };
-pub use remote::{lazy_channel, RemoteConfig, RemoteMasterProxy};
+pub use remote::{ChannelConfig, GrpcPodConnector, RemoteConfig, RemoteMasterProxy};
 pub use task::{
     AttemptFailure, ErrorKind, Limits, Outcome, RetryHint, RetryPolicy, TaskError, TaskResult,
     TaskSpec, TaskState, TaskView, MAX_ATTEMPTS, MAX_FAIRNESS_KEY_LEN, MAX_HANDLER_LEN,

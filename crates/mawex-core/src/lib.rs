@@ -1,14 +1,15 @@
-//! The mawex master and pod runtime.
+//! The mawex master, as an application embeds it.
 //!
 //! A [`Master`] keeps the event-sourced state of every task in a [`Journal`] and leases
-//! tasks to [`Pod`]s of the task's consumer group. Clients use [`LocalMasterProxy`]
-//! in-process (or `RemoteMasterProxy` over the network); pods connect through a
-//! [`PodConnector`].
+//! tasks to the pods (`mawex-worker`) of the task's consumer group. Clients use
+//! [`LocalMasterProxy`] in-process (or `RemoteMasterProxy` over the network, through
+//! `mawex-server`); in-process pods connect through [`LocalPodConnector`].
 //!
 //! ```
 //! use std::sync::Arc;
 //! use mawex_api::{GroupName, MasterProxy, Outcome, PodId, TaskSpec};
-//! use mawex_core::{MemoryJournal, Master, Pod, PodConfig};
+//! use mawex_core::{MemoryJournal, Master};
+//! use mawex_worker::{Pod, PodConfig};
 //! use mawex_sandbox::{HandlerRegistry, InProcess, TaskInput};
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -38,17 +39,15 @@
 pub mod clock;
 mod error;
 pub mod journal;
+mod local_pods;
 mod master;
-mod pod;
 mod proxy;
-mod server;
 
 pub use error::CoreError;
 pub use journal::{Journal, MemoryJournal, Recovered, SledJournal};
+pub use local_pods::LocalPodConnector;
 pub use master::{
     Event, Master, MasterBuilder, MasterConfig, MasterState, MasterStats, PodStats, RequeueReason,
-    TaskCounts, MAX_POD_PREFETCH, MAX_POD_SLOTS,
+    TaskCounts,
 };
-pub use pod::{LocalPodConnector, Pod, PodConfig, PodConnector, PodOutbox, PodSession};
 pub use proxy::LocalMasterProxy;
-pub use server::{GrpcPodConnector, GrpcServer, ServerConfig};

@@ -9,7 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-use mawex_api::pod::{AttemptRef, MasterMessage, PodHello, PodMessage, ResourceUsage};
+use mawex_api::pod::{
+    AttemptRef, MasterMessage, PodHello, PodMessage, ResourceUsage, MAX_POD_PREFETCH, MAX_POD_SLOTS,
+};
 use mawex_api::{
     ApiError, Attempt, CancelAck, ErrorKind, FailedFilter, GroupName, GroupSettings, Outcome,
     PendingChange, PodId, RetryHint, RetryPolicy, ScheduleSpec, ScheduleView, SubmitAck, TaskError,
@@ -21,10 +23,6 @@ use super::event::{Event, RequeueReason};
 use super::schedule::{self, Compiled, Due};
 use super::state::{MasterState, TaskCounts};
 
-/// The most slots one pod may declare.
-pub const MAX_POD_SLOTS: u32 = 4096;
-/// The most prefetched leases one pod may ask for.
-pub const MAX_POD_PREFETCH: u32 = 65_536;
 /// The most finished tasks forgotten by one tick, to bound the work of one batch.
 const FORGET_PER_TICK: usize = 10_000;
 

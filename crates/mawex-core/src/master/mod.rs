@@ -8,7 +8,6 @@ mod schedule;
 mod state;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -22,8 +21,8 @@ use tracing::info;
 
 use core_loop::CoreLoop;
 pub(crate) use core_loop::{CoreMsg, FeedState, MAX_STREAM_LAG};
+pub use engine::PodStats;
 use engine::{Engine, EngineConfig};
-pub use engine::{PodStats, MAX_POD_PREFETCH, MAX_POD_SLOTS};
 pub use event::{Event, RequeueReason};
 pub(crate) use schedule::Schedule;
 pub(crate) use state::TaskEntry;
@@ -32,9 +31,8 @@ pub use state::{MasterState, TaskCounts};
 use crate::clock::{Clock, SystemClock};
 use crate::error::CoreError;
 use crate::journal::Journal;
-use crate::pod::LocalPodConnector;
+use crate::local_pods::LocalPodConnector;
 use crate::proxy::LocalMasterProxy;
-use crate::server::{GrpcServer, ServerConfig};
 
 /// Settings of a master. Start from `MasterConfig::default()` and change fields.
 #[derive(Debug, Clone)]
@@ -295,33 +293,9 @@ impl Master {
         LocalPodConnector::new(self.inbox.clone())
     }
 
-    /// Serves the gRPC protocol (clients, pods, health, reflection) on `addr`; port 0 picks
-    /// a free port (see [`GrpcServer::local_addr`]). Must be called within a tokio runtime.
-    ///
-    /// # Errors
-    /// [`CoreError::Config`] if the address cannot be bound.
-    pub async fn serve(&self, addr: SocketAddr) -> Result<GrpcServer, CoreError> {
-        self.serve_with(addr, ServerConfig::default()).await
-    }
-
-    /// As [`Master::serve`], with server settings.
-    ///
-    /// # Errors
-    /// [`CoreError::Config`] if the address cannot be bound.
-    pub async fn serve_with(
-        &self,
-        addr: SocketAddr,
-        config: ServerConfig,
-    ) -> Result<GrpcServer, CoreError> {
-        // Room for the largest payload plus the rest of a message.
-        let needed = self.max_payload_bytes.saturating_add(64 * 1024);
-        if config.max_message_bytes < needed {
-            return Err(CoreError::Config(format!(
-                "max_message_bytes ({}) must be at least max_payload_bytes + 64 KiB ({needed})",
-                config.max_message_bytes
-            )));
-        }
-        crate::server::start(self.proxy(), self.pod_connector(), addr, config).await
+    /// The largest task payload this master accepts (servers size their messages by it).
+    pub fn max_payload_bytes(&self) -> usize {
+        self.max_payload_bytes
     }
 
     /// Live statistics, updated after every commit: wait on it instead of sleeping.

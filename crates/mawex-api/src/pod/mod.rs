@@ -1,7 +1,11 @@
-//! Messages between a pod and the master.
+//! Messages between a pod and the master, and the session contract that carries them.
 //!
 //! Transport-agnostic: in-process pods exchange these values over channels, remote pods over
 //! one bidirectional gRPC stream that carries exactly these messages.
+
+mod session;
+
+pub use session::{PodConnector, PodOutbox, PodSession};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,6 +15,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{Attempt, GroupName, PodId, TaskId};
 use crate::task::{TaskError, TaskSpec};
+
+/// Most slots a pod may declare.
+pub const MAX_POD_SLOTS: u32 = 4096;
+/// Most leases a pod may hold queued beyond its slots.
+pub const MAX_POD_PREFETCH: u32 = 65_536;
 
 /// One attempt of one task: the fencing token of a lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -1,15 +1,22 @@
-//! [`RemoteMasterProxy`]: the `MasterProxy` of a master reached over gRPC.
+//! The gRPC clients of a master: [`RemoteMasterProxy`] for clients, [`GrpcPodConnector`]
+//! for pods, both over a list of endpoints configured by a [`ChannelConfig`].
+
+mod channel;
+mod pod_connector;
+
+pub use channel::ChannelConfig;
+pub use pod_connector::GrpcPodConnector;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::BackoffBuilder;
 use futures::stream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use tonic::transport::{Channel, Endpoint};
-use tracing::debug;
+use tonic::transport::Channel;
+
+use channel::{retrying, Masters};
 
 use crate::admin::{
     FailedCount, FailedFilter, GroupSettings, PendingChange, ScheduleSpec, ScheduleView,
@@ -25,28 +32,25 @@ use crate::proxy::{
 use crate::task::{TaskResult, TaskSpec, TaskView};
 
 /// Settings of a [`RemoteMasterProxy`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RemoteConfig {
-    /// How long a call keeps retrying while the master is unreachable (restarting, failing
+    /// How long a call keeps retrying while no master is reachable (restarting, failing
     /// over) before it returns `Unavailable`. Every call is safe to retry: submits are
-    /// idempotent by task id.
+    /// idempotent by task id. Default: 30 s.
     pub retry_for: Duration,
-    /// Largest message sent or received, in bytes.
-    pub max_message_bytes: usize,
-    /// Time allowed to establish a connection.
-    pub connect_timeout: Duration,
-    /// Most specs sent in one coalesced batch of concurrent `submit` calls.
+    /// Most specs sent in one coalesced batch of concurrent `submit` calls. Default: 1024.
     pub max_submit_batch: usize,
+    /// Timeouts, keepalive and message size of the connections.
+    pub channel: ChannelConfig,
 }
 
 impl Default for RemoteConfig {
     fn default() -> Self {
         RemoteConfig {
             retry_for: Duration::from_secs(30),
-            max_message_bytes: 64 * 1024 * 1024,
-            connect_timeout: Duration::from_secs(5),
             max_submit_batch: 1024,
+            channel: ChannelConfig::default(),
         }
     }
 }
@@ -63,7 +67,7 @@ struct PendingSubmit {
 /// master is unreachable, and coalesces concurrent `submit`s into batches.
 #[derive(Clone)]
 pub struct RemoteMasterProxy {
-    client: MasterClient<Channel>,
+    masters: Arc<Masters>,
     config: Arc<RemoteConfig>,
     submits: mpsc::UnboundedSender<PendingSubmit>,
 }
@@ -71,87 +75,38 @@ pub struct RemoteMasterProxy {
 impl std::fmt::Debug for RemoteMasterProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteMasterProxy")
+            .field("masters", &self.masters.describe())
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
 
-/// A channel to a master that connects on first use and again after every failure, and
-/// notices a master that vanished without a reset within seconds (HTTP/2 and TCP keepalive).
-///
-/// # Errors
-/// `InvalidArgument` for a malformed endpoint.
-pub fn lazy_channel(endpoint: &str, connect_timeout: Duration) -> Result<Channel, ApiError> {
-    Ok(Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|e| ApiError::InvalidArgument(format!("endpoint {endpoint:?}: {e}")))?
-        .connect_timeout(connect_timeout)
-        .tcp_nodelay(true)
-        .tcp_keepalive(Some(Duration::from_secs(10)))
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
-}
-
-fn retry_delays() -> impl Iterator<Item = Duration> {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(20))
-        .with_max_delay(Duration::from_secs(1))
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
-
-/// Runs `call` until it returns something other than `Unavailable`, or `retry_for` passes.
-async fn retrying<T, F, Fut>(config: &RemoteConfig, mut call: F) -> Result<T, ApiError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, ApiError>>,
-{
-    // The window opens at the first failure: a long wait (`await_result`) that loses its
-    // connection still gets the full `retry_for` to find the master again.
-    let mut deadline = None;
-    let mut delays = retry_delays();
-    loop {
-        match call().await {
-            Err(ApiError::Unavailable(m))
-                if tokio::time::Instant::now()
-                    < *deadline
-                        .get_or_insert_with(|| tokio::time::Instant::now() + config.retry_for) =>
-            {
-                let delay = delays.next().unwrap_or(Duration::from_secs(1));
-                debug!(error = %m, ?delay, "master unavailable; retrying");
-                tokio::time::sleep(delay).await;
-            }
-            other => return other,
-        }
-    }
-}
-
 impl RemoteMasterProxy {
-    /// A proxy for the master at `endpoint` (e.g. `http://127.0.0.1:7070`). Connects on
-    /// first use. Must be called within a tokio runtime.
+    /// A proxy for the master at `endpoint` (e.g. `http://127.0.0.1:7070`) with the default
+    /// [`RemoteConfig`]. Connects on first use. Must be called within a tokio runtime.
     ///
     /// # Errors
     /// `InvalidArgument` for a malformed endpoint.
     pub fn connect(endpoint: &str) -> Result<Self, ApiError> {
-        Self::with_config(endpoint, RemoteConfig::default())
+        Self::with_config([endpoint], RemoteConfig::default())
     }
 
-    /// As [`RemoteMasterProxy::connect`], with settings.
+    /// A proxy for the masters at `endpoints`, with settings. Calls go to one of them; one
+    /// that finds it unreachable moves on to the next.
     ///
     /// # Errors
-    /// `InvalidArgument` for a malformed endpoint.
-    pub fn with_config(endpoint: &str, config: RemoteConfig) -> Result<Self, ApiError> {
-        let channel = lazy_channel(endpoint, config.connect_timeout)?;
-        let client = MasterClient::new(channel)
-            .max_decoding_message_size(config.max_message_bytes)
-            .max_encoding_message_size(config.max_message_bytes);
+    /// `InvalidArgument` for an empty list or a malformed endpoint.
+    pub fn with_config<I, S>(endpoints: I, config: RemoteConfig) -> Result<Self, ApiError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let masters = Arc::new(Masters::new(endpoints, &config.channel)?);
         let config = Arc::new(config);
         let (submits, queue) = mpsc::unbounded_channel();
-        tokio::spawn(coalesce_submits(client.clone(), config.clone(), queue));
+        tokio::spawn(coalesce_submits(masters.clone(), config.clone(), queue));
         Ok(RemoteMasterProxy {
-            client,
+            masters,
             config,
             submits,
         })
@@ -164,15 +119,15 @@ impl RemoteMasterProxy {
         F: Fn(MasterClient<Channel>, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
-        retrying(&self.config, || {
-            let response = call(self.client.clone(), request.clone());
+        retrying(&self.masters, self.config.retry_for, |channel| {
+            let response = call(client(channel, &self.config), request.clone());
             async move { Ok(response.await?.into_inner()) }
         })
         .await
     }
 
     async fn submit_batch(&self, specs: Vec<TaskSpec>) -> Result<Vec<SubmitAck>, ApiError> {
-        submit_batch(&self.client, &self.config, specs).await
+        submit_batch(&self.masters, &self.config, specs).await
     }
 
     async fn open_results(
@@ -189,16 +144,23 @@ impl RemoteMasterProxy {
     }
 }
 
+/// A client of the `Master` service over `channel`, with the configured message size.
+fn client(channel: Channel, config: &RemoteConfig) -> MasterClient<Channel> {
+    MasterClient::new(channel)
+        .max_decoding_message_size(config.channel.max_message_bytes)
+        .max_encoding_message_size(config.channel.max_message_bytes)
+}
+
 async fn submit_batch(
-    client: &MasterClient<Channel>,
+    masters: &Masters,
     config: &RemoteConfig,
     specs: Vec<TaskSpec>,
 ) -> Result<Vec<SubmitAck>, ApiError> {
     let request = proto::SubmitBatchRequest {
         tasks: specs.into_iter().map(Into::into).collect(),
     };
-    let response = retrying(config, || {
-        let mut client = client.clone();
+    let response = retrying(masters, config.retry_for, |channel| {
+        let mut client = client(channel, config);
         let request = request.clone();
         async move { Ok(client.submit_batch(request).await?.into_inner()) }
     })
@@ -210,7 +172,7 @@ async fn submit_batch(
 /// on the wire goes out together. A batch the master refuses as a whole is retried one spec at
 /// a time, so each caller gets its own answer.
 async fn coalesce_submits(
-    client: MasterClient<Channel>,
+    masters: Arc<Masters>,
     config: Arc<RemoteConfig>,
     mut queue: mpsc::UnboundedReceiver<PendingSubmit>,
 ) {
@@ -226,11 +188,11 @@ async fn coalesce_submits(
                 Err(_) => break,
             }
         }
-        let (client, config) = (client.clone(), config.clone());
+        let (masters, config) = (masters.clone(), config.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let specs = batch.iter().map(|p| p.spec.clone()).collect();
-            match submit_batch(&client, &config, specs).await {
+            match submit_batch(&masters, &config, specs).await {
                 Ok(acks) if acks.len() == batch.len() => {
                     for (p, ack) in batch.into_iter().zip(acks) {
                         let _ = p.reply.send(Ok(ack));
@@ -249,13 +211,13 @@ async fn coalesce_submits(
                     | ApiError::ResourceExhausted(_),
                 ) if batch.len() > 1 => {
                     for p in batch {
-                        let r = submit_batch(&client, &config, vec![p.spec]).await.and_then(
-                            |mut acks| {
+                        let r = submit_batch(&masters, &config, vec![p.spec])
+                            .await
+                            .and_then(|mut acks| {
                                 acks.pop().ok_or_else(|| {
                                     ApiError::Internal("an empty answer to a submit".into())
                                 })
-                            },
-                        );
+                            });
                         let _ = p.reply.send(r);
                     }
                 }
@@ -373,8 +335,8 @@ impl MasterProxy for RemoteMasterProxy {
     }
 
     async fn failed_summary(&self) -> Result<Vec<FailedCount>, ApiError> {
-        let response = retrying(&self.config, || {
-            let mut client = self.client.clone();
+        let response = retrying(&self.masters, self.config.retry_for, |channel| {
+            let mut client = client(channel, &self.config);
             async move {
                 Ok(client
                     .failed_summary(proto::FailedSummaryRequest {})
@@ -447,8 +409,8 @@ impl MasterProxy for RemoteMasterProxy {
     }
 
     async fn list_schedules(&self) -> Result<Vec<ScheduleView>, ApiError> {
-        let response = retrying(&self.config, || {
-            let mut client = self.client.clone();
+        let response = retrying(&self.masters, self.config.retry_for, |channel| {
+            let mut client = client(channel, &self.config);
             async move {
                 Ok(client
                     .list_schedules(proto::ListSchedulesRequest {})

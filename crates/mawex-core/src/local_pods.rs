@@ -1,68 +1,14 @@
-//! How a pod reaches its master: a transport-agnostic session.
+//! In-process pod sessions: a pod in the master's own process talks to the core directly.
 
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mawex_api::pod::{MasterMessage, PodHello, PodMessage, Welcome};
+use mawex_api::pod::{PodConnector, PodHello, PodMessage, PodOutbox, PodSession, Welcome};
 use mawex_api::ApiError;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::master::CoreMsg;
-
-/// Where a pod sends its messages. Implementations must not block.
-pub trait PodOutbox: Send + Sync + 'static {
-    /// Sends `message` to the master.
-    ///
-    /// # Errors
-    /// [`ApiError::Unavailable`] when the session is closed.
-    fn send(&self, message: PodMessage) -> Result<(), ApiError>;
-}
-
-/// One registered connection of a pod to a master.
-#[non_exhaustive]
-pub struct PodSession {
-    /// The master's answer to the hello.
-    pub welcome: Welcome,
-    /// Messages to the master.
-    pub outbox: Arc<dyn PodOutbox>,
-    /// Messages from the master; closed when the master drops the session.
-    pub inbox: mpsc::UnboundedReceiver<MasterMessage>,
-}
-
-impl PodSession {
-    /// A session from its parts (for transports outside this crate).
-    pub fn new(
-        welcome: Welcome,
-        outbox: Arc<dyn PodOutbox>,
-        inbox: mpsc::UnboundedReceiver<MasterMessage>,
-    ) -> Self {
-        PodSession {
-            welcome,
-            outbox,
-            inbox,
-        }
-    }
-}
-
-impl std::fmt::Debug for PodSession {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PodSession")
-            .field("welcome", &self.welcome)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Opens sessions to a master: in-process, or over the network.
-#[async_trait]
-pub trait PodConnector: Send + Sync + 'static {
-    /// Registers the pod and opens a session.
-    ///
-    /// # Errors
-    /// `Unavailable` when the master cannot be reached, `InvalidArgument` when it refuses
-    /// the hello.
-    async fn connect(&self, hello: PodHello) -> Result<PodSession, ApiError>;
-}
 
 /// Connects pods to a master in the same process.
 #[derive(Debug, Clone)]

@@ -1,7 +1,10 @@
 //! The pod runtime: hosts workers of one or more groups, runs leased attempts in a sandbox,
 //! heartbeats, reconnects, and leaves cleanly.
+//!
+//! A pod needs only a [`PodConnector`] to reach its master (in-process or over gRPC) and a
+//! sandbox set to run attempts in; it links no storage and no master code.
 
-mod link;
+mod error;
 mod usage;
 
 use std::collections::{BTreeMap, HashMap};
@@ -10,7 +13,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
-use mawex_api::pod::{Assignment, AttemptRef, MasterMessage, PodHello, PodMessage};
+use mawex_api::pod::{
+    Assignment, AttemptRef, MasterMessage, PodConnector, PodHello, PodMessage, PodOutbox,
+    PodSession, MAX_POD_PREFETCH, MAX_POD_SLOTS,
+};
 use mawex_api::{ApiError, Attempt, GroupName, Limits, PodId, TaskError, TaskId};
 use mawex_sandbox::{SandboxSet, TaskInput};
 use tokio::sync::mpsc;
@@ -18,10 +24,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-pub use link::{LocalPodConnector, PodConnector, PodOutbox, PodSession};
-
-use crate::error::CoreError;
-use crate::master::{MAX_POD_PREFETCH, MAX_POD_SLOTS};
+pub use error::WorkerError;
 
 /// Settings of a pod.
 #[derive(Debug, Clone)]
@@ -96,22 +99,22 @@ impl PodConfig {
     /// Checks the values.
     ///
     /// # Errors
-    /// [`CoreError::Config`] naming the field.
-    pub fn validate(&self) -> Result<(), CoreError> {
+    /// [`WorkerError::Config`] naming the field.
+    pub fn validate(&self) -> Result<(), WorkerError> {
         if self.groups.is_empty() {
-            return Err(CoreError::Config(format!(
+            return Err(WorkerError::Config(format!(
                 "pod {}: serve at least one group",
                 self.id
             )));
         }
         if !(1..=MAX_POD_SLOTS).contains(&self.slots) {
-            return Err(CoreError::Config(format!(
+            return Err(WorkerError::Config(format!(
                 "pod {}: slots must be between 1 and {MAX_POD_SLOTS}",
                 self.id
             )));
         }
         if self.prefetch > MAX_POD_PREFETCH {
-            return Err(CoreError::Config(format!(
+            return Err(WorkerError::Config(format!(
                 "pod {}: prefetch must be at most {MAX_POD_PREFETCH}",
                 self.id
             )));
@@ -457,12 +460,12 @@ impl Pod {
     /// Must be called within a tokio runtime.
     ///
     /// # Errors
-    /// [`CoreError::Config`] for a bad configuration.
+    /// [`WorkerError::Config`] for a bad configuration.
     pub fn start(
         config: PodConfig,
         sandboxes: impl Into<SandboxSet>,
         connector: Arc<dyn PodConnector>,
-    ) -> Result<Pod, CoreError> {
+    ) -> Result<Pod, WorkerError> {
         let sandboxes = sandboxes.into();
         config.validate()?;
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
@@ -510,13 +513,11 @@ impl Pod {
     /// the master it is gone. Nothing it held waits for a lease timeout.
     ///
     /// # Errors
-    /// [`CoreError::Thread`] if the pod's task panicked.
-    pub async fn shutdown(mut self) -> Result<(), CoreError> {
+    /// [`WorkerError::Task`] if the pod's task panicked.
+    pub async fn shutdown(mut self) -> Result<(), WorkerError> {
         self.stop.cancel();
         if let Some(runner) = self.runner.take() {
-            runner
-                .await
-                .map_err(|e| CoreError::Thread(format!("pod task failed: {e}")))?;
+            runner.await.map_err(|e| WorkerError::Task(e.to_string()))?;
         }
         Ok(())
     }

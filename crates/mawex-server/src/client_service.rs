@@ -11,7 +11,7 @@ use mawex_api::{
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::proxy::LocalMasterProxy;
+use mawex_core::LocalMasterProxy;
 
 pub(crate) struct ClientService {
     proxy: LocalMasterProxy,

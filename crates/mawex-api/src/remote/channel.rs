@@ -1,0 +1,220 @@
+//! How clients and pods reach their masters: a list of endpoints, lazily connected channels,
+//! and the retry loop that moves to the next endpoint while the current one is unreachable.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use tonic::transport::{Channel, Endpoint};
+use tracing::debug;
+
+use crate::error::ApiError;
+
+/// How connections to a master are made and kept alive. Shared by
+/// [`RemoteMasterProxy`](super::RemoteMasterProxy) and
+/// [`GrpcPodConnector`](super::GrpcPodConnector).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ChannelConfig {
+    /// Time allowed to establish a connection. Default: 5 s.
+    pub connect_timeout: Duration,
+    /// TCP keepalive of the connection, so a vanished peer is noticed. Default: 10 s.
+    pub tcp_keepalive: Option<Duration>,
+    /// Interval of HTTP/2 pings on an open connection, idle or not. Default: 10 s.
+    pub http2_keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection counts as dead. Default: 20 s.
+    pub keepalive_timeout: Duration,
+    /// Largest message sent or received, in bytes. Default: 64 MiB.
+    pub max_message_bytes: usize,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        ChannelConfig {
+            connect_timeout: Duration::from_secs(5),
+            tcp_keepalive: Some(Duration::from_secs(10)),
+            http2_keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(20),
+            max_message_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl ChannelConfig {
+    /// A channel to `endpoint` that connects on first use and again after every failure.
+    fn channel(&self, endpoint: &str) -> Result<Channel, ApiError> {
+        Ok(Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|e| ApiError::InvalidArgument(format!("endpoint {endpoint:?}: {e}")))?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .tcp_keepalive(self.tcp_keepalive)
+            .http2_keep_alive_interval(self.http2_keepalive_interval)
+            .keep_alive_timeout(self.keepalive_timeout)
+            .keep_alive_while_idle(true)
+            .connect_lazy())
+    }
+}
+
+/// The masters a client may talk to, one of them current. A call that finds the current one
+/// unreachable moves on to the next, so a list of masters keeps working while one is down.
+#[derive(Debug)]
+pub(crate) struct Masters {
+    endpoints: Vec<(String, Channel)>,
+    current: AtomicUsize,
+}
+
+impl Masters {
+    /// Lazy channels to each of `endpoints` (none is contacted yet).
+    ///
+    /// # Errors
+    /// `InvalidArgument` for an empty list or a malformed endpoint.
+    pub(crate) fn new<I, S>(endpoints: I, config: &ChannelConfig) -> Result<Self, ApiError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let endpoints = endpoints
+            .into_iter()
+            .map(|e| {
+                let e = e.as_ref();
+                Ok((e.to_owned(), config.channel(e)?))
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        if endpoints.is_empty() {
+            return Err(ApiError::InvalidArgument("no master endpoint given".into()));
+        }
+        Ok(Masters {
+            endpoints,
+            current: AtomicUsize::new(0),
+        })
+    }
+
+    /// The current endpoint's index and channel.
+    pub(crate) fn current(&self) -> (usize, Channel) {
+        let index = self.current.load(Ordering::Relaxed) % self.endpoints.len();
+        (index, self.endpoints[index].1.clone())
+    }
+
+    /// The endpoint at `index` failed: move on to the next one, unless another call did
+    /// already.
+    pub(crate) fn failed(&self, index: usize) {
+        let next = (index + 1) % self.endpoints.len();
+        let _ = self
+            .current
+            .compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// The endpoint at `index`, for error messages.
+    pub(crate) fn endpoint(&self, index: usize) -> &str {
+        self.endpoints
+            .get(index)
+            .map_or("(none)", |(e, _)| e.as_str())
+    }
+
+    /// The endpoints, for error messages.
+    pub(crate) fn describe(&self) -> String {
+        let names: Vec<&str> = self.endpoints.iter().map(|(e, _)| e.as_str()).collect();
+        names.join(", ")
+    }
+}
+
+fn retry_delays() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(20))
+        .with_max_delay(Duration::from_secs(1))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Runs `call` on the current master until it returns something other than `Unavailable`,
+/// moving to the next endpoint after each failure, or until `retry_for` has passed since the
+/// first failure. The final error names the endpoints and how long they were tried.
+pub(crate) async fn retrying<T, F, Fut>(
+    masters: &Masters,
+    retry_for: Duration,
+    mut call: F,
+) -> Result<T, ApiError>
+where
+    F: FnMut(Channel) -> Fut,
+    Fut: Future<Output = Result<T, ApiError>>,
+{
+    // The window opens at the first failure: a long wait (`await_result`) that loses its
+    // connection still gets the full `retry_for` to find the master again.
+    let mut started = None;
+    let mut delays = retry_delays();
+    loop {
+        let (index, channel) = masters.current();
+        match call(channel).await {
+            Err(ApiError::Unavailable(reason)) => {
+                masters.failed(index);
+                let started = *started.get_or_insert_with(tokio::time::Instant::now);
+                if started.elapsed() >= retry_for {
+                    return Err(ApiError::Unavailable(format!(
+                        "no master reachable at {} (tried for {:.1} s): {reason}",
+                        masters.describe(),
+                        started.elapsed().as_secs_f64()
+                    )));
+                }
+                let delay = delays.next().unwrap_or(Duration::from_secs(1));
+                debug!(error = %reason, ?delay, "master unavailable; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_empty_or_malformed_list_is_refused() {
+        let config = ChannelConfig::default();
+        let none: [&str; 0] = [];
+        assert!(matches!(
+            Masters::new(none, &config),
+            Err(ApiError::InvalidArgument(_))
+        ));
+        let err = Masters::new(["http://ok:1", "not a uri"], &config).unwrap_err();
+        assert!(err.to_string().contains("not a uri"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_failure_moves_to_the_next_endpoint_once() {
+        let masters = Masters::new(
+            ["http://a:1", "http://b:1", "http://c:1"],
+            &ChannelConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(masters.current().0, 0);
+        masters.failed(0);
+        // A second caller that saw the same endpoint fail does not skip one more.
+        masters.failed(0);
+        assert_eq!(masters.current().0, 1);
+        masters.failed(1);
+        masters.failed(2);
+        assert_eq!(masters.current().0, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_final_error_names_the_endpoints_and_the_time_tried() {
+        let masters =
+            Masters::new(["http://a:1", "http://b:1"], &ChannelConfig::default()).unwrap();
+        let mut seen = Vec::new();
+        let err = retrying(&masters, Duration::from_secs(3), |_| {
+            seen.push(masters.current().0);
+            async { Err::<(), _>(ApiError::Unavailable("tcp connect error".into())) }
+        })
+        .await
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("http://a:1, http://b:1"), "{text}");
+        assert!(text.contains("tried for 3."), "{text}");
+        assert!(text.contains("tcp connect error"), "{text}");
+        // Both endpoints were tried, alternately.
+        assert!(seen.windows(2).all(|w| w[0] != w[1]), "{seen:?}");
+    }
+}

@@ -1,0 +1,127 @@
+//! [`GrpcPodConnector`]: the pod side of the `mawex.v1.PodLink` service.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tracing::{debug, warn};
+
+use super::channel::{ChannelConfig, Masters};
+use crate::convert::MasterFrame;
+use crate::error::ApiError;
+use crate::pod::{PodConnector, PodHello, PodMessage, PodOutbox, PodSession};
+use crate::proto;
+use crate::proto::pod_link_client::PodLinkClient;
+
+/// Connects pods to a master over gRPC: one bidirectional stream per session.
+#[derive(Debug, Clone)]
+pub struct GrpcPodConnector {
+    masters: Arc<Masters>,
+    config: ChannelConfig,
+}
+
+impl GrpcPodConnector {
+    /// A connector for the master at `endpoint` (e.g. `http://127.0.0.1:7070`) with the
+    /// default [`ChannelConfig`]; connects on first use and again after every failure.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a malformed endpoint.
+    pub fn new(endpoint: &str) -> Result<Self, ApiError> {
+        Self::with_config([endpoint], ChannelConfig::default())
+    }
+
+    /// A connector for the masters at `endpoints`: each session is opened with the current
+    /// one, and a session that cannot be opened moves on to the next (the pod's reconnect
+    /// loop tries again).
+    ///
+    /// # Errors
+    /// `InvalidArgument` for an empty list or a malformed endpoint.
+    pub fn with_config<I, S>(endpoints: I, config: ChannelConfig) -> Result<Self, ApiError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let masters = Arc::new(Masters::new(endpoints, &config)?);
+        Ok(GrpcPodConnector { masters, config })
+    }
+
+    async fn open(
+        &self,
+        client: PodLinkClient<tonic::transport::Channel>,
+        hello: PodHello,
+    ) -> Result<PodSession, ApiError> {
+        let mut client = client
+            .max_decoding_message_size(self.config.max_message_bytes)
+            .max_encoding_message_size(self.config.max_message_bytes);
+        let (tx, rx) = mpsc::unbounded_channel::<proto::PodToMaster>();
+        tx.send(hello.into())
+            .map_err(|_| ApiError::Internal("a fresh channel refused a message".into()))?;
+        let mut inbound = client
+            .session(UnboundedReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| ApiError::Unavailable("the master closed the session at once".into()))?;
+        let welcome = match MasterFrame::try_from(first)? {
+            MasterFrame::Welcome(welcome) => welcome,
+            MasterFrame::Message(_) => {
+                return Err(ApiError::Internal(
+                    "the master spoke before welcoming the pod".into(),
+                ))
+            }
+        };
+        let (inbox_tx, inbox) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(m)) => match MasterFrame::try_from(m) {
+                        Ok(MasterFrame::Message(message)) => {
+                            if inbox_tx.send(message).is_err() {
+                                break;
+                            }
+                        }
+                        Ok(MasterFrame::Welcome(_)) => warn!("a second welcome is ignored"),
+                        Err(e) => warn!(error = %e, "malformed master message ignored"),
+                    },
+                    Ok(None) => break,
+                    Err(status) => {
+                        debug!(%status, "master stream failed");
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(PodSession::new(welcome, Arc::new(GrpcOutbox { tx }), inbox))
+    }
+}
+
+struct GrpcOutbox {
+    tx: mpsc::UnboundedSender<proto::PodToMaster>,
+}
+
+impl PodOutbox for GrpcOutbox {
+    fn send(&self, message: PodMessage) -> Result<(), ApiError> {
+        self.tx
+            .send(message.into())
+            .map_err(|_| ApiError::Unavailable("the pod session is closed".into()))
+    }
+}
+
+#[async_trait]
+impl PodConnector for GrpcPodConnector {
+    async fn connect(&self, hello: PodHello) -> Result<PodSession, ApiError> {
+        let (index, channel) = self.masters.current();
+        let opened = self.open(PodLinkClient::new(channel), hello).await;
+        if let Err(ApiError::Unavailable(reason)) = &opened {
+            self.masters.failed(index);
+            return Err(ApiError::Unavailable(format!(
+                "cannot open a pod session with {}: {reason}",
+                self.masters.endpoint(index)
+            )));
+        }
+        opened
+    }
+}

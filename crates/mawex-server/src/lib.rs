@@ -1,0 +1,316 @@
+//! The gRPC face of a master: the client service, the pod link, health and reflection,
+//! composed with whatever else the embedding program serves on the same port.
+//!
+//! Both mawex services are thin: they convert at the edge (`mawex_api::convert`) and call the
+//! same in-process handles as everyone else (`LocalMasterProxy`, `LocalPodConnector`), so the
+//! network adds no second code path to the master. Errors become `tonic::Status` through the
+//! one `From<ApiError>` mapping in `mawex_api::convert`.
+//!
+//! A [`Server`] is built from parts and then served: [`Server::serve`] takes a bound listener
+//! and a shutdown future (tests, systemd sockets and the binary all bind their own way), and
+//! [`Server::start`] binds an address and serves in the background.
+//!
+//! ```
+//! use mawex_core::{Master, MemoryJournal};
+//! use mawex_server::Server;
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let master = Master::builder().start(MemoryJournal::new()).await.unwrap();
+//! let server = Server::new(&master)
+//!     .start("127.0.0.1:0".parse().unwrap())
+//!     .await
+//!     .unwrap();
+//! println!("serving on {}", server.endpoint());
+//! server.shutdown().await.unwrap();
+//! master.shutdown().await.unwrap();
+//! # });
+//! ```
+
+mod client_service;
+mod error;
+mod pod_service;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mawex_api::proto;
+use mawex_core::{LocalMasterProxy, LocalPodConnector, Master};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::{Interceptor, Routes};
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Status};
+use tracing::info;
+
+pub use error::ServerError;
+
+use client_service::ClientService;
+use pod_service::PodLinkService;
+
+/// Settings of the gRPC server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Largest message accepted or sent, in bytes. Bigger requests fail with a clear error
+    /// before they reach the master; payloads are further limited by
+    /// `MasterConfig::max_payload_bytes`. Default: 16 MiB.
+    pub max_message_bytes: usize,
+    /// TCP keepalive of accepted connections, so a vanished peer is noticed. Default: 10 s.
+    pub tcp_keepalive: Option<Duration>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_message_bytes: 16 * 1024 * 1024,
+            tcp_keepalive: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+type CheckFn = dyn Fn(Request<()>) -> Result<Request<()>, Status> + Send + Sync;
+
+/// The interceptor every mawex service runs behind: the configured checks, or none.
+#[derive(Clone, Default)]
+struct Checks(Option<Arc<CheckFn>>);
+
+impl Interceptor for Checks {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        match &self.0 {
+            Some(check) => check(request),
+            None => Ok(request),
+        }
+    }
+}
+
+/// A gRPC server of one master, built from parts: settings, an interceptor in front of the
+/// mawex services, and extra services served on the same port.
+pub struct Server {
+    proxy: LocalMasterProxy,
+    connector: LocalPodConnector,
+    max_payload_bytes: usize,
+    config: ServerConfig,
+    checks: Checks,
+    routes: Routes,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A server of `master` with default settings, serving the `mawex.v1` client and pod
+    /// services, `grpc.health.v1` and reflection.
+    pub fn new(master: &Master) -> Self {
+        Server {
+            proxy: master.proxy(),
+            connector: master.pod_connector(),
+            max_payload_bytes: master.max_payload_bytes(),
+            config: ServerConfig::default(),
+            checks: Checks::default(),
+            routes: Routes::default(),
+        }
+    }
+
+    /// Uses `config` instead of the defaults.
+    pub fn config(mut self, config: ServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Runs `check` on every request to the mawex services (client and pod link) before it
+    /// is handled; an `Err` is the answer. Health and reflection stay open.
+    pub fn interceptor<F>(mut self, check: F) -> Self
+    where
+        F: Fn(Request<()>) -> Result<Request<()>, Status> + Send + Sync + 'static,
+    {
+        self.checks = Checks(Some(Arc::new(check)));
+        self
+    }
+
+    /// Serves another tonic service on the same port (e.g. replication between masters).
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: tower_service::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.routes = self.routes.add_service(service);
+        self
+    }
+
+    /// Binds `addr` (port 0 picks a free port) and serves in the background until
+    /// [`RunningServer::shutdown`]. Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    /// [`ServerError::Config`] for a bad setting, [`ServerError::Bind`] if the address
+    /// cannot be bound.
+    pub async fn start(self, addr: SocketAddr) -> Result<RunningServer, ServerError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let stop = CancellationToken::new();
+        let serving = self.prepare(stop.clone()).await?;
+        let shutdown = stop.clone();
+        let task = tokio::spawn(serving.run(listener, async move {
+            shutdown.cancelled().await;
+        }));
+        info!(%local_addr, "gRPC server listening");
+        Ok(RunningServer {
+            local_addr,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// Serves on `listener` until `shutdown` completes: then stops accepting, ends open
+    /// streams and long waits (their clients resume elsewhere), and returns.
+    ///
+    /// # Errors
+    /// [`ServerError::Config`] for a bad setting, [`ServerError::Serve`] if serving failed.
+    ///
+    /// # Cancel safety
+    /// Dropping the future stops the server at once, without ending streams gracefully.
+    pub async fn serve<F>(self, listener: TcpListener, shutdown: F) -> Result<(), ServerError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let stop = CancellationToken::new();
+        let serving = self.prepare(stop.clone()).await?;
+        serving
+            .run(listener, async move {
+                shutdown.await;
+                stop.cancel();
+            })
+            .await
+    }
+
+    /// Checks the settings and assembles the services; `stop` ends long waits and streams.
+    async fn prepare(self, stop: CancellationToken) -> Result<Serving, ServerError> {
+        // Room for the largest payload plus the rest of a message.
+        let needed = self.max_payload_bytes.saturating_add(64 * 1024);
+        if self.config.max_message_bytes < needed {
+            return Err(ServerError::Config(format!(
+                "max_message_bytes ({}) must be at least max_payload_bytes + 64 KiB ({needed})",
+                self.config.max_message_bytes
+            )));
+        }
+        let max = self.config.max_message_bytes;
+        let client =
+            proto::master_server::MasterServer::new(ClientService::new(self.proxy, stop.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max);
+        let pods = proto::pod_link_server::PodLinkServer::new(PodLinkService::new(
+            self.connector,
+            stop.clone(),
+        ))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<proto::master_server::MasterServer<ClientService>>()
+            .await;
+        health
+            .set_serving::<proto::pod_link_server::PodLinkServer<PodLinkService>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| ServerError::Config(format!("reflection: {e}")))?;
+
+        let routes = self
+            .routes
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(InterceptedService::new(client, self.checks.clone()))
+            .add_service(InterceptedService::new(pods, self.checks));
+        Ok(Serving {
+            routes,
+            tcp_keepalive: self.config.tcp_keepalive,
+        })
+    }
+}
+
+/// Services assembled and ready to run on a listener.
+struct Serving {
+    routes: Routes,
+    tcp_keepalive: Option<Duration>,
+}
+
+impl Serving {
+    async fn run<F>(self, listener: TcpListener, shutdown: F) -> Result<(), ServerError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(self.tcp_keepalive);
+        tonic::transport::Server::builder()
+            .add_routes(self.routes)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+            .map_err(ServerError::Serve)
+    }
+}
+
+/// A server running in the background. [`RunningServer::shutdown`] stops it and waits;
+/// dropping it stops it without waiting.
+#[derive(Debug)]
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    stop: CancellationToken,
+    /// Taken by `shutdown`.
+    task: Option<JoinHandle<Result<(), ServerError>>>,
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl RunningServer {
+    /// The address it listens on (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The `http://` endpoint clients and pods connect to.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.local_addr)
+    }
+
+    /// Stops accepting, ends open streams, and waits for the server task.
+    ///
+    /// # Errors
+    /// [`ServerError::Serve`] if serving failed, [`ServerError::Task`] if its task panicked.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        self.stop.cancel();
+        let Some(task) = self.task.take() else {
+            return Ok(());
+        };
+        task.await.map_err(|e| ServerError::Task(e.to_string()))?
+    }
+}

@@ -1,0 +1,102 @@
+//! The `mawex.v1.PodLink` service: pod sessions, each handed to the master in-process.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::{stream, Stream, StreamExt};
+use mawex_api::convert::PodFrame;
+use mawex_api::pod::{PodConnector, PodSession};
+use mawex_api::proto;
+use mawex_core::LocalPodConnector;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, warn};
+
+/// How long a new pod stream may take to send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) struct PodLinkService {
+    connector: LocalPodConnector,
+    stop: CancellationToken,
+}
+
+impl PodLinkService {
+    pub(crate) fn new(connector: LocalPodConnector, stop: CancellationToken) -> Self {
+        PodLinkService { connector, stop }
+    }
+}
+
+type ToPodStream = Pin<Box<dyn Stream<Item = Result<proto::MasterToPod, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl proto::pod_link_server::PodLink for PodLinkService {
+    type SessionStream = ToPodStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<proto::PodToMaster>>,
+    ) -> Result<Response<ToPodStream>, Status> {
+        let mut inbound = request.into_inner();
+        // A peer that opens a stream and says nothing must not hold the server open.
+        let first = tokio::select! {
+            first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message()) => first
+                .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??,
+            () = self.stop.cancelled() => return Err(Status::unavailable("the server is shutting down")),
+        }
+        .ok_or_else(|| Status::invalid_argument("the stream ended before a hello"))?;
+        let hello = match PodFrame::try_from(first)? {
+            PodFrame::Hello(hello) => hello,
+            PodFrame::Message(_) => {
+                return Err(Status::invalid_argument(
+                    "the first message of a pod session must be a hello",
+                ))
+            }
+        };
+        let pod = hello.pod.clone();
+        let PodSession {
+            welcome,
+            outbox,
+            inbox,
+            ..
+        } = self.connector.connect(hello).await?;
+
+        // Pod → master. The session ends for the master when this task drops `outbox`.
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    m = inbound.message() => m,
+                    () = stop.cancelled() => break,
+                };
+                match next {
+                    Ok(Some(m)) => match PodFrame::try_from(m) {
+                        Ok(PodFrame::Message(message)) => {
+                            if outbox.send(message).is_err() {
+                                break;
+                            }
+                        }
+                        Ok(PodFrame::Hello(_)) => {
+                            warn!(%pod, "a second hello on one session is ignored")
+                        }
+                        Err(e) => warn!(%pod, error = %e, "malformed pod message ignored"),
+                    },
+                    Ok(None) => break,
+                    Err(status) => {
+                        debug!(%pod, %status, "pod stream failed");
+                        break;
+                    }
+                }
+            }
+        });
+
+        // Master → pod: the welcome, then whatever the master sends, until it closes the
+        // session or the server stops.
+        let stop = self.stop.clone();
+        let rest = UnboundedReceiverStream::new(inbox).map(|m| Ok(m.into()));
+        let out = stream::once(async move { Ok(welcome.into()) })
+            .chain(rest)
+            .take_until(async move { stop.cancelled().await });
+        Ok(Response::new(Box::pin(out)))
+    }
+}
