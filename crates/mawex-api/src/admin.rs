@@ -1,7 +1,5 @@
 //! Queue administration: per-group settings and the failed queue.
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
@@ -90,44 +88,6 @@ impl GroupSettings {
                      pause the group to stop it"
                 )));
             }
-        }
-        Ok(())
-    }
-}
-
-/// Identifies "the same job" for deduplication: while a task with this key is pending or
-/// running, or finished less than `window` ago, a new submit with the key returns that task
-/// instead of enqueuing another.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct Dedup {
-    /// The job's identity, e.g. `"reindex:customer-42"`.
-    pub key: String,
-    /// How long after it finished a task still counts as a duplicate.
-    pub window: Duration,
-}
-
-/// The longest dedup key accepted, in bytes.
-pub const MAX_DEDUP_KEY_LEN: usize = 512;
-
-impl Dedup {
-    /// A dedup `key` with a `window`.
-    pub fn new(key: impl Into<String>, window: Duration) -> Self {
-        Dedup {
-            key: key.into(),
-            window,
-        }
-    }
-
-    /// Checks the key.
-    ///
-    /// # Errors
-    /// [`ApiError::InvalidArgument`] for an empty or overlong key.
-    pub fn validate(&self) -> Result<(), ApiError> {
-        if self.key.is_empty() || self.key.len() > MAX_DEDUP_KEY_LEN {
-            return Err(ApiError::InvalidArgument(format!(
-                "dedup.key must be 1 to {MAX_DEDUP_KEY_LEN} bytes"
-            )));
         }
         Ok(())
     }

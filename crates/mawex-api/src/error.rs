@@ -1,5 +1,3 @@
-use crate::ids::TaskId;
-
 /// Errors a [`crate::MasterProxy`] call can return.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -7,9 +5,10 @@ pub enum ApiError {
     /// The request was malformed; the message says which field and why.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    /// No task with this id is known (never submitted, or forgotten after its retention).
-    #[error("task {0} not found")]
-    NotFound(TaskId),
+    /// What was asked for is not known: the message names it, e.g. `task 0190…` (never
+    /// submitted, or forgotten after its retention).
+    #[error("{0} not found")]
+    NotFound(String),
     /// The request conflicts with recorded state, e.g. a task id reused with another spec.
     #[error("conflict: {0}")]
     Conflict(String),
@@ -22,4 +21,11 @@ pub enum ApiError {
     /// An unexpected failure inside the master.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl ApiError {
+    /// `NotFound` for the task `id` (any displayable id).
+    pub fn task_not_found(id: impl std::fmt::Display) -> Self {
+        ApiError::NotFound(format!("task {id}"))
+    }
 }

@@ -29,8 +29,8 @@ mod task;
 mod time;
 
 pub use admin::{
-    Dedup, FailedCount, FailedFilter, GroupSettings, MissedTicks, PendingChange, QueuePosition,
-    RateLimit, ScheduleSpec, ScheduleView, MAX_DEDUP_KEY_LEN, MAX_GROUP_CONCURRENCY,
+    FailedCount, FailedFilter, GroupSettings, MissedTicks, PendingChange, QueuePosition, RateLimit,
+    ScheduleSpec, ScheduleView, MAX_GROUP_CONCURRENCY,
 };
 pub use broadcast::{
     BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView, PlannedTarget, Source,
@@ -44,8 +44,9 @@ pub use proxy::{
 };
 pub use remote::{ChannelConfig, GrpcPodConnector, RemoteConfig, RemoteMasterProxy};
 pub use task::{
-    AttemptFailure, ErrorKind, Limits, Outcome, RetryHint, RetryPolicy, TaskError, TaskResult,
-    TaskSpec, TaskState, TaskView, MAX_ATTEMPTS, MAX_FAIRNESS_KEY_LEN, MAX_HANDLER_LEN,
+    AttemptFailure, Dedup, ErrorKind, Limits, Outcome, RetryHint, RetryPolicy, TaskError,
+    TaskResult, TaskSpec, TaskState, TaskView, MAX_ATTEMPTS, MAX_DEDUP_KEY_LEN,
+    MAX_FAIRNESS_KEY_LEN, MAX_HANDLER_LEN,
 };
 pub use time::Timestamp;
 

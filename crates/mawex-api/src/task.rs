@@ -4,7 +4,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::admin::Dedup;
 use crate::error::ApiError;
 use crate::ids::{Attempt, GroupName, PodId, TaskId};
 use crate::time::Timestamp;
@@ -572,5 +571,43 @@ mod tests {
         assert!(
             matches!(s.validate(10), Err(ApiError::InvalidArgument(ref m)) if m.contains("timeout"))
         );
+    }
+}
+
+/// Identifies "the same job" for deduplication: while a task with this key is pending or
+/// running, or finished less than `window` ago, a new submit with the key returns that task
+/// instead of enqueuing another.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Dedup {
+    /// The job's identity, e.g. `"reindex:customer-42"`.
+    pub key: String,
+    /// How long after it finished a task still counts as a duplicate.
+    pub window: Duration,
+}
+
+/// The longest dedup key accepted, in bytes.
+pub const MAX_DEDUP_KEY_LEN: usize = 512;
+
+impl Dedup {
+    /// A dedup `key` with a `window`.
+    pub fn new(key: impl Into<String>, window: Duration) -> Self {
+        Dedup {
+            key: key.into(),
+            window,
+        }
+    }
+
+    /// Checks the key.
+    ///
+    /// # Errors
+    /// [`ApiError::InvalidArgument`] for an empty or overlong key.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if self.key.is_empty() || self.key.len() > MAX_DEDUP_KEY_LEN {
+            return Err(ApiError::InvalidArgument(format!(
+                "dedup.key must be 1 to {MAX_DEDUP_KEY_LEN} bytes"
+            )));
+        }
+        Ok(())
     }
 }

@@ -37,17 +37,17 @@
 //! ```
 
 pub mod clock;
+mod codec;
+mod engine;
 mod error;
 pub mod journal;
-mod local_pods;
-mod master;
-mod proxy;
+mod runtime;
+mod state;
 
+pub use engine::PodStats;
 pub use error::CoreError;
 pub use journal::{Journal, MemoryJournal, Recovered, SledJournal};
-pub use local_pods::LocalPodConnector;
-pub use master::{
-    Event, Master, MasterBuilder, MasterConfig, MasterState, MasterStats, PodStats, RequeueReason,
-    TaskCounts,
+pub use runtime::{
+    LocalMasterProxy, LocalPodConnector, Master, MasterBuilder, MasterConfig, MasterStats,
 };
-pub use proxy::LocalMasterProxy;
+pub use state::{Event, MasterState, RequeueReason, TaskCounts};

@@ -200,7 +200,7 @@ fn fork_child(
             drop((stdin, stdout, stderr));
             // A handler that re-executes this binary must not start another fork server.
             std::env::remove_var(SERVER_ENV);
-            crate::forked::run_child(registry)
+            crate::forked_child::run_child(registry)
         }
         Err(errno) => Err(errno as i32),
     }

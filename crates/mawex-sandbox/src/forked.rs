@@ -17,7 +17,6 @@
 //! frame and the child sets them on itself before it runs the handler.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,63 +24,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use mawex_api::{Attempt, GroupName, TaskId};
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::SandboxError;
 use crate::executor::Report;
 use crate::fork_server::ForkServer;
-use crate::in_process::{HandlerRegistry, InProcess};
+use crate::forked_child::{frame, unframe, Request};
+use crate::in_process::HandlerRegistry;
 use crate::input::TaskInput;
 use crate::process::{self, Budgets, ProcessLimits, Spawned};
 use crate::Sandbox;
 
 /// Set in a forked child's environment; [`run_if_child`] looks for it.
 pub const CHILD_ENV: &str = "MAWEX_FORKED_CHILD";
-/// Exit status of a child that could not even read its attempt.
-const SETUP_FAILED: i32 = 70;
-
-#[derive(Serialize, Deserialize)]
-struct Request {
-    task: TaskId,
-    attempt: u32,
-    group: GroupName,
-    handler: String,
-    payload: Vec<u8>,
-    /// Limits the child sets on itself before running the handler: a warm child was started
-    /// before its attempt was known.
-    memory_bytes: Option<u64>,
-    cpu_seconds: Option<u64>,
-    open_files: Option<u64>,
-    env: BTreeMap<String, String>,
-}
-
-fn frame<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
-    let body = bincode::serde::encode_to_vec(value, bincode::config::standard())
-        .map_err(|e| e.to_string())?;
-    let len = u32::try_from(body.len()).map_err(|_| "frame too large".to_owned())?;
-    let mut out = len.to_le_bytes().to_vec();
-    out.extend_from_slice(&body);
-    Ok(out)
-}
-
-fn unframe<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
-    let (len, body) = bytes
-        .split_first_chunk::<4>()
-        .ok_or_else(|| "frame shorter than its length".to_owned())?;
-    let len = u32::from_le_bytes(*len) as usize;
-    if body.len() != len {
-        return Err(format!("frame says {len} bytes, has {}", body.len()));
-    }
-    let (value, used) = bincode::serde::decode_from_slice(body, bincode::config::standard())
-        .map_err(|e| e.to_string())?;
-    if used != len {
-        return Err("trailing bytes after the frame".into());
-    }
-    Ok(value)
-}
-
 /// In a forked child (its environment says so), runs the attempt read from stdin with
 /// `registry`, writes the result to stdout and exits the process. In a Kubernetes Job in
 /// executor mode, does the same with the attempt in the environment (see
@@ -90,62 +45,8 @@ pub fn run_if_child(registry: &HandlerRegistry) {
     crate::executor::run_if_executor(registry);
     crate::fork_server::run_if_server(registry);
     if std::env::var_os(CHILD_ENV).is_some() {
-        run_child(registry);
+        crate::forked_child::run_child(registry);
     }
-}
-
-/// Runs the attempt on stdin and exits: a spawned child, or a fork server's.
-pub(crate) fn run_child(registry: &HandlerRegistry) -> ! {
-    let code = match child_main(registry) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("mawex forked child: {e}");
-            SETUP_FAILED
-        }
-    };
-    std::process::exit(code);
-}
-
-fn child_main(registry: &HandlerRegistry) -> Result<(), String> {
-    // Ready before the attempt arrives: a warm child waits here.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting a runtime: {e}"))?;
-    let mut input = Vec::new();
-    std::io::stdin()
-        .read_to_end(&mut input)
-        .map_err(|e| format!("reading the attempt: {e}"))?;
-    let request: Request = unframe(&input)?;
-    set_own_limits(&request)?;
-    let sandbox = InProcess::new(registry.clone());
-    let mut task = TaskInput::for_test(&request.handler, request.payload);
-    task.task = request.task;
-    task.attempt = Attempt(request.attempt);
-    task.group = request.group;
-    task.env = request.env;
-    // Limits are enforced by the parent around this whole process.
-    let result = runtime.block_on(sandbox.run(task, CancellationToken::new()));
-    let response = Report::of(result);
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(&frame(&response)?)
-        .and_then(|()| stdout.flush())
-        .map_err(|e| format!("writing the result: {e}"))
-}
-
-fn set_own_limits(request: &Request) -> Result<(), String> {
-    use nix::sys::resource::{setrlimit, Resource};
-    for (resource, value) in [
-        (Resource::RLIMIT_AS, request.memory_bytes),
-        (Resource::RLIMIT_CPU, request.cpu_seconds),
-        (Resource::RLIMIT_NOFILE, request.open_files),
-    ] {
-        if let Some(value) = value {
-            setrlimit(resource, value, value).map_err(|e| format!("setting {resource:?}: {e}"))?;
-        }
-    }
-    Ok(())
 }
 
 /// Children started ahead of their attempts, and how many are being started.

@@ -24,6 +24,7 @@ mod error;
 pub mod executor;
 pub mod fork_server;
 pub mod forked;
+mod forked_child;
 mod in_process;
 mod input;
 #[cfg(feature = "kubernetes")]

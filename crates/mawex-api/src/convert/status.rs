@@ -4,20 +4,11 @@ use tonic::{Code, Status};
 
 use crate::error::ApiError;
 
-/// Metadata key carrying the task id of a `NotFound`, so the client can rebuild the error.
-const TASK_ID_KEY: &str = "mawex-task-id";
-
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         match e {
             ApiError::InvalidArgument(m) => Status::invalid_argument(m),
-            ApiError::NotFound(id) => {
-                let mut status = Status::not_found(format!("task {id} not found"));
-                if let Ok(value) = id.to_string().parse() {
-                    status.metadata_mut().insert(TASK_ID_KEY, value);
-                }
-                status
-            }
+            ApiError::NotFound(what) => Status::not_found(what),
             ApiError::Conflict(m) => Status::already_exists(m),
             ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
             ApiError::Unavailable(m) => Status::unavailable(m),
@@ -43,17 +34,7 @@ impl From<Status> for ApiError {
             Code::InvalidArgument => ApiError::InvalidArgument(message),
             // tonic's answer to a message over the size limit.
             Code::OutOfRange => ApiError::ResourceExhausted(message),
-            Code::NotFound => {
-                let id = status
-                    .metadata()
-                    .get(TASK_ID_KEY)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|s| s.parse().ok());
-                match id {
-                    Some(id) => ApiError::NotFound(id),
-                    None => ApiError::Internal(format!("not found: {message}")),
-                }
-            }
+            Code::NotFound => ApiError::NotFound(message),
             Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => {
                 ApiError::Conflict(message)
             }
@@ -76,7 +57,7 @@ mod tests {
         let id = TaskId::new();
         for e in [
             ApiError::InvalidArgument("bad".into()),
-            ApiError::NotFound(id),
+            ApiError::task_not_found(id),
             ApiError::Conflict("taken".into()),
             ApiError::ResourceExhausted("big".into()),
             ApiError::Unavailable("down".into()),

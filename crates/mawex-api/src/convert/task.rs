@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use crate::admin::Dedup;
 use crate::convert::{in_field, invalid, required, task_id};
 use crate::error::ApiError;
 use crate::ids::{Attempt, GroupName, PodId};
 use crate::proto;
+use crate::task::Dedup;
 use crate::task::{
     AttemptFailure, ErrorKind, Limits, Outcome, RetryHint, RetryPolicy, TaskError, TaskResult,
     TaskSpec, TaskState, TaskView,

@@ -157,7 +157,11 @@ where
                         started.elapsed().as_secs_f64()
                     )));
                 }
-                let delay = delays.next().unwrap_or(Duration::from_secs(1));
+                // The last pause ends with the window, so the call gives up on time.
+                let delay = delays
+                    .next()
+                    .unwrap_or(Duration::from_secs(1))
+                    .min(retry_for.saturating_sub(started.elapsed()));
                 debug!(error = %reason, ?delay, "master unavailable; retrying");
                 tokio::time::sleep(delay).await;
             }

@@ -1,10 +1,10 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::record::{decode_snapshot, encode_records, encode_snapshot};
 use super::{replay_records, Journal, Recovered, MAX_RECORD_BYTES};
+use crate::codec::{decode_snapshot, encode_records, encode_snapshot};
 use crate::error::CoreError;
-use crate::master::{Event, MasterState};
+use crate::state::{Event, MasterState};
 
 #[derive(Debug, Default)]
 struct Inner {

@@ -1,11 +1,9 @@
 //! The durable, append-only record of every task state change.
 
 mod memory;
-pub(crate) mod record;
 mod sled_journal;
 #[cfg(test)]
 mod tests;
-pub(crate) mod v1;
 
 use tracing::warn;
 
@@ -13,7 +11,7 @@ pub use memory::MemoryJournal;
 pub use sled_journal::SledJournal;
 
 use crate::error::CoreError;
-use crate::master::{Event, MasterState};
+use crate::state::{Event, MasterState};
 
 /// Records are cut before they grow past this size (an event larger than it gets a record of
 /// its own): sled slows down on larger values and moves them out of its synced log.
@@ -108,7 +106,7 @@ where
                 reason: format!("expected a record starting at sequence {expected}"),
             });
         }
-        match record::decode_record(&bytes) {
+        match crate::codec::decode_record(&bytes) {
             Ok(batch) if !batch.is_empty() => {
                 for event in batch {
                     events.push((expected, event));
@@ -116,9 +114,9 @@ where
                 }
             }
             Ok(_) => bad = Some((seq, "record holds no events".to_owned())),
-            Err(record::DecodeError::Torn(reason)) => bad = Some((seq, reason)),
+            Err(crate::codec::DecodeError::Torn(reason)) => bad = Some((seq, reason)),
             // Intact bytes this version cannot read: never a torn write, never to be deleted.
-            Err(record::DecodeError::Unreadable(reason)) => {
+            Err(crate::codec::DecodeError::Unreadable(reason)) => {
                 return Err(CoreError::CorruptJournal { seq, reason });
             }
         }

@@ -10,8 +10,7 @@ use mawex_api::{
 };
 
 use super::{Engine, EngineConfig, Output};
-use crate::master::event::{Event, RequeueReason};
-use crate::master::state::MasterState;
+use crate::state::{Event, MasterState, RequeueReason};
 
 const LEASE: Duration = Duration::from_secs(10);
 const T0: Timestamp = Timestamp(1_000_000);
@@ -680,7 +679,7 @@ mod model {
 
     fn check(e: &Engine, terminal: &HashMap<mawex_api::TaskId, TaskState>) {
         let state = e.state();
-        let mut counts = crate::master::state::TaskCounts::default();
+        let mut counts = crate::state::TaskCounts::default();
         let mut holders: HashMap<mawex_api::TaskId, usize> = HashMap::new();
         for (pod_id, entry) in &e.pods {
             for (task, lease) in &entry.leases {

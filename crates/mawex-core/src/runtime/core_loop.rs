@@ -26,12 +26,12 @@ use mawex_api::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info};
 
-use super::engine::{Engine, Output};
-use super::event::Event;
-use super::{MasterConfig, MasterStats};
+use super::config::{MasterConfig, MasterStats};
 use crate::clock::Clock;
+use crate::engine::{Engine, Output};
 use crate::error::CoreError;
 use crate::journal::Journal;
+use crate::state::Event;
 
 /// Answer channel of a request.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
@@ -367,7 +367,7 @@ impl<J: Journal> CoreLoop<J> {
                 answer(deferred, reply, r);
             }
             CoreMsg::Get { id, reply } => {
-                let r = self.engine.view(&id).ok_or(ApiError::NotFound(id));
+                let r = self.engine.view(&id).ok_or(ApiError::task_not_found(id));
                 answer(deferred, reply, r);
             }
             CoreMsg::Cancel { id, reply } => {
@@ -375,7 +375,7 @@ impl<J: Journal> CoreLoop<J> {
                 answer(deferred, reply, r);
             }
             CoreMsg::AwaitResult { id, reply } => match self.engine.state().task(&id) {
-                None => answer(deferred, reply, Err(ApiError::NotFound(id))),
+                None => answer(deferred, reply, Err(ApiError::task_not_found(id))),
                 Some(entry) => match &entry.result {
                     Some(result) => answer(deferred, reply, Ok(result.clone())),
                     None => self.waiters.entry(id).or_default().push(reply),

@@ -14,7 +14,7 @@ use mawex_api::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::master::{CoreMsg, FeedState, MAX_STREAM_LAG};
+use super::core_loop::{CoreMsg, FeedState, MAX_STREAM_LAG};
 
 fn stopped() -> ApiError {
     ApiError::Unavailable("the master is not running".into())

@@ -6,23 +6,11 @@ use chrono::{DateTime, TimeZone, Utc};
 use croner::parser::{CronParser, Year};
 use croner::Cron;
 use mawex_api::{ApiError, MissedTicks, ScheduleSpec, TaskId, Timestamp};
-use serde::{Deserialize, Serialize};
 
 /// A tick older than this when the master first sees it counts as missed.
 pub(crate) const MISSED_AFTER_MS: u64 = 5_000;
 /// Bound on ticks walked in one look (an every-second schedule after a long outage).
 const MAX_WALK: usize = 10_000;
-
-/// A schedule as recorded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Schedule {
-    pub(crate) spec: ScheduleSpec,
-    pub(crate) paused: bool,
-    /// Ticks up to here are handled (fired or skipped).
-    pub(crate) handled_through: Timestamp,
-    pub(crate) last_tick: Option<Timestamp>,
-    pub(crate) fired: u64,
-}
 
 /// A parsed cron expression in its time zone.
 #[derive(Debug, Clone)]

@@ -13,9 +13,9 @@ use mawex_api::{
     Source, Strategy, TargetState, TaskId, TaskSpec, TaskState, Timestamp,
 };
 
-use super::super::broadcast::{plan, tree_parent, Broadcast};
-use super::super::event::Event;
 use super::{Engine, Output};
+use crate::state::broadcasts::{plan, tree_parent, Broadcast};
+use crate::state::Event;
 
 /// Is `again` the fire that started `fired` (whose version is resolved)?
 fn same_fire(fired: &BroadcastSpec, again: &BroadcastSpec) -> bool {

@@ -11,12 +11,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use mawex_api::pod::AttemptRef;
 use mawex_api::{
-    Attempt, ErrorKind, GroupName, Limits, Outcome, PodId, TaskError, TaskId, TaskResult, TaskSpec,
-    TaskState, Timestamp,
+    Attempt, AttemptFailure, ErrorKind, GroupName, Limits, Outcome, PodId, TaskError, TaskId,
+    TaskResult, TaskSpec, TaskState, Timestamp,
 };
 use serde::Deserialize;
 
-use crate::master::{Event, MasterState, RequeueReason};
+use crate::state::{Event, MasterState, RequeueReason, TaskEntry, ROUND_BASE};
 
 #[derive(Deserialize)]
 pub(crate) struct LimitsV1 {
@@ -206,6 +206,53 @@ pub(crate) struct SnapshotV1 {
 
 impl SnapshotV1 {
     pub(crate) fn upgrade(self) -> (u64, MasterState) {
-        (self.last_seq, MasterState::from_v1(self.state))
+        (self.last_seq, self.state.upgrade())
+    }
+}
+
+impl MasterStateV1 {
+    /// Upgrades a state decoded from a format-1 snapshot.
+    fn upgrade(self) -> MasterState {
+        let v1 = self;
+        let tasks = v1
+            .tasks
+            .into_iter()
+            .map(|(id, e)| {
+                let result: Option<TaskResult> = e.result.map(Into::into);
+                // Format 1 had no retries: a failed task failed exactly once, as its result says.
+                let failures = match &result {
+                    Some(r) => match &r.outcome {
+                        Outcome::Failed(error) => {
+                            vec![AttemptFailure::new(r.attempt, error.clone(), r.finished_at)]
+                        }
+                        _ => Vec::new(),
+                    },
+                    None => Vec::new(),
+                };
+                let entry = TaskEntry {
+                    spec: e.spec.into(),
+                    state: e.state,
+                    attempt: e.attempt,
+                    pod: e.pod,
+                    order: e.order,
+                    submitted_at: e.submitted_at,
+                    started_at: e.started_at,
+                    result,
+                    failures,
+                    not_before: None,
+                    retry_base: 0,
+                    // Format 1 knew no fairness: one round for all keeps the queue FIFO.
+                    round: ROUND_BASE,
+                };
+                (id, entry)
+            })
+            .collect();
+        MasterState::from_parts(
+            tasks,
+            BTreeMap::new(),
+            BTreeMap::new(),
+            v1.accepted,
+            v1.results_recorded,
+        )
     }
 }

@@ -11,9 +11,13 @@ use mawex_api::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::broadcast::Broadcasts;
-use super::event::Event;
-use super::schedule::Schedule;
+pub(crate) mod broadcasts;
+mod event;
+mod schedule;
+
+use broadcasts::Broadcasts;
+pub use event::{Event, RequeueReason};
+pub(crate) use schedule::Schedule;
 
 /// Order of a pending task in its group's queue: higher priority first, then the earlier
 /// fairness round, then oldest first.
@@ -34,7 +38,7 @@ struct Rounds {
 pub(crate) const MAX_POSITION_SCAN: usize = 10_000;
 
 /// Rounds start here, leaving room below for tasks preferred to the front.
-const ROUND_BASE: u64 = 1 << 32;
+pub(crate) const ROUND_BASE: u64 = 1 << 32;
 
 impl Rounds {
     /// A round ahead of every live task of the group.
@@ -266,53 +270,9 @@ impl MasterState {
         Self::default()
     }
 
-    /// Upgrades a state decoded from a format-1 snapshot.
-    pub(crate) fn from_v1(v1: crate::journal::v1::MasterStateV1) -> Self {
-        let tasks = v1
-            .tasks
-            .into_iter()
-            .map(|(id, e)| {
-                let result: Option<TaskResult> = e.result.map(Into::into);
-                // Format 1 had no retries: a failed task failed exactly once, as its result says.
-                let failures = match &result {
-                    Some(r) => match &r.outcome {
-                        Outcome::Failed(error) => {
-                            vec![AttemptFailure::new(r.attempt, error.clone(), r.finished_at)]
-                        }
-                        _ => Vec::new(),
-                    },
-                    None => Vec::new(),
-                };
-                let entry = TaskEntry {
-                    spec: e.spec.into(),
-                    state: e.state,
-                    attempt: e.attempt,
-                    pod: e.pod,
-                    order: e.order,
-                    submitted_at: e.submitted_at,
-                    started_at: e.started_at,
-                    result,
-                    failures,
-                    not_before: None,
-                    retry_base: 0,
-                    // Format 1 knew no fairness: one round for all keeps the queue FIFO.
-                    round: ROUND_BASE,
-                };
-                (id, entry)
-            })
-            .collect();
-        let mut state = MasterState {
-            tasks,
-            accepted: v1.accepted,
-            results_recorded: v1.results_recorded,
-            ..MasterState::default()
-        };
-        state.rebuild_indexes();
-        state
-    }
-
-    /// A state decoded from a format-2 snapshot (which knew no broadcasts).
-    pub(crate) fn from_v2(
+    /// A state from its durable parts, as an older snapshot format held them (no
+    /// broadcasts), with the derived indexes rebuilt.
+    pub(crate) fn from_parts(
         tasks: BTreeMap<TaskId, TaskEntry>,
         groups: BTreeMap<GroupName, GroupSettings>,
         schedules: BTreeMap<GroupName, Schedule>,

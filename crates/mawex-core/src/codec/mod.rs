@@ -14,8 +14,10 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub(crate) mod v1;
+
 use crate::error::CoreError;
-use crate::master::{Event, MasterState};
+use crate::state::{Event, MasterState};
 
 /// Format 1 (frozen in `v1.rs`): read, never written.
 pub(crate) const RECORD_FORMAT_V1: u8 = 1;
@@ -121,7 +123,7 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<Vec<Event>, DecodeError> {
     let (format, count, mut rest) = open(bytes, "record").map_err(DecodeError::Torn)?;
     let decode: DecodeEvent = match format {
         RECORD_FORMAT_V1 => {
-            |bytes| decode_one::<super::v1::EventV1>(bytes).map(|(e, used)| (e.into(), used))
+            |bytes| decode_one::<v1::EventV1>(bytes).map(|(e, used)| (e.into(), used))
         }
         RECORD_FORMAT_V2 | RECORD_FORMAT_V3 => decode_one::<Event>,
         other => {
@@ -163,9 +165,9 @@ struct SnapshotOwned {
 #[derive(serde::Deserialize)]
 struct SnapshotV2 {
     last_seq: u64,
-    tasks: std::collections::BTreeMap<mawex_api::TaskId, crate::master::TaskEntry>,
+    tasks: std::collections::BTreeMap<mawex_api::TaskId, crate::state::TaskEntry>,
     groups: std::collections::BTreeMap<mawex_api::GroupName, mawex_api::GroupSettings>,
-    schedules: std::collections::BTreeMap<mawex_api::GroupName, crate::master::Schedule>,
+    schedules: std::collections::BTreeMap<mawex_api::GroupName, crate::state::Schedule>,
     accepted: u64,
     results_recorded: u64,
 }
@@ -192,10 +194,10 @@ pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<(u64, MasterState), CoreEr
     let (format, _, rest) = open(bytes, "snapshot").map_err(CoreError::CorruptSnapshot)?;
     let (snapshot, used) = match format {
         SNAPSHOT_FORMAT_V1 => {
-            decode_one::<super::v1::SnapshotV1>(rest).map(|(s, used)| (s.upgrade(), used))
+            decode_one::<v1::SnapshotV1>(rest).map(|(s, used)| (s.upgrade(), used))
         }
         SNAPSHOT_FORMAT_V2 => decode_one::<SnapshotV2>(rest).map(|(s, used)| {
-            let state = MasterState::from_v2(
+            let state = MasterState::from_parts(
                 s.tasks,
                 s.groups,
                 s.schedules,

@@ -1,0 +1,296 @@
+//! Decisions: what events a command produces, given the state, the live pods and `now`.
+//!
+//! The engine owns the durable [`MasterState`] and the volatile registry of connected pods
+//! (which a restart rebuilds from reconnecting pods, so it is never journaled). It does no
+//! I/O and reads no clock: every method takes `now`. Each emitted event is applied at once,
+//! so later commands of the same batch see earlier ones; the core loop makes the batch
+//! durable before anything leaves the master.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use mawex_api::pod::{AttemptRef, MasterMessage, ResourceUsage};
+use mawex_api::{Attempt, GroupName, PodId, RetryPolicy, TaskId, Timestamp};
+
+use crate::state::{Event, MasterState, TaskCounts};
+use cron::Compiled;
+
+/// The most finished tasks forgotten by one tick, to bound the work of one batch.
+const FORGET_PER_TICK: usize = 10_000;
+
+/// The engine's share of the master configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct EngineConfig {
+    pub(crate) lease_timeout: Duration,
+    /// Retries of tasks that name no policy of their own.
+    pub(crate) default_retry: RetryPolicy,
+    pub(crate) result_retention: Duration,
+    pub(crate) max_payload_bytes: usize,
+}
+
+/// What one batch of commands produced.
+#[derive(Debug, Default)]
+pub(crate) struct Output {
+    /// Events to journal, in order; already applied to the state.
+    pub(crate) events: Vec<Event>,
+    /// Messages to pods, by session, to send once the events are durable.
+    pub(crate) messages: Vec<(u64, MasterMessage)>,
+    /// Sessions the engine dropped (expired or replaced): close their connections.
+    pub(crate) closed_sessions: Vec<u64>,
+}
+
+/// One lease of a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Lease {
+    attempt: Attempt,
+    /// The dispatch batch whose `Assign` carried it (0: adopted from the pod's hello).
+    batch: u64,
+}
+
+/// A connected pod as the master sees it.
+#[derive(Debug, Clone)]
+struct PodEntry {
+    session: u64,
+    groups: Vec<GroupName>,
+    slots: u32,
+    /// Leases it may hold: slots plus prefetch.
+    capacity: u32,
+    /// Ordered, so that events derived from it come out in a deterministic order.
+    leases: BTreeMap<TaskId, Lease>,
+    /// Without a message from the pod by then, its leases expire.
+    expires_at: Timestamp,
+    /// Shutting down: it gets no new leases.
+    draining: bool,
+    /// Last reported resource use.
+    usage: ResourceUsage,
+    /// Its labels, for broadcast filters.
+    labels: BTreeMap<String, String>,
+    /// Where other pods reach it (a broadcast source's address).
+    address: Option<String>,
+}
+
+impl PodEntry {
+    fn free(&self) -> usize {
+        if self.draining {
+            return 0;
+        }
+        (self.capacity as usize).saturating_sub(self.leases.len())
+    }
+
+    fn holds(&self, r: &AttemptRef) -> bool {
+        self.leases
+            .get(&r.task)
+            .is_some_and(|l| l.attempt == r.attempt)
+    }
+}
+
+/// A pod's load, for monitoring and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PodStats {
+    /// The pod.
+    pub id: PodId,
+    /// Groups it serves.
+    pub groups: Vec<GroupName>,
+    /// Attempts it runs at once.
+    pub slots: u32,
+    /// Leases it holds now (running or queued in the pod).
+    pub leased: usize,
+    /// Resource use from its last heartbeat.
+    pub usage: ResourceUsage,
+}
+
+/// State machine plus live pod registry.
+#[derive(Debug)]
+pub(crate) struct Engine {
+    state: MasterState,
+    config: EngineConfig,
+    /// Ordered so that dispatch order, and so the journal, is deterministic.
+    pods: BTreeMap<PodId, PodEntry>,
+    sessions: HashMap<u64, PodId>,
+    /// Running attempts whose holder is not connected, with the time their lease ends.
+    orphans: BTreeMap<TaskId, (Attempt, Timestamp)>,
+    /// Number of the last dispatch batch; `Assign` messages carry it.
+    batch: u64,
+    /// Rotates which pod dispatch serves first, to spread work.
+    rotation: usize,
+    /// Something changed that may allow new assignments.
+    dispatch_needed: bool,
+    /// Token buckets of rate-limited groups. Volatile: a restart starts them full.
+    buckets: HashMap<GroupName, Bucket>,
+    /// Parsed cron expressions of the schedules (derived; parsed again when missing).
+    compiled: HashMap<GroupName, Compiled>,
+    /// When each pod that is not connected now went away (volatile).
+    departed: HashMap<PodId, Timestamp>,
+    /// When this engine started: a pod not seen since is away since then.
+    started_at: Timestamp,
+}
+
+/// A group's token bucket, in thousandths of a token.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    milli_tokens: u64,
+    refilled_at: Timestamp,
+}
+
+const MILLI: u64 = 1000;
+
+impl Bucket {
+    /// Tops the bucket up for the time since the last refill.
+    fn refill(&mut self, rate: mawex_api::RateLimit, now: Timestamp) {
+        let elapsed_ms = now.0.saturating_sub(self.refilled_at.0);
+        // `per_second` tokens a second is `per_second` thousandths a millisecond.
+        let added = elapsed_ms.saturating_mul(u64::from(rate.per_second));
+        self.milli_tokens = self
+            .milli_tokens
+            .saturating_add(added)
+            .min(u64::from(rate.burst) * MILLI);
+        self.refilled_at = self.refilled_at.max(now);
+    }
+
+    /// When the next whole token is there.
+    fn next_token_at(&self, rate: mawex_api::RateLimit) -> Timestamp {
+        let missing = MILLI.saturating_sub(self.milli_tokens);
+        let ms = missing.div_ceil(u64::from(rate.per_second.max(1)));
+        Timestamp(self.refilled_at.0.saturating_add(ms))
+    }
+}
+
+impl Engine {
+    /// An engine over recovered `state`. Attempts that were running when the master stopped
+    /// become orphans: their pods get one lease timeout to reconnect and claim them.
+    pub(crate) fn new(mut state: MasterState, config: EngineConfig, now: Timestamp) -> Self {
+        state.rebuild_indexes();
+        let deadline = now.saturating_add(config.lease_timeout);
+        let orphans = state
+            .running()
+            .map(|e| (e.spec.id, (e.attempt, deadline)))
+            .collect();
+        Engine {
+            state,
+            config,
+            pods: BTreeMap::new(),
+            sessions: HashMap::new(),
+            orphans,
+            batch: 0,
+            rotation: 0,
+            dispatch_needed: true,
+            buckets: HashMap::new(),
+            compiled: HashMap::new(),
+            departed: HashMap::new(),
+            started_at: now,
+        }
+    }
+
+    pub(crate) fn state(&self) -> &MasterState {
+        &self.state
+    }
+
+    /// Applies `event` to the registry and the state, and records it for the journal.
+    fn emit(&mut self, event: Event, out: &mut Output) {
+        self.apply(&event);
+        out.events.push(event);
+    }
+
+    /// Applies an event to the volatile registry, then to the durable state.
+    pub(crate) fn apply(&mut self, event: &Event) {
+        match event {
+            Event::TaskAccepted { .. } => self.dispatch_needed = true,
+            Event::TaskAssigned { attempt, pod, .. } => {
+                if let Some(entry) = self.pods.get_mut(pod) {
+                    let lease = Lease {
+                        attempt: attempt.attempt,
+                        batch: self.batch,
+                    };
+                    entry.leases.insert(attempt.task, lease);
+                }
+                self.orphans.remove(&attempt.task);
+            }
+            Event::TaskFinished { attempt, .. } | Event::TaskRequeued { attempt, .. } => {
+                self.release(&attempt.task);
+            }
+            Event::TaskCancelled { task, .. } => self.release(task),
+            Event::TaskRetryScheduled { attempt, .. } => self.release(&attempt.task),
+            Event::TasksForgotten { .. } => {}
+            // Back in a queue, or a group opened up: maybe something can be dispatched.
+            Event::ScheduleCreated { .. }
+            | Event::SchedulePaused { .. }
+            | Event::ScheduleDeleted { .. }
+            | Event::ScheduleSkipped { .. } => {}
+            Event::TasksRetried { .. }
+            | Event::GroupConfigured { .. }
+            | Event::TasksUpdated { .. }
+            | Event::ScheduleFired { .. }
+            | Event::BroadcastFired { .. }
+            | Event::BroadcastTargetAdded { .. }
+            | Event::BroadcastAborted { .. } => self.dispatch_needed = true,
+            Event::BroadcastPullStarted { .. } | Event::BroadcastTargetUnreachable { .. } => {}
+        }
+        self.state.apply(event);
+    }
+
+    /// Frees the lease a running task holds, wherever it is.
+    fn release(&mut self, task: &TaskId) {
+        let holder = self.state.task(task).and_then(|e| e.pod.as_ref());
+        if let Some(entry) = holder.and_then(|pod| self.pods.get_mut(pod)) {
+            entry.leases.remove(task);
+        }
+        self.orphans.remove(task);
+        self.dispatch_needed = true;
+    }
+
+    /// When the next lease, orphan, delayed task or rate-limit token falls due, if any.
+    pub(crate) fn next_deadline(&self) -> Option<Timestamp> {
+        let pods = self.pods.values().map(|p| p.expires_at);
+        let orphans = self.orphans.values().map(|(_, d)| *d);
+        let tokens = self.buckets.iter().filter_map(|(group, bucket)| {
+            let rate = self.state.group_settings(group).rate?;
+            (bucket.milli_tokens < MILLI && self.state.has_pending(group))
+                .then(|| bucket.next_token_at(rate))
+        });
+        pods.chain(orphans)
+            .chain(self.state.next_due())
+            .chain(tokens)
+            .chain(self.next_broadcast_deadline())
+            .min()
+    }
+
+    /// The number of the last dispatch batch, carried by its `Assign` messages.
+    pub(crate) fn batch(&self) -> u64 {
+        self.batch
+    }
+
+    /// The session currently serving `pod`.
+    pub(crate) fn session_of(&self, pod: &PodId) -> Option<u64> {
+        self.pods.get(pod).map(|p| p.session)
+    }
+
+    pub(crate) fn counts(&self) -> TaskCounts {
+        self.state.counts()
+    }
+
+    pub(crate) fn pod_stats(&self) -> Vec<PodStats> {
+        self.pods
+            .iter()
+            .map(|(id, p)| PodStats {
+                id: id.clone(),
+                groups: p.groups.clone(),
+                slots: p.slots,
+                leased: p.leases.len(),
+                usage: p.usage,
+            })
+            .collect()
+    }
+}
+
+mod broadcast;
+mod cron;
+mod dispatch;
+mod pods;
+mod requests;
+mod retry;
+mod schedules;
+mod timers;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,244 @@
+//! Pods: hello (registration and re-adoption), their messages (results, returns, heartbeats), disconnection.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use mawex_api::pod::{
+    AttemptRef, MasterMessage, PodHello, PodMessage, ResourceUsage, MAX_POD_PREFETCH, MAX_POD_SLOTS,
+};
+use mawex_api::{ApiError, Attempt, GroupName, Outcome, TaskId, TaskState, Timestamp};
+use tracing::debug;
+
+use crate::state::{Event, RequeueReason};
+
+use super::{Engine, Lease, Output, PodEntry};
+
+impl Engine {
+    /// Registers a pod on a new session, replacing an earlier registration of the same id,
+    /// and re-adopts the attempts it still holds.
+    pub(crate) fn pod_hello(
+        &mut self,
+        session: u64,
+        hello: PodHello,
+        now: Timestamp,
+        out: &mut Output,
+    ) -> Result<(), ApiError> {
+        if hello.groups.is_empty() {
+            return Err(ApiError::InvalidArgument(format!(
+                "pod {}: a pod must serve at least one group",
+                hello.pod
+            )));
+        }
+        if !(1..=MAX_POD_SLOTS).contains(&hello.slots) {
+            return Err(ApiError::InvalidArgument(format!(
+                "pod {}: slots must be between 1 and {MAX_POD_SLOTS}, got {}",
+                hello.pod, hello.slots
+            )));
+        }
+        if hello.prefetch > MAX_POD_PREFETCH {
+            return Err(ApiError::InvalidArgument(format!(
+                "pod {}: prefetch must be at most {MAX_POD_PREFETCH}, got {}",
+                hello.pod, hello.prefetch
+            )));
+        }
+        let held: HashMap<TaskId, Attempt> =
+            hello.holding.iter().map(|r| (r.task, r.attempt)).collect();
+
+        // What the pod no longer holds, from an earlier session or from before a master
+        // restart, runs elsewhere now rather than after a lease timeout.
+        let mut lost: Vec<AttemptRef> = Vec::new();
+        if let Some(old) = self.pods.remove(&hello.pod) {
+            self.sessions.remove(&old.session);
+            out.closed_sessions.push(old.session);
+            lost.extend(
+                old.leases
+                    .iter()
+                    .filter(|(task, lease)| held.get(task) != Some(&lease.attempt))
+                    .map(|(&task, lease)| AttemptRef {
+                        task,
+                        attempt: lease.attempt,
+                    }),
+            );
+        }
+        lost.extend(
+            self.orphans
+                .iter()
+                .filter(|(task, (attempt, _))| {
+                    held.get(task) != Some(attempt)
+                        && self.state.task(task).and_then(|e| e.pod.as_ref()) == Some(&hello.pod)
+                })
+                .map(|(&task, &(attempt, _))| AttemptRef { task, attempt }),
+        );
+        for attempt in lost {
+            self.requeue(attempt, RequeueReason::PodLeft, now, out);
+        }
+
+        let groups: Vec<GroupName> = hello
+            .groups
+            .iter()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut entry = PodEntry {
+            session,
+            groups,
+            slots: hello.slots,
+            capacity: hello.slots.saturating_add(hello.prefetch),
+            leases: BTreeMap::new(),
+            expires_at: now.saturating_add(self.config.lease_timeout),
+            draining: false,
+            usage: ResourceUsage::default(),
+            labels: hello.labels.clone(),
+            address: hello.address.clone(),
+        };
+        for r in &hello.holding {
+            let adoptable = self.state.task(&r.task).is_some_and(|e| {
+                e.state == TaskState::Running
+                    && e.attempt == r.attempt
+                    && e.pod.as_ref() == Some(&hello.pod)
+            });
+            if adoptable {
+                let lease = Lease {
+                    attempt: r.attempt,
+                    batch: 0,
+                };
+                entry.leases.insert(r.task, lease);
+                self.orphans.remove(&r.task);
+            } else {
+                out.messages.push((session, MasterMessage::Cancel(*r)));
+            }
+        }
+        debug!(pod = %hello.pod, session, adopted = entry.leases.len(), "pod registered");
+        self.sessions.insert(session, hello.pod.clone());
+        self.departed.remove(&hello.pod);
+        self.pods.insert(hello.pod.clone(), entry);
+        self.catch_up(&hello.pod, now, out);
+        self.dispatch_needed = true;
+        Ok(())
+    }
+
+    /// Handles a message of a pod's session. Messages of unknown (replaced or expired)
+    /// sessions are ignored: their pod must register again.
+    pub(crate) fn pod_message(
+        &mut self,
+        session: u64,
+        message: PodMessage,
+        now: Timestamp,
+        out: &mut Output,
+    ) {
+        let Some(pod_id) = self.sessions.get(&session).cloned() else {
+            debug!(session, "message of an unknown session ignored");
+            return;
+        };
+        let lease_timeout = self.config.lease_timeout;
+        if let Some(entry) = self.pods.get_mut(&pod_id) {
+            entry.expires_at = now.saturating_add(lease_timeout);
+        }
+        match message {
+            PodMessage::Heartbeat {
+                holding,
+                received,
+                usage,
+            } => {
+                if let (Some(entry), Some(usage)) = (self.pods.get_mut(&pod_id), usage) {
+                    entry.usage = usage;
+                }
+                let Some(entry) = self.pods.get(&pod_id) else {
+                    return;
+                };
+                let held: HashSet<AttemptRef> = holding.iter().copied().collect();
+                for r in holding {
+                    if !entry.holds(&r) {
+                        out.messages.push((session, MasterMessage::Cancel(r)));
+                    }
+                }
+                // Leases the pod has certainly received but no longer holds, with no result
+                // on the way (results are sent before an attempt leaves `holding`).
+                let lost: Vec<AttemptRef> = entry
+                    .leases
+                    .iter()
+                    .filter(|(_, lease)| lease.batch <= received)
+                    .map(|(&task, lease)| AttemptRef {
+                        task,
+                        attempt: lease.attempt,
+                    })
+                    .filter(|r| !held.contains(r))
+                    .collect();
+                for r in lost {
+                    tracing::warn!(task = %r.task, attempt = %r.attempt, pod = %pod_id, "pod no longer holds a lease; running it again");
+                    self.requeue(r, RequeueReason::NotHeld, now, out);
+                }
+            }
+            PodMessage::Finished { attempt, outcome } => {
+                // Recorded or stale, the pod may forget it once this batch is durable.
+                out.messages
+                    .push((session, MasterMessage::Ack(vec![attempt])));
+                let current = self.state.task(&attempt.task).is_some_and(|e| {
+                    e.state == TaskState::Running
+                        && e.attempt == attempt.attempt
+                        && e.pod.as_ref() == Some(&pod_id)
+                });
+                if !current {
+                    debug!(task = %attempt.task, attempt = %attempt.attempt, pod = %pod_id, "result of a stale attempt dropped");
+                    return;
+                }
+                match outcome {
+                    Ok(output) => self.emit(
+                        Event::TaskFinished {
+                            attempt,
+                            outcome: Outcome::Succeeded(output),
+                            at: now,
+                        },
+                        out,
+                    ),
+                    Err(error) => self.fail_attempt(attempt, error, now, out),
+                }
+            }
+            PodMessage::Drain => {
+                if let Some(entry) = self.pods.get_mut(&pod_id) {
+                    entry.draining = true;
+                }
+            }
+            PodMessage::Returned { attempts } => {
+                out.messages
+                    .push((session, MasterMessage::Ack(attempts.clone())));
+                // Only a pod that is shutting down hands work back: lease it nothing more.
+                if let Some(entry) = self.pods.get_mut(&pod_id) {
+                    entry.draining = true;
+                }
+                for attempt in attempts {
+                    let held = self.pods.get(&pod_id).is_some_and(|p| p.holds(&attempt));
+                    if held {
+                        self.requeue(attempt, RequeueReason::Returned, now, out);
+                    }
+                }
+            }
+            PodMessage::Leave => {
+                self.sessions.remove(&session);
+                out.closed_sessions.push(session);
+                if let Some(entry) = self.pods.remove(&pod_id) {
+                    self.requeue_all(entry.leases, RequeueReason::PodLeft, now, out);
+                }
+                debug!(pod = %pod_id, "pod left");
+                self.departed.insert(pod_id, now);
+            }
+            other => debug!(pod = %pod_id, message = ?other, "unsupported pod message ignored"),
+        }
+    }
+
+    /// The connection of `session` is gone. Its pod may come back within a lease timeout
+    /// and claim its attempts; until then they are orphans.
+    pub(crate) fn pod_disconnected(&mut self, session: u64, now: Timestamp) {
+        let Some(pod_id) = self.sessions.remove(&session) else {
+            return;
+        };
+        if let Some(entry) = self.pods.remove(&pod_id) {
+            let deadline = now.saturating_add(self.config.lease_timeout);
+            for (task, lease) in entry.leases {
+                self.orphans.insert(task, (lease.attempt, deadline));
+            }
+        }
+        debug!(pod = %pod_id, session, "pod disconnected");
+        self.departed.insert(pod_id, now);
+    }
+}

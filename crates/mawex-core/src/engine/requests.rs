@@ -1,0 +1,219 @@
+//! Client requests: submit, cancel, reads, the failed queue, pending changes, group settings.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use mawex_api::pod::MasterMessage;
+use mawex_api::{
+    ApiError, CancelAck, FailedFilter, GroupName, GroupSettings, PendingChange, SubmitAck, TaskId,
+    TaskSpec, TaskState, TaskView, Timestamp,
+};
+
+use crate::state::Event;
+
+use super::{Engine, Output};
+
+impl Engine {
+    /// Accepts a batch of tasks atomically.
+    pub(crate) fn submit(
+        &mut self,
+        specs: Vec<TaskSpec>,
+        now: Timestamp,
+        out: &mut Output,
+    ) -> Result<Vec<SubmitAck>, ApiError> {
+        let mut acks = Vec::with_capacity(specs.len());
+        let mut fresh: HashMap<TaskId, usize> = HashMap::new();
+        // Dedup keys accepted earlier in this batch.
+        let mut fresh_keys: HashMap<&str, TaskId> = HashMap::new();
+        for (index, spec) in specs.iter().enumerate() {
+            if let Some(dedup) = &spec.dedup {
+                let live = fresh_keys.get(dedup.key.as_str()).copied().or_else(|| {
+                    let holder = self.state.dedup_holder(&dedup.key)?;
+                    let within = match &holder.result {
+                        None => true,
+                        Some(r) => now < r.finished_at.saturating_add(dedup.window),
+                    };
+                    (within && holder.spec.id != spec.id).then_some(holder.spec.id)
+                });
+                if let Some(existing) = live {
+                    acks.push(SubmitAck::new(existing, false));
+                    continue;
+                }
+            }
+            let known = match self.state.task(&spec.id) {
+                Some(entry) => Some(&entry.spec),
+                None => fresh.get(&spec.id).map(|&i| &specs[i]),
+            };
+            match known {
+                Some(known) if known == spec => acks.push(SubmitAck::new(spec.id, false)),
+                Some(_) => {
+                    return Err(ApiError::Conflict(format!(
+                        "task #{index} of the batch: id {} is already used by a different task",
+                        spec.id
+                    )))
+                }
+                None => {
+                    spec.validate(self.config.max_payload_bytes)
+                        .map_err(|e| match e {
+                            ApiError::InvalidArgument(m) => ApiError::InvalidArgument(format!(
+                                "task #{index} of the batch: {m}"
+                            )),
+                            ApiError::ResourceExhausted(m) => ApiError::ResourceExhausted(format!(
+                                "task #{index} of the batch: {m}"
+                            )),
+                            other => other,
+                        })?;
+                    fresh.insert(spec.id, index);
+                    if let Some(dedup) = &spec.dedup {
+                        fresh_keys.insert(dedup.key.as_str(), spec.id);
+                    }
+                    acks.push(SubmitAck::new(spec.id, true));
+                }
+            }
+        }
+        for (spec, ack) in specs.into_iter().zip(&acks) {
+            if ack.created && ack.id == spec.id {
+                self.emit(Event::TaskAccepted { spec, at: now }, out);
+            }
+        }
+        Ok(acks)
+    }
+
+    /// Runs failed tasks matching `filter` again.
+    pub(crate) fn retry_failed(
+        &mut self,
+        filter: &FailedFilter,
+        now: Timestamp,
+        out: &mut Output,
+    ) -> u64 {
+        let tasks = self.state.failed_matching(filter);
+        let n = tasks.len() as u64;
+        if !tasks.is_empty() {
+            self.emit(Event::TasksRetried { tasks, at: now }, out);
+        }
+        n
+    }
+
+    /// Forgets failed tasks matching `filter`.
+    pub(crate) fn purge_failed(&mut self, filter: &FailedFilter, out: &mut Output) -> u64 {
+        let tasks = self.state.failed_matching(filter);
+        let n = tasks.len() as u64;
+        if !tasks.is_empty() {
+            self.emit(Event::TasksForgotten { tasks }, out);
+        }
+        n
+    }
+
+    /// Moves, reprioritizes or repositions the pending tasks among `ids`.
+    pub(crate) fn update_pending(
+        &mut self,
+        ids: Vec<TaskId>,
+        change: PendingChange,
+        out: &mut Output,
+    ) -> Result<u64, ApiError> {
+        if ids.is_empty() {
+            return Err(ApiError::InvalidArgument("name the tasks to change".into()));
+        }
+        if change.is_empty() {
+            return Err(ApiError::InvalidArgument(
+                "the change is empty: give a group, a priority or a position".into(),
+            ));
+        }
+        let mut tasks: Vec<TaskId> = ids
+            .into_iter()
+            .filter(|id| {
+                self.state
+                    .task(id)
+                    .is_some_and(|e| e.state == TaskState::Pending)
+            })
+            .collect();
+        tasks.sort_unstable();
+        tasks.dedup();
+        let n = tasks.len() as u64;
+        if !tasks.is_empty() {
+            self.emit(Event::TasksUpdated { tasks, change }, out);
+        }
+        Ok(n)
+    }
+
+    /// A task as clients see it, with an estimate of its wait if it is queued.
+    pub(crate) fn view(&self, id: &TaskId) -> Option<TaskView> {
+        let mut view = self.state.view(id)?;
+        if view.state == TaskState::Pending && view.not_before.is_none() {
+            view.eta = self.eta(&view.spec.group, id);
+        }
+        Some(view)
+    }
+
+    /// A page of tasks, with wait estimates for the queued ones.
+    pub(crate) fn list(&self, query: &mawex_api::ListQuery) -> mawex_api::TaskPage {
+        let mut page = self.state.list(query);
+        for view in &mut page.tasks {
+            if view.state == TaskState::Pending && view.not_before.is_none() {
+                view.eta = self.eta(&view.spec.group, &view.spec.id);
+            }
+        }
+        page
+    }
+
+    /// Tasks ahead × the group's recent mean duration ÷ the slots serving it now.
+    pub(super) fn eta(&self, group: &GroupName, id: &TaskId) -> Option<Duration> {
+        let mean = self.state.mean_duration(group)?;
+        let slots: u64 = self
+            .pods
+            .values()
+            .filter(|p| !p.draining && p.groups.contains(group))
+            .map(|p| u64::from(p.slots))
+            .sum();
+        if slots == 0 {
+            return None;
+        }
+        let ahead = self.state.position_in_queue(id)? as u64;
+        Some(mean.mul_f64(ahead as f64 / slots as f64))
+    }
+
+    /// Changes how `group` is dispatched.
+    pub(crate) fn configure_group(
+        &mut self,
+        group: GroupName,
+        settings: GroupSettings,
+        out: &mut Output,
+    ) -> Result<(), ApiError> {
+        settings.validate()?;
+        if self.state.group_settings(&group) != settings {
+            self.emit(Event::GroupConfigured { group, settings }, out);
+        }
+        Ok(())
+    }
+
+    /// Cancels a pending or running task; a running attempt is told to stop.
+    pub(crate) fn cancel(
+        &mut self,
+        id: TaskId,
+        now: Timestamp,
+        out: &mut Output,
+    ) -> Result<CancelAck, ApiError> {
+        let entry = self.state.task(&id).ok_or(ApiError::task_not_found(id))?;
+        // Cancelling twice answers the same: a retried cancel whose first reply was lost
+        // must not look as if the task had finished by itself.
+        if entry.state == TaskState::Cancelled {
+            return Ok(CancelAck::Cancelled);
+        }
+        if entry.state.is_terminal() {
+            return Ok(CancelAck::AlreadyFinished(entry.state));
+        }
+        if entry.state == TaskState::Running {
+            let session = entry
+                .pod
+                .as_ref()
+                .and_then(|pod| self.pods.get(pod))
+                .map(|p| p.session);
+            if let Some(session) = session {
+                out.messages
+                    .push((session, MasterMessage::Cancel(entry.current())));
+            }
+        }
+        self.emit(Event::TaskCancelled { task: id, at: now }, out);
+        Ok(CancelAck::Cancelled)
+    }
+}

@@ -1,0 +1,115 @@
+//! Cron schedules: create, pause, delete, and firing the ticks that are due.
+
+use mawex_api::{ApiError, GroupName, ScheduleSpec, ScheduleView, Timestamp};
+
+use super::cron::{self, Compiled, Due};
+use crate::state::Event;
+
+use super::{Engine, Output};
+
+impl Engine {
+    /// Creates a schedule; the same one again is a no-op, another under its name a conflict.
+    pub(crate) fn create_schedule(
+        &mut self,
+        spec: ScheduleSpec,
+        now: Timestamp,
+        out: &mut Output,
+    ) -> Result<(), ApiError> {
+        let compiled = Compiled::new(&spec)?;
+        spec.task.validate(self.config.max_payload_bytes)?;
+        match self.state.schedule(&spec.name) {
+            Some(existing) if existing.spec == spec => Ok(()),
+            Some(_) => Err(ApiError::Conflict(format!(
+                "a different schedule named {} exists; delete it first",
+                spec.name
+            ))),
+            None => {
+                self.compiled.insert(spec.name.clone(), compiled);
+                self.emit(Event::ScheduleCreated { spec, at: now }, out);
+                Ok(())
+            }
+        }
+    }
+
+    /// Pauses or resumes a schedule.
+    pub(crate) fn pause_schedule(
+        &mut self,
+        name: GroupName,
+        paused: bool,
+        now: Timestamp,
+        out: &mut Output,
+    ) -> Result<(), ApiError> {
+        let schedule = self
+            .state
+            .schedule(&name)
+            .ok_or_else(|| ApiError::InvalidArgument(format!("no schedule is named {name}")))?;
+        if schedule.paused != paused {
+            self.emit(
+                Event::SchedulePaused {
+                    name,
+                    paused,
+                    at: now,
+                },
+                out,
+            );
+        }
+        Ok(())
+    }
+
+    /// Deletes a schedule (deleting an unknown one is harmless, so a retry is too).
+    pub(crate) fn delete_schedule(&mut self, name: GroupName, out: &mut Output) {
+        if self.state.schedule(&name).is_some() {
+            self.compiled.remove(&name);
+            self.emit(Event::ScheduleDeleted { name }, out);
+        }
+    }
+
+    /// Every schedule as clients see it.
+    pub(crate) fn schedule_views(&self) -> Vec<ScheduleView> {
+        self.state
+            .schedules()
+            .map(|s| ScheduleView::new(s.spec.clone(), s.paused, s.last_tick, s.fired))
+            .collect()
+    }
+
+    /// Fires the schedules whose ticks are due, under their missed-ticks policy.
+    pub(super) fn fire_schedules(&mut self, now: Timestamp, out: &mut Output) {
+        let due: Vec<(GroupName, Due)> = self
+            .state
+            .schedules()
+            .filter(|s| !s.paused)
+            .filter_map(|s| {
+                let compiled = match self.compiled.get(&s.spec.name) {
+                    Some(c) => c.clone(),
+                    None => Compiled::new(&s.spec).ok()?,
+                };
+                let due = cron::decide(&compiled, s.spec.missed, s.handled_through, now)?;
+                Some((s.spec.name.clone(), due))
+            })
+            .collect();
+        for (name, due) in due {
+            let Some(schedule) = self.state.schedule(&name) else {
+                continue;
+            };
+            let tick = match due {
+                Due::Skip(through) => {
+                    self.emit(Event::ScheduleSkipped { name, through }, out);
+                    continue;
+                }
+                Due::Fire(tick) | Due::FireSkipping(tick) => tick,
+            };
+            let mut task = schedule.spec.task.clone();
+            task.id = cron::task_id(name.as_str(), tick);
+            task.run_at = None;
+            self.emit(
+                Event::ScheduleFired {
+                    name,
+                    tick,
+                    task,
+                    at: now,
+                },
+                out,
+            );
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Timers: lease expiry, delayed tasks coming due, retention, schedules.
+
+use mawex_api::pod::AttemptRef;
+use mawex_api::{PodId, Timestamp};
+
+use crate::state::{Event, RequeueReason};
+
+use super::{Engine, Output, FORGET_PER_TICK};
+
+impl Engine {
+    /// Releases delayed tasks that are due, expires silent pods and unclaimed orphans, and
+    /// forgets results past retention.
+    pub(crate) fn tick(&mut self, now: Timestamp, out: &mut Output) {
+        self.fire_schedules(now, out);
+        if self.state.promote_due(now) {
+            self.dispatch_needed = true;
+        }
+        if self.next_broadcast_deadline().is_some_and(|t| t <= now) {
+            self.dispatch_needed = true;
+        }
+        // Rate-limited groups with work may have earned tokens since the last look.
+        if self.buckets.keys().any(|g| self.state.has_pending(g)) {
+            self.dispatch_needed = true;
+        }
+        let silent: Vec<PodId> = self
+            .pods
+            .iter()
+            .filter(|(_, p)| p.expires_at <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for pod_id in silent {
+            if let Some(entry) = self.pods.remove(&pod_id) {
+                tracing::warn!(pod = %pod_id, leases = entry.leases.len(), "pod stopped heartbeating; its leases expire");
+                self.sessions.remove(&entry.session);
+                out.closed_sessions.push(entry.session);
+                self.requeue_all(entry.leases, RequeueReason::LeaseExpired, now, out);
+                self.departed.insert(pod_id, now);
+            }
+        }
+        self.fail_unreachable_targets(now, out);
+        let expired: Vec<AttemptRef> = self
+            .orphans
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .map(|(&task, &(attempt, _))| AttemptRef { task, attempt })
+            .collect();
+        for attempt in expired {
+            self.orphans.remove(&attempt.task);
+            self.requeue(attempt, RequeueReason::LeaseExpired, now, out);
+        }
+        if let Some(cutoff) = now.0.checked_sub(
+            u64::try_from(self.config.result_retention.as_millis()).unwrap_or(u64::MAX),
+        ) {
+            let old = self
+                .state
+                .finished_before(Timestamp(cutoff), FORGET_PER_TICK);
+            if !old.is_empty() {
+                self.emit(Event::TasksForgotten { tasks: old }, out);
+            }
+        }
+    }
+}

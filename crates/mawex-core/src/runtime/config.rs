@@ -1,0 +1,102 @@
+//! What a master is configured with, and what it publishes about itself.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mawex_api::{GroupName, GroupSettings, RetryPolicy};
+
+use crate::engine::PodStats;
+use crate::error::CoreError;
+use crate::state::TaskCounts;
+
+/// Settings of a master. Start from `MasterConfig::default()` and change fields.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct MasterConfig {
+    /// A pod silent for this long loses its leases, and their tasks run again elsewhere.
+    /// After a restart, pods get this long to reconnect and claim what they still run.
+    pub lease_timeout: Duration,
+    /// How often pods are asked to heartbeat; at most a third of `lease_timeout`, so one
+    /// lost heartbeat never costs a lease.
+    pub heartbeat_interval: Duration,
+    /// How long results of finished tasks are kept (and a reused task id is recognised).
+    pub result_retention: Duration,
+    /// Take a snapshot after this many events (0: only at clean shutdown). Bounds replay
+    /// time at start-up.
+    pub snapshot_every: u64,
+    /// The largest task payload accepted, in bytes.
+    pub max_payload_bytes: usize,
+    /// Retries of tasks that name no policy of their own (default: 3 attempts in all).
+    pub default_retry: RetryPolicy,
+    /// Group settings applied at start (journaled like a runtime change, and only when they
+    /// differ from what the journal holds); groups not named keep their settings.
+    pub groups: BTreeMap<GroupName, GroupSettings>,
+}
+
+impl Default for MasterConfig {
+    fn default() -> Self {
+        MasterConfig {
+            lease_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(2),
+            result_retention: Duration::from_secs(24 * 3600),
+            snapshot_every: 200_000,
+            max_payload_bytes: 4 * 1024 * 1024,
+            default_retry: RetryPolicy::default(),
+            groups: BTreeMap::new(),
+        }
+    }
+}
+
+impl MasterConfig {
+    /// Checks that the values work together.
+    ///
+    /// # Errors
+    /// [`CoreError::Config`] naming the field and the rule.
+    pub fn validate(&self) -> Result<(), CoreError> {
+        if self.lease_timeout < Duration::from_millis(10) {
+            return Err(CoreError::Config(format!(
+                "lease_timeout must be at least 10ms, got {:?}",
+                self.lease_timeout
+            )));
+        }
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval * 3 > self.lease_timeout {
+            return Err(CoreError::Config(format!(
+                "heartbeat_interval ({:?}) must be positive and at most a third of lease_timeout ({:?})",
+                self.heartbeat_interval, self.lease_timeout
+            )));
+        }
+        self.default_retry
+            .validate()
+            .map_err(|e| CoreError::Config(format!("default_retry: {e}")))?;
+        for (group, settings) in &self.groups {
+            settings
+                .validate()
+                .map_err(|e| CoreError::Config(format!("groups.{group}: {e}")))?;
+        }
+        if self.max_payload_bytes == 0 {
+            return Err(CoreError::Config(
+                "max_payload_bytes must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What the master is doing, published after every commit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MasterStats {
+    /// Tasks per state.
+    pub counts: TaskCounts,
+    /// Connected pods and their leases.
+    pub pods: Vec<PodStats>,
+    /// Sequence number of the last journaled event.
+    pub last_seq: u64,
+}
+
+impl MasterStats {
+    /// True when no task is pending or running.
+    pub fn is_idle(&self) -> bool {
+        self.counts.pending == 0 && self.counts.running == 0
+    }
+}

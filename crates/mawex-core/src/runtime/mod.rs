@@ -1,0 +1,13 @@
+//! The effectful shell around the pure master: the core thread that drains requests, decides,
+//! commits and publishes; the `Master` handle; and the in-process ways in.
+
+mod config;
+mod core_loop;
+mod local_pods;
+mod local_proxy;
+mod master;
+
+pub use config::{MasterConfig, MasterStats};
+pub use local_pods::LocalPodConnector;
+pub use local_proxy::LocalMasterProxy;
+pub use master::{Master, MasterBuilder};
