@@ -43,6 +43,8 @@ mod error;
 pub mod journal;
 mod runtime;
 mod state;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use engine::PodStats;
 pub use error::CoreError;

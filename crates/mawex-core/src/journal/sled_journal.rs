@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use tracing::debug;
 
-use super::record::{decode_snapshot, encode_records, encode_snapshot};
 use super::{replay_records, Journal, Recovered, MAX_RECORD_BYTES};
+use crate::codec::{decode_snapshot, encode_records, encode_snapshot};
 use crate::error::CoreError;
-use crate::master::{Event, MasterState};
+use crate::state::{Event, MasterState};
 
 const JOURNAL_TREE: &str = "journal";
 const SNAPSHOT_TREE: &str = "snapshot";
@@ -181,6 +181,22 @@ impl SledJournal {
     #[doc(hidden)]
     pub fn raw_record(&self, seq: u64) -> Result<Option<Vec<u8>>, CoreError> {
         Ok(self.journal.get(seq.to_be_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// Every stored record as `(first sequence number, bytes)`, in order: for
+    /// fault-injection tests.
+    ///
+    /// # Errors
+    /// A storage error, or a key that is not a sequence number.
+    #[doc(hidden)]
+    pub fn raw_records(&self) -> Result<Vec<(u64, Vec<u8>)>, CoreError> {
+        self.journal
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                Ok((key_seq(&key)?, value.to_vec()))
+            })
+            .collect()
     }
 
     /// Reads every event in the journal (after the latest snapshot): for tools and tests

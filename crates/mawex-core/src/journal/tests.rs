@@ -8,10 +8,9 @@ use mawex_api::{
     PodId, RetryHint, RetryPolicy, ScheduleSpec, TaskError, TaskId, TaskSpec, Timestamp,
 };
 
-use super::record::{decode_record, encode_records};
 use super::{Journal, MemoryJournal};
-use crate::error::CoreError;
-use crate::master::{Event, MasterState, RequeueReason};
+use crate::codec::{decode_record, encode_records};
+use crate::state::{Event, MasterState, RequeueReason};
 
 fn id(n: u8) -> TaskId {
     let mut bytes = [0u8; 16];
@@ -386,92 +385,47 @@ fn every_flipped_bit_is_detected() {
     }
 }
 
-fn journal_with(batches: &[&[Event]]) -> MemoryJournal {
-    let mut j = MemoryJournal::new();
-    let mut seq = 1;
-    for b in batches {
-        j.append(seq, b).expect("append");
-        seq += b.len() as u64;
+// Recovery, snapshots, torn, corrupt and unknown records, gaps and ordering: the
+// conformance suite (`crate::testing`), run by both journals below.
+
+struct InMemory(MemoryJournal);
+
+impl crate::testing::JournalUnderTest for InMemory {
+    type Journal = MemoryJournal;
+    fn open(&mut self) -> MemoryJournal {
+        self.0.clone()
     }
-    j
-}
-
-#[test]
-fn torn_last_record_is_dropped_and_the_rest_recovers() {
-    let events = golden_events();
-    let mut j = journal_with(&[&events[..3], &events[3..6]]);
-    let (seq, mut bytes) = j.raw_records().pop().expect("a record");
-    bytes.truncate(bytes.len() / 2);
-    j.write_raw_record(seq, &bytes);
-    let recovered = j.recover().expect("recovers");
-    assert_eq!(recovered.events.len(), 3);
-    assert_eq!(j.record_count(), 1, "the torn record is removed");
-    // Appending after recovery continues from the last good event.
-    j.append(4, &events[3..4]).expect("append");
-    assert_eq!(j.recover().expect("recovers").events.len(), 4);
-}
-
-#[test]
-fn corrupt_record_followed_by_good_ones_fails_naming_its_sequence() {
-    let events = golden_events();
-    let mut j = journal_with(&[&events[..2], &events[2..5], &events[5..]]);
-    let (seq, mut bytes) = j.raw_records()[1].clone();
-    assert_eq!(seq, 3);
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0xff;
-    j.write_raw_record(seq, &bytes);
-    match j.recover() {
-        Err(CoreError::CorruptJournal { seq, reason }) => {
-            assert_eq!(seq, 3);
-            assert!(reason.contains("checksum"), "{reason}");
-        }
-        other => panic!("expected a corruption error, got {other:?}"),
+    fn records(&mut self) -> Vec<(u64, Vec<u8>)> {
+        self.0.raw_records()
+    }
+    fn write_record(&mut self, seq: u64, bytes: &[u8]) {
+        self.0.write_raw_record(seq, bytes)
     }
 }
 
 #[test]
-fn a_gap_in_sequence_numbers_is_corruption() {
-    let events = golden_events();
-    let mut j = journal_with(&[&events[..2]]);
-    j.append(10, &events[2..3]).expect("append");
-    assert!(matches!(
-        j.recover(),
-        Err(CoreError::CorruptJournal { seq: 10, .. })
-    ));
+fn the_memory_journal_passes_the_conformance_suite() {
+    crate::testing::journal_suite(|| InMemory(MemoryJournal::new()));
 }
 
-#[test]
-fn snapshot_truncates_and_restart_replays_only_the_tail() {
-    let events = golden_events();
-    let mut j = journal_with(&[&events[..4]]);
-    let mut state = MasterState::new();
-    events[..4].iter().for_each(|e| state.apply(e));
-    j.snapshot(4, &state).expect("snapshot");
-    assert_eq!(j.record_count(), 0);
-    j.append(5, &events[4..]).expect("append");
-    let recovered = j.recover().expect("recovers");
-    assert_eq!(recovered.events.first().map(|(s, _)| *s), Some(5));
-    let (last, rebuilt) = recovered.into_state();
-    let mut expected = MasterState::new();
-    events.iter().for_each(|e| expected.apply(e));
-    assert_eq!(last, events.len() as u64);
-    assert_eq!(rebuilt, expected);
-}
+struct OnDisk(tempfile::TempDir);
 
-#[test]
-fn an_intact_record_this_version_cannot_read_is_an_error_and_is_kept() {
-    let events = golden_events();
-    let mut j = journal_with(&[&events[..2], &events[2..4]]);
-    let (seq, mut bytes) = j.raw_records().pop().expect("a record");
-    // A format from the future: checksum still good (the format byte is outside it).
-    bytes[0] = 99;
-    j.write_raw_record(seq, &bytes);
-    match j.recover() {
-        Err(CoreError::CorruptJournal { seq: bad, reason }) => {
-            assert_eq!(bad, seq);
-            assert!(reason.contains("format 99"), "{reason}");
-        }
-        other => panic!("expected an error, got {other:?}"),
+impl crate::testing::JournalUnderTest for OnDisk {
+    type Journal = super::SledJournal;
+    fn open(&mut self) -> super::SledJournal {
+        super::SledJournal::open(self.0.path()).expect("open the sled journal")
     }
-    assert_eq!(j.record_count(), 2, "the record is not deleted");
+    fn records(&mut self) -> Vec<(u64, Vec<u8>)> {
+        self.open().raw_records().expect("read records")
+    }
+    fn write_record(&mut self, seq: u64, bytes: &[u8]) {
+        self.open()
+            .write_raw_record(seq, bytes)
+            .expect("write a record")
+    }
+}
+
+#[test]
+fn the_sled_journal_passes_the_conformance_suite() {
+    crate::testing::journal_suite(|| OnDisk(tempfile::tempdir().expect("a temp dir")));
 }
