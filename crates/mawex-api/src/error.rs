@@ -18,6 +18,12 @@ pub enum ApiError {
     /// The master is not running (stopped, crashed, or unreachable); retrying later may work.
     #[error("master unavailable: {0}")]
     Unavailable(String),
+    /// The caller did not prove who it is (no credential, or one the master does not accept).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The caller is known but may not do this.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// An unexpected failure inside the master.
     #[error("internal error: {0}")]
     Internal(String),

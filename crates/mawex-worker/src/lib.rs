@@ -570,7 +570,9 @@ async fn run(shared: Arc<Shared>, stop: CancellationToken, executors: Vec<JoinHa
             Err(e) => {
                 let delay = delays.next().unwrap_or(max_delay);
                 match e {
-                    ApiError::InvalidArgument(_) => {
+                    ApiError::InvalidArgument(_)
+                    | ApiError::Unauthenticated(_)
+                    | ApiError::PermissionDenied(_) => {
                         warn!(pod = %shared.config.id, error = %e, "master refused the pod")
                     }
                     _ => {

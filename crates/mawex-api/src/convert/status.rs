@@ -12,6 +12,8 @@ impl From<ApiError> for Status {
             ApiError::Conflict(m) => Status::already_exists(m),
             ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
             ApiError::Unavailable(m) => Status::unavailable(m),
+            ApiError::Unauthenticated(m) => Status::unauthenticated(m),
+            ApiError::PermissionDenied(m) => Status::permission_denied(m),
             ApiError::Internal(m) => Status::internal(m),
         }
     }
@@ -39,6 +41,8 @@ impl From<Status> for ApiError {
                 ApiError::Conflict(message)
             }
             Code::ResourceExhausted => ApiError::ResourceExhausted(message),
+            Code::Unauthenticated => ApiError::Unauthenticated(message),
+            Code::PermissionDenied => ApiError::PermissionDenied(message),
             Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded => {
                 ApiError::Unavailable(message)
             }
@@ -61,6 +65,8 @@ mod tests {
             ApiError::Conflict("taken".into()),
             ApiError::ResourceExhausted("big".into()),
             ApiError::Unavailable("down".into()),
+            ApiError::Unauthenticated("who are you".into()),
+            ApiError::PermissionDenied("not yours".into()),
         ] {
             assert_eq!(ApiError::from(Status::from(e.clone())), e);
         }

@@ -1,0 +1,134 @@
+//! The composable server: a listener and a shutdown future from the caller, an interceptor in
+//! front of the mawex services, and extra services on the same port.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{group, TestMaster};
+use mawex::proto::master_client::MasterClient;
+use mawex::{MasterProxy, RemoteConfig, RemoteMasterProxy, Server, TaskSpec};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+
+const TOKEN: &str = "Bearer s3cret";
+
+fn check_token(request: Request<()>) -> Result<Request<()>, Status> {
+    match request.metadata().get("authorization") {
+        Some(value) if value == TOKEN => Ok(request),
+        _ => Err(Status::unauthenticated("a valid token is required")),
+    }
+}
+
+#[tokio::test]
+async fn interceptor_extra_services_and_a_caller_owned_listener() {
+    let master = TestMaster::start().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+    // An extra service on the same port: the older reflection protocol.
+    let extra = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(mawex::proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("reflection v1alpha");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(
+        Server::new(master.master())
+            .interceptor(check_token)
+            .add_service(extra)
+            .serve(listener, async {
+                let _ = stopped.await;
+            }),
+    );
+    let channel = Channel::from_shared(endpoint.clone())
+        .expect("endpoint")
+        .connect_lazy();
+
+    // Without the token the mawex services refuse, with the interceptor's own status.
+    let mut config = RemoteConfig::default();
+    config.retry_for = Duration::from_secs(2);
+    let anonymous = RemoteMasterProxy::with_config([endpoint.as_str()], config).expect("client");
+    let refused = anonymous
+        .submit(TaskSpec::new(group("g"), "noop", "x"))
+        .await
+        .expect_err("no token, no submit");
+    assert_eq!(
+        refused,
+        mawex::ApiError::Unauthenticated("a valid token is required".into())
+    );
+
+    // With it they answer.
+    let mut client = MasterClient::with_interceptor(channel.clone(), |mut r: Request<()>| {
+        r.metadata_mut()
+            .insert("authorization", MetadataValue::from_static(TOKEN));
+        Ok(r)
+    });
+    let summary = client
+        .failed_summary(mawex::proto::FailedSummaryRequest {})
+        .await
+        .expect("an authorised call is served");
+    assert!(summary.into_inner().counts.is_empty());
+
+    // Health stays open, and the extra service is served beside the mawex ones.
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health needs no token");
+    assert_eq!(health.into_inner().status(), ServingStatus::Serving);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("the extra service answers")
+        .into_inner();
+    let answer = answers
+        .message()
+        .await
+        .expect("a reflection answer")
+        .expect("one message");
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("expected a service list, got {answer:?}");
+    };
+    assert!(
+        list.service.iter().any(|s| s.name == "mawex.v1.Master"),
+        "{list:?}"
+    );
+
+    // The caller's shutdown future ends `serve`.
+    stop.send(()).expect("the server is running");
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("serve returns after its shutdown future completes")
+        .expect("the server task")
+        .expect("served cleanly");
+    master.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_message_limit_below_the_payload_limit_is_refused() {
+    let master = TestMaster::start().await;
+    let mut config = mawex::ServerConfig::default();
+    config.max_message_bytes = 1024;
+    let err = Server::new(master.master())
+        .config(config)
+        .start("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect_err("too small for the largest payload");
+    assert!(matches!(err, mawex::ServerError::Config(_)), "{err}");
+    assert!(err.to_string().contains("max_message_bytes"), "{err}");
+    master.shutdown().await;
+}
