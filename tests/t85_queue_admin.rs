@@ -93,9 +93,16 @@ async fn a_dedup_key_returns_the_live_task_until_its_window_passes(t: Transport)
     let again = TaskSpec::new(g.clone(), "sleep", "50").with_dedup("nightly", window);
     let dup = m.proxy().submit(again.clone()).await.unwrap();
     assert_eq!(
-        (dup.id, dup.created),
-        (first.id, false),
+        (dup.id, dup.created, dup.deduplicated),
+        (first.id, false, true),
         "pending: deduplicated"
+    );
+    assert!(!ack.deduplicated);
+    // A plain repeat of the same spec is told apart from a dedup hit.
+    let repeat = m.proxy().submit(first.clone()).await.unwrap();
+    assert_eq!(
+        (repeat.id, repeat.created, repeat.deduplicated),
+        (first.id, false, false)
     );
 
     let (handlers, runs, _) = instrumented();

@@ -20,16 +20,34 @@ pub const MAX_LIST_LIMIT: usize = 1000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct SubmitAck {
-    /// The task's id.
+    /// The id of the task that stands for this submit: the spec's own, or, when
+    /// `deduplicated`, the id of the earlier task with the same dedup key.
     pub id: TaskId,
-    /// False when a task with this id was already known: the submit was a harmless repeat.
+    /// True when a new task was recorded. False for a harmless repeat (a task with this id
+    /// was already known) and for a dedup hit.
     pub created: bool,
+    /// True when the spec's dedup key matched a live or recent task: nothing was recorded,
+    /// and `id` is that task's id, not the spec's.
+    pub deduplicated: bool,
 }
 
 impl SubmitAck {
-    /// An acknowledgement for `id`.
+    /// An acknowledgement for `id`: newly `created`, or a repeat of a known id.
     pub fn new(id: TaskId, created: bool) -> Self {
-        SubmitAck { id, created }
+        SubmitAck {
+            id,
+            created,
+            deduplicated: false,
+        }
+    }
+
+    /// A dedup hit: the task `existing` stands for this submit.
+    pub fn duplicate_of(existing: TaskId) -> Self {
+        SubmitAck {
+            id: existing,
+            created: false,
+            deduplicated: true,
+        }
     }
 }
 

@@ -12,6 +12,7 @@ impl From<SubmitAck> for proto::SubmitResponse {
         proto::SubmitResponse {
             id: a.id.to_string(),
             created: a.created,
+            deduplicated: a.deduplicated,
         }
     }
 }
@@ -20,7 +21,12 @@ impl TryFrom<proto::SubmitResponse> for SubmitAck {
     type Error = ApiError;
 
     fn try_from(a: proto::SubmitResponse) -> Result<Self, ApiError> {
-        Ok(SubmitAck::new(task_id("ack.id", &a.id)?, a.created))
+        let id = task_id("ack.id", &a.id)?;
+        Ok(if a.deduplicated {
+            SubmitAck::duplicate_of(id)
+        } else {
+            SubmitAck::new(id, a.created)
+        })
     }
 }
 

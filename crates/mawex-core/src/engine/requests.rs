@@ -36,7 +36,7 @@ impl Engine {
                     (within && holder.spec.id != spec.id).then_some(holder.spec.id)
                 });
                 if let Some(existing) = live {
-                    acks.push(SubmitAck::new(existing, false));
+                    acks.push(SubmitAck::duplicate_of(existing));
                     continue;
                 }
             }
