@@ -34,38 +34,65 @@
 //! # });
 //! ```
 
+/// What most programs need: `use mawex::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        ApiError, Bytes, GroupName, GrpcPodConnector, HandlerError, HandlerRegistry, InProcess,
+        MasterProxy, Outcome, PodConnector, PodId, RemoteMasterProxy, TaskId, TaskInput,
+        TaskResult, TaskSpec, Timestamp,
+    };
+    #[cfg(feature = "master")]
+    pub use crate::{Master, MasterConfig, MemoryJournal, Server, SledJournal};
+    #[cfg(feature = "worker")]
+    pub use crate::{Pod, PodConfig};
+}
+
 /// Broadcasts: one task run on every pod of a group, propagated pod to pod.
 pub use mawex_api::broadcast;
+/// The messages between a pod and its master, and the session contract a transport
+/// implements.
 pub use mawex_api::pod;
-pub use mawex_api::pod::{PodConnector, PodOutbox, PodSession};
-/// The generated protobuf types and gRPC stubs of the `mawex.v1` protocol.
-pub use mawex_api::proto;
+pub use mawex_api::pod::PodConnector;
 pub use mawex_api::{
-    ApiError, Attempt, AttemptFailure, Bytes, CancelAck, Dedup, ErrorKind, FailedCount,
-    FailedFilter, GroupName, GroupSettings, Limits, ListQuery, MasterProxy, MissedTicks, Outcome,
-    PendingChange, PodId, QueuePosition, RateLimit, RemoteConfig, RemoteMasterProxy, ResultCursor,
-    ResultStream, RetryHint, RetryPolicy, ScheduleSpec, ScheduleView, SubmitAck, TaskError, TaskId,
-    TaskPage, TaskResult, TaskSpec, TaskState, TaskView, Timestamp,
+    ApiError, Attempt, AttemptFailure, Bytes, CancelAck, ChannelConfig, Dedup, ErrorKind,
+    FailedCount, FailedFilter, GroupName, GroupSettings, GrpcPodConnector, Limits, ListQuery,
+    MasterProxy, MissedTicks, Outcome, PendingChange, PodId, QueuePosition, RateLimit,
+    RemoteConfig, RemoteMasterProxy, ResultCursor, ResultStream, RetryHint, RetryPolicy,
+    ScheduleSpec, ScheduleView, SubmitAck, TaskError, TaskId, TaskPage, TaskResult, TaskSpec,
+    TaskState, TaskView, Timestamp, MAX_LIST_LIMIT,
 };
 pub use mawex_api::{
     BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView, PlannedTarget, Source,
     Strategy, TargetFilter, TargetState, TargetView,
 };
-pub use mawex_api::{ChannelConfig, GrpcPodConnector};
+#[cfg(feature = "master")]
 pub use mawex_core::{
-    clock, journal, CoreError, Event, Journal, LocalMasterProxy, LocalPodConnector, Master,
-    MasterBuilder, MasterConfig, MasterState, MasterStats, MemoryJournal, PodStats, Recovered,
-    RequeueReason, SledJournal, TaskCounts,
+    clock, CoreError, Journal, LocalMasterProxy, LocalPodConnector, Master, MasterBuilder,
+    MasterConfig, MasterStats, MemoryJournal, PodStats, SledJournal, TaskCounts,
 };
 pub use mawex_sandbox::{
     HandlerError, HandlerRegistry, InProcess, Sandbox, SandboxError, TaskInput,
 };
+#[cfg(feature = "master")]
 pub use mawex_server::{RunningServer, Server, ServerConfig, ServerError};
+#[cfg(feature = "worker")]
 pub use mawex_worker::{Pod, PodConfig, WorkerError};
 
 /// Sandboxes: where task bodies run.
 pub mod sandbox {
     pub use mawex_sandbox::*;
+}
+
+/// Test hooks and internals (feature `testing`): the journal's event and state types (for
+/// implementing a [`Journal`]), the journal conformance suite, the generated protobuf code,
+/// and `Master::halt` (a crash without a final commit).
+#[cfg(all(feature = "testing", feature = "master"))]
+pub mod testing {
+    pub use mawex_api::proto;
+    pub use mawex_core::testing::{journal_suite, JournalUnderTest};
+    pub use mawex_core::{
+        CommittedBatch, CommittedFeed, Event, MasterState, Recovered, RequeueReason,
+    };
 }
 
 /// The README's example, compiled as a doctest so it cannot rot.

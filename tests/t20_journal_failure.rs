@@ -5,9 +5,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use mawex::testing::{Event, MasterState, Recovered};
 use mawex::{
-    ApiError, CoreError, Event, GroupName, Journal, Master, MasterProxy, MasterState,
-    MemoryJournal, Recovered, TaskSpec,
+    ApiError, CoreError, GroupName, Journal, Master, MasterProxy, MemoryJournal, TaskSpec,
 };
 
 /// A memory journal whose appends fail once `broken` is set.

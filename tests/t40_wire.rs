@@ -6,9 +6,9 @@
 mod common;
 
 use common::*;
-use mawex::proto::master_client::MasterClient;
-use mawex::proto::pod_link_client::PodLinkClient;
-use mawex::proto::{self, master_to_pod, pod_to_master};
+use mawex::testing::proto::master_client::MasterClient;
+use mawex::testing::proto::pod_link_client::PodLinkClient;
+use mawex::testing::proto::{self, master_to_pod, pod_to_master};
 use mawex::{MasterProxy, Outcome, PodConfig, TaskSpec};
 use tokio::sync::mpsc;
 use tonic::Code;

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{group, TestMaster};
-use mawex::proto::master_client::MasterClient;
+use mawex::testing::proto::master_client::MasterClient;
 use mawex::{MasterProxy, RemoteConfig, RemoteMasterProxy, Server, TaskSpec};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -37,7 +37,7 @@ async fn interceptor_extra_services_and_a_caller_owned_listener() {
     let endpoint = format!("http://{}", listener.local_addr().expect("address"));
     // An extra service on the same port: the older reflection protocol.
     let extra = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(mawex::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(mawex::testing::proto::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .expect("reflection v1alpha");
     let (stop, stopped) = oneshot::channel::<()>();
@@ -73,7 +73,7 @@ async fn interceptor_extra_services_and_a_caller_owned_listener() {
         Ok(r)
     });
     let summary = client
-        .failed_summary(mawex::proto::FailedSummaryRequest {})
+        .failed_summary(mawex::testing::proto::FailedSummaryRequest {})
         .await
         .expect("an authorised call is served");
     assert!(summary.into_inner().counts.is_empty());

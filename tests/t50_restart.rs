@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use common::*;
+use mawex::testing::Event;
 use mawex::{
-    Bytes, CoreError, Event, HandlerRegistry, ListQuery, Outcome, PodConfig, SledJournal, TaskId,
+    Bytes, CoreError, HandlerRegistry, ListQuery, Outcome, PodConfig, SledJournal, TaskId,
     TaskInput, TaskResult, TaskSpec, TaskState,
 };
 

@@ -12,10 +12,11 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mawex::testing::Event;
 use mawex::{
-    Event, GroupName, GrpcPodConnector, HandlerRegistry, InProcess, Master, MasterConfig,
-    MasterProxy, Outcome, Pod, PodConfig, PodId, RemoteConfig, RemoteMasterProxy, SledJournal,
-    TaskId, TaskInput, TaskSpec,
+    GroupName, GrpcPodConnector, HandlerRegistry, InProcess, Master, MasterConfig, MasterProxy,
+    Outcome, Pod, PodConfig, PodId, RemoteConfig, RemoteMasterProxy, SledJournal, TaskId,
+    TaskInput, TaskSpec,
 };
 
 #[path = "common/own_main.rs"]

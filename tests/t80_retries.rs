@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use common::*;
 use mawex::clock::ManualClock;
+use mawex::testing::Event;
 use mawex::{
-    ErrorKind, Event, HandlerError, HandlerRegistry, InProcess, Journal, Master, MasterConfig,
+    ErrorKind, HandlerError, HandlerRegistry, InProcess, Journal, Master, MasterConfig,
     MasterProxy, MemoryJournal, Outcome, Pod, PodConfig, RetryPolicy, TaskId, TaskInput, TaskSpec,
     TaskState, TaskView, Timestamp,
 };

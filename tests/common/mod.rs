@@ -418,12 +418,12 @@ impl Network {
 }
 
 struct CutOutbox {
-    inner: Arc<dyn mawex::PodOutbox>,
+    inner: Arc<dyn mawex::pod::PodOutbox>,
     cut: tokio_util::sync::CancellationToken,
     swallow: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl mawex::PodOutbox for CutOutbox {
+impl mawex::pod::PodOutbox for CutOutbox {
     fn send(&self, message: mawex::pod::PodMessage) -> Result<(), mawex::ApiError> {
         if self.cut.is_cancelled() {
             return Err(mawex::ApiError::Unavailable("connection cut".into()));
@@ -440,7 +440,7 @@ impl mawex::PodConnector for Network {
     async fn connect(
         &self,
         hello: mawex::pod::PodHello,
-    ) -> Result<mawex::PodSession, mawex::ApiError> {
+    ) -> Result<mawex::pod::PodSession, mawex::ApiError> {
         if self.refuse.load(Ordering::SeqCst) {
             return Err(mawex::ApiError::Unavailable("unreachable".into()));
         }
@@ -468,7 +468,7 @@ impl mawex::PodConnector for Network {
             cut,
             swallow: self.swallow.clone(),
         });
-        Ok(mawex::PodSession::new(session.welcome, outbox, rx))
+        Ok(mawex::pod::PodSession::new(session.welcome, outbox, rx))
     }
 }
 

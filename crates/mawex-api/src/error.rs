@@ -24,6 +24,9 @@ pub enum ApiError {
     /// The caller is known but may not do this.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// This proxy or master does not offer the call (an implementation that predates it).
+    #[error("unimplemented: {0}")]
+    Unimplemented(String),
     /// An unexpected failure inside the master.
     #[error("internal error: {0}")]
     Internal(String),

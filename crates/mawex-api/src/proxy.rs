@@ -143,17 +143,34 @@ impl TaskPage {
     }
 }
 
+/// The answer of a call an implementation does not offer.
+fn unimplemented(call: &str) -> ApiError {
+    ApiError::Unimplemented(format!("{call} is not offered by this MasterProxy"))
+}
+
 /// Everything a client can ask of a master. `LocalMasterProxy` answers in-process;
 /// `RemoteMasterProxy` answers over gRPC. Both give the same guarantees: a call that returned
 /// `Ok` was made durable by the master before it answered.
+///
+/// Only [`submit_many`](MasterProxy::submit_many) and [`get`](MasterProxy::get) must be
+/// implemented. `submit` defaults to a batch of one; every other call defaults to
+/// [`ApiError::Unimplemented`], so a call added in a later version does not break an
+/// implementation written against this one (a test double, a decorator).
 #[async_trait]
+// The default bodies ignore their arguments.
+#[allow(unused_variables)]
 pub trait MasterProxy: Send + Sync {
     /// Submits one task. Repeating a submit with the same id and spec is harmless.
     ///
     /// # Errors
     /// `InvalidArgument` or `ResourceExhausted` for a bad spec, `Conflict` for an id already
     /// used by a different spec, `Unavailable` when the master is down.
-    async fn submit(&self, spec: TaskSpec) -> Result<SubmitAck, ApiError>;
+    async fn submit(&self, spec: TaskSpec) -> Result<SubmitAck, ApiError> {
+        self.submit_many(vec![spec])
+            .await?
+            .pop()
+            .ok_or_else(|| ApiError::Internal("no acknowledgement for a submit".into()))
+    }
 
     /// Submits a batch atomically: all are accepted, or none (the error names the first bad one).
     ///
@@ -171,7 +188,9 @@ pub trait MasterProxy: Send + Sync {
     ///
     /// # Errors
     /// `NotFound` for an unknown id.
-    async fn cancel(&self, id: TaskId) -> Result<CancelAck, ApiError>;
+    async fn cancel(&self, id: TaskId) -> Result<CancelAck, ApiError> {
+        Err(unimplemented("cancel"))
+    }
 
     /// Waits until the task is finished and returns its result.
     ///
@@ -180,7 +199,9 @@ pub trait MasterProxy: Send + Sync {
     ///
     /// # Cancel safety
     /// Dropping the future abandons the wait and nothing else.
-    async fn await_result(&self, id: TaskId) -> Result<TaskResult, ApiError>;
+    async fn await_result(&self, id: TaskId) -> Result<TaskResult, ApiError> {
+        Err(unimplemented("await_result"))
+    }
 
     /// Results of one group: those still retained after `after` (all retained ones if `None`),
     /// then live ones, in recording order. Resume with the `seq` of the last result seen.
@@ -191,33 +212,43 @@ pub trait MasterProxy: Send + Sync {
         &self,
         group: GroupName,
         after: Option<ResultCursor>,
-    ) -> Result<ResultStream, ApiError>;
+    ) -> Result<ResultStream, ApiError> {
+        Err(unimplemented("results"))
+    }
 
     /// Lists tasks matching `query`, one page at a time.
     ///
     /// # Errors
     /// `InvalidArgument` for a limit of 0 or above [`MAX_LIST_LIMIT`].
-    async fn list(&self, query: ListQuery) -> Result<TaskPage, ApiError>;
+    async fn list(&self, query: ListQuery) -> Result<TaskPage, ApiError> {
+        Err(unimplemented("list"))
+    }
 
     /// The failed queue (tasks that failed for good), counted by group and kind of last error.
     /// List its tasks with `list` and state `Failed`.
     ///
     /// # Errors
     /// `Unavailable` when the master is down.
-    async fn failed_summary(&self) -> Result<Vec<FailedCount>, ApiError>;
+    async fn failed_summary(&self) -> Result<Vec<FailedCount>, ApiError> {
+        Err(unimplemented("failed_summary"))
+    }
 
     /// Runs failed tasks matching `filter` again, each with a fresh attempt budget (their
     /// error history is kept). Returns how many.
     ///
     /// # Errors
     /// `Unavailable` when the master is down.
-    async fn retry_failed(&self, filter: FailedFilter) -> Result<u64, ApiError>;
+    async fn retry_failed(&self, filter: FailedFilter) -> Result<u64, ApiError> {
+        Err(unimplemented("retry_failed"))
+    }
 
     /// Forgets failed tasks matching `filter`. Returns how many.
     ///
     /// # Errors
     /// `Unavailable` when the master is down.
-    async fn purge_failed(&self, filter: FailedFilter) -> Result<u64, ApiError>;
+    async fn purge_failed(&self, filter: FailedFilter) -> Result<u64, ApiError> {
+        Err(unimplemented("purge_failed"))
+    }
 
     /// Sets how `group` is dispatched: pause and resume it, cap its concurrency.
     ///
@@ -227,7 +258,9 @@ pub trait MasterProxy: Send + Sync {
         &self,
         group: GroupName,
         settings: GroupSettings,
-    ) -> Result<(), ApiError>;
+    ) -> Result<(), ApiError> {
+        Err(unimplemented("configure_group"))
+    }
 
     /// Changes pending tasks among `ids` (moves them, reprioritizes them, requeues them to the
     /// back or prefers them to the front). Returns how many were pending and changed.
@@ -238,38 +271,50 @@ pub trait MasterProxy: Send + Sync {
         &self,
         ids: Vec<TaskId>,
         change: PendingChange,
-    ) -> Result<u64, ApiError>;
+    ) -> Result<u64, ApiError> {
+        Err(unimplemented("update_pending"))
+    }
 
     /// Creates a cron schedule. Creating the same schedule again is harmless; a different one
     /// under a taken name is a `Conflict`.
     ///
     /// # Errors
     /// `InvalidArgument` for a bad cron expression, time zone or task.
-    async fn create_schedule(&self, spec: ScheduleSpec) -> Result<(), ApiError>;
+    async fn create_schedule(&self, spec: ScheduleSpec) -> Result<(), ApiError> {
+        Err(unimplemented("create_schedule"))
+    }
 
     /// Every schedule.
     ///
     /// # Errors
     /// `Unavailable` when the master is down.
-    async fn list_schedules(&self) -> Result<Vec<ScheduleView>, ApiError>;
+    async fn list_schedules(&self) -> Result<Vec<ScheduleView>, ApiError> {
+        Err(unimplemented("list_schedules"))
+    }
 
     /// Pauses (`true`) or resumes a schedule. Ticks that pass while paused never fire.
     ///
     /// # Errors
     /// `InvalidArgument` for an unknown schedule.
-    async fn pause_schedule(&self, name: GroupName, paused: bool) -> Result<(), ApiError>;
+    async fn pause_schedule(&self, name: GroupName, paused: bool) -> Result<(), ApiError> {
+        Err(unimplemented("pause_schedule"))
+    }
 
     /// Deletes a schedule; tasks it already submitted are not touched.
     ///
     /// # Errors
     /// `InvalidArgument` for an unknown schedule.
-    async fn delete_schedule(&self, name: GroupName) -> Result<(), ApiError>;
+    async fn delete_schedule(&self, name: GroupName) -> Result<(), ApiError> {
+        Err(unimplemented("delete_schedule"))
+    }
 
     /// How `group` is dispatched now (defaults for a group never configured).
     ///
     /// # Errors
     /// `Unavailable` when the master is down.
-    async fn group_settings(&self, group: GroupName) -> Result<GroupSettings, ApiError>;
+    async fn group_settings(&self, group: GroupName) -> Result<GroupSettings, ApiError> {
+        Err(unimplemented("group_settings"))
+    }
 
     /// Fires a broadcast to the pods of its group connected now (see [`BroadcastSpec`]);
     /// pods that join the group later catch up by themselves. Firing the spec of the
@@ -279,25 +324,33 @@ pub trait MasterProxy: Send + Sync {
     /// `InvalidArgument` for a bad spec; `Conflict` while another broadcast of the app holds
     /// its lock (it expires `lock_ttl` after that fire, or clear it with
     /// [`MasterProxy::clear_broadcast_lock`]).
-    async fn fire_broadcast(&self, spec: BroadcastSpec) -> Result<BroadcastView, ApiError>;
+    async fn fire_broadcast(&self, spec: BroadcastSpec) -> Result<BroadcastView, ApiError> {
+        Err(unimplemented("fire_broadcast"))
+    }
 
     /// What firing `spec` would do (targets, sources, waves), without doing anything.
     ///
     /// # Errors
     /// `InvalidArgument` for a bad spec.
-    async fn plan_broadcast(&self, spec: BroadcastSpec) -> Result<BroadcastPlan, ApiError>;
+    async fn plan_broadcast(&self, spec: BroadcastSpec) -> Result<BroadcastPlan, ApiError> {
+        Err(unimplemented("plan_broadcast"))
+    }
 
     /// A broadcast and the progress of each of its targets.
     ///
     /// # Errors
     /// `InvalidArgument` for an unknown id.
-    async fn broadcast(&self, id: BroadcastId) -> Result<BroadcastView, ApiError>;
+    async fn broadcast(&self, id: BroadcastId) -> Result<BroadcastView, ApiError> {
+        Err(unimplemented("broadcast"))
+    }
 
     /// Every broadcast, oldest first.
     ///
     /// # Errors
     /// `Unavailable` when the master is down.
-    async fn list_broadcasts(&self) -> Result<Vec<BroadcastView>, ApiError>;
+    async fn list_broadcasts(&self) -> Result<Vec<BroadcastView>, ApiError> {
+        Err(unimplemented("list_broadcasts"))
+    }
 
     /// Waits until every target of broadcast `id` has ended, or `timeout` passes; returns
     /// its progress either way (see [`BroadcastView::is_finished`]).
@@ -308,18 +361,58 @@ pub trait MasterProxy: Send + Sync {
         &self,
         id: BroadcastId,
         timeout: Duration,
-    ) -> Result<BroadcastView, ApiError>;
+    ) -> Result<BroadcastView, ApiError> {
+        Err(unimplemented("wait_broadcast"))
+    }
 
     /// The locks held by running broadcasts, one per app.
     ///
     /// # Errors
     /// `Unavailable` when the master is down.
-    async fn broadcast_locks(&self) -> Result<Vec<BroadcastLock>, ApiError>;
+    async fn broadcast_locks(&self) -> Result<Vec<BroadcastLock>, ApiError> {
+        Err(unimplemented("broadcast_locks"))
+    }
 
     /// Clears the lock of `app` by aborting the broadcast that holds it (its waiting targets
     /// are cancelled, running ones finish); returns that broadcast, if one held it.
     ///
     /// # Errors
     /// `Unavailable` when the master is down.
-    async fn clear_broadcast_lock(&self, app: &str) -> Result<Option<BroadcastId>, ApiError>;
+    async fn clear_broadcast_lock(&self, app: &str) -> Result<Option<BroadcastId>, ApiError> {
+        Err(unimplemented("clear_broadcast_lock"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::GroupName;
+
+    /// A test double written against the two required calls.
+    struct Minimal;
+
+    #[async_trait]
+    impl MasterProxy for Minimal {
+        async fn submit_many(&self, specs: Vec<TaskSpec>) -> Result<Vec<SubmitAck>, ApiError> {
+            Ok(specs.iter().map(|s| SubmitAck::new(s.id, true)).collect())
+        }
+
+        async fn get(&self, id: TaskId) -> Result<TaskView, ApiError> {
+            Err(ApiError::task_not_found(id))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_minimal_implementation_gets_the_rest_by_default() {
+        let spec = TaskSpec::new(GroupName::new("g").expect("valid"), "h", "x");
+        let ack = Minimal
+            .submit(spec.clone())
+            .await
+            .expect("submit is a batch of one");
+        assert_eq!((ack.id, ack.created), (spec.id, true));
+        match Minimal.cancel(spec.id).await {
+            Err(ApiError::Unimplemented(m)) => assert!(m.contains("cancel"), "{m}"),
+            other => panic!("expected Unimplemented, got {other:?}"),
+        }
+    }
 }

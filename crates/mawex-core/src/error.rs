@@ -25,6 +25,13 @@ pub enum CoreError {
     /// A record could not be encoded (a bug: every event is encodable).
     #[error("could not encode a journal record: {0}")]
     Encode(String),
+    /// A subscriber of the committed-batch feed fell behind by `missed` batches, which are
+    /// gone: re-read the state (`Master::read_state`) and go on from there.
+    #[error("the committed-batch feed dropped {missed} batches this subscriber had not read")]
+    Lagged {
+        /// Batches dropped.
+        missed: u64,
+    },
     /// The master's core is not running.
     #[error("the master is stopped")]
     Stopped,

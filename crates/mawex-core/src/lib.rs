@@ -50,6 +50,7 @@ pub use engine::PodStats;
 pub use error::CoreError;
 pub use journal::{Journal, MemoryJournal, Recovered, SledJournal};
 pub use runtime::{
-    LocalMasterProxy, LocalPodConnector, Master, MasterBuilder, MasterConfig, MasterStats,
+    CommittedBatch, CommittedFeed, LocalMasterProxy, LocalPodConnector, Master, MasterBuilder,
+    MasterConfig, MasterStats,
 };
 pub use state::{Event, MasterState, RequeueReason, TaskCounts};

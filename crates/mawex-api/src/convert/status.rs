@@ -14,6 +14,7 @@ impl From<ApiError> for Status {
             ApiError::Unavailable(m) => Status::unavailable(m),
             ApiError::Unauthenticated(m) => Status::unauthenticated(m),
             ApiError::PermissionDenied(m) => Status::permission_denied(m),
+            ApiError::Unimplemented(m) => Status::unimplemented(m),
             ApiError::Internal(m) => Status::internal(m),
         }
     }
@@ -43,6 +44,7 @@ impl From<Status> for ApiError {
             Code::ResourceExhausted => ApiError::ResourceExhausted(message),
             Code::Unauthenticated => ApiError::Unauthenticated(message),
             Code::PermissionDenied => ApiError::PermissionDenied(message),
+            Code::Unimplemented => ApiError::Unimplemented(message),
             Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded => {
                 ApiError::Unavailable(message)
             }
@@ -67,6 +69,7 @@ mod tests {
             ApiError::Unavailable("down".into()),
             ApiError::Unauthenticated("who are you".into()),
             ApiError::PermissionDenied("not yours".into()),
+            ApiError::Unimplemented("not here".into()),
         ] {
             assert_eq!(ApiError::from(Status::from(e.clone())), e);
         }

@@ -98,6 +98,8 @@ pub struct PodStats {
     pub leased: usize,
     /// Resource use from its last heartbeat.
     pub usage: ResourceUsage,
+    /// Leaving: it takes no new leases.
+    pub draining: bool,
 }
 
 /// State machine plus live pod registry.
@@ -278,6 +280,7 @@ impl Engine {
                 slots: p.slots,
                 leased: p.leases.len(),
                 usage: p.usage,
+                draining: p.draining,
             })
             .collect()
     }

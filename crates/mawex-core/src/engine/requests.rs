@@ -145,31 +145,18 @@ impl Engine {
         Some(view)
     }
 
-    /// A page of tasks, with wait estimates for the queued ones.
-    pub(crate) fn list(&self, query: &mawex_api::ListQuery) -> mawex_api::TaskPage {
-        let mut page = self.state.list(query);
-        for view in &mut page.tasks {
-            if view.state == TaskState::Pending && view.not_before.is_none() {
-                view.eta = self.eta(&view.spec.group, &view.spec.id);
-            }
-        }
-        page
+    /// The wait estimate of a queued task, from the slots serving its group now.
+    pub(super) fn eta(&self, group: &GroupName, id: &TaskId) -> Option<Duration> {
+        self.state.eta(id, self.slots_serving(group))
     }
 
-    /// Tasks ahead × the group's recent mean duration ÷ the slots serving it now.
-    pub(super) fn eta(&self, group: &GroupName, id: &TaskId) -> Option<Duration> {
-        let mean = self.state.mean_duration(group)?;
-        let slots: u64 = self
-            .pods
+    /// Slots of connected pods, not draining, that serve `group`.
+    pub(crate) fn slots_serving(&self, group: &GroupName) -> u64 {
+        self.pods
             .values()
             .filter(|p| !p.draining && p.groups.contains(group))
             .map(|p| u64::from(p.slots))
-            .sum();
-        if slots == 0 {
-            return None;
-        }
-        let ahead = self.state.position_in_queue(id)? as u64;
-        Some(mean.mul_f64(ahead as f64 / slots as f64))
+            .sum()
     }
 
     /// Changes how `group` is dispatched.

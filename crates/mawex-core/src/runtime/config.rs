@@ -28,6 +28,9 @@ pub struct MasterConfig {
     pub max_payload_bytes: usize,
     /// Retries of tasks that name no policy of their own (default: 3 attempts in all).
     pub default_retry: RetryPolicy,
+    /// Committed batches the feed holds for a slow subscriber before it drops the oldest
+    /// (the subscriber is told and re-reads the state).
+    pub feed_capacity: usize,
     /// Group settings applied at start (journaled like a runtime change, and only when they
     /// differ from what the journal holds); groups not named keep their settings.
     pub groups: BTreeMap<GroupName, GroupSettings>,
@@ -42,6 +45,7 @@ impl Default for MasterConfig {
             snapshot_every: 200_000,
             max_payload_bytes: 4 * 1024 * 1024,
             default_retry: RetryPolicy::default(),
+            feed_capacity: 1024,
             groups: BTreeMap::new(),
         }
     }
@@ -72,6 +76,9 @@ impl MasterConfig {
             settings
                 .validate()
                 .map_err(|e| CoreError::Config(format!("groups.{group}: {e}")))?;
+        }
+        if self.feed_capacity == 0 {
+            return Err(CoreError::Config("feed_capacity must be positive".into()));
         }
         if self.max_payload_bytes == 0 {
             return Err(CoreError::Config(

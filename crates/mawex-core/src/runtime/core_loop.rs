@@ -11,7 +11,7 @@
 //! meanwhile simply forms the next batch.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,19 +19,19 @@ use std::time::Duration;
 use mawex_api::pod::{Assignment, MasterMessage, PodHello, PodMessage, Welcome};
 use mawex_api::{
     ApiError, BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView, CancelAck,
-    FailedCount, FailedFilter, GroupName, GroupSettings, ListQuery, PendingChange, ResultCursor,
-    ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec, TaskView,
-    MAX_LIST_LIMIT,
+    FailedFilter, GroupName, GroupSettings, PendingChange, ResultCursor, ScheduleSpec,
+    ScheduleView, SubmitAck, TaskId, TaskResult, TaskSpec, TaskView,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, error, info};
 
 use super::config::{MasterConfig, MasterStats};
+use super::feed::CommittedBatch;
 use crate::clock::Clock;
 use crate::engine::{Engine, Output};
 use crate::error::CoreError;
 use crate::journal::Journal;
-use crate::state::Event;
+use crate::state::{Event, MasterState};
 
 /// Answer channel of a request.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
@@ -60,13 +60,6 @@ pub(crate) enum CoreMsg {
         results: mpsc::UnboundedSender<Result<TaskResult, ApiError>>,
         feed: Arc<FeedState>,
         reply: Reply<()>,
-    },
-    List {
-        query: ListQuery,
-        reply: Reply<TaskPage>,
-    },
-    FailedSummary {
-        reply: Reply<Vec<FailedCount>>,
     },
     RetryFailed {
         filter: FailedFilter,
@@ -151,7 +144,12 @@ pub(crate) enum CoreMsg {
     Shutdown {
         done: oneshot::Sender<()>,
     },
+    /// A copy of the committed state, answered between batches.
+    CopyState {
+        reply: oneshot::Sender<(u64, MasterState)>,
+    },
     /// Stop at once as a crash would: the current batch is not committed, no snapshot.
+    #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
     Halt,
 }
 
@@ -244,6 +242,10 @@ pub(crate) struct CoreLoop<J> {
     /// Callers waiting for a broadcast to finish.
     pub(crate) broadcast_waiters: HashMap<BroadcastId, Vec<Reply<BroadcastView>>>,
     pub(crate) subscribers: Vec<Subscriber>,
+    /// Where committed batches are published.
+    pub(crate) feed: broadcast::Sender<Arc<CommittedBatch>>,
+    /// The last durable sequence number, for readers outside the core thread.
+    pub(crate) committed: Arc<AtomicU64>,
     /// When abandoned waiters were last dropped.
     pub(crate) last_prune: std::time::Instant,
 }
@@ -279,6 +281,7 @@ impl<J: Journal> CoreLoop<J> {
             let mut new_subscribers: Vec<(Subscriber, Option<ResultCursor>, Reply<()>)> =
                 Vec::new();
             let mut stop = None;
+            let mut copies = Vec::new();
             for msg in batch.drain(..) {
                 match msg {
                     CoreMsg::Halt => {
@@ -286,6 +289,7 @@ impl<J: Journal> CoreLoop<J> {
                         break;
                     }
                     CoreMsg::Shutdown { done } => stop = Some(Stop::Clean(done)),
+                    CoreMsg::CopyState { reply } => copies.push(reply),
                     CoreMsg::Subscribe {
                         group,
                         after,
@@ -314,6 +318,10 @@ impl<J: Journal> CoreLoop<J> {
             if let Err(e) = self.commit(&out.events) {
                 error!(error = %e, "journal append failed; the master stops");
                 return Err(e);
+            }
+            // Copies are of committed state only: taken after the commit, before the next batch.
+            for reply in copies {
+                let _ = reply.send((self.last_seq, self.engine.state().clone()));
             }
             // Stats first, so whoever hears back from this batch sees it in them too.
             self.publish_stats();
@@ -381,20 +389,6 @@ impl<J: Journal> CoreLoop<J> {
                     None => self.waiters.entry(id).or_default().push(reply),
                 },
             },
-            CoreMsg::List { query, reply } => {
-                let r = if query.limit == 0 || query.limit > MAX_LIST_LIMIT {
-                    Err(ApiError::InvalidArgument(format!(
-                        "list limit must be between 1 and {MAX_LIST_LIMIT}, got {}",
-                        query.limit
-                    )))
-                } else {
-                    Ok(self.engine.list(&query))
-                };
-                answer(deferred, reply, r);
-            }
-            CoreMsg::FailedSummary { reply } => {
-                answer(deferred, reply, Ok(self.engine.state().failed_summary()));
-            }
             CoreMsg::RetryFailed { filter, reply } => {
                 let n = self.engine.retry_failed(&filter, now, out);
                 answer(deferred, reply, Ok(n));
@@ -497,7 +491,10 @@ impl<J: Journal> CoreLoop<J> {
             }
             CoreMsg::Tick => {}
             // Handled by the caller.
-            CoreMsg::Subscribe { .. } | CoreMsg::Shutdown { .. } | CoreMsg::Halt => {}
+            CoreMsg::Subscribe { .. }
+            | CoreMsg::CopyState { .. }
+            | CoreMsg::Shutdown { .. }
+            | CoreMsg::Halt => {}
         }
     }
 
@@ -505,9 +502,18 @@ impl<J: Journal> CoreLoop<J> {
         if events.is_empty() {
             return Ok(());
         }
-        self.journal.append(self.last_seq + 1, events)?;
+        let first_seq = self.last_seq + 1;
+        self.journal.append(first_seq, events)?;
         self.last_seq += events.len() as u64;
         self.events_since_snapshot += events.len() as u64;
+        // Before any answer leaves: a reader that hears of this batch can wait for it.
+        self.committed.store(self.last_seq, Ordering::Release);
+        if self.feed.receiver_count() > 0 {
+            let _ = self.feed.send(Arc::new(CommittedBatch {
+                first_seq,
+                events: events.to_vec(),
+            }));
+        }
         Ok(())
     }
 

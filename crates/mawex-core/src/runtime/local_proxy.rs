@@ -10,25 +10,31 @@ use mawex_api::{
     ApiError, BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView, CancelAck,
     FailedCount, FailedFilter, GroupName, GroupSettings, ListQuery, MasterProxy, PendingChange,
     ResultCursor, ResultStream, ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskPage,
-    TaskResult, TaskSpec, TaskView,
+    TaskResult, TaskSpec, TaskView, MAX_LIST_LIMIT,
 };
 use tokio::sync::{mpsc, oneshot};
 
 use super::core_loop::{CoreMsg, FeedState, MAX_STREAM_LAG};
+use super::read_model::ReadSide;
 
 fn stopped() -> ApiError {
     ApiError::Unavailable("the master is not running".into())
 }
 
 /// Talks to a master in the same process: no network, no serialization. Cheap to clone.
+///
+/// Requests and single-task reads go to the core thread; bulk reads (`list`,
+/// `failed_summary`) are served by the read model, which follows the committed-batch feed
+/// and has applied every batch committed before the read began.
 #[derive(Debug, Clone)]
 pub struct LocalMasterProxy {
     inbox: std_mpsc::Sender<CoreMsg>,
+    reads: Arc<ReadSide>,
 }
 
 impl LocalMasterProxy {
-    pub(crate) fn new(inbox: std_mpsc::Sender<CoreMsg>) -> Self {
-        LocalMasterProxy { inbox }
+    pub(crate) fn new(inbox: std_mpsc::Sender<CoreMsg>, reads: Arc<ReadSide>) -> Self {
+        LocalMasterProxy { inbox, reads }
     }
 
     async fn call<T>(
@@ -114,11 +120,30 @@ impl MasterProxy for LocalMasterProxy {
     }
 
     async fn list(&self, query: ListQuery) -> Result<TaskPage, ApiError> {
-        self.call(|reply| CoreMsg::List { query, reply }).await
+        if query.limit == 0 || query.limit > MAX_LIST_LIMIT {
+            return Err(ApiError::InvalidArgument(format!(
+                "list limit must be between 1 and {MAX_LIST_LIMIT}, got {}",
+                query.limit
+            )));
+        }
+        let model = self.reads.current().await?;
+        let stats = self.reads.stats();
+        let state = model.read();
+        // Wait estimates from the slots of the pods serving each group, as last published.
+        Ok(state.list_with_estimates(&query, |group| {
+            stats
+                .pods
+                .iter()
+                .filter(|p| !p.draining && p.groups.contains(group))
+                .map(|p| u64::from(p.slots))
+                .sum()
+        }))
     }
 
     async fn failed_summary(&self) -> Result<Vec<FailedCount>, ApiError> {
-        self.call(|reply| CoreMsg::FailedSummary { reply }).await
+        let model = self.reads.current().await?;
+        let summary = model.read().failed_summary();
+        Ok(summary)
     }
 
     async fn retry_failed(&self, filter: FailedFilter) -> Result<u64, ApiError> {

@@ -1,15 +1,18 @@
 //! The master: durable task state, scheduling and leases, behind a cheap handle.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 use tracing::info;
 
 use super::config::{MasterConfig, MasterStats};
 use super::core_loop::{CoreLoop, CoreMsg};
+use super::feed::CommittedFeed;
+use super::read_model::{copy_state, ReadSide};
 use crate::engine::{Engine, EngineConfig};
 
 use super::local_pods::LocalPodConnector;
@@ -17,6 +20,7 @@ use super::local_proxy::LocalMasterProxy;
 use crate::clock::{Clock, SystemClock};
 use crate::error::CoreError;
 use crate::journal::Journal;
+use crate::state::MasterState;
 
 /// Builds a [`Master`].
 #[derive(Default)]
@@ -60,6 +64,14 @@ impl MasterBuilder {
         let (stats_tx, stats_rx) = watch::channel(MasterStats::default());
         let (ready_tx, ready_rx) = oneshot::channel::<Result<(), CoreError>>();
         let (done_tx, done_rx) = oneshot::channel::<Result<(), CoreError>>();
+        let (feed, _) = broadcast::channel(config.feed_capacity);
+        let committed = Arc::new(AtomicU64::new(0));
+        let reads = Arc::new(ReadSide::new(
+            inbox_tx.clone(),
+            &feed,
+            committed.clone(),
+            stats_rx.clone(),
+        ));
 
         let thread = std::thread::Builder::new()
             .name("mawex-core".into())
@@ -74,6 +86,7 @@ impl MasterBuilder {
                 };
                 let events = recovered.events.len();
                 let (last_seq, state) = recovered.into_state();
+                committed.store(last_seq, Ordering::Release);
                 info!(
                     last_seq,
                     replayed = events,
@@ -101,6 +114,8 @@ impl MasterBuilder {
                     waiters: HashMap::new(),
                     broadcast_waiters: HashMap::new(),
                     subscribers: Vec::new(),
+                    feed,
+                    committed,
                     last_prune: std::time::Instant::now(),
                 };
                 // Recovered counts are visible as soon as `start` returns.
@@ -146,6 +161,7 @@ impl MasterBuilder {
         }
         Ok(Master {
             inbox: inbox_tx,
+            reads,
             stats: stats_rx,
             done: Some(done_rx),
             thread: Some(thread),
@@ -162,6 +178,8 @@ impl MasterBuilder {
 #[derive(Debug)]
 pub struct Master {
     inbox: std_mpsc::Sender<CoreMsg>,
+    /// The read model and the committed-batch feed.
+    reads: Arc<ReadSide>,
     stats: watch::Receiver<MasterStats>,
     done: Option<oneshot::Receiver<Result<(), CoreError>>>,
     thread: Option<JoinHandle<()>>,
@@ -177,7 +195,26 @@ impl Master {
 
     /// A client handle that talks to this master in-process.
     pub fn proxy(&self) -> LocalMasterProxy {
-        LocalMasterProxy::new(self.inbox.clone())
+        LocalMasterProxy::new(self.inbox.clone(), self.reads.clone())
+    }
+
+    /// Subscribes to the committed batches: every batch the master makes durable from now
+    /// on, in order (see [`CommittedFeed`]). Start from [`Master::read_state`] to hold the
+    /// whole state.
+    pub fn committed(&self) -> CommittedFeed {
+        self.reads.subscribe()
+    }
+
+    /// A copy of the committed state and the sequence number of its last event, taken
+    /// between two batches. Costs a copy of every task: for catching up a feed subscriber,
+    /// not for polling.
+    ///
+    /// # Errors
+    /// [`CoreError::Stopped`] when the master is not running.
+    pub async fn read_state(&self) -> Result<(u64, MasterState), CoreError> {
+        copy_state(&self.inbox)?
+            .await
+            .map_err(|_| CoreError::Stopped)
     }
 
     /// What in-process pods connect through.
@@ -216,6 +253,7 @@ impl Master {
     ///
     /// # Errors
     /// The error that stopped the master earlier, if one did.
+    #[cfg(any(test, feature = "testing"))]
     pub async fn halt(mut self) -> Result<(), CoreError> {
         let _ = self.inbox.send(CoreMsg::Halt);
         self.join().await

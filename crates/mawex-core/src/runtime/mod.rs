@@ -3,11 +3,14 @@
 
 mod config;
 mod core_loop;
+mod feed;
 mod local_pods;
 mod local_proxy;
 mod master;
+mod read_model;
 
 pub use config::{MasterConfig, MasterStats};
+pub use feed::{CommittedBatch, CommittedFeed};
 pub use local_pods::LocalPodConnector;
 pub use local_proxy::LocalMasterProxy;
 pub use master::{Master, MasterBuilder};

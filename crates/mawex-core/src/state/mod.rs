@@ -958,6 +958,33 @@ impl MasterState {
             .collect()
     }
 
+    /// Tasks ahead × the group's recent mean duration ÷ the `slots` serving it.
+    pub(crate) fn eta(&self, id: &TaskId, slots: u64) -> Option<Duration> {
+        let group = &self.tasks.get(id)?.spec.group;
+        let mean = self.mean_duration(group)?;
+        if slots == 0 {
+            return None;
+        }
+        let ahead = u64::try_from(self.position_in_queue(id)?).unwrap_or(u64::MAX);
+        Some(mean.mul_f64(ahead as f64 / slots as f64))
+    }
+
+    /// A page of tasks, with wait estimates for the queued ones from the slots serving each
+    /// group (`slots`).
+    pub(crate) fn list_with_estimates(
+        &self,
+        query: &ListQuery,
+        slots: impl Fn(&GroupName) -> u64,
+    ) -> TaskPage {
+        let mut page = self.list(query);
+        for view in &mut page.tasks {
+            if view.state == TaskState::Pending && view.not_before.is_none() {
+                view.eta = self.eta(&view.spec.id, slots(&view.spec.group));
+            }
+        }
+        page
+    }
+
     /// One page of tasks matching `query` (already validated).
     pub(crate) fn list(&self, query: &ListQuery) -> TaskPage {
         use std::ops::Bound;

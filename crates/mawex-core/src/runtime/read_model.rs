@@ -1,0 +1,225 @@
+//! The read side: a copy of the master's state kept by its own thread from the committed-batch
+//! feed, so bulk reads (`list`, the failed summary) never queue behind dispatch on the core
+//! thread.
+//!
+//! It starts with the first read, from a copy of the core's state, and costs nothing before.
+//! A read waits until the copy has applied every batch committed when the read began, so a
+//! caller always sees its own acknowledged writes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
+
+use mawex_api::ApiError;
+use tokio::sync::{broadcast, oneshot, watch};
+use tracing::{debug, warn};
+
+use super::config::MasterStats;
+use super::core_loop::CoreMsg;
+use super::feed::{CommittedBatch, CommittedFeed};
+use crate::error::CoreError;
+use crate::state::MasterState;
+
+fn stopped() -> ApiError {
+    ApiError::Unavailable("the master is not running".into())
+}
+
+/// What the readers of one master share: how to reach the core, the feed, and the model once
+/// it runs.
+#[derive(Debug)]
+pub(crate) struct ReadSide {
+    inbox: std_mpsc::Sender<CoreMsg>,
+    /// Weak, so that the feed closes when the core stops even while proxies live.
+    feed: broadcast::WeakSender<Arc<CommittedBatch>>,
+    /// Sequence number of the last durable event, stored by the core before it answers.
+    committed: Arc<AtomicU64>,
+    stats: watch::Receiver<MasterStats>,
+    model: Mutex<Option<Arc<ReadModel>>>,
+}
+
+/// The copy of the state, with the sequence number it has applied up to.
+#[derive(Debug)]
+pub(crate) struct ReadModel {
+    state: RwLock<MasterState>,
+    applied: watch::Sender<Applied>,
+}
+
+/// How far the model is, and whether its thread still follows the feed.
+#[derive(Debug, Clone, Copy)]
+struct Applied {
+    seq: u64,
+    following: bool,
+}
+
+impl ReadSide {
+    pub(crate) fn new(
+        inbox: std_mpsc::Sender<CoreMsg>,
+        feed: &broadcast::Sender<Arc<CommittedBatch>>,
+        committed: Arc<AtomicU64>,
+        stats: watch::Receiver<MasterStats>,
+    ) -> Self {
+        ReadSide {
+            inbox,
+            feed: feed.downgrade(),
+            committed,
+            stats,
+            model: Mutex::new(None),
+        }
+    }
+
+    /// A new subscription to the committed batches (closed at once if the master stopped).
+    pub(crate) fn subscribe(&self) -> CommittedFeed {
+        CommittedFeed::new(self.receiver())
+    }
+
+    fn receiver(&self) -> broadcast::Receiver<Arc<CommittedBatch>> {
+        match self.feed.upgrade() {
+            Some(feed) => feed.subscribe(),
+            // A receiver of a channel whose sender is gone: it reports `Closed`.
+            None => broadcast::channel(1).1,
+        }
+    }
+
+    /// The latest statistics (pods and their slots, for wait estimates).
+    pub(crate) fn stats(&self) -> MasterStats {
+        self.stats.borrow().clone()
+    }
+
+    /// The model, up to date with every batch committed before this call.
+    ///
+    /// # Errors
+    /// `Unavailable` when the master has stopped.
+    pub(crate) async fn current(&self) -> Result<Arc<ReadModel>, ApiError> {
+        let target = self.committed.load(Ordering::Acquire);
+        let model = self.model()?;
+        let mut applied = model.applied.subscribe();
+        let now = *applied
+            .wait_for(|a| a.seq >= target || !a.following)
+            .await
+            .map_err(|_| stopped())?;
+        if now.seq < target {
+            return Err(stopped());
+        }
+        Ok(model)
+    }
+
+    fn model(&self) -> Result<Arc<ReadModel>, ApiError> {
+        let mut slot = self.model.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(model) = slot.as_ref() {
+            return Ok(model.clone());
+        }
+        // Subscribe before copying the state: every batch after the copy is in the feed.
+        let feed = self.receiver();
+        let model = Arc::new(ReadModel {
+            state: RwLock::new(MasterState::new()),
+            applied: watch::channel(Applied {
+                seq: 0,
+                following: true,
+            })
+            .0,
+        });
+        let inbox = self.inbox.clone();
+        let keeper = model.clone();
+        std::thread::Builder::new()
+            .name("mawex-reads".into())
+            .spawn(move || keep(keeper, inbox, feed))
+            .map_err(|e| ApiError::Internal(format!("cannot start the read model: {e}")))?;
+        *slot = Some(model.clone());
+        Ok(model)
+    }
+}
+
+impl ReadModel {
+    /// The state as of the last applied batch.
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, MasterState> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn replace(&self, seq: u64, state: MasterState) {
+        *self.state.write().unwrap_or_else(PoisonError::into_inner) = state;
+        self.applied.send_modify(|a| a.seq = seq);
+    }
+
+    fn applied_up_to(&self, seq: u64) {
+        self.applied.send_modify(|a| a.seq = seq);
+    }
+
+    /// The thread stopped following the feed (the master stopped): readers waiting for more
+    /// give up.
+    fn stopped(&self) {
+        self.applied.send_modify(|a| a.following = false);
+    }
+}
+
+/// Asks the core for a copy of its state: `(last_seq, state)`.
+pub(crate) fn copy_state(
+    inbox: &std_mpsc::Sender<CoreMsg>,
+) -> Result<oneshot::Receiver<(u64, MasterState)>, CoreError> {
+    let (reply, answer) = oneshot::channel();
+    inbox
+        .send(CoreMsg::CopyState { reply })
+        .map_err(|_| CoreError::Stopped)?;
+    Ok(answer)
+}
+
+/// The read thread: a copy of the state, then every batch of the feed, until the master stops.
+fn keep(
+    model: Arc<ReadModel>,
+    inbox: std_mpsc::Sender<CoreMsg>,
+    feed: broadcast::Receiver<Arc<CommittedBatch>>,
+) {
+    follow(&model, &inbox, feed);
+    model.stopped();
+}
+
+fn follow(
+    model: &ReadModel,
+    inbox: &std_mpsc::Sender<CoreMsg>,
+    mut feed: broadcast::Receiver<Arc<CommittedBatch>>,
+) {
+    let resync = |model: &ReadModel| -> Option<u64> {
+        let (seq, state) = copy_state(inbox).ok()?.blocking_recv().ok()?;
+        model.replace(seq, state);
+        Some(seq)
+    };
+    let Some(mut seq) = resync(model) else {
+        return;
+    };
+    loop {
+        match feed.blocking_recv() {
+            Ok(batch) => {
+                if batch.last_seq() <= seq {
+                    continue; // Covered by the copy.
+                }
+                if batch.first_seq != seq + 1 {
+                    warn!(
+                        expected = seq + 1,
+                        got = batch.first_seq,
+                        "read model out of step; copying the state again"
+                    );
+                    match resync(model) {
+                        Some(s) => seq = s,
+                        None => return,
+                    }
+                    continue;
+                }
+                {
+                    let mut state = model.state.write().unwrap_or_else(PoisonError::into_inner);
+                    for event in &batch.events {
+                        state.apply(event);
+                    }
+                }
+                seq = batch.last_seq();
+                model.applied_up_to(seq);
+            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                debug!(missed, "read model fell behind; copying the state again");
+                match resync(model) {
+                    Some(s) => seq = s,
+                    None => return,
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
