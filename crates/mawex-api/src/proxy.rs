@@ -85,7 +85,7 @@ pub struct ListQuery {
     pub state: Option<TaskState>,
     /// Resume after this id (the previous page's `next`).
     pub after: Option<TaskId>,
-    /// Page size, 1 to [`MAX_LIST_LIMIT`].
+    /// Page size, 1 to [`MAX_LIST_LIMIT`] (1,000). Default: 100.
     pub limit: usize,
 }
 
