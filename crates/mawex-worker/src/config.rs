@@ -1,0 +1,106 @@
+//! What a pod is configured with.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mawex_api::pod::{MAX_POD_PREFETCH, MAX_POD_SLOTS};
+use mawex_api::{GroupName, Limits, PodId};
+
+use crate::error::WorkerError;
+
+/// Settings of a pod.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PodConfig {
+    /// The pod's identity; keep it stable across restarts so running attempts are re-adopted.
+    pub id: PodId,
+    /// Groups it hosts a worker for.
+    pub groups: Vec<GroupName>,
+    /// Attempts run at once across all its groups (1: strictly one after another).
+    pub slots: u32,
+    /// Leases held queued beyond `slots`, hiding the round trip to the master for short
+    /// tasks. 0 (the default) keeps dispatch strict: a task is leased only to a free slot.
+    pub prefetch: u32,
+    /// Free-form labels.
+    pub labels: BTreeMap<String, String>,
+    /// Address other pods can reach this one at.
+    pub address: Option<String>,
+    /// On shutdown, how long running attempts may finish before they are interrupted.
+    pub shutdown_grace: Duration,
+    /// Upper bound of the delay between reconnection attempts.
+    pub reconnect_max_delay: Duration,
+    /// Largest output an attempt may return; a larger one fails the attempt for good rather
+    /// than breaking the connection that would carry it.
+    pub max_output_bytes: usize,
+    /// Limits of attempts whose task sets none (per field: a task's timeout wins over this
+    /// timeout, its memory limit over this one).
+    pub default_limits: Limits,
+}
+
+impl PodConfig {
+    /// A pod `id` serving `groups` with one slot.
+    pub fn new(id: PodId, groups: Vec<GroupName>) -> Self {
+        PodConfig {
+            id,
+            groups,
+            slots: 1,
+            prefetch: 0,
+            labels: BTreeMap::new(),
+            address: None,
+            shutdown_grace: Duration::from_secs(30),
+            reconnect_max_delay: Duration::from_secs(5),
+            max_output_bytes: 4 * 1024 * 1024,
+            default_limits: Limits::default(),
+        }
+    }
+
+    /// The same pod, with `limits` for attempts whose task sets none.
+    pub fn with_default_limits(mut self, limits: Limits) -> Self {
+        self.default_limits = limits;
+        self
+    }
+
+    /// The same pod with `slots` slots.
+    pub fn with_slots(mut self, slots: u32) -> Self {
+        self.slots = slots;
+        self
+    }
+
+    /// The same pod with `prefetch` queued leases beyond its slots.
+    pub fn with_prefetch(mut self, prefetch: u32) -> Self {
+        self.prefetch = prefetch;
+        self
+    }
+
+    /// The same pod with another shutdown grace period.
+    pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// [`WorkerError::Config`] naming the field.
+    pub fn validate(&self) -> Result<(), WorkerError> {
+        if self.groups.is_empty() {
+            return Err(WorkerError::Config(format!(
+                "pod {}: serve at least one group",
+                self.id
+            )));
+        }
+        if !(1..=MAX_POD_SLOTS).contains(&self.slots) {
+            return Err(WorkerError::Config(format!(
+                "pod {}: slots must be between 1 and {MAX_POD_SLOTS}",
+                self.id
+            )));
+        }
+        if self.prefetch > MAX_POD_PREFETCH {
+            return Err(WorkerError::Config(format!(
+                "pod {}: prefetch must be at most {MAX_POD_PREFETCH}",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+}
