@@ -4,8 +4,11 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use common::*;
-use mawex::testing::MasterState;
+use mawex::testing::{CommittedBatch, MasterState};
 use mawex::{
     CoreError, ErrorKind, ListQuery, Master, MasterConfig, MasterProxy, MemoryJournal, PodConfig,
     RetryPolicy, TaskSpec, TaskState,
@@ -66,12 +69,38 @@ async fn bulk_reads_see_every_acknowledged_change(t: Transport) {
 
 on_both_transports!(bulk_reads_see_every_acknowledged_change);
 
+/// What a `Lagged` from the feed means to a test.
+#[derive(PartialEq)]
+enum Lag {
+    Fails,
+    Skipped,
+}
+
+/// The batches of `feed` after sequence number `from` up to `last`, within 10 s.
+async fn read_up_to(
+    feed: &mut mawex::testing::CommittedFeed,
+    from: u64,
+    last: u64,
+    lag: Lag,
+) -> Vec<Arc<CommittedBatch>> {
+    let read = async {
+        let mut batches: Vec<Arc<CommittedBatch>> = Vec::new();
+        while batches.last().map_or(from, |b| b.last_seq()) < last {
+            match feed.next().await {
+                Ok(batch) => batches.push(batch),
+                Err(CoreError::Lagged { .. }) if lag == Lag::Skipped => {}
+                Err(e) => panic!("feed: {e}"),
+            }
+        }
+        batches
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the feed delivers every committed batch")
+}
+
 /// Folds `batches` onto `state`, checking that they follow each other without a gap.
-fn fold_in_order(
-    mut seq: u64,
-    state: &mut MasterState,
-    batches: &[std::sync::Arc<mawex::testing::CommittedBatch>],
-) -> u64 {
+fn fold_in_order(mut seq: u64, state: &mut MasterState, batches: &[Arc<CommittedBatch>]) -> u64 {
     for batch in batches {
         if batch.last_seq() <= seq {
             continue;
@@ -101,14 +130,7 @@ async fn the_feed_carries_every_committed_batch_in_order() {
         .collect();
     proxy.submit_many(specs).await.unwrap();
     let last = master.stats().borrow().last_seq;
-    let mut batches = Vec::new();
-    while batches.last().map_or(
-        start,
-        |b: &std::sync::Arc<mawex::testing::CommittedBatch>| b.last_seq(),
-    ) < last
-    {
-        batches.push(feed.next().await.unwrap());
-    }
+    let batches = read_up_to(&mut feed, start, last, Lag::Fails).await;
     let seq = fold_in_order(start, &mut state, &batches);
     assert_eq!(seq, last);
     // The feed's events rebuild exactly the master's state.
@@ -156,22 +178,9 @@ async fn a_subscriber_that_falls_behind_is_told_and_catches_up() {
         .await
         .unwrap();
     let last = master.stats().borrow().last_seq;
-    let mut batches = Vec::new();
-    while batches
-        .last()
-        .map_or(seq, |b: &std::sync::Arc<mawex::testing::CommittedBatch>| {
-            b.last_seq()
-        })
-        < last
-    {
-        match feed.next().await {
-            Ok(batch) => batches.push(batch),
-            // Batches the copy already covers may still be dropped; a real gap would fail
-            // the order check below.
-            Err(CoreError::Lagged { .. }) => {}
-            Err(e) => panic!("{e}"),
-        }
-    }
+    // Batches the copy already covers may still be dropped; a real gap fails the order
+    // check of `fold_in_order`.
+    let batches = read_up_to(&mut feed, seq, last, Lag::Skipped).await;
     assert_eq!(fold_in_order(seq, &mut state, &batches), last);
     assert_eq!(state, master.read_state().await.unwrap().1);
     // The read model went through the same and still sees everything.

@@ -133,6 +133,24 @@ fn append_all<J: Journal>(journal: &mut J, first: u64, events: &[Event], batch: 
     seq
 }
 
+/// Opens the journal, appends `events` from number 1 in batches of `batch`, and closes it.
+fn written<T: JournalUnderTest>(storage: &mut T, events: &[Event], batch: usize) {
+    let mut journal = storage.open();
+    journal.recover().expect("recover");
+    append_all(&mut journal, 1, events, batch);
+}
+
+/// Recovery must stop at the record under `seq`, for a reason that mentions `why`.
+fn refuses<T: JournalUnderTest>(storage: &mut T, seq: u64, why: &str) {
+    match storage.open().recover() {
+        Err(CoreError::CorruptJournal { seq: bad, reason }) => {
+            assert_eq!(bad, seq, "the error names the bad record");
+            assert!(reason.contains(why), "{reason}");
+        }
+        other => panic!("expected CorruptJournal at {seq}, got {other:?}"),
+    }
+}
+
 fn numbered(events: &[Event], first: u64) -> Vec<(u64, Event)> {
     (first..).zip(events.iter().cloned()).collect()
 }
@@ -152,11 +170,7 @@ fn recovers_empty<T: JournalUnderTest>(storage: &mut T) {
 
 fn appends_recover<T: JournalUnderTest>(storage: &mut T) {
     let events = accepted(1, 10, 8);
-    {
-        let mut journal = storage.open();
-        journal.recover().expect("recover");
-        append_all(&mut journal, 1, &events, 3);
-    }
+    written(storage, &events, 3);
     let recovered = storage.open().recover().expect("recover after a restart");
     assert_eq!(recovered.events, numbered(&events, 1));
     assert_eq!(recovered.last_seq(), 10);
@@ -246,11 +260,7 @@ fn latest_snapshot_wins<T: JournalUnderTest>(storage: &mut T) {
 
 fn torn_last_record<T: JournalUnderTest>(storage: &mut T) {
     let events = accepted(1, 6, 8);
-    {
-        let mut journal = storage.open();
-        journal.recover().expect("recover");
-        append_all(&mut journal, 1, &events, 3);
-    }
+    written(storage, &events, 3);
     let (seq, bytes) = storage.records().pop().expect("a record");
     assert_eq!(seq, 4);
     storage.write_record(seq, &bytes[..bytes.len() / 2]);
@@ -273,45 +283,25 @@ fn torn_last_record<T: JournalUnderTest>(storage: &mut T) {
 
 fn corrupt_record<T: JournalUnderTest>(storage: &mut T) {
     let events = accepted(1, 6, 8);
-    {
-        let mut journal = storage.open();
-        journal.recover().expect("recover");
-        append_all(&mut journal, 1, &events, 2);
-    }
+    written(storage, &events, 2);
     let records = storage.records();
     let (seq, mut bytes) = records[1].clone();
     assert_eq!(seq, 3);
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     storage.write_record(seq, &bytes);
-    match storage.open().recover() {
-        Err(CoreError::CorruptJournal { seq, reason }) => {
-            assert_eq!(seq, 3, "the error names the bad record");
-            assert!(reason.contains("checksum"), "{reason}");
-        }
-        other => panic!("expected CorruptJournal, got {other:?}"),
-    }
+    refuses(storage, 3, "checksum");
     assert_eq!(storage.records().len(), records.len(), "nothing is deleted");
 }
 
 fn unknown_format<T: JournalUnderTest>(storage: &mut T) {
     let events = accepted(1, 4, 8);
-    {
-        let mut journal = storage.open();
-        journal.recover().expect("recover");
-        append_all(&mut journal, 1, &events, 2);
-    }
+    written(storage, &events, 2);
     let (seq, mut bytes) = storage.records().pop().expect("a record");
     // A format from the future: the checksum still holds (the format byte is outside it).
     bytes[0] = 99;
     storage.write_record(seq, &bytes);
-    match storage.open().recover() {
-        Err(CoreError::CorruptJournal { seq: bad, reason }) => {
-            assert_eq!(bad, seq);
-            assert!(reason.contains("format 99"), "{reason}");
-        }
-        other => panic!("expected CorruptJournal, got {other:?}"),
-    }
+    refuses(storage, seq, "format 99");
     assert_eq!(storage.records().len(), 2, "the record is kept");
 }
 
@@ -323,8 +313,5 @@ fn sequence_gap<T: JournalUnderTest>(storage: &mut T) {
         append_all(&mut journal, 1, &events[..2], 2);
         journal.append(10, &events[2..]).expect("append");
     }
-    match storage.open().recover() {
-        Err(CoreError::CorruptJournal { seq, .. }) => assert_eq!(seq, 10),
-        other => panic!("expected CorruptJournal at 10, got {other:?}"),
-    }
+    refuses(storage, 10, "expected a record starting at sequence 3");
 }

@@ -150,8 +150,9 @@ impl Engine {
         self.state.eta(id, self.slots_serving(group))
     }
 
-    /// Slots of connected pods, not draining, that serve `group`.
-    pub(crate) fn slots_serving(&self, group: &GroupName) -> u64 {
+    /// Slots of connected pods, not draining, that serve `group` (what
+    /// `MasterStats::slots_serving` tells from the published stats).
+    fn slots_serving(&self, group: &GroupName) -> u64 {
         self.pods
             .values()
             .filter(|p| !p.draining && p.groups.contains(group))

@@ -102,6 +102,15 @@ pub struct MasterStats {
 }
 
 impl MasterStats {
+    /// Slots of connected pods, not draining, that serve `group`.
+    pub fn slots_serving(&self, group: &GroupName) -> u64 {
+        self.pods
+            .iter()
+            .filter(|p| !p.draining && p.groups.contains(group))
+            .map(|p| u64::from(p.slots))
+            .sum()
+    }
+
     /// True when no task is pending or running.
     pub fn is_idle(&self) -> bool {
         self.counts.pending == 0 && self.counts.running == 0

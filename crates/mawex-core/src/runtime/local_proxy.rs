@@ -130,14 +130,7 @@ impl MasterProxy for LocalMasterProxy {
         let stats = self.reads.stats();
         let state = model.read();
         // Wait estimates from the slots of the pods serving each group, as last published.
-        Ok(state.list_with_estimates(&query, |group| {
-            stats
-                .pods
-                .iter()
-                .filter(|p| !p.draining && p.groups.contains(group))
-                .map(|p| u64::from(p.slots))
-                .sum()
-        }))
+        Ok(state.list_with_estimates(&query, |group| stats.slots_serving(group)))
     }
 
     async fn failed_summary(&self) -> Result<Vec<FailedCount>, ApiError> {

@@ -137,7 +137,7 @@ impl ReadModel {
 
     fn replace(&self, seq: u64, state: MasterState) {
         *self.state.write().unwrap_or_else(PoisonError::into_inner) = state;
-        self.applied.send_modify(|a| a.seq = seq);
+        self.applied_up_to(seq);
     }
 
     fn applied_up_to(&self, seq: u64) {
