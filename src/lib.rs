@@ -58,8 +58,8 @@ pub use mawex_api::{
     FailedCount, FailedFilter, GroupName, GroupSettings, GrpcPodConnector, Limits, ListQuery,
     MasterProxy, MissedTicks, Outcome, PendingChange, PodId, QueuePosition, RateLimit,
     RemoteConfig, RemoteMasterProxy, ResultCursor, ResultStream, RetryHint, RetryPolicy,
-    ScheduleSpec, ScheduleView, SubmitAck, TaskError, TaskId, TaskPage, TaskResult, TaskSpec,
-    TaskState, TaskView, Timestamp, MAX_LIST_LIMIT,
+    ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskError, TaskId, TaskPage, TaskResult,
+    TaskSpec, TaskState, TaskView, Timestamp, MAX_LIST_LIMIT,
 };
 pub use mawex_api::{
     BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView, PlannedTarget, Source,

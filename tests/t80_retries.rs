@@ -306,8 +306,8 @@ async fn a_cron_schedule_fires_once_per_tick_across_a_restart_and_not_while_paus
     let s = setup(journal.clone(), clock.clone()).await;
     let template = TaskSpec::new(group("retry"), "ok", "tick");
     let every_minute =
-        mawex::ScheduleSpec::new(group("every-minute"), "*/1 * * * *", template.clone());
-    let paused = mawex::ScheduleSpec::new(group("paused"), "*/1 * * * *", template.clone());
+        mawex::ScheduleSpec::new(schedule("every-minute"), "*/1 * * * *", template.clone());
+    let paused = mawex::ScheduleSpec::new(schedule("paused"), "*/1 * * * *", template.clone());
     s.master
         .proxy()
         .create_schedule(every_minute.clone())
@@ -325,15 +325,15 @@ async fn a_cron_schedule_fires_once_per_tick_across_a_restart_and_not_while_paus
         .unwrap();
     s.master
         .proxy()
-        .pause_schedule(group("paused"), true)
+        .pause_schedule(schedule("paused"), true)
         .await
         .unwrap();
-    let other = mawex::ScheduleSpec::new(group("every-minute"), "*/5 * * * *", template.clone());
+    let other = mawex::ScheduleSpec::new(schedule("every-minute"), "*/5 * * * *", template.clone());
     assert!(matches!(
         s.master.proxy().create_schedule(other).await,
         Err(mawex::ApiError::Conflict(_))
     ));
-    let bad = mawex::ScheduleSpec::new(group("bad"), "every minute", template.clone());
+    let bad = mawex::ScheduleSpec::new(schedule("bad"), "every minute", template.clone());
     assert!(matches!(
         s.master.proxy().create_schedule(bad).await,
         Err(mawex::ApiError::InvalidArgument(_))
@@ -376,11 +376,19 @@ async fn a_cron_schedule_fires_once_per_tick_across_a_restart_and_not_while_paus
     for view in &page.tasks {
         s.master.proxy().await_result(view.spec.id).await.unwrap();
     }
+    // The schedule's view links to what it submitted: its last tick's task is the newest one.
+    let views = s.master.proxy().list_schedules().await.unwrap();
+    let view = views
+        .iter()
+        .find(|v| v.spec.name.as_str() == "every-minute")
+        .expect("the schedule is listed");
+    let newest = page.tasks.iter().map(|t| t.spec.id).max();
+    assert_eq!(view.last_task(), newest);
 
     // Resuming does not owe the ticks that passed while paused.
     s.master
         .proxy()
-        .pause_schedule(group("paused"), false)
+        .pause_schedule(schedule("paused"), false)
         .await
         .unwrap();
     s.master.tick();
@@ -388,12 +396,12 @@ async fn a_cron_schedule_fires_once_per_tick_across_a_restart_and_not_while_paus
     assert_eq!(fired(&s.master, "paused").await, 0);
     s.master
         .proxy()
-        .delete_schedule(group("paused"))
+        .delete_schedule(schedule("paused"))
         .await
         .unwrap();
     s.master
         .proxy()
-        .delete_schedule(group("paused"))
+        .delete_schedule(schedule("paused"))
         .await
         .unwrap();
     assert_eq!(s.master.proxy().list_schedules().await.unwrap().len(), 1);
@@ -502,4 +510,8 @@ async fn group_settings_can_come_from_the_configuration() {
             .await,
         Err(mawex::CoreError::Config(_))
     ));
+}
+
+fn schedule(name: &str) -> mawex::ScheduleName {
+    mawex::ScheduleName::new(name).unwrap()
 }

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
-use crate::ids::{GroupName, TaskId};
+use crate::ids::{GroupName, ScheduleName, TaskId};
 use crate::task::ErrorKind;
 
 /// The most a group's concurrency ceiling may be.
@@ -220,8 +220,8 @@ pub enum MissedTicks {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ScheduleSpec {
-    /// Identity of the schedule (same rules as group names).
-    pub name: GroupName,
+    /// Identity of the schedule.
+    pub name: ScheduleName,
     /// A standard cron expression of 5 fields, or 6 with seconds first.
     pub cron: String,
     /// IANA time zone the expression is read in, e.g. `"Europe/Prague"`.
@@ -234,7 +234,7 @@ pub struct ScheduleSpec {
 
 impl ScheduleSpec {
     /// A schedule `name` running `task` at every tick of `cron` (UTC, missed ticks skipped).
-    pub fn new(name: GroupName, cron: impl Into<String>, task: crate::task::TaskSpec) -> Self {
+    pub fn new(name: ScheduleName, cron: impl Into<String>, task: crate::task::TaskSpec) -> Self {
         ScheduleSpec {
             name,
             cron: cron.into(),
@@ -265,7 +265,7 @@ pub struct ScheduleView {
     pub spec: ScheduleSpec,
     /// Paused schedules do not fire.
     pub paused: bool,
-    /// The last tick handled (fired or skipped).
+    /// The last tick it fired for.
     pub last_tick: Option<crate::time::Timestamp>,
     /// How many times it fired.
     pub fired: u64,
@@ -285,5 +285,11 @@ impl ScheduleView {
             last_tick,
             fired,
         }
+    }
+
+    /// The task it submitted at its last tick, if it fired: any tick's task id is
+    /// [`ScheduleName::task_id`] of the tick, so a view links to everything it submitted.
+    pub fn last_task(&self) -> Option<TaskId> {
+        self.last_tick.map(|tick| self.spec.name.task_id(tick))
     }
 }

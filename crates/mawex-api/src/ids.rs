@@ -177,6 +177,35 @@ name_type!(
     PodId,
     "pod"
 );
+name_type!(
+    /// The name of a cron schedule (not a group: the tasks it submits name their own group).
+    ScheduleName,
+    "schedule"
+);
+
+impl ScheduleName {
+    /// The id of the task this schedule submits at `tick`: the same for the same schedule
+    /// and tick (a tick is submitted once, however often the master restarts), and ordered by
+    /// tick like any UUIDv7.
+    pub fn task_id(&self, tick: crate::time::Timestamp) -> TaskId {
+        // FNV-1a over the name, then splitmix64 to spread it.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.as_str().bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        h ^= h >> 31;
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&tick.0.to_be_bytes()[2..]);
+        bytes[6..14].copy_from_slice(&h.to_be_bytes());
+        bytes[14..].copy_from_slice(&(tick.0 as u16).to_be_bytes());
+        bytes[6] = 0x70 | (bytes[6] & 0x0f); // version 7
+        bytes[8] = 0x80 | (bytes[8] & 0x3f); // RFC 4122 variant
+                                             // Never nil: the version nibble alone makes it non-zero.
+        TaskId::from_bytes(bytes).unwrap_or_default()
+    }
+}
 
 #[cfg(test)]
 mod tests {

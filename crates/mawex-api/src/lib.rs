@@ -37,7 +37,7 @@ pub use broadcast::{
     Strategy, TargetFilter, TargetState, TargetView,
 };
 pub use error::ApiError;
-pub use ids::{Attempt, GroupName, PodId, TaskId};
+pub use ids::{Attempt, GroupName, PodId, ScheduleName, TaskId};
 pub use proxy::{
     CancelAck, ListQuery, MasterProxy, ResultCursor, ResultStream, SubmitAck, TaskPage,
     MAX_LIST_LIMIT,

@@ -10,7 +10,7 @@ use crate::admin::{
 };
 use crate::broadcast::{BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView};
 use crate::error::ApiError;
-use crate::ids::{GroupName, TaskId};
+use crate::ids::{GroupName, ScheduleName, TaskId};
 use crate::task::{TaskResult, TaskSpec, TaskState, TaskView};
 
 /// The most tasks one `list` page returns.
@@ -296,7 +296,7 @@ pub trait MasterProxy: Send + Sync {
     ///
     /// # Errors
     /// `InvalidArgument` for an unknown schedule.
-    async fn pause_schedule(&self, name: GroupName, paused: bool) -> Result<(), ApiError> {
+    async fn pause_schedule(&self, name: ScheduleName, paused: bool) -> Result<(), ApiError> {
         Err(unimplemented("pause_schedule"))
     }
 
@@ -304,7 +304,7 @@ pub trait MasterProxy: Send + Sync {
     ///
     /// # Errors
     /// `InvalidArgument` for an unknown schedule.
-    async fn delete_schedule(&self, name: GroupName) -> Result<(), ApiError> {
+    async fn delete_schedule(&self, name: ScheduleName) -> Result<(), ApiError> {
         Err(unimplemented("delete_schedule"))
     }
 

@@ -53,4 +53,4 @@ pub use runtime::{
     CommittedBatch, CommittedFeed, LocalMasterProxy, LocalPodConnector, Master, MasterBuilder,
     MasterConfig, MasterStats,
 };
-pub use state::{Event, MasterState, RequeueReason, TaskCounts};
+pub use state::{stored, Event, MasterState, RequeueReason, TaskCounts};

@@ -116,7 +116,7 @@ fn accepted(from: u64, n: u64, payload: usize) -> Vec<Event> {
             let spec = TaskSpec::new(group.clone(), "noop", Bytes::from(vec![b'x'; payload]))
                 .with_id(TaskId::from_bytes(id).expect("not nil"));
             Event::TaskAccepted {
-                spec,
+                spec: spec.into(),
                 at: Timestamp(i),
             }
         })

@@ -6,7 +6,7 @@ use futures::{Stream, StreamExt};
 use mawex_api::convert::{parse_update_pending, required, task_id};
 use mawex_api::{
     proto, BroadcastSpec, FailedFilter, GroupName, ListQuery, MasterProxy, ResultCursor,
-    ScheduleSpec, TaskSpec,
+    ScheduleName, ScheduleSpec, TaskSpec,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -174,7 +174,7 @@ impl proto::master_server::Master for ClientService {
         request: Request<proto::PauseScheduleRequest>,
     ) -> Result<Response<proto::Empty>, Status> {
         let request = request.into_inner();
-        let name = GroupName::new(&request.name)
+        let name = ScheduleName::new(&request.name)
             .map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
         self.proxy.pause_schedule(name, request.paused).await?;
         Ok(Response::new(proto::Empty {}))
@@ -184,7 +184,7 @@ impl proto::master_server::Master for ClientService {
         &self,
         request: Request<proto::ScheduleNameRequest>,
     ) -> Result<Response<proto::Empty>, Status> {
-        let name = GroupName::new(&request.into_inner().name)
+        let name = ScheduleName::new(&request.into_inner().name)
             .map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
         self.proxy.delete_schedule(name).await?;
         Ok(Response::new(proto::Empty {}))

@@ -8,7 +8,7 @@ use crate::convert::required;
 use crate::convert::task::error_kind_filter;
 use crate::convert::{in_field, invalid, task_id};
 use crate::error::ApiError;
-use crate::ids::{GroupName, TaskId};
+use crate::ids::{GroupName, ScheduleName, TaskId};
 use crate::proto;
 use crate::task::ErrorKind;
 use crate::time::Timestamp;
@@ -180,7 +180,7 @@ impl TryFrom<proto::ScheduleSpec> for ScheduleSpec {
             s.time_zone
         };
         Ok(ScheduleSpec::new(
-            GroupName::new(&s.name).map_err(in_field("schedule.name"))?,
+            ScheduleName::new(&s.name).map_err(in_field("schedule.name"))?,
             s.cron,
             required("schedule.task", s.task)?.try_into()?,
         )

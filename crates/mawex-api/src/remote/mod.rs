@@ -23,7 +23,7 @@ use crate::admin::{
 };
 use crate::broadcast::{BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView};
 use crate::error::ApiError;
-use crate::ids::{GroupName, TaskId};
+use crate::ids::{GroupName, ScheduleName, TaskId};
 use crate::proto;
 use crate::proto::master_client::MasterClient;
 use crate::proxy::{
@@ -426,7 +426,7 @@ impl MasterProxy for RemoteMasterProxy {
             .collect()
     }
 
-    async fn pause_schedule(&self, name: GroupName, paused: bool) -> Result<(), ApiError> {
+    async fn pause_schedule(&self, name: ScheduleName, paused: bool) -> Result<(), ApiError> {
         let request = proto::PauseScheduleRequest {
             name: name.to_string(),
             paused,
@@ -436,7 +436,7 @@ impl MasterProxy for RemoteMasterProxy {
         Ok(())
     }
 
-    async fn delete_schedule(&self, name: GroupName) -> Result<(), ApiError> {
+    async fn delete_schedule(&self, name: ScheduleName) -> Result<(), ApiError> {
         let request = proto::ScheduleNameRequest {
             name: name.to_string(),
         };

@@ -166,8 +166,8 @@ struct SnapshotOwned {
 struct SnapshotV2 {
     last_seq: u64,
     tasks: std::collections::BTreeMap<mawex_api::TaskId, crate::state::TaskEntry>,
-    groups: std::collections::BTreeMap<mawex_api::GroupName, mawex_api::GroupSettings>,
-    schedules: std::collections::BTreeMap<mawex_api::GroupName, crate::state::Schedule>,
+    groups: std::collections::BTreeMap<mawex_api::GroupName, crate::state::stored::GroupSettings>,
+    schedules: std::collections::BTreeMap<mawex_api::ScheduleName, crate::state::Schedule>,
     accepted: u64,
     results_recorded: u64,
 }

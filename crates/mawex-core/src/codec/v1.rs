@@ -9,13 +9,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use mawex_api::pod::AttemptRef;
-use mawex_api::{
-    Attempt, AttemptFailure, ErrorKind, GroupName, Limits, Outcome, PodId, TaskError, TaskId,
-    TaskResult, TaskSpec, TaskState, Timestamp,
-};
+use mawex_api::{Attempt, ErrorKind, GroupName, PodId, TaskId, TaskState, Timestamp};
 use serde::Deserialize;
 
+use crate::state::stored::{
+    AttemptFailure, AttemptRef, Limits, Outcome, RetryHint, TaskError, TaskResult, TaskSpec,
+};
 use crate::state::{Event, MasterState, RequeueReason, TaskEntry, ROUND_BASE};
 
 #[derive(Deserialize)]
@@ -36,13 +35,22 @@ pub(crate) struct TaskSpecV1 {
 
 impl From<TaskSpecV1> for TaskSpec {
     fn from(s: TaskSpecV1) -> TaskSpec {
-        let mut limits = Limits::default();
-        limits.timeout = s.limits.timeout;
-        limits.memory_bytes = s.limits.memory_bytes;
-        TaskSpec::new(s.group, s.handler, s.payload)
-            .with_id(s.id)
-            .with_priority(s.priority)
-            .with_limits(limits)
+        TaskSpec {
+            id: s.id,
+            group: s.group,
+            handler: s.handler,
+            payload: s.payload,
+            priority: s.priority,
+            limits: Limits {
+                timeout: s.limits.timeout,
+                memory_bytes: s.limits.memory_bytes,
+            },
+            retry: None,
+            run_at: None,
+            dedup: None,
+            fairness_key: None,
+            sandbox: None,
+        }
     }
 }
 
@@ -54,7 +62,11 @@ pub(crate) struct TaskErrorV1 {
 
 impl From<TaskErrorV1> for TaskError {
     fn from(e: TaskErrorV1) -> TaskError {
-        TaskError::new(e.kind, e.message)
+        TaskError {
+            kind: e.kind,
+            message: e.message,
+            retry: RetryHint::Policy,
+        }
     }
 }
 
@@ -168,14 +180,14 @@ pub(crate) struct TaskResultV1 {
 
 impl From<TaskResultV1> for TaskResult {
     fn from(r: TaskResultV1) -> TaskResult {
-        TaskResult::new(
-            r.id,
-            r.group,
-            r.attempt,
-            r.outcome.into(),
-            r.finished_at,
-            r.seq,
-        )
+        TaskResult {
+            id: r.id,
+            group: r.group,
+            attempt: r.attempt,
+            outcome: r.outcome.into(),
+            finished_at: r.finished_at,
+            seq: r.seq,
+        }
     }
 }
 
@@ -223,7 +235,11 @@ impl MasterStateV1 {
                 let failures = match &result {
                     Some(r) => match &r.outcome {
                         Outcome::Failed(error) => {
-                            vec![AttemptFailure::new(r.attempt, error.clone(), r.finished_at)]
+                            vec![AttemptFailure {
+                                attempt: r.attempt,
+                                error: error.clone(),
+                                at: r.finished_at,
+                            }]
                         }
                         _ => Vec::new(),
                     },

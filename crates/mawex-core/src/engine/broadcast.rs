@@ -7,18 +7,18 @@ use mawex_api::broadcast::{
     next_version, APP_ENV, SOURCE_ADDR_ENV, SOURCE_HOST_ENV, SOURCE_POD_ENV, TARGET_HOST_ENV,
     VERSION_ENV,
 };
-use mawex_api::pod::AttemptRef;
 use mawex_api::{
     ApiError, BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView, PodId,
-    Source, Strategy, TargetState, TaskId, TaskSpec, TaskState, Timestamp,
+    TargetState, TaskId, TaskSpec, TaskState, Timestamp,
 };
 
 use super::{Engine, Output};
 use crate::state::broadcasts::{plan, tree_parent, Broadcast};
+use crate::state::stored::{self, Source, Strategy};
 use crate::state::Event;
 
 /// Is `again` the fire that started `fired` (whose version is resolved)?
-fn same_fire(fired: &BroadcastSpec, again: &BroadcastSpec) -> bool {
+fn same_fire(fired: &stored::BroadcastSpec, again: &stored::BroadcastSpec) -> bool {
     let version_matches = again.version.is_none() || again.version == fired.version;
     let mut a = fired.clone();
     let mut b = again.clone();
@@ -133,6 +133,7 @@ impl Engine {
         out: &mut Output,
     ) -> Result<BroadcastView, ApiError> {
         let reach = self.reach(&spec)?;
+        let spec = stored::BroadcastSpec::from(spec);
         if let Some(lock) = self.state.broadcasts().lock(&spec.app) {
             // The same fire again (a client retrying) gets the broadcast it started.
             let holder = self.state.broadcasts().by_id.get(&lock.broadcast);
@@ -369,7 +370,7 @@ impl Engine {
                 let Some(attempt) = self.state.task(&task).map(|e| e.attempt.next()) else {
                     continue;
                 };
-                let attempt = AttemptRef { task, attempt };
+                let attempt = stored::AttemptRef { task, attempt };
                 self.emit(
                     Event::TaskAssigned {
                         attempt,
@@ -458,7 +459,6 @@ impl Engine {
         let limit = match b.spec.strategy {
             Strategy::Pull { per_source } => per_source,
             Strategy::Tree { branches } => branches,
-            _ => 1,
         };
         // Sources with a free pull slot, least loaded first, pods before the origin (spare
         // the publisher), ties in an order that rotates between dispatches. Built on first

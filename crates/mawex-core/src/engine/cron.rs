@@ -5,7 +5,7 @@ use std::str::FromStr;
 use chrono::{DateTime, TimeZone, Utc};
 use croner::parser::{CronParser, Year};
 use croner::Cron;
-use mawex_api::{ApiError, MissedTicks, ScheduleSpec, TaskId, Timestamp};
+use mawex_api::{ApiError, MissedTicks, Timestamp};
 
 /// A tick older than this when the master first sees it counts as missed.
 pub(crate) const MISSED_AFTER_MS: u64 = 5_000;
@@ -20,23 +20,21 @@ pub(crate) struct Compiled {
 }
 
 impl Compiled {
-    /// Parses and checks a schedule's expression and zone.
-    pub(crate) fn new(spec: &ScheduleSpec) -> Result<Self, ApiError> {
+    /// Parses and checks a schedule's expression `cron` read in `time_zone`.
+    pub(crate) fn new(cron: &str, time_zone: &str) -> Result<Self, ApiError> {
         let parser = CronParser::builder().year(Year::Disallowed).build();
-        let fields = spec.cron.split_whitespace().count();
+        let fields = cron.split_whitespace().count();
         if !(5..=6).contains(&fields) {
             return Err(ApiError::InvalidArgument(format!(
-                "cron {:?} has {fields} fields; use 5 (minute hour day month weekday) or 6 (seconds first)",
-                spec.cron
+                "cron {cron:?} has {fields} fields; use 5 (minute hour day month weekday) or 6 (seconds first)"
             )));
         }
         let cron = parser
-            .parse(&spec.cron)
-            .map_err(|e| ApiError::InvalidArgument(format!("cron {:?}: {e}", spec.cron)))?;
-        let tz = chrono_tz::Tz::from_str(&spec.time_zone).map_err(|_| {
+            .parse(cron)
+            .map_err(|e| ApiError::InvalidArgument(format!("cron {cron:?}: {e}")))?;
+        let tz = chrono_tz::Tz::from_str(time_zone).map_err(|_| {
             ApiError::InvalidArgument(format!(
-                "time zone {:?} is not an IANA zone name (e.g. \"Europe/Prague\", \"UTC\")",
-                spec.time_zone
+                "time zone {time_zone:?} is not an IANA zone name (e.g. \"Europe/Prague\", \"UTC\")"
             ))
         })?;
         Ok(Compiled { cron, tz })
@@ -113,36 +111,9 @@ pub(crate) fn decide(
     }
 }
 
-/// The id of the task a schedule submits at `tick`: the same for the same schedule and tick,
-/// ordered by tick like any UUIDv7.
-pub(crate) fn task_id(name: &str, tick: Timestamp) -> TaskId {
-    // FNV-1a over the name, then splitmix64 to spread it.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    h ^= h >> 31;
-    let mut bytes = [0u8; 16];
-    bytes[..6].copy_from_slice(&tick.0.to_be_bytes()[2..]);
-    bytes[6..14].copy_from_slice(&h.to_be_bytes());
-    bytes[14..].copy_from_slice(&(tick.0 as u16).to_be_bytes());
-    bytes[6] = 0x70 | (bytes[6] & 0x0f); // version 7
-    bytes[8] = 0x80 | (bytes[8] & 0x3f); // RFC 4122 variant
-                                         // Not nil: the version nibble alone makes it non-zero.
-    TaskId::from_bytes(bytes).unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mawex_api::{GroupName, TaskSpec};
-
-    fn spec(cron: &str, tz: &str) -> ScheduleSpec {
-        let g = GroupName::new("g").unwrap();
-        ScheduleSpec::new(g.clone(), cron, TaskSpec::new(g, "h", "")).in_time_zone(tz)
-    }
 
     const MIN: u64 = 60_000;
     // 2026-01-01T00:00:00Z
@@ -150,30 +121,27 @@ mod tests {
 
     #[test]
     fn expressions_and_zones_are_checked() {
-        assert!(Compiled::new(&spec("*/1 * * * *", "UTC")).is_ok());
-        assert!(Compiled::new(&spec("0 */5 * * * *", "Europe/Prague")).is_ok());
+        assert!(Compiled::new("*/1 * * * *", "UTC").is_ok());
+        assert!(Compiled::new("0 */5 * * * *", "Europe/Prague").is_ok());
         for (cron, tz) in [
             ("* * *", "UTC"),
             ("61 * * * *", "UTC"),
             ("* * * * *", "Mars/Base"),
         ] {
             assert!(
-                matches!(
-                    Compiled::new(&spec(cron, tz)),
-                    Err(ApiError::InvalidArgument(_))
-                ),
+                matches!(Compiled::new(cron, tz), Err(ApiError::InvalidArgument(_))),
                 "{cron} {tz}"
             );
         }
         assert!(
-            Compiled::new(&spec("* * * * * * 2030", "UTC")).is_err(),
+            Compiled::new("* * * * * * 2030", "UTC").is_err(),
             "no year field"
         );
     }
 
     #[test]
     fn due_ticks_follow_the_policy() {
-        let c = Compiled::new(&spec("*/1 * * * *", "UTC")).unwrap();
+        let c = Compiled::new("*/1 * * * *", "UTC").unwrap();
         assert_eq!(
             decide(&c, MissedTicks::Skip, T, Timestamp(T.0 + MIN - 1)),
             None
@@ -197,14 +165,7 @@ mod tests {
     #[test]
     fn zones_shift_the_ticks() {
         // 09:00 in Prague (UTC+1 in January) is 08:00 UTC.
-        let c = Compiled::new(&spec("0 9 * * *", "Europe/Prague")).unwrap();
+        let c = Compiled::new("0 9 * * *", "Europe/Prague").unwrap();
         assert_eq!(c.next_after(T), Some(Timestamp(T.0 + 8 * 60 * MIN)));
-    }
-
-    #[test]
-    fn firing_ids_are_stable_per_schedule_and_tick() {
-        assert_eq!(task_id("a", T), task_id("a", T));
-        assert_ne!(task_id("a", T), task_id("b", T));
-        assert!(task_id("a", T) < task_id("a", Timestamp(T.0 + MIN)));
     }
 }

@@ -74,7 +74,7 @@ impl Engine {
                 };
                 self.emit(
                     Event::TaskAssigned {
-                        attempt,
+                        attempt: attempt.into(),
                         pod: pod_id.clone(),
                         at: now,
                     },

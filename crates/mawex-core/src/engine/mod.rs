@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use mawex_api::pod::{AttemptRef, MasterMessage, ResourceUsage};
-use mawex_api::{Attempt, GroupName, PodId, RetryPolicy, TaskId, Timestamp};
+use mawex_api::{Attempt, GroupName, PodId, RetryPolicy, ScheduleName, TaskId, Timestamp};
 
 use crate::state::{Event, MasterState, TaskCounts};
 use cron::Compiled;
@@ -121,7 +121,7 @@ pub(crate) struct Engine {
     /// Token buckets of rate-limited groups. Volatile: a restart starts them full.
     buckets: HashMap<GroupName, Bucket>,
     /// Parsed cron expressions of the schedules (derived; parsed again when missing).
-    compiled: HashMap<GroupName, Compiled>,
+    compiled: HashMap<ScheduleName, Compiled>,
     /// When each pod that is not connected now went away (volatile).
     departed: HashMap<PodId, Timestamp>,
     /// When this engine started: a pod not seen since is away since then.

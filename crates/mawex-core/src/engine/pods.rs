@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use mawex_api::pod::{
     AttemptRef, MasterMessage, PodHello, PodMessage, ResourceUsage, MAX_POD_PREFETCH, MAX_POD_SLOTS,
 };
-use mawex_api::{ApiError, Attempt, GroupName, Outcome, TaskId, TaskState, Timestamp};
+use mawex_api::{ApiError, Attempt, GroupName, TaskId, TaskState, Timestamp};
 use tracing::debug;
 
-use crate::state::{Event, RequeueReason};
+use crate::state::{stored, Event, RequeueReason};
 
 use super::{Engine, Lease, Output, PodEntry};
 
@@ -185,8 +185,8 @@ impl Engine {
                 match outcome {
                     Ok(output) => self.emit(
                         Event::TaskFinished {
-                            attempt,
-                            outcome: Outcome::Succeeded(output),
+                            attempt: attempt.into(),
+                            outcome: stored::Outcome::Succeeded(output),
                             at: now,
                         },
                         out,

@@ -9,7 +9,7 @@ use mawex_api::{
     TaskSpec, TaskState, TaskView, Timestamp,
 };
 
-use crate::state::Event;
+use crate::state::{stored, Event};
 
 use super::{Engine, Output};
 
@@ -40,13 +40,14 @@ impl Engine {
                     continue;
                 }
             }
-            let known = match self.state.task(&spec.id) {
-                Some(entry) => Some(&entry.spec),
-                None => fresh.get(&spec.id).map(|&i| &specs[i]),
+            // A known id: the same task again (a retried submit) or a conflict.
+            let same = match self.state.task(&spec.id) {
+                Some(entry) => Some(entry.spec == stored::TaskSpec::from(spec.clone())),
+                None => fresh.get(&spec.id).map(|&i| specs[i] == *spec),
             };
-            match known {
-                Some(known) if known == spec => acks.push(SubmitAck::new(spec.id, false)),
-                Some(_) => {
+            match same {
+                Some(true) => acks.push(SubmitAck::new(spec.id, false)),
+                Some(false) => {
                     return Err(ApiError::Conflict(format!(
                         "task #{index} of the batch: id {} is already used by a different task",
                         spec.id
@@ -73,7 +74,13 @@ impl Engine {
         }
         for (spec, ack) in specs.into_iter().zip(&acks) {
             if ack.created && ack.id == spec.id {
-                self.emit(Event::TaskAccepted { spec, at: now }, out);
+                self.emit(
+                    Event::TaskAccepted {
+                        spec: spec.into(),
+                        at: now,
+                    },
+                    out,
+                );
             }
         }
         Ok(acks)
@@ -131,6 +138,7 @@ impl Engine {
         tasks.dedup();
         let n = tasks.len() as u64;
         if !tasks.is_empty() {
+            let change = change.into();
             self.emit(Event::TasksUpdated { tasks, change }, out);
         }
         Ok(n)
@@ -169,6 +177,7 @@ impl Engine {
     ) -> Result<(), ApiError> {
         settings.validate()?;
         if self.state.group_settings(&group) != settings {
+            let settings = settings.into();
             self.emit(Event::GroupConfigured { group, settings }, out);
         }
         Ok(())
@@ -198,7 +207,7 @@ impl Engine {
                 .map(|p| p.session);
             if let Some(session) = session {
                 out.messages
-                    .push((session, MasterMessage::Cancel(entry.current())));
+                    .push((session, MasterMessage::Cancel(entry.current().into())));
             }
         }
         self.emit(Event::TaskCancelled { task: id, at: now }, out);

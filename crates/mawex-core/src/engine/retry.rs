@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use mawex_api::pod::AttemptRef;
-use mawex_api::{ErrorKind, Outcome, RetryHint, TaskError, TaskId, TaskState, Timestamp};
+use mawex_api::{ErrorKind, RetryHint, RetryPolicy, TaskError, TaskId, TaskState, Timestamp};
 
-use crate::state::{Event, RequeueReason};
+use crate::state::{stored, Event, RequeueReason};
 
 use super::{Engine, Lease, Output};
 
@@ -46,6 +46,7 @@ impl Engine {
         let policy = entry
             .spec
             .retry
+            .map(RetryPolicy::from)
             .or_else(|| self.state.group_settings(&entry.spec.group).retry)
             .unwrap_or(self.config.default_retry);
         // Failures since the last manual retry, this one included.
@@ -61,14 +62,14 @@ impl Engine {
         };
         let event = match delay {
             Some(delay) => Event::TaskRetryScheduled {
-                attempt,
-                error,
+                attempt: attempt.into(),
+                error: error.into(),
                 retry_at: now.saturating_add(delay),
                 at: now,
             },
             None => Event::TaskFinished {
-                attempt,
-                outcome: Outcome::Failed(error),
+                attempt: attempt.into(),
+                outcome: stored::Outcome::Failed(error.into()),
                 at: now,
             },
         };
@@ -99,7 +100,7 @@ impl Engine {
         if current {
             self.emit(
                 Event::TaskRequeued {
-                    attempt,
+                    attempt: attempt.into(),
                     reason,
                     at: now,
                 },

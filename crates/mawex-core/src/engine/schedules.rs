@@ -1,9 +1,9 @@
 //! Cron schedules: create, pause, delete, and firing the ticks that are due.
 
-use mawex_api::{ApiError, GroupName, ScheduleSpec, ScheduleView, Timestamp};
+use mawex_api::{ApiError, ScheduleName, ScheduleSpec, ScheduleView, Timestamp};
 
 use super::cron::{self, Compiled, Due};
-use crate::state::Event;
+use crate::state::{stored, Event};
 
 use super::{Engine, Output};
 
@@ -15,8 +15,9 @@ impl Engine {
         now: Timestamp,
         out: &mut Output,
     ) -> Result<(), ApiError> {
-        let compiled = Compiled::new(&spec)?;
+        let compiled = Compiled::new(&spec.cron, &spec.time_zone)?;
         spec.task.validate(self.config.max_payload_bytes)?;
+        let spec = stored::ScheduleSpec::from(spec);
         match self.state.schedule(&spec.name) {
             Some(existing) if existing.spec == spec => Ok(()),
             Some(_) => Err(ApiError::Conflict(format!(
@@ -34,7 +35,7 @@ impl Engine {
     /// Pauses or resumes a schedule.
     pub(crate) fn pause_schedule(
         &mut self,
-        name: GroupName,
+        name: ScheduleName,
         paused: bool,
         now: Timestamp,
         out: &mut Output,
@@ -57,7 +58,7 @@ impl Engine {
     }
 
     /// Deletes a schedule (deleting an unknown one is harmless, so a retry is too).
-    pub(crate) fn delete_schedule(&mut self, name: GroupName, out: &mut Output) {
+    pub(crate) fn delete_schedule(&mut self, name: ScheduleName, out: &mut Output) {
         if self.state.schedule(&name).is_some() {
             self.compiled.remove(&name);
             self.emit(Event::ScheduleDeleted { name }, out);
@@ -68,20 +69,20 @@ impl Engine {
     pub(crate) fn schedule_views(&self) -> Vec<ScheduleView> {
         self.state
             .schedules()
-            .map(|s| ScheduleView::new(s.spec.clone(), s.paused, s.last_tick, s.fired))
+            .map(|s| ScheduleView::new(s.spec.clone().into(), s.paused, s.last_tick, s.fired))
             .collect()
     }
 
     /// Fires the schedules whose ticks are due, under their missed-ticks policy.
     pub(super) fn fire_schedules(&mut self, now: Timestamp, out: &mut Output) {
-        let due: Vec<(GroupName, Due)> = self
+        let due: Vec<(ScheduleName, Due)> = self
             .state
             .schedules()
             .filter(|s| !s.paused)
             .filter_map(|s| {
                 let compiled = match self.compiled.get(&s.spec.name) {
                     Some(c) => c.clone(),
-                    None => Compiled::new(&s.spec).ok()?,
+                    None => Compiled::new(&s.spec.cron, &s.spec.time_zone).ok()?,
                 };
                 let due = cron::decide(&compiled, s.spec.missed, s.handled_through, now)?;
                 Some((s.spec.name.clone(), due))
@@ -99,7 +100,7 @@ impl Engine {
                 Due::Fire(tick) | Due::FireSkipping(tick) => tick,
             };
             let mut task = schedule.spec.task.clone();
-            task.id = cron::task_id(name.as_str(), tick);
+            task.id = name.task_id(tick);
             task.run_at = None;
             self.emit(
                 Event::ScheduleFired {

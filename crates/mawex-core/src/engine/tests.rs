@@ -63,8 +63,8 @@ fn attempt(spec: &TaskSpec, n: u32) -> AttemptRef {
 /// The event of attempt 1 of `a` losing its lease at `at`, retried at once (test policy).
 fn lease_lost(a: &TaskSpec, at: Timestamp, message: &str) -> Event {
     Event::TaskRetryScheduled {
-        attempt: attempt(a, 1),
-        error: TaskError::new(ErrorKind::LeaseExpired, message),
+        attempt: attempt(a, 1).into(),
+        error: TaskError::new(ErrorKind::LeaseExpired, message).into(),
         retry_at: at,
         at,
     }
@@ -103,8 +103,14 @@ mod submit {
         assert_eq!(
             out.events,
             vec![
-                Event::TaskAccepted { spec: a, at: T0 },
-                Event::TaskAccepted { spec: b, at: T0 },
+                Event::TaskAccepted {
+                    spec: a.into(),
+                    at: T0
+                },
+                Event::TaskAccepted {
+                    spec: b.into(),
+                    at: T0
+                },
             ]
         );
     }
@@ -181,12 +187,12 @@ mod dispatch {
             out.events,
             vec![
                 Event::TaskAssigned {
-                    attempt: attempt(&urgent, 1),
+                    attempt: attempt(&urgent, 1).into(),
                     pod: pod("p1"),
                     at: at(1)
                 },
                 Event::TaskAssigned {
-                    attempt: attempt(&old, 1),
+                    attempt: attempt(&old, 1).into(),
                     pod: pod("p1"),
                     at: at(1)
                 },
@@ -248,8 +254,8 @@ mod results {
         assert_eq!(
             out.events,
             vec![Event::TaskFinished {
-                attempt: attempt(&a, 1),
-                outcome: Outcome::Succeeded(Bytes::from_static(b"ok")),
+                attempt: attempt(&a, 1).into(),
+                outcome: Outcome::Succeeded(Bytes::from_static(b"ok")).into(),
                 at: at(3)
             }]
         );
@@ -391,7 +397,7 @@ mod leases {
         assert_eq!(
             out.events[0],
             Event::TaskRequeued {
-                attempt: attempt(&a, 1),
+                attempt: attempt(&a, 1).into(),
                 reason: RequeueReason::PodLeft,
                 at: at(1)
             }
@@ -408,7 +414,7 @@ mod leases {
         assert_eq!(
             out.events,
             vec![Event::TaskRequeued {
-                attempt: attempt(&a, 1),
+                attempt: attempt(&a, 1).into(),
                 reason: RequeueReason::PodLeft,
                 at: at(1)
             }]
@@ -538,10 +544,12 @@ fn replay_rebuilds_the_same_state() {
         let leased: Vec<_> = e.state().running().map(|entry| entry.current()).collect();
         for (i, r) in leased.into_iter().enumerate() {
             let message = if i % 3 == 0 {
-                PodMessage::Returned { attempts: vec![r] }
+                PodMessage::Returned {
+                    attempts: vec![r.into()],
+                }
             } else {
                 PodMessage::Finished {
-                    attempt: r,
+                    attempt: r.into(),
                     outcome: Ok(Bytes::new()),
                 }
             };
@@ -629,7 +637,7 @@ mod reconciliation {
         assert_eq!(
             out.events,
             vec![Event::TaskAssigned {
-                attempt: attempt(&a, 2),
+                attempt: attempt(&a, 2).into(),
                 pod: pod("p2"),
                 at: at(2)
             }]
@@ -910,7 +918,7 @@ mod fairness {
             };
             started.push(attempt.task);
             let done = PodMessage::Finished {
-                attempt,
+                attempt: attempt.into(),
                 outcome: Ok(Bytes::new()),
             };
             e.pod_message(1, done, T0, &mut out);
@@ -994,7 +1002,7 @@ mod rate_limit {
                 .events
                 .iter()
                 .filter_map(|ev| match ev {
-                    Event::TaskAssigned { attempt, .. } => Some(*attempt),
+                    Event::TaskAssigned { attempt, .. } => Some(AttemptRef::from(*attempt)),
                     _ => None,
                 })
                 .collect();

@@ -5,7 +5,8 @@ use bytes::Bytes;
 use mawex_api::pod::AttemptRef;
 use mawex_api::{
     Attempt, ErrorKind, GroupName, GroupSettings, Limits, MissedTicks, Outcome, PendingChange,
-    PodId, RetryHint, RetryPolicy, ScheduleSpec, TaskError, TaskId, TaskSpec, Timestamp,
+    PodId, RetryHint, RetryPolicy, ScheduleName, ScheduleSpec, TaskError, TaskId, TaskSpec,
+    Timestamp,
 };
 
 use super::{Journal, MemoryJournal};
@@ -42,31 +43,31 @@ fn golden_events() -> Vec<Event> {
     };
     vec![
         Event::TaskAccepted {
-            spec,
+            spec: spec.into(),
             at: Timestamp(1_700_000_000_000),
         },
         Event::TaskAccepted {
-            spec: second,
+            spec: second.into(),
             at: Timestamp(1_700_000_000_001),
         },
         Event::TaskAssigned {
-            attempt: a1,
+            attempt: a1.into(),
             pod: pod.clone(),
             at: Timestamp(1_700_000_000_002),
         },
         Event::TaskRequeued {
-            attempt: a1,
+            attempt: a1.into(),
             reason: RequeueReason::LeaseExpired,
             at: Timestamp(1_700_000_000_003),
         },
         Event::TaskAssigned {
-            attempt: a2,
+            attempt: a2.into(),
             pod,
             at: Timestamp(1_700_000_000_004),
         },
         Event::TaskFinished {
-            attempt: a2,
-            outcome: Outcome::Failed(TaskError::new(ErrorKind::Panicked, "boom")),
+            attempt: a2.into(),
+            outcome: Outcome::Failed(TaskError::new(ErrorKind::Panicked, "boom")).into(),
             at: Timestamp(1_700_000_000_005),
         },
         Event::TaskCancelled {
@@ -74,18 +75,18 @@ fn golden_events() -> Vec<Event> {
             at: Timestamp(1_700_000_000_006),
         },
         Event::TaskRequeued {
-            attempt: a2,
+            attempt: a2.into(),
             reason: RequeueReason::Returned,
             at: Timestamp(1_700_000_000_007),
         },
         Event::TaskRequeued {
-            attempt: a2,
+            attempt: a2.into(),
             reason: RequeueReason::PodLeft,
             at: Timestamp(1_700_000_000_008),
         },
         Event::TaskFinished {
-            attempt: a1,
-            outcome: Outcome::Succeeded(Bytes::from_static(b"out")),
+            attempt: a1.into(),
+            outcome: Outcome::Succeeded(Bytes::from_static(b"out")).into(),
             at: Timestamp(1_700_000_000_009),
         },
         Event::TasksForgotten { tasks: vec![id(2)] },
@@ -134,26 +135,28 @@ fn golden_events_v2() -> Vec<Event> {
         attempt: Attempt(1),
     };
     events.push(Event::TaskAccepted {
-        spec,
+        spec: spec.into(),
         at: Timestamp(1_700_000_000_010),
     });
     events.push(Event::TaskAssigned {
-        attempt: a1,
+        attempt: a1.into(),
         pod: PodId::new("pod-b").expect("valid"),
         at: Timestamp(1_700_000_000_051),
     });
     events.push(Event::TaskRetryScheduled {
-        attempt: a1,
+        attempt: a1.into(),
         error: TaskError::new(ErrorKind::LeaseExpired, "silent")
-            .with_retry(RetryHint::After(Duration::from_millis(70))),
+            .with_retry(RetryHint::After(Duration::from_millis(70)))
+            .into(),
         retry_at: Timestamp(1_700_000_000_122),
         at: Timestamp(1_700_000_000_052),
     });
     events.push(Event::TaskFinished {
-        attempt: a1,
+        attempt: a1.into(),
         outcome: Outcome::Failed(
             TaskError::new(ErrorKind::Handler, "no").with_retry(RetryHint::Never),
-        ),
+        )
+        .into(),
         at: Timestamp(1_700_000_000_053),
     });
     events.push(Event::TasksRetried {
@@ -164,7 +167,8 @@ fn golden_events_v2() -> Vec<Event> {
         group: GroupName::new("golden").expect("valid"),
         settings: GroupSettings::default()
             .with_paused(true)
-            .with_max_concurrency(Some(2)),
+            .with_max_concurrency(Some(2))
+            .into(),
     });
     events.push(Event::TaskAccepted {
         spec: TaskSpec::new(
@@ -173,7 +177,8 @@ fn golden_events_v2() -> Vec<Event> {
             Bytes::new(),
         )
         .with_id(id(4))
-        .with_dedup("nightly-report", Duration::from_secs(3600)),
+        .with_dedup("nightly-report", Duration::from_secs(3600))
+        .into(),
         at: Timestamp(1_700_000_000_055),
     });
     events.push(Event::TasksUpdated {
@@ -181,10 +186,11 @@ fn golden_events_v2() -> Vec<Event> {
         change: PendingChange::default()
             .move_to(GroupName::new("elsewhere").expect("valid"))
             .priority(7)
-            .to_front(),
+            .to_front()
+            .into(),
     });
     let schedule = ScheduleSpec::new(
-        GroupName::new("nightly").expect("valid"),
+        ScheduleName::new("nightly").expect("valid"),
         "0 3 * * *",
         TaskSpec::new(
             GroupName::new("golden").expect("valid"),
@@ -196,7 +202,7 @@ fn golden_events_v2() -> Vec<Event> {
     .in_time_zone("Europe/Prague")
     .on_missed(MissedTicks::RunOnce);
     events.push(Event::ScheduleCreated {
-        spec: schedule.clone(),
+        spec: schedule.clone().into(),
         at: Timestamp(1_700_000_000_060),
     });
     events.push(Event::SchedulePaused {
@@ -211,7 +217,7 @@ fn golden_events_v2() -> Vec<Event> {
     events.push(Event::ScheduleFired {
         name: schedule.name.clone(),
         tick: Timestamp(1_700_000_000_063),
-        task: schedule.task.clone().with_id(id(6)),
+        task: schedule.task.clone().with_id(id(6)).into(),
         at: Timestamp(1_700_000_000_064),
     });
     events.push(Event::ScheduleDeleted {
@@ -305,7 +311,7 @@ fn golden_events_v3() -> Vec<Event> {
         .with_origin_address("origin:873");
     events.push(Event::BroadcastFired {
         id: 1,
-        spec,
+        spec: spec.into(),
         targets: vec![(a.clone(), id(10))],
         already: vec![b],
         at: Timestamp(1_700_000_001_000),
@@ -315,17 +321,17 @@ fn golden_events_v3() -> Vec<Event> {
         attempt: Attempt(1),
     };
     events.push(Event::TaskAssigned {
-        attempt,
+        attempt: attempt.into(),
         pod: a.clone(),
         at: Timestamp(1_700_000_001_001),
     });
     events.push(Event::BroadcastPullStarted {
         task: id(10),
-        source: mawex_api::Source::Origin,
+        source: mawex_api::Source::Origin.into(),
     });
     events.push(Event::TaskFinished {
-        attempt,
-        outcome: Outcome::Succeeded(Bytes::new()),
+        attempt: attempt.into(),
+        outcome: Outcome::Succeeded(Bytes::new()).into(),
         at: Timestamp(1_700_000_001_200),
     });
     events.push(Event::BroadcastTargetAdded {
@@ -352,6 +358,89 @@ fn golden_v3_records_and_snapshot_decode() {
     let events = golden_events_v3();
     write_golden_if_asked(3, &events);
     check_golden(3, &events);
+}
+
+/// What is written depends on the stored types only (`crate::state::stored`), never on how
+/// the API types serialize: the format-3 golden files, written when events still embedded the
+/// API types, re-encode byte for byte from what they decode to. A field added to an API type
+/// leaves this test green (the bytes cannot see it); a change to a stored type turns it red,
+/// and needs a new format number (ARCHITECTURE.md, "Changing the journal format").
+#[test]
+fn written_bytes_depend_on_the_stored_types_only() {
+    let golden = read_framed(
+        &std::fs::read(golden_dir().join("journal-v3.records")).expect("golden records present"),
+    );
+    for (seq, bytes) in &golden {
+        let events = decode_record(bytes).expect("decode");
+        let again = encode_records(*seq, &events, usize::MAX).expect("encode");
+        assert_eq!(again.len(), 1);
+        assert_eq!(&again[0].1, bytes, "record {seq} re-encodes unchanged");
+    }
+    let snapshot =
+        std::fs::read(golden_dir().join("journal-v3.snapshot")).expect("golden snapshot present");
+    let (last_seq, state) = crate::codec::decode_snapshot(&snapshot).expect("decode");
+    let again = crate::codec::encode_snapshot(last_seq, &state).expect("encode");
+    assert_eq!(again, snapshot, "the snapshot re-encodes unchanged");
+}
+
+/// The primitives that stored types share with the API encode as the format fixed them:
+/// a name as its string, an id as its 16 bytes, a fieldless enum as its variant's index.
+/// Reordering a variant or changing such a type's encoding fails here.
+#[test]
+fn shared_primitives_encode_as_pinned() {
+    use mawex_api::{MissedTicks, QueuePosition, ScheduleName, TargetState, TaskState};
+    fn bytes<T: serde::Serialize>(value: &T) -> Vec<u8> {
+        bincode::serde::encode_to_vec(value, bincode::config::standard()).expect("encode")
+    }
+    assert_eq!(bytes(&GroupName::new("ab").expect("valid")), b"\x02ab");
+    assert_eq!(bytes(&ScheduleName::new("ab").expect("valid")), b"\x02ab");
+    assert_eq!(bytes(&PodId::new("ab").expect("valid")), b"\x02ab");
+    let mut id_bytes = vec![16u8];
+    id_bytes.extend_from_slice(id(7).as_bytes());
+    assert_eq!(bytes(&id(7)), id_bytes, "a task id is its 16 bytes");
+    assert_eq!(bytes(&Timestamp(5)), [5]);
+    assert_eq!(bytes(&Attempt(3)), [3]);
+    let states = [
+        TaskState::Pending,
+        TaskState::Running,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Cancelled,
+    ];
+    let kinds = [
+        ErrorKind::Handler,
+        ErrorKind::Panicked,
+        ErrorKind::UnknownHandler,
+        ErrorKind::TimedOut,
+        ErrorKind::Cancelled,
+        ErrorKind::Crashed,
+        ErrorKind::NonZeroExit,
+        ErrorKind::OutOfMemory,
+        ErrorKind::Sandbox,
+        ErrorKind::LeaseExpired,
+    ];
+    let targets = [
+        TargetState::Waiting,
+        TargetState::Running,
+        TargetState::Done,
+        TargetState::Failed,
+        TargetState::AlreadyApplied,
+        TargetState::Cancelled,
+    ];
+    let indexes = |encoded: Vec<Vec<u8>>| encoded.into_iter().map(|b| b[0]).collect::<Vec<_>>();
+    assert_eq!(indexes(states.iter().map(bytes).collect()), [0, 1, 2, 3, 4]);
+    assert_eq!(
+        indexes(kinds.iter().map(bytes).collect()),
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    );
+    assert_eq!(
+        indexes(targets.iter().map(bytes).collect()),
+        [0, 1, 2, 3, 4, 5]
+    );
+    assert_eq!(bytes(&QueuePosition::Front), [0]);
+    assert_eq!(bytes(&QueuePosition::Back), [1]);
+    assert_eq!(bytes(&MissedTicks::Skip), [0]);
+    assert_eq!(bytes(&MissedTicks::RunOnce), [1]);
 }
 
 #[test]

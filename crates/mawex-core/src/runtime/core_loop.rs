@@ -19,8 +19,8 @@ use std::time::Duration;
 use mawex_api::pod::{Assignment, MasterMessage, PodHello, PodMessage, Welcome};
 use mawex_api::{
     ApiError, BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView, CancelAck,
-    FailedFilter, GroupName, GroupSettings, PendingChange, ResultCursor, ScheduleSpec,
-    ScheduleView, SubmitAck, TaskId, TaskResult, TaskSpec, TaskView,
+    FailedFilter, GroupName, GroupSettings, PendingChange, ResultCursor, ScheduleName,
+    ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskResult, TaskSpec, TaskView,
 };
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, error, info};
@@ -92,12 +92,12 @@ pub(crate) enum CoreMsg {
         reply: Reply<Vec<ScheduleView>>,
     },
     PauseSchedule {
-        name: GroupName,
+        name: ScheduleName,
         paused: bool,
         reply: Reply<()>,
     },
     DeleteSchedule {
-        name: GroupName,
+        name: ScheduleName,
         reply: Reply<()>,
     },
     FireBroadcast {
@@ -385,7 +385,7 @@ impl<J: Journal> CoreLoop<J> {
             CoreMsg::AwaitResult { id, reply } => match self.engine.state().task(&id) {
                 None => answer(deferred, reply, Err(ApiError::task_not_found(id))),
                 Some(entry) => match &entry.result {
-                    Some(result) => answer(deferred, reply, Ok(result.clone())),
+                    Some(result) => answer(deferred, reply, Ok(result.clone().into())),
                     None => self.waiters.entry(id).or_default().push(reply),
                 },
             },
@@ -544,8 +544,8 @@ impl<J: Journal> CoreLoop<J> {
                     }
                     if let Some(session) = self.engine.session_of(pod) {
                         assigns.entry(session).or_default().push(Assignment {
-                            attempt: *attempt,
-                            spec: entry.spec.clone(),
+                            attempt: (*attempt).into(),
+                            spec: entry.spec.clone().into(),
                             env: self.engine.attempt_env(&attempt.task),
                         });
                     }
@@ -607,7 +607,7 @@ impl<J: Journal> CoreLoop<J> {
                     let _ = w.send(Ok(result.clone()));
                 }
             }
-            self.subscribers.retain(|s| s.offer(result));
+            self.subscribers.retain(|s| s.offer(&result));
         }
         // Broadcasts that finished (or were aborted) in this batch.
         if !self.broadcast_waiters.is_empty() {
@@ -633,7 +633,7 @@ impl<J: Journal> CoreLoop<J> {
                 .engine
                 .state()
                 .results_after(after)
-                .all(|result| sub.offer(result));
+                .all(|result| sub.offer(&result.clone().into()));
             if open {
                 self.subscribers.push(sub);
             }

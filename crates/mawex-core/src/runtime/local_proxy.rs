@@ -9,8 +9,8 @@ use futures::stream;
 use mawex_api::{
     ApiError, BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView, CancelAck,
     FailedCount, FailedFilter, GroupName, GroupSettings, ListQuery, MasterProxy, PendingChange,
-    ResultCursor, ResultStream, ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskPage,
-    TaskResult, TaskSpec, TaskView, MAX_LIST_LIMIT,
+    ResultCursor, ResultStream, ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskId,
+    TaskPage, TaskResult, TaskSpec, TaskView, MAX_LIST_LIMIT,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -183,7 +183,7 @@ impl MasterProxy for LocalMasterProxy {
         self.call(|reply| CoreMsg::ListSchedules { reply }).await
     }
 
-    async fn pause_schedule(&self, name: GroupName, paused: bool) -> Result<(), ApiError> {
+    async fn pause_schedule(&self, name: ScheduleName, paused: bool) -> Result<(), ApiError> {
         self.call(|reply| CoreMsg::PauseSchedule {
             name,
             paused,
@@ -192,7 +192,7 @@ impl MasterProxy for LocalMasterProxy {
         .await
     }
 
-    async fn delete_schedule(&self, name: GroupName) -> Result<(), ApiError> {
+    async fn delete_schedule(&self, name: ScheduleName) -> Result<(), ApiError> {
         self.call(|reply| CoreMsg::DeleteSchedule { name, reply })
             .await
     }

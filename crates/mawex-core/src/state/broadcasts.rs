@@ -10,10 +10,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use mawex_api::{
-    BroadcastId, BroadcastLock, BroadcastSpec, BroadcastView, Outcome, PlannedTarget, PodId,
-    Source, Strategy, TargetState, TargetView, TaskError, TaskId, Timestamp,
+    BroadcastId, BroadcastLock, BroadcastView, PlannedTarget, PodId, Source, Strategy, TargetState,
+    TargetView, TaskId, Timestamp,
 };
 use serde::{Deserialize, Serialize};
+
+use super::stored;
 
 /// One target of a broadcast.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,11 +24,11 @@ pub(crate) struct Target {
     pub(crate) task: Option<TaskId>,
     pub(crate) state: TargetState,
     /// Source of the current or last attempt.
-    pub(crate) source: Option<Source>,
+    pub(crate) source: Option<stored::Source>,
     pub(crate) attempts: u32,
     pub(crate) started_at: Option<Timestamp>,
     pub(crate) finished_at: Option<Timestamp>,
-    pub(crate) error: Option<TaskError>,
+    pub(crate) error: Option<stored::TaskError>,
 }
 
 impl Target {
@@ -51,7 +53,7 @@ impl Target {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Broadcast {
     /// As fired, with the version resolved.
-    pub(crate) spec: BroadcastSpec,
+    pub(crate) spec: stored::BroadcastSpec,
     pub(crate) version: String,
     pub(crate) fired_at: Timestamp,
     pub(crate) targets: BTreeMap<PodId, Target>,
@@ -81,11 +83,11 @@ impl Broadcast {
                 pod: pod.clone(),
                 task: t.task,
                 state: t.state,
-                source: t.source.clone(),
+                source: t.source.clone().map(Into::into),
                 attempts: t.attempts,
                 started_at: t.started_at,
                 finished_at: t.finished_at,
-                error: t.error.clone(),
+                error: t.error.clone().map(Into::into),
             })
             .collect();
         BroadcastView {
@@ -93,7 +95,7 @@ impl Broadcast {
             app: self.spec.app.clone(),
             version: self.version.clone(),
             group: self.spec.group.clone(),
-            strategy: self.spec.strategy,
+            strategy: self.spec.strategy.into(),
             fired_at: self.fired_at,
             finished_at: self.finished_at,
             aborted: self.aborted,
@@ -212,7 +214,7 @@ impl Broadcasts {
     pub(crate) fn fired(
         &mut self,
         id: BroadcastId,
-        spec: &BroadcastSpec,
+        spec: &stored::BroadcastSpec,
         targets: &[(PodId, TaskId)],
         already: &[PodId],
         at: Timestamp,
@@ -273,7 +275,7 @@ impl Broadcasts {
         self.refresh(id);
     }
 
-    pub(crate) fn pull_started(&mut self, task: &TaskId, source: &Source) {
+    pub(crate) fn pull_started(&mut self, task: &TaskId, source: &stored::Source) {
         if let Some((_, b, pod)) = self.target_mut(task) {
             if let Some(t) = b.targets.get_mut(&pod) {
                 t.source = Some(source.clone());
@@ -293,7 +295,7 @@ impl Broadcasts {
     }
 
     /// The attempt ended without ending the task: the target waits again.
-    pub(crate) fn back_to_waiting(&mut self, task: &TaskId, error: Option<&TaskError>) {
+    pub(crate) fn back_to_waiting(&mut self, task: &TaskId, error: Option<&stored::TaskError>) {
         if let Some((id, b, pod)) = self.target_mut(task) {
             if let Some(t) = b.targets.get_mut(&pod) {
                 t.state = TargetState::Waiting;
@@ -306,7 +308,7 @@ impl Broadcasts {
         }
     }
 
-    pub(crate) fn finished(&mut self, task: &TaskId, outcome: &Outcome, at: Timestamp) {
+    pub(crate) fn finished(&mut self, task: &TaskId, outcome: &stored::Outcome, at: Timestamp) {
         let Some((id, b, pod)) = self.target_mut(task) else {
             return;
         };
@@ -315,12 +317,12 @@ impl Broadcasts {
         };
         t.finished_at = Some(at);
         t.state = match outcome {
-            Outcome::Succeeded(_) => TargetState::Done,
-            Outcome::Failed(e) => {
+            stored::Outcome::Succeeded(_) => TargetState::Done,
+            stored::Outcome::Failed(e) => {
                 t.error = Some(e.clone());
                 TargetState::Failed
             }
-            _ => TargetState::Cancelled,
+            stored::Outcome::Cancelled => TargetState::Cancelled,
         };
         let applied =
             (t.state == TargetState::Done).then(|| (b.spec.app.clone(), b.version.clone()));

@@ -1,14 +1,18 @@
 //! What the journal records: every change of durable task state.
 
-use mawex_api::pod::AttemptRef;
-use mawex_api::{
-    BroadcastId, BroadcastSpec, GroupName, GroupSettings, Outcome, PendingChange, PodId,
-    ScheduleSpec, Source, TaskError, TaskId, TaskSpec, Timestamp,
-};
+use mawex_api::{BroadcastId, GroupName, PodId, ScheduleName, TaskId, Timestamp};
 use serde::{Deserialize, Serialize};
+
+use super::stored::{
+    AttemptRef, BroadcastSpec, GroupSettings, Outcome, PendingChange, ScheduleSpec, Source,
+    TaskError, TaskSpec,
+};
 
 /// One change of durable state. Applying the same events in the same order always yields the
 /// same [`crate::MasterState`].
+///
+/// Every field is a stored type (see [`super::stored`]), never an API type, so the API can
+/// grow without changing what is written.
 ///
 /// Architecture invariant: never change what an existing variant means or how it encodes;
 /// add a variant, or a new record format version with an upgrade from the old one.
@@ -96,7 +100,7 @@ pub enum Event {
     /// A schedule was paused or resumed; ticks that pass while paused never fire.
     SchedulePaused {
         /// The schedule.
-        name: GroupName,
+        name: ScheduleName,
         /// Paused (true) or resumed.
         paused: bool,
         /// When.
@@ -105,12 +109,12 @@ pub enum Event {
     /// A schedule was deleted.
     ScheduleDeleted {
         /// The schedule.
-        name: GroupName,
+        name: ScheduleName,
     },
     /// A schedule's tick came: `task` was submitted. Ticks up to `tick` are handled.
     ScheduleFired {
         /// The schedule.
-        name: GroupName,
+        name: ScheduleName,
         /// The tick fired for.
         tick: Timestamp,
         /// The task submitted (its id derives from schedule and tick).
@@ -121,7 +125,7 @@ pub enum Event {
     /// Ticks up to `through` passed unfired (missed while the master was down).
     ScheduleSkipped {
         /// The schedule.
-        name: GroupName,
+        name: ScheduleName,
         /// The last tick skipped.
         through: Timestamp,
     },

@@ -3,17 +3,18 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use mawex_api::pod::AttemptRef;
 use mawex_api::{
-    Attempt, AttemptFailure, BroadcastSpec, ErrorKind, FailedCount, FailedFilter, GroupName,
-    GroupSettings, ListQuery, Outcome, PodId, QueuePosition, TaskError, TaskId, TaskPage,
-    TaskResult, TaskSpec, TaskState, TaskView, Timestamp,
+    Attempt, ErrorKind, FailedCount, FailedFilter, GroupName, GroupSettings, ListQuery, PodId,
+    QueuePosition, ScheduleName, TaskId, TaskPage, TaskState, TaskView, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
 pub(crate) mod broadcasts;
 mod event;
 mod schedule;
+pub mod stored;
+
+use stored::{AttemptFailure, AttemptRef, BroadcastSpec, Outcome, TaskResult, TaskSpec};
 
 use broadcasts::Broadcasts;
 pub use event::{Event, RequeueReason};
@@ -149,12 +150,12 @@ impl TaskEntry {
     }
 
     pub(crate) fn view(&self) -> TaskView {
-        let mut view = TaskView::new(self.spec.clone(), self.state, self.submitted_at);
+        let mut view = TaskView::new(self.spec.clone().into(), self.state, self.submitted_at);
         view.attempt = self.attempt;
         view.pod = self.pod.clone();
         view.started_at = self.started_at;
-        view.result = self.result.clone();
-        view.failures = self.failures.clone();
+        view.result = self.result.clone().map(Into::into);
+        view.failures = self.failures.iter().cloned().map(Into::into).collect();
         view.not_before = self.not_before;
         view
     }
@@ -218,9 +219,9 @@ fn leave_running(running: &mut HashMap<GroupName, u32>, group: &GroupName) {
 pub struct MasterState {
     tasks: BTreeMap<TaskId, TaskEntry>,
     /// Settings of groups that were configured.
-    groups: BTreeMap<GroupName, GroupSettings>,
+    groups: BTreeMap<GroupName, stored::GroupSettings>,
     /// Cron schedules by name.
-    schedules: BTreeMap<GroupName, Schedule>,
+    schedules: BTreeMap<ScheduleName, Schedule>,
     /// Tasks ever accepted; source of each task's queue order.
     accepted: u64,
     /// Results ever recorded; source of each result's stream position.
@@ -274,8 +275,8 @@ impl MasterState {
     /// broadcasts), with the derived indexes rebuilt.
     pub(crate) fn from_parts(
         tasks: BTreeMap<TaskId, TaskEntry>,
-        groups: BTreeMap<GroupName, GroupSettings>,
-        schedules: BTreeMap<GroupName, Schedule>,
+        groups: BTreeMap<GroupName, stored::GroupSettings>,
+        schedules: BTreeMap<ScheduleName, Schedule>,
         accepted: u64,
         results_recorded: u64,
     ) -> Self {
@@ -415,7 +416,11 @@ impl MasterState {
                 retry_at,
                 at,
             } => {
-                let failure = AttemptFailure::new(attempt.attempt, error.clone(), *at);
+                let failure = AttemptFailure {
+                    attempt: attempt.attempt,
+                    error: error.clone(),
+                    at: *at,
+                };
                 if self.back_to_pending(attempt, Some((failure, *retry_at))) {
                     self.broadcasts.back_to_waiting(&attempt.task, Some(error));
                 }
@@ -542,7 +547,7 @@ impl MasterState {
                 }
             }
             Event::GroupConfigured { group, settings } => {
-                if *settings == GroupSettings::default() {
+                if *settings == stored::GroupSettings::default() {
                     self.groups.remove(group);
                 } else {
                     self.groups.insert(group.clone(), *settings);
@@ -583,10 +588,11 @@ impl MasterState {
                 if entry.state != TaskState::Pending || !self.broadcasts.is_target(task) {
                     return;
                 }
-                let outcome = Outcome::Failed(TaskError::new(
-                    ErrorKind::LeaseExpired,
-                    "the pod stayed away longer than a lease",
-                ));
+                let outcome = Outcome::Failed(stored::TaskError {
+                    kind: ErrorKind::LeaseExpired,
+                    message: "the pod stayed away longer than a lease".to_owned(),
+                    retry: stored::RetryHint::Policy,
+                });
                 self.finish(*task, outcome.clone(), *at);
                 self.broadcasts.finished(task, &outcome, *at);
             }
@@ -618,11 +624,7 @@ impl MasterState {
         if self.tasks.contains_key(&task) {
             return;
         }
-        let mut task_spec = TaskSpec::new(spec.group.clone(), &spec.handler, spec.payload.clone());
-        task_spec.id = task;
-        task_spec.retry = spec.retry;
-        task_spec.limits = spec.limits.clone();
-        task_spec.sandbox = spec.sandbox.clone();
+        let task_spec = spec.target_task(task);
         self.accepted += 1;
         let entry = TaskEntry {
             spec: task_spec,
@@ -735,9 +737,11 @@ impl MasterState {
         };
         if let Outcome::Failed(error) = &outcome {
             if entry.state == TaskState::Running {
-                entry
-                    .failures
-                    .push(AttemptFailure::new(entry.attempt, error.clone(), at));
+                entry.failures.push(AttemptFailure {
+                    attempt: entry.attempt,
+                    error: error.clone(),
+                    at,
+                });
             }
         }
         entry.not_before = None;
@@ -760,14 +764,14 @@ impl MasterState {
         self.counts.moved(Some(entry.state), Some(state));
         entry.state = state;
         entry.pod = None;
-        entry.result = Some(TaskResult::new(
+        entry.result = Some(TaskResult {
             id,
-            entry.spec.group.clone(),
-            entry.attempt,
+            group: entry.spec.group.clone(),
+            attempt: entry.attempt,
             outcome,
-            at,
+            finished_at: at,
             seq,
-        ));
+        });
         self.results.insert(seq, id);
     }
 
@@ -781,13 +785,20 @@ impl MasterState {
     }
 
     /// The recorded result of a finished task.
-    pub fn result(&self, id: &TaskId) -> Option<&TaskResult> {
-        self.tasks.get(id).and_then(|e| e.result.as_ref())
+    pub fn result(&self, id: &TaskId) -> Option<mawex_api::TaskResult> {
+        self.tasks
+            .get(id)
+            .and_then(|e| e.result.clone())
+            .map(Into::into)
     }
 
     /// The settings of `group` (defaults if never configured).
     pub(crate) fn group_settings(&self, group: &GroupName) -> GroupSettings {
-        self.groups.get(group).copied().unwrap_or_default()
+        self.groups
+            .get(group)
+            .copied()
+            .map(Into::into)
+            .unwrap_or_default()
     }
 
     /// Every schedule, by name.
@@ -795,7 +806,7 @@ impl MasterState {
         self.schedules.values()
     }
 
-    pub(crate) fn schedule(&self, name: &GroupName) -> Option<&Schedule> {
+    pub(crate) fn schedule(&self, name: &ScheduleName) -> Option<&Schedule> {
         self.schedules.get(name)
     }
 
@@ -809,7 +820,7 @@ impl MasterState {
         if self.groups.is_empty() {
             return true;
         }
-        let settings = self.group_settings(group);
+        let settings = self.groups.get(group).copied().unwrap_or_default();
         !settings.paused
             && settings
                 .max_concurrency

@@ -1,7 +1,9 @@
 //! A cron schedule as the journal records it.
 
-use mawex_api::{ScheduleSpec, Timestamp};
+use mawex_api::Timestamp;
 use serde::{Deserialize, Serialize};
+
+use super::stored::ScheduleSpec;
 
 /// A schedule as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
