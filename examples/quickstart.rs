@@ -1,5 +1,5 @@
 //! Start an embedded master with a durable journal, a pod serving two groups, submit 100
-//! tasks and print what happened.
+//! tasks (typed ones, and raw ones as another language would send) and print what happened.
 //!
 //! `cargo run --example quickstart`
 
@@ -7,9 +7,22 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use mawex::{
-    GroupName, HandlerError, HandlerRegistry, InProcess, Master, MasterProxy, Outcome, Pod,
-    PodConfig, PodId, SledJournal, TaskInput, TaskSpec,
+    GroupName, HandlerRegistry, InProcess, Master, MasterProxy, Outcome, Pod, PodConfig, PodId,
+    SledJournal, Task, TaskInput, TaskSpec,
 };
+use serde::{Deserialize, Serialize};
+
+/// A typed task: its payload is this struct (as JSON), its handler `square`, its output an
+/// `i64`.
+#[derive(Serialize, Deserialize)]
+struct Square {
+    n: i64,
+}
+
+impl Task for Square {
+    const HANDLER: &'static str = "square";
+    type Output = i64;
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -33,30 +46,24 @@ async fn main() -> anyhow::Result<()> {
         .register("shout", |t: TaskInput| async move {
             Ok(String::from_utf8_lossy(&t.payload).to_uppercase().into())
         })?
-        .register("square", |t: TaskInput| async move {
-            let n: i64 = std::str::from_utf8(&t.payload)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| HandlerError::permanent("payload is not an integer"))?;
-            Ok((n * n).to_string().into())
-        })?;
+        .register_task(|task: Square, _input| async move { Ok(task.n * task.n) })?;
     let pod = Pod::start(
         PodConfig::new(PodId::new("pod-1")?, vec![text.clone(), math.clone()]),
         Arc::new(InProcess::new(handlers)),
         Arc::new(master.pod_connector()),
     )?;
 
-    // 100 tasks: 50 per group; every tenth square gets a payload it cannot parse.
+    // 100 tasks: 50 per group. Every tenth square is sent raw with a payload that is not a
+    // `Square`: it fails at once, and its error names the task and the field.
     let proxy = master.proxy();
     let mut specs = Vec::new();
     for i in 0..50 {
         specs.push(TaskSpec::new(text.clone(), "shout", format!("hello {i}")));
-        let payload = if i % 10 == 9 {
-            "nine?".to_string()
+        specs.push(if i % 10 == 9 {
+            TaskSpec::new(math.clone(), "square", r#"{"n":"nine?"}"#)
         } else {
-            i.to_string()
-        };
-        specs.push(TaskSpec::new(math.clone(), "square", payload));
+            TaskSpec::typed(math.clone(), &Square { n: i })?
+        });
     }
     let started = std::time::Instant::now();
     let acks = proxy.submit_many(specs).await?;
@@ -72,7 +79,12 @@ async fn main() -> anyhow::Result<()> {
                     .or_insert_with(|| String::from_utf8_lossy(out).into_owned());
                 "succeeded"
             }
-            Outcome::Failed(_) => "failed",
+            Outcome::Failed(error) => {
+                example
+                    .entry(format!("{} error", result.group))
+                    .or_insert_with(|| error.message.clone());
+                "failed"
+            }
             _ => "other",
         };
         *summary.entry((result.group.to_string(), kind)).or_default() += 1;
@@ -82,8 +94,8 @@ async fn main() -> anyhow::Result<()> {
     for ((group, kind), n) in &summary {
         println!("  {group:<5} {kind:<9} {n}");
     }
-    for (group, out) in &example {
-        println!("  first {group} output: {out}");
+    for (what, out) in &example {
+        println!("  first {what}: {out}");
     }
     let stats = master.stats().borrow().clone();
     println!(

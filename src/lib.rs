@@ -10,25 +10,33 @@
 //! whose submit was acknowledged is durable; it runs until one attempt's result is
 //! recorded, and only that one result is ever recorded.
 //!
+//! A typed task names its handler and its output type; the payload is any serde type
+//! (sent as JSON, so clients in other languages can submit it too). The raw path, a handler
+//! name and `Bytes`, is [`TaskSpec::new`] and [`HandlerRegistry::register`].
+//!
 //! ```
 //! use std::sync::Arc;
-//! use mawex::{GroupName, HandlerRegistry, InProcess, Master, MasterProxy, MemoryJournal,
-//!             Pod, PodConfig, PodId, TaskInput, TaskSpec};
+//! use mawex::prelude::*;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Double { n: u64 }
+//!
+//! impl Task for Double {
+//!     const HANDLER: &'static str = "double";
+//!     type Output = u64;
+//! }
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let master = Master::builder().start(MemoryJournal::new()).await.unwrap();
 //! let mut handlers = HandlerRegistry::new();
-//! handlers.register("double", |t: TaskInput| async move {
-//!     let n: u64 = String::from_utf8_lossy(&t.payload).parse().map_err(|_| "not a number")?;
-//!     Ok((n * 2).to_string().into())
-//! }).unwrap();
+//! handlers.register_task(|task: Double, _input| async move { Ok(task.n * 2) }).unwrap();
 //! let math = GroupName::new("math").unwrap();
 //! let pod = Pod::start(PodConfig::new(PodId::new("p1").unwrap(), vec![math.clone()]),
 //!                      Arc::new(InProcess::new(handlers)), Arc::new(master.pod_connector())).unwrap();
 //! let proxy = master.proxy();
-//! let id = proxy.submit(TaskSpec::new(math, "double", "21")).await.unwrap().id;
-//! let result = proxy.await_result(id).await.unwrap();
-//! assert_eq!(result.outcome, mawex::Outcome::Succeeded("42".into()));
+//! let handle = proxy.submit_task(math, &Double { n: 21 }).await.unwrap();
+//! assert_eq!(proxy.await_output(handle).await.unwrap(), 42);
 //! pod.shutdown().await.unwrap();
 //! master.shutdown().await.unwrap();
 //! # });
@@ -38,8 +46,8 @@
 pub mod prelude {
     pub use crate::{
         ApiError, Bytes, GroupName, GrpcPodConnector, HandlerError, HandlerRegistry, InProcess,
-        MasterProxy, Outcome, PodConnector, PodId, RemoteMasterProxy, TaskId, TaskInput,
-        TaskResult, TaskSpec, Timestamp,
+        MasterProxy, Outcome, PodConnector, PodId, RemoteMasterProxy, Task, TaskHandle, TaskId,
+        TaskInput, TaskResult, TaskSpec, Timestamp, TypedProxy,
     };
     #[cfg(feature = "master")]
     pub use crate::{Master, MasterConfig, MemoryJournal, Server, SledJournal};
@@ -53,6 +61,8 @@ pub use mawex_api::broadcast;
 /// implements.
 pub use mawex_api::pod;
 pub use mawex_api::pod::PodConnector;
+/// Typed tasks: the payload encoding ([`typed::encode`], [`typed::decode`]).
+pub use mawex_api::typed;
 pub use mawex_api::{
     ApiError, Attempt, AttemptFailure, Bytes, CancelAck, ChannelConfig, Dedup, ErrorKind,
     FailedCount, FailedFilter, GroupName, GroupSettings, GrpcPodConnector, Limits, ListQuery,
@@ -65,6 +75,7 @@ pub use mawex_api::{
     BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView, PlannedTarget, Source,
     Strategy, TargetFilter, TargetState, TargetView,
 };
+pub use mawex_api::{Task, TaskHandle, TypedProxy};
 #[cfg(feature = "master")]
 pub use mawex_core::{
     clock, CoreError, Journal, LocalMasterProxy, LocalPodConnector, Master, MasterBuilder,

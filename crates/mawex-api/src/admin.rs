@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
+use crate::failure::ErrorKind;
 use crate::ids::{GroupName, ScheduleName, TaskId};
-use crate::task::ErrorKind;
 
 /// The most a group's concurrency ceiling may be.
 pub const MAX_GROUP_CONCURRENCY: u32 = 1_000_000;

@@ -11,8 +11,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
+use crate::failure::TaskError;
 use crate::ids::{GroupName, PodId, TaskId};
-use crate::task::{Limits, RetryPolicy, TaskError};
+use crate::task::{Limits, RetryPolicy};
 use crate::time::Timestamp;
 
 /// Environment variable: the pod to pull from (`@origin` for the origin).

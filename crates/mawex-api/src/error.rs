@@ -1,3 +1,5 @@
+use crate::failure::TaskError;
+
 /// Errors a [`crate::MasterProxy`] call can return.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -30,6 +32,15 @@ pub enum ApiError {
     /// An unexpected failure inside the master.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The task ran and failed (or was cancelled): what a typed call that waits for a task's
+    /// output ([`crate::TypedProxy`], [`crate::TaskResult::output`]) answers instead of it.
+    /// Never sent by a master.
+    #[error("task failed: {0}")]
+    TaskFailed(TaskError),
+    /// Bytes did not decode as the type they were meant to be (a typed task's output, say);
+    /// the message names the task, the type and the field.
+    #[error("does not decode: {0}")]
+    Decode(String),
 }
 
 impl ApiError {

@@ -20,6 +20,7 @@ mod admin;
 pub mod broadcast;
 pub mod convert;
 mod error;
+mod failure;
 mod ids;
 pub mod pod;
 pub mod proto;
@@ -27,6 +28,7 @@ mod proxy;
 mod remote;
 mod task;
 mod time;
+pub mod typed;
 
 pub use admin::{
     FailedCount, FailedFilter, GroupSettings, MissedTicks, PendingChange, QueuePosition, RateLimit,
@@ -37,6 +39,7 @@ pub use broadcast::{
     Strategy, TargetFilter, TargetState, TargetView,
 };
 pub use error::ApiError;
+pub use failure::{ErrorKind, RetryHint, TaskError};
 pub use ids::{Attempt, GroupName, PodId, ScheduleName, TaskId};
 pub use proxy::{
     CancelAck, ListQuery, MasterProxy, ResultCursor, ResultStream, SubmitAck, TaskPage,
@@ -44,11 +47,11 @@ pub use proxy::{
 };
 pub use remote::{ChannelConfig, GrpcPodConnector, RemoteConfig, RemoteMasterProxy};
 pub use task::{
-    AttemptFailure, Dedup, ErrorKind, Limits, Outcome, RetryHint, RetryPolicy, TaskError,
-    TaskResult, TaskSpec, TaskState, TaskView, MAX_ATTEMPTS, MAX_DEDUP_KEY_LEN,
-    MAX_FAIRNESS_KEY_LEN, MAX_HANDLER_LEN,
+    AttemptFailure, Dedup, Limits, Outcome, RetryPolicy, TaskResult, TaskSpec, TaskState, TaskView,
+    MAX_ATTEMPTS, MAX_DEDUP_KEY_LEN, MAX_FAIRNESS_KEY_LEN, MAX_HANDLER_LEN,
 };
 pub use time::Timestamp;
+pub use typed::{Task, TaskHandle, TypedProxy};
 
 /// Re-exported so users need no direct dependency to build payloads.
 pub use bytes::Bytes;

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use mawex_api::typed::{self, Task};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{HandlerError, SandboxError};
@@ -54,6 +55,43 @@ impl HandlerRegistry {
         let f: Arc<HandlerFn> = Arc::new(move |input| handler(input).boxed());
         self.handlers.insert(name.to_owned(), f);
         Ok(self)
+    }
+
+    /// Registers the handler of the typed task `T` under [`Task::HANDLER`]: it gets the
+    /// payload decoded as a `T` (and the attempt's input) and returns a `T::Output`, which
+    /// goes back as JSON.
+    ///
+    /// A payload that is not a `T` fails the attempt for good (retrying cannot fix it), with
+    /// an error that names the task and the field: `task 0190… (resize): the payload is not
+    /// a Resize: size.width: invalid type: string "wide", expected u32 at line 1 column 27`.
+    ///
+    /// # Errors
+    /// [`SandboxError::DuplicateHandler`] if the name is taken.
+    pub fn register_task<T, F, Fut>(&mut self, handler: F) -> Result<&mut Self, SandboxError>
+    where
+        T: Task,
+        F: Fn(T, TaskInput) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T::Output, HandlerError>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        self.register(T::HANDLER, move |input: TaskInput| {
+            let handler = Arc::clone(&handler);
+            async move {
+                let task: T = typed::decode(&input.payload).map_err(|e| {
+                    HandlerError::permanent(format!(
+                        "task {} ({}): the payload is not a {}: {e}",
+                        input.task,
+                        T::HANDLER,
+                        typed::short_type_name::<T>()
+                    ))
+                })?;
+                let id = input.task;
+                let output = handler(task, input).await?;
+                typed::encode(&output).map_err(|e| {
+                    HandlerError::permanent(format!("task {id} ({}): {e}", T::HANDLER))
+                })
+            }
+        })
     }
 
     /// True if a handler of this name is registered.

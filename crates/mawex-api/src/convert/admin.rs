@@ -8,9 +8,9 @@ use crate::convert::required;
 use crate::convert::task::error_kind_filter;
 use crate::convert::{in_field, invalid, task_id};
 use crate::error::ApiError;
+use crate::failure::ErrorKind;
 use crate::ids::{GroupName, ScheduleName, TaskId};
 use crate::proto;
-use crate::task::ErrorKind;
 use crate::time::Timestamp;
 
 impl From<GroupSettings> for proto::GroupSettings {

@@ -8,9 +8,10 @@ use crate::broadcast::{
     TargetFilter, TargetState, TargetView, ORIGIN,
 };
 use crate::error::ApiError;
+use crate::failure::TaskError;
 use crate::ids::{GroupName, PodId};
 use crate::proto;
-use crate::task::{Limits, TaskError};
+use crate::task::Limits;
 use crate::time::Timestamp;
 
 use proto::broadcast_strategy::Kind;

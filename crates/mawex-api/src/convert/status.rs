@@ -16,6 +16,10 @@ impl From<ApiError> for Status {
             ApiError::PermissionDenied(m) => Status::permission_denied(m),
             ApiError::Unimplemented(m) => Status::unimplemented(m),
             ApiError::Internal(m) => Status::internal(m),
+            // Made by typed helpers on the caller's side; a server that passes one on (a
+            // proxy of proxies) sends it as a precondition that failed.
+            ApiError::TaskFailed(e) => Status::failed_precondition(format!("task failed: {e}")),
+            ApiError::Decode(m) => Status::data_loss(m),
         }
     }
 }
@@ -45,6 +49,7 @@ impl From<Status> for ApiError {
             Code::Unauthenticated => ApiError::Unauthenticated(message),
             Code::PermissionDenied => ApiError::PermissionDenied(message),
             Code::Unimplemented => ApiError::Unimplemented(message),
+            Code::DataLoss => ApiError::Decode(message),
             Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded => {
                 ApiError::Unavailable(message)
             }
@@ -70,6 +75,7 @@ mod tests {
             ApiError::Unauthenticated("who are you".into()),
             ApiError::PermissionDenied("not yours".into()),
             ApiError::Unimplemented("not here".into()),
+            ApiError::Decode("output: width: invalid type".into()),
         ] {
             assert_eq!(ApiError::from(Status::from(e.clone())), e);
         }

@@ -4,12 +4,11 @@ use std::time::Duration;
 
 use crate::convert::{in_field, invalid, required, task_id};
 use crate::error::ApiError;
+use crate::failure::{ErrorKind, RetryHint, TaskError};
 use crate::ids::{Attempt, GroupName, PodId};
 use crate::proto;
-use crate::task::Dedup;
 use crate::task::{
-    AttemptFailure, ErrorKind, Limits, Outcome, RetryHint, RetryPolicy, TaskError, TaskResult,
-    TaskSpec, TaskState, TaskView,
+    AttemptFailure, Dedup, Limits, Outcome, RetryPolicy, TaskResult, TaskSpec, TaskState, TaskView,
 };
 use crate::time::Timestamp;
 

@@ -13,8 +13,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::failure::TaskError;
 use crate::ids::{Attempt, GroupName, PodId, TaskId};
-use crate::task::{TaskError, TaskSpec};
+use crate::task::TaskSpec;
 
 /// Most slots a pod may declare.
 pub const MAX_POD_SLOTS: u32 = 4096;
