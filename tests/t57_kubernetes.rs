@@ -269,6 +269,31 @@ async fn a_dropped_attempt_deletes_its_job() {
     assert!(fake.live_jobs().is_empty());
 }
 
+/// An attempt dropped while its create request is still in flight (the server has made the
+/// Job, the answer has not come) deletes the Job too: nothing is left running in the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_attempt_is_dropped_during_the_create_is_deleted() {
+    let fake = FakeKubernetes::start().await;
+    fake.delay_create_answers(Duration::from_secs(60));
+    let sandbox = Arc::new(fake_sandbox(&fake));
+    let input = TaskInput::for_test("sleep", "");
+    let name = job_name(&input);
+    let running = {
+        let sandbox = sandbox.clone();
+        tokio::spawn(async move { sandbox.run(input, CancellationToken::new()).await })
+    };
+    wait_for("the Job to exist", || async {
+        fake.live_jobs().contains(&name).then_some(())
+    })
+    .await;
+    running.abort();
+    wait_for("the Job to be deleted", || async {
+        fake.deleted().iter().any(|d| d.name == name).then_some(())
+    })
+    .await;
+    assert!(fake.live_jobs().is_empty());
+}
+
 /// A pod whose group runs in Jobs: tasks succeed through the master, and shutting the pod
 /// down mid-attempt deletes the Job and hands the task back at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

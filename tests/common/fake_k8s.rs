@@ -55,6 +55,8 @@ struct Cluster {
     deleted: Vec<Deletion>,
     log_queries: Vec<HashMap<String, String>>,
     version: u64,
+    /// How long a create waits, after making the Job, before it answers.
+    create_answer_delay: Duration,
 }
 
 /// The fake server; dropping it does not stop it (the test's runtime does).
@@ -115,6 +117,12 @@ impl FakeKubernetes {
     /// Names of the Jobs that exist now.
     pub fn live_jobs(&self) -> Vec<String> {
         self.lock().jobs.keys().cloned().collect()
+    }
+
+    /// From now on, a create makes its Job at once but answers only after `delay` (a slow
+    /// API server, or a client that gives up while its request is in flight).
+    pub fn delay_create_answers(&self, delay: Duration) {
+        self.lock().create_answer_delay = delay;
     }
 
     /// The query of every log request.
@@ -307,6 +315,8 @@ async fn create_job(
     job.metadata.uid = Some(format!("uid-{name}"));
     let job = fake.update("ADDED", job);
     tokio::spawn(fake.clone().run(job.clone()));
+    let delay = fake.lock().create_answer_delay;
+    tokio::time::sleep(delay).await;
     (StatusCode::CREATED, Json(job)).into_response()
 }
 

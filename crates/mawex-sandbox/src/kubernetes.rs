@@ -737,6 +737,12 @@ impl Sandbox for KubernetesJobSandbox {
         let job = self.job_for(&input)?;
         let name = job.metadata.name.clone().unwrap_or_default();
         let jobs = self.jobs();
+        // Armed before the request: an attempt dropped while the create is in flight (the
+        // server may have made the Job already) still deletes it.
+        let mut guard = JobGuard {
+            jobs: jobs.clone(),
+            name: Some(name.clone()),
+        };
         let created = match jobs.create(&PostParams::default(), &job).await {
             Ok(created) => created,
             // The same attempt asked again: follow the Job already there.
@@ -744,11 +750,11 @@ impl Sandbox for KubernetesJobSandbox {
                 .get(&name)
                 .await
                 .map_err(api_error("reading the existing job"))?,
-            Err(e) => return Err(api_error("creating the job")(e)),
-        };
-        let guard = JobGuard {
-            jobs,
-            name: Some(name),
+            Err(e) => {
+                // Refused: there is no Job to delete.
+                guard.name = None;
+                return Err(api_error("creating the job")(e));
+            }
         };
         let deadline = async {
             match input.limits.timeout {
