@@ -8,7 +8,7 @@ use mawex_api::pod::{PodConnector, PodHello, PodMessage, PodOutbox, PodSession, 
 use mawex_api::ApiError;
 use tokio::sync::{mpsc, oneshot};
 
-use super::core_loop::CoreMsg;
+use super::messages::CoreMsg;
 
 /// Connects pods to a master in the same process.
 #[derive(Debug, Clone)]

@@ -14,7 +14,8 @@ use mawex_api::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::core_loop::{CoreMsg, FeedState, MAX_STREAM_LAG};
+use super::deliver::{FeedState, MAX_STREAM_LAG};
+use super::messages::CoreMsg;
 use super::read_model::ReadSide;
 
 fn stopped() -> ApiError {

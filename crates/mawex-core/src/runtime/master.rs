@@ -10,8 +10,9 @@ use tokio::sync::{broadcast, oneshot, watch};
 use tracing::info;
 
 use super::config::{MasterConfig, MasterStats};
-use super::core_loop::{CoreLoop, CoreMsg};
+use super::core_loop::CoreLoop;
 use super::feed::CommittedFeed;
+use super::messages::CoreMsg;
 use super::read_model::{copy_state, ReadSide};
 use crate::engine::{Engine, EngineConfig};
 

@@ -3,10 +3,12 @@
 
 mod config;
 mod core_loop;
+mod deliver;
 mod feed;
 mod local_pods;
 mod local_proxy;
 mod master;
+mod messages;
 mod read_model;
 
 pub use config::{MasterConfig, MasterStats};

@@ -15,8 +15,8 @@ use tokio::sync::{broadcast, oneshot, watch};
 use tracing::{debug, warn};
 
 use super::config::MasterStats;
-use super::core_loop::CoreMsg;
 use super::feed::{CommittedBatch, CommittedFeed};
+use super::messages::CoreMsg;
 use crate::error::CoreError;
 use crate::state::MasterState;
 

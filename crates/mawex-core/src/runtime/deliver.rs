@@ -1,0 +1,245 @@
+//! What leaves the core once a batch is durable: answers, assignments grouped per pod,
+//! cancels, acknowledgements, results to waiters and streams, finished broadcasts, the feed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use mawex_api::pod::{Assignment, MasterMessage};
+use mawex_api::{ApiError, GroupName, ResultCursor, TaskId, TaskResult};
+use tokio::sync::mpsc;
+
+use super::core_loop::{CoreLoop, Deferred};
+use super::messages::Reply;
+use crate::engine::Output;
+use crate::journal::Journal;
+use crate::state::Event;
+
+/// Payload bytes carried by one `Assign` message at most (a single larger payload still goes,
+/// alone): keeps messages well inside a transport's size limit.
+const MAX_ASSIGN_PAYLOAD_BYTES: usize = 4 * 1024 * 1024;
+
+/// Cuts `items` into runs whose payloads add up to at most `budget` (each run holds at least
+/// one item).
+fn split_by_bytes(items: Vec<Assignment>, budget: usize) -> impl Iterator<Item = Vec<Assignment>> {
+    let mut runs: Vec<Vec<Assignment>> = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let size = item.spec.payload.len();
+        match runs.last_mut() {
+            Some(run) if bytes + size <= budget => {
+                bytes += size;
+                run.push(item);
+            }
+            _ => {
+                bytes = size;
+                runs.push(vec![item]);
+            }
+        }
+    }
+    runs.into_iter()
+}
+/// A result stream may fall this many results behind before it is cut off (the client then
+/// resumes from its last cursor); bounds the memory a slow reader can pin.
+pub(crate) const MAX_STREAM_LAG: usize = 1 << 20;
+
+/// What the core and a result stream share.
+#[derive(Debug, Default)]
+pub(crate) struct FeedState {
+    /// Results sent and not yet taken by the reader.
+    pub(crate) backlog: AtomicUsize,
+    /// Set when the core cut the stream off for falling behind.
+    pub(crate) lagged: AtomicBool,
+}
+
+/// A live result stream of one group.
+pub(crate) struct Subscriber {
+    pub(super) group: GroupName,
+    pub(super) results: mpsc::UnboundedSender<Result<TaskResult, ApiError>>,
+    pub(super) feed: Arc<FeedState>,
+}
+
+impl Subscriber {
+    /// Sends `result` if it is of this stream's group; false when the stream is gone or cut off.
+    pub(super) fn offer(&self, result: &TaskResult) -> bool {
+        if result.group != self.group {
+            return !self.results.is_closed();
+        }
+        if self.feed.backlog.load(Ordering::Relaxed) >= MAX_STREAM_LAG {
+            self.feed.lagged.store(true, Ordering::Relaxed);
+            return false;
+        }
+        if self.results.send(Ok(result.clone())).is_err() {
+            return false;
+        }
+        self.feed.backlog.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}
+
+impl<J: Journal> CoreLoop<J> {
+    /// Everything that may leave the master once the batch is durable.
+    pub(super) fn deliver(
+        &mut self,
+        out: Output,
+        deferred: Vec<Deferred>,
+        new_subscribers: Vec<(Subscriber, Option<ResultCursor>, Reply<()>)>,
+        now: mawex_api::Timestamp,
+    ) {
+        for reply in deferred {
+            reply();
+        }
+
+        // Assignments, grouped per pod, skipping any cancelled in the same batch.
+        let mut assigns: HashMap<u64, Vec<Assignment>> = HashMap::new();
+        let mut finished: Vec<TaskId> = Vec::new();
+        for event in &out.events {
+            match event {
+                Event::TaskAssigned { attempt, pod, .. } => {
+                    let state = self.engine.state();
+                    let Some(entry) = state.task(&attempt.task) else {
+                        continue;
+                    };
+                    if entry.current() != *attempt || entry.result.is_some() {
+                        continue;
+                    }
+                    if let Some(session) = self.engine.session_of(pod) {
+                        assigns.entry(session).or_default().push(Assignment {
+                            attempt: (*attempt).into(),
+                            spec: entry.spec.clone().into(),
+                            env: self.engine.attempt_env(&attempt.task),
+                        });
+                    }
+                }
+                Event::TaskFinished { attempt, .. } => finished.push(attempt.task),
+                Event::TaskCancelled { task, .. } => finished.push(*task),
+                _ => {}
+            }
+        }
+        // Cancels first: a pod must stop an old attempt before it hears of a newer one.
+        // Acks of one session go as one message: a pod may report thousands per batch.
+        let mut dead_sessions = Vec::new();
+        let mut acks: HashMap<u64, Vec<mawex_api::pod::AttemptRef>> = HashMap::new();
+        for (session, message) in out.messages {
+            if let MasterMessage::Ack(attempts) = message {
+                acks.entry(session).or_default().extend(attempts);
+            } else if !self.send_to(session, message) {
+                dead_sessions.push(session);
+            }
+        }
+        for (session, attempts) in acks {
+            if !self.send_to(session, MasterMessage::Ack(attempts)) {
+                dead_sessions.push(session);
+            }
+        }
+        let batch = self.engine.batch();
+        for (session, assignments) in assigns {
+            // Split by payload size so that no message outgrows a transport's limit.
+            let mut chunks = split_by_bytes(assignments, MAX_ASSIGN_PAYLOAD_BYTES).peekable();
+            while let Some(chunk) = chunks.next() {
+                let more = chunks.peek().is_some();
+                let message = MasterMessage::Assign {
+                    batch,
+                    assignments: chunk,
+                    more,
+                };
+                if !self.send_to(session, message) {
+                    dead_sessions.push(session);
+                    break;
+                }
+            }
+        }
+        for session in out.closed_sessions {
+            self.sessions.remove(&session);
+        }
+        for session in dead_sessions {
+            self.sessions.remove(&session);
+            self.engine.pod_disconnected(session, now);
+        }
+
+        // Results: waiters, then existing subscribers, then new subscribers with their
+        // backlog (which already holds this batch's results, so none is sent twice).
+        for id in finished {
+            let Some(result) = self.engine.state().result(&id) else {
+                continue;
+            };
+            if let Some(waiters) = self.waiters.remove(&id) {
+                for w in waiters {
+                    let _ = w.send(Ok(result.clone()));
+                }
+            }
+            self.subscribers.retain(|s| s.offer(&result));
+        }
+        // Broadcasts that finished (or were aborted) in this batch.
+        if !self.broadcast_waiters.is_empty() {
+            let engine = &self.engine;
+            self.broadcast_waiters.retain(|id, waiters| {
+                match engine
+                    .broadcast_view(*id)
+                    .filter(|v| v.finished_at.is_some())
+                {
+                    Some(view) => {
+                        for w in waiters.drain(..) {
+                            let _ = w.send(Ok(view.clone()));
+                        }
+                        false
+                    }
+                    None => true,
+                }
+            });
+        }
+        for (sub, after, reply) in new_subscribers {
+            let after = after.map_or(0, |c| c.0);
+            let open = self
+                .engine
+                .state()
+                .results_after(after)
+                .all(|result| sub.offer(&result.clone().into()));
+            if open {
+                self.subscribers.push(sub);
+            }
+            let _ = reply.send(Ok(()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use mawex_api::pod::{Assignment, AttemptRef};
+    use mawex_api::{Attempt, GroupName, TaskSpec};
+
+    use super::split_by_bytes;
+
+    fn assignment(bytes: usize) -> Assignment {
+        let spec = TaskSpec::new(
+            GroupName::new("g").unwrap(),
+            "h",
+            Bytes::from(vec![0; bytes]),
+        );
+        Assignment {
+            attempt: AttemptRef {
+                task: spec.id,
+                attempt: Attempt(1),
+            },
+            spec,
+            env: Default::default(),
+        }
+    }
+
+    #[test]
+    fn assignments_are_split_by_payload_size() {
+        let sizes = [40, 40, 30, 100, 5, 5];
+        let runs: Vec<Vec<usize>> =
+            split_by_bytes(sizes.iter().map(|&b| assignment(b)).collect(), 100)
+                .map(|run| run.iter().map(|a| a.spec.payload.len()).collect())
+                .collect();
+        assert_eq!(runs, vec![vec![40, 40], vec![30], vec![100], vec![5, 5]]);
+        assert_eq!(
+            split_by_bytes(vec![assignment(500)], 100).count(),
+            1,
+            "an oversized one goes alone"
+        );
+        assert_eq!(split_by_bytes(Vec::new(), 100).count(), 0);
+    }
+}

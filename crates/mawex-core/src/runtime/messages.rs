@@ -1,0 +1,134 @@
+//! What the core thread can be asked: the closed set of requests and their answer channels.
+
+use std::sync::Arc;
+
+use mawex_api::pod::{MasterMessage, PodHello, PodMessage, Welcome};
+use mawex_api::{
+    ApiError, BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView, CancelAck,
+    FailedFilter, GroupName, GroupSettings, PendingChange, ResultCursor, ScheduleName,
+    ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskResult, TaskSpec, TaskView,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::deliver::FeedState;
+use crate::state::MasterState;
+
+/// Answer channel of a request.
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
+
+/// Everything the core loop can be asked. Closed: adding a request means adding a variant.
+pub(crate) enum CoreMsg {
+    Submit {
+        specs: Vec<TaskSpec>,
+        reply: Reply<Vec<SubmitAck>>,
+    },
+    Get {
+        id: TaskId,
+        reply: Reply<TaskView>,
+    },
+    Cancel {
+        id: TaskId,
+        reply: Reply<CancelAck>,
+    },
+    AwaitResult {
+        id: TaskId,
+        reply: Reply<TaskResult>,
+    },
+    Subscribe {
+        group: GroupName,
+        after: Option<ResultCursor>,
+        results: mpsc::UnboundedSender<Result<TaskResult, ApiError>>,
+        feed: Arc<FeedState>,
+        reply: Reply<()>,
+    },
+    RetryFailed {
+        filter: FailedFilter,
+        reply: Reply<u64>,
+    },
+    PurgeFailed {
+        filter: FailedFilter,
+        reply: Reply<u64>,
+    },
+    ConfigureGroup {
+        group: GroupName,
+        settings: GroupSettings,
+        reply: Reply<()>,
+    },
+    GroupSettings {
+        group: GroupName,
+        reply: Reply<GroupSettings>,
+    },
+    UpdatePending {
+        ids: Vec<TaskId>,
+        change: PendingChange,
+        reply: Reply<u64>,
+    },
+    CreateSchedule {
+        /// Boxed: a schedule (with its task template) is much larger than other requests.
+        spec: Box<ScheduleSpec>,
+        reply: Reply<()>,
+    },
+    ListSchedules {
+        reply: Reply<Vec<ScheduleView>>,
+    },
+    PauseSchedule {
+        name: ScheduleName,
+        paused: bool,
+        reply: Reply<()>,
+    },
+    DeleteSchedule {
+        name: ScheduleName,
+        reply: Reply<()>,
+    },
+    FireBroadcast {
+        spec: Box<BroadcastSpec>,
+        reply: Reply<BroadcastView>,
+    },
+    PlanBroadcast {
+        spec: Box<BroadcastSpec>,
+        reply: Reply<BroadcastPlan>,
+    },
+    GetBroadcast {
+        id: BroadcastId,
+        reply: Reply<BroadcastView>,
+    },
+    ListBroadcasts {
+        reply: Reply<Vec<BroadcastView>>,
+    },
+    AwaitBroadcast {
+        id: BroadcastId,
+        reply: Reply<BroadcastView>,
+    },
+    BroadcastLocks {
+        reply: Reply<Vec<BroadcastLock>>,
+    },
+    ClearBroadcastLock {
+        app: String,
+        reply: Reply<Option<BroadcastId>>,
+    },
+    PodConnect {
+        hello: PodHello,
+        outbox: mpsc::UnboundedSender<MasterMessage>,
+        reply: Reply<Welcome>,
+    },
+    Pod {
+        session: u64,
+        message: PodMessage,
+    },
+    PodDisconnected {
+        session: u64,
+    },
+    /// Wake up and run timers now (tests with a manual clock).
+    Tick,
+    /// Stop cleanly: finish the batch, snapshot, close.
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
+    /// A copy of the committed state, answered between batches.
+    CopyState {
+        reply: oneshot::Sender<(u64, MasterState)>,
+    },
+    /// Stop at once as a crash would: the current batch is not committed, no snapshot.
+    #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
+    Halt,
+}

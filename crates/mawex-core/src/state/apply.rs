@@ -1,0 +1,459 @@
+//! `MasterState::apply`: the one pure function that changes durable state.
+
+use std::collections::HashMap;
+
+use mawex_api::{Attempt, ErrorKind, GroupName, QueuePosition, TaskId, TaskState, Timestamp};
+
+use super::stored::{self, AttemptFailure, AttemptRef, BroadcastSpec, Outcome, TaskResult};
+use super::{Event, MasterState, Schedule, TaskEntry, ROUND_BASE};
+
+/// One running task of `group` stopped running.
+fn leave_running(running: &mut HashMap<GroupName, u32>, group: &GroupName) {
+    if let Some(n) = running.get_mut(group) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            running.remove(group);
+        }
+    }
+}
+
+impl MasterState {
+    /// Applies one event. Events come from `decide` (which validated them) or from the
+    /// journal; an event that does not fit the state is a no-op, so replay is total.
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::TaskAccepted { spec, at } => {
+                if self.tasks.contains_key(&spec.id) {
+                    return;
+                }
+                self.accepted += 1;
+                let entry = TaskEntry {
+                    spec: spec.clone(),
+                    state: TaskState::Pending,
+                    attempt: Attempt(0),
+                    pod: None,
+                    order: self.accepted,
+                    submitted_at: *at,
+                    started_at: None,
+                    result: None,
+                    failures: Vec::new(),
+                    not_before: spec.run_at.filter(|t| t > at),
+                    retry_base: 0,
+                    round: 0,
+                };
+                let mut entry = entry;
+                let rounds = self.rounds.entry(spec.group.clone()).or_default();
+                entry.round = rounds.next_for(entry.fairness_key());
+                rounds.add(entry.fairness_key(), entry.round);
+                if let Some(dedup) = &spec.dedup {
+                    self.dedup.insert(dedup.key.clone(), spec.id);
+                }
+                self.counts.moved(None, Some(TaskState::Pending));
+                self.enqueue(&entry);
+                self.tasks.insert(spec.id, entry);
+            }
+            Event::TaskAssigned { attempt, pod, at } => {
+                let Some(entry) = self.tasks.get_mut(&attempt.task) else {
+                    return;
+                };
+                if entry.state != TaskState::Pending {
+                    return;
+                }
+                self.broadcasts
+                    .assigned(&attempt.task, attempt.attempt.0, *at);
+                if let Some(queue) = self.pending.get_mut(&entry.spec.group) {
+                    queue.remove(&entry.queue_key());
+                }
+                if let Some(t) = entry.not_before.take() {
+                    self.delayed.remove(&(t, entry.order));
+                }
+                self.counts
+                    .moved(Some(entry.state), Some(TaskState::Running));
+                *self
+                    .running_by_group
+                    .entry(entry.spec.group.clone())
+                    .or_default() += 1;
+                entry.state = TaskState::Running;
+                entry.attempt = attempt.attempt;
+                entry.pod = Some(pod.clone());
+                entry.started_at = Some(*at);
+            }
+            Event::TaskFinished {
+                attempt,
+                outcome,
+                at,
+            } => {
+                let Some(entry) = self.tasks.get(&attempt.task) else {
+                    return;
+                };
+                if entry.state != TaskState::Running || entry.attempt != attempt.attempt {
+                    return;
+                }
+                self.finish(attempt.task, outcome.clone(), *at);
+                self.broadcasts.finished(&attempt.task, outcome, *at);
+            }
+            Event::TaskRequeued { attempt, at: _, .. } => {
+                if self.back_to_pending(attempt, None) {
+                    self.broadcasts.back_to_waiting(&attempt.task, None);
+                }
+            }
+            Event::TaskRetryScheduled {
+                attempt,
+                error,
+                retry_at,
+                at,
+            } => {
+                let failure = AttemptFailure {
+                    attempt: attempt.attempt,
+                    error: error.clone(),
+                    at: *at,
+                };
+                if self.back_to_pending(attempt, Some((failure, *retry_at))) {
+                    self.broadcasts.back_to_waiting(&attempt.task, Some(error));
+                }
+            }
+            Event::TaskCancelled { task, at } => {
+                let Some(entry) = self.tasks.get(task) else {
+                    return;
+                };
+                if entry.state.is_terminal() {
+                    return;
+                }
+                if entry.state == TaskState::Pending {
+                    let entry = entry.clone();
+                    self.dequeue(&entry);
+                }
+                self.finish(*task, Outcome::Cancelled, *at);
+                self.broadcasts.finished(task, &Outcome::Cancelled, *at);
+            }
+            Event::TasksRetried { tasks, at: _ } => {
+                for id in tasks {
+                    let Some(entry) = self.tasks.get_mut(id) else {
+                        continue;
+                    };
+                    if entry.state != TaskState::Failed {
+                        continue;
+                    }
+                    if let Some(result) = entry.result.take() {
+                        self.results.remove(&result.seq);
+                    }
+                    self.counts
+                        .moved(Some(entry.state), Some(TaskState::Pending));
+                    entry.state = TaskState::Pending;
+                    entry.not_before = None;
+                    entry.retry_base = u32::try_from(entry.failures.len()).unwrap_or(u32::MAX);
+                    // Back in line as a newcomer of its key.
+                    let rounds = self.rounds.entry(entry.spec.group.clone()).or_default();
+                    let key = entry.spec.fairness_key.as_deref().unwrap_or("");
+                    entry.round = rounds.next_for(key);
+                    rounds.add(key, entry.round);
+                    let entry = entry.clone();
+                    self.enqueue(&entry);
+                    self.broadcasts.back_to_waiting(id, None);
+                }
+            }
+            Event::TasksUpdated { tasks, change } => {
+                for id in tasks {
+                    let Some(entry) = self.tasks.get(id) else {
+                        continue;
+                    };
+                    if entry.state != TaskState::Pending {
+                        continue;
+                    }
+                    let mut entry = entry.clone();
+                    self.dequeue(&entry);
+                    if let Some(rounds) = self.rounds.get_mut(&entry.spec.group) {
+                        rounds.remove(entry.fairness_key(), entry.round);
+                    }
+                    let moved = change
+                        .group
+                        .as_ref()
+                        .is_some_and(|g| *g != entry.spec.group);
+                    if let Some(group) = &change.group {
+                        entry.spec.group = group.clone();
+                    }
+                    if let Some(priority) = change.priority {
+                        entry.spec.priority = priority;
+                    }
+                    let rounds = self.rounds.entry(entry.spec.group.clone()).or_default();
+                    entry.round = match change.position {
+                        Some(QueuePosition::Front) => rounds.front(),
+                        Some(QueuePosition::Back) => rounds.back(),
+                        // A task moved to another group joins it as a newcomer of its key.
+                        _ if moved => rounds.next_for(entry.fairness_key()),
+                        _ => entry.round,
+                    };
+                    rounds.add(entry.fairness_key(), entry.round);
+                    self.enqueue(&entry);
+                    self.tasks.insert(*id, entry);
+                }
+            }
+            Event::ScheduleCreated { spec, at } => {
+                if !self.schedules.contains_key(&spec.name) {
+                    let schedule = Schedule {
+                        spec: spec.clone(),
+                        paused: false,
+                        handled_through: *at,
+                        last_tick: None,
+                        fired: 0,
+                    };
+                    self.schedules.insert(spec.name.clone(), schedule);
+                }
+            }
+            Event::SchedulePaused { name, paused, at } => {
+                if let Some(s) = self.schedules.get_mut(name) {
+                    if s.paused && !*paused {
+                        // Ticks that passed while paused are not owed.
+                        s.handled_through = s.handled_through.max(*at);
+                    }
+                    s.paused = *paused;
+                }
+            }
+            Event::ScheduleDeleted { name } => {
+                self.schedules.remove(name);
+            }
+            Event::ScheduleFired {
+                name,
+                tick,
+                task,
+                at,
+            } => {
+                if let Some(s) = self.schedules.get_mut(name) {
+                    s.handled_through = s.handled_through.max(*tick);
+                    s.last_tick = Some(*tick);
+                    s.fired += 1;
+                }
+                self.apply(&Event::TaskAccepted {
+                    spec: task.clone(),
+                    at: *at,
+                });
+            }
+            Event::ScheduleSkipped { name, through } => {
+                if let Some(s) = self.schedules.get_mut(name) {
+                    s.handled_through = s.handled_through.max(*through);
+                }
+            }
+            Event::GroupConfigured { group, settings } => {
+                if *settings == stored::GroupSettings::default() {
+                    self.groups.remove(group);
+                } else {
+                    self.groups.insert(group.clone(), *settings);
+                }
+            }
+            Event::BroadcastFired {
+                id,
+                spec,
+                targets,
+                already,
+                at,
+            } => {
+                if self.broadcasts.by_id.contains_key(id) {
+                    return;
+                }
+                self.broadcasts.fired(*id, spec, targets, already, *at);
+                for (_, task) in targets {
+                    self.add_target_task(spec, *task, *at);
+                }
+            }
+            Event::BroadcastTargetAdded { id, pod, task, at } => {
+                if let Some(spec) = self
+                    .broadcasts
+                    .target_added(*id, pod, *task)
+                    .map(|b| b.spec.clone())
+                {
+                    self.add_target_task(&spec, *task, *at);
+                }
+            }
+            Event::BroadcastPullStarted { task, source } => {
+                self.broadcasts.pull_started(task, source);
+            }
+            Event::BroadcastAborted { id, at } => self.broadcasts.aborted(*id, *at),
+            Event::BroadcastTargetUnreachable { task, at } => {
+                let Some(entry) = self.tasks.get(task) else {
+                    return;
+                };
+                if entry.state != TaskState::Pending || !self.broadcasts.is_target(task) {
+                    return;
+                }
+                let outcome = Outcome::Failed(stored::TaskError {
+                    kind: ErrorKind::LeaseExpired,
+                    message: "the pod stayed away longer than a lease".to_owned(),
+                    retry: stored::RetryHint::Policy,
+                });
+                self.finish(*task, outcome.clone(), *at);
+                self.broadcasts.finished(task, &outcome, *at);
+            }
+            Event::TasksForgotten { tasks } => {
+                for id in tasks {
+                    let Some(entry) = self.tasks.get(id) else {
+                        continue;
+                    };
+                    if !entry.state.is_terminal() {
+                        continue;
+                    }
+                    if let Some(result) = &entry.result {
+                        self.results.remove(&result.seq);
+                    }
+                    if let Some(dedup) = &entry.spec.dedup {
+                        if self.dedup.get(&dedup.key) == Some(id) {
+                            self.dedup.remove(&dedup.key);
+                        }
+                    }
+                    self.counts.moved(Some(entry.state), None);
+                    self.tasks.remove(id);
+                }
+            }
+        }
+    }
+
+    /// The pending task of a broadcast target (already indexed as one, so never queued).
+    fn add_target_task(&mut self, spec: &BroadcastSpec, task: TaskId, at: Timestamp) {
+        if self.tasks.contains_key(&task) {
+            return;
+        }
+        let task_spec = spec.target_task(task);
+        self.accepted += 1;
+        let entry = TaskEntry {
+            spec: task_spec,
+            state: TaskState::Pending,
+            attempt: Attempt(0),
+            pod: None,
+            order: self.accepted,
+            submitted_at: at,
+            started_at: None,
+            result: None,
+            failures: Vec::new(),
+            not_before: None,
+            retry_base: 0,
+            round: ROUND_BASE,
+        };
+        self.counts.moved(None, Some(TaskState::Pending));
+        self.tasks.insert(task, entry);
+    }
+
+    /// Ends the current attempt of a running task without a result and queues the task again;
+    /// with a failure, the failure is recorded and the task waits until the retry time.
+    fn back_to_pending(
+        &mut self,
+        attempt: &AttemptRef,
+        failed: Option<(AttemptFailure, Timestamp)>,
+    ) -> bool {
+        let Some(entry) = self.tasks.get_mut(&attempt.task) else {
+            return false;
+        };
+        if entry.state != TaskState::Running || entry.attempt != attempt.attempt {
+            return false;
+        }
+        self.counts
+            .moved(Some(entry.state), Some(TaskState::Pending));
+        leave_running(&mut self.running_by_group, &entry.spec.group);
+        entry.state = TaskState::Pending;
+        entry.pod = None;
+        if let Some((failure, retry_at)) = failed {
+            entry.failures.push(failure);
+            entry.not_before = Some(retry_at);
+        }
+        let entry = entry.clone();
+        self.enqueue(&entry);
+        true
+    }
+
+    /// Puts a pending task in its group's queue, or with the delayed ones if it must wait.
+    /// Broadcast targets stay out: the engine dispatches them by their strategy.
+    pub(super) fn enqueue(&mut self, entry: &TaskEntry) {
+        if self.broadcasts.is_target(&entry.spec.id) {
+            return;
+        }
+        match entry.not_before {
+            Some(t) => {
+                self.delayed.insert((t, entry.order), entry.spec.id);
+            }
+            None => {
+                self.pending
+                    .entry(entry.spec.group.clone())
+                    .or_default()
+                    .insert(entry.queue_key(), entry.spec.id);
+            }
+        }
+    }
+
+    /// Takes a pending task out of whichever queue holds it.
+    fn dequeue(&mut self, entry: &TaskEntry) {
+        if let Some(queue) = self.pending.get_mut(&entry.spec.group) {
+            queue.remove(&entry.queue_key());
+        }
+        if let Some(t) = entry.not_before {
+            self.delayed.remove(&(t, entry.order));
+        }
+    }
+
+    /// Moves delayed tasks whose time has come into their queues. Changes only derived
+    /// indexes, so replay needs no event for it: after a restart the first tick does it again.
+    pub(crate) fn promote_due(&mut self, now: Timestamp) -> bool {
+        let mut promoted = false;
+        while let Some(first) = self.delayed.first_entry() {
+            if first.key().0 > now {
+                break;
+            }
+            let id = first.remove();
+            if let Some(task) = self.tasks.get(&id) {
+                self.pending
+                    .entry(task.spec.group.clone())
+                    .or_default()
+                    .insert(task.queue_key(), id);
+                promoted = true;
+            }
+        }
+        promoted
+    }
+
+    /// When the next delayed task becomes due.
+    pub(crate) fn next_due(&self) -> Option<Timestamp> {
+        self.delayed.keys().next().map(|(t, _)| *t)
+    }
+
+    /// Records the result of a running or pending task.
+    fn finish(&mut self, id: TaskId, outcome: Outcome, at: Timestamp) {
+        let Some(entry) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        if let Outcome::Failed(error) = &outcome {
+            if entry.state == TaskState::Running {
+                entry.failures.push(AttemptFailure {
+                    attempt: entry.attempt,
+                    error: error.clone(),
+                    at,
+                });
+            }
+        }
+        entry.not_before = None;
+        self.results_recorded += 1;
+        let seq = self.results_recorded;
+        let state = outcome.state();
+        if entry.state == TaskState::Running {
+            leave_running(&mut self.running_by_group, &entry.spec.group);
+        }
+        if let Some(rounds) = self.rounds.get_mut(&entry.spec.group) {
+            let key = entry.spec.fairness_key.as_deref().unwrap_or("");
+            rounds.remove(key, entry.round);
+        }
+        if let (TaskState::Running, Some(started)) = (entry.state, entry.started_at) {
+            let ms = at.0.saturating_sub(started.0);
+            let mean = self.durations.entry(entry.spec.group.clone()).or_insert(ms);
+            // A moving average weighted 4:1 towards the past: recent, but not jumpy.
+            *mean = (*mean * 4 + ms) / 5;
+        }
+        self.counts.moved(Some(entry.state), Some(state));
+        entry.state = state;
+        entry.pod = None;
+        entry.result = Some(TaskResult {
+            id,
+            group: entry.spec.group.clone(),
+            attempt: entry.attempt,
+            outcome,
+            finished_at: at,
+            seq,
+        });
+        self.results.insert(seq, id);
+    }
+}

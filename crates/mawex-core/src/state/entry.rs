@@ -1,0 +1,98 @@
+//! One task as recorded, and the counts of tasks per state.
+
+use mawex_api::{Attempt, PodId, TaskState, TaskView, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use super::stored::{AttemptFailure, AttemptRef, TaskResult, TaskSpec};
+use super::QueueKey;
+
+/// One task as the master records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TaskEntry {
+    pub(crate) spec: TaskSpec,
+    pub(crate) state: TaskState,
+    /// The current or last attempt; 0 before the first assignment.
+    pub(crate) attempt: Attempt,
+    /// Holder of the current attempt's lease while running.
+    pub(crate) pod: Option<PodId>,
+    /// Acceptance order; keeps FIFO within a priority and survives requeues.
+    pub(crate) order: u64,
+    pub(crate) submitted_at: Timestamp,
+    pub(crate) started_at: Option<Timestamp>,
+    pub(crate) result: Option<TaskResult>,
+    /// Every failed attempt, oldest first.
+    pub(crate) failures: Vec<AttemptFailure>,
+    /// While pending: not dispatched before this time (delayed task, scheduled retry).
+    pub(crate) not_before: Option<Timestamp>,
+    /// Failures before the last manual retry; the retry budget counts the ones after it.
+    pub(crate) retry_base: u32,
+    /// Fair-queueing round (see `Rounds`).
+    pub(crate) round: u64,
+}
+
+impl TaskEntry {
+    pub(super) fn queue_key(&self) -> QueueKey {
+        (-i64::from(self.spec.priority), self.round, self.order)
+    }
+
+    pub(super) fn fairness_key(&self) -> &str {
+        self.spec.fairness_key.as_deref().unwrap_or("")
+    }
+
+    pub(crate) fn current(&self) -> AttemptRef {
+        AttemptRef {
+            task: self.spec.id,
+            attempt: self.attempt,
+        }
+    }
+
+    pub(crate) fn view(&self) -> TaskView {
+        let mut view = TaskView::new(self.spec.clone().into(), self.state, self.submitted_at);
+        view.attempt = self.attempt;
+        view.pod = self.pod.clone();
+        view.started_at = self.started_at;
+        view.result = self.result.clone().map(Into::into);
+        view.failures = self.failures.iter().cloned().map(Into::into).collect();
+        view.not_before = self.not_before;
+        view
+    }
+}
+
+/// How many tasks are in each state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TaskCounts {
+    /// Waiting for a slot.
+    pub pending: u64,
+    /// Leased to a pod.
+    pub running: u64,
+    /// Finished with an output (and still retained).
+    pub succeeded: u64,
+    /// Finished with an error (and still retained).
+    pub failed: u64,
+    /// Cancelled (and still retained).
+    pub cancelled: u64,
+}
+
+impl TaskCounts {
+    pub(super) fn slot(&mut self, state: TaskState) -> &mut u64 {
+        match state {
+            TaskState::Pending => &mut self.pending,
+            TaskState::Running => &mut self.running,
+            TaskState::Succeeded => &mut self.succeeded,
+            TaskState::Failed => &mut self.failed,
+            // TaskState is non_exhaustive only for other crates; Cancelled is the last state.
+            _ => &mut self.cancelled,
+        }
+    }
+
+    pub(super) fn moved(&mut self, from: Option<TaskState>, to: Option<TaskState>) {
+        if let Some(from) = from {
+            let n = self.slot(from);
+            *n = n.saturating_sub(1);
+        }
+        if let Some(to) = to {
+            *self.slot(to) += 1;
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Reads of the state: single tasks, queues, the failed queue, pages and estimates.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mawex_api::{
+    ErrorKind, FailedCount, FailedFilter, GroupName, GroupSettings, ListQuery, ScheduleName,
+    TaskId, TaskPage, TaskState, TaskView, Timestamp,
+};
+
+use super::stored::TaskResult;
+use super::{MasterState, Schedule, TaskCounts, TaskEntry};
+
+/// Queue positions are counted up to this many tasks ahead (see `position_in_queue`).
+pub(crate) const MAX_POSITION_SCAN: usize = 10_000;
+
+impl MasterState {
+    pub(crate) fn task(&self, id: &TaskId) -> Option<&TaskEntry> {
+        self.tasks.get(id)
+    }
+
+    /// The task as a client sees it.
+    pub fn view(&self, id: &TaskId) -> Option<TaskView> {
+        self.tasks.get(id).map(TaskEntry::view)
+    }
+
+    /// The recorded result of a finished task.
+    pub fn result(&self, id: &TaskId) -> Option<mawex_api::TaskResult> {
+        self.tasks
+            .get(id)
+            .and_then(|e| e.result.clone())
+            .map(Into::into)
+    }
+
+    /// The settings of `group` (defaults if never configured).
+    pub(crate) fn group_settings(&self, group: &GroupName) -> GroupSettings {
+        self.groups
+            .get(group)
+            .copied()
+            .map(Into::into)
+            .unwrap_or_default()
+    }
+
+    /// Every schedule, by name.
+    pub(crate) fn schedules(&self) -> impl Iterator<Item = &Schedule> {
+        self.schedules.values()
+    }
+
+    pub(crate) fn schedule(&self, name: &ScheduleName) -> Option<&Schedule> {
+        self.schedules.get(name)
+    }
+
+    /// True if some group has non-default settings (dispatch can skip the checks otherwise).
+    pub(crate) fn any_group_settings(&self) -> bool {
+        !self.groups.is_empty()
+    }
+
+    /// May another task of `group` start now?
+    pub(crate) fn group_open(&self, group: &GroupName) -> bool {
+        if self.groups.is_empty() {
+            return true;
+        }
+        let settings = self.groups.get(group).copied().unwrap_or_default();
+        !settings.paused
+            && settings
+                .max_concurrency
+                .is_none_or(|max| self.running_in(group) < max)
+    }
+
+    /// The task deduplicating submits of `key`, if any.
+    pub(crate) fn dedup_holder(&self, key: &str) -> Option<&TaskEntry> {
+        self.dedup.get(key).and_then(|id| self.tasks.get(id))
+    }
+
+    /// Failed tasks matching `filter`, in id order.
+    pub(crate) fn failed_matching(&self, filter: &FailedFilter) -> Vec<TaskId> {
+        let matches = |e: &TaskEntry| {
+            e.state == TaskState::Failed
+                && filter.group.as_ref().is_none_or(|g| *g == e.spec.group)
+                && filter
+                    .kind
+                    .is_none_or(|k| e.failures.last().map(|f| f.error.kind) == Some(k))
+        };
+        if filter.ids.is_empty() {
+            self.tasks
+                .values()
+                .filter(|e| matches(e))
+                .map(|e| e.spec.id)
+                .collect()
+        } else {
+            let mut ids: Vec<TaskId> = filter
+                .ids
+                .iter()
+                .filter(|id| self.tasks.get(id).is_some_and(&matches))
+                .copied()
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        }
+    }
+
+    /// The failed queue counted by group and kind of last error.
+    pub(crate) fn failed_summary(&self) -> Vec<FailedCount> {
+        let mut counts: BTreeMap<(GroupName, String), (ErrorKind, u64)> = BTreeMap::new();
+        for e in self.tasks.values().filter(|e| e.state == TaskState::Failed) {
+            let kind = e
+                .failures
+                .last()
+                .map_or(ErrorKind::Sandbox, |f| f.error.kind);
+            let slot = counts
+                .entry((e.spec.group.clone(), format!("{kind:?}")))
+                .or_insert((kind, 0));
+            slot.1 += 1;
+        }
+        counts
+            .into_iter()
+            .map(|((group, _), (kind, n))| FailedCount::new(group, kind, n))
+            .collect()
+    }
+
+    /// The recent mean run time of `group`'s tasks, if any finished since start-up.
+    pub(crate) fn mean_duration(&self, group: &GroupName) -> Option<Duration> {
+        self.durations
+            .get(group)
+            .map(|ms| Duration::from_millis(*ms))
+    }
+
+    /// How many ready tasks are ahead of `id` in its group's queue, counted up to
+    /// [`MAX_POSITION_SCAN`] (beyond it the estimate is a lower bound): reads run on the core
+    /// thread, so a page of a long queue must stay cheap.
+    pub(crate) fn position_in_queue(&self, id: &TaskId) -> Option<usize> {
+        let entry = self.tasks.get(id)?;
+        let queue = self.pending.get(&entry.spec.group)?;
+        let key = entry.queue_key();
+        queue
+            .contains_key(&key)
+            .then(|| queue.range(..key).take(MAX_POSITION_SCAN).count())
+    }
+
+    /// Tasks of `group` running now.
+    pub(crate) fn running_in(&self, group: &GroupName) -> u32 {
+        self.running_by_group.get(group).copied().unwrap_or(0)
+    }
+
+    /// How many tasks are in each state.
+    pub fn counts(&self) -> TaskCounts {
+        self.counts
+    }
+
+    /// Number of tasks known (retained ones included).
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// True if no task is known.
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// The next pending task among `groups`: highest priority first, then oldest.
+    pub(crate) fn next_pending<'a>(
+        &self,
+        groups: impl IntoIterator<Item = &'a GroupName>,
+    ) -> Option<TaskId> {
+        groups
+            .into_iter()
+            .filter_map(|g| self.pending.get(g)?.first_key_value())
+            .min_by_key(|(key, _)| **key)
+            .map(|(_, id)| *id)
+    }
+
+    /// True if some task of `group` waits.
+    pub(crate) fn has_pending(&self, group: &GroupName) -> bool {
+        self.pending.get(group).is_some_and(|q| !q.is_empty())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn tasks_for_test(&self) -> impl Iterator<Item = (&TaskId, &TaskEntry)> {
+        self.tasks.iter()
+    }
+
+    /// Tasks currently running, with their lease holder.
+    pub(crate) fn running(&self) -> impl Iterator<Item = &TaskEntry> {
+        self.tasks
+            .values()
+            .filter(|e| e.state == TaskState::Running)
+    }
+
+    /// Results recorded after `after`, oldest first.
+    pub(crate) fn results_after(&self, after: u64) -> impl Iterator<Item = &TaskResult> {
+        self.results
+            .range(after.saturating_add(1)..)
+            .filter_map(|(_, id)| self.tasks.get(id)?.result.as_ref())
+    }
+
+    /// Finished tasks whose results are older than `cutoff`, oldest first, at most `limit`.
+    pub(crate) fn finished_before(&self, cutoff: Timestamp, limit: usize) -> Vec<TaskId> {
+        self.results
+            .values()
+            .take_while(|id| {
+                self.tasks
+                    .get(id)
+                    .and_then(|e| e.result.as_ref())
+                    .is_some_and(|r| r.finished_at < cutoff)
+            })
+            .take(limit)
+            .copied()
+            .collect()
+    }
+
+    /// Tasks ahead × the group's recent mean duration ÷ the `slots` serving it.
+    pub(crate) fn eta(&self, id: &TaskId, slots: u64) -> Option<Duration> {
+        let group = &self.tasks.get(id)?.spec.group;
+        let mean = self.mean_duration(group)?;
+        if slots == 0 {
+            return None;
+        }
+        let ahead = u64::try_from(self.position_in_queue(id)?).unwrap_or(u64::MAX);
+        Some(mean.mul_f64(ahead as f64 / slots as f64))
+    }
+
+    /// A page of tasks, with wait estimates for the queued ones from the slots serving each
+    /// group (`slots`).
+    pub(crate) fn list_with_estimates(
+        &self,
+        query: &ListQuery,
+        slots: impl Fn(&GroupName) -> u64,
+    ) -> TaskPage {
+        let mut page = self.list(query);
+        for view in &mut page.tasks {
+            if view.state == TaskState::Pending && view.not_before.is_none() {
+                view.eta = self.eta(&view.spec.id, slots(&view.spec.group));
+            }
+        }
+        page
+    }
+
+    /// One page of tasks matching `query` (already validated).
+    pub(crate) fn list(&self, query: &ListQuery) -> TaskPage {
+        use std::ops::Bound;
+        let start = match query.after {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Unbounded,
+        };
+        let mut tasks = Vec::new();
+        let mut next = None;
+        for entry in self.tasks.range((start, Bound::Unbounded)).map(|(_, e)| e) {
+            if query.group.as_ref().is_some_and(|g| *g != entry.spec.group)
+                || query.state.is_some_and(|s| s != entry.state)
+            {
+                continue;
+            }
+            if tasks.len() == query.limit {
+                next = tasks.last().map(|t: &TaskView| t.spec.id);
+                break;
+            }
+            tasks.push(entry.view());
+        }
+        TaskPage::new(tasks, next)
+    }
+}

@@ -1,0 +1,319 @@
+//! What a pod's tasks share: the attempts it holds, reports not yet acknowledged, the
+//! outbox of the current session, and the executors that run attempts in the sandboxes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use mawex_api::pod::{Assignment, AttemptRef, PodConnector, PodHello, PodMessage, PodOutbox};
+use mawex_api::{Attempt, TaskError, TaskId};
+use mawex_sandbox::{SandboxSet, TaskInput};
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::config::PodConfig;
+use crate::usage;
+
+/// An attempt the pod holds: queued, running, or finished with its result not yet delivered.
+pub(crate) struct Held {
+    pub(crate) attempt: Attempt,
+    /// Set once the attempt started.
+    pub(crate) cancel: Option<CancellationToken>,
+}
+
+/// What the pod holds, and the last `Assign` batch of this session that it has taken in:
+/// kept under one lock so a heartbeat reports both consistently.
+#[derive(Default)]
+pub(crate) struct Holdings {
+    pub(crate) held: HashMap<TaskId, Held>,
+    pub(crate) received: u64,
+}
+
+/// After the grace period, interrupted attempts get this long to end before their executors
+/// are aborted.
+pub(crate) const INTERRUPT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Lock order, where more than one is taken: `reports`, then `outbox`, then `holdings`.
+pub(crate) struct Shared {
+    pub(crate) config: PodConfig,
+    pub(crate) sandboxes: SandboxSet,
+    pub(crate) connector: Arc<dyn PodConnector>,
+    pub(crate) queue_tx: mpsc::UnboundedSender<Assignment>,
+    pub(crate) queue_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Assignment>>,
+    pub(crate) holdings: Mutex<Holdings>,
+    pub(crate) outbox: Mutex<Option<Arc<dyn PodOutbox>>>,
+    /// Reports of attempts that ended, kept until the master acknowledges them (or, with a
+    /// master that does not, until sent). Their attempts stay in `holdings` meanwhile, so
+    /// a hello claims them and the reports go again after a reconnect: a result sent just
+    /// before the master crashed is not lost.
+    pub(crate) reports: Mutex<Vec<(AttemptRef, PodMessage)>>,
+    /// The master of the current session acknowledges reports.
+    pub(crate) acks: AtomicBool,
+    /// Executors take no more work once this is cancelled.
+    pub(crate) draining: CancellationToken,
+    /// Set when shutdown interrupts running attempts: they are returned, not failed.
+    pub(crate) interrupted: AtomicBool,
+    pub(crate) executed: AtomicU64,
+    pub(crate) usage: Mutex<usage::UsageMeter>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The data stays consistent at every unlock point, so a panic elsewhere does not taint it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn hello(&self) -> PodHello {
+        let mut hello = PodHello::new(self.config.id.clone(), self.config.groups.clone());
+        hello.slots = self.config.slots;
+        hello.prefetch = self.config.prefetch;
+        hello.labels = self.config.labels.clone();
+        hello.address = self.config.address.clone();
+        hello.holding = held_refs(&lock(&self.holdings));
+        hello
+    }
+
+    /// Sends if a session is open; for messages that lose nothing when dropped.
+    pub(crate) fn send(&self, message: PodMessage) {
+        let outbox = lock(&self.outbox).clone();
+        if let Some(outbox) = outbox {
+            let _ = outbox.send(message);
+        }
+    }
+
+    /// Reports how attempt `r` ended. The attempt leaves `holdings` only once the report is
+    /// sent, so neither a heartbeat nor a hello can claim it is gone while its result waits.
+    pub(crate) fn report(&self, r: AttemptRef, message: PodMessage) {
+        let mut reports = lock(&self.reports);
+        let outbox = lock(&self.outbox).clone();
+        let sent = outbox.is_some_and(|o| o.send(message.clone()).is_ok());
+        if sent && !self.acks.load(Ordering::SeqCst) {
+            self.release(r);
+        } else {
+            reports.push((r, message));
+        }
+    }
+
+    /// The master made these reports durable (or found them stale): forget them.
+    pub(crate) fn acked(&self, attempts: &[AttemptRef]) {
+        let mut reports = lock(&self.reports);
+        reports.retain(|(r, _)| !attempts.contains(r));
+        for r in attempts {
+            self.release(*r);
+        }
+    }
+
+    pub(crate) fn release(&self, r: AttemptRef) {
+        let mut holdings = lock(&self.holdings);
+        if holdings
+            .held
+            .get(&r.task)
+            .is_some_and(|h| h.attempt == r.attempt)
+        {
+            holdings.held.remove(&r.task);
+        }
+    }
+
+    /// Opens the session: delivers what waited, then routes new reports to `outbox`.
+    pub(crate) fn attach(&self, outbox: Arc<dyn PodOutbox>, acks: bool) {
+        let mut reports = lock(&self.reports);
+        self.acks.store(acks, Ordering::SeqCst);
+        let waiting = std::mem::take(&mut *reports);
+        for (r, message) in waiting {
+            if outbox.send(message.clone()).is_ok() && !acks {
+                self.release(r);
+            } else {
+                reports.push((r, message));
+            }
+        }
+        lock(&self.holdings).received = 0;
+        *lock(&self.outbox) = Some(outbox);
+    }
+
+    pub(crate) fn detach(&self) {
+        let _reports = lock(&self.reports);
+        *lock(&self.outbox) = None;
+    }
+
+    pub(crate) fn accept(&self, batch: u64, assignments: Vec<Assignment>) {
+        let mut holdings = lock(&self.holdings);
+        for a in assignments {
+            let held = Held {
+                attempt: a.attempt.attempt,
+                cancel: None,
+            };
+            if let Some(old) = holdings.held.insert(a.attempt.task, held) {
+                // A newer attempt replaces an older one the master gave up on: stop the old.
+                if let Some(token) = old.cancel {
+                    token.cancel();
+                }
+            }
+            // The receiver lives as long as `self`.
+            let _ = self.queue_tx.send(a);
+        }
+        holdings.received = holdings.received.max(batch);
+    }
+
+    pub(crate) fn cancel(&self, r: AttemptRef) {
+        let mut holdings = lock(&self.holdings);
+        let Some(held) = holdings.held.get(&r.task) else {
+            return;
+        };
+        if held.attempt != r.attempt {
+            return;
+        }
+        match &held.cancel {
+            Some(token) => token.cancel(),
+            // Still queued: forget it; the executor skips it.
+            None => {
+                holdings.held.remove(&r.task);
+            }
+        }
+    }
+
+    pub(crate) fn interrupt_all(&self) {
+        self.interrupted.store(true, Ordering::SeqCst);
+        for held in lock(&self.holdings).held.values() {
+            if let Some(token) = &held.cancel {
+                token.cancel();
+            }
+        }
+    }
+
+    /// Takes back everything queued and not started, for handing back to the master.
+    pub(crate) async fn take_queued(&self) -> Vec<AttemptRef> {
+        let mut queue = self.queue_rx.lock().await;
+        let mut holdings = lock(&self.holdings);
+        let mut refs = Vec::new();
+        while let Ok(a) = queue.try_recv() {
+            let queued = holdings
+                .held
+                .get(&a.attempt.task)
+                .is_some_and(|h| h.attempt == a.attempt.attempt && h.cancel.is_none());
+            if queued {
+                holdings.held.remove(&a.attempt.task);
+                refs.push(a.attempt);
+            }
+        }
+        refs
+    }
+
+    pub(crate) async fn run_one(&self, a: Assignment) {
+        let token = CancellationToken::new();
+        {
+            let mut holdings = lock(&self.holdings);
+            match holdings.held.get_mut(&a.attempt.task) {
+                Some(held) if held.attempt == a.attempt.attempt => {
+                    held.cancel = Some(token.clone());
+                }
+                // Cancelled or replaced while queued.
+                _ => return,
+            }
+        }
+        // An interrupt that came before the token was registered must still reach it.
+        if self.interrupted.load(Ordering::SeqCst) {
+            token.cancel();
+        }
+        let r = a.attempt;
+        let result = match self
+            .sandboxes
+            .select(&a.spec.group, a.spec.sandbox.as_deref())
+        {
+            Ok(sandbox) => {
+                let mut input = TaskInput::new(r, a.spec);
+                input.env = a.env;
+                input.limits = input.limits.or(self.config.default_limits.clone());
+                sandbox.run(input, token).await
+            }
+            Err(e) => Err(e),
+        };
+        let limit = self.config.max_output_bytes;
+        let result = result.map_err(TaskError::from).and_then(|out| {
+            if out.len() > limit {
+                Err(TaskError::new(
+                    mawex_api::ErrorKind::Sandbox,
+                    format!(
+                        "output of {} bytes exceeds the pod's limit of {limit}",
+                        out.len()
+                    ),
+                )
+                .with_retry(mawex_api::RetryHint::Never))
+            } else {
+                Ok(out)
+            }
+        });
+        self.executed.fetch_add(1, Ordering::Relaxed);
+        let message = match result {
+            Err(e)
+                if e.kind == mawex_api::ErrorKind::Cancelled
+                    && self.interrupted.load(Ordering::SeqCst) =>
+            {
+                PodMessage::Returned { attempts: vec![r] }
+            }
+            outcome => PodMessage::Finished {
+                attempt: r,
+                outcome,
+            },
+        };
+        self.report(r, message);
+    }
+
+    pub(crate) fn heartbeat(&self) {
+        let (holding, received) = {
+            let holdings = lock(&self.holdings);
+            (held_refs(&holdings), holdings.received)
+        };
+        let usage = lock(&self.usage).sample();
+        self.send(PodMessage::Heartbeat {
+            holding,
+            received,
+            usage,
+        });
+    }
+
+    /// Interrupts running attempts and waits for the executors, aborting them if interrupted
+    /// attempts do not end in time.
+    pub(crate) async fn stop_executors(&self, executors: Vec<JoinHandle<()>>) {
+        self.draining.cancel();
+        self.interrupt_all();
+        let aborts: Vec<AbortHandle> = executors.iter().map(JoinHandle::abort_handle).collect();
+        if tokio::time::timeout(INTERRUPT_DEADLINE, futures::future::join_all(executors))
+            .await
+            .is_err()
+        {
+            warn!(pod = %self.config.id, "interrupted attempts did not end in time; aborting them");
+            aborts.iter().for_each(AbortHandle::abort);
+        }
+    }
+}
+
+pub(crate) fn held_refs(holdings: &Holdings) -> Vec<AttemptRef> {
+    holdings
+        .held
+        .iter()
+        .map(|(&task, h)| AttemptRef {
+            task,
+            attempt: h.attempt,
+        })
+        .collect()
+}
+
+pub(crate) async fn executor(shared: Arc<Shared>) {
+    loop {
+        let next = {
+            let mut queue = shared.queue_rx.lock().await;
+            tokio::select! {
+                biased;
+                () = shared.draining.cancelled() => None,
+                a = queue.recv() => a,
+            }
+        };
+        let Some(a) = next else {
+            return;
+        };
+        shared.run_one(a).await;
+    }
+}
