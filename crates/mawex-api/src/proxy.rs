@@ -156,6 +156,11 @@ fn unimplemented(call: &str) -> ApiError {
 /// implemented. `submit` defaults to a batch of one; every other call defaults to
 /// [`ApiError::Unimplemented`], so a call added in a later version does not break an
 /// implementation written against this one (a test double, a decorator).
+///
+/// Every method is an `async fn` (`proxy.get(id).await`). The trait is object safe so that
+/// `Arc<dyn MasterProxy>` works, which is why it is written with `async-trait`: rustdoc shows
+/// each method as returning a boxed future, and an implementation marks its `impl` block
+/// with `#[async_trait::async_trait]`. For typed tasks see [`crate::TypedProxy`].
 #[async_trait]
 // The default bodies ignore their arguments.
 #[allow(unused_variables)]

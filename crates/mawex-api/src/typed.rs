@@ -5,7 +5,8 @@
 //! [`decode`]), so a client in any language can submit a typed task or read its output.
 //!
 //! ```
-//! use mawex_api::{Task, TaskSpec, GroupName};
+//! # use mawex_api as mawex;
+//! use mawex::{GroupName, Task, TaskSpec};
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Serialize, Deserialize)]

@@ -5,10 +5,11 @@
 //! pod offers:
 //!
 //! ```no_run
-//! let registry = mawex_sandbox::HandlerRegistry::new(); // the pod's handlers
+//! # use mawex_sandbox as sandbox; // through the facade: `use mawex::sandbox;`
+//! let registry = sandbox::HandlerRegistry::new(); // the pod's handlers
 //! // The first thing in `main`: in a forked child this runs the attempt and exits;
 //! // otherwise it returns at once and the application goes on as usual.
-//! mawex_sandbox::forked::run_if_child(&registry);
+//! sandbox::run_if_child(&registry);
 //! ```
 //!
 //! The attempt goes to the child on stdin and the result comes back on stdout, each as one

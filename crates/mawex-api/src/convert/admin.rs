@@ -13,6 +13,7 @@ use crate::ids::{GroupName, ScheduleName, TaskId};
 use crate::proto;
 use crate::time::Timestamp;
 
+#[doc(hidden)]
 impl From<GroupSettings> for proto::GroupSettings {
     fn from(s: GroupSettings) -> Self {
         proto::GroupSettings {
@@ -25,6 +26,7 @@ impl From<GroupSettings> for proto::GroupSettings {
     }
 }
 
+#[doc(hidden)]
 impl From<proto::GroupSettings> for GroupSettings {
     fn from(s: proto::GroupSettings) -> Self {
         // A rate without a burst allows one second's worth at once.
@@ -39,6 +41,7 @@ impl From<proto::GroupSettings> for GroupSettings {
     }
 }
 
+#[doc(hidden)]
 impl From<FailedFilter> for proto::FailedFilter {
     fn from(f: FailedFilter) -> Self {
         proto::FailedFilter {
@@ -52,6 +55,7 @@ impl From<FailedFilter> for proto::FailedFilter {
     }
 }
 
+#[doc(hidden)]
 impl TryFrom<proto::FailedFilter> for FailedFilter {
     type Error = ApiError;
 
@@ -77,6 +81,7 @@ impl TryFrom<proto::FailedFilter> for FailedFilter {
     }
 }
 
+#[doc(hidden)]
 impl From<FailedCount> for proto::FailedCount {
     fn from(c: FailedCount) -> Self {
         proto::FailedCount {
@@ -87,6 +92,7 @@ impl From<FailedCount> for proto::FailedCount {
     }
 }
 
+#[doc(hidden)]
 impl TryFrom<proto::FailedCount> for FailedCount {
     type Error = ApiError;
 
@@ -145,6 +151,7 @@ pub fn parse_update_pending(
     Ok((ids, change))
 }
 
+#[doc(hidden)]
 impl From<ScheduleSpec> for proto::ScheduleSpec {
     fn from(s: ScheduleSpec) -> Self {
         proto::ScheduleSpec {
@@ -160,6 +167,7 @@ impl From<ScheduleSpec> for proto::ScheduleSpec {
     }
 }
 
+#[doc(hidden)]
 impl TryFrom<proto::ScheduleSpec> for ScheduleSpec {
     type Error = ApiError;
 
@@ -189,6 +197,7 @@ impl TryFrom<proto::ScheduleSpec> for ScheduleSpec {
     }
 }
 
+#[doc(hidden)]
 impl From<ScheduleView> for proto::ScheduleView {
     fn from(v: ScheduleView) -> Self {
         proto::ScheduleView {
@@ -200,6 +209,7 @@ impl From<ScheduleView> for proto::ScheduleView {
     }
 }
 
+#[doc(hidden)]
 impl TryFrom<proto::ScheduleView> for ScheduleView {
     type Error = ApiError;
 

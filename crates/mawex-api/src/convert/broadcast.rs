@@ -20,6 +20,7 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+#[doc(hidden)]
 impl From<Strategy> for proto::BroadcastStrategy {
     fn from(s: Strategy) -> Self {
         let kind = match s {
@@ -38,6 +39,7 @@ fn strategy(field: &str, s: Option<proto::BroadcastStrategy>) -> Result<Strategy
     }
 }
 
+#[doc(hidden)]
 impl From<Source> for String {
     fn from(s: Source) -> String {
         s.to_string()
@@ -51,6 +53,7 @@ fn source(field: &str, text: &str) -> Result<Source, ApiError> {
     PodId::new(text).map(Source::Pod).map_err(in_field(field))
 }
 
+#[doc(hidden)]
 impl From<BroadcastSpec> for proto::BroadcastSpec {
     fn from(s: BroadcastSpec) -> Self {
         proto::BroadcastSpec {
@@ -74,6 +77,7 @@ impl From<BroadcastSpec> for proto::BroadcastSpec {
     }
 }
 
+#[doc(hidden)]
 impl TryFrom<proto::BroadcastSpec> for BroadcastSpec {
     type Error = ApiError;
 
@@ -102,6 +106,7 @@ impl TryFrom<proto::BroadcastSpec> for BroadcastSpec {
     }
 }
 
+#[doc(hidden)]
 impl From<TargetState> for proto::TargetState {
     fn from(s: TargetState) -> Self {
         match s {
@@ -127,6 +132,7 @@ fn target_state(raw: i32) -> Result<TargetState, ApiError> {
     }
 }
 
+#[doc(hidden)]
 impl From<BroadcastView> for proto::BroadcastView {
     fn from(v: BroadcastView) -> Self {
         proto::BroadcastView {
@@ -157,6 +163,7 @@ impl From<BroadcastView> for proto::BroadcastView {
     }
 }
 
+#[doc(hidden)]
 impl TryFrom<proto::BroadcastView> for BroadcastView {
     type Error = ApiError;
 
@@ -192,6 +199,7 @@ impl TryFrom<proto::BroadcastView> for BroadcastView {
     }
 }
 
+#[doc(hidden)]
 impl From<BroadcastLock> for proto::BroadcastLock {
     fn from(l: BroadcastLock) -> Self {
         proto::BroadcastLock {
@@ -204,6 +212,7 @@ impl From<BroadcastLock> for proto::BroadcastLock {
     }
 }
 
+#[doc(hidden)]
 impl From<proto::BroadcastLock> for BroadcastLock {
     fn from(l: proto::BroadcastLock) -> Self {
         BroadcastLock {
@@ -216,6 +225,7 @@ impl From<proto::BroadcastLock> for BroadcastLock {
     }
 }
 
+#[doc(hidden)]
 impl From<BroadcastPlan> for proto::BroadcastPlan {
     fn from(p: BroadcastPlan) -> Self {
         proto::BroadcastPlan {
@@ -241,6 +251,7 @@ impl From<BroadcastPlan> for proto::BroadcastPlan {
     }
 }
 
+#[doc(hidden)]
 impl TryFrom<proto::BroadcastPlan> for BroadcastPlan {
     type Error = ApiError;
 

@@ -13,6 +13,7 @@ use crate::proto::master_to_pod::Message as ToPod;
 use crate::proto::pod_to_master::Message as ToMaster;
 use crate::task::{Outcome, TaskSpec};
 
+#[doc(hidden)]
 impl From<AttemptRef> for proto::AttemptRef {
     fn from(r: AttemptRef) -> Self {
         proto::AttemptRef {
@@ -22,6 +23,7 @@ impl From<AttemptRef> for proto::AttemptRef {
     }
 }
 
+#[doc(hidden)]
 impl TryFrom<proto::AttemptRef> for AttemptRef {
     type Error = ApiError;
 
@@ -44,6 +46,7 @@ fn to_proto_attempts(list: Vec<AttemptRef>) -> Vec<proto::AttemptRef> {
     list.into_iter().map(Into::into).collect()
 }
 
+#[doc(hidden)]
 impl From<PodHello> for proto::PodHello {
     fn from(h: PodHello) -> Self {
         proto::PodHello {
@@ -58,6 +61,7 @@ impl From<PodHello> for proto::PodHello {
     }
 }
 
+#[doc(hidden)]
 impl TryFrom<proto::PodHello> for PodHello {
     type Error = ApiError;
 
@@ -77,6 +81,7 @@ impl TryFrom<proto::PodHello> for PodHello {
     }
 }
 
+#[doc(hidden)]
 impl From<Welcome> for proto::Welcome {
     fn from(w: Welcome) -> Self {
         proto::Welcome {
@@ -89,6 +94,7 @@ impl From<Welcome> for proto::Welcome {
     }
 }
 
+#[doc(hidden)]
 impl From<proto::Welcome> for Welcome {
     fn from(w: proto::Welcome) -> Self {
         let mut welcome = Welcome::new(
@@ -101,6 +107,7 @@ impl From<proto::Welcome> for Welcome {
     }
 }
 
+#[doc(hidden)]
 impl From<Assignment> for proto::Assignment {
     fn from(a: Assignment) -> Self {
         proto::Assignment {
@@ -111,6 +118,7 @@ impl From<Assignment> for proto::Assignment {
     }
 }
 
+#[doc(hidden)]
 impl TryFrom<proto::Assignment> for Assignment {
     type Error = ApiError;
 
@@ -133,6 +141,7 @@ pub enum PodFrame {
     Message(PodMessage),
 }
 
+#[doc(hidden)]
 impl From<PodHello> for proto::PodToMaster {
     fn from(h: PodHello) -> Self {
         proto::PodToMaster {
@@ -141,6 +150,7 @@ impl From<PodHello> for proto::PodToMaster {
     }
 }
 
+#[doc(hidden)]
 impl From<PodMessage> for proto::PodToMaster {
     fn from(m: PodMessage) -> Self {
         let message = match m {
@@ -179,6 +189,7 @@ impl From<PodMessage> for proto::PodToMaster {
     }
 }
 
+#[doc(hidden)]
 impl TryFrom<proto::PodToMaster> for PodFrame {
     type Error = ApiError;
 
@@ -217,6 +228,7 @@ impl TryFrom<proto::PodToMaster> for PodFrame {
     }
 }
 
+#[doc(hidden)]
 impl From<Welcome> for proto::MasterToPod {
     fn from(w: Welcome) -> Self {
         proto::MasterToPod {
@@ -225,6 +237,7 @@ impl From<Welcome> for proto::MasterToPod {
     }
 }
 
+#[doc(hidden)]
 impl From<MasterMessage> for proto::MasterToPod {
     fn from(m: MasterMessage) -> Self {
         let message = match m {
@@ -257,6 +270,7 @@ pub enum MasterFrame {
     Message(MasterMessage),
 }
 
+#[doc(hidden)]
 impl TryFrom<proto::MasterToPod> for MasterFrame {
     type Error = ApiError;
 

@@ -7,6 +7,7 @@ use crate::proto;
 use crate::proxy::{CancelAck, ListQuery, SubmitAck, TaskPage};
 use crate::task::TaskState;
 
+#[doc(hidden)]
 impl From<SubmitAck> for proto::SubmitResponse {
     fn from(a: SubmitAck) -> Self {
         proto::SubmitResponse {
@@ -17,6 +18,7 @@ impl From<SubmitAck> for proto::SubmitResponse {
     }
 }
 
+#[doc(hidden)]
 impl TryFrom<proto::SubmitResponse> for SubmitAck {
     type Error = ApiError;
 
@@ -30,6 +32,7 @@ impl TryFrom<proto::SubmitResponse> for SubmitAck {
     }
 }
 
+#[doc(hidden)]
 impl From<CancelAck> for proto::CancelResponse {
     fn from(a: CancelAck) -> Self {
         match a {
@@ -45,6 +48,7 @@ impl From<CancelAck> for proto::CancelResponse {
     }
 }
 
+#[doc(hidden)]
 impl TryFrom<proto::CancelResponse> for CancelAck {
     type Error = ApiError;
 
@@ -58,6 +62,7 @@ impl TryFrom<proto::CancelResponse> for CancelAck {
     }
 }
 
+#[doc(hidden)]
 impl From<ListQuery> for proto::ListRequest {
     fn from(q: ListQuery) -> Self {
         proto::ListRequest {
@@ -72,6 +77,7 @@ impl From<ListQuery> for proto::ListRequest {
     }
 }
 
+#[doc(hidden)]
 impl TryFrom<proto::ListRequest> for ListQuery {
     type Error = ApiError;
 
@@ -92,6 +98,7 @@ impl TryFrom<proto::ListRequest> for ListQuery {
     }
 }
 
+#[doc(hidden)]
 impl From<TaskPage> for proto::ListResponse {
     fn from(p: TaskPage) -> Self {
         proto::ListResponse {
@@ -101,6 +108,7 @@ impl From<TaskPage> for proto::ListResponse {
     }
 }
 
+#[doc(hidden)]
 impl TryFrom<proto::ListResponse> for TaskPage {
     type Error = ApiError;
 

@@ -16,6 +16,7 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+#[doc(hidden)]
 impl From<Limits> for proto::Limits {
     fn from(l: Limits) -> Self {
         proto::Limits {
@@ -25,6 +26,7 @@ impl From<Limits> for proto::Limits {
     }
 }
 
+#[doc(hidden)]
 impl From<proto::Limits> for Limits {
     fn from(l: proto::Limits) -> Self {
         Limits {
@@ -34,6 +36,7 @@ impl From<proto::Limits> for Limits {
     }
 }
 
+#[doc(hidden)]
 impl From<TaskSpec> for proto::TaskSpec {
     fn from(s: TaskSpec) -> Self {
         proto::TaskSpec {
@@ -55,6 +58,7 @@ impl From<TaskSpec> for proto::TaskSpec {
     }
 }
 
+#[doc(hidden)]
 impl TryFrom<proto::TaskSpec> for TaskSpec {
     type Error = ApiError;
 
@@ -77,6 +81,7 @@ impl TryFrom<proto::TaskSpec> for TaskSpec {
     }
 }
 
+#[doc(hidden)]
 impl From<RetryPolicy> for proto::RetryPolicy {
     fn from(r: RetryPolicy) -> Self {
         proto::RetryPolicy {
@@ -87,6 +92,7 @@ impl From<RetryPolicy> for proto::RetryPolicy {
     }
 }
 
+#[doc(hidden)]
 impl From<proto::RetryPolicy> for RetryPolicy {
     fn from(r: proto::RetryPolicy) -> Self {
         RetryPolicy::new(r.max_attempts)
@@ -95,6 +101,7 @@ impl From<proto::RetryPolicy> for RetryPolicy {
     }
 }
 
+#[doc(hidden)]
 impl From<TaskState> for proto::TaskState {
     fn from(s: TaskState) -> Self {
         match s {
@@ -120,6 +127,7 @@ pub(crate) fn task_state(field: &str, raw: i32) -> Result<Option<TaskState>, Api
     }
 }
 
+#[doc(hidden)]
 impl From<ErrorKind> for proto::ErrorKind {
     fn from(k: ErrorKind) -> Self {
         match k {
@@ -162,6 +170,7 @@ fn error_kind(raw: i32) -> Result<ErrorKind, ApiError> {
     })
 }
 
+#[doc(hidden)]
 impl From<TaskError> for proto::TaskError {
     fn from(e: TaskError) -> Self {
         let (permanent, retry_after_ms) = match e.retry {
@@ -178,6 +187,7 @@ impl From<TaskError> for proto::TaskError {
     }
 }
 
+#[doc(hidden)]
 impl TryFrom<proto::TaskError> for TaskError {
     type Error = ApiError;
 
@@ -191,6 +201,7 @@ impl TryFrom<proto::TaskError> for TaskError {
     }
 }
 
+#[doc(hidden)]
 impl From<Outcome> for proto::Outcome {
     fn from(o: Outcome) -> Self {
         use proto::outcome::Outcome as O;
@@ -205,6 +216,7 @@ impl From<Outcome> for proto::Outcome {
     }
 }
 
+#[doc(hidden)]
 impl TryFrom<proto::Outcome> for Outcome {
     type Error = ApiError;
 
@@ -218,6 +230,7 @@ impl TryFrom<proto::Outcome> for Outcome {
     }
 }
 
+#[doc(hidden)]
 impl From<TaskResult> for proto::TaskResult {
     fn from(r: TaskResult) -> Self {
         proto::TaskResult {
@@ -231,6 +244,7 @@ impl From<TaskResult> for proto::TaskResult {
     }
 }
 
+#[doc(hidden)]
 impl TryFrom<proto::TaskResult> for TaskResult {
     type Error = ApiError;
 
@@ -246,6 +260,7 @@ impl TryFrom<proto::TaskResult> for TaskResult {
     }
 }
 
+#[doc(hidden)]
 impl From<TaskView> for proto::TaskView {
     fn from(v: TaskView) -> Self {
         proto::TaskView {
@@ -271,6 +286,7 @@ impl From<TaskView> for proto::TaskView {
     }
 }
 
+#[doc(hidden)]
 impl TryFrom<proto::TaskView> for TaskView {
     type Error = ApiError;
 

@@ -35,6 +35,7 @@ pub struct AttemptRef {
     pub attempt: Attempt,
 }
 
+#[doc(hidden)]
 impl From<ApiAttemptRef> for AttemptRef {
     fn from(a: ApiAttemptRef) -> Self {
         AttemptRef {
@@ -44,6 +45,7 @@ impl From<ApiAttemptRef> for AttemptRef {
     }
 }
 
+#[doc(hidden)]
 impl From<AttemptRef> for ApiAttemptRef {
     fn from(a: AttemptRef) -> Self {
         ApiAttemptRef {
@@ -62,6 +64,7 @@ pub struct Limits {
     pub memory_bytes: Option<u64>,
 }
 
+#[doc(hidden)]
 impl From<mawex_api::Limits> for Limits {
     fn from(l: mawex_api::Limits) -> Self {
         Limits {
@@ -71,6 +74,7 @@ impl From<mawex_api::Limits> for Limits {
     }
 }
 
+#[doc(hidden)]
 impl From<Limits> for mawex_api::Limits {
     fn from(l: Limits) -> Self {
         let mut limits = mawex_api::Limits::default();
@@ -91,6 +95,7 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
 }
 
+#[doc(hidden)]
 impl From<mawex_api::RetryPolicy> for RetryPolicy {
     fn from(p: mawex_api::RetryPolicy) -> Self {
         RetryPolicy {
@@ -101,6 +106,7 @@ impl From<mawex_api::RetryPolicy> for RetryPolicy {
     }
 }
 
+#[doc(hidden)]
 impl From<RetryPolicy> for mawex_api::RetryPolicy {
     fn from(p: RetryPolicy) -> Self {
         mawex_api::RetryPolicy::new(p.max_attempts)
@@ -145,6 +151,7 @@ pub struct TaskSpec {
     pub sandbox: Option<String>,
 }
 
+#[doc(hidden)]
 impl From<mawex_api::TaskSpec> for TaskSpec {
     fn from(s: mawex_api::TaskSpec) -> Self {
         TaskSpec {
@@ -166,6 +173,7 @@ impl From<mawex_api::TaskSpec> for TaskSpec {
     }
 }
 
+#[doc(hidden)]
 impl From<TaskSpec> for mawex_api::TaskSpec {
     fn from(s: TaskSpec) -> Self {
         let mut spec = mawex_api::TaskSpec::new(s.group, s.handler, s.payload)
@@ -203,6 +211,7 @@ pub struct TaskError {
     pub retry: RetryHint,
 }
 
+#[doc(hidden)]
 impl From<mawex_api::TaskError> for TaskError {
     fn from(e: mawex_api::TaskError) -> Self {
         TaskError {
@@ -217,6 +226,7 @@ impl From<mawex_api::TaskError> for TaskError {
     }
 }
 
+#[doc(hidden)]
 impl From<TaskError> for mawex_api::TaskError {
     fn from(e: TaskError) -> Self {
         let retry = match e.retry {
@@ -239,6 +249,7 @@ pub enum Outcome {
     Cancelled,
 }
 
+#[doc(hidden)]
 impl From<mawex_api::Outcome> for Outcome {
     fn from(o: mawex_api::Outcome) -> Self {
         match o {
@@ -250,6 +261,7 @@ impl From<mawex_api::Outcome> for Outcome {
     }
 }
 
+#[doc(hidden)]
 impl From<Outcome> for mawex_api::Outcome {
     fn from(o: Outcome) -> Self {
         match o {
@@ -282,6 +294,7 @@ pub struct AttemptFailure {
     pub at: Timestamp,
 }
 
+#[doc(hidden)]
 impl From<AttemptFailure> for mawex_api::AttemptFailure {
     fn from(f: AttemptFailure) -> Self {
         mawex_api::AttemptFailure::new(f.attempt, f.error.into(), f.at)
@@ -305,6 +318,7 @@ pub struct TaskResult {
     pub seq: u64,
 }
 
+#[doc(hidden)]
 impl From<TaskResult> for mawex_api::TaskResult {
     fn from(r: TaskResult) -> Self {
         mawex_api::TaskResult::new(
@@ -340,6 +354,7 @@ pub struct GroupSettings {
     pub retry: Option<RetryPolicy>,
 }
 
+#[doc(hidden)]
 impl From<mawex_api::GroupSettings> for GroupSettings {
     fn from(g: mawex_api::GroupSettings) -> Self {
         GroupSettings {
@@ -354,6 +369,7 @@ impl From<mawex_api::GroupSettings> for GroupSettings {
     }
 }
 
+#[doc(hidden)]
 impl From<GroupSettings> for mawex_api::GroupSettings {
     fn from(g: GroupSettings) -> Self {
         let mut settings = mawex_api::GroupSettings::default();
@@ -378,6 +394,7 @@ pub struct PendingChange {
     pub position: Option<QueuePosition>,
 }
 
+#[doc(hidden)]
 impl From<mawex_api::PendingChange> for PendingChange {
     fn from(c: mawex_api::PendingChange) -> Self {
         PendingChange {
@@ -403,6 +420,7 @@ pub struct ScheduleSpec {
     pub missed: MissedTicks,
 }
 
+#[doc(hidden)]
 impl From<mawex_api::ScheduleSpec> for ScheduleSpec {
     fn from(s: mawex_api::ScheduleSpec) -> Self {
         ScheduleSpec {
@@ -415,6 +433,7 @@ impl From<mawex_api::ScheduleSpec> for ScheduleSpec {
     }
 }
 
+#[doc(hidden)]
 impl From<ScheduleSpec> for mawex_api::ScheduleSpec {
     fn from(s: ScheduleSpec) -> Self {
         mawex_api::ScheduleSpec::new(s.name, s.cron, s.task.into())
@@ -438,6 +457,7 @@ pub enum Strategy {
     },
 }
 
+#[doc(hidden)]
 impl From<mawex_api::Strategy> for Strategy {
     fn from(s: mawex_api::Strategy) -> Self {
         match s {
@@ -451,6 +471,7 @@ impl From<mawex_api::Strategy> for Strategy {
     }
 }
 
+#[doc(hidden)]
 impl From<Strategy> for mawex_api::Strategy {
     fn from(s: Strategy) -> Self {
         match s {
@@ -469,6 +490,7 @@ pub enum Source {
     Pod(PodId),
 }
 
+#[doc(hidden)]
 impl From<mawex_api::Source> for Source {
     fn from(s: mawex_api::Source) -> Self {
         match s {
@@ -484,6 +506,7 @@ impl std::fmt::Display for Source {
     }
 }
 
+#[doc(hidden)]
 impl From<Source> for mawex_api::Source {
     fn from(s: Source) -> Self {
         match s {
@@ -543,6 +566,7 @@ pub struct BroadcastSpec {
     pub hosts: Vec<String>,
 }
 
+#[doc(hidden)]
 impl From<mawex_api::BroadcastSpec> for BroadcastSpec {
     fn from(b: mawex_api::BroadcastSpec) -> Self {
         BroadcastSpec {
@@ -566,6 +590,7 @@ impl From<mawex_api::BroadcastSpec> for BroadcastSpec {
     }
 }
 
+#[doc(hidden)]
 impl From<BroadcastSpec> for mawex_api::BroadcastSpec {
     fn from(b: BroadcastSpec) -> Self {
         let mut filter = mawex_api::TargetFilter::default();
