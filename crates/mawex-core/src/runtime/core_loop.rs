@@ -22,9 +22,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, error, info};
 
 use super::config::{MasterConfig, MasterStats};
-use super::deliver::Subscriber;
 use super::feed::CommittedBatch;
 use super::messages::{CoreMsg, Reply};
+use super::streams::Subscriber;
 use crate::clock::Clock;
 use crate::engine::{Engine, Output};
 use crate::error::CoreError;

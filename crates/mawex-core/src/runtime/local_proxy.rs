@@ -14,9 +14,9 @@ use mawex_api::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::deliver::{FeedState, MAX_STREAM_LAG};
 use super::messages::CoreMsg;
 use super::read_model::ReadSide;
+use super::streams::{FeedState, MAX_STREAM_LAG};
 
 fn stopped() -> ApiError {
     ApiError::Unavailable("the master is not running".into())

@@ -10,7 +10,7 @@ use mawex_api::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::deliver::FeedState;
+use super::streams::FeedState;
 use crate::state::MasterState;
 
 /// Answer channel of a request.

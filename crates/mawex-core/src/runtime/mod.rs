@@ -10,6 +10,7 @@ mod local_proxy;
 mod master;
 mod messages;
 mod read_model;
+mod streams;
 
 pub use config::{MasterConfig, MasterStats};
 pub use feed::{CommittedBatch, CommittedFeed};
