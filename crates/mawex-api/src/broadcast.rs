@@ -262,8 +262,13 @@ impl BroadcastSpec {
     }
 }
 
-/// The version after `last`: the trailing number incremented (`v0.3.1` → `v0.3.2`,
-/// `build-9` → `build-10`), or `-1` appended (`foo` → `foo-1`); `1` when there is none.
+/// The longest app name or version, in bytes.
+pub const MAX_VERSION_LEN: usize = MAX_NAME;
+
+/// The version after `last`: the trailing number incremented in decimal, however long
+/// (`v0.3.1` → `v0.3.2`, `build-9` → `build-10`, `r099` → `r100`), or `-1` appended
+/// (`foo` → `foo-1`); `1` when there is none. The result may be one byte longer than
+/// `last`; the master refuses a fire whose next version would exceed [`MAX_VERSION_LEN`].
 pub fn next_version(last: Option<&str>) -> String {
     let Some(last) = last else {
         return "1".to_owned();
@@ -273,11 +278,22 @@ pub fn next_version(last: Option<&str>) -> String {
         return format!("{last}-1");
     }
     let (head, number) = last.split_at(last.len() - digits);
-    // Digits only, so the parse fails only past u128: start a new suffix then.
-    match number.parse::<u128>() {
-        Ok(n) => format!("{head}{}", n + 1),
-        Err(_) => format!("{last}-1"),
+    // Decimal increment on the digits themselves: no integer type to overflow.
+    let mut number = number.as_bytes().to_vec();
+    let mut carry = true;
+    for digit in number.iter_mut().rev() {
+        if *digit == b'9' {
+            *digit = b'0';
+        } else {
+            *digit += 1;
+            carry = false;
+            break;
+        }
     }
+    if carry {
+        number.insert(0, b'1');
+    }
+    format!("{head}{}", String::from_utf8_lossy(&number))
 }
 
 /// Where a target stands.
@@ -436,6 +452,19 @@ mod tests {
         assert_eq!(next_version(Some("v0.3.9")), "v0.3.10");
         assert_eq!(next_version(Some("foo")), "foo-1");
         assert_eq!(next_version(Some("foo-1")), "foo-2");
+        assert_eq!(next_version(Some("r099")), "r100");
+        assert_eq!(next_version(Some("9")), "10");
+    }
+
+    #[test]
+    fn versions_past_every_integer_type_still_count_up() {
+        let max = u128::MAX.to_string();
+        assert_eq!(
+            next_version(Some(&max)),
+            "340282366920938463463374607431768211456"
+        );
+        let long = "9".repeat(127);
+        assert_eq!(next_version(Some(&long)), format!("1{}", "0".repeat(127)));
     }
 
     #[test]

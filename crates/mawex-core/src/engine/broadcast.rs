@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use mawex_api::broadcast::{
-    next_version, APP_ENV, SOURCE_ADDR_ENV, SOURCE_HOST_ENV, SOURCE_POD_ENV, TARGET_HOST_ENV,
-    VERSION_ENV,
+    next_version, APP_ENV, MAX_VERSION_LEN, SOURCE_ADDR_ENV, SOURCE_HOST_ENV, SOURCE_POD_ENV,
+    TARGET_HOST_ENV, VERSION_ENV,
 };
 use mawex_api::{
     ApiError, BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView, PodId,
@@ -68,7 +68,17 @@ impl Engine {
                     .get(&spec.app)
                     .and_then(|id| broadcasts.by_id.get(id))
                     .map(|b| b.version.as_str());
-                next_version(last)
+                let next = next_version(last);
+                if next.len() > MAX_VERSION_LEN {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "the version after {:?} of app {:?} would be {} bytes, over the limit \
+                         of {MAX_VERSION_LEN}: give the broadcast a version",
+                        last.unwrap_or_default(),
+                        spec.app,
+                        next.len()
+                    )));
+                }
+                next
             }
         };
         let (mut targets, mut already) = (Vec::new(), Vec::new());

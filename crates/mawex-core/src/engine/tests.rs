@@ -1046,6 +1046,32 @@ mod broadcast {
 
     use super::*;
 
+    /// A stored version at the end of every integer type still has a next one, and one whose
+    /// next would be too long is refused with a clear error, not a panic of the core thread.
+    #[test]
+    fn versions_at_the_extremes_count_up_or_are_refused() {
+        let mut e = engine();
+        let mut out = Output::default();
+        let spec = BroadcastSpec::new("app", group("g"), "pull");
+        let max = u128::MAX.to_string();
+        e.fire_broadcast(spec.clone().with_version(max), T0, &mut out)
+            .unwrap();
+        let plan = e.plan_broadcast(&spec).unwrap();
+        assert_eq!(plan.version, "340282366920938463463374607431768211456");
+        let fired = e.fire_broadcast(spec.clone(), at(1), &mut out).unwrap();
+        assert_eq!(fired.version, plan.version);
+
+        let other = BroadcastSpec::new("long", group("g"), "pull");
+        e.fire_broadcast(other.clone().with_version("9".repeat(128)), at(2), &mut out)
+            .unwrap();
+        match e.plan_broadcast(&other) {
+            Err(ApiError::InvalidArgument(m)) => {
+                assert!(m.contains("give the broadcast a version"), "{m}")
+            }
+            r => panic!("expected a refusal, got {r:?}"),
+        }
+    }
+
     /// Fires a pull broadcast to `n` one-slot pods, then finishes every running pull at
     /// once, round after round, checking the invariants each round. Returns the rounds.
     fn waves(n: usize, c: u32) -> u32 {
