@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use futures::StreamExt;
 use mawex::broadcast::{APP_ENV, SOURCE_ADDR_ENV, SOURCE_POD_ENV, VERSION_ENV};
 use mawex::{
     ApiError, BroadcastSpec, BroadcastView, Bytes, GroupName, HandlerError, HandlerRegistry,
@@ -546,13 +547,52 @@ async fn an_absent_target_fails_and_catches_up_when_it_returns() {
     let mut pods = start_pods(&m, &fleet, &g, 0..4, Duration::from_millis(300));
     wait_pods(&m, 4).await;
     let proxy = m.proxy();
+    let mut live = proxy.results(g.clone(), None).await.unwrap();
     let fired = proxy
         .fire_broadcast(spec(&g, Strategy::Pull { per_source: 1 }))
         .await
         .unwrap();
+    let absent_task = fired
+        .targets
+        .iter()
+        .find(|t| t.pod.as_str() == name(3))
+        .and_then(|t| t.task)
+        .unwrap();
+    let waiting = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move { proxy.await_result(absent_task).await })
+    };
     // p003 is last in line (one pull per source): it leaves before its turn.
     pods.pop().unwrap().shutdown().await.unwrap();
     let view = wait_done(&proxy, fired.id).await;
+    // The failure of the absent target is a recorded result like any other: its waiter
+    // hears of it, and so do the live stream and a stream that starts later.
+    let result = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("await_result answers")
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&result.outcome, mawex::Outcome::Failed(e) if e.kind == mawex::ErrorKind::LeaseExpired),
+        "{result:?}"
+    );
+    let mut streamed = Vec::new();
+    for _ in 0..4 {
+        let next = tokio::time::timeout(Duration::from_secs(10), live.next())
+            .await
+            .expect("the live stream delivers every target's result");
+        streamed.push(next.unwrap().unwrap());
+    }
+    assert!(streamed.iter().any(|r| r.id == absent_task), "{streamed:?}");
+    let mut later = proxy.results(g.clone(), None).await.unwrap();
+    let mut replayed = Vec::new();
+    for _ in 0..4 {
+        replayed.push(later.next().await.unwrap().unwrap());
+    }
+    assert_eq!(
+        replayed, streamed,
+        "a later stream replays the same results"
+    );
     assert_eq!(view.done(), 3);
     let away = view
         .targets

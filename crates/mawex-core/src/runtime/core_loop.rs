@@ -58,6 +58,8 @@ pub(crate) struct CoreLoop<J> {
     /// Callers waiting for a broadcast to finish.
     pub(crate) broadcast_waiters: HashMap<BroadcastId, Vec<Reply<BroadcastView>>>,
     pub(crate) subscribers: Vec<Subscriber>,
+    /// Results up to this stream position have gone to their waiters and streams.
+    pub(crate) delivered_seq: u64,
     /// Where committed batches are published.
     pub(crate) feed: broadcast::Sender<Arc<CommittedBatch>>,
     /// The last durable sequence number, for readers outside the core thread.

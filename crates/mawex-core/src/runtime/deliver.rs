@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use mawex_api::pod::{Assignment, MasterMessage};
-use mawex_api::{ResultCursor, TaskId};
+use mawex_api::{ResultCursor, TaskResult};
 
 use super::core_loop::{CoreLoop, Deferred};
 use super::messages::Reply;
@@ -53,28 +53,23 @@ impl<J: Journal> CoreLoop<J> {
 
         // Assignments, grouped per pod, skipping any cancelled in the same batch.
         let mut assigns: HashMap<u64, Vec<Assignment>> = HashMap::new();
-        let mut finished: Vec<TaskId> = Vec::new();
         for event in &out.events {
-            match event {
-                Event::TaskAssigned { attempt, pod, .. } => {
-                    let state = self.engine.state();
-                    let Some(entry) = state.task(&attempt.task) else {
-                        continue;
-                    };
-                    if entry.current() != *attempt || entry.result.is_some() {
-                        continue;
-                    }
-                    if let Some(session) = self.engine.session_of(pod) {
-                        assigns.entry(session).or_default().push(Assignment {
-                            attempt: (*attempt).into(),
-                            spec: entry.spec.clone().into(),
-                            env: self.engine.attempt_env(&attempt.task),
-                        });
-                    }
-                }
-                Event::TaskFinished { attempt, .. } => finished.push(attempt.task),
-                Event::TaskCancelled { task, .. } => finished.push(*task),
-                _ => {}
+            let Event::TaskAssigned { attempt, pod, .. } = event else {
+                continue;
+            };
+            let state = self.engine.state();
+            let Some(entry) = state.task(&attempt.task) else {
+                continue;
+            };
+            if entry.current() != *attempt || entry.result.is_some() {
+                continue;
+            }
+            if let Some(session) = self.engine.session_of(pod) {
+                assigns.entry(session).or_default().push(Assignment {
+                    attempt: (*attempt).into(),
+                    spec: entry.spec.clone().into(),
+                    env: self.engine.attempt_env(&attempt.task),
+                });
             }
         }
         // Cancels first: a pod must stop an old attempt before it hears of a newer one.
@@ -119,17 +114,28 @@ impl<J: Journal> CoreLoop<J> {
         }
 
         // Results: waiters, then existing subscribers, then new subscribers with their
-        // backlog (which already holds this batch's results, so none is sent twice).
-        for id in finished {
-            let Some(result) = self.engine.state().result(&id) else {
-                continue;
-            };
-            if let Some(waiters) = self.waiters.remove(&id) {
+        // backlog (which already holds this batch's results, so none is sent twice). Every
+        // result recorded, whatever event recorded it, has the next stream position, so
+        // reading the result log from the last position delivered misses none by
+        // construction (a result retried away in the same batch is no longer there to send).
+        let recorded: Vec<TaskResult> = self
+            .engine
+            .state()
+            .results_after(self.delivered_seq)
+            .map(|r| r.clone().into())
+            .collect();
+        self.delivered_seq = self.engine.state().results_recorded();
+        for result in recorded {
+            self.subscribers.retain(|s| s.offer(&result));
+            if let Some(mut waiters) = self.waiters.remove(&result.id) {
+                let last = waiters.pop();
                 for w in waiters {
                     let _ = w.send(Ok(result.clone()));
                 }
+                if let Some(w) = last {
+                    let _ = w.send(Ok(result));
+                }
             }
-            self.subscribers.retain(|s| s.offer(&result));
         }
         // Broadcasts that finished (or were aborted) in this batch.
         if !self.broadcast_waiters.is_empty() {

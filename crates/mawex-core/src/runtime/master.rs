@@ -101,6 +101,7 @@ impl MasterBuilder {
                     max_payload_bytes: config.max_payload_bytes,
                 };
                 let engine = Engine::new(state, engine_config, clock.now());
+                let engine_results_recorded = engine.state().results_recorded();
                 let core = CoreLoop {
                     engine,
                     journal,
@@ -115,6 +116,7 @@ impl MasterBuilder {
                     waiters: HashMap::new(),
                     broadcast_waiters: HashMap::new(),
                     subscribers: Vec::new(),
+                    delivered_seq: engine_results_recorded,
                     feed,
                     committed,
                     last_prune: std::time::Instant::now(),

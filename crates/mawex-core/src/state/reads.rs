@@ -187,6 +187,11 @@ impl MasterState {
             .filter(|e| e.state == TaskState::Running)
     }
 
+    /// How many results were ever recorded: the stream position of the latest.
+    pub(crate) fn results_recorded(&self) -> u64 {
+        self.results_recorded
+    }
+
     /// Results recorded after `after`, oldest first.
     pub(crate) fn results_after(&self, after: u64) -> impl Iterator<Item = &TaskResult> {
         self.results
