@@ -166,8 +166,19 @@ pub struct TaskSpec {
 impl TaskSpec {
     /// A task with a fresh id, priority 0 and no limits.
     pub fn new(group: GroupName, handler: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        TaskSpec::new_with_id(TaskId::new(), group, handler, payload)
+    }
+
+    /// A task whose id is already chosen (by another client, say, or read back from storage):
+    /// [`TaskSpec::new`] without drawing a fresh id.
+    pub fn new_with_id(
+        id: TaskId,
+        group: GroupName,
+        handler: impl Into<String>,
+        payload: impl Into<Bytes>,
+    ) -> Self {
         TaskSpec {
-            id: TaskId::new(),
+            id,
             group,
             handler: handler.into(),
             payload: payload.into(),

@@ -176,8 +176,7 @@ impl From<mawex_api::TaskSpec> for TaskSpec {
 #[doc(hidden)]
 impl From<TaskSpec> for mawex_api::TaskSpec {
     fn from(s: TaskSpec) -> Self {
-        let mut spec = mawex_api::TaskSpec::new(s.group, s.handler, s.payload)
-            .with_id(s.id)
+        let mut spec = mawex_api::TaskSpec::new_with_id(s.id, s.group, s.handler, s.payload)
             .with_priority(s.priority)
             .with_limits(s.limits.into());
         spec.retry = s.retry.map(Into::into);
