@@ -45,7 +45,7 @@ pub use proxy::{
     CancelAck, ListQuery, MasterProxy, ResultCursor, ResultStream, SubmitAck, TaskPage,
     MAX_LIST_LIMIT,
 };
-pub use remote::{ChannelConfig, GrpcPodConnector, RemoteConfig, RemoteMasterProxy};
+pub use remote::{ChannelConfig, ClientTls, GrpcPodConnector, RemoteConfig, RemoteMasterProxy};
 pub use task::{
     AttemptFailure, Dedup, Limits, Outcome, RetryPolicy, TaskResult, TaskSpec, TaskState, TaskView,
     MAX_ATTEMPTS, MAX_DEDUP_KEY_LEN, MAX_FAIRNESS_KEY_LEN, MAX_HANDLER_LEN,

@@ -45,6 +45,7 @@ use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::{Interceptor, Routes};
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Status};
 use tracing::info;
 
@@ -63,6 +64,58 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// TCP keepalive of accepted connections, so a vanished peer is noticed. Default: 10 s.
     pub tcp_keepalive: Option<Duration>,
+    /// TLS on the listener (clients then use `https://`). Default: none.
+    pub tls: Option<ServerTls>,
+}
+
+/// TLS of the server (rustls with the `ring` provider).
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerTls {
+    /// PEM certificate chain of the server.
+    pub cert_pem: Vec<u8>,
+    /// PEM private key of the certificate.
+    pub key_pem: Vec<u8>,
+    /// PEM certificates of the authorities whose client certificates are required (mutual
+    /// TLS); none: clients present no certificate.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl ServerTls {
+    /// Serves with the certificate chain `cert_pem` and its private key `key_pem`.
+    pub fn new(cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        ServerTls {
+            cert_pem: cert_pem.into(),
+            key_pem: key_pem.into(),
+            client_ca_pem: None,
+        }
+    }
+
+    /// Requires every client to present a certificate signed by an authority in `ca_pem`.
+    pub fn require_client_certificates(mut self, ca_pem: impl Into<Vec<u8>>) -> Self {
+        self.client_ca_pem = Some(ca_pem.into());
+        self
+    }
+
+    fn config(&self) -> ServerTlsConfig {
+        let config =
+            ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
+        match &self.client_ca_pem {
+            Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
+            None => config,
+        }
+    }
+}
+
+/// The private key stays out of logs.
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &"(hidden)")
+            .field("client_ca_pem", &self.client_ca_pem.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 impl Default for ServerConfig {
@@ -70,6 +123,7 @@ impl Default for ServerConfig {
         ServerConfig {
             max_message_bytes: 16 * 1024 * 1024,
             tcp_keepalive: Some(Duration::from_secs(10)),
+            tls: None,
         }
     }
 }
@@ -125,6 +179,12 @@ impl Server {
     /// Uses `config` instead of the defaults.
     pub fn config(mut self, config: ServerConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Serves over TLS (see [`ServerConfig::tls`]).
+    pub fn tls(mut self, tls: ServerTls) -> Self {
+        self.config.tls = Some(tls);
         self
     }
 
@@ -246,9 +306,17 @@ impl Server {
             .add_service(reflection)
             .add_service(InterceptedService::new(client, self.checks.clone()))
             .add_service(InterceptedService::new(pods, self.checks));
+        // TLS settings are checked here, so `start` reports bad ones before it returns.
+        let mut transport = tonic::transport::Server::builder();
+        if let Some(tls) = &self.config.tls {
+            transport = transport
+                .tls_config(tls.config())
+                .map_err(|e| ServerError::Config(format!("TLS settings: {e}")))?;
+        }
         Ok(Serving {
             routes,
             tcp_keepalive: self.config.tcp_keepalive,
+            transport,
         })
     }
 }
@@ -257,6 +325,7 @@ impl Server {
 struct Serving {
     routes: Routes,
     tcp_keepalive: Option<Duration>,
+    transport: tonic::transport::Server,
 }
 
 impl Serving {
@@ -267,7 +336,8 @@ impl Serving {
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(self.tcp_keepalive);
-        tonic::transport::Server::builder()
+        let mut transport = self.transport;
+        transport
             .add_routes(self.routes)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::debug;
 
 use crate::error::ApiError;
@@ -27,6 +27,74 @@ pub struct ChannelConfig {
     pub keepalive_timeout: Duration,
     /// Largest message sent or received, in bytes. Default: 64 MiB.
     pub max_message_bytes: usize,
+    /// TLS towards the masters, whose endpoints are then `https://`. Default: none (plain
+    /// `http://`).
+    pub tls: Option<ClientTls>,
+}
+
+/// TLS of a client or pod towards its masters (rustls).
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientTls {
+    /// PEM certificates of the authorities that sign the masters' certificates.
+    pub ca_pem: Vec<u8>,
+    /// The name the masters' certificates are checked against, if not the endpoint's host.
+    pub domain: Option<String>,
+    /// PEM certificate chain and private key this side presents, for masters that require
+    /// client certificates (mutual TLS).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl ClientTls {
+    /// Trusts masters whose certificates the authorities in `ca_pem` signed.
+    pub fn new(ca_pem: impl Into<Vec<u8>>) -> Self {
+        ClientTls {
+            ca_pem: ca_pem.into(),
+            domain: None,
+            identity: None,
+        }
+    }
+
+    /// Checks the masters' certificates against `domain` instead of the endpoint's host.
+    pub fn with_domain(mut self, domain: impl Into<String>) -> Self {
+        self.domain = Some(domain.into());
+        self
+    }
+
+    /// Presents `cert_pem` (a chain) with its `key_pem` to the masters (mutual TLS).
+    pub fn with_identity(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.identity = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    fn config(&self) -> ClientTlsConfig {
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
+        if let Some(domain) = &self.domain {
+            config = config.domain_name(domain.clone());
+        }
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        config
+    }
+}
+
+/// The private key stays out of logs.
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("ca_pem", &format_args!("{} bytes", self.ca_pem.len()))
+            .field("domain", &self.domain)
+            .field(
+                "identity",
+                &self.identity.as_ref().map(|_| "(certificate and key)"),
+            )
+            .finish()
+    }
 }
 
 impl Default for ChannelConfig {
@@ -37,15 +105,45 @@ impl Default for ChannelConfig {
             http2_keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(20),
             max_message_bytes: 64 * 1024 * 1024,
+            tls: None,
         }
     }
 }
 
 impl ChannelConfig {
+    /// The same settings with TLS towards the masters.
+    pub fn with_tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// A channel to `endpoint` that connects on first use and again after every failure.
     fn channel(&self, endpoint: &str) -> Result<Channel, ApiError> {
-        Ok(Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| ApiError::InvalidArgument(format!("endpoint {endpoint:?}: {e}")))?
+        let bad = |m: String| ApiError::InvalidArgument(format!("endpoint {endpoint:?}: {m}"));
+        let mut channel =
+            Endpoint::from_shared(endpoint.to_owned()).map_err(|e| bad(e.to_string()))?;
+        // TLS is used for https:// endpoints only: refuse the mismatches rather than talk in
+        // the clear to an endpoint that was meant to be secured.
+        let https = endpoint.starts_with("https://");
+        match (&self.tls, https) {
+            (Some(tls), true) => {
+                channel = channel
+                    .tls_config(tls.config())
+                    .map_err(|e| bad(format!("TLS settings: {e}")))?;
+            }
+            (Some(_), false) => {
+                return Err(bad(
+                    "TLS is configured, so the endpoint must be https://".to_owned()
+                ))
+            }
+            (None, true) => {
+                return Err(bad(
+                    "an https:// endpoint needs TLS settings (ChannelConfig::with_tls)".to_owned(),
+                ))
+            }
+            (None, false) => {}
+        }
+        Ok(channel
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             .tcp_keepalive(self.tcp_keepalive)

@@ -4,7 +4,7 @@
 mod channel;
 mod pod_connector;
 
-pub use channel::ChannelConfig;
+pub use channel::{ChannelConfig, ClientTls};
 pub use pod_connector::GrpcPodConnector;
 
 use std::future::Future;

@@ -1,0 +1,164 @@
+//! TLS on the server and on both remote ends: a client and a pod over https, mutual TLS,
+//! and the mistakes refused with a clear error instead of talking in the clear.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{group, instrumented, pod_id, TestMaster};
+use mawex::{
+    ApiError, ChannelConfig, ClientTls, GrpcPodConnector, MasterProxy, Outcome, Pod, PodConfig,
+    RemoteConfig, RemoteMasterProxy, Server, ServerError, ServerTls, TaskSpec,
+};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+/// A certificate authority, a server certificate for `localhost` and a client certificate.
+struct Pki {
+    ca: String,
+    server: (String, String),
+    client: (String, String),
+}
+
+fn new_pki() -> Pki {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    Pki {
+        server: leaf("localhost"),
+        client: leaf("pod-1.mawex.test"),
+        ca: ca.pem(),
+    }
+}
+
+fn remote(endpoint: &str, channel: ChannelConfig) -> Result<RemoteMasterProxy, ApiError> {
+    let mut config = RemoteConfig::default();
+    config.retry_for = Duration::from_secs(1);
+    config.channel = channel;
+    RemoteMasterProxy::with_config([endpoint], config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_and_pods_speak_tls_and_plain_text_is_refused() {
+    let pki = new_pki();
+    let m = TestMaster::start().await;
+    let server = Server::new(m.master())
+        .tls(ServerTls::new(pki.server.0.clone(), pki.server.1.clone()))
+        .start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let port = server.local_addr().port();
+    let https = format!("https://localhost:{port}");
+    let tls = ChannelConfig::default().with_tls(ClientTls::new(pki.ca.clone()));
+
+    let g = group("tls");
+    let (handlers, _, _) = instrumented();
+    let pod = Pod::start(
+        PodConfig::new(pod_id("p-tls"), vec![g.clone()]),
+        Arc::new(mawex::InProcess::new(handlers)),
+        Arc::new(GrpcPodConnector::with_config([https.as_str()], tls.clone()).unwrap()),
+    )
+    .unwrap();
+    let client = remote(&https, tls.clone()).unwrap();
+    let ack = client
+        .submit(TaskSpec::new(g.clone(), "echo", "secret"))
+        .await
+        .unwrap();
+    let result = client.await_result(ack.id).await.unwrap();
+    assert_eq!(result.outcome, Outcome::Succeeded("secret".into()));
+
+    // Plain HTTP/2 to the TLS port gets no answer the client can use.
+    let plain = remote(
+        &format!("http://127.0.0.1:{port}"),
+        ChannelConfig::default(),
+    )
+    .unwrap();
+    assert!(
+        matches!(plain.get(ack.id).await, Err(ApiError::Unavailable(_))),
+        "plain text reached a TLS listener"
+    );
+    // A client that trusts another authority refuses the server's certificate.
+    let stranger = remote(
+        &https,
+        ChannelConfig::default().with_tls(ClientTls::new(new_pki().ca)),
+    )
+    .unwrap();
+    assert!(matches!(
+        stranger.get(ack.id).await,
+        Err(ApiError::Unavailable(_))
+    ));
+    // Mismatched settings are refused before anything is sent.
+    for (endpoint, channel) in [
+        (format!("http://127.0.0.1:{port}"), tls.clone()),
+        (https.clone(), ChannelConfig::default()),
+    ] {
+        match remote(&endpoint, channel) {
+            Err(ApiError::InvalidArgument(m)) => assert!(m.contains("https"), "{m}"),
+            other => panic!("expected a refusal for {endpoint}, got {other:?}"),
+        }
+    }
+    pod.shutdown().await.unwrap();
+    server.shutdown().await.unwrap();
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_admits_only_clients_with_a_certificate() {
+    let pki = new_pki();
+    let m = TestMaster::start().await;
+    let server = Server::new(m.master())
+        .tls(
+            ServerTls::new(pki.server.0.clone(), pki.server.1.clone())
+                .require_client_certificates(pki.ca.clone()),
+        )
+        .start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let https = format!("https://localhost:{}", server.local_addr().port());
+    let spec = TaskSpec::new(group("mtls"), "echo", "x");
+
+    let anonymous = remote(
+        &https,
+        ChannelConfig::default().with_tls(ClientTls::new(pki.ca.clone())),
+    )
+    .unwrap();
+    assert!(matches!(
+        anonymous.submit(spec.clone()).await,
+        Err(ApiError::Unavailable(_))
+    ));
+    let known = remote(
+        &https,
+        ChannelConfig::default().with_tls(
+            ClientTls::new(pki.ca.clone())
+                .with_identity(pki.client.0.clone(), pki.client.1.clone()),
+        ),
+    )
+    .unwrap();
+    assert!(known.submit(spec).await.unwrap().created);
+    server.shutdown().await.unwrap();
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_certificates_are_refused_at_start() {
+    let m = TestMaster::start().await;
+    let started = Server::new(m.master())
+        .tls(ServerTls::new("not a certificate", "not a key"))
+        .start("127.0.0.1:0".parse().unwrap())
+        .await;
+    match started {
+        Err(ServerError::Config(message)) => assert!(message.contains("TLS"), "{message}"),
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+    m.shutdown().await;
+}
