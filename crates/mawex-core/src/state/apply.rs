@@ -142,11 +142,14 @@ impl MasterState {
                     entry.state = TaskState::Pending;
                     entry.not_before = None;
                     entry.retry_base = u32::try_from(entry.failures.len()).unwrap_or(u32::MAX);
-                    // Back in line as a newcomer of its key.
+                    // Back in line as a newcomer of its key. A broadcast target is never in a
+                    // queue, so it holds no round (as when it was fired, and after a load).
                     let rounds = self.rounds.entry(entry.spec.group.clone()).or_default();
                     let key = entry.spec.fairness_key.as_deref().unwrap_or("");
                     entry.round = rounds.next_for(key);
-                    rounds.add(key, entry.round);
+                    if !self.broadcasts.is_target(id) {
+                        rounds.add(key, entry.round);
+                    }
                     let entry = entry.clone();
                     self.enqueue(&entry);
                     self.broadcasts.back_to_waiting(id, None);
@@ -162,8 +165,11 @@ impl MasterState {
                     }
                     let mut entry = entry.clone();
                     self.dequeue(&entry);
+                    let target = self.broadcasts.is_target(id);
                     if let Some(rounds) = self.rounds.get_mut(&entry.spec.group) {
-                        rounds.remove(entry.fairness_key(), entry.round);
+                        if !target {
+                            rounds.remove(entry.fairness_key(), entry.round);
+                        }
                     }
                     let moved = change
                         .group
@@ -183,7 +189,9 @@ impl MasterState {
                         _ if moved => rounds.next_for(entry.fairness_key()),
                         _ => entry.round,
                     };
-                    rounds.add(entry.fairness_key(), entry.round);
+                    if !target {
+                        rounds.add(entry.fairness_key(), entry.round);
+                    }
                     self.enqueue(&entry);
                     self.tasks.insert(*id, entry);
                 }
@@ -433,9 +441,12 @@ impl MasterState {
         if entry.state == TaskState::Running {
             leave_running(&mut self.running_by_group, &entry.spec.group);
         }
+        // A broadcast target holds no round: removing one would take another task's.
         if let Some(rounds) = self.rounds.get_mut(&entry.spec.group) {
-            let key = entry.spec.fairness_key.as_deref().unwrap_or("");
-            rounds.remove(key, entry.round);
+            if !self.broadcasts.is_target(&id) {
+                let key = entry.spec.fairness_key.as_deref().unwrap_or("");
+                rounds.remove(key, entry.round);
+            }
         }
         if let (TaskState::Running, Some(started)) = (entry.state, entry.started_at) {
             let ms = at.0.saturating_sub(started.0);

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 /// turns round by round and a key that arrives late starts at the current round, not behind
 /// everyone else's backlog. Derived from durable state only (each task keeps its round), so
 /// replay assigns the same rounds.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Rounds {
     all: BTreeMap<u64, u32>,
     by_key: HashMap<String, BTreeMap<u64, u32>>,
@@ -15,6 +15,13 @@ pub(crate) struct Rounds {
 
 /// Rounds start here, leaving room below for tasks preferred to the front.
 pub(crate) const ROUND_BASE: u64 = 1 << 32;
+
+impl Rounds {
+    /// True when no live task of the group holds a round.
+    pub(super) fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
+}
 
 impl Rounds {
     /// A round ahead of every live task of the group.
