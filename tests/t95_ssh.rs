@@ -164,3 +164,54 @@ async fn a_failing_remote_command_fails_its_target_with_its_exit_code() {
         "a failed host is never a source"
     );
 }
+
+/// A target "host" that is an ssh option (`-F<file>`, whose ProxyCommand would run on the
+/// pod) is refused: by the master when the broadcast is fired, and by the sandbox should one
+/// reach it anyway. Nothing runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_is_an_ssh_option_is_refused_and_runs_nothing() {
+    use mawex::sandbox::{Sandbox, TaskInput};
+    use tokio_util::sync::CancellationToken;
+
+    let Some(sshd) = LocalSshd::start().await else {
+        return;
+    };
+    let marker = sshd.scratch().join("proxy-command-ran");
+    let evil = sshd.scratch().join("evil.conf");
+    std::fs::write(
+        &evil,
+        format!("Host *\n  ProxyCommand touch {}\n", marker.display()),
+    )
+    .unwrap();
+    let host = format!("-F{}", evil.display());
+
+    let m = TestMaster::start().await;
+    let fire = m
+        .proxy()
+        .fire_broadcast(
+            BroadcastSpec::new("site", group("deployers"), "restart").with_hosts([host.as_str()]),
+        )
+        .await;
+    assert!(
+        matches!(&fire, Err(mawex::ApiError::InvalidArgument(msg)) if msg.contains("option")),
+        "{fire:?}"
+    );
+    m.shutdown().await;
+
+    let cfg = sshd.client_config.display().to_string();
+    let mut ssh = SshSandbox::new().with_options(["-F", cfg.as_str()]);
+    ssh.step("restart", SshStep::on_target("true")).unwrap();
+    let mut input = TaskInput::for_test("restart", "");
+    input.env = [
+        ("MAWEX_SOURCE_HOST".to_owned(), "@origin".to_owned()),
+        ("MAWEX_TARGET_HOST".to_owned(), host.clone()),
+    ]
+    .into_iter()
+    .collect();
+    let ran = ssh.run(input, CancellationToken::new()).await;
+    assert!(ran.is_err(), "{ran:?}");
+    assert!(
+        !marker.exists(),
+        "ssh read {host} as an option and ran its ProxyCommand"
+    );
+}

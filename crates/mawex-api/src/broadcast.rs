@@ -257,6 +257,11 @@ impl BroadcastSpec {
                 }
                 other => other,
             })?;
+            if host.starts_with('-') {
+                return bad(format!(
+                    "broadcast host {host:?} starts with '-', which ssh would read as an option"
+                ));
+            }
         }
         Ok(())
     }
@@ -465,6 +470,19 @@ mod tests {
         );
         let long = "9".repeat(127);
         assert_eq!(next_version(Some(&long)), format!("1{}", "0".repeat(127)));
+    }
+
+    #[test]
+    fn hosts_that_look_like_options_are_refused() {
+        let group = crate::GroupName::new("g").expect("valid");
+        let spec = BroadcastSpec::new("site", group, "sync");
+        assert!(spec.clone().with_hosts(["h1", "web-2"]).validate().is_ok());
+        for bad in ["-F/tmp/x", "-E/var/log/x", "-oProxyCommand"] {
+            match spec.clone().with_hosts([bad]).validate() {
+                Err(ApiError::InvalidArgument(m)) => assert!(m.contains("option"), "{m}"),
+                other => panic!("{bad} accepted: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -181,10 +181,18 @@ impl SshSandbox {
             StepHost::Source => source,
             StepHost::Target => target,
         };
+        // A "host" such as `-F/tmp/x` would be an option to ssh (a config whose ProxyCommand
+        // runs here). The master refuses such names; refuse them here too, and end ssh's
+        // options before the host, so that nothing after it is read as one either.
+        if host.starts_with('-') {
+            return Err(SandboxError::Spawn(format!(
+                "host {host:?} starts with '-': refused, ssh would read it as an option"
+            )));
+        }
         let mut argv = vec![self.program.to_string_lossy().into_owned()];
         argv.extend(["-o".to_owned(), "BatchMode=yes".to_owned()]);
         argv.extend(self.options.iter().cloned());
-        argv.extend([host, "--".to_owned(), command]);
+        argv.extend(["--".to_owned(), host, command]);
         Ok(argv)
     }
 }
@@ -252,8 +260,8 @@ mod tests {
                 "BatchMode=yes",
                 "-F",
                 "/etc/cfg",
-                "h1",
                 "--",
+                "h1",
                 "rsync -a /srv/v2/ h4:/srv/v2/"
             ]
         );
@@ -265,9 +273,11 @@ mod tests {
         let restart = SshStep::on_target("systemctl restart app # {source}");
         assert_eq!(
             ssh.argv(&restart, &input("@origin", "h1")).unwrap()[5..],
-            ["h1", "--", "systemctl restart app # origin"]
+            ["--", "h1", "systemctl restart app # origin"]
         );
         assert!(ssh.argv(&pull, &input("h1", "h4;rm -rf /")).is_err());
+        assert!(ssh.argv(&restart, &input("@origin", "-F/tmp/x")).is_err());
+        assert!(ssh.argv(&pull, &input("-oProxyCommand", "h1")).is_err());
         assert!(ssh.argv(&pull, &TaskInput::for_test("sync", "")).is_err());
     }
 }
