@@ -338,7 +338,10 @@ async fn a_pod_running_jobs_cleans_up_when_it_shuts_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_against_a_real_cluster() {
     if std::env::var("MAWEX_K8S_TEST").as_deref() != Ok("1") {
-        eprintln!("skipped: set MAWEX_K8S_TEST=1 to run against the current kubeconfig");
+        skipped(
+            "conformance_against_a_real_cluster",
+            "set MAWEX_K8S_TEST=1 to run against the current kubeconfig",
+        );
         return;
     }
     let ns = std::env::var("MAWEX_K8S_NAMESPACE").unwrap_or_else(|_| "default".into());
