@@ -27,6 +27,9 @@ pub struct CommandSpec {
     pub env: BTreeMap<String, String>,
     /// Names of the pod's environment variables to pass through.
     pub inherit: Vec<String>,
+    /// Names of attempt variables (besides `MAWEX_*`, always passed) the command may get
+    /// from the attempt; every other one is dropped. Default: none.
+    pub from_attempt: Vec<String>,
     /// Limits beyond the task's timeout and memory: CPU seconds and open files.
     pub cpu_seconds: Option<u64>,
     /// Open-file limit.
@@ -45,6 +48,7 @@ impl CommandSpec {
             cwd: None,
             env: BTreeMap::new(),
             inherit: Vec::new(),
+            from_attempt: Vec::new(),
             cpu_seconds: None,
             open_files: None,
         }
@@ -59,6 +63,13 @@ impl CommandSpec {
     /// The same command, passed the pod's `name` variable too.
     pub fn inherit(mut self, name: impl Into<String>) -> Self {
         self.inherit.push(name.into());
+        self
+    }
+
+    /// The same command, passed the attempt's `name` variable too if it has one (attempt
+    /// variables other than `MAWEX_*` are dropped otherwise).
+    pub fn from_attempt(mut self, name: impl Into<String>) -> Self {
+        self.from_attempt.push(name.into());
         self
     }
 
@@ -140,7 +151,7 @@ impl Sandbox for CommandSandbox {
             .split_first()
             .ok_or_else(|| SandboxError::Spawn("empty argv".into()))?;
         let mut command = process::isolated_command(program, args, &spec.env, &spec.inherit);
-        command.envs(&input.env);
+        command.envs(input.child_env(&spec.from_attempt));
         if let Some(dir) = &spec.cwd {
             command.current_dir(dir);
         }

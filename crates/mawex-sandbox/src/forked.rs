@@ -250,6 +250,10 @@ impl Sandbox for ForkedSandbox {
         input: TaskInput,
         cancel: CancellationToken,
     ) -> Result<Bytes, SandboxError> {
+        let env = input
+            .child_env(&[])
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let request = Request {
             task: input.task,
             attempt: input.attempt.0,
@@ -259,7 +263,7 @@ impl Sandbox for ForkedSandbox {
             memory_bytes: input.limits.memory_bytes,
             cpu_seconds: self.cpu_seconds,
             open_files: self.open_files,
-            env: input.env,
+            env,
         };
         let stdin = frame(&request).map_err(SandboxError::Spawn)?;
         let limits = process::limits_for(&input.limits, self.cpu_seconds, self.open_files);

@@ -21,11 +21,32 @@ pub struct TaskInput {
     /// Limits of this attempt.
     pub limits: Limits,
     /// Environment of this attempt from the master (a broadcast's source, say). Child
-    /// sandboxes add it to the process environment.
+    /// sandboxes add its `MAWEX_*` variables to the process environment, and no others unless
+    /// the operator allowed them (see [`TaskInput::child_env`]).
     pub env: BTreeMap<String, String>,
 }
 
+/// Prefix of the attempt variables a child process always gets.
+pub const ATTEMPT_ENV_PREFIX: &str = "MAWEX_";
+
 impl TaskInput {
+    /// The attempt's variables a child process may get: those named `MAWEX_*`, and those in
+    /// `allowed` (listed by the operator). Anything else that arrived with the attempt
+    /// (`LD_PRELOAD`, `PATH`…) is dropped, so whoever can shape an attempt cannot change what
+    /// the pod's programs load or run.
+    pub fn child_env<'a>(
+        &'a self,
+        allowed: &'a [String],
+    ) -> impl Iterator<Item = (&'a String, &'a String)> + 'a {
+        self.env.iter().filter(move |(name, _)| {
+            let ok = name.starts_with(ATTEMPT_ENV_PREFIX) || allowed.contains(name);
+            if !ok {
+                tracing::warn!(task = %self.task, variable = %name, "attempt variable dropped");
+            }
+            ok
+        })
+    }
+
     /// The input for `attempt` of `spec`.
     pub fn new(attempt: AttemptRef, spec: TaskSpec) -> Self {
         TaskInput {

@@ -300,7 +300,7 @@ impl KubernetesJobSandbox {
                 BASE64.encode(&input.payload),
             ),
         ]);
-        env.extend(input.env.clone());
+        env.extend(input.child_env(&[]).map(|(k, v)| (k.clone(), v.clone())));
         env.extend(self.config.env.clone());
         let (image, command) = match run {
             HandlerRun::Executor => {

@@ -25,6 +25,12 @@ fn sandbox() -> CommandSandbox {
         sh("echo \"home=$HOME mine=$MINE\"").env("MINE", "yes"),
     )
     .unwrap();
+    s.command(
+        "attempt-env",
+        sh("echo \"pod=$MAWEX_SOURCE_POD preload=$LD_PRELOAD path=$PATH listed=$LISTED\"")
+            .from_attempt("LISTED"),
+    )
+    .unwrap();
     s.command("fail", sh("echo 'it broke' >&2; exit 3"))
         .unwrap();
     s.command("segv", sh("kill -SEGV $$")).unwrap();
@@ -71,6 +77,31 @@ async fn success_takes_stdin_and_gives_stdout_with_an_explicit_environment() {
         "home= mine=yes\n",
         "nothing of the pod's environment leaks in"
     );
+}
+
+/// Only `MAWEX_*` variables and those the operator listed come from the attempt: whoever
+/// shapes an attempt cannot set `LD_PRELOAD` or `PATH` for the pod's programs.
+#[tokio::test]
+async fn attempt_variables_are_limited_to_mawex_and_listed_names() {
+    let mut input = TaskInput::for_test("attempt-env", "");
+    input.env = [
+        ("MAWEX_SOURCE_POD", "p1"),
+        ("LD_PRELOAD", "/tmp/evil.so"),
+        ("PATH", "/tmp/evil"),
+        ("LISTED", "yes"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let out = sandbox()
+        .run(input, CancellationToken::new())
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("pod=p1 preload= path="), "{out}");
+    assert!(out.ends_with(" listed=yes\n"), "{out}");
+    // The shell has a default PATH of its own; the attempt's never arrives.
+    assert!(!out.contains("/tmp/evil"), "{out}");
 }
 
 #[tokio::test]
