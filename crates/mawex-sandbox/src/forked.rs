@@ -42,12 +42,55 @@ pub const CHILD_ENV: &str = "MAWEX_FORKED_CHILD";
 /// `registry`, writes the result to stdout and exits the process. In a Kubernetes Job in
 /// executor mode, does the same with the attempt in the environment (see
 /// [`crate::executor`]). Elsewhere returns at once.
+///
+/// # Panics
+/// When called inside a running tokio runtime (from `#[tokio::main]`, say): its children
+/// would fork a multi-threaded process and hang. The message says what to write instead.
 pub fn run_if_child(registry: &HandlerRegistry) {
+    if let Some(problem) = called_too_late() {
+        if std::env::var_os(CHILD_ENV).is_some() {
+            crate::forked_child::refuse(&problem);
+        }
+        let serving = std::env::var_os(crate::fork_server::SERVER_ENV).is_some()
+            || std::env::var_os(crate::executor::EXECUTOR_ENV).is_some();
+        if serving {
+            // A fork server must fork a single-threaded process; the pod falls back to
+            // spawning children, which report `problem` as their attempt's error.
+            eprintln!("mawex: {problem}");
+            std::process::exit(70);
+        }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            panic!("{problem}");
+        }
+        tracing::warn!("{problem}");
+    }
     crate::executor::run_if_executor(registry);
     crate::fork_server::run_if_server(registry);
     if std::env::var_os(CHILD_ENV).is_some() {
         crate::forked_child::run_child(registry);
     }
+}
+
+/// Why [`run_if_child`] cannot work where it was called, if it cannot: inside a running tokio
+/// runtime, or in a process that already runs other threads (a fork of it would keep only the
+/// forking thread, with whatever locks the others held).
+fn called_too_late() -> Option<String> {
+    let in_runtime = tokio::runtime::Handle::try_current().is_ok();
+    let threads = std::fs::read_dir("/proc/self/task").map_or(1, |tasks| tasks.count());
+    if !in_runtime && threads <= 1 {
+        return None;
+    }
+    let when = if in_runtime {
+        "inside a running tokio runtime (#[tokio::main]?)".to_owned()
+    } else {
+        format!("after other threads started ({threads} threads)")
+    };
+    Some(format!(
+        "run_if_child was called {when}. Call it first in a plain `fn main()` and start the \
+         runtime after it: `fn main() -> anyhow::Result<()> {{ \
+         mawex::sandbox::run_if_child(&handlers()); \
+         tokio::runtime::Runtime::new()?.block_on(app()) }}`"
+    ))
 }
 
 /// Children started ahead of their attempts, and how many are being started.

@@ -69,6 +69,28 @@ pub(crate) fn run_child(registry: &HandlerRegistry) -> ! {
     std::process::exit(code);
 }
 
+/// The child of a binary whose hook ran too late (inside a runtime, with other threads):
+/// the attempt fails at once, for good, with `problem` as its error, instead of hanging or
+/// panicking where nobody sees why.
+pub(crate) fn refuse(problem: &str) -> ! {
+    let mut input = Vec::new();
+    // The attempt is read only so the pod's write completes; it is not run.
+    let _ = std::io::stdin().read_to_end(&mut input);
+    let report = Report::Failed(crate::error::HandlerError::permanent(problem));
+    let written = frame(&report).and_then(|bytes| {
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(&bytes)
+            .and_then(|()| stdout.flush())
+            .map_err(|e| e.to_string())
+    });
+    if let Err(e) = written {
+        eprintln!("mawex forked child: {problem} (and the report failed: {e})");
+        std::process::exit(SETUP_FAILED);
+    }
+    std::process::exit(0);
+}
+
 fn child_main(registry: &HandlerRegistry) -> Result<(), String> {
     // Ready before the attempt arrives: a warm child waits here.
     let runtime = tokio::runtime::Builder::new_current_thread()
