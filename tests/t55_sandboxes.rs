@@ -117,3 +117,57 @@ async fn pod_default_limits_apply_where_the_task_sets_none() {
     pod.shutdown().await.unwrap();
     m.shutdown().await;
 }
+
+/// A pod's ceilings bound every attempt, in-process or in a child process: a task asking
+/// for an hour gets the pod's 200 ms, and one asking for less keeps its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_cannot_raise_the_pods_ceilings() {
+    let m = TestMaster::start().await;
+    let (inline, shell) = (group("capped"), group("capped-shell"));
+    let (handlers, _, _) = instrumented();
+    let mut commands = CommandSandbox::new();
+    commands
+        .command("sleep", CommandSpec::new(["/bin/sleep", "30"]))
+        .unwrap();
+    let sandboxes = SandboxSet::new(Arc::new(InProcess::new(handlers)))
+        .with("command", Arc::new(commands))
+        .group_default(shell.clone(), "command")
+        .unwrap();
+    let pod = Pod::start(
+        PodConfig::new(pod_id("p-capped"), vec![inline.clone(), shell.clone()])
+            .with_slots(3)
+            .with_max_limits(Limits::default().with_timeout(Duration::from_millis(200))),
+        sandboxes,
+        m.connector(),
+    )
+    .unwrap();
+    let hour = Limits::default().with_timeout(Duration::from_secs(3600));
+    let mut greedy =
+        TaskSpec::new(inline.clone(), "sleep", "30000").with_retry(RetryPolicy::new(1));
+    greedy.limits = hour.clone();
+    let mut greedy_child = TaskSpec::new(shell, "sleep", "").with_retry(RetryPolicy::new(1));
+    greedy_child.limits = hour;
+    let mut modest = TaskSpec::new(inline, "sleep", "5000").with_retry(RetryPolicy::new(1));
+    modest.limits = Limits::default().with_timeout(Duration::from_millis(50));
+    m.proxy()
+        .submit_many(vec![greedy.clone(), greedy_child.clone(), modest.clone()])
+        .await
+        .unwrap();
+    for spec in [&greedy, &greedy_child, &modest] {
+        let result = m.proxy().await_result(spec.id).await.unwrap();
+        match result.outcome {
+            Outcome::Failed(e) => {
+                assert_eq!(e.kind, ErrorKind::TimedOut, "{e}");
+                let expected = if spec.id == modest.id {
+                    "50ms"
+                } else {
+                    "200ms"
+                };
+                assert!(e.message.contains(expected), "{e}");
+            }
+            other => panic!("the ceiling applies: {other:?}"),
+        }
+    }
+    pod.shutdown().await.unwrap();
+    m.shutdown().await;
+}

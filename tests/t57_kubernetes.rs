@@ -348,3 +348,41 @@ async fn conformance_against_a_real_cluster() {
     let client = kube::Client::try_default().await.unwrap();
     sandbox_suite(&suite_sandbox(client, &ns), Kind::Child).await;
 }
+
+/// A Job gets the pod's ceilings, not what its task asked for beyond them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_limits_never_exceed_the_pods_ceilings() {
+    let fake = FakeKubernetes::start().await;
+    let m = TestMaster::start().await;
+    let jobs = group("capped-jobs");
+    let ceiling = Limits::default()
+        .with_timeout(Duration::from_secs(2))
+        .with_memory_bytes(64 << 20);
+    let pod = Pod::start(
+        PodConfig::new(pod_id("p-capped-jobs"), vec![jobs.clone()]).with_max_limits(ceiling),
+        Arc::new(fake_sandbox(&fake)),
+        m.connector(),
+    )
+    .unwrap();
+    let mut greedy = TaskSpec::new(jobs, "echo", "capped");
+    greedy.limits = Limits::default()
+        .with_timeout(Duration::from_secs(3600))
+        .with_memory_bytes(1 << 30);
+    m.proxy().submit(greedy.clone()).await.unwrap();
+    m.proxy().await_result(greedy.id).await.unwrap();
+    let created = fake.created();
+    let job = created.last().expect("a Job");
+    assert_eq!(
+        job.spec.as_ref().unwrap().active_deadline_seconds,
+        Some(2),
+        "the pod's timeout"
+    );
+    let limits = container(job).resources.clone().unwrap().limits.unwrap();
+    assert_eq!(
+        limits["memory"].0,
+        (64u64 << 20).to_string(),
+        "the pod's memory"
+    );
+    pod.shutdown().await.unwrap();
+    m.shutdown().await;
+}

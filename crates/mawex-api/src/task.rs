@@ -46,6 +46,22 @@ impl Limits {
             memory_bytes: self.memory_bytes.or(defaults.memory_bytes),
         }
     }
+
+    /// These limits, lowered to `max` wherever `max` sets one (a limit left open here becomes
+    /// `max`'s): what a task may ask for can lower a pod's ceiling, never raise it.
+    pub fn at_most(self, max: &Limits) -> Limits {
+        fn lower<T: Ord + Copy>(own: Option<T>, max: Option<T>) -> Option<T> {
+            match (own, max) {
+                (Some(own), Some(max)) => Some(own.min(max)),
+                (own, None) => own,
+                (None, max) => max,
+            }
+        }
+        Limits {
+            timeout: lower(self.timeout, max.timeout),
+            memory_bytes: lower(self.memory_bytes, max.memory_bytes),
+        }
+    }
 }
 
 /// How often and how patiently a failing task is tried again.
@@ -479,6 +495,25 @@ mod tests {
 
     fn spec() -> TaskSpec {
         TaskSpec::new(GroupName::new("g").unwrap(), "h", vec![1, 2, 3])
+    }
+
+    #[test]
+    fn a_task_lowers_the_pods_ceiling_and_never_raises_it() {
+        let max = Limits::default()
+            .with_timeout(Duration::from_secs(60))
+            .with_memory_bytes(1 << 30);
+        let asks = Limits::default()
+            .with_timeout(Duration::from_secs(3600))
+            .with_memory_bytes(1 << 20);
+        let got = asks.clone().at_most(&max);
+        assert_eq!(got.timeout, Some(Duration::from_secs(60)), "not raised");
+        assert_eq!(got.memory_bytes, Some(1 << 20), "lowered");
+        assert_eq!(
+            Limits::default().at_most(&max),
+            max,
+            "open limits take the ceiling"
+        );
+        assert_eq!(asks.clone().at_most(&Limits::default()), asks, "no ceiling");
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub struct PodConfig {
     /// Limits of attempts whose task sets none (per field: a task's timeout wins over this
     /// timeout, its memory limit over this one).
     pub default_limits: Limits,
+    /// Ceilings of every attempt on this pod: a task (or the defaults) may ask for less,
+    /// never for more; an attempt that sets no limit gets the ceiling. Default: none.
+    pub max_limits: Limits,
 }
 
 impl PodConfig {
@@ -51,12 +54,19 @@ impl PodConfig {
             reconnect_max_delay: Duration::from_secs(5),
             max_output_bytes: 4 * 1024 * 1024,
             default_limits: Limits::default(),
+            max_limits: Limits::default(),
         }
     }
 
     /// The same pod, with `limits` for attempts whose task sets none.
     pub fn with_default_limits(mut self, limits: Limits) -> Self {
         self.default_limits = limits;
+        self
+    }
+
+    /// The same pod, with ceilings no attempt's limits may exceed.
+    pub fn with_max_limits(mut self, limits: Limits) -> Self {
+        self.max_limits = limits;
         self
     }
 

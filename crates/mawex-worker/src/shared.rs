@@ -225,7 +225,10 @@ impl Shared {
             Ok(sandbox) => {
                 let mut input = TaskInput::new(r, a.spec);
                 input.env = a.env;
-                input.limits = input.limits.or(self.config.default_limits.clone());
+                input.limits = input
+                    .limits
+                    .or(self.config.default_limits.clone())
+                    .at_most(&self.config.max_limits);
                 sandbox.run(input, token).await
             }
             Err(e) => Err(e),
