@@ -39,13 +39,23 @@ async fn main() -> anyhow::Result<()> {
         "mawex master listening on http://{}",
         listener.local_addr()?
     );
-    // Serves until Ctrl-C, then ends open streams so clients and pods move on at once.
+    // Serves until Ctrl-C, or until the master stops on its own (a journal write failed):
+    // then ends open streams so clients and pods move on at once.
+    let stopped = master.stopped();
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
     Server::new(&master)
-        .serve(listener, async {
-            let _ = tokio::signal::ctrl_c().await;
-            println!("shutting down");
+        .serve(listener, async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => println!("shutting down"),
+                reason = stopped => {
+                    let _ = failed_tx.send(reason);
+                }
+            }
         })
         .await?;
+    if let Ok(reason) = failed_rx.await {
+        anyhow::bail!("the master stopped: {reason}");
+    }
     master.shutdown().await?;
     Ok(())
 }

@@ -33,6 +33,12 @@ impl Journal for Flaky {
     }
 }
 
+/// The error of a call to a master whose journal failed: it says so, and why.
+fn says_why<T>(result: &Result<T, ApiError>) -> bool {
+    matches!(result, Err(ApiError::Internal(m))
+        if m.contains("the master stopped") && m.contains("disk on fire"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_append_is_never_acknowledged_and_stops_the_master() {
     let storage = MemoryJournal::new();
@@ -51,11 +57,13 @@ async fn a_failed_append_is_never_acknowledged_and_stops_the_master() {
 
     broken.store(true, Ordering::SeqCst);
     let lost = proxy.submit(TaskSpec::new(g.clone(), "h", "")).await;
-    assert!(matches!(lost, Err(ApiError::Unavailable(_))), "{lost:?}");
-    assert!(matches!(
-        proxy.get(kept.id).await,
-        Err(ApiError::Unavailable(_))
-    ));
+    // Every call answers at once, saying why.
+    assert!(says_why(&lost), "{lost:?}");
+    assert!(says_why(&proxy.get(kept.id).await));
+    let reason = tokio::time::timeout(std::time::Duration::from_secs(5), master.stopped())
+        .await
+        .expect("Master::stopped resolves");
+    assert!(reason.contains("disk on fire"), "{reason}");
     let err = master.shutdown().await.unwrap_err();
     assert!(matches!(err, CoreError::Storage(_)), "{err}");
 
@@ -64,4 +72,69 @@ async fn a_failed_append_is_never_acknowledged_and_stops_the_master() {
     assert!(restarted.proxy().get(kept.id).await.is_ok());
     assert_eq!(restarted.stats().borrow().counts.pending, 1);
     restarted.shutdown().await.unwrap();
+}
+
+/// Over gRPC: health turns NOT_SERVING and a remote call gets the reason at once, instead
+/// of retrying for its whole retry window against a master that will never answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_master_says_so_over_grpc() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let broken = Arc::new(AtomicBool::new(false));
+    let journal = Flaky {
+        inner: MemoryJournal::new(),
+        broken: broken.clone(),
+    };
+    let master = Master::builder().start(journal).await.unwrap();
+    let server = mawex::Server::new(&master)
+        .start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let remote = mawex::RemoteMasterProxy::connect(&server.endpoint()).unwrap();
+    let g = GroupName::new("flaky-grpc").unwrap();
+    remote
+        .submit(TaskSpec::new(g.clone(), "h", ""))
+        .await
+        .unwrap();
+
+    broken.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let lost = remote.submit(TaskSpec::new(g, "h", "")).await;
+    assert!(
+        matches!(&lost, Err(ApiError::Internal(m)) if m.contains("disk on fire")),
+        "{lost:?}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "answered at once, not after the retry window"
+    );
+    let channel = tonic::transport::Channel::from_shared(server.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        if status == ServingStatus::NotServing as i32 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health still {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    server.shutdown().await.unwrap();
+    let _ = master.shutdown().await;
 }

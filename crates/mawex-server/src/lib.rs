@@ -147,6 +147,8 @@ impl Interceptor for Checks {
 /// mawex services, and extra services served on the same port.
 pub struct Server {
     proxy: LocalMasterProxy,
+    /// Resolves when the master stops on its own: health turns NOT_SERVING.
+    master_stopped: std::pin::Pin<Box<dyn Future<Output = String> + Send>>,
     connector: LocalPodConnector,
     max_payload_bytes: usize,
     config: ServerConfig,
@@ -168,6 +170,7 @@ impl Server {
     pub fn new(master: &Master) -> Self {
         Server {
             proxy: master.proxy(),
+            master_stopped: Box::pin(master.stopped()),
             connector: master.pod_connector(),
             max_payload_bytes: master.max_payload_bytes(),
             config: ServerConfig::default(),
@@ -294,6 +297,27 @@ impl Server {
         health
             .set_serving::<proto::pod_link_server::PodLinkServer<PodLinkService>>()
             .await;
+        // A master that stopped answers every call with why; health says so too, so load
+        // balancers and orchestrators stop sending it work.
+        let master_stopped = self.master_stopped;
+        let reporter = health.clone();
+        let serving_ended = stop.clone();
+        tokio::spawn(async move {
+            let reason = tokio::select! {
+                reason = master_stopped => reason,
+                () = serving_ended.cancelled() => return,
+            };
+            tracing::error!(%reason, "the master stopped: health is NOT_SERVING");
+            reporter
+                .set_not_serving::<proto::master_server::MasterServer<ClientService>>()
+                .await;
+            reporter
+                .set_not_serving::<proto::pod_link_server::PodLinkServer<PodLinkService>>()
+                .await;
+            reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+        });
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -12,14 +12,27 @@ use mawex_api::{
     ResultCursor, ResultStream, ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskId,
     TaskPage, TaskResult, TaskSpec, TaskView, MAX_LIST_LIMIT,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::messages::CoreMsg;
 use super::read_model::ReadSide;
 use super::streams::{FeedState, MAX_STREAM_LAG};
 
-fn stopped() -> ApiError {
-    ApiError::Unavailable("the master is not running".into())
+/// The answer when the core is gone: after a failure, why (not worth retrying against this
+/// master); after a clean shutdown, unavailable. A reply can be dropped a moment before the
+/// core thread records why it stopped, so this waits for the thread to finish saying so
+/// (bounded: a core that is somehow still running does not hold the caller).
+async fn stopped(failed: &watch::Receiver<Option<String>>) -> ApiError {
+    let mut failed = failed.clone();
+    let wait = failed.wait_for(Option::is_some);
+    let reason = match tokio::time::timeout(std::time::Duration::from_secs(5), wait).await {
+        Ok(Ok(reason)) => reason.clone(),
+        _ => None,
+    };
+    match reason {
+        Some(reason) => ApiError::Internal(format!("the master stopped: {reason}")),
+        None => ApiError::Unavailable("the master is not running".into()),
+    }
 }
 
 /// Talks to a master in the same process: no network, no serialization. Cheap to clone.
@@ -31,11 +44,20 @@ fn stopped() -> ApiError {
 pub struct LocalMasterProxy {
     inbox: std_mpsc::Sender<CoreMsg>,
     reads: Arc<ReadSide>,
+    failed: watch::Receiver<Option<String>>,
 }
 
 impl LocalMasterProxy {
-    pub(crate) fn new(inbox: std_mpsc::Sender<CoreMsg>, reads: Arc<ReadSide>) -> Self {
-        LocalMasterProxy { inbox, reads }
+    pub(crate) fn new(
+        inbox: std_mpsc::Sender<CoreMsg>,
+        reads: Arc<ReadSide>,
+        failed: watch::Receiver<Option<String>>,
+    ) -> Self {
+        LocalMasterProxy {
+            inbox,
+            reads,
+            failed,
+        }
     }
 
     async fn call<T>(
@@ -43,8 +65,13 @@ impl LocalMasterProxy {
         make: impl FnOnce(oneshot::Sender<Result<T, ApiError>>) -> CoreMsg,
     ) -> Result<T, ApiError> {
         let (tx, rx) = oneshot::channel();
-        self.inbox.send(make(tx)).map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        if self.inbox.send(make(tx)).is_err() {
+            return Err(stopped(&self.failed).await);
+        }
+        match rx.await {
+            Ok(answer) => answer,
+            Err(_) => Err(stopped(&self.failed).await),
+        }
     }
 }
 
@@ -96,8 +123,10 @@ impl MasterProxy for LocalMasterProxy {
         })
         .await?;
         // Ends with one error saying why: the master went away, or the reader fell behind.
+        let failed = self.failed.clone();
         let results = stream::unfold(Some(rx), move |rx| {
             let feed = feed.clone();
+            let failed = failed.clone();
             async move {
                 let mut rx = rx?;
                 match rx.recv().await {
@@ -113,7 +142,7 @@ impl MasterProxy for LocalMasterProxy {
                         ))),
                         None,
                     )),
-                    None => Some((Err(stopped()), None)),
+                    None => Some((Err(stopped(&failed).await), None)),
                 }
             }
         });

@@ -66,6 +66,9 @@ impl MasterBuilder {
         let (ready_tx, ready_rx) = oneshot::channel::<Result<(), CoreError>>();
         let (done_tx, done_rx) = oneshot::channel::<Result<(), CoreError>>();
         let (feed, _) = broadcast::channel(config.feed_capacity);
+        // Why the core stopped on its own, once it has; read by proxies, servers and
+        // `Master::stopped`.
+        let (failed_tx, failed_rx) = watch::channel::<Option<String>>(None);
         let committed = Arc::new(AtomicU64::new(0));
         let reads = Arc::new(ReadSide::new(
             inbox_tx.clone(),
@@ -124,7 +127,22 @@ impl MasterBuilder {
                 // Recovered counts are visible as soon as `start` returns.
                 core.publish_stats();
                 let _ = ready_tx.send(Ok(()));
-                let result = core.run();
+                // A panic of the core (should one ever happen) is reported like any failure.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.run()))
+                    .unwrap_or_else(|panic| {
+                        let message = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| (*s).to_owned())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "a panic with no message".to_owned());
+                        Err(CoreError::Thread(format!(
+                            "the core thread panicked: {message}"
+                        )))
+                    });
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "the master stopped");
+                    let _ = failed_tx.send(Some(e.to_string()));
+                }
                 // `core` (and with it the journal) is dropped by now, so the storage is
                 // closed before anyone hears that the master is done.
                 let _ = done_tx.send(result);
@@ -164,6 +182,7 @@ impl MasterBuilder {
         }
         Ok(Master {
             inbox: inbox_tx,
+            failed: failed_rx,
             reads,
             stats: stats_rx,
             done: Some(done_rx),
@@ -181,6 +200,8 @@ impl MasterBuilder {
 #[derive(Debug)]
 pub struct Master {
     inbox: std_mpsc::Sender<CoreMsg>,
+    /// Why the core stopped on its own (`None` while it runs or after a clean shutdown).
+    failed: watch::Receiver<Option<String>>,
     /// The read model and the committed-batch feed.
     reads: Arc<ReadSide>,
     stats: watch::Receiver<MasterStats>,
@@ -198,7 +219,26 @@ impl Master {
 
     /// A client handle that talks to this master in-process.
     pub fn proxy(&self) -> LocalMasterProxy {
-        LocalMasterProxy::new(self.inbox.clone(), self.reads.clone())
+        LocalMasterProxy::new(self.inbox.clone(), self.reads.clone(), self.failed.clone())
+    }
+
+    /// Resolves when the master stops on its own (a journal write failed, say), with why:
+    /// `"storage error: journal write failed: No space left on device"`. Never resolves for
+    /// a master that runs until it is shut down. A service should stop when this resolves
+    /// (and exit non-zero): the master takes no more work.
+    pub fn stopped(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut failed = self.failed.clone();
+        async move {
+            let reason = match failed.wait_for(Option::is_some).await {
+                Ok(reason) => reason.clone(),
+                Err(_) => None,
+            };
+            match reason {
+                Some(reason) => reason,
+                // The core is gone without a reason: the master was shut down cleanly.
+                None => std::future::pending().await,
+            }
+        }
     }
 
     /// Subscribes to the committed batches: every batch the master makes durable from now
