@@ -12,22 +12,33 @@ use common::*;
 use mawex::sandbox::{CommandSandbox, CommandSpec, SandboxSet};
 use mawex::{ErrorKind, InProcess, Limits, Outcome, Pod, PodConfig, RetryPolicy, TaskSpec};
 
+/// The instrumented handlers in-process, and `name` as a command in a sandbox named
+/// `command`, which is `shell`'s default.
+fn in_process_and_command(
+    handlers: mawex::HandlerRegistry,
+    name: &str,
+    command: CommandSpec,
+    shell: &mawex::GroupName,
+) -> SandboxSet {
+    let mut commands = CommandSandbox::new();
+    commands.command(name, command).unwrap();
+    SandboxSet::new(Arc::new(InProcess::new(handlers)))
+        .with("command", Arc::new(commands))
+        .group_default(shell.clone(), "command")
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_run_in_the_sandbox_their_group_or_they_name() {
     let m = TestMaster::start().await;
     let (shell, plain) = (group("shell"), group("plain"));
     let (handlers, runs, _) = instrumented();
-    let mut commands = CommandSandbox::new();
-    commands
-        .command(
-            "echo",
-            CommandSpec::new(["/bin/sh", "-c", "printf 'from a process: '; cat"]),
-        )
-        .unwrap();
-    let sandboxes = SandboxSet::new(Arc::new(InProcess::new(handlers)))
-        .with("command", Arc::new(commands))
-        .group_default(shell.clone(), "command")
-        .unwrap();
+    let sandboxes = in_process_and_command(
+        handlers,
+        "echo",
+        CommandSpec::new(["/bin/sh", "-c", "printf 'from a process: '; cat"]),
+        &shell,
+    );
     let pod = Pod::start(
         PodConfig::new(
             pod_id("p-mixed-sandboxes"),
@@ -125,14 +136,12 @@ async fn a_task_cannot_raise_the_pods_ceilings() {
     let m = TestMaster::start().await;
     let (inline, shell) = (group("capped"), group("capped-shell"));
     let (handlers, _, _) = instrumented();
-    let mut commands = CommandSandbox::new();
-    commands
-        .command("sleep", CommandSpec::new(["/bin/sleep", "30"]))
-        .unwrap();
-    let sandboxes = SandboxSet::new(Arc::new(InProcess::new(handlers)))
-        .with("command", Arc::new(commands))
-        .group_default(shell.clone(), "command")
-        .unwrap();
+    let sandboxes = in_process_and_command(
+        handlers,
+        "sleep",
+        CommandSpec::new(["/bin/sleep", "30"]),
+        &shell,
+    );
     let pod = Pod::start(
         PodConfig::new(pod_id("p-capped"), vec![inline.clone(), shell.clone()])
             .with_slots(3)

@@ -247,9 +247,8 @@ async fn results_come_from_the_message_or_the_log_and_the_cluster_deadline_count
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dropped_attempt_deletes_its_job() {
-    let fake = FakeKubernetes::start().await;
+/// Starts an attempt, waits for its Job, drops the attempt, and checks the Job is deleted.
+async fn dropping_the_attempt_deletes_its_job(fake: FakeKubernetes) {
     let sandbox = Arc::new(fake_sandbox(&fake));
     let input = TaskInput::for_test("sleep", "");
     let name = job_name(&input);
@@ -269,29 +268,18 @@ async fn a_dropped_attempt_deletes_its_job() {
     assert!(fake.live_jobs().is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_attempt_deletes_its_job() {
+    dropping_the_attempt_deletes_its_job(FakeKubernetes::start().await).await;
+}
+
 /// An attempt dropped while its create request is still in flight (the server has made the
 /// Job, the answer has not come) deletes the Job too: nothing is left running in the cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_attempt_is_dropped_during_the_create_is_deleted() {
     let fake = FakeKubernetes::start().await;
     fake.delay_create_answers(Duration::from_secs(60));
-    let sandbox = Arc::new(fake_sandbox(&fake));
-    let input = TaskInput::for_test("sleep", "");
-    let name = job_name(&input);
-    let running = {
-        let sandbox = sandbox.clone();
-        tokio::spawn(async move { sandbox.run(input, CancellationToken::new()).await })
-    };
-    wait_for("the Job to exist", || async {
-        fake.live_jobs().contains(&name).then_some(())
-    })
-    .await;
-    running.abort();
-    wait_for("the Job to be deleted", || async {
-        fake.deleted().iter().any(|d| d.name == name).then_some(())
-    })
-    .await;
-    assert!(fake.live_jobs().is_empty());
+    dropping_the_attempt_deletes_its_job(fake).await;
 }
 
 /// A pod whose group runs in Jobs: tasks succeed through the master, and shutting the pod
