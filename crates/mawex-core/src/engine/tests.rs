@@ -115,6 +115,42 @@ mod submit {
         );
     }
 
+    /// The task that holds a dedup key is the last one accepted with it, whatever the ids
+    /// (chosen by clients, so in any order); a load picks the same one as the live state.
+    #[test]
+    fn the_latest_task_of_a_dedup_key_holds_it_across_a_load() {
+        let id = |n: u8| {
+            let mut bytes = [0u8; 16];
+            bytes[6] = 0x70;
+            bytes[15] = n;
+            mawex_api::TaskId::from_bytes(bytes).unwrap()
+        };
+        let window = Duration::from_secs(1);
+        let mut e = engine();
+        let mut out = Output::default();
+        let first = spec("g").with_id(id(9)).with_dedup("nightly", window);
+        e.submit(vec![first.clone()], T0, &mut out).unwrap();
+        e.cancel(first.id, T0, &mut out).unwrap();
+        // Past the window, a task with a lower id takes the key.
+        let second = spec("g").with_id(id(1)).with_dedup("nightly", window);
+        let acks = e.submit(vec![second.clone()], at(5_000), &mut out).unwrap();
+        assert!(acks[0].created);
+
+        let mut loaded = e.state().clone();
+        loaded.rebuild_indexes();
+        assert_eq!(&loaded, e.state(), "the load picks the same holder");
+        let mut after = Engine::new(loaded, e.config.clone(), at(5_001));
+        let third = spec("g").with_dedup("nightly", window);
+        let acks = after
+            .submit(vec![third], at(5_001), &mut Output::default())
+            .unwrap();
+        assert!(
+            acks[0].deduplicated,
+            "the live second task still holds the key"
+        );
+        assert_eq!(acks[0].id, second.id);
+    }
+
     #[test]
     fn repeat_is_acknowledged_without_events() {
         let mut e = engine();

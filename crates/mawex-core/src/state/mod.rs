@@ -166,8 +166,15 @@ impl MasterState {
                 self.results.insert(result.seq, *id);
             }
             if let Some(dedup) = &entry.spec.dedup {
-                // Tasks iterate in id (creation) order: the last one of a key wins.
-                self.dedup.insert(dedup.key.clone(), *id);
+                // The last one accepted with a key holds it, as in `apply`. Not the highest
+                // id: ids are chosen by clients, so they need not follow acceptance.
+                let later = match self.dedup.get(&dedup.key).and_then(|h| tasks.get(h)) {
+                    Some(holder) => entry.order > holder.order,
+                    None => true,
+                };
+                if later {
+                    self.dedup.insert(dedup.key.clone(), *id);
+                }
             }
             // Broadcast targets are never queued and hold no round (see `add_target_task`).
             if !entry.state.is_terminal() && !self.broadcasts.is_target(id) {
