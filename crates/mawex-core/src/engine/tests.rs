@@ -90,6 +90,23 @@ fn running(spec: &TaskSpec) -> Engine {
     e
 }
 
+/// Pods that say hello once and leave for good are not remembered past a lease.
+#[test]
+fn departed_pods_are_forgotten_after_a_lease() {
+    let mut e = engine();
+    let mut out = Output::default();
+    for i in 0..1_000u64 {
+        e.pod_hello(i + 1, hello(&format!("once-{i}"), &["g"], 1), T0, &mut out)
+            .unwrap();
+        e.pod_disconnected(i + 1, T0);
+    }
+    assert_eq!(e.departed.len(), 1_000);
+    e.tick(at(u64::try_from(LEASE.as_millis()).unwrap() - 1), &mut out);
+    assert_eq!(e.departed.len(), 1_000, "kept while it matters");
+    e.tick(at(u64::try_from(LEASE.as_millis()).unwrap()), &mut out);
+    assert!(e.departed.is_empty(), "{} left", e.departed.len());
+}
+
 mod submit {
     use super::*;
 

@@ -38,6 +38,12 @@ impl Engine {
             }
         }
         self.fail_unreachable_targets(now, out);
+        // A pod away for a lease already counts as unreachable, and would without its entry
+        // too (an unknown pod counts from the engine's start, which is earlier): forgetting
+        // it changes no decision, and keeps pods that came once and never again from piling up.
+        let lease = self.config.lease_timeout;
+        self.departed
+            .retain(|_, since| since.saturating_add(lease) > now);
         let expired: Vec<AttemptRef> = self
             .orphans
             .iter()
