@@ -40,6 +40,16 @@ impl Engine {
                 hello.pod, hello.prefetch
             )));
         }
+        // What a session held is bounded by the largest pod there can be (a pod that comes
+        // back may announce other slots than the session whose attempts it still holds).
+        let most = most_held(MAX_POD_SLOTS.saturating_add(MAX_POD_PREFETCH));
+        if hello.holding.len() > most {
+            return Err(ApiError::InvalidArgument(format!(
+                "pod {}: it claims to hold {} attempts; no pod holds more than {most}",
+                hello.pod,
+                hello.holding.len()
+            )));
+        }
         let held: HashMap<TaskId, Attempt> =
             hello.holding.iter().map(|r| (r.task, r.attempt)).collect();
 
@@ -146,6 +156,14 @@ impl Engine {
                 let Some(entry) = self.pods.get(&pod_id) else {
                     return;
                 };
+                // More than the pod can hold is not a pod working as it should: disconnect it
+                // rather than answer each bogus attempt with a Cancel.
+                if holding.len() > most_held(entry.capacity) {
+                    tracing::warn!(pod = %pod_id, claimed = holding.len(), "heartbeat claims more attempts than the pod can hold; disconnecting it");
+                    self.pod_disconnected(session, now);
+                    out.closed_sessions.push(session);
+                    return;
+                }
                 let held: HashSet<AttemptRef> = holding.iter().copied().collect();
                 for r in holding {
                     if !entry.holds(&r) {
@@ -241,4 +259,13 @@ impl Engine {
         debug!(pod = %pod_id, session, "pod disconnected");
         self.departed.insert(pod_id, now);
     }
+}
+
+/// The most attempts a pod of `capacity` (slots plus prefetch) can hold at once: its leases,
+/// plus as many finished ones whose reports wait for the master's acknowledgement while new
+/// leases already arrived.
+fn most_held(capacity: u32) -> usize {
+    usize::try_from(capacity)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(2)
 }

@@ -90,6 +90,41 @@ fn running(spec: &TaskSpec) -> Engine {
     e
 }
 
+/// A pod that claims to hold more attempts than any pod can is refused at hello, and one
+/// whose heartbeat claims more than it can hold is disconnected, instead of being answered
+/// with a Cancel per bogus attempt.
+#[test]
+fn claims_beyond_a_pods_capacity_are_refused() {
+    let bogus = |n: usize| -> Vec<AttemptRef> {
+        (0..n)
+            .map(|_| AttemptRef {
+                task: mawex_api::TaskId::new(),
+                attempt: Attempt(1),
+            })
+            .collect()
+    };
+    let mut e = engine();
+    let mut out = Output::default();
+    let most = 2 * (mawex_api::pod::MAX_POD_SLOTS + mawex_api::pod::MAX_POD_PREFETCH) as usize;
+    let mut greedy = hello("greedy", &["g"], 1);
+    greedy.holding = bogus(most + 1);
+    match e.pod_hello(1, greedy, T0, &mut out) {
+        Err(ApiError::InvalidArgument(m)) => assert!(m.contains("no pod holds more"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    e.pod_hello(2, hello("noisy", &["g"], 1), T0, &mut out)
+        .unwrap();
+    let mut out = Output::default();
+    let heartbeat = PodMessage::Heartbeat {
+        holding: bogus(10_000),
+        received: 0,
+        usage: None,
+    };
+    e.pod_message(2, heartbeat, at(1), &mut out);
+    assert_eq!(out.closed_sessions, vec![2], "the pod is disconnected");
+    assert!(out.messages.is_empty(), "no Cancel per bogus attempt");
+}
+
 /// Pods that say hello once and leave for good are not remembered past a lease.
 #[test]
 fn departed_pods_are_forgotten_after_a_lease() {
