@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -115,26 +117,22 @@ async fn a_stopped_master_says_so_over_grpc() {
         .connect()
         .await
         .unwrap();
-    let mut health = HealthClient::new(channel);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let status = health
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status;
-        if status == ServingStatus::NotServing as i32 {
-            break;
+    let health = HealthClient::new(channel);
+    common::wait_for("health to turn NOT_SERVING", || {
+        let mut health = health.clone();
+        async move {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            (status == ServingStatus::NotServing as i32).then_some(())
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "health still {status}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     server.shutdown().await.unwrap();
     let _ = master.shutdown().await;
 }

@@ -83,12 +83,21 @@ pub struct TargetFilter {
 impl TargetFilter {
     /// Does a pod with `id` and `labels` match?
     pub fn matches(&self, id: &PodId, labels: &BTreeMap<String, String>) -> bool {
-        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
-            && self
-                .name_pattern
-                .as_deref()
-                .is_none_or(|p| glob_match(p.as_bytes(), id.as_str().as_bytes()))
+        pod_matches(&self.labels, self.name_pattern.as_deref(), id, labels)
     }
+}
+
+/// Does a pod with `id` and `labels` carry every one of `required` labels and, if there is a
+/// `name_pattern` (`*` and `?` globs), match it? The rule of [`TargetFilter::matches`], for
+/// other representations of a filter (the journal's own, say).
+pub fn pod_matches(
+    required: &BTreeMap<String, String>,
+    name_pattern: Option<&str>,
+    id: &PodId,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    required.iter().all(|(k, v)| labels.get(k) == Some(v))
+        && name_pattern.is_none_or(|p| glob_match(p.as_bytes(), id.as_str().as_bytes()))
 }
 
 fn glob_match(pattern: &[u8], text: &[u8]) -> bool {

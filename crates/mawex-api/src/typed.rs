@@ -228,11 +228,8 @@ impl<P: MasterProxy + ?Sized> TypedProxy for P {
         group: GroupName,
         task: &T,
     ) -> impl Future<Output = Result<T::Output, ApiError>> + Send {
-        let spec = TaskSpec::typed(group, task);
-        async move {
-            let ack = self.submit(spec?).await?;
-            self.await_result(ack.id).await?.output::<T>()
-        }
+        let submitted = self.submit_task(group, task);
+        async move { self.await_output(submitted.await?).await }
     }
 }
 

@@ -501,7 +501,10 @@ impl From<mawex_api::Source> for Source {
 
 impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        mawex_api::Source::from(self.clone()).fmt(f)
+        match self {
+            Source::Origin => f.write_str(mawex_api::broadcast::ORIGIN),
+            Source::Pod(pod) => pod.fmt(f),
+        }
     }
 }
 
@@ -527,10 +530,7 @@ pub struct TargetFilter {
 impl TargetFilter {
     /// Does the pod `id` with `labels` match?
     pub fn matches(&self, id: &PodId, labels: &BTreeMap<String, String>) -> bool {
-        let mut filter = mawex_api::TargetFilter::default();
-        filter.labels.clone_from(&self.labels);
-        filter.name_pattern.clone_from(&self.name_pattern);
-        filter.matches(id, labels)
+        mawex_api::broadcast::pod_matches(&self.labels, self.name_pattern.as_deref(), id, labels)
     }
 }
 
