@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use mawex::testing::{Event, MasterState, Recovered};
 use mawex::{
-    ApiError, CoreError, GroupName, Journal, Master, MasterProxy, MemoryJournal, TaskSpec,
+    ApiError, CoreError, GroupName, Journal, Master, MasterProxy, MemoryJournal, Repaired, TaskSpec,
 };
 
 /// A memory journal whose appends fail once `broken` is set.
@@ -32,6 +32,10 @@ impl Journal for Flaky {
 
     fn snapshot(&mut self, last_seq: u64, state: &MasterState) -> Result<(), CoreError> {
         self.inner.snapshot(last_seq, state)
+    }
+
+    fn repair(&mut self) -> Result<Repaired, CoreError> {
+        self.inner.repair()
     }
 }
 

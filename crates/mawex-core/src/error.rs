@@ -10,13 +10,30 @@ pub enum CoreError {
     /// The journal's storage failed. Fatal: the master stops, and the journal is the truth.
     #[error("journal storage failed: {0}")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// A journal record failed its checksum or decode, with good records after it.
-    /// Start-up refuses to guess: repair or restore the journal.
-    #[error("journal record at sequence {seq} is corrupt ({reason}) and is followed by good records; refusing to start")]
+    /// A journal record is damaged (short, failing its checksum, empty, or out of sequence).
+    ///
+    /// The storage writes each record whole or not at all, so a damaged record is not an
+    /// interrupted write: it may hold work that was acknowledged. Start-up refuses to guess:
+    /// restore the journal from a copy, or drop the record and everything after it with
+    /// [`Journal::repair`](crate::Journal::repair), which logs what it drops.
+    #[error(
+        "journal record at sequence {seq} is damaged ({reason}); refusing to start, since it \
+         may hold acknowledged work: restore the journal from a copy, or repair it (which \
+         drops this record and every record after it)"
+    )]
     CorruptJournal {
         /// Sequence number (key) of the bad record.
         seq: u64,
         /// What is wrong with it.
+        reason: String,
+    },
+    /// A journal record is intact but this version cannot read it (a newer format, say).
+    /// Neither start-up nor a repair drops it: run a version that reads it.
+    #[error("journal record at sequence {seq} is intact but unreadable by this version ({reason}); refusing to start")]
+    UnreadableJournal {
+        /// Sequence number (key) of the record.
+        seq: u64,
+        /// Why it cannot be read.
         reason: String,
     },
     /// The journal's snapshot is unreadable.

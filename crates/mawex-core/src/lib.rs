@@ -48,7 +48,7 @@ pub mod testing;
 
 pub use engine::PodStats;
 pub use error::CoreError;
-pub use journal::{Journal, MemoryJournal, Recovered, SledJournal};
+pub use journal::{DroppedRecord, Journal, MemoryJournal, Recovered, Repaired, SledJournal};
 pub use runtime::{
     CommittedBatch, CommittedFeed, LocalMasterProxy, LocalPodConnector, Master, MasterBuilder,
     MasterConfig, MasterStats,

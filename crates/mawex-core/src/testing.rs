@@ -27,7 +27,7 @@ use bytes::Bytes;
 use mawex_api::{GroupName, TaskId, TaskSpec, Timestamp};
 
 use crate::error::CoreError;
-use crate::journal::{Journal, MAX_RECORD_BYTES};
+use crate::journal::{Journal, Repaired, MAX_RECORD_BYTES};
 use crate::state::{Event, MasterState};
 
 /// A journal implementation and its storage, as the suite drives them.
@@ -56,7 +56,7 @@ where
     T: JournalUnderTest,
     F: FnMut() -> T,
 {
-    let scenarios: [Scenario<T>; 10] = [
+    let scenarios: [Scenario<T>; 13] = [
         ("an empty journal recovers empty", recovers_empty),
         (
             "appended events recover in order after a restart",
@@ -76,18 +76,27 @@ where
         ),
         ("the latest snapshot wins", latest_snapshot_wins),
         (
-            "a torn last record is dropped and appending goes on",
-            torn_last_record,
+            "a damaged last record stops recovery; a repair drops it and appending goes on",
+            damaged_last_record,
         ),
         (
-            "a bad record followed by good ones stops recovery",
+            "a damaged record followed by good ones stops recovery; a repair drops it and all after",
             corrupt_record,
         ),
         (
-            "an intact record of an unknown format is an error and is kept",
+            "a flipped format byte is damage, not an unknown format",
+            flipped_format_byte,
+        ),
+        (
+            "an intact record of an unknown format is an error and is kept, even by a repair",
             unknown_format,
         ),
         ("a gap in the sequence numbers stops recovery", sequence_gap),
+        ("a repair of a sound journal drops nothing", sound_repair),
+        (
+            "a repair leaves what a snapshot covers alone",
+            repair_after_snapshot,
+        ),
     ];
     for (name, scenario) in scenarios {
         let mut storage = new();
@@ -258,22 +267,29 @@ fn latest_snapshot_wins<T: JournalUnderTest>(storage: &mut T) {
     assert_eq!(state, fold(&events));
 }
 
-fn torn_last_record<T: JournalUnderTest>(storage: &mut T) {
+fn damaged_last_record<T: JournalUnderTest>(storage: &mut T) {
     let events = accepted(1, 6, 8);
     written(storage, &events, 3);
     let (seq, bytes) = storage.records().pop().expect("a record");
     assert_eq!(seq, 4);
+    // Half a record: storage that writes values whole never leaves this, so it is damage
+    // (and may have been acknowledged), not a write a crash interrupted.
     storage.write_record(seq, &bytes[..bytes.len() / 2]);
+    refuses(storage, 4, "checksum");
+    assert_eq!(storage.records().len(), 2, "recovery deletes nothing");
+
     let mut journal = storage.open();
-    let recovered = journal
-        .recover()
-        .expect("a torn last record is not an error");
+    let repaired = journal.repair().expect("repair");
+    assert_eq!(
+        dropped_seqs(&repaired),
+        [4],
+        "the repair names what it drops"
+    );
+    let recovered = journal.recover().expect("a repaired journal recovers");
     assert_eq!(recovered.events, numbered(&events[..3], 1));
     // The master goes on from the last good event: the same numbers are written again.
     let again = accepted(100, 2, 8);
-    journal
-        .append(4, &again)
-        .expect("append after a torn record");
+    journal.append(4, &again).expect("append after a repair");
     drop(journal);
     let recovered = storage.open().recover().expect("recover");
     let mut expected = numbered(&events[..3], 1);
@@ -292,17 +308,88 @@ fn corrupt_record<T: JournalUnderTest>(storage: &mut T) {
     storage.write_record(seq, &bytes);
     refuses(storage, 3, "checksum");
     assert_eq!(storage.records().len(), records.len(), "nothing is deleted");
+
+    let repaired = storage.open().repair().expect("repair");
+    assert_eq!(dropped_seqs(&repaired), [3, 5]);
+    assert!(repaired.dropped[0].reason.contains("checksum"));
+    assert!(repaired.dropped[1]
+        .reason
+        .contains("follows the damaged record at sequence 3"));
+    let recovered = storage.open().recover().expect("recover after the repair");
+    assert_eq!(recovered.events, numbered(&events[..2], 1));
+}
+
+fn flipped_format_byte<T: JournalUnderTest>(storage: &mut T) {
+    let events = accepted(1, 4, 8);
+    written(storage, &events, 2);
+    for format in [crate::codec::RECORD_FORMAT_V3, 99] {
+        let (seq, mut bytes) = storage.records().pop().expect("a record");
+        bytes[0] = format;
+        storage.write_record(seq, &bytes);
+        refuses(storage, seq, "checksum");
+    }
 }
 
 fn unknown_format<T: JournalUnderTest>(storage: &mut T) {
     let events = accepted(1, 4, 8);
     written(storage, &events, 2);
-    let (seq, mut bytes) = storage.records().pop().expect("a record");
-    // A format from the future: the checksum still holds (the format byte is outside it).
-    bytes[0] = 99;
-    storage.write_record(seq, &bytes);
-    refuses(storage, seq, "format 99");
+    let (seq, bytes) = storage.records().pop().expect("a record");
+    // A format from the future, sealed as every format from 4 on is.
+    let future = crate::codec::seal(bytes, 99, 2);
+    storage.write_record(seq, &future);
+    match storage.open().recover() {
+        Err(CoreError::UnreadableJournal { seq: bad, reason }) => {
+            assert_eq!(bad, seq);
+            assert!(reason.contains("format 99"), "{reason}");
+        }
+        other => panic!("expected UnreadableJournal at {seq}, got {other:?}"),
+    }
+    assert!(
+        matches!(
+            storage.open().repair(),
+            Err(CoreError::UnreadableJournal { .. })
+        ),
+        "a repair never drops an intact record"
+    );
     assert_eq!(storage.records().len(), 2, "the record is kept");
+}
+
+fn sound_repair<T: JournalUnderTest>(storage: &mut T) {
+    let events = accepted(1, 6, 8);
+    written(storage, &events, 2);
+    let repaired = storage.open().repair().expect("repair");
+    assert_eq!(repaired, Repaired::default());
+    assert_eq!(storage.records().len(), 3);
+    let recovered = storage.open().recover().expect("recover");
+    assert_eq!(recovered.events, numbered(&events, 1));
+}
+
+fn repair_after_snapshot<T: JournalUnderTest>(storage: &mut T) {
+    let events = accepted(1, 6, 8);
+    {
+        let mut journal = storage.open();
+        journal.recover().expect("recover");
+        append_all(&mut journal, 1, &events[..4], 2);
+        journal.snapshot(4, &fold(&events[..4])).expect("snapshot");
+        append_all(&mut journal, 5, &events[4..], 2);
+    }
+    // Garbage under a key the snapshot covers (left by an interrupted truncation) is not
+    // read, so it is not damage either.
+    storage.write_record(3, b"garbage");
+    let (seq, mut bytes) = storage.records().pop().expect("a record");
+    assert_eq!(seq, 5);
+    bytes[9] ^= 1;
+    storage.write_record(seq, &bytes);
+    refuses(storage, 5, "checksum");
+    let repaired = storage.open().repair().expect("repair");
+    assert_eq!(dropped_seqs(&repaired), [5]);
+    let (last, state) = storage.open().recover().expect("recover").into_state();
+    assert_eq!(last, 4);
+    assert_eq!(state, fold(&events[..4]));
+}
+
+fn dropped_seqs(repaired: &Repaired) -> Vec<u64> {
+    repaired.dropped.iter().map(|d| d.seq).collect()
 }
 
 fn sequence_gap<T: JournalUnderTest>(storage: &mut T) {

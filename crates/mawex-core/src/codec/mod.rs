@@ -4,8 +4,14 @@
 //! number of its first event:
 //!
 //! ```text
-//! [format: u8][crc32 of the rest: u32 LE][event count: u32 LE][event]...[event]
+//! [format: u8][crc32: u32 LE][event count: u32 LE][event]...[event]
 //! ```
+//!
+//! From format 4 on the checksum covers the format byte and everything after the checksum
+//! (formats 1 to 3 left the format byte out, so a flipped format byte went unnoticed). Every
+//! later format must keep these first five bytes, so that a record this version cannot read
+//! can still be told apart from a damaged one: an intact unknown format is "written by a
+//! newer version", a mismatching one is damage.
 //!
 //! Events are bincode 2 (serde, standard config). The format byte is the envelope version:
 //! a future format adds a number and decodes older ones through an upgrade, so a journal
@@ -23,15 +29,23 @@ use crate::state::{Event, MasterState};
 pub(crate) const RECORD_FORMAT_V1: u8 = 1;
 /// Format 2: format 1 plus retry policies, delays and attempt failures. Read, never written.
 pub(crate) const RECORD_FORMAT_V2: u8 = 2;
-/// Format of records written by this version: format 2 plus the broadcast events (appended
-/// variants, so format 2 records decode as they are).
+/// Format 3: format 2 plus the broadcast events (appended variants, so format 2 records
+/// decode as they are). Read, never written.
 pub(crate) const RECORD_FORMAT_V3: u8 = 3;
+/// Format of records written by this version: format 3's events, with the format byte
+/// under the checksum.
+pub(crate) const RECORD_FORMAT_V4: u8 = 4;
 /// Snapshot format 1 (frozen): read, never written.
 pub(crate) const SNAPSHOT_FORMAT_V1: u8 = 1;
 /// Snapshot format 2: read through [`SnapshotV2`], never written.
 pub(crate) const SNAPSHOT_FORMAT_V2: u8 = 2;
-/// Format of snapshots written by this version: format 2 plus broadcasts.
+/// Snapshot format 3: format 2 plus broadcasts. Read, never written.
 pub(crate) const SNAPSHOT_FORMAT_V3: u8 = 3;
+/// Format of snapshots written by this version: format 3's state, with the format byte
+/// under the checksum.
+pub(crate) const SNAPSHOT_FORMAT_V4: u8 = 4;
+/// The newest format whose checksum leaves the format byte out.
+const LAST_FORMAT_OUTSIDE_CHECKSUM: u8 = 3;
 const HEADER_LEN: usize = 9;
 
 fn config() -> bincode::config::Configuration {
@@ -55,7 +69,7 @@ pub(crate) fn encode_records(
         bincode::serde::encode_into_std_write(event, &mut scratch, config())
             .map_err(|e| CoreError::Encode(e.to_string()))?;
         if count > 0 && buf.len() + scratch.len() > max_bytes {
-            records.push((start, seal(buf, count)));
+            records.push((start, seal(buf, RECORD_FORMAT_V4, count)));
             buf = header_placeholder();
             count = 0;
             start = seq;
@@ -64,7 +78,7 @@ pub(crate) fn encode_records(
         count += 1;
     }
     if count > 0 {
-        records.push((start, seal(buf, count)));
+        records.push((start, seal(buf, RECORD_FORMAT_V4, count)));
     }
     Ok(records)
 }
@@ -75,12 +89,23 @@ fn header_placeholder() -> Vec<u8> {
     buf
 }
 
-fn seal(mut buf: Vec<u8>, count: u32) -> Vec<u8> {
-    buf[0] = RECORD_FORMAT_V3;
+/// Fills in the header of `buf` (format, checksum, count) in `format`, 4 or later.
+pub(crate) fn seal(mut buf: Vec<u8>, format: u8, count: u32) -> Vec<u8> {
+    buf[0] = format;
     buf[5..9].copy_from_slice(&count.to_le_bytes());
-    let crc = crc32fast::hash(&buf[5..]);
+    let crc = checksum(&buf);
     buf[1..5].copy_from_slice(&crc.to_le_bytes());
     buf
+}
+
+/// The checksum of a whole envelope (header included) as its format defines it.
+fn checksum(bytes: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    if bytes[0] > LAST_FORMAT_OUTSIDE_CHECKSUM {
+        hasher.update(&bytes[..1]);
+    }
+    hasher.update(&bytes[5..]);
+    hasher.finalize()
 }
 
 /// Decodes one event of some record format, returning it and the bytes it used.
@@ -89,8 +114,8 @@ type DecodeEvent = fn(&[u8]) -> Result<(Event, usize), String>;
 /// Why a record could not be read.
 #[derive(Debug)]
 pub(crate) enum DecodeError {
-    /// Short or failing its checksum: the bytes were not (completely) written.
-    Torn(String),
+    /// Short or failing its checksum: the bytes changed after they were written.
+    Damaged(String),
     /// Intact (checksum good) but not decodable by this version.
     Unreadable(String),
 }
@@ -104,7 +129,7 @@ fn open<'a>(bytes: &'a [u8], what: &str) -> Result<(u8, u32, &'a [u8]), String> 
         ));
     }
     let stored = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
-    let actual = crc32fast::hash(&bytes[5..]);
+    let actual = checksum(bytes);
     if stored != actual {
         return Err(format!(
             "{what} checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
@@ -120,39 +145,35 @@ fn decode_one<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), String> {
 
 /// Decodes one record into its events, checking checksum, format and length.
 pub(crate) fn decode_record(bytes: &[u8]) -> Result<Vec<Event>, DecodeError> {
-    let (format, count, mut rest) = open(bytes, "record").map_err(DecodeError::Torn)?;
+    let (format, count, mut rest) = open(bytes, "record").map_err(DecodeError::Damaged)?;
     let decode: DecodeEvent = match format {
         RECORD_FORMAT_V1 => {
             |bytes| decode_one::<v1::EventV1>(bytes).map(|(e, used)| (e.into(), used))
         }
-        RECORD_FORMAT_V2 | RECORD_FORMAT_V3 => decode_one::<Event>,
+        RECORD_FORMAT_V2 | RECORD_FORMAT_V3 | RECORD_FORMAT_V4 => decode_one::<Event>,
         other => {
             return Err(DecodeError::Unreadable(format!(
                 "record format {other} is unknown to this version (it reads formats 1 to \
-                 {RECORD_FORMAT_V3}); was it written by a newer mawex?"
+                 {RECORD_FORMAT_V4}); was it written by a newer mawex?"
             )))
         }
     };
-    {
-        {
-            // The count comes from disk: trust it only as far as the bytes allow.
-            let mut events = Vec::with_capacity((count as usize).min(rest.len()));
-            for i in 0..count {
-                let (event, used) = decode(rest).map_err(|e| {
-                    DecodeError::Unreadable(format!("event {i} of {count} does not decode: {e}"))
-                })?;
-                events.push(event);
-                rest = &rest[used..];
-            }
-            if !rest.is_empty() {
-                return Err(DecodeError::Unreadable(format!(
-                    "{} bytes left after {count} events",
-                    rest.len()
-                )));
-            }
-            Ok(events)
-        }
+    // The count comes from disk: trust it only as far as the bytes allow.
+    let mut events = Vec::with_capacity((count as usize).min(rest.len()));
+    for i in 0..count {
+        let (event, used) = decode(rest).map_err(|e| {
+            DecodeError::Unreadable(format!("event {i} of {count} does not decode: {e}"))
+        })?;
+        events.push(event);
+        rest = &rest[used..];
     }
+    if !rest.is_empty() {
+        return Err(DecodeError::Unreadable(format!(
+            "{} bytes left after {count} events",
+            rest.len()
+        )));
+    }
+    Ok(events)
 }
 
 #[derive(serde::Deserialize)]
@@ -183,10 +204,7 @@ pub(crate) fn encode_snapshot(last_seq: u64, state: &MasterState) -> Result<Vec<
     let mut buf = header_placeholder();
     bincode::serde::encode_into_std_write(SnapshotRef { last_seq, state }, &mut buf, config())
         .map_err(|e| CoreError::Encode(e.to_string()))?;
-    let mut sealed = seal(buf, 1);
-    sealed[0] = SNAPSHOT_FORMAT_V3;
-    // The format byte is outside the checksum, so sealing again is not needed.
-    Ok(sealed)
+    Ok(seal(buf, SNAPSHOT_FORMAT_V4, 1))
 }
 
 /// Decodes a snapshot into `(last_seq, state)`.
@@ -206,7 +224,7 @@ pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<(u64, MasterState), CoreEr
             );
             ((s.last_seq, state), used)
         }),
-        SNAPSHOT_FORMAT_V3 => {
+        SNAPSHOT_FORMAT_V3 | SNAPSHOT_FORMAT_V4 => {
             decode_one::<SnapshotOwned>(rest).map(|(s, used)| ((s.last_seq, s.state), used))
         }
         other => {

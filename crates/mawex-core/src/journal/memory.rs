@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{replay_records, Journal, Recovered, MAX_RECORD_BYTES};
+use super::{records_to_drop, replay_records, Journal, Recovered, Repaired, MAX_RECORD_BYTES};
 use crate::codec::{decode_snapshot, encode_records, encode_snapshot};
 use crate::error::CoreError;
 use crate::state::{Event, MasterState};
@@ -66,17 +66,14 @@ impl MemoryJournal {
 
 impl Journal for MemoryJournal {
     fn recover(&mut self) -> Result<Recovered, CoreError> {
-        let mut inner = self.lock();
+        let inner = self.lock();
         let snapshot = match &inner.snapshot {
             Some(bytes) => Some(decode_snapshot(bytes)?),
             None => None,
         };
         let after = snapshot.as_ref().map_or(0, |(seq, _)| *seq);
         let records = inner.records.iter().map(|(k, v)| Ok((*k, v.clone())));
-        let (events, torn) = replay_records(records, after)?;
-        if let Some(seq) = torn {
-            inner.records.remove(&seq);
-        }
+        let events = replay_records(records, after)?;
         Ok(Recovered { snapshot, events })
     }
 
@@ -90,7 +87,21 @@ impl Journal for MemoryJournal {
         let bytes = encode_snapshot(last_seq, state)?;
         let mut inner = self.lock();
         inner.snapshot = Some(bytes);
-        inner.records = inner.records.split_off(&(last_seq + 1));
+        inner.records.retain(|seq, _| *seq > last_seq);
         Ok(())
+    }
+
+    fn repair(&mut self) -> Result<Repaired, CoreError> {
+        let mut inner = self.lock();
+        let after = match &inner.snapshot {
+            Some(bytes) => decode_snapshot(bytes)?.0,
+            None => 0,
+        };
+        let records = inner.records.iter().map(|(k, v)| Ok((*k, v.clone())));
+        let repaired = records_to_drop(records, after)?;
+        for record in &repaired.dropped {
+            inner.records.remove(&record.seq);
+        }
+        Ok(repaired)
     }
 }

@@ -5,7 +5,7 @@ mod sled_journal;
 #[cfg(test)]
 mod tests;
 
-use tracing::warn;
+use tracing::error;
 
 pub use memory::MemoryJournal;
 pub use sled_journal::SledJournal;
@@ -54,14 +54,17 @@ impl Recovered {
 /// Architecture invariant (journal first): when `append` returns `Ok`, the events are on
 /// stable storage. The master applies nothing visibly, answers no client and sends no
 /// assignment before that. An `Err` from `append` is fatal to the master.
+///
+/// A journal's storage must write each record whole or not at all (sled does: a value is
+/// one checksummed log message, and recovery stops before the first message that fails its
+/// check). So recovery never meets a torn record, and any record it cannot check is damage.
 pub trait Journal: Send + 'static {
-    /// Reads the latest snapshot and every valid event after it.
-    ///
-    /// A last record that fails its checksum or decode (a torn write) is dropped with a
-    /// warning; a bad record followed by good ones is an error naming its sequence number.
+    /// Reads the latest snapshot and every event after it.
     ///
     /// # Errors
-    /// [`CoreError::CorruptJournal`], [`CoreError::CorruptSnapshot`] or a storage error.
+    /// [`CoreError::CorruptJournal`] naming the first damaged record (nothing is dropped:
+    /// see [`Journal::repair`]), [`CoreError::UnreadableJournal`] for an intact record this
+    /// version cannot read, [`CoreError::CorruptSnapshot`], or a storage error.
     fn recover(&mut self) -> Result<Recovered, CoreError>;
 
     /// Appends `events`, numbered from `first_seq`, and makes them durable.
@@ -75,55 +78,139 @@ pub trait Journal: Send + 'static {
     /// # Errors
     /// A storage error.
     fn snapshot(&mut self, last_seq: u64, state: &MasterState) -> Result<(), CoreError>;
+
+    /// Drops the first damaged record and every record after it (events after a hole
+    /// cannot be applied), so that [`Journal::recover`] succeeds again. An explicit,
+    /// operator-chosen step: what it drops may include acknowledged work, and each dropped
+    /// record is logged at error level. A sound journal is left as it is.
+    ///
+    /// # Errors
+    /// [`CoreError::UnreadableJournal`] if an intact record this version cannot read comes
+    /// first (dropping it would lose good work: run a version that reads it), or a storage
+    /// error.
+    fn repair(&mut self) -> Result<Repaired, CoreError>;
 }
 
-/// Events with their sequence numbers, and the key of a torn last record to delete.
-pub(crate) type Replayed = (Vec<(u64, Event)>, Option<u64>);
+/// What [`Journal::repair`] dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Repaired {
+    /// The records dropped, in sequence order; empty when the journal was sound.
+    pub dropped: Vec<DroppedRecord>,
+}
 
-/// Validates `(key, bytes)` records in key order, starting after `after_seq`.
-pub(crate) fn replay_records<I>(records: I, after_seq: u64) -> Result<Replayed, CoreError>
+/// One record a repair dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DroppedRecord {
+    /// The sequence number (key) it was stored under.
+    pub seq: u64,
+    /// Its size in bytes.
+    pub bytes: usize,
+    /// Why it was dropped.
+    pub reason: String,
+}
+
+/// What one record is worth to recovery.
+enum Verdict {
+    Good(Vec<Event>),
+    Damaged(String),
+    Unreadable(String),
+}
+
+fn judge(seq: u64, expected: u64, bytes: &[u8]) -> Verdict {
+    if seq != expected {
+        return Verdict::Damaged(format!("expected a record starting at sequence {expected}"));
+    }
+    match crate::codec::decode_record(bytes) {
+        Ok(batch) if batch.is_empty() => Verdict::Damaged("record holds no events".to_owned()),
+        Ok(batch) => Verdict::Good(batch),
+        Err(crate::codec::DecodeError::Damaged(reason)) => Verdict::Damaged(reason),
+        Err(crate::codec::DecodeError::Unreadable(reason)) => Verdict::Unreadable(reason),
+    }
+}
+
+/// Validates `(key, bytes)` records in key order, starting after `after_seq`, into events.
+pub(crate) fn replay_records<I>(records: I, after_seq: u64) -> Result<Vec<(u64, Event)>, CoreError>
 where
     I: IntoIterator<Item = Result<(u64, Vec<u8>), CoreError>>,
 {
     let mut events = Vec::new();
-    let mut expected = after_seq + 1;
-    let mut bad: Option<(u64, String)> = None;
+    let mut expected = next_seq(after_seq)?;
     for record in records {
         let (seq, bytes) = record?;
         if seq <= after_seq {
             // Covered by the snapshot; left behind by an interrupted truncation.
             continue;
         }
-        if let Some((bad_seq, reason)) = bad.take() {
-            return Err(CoreError::CorruptJournal {
-                seq: bad_seq,
-                reason,
-            });
-        }
-        if seq != expected {
-            return Err(CoreError::CorruptJournal {
-                seq,
-                reason: format!("expected a record starting at sequence {expected}"),
-            });
-        }
-        match crate::codec::decode_record(&bytes) {
-            Ok(batch) if !batch.is_empty() => {
+        match judge(seq, expected, &bytes) {
+            Verdict::Good(batch) => {
                 for event in batch {
                     events.push((expected, event));
-                    expected += 1;
+                    expected = next_seq(expected)?;
                 }
             }
-            Ok(_) => bad = Some((seq, "record holds no events".to_owned())),
-            Err(crate::codec::DecodeError::Torn(reason)) => bad = Some((seq, reason)),
-            // Intact bytes this version cannot read: never a torn write, never to be deleted.
-            Err(crate::codec::DecodeError::Unreadable(reason)) => {
-                return Err(CoreError::CorruptJournal { seq, reason });
+            Verdict::Damaged(reason) => return Err(CoreError::CorruptJournal { seq, reason }),
+            Verdict::Unreadable(reason) => {
+                return Err(CoreError::UnreadableJournal { seq, reason })
             }
         }
     }
-    let torn = bad.map(|(seq, reason)| {
-        warn!(seq, %reason, "dropping a torn last journal record (a write interrupted by a crash)");
-        seq
-    });
-    Ok((events, torn))
+    Ok(events)
+}
+
+/// The records a repair drops: the first damaged one after `after_seq` and all after it.
+pub(crate) fn records_to_drop<I>(records: I, after_seq: u64) -> Result<Repaired, CoreError>
+where
+    I: IntoIterator<Item = Result<(u64, Vec<u8>), CoreError>>,
+{
+    let mut dropped = Vec::new();
+    let mut expected = next_seq(after_seq)?;
+    for record in records {
+        let (seq, bytes) = record?;
+        if seq <= after_seq {
+            continue;
+        }
+        let reason = match dropped.first() {
+            Some(DroppedRecord { seq: first, .. }) => {
+                format!("follows the damaged record at sequence {first}")
+            }
+            None => match judge(seq, expected, &bytes) {
+                Verdict::Good(batch) => {
+                    expected = u64::try_from(batch.len())
+                        .ok()
+                        .and_then(|n| expected.checked_add(n))
+                        .ok_or_else(|| overflow(seq))?;
+                    continue;
+                }
+                Verdict::Damaged(reason) => reason,
+                Verdict::Unreadable(reason) => {
+                    return Err(CoreError::UnreadableJournal { seq, reason })
+                }
+            },
+        };
+        error!(
+            seq,
+            bytes = bytes.len(),
+            %reason,
+            "journal repair drops a record; any work acknowledged in it is lost"
+        );
+        dropped.push(DroppedRecord {
+            seq,
+            bytes: bytes.len(),
+            reason,
+        });
+    }
+    Ok(Repaired { dropped })
+}
+
+fn next_seq(seq: u64) -> Result<u64, CoreError> {
+    seq.checked_add(1).ok_or_else(|| overflow(seq))
+}
+
+fn overflow(seq: u64) -> CoreError {
+    CoreError::CorruptJournal {
+        seq,
+        reason: "sequence numbers run past 2^64".to_owned(),
+    }
 }

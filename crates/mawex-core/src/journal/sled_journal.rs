@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::debug;
 
-use super::{replay_records, Journal, Recovered, MAX_RECORD_BYTES};
+use super::{records_to_drop, replay_records, Journal, Recovered, Repaired, MAX_RECORD_BYTES};
 use crate::codec::{decode_snapshot, encode_records, encode_snapshot};
 use crate::error::CoreError;
 use crate::state::{Event, MasterState};
@@ -164,7 +164,7 @@ impl SledJournal {
     }
 
     /// Writes raw bytes under a sequence number, bypassing encoding: for fault-injection
-    /// tests that simulate torn or corrupt records.
+    /// tests that simulate damaged records.
     ///
     /// # Errors
     /// A storage error.
@@ -247,11 +247,7 @@ impl Journal for SledJournal {
             let (k, v) = r?;
             Ok((key_seq(&k)?, v.to_vec()))
         });
-        let (events, torn) = replay_records(records, after)?;
-        if let Some(seq) = torn {
-            self.journal.remove(seq.to_be_bytes())?;
-            self.sync()?;
-        }
+        let events = replay_records(records, after)?;
         debug!(snapshot = after, events = events.len(), "journal recovered");
         Ok(Recovered { snapshot, events })
     }
@@ -306,5 +302,23 @@ impl Journal for SledJournal {
         self.journal.apply_batch(covered)?;
         debug!(last_seq, chunks, bytes = bytes.len(), "snapshot stored");
         Ok(())
+    }
+
+    fn repair(&mut self) -> Result<Repaired, CoreError> {
+        let after = self.read_snapshot()?.map_or(0, |(seq, _)| seq);
+        let records = self.journal.iter().map(|r| {
+            let (k, v) = r?;
+            Ok((key_seq(&k)?, v.to_vec()))
+        });
+        let repaired = records_to_drop(records, after)?;
+        if !repaired.dropped.is_empty() {
+            let mut batch = sled::Batch::default();
+            for record in &repaired.dropped {
+                batch.remove(&record.seq.to_be_bytes());
+            }
+            self.journal.apply_batch(batch)?;
+            self.sync()?;
+        }
+        Ok(repaired)
     }
 }

@@ -360,27 +360,48 @@ fn golden_v3_records_and_snapshot_decode() {
     check_golden(3, &events);
 }
 
+/// Format 4 golden files: format 3's events and state, with the format byte under the
+/// checksum. Written once with `MAWEX_WRITE_GOLDEN=4 cargo test -p mawex-core golden`.
+#[test]
+fn golden_v4_records_and_snapshot_decode() {
+    let events = golden_events_v3();
+    write_golden_if_asked(4, &events);
+    check_golden(4, &events);
+}
+
 /// What is written depends on the stored types only (`crate::state::stored`), never on how
-/// the API types serialize: the format-3 golden files, written when events still embedded the
-/// API types, re-encode byte for byte from what they decode to. A field added to an API type
-/// leaves this test green (the bytes cannot see it); a change to a stored type turns it red,
-/// and needs a new format number (ARCHITECTURE.md, "Changing the journal format").
+/// the API types serialize: the format-4 golden files re-encode byte for byte from what they
+/// decode to, and so do the bodies (all after the checksum) of the format-3 ones, written
+/// when events still embedded the API types. A field added to an API type leaves this test
+/// green (the bytes cannot see it); a change to a stored type turns it red, and needs a new
+/// format number (ARCHITECTURE.md, "Changing the journal format").
 #[test]
 fn written_bytes_depend_on_the_stored_types_only() {
-    let golden = read_framed(
-        &std::fs::read(golden_dir().join("journal-v3.records")).expect("golden records present"),
-    );
-    for (seq, bytes) in &golden {
-        let events = decode_record(bytes).expect("decode");
-        let again = encode_records(*seq, &events, usize::MAX).expect("encode");
-        assert_eq!(again.len(), 1);
-        assert_eq!(&again[0].1, bytes, "record {seq} re-encodes unchanged");
+    for (version, compared) in [(4, 0), (3, 5)] {
+        let golden = read_framed(
+            &std::fs::read(golden_dir().join(format!("journal-v{version}.records")))
+                .expect("golden records present"),
+        );
+        for (seq, bytes) in &golden {
+            let events = decode_record(bytes).expect("decode");
+            let again = encode_records(*seq, &events, usize::MAX).expect("encode");
+            assert_eq!(again.len(), 1);
+            assert_eq!(
+                &again[0].1[compared..],
+                &bytes[compared..],
+                "format-{version} record {seq} re-encodes unchanged"
+            );
+        }
+        let snapshot = std::fs::read(golden_dir().join(format!("journal-v{version}.snapshot")))
+            .expect("golden snapshot present");
+        let (last_seq, state) = crate::codec::decode_snapshot(&snapshot).expect("decode");
+        let again = crate::codec::encode_snapshot(last_seq, &state).expect("encode");
+        assert_eq!(
+            &again[compared..],
+            &snapshot[compared..],
+            "the format-{version} snapshot re-encodes unchanged"
+        );
     }
-    let snapshot =
-        std::fs::read(golden_dir().join("journal-v3.snapshot")).expect("golden snapshot present");
-    let (last_seq, state) = crate::codec::decode_snapshot(&snapshot).expect("decode");
-    let again = crate::codec::encode_snapshot(last_seq, &state).expect("encode");
-    assert_eq!(again, snapshot, "the snapshot re-encodes unchanged");
 }
 
 /// The primitives that stored types share with the API encode as the format fixed them:
@@ -464,13 +485,34 @@ fn every_flipped_bit_is_detected() {
     let (_, bytes) = encode_records(1, &golden_events()[..1], 1 << 20)
         .expect("encode")
         .remove(0);
-    for i in 1..bytes.len() {
+    // Byte 0 too: the format is under the checksum from format 4 on.
+    for i in 0..bytes.len() {
         let mut bad = bytes.clone();
         bad[i] ^= 0x10;
         assert!(
-            decode_record(&bad).is_err(),
+            matches!(
+                decode_record(&bad),
+                Err(crate::codec::DecodeError::Damaged(_))
+            ),
             "flip in byte {i} went unnoticed"
         );
+    }
+}
+
+#[test]
+fn a_flipped_snapshot_format_byte_is_detected() {
+    let mut state = MasterState::new();
+    golden_events_v3().iter().for_each(|e| state.apply(e));
+    let bytes = crate::codec::encode_snapshot(7, &state).expect("encode");
+    for format in [1, 2, 3, 5] {
+        let mut bad = bytes.clone();
+        bad[0] = format;
+        match crate::codec::decode_snapshot(&bad) {
+            Err(crate::CoreError::CorruptSnapshot(reason)) => {
+                assert!(reason.contains("checksum"), "format {format}: {reason}")
+            }
+            other => panic!("format {format}: expected a checksum error, got {other:?}"),
+        }
     }
 }
 
