@@ -36,6 +36,23 @@ pub enum CoreError {
         /// Why it cannot be read.
         reason: String,
     },
+    /// The journal's disk has too little space for a write, which was refused before it
+    /// began (so the journal is intact and closes cleanly). Fatal, like any storage failure:
+    /// the master stops; free space and start it again.
+    #[error(
+        "journal {operation} refused: no space left on the journal's disk ({free} bytes free, \
+         {reserve} kept in reserve, {needed} needed); free space and restart the master"
+    )]
+    DiskFull {
+        /// What was refused: "write" or "snapshot".
+        operation: &'static str,
+        /// Bytes free on the journal's filesystem.
+        free: u64,
+        /// Bytes the journal keeps free (`SledJournal::with_free_space_reserve`).
+        reserve: u64,
+        /// Bytes the refused operation would have written.
+        needed: u64,
+    },
     /// The journal's snapshot is unreadable.
     #[error("journal snapshot is corrupt: {0}")]
     CorruptSnapshot(String),

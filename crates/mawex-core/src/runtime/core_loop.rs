@@ -77,7 +77,12 @@ const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 impl<J: Journal> CoreLoop<J> {
     /// Runs until shutdown, halt, or a journal failure.
-    pub(crate) fn run(mut self) -> Result<(), CoreError> {
+    /// Drops everything but the journal (waiting callers, sessions, the inbox) and returns it.
+    pub(crate) fn into_journal(self) -> J {
+        self.journal
+    }
+
+    pub(crate) fn run(&mut self) -> Result<(), CoreError> {
         let mut batch: Vec<CoreMsg> = Vec::new();
         loop {
             let wait = self.wait_time();

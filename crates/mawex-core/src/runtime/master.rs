@@ -105,7 +105,7 @@ impl MasterBuilder {
                 };
                 let engine = Engine::new(state, engine_config, clock.now());
                 let engine_results_recorded = engine.state().results_recorded();
-                let core = CoreLoop {
+                let mut core = CoreLoop {
                     engine,
                     journal,
                     clock,
@@ -141,10 +141,16 @@ impl MasterBuilder {
                     });
                 if let Err(e) = &result {
                     tracing::error!(error = %e, "the master stopped");
+                    // Callers hear why before the journal is closed, which may take long.
                     let _ = failed_tx.send(Some(e.to_string()));
+                    // Everything but the journal goes at once: waiting callers, sessions and
+                    // the inbox close, so they hear the reason now, not after the journal.
+                    close_failed(core.into_journal());
+                } else {
+                    drop(core);
                 }
-                // `core` (and with it the journal) is dropped by now, so the storage is
-                // closed before anyone hears that the master is done.
+                // The storage is closed (or given up on) before anyone hears that the
+                // master is done.
                 let _ = done_tx.send(result);
             })
             .map_err(|e| CoreError::Thread(e.to_string()))?;
@@ -314,6 +320,34 @@ impl Master {
             let _ = thread.join();
         }
         result
+    }
+}
+
+/// How long a master that failed waits for its journal to close.
+const FAILED_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Closes the journal of a core that failed. Storage that failed may never finish closing
+/// (sled 0.34 can wait forever for a write that failed on a full disk), so this closes it on
+/// a thread of its own and gives up after [`FAILED_CLOSE_WAIT`], leaving that thread behind.
+fn close_failed<J: Journal>(journal: J) {
+    let (closed_tx, closed_rx) = std_mpsc::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("mawex-close".into())
+        .spawn(move || {
+            drop(journal);
+            let _ = closed_tx.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            if closed_rx.recv_timeout(FAILED_CLOSE_WAIT).is_err() {
+                tracing::error!(
+                    wait_s = FAILED_CLOSE_WAIT.as_secs(),
+                    "the failed journal did not close in time; it stays open (and its \
+                     directory locked) until this process exits"
+                );
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "could not start a thread to close the journal"),
     }
 }
 
