@@ -463,11 +463,12 @@ impl mawex::PodConnector for Network {
             return Err(mawex::ApiError::Unavailable("unreachable".into()));
         }
         let target = self.target.lock().expect("lock").clone();
+        let backlog = mawex::pod::session_backlog(&hello);
         let session = target.connect(hello).await?;
         self.connects.fetch_add(1, Ordering::SeqCst);
         let cut = tokio_util::sync::CancellationToken::new();
         *self.current.lock().expect("lock") = Some(cut.clone());
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = tokio::sync::mpsc::channel(backlog);
         let mut inbox = session.inbox;
         let forward_cut = cut.clone();
         tokio::spawn(async move {
@@ -475,7 +476,7 @@ impl mawex::PodConnector for Network {
                 tokio::select! {
                     () = forward_cut.cancelled() => return,
                     m = inbox.recv() => match m {
-                        Some(m) => { let _ = tx.send(m); }
+                        Some(m) => { let _ = tx.send(m).await; }
                         None => return,
                     },
                 }

@@ -8,7 +8,7 @@ use mawex_api::convert::PodFrame;
 use mawex_api::pod::{PodConnector, PodSession};
 use mawex_api::proto;
 use mawex_core::LocalPodConnector;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
@@ -93,7 +93,7 @@ impl proto::pod_link_server::PodLink for PodLinkService {
         // Master → pod: the welcome, then whatever the master sends, until it closes the
         // session or the server stops.
         let stop = self.stop.clone();
-        let rest = UnboundedReceiverStream::new(inbox).map(|m| Ok(m.into()));
+        let rest = ReceiverStream::new(inbox).map(|m| Ok(m.into()));
         let out = stream::once(async move { Ok(welcome.into()) })
             .chain(rest)
             .take_until(async move { stop.cancelled().await });

@@ -5,7 +5,7 @@
 
 mod session;
 
-pub use session::{PodConnector, PodOutbox, PodSession};
+pub use session::{session_backlog, PodConnector, PodOutbox, PodSession, MIN_SESSION_BACKLOG};
 
 use std::collections::BTreeMap;
 use std::time::Duration;

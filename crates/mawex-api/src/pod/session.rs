@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use super::{MasterMessage, PodHello, PodMessage, Welcome};
+use super::{MasterMessage, PodHello, PodMessage, Welcome, MAX_POD_PREFETCH, MAX_POD_SLOTS};
 use crate::error::ApiError;
 
 /// Where a pod sends its messages. Implementations must not block.
@@ -26,16 +26,30 @@ pub struct PodSession {
     pub welcome: Welcome,
     /// Messages to the master.
     pub outbox: Arc<dyn PodOutbox>,
-    /// Messages from the master; closed when the master drops the session.
-    pub inbox: mpsc::UnboundedReceiver<MasterMessage>,
+    /// Messages from the master; closed when the master drops the session. Bounded: a
+    /// master drops the session of a pod that falls [`session_backlog`] messages behind.
+    pub inbox: mpsc::Receiver<MasterMessage>,
 }
+
+/// How many messages a master queues for a pod's session before it gives up on the pod (it
+/// does not read its stream) and closes the session: room for a cancel of everything the
+/// pod may hold, twice over, and as many batches of acks and assignments again. A pod that
+/// reads never comes close; one that never reads costs the master this much at most.
+pub fn session_backlog(hello: &PodHello) -> usize {
+    let slots = hello.slots.min(MAX_POD_SLOTS) as usize;
+    let prefetch = hello.prefetch.min(MAX_POD_PREFETCH) as usize;
+    2 * (slots + prefetch) + MIN_SESSION_BACKLOG
+}
+
+/// The part of [`session_backlog`] that does not depend on the pod's capacity.
+pub const MIN_SESSION_BACKLOG: usize = 1024;
 
 impl PodSession {
     /// A session from its parts (for transports outside this crate).
     pub fn new(
         welcome: Welcome,
         outbox: Arc<dyn PodOutbox>,
-        inbox: mpsc::UnboundedReceiver<MasterMessage>,
+        inbox: mpsc::Receiver<MasterMessage>,
     ) -> Self {
         PodSession {
             welcome,

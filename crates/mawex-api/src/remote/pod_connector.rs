@@ -55,6 +55,7 @@ impl GrpcPodConnector {
             .max_decoding_message_size(self.config.max_message_bytes)
             .max_encoding_message_size(self.config.max_message_bytes);
         let (tx, rx) = mpsc::unbounded_channel::<proto::PodToMaster>();
+        let backlog = crate::pod::session_backlog(&hello);
         tx.send(hello.into())
             .map_err(|_| ApiError::Internal("a fresh channel refused a message".into()))?;
         let mut inbound = client
@@ -73,13 +74,15 @@ impl GrpcPodConnector {
                 ))
             }
         };
-        let (inbox_tx, inbox) = mpsc::unbounded_channel();
+        let (inbox_tx, inbox) = mpsc::channel(backlog);
         tokio::spawn(async move {
             loop {
                 match inbound.message().await {
                     Ok(Some(m)) => match MasterFrame::try_from(m) {
                         Ok(MasterFrame::Message(message)) => {
-                            if inbox_tx.send(message).is_err() {
+                            // Waiting here holds back the stream: the master sees a slow
+                            // reader, as it should.
+                            if inbox_tx.send(message).await.is_err() {
                                 break;
                             }
                         }

@@ -125,8 +125,8 @@ impl SledJournal {
             .map_err(|e| CoreError::Storage(Box::new(std::io::Error::from(e))))?;
         // `fsblkcnt_t` and `c_ulong` are narrower than 64 bits on some targets.
         #[allow(clippy::useless_conversion)]
-        let free = u64::from(stats.blocks_available())
-            .saturating_mul(u64::from(stats.fragment_size()));
+        let free =
+            u64::from(stats.blocks_available()).saturating_mul(u64::from(stats.fragment_size()));
         let needed = u64::try_from(needed).unwrap_or(u64::MAX);
         if free < self.reserve_bytes.saturating_add(needed) {
             return Err(CoreError::DiskFull {

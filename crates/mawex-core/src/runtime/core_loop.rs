@@ -19,7 +19,7 @@ use std::time::Duration;
 use mawex_api::pod::{MasterMessage, Welcome};
 use mawex_api::{ApiError, BroadcastId, BroadcastView, ResultCursor, TaskId, TaskResult};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use super::config::{MasterConfig, MasterStats};
 use super::feed::CommittedBatch;
@@ -52,7 +52,7 @@ pub(crate) struct CoreLoop<J> {
     pub(crate) last_seq: u64,
     pub(crate) events_since_snapshot: u64,
     pub(crate) stats: watch::Sender<MasterStats>,
-    pub(crate) sessions: HashMap<u64, mpsc::UnboundedSender<MasterMessage>>,
+    pub(crate) sessions: HashMap<u64, mpsc::Sender<MasterMessage>>,
     pub(crate) next_session: u64,
     pub(crate) waiters: HashMap<TaskId, Vec<Reply<TaskResult>>>,
     /// Callers waiting for a broadcast to finish.
@@ -305,7 +305,9 @@ impl<J: Journal> CoreLoop<J> {
                 });
                 answer(deferred, reply, r);
             }
-            CoreMsg::Pod { session, message } => {
+            CoreMsg::Pod {
+                session, message, ..
+            } => {
                 self.engine.pod_message(session, message, now, out);
             }
             CoreMsg::PodDisconnected { session } => {
@@ -355,9 +357,23 @@ impl<J: Journal> CoreLoop<J> {
         self.last_prune = std::time::Instant::now();
     }
 
+    /// Queues `message` for `session`; false if the session is gone or so far behind that
+    /// it must be dropped (its pod does not read its stream, and the master will not hold
+    /// more for it).
     pub(super) fn send_to(&self, session: u64, message: MasterMessage) -> bool {
         match self.sessions.get(&session) {
-            Some(outbox) => outbox.send(message).is_ok(),
+            Some(outbox) => match outbox.try_send(message) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    warn!(
+                        session,
+                        backlog = outbox.max_capacity(),
+                        "a pod is not reading its session; closing it"
+                    );
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            },
             None => {
                 debug!(session, "message for a closed session dropped");
                 true

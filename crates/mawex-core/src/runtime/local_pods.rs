@@ -1,12 +1,15 @@
 //! In-process pod sessions: a pod in the master's own process talks to the core directly.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mawex_api::pod::{PodConnector, PodHello, PodMessage, PodOutbox, PodSession, Welcome};
+use mawex_api::pod::{
+    session_backlog, PodConnector, PodHello, PodMessage, PodOutbox, PodSession, Welcome,
+};
 use mawex_api::ApiError;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::messages::CoreMsg;
 
@@ -29,7 +32,8 @@ fn stopped() -> ApiError {
 #[async_trait]
 impl PodConnector for LocalPodConnector {
     async fn connect(&self, hello: PodHello) -> Result<PodSession, ApiError> {
-        let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
+        let backlog = session_backlog(&hello);
+        let (outbox_tx, outbox_rx) = mpsc::channel(backlog);
         let (reply, answer) = oneshot::channel();
         self.inbox
             .send(CoreMsg::PodConnect {
@@ -49,6 +53,9 @@ impl PodConnector for LocalPodConnector {
         let outbox = Arc::new(LocalOutbox {
             session: welcome.session,
             inbox: self.inbox.clone(),
+            permits: Arc::new(Semaphore::new(backlog)),
+            backlog,
+            hung_up: AtomicBool::new(false),
         });
         guard.armed = false;
         Ok(PodSession::new(welcome, outbox, outbox_rx))
@@ -81,14 +88,44 @@ impl Drop for PendingSession {
 struct LocalOutbox {
     session: u64,
     inbox: std_mpsc::Sender<CoreMsg>,
+    /// As many as the session may have waiting in the core's inbox ([`session_backlog`]).
+    permits: Arc<Semaphore>,
+    backlog: usize,
+    /// Set once the master was told this session is gone (on drop, or after a flood).
+    hung_up: AtomicBool,
+}
+
+impl LocalOutbox {
+    /// Tells the master, once, that this session is gone.
+    fn hang_up(&self) {
+        if !self.hung_up.swap(true, Ordering::AcqRel) {
+            let _ = self.inbox.send(CoreMsg::PodDisconnected {
+                session: self.session,
+            });
+        }
+    }
 }
 
 impl PodOutbox for LocalOutbox {
     fn send(&self, message: PodMessage) -> Result<(), ApiError> {
+        if self.hung_up.load(Ordering::Acquire) {
+            return Err(ApiError::Unavailable("the session is closed".into()));
+        }
+        // A pod that sends faster than the master handles its messages would grow the
+        // inbox without end: it is disconnected instead (what it holds is re-reported, or
+        // runs elsewhere, as after any disconnect).
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            self.hang_up();
+            return Err(ApiError::ResourceExhausted(format!(
+                "the pod sent {} messages the master had not handled yet; session closed",
+                self.backlog
+            )));
+        };
         self.inbox
             .send(CoreMsg::Pod {
                 session: self.session,
                 message,
+                _permit: permit,
             })
             .map_err(|_| stopped())
     }
@@ -96,8 +133,6 @@ impl PodOutbox for LocalOutbox {
 
 impl Drop for LocalOutbox {
     fn drop(&mut self) {
-        let _ = self.inbox.send(CoreMsg::PodDisconnected {
-            session: self.session,
-        });
+        self.hang_up();
     }
 }

@@ -108,12 +108,15 @@ pub(crate) enum CoreMsg {
     },
     PodConnect {
         hello: PodHello,
-        outbox: mpsc::UnboundedSender<MasterMessage>,
+        outbox: mpsc::Sender<MasterMessage>,
         reply: Reply<Welcome>,
     },
     Pod {
         session: u64,
         message: PodMessage,
+        /// One of the session's permits, given back when the core has handled the message:
+        /// what bounds the messages of one pod waiting in the inbox.
+        _permit: tokio::sync::OwnedSemaphorePermit,
     },
     PodDisconnected {
         session: u64,

@@ -1,0 +1,120 @@
+//! Hostile pods and clients cannot grow the master without bound: each bound is met by a
+//! client that tries, and the offender is refused or disconnected while the master goes on.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod common;
+
+use common::*;
+use mawex::pod::{session_backlog, AttemptRef, PodHello, PodMessage};
+use mawex::{ApiError, Attempt, PodConfig, TaskId, TaskSpec};
+
+/// Stale reports per round: each round's acks are one message to the pod.
+const REPORTS_PER_ROUND: usize = 64;
+
+fn stale_report() -> PodMessage {
+    PodMessage::Finished {
+        attempt: AttemptRef {
+            task: TaskId::new(),
+            attempt: Attempt(1),
+        },
+        outcome: Ok("never asked for".into()),
+    }
+}
+
+/// A pod that sends reports but never reads its stream: the master queues at most its
+/// session's backlog of messages for it, then closes the session, and serves others on.
+async fn a_pod_that_never_reads_is_disconnected(t: Transport) {
+    let m = TestMaster::start_on(t).await;
+    let g = group("deaf");
+    let hello = PodHello::new(pod_id("p-deaf"), vec![g.clone()]);
+    let backlog = session_backlog(&hello);
+    let deaf = m.connector().connect(hello).await.unwrap();
+    let mut rounds = 0;
+    loop {
+        let pods = m.stats().pods;
+        if !pods.iter().any(|p| p.id == pod_id("p-deaf")) {
+            break;
+        }
+        // Transports buffer too (the pod's own inbox, HTTP/2 windows, sockets): the master
+        // must give up well before a pod could make it hold unbounded messages.
+        assert!(
+            rounds < 20 * backlog,
+            "the master still holds the session after {rounds} rounds of acks"
+        );
+        for _ in 0..REPORTS_PER_ROUND {
+            let _ = deaf.outbox.send(stale_report());
+        }
+        // A round trip through the core: the reports above were one batch, so one ack.
+        let _ = m.proxy().get(TaskId::new()).await;
+        rounds += 1;
+    }
+    assert!(
+        rounds > 1,
+        "the session was closed for reading, not for sending"
+    );
+    // The master goes on for everyone else.
+    let (handlers, _, _) = instrumented();
+    let pod = m.pod(PodConfig::new(pod_id("p-reads"), vec![g.clone()]), handlers);
+    let ack = m
+        .proxy()
+        .submit(TaskSpec::new(g, "echo", "still served"))
+        .await
+        .unwrap();
+    let result = m.proxy().await_result(ack.id).await.unwrap();
+    assert_eq!(
+        result.outcome,
+        mawex::Outcome::Succeeded("still served".into())
+    );
+    drop(deaf);
+    pod.shutdown().await.unwrap();
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_never_reads_is_disconnected_local() {
+    a_pod_that_never_reads_is_disconnected(Transport::Local).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_never_reads_is_disconnected_grpc() {
+    a_pod_that_never_reads_is_disconnected(Transport::Grpc).await;
+}
+
+/// A pod that sends faster than the master handles its messages: at most its session's
+/// backlog waits in the master's inbox; the next send is refused with a clear error and the
+/// session closed (over gRPC the server then hangs up on the pod), and the master goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_floods_the_master_is_disconnected() {
+    let m = TestMaster::start().await;
+    let hello = PodHello::new(pod_id("p-flood"), vec![group("flood")]);
+    let backlog = session_backlog(&hello);
+    let flood = m.connector().connect(hello).await.unwrap();
+    // Sending is far quicker than handling: the bound is met long before the loop ends.
+    let refused = (0..100 * backlog).find_map(|_| flood.outbox.send(stale_report()).err());
+    match refused {
+        Some(ApiError::ResourceExhausted(m)) => {
+            assert!(m.contains(&format!("{backlog} messages")), "{m}")
+        }
+        other => panic!("a flood of {} messages: {other:?}", 100 * backlog),
+    }
+    assert!(
+        matches!(
+            flood.outbox.send(stale_report()),
+            Err(ApiError::Unavailable(_))
+        ),
+        "the session stays closed"
+    );
+    let mut inbox = flood.inbox;
+    while inbox.recv().await.is_some() {}
+    m.wait_stats("the flooding pod is gone", |s| s.pods.is_empty())
+        .await;
+    let ack = m
+        .proxy()
+        .submit(TaskSpec::new(group("flood"), "echo", "x"))
+        .await
+        .unwrap();
+    assert!(m.proxy().get(ack.id).await.is_ok());
+    drop(flood.outbox);
+    m.shutdown().await;
+}
