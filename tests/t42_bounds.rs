@@ -118,3 +118,44 @@ async fn a_pod_that_floods_the_master_is_disconnected() {
     drop(flood.outbox);
     m.shutdown().await;
 }
+
+/// A client opening stream after stream: at most `max_result_streams` are served at once,
+/// the next is refused with a clear error, and closing one makes room again.
+async fn result_streams_are_bounded(t: Transport) {
+    const STREAMS: usize = 8;
+    let mut config = fast_config();
+    config.max_result_streams = STREAMS;
+    let m = TestMaster::start_on_with(t, config).await;
+    let g = group("streams");
+    let mut open = Vec::new();
+    for _ in 0..STREAMS {
+        open.push(m.proxy().results(g.clone(), None).await.unwrap());
+    }
+    match m.proxy().results(g.clone(), None).await {
+        Err(ApiError::ResourceExhausted(message)) => {
+            assert!(message.contains("8 result streams"), "{message}")
+        }
+        Err(other) => panic!("stream {} beyond the bound: {other:?}", STREAMS + 1),
+        Ok(_) => panic!("stream {} beyond the bound was served", STREAMS + 1),
+    }
+    drop(open.pop());
+    let reopened = wait_for("a closed stream to make room", || {
+        let proxy = m.proxy();
+        let g = g.clone();
+        async move { proxy.results(g, None).await.ok() }
+    })
+    .await;
+    drop(reopened);
+    drop(open);
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_streams_are_bounded_local() {
+    result_streams_are_bounded(Transport::Local).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_streams_are_bounded_grpc() {
+    result_streams_are_bounded(Transport::Grpc).await;
+}

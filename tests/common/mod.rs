@@ -121,8 +121,12 @@ impl TestMaster {
     }
 
     pub async fn start_on(transport: Transport) -> TestMaster {
+        Self::start_on_with(transport, fast_config()).await
+    }
+
+    pub async fn start_on_with(transport: Transport, config: MasterConfig) -> TestMaster {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-        Self::open_on(dir, fast_config(), transport).await
+        Self::open_on(dir, config, transport).await
     }
 
     pub async fn start_with(config: MasterConfig) -> TestMaster {

@@ -31,6 +31,9 @@ pub struct MasterConfig {
     /// Committed batches the feed holds for a slow subscriber before it drops the oldest
     /// (the subscriber is told and re-reads the state).
     pub feed_capacity: usize,
+    /// Live result streams (`MasterProxy::results`) served at once; one more is refused with
+    /// `ResourceExhausted` until one closes.
+    pub max_result_streams: usize,
     /// Group settings applied at start (journaled like a runtime change, and only when they
     /// differ from what the journal holds); groups not named keep their settings.
     pub groups: BTreeMap<GroupName, GroupSettings>,
@@ -46,6 +49,7 @@ impl Default for MasterConfig {
             max_payload_bytes: 4 * 1024 * 1024,
             default_retry: RetryPolicy::default(),
             feed_capacity: 1024,
+            max_result_streams: 1024,
             groups: BTreeMap::new(),
         }
     }
@@ -79,6 +83,11 @@ impl MasterConfig {
         }
         if self.feed_capacity == 0 {
             return Err(CoreError::Config("feed_capacity must be positive".into()));
+        }
+        if self.max_result_streams == 0 {
+            return Err(CoreError::Config(
+                "max_result_streams must be positive".into(),
+            ));
         }
         if self.max_payload_bytes == 0 {
             return Err(CoreError::Config(

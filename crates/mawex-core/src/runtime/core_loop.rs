@@ -120,12 +120,24 @@ impl<J: Journal> CoreLoop<J> {
                         feed,
                         reply,
                     } => {
-                        let sub = Subscriber {
-                            group,
-                            results,
-                            feed,
-                        };
-                        new_subscribers.push((sub, after, reply));
+                        let limit = self.config.max_result_streams;
+                        if self.subscribers.len() + new_subscribers.len() >= limit {
+                            self.subscribers.retain(|s| !s.results.is_closed());
+                        }
+                        if self.subscribers.len() + new_subscribers.len() >= limit {
+                            // Refusing touches no state, so it needs no commit to wait for.
+                            let _ = reply.send(Err(ApiError::ResourceExhausted(format!(
+                                "{limit} result streams are open, the most this master \
+                                 serves (max_result_streams); close one and try again"
+                            ))));
+                        } else {
+                            let sub = Subscriber {
+                                group,
+                                results,
+                                feed,
+                            };
+                            new_subscribers.push((sub, after, reply));
+                        }
                     }
                     other => self.handle(other, now, &mut out, &mut deferred),
                 }
