@@ -69,7 +69,7 @@ pub use mawex_api::{
     ListQuery, MasterProxy, MissedTicks, Outcome, PendingChange, PodId, QueuePosition, RateLimit,
     RemoteConfig, RemoteMasterProxy, ResultCursor, ResultStream, RetryHint, RetryPolicy,
     ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskError, TaskId, TaskPage, TaskResult,
-    TaskSpec, TaskState, TaskView, Timestamp, MAX_LIST_LIMIT,
+    TaskSpec, TaskState, TaskView, Timestamp, MAX_LIST_LIMIT, MAX_LIST_PAGE_BYTES,
 };
 pub use mawex_api::{
     BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView, PlannedTarget, Source,

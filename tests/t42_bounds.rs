@@ -7,7 +7,9 @@ mod common;
 
 use common::*;
 use mawex::pod::{session_backlog, AttemptRef, PodHello, PodMessage};
-use mawex::{ApiError, Attempt, PodConfig, TaskId, TaskSpec};
+use mawex::{
+    ApiError, Attempt, ListQuery, PodConfig, TaskId, TaskSpec, MAX_LIST_LIMIT, MAX_LIST_PAGE_BYTES,
+};
 
 /// Stale reports per round: each round's acks are one message to the pod.
 const REPORTS_PER_ROUND: usize = 64;
@@ -158,4 +160,76 @@ async fn result_streams_are_bounded_local() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn result_streams_are_bounded_grpc() {
     result_streams_are_bounded(Transport::Grpc).await;
+}
+
+/// Large payloads cannot make a `list` page outgrow a message: pages end before they pass
+/// `MAX_LIST_PAGE_BYTES`, every task still comes exactly once, and a caller who does not need
+/// the bodies gets them all in one small page.
+async fn list_pages_are_bounded_by_bytes(t: Transport) {
+    const TASKS: usize = 40;
+    const PAYLOAD: usize = 200 << 10;
+    let m = TestMaster::start_on(t).await;
+    let g = group("big");
+    let mut submitted = Vec::new();
+    for i in 0..TASKS {
+        let mut payload = vec![b'b'; PAYLOAD];
+        payload[0] = u8::try_from(i).unwrap();
+        let ack = m
+            .proxy()
+            .submit(TaskSpec::new(g.clone(), "echo", payload))
+            .await
+            .unwrap();
+        submitted.push(ack.id);
+    }
+    let mut seen = Vec::new();
+    let mut query = ListQuery::default().group(g.clone()).limit(MAX_LIST_LIMIT);
+    let mut pages = 0;
+    loop {
+        let page = m.proxy().list(query.clone()).await.unwrap();
+        let bytes: usize = page.tasks.iter().map(|v| v.spec.payload.len()).sum();
+        assert!(
+            bytes <= MAX_LIST_PAGE_BYTES,
+            "a page of {bytes} payload bytes"
+        );
+        assert!(page.tasks.iter().all(|v| v.spec.payload.len() == PAYLOAD));
+        seen.extend(page.tasks.iter().map(|v| v.spec.id));
+        pages += 1;
+        match page.next {
+            Some(next) => query = query.after(next),
+            None => break,
+        }
+    }
+    assert!(
+        pages >= TASKS * PAYLOAD / MAX_LIST_PAGE_BYTES,
+        "{pages} pages"
+    );
+    assert_eq!(seen, submitted, "every task once, in order");
+
+    let lean = m
+        .proxy()
+        .list(
+            ListQuery::default()
+                .group(g)
+                .limit(MAX_LIST_LIMIT)
+                .without_bodies(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(lean.next, None);
+    assert_eq!(lean.tasks.len(), TASKS);
+    assert!(lean
+        .tasks
+        .iter()
+        .all(|v| v.spec.payload.is_empty() && v.spec.handler == "echo"));
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_pages_are_bounded_by_bytes_local() {
+    list_pages_are_bounded_by_bytes(Transport::Local).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_pages_are_bounded_by_bytes_grpc() {
+    list_pages_are_bounded_by_bytes(Transport::Grpc).await;
 }

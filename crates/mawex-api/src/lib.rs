@@ -43,7 +43,7 @@ pub use failure::{ErrorKind, RetryHint, TaskError};
 pub use ids::{Attempt, GroupName, PodId, ScheduleName, TaskId};
 pub use proxy::{
     CancelAck, ListQuery, MasterProxy, ResultCursor, ResultStream, SubmitAck, TaskPage,
-    MAX_LIST_LIMIT,
+    MAX_LIST_LIMIT, MAX_LIST_PAGE_BYTES,
 };
 pub use remote::{ChannelConfig, ClientTls, GrpcPodConnector, RemoteConfig, RemoteMasterProxy};
 pub use task::{

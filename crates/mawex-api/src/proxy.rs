@@ -85,9 +85,17 @@ pub struct ListQuery {
     pub state: Option<TaskState>,
     /// Resume after this id (the previous page's `next`).
     pub after: Option<TaskId>,
-    /// Page size, 1 to [`MAX_LIST_LIMIT`] (1,000). Default: 100.
+    /// Page size, 1 to [`MAX_LIST_LIMIT`] (1,000). Default: 100. A page also ends before
+    /// it passes [`MAX_LIST_PAGE_BYTES`] (with at least one task in it).
     pub limit: usize,
+    /// Views without their bodies: the payload and a successful output are left empty
+    /// (their sizes are what makes pages large). Default: bodies included.
+    pub omit_bodies: bool,
 }
+
+/// About how many bytes of views a `list` page holds at most: well under the default
+/// message limit of the transports, however large the payloads and outputs are.
+pub const MAX_LIST_PAGE_BYTES: usize = 2 << 20;
 
 impl Default for ListQuery {
     fn default() -> Self {
@@ -96,6 +104,7 @@ impl Default for ListQuery {
             state: None,
             after: None,
             limit: 100,
+            omit_bodies: false,
         }
     }
 }
@@ -122,6 +131,12 @@ impl ListQuery {
     /// Page size.
     pub fn limit(mut self, limit: usize) -> Self {
         self.limit = limit;
+        self
+    }
+
+    /// Views without payloads and outputs (see [`ListQuery::omit_bodies`]).
+    pub fn without_bodies(mut self) -> Self {
+        self.omit_bodies = true;
         self
     }
 }

@@ -73,6 +73,7 @@ impl From<ListQuery> for proto::ListRequest {
                 as i32,
             after: q.after.map(|id| id.to_string()),
             limit: u32::try_from(q.limit).unwrap_or(u32::MAX),
+            omit_bodies: q.omit_bodies,
         }
     }
 }
@@ -94,6 +95,7 @@ impl TryFrom<proto::ListRequest> for ListQuery {
             } else {
                 r.limit as usize
             },
+            omit_bodies: r.omit_bodies,
         })
     }
 }

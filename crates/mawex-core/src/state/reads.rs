@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use mawex_api::{
-    ErrorKind, FailedCount, FailedFilter, GroupName, GroupSettings, ListQuery, ScheduleName,
-    TaskId, TaskPage, TaskState, TaskView, Timestamp,
+    ErrorKind, FailedCount, FailedFilter, GroupName, GroupSettings, ListQuery, Outcome,
+    ScheduleName, TaskId, TaskPage, TaskState, TaskView, Timestamp, MAX_LIST_PAGE_BYTES,
 };
 
 use super::stored::TaskResult;
@@ -250,18 +250,55 @@ impl MasterState {
         };
         let mut tasks = Vec::new();
         let mut next = None;
+        let mut bytes: usize = 0;
         for entry in self.tasks.range((start, Bound::Unbounded)).map(|(_, e)| e) {
             if query.group.as_ref().is_some_and(|g| *g != entry.spec.group)
                 || query.state.is_some_and(|s| s != entry.state)
             {
                 continue;
             }
-            if tasks.len() == query.limit {
+            let mut view = entry.view();
+            if query.omit_bodies {
+                omit_bodies(&mut view);
+            }
+            let size = view_bytes(&view);
+            if tasks.len() == query.limit
+                || (!tasks.is_empty() && bytes.saturating_add(size) > MAX_LIST_PAGE_BYTES)
+            {
                 next = tasks.last().map(|t: &TaskView| t.spec.id);
                 break;
             }
-            tasks.push(entry.view());
+            bytes = bytes.saturating_add(size);
+            tasks.push(view);
         }
         TaskPage::new(tasks, next)
     }
+}
+
+/// Empties what makes a view large: the payload and a successful output.
+fn omit_bodies(view: &mut TaskView) {
+    view.spec.payload = bytes::Bytes::new();
+    if let Some(result) = &mut view.result {
+        if let Outcome::Succeeded(output) = &mut result.outcome {
+            *output = bytes::Bytes::new();
+        }
+    }
+}
+
+/// About how many bytes `view` takes on the wire: its variable-length parts, plus a
+/// generous allowance for the fixed ones.
+fn view_bytes(view: &TaskView) -> usize {
+    const FIXED: usize = 256;
+    let error_bytes = |e: &mawex_api::TaskError| e.message.len() + FIXED;
+    let result = view.result.as_ref().map_or(0, |r| match &r.outcome {
+        Outcome::Succeeded(output) => output.len(),
+        Outcome::Failed(error) => error_bytes(error),
+        _ => 0,
+    });
+    let failures: usize = view.failures.iter().map(|f| error_bytes(&f.error)).sum();
+    FIXED
+        .saturating_add(view.spec.payload.len())
+        .saturating_add(view.spec.handler.len())
+        .saturating_add(result)
+        .saturating_add(failures)
 }
