@@ -213,7 +213,7 @@ impl Engine {
             }
             Event::TaskCancelled { task, .. } => self.release(task),
             Event::TaskRetryScheduled { attempt, .. } => self.release(&attempt.task),
-            Event::TasksForgotten { .. } => {}
+            Event::TasksForgotten { .. } | Event::BroadcastsForgotten { .. } => {}
             // Back in a queue, or a group opened up: maybe something can be dispatched.
             Event::ScheduleCreated { .. }
             | Event::SchedulePaused { .. }

@@ -1230,6 +1230,69 @@ mod broadcast {
         assert_eq!(waves(64, 1), 7);
     }
 
+    /// Fires a pull broadcast of `app` at `version` and finishes its targets at `now`.
+    fn fired_and_finished(
+        e: &mut Engine,
+        app: &str,
+        version: &str,
+        now: Timestamp,
+        out: &mut Output,
+    ) -> mawex_api::BroadcastId {
+        let spec = BroadcastSpec::new(app, group("g"), "pull").with_version(version);
+        let id = e.fire_broadcast(spec, now, out).unwrap().id;
+        e.dispatch(now, out);
+        for target in e.broadcast_view(id).unwrap().targets {
+            let task = target.task.expect("a target that runs");
+            let session = e.session_of(&target.pod).unwrap();
+            let done = PodMessage::Finished {
+                attempt: AttemptRef {
+                    task,
+                    attempt: Attempt(1),
+                },
+                outcome: Ok(Bytes::new()),
+            };
+            e.pod_message(session, done, now, out);
+        }
+        assert!(e.broadcast_view(id).unwrap().is_finished());
+        id
+    }
+
+    #[test]
+    fn finished_broadcasts_are_forgotten_after_retention_but_each_apps_latest_stays() {
+        let mut e = engine();
+        let mut out = Output::default();
+        e.pod_hello(1, hello("p1", &["g"], 1), T0, &mut out)
+            .unwrap();
+        let old = fired_and_finished(&mut e, "site", "v1", T0, &mut out);
+        let latest = fired_and_finished(&mut e, "site", "v2", at(10), &mut out);
+        let other = fired_and_finished(&mut e, "docs", "v1", at(20), &mut out);
+        e.tick(at(1_000), &mut out);
+        assert!(e.broadcast_view(old).is_some(), "kept within the retention");
+        // Past the retention: the target tasks go first, then the broadcast.
+        let later = at(3_600_000 + 1_000);
+        e.tick(later, &mut out);
+        e.tick(later, &mut out);
+        assert!(e.broadcast_view(old).is_none(), "forgotten");
+        assert!(e.broadcast_view(latest).is_some(), "its app's latest stays");
+        assert!(e.broadcast_view(other).is_some(), "its app's latest stays");
+        assert!(e.state().broadcasts().has_version("site", &pod("p1"), "v2"));
+        let forgotten: Vec<_> = out
+            .events
+            .iter()
+            .filter_map(|event| match event {
+                Event::BroadcastsForgotten { ids } => Some(ids.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(forgotten, [vec![old]], "one event, once");
+        let mut replayed = MasterState::new();
+        for event in &out.events {
+            replayed.apply(event);
+        }
+        replayed.rebuild_indexes();
+        assert_eq!(&replayed, e.state());
+    }
+
     #[test]
     fn replaying_a_broadcast_gives_the_same_state() {
         let mut e = engine();

@@ -63,6 +63,16 @@ impl Engine {
             if !old.is_empty() {
                 self.emit(Event::TasksForgotten { tasks: old }, out);
             }
+            // After their target tasks (forgotten above, or on an earlier tick).
+            let state = &self.state;
+            let ids = state
+                .broadcasts()
+                .forgettable(Timestamp(cutoff), FORGET_PER_TICK, |task| {
+                    state.task(task).is_some()
+                });
+            if !ids.is_empty() {
+                self.emit(Event::BroadcastsForgotten { ids }, out);
+            }
         }
     }
 }

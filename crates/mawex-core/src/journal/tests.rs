@@ -369,15 +369,33 @@ fn golden_v4_records_and_snapshot_decode() {
     check_golden(4, &events);
 }
 
+/// Format 5 added `BroadcastsForgotten` (the snapshot format stays 4: the state's layout did
+/// not change, so `journal-v5.snapshot` is a format-4 snapshot of these events).
+fn golden_events_v5() -> Vec<Event> {
+    let mut events = golden_events_v3();
+    events.push(Event::BroadcastsForgotten { ids: vec![1, 7] });
+    events
+}
+
+/// Format 5 golden files. Written once with
+/// `MAWEX_WRITE_GOLDEN=5 cargo test -p mawex-core golden` when format 5 was introduced.
+#[test]
+fn golden_v5_records_and_snapshot_decode() {
+    let events = golden_events_v5();
+    write_golden_if_asked(5, &events);
+    check_golden(5, &events);
+}
+
 /// What is written depends on the stored types only (`crate::state::stored`), never on how
-/// the API types serialize: the format-4 golden files re-encode byte for byte from what they
-/// decode to, and so do the bodies (all after the checksum) of the format-3 ones, written
+/// the API types serialize: the format-5 golden files re-encode byte for byte from what they
+/// decode to, and so do the bodies (all after the checksum) of the format-3 and 4 ones, the
+/// format-3 ones written
 /// when events still embedded the API types. A field added to an API type leaves this test
 /// green (the bytes cannot see it); a change to a stored type turns it red, and needs a new
 /// format number (ARCHITECTURE.md, "Changing the journal format").
 #[test]
 fn written_bytes_depend_on_the_stored_types_only() {
-    for (version, compared) in [(4, 0), (3, 5)] {
+    for (version, compared) in [(5, 0), (4, 5), (3, 5)] {
         let golden = read_framed(
             &std::fs::read(golden_dir().join(format!("journal-v{version}.records")))
                 .expect("golden records present"),

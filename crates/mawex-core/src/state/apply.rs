@@ -291,6 +291,12 @@ impl MasterState {
                 self.finish(*task, outcome.clone(), *at);
                 self.broadcasts.finished(task, &outcome, *at);
             }
+            Event::BroadcastsForgotten { ids } => {
+                for id in ids {
+                    let tasks = &self.tasks;
+                    self.broadcasts.forget(*id, |task| tasks.contains_key(task));
+                }
+            }
             Event::TasksForgotten { tasks } => {
                 for id in tasks {
                     let Some(entry) = self.tasks.get(id) else {

@@ -165,6 +165,64 @@ impl Broadcasts {
             .filter_map(|id| Some((*id, self.by_id.get(id)?)))
     }
 
+    /// Broadcasts that may be forgotten as of `cutoff`, oldest first, at most `limit`:
+    /// finished before `cutoff`, not the latest of their app, and with no target task left
+    /// (`task_exists`). Costs nothing while every broadcast is running or its app's latest.
+    pub(crate) fn forgettable(
+        &self,
+        cutoff: Timestamp,
+        limit: usize,
+        task_exists: impl Fn(&TaskId) -> bool,
+    ) -> Vec<BroadcastId> {
+        if self.by_id.len() <= self.latest.len().saturating_add(self.active.len()) {
+            return Vec::new();
+        }
+        self.by_id
+            .iter()
+            // Ids grow with firing time, and a broadcast finishes after it was fired.
+            .take_while(|(_, b)| b.fired_at < cutoff)
+            .filter(|(id, b)| {
+                b.finished_at.is_some_and(|t| t < cutoff)
+                    && self.is_forgettable(**id, b, &task_exists)
+            })
+            .map(|(id, _)| *id)
+            .take(limit)
+            .collect()
+    }
+
+    /// Ended, not its app's latest, no target task left: nothing needs it any more.
+    fn is_forgettable(
+        &self,
+        id: BroadcastId,
+        b: &Broadcast,
+        task_exists: impl Fn(&TaskId) -> bool,
+    ) -> bool {
+        !b.is_active()
+            && b.finished_at.is_some()
+            && self.latest.get(&b.spec.app) != Some(&id)
+            && !b
+                .targets
+                .values()
+                .any(|t| t.task.as_ref().is_some_and(&task_exists))
+    }
+
+    /// Drops broadcast `id` if nothing needs it any more (re-checked, so that applying the
+    /// event can never drop a broadcast that is still in use).
+    pub(crate) fn forget(&mut self, id: BroadcastId, task_exists: impl Fn(&TaskId) -> bool) {
+        let Some(b) = self.by_id.get(&id) else {
+            return;
+        };
+        if !self.is_forgettable(id, b, task_exists) {
+            return;
+        }
+        if let Some(b) = self.by_id.remove(&id) {
+            for task in b.targets.values().filter_map(|t| t.task) {
+                self.by_task.remove(&task);
+            }
+        }
+        self.active.remove(&id);
+    }
+
     /// Keeps `active` in step after broadcast `id` changed.
     fn refresh(&mut self, id: BroadcastId) {
         if self.by_id.get(&id).is_some_and(Broadcast::is_active) {

@@ -184,6 +184,13 @@ pub enum Event {
         /// When.
         at: Timestamp,
     },
+    /// Finished broadcasts past the result retention, whose target tasks were forgotten
+    /// already, were dropped from state. The latest broadcast of each app is never dropped:
+    /// catch-up of pods that come later reads it. (Appended in record format 5.)
+    BroadcastsForgotten {
+        /// The broadcasts.
+        ids: Vec<BroadcastId>,
+    },
 }
 
 /// Why an attempt ended without a result.
