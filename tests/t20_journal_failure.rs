@@ -140,3 +140,21 @@ async fn a_stopped_master_says_so_over_grpc() {
     server.shutdown().await.unwrap();
     let _ = master.shutdown().await;
 }
+
+/// Sequence numbers near 2^64 (only a damaged journal gets there) stop the master with a
+/// clear error instead of wrapping around, which would write keys below the snapshot that
+/// the next start-up skips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequence_numbers_that_run_out_stop_the_master() {
+    let mut storage = MemoryJournal::new();
+    storage.snapshot(u64::MAX - 1, &MasterState::new()).unwrap();
+    let master = Master::builder().start(storage).await.unwrap();
+    let g = GroupName::new("end").unwrap();
+    match master.proxy().submit(TaskSpec::new(g, "h", "")).await {
+        Err(ApiError::Internal(m)) => assert!(m.contains("run out at 2^64"), "{m}"),
+        other => panic!("a submit past the last sequence number: {other:?}"),
+    }
+    let reason = master.stopped().await;
+    assert!(reason.contains("run out"), "{reason}");
+    assert!(master.shutdown().await.is_err());
+}

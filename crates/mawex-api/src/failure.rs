@@ -60,7 +60,8 @@ pub enum RetryHint {
     Policy,
     /// Do not retry: the failure is permanent (bad input, say).
     Never,
-    /// Retry (if attempts remain) after this delay instead of the backoff.
+    /// Retry (if attempts remain) after this delay instead of the backoff, but no later than
+    /// the policy's `max_delay`.
     After(Duration),
 }
 

@@ -682,7 +682,7 @@ fn label_value(s: &str) -> String {
 }
 
 fn whole_seconds(d: Duration) -> i64 {
-    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    let secs = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
     i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
 }
 

@@ -145,7 +145,12 @@ async fn serve(
     tokio::pin!(all);
     let grace = tokio::time::sleep(shared.config.shutdown_grace);
     tokio::pin!(grace);
-    let hard = tokio::time::sleep(shared.config.shutdown_grace + INTERRUPT_DEADLINE);
+    let hard = tokio::time::sleep(
+        shared
+            .config
+            .shutdown_grace
+            .saturating_add(INTERRUPT_DEADLINE),
+    );
     tokio::pin!(hard);
     let mut interrupted = false;
     let mut inbox_open = true;

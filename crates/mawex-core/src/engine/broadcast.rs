@@ -162,7 +162,12 @@ impl Engine {
             // Expired: this fire takes over.
             self.abort_broadcast(lock.broadcast, now, out);
         }
-        let id = self.state.broadcasts().fired + 1;
+        let id = self
+            .state
+            .broadcasts()
+            .fired
+            .checked_add(1)
+            .ok_or_else(|| ApiError::ResourceExhausted("broadcast ids are used up".into()))?;
         let mut spec = spec;
         spec.version = Some(reach.version);
         let targets = reach

@@ -57,7 +57,8 @@ impl Engine {
         let delay = match error.retry {
             RetryHint::Never => None,
             _ if failures >= policy.max_attempts => None,
-            RetryHint::After(delay) => Some(delay),
+            // A pod's hint, but never later than the policy allows.
+            RetryHint::After(delay) => Some(delay.min(policy.max_delay)),
             _ => Some(full_jitter(policy.delay_cap(failures), attempt)),
         };
         let event = match delay {

@@ -379,6 +379,60 @@ mod results {
         assert_eq!(e.state().task(&a.id).unwrap().state, TaskState::Running);
     }
 
+    /// Counters and times at their limits (only a damaged snapshot or journal holds such
+    /// values) saturate instead of panicking the core thread.
+    #[test]
+    fn counters_and_times_at_their_limits_do_not_panic() {
+        let state = MasterState::from_parts(
+            Default::default(),
+            Default::default(),
+            Default::default(),
+            u64::MAX,
+            u64::MAX,
+        );
+        let mut e = Engine::new(state, engine().config.clone(), T0);
+        let mut out = Output::default();
+        let a = spec("g");
+        let queued: Vec<TaskSpec> = (0..6_000).map(|_| spec("g")).collect();
+        e.submit(vec![a.clone()], T0, &mut out).unwrap();
+        e.submit(queued.clone(), T0, &mut out).unwrap();
+        e.pod_hello(1, hello("p1", &["g"], 1), T0, &mut out)
+            .unwrap();
+        e.dispatch(T0, &mut out);
+        // A run that took almost 2^64 ms: the group's mean duration at its limit.
+        let end = Timestamp(u64::MAX - 1);
+        e.pod_message(1, finished(&a, 1), end, &mut out);
+        assert_eq!(e.state().task(&a.id).unwrap().state, TaskState::Succeeded);
+        // Thousands ahead, one slot: an estimate too large for a Duration.
+        let last = queued.last().unwrap();
+        assert_eq!(e.state().eta(&last.id, 1), None);
+    }
+
+    /// A pod's retry hint cannot park a task past the policy's `max_delay` (a hint of
+    /// `Duration::MAX` once saturated to the end of time, and the task never ran again).
+    #[test]
+    fn a_retry_hint_is_capped_by_the_policy() {
+        let policy = RetryPolicy::new(3).with_max_delay(Duration::from_secs(300));
+        let a = spec("g").with_retry(policy);
+        let mut e = running(&a);
+        let mut out = Output::default();
+        let error = TaskError::new(ErrorKind::Handler, "later")
+            .with_retry(mawex_api::RetryHint::After(Duration::MAX));
+        let failed = PodMessage::Finished {
+            attempt: attempt(&a, 1),
+            outcome: Err(error),
+        };
+        e.pod_message(1, failed, at(5), &mut out);
+        let retry_at = out.events.iter().find_map(|event| match event {
+            Event::TaskRetryScheduled { retry_at, .. } => Some(*retry_at),
+            _ => None,
+        });
+        assert_eq!(
+            retry_at,
+            Some(at(5).saturating_add(Duration::from_secs(300)))
+        );
+    }
+
     #[test]
     fn messages_of_unknown_sessions_are_ignored() {
         let a = spec("g");

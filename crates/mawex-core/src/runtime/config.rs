@@ -67,7 +67,12 @@ impl MasterConfig {
                 self.lease_timeout
             )));
         }
-        if self.heartbeat_interval.is_zero() || self.heartbeat_interval * 3 > self.lease_timeout {
+        if self.heartbeat_interval.is_zero()
+            || self
+                .heartbeat_interval
+                .checked_mul(3)
+                .is_none_or(|three| three > self.lease_timeout)
+        {
             return Err(CoreError::Config(format!(
                 "heartbeat_interval ({:?}) must be positive and at most a third of lease_timeout ({:?})",
                 self.heartbeat_interval, self.lease_timeout

@@ -339,10 +339,24 @@ impl<J: Journal> CoreLoop<J> {
         if events.is_empty() {
             return Ok(());
         }
-        let first_seq = self.last_seq + 1;
+        let first_seq = self.last_seq.saturating_add(1);
+        // Sequence numbers come from the journal: one that cannot be followed by this batch
+        // (only a damaged journal gets near 2^64) stops the master instead of wrapping.
+        let count = u64::try_from(events.len()).unwrap_or(u64::MAX);
+        let last_seq = self
+            .last_seq
+            .checked_add(count)
+            .filter(|last| *last < u64::MAX)
+            .ok_or_else(|| {
+                CoreError::Storage(Box::new(std::io::Error::other(format!(
+                    "journal sequence numbers run out at 2^64 after {}; only a damaged \
+                     journal gets this far",
+                    self.last_seq
+                ))))
+            })?;
         self.journal.append(first_seq, events)?;
-        self.last_seq += events.len() as u64;
-        self.events_since_snapshot += events.len() as u64;
+        self.last_seq = last_seq;
+        self.events_since_snapshot = self.events_since_snapshot.saturating_add(count);
         // Before any answer leaves: a reader that hears of this batch can wait for it.
         self.committed.store(self.last_seq, Ordering::Release);
         if self.feed.receiver_count() > 0 {

@@ -26,7 +26,7 @@ impl MasterState {
                 if self.tasks.contains_key(&spec.id) {
                     return;
                 }
-                self.accepted += 1;
+                self.accepted = self.accepted.saturating_add(1);
                 let entry = TaskEntry {
                     spec: spec.clone(),
                     state: TaskState::Pending,
@@ -229,7 +229,7 @@ impl MasterState {
                 if let Some(s) = self.schedules.get_mut(name) {
                     s.handled_through = s.handled_through.max(*tick);
                     s.last_tick = Some(*tick);
-                    s.fired += 1;
+                    s.fired = s.fired.saturating_add(1);
                 }
                 self.apply(&Event::TaskAccepted {
                     spec: task.clone(),
@@ -326,7 +326,7 @@ impl MasterState {
             return;
         }
         let task_spec = spec.target_task(task);
-        self.accepted += 1;
+        self.accepted = self.accepted.saturating_add(1);
         let entry = TaskEntry {
             spec: task_spec,
             state: TaskState::Pending,
@@ -441,7 +441,7 @@ impl MasterState {
             }
         }
         entry.not_before = None;
-        self.results_recorded += 1;
+        self.results_recorded = self.results_recorded.saturating_add(1);
         let seq = self.results_recorded;
         let state = outcome.state();
         if entry.state == TaskState::Running {
@@ -458,7 +458,7 @@ impl MasterState {
             let ms = at.0.saturating_sub(started.0);
             let mean = self.durations.entry(entry.spec.group.clone()).or_insert(ms);
             // A moving average weighted 4:1 towards the past: recent, but not jumpy.
-            *mean = (*mean * 4 + ms) / 5;
+            *mean = mean.saturating_mul(4).saturating_add(ms) / 5;
         }
         self.counts.moved(Some(entry.state), Some(state));
         entry.state = state;

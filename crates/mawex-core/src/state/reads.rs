@@ -222,7 +222,8 @@ impl MasterState {
             return None;
         }
         let ahead = u64::try_from(self.position_in_queue(id)?).unwrap_or(u64::MAX);
-        Some(mean.mul_f64(ahead as f64 / slots as f64))
+        // `mul_f64` panics on overflow; an estimate that large is no estimate.
+        Duration::try_from_secs_f64(mean.as_secs_f64() * (ahead as f64 / slots as f64)).ok()
     }
 
     /// A page of tasks, with wait estimates for the queued ones from the slots serving each

@@ -64,7 +64,7 @@ impl Rounds {
             .by_key
             .get(key)
             .and_then(|s| s.keys().next_back().copied());
-        last.map_or(floor, |l| (l + 1).max(floor))
+        last.map_or(floor, |l| l.saturating_add(1).max(floor))
     }
 
     pub(super) fn add(&mut self, key: &str, round: u64) {
