@@ -72,8 +72,8 @@ pub use mawex_api::{
     TaskSpec, TaskState, TaskView, Timestamp, MAX_LIST_LIMIT, MAX_LIST_PAGE_BYTES,
 };
 pub use mawex_api::{
-    BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView, PlannedTarget, Source,
-    Strategy, TargetFilter, TargetState, TargetView,
+    BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery, BroadcastSpec,
+    BroadcastView, PlannedTarget, Source, Strategy, TargetFilter, TargetState, TargetView,
 };
 pub use mawex_api::{Task, TaskHandle, TypedProxy};
 #[cfg(feature = "master")]

@@ -8,7 +8,8 @@ mod common;
 use common::*;
 use mawex::pod::{session_backlog, AttemptRef, PodHello, PodMessage};
 use mawex::{
-    ApiError, Attempt, ListQuery, PodConfig, TaskId, TaskSpec, MAX_LIST_LIMIT, MAX_LIST_PAGE_BYTES,
+    ApiError, Attempt, BroadcastQuery, BroadcastSpec, ListQuery, PodConfig, TaskId, TaskSpec,
+    MAX_LIST_LIMIT, MAX_LIST_PAGE_BYTES,
 };
 
 /// Stale reports per round: each round's acks are one message to the pod.
@@ -232,4 +233,62 @@ async fn list_pages_are_bounded_by_bytes_local() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_pages_are_bounded_by_bytes_grpc() {
     list_pages_are_bounded_by_bytes(Transport::Grpc).await;
+}
+
+/// `list_broadcasts` pages (by count, from where the last page ended, by app), so a master
+/// with many broadcasts answers in messages of bounded size; a bad limit is refused.
+async fn broadcasts_are_listed_in_pages(t: Transport) {
+    const BROADCASTS: u64 = 250;
+    let m = TestMaster::start_on(t).await;
+    for i in 0..BROADCASTS {
+        // No pod serves the group: each broadcast has no target and ends at once.
+        let app = if i % 5 == 0 { "rare" } else { "common" };
+        let spec = BroadcastSpec::new(app, group("nobody"), "deploy").with_version(format!("v{i}"));
+        m.proxy().fire_broadcast(spec).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut query = BroadcastQuery::default();
+    loop {
+        let page = m.proxy().list_broadcasts(query.clone()).await.unwrap();
+        assert!(page.broadcasts.len() <= 100);
+        seen.extend(page.broadcasts.iter().map(|b| b.id));
+        match page.next {
+            Some(next) => query = query.after(next),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        (1..=BROADCASTS).collect::<Vec<_>>(),
+        "each once, oldest first"
+    );
+    let rare = m
+        .proxy()
+        .list_broadcasts(BroadcastQuery::default().app("rare").limit(1000))
+        .await
+        .unwrap();
+    assert_eq!(rare.broadcasts.len(), 50);
+    assert!(rare.broadcasts.iter().all(|b| b.app == "rare"));
+    assert_eq!(rare.next, None);
+    for limit in [0, 1001] {
+        let refused = m
+            .proxy()
+            .list_broadcasts(BroadcastQuery::default().limit(limit))
+            .await;
+        assert!(
+            matches!(&refused, Err(ApiError::InvalidArgument(m)) if m.contains("limit")),
+            "limit {limit}: {refused:?}"
+        );
+    }
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_are_listed_in_pages_local() {
+    broadcasts_are_listed_in_pages(Transport::Local).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_are_listed_in_pages_grpc() {
+    broadcasts_are_listed_in_pages(Transport::Grpc).await;
 }

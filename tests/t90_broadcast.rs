@@ -13,9 +13,9 @@ use common::*;
 use futures::StreamExt;
 use mawex::broadcast::{APP_ENV, SOURCE_ADDR_ENV, SOURCE_POD_ENV, VERSION_ENV};
 use mawex::{
-    ApiError, BroadcastSpec, BroadcastView, Bytes, GroupName, HandlerError, HandlerRegistry,
-    InProcess, MasterProxy, Pod, PodConfig, RetryPolicy, Source, Strategy, TargetFilter,
-    TargetState, TaskInput,
+    ApiError, BroadcastQuery, BroadcastSpec, BroadcastView, Bytes, GroupName, HandlerError,
+    HandlerRegistry, InProcess, MasterProxy, Pod, PodConfig, RetryPolicy, Source, Strategy,
+    TargetFilter, TargetState, TaskInput,
 };
 
 /// One pull as the handler saw it.
@@ -428,7 +428,10 @@ async fn a_dry_run_changes_nothing(transport: Transport) {
     wait_pods(&m, 20).await;
     let proxy = m.proxy();
     let before = m.stats().last_seq;
-    let state_before = proxy.list_broadcasts().await.unwrap();
+    let state_before = proxy
+        .list_broadcasts(BroadcastQuery::default())
+        .await
+        .unwrap();
 
     let plan = proxy
         .plan_broadcast(spec(&g, Strategy::Pull { per_source: 2 }))
@@ -484,7 +487,13 @@ async fn a_dry_run_changes_nothing(transport: Transport) {
     }
 
     assert_eq!(m.stats().last_seq, before, "nothing journaled");
-    assert_eq!(proxy.list_broadcasts().await.unwrap(), state_before);
+    assert_eq!(
+        proxy
+            .list_broadcasts(BroadcastQuery::default())
+            .await
+            .unwrap(),
+        state_before
+    );
     assert!(fleet.pulls().is_empty(), "nothing ran");
     stop(pods).await;
     m.shutdown().await;

@@ -411,6 +411,81 @@ impl BroadcastView {
     }
 }
 
+/// Filters and pagination of `list_broadcasts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct BroadcastQuery {
+    /// Only broadcasts of this app.
+    pub app: Option<String>,
+    /// Resume after this broadcast (the previous page's `next`).
+    pub after: Option<BroadcastId>,
+    /// Page size, 1 to [`MAX_LIST_LIMIT`](crate::MAX_LIST_LIMIT). Default: 100. A page also
+    /// ends before it passes [`MAX_LIST_PAGE_BYTES`](crate::MAX_LIST_PAGE_BYTES).
+    pub limit: usize,
+}
+
+impl Default for BroadcastQuery {
+    fn default() -> Self {
+        BroadcastQuery {
+            app: None,
+            after: None,
+            limit: 100,
+        }
+    }
+}
+
+impl BroadcastQuery {
+    /// Only broadcasts of `app`.
+    pub fn app(mut self, app: impl Into<String>) -> Self {
+        self.app = Some(app.into());
+        self
+    }
+
+    /// Resume after broadcast `id`.
+    pub fn after(mut self, id: BroadcastId) -> Self {
+        self.after = Some(id);
+        self
+    }
+
+    /// Page size.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Checks the page size.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a limit of 0 or above [`MAX_LIST_LIMIT`](crate::MAX_LIST_LIMIT).
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if self.limit == 0 || self.limit > crate::MAX_LIST_LIMIT {
+            return Err(ApiError::InvalidArgument(format!(
+                "list_broadcasts limit must be between 1 and {}, got {}",
+                crate::MAX_LIST_LIMIT,
+                self.limit
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One page of `list_broadcasts`, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct BroadcastPage {
+    /// The broadcasts of this page.
+    pub broadcasts: Vec<BroadcastView>,
+    /// Pass as `after` to get the next page; `None` on the last page.
+    pub next: Option<BroadcastId>,
+}
+
+impl BroadcastPage {
+    /// A page of `broadcasts` followed by `next`.
+    pub fn new(broadcasts: Vec<BroadcastView>, next: Option<BroadcastId>) -> Self {
+        BroadcastPage { broadcasts, next }
+    }
+}
+
 /// The lock an app's running broadcast holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BroadcastLock {

@@ -35,8 +35,8 @@ pub use admin::{
     ScheduleSpec, ScheduleView, MAX_GROUP_CONCURRENCY,
 };
 pub use broadcast::{
-    BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView, PlannedTarget, Source,
-    Strategy, TargetFilter, TargetState, TargetView,
+    BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery, BroadcastSpec,
+    BroadcastView, PlannedTarget, Source, Strategy, TargetFilter, TargetState, TargetView,
 };
 pub use error::ApiError;
 pub use failure::{ErrorKind, RetryHint, TaskError};

@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 use crate::admin::{
     FailedCount, FailedFilter, GroupSettings, PendingChange, ScheduleSpec, ScheduleView,
 };
-use crate::broadcast::{BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView};
+use crate::broadcast::{
+    BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery, BroadcastSpec,
+    BroadcastView,
+};
 use crate::error::ApiError;
 use crate::ids::{GroupName, ScheduleName, TaskId};
 use crate::task::{TaskResult, TaskSpec, TaskState, TaskView};
@@ -364,11 +367,11 @@ pub trait MasterProxy: Send + Sync {
         Err(unimplemented("broadcast"))
     }
 
-    /// Every broadcast, oldest first.
+    /// Broadcasts matching `query`, oldest first, one page at a time.
     ///
     /// # Errors
-    /// `Unavailable` when the master is down.
-    async fn list_broadcasts(&self) -> Result<Vec<BroadcastView>, ApiError> {
+    /// `InvalidArgument` for a bad limit; `Unavailable` when the master is down.
+    async fn list_broadcasts(&self, query: BroadcastQuery) -> Result<BroadcastPage, ApiError> {
         Err(unimplemented("list_broadcasts"))
     }
 

@@ -5,8 +5,8 @@ use std::pin::Pin;
 use futures::{Stream, StreamExt};
 use mawex_api::convert::{parse_update_pending, required, task_id};
 use mawex_api::{
-    proto, BroadcastSpec, FailedFilter, GroupName, ListQuery, MasterProxy, ResultCursor,
-    ScheduleName, ScheduleSpec, TaskSpec,
+    proto, BroadcastQuery, BroadcastSpec, FailedFilter, GroupName, ListQuery, MasterProxy,
+    ResultCursor, ScheduleName, ScheduleSpec, TaskSpec,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -227,12 +227,12 @@ impl proto::master_server::Master for ClientService {
 
     async fn list_broadcasts(
         &self,
-        _request: Request<proto::Empty>,
+        request: Request<proto::ListBroadcastsRequest>,
     ) -> Result<Response<proto::ListBroadcastsResponse>, Status> {
-        let broadcasts = self.proxy.list_broadcasts().await?;
-        Ok(Response::new(proto::ListBroadcastsResponse {
-            broadcasts: broadcasts.into_iter().map(Into::into).collect(),
-        }))
+        let query = BroadcastQuery::try_from(request.into_inner())?;
+        Ok(Response::new(
+            self.proxy.list_broadcasts(query).await?.into(),
+        ))
     }
 
     async fn wait_broadcast(

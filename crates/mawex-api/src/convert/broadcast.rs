@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use super::{in_field, invalid, required, task_id};
 use crate::broadcast::{
-    BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView, PlannedTarget, Source, Strategy,
-    TargetFilter, TargetState, TargetView, ORIGIN,
+    BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery, BroadcastSpec, BroadcastView,
+    PlannedTarget, Source, Strategy, TargetFilter, TargetState, TargetView, ORIGIN,
 };
 use crate::error::ApiError;
 use crate::failure::TaskError;
@@ -280,5 +280,59 @@ impl TryFrom<proto::BroadcastPlan> for BroadcastPlan {
             already_applied,
             waves: p.waves,
         })
+    }
+}
+
+#[doc(hidden)]
+impl From<BroadcastQuery> for proto::ListBroadcastsRequest {
+    fn from(q: BroadcastQuery) -> Self {
+        proto::ListBroadcastsRequest {
+            after: q.after,
+            limit: u32::try_from(q.limit).unwrap_or(u32::MAX),
+            app: q.app,
+        }
+    }
+}
+
+#[doc(hidden)]
+impl TryFrom<proto::ListBroadcastsRequest> for BroadcastQuery {
+    type Error = ApiError;
+
+    fn try_from(r: proto::ListBroadcastsRequest) -> Result<Self, ApiError> {
+        let query = BroadcastQuery {
+            app: r.app,
+            after: r.after,
+            limit: if r.limit == 0 {
+                BroadcastQuery::default().limit
+            } else {
+                usize::try_from(r.limit).unwrap_or(usize::MAX)
+            },
+        };
+        query.validate()?;
+        Ok(query)
+    }
+}
+
+#[doc(hidden)]
+impl From<BroadcastPage> for proto::ListBroadcastsResponse {
+    fn from(p: BroadcastPage) -> Self {
+        proto::ListBroadcastsResponse {
+            broadcasts: p.broadcasts.into_iter().map(Into::into).collect(),
+            next: p.next,
+        }
+    }
+}
+
+#[doc(hidden)]
+impl TryFrom<proto::ListBroadcastsResponse> for BroadcastPage {
+    type Error = ApiError;
+
+    fn try_from(r: proto::ListBroadcastsResponse) -> Result<Self, ApiError> {
+        let broadcasts = r
+            .broadcasts
+            .into_iter()
+            .map(TryInto::try_into)
+            .collect::<Result<_, _>>()?;
+        Ok(BroadcastPage::new(broadcasts, r.next))
     }
 }

@@ -21,7 +21,10 @@ use channel::{retrying, Masters};
 use crate::admin::{
     FailedCount, FailedFilter, GroupSettings, PendingChange, ScheduleSpec, ScheduleView,
 };
-use crate::broadcast::{BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView};
+use crate::broadcast::{
+    BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery, BroadcastSpec,
+    BroadcastView,
+};
 use crate::error::ApiError;
 use crate::ids::{GroupName, ScheduleName, TaskId};
 use crate::proto;
@@ -487,15 +490,15 @@ impl MasterProxy for RemoteMasterProxy {
             .try_into()
     }
 
-    async fn list_broadcasts(&self) -> Result<Vec<BroadcastView>, ApiError> {
-        self.unary(proto::Empty {}, |mut c, r| async move {
-            c.list_broadcasts(r).await
-        })
+    async fn list_broadcasts(&self, query: BroadcastQuery) -> Result<BroadcastPage, ApiError> {
+        query.validate()?;
+        let request = proto::ListBroadcastsRequest::from(query);
+        self.unary(
+            request,
+            |mut c, r| async move { c.list_broadcasts(r).await },
+        )
         .await?
-        .broadcasts
-        .into_iter()
-        .map(TryInto::try_into)
-        .collect()
+        .try_into()
     }
 
     async fn wait_broadcast(

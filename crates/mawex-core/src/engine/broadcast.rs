@@ -8,8 +8,9 @@ use mawex_api::broadcast::{
     TARGET_HOST_ENV, VERSION_ENV,
 };
 use mawex_api::{
-    ApiError, BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView, PodId,
-    TargetState, TaskId, TaskSpec, TaskState, Timestamp,
+    ApiError, BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery,
+    BroadcastSpec, BroadcastView, PodId, TargetState, TaskId, TaskSpec, TaskState, Timestamp,
+    MAX_LIST_PAGE_BYTES,
 };
 
 use super::{Engine, Output};
@@ -226,13 +227,32 @@ impl Engine {
         self.state.broadcasts().view(id)
     }
 
-    pub(crate) fn broadcast_views(&self) -> Vec<BroadcastView> {
+    /// One page of broadcasts matching `query` (validated), bounded by count and bytes.
+    pub(crate) fn broadcast_page(&self, query: &BroadcastQuery) -> BroadcastPage {
+        use std::ops::Bound;
         let broadcasts = self.state.broadcasts();
-        broadcasts
-            .by_id
-            .keys()
-            .filter_map(|id| broadcasts.view(*id))
-            .collect()
+        let start = query.after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut page = Vec::new();
+        let mut bytes: usize = 0;
+        let mut next = None;
+        for (id, b) in broadcasts.by_id.range((start, Bound::Unbounded)) {
+            if query.app.as_ref().is_some_and(|app| *app != b.spec.app) {
+                continue;
+            }
+            // About what a view takes on the wire: mostly its targets.
+            let size = b.targets.len().saturating_add(1).saturating_mul(256);
+            if page.len() == query.limit
+                || (!page.is_empty() && bytes.saturating_add(size) > MAX_LIST_PAGE_BYTES)
+            {
+                next = page.last().map(|v: &BroadcastView| v.id);
+                break;
+            }
+            if let Some(view) = broadcasts.view(*id) {
+                bytes = bytes.saturating_add(size);
+                page.push(view);
+            }
+        }
+        BroadcastPage::new(page, next)
     }
 
     pub(crate) fn broadcast_locks(&self) -> Vec<BroadcastLock> {

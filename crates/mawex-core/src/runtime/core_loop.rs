@@ -279,8 +279,8 @@ impl<J: Journal> CoreLoop<J> {
                         .ok_or_else(|| no_broadcast(id)),
                 );
             }
-            CoreMsg::ListBroadcasts { reply } => {
-                answer(deferred, reply, Ok(self.engine.broadcast_views()));
+            CoreMsg::ListBroadcasts { query, reply } => {
+                answer(deferred, reply, Ok(self.engine.broadcast_page(&query)));
             }
             CoreMsg::AwaitBroadcast { id, reply } => match self.engine.broadcast_view(id) {
                 None => answer(deferred, reply, Err(no_broadcast(id))),

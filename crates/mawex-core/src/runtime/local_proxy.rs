@@ -7,10 +7,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::stream;
 use mawex_api::{
-    ApiError, BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView, CancelAck,
-    FailedCount, FailedFilter, GroupName, GroupSettings, ListQuery, MasterProxy, PendingChange,
-    ResultCursor, ResultStream, ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskId,
-    TaskPage, TaskResult, TaskSpec, TaskView, MAX_LIST_LIMIT,
+    ApiError, BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery,
+    BroadcastSpec, BroadcastView, CancelAck, FailedCount, FailedFilter, GroupName, GroupSettings,
+    ListQuery, MasterProxy, PendingChange, ResultCursor, ResultStream, ScheduleName, ScheduleSpec,
+    ScheduleView, SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec, TaskView, MAX_LIST_LIMIT,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -248,8 +248,10 @@ impl MasterProxy for LocalMasterProxy {
         self.call(|reply| CoreMsg::GetBroadcast { id, reply }).await
     }
 
-    async fn list_broadcasts(&self) -> Result<Vec<BroadcastView>, ApiError> {
-        self.call(|reply| CoreMsg::ListBroadcasts { reply }).await
+    async fn list_broadcasts(&self, query: BroadcastQuery) -> Result<BroadcastPage, ApiError> {
+        query.validate()?;
+        self.call(|reply| CoreMsg::ListBroadcasts { query, reply })
+            .await
     }
 
     async fn wait_broadcast(

@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use mawex_api::pod::{MasterMessage, PodHello, PodMessage, Welcome};
 use mawex_api::{
-    ApiError, BroadcastId, BroadcastLock, BroadcastPlan, BroadcastSpec, BroadcastView, CancelAck,
-    FailedFilter, GroupName, GroupSettings, PendingChange, ResultCursor, ScheduleName,
-    ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskResult, TaskSpec, TaskView,
+    ApiError, BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery,
+    BroadcastSpec, BroadcastView, CancelAck, FailedFilter, GroupName, GroupSettings, PendingChange,
+    ResultCursor, ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskResult,
+    TaskSpec, TaskView,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -93,7 +94,8 @@ pub(crate) enum CoreMsg {
         reply: Reply<BroadcastView>,
     },
     ListBroadcasts {
-        reply: Reply<Vec<BroadcastView>>,
+        query: BroadcastQuery,
+        reply: Reply<BroadcastPage>,
     },
     AwaitBroadcast {
         id: BroadcastId,
