@@ -379,6 +379,42 @@ mod results {
         assert_eq!(e.state().task(&a.id).unwrap().state, TaskState::Running);
     }
 
+    /// A task failed and retried by hand over and over keeps the last `MAX_ATTEMPTS`
+    /// failures, not all of them, and its retry budget still counts right.
+    #[test]
+    fn the_failure_history_is_capped_and_the_budget_still_holds() {
+        let policy = RetryPolicy::new(2)
+            .with_base_delay(Duration::ZERO)
+            .with_max_delay(Duration::ZERO);
+        let a = spec("g").with_retry(policy);
+        let mut e = running(&a);
+        let mut out = Output::default();
+        let mut now = at(1);
+        let fail = |e: &mut Engine, now: Timestamp, out: &mut Output| {
+            let n = e.state().task(&a.id).unwrap().attempt.0;
+            let failed = PodMessage::Finished {
+                attempt: attempt(&a, n),
+                outcome: Err(TaskError::new(ErrorKind::Handler, "again")),
+            };
+            e.pod_message(1, failed, now, out);
+            e.tick(now, out);
+            e.dispatch(now, out);
+        };
+        for _ in 0..600 {
+            // Two attempts per round (one retry), then failed for good, then retried by hand.
+            fail(&mut e, now, &mut out);
+            assert_eq!(e.state().task(&a.id).unwrap().state, TaskState::Running);
+            fail(&mut e, now, &mut out);
+            assert_eq!(e.state().task(&a.id).unwrap().state, TaskState::Failed);
+            e.retry_failed(&mawex_api::FailedFilter::ids(vec![a.id]), now, &mut out);
+            e.dispatch(now, &mut out);
+            now = now.saturating_add(Duration::from_millis(1));
+        }
+        let entry = e.state().task(&a.id).unwrap();
+        assert_eq!(entry.failures.len(), mawex_api::MAX_ATTEMPTS as usize);
+        assert_eq!(entry.state, TaskState::Running);
+    }
+
     /// Counters and times at their limits (only a damaged snapshot or journal holds such
     /// values) saturate instead of panicking the core thread.
     #[test]

@@ -364,7 +364,7 @@ impl MasterState {
         entry.state = TaskState::Pending;
         entry.pod = None;
         if let Some((failure, retry_at)) = failed {
-            entry.failures.push(failure);
+            entry.record_failure(failure);
             entry.not_before = Some(retry_at);
         }
         let entry = entry.clone();
@@ -433,7 +433,7 @@ impl MasterState {
         };
         if let Outcome::Failed(error) = &outcome {
             if entry.state == TaskState::Running {
-                entry.failures.push(AttemptFailure {
+                entry.record_failure(AttemptFailure {
                     attempt: entry.attempt,
                     error: error.clone(),
                     at,

@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 use super::stored::{AttemptFailure, AttemptRef, TaskResult, TaskSpec};
 use super::QueueKey;
 
+/// The failed attempts a task's history keeps (the most any retry policy allows).
+pub(crate) const MAX_KEPT_FAILURES: usize = mawex_api::MAX_ATTEMPTS as usize;
+
 /// One task as the master records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct TaskEntry {
@@ -33,6 +36,21 @@ pub(crate) struct TaskEntry {
 impl TaskEntry {
     pub(super) fn queue_key(&self) -> QueueKey {
         (-i64::from(self.spec.priority), self.round, self.order)
+    }
+
+    /// Adds a failed attempt to the history, which keeps the last [`MAX_KEPT_FAILURES`]:
+    /// a task retried by hand again and again would otherwise grow without end. The retry
+    /// budget stays exact: no policy allows more failures than are kept, and `retry_base`
+    /// moves down with what is dropped.
+    pub(super) fn record_failure(&mut self, failure: AttemptFailure) {
+        self.failures.push(failure);
+        let excess = self.failures.len().saturating_sub(MAX_KEPT_FAILURES);
+        if excess > 0 {
+            self.failures.drain(..excess);
+            self.retry_base = self
+                .retry_base
+                .saturating_sub(u32::try_from(excess).unwrap_or(u32::MAX));
+        }
     }
 
     pub(super) fn fairness_key(&self) -> &str {
