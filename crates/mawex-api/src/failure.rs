@@ -65,6 +65,10 @@ pub enum RetryHint {
     After(Duration),
 }
 
+/// The longest error message a master keeps from a pod, in bytes; a longer one is cut (on a
+/// character boundary) and says how long it was.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 64 * 1024;
+
 /// A failed attempt: what kind of failure and a message for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskError {

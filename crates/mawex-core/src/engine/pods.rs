@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use mawex_api::pod::{
     AttemptRef, MasterMessage, PodHello, PodMessage, ResourceUsage, MAX_POD_PREFETCH, MAX_POD_SLOTS,
 };
-use mawex_api::{ApiError, Attempt, GroupName, TaskId, TaskState, Timestamp};
+use mawex_api::{
+    ApiError, Attempt, GroupName, TaskError, TaskId, TaskState, Timestamp, MAX_ERROR_MESSAGE_BYTES,
+};
 use tracing::debug;
 
 use crate::state::{stored, Event, RequeueReason};
@@ -209,7 +211,7 @@ impl Engine {
                         },
                         out,
                     ),
-                    Err(error) => self.fail_attempt(attempt, error, now, out),
+                    Err(error) => self.fail_attempt(attempt, bounded(error), now, out),
                 }
             }
             PodMessage::Drain => {
@@ -268,4 +270,21 @@ fn most_held(capacity: u32) -> usize {
     usize::try_from(capacity)
         .unwrap_or(usize::MAX)
         .saturating_mul(2)
+}
+
+/// A pod's error as the master keeps it: a task fails up to `MAX_ATTEMPTS` times per manual
+/// retry and keeps each failure, so each message is cut to [`MAX_ERROR_MESSAGE_BYTES`].
+fn bounded(mut error: TaskError) -> TaskError {
+    let len = error.message.len();
+    if len > MAX_ERROR_MESSAGE_BYTES {
+        let mut cut = MAX_ERROR_MESSAGE_BYTES;
+        while !error.message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        error.message.truncate(cut);
+        error
+            .message
+            .push_str(&format!(" … (a message of {len} bytes, cut to {cut})"));
+    }
+    error
 }

@@ -379,6 +379,38 @@ mod results {
         assert_eq!(e.state().task(&a.id).unwrap().state, TaskState::Running);
     }
 
+    /// A pod's huge error message is kept cut to `MAX_ERROR_MESSAGE_BYTES`, on a character
+    /// boundary, saying how long it was.
+    #[test]
+    fn a_huge_error_message_is_cut() {
+        let a = spec("g");
+        let mut e = running(&a);
+        let mut out = Output::default();
+        // Two-byte characters after one byte: the limit falls inside a character.
+        let message = format!("a{}", "é".repeat(mawex_api::MAX_ERROR_MESSAGE_BYTES));
+        let failed = PodMessage::Finished {
+            attempt: attempt(&a, 1),
+            outcome: Err(TaskError::new(ErrorKind::Handler, message)),
+        };
+        e.pod_message(1, failed, at(1), &mut out);
+        let kept = &e.state().task(&a.id).unwrap().failures[0].error.message;
+        assert!(
+            kept.len() < mawex_api::MAX_ERROR_MESSAGE_BYTES + 100,
+            "{}",
+            kept.len()
+        );
+        assert!(kept.starts_with("aéé"));
+        assert!(
+            kept.ends_with(&format!(
+                "(a message of {} bytes, cut to {})",
+                2 * mawex_api::MAX_ERROR_MESSAGE_BYTES + 1,
+                mawex_api::MAX_ERROR_MESSAGE_BYTES - 1
+            )),
+            "{}",
+            kept.chars().rev().take(60).collect::<String>()
+        );
+    }
+
     /// A task failed and retried by hand over and over keeps the last `MAX_ATTEMPTS`
     /// failures, not all of them, and its retry budget still counts right.
     #[test]
