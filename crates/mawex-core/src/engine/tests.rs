@@ -1415,6 +1415,46 @@ mod broadcast {
         assert_eq!(&replayed, e.state());
     }
 
+    /// A loop of hellos with new pod names (a hostile client, or churn with random names)
+    /// adds a catch-up target to the app's latest broadcast each time; once those targets
+    /// ended and their tasks were forgotten, they go too, and the broadcast is back to the
+    /// pods it was fired to.
+    #[test]
+    fn catch_up_targets_of_pods_that_came_once_are_forgotten() {
+        let mut e = engine();
+        let mut out = Output::default();
+        e.pod_hello(1, hello("p1", &["g"], 1), T0, &mut out)
+            .unwrap();
+        let id = fired_and_finished(&mut e, "site", "v1", T0, &mut out);
+        for i in 0..20u64 {
+            e.pod_hello(
+                10 + i,
+                hello(&format!("stranger-{i}"), &["g"], 1),
+                at(10),
+                &mut out,
+            )
+            .unwrap();
+            e.pod_disconnected(10 + i, at(10));
+        }
+        assert_eq!(e.broadcast_view(id).unwrap().targets.len(), 21);
+        // Away for a lease: their targets fail. Past the retention: their tasks are forgotten.
+        let mut now = at(10);
+        for step in [LEASE * 2, Duration::from_secs(3600 + 10)] {
+            now = now.saturating_add(step);
+            e.tick(now, &mut out);
+        }
+        let view = e.broadcast_view(id).unwrap();
+        let pods: Vec<_> = view.targets.iter().map(|t| t.pod.to_string()).collect();
+        assert_eq!(pods, ["p1"], "only the pod it was fired to");
+        assert!(e.state().broadcasts().has_version("site", &pod("p1"), "v1"));
+        let mut replayed = MasterState::new();
+        for event in &out.events {
+            replayed.apply(event);
+        }
+        replayed.rebuild_indexes();
+        assert_eq!(&replayed, e.state());
+    }
+
     #[test]
     fn replaying_a_broadcast_gives_the_same_state() {
         let mut e = engine();

@@ -315,6 +315,7 @@ impl MasterState {
                     }
                     self.counts.moved(Some(entry.state), None);
                     self.tasks.remove(id);
+                    self.broadcasts.target_task_forgotten(id);
                 }
             }
         }

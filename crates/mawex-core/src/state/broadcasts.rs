@@ -223,6 +223,34 @@ impl Broadcasts {
         self.active.remove(&id);
     }
 
+    /// The task of a target was forgotten. A target of a pod that joined after the
+    /// broadcast was fired (a catch-up) goes with it once ended: otherwise every pod name
+    /// ever seen would stay in each app's latest broadcast, which is never forgotten. Such a
+    /// pod, should it come back, is caught up again (a missing target counts as one that
+    /// failed), and what it applied is kept in `applied`. Targets in the tree `order` stay:
+    /// their children route through them.
+    pub(crate) fn target_task_forgotten(&mut self, task: &TaskId) {
+        let Some((id, pod)) = self.by_task.get(task).cloned() else {
+            return;
+        };
+        let Some(b) = self.by_id.get_mut(&id) else {
+            return;
+        };
+        let ended = b.targets.get(&pod).is_some_and(|t| {
+            matches!(
+                t.state,
+                TargetState::Done
+                    | TargetState::Failed
+                    | TargetState::Cancelled
+                    | TargetState::AlreadyApplied
+            )
+        });
+        if ended && b.order.binary_search(&pod).is_err() {
+            b.targets.remove(&pod);
+            self.by_task.remove(task);
+        }
+    }
+
     /// Keeps `active` in step after broadcast `id` changed.
     fn refresh(&mut self, id: BroadcastId) {
         if self.by_id.get(&id).is_some_and(Broadcast::is_active) {
