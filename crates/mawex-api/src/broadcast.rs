@@ -458,14 +458,7 @@ impl BroadcastQuery {
     /// # Errors
     /// `InvalidArgument` for a limit of 0 or above [`MAX_LIST_LIMIT`](crate::MAX_LIST_LIMIT).
     pub fn validate(&self) -> Result<(), ApiError> {
-        if self.limit == 0 || self.limit > crate::MAX_LIST_LIMIT {
-            return Err(ApiError::InvalidArgument(format!(
-                "list_broadcasts limit must be between 1 and {}, got {}",
-                crate::MAX_LIST_LIMIT,
-                self.limit
-            )));
-        }
-        Ok(())
+        crate::proxy::check_page_limit("list_broadcasts", self.limit)
     }
 }
 

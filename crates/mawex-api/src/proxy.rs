@@ -137,11 +137,29 @@ impl ListQuery {
         self
     }
 
+    /// Checks the page size.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a limit of 0 or above [`MAX_LIST_LIMIT`].
+    pub fn validate(&self) -> Result<(), ApiError> {
+        check_page_limit("list", self.limit)
+    }
+
     /// Views without payloads and outputs (see [`ListQuery::omit_bodies`]).
     pub fn without_bodies(mut self) -> Self {
         self.omit_bodies = true;
         self
     }
+}
+
+/// The rule of every paged read: 1 to [`MAX_LIST_LIMIT`] items a page.
+pub(crate) fn check_page_limit(what: &str, limit: usize) -> Result<(), ApiError> {
+    if limit == 0 || limit > MAX_LIST_LIMIT {
+        return Err(ApiError::InvalidArgument(format!(
+            "{what} limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}"
+        )));
+    }
+    Ok(())
 }
 
 /// One page of `list`, in task id (submission time) order.

@@ -118,15 +118,45 @@ enum Verdict {
     Unreadable(String),
 }
 
-fn judge(seq: u64, expected: u64, bytes: &[u8]) -> Verdict {
-    if seq != expected {
-        return Verdict::Damaged(format!("expected a record starting at sequence {expected}"));
+/// Walks records in key order after a snapshot, judging each against the sequence number
+/// the good records before it lead to.
+struct Walk {
+    after_seq: u64,
+    expected: u64,
+}
+
+impl Walk {
+    fn new(after_seq: u64) -> Result<Self, CoreError> {
+        Ok(Walk {
+            after_seq,
+            expected: next_seq(after_seq)?,
+        })
     }
-    match crate::codec::decode_record(bytes) {
-        Ok(batch) if batch.is_empty() => Verdict::Damaged("record holds no events".to_owned()),
-        Ok(batch) => Verdict::Good(batch),
-        Err(crate::codec::DecodeError::Damaged(reason)) => Verdict::Damaged(reason),
-        Err(crate::codec::DecodeError::Unreadable(reason)) => Verdict::Unreadable(reason),
+
+    /// The verdict on the record under `seq`; `None` for one the snapshot covers (left
+    /// behind by an interrupted truncation).
+    fn judge(&mut self, seq: u64, bytes: &[u8]) -> Result<Option<Verdict>, CoreError> {
+        if seq <= self.after_seq {
+            return Ok(None);
+        }
+        if seq != self.expected {
+            let reason = format!("expected a record starting at sequence {}", self.expected);
+            return Ok(Some(Verdict::Damaged(reason)));
+        }
+        Ok(Some(match crate::codec::decode_record(bytes) {
+            Ok(batch) if batch.is_empty() => Verdict::Damaged("record holds no events".to_owned()),
+            Ok(batch) => {
+                // The batch's numbers, and the next one after them, must exist.
+                self.expected = u64::try_from(batch.len())
+                    .ok()
+                    .and_then(|n| seq.checked_add(n))
+                    .filter(|next| *next < u64::MAX)
+                    .ok_or_else(|| overflow(seq))?;
+                Verdict::Good(batch)
+            }
+            Err(crate::codec::DecodeError::Damaged(reason)) => Verdict::Damaged(reason),
+            Err(crate::codec::DecodeError::Unreadable(reason)) => Verdict::Unreadable(reason),
+        }))
     }
 }
 
@@ -136,22 +166,16 @@ where
     I: IntoIterator<Item = Result<(u64, Vec<u8>), CoreError>>,
 {
     let mut events = Vec::new();
-    let mut expected = next_seq(after_seq)?;
+    let mut walk = Walk::new(after_seq)?;
     for record in records {
         let (seq, bytes) = record?;
-        if seq <= after_seq {
-            // Covered by the snapshot; left behind by an interrupted truncation.
-            continue;
-        }
-        match judge(seq, expected, &bytes) {
-            Verdict::Good(batch) => {
-                for event in batch {
-                    events.push((expected, event));
-                    expected = next_seq(expected)?;
-                }
+        match walk.judge(seq, &bytes)? {
+            None => {}
+            Some(Verdict::Good(batch)) => events.extend((seq..).zip(batch)),
+            Some(Verdict::Damaged(reason)) => {
+                return Err(CoreError::CorruptJournal { seq, reason })
             }
-            Verdict::Damaged(reason) => return Err(CoreError::CorruptJournal { seq, reason }),
-            Verdict::Unreadable(reason) => {
+            Some(Verdict::Unreadable(reason)) => {
                 return Err(CoreError::UnreadableJournal { seq, reason })
             }
         }
@@ -164,27 +188,17 @@ pub(crate) fn records_to_drop<I>(records: I, after_seq: u64) -> Result<Repaired,
 where
     I: IntoIterator<Item = Result<(u64, Vec<u8>), CoreError>>,
 {
-    let mut dropped = Vec::new();
-    let mut expected = next_seq(after_seq)?;
+    let mut dropped: Vec<DroppedRecord> = Vec::new();
+    let mut walk = Walk::new(after_seq)?;
     for record in records {
         let (seq, bytes) = record?;
-        if seq <= after_seq {
-            continue;
-        }
         let reason = match dropped.first() {
-            Some(DroppedRecord { seq: first, .. }) => {
-                format!("follows the damaged record at sequence {first}")
-            }
-            None => match judge(seq, expected, &bytes) {
-                Verdict::Good(batch) => {
-                    expected = u64::try_from(batch.len())
-                        .ok()
-                        .and_then(|n| expected.checked_add(n))
-                        .ok_or_else(|| overflow(seq))?;
-                    continue;
-                }
-                Verdict::Damaged(reason) => reason,
-                Verdict::Unreadable(reason) => {
+            // Keys are in order: what follows a damaged record is after the snapshot too.
+            Some(first) => format!("follows the damaged record at sequence {}", first.seq),
+            None => match walk.judge(seq, &bytes)? {
+                None | Some(Verdict::Good(_)) => continue,
+                Some(Verdict::Damaged(reason)) => reason,
+                Some(Verdict::Unreadable(reason)) => {
                     return Err(CoreError::UnreadableJournal { seq, reason })
                 }
             },

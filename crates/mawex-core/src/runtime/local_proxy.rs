@@ -10,7 +10,7 @@ use mawex_api::{
     ApiError, BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery,
     BroadcastSpec, BroadcastView, CancelAck, FailedCount, FailedFilter, GroupName, GroupSettings,
     ListQuery, MasterProxy, PendingChange, ResultCursor, ResultStream, ScheduleName, ScheduleSpec,
-    ScheduleView, SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec, TaskView, MAX_LIST_LIMIT,
+    ScheduleView, SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec, TaskView,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -150,12 +150,7 @@ impl MasterProxy for LocalMasterProxy {
     }
 
     async fn list(&self, query: ListQuery) -> Result<TaskPage, ApiError> {
-        if query.limit == 0 || query.limit > MAX_LIST_LIMIT {
-            return Err(ApiError::InvalidArgument(format!(
-                "list limit must be between 1 and {MAX_LIST_LIMIT}, got {}",
-                query.limit
-            )));
-        }
+        query.validate()?;
         let model = self.reads.current().await?;
         let stats = self.reads.stats();
         let state = model.read();
