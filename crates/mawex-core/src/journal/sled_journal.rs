@@ -175,7 +175,8 @@ impl SledJournal {
         Ok(())
     }
 
-    fn read_snapshot(&self) -> Result<Option<(u64, MasterState)>, CoreError> {
+    /// The latest snapshot's `(last_seq, chunk count)`, from its manifest alone.
+    fn manifest(&self) -> Result<Option<(u64, u32)>, CoreError> {
         let Some(manifest) = self.snapshots.get(SNAPSHOT_MANIFEST_KEY)? else {
             return Ok(None);
         };
@@ -193,6 +194,13 @@ impl SledJournal {
             manifest[7],
         ]);
         let chunks = u32::from_be_bytes([manifest[8], manifest[9], manifest[10], manifest[11]]);
+        Ok(Some((last_seq, chunks)))
+    }
+
+    fn read_snapshot(&self) -> Result<Option<(u64, MasterState)>, CoreError> {
+        let Some((last_seq, chunks)) = self.manifest()? else {
+            return Ok(None);
+        };
         let mut bytes = Vec::new();
         for index in 0..chunks {
             let chunk = self
@@ -362,7 +370,8 @@ impl Journal for SledJournal {
     }
 
     fn repair(&mut self) -> Result<Repaired, CoreError> {
-        let after = self.read_snapshot()?.map_or(0, |(seq, _)| seq);
+        // Only the snapshot's sequence number matters here, not its state.
+        let after = self.manifest()?.map_or(0, |(seq, _)| seq);
         let records = self.journal.iter().map(|r| {
             let (k, v) = r?;
             Ok((key_seq(&k)?, v.to_vec()))
