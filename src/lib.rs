@@ -78,9 +78,9 @@ pub use mawex_api::{
 pub use mawex_api::{Task, TaskHandle, TypedProxy};
 #[cfg(feature = "master")]
 pub use mawex_core::{
-    clock, CoreError, DroppedRecord, Journal, LocalMasterProxy, LocalPodConnector, Master,
-    MasterBuilder, MasterConfig, MasterStats, MemoryJournal, PodStats, Repaired, SledJournal,
-    TaskCounts,
+    clock, CoreError, DroppedRecord, InFlight, Journal, LocalMasterProxy, LocalPodConnector,
+    Master, MasterBuilder, MasterConfig, MasterStats, MemoryJournal, PodStats, Repaired,
+    SledJournal, TaskCounts,
 };
 pub use mawex_sandbox::{
     HandlerError, HandlerRegistry, InProcess, Sandbox, SandboxError, TaskInput,

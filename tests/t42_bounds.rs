@@ -5,11 +5,15 @@
 
 mod common;
 
+use std::sync::{Arc, Condvar, Mutex};
+
 use common::*;
 use mawex::pod::{session_backlog, AttemptRef, PodHello, PodMessage};
+use mawex::testing::{Event, MasterState, Recovered};
 use mawex::{
-    ApiError, Attempt, BroadcastQuery, BroadcastSpec, ListQuery, PodConfig, TaskId, TaskSpec,
-    MAX_LIST_LIMIT, MAX_LIST_PAGE_BYTES,
+    ApiError, Attempt, BroadcastQuery, BroadcastSpec, Bytes, CoreError, InFlight, Journal,
+    ListQuery, MemoryJournal, PodConfig, Repaired, TaskId, TaskSpec, MAX_LIST_LIMIT,
+    MAX_LIST_PAGE_BYTES,
 };
 
 /// Stale reports per round: each round's acks are one message to the pod.
@@ -291,4 +295,198 @@ async fn broadcasts_are_listed_in_pages_local() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcasts_are_listed_in_pages_grpc() {
     broadcasts_are_listed_in_pages(Transport::Grpc).await;
+}
+
+/// A memory journal whose appends wait while `stalled` is set: the core thread stops there,
+/// as it would on a slow disk, and requests pile up in front of it.
+struct Stalling {
+    inner: MemoryJournal,
+    stalled: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl Journal for Stalling {
+    fn recover(&mut self) -> Result<Recovered, CoreError> {
+        self.inner.recover()
+    }
+
+    fn append(&mut self, first_seq: u64, events: &[Event]) -> Result<(), CoreError> {
+        let (stalled, changed) = &*self.stalled;
+        let mut stalled = stalled.lock().unwrap();
+        while *stalled {
+            stalled = changed.wait(stalled).unwrap();
+        }
+        self.inner.append(first_seq, events)
+    }
+
+    fn snapshot(&mut self, last_seq: u64, state: &MasterState) -> Result<(), CoreError> {
+        self.inner.snapshot(last_seq, state)
+    }
+
+    fn repair(&mut self) -> Result<Repaired, CoreError> {
+        self.inner.repair()
+    }
+}
+
+fn set_stalled(gate: &(Mutex<bool>, Condvar), stalled: bool) {
+    *gate.0.lock().unwrap() = stalled;
+    gate.1.notify_all();
+}
+
+/// While the journal stalls, requests pile up in front of the core: at most
+/// `max_requests_in_flight` of them, even from callers that gave up; the next is refused at
+/// once. None of those taken in is lost when the journal goes on.
+async fn requests_in_flight_are_bounded(t: Transport) {
+    const REQUESTS: usize = 4;
+    let mut config = fast_config();
+    config.max_requests_in_flight = REQUESTS;
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let journal = Stalling {
+        inner: MemoryJournal::new(),
+        stalled: gate.clone(),
+    };
+    let m = TestMaster::start_on_journal(t, config, journal).await;
+    let g = group("stalled");
+    set_stalled(&gate, true);
+    let mut kept = Vec::new();
+    for i in 0..REQUESTS {
+        let spec = TaskSpec::new(g.clone(), "noop", Bytes::new());
+        let id = spec.id;
+        let proxy = m.proxy();
+        let submit = tokio::spawn(async move { proxy.submit(spec).await });
+        // One at a time, so that each is a request of its own (a remote client gathers
+        // concurrent submits into one).
+        wait_for("the request to be taken in", || {
+            let n = m.master().in_flight().requests;
+            async move { (n > i).then_some(()) }
+        })
+        .await;
+        if i % 2 == 0 {
+            kept.push((id, Some(submit)));
+        } else {
+            // A caller that gives up: its request still waits in the inbox, and counts.
+            submit.abort();
+            kept.push((id, None));
+        }
+    }
+    wait_for("every request taken in", || {
+        let n = m.master().in_flight().requests;
+        async move { (n == REQUESTS).then_some(()) }
+    })
+    .await;
+    let refused = m.proxy().get(TaskId::new()).await;
+    assert!(
+        matches!(&refused, Err(ApiError::ResourceExhausted(msg))
+            if msg.contains("4 requests in flight") && msg.contains("max_requests_in_flight")),
+        "{refused:?}"
+    );
+    let refused = m
+        .connector()
+        .connect(PodHello::new(pod_id("late"), vec![g.clone()]))
+        .await;
+    assert!(
+        matches!(&refused, Err(ApiError::ResourceExhausted(_))),
+        "a hello is a request too: {:?}",
+        refused.map(|_| ())
+    );
+    set_stalled(&gate, false);
+    for (id, submit) in kept {
+        if let Some(submit) = submit {
+            assert_eq!(submit.await.unwrap().unwrap().id, id);
+        }
+        // Taken in means not lost, whether or not its caller heard the answer.
+        let got = m.proxy().get(id).await;
+        assert!(got.is_ok(), "task {id} was lost: {got:?}");
+    }
+    assert_eq!(m.master().in_flight(), InFlight::default());
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_are_bounded_local() {
+    requests_in_flight_are_bounded(Transport::Local).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_are_bounded_grpc() {
+    requests_in_flight_are_bounded(Transport::Grpc).await;
+}
+
+/// Calls that wait (for a result, for a broadcast) have a budget of their own: once
+/// `max_waiting_calls` wait, the next is refused at once, other requests are still served,
+/// and a wait that ends makes room.
+async fn waiting_calls_are_bounded(t: Transport) {
+    const WAITS: usize = 3;
+    let mut config = fast_config();
+    config.max_waiting_calls = WAITS;
+    let m = TestMaster::start_on_with(t, config).await;
+    // No pod serves the group: its tasks wait for ever.
+    let g = group("nobody");
+    let mut ids = Vec::new();
+    for _ in 0..=WAITS {
+        ids.push(
+            m.proxy()
+                .submit(TaskSpec::new(g.clone(), "noop", Bytes::new()))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let waiting: Vec<_> = ids[..WAITS]
+        .iter()
+        .map(|&id| {
+            let proxy = m.proxy();
+            tokio::spawn(async move { proxy.await_result(id).await })
+        })
+        .collect();
+    wait_for("every wait taken in", || {
+        let n = m.master().in_flight().waiting;
+        async move { (n == WAITS).then_some(()) }
+    })
+    .await;
+    let refused = m.proxy().await_result(ids[WAITS]).await;
+    assert!(
+        matches!(&refused, Err(ApiError::ResourceExhausted(msg))
+            if msg.contains("3 calls already wait") && msg.contains("max_waiting_calls")),
+        "{refused:?}"
+    );
+    let refused = m
+        .proxy()
+        .wait_broadcast(1, std::time::Duration::from_secs(60))
+        .await;
+    assert!(
+        matches!(&refused, Err(ApiError::ResourceExhausted(_))),
+        "{refused:?}"
+    );
+    // Other requests have their own budget.
+    assert!(m.proxy().get(ids[WAITS]).await.is_ok());
+    // One wait ends, and another may start.
+    m.proxy().cancel(ids[0]).await.unwrap();
+    let mut waiting = waiting.into_iter();
+    let first = waiting.next().unwrap().await.unwrap().unwrap();
+    assert_eq!(first.id, ids[0]);
+    let proxy = m.proxy();
+    let last = ids[WAITS];
+    let admitted = tokio::spawn(async move { proxy.await_result(last).await });
+    wait_for("the new wait taken in", || {
+        let n = m.master().in_flight().waiting;
+        async move { (n == WAITS).then_some(()) }
+    })
+    .await;
+    for &id in &ids[1..] {
+        m.proxy().cancel(id).await.unwrap();
+    }
+    for wait in waiting.chain([admitted]) {
+        assert!(wait.await.unwrap().is_ok());
+    }
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_calls_are_bounded_local() {
+    waiting_calls_are_bounded(Transport::Local).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_calls_are_bounded_grpc() {
+    waiting_calls_are_bounded(Transport::Grpc).await;
 }

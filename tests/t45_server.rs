@@ -132,3 +132,122 @@ async fn a_message_limit_below_the_payload_limit_is_refused() {
     assert!(err.to_string().contains("max_message_bytes"), "{err}");
     master.shutdown().await;
 }
+
+/// A channel that reached the server and heard from its health service, or why not.
+async fn healthy_channel(endpoint: &str) -> Result<Channel, String> {
+    let channel = Channel::from_shared(endpoint.to_owned())
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .map_err(|e| format!("health: {e}"))?;
+    Ok(channel)
+}
+
+/// A client opening connection after connection gets `max_connections` of them; the next is
+/// closed at once, those open are still served, and closing one makes room.
+#[tokio::test]
+async fn connections_beyond_the_limit_are_closed_on_accept() {
+    let master = TestMaster::start().await;
+    let mut config = mawex::ServerConfig::default();
+    config.max_connections = 2;
+    let server = Server::new(master.master())
+        .config(config)
+        .start("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("serve");
+    let endpoint = server.endpoint();
+    let first = healthy_channel(&endpoint).await.expect("first connection");
+    let second = healthy_channel(&endpoint).await.expect("second connection");
+    assert_eq!(server.open_connections(), 2);
+    let third = tokio::time::timeout(Duration::from_secs(20), healthy_channel(&endpoint))
+        .await
+        .expect("a refused connection fails at once, it does not hang");
+    assert!(third.is_err(), "a third connection was served");
+    assert_eq!(server.open_connections(), 2);
+    // Those open are still served.
+    HealthClient::new(second.clone())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("an open connection is served");
+    drop(first);
+    let again = common::wait_for("a closed connection to make room", || {
+        let endpoint = endpoint.clone();
+        async move { healthy_channel(&endpoint).await.ok() }
+    })
+    .await;
+    assert_eq!(server.open_connections(), 2);
+    drop((again, second));
+    server.shutdown().await.expect("server stops");
+    master.shutdown().await;
+}
+
+/// One connection may carry at most `max_concurrent_streams` calls at once: a client with
+/// more waits for a stream to end instead of making the server hold them all.
+#[tokio::test]
+async fn streams_of_one_connection_are_bounded() {
+    let master = TestMaster::start().await;
+    let mut config = mawex::ServerConfig::default();
+    config.max_concurrent_streams = 2;
+    let server = Server::new(master.master())
+        .config(config)
+        .start("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("serve");
+    let client =
+        std::sync::Arc::new(RemoteMasterProxy::connect(&server.endpoint()).expect("client"));
+    let g = group("nobody");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            client
+                .submit(TaskSpec::new(g.clone(), "noop", "x"))
+                .await
+                .expect("submit")
+                .id,
+        );
+    }
+    let waits: Vec<_> = ids
+        .iter()
+        .map(|&id| {
+            let client = client.clone();
+            tokio::spawn(async move { client.await_result(id).await })
+        })
+        .collect();
+    common::wait_for("two waits on the server", || {
+        let n = master.master().in_flight().waiting;
+        async move { (n == 2).then_some(()) }
+    })
+    .await;
+    // The third has no stream: round trips on a connection of their own go through while
+    // it waits, and it never reaches the server.
+    let other = RemoteMasterProxy::connect(&server.endpoint()).expect("second client");
+    for _ in 0..20 {
+        other
+            .get(ids[0])
+            .await
+            .expect("another connection is served");
+        assert_eq!(master.master().in_flight().waiting, 2);
+    }
+    // Ending every task lets it in, and every wait is answered.
+    for &id in &ids {
+        master.proxy().cancel(id).await.expect("cancel");
+    }
+    for wait in waits {
+        let result = wait
+            .await
+            .expect("wait task")
+            .expect("every wait is answered");
+        assert!(ids.contains(&result.id));
+    }
+    drop(client);
+    server.shutdown().await.expect("server stops");
+    master.shutdown().await;
+}

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mawex::{
-    Bytes, GroupName, GrpcPodConnector, HandlerError, HandlerRegistry, InProcess, Master,
+    Bytes, GroupName, GrpcPodConnector, HandlerError, HandlerRegistry, InProcess, Journal, Master,
     MasterConfig, MasterProxy, MasterStats, Pod, PodConfig, PodConnector, PodId, RemoteMasterProxy,
     RunningServer, SledJournal, TaskId, TaskInput,
 };
@@ -138,12 +138,31 @@ impl TestMaster {
         Self::open_on(dir, config, Transport::Local).await
     }
 
+    /// A master on `journal` instead of sled (a journal that fails or stalls on purpose).
+    pub async fn start_on_journal(
+        transport: Transport,
+        config: MasterConfig,
+        journal: impl Journal,
+    ) -> TestMaster {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        Self::open_on_journal(dir, config, transport, journal).await
+    }
+
     async fn open_on(
         dir: Arc<tempfile::TempDir>,
         config: MasterConfig,
         transport: Transport,
     ) -> TestMaster {
         let journal = SledJournal::open(journal_path(dir.path())).expect("open journal");
+        Self::open_on_journal(dir, config, transport, journal).await
+    }
+
+    async fn open_on_journal(
+        dir: Arc<tempfile::TempDir>,
+        config: MasterConfig,
+        transport: Transport,
+        journal: impl Journal,
+    ) -> TestMaster {
         let master = Master::builder()
             .config(config.clone())
             .start(journal)

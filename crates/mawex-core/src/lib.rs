@@ -50,7 +50,7 @@ pub use engine::PodStats;
 pub use error::CoreError;
 pub use journal::{DroppedRecord, Journal, MemoryJournal, Recovered, Repaired, SledJournal};
 pub use runtime::{
-    CommittedBatch, CommittedFeed, LocalMasterProxy, LocalPodConnector, Master, MasterBuilder,
-    MasterConfig, MasterStats,
+    CommittedBatch, CommittedFeed, InFlight, LocalMasterProxy, LocalPodConnector, Master,
+    MasterBuilder, MasterConfig, MasterStats,
 };
 pub use state::{stored, Event, MasterState, RequeueReason, TaskCounts};

@@ -27,6 +27,7 @@
 //! ```
 
 mod client_service;
+mod connections;
 mod error;
 mod pod_service;
 
@@ -39,6 +40,7 @@ use std::time::Duration;
 use mawex_api::proto;
 use mawex_core::{LocalMasterProxy, LocalPodConnector, Master};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
@@ -66,6 +68,12 @@ pub struct ServerConfig {
     pub tcp_keepalive: Option<Duration>,
     /// TLS on the listener (clients then use `https://`). Default: none.
     pub tls: Option<ServerTls>,
+    /// Connections served at once; one more is closed as soon as it is accepted (its
+    /// client sees a reset and retries), and a warning says so. Default: 10,000.
+    pub max_connections: usize,
+    /// Streams (calls in flight, pod sessions, result streams) one connection may open at
+    /// once; a client opening more waits for one to end. Default: 1,024.
+    pub max_concurrent_streams: u32,
 }
 
 /// TLS of the server (rustls with the `ring` provider).
@@ -124,6 +132,8 @@ impl Default for ServerConfig {
             max_message_bytes: 16 * 1024 * 1024,
             tcp_keepalive: Some(Duration::from_secs(10)),
             tls: None,
+            max_connections: 10_000,
+            max_concurrent_streams: 1024,
         }
     }
 }
@@ -234,6 +244,8 @@ impl Server {
             .map_err(|source| ServerError::Bind { addr, source })?;
         let stop = CancellationToken::new();
         let serving = self.prepare(stop.clone()).await?;
+        let connections = serving.connections.clone();
+        let max_connections = serving.max_connections;
         let shutdown = stop.clone();
         let task = tokio::spawn(serving.run(listener, async move {
             shutdown.cancelled().await;
@@ -243,6 +255,8 @@ impl Server {
             local_addr,
             stop,
             task: Some(task),
+            connections,
+            max_connections,
         })
     }
 
@@ -277,6 +291,18 @@ impl Server {
                 "max_message_bytes ({}) must be at least max_payload_bytes + 64 KiB ({needed})",
                 self.config.max_message_bytes
             )));
+        }
+        let max_connections = self.config.max_connections;
+        if max_connections == 0 || max_connections > Semaphore::MAX_PERMITS {
+            return Err(ServerError::Config(format!(
+                "max_connections must be between 1 and {}, got {max_connections}",
+                Semaphore::MAX_PERMITS
+            )));
+        }
+        if self.config.max_concurrent_streams == 0 {
+            return Err(ServerError::Config(
+                "max_concurrent_streams must be positive".into(),
+            ));
         }
         let max = self.config.max_message_bytes;
         let client =
@@ -331,7 +357,8 @@ impl Server {
             .add_service(InterceptedService::new(client, self.checks.clone()))
             .add_service(InterceptedService::new(pods, self.checks));
         // TLS settings are checked here, so `start` reports bad ones before it returns.
-        let mut transport = tonic::transport::Server::builder();
+        let mut transport = tonic::transport::Server::builder()
+            .max_concurrent_streams(self.config.max_concurrent_streams);
         if let Some(tls) = &self.config.tls {
             transport = transport
                 .tls_config(tls.config())
@@ -341,6 +368,8 @@ impl Server {
             routes,
             tcp_keepalive: self.config.tcp_keepalive,
             transport,
+            connections: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
         })
     }
 }
@@ -350,6 +379,9 @@ struct Serving {
     routes: Routes,
     tcp_keepalive: Option<Duration>,
     transport: tonic::transport::Server,
+    /// A permit per open connection.
+    connections: Arc<Semaphore>,
+    max_connections: usize,
 }
 
 impl Serving {
@@ -360,6 +392,7 @@ impl Serving {
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(self.tcp_keepalive);
+        let incoming = connections::limit(incoming, self.connections, self.max_connections);
         let mut transport = self.transport;
         transport
             .add_routes(self.routes)
@@ -377,6 +410,8 @@ pub struct RunningServer {
     stop: CancellationToken,
     /// Taken by `shutdown`.
     task: Option<JoinHandle<Result<(), ServerError>>>,
+    connections: Arc<Semaphore>,
+    max_connections: usize,
 }
 
 impl Drop for RunningServer {
@@ -389,6 +424,12 @@ impl RunningServer {
     /// The address it listens on (useful after binding port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Connections open now (at most `ServerConfig::max_connections`).
+    pub fn open_connections(&self) -> usize {
+        self.max_connections
+            .saturating_sub(self.connections.available_permits())
     }
 
     /// The `http://` endpoint clients and pods connect to.

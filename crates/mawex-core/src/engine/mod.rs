@@ -26,6 +26,8 @@ pub(crate) struct EngineConfig {
     pub(crate) default_retry: RetryPolicy,
     pub(crate) result_retention: Duration,
     pub(crate) max_payload_bytes: usize,
+    /// Pods connected at once; a hello of one more (not a reconnect) is refused.
+    pub(crate) max_pods: usize,
 }
 
 /// What one batch of commands produced.

@@ -52,6 +52,14 @@ impl Engine {
                 hello.holding.len()
             )));
         }
+        if self.pods.len() >= self.config.max_pods && !self.pods.contains_key(&hello.pod) {
+            return Err(ApiError::ResourceExhausted(format!(
+                "pod {}: the master serves {} pods already (MasterConfig::max_pods); \
+                 a pod that stopped heartbeating makes room after its lease",
+                hello.pod,
+                self.pods.len()
+            )));
+        }
         let held: HashMap<TaskId, Attempt> =
             hello.holding.iter().map(|r| (r.task, r.attempt)).collect();
 

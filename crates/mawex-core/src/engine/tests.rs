@@ -26,6 +26,7 @@ fn engine() -> Engine {
                 .with_max_delay(Duration::ZERO),
             result_retention: Duration::from_secs(3600),
             max_payload_bytes: 1024,
+            max_pods: 10_000,
         },
         T0,
     )
@@ -131,6 +132,55 @@ fn claims_beyond_a_pods_capacity_are_refused() {
     e.pod_message(2, heartbeat, at(1), &mut out);
     assert_eq!(out.closed_sessions, vec![2], "the pod is disconnected");
     assert!(out.messages.is_empty(), "no Cancel per bogus attempt");
+}
+
+/// A loop of hellos with new names fills `max_pods` and no more: one more pod is refused
+/// with a clear error, a connected pod may still reconnect, and a pod that went silent makes
+/// room after its lease.
+#[test]
+fn pods_beyond_max_pods_are_refused() {
+    const MAX_PODS: usize = 8;
+    let mut e = engine();
+    e.config.max_pods = MAX_PODS;
+    let mut out = Output::default();
+    for i in 0..MAX_PODS {
+        e.pod_hello(
+            i as u64 + 1,
+            hello(&format!("p{i}"), &["g"], 1),
+            T0,
+            &mut out,
+        )
+        .unwrap();
+    }
+    match e.pod_hello(100, hello("one-more", &["g"], 1), T0, &mut out) {
+        Err(ApiError::ResourceExhausted(m)) => {
+            assert!(m.contains("serves 8 pods") && m.contains("max_pods"), "{m}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(e.pods.len(), MAX_PODS);
+    e.pod_hello(101, hello("p0", &["g"], 1), at(1), &mut out)
+        .expect("a connected pod reconnects");
+    // Everyone but p0 goes silent past the lease.
+    e.pod_message(
+        101,
+        PodMessage::Heartbeat {
+            holding: Vec::new(),
+            received: 0,
+            usage: None,
+        },
+        at(LEASE.as_millis() as u64 - 1),
+        &mut out,
+    );
+    e.tick(at(LEASE.as_millis() as u64), &mut out);
+    assert_eq!(e.pods.len(), 1);
+    e.pod_hello(
+        102,
+        hello("one-more", &["g"], 1),
+        at(LEASE.as_millis() as u64),
+        &mut out,
+    )
+    .expect("room again");
 }
 
 /// Pods that say hello once and leave for good are not remembered past a lease.

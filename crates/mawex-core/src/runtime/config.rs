@@ -34,6 +34,18 @@ pub struct MasterConfig {
     /// Live result streams (`MasterProxy::results`) served at once; one more is refused with
     /// `ResourceExhausted` until one closes.
     pub max_result_streams: usize,
+    /// Requests the master holds at once, from all its clients and pods' hellos together
+    /// (calls that wait excluded): one more is refused at once with `ResourceExhausted`.
+    /// What bounds the core's inbox; a request counts until it is answered, even if its
+    /// caller gave up.
+    pub max_requests_in_flight: usize,
+    /// Calls waiting at once for a task's result or a broadcast's end (`await_result`,
+    /// `wait_broadcast`); one more is refused at once with `ResourceExhausted`.
+    pub max_waiting_calls: usize,
+    /// Pods connected at once. A hello from one more pod is refused with
+    /// `ResourceExhausted` (a pod already connected may always reconnect); a pod that stops
+    /// heartbeating makes room after `lease_timeout`.
+    pub max_pods: usize,
     /// Group settings applied at start (journaled like a runtime change, and only when they
     /// differ from what the journal holds); groups not named keep their settings.
     pub groups: BTreeMap<GroupName, GroupSettings>,
@@ -50,6 +62,9 @@ impl Default for MasterConfig {
             default_retry: RetryPolicy::default(),
             feed_capacity: 1024,
             max_result_streams: 1024,
+            max_requests_in_flight: 16 * 1024,
+            max_waiting_calls: 64 * 1024,
+            max_pods: 10_000,
             groups: BTreeMap::new(),
         }
     }
@@ -93,6 +108,20 @@ impl MasterConfig {
             return Err(CoreError::Config(
                 "max_result_streams must be positive".into(),
             ));
+        }
+        for (name, value) in [
+            ("max_requests_in_flight", self.max_requests_in_flight),
+            ("max_waiting_calls", self.max_waiting_calls),
+        ] {
+            if value == 0 || value > tokio::sync::Semaphore::MAX_PERMITS {
+                return Err(CoreError::Config(format!(
+                    "{name} must be between 1 and {}, got {value}",
+                    tokio::sync::Semaphore::MAX_PERMITS
+                )));
+            }
+        }
+        if self.max_pods == 0 {
+            return Err(CoreError::Config("max_pods must be positive".into()));
         }
         if self.max_payload_bytes == 0 {
             return Err(CoreError::Config(

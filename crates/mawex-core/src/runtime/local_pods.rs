@@ -11,17 +11,20 @@ use mawex_api::pod::{
 use mawex_api::ApiError;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::admission::{Admission, Budget};
 use super::messages::CoreMsg;
 
-/// Connects pods to a master in the same process.
+/// Connects pods to a master in the same process. A hello counts against the master's
+/// request budget until it is answered, so a flood of hellos cannot grow the inbox.
 #[derive(Debug, Clone)]
 pub struct LocalPodConnector {
     inbox: std_mpsc::Sender<CoreMsg>,
+    admission: Arc<Admission>,
 }
 
 impl LocalPodConnector {
-    pub(crate) fn new(inbox: std_mpsc::Sender<CoreMsg>) -> Self {
-        LocalPodConnector { inbox }
+    pub(crate) fn new(inbox: std_mpsc::Sender<CoreMsg>, admission: Arc<Admission>) -> Self {
+        LocalPodConnector { inbox, admission }
     }
 }
 
@@ -35,6 +38,7 @@ impl PodConnector for LocalPodConnector {
         let backlog = session_backlog(&hello);
         let (outbox_tx, outbox_rx) = mpsc::channel(backlog);
         let (reply, answer) = oneshot::channel();
+        let reply = self.admission.reply(Budget::Request, reply)?;
         self.inbox
             .send(CoreMsg::PodConnect {
                 hello,

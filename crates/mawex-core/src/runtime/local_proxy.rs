@@ -14,7 +14,8 @@ use mawex_api::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::messages::CoreMsg;
+use super::admission::{Admission, Budget};
+use super::messages::{CoreMsg, Reply};
 use super::read_model::ReadSide;
 use super::streams::{FeedState, MAX_STREAM_LAG};
 
@@ -40,11 +41,16 @@ async fn stopped(failed: &watch::Receiver<Option<String>>) -> ApiError {
 /// Requests and single-task reads go to the core thread; bulk reads (`list`,
 /// `failed_summary`) are served by the read model, which follows the committed-batch feed
 /// and has applied every batch committed before the read began.
+///
+/// Every clone of every proxy of a master shares its budgets
+/// (`MasterConfig::max_requests_in_flight`, `MasterConfig::max_waiting_calls`): a request
+/// over budget is refused at once with `ResourceExhausted`.
 #[derive(Debug, Clone)]
 pub struct LocalMasterProxy {
     inbox: std_mpsc::Sender<CoreMsg>,
     reads: Arc<ReadSide>,
     failed: watch::Receiver<Option<String>>,
+    admission: Arc<Admission>,
 }
 
 impl LocalMasterProxy {
@@ -52,20 +58,29 @@ impl LocalMasterProxy {
         inbox: std_mpsc::Sender<CoreMsg>,
         reads: Arc<ReadSide>,
         failed: watch::Receiver<Option<String>>,
+        admission: Arc<Admission>,
     ) -> Self {
         LocalMasterProxy {
             inbox,
             reads,
             failed,
+            admission,
         }
     }
 
-    async fn call<T>(
+    /// A request to the core, counted against the request budget.
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> CoreMsg) -> Result<T, ApiError> {
+        self.call_counted(Budget::Request, make).await
+    }
+
+    async fn call_counted<T>(
         &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, ApiError>>) -> CoreMsg,
+        budget: Budget,
+        make: impl FnOnce(Reply<T>) -> CoreMsg,
     ) -> Result<T, ApiError> {
         let (tx, rx) = oneshot::channel();
-        if self.inbox.send(make(tx)).is_err() {
+        let reply = self.admission.reply(budget, tx)?;
+        if self.inbox.send(make(reply)).is_err() {
             return Err(stopped(&self.failed).await);
         }
         match rx.await {
@@ -104,7 +119,8 @@ impl MasterProxy for LocalMasterProxy {
     }
 
     async fn await_result(&self, id: TaskId) -> Result<TaskResult, ApiError> {
-        self.call(|reply| CoreMsg::AwaitResult { id, reply }).await
+        self.call_counted(Budget::Wait, |reply| CoreMsg::AwaitResult { id, reply })
+            .await
     }
 
     async fn results(
@@ -151,6 +167,7 @@ impl MasterProxy for LocalMasterProxy {
 
     async fn list(&self, query: ListQuery) -> Result<TaskPage, ApiError> {
         query.validate()?;
+        let _permit = self.admission.admit(Budget::Request)?;
         let model = self.reads.current().await?;
         let stats = self.reads.stats();
         let state = model.read();
@@ -159,6 +176,7 @@ impl MasterProxy for LocalMasterProxy {
     }
 
     async fn failed_summary(&self) -> Result<Vec<FailedCount>, ApiError> {
+        let _permit = self.admission.admit(Budget::Request)?;
         let model = self.reads.current().await?;
         let summary = model.read().failed_summary();
         Ok(summary)
@@ -254,7 +272,7 @@ impl MasterProxy for LocalMasterProxy {
         id: BroadcastId,
         timeout: std::time::Duration,
     ) -> Result<BroadcastView, ApiError> {
-        let wait = self.call(|reply| CoreMsg::AwaitBroadcast { id, reply });
+        let wait = self.call_counted(Budget::Wait, |reply| CoreMsg::AwaitBroadcast { id, reply });
         match tokio::time::timeout(timeout, wait).await {
             Ok(view) => view,
             Err(_) => self.broadcast(id).await,

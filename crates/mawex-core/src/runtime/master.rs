@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use tokio::sync::{broadcast, oneshot, watch};
 use tracing::info;
 
+use super::admission::{Admission, InFlight};
 use super::config::{MasterConfig, MasterStats};
 use super::core_loop::CoreLoop;
 use super::feed::CommittedFeed;
@@ -59,6 +60,10 @@ impl MasterBuilder {
         self.config.validate()?;
         let config = self.config;
         let max_payload_bytes = config.max_payload_bytes;
+        let admission = Arc::new(Admission::new(
+            config.max_requests_in_flight,
+            config.max_waiting_calls,
+        ));
         let groups = config.groups.clone();
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock::new()));
         let (inbox_tx, inbox_rx) = std_mpsc::channel();
@@ -102,6 +107,7 @@ impl MasterBuilder {
                     default_retry: config.default_retry,
                     result_retention: config.result_retention,
                     max_payload_bytes: config.max_payload_bytes,
+                    max_pods: config.max_pods,
                 };
                 let engine = Engine::new(state, engine_config, clock.now());
                 let engine_results_recorded = engine.state().results_recorded();
@@ -175,7 +181,7 @@ impl MasterBuilder {
             let _ = inbox_tx.send(CoreMsg::ConfigureGroup {
                 group,
                 settings,
-                reply,
+                reply: reply.into(),
             });
             answers.push(answer);
         }
@@ -194,6 +200,7 @@ impl MasterBuilder {
             done: Some(done_rx),
             thread: Some(thread),
             max_payload_bytes,
+            admission,
         })
     }
 }
@@ -215,6 +222,8 @@ pub struct Master {
     thread: Option<JoinHandle<()>>,
     /// Bounds the messages a gRPC server of this master must accept.
     max_payload_bytes: usize,
+    /// The request budgets every proxy and connector shares.
+    admission: Arc<Admission>,
 }
 
 impl Master {
@@ -225,7 +234,12 @@ impl Master {
 
     /// A client handle that talks to this master in-process.
     pub fn proxy(&self) -> LocalMasterProxy {
-        LocalMasterProxy::new(self.inbox.clone(), self.reads.clone(), self.failed.clone())
+        LocalMasterProxy::new(
+            self.inbox.clone(),
+            self.reads.clone(),
+            self.failed.clone(),
+            self.admission.clone(),
+        )
     }
 
     /// Resolves when the master stops on its own (a journal write failed, say), with why:
@@ -268,7 +282,13 @@ impl Master {
 
     /// What in-process pods connect through.
     pub fn pod_connector(&self) -> LocalPodConnector {
-        LocalPodConnector::new(self.inbox.clone())
+        LocalPodConnector::new(self.inbox.clone(), self.admission.clone())
+    }
+
+    /// Requests in flight now, as counted against `MasterConfig::max_requests_in_flight`
+    /// and `MasterConfig::max_waiting_calls`.
+    pub fn in_flight(&self) -> InFlight {
+        self.admission.in_flight()
     }
 
     /// The largest task payload this master accepts (servers size their messages by it).

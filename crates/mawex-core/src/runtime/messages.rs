@@ -9,13 +9,50 @@ use mawex_api::{
     ResultCursor, ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskResult,
     TaskSpec, TaskView,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 use super::streams::FeedState;
 use crate::state::MasterState;
 
-/// Answer channel of a request.
-pub(crate) type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
+/// Answer channel of a request, with the permit that counts the request against the
+/// master's budget (see `admission`) until it is answered or dropped.
+pub(crate) struct Reply<T> {
+    tx: oneshot::Sender<Result<T, ApiError>>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl<T> Reply<T> {
+    /// A reply counted by `permit`.
+    pub(crate) fn counted(
+        tx: oneshot::Sender<Result<T, ApiError>>,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        Reply {
+            tx,
+            _permit: Some(permit),
+        }
+    }
+
+    /// Answers; gives the answer back if the requester is gone. The permit goes first, so
+    /// that a caller who hears the answer finds the budget already given back.
+    pub(crate) fn send(self, value: Result<T, ApiError>) -> Result<(), Result<T, ApiError>> {
+        let Reply { tx, _permit } = self;
+        drop(_permit);
+        tx.send(value)
+    }
+
+    /// Has the requester stopped waiting?
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// A reply counted against no budget: requests the master makes of itself at start.
+impl<T> From<oneshot::Sender<Result<T, ApiError>>> for Reply<T> {
+    fn from(tx: oneshot::Sender<Result<T, ApiError>>) -> Self {
+        Reply { tx, _permit: None }
+    }
+}
 
 /// Everything the core loop can be asked. Closed: adding a request means adding a variant.
 pub(crate) enum CoreMsg {
@@ -118,7 +155,7 @@ pub(crate) enum CoreMsg {
         message: PodMessage,
         /// One of the session's permits, given back when the core has handled the message:
         /// what bounds the messages of one pod waiting in the inbox.
-        _permit: tokio::sync::OwnedSemaphorePermit,
+        _permit: OwnedSemaphorePermit,
     },
     PodDisconnected {
         session: u64,

@@ -1,6 +1,7 @@
 //! The effectful shell around the pure master: the core thread that drains requests, decides,
 //! commits and publishes; the `Master` handle; and the in-process ways in.
 
+mod admission;
 mod config;
 mod core_loop;
 mod deliver;
@@ -12,6 +13,7 @@ mod messages;
 mod read_model;
 mod streams;
 
+pub use admission::InFlight;
 pub use config::{MasterConfig, MasterStats};
 pub use feed::{CommittedBatch, CommittedFeed};
 pub use local_pods::LocalPodConnector;
