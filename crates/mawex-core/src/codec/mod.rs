@@ -35,9 +35,11 @@ pub(crate) const RECORD_FORMAT_V3: u8 = 3;
 /// Format 4: format 3's events, with the format byte under the checksum. Read, never
 /// written.
 pub(crate) const RECORD_FORMAT_V4: u8 = 4;
-/// Format of records written by this version: format 4 plus `BroadcastsForgotten` (an
-/// appended variant, so format 4 records decode as they are).
+/// Format 5: format 4 plus `BroadcastsForgotten` (an appended variant, so format 4 records
+/// decode as they are). Read, never written.
 pub(crate) const RECORD_FORMAT_V5: u8 = 5;
+/// Format of records written by this version: format 5 plus `PodsForgotten` (appended).
+pub(crate) const RECORD_FORMAT_V6: u8 = 6;
 /// Snapshot format 1 (frozen): read, never written.
 pub(crate) const SNAPSHOT_FORMAT_V1: u8 = 1;
 /// Snapshot format 2: read through [`SnapshotV2`], never written.
@@ -72,7 +74,7 @@ pub(crate) fn encode_records(
         bincode::serde::encode_into_std_write(event, &mut scratch, config())
             .map_err(|e| CoreError::Encode(e.to_string()))?;
         if count > 0 && buf.len() + scratch.len() > max_bytes {
-            records.push((start, seal(buf, RECORD_FORMAT_V5, count)));
+            records.push((start, seal(buf, RECORD_FORMAT_V6, count)));
             buf = header_placeholder();
             count = 0;
             start = seq;
@@ -81,7 +83,7 @@ pub(crate) fn encode_records(
         count += 1;
     }
     if count > 0 {
-        records.push((start, seal(buf, RECORD_FORMAT_V5, count)));
+        records.push((start, seal(buf, RECORD_FORMAT_V6, count)));
     }
     Ok(records)
 }
@@ -153,13 +155,12 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<Vec<Event>, DecodeError> {
         RECORD_FORMAT_V1 => {
             |bytes| decode_one::<v1::EventV1>(bytes).map(|(e, used)| (e.into(), used))
         }
-        RECORD_FORMAT_V2 | RECORD_FORMAT_V3 | RECORD_FORMAT_V4 | RECORD_FORMAT_V5 => {
-            decode_one::<Event>
-        }
+        RECORD_FORMAT_V2 | RECORD_FORMAT_V3 | RECORD_FORMAT_V4 | RECORD_FORMAT_V5
+        | RECORD_FORMAT_V6 => decode_one::<Event>,
         other => {
             return Err(DecodeError::Unreadable(format!(
                 "record format {other} is unknown to this version (it reads formats 1 to \
-                 {RECORD_FORMAT_V5}); was it written by a newer mawex?"
+                 {RECORD_FORMAT_V6}); was it written by a newer mawex?"
             )))
         }
     };

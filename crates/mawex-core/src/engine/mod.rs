@@ -6,7 +6,7 @@
 //! so later commands of the same batch see earlier ones; the core loop makes the batch
 //! durable before anything leaves the master.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use mawex_api::pod::{AttemptRef, MasterMessage, ResourceUsage};
@@ -124,10 +124,53 @@ pub(crate) struct Engine {
     buckets: HashMap<GroupName, Bucket>,
     /// Parsed cron expressions of the schedules (derived; parsed again when missing).
     compiled: HashMap<ScheduleName, Compiled>,
-    /// When each pod that is not connected now went away (volatile).
+    /// When each pod that is not connected now went away, for a lease (volatile).
     departed: HashMap<PodId, Timestamp>,
+    /// Pods away for longer than a lease that applied some version, by when they left:
+    /// what they applied is forgotten after the result retention (volatile; a restart
+    /// counts them away since its start).
+    away: Away,
     /// When this engine started: a pod not seen since is away since then.
     started_at: Timestamp,
+}
+
+/// Pods that went away, by when: what a timer forgets, oldest first, without looking at the
+/// others.
+#[derive(Debug, Default)]
+struct Away {
+    since: HashMap<PodId, Timestamp>,
+    by_time: BTreeSet<(Timestamp, PodId)>,
+}
+
+impl Away {
+    fn insert(&mut self, pod: PodId, at: Timestamp) {
+        if let Some(old) = self.since.insert(pod.clone(), at) {
+            self.by_time.remove(&(old, pod.clone()));
+        }
+        self.by_time.insert((at, pod));
+    }
+
+    fn remove(&mut self, pod: &PodId) {
+        if let Some(at) = self.since.remove(pod) {
+            self.by_time.remove(&(at, pod.clone()));
+        }
+    }
+
+    /// Removes and returns up to `limit` pods away since before `cutoff`, oldest first.
+    fn take_before(&mut self, cutoff: Timestamp, limit: usize) -> Vec<PodId> {
+        let mut taken = Vec::new();
+        while taken.len() < limit {
+            match self.by_time.first() {
+                Some((at, _)) if *at < cutoff => {}
+                _ => break,
+            }
+            if let Some((_, pod)) = self.by_time.pop_first() {
+                self.since.remove(&pod);
+                taken.push(pod);
+            }
+        }
+        taken
+    }
 }
 
 /// A group's token bucket, in thousandths of a token.
@@ -166,6 +209,10 @@ impl Engine {
     pub(crate) fn new(mut state: MasterState, config: EngineConfig, now: Timestamp) -> Self {
         state.rebuild_indexes();
         let deadline = now.saturating_add(config.lease_timeout);
+        let mut away = Away::default();
+        for pod in state.broadcasts().pods_with_versions() {
+            away.insert(pod.clone(), now);
+        }
         let orphans = state
             .running()
             .map(|e| (e.spec.id, (e.attempt, deadline)))
@@ -182,6 +229,7 @@ impl Engine {
             buckets: HashMap::new(),
             compiled: HashMap::new(),
             departed: HashMap::new(),
+            away,
             started_at: now,
         }
     }
@@ -215,7 +263,9 @@ impl Engine {
             }
             Event::TaskCancelled { task, .. } => self.release(task),
             Event::TaskRetryScheduled { attempt, .. } => self.release(&attempt.task),
-            Event::TasksForgotten { .. } | Event::BroadcastsForgotten { .. } => {}
+            Event::TasksForgotten { .. }
+            | Event::BroadcastsForgotten { .. }
+            | Event::PodsForgotten { .. } => {}
             // Back in a queue, or a group opened up: maybe something can be dispatched.
             Event::ScheduleCreated { .. }
             | Event::SchedulePaused { .. }

@@ -131,6 +131,7 @@ impl Engine {
         debug!(pod = %hello.pod, session, adopted = entry.leases.len(), "pod registered");
         self.sessions.insert(session, hello.pod.clone());
         self.departed.remove(&hello.pod);
+        self.away.remove(&hello.pod);
         self.pods.insert(hello.pod.clone(), entry);
         self.catch_up(&hello.pod, now, out);
         self.dispatch_needed = true;

@@ -1496,8 +1496,107 @@ mod broadcast {
         let view = e.broadcast_view(id).unwrap();
         let pods: Vec<_> = view.targets.iter().map(|t| t.pod.to_string()).collect();
         assert_eq!(pods, ["p1"], "only the pod it was fired to");
-        assert!(e.state().broadcasts().has_version("site", &pod("p1"), "v1"));
         assert_eq!(&replayed(&out.events), e.state());
+    }
+
+    /// What a pod applied is remembered while it is connected and for the result retention
+    /// after it left (it is not caught up again when it comes back within that time), then
+    /// forgotten by a journaled `PodsForgotten`: pod names seen once do not stay for ever.
+    #[test]
+    fn versions_of_pods_away_longer_than_the_retention_are_forgotten() {
+        let mut e = engine();
+        let mut out = Output::default();
+        for (session, name) in [(1, "stays"), (2, "leaves"), (3, "returns")] {
+            e.pod_hello(session, hello(name, &["g"], 1), T0, &mut out)
+                .unwrap();
+        }
+        fired_and_finished(&mut e, "site", "v1", T0, &mut out);
+        e.pod_disconnected(2, at(10));
+        e.pod_disconnected(3, at(10));
+        let retention = 3_600_000;
+        // Connected pods heartbeat before every tick.
+        let tick = |e: &mut Engine, sessions: &[u64], now: Timestamp, out: &mut Output| {
+            for &session in sessions {
+                let beat = PodMessage::Heartbeat {
+                    holding: Vec::new(),
+                    received: 0,
+                    usage: None,
+                };
+                e.pod_message(session, beat, now, out);
+            }
+            e.tick(now, out);
+        };
+        // Past a lease, within the retention: remembered, and no catch-up on return.
+        let back = at(10 + 2 * LEASE.as_millis() as u64);
+        tick(&mut e, &[1], back, &mut out);
+        e.pod_hello(4, hello("returns", &["g"], 1), back, &mut out)
+            .unwrap();
+        assert!(e
+            .state()
+            .broadcasts()
+            .has_version("site", &pod("leaves"), "v1"));
+        let mut now = back;
+        while now < at(10 + retention - 1) {
+            now = Timestamp(now.0 + LEASE.as_millis() as u64 / 2).min(at(10 + retention - 1));
+            tick(&mut e, &[1, 4], now, &mut out);
+        }
+        assert!(
+            e.state()
+                .broadcasts()
+                .has_version("site", &pod("leaves"), "v1"),
+            "still there just before the retention ends"
+        );
+        tick(&mut e, &[1, 4], at(10 + retention + 1), &mut out);
+        let forgotten: Vec<_> = out
+            .events
+            .iter()
+            .filter_map(|event| match event {
+                Event::PodsForgotten { pods } => Some(pods.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            forgotten,
+            [vec![pod("leaves")]],
+            "once, the pod that stayed away"
+        );
+        let broadcasts = e.state().broadcasts();
+        assert!(!broadcasts.has_version("site", &pod("leaves"), "v1"));
+        assert!(broadcasts.has_version("site", &pod("stays"), "v1"));
+        assert!(broadcasts.has_version("site", &pod("returns"), "v1"));
+        assert!(
+            !out.events.iter().any(|ev| matches!(ev,
+                Event::BroadcastTargetAdded { pod: p, .. } if p == &pod("returns"))),
+            "a pod that came back within the retention is not caught up"
+        );
+        assert_eq!(&replayed(&out.events), e.state());
+    }
+
+    /// After a restart no pod is connected: those that applied a version count as away since
+    /// the start, and are forgotten a retention later unless they come back.
+    #[test]
+    fn after_a_restart_pods_that_never_come_back_are_forgotten() {
+        let mut e = engine();
+        let mut out = Output::default();
+        e.pod_hello(1, hello("gone", &["g"], 1), T0, &mut out)
+            .unwrap();
+        e.pod_hello(2, hello("back", &["g"], 1), T0, &mut out)
+            .unwrap();
+        fired_and_finished(&mut e, "site", "v1", T0, &mut out);
+        let restart = at(100);
+        let mut e = Engine::new(replayed(&out.events), e.config.clone(), restart);
+        let mut out = Output::default();
+        e.pod_hello(1, hello("back", &["g"], 1), restart, &mut out)
+            .unwrap();
+        e.tick(Timestamp(restart.0 + 3_600_000 + 1), &mut out);
+        assert!(!e
+            .state()
+            .broadcasts()
+            .has_version("site", &pod("gone"), "v1"));
+        assert!(e
+            .state()
+            .broadcasts()
+            .has_version("site", &pod("back"), "v1"));
     }
 
     #[test]

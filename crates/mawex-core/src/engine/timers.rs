@@ -41,9 +41,17 @@ impl Engine {
         // A pod away for a lease already counts as unreachable, and would without its entry
         // too (an unknown pod counts from the engine's start, which is earlier): forgetting
         // it changes no decision, and keeps pods that came once and never again from piling up.
+        // A pod that applied some version is remembered longer (see `away`), so that it is
+        // not caught up again when it comes back.
         let lease = self.config.lease_timeout;
-        self.departed
-            .retain(|_, since| since.saturating_add(lease) > now);
+        let (broadcasts, away) = (self.state.broadcasts(), &mut self.away);
+        self.departed.retain(|pod, since| {
+            let keep = since.saturating_add(lease) > now;
+            if !keep && broadcasts.has_applied_any(pod) {
+                away.insert(pod.clone(), *since);
+            }
+            keep
+        });
         let expired: Vec<AttemptRef> = self
             .orphans
             .iter()
@@ -72,6 +80,17 @@ impl Engine {
                 });
             if !ids.is_empty() {
                 self.emit(Event::BroadcastsForgotten { ids }, out);
+            }
+            let pods: Vec<PodId> = self
+                .away
+                .take_before(Timestamp(cutoff), FORGET_PER_TICK)
+                .into_iter()
+                .filter(|pod| {
+                    !self.pods.contains_key(pod) && self.state.broadcasts().has_applied_any(pod)
+                })
+                .collect();
+            if !pods.is_empty() {
+                self.emit(Event::PodsForgotten { pods }, out);
             }
         }
     }

@@ -386,16 +386,35 @@ fn golden_v5_records_and_snapshot_decode() {
     check_golden(5, &events);
 }
 
+/// Format 6 added `PodsForgotten` (the snapshot format stays 4): `pod-a` forgets the
+/// version it applied.
+fn golden_events_v6() -> Vec<Event> {
+    let mut events = golden_events_v5();
+    events.push(Event::PodsForgotten {
+        pods: vec![PodId::new("pod-a").expect("valid")],
+    });
+    events
+}
+
+/// Format 6 golden files. Written once with
+/// `MAWEX_WRITE_GOLDEN=6 cargo test -p mawex-core golden` when format 6 was introduced.
+#[test]
+fn golden_v6_records_and_snapshot_decode() {
+    let events = golden_events_v6();
+    write_golden_if_asked(6, &events);
+    check_golden(6, &events);
+}
+
 /// What is written depends on the stored types only (`crate::state::stored`), never on how
-/// the API types serialize: the format-5 golden files re-encode byte for byte from what they
-/// decode to, and so do the bodies (all after the checksum) of the format-3 and 4 ones, the
+/// the API types serialize: the format-6 golden files re-encode byte for byte from what they
+/// decode to, and so do the bodies (all after the checksum) of the format-3, 4 and 5 ones, the
 /// format-3 ones written
 /// when events still embedded the API types. A field added to an API type leaves this test
 /// green (the bytes cannot see it); a change to a stored type turns it red, and needs a new
 /// format number (ARCHITECTURE.md, "Changing the journal format").
 #[test]
 fn written_bytes_depend_on_the_stored_types_only() {
-    for (version, compared) in [(5, 0), (4, 5), (3, 5)] {
+    for (version, compared) in [(6, 0), (5, 5), (4, 5), (3, 5)] {
         let golden = read_framed(
             &std::fs::read(golden_dir().join(format!("journal-v{version}.records")))
                 .expect("golden records present"),

@@ -297,6 +297,7 @@ impl MasterState {
                     self.broadcasts.forget(*id, |task| tasks.contains_key(task));
                 }
             }
+            Event::PodsForgotten { pods } => self.broadcasts.forget_pods(pods),
             Event::TasksForgotten { tasks } => {
                 for id in tasks {
                     let Some(entry) = self.tasks.get(id) else {

@@ -251,6 +251,26 @@ impl Broadcasts {
         }
     }
 
+    /// Has `pod` applied a version of any app?
+    pub(crate) fn has_applied_any(&self, pod: &PodId) -> bool {
+        self.applied.values().any(|pods| pods.contains_key(pod))
+    }
+
+    /// Every pod that applied a version of some app.
+    pub(crate) fn pods_with_versions(&self) -> BTreeSet<&PodId> {
+        self.applied.values().flat_map(|pods| pods.keys()).collect()
+    }
+
+    /// Forgets which versions `pods` applied.
+    pub(crate) fn forget_pods(&mut self, pods: &[PodId]) {
+        for versions in self.applied.values_mut() {
+            for pod in pods {
+                versions.remove(pod);
+            }
+        }
+        self.applied.retain(|_, versions| !versions.is_empty());
+    }
+
     /// Keeps `active` in step after broadcast `id` changed.
     fn refresh(&mut self, id: BroadcastId) {
         if self.by_id.get(&id).is_some_and(Broadcast::is_active) {

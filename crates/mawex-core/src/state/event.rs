@@ -191,6 +191,13 @@ pub enum Event {
         /// The broadcasts.
         ids: Vec<BroadcastId>,
     },
+    /// Pods away for longer than the result retention: which versions they applied is
+    /// forgotten, so pod names seen once do not stay for ever. Such a pod, should it come
+    /// back, is caught up like a new one. (Appended in record format 6.)
+    PodsForgotten {
+        /// The pods.
+        pods: Vec<PodId>,
+    },
 }
 
 /// Why an attempt ended without a result.
