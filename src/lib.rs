@@ -64,10 +64,10 @@ pub use mawex_api::pod::PodConnector;
 /// Typed tasks: the payload encoding ([`typed::encode`], [`typed::decode`]).
 pub use mawex_api::typed;
 pub use mawex_api::{
-    ApiError, Attempt, AttemptFailure, Bytes, CancelAck, ChannelConfig, ClientTls, Dedup,
-    ErrorKind, FailedCount, FailedFilter, GroupName, GroupSettings, GrpcPodConnector, Limits,
-    ListQuery, MasterProxy, MissedTicks, Outcome, PendingChange, PodId, QueuePosition, RateLimit,
-    RemoteConfig, RemoteMasterProxy, ResultCursor, ResultStream, RetryHint, RetryPolicy,
+    ApiError, Attempt, AttemptFailure, BearerToken, Bytes, CancelAck, ChannelConfig, ClientTls,
+    Dedup, ErrorKind, FailedCount, FailedFilter, GroupName, GroupSettings, GrpcPodConnector,
+    Limits, ListQuery, MasterProxy, MissedTicks, Outcome, PendingChange, PodId, QueuePosition,
+    RateLimit, RemoteConfig, RemoteMasterProxy, ResultCursor, ResultStream, RetryHint, RetryPolicy,
     ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskError, TaskId, TaskPage, TaskResult,
     TaskSpec, TaskState, TaskView, Timestamp, MAX_LIST_LIMIT, MAX_LIST_PAGE_BYTES,
 };
@@ -86,7 +86,7 @@ pub use mawex_sandbox::{
     HandlerError, HandlerRegistry, InProcess, Sandbox, SandboxError, TaskInput,
 };
 #[cfg(feature = "master")]
-pub use mawex_server::{RunningServer, Server, ServerConfig, ServerError, ServerTls};
+pub use mawex_server::{auth, RunningServer, Server, ServerConfig, ServerError, ServerTls};
 #[cfg(feature = "worker")]
 pub use mawex_worker::{Pod, PodConfig, WorkerError};
 

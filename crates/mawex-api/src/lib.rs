@@ -45,7 +45,9 @@ pub use proxy::{
     CancelAck, ListQuery, MasterProxy, ResultCursor, ResultStream, SubmitAck, TaskPage,
     MAX_LIST_LIMIT, MAX_LIST_PAGE_BYTES,
 };
-pub use remote::{ChannelConfig, ClientTls, GrpcPodConnector, RemoteConfig, RemoteMasterProxy};
+pub use remote::{
+    BearerToken, ChannelConfig, ClientTls, GrpcPodConnector, RemoteConfig, RemoteMasterProxy,
+};
 pub use task::{
     AttemptFailure, Dedup, Limits, Outcome, RetryPolicy, TaskResult, TaskSpec, TaskState, TaskView,
     MAX_ATTEMPTS, MAX_DEDUP_KEY_LEN, MAX_FAIRNESS_KEY_LEN, MAX_HANDLER_LEN,

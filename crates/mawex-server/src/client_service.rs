@@ -13,6 +13,8 @@ use tonic::{Request, Response, Status};
 
 use mawex_core::LocalMasterProxy;
 
+use crate::auth::{check_group, token_id, Caller};
+
 pub(crate) struct ClientService {
     proxy: LocalMasterProxy,
     /// Ends long waits and streams when the server stops.
@@ -29,6 +31,29 @@ fn shutting_down() -> Status {
     Status::unavailable("the server is shutting down")
 }
 
+/// Logs an admin action on the audit target: who, what, and the ids it names.
+fn audit(caller: Option<&Caller>, action: &str, args: std::fmt::Arguments<'_>) {
+    tracing::info!(target: "mawex::audit", token = token_id(caller), action, args = %args, "admin action");
+}
+
+impl ClientService {
+    /// Refuses a task outside the caller's groups. Costs a read only for a token limited to
+    /// some groups.
+    async fn check_task(
+        &self,
+        caller: Option<&Caller>,
+        id: mawex_api::TaskId,
+    ) -> Result<(), Status> {
+        match caller {
+            Some(c) if c.token.limited_to().is_some() => {
+                let view = self.proxy.get(id).await?;
+                c.check_group(&view.spec.group)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 type ResultStream = Pin<Box<dyn Stream<Item = Result<proto::TaskResult, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -37,7 +62,9 @@ impl proto::master_server::Master for ClientService {
         &self,
         request: Request<proto::SubmitRequest>,
     ) -> Result<Response<proto::SubmitResponse>, Status> {
+        let caller = Caller::of(&request).cloned();
         let spec = TaskSpec::try_from(required("task", request.into_inner().task)?)?;
+        check_group(caller.as_ref(), &spec.group)?;
         let ack = self.proxy.submit(spec).await?;
         Ok(Response::new(ack.into()))
     }
@@ -46,6 +73,7 @@ impl proto::master_server::Master for ClientService {
         &self,
         request: Request<proto::SubmitBatchRequest>,
     ) -> Result<Response<proto::SubmitBatchResponse>, Status> {
+        let caller = Caller::of(&request).cloned();
         let specs = request
             .into_inner()
             .tasks
@@ -60,6 +88,9 @@ impl proto::master_server::Master for ClientService {
                 })
             })
             .collect::<Result<Vec<_>, Status>>()?;
+        for spec in &specs {
+            check_group(caller.as_ref(), &spec.group)?;
+        }
         let acks = self.proxy.submit_many(specs).await?;
         Ok(Response::new(proto::SubmitBatchResponse {
             acks: acks.into_iter().map(Into::into).collect(),
@@ -70,15 +101,20 @@ impl proto::master_server::Master for ClientService {
         &self,
         request: Request<proto::TaskIdRequest>,
     ) -> Result<Response<proto::TaskView>, Status> {
+        let caller = Caller::of(&request).cloned();
         let id = task_id("id", &request.into_inner().id)?;
-        Ok(Response::new(self.proxy.get(id).await?.into()))
+        let view = self.proxy.get(id).await?;
+        check_group(caller.as_ref(), &view.spec.group)?;
+        Ok(Response::new(view.into()))
     }
 
     async fn cancel(
         &self,
         request: Request<proto::TaskIdRequest>,
     ) -> Result<Response<proto::CancelResponse>, Status> {
+        let caller = Caller::of(&request).cloned();
         let id = task_id("id", &request.into_inner().id)?;
+        self.check_task(caller.as_ref(), id).await?;
         Ok(Response::new(self.proxy.cancel(id).await?.into()))
     }
 
@@ -86,7 +122,9 @@ impl proto::master_server::Master for ClientService {
         &self,
         request: Request<proto::TaskIdRequest>,
     ) -> Result<Response<proto::TaskResult>, Status> {
+        let caller = Caller::of(&request).cloned();
         let id = task_id("id", &request.into_inner().id)?;
+        self.check_task(caller.as_ref(), id).await?;
         tokio::select! {
             r = self.proxy.await_result(id) => Ok(Response::new(r?.into())),
             () = self.stop.cancelled() => Err(shutting_down()),
@@ -97,7 +135,19 @@ impl proto::master_server::Master for ClientService {
         &self,
         request: Request<proto::ListRequest>,
     ) -> Result<Response<proto::ListResponse>, Status> {
+        let caller = Caller::of(&request).cloned();
         let query = ListQuery::try_from(request.into_inner())?;
+        if let Some(c) = caller.as_ref().filter(|c| c.token.limited_to().is_some()) {
+            match &query.group {
+                Some(group) => c.check_group(group)?,
+                None => {
+                    return Err(Status::permission_denied(format!(
+                        "token {} may list only its own groups: name one in the query",
+                        c.token.id()
+                    )))
+                }
+            }
+        }
         Ok(Response::new(self.proxy.list(query).await?.into()))
     }
 
@@ -115,7 +165,9 @@ impl proto::master_server::Master for ClientService {
         &self,
         request: Request<proto::FailedFilter>,
     ) -> Result<Response<proto::CountResponse>, Status> {
+        let caller = Caller::of(&request).cloned();
         let filter = FailedFilter::try_from(request.into_inner())?;
+        audit(caller.as_ref(), "retry_failed", format_args!("{filter:?}"));
         let count = self.proxy.retry_failed(filter).await?;
         Ok(Response::new(proto::CountResponse { count }))
     }
@@ -124,7 +176,9 @@ impl proto::master_server::Master for ClientService {
         &self,
         request: Request<proto::FailedFilter>,
     ) -> Result<Response<proto::CountResponse>, Status> {
+        let caller = Caller::of(&request).cloned();
         let filter = FailedFilter::try_from(request.into_inner())?;
+        audit(caller.as_ref(), "purge_failed", format_args!("{filter:?}"));
         let count = self.proxy.purge_failed(filter).await?;
         Ok(Response::new(proto::CountResponse { count }))
     }
@@ -133,10 +187,16 @@ impl proto::master_server::Master for ClientService {
         &self,
         request: Request<proto::ConfigureGroupRequest>,
     ) -> Result<Response<proto::ConfigureGroupResponse>, Status> {
+        let caller = Caller::of(&request).cloned();
         let request = request.into_inner();
         let group = GroupName::new(&request.group)
             .map_err(|e| Status::invalid_argument(format!("group: {e}")))?;
         let settings = required("settings", request.settings)?.into();
+        audit(
+            caller.as_ref(),
+            "configure_group",
+            format_args!("group={group} {settings:?}"),
+        );
         self.proxy.configure_group(group, settings).await?;
         Ok(Response::new(proto::ConfigureGroupResponse {}))
     }
@@ -145,7 +205,13 @@ impl proto::master_server::Master for ClientService {
         &self,
         request: Request<proto::UpdatePendingRequest>,
     ) -> Result<Response<proto::CountResponse>, Status> {
+        let caller = Caller::of(&request).cloned();
         let (ids, change) = parse_update_pending(request.into_inner())?;
+        audit(
+            caller.as_ref(),
+            "update_pending",
+            format_args!("tasks={ids:?} {change:?}"),
+        );
         let count = self.proxy.update_pending(ids, change).await?;
         Ok(Response::new(proto::CountResponse { count }))
     }
@@ -154,7 +220,13 @@ impl proto::master_server::Master for ClientService {
         &self,
         request: Request<proto::CreateScheduleRequest>,
     ) -> Result<Response<proto::Empty>, Status> {
+        let caller = Caller::of(&request).cloned();
         let spec = ScheduleSpec::try_from(required("spec", request.into_inner().spec)?)?;
+        audit(
+            caller.as_ref(),
+            "create_schedule",
+            format_args!("schedule={}", spec.name),
+        );
         self.proxy.create_schedule(spec).await?;
         Ok(Response::new(proto::Empty {}))
     }
@@ -173,9 +245,15 @@ impl proto::master_server::Master for ClientService {
         &self,
         request: Request<proto::PauseScheduleRequest>,
     ) -> Result<Response<proto::Empty>, Status> {
+        let caller = Caller::of(&request).cloned();
         let request = request.into_inner();
         let name = ScheduleName::new(&request.name)
             .map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
+        audit(
+            caller.as_ref(),
+            "pause_schedule",
+            format_args!("schedule={name} paused={}", request.paused),
+        );
         self.proxy.pause_schedule(name, request.paused).await?;
         Ok(Response::new(proto::Empty {}))
     }
@@ -184,8 +262,14 @@ impl proto::master_server::Master for ClientService {
         &self,
         request: Request<proto::ScheduleNameRequest>,
     ) -> Result<Response<proto::Empty>, Status> {
+        let caller = Caller::of(&request).cloned();
         let name = ScheduleName::new(&request.into_inner().name)
             .map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
+        audit(
+            caller.as_ref(),
+            "delete_schedule",
+            format_args!("schedule={name}"),
+        );
         self.proxy.delete_schedule(name).await?;
         Ok(Response::new(proto::Empty {}))
     }
@@ -205,7 +289,16 @@ impl proto::master_server::Master for ClientService {
         &self,
         request: Request<proto::FireBroadcastRequest>,
     ) -> Result<Response<proto::BroadcastView>, Status> {
+        let caller = Caller::of(&request).cloned();
         let spec = BroadcastSpec::try_from(required("spec", request.into_inner().spec)?)?;
+        audit(
+            caller.as_ref(),
+            "fire_broadcast",
+            format_args!(
+                "app={} group={} version={:?}",
+                spec.app, spec.group, spec.version
+            ),
+        );
         Ok(Response::new(self.proxy.fire_broadcast(spec).await?.into()))
     }
 
@@ -261,7 +354,13 @@ impl proto::master_server::Master for ClientService {
         &self,
         request: Request<proto::ClearBroadcastLockRequest>,
     ) -> Result<Response<proto::ClearBroadcastLockResponse>, Status> {
+        let caller = Caller::of(&request).cloned();
         let app = request.into_inner().app;
+        audit(
+            caller.as_ref(),
+            "clear_broadcast_lock",
+            format_args!("app={app}"),
+        );
         let broadcast = self.proxy.clear_broadcast_lock(&app).await?;
         Ok(Response::new(proto::ClearBroadcastLockResponse {
             broadcast,
@@ -274,9 +373,11 @@ impl proto::master_server::Master for ClientService {
         &self,
         request: Request<proto::StreamResultsRequest>,
     ) -> Result<Response<ResultStream>, Status> {
+        let caller = Caller::of(&request).cloned();
         let request = request.into_inner();
         let group = GroupName::new(&request.group)
             .map_err(|e| Status::invalid_argument(format!("group: {e}")))?;
+        check_group(caller.as_ref(), &group)?;
         let results = self
             .proxy
             .results(group, request.after.map(ResultCursor))

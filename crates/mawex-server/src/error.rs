@@ -19,6 +19,9 @@ pub enum ServerError {
     /// Serving failed.
     #[error("the gRPC server failed: {0}")]
     Serve(#[source] tonic::transport::Error),
+    /// A token file or token set is wrong; the message says which entry and why.
+    #[error("tokens: {0}")]
+    Tokens(String),
     /// The server's task ended abnormally (it panicked).
     #[error("the gRPC server's task failed: {0}")]
     Task(String),

@@ -26,6 +26,7 @@
 //! # });
 //! ```
 
+pub mod auth;
 mod client_service;
 mod connections;
 mod error;
@@ -164,6 +165,8 @@ pub struct Server {
     config: ServerConfig,
     checks: Checks,
     routes: Routes,
+    tokens: Option<auth::TokenStore>,
+    insecure: bool,
 }
 
 impl std::fmt::Debug for Server {
@@ -186,6 +189,8 @@ impl Server {
             config: ServerConfig::default(),
             checks: Checks::default(),
             routes: Routes::default(),
+            tokens: None,
+            insecure: false,
         }
     }
 
@@ -198,6 +203,24 @@ impl Server {
     /// Serves over TLS (see [`ServerConfig::tls`]).
     pub fn tls(mut self, tls: ServerTls) -> Self {
         self.config.tls = Some(tls);
+        self
+    }
+
+    /// Requires a token on every call of the mawex services (client and pod link): a call
+    /// without one is refused with `Unauthenticated`, one whose role does not allow it with
+    /// `PermissionDenied`, and client and pod tokens may only use the groups (and pod ids)
+    /// they name. Health and reflection stay open. The store may be replaced or reloaded
+    /// while serving ([`auth::TokenStore::watch`]).
+    pub fn tokens(mut self, tokens: auth::TokenStore) -> Self {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    /// Serves on an address other machines can reach even without TLS and tokens. Without
+    /// this, [`Server::start`] and [`Server::serve`] refuse to: anyone who reaches such a
+    /// master could register as a pod and receive every payload, or cancel and purge work.
+    pub fn insecure(mut self) -> Self {
+        self.insecure = true;
         self
     }
 
@@ -242,6 +265,7 @@ impl Server {
         let local_addr = listener
             .local_addr()
             .map_err(|source| ServerError::Bind { addr, source })?;
+        self.check_exposure(local_addr)?;
         let stop = CancellationToken::new();
         let serving = self.prepare(stop.clone()).await?;
         let connections = serving.connections.clone();
@@ -272,6 +296,9 @@ impl Server {
     where
         F: Future<Output = ()> + Send + 'static,
     {
+        if let Ok(addr) = listener.local_addr() {
+            self.check_exposure(addr)?;
+        }
         let stop = CancellationToken::new();
         let serving = self.prepare(stop.clone()).await?;
         serving
@@ -280,6 +307,35 @@ impl Server {
                 stop.cancel();
             })
             .await
+    }
+
+    /// Refuses an address reachable from other machines without TLS and tokens, unless the
+    /// operator said [`Server::insecure`] (then it warns).
+    fn check_exposure(&self, addr: SocketAddr) -> Result<(), ServerError> {
+        let missing: Vec<&str> = [
+            (self.config.tls.is_none(), "TLS (ServerConfig::tls)"),
+            (self.tokens.is_none(), "tokens (Server::tokens)"),
+        ]
+        .into_iter()
+        .filter_map(|(missing, what)| missing.then_some(what))
+        .collect();
+        if addr.ip().is_loopback() || missing.is_empty() {
+            return Ok(());
+        }
+        let missing = missing.join(" and ");
+        if self.insecure {
+            tracing::warn!(
+                target: "mawex::audit",
+                %addr,
+                "serving without {missing} on an address other machines can reach (insecure)"
+            );
+            return Ok(());
+        }
+        Err(ServerError::Config(format!(
+            "refusing to serve on {addr} without {missing}: anyone who reaches it could \
+             register as a pod and receive every payload. Configure them, bind a loopback \
+             address, or call Server::insecure() to serve anyway"
+        )))
     }
 
     /// Checks the settings and assembles the services; `stop` ends long waits and streams.
@@ -350,12 +406,19 @@ impl Server {
             .build_v1()
             .map_err(|e| ServerError::Config(format!("reflection: {e}")))?;
 
+        let tokens = self.tokens.clone();
         let routes = self
             .routes
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(InterceptedService::new(client, self.checks.clone()))
-            .add_service(InterceptedService::new(pods, self.checks));
+            .add_service(InterceptedService::new(
+                auth::Guarded::new(client, tokens.clone()),
+                self.checks.clone(),
+            ))
+            .add_service(InterceptedService::new(
+                auth::Guarded::new(pods, tokens),
+                self.checks,
+            ));
         // TLS settings are checked here, so `start` reports bad ones before it returns.
         let mut transport = tonic::transport::Server::builder()
             .max_concurrent_streams(self.config.max_concurrent_streams);
@@ -447,5 +510,50 @@ impl RunningServer {
             return Ok(());
         };
         task.await.map_err(|e| ServerError::Task(e.to_string()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mawex_core::MemoryJournal;
+
+    /// An address other machines can reach needs TLS and tokens, or an explicit insecure.
+    #[tokio::test]
+    async fn an_exposed_address_needs_tls_and_tokens_or_insecure() {
+        let master = Master::builder()
+            .start(MemoryJournal::new())
+            .await
+            .expect("master");
+        let exposed: SocketAddr = "10.1.2.3:7070".parse().expect("address");
+        let loopback: SocketAddr = "127.0.0.1:7070".parse().expect("address");
+        let err = Server::new(&master)
+            .check_exposure(exposed)
+            .expect_err("plain and open");
+        let message = err.to_string();
+        assert!(
+            message.contains("without TLS (ServerConfig::tls) and tokens (Server::tokens)")
+                && message.contains("Server::insecure()"),
+            "{message}"
+        );
+        let tokens = auth::TokenStore::new(auth::Tokens::default());
+        let err = Server::new(&master)
+            .tokens(tokens.clone())
+            .check_exposure(exposed)
+            .expect_err("tokens but no TLS");
+        assert!(err.to_string().contains("without TLS"), "{err}");
+        assert!(!err.to_string().contains("and tokens"), "{err}");
+        assert!(Server::new(&master).check_exposure(loopback).is_ok());
+        assert!(Server::new(&master)
+            .insecure()
+            .check_exposure(exposed)
+            .is_ok());
+        let tls = ServerTls::new("cert", "key");
+        assert!(Server::new(&master)
+            .tls(tls)
+            .tokens(tokens)
+            .check_exposure(exposed)
+            .is_ok());
+        master.shutdown().await.expect("shutdown");
     }
 }

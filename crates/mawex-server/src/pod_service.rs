@@ -27,6 +27,12 @@ impl PodLinkService {
     }
 }
 
+/// Logs a refused hello on the audit target and gives the status back.
+fn refused(status: Status) -> Status {
+    warn!(target: "mawex::audit", reason = status.message(), "pod hello refused");
+    status
+}
+
 type ToPodStream = Pin<Box<dyn Stream<Item = Result<proto::MasterToPod, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -37,6 +43,7 @@ impl proto::pod_link_server::PodLink for PodLinkService {
         &self,
         request: Request<Streaming<proto::PodToMaster>>,
     ) -> Result<Response<ToPodStream>, Status> {
+        let caller = crate::auth::Caller::of(&request).cloned();
         let mut inbound = request.into_inner();
         // A peer that opens a stream and says nothing must not hold the server open.
         let first = tokio::select! {
@@ -45,7 +52,7 @@ impl proto::pod_link_server::PodLink for PodLinkService {
             () = self.stop.cancelled() => return Err(Status::unavailable("the server is shutting down")),
         }
         .ok_or_else(|| Status::invalid_argument("the stream ended before a hello"))?;
-        let hello = match PodFrame::try_from(first)? {
+        let mut hello = match PodFrame::try_from(first)? {
             PodFrame::Hello(hello) => hello,
             PodFrame::Message(_) => {
                 return Err(Status::invalid_argument(
@@ -53,13 +60,30 @@ impl proto::pod_link_server::PodLink for PodLinkService {
                 ))
             }
         };
+        if let Some(caller) = &caller {
+            let token = &caller.token;
+            if !token.allows_pod(&hello.pod) {
+                return Err(refused(Status::permission_denied(format!(
+                    "token {} may not register pod {}",
+                    token.id(),
+                    hello.pod
+                ))));
+            }
+            for group in &hello.groups {
+                caller.check_group(group).map_err(refused)?;
+            }
+            hello.credential = Some(token.id().to_owned());
+        }
         let pod = hello.pod.clone();
         let PodSession {
             welcome,
             outbox,
             inbox,
             ..
-        } = self.connector.connect(hello).await?;
+        } = self.connector.connect(hello).await.map_err(|e| match e {
+            e @ mawex_api::ApiError::PermissionDenied(_) => refused(e.into()),
+            e => e.into(),
+        })?;
 
         // Pod → master. The session ends for the master when this task drops `outbox`.
         let stop = self.stop.clone();

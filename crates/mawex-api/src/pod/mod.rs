@@ -50,6 +50,12 @@ pub struct PodHello {
     pub address: Option<String>,
     /// Attempts it still holds from an earlier connection, for the master to re-adopt.
     pub holding: Vec<AttemptRef>,
+    /// The credential (token id) the pod connected with, set by the server that
+    /// authenticated it and never taken from the wire. The first credential to register a
+    /// pod id owns it while the pod is connected or within a lease of leaving: a hello
+    /// with another credential is refused. `None` (an in-process pod) is not checked.
+    #[serde(skip)]
+    pub credential: Option<String>,
 }
 
 impl PodHello {
@@ -63,6 +69,7 @@ impl PodHello {
             labels: BTreeMap::new(),
             address: None,
             holding: Vec::new(),
+            credential: None,
         }
     }
 }

@@ -6,6 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::debug;
 
@@ -30,7 +33,47 @@ pub struct ChannelConfig {
     /// TLS towards the masters, whose endpoints are then `https://`. Default: none (plain
     /// `http://`).
     pub tls: Option<ClientTls>,
+    /// The token sent with every call, for masters that require one. Default: none.
+    pub token: Option<BearerToken>,
 }
+
+/// A secret sent as `authorization: Bearer <token>` with every call. Its `Debug` hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(String);
+
+impl BearerToken {
+    /// The token `secret`.
+    pub fn new(secret: impl Into<String>) -> Self {
+        BearerToken(secret.into())
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(hidden)")
+    }
+}
+
+/// Adds the token, if any, to every request of a channel.
+#[derive(Clone, Debug)]
+pub(crate) struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel to a master that carries the configured token.
+pub(crate) type AuthChannel = InterceptedService<Channel, Bearer>;
 
 /// TLS of a client or pod towards its masters (rustls).
 #[derive(Clone, PartialEq, Eq)]
@@ -106,11 +149,33 @@ impl Default for ChannelConfig {
             keepalive_timeout: Duration::from_secs(20),
             max_message_bytes: 64 * 1024 * 1024,
             tls: None,
+            token: None,
         }
     }
 }
 
 impl ChannelConfig {
+    /// The same settings, sending `token` with every call.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(BearerToken::new(token));
+        self
+    }
+
+    /// The header value of the token, checked.
+    fn bearer(&self) -> Result<Bearer, ApiError> {
+        self.token
+            .as_ref()
+            .map(|BearerToken(secret)| {
+                format!("Bearer {secret}").parse().map_err(|_| {
+                    ApiError::InvalidArgument(
+                        "the token must be printable ASCII without spaces".into(),
+                    )
+                })
+            })
+            .transpose()
+            .map(Bearer)
+    }
+
     /// The same settings with TLS towards the masters.
     pub fn with_tls(mut self, tls: ClientTls) -> Self {
         self.tls = Some(tls);
@@ -158,7 +223,7 @@ impl ChannelConfig {
 /// unreachable moves on to the next, so a list of masters keeps working while one is down.
 #[derive(Debug)]
 pub(crate) struct Masters {
-    endpoints: Vec<(String, Channel)>,
+    endpoints: Vec<(String, AuthChannel)>,
     current: AtomicUsize,
 }
 
@@ -172,11 +237,13 @@ impl Masters {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        let bearer = config.bearer()?;
         let endpoints = endpoints
             .into_iter()
             .map(|e| {
                 let e = e.as_ref();
-                Ok((e.to_owned(), config.channel(e)?))
+                let channel = InterceptedService::new(config.channel(e)?, bearer.clone());
+                Ok((e.to_owned(), channel))
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
         if endpoints.is_empty() {
@@ -189,7 +256,7 @@ impl Masters {
     }
 
     /// The current endpoint's index and channel.
-    pub(crate) fn current(&self) -> (usize, Channel) {
+    pub(crate) fn current(&self) -> (usize, AuthChannel) {
         let index = self.current.load(Ordering::Relaxed) % self.endpoints.len();
         (index, self.endpoints[index].1.clone())
     }
@@ -235,7 +302,7 @@ pub(crate) async fn retrying<T, F, Fut>(
     mut call: F,
 ) -> Result<T, ApiError>
 where
-    F: FnMut(Channel) -> Fut,
+    F: FnMut(AuthChannel) -> Fut,
     Fut: Future<Output = Result<T, ApiError>>,
 {
     // The window opens at the first failure: a long wait (`await_result`) that loses its

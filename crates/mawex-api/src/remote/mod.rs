@@ -4,7 +4,8 @@
 mod channel;
 mod pod_connector;
 
-pub use channel::{ChannelConfig, ClientTls};
+use channel::AuthChannel;
+pub use channel::{BearerToken, ChannelConfig, ClientTls};
 pub use pod_connector::GrpcPodConnector;
 
 use std::future::Future;
@@ -14,7 +15,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use tonic::transport::Channel;
 
 use channel::{retrying, Masters};
 
@@ -119,7 +119,7 @@ impl RemoteMasterProxy {
     async fn unary<Req, Resp, F, Fut>(&self, request: Req, call: F) -> Result<Resp, ApiError>
     where
         Req: Clone,
-        F: Fn(MasterClient<Channel>, Req) -> Fut,
+        F: Fn(MasterClient<AuthChannel>, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         retrying(&self.masters, self.config.retry_for, |channel| {
@@ -148,7 +148,7 @@ impl RemoteMasterProxy {
 }
 
 /// A client of the `Master` service over `channel`, with the configured message size.
-fn client(channel: Channel, config: &RemoteConfig) -> MasterClient<Channel> {
+fn client(channel: AuthChannel, config: &RemoteConfig) -> MasterClient<AuthChannel> {
     MasterClient::new(channel)
         .max_decoding_message_size(config.channel.max_message_bytes)
         .max_encoding_message_size(config.channel.max_message_bytes)

@@ -48,7 +48,7 @@ impl GrpcPodConnector {
 
     async fn open(
         &self,
-        client: PodLinkClient<tonic::transport::Channel>,
+        client: PodLinkClient<super::channel::AuthChannel>,
         hello: PodHello,
     ) -> Result<PodSession, ApiError> {
         let mut client = client

@@ -130,6 +130,9 @@ pub(crate) struct Engine {
     /// what they applied is forgotten after the result retention (volatile; a restart
     /// counts them away since its start).
     away: Away,
+    /// The credential that registered each pod id, while the pod is connected or within a
+    /// lease of leaving (volatile): a hello with another credential is refused.
+    owners: HashMap<PodId, String>,
     /// When this engine started: a pod not seen since is away since then.
     started_at: Timestamp,
 }
@@ -230,6 +233,7 @@ impl Engine {
             compiled: HashMap::new(),
             departed: HashMap::new(),
             away,
+            owners: HashMap::new(),
             started_at: now,
         }
     }

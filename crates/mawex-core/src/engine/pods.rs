@@ -52,6 +52,16 @@ impl Engine {
                 hello.holding.len()
             )));
         }
+        // Checked before anything changes: a refused hello leaves the owner's pod, its
+        // leases and its results as they were.
+        if let (Some(owner), Some(credential)) = (self.owners.get(&hello.pod), &hello.credential) {
+            if owner != credential {
+                return Err(ApiError::PermissionDenied(format!(
+                    "pod {}: the id is registered with another credential",
+                    hello.pod
+                )));
+            }
+        }
         if self.pods.len() >= self.config.max_pods && !self.pods.contains_key(&hello.pod) {
             return Err(ApiError::ResourceExhausted(format!(
                 "pod {}: the master serves {} pods already (MasterConfig::max_pods); \
@@ -132,6 +142,11 @@ impl Engine {
         self.sessions.insert(session, hello.pod.clone());
         self.departed.remove(&hello.pod);
         self.away.remove(&hello.pod);
+        if let Some(credential) = &hello.credential {
+            self.owners
+                .entry(hello.pod.clone())
+                .or_insert_with(|| credential.clone());
+        }
         self.pods.insert(hello.pod.clone(), entry);
         self.catch_up(&hello.pod, now, out);
         self.dispatch_needed = true;

@@ -183,6 +183,43 @@ fn pods_beyond_max_pods_are_refused() {
     .expect("room again");
 }
 
+/// A pod id belongs to the credential that registered it while the pod is connected and
+/// for a lease after it left: a hello with another credential is refused and changes
+/// nothing; after the lease the id is free.
+#[test]
+fn a_pod_id_belongs_to_the_credential_that_registered_it() {
+    let a = spec("g");
+    let mut e = engine();
+    let mut out = Output::default();
+    e.submit(vec![a.clone()], T0, &mut out).unwrap();
+    let with = |credential: &str| {
+        let mut h = hello("p1", &["g"], 1);
+        h.credential = Some(credential.to_owned());
+        h
+    };
+    e.pod_hello(1, with("fleet-a"), T0, &mut out).unwrap();
+    e.dispatch(T0, &mut out);
+    assert_eq!(e.state().task(&a.id).unwrap().state, TaskState::Running);
+    match e.pod_hello(2, with("fleet-b"), at(1), &mut out) {
+        Err(ApiError::PermissionDenied(m)) => assert!(m.contains("another credential"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(
+        e.session_of(&pod("p1")),
+        Some(1),
+        "the owner keeps its session"
+    );
+    assert_eq!(e.state().task(&a.id).unwrap().state, TaskState::Running);
+    // The owner reconnects; then it leaves, and after a lease the id is free.
+    e.pod_hello(3, with("fleet-a"), at(2), &mut out).unwrap();
+    e.pod_disconnected(3, at(3));
+    assert!(e.pod_hello(4, with("fleet-b"), at(4), &mut out).is_err());
+    let later = at(3 + LEASE.as_millis() as u64 + 1);
+    e.tick(later, &mut out);
+    e.pod_hello(5, with("fleet-b"), later, &mut out)
+        .expect("free after a lease");
+}
+
 /// Pods that say hello once and leave for good are not remembered past a lease.
 #[test]
 fn departed_pods_are_forgotten_after_a_lease() {

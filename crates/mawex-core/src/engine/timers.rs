@@ -44,11 +44,16 @@ impl Engine {
         // A pod that applied some version is remembered longer (see `away`), so that it is
         // not caught up again when it comes back.
         let lease = self.config.lease_timeout;
-        let (broadcasts, away) = (self.state.broadcasts(), &mut self.away);
+        // Its id is free for another credential once its lease is over.
+        let (broadcasts, away, owners) =
+            (self.state.broadcasts(), &mut self.away, &mut self.owners);
         self.departed.retain(|pod, since| {
             let keep = since.saturating_add(lease) > now;
-            if !keep && broadcasts.has_applied_any(pod) {
-                away.insert(pod.clone(), *since);
+            if !keep {
+                owners.remove(pod);
+                if broadcasts.has_applied_any(pod) {
+                    away.insert(pod.clone(), *since);
+                }
             }
             keep
         });

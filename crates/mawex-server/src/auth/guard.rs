@@ -1,0 +1,122 @@
+//! The guard in front of a mawex service: finds the caller's token and checks its role.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tonic::server::NamedService;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::Status;
+
+use super::rules;
+use super::tokens::TokenStore;
+use super::Caller;
+
+/// A service behind the token check (none without tokens: every call passes).
+#[derive(Clone)]
+pub(crate) struct Guarded<S> {
+    inner: S,
+    tokens: Option<TokenStore>,
+}
+
+impl<S> Guarded<S> {
+    pub(crate) fn new(inner: S, tokens: Option<TokenStore>) -> Self {
+        Guarded { inner, tokens }
+    }
+}
+
+impl<S: NamedService> NamedService for Guarded<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+/// Where a call came from, for the audit log.
+fn peer<B>(request: &http::Request<B>) -> String {
+    let ext = request.extensions();
+    ext.get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|tls| tls.get_ref().remote_addr())
+        })
+        .map_or_else(|| "-".to_owned(), |a| a.to_string())
+}
+
+impl<S> Guarded<S> {
+    /// The caller of `request`, or the status that refuses it.
+    fn check<B>(&self, tokens: &TokenStore, request: &http::Request<B>) -> Result<Caller, Status> {
+        let path = request.uri().path();
+        let Some(needed) = rules::needed(path) else {
+            return Err(Status::permission_denied(format!(
+                "{path} has no access rule on this server"
+            )));
+        };
+        let header = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let Some(secret) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+            return Err(Status::unauthenticated(
+                "a token is required: send `authorization: Bearer <token>`",
+            ));
+        };
+        let tokens = tokens.current();
+        let Some(token) = tokens.find(secret.trim()) else {
+            return Err(Status::unauthenticated("the token is not valid"));
+        };
+        if !rules::allows(token.role(), needed) {
+            return Err(Status::permission_denied(format!(
+                "token {} has the {} role; {path} needs the {needed} role",
+                token.id(),
+                token.role()
+            )));
+        }
+        Ok(Caller {
+            token: Arc::new(token.clone()),
+        })
+    }
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for Guarded<S>
+where
+    S: tower_service::Service<
+            http::Request<B>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        > + Send,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let Some(tokens) = &self.tokens else {
+            return Box::pin(self.inner.call(request));
+        };
+        match self.check(tokens, &request) {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                Box::pin(self.inner.call(request))
+            }
+            Err(status) => {
+                tracing::warn!(
+                    target: "mawex::audit",
+                    call = request.uri().path(),
+                    peer = %peer(&request),
+                    code = ?status.code(),
+                    reason = status.message(),
+                    "call refused"
+                );
+                let response = status.into_http();
+                Box::pin(std::future::ready(Ok(response)))
+            }
+        }
+    }
+}

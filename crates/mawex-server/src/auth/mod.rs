@@ -1,0 +1,54 @@
+//! Who may call what: bearer tokens with roles, checked in front of both mawex services.
+//!
+//! A call carries `authorization: Bearer <secret>`. The guard finds its token, checks the
+//! role the RPC needs (`rules.rs`, one table), and hands the caller on to the service as a
+//! [`Caller`] in the request's extensions, where the services check groups and pod ids.
+//! Refusals and admin actions are logged on the `mawex::audit` target with the token's id,
+//! never its secret.
+
+mod guard;
+mod rules;
+mod tokens;
+
+pub(crate) use guard::Guarded;
+pub use tokens::{generate_token, hash_secret, Role, TokenEntry, TokenStore, Tokens};
+
+use std::sync::Arc;
+
+use mawex_api::GroupName;
+use tonic::Status;
+
+/// The authenticated caller of a request, as the services see it.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    pub(crate) token: Arc<TokenEntry>,
+}
+
+impl Caller {
+    /// The caller of `request`, if the server checks tokens.
+    pub(crate) fn of<T>(request: &tonic::Request<T>) -> Option<&Caller> {
+        request.extensions().get::<Caller>()
+    }
+
+    /// Refuses `group` unless the token may use it.
+    pub(crate) fn check_group(&self, group: &GroupName) -> Result<(), Status> {
+        if self.token.allows_group(group) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "token {} may not use group {group}",
+                self.token.id()
+            )))
+        }
+    }
+}
+
+/// Refuses `group` for a caller whose token may not use it; anyone may without tokens.
+pub(crate) fn check_group(caller: Option<&Caller>, group: &GroupName) -> Result<(), Status> {
+    caller.map_or(Ok(()), |c| c.check_group(group))
+}
+
+/// The token id of a caller, for logs (`-` without tokens).
+pub(crate) fn token_id(caller: Option<&Caller>) -> &str {
+    caller.map_or("-", |c| c.token.id())
+}

@@ -1,0 +1,61 @@
+//! Which role each RPC needs: one table, so that a call without a rule is refused and a test
+//! over the service descriptors finds it.
+
+use super::tokens::Role;
+
+/// The RPCs a `client` token may call; an `admin` token may call them too.
+const CLIENT: &[&str] = &[
+    "/mawex.v1.Master/Submit",
+    "/mawex.v1.Master/SubmitBatch",
+    "/mawex.v1.Master/Get",
+    "/mawex.v1.Master/Cancel",
+    "/mawex.v1.Master/AwaitResult",
+    "/mawex.v1.Master/List",
+    "/mawex.v1.Master/StreamResults",
+];
+
+/// The RPCs only an `admin` token may call.
+const ADMIN: &[&str] = &[
+    "/mawex.v1.Master/FailedSummary",
+    "/mawex.v1.Master/RetryFailed",
+    "/mawex.v1.Master/PurgeFailed",
+    "/mawex.v1.Master/ConfigureGroup",
+    "/mawex.v1.Master/GetGroupSettings",
+    "/mawex.v1.Master/UpdatePending",
+    "/mawex.v1.Master/CreateSchedule",
+    "/mawex.v1.Master/ListSchedules",
+    "/mawex.v1.Master/PauseSchedule",
+    "/mawex.v1.Master/DeleteSchedule",
+    "/mawex.v1.Master/FireBroadcast",
+    "/mawex.v1.Master/PlanBroadcast",
+    "/mawex.v1.Master/GetBroadcast",
+    "/mawex.v1.Master/ListBroadcasts",
+    "/mawex.v1.Master/WaitBroadcast",
+    "/mawex.v1.Master/ListBroadcastLocks",
+    "/mawex.v1.Master/ClearBroadcastLock",
+];
+
+/// The RPCs only a `pod` token may call.
+const POD: &[&str] = &["/mawex.v1.PodLink/Session"];
+
+/// The role an RPC (by its HTTP/2 path) needs, or `None` for a path without a rule.
+pub(crate) fn needed(path: &str) -> Option<Role> {
+    if CLIENT.contains(&path) {
+        Some(Role::Client)
+    } else if ADMIN.contains(&path) {
+        Some(Role::Admin)
+    } else if POD.contains(&path) {
+        Some(Role::Pod)
+    } else {
+        None
+    }
+}
+
+/// May `role` call what needs `needed`?
+pub(crate) fn allows(role: Role, needed: Role) -> bool {
+    match needed {
+        Role::Client => matches!(role, Role::Client | Role::Admin),
+        Role::Admin => role == Role::Admin,
+        Role::Pod => role == Role::Pod,
+    }
+}

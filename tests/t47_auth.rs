@@ -1,0 +1,307 @@
+//! Tokens with roles: every RPC of both services needs a token whose role allows it, client
+//! and pod tokens are held to their groups, and a pod id belongs to the credential that
+//! registered it.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod common;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use mawex::auth::{Role, TokenEntry, TokenStore, Tokens};
+use mawex::pod::{PodConnector, PodHello};
+use mawex::testing::proto;
+use mawex::{
+    ApiError, ChannelConfig, GrpcPodConnector, MasterProxy, RemoteConfig, RemoteMasterProxy,
+    RunningServer, Server, TaskSpec,
+};
+use prost::Message;
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const CLIENT: &str = "client-secret";
+const BUILDS_CLIENT: &str = "builds-client-secret";
+const ADMIN: &str = "admin-secret";
+const POD: &str = "pod-secret";
+const OTHER_POD: &str = "other-pod-secret";
+
+fn tokens() -> Tokens {
+    Tokens::new([
+        TokenEntry::new("client", Role::Client, CLIENT),
+        TokenEntry::new("builds-client", Role::Client, BUILDS_CLIENT).groups([group("builds")]),
+        TokenEntry::new("admin", Role::Admin, ADMIN),
+        TokenEntry::new("fleet", Role::Pod, POD)
+            .groups([group("builds")])
+            .pods(["builder-*"]),
+        TokenEntry::new("other-fleet", Role::Pod, OTHER_POD).groups([group("builds")]),
+    ])
+    .unwrap()
+}
+
+async fn serve(master: &TestMaster, tokens: TokenStore) -> RunningServer {
+    Server::new(master.master())
+        .tokens(tokens)
+        .start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// The role each RPC needs, written down here independently of the server's own table:
+/// an RPC added to the protocol without a line here fails the test.
+fn expected_role(path: &str) -> Role {
+    let method = path.rsplit('/').next().unwrap();
+    match method {
+        "Submit" | "SubmitBatch" | "Get" | "Cancel" | "AwaitResult" | "List" | "StreamResults" => {
+            Role::Client
+        }
+        "FailedSummary" | "RetryFailed" | "PurgeFailed" | "ConfigureGroup" | "GetGroupSettings"
+        | "UpdatePending" | "CreateSchedule" | "ListSchedules" | "PauseSchedule"
+        | "DeleteSchedule" | "FireBroadcast" | "PlanBroadcast" | "GetBroadcast"
+        | "ListBroadcasts" | "WaitBroadcast" | "ListBroadcastLocks" | "ClearBroadcastLock" => {
+            Role::Admin
+        }
+        "Session" => Role::Pod,
+        other => panic!("{path}: no expected role for RPC {other}; add it to this table"),
+    }
+}
+
+/// Every RPC path of the mawex services, from the descriptors the server publishes.
+fn every_rpc() -> Vec<String> {
+    let set = prost_types::FileDescriptorSet::decode(proto::FILE_DESCRIPTOR_SET).unwrap();
+    let mut paths = Vec::new();
+    for file in set.file {
+        let package = file.package().to_owned();
+        for service in file.service {
+            for method in &service.method {
+                paths.push(format!("/{package}.{}/{}", service.name(), method.name()));
+            }
+        }
+    }
+    paths
+}
+
+/// Calls `path` with an empty message (every message decodes from zero bytes) and returns
+/// the status code: what matters is whether the guard let the call through.
+async fn call(channel: &Channel, path: &str, token: Option<&str>) -> Code {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(proto::Empty {});
+    request.set_timeout(Duration::from_secs(10));
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    let codec = tonic_prost::ProstCodec::<proto::Empty, proto::Empty>::default();
+    let path = PathAndQuery::from_str(path).unwrap();
+    match grpc.unary(request, path, codec).await {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_needs_a_token_whose_role_allows_it() {
+    let master = TestMaster::start().await;
+    let server = serve(&master, TokenStore::new(tokens())).await;
+    let channel = Channel::from_shared(server.endpoint())
+        .unwrap()
+        .connect_lazy();
+    let rpcs = every_rpc();
+    assert!(rpcs.len() > 20, "both services' RPCs: {rpcs:?}");
+    for path in &rpcs {
+        let needed = expected_role(path);
+        assert_eq!(
+            call(&channel, path, None).await,
+            Code::Unauthenticated,
+            "{path}, no token"
+        );
+        assert_eq!(
+            call(&channel, path, Some("made-up")).await,
+            Code::Unauthenticated,
+            "{path}, an unknown token"
+        );
+        for (secret, role) in [
+            (CLIENT, Role::Client),
+            (ADMIN, Role::Admin),
+            (POD, Role::Pod),
+        ] {
+            let allowed = match needed {
+                Role::Client => matches!(role, Role::Client | Role::Admin),
+                other => role == other,
+            };
+            let code = call(&channel, path, Some(secret)).await;
+            if allowed {
+                assert!(
+                    !matches!(code, Code::Unauthenticated | Code::PermissionDenied),
+                    "{path} with a {role} token was refused: {code:?}"
+                );
+            } else {
+                assert_eq!(code, Code::PermissionDenied, "{path} with a {role} token");
+            }
+        }
+    }
+    server.shutdown().await.unwrap();
+    master.shutdown().await;
+}
+
+fn remote(server: &RunningServer, token: &str) -> RemoteMasterProxy {
+    let mut config = RemoteConfig::default();
+    config.retry_for = Duration::from_secs(2);
+    config.channel = config.channel.with_token(token);
+    RemoteMasterProxy::with_config([server.endpoint()], config).unwrap()
+}
+
+fn pods(server: &RunningServer, token: &str) -> GrpcPodConnector {
+    let config = ChannelConfig::default().with_token(token);
+    GrpcPodConnector::with_config([server.endpoint()], config).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_token_limited_to_groups_uses_only_those() {
+    let master = TestMaster::start().await;
+    let server = serve(&master, TokenStore::new(tokens())).await;
+    let builds = remote(&server, BUILDS_CLIENT);
+    let ack = builds
+        .submit(TaskSpec::new(group("builds"), "noop", "x"))
+        .await
+        .expect("its own group");
+    let refused = builds
+        .submit(TaskSpec::new(group("deploys"), "noop", "x"))
+        .await;
+    assert!(
+        matches!(&refused, Err(ApiError::PermissionDenied(m)) if m.contains("deploys")),
+        "{refused:?}"
+    );
+    let other = remote(&server, ADMIN)
+        .submit(TaskSpec::new(group("deploys"), "noop", "x"))
+        .await
+        .unwrap();
+    assert!(builds.get(ack.id).await.is_ok());
+    for refused in [
+        builds.get(other.id).await.map(|_| ()),
+        builds.cancel(other.id).await.map(|_| ()),
+        builds.await_result(other.id).await.map(|_| ()),
+        builds.list(mawex::ListQuery::default()).await.map(|_| ()),
+        builds
+            .list(mawex::ListQuery::default().group(group("deploys")))
+            .await
+            .map(|_| ()),
+    ] {
+        assert!(
+            matches!(refused, Err(ApiError::PermissionDenied(_))),
+            "{refused:?}"
+        );
+    }
+    let page = builds
+        .list(mawex::ListQuery::default().group(group("builds")))
+        .await
+        .unwrap();
+    assert_eq!(page.tasks.len(), 1);
+    assert!(matches!(
+        builds.results(group("deploys"), None).await.map(|_| ()),
+        Err(ApiError::PermissionDenied(_))
+    ));
+    drop((builds, other));
+    server.shutdown().await.unwrap();
+    master.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_token_registers_only_its_groups_and_pods() {
+    let master = TestMaster::start().await;
+    let server = serve(&master, TokenStore::new(tokens())).await;
+    let fleet = pods(&server, POD);
+    let wrong_group = fleet
+        .connect(PodHello::new(pod_id("builder-1"), vec![group("deploys")]))
+        .await;
+    assert!(
+        matches!(&wrong_group, Err(ApiError::PermissionDenied(m)) if m.contains("deploys")),
+        "{:?}",
+        wrong_group.map(|_| ())
+    );
+    let wrong_id = fleet
+        .connect(PodHello::new(pod_id("db-1"), vec![group("builds")]))
+        .await;
+    assert!(
+        matches!(&wrong_id, Err(ApiError::PermissionDenied(m)) if m.contains("db-1")),
+        "{:?}",
+        wrong_id.map(|_| ())
+    );
+    let client = remote(&server, CLIENT);
+    assert!(matches!(
+        pods(&server, CLIENT)
+            .connect(PodHello::new(pod_id("builder-1"), vec![group("builds")]))
+            .await
+            .map(|_| ()),
+        Err(ApiError::PermissionDenied(_))
+    ));
+    drop(client);
+    server.shutdown().await.unwrap();
+    master.shutdown().await;
+}
+
+/// Another credential cannot take over a pod id: its hello is refused, and the pod that
+/// registered the id keeps its lease and records its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_credential_cannot_take_over_a_pod_id() {
+    let master = TestMaster::start().await;
+    let server = serve(&master, TokenStore::new(tokens())).await;
+    let admin = remote(&server, ADMIN);
+    let ack = admin
+        .submit(TaskSpec::new(group("builds"), "noop", "x"))
+        .await
+        .unwrap();
+    let owner = pods(&server, OTHER_POD)
+        .connect(PodHello::new(
+            pod_id("builder-shared"),
+            vec![group("builds")],
+        ))
+        .await
+        .unwrap();
+    let mut owner_inbox = owner.inbox;
+    let assigned = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match owner_inbox.recv().await {
+                Some(mawex::pod::MasterMessage::Assign { assignments, .. }) => break assignments,
+                Some(_) => continue,
+                None => panic!("the owner's session closed"),
+            }
+        }
+    })
+    .await
+    .expect("the owner is assigned the task");
+    let attempt = assigned[0].attempt.attempt;
+    let thief = pods(&server, POD)
+        .connect(PodHello::new(
+            pod_id("builder-shared"),
+            vec![group("builds")],
+        ))
+        .await;
+    assert!(
+        matches!(&thief, Err(ApiError::PermissionDenied(m)) if m.contains("another credential")),
+        "{:?}",
+        thief.map(|_| ())
+    );
+    // The owner still holds the lease and its result is recorded.
+    owner
+        .outbox
+        .send(mawex::pod::PodMessage::Finished {
+            attempt: mawex::pod::AttemptRef {
+                task: ack.id,
+                attempt,
+            },
+            outcome: Ok("mine".into()),
+        })
+        .unwrap();
+    let result = admin.await_result(ack.id).await.unwrap();
+    assert!(matches!(result.outcome, mawex::Outcome::Succeeded(ref out) if &out[..] == b"mine"));
+    drop(owner.outbox);
+    drop(Arc::new(admin));
+    server.shutdown().await.unwrap();
+    master.shutdown().await;
+}
