@@ -251,3 +251,40 @@ async fn streams_of_one_connection_are_bounded() {
     server.shutdown().await.expect("server stops");
     master.shutdown().await;
 }
+
+/// A socket that connects and says nothing cannot hold a connection for ever: it is closed
+/// after `first_bytes_timeout`, and its place goes to a real client.
+#[tokio::test]
+async fn a_silent_connection_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let master = TestMaster::start().await;
+    let mut config = mawex::ServerConfig::default();
+    config.max_connections = 1;
+    config.first_bytes_timeout = Duration::from_millis(300);
+    let server = Server::new(master.master())
+        .config(config)
+        .start("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("serve");
+    let mut silent = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .expect("connect");
+    common::wait_for("the silent connection to be counted", || {
+        let n = server.open_connections();
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    // The server speaks first (its HTTP/2 settings), then hangs up on a peer that doesn't.
+    let mut heard = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), silent.read_to_end(&mut heard))
+        .await
+        .expect("the server closes a silent connection");
+    let channel = common::wait_for("room for a real client", || {
+        let endpoint = server.endpoint();
+        async move { healthy_channel(&endpoint).await.ok() }
+    })
+    .await;
+    drop(channel);
+    server.shutdown().await.expect("server stops");
+    master.shutdown().await;
+}

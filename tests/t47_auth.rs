@@ -182,10 +182,30 @@ async fn a_client_token_limited_to_groups_uses_only_those() {
         .await
         .unwrap();
     assert!(builds.get(ack.id).await.is_ok());
+    // Another group's task answers as a task that does not exist would.
+    let missing = mawex::TaskId::new();
+    for (theirs, nobodys) in [
+        (
+            builds.get(other.id).await.map(|_| ()),
+            builds.get(missing).await.map(|_| ()),
+        ),
+        (
+            builds.cancel(other.id).await.map(|_| ()),
+            builds.cancel(missing).await.map(|_| ()),
+        ),
+        (
+            builds.await_result(other.id).await.map(|_| ()),
+            builds.await_result(missing).await.map(|_| ()),
+        ),
+    ] {
+        assert!(matches!(theirs, Err(ApiError::NotFound(_))), "{theirs:?}");
+        assert_eq!(
+            format!("{theirs:?}").replace(&other.id.to_string(), "ID"),
+            format!("{nobodys:?}").replace(&missing.to_string(), "ID"),
+            "the same answer as for a task that does not exist"
+        );
+    }
     for refused in [
-        builds.get(other.id).await.map(|_| ()),
-        builds.cancel(other.id).await.map(|_| ()),
-        builds.await_result(other.id).await.map(|_| ()),
         builds.list(mawex::ListQuery::default()).await.map(|_| ()),
         builds
             .list(mawex::ListQuery::default().group(group("deploys")))
@@ -302,6 +322,73 @@ async fn another_credential_cannot_take_over_a_pod_id() {
     assert!(matches!(result.outcome, mawex::Outcome::Succeeded(ref out) if &out[..] == b"mine"));
     drop(owner.outbox);
     drop(Arc::new(admin));
+    server.shutdown().await.unwrap();
+    master.shutdown().await;
+}
+
+/// The token file is watched: a token removed from it no longer admits new calls, and the
+/// pod session it had opened ends; a token added to it works without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_token_file_revokes_and_admits() {
+    use mawex::auth::hash_secret;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.toml");
+    let line = |id: &str, role: &str, secret: &str| {
+        format!(
+            "[[token]]\nid = \"{id}\"\nrole = \"{role}\"\nsha256 = \"{}\"\n",
+            hash_secret(secret)
+        )
+    };
+    std::fs::write(
+        &path,
+        line("fleet", "pod", POD) + &line("admin", "admin", ADMIN),
+    )
+    .unwrap();
+    let store = TokenStore::new(Tokens::from_file(&path).unwrap());
+    let watcher = store.watch(&path, Duration::from_millis(50));
+    let master = TestMaster::start().await;
+    let server = serve(&master, store).await;
+    let session = pods(&server, POD)
+        .connect(PodHello::new(pod_id("p-revoked"), vec![group("builds")]))
+        .await
+        .unwrap();
+    let mut inbox = session.inbox;
+    assert!(remote(&server, ADMIN)
+        .get(mawex::TaskId::new())
+        .await
+        .is_err_and(|e| matches!(e, ApiError::NotFound(_))));
+
+    // The pod token goes, a new admin secret comes.
+    std::fs::write(&path, line("admin", "admin", "rotated-admin-secret")).unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while inbox.recv().await.is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the revoked pod's session ended");
+    wait_for("the rotated secret to be accepted", || {
+        let proxy = remote(&server, "rotated-admin-secret");
+        async move {
+            matches!(
+                proxy.get(mawex::TaskId::new()).await,
+                Err(ApiError::NotFound(_))
+            )
+            .then_some(())
+        }
+    })
+    .await;
+    assert!(matches!(
+        remote(&server, ADMIN).get(mawex::TaskId::new()).await,
+        Err(ApiError::Unauthenticated(_))
+    ));
+    assert!(matches!(
+        pods(&server, POD)
+            .connect(PodHello::new(pod_id("p-revoked"), vec![group("builds")]))
+            .await
+            .map(|_| ()),
+        Err(ApiError::Unauthenticated(_))
+    ));
+    drop(session.outbox);
+    watcher.abort();
     server.shutdown().await.unwrap();
     master.shutdown().await;
 }

@@ -36,6 +36,17 @@ fn audit(caller: Option<&Caller>, action: &str, args: std::fmt::Arguments<'_>) {
     tracing::info!(target: "mawex::audit", token = token_id(caller), action, args = %args, "admin action");
 }
 
+/// A task outside the caller's groups answers as if it did not exist: a token limited to
+/// some groups learns nothing of the others' tasks.
+fn visible(caller: Option<&Caller>, view: &mawex_api::TaskView) -> Result<(), Status> {
+    match caller {
+        Some(c) if !c.token.allows_group(&view.spec.group) => {
+            Err(mawex_api::ApiError::task_not_found(view.spec.id).into())
+        }
+        _ => Ok(()),
+    }
+}
+
 impl ClientService {
     /// Refuses a task outside the caller's groups. Costs a read only for a token limited to
     /// some groups.
@@ -46,8 +57,7 @@ impl ClientService {
     ) -> Result<(), Status> {
         match caller {
             Some(c) if c.token.limited_to().is_some() => {
-                let view = self.proxy.get(id).await?;
-                c.check_group(&view.spec.group)
+                visible(caller, &self.proxy.get(id).await?)
             }
             _ => Ok(()),
         }
@@ -104,7 +114,7 @@ impl proto::master_server::Master for ClientService {
         let caller = Caller::of(&request).cloned();
         let id = task_id("id", &request.into_inner().id)?;
         let view = self.proxy.get(id).await?;
-        check_group(caller.as_ref(), &view.spec.group)?;
+        visible(caller.as_ref(), &view)?;
         Ok(Response::new(view.into()))
     }
 
@@ -383,9 +393,16 @@ impl proto::master_server::Master for ClientService {
             .results(group, request.after.map(ResultCursor))
             .await?;
         let stop = self.stop.clone();
+        // A stream ends when the server stops or its token is revoked.
+        let revoked = crate::auth::revoked(caller.as_ref());
         let results = results
             .map(|r| r.map(Into::into).map_err(Status::from))
-            .take_until(async move { stop.cancelled().await });
+            .take_until(async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = revoked => {}
+                }
+            });
         Ok(Response::new(Box::pin(results)))
     }
 }

@@ -2,6 +2,7 @@
 //! accepted with none left is closed at once (the client sees a reset and retries), so a
 //! flood of connections cannot grow the server's tasks and buffers without limit.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,13 +21,18 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 pub(crate) struct Counted<IO> {
     io: IO,
     _permit: OwnedSemaphorePermit,
+    /// Until the peer has sent its first bytes: a connection that says nothing is closed
+    /// when this fires, so silent sockets cannot hold every permit.
+    first_bytes: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// The connections of `incoming` that fit in `permits`; the others are closed on accept.
+/// A connection that sends nothing within `first_bytes_within` is closed.
 pub(crate) fn limit<IO, S>(
     incoming: S,
     permits: Arc<Semaphore>,
     max: usize,
+    first_bytes_within: Duration,
 ) -> impl Stream<Item = Result<Counted<IO>, io::Error>>
 where
     S: Stream<Item = Result<IO, io::Error>>,
@@ -40,6 +46,7 @@ where
                 Ok(permit) => Some(Ok(Counted {
                     io,
                     _permit: permit,
+                    first_bytes: Some(Box::pin(tokio::time::sleep(first_bytes_within))),
                 })),
                 Err(_) => {
                     refused_since_warning = refused_since_warning.saturating_add(1);
@@ -74,11 +81,27 @@ impl<IO: Connected> Connected for Counted<IO> {
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Some(deadline) = this.first_bytes.as_mut() {
+            match &read {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => this.first_bytes = None,
+                Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                    tracing::debug!("a connection sent nothing in time; closed");
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the peer sent nothing in time",
+                    )));
+                }
+                _ => {}
+            }
+        }
+        read
     }
 }
 

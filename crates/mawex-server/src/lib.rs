@@ -75,6 +75,12 @@ pub struct ServerConfig {
     /// Streams (calls in flight, pod sessions, result streams) one connection may open at
     /// once; a client opening more waits for one to end. Default: 1,024.
     pub max_concurrent_streams: u32,
+    /// A connection that sends nothing for this long after it was accepted is closed, so
+    /// silent sockets cannot hold every connection. Default: 10 s.
+    pub first_bytes_timeout: Duration,
+    /// Interval of HTTP/2 pings on each connection; a connection whose ping goes
+    /// unanswered for twice as long is closed. `None`: no pings. Default: 10 s.
+    pub http2_keepalive: Option<Duration>,
 }
 
 /// TLS of the server (rustls with the `ring` provider).
@@ -135,6 +141,8 @@ impl Default for ServerConfig {
             tls: None,
             max_connections: 10_000,
             max_concurrent_streams: 1024,
+            first_bytes_timeout: Duration::from_secs(10),
+            http2_keepalive: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -296,9 +304,10 @@ impl Server {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        if let Ok(addr) = listener.local_addr() {
-            self.check_exposure(addr)?;
-        }
+        let addr = listener
+            .local_addr()
+            .map_err(|e| ServerError::Config(format!("the listener has no local address: {e}")))?;
+        self.check_exposure(addr)?;
         let stop = CancellationToken::new();
         let serving = self.prepare(stop.clone()).await?;
         serving
@@ -421,7 +430,9 @@ impl Server {
             ));
         // TLS settings are checked here, so `start` reports bad ones before it returns.
         let mut transport = tonic::transport::Server::builder()
-            .max_concurrent_streams(self.config.max_concurrent_streams);
+            .max_concurrent_streams(self.config.max_concurrent_streams)
+            .http2_keepalive_interval(self.config.http2_keepalive)
+            .http2_keepalive_timeout(self.config.http2_keepalive.map(|d| d.saturating_mul(2)));
         if let Some(tls) = &self.config.tls {
             transport = transport
                 .tls_config(tls.config())
@@ -433,6 +444,7 @@ impl Server {
             transport,
             connections: Arc::new(Semaphore::new(max_connections)),
             max_connections,
+            first_bytes_timeout: self.config.first_bytes_timeout,
         })
     }
 }
@@ -445,6 +457,7 @@ struct Serving {
     /// A permit per open connection.
     connections: Arc<Semaphore>,
     max_connections: usize,
+    first_bytes_timeout: Duration,
 }
 
 impl Serving {
@@ -455,7 +468,12 @@ impl Serving {
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(self.tcp_keepalive);
-        let incoming = connections::limit(incoming, self.connections, self.max_connections);
+        let incoming = connections::limit(
+            incoming,
+            self.connections,
+            self.max_connections,
+            self.first_bytes_timeout,
+        );
         let mut transport = self.transport;
         transport
             .add_routes(self.routes)

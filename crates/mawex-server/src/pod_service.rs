@@ -85,13 +85,21 @@ impl proto::pod_link_server::PodLink for PodLinkService {
             e => e.into(),
         })?;
 
+        // A session ends when its token is revoked (removed or changed in the store).
+        let revoked = futures::future::FutureExt::shared(crate::auth::revoked(caller.as_ref()));
         // Pod → master. The session ends for the master when this task drops `outbox`.
         let stop = self.stop.clone();
+        let inbound_revoked = revoked.clone();
         tokio::spawn(async move {
+            let mut revoked = std::pin::pin!(inbound_revoked);
             loop {
                 let next = tokio::select! {
                     m = inbound.message() => m,
                     () = stop.cancelled() => break,
+                    () = &mut revoked => {
+                        warn!(target: "mawex::audit", %pod, "pod session ended: its token was revoked");
+                        break;
+                    }
                 };
                 match next {
                     Ok(Some(m)) => match PodFrame::try_from(m) {
@@ -120,7 +128,12 @@ impl proto::pod_link_server::PodLink for PodLinkService {
         let rest = ReceiverStream::new(inbox).map(|m| Ok(m.into()));
         let out = stream::once(async move { Ok(welcome.into()) })
             .chain(rest)
-            .take_until(async move { stop.cancelled().await });
+            .take_until(async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = revoked => {}
+                }
+            });
         Ok(Response::new(Box::pin(out)))
     }
 }

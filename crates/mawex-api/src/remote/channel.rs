@@ -166,11 +166,15 @@ impl ChannelConfig {
         self.token
             .as_ref()
             .map(|BearerToken(secret)| {
-                format!("Bearer {secret}").parse().map_err(|_| {
-                    ApiError::InvalidArgument(
-                        "the token must be printable ASCII without spaces".into(),
-                    )
-                })
+                let mut value: MetadataValue<Ascii> =
+                    format!("Bearer {secret}").parse().map_err(|_| {
+                        ApiError::InvalidArgument(
+                            "the token must be printable ASCII without spaces".into(),
+                        )
+                    })?;
+                // Kept out of HTTP/2 header compression tables.
+                value.set_sensitive(true);
+                Ok(value)
             })
             .transpose()
             .map(Bearer)

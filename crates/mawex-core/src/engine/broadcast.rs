@@ -464,9 +464,14 @@ impl Engine {
                 .iter()
                 .copied()
                 .map(|p| {
-                    let slots = *free
-                        .entry(p)
-                        .or_insert_with(|| self.pods.get(p).map_or(0, |e| e.free()));
+                    let slots = *free.entry(p).or_insert_with(|| {
+                        // Only a pod that serves the broadcast's group runs its steps
+                        // (a pod id can come back with other groups).
+                        self.pods
+                            .get(p)
+                            .filter(|e| e.groups.contains(&b.spec.group))
+                            .map_or(0, |e| e.free())
+                    });
                     (p, slots)
                 })
                 .filter(|(_, slots)| *slots > 0)
@@ -482,7 +487,11 @@ impl Engine {
         }
         // A usable source: finished with this version and (a pod) connected.
         let usable = |p: &PodId| {
-            (hosts || self.pods.get(p).is_some_and(|e| !e.draining))
+            (hosts
+                || self
+                    .pods
+                    .get(p)
+                    .is_some_and(|e| !e.draining && e.groups.contains(&b.spec.group)))
                 && broadcasts.has_version(&b.spec.app, p, &b.version)
         };
         let mut pulls: HashMap<Source, u32> = HashMap::new();

@@ -126,12 +126,13 @@ pub(crate) struct Engine {
     compiled: HashMap<ScheduleName, Compiled>,
     /// When each pod that is not connected now went away, for a lease (volatile).
     departed: HashMap<PodId, Timestamp>,
-    /// Pods away for longer than a lease that applied some version, by when they left:
-    /// what they applied is forgotten after the result retention (volatile; a restart
-    /// counts them away since its start).
+    /// Pods away for longer than a lease that applied some version or whose id a
+    /// credential owns, by when they left: both are forgotten after the result retention
+    /// (volatile; a restart counts pods with versions away since its start).
     away: Away,
-    /// The credential that registered each pod id, while the pod is connected or within a
-    /// lease of leaving (volatile): a hello with another credential is refused.
+    /// The credential that registered each pod id, while the pod is connected and for the
+    /// result retention after it left (volatile: after a restart the first credential to
+    /// say hello for an id owns it): a hello with another credential is refused.
     owners: HashMap<PodId, String>,
     /// When this engine started: a pod not seen since is away since then.
     started_at: Timestamp,

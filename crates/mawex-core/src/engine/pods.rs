@@ -70,8 +70,18 @@ impl Engine {
                 self.pods.len()
             )));
         }
-        let held: HashMap<TaskId, Attempt> =
-            hello.holding.iter().map(|r| (r.task, r.attempt)).collect();
+        // An attempt of a group the pod no longer serves is not its to keep: it runs again
+        // elsewhere (a pod id can come back with other groups, under another token even).
+        let held: HashMap<TaskId, Attempt> = hello
+            .holding
+            .iter()
+            .filter(|r| {
+                self.state
+                    .task(&r.task)
+                    .is_none_or(|e| hello.groups.contains(&e.spec.group))
+            })
+            .map(|r| (r.task, r.attempt))
+            .collect();
 
         // What the pod no longer holds, from an earlier session or from before a master
         // restart, runs elsewhere now rather than after a lease timeout.
@@ -126,6 +136,7 @@ impl Engine {
                 e.state == TaskState::Running
                     && e.attempt == r.attempt
                     && e.pod.as_ref() == Some(&hello.pod)
+                    && held.contains_key(&r.task)
             });
             if adoptable {
                 let lease = Lease {

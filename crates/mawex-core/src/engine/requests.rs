@@ -23,12 +23,13 @@ impl Engine {
     ) -> Result<Vec<SubmitAck>, ApiError> {
         let mut acks = Vec::with_capacity(specs.len());
         let mut fresh: HashMap<TaskId, usize> = HashMap::new();
-        // Dedup keys accepted earlier in this batch.
-        let mut fresh_keys: HashMap<&str, TaskId> = HashMap::new();
+        // Dedup keys accepted earlier in this batch, per group.
+        let mut fresh_keys: HashMap<(&GroupName, &str), TaskId> = HashMap::new();
         for (index, spec) in specs.iter().enumerate() {
             if let Some(dedup) = &spec.dedup {
-                let live = fresh_keys.get(dedup.key.as_str()).copied().or_else(|| {
-                    let holder = self.state.dedup_holder(&dedup.key)?;
+                let key = (&spec.group, dedup.key.as_str());
+                let live = fresh_keys.get(&key).copied().or_else(|| {
+                    let holder = self.state.dedup_holder(&spec.group, &dedup.key)?;
                     let within = match &holder.result {
                         None => true,
                         Some(r) => now < r.finished_at.saturating_add(dedup.window),
@@ -66,7 +67,7 @@ impl Engine {
                         })?;
                     fresh.insert(spec.id, index);
                     if let Some(dedup) = &spec.dedup {
-                        fresh_keys.insert(dedup.key.as_str(), spec.id);
+                        fresh_keys.insert((&spec.group, dedup.key.as_str()), spec.id);
                     }
                     acks.push(SubmitAck::new(spec.id, true));
                 }

@@ -184,7 +184,7 @@ fn pods_beyond_max_pods_are_refused() {
 }
 
 /// A pod id belongs to the credential that registered it while the pod is connected and
-/// for a lease after it left: a hello with another credential is refused and changes
+/// for the retention after it left: a hello with another credential is refused and changes
 /// nothing; after the lease the id is free.
 #[test]
 fn a_pod_id_belongs_to_the_credential_that_registered_it() {
@@ -210,14 +210,39 @@ fn a_pod_id_belongs_to_the_credential_that_registered_it() {
         "the owner keeps its session"
     );
     assert_eq!(e.state().task(&a.id).unwrap().state, TaskState::Running);
-    // The owner reconnects; then it leaves, and after a lease the id is free.
+    // The owner reconnects; then it leaves. Past a lease the id is still its own (state
+    // may name the pod for as long as results are kept); past the retention it is free.
     e.pod_hello(3, with("fleet-a"), at(2), &mut out).unwrap();
     e.pod_disconnected(3, at(3));
     assert!(e.pod_hello(4, with("fleet-b"), at(4), &mut out).is_err());
-    let later = at(3 + LEASE.as_millis() as u64 + 1);
+    let after_lease = at(3 + 2 * LEASE.as_millis() as u64);
+    e.tick(after_lease, &mut out);
+    assert!(e
+        .pod_hello(5, with("fleet-b"), after_lease, &mut out)
+        .is_err());
+    let later = at(3 + 3_600_000 + 1);
     e.tick(later, &mut out);
-    e.pod_hello(5, with("fleet-b"), later, &mut out)
-        .expect("free after a lease");
+    e.pod_hello(6, with("fleet-b"), later, &mut out)
+        .expect("free after the retention");
+}
+
+/// A pod id that comes back serving other groups does not keep the attempts of a group it
+/// no longer serves: they are cancelled on the pod and run again elsewhere.
+#[test]
+fn a_pod_back_with_other_groups_keeps_no_attempt_of_the_old_ones() {
+    let a = spec("g");
+    let mut e = running(&a);
+    let mut out = Output::default();
+    e.pod_disconnected(1, at(1));
+    let mut back = hello("p1", &["other"], 1);
+    back.holding = vec![attempt(&a, 1)];
+    e.pod_hello(2, back, at(2), &mut out).unwrap();
+    assert!(out
+        .messages
+        .contains(&(2, MasterMessage::Cancel(attempt(&a, 1)))));
+    let entry = e.state().task(&a.id).unwrap();
+    assert_eq!(entry.state, TaskState::Pending, "back in its queue");
+    assert_eq!(entry.pod, None);
 }
 
 /// Pods that say hello once and leave for good are not remembered past a lease.
@@ -260,6 +285,26 @@ mod submit {
                 },
             ]
         );
+    }
+
+    /// Dedup keys are per group: one group's key never suppresses another group's submit
+    /// (nor tells it the other task's id), in one batch or across batches and a load.
+    #[test]
+    fn dedup_keys_of_different_groups_never_meet() {
+        let window = Duration::from_secs(60);
+        let mut e = engine();
+        let mut out = Output::default();
+        let a = spec("a").with_dedup("nightly", window);
+        let b = spec("b").with_dedup("nightly", window);
+        let acks = e.submit(vec![a.clone(), b.clone()], T0, &mut out).unwrap();
+        assert!(acks.iter().all(|ack| ack.created), "{acks:?}");
+        let again = spec("b").with_dedup("nightly", window);
+        let acks = e.submit(vec![again], at(1), &mut out).unwrap();
+        assert!(acks[0].deduplicated);
+        assert_eq!(acks[0].id, b.id, "held within its own group");
+        let mut loaded = e.state().clone();
+        loaded.rebuild_indexes();
+        assert_eq!(&loaded, e.state());
     }
 
     /// The task that holds a dedup key is the last one accepted with it, whatever the ids

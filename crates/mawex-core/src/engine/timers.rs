@@ -44,16 +44,13 @@ impl Engine {
         // A pod that applied some version is remembered longer (see `away`), so that it is
         // not caught up again when it comes back.
         let lease = self.config.lease_timeout;
-        // Its id is free for another credential once its lease is over.
-        let (broadcasts, away, owners) =
-            (self.state.broadcasts(), &mut self.away, &mut self.owners);
+        // So is the credential that owns its id: the journaled state (versions, targets)
+        // still names the pod, so the id stays with its credential as long as that lasts.
+        let (broadcasts, away, owners) = (self.state.broadcasts(), &mut self.away, &self.owners);
         self.departed.retain(|pod, since| {
             let keep = since.saturating_add(lease) > now;
-            if !keep {
-                owners.remove(pod);
-                if broadcasts.has_applied_any(pod) {
-                    away.insert(pod.clone(), *since);
-                }
+            if !keep && (broadcasts.has_applied_any(pod) || owners.contains_key(pod)) {
+                away.insert(pod.clone(), *since);
             }
             keep
         });
@@ -86,13 +83,18 @@ impl Engine {
             if !ids.is_empty() {
                 self.emit(Event::BroadcastsForgotten { ids }, out);
             }
-            let pods: Vec<PodId> = self
+            let gone: Vec<PodId> = self
                 .away
                 .take_before(Timestamp(cutoff), FORGET_PER_TICK)
                 .into_iter()
-                .filter(|pod| {
-                    !self.pods.contains_key(pod) && self.state.broadcasts().has_applied_any(pod)
-                })
+                .filter(|pod| !self.pods.contains_key(pod))
+                .collect();
+            for pod in &gone {
+                self.owners.remove(pod);
+            }
+            let pods: Vec<PodId> = gone
+                .into_iter()
+                .filter(|pod| self.state.broadcasts().has_applied_any(pod))
                 .collect();
             if !pods.is_empty() {
                 self.emit(Event::PodsForgotten { pods }, out);

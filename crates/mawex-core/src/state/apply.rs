@@ -46,7 +46,8 @@ impl MasterState {
                 entry.round = rounds.next_for(entry.fairness_key());
                 rounds.add(entry.fairness_key(), entry.round);
                 if let Some(dedup) = &spec.dedup {
-                    self.dedup.insert(dedup.key.clone(), spec.id);
+                    self.dedup
+                        .insert((spec.group.clone(), dedup.key.clone()), spec.id);
                 }
                 self.counts.moved(None, Some(TaskState::Pending));
                 self.enqueue(&entry);
@@ -175,6 +176,7 @@ impl MasterState {
                         .group
                         .as_ref()
                         .is_some_and(|g| *g != entry.spec.group);
+                    let from = entry.spec.group.clone();
                     if let Some(group) = &change.group {
                         entry.spec.group = group.clone();
                     }
@@ -193,7 +195,15 @@ impl MasterState {
                         rounds.add(entry.fairness_key(), entry.round);
                     }
                     self.enqueue(&entry);
+                    let key = entry.spec.dedup.as_ref().map(|d| d.key.clone());
                     self.tasks.insert(*id, entry);
+                    if let (true, Some(key)) = (moved, key) {
+                        // Dedup keys are per group: the key changes hands in both groups,
+                        // as a rebuild from the tasks would have it.
+                        self.recompute_dedup_holder(&from, &key);
+                        let to = change.group.clone().unwrap_or(from);
+                        self.recompute_dedup_holder(&to, &key);
+                    }
                 }
             }
             Event::ScheduleCreated { spec, at } => {
@@ -310,8 +320,9 @@ impl MasterState {
                         self.results.remove(&result.seq);
                     }
                     if let Some(dedup) = &entry.spec.dedup {
-                        if self.dedup.get(&dedup.key) == Some(id) {
-                            self.dedup.remove(&dedup.key);
+                        let key = (entry.spec.group.clone(), dedup.key.clone());
+                        if self.dedup.get(&key) == Some(id) {
+                            self.dedup.remove(&key);
                         }
                     }
                     self.counts.moved(Some(entry.state), None);

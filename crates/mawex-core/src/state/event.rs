@@ -193,7 +193,8 @@ pub enum Event {
     },
     /// Pods away for longer than the result retention: which versions they applied is
     /// forgotten, so pod names seen once do not stay for ever. Such a pod, should it come
-    /// back, is caught up like a new one. (Appended in record format 6.)
+    /// back, is caught up like a new one (a finished tree-order target of its app's latest
+    /// broadcast keeps that target). (Appended in record format 6.)
     PodsForgotten {
         /// The pods.
         pods: Vec<PodId>,

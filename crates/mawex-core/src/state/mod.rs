@@ -58,9 +58,9 @@ pub struct MasterState {
     /// Running tasks per group, for per-group concurrency ceilings.
     #[serde(skip)]
     running_by_group: HashMap<GroupName, u32>,
-    /// The latest task of each dedup key.
+    /// The latest task of each dedup key, per group: keys of one group never meet another's.
     #[serde(skip)]
-    dedup: HashMap<String, TaskId>,
+    dedup: HashMap<(GroupName, String), TaskId>,
     /// Fairness rounds of live tasks, per group.
     #[serde(skip)]
     rounds: HashMap<GroupName, Rounds>,
@@ -140,6 +140,25 @@ impl MasterState {
         queued.chain(delayed).collect()
     }
 
+    /// Sets the holder of dedup `key` in `group` to the last task accepted with it, as
+    /// `rebuild_indexes` picks it (a scan of the tasks: only when a task with a key moves
+    /// to another group).
+    pub(crate) fn recompute_dedup_holder(&mut self, group: &GroupName, key: &str) {
+        let holder = self
+            .tasks
+            .iter()
+            .filter(|(_, e)| {
+                e.spec.group == *group && e.spec.dedup.as_ref().is_some_and(|d| d.key == key)
+            })
+            .max_by_key(|(_, e)| e.order)
+            .map(|(id, _)| *id);
+        let index_key = (group.clone(), key.to_owned());
+        match holder {
+            Some(id) => self.dedup.insert(index_key, id),
+            None => self.dedup.remove(&index_key),
+        };
+    }
+
     /// Rebuilds the derived indexes (queues, result log, counts) from the tasks.
     pub(crate) fn rebuild_indexes(&mut self) {
         self.broadcasts.rebuild_index();
@@ -168,12 +187,13 @@ impl MasterState {
             if let Some(dedup) = &entry.spec.dedup {
                 // The last one accepted with a key holds it, as in `apply`. Not the highest
                 // id: ids are chosen by clients, so they need not follow acceptance.
-                let later = match self.dedup.get(&dedup.key).and_then(|h| tasks.get(h)) {
+                let key = (entry.spec.group.clone(), dedup.key.clone());
+                let later = match self.dedup.get(&key).and_then(|h| tasks.get(h)) {
                     Some(holder) => entry.order > holder.order,
                     None => true,
                 };
                 if later {
-                    self.dedup.insert(dedup.key.clone(), *id);
+                    self.dedup.insert(key, *id);
                 }
             }
             // Broadcast targets are never queued and hold no round (see `add_target_task`).

@@ -67,9 +67,11 @@ impl MasterState {
                 .is_none_or(|max| self.running_in(group) < max)
     }
 
-    /// The task deduplicating submits of `key`, if any.
-    pub(crate) fn dedup_holder(&self, key: &str) -> Option<&TaskEntry> {
-        self.dedup.get(key).and_then(|id| self.tasks.get(id))
+    /// The task deduplicating submits of `key` in `group`, if any.
+    pub(crate) fn dedup_holder(&self, group: &GroupName, key: &str) -> Option<&TaskEntry> {
+        self.dedup
+            .get(&(group.clone(), key.to_owned()))
+            .and_then(|id| self.tasks.get(id))
     }
 
     /// Failed tasks matching `filter`, in id order.

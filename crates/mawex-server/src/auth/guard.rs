@@ -45,7 +45,7 @@ fn peer<B>(request: &http::Request<B>) -> String {
 
 impl<S> Guarded<S> {
     /// The caller of `request`, or the status that refuses it.
-    fn check<B>(&self, tokens: &TokenStore, request: &http::Request<B>) -> Result<Caller, Status> {
+    fn check<B>(&self, store: &TokenStore, request: &http::Request<B>) -> Result<Caller, Status> {
         let path = request.uri().path();
         let Some(needed) = rules::needed(path) else {
             return Err(Status::permission_denied(format!(
@@ -61,7 +61,7 @@ impl<S> Guarded<S> {
                 "a token is required: send `authorization: Bearer <token>`",
             ));
         };
-        let tokens = tokens.current();
+        let tokens = store.current();
         let Some(token) = tokens.find(secret.trim()) else {
             return Err(Status::unauthenticated("the token is not valid"));
         };
@@ -74,6 +74,7 @@ impl<S> Guarded<S> {
         }
         Ok(Caller {
             token: Arc::new(token.clone()),
+            store: store.clone(),
         })
     }
 }

@@ -22,9 +22,15 @@ use tonic::Status;
 #[derive(Debug, Clone)]
 pub(crate) struct Caller {
     pub(crate) token: Arc<TokenEntry>,
+    pub(crate) store: TokenStore,
 }
 
 impl Caller {
+    /// Resolves when the caller's token is removed or changed: long streams end then.
+    pub(crate) fn revoked(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.store.revoked(self.token.clone())
+    }
+
     /// The caller of `request`, if the server checks tokens.
     pub(crate) fn of<T>(request: &tonic::Request<T>) -> Option<&Caller> {
         request.extensions().get::<Caller>()
@@ -51,4 +57,12 @@ pub(crate) fn check_group(caller: Option<&Caller>, group: &GroupName) -> Result<
 /// The token id of a caller, for logs (`-` without tokens).
 pub(crate) fn token_id(caller: Option<&Caller>) -> &str {
     caller.map_or("-", |c| c.token.id())
+}
+
+/// Resolves when the token of `caller` is revoked; never without tokens.
+pub(crate) fn revoked(caller: Option<&Caller>) -> futures::future::BoxFuture<'static, ()> {
+    match caller {
+        Some(c) => Box::pin(c.revoked()),
+        None => Box::pin(std::future::pending()),
+    }
 }

@@ -17,14 +17,16 @@
 //! ```
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
 use mawex_api::{GroupName, PodId};
 use ring::rand::SecureRandom;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
+use tokio::sync::watch;
 
 use crate::ServerError;
 
@@ -120,11 +122,10 @@ impl TokenEntry {
 
     /// May a pod with this token register as `pod`?
     pub fn allows_pod(&self, pod: &PodId) -> bool {
-        let none = std::collections::BTreeMap::new();
         self.pods.as_ref().is_none_or(|patterns| {
             patterns
                 .iter()
-                .any(|p| mawex_api::broadcast::pod_matches(&none, Some(p), pod, &none))
+                .any(|p| mawex_api::broadcast::glob_matches(p, pod.as_str()))
         })
     }
 
@@ -304,7 +305,11 @@ pub fn hash_secret(secret: &str) -> String {
 }
 
 fn sha256(secret: &str) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+    sha256_bytes(secret.as_bytes())
+}
+
+fn sha256_bytes(bytes: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
     let mut out = [0u8; 32];
     out.copy_from_slice(digest.as_ref());
     out
@@ -326,35 +331,48 @@ fn parse_sha256(text: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// The tokens a server accepts: shared by every connection, replaceable while serving
-/// (calls already admitted finish under the set that admitted them). Cheap to clone.
+/// The tokens a server accepts: shared by every connection, replaceable while serving.
+/// New calls are checked against the current set; open pod sessions and result streams of
+/// a token that was removed or changed end. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct TokenStore {
-    current: Arc<RwLock<Arc<Tokens>>>,
+    current: Arc<watch::Sender<Arc<Tokens>>>,
 }
 
 impl TokenStore {
     /// A store holding `tokens`.
     pub fn new(tokens: Tokens) -> Self {
         TokenStore {
-            current: Arc::new(RwLock::new(Arc::new(tokens))),
+            current: Arc::new(watch::Sender::new(Arc::new(tokens))),
         }
     }
 
     /// The tokens now.
     pub fn current(&self) -> Arc<Tokens> {
-        match self.current.read() {
-            Ok(t) => t.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.current.borrow().clone()
     }
 
-    /// Replaces the tokens; new calls are checked against `tokens`.
+    /// Replaces the tokens; new calls are checked against `tokens`, and what a token no
+    /// longer in it (or changed) opened ends.
     pub fn replace(&self, tokens: Tokens) {
-        let tokens = Arc::new(tokens);
-        match self.current.write() {
-            Ok(mut t) => *t = tokens,
-            Err(poisoned) => *poisoned.into_inner() = tokens,
+        self.current.send_replace(Arc::new(tokens));
+    }
+
+    /// Resolves once `token` (as it is now) is no longer in the store.
+    pub(crate) fn revoked(
+        &self,
+        token: Arc<TokenEntry>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let mut tokens = self.current.subscribe();
+        async move {
+            loop {
+                if !tokens.borrow_and_update().entries.contains(&token) {
+                    return;
+                }
+                if tokens.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            }
         }
     }
 
@@ -371,23 +389,22 @@ impl TokenStore {
         Ok(n)
     }
 
-    /// Watches the token file at `path`, reloading it whenever its modification time or
-    /// size changes (checked every `every`), until the returned task is aborted or the
-    /// runtime ends. A file that does not parse is logged and the old tokens stay.
+    /// Watches the token file at `path`, reloading it whenever its content changes (read
+    /// every `every`, compared by hash: a rotated secret keeps the file's size, and mtimes
+    /// can be coarse), until the returned task is aborted or the runtime ends. A file that
+    /// does not parse is logged and the old tokens stay. Compares against the file as it is
+    /// when this is called, so a change made just after loading is not missed.
     pub fn watch(&self, path: impl Into<PathBuf>, every: Duration) -> tokio::task::JoinHandle<()> {
         let store = self.clone();
         let path = path.into();
+        let content = |path: &Path| std::fs::read(path).ok().map(|bytes| sha256_bytes(&bytes));
+        let mut seen = content(&path);
         tokio::spawn(async move {
-            let stamp = |path: &Path| -> Option<(SystemTime, u64)> {
-                let meta = std::fs::metadata(path).ok()?;
-                Some((meta.modified().ok()?, meta.len()))
-            };
-            let mut seen = stamp(&path);
             let mut ticks = tokio::time::interval(every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
-                let now = stamp(&path);
+                let now = content(&path);
                 if now == seen {
                     continue;
                 }
