@@ -47,6 +47,55 @@ struct Args {
     /// `broadcast`: how long one pull takes.
     #[arg(long, default_value_t = 200)]
     pull_ms: u64,
+    /// `grpc`: serve over TLS (a certificate authority made for the run).
+    #[arg(long)]
+    tls: bool,
+    /// `grpc`: require tokens (a client and a pod token made for the run).
+    #[arg(long)]
+    tokens: bool,
+}
+
+/// What the `grpc` scenario's server, client and pod are set up with.
+struct Security {
+    server_tls: Option<mawex::ServerTls>,
+    tokens: Option<mawex::auth::TokenStore>,
+    client: mawex::ChannelConfig,
+    pod: mawex::ChannelConfig,
+}
+
+/// TLS from a fresh authority and a server certificate for `localhost`, and a client and a
+/// pod token, as asked for.
+fn security(args: &Args) -> anyhow::Result<Security> {
+    use mawex::auth::{generate_token, Role, TokenEntry, TokenStore, Tokens};
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut out = Security {
+        server_tls: None,
+        tokens: None,
+        client: mawex::ChannelConfig::default(),
+        pod: mawex::ChannelConfig::default(),
+    };
+    if args.tls {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+        let key = KeyPair::generate()?;
+        let cert = CertificateParams::new(vec!["localhost".to_owned()])?.signed_by(&key, &ca)?;
+        out.server_tls = Some(mawex::ServerTls::new(cert.pem(), key.serialize_pem()));
+        let tls = mawex::ClientTls::new(ca.pem());
+        out.client = out.client.with_tls(tls.clone());
+        out.pod = out.pod.with_tls(tls);
+    }
+    if args.tokens {
+        let (client, _) = generate_token("bench-client", Role::Client)?;
+        let (pod, _) = generate_token("bench-pod", Role::Pod)?;
+        out.tokens = Some(TokenStore::new(Tokens::new([
+            TokenEntry::new("bench-client", Role::Client, &client),
+            TokenEntry::new("bench-pod", Role::Pod, &pod),
+        ])?));
+        out.client = out.client.with_token(client);
+        out.pod = out.pod.with_token(pod);
+    }
+    Ok(out)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -73,16 +122,37 @@ async fn run(args: &Args, transport: Transport, fair: bool) -> anyhow::Result<se
     let mut config = MasterConfig::default();
     config.snapshot_every = args.snapshot_every;
     let master = Master::builder().config(config).start(journal).await?;
+    let security = security(args)?;
     let server = match transport {
         Transport::Local => None,
-        Transport::Grpc => Some(Server::new(&master).start("127.0.0.1:0".parse()?).await?),
+        Transport::Grpc => {
+            let mut server = Server::new(&master);
+            if let Some(tls) = security.server_tls.clone() {
+                server = server.tls(tls);
+            }
+            if let Some(tokens) = security.tokens.clone() {
+                server = server.tokens(tokens);
+            }
+            Some(server.start("127.0.0.1:0".parse()?).await?)
+        }
     };
     let (proxy, connector): (Arc<dyn MasterProxy>, Arc<dyn PodConnector>) = match &server {
         None => (Arc::new(master.proxy()), Arc::new(master.pod_connector())),
-        Some(server) => (
-            Arc::new(RemoteMasterProxy::connect(&server.endpoint())?),
-            Arc::new(GrpcPodConnector::new(&server.endpoint())?),
-        ),
+        Some(server) => {
+            let endpoint = match security.server_tls {
+                Some(_) => format!("https://localhost:{}", server.local_addr().port()),
+                None => server.endpoint(),
+            };
+            let mut remote = mawex::RemoteConfig::default();
+            remote.channel = security.client.clone();
+            (
+                Arc::new(RemoteMasterProxy::with_config([endpoint.as_str()], remote)?),
+                Arc::new(GrpcPodConnector::with_config(
+                    [endpoint.as_str()],
+                    security.pod.clone(),
+                )?),
+            )
+        }
     };
     let group = GroupName::new("bench")?;
     let mut handlers = HandlerRegistry::new();
@@ -167,6 +237,8 @@ async fn run(args: &Args, transport: Transport, fair: bool) -> anyhow::Result<se
         "rtt_ms_p99": (percentile(&rtts, 0.99) * 1000.0).round() / 1000.0,
         "slots": args.slots,
         "prefetch": args.prefetch,
+        "tls": transport == Transport::Grpc && args.tls,
+        "tokens": transport == Transport::Grpc && args.tokens,
     }))
 }
 
