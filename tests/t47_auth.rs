@@ -28,6 +28,7 @@ const BUILDS_CLIENT: &str = "builds-client-secret";
 const ADMIN: &str = "admin-secret";
 const POD: &str = "pod-secret";
 const OTHER_POD: &str = "other-pod-secret";
+const CACHE_POD: &str = "cache-pod-secret";
 
 fn tokens() -> Tokens {
     Tokens::new([
@@ -38,6 +39,7 @@ fn tokens() -> Tokens {
             .groups([group("builds")])
             .pods(["builder-*"]),
         TokenEntry::new("other-fleet", Role::Pod, OTHER_POD).groups([group("builds")]),
+        TokenEntry::new("cache-fleet", Role::Pod, CACHE_POD).addresses(["*.cache.test:*"]),
     ])
     .unwrap()
 }
@@ -389,6 +391,48 @@ async fn a_reloaded_token_file_revokes_and_admits() {
     ));
     drop(session.outbox);
     watcher.abort();
+    server.shutdown().await.unwrap();
+    master.shutdown().await;
+}
+
+/// A pod may point others (broadcast pulls) only at itself: an advertised address must name
+/// the IP the pod connected from, or match its token's `addresses`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advertised_addresses_are_checked() {
+    let master = TestMaster::start().await;
+    let server = serve(&master, TokenStore::new(tokens())).await;
+    let hello = |name: &str, address: &str| {
+        let mut h = PodHello::new(pod_id(name), vec![group("builds")]);
+        h.address = Some(address.to_owned());
+        h
+    };
+    let fleet = pods(&server, POD);
+    let elsewhere = fleet.connect(hello("builder-1", "10.9.9.9:873")).await;
+    assert!(
+        matches!(&elsewhere, Err(ApiError::PermissionDenied(m))
+            if m.contains("advertises") && m.contains("127.0.0.1")),
+        "{:?}",
+        elsewhere.map(|_| ())
+    );
+    let named = fleet.connect(hello("builder-1", "evil.example:873")).await;
+    assert!(matches!(named, Err(ApiError::PermissionDenied(_))));
+    let itself = fleet
+        .connect(hello("builder-1", "127.0.0.1:873"))
+        .await
+        .expect("its own address");
+    let cache = pods(&server, CACHE_POD);
+    let listed = cache
+        .connect(hello("cache-1", "eu.cache.test:873"))
+        .await
+        .expect("an address its token lists");
+    assert!(matches!(
+        cache
+            .connect(hello("cache-2", "evil.example:873"))
+            .await
+            .map(|_| ()),
+        Err(ApiError::PermissionDenied(_))
+    ));
+    drop((itself.outbox, listed.outbox));
     server.shutdown().await.unwrap();
     master.shutdown().await;
 }

@@ -27,6 +27,51 @@ impl PodLinkService {
     }
 }
 
+/// The host of an advertised address: `host:port`, `[v6]:port`, a bare host, or a URL.
+fn advertised_host(address: &str) -> &str {
+    let rest = address.split_once("://").map_or(address, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            host
+        }
+        _ => authority,
+    }
+}
+
+/// A pod may point others only at itself: the address it advertises (where other pods
+/// pull a broadcast from) must name the IP it connected from, or match its token's
+/// `addresses`.
+fn check_advertised(
+    pod: &mawex_api::PodId,
+    address: &str,
+    peer: Option<std::net::SocketAddr>,
+    token: &crate::auth::TokenEntry,
+) -> Result<(), Status> {
+    if token.allows_address(address) {
+        return Ok(());
+    }
+    let same = |ip: std::net::IpAddr, peer: std::net::IpAddr| {
+        let canonical = |ip: std::net::IpAddr| ip.to_canonical();
+        canonical(ip) == canonical(peer) || (ip.is_loopback() && peer.is_loopback())
+    };
+    let host = advertised_host(address);
+    match (host.parse::<std::net::IpAddr>(), peer) {
+        (Ok(ip), Some(peer)) if same(ip, peer.ip()) => Ok(()),
+        _ => Err(Status::permission_denied(format!(
+            "pod {pod} advertises {address:?}, but connected from {}: a pod may advertise \
+             only the address it connects from, or one its token lists in `addresses`",
+            peer.map_or_else(|| "an unknown address".to_owned(), |p| p.ip().to_string())
+        ))),
+    }
+}
+
 /// Logs a refused hello on the audit target and gives the status back.
 fn refused(status: Status) -> Status {
     warn!(target: "mawex::audit", reason = status.message(), "pod hello refused");
@@ -44,6 +89,7 @@ impl proto::pod_link_server::PodLink for PodLinkService {
         request: Request<Streaming<proto::PodToMaster>>,
     ) -> Result<Response<ToPodStream>, Status> {
         let caller = crate::auth::Caller::of(&request).cloned();
+        let peer = request.remote_addr();
         let mut inbound = request.into_inner();
         // A peer that opens a stream and says nothing must not hold the server open.
         let first = tokio::select! {
@@ -71,6 +117,9 @@ impl proto::pod_link_server::PodLink for PodLinkService {
             }
             for group in &hello.groups {
                 caller.check_group(group).map_err(refused)?;
+            }
+            if let Some(address) = &hello.address {
+                check_advertised(&hello.pod, address, peer, token).map_err(refused)?;
             }
             hello.credential = Some(token.id().to_owned());
         }
@@ -135,5 +184,25 @@ impl proto::pod_link_server::PodLink for PodLinkService {
                 }
             });
         Ok(Response::new(Box::pin(out)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::advertised_host;
+
+    #[test]
+    fn the_host_of_an_advertised_address() {
+        for (address, host) in [
+            ("10.0.0.5:873", "10.0.0.5"),
+            ("10.0.0.5", "10.0.0.5"),
+            ("[fe80::1]:873", "fe80::1"),
+            ("fe80::1", "fe80::1"),
+            ("rsync://10.0.0.5:873/module", "10.0.0.5"),
+            ("http://user@cache.local:8080/x", "cache.local"),
+            ("cache.local", "cache.local"),
+        ] {
+            assert_eq!(advertised_host(address), host, "{address}");
+        }
     }
 }

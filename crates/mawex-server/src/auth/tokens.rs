@@ -13,6 +13,7 @@
 //! role = "pod"
 //! groups = ["builds"]
 //! pods = ["builder-*"]      # optional: the pod ids it may register (`*` and `?` globs)
+//! addresses = ["*.builders.internal:*"]  # optional: addresses its pods may advertise
 //! sha256 = "…"
 //! ```
 
@@ -61,6 +62,7 @@ pub struct TokenEntry {
     role: Role,
     groups: Option<BTreeSet<GroupName>>,
     pods: Option<Vec<String>>,
+    addresses: Option<Vec<String>>,
     sha256: [u8; 32],
 }
 
@@ -72,6 +74,7 @@ impl std::fmt::Debug for TokenEntry {
             .field("role", &self.role)
             .field("groups", &self.groups)
             .field("pods", &self.pods)
+            .field("addresses", &self.addresses)
             .finish_non_exhaustive()
     }
 }
@@ -84,6 +87,7 @@ impl TokenEntry {
             role,
             groups: None,
             pods: None,
+            addresses: None,
             sha256: sha256(secret),
         }
     }
@@ -98,6 +102,22 @@ impl TokenEntry {
     pub fn pods(mut self, patterns: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.pods = Some(patterns.into_iter().map(Into::into).collect());
         self
+    }
+
+    /// Lets the pods of a pod token advertise addresses matching one of `patterns` (`*`
+    /// and `?` globs over the whole address), besides the one they connect from.
+    pub fn addresses(mut self, patterns: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.addresses = Some(patterns.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// May a pod of this token advertise `address` without connecting from it?
+    pub fn allows_address(&self, address: &str) -> bool {
+        self.addresses.as_ref().is_some_and(|patterns| {
+            patterns
+                .iter()
+                .any(|p| mawex_api::broadcast::glob_matches(p, address))
+        })
     }
 
     /// The id shown in logs.
@@ -142,8 +162,11 @@ impl TokenEntry {
                 self.id
             ));
         }
-        if self.role != Role::Pod && self.pods.is_some() {
-            return Err(format!("token {}: only pod tokens name pods", self.id));
+        if self.role != Role::Pod && (self.pods.is_some() || self.addresses.is_some()) {
+            return Err(format!(
+                "token {}: only pod tokens name pods and addresses",
+                self.id
+            ));
         }
         Ok(())
     }
@@ -169,6 +192,7 @@ struct TokenLine {
     role: Role,
     groups: Option<Vec<String>>,
     pods: Option<Vec<String>>,
+    addresses: Option<Vec<String>>,
     sha256: String,
 }
 
@@ -237,6 +261,7 @@ impl Tokens {
                     role: line.role,
                     groups,
                     pods: line.pods,
+                    addresses: line.addresses,
                     sha256,
                 })
             })
