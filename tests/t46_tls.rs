@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 mod common;
+#[path = "common/pki.rs"]
+mod pki;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,33 +15,7 @@ use mawex::{
     ApiError, ChannelConfig, ClientTls, GrpcPodConnector, MasterProxy, Outcome, Pod, PodConfig,
     RemoteConfig, RemoteMasterProxy, Server, ServerError, ServerTls, TaskSpec,
 };
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-
-/// A certificate authority, a server certificate for `localhost` and a client certificate.
-struct Pki {
-    ca: String,
-    server: (String, String),
-    client: (String, String),
-}
-
-fn new_pki() -> Pki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let leaf = |name: &str| {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec![name.to_owned()])
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    Pki {
-        server: leaf("localhost"),
-        client: leaf("pod-1.mawex.test"),
-        ca: ca.pem(),
-    }
-}
+use pki::new_pki;
 
 fn remote(endpoint: &str, channel: ChannelConfig) -> Result<RemoteMasterProxy, ApiError> {
     let mut config = RemoteConfig::default();
