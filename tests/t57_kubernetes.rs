@@ -9,6 +9,8 @@ mod common;
 mod fake_k8s;
 
 use std::collections::BTreeSet;
+
+use base64::Engine as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,7 +42,7 @@ fn suite_sandbox(client: kube::Client, ns: &str) -> KubernetesJobSandbox {
     sandbox
         .command(
             "echo",
-            sh("printf %s \"$MAWEX_PAYLOAD\" | base64 -d > /dev/termination-log"),
+            sh("cat \"$MAWEX_PAYLOAD_FILE\" > /dev/termination-log"),
         )
         .unwrap()
         .command("fail", sh("echo something went wrong >&2; exit 3"))
@@ -139,7 +141,7 @@ async fn conformance_against_a_fake_cluster() {
             "MAWEX_ATTEMPT",
             "MAWEX_GROUP",
             "MAWEX_HANDLER",
-            "MAWEX_PAYLOAD",
+            "MAWEX_PAYLOAD_FILE",
             "LOG_LEVEL",
         ]
         .map(String::from)
@@ -184,6 +186,53 @@ async fn conformance_against_a_fake_cluster() {
         assert_eq!(deletion.propagation.as_deref(), Some("Background"));
     }
     assert!(fake.live_jobs().is_empty());
+
+    // The payload is in no Job: each has a Secret of its own, owned by the Job and mounted
+    // in its container, and the Secrets went with their Jobs.
+    let secrets = fake.created_secrets();
+    assert_eq!(secrets.len(), created.len(), "a Secret per Job");
+    for (job, secret) in created.iter().zip(&secrets) {
+        let name = job.metadata.name.clone().unwrap();
+        assert_eq!(secret.metadata.name.as_deref(), Some(name.as_str()));
+        let owners = secret.metadata.owner_references.clone().unwrap();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(
+            (owners[0].kind.as_str(), owners[0].name.as_str()),
+            ("Job", name.as_str())
+        );
+        assert_eq!(
+            owners[0].uid,
+            format!("uid-{name}"),
+            "owned by the Job as created"
+        );
+        assert!(secret.data.as_ref().unwrap().contains_key("payload"));
+        let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let volume = &pod.volumes.as_ref().unwrap()[0];
+        assert_eq!(
+            volume.secret.as_ref().unwrap().secret_name.as_deref(),
+            Some(name.as_str())
+        );
+        let container = &pod.containers[0];
+        let mount = &container.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            ("/var/run/mawex", Some(true))
+        );
+        let env = container.env.clone().unwrap();
+        let file = env.iter().find(|e| e.name == "MAWEX_PAYLOAD_FILE").unwrap();
+        assert_eq!(file.value.as_deref(), Some("/var/run/mawex/payload"));
+        let payload = secret.data.as_ref().unwrap()["payload"].0.clone();
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&payload);
+        let raw = String::from_utf8_lossy(&payload).into_owned();
+        assert!(
+            env.iter().all(|e| {
+                let value = e.value.clone().unwrap_or_default();
+                payload.is_empty() || (value != raw && value != encoded)
+            }),
+            "the payload is not in the Job's environment: {env:?}"
+        );
+    }
+    assert!(fake.live_secrets().is_empty(), "deleted with their Jobs");
     let logs = fake.log_queries();
     assert!(!logs.is_empty());
     for query in logs {

@@ -1,5 +1,6 @@
 //! A fake Kubernetes API server for the Job sandbox: exactly the endpoints it uses (create,
-//! get, watch and delete Jobs; list pods by label; pod logs), on 127.0.0.1.
+//! get, watch and delete Jobs; create Secrets, deleted with the Job that owns them; list pods
+//! by label; pod logs), on 127.0.0.1. A Job's payload is read from its Secret.
 //!
 //! A created Job "runs" by its `MAWEX_HANDLER`:
 //! - `echo`: exits 0 with the payload as termination message;
@@ -26,10 +27,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use base64::Engine as _;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodStatus,
+    ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodStatus, Secret,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use mawex::sandbox::executor::Report;
@@ -49,6 +49,8 @@ pub struct Deletion {
 #[derive(Default)]
 struct Cluster {
     jobs: HashMap<String, Job>,
+    secrets: HashMap<String, Secret>,
+    created_secrets: Vec<Secret>,
     pods: HashMap<String, Pod>,
     logs: HashMap<String, String>,
     created: Vec<Job>,
@@ -90,6 +92,10 @@ impl FakeKubernetes {
                 "/apis/batch/v1/namespaces/{ns}/jobs/{name}",
                 get(get_job).delete(delete_job),
             )
+            .route(
+                "/api/v1/namespaces/{ns}/secrets",
+                axum::routing::post(create_secret),
+            )
             .route("/api/v1/namespaces/{ns}/pods", get(list_pods))
             .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(pod_log))
             .with_state(fake.clone());
@@ -112,6 +118,16 @@ impl FakeKubernetes {
     /// Every DELETE received.
     pub fn deleted(&self) -> Vec<Deletion> {
         self.lock().deleted.clone()
+    }
+
+    /// Every Secret as it was created.
+    pub fn created_secrets(&self) -> Vec<Secret> {
+        self.lock().created_secrets.clone()
+    }
+
+    /// Names of the Secrets that exist now.
+    pub fn live_secrets(&self) -> Vec<String> {
+        self.lock().secrets.keys().cloned().collect()
     }
 
     /// Names of the Jobs that exist now.
@@ -142,6 +158,16 @@ impl FakeKubernetes {
         let name = job.metadata.name.clone().unwrap_or_default();
         if kind == "DELETED" {
             c.jobs.remove(&name);
+            // The garbage collector: what the Job owned goes with it.
+            let uid = job.metadata.uid.clone();
+            c.secrets.retain(|_, secret| {
+                !secret
+                    .metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|o| o.kind == "Job" && Some(&o.uid) == uid.as_ref())
+            });
             c.pods
                 .retain(|_, pod| label(pod, "mawex.io/job") != Some(&name));
         } else {
@@ -166,10 +192,21 @@ impl FakeKubernetes {
             .map(|e| (e.name, e.value.unwrap_or_default()))
             .collect();
         let handler = env.get("MAWEX_HANDLER").cloned().unwrap_or_default();
-        let payload = base64::engine::general_purpose::STANDARD
-            .decode(env.get("MAWEX_PAYLOAD").cloned().unwrap_or_default())
-            .expect("payload is base64");
-        let payload = String::from_utf8_lossy(&payload).into_owned();
+        // As a kubelet would, the pod waits for the Secret its payload is mounted from.
+        let mut payload = None;
+        for _ in 0..500 {
+            payload = self.lock().secrets.get(&name).and_then(|s| {
+                let data = s.data.as_ref()?.get("payload")?;
+                Some(String::from_utf8_lossy(&data.0).into_owned())
+            });
+            if payload.is_some() || self.current(&name).is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let Some(payload) = payload else {
+            return;
+        };
         tokio::time::sleep(Duration::from_millis(30)).await;
         let Some(mut running) = self.current(&name) else {
             return;
@@ -318,6 +355,30 @@ async fn create_job(
     let delay = fake.lock().create_answer_delay;
     tokio::time::sleep(delay).await;
     (StatusCode::CREATED, Json(job)).into_response()
+}
+
+async fn create_secret(
+    State(fake): State<FakeKubernetes>,
+    Path(ns): Path<String>,
+    body: Bytes,
+) -> Response {
+    let mut secret: Secret = match serde_json::from_slice(&body) {
+        Ok(secret) => secret,
+        Err(e) => return status(400, "BadRequest", e.to_string()),
+    };
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let mut c = fake.lock();
+    if c.secrets.contains_key(&name) {
+        return status(
+            409,
+            "AlreadyExists",
+            format!("secrets {name:?} already exists"),
+        );
+    }
+    c.created_secrets.push(secret.clone());
+    secret.metadata.namespace = Some(ns);
+    c.secrets.insert(name, secret.clone());
+    (StatusCode::CREATED, Json(secret)).into_response()
 }
 
 async fn get_job(

@@ -1,8 +1,8 @@
 //! Executor mode: the application's own binary running one attempt inside a Kubernetes Job
 //! container, and the one-line report it leaves behind.
 //!
-//! The Job's container gets the attempt in its environment ([`EXECUTOR_ENV`] marks it, the
-//! payload is base64 in `MAWEX_PAYLOAD`). [`crate::run_if_child`] sees the marker, runs the
+//! The Job's container gets the attempt in its environment ([`EXECUTOR_ENV`] marks it; the
+//! payload is the file named by `MAWEX_PAYLOAD_FILE`, or base64 in `MAWEX_PAYLOAD`). [`crate::run_if_child`] sees the marker, runs the
 //! handler and writes a [`Report`] line to the container's termination message file (when it
 //! fits Kubernetes' 4 KiB) and, always, as the last line of standard output, which the
 //! sandbox reads when the termination message is empty.
@@ -32,6 +32,9 @@ pub const GROUP_ENV: &str = "MAWEX_GROUP";
 pub const HANDLER_ENV: &str = "MAWEX_HANDLER";
 /// The payload, base64 (standard alphabet, padded).
 pub const PAYLOAD_ENV: &str = "MAWEX_PAYLOAD";
+/// The path of a file holding the payload, raw (Kubernetes Jobs: a Secret mounted in the
+/// container, so that the payload is not in the Job's spec for everyone who can read Jobs).
+pub const PAYLOAD_FILE_ENV: &str = "MAWEX_PAYLOAD_FILE";
 /// Where the report goes besides stdout (default: Kubernetes' `/dev/termination-log`).
 pub const TERMINATION_LOG_ENV: &str = "MAWEX_TERMINATION_LOG";
 
@@ -136,9 +139,13 @@ pub fn run_attempt(
 ) -> Result<Report, String> {
     let var = |name: &str| env(name).ok_or_else(|| format!("{name} is not set"));
     let handler = var(HANDLER_ENV)?;
-    let payload = BASE64
-        .decode(var(PAYLOAD_ENV)?)
-        .map_err(|e| format!("{PAYLOAD_ENV} is not base64: {e}"))?;
+    let payload = match env(PAYLOAD_FILE_ENV) {
+        Some(path) => std::fs::read(&path)
+            .map_err(|e| format!("{PAYLOAD_FILE_ENV} {path:?} cannot be read: {e}"))?,
+        None => BASE64
+            .decode(var(PAYLOAD_ENV)?)
+            .map_err(|e| format!("{PAYLOAD_ENV} is not base64: {e}"))?,
+    };
     let mut input = TaskInput::for_test(&handler, payload);
     if let Some(task) = env(TASK_ENV) {
         input.task = task
@@ -247,5 +254,28 @@ mod tests {
         assert!(run_attempt(&registry, env("not base64!", "upper"))
             .unwrap_err()
             .contains(PAYLOAD_ENV));
+
+        // From a file (a Kubernetes Secret mounted in the container), raw.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("payload");
+        std::fs::write(&file, b"from a secret").unwrap();
+        let path = file.display().to_string();
+        let from_file = |name: &str| match name {
+            HANDLER_ENV => Some("upper".to_owned()),
+            PAYLOAD_FILE_ENV => Some(path.clone()),
+            _ => None,
+        };
+        assert_eq!(
+            run_attempt(&registry, from_file),
+            Ok(Report::Ok(Bytes::from_static(b"FROM A SECRET")))
+        );
+        let missing = |name: &str| match name {
+            HANDLER_ENV => Some("upper".to_owned()),
+            PAYLOAD_FILE_ENV => Some("/nonexistent/payload".to_owned()),
+            _ => None,
+        };
+        assert!(run_attempt(&registry, missing)
+            .unwrap_err()
+            .contains(PAYLOAD_FILE_ENV));
     }
 }

@@ -5,8 +5,14 @@
 //! labelled with the task, group and attempt, with `backoffLimit: 0` (mawex does the retries),
 //! `activeDeadlineSeconds` from the task's timeout and `ttlSecondsAfterFinished` as a safety
 //! net. The container's environment is exactly the attempt's own variables
-//! (`MAWEX_TASK_ID`, `MAWEX_ATTEMPT`, `MAWEX_GROUP`, `MAWEX_HANDLER`, `MAWEX_PAYLOAD` in
-//! base64) plus what the configuration lists: nothing of the pod's own environment.
+//! (`MAWEX_TASK_ID`, `MAWEX_ATTEMPT`, `MAWEX_GROUP`, `MAWEX_HANDLER`, `MAWEX_PAYLOAD_FILE`)
+//! plus what the configuration lists: nothing of the pod's own environment.
+//!
+//! The payload is not in the Job: anyone who can read Jobs in the namespace could read it
+//! there. It goes into a Secret of the same name, created right after the Job and owned by
+//! it (so the cluster deletes it with the Job), mounted read-only in the container at
+//! `/var/run/mawex/payload` (`MAWEX_PAYLOAD_FILE`). The pod waits for the Secret before it
+//! starts. The service account of the sandbox needs to create Secrets as well as Jobs.
 //!
 //! A handler runs either as a **command** in an image of its own, or in **executor mode**:
 //! the application's own image, whose `main` calls [`crate::run_if_child`] first. The result
@@ -19,17 +25,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerStateTerminated, EnvVar, Pod, PodSpec, PodTemplateSpec,
-    ResourceRequirements,
+    Container, ContainerStateTerminated, EnvVar, KeyToPath, Pod, PodSpec, PodTemplateSpec,
+    ResourceRequirements, Secret, SecretVolumeSource, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, WatchEvent, WatchParams};
 use kube::Client;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +56,11 @@ pub const ATTEMPT_LABEL: &str = "mawex.io/attempt";
 pub const JOB_LABEL: &str = "mawex.io/job";
 /// The name of the container that runs the attempt.
 pub const CONTAINER: &str = "task";
+/// Where the attempt's payload is mounted in the container (from its Secret).
+pub const PAYLOAD_DIR: &str = "/var/run/mawex";
+/// The key of the payload in the attempt's Secret, and its file name in [`PAYLOAD_DIR`].
+pub const PAYLOAD_KEY: &str = "payload";
+const PAYLOAD_VOLUME: &str = "mawex-payload";
 
 /// CPU and memory, in Kubernetes quantities (`"500m"`, `"256Mi"`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -102,7 +112,7 @@ pub struct KubernetesConfig {
     pub limits: Resources,
     /// Finished Jobs left behind (should deletion fail) are removed by the cluster after this.
     pub ttl_after_finished: Duration,
-    /// Largest payload accepted (it travels base64 in the Job's environment).
+    /// Largest payload accepted (it travels in a Secret, which Kubernetes caps at 1 MiB).
     pub max_payload_bytes: usize,
     /// Largest output accepted.
     pub max_output_bytes: usize,
@@ -296,8 +306,8 @@ impl KubernetesJobSandbox {
             (executor::GROUP_ENV.to_owned(), input.group.to_string()),
             (executor::HANDLER_ENV.to_owned(), input.handler.clone()),
             (
-                executor::PAYLOAD_ENV.to_owned(),
-                BASE64.encode(&input.payload),
+                executor::PAYLOAD_FILE_ENV.to_owned(),
+                format!("{PAYLOAD_DIR}/{PAYLOAD_KEY}"),
             ),
         ]);
         env.extend(input.child_env(&[]).map(|(k, v)| (k.clone(), v.clone())));
@@ -343,7 +353,27 @@ impl KubernetesJobSandbox {
                 ..ResourceRequirements::default()
             }),
             termination_message_policy: Some("File".to_owned()),
+            volume_mounts: Some(vec![VolumeMount {
+                name: PAYLOAD_VOLUME.to_owned(),
+                mount_path: PAYLOAD_DIR.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            }]),
             ..Container::default()
+        };
+        let payload_volume = Volume {
+            name: PAYLOAD_VOLUME.to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: PAYLOAD_KEY.to_owned(),
+                    path: PAYLOAD_KEY.to_owned(),
+                    mode: None,
+                }]),
+                default_mode: Some(0o400),
+                optional: Some(false),
+            }),
+            ..Volume::default()
         };
         let pod_labels = {
             labels.insert(JOB_LABEL.to_owned(), name.clone());
@@ -373,6 +403,7 @@ impl KubernetesJobSandbox {
                         restart_policy: Some("Never".to_owned()),
                         service_account_name: self.config.service_account.clone(),
                         containers: vec![container],
+                        volumes: Some(vec![payload_volume]),
                         ..PodSpec::default()
                     }),
                 },
@@ -380,6 +411,39 @@ impl KubernetesJobSandbox {
             }),
             status: None,
         })
+    }
+
+    /// The Secret holding the payload of `input`, owned by its `job` (as created, with its
+    /// uid), so that the cluster deletes it with the Job.
+    pub fn secret_for(&self, input: &TaskInput, job: &Job) -> Secret {
+        let owner = OwnerReference {
+            api_version: "batch/v1".to_owned(),
+            kind: "Job".to_owned(),
+            name: job.metadata.name.clone().unwrap_or_default(),
+            uid: job.metadata.uid.clone().unwrap_or_default(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        };
+        Secret {
+            metadata: ObjectMeta {
+                name: job.metadata.name.clone(),
+                namespace: Some(self.config.namespace.clone()),
+                labels: job.metadata.labels.clone(),
+                owner_references: Some(vec![owner]),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([(
+                PAYLOAD_KEY.to_owned(),
+                ByteString(input.payload.to_vec()),
+            )])),
+            immutable: Some(true),
+            type_: Some("Opaque".to_owned()),
+            ..Secret::default()
+        }
+    }
+
+    fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &self.config.namespace)
     }
 
     fn jobs(&self) -> Api<Job> {
@@ -756,6 +820,19 @@ impl Sandbox for KubernetesJobSandbox {
                 return Err(api_error("creating the job")(e));
             }
         };
+        // The payload, owned by the Job: its pod starts once this exists.
+        match self
+            .secrets()
+            .create(&PostParams::default(), &self.secret_for(&input, &created))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => {
+                guard.delete().await;
+                return Err(api_error("creating the payload's secret")(e));
+            }
+        }
         let deadline = async {
             match input.limits.timeout {
                 Some(limit) => {
