@@ -138,3 +138,45 @@ async fn bad_certificates_are_refused_at_start() {
     }
     m.shutdown().await;
 }
+
+/// A peer that starts a TLS handshake and stalls is closed after `first_bytes_timeout`, so
+/// stalled handshakes cannot hold every connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_handshake_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = new_pki();
+    let m = TestMaster::start().await;
+    let mut config = mawex::ServerConfig::default();
+    config.max_connections = 1;
+    config.first_bytes_timeout = Duration::from_millis(300);
+    let server = Server::new(m.master())
+        .config(config)
+        .tls(ServerTls::new(pki.server.0.clone(), pki.server.1.clone()))
+        .start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut stalled = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    // The first bytes of a TLS record header, and nothing more.
+    stalled.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    let mut heard = Vec::new();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(20), stalled.read_to_end(&mut heard)).await;
+    assert!(closed.is_ok(), "the stalled handshake was closed");
+    let https = format!("https://localhost:{}", server.local_addr().port());
+    let tls = ChannelConfig::default().with_tls(ClientTls::new(pki.ca.clone()));
+    common::wait_for("room for a real client", || {
+        let client = remote(&https, tls.clone()).unwrap();
+        async move {
+            matches!(
+                client.get(mawex::TaskId::new()).await,
+                Err(ApiError::NotFound(_))
+            )
+            .then_some(())
+        }
+    })
+    .await;
+    server.shutdown().await.unwrap();
+    m.shutdown().await;
+}

@@ -75,8 +75,9 @@ pub struct ServerConfig {
     /// Streams (calls in flight, pod sessions, result streams) one connection may open at
     /// once; a client opening more waits for one to end. Default: 1,024.
     pub max_concurrent_streams: u32,
-    /// A connection that sends nothing for this long after it was accepted is closed, so
-    /// silent sockets cannot hold every connection. Default: 10 s.
+    /// A connection that sends nothing for this long after it was accepted is closed, and
+    /// with TLS its handshake must be done by then, so silent or stalling sockets cannot
+    /// hold every connection. Default: 10 s.
     pub first_bytes_timeout: Duration,
     /// Interval of HTTP/2 pings on each connection; a connection whose ping goes
     /// unanswered for twice as long is closed. `None`: no pings. Default: 10 s.
@@ -435,7 +436,7 @@ impl Server {
             .http2_keepalive_timeout(self.config.http2_keepalive.map(|d| d.saturating_mul(2)));
         if let Some(tls) = &self.config.tls {
             transport = transport
-                .tls_config(tls.config())
+                .tls_config(tls.config().timeout(self.config.first_bytes_timeout))
                 .map_err(|e| ServerError::Config(format!("TLS settings: {e}")))?;
         }
         Ok(Serving {
