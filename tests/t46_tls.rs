@@ -10,7 +10,7 @@ mod pki;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{group, instrumented, pod_id, TestMaster};
+use common::{group, instrumented, pod_id, wait_for, TestMaster};
 use mawex::{
     ApiError, ChannelConfig, ClientTls, GrpcPodConnector, MasterProxy, Outcome, Pod, PodConfig,
     RemoteConfig, RemoteMasterProxy, Server, ServerError, ServerTls, TaskSpec,
@@ -177,6 +177,52 @@ async fn a_stalled_handshake_is_closed() {
         }
     })
     .await;
+    server.shutdown().await.unwrap();
+    m.shutdown().await;
+}
+
+/// A certificate rotated on disk while the server runs is used for new connections, with no
+/// restart: a client that trusts only the new authority gets in, one that trusts only the
+/// old one no longer does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_certificate_is_used_for_new_connections() {
+    let (old, new) = (new_pki(), new_pki());
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    std::fs::write(&cert, &old.server.0).unwrap();
+    std::fs::write(&key, &old.server.1).unwrap();
+    let m = TestMaster::start().await;
+    let server = Server::new(m.master())
+        .tls(ServerTls::from_files(&cert, &key).unwrap())
+        .start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let watcher = server
+        .tls()
+        .unwrap()
+        .watch_files(&cert, &key, None, Duration::from_millis(50));
+    let https = format!("https://localhost:{}", server.local_addr().port());
+    let trusting = |pki: &pki::Pki| {
+        remote(
+            &https,
+            ChannelConfig::default().with_tls(ClientTls::new(pki.ca.clone())),
+        )
+        .unwrap()
+    };
+    let served =
+        |result: Result<mawex::TaskView, ApiError>| matches!(result, Err(ApiError::NotFound(_)));
+    assert!(served(trusting(&old).get(mawex::TaskId::new()).await));
+    assert!(!served(trusting(&new).get(mawex::TaskId::new()).await));
+
+    std::fs::write(&key, &new.server.1).unwrap();
+    std::fs::write(&cert, &new.server.0).unwrap();
+    wait_for("the new certificate to be served", || {
+        let client = trusting(&new);
+        async move { served(client.get(mawex::TaskId::new()).await).then_some(()) }
+    })
+    .await;
+    assert!(!served(trusting(&old).get(mawex::TaskId::new()).await));
+    watcher.abort();
     server.shutdown().await.unwrap();
     m.shutdown().await;
 }

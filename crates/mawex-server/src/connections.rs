@@ -71,6 +71,25 @@ where
     })
 }
 
+impl Counted<tokio::net::TcpStream> {
+    /// The peer's address.
+    pub(crate) fn remote_addr(&self) -> Option<std::net::SocketAddr> {
+        self.io.peer_addr().ok()
+    }
+}
+
+/// Where a request came from: plain TCP, or TLS terminated by this server.
+pub(crate) fn peer_addr(extensions: &http::Extensions) -> Option<std::net::SocketAddr> {
+    extensions
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(tonic::transport::server::TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            extensions
+                .get::<crate::tls::PeerInfo>()
+                .and_then(|p| p.remote_addr)
+        })
+}
+
 impl<IO: Connected> Connected for Counted<IO> {
     type ConnectInfo = IO::ConnectInfo;
 

@@ -31,6 +31,7 @@ mod client_service;
 mod connections;
 mod error;
 mod pod_service;
+mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -48,11 +49,11 @@ use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::{Interceptor, Routes};
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Status};
 use tracing::info;
 
 pub use error::ServerError;
+pub use tls::{ServerTls, TlsHandle};
 
 use client_service::ClientService;
 use pod_service::PodLinkService;
@@ -82,56 +83,6 @@ pub struct ServerConfig {
     /// Interval of HTTP/2 pings on each connection; a connection whose ping goes
     /// unanswered for twice as long is closed. `None`: no pings. Default: 10 s.
     pub http2_keepalive: Option<Duration>,
-}
-
-/// TLS of the server (rustls with the `ring` provider).
-#[derive(Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ServerTls {
-    /// PEM certificate chain of the server.
-    pub cert_pem: Vec<u8>,
-    /// PEM private key of the certificate.
-    pub key_pem: Vec<u8>,
-    /// PEM certificates of the authorities whose client certificates are required (mutual
-    /// TLS); none: clients present no certificate.
-    pub client_ca_pem: Option<Vec<u8>>,
-}
-
-impl ServerTls {
-    /// Serves with the certificate chain `cert_pem` and its private key `key_pem`.
-    pub fn new(cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
-        ServerTls {
-            cert_pem: cert_pem.into(),
-            key_pem: key_pem.into(),
-            client_ca_pem: None,
-        }
-    }
-
-    /// Requires every client to present a certificate signed by an authority in `ca_pem`.
-    pub fn require_client_certificates(mut self, ca_pem: impl Into<Vec<u8>>) -> Self {
-        self.client_ca_pem = Some(ca_pem.into());
-        self
-    }
-
-    fn config(&self) -> ServerTlsConfig {
-        let config =
-            ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
-        match &self.client_ca_pem {
-            Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
-            None => config,
-        }
-    }
-}
-
-/// The private key stays out of logs.
-impl std::fmt::Debug for ServerTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerTls")
-            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
-            .field("key_pem", &"(hidden)")
-            .field("client_ca_pem", &self.client_ca_pem.as_ref().map(Vec::len))
-            .finish()
-    }
 }
 
 impl Default for ServerConfig {
@@ -176,6 +127,7 @@ pub struct Server {
     routes: Routes,
     tokens: Option<auth::TokenStore>,
     insecure: bool,
+    tls_handle: Option<TlsHandle>,
 }
 
 impl std::fmt::Debug for Server {
@@ -200,6 +152,7 @@ impl Server {
             routes: Routes::default(),
             tokens: None,
             insecure: false,
+            tls_handle: None,
         }
     }
 
@@ -212,7 +165,27 @@ impl Server {
     /// Serves over TLS (see [`ServerConfig::tls`]).
     pub fn tls(mut self, tls: ServerTls) -> Self {
         self.config.tls = Some(tls);
+        self.tls_handle = None;
         self
+    }
+
+    /// The handle that replaces the TLS certificate while this server runs (for
+    /// [`Server::serve`]; [`RunningServer::tls`] gives the same).
+    ///
+    /// # Errors
+    /// [`ServerError::Config`] for TLS settings that do not work, or none configured.
+    pub fn tls_handle(&mut self) -> Result<TlsHandle, ServerError> {
+        if let Some(handle) = &self.tls_handle {
+            return Ok(handle.clone());
+        }
+        let tls = self
+            .config
+            .tls
+            .as_ref()
+            .ok_or_else(|| ServerError::Config("no TLS configured".into()))?;
+        let handle = TlsHandle::new(tls)?;
+        self.tls_handle = Some(handle.clone());
+        Ok(handle)
     }
 
     /// Requires a token on every call of the mawex services (client and pod link): a call
@@ -279,6 +252,7 @@ impl Server {
         let serving = self.prepare(stop.clone()).await?;
         let connections = serving.connections.clone();
         let max_connections = serving.max_connections;
+        let tls = serving.tls.clone();
         let shutdown = stop.clone();
         let task = tokio::spawn(serving.run(listener, async move {
             shutdown.cancelled().await;
@@ -290,6 +264,7 @@ impl Server {
             task: Some(task),
             connections,
             max_connections,
+            tls,
         })
     }
 
@@ -349,7 +324,7 @@ impl Server {
     }
 
     /// Checks the settings and assembles the services; `stop` ends long waits and streams.
-    async fn prepare(self, stop: CancellationToken) -> Result<Serving, ServerError> {
+    async fn prepare(mut self, stop: CancellationToken) -> Result<Serving, ServerError> {
         // Room for the largest payload plus the rest of a message.
         let needed = self.max_payload_bytes.saturating_add(64 * 1024);
         if self.config.max_message_bytes < needed {
@@ -358,6 +333,11 @@ impl Server {
                 self.config.max_message_bytes
             )));
         }
+        // TLS settings are checked here, so `start` reports bad ones before it returns.
+        let tls = match self.config.tls {
+            Some(_) => Some(self.tls_handle()?),
+            None => None,
+        };
         let max_connections = self.config.max_connections;
         if max_connections == 0 || max_connections > Semaphore::MAX_PERMITS {
             return Err(ServerError::Config(format!(
@@ -429,16 +409,10 @@ impl Server {
                 auth::Guarded::new(pods, tokens),
                 self.checks,
             ));
-        // TLS settings are checked here, so `start` reports bad ones before it returns.
-        let mut transport = tonic::transport::Server::builder()
+        let transport = tonic::transport::Server::builder()
             .max_concurrent_streams(self.config.max_concurrent_streams)
             .http2_keepalive_interval(self.config.http2_keepalive)
             .http2_keepalive_timeout(self.config.http2_keepalive.map(|d| d.saturating_mul(2)));
-        if let Some(tls) = &self.config.tls {
-            transport = transport
-                .tls_config(tls.config().timeout(self.config.first_bytes_timeout))
-                .map_err(|e| ServerError::Config(format!("TLS settings: {e}")))?;
-        }
         Ok(Serving {
             routes,
             tcp_keepalive: self.config.tcp_keepalive,
@@ -446,6 +420,8 @@ impl Server {
             connections: Arc::new(Semaphore::new(max_connections)),
             max_connections,
             first_bytes_timeout: self.config.first_bytes_timeout,
+            tls,
+            stop,
         })
     }
 }
@@ -459,6 +435,10 @@ struct Serving {
     connections: Arc<Semaphore>,
     max_connections: usize,
     first_bytes_timeout: Duration,
+    /// TLS, terminated here (see `tls.rs`).
+    tls: Option<TlsHandle>,
+    /// Ends the TLS accept loop with the server.
+    stop: CancellationToken,
 }
 
 impl Serving {
@@ -476,11 +456,21 @@ impl Serving {
             self.first_bytes_timeout,
         );
         let mut transport = self.transport;
-        transport
-            .add_routes(self.routes)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await
-            .map_err(ServerError::Serve)
+        let router = transport.add_routes(self.routes);
+        match self.tls {
+            Some(tls) => {
+                let incoming = tls::accept(incoming, tls, self.first_bytes_timeout, self.stop);
+                router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+            }
+        }
+        .map_err(ServerError::Serve)
     }
 }
 
@@ -494,6 +484,7 @@ pub struct RunningServer {
     task: Option<JoinHandle<Result<(), ServerError>>>,
     connections: Arc<Semaphore>,
     max_connections: usize,
+    tls: Option<TlsHandle>,
 }
 
 impl Drop for RunningServer {
@@ -506,6 +497,11 @@ impl RunningServer {
     /// The address it listens on (useful after binding port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The handle that replaces its TLS certificate while it runs; `None` without TLS.
+    pub fn tls(&self) -> Option<&TlsHandle> {
+        self.tls.as_ref()
     }
 
     /// Connections open now (at most `ServerConfig::max_connections`).

@@ -89,7 +89,7 @@ impl proto::pod_link_server::PodLink for PodLinkService {
         request: Request<Streaming<proto::PodToMaster>>,
     ) -> Result<Response<ToPodStream>, Status> {
         let caller = crate::auth::Caller::of(&request).cloned();
-        let peer = request.remote_addr();
+        let peer = crate::connections::peer_addr(request.extensions());
         let mut inbound = request.into_inner();
         // A peer that opens a stream and says nothing must not hold the server open.
         let first = tokio::select! {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tonic::server::NamedService;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::Status;
 
 use super::rules;
@@ -33,13 +32,7 @@ impl<S: NamedService> NamedService for Guarded<S> {
 
 /// Where a call came from, for the audit log.
 fn peer<B>(request: &http::Request<B>) -> String {
-    let ext = request.extensions();
-    ext.get::<TcpConnectInfo>()
-        .and_then(TcpConnectInfo::remote_addr)
-        .or_else(|| {
-            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
-                .and_then(|tls| tls.get_ref().remote_addr())
-        })
+    crate::connections::peer_addr(request.extensions())
         .map_or_else(|| "-".to_owned(), |a| a.to_string())
 }
 
