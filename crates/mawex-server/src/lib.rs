@@ -159,6 +159,8 @@ impl Server {
     /// Uses `config` instead of the defaults.
     pub fn config(mut self, config: ServerConfig) -> Self {
         self.config = config;
+        // Its TLS settings, if any, are the ones to serve with.
+        self.tls_handle = None;
         self
     }
 
