@@ -24,9 +24,36 @@ impl From<ApiError> for Status {
     }
 }
 
+/// Why a TLS handshake failed, if that is what `status` (made on this side from a failed
+/// connection) comes from: an unknown authority, an expired or refused certificate, a
+/// certificate the master requires and this side did not present.
+fn tls_failure(status: &Status) -> Option<String> {
+    use tokio_rustls::rustls;
+    let mut next = std::error::Error::source(status);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        // tokio-rustls hands rustls errors on inside an `io::Error`.
+        let inner = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        if let Some(tls) = inner {
+            return Some(tls.to_string());
+        }
+        next = e.source();
+    }
+    None
+}
+
 impl From<Status> for ApiError {
     fn from(status: Status) -> ApiError {
         let message = status.message().to_owned();
+        // Retrying a handshake that failed gets the same answer: say why at once.
+        if let Some(reason) = tls_failure(&status) {
+            return ApiError::Unauthenticated(format!("the TLS handshake failed: {reason}"));
+        }
         // A status with a source was made on this side from a failed connection (not sent by
         // the master): the request may or may not have arrived, and retrying is the answer.
         if std::error::Error::source(&status).is_some()
