@@ -13,12 +13,27 @@ struct Args {
     /// How many `square` tasks to submit.
     #[arg(long, default_value_t = 10)]
     tasks: i64,
+    /// Token sent with every call (a `client` token), for a master that requires one.
+    #[arg(long)]
+    token: Option<String>,
+    /// PEM authorities to trust the master's certificate by (then `--master https://…`).
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let proxy = RemoteMasterProxy::connect(&args.master)?;
+    let mut config = mawex::RemoteConfig::default();
+    if let Some(ca) = &args.ca {
+        config.channel = config
+            .channel
+            .with_tls(mawex::ClientTls::new(std::fs::read(ca)?));
+    }
+    if let Some(token) = args.token.clone() {
+        config.channel = config.channel.with_token(token);
+    }
+    let proxy = RemoteMasterProxy::with_config([args.master.as_str()], config)?;
     let math = GroupName::new("math")?;
     let specs: Vec<_> = (1..=args.tasks)
         .map(|n| TaskSpec::new(math.clone(), "square", n.to_string()))

@@ -2,9 +2,16 @@
 //!
 //! `cargo run --example master -- --listen 127.0.0.1:7070 --journal ./mawex-journal`
 //! Stop it with Ctrl-C (clean: snapshot and close).
+//!
+//! On a network: `--tls-cert server.pem --tls-key server.key --tokens tokens.toml` (both
+//! files are watched and reloaded when they change); `--client-ca ca.pem` requires client
+//! certificates too. Without TLS and tokens it serves only on loopback, unless `--insecure`.
+
+use std::time::Duration;
 
 use clap::Parser;
-use mawex::{Master, MasterConfig, Server, SledJournal};
+use mawex::auth::{TokenStore, Tokens};
+use mawex::{Master, MasterConfig, Server, ServerTls, SledJournal};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -17,6 +24,21 @@ struct Args {
     /// Seconds a silent pod keeps its leases.
     #[arg(long, default_value_t = 10.0)]
     lease_timeout: f64,
+    /// Token file (TOML, see `mawex::auth`): every call then needs a token.
+    #[arg(long)]
+    tokens: Option<std::path::PathBuf>,
+    /// PEM certificate chain to serve TLS with (with `--tls-key`).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// PEM authorities whose client certificates are required (mutual TLS).
+    #[arg(long, requires = "tls_cert")]
+    client_ca: Option<std::path::PathBuf>,
+    /// Serve on a non-loopback address even without TLS and tokens.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[tokio::main]
@@ -43,7 +65,31 @@ async fn main() -> anyhow::Result<()> {
     // then ends open streams so clients and pods move on at once.
     let stopped = master.stopped();
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
-    Server::new(&master)
+    let mut server = Server::new(&master);
+    let mut watchers = Vec::new();
+    if let Some(path) = &args.tokens {
+        let tokens = TokenStore::new(Tokens::from_file(path)?);
+        watchers.push(tokens.watch(path, Duration::from_secs(2)));
+        server = server.tokens(tokens);
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let mut tls = ServerTls::from_files(cert, key)?;
+        if let Some(ca) = &args.client_ca {
+            tls = tls.require_client_certificates(std::fs::read(ca)?);
+        }
+        server = server.tls(tls);
+        let handle = server.tls_handle()?;
+        watchers.push(handle.watch_files(
+            cert,
+            key,
+            args.client_ca.clone(),
+            Duration::from_secs(5),
+        ));
+    }
+    if args.insecure {
+        server = server.insecure();
+    }
+    server
         .serve(listener, async move {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => println!("shutting down"),
@@ -53,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
             }
         })
         .await?;
+    watchers.iter().for_each(tokio::task::JoinHandle::abort);
     if let Ok(reason) = failed_rx.await {
         anyhow::bail!("the master stopped: {reason}");
     }

@@ -26,6 +26,12 @@ struct Args {
     /// Attempts run at once.
     #[arg(long, default_value_t = 1)]
     slots: u32,
+    /// Token sent with every call (a `pod` token), for a master that requires one.
+    #[arg(long)]
+    token: Option<String>,
+    /// PEM authorities to trust the master's certificate by (then `--master https://…`).
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
 }
 
 /// The handlers this worker offers: `shout` (upper-cases text), `square` (an integer),
@@ -56,6 +62,21 @@ fn handlers() -> anyhow::Result<HandlerRegistry> {
     Ok(r)
 }
 
+/// How to reach the master: with a token and a trusted authority, if given.
+fn channel(
+    token: Option<String>,
+    ca: Option<&std::path::Path>,
+) -> anyhow::Result<mawex::ChannelConfig> {
+    let mut channel = mawex::ChannelConfig::default();
+    if let Some(ca) = ca {
+        channel = channel.with_tls(mawex::ClientTls::new(std::fs::read(ca)?));
+    }
+    if let Some(token) = token {
+        channel = channel.with_token(token);
+    }
+    Ok(channel)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -72,7 +93,10 @@ async fn main() -> anyhow::Result<()> {
     let pod = Pod::start(
         PodConfig::new(PodId::new(&args.id)?, groups).with_slots(args.slots),
         Arc::new(InProcess::new(handlers()?)),
-        Arc::new(GrpcPodConnector::new(&args.master)?),
+        Arc::new(GrpcPodConnector::with_config(
+            [args.master.as_str()],
+            channel(args.token.clone(), args.ca.as_deref())?,
+        )?),
     )?;
     println!(
         "pod {} serving {:?} for {}",
