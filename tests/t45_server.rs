@@ -149,13 +149,10 @@ async fn healthy_channel(endpoint: &str) -> Result<Channel, String> {
     Ok(channel)
 }
 
-/// A client opening connection after connection gets `max_connections` of them; the next is
-/// closed at once, those open are still served, and closing one makes room.
-#[tokio::test]
-async fn connections_beyond_the_limit_are_closed_on_accept() {
+/// Two connections under `config` are served, a third is closed at once while those open
+/// are still served, and closing one makes room.
+async fn two_connections_then_no_more(config: mawex::ServerConfig) {
     let master = TestMaster::start().await;
-    let mut config = mawex::ServerConfig::default();
-    config.max_connections = 2;
     let server = Server::new(master.master())
         .config(config)
         .start("127.0.0.1:0".parse().expect("address"))
@@ -187,6 +184,23 @@ async fn connections_beyond_the_limit_are_closed_on_accept() {
     drop((again, second));
     server.shutdown().await.expect("server stops");
     master.shutdown().await;
+}
+
+/// A client opening connection after connection gets `max_connections` of them.
+#[tokio::test]
+async fn connections_beyond_the_limit_are_closed_on_accept() {
+    let mut config = mawex::ServerConfig::default();
+    config.max_connections = 2;
+    two_connections_then_no_more(config).await;
+}
+
+/// One peer address may hold at most `max_connections_per_peer` connections, however many
+/// the server could take, so one host cannot take every place.
+#[tokio::test]
+async fn connections_of_one_peer_are_bounded() {
+    let mut config = mawex::ServerConfig::default();
+    config.max_connections_per_peer = 2;
+    two_connections_then_no_more(config).await;
 }
 
 /// One connection may carry at most `max_concurrent_streams` calls at once: a client with

@@ -73,6 +73,9 @@ pub struct ServerConfig {
     /// Connections served at once; one more is closed as soon as it is accepted (its
     /// client sees a reset and retries), and a warning says so. Default: 10,000.
     pub max_connections: usize,
+    /// Connections one peer address may hold at once (pods and clients behind one NAT
+    /// count together); one more is closed on accept. Default: 1,024.
+    pub max_connections_per_peer: usize,
     /// Streams (calls in flight, pod sessions, result streams) one connection may open at
     /// once; a client opening more waits for one to end. Default: 1,024.
     pub max_concurrent_streams: u32,
@@ -92,6 +95,7 @@ impl Default for ServerConfig {
             tcp_keepalive: Some(Duration::from_secs(10)),
             tls: None,
             max_connections: 10_000,
+            max_connections_per_peer: 1024,
             max_concurrent_streams: 1024,
             first_bytes_timeout: Duration::from_secs(10),
             http2_keepalive: Some(Duration::from_secs(10)),
@@ -347,6 +351,11 @@ impl Server {
                 Semaphore::MAX_PERMITS
             )));
         }
+        if self.config.max_connections_per_peer == 0 {
+            return Err(ServerError::Config(
+                "max_connections_per_peer must be positive".into(),
+            ));
+        }
         if self.config.max_concurrent_streams == 0 {
             return Err(ServerError::Config(
                 "max_concurrent_streams must be positive".into(),
@@ -421,6 +430,7 @@ impl Server {
             transport,
             connections: Arc::new(Semaphore::new(max_connections)),
             max_connections,
+            max_connections_per_peer: self.config.max_connections_per_peer,
             first_bytes_timeout: self.config.first_bytes_timeout,
             tls,
             stop,
@@ -436,6 +446,7 @@ struct Serving {
     /// A permit per open connection.
     connections: Arc<Semaphore>,
     max_connections: usize,
+    max_connections_per_peer: usize,
     first_bytes_timeout: Duration,
     /// TLS, terminated here (see `tls.rs`).
     tls: Option<TlsHandle>,
@@ -453,9 +464,12 @@ impl Serving {
             .with_keepalive(self.tcp_keepalive);
         let incoming = connections::limit(
             incoming,
-            self.connections,
-            self.max_connections,
-            self.first_bytes_timeout,
+            connections::Limits {
+                permits: self.connections,
+                max: self.max_connections,
+                max_per_peer: self.max_connections_per_peer,
+                first_bytes_within: self.first_bytes_timeout,
+            },
         );
         let mut transport = self.transport;
         let router = transport.add_routes(self.routes);
