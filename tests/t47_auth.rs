@@ -39,7 +39,9 @@ fn tokens() -> Tokens {
             .groups([group("builds")])
             .pods(["builder-*"]),
         TokenEntry::new("other-fleet", Role::Pod, OTHER_POD).groups([group("builds")]),
-        TokenEntry::new("cache-fleet", Role::Pod, CACHE_POD).addresses(["*.cache.test:*"]),
+        TokenEntry::new("cache-fleet", Role::Pod, CACHE_POD)
+            .addresses(["*.cache.test:*"])
+            .max_pods(1),
     ])
     .unwrap()
 }

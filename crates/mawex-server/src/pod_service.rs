@@ -122,6 +122,7 @@ impl proto::pod_link_server::PodLink for PodLinkService {
                 check_advertised(&hello.pod, address, peer, token).map_err(refused)?;
             }
             hello.credential = Some(token.id().to_owned());
+            hello.credential_max_pods = token.pod_limit();
         }
         let pod = hello.pod.clone();
         let PodSession {

@@ -56,6 +56,10 @@ pub struct PodHello {
     /// with another credential is refused. `None` (an in-process pod) is not checked.
     #[serde(skip)]
     pub credential: Option<String>,
+    /// How many pods the credential may have connected at once (set by the server from
+    /// the token, like `credential`); `None`: only the master's own `max_pods`.
+    #[serde(skip)]
+    pub credential_max_pods: Option<u32>,
 }
 
 impl PodHello {
@@ -70,6 +74,7 @@ impl PodHello {
             address: None,
             holding: Vec::new(),
             credential: None,
+            credential_max_pods: None,
         }
     }
 }

@@ -62,6 +62,20 @@ impl Engine {
                 )));
             }
         }
+        if let (Some(credential), Some(max)) = (&hello.credential, hello.credential_max_pods) {
+            let connected = self
+                .pods
+                .keys()
+                .filter(|id| **id != hello.pod && self.owners.get(*id) == Some(credential))
+                .count();
+            if connected >= max as usize {
+                return Err(ApiError::ResourceExhausted(format!(
+                    "pod {}: credential {credential} has {connected} pods connected, the most \
+                     its token allows (max_pods)",
+                    hello.pod
+                )));
+            }
+        }
         if self.pods.len() >= self.config.max_pods && !self.pods.contains_key(&hello.pod) {
             return Err(ApiError::ResourceExhausted(format!(
                 "pod {}: the master serves {} pods already (MasterConfig::max_pods); \

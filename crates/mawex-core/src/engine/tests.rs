@@ -226,6 +226,38 @@ fn a_pod_id_belongs_to_the_credential_that_registered_it() {
         .expect("free after the retention");
 }
 
+/// A credential may have at most its token's `max_pods` pods connected: one more is refused,
+/// its pods may reconnect, and one that leaves makes room.
+#[test]
+fn a_credential_has_at_most_its_pods() {
+    let mut e = engine();
+    let mut out = Output::default();
+    let with = |name: &str| {
+        let mut h = hello(name, &["g"], 1);
+        h.credential = Some("fleet".to_owned());
+        h.credential_max_pods = Some(2);
+        h
+    };
+    e.pod_hello(1, with("p1"), T0, &mut out).unwrap();
+    e.pod_hello(2, with("p2"), T0, &mut out).unwrap();
+    match e.pod_hello(3, with("p3"), T0, &mut out) {
+        Err(ApiError::ResourceExhausted(m)) => {
+            assert!(m.contains("credential fleet has 2 pods"), "{m}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Another credential is not held to this one's limit.
+    let mut other = hello("q1", &["g"], 1);
+    other.credential = Some("other".to_owned());
+    other.credential_max_pods = Some(2);
+    e.pod_hello(4, other, T0, &mut out).unwrap();
+    e.pod_hello(5, with("p1"), at(1), &mut out)
+        .expect("a connected pod reconnects");
+    e.pod_disconnected(5, at(2));
+    e.pod_hello(6, with("p3"), at(3), &mut out)
+        .expect("room once a pod left");
+}
+
 /// A pod id that comes back serving other groups does not keep the attempts of a group it
 /// no longer serves: they are cancelled on the pod and run again elsewhere.
 #[test]

@@ -14,6 +14,7 @@
 //! groups = ["builds"]
 //! pods = ["builder-*"]      # optional: the pod ids it may register (`*` and `?` globs)
 //! addresses = ["*.builders.internal:*"]  # optional: addresses its pods may advertise
+//! max_pods = 50             # optional: pods it may have connected at once
 //! sha256 = "…"
 //! ```
 
@@ -63,6 +64,7 @@ pub struct TokenEntry {
     groups: Option<BTreeSet<GroupName>>,
     pods: Option<Vec<String>>,
     addresses: Option<Vec<String>>,
+    max_pods: Option<u32>,
     sha256: [u8; 32],
 }
 
@@ -75,6 +77,7 @@ impl std::fmt::Debug for TokenEntry {
             .field("groups", &self.groups)
             .field("pods", &self.pods)
             .field("addresses", &self.addresses)
+            .field("max_pods", &self.max_pods)
             .finish_non_exhaustive()
     }
 }
@@ -88,6 +91,7 @@ impl TokenEntry {
             groups: None,
             pods: None,
             addresses: None,
+            max_pods: None,
             sha256: sha256(secret),
         }
     }
@@ -109,6 +113,18 @@ impl TokenEntry {
     pub fn addresses(mut self, patterns: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.addresses = Some(patterns.into_iter().map(Into::into).collect());
         self
+    }
+
+    /// Lets a pod token have at most `n` pods connected at once, so that one credential
+    /// cannot take every place of the master's `max_pods`.
+    pub fn max_pods(mut self, n: u32) -> Self {
+        self.max_pods = Some(n);
+        self
+    }
+
+    /// How many pods a pod token may have connected at once, if limited.
+    pub fn pod_limit(&self) -> Option<u32> {
+        self.max_pods
     }
 
     /// May a pod of this token advertise `address` without connecting from it?
@@ -162,9 +178,11 @@ impl TokenEntry {
                 self.id
             ));
         }
-        if self.role != Role::Pod && (self.pods.is_some() || self.addresses.is_some()) {
+        if self.role != Role::Pod
+            && (self.pods.is_some() || self.addresses.is_some() || self.max_pods.is_some())
+        {
             return Err(format!(
-                "token {}: only pod tokens name pods and addresses",
+                "token {}: only pod tokens name pods, addresses and max_pods",
                 self.id
             ));
         }
@@ -193,6 +211,7 @@ struct TokenLine {
     groups: Option<Vec<String>>,
     pods: Option<Vec<String>>,
     addresses: Option<Vec<String>>,
+    max_pods: Option<u32>,
     sha256: String,
 }
 
@@ -262,6 +281,7 @@ impl Tokens {
                     groups,
                     pods: line.pods,
                     addresses: line.addresses,
+                    max_pods: line.max_pods,
                     sha256,
                 })
             })
