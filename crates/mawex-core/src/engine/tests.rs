@@ -337,6 +337,32 @@ mod submit {
         let mut loaded = e.state().clone();
         loaded.rebuild_indexes();
         assert_eq!(&loaded, e.state());
+        // Moving b to group a moves its key along: a's key changes hands (b was accepted
+        // later), b's group has none left; as a rebuild from the tasks has it.
+        let change = mawex_api::PendingChange::default().move_to(group("a"));
+        e.update_pending(vec![b.id], change, &mut out).unwrap();
+        let mut loaded = e.state().clone();
+        loaded.rebuild_indexes();
+        assert_eq!(&loaded, e.state());
+        let fresh = e
+            .submit(
+                vec![spec("b").with_dedup("nightly", window)],
+                at(2),
+                &mut out,
+            )
+            .unwrap();
+        assert!(fresh[0].created, "group b's key is free");
+        let held = e
+            .submit(
+                vec![spec("a").with_dedup("nightly", window)],
+                at(3),
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(
+            held[0].id, b.id,
+            "group a's key is held by the task moved in"
+        );
     }
 
     /// The task that holds a dedup key is the last one accepted with it, whatever the ids

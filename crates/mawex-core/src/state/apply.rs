@@ -1,6 +1,6 @@
 //! `MasterState::apply`: the one pure function that changes durable state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use mawex_api::{Attempt, ErrorKind, GroupName, QueuePosition, TaskId, TaskState, Timestamp};
 
@@ -157,6 +157,9 @@ impl MasterState {
                 }
             }
             Event::TasksUpdated { tasks, change } => {
+                // Dedup keys that changed groups, in both groups: recomputed in one pass
+                // over the tasks after the moves, however many moved.
+                let mut moved_keys: HashSet<(GroupName, String)> = HashSet::new();
                 for id in tasks {
                     let Some(entry) = self.tasks.get(id) else {
                         continue;
@@ -195,15 +198,14 @@ impl MasterState {
                         rounds.add(entry.fairness_key(), entry.round);
                     }
                     self.enqueue(&entry);
-                    let key = entry.spec.dedup.as_ref().map(|d| d.key.clone());
-                    self.tasks.insert(*id, entry);
-                    if let (true, Some(key)) = (moved, key) {
-                        // Dedup keys are per group: the key changes hands in both groups,
-                        // as a rebuild from the tasks would have it.
-                        self.recompute_dedup_holder(&from, &key);
-                        let to = change.group.clone().unwrap_or(from);
-                        self.recompute_dedup_holder(&to, &key);
+                    if let (true, Some(dedup)) = (moved, &entry.spec.dedup) {
+                        moved_keys.insert((from, dedup.key.clone()));
+                        moved_keys.insert((entry.spec.group.clone(), dedup.key.clone()));
                     }
+                    self.tasks.insert(*id, entry);
+                }
+                if !moved_keys.is_empty() {
+                    self.recompute_dedup_holders(moved_keys);
                 }
             }
             Event::ScheduleCreated { spec, at } => {

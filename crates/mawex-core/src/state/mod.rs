@@ -1,6 +1,6 @@
 //! The durable state of the master and the pure function that changes it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use mawex_api::{GroupName, ScheduleName, TaskId, TaskState, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -140,23 +140,37 @@ impl MasterState {
         queued.chain(delayed).collect()
     }
 
-    /// Sets the holder of dedup `key` in `group` to the last task accepted with it, as
-    /// `rebuild_indexes` picks it (a scan of the tasks: only when a task with a key moves
-    /// to another group).
-    pub(crate) fn recompute_dedup_holder(&mut self, group: &GroupName, key: &str) {
-        let holder = self
-            .tasks
-            .iter()
-            .filter(|(_, e)| {
-                e.spec.group == *group && e.spec.dedup.as_ref().is_some_and(|d| d.key == key)
-            })
-            .max_by_key(|(_, e)| e.order)
-            .map(|(id, _)| *id);
-        let index_key = (group.clone(), key.to_owned());
-        match holder {
-            Some(id) => self.dedup.insert(index_key, id),
-            None => self.dedup.remove(&index_key),
-        };
+    /// Sets the holder of each dedup `(group, key)` of `keys` to the last task accepted with
+    /// it, as `rebuild_indexes` picks it: one scan of the tasks, only when tasks with keys
+    /// moved to another group.
+    pub(crate) fn recompute_dedup_holders(&mut self, keys: HashSet<(GroupName, String)>) {
+        let mut holders: HashMap<(GroupName, String), (u64, TaskId)> = HashMap::new();
+        // Compared as strings first, so that only tasks with one of the keys cost a copy.
+        let names: HashSet<&str> = keys.iter().map(|(_, key)| key.as_str()).collect();
+        for (id, e) in &self.tasks {
+            let Some(dedup) = e
+                .spec
+                .dedup
+                .as_ref()
+                .filter(|d| names.contains(d.key.as_str()))
+            else {
+                continue;
+            };
+            let key = (e.spec.group.clone(), dedup.key.clone());
+            if !keys.contains(&key) {
+                continue;
+            }
+            let holder = holders.entry(key).or_insert((e.order, *id));
+            if e.order > holder.0 {
+                *holder = (e.order, *id);
+            }
+        }
+        for key in keys {
+            match holders.remove(&key) {
+                Some((_, id)) => self.dedup.insert(key, id),
+                None => self.dedup.remove(&key),
+            };
+        }
     }
 
     /// Rebuilds the derived indexes (queues, result log, counts) from the tasks.

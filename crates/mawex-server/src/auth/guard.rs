@@ -3,7 +3,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tonic::server::NamedService;
@@ -55,7 +54,7 @@ impl<S> Guarded<S> {
             ));
         };
         let tokens = store.current();
-        let Some(token) = tokens.find(secret.trim()) else {
+        let Some(token) = tokens.find_shared(secret.trim()) else {
             return Err(Status::unauthenticated("the token is not valid"));
         };
         if !rules::allows(token.role(), needed) {
@@ -66,7 +65,7 @@ impl<S> Guarded<S> {
             )));
         }
         Ok(Caller {
-            token: Arc::new(token.clone()),
+            token: token.clone(),
             store: store.clone(),
         })
     }

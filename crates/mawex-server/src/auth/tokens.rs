@@ -193,7 +193,8 @@ impl TokenEntry {
 /// A set of tokens.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tokens {
-    entries: Vec<TokenEntry>,
+    /// Shared, so that a call's caller holds its token without copying it.
+    entries: Vec<Arc<TokenEntry>>,
 }
 
 #[derive(Deserialize)]
@@ -239,7 +240,9 @@ impl Tokens {
                 )));
             }
         }
-        Ok(Tokens { entries })
+        Ok(Tokens {
+            entries: entries.into_iter().map(Arc::new).collect(),
+        })
     }
 
     /// Parses a token file (see the module docs).
@@ -305,6 +308,11 @@ impl Tokens {
     /// The entry whose secret is `secret`. Every entry is compared, each in constant time,
     /// so how long this takes says nothing about which tokens exist.
     pub fn find(&self, secret: &str) -> Option<&TokenEntry> {
+        self.find_shared(secret).map(|entry| &**entry)
+    }
+
+    /// [`Tokens::find`], as the shared entry a caller keeps.
+    pub(crate) fn find_shared(&self, secret: &str) -> Option<&Arc<TokenEntry>> {
         let presented = sha256(secret);
         let mut found = None;
         for entry in &self.entries {
