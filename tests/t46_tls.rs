@@ -53,15 +53,16 @@ async fn clients_and_pods_speak_tls_and_plain_text_is_refused() {
     let result = client.await_result(ack.id).await.unwrap();
     assert_eq!(result.outcome, Outcome::Succeeded("secret".into()));
 
-    // Plain HTTP/2 to the TLS port gets no answer the client can use.
+    // Plain HTTP/2 to the TLS port is told to use TLS, and nothing else.
     let plain = remote(
         &format!("http://127.0.0.1:{port}"),
         ChannelConfig::default(),
     )
     .unwrap();
+    let refused = plain.get(ack.id).await;
     assert!(
-        matches!(plain.get(ack.id).await, Err(ApiError::Unavailable(_))),
-        "plain text reached a TLS listener"
+        matches!(&refused, Err(ApiError::Unauthenticated(m)) if m.contains("requires TLS")),
+        "{refused:?}"
     );
     // A client that trusts another authority refuses the server's certificate, and says
     // so at once instead of retrying what cannot work.
@@ -106,27 +107,95 @@ async fn mutual_tls_admits_only_clients_with_a_certificate() {
     let https = format!("https://localhost:{}", server.local_addr().port());
     let spec = TaskSpec::new(group("mtls"), "echo", "x");
 
-    let anonymous = remote(
-        &https,
-        ChannelConfig::default().with_tls(ClientTls::new(pki.ca.clone())),
-    )
-    .unwrap();
-    // With TLS 1.3 the client's side of the handshake is done before the master checks the
-    // client's certificate, so its refusal arrives as a closed connection, not a handshake
-    // error the client could name.
-    assert!(matches!(
-        anonymous.submit(spec.clone()).await,
-        Err(ApiError::Unavailable(_))
-    ));
-    let known = remote(
-        &https,
-        ChannelConfig::default().with_tls(
-            ClientTls::new(pki.ca.clone())
-                .with_identity(pki.client.0.clone(), pki.client.1.clone()),
+    let with_identity = |(cert, key): (String, String)| {
+        ChannelConfig::default().with_tls(ClientTls::new(pki.ca.clone()).with_identity(cert, key))
+    };
+    // Each refusal says what is wrong with the client's certificate, as `Unauthenticated`,
+    // rather than closing a connection the client would retry.
+    for (who, channel, expected) in [
+        (
+            "no certificate",
+            ChannelConfig::default().with_tls(ClientTls::new(pki.ca.clone())),
+            "requires a client certificate",
         ),
-    )
-    .unwrap();
+        (
+            "another authority's certificate",
+            with_identity(new_pki().client),
+            "client certificate was refused",
+        ),
+        (
+            "an expired certificate",
+            with_identity(pki.expired_leaf("pod-old.mawex.test")),
+            "expired",
+        ),
+    ] {
+        let client = remote(&https, channel).unwrap();
+        let refused = client.submit(spec.clone()).await;
+        assert!(
+            matches!(&refused, Err(ApiError::Unauthenticated(m)) if m.contains(expected)),
+            "{who}: {refused:?}"
+        );
+    }
+    let known = remote(&https, with_identity(pki.client.clone())).unwrap();
     assert!(known.submit(spec).await.unwrap().created);
+    server.shutdown().await.unwrap();
+    m.shutdown().await;
+}
+
+/// With mutual TLS a pod id is bound to the subject of the certificate that registered
+/// it, even when many pods share one token: another pod of the same fleet (another
+/// certificate, the same token) cannot take the id over; the owner can come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_id_is_bound_to_its_certificate() {
+    use mawex::auth::{Role, TokenEntry, TokenStore, Tokens};
+    use mawex::pod::{PodConnector, PodHello};
+    let pki = new_pki();
+    let m = TestMaster::start().await;
+    let fleet = Tokens::new([TokenEntry::new("fleet", Role::Pod, "fleet-secret")]).unwrap();
+    let server = Server::new(m.master())
+        .tls(
+            ServerTls::new(pki.server.0.clone(), pki.server.1.clone())
+                .require_client_certificates(pki.ca.clone()),
+        )
+        .tokens(TokenStore::new(fleet))
+        .start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let https = format!("https://localhost:{}", server.local_addr().port());
+    let pod_with = |name: &str| {
+        let (cert, key) = pki.leaf(name);
+        let channel = ChannelConfig::default()
+            .with_tls(ClientTls::new(pki.ca.clone()).with_identity(cert, key))
+            .with_token("fleet-secret");
+        GrpcPodConnector::with_config([https.as_str()], channel).unwrap()
+    };
+    let hello = || PodHello::new(pod_id("worker-7"), vec![group("mtls")]);
+    let (owner, neighbour) = (pod_with("host-a.mawex.test"), pod_with("host-b.mawex.test"));
+
+    let mut first = owner.connect(hello()).await.unwrap();
+    let taken = neighbour.connect(hello()).await;
+    assert!(
+        matches!(&taken, Err(ApiError::PermissionDenied(m)) if m.contains("another credential")),
+        "{:?}",
+        taken.map(|_| ())
+    );
+    // The neighbour registers under an id of its own; the owner's session stayed open and
+    // the owner may reconnect.
+    drop(
+        neighbour
+            .connect(PodHello::new(pod_id("worker-8"), vec![group("mtls")]))
+            .await
+            .unwrap(),
+    );
+    assert!(
+        !matches!(
+            first.inbox.try_recv(),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected)
+        ),
+        "the owner's session was ended"
+    );
+    drop(first);
+    owner.connect(hello()).await.expect("the owner comes back");
     server.shutdown().await.unwrap();
     m.shutdown().await;
 }

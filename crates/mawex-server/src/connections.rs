@@ -145,6 +145,11 @@ impl Counted<tokio::net::TcpStream> {
     pub(crate) fn remote_addr(&self) -> Option<std::net::SocketAddr> {
         self.io.peer_addr().ok()
     }
+
+    /// Reads the first bytes without taking them from the stream.
+    pub(crate) async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.io.peek(buf).await
+    }
 }
 
 /// Where a request came from: plain TCP, or TLS terminated by this server.

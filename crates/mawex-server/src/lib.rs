@@ -421,6 +421,7 @@ impl Server {
                 self.checks,
             ));
         let transport = tonic::transport::Server::builder()
+            .layer(tls::RefuseConnections)
             .max_concurrent_streams(self.config.max_concurrent_streams)
             .http2_keepalive_interval(self.config.http2_keepalive)
             .http2_keepalive_timeout(self.config.http2_keepalive.map(|d| d.saturating_mul(2)));
@@ -442,7 +443,8 @@ impl Server {
 struct Serving {
     routes: Routes,
     tcp_keepalive: Option<Duration>,
-    transport: tonic::transport::Server,
+    transport:
+        tonic::transport::Server<tower_layer::Stack<tls::RefuseConnections, tower_layer::Identity>>,
     /// A permit per open connection.
     connections: Arc<Semaphore>,
     max_connections: usize,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::{stream, Stream, StreamExt};
 use mawex_api::convert::PodFrame;
-use mawex_api::pod::{PodConnector, PodSession};
+use mawex_api::pod::{PodConnector, PodQuota, PodSession};
 use mawex_api::proto;
 use mawex_core::LocalPodConnector;
 use tokio_stream::wrappers::ReceiverStream;
@@ -90,6 +90,12 @@ impl proto::pod_link_server::PodLink for PodLinkService {
     ) -> Result<Response<ToPodStream>, Status> {
         let caller = crate::auth::Caller::of(&request).cloned();
         let peer = crate::connections::peer_addr(request.extensions());
+        // With mutual TLS, the certificate names the pod more narrowly than a token that
+        // many pods share, so it is what the pod id is bound to.
+        let certificate = request
+            .extensions()
+            .get::<crate::tls::PeerInfo>()
+            .and_then(|p| p.client.clone());
         let mut inbound = request.into_inner();
         // A peer that opens a stream and says nothing must not hold the server open.
         let first = tokio::select! {
@@ -121,8 +127,11 @@ impl proto::pod_link_server::PodLink for PodLinkService {
             if let Some(address) = &hello.address {
                 check_advertised(&hello.pod, address, peer, token).map_err(refused)?;
             }
-            hello.credential = Some(token.id().to_owned());
-            hello.credential_max_pods = token.pod_limit();
+            hello.credential = Some(format!("token {}", token.id()));
+            hello.quota = token.pod_limit().map(|max| PodQuota::new(token.id(), max));
+        }
+        if let Some(subject) = certificate {
+            hello.credential = Some(format!("certificate {subject}"));
         }
         let pod = hello.pod.clone();
         let PodSession {

@@ -3,6 +3,13 @@
 //! configuration current at that moment ([`TlsHandle::reload`], [`TlsHandle::watch_files`]).
 //! Handshakes run concurrently, each bounded in time, so a peer that stalls holds nothing
 //! for long.
+//!
+//! A connection the server will not serve is still accepted, so that the client hears why
+//! in a gRPC status instead of a reset: plain text on the TLS port, and (with mutual TLS) a
+//! client certificate that is missing, expired or signed by another authority. Such a
+//! connection carries its refusal in [`PeerInfo`], and [`RefuseConnections`], in front of
+//! every service, answers each of its calls with `Unauthenticated` and the reason. The
+//! handshake itself still proves the client holds its certificate's key.
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,8 +23,10 @@ use futures::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
@@ -63,7 +72,7 @@ impl ServerTls {
     }
 
     /// The rustls configuration, checked.
-    pub(crate) fn rustls_config(&self) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+    fn load(&self) -> Result<Loaded, ServerError> {
         let bad = |what: &str, e: &dyn std::fmt::Display| {
             ServerError::Config(format!("TLS settings: {what}: {e}"))
         };
@@ -78,6 +87,7 @@ impl ServerTls {
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| bad("protocol versions", &e))?;
+        let mut clients = None;
         let builder = match &self.client_ca_pem {
             None => builder.with_no_client_auth(),
             Some(ca) => {
@@ -94,14 +104,18 @@ impl ServerTls {
                 )
                 .build()
                 .map_err(|e| bad("the client authorities", &e))?;
-                builder.with_client_cert_verifier(verifier)
+                clients = Some(verifier.clone());
+                builder.with_client_cert_verifier(Arc::new(AfterHandshake(verifier)))
             }
         };
         let mut config = builder
             .with_single_cert(certs, key)
             .map_err(|e| bad("the certificate and key", &e))?;
         config.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(Arc::new(config))
+        Ok(Loaded {
+            config: Arc::new(config),
+            clients,
+        })
     }
 }
 
@@ -120,11 +134,119 @@ impl std::fmt::Debug for ServerTls {
     }
 }
 
+/// TLS settings ready for handshakes.
+struct Loaded {
+    config: Arc<rustls::ServerConfig>,
+    /// With mutual TLS: what checks the client certificates once a handshake is done.
+    clients: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+impl Loaded {
+    /// Who the client of a finished handshake is (`Ok(None)` without mutual TLS), or why
+    /// its calls are refused.
+    fn client(&self, certs: Option<&[CertificateDer<'_>]>) -> Result<Option<String>, String> {
+        let Some(verifier) = &self.clients else {
+            return Ok(None);
+        };
+        let Some((end, intermediates)) = certs.and_then(<[_]>::split_first) else {
+            return Err(
+                "this master requires a client certificate signed by its authority \
+                        (mutual TLS): set one with ClientTls::with_identity"
+                    .to_owned(),
+            );
+        };
+        verifier
+            .verify_client_cert(end, intermediates, UnixTime::now())
+            .map_err(|e| format!("the client certificate was refused: {e}"))?;
+        subject(end).map(Some).ok_or_else(|| {
+            "the client certificate names no subject (a common name or a subject \
+             alternative name)"
+                .to_owned()
+        })
+    }
+}
+
+/// The name a client certificate gives its holder: the subject's common name, else the
+/// first URI (a SPIFFE id, say) or DNS subject alternative name.
+fn subject(cert: &CertificateDer<'_>) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    if let Some(cn) = parsed
+        .subject()
+        .iter_common_name()
+        .find_map(|cn| cn.as_str().ok())
+        .filter(|cn| !cn.is_empty())
+    {
+        return Some(cn.to_owned());
+    }
+    let names = parsed.subject_alternative_name().ok().flatten()?;
+    names
+        .value
+        .general_names
+        .iter()
+        .find_map(|name| match name {
+            GeneralName::URI(uri) => Some((*uri).to_owned()),
+            GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+            _ => None,
+        })
+}
+
+/// Asks for a client certificate but leaves judging it to [`Loaded::client`] after the
+/// handshake, so a refused client is told why. The handshake signature is still checked
+/// here: a certificate is only ever accepted from the holder of its key.
+#[derive(Debug)]
+struct AfterHandshake(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for AfterHandshake {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
 /// Replaces the TLS settings of a serving server: new connections use the new certificate
 /// (and client authorities), open ones keep theirs. Cheap to clone.
 #[derive(Clone)]
 pub struct TlsHandle {
-    current: Arc<RwLock<Arc<rustls::ServerConfig>>>,
+    current: Arc<RwLock<Arc<Loaded>>>,
 }
 
 impl std::fmt::Debug for TlsHandle {
@@ -136,11 +258,11 @@ impl std::fmt::Debug for TlsHandle {
 impl TlsHandle {
     pub(crate) fn new(tls: &ServerTls) -> Result<Self, ServerError> {
         Ok(TlsHandle {
-            current: Arc::new(RwLock::new(tls.rustls_config()?)),
+            current: Arc::new(RwLock::new(Arc::new(tls.load()?))),
         })
     }
 
-    fn current(&self) -> Arc<rustls::ServerConfig> {
+    fn current(&self) -> Arc<Loaded> {
         match self.current.read() {
             Ok(c) => c.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -152,7 +274,7 @@ impl TlsHandle {
     /// # Errors
     /// [`ServerError::Config`] for settings that do not work; the old ones stay.
     pub fn reload(&self, tls: &ServerTls) -> Result<(), ServerError> {
-        let config = tls.rustls_config()?;
+        let config = Arc::new(tls.load()?);
         match self.current.write() {
             Ok(mut c) => *c = config,
             Err(poisoned) => *poisoned.into_inner() = config,
@@ -204,21 +326,35 @@ impl TlsHandle {
     }
 }
 
-/// Who is on the other end of a TLS connection: what the services find in a request's
-/// extensions.
+/// Who is on the other end of a connection of the TLS listener: what the services find in
+/// a request's extensions.
 #[derive(Debug, Clone)]
 pub(crate) struct PeerInfo {
     pub(crate) remote_addr: Option<SocketAddr>,
-    /// The client's certificate chain, with mutual TLS.
-    #[allow(dead_code)] // Read by pod identity from certificates, next.
-    pub(crate) certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+    /// The subject of the client's certificate, verified (mutual TLS).
+    pub(crate) client: Option<String>,
+    /// Why every call of this connection is refused, if it is.
+    pub(crate) refusal: Option<String>,
 }
 
-/// A connection once its TLS handshake is done.
+/// An accepted connection: TLS once its handshake is done, or plain text that is only
+/// ever told to use TLS.
 pub(crate) struct TlsIo {
-    stream: tokio_rustls::server::TlsStream<Counted<TcpStream>>,
+    stream: Transport,
     info: PeerInfo,
 }
+
+enum Transport {
+    Tls(Box<tokio_rustls::server::TlsStream<Counted<TcpStream>>>),
+    Plain(Counted<TcpStream>),
+}
+
+/// What a plain-text client of the TLS listener is told.
+const TLS_REQUIRED: &str = "this master requires TLS: connect to its https:// endpoint and \
+                            trust its authority (ClientTls)";
+
+/// The first byte of every TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 impl Connected for TlsIo {
     type ConnectInfo = PeerInfo;
@@ -234,7 +370,10 @@ impl AsyncRead for TlsIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        match &mut self.stream {
+            Transport::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+        }
     }
 }
 
@@ -244,15 +383,24 @@ impl AsyncWrite for TlsIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        match &mut self.stream {
+            Transport::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        match &mut self.stream {
+            Transport::Tls(s) => Pin::new(s).poll_flush(cx),
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        match &mut self.stream {
+            Transport::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+        }
     }
 
     fn poll_write_vectored(
@@ -260,11 +408,17 @@ impl AsyncWrite for TlsIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        match &mut self.stream {
+            Transport::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        match &self.stream {
+            Transport::Tls(s) => s.is_write_vectored(),
+            Transport::Plain(s) => s.is_write_vectored(),
+        }
     }
 }
 
@@ -288,21 +442,11 @@ where
                 () = stop.cancelled() => return,
                 accepted = incoming.next() => match accepted {
                     Some(Ok(io)) => {
-                        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+                        let loaded = tls.current();
                         handshakes.spawn(async move {
-                            let remote_addr = io.remote_addr();
-                            let stream = tokio::time::timeout(timeout, acceptor.accept(io))
+                            tokio::time::timeout(timeout, handshake(io, loaded))
                                 .await
-                                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
-                            let certs = stream
-                                .get_ref()
-                                .1
-                                .peer_certificates()
-                                .map(|c| Arc::new(c.iter().map(|c| c.clone().into_owned()).collect()));
-                            Ok::<_, io::Error>(TlsIo {
-                                stream,
-                                info: PeerInfo { remote_addr, certs },
-                            })
+                                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
                         });
                     }
                     Some(Err(e)) => tracing::debug!(error = %e, "accept failed"),
@@ -323,4 +467,90 @@ where
     futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|io| (Ok(io), rx))
     })
+}
+
+/// The TLS handshake of `io` with `loaded`, or a plain-text connection marked refused.
+async fn handshake(io: Counted<TcpStream>, loaded: Arc<Loaded>) -> io::Result<TlsIo> {
+    let remote_addr = io.remote_addr();
+    let mut first = [0_u8; 1];
+    if io.peek(&mut first).await? == 1 && first[0] != TLS_HANDSHAKE_RECORD {
+        return Ok(TlsIo {
+            stream: Transport::Plain(io),
+            info: PeerInfo {
+                remote_addr,
+                client: None,
+                refusal: Some(TLS_REQUIRED.to_owned()),
+            },
+        });
+    }
+    let stream = tokio_rustls::TlsAcceptor::from(loaded.config.clone())
+        .accept(io)
+        .await?;
+    let (client, refusal) = match loaded.client(stream.get_ref().1.peer_certificates()) {
+        Ok(client) => (client, None),
+        Err(refusal) => (None, Some(refusal)),
+    };
+    Ok(TlsIo {
+        stream: Transport::Tls(Box::new(stream)),
+        info: PeerInfo {
+            remote_addr,
+            client,
+            refusal,
+        },
+    })
+}
+
+/// In front of every service: answers each call of a connection marked refused (see
+/// [`PeerInfo::refusal`]) with `Unauthenticated` and the reason.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RefuseConnections;
+
+impl<S> tower_layer::Layer<S> for RefuseConnections {
+    type Service = Refusing<S>;
+
+    fn layer(&self, inner: S) -> Refusing<S> {
+        Refusing(inner)
+    }
+}
+
+/// The service [`RefuseConnections`] makes.
+#[derive(Debug, Clone)]
+pub(crate) struct Refusing<S>(S);
+
+impl<S, B, R> tower_service::Service<http::Request<B>> for Refusing<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<R>>,
+    R: Default,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future =
+        futures::future::Either<std::future::Ready<Result<http::Response<R>, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let refused = request.extensions().get::<PeerInfo>().and_then(|p| {
+            p.refusal
+                .as_ref()
+                .map(|reason| (reason.clone(), p.remote_addr))
+        });
+        match refused {
+            Some((reason, peer)) => {
+                tracing::warn!(
+                    target: "mawex::audit",
+                    call = request.uri().path(),
+                    peer = %peer.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+                    reason,
+                    "call refused"
+                );
+                futures::future::Either::Left(std::future::ready(Ok(
+                    tonic::Status::unauthenticated(reason).into_http(),
+                )))
+            }
+            None => futures::future::Either::Right(self.0.call(request)),
+        }
+    }
 }

@@ -50,16 +50,37 @@ pub struct PodHello {
     pub address: Option<String>,
     /// Attempts it still holds from an earlier connection, for the master to re-adopt.
     pub holding: Vec<AttemptRef>,
-    /// The credential (token id) the pod connected with, set by the server that
-    /// authenticated it and never taken from the wire. The first credential to register a
-    /// pod id owns it while the pod is connected or within a lease of leaving: a hello
-    /// with another credential is refused. `None` (an in-process pod) is not checked.
+    /// Who the pod proved it is: the subject of its client certificate (mutual TLS), else
+    /// its token's id. Set by the server that authenticated it and never taken from the
+    /// wire. The first credential to register a pod id owns it while the state names the
+    /// pod: a hello with another credential is refused. `None` (an in-process pod, or a
+    /// server without tokens or client certificates) is not checked.
     #[serde(skip)]
     pub credential: Option<String>,
-    /// How many pods the credential may have connected at once (set by the server from
-    /// the token, like `credential`); `None`: only the master's own `max_pods`.
+    /// The limit of the pod's token on connected pods, set by the server like
+    /// `credential`; `None`: only the master's own `max_pods`.
     #[serde(skip)]
-    pub credential_max_pods: Option<u32>,
+    pub quota: Option<PodQuota>,
+}
+
+/// How many pods of one token may be connected at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PodQuota {
+    /// The token's id.
+    pub token: String,
+    /// Its connected pods at most.
+    pub max_pods: u32,
+}
+
+impl PodQuota {
+    /// At most `max_pods` pods of `token` at once.
+    pub fn new(token: impl Into<String>, max_pods: u32) -> Self {
+        PodQuota {
+            token: token.into(),
+            max_pods,
+        }
+    }
 }
 
 impl PodHello {
@@ -74,7 +95,7 @@ impl PodHello {
             address: None,
             holding: Vec::new(),
             credential: None,
-            credential_max_pods: None,
+            quota: None,
         }
     }
 }

@@ -62,17 +62,19 @@ impl Engine {
                 )));
             }
         }
-        if let (Some(credential), Some(max)) = (&hello.credential, hello.credential_max_pods) {
+        if let Some(quota) = &hello.quota {
             let connected = self
                 .pods
-                .keys()
-                .filter(|id| **id != hello.pod && self.owners.get(*id) == Some(credential))
+                .iter()
+                .filter(|(id, entry)| {
+                    **id != hello.pod && entry.quota_token.as_deref() == Some(quota.token.as_str())
+                })
                 .count();
-            if connected >= max as usize {
+            if connected >= quota.max_pods as usize {
                 return Err(ApiError::ResourceExhausted(format!(
-                    "pod {}: credential {credential} has {connected} pods connected, the most \
-                     its token allows (max_pods)",
-                    hello.pod
+                    "pod {}: token {} has {connected} pods connected, the most it allows \
+                     (max_pods)",
+                    hello.pod, quota.token
                 )));
             }
         }
@@ -144,6 +146,7 @@ impl Engine {
             usage: ResourceUsage::default(),
             labels: hello.labels.clone(),
             address: hello.address.clone(),
+            quota_token: hello.quota.as_ref().map(|q| q.token.clone()),
         };
         for r in &hello.holding {
             let adoptable = self.state.task(&r.task).is_some_and(|e| {

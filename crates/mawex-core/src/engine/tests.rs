@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use mawex_api::pod::{AttemptRef, MasterMessage, PodHello, PodMessage};
+use mawex_api::pod::{AttemptRef, MasterMessage, PodHello, PodMessage, PodQuota};
 use mawex_api::{
     ApiError, Attempt, CancelAck, ErrorKind, GroupName, Outcome, PodId, RetryPolicy, TaskError,
     TaskSpec, TaskState, Timestamp,
@@ -226,30 +226,31 @@ fn a_pod_id_belongs_to_the_credential_that_registered_it() {
         .expect("free after the retention");
 }
 
-/// A credential may have at most its token's `max_pods` pods connected: one more is refused,
-/// its pods may reconnect, and one that leaves makes room.
+/// A token may have at most its `max_pods` pods connected, whatever credential each pod
+/// proved (its certificate's subject, say): one more is refused, its pods may reconnect,
+/// and one that leaves makes room.
 #[test]
-fn a_credential_has_at_most_its_pods() {
+fn a_token_has_at_most_its_pods() {
     let mut e = engine();
     let mut out = Output::default();
     let with = |name: &str| {
         let mut h = hello(name, &["g"], 1);
-        h.credential = Some("fleet".to_owned());
-        h.credential_max_pods = Some(2);
+        h.credential = Some(format!("certificate {name}"));
+        h.quota = Some(PodQuota::new("fleet", 2));
         h
     };
     e.pod_hello(1, with("p1"), T0, &mut out).unwrap();
     e.pod_hello(2, with("p2"), T0, &mut out).unwrap();
     match e.pod_hello(3, with("p3"), T0, &mut out) {
         Err(ApiError::ResourceExhausted(m)) => {
-            assert!(m.contains("credential fleet has 2 pods"), "{m}")
+            assert!(m.contains("token fleet has 2 pods"), "{m}")
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
-    // Another credential is not held to this one's limit.
+    // Another token is not held to this one's limit.
     let mut other = hello("q1", &["g"], 1);
     other.credential = Some("other".to_owned());
-    other.credential_max_pods = Some(2);
+    other.quota = Some(PodQuota::new("other", 2));
     e.pod_hello(4, other, T0, &mut out).unwrap();
     e.pod_hello(5, with("p1"), at(1), &mut out)
         .expect("a connected pod reconnects");
