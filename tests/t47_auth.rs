@@ -330,6 +330,33 @@ async fn another_credential_cannot_take_over_a_pod_id() {
     master.shutdown().await;
 }
 
+/// The binding of a pod id to its credential is journaled: after a master restart another
+/// credential still cannot take the id (nor the attempt the pod held), and the owner can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_id_stays_bound_across_a_restart() {
+    let master = TestMaster::start().await;
+    let server = serve(&master, TokenStore::new(tokens())).await;
+    let hello = || PodHello::new(pod_id("builder-durable"), vec![group("builds")]);
+    drop(pods(&server, OTHER_POD).connect(hello()).await.unwrap());
+    server.shutdown().await.unwrap();
+    let dir = master.shutdown().await;
+
+    let master = TestMaster::restart(dir, common::fast_config()).await;
+    let server = serve(&master, TokenStore::new(tokens())).await;
+    let thief = pods(&server, POD).connect(hello()).await;
+    assert!(
+        matches!(&thief, Err(ApiError::PermissionDenied(m)) if m.contains("another credential")),
+        "{:?}",
+        thief.map(|_| ())
+    );
+    pods(&server, OTHER_POD)
+        .connect(hello())
+        .await
+        .expect("the owner comes back");
+    server.shutdown().await.unwrap();
+    master.shutdown().await;
+}
+
 /// The token file is watched: a token removed from it no longer admits new calls, and the
 /// pod session it had opened ends; a token added to it works without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

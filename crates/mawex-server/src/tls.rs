@@ -134,6 +134,9 @@ impl std::fmt::Debug for ServerTls {
     }
 }
 
+/// The longest client certificate subject accepted.
+const MAX_SUBJECT_BYTES: usize = 1024;
+
 /// TLS settings ready for handshakes.
 struct Loaded {
     config: Arc<rustls::ServerConfig>,
@@ -158,11 +161,19 @@ impl Loaded {
         verifier
             .verify_client_cert(end, intermediates, UnixTime::now())
             .map_err(|e| format!("the client certificate was refused: {e}"))?;
-        subject(end).map(Some).ok_or_else(|| {
+        let subject = subject(end).ok_or_else(|| {
             "the client certificate names no subject (a common name or a subject \
              alternative name)"
                 .to_owned()
-        })
+        })?;
+        // The subject is journaled as the owner of the pod ids it registers.
+        if subject.len() > MAX_SUBJECT_BYTES {
+            return Err(format!(
+                "the client certificate's subject is {} bytes, more than {MAX_SUBJECT_BYTES}",
+                subject.len()
+            ));
+        }
+        Ok(Some(subject))
     }
 }
 

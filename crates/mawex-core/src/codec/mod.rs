@@ -38,17 +38,21 @@ pub(crate) const RECORD_FORMAT_V4: u8 = 4;
 /// Format 5: format 4 plus `BroadcastsForgotten` (an appended variant, so format 4 records
 /// decode as they are). Read, never written.
 pub(crate) const RECORD_FORMAT_V5: u8 = 5;
-/// Format of records written by this version: format 5 plus `PodsForgotten` (appended).
+/// Format 6: format 5 plus `PodsForgotten` (appended). Read, never written.
 pub(crate) const RECORD_FORMAT_V6: u8 = 6;
+/// Format of records written by this version: format 6 plus `PodBound` (appended).
+pub(crate) const RECORD_FORMAT_V7: u8 = 7;
 /// Snapshot format 1 (frozen): read, never written.
 pub(crate) const SNAPSHOT_FORMAT_V1: u8 = 1;
 /// Snapshot format 2: read through [`SnapshotV2`], never written.
 pub(crate) const SNAPSHOT_FORMAT_V2: u8 = 2;
 /// Snapshot format 3: format 2 plus broadcasts. Read, never written.
 pub(crate) const SNAPSHOT_FORMAT_V3: u8 = 3;
-/// Format of snapshots written by this version: format 3's state, with the format byte
-/// under the checksum.
+/// Snapshot format 4: format 3's state, with the format byte under the checksum. Read
+/// through [`SnapshotV4`], never written.
 pub(crate) const SNAPSHOT_FORMAT_V4: u8 = 4;
+/// Format of snapshots written by this version: format 4 plus the pod owners.
+pub(crate) const SNAPSHOT_FORMAT_V5: u8 = 5;
 /// The newest format whose checksum leaves the format byte out.
 const LAST_FORMAT_OUTSIDE_CHECKSUM: u8 = 3;
 const HEADER_LEN: usize = 9;
@@ -74,7 +78,7 @@ pub(crate) fn encode_records(
         bincode::serde::encode_into_std_write(event, &mut scratch, config())
             .map_err(|e| CoreError::Encode(e.to_string()))?;
         if count > 0 && buf.len() + scratch.len() > max_bytes {
-            records.push((start, seal(buf, RECORD_FORMAT_V6, count)));
+            records.push((start, seal(buf, RECORD_FORMAT_V7, count)));
             buf = header_placeholder();
             count = 0;
             start = seq;
@@ -83,7 +87,7 @@ pub(crate) fn encode_records(
         count += 1;
     }
     if count > 0 {
-        records.push((start, seal(buf, RECORD_FORMAT_V6, count)));
+        records.push((start, seal(buf, RECORD_FORMAT_V7, count)));
     }
     Ok(records)
 }
@@ -156,11 +160,11 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<Vec<Event>, DecodeError> {
             |bytes| decode_one::<v1::EventV1>(bytes).map(|(e, used)| (e.into(), used))
         }
         RECORD_FORMAT_V2 | RECORD_FORMAT_V3 | RECORD_FORMAT_V4 | RECORD_FORMAT_V5
-        | RECORD_FORMAT_V6 => decode_one::<Event>,
+        | RECORD_FORMAT_V6 | RECORD_FORMAT_V7 => decode_one::<Event>,
         other => {
             return Err(DecodeError::Unreadable(format!(
                 "record format {other} is unknown to this version (it reads formats 1 to \
-                 {RECORD_FORMAT_V6}); was it written by a newer mawex?"
+                 {RECORD_FORMAT_V7}); was it written by a newer mawex?"
             )))
         }
     };
@@ -199,6 +203,19 @@ struct SnapshotV2 {
     results_recorded: u64,
 }
 
+/// A format-3 or 4 snapshot: the state's fields before pod owners were added (frozen
+/// layout).
+#[derive(serde::Deserialize)]
+struct SnapshotV4 {
+    last_seq: u64,
+    tasks: std::collections::BTreeMap<mawex_api::TaskId, crate::state::TaskEntry>,
+    groups: std::collections::BTreeMap<mawex_api::GroupName, crate::state::stored::GroupSettings>,
+    schedules: std::collections::BTreeMap<mawex_api::ScheduleName, crate::state::Schedule>,
+    accepted: u64,
+    results_recorded: u64,
+    broadcasts: crate::state::broadcasts::Broadcasts,
+}
+
 #[derive(Serialize)]
 struct SnapshotRef<'a> {
     last_seq: u64,
@@ -210,7 +227,7 @@ pub(crate) fn encode_snapshot(last_seq: u64, state: &MasterState) -> Result<Vec<
     let mut buf = header_placeholder();
     bincode::serde::encode_into_std_write(SnapshotRef { last_seq, state }, &mut buf, config())
         .map_err(|e| CoreError::Encode(e.to_string()))?;
-    Ok(seal(buf, SNAPSHOT_FORMAT_V4, 1))
+    Ok(seal(buf, SNAPSHOT_FORMAT_V5, 1))
 }
 
 /// Decodes a snapshot into `(last_seq, state)`.
@@ -227,10 +244,24 @@ pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<(u64, MasterState), CoreEr
                 s.schedules,
                 s.accepted,
                 s.results_recorded,
+                Default::default(),
             );
             ((s.last_seq, state), used)
         }),
         SNAPSHOT_FORMAT_V3 | SNAPSHOT_FORMAT_V4 => {
+            decode_one::<SnapshotV4>(rest).map(|(s, used)| {
+                let state = MasterState::from_parts(
+                    s.tasks,
+                    s.groups,
+                    s.schedules,
+                    s.accepted,
+                    s.results_recorded,
+                    s.broadcasts,
+                );
+                ((s.last_seq, state), used)
+            })
+        }
+        SNAPSHOT_FORMAT_V5 => {
             decode_one::<SnapshotOwned>(rest).map(|(s, used)| ((s.last_seq, s.state), used))
         }
         other => {

@@ -269,6 +269,7 @@ impl MasterStateV1 {
             BTreeMap::new(),
             v1.accepted,
             v1.results_recorded,
+            Default::default(),
         )
     }
 }

@@ -130,12 +130,8 @@ pub(crate) struct Engine {
     departed: HashMap<PodId, Timestamp>,
     /// Pods away for longer than a lease that applied some version or whose id a
     /// credential owns, by when they left: both are forgotten after the result retention
-    /// (volatile; a restart counts pods with versions away since its start).
+    /// (volatile; a restart counts such pods away since its start).
     away: Away,
-    /// The credential that registered each pod id, while the pod is connected and for the
-    /// result retention after it left (volatile: after a restart the first credential to
-    /// say hello for an id owns it): a hello with another credential is refused.
-    owners: HashMap<PodId, String>,
     /// When this engine started: a pod not seen since is away since then.
     started_at: Timestamp,
 }
@@ -216,7 +212,12 @@ impl Engine {
         state.rebuild_indexes();
         let deadline = now.saturating_add(config.lease_timeout);
         let mut away = Away::default();
-        for pod in state.broadcasts().pods_with_versions() {
+        for pod in state
+            .broadcasts()
+            .pods_with_versions()
+            .into_iter()
+            .chain(state.owned_pods())
+        {
             away.insert(pod.clone(), now);
         }
         let orphans = state
@@ -236,7 +237,6 @@ impl Engine {
             compiled: HashMap::new(),
             departed: HashMap::new(),
             away,
-            owners: HashMap::new(),
             started_at: now,
         }
     }
@@ -272,7 +272,8 @@ impl Engine {
             Event::TaskRetryScheduled { attempt, .. } => self.release(&attempt.task),
             Event::TasksForgotten { .. }
             | Event::BroadcastsForgotten { .. }
-            | Event::PodsForgotten { .. } => {}
+            | Event::PodsForgotten { .. }
+            | Event::PodBound { .. } => {}
             // Back in a queue, or a group opened up: maybe something can be dispatched.
             Event::ScheduleCreated { .. }
             | Event::SchedulePaused { .. }

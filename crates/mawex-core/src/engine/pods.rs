@@ -54,7 +54,8 @@ impl Engine {
         }
         // Checked before anything changes: a refused hello leaves the owner's pod, its
         // leases and its results as they were.
-        if let (Some(owner), Some(credential)) = (self.owners.get(&hello.pod), &hello.credential) {
+        let owner = self.state.pod_owner(&hello.pod);
+        if let (Some(owner), Some(credential)) = (owner, &hello.credential) {
             if owner != credential {
                 return Err(ApiError::PermissionDenied(format!(
                     "pod {}: the id is registered with another credential",
@@ -170,10 +171,16 @@ impl Engine {
         self.sessions.insert(session, hello.pod.clone());
         self.departed.remove(&hello.pod);
         self.away.remove(&hello.pod);
+        // Journaled, so the id stays its credential's across restarts; emitted before
+        // anything the pod is assigned, so no assignment is durable without it.
         if let Some(credential) = &hello.credential {
-            self.owners
-                .entry(hello.pod.clone())
-                .or_insert_with(|| credential.clone());
+            if self.state.pod_owner(&hello.pod).is_none() {
+                let event = Event::PodBound {
+                    pod: hello.pod.clone(),
+                    credential: credential.clone(),
+                };
+                self.emit(event, out);
+            }
         }
         self.pods.insert(hello.pod.clone(), entry);
         self.catch_up(&hello.pod, now, out);

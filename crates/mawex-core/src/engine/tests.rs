@@ -656,6 +656,7 @@ mod results {
             Default::default(),
             u64::MAX,
             u64::MAX,
+            Default::default(),
         );
         let mut e = Engine::new(state, engine().config.clone(), T0);
         let mut out = Output::default();

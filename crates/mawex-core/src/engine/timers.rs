@@ -46,10 +46,11 @@ impl Engine {
         let lease = self.config.lease_timeout;
         // So is the credential that owns its id: the journaled state (versions, targets)
         // still names the pod, so the id stays with its credential as long as that lasts.
-        let (broadcasts, away, owners) = (self.state.broadcasts(), &mut self.away, &self.owners);
+        let (state, away) = (&self.state, &mut self.away);
         self.departed.retain(|pod, since| {
             let keep = since.saturating_add(lease) > now;
-            if !keep && (broadcasts.has_applied_any(pod) || owners.contains_key(pod)) {
+            if !keep && (state.broadcasts().has_applied_any(pod) || state.pod_owner(pod).is_some())
+            {
                 away.insert(pod.clone(), *since);
             }
             keep
@@ -89,12 +90,12 @@ impl Engine {
                 .into_iter()
                 .filter(|pod| !self.pods.contains_key(pod))
                 .collect();
-            for pod in &gone {
-                self.owners.remove(pod);
-            }
             let pods: Vec<PodId> = gone
                 .into_iter()
-                .filter(|pod| self.state.broadcasts().has_applied_any(pod))
+                .filter(|pod| {
+                    self.state.broadcasts().has_applied_any(pod)
+                        || self.state.pod_owner(pod).is_some()
+                })
                 .collect();
             if !pods.is_empty() {
                 self.emit(Event::PodsForgotten { pods }, out);

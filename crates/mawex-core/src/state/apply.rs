@@ -309,7 +309,15 @@ impl MasterState {
                     self.broadcasts.forget(*id, |task| tasks.contains_key(task));
                 }
             }
-            Event::PodsForgotten { pods } => self.broadcasts.forget_pods(pods),
+            Event::PodsForgotten { pods } => {
+                self.broadcasts.forget_pods(pods);
+                for pod in pods {
+                    self.pod_owners.remove(pod);
+                }
+            }
+            Event::PodBound { pod, credential } => {
+                self.pod_owners.insert(pod.clone(), credential.clone());
+            }
             Event::TasksForgotten { tasks } => {
                 for id in tasks {
                     let Some(entry) = self.tasks.get(id) else {

@@ -191,13 +191,22 @@ pub enum Event {
         /// The broadcasts.
         ids: Vec<BroadcastId>,
     },
-    /// Pods away for longer than the result retention: which versions they applied is
-    /// forgotten, so pod names seen once do not stay for ever. Such a pod, should it come
-    /// back, is caught up like a new one (a finished tree-order target of its app's latest
-    /// broadcast keeps that target). (Appended in record format 6.)
+    /// Pods away for longer than the result retention: which versions they applied, and
+    /// the credential that owned their id, are forgotten, so pod names seen once do not
+    /// stay for ever. Such a pod, should it come back, is caught up like a new one (a
+    /// finished tree-order target of its app's latest broadcast keeps that target), and
+    /// its id is free. (Appended in record format 6; owners since format 7.)
     PodsForgotten {
         /// The pods.
         pods: Vec<PodId>,
+    },
+    /// A credential registered a pod id that none owned: from now on only it may use the
+    /// id, across restarts too. (Appended in record format 7.)
+    PodBound {
+        /// The pod id.
+        pod: PodId,
+        /// A client certificate's subject or a token's id, as the server named it.
+        credential: String,
     },
 }
 

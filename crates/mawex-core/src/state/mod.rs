@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use mawex_api::{GroupName, ScheduleName, TaskId, TaskState, Timestamp};
+use mawex_api::{GroupName, PodId, ScheduleName, TaskId, TaskState, Timestamp};
 use serde::{Deserialize, Serialize};
 
 mod apply;
@@ -44,6 +44,10 @@ pub struct MasterState {
     results_recorded: u64,
     /// Broadcasts, their targets, and the versions pods applied.
     broadcasts: Broadcasts,
+    /// The credential that registered each pod id (a certificate's subject or a token's
+    /// id): another credential may not use the id. Kept while the state names the pod,
+    /// dropped with `PodsForgotten`. (Snapshot format 5.)
+    pod_owners: BTreeMap<PodId, String>,
     /// Derived indexes below are rebuilt after a snapshot is loaded, not stored in it.
     #[serde(skip)]
     pending: HashMap<GroupName, BTreeMap<QueueKey, TaskId>>,
@@ -69,8 +73,8 @@ pub struct MasterState {
     durations: HashMap<GroupName, u64>,
 }
 
-/// Equal when every durable part is (tasks, group settings, schedules, broadcasts, the two
-/// counters) and so is every index derived from them, so a replay or snapshot test also
+/// Equal when every durable part is (tasks, group settings, schedules, broadcasts, pod
+/// owners, the two counters) and so is every index derived from them, so a replay or snapshot test also
 /// catches an index that is rebuilt wrong. Left out: the run-time averages behind wait
 /// estimates (volatile by design), and where a due delayed task waits, which `promote_due`
 /// moves without an event (a waiting task is compared by the queue it will be in).
@@ -82,6 +86,7 @@ impl PartialEq for MasterState {
             && self.accepted == other.accepted
             && self.results_recorded == other.results_recorded
             && self.broadcasts == other.broadcasts
+            && self.pod_owners == other.pod_owners
             && self.waiting() == other.waiting()
             && self.results == other.results
             && self.counts == other.counts
@@ -105,14 +110,15 @@ impl MasterState {
         Self::default()
     }
 
-    /// A state from its durable parts, as an older snapshot format held them (no
-    /// broadcasts), with the derived indexes rebuilt.
+    /// A state from its durable parts, as an older snapshot format held them (without
+    /// broadcasts, or without pod owners), with the derived indexes rebuilt.
     pub(crate) fn from_parts(
         tasks: BTreeMap<TaskId, TaskEntry>,
         groups: BTreeMap<GroupName, stored::GroupSettings>,
         schedules: BTreeMap<ScheduleName, Schedule>,
         accepted: u64,
         results_recorded: u64,
+        broadcasts: Broadcasts,
     ) -> Self {
         let mut state = MasterState {
             tasks,
@@ -120,6 +126,7 @@ impl MasterState {
             schedules,
             accepted,
             results_recorded,
+            broadcasts,
             ..MasterState::default()
         };
         state.rebuild_indexes();
@@ -219,6 +226,16 @@ impl MasterState {
             }
         }
         self.tasks = tasks;
+    }
+
+    /// The credential that registered `pod`, if one did.
+    pub(crate) fn pod_owner(&self, pod: &PodId) -> Option<&str> {
+        self.pod_owners.get(pod).map(String::as_str)
+    }
+
+    /// The pod ids a credential registered.
+    pub(crate) fn owned_pods(&self) -> impl Iterator<Item = &PodId> {
+        self.pod_owners.keys()
     }
 
     /// The broadcasts.
