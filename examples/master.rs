@@ -3,9 +3,9 @@
 //! `cargo run --example master -- --listen 127.0.0.1:7070 --journal ./mawex-journal`
 //! Stop it with Ctrl-C (clean: snapshot and close).
 //!
-//! On a network: `--tls-cert server.pem --tls-key server.key --tokens tokens.toml` (both
-//! files are watched and reloaded when they change); `--client-ca ca.pem` requires client
-//! certificates too. Without TLS and tokens it serves only on loopback, unless `--insecure`.
+//! On a network: `--tls-cert server.pem --tls-key server.key --tokens tokens.toml` (the
+//! files are watched and reloaded when they change, and on SIGHUP); `--client-ca ca.pem`
+//! requires client certificates too. Without TLS and tokens it serves only on loopback, unless `--insecure`.
 
 use std::time::Duration;
 
@@ -67,11 +67,14 @@ async fn main() -> anyhow::Result<()> {
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
     let mut server = Server::new(&master);
     let mut watchers = Vec::new();
+    let mut reload_tokens = None;
     if let Some(path) = &args.tokens {
         let tokens = TokenStore::new(Tokens::from_file(path)?);
         watchers.push(tokens.watch(path, Duration::from_secs(2)));
+        reload_tokens = Some((tokens.clone(), path.clone()));
         server = server.tokens(tokens);
     }
+    let mut reload_tls = None;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let mut tls = ServerTls::from_files(cert, key)?;
         if let Some(ca) = &args.client_ca {
@@ -85,7 +88,32 @@ async fn main() -> anyhow::Result<()> {
             args.client_ca.clone(),
             Duration::from_secs(5),
         ));
+        reload_tls = Some((handle, cert.clone(), key.clone(), args.client_ca.clone()));
     }
+    // SIGHUP reloads both at once, for operators who rotate files and then signal.
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    watchers.push(tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            if let Some((tokens, path)) = &reload_tokens {
+                match tokens.reload(path) {
+                    Ok(n) => println!("SIGHUP: {n} tokens loaded"),
+                    Err(e) => eprintln!("SIGHUP: tokens not reloaded: {e}"),
+                }
+            }
+            if let Some((handle, cert, key, ca)) = &reload_tls {
+                let loaded = ServerTls::from_files(cert, key).and_then(|tls| match ca {
+                    Some(ca) => std::fs::read(ca)
+                        .map(|pem| tls.require_client_certificates(pem))
+                        .map_err(|e| mawex::ServerError::Config(format!("{}: {e}", ca.display()))),
+                    None => Ok(tls),
+                });
+                match loaded.and_then(|tls| handle.reload(&tls)) {
+                    Ok(()) => println!("SIGHUP: TLS certificate reloaded"),
+                    Err(e) => eprintln!("SIGHUP: TLS not reloaded: {e}"),
+                }
+            }
+        }
+    }));
     if args.insecure {
         server = server.insecure();
     }
