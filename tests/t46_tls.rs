@@ -64,6 +64,23 @@ async fn clients_and_pods_speak_tls_and_plain_text_is_refused() {
         matches!(&refused, Err(ApiError::Unauthenticated(m)) if m.contains("requires TLS")),
         "{refused:?}"
     );
+    // A refused connection is closed soon after, so it cannot hold a connection place.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        // The HTTP/2 preface and an empty SETTINGS frame.
+        raw.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(8), async {
+            let mut buf = [0_u8; 1024];
+            while matches!(raw.read(&mut buf).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        assert!(closed.is_ok(), "a refused connection stayed open");
+    }
     // A client that trusts another authority refuses the server's certificate, and says
     // so at once instead of retrying what cannot work.
     let stranger = remote(
@@ -137,7 +154,46 @@ async fn mutual_tls_admits_only_clients_with_a_certificate() {
         );
     }
     let known = remote(&https, with_identity(pki.client.clone())).unwrap();
-    assert!(known.submit(spec).await.unwrap().created);
+    assert!(known.submit(spec.clone()).await.unwrap().created);
+
+    // Plain text to the same port is told to use TLS.
+    let plain = remote(
+        &format!("http://127.0.0.1:{}", server.local_addr().port()),
+        ChannelConfig::default(),
+    )
+    .unwrap();
+    let refused = plain.submit(spec).await;
+    assert!(
+        matches!(&refused, Err(ApiError::Unauthenticated(m)) if m.contains("requires TLS")),
+        "{refused:?}"
+    );
+    // Every route is behind the certificate check, health included.
+    let anonymous = tonic::transport::Endpoint::from_shared(https.clone())
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&pki.ca)),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(anonymous)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await;
+    assert_eq!(
+        health.map(|_| ()).unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
+    // A reload cannot drop the client certificate requirement (that would open the port).
+    let dropped = server
+        .tls()
+        .unwrap()
+        .reload(&ServerTls::new(pki.server.0.clone(), pki.server.1.clone()));
+    assert!(
+        matches!(&dropped, Err(ServerError::Config(m)) if m.contains("client certificates")),
+        "{dropped:?}"
+    );
     server.shutdown().await.unwrap();
     m.shutdown().await;
 }
@@ -151,7 +207,11 @@ async fn a_pod_id_is_bound_to_its_certificate() {
     use mawex::pod::{PodConnector, PodHello};
     let pki = new_pki();
     let m = TestMaster::start().await;
-    let fleet = Tokens::new([TokenEntry::new("fleet", Role::Pod, "fleet-secret")]).unwrap();
+    let fleet = Tokens::new([
+        TokenEntry::new("fleet", Role::Pod, "fleet-secret"),
+        TokenEntry::new("ops", Role::Admin, "ops-secret"),
+    ])
+    .unwrap();
     let server = Server::new(m.master())
         .tls(
             ServerTls::new(pki.server.0.clone(), pki.server.1.clone())
@@ -183,17 +243,35 @@ async fn a_pod_id_is_bound_to_its_certificate() {
     // the owner may reconnect.
     drop(
         neighbour
-            .connect(PodHello::new(pod_id("worker-8"), vec![group("mtls")]))
+            .connect(PodHello::new(pod_id("worker-8"), vec![group("elsewhere")]))
             .await
             .unwrap(),
     );
-    assert!(
-        !matches!(
-            first.inbox.try_recv(),
-            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected)
-        ),
-        "the owner's session was ended"
-    );
+    // The owner's session is still the one the master serves: it is assigned new work.
+    let (cert, key) = pki.leaf("ops.mawex.test");
+    let client = remote(
+        &https,
+        ChannelConfig::default()
+            .with_tls(ClientTls::new(pki.ca.clone()).with_identity(cert, key))
+            .with_token("ops-secret"),
+    )
+    .unwrap();
+    let ack = client
+        .submit(TaskSpec::new(group("mtls"), "noop", "x"))
+        .await
+        .unwrap();
+    let assigned = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match first.inbox.recv().await {
+                Some(mawex::pod::MasterMessage::Assign { assignments, .. }) => break assignments,
+                Some(_) => continue,
+                None => panic!("the owner's session was ended"),
+            }
+        }
+    })
+    .await
+    .expect("the owner is assigned the task");
+    assert_eq!(assigned[0].attempt.task, ack.id);
     drop(first);
     owner.connect(hello()).await.expect("the owner comes back");
     server.shutdown().await.unwrap();

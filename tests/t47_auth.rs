@@ -331,7 +331,7 @@ async fn another_credential_cannot_take_over_a_pod_id() {
 }
 
 /// The binding of a pod id to its credential is journaled: after a master restart another
-/// credential still cannot take the id (nor the attempt the pod held), and the owner can.
+/// credential still cannot take the id, and the owner can.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_id_stays_bound_across_a_restart() {
     let master = TestMaster::start().await;

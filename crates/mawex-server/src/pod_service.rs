@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::{stream, Stream, StreamExt};
 use mawex_api::convert::PodFrame;
-use mawex_api::pod::{PodConnector, PodQuota, PodSession};
+use mawex_api::pod::{PodConnector, PodCredential, PodSession};
 use mawex_api::proto;
 use mawex_core::LocalPodConnector;
 use tokio_stream::wrappers::ReceiverStream;
@@ -127,11 +127,15 @@ impl proto::pod_link_server::PodLink for PodLinkService {
             if let Some(address) = &hello.address {
                 check_advertised(&hello.pod, address, peer, token).map_err(refused)?;
             }
-            hello.credential = Some(format!("token {}", token.id()));
-            hello.quota = token.pod_limit().map(|max| PodQuota::new(token.id(), max));
+            let mut credential = PodCredential::token(token.id());
+            credential.token_max_pods = token.pod_limit();
+            hello.credential = Some(credential);
         }
         if let Some(subject) = certificate {
-            hello.credential = Some(format!("certificate {subject}"));
+            hello.credential = Some(match hello.credential.take() {
+                Some(credential) => credential.with_certificate(subject),
+                None => PodCredential::certificate(subject),
+            });
         }
         let pod = hello.pod.clone();
         let PodSession {

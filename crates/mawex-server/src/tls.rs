@@ -161,7 +161,7 @@ impl Loaded {
         verifier
             .verify_client_cert(end, intermediates, UnixTime::now())
             .map_err(|e| format!("the client certificate was refused: {e}"))?;
-        let subject = subject(end).ok_or_else(|| {
+        let subject = subject(end.as_ref()).ok_or_else(|| {
             "the client certificate names no subject (a common name or a subject \
              alternative name)"
                 .to_owned()
@@ -177,29 +177,39 @@ impl Loaded {
     }
 }
 
-/// The name a client certificate gives its holder: the subject's common name, else the
-/// first URI (a SPIFFE id, say) or DNS subject alternative name.
-fn subject(cert: &CertificateDer<'_>) -> Option<String> {
+/// The name a client certificate gives its holder, with its kind: the first URI subject
+/// alternative name (a SPIFFE id, say), else the first DNS one, else the subject's common
+/// name. Alternative names first, because name constraints of an intermediate authority
+/// apply to them and not to the common name; the kind keeps a common name from passing for
+/// an alternative name of the same text.
+pub(crate) fn subject(cert: &[u8]) -> Option<String> {
     use x509_parser::extensions::GeneralName;
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    if let Some(cn) = parsed
-        .subject()
-        .iter_common_name()
-        .find_map(|cn| cn.as_str().ok())
-        .filter(|cn| !cn.is_empty())
-    {
-        return Some(cn.to_owned());
-    }
-    let names = parsed.subject_alternative_name().ok().flatten()?;
-    names
-        .value
-        .general_names
-        .iter()
-        .find_map(|name| match name {
-            GeneralName::URI(uri) => Some((*uri).to_owned()),
-            GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let names = parsed
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|ext| ext.value.general_names.clone())
+        .unwrap_or_default();
+    let uri = names.iter().find_map(|name| match name {
+        GeneralName::URI(uri) if !uri.is_empty() => Some(format!("uri:{uri}")),
+        _ => None,
+    });
+    let dns = || {
+        names.iter().find_map(|name| match name {
+            GeneralName::DNSName(dns) if !dns.is_empty() => Some(format!("dns:{dns}")),
             _ => None,
         })
+    };
+    let cn = || {
+        parsed
+            .subject()
+            .iter_common_name()
+            .find_map(|cn| cn.as_str().ok())
+            .filter(|cn| !cn.is_empty())
+            .map(|cn| format!("cn:{cn}"))
+    };
+    uri.or_else(dns).or_else(cn)
 }
 
 /// Asks for a client certificate but leaves judging it to [`Loaded::client`] after the
@@ -283,9 +293,19 @@ impl TlsHandle {
     /// Serves new connections with `tls`.
     ///
     /// # Errors
-    /// [`ServerError::Config`] for settings that do not work; the old ones stay.
+    /// [`ServerError::Config`] for settings that do not work, or that would drop the client
+    /// certificate requirement; the old ones stay.
     pub fn reload(&self, tls: &ServerTls) -> Result<(), ServerError> {
         let config = Arc::new(tls.load()?);
+        // Dropping mutual TLS by a file change would open the server to every client that
+        // reaches it: that takes a restart.
+        if self.current().clients.is_some() && config.clients.is_none() {
+            return Err(ServerError::Config(
+                "the new TLS settings require no client certificates, but the server does: \
+                 pass the client authorities too (turning mutual TLS off takes a restart)"
+                    .into(),
+            ));
+        }
         match self.current.write() {
             Ok(mut c) => *c = config,
             Err(poisoned) => *poisoned.into_inner() = config,
@@ -353,6 +373,26 @@ pub(crate) struct PeerInfo {
 pub(crate) struct TlsIo {
     stream: Transport,
     info: PeerInfo,
+    /// A refused connection is closed when this fires: time enough to hear why, not to
+    /// hold a connection place.
+    closes: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// How long a refused connection stays open to carry its refusals.
+const REFUSED_CONNECTION_GRACE: Duration = Duration::from_secs(2);
+
+impl TlsIo {
+    fn new(stream: Transport, info: PeerInfo) -> Self {
+        let closes = info
+            .refusal
+            .is_some()
+            .then(|| Box::pin(tokio::time::sleep(REFUSED_CONNECTION_GRACE)));
+        TlsIo {
+            stream,
+            info,
+            closes,
+        }
+    }
 }
 
 enum Transport {
@@ -381,6 +421,14 @@ impl AsyncRead for TlsIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(closes) = self.closes.as_mut() {
+            if std::future::Future::poll(closes.as_mut(), cx).is_ready() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "a refused connection is closed",
+                )));
+            }
+        }
         match &mut self.stream {
             Transport::Tls(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
@@ -485,14 +533,12 @@ async fn handshake(io: Counted<TcpStream>, loaded: Arc<Loaded>) -> io::Result<Tl
     let remote_addr = io.remote_addr();
     let mut first = [0_u8; 1];
     if io.peek(&mut first).await? == 1 && first[0] != TLS_HANDSHAKE_RECORD {
-        return Ok(TlsIo {
-            stream: Transport::Plain(io),
-            info: PeerInfo {
-                remote_addr,
-                client: None,
-                refusal: Some(TLS_REQUIRED.to_owned()),
-            },
-        });
+        let info = PeerInfo {
+            remote_addr,
+            client: None,
+            refusal: Some(TLS_REQUIRED.to_owned()),
+        };
+        return Ok(TlsIo::new(Transport::Plain(io), info));
     }
     let stream = tokio_rustls::TlsAcceptor::from(loaded.config.clone())
         .accept(io)
@@ -501,14 +547,12 @@ async fn handshake(io: Counted<TcpStream>, loaded: Arc<Loaded>) -> io::Result<Tl
         Ok(client) => (client, None),
         Err(refusal) => (None, Some(refusal)),
     };
-    Ok(TlsIo {
-        stream: Transport::Tls(Box::new(stream)),
-        info: PeerInfo {
-            remote_addr,
-            client,
-            refusal,
-        },
-    })
+    let info = PeerInfo {
+        remote_addr,
+        client,
+        refusal,
+    };
+    Ok(TlsIo::new(Transport::Tls(Box::new(stream)), info))
 }
 
 /// In front of every service: answers each call of a connection marked refused (see
@@ -550,18 +594,56 @@ where
         });
         match refused {
             Some((reason, peer)) => {
-                tracing::warn!(
-                    target: "mawex::audit",
-                    call = request.uri().path(),
-                    peer = %peer.map_or_else(|| "-".to_owned(), |a| a.to_string()),
-                    reason,
-                    "call refused"
-                );
-                futures::future::Either::Left(std::future::ready(Ok(
-                    tonic::Status::unauthenticated(reason).into_http(),
-                )))
+                let status = tonic::Status::unauthenticated(reason);
+                let peer = peer.map_or_else(|| "-".to_owned(), |a| a.to_string());
+                crate::auth::log_refused(request.uri().path(), &peer, &status);
+                futures::future::Either::Left(std::future::ready(Ok(status.into_http())))
             }
             None => futures::future::Either::Right(self.0.call(request)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+
+    fn cert(common_name: Option<&str>, names: Vec<SanType>) -> Vec<u8> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(cn) = common_name {
+            params.distinguished_name.push(DnType::CommonName, cn);
+        }
+        params.subject_alt_names = names;
+        let key = KeyPair::generate().expect("key");
+        params.self_signed(&key).expect("signed").der().to_vec()
+    }
+
+    #[test]
+    fn the_subject_prefers_alternative_names_and_names_its_kind() {
+        let dns = |n: &str| SanType::DnsName(n.try_into().expect("dns name"));
+        let uri = |n: &str| SanType::URI(n.try_into().expect("uri"));
+        for (common_name, names, expected) in [
+            (
+                Some("pod-1"),
+                vec![dns("pod-1.example"), uri("spiffe://example/pod-1")],
+                Some("uri:spiffe://example/pod-1"),
+            ),
+            (
+                Some("pod-1"),
+                vec![dns("pod-1.example")],
+                Some("dns:pod-1.example"),
+            ),
+            (Some("pod-1"), vec![], Some("cn:pod-1")),
+            (Some(""), vec![], None),
+            (None, vec![], None),
+        ] {
+            assert_eq!(
+                super::subject(&cert(common_name, names.clone())).as_deref(),
+                expected,
+                "{common_name:?} {names:?}"
+            );
+        }
+        assert_eq!(super::subject(b"not a certificate"), None);
     }
 }

@@ -50,35 +50,66 @@ pub struct PodHello {
     pub address: Option<String>,
     /// Attempts it still holds from an earlier connection, for the master to re-adopt.
     pub holding: Vec<AttemptRef>,
-    /// Who the pod proved it is: the subject of its client certificate (mutual TLS), else
-    /// its token's id. Set by the server that authenticated it and never taken from the
-    /// wire. The first credential to register a pod id owns it while the state names the
-    /// pod: a hello with another credential is refused. `None` (an in-process pod, or a
-    /// server without tokens or client certificates) is not checked.
+    /// Who the pod proved it is, set by the server that authenticated it and never taken
+    /// from the wire. The first credential to register a pod id owns it while the state
+    /// names the pod: a hello whose credential does not match is refused. `None` (an
+    /// in-process pod, or a server without tokens or client certificates) is not checked.
     #[serde(skip)]
-    pub credential: Option<String>,
-    /// The limit of the pod's token on connected pods, set by the server like
-    /// `credential`; `None`: only the master's own `max_pods`.
-    #[serde(skip)]
-    pub quota: Option<PodQuota>,
+    pub credential: Option<PodCredential>,
 }
 
-/// How many pods of one token may be connected at once.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Who a pod proved it is, as the server that authenticated it saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct PodQuota {
-    /// The token's id.
-    pub token: String,
-    /// Its connected pods at most.
-    pub max_pods: u32,
+pub struct PodCredential {
+    /// The id of its token.
+    pub token: Option<String>,
+    /// The subject of its client certificate (mutual TLS), with its kind: `uri:…`, `dns:…`
+    /// or `cn:…`. It names one pod where a token may be shared by a fleet, so it decides
+    /// when both the owner of an id and a hello have one.
+    pub certificate: Option<String>,
+    /// How many pods of its token may be connected at once; `None`: only the master's own
+    /// `max_pods`.
+    pub token_max_pods: Option<u32>,
 }
 
-impl PodQuota {
-    /// At most `max_pods` pods of `token` at once.
-    pub fn new(token: impl Into<String>, max_pods: u32) -> Self {
-        PodQuota {
-            token: token.into(),
-            max_pods,
+impl PodCredential {
+    /// A credential of token `id`.
+    pub fn token(id: impl Into<String>) -> Self {
+        PodCredential {
+            token: Some(id.into()),
+            ..PodCredential::default()
+        }
+    }
+
+    /// A credential of a client certificate's `subject` (`uri:…`, `dns:…` or `cn:…`).
+    pub fn certificate(subject: impl Into<String>) -> Self {
+        PodCredential {
+            certificate: Some(subject.into()),
+            ..PodCredential::default()
+        }
+    }
+
+    /// The same credential with a client certificate's `subject` too.
+    pub fn with_certificate(mut self, subject: impl Into<String>) -> Self {
+        self.certificate = Some(subject.into());
+        self
+    }
+
+    /// The same credential, whose token may have at most `n` pods connected.
+    pub fn with_token_max_pods(mut self, n: u32) -> Self {
+        self.token_max_pods = Some(n);
+        self
+    }
+}
+
+impl std::fmt::Display for PodCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.token, &self.certificate) {
+            (Some(t), Some(c)) => write!(f, "token {t} with certificate {c}"),
+            (Some(t), None) => write!(f, "token {t}"),
+            (None, Some(c)) => write!(f, "certificate {c}"),
+            (None, None) => f.write_str("no credential"),
         }
     }
 }
@@ -95,7 +126,6 @@ impl PodHello {
             address: None,
             holding: Vec::new(),
             credential: None,
-            quota: None,
         }
     }
 }

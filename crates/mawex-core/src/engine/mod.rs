@@ -69,8 +69,8 @@ struct PodEntry {
     labels: BTreeMap<String, String>,
     /// Where other pods reach it (a broadcast source's address).
     address: Option<String>,
-    /// The token whose `max_pods` it counts against.
-    quota_token: Option<String>,
+    /// The id of its token, whose `max_pods` it counts against.
+    token: Option<String>,
 }
 
 impl PodEntry {

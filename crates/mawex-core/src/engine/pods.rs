@@ -3,7 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use mawex_api::pod::{
-    AttemptRef, MasterMessage, PodHello, PodMessage, ResourceUsage, MAX_POD_PREFETCH, MAX_POD_SLOTS,
+    AttemptRef, MasterMessage, PodCredential, PodHello, PodMessage, ResourceUsage,
+    MAX_POD_PREFETCH, MAX_POD_SLOTS,
 };
 use mawex_api::{
     ApiError, Attempt, GroupName, TaskError, TaskId, TaskState, Timestamp, MAX_ERROR_MESSAGE_BYTES,
@@ -54,28 +55,35 @@ impl Engine {
         }
         // Checked before anything changes: a refused hello leaves the owner's pod, its
         // leases and its results as they were.
-        let owner = self.state.pod_owner(&hello.pod);
-        if let (Some(owner), Some(credential)) = (owner, &hello.credential) {
-            if owner != credential {
-                return Err(ApiError::PermissionDenied(format!(
-                    "pod {}: the id is registered with another credential",
-                    hello.pod
-                )));
-            }
-        }
-        if let Some(quota) = &hello.quota {
+        let rebind = match (self.state.pod_owner(&hello.pod), &hello.credential) {
+            (_, None) => None,
+            (None, Some(credential)) => Some(stored::PodOwner::from(credential)),
+            (Some(owner), Some(credential)) => match claim(owner, credential) {
+                Claim::Same => None,
+                Claim::Renewed => Some(stored::PodOwner::from(credential)),
+                Claim::Refused => {
+                    return Err(ApiError::PermissionDenied(format!(
+                        "pod {}: the id is registered with another credential than {credential}",
+                        hello.pod
+                    )))
+                }
+            },
+        };
+        let token = hello.credential.as_ref().and_then(|c| c.token.clone());
+        if let (Some(token), Some(max)) = (
+            &token,
+            hello.credential.as_ref().and_then(|c| c.token_max_pods),
+        ) {
             let connected = self
                 .pods
                 .iter()
-                .filter(|(id, entry)| {
-                    **id != hello.pod && entry.quota_token.as_deref() == Some(quota.token.as_str())
-                })
+                .filter(|(id, entry)| **id != hello.pod && entry.token.as_ref() == Some(token))
                 .count();
-            if connected >= quota.max_pods as usize {
+            if connected >= max as usize {
                 return Err(ApiError::ResourceExhausted(format!(
-                    "pod {}: token {} has {connected} pods connected, the most it allows \
+                    "pod {}: token {token} has {connected} pods connected, the most it allows \
                      (max_pods)",
-                    hello.pod, quota.token
+                    hello.pod
                 )));
             }
         }
@@ -147,7 +155,7 @@ impl Engine {
             usage: ResourceUsage::default(),
             labels: hello.labels.clone(),
             address: hello.address.clone(),
-            quota_token: hello.quota.as_ref().map(|q| q.token.clone()),
+            token,
         };
         for r in &hello.holding {
             let adoptable = self.state.task(&r.task).is_some_and(|e| {
@@ -173,14 +181,9 @@ impl Engine {
         self.away.remove(&hello.pod);
         // Journaled, so the id stays its credential's across restarts; emitted before
         // anything the pod is assigned, so no assignment is durable without it.
-        if let Some(credential) = &hello.credential {
-            if self.state.pod_owner(&hello.pod).is_none() {
-                let event = Event::PodBound {
-                    pod: hello.pod.clone(),
-                    credential: credential.clone(),
-                };
-                self.emit(event, out);
-            }
+        if let Some(owner) = rebind {
+            let pod = hello.pod.clone();
+            self.emit(Event::PodBound { pod, owner }, out);
         }
         self.pods.insert(hello.pod.clone(), entry);
         self.catch_up(&hello.pod, now, out);
@@ -346,4 +349,36 @@ fn bounded(mut error: TaskError) -> TaskError {
             .push_str(&format!(" … (a message of {len} bytes, cut to {cut})"));
     }
     error
+}
+
+/// How a hello's credential compares with the owner of its pod id.
+#[derive(Debug, PartialEq, Eq)]
+enum Claim {
+    /// The same credential.
+    Same,
+    /// The owner, proven by the strongest factor both have, with something else changed
+    /// (mutual TLS turned on or off, a token renamed): the id is bound to the new form.
+    Renewed,
+    /// Someone else.
+    Refused,
+}
+
+/// Compares on the strongest factor both sides have: the certificate (it names one pod,
+/// where a token may be a fleet's), else the token. With no factor in common (a switch from
+/// certificates without tokens to tokens without certificates) nothing proves the owner.
+fn claim(owner: &stored::PodOwner, hello: &PodCredential) -> Claim {
+    let proven = match (&owner.certificate, &hello.certificate) {
+        (Some(a), Some(b)) => a == b,
+        _ => match (&owner.token, &hello.token) {
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        },
+    };
+    if !proven {
+        Claim::Refused
+    } else if owner.token == hello.token && owner.certificate == hello.certificate {
+        Claim::Same
+    } else {
+        Claim::Renewed
+    }
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use mawex_api::pod::{AttemptRef, MasterMessage, PodHello, PodMessage, PodQuota};
+use mawex_api::pod::{AttemptRef, MasterMessage, PodCredential, PodHello, PodMessage};
 use mawex_api::{
     ApiError, Attempt, CancelAck, ErrorKind, GroupName, Outcome, PodId, RetryPolicy, TaskError,
     TaskSpec, TaskState, Timestamp,
@@ -194,7 +194,7 @@ fn a_pod_id_belongs_to_the_credential_that_registered_it() {
     e.submit(vec![a.clone()], T0, &mut out).unwrap();
     let with = |credential: &str| {
         let mut h = hello("p1", &["g"], 1);
-        h.credential = Some(credential.to_owned());
+        h.credential = Some(PodCredential::token(credential));
         h
     };
     e.pod_hello(1, with("fleet-a"), T0, &mut out).unwrap();
@@ -226,6 +226,116 @@ fn a_pod_id_belongs_to_the_credential_that_registered_it() {
         .expect("free after the retention");
 }
 
+/// Who may use a bound pod id, compared on the strongest factor both sides have: turning
+/// mutual TLS on rebinds an id to the first certificate its token brings; then another
+/// certificate is refused even with the same token; the same certificate with a renamed
+/// token is the owner; with no factor in common nothing proves the owner.
+#[test]
+fn a_bound_pod_id_is_claimed_by_its_strongest_factor() {
+    let mut e = engine();
+    let mut out = Output::default();
+    let mut session = 0;
+    let mut say = |e: &mut Engine, credential: PodCredential, out: &mut Output| {
+        session += 1;
+        let mut h = hello("p1", &["g"], 1);
+        h.credential = Some(credential);
+        let said = e.pod_hello(session, h, T0, out);
+        e.pod_disconnected(session, T0);
+        said
+    };
+    let bound = |out: &Output| {
+        out.events
+            .iter()
+            .filter(|e| matches!(e, Event::PodBound { .. }))
+            .count()
+    };
+    say(&mut e, PodCredential::token("fleet"), &mut out).unwrap();
+    assert_eq!(bound(&out), 1, "the first hello binds the id");
+    say(&mut e, PodCredential::token("fleet"), &mut out).unwrap();
+    assert_eq!(bound(&out), 1, "the same credential binds nothing new");
+    let host_a = || PodCredential::token("fleet").with_certificate("dns:host-a");
+    say(&mut e, host_a(), &mut out).expect("the token proves the owner");
+    assert_eq!(bound(&out), 2, "rebound to the certificate");
+    let host_b = PodCredential::token("fleet").with_certificate("dns:host-b");
+    assert!(matches!(
+        say(&mut e, host_b, &mut out),
+        Err(ApiError::PermissionDenied(_))
+    ));
+    let renamed = PodCredential::token("fleet-2026").with_certificate("dns:host-a");
+    say(&mut e, renamed, &mut out).expect("the certificate proves the owner");
+    assert!(matches!(
+        say(&mut e, PodCredential::token("fleet"), &mut out),
+        Err(ApiError::PermissionDenied(_))
+    ));
+    say(&mut e, PodCredential::token("fleet-2026"), &mut out)
+        .expect("mutual TLS turned off: the token proves the owner");
+    assert!(
+        matches!(
+            say(&mut e, PodCredential::certificate("dns:host-a"), &mut out),
+            Err(ApiError::PermissionDenied(_))
+        ),
+        "no factor in common"
+    );
+    assert_eq!(
+        e.state().pod_owner(&pod("p1")),
+        Some(&crate::state::stored::PodOwner {
+            token: Some("fleet-2026".into()),
+            certificate: None
+        })
+    );
+}
+
+/// A restarted engine keeps who owns a pod id (it is state) and counts the pod away from
+/// its start, so the id is freed after the retention as it would have been.
+#[test]
+fn a_restart_keeps_pod_owners_and_frees_them_after_the_retention() {
+    let mut e = engine();
+    let mut out = Output::default();
+    let with = |token: &str| {
+        let mut h = hello("p1", &["g"], 1);
+        h.credential = Some(PodCredential::token(token));
+        h
+    };
+    e.pod_hello(1, with("fleet-a"), T0, &mut out).unwrap();
+    let mut e = Engine::new(replayed(&out.events), engine().config.clone(), at(10));
+    let mut out = Output::default();
+    assert!(e.pod_hello(2, with("fleet-b"), at(20), &mut out).is_err());
+    let later = at(10 + 3_600_000 + 1);
+    e.tick(later, &mut out);
+    assert!(out
+        .events
+        .iter()
+        .any(|ev| matches!(ev, Event::PodsForgotten { pods } if pods.contains(&pod("p1")))));
+    e.pod_hello(3, with("fleet-b"), later, &mut out)
+        .expect("free after the retention");
+}
+
+/// Owned pod ids are bounded: a fleet that takes a fresh id on every start makes the ids
+/// away longest be forgotten before their retention ends.
+#[test]
+fn owned_pod_ids_are_bounded() {
+    let mut e = engine();
+    e.config.max_pods = 2;
+    let mut out = Output::default();
+    for i in 0..20_u64 {
+        let mut h = hello(&format!("p{i}"), &["g"], 1);
+        h.credential = Some(PodCredential::token("fleet"));
+        e.pod_hello(i, h, at(i), &mut out).unwrap();
+        e.pod_disconnected(i, at(i));
+    }
+    assert_eq!(e.state().owned_pod_count(), 20);
+    // Away for more than a lease, well within the retention.
+    let now = at(100 + 2 * LEASE.as_millis() as u64);
+    e.tick(now, &mut out);
+    e.tick(now, &mut out);
+    assert_eq!(e.state().owned_pod_count(), 8, "4 per place of max_pods");
+    assert!(
+        e.state().pod_owner(&pod("p19")).is_some(),
+        "the newest stay"
+    );
+    assert!(e.state().pod_owner(&pod("p0")).is_none(), "the oldest go");
+}
+
 /// A token may have at most its `max_pods` pods connected, whatever credential each pod
 /// proved (its certificate's subject, say): one more is refused, its pods may reconnect,
 /// and one that leaves makes room.
@@ -235,8 +345,11 @@ fn a_token_has_at_most_its_pods() {
     let mut out = Output::default();
     let with = |name: &str| {
         let mut h = hello(name, &["g"], 1);
-        h.credential = Some(format!("certificate {name}"));
-        h.quota = Some(PodQuota::new("fleet", 2));
+        h.credential = Some(
+            PodCredential::token("fleet")
+                .with_certificate(format!("cn:{name}"))
+                .with_token_max_pods(2),
+        );
         h
     };
     e.pod_hello(1, with("p1"), T0, &mut out).unwrap();
@@ -249,8 +362,7 @@ fn a_token_has_at_most_its_pods() {
     }
     // Another token is not held to this one's limit.
     let mut other = hello("q1", &["g"], 1);
-    other.credential = Some("other".to_owned());
-    other.quota = Some(PodQuota::new("other", 2));
+    other.credential = Some(PodCredential::token("other").with_token_max_pods(2));
     e.pod_hello(4, other, T0, &mut out).unwrap();
     e.pod_hello(5, with("p1"), at(1), &mut out)
         .expect("a connected pod reconnects");

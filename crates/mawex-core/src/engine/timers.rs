@@ -7,6 +7,9 @@ use crate::state::{Event, RequeueReason};
 
 use super::{Engine, Output, FORGET_PER_TICK};
 
+/// Owned pod ids remembered per place of `MasterConfig::max_pods`, at most.
+const OWNED_IDS_PER_POD_PLACE: usize = 4;
+
 impl Engine {
     /// Releases delayed tasks that are due, expires silent pods and unclaimed orphans, and
     /// forgets results past retention.
@@ -84,22 +87,35 @@ impl Engine {
             if !ids.is_empty() {
                 self.emit(Event::BroadcastsForgotten { ids }, out);
             }
-            let gone: Vec<PodId> = self
-                .away
-                .take_before(Timestamp(cutoff), FORGET_PER_TICK)
-                .into_iter()
-                .filter(|pod| !self.pods.contains_key(pod))
-                .collect();
-            let pods: Vec<PodId> = gone
-                .into_iter()
-                .filter(|pod| {
-                    self.state.broadcasts().has_applied_any(pod)
-                        || self.state.pod_owner(pod).is_some()
-                })
-                .collect();
-            if !pods.is_empty() {
-                self.emit(Event::PodsForgotten { pods }, out);
-            }
+        }
+        self.forget_pods(now, out);
+    }
+
+    /// Forgets pods away for longer than the result retention: the versions they applied
+    /// and who owned their ids. Beyond `OWNED_IDS_PER_POD_PLACE` owned ids per place of
+    /// `max_pods` (a fleet that takes a fresh id on every start), the ids away longest go
+    /// before their retention ends, so the owners stay bounded.
+    fn forget_pods(&mut self, now: Timestamp, out: &mut Output) {
+        let most = self.config.max_pods.saturating_mul(OWNED_IDS_PER_POD_PLACE);
+        let over = self.state.owned_pod_count().saturating_sub(most);
+        let retention = u64::try_from(self.config.result_retention.as_millis()).unwrap_or(u64::MAX);
+        let (cutoff, limit) = match now.0.checked_sub(retention) {
+            _ if over > 0 => (Timestamp(u64::MAX), over.min(FORGET_PER_TICK)),
+            Some(cutoff) => (Timestamp(cutoff), FORGET_PER_TICK),
+            None => return,
+        };
+        let pods: Vec<PodId> = self
+            .away
+            .take_before(cutoff, limit)
+            .into_iter()
+            .filter(|pod| {
+                !self.pods.contains_key(pod)
+                    && (self.state.broadcasts().has_applied_any(pod)
+                        || self.state.pod_owner(pod).is_some())
+            })
+            .collect();
+        if !pods.is_empty() {
+            self.emit(Event::PodsForgotten { pods }, out);
         }
     }
 }

@@ -406,12 +406,15 @@ fn golden_v6_records_and_snapshot_decode() {
 }
 
 /// Format 7 added `PodBound`, and snapshot format 5 the pod owners it records: `pod-b`
-/// is bound to a certificate's subject.
+/// is bound to a token and a certificate's subject.
 fn golden_events_v7() -> Vec<Event> {
     let mut events = golden_events_v6();
     events.push(Event::PodBound {
         pod: PodId::new("pod-b").expect("valid"),
-        credential: "certificate pod-b.example".to_owned(),
+        owner: crate::state::stored::PodOwner {
+            token: Some("fleet".to_owned()),
+            certificate: Some("dns:pod-b.example".to_owned()),
+        },
     });
     events
 }

@@ -315,8 +315,8 @@ impl MasterState {
                     self.pod_owners.remove(pod);
                 }
             }
-            Event::PodBound { pod, credential } => {
-                self.pod_owners.insert(pod.clone(), credential.clone());
+            Event::PodBound { pod, owner } => {
+                self.pod_owners.insert(pod.clone(), owner.clone());
             }
             Event::TasksForgotten { tasks } => {
                 for id in tasks {

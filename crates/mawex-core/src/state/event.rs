@@ -4,8 +4,8 @@ use mawex_api::{BroadcastId, GroupName, PodId, ScheduleName, TaskId, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use super::stored::{
-    AttemptRef, BroadcastSpec, GroupSettings, Outcome, PendingChange, ScheduleSpec, Source,
-    TaskError, TaskSpec,
+    AttemptRef, BroadcastSpec, GroupSettings, Outcome, PendingChange, PodOwner, ScheduleSpec,
+    Source, TaskError, TaskSpec,
 };
 
 /// One change of durable state. Applying the same events in the same order always yields the
@@ -200,13 +200,14 @@ pub enum Event {
         /// The pods.
         pods: Vec<PodId>,
     },
-    /// A credential registered a pod id that none owned: from now on only it may use the
-    /// id, across restarts too. (Appended in record format 7.)
+    /// A credential registered a pod id that none owned, or the owner came back with a
+    /// stronger or renewed credential (see `Engine::pod_hello`): from now on only it may use
+    /// the id, across restarts too. (Appended in record format 7.)
     PodBound {
         /// The pod id.
         pod: PodId,
-        /// A client certificate's subject or a token's id, as the server named it.
-        credential: String,
+        /// Its credential.
+        owner: PodOwner,
     },
 }
 

@@ -44,10 +44,10 @@ pub struct MasterState {
     results_recorded: u64,
     /// Broadcasts, their targets, and the versions pods applied.
     broadcasts: Broadcasts,
-    /// The credential that registered each pod id (a certificate's subject or a token's
-    /// id): another credential may not use the id. Kept while the state names the pod,
+    /// The credential that registered each pod id (a token, a certificate's subject, or
+    /// both): another credential may not use the id. Kept while the state names the pod,
     /// dropped with `PodsForgotten`. (Snapshot format 5.)
-    pod_owners: BTreeMap<PodId, String>,
+    pod_owners: BTreeMap<PodId, stored::PodOwner>,
     /// Derived indexes below are rebuilt after a snapshot is loaded, not stored in it.
     #[serde(skip)]
     pending: HashMap<GroupName, BTreeMap<QueueKey, TaskId>>,
@@ -229,8 +229,13 @@ impl MasterState {
     }
 
     /// The credential that registered `pod`, if one did.
-    pub(crate) fn pod_owner(&self, pod: &PodId) -> Option<&str> {
-        self.pod_owners.get(pod).map(String::as_str)
+    pub(crate) fn pod_owner(&self, pod: &PodId) -> Option<&stored::PodOwner> {
+        self.pod_owners.get(pod)
+    }
+
+    /// How many pod ids have an owner.
+    pub(crate) fn owned_pod_count(&self) -> usize {
+        self.pod_owners.len()
     }
 
     /// The pod ids a credential registered.

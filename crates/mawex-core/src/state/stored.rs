@@ -630,6 +630,24 @@ impl BroadcastSpec {
     }
 }
 
+/// Who owns a pod id: the credential that registered it (record format 7).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodOwner {
+    /// Its token's id.
+    pub token: Option<String>,
+    /// Its client certificate's subject, with the subject's kind.
+    pub certificate: Option<String>,
+}
+
+impl From<&mawex_api::pod::PodCredential> for PodOwner {
+    fn from(c: &mawex_api::pod::PodCredential) -> Self {
+        PodOwner {
+            token: c.token.clone(),
+            certificate: c.certificate.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

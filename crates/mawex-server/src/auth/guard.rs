@@ -99,14 +99,7 @@ where
                 Box::pin(self.inner.call(request))
             }
             Err(status) => {
-                tracing::warn!(
-                    target: "mawex::audit",
-                    call = request.uri().path(),
-                    peer = %peer(&request),
-                    code = ?status.code(),
-                    reason = status.message(),
-                    "call refused"
-                );
+                super::log_refused(request.uri().path(), &peer(&request), &status);
                 let response = status.into_http();
                 Box::pin(std::future::ready(Ok(response)))
             }

@@ -54,6 +54,63 @@ pub(crate) fn check_group(caller: Option<&Caller>, group: &GroupName) -> Result<
     caller.map_or(Ok(()), |c| c.check_group(group))
 }
 
+/// Refused calls logged per [`REFUSALS_WINDOW`] at most: an unauthenticated peer can send
+/// calls in a loop, and must not flood the audit log with them.
+const REFUSALS_LOGGED: u64 = 20;
+const REFUSALS_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+struct RefusalWindow {
+    started: Option<std::time::Instant>,
+    logged: u64,
+    suppressed: u64,
+}
+
+static REFUSALS: std::sync::Mutex<RefusalWindow> = std::sync::Mutex::new(RefusalWindow {
+    started: None,
+    logged: 0,
+    suppressed: 0,
+});
+
+/// Logs a refused call on the audit target, at most [`REFUSALS_LOGGED`] per window; the
+/// rest are counted, and the count is logged when the next window opens.
+pub(crate) fn log_refused(call: &str, peer: &str, status: &Status) {
+    let mut window = REFUSALS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = std::time::Instant::now();
+    if window
+        .started
+        .is_none_or(|at| now.duration_since(at) >= REFUSALS_WINDOW)
+    {
+        if window.suppressed > 0 {
+            tracing::warn!(
+                target: "mawex::audit",
+                refused = window.suppressed,
+                "more calls were refused than logged in the last window"
+            );
+        }
+        *window = RefusalWindow {
+            started: Some(now),
+            logged: 0,
+            suppressed: 0,
+        };
+    }
+    if window.logged >= REFUSALS_LOGGED {
+        window.suppressed = window.suppressed.saturating_add(1);
+        return;
+    }
+    window.logged += 1;
+    drop(window);
+    tracing::warn!(
+        target: "mawex::audit",
+        call,
+        peer,
+        code = ?status.code(),
+        reason = status.message(),
+        "call refused"
+    );
+}
+
 /// The token id of a caller, for logs (`-` without tokens).
 pub(crate) fn token_id(caller: Option<&Caller>) -> &str {
     caller.map_or("-", |c| c.token.id())

@@ -115,8 +115,8 @@ impl TokenEntry {
         self
     }
 
-    /// Lets a pod token have at most `n` pods connected at once, so that one credential
-    /// cannot take every place of the master's `max_pods`.
+    /// Lets a pod token have at most `n` pods connected at once, so that one token cannot
+    /// take every place of the master's `max_pods`.
     pub fn max_pods(mut self, n: u32) -> Self {
         self.max_pods = Some(n);
         self
