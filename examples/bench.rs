@@ -29,9 +29,10 @@ struct Args {
     /// Pod slots.
     #[arg(long, default_value_t = 2)]
     slots: u32,
-    /// Leases a pod holds queued beyond its slots.
-    #[arg(long, default_value_t = 1024)]
-    prefetch: u32,
+    /// Leases a pod holds queued beyond its slots: a number (fixed), or `default` (the
+    /// library's default: adaptive, up to 1,024).
+    #[arg(long, default_value = "1024", value_parser = parse_prefetch)]
+    prefetch: Option<u32>,
     /// Events between snapshots (0: only at shutdown).
     #[arg(long, default_value_t = MasterConfig::default().snapshot_every)]
     snapshot_every: u64,
@@ -53,6 +54,17 @@ struct Args {
     /// `grpc`: require tokens (a client and a pod token made for the run).
     #[arg(long)]
     tokens: bool,
+}
+
+/// `default` (`None`: the library's default) or a fixed number of leases.
+fn parse_prefetch(text: &str) -> Result<Option<u32>, String> {
+    match text {
+        "default" => Ok(None),
+        n => n
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("a number or `default`: {e}")),
+    }
 }
 
 /// What the `grpc` scenario's server, client and pod are set up with.
@@ -157,13 +169,12 @@ async fn run(args: &Args, transport: Transport, fair: bool) -> anyhow::Result<se
     let group = GroupName::new("bench")?;
     let mut handlers = HandlerRegistry::new();
     handlers.register("noop", |_: TaskInput| async { Ok(Bytes::new()) })?;
-    let pod = Pod::start(
-        PodConfig::new(PodId::new("bench-pod")?, vec![group.clone()])
-            .with_slots(args.slots)
-            .with_prefetch(args.prefetch),
-        Arc::new(InProcess::new(handlers)),
-        connector,
-    )?;
+    let mut pod_config =
+        PodConfig::new(PodId::new("bench-pod")?, vec![group.clone()]).with_slots(args.slots);
+    if let Some(n) = args.prefetch {
+        pod_config = pod_config.with_prefetch(n);
+    }
+    let pod = Pod::start(pod_config, Arc::new(InProcess::new(handlers)), connector)?;
 
     // Throughput: submit in batches while a result stream counts completions.
     let mut results = proxy.results(group.clone(), None).await?;
@@ -236,7 +247,7 @@ async fn run(args: &Args, transport: Transport, fair: bool) -> anyhow::Result<se
         "rtt_ms_p50": (percentile(&rtts, 0.50) * 1000.0).round() / 1000.0,
         "rtt_ms_p99": (percentile(&rtts, 0.99) * 1000.0).round() / 1000.0,
         "slots": args.slots,
-        "prefetch": args.prefetch,
+        "prefetch": args.prefetch.map_or_else(|| serde_json::json!("default"), |n| serde_json::json!(n)),
         "tls": transport == Transport::Grpc && args.tls,
         "tokens": transport == Transport::Grpc && args.tokens,
     }))

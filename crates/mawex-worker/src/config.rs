@@ -8,6 +8,9 @@ use mawex_api::{GroupName, Limits, PodId};
 
 use crate::error::WorkerError;
 
+/// The most leases a pod holds beyond its slots by default, when its pace allows.
+pub const DEFAULT_PREFETCH: u32 = 1024;
+
 /// Settings of a pod.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -19,8 +22,13 @@ pub struct PodConfig {
     /// Attempts run at once across all its groups (1: strictly one after another).
     pub slots: u32,
     /// Leases held queued beyond `slots`, hiding the round trip to the master for short
-    /// tasks. 0 (the default) keeps dispatch strict: a task is leased only to a free slot.
+    /// tasks; with `adaptive_prefetch`, the most held. 0 keeps dispatch strict: a task is
+    /// leased only to a free slot.
     pub prefetch: u32,
+    /// The master sizes the queue to the pod's pace: what it starts within 10 ms at the
+    /// rate it finished attempts lately, none for a fresh pod or one with long tasks, up
+    /// to `prefetch`. Default: on, up to [`DEFAULT_PREFETCH`].
+    pub adaptive_prefetch: bool,
     /// Free-form labels.
     pub labels: BTreeMap<String, String>,
     /// Address other pods can reach this one at.
@@ -47,7 +55,8 @@ impl PodConfig {
             id,
             groups,
             slots: 1,
-            prefetch: 0,
+            prefetch: DEFAULT_PREFETCH,
+            adaptive_prefetch: true,
             labels: BTreeMap::new(),
             address: None,
             shutdown_grace: Duration::from_secs(30),
@@ -76,9 +85,19 @@ impl PodConfig {
         self
     }
 
-    /// The same pod with `prefetch` queued leases beyond its slots.
+    /// The same pod with exactly `prefetch` queued leases beyond its slots, whatever its
+    /// pace (0: strict dispatch).
     pub fn with_prefetch(mut self, prefetch: u32) -> Self {
         self.prefetch = prefetch;
+        self.adaptive_prefetch = false;
+        self
+    }
+
+    /// The same pod with a queue sized to its pace by the master, of at most `max` leases
+    /// beyond its slots (the default, with [`DEFAULT_PREFETCH`]).
+    pub fn with_adaptive_prefetch(mut self, max: u32) -> Self {
+        self.prefetch = max;
+        self.adaptive_prefetch = true;
         self
     }
 

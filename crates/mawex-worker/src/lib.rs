@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use session::run;
 use shared::{executor, Holdings, Shared};
 
-pub use config::PodConfig;
+pub use config::{PodConfig, DEFAULT_PREFETCH};
 pub use error::WorkerError;
 
 /// A running pod. Stop it with [`Pod::shutdown`]; dropping it kills it abruptly.

@@ -70,6 +70,7 @@ impl Shared {
         let mut hello = PodHello::new(self.config.id.clone(), self.config.groups.clone());
         hello.slots = self.config.slots;
         hello.prefetch = self.config.prefetch;
+        hello.adaptive_prefetch = self.config.adaptive_prefetch;
         hello.labels = self.config.labels.clone();
         hello.address = self.config.address.clone();
         hello.holding = held_refs(&lock(&self.holdings));

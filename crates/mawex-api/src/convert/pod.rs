@@ -54,6 +54,7 @@ impl From<PodHello> for proto::PodHello {
             groups: h.groups.into_iter().map(|g| g.to_string()).collect(),
             slots: h.slots,
             prefetch: h.prefetch,
+            adaptive_prefetch: h.adaptive_prefetch,
             labels: h.labels.into_iter().collect(),
             address: h.address,
             holding: to_proto_attempts(h.holding),
@@ -74,6 +75,7 @@ impl TryFrom<proto::PodHello> for PodHello {
         let mut hello = PodHello::new(PodId::new(&h.pod).map_err(in_field("hello.pod"))?, groups);
         hello.slots = h.slots;
         hello.prefetch = h.prefetch;
+        hello.adaptive_prefetch = h.adaptive_prefetch;
         hello.labels = h.labels.into_iter().collect();
         hello.address = h.address;
         hello.holding = attempts(h.holding)?;

@@ -42,8 +42,14 @@ pub struct PodHello {
     /// How many attempts it runs at once (1: strictly one after another).
     pub slots: u32,
     /// How many more leases it holds queued beyond its slots, to hide the round trip to the
-    /// master. 0 keeps dispatch strict: a task is leased only when a slot is free.
+    /// master. 0 keeps dispatch strict: a task is leased only when a slot is free. With
+    /// `adaptive_prefetch`, the most it holds.
     pub prefetch: u32,
+    /// The master sizes the queue beyond the slots to what the pod starts in 10 ms at the
+    /// pace it finished attempts lately (none for a fresh pod or long tasks), up to
+    /// `prefetch`.
+    #[serde(default)]
+    pub adaptive_prefetch: bool,
     /// Free-form labels (zone, machine type, ...).
     pub labels: BTreeMap<String, String>,
     /// Address other pods can reach it at, if any.
@@ -122,6 +128,7 @@ impl PodHello {
             groups,
             slots: 1,
             prefetch: 0,
+            adaptive_prefetch: false,
             labels: BTreeMap::new(),
             address: None,
             holding: Vec::new(),

@@ -55,8 +55,10 @@ struct PodEntry {
     session: u64,
     groups: Vec<GroupName>,
     slots: u32,
-    /// Leases it may hold: slots plus prefetch.
+    /// Leases it may ever hold: slots plus prefetch.
     capacity: u32,
+    /// With adaptive prefetch, the pace that sizes its queue beyond the slots.
+    pace: Option<pace::Pace>,
     /// Ordered, so that events derived from it come out in a deterministic order.
     leases: BTreeMap<TaskId, Lease>,
     /// Without a message from the pod by then, its leases expire.
@@ -74,11 +76,19 @@ struct PodEntry {
 }
 
 impl PodEntry {
+    /// Leases it may hold now: with adaptive prefetch, its slots plus what its pace allows.
+    fn capacity_now(&self) -> u32 {
+        match &self.pace {
+            Some(pace) => self.slots.saturating_add(pace.extra()).min(self.capacity),
+            None => self.capacity,
+        }
+    }
+
     fn free(&self) -> usize {
         if self.draining {
             return 0;
         }
-        (self.capacity as usize).saturating_sub(self.leases.len())
+        (self.capacity_now() as usize).saturating_sub(self.leases.len())
     }
 
     fn holds(&self, r: &AttemptRef) -> bool {
@@ -255,13 +265,16 @@ impl Engine {
     pub(crate) fn apply(&mut self, event: &Event) {
         match event {
             Event::TaskAccepted { .. } => self.dispatch_needed = true,
-            Event::TaskAssigned { attempt, pod, .. } => {
+            Event::TaskAssigned { attempt, pod, at } => {
                 if let Some(entry) = self.pods.get_mut(pod) {
                     let lease = Lease {
                         attempt: attempt.attempt,
                         batch: self.batch,
                     };
                     entry.leases.insert(attempt.task, lease);
+                    if let Some(pace) = &mut entry.pace {
+                        pace.leased(*at);
+                    }
                 }
                 self.orphans.remove(&attempt.task);
             }
@@ -349,6 +362,7 @@ impl Engine {
 mod broadcast;
 mod cron;
 mod dispatch;
+mod pace;
 mod pods;
 mod requests;
 mod retry;

@@ -149,6 +149,9 @@ impl Engine {
             groups,
             slots: hello.slots,
             capacity: hello.slots.saturating_add(hello.prefetch),
+            pace: hello
+                .adaptive_prefetch
+                .then(|| super::pace::Pace::new(hello.prefetch)),
             leases: BTreeMap::new(),
             expires_at: now.saturating_add(self.config.lease_timeout),
             draining: false,
@@ -274,6 +277,12 @@ impl Engine {
                         out,
                     ),
                     Err(error) => self.fail_attempt(attempt, bounded(error), now, out),
+                }
+                if let Some(entry) = self.pods.get_mut(&pod_id) {
+                    let held = entry.leases.len();
+                    if let Some(pace) = &mut entry.pace {
+                        pace.finished(now, held);
+                    }
                 }
             }
             PodMessage::Drain => {

@@ -1875,3 +1875,139 @@ mod broadcast {
         assert_eq!(running, 3);
     }
 }
+
+/// Adaptive prefetch, run in simulated time (one turn per millisecond, each turn's output
+/// reaching the pods at once): three pods whose tasks take no time (each finishes 5 a
+/// millisecond) and one whose tasks take 100 ms, 2 slots each, and a deep backlog. No pod
+/// ever holds more leased-but-unstarted tasks than it starts in about 10 ms at its rate,
+/// the fast pods get a queue, the slow one stays strict, and a pod that joins mid-run is
+/// leased work in its first turn.
+mod adaptive_prefetch {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    const FAST_PER_MS: usize = 5;
+    const SLOW_MS: u64 = 100;
+    const SLOTS: u32 = 2;
+
+    struct SimPod {
+        name: String,
+        session: u64,
+        fast: bool,
+        /// Leases in the order they were assigned; the first `SLOTS` are running, with
+        /// the time each started.
+        queue: VecDeque<(AttemptRef, Option<u64>)>,
+    }
+
+    impl SimPod {
+        /// What it finishes at `t` (ms), and starts the next ones.
+        fn turn(&mut self, t: u64) -> Vec<AttemptRef> {
+            let mut done = Vec::new();
+            if self.fast {
+                for _ in 0..FAST_PER_MS {
+                    match self.queue.pop_front() {
+                        Some((a, _)) => done.push(a),
+                        None => break,
+                    }
+                }
+            } else {
+                while let Some((a, Some(started))) = self.queue.front().copied() {
+                    if started + SLOW_MS > t {
+                        break;
+                    }
+                    self.queue.pop_front();
+                    done.push(a);
+                }
+                // The two oldest may have finished in any order; only front ones here.
+            }
+            for (_, started) in self.queue.iter_mut().take(SLOTS as usize) {
+                started.get_or_insert(t);
+            }
+            done
+        }
+
+        fn unstarted(&self) -> usize {
+            self.queue.len().saturating_sub(SLOTS as usize)
+        }
+    }
+
+    fn join(e: &mut Engine, name: &str, session: u64, fast: bool, t: u64) -> SimPod {
+        let mut h = hello(name, &["g"], SLOTS);
+        h.prefetch = 1024;
+        h.adaptive_prefetch = true;
+        e.pod_hello(session, h, at(t), &mut Output::default())
+            .unwrap();
+        SimPod {
+            name: name.to_owned(),
+            session,
+            fast,
+            queue: VecDeque::new(),
+        }
+    }
+
+    #[test]
+    fn the_queue_follows_each_pods_pace() {
+        let mut e = engine();
+        let mut out = Output::default();
+        e.submit((0..30_000).map(|_| spec("g")).collect(), T0, &mut out)
+            .unwrap();
+        let mut pods: Vec<SimPod> = (0..3)
+            .map(|i| join(&mut e, &format!("fast-{i}"), i + 1, true, 0))
+            .collect();
+        pods.push(join(&mut e, "slow", 4, false, 0));
+        let mut most_unstarted = [0_usize; 5];
+        for t in 1..=1_500_u64 {
+            if t == 1_000 {
+                pods.push(join(&mut e, "late", 5, true, t));
+            }
+            let mut out = Output::default();
+            for pod in &mut pods {
+                for attempt in pod.turn(t) {
+                    let finished = PodMessage::Finished {
+                        attempt,
+                        outcome: Ok(Bytes::new()),
+                    };
+                    e.pod_message(pod.session, finished, at(t), &mut out);
+                }
+            }
+            e.dispatch(at(t), &mut out);
+            for event in &out.events {
+                if let Event::TaskAssigned { attempt, pod, .. } = event {
+                    let sim = pods
+                        .iter_mut()
+                        .find(|p| p.name == pod.as_str())
+                        .expect("a known pod");
+                    sim.queue.push_back(((*attempt).into(), None));
+                }
+            }
+            if t == 1_000 {
+                let late = pods.last().expect("the late pod");
+                assert!(
+                    !late.queue.is_empty(),
+                    "the late pod got no work in its first turn"
+                );
+            }
+            for (i, pod) in pods.iter().enumerate() {
+                most_unstarted[i] = most_unstarted[i].max(pod.unstarted());
+            }
+        }
+        // A fast pod starts 5 a millisecond: 50 in 10 ms.
+        for (i, pod) in pods.iter().enumerate().filter(|(_, p)| p.fast) {
+            assert!(
+                most_unstarted[i] <= 50,
+                "{} held {} unstarted leases",
+                pod.name,
+                most_unstarted[i]
+            );
+            assert!(
+                most_unstarted[i] >= 25,
+                "{} got no queue to hide the round trip ({})",
+                pod.name,
+                most_unstarted[i]
+            );
+        }
+        // The slow pod starts 2 per 100 ms: nothing within 10 ms.
+        assert_eq!(most_unstarted[3], 0, "the slow pod was leased work ahead");
+    }
+}

@@ -1,0 +1,130 @@
+//! Adaptive prefetch: how many leases beyond its slots a pod holds, sized to what it starts
+//! within [`QUEUE_FOR_MS`] at the rate it finished attempts lately.
+//!
+//! With strict dispatch a pod gets a new task only once the batch that freed its slot is
+//! durable, so a fast pod waits a commit round trip per task (about 4,000 tasks/s for two
+//! slots). A queue of leases hides that wait, but a fixed one hoards: a pod whose tasks take
+//! 100 ms would sit on work other pods could start. So the queue follows the pod's pace:
+//! none for a fresh pod or one with long tasks, up to the pod's own `prefetch` for one that
+//! finishes many attempts per millisecond. The rate is measured over the pod's busy time
+//! (while it holds a lease), so a pod that was idle is not taken for a slow one.
+
+use mawex_api::Timestamp;
+
+/// A pod holds the leases it starts within this long beyond its slots, at most.
+pub(crate) const QUEUE_FOR_MS: u64 = 10;
+
+/// The rate is measured again after this much busy time.
+const WINDOW_BUSY_MS: u64 = 50;
+
+/// The pace of one pod with adaptive prefetch.
+#[derive(Debug, Clone)]
+pub(super) struct Pace {
+    /// The most leases beyond its slots the pod accepts (its hello's `prefetch`).
+    max_extra: u32,
+    /// Leases it may hold beyond its slots now.
+    extra: u32,
+    /// Attempts finished in the current window.
+    finished: u64,
+    /// Busy time of the window before `busy_since`.
+    busy_ms: u64,
+    /// Since when the pod holds leases, if it does.
+    busy_since: Option<Timestamp>,
+}
+
+impl Pace {
+    /// A fresh pod: strict dispatch until it has shown its pace.
+    pub(super) fn new(max_extra: u32) -> Self {
+        Pace {
+            max_extra,
+            extra: 0,
+            finished: 0,
+            busy_ms: 0,
+            busy_since: None,
+        }
+    }
+
+    /// Leases the pod may hold beyond its slots now.
+    pub(super) fn extra(&self) -> u32 {
+        self.extra
+    }
+
+    /// The pod was leased an attempt at `at`.
+    pub(super) fn leased(&mut self, at: Timestamp) {
+        self.busy_since.get_or_insert(at);
+    }
+
+    /// The pod finished an attempt at `now`, and holds `held` leases after it.
+    pub(super) fn finished(&mut self, now: Timestamp, held: usize) {
+        self.finished = self.finished.saturating_add(1);
+        let running = self
+            .busy_since
+            .map_or(0, |since| now.0.saturating_sub(since.0));
+        let busy = self.busy_ms.saturating_add(running);
+        if busy >= WINDOW_BUSY_MS {
+            let extra = self.finished.saturating_mul(QUEUE_FOR_MS) / busy;
+            self.extra = u32::try_from(extra).unwrap_or(u32::MAX).min(self.max_extra);
+            self.finished = 0;
+            self.busy_ms = 0;
+            self.busy_since = (held > 0).then_some(now);
+        } else if held == 0 {
+            self.busy_ms = busy;
+            self.busy_since = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a pod that finishes `per_ms` attempts each millisecond for `ms`, always busy.
+    fn run(pace: &mut Pace, start: u64, ms: u64, per_ms: u64) {
+        pace.leased(Timestamp(start));
+        for t in start..start + ms {
+            for _ in 0..per_ms {
+                pace.finished(Timestamp(t + 1), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn a_fast_pod_gets_what_it_starts_in_the_queue_time() {
+        let mut pace = Pace::new(1024);
+        assert_eq!(pace.extra(), 0, "strict until measured");
+        run(&mut pace, 0, 100, 20);
+        assert_eq!(pace.extra(), 200, "20 per ms for 10 ms");
+        let mut capped = Pace::new(64);
+        run(&mut capped, 0, 100, 20);
+        assert_eq!(capped.extra(), 64, "never beyond the pod's prefetch");
+    }
+
+    #[test]
+    fn a_slow_pod_stays_strict() {
+        let mut pace = Pace::new(1024);
+        // Two slots, 100 ms per attempt.
+        pace.leased(Timestamp(0));
+        for round in 1..=10 {
+            pace.finished(Timestamp(round * 100), 1);
+            pace.finished(Timestamp(round * 100), 2);
+        }
+        assert_eq!(pace.extra(), 0);
+    }
+
+    #[test]
+    fn idle_time_does_not_count() {
+        let mut pace = Pace::new(1024);
+        run(&mut pace, 0, 100, 20);
+        // Idle for a minute, then 10 attempts in 1 ms of busy time: no window closes yet.
+        pace.finished(Timestamp(100), 0);
+        pace.leased(Timestamp(60_100));
+        for _ in 0..10 {
+            pace.finished(Timestamp(60_101), 1);
+        }
+        assert_eq!(
+            pace.extra(),
+            200,
+            "the pace is not taken from the idle minute"
+        );
+    }
+}
