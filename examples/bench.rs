@@ -32,7 +32,7 @@ struct Args {
     /// Leases a pod holds queued beyond its slots: a number (fixed), or `default` (the
     /// library's default: adaptive, up to 1,024).
     #[arg(long, default_value = "1024", value_parser = parse_prefetch)]
-    prefetch: Option<u32>,
+    prefetch: Prefetch,
     /// Events between snapshots (0: only at shutdown).
     #[arg(long, default_value_t = MasterConfig::default().snapshot_every)]
     snapshot_every: u64,
@@ -56,13 +56,17 @@ struct Args {
     tokens: bool,
 }
 
-/// `default` (`None`: the library's default) or a fixed number of leases.
-fn parse_prefetch(text: &str) -> Result<Option<u32>, String> {
+/// A fixed number of leases, or `None`: the library's default.
+#[derive(Debug, Clone, Copy)]
+struct Prefetch(Option<u32>);
+
+/// `default` or a number.
+fn parse_prefetch(text: &str) -> Result<Prefetch, String> {
     match text {
-        "default" => Ok(None),
+        "default" => Ok(Prefetch(None)),
         n => n
             .parse()
-            .map(Some)
+            .map(|n| Prefetch(Some(n)))
             .map_err(|e| format!("a number or `default`: {e}")),
     }
 }
@@ -171,7 +175,7 @@ async fn run(args: &Args, transport: Transport, fair: bool) -> anyhow::Result<se
     handlers.register("noop", |_: TaskInput| async { Ok(Bytes::new()) })?;
     let mut pod_config =
         PodConfig::new(PodId::new("bench-pod")?, vec![group.clone()]).with_slots(args.slots);
-    if let Some(n) = args.prefetch {
+    if let Prefetch(Some(n)) = args.prefetch {
         pod_config = pod_config.with_prefetch(n);
     }
     let pod = Pod::start(pod_config, Arc::new(InProcess::new(handlers)), connector)?;
@@ -247,7 +251,7 @@ async fn run(args: &Args, transport: Transport, fair: bool) -> anyhow::Result<se
         "rtt_ms_p50": (percentile(&rtts, 0.50) * 1000.0).round() / 1000.0,
         "rtt_ms_p99": (percentile(&rtts, 0.99) * 1000.0).round() / 1000.0,
         "slots": args.slots,
-        "prefetch": args.prefetch.map_or_else(|| serde_json::json!("default"), |n| serde_json::json!(n)),
+        "prefetch": args.prefetch.0.map_or_else(|| serde_json::json!("default"), |n| serde_json::json!(n)),
         "tls": transport == Transport::Grpc && args.tls,
         "tokens": transport == Transport::Grpc && args.tokens,
     }))

@@ -14,8 +14,10 @@ use mawex_api::Timestamp;
 /// A pod holds the leases it starts within this long beyond its slots, at most.
 pub(crate) const QUEUE_FOR_MS: u64 = 10;
 
-/// The rate is measured again after this much busy time.
-const WINDOW_BUSY_MS: u64 = 50;
+/// The rate is measured again after this much busy time: short, so that a fresh pod grows
+/// its queue within a few tens of milliseconds (about 20x a window while the round trip is
+/// what limits it).
+const WINDOW_BUSY_MS: u64 = 20;
 
 /// The pace of one pod with adaptive prefetch.
 #[derive(Debug, Clone)]
