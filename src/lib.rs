@@ -96,12 +96,13 @@ pub mod sandbox {
 }
 
 /// Test hooks and internals (feature `testing`): the journal's event and state types (for
-/// implementing a [`Journal`]), the journal conformance suite, the generated protobuf code,
-/// and `Master::halt` (a crash without a final commit).
+/// implementing a [`Journal`]), the journal conformance suite, the pieces of the core for
+/// micro-benchmarks (`pieces`), the generated protobuf code, and `Master::halt` (a crash
+/// without a final commit).
 #[cfg(all(feature = "testing", feature = "master"))]
 pub mod testing {
     pub use mawex_api::proto;
-    pub use mawex_core::testing::{journal_suite, JournalUnderTest};
+    pub use mawex_core::testing::{journal_suite, pieces, JournalUnderTest};
     pub use mawex_core::{
         CommittedBatch, CommittedFeed, Event, MasterState, Recovered, RequeueReason,
     };

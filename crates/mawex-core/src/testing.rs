@@ -23,6 +23,8 @@
 //! journal_suite(|| InMemory(MemoryJournal::new()));
 //! ```
 
+pub mod pieces;
+
 use bytes::Bytes;
 use mawex_api::{GroupName, TaskId, TaskSpec, Timestamp};
 
