@@ -2,6 +2,9 @@
 //!
 //! `cargo run --release --example bench -- --scenario local --tasks 100000`
 
+#[path = "bench/backlog.rs"]
+mod backlog;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,8 +19,10 @@ use mawex::{
 
 #[derive(Parser, Debug)]
 struct Args {
-    /// Which scenario to run: `local`, `grpc`, `fair` (local, 1,000 fairness keys), or
-    /// `sandbox` (per-task overhead of each sandbox against a bare spawn).
+    /// Which scenario to run: `local`, `grpc`, `fair` (local, 1,000 fairness keys),
+    /// `sandbox` (per-task overhead of each sandbox against a bare spawn), `broadcast`, or
+    /// `backlog` (`--tasks` pending with no pod: memory, journal, snapshot pause, list,
+    /// restart after kill -9).
     #[arg(long, default_value = "local")]
     scenario: String,
     /// Tasks in the throughput phase.
@@ -437,6 +442,8 @@ fn noop_handlers() -> anyhow::Result<HandlerRegistry> {
 fn main() -> anyhow::Result<()> {
     // The `sandbox` scenario forks this binary: in the child, run the attempt and exit.
     mawex::sandbox::forked::run_if_child(&noop_handlers()?);
+    // The `backlog` scenario runs its master in a child process, to kill it.
+    backlog::run_if_child()?;
     tokio::runtime::Runtime::new()?.block_on(bench())
 }
 
@@ -453,8 +460,9 @@ async fn bench() -> anyhow::Result<()> {
         "grpc" => run(&args, Transport::Grpc, false).await?,
         "fair" => run(&args, Transport::Local, true).await?,
         "broadcast" => broadcast(&args).await?,
+        "backlog" => backlog::backlog(args.tasks).await?,
         other => anyhow::bail!(
-            "unknown scenario {other:?}; known: local, grpc, fair, sandbox, broadcast"
+            "unknown scenario {other:?}; known: local, grpc, fair, sandbox, broadcast, backlog"
         ),
     };
     println!("{line}");

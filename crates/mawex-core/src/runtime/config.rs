@@ -142,6 +142,10 @@ pub struct MasterStats {
     pub pods: Vec<PodStats>,
     /// Sequence number of the last journaled event.
     pub last_seq: u64,
+    /// Snapshots taken since the master started.
+    pub snapshots: u64,
+    /// The longest a snapshot held the core thread (nothing else is decided meanwhile).
+    pub longest_snapshot: std::time::Duration,
 }
 
 impl MasterStats {

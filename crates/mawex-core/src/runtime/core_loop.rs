@@ -66,6 +66,8 @@ pub(crate) struct CoreLoop<J> {
     pub(crate) committed: Arc<AtomicU64>,
     /// When abandoned waiters were last dropped.
     pub(crate) last_prune: std::time::Instant,
+    /// Snapshots taken, and the longest one, for the stats.
+    pub(crate) snapshots: (u64, Duration),
 }
 
 fn no_broadcast(id: BroadcastId) -> ApiError {
@@ -412,6 +414,8 @@ impl<J: Journal> CoreLoop<J> {
             counts: self.engine.counts(),
             pods: self.engine.pod_stats(),
             last_seq: self.last_seq,
+            snapshots: self.snapshots.0,
+            longest_snapshot: self.snapshots.1,
         };
         self.stats.send_replace(stats);
     }
@@ -420,9 +424,14 @@ impl<J: Journal> CoreLoop<J> {
         let started = std::time::Instant::now();
         self.journal.snapshot(self.last_seq, self.engine.state())?;
         self.events_since_snapshot = 0;
+        let took = started.elapsed();
+        self.snapshots = (
+            self.snapshots.0.saturating_add(1),
+            self.snapshots.1.max(took),
+        );
         debug!(
             seq = self.last_seq,
-            took_ms = started.elapsed().as_millis() as u64,
+            took_ms = took.as_millis() as u64,
             "snapshot taken"
         );
         Ok(())

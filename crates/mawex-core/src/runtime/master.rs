@@ -129,6 +129,7 @@ impl MasterBuilder {
                     feed,
                     committed,
                     last_prune: std::time::Instant::now(),
+                    snapshots: (0, std::time::Duration::ZERO),
                 };
                 // Recovered counts are visible as soon as `start` returns.
                 core.publish_stats();
