@@ -50,6 +50,8 @@ impl MasterState {
                         .insert((spec.group.clone(), dedup.key.clone()), spec.id);
                 }
                 self.counts.moved(None, Some(TaskState::Pending));
+                self.listed
+                    .moved(spec.id, &spec.group, None, Some(TaskState::Pending));
                 self.enqueue(&entry);
                 self.tasks.insert(spec.id, entry);
             }
@@ -70,6 +72,12 @@ impl MasterState {
                 }
                 self.counts
                     .moved(Some(entry.state), Some(TaskState::Running));
+                self.listed.moved(
+                    attempt.task,
+                    &entry.spec.group,
+                    Some(entry.state),
+                    Some(TaskState::Running),
+                );
                 *self
                     .running_by_group
                     .entry(entry.spec.group.clone())
@@ -140,6 +148,12 @@ impl MasterState {
                     }
                     self.counts
                         .moved(Some(entry.state), Some(TaskState::Pending));
+                    self.listed.moved(
+                        *id,
+                        &entry.spec.group,
+                        Some(entry.state),
+                        Some(TaskState::Pending),
+                    );
                     entry.state = TaskState::Pending;
                     entry.not_before = None;
                     entry.retry_base = u32::try_from(entry.failures.len()).unwrap_or(u32::MAX);
@@ -182,6 +196,11 @@ impl MasterState {
                     let from = entry.spec.group.clone();
                     if let Some(group) = &change.group {
                         entry.spec.group = group.clone();
+                    }
+                    if moved {
+                        let pending = Some(TaskState::Pending);
+                        self.listed.moved(*id, &from, pending, None);
+                        self.listed.moved(*id, &entry.spec.group, None, pending);
                     }
                     if let Some(priority) = change.priority {
                         entry.spec.priority = priority;
@@ -336,6 +355,8 @@ impl MasterState {
                         }
                     }
                     self.counts.moved(Some(entry.state), None);
+                    self.listed
+                        .moved(*id, &entry.spec.group, Some(entry.state), None);
                     self.tasks.remove(id);
                     self.broadcasts.target_task_forgotten(id);
                 }
@@ -365,6 +386,8 @@ impl MasterState {
             round: ROUND_BASE,
         };
         self.counts.moved(None, Some(TaskState::Pending));
+        self.listed
+            .moved(task, &entry.spec.group, None, Some(TaskState::Pending));
         self.tasks.insert(task, entry);
     }
 
@@ -383,6 +406,12 @@ impl MasterState {
         }
         self.counts
             .moved(Some(entry.state), Some(TaskState::Pending));
+        self.listed.moved(
+            attempt.task,
+            &entry.spec.group,
+            Some(entry.state),
+            Some(TaskState::Pending),
+        );
         leave_running(&mut self.running_by_group, &entry.spec.group);
         entry.state = TaskState::Pending;
         entry.pod = None;
@@ -484,6 +513,8 @@ impl MasterState {
             *mean = mean.saturating_mul(4).saturating_add(ms) / 5;
         }
         self.counts.moved(Some(entry.state), Some(state));
+        self.listed
+            .moved(id, &entry.spec.group, Some(entry.state), Some(state));
         entry.state = state;
         entry.pod = None;
         entry.result = Some(TaskResult {

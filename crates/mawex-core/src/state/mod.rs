@@ -9,6 +9,7 @@ mod apply;
 pub(crate) mod broadcasts;
 mod entry;
 mod event;
+mod listed;
 mod reads;
 mod rounds;
 mod schedule;
@@ -59,6 +60,9 @@ pub struct MasterState {
     results: BTreeMap<u64, TaskId>,
     #[serde(skip)]
     counts: TaskCounts,
+    /// Task ids by group and state, for `list`.
+    #[serde(skip)]
+    listed: listed::Listed,
     /// Running tasks per group, for per-group concurrency ceilings.
     #[serde(skip)]
     running_by_group: HashMap<GroupName, u32>,
@@ -90,6 +94,7 @@ impl PartialEq for MasterState {
             && self.waiting() == other.waiting()
             && self.results == other.results
             && self.counts == other.counts
+            && self.listed == other.listed
             && self.running_by_group == other.running_by_group
             && self.dedup == other.dedup
             && live_rounds(&self.rounds) == live_rounds(&other.rounds)
@@ -187,12 +192,15 @@ impl MasterState {
         self.delayed.clear();
         self.results.clear();
         self.counts = TaskCounts::default();
+        self.listed = listed::Listed::default();
         self.running_by_group.clear();
         self.dedup.clear();
         self.rounds.clear();
         let tasks = std::mem::take(&mut self.tasks);
         for (id, entry) in &tasks {
             self.counts.moved(None, Some(entry.state));
+            self.listed
+                .moved(*id, &entry.spec.group, None, Some(entry.state));
             if entry.state == TaskState::Running {
                 *self
                     .running_by_group

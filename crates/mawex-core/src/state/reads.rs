@@ -84,10 +84,9 @@ impl MasterState {
                     .is_none_or(|k| e.failures.last().map(|f| f.error.kind) == Some(k))
         };
         if filter.ids.is_empty() {
-            self.tasks
-                .values()
-                .filter(|e| matches(e))
-                .map(|e| e.spec.id)
+            self.listed
+                .ids(filter.group.as_ref(), Some(TaskState::Failed), None)
+                .filter(|id| self.tasks.get(id).is_some_and(&matches))
                 .collect()
         } else {
             let mut ids: Vec<TaskId> = filter
@@ -102,10 +101,15 @@ impl MasterState {
         }
     }
 
-    /// The failed queue counted by group and kind of last error.
+    /// The failed queue counted by group and kind of last error: a walk over the failed
+    /// tasks only.
     pub(crate) fn failed_summary(&self) -> Vec<FailedCount> {
         let mut counts: BTreeMap<(GroupName, String), (ErrorKind, u64)> = BTreeMap::new();
-        for e in self.tasks.values().filter(|e| e.state == TaskState::Failed) {
+        let failed = self
+            .listed
+            .ids(None, Some(TaskState::Failed), None)
+            .filter_map(|id| self.tasks.get(&id));
+        for e in failed {
             let kind = e
                 .failures
                 .last()
@@ -254,7 +258,18 @@ impl MasterState {
         let mut tasks = Vec::new();
         let mut next = None;
         let mut bytes: usize = 0;
-        for entry in self.tasks.range((start, Bound::Unbounded)).map(|(_, e)| e) {
+        // A group or a state narrows the walk to the index of those tasks.
+        let candidates: Box<dyn Iterator<Item = &TaskEntry> + '_> =
+            if query.group.is_none() && query.state.is_none() {
+                Box::new(self.tasks.range((start, Bound::Unbounded)).map(|(_, e)| e))
+            } else {
+                Box::new(
+                    self.listed
+                        .ids(query.group.as_ref(), query.state, query.after)
+                        .filter_map(|id| self.tasks.get(&id)),
+                )
+            };
+        for entry in candidates {
             if query.group.as_ref().is_some_and(|g| *g != entry.spec.group)
                 || query.state.is_some_and(|s| s != entry.state)
             {

@@ -1,0 +1,149 @@
+//! The ids of each group's tasks in each state, in id order: what `list` pages through when
+//! it names a group or a state, so that a page costs O(page) (times the groups or states it
+//! merges), not a scan of every task. Derived: rebuilt after a load, and kept by every
+//! change of a task's state or group (the same calls that keep the counts).
+
+use std::collections::{BTreeSet, HashMap};
+use std::iter::Peekable;
+use std::ops::Bound;
+
+use mawex_api::{GroupName, TaskId, TaskState};
+
+/// Task ids by group, then state. Empty sets are removed, so that a state rebuilt from
+/// scratch equals one kept up to date.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Listed(HashMap<GroupName, HashMap<TaskState, BTreeSet<TaskId>>>);
+
+impl Listed {
+    /// Task `id` of `group` went from state `from` to `to` (`None`: it did not exist, or
+    /// is forgotten).
+    pub(crate) fn moved(
+        &mut self,
+        id: TaskId,
+        group: &GroupName,
+        from: Option<TaskState>,
+        to: Option<TaskState>,
+    ) {
+        if from == to {
+            return;
+        }
+        if let Some(from) = from {
+            if let Some(states) = self.0.get_mut(group) {
+                if let Some(ids) = states.get_mut(&from) {
+                    ids.remove(&id);
+                    if ids.is_empty() {
+                        states.remove(&from);
+                    }
+                }
+                if states.is_empty() {
+                    self.0.remove(group);
+                }
+            }
+        }
+        if let Some(to) = to {
+            let states = match self.0.get_mut(group) {
+                Some(states) => states,
+                None => self.0.entry(group.clone()).or_default(),
+            };
+            states.entry(to).or_default().insert(id);
+        }
+    }
+
+    /// The ids after `after` of the tasks of `group` (any, if `None`) in `state` (any, if
+    /// `None`), in id order. At least one of the two is given.
+    pub(crate) fn ids<'a>(
+        &'a self,
+        group: Option<&GroupName>,
+        state: Option<TaskState>,
+        after: Option<TaskId>,
+    ) -> impl Iterator<Item = TaskId> + 'a {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let sets: Vec<&'a BTreeSet<TaskId>> = match group {
+            Some(group) => self
+                .0
+                .get(group)
+                .into_iter()
+                .flat_map(|states| {
+                    states
+                        .iter()
+                        .filter(move |(s, _)| state.is_none_or(|want| **s == want))
+                        .map(|(_, ids)| ids)
+                })
+                .collect(),
+            None => self
+                .0
+                .values()
+                .filter_map(|states| state.and_then(|s| states.get(&s)))
+                .collect(),
+        };
+        Merged(
+            sets.into_iter()
+                .map(|ids| ids.range((start, Bound::Unbounded)).peekable())
+                .collect(),
+        )
+    }
+}
+
+/// Ascending ids from ascending sets, merged (the sets are disjoint: a task is in one).
+struct Merged<'a>(Vec<Peekable<std::collections::btree_set::Range<'a, TaskId>>>);
+
+impl Iterator for Merged<'_> {
+    type Item = TaskId;
+
+    fn next(&mut self) -> Option<TaskId> {
+        let (index, _) = self
+            .0
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, ids)| ids.peek().map(|id| (i, **id)))
+            .min_by_key(|(_, id)| *id)?;
+        self.0.get_mut(index)?.next().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> TaskId {
+        let mut bytes = [0u8; 16];
+        bytes[6] = 0x70; // version 7
+        bytes[15] = n;
+        TaskId::from_bytes(bytes).expect("non-nil")
+    }
+
+    #[test]
+    fn pages_through_a_group_a_state_or_both_in_id_order() {
+        let (a, b) = (
+            GroupName::new("a").expect("valid"),
+            GroupName::new("b").expect("valid"),
+        );
+        let mut listed = Listed::default();
+        for n in 1..=6 {
+            let group = if n % 2 == 0 { &a } else { &b };
+            listed.moved(id(n), group, None, Some(TaskState::Pending));
+        }
+        listed.moved(id(3), &b, Some(TaskState::Pending), Some(TaskState::Failed));
+        let ids = |g: Option<&GroupName>, s: Option<TaskState>, after: Option<u8>| {
+            listed.ids(g, s, after.map(id)).collect::<Vec<_>>()
+        };
+        assert_eq!(ids(Some(&a), Some(TaskState::Pending), None), [id(2), id(4), id(6)]);
+        assert_eq!(ids(Some(&b), None, None), [id(1), id(3), id(5)]);
+        assert_eq!(
+            ids(None, Some(TaskState::Pending), Some(2)),
+            [id(4), id(5), id(6)]
+        );
+        assert_eq!(ids(None, Some(TaskState::Failed), None), [id(3)]);
+        assert_eq!(ids(Some(&a), Some(TaskState::Failed), None), []);
+        // Emptied sets go, so a rebuilt index equals a kept one.
+        listed.moved(id(3), &b, Some(TaskState::Failed), None);
+        let mut rebuilt = Listed::default();
+        for n in [1, 5] {
+            rebuilt.moved(id(n), &b, None, Some(TaskState::Pending));
+        }
+        for n in [2, 4, 6] {
+            rebuilt.moved(id(n), &a, None, Some(TaskState::Pending));
+        }
+        assert_eq!(listed, rebuilt);
+    }
+}
