@@ -106,9 +106,22 @@ async fn child(dir: std::path::PathBuf, tasks: usize) -> anyhow::Result<()> {
         "snapshot_core_pause_ms_max": stats.longest_snapshot.as_secs_f64() * 1000.0,
     });
     println!("{line}");
-    // Wait to be killed.
-    tokio::time::sleep(Duration::from_secs(3_600)).await;
+    // Wait to be killed; should the parent go first, its end of stdin closes.
+    tokio::task::spawn_blocking(|| {
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new())
+    })
+    .await??;
     Ok(())
+}
+
+/// The child process, killed when this is dropped, whatever the parent's path out.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Bytes of the files under `dir`.
@@ -129,24 +142,33 @@ fn dir_bytes(dir: &std::path::Path) -> anyhow::Result<u64> {
 /// The parent: runs the child, kills it, restarts the master on its journal.
 pub(crate) async fn backlog(tasks: usize) -> anyhow::Result<serde_json::Value> {
     let dir = tempfile::tempdir()?;
-    let mut child = Command::new(std::env::current_exe()?)
-        .env(CHILD_DIR, dir.path())
-        .env(CHILD_TASKS, tasks.to_string())
-        .stdout(Stdio::piped())
-        .spawn()?;
+    let mut child = KillOnDrop(
+        Command::new(std::env::current_exe()?)
+            .env(CHILD_DIR, dir.path())
+            .env(CHILD_TASKS, tasks.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?,
+    );
     let stdout = child
+        .0
         .stdout
         .take()
         .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
     let mut line = String::new();
     std::io::BufReader::new(stdout).read_line(&mut line)?;
-    let mut report: serde_json::Value =
-        serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("the child said {line:?}: {e}"))?;
+    let mut report: serde_json::Value = match serde_json::from_str(&line) {
+        Ok(report) => report,
+        Err(e) => {
+            let status = child.0.wait()?;
+            anyhow::bail!("the master's process ({status}) said {line:?}: {e}")
+        }
+    };
     let journal = dir.path().join("journal");
     let journal_bytes = dir_bytes(&journal)?;
     // kill -9: no final snapshot, no clean close.
-    child.kill()?;
-    child.wait()?;
+    child.0.kill()?;
+    child.0.wait()?;
 
     let first: mawex::TaskId = report["first"]
         .as_str()

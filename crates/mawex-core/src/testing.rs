@@ -1,5 +1,6 @@
 //! The journal conformance suite (feature `testing`): every [`Journal`] implementation runs
 //! the same scenarios, so the master can rely on one contract whatever stores its events.
+//! Also the core's hot pieces one at a time, for micro-benchmarks ([`pieces`]).
 //!
 //! ```
 //! use mawex_core::testing::{journal_suite, JournalUnderTest};

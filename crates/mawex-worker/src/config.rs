@@ -22,8 +22,9 @@ pub struct PodConfig {
     /// Attempts run at once across all its groups (1: strictly one after another).
     pub slots: u32,
     /// Leases held queued beyond `slots`, hiding the round trip to the master for short
-    /// tasks; with `adaptive_prefetch`, the most held. 0 keeps dispatch strict: a task is
-    /// leased only to a free slot.
+    /// tasks: with `adaptive_prefetch` (the default), the most the master may lease ahead;
+    /// without, exactly this many. 0 keeps dispatch strict: a task is leased only to a free
+    /// slot.
     pub prefetch: u32,
     /// The master sizes the queue to the pod's pace: what it starts within 10 ms at the
     /// rate it finished attempts lately, none for a fresh pod or one with long tasks, up

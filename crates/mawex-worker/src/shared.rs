@@ -69,8 +69,13 @@ impl Shared {
     pub(crate) fn hello(&self) -> PodHello {
         let mut hello = PodHello::new(self.config.id.clone(), self.config.groups.clone());
         hello.slots = self.config.slots;
-        hello.prefetch = self.config.prefetch;
-        hello.adaptive_prefetch = self.config.adaptive_prefetch;
+        // An adaptive pod sends its cap apart, and a fixed queue of 0: a master that does
+        // not size queues then dispatches to it strictly.
+        if self.config.adaptive_prefetch {
+            hello.adaptive_prefetch = self.config.prefetch;
+        } else {
+            hello.prefetch = self.config.prefetch;
+        }
         hello.labels = self.config.labels.clone();
         hello.address = self.config.address.clone();
         hello.holding = held_refs(&lock(&self.holdings));

@@ -42,14 +42,15 @@ pub struct PodHello {
     /// How many attempts it runs at once (1: strictly one after another).
     pub slots: u32,
     /// How many more leases it holds queued beyond its slots, to hide the round trip to the
-    /// master. 0 keeps dispatch strict: a task is leased only when a slot is free. With
-    /// `adaptive_prefetch`, the most it holds.
+    /// master. 0 keeps dispatch strict: a task is leased only when a slot is free.
     pub prefetch: u32,
-    /// The master sizes the queue beyond the slots to what the pod starts in 10 ms at the
-    /// pace it finished attempts lately (none for a fresh pod or long tasks), up to
-    /// `prefetch`.
+    /// If not 0: the master sizes the queue beyond the slots to what the pod starts in
+    /// 10 ms at the pace it finished attempts lately (none for a fresh pod or long tasks),
+    /// up to this many (and never below `prefetch`). A field of its own, so that a master
+    /// that does not know it sees `prefetch` only (0 from an adaptive pod: strict), and
+    /// never a large fixed queue.
     #[serde(default)]
-    pub adaptive_prefetch: bool,
+    pub adaptive_prefetch: u32,
     /// Free-form labels (zone, machine type, ...).
     pub labels: BTreeMap<String, String>,
     /// Address other pods can reach it at, if any.
@@ -128,7 +129,7 @@ impl PodHello {
             groups,
             slots: 1,
             prefetch: 0,
-            adaptive_prefetch: false,
+            adaptive_prefetch: 0,
             labels: BTreeMap::new(),
             address: None,
             holding: Vec::new(),

@@ -19,10 +19,16 @@ pub(crate) const QUEUE_FOR_MS: u64 = 10;
 /// what limits it).
 const WINDOW_BUSY_MS: u64 = 20;
 
+/// After this long without a lease, the pace is measured again from strict dispatch: what
+/// the pod ran an hour ago says nothing about the tasks it is leased now.
+const IDLE_RESET_MS: u64 = 1_000;
+
 /// The pace of one pod with adaptive prefetch.
 #[derive(Debug, Clone)]
 pub(super) struct Pace {
-    /// The most leases beyond its slots the pod accepts (its hello's `prefetch`).
+    /// The fewest leases beyond its slots the pod holds (its hello's fixed `prefetch`).
+    min_extra: u32,
+    /// The most (its hello's `adaptive_prefetch`).
     max_extra: u32,
     /// Leases it may hold beyond its slots now.
     extra: u32,
@@ -30,19 +36,26 @@ pub(super) struct Pace {
     finished: u64,
     /// Busy time of the window before `busy_since`.
     busy_ms: u64,
-    /// Since when the pod holds leases, if it does.
+    /// Since when the pod holds leases, if it does (until its next result: a lease that
+    /// goes away without one, requeued or cancelled, keeps counting, which errs towards a
+    /// shorter queue).
     busy_since: Option<Timestamp>,
+    /// Since when it holds none, if it does not.
+    idle_since: Option<Timestamp>,
 }
 
 impl Pace {
-    /// A fresh pod: strict dispatch until it has shown its pace.
-    pub(super) fn new(max_extra: u32) -> Self {
+    /// A fresh pod: strict dispatch (or its fixed `min_extra`) until it has shown its pace.
+    pub(super) fn new(min_extra: u32, max_extra: u32) -> Self {
+        let max_extra = max_extra.max(min_extra);
         Pace {
+            min_extra,
             max_extra,
-            extra: 0,
+            extra: min_extra,
             finished: 0,
             busy_ms: 0,
             busy_since: None,
+            idle_since: None,
         }
     }
 
@@ -51,8 +64,15 @@ impl Pace {
         self.extra
     }
 
-    /// The pod was leased an attempt at `at`.
+    /// The pod holds a lease from `at` on: leased one, or re-adopted what it held.
     pub(super) fn leased(&mut self, at: Timestamp) {
+        if let Some(idle) = self.idle_since.take() {
+            if at.0.saturating_sub(idle.0) >= IDLE_RESET_MS {
+                self.extra = self.min_extra;
+                self.finished = 0;
+                self.busy_ms = 0;
+            }
+        }
         self.busy_since.get_or_insert(at);
     }
 
@@ -65,13 +85,18 @@ impl Pace {
         let busy = self.busy_ms.saturating_add(running);
         if busy >= WINDOW_BUSY_MS {
             let extra = self.finished.saturating_mul(QUEUE_FOR_MS) / busy;
-            self.extra = u32::try_from(extra).unwrap_or(u32::MAX).min(self.max_extra);
+            self.extra = u32::try_from(extra)
+                .unwrap_or(u32::MAX)
+                .clamp(self.min_extra, self.max_extra);
             self.finished = 0;
             self.busy_ms = 0;
             self.busy_since = (held > 0).then_some(now);
         } else if held == 0 {
             self.busy_ms = busy;
             self.busy_since = None;
+        }
+        if held == 0 {
+            self.idle_since = Some(now);
         }
     }
 }
@@ -92,18 +117,18 @@ mod tests {
 
     #[test]
     fn a_fast_pod_gets_what_it_starts_in_the_queue_time() {
-        let mut pace = Pace::new(1024);
+        let mut pace = Pace::new(0, 1024);
         assert_eq!(pace.extra(), 0, "strict until measured");
         run(&mut pace, 0, 100, 20);
         assert_eq!(pace.extra(), 200, "20 per ms for 10 ms");
-        let mut capped = Pace::new(64);
+        let mut capped = Pace::new(0, 64);
         run(&mut capped, 0, 100, 20);
         assert_eq!(capped.extra(), 64, "never beyond the pod's prefetch");
     }
 
     #[test]
     fn a_slow_pod_stays_strict() {
-        let mut pace = Pace::new(1024);
+        let mut pace = Pace::new(0, 1024);
         // Two slots, 100 ms per attempt.
         pace.leased(Timestamp(0));
         for round in 1..=10 {
@@ -114,19 +139,32 @@ mod tests {
     }
 
     #[test]
-    fn idle_time_does_not_count() {
-        let mut pace = Pace::new(1024);
+    fn idle_time_does_not_count_and_a_long_idle_starts_over() {
+        let mut pace = Pace::new(0, 1024);
         run(&mut pace, 0, 100, 20);
-        // Idle for a minute, then 10 attempts in 1 ms of busy time: no window closes yet.
+        // Idle for half a second, then 10 attempts in 1 ms of busy time: no window
+        // closes, and the pace is not taken from the idle time.
         pace.finished(Timestamp(100), 0);
-        pace.leased(Timestamp(60_100));
+        pace.leased(Timestamp(600));
         for _ in 0..10 {
-            pace.finished(Timestamp(60_101), 1);
+            pace.finished(Timestamp(601), 1);
         }
-        assert_eq!(
-            pace.extra(),
-            200,
-            "the pace is not taken from the idle minute"
-        );
+        assert_eq!(pace.extra(), 200);
+        // Idle for a minute: what the pod ran then says nothing of what it runs now.
+        pace.finished(Timestamp(601), 0);
+        pace.leased(Timestamp(60_601));
+        assert_eq!(pace.extra(), 0);
+    }
+
+    #[test]
+    fn a_fixed_prefetch_is_the_floor() {
+        let mut pace = Pace::new(8, 4);
+        assert_eq!(pace.extra(), 8);
+        // Two slots, 100 ms per attempt: the pace alone would be 0.
+        pace.leased(Timestamp(0));
+        for round in 1..=10 {
+            pace.finished(Timestamp(round * 100), 1);
+        }
+        assert_eq!(pace.extra(), 8);
     }
 }

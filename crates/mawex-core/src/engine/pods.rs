@@ -37,10 +37,11 @@ impl Engine {
                 hello.pod, hello.slots
             )));
         }
-        if hello.prefetch > MAX_POD_PREFETCH {
+        if hello.prefetch.max(hello.adaptive_prefetch) > MAX_POD_PREFETCH {
             return Err(ApiError::InvalidArgument(format!(
                 "pod {}: prefetch must be at most {MAX_POD_PREFETCH}, got {}",
-                hello.pod, hello.prefetch
+                hello.pod,
+                hello.prefetch.max(hello.adaptive_prefetch)
             )));
         }
         // What a session held is bounded by the largest pod there can be (a pod that comes
@@ -148,10 +149,11 @@ impl Engine {
             session,
             groups,
             slots: hello.slots,
-            capacity: hello.slots.saturating_add(hello.prefetch),
-            pace: hello
-                .adaptive_prefetch
-                .then(|| super::pace::Pace::new(hello.prefetch)),
+            capacity: hello
+                .slots
+                .saturating_add(hello.prefetch.max(hello.adaptive_prefetch)),
+            pace: (hello.adaptive_prefetch > 0)
+                .then(|| super::pace::Pace::new(hello.prefetch, hello.adaptive_prefetch)),
             leases: BTreeMap::new(),
             expires_at: now.saturating_add(self.config.lease_timeout),
             draining: false,
@@ -177,6 +179,9 @@ impl Engine {
             } else {
                 out.messages.push((session, MasterMessage::Cancel(*r)));
             }
+        }
+        if let (Some(pace), false) = (&mut entry.pace, entry.leases.is_empty()) {
+            pace.leased(now);
         }
         debug!(pod = %hello.pod, session, adopted = entry.leases.len(), "pod registered");
         self.sessions.insert(session, hello.pod.clone());

@@ -434,6 +434,8 @@ impl<J: Journal> CoreLoop<J> {
             took_ms = took.as_millis() as u64,
             "snapshot taken"
         );
+        // The stats of this batch went out before it: say so now, not a batch later.
+        self.publish_stats();
         Ok(())
     }
 

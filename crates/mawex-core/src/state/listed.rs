@@ -3,8 +3,8 @@
 //! merges), not a scan of every task. Derived: rebuilt after a load, and kept by every
 //! change of a task's state or group (the same calls that keep the counts).
 
-use std::collections::{BTreeSet, HashMap};
-use std::iter::Peekable;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::ops::Bound;
 
 use mawex_api::{GroupName, TaskId, TaskState};
@@ -76,28 +76,50 @@ impl Listed {
                 .filter_map(|states| state.and_then(|s| states.get(&s)))
                 .collect(),
         };
-        Merged(
+        Merged::new(
             sets.into_iter()
-                .map(|ids| ids.range((start, Bound::Unbounded)).peekable())
+                .map(|ids| ids.range((start, Bound::Unbounded)))
                 .collect(),
         )
     }
+
+    /// The ids of every task in `state`, in no particular order: for counting.
+    pub(crate) fn in_state(&self, state: TaskState) -> impl Iterator<Item = TaskId> + '_ {
+        self.0
+            .values()
+            .filter_map(move |states| states.get(&state))
+            .flatten()
+            .copied()
+    }
 }
 
-/// Ascending ids from ascending sets, merged (the sets are disjoint: a task is in one).
-struct Merged<'a>(Vec<Peekable<std::collections::btree_set::Range<'a, TaskId>>>);
+/// Ascending ids from ascending sets, merged (the sets are disjoint: a task is in one) with a
+/// heap of each set's next id: O(log sets) an id, however many groups are merged.
+struct Merged<'a> {
+    sets: Vec<std::collections::btree_set::Range<'a, TaskId>>,
+    next: BinaryHeap<Reverse<(TaskId, usize)>>,
+}
+
+impl<'a> Merged<'a> {
+    fn new(mut sets: Vec<std::collections::btree_set::Range<'a, TaskId>>) -> Self {
+        let next = sets
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, ids)| ids.next().map(|id| Reverse((*id, i))))
+            .collect();
+        Merged { sets, next }
+    }
+}
 
 impl Iterator for Merged<'_> {
     type Item = TaskId;
 
     fn next(&mut self) -> Option<TaskId> {
-        let (index, _) = self
-            .0
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(i, ids)| ids.peek().map(|id| (i, **id)))
-            .min_by_key(|(_, id)| *id)?;
-        self.0.get_mut(index)?.next().copied()
+        let Reverse((id, set)) = self.next.pop()?;
+        if let Some(after) = self.sets.get_mut(set).and_then(Iterator::next) {
+            self.next.push(Reverse((*after, set)));
+        }
+        Some(id)
     }
 }
 
@@ -127,7 +149,10 @@ mod tests {
         let ids = |g: Option<&GroupName>, s: Option<TaskState>, after: Option<u8>| {
             listed.ids(g, s, after.map(id)).collect::<Vec<_>>()
         };
-        assert_eq!(ids(Some(&a), Some(TaskState::Pending), None), [id(2), id(4), id(6)]);
+        assert_eq!(
+            ids(Some(&a), Some(TaskState::Pending), None),
+            [id(2), id(4), id(6)]
+        );
         assert_eq!(ids(Some(&b), None, None), [id(1), id(3), id(5)]);
         assert_eq!(
             ids(None, Some(TaskState::Pending), Some(2)),

@@ -107,7 +107,7 @@ impl MasterState {
         let mut counts: BTreeMap<(GroupName, String), (ErrorKind, u64)> = BTreeMap::new();
         let failed = self
             .listed
-            .ids(None, Some(TaskState::Failed), None)
+            .in_state(TaskState::Failed)
             .filter_map(|id| self.tasks.get(&id));
         for e in failed {
             let kind = e
