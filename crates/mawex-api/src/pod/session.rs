@@ -37,7 +37,11 @@ pub struct PodSession {
 /// reads never comes close; one that never reads costs the master this much at most.
 pub fn session_backlog(hello: &PodHello) -> usize {
     let slots = hello.slots.min(MAX_POD_SLOTS) as usize;
-    let prefetch = hello.prefetch.min(MAX_POD_PREFETCH) as usize;
+    // An adaptive pod may be leased up to its cap, which it sends apart from `prefetch`.
+    let prefetch = hello
+        .prefetch
+        .max(hello.adaptive_prefetch)
+        .min(MAX_POD_PREFETCH) as usize;
     2 * (slots + prefetch) + MIN_SESSION_BACKLOG
 }
 
@@ -76,4 +80,33 @@ pub trait PodConnector: Send + Sync + 'static {
     /// `Unavailable` when the master cannot be reached, `InvalidArgument` when it refuses
     /// the hello.
     async fn connect(&self, hello: PodHello) -> Result<PodSession, ApiError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{GroupName, PodId};
+
+    #[test]
+    fn the_backlog_covers_an_adaptive_pods_cap() {
+        let hello = |prefetch: u32, adaptive: u32| {
+            let mut h = PodHello::new(
+                PodId::new("p").expect("valid"),
+                vec![GroupName::new("g").expect("valid")],
+            );
+            h.slots = 2;
+            h.prefetch = prefetch;
+            h.adaptive_prefetch = adaptive;
+            h
+        };
+        assert_eq!(session_backlog(&hello(0, 0)), 4 + MIN_SESSION_BACKLOG);
+        assert_eq!(
+            session_backlog(&hello(0, 1024)),
+            session_backlog(&hello(1024, 0))
+        );
+        assert_eq!(
+            session_backlog(&hello(0, u32::MAX)),
+            2 * (2 + MAX_POD_PREFETCH as usize) + MIN_SESSION_BACKLOG
+        );
+    }
 }
