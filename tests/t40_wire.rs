@@ -25,7 +25,7 @@ fn spec(id: &str, group: &str) -> proto::TaskSpec {
         id: id.into(),
         group: group.into(),
         handler: "echo".into(),
-        payload: b"x".to_vec(),
+        payload: mawex::Bytes::from_static(b"x"),
         priority: 0,
         limits: None,
         retry: None,
@@ -72,13 +72,13 @@ async fn malformed_client_requests_get_clear_errors() {
     }
 
     let mut big = spec(&good_id, "g");
-    big.payload = vec![0; m.config.max_payload_bytes + 1];
+    big.payload = vec![0; m.config.max_payload_bytes + 1].into();
     let status = submit(&mut c, Some(big)).await;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("payload"), "{status:?}");
 
     let mut huge = spec(&good_id, "g");
-    huge.payload = vec![0; 20 << 20];
+    huge.payload = vec![0; 20 << 20].into();
     let status = submit(&mut c, Some(huge)).await;
     assert!(
         matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted),
@@ -211,7 +211,9 @@ async fn hostile_pods_are_refused_or_ignored() {
         pod_to_master::Message::Finished(proto::Finished {
             attempt: Some(proto::AttemptRef { task, attempt }),
             outcome: Some(proto::Outcome {
-                outcome: Some(proto::outcome::Outcome::Output(b"forged".to_vec())),
+                outcome: Some(proto::outcome::Outcome::Output(mawex::Bytes::from_static(
+                    b"forged",
+                ))),
             }),
         })
     };

@@ -10,6 +10,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&fds),
     )?;
     tonic_prost_build::configure()
+        // Payloads and outputs as `Bytes`: a message decoded from the transport's buffer
+        // shares it, and a view's payload is handed on without a copy.
+        .bytes(".")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

@@ -65,7 +65,7 @@ impl From<BroadcastSpec> for proto::BroadcastSpec {
                 name_pattern: s.filter.name_pattern,
             }),
             handler: s.handler,
-            payload: s.payload.to_vec(),
+            payload: s.payload,
             strategy: Some(s.strategy.into()),
             origin_address: s.origin_address,
             retry: s.retry.map(Into::into),

@@ -43,7 +43,7 @@ impl From<TaskSpec> for proto::TaskSpec {
             id: s.id.to_string(),
             group: s.group.to_string(),
             handler: s.handler,
-            payload: s.payload.to_vec(),
+            payload: s.payload,
             priority: s.priority,
             limits: Some(s.limits.into()),
             retry: s.retry.map(Into::into),
@@ -67,7 +67,7 @@ impl TryFrom<proto::TaskSpec> for TaskSpec {
             id: task_id("task.id", &s.id)?,
             group: GroupName::new(&s.group).map_err(in_field("task.group"))?,
             handler: s.handler,
-            payload: s.payload.into(),
+            payload: s.payload,
             priority: s.priority,
             limits: s.limits.map(Limits::from).unwrap_or_default(),
             retry: s.retry.map(Into::into),
@@ -206,7 +206,7 @@ impl From<Outcome> for proto::Outcome {
     fn from(o: Outcome) -> Self {
         use proto::outcome::Outcome as O;
         let outcome = match o {
-            Outcome::Succeeded(out) => O::Output(out.to_vec()),
+            Outcome::Succeeded(out) => O::Output(out),
             Outcome::Failed(e) => O::Error(e.into()),
             Outcome::Cancelled => O::Cancelled(proto::Cancelled {}),
         };
@@ -223,7 +223,7 @@ impl TryFrom<proto::Outcome> for Outcome {
     fn try_from(o: proto::Outcome) -> Result<Self, ApiError> {
         use proto::outcome::Outcome as O;
         match required("outcome", o.outcome)? {
-            O::Output(out) => Ok(Outcome::Succeeded(out.into())),
+            O::Output(out) => Ok(Outcome::Succeeded(out)),
             O::Error(e) => Ok(Outcome::Failed(e.try_into()?)),
             O::Cancelled(_) => Ok(Outcome::Cancelled),
         }
@@ -319,5 +319,44 @@ impl TryFrom<proto::TaskView> for TaskView {
         view.not_before = v.not_before_ms.map(Timestamp);
         view.eta = v.eta_ms.map(Duration::from_millis);
         Ok(view)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use prost::Message;
+
+    use crate::proto;
+
+    /// A payload decoded from a message shares the message's buffer, and a spec converted
+    /// to the API type keeps sharing it: payloads are not copied at each layer.
+    #[test]
+    fn a_decoded_payload_shares_the_buffer_it_came_in() {
+        let payload = vec![7_u8; 64 * 1024];
+        let spec = proto::TaskSpec {
+            id: crate::TaskId::new().to_string(),
+            group: "g".into(),
+            handler: "h".into(),
+            payload: Bytes::from(payload),
+            ..Default::default()
+        };
+        let wire = Bytes::from(spec.encode_to_vec());
+        let decoded = proto::TaskSpec::decode(wire.clone()).expect("decodes");
+        let inside = |b: &Bytes| {
+            let range = wire.as_ptr() as usize..wire.as_ptr() as usize + wire.len();
+            range.contains(&(b.as_ptr() as usize))
+        };
+        assert!(
+            inside(&decoded.payload),
+            "the payload was copied out of the buffer"
+        );
+        let api = crate::TaskSpec::try_from(decoded).expect("a valid spec");
+        assert!(inside(&api.payload), "the conversion copied the payload");
+        let back = proto::TaskSpec::from(api);
+        assert!(
+            inside(&back.payload),
+            "the conversion back copied the payload"
+        );
     }
 }
