@@ -84,9 +84,13 @@ impl Pace {
             .map_or(0, |since| now.0.saturating_sub(since.0));
         let busy = self.busy_ms.saturating_add(running);
         if busy >= WINDOW_BUSY_MS {
-            let extra = self.finished.saturating_mul(QUEUE_FOR_MS) / busy;
-            self.extra = u32::try_from(extra)
-                .unwrap_or(u32::MAX)
+            let measured = self.finished.saturating_mul(QUEUE_FOR_MS) / busy;
+            // Up at once, down by half a window at most: one window stalled by the master
+            // (a snapshot, a slow flush) does not drain the queue of a fast pod, and a pod
+            // whose tasks turned slow still loses its queue within a few windows.
+            let measured = u32::try_from(measured).unwrap_or(u32::MAX);
+            self.extra = measured
+                .max(self.extra / 2)
                 .clamp(self.min_extra, self.max_extra);
             self.finished = 0;
             self.busy_ms = 0;
@@ -154,6 +158,20 @@ mod tests {
         pace.finished(Timestamp(601), 0);
         pace.leased(Timestamp(60_601));
         assert_eq!(pace.extra(), 0);
+    }
+
+    #[test]
+    fn one_stalled_window_halves_the_queue_and_slow_tasks_empty_it() {
+        let mut pace = Pace::new(0, 1024);
+        run(&mut pace, 0, 100, 20);
+        assert_eq!(pace.extra(), 200);
+        // 20 ms with one result (the master stalled, or the tasks turned slow).
+        pace.finished(Timestamp(120), 1);
+        assert_eq!(pace.extra(), 100);
+        for (i, expected) in [50, 25, 12, 6, 3, 1, 0].into_iter().enumerate() {
+            pace.finished(Timestamp(140 + 20 * i as u64), 1);
+            assert_eq!(pace.extra(), expected);
+        }
     }
 
     #[test]
