@@ -85,7 +85,7 @@ impl Pace {
         let busy = self.busy_ms.saturating_add(running);
         if busy >= WINDOW_BUSY_MS {
             let measured = self.finished.saturating_mul(QUEUE_FOR_MS) / busy;
-            // Up at once, down by half a window at most: one window stalled by the master
+            // Up at once, down by at most half per window: one window stalled by the master
             // (a snapshot, a slow flush) does not drain the queue of a fast pod, and a pod
             // whose tasks turned slow still loses its queue within a few windows.
             let measured = u32::try_from(measured).unwrap_or(u32::MAX);
