@@ -76,10 +76,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut reload_tls = None;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        let mut tls = ServerTls::from_files(cert, key)?;
-        if let Some(ca) = &args.client_ca {
-            tls = tls.require_client_certificates(std::fs::read(ca)?);
-        }
+        let tls = ServerTls::from_files_with_clients(cert, key, args.client_ca.as_deref())?;
         server = server.tls(tls);
         let handle = server.tls_handle()?;
         watchers.push(handle.watch_files(
@@ -101,12 +98,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             if let Some((handle, cert, key, ca)) = &reload_tls {
-                let loaded = ServerTls::from_files(cert, key).and_then(|tls| match ca {
-                    Some(ca) => std::fs::read(ca)
-                        .map(|pem| tls.require_client_certificates(pem))
-                        .map_err(|e| mawex::ServerError::Config(format!("{}: {e}", ca.display()))),
-                    None => Ok(tls),
-                });
+                let loaded = ServerTls::from_files_with_clients(cert, key, ca.as_deref());
                 match loaded.and_then(|tls| handle.reload(&tls)) {
                     Ok(()) => println!("SIGHUP: TLS certificate reloaded"),
                     Err(e) => eprintln!("SIGHUP: TLS not reloaded: {e}"),

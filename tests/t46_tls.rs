@@ -234,11 +234,8 @@ async fn a_pod_id_is_bound_to_its_certificate() {
 
     let mut first = owner.connect(hello()).await.unwrap();
     let taken = neighbour.connect(hello()).await;
-    assert!(
-        matches!(&taken, Err(ApiError::PermissionDenied(m)) if m.contains("another credential")),
-        "{:?}",
-        taken.map(|_| ())
-    );
+    let refusal = common::denied(taken);
+    assert!(refusal.contains("another credential"), "{refusal}");
     // The neighbour registers under an id of its own; the owner's session stayed open and
     // the owner may reconnect.
     drop(
@@ -260,17 +257,7 @@ async fn a_pod_id_is_bound_to_its_certificate() {
         .submit(TaskSpec::new(group("mtls"), "noop", "x"))
         .await
         .unwrap();
-    let assigned = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match first.inbox.recv().await {
-                Some(mawex::pod::MasterMessage::Assign { assignments, .. }) => break assignments,
-                Some(_) => continue,
-                None => panic!("the owner's session was ended"),
-            }
-        }
-    })
-    .await
-    .expect("the owner is assigned the task");
+    let assigned = common::next_assignments(&mut first.inbox).await;
     assert_eq!(assigned[0].attempt.task, ack.id);
     drop(first);
     owner.connect(hello()).await.expect("the owner comes back");

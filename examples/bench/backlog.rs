@@ -7,7 +7,7 @@
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mawex::{
     GroupName, ListQuery, Master, MasterConfig, MasterProxy, SledJournal, TaskSpec, TaskState,
@@ -42,13 +42,6 @@ fn rss_bytes() -> anyhow::Result<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/self/status"))?;
     Ok(kib * 1024)
-}
-
-fn p50_ms(mut samples: Vec<Duration>) -> f64 {
-    samples.sort();
-    samples
-        .get(samples.len() / 2)
-        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
 async fn child(dir: std::path::PathBuf, tasks: usize) -> anyhow::Result<()> {
@@ -90,7 +83,8 @@ async fn child(dir: std::path::PathBuf, tasks: usize) -> anyhow::Result<()> {
                 samples.push(t.elapsed());
                 anyhow::ensure!(!page.tasks.is_empty(), "an empty page");
             }
-            anyhow::Ok(p50_ms(samples))
+            samples.sort();
+            anyhow::Ok(super::percentile(&samples, 0.5))
         }
     };
     let list_common = list(backlog.clone()).await?;

@@ -88,6 +88,36 @@ where
     }
 }
 
+/// The message of a `PermissionDenied` refusal; panics with what came instead.
+pub fn denied<T>(result: Result<T, mawex::ApiError>) -> String {
+    match result {
+        Err(mawex::ApiError::PermissionDenied(m)) => m,
+        other => panic!(
+            "expected PermissionDenied, got {:?}",
+            other.map(|_| "a success")
+        ),
+    }
+}
+
+/// The next assignments a pod session receives, within [`DEADLINE`]; panics if the
+/// session closes first.
+pub async fn next_assignments(
+    inbox: &mut tokio::sync::mpsc::Receiver<mawex::pod::MasterMessage>,
+) -> Vec<mawex::pod::Assignment> {
+    let next = async {
+        loop {
+            match inbox.recv().await {
+                Some(mawex::pod::MasterMessage::Assign { assignments, .. }) => break assignments,
+                Some(_) => continue,
+                None => panic!("the pod's session closed"),
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, next)
+        .await
+        .expect("assignments within the deadline")
+}
+
 pub fn group(name: &str) -> GroupName {
     GroupName::new(name).expect("valid group name")
 }

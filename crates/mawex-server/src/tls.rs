@@ -65,6 +65,24 @@ impl ServerTls {
         Ok(ServerTls::new(read(cert)?, read(key)?))
     }
 
+    /// Reads the chain and key from PEM files, and with `client_ca` the authorities whose
+    /// client certificates are required (mutual TLS): what the server was started with, in
+    /// the form [`TlsHandle::watch_files`] and a SIGHUP handler reload.
+    ///
+    /// # Errors
+    /// [`ServerError::Config`] naming a file that cannot be read.
+    pub fn from_files_with_clients(
+        cert: &Path,
+        key: &Path,
+        client_ca: Option<&Path>,
+    ) -> Result<Self, ServerError> {
+        let tls = ServerTls::from_files(cert, key)?;
+        Ok(match client_ca {
+            Some(ca) => tls.require_client_certificates(read(ca)?),
+            None => tls,
+        })
+    }
+
     /// Requires every client to present a certificate signed by an authority in `ca_pem`.
     pub fn require_client_certificates(mut self, ca_pem: impl Into<Vec<u8>>) -> Self {
         self.client_ca_pem = Some(ca_pem.into());
@@ -326,13 +344,7 @@ impl TlsHandle {
     ) -> tokio::task::JoinHandle<()> {
         let handle = self.clone();
         let (cert, key) = (cert.into(), key.into());
-        let load = move || -> Result<ServerTls, ServerError> {
-            let tls = ServerTls::from_files(&cert, &key)?;
-            Ok(match &client_ca {
-                Some(ca) => tls.require_client_certificates(read(ca)?),
-                None => tls,
-            })
-        };
+        let load = move || ServerTls::from_files_with_clients(&cert, &key, client_ca.as_deref());
         let mut seen = load().ok();
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(every);

@@ -71,6 +71,17 @@ impl Default for MasterConfig {
 }
 
 impl MasterConfig {
+    /// The part of the settings the engine decides with.
+    pub(crate) fn engine(&self) -> crate::engine::EngineConfig {
+        crate::engine::EngineConfig {
+            lease_timeout: self.lease_timeout,
+            default_retry: self.default_retry,
+            result_retention: self.result_retention,
+            max_payload_bytes: self.max_payload_bytes,
+            max_pods: self.max_pods,
+        }
+    }
+
     /// Checks that the values work together.
     ///
     /// # Errors

@@ -15,7 +15,7 @@ use super::core_loop::CoreLoop;
 use super::feed::CommittedFeed;
 use super::messages::CoreMsg;
 use super::read_model::{copy_state, ReadSide};
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::Engine;
 
 use super::local_pods::LocalPodConnector;
 use super::local_proxy::LocalMasterProxy;
@@ -102,14 +102,7 @@ impl MasterBuilder {
                     tasks = state.len(),
                     "master recovered"
                 );
-                let engine_config = EngineConfig {
-                    lease_timeout: config.lease_timeout,
-                    default_retry: config.default_retry,
-                    result_retention: config.result_retention,
-                    max_payload_bytes: config.max_payload_bytes,
-                    max_pods: config.max_pods,
-                };
-                let engine = Engine::new(state, engine_config, clock.now());
+                let engine = Engine::new(state, config.engine(), clock.now());
                 let engine_results_recorded = engine.state().results_recorded();
                 let mut core = CoreLoop {
                     engine,

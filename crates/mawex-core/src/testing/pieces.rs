@@ -7,7 +7,7 @@ use bytes::Bytes;
 use mawex_api::pod::{AttemptRef, PodHello, PodMessage};
 use mawex_api::{GroupName, PodId, TaskSpec, Timestamp};
 
-use crate::engine::{Engine, EngineConfig, Output};
+use crate::engine::{Engine, Output};
 use crate::error::CoreError;
 use crate::journal::MAX_RECORD_BYTES;
 use crate::runtime::MasterConfig;
@@ -31,17 +31,7 @@ impl EngineBench {
     pub fn new(group: &GroupName, slots: u32, prefetch: u32) -> Self {
         let config = MasterConfig::default();
         let now = Timestamp(1_000_000);
-        let mut engine = Engine::new(
-            MasterState::new(),
-            EngineConfig {
-                lease_timeout: config.lease_timeout,
-                default_retry: config.default_retry,
-                result_retention: config.result_retention,
-                max_payload_bytes: config.max_payload_bytes,
-                max_pods: config.max_pods,
-            },
-            now,
-        );
+        let mut engine = Engine::new(MasterState::new(), config.engine(), now);
         let mut hello = PodHello::new(
             PodId::new("bench-pod").expect("a valid pod id"),
             vec![group.clone()],
