@@ -80,7 +80,7 @@ pub use mawex_api::{Task, TaskHandle, TypedProxy};
 pub use mawex_core::{
     clock, CoreError, DroppedRecord, InFlight, Journal, LocalMasterProxy, LocalPodConnector,
     Master, MasterBuilder, MasterConfig, MasterStats, MemoryJournal, PodStats, Repaired,
-    SledJournal, TaskCounts,
+    SledJournal, SnapshotWriter, TaskCounts,
 };
 pub use mawex_sandbox::{
     HandlerError, HandlerRegistry, InProcess, Sandbox, SandboxError, TaskInput,

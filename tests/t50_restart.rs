@@ -322,3 +322,110 @@ async fn clean_shutdown_and_restart_keeps_results_and_pending_work() {
     pod.shutdown().await.unwrap();
     m.shutdown().await;
 }
+
+/// A memory journal whose snapshot writer waits at a gate: the snapshot stays in flight
+/// until the test opens it.
+struct GatedSnapshots {
+    inner: mawex::MemoryJournal,
+    gate: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+struct GatedWriter {
+    inner: Box<dyn mawex::SnapshotWriter>,
+    gate: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl mawex::SnapshotWriter for GatedWriter {
+    fn write(
+        &mut self,
+        last_seq: u64,
+        state: &mawex::testing::MasterState,
+    ) -> Result<(), CoreError> {
+        let (open, changed) = &*self.gate;
+        let mut open = open.lock().unwrap();
+        while !*open {
+            open = changed.wait(open).unwrap();
+        }
+        self.inner.write(last_seq, state)
+    }
+}
+
+impl Journal for GatedSnapshots {
+    fn recover(&mut self) -> Result<mawex::testing::Recovered, CoreError> {
+        self.inner.recover()
+    }
+
+    fn append(&mut self, first_seq: u64, events: &[Event]) -> Result<(), CoreError> {
+        self.inner.append(first_seq, events)
+    }
+
+    fn snapshot(
+        &mut self,
+        last_seq: u64,
+        state: &mawex::testing::MasterState,
+    ) -> Result<(), CoreError> {
+        self.inner.snapshot(last_seq, state)
+    }
+
+    fn repair(&mut self) -> Result<mawex::Repaired, CoreError> {
+        self.inner.repair()
+    }
+
+    fn snapshot_writer(&mut self) -> Result<Option<Box<dyn mawex::SnapshotWriter>>, CoreError> {
+        let inner = self
+            .inner
+            .snapshot_writer()?
+            .expect("the memory journal has a writer");
+        Ok(Some(Box::new(GatedWriter {
+            inner,
+            gate: self.gate.clone(),
+        })))
+    }
+}
+
+/// A snapshot is written beside the core thread: while one is stuck, submits are still
+/// answered; once it is stored it covers its records, and a restart finds every task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_in_flight_does_not_stop_the_master() {
+    let journal = mawex::MemoryJournal::new();
+    let gate = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let mut config = fast_config();
+    config.snapshot_every = 10;
+    let m = TestMaster::start_on_journal(
+        Transport::Local,
+        config.clone(),
+        GatedSnapshots {
+            inner: journal.clone(),
+            gate: gate.clone(),
+        },
+    )
+    .await;
+    let g = group("beside");
+    let mut submitted = Vec::new();
+    for i in 0..60 {
+        let spec = TaskSpec::new(g.clone(), "echo", format!("{i}"));
+        submitted.push(m.proxy().submit(spec).await.unwrap().id);
+    }
+    // Every submit past the tenth was answered while the first snapshot was stuck.
+    assert_eq!(m.stats().snapshots, 0);
+    assert!(journal.raw_snapshot().is_none());
+    let records_before = journal.record_count();
+
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+    m.wait_stats("the snapshot stored", |s| s.snapshots >= 1)
+        .await;
+    assert!(journal.raw_snapshot().is_some());
+    assert!(
+        journal.record_count() < records_before,
+        "the snapshot dropped the records it covers"
+    );
+    m.shutdown().await;
+
+    let m = TestMaster::start_on_journal(Transport::Local, config, journal).await;
+    for id in &submitted {
+        assert_eq!(m.proxy().get(*id).await.unwrap().state, TaskState::Pending);
+    }
+    assert_eq!(m.stats().counts.pending, 60);
+    m.shutdown().await;
+}

@@ -98,6 +98,7 @@ async fn child(dir: std::path::PathBuf, tasks: usize) -> anyhow::Result<()> {
         "list_page_ms_p50_first_match": list_common,
         "snapshots": stats.snapshots,
         "snapshot_core_pause_ms_max": stats.longest_snapshot.as_secs_f64() * 1000.0,
+        "snapshot_write_ms_max": stats.longest_snapshot_write.as_secs_f64() * 1000.0,
     });
     println!("{line}");
     // Wait to be killed; should the parent go first, its end of stdin closes.

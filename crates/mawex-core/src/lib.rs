@@ -48,7 +48,9 @@ pub mod testing;
 
 pub use engine::PodStats;
 pub use error::CoreError;
-pub use journal::{DroppedRecord, Journal, MemoryJournal, Recovered, Repaired, SledJournal};
+pub use journal::{
+    DroppedRecord, Journal, MemoryJournal, Recovered, Repaired, SledJournal, SnapshotWriter,
+};
 pub use runtime::{
     CommittedBatch, CommittedFeed, InFlight, LocalMasterProxy, LocalPodConnector, Master,
     MasterBuilder, MasterConfig, MasterStats,

@@ -59,7 +59,7 @@ where
     T: JournalUnderTest,
     F: FnMut() -> T,
 {
-    let scenarios: [Scenario<T>; 13] = [
+    let scenarios: [Scenario<T>; 14] = [
         ("an empty journal recovers empty", recovers_empty),
         (
             "appended events recover in order after a restart",
@@ -99,6 +99,10 @@ where
         (
             "a repair leaves what a snapshot covers alone",
             repair_after_snapshot,
+        ),
+        (
+            "a snapshot written from another thread while appends go on covers only its records",
+            snapshot_beside_appends,
         ),
     ];
     for (name, scenario) in scenarios {
@@ -227,6 +231,38 @@ fn numeric_order<T: JournalUnderTest>(storage: &mut T) {
     assert!(
         seqs.iter().zip(1..).all(|(s, expected)| *s == expected),
         "events out of sequence order"
+    );
+}
+
+fn snapshot_beside_appends<T: JournalUnderTest>(storage: &mut T) {
+    let events = accepted(1, 2_000, 64);
+    {
+        let mut journal = storage.open();
+        journal.recover().expect("recover");
+        append_all(&mut journal, 1, &events[..500], 7);
+        // A journal without a writer has its snapshots taken on the core thread: nothing
+        // of this contract applies to it.
+        let Some(mut writer) = journal.snapshot_writer().expect("a snapshot writer") else {
+            return;
+        };
+        let state = fold(&events[..500]);
+        std::thread::scope(|scope| {
+            let snapshot = scope.spawn(move || writer.write(500, &state));
+            append_all(&mut journal, 501, &events[500..], 3);
+            snapshot
+                .join()
+                .expect("the writer's thread")
+                .expect("snapshot");
+        });
+    }
+    let recovered = storage.open().recover().expect("recover");
+    let (seq, _) = recovered.snapshot.as_ref().expect("the snapshot");
+    assert_eq!(*seq, 500);
+    assert_eq!(recovered.events, numbered(&events[500..], 501));
+    assert_eq!(recovered.into_state(), (2_000, fold(&events)));
+    assert!(
+        storage.records().iter().all(|(seq, _)| *seq > 500),
+        "records the snapshot covers are dropped"
     );
 }
 

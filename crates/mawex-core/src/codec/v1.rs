@@ -253,7 +253,7 @@ impl MasterStateV1 {
                     order: e.order,
                     submitted_at: e.submitted_at,
                     started_at: e.started_at,
-                    result,
+                    result: result.map(Box::new),
                     failures,
                     not_before: None,
                     retry_base: 0,

@@ -46,7 +46,8 @@ impl Engine {
         let policy = entry
             .spec
             .retry
-            .map(RetryPolicy::from)
+            .as_deref()
+            .map(|r| RetryPolicy::from(*r))
             .or_else(|| self.state.group_settings(&entry.spec.group).retry)
             .unwrap_or(self.config.default_retry);
         // Failures since the last manual retry, this one included.

@@ -1,7 +1,10 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{records_to_drop, replay_records, Journal, Recovered, Repaired, MAX_RECORD_BYTES};
+use super::{
+    records_to_drop, replay_records, Journal, Recovered, Repaired, SharedHandle, SnapshotWriter,
+    MAX_RECORD_BYTES,
+};
 use crate::codec::{decode_snapshot, encode_records, encode_snapshot};
 use crate::error::CoreError;
 use crate::state::{Event, MasterState};
@@ -103,5 +106,9 @@ impl Journal for MemoryJournal {
             inner.records.remove(&record.seq);
         }
         Ok(repaired)
+    }
+
+    fn snapshot_writer(&mut self) -> Result<Option<Box<dyn SnapshotWriter>>, CoreError> {
+        Ok(Some(Box::new(SharedHandle(self.clone()))))
     }
 }

@@ -89,6 +89,40 @@ pub trait Journal: Send + 'static {
     /// first (dropping it would lose good work: run a version that reads it), or a storage
     /// error.
     fn repair(&mut self) -> Result<Repaired, CoreError>;
+
+    /// A writer that stores snapshots from a thread of its own while this journal goes on
+    /// appending, so that a snapshot never stops the core thread. `None` (the default): the
+    /// core thread calls [`Journal::snapshot`] itself, deciding nothing meanwhile.
+    ///
+    /// The master asks for it once, after [`Journal::recover`], and writes at most one
+    /// snapshot at a time through it, always of a sequence number it has already appended.
+    ///
+    /// # Errors
+    /// A storage error (the master does not start).
+    fn snapshot_writer(&mut self) -> Result<Option<Box<dyn SnapshotWriter>>, CoreError> {
+        Ok(None)
+    }
+}
+
+/// Stores snapshots for a [`Journal`] on another thread (see [`Journal::snapshot_writer`]).
+pub trait SnapshotWriter: Send + 'static {
+    /// Does what [`Journal::snapshot`] does, while the journal may append events after
+    /// `last_seq`: stores `state` as of event `last_seq` and drops the records it covers,
+    /// never a record after it.
+    ///
+    /// # Errors
+    /// A storage error; the master then stops.
+    fn write(&mut self, last_seq: u64, state: &MasterState) -> Result<(), CoreError>;
+}
+
+/// A snapshot writer over a second handle of a journal whose handles share one storage and
+/// may be used from two threads at once.
+struct SharedHandle<J>(J);
+
+impl<J: Journal> SnapshotWriter for SharedHandle<J> {
+    fn write(&mut self, last_seq: u64, state: &MasterState) -> Result<(), CoreError> {
+        self.0.snapshot(last_seq, state)
+    }
 }
 
 /// What [`Journal::repair`] dropped.

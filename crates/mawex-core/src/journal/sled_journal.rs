@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 use tracing::debug;
 
-use super::{records_to_drop, replay_records, Journal, Recovered, Repaired, MAX_RECORD_BYTES};
+use super::{
+    records_to_drop, replay_records, Journal, Recovered, Repaired, SharedHandle, SnapshotWriter,
+    MAX_RECORD_BYTES,
+};
 use crate::codec::{decode_snapshot, encode_records, encode_snapshot};
 use crate::error::CoreError;
 use crate::state::{Event, MasterState};
@@ -114,6 +117,21 @@ impl SledJournal {
     pub fn with_free_space_reserve(mut self, bytes: u64) -> Self {
         self.reserve_bytes = bytes;
         self
+    }
+
+    /// Another handle on the same database, for a second thread: sled's trees take writes
+    /// from several threads, and each handle syncs what it wrote itself.
+    fn second_handle(&self) -> Result<SledJournal, CoreError> {
+        Ok(SledJournal {
+            db: self.db.clone(),
+            dir: self.dir.clone(),
+            reserve_bytes: self.reserve_bytes,
+            journal: self.journal.clone(),
+            snapshots: self.snapshots.clone(),
+            data_file: self.data_file.try_clone()?,
+            blob_dir: self.blob_dir.clone(),
+            synced_blobs: HashSet::new(),
+        })
     }
 
     /// Refuses `operation` of `needed` bytes if it would eat into the reserve.
@@ -386,5 +404,11 @@ impl Journal for SledJournal {
             self.sync()?;
         }
         Ok(repaired)
+    }
+
+    /// Snapshots go into their own tree while the core appends to the journal's: the keys
+    /// never meet, and the records a snapshot drops all come before any the core writes.
+    fn snapshot_writer(&mut self) -> Result<Option<Box<dyn SnapshotWriter>>, CoreError> {
+        Ok(Some(Box::new(SharedHandle(self.second_handle()?))))
     }
 }

@@ -155,8 +155,12 @@ pub struct MasterStats {
     pub last_seq: u64,
     /// Snapshots taken since the master started.
     pub snapshots: u64,
-    /// The longest a snapshot held the core thread (nothing else is decided meanwhile).
+    /// The longest a snapshot held the core thread (nothing else is decided meanwhile):
+    /// the copy of the state it hands to the snapshot thread, or the whole write for a
+    /// journal without a [`SnapshotWriter`](crate::SnapshotWriter).
     pub longest_snapshot: std::time::Duration,
+    /// The longest a snapshot took to encode and store.
+    pub longest_snapshot_write: std::time::Duration,
 }
 
 impl MasterStats {

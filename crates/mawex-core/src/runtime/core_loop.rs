@@ -24,6 +24,7 @@ use tracing::{debug, error, info, warn};
 use super::config::{MasterConfig, MasterStats};
 use super::feed::CommittedBatch;
 use super::messages::{CoreMsg, Reply};
+use super::snapshots::{SnapshotThread, Written};
 use super::streams::Subscriber;
 use crate::clock::Clock;
 use crate::engine::{Engine, Output};
@@ -66,8 +67,21 @@ pub(crate) struct CoreLoop<J> {
     pub(crate) committed: Arc<AtomicU64>,
     /// When abandoned waiters were last dropped.
     pub(crate) last_prune: std::time::Instant,
-    /// Snapshots taken, and the longest one, for the stats.
-    pub(crate) snapshots: (u64, Duration),
+    /// Where snapshots are written, if the journal can take them from another thread.
+    pub(crate) snapshot_thread: Option<SnapshotThread>,
+    /// For the stats.
+    pub(crate) snapshots: SnapshotTally,
+}
+
+/// What the snapshots so far cost.
+#[derive(Debug, Default)]
+pub(crate) struct SnapshotTally {
+    /// Snapshots stored.
+    written: u64,
+    /// The longest a snapshot held the core thread.
+    longest_pause: Duration,
+    /// The longest a snapshot took to encode and store.
+    longest_write: Duration,
 }
 
 fn no_broadcast(id: BroadcastId) -> ApiError {
@@ -79,9 +93,11 @@ const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 impl<J: Journal> CoreLoop<J> {
     /// Runs until shutdown, halt, or a journal failure.
-    /// Drops everything but the journal (waiting callers, sessions, the inbox) and returns it.
-    pub(crate) fn into_journal(self) -> J {
-        self.journal
+    /// Drops everything but the storage (waiting callers, sessions, the inbox) and returns
+    /// it: the journal, and the snapshot thread, which may be writing to it.
+    pub(crate) fn into_storage(mut self) -> (J, Option<SnapshotThread>) {
+        let thread = self.snapshot_thread.take();
+        (self.journal, thread)
     }
 
     pub(crate) fn run(&mut self) -> Result<(), CoreError> {
@@ -156,9 +172,10 @@ impl<J: Journal> CoreLoop<J> {
                 error!(error = %e, "journal append failed; the master stops");
                 return Err(e);
             }
-            // Copies are of committed state only: taken after the commit, before the next batch.
+            // Copies are of committed state only: taken after the commit, before the next
+            // batch. O(1): the receiver rebuilds the indexes on its own thread.
             for reply in copies {
-                let _ = reply.send((self.last_seq, self.engine.state().clone()));
+                let _ = reply.send((self.last_seq, self.engine.state().durable_copy()));
             }
             // Stats first, so whoever hears back from this batch sees it in them too.
             self.publish_stats();
@@ -170,6 +187,9 @@ impl<J: Journal> CoreLoop<J> {
             }
             if self.last_prune.elapsed() >= PRUNE_EVERY {
                 self.prune_waiters();
+            }
+            if let Some(written) = self.snapshot_thread.as_mut().and_then(|t| t.finished()) {
+                self.snapshot_written(written)?;
             }
             if self.config.snapshot_every > 0
                 && self.events_since_snapshot >= self.config.snapshot_every
@@ -222,7 +242,9 @@ impl<J: Journal> CoreLoop<J> {
             CoreMsg::AwaitResult { id, reply } => match self.engine.state().task(&id) {
                 None => answer(deferred, reply, Err(ApiError::task_not_found(id))),
                 Some(entry) => match &entry.result {
-                    Some(result) => answer(deferred, reply, Ok(result.clone().into())),
+                    Some(result) => {
+                        answer(deferred, reply, Ok(TaskResult::from((**result).clone())))
+                    }
                     None => self.waiters.entry(id).or_default().push(reply),
                 },
             },
@@ -414,34 +436,64 @@ impl<J: Journal> CoreLoop<J> {
             counts: self.engine.counts(),
             pods: self.engine.pod_stats(),
             last_seq: self.last_seq,
-            snapshots: self.snapshots.0,
-            longest_snapshot: self.snapshots.1,
+            snapshots: self.snapshots.written,
+            longest_snapshot: self.snapshots.longest_pause,
+            longest_snapshot_write: self.snapshots.longest_write,
         };
         self.stats.send_replace(stats);
     }
 
+    /// Starts a snapshot of the state as of the last commit: handed to the snapshot thread
+    /// when there is one (unless it is still writing the previous one: the next turn tries
+    /// again), else written here.
     fn take_snapshot(&mut self) -> Result<(), CoreError> {
         let started = std::time::Instant::now();
-        self.journal.snapshot(self.last_seq, self.engine.state())?;
+        match &mut self.snapshot_thread {
+            Some(thread) if thread.busy() => return Ok(()),
+            Some(thread) => thread.write(self.last_seq, self.engine.state().durable_copy())?,
+            None => self.write_snapshot_here()?,
+        }
         self.events_since_snapshot = 0;
-        let took = started.elapsed();
-        self.snapshots = (
-            self.snapshots.0.saturating_add(1),
-            self.snapshots.1.max(took),
-        );
+        let pause = started.elapsed();
+        self.snapshots.longest_pause = self.snapshots.longest_pause.max(pause);
         debug!(
             seq = self.last_seq,
-            took_ms = took.as_millis() as u64,
-            "snapshot taken"
+            pause_us = pause.as_micros() as u64,
+            "snapshot started"
         );
-        // The stats of this batch went out before it: say so now, not a batch later.
+        Ok(())
+    }
+
+    /// Writes a snapshot on the core thread.
+    fn write_snapshot_here(&mut self) -> Result<(), CoreError> {
+        let started = std::time::Instant::now();
+        let result = self.journal.snapshot(self.last_seq, self.engine.state());
+        self.snapshot_written(Written {
+            last_seq: self.last_seq,
+            result,
+            took: started.elapsed(),
+        })
+    }
+
+    /// Counts a stored snapshot; a failed one stops the master, like a failed append.
+    fn snapshot_written(&mut self, written: Written) -> Result<(), CoreError> {
+        if let Err(e) = written.result {
+            error!(seq = written.last_seq, error = %e, "snapshot failed; the master stops");
+            return Err(e);
+        }
+        self.snapshots.written = self.snapshots.written.saturating_add(1);
+        self.snapshots.longest_write = self.snapshots.longest_write.max(written.took);
+        // The stats of the last batch went out before this: say so now, not a batch later.
         self.publish_stats();
         Ok(())
     }
 
     fn stop_cleanly(&mut self) -> Result<(), CoreError> {
+        if let Some(written) = self.snapshot_thread.as_mut().and_then(|t| t.wait()) {
+            self.snapshot_written(written)?;
+        }
         if self.events_since_snapshot > 0 {
-            self.take_snapshot()?;
+            self.write_snapshot_here()?;
         }
         for s in self.subscribers.drain(..) {
             let _ = s

@@ -11,10 +11,11 @@ use tracing::info;
 
 use super::admission::{Admission, InFlight};
 use super::config::{MasterConfig, MasterStats};
-use super::core_loop::CoreLoop;
+use super::core_loop::{CoreLoop, SnapshotTally};
 use super::feed::CommittedFeed;
 use super::messages::CoreMsg;
 use super::read_model::{copy_state, ReadSide};
+use super::snapshots::SnapshotThread;
 use crate::engine::Engine;
 
 use super::local_pods::LocalPodConnector;
@@ -102,6 +103,16 @@ impl MasterBuilder {
                     tasks = state.len(),
                     "master recovered"
                 );
+                let snapshot_thread = journal
+                    .snapshot_writer()
+                    .and_then(|writer| writer.map(SnapshotThread::start).transpose());
+                let snapshot_thread = match snapshot_thread {
+                    Ok(thread) => thread,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
                 let engine = Engine::new(state, config.engine(), clock.now());
                 let engine_results_recorded = engine.state().results_recorded();
                 let mut core = CoreLoop {
@@ -122,7 +133,8 @@ impl MasterBuilder {
                     feed,
                     committed,
                     last_prune: std::time::Instant::now(),
-                    snapshots: (0, std::time::Duration::ZERO),
+                    snapshot_thread,
+                    snapshots: SnapshotTally::default(),
                 };
                 // Recovered counts are visible as soon as `start` returns.
                 core.publish_stats();
@@ -145,7 +157,7 @@ impl MasterBuilder {
                     let _ = failed_tx.send(Some(e.to_string()));
                     // Everything but the journal goes at once: waiting callers, sessions and
                     // the inbox close, so they hear the reason now, not after the journal.
-                    close_failed(core.into_journal());
+                    close_failed(core.into_storage());
                 } else {
                     drop(core);
                 }
@@ -269,9 +281,11 @@ impl Master {
     /// # Errors
     /// [`CoreError::Stopped`] when the master is not running.
     pub async fn read_state(&self) -> Result<(u64, MasterState), CoreError> {
-        copy_state(&self.inbox)?
+        let (seq, mut state) = copy_state(&self.inbox)?
             .await
-            .map_err(|_| CoreError::Stopped)
+            .map_err(|_| CoreError::Stopped)?;
+        state.rebuild_indexes();
+        Ok((seq, state))
     }
 
     /// What in-process pods connect through.
@@ -343,12 +357,12 @@ const FAILED_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5)
 /// Closes the journal of a core that failed. Storage that failed may never finish closing
 /// (sled 0.34 can wait forever for a write that failed on a full disk), so this closes it on
 /// a thread of its own and gives up after [`FAILED_CLOSE_WAIT`], leaving that thread behind.
-fn close_failed<J: Journal>(journal: J) {
+fn close_failed<S: Send + 'static>(storage: S) {
     let (closed_tx, closed_rx) = std_mpsc::channel::<()>();
     let spawned = std::thread::Builder::new()
         .name("mawex-close".into())
         .spawn(move || {
-            drop(journal);
+            drop(storage);
             let _ = closed_tx.send(());
         });
     match spawned {

@@ -166,7 +166,8 @@ pub(crate) enum CoreMsg {
     Shutdown {
         done: oneshot::Sender<()>,
     },
-    /// A copy of the committed state, answered between batches.
+    /// A copy of the committed state's durable parts (`MasterState::durable_copy`: no
+    /// indexes), answered between batches.
     CopyState {
         reply: oneshot::Sender<(u64, MasterState)>,
     },

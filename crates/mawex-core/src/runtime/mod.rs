@@ -11,6 +11,7 @@ mod local_proxy;
 mod master;
 mod messages;
 mod read_model;
+mod snapshots;
 mod streams;
 
 pub use admission::InFlight;

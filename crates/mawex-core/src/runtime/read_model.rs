@@ -178,7 +178,8 @@ fn follow(
     mut feed: broadcast::Receiver<Arc<CommittedBatch>>,
 ) {
     let resync = |model: &ReadModel| -> Option<u64> {
-        let (seq, state) = copy_state(inbox).ok()?.blocking_recv().ok()?;
+        let (seq, mut state) = copy_state(inbox).ok()?.blocking_recv().ok()?;
+        state.rebuild_indexes();
         model.replace(seq, state);
         Some(seq)
     };

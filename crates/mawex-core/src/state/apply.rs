@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use mawex_api::{Attempt, ErrorKind, GroupName, QueuePosition, TaskId, TaskState, Timestamp};
+use mawex_api::{ErrorKind, GroupName, QueuePosition, TaskId, TaskState, Timestamp};
 
 use super::stored::{self, AttemptFailure, AttemptRef, BroadcastSpec, Outcome, TaskResult};
 use super::{Event, MasterState, Schedule, TaskEntry, ROUND_BASE};
@@ -27,21 +27,8 @@ impl MasterState {
                     return;
                 }
                 self.accepted = self.accepted.saturating_add(1);
-                let entry = TaskEntry {
-                    spec: spec.clone(),
-                    state: TaskState::Pending,
-                    attempt: Attempt(0),
-                    pod: None,
-                    order: self.accepted,
-                    submitted_at: *at,
-                    started_at: None,
-                    result: None,
-                    failures: Vec::new(),
-                    not_before: spec.run_at.filter(|t| t > at),
-                    retry_base: 0,
-                    round: 0,
-                };
-                let mut entry = entry;
+                let mut entry = TaskEntry::pending(spec.clone(), self.accepted, *at);
+                entry.not_before = spec.run_at.filter(|t| t > at);
                 let rounds = self.rounds.entry(spec.group.clone()).or_default();
                 entry.round = rounds.next_for(entry.fairness_key());
                 rounds.add(entry.fairness_key(), entry.round);
@@ -371,20 +358,8 @@ impl MasterState {
         }
         let task_spec = spec.target_task(task);
         self.accepted = self.accepted.saturating_add(1);
-        let entry = TaskEntry {
-            spec: task_spec,
-            state: TaskState::Pending,
-            attempt: Attempt(0),
-            pod: None,
-            order: self.accepted,
-            submitted_at: at,
-            started_at: None,
-            result: None,
-            failures: Vec::new(),
-            not_before: None,
-            retry_base: 0,
-            round: ROUND_BASE,
-        };
+        let mut entry = TaskEntry::pending(task_spec, self.accepted, at);
+        entry.round = ROUND_BASE;
         self.counts.moved(None, Some(TaskState::Pending));
         self.listed
             .moved(task, &entry.spec.group, None, Some(TaskState::Pending));
@@ -517,14 +492,14 @@ impl MasterState {
             .moved(id, &entry.spec.group, Some(entry.state), Some(state));
         entry.state = state;
         entry.pod = None;
-        entry.result = Some(TaskResult {
+        entry.result = Some(Box::new(TaskResult {
             id,
             group: entry.spec.group.clone(),
             attempt: entry.attempt,
             outcome,
             finished_at: at,
             seq,
-        });
+        }));
         self.results.insert(seq, id);
     }
 }

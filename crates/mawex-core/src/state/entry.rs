@@ -22,7 +22,8 @@ pub(crate) struct TaskEntry {
     pub(crate) order: u64,
     pub(crate) submitted_at: Timestamp,
     pub(crate) started_at: Option<Timestamp>,
-    pub(crate) result: Option<TaskResult>,
+    /// Boxed: most retained tasks are pending, and a result is four times a pointer.
+    pub(crate) result: Option<Box<TaskResult>>,
     /// Every failed attempt, oldest first.
     pub(crate) failures: Vec<AttemptFailure>,
     /// While pending: not dispatched before this time (delayed task, scheduled retry).
@@ -34,6 +35,24 @@ pub(crate) struct TaskEntry {
 }
 
 impl TaskEntry {
+    /// A task just accepted, `order`th: pending, never attempted, in round 0.
+    pub(super) fn pending(spec: TaskSpec, order: u64, submitted_at: Timestamp) -> Self {
+        TaskEntry {
+            spec,
+            state: TaskState::Pending,
+            attempt: Attempt(0),
+            pod: None,
+            order,
+            submitted_at,
+            started_at: None,
+            result: None,
+            failures: Vec::new(),
+            not_before: None,
+            retry_base: 0,
+            round: 0,
+        }
+    }
+
     pub(super) fn queue_key(&self) -> QueueKey {
         (-i64::from(self.spec.priority), self.round, self.order)
     }
@@ -69,7 +88,7 @@ impl TaskEntry {
         view.attempt = self.attempt;
         view.pod = self.pod.clone();
         view.started_at = self.started_at;
-        view.result = self.result.clone().map(Into::into);
+        view.result = self.result.as_deref().cloned().map(Into::into);
         view.failures = self.failures.iter().cloned().map(Into::into).collect();
         view.not_before = self.not_before;
         view

@@ -14,6 +14,7 @@ mod reads;
 mod rounds;
 mod schedule;
 pub mod stored;
+mod task_map;
 
 use broadcasts::Broadcasts;
 pub use entry::TaskCounts;
@@ -22,6 +23,7 @@ pub use event::{Event, RequeueReason};
 use rounds::Rounds;
 pub(crate) use rounds::ROUND_BASE;
 pub(crate) use schedule::Schedule;
+use task_map::TaskMap;
 
 /// Order of a pending task in its group's queue: higher priority first, then the earlier
 /// fairness round, then oldest first.
@@ -34,7 +36,7 @@ type QueueKey = (i64, u64, u64);
 /// Raft state machine all rest on this.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MasterState {
-    tasks: BTreeMap<TaskId, TaskEntry>,
+    tasks: TaskMap,
     /// Settings of groups that were configured.
     groups: BTreeMap<GroupName, stored::GroupSettings>,
     /// Cron schedules by name.
@@ -126,7 +128,7 @@ impl MasterState {
         broadcasts: Broadcasts,
     ) -> Self {
         let mut state = MasterState {
-            tasks,
+            tasks: tasks.into_iter().collect(),
             groups,
             schedules,
             accepted,
@@ -136,6 +138,24 @@ impl MasterState {
         };
         state.rebuild_indexes();
         state
+    }
+
+    /// The durable parts (what a snapshot holds) and the run-time averages behind wait
+    /// estimates (one per group), without the derived indexes: O(1) for the tasks, which are
+    /// shared with `self` until either side changes one, so the core thread can hand the
+    /// copy to a snapshot writer or the read model without pausing for it.
+    pub(crate) fn durable_copy(&self) -> MasterState {
+        MasterState {
+            tasks: self.tasks.clone(),
+            groups: self.groups.clone(),
+            schedules: self.schedules.clone(),
+            accepted: self.accepted,
+            results_recorded: self.results_recorded,
+            broadcasts: self.broadcasts.clone(),
+            pod_owners: self.pod_owners.clone(),
+            durations: self.durations.clone(),
+            ..MasterState::default()
+        }
     }
 
     /// Every pending task with the queue key it is, or will be, dispatched by: the queues
@@ -159,7 +179,7 @@ impl MasterState {
         let mut holders: HashMap<(GroupName, String), (u64, TaskId)> = HashMap::new();
         // Compared as strings first, so that only tasks with one of the keys cost a copy.
         let names: HashSet<&str> = keys.iter().map(|(_, key)| key.as_str()).collect();
-        for (id, e) in &self.tasks {
+        for (id, e) in self.tasks.iter() {
             let Some(dedup) = e
                 .spec
                 .dedup
@@ -197,7 +217,7 @@ impl MasterState {
         self.dedup.clear();
         self.rounds.clear();
         let tasks = std::mem::take(&mut self.tasks);
-        for (id, entry) in &tasks {
+        for (id, entry) in tasks.iter() {
             self.counts.moved(None, Some(entry.state));
             self.listed
                 .moved(*id, &entry.spec.group, None, Some(entry.state));

@@ -28,7 +28,7 @@ impl MasterState {
     pub fn result(&self, id: &TaskId) -> Option<mawex_api::TaskResult> {
         self.tasks
             .get(id)
-            .and_then(|e| e.result.clone())
+            .and_then(|e| e.result.as_deref().cloned())
             .map(Into::into)
     }
 
@@ -202,7 +202,7 @@ impl MasterState {
     pub(crate) fn results_after(&self, after: u64) -> impl Iterator<Item = &TaskResult> {
         self.results
             .range(after.saturating_add(1)..)
-            .filter_map(|(_, id)| self.tasks.get(id)?.result.as_ref())
+            .filter_map(|(_, id)| self.tasks.get(id)?.result.as_deref())
     }
 
     /// Finished tasks whose results are older than `cutoff`, oldest first, at most `limit`.

@@ -139,12 +139,13 @@ pub struct TaskSpec {
     pub priority: i32,
     /// Resource limits.
     pub limits: Limits,
-    /// Its own retry policy.
-    pub retry: Option<RetryPolicy>,
+    /// Its own retry policy (boxed, as `dedup`: most tasks have none, and a retained task
+    /// should not pay for one).
+    pub retry: Option<Box<RetryPolicy>>,
     /// Not before this time.
     pub run_at: Option<Timestamp>,
     /// Deduplication.
-    pub dedup: Option<Dedup>,
+    pub dedup: Option<Box<Dedup>>,
     /// Fair-queueing key.
     pub fairness_key: Option<String>,
     /// Named sandbox.
@@ -161,11 +162,13 @@ impl From<mawex_api::TaskSpec> for TaskSpec {
             payload: s.payload,
             priority: s.priority,
             limits: s.limits.into(),
-            retry: s.retry.map(Into::into),
+            retry: s.retry.map(|r| Box::new(r.into())),
             run_at: s.run_at,
-            dedup: s.dedup.map(|d| Dedup {
-                key: d.key,
-                window: d.window,
+            dedup: s.dedup.map(|d| {
+                Box::new(Dedup {
+                    key: d.key,
+                    window: d.window,
+                })
             }),
             fairness_key: s.fairness_key,
             sandbox: s.sandbox,
@@ -179,7 +182,7 @@ impl From<TaskSpec> for mawex_api::TaskSpec {
         let mut spec = mawex_api::TaskSpec::new_with_id(s.id, s.group, s.handler, s.payload)
             .with_priority(s.priority)
             .with_limits(s.limits.into());
-        spec.retry = s.retry.map(Into::into);
+        spec.retry = s.retry.map(|r| (*r).into());
         spec.run_at = s.run_at;
         spec.dedup = s.dedup.map(|d| mawex_api::Dedup::new(d.key, d.window));
         spec.fairness_key = s.fairness_key;
@@ -621,7 +624,7 @@ impl BroadcastSpec {
             payload: self.payload.clone(),
             priority: 0,
             limits: self.limits.clone(),
-            retry: self.retry,
+            retry: self.retry.map(Box::new),
             run_at: None,
             dedup: None,
             fairness_key: None,
