@@ -260,7 +260,7 @@ async fn snapshots_bound_replay_and_restart_is_exact() {
         PodConfig::new(pod_id("p-snap"), vec![g.clone()]).with_slots(2),
         handlers,
     );
-    // 2 KiB payloads and outputs: the snapshot spans several chunks.
+    // 2 KiB payloads and outputs: a snapshot of some size.
     let specs: Vec<_> = (0..200)
         .map(|i| TaskSpec::new(g.clone(), "echo", format!("{i:>2048}")))
         .collect();

@@ -216,10 +216,11 @@ impl Bucket {
 }
 
 impl Engine {
-    /// An engine over recovered `state`. Attempts that were running when the master stopped
-    /// become orphans: their pods get one lease timeout to reconnect and claim them.
-    pub(crate) fn new(mut state: MasterState, config: EngineConfig, now: Timestamp) -> Self {
-        state.rebuild_indexes();
+    /// An engine over recovered `state`, its indexes built (as `Recovered::into_state` gives
+    /// it: rebuilding them here too cost a restart a second at a million tasks). Attempts
+    /// that were running when the master stopped become orphans: their pods get one lease
+    /// timeout to reconnect and claim them.
+    pub(crate) fn new(state: MasterState, config: EngineConfig, now: Timestamp) -> Self {
         let deadline = now.saturating_add(config.lease_timeout);
         let mut away = Away::default();
         for pod in state

@@ -14,7 +14,13 @@ use crate::error::CoreError;
 use crate::state::{Event, MasterState};
 
 const JOURNAL_TREE: &str = "journal";
+/// The tree where snapshots were kept before they moved to files (still read).
 const SNAPSHOT_TREE: &str = "snapshot";
+/// Snapshots are files in the journal's directory, named by the sequence number they cover:
+/// `mawex-snapshot-<last_seq, 20 digits>`.
+const SNAPSHOT_FILE_PREFIX: &str = "mawex-snapshot-";
+/// A snapshot file is written under this name, synced, then renamed into place.
+const SNAPSHOT_FILE_TEMP: &str = "mawex-snapshot.tmp";
 /// Names the chunks of the latest snapshot: `[last_seq u64 BE][chunk count u32 BE]`.
 const SNAPSHOT_MANIFEST_KEY: &[u8] = b"manifest";
 /// Snapshot chunks are keyed `chunk/[last_seq u64 BE][index u32 BE]`.
@@ -25,8 +31,8 @@ const SNAPSHOT_CHUNK_BYTES: usize = 120 * 1024;
 /// Disk space sled 0.34 takes per byte of records appended (measured: 1.6, with 16 KiB
 /// tasks), rounded up: what the space check asks for.
 const RECORD_AMPLIFICATION: usize = 2;
-/// ... and per byte of snapshot (measured: 3.3; it rewrites the nodes holding the chunks).
-const SNAPSHOT_AMPLIFICATION: usize = 4;
+/// ... and per byte of snapshot: the new file, while the one before it still exists.
+const SNAPSHOT_AMPLIFICATION: usize = 2;
 /// sled 0.34 keeps its log in this file of the database directory.
 const SLED_DATA_FILE: &str = "db";
 /// ... and writes pages too large for its log into files of this directory, unsynced.
@@ -48,8 +54,13 @@ fn chunk_key(last_seq: u64, index: u32) -> Vec<u8> {
 /// Durability: sled's own flush uses `sync_file_range`, which neither flushes the device's
 /// write cache nor file metadata, and it never syncs the side files it writes for very large
 /// pages. So after sled's flush the journal `fdatasync`s sled's data file and `fsync`s every
-/// side file it has not synced yet. Records and snapshot chunks are kept small so that side
-/// files stay rare.
+/// side file it has not synced yet. Records are kept small so that side files stay rare.
+///
+/// Snapshots are plain files beside sled's (`mawex-snapshot-<last_seq>`), written whole,
+/// synced and renamed into place. In sled they cost a million-task master four times their
+/// size on disk, a second more to open, and a flush that every append waited behind. A
+/// snapshot an older version kept in sled's `snapshot` tree is still read, and removed with
+/// the first new snapshot.
 ///
 /// A full disk: sled 0.34 does not survive a failed write well (it may wait forever for the
 /// write when closing), so the journal never lets a write reach a full disk. Before each
@@ -215,10 +226,52 @@ impl SledJournal {
         Ok(Some((last_seq, chunks)))
     }
 
+    /// Snapshot files, by the sequence number they cover, oldest first.
+    fn snapshot_files(&self) -> Result<Vec<(u64, PathBuf)>, CoreError> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let seq = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(SNAPSHOT_FILE_PREFIX))
+                .and_then(|digits| digits.parse::<u64>().ok());
+            if let Some(seq) = seq {
+                files.push((seq, entry.path()));
+            }
+        }
+        files.sort();
+        Ok(files)
+    }
+
+    /// The sequence number the latest snapshot covers (0 without one), without reading it.
+    fn latest_snapshot_seq(&self) -> Result<u64, CoreError> {
+        let in_file = self.snapshot_files()?.last().map_or(0, |(seq, _)| *seq);
+        let in_tree = self.manifest()?.map_or(0, |(seq, _)| seq);
+        Ok(in_file.max(in_tree))
+    }
+
+    /// The latest snapshot: its file, or the one in the tree where a version before
+    /// snapshot files kept it, whichever covers more.
     fn read_snapshot(&self) -> Result<Option<(u64, MasterState)>, CoreError> {
-        let Some((last_seq, chunks)) = self.manifest()? else {
-            return Ok(None);
-        };
+        let file = self.snapshot_files()?.pop();
+        let in_tree = self.manifest()?;
+        let tree_seq = in_tree.map_or(0, |(seq, _)| seq);
+        if let Some((seq, path)) = file.filter(|(seq, _)| *seq >= tree_seq) {
+            let bytes = std::fs::read(&path)?;
+            return check_covers(seq, decode_snapshot(&bytes)?).map(Some);
+        }
+        match in_tree {
+            Some((seq, chunks)) => self.read_snapshot_in_tree(seq, chunks).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn read_snapshot_in_tree(
+        &self,
+        last_seq: u64,
+        chunks: u32,
+    ) -> Result<(u64, MasterState), CoreError> {
         let mut bytes = Vec::new();
         for index in 0..chunks {
             let chunk = self
@@ -231,13 +284,50 @@ impl SledJournal {
                 })?;
             bytes.extend_from_slice(&chunk);
         }
-        let (seq, state) = decode_snapshot(&bytes)?;
-        if seq != last_seq {
-            return Err(CoreError::CorruptSnapshot(format!(
-                "manifest names sequence {last_seq}, the snapshot holds {seq}"
-            )));
+        check_covers(last_seq, decode_snapshot(&bytes)?)
+    }
+
+    /// Stores a snapshot in the tree, as versions before snapshot files did: for tests of
+    /// journals those versions wrote.
+    ///
+    /// # Errors
+    /// A storage error.
+    #[doc(hidden)]
+    pub fn write_snapshot_in_tree(
+        &mut self,
+        last_seq: u64,
+        state: &MasterState,
+    ) -> Result<(), CoreError> {
+        let bytes = encode_snapshot(last_seq, state)?;
+        let mut batch = sled::Batch::default();
+        let mut chunks: u32 = 0;
+        for chunk in bytes.chunks(SNAPSHOT_CHUNK_BYTES) {
+            batch.insert(chunk_key(last_seq, chunks), chunk);
+            chunks += 1;
         }
-        Ok(Some((seq, state)))
+        let mut manifest = last_seq.to_be_bytes().to_vec();
+        manifest.extend_from_slice(&chunks.to_be_bytes());
+        batch.insert(SNAPSHOT_MANIFEST_KEY, manifest);
+        self.snapshots.apply_batch(batch)?;
+        self.sync()
+    }
+
+    /// Writes `bytes` as the snapshot file covering `last_seq`: a temporary file, synced,
+    /// renamed into place, and the directory synced, so that a crash leaves the old
+    /// snapshot or the new one, never a part of one.
+    fn write_snapshot_file(&self, last_seq: u64, bytes: &[u8]) -> Result<PathBuf, CoreError> {
+        use std::io::Write;
+        let temp = self.dir.join(SNAPSHOT_FILE_TEMP);
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        let path = self
+            .dir
+            .join(format!("{SNAPSHOT_FILE_PREFIX}{last_seq:020}"));
+        std::fs::rename(&temp, &path)?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        Ok(path)
     }
 
     /// Writes raw bytes under a sequence number, bypassing encoding: for fault-injection
@@ -305,6 +395,17 @@ fn open_waiting_for_lock(config: &sled::Config) -> Result<sled::Db, CoreError> {
     }
 }
 
+/// `snapshot`, checked to cover the sequence number its name or manifest says.
+fn check_covers(named: u64, snapshot: (u64, MasterState)) -> Result<(u64, MasterState), CoreError> {
+    if snapshot.0 != named {
+        return Err(CoreError::CorruptSnapshot(format!(
+            "the snapshot is named for sequence {named} but holds {}",
+            snapshot.0
+        )));
+    }
+    Ok(snapshot)
+}
+
 fn key_seq(key: &[u8]) -> Result<u64, CoreError> {
     let arr: [u8; 8] = key.try_into().map_err(|_| CoreError::CorruptJournal {
         seq: 0,
@@ -355,41 +456,32 @@ impl Journal for SledJournal {
             "snapshot",
             bytes.len().saturating_mul(SNAPSHOT_AMPLIFICATION),
         )?;
-        let mut batch = sled::Batch::default();
-        let mut chunks: u32 = 0;
-        for chunk in bytes.chunks(SNAPSHOT_CHUNK_BYTES) {
-            batch.insert(chunk_key(last_seq, chunks), chunk);
-            chunks += 1;
-        }
-        let mut manifest = last_seq.to_be_bytes().to_vec();
-        manifest.extend_from_slice(&chunks.to_be_bytes());
-        batch.insert(SNAPSHOT_MANIFEST_KEY, manifest);
-        self.snapshots.apply_batch(batch)?;
-        self.sync()?;
+        let path = self.write_snapshot_file(last_seq, &bytes)?;
 
-        // Now that the new snapshot is durable: drop the old one's chunks and the records the
-        // new one covers. Losing these removals to a crash is harmless: recovery skips covered
-        // records and reads only the chunks the manifest names.
-        let mut stale = sled::Batch::default();
-        for key in self.snapshots.scan_prefix(SNAPSHOT_CHUNK_PREFIX).keys() {
-            let key = key?;
-            if !key.starts_with(&chunk_key(last_seq, 0)[..SNAPSHOT_CHUNK_PREFIX.len() + 8]) {
-                stale.remove(key);
+        // Now that the new snapshot is durable: drop older ones (files, and the tree an
+        // older version kept them in) and the records the new one covers. Losing these
+        // removals to a crash is harmless: recovery reads the latest snapshot and skips the
+        // records it covers.
+        for (_, older) in self.snapshot_files()? {
+            if older != path {
+                std::fs::remove_file(older)?;
             }
         }
-        self.snapshots.apply_batch(stale)?;
+        if !self.snapshots.is_empty() {
+            self.snapshots.clear()?;
+        }
         let mut covered = sled::Batch::default();
         for key in self.journal.range(..=last_seq.to_be_bytes()).keys() {
             covered.remove(key?);
         }
         self.journal.apply_batch(covered)?;
-        debug!(last_seq, chunks, bytes = bytes.len(), "snapshot stored");
+        debug!(last_seq, bytes = bytes.len(), "snapshot stored");
         Ok(())
     }
 
     fn repair(&mut self) -> Result<Repaired, CoreError> {
         // Only the snapshot's sequence number matters here, not its state.
-        let after = self.manifest()?.map_or(0, |(seq, _)| seq);
+        let after = self.latest_snapshot_seq()?;
         let records = self.journal.iter().map(|r| {
             let (k, v) = r?;
             Ok((key_seq(&k)?, v.to_vec()))

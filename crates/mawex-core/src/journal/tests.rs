@@ -628,3 +628,110 @@ impl crate::testing::JournalUnderTest for OnDisk {
 fn the_sled_journal_passes_the_conformance_suite() {
     crate::testing::journal_suite(|| OnDisk(tempfile::tempdir().expect("a temp dir")));
 }
+
+/// `n` accepted tasks of one group, ids from 1.
+fn accepted_tasks(n: u8) -> Vec<Event> {
+    let group = GroupName::new("files").expect("valid");
+    (1..=n)
+        .map(|i| Event::TaskAccepted {
+            spec: TaskSpec::new(group.clone(), "noop", Bytes::from_static(b"x"))
+                .with_id(id(i))
+                .into(),
+            at: Timestamp(u64::from(i)),
+        })
+        .collect()
+}
+
+fn fold(events: &[Event]) -> MasterState {
+    let mut state = MasterState::new();
+    events.iter().for_each(|e| state.apply(e));
+    state
+}
+
+/// The names of the snapshot files in `dir`.
+fn snapshot_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("the journal's directory")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with("mawex-snapshot"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_snapshot_an_older_version_kept_in_sled_is_read_then_replaced_by_a_file() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let events = accepted_tasks(8);
+    {
+        let mut journal = super::SledJournal::open(dir.path()).expect("open");
+        journal.recover().expect("recover");
+        journal.append(1, &events[..5]).expect("append");
+        journal
+            .write_snapshot_in_tree(5, &fold(&events[..5]))
+            .expect("the old way");
+        journal.append(6, &events[5..]).expect("append");
+    }
+    let mut journal = super::SledJournal::open(dir.path()).expect("open");
+    let recovered = journal.recover().expect("recover");
+    assert_eq!(recovered.snapshot.as_ref().map(|(seq, _)| *seq), Some(5));
+    assert_eq!(recovered.into_state(), (8, fold(&events)));
+
+    journal.snapshot(8, &fold(&events)).expect("snapshot");
+    drop(journal);
+    assert_eq!(
+        snapshot_files(dir.path()),
+        vec![format!("mawex-snapshot-{:020}", 8)]
+    );
+    let recovered = super::SledJournal::open(dir.path())
+        .expect("open")
+        .recover()
+        .expect("recover");
+    assert_eq!(recovered.snapshot.as_ref().map(|(seq, _)| *seq), Some(8));
+    assert!(recovered.events.is_empty());
+    assert_eq!(recovered.into_state(), (8, fold(&events)));
+}
+
+#[test]
+fn a_new_snapshot_file_replaces_the_last_and_a_damaged_one_is_refused() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let events = accepted_tasks(6);
+    {
+        let mut journal = super::SledJournal::open(dir.path()).expect("open");
+        journal.recover().expect("recover");
+        journal.append(1, &events[..3]).expect("append");
+        journal.snapshot(3, &fold(&events[..3])).expect("snapshot");
+        journal.append(4, &events[3..]).expect("append");
+        journal.snapshot(6, &fold(&events)).expect("snapshot");
+    }
+    // What a crash while writing the next one leaves behind is ignored.
+    std::fs::write(dir.path().join("mawex-snapshot.tmp"), b"half a snapshot").expect("write");
+    let files = snapshot_files(dir.path());
+    assert_eq!(
+        files,
+        vec![
+            format!("mawex-snapshot-{:020}", 6),
+            "mawex-snapshot.tmp".to_owned()
+        ]
+    );
+    let recovered = super::SledJournal::open(dir.path())
+        .expect("open")
+        .recover()
+        .expect("recover");
+    assert_eq!(recovered.into_state(), (6, fold(&events)));
+
+    let path = dir.path().join(&files[0]);
+    let mut bytes = std::fs::read(&path).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, bytes).expect("write");
+    match super::SledJournal::open(dir.path())
+        .expect("open")
+        .recover()
+    {
+        Err(crate::CoreError::CorruptSnapshot(reason)) => {
+            assert!(reason.contains("checksum"), "{reason}")
+        }
+        other => panic!("expected CorruptSnapshot, got {other:?}"),
+    }
+}
