@@ -21,12 +21,17 @@ const SNAPSHOT_TREE: &str = "snapshot";
 const SNAPSHOT_FILE_PREFIX: &str = "mawex-snapshot-";
 /// A snapshot file is written under this name, synced, then renamed into place.
 const SNAPSHOT_FILE_TEMP: &str = "mawex-snapshot.tmp";
-/// Names the chunks of the latest snapshot: `[last_seq u64 BE][chunk count u32 BE]`.
+/// The manifest once snapshots are files: not 12 bytes long, so a version that kept them in
+/// the tree refuses the journal ("manifest of 46 bytes, expected 12") instead of finding no
+/// snapshot and starting empty.
+const SNAPSHOTS_IN_FILES: &[u8] = b"snapshots are files named mawex-snapshot-<seq>";
+/// In that tree: names the chunks of the snapshot, `[last_seq u64 BE][chunk count u32 BE]`,
+/// or holds [`SNAPSHOTS_IN_FILES`].
 const SNAPSHOT_MANIFEST_KEY: &[u8] = b"manifest";
 /// Snapshot chunks are keyed `chunk/[last_seq u64 BE][index u32 BE]`.
 const SNAPSHOT_CHUNK_PREFIX: &[u8] = b"chunk/";
-/// sled writes values much larger than this to unsynced side files ("blobs"); snapshots are
-/// cut into chunks below it so everything goes through the synced log.
+/// sled writes values much larger than this to unsynced side files ("blobs"); snapshots in
+/// the tree were cut into chunks below it so everything went through the synced log.
 const SNAPSHOT_CHUNK_BYTES: usize = 120 * 1024;
 /// Disk space sled 0.34 takes per byte of records appended (measured: 1.6, with 16 KiB
 /// tasks), rounded up: what the space check asks for.
@@ -105,6 +110,11 @@ impl SledJournal {
                 data_path.display()
             ))
         })?;
+        // What a crash while writing a snapshot left behind.
+        match std::fs::remove_file(path.as_ref().join(SNAPSHOT_FILE_TEMP)) {
+            Err(e) if e.kind() != ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
         // Make the directory entries of sled's files durable too.
         std::fs::File::open(path.as_ref())?.sync_all()?;
         let mut journal = SledJournal {
@@ -204,11 +214,15 @@ impl SledJournal {
         Ok(())
     }
 
-    /// The latest snapshot's `(last_seq, chunk count)`, from its manifest alone.
+    /// The `(last_seq, chunk count)` of a snapshot an older version kept in the tree, from
+    /// its manifest alone.
     fn manifest(&self) -> Result<Option<(u64, u32)>, CoreError> {
         let Some(manifest) = self.snapshots.get(SNAPSHOT_MANIFEST_KEY)? else {
             return Ok(None);
         };
+        if manifest.as_ref() == SNAPSHOTS_IN_FILES {
+            return Ok(None);
+        }
         let manifest: [u8; 12] = manifest.as_ref().try_into().map_err(|_| {
             CoreError::CorruptSnapshot(format!("manifest of {} bytes, expected 12", manifest.len()))
         })?;
@@ -315,19 +329,24 @@ impl SledJournal {
     /// Writes `bytes` as the snapshot file covering `last_seq`: a temporary file, synced,
     /// renamed into place, and the directory synced, so that a crash leaves the old
     /// snapshot or the new one, never a part of one.
-    fn write_snapshot_file(&self, last_seq: u64, bytes: &[u8]) -> Result<PathBuf, CoreError> {
+    fn write_snapshot_file(&self, last_seq: u64, bytes: &[u8]) -> Result<(), CoreError> {
         use std::io::Write;
         let temp = self.dir.join(SNAPSHOT_FILE_TEMP);
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
+        let written = std::fs::File::create(&temp).and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.sync_all()
+        });
+        if let Err(e) = written {
+            // A part of a snapshot must not hold on to the space a full disk needs back.
+            let _ = std::fs::remove_file(&temp);
+            return Err(e.into());
+        }
         let path = self
             .dir
             .join(format!("{SNAPSHOT_FILE_PREFIX}{last_seq:020}"));
         std::fs::rename(&temp, &path)?;
         std::fs::File::open(&self.dir)?.sync_all()?;
-        Ok(path)
+        Ok(())
     }
 
     /// Writes raw bytes under a sequence number, bypassing encoding: for fault-injection
@@ -456,19 +475,22 @@ impl Journal for SledJournal {
             "snapshot",
             bytes.len().saturating_mul(SNAPSHOT_AMPLIFICATION),
         )?;
-        let path = self.write_snapshot_file(last_seq, &bytes)?;
+        self.write_snapshot_file(last_seq, &bytes)?;
 
         // Now that the new snapshot is durable: drop older ones (files, and the tree an
         // older version kept them in) and the records the new one covers. Losing these
         // removals to a crash is harmless: recovery reads the latest snapshot and skips the
         // records it covers.
-        for (_, older) in self.snapshot_files()? {
-            if older != path {
+        for (seq, older) in self.snapshot_files()? {
+            if seq < last_seq {
                 std::fs::remove_file(older)?;
             }
         }
-        if !self.snapshots.is_empty() {
+        if self.snapshots.get(SNAPSHOT_MANIFEST_KEY)?.as_deref() != Some(SNAPSHOTS_IN_FILES) {
             self.snapshots.clear()?;
+            self.snapshots
+                .insert(SNAPSHOT_MANIFEST_KEY, SNAPSHOTS_IN_FILES)?;
+            self.sync()?;
         }
         let mut covered = sled::Batch::default();
         for key in self.journal.range(..=last_seq.to_be_bytes()).keys() {
@@ -498,8 +520,8 @@ impl Journal for SledJournal {
         Ok(repaired)
     }
 
-    /// Snapshots go into their own tree while the core appends to the journal's: the keys
-    /// never meet, and the records a snapshot drops all come before any the core writes.
+    /// Snapshots go into files of their own while the core appends to the journal's tree,
+    /// and the records a snapshot drops all come before any the core writes.
     fn snapshot_writer(&mut self) -> Result<Option<Box<dyn SnapshotWriter>>, CoreError> {
         Ok(Some(Box::new(SharedHandle(self.second_handle()?))))
     }

@@ -690,6 +690,21 @@ fn a_snapshot_an_older_version_kept_in_sled_is_read_then_replaced_by_a_file() {
     assert_eq!(recovered.snapshot.as_ref().map(|(seq, _)| *seq), Some(8));
     assert!(recovered.events.is_empty());
     assert_eq!(recovered.into_state(), (8, fold(&events)));
+
+    // A version that kept snapshots in the tree reads a 12-byte manifest there: it must
+    // find one it refuses, not none (it would start empty, the records being gone).
+    let db = sled::open(dir.path()).expect("sled");
+    let manifest = db
+        .open_tree("snapshot")
+        .expect("the tree")
+        .get("manifest")
+        .expect("read")
+        .expect("a manifest");
+    assert_ne!(
+        manifest.len(),
+        12,
+        "an older version would take it for a snapshot"
+    );
 }
 
 #[test]
@@ -719,6 +734,11 @@ fn a_new_snapshot_file_replaces_the_last_and_a_damaged_one_is_refused() {
         .recover()
         .expect("recover");
     assert_eq!(recovered.into_state(), (6, fold(&events)));
+    assert_eq!(
+        snapshot_files(dir.path()),
+        files[..1],
+        "the leftover is removed"
+    );
 
     let path = dir.path().join(&files[0]);
     let mut bytes = std::fs::read(&path).expect("read");

@@ -275,7 +275,8 @@ impl Master {
     }
 
     /// A copy of the committed state and the sequence number of its last event, taken
-    /// between two batches. Costs a copy of every task: for catching up a feed subscriber,
+    /// between two batches. The copy itself is O(1) for the core, but its indexes are
+    /// rebuilt here, on a blocking thread, in O(tasks): for catching up a feed subscriber,
     /// not for polling.
     ///
     /// # Errors
@@ -284,7 +285,12 @@ impl Master {
         let (seq, mut state) = copy_state(&self.inbox)?
             .await
             .map_err(|_| CoreError::Stopped)?;
-        state.rebuild_indexes();
+        let state = tokio::task::spawn_blocking(move || {
+            state.rebuild_indexes();
+            state
+        })
+        .await
+        .map_err(|e| CoreError::Thread(format!("rebuilding the copy's indexes: {e}")))?;
         Ok((seq, state))
     }
 
@@ -326,7 +332,8 @@ impl Master {
     }
 
     /// Stops at once, as a crash would: what is not yet committed is lost (and was never
-    /// acknowledged), no snapshot is written. For fault-injection tests.
+    /// acknowledged), and no snapshot is started (one already being written is let finish,
+    /// as it could have just before a crash). For fault-injection tests.
     ///
     /// # Errors
     /// The error that stopped the master earlier, if one did.
