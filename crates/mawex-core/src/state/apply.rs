@@ -130,6 +130,8 @@ impl MasterState {
                     if entry.state != TaskState::Failed {
                         continue;
                     }
+                    self.failed_kinds
+                        .remove(&entry.spec.group, entry.failed_kind());
                     if let Some(result) = entry.result.take() {
                         self.results.remove(&result.seq);
                     }
@@ -341,6 +343,10 @@ impl MasterState {
                             self.dedup.remove(&key);
                         }
                     }
+                    if entry.state == TaskState::Failed {
+                        self.failed_kinds
+                            .remove(&entry.spec.group, entry.failed_kind());
+                    }
                     self.counts.moved(Some(entry.state), None);
                     self.listed
                         .moved(*id, &entry.spec.group, Some(entry.state), None);
@@ -490,6 +496,14 @@ impl MasterState {
         self.counts.moved(Some(entry.state), Some(state));
         self.listed
             .moved(id, &entry.spec.group, Some(entry.state), Some(state));
+        if entry.state == TaskState::Failed {
+            self.failed_kinds
+                .remove(&entry.spec.group, entry.failed_kind());
+        }
+        if state == TaskState::Failed {
+            self.failed_kinds
+                .add(&entry.spec.group, entry.failed_kind());
+        }
         entry.state = state;
         entry.pod = None;
         entry.result = Some(Box::new(TaskResult {

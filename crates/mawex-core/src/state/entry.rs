@@ -1,6 +1,6 @@
 //! One task as recorded, and the counts of tasks per state.
 
-use mawex_api::{Attempt, PodId, TaskState, TaskView, Timestamp};
+use mawex_api::{Attempt, ErrorKind, PodId, TaskState, TaskView, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use super::stored::{AttemptFailure, AttemptRef, TaskResult, TaskSpec};
@@ -70,6 +70,14 @@ impl TaskEntry {
                 .retry_base
                 .saturating_sub(u32::try_from(excess).unwrap_or(u32::MAX));
         }
+    }
+
+    /// The kind of the last error, for the failed summary (`Sandbox` when no attempt failed:
+    /// the task failed without running).
+    pub(super) fn failed_kind(&self) -> ErrorKind {
+        self.failures
+            .last()
+            .map_or(ErrorKind::Sandbox, |f| f.error.kind)
     }
 
     pub(super) fn fairness_key(&self) -> &str {

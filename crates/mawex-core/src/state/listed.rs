@@ -7,7 +7,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::ops::Bound;
 
-use mawex_api::{GroupName, TaskId, TaskState};
+use mawex_api::{ErrorKind, GroupName, TaskId, TaskState};
 
 /// Task ids by group, then state. Empty sets are removed, so that a state rebuilt from
 /// scratch equals one kept up to date.
@@ -82,15 +82,6 @@ impl Listed {
                 .collect(),
         )
     }
-
-    /// The ids of every task in `state`, in no particular order: for counting.
-    pub(crate) fn in_state(&self, state: TaskState) -> impl Iterator<Item = TaskId> + '_ {
-        self.0
-            .values()
-            .filter_map(move |states| states.get(&state))
-            .flatten()
-            .copied()
-    }
 }
 
 /// Ascending ids from ascending sets, merged (the sets are disjoint: a task is in one) with a
@@ -120,6 +111,35 @@ impl Iterator for Merged<'_> {
             self.next.push(Reverse((*after, set)));
         }
         Some(id)
+    }
+}
+
+/// Failed tasks counted by group and kind of last error: the failed summary, O(groups ×
+/// kinds) to read. Derived like [`Listed`], and kept by the same changes of state. Zero
+/// counts are removed, so that a state rebuilt from scratch equals one kept up to date.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct FailedKinds(HashMap<(GroupName, ErrorKind), u64>);
+
+impl FailedKinds {
+    /// A task of `group` became failed, its last error of `kind`.
+    pub(crate) fn add(&mut self, group: &GroupName, kind: ErrorKind) {
+        *self.0.entry((group.clone(), kind)).or_default() += 1;
+    }
+
+    /// A failed task of `group`, its last error of `kind`, is failed no more.
+    pub(crate) fn remove(&mut self, group: &GroupName, kind: ErrorKind) {
+        let key = (group.clone(), kind);
+        if let Some(n) = self.0.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.0.remove(&key);
+            }
+        }
+    }
+
+    /// Every `(group, kind, count)`.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&GroupName, ErrorKind, u64)> {
+        self.0.iter().map(|((group, kind), n)| (group, *kind, *n))
     }
 }
 

@@ -65,6 +65,9 @@ pub struct MasterState {
     /// Task ids by group and state, for `list`.
     #[serde(skip)]
     listed: listed::Listed,
+    /// Failed tasks by group and kind of last error, for the failed summary.
+    #[serde(skip)]
+    failed_kinds: listed::FailedKinds,
     /// Running tasks per group, for per-group concurrency ceilings.
     #[serde(skip)]
     running_by_group: HashMap<GroupName, u32>,
@@ -97,6 +100,7 @@ impl PartialEq for MasterState {
             && self.results == other.results
             && self.counts == other.counts
             && self.listed == other.listed
+            && self.failed_kinds == other.failed_kinds
             && self.running_by_group == other.running_by_group
             && self.dedup == other.dedup
             && live_rounds(&self.rounds) == live_rounds(&other.rounds)
@@ -213,6 +217,7 @@ impl MasterState {
         self.results.clear();
         self.counts = TaskCounts::default();
         self.listed = listed::Listed::default();
+        self.failed_kinds = listed::FailedKinds::default();
         self.running_by_group.clear();
         self.dedup.clear();
         self.rounds.clear();
@@ -221,6 +226,10 @@ impl MasterState {
             self.counts.moved(None, Some(entry.state));
             self.listed
                 .moved(*id, &entry.spec.group, None, Some(entry.state));
+            if entry.state == TaskState::Failed {
+                self.failed_kinds
+                    .add(&entry.spec.group, entry.failed_kind());
+            }
             if entry.state == TaskState::Running {
                 *self
                     .running_by_group

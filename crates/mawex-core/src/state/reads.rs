@@ -1,6 +1,5 @@
 //! Reads of the state: single tasks, queues, the failed queue, pages and estimates.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use mawex_api::{
@@ -101,27 +100,18 @@ impl MasterState {
         }
     }
 
-    /// The failed queue counted by group and kind of last error: a walk over the failed
-    /// tasks only.
+    /// The failed queue counted by group and kind of last error, from counts kept as
+    /// tasks fail and leave the failed queue: O(groups × kinds), whatever the queue holds.
     pub(crate) fn failed_summary(&self) -> Vec<FailedCount> {
-        let mut counts: BTreeMap<(GroupName, String), (ErrorKind, u64)> = BTreeMap::new();
-        let failed = self
-            .listed
-            .in_state(TaskState::Failed)
-            .filter_map(|id| self.tasks.get(&id));
-        for e in failed {
-            let kind = e
-                .failures
-                .last()
-                .map_or(ErrorKind::Sandbox, |f| f.error.kind);
-            let slot = counts
-                .entry((e.spec.group.clone(), format!("{kind:?}")))
-                .or_insert((kind, 0));
-            slot.1 += 1;
-        }
+        let mut counts: Vec<(&GroupName, String, ErrorKind, u64)> = self
+            .failed_kinds
+            .iter()
+            .map(|(group, kind, n)| (group, format!("{kind:?}"), kind, n))
+            .collect();
+        counts.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         counts
             .into_iter()
-            .map(|((group, _), (kind, n))| FailedCount::new(group, kind, n))
+            .map(|(group, _, kind, n)| FailedCount::new(group.clone(), kind, n))
             .collect()
     }
 
