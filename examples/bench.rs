@@ -4,6 +4,8 @@
 
 #[path = "bench/backlog.rs"]
 mod backlog;
+#[path = "bench/pods.rs"]
+mod pods;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +24,8 @@ struct Args {
     /// Which scenario to run: `local`, `grpc`, `fair` (local, 1,000 fairness keys),
     /// `sandbox` (per-task overhead of each sandbox against a bare spawn), `broadcast`, or
     /// `backlog` (`--tasks` pending with no pod: memory, journal, snapshot pause, list,
-    /// restart after kill -9).
+    /// restart after kill -9), or `pods` (`--pods` one-slot pods over gRPC: the idle
+    /// master's CPU, then throughput).
     #[arg(long, default_value = "local")]
     scenario: String,
     /// Tasks in the throughput phase.
@@ -44,6 +47,9 @@ struct Args {
     /// Sequential single-task round trips measured for latency.
     #[arg(long, default_value_t = 1000)]
     rtt_samples: usize,
+    /// `pods`: how many pods connect.
+    #[arg(long, default_value_t = 1000)]
+    pods: usize,
     /// `broadcast`: pods to reach.
     #[arg(long, default_value_t = 100)]
     targets: usize,
@@ -444,6 +450,8 @@ fn main() -> anyhow::Result<()> {
     mawex::sandbox::forked::run_if_child(&noop_handlers()?);
     // The `backlog` scenario runs its master in a child process, to kill it.
     backlog::run_if_child()?;
+    // ... and so does `pods`, to measure the master's CPU apart from the pods'.
+    pods::run_if_child()?;
     tokio::runtime::Runtime::new()?.block_on(bench())
 }
 
@@ -461,8 +469,10 @@ async fn bench() -> anyhow::Result<()> {
         "fair" => run(&args, Transport::Local, true).await?,
         "broadcast" => broadcast(&args).await?,
         "backlog" => backlog::backlog(args.tasks).await?,
+        "pods" => pods::pods(args.pods, args.tasks, args.batch).await?,
         other => anyhow::bail!(
-            "unknown scenario {other:?}; known: local, grpc, fair, sandbox, broadcast, backlog"
+            "unknown scenario {other:?}; known: local, grpc, fair, sandbox, broadcast, \
+             backlog, pods"
         ),
     };
     println!("{line}");

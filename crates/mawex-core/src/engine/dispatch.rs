@@ -48,8 +48,9 @@ impl Engine {
                     // Some group is paused, capped or rate limited: check each of the pod's.
                     let groups = pod.groups.clone();
                     let open: Vec<GroupName> = groups
-                        .into_iter()
+                        .iter()
                         .filter(|g| self.state.group_open(g) && self.has_token(g, now))
+                        .cloned()
                         .collect();
                     let next = self.state.next_pending(&open);
                     if let Some(group) = next
@@ -60,7 +61,7 @@ impl Engine {
                     }
                     next
                 } else {
-                    self.state.next_pending(&pod.groups)
+                    self.state.next_pending(pod.groups.iter())
                 };
                 let Some(task) = next else {
                     continue;

@@ -53,7 +53,7 @@ struct Lease {
 #[derive(Debug, Clone)]
 struct PodEntry {
     session: u64,
-    groups: Vec<GroupName>,
+    groups: std::sync::Arc<[GroupName]>,
     slots: u32,
     /// Leases it may ever hold: slots plus prefetch.
     capacity: u32,
@@ -104,8 +104,9 @@ impl PodEntry {
 pub struct PodStats {
     /// The pod.
     pub id: PodId,
-    /// Groups it serves.
-    pub groups: Vec<GroupName>,
+    /// Groups it serves (shared with the master's record of the pod: the stats are
+    /// published after every commit, and a copy per pod each time would cost an allocation).
+    pub groups: std::sync::Arc<[GroupName]>,
     /// Attempts it runs at once.
     pub slots: u32,
     /// Leases it holds now (running or queued in the pod).
@@ -343,6 +344,11 @@ impl Engine {
 
     pub(crate) fn counts(&self) -> TaskCounts {
         self.state.counts()
+    }
+
+    /// How many pods are connected.
+    pub(crate) fn pod_count(&self) -> usize {
+        self.pods.len()
     }
 
     pub(crate) fn pod_stats(&self) -> Vec<PodStats> {

@@ -138,7 +138,7 @@ impl Engine {
             self.requeue(attempt, RequeueReason::PodLeft, now, out);
         }
 
-        let groups: Vec<GroupName> = hello
+        let groups: std::sync::Arc<[GroupName]> = hello
             .groups
             .iter()
             .cloned()

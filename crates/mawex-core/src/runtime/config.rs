@@ -150,7 +150,9 @@ pub struct MasterStats {
     /// Tasks per state.
     pub counts: TaskCounts,
     /// Connected pods and their leases.
-    pub pods: Vec<PodStats>,
+    /// Shared between publications: rebuilt after a batch that changed something (a lease, a
+    /// pod), and at least once a second for the usage pods report in heartbeats.
+    pub pods: std::sync::Arc<[PodStats]>,
     /// Sequence number of the last journaled event.
     pub last_seq: u64,
     /// Snapshots taken since the master started.

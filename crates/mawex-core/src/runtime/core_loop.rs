@@ -71,7 +71,13 @@ pub(crate) struct CoreLoop<J> {
     pub(crate) snapshot_thread: Option<SnapshotThread>,
     /// For the stats.
     pub(crate) snapshots: SnapshotTally,
+    /// The pods' part of the stats, and when it was built: O(pods) to build, so a batch of
+    /// heartbeats alone reuses it (see [`POD_STATS_EVERY`]).
+    pub(crate) pod_stats: (Arc<[crate::PodStats]>, std::time::Instant),
 }
+
+/// How stale the pods' reported usage may be in the stats.
+const POD_STATS_EVERY: Duration = Duration::from_secs(1);
 
 /// What the snapshots so far cost.
 #[derive(Debug, Default)]
@@ -168,6 +174,11 @@ impl<J: Journal> CoreLoop<J> {
             if stop.is_none() {
                 self.engine.dispatch(now, &mut out);
             }
+            // A batch without events changed no lease (heartbeats, reads): the pods' stats
+            // only need their usage refreshed, which can wait.
+            let pods_changed = !out.events.is_empty()
+                || self.engine.pod_count() != self.pod_stats.0.len()
+                || self.pod_stats.1.elapsed() >= POD_STATS_EVERY;
             if let Err(e) = self.commit(&out.events) {
                 error!(error = %e, "journal append failed; the master stops");
                 return Err(e);
@@ -178,6 +189,9 @@ impl<J: Journal> CoreLoop<J> {
                 let _ = reply.send((self.last_seq, self.engine.state().durable_copy()));
             }
             // Stats first, so whoever hears back from this batch sees it in them too.
+            if pods_changed {
+                self.refresh_pod_stats();
+            }
             self.publish_stats();
             self.deliver(out, deferred, new_subscribers, now);
             if let Some(Stop::Clean(done)) = stop {
@@ -431,10 +445,15 @@ impl<J: Journal> CoreLoop<J> {
         }
     }
 
+    /// Rebuilds the pods' part of the stats.
+    pub(crate) fn refresh_pod_stats(&mut self) {
+        self.pod_stats = (self.engine.pod_stats().into(), std::time::Instant::now());
+    }
+
     pub(crate) fn publish_stats(&self) {
         let stats = MasterStats {
             counts: self.engine.counts(),
-            pods: self.engine.pod_stats(),
+            pods: self.pod_stats.0.clone(),
             last_seq: self.last_seq,
             snapshots: self.snapshots.written,
             longest_snapshot: self.snapshots.longest_pause,

@@ -135,6 +135,7 @@ impl MasterBuilder {
                     last_prune: std::time::Instant::now(),
                     snapshot_thread,
                     snapshots: SnapshotTally::default(),
+                    pod_stats: (Vec::new().into(), std::time::Instant::now()),
                 };
                 // Recovered counts are visible as soon as `start` returns.
                 core.publish_stats();
