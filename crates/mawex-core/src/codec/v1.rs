@@ -38,7 +38,7 @@ impl From<TaskSpecV1> for TaskSpec {
         TaskSpec {
             id: s.id,
             group: s.group,
-            handler: s.handler,
+            handler: s.handler.into(),
             payload: s.payload,
             priority: s.priority,
             limits: Limits {

@@ -49,6 +49,18 @@ impl Listed {
         }
     }
 
+    /// Adds the tasks `ids` of `group` in `state`, sorted, to an index that holds none of
+    /// that group and state yet: built in one pass, for a rebuild.
+    pub(crate) fn insert_sorted(&mut self, group: &GroupName, state: TaskState, ids: Vec<TaskId>) {
+        if ids.is_empty() {
+            return;
+        }
+        self.0
+            .entry(group.clone())
+            .or_default()
+            .insert(state, ids.into_iter().collect());
+    }
+
     /// The ids after `after` of the tasks of `group` (any, if `None`) in `state` (any, if
     /// `None`), in id order. At least one of the two is given.
     pub(crate) fn ids<'a>(

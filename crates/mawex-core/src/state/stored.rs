@@ -16,6 +16,7 @@
 //! before this module existed decode through it unchanged (the golden files check it).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -124,15 +125,113 @@ pub struct Dedup {
     pub window: Duration,
 }
 
+thread_local! {
+    /// The group name and the handler name this thread decoded last. The tasks of a
+    /// snapshot or a record mostly share a few of each, so most decodes reuse them: no
+    /// validation, no allocation, and the tasks share one string. A cache of one name of each
+    /// per thread: it changes no value.
+    static LAST_GROUP: std::cell::RefCell<Option<GroupName>> =
+        const { std::cell::RefCell::new(None) };
+    static LAST_HANDLER: std::cell::RefCell<Option<Arc<str>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Decodes a string into `T` through `make`, reusing the value `last` holds when it was made
+/// from the same string.
+fn decode_recent<'de, D, T>(
+    decoder: D,
+    last: &'static std::thread::LocalKey<std::cell::RefCell<Option<T>>>,
+    as_str: fn(&T) -> &str,
+    make: fn(&str) -> Result<T, String>,
+) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Clone + 'static,
+{
+    struct Recent<T: 'static> {
+        last: &'static std::thread::LocalKey<std::cell::RefCell<Option<T>>>,
+        as_str: fn(&T) -> &str,
+        make: fn(&str) -> Result<T, String>,
+    }
+    impl<T: Clone + 'static> serde::de::Visitor<'_> for Recent<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a name")
+        }
+        fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<T, E> {
+            self.last.with(|last| {
+                let mut last = last.borrow_mut();
+                if let Some(value) = last.as_ref().filter(|v| (self.as_str)(v) == name) {
+                    return Ok(value.clone());
+                }
+                let value = (self.make)(name).map_err(E::custom)?;
+                *last = Some(value.clone());
+                Ok(value)
+            })
+        }
+    }
+    decoder.deserialize_str(Recent { last, as_str, make })
+}
+
+/// Decodes a task's group name as `GroupName`'s own `Deserialize` does (the same bytes, the
+/// same validation), reusing the last one decoded when it is the same.
+fn decode_group<'de, D: serde::Deserializer<'de>>(decoder: D) -> Result<GroupName, D::Error> {
+    decode_recent(decoder, &LAST_GROUP, GroupName::as_str, |name| {
+        GroupName::new(name).map_err(|e| e.to_string())
+    })
+}
+
+/// Decodes a task's handler name (a string, as it was always written), reusing the last one
+/// decoded when it is the same.
+fn decode_handler<'de, D: serde::Deserializer<'de>>(decoder: D) -> Result<Arc<str>, D::Error> {
+    decode_recent(decoder, &LAST_HANDLER, |h| h, |name| Ok(Arc::from(name)))
+}
+
+/// `group`, or the equal one this thread saw last, so that tasks share it.
+fn shared_group(group: GroupName) -> GroupName {
+    LAST_GROUP.with(|last| {
+        let mut last = last.borrow_mut();
+        match last.as_ref() {
+            Some(seen) if *seen == group => seen.clone(),
+            _ => {
+                *last = Some(group.clone());
+                group
+            }
+        }
+    })
+}
+
+/// `name` as a shared string: the one this thread made last if it is the same.
+fn shared_handler(name: &str) -> Arc<str> {
+    LAST_HANDLER.with(|last| {
+        let mut last = last.borrow_mut();
+        match last.as_ref() {
+            Some(seen) if **seen == *name => seen.clone(),
+            _ => {
+                let shared: Arc<str> = Arc::from(name);
+                *last = Some(shared.clone());
+                shared
+            }
+        }
+    })
+}
+
+/// Encodes a shared string as a string.
+fn encode_str<S: serde::Serializer>(value: &Arc<str>, encoder: S) -> Result<S::Ok, S::Error> {
+    encoder.serialize_str(value)
+}
+
 /// A task as accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskSpec {
     /// Its id.
     pub id: TaskId,
     /// The group whose pods run it.
+    #[serde(deserialize_with = "decode_group")]
     pub group: GroupName,
-    /// The handler's name.
-    pub handler: String,
+    /// The handler's name (shared: most tasks name one of a few handlers).
+    #[serde(serialize_with = "encode_str", deserialize_with = "decode_handler")]
+    pub handler: Arc<str>,
     /// Its input.
     pub payload: Bytes,
     /// Higher runs first.
@@ -157,8 +256,8 @@ impl From<mawex_api::TaskSpec> for TaskSpec {
     fn from(s: mawex_api::TaskSpec) -> Self {
         TaskSpec {
             id: s.id,
-            group: s.group,
-            handler: s.handler,
+            group: shared_group(s.group),
+            handler: shared_handler(&s.handler),
             payload: s.payload,
             priority: s.priority,
             limits: s.limits.into(),
@@ -179,7 +278,7 @@ impl From<mawex_api::TaskSpec> for TaskSpec {
 #[doc(hidden)]
 impl From<TaskSpec> for mawex_api::TaskSpec {
     fn from(s: TaskSpec) -> Self {
-        let mut spec = mawex_api::TaskSpec::new_with_id(s.id, s.group, s.handler, s.payload)
+        let mut spec = mawex_api::TaskSpec::new_with_id(s.id, s.group, &*s.handler, s.payload)
             .with_priority(s.priority)
             .with_limits(s.limits.into());
         spec.retry = s.retry.map(|r| (*r).into());
@@ -620,7 +719,7 @@ impl BroadcastSpec {
         TaskSpec {
             id,
             group: self.group.clone(),
-            handler: self.handler.clone(),
+            handler: self.handler.as_str().into(),
             payload: self.payload.clone(),
             priority: 0,
             limits: self.limits.clone(),
