@@ -2,7 +2,8 @@
 //! spends on their heartbeats alone, then the no-op throughput they reach together.
 //!
 //! The master runs in a child process (this binary again), so that its CPU time is its own:
-//! the pods, the client and their connections are this process's.
+//! the pods, the client and their connections are this process's. Each process holds a
+//! socket per pod: `ulimit -n` must allow somewhat more than `--pods`.
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
@@ -39,7 +40,13 @@ async fn child(pods: usize) -> anyhow::Result<()> {
         .config(config)
         .start(SledJournal::open(dir.path().join("journal"))?)
         .await?;
-    let server = Server::new(&master).start("127.0.0.1:0".parse()?).await?;
+    // Every pod connects from 127.0.0.1: room for all of them from one peer.
+    let mut server_config = mawex::ServerConfig::default();
+    server_config.max_connections_per_peer = server_config.max_connections_per_peer.max(pods + 16);
+    let server = Server::new(&master)
+        .config(server_config)
+        .start("127.0.0.1:0".parse()?)
+        .await?;
     println!("{}", server.endpoint());
     let mut stats = master.stats();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -164,7 +171,14 @@ pub(crate) async fn pods(
     };
     let mut done = 0;
     while done < tasks {
-        let r = results.next().await.context("result stream ended")??;
+        let next = tokio::time::timeout(Duration::from_secs(60), results.next()).await;
+        let Ok(next) = next else {
+            if submitter.is_finished() {
+                submitter.await??;
+            }
+            anyhow::bail!("no result for 60 s after {done} of {tasks}");
+        };
+        let r = next.context("result stream ended")??;
         anyhow::ensure!(
             matches!(r.outcome, mawex::Outcome::Succeeded(_)),
             "a no-op failed: {:?}",

@@ -124,6 +124,9 @@ pub(crate) struct Engine {
     config: EngineConfig,
     /// Ordered so that dispatch order, and so the journal, is deterministic.
     pods: BTreeMap<PodId, PodEntry>,
+    /// A pod connected, left or started draining since [`Engine::take_pods_changed`]: what
+    /// the pods' stats show changed without an event.
+    pods_changed: bool,
     sessions: HashMap<u64, PodId>,
     /// Running attempts whose holder is not connected, with the time their lease ends.
     orphans: BTreeMap<TaskId, (Attempt, Timestamp)>,
@@ -240,6 +243,7 @@ impl Engine {
             state,
             config,
             pods: BTreeMap::new(),
+            pods_changed: false,
             sessions: HashMap::new(),
             orphans,
             batch: 0,
@@ -346,9 +350,9 @@ impl Engine {
         self.state.counts()
     }
 
-    /// How many pods are connected.
-    pub(crate) fn pod_count(&self) -> usize {
-        self.pods.len()
+    /// True if a pod connected, left or started draining since the last call.
+    pub(crate) fn take_pods_changed(&mut self) -> bool {
+        std::mem::take(&mut self.pods_changed)
     }
 
     pub(crate) fn pod_stats(&self) -> Vec<PodStats> {

@@ -194,6 +194,7 @@ impl Engine {
             self.emit(Event::PodBound { pod, owner }, out);
         }
         self.pods.insert(hello.pod.clone(), entry);
+        self.pods_changed = true;
         self.catch_up(&hello.pod, now, out);
         self.dispatch_needed = true;
         Ok(())
@@ -293,6 +294,7 @@ impl Engine {
             PodMessage::Drain => {
                 if let Some(entry) = self.pods.get_mut(&pod_id) {
                     entry.draining = true;
+                    self.pods_changed = true;
                 }
             }
             PodMessage::Returned { attempts } => {
@@ -313,6 +315,8 @@ impl Engine {
                 self.sessions.remove(&session);
                 out.closed_sessions.push(session);
                 if let Some(entry) = self.pods.remove(&pod_id) {
+                    self.pods_changed = true;
+                    self.pods_changed = true;
                     self.requeue_all(entry.leases, RequeueReason::PodLeft, now, out);
                 }
                 debug!(pod = %pod_id, "pod left");

@@ -33,6 +33,7 @@ impl Engine {
             .collect();
         for pod_id in silent {
             if let Some(entry) = self.pods.remove(&pod_id) {
+                self.pods_changed = true;
                 tracing::warn!(pod = %pod_id, leases = entry.leases.len(), "pod stopped heartbeating; its leases expire");
                 self.sessions.remove(&entry.session);
                 out.closed_sessions.push(entry.session);

@@ -174,10 +174,11 @@ impl<J: Journal> CoreLoop<J> {
             if stop.is_none() {
                 self.engine.dispatch(now, &mut out);
             }
-            // A batch without events changed no lease (heartbeats, reads): the pods' stats
-            // only need their usage refreshed, which can wait.
-            let pods_changed = !out.events.is_empty()
-                || self.engine.pod_count() != self.pod_stats.0.len()
+            // A batch without events that connected, dropped or drained no pod changed no
+            // lease (heartbeats, reads): the pods' stats only need their usage refreshed,
+            // which can wait.
+            let pods_changed = self.engine.take_pods_changed()
+                || !out.events.is_empty()
                 || self.pod_stats.1.elapsed() >= POD_STATS_EVERY;
             if let Err(e) = self.commit(&out.events) {
                 error!(error = %e, "journal append failed; the master stops");
