@@ -191,46 +191,7 @@ async fn run(args: &Args, transport: Transport, fair: bool) -> anyhow::Result<se
     }
     let pod = Pod::start(pod_config, Arc::new(InProcess::new(handlers)), connector)?;
 
-    // Throughput: submit in batches while a result stream counts completions.
-    let mut results = proxy.results(group.clone(), None).await?;
-    let started = Instant::now();
-    let submitter = {
-        let proxy = proxy.clone();
-        let group = group.clone();
-        let (tasks, batch) = (args.tasks, args.batch);
-        tokio::spawn(async move {
-            let mut left = tasks;
-            while left > 0 {
-                let n = left.min(batch);
-                let specs = (0..n)
-                    .map(|i| {
-                        let spec = TaskSpec::new(group.clone(), "noop", Bytes::new());
-                        if fair {
-                            spec.with_fairness_key(format!("tenant-{}", (left + i) % FAIR_KEYS))
-                        } else {
-                            spec
-                        }
-                    })
-                    .collect();
-                proxy.submit_many(specs).await?;
-                left -= n;
-            }
-            anyhow::Ok(())
-        })
-    };
-    let mut done = 0;
-    while done < args.tasks {
-        let r = results.next().await.context("result stream ended")??;
-        anyhow::ensure!(
-            matches!(r.outcome, mawex::Outcome::Succeeded(_)),
-            "a no-op failed: {:?}",
-            r.outcome
-        );
-        done += 1;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    submitter.await??;
-    drop(results);
+    let seconds = throughput(&proxy, &group, args.tasks, args.batch, fair).await?;
 
     // Latency: one task at a time on an idle master.
     let mut rtts = Vec::with_capacity(args.rtt_samples);
@@ -266,6 +227,74 @@ async fn run(args: &Args, transport: Transport, fair: bool) -> anyhow::Result<se
         "tls": transport == Transport::Grpc && args.tls,
         "tokens": transport == Transport::Grpc && args.tokens,
     }))
+}
+
+/// Submits `tasks` no-op tasks of `group` in batches of `batch` (each of one of
+/// [`FAIR_KEYS`] fairness keys if `fair`) while a result stream counts them. Returns the
+/// seconds from the first submit to the last result.
+async fn throughput(
+    proxy: &Arc<dyn MasterProxy>,
+    group: &GroupName,
+    tasks: usize,
+    batch: usize,
+    fair: bool,
+) -> anyhow::Result<f64> {
+    let mut results = proxy.results(group.clone(), None).await?;
+    let started = Instant::now();
+    let submitter = {
+        let proxy = proxy.clone();
+        let group = group.clone();
+        tokio::spawn(async move {
+            let mut left = tasks;
+            while left > 0 {
+                let n = left.min(batch);
+                let specs = (0..n)
+                    .map(|i| {
+                        let spec = TaskSpec::new(group.clone(), "noop", Bytes::new());
+                        if fair {
+                            spec.with_fairness_key(format!("tenant-{}", (left + i) % FAIR_KEYS))
+                        } else {
+                            spec
+                        }
+                    })
+                    .collect();
+                proxy.submit_many(specs).await?;
+                left -= n;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let mut done = 0;
+    while done < tasks {
+        let next = tokio::time::timeout(Duration::from_secs(60), results.next()).await;
+        let Ok(next) = next else {
+            if submitter.is_finished() {
+                submitter.await??;
+            }
+            anyhow::bail!("no result for 60 s after {done} of {tasks}");
+        };
+        let r = next.context("result stream ended")??;
+        anyhow::ensure!(
+            matches!(r.outcome, mawex::Outcome::Succeeded(_)),
+            "a no-op failed: {:?}",
+            r.outcome
+        );
+        done += 1;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    submitter.await??;
+    Ok(seconds)
+}
+
+/// A child process of the bench, killed when this is dropped, whatever the parent's path
+/// out.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Median and p99 of `samples` in ms, as a JSON line for `sandbox`.

@@ -109,16 +109,6 @@ async fn child(dir: std::path::PathBuf, tasks: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The child process, killed when this is dropped, whatever the parent's path out.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Bytes of the files under `dir`.
 fn dir_bytes(dir: &std::path::Path) -> anyhow::Result<u64> {
     let mut total = 0;
@@ -137,7 +127,7 @@ fn dir_bytes(dir: &std::path::Path) -> anyhow::Result<u64> {
 /// The parent: runs the child, kills it, restarts the master on its journal.
 pub(crate) async fn backlog(tasks: usize) -> anyhow::Result<serde_json::Value> {
     let dir = tempfile::tempdir()?;
-    let mut child = KillOnDrop(
+    let mut child = super::KillOnDrop(
         Command::new(std::env::current_exe()?)
             .env(CHILD_DIR, dir.path())
             .env(CHILD_TASKS, tasks.to_string())

@@ -11,10 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures::StreamExt;
 use mawex::{
-    Bytes, GroupName, GrpcPodConnector, InProcess, Master, MasterConfig, MasterProxy, Pod,
-    PodConfig, PodId, RemoteMasterProxy, Server, SledJournal, TaskSpec,
+    GroupName, GrpcPodConnector, InProcess, Master, MasterConfig, MasterProxy, Pod, PodConfig,
+    PodId, RemoteMasterProxy, Server, SledJournal,
 };
 
 /// Set in the child: how many pods to wait for before it says it is ready.
@@ -90,16 +89,6 @@ fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }
 
-/// The child process, killed when this is dropped, whatever the parent's path out.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The parent: starts the master, connects `pods` pods, samples the idle master, then runs
 /// `tasks` no-op tasks through them.
 pub(crate) async fn pods(
@@ -107,7 +96,7 @@ pub(crate) async fn pods(
     tasks: usize,
     batch: usize,
 ) -> anyhow::Result<serde_json::Value> {
-    let mut child = KillOnDrop(
+    let mut child = super::KillOnDrop(
         Command::new(std::env::current_exe()?)
             .env(CHILD_PODS, pods.to_string())
             .stdin(Stdio::piped())
@@ -150,46 +139,9 @@ pub(crate) async fn pods(
         [endpoint.as_str()],
         mawex::RemoteConfig::default(),
     )?);
-    let mut results = proxy.results(group.clone(), None).await?;
     let cpu_before = cpu_time(pid)?;
-    let started = Instant::now();
-    let submitter = {
-        let proxy = proxy.clone();
-        let group = group.clone();
-        tokio::spawn(async move {
-            let mut left = tasks;
-            while left > 0 {
-                let n = left.min(batch);
-                let specs = (0..n)
-                    .map(|_| TaskSpec::new(group.clone(), "noop", Bytes::new()))
-                    .collect();
-                proxy.submit_many(specs).await?;
-                left -= n;
-            }
-            anyhow::Ok(())
-        })
-    };
-    let mut done = 0;
-    while done < tasks {
-        let next = tokio::time::timeout(Duration::from_secs(60), results.next()).await;
-        let Ok(next) = next else {
-            if submitter.is_finished() {
-                submitter.await??;
-            }
-            anyhow::bail!("no result for 60 s after {done} of {tasks}");
-        };
-        let r = next.context("result stream ended")??;
-        anyhow::ensure!(
-            matches!(r.outcome, mawex::Outcome::Succeeded(_)),
-            "a no-op failed: {:?}",
-            r.outcome
-        );
-        done += 1;
-    }
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = super::throughput(&proxy, &group, tasks, batch, false).await?;
     let busy_cpu = cpu_time(pid)?.saturating_sub(cpu_before);
-    submitter.await??;
-    drop(results);
 
     for pod in running {
         pod.kill();
