@@ -122,7 +122,7 @@ where
 }
 
 /// `n` distinct accepted tasks, numbered from `from`, with `payload` bytes each.
-fn accepted(from: u64, n: u64, payload: usize) -> Vec<Event> {
+pub(crate) fn accepted(from: u64, n: u64, payload: usize) -> Vec<Event> {
     let group = GroupName::new("conformance").expect("a valid group name");
     (from..from + n)
         .map(|i| {
@@ -171,7 +171,7 @@ fn numbered(events: &[Event], first: u64) -> Vec<(u64, Event)> {
     (first..).zip(events.iter().cloned()).collect()
 }
 
-fn fold(events: &[Event]) -> MasterState {
+pub(crate) fn fold(events: &[Event]) -> MasterState {
     let mut state = MasterState::new();
     events.iter().for_each(|e| state.apply(e));
     state

@@ -12,6 +12,7 @@ use mawex_api::{
 use super::{Journal, MemoryJournal};
 use crate::codec::{decode_record, encode_records};
 use crate::state::{Event, MasterState, RequeueReason};
+use crate::testing::{accepted, fold};
 
 fn id(n: u8) -> TaskId {
     let mut bytes = [0u8; 16];
@@ -629,25 +630,6 @@ fn the_sled_journal_passes_the_conformance_suite() {
     crate::testing::journal_suite(|| OnDisk(tempfile::tempdir().expect("a temp dir")));
 }
 
-/// `n` accepted tasks of one group, ids from 1.
-fn accepted_tasks(n: u8) -> Vec<Event> {
-    let group = GroupName::new("files").expect("valid");
-    (1..=n)
-        .map(|i| Event::TaskAccepted {
-            spec: TaskSpec::new(group.clone(), "noop", Bytes::from_static(b"x"))
-                .with_id(id(i))
-                .into(),
-            at: Timestamp(u64::from(i)),
-        })
-        .collect()
-}
-
-fn fold(events: &[Event]) -> MasterState {
-    let mut state = MasterState::new();
-    events.iter().for_each(|e| state.apply(e));
-    state
-}
-
 /// The names of the snapshot files in `dir`.
 fn snapshot_files(dir: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -662,7 +644,7 @@ fn snapshot_files(dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn a_snapshot_an_older_version_kept_in_sled_is_read_then_replaced_by_a_file() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let events = accepted_tasks(8);
+    let events = accepted(1, 8, 1);
     {
         let mut journal = super::SledJournal::open(dir.path()).expect("open");
         journal.recover().expect("recover");
@@ -710,7 +692,7 @@ fn a_snapshot_an_older_version_kept_in_sled_is_read_then_replaced_by_a_file() {
 #[test]
 fn a_new_snapshot_file_replaces_the_last_and_a_damaged_one_is_refused() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let events = accepted_tasks(6);
+    let events = accepted(1, 6, 1);
     {
         let mut journal = super::SledJournal::open(dir.path()).expect("open");
         journal.recover().expect("recover");

@@ -136,11 +136,32 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+/// One name cached per thread (see [`LAST_GROUP`]).
+type Recent<T> = std::thread::LocalKey<std::cell::RefCell<Option<T>>>;
+
+/// The value `last` holds if `same` says it is the one wanted, else the one `make` makes,
+/// which `last` then holds.
+fn recent<T: Clone, E>(
+    last: &'static Recent<T>,
+    same: impl Fn(&T) -> bool,
+    make: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    last.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some(value) = last.as_ref().filter(|v| same(v)) {
+            return Ok(value.clone());
+        }
+        let value = make()?;
+        *last = Some(value.clone());
+        Ok(value)
+    })
+}
+
 /// Decodes a string into `T` through `make`, reusing the value `last` holds when it was made
 /// from the same string.
 fn decode_recent<'de, D, T>(
     decoder: D,
-    last: &'static std::thread::LocalKey<std::cell::RefCell<Option<T>>>,
+    last: &'static Recent<T>,
     as_str: fn(&T) -> &str,
     make: fn(&str) -> Result<T, String>,
 ) -> Result<T, D::Error>
@@ -148,29 +169,25 @@ where
     D: serde::Deserializer<'de>,
     T: Clone + 'static,
 {
-    struct Recent<T: 'static> {
-        last: &'static std::thread::LocalKey<std::cell::RefCell<Option<T>>>,
+    struct Name<T: 'static> {
+        last: &'static Recent<T>,
         as_str: fn(&T) -> &str,
         make: fn(&str) -> Result<T, String>,
     }
-    impl<T: Clone + 'static> serde::de::Visitor<'_> for Recent<T> {
+    impl<T: Clone + 'static> serde::de::Visitor<'_> for Name<T> {
         type Value = T;
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("a name")
         }
         fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<T, E> {
-            self.last.with(|last| {
-                let mut last = last.borrow_mut();
-                if let Some(value) = last.as_ref().filter(|v| (self.as_str)(v) == name) {
-                    return Ok(value.clone());
-                }
-                let value = (self.make)(name).map_err(E::custom)?;
-                *last = Some(value.clone());
-                Ok(value)
-            })
+            recent(
+                self.last,
+                |v| (self.as_str)(v) == name,
+                || (self.make)(name).map_err(E::custom),
+            )
         }
     }
-    decoder.deserialize_str(Recent { last, as_str, make })
+    decoder.deserialize_str(Name { last, as_str, make })
 }
 
 /// Decodes a task's group name as `GroupName`'s own `Deserialize` does (the same bytes, the
@@ -189,31 +206,22 @@ fn decode_handler<'de, D: serde::Deserializer<'de>>(decoder: D) -> Result<Arc<st
 
 /// `group`, or the equal one this thread saw last, so that tasks share it.
 fn shared_group(group: GroupName) -> GroupName {
-    LAST_GROUP.with(|last| {
-        let mut last = last.borrow_mut();
-        match last.as_ref() {
-            Some(seen) if *seen == group => seen.clone(),
-            _ => {
-                *last = Some(group.clone());
-                group
-            }
-        }
-    })
+    let shared = recent(
+        &LAST_GROUP,
+        |seen| *seen == group,
+        || Ok::<_, std::convert::Infallible>(group.clone()),
+    );
+    shared.unwrap_or_else(|never| match never {})
 }
 
 /// `name` as a shared string: the one this thread made last if it is the same.
 fn shared_handler(name: &str) -> Arc<str> {
-    LAST_HANDLER.with(|last| {
-        let mut last = last.borrow_mut();
-        match last.as_ref() {
-            Some(seen) if **seen == *name => seen.clone(),
-            _ => {
-                let shared: Arc<str> = Arc::from(name);
-                *last = Some(shared.clone());
-                shared
-            }
-        }
-    })
+    let shared = recent(
+        &LAST_HANDLER,
+        |seen| **seen == *name,
+        || Ok::<_, std::convert::Infallible>(Arc::from(name)),
+    );
+    shared.unwrap_or_else(|never| match never {})
 }
 
 /// Encodes a shared string as a string.
