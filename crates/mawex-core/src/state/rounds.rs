@@ -7,10 +7,14 @@ use std::collections::{BTreeMap, HashMap};
 /// turns round by round and a key that arrives late starts at the current round, not behind
 /// everyone else's backlog. Derived from durable state only (each task keeps its round), so
 /// replay assigns the same rounds.
+///
+/// Both multisets are [`Runs`]: a key's rounds are consecutive (each of its tasks gets the
+/// round after its last one), so a backlog of a million tasks of one key is one run, where a
+/// map of round to count held an entry per task, twice.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Rounds {
-    all: BTreeMap<u64, u32>,
-    by_key: HashMap<String, BTreeMap<u64, u32>>,
+    all: Runs,
+    by_key: HashMap<String, Runs>,
 }
 
 /// Rounds start here, leaving room below for tasks preferred to the front.
@@ -26,67 +30,244 @@ impl Rounds {
 impl Rounds {
     /// A round ahead of every live task of the group.
     pub(super) fn front(&self) -> u64 {
-        self.all
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(ROUND_BASE)
-            .saturating_sub(1)
+        self.all.first().unwrap_or(ROUND_BASE).saturating_sub(1)
     }
 
     /// A round behind every live task of the group.
     pub(super) fn back(&self) -> u64 {
-        self.all
-            .keys()
-            .next_back()
-            .copied()
-            .map_or(ROUND_BASE, |r| r.saturating_add(1))
-    }
-}
-
-fn multiset_add(set: &mut BTreeMap<u64, u32>, round: u64) {
-    *set.entry(round).or_default() += 1;
-}
-
-fn multiset_remove(set: &mut BTreeMap<u64, u32>, round: u64) {
-    if let Some(n) = set.get_mut(&round) {
-        *n -= 1;
-        if *n == 0 {
-            set.remove(&round);
-        }
+        self.all.last().map_or(ROUND_BASE, |r| r.saturating_add(1))
     }
 }
 
 impl Rounds {
     pub(super) fn next_for(&self, key: &str) -> u64 {
-        let floor = self.all.keys().next().copied().unwrap_or(ROUND_BASE);
-        let last = self
-            .by_key
-            .get(key)
-            .and_then(|s| s.keys().next_back().copied());
+        let floor = self.all.first().unwrap_or(ROUND_BASE);
+        let last = self.by_key.get(key).and_then(Runs::last);
         last.map_or(floor, |l| l.saturating_add(1).max(floor))
     }
 
     pub(super) fn add(&mut self, key: &str, round: u64) {
-        multiset_add(&mut self.all, round);
+        self.all.add(round);
         // Look up before inserting: most adds are for a key already live, and need no String.
         match self.by_key.get_mut(key) {
-            Some(set) => multiset_add(set, round),
+            Some(set) => set.add(round),
             None => {
-                let mut set = BTreeMap::new();
-                multiset_add(&mut set, round);
+                let mut set = Runs::default();
+                set.add(round);
                 self.by_key.insert(key.to_owned(), set);
             }
         }
     }
 
     pub(super) fn remove(&mut self, key: &str, round: u64) {
-        multiset_remove(&mut self.all, round);
+        self.all.remove(round);
         if let Some(set) = self.by_key.get_mut(key) {
-            multiset_remove(set, round);
+            set.remove(round);
             if set.is_empty() {
                 self.by_key.remove(key);
             }
         }
+    }
+}
+
+/// A multiset of rounds as maximal runs: consecutive rounds that each occur the same number
+/// of times are one entry (first round, last round, count). Canonical (two adjacent runs
+/// never share a count), so equal multisets are equal values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Runs(BTreeMap<u64, Run>);
+
+/// Rounds `first..=last` (the key in [`Runs`] is `first`), each `count` times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    last: u64,
+    count: u32,
+}
+
+impl Runs {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn first(&self) -> Option<u64> {
+        self.0.keys().next().copied()
+    }
+
+    fn last(&self) -> Option<u64> {
+        self.0.values().next_back().map(|run| run.last)
+    }
+
+    /// The run holding `round`: its first round and the run.
+    fn holding(&self, round: u64) -> Option<(u64, Run)> {
+        self.0
+            .range(..=round)
+            .next_back()
+            .filter(|(_, run)| run.last >= round)
+            .map(|(first, run)| (*first, *run))
+    }
+
+    fn count(&self, round: u64) -> u32 {
+        self.holding(round).map_or(0, |(_, run)| run.count)
+    }
+
+    fn add(&mut self, round: u64) {
+        let count = self.count(round).saturating_add(1);
+        self.set(round, count);
+    }
+
+    /// Takes one `round` out; a round not held is left alone.
+    fn remove(&mut self, round: u64) {
+        let count = self.count(round);
+        if count > 0 {
+            self.set(round, count - 1);
+        }
+    }
+
+    /// Makes `round` occur `count` times, splitting and joining runs to stay canonical.
+    fn set(&mut self, round: u64, count: u32) {
+        if let Some((first, run)) = self.holding(round) {
+            self.0.remove(&first);
+            if first < round {
+                self.0.insert(
+                    first,
+                    Run {
+                        last: round - 1,
+                        count: run.count,
+                    },
+                );
+            }
+            if run.last > round {
+                self.0.insert(
+                    round + 1,
+                    Run {
+                        last: run.last,
+                        count: run.count,
+                    },
+                );
+            }
+        }
+        if count == 0 {
+            return;
+        }
+        // `round` is in no run now: join it to the runs either side that have its count.
+        let left = round
+            .checked_sub(1)
+            .and_then(|before| self.holding(before))
+            .filter(|(_, run)| run.count == count)
+            .map(|(first, _)| first);
+        let right = round
+            .checked_add(1)
+            .and_then(|after| self.0.get(&after).map(|run| (after, *run)))
+            .filter(|(_, run)| run.count == count);
+        let last = match right {
+            Some((after, run)) => {
+                self.0.remove(&after);
+                run.last
+            }
+            None => round,
+        };
+        match left.and_then(|first| self.0.get_mut(&first)) {
+            Some(run) => run.last = last,
+            None => {
+                self.0.insert(round, Run { last, count });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same multiset, as a map of round to count.
+    fn expand(runs: &Runs) -> BTreeMap<u64, u32> {
+        let mut map = BTreeMap::new();
+        for (first, run) in &runs.0 {
+            for round in *first..=run.last {
+                map.insert(round, run.count);
+            }
+        }
+        map
+    }
+
+    fn assert_canonical(runs: &Runs) {
+        let mut previous: Option<(u64, u32)> = None;
+        for (first, run) in &runs.0 {
+            assert!(run.count > 0 && run.last >= *first, "{runs:?}");
+            if let Some((last, count)) = previous {
+                assert!(last < *first, "overlapping runs: {runs:?}");
+                assert!(
+                    last + 1 < *first || count != run.count,
+                    "adjacent runs of one count: {runs:?}"
+                );
+            }
+            previous = Some((run.last, run.count));
+        }
+    }
+
+    #[test]
+    fn runs_hold_the_multiset_a_map_of_counts_would() {
+        // A small xorshift: the same sequence every run, many collisions in a small range.
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut runs = Runs::default();
+        let mut model: BTreeMap<u64, u32> = BTreeMap::new();
+        for step in 0..20_000 {
+            let r = next();
+            let round = r % 40;
+            if r % 3 == 0 {
+                runs.remove(round);
+                if let Some(n) = model.get_mut(&round) {
+                    *n -= 1;
+                    if *n == 0 {
+                        model.remove(&round);
+                    }
+                }
+            } else {
+                runs.add(round);
+                *model.entry(round).or_default() += 1;
+            }
+            assert_canonical(&runs);
+            assert_eq!(expand(&runs), model, "after step {step}");
+            assert_eq!(runs.first(), model.keys().next().copied());
+            assert_eq!(runs.last(), model.keys().next_back().copied());
+        }
+    }
+
+    #[test]
+    fn the_ends_of_the_range_neither_wrap_nor_panic() {
+        let mut runs = Runs::default();
+        for round in [0, 1, u64::MAX, u64::MAX - 1, 0] {
+            runs.add(round);
+        }
+        assert_canonical(&runs);
+        assert_eq!(runs.first(), Some(0));
+        assert_eq!(runs.last(), Some(u64::MAX));
+        assert_eq!(runs.count(0), 2);
+        for round in [0, 0, 1, u64::MAX, u64::MAX - 1] {
+            runs.remove(round);
+        }
+        assert!(runs.is_empty());
+    }
+
+    #[test]
+    fn a_backlog_of_one_key_is_one_run() {
+        let mut rounds = Rounds::default();
+        for _ in 0..10_000 {
+            let round = rounds.next_for("");
+            rounds.add("", round);
+        }
+        assert_eq!(rounds.all.0.len(), 1);
+        assert_eq!(rounds.by_key[""].0.len(), 1);
+        // Dispatching from the front keeps it one run.
+        for round in ROUND_BASE..ROUND_BASE + 5_000 {
+            rounds.remove("", round);
+        }
+        assert_eq!(rounds.all.0.len(), 1);
+        assert_eq!(rounds.all.first(), Some(ROUND_BASE + 5_000));
     }
 }
