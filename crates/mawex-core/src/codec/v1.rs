@@ -13,7 +13,8 @@ use mawex_api::{Attempt, ErrorKind, GroupName, PodId, TaskId, TaskState, Timesta
 use serde::Deserialize;
 
 use crate::state::stored::{
-    AttemptFailure, AttemptRef, Limits, Outcome, RetryHint, TaskError, TaskResult, TaskSpec,
+    AttemptFailure, AttemptRef, Limits, Outcome, RetryHint, TaskError, TaskOptions, TaskResult,
+    TaskSpec,
 };
 use crate::state::{Event, MasterState, RequeueReason, TaskEntry, ROUND_BASE};
 
@@ -35,22 +36,21 @@ pub(crate) struct TaskSpecV1 {
 
 impl From<TaskSpecV1> for TaskSpec {
     fn from(s: TaskSpecV1) -> TaskSpec {
-        TaskSpec {
-            id: s.id,
-            group: s.group,
-            handler: s.handler.into(),
-            payload: s.payload,
-            priority: s.priority,
-            limits: Limits {
-                timeout: s.limits.timeout,
-                memory_bytes: s.limits.memory_bytes,
+        TaskSpec::new(
+            s.id,
+            s.group,
+            s.handler.into(),
+            s.payload,
+            s.priority,
+            None,
+            TaskOptions {
+                limits: Limits {
+                    timeout: s.limits.timeout,
+                    memory_bytes: s.limits.memory_bytes,
+                },
+                ..TaskOptions::default()
             },
-            retry: None,
-            run_at: None,
-            dedup: None,
-            fairness_key: None,
-            sandbox: None,
-        }
+        )
     }
 }
 
@@ -245,21 +245,19 @@ impl MasterStateV1 {
                     },
                     None => Vec::new(),
                 };
-                let entry = TaskEntry {
-                    spec: e.spec.into(),
-                    state: e.state,
-                    attempt: e.attempt,
-                    pod: e.pod,
-                    order: e.order,
-                    submitted_at: e.submitted_at,
-                    started_at: e.started_at,
-                    result: result.map(Box::new),
+                let entry = TaskEntry::from_format_1(
+                    e.spec.into(),
+                    e.state,
+                    e.attempt,
+                    e.pod,
+                    e.order,
+                    e.submitted_at,
+                    e.started_at,
+                    result,
                     failures,
-                    not_before: None,
-                    retry_base: 0,
                     // Format 1 knew no fairness: one round for all keeps the queue FIFO.
-                    round: ROUND_BASE,
-                };
+                    ROUND_BASE,
+                );
                 (id, entry)
             })
             .collect();

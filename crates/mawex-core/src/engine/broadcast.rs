@@ -179,7 +179,7 @@ impl Engine {
         self.emit(
             Event::BroadcastFired {
                 id,
-                spec,
+                spec: Box::new(spec),
                 targets,
                 already: reach.already,
                 at: now,

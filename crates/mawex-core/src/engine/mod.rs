@@ -312,7 +312,7 @@ impl Engine {
 
     /// Frees the lease a running task holds, wherever it is.
     fn release(&mut self, task: &TaskId) {
-        let holder = self.state.task(task).and_then(|e| e.pod.as_ref());
+        let holder = self.state.task(task).and_then(|e| e.pod());
         if let Some(entry) = holder.and_then(|pod| self.pods.get_mut(pod)) {
             entry.leases.remove(task);
         }

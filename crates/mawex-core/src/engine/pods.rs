@@ -130,7 +130,7 @@ impl Engine {
                 .iter()
                 .filter(|(task, (attempt, _))| {
                     held.get(task) != Some(attempt)
-                        && self.state.task(task).and_then(|e| e.pod.as_ref()) == Some(&hello.pod)
+                        && self.state.task(task).and_then(|e| e.pod()) == Some(&hello.pod)
                 })
                 .map(|(&task, &(attempt, _))| AttemptRef { task, attempt }),
         );
@@ -166,7 +166,7 @@ impl Engine {
             let adoptable = self.state.task(&r.task).is_some_and(|e| {
                 e.state == TaskState::Running
                     && e.attempt == r.attempt
-                    && e.pod.as_ref() == Some(&hello.pod)
+                    && e.pod() == Some(&hello.pod)
                     && held.contains_key(&r.task)
             });
             if adoptable {
@@ -267,7 +267,7 @@ impl Engine {
                 let current = self.state.task(&attempt.task).is_some_and(|e| {
                     e.state == TaskState::Running
                         && e.attempt == attempt.attempt
-                        && e.pod.as_ref() == Some(&pod_id)
+                        && e.pod() == Some(&pod_id)
                 });
                 if !current {
                     debug!(task = %attempt.task, attempt = %attempt.attempt, pod = %pod_id, "result of a stale attempt dropped");

@@ -30,7 +30,7 @@ impl Engine {
                 let key = (&spec.group, dedup.key.as_str());
                 let live = fresh_keys.get(&key).copied().or_else(|| {
                     let holder = self.state.dedup_holder(&spec.group, &dedup.key)?;
-                    let within = match &holder.result {
+                    let within = match holder.result() {
                         None => true,
                         Some(r) => now < r.finished_at.saturating_add(dedup.window),
                     };
@@ -202,8 +202,7 @@ impl Engine {
         }
         if entry.state == TaskState::Running {
             let session = entry
-                .pod
-                .as_ref()
+                .pod()
                 .and_then(|pod| self.pods.get(pod))
                 .map(|p| p.session);
             if let Some(session) = session {

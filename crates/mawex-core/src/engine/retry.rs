@@ -45,15 +45,14 @@ impl Engine {
         // The task's own policy, else its group's, else the master's.
         let policy = entry
             .spec
-            .retry
-            .as_deref()
+            .retry()
             .map(|r| RetryPolicy::from(*r))
             .or_else(|| self.state.group_settings(&entry.spec.group).retry)
             .unwrap_or(self.config.default_retry);
         // Failures since the last manual retry, this one included.
-        let failures = u32::try_from(entry.failures.len())
+        let failures = u32::try_from(entry.failures().len())
             .unwrap_or(u32::MAX)
-            .saturating_sub(entry.retry_base)
+            .saturating_sub(entry.retry_base())
             .saturating_add(1);
         let delay = match error.retry {
             RetryHint::Never => None,

@@ -101,7 +101,7 @@ impl Engine {
             };
             let mut task = schedule.spec.task.clone();
             task.id = name.task_id(tick);
-            task.run_at = None;
+            task.clear_run_at();
             self.emit(
                 Event::ScheduleFired {
                     name,

@@ -387,7 +387,7 @@ fn a_pod_back_with_other_groups_keeps_no_attempt_of_the_old_ones() {
         .contains(&(2, MasterMessage::Cancel(attempt(&a, 1)))));
     let entry = e.state().task(&a.id).unwrap();
     assert_eq!(entry.state, TaskState::Pending, "back in its queue");
-    assert_eq!(entry.pod, None);
+    assert_eq!(entry.pod(), None);
 }
 
 /// Pods that say hello once and leave for good are not remembered past a lease.
@@ -704,7 +704,7 @@ mod results {
             outcome: Err(TaskError::new(ErrorKind::Handler, message)),
         };
         e.pod_message(1, failed, at(1), &mut out);
-        let kept = &e.state().task(&a.id).unwrap().failures[0].error.message;
+        let kept = &e.state().task(&a.id).unwrap().failures()[0].error.message;
         assert!(
             kept.len() < mawex_api::MAX_ERROR_MESSAGE_BYTES + 100,
             "{}",
@@ -754,7 +754,7 @@ mod results {
             now = now.saturating_add(Duration::from_millis(1));
         }
         let entry = e.state().task(&a.id).unwrap();
-        assert_eq!(entry.failures.len(), mawex_api::MAX_ATTEMPTS as usize);
+        assert_eq!(entry.failures().len(), mawex_api::MAX_ATTEMPTS as usize);
         assert_eq!(entry.state, TaskState::Running);
     }
 
@@ -1213,7 +1213,7 @@ mod model {
                 let t = state.task(task).expect("a lease on a known task");
                 assert_eq!(t.state, TaskState::Running, "lease on a non-running task");
                 assert_eq!(t.attempt, lease.attempt, "lease of another attempt");
-                assert_eq!(t.pod.as_ref(), Some(pod_id), "lease held by another pod");
+                assert_eq!(t.pod(), Some(pod_id), "lease held by another pod");
                 *holders.entry(*task).or_default() += 1;
             }
             assert_eq!(e.sessions.get(&entry.session), Some(pod_id));

@@ -312,7 +312,7 @@ fn golden_events_v3() -> Vec<Event> {
         .with_origin_address("origin:873");
     events.push(Event::BroadcastFired {
         id: 1,
-        spec: spec.into(),
+        spec: Box::new(spec.into()),
         targets: vec![(a.clone(), id(10))],
         already: vec![b],
         at: Timestamp(1_700_000_001_000),

@@ -256,10 +256,8 @@ impl<J: Journal> CoreLoop<J> {
             }
             CoreMsg::AwaitResult { id, reply } => match self.engine.state().task(&id) {
                 None => answer(deferred, reply, Err(ApiError::task_not_found(id))),
-                Some(entry) => match &entry.result {
-                    Some(result) => {
-                        answer(deferred, reply, Ok(TaskResult::from((**result).clone())))
-                    }
+                Some(entry) => match entry.result() {
+                    Some(result) => answer(deferred, reply, Ok(TaskResult::from(result.clone()))),
                     None => self.waiters.entry(id).or_default().push(reply),
                 },
             },

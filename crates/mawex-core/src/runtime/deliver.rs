@@ -61,7 +61,7 @@ impl<J: Journal> CoreLoop<J> {
             let Some(entry) = state.task(&attempt.task) else {
                 continue;
             };
-            if entry.current() != *attempt || entry.result.is_some() {
+            if entry.current() != *attempt || entry.result().is_some() {
                 continue;
             }
             if let Some(session) = self.engine.session_of(pod) {

@@ -28,11 +28,11 @@ impl MasterState {
                 }
                 self.accepted = self.accepted.saturating_add(1);
                 let mut entry = TaskEntry::pending(spec.clone(), self.accepted, *at);
-                entry.not_before = spec.run_at.filter(|t| t > at);
+                entry.not_before = spec.run_at().filter(|t| t > at);
                 let rounds = self.rounds.entry(spec.group.clone()).or_default();
                 entry.round = rounds.next_for(entry.fairness_key());
                 rounds.add(entry.fairness_key(), entry.round);
-                if let Some(dedup) = &spec.dedup {
+                if let Some(dedup) = spec.dedup() {
                     self.dedup
                         .insert((spec.group.clone(), dedup.key.clone()), spec.id);
                 }
@@ -71,8 +71,7 @@ impl MasterState {
                     .or_default() += 1;
                 entry.state = TaskState::Running;
                 entry.attempt = attempt.attempt;
-                entry.pod = Some(pod.clone());
-                entry.started_at = Some(*at);
+                entry.set_running_on(pod.clone(), *at);
             }
             Event::TaskFinished {
                 attempt,
@@ -132,7 +131,7 @@ impl MasterState {
                     }
                     self.failed_kinds
                         .remove(&entry.spec.group, entry.failed_kind());
-                    if let Some(result) = entry.result.take() {
+                    if let Some(result) = entry.take_result() {
                         self.results.remove(&result.seq);
                     }
                     self.counts
@@ -145,7 +144,7 @@ impl MasterState {
                     );
                     entry.state = TaskState::Pending;
                     entry.not_before = None;
-                    entry.retry_base = u32::try_from(entry.failures.len()).unwrap_or(u32::MAX);
+                    entry.reset_retry_budget();
                     // Back in line as a newcomer of its key. A broadcast target is never in a
                     // queue, so it holds no round (as when it was fired, and after a load).
                     let rounds = self.rounds.entry(entry.spec.group.clone()).or_default();
@@ -206,7 +205,7 @@ impl MasterState {
                         rounds.add(entry.fairness_key(), entry.round);
                     }
                     self.enqueue(&entry);
-                    if let (true, Some(dedup)) = (moved, &entry.spec.dedup) {
+                    if let (true, Some(dedup)) = (moved, entry.spec.dedup()) {
                         moved_keys.insert((from, dedup.key.clone()));
                         moved_keys.insert((entry.spec.group.clone(), dedup.key.clone()));
                     }
@@ -334,10 +333,10 @@ impl MasterState {
                     if !entry.state.is_terminal() {
                         continue;
                     }
-                    if let Some(result) = &entry.result {
+                    if let Some(result) = entry.result() {
                         self.results.remove(&result.seq);
                     }
-                    if let Some(dedup) = &entry.spec.dedup {
+                    if let Some(dedup) = entry.spec.dedup() {
                         let key = (entry.spec.group.clone(), dedup.key.clone());
                         if self.dedup.get(&key) == Some(id) {
                             self.dedup.remove(&key);
@@ -395,7 +394,7 @@ impl MasterState {
         );
         leave_running(&mut self.running_by_group, &entry.spec.group);
         entry.state = TaskState::Pending;
-        entry.pod = None;
+        entry.clear_pod();
         if let Some((failure, retry_at)) = failed {
             entry.record_failure(failure);
             entry.not_before = Some(retry_at);
@@ -487,7 +486,7 @@ impl MasterState {
                 rounds.remove(key, entry.round);
             }
         }
-        if let (TaskState::Running, Some(started)) = (entry.state, entry.started_at) {
+        if let (TaskState::Running, Some(started)) = (entry.state, entry.started_at()) {
             let ms = at.0.saturating_sub(started.0);
             let mean = self.durations.entry(entry.spec.group.clone()).or_insert(ms);
             // A moving average weighted 4:1 towards the past: recent, but not jumpy.
@@ -505,15 +504,15 @@ impl MasterState {
                 .add(&entry.spec.group, entry.failed_kind());
         }
         entry.state = state;
-        entry.pod = None;
-        entry.result = Some(Box::new(TaskResult {
+        let result = TaskResult {
             id,
             group: entry.spec.group.clone(),
             attempt: entry.attempt,
             outcome,
             finished_at: at,
             seq,
-        }));
+        };
+        entry.finish(result);
         self.results.insert(seq, id);
     }
 }

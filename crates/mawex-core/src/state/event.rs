@@ -141,8 +141,8 @@ pub enum Event {
     BroadcastFired {
         /// Its number.
         id: BroadcastId,
-        /// As fired, with the version resolved.
-        spec: BroadcastSpec,
+        /// As fired, with the version resolved (boxed: the largest event by far, and rare).
+        spec: Box<BroadcastSpec>,
         /// Pods that run it, sorted (the tree's node order), with their tasks.
         targets: Vec<(PodId, TaskId)>,
         /// Pods that had the version already.

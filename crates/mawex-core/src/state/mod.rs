@@ -215,12 +215,7 @@ impl MasterState {
         // Compared as strings first, so that only tasks with one of the keys cost a copy.
         let names: HashSet<&str> = keys.iter().map(|(_, key)| key.as_str()).collect();
         for (id, e) in self.tasks.iter() {
-            let Some(dedup) = e
-                .spec
-                .dedup
-                .as_ref()
-                .filter(|d| names.contains(d.key.as_str()))
-            else {
+            let Some(dedup) = e.spec.dedup().filter(|d| names.contains(d.key.as_str())) else {
                 continue;
             };
             let key = (e.spec.group.clone(), dedup.key.clone());
@@ -281,10 +276,10 @@ impl MasterState {
                 },
                 _ => {}
             }
-            if let Some(result) = &entry.result {
+            if let Some(result) = entry.result() {
                 self.results.insert(result.seq, *id);
             }
-            if let Some(dedup) = &entry.spec.dedup {
+            if let Some(dedup) = entry.spec.dedup() {
                 // The last one accepted with a key holds it, as in `apply`. Not the highest
                 // id: ids are chosen by clients, so they need not follow acceptance.
                 let key = (group.clone(), dedup.key.clone());

@@ -27,7 +27,7 @@ impl MasterState {
     pub fn result(&self, id: &TaskId) -> Option<mawex_api::TaskResult> {
         self.tasks
             .get(id)
-            .and_then(|e| e.result.as_deref().cloned())
+            .and_then(|e| e.result().cloned())
             .map(Into::into)
     }
 
@@ -80,7 +80,7 @@ impl MasterState {
                 && filter.group.as_ref().is_none_or(|g| *g == e.spec.group)
                 && filter
                     .kind
-                    .is_none_or(|k| e.failures.last().map(|f| f.error.kind) == Some(k))
+                    .is_none_or(|k| e.failures().last().map(|f| f.error.kind) == Some(k))
         };
         if filter.ids.is_empty() {
             self.listed
@@ -192,7 +192,7 @@ impl MasterState {
     pub(crate) fn results_after(&self, after: u64) -> impl Iterator<Item = &TaskResult> {
         self.results
             .range(after.saturating_add(1)..)
-            .filter_map(|(_, id)| self.tasks.get(id)?.result.as_deref())
+            .filter_map(|(_, id)| self.tasks.get(id)?.result())
     }
 
     /// Finished tasks whose results are older than `cutoff`, oldest first, at most `limit`.
@@ -202,7 +202,7 @@ impl MasterState {
             .take_while(|id| {
                 self.tasks
                     .get(id)
-                    .and_then(|e| e.result.as_ref())
+                    .and_then(|e| e.result())
                     .is_some_and(|r| r.finished_at < cutoff)
             })
             .take(limit)

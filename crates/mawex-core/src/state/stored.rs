@@ -224,77 +224,223 @@ fn shared_handler(name: &str) -> Arc<str> {
     shared.unwrap_or_else(|never| match never {})
 }
 
-/// Encodes a shared string as a string.
-fn encode_str<S: serde::Serializer>(value: &Arc<str>, encoder: S) -> Result<S::Ok, S::Error> {
-    encoder.serialize_str(value)
-}
-
 /// A task as accepted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// In memory, the settings most tasks leave unset (limits, retry policy, start time, dedup
+/// key, sandbox) are one box, absent when all are unset: a retained task pays 8 bytes for
+/// them instead of 96. On disk it is the flat layout of every format since 3 (see
+/// [`TaskSpecFields`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskSpec {
     /// Its id.
     pub id: TaskId,
     /// The group whose pods run it.
-    #[serde(deserialize_with = "decode_group")]
     pub group: GroupName,
     /// The handler's name (shared: most tasks name one of a few handlers).
-    #[serde(serialize_with = "encode_str", deserialize_with = "decode_handler")]
     pub handler: Arc<str>,
     /// Its input.
     pub payload: Bytes,
     /// Higher runs first.
     pub priority: i32,
+    /// Fair-queueing key (a boxed `str`: written as a string, and 8 bytes less a task than a
+    /// `String`). Not among the options: every change of a task's state reads it.
+    pub fairness_key: Option<Box<str>>,
+    /// The rest; `None` when every one is unset (kept so, so that equal specs compare equal).
+    options: Option<Box<TaskOptions>>,
+}
+
+/// The settings of a task that most tasks leave unset.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TaskOptions {
     /// Resource limits.
     pub limits: Limits,
-    /// Its own retry policy (boxed, as `dedup`: most tasks have none, and a retained task
-    /// should not pay for one).
-    pub retry: Option<Box<RetryPolicy>>,
+    /// Its own retry policy.
+    pub retry: Option<RetryPolicy>,
     /// Not before this time.
     pub run_at: Option<Timestamp>,
     /// Deduplication.
-    pub dedup: Option<Box<Dedup>>,
-    /// Fair-queueing key (a boxed `str`, as the sandbox: written as a string, and 8 bytes
-    /// less a task than a `String`).
-    pub fairness_key: Option<Box<str>>,
+    pub dedup: Option<Dedup>,
     /// Named sandbox.
     pub sandbox: Option<Box<str>>,
+}
+
+/// No limits, for a task that sets none.
+const NO_LIMITS: Limits = Limits {
+    timeout: None,
+    memory_bytes: None,
+};
+
+impl TaskSpec {
+    /// A spec; the options are boxed only when one of them is set.
+    pub fn new(
+        id: TaskId,
+        group: GroupName,
+        handler: Arc<str>,
+        payload: Bytes,
+        priority: i32,
+        fairness_key: Option<Box<str>>,
+        options: TaskOptions,
+    ) -> Self {
+        let options = (options != TaskOptions::default()).then(|| Box::new(options));
+        TaskSpec {
+            id,
+            group,
+            handler,
+            payload,
+            priority,
+            fairness_key,
+            options,
+        }
+    }
+
+    /// Resource limits.
+    pub fn limits(&self) -> &Limits {
+        self.options.as_ref().map_or(&NO_LIMITS, |o| &o.limits)
+    }
+
+    /// Its own retry policy.
+    pub fn retry(&self) -> Option<&RetryPolicy> {
+        self.options.as_ref()?.retry.as_ref()
+    }
+
+    /// Not before this time.
+    pub fn run_at(&self) -> Option<Timestamp> {
+        self.options.as_ref()?.run_at
+    }
+
+    /// Deduplication.
+    pub fn dedup(&self) -> Option<&Dedup> {
+        self.options.as_ref()?.dedup.as_ref()
+    }
+
+    /// Named sandbox.
+    pub fn sandbox(&self) -> Option<&str> {
+        self.options.as_ref()?.sandbox.as_deref()
+    }
+
+    /// Unsets the start time (a cron task fires now).
+    pub fn clear_run_at(&mut self) {
+        if let Some(mut options) = self.options.take().map(|o| *o) {
+            options.run_at = None;
+            self.options = (options != TaskOptions::default()).then(|| Box::new(options));
+        }
+    }
+}
+
+/// A [`TaskSpec`] as written: flat, field for field the layout of every format since 3.
+/// Borrowed to encode, owned to decode.
+#[derive(Serialize, Deserialize)]
+struct TaskSpecFields<G, H, B, L, R, D, S> {
+    id: TaskId,
+    group: G,
+    handler: H,
+    payload: B,
+    priority: i32,
+    limits: L,
+    retry: Option<R>,
+    run_at: Option<Timestamp>,
+    dedup: Option<D>,
+    fairness_key: Option<S>,
+    sandbox: Option<S>,
+}
+
+impl Serialize for TaskSpec {
+    fn serialize<Ser: serde::Serializer>(&self, encoder: Ser) -> Result<Ser::Ok, Ser::Error> {
+        TaskSpecFields {
+            id: self.id,
+            group: &self.group,
+            handler: &*self.handler,
+            payload: &self.payload,
+            priority: self.priority,
+            limits: self.limits(),
+            retry: self.retry(),
+            run_at: self.run_at(),
+            dedup: self.dedup(),
+            fairness_key: self.fairness_key.as_deref(),
+            sandbox: self.sandbox(),
+        }
+        .serialize(encoder)
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskSpec {
+    fn deserialize<De: serde::Deserializer<'de>>(decoder: De) -> Result<Self, De::Error> {
+        let f: TaskSpecFields<Group, Handler, Bytes, Limits, RetryPolicy, Dedup, Box<str>> =
+            TaskSpecFields::deserialize(decoder)?;
+        Ok(TaskSpec::new(
+            f.id,
+            f.group.0,
+            f.handler.0,
+            f.payload,
+            f.priority,
+            f.fairness_key,
+            TaskOptions {
+                limits: f.limits,
+                retry: f.retry,
+                run_at: f.run_at,
+                dedup: f.dedup,
+                sandbox: f.sandbox,
+            },
+        ))
+    }
+}
+
+/// A group name decoded through [`decode_group`].
+struct Group(GroupName);
+
+impl<'de> Deserialize<'de> for Group {
+    fn deserialize<De: serde::Deserializer<'de>>(decoder: De) -> Result<Self, De::Error> {
+        decode_group(decoder).map(Group)
+    }
+}
+
+/// A handler name decoded through [`decode_handler`].
+struct Handler(Arc<str>);
+
+impl<'de> Deserialize<'de> for Handler {
+    fn deserialize<De: serde::Deserializer<'de>>(decoder: De) -> Result<Self, De::Error> {
+        decode_handler(decoder).map(Handler)
+    }
 }
 
 #[doc(hidden)]
 impl From<mawex_api::TaskSpec> for TaskSpec {
     fn from(s: mawex_api::TaskSpec) -> Self {
-        TaskSpec {
-            id: s.id,
-            group: shared_group(s.group),
-            handler: shared_handler(&s.handler),
-            payload: s.payload,
-            priority: s.priority,
-            limits: s.limits.into(),
-            retry: s.retry.map(|r| Box::new(r.into())),
-            run_at: s.run_at,
-            dedup: s.dedup.map(|d| {
-                Box::new(Dedup {
+        TaskSpec::new(
+            s.id,
+            shared_group(s.group),
+            shared_handler(&s.handler),
+            s.payload,
+            s.priority,
+            s.fairness_key.map(String::into_boxed_str),
+            TaskOptions {
+                limits: s.limits.into(),
+                retry: s.retry.map(Into::into),
+                run_at: s.run_at,
+                dedup: s.dedup.map(|d| Dedup {
                     key: d.key,
                     window: d.window,
-                })
-            }),
-            fairness_key: s.fairness_key.map(String::into_boxed_str),
-            sandbox: s.sandbox.map(String::into_boxed_str),
-        }
+                }),
+                sandbox: s.sandbox.map(String::into_boxed_str),
+            },
+        )
     }
 }
 
 #[doc(hidden)]
 impl From<TaskSpec> for mawex_api::TaskSpec {
     fn from(s: TaskSpec) -> Self {
+        let options = s.options.map(|o| *o).unwrap_or_default();
         let mut spec = mawex_api::TaskSpec::new_with_id(s.id, s.group, &*s.handler, s.payload)
             .with_priority(s.priority)
-            .with_limits(s.limits.into());
-        spec.retry = s.retry.map(|r| (*r).into());
-        spec.run_at = s.run_at;
-        spec.dedup = s.dedup.map(|d| mawex_api::Dedup::new(d.key, d.window));
+            .with_limits(options.limits.into());
+        spec.retry = options.retry.map(Into::into);
+        spec.run_at = options.run_at;
+        spec.dedup = options
+            .dedup
+            .map(|d| mawex_api::Dedup::new(d.key, d.window));
         spec.fairness_key = s.fairness_key.map(String::from);
-        spec.sandbox = s.sandbox.map(String::from);
+        spec.sandbox = options.sandbox.map(String::from);
         spec
     }
 }
@@ -725,19 +871,20 @@ impl BroadcastSpec {
     /// The task of one target: the broadcast's handler, payload, limits and retries, under
     /// the target's own id.
     pub(crate) fn target_task(&self, id: TaskId) -> TaskSpec {
-        TaskSpec {
+        TaskSpec::new(
             id,
-            group: self.group.clone(),
-            handler: self.handler.as_str().into(),
-            payload: self.payload.clone(),
-            priority: 0,
-            limits: self.limits.clone(),
-            retry: self.retry.map(Box::new),
-            run_at: None,
-            dedup: None,
-            fairness_key: None,
-            sandbox: self.sandbox.as_deref().map(Box::from),
-        }
+            self.group.clone(),
+            self.handler.as_str().into(),
+            self.payload.clone(),
+            0,
+            None,
+            TaskOptions {
+                limits: self.limits.clone(),
+                retry: self.retry,
+                sandbox: self.sandbox.as_deref().map(Box::from),
+                ..TaskOptions::default()
+            },
+        )
     }
 }
 
@@ -790,6 +937,29 @@ mod tests {
             .with_dedup("key", Duration::from_secs(60))
             .with_fairness_key("tenant-1")
             .with_sandbox("forked")
+    }
+
+    /// The options box exists only when an option is set, so two specs that say the same
+    /// compare equal however they were made, and the encoding is the flat one either way.
+    #[test]
+    fn a_spec_boxes_its_options_only_when_one_is_set() {
+        let bare = TaskSpec::from(mawex_api::TaskSpec::new(group(), "h", "p"));
+        assert!(bare.options.is_none());
+        let full = TaskSpec::from(full_task());
+        assert!(full.options.is_some());
+        let config = bincode::config::standard();
+        for spec in [bare, full] {
+            let bytes = bincode::serde::encode_to_vec(&spec, config).expect("encodes");
+            let (back, used): (TaskSpec, usize) =
+                bincode::serde::decode_from_slice(&bytes, config).expect("decodes");
+            assert_eq!((back, used), (spec, bytes.len()));
+        }
+        let mut timed =
+            TaskSpec::from(mawex_api::TaskSpec::new(group(), "h", "p").with_run_at(Timestamp(9)));
+        timed.clear_run_at();
+        assert_eq!(timed.run_at(), None);
+        assert!(timed.options.is_none(), "emptied options are dropped");
+        assert!(std::mem::size_of::<TaskSpec>() <= 112, "a spec grew");
     }
 
     /// Every API value, converted to its stored form and back, is what it was: nothing a
