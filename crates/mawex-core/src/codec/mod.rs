@@ -22,8 +22,14 @@ use serde::Serialize;
 
 pub(crate) mod v1;
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use mawex_api::TaskId;
+
 use crate::error::CoreError;
-use crate::state::{Event, MasterState};
+use crate::state::{Event, MasterState, StateHead, StateLoader, TaskEntry};
 
 /// Format 1 (frozen in `v1.rs`): read, never written.
 pub(crate) const RECORD_FORMAT_V1: u8 = 1;
@@ -51,8 +57,16 @@ pub(crate) const SNAPSHOT_FORMAT_V3: u8 = 3;
 /// Snapshot format 4: format 3's state, with the format byte under the checksum. Read
 /// through [`SnapshotV4`], never written.
 pub(crate) const SNAPSHOT_FORMAT_V4: u8 = 4;
-/// Format of snapshots written by this version: format 4 plus the pod owners.
+/// Snapshot format 5: format 4 plus the pod owners. Read, never written.
 pub(crate) const SNAPSHOT_FORMAT_V5: u8 = 5;
+/// Format of snapshots written by this version: format 5's state in frames, the tasks in
+/// chunks that decode in parallel (see [`encode_snapshot`]).
+pub(crate) const SNAPSHOT_FORMAT_V6: u8 = 6;
+/// Tasks in one chunk of a format-6 snapshot: enough that a chunk is worth a hand-off
+/// between threads, few enough that a million tasks make sixty chunks to share out.
+const TASKS_PER_CHUNK: usize = 16_384;
+/// The most threads that decode a snapshot's chunks.
+const MAX_DECODERS: usize = 4;
 /// The newest format whose checksum leaves the format byte out.
 const LAST_FORMAT_OUTSIDE_CHECKSUM: u8 = 3;
 const HEADER_LEN: usize = 9;
@@ -216,18 +230,191 @@ struct SnapshotV4 {
     broadcasts: crate::state::broadcasts::Broadcasts,
 }
 
-#[derive(Serialize)]
-struct SnapshotRef<'a> {
-    last_seq: u64,
-    state: &'a MasterState,
-}
-
-/// Encodes a snapshot of `state` after event `last_seq`.
+/// Encodes a snapshot of `state` after event `last_seq`, in format 6:
+///
+/// ```text
+/// [header: format 6, crc32, count 1]
+/// [frame: (last_seq, the state but its tasks, task count)]
+/// [chunk count: u32 LE][frame: chunk]...
+/// ```
+///
+/// A frame is a `u32 LE` length and that many bytes of bincode. A chunk is a sequence of up
+/// to [`TASKS_PER_CHUNK`] `(id, task)` pairs, in id order across the chunks, so that chunks
+/// decode on several threads and the tasks still go into the state in order.
 pub(crate) fn encode_snapshot(last_seq: u64, state: &MasterState) -> Result<Vec<u8>, CoreError> {
     let mut buf = header_placeholder();
-    bincode::serde::encode_into_std_write(SnapshotRef { last_seq, state }, &mut buf, config())
+    let tasks = u64::try_from(state.len()).map_err(|e| CoreError::Encode(e.to_string()))?;
+    write_frame(&mut buf, &(last_seq, state.head(), tasks))?;
+    let chunks = state.len().div_ceil(TASKS_PER_CHUNK);
+    let chunks = u32::try_from(chunks).map_err(|e| CoreError::Encode(e.to_string()))?;
+    buf.extend_from_slice(&chunks.to_le_bytes());
+    let mut chunk = Vec::with_capacity(TASKS_PER_CHUNK);
+    let mut in_order = state.tasks_in_order();
+    loop {
+        chunk.clear();
+        chunk.extend(in_order.by_ref().take(TASKS_PER_CHUNK));
+        if chunk.is_empty() {
+            break;
+        }
+        write_frame(&mut buf, &chunk)?;
+    }
+    Ok(seal(buf, SNAPSHOT_FORMAT_V6, 1))
+}
+
+/// Appends `value` as a frame: its length, then its bincode.
+fn write_frame<T: Serialize>(buf: &mut Vec<u8>, value: &T) -> Result<(), CoreError> {
+    let at = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    bincode::serde::encode_into_std_write(value, buf, config())
         .map_err(|e| CoreError::Encode(e.to_string()))?;
-    Ok(seal(buf, SNAPSHOT_FORMAT_V5, 1))
+    let len = u32::try_from(buf.len() - at - 4)
+        .map_err(|_| CoreError::Encode("a snapshot frame over 4 GiB".into()))?;
+    buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    Ok(())
+}
+
+/// Splits bytes read from disk into frames, checking every length against what is left.
+struct Frames<'a>(&'a [u8]);
+
+impl<'a> Frames<'a> {
+    fn u32(&mut self, what: &str) -> Result<u32, String> {
+        let Some((head, rest)) = self.0.split_first_chunk::<4>() else {
+            return Err(format!("the snapshot ends inside {what}"));
+        };
+        self.0 = rest;
+        Ok(u32::from_le_bytes(*head))
+    }
+
+    fn frame(&mut self, what: &str) -> Result<&'a [u8], String> {
+        let len = usize::try_from(self.u32(what)?).map_err(|e| e.to_string())?;
+        if len > self.0.len() {
+            return Err(format!(
+                "{what} is {len} bytes, more than the {} left",
+                self.0.len()
+            ));
+        }
+        let (frame, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Ok(frame)
+    }
+}
+
+/// Decodes one frame that must be `T` exactly.
+fn decode_frame<T: DeserializeOwned>(frame: &[u8], what: &str) -> Result<T, String> {
+    let (value, used) = decode_one::<T>(frame).map_err(|e| format!("{what}: {e}"))?;
+    if used != frame.len() {
+        return Err(format!("{what}: {} bytes left over", frame.len() - used));
+    }
+    Ok(value)
+}
+
+/// One chunk of tasks, each put behind its `Arc` as it is decoded.
+struct Chunk(Vec<(TaskId, Arc<TaskEntry>)>);
+
+impl<'de> serde::Deserialize<'de> for Chunk {
+    fn deserialize<D: serde::Deserializer<'de>>(decoder: D) -> Result<Self, D::Error> {
+        struct Tasks;
+        impl<'de> serde::de::Visitor<'de> for Tasks {
+            type Value = Chunk;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a chunk of tasks")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Chunk, A::Error> {
+                // The length comes from disk: trust it only up to a chunk's size.
+                let hint = seq.size_hint().unwrap_or(0).min(TASKS_PER_CHUNK);
+                let mut tasks = Vec::with_capacity(hint);
+                while let Some((id, entry)) = seq.next_element::<(TaskId, TaskEntry)>()? {
+                    tasks.push((id, Arc::new(entry)));
+                }
+                Ok(Chunk(tasks))
+            }
+        }
+        decoder.deserialize_seq(Tasks)
+    }
+}
+
+/// Decodes a format-6 snapshot (after its header).
+fn decode_snapshot_v6(bytes: &[u8]) -> Result<(u64, MasterState), String> {
+    let mut frames = Frames(bytes);
+    let (last_seq, head, tasks): (u64, StateHead, u64) =
+        decode_frame(frames.frame("the state's head")?, "the state's head")?;
+    let count = frames.u32("the chunk count")?;
+    // From disk: no more chunks than there are bytes for their lengths.
+    let mut chunks = Vec::with_capacity((count as usize).min(frames.0.len() / 4));
+    for i in 0..count {
+        chunks.push(frames.frame(&format!("chunk {i} of {count}"))?);
+    }
+    if !frames.0.is_empty() {
+        return Err(format!("{} bytes left after the chunks", frames.0.len()));
+    }
+    let mut loader = StateLoader::new(head);
+    decode_chunks(&chunks, |tasks| loader.push(tasks))?;
+    if u64::try_from(loader.len()).ok() != Some(tasks) {
+        return Err(format!(
+            "the snapshot says {tasks} tasks and holds {}",
+            loader.len()
+        ));
+    }
+    Ok((last_seq, loader.finish()))
+}
+
+/// Decodes `chunks` on up to [`MAX_DECODERS`] threads and hands each chunk's tasks to `take`
+/// in chunk order, on this thread, while the others decode.
+fn decode_chunks(
+    chunks: &[&[u8]],
+    mut take: impl FnMut(Vec<(TaskId, Arc<TaskEntry>)>) -> Result<(), String>,
+) -> Result<(), String> {
+    let decode = |i: usize| -> Result<Vec<(TaskId, Arc<TaskEntry>)>, String> {
+        let what = format!("chunk {i} of {}", chunks.len());
+        decode_frame::<Chunk>(chunks[i], &what).map(|chunk| chunk.0)
+    };
+    let decoders = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(MAX_DECODERS)
+        .min(chunks.len());
+    if decoders <= 1 {
+        return (0..chunks.len()).try_for_each(|i| take(decode(i)?));
+    }
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let (sender, decoded) = std::sync::mpsc::channel();
+        for _ in 0..decoders {
+            let sender = sender.clone();
+            let (next, stop, decode) = (&next, &stop, &decode);
+            std::thread::Builder::new()
+                .name("mawex-decode".into())
+                .spawn_scoped(scope, move || loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= chunks.len() || stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if sender.send((i, decode(i))).is_err() {
+                        break;
+                    }
+                })
+                .map_err(|e| format!("no thread to decode the snapshot on: {e}"))?;
+        }
+        drop(sender);
+        // Chunks finish out of order; each waits here until the ones before it are taken.
+        let mut early = BTreeMap::new();
+        let mut wanted = 0;
+        let result = decoded.iter().try_for_each(|(i, tasks)| {
+            early.insert(i, tasks?);
+            while let Some(tasks) = early.remove(&wanted) {
+                take(tasks)?;
+                wanted += 1;
+            }
+            Ok(())
+        });
+        if result.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        result
+    })
 }
 
 /// Decodes a snapshot into `(last_seq, state)`.
@@ -264,6 +451,7 @@ pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<(u64, MasterState), CoreEr
         SNAPSHOT_FORMAT_V5 => {
             decode_one::<SnapshotOwned>(rest).map(|(s, used)| ((s.last_seq, s.state), used))
         }
+        SNAPSHOT_FORMAT_V6 => decode_snapshot_v6(rest).map(|snapshot| (snapshot, rest.len())),
         other => {
             return Err(CoreError::CorruptSnapshot(format!(
                 "snapshot format {other} is unknown to this version"
@@ -278,4 +466,109 @@ pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<(u64, MasterState), CoreEr
         )));
     }
     Ok(snapshot)
+}
+
+#[cfg(test)]
+mod tests {
+    use mawex_api::{GroupName, Timestamp};
+
+    use super::*;
+
+    /// A state of more than two chunks of tasks: three fairness keys, some delayed, some
+    /// with a dedup key, in two groups.
+    fn chunky_state() -> MasterState {
+        let groups = [
+            GroupName::new("a").expect("valid"),
+            GroupName::new("b").expect("valid"),
+        ];
+        let mut state = MasterState::new();
+        for i in 0..(2 * TASKS_PER_CHUNK + 100) {
+            let mut spec = mawex_api::TaskSpec::new(groups[i % 7 / 6].clone(), "h", "p")
+                .with_fairness_key(["x", "y", "z"][i % 3]);
+            if i % 10 == 0 {
+                spec = spec.with_run_at(Timestamp(u64::MAX));
+            }
+            if i % 13 == 0 {
+                spec = spec.with_dedup(format!("k{}", i % 5), std::time::Duration::from_secs(1));
+            }
+            state.apply(&Event::TaskAccepted {
+                spec: spec.into(),
+                at: Timestamp(1),
+            });
+        }
+        state
+    }
+
+    /// Decoded on several threads, the tasks come out in order, with every index as a
+    /// rebuild makes it (the state's equality compares the indexes too).
+    #[test]
+    fn a_snapshot_of_many_chunks_decodes_to_the_state_it_was() {
+        let state = chunky_state();
+        let bytes = encode_snapshot(9, &state).expect("encode");
+        let (seq, decoded) = decode_snapshot(&bytes).expect("decode");
+        assert_eq!(seq, 9);
+        assert_eq!(decoded, state);
+        let mut rebuilt = decoded.durable_copy();
+        rebuilt.rebuild_indexes();
+        assert_eq!(rebuilt, state);
+    }
+
+    /// The frames of a format-6 snapshot: head, chunk count, chunks.
+    fn frames(bytes: &[u8]) -> (Vec<u8>, u32, Vec<Vec<u8>>) {
+        let mut frames = Frames(&bytes[HEADER_LEN..]);
+        let head = frames.frame("head").expect("head").to_vec();
+        let count = frames.u32("count").expect("count");
+        let chunks = (0..count)
+            .map(|_| frames.frame("chunk").expect("chunk").to_vec())
+            .collect();
+        (head, count, chunks)
+    }
+
+    /// A snapshot of these frames, sealed: its checksum is good, so only the decoder's own
+    /// checks stand between it and a wrong state.
+    fn sealed(head: &[u8], count: u32, chunks: &[Vec<u8>]) -> Vec<u8> {
+        fn push_frame(buf: &mut Vec<u8>, frame: &[u8]) {
+            buf.extend_from_slice(&u32::try_from(frame.len()).expect("small").to_le_bytes());
+            buf.extend_from_slice(frame);
+        }
+        let mut buf = header_placeholder();
+        push_frame(&mut buf, head);
+        buf.extend_from_slice(&count.to_le_bytes());
+        for chunk in chunks {
+            push_frame(&mut buf, chunk);
+        }
+        seal(buf, SNAPSHOT_FORMAT_V6, 1)
+    }
+
+    #[test]
+    fn a_snapshot_whose_frames_do_not_add_up_is_refused() {
+        let bytes = encode_snapshot(9, &chunky_state()).expect("encode");
+        let (head, count, mut chunks) = frames(&bytes);
+        assert_eq!(count, 3);
+        assert_eq!(
+            sealed(&head, count, &chunks),
+            bytes,
+            "the frames reassemble"
+        );
+        let refused = |bytes: Vec<u8>| match decode_snapshot(&bytes) {
+            Err(CoreError::CorruptSnapshot(reason)) => reason,
+            other => panic!("expected a refusal, got {:?}", other.map(|(seq, _)| seq)),
+        };
+        // Chunks out of order.
+        chunks.swap(0, 1);
+        assert!(refused(sealed(&head, count, &chunks)).contains("out of order"));
+        chunks.swap(0, 1);
+        // A chunk missing, so fewer tasks than the head says.
+        let reason = refused(sealed(&head, 2, &chunks[..2]));
+        assert!(reason.contains("tasks"), "{reason}");
+        // More chunks counted than there are.
+        let reason = refused(sealed(&head, 4, &chunks));
+        assert!(reason.contains("chunk 3 of 4"), "{reason}");
+        // A chunk cut short.
+        let mut cut = chunks.clone();
+        let half = cut[2].len() / 2;
+        cut[2].truncate(half);
+        let reason = refused(sealed(&head, count, &cut));
+        assert!(reason.contains("chunk 2 of 3"), "{reason}");
+    }
 }

@@ -41,7 +41,10 @@ impl Recovered {
     pub fn into_state(self) -> (u64, MasterState) {
         let last = self.last_seq();
         let mut state = self.snapshot.map(|(_, s)| s).unwrap_or_default();
-        state.rebuild_indexes();
+        // A snapshot of format 6 comes with its indexes, built as it was decoded.
+        if !state.has_indexes() {
+            state.rebuild_indexes();
+        }
         for (_, event) in &self.events {
             state.apply(event);
         }

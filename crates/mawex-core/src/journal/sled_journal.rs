@@ -438,13 +438,40 @@ fn key_seq(key: &[u8]) -> Result<u64, CoreError> {
 
 impl Journal for SledJournal {
     fn recover(&mut self) -> Result<Recovered, CoreError> {
-        let snapshot = self.read_snapshot()?;
-        let after = snapshot.as_ref().map_or(0, |(seq, _)| *seq);
-        let records = self.journal.iter().map(|r| {
-            let (k, v) = r?;
-            Ok((key_seq(&k)?, v.to_vec()))
+        // The tail is read and decoded on a thread of its own while the snapshot decodes:
+        // where the snapshot ends is in its name.
+        let after = self.latest_snapshot_seq()?;
+        let journal = &self.journal;
+        let read_tail = move || {
+            let records = journal.iter().map(|r| {
+                let (k, v) = r?;
+                Ok((key_seq(&k)?, v.to_vec()))
+            });
+            replay_records(records, after)
+        };
+        let (snapshot, events) = std::thread::scope(|scope| {
+            let tail = std::thread::Builder::new()
+                .name("mawex-tail".into())
+                .spawn_scoped(scope, read_tail);
+            let snapshot = self.read_snapshot();
+            let events = match tail {
+                Ok(tail) => tail.join().unwrap_or_else(|_| {
+                    Err(CoreError::Thread(
+                        "the thread reading the journal's tail panicked".into(),
+                    ))
+                }),
+                // No thread to spare: read it here.
+                Err(_) => read_tail(),
+            };
+            (snapshot, events)
         });
-        let events = replay_records(records, after)?;
+        let (snapshot, events) = (snapshot?, events?);
+        let covered = snapshot.as_ref().map_or(0, |(seq, _)| *seq);
+        if covered != after {
+            return Err(CoreError::CorruptSnapshot(format!(
+                "the latest snapshot is named for sequence {after} but covers {covered}"
+            )));
+        }
         debug!(snapshot = after, events = events.len(), "journal recovered");
         Ok(Recovered { snapshot, events })
     }

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use mawex_api::{GroupName, PodId, ScheduleName, TaskId, TaskState, Timestamp};
+use mawex_api::{GroupName, PodId, ScheduleName, TaskId, Timestamp};
 use serde::{Deserialize, Serialize};
 
 mod apply;
@@ -10,6 +10,7 @@ pub(crate) mod broadcasts;
 mod entry;
 mod event;
 mod listed;
+mod load;
 mod reads;
 mod rounds;
 mod schedule;
@@ -20,41 +21,11 @@ use broadcasts::Broadcasts;
 pub use entry::TaskCounts;
 pub(crate) use entry::TaskEntry;
 pub use event::{Event, RequeueReason};
+pub(crate) use load::{StateHead, StateLoader};
 use rounds::Rounds;
 pub(crate) use rounds::ROUND_BASE;
 pub(crate) use schedule::Schedule;
 use task_map::TaskMap;
-
-/// The states, in the order of [`state_slot`].
-const STATES: [TaskState; 5] = [
-    TaskState::Pending,
-    TaskState::Running,
-    TaskState::Succeeded,
-    TaskState::Failed,
-    TaskState::Cancelled,
-];
-
-/// Where `state` is in [`STATES`].
-fn state_slot(state: TaskState) -> usize {
-    match state {
-        TaskState::Pending => 0,
-        TaskState::Running => 1,
-        TaskState::Succeeded => 2,
-        TaskState::Failed => 3,
-        // TaskState is non_exhaustive only for other crates; Cancelled is the last state.
-        _ => 4,
-    }
-}
-
-/// One group's indexes while [`MasterState::rebuild_indexes`] gathers them.
-#[derive(Default)]
-struct GroupIndexes {
-    /// Task ids by state (see [`state_slot`]), in id order.
-    ids: [Vec<TaskId>; 5],
-    queue: Vec<(QueueKey, TaskId)>,
-    running: u32,
-    rounds: Rounds,
-}
 
 /// Order of a pending task in its group's queue: higher priority first, then the earlier
 /// fairness round, then oldest first.
@@ -111,6 +82,9 @@ pub struct MasterState {
     /// Recent mean run time per group (ms, moving average), for wait estimates.
     #[serde(skip)]
     durations: HashMap<GroupName, u64>,
+    /// Whether the indexes above match the tasks (see [`MasterState::has_indexes`]).
+    #[serde(skip)]
+    indexed: bool,
 }
 
 /// Equal when every durable part is (tasks, group settings, schedules, broadcasts, pod
@@ -238,81 +212,17 @@ impl MasterState {
     /// Rebuilds the derived indexes (queues, result log, counts) from the tasks.
     pub(crate) fn rebuild_indexes(&mut self) {
         self.broadcasts.rebuild_index();
-        self.pending.clear();
-        self.delayed.clear();
-        self.results.clear();
-        self.counts = TaskCounts::default();
-        self.listed = listed::Listed::default();
-        self.failed_kinds = listed::FailedKinds::default();
-        self.running_by_group.clear();
-        self.dedup.clear();
-        self.rounds.clear();
-        let tasks = std::mem::take(&mut self.tasks);
-        // What each group's indexes will hold, gathered in one walk and built at the end:
-        // a B-tree built from sorted input costs O(n), where inserts one at a time each
-        // search it. The walk is in id order, so the ids of each state come sorted.
-        let mut groups: Vec<(GroupName, GroupIndexes)> = Vec::new();
-        let mut positions: HashMap<GroupName, usize> = HashMap::new();
-        let mut last: usize = usize::MAX;
-        for (id, entry) in tasks.iter() {
-            let group = &entry.spec.group;
-            if groups.get(last).is_none_or(|(g, _)| g != group) {
-                last = *positions.entry(group.clone()).or_insert_with(|| {
-                    groups.push((group.clone(), GroupIndexes::default()));
-                    groups.len() - 1
-                });
-            }
-            let at = &mut groups[last].1;
-            self.counts.moved(None, Some(entry.state));
-            at.ids[state_slot(entry.state)].push(*id);
-            match entry.state {
-                TaskState::Failed => self.failed_kinds.add(group, entry.failed_kind()),
-                TaskState::Running => at.running += 1,
-                TaskState::Pending if !self.broadcasts.is_target(id) => match entry.not_before {
-                    Some(t) => {
-                        self.delayed.insert((t, entry.order), *id);
-                    }
-                    None => at.queue.push((entry.queue_key(), *id)),
-                },
-                _ => {}
-            }
-            if let Some(result) = entry.result() {
-                self.results.insert(result.seq, *id);
-            }
-            if let Some(dedup) = entry.spec.dedup() {
-                // The last one accepted with a key holds it, as in `apply`. Not the highest
-                // id: ids are chosen by clients, so they need not follow acceptance.
-                let key = (group.clone(), dedup.key.clone());
-                let later = match self.dedup.get(&key).and_then(|h| tasks.get(h)) {
-                    Some(holder) => entry.order > holder.order,
-                    None => true,
-                };
-                if later {
-                    self.dedup.insert(key, *id);
-                }
-            }
-            // Broadcast targets are never queued and hold no round (see `add_target_task`).
-            if !entry.state.is_terminal() && !self.broadcasts.is_target(id) {
-                at.rounds.add(entry.fairness_key(), entry.round);
-            }
+        let mut indexes = load::IndexBuilder::default();
+        for (id, entry) in self.tasks.iter() {
+            indexes.add(&self.broadcasts, id, entry);
         }
-        for (group, mut at) in groups {
-            for (slot, ids) in at.ids.into_iter().enumerate() {
-                self.listed.insert_sorted(&group, STATES[slot], ids);
-            }
-            if at.running > 0 {
-                self.running_by_group.insert(group.clone(), at.running);
-            }
-            if !at.queue.is_empty() {
-                at.queue.sort_unstable();
-                self.pending
-                    .insert(group.clone(), at.queue.into_iter().collect());
-            }
-            if !at.rounds.is_empty() {
-                self.rounds.insert(group, at.rounds);
-            }
-        }
-        self.tasks = tasks;
+        indexes.finish(self);
+    }
+
+    /// True when the derived indexes match the tasks: after [`MasterState::rebuild_indexes`],
+    /// or a load that built them; false for a state decoded or copied without them.
+    pub(crate) fn has_indexes(&self) -> bool {
+        self.indexed
     }
 
     /// The credential that registered `pod`, if one did.

@@ -59,6 +59,20 @@ impl Rounds {
         }
     }
 
+    /// Adds one task of `key` in each round of `first..=last` (a load adds a key's
+    /// consecutive rounds at once).
+    pub(super) fn add_range(&mut self, key: &str, first: u64, last: u64) {
+        self.all.add_range(first, last);
+        match self.by_key.get_mut(key) {
+            Some(set) => set.add_range(first, last),
+            None => {
+                let mut set = Runs::default();
+                set.add_range(first, last);
+                self.by_key.insert(key.to_owned(), set);
+            }
+        }
+    }
+
     pub(super) fn remove(&mut self, key: &str, round: u64) {
         self.all.remove(round);
         if let Some(set) = self.by_key.get_mut(key) {
@@ -145,16 +159,34 @@ impl Runs {
                 );
             }
         }
-        if count == 0 {
-            return;
+        if count > 0 {
+            self.insert_joined(round, round, count);
         }
-        // `round` is in no run now: join it to the runs either side that have its count.
-        let left = round
+    }
+
+    /// Adds each round of `first..=last` once.
+    fn add_range(&mut self, first: u64, last: u64) {
+        let overlaps = self
+            .0
+            .range(..=last)
+            .next_back()
+            .is_some_and(|(_, run)| run.last >= first);
+        if overlaps {
+            (first..=last).for_each(|round| self.add(round));
+        } else {
+            self.insert_joined(first, last, 1);
+        }
+    }
+
+    /// Inserts rounds `first..=last`, `count` times each, where no run is, joined to the
+    /// runs either side that have the same count.
+    fn insert_joined(&mut self, first: u64, last: u64, count: u32) {
+        let left = first
             .checked_sub(1)
             .and_then(|before| self.holding(before))
             .filter(|(_, run)| run.count == count)
-            .map(|(first, _)| first);
-        let right = round
+            .map(|(start, _)| start);
+        let right = last
             .checked_add(1)
             .and_then(|after| self.0.get(&after).map(|run| (after, *run)))
             .filter(|(_, run)| run.count == count);
@@ -163,12 +195,12 @@ impl Runs {
                 self.0.remove(&after);
                 run.last
             }
-            None => round,
+            None => last,
         };
-        match left.and_then(|first| self.0.get_mut(&first)) {
+        match left.and_then(|start| self.0.get_mut(&start)) {
             Some(run) => run.last = last,
             None => {
-                self.0.insert(round, Run { last, count });
+                self.0.insert(first, Run { last, count });
             }
         }
     }
@@ -235,6 +267,26 @@ mod tests {
             assert_eq!(expand(&runs), model, "after step {step}");
             assert_eq!(runs.first(), model.keys().next().copied());
             assert_eq!(runs.last(), model.keys().next_back().copied());
+        }
+    }
+
+    #[test]
+    fn a_range_adds_what_its_rounds_one_by_one_would() {
+        let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let (mut ranged, mut single) = (Runs::default(), Runs::default());
+        for _ in 0..2_000 {
+            let first = next() % 200;
+            let last = first + next() % 8;
+            ranged.add_range(first, last);
+            (first..=last).for_each(|round| single.add(round));
+            assert_canonical(&ranged);
+            assert_eq!(ranged, single);
         }
     }
 

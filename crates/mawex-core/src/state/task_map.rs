@@ -39,6 +39,11 @@ impl TaskMap {
         self.0.insert(id, Arc::new(entry));
     }
 
+    /// Inserts a task that is already behind an `Arc` (a decoder made it).
+    pub(crate) fn insert_shared(&mut self, id: TaskId, entry: Arc<TaskEntry>) {
+        self.0.insert(id, entry);
+    }
+
     pub(crate) fn remove(&mut self, id: &TaskId) {
         self.0.remove(id);
     }
