@@ -45,8 +45,8 @@ impl Recovered {
         if !state.has_indexes() {
             state.rebuild_indexes();
         }
-        for (_, event) in &self.events {
-            state.apply(event);
+        for (_, event) in self.events {
+            state.apply_owned(event);
         }
         (last, state)
     }

@@ -4,7 +4,9 @@ use std::collections::{HashMap, HashSet};
 
 use mawex_api::{ErrorKind, GroupName, QueuePosition, TaskId, TaskState, Timestamp};
 
-use super::stored::{self, AttemptFailure, AttemptRef, BroadcastSpec, Outcome, TaskResult};
+use super::stored::{
+    self, AttemptFailure, AttemptRef, BroadcastSpec, Outcome, TaskResult, TaskSpec,
+};
 use super::{Event, MasterState, Schedule, TaskEntry, ROUND_BASE};
 
 /// One running task of `group` stopped running.
@@ -18,29 +20,51 @@ fn leave_running(running: &mut HashMap<GroupName, u32>, group: &GroupName) {
 }
 
 impl MasterState {
+    /// Applies one event that is not needed afterwards, as [`MasterState::apply`] does: a
+    /// replay moves an accepted task's spec into the state instead of copying it.
+    pub(crate) fn apply_owned(&mut self, event: Event) {
+        match event {
+            Event::TaskAccepted { spec, at } => {
+                if !self.tasks.contains_key(&spec.id) {
+                    self.accept(spec, at);
+                }
+            }
+            other => self.apply(&other),
+        }
+    }
+
+    /// Adds a task just accepted (its id is not taken).
+    fn accept(&mut self, spec: TaskSpec, at: Timestamp) {
+        self.accepted = self.accepted.saturating_add(1);
+        let id = spec.id;
+        let not_before = spec.run_at().filter(|t| *t > at);
+        let mut entry = TaskEntry::pending(spec, self.accepted, at);
+        entry.not_before = not_before;
+        let group = &entry.spec.group;
+        // Looked up before inserting: the group is mostly there, and needs no copy.
+        let rounds = match self.rounds.get_mut(group) {
+            Some(rounds) => rounds,
+            None => self.rounds.entry(group.clone()).or_default(),
+        };
+        entry.round = rounds.next_for(entry.fairness_key());
+        rounds.add(entry.fairness_key(), entry.round);
+        if let Some(dedup) = entry.spec.dedup() {
+            self.dedup.insert((group.clone(), dedup.key.clone()), id);
+        }
+        self.counts.moved(None, Some(TaskState::Pending));
+        self.listed.moved(id, group, None, Some(TaskState::Pending));
+        self.enqueue(&entry);
+        self.tasks.insert(id, entry);
+    }
+
     /// Applies one event. Events come from `decide` (which validated them) or from the
     /// journal; an event that does not fit the state is a no-op, so replay is total.
     pub fn apply(&mut self, event: &Event) {
         match event {
             Event::TaskAccepted { spec, at } => {
-                if self.tasks.contains_key(&spec.id) {
-                    return;
+                if !self.tasks.contains_key(&spec.id) {
+                    self.accept(spec.clone(), *at);
                 }
-                self.accepted = self.accepted.saturating_add(1);
-                let mut entry = TaskEntry::pending(spec.clone(), self.accepted, *at);
-                entry.not_before = spec.run_at().filter(|t| t > at);
-                let rounds = self.rounds.entry(spec.group.clone()).or_default();
-                entry.round = rounds.next_for(entry.fairness_key());
-                rounds.add(entry.fairness_key(), entry.round);
-                if let Some(dedup) = spec.dedup() {
-                    self.dedup
-                        .insert((spec.group.clone(), dedup.key.clone()), spec.id);
-                }
-                self.counts.moved(None, Some(TaskState::Pending));
-                self.listed
-                    .moved(spec.id, &spec.group, None, Some(TaskState::Pending));
-                self.enqueue(&entry);
-                self.tasks.insert(spec.id, entry);
             }
             Event::TaskAssigned { attempt, pod, at } => {
                 let Some(entry) = self.tasks.get_mut(&attempt.task) else {
@@ -415,10 +439,11 @@ impl MasterState {
                 self.delayed.insert((t, entry.order), entry.spec.id);
             }
             None => {
-                self.pending
-                    .entry(entry.spec.group.clone())
-                    .or_default()
-                    .insert(entry.queue_key(), entry.spec.id);
+                let queue = match self.pending.get_mut(&entry.spec.group) {
+                    Some(queue) => queue,
+                    None => self.pending.entry(entry.spec.group.clone()).or_default(),
+                };
+                queue.insert(entry.queue_key(), entry.spec.id);
             }
         }
     }

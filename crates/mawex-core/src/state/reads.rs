@@ -176,11 +176,12 @@ impl MasterState {
         self.tasks.iter()
     }
 
-    /// Tasks currently running, with their lease holder.
+    /// The running tasks (each with its lease holder), in id order: from the index, not a
+    /// walk over every task (a restart asks, with a million tasks retained).
     pub(crate) fn running(&self) -> impl Iterator<Item = &TaskEntry> {
-        self.tasks
-            .values()
-            .filter(|e| e.state == TaskState::Running)
+        self.listed
+            .ids(None, Some(TaskState::Running), None)
+            .filter_map(|id| self.tasks.get(&id))
     }
 
     /// How many results were ever recorded: the stream position of the latest.

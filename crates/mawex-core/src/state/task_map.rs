@@ -60,10 +60,6 @@ impl TaskMap {
         self.0.iter().map(|(id, e)| (id, e.as_ref()))
     }
 
-    pub(crate) fn values(&self) -> impl Iterator<Item = &TaskEntry> {
-        self.0.values().map(Arc::as_ref)
-    }
-
     pub(crate) fn range<R: RangeBounds<TaskId>>(
         &self,
         range: R,
