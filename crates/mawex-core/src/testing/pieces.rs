@@ -130,12 +130,15 @@ pub fn encode_snapshot(last_seq: u64, state: &MasterState) -> Result<Vec<u8>, Co
     crate::codec::encode_snapshot(last_seq, state)
 }
 
-/// Decodes a snapshot, and rebuilds the state's indexes as a restart does.
+/// Decodes a snapshot, its indexes built as a restart builds them (while the tasks are
+/// decoded, or after, for a format older than 6).
 ///
 /// # Errors
 /// [`CoreError::CorruptSnapshot`] for bytes that do not decode.
 pub fn decode_snapshot(bytes: &[u8]) -> Result<(u64, MasterState), CoreError> {
     let (seq, mut state) = crate::codec::decode_snapshot(bytes)?;
-    state.rebuild_indexes();
+    if !state.has_indexes() {
+        state.rebuild_indexes();
+    }
     Ok((seq, state))
 }
