@@ -62,9 +62,12 @@ pub(crate) const SNAPSHOT_FORMAT_V5: u8 = 5;
 /// Format of snapshots written by this version: format 5's state in frames, the tasks in
 /// chunks that decode in parallel (see [`encode_snapshot`]).
 pub(crate) const SNAPSHOT_FORMAT_V6: u8 = 6;
-/// Tasks in one chunk of a format-6 snapshot: enough that a chunk is worth a hand-off
+/// Tasks in one chunk of a format-6 snapshot, at most: enough that a chunk is worth a hand-off
 /// between threads, few enough that a million tasks make sixty chunks to share out.
 const TASKS_PER_CHUNK: usize = 16_384;
+/// Past this many bytes a chunk ends before its count of tasks is reached: large payloads
+/// and outputs must not make a chunk outgrow its `u32` length.
+const CHUNK_BYTES: usize = 64 << 20;
 /// The most threads that decode a snapshot's chunks.
 const MAX_DECODERS: usize = 4;
 /// The newest format whose checksum leaves the format byte out.
@@ -238,35 +241,54 @@ struct SnapshotV4 {
 /// [chunk count: u32 LE][frame: chunk]...
 /// ```
 ///
-/// A frame is a `u32 LE` length and that many bytes of bincode. A chunk is a sequence of up
-/// to [`TASKS_PER_CHUNK`] `(id, task)` pairs, in id order across the chunks, so that chunks
+/// A frame is a `u32 LE` length and that many bytes. The head is one bincode value; a chunk
+/// is a `u32 LE` count and that many bincode `(id, task)` pairs (at most [`TASKS_PER_CHUNK`],
+/// fewer once it passes [`CHUNK_BYTES`]), in id order across the chunks, so that chunks
 /// decode on several threads and the tasks still go into the state in order.
 pub(crate) fn encode_snapshot(last_seq: u64, state: &MasterState) -> Result<Vec<u8>, CoreError> {
     let mut buf = header_placeholder();
     let tasks = u64::try_from(state.len()).map_err(|e| CoreError::Encode(e.to_string()))?;
-    write_frame(&mut buf, &(last_seq, state.head(), tasks))?;
-    let chunks = state.len().div_ceil(TASKS_PER_CHUNK);
-    let chunks = u32::try_from(chunks).map_err(|e| CoreError::Encode(e.to_string()))?;
-    buf.extend_from_slice(&chunks.to_le_bytes());
-    let mut chunk = Vec::with_capacity(TASKS_PER_CHUNK);
-    let mut in_order = state.tasks_in_order();
-    loop {
-        chunk.clear();
-        chunk.extend(in_order.by_ref().take(TASKS_PER_CHUNK));
-        if chunk.is_empty() {
-            break;
+    let head = start_frame(&mut buf);
+    encode_into(&mut buf, &(last_seq, state.head(), tasks))?;
+    end_frame(&mut buf, head)?;
+    let chunk_count_at = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    let mut chunks: u32 = 0;
+    let mut in_order = state.tasks_in_order().peekable();
+    while in_order.peek().is_some() {
+        let frame = start_frame(&mut buf);
+        let count_at = buf.len();
+        buf.extend_from_slice(&[0; 4]);
+        let mut count: u32 = 0;
+        while (count as usize) < TASKS_PER_CHUNK && buf.len() - frame < CHUNK_BYTES {
+            let Some(task) = in_order.next() else { break };
+            encode_into(&mut buf, &task)?;
+            count += 1;
         }
-        write_frame(&mut buf, &chunk)?;
+        buf[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
+        end_frame(&mut buf, frame)?;
+        chunks = chunks
+            .checked_add(1)
+            .ok_or_else(|| CoreError::Encode("over 4 billion snapshot chunks".into()))?;
     }
+    buf[chunk_count_at..chunk_count_at + 4].copy_from_slice(&chunks.to_le_bytes());
     Ok(seal(buf, SNAPSHOT_FORMAT_V6, 1))
 }
 
-/// Appends `value` as a frame: its length, then its bincode.
-fn write_frame<T: Serialize>(buf: &mut Vec<u8>, value: &T) -> Result<(), CoreError> {
+fn encode_into<T: Serialize>(buf: &mut Vec<u8>, value: &T) -> Result<(), CoreError> {
+    bincode::serde::encode_into_std_write(value, buf, config())
+        .map(drop)
+        .map_err(|e| CoreError::Encode(e.to_string()))
+}
+
+/// Starts a frame: room for its length, filled in by [`end_frame`]. Returns where it starts.
+fn start_frame(buf: &mut Vec<u8>) -> usize {
     let at = buf.len();
     buf.extend_from_slice(&[0; 4]);
-    bincode::serde::encode_into_std_write(value, buf, config())
-        .map_err(|e| CoreError::Encode(e.to_string()))?;
+    at
+}
+
+fn end_frame(buf: &mut [u8], at: usize) -> Result<(), CoreError> {
     let len = u32::try_from(buf.len() - at - 4)
         .map_err(|_| CoreError::Encode("a snapshot frame over 4 GiB".into()))?;
     buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
@@ -308,32 +330,24 @@ fn decode_frame<T: DeserializeOwned>(frame: &[u8], what: &str) -> Result<T, Stri
     Ok(value)
 }
 
-/// One chunk of tasks, each put behind its `Arc` as it is decoded.
-struct Chunk(Vec<(TaskId, Arc<TaskEntry>)>);
-
-impl<'de> serde::Deserialize<'de> for Chunk {
-    fn deserialize<D: serde::Deserializer<'de>>(decoder: D) -> Result<Self, D::Error> {
-        struct Tasks;
-        impl<'de> serde::de::Visitor<'de> for Tasks {
-            type Value = Chunk;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a chunk of tasks")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Chunk, A::Error> {
-                // The length comes from disk: trust it only up to a chunk's size.
-                let hint = seq.size_hint().unwrap_or(0).min(TASKS_PER_CHUNK);
-                let mut tasks = Vec::with_capacity(hint);
-                while let Some((id, entry)) = seq.next_element::<(TaskId, TaskEntry)>()? {
-                    tasks.push((id, Arc::new(entry)));
-                }
-                Ok(Chunk(tasks))
-            }
-        }
-        decoder.deserialize_seq(Tasks)
+/// Decodes one chunk: its count, then that many `(id, task)` pairs, each task put behind
+/// its `Arc` as it is decoded.
+fn decode_chunk(frame: &[u8], what: &str) -> Result<Vec<(TaskId, Arc<TaskEntry>)>, String> {
+    let mut rest = Frames(frame);
+    let count = rest.u32(what)?;
+    // The count comes from disk: trust it only up to a chunk's size.
+    let mut tasks = Vec::with_capacity((count as usize).min(TASKS_PER_CHUNK));
+    let mut rest = rest.0;
+    for i in 0..count {
+        let ((id, entry), used) = decode_one::<(TaskId, TaskEntry)>(rest)
+            .map_err(|e| format!("{what}: task {i} of {count}: {e}"))?;
+        tasks.push((id, Arc::new(entry)));
+        rest = &rest[used..];
     }
+    if !rest.is_empty() {
+        return Err(format!("{what}: {} bytes left over", rest.len()));
+    }
+    Ok(tasks)
 }
 
 /// Decodes a format-6 snapshot (after its header).
@@ -367,25 +381,25 @@ fn decode_chunks(
     chunks: &[&[u8]],
     mut take: impl FnMut(Vec<(TaskId, Arc<TaskEntry>)>) -> Result<(), String>,
 ) -> Result<(), String> {
-    let decode = |i: usize| -> Result<Vec<(TaskId, Arc<TaskEntry>)>, String> {
-        let what = format!("chunk {i} of {}", chunks.len());
-        decode_frame::<Chunk>(chunks[i], &what).map(|chunk| chunk.0)
-    };
-    let decoders = std::thread::available_parallelism()
+    let decode = |i: usize| decode_chunk(chunks[i], &format!("chunk {i} of {}", chunks.len()));
+    // One core, or one chunk: no thread to hand off to; this one decodes (below).
+    let decoders = match std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
         .min(MAX_DECODERS)
-        .min(chunks.len());
-    if decoders <= 1 {
-        return (0..chunks.len()).try_for_each(|i| take(decode(i)?));
-    }
+        .min(chunks.len())
+    {
+        0 | 1 => 0,
+        n => n,
+    };
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let (sender, decoded) = std::sync::mpsc::channel();
+        let mut workers = Vec::new();
         for _ in 0..decoders {
             let sender = sender.clone();
             let (next, stop, decode) = (&next, &stop, &decode);
-            std::thread::Builder::new()
+            let worker = std::thread::Builder::new()
                 .name("mawex-decode".into())
                 .spawn_scoped(scope, move || loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
@@ -395,14 +409,18 @@ fn decode_chunks(
                     if sender.send((i, decode(i))).is_err() {
                         break;
                     }
-                })
-                .map_err(|e| format!("no thread to decode the snapshot on: {e}"))?;
+                });
+            match worker {
+                Ok(worker) => workers.push(worker),
+                // Fewer threads, or none: this one decodes what they leave.
+                Err(_) => break,
+            }
         }
         drop(sender);
         // Chunks finish out of order; each waits here until the ones before it are taken.
         let mut early = BTreeMap::new();
         let mut wanted = 0;
-        let result = decoded.iter().try_for_each(|(i, tasks)| {
+        let mut result = decoded.iter().try_for_each(|(i, tasks)| {
             early.insert(i, tasks?);
             while let Some(tasks) = early.remove(&wanted) {
                 take(tasks)?;
@@ -412,6 +430,20 @@ fn decode_chunks(
         });
         if result.is_err() {
             stop.store(true, Ordering::Relaxed);
+        }
+        for worker in workers {
+            if worker.join().is_err() && result.is_ok() {
+                result = Err("a thread decoding the snapshot panicked".into());
+            }
+        }
+        // What no thread took (none could be started), decoded here.
+        while result.is_ok() && wanted < chunks.len() {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= chunks.len() {
+                break;
+            }
+            result = decode(i).and_then(&mut take);
+            wanted += 1;
         }
         result
     })
@@ -538,6 +570,26 @@ mod tests {
             push_frame(&mut buf, chunk);
         }
         seal(buf, SNAPSHOT_FORMAT_V6, 1)
+    }
+
+    /// Large tasks end a chunk before its count: no chunk outgrows its `u32` length.
+    #[test]
+    fn a_chunk_of_large_tasks_ends_at_its_byte_budget() {
+        let group = GroupName::new("big").expect("valid");
+        let mib = vec![7u8; 1 << 20];
+        let mut state = MasterState::new();
+        for _ in 0..CHUNK_BYTES / mib.len() + 16 {
+            let spec = mawex_api::TaskSpec::new(group.clone(), "h", mib.clone());
+            state.apply(&Event::TaskAccepted {
+                spec: spec.into(),
+                at: Timestamp(1),
+            });
+        }
+        let bytes = encode_snapshot(3, &state).expect("encode");
+        let (_, count, chunks) = frames(&bytes);
+        assert_eq!(count, 2, "the tasks fill more than one chunk's bytes");
+        assert!(chunks[0].len() < CHUNK_BYTES + (2 << 20));
+        assert_eq!(decode_snapshot(&bytes).expect("decode"), (3, state));
     }
 
     #[test]

@@ -234,6 +234,12 @@ fn write_golden_if_asked(version: u8, events: &[Event]) {
     if std::env::var("MAWEX_WRITE_GOLDEN").as_deref() != Ok(version.to_string().as_str()) {
         return;
     }
+    assert!(
+        !golden_dir()
+            .join(format!("journal-v{version}.records"))
+            .exists(),
+        "the format-{version} golden files exist: they are written once, never again"
+    );
     let mut j = MemoryJournal::new();
     j.append(1, &events[..6]).expect("append");
     j.append(7, &events[6..]).expect("append");
@@ -479,6 +485,10 @@ fn golden_snapshot_v6_decodes_and_re_encodes_unchanged() {
     events.iter().for_each(|e| state.apply(e));
     let path = golden_dir().join("snapshot-v6.snapshot");
     if std::env::var("MAWEX_WRITE_GOLDEN").as_deref() == Ok("snapshot-6") {
+        assert!(
+            !path.exists(),
+            "the format-6 golden snapshot is written once"
+        );
         let bytes = crate::codec::encode_snapshot(events.len() as u64, &state).expect("encode");
         std::fs::write(&path, bytes).expect("write");
     }

@@ -14,7 +14,7 @@ pub(crate) const MAX_KEPT_FAILURES: usize = mawex_api::MAX_ATTEMPTS as usize;
 /// What only a task that was ever assigned has (its pod, start time, result and failed
 /// attempts) is one box, absent before the first assignment: most retained tasks are
 /// pending, and pay 8 bytes for it instead of 72. On disk it is the flat layout of every
-/// format since 3 (see [`TaskEntryFields`]).
+/// format since 3 (see `TaskEntryFields`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TaskEntry {
     pub(crate) spec: TaskSpec,
@@ -160,9 +160,11 @@ impl TaskEntry {
 
     /// Changes what the attempts left, keeping the box absent while it is empty.
     fn change_attempts<T>(&mut self, change: impl FnOnce(&mut Attempts) -> T) -> T {
-        let mut attempts = self.attempts.take().map(|a| *a).unwrap_or_default();
-        let out = change(&mut attempts);
-        self.set_attempts(attempts);
+        let attempts = self.attempts.get_or_insert_with(Box::default);
+        let out = change(attempts);
+        if **attempts == Attempts::default() {
+            self.attempts = None;
+        }
         out
     }
 

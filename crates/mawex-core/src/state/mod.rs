@@ -219,8 +219,9 @@ impl MasterState {
         indexes.finish(self);
     }
 
-    /// True when the derived indexes match the tasks: after [`MasterState::rebuild_indexes`],
-    /// or a load that built them; false for a state decoded or copied without them.
+    /// True when the derived indexes are known to match the tasks: after
+    /// [`MasterState::rebuild_indexes`], or a load that built them. False for a state decoded
+    /// or copied without them (and for a new state, whose empty indexes a rebuild keeps).
     pub(crate) fn has_indexes(&self) -> bool {
         self.indexed
     }

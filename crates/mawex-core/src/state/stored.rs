@@ -229,7 +229,7 @@ fn shared_handler(name: &str) -> Arc<str> {
 /// In memory, the settings most tasks leave unset (limits, retry policy, start time, dedup
 /// key, sandbox) are one box, absent when all are unset: a retained task pays 8 bytes for
 /// them instead of 96. On disk it is the flat layout of every format since 3 (see
-/// [`TaskSpecFields`]).
+/// `TaskSpecFields`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskSpec {
     /// Its id.
