@@ -49,7 +49,8 @@ pub mod testing;
 pub use engine::PodStats;
 pub use error::CoreError;
 pub use journal::{
-    DroppedRecord, Journal, MemoryJournal, Recovered, Repaired, SledJournal, SnapshotWriter,
+    DroppedRecord, Journal, MemoryJournal, Recovered, Repaired, SledJournal, SledSync,
+    SnapshotWriter,
 };
 pub use runtime::{
     CommittedBatch, CommittedFeed, InFlight, LocalMasterProxy, LocalPodConnector, Master,

@@ -8,10 +8,32 @@ mod tests;
 use tracing::error;
 
 pub use memory::MemoryJournal;
-pub use sled_journal::SledJournal;
+pub use sled_journal::{SledJournal, SledSync};
 
 use crate::error::CoreError;
 use crate::state::{Event, MasterState};
+
+/// Encodes a snapshot of `state` after event `last_seq`, in the format the journals write
+/// (for another store of snapshots, such as the Raft state machine's).
+///
+/// # Errors
+/// [`CoreError::Encode`] if the state does not encode.
+pub fn encode_snapshot(last_seq: u64, state: &MasterState) -> Result<Vec<u8>, CoreError> {
+    crate::codec::encode_snapshot(last_seq, state)
+}
+
+/// Decodes a snapshot of any format this version reads into `(last_seq, state)`, the state's
+/// indexes built.
+///
+/// # Errors
+/// [`CoreError::CorruptSnapshot`] for bytes that are damaged or do not decode.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<(u64, MasterState), CoreError> {
+    let (seq, mut state) = crate::codec::decode_snapshot(bytes)?;
+    if !state.has_indexes() {
+        state.rebuild_indexes();
+    }
+    Ok((seq, state))
+}
 
 /// Records are cut before they grow past this size (an event larger than it gets a record of
 /// its own): sled slows down on larger values and moves them out of its synced log.

@@ -80,10 +80,64 @@ pub struct SledJournal {
     reserve_bytes: u64,
     journal: sled::Tree,
     snapshots: sled::Tree,
+    durability: SledSync,
+}
+
+/// What makes writes to a sled database durable beyond sled's own flush, which neither
+/// flushes the disk's write cache nor syncs the side files sled writes for very large pages
+/// (see [`SledJournal`]): after the flush, `fdatasync` of sled's data file and `fsync` of each
+/// side file not synced yet. Shared with other stores kept in sled (the Raft log).
+#[derive(Debug)]
+pub struct SledSync {
     data_file: std::fs::File,
     blob_dir: PathBuf,
     /// Side files already synced (pruned to those that still exist).
     synced_blobs: HashSet<OsString>,
+}
+
+impl SledSync {
+    /// For the sled database in `dir` (opened already); makes the directory entries of its
+    /// files durable.
+    ///
+    /// # Errors
+    /// The data file cannot be opened, or the directory not synced.
+    pub fn new(dir: &Path) -> Result<Self, CoreError> {
+        let data_path = dir.join(SLED_DATA_FILE);
+        let data_file = std::fs::File::open(&data_path).map_err(|e| {
+            CoreError::Config(format!(
+                "cannot open sled's data file {} to sync it: {e}",
+                data_path.display()
+            ))
+        })?;
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(SledSync {
+            data_file,
+            blob_dir: dir.join(SLED_BLOB_DIR),
+            synced_blobs: HashSet::new(),
+        })
+    }
+
+    /// Another handle, for a second thread (each syncs the side files it sees itself).
+    ///
+    /// # Errors
+    /// The data file cannot be opened again.
+    pub fn try_clone(&self) -> Result<Self, CoreError> {
+        Ok(SledSync {
+            data_file: self.data_file.try_clone()?,
+            blob_dir: self.blob_dir.clone(),
+            synced_blobs: HashSet::new(),
+        })
+    }
+
+    /// Flushes `db` and makes what it wrote durable.
+    ///
+    /// # Errors
+    /// A storage error.
+    pub fn sync(&mut self, db: &sled::Db) -> Result<(), CoreError> {
+        db.flush()?;
+        self.data_file.sync_data()?;
+        self.sync_new_blobs()
+    }
 }
 
 impl SledJournal {
@@ -103,29 +157,18 @@ impl SledJournal {
         let db = open_waiting_for_lock(&config)?;
         let journal = db.open_tree(JOURNAL_TREE)?;
         let snapshots = db.open_tree(SNAPSHOT_TREE)?;
-        let data_path = path.as_ref().join(SLED_DATA_FILE);
-        let data_file = std::fs::File::open(&data_path).map_err(|e| {
-            CoreError::Config(format!(
-                "cannot open sled's data file {} to sync it: {e}",
-                data_path.display()
-            ))
-        })?;
         // What a crash while writing a snapshot left behind.
         match std::fs::remove_file(path.as_ref().join(SNAPSHOT_FILE_TEMP)) {
             Err(e) if e.kind() != ErrorKind::NotFound => return Err(e.into()),
             _ => {}
         }
-        // Make the directory entries of sled's files durable too.
-        std::fs::File::open(path.as_ref())?.sync_all()?;
         let mut journal = SledJournal {
+            durability: SledSync::new(path.as_ref())?,
             db,
             dir: path.as_ref().to_path_buf(),
             reserve_bytes: Self::DEFAULT_FREE_SPACE_RESERVE,
             journal,
             snapshots,
-            data_file,
-            blob_dir: path.as_ref().join(SLED_BLOB_DIR),
-            synced_blobs: HashSet::new(),
         };
         journal.sync()?;
         Ok(journal)
@@ -149,9 +192,7 @@ impl SledJournal {
             reserve_bytes: self.reserve_bytes,
             journal: self.journal.clone(),
             snapshots: self.snapshots.clone(),
-            data_file: self.data_file.try_clone()?,
-            blob_dir: self.blob_dir.clone(),
-            synced_blobs: HashSet::new(),
+            durability: self.durability.try_clone()?,
         })
     }
 
@@ -180,11 +221,11 @@ impl SledJournal {
 
     /// Makes everything written so far durable.
     fn sync(&mut self) -> Result<(), CoreError> {
-        self.db.flush()?;
-        self.data_file.sync_data()?;
-        self.sync_new_blobs()
+        self.durability.sync(&self.db)
     }
+}
 
+impl SledSync {
     fn sync_new_blobs(&mut self) -> Result<(), CoreError> {
         let entries = match std::fs::read_dir(&self.blob_dir) {
             Ok(entries) => entries,
@@ -213,7 +254,9 @@ impl SledJournal {
         self.synced_blobs = present;
         Ok(())
     }
+}
 
+impl SledJournal {
     /// The `(last_seq, chunk count)` of a snapshot an older version kept in the tree, from
     /// its manifest alone.
     fn manifest(&self) -> Result<Option<(u64, u32)>, CoreError> {

@@ -153,7 +153,7 @@ impl MasterState {
     /// estimates (one per group), without the derived indexes: O(1) for the tasks, which are
     /// shared with `self` until either side changes one, so the core thread can hand the
     /// copy to a snapshot writer or the read model without pausing for it.
-    pub(crate) fn durable_copy(&self) -> MasterState {
+    pub fn durable_copy(&self) -> MasterState {
         MasterState {
             tasks: self.tasks.clone(),
             groups: self.groups.clone(),

@@ -136,9 +136,5 @@ pub fn encode_snapshot(last_seq: u64, state: &MasterState) -> Result<Vec<u8>, Co
 /// # Errors
 /// [`CoreError::CorruptSnapshot`] for bytes that do not decode.
 pub fn decode_snapshot(bytes: &[u8]) -> Result<(u64, MasterState), CoreError> {
-    let (seq, mut state) = crate::codec::decode_snapshot(bytes)?;
-    if !state.has_indexes() {
-        state.rebuild_indexes();
-    }
-    Ok((seq, state))
+    crate::journal::decode_snapshot(bytes)
 }

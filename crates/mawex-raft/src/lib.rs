@@ -1,0 +1,56 @@
+//! Replication of the master's journal over [openraft](https://docs.rs/openraft): the pieces a
+//! cluster of masters is built from.
+//!
+//! - [`MasterRaft`]: the Raft types. One Raft entry holds one [`Batch`]: the events of one
+//!   commit of the core loop, so group commit carries over to the replicated log.
+//! - [`SledLogStore`]: the Raft log, vote and committed position in sled, each entry
+//!   checksummed, every append, truncation and purge made durable before it is reported
+//!   done.
+//! - [`MasterStateMachine`]: [`MasterState`](mawex_core::MasterState) as the Raft state
+//!   machine; its snapshots are the master's own snapshot format.
+//!
+//! openraft's own storage test suite runs against the two (`tests/storage_suite.rs`).
+
+mod codec;
+mod error;
+mod log_store;
+mod state_machine;
+
+use std::fmt;
+
+use mawex_core::Event;
+use serde::{Deserialize, Serialize};
+
+pub use error::RaftStoreError;
+pub use log_store::SledLogStore;
+pub use state_machine::MasterStateMachine;
+
+openraft::declare_raft_types!(
+    /// The Raft types of a cluster of masters: node ids are numbers, a node's address is a
+    /// string, an entry's data is a [`Batch`].
+    pub MasterRaft:
+        D = Batch,
+        R = Applied,
+        Node = openraft::BasicNode,
+);
+
+/// The events of one commit of the master's core loop: what one Raft entry carries.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Batch {
+    /// The events, in the order the core applied them.
+    pub events: Vec<Event>,
+}
+
+impl fmt::Display for Batch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a batch of {} events", self.events.len())
+    }
+}
+
+/// What applying an entry answers: how many events the state machine has applied in all (the
+/// master's event sequence number after the entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Applied {
+    /// Events applied, this entry's included.
+    pub events: u64,
+}

@@ -1,0 +1,111 @@
+//! The log store and the state machine with the master's own events: what is appended
+//! survives a reopen, damage is refused by name, and a snapshot carries the whole state.
+
+use mawex_api::{GroupName, TaskSpec, Timestamp};
+use mawex_core::{Event, MasterState};
+use mawex_raft::{Batch, MasterRaft, MasterStateMachine, SledLogStore};
+use openraft::alias::EntryOf;
+use openraft::entry::RaftEntry;
+use openraft::storage::{
+    IOFlushed, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine,
+};
+use openraft::testing::log_id;
+
+fn batch(tasks: usize) -> Batch {
+    let group = GroupName::new("replicated").expect("a valid name");
+    Batch {
+        events: (0..tasks)
+            .map(|_| Event::TaskAccepted {
+                spec: TaskSpec::new(group.clone(), "h", &b"payload"[..]).into(),
+                at: Timestamp(5),
+            })
+            .collect(),
+    }
+}
+
+fn entry(index: u64, tasks: usize) -> EntryOf<MasterRaft> {
+    EntryOf::<MasterRaft>::new_normal(log_id::<MasterRaft>(1, 0, index), batch(tasks))
+}
+
+#[tokio::test]
+async fn appended_entries_and_the_vote_survive_a_reopen() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let written: Vec<_> = (1..=3).map(|i| entry(i, 10)).collect();
+    {
+        let mut store = SledLogStore::open(dir.path()).expect("opens");
+        store
+            .append(written.clone(), IOFlushed::noop())
+            .await
+            .expect("appends");
+        let vote = openraft::impls::Vote::new(2, 0);
+        store.save_vote(&vote).await.expect("saves the vote");
+    }
+    let mut store = SledLogStore::open(dir.path()).expect("reopens");
+    let read = store.try_get_log_entries(0..).await.expect("reads");
+    assert_eq!(read, written);
+    let vote = store.read_vote().await.expect("reads the vote");
+    assert_eq!(vote, Some(openraft::impls::Vote::new(2, 0)));
+    let state = store.get_log_state().await.expect("a log state");
+    assert_eq!(state.last_log_id, Some(written[2].log_id()));
+}
+
+#[tokio::test]
+async fn a_damaged_entry_is_refused_naming_it() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    {
+        let mut store = SledLogStore::open(dir.path()).expect("opens");
+        store
+            .append([entry(1, 1), entry(2, 1)], IOFlushed::noop())
+            .await
+            .expect("appends");
+    }
+    {
+        // Flip a byte of entry 2 behind the store's back.
+        let db = sled::open(dir.path()).expect("sled opens");
+        let log = db.open_tree("raft-log").expect("the log tree");
+        let mut bytes = log
+            .get(2u64.to_be_bytes())
+            .expect("reads")
+            .expect("present")
+            .to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        log.insert(2u64.to_be_bytes(), bytes).expect("writes");
+        db.flush().expect("flushes");
+    }
+    let mut store = SledLogStore::open(dir.path()).expect("reopens");
+    let error = store
+        .try_get_log_entries(0..)
+        .await
+        .expect_err("the damage is seen");
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+    assert!(error.to_string().contains("log entry 2"), "{error}");
+}
+
+#[tokio::test]
+async fn a_snapshot_carries_the_state_to_another_machine() {
+    let mut leader = MasterStateMachine::default();
+    let entries = [entry(1, 5), entry(2, 7)];
+    let stream = futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
+    leader.apply(stream).await.expect("applies");
+    assert_eq!(leader.read(MasterState::len), 12, "every event applied");
+
+    let snapshot = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("a snapshot");
+    assert_eq!(
+        snapshot.meta.last_log_id,
+        Some(log_id::<MasterRaft>(1, 0, 2))
+    );
+    let mut follower = MasterStateMachine::default();
+    follower
+        .install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .await
+        .expect("installs");
+    assert!(leader.read(|l| follower.read(|f| l == f)), "the same state");
+    let (applied, _) = follower.applied_state().await.expect("an applied state");
+    assert_eq!(applied, Some(log_id::<MasterRaft>(1, 0, 2)));
+}
