@@ -4,7 +4,8 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RaftStoreError {
-    /// The storage under the store failed (sled, the file system).
+    /// The storage under the store failed (sled, the file system), or a snapshot of the
+    /// master's state did not encode or decode.
     #[error("raft storage: {0}")]
     Storage(#[from] mawex_core::CoreError),
     /// Bytes read back are not what was written: short, failing their checksum, or not
@@ -35,7 +36,10 @@ impl From<sled::Error> for RaftStoreError {
 impl From<RaftStoreError> for std::io::Error {
     fn from(e: RaftStoreError) -> Self {
         let kind = match e {
-            RaftStoreError::Damaged { .. } => std::io::ErrorKind::InvalidData,
+            RaftStoreError::Damaged { .. }
+            | RaftStoreError::Storage(mawex_core::CoreError::CorruptSnapshot(_)) => {
+                std::io::ErrorKind::InvalidData
+            }
             _ => std::io::ErrorKind::Other,
         };
         std::io::Error::new(kind, e)

@@ -4,7 +4,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use mawex_core::SledSync;
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
@@ -28,17 +28,17 @@ const PURGED_KEY: &[u8] = b"purged";
 /// vote saved, a truncation or purge done, only once it is on disk. Each entry is stored with
 /// a checksum and read back checked: damage is an error naming the entry, never a silently
 /// shorter log. Cloning gives another handle on the same store (the log reader is one).
+///
+/// Reads take no lock (sled's trees are safe to share); writers take turns only for the
+/// sync. The sync runs on the calling task, so it holds a tokio worker for as long as the disk
+/// takes: a flusher thread that syncs once for many appends comes with the master writing
+/// through Raft.
 #[derive(Debug, Clone)]
 pub struct SledLogStore {
-    inner: Arc<Mutex<Inner>>,
-}
-
-#[derive(Debug)]
-struct Inner {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
-    durability: SledSync,
+    durability: Arc<Mutex<SledSync>>,
 }
 
 impl SledLogStore {
@@ -56,51 +56,21 @@ impl SledLogStore {
         let meta = db.open_tree(META_TREE)?;
         let durability = SledSync::new(path.as_ref())?;
         Ok(SledLogStore {
-            inner: Arc::new(Mutex::new(Inner {
-                db,
-                log,
-                meta,
-                durability,
-            })),
+            db,
+            log,
+            meta,
+            durability: Arc::new(Mutex::new(durability)),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while the lock was held left nothing half-written that a sync would make
-        // durable: sled's writes are atomic, so the store is usable as it is.
-        self.inner
+    /// Makes every write so far durable.
+    fn sync(&self) -> Result<(), RaftStoreError> {
+        // A panic during a sync leaves nothing half-done: the next sync covers all of it.
+        let mut durability = self
+            .durability
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
-}
-
-fn key_index(key: &[u8]) -> Result<u64, RaftStoreError> {
-    let bytes: [u8; 8] = key.try_into().map_err(|_| RaftStoreError::Damaged {
-        what: "a log key".into(),
-        reason: format!("{} bytes, not an index", key.len()),
-    })?;
-    Ok(u64::from_be_bytes(bytes))
-}
-
-impl Inner {
-    fn sync(&mut self) -> Result<(), RaftStoreError> {
-        Ok(self.durability.sync(&self.db)?)
-    }
-
-    fn entry(key: &[u8], value: &[u8]) -> Result<EntryOf<MasterRaft>, RaftStoreError> {
-        let index = key_index(key)?;
-        let entry: EntryOf<MasterRaft> = open(value, &|| format!("log entry {index}"))?;
-        if entry.index() != index {
-            return Err(RaftStoreError::Damaged {
-                what: format!("log entry {index}"),
-                reason: format!("it holds entry {}", entry.index()),
-            });
-        }
-        Ok(entry)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok(durability.sync(&self.db)?)
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -131,10 +101,43 @@ impl Inner {
             .range(range)
             .map(|kv| {
                 let (k, v) = kv?;
-                Inner::entry(&k, &v)
+                entry(&k, &v)
             })
             .collect()
     }
+
+    /// Removes the entries whose keys `keys` yields, durably.
+    fn remove(
+        &self,
+        keys: impl Iterator<Item = sled::Result<sled::IVec>>,
+    ) -> Result<(), RaftStoreError> {
+        let mut batch = sled::Batch::default();
+        for key in keys {
+            batch.remove(key?);
+        }
+        self.log.apply_batch(batch)?;
+        self.sync()
+    }
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn entry(key: &[u8], value: &[u8]) -> Result<EntryOf<MasterRaft>, RaftStoreError> {
+    let index: [u8; 8] = key.try_into().map_err(|_| RaftStoreError::Damaged {
+        what: "a log key".into(),
+        reason: format!("{} bytes, not an index", key.len()),
+    })?;
+    let index = u64::from_be_bytes(index);
+    let entry: EntryOf<MasterRaft> = open(value, &|| format!("log entry {index}"))?;
+    if entry.index() != index {
+        return Err(RaftStoreError::Damaged {
+            what: format!("log entry {index}"),
+            reason: format!("it holds entry {}", entry.index()),
+        });
+    }
+    Ok(entry)
 }
 
 impl RaftLogReader<MasterRaft> for SledLogStore {
@@ -142,11 +145,11 @@ impl RaftLogReader<MasterRaft> for SledLogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<EntryOf<MasterRaft>>, io::Error> {
-        Ok(self.lock().entries(range)?)
+        Ok(self.entries(range)?)
     }
 
     async fn read_vote(&mut self) -> Result<Option<VoteOf<MasterRaft>>, io::Error> {
-        Ok(self.lock().read_meta(VOTE_KEY)?)
+        Ok(self.read_meta(VOTE_KEY)?)
     }
 }
 
@@ -154,10 +157,10 @@ impl RaftLogStorage<MasterRaft> for SledLogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<MasterRaft>, io::Error> {
-        let inner = self.lock();
-        let purged: Option<LogIdOf<MasterRaft>> = inner.read_meta(PURGED_KEY)?;
-        let last = match inner.log.last()? {
-            Some((k, v)) => Some(Inner::entry(&k, &v)?.log_id()),
+        let purged: Option<LogIdOf<MasterRaft>> = self.read_meta(PURGED_KEY)?;
+        let last = match self.log.last().map_err(RaftStoreError::from)? {
+            // Entries a crash kept below the purged position do not count.
+            Some((k, v)) => Some(entry(&k, &v)?.log_id()).max(purged),
             None => purged,
         };
         Ok(LogState {
@@ -171,10 +174,9 @@ impl RaftLogStorage<MasterRaft> for SledLogStore {
     }
 
     async fn save_vote(&mut self, vote: &VoteOf<MasterRaft>) -> Result<(), io::Error> {
-        let mut inner = self.lock();
-        inner.write_meta(VOTE_KEY, vote)?;
+        self.write_meta(VOTE_KEY, vote)?;
         // Durable before it returns: a vote forgotten in a crash could be cast twice.
-        inner.sync()?;
+        self.sync()?;
         Ok(())
     }
 
@@ -184,12 +186,11 @@ impl RaftLogStorage<MasterRaft> for SledLogStore {
     ) -> Result<(), io::Error> {
         // Not synced on its own: a committed position lost to a crash is learnt again from
         // the leader, and the next append syncs it.
-        Ok(self.lock().write_meta(COMMITTED_KEY, &committed)?)
+        Ok(self.write_meta(COMMITTED_KEY, &committed)?)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<MasterRaft>>, io::Error> {
-        let committed: Option<Option<LogIdOf<MasterRaft>>> =
-            self.lock().read_meta(COMMITTED_KEY)?;
+        let committed: Option<Option<LogIdOf<MasterRaft>>> = self.read_meta(COMMITTED_KEY)?;
         Ok(committed.flatten())
     }
 
@@ -202,17 +203,23 @@ impl RaftLogStorage<MasterRaft> for SledLogStore {
         I: IntoIterator<Item = EntryOf<MasterRaft>> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
-        let mut inner = self.lock();
         let mut batch = sled::Batch::default();
+        let mut sealed = Ok(());
         for entry in entries {
             let index = entry.index();
-            let bytes = seal(&entry, &|| format!("log entry {index}"))?;
-            batch.insert(&index_key(index), bytes);
+            match seal(&entry, &|| format!("log entry {index}")) {
+                Ok(bytes) => batch.insert(&index_key(index), bytes),
+                Err(e) => {
+                    sealed = Err(e);
+                    break;
+                }
+            }
         }
-        inner.log.apply_batch(batch).map_err(RaftStoreError::from)?;
-        let synced = inner.sync();
-        drop(inner);
-        match synced {
+        let written = sealed
+            .and_then(|()| Ok(self.log.apply_batch(batch)?))
+            .and_then(|()| self.sync());
+        // The callback hears the outcome either way, as the caller does.
+        match written {
             Ok(()) => {
                 callback.io_completed(Ok(()));
                 Ok(())
@@ -229,28 +236,18 @@ impl RaftLogStorage<MasterRaft> for SledLogStore {
         &mut self,
         last_log_id: Option<LogIdOf<MasterRaft>>,
     ) -> Result<(), io::Error> {
-        let mut inner = self.lock();
         let start = last_log_id.map_or(0, |id| id.index().saturating_add(1));
-        let mut batch = sled::Batch::default();
-        for key in inner.log.range(index_key(start)..).keys() {
-            batch.remove(key.map_err(RaftStoreError::from)?);
-        }
-        inner.log.apply_batch(batch).map_err(RaftStoreError::from)?;
-        inner.sync()?;
-        Ok(())
+        Ok(self.remove(self.log.range(index_key(start)..).keys())?)
     }
 
     async fn purge(&mut self, log_id: LogIdOf<MasterRaft>) -> Result<(), io::Error> {
-        let mut inner = self.lock();
+        let purged: Option<LogIdOf<MasterRaft>> = self.read_meta(PURGED_KEY)?;
+        if purged >= Some(log_id) {
+            return Ok(()); // Purged that far already: a purge never moves back.
+        }
         // The purged position first: entries gone without it would read as a log that starts
         // later than it does.
-        inner.write_meta(PURGED_KEY, &log_id)?;
-        let mut batch = sled::Batch::default();
-        for key in inner.log.range(..=index_key(log_id.index())).keys() {
-            batch.remove(key.map_err(RaftStoreError::from)?);
-        }
-        inner.log.apply_batch(batch).map_err(RaftStoreError::from)?;
-        inner.sync()?;
-        Ok(())
+        self.write_meta(PURGED_KEY, &log_id)?;
+        Ok(self.remove(self.log.range(..=index_key(log_id.index())).keys())?)
     }
 }

@@ -1,6 +1,7 @@
 //! `MasterState` as the Raft state machine.
 
-use std::io;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::{Stream, TryStreamExt};
@@ -9,41 +10,93 @@ use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::EntryPayload;
 
+use crate::codec::{open, seal};
 use crate::{Applied, MasterRaft, RaftStoreError};
+
+/// The snapshot file in the machine's directory, and the file it is written to first.
+const SNAPSHOT_FILE: &str = "raft-snapshot";
+const SNAPSHOT_TEMP: &str = "raft-snapshot.tmp";
 
 /// The master's state, fed committed entries in log order.
 ///
-/// A snapshot is the master's own snapshot format (`mawex_core::journal::encode_snapshot`),
-/// built from an O(1) copy of the state (`MasterState::durable_copy`), so building one never
-/// holds up applying. Cloning gives another handle on the same machine (its snapshot builder
-/// is one).
-#[derive(Debug, Clone, Default)]
+/// The state lives in memory; its latest snapshot lives on disk, so that a restarted master
+/// starts from it and the log replays only what came after (the log before it may be
+/// purged). A snapshot is the master's own snapshot format (`mawex_core::journal::
+/// encode_snapshot`) after a checksummed header with the Raft metadata, built from an O(1)
+/// copy of the state (`MasterState::durable_copy`), so that building one never holds up
+/// applying. Cloning gives another handle on the same machine (its snapshot builder is one).
+#[derive(Debug, Clone)]
 pub struct MasterStateMachine {
     inner: Arc<Mutex<Machine>>,
+    /// The directory of the snapshot file, and the metadata of the snapshot in it: held
+    /// while a snapshot is written, so that an older one never replaces a newer.
+    snapshots: Arc<Mutex<Snapshots>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Machine {
     state: MasterState,
     /// Events applied in all: the master's sequence number of the last one.
     events: u64,
     last_applied: Option<LogIdOf<MasterRaft>>,
     membership: StoredMembershipOf<MasterRaft>,
-    current: Option<Stored>,
 }
 
-/// The latest snapshot, built or installed.
-#[derive(Debug, Clone)]
-struct Stored {
-    meta: SnapshotMetaOf<MasterRaft>,
-    data: Vec<u8>,
+#[derive(Debug)]
+struct Snapshots {
+    dir: PathBuf,
+    stored: Option<SnapshotMetaOf<MasterRaft>>,
 }
 
 impl MasterStateMachine {
+    /// The machine whose snapshots live in directory `dir` (created if missing), as the
+    /// latest of them left it, or empty without one.
+    ///
+    /// # Errors
+    /// The directory cannot be read or written, or its snapshot is damaged.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, RaftStoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(storage)?;
+        match std::fs::remove_file(dir.join(SNAPSHOT_TEMP)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(storage(e)),
+            _ => {} // What a crash while writing a snapshot left behind, if anything.
+        }
+        let mut machine = Machine {
+            state: MasterState::new(),
+            events: 0,
+            last_applied: None,
+            membership: StoredMembershipOf::<MasterRaft>::default(),
+        };
+        let stored = match read_snapshot_file(&dir)? {
+            Some((meta, data)) => {
+                let (events, state) = mawex_core::journal::decode_snapshot(&data)?;
+                machine = Machine {
+                    state,
+                    events,
+                    last_applied: meta.last_log_id,
+                    membership: meta.last_membership.clone(),
+                };
+                Some(meta)
+            }
+            None => None,
+        };
+        Ok(MasterStateMachine {
+            inner: Arc::new(Mutex::new(machine)),
+            snapshots: Arc::new(Mutex::new(Snapshots { dir, stored })),
+        })
+    }
+
     fn lock(&self) -> MutexGuard<'_, Machine> {
-        // Applying is all or nothing per event, and `apply` is total: a state a panic left
-        // behind is still one the log produced.
+        // Each entry is applied whole before `last_applied` names it, and `apply` is total:
+        // a state a panic left behind is still one a prefix of the log produced.
         self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn snapshots(&self) -> MutexGuard<'_, Snapshots> {
+        // The file is replaced whole or not at all: nothing half-written to recover from.
+        self.snapshots
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -52,6 +105,67 @@ impl MasterStateMachine {
     pub fn read<T>(&self, read: impl FnOnce(&MasterState) -> T) -> T {
         read(&self.lock().state)
     }
+}
+
+fn storage(e: io::Error) -> RaftStoreError {
+    RaftStoreError::Storage(e.into())
+}
+
+/// A snapshot as its file holds it: the Raft metadata and the master's snapshot.
+type SnapshotFile = (SnapshotMetaOf<MasterRaft>, Vec<u8>);
+
+/// The snapshot file: `[u32 LE length][the sealed metadata][the master's snapshot]`.
+fn read_snapshot_file(dir: &Path) -> Result<Option<SnapshotFile>, RaftStoreError> {
+    let bytes = match std::fs::read(dir.join(SNAPSHOT_FILE)) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(storage(e)),
+    };
+    let damaged = |reason: String| RaftStoreError::Damaged {
+        what: "the Raft snapshot".into(),
+        reason,
+    };
+    let Some((len, rest)) = bytes.split_first_chunk::<4>() else {
+        return Err(damaged("shorter than its header".into()));
+    };
+    let len = usize::try_from(u32::from_le_bytes(*len)).map_err(|e| damaged(e.to_string()))?;
+    if len > rest.len() {
+        return Err(damaged(format!(
+            "its metadata is {len} bytes, more than the {} left",
+            rest.len()
+        )));
+    }
+    let (meta, data) = rest.split_at(len);
+    let meta = open(meta, &|| "the Raft snapshot's metadata".to_owned())?;
+    Ok(Some((meta, data.to_vec())))
+}
+
+/// Replaces the snapshot file with `meta` and `data`: written to a temporary file, synced,
+/// renamed into place, the directory synced.
+fn write_snapshot_file(
+    dir: &Path,
+    meta: &SnapshotMetaOf<MasterRaft>,
+    data: &[u8],
+) -> Result<(), RaftStoreError> {
+    let meta = seal(meta, &|| "the Raft snapshot's metadata".to_owned())?;
+    let len = u32::try_from(meta.len()).map_err(|e| RaftStoreError::Encode {
+        what: "the Raft snapshot's metadata".into(),
+        reason: e.to_string(),
+    })?;
+    let temp = dir.join(SNAPSHOT_TEMP);
+    let written = (|| {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(&len.to_le_bytes())?;
+        file.write_all(&meta)?;
+        file.write_all(data)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, dir.join(SNAPSHOT_FILE))?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written.map_err(storage)
 }
 
 impl RaftSnapshotBuilder<MasterRaft> for MasterStateMachine {
@@ -69,10 +183,16 @@ impl RaftSnapshotBuilder<MasterRaft> for MasterStateMachine {
         // Encoded without the lock: entries go on being applied meanwhile.
         let data =
             mawex_core::journal::encode_snapshot(events, &state).map_err(RaftStoreError::from)?;
-        self.lock().current = Some(Stored {
-            meta: meta.clone(),
-            data: data.clone(),
-        });
+        let mut snapshots = self.snapshots();
+        // A snapshot installed meanwhile may be newer than this one: it stays.
+        let newer_stored = snapshots
+            .stored
+            .as_ref()
+            .is_some_and(|stored| stored.last_log_id > meta.last_log_id);
+        if !newer_stored {
+            write_snapshot_file(&snapshots.dir, &meta, &data)?;
+            snapshots.stored = Some(meta.clone());
+        }
         Ok(SnapshotOf::<MasterRaft, Vec<u8>> {
             meta,
             snapshot: data,
@@ -100,7 +220,6 @@ impl RaftStateMachine<MasterRaft> for MasterStateMachine {
         while let Some((entry, responder)) = entries.try_next().await? {
             let applied = {
                 let mut machine = self.lock();
-                machine.last_applied = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => {}
                     EntryPayload::Normal(batch) => {
@@ -115,6 +234,7 @@ impl RaftStateMachine<MasterRaft> for MasterStateMachine {
                             StoredMembershipOf::<MasterRaft>::new(Some(entry.log_id), membership);
                     }
                 }
+                machine.last_applied = Some(entry.log_id);
                 Applied {
                     events: machine.events,
                 }
@@ -137,28 +257,29 @@ impl RaftStateMachine<MasterRaft> for MasterStateMachine {
     ) -> Result<(), io::Error> {
         let (events, state) =
             mawex_core::journal::decode_snapshot(&snapshot).map_err(RaftStoreError::from)?;
+        // Durable before the state moves to it: a restart must not find the log purged
+        // past a snapshot it never kept.
+        let mut snapshots = self.snapshots();
+        write_snapshot_file(&snapshots.dir, meta, &snapshot)?;
+        snapshots.stored = Some(meta.clone());
         let mut machine = self.lock();
         machine.state = state;
         machine.events = events;
         machine.last_applied = meta.last_log_id;
         machine.membership = meta.last_membership.clone();
-        machine.current = Some(Stored {
-            meta: meta.clone(),
-            data: snapshot,
-        });
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<SnapshotOf<MasterRaft, Vec<u8>>>, io::Error> {
-        Ok(self
-            .lock()
-            .current
-            .clone()
-            .map(|stored| SnapshotOf::<MasterRaft, Vec<u8>> {
-                meta: stored.meta,
-                snapshot: stored.data,
-            }))
+        let snapshots = self.snapshots();
+        let Some((meta, data)) = read_snapshot_file(&snapshots.dir)? else {
+            return Ok(None);
+        };
+        Ok(Some(SnapshotOf::<MasterRaft, Vec<u8>> {
+            meta,
+            snapshot: data,
+        }))
     }
 }

@@ -13,8 +13,10 @@ impl StoreBuilder<MasterRaft, SledLogStore, MasterStateMachine, tempfile::TempDi
     ) -> Result<(tempfile::TempDir, SledLogStore, MasterStateMachine), StorageError<MasterRaft>>
     {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let store = SledLogStore::open(dir.path()).expect("the store opens");
-        Ok((dir, store, MasterStateMachine::default()))
+        let store = SledLogStore::open(dir.path().join("log")).expect("the store opens");
+        let machine =
+            MasterStateMachine::open(dir.path().join("machine")).expect("the machine opens");
+        Ok((dir, store, machine))
     }
 }
 

@@ -83,8 +83,12 @@ async fn a_damaged_entry_is_refused_naming_it() {
 }
 
 #[tokio::test]
-async fn a_snapshot_carries_the_state_to_another_machine() {
-    let mut leader = MasterStateMachine::default();
+async fn a_snapshot_carries_the_state_to_another_machine_and_across_a_restart() {
+    let dirs = (
+        tempfile::tempdir().expect("a temporary directory"),
+        tempfile::tempdir().expect("a temporary directory"),
+    );
+    let mut leader = MasterStateMachine::open(dirs.0.path()).expect("opens");
     let entries = [entry(1, 5), entry(2, 7)];
     let stream = futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
     leader.apply(stream).await.expect("applies");
@@ -96,16 +100,48 @@ async fn a_snapshot_carries_the_state_to_another_machine() {
         .build_snapshot()
         .await
         .expect("a snapshot");
-    assert_eq!(
-        snapshot.meta.last_log_id,
-        Some(log_id::<MasterRaft>(1, 0, 2))
-    );
-    let mut follower = MasterStateMachine::default();
+    let at = Some(log_id::<MasterRaft>(1, 0, 2));
+    assert_eq!(snapshot.meta.last_log_id, at);
+    let mut follower = MasterStateMachine::open(dirs.1.path()).expect("opens");
     follower
         .install_snapshot(&snapshot.meta, snapshot.snapshot)
         .await
         .expect("installs");
     assert!(leader.read(|l| follower.read(|f| l == f)), "the same state");
     let (applied, _) = follower.applied_state().await.expect("an applied state");
-    assert_eq!(applied, Some(log_id::<MasterRaft>(1, 0, 2)));
+    assert_eq!(applied, at);
+
+    // Both start again from their snapshots: the log before them may be gone.
+    for (dir, before) in [(&dirs.0, &leader), (&dirs.1, &follower)] {
+        let mut again = MasterStateMachine::open(dir.path()).expect("reopens");
+        let (applied, _) = again.applied_state().await.expect("an applied state");
+        assert_eq!(applied, at);
+        assert!(before.read(|b| again.read(|a| a == b)), "the state it had");
+        let current = again.get_current_snapshot().await.expect("reads");
+        assert_eq!(current.map(|c| c.meta.last_log_id), Some(at));
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_snapshot_is_refused_at_open() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut machine = MasterStateMachine::open(dir.path()).expect("opens");
+    let stream = futures::stream::iter([Ok((entry(1, 3), None))]);
+    machine.apply(stream).await.expect("applies");
+    machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("a snapshot");
+    let path = dir.path().join("raft-snapshot");
+    let mut bytes = std::fs::read(&path).expect("the file");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&path, bytes).expect("writes");
+    let error = MasterStateMachine::open(dir.path()).expect_err("refused");
+    assert!(
+        std::io::Error::from(error).kind() == std::io::ErrorKind::InvalidData,
+        "a damaged snapshot reads as invalid data"
+    );
 }

@@ -236,22 +236,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn runs_hold_the_multiset_a_map_of_counts_would() {
-        // A small xorshift: the same sequence every run, many collisions in a small range.
-        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut next = move || {
+    /// A small xorshift: the same sequence every run.
+    fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
             seed
-        };
+        }
+    }
+
+    #[test]
+    fn runs_hold_the_multiset_a_map_of_counts_would() {
+        // Many collisions in a small range.
+        let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
         let mut runs = Runs::default();
         let mut model: BTreeMap<u64, u32> = BTreeMap::new();
         for step in 0..20_000 {
             let r = next();
             let round = r % 40;
-            if r % 3 == 0 {
+            if r.is_multiple_of(3) {
                 runs.remove(round);
                 if let Some(n) = model.get_mut(&round) {
                     *n -= 1;
@@ -272,13 +276,7 @@ mod tests {
 
     #[test]
     fn a_range_adds_what_its_rounds_one_by_one_would() {
-        let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x2545_F491_4F6C_DD1D);
         let (mut ranged, mut single) = (Runs::default(), Runs::default());
         for _ in 0..2_000 {
             let first = next() % 200;
