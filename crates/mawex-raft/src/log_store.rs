@@ -4,7 +4,8 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use mawex_core::SledSync;
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
@@ -29,16 +30,114 @@ const PURGED_KEY: &[u8] = b"purged";
 /// a checksum and read back checked: damage is an error naming the entry, never a silently
 /// shorter log. Cloning gives another handle on the same store (the log reader is one).
 ///
-/// Reads take no lock (sled's trees are safe to share); writers take turns only for the
-/// sync. The sync runs on the calling task, so it holds a tokio worker for as long as the disk
-/// takes: a flusher thread that syncs once for many appends comes with the master writing
-/// through Raft.
+/// Reads take no lock (sled's trees are safe to share). An append writes its entries and
+/// returns; a `mawex-raft-flush` thread syncs and then tells openraft, one sync for every
+/// append that came before it (group commit, as the journal's). A vote, a truncation and a
+/// purge sync before they return. A failed sync fails every append waiting on it and every
+/// one after: the store stops, as the journal does.
 #[derive(Debug, Clone)]
 pub struct SledLogStore {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
     durability: Arc<Mutex<SledSync>>,
+    flusher: Arc<FlusherHandle>,
+}
+
+/// The appends waiting for a sync, shared with the flush thread.
+#[derive(Debug, Default)]
+struct Flushes {
+    queue: Mutex<FlushQueue>,
+    wake: Condvar,
+    /// Syncs the thread ran (for tests: one covers many appends).
+    syncs: AtomicU64,
+}
+
+#[derive(Default)]
+struct FlushQueue {
+    waiting: Vec<IOFlushed<MasterRaft>>,
+    /// Why a sync failed, once one has: every later append fails too.
+    failed: Option<String>,
+    closed: bool,
+}
+
+impl std::fmt::Debug for FlushQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlushQueue")
+            .field("waiting", &self.waiting.len())
+            .field("failed", &self.failed)
+            .field("closed", &self.closed)
+            .finish()
+    }
+}
+
+/// Stops the flush thread (after it has synced what waits) when the last handle goes.
+#[derive(Debug)]
+struct FlusherHandle {
+    flushes: Arc<Flushes>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for FlusherHandle {
+    fn drop(&mut self) {
+        lock(&self.flushes.queue).closed = true;
+        self.flushes.wake.notify_all();
+        let thread = self
+            .thread
+            .get_mut()
+            .map_or_else(|poisoned| poisoned.into_inner().take(), Option::take);
+        if let Some(thread) = thread {
+            // The thread holds the database: joined, so that the directory can be opened
+            // again as soon as the store is gone.
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A lock a panic left behind is still usable: every value under these locks is whole
+/// between two statements.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn flush_thread(db: sled::Db, durability: Arc<Mutex<SledSync>>, flushes: Arc<Flushes>) {
+    loop {
+        let waiting = {
+            let mut queue = lock(&flushes.queue);
+            while queue.waiting.is_empty() && !queue.closed {
+                queue = flushes
+                    .wake
+                    .wait(queue)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            if queue.waiting.is_empty() {
+                return; // Closed, and nothing left to sync.
+            }
+            std::mem::take(&mut queue.waiting)
+        };
+        // Every append in `waiting` wrote its entries before it was queued: this sync
+        // covers them all.
+        let synced = lock(&durability).sync(&db);
+        flushes.syncs.fetch_add(1, Ordering::Relaxed);
+        let failure = synced.as_ref().err().map(ToString::to_string);
+        for callback in waiting {
+            callback.io_completed(match &failure {
+                None => Ok(()),
+                Some(e) => Err(io::Error::other(e.clone())),
+            });
+        }
+        if let Some(e) = failure {
+            tracing::error!(error = %e, "the Raft log could not be synced; the store stops");
+            let mut queue = lock(&flushes.queue);
+            queue.failed = Some(e);
+            // Appends queued while the sync failed hear it too.
+            for callback in std::mem::take(&mut queue.waiting) {
+                callback.io_completed(Err(io::Error::other("the Raft log could not be synced")));
+            }
+        }
+    }
 }
 
 impl SledLogStore {
@@ -54,25 +153,54 @@ impl SledLogStore {
             .open()?;
         let log = db.open_tree(LOG_TREE)?;
         let meta = db.open_tree(META_TREE)?;
-        let durability = SledSync::new(path.as_ref())?;
+        let durability = Arc::new(Mutex::new(SledSync::new(path.as_ref())?));
+        let flushes = Arc::new(Flushes::default());
+        let thread = {
+            let (db, durability, flushes) = (db.clone(), durability.clone(), flushes.clone());
+            std::thread::Builder::new()
+                .name("mawex-raft-flush".into())
+                .spawn(move || flush_thread(db, durability, flushes))
+                .map_err(|e| RaftStoreError::Storage(e.into()))?
+        };
         Ok(SledLogStore {
             db,
             log,
             meta,
-            durability: Arc::new(Mutex::new(durability)),
+            durability,
+            flusher: Arc::new(FlusherHandle {
+                flushes,
+                thread: Mutex::new(Some(thread)),
+            }),
         })
     }
 
-    /// Makes every write so far durable.
+    /// Makes every write so far durable, now.
     fn sync(&self) -> Result<(), RaftStoreError> {
-        // A panic during a sync leaves nothing half-done: the next sync covers all of it.
-        let mut durability = self
-            .durability
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        Ok(durability.sync(&self.db)?)
+        if let Some(e) = &lock(&self.flusher.flushes.queue).failed {
+            return Err(RaftStoreError::Storage(io::Error::other(e.clone()).into()));
+        }
+        Ok(lock(&self.durability).sync(&self.db)?)
     }
 
+    /// Syncs the flush thread ran so far.
+    #[doc(hidden)]
+    pub fn syncs_for_appends(&self) -> u64 {
+        self.flusher.flushes.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Holds every sync back until the value is dropped (for tests of the flush thread).
+    #[doc(hidden)]
+    pub fn hold_syncs(&self) -> SyncsHeld<'_> {
+        SyncsHeld(lock(&self.durability))
+    }
+}
+
+/// Syncs held back (see [`SledLogStore::hold_syncs`]).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct SyncsHeld<'a>(#[allow(dead_code)] MutexGuard<'a, SledSync>);
+
+impl SledLogStore {
     fn read_meta<T: serde::de::DeserializeOwned>(
         &self,
         key: &[u8],
@@ -215,16 +343,24 @@ impl RaftLogStorage<MasterRaft> for SledLogStore {
                 }
             }
         }
-        let written = sealed
-            .and_then(|()| Ok(self.log.apply_batch(batch)?))
-            .and_then(|()| self.sync());
-        // The callback hears the outcome either way, as the caller does.
+        let written = sealed.and_then(|()| Ok(self.log.apply_batch(batch)?));
+        let flushes = &self.flusher.flushes;
+        let mut queue = lock(&flushes.queue);
+        let written = match (&queue.failed, written) {
+            (Some(e), _) => Err(RaftStoreError::Storage(io::Error::other(e.clone()).into())),
+            (None, written) => written,
+        };
         match written {
             Ok(()) => {
-                callback.io_completed(Ok(()));
+                // Readable now; flushed once the thread has synced.
+                queue.waiting.push(callback);
+                drop(queue);
+                flushes.wake.notify_one();
                 Ok(())
             }
             Err(e) => {
+                drop(queue);
+                // The callback hears the outcome too, as the caller does.
                 let e = io::Error::from(e);
                 callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
                 Err(e)

@@ -10,6 +10,7 @@ use openraft::storage::{
     IOFlushed, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine,
 };
 use openraft::testing::log_id;
+use openraft::type_config::TypeConfigExt;
 
 fn batch(tasks: usize) -> Batch {
     let group = GroupName::new("replicated").expect("a valid name");
@@ -143,5 +144,43 @@ async fn a_damaged_snapshot_is_refused_at_open() {
     assert!(
         std::io::Error::from(error).kind() == std::io::ErrorKind::InvalidData,
         "a damaged snapshot reads as invalid data"
+    );
+}
+
+/// An append returns once its entries are written; openraft hears it is flushed only after a
+/// sync, and one sync covers every append that waited for it.
+#[tokio::test]
+async fn appends_wait_for_one_sync_together() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut store = SledLogStore::open(dir.path()).expect("opens");
+    let mut flushed = Vec::new();
+    {
+        let held = store.clone();
+        let _held = held.hold_syncs();
+        for index in 1..=100 {
+            let (tx, rx) = MasterRaft::oneshot();
+            store
+                .append([entry(index, 1)], IOFlushed::signal(tx))
+                .await
+                .expect("appends without waiting for the disk");
+            flushed.push(rx);
+        }
+        let readable = store.try_get_log_entries(1..=100).await.expect("reads");
+        assert_eq!(readable.len(), 100, "written entries are readable at once");
+        for rx in &mut flushed {
+            assert!(rx.try_recv().is_err(), "reported flushed before any sync");
+        }
+    }
+    for rx in flushed {
+        let result = tokio::time::timeout(std::time::Duration::from_secs(30), rx)
+            .await
+            .expect("flushed within the deadline")
+            .expect("the callback was called");
+        assert!(result.is_ok(), "{result:?}");
+    }
+    assert!(
+        store.syncs_for_appends() <= 2,
+        "{} syncs for 100 appends",
+        store.syncs_for_appends()
     );
 }
