@@ -1,0 +1,157 @@
+//! A one-node cluster on the store and the state machine, run by openraft itself: it elects
+//! itself, commits batches of the master's events, applies them, and after a restart of the
+//! node comes back with every committed event applied once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mawex_api::{GroupName, TaskSpec, Timestamp};
+use mawex_core::{Event, MasterState};
+use mawex_raft::{Applied, Batch, MasterRaft, MasterStateMachine, SledLogStore};
+use openraft::alias::{SnapshotOf, VoteOf};
+use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::storage::RaftLogStorage;
+use openraft::{BasicNode, Config, Raft, ServerState};
+
+/// A cluster of one has no one to call.
+struct NoPeers;
+struct NoPeer;
+
+impl RaftNetworkFactory<MasterRaft> for NoPeers {
+    type Network = NoPeer;
+    async fn new_client(&mut self, _target: u64, _node: &BasicNode) -> NoPeer {
+        NoPeer
+    }
+}
+
+fn unreachable() -> Unreachable<MasterRaft> {
+    Unreachable::from_string("a one-node cluster has no peers")
+}
+
+impl RaftNetworkV2<MasterRaft> for NoPeer {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        _rpc: AppendEntriesRequest<MasterRaft>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<MasterRaft>, RPCError<MasterRaft>> {
+        Err(RPCError::Unreachable(unreachable()))
+    }
+
+    async fn vote(
+        &mut self,
+        _rpc: VoteRequest<MasterRaft>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<MasterRaft>, RPCError<MasterRaft>> {
+        Err(RPCError::Unreachable(unreachable()))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        _vote: VoteOf<MasterRaft>,
+        _snapshot: SnapshotOf<MasterRaft, Vec<u8>>,
+        _cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<MasterRaft>, StreamingError<MasterRaft>> {
+        Err(StreamingError::Unreachable(unreachable()))
+    }
+}
+
+const DEADLINE: Option<Duration> = Some(Duration::from_secs(30));
+
+async fn start(
+    dir: &std::path::Path,
+) -> (
+    Raft<MasterRaft, MasterStateMachine>,
+    MasterStateMachine,
+    SledLogStore,
+) {
+    let config = Config {
+        // Snapshots (and purges) often enough that the restart below crosses one.
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20),
+        max_in_snapshot_log_to_keep: 0,
+        ..Config::default()
+    };
+    let config = Arc::new(config.validate().expect("a valid config"));
+    let store = SledLogStore::open(dir.join("log")).expect("the log opens");
+    let machine = MasterStateMachine::open(dir.join("machine")).expect("the machine opens");
+    let raft = Raft::new(1, config, NoPeers, store.clone(), machine.clone())
+        .await
+        .expect("the node starts");
+    (raft, machine, store)
+}
+
+fn batch(group: &GroupName, tasks: usize) -> Batch {
+    Batch {
+        events: (0..tasks)
+            .map(|_| Event::TaskAccepted {
+                spec: TaskSpec::new(group.clone(), "h", &b"payload"[..]).into(),
+                at: Timestamp(5),
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_node_cluster_commits_applies_and_comes_back_after_a_restart() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let group = GroupName::new("replicated").expect("a valid name");
+    let mut expected = MasterState::new();
+    {
+        let (raft, machine, mut store) = start(dir.path()).await;
+        let members = BTreeMap::from([(1, BasicNode::new("127.0.0.1:0"))]);
+        raft.initialize(members).await.expect("initialises");
+        raft.wait(DEADLINE)
+            .state(ServerState::Leader, "the one node leads")
+            .await
+            .expect("a leader");
+        let mut events = 0;
+        for _ in 0..50 {
+            let batch = batch(&group, 10);
+            batch.events.iter().for_each(|e| expected.apply(e));
+            events += 10;
+            let written = raft.client_write(batch).await.expect("committed");
+            assert_eq!(written.data, Applied { events }, "each batch applied once");
+        }
+        assert!(
+            machine.read(|state| *state == expected),
+            "the state of the events"
+        );
+        raft.shutdown().await.expect("shuts down");
+        let log = store.get_log_state().await.expect("a log state");
+        assert!(
+            log.last_purged_log_id.is_some(),
+            "the log was purged behind a snapshot, so the restart starts from one"
+        );
+    }
+    // Restarted on the same directories: the snapshot and the log after it give the same
+    // state again, and the node goes on committing.
+    let (raft, machine, _store) = start(dir.path()).await;
+    raft.wait(DEADLINE)
+        .state(ServerState::Leader, "the one node leads again")
+        .await
+        .expect("a leader");
+    raft.wait(DEADLINE)
+        .applied_index_at_least(Some(50), "the committed entries applied again")
+        .await
+        .expect("applied");
+    assert!(
+        machine.read(|state| *state == expected),
+        "the same state after the restart"
+    );
+    let batch = batch(&group, 1);
+    batch.events.iter().for_each(|e| expected.apply(e));
+    let written = raft
+        .client_write(batch)
+        .await
+        .expect("committed after the restart");
+    assert_eq!(written.data, Applied { events: 501 });
+    assert!(machine.read(|state| *state == expected));
+    raft.shutdown().await.expect("shuts down");
+}
