@@ -6,6 +6,8 @@
 mod backlog;
 #[path = "bench/pods.rs"]
 mod pods;
+#[path = "bench/raft.rs"]
+mod raft;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +27,8 @@ struct Args {
     /// `sandbox` (per-task overhead of each sandbox against a bare spawn), `broadcast`, or
     /// `backlog` (`--tasks` pending with no pod: memory, journal, snapshot pause, list,
     /// restart after kill -9), or `pods` (`--pods` one-slot pods over gRPC: the idle
-    /// master's CPU, then throughput).
+    /// master's CPU, then throughput), or `raft` (batches of events through a one-node
+    /// openraft cluster on the Raft log store: throughput and syncs a batch).
     #[arg(long, default_value = "local")]
     scenario: String,
     /// Tasks in the throughput phase.
@@ -499,9 +502,10 @@ async fn bench() -> anyhow::Result<()> {
         "broadcast" => broadcast(&args).await?,
         "backlog" => backlog::backlog(args.tasks).await?,
         "pods" => pods::pods(args.pods, args.tasks, args.batch).await?,
+        "raft" => raft::raft(args.tasks).await?,
         other => anyhow::bail!(
             "unknown scenario {other:?}; known: local, grpc, fair, sandbox, broadcast, \
-             backlog, pods"
+             backlog, pods, raft"
         ),
     };
     println!("{line}");

@@ -8,12 +8,14 @@
 //!   done.
 //! - [`MasterStateMachine`]: [`MasterState`](mawex_core::MasterState) as the Raft state
 //!   machine; its snapshots are the master's own snapshot format.
+//! - [`SingleNode`]: the network of a cluster of one (the embedded default).
 //!
 //! openraft's own storage test suite runs against the two (`tests/storage_suite.rs`).
 
 mod codec;
 mod error;
 mod log_store;
+mod single_node;
 mod state_machine;
 
 use std::fmt;
@@ -22,7 +24,8 @@ use mawex_core::Event;
 use serde::{Deserialize, Serialize};
 
 pub use error::RaftStoreError;
-pub use log_store::SledLogStore;
+pub use log_store::{SledLogStore, SyncsHeld};
+pub use single_node::{NoPeer, SingleNode};
 pub use state_machine::MasterStateMachine;
 
 openraft::declare_raft_types!(

@@ -8,60 +8,9 @@ use std::time::Duration;
 
 use mawex_api::{GroupName, TaskSpec, Timestamp};
 use mawex_core::{Event, MasterState};
-use mawex_raft::{Applied, Batch, MasterRaft, MasterStateMachine, SledLogStore};
-use openraft::alias::{SnapshotOf, VoteOf};
-use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
-use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
-};
+use mawex_raft::{Applied, Batch, MasterRaft, MasterStateMachine, SingleNode, SledLogStore};
 use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Config, Raft, ServerState};
-
-/// A cluster of one has no one to call.
-struct NoPeers;
-struct NoPeer;
-
-impl RaftNetworkFactory<MasterRaft> for NoPeers {
-    type Network = NoPeer;
-    async fn new_client(&mut self, _target: u64, _node: &BasicNode) -> NoPeer {
-        NoPeer
-    }
-}
-
-fn unreachable() -> Unreachable<MasterRaft> {
-    Unreachable::from_string("a one-node cluster has no peers")
-}
-
-impl RaftNetworkV2<MasterRaft> for NoPeer {
-    type SnapshotData = Vec<u8>;
-
-    async fn append_entries(
-        &mut self,
-        _rpc: AppendEntriesRequest<MasterRaft>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<MasterRaft>, RPCError<MasterRaft>> {
-        Err(RPCError::Unreachable(unreachable()))
-    }
-
-    async fn vote(
-        &mut self,
-        _rpc: VoteRequest<MasterRaft>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<MasterRaft>, RPCError<MasterRaft>> {
-        Err(RPCError::Unreachable(unreachable()))
-    }
-
-    async fn full_snapshot(
-        &mut self,
-        _vote: VoteOf<MasterRaft>,
-        _snapshot: SnapshotOf<MasterRaft, Vec<u8>>,
-        _cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
-        _option: RPCOption,
-    ) -> Result<SnapshotResponse<MasterRaft>, StreamingError<MasterRaft>> {
-        Err(StreamingError::Unreachable(unreachable()))
-    }
-}
 
 const DEADLINE: Option<Duration> = Some(Duration::from_secs(30));
 
@@ -81,7 +30,7 @@ async fn start(
     let config = Arc::new(config.validate().expect("a valid config"));
     let store = SledLogStore::open(dir.join("log")).expect("the log opens");
     let machine = MasterStateMachine::open(dir.join("machine")).expect("the machine opens");
-    let raft = Raft::new(1, config, NoPeers, store.clone(), machine.clone())
+    let raft = Raft::new(1, config, SingleNode, store.clone(), machine.clone())
         .await
         .expect("the node starts");
     (raft, machine, store)
