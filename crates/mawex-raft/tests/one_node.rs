@@ -2,13 +2,15 @@
 //! itself, commits batches of the master's events, applies them, and after a restart of the
 //! node comes back with every committed event applied once.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mawex_api::{GroupName, TaskSpec, Timestamp};
-use mawex_core::{Event, MasterState};
-use mawex_raft::{Applied, Batch, MasterRaft, MasterStateMachine, SingleNode, SledLogStore};
+use mawex_api::GroupName;
+use mawex_core::MasterState;
+use mawex_raft::{Applied, MasterRaft, MasterStateMachine, SingleNode, SledLogStore};
 use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Config, Raft, ServerState};
 
@@ -36,17 +38,6 @@ async fn start(
     (raft, machine, store)
 }
 
-fn batch(group: &GroupName, tasks: usize) -> Batch {
-    Batch {
-        events: (0..tasks)
-            .map(|_| Event::TaskAccepted {
-                spec: TaskSpec::new(group.clone(), "h", &b"payload"[..]).into(),
-                at: Timestamp(5),
-            })
-            .collect(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_node_cluster_commits_applies_and_comes_back_after_a_restart() {
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -62,7 +53,7 @@ async fn a_one_node_cluster_commits_applies_and_comes_back_after_a_restart() {
             .expect("a leader");
         let mut events = 0;
         for _ in 0..50 {
-            let batch = batch(&group, 10);
+            let batch = common::accepted(&group, 10);
             batch.events.iter().for_each(|e| expected.apply(e));
             events += 10;
             let written = raft.client_write(batch).await.expect("committed");
@@ -94,7 +85,7 @@ async fn a_one_node_cluster_commits_applies_and_comes_back_after_a_restart() {
         machine.read(|state| *state == expected),
         "the same state after the restart"
     );
-    let batch = batch(&group, 1);
+    let batch = common::accepted(&group, 1);
     batch.events.iter().for_each(|e| expected.apply(e));
     let written = raft
         .client_write(batch)

@@ -1,9 +1,11 @@
 //! The log store and the state machine with the master's own events: what is appended
 //! survives a reopen, damage is refused by name, and a snapshot carries the whole state.
 
-use mawex_api::{GroupName, TaskSpec, Timestamp};
-use mawex_core::{Event, MasterState};
-use mawex_raft::{Batch, MasterRaft, MasterStateMachine, SledLogStore};
+mod common;
+
+use mawex_api::GroupName;
+use mawex_core::MasterState;
+use mawex_raft::{MasterRaft, MasterStateMachine, SledLogStore};
 use openraft::alias::EntryOf;
 use openraft::entry::RaftEntry;
 use openraft::storage::{
@@ -12,20 +14,12 @@ use openraft::storage::{
 use openraft::testing::log_id;
 use openraft::type_config::TypeConfigExt;
 
-fn batch(tasks: usize) -> Batch {
-    let group = GroupName::new("replicated").expect("a valid name");
-    Batch {
-        events: (0..tasks)
-            .map(|_| Event::TaskAccepted {
-                spec: TaskSpec::new(group.clone(), "h", &b"payload"[..]).into(),
-                at: Timestamp(5),
-            })
-            .collect(),
-    }
-}
-
 fn entry(index: u64, tasks: usize) -> EntryOf<MasterRaft> {
-    EntryOf::<MasterRaft>::new_normal(log_id::<MasterRaft>(1, 0, index), batch(tasks))
+    let group = GroupName::new("replicated").expect("a valid name");
+    EntryOf::<MasterRaft>::new_normal(
+        log_id::<MasterRaft>(1, 0, index),
+        common::accepted(&group, tasks),
+    )
 }
 
 #[tokio::test]

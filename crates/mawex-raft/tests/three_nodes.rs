@@ -4,12 +4,14 @@
 //! a snapshot sent over the network.
 //! The fail-over of the replicated log itself; the master on top of it comes next.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mawex_api::{GroupName, TaskSpec, Timestamp};
-use mawex_core::{Event, MasterState};
+use mawex_api::GroupName;
+use mawex_core::MasterState;
 use mawex_raft::{Batch, MasterRaft, MasterStateMachine, SledLogStore};
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::errors::{
@@ -178,14 +180,9 @@ async fn write(router: &Router, ids: &[u64], batch: Batch) {
 }
 
 fn batch(group: &GroupName, expected: &mut MasterState) -> Batch {
-    let events: Vec<Event> = (0..5)
-        .map(|_| Event::TaskAccepted {
-            spec: TaskSpec::new(group.clone(), "h", &b"payload"[..]).into(),
-            at: Timestamp(5),
-        })
-        .collect();
-    events.iter().for_each(|e| expected.apply(e));
-    Batch { events }
+    let batch = common::accepted(group, 5);
+    batch.events.iter().for_each(|e| expected.apply(e));
+    batch
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
