@@ -40,8 +40,37 @@ pub struct SledLogStore {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
-    durability: Arc<Mutex<SledSync>>,
+    durability: Arc<Mutex<Durability>>,
     flusher: Arc<FlusherHandle>,
+}
+
+/// What syncs the store, and why a sync failed once one has: after that no sync is trusted
+/// (an `fsync` after a failed one may report success for pages that were lost), so every
+/// later one fails too. Kept under the one lock every sync takes.
+#[derive(Debug)]
+struct Durability {
+    sync: SledSync,
+    failed: Option<String>,
+}
+
+impl Durability {
+    fn sync(&mut self, db: &sled::Db) -> Result<(), String> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        // A panic inside the sync counts as its failure.
+        let synced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.sync.sync(db)))
+            .unwrap_or_else(|_| {
+                Err(mawex_core::CoreError::Thread(
+                    "the sync of the Raft log panicked".into(),
+                ))
+            });
+        synced.map_err(|e| {
+            let e = format!("the Raft log could not be synced: {e}");
+            self.failed = Some(e.clone());
+            e
+        })
+    }
 }
 
 /// The appends waiting for a sync, shared with the flush thread.
@@ -102,7 +131,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn flush_thread(db: sled::Db, durability: Arc<Mutex<SledSync>>, flushes: Arc<Flushes>) {
+fn flush_thread(db: sled::Db, durability: Arc<Mutex<Durability>>, flushes: Arc<Flushes>) {
     loop {
         let waiting = {
             let mut queue = lock(&flushes.queue);
@@ -119,9 +148,8 @@ fn flush_thread(db: sled::Db, durability: Arc<Mutex<SledSync>>, flushes: Arc<Flu
         };
         // Every append in `waiting` wrote its entries before it was queued: this sync
         // covers them all.
-        let synced = lock(&durability).sync(&db);
+        let failure = lock(&durability).sync(&db).err();
         flushes.syncs.fetch_add(1, Ordering::Relaxed);
-        let failure = synced.as_ref().err().map(ToString::to_string);
         for callback in waiting {
             callback.io_completed(match &failure {
                 None => Ok(()),
@@ -146,14 +174,18 @@ impl SledLogStore {
     /// # Errors
     /// A storage error, e.g. the directory is in use.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, RaftStoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path.as_ref())
             // Every write that must be durable syncs itself.
-            .flush_every_ms(None)
-            .open()?;
+            .flush_every_ms(None);
+        // A node stopped a moment ago in this process may still hold the directory.
+        let db = mawex_core::journal::open_waiting_for_lock(&config)?;
         let log = db.open_tree(LOG_TREE)?;
         let meta = db.open_tree(META_TREE)?;
-        let durability = Arc::new(Mutex::new(SledSync::new(path.as_ref())?));
+        let durability = Arc::new(Mutex::new(Durability {
+            sync: SledSync::new(path.as_ref())?,
+            failed: None,
+        }));
         let flushes = Arc::new(Flushes::default());
         let thread = {
             let (db, durability, flushes) = (db.clone(), durability.clone(), flushes.clone());
@@ -176,10 +208,12 @@ impl SledLogStore {
 
     /// Makes every write so far durable, now.
     fn sync(&self) -> Result<(), RaftStoreError> {
-        if let Some(e) = &lock(&self.flusher.flushes.queue).failed {
-            return Err(RaftStoreError::Storage(io::Error::other(e.clone()).into()));
-        }
-        Ok(lock(&self.durability).sync(&self.db)?)
+        let synced = lock(&self.durability).sync(&self.db);
+        synced.map_err(|e| {
+            // Appends check the queue, not the sync's lock (a sync may hold it long).
+            lock(&self.flusher.flushes.queue).failed = Some(e.clone());
+            RaftStoreError::Storage(io::Error::other(e).into())
+        })
     }
 
     /// Syncs the flush thread ran so far.
@@ -195,10 +229,11 @@ impl SledLogStore {
     }
 }
 
-/// Syncs held back (see [`SledLogStore::hold_syncs`]).
+/// Syncs held back (see [`SledLogStore::hold_syncs`]). A vote, truncation or purge on the
+/// same thread meanwhile would wait for itself.
 #[doc(hidden)]
 #[derive(Debug)]
-pub struct SyncsHeld<'a>(#[allow(dead_code)] MutexGuard<'a, SledSync>);
+pub struct SyncsHeld<'a>(#[allow(dead_code)] MutexGuard<'a, Durability>);
 
 impl SledLogStore {
     fn read_meta<T: serde::de::DeserializeOwned>(

@@ -13,7 +13,8 @@ use openraft::BasicNode;
 use crate::MasterRaft;
 
 /// The network factory of a one-node cluster (the embedded default): every call to a peer
-/// is unreachable, which a cluster of one never makes.
+/// is unreachable, which a cluster of one never makes (a learner added to it would never be
+/// reached: a cluster with peers needs a real network).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SingleNode;
 

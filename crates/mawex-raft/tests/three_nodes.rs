@@ -102,9 +102,10 @@ async fn start(
     dir: &std::path::Path,
 ) -> (Node, MasterStateMachine, SledLogStore) {
     let config = Config {
-        heartbeat_interval: 100,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
+        // Wide enough that syncs on a loaded machine do not look like a dead leader.
+        heartbeat_interval: 150,
+        election_timeout_min: 1_000,
+        election_timeout_max: 2_000,
         // Snapshots and purges often, so that a node that was away needs a snapshot.
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10),
         max_in_snapshot_log_to_keep: 0,
@@ -257,14 +258,23 @@ async fn three_nodes_replicate_lose_their_leader_and_catch_a_returning_node_up()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let learner_dir = tempfile::tempdir().expect("a temporary directory");
-    let (_, learner, _) = start(&router, 4, learner_dir.path()).await;
-    router
-        .get(now)
-        .expect("the leader is up")
-        .add_learner(4, BasicNode::new("node-4"), true)
+    let (_, learner, mut learner_store) = start(&router, 4, learner_dir.path()).await;
+    let leading_node = router.get(now).expect("the leader is up");
+    let joined = leading_node.add_learner(4, BasicNode::new("node-4"), true);
+    tokio::time::timeout(DEADLINE, joined)
         .await
+        .expect("the learner joins within the deadline")
         .expect("the learner joins and catches up");
     converge(&[&learner], &expected).await;
+    let installed = learner_store
+        .get_log_state()
+        .await
+        .expect("a log state")
+        .last_purged_log_id;
+    assert!(
+        installed.is_some(),
+        "the learner's log starts after a snapshot it installed"
+    );
 
     for id in 1..=4 {
         let node = router.get(id).expect("the node is up");

@@ -8,7 +8,7 @@ mod tests;
 use tracing::error;
 
 pub use memory::MemoryJournal;
-pub use sled_journal::{SledJournal, SledSync};
+pub use sled_journal::{open_waiting_for_lock, SledJournal, SledSync};
 
 use crate::error::CoreError;
 use crate::state::{Event, MasterState};

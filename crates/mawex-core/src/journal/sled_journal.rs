@@ -442,7 +442,13 @@ impl SledJournal {
 /// database of a master that stopped a moment ago in this same process.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn open_waiting_for_lock(config: &sled::Config) -> Result<sled::Db, CoreError> {
+/// Opens a sled database, waiting up to a few seconds for its directory's lock: the threads
+/// of a database closed a moment ago in this process (a master, a Raft node) may still hold
+/// it.
+///
+/// # Errors
+/// A storage error, or the lock still held after the wait.
+pub fn open_waiting_for_lock(config: &sled::Config) -> Result<sled::Db, CoreError> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
         match config.open() {
