@@ -316,7 +316,6 @@ impl Engine {
                 out.closed_sessions.push(session);
                 if let Some(entry) = self.pods.remove(&pod_id) {
                     self.pods_changed = true;
-                    self.pods_changed = true;
                     self.requeue_all(entry.leases, RequeueReason::PodLeft, now, out);
                 }
                 debug!(pod = %pod_id, "pod left");

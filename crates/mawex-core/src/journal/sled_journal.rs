@@ -95,6 +95,25 @@ pub struct SledSync {
     synced_blobs: HashSet<OsString>,
 }
 
+/// Where a journal's latest snapshot is.
+enum LatestSnapshot {
+    None,
+    /// A snapshot file, by the sequence number it covers.
+    File(u64, PathBuf),
+    /// A snapshot in the tree (sequence number, chunks), as an older version kept it.
+    Tree(u64, u32),
+}
+
+impl LatestSnapshot {
+    /// The sequence number it covers (0 without one).
+    fn seq(&self) -> u64 {
+        match self {
+            LatestSnapshot::None => 0,
+            LatestSnapshot::File(seq, _) | LatestSnapshot::Tree(seq, _) => *seq,
+        }
+    }
+}
+
 impl SledSync {
     /// For the sled database in `dir` (opened already); makes the directory entries of its
     /// files durable.
@@ -303,24 +322,33 @@ impl SledJournal {
 
     /// The sequence number the latest snapshot covers (0 without one), without reading it.
     fn latest_snapshot_seq(&self) -> Result<u64, CoreError> {
-        let in_file = self.snapshot_files()?.last().map_or(0, |(seq, _)| *seq);
-        let in_tree = self.manifest()?.map_or(0, |(seq, _)| seq);
-        Ok(in_file.max(in_tree))
+        Ok(self.latest_snapshot()?.seq())
     }
 
-    /// The latest snapshot: its file, or the one in the tree where a version before
-    /// snapshot files kept it, whichever covers more.
-    fn read_snapshot(&self) -> Result<Option<(u64, MasterState)>, CoreError> {
+    /// Where the latest snapshot is: its file, or the tree where a version before snapshot
+    /// files kept it, whichever covers more.
+    fn latest_snapshot(&self) -> Result<LatestSnapshot, CoreError> {
         let file = self.snapshot_files()?.pop();
         let in_tree = self.manifest()?;
         let tree_seq = in_tree.map_or(0, |(seq, _)| seq);
-        if let Some((seq, path)) = file.filter(|(seq, _)| *seq >= tree_seq) {
-            let bytes = std::fs::read(&path)?;
-            return check_covers(seq, decode_snapshot(&bytes)?).map(Some);
-        }
-        match in_tree {
-            Some((seq, chunks)) => self.read_snapshot_in_tree(seq, chunks).map(Some),
-            None => Ok(None),
+        Ok(match (file, in_tree) {
+            (Some((seq, path)), _) if seq >= tree_seq => LatestSnapshot::File(seq, path),
+            (_, Some((seq, chunks))) => LatestSnapshot::Tree(seq, chunks),
+            _ => LatestSnapshot::None,
+        })
+    }
+
+    fn read_snapshot(
+        &self,
+        latest: LatestSnapshot,
+    ) -> Result<Option<(u64, MasterState)>, CoreError> {
+        match latest {
+            LatestSnapshot::File(seq, path) => {
+                let bytes = std::fs::read(&path)?;
+                check_covers(seq, decode_snapshot(&bytes)?).map(Some)
+            }
+            LatestSnapshot::Tree(seq, chunks) => self.read_snapshot_in_tree(seq, chunks).map(Some),
+            LatestSnapshot::None => Ok(None),
         }
     }
 
@@ -489,7 +517,8 @@ impl Journal for SledJournal {
     fn recover(&mut self) -> Result<Recovered, CoreError> {
         // The tail is read and decoded on a thread of its own while the snapshot decodes:
         // where the snapshot ends is in its name.
-        let after = self.latest_snapshot_seq()?;
+        let latest = self.latest_snapshot()?;
+        let after = latest.seq();
         let journal = &self.journal;
         let read_tail = move || {
             let records = journal.iter().map(|r| {
@@ -502,7 +531,7 @@ impl Journal for SledJournal {
             let tail = std::thread::Builder::new()
                 .name("mawex-tail".into())
                 .spawn_scoped(scope, read_tail);
-            let snapshot = self.read_snapshot();
+            let snapshot = self.read_snapshot(latest);
             let events = match tail {
                 Ok(tail) => tail.join().unwrap_or_else(|_| {
                     Err(CoreError::Thread(
@@ -514,13 +543,9 @@ impl Journal for SledJournal {
             };
             (snapshot, events)
         });
+        // Both read from the one lookup, and the snapshot is checked to cover what its
+        // name says: the tail starts where the snapshot ends.
         let (snapshot, events) = (snapshot?, events?);
-        let covered = snapshot.as_ref().map_or(0, |(seq, _)| *seq);
-        if covered != after {
-            return Err(CoreError::CorruptSnapshot(format!(
-                "the latest snapshot is named for sequence {after} but covers {covered}"
-            )));
-        }
         debug!(snapshot = after, events = events.len(), "journal recovered");
         Ok(Recovered { snapshot, events })
     }

@@ -49,14 +49,17 @@ struct GroupIndexes {
 impl GroupIndexes {
     /// Counts a live task of `key` in `round`.
     fn add_round(&mut self, key: &str, round: u64) {
-        if let Some((k, _, last)) = &mut self.run {
-            if k == key && last.checked_add(1) == Some(round) {
-                *last = round;
-                return;
+        match &mut self.run {
+            Some((k, _, last)) if k == key && last.checked_add(1) == Some(round) => *last = round,
+            Some((k, first, last)) => {
+                self.rounds.add_range(k, *first, *last);
+                // The key's buffer is reused: keys that take turns would cost a copy a task.
+                k.clear();
+                k.push_str(key);
+                (*first, *last) = (round, round);
             }
+            None => self.run = Some((key.to_owned(), round, round)),
         }
-        self.flush_rounds();
-        self.run = Some((key.to_owned(), round, round));
     }
 
     fn flush_rounds(&mut self) {
