@@ -68,6 +68,10 @@ struct Args {
     /// `grpc`: require tokens (a client and a pod token made for the run).
     #[arg(long)]
     tokens: bool,
+    /// `local`, `grpc`, `fair`: where the master keeps its journal: `sled` (a `SledJournal`)
+    /// or `raft` (the Raft log of a one-node cluster, `mawex_raft::ReplicatedMaster`).
+    #[arg(long, default_value = "sled", value_parser = ["sled", "raft"])]
+    log: String,
 }
 
 /// A fixed number of leases, or `None`: the library's default.
@@ -148,15 +152,29 @@ const FAIR_KEYS: usize = 1000;
 
 async fn run(args: &Args, transport: Transport, fair: bool) -> anyhow::Result<serde_json::Value> {
     let dir = tempfile::tempdir()?;
-    let journal = SledJournal::open(dir.path().join("journal"))?;
     let mut config = MasterConfig::default();
     config.snapshot_every = args.snapshot_every;
-    let master = Master::builder().config(config).start(journal).await?;
+    let builder = Master::builder().config(config);
+    let (node, plain) = if args.log == "raft" {
+        let node =
+            mawex_raft::ReplicatedMaster::start_single(dir.path().join("raft"), builder).await?;
+        (Some(node), None)
+    } else {
+        let journal = SledJournal::open(dir.path().join("journal"))?;
+        (None, Some(builder.start(journal).await?))
+    };
+    let master = match (&node, &plain) {
+        (Some(node), _) => node
+            .master()
+            .ok_or_else(|| anyhow::anyhow!("the replicated master stopped"))?,
+        (None, Some(master)) => master,
+        (None, None) => anyhow::bail!("no master"),
+    };
     let security = security(args)?;
     let server = match transport {
         Transport::Local => None,
         Transport::Grpc => {
-            let mut server = Server::new(&master);
+            let mut server = Server::new(master);
             if let Some(tls) = security.server_tls.clone() {
                 server = server.tls(tls);
             }
@@ -212,7 +230,11 @@ async fn run(args: &Args, transport: Transport, fair: bool) -> anyhow::Result<se
     if let Some(server) = server {
         server.shutdown().await?;
     }
-    master.shutdown().await?;
+    match (node, plain) {
+        (Some(node), _) => node.shutdown().await?,
+        (None, Some(master)) => master.shutdown().await?,
+        (None, None) => {}
+    }
     Ok(serde_json::json!({
         "scenario": match (transport, fair) {
             (_, true) => "fair",
@@ -227,6 +249,7 @@ async fn run(args: &Args, transport: Transport, fair: bool) -> anyhow::Result<se
         "rtt_ms_p99": (percentile(&rtts, 0.99) * 1000.0).round() / 1000.0,
         "slots": args.slots,
         "prefetch": args.prefetch.0.map_or_else(|| serde_json::json!("default"), |n| serde_json::json!(n)),
+        "log": args.log,
         "tls": transport == Transport::Grpc && args.tls,
         "tokens": transport == Transport::Grpc && args.tokens,
     }))

@@ -125,9 +125,8 @@ async fn a_crashed_master_restarts_with_every_task_and_no_double_result() {
     let dir = m.halt().await;
 
     // Audit the journal: exactly one recorded result per task.
-    let mut journal = SledJournal::open(journal_path(dir.path())).unwrap();
     let mut results: HashMap<TaskId, usize> = HashMap::new();
-    for (_, event) in journal.read_events().unwrap() {
+    for event in logged_events(dir.path()).await {
         if let Event::TaskFinished { attempt, .. } = event {
             *results.entry(attempt.task).or_default() += 1;
         }
@@ -143,7 +142,8 @@ async fn a_crashed_master_restarts_with_every_task_and_no_double_result() {
 async fn three_records() -> (Arc<tempfile::TempDir>, Vec<TaskId>) {
     let mut config = fast_config();
     config.snapshot_every = 0;
-    let m = TestMaster::start_with(config).await;
+    // These tests damage the sled journal's records: always on sled.
+    let m = TestMaster::start_on_sled(config).await;
     let mut ids = Vec::new();
     for i in 0..3 {
         let ack = m
@@ -201,7 +201,7 @@ async fn a_damaged_last_record_stops_start_up_until_a_repair_drops_it() {
     assert!(repaired.dropped[0].reason.contains("checksum"));
     drop(journal);
 
-    let m = TestMaster::restart(dir.clone(), fast_config()).await;
+    let m = TestMaster::restart_on_sled(dir.clone(), fast_config()).await;
     assert_eq!(m.stats().last_seq, 2);
     for id in &ids[..2] {
         assert_eq!(m.proxy().get(*id).await.unwrap().state, TaskState::Pending);
@@ -272,8 +272,7 @@ async fn snapshots_bound_replay_and_restart_is_exact() {
     let dir = m.halt().await;
 
     {
-        let mut journal = SledJournal::open(journal_path(dir.path())).unwrap();
-        let tail = journal.read_events().unwrap();
+        let tail = logged_events(dir.path()).await;
         assert!(
             tail.len() < 100,
             "snapshots truncated the journal ({} events left)",

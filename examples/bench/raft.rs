@@ -59,7 +59,7 @@ pub(crate) async fn raft(tasks: usize) -> anyhow::Result<serde_json::Value> {
     let seconds = started.elapsed().as_secs_f64();
     let syncs = store.syncs_for_appends() - syncs_before;
     anyhow::ensure!(
-        machine.read(|state| state.len()) == batches * EVENTS_PER_BATCH,
+        machine.read(|state| state.len()) == Some(batches * EVENTS_PER_BATCH),
         "not every event was applied"
     );
     raft.shutdown().await?;

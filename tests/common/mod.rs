@@ -134,10 +134,46 @@ pub fn fast_config() -> MasterConfig {
     c
 }
 
-/// A master on a sled journal in its own temp dir. Dropping it without `shutdown` or
-/// `halt` panics: every test ends its master on purpose.
+/// Whether the harness's masters keep their journal on a one-node Raft cluster
+/// (`MAWEX_TEST_LOG=raft`) instead of sled: the whole suite runs on either.
+pub fn on_raft() -> bool {
+    std::env::var("MAWEX_TEST_LOG").is_ok_and(|log| log == "raft")
+}
+
+/// The master of a test, on a journal of its own or leading a one-node Raft cluster.
+enum Running {
+    Plain(Master),
+    Replicated(mawex_raft::ReplicatedMaster),
+}
+
+impl Running {
+    fn master(&self) -> &Master {
+        match self {
+            Running::Plain(master) => master,
+            Running::Replicated(node) => node.master().expect("the replicated master runs"),
+        }
+    }
+
+    async fn shutdown(self) {
+        match self {
+            Running::Plain(master) => master.shutdown().await.expect("clean shutdown"),
+            Running::Replicated(node) => node.shutdown().await.expect("clean shutdown"),
+        }
+    }
+
+    async fn halt(self) {
+        match self {
+            Running::Plain(master) => master.halt().await.expect("halt"),
+            Running::Replicated(node) => node.halt().await.expect("halt"),
+        }
+    }
+}
+
+/// A master on a sled journal in its own temp dir (or on a one-node Raft cluster there,
+/// see [`on_raft`]). Dropping it without `shutdown` or `halt` panics: every test ends its
+/// master on purpose.
 pub struct TestMaster {
-    master: Option<Master>,
+    master: Option<Running>,
     dir: Arc<tempfile::TempDir>,
     pub config: MasterConfig,
     transport: Transport,
@@ -157,6 +193,13 @@ impl TestMaster {
     pub async fn start_on_with(transport: Transport, config: MasterConfig) -> TestMaster {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         Self::open_on(dir, config, transport).await
+    }
+
+    /// A master on a sled journal whatever [`on_raft`] says: for tests of the sled journal.
+    pub async fn start_on_sled(config: MasterConfig) -> TestMaster {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let journal = SledJournal::open(journal_path(dir.path())).expect("open journal");
+        Self::open_on_journal(dir, config, Transport::Local, journal).await
     }
 
     pub async fn start_with(config: MasterConfig) -> TestMaster {
@@ -183,6 +226,13 @@ impl TestMaster {
         config: MasterConfig,
         transport: Transport,
     ) -> TestMaster {
+        if on_raft() {
+            let builder = Master::builder().config(config.clone());
+            let node = mawex_raft::ReplicatedMaster::start_single(raft_path(dir.path()), builder)
+                .await
+                .expect("start a replicated master");
+            return Self::serve(dir, config, transport, Running::Replicated(node)).await;
+        }
         let journal = SledJournal::open(journal_path(dir.path())).expect("open journal");
         Self::open_on_journal(dir, config, transport, journal).await
     }
@@ -198,10 +248,20 @@ impl TestMaster {
             .start(journal)
             .await
             .expect("start master");
+        Self::serve(dir, config, transport, Running::Plain(master)).await
+    }
+
+    async fn serve(
+        dir: Arc<tempfile::TempDir>,
+        config: MasterConfig,
+        transport: Transport,
+        running: Running,
+    ) -> TestMaster {
+        let master = running.master();
         let (server, proxy): (Option<RunningServer>, Arc<dyn MasterProxy>) = match transport {
             Transport::Local => (None, Arc::new(master.proxy())),
             Transport::Grpc => {
-                let server = mawex::Server::new(&master)
+                let server = mawex::Server::new(master)
                     .start("127.0.0.1:0".parse().expect("address"))
                     .await
                     .expect("serve gRPC");
@@ -214,7 +274,7 @@ impl TestMaster {
             }
         };
         TestMaster {
-            master: Some(master),
+            master: Some(running),
             dir,
             config,
             transport,
@@ -250,7 +310,7 @@ impl TestMaster {
     }
 
     pub fn master(&self) -> &Master {
-        self.master.as_ref().expect("master running")
+        self.master.as_ref().expect("master running").master()
     }
 
     /// The client of this test's transport.
@@ -292,7 +352,7 @@ impl TestMaster {
     pub async fn shutdown(mut self) -> Arc<tempfile::TempDir> {
         self.stop_server().await;
         let master = self.master.take().expect("master running");
-        master.shutdown().await.expect("clean shutdown");
+        master.shutdown().await;
         self.dir.clone()
     }
 
@@ -300,8 +360,15 @@ impl TestMaster {
     pub async fn halt(mut self) -> Arc<tempfile::TempDir> {
         self.stop_server().await;
         let master = self.master.take().expect("master running");
-        master.halt().await.expect("halt");
+        master.halt().await;
         self.dir.clone()
+    }
+
+    /// Starts a new master on the sled journal in a directory a previous one used, whatever
+    /// [`on_raft`] says.
+    pub async fn restart_on_sled(dir: Arc<tempfile::TempDir>, config: MasterConfig) -> TestMaster {
+        let journal = SledJournal::open(journal_path(dir.path())).expect("open journal");
+        Self::open_on_journal(dir, config, Transport::Local, journal).await
     }
 
     /// Starts a new master on a directory a previous one used.
@@ -320,6 +387,40 @@ impl Drop for TestMaster {
 
 pub fn journal_path(dir: &Path) -> PathBuf {
     dir.join("journal")
+}
+
+/// The events the master that used `dir` left in its log after its latest snapshot, in
+/// order: the sled journal's tail, or the batches left in the Raft log (see [`on_raft`]).
+pub async fn logged_events(dir: &Path) -> Vec<mawex::testing::Event> {
+    if !on_raft() {
+        let mut journal = SledJournal::open(journal_path(dir)).expect("open journal");
+        return journal
+            .read_events()
+            .expect("read the journal")
+            .into_iter()
+            .map(|(_, event)| event)
+            .collect();
+    }
+    use openraft::storage::{RaftLogReader, RaftLogStorage};
+    let mut log = mawex_raft::ReplicatedMaster::open_log(raft_path(dir)).expect("open the log");
+    let mut reader = log.get_log_reader().await;
+    let entries = reader
+        .try_get_log_entries(0..u64::MAX)
+        .await
+        .expect("read the log");
+    entries
+        .into_iter()
+        .filter_map(|entry| match entry.payload {
+            openraft::EntryPayload::Normal(batch) => Some(batch.events),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// Where a replicated master of the harness keeps its Raft log and snapshots.
+pub fn raft_path(dir: &Path) -> PathBuf {
+    dir.join("raft")
 }
 
 /// Counts attempts running at once and remembers the highest count.

@@ -17,6 +17,22 @@ pub enum RaftStoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The state machine's state is lent to a master's core already (see
+    /// [`MasterStateMachine::lend`](crate::MasterStateMachine::lend)).
+    #[error("the state machine's state is lent to a master already")]
+    Lent,
+    /// This node does not lead (any longer): a write of the leader's was refused.
+    #[error("this master does not lead the cluster{}", match leader { Some(id) => format!(" (node {id} does)"), None => String::new() })]
+    NotLeader {
+        /// The node that leads, if known.
+        leader: Option<u64>,
+    },
+    /// openraft failed or refused a request for a reason other than leadership.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The master on top of the log did not start or stopped with an error.
+    #[error("the master failed: {0}")]
+    Master(#[source] mawex_core::CoreError),
     /// A value does not encode.
     #[error("raft storage: cannot encode {what}: {reason}")]
     Encode {

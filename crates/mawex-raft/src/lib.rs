@@ -9,12 +9,18 @@
 //! - [`MasterStateMachine`]: [`MasterState`](mawex_core::MasterState) as the Raft state
 //!   machine; its snapshots are the master's own snapshot format.
 //! - [`SingleNode`]: the network of a cluster of one (the embedded default).
+//! - [`RaftJournal`]: the master's journal on the log. The leader's core writes each batch
+//!   as one entry and borrows the state machine's state (it applies each batch as it
+//!   decides it, so the state is applied once and held once).
+//! - [`ReplicatedMaster`]: a master on all of these, the one node of its cluster for now.
 //!
 //! openraft's own storage test suite runs against the two (`tests/storage_suite.rs`).
 
 mod codec;
 mod error;
+mod journal;
 mod log_store;
+mod node;
 mod single_node;
 mod state_machine;
 
@@ -24,7 +30,9 @@ use mawex_core::Event;
 use serde::{Deserialize, Serialize};
 
 pub use error::RaftStoreError;
+pub use journal::RaftJournal;
 pub use log_store::{SledLogStore, SyncsHeld};
+pub use node::ReplicatedMaster;
 pub use single_node::{NoPeer, SingleNode};
 pub use state_machine::MasterStateMachine;
 

@@ -25,6 +25,12 @@ const SNAPSHOT_TEMP: &str = "raft-snapshot.tmp";
 /// encode_snapshot`) after a checksummed header with the Raft metadata, built from an O(1)
 /// copy of the state (`MasterState::durable_copy`), so that building one never holds up
 /// applying. Cloning gives another handle on the same machine (its snapshot builder is one).
+///
+/// On the leader the state is **lent** to the master's core ([`MasterStateMachine::lend`]):
+/// the core applies each batch as it decides it, before writing it, so applying it again
+/// here would do the work twice and keep two states. While lent, applying a batch only
+/// counts its events, and a snapshot is built from the copy the core offers after a commit
+/// (see `RaftJournal`).
 #[derive(Debug, Clone)]
 pub struct MasterStateMachine {
     inner: Arc<Mutex<Machine>>,
@@ -35,11 +41,41 @@ pub struct MasterStateMachine {
 
 #[derive(Debug)]
 struct Machine {
-    state: MasterState,
+    /// The state, or `None` while it is lent to the master's core.
+    state: Option<MasterState>,
     /// Events applied in all: the master's sequence number of the last one.
     events: u64,
     last_applied: Option<LogIdOf<MasterRaft>>,
     membership: StoredMembershipOf<MasterRaft>,
+    /// The memberships before `membership`, newest last (a few): a snapshot of the lent state
+    /// is as of an entry that may come before the latest membership change.
+    earlier_memberships: Vec<StoredMembershipOf<MasterRaft>>,
+    /// The copy of the lent state a snapshot is to be built from, offered by the core.
+    offered: Option<Offered>,
+}
+
+/// A copy of the lent state as of one entry, for the next snapshot.
+#[derive(Debug)]
+struct Offered {
+    state: MasterState,
+    events: u64,
+    meta: SnapshotMetaOf<MasterRaft>,
+}
+
+/// How many earlier memberships a machine remembers.
+const EARLIER_MEMBERSHIPS: usize = 4;
+
+impl Machine {
+    /// The membership in effect at entry `log_id`, if the machine still knows it.
+    fn membership_at(
+        &self,
+        log_id: Option<&LogIdOf<MasterRaft>>,
+    ) -> Option<StoredMembershipOf<MasterRaft>> {
+        std::iter::once(&self.membership)
+            .chain(self.earlier_memberships.iter().rev())
+            .find(|m| m.log_id().as_ref() <= log_id)
+            .cloned()
+    }
 }
 
 #[derive(Debug)]
@@ -62,20 +98,20 @@ impl MasterStateMachine {
             _ => {} // What a crash while writing a snapshot left behind, if anything.
         }
         let mut machine = Machine {
-            state: MasterState::new(),
+            state: Some(MasterState::new()),
             events: 0,
             last_applied: None,
             membership: StoredMembershipOf::<MasterRaft>::default(),
+            earlier_memberships: Vec::new(),
+            offered: None,
         };
         let stored = match read_snapshot_file(&dir)? {
             Some((meta, data)) => {
                 let (events, state) = mawex_core::journal::decode_snapshot(&data)?;
-                machine = Machine {
-                    state,
-                    events,
-                    last_applied: meta.last_log_id,
-                    membership: meta.last_membership.clone(),
-                };
+                machine.state = Some(state);
+                machine.events = events;
+                machine.last_applied = meta.last_log_id;
+                machine.membership = meta.last_membership.clone();
                 Some(meta)
             }
             None => None,
@@ -101,9 +137,69 @@ impl MasterStateMachine {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs `read` on the state as the entries applied so far left it.
-    pub fn read<T>(&self, read: impl FnOnce(&MasterState) -> T) -> T {
-        read(&self.lock().state)
+    /// Runs `read` on the state as the entries applied so far left it; `None` while the
+    /// state is lent to a master's core.
+    pub fn read<T>(&self, read: impl FnOnce(&MasterState) -> T) -> Option<T> {
+        self.lock().state.as_ref().map(read)
+    }
+
+    /// Events applied so far: the master's sequence number of the last one.
+    pub fn events(&self) -> u64 {
+        self.lock().events
+    }
+
+    /// The last entry applied.
+    pub fn last_applied(&self) -> Option<LogIdOf<MasterRaft>> {
+        self.lock().last_applied
+    }
+
+    /// Hands the state to a master's core, which from now on applies the batches it writes
+    /// itself: `(events applied, state)`. Lend it only once every committed entry is
+    /// applied, and only to the one core that writes every later batch.
+    ///
+    /// # Errors
+    /// [`RaftStoreError::Lent`] if the state is lent already.
+    pub fn lend(&self) -> Result<(u64, MasterState), RaftStoreError> {
+        let mut machine = self.lock();
+        let state = machine.state.take().ok_or(RaftStoreError::Lent)?;
+        Ok((machine.events, state))
+    }
+
+    /// Offers `state`, the lent state as of event `events` (a copy taken right after the
+    /// commit of the entry `log_id`, whose batch ends at that event), for the next snapshot.
+    /// Replaces any earlier offer not yet built.
+    pub fn offer(&self, events: u64, log_id: LogIdOf<MasterRaft>, state: MasterState) {
+        let mut machine = self.lock();
+        let Some(membership) = machine.membership_at(Some(&log_id)) else {
+            // Membership changes came so fast that the one in effect at this entry is
+            // forgotten: the next offer will do.
+            tracing::debug!(%log_id, "a snapshot offer skipped: its membership is gone");
+            return;
+        };
+        machine.offered = Some(Offered {
+            state,
+            events,
+            meta: SnapshotMetaOf::<MasterRaft> {
+                last_log_id: Some(log_id),
+                last_membership: membership,
+            },
+        });
+    }
+}
+
+impl MasterStateMachine {
+    /// The snapshot in the file, if there is one.
+    fn stored_snapshot(&self) -> Result<Option<SnapshotOf<MasterRaft, Vec<u8>>>, RaftStoreError> {
+        let snapshots = self.snapshots();
+        Ok(
+            read_snapshot_file(&snapshots.dir)?.map(|(meta, data)| SnapshotOf::<
+                MasterRaft,
+                Vec<u8>,
+            > {
+                meta,
+                snapshot: data,
+            }),
+        )
     }
 }
 
@@ -173,12 +269,29 @@ impl RaftSnapshotBuilder<MasterRaft> for MasterStateMachine {
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<MasterRaft, Vec<u8>>, io::Error> {
         let (state, events, meta) = {
-            let machine = self.lock();
-            let meta = SnapshotMetaOf::<MasterRaft> {
-                last_log_id: machine.last_applied,
-                last_membership: machine.membership.clone(),
-            };
-            (machine.state.durable_copy(), machine.events, meta)
+            let mut machine = self.lock();
+            match &machine.state {
+                Some(state) => {
+                    let meta = SnapshotMetaOf::<MasterRaft> {
+                        last_log_id: machine.last_applied,
+                        last_membership: machine.membership.clone(),
+                    };
+                    (state.durable_copy(), machine.events, meta)
+                }
+                None => match machine.offered.take() {
+                    Some(offered) => (offered.state, offered.events, offered.meta),
+                    None => {
+                        drop(machine);
+                        // Lent and nothing offered since the last build: that one stands.
+                        return self.stored_snapshot()?.ok_or_else(|| {
+                            io::Error::other(
+                                "no snapshot to build: the state is lent to the master's \
+                                 core, which has offered no copy yet",
+                            )
+                        });
+                    }
+                },
+            }
         };
         // Encoded without the lock: entries go on being applied meanwhile.
         let data =
@@ -223,15 +336,23 @@ impl RaftStateMachine<MasterRaft> for MasterStateMachine {
                 match entry.payload {
                     EntryPayload::Blank => {}
                     EntryPayload::Normal(batch) => {
-                        for event in &batch.events {
-                            machine.state.apply(event);
-                        }
                         let count = u64::try_from(batch.events.len()).unwrap_or(u64::MAX);
+                        // Lent: the core applied the batch before writing it.
+                        if let Some(state) = &mut machine.state {
+                            for event in batch.events {
+                                state.apply_owned(event);
+                            }
+                        }
                         machine.events = machine.events.saturating_add(count);
                     }
                     EntryPayload::Membership(membership) => {
-                        machine.membership =
+                        let new =
                             StoredMembershipOf::<MasterRaft>::new(Some(entry.log_id), membership);
+                        let old = std::mem::replace(&mut machine.membership, new);
+                        machine.earlier_memberships.push(old);
+                        if machine.earlier_memberships.len() > EARLIER_MEMBERSHIPS {
+                            machine.earlier_memberships.remove(0);
+                        }
                     }
                 }
                 machine.last_applied = Some(entry.log_id);
@@ -263,23 +384,18 @@ impl RaftStateMachine<MasterRaft> for MasterStateMachine {
         write_snapshot_file(&snapshots.dir, meta, &snapshot)?;
         snapshots.stored = Some(meta.clone());
         let mut machine = self.lock();
-        machine.state = state;
+        machine.state = Some(state);
         machine.events = events;
         machine.last_applied = meta.last_log_id;
         machine.membership = meta.last_membership.clone();
+        machine.earlier_memberships.clear();
+        machine.offered = None;
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<SnapshotOf<MasterRaft, Vec<u8>>>, io::Error> {
-        let snapshots = self.snapshots();
-        let Some((meta, data)) = read_snapshot_file(&snapshots.dir)? else {
-            return Ok(None);
-        };
-        Ok(Some(SnapshotOf::<MasterRaft, Vec<u8>> {
-            meta,
-            snapshot: data,
-        }))
+        Ok(self.stored_snapshot()?)
     }
 }

@@ -63,7 +63,7 @@ async fn a_one_node_cluster_commits_applies_and_comes_back_after_a_restart() {
             last = written.log_id.index;
         }
         assert!(
-            machine.read(|state| *state == expected),
+            machine.read(|state| *state == expected) == Some(true),
             "the state of the events"
         );
         last_index = last;
@@ -86,7 +86,7 @@ async fn a_one_node_cluster_commits_applies_and_comes_back_after_a_restart() {
         .await
         .expect("applied");
     assert!(
-        machine.read(|state| *state == expected),
+        machine.read(|state| *state == expected) == Some(true),
         "the same state after the restart"
     );
     let batch = common::accepted(&group, 1);
@@ -96,6 +96,6 @@ async fn a_one_node_cluster_commits_applies_and_comes_back_after_a_restart() {
         .await
         .expect("committed after the restart");
     assert_eq!(written.data, Applied { events: 501 });
-    assert!(machine.read(|state| *state == expected));
+    assert_eq!(machine.read(|state| *state == expected), Some(true));
     raft.shutdown().await.expect("shuts down");
 }

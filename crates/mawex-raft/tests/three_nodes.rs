@@ -148,7 +148,10 @@ async fn leader(router: &Router, ids: &[u64]) -> u64 {
 /// Waits until every machine of `machines` holds `expected`.
 async fn converge(machines: &[&MasterStateMachine], expected: &MasterState) {
     let started = Instant::now();
-    while !machines.iter().all(|m| m.read(|state| state == expected)) {
+    while !machines
+        .iter()
+        .all(|m| m.read(|state| state == expected) == Some(true))
+    {
         assert!(
             started.elapsed() < DEADLINE,
             "the machines did not converge"

@@ -50,6 +50,15 @@ pub struct Recovered {
 }
 
 impl Recovered {
+    /// What a journal that keeps no events apart from its state recovers: `state`, as of
+    /// event `last_seq`, and no tail (a replicated log hands over its state machine's).
+    pub fn from_state(last_seq: u64, state: MasterState) -> Self {
+        Recovered {
+            snapshot: Some((last_seq, state)),
+            events: Vec::new(),
+        }
+    }
+
     /// The sequence number of the last event recovered (0 for an empty journal).
     pub fn last_seq(&self) -> u64 {
         self.events

@@ -22,7 +22,7 @@ fn leave_running(running: &mut HashMap<GroupName, u32>, group: &GroupName) {
 impl MasterState {
     /// Applies one event that is not needed afterwards, as [`MasterState::apply`] does: a
     /// replay moves an accepted task's spec into the state instead of copying it.
-    pub(crate) fn apply_owned(&mut self, event: Event) {
+    pub fn apply_owned(&mut self, event: Event) {
         match event {
             Event::TaskAccepted { spec, at } => {
                 if !self.tasks.contains_key(&spec.id) {

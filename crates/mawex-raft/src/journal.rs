@@ -1,0 +1,151 @@
+//! The master's journal on the Raft log: the leader's core writes each batch it commits as
+//! one entry, and it is durable once the entry is committed.
+
+use mawex_core::{CoreError, Event, Journal, MasterState, Recovered, Repaired};
+use openraft::alias::{CommittedLeaderIdOf, LogIdOf};
+use openraft::errors::ClientWriteError;
+use openraft::impls::ProgressResponder;
+use openraft::Raft;
+use tracing::{debug, warn};
+
+use crate::{Batch, MasterRaft, MasterStateMachine, RaftStoreError};
+
+/// The [`Journal`] of a master that leads a cluster: [`Journal::recover`] borrows the state
+/// machine's state (every committed entry applied), [`Journal::append`] writes one Raft entry
+/// per batch and returns once it is committed, and [`Journal::snapshot`] offers the state
+/// machine an O(1) copy to build its next snapshot from.
+///
+/// Each write is conditional on the leadership the journal was opened under: once another
+/// node leads (or this one again, in a later term), a write fails with
+/// [`RaftStoreError::NotLeader`] instead of landing in the log, and the master stops, as it
+/// does on any journal failure. A deposed leader can therefore never commit a decision.
+///
+/// The core thread calls it; its waits run on the tokio runtime it was opened on.
+pub struct RaftJournal {
+    raft: Raft<MasterRaft, MasterStateMachine>,
+    machine: MasterStateMachine,
+    runtime: tokio::runtime::Handle,
+    /// The leadership every write is made under.
+    leader: CommittedLeaderIdOf<MasterRaft>,
+    /// The last batch written: the master's sequence number of its last event, and its entry.
+    last_written: Option<(u64, LogIdOf<MasterRaft>)>,
+}
+
+impl std::fmt::Debug for RaftJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftJournal")
+            .field("leader", &self.leader)
+            .field("last_written", &self.last_written)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RaftJournal {
+    /// The journal of node `raft`, which must lead now with every committed entry applied to
+    /// `machine` (its state machine); writes are made under this leadership only.
+    ///
+    /// # Errors
+    /// [`RaftStoreError::NotLeader`] if `raft` does not lead.
+    pub fn new(
+        raft: Raft<MasterRaft, MasterStateMachine>,
+        machine: MasterStateMachine,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Self, RaftStoreError> {
+        let leader = raft
+            .as_leader()
+            .map_err(|forward| RaftStoreError::NotLeader {
+                leader: forward.leader_id,
+            })?
+            .to_committed_leader_id();
+        Ok(RaftJournal {
+            raft,
+            machine,
+            runtime,
+            leader,
+            last_written: None,
+        })
+    }
+
+    async fn write(
+        &self,
+        batch: Batch,
+    ) -> Result<openraft::raft::ClientWriteResponse<MasterRaft>, RaftStoreError> {
+        let (responder, answer) = ProgressResponder::<MasterRaft, _>::complete_only();
+        self.raft
+            .write(batch)
+            .with_leader(self.leader)
+            .responder(responder)
+            .await
+            .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
+        match answer.await {
+            Ok(Ok(written)) => Ok(written),
+            Ok(Err(ClientWriteError::ForwardToLeader(forward))) => Err(RaftStoreError::NotLeader {
+                leader: forward.leader_id,
+            }),
+            Ok(Err(e)) => Err(RaftStoreError::Raft(e.to_string())),
+            Err(_) => Err(RaftStoreError::Raft(
+                "the Raft node stopped before the write was decided".into(),
+            )),
+        }
+    }
+}
+
+fn failed(e: RaftStoreError) -> CoreError {
+    CoreError::Storage(Box::new(e))
+}
+
+impl Journal for RaftJournal {
+    fn recover(&mut self) -> Result<Recovered, CoreError> {
+        let (events, state) = self.machine.lend().map_err(failed)?;
+        debug!(events, "the master borrows the state machine's state");
+        Ok(Recovered::from_state(events, state))
+    }
+
+    fn append(&mut self, first_seq: u64, events: &[Event]) -> Result<(), CoreError> {
+        let count =
+            u64::try_from(events.len()).map_err(|e| failed(RaftStoreError::Raft(e.to_string())))?;
+        let Some(last_seq) = first_seq.checked_add(count).and_then(|n| n.checked_sub(1)) else {
+            return Ok(()); // an empty batch: nothing to write
+        };
+        let batch = Batch {
+            events: events.to_vec(),
+        };
+        let written = self.runtime.block_on(self.write(batch)).map_err(failed)?;
+        // The entry's events are the ones the core numbered: no other writer came between.
+        if written.data.events != last_seq {
+            return Err(failed(RaftStoreError::Raft(format!(
+                "the batch of events {first_seq}..={last_seq} was applied as ending at event {}",
+                written.data.events
+            ))));
+        }
+        self.last_written = Some((last_seq, written.log_id));
+        Ok(())
+    }
+
+    fn snapshot(&mut self, last_seq: u64, state: &MasterState) -> Result<(), CoreError> {
+        // Only a state this journal wrote the last entry of has an entry to be named after;
+        // before the first write, the machine's own latest snapshot stands.
+        let Some((written, log_id)) = self.last_written else {
+            return Ok(());
+        };
+        if written != last_seq {
+            return Ok(());
+        }
+        self.machine.offer(last_seq, log_id, state.durable_copy());
+        let raft = self.raft.clone();
+        self.runtime.spawn(async move {
+            if let Err(e) = raft.trigger().snapshot().await {
+                warn!(error = %e, "a snapshot of the replicated state could not be started");
+            }
+        });
+        Ok(())
+    }
+
+    fn repair(&mut self) -> Result<Repaired, CoreError> {
+        Err(failed(RaftStoreError::Raft(
+            "a replicated log is not repaired in place: remove this node's data and add it \
+             back as a new member, which copies the log from the others"
+                .into(),
+        )))
+    }
+}

@@ -1,0 +1,108 @@
+//! A master on a one-node Raft cluster: it borrows the state machine's state, writes each
+//! batch as one entry, offers copies for snapshots, and comes back after a clean stop and
+//! after a crash with every acknowledged change.
+
+use std::time::Duration;
+
+use mawex_api::{GroupName, MasterProxy, TaskId, TaskSpec, TaskState};
+use mawex_core::{Master, MasterConfig};
+use mawex_raft::ReplicatedMaster;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn config() -> MasterConfig {
+    let mut config = MasterConfig::default();
+    // Snapshots every few batches, so that the test crosses several.
+    config.snapshot_every = 40;
+    config
+}
+
+async fn start(dir: &std::path::Path) -> ReplicatedMaster {
+    ReplicatedMaster::start_single(dir, Master::builder().config(config()))
+        .await
+        .expect("the replicated master starts")
+}
+
+/// Submits `batches` batches of 20 tasks of `group`, one call each; their ids.
+async fn submit(node: &ReplicatedMaster, group: &GroupName, batches: usize) -> Vec<TaskId> {
+    let proxy = node.master().expect("the master runs").proxy();
+    let mut ids = Vec::new();
+    for _ in 0..batches {
+        let specs: Vec<TaskSpec> = (0..20)
+            .map(|_| TaskSpec::new(group.clone(), "h", &b"payload"[..]))
+            .collect();
+        ids.extend(specs.iter().map(|s| s.id));
+        proxy.submit_many(specs).await.expect("accepted");
+    }
+    ids
+}
+
+async fn states(node: &ReplicatedMaster, ids: &[TaskId]) -> Vec<TaskState> {
+    let proxy = node.master().expect("the master runs").proxy();
+    let mut states = Vec::new();
+    for id in ids {
+        states.push(proxy.get(*id).await.expect("a known task").state);
+    }
+    states
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_master_keeps_every_acknowledged_change_across_stops_and_crashes() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let group = GroupName::new("replicated").expect("a valid name");
+
+    let node = start(dir.path()).await;
+    assert_eq!(
+        node.machine().read(|_| ()),
+        None,
+        "the state is lent to the master"
+    );
+    let mut ids = submit(&node, &group, 10).await;
+    let proxy = node.master().expect("the master runs").proxy();
+    proxy.cancel(ids[0]).await.expect("cancelled");
+    // 200 accepted and one cancelled: snapshots were offered every 40 events, and the node
+    // builds them from the copies while the master holds the state.
+    node.raft()
+        .wait(Some(DEADLINE))
+        .metrics(
+            |m| m.snapshot.is_some_and(|s| s.index > 1),
+            "a snapshot built from an offered copy",
+        )
+        .await
+        .expect("a snapshot");
+    let events = node.machine().events();
+    assert_eq!(events, 201, "every event counted once by the state machine");
+    let before = states(&node, &ids).await;
+    assert_eq!(before[0], TaskState::Cancelled);
+    node.shutdown().await.expect("a clean stop");
+
+    // Clean restart: the snapshot plus the log after it.
+    let node = start(dir.path()).await;
+    assert_eq!(states(&node, &ids).await, before, "the same tasks");
+    assert_eq!(node.machine().events(), events, "no event applied twice");
+    ids.extend(submit(&node, &group, 3).await);
+    let before = states(&node, &ids).await;
+    node.halt().await.expect("a crash");
+
+    // Crash: everything acknowledged is in the log.
+    let node = start(dir.path()).await;
+    assert_eq!(
+        states(&node, &ids).await,
+        before,
+        "nothing acknowledged lost"
+    );
+    assert_eq!(node.machine().events(), events + 60);
+    node.shutdown().await.expect("a clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_machine_serves_one_master_at_a_time() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let node = start(dir.path()).await;
+    let lent_again = node.machine().lend();
+    assert!(
+        matches!(lent_again, Err(mawex_raft::RaftStoreError::Lent)),
+        "a second borrower is refused: {lent_again:?}"
+    );
+    node.shutdown().await.expect("a clean stop");
+}
