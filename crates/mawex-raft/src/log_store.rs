@@ -250,7 +250,7 @@ impl SledLogStore {
         Ok(())
     }
 
-    fn entries<RB: RangeBounds<u64>>(
+    pub(crate) fn entries<RB: RangeBounds<u64>>(
         &self,
         range: RB,
     ) -> Result<Vec<EntryOf<MasterRaft>>, RaftStoreError> {

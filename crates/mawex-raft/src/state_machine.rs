@@ -11,7 +11,7 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::EntryPayload;
 
 use crate::codec::{open, seal};
-use crate::{Applied, MasterRaft, RaftStoreError};
+use crate::{Applied, MasterRaft, RaftStoreError, SledLogStore};
 
 /// The snapshot file in the machine's directory, and the file it is written to first.
 const SNAPSHOT_FILE: &str = "raft-snapshot";
@@ -165,6 +165,63 @@ impl MasterStateMachine {
         Ok((machine.events, state))
     }
 
+    /// Takes the state back after the master it was lent to has stopped (this node lost the
+    /// lead, or its master failed), so that the node can go on applying as a follower. The
+    /// state is rebuilt from the stored snapshot and the entries of `log` after it, up to the
+    /// last one applied; the master's own state may hold a batch that was never committed, so
+    /// it is not taken back. Entries applied meanwhile are replayed under the machine's lock
+    /// at the end. Does nothing if the state is not lent (or a snapshot installed since
+    /// replaced it).
+    ///
+    /// Blocks for as long as the replay takes: call it off the runtime's threads (with
+    /// `spawn_blocking`).
+    ///
+    /// # Errors
+    /// The snapshot or the log cannot be read, an entry the machine applied is missing from
+    /// the log, or the rebuilt state does not hold as many events as were applied.
+    pub fn reclaim(&self, log: &SledLogStore) -> Result<(), RaftStoreError> {
+        if self.lock().state.is_some() {
+            return Ok(());
+        }
+        // Without the lock: the snapshot and the log up to what is applied now.
+        let (mut events, mut state, mut replayed) = {
+            let snapshots = self.snapshots();
+            match read_snapshot_file(&snapshots.dir)? {
+                Some((meta, data)) => {
+                    let (events, state) = mawex_core::journal::decode_snapshot(&data)?;
+                    (events, state, meta.last_log_id)
+                }
+                None => (0, MasterState::new(), None),
+            }
+        };
+        let upto = self.last_applied();
+        replay(log, &mut state, &mut events, &mut replayed, upto)?;
+        // Under the lock: whatever was applied meanwhile, then the state moves in.
+        let mut machine = self.lock();
+        if machine.state.is_some() {
+            return Ok(());
+        }
+        replay(
+            log,
+            &mut state,
+            &mut events,
+            &mut replayed,
+            machine.last_applied,
+        )?;
+        if events != machine.events {
+            return Err(RaftStoreError::Damaged {
+                what: "the Raft log".into(),
+                reason: format!(
+                    "its entries up to {:?} hold {events} events, where {} were applied",
+                    machine.last_applied, machine.events
+                ),
+            });
+        }
+        machine.state = Some(state);
+        machine.offered = None;
+        Ok(())
+    }
+
     /// Offers `state`, the lent state as of event `events` (a copy taken right after the
     /// commit of the entry `log_id`, whose batch ends at that event), for the next snapshot.
     /// Replaces any earlier offer not yet built.
@@ -201,6 +258,44 @@ impl MasterStateMachine {
             }),
         )
     }
+}
+
+/// Applies to `state` the batches of the entries of `log` after `replayed` up to `upto`,
+/// counting their events.
+fn replay(
+    log: &SledLogStore,
+    state: &mut MasterState,
+    events: &mut u64,
+    replayed: &mut Option<LogIdOf<MasterRaft>>,
+    upto: Option<LogIdOf<MasterRaft>>,
+) -> Result<(), RaftStoreError> {
+    let Some(upto) = upto.filter(|upto| Some(upto) > replayed.as_ref()) else {
+        return Ok(());
+    };
+    let from = replayed.map_or(0, |r| r.index.saturating_add(1));
+    let entries = log.entries(from..=upto.index)?;
+    let expected = upto.index.saturating_sub(from).saturating_add(1);
+    if u64::try_from(entries.len()).ok() != Some(expected) {
+        return Err(RaftStoreError::Damaged {
+            what: "the Raft log".into(),
+            reason: format!(
+                "entries {from}..={} are applied but {} of them are in the log",
+                upto.index,
+                entries.len()
+            ),
+        });
+    }
+    for entry in entries {
+        if let EntryPayload::Normal(batch) = entry.payload {
+            let count = u64::try_from(batch.events.len()).unwrap_or(u64::MAX);
+            for event in batch.events {
+                state.apply_owned(event);
+            }
+            *events = events.saturating_add(count);
+        }
+    }
+    *replayed = Some(upto);
+    Ok(())
 }
 
 fn storage(e: io::Error) -> RaftStoreError {
