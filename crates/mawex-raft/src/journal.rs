@@ -18,9 +18,16 @@ use crate::{Batch, MasterRaft, MasterStateMachine, RaftStoreError};
 /// Each write is conditional on the leadership the journal was opened under: once another
 /// node leads (or this one again, in a later term), a write fails with
 /// [`RaftStoreError::NotLeader`] instead of landing in the log, and the master stops, as it
-/// does on any journal failure. A deposed leader can therefore never commit a decision.
+/// does on any journal failure. A deposed leader therefore appends nothing new. (An entry it
+/// appended while it still led may yet be committed by its successor, though its own master
+/// reported the write failed: the clients it did not answer retry, and submits are
+/// idempotent by id.)
 ///
-/// The core thread calls it; its waits run on the tokio runtime it was opened on.
+/// [`Journal::snapshot`] only offers the copy: the snapshot is built and stored on openraft's
+/// task afterwards, and one not stored before a crash costs only a longer replay.
+///
+/// The core thread calls it; its waits run on the tokio runtime it was opened on, which must
+/// be a multi-thread runtime (or one whose thread is free to drive it).
 pub struct RaftJournal {
     raft: Raft<MasterRaft, MasterStateMachine>,
     machine: MasterStateMachine,
@@ -102,11 +109,24 @@ impl Journal for RaftJournal {
     }
 
     fn append(&mut self, first_seq: u64, events: &[Event]) -> Result<(), CoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
         let count =
             u64::try_from(events.len()).map_err(|e| failed(RaftStoreError::Raft(e.to_string())))?;
-        let Some(last_seq) = first_seq.checked_add(count).and_then(|n| n.checked_sub(1)) else {
-            return Ok(()); // an empty batch: nothing to write
-        };
+        let last_seq = first_seq.checked_add(count - 1).ok_or_else(|| {
+            failed(RaftStoreError::Raft(format!(
+                "a batch of {count} events from {first_seq} runs past 2^64"
+            )))
+        })?;
+        // Numbered after the last event applied, or something else wrote meanwhile: refused
+        // before it reaches the log.
+        let applied = self.machine.events();
+        if applied.checked_add(1) != Some(first_seq) {
+            return Err(failed(RaftStoreError::Raft(format!(
+                "a batch numbered from event {first_seq} follows event {applied}"
+            ))));
+        }
         let batch = Batch {
             events: events.to_vec(),
         };
@@ -131,7 +151,9 @@ impl Journal for RaftJournal {
         if written != last_seq {
             return Ok(());
         }
-        self.machine.offer(last_seq, log_id, state.durable_copy());
+        if !self.machine.offer(last_seq, log_id, state.durable_copy()) {
+            return Ok(());
+        }
         let raft = self.raft.clone();
         self.runtime.spawn(async move {
             if let Err(e) = raft.trigger().snapshot().await {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mawex_core::{Master, MasterBuilder};
 use openraft::{BasicNode, Config, Raft, ServerState};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     MasterRaft, MasterStateMachine, RaftJournal, RaftStoreError, SingleNode, SledLogStore,
@@ -21,6 +21,10 @@ const MACHINE_DIR: &str = "raft-machine";
 const SINGLE_NODE_ID: u64 = 1;
 /// How long a node of one may take to lead after it starts (it elects itself at once).
 const LEAD_WITHIN: Duration = Duration::from_secs(30);
+/// How long a clean stop waits for the master's last snapshot to be stored.
+const SNAPSHOT_AT_STOP_WITHIN: Duration = Duration::from_secs(30);
+/// How long each ask for that snapshot waits before asking again.
+const SNAPSHOT_RETRY: Duration = Duration::from_millis(500);
 
 /// The Raft settings of a master node: snapshots are started by the master (every
 /// `MasterConfig::snapshot_every` events, from a copy its core offers), never by openraft's
@@ -70,29 +74,49 @@ impl ReplicatedMaster {
         dir: impl AsRef<Path>,
         builder: MasterBuilder,
     ) -> Result<Self, RaftStoreError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            RaftStoreError::Raft(format!("a replicated master runs on a tokio runtime: {e}"))
+        })?;
         let dir = dir.as_ref();
-        let store = Self::open_log(dir)?;
+        let log = Self::open_log(dir)?;
         let machine = MasterStateMachine::open(dir.join(MACHINE_DIR))?;
         let raft = Raft::new(
             SINGLE_NODE_ID,
             raft_config()?,
             SingleNode,
-            store,
+            log.clone(),
             machine.clone(),
         )
         .await
         .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
-        let initialized = raft
-            .is_initialized()
-            .await
-            .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
-        if !initialized {
-            let members = BTreeMap::from([(SINGLE_NODE_ID, BasicNode::new(""))]);
-            raft.initialize(members)
+        let started = async {
+            let initialized = raft
+                .is_initialized()
                 .await
                 .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
+            if !initialized {
+                let members = BTreeMap::from([(SINGLE_NODE_ID, BasicNode::new(""))]);
+                raft.initialize(members)
+                    .await
+                    .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
+            }
+            lead(&raft, &machine, &log, builder, runtime).await
         }
-        Self::lead(raft, machine, builder).await
+        .await;
+        match started {
+            Ok(master) => Ok(ReplicatedMaster {
+                master: Some(master),
+                raft,
+                machine,
+            }),
+            Err(e) => {
+                // The node holds its log locked until it stops: stopped, a retry can open it.
+                if let Err(stop) = raft.shutdown().await {
+                    warn!(error = %stop, "the Raft node did not stop cleanly");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The Raft log of the node whose data is in `dir`: to inspect the log of a node that is
@@ -104,59 +128,8 @@ impl ReplicatedMaster {
         SledLogStore::open(dir.as_ref().join(LOG_DIR))
     }
 
-    /// Waits for `raft` to lead, applies everything committed, and starts the master on it.
-    async fn lead(
-        raft: Raft<MasterRaft, MasterStateMachine>,
-        machine: MasterStateMachine,
-        builder: MasterBuilder,
-    ) -> Result<Self, RaftStoreError> {
-        let started = std::time::Instant::now();
-        let id = *raft.node_id();
-        // Leading with a committed vote (what `RaftJournal::new` checks), as the metrics
-        // tell, which are published a little after the state changes.
-        raft.wait(Some(LEAD_WITHIN))
-            .metrics(
-                |m| {
-                    m.state == ServerState::Leader
-                        && m.current_leader == Some(id)
-                        && m.vote.is_committed()
-                },
-                "the node leads",
-            )
-            .await
-            .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
-        // A blank entry of this term, applied: every entry committed before it is applied
-        // too, so the state handed to the master is the whole committed state.
-        raft.write_blank()
-            .await
-            .map_err(|e| match e.forward_to_leader() {
-                Some(forward) => RaftStoreError::NotLeader {
-                    leader: forward.leader_id,
-                },
-                None => RaftStoreError::Raft(e.to_string()),
-            })?;
-        let journal = RaftJournal::new(
-            raft.clone(),
-            machine.clone(),
-            tokio::runtime::Handle::current(),
-        )?;
-        let master = builder
-            .start(journal)
-            .await
-            .map_err(RaftStoreError::Master)?;
-        info!(
-            lead_ms = started.elapsed().as_millis() as u64,
-            events = machine.events(),
-            "the master leads its cluster"
-        );
-        Ok(ReplicatedMaster {
-            master: Some(master),
-            raft,
-            machine,
-        })
-    }
-
-    /// The master (while it runs: it stops when it can no longer write its log).
+    /// The master. It stops on its own when it can no longer write the log (see
+    /// [`Master::stopped`]), and this still returns it then.
     pub fn master(&self) -> Option<&Master> {
         self.master.as_ref()
     }
@@ -171,7 +144,8 @@ impl ReplicatedMaster {
         &self.machine
     }
 
-    /// Stops the master cleanly (its last batch committed), then the Raft node.
+    /// Stops the master cleanly (its last batch committed), stores the snapshot it offers as
+    /// it stops (so that the next start replays nothing), then stops the Raft node.
     ///
     /// # Errors
     /// What stopped the master earlier, if anything did, or a Raft node that did not stop.
@@ -180,11 +154,40 @@ impl ReplicatedMaster {
             Some(master) => master.shutdown().await,
             None => Ok(()),
         };
+        if let Some(offered) = self.machine.offered() {
+            self.store_offered_snapshot(offered.index).await;
+        }
         self.raft
             .shutdown()
             .await
             .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
         stopped.map_err(RaftStoreError::Master)
+    }
+
+    /// Builds the snapshot of the copy the master offered last, the state as of entry
+    /// `index`, and waits (a bounded time) until it is stored. Not storing it loses nothing:
+    /// a restart replays the log instead.
+    async fn store_offered_snapshot(&self, index: u64) {
+        let deadline = std::time::Instant::now() + SNAPSHOT_AT_STOP_WITHIN;
+        // A trigger while an earlier build runs is ignored: asked again until one takes.
+        while std::time::Instant::now() < deadline {
+            if let Err(e) = self.raft.trigger().snapshot().await {
+                warn!(error = %e, "the last snapshot could not be started");
+                return;
+            }
+            let built = self
+                .raft
+                .wait(Some(SNAPSHOT_RETRY))
+                .metrics(
+                    |m| m.snapshot.is_some_and(|s| s.index >= index),
+                    "the last snapshot stored",
+                )
+                .await;
+            if built.is_ok() {
+                return;
+            }
+        }
+        warn!("the last snapshot was not stored in time; the next start replays the log");
     }
 
     /// Stops as a crash would: the master without committing its last batch, then the
@@ -204,4 +207,59 @@ impl ReplicatedMaster {
             .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
         stopped.map_err(RaftStoreError::Master)
     }
+}
+
+/// Waits for `raft` to lead, applies everything committed, and starts the master on it.
+async fn lead(
+    raft: &Raft<MasterRaft, MasterStateMachine>,
+    machine: &MasterStateMachine,
+    log: &SledLogStore,
+    builder: MasterBuilder,
+    runtime: tokio::runtime::Handle,
+) -> Result<Master, RaftStoreError> {
+    let started = std::time::Instant::now();
+    let id = *raft.node_id();
+    // Leading with a committed vote (what `RaftJournal::new` checks), as the metrics tell,
+    // which are published a little after the state changes.
+    raft.wait(Some(LEAD_WITHIN))
+        .metrics(
+            |m| {
+                m.state == ServerState::Leader
+                    && m.current_leader == Some(id)
+                    && m.vote.is_committed()
+            },
+            "the node leads",
+        )
+        .await
+        .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
+    // A blank entry of this term, applied: every entry committed before it is applied too,
+    // so the state handed to the master is the whole committed state.
+    raft.write_blank()
+        .await
+        .map_err(|e| match e.forward_to_leader() {
+            Some(forward) => RaftStoreError::NotLeader {
+                leader: forward.leader_id,
+            },
+            None => RaftStoreError::Raft(e.to_string()),
+        })?;
+    let journal = RaftJournal::new(raft.clone(), machine.clone(), runtime)?;
+    let master = match builder.start(journal).await {
+        Ok(master) => master,
+        Err(e) => {
+            // The master may have borrowed the state before it failed.
+            let (machine, log) = (machine.clone(), log.clone());
+            match tokio::task::spawn_blocking(move || machine.reclaim(&log)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(reclaim)) => warn!(error = %reclaim, "the state could not be taken back"),
+                Err(join) => warn!(error = %join, "the state could not be taken back"),
+            }
+            return Err(RaftStoreError::Master(e));
+        }
+    };
+    info!(
+        lead_ms = started.elapsed().as_millis() as u64,
+        events = machine.events(),
+        "the master leads its cluster"
+    );
+    Ok(master)
 }

@@ -224,14 +224,23 @@ impl MasterStateMachine {
 
     /// Offers `state`, the lent state as of event `events` (a copy taken right after the
     /// commit of the entry `log_id`, whose batch ends at that event), for the next snapshot.
-    /// Replaces any earlier offer not yet built.
-    pub fn offer(&self, events: u64, log_id: LogIdOf<MasterRaft>, state: MasterState) {
+    /// Replaces any earlier offer not yet built. False if the offer is not taken: the state
+    /// is not lent, the entry is not applied yet, or the membership in effect at it is
+    /// forgotten (the next offer will do).
+    pub(crate) fn offer(
+        &self,
+        events: u64,
+        log_id: LogIdOf<MasterRaft>,
+        state: MasterState,
+    ) -> bool {
         let mut machine = self.lock();
+        // A snapshot must never name an entry whose state it may not hold.
+        if machine.state.is_some() || Some(&log_id) > machine.last_applied.as_ref() {
+            return false;
+        }
         let Some(membership) = machine.membership_at(Some(&log_id)) else {
-            // Membership changes came so fast that the one in effect at this entry is
-            // forgotten: the next offer will do.
             tracing::debug!(%log_id, "a snapshot offer skipped: its membership is gone");
-            return;
+            return false;
         };
         machine.offered = Some(Offered {
             state,
@@ -241,6 +250,15 @@ impl MasterStateMachine {
                 last_membership: membership,
             },
         });
+        true
+    }
+
+    /// The entry of the copy offered and not yet built into a snapshot, if there is one.
+    pub(crate) fn offered(&self) -> Option<LogIdOf<MasterRaft>> {
+        self.lock()
+            .offered
+            .as_ref()
+            .and_then(|offered| offered.meta.last_log_id)
     }
 }
 
@@ -464,6 +482,15 @@ impl RaftStateMachine<MasterRaft> for MasterStateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
+    }
+
+    async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Self::SnapshotBuilder> {
+        // Lent with nothing offered: no state to build from until the core offers a copy.
+        let deferred = {
+            let machine = self.lock();
+            machine.state.is_none() && machine.offered.is_none()
+        };
+        (force || !deferred).then(|| self.clone())
     }
 
     async fn install_snapshot(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use mawex_api::{GroupName, MasterProxy, TaskId, TaskSpec, TaskState};
 use mawex_core::{Master, MasterConfig};
-use mawex_raft::ReplicatedMaster;
+use mawex_raft::{MasterStateMachine, ReplicatedMaster};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -75,6 +75,11 @@ async fn a_replicated_master_keeps_every_acknowledged_change_across_stops_and_cr
     let before = states(&node, &ids).await;
     assert_eq!(before[0], TaskState::Cancelled);
     node.shutdown().await.expect("a clean stop");
+    // The stop stored a snapshot of everything (the machine's directory, as
+    // `start_single` lays it out): the next start replays nothing.
+    let stored = MasterStateMachine::open(dir.path().join("raft-machine")).expect("it opens");
+    assert_eq!(stored.events(), events, "a snapshot of every event");
+    drop(stored);
 
     // Clean restart: the snapshot plus the log after it.
     let node = start(dir.path()).await;
