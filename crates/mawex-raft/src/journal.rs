@@ -1,13 +1,16 @@
 //! The master's journal on the Raft log: the leader's core writes each batch it commits as
 //! one entry, and it is durable once the entry is committed.
 
+use std::time::{Duration, Instant};
+
 use mawex_core::{CoreError, Event, Journal, MasterState, Recovered, Repaired};
 use openraft::alias::{CommittedLeaderIdOf, LogIdOf};
-use openraft::errors::ClientWriteError;
+use openraft::errors::{ClientWriteError, ForwardReason};
 use openraft::impls::ProgressResponder;
 use openraft::Raft;
 use tracing::{debug, warn};
 
+use crate::node::LEASE_RETRY;
 use crate::{Batch, MasterRaft, MasterStateMachine, RaftStoreError};
 
 /// The [`Journal`] of a master that leads a cluster: [`Journal::recover`] borrows the state
@@ -73,26 +76,44 @@ impl RaftJournal {
         })
     }
 
+    /// Writes `batch` and waits for it to be applied. A write refused because this leader
+    /// has heard from no quorum lately (its lease ran out: it may be cut off) is refused
+    /// before it reaches the log, so it is tried again, for as long as a lease lasts; after
+    /// that the leader is most likely deposed, and the write fails.
     async fn write(
         &self,
         batch: Batch,
     ) -> Result<openraft::raft::ClientWriteResponse<MasterRaft>, RaftStoreError> {
-        let (responder, answer) = ProgressResponder::<MasterRaft, _>::complete_only();
-        self.raft
-            .write(batch)
-            .with_leader(self.leader)
-            .responder(responder)
-            .await
-            .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
-        match answer.await {
-            Ok(Ok(written)) => Ok(written),
-            Ok(Err(ClientWriteError::ForwardToLeader(forward))) => Err(RaftStoreError::NotLeader {
-                leader: forward.leader_id,
-            }),
-            Ok(Err(e)) => Err(RaftStoreError::Raft(e.to_string())),
-            Err(_) => Err(RaftStoreError::Raft(
-                "the Raft node stopped before the write was decided".into(),
-            )),
+        let lease = Duration::from_millis(self.raft.config().election_timeout_max);
+        let deadline = Instant::now() + lease.saturating_mul(2);
+        loop {
+            let (responder, answer) = ProgressResponder::<MasterRaft, _>::complete_only();
+            self.raft
+                .write(batch.clone())
+                .with_leader(self.leader)
+                .responder(responder)
+                .await
+                .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
+            match answer.await {
+                Ok(Ok(written)) => return Ok(written),
+                Ok(Err(ClientWriteError::ForwardToLeader(forward)))
+                    if forward.reason == ForwardReason::LeaseExpired
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(LEASE_RETRY).await;
+                }
+                Ok(Err(ClientWriteError::ForwardToLeader(forward))) => {
+                    return Err(RaftStoreError::NotLeader {
+                        leader: forward.leader_id,
+                    })
+                }
+                Ok(Err(e)) => return Err(RaftStoreError::Raft(e.to_string())),
+                Err(_) => {
+                    return Err(RaftStoreError::Raft(
+                        "the Raft node stopped before the write was decided".into(),
+                    ))
+                }
+            }
         }
     }
 }

@@ -12,10 +12,14 @@
 //! - [`RaftJournal`]: the master's journal on the log. The leader's core writes each batch
 //!   as one entry and borrows the state machine's state (it applies each batch as it
 //!   decides it, so the state is applied once and held once).
-//! - [`ReplicatedMaster`]: a master on all of these, the one node of its cluster for now.
+//! - [`ReplicatedMaster`]: a master on all of these, the one node of its cluster (the
+//!   embedded shape).
+//! - [`MasterNode`]: one node of a cluster of masters, which runs a master while it leads
+//!   and hands the lead over when it loses it.
 //!
 //! openraft's own storage test suite runs against the two (`tests/storage_suite.rs`).
 
+mod cluster;
 mod codec;
 mod error;
 mod journal;
@@ -29,6 +33,7 @@ use std::fmt;
 use mawex_core::Event;
 use serde::{Deserialize, Serialize};
 
+pub use cluster::{MasterNode, NodeConfig};
 pub use error::RaftStoreError;
 pub use journal::RaftJournal;
 pub use log_store::{SledLogStore, SyncsHeld};

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mawex_core::{Master, MasterBuilder};
+use openraft::errors::ForwardReason;
 use openraft::{BasicNode, Config, Raft, ServerState};
 use tracing::{info, warn};
 
@@ -15,12 +16,14 @@ use crate::{
 };
 
 /// Where in a node's directory its Raft log and its state machine's snapshot are.
-const LOG_DIR: &str = "raft-log";
-const MACHINE_DIR: &str = "raft-machine";
+pub(crate) const LOG_DIR: &str = "raft-log";
+pub(crate) const MACHINE_DIR: &str = "raft-machine";
 /// The id of the node of a cluster of one.
 const SINGLE_NODE_ID: u64 = 1;
 /// How long a node of one may take to lead after it starts (it elects itself at once).
 const LEAD_WITHIN: Duration = Duration::from_secs(30);
+/// How long a leader waits before it tries again a write refused for want of a lease.
+pub(crate) const LEASE_RETRY: Duration = Duration::from_millis(20);
 /// How long a clean stop waits for the master's last snapshot to be stored.
 const SNAPSHOT_AT_STOP_WITHIN: Duration = Duration::from_secs(30);
 /// How long each ask for that snapshot waits before asking again.
@@ -100,7 +103,7 @@ impl ReplicatedMaster {
                     .await
                     .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
             }
-            lead(&raft, &machine, &log, builder, runtime).await
+            lead(&raft, &machine, &log, builder, runtime, LEAD_WITHIN).await
         }
         .await;
         match started {
@@ -209,19 +212,21 @@ impl ReplicatedMaster {
     }
 }
 
-/// Waits for `raft` to lead, applies everything committed, and starts the master on it.
-async fn lead(
+/// Waits (up to `within`) for `raft` to lead, applies everything committed, and starts the
+/// master on it.
+pub(crate) async fn lead(
     raft: &Raft<MasterRaft, MasterStateMachine>,
     machine: &MasterStateMachine,
     log: &SledLogStore,
     builder: MasterBuilder,
     runtime: tokio::runtime::Handle,
+    within: Duration,
 ) -> Result<Master, RaftStoreError> {
     let started = std::time::Instant::now();
     let id = *raft.node_id();
     // Leading with a committed vote (what `RaftJournal::new` checks), as the metrics tell,
     // which are published a little after the state changes.
-    raft.wait(Some(LEAD_WITHIN))
+    raft.wait(Some(within))
         .metrics(
             |m| {
                 m.state == ServerState::Leader
@@ -234,14 +239,28 @@ async fn lead(
         .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
     // A blank entry of this term, applied: every entry committed before it is applied too,
     // so the state handed to the master is the whole committed state.
-    raft.write_blank()
-        .await
-        .map_err(|e| match e.forward_to_leader() {
-            Some(forward) => RaftStoreError::NotLeader {
-                leader: forward.leader_id,
-            },
-            None => RaftStoreError::Raft(e.to_string()),
-        })?;
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let Err(e) = raft.write_blank().await else {
+            break;
+        };
+        match e.forward_to_leader() {
+            // Just elected, the leader has no quorum's ack yet (its lease): one heartbeat on,
+            // it has.
+            Some(forward)
+                if forward.reason == ForwardReason::LeaseExpired
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(LEASE_RETRY).await;
+            }
+            Some(forward) => {
+                return Err(RaftStoreError::NotLeader {
+                    leader: forward.leader_id,
+                })
+            }
+            None => return Err(RaftStoreError::Raft(e.to_string())),
+        }
+    }
     let journal = RaftJournal::new(raft.clone(), machine.clone(), runtime)?;
     let master = match builder.start(journal).await {
         Ok(master) => master,

@@ -7,92 +7,17 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mawex_api::GroupName;
 use mawex_core::MasterState;
-use mawex_raft::{Batch, MasterRaft, MasterStateMachine, SledLogStore};
-use openraft::alias::{SnapshotOf, VoteOf};
-use openraft::errors::{
-    ClientWriteError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
-};
-use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
-};
+use mawex_raft::{Batch, MasterStateMachine, SledLogStore};
+use openraft::errors::{ClientWriteError, RaftError};
 use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Config, Raft};
 
-type Node = Raft<MasterRaft, MasterStateMachine>;
-
-/// The nodes that are up, by id: a call to one that is not there is unreachable.
-#[derive(Clone, Default)]
-struct Router(Arc<Mutex<BTreeMap<u64, Node>>>);
-
-impl Router {
-    fn get(&self, id: u64) -> Result<Node, Unreachable<MasterRaft>> {
-        let nodes = self.0.lock().expect("the router's lock");
-        nodes
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| Unreachable::from_string(format!("node {id} is down")))
-    }
-}
-
-struct Connection {
-    router: Router,
-    target: u64,
-}
-
-impl RaftNetworkFactory<MasterRaft> for Router {
-    type Network = Connection;
-    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> Connection {
-        Connection {
-            router: self.clone(),
-            target,
-        }
-    }
-}
-
-impl RaftNetworkV2<MasterRaft> for Connection {
-    type SnapshotData = Vec<u8>;
-
-    async fn append_entries(
-        &mut self,
-        rpc: AppendEntriesRequest<MasterRaft>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<MasterRaft>, RPCError<MasterRaft>> {
-        let node = self.router.get(self.target)?;
-        node.append_entries(rpc)
-            .await
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
-    }
-
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<MasterRaft>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<MasterRaft>, RPCError<MasterRaft>> {
-        let node = self.router.get(self.target)?;
-        node.vote(rpc)
-            .await
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
-    }
-
-    async fn full_snapshot(
-        &mut self,
-        vote: VoteOf<MasterRaft>,
-        snapshot: SnapshotOf<MasterRaft, Vec<u8>>,
-        _cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
-        _option: RPCOption,
-    ) -> Result<SnapshotResponse<MasterRaft>, StreamingError<MasterRaft>> {
-        let node = self.router.get(self.target)?;
-        node.install_full_snapshot(vote, snapshot)
-            .await
-            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))
-    }
-}
+use common::{Node, Router};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 

@@ -1,5 +1,19 @@
 //! What the tests of the Raft stores share.
 
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use mawex_raft::{MasterRaft, MasterStateMachine};
+use openraft::alias::{SnapshotOf, VoteOf};
+use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Raft};
+
 use mawex_api::{GroupName, TaskSpec, Timestamp};
 use mawex_core::Event;
 use mawex_raft::Batch;
@@ -13,5 +27,87 @@ pub(crate) fn accepted(group: &GroupName, tasks: usize) -> Batch {
                 at: Timestamp(5),
             })
             .collect(),
+    }
+}
+
+pub(crate) type Node = Raft<MasterRaft, MasterStateMachine>;
+
+/// The nodes that are up, by id: a call to one that is not there is unreachable.
+#[derive(Clone, Default)]
+pub(crate) struct Router(pub(crate) Arc<Mutex<BTreeMap<u64, Node>>>);
+
+impl Router {
+    pub(crate) fn get(&self, id: u64) -> Result<Node, Unreachable<MasterRaft>> {
+        let nodes = self.0.lock().expect("the router's lock");
+        nodes
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Unreachable::from_string(format!("node {id} is down")))
+    }
+}
+
+pub(crate) struct Connection {
+    router: Router,
+    target: u64,
+}
+
+impl RaftNetworkFactory<MasterRaft> for Router {
+    type Network = Connection;
+    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> Connection {
+        Connection {
+            router: self.clone(),
+            target,
+        }
+    }
+}
+
+impl RaftNetworkV2<MasterRaft> for Connection {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<MasterRaft>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<MasterRaft>, RPCError<MasterRaft>> {
+        let node = self.router.get(self.target)?;
+        node.append_entries(rpc)
+            .await
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<MasterRaft>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<MasterRaft>, RPCError<MasterRaft>> {
+        let node = self.router.get(self.target)?;
+        node.vote(rpc)
+            .await
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<MasterRaft>,
+        snapshot: SnapshotOf<MasterRaft, Vec<u8>>,
+        _cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<MasterRaft>, StreamingError<MasterRaft>> {
+        let node = self.router.get(self.target)?;
+        node.install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))
+    }
+}
+
+impl Router {
+    /// Makes `node` reachable as `id`.
+    pub(crate) fn add(&self, id: u64, node: Node) {
+        self.0.lock().expect("the router's lock").insert(id, node);
+    }
+
+    /// Makes node `id` unreachable.
+    pub(crate) fn remove(&self, id: u64) {
+        self.0.lock().expect("the router's lock").remove(&id);
     }
 }

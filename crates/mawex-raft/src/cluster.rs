@@ -1,0 +1,270 @@
+//! A node of a cluster of masters: it runs a master while it leads, and only then.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mawex_core::{LocalMasterProxy, Master, MasterConfig};
+use openraft::network::{NetSnapshot, RaftNetworkFactory};
+use openraft::{BasicNode, Config, Raft, WatchChangeHandle};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::node::{lead, LOG_DIR, MACHINE_DIR};
+use crate::{MasterRaft, MasterStateMachine, RaftStoreError, SledLogStore};
+
+/// The settings of one node of a cluster of masters.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NodeConfig {
+    /// This node's id, unique in its cluster and never reused by a node with another disk.
+    pub id: u64,
+    /// How often the leader tells the others it is there.
+    pub heartbeat: Duration,
+    /// A follower that hears nothing for a time drawn between these two stands for election.
+    pub election_timeout: (Duration, Duration),
+    /// Entries kept after a snapshot, so that a follower a little behind catches up from
+    /// the log rather than from a whole snapshot.
+    pub keep_after_snapshot: u64,
+}
+
+impl NodeConfig {
+    /// The defaults for node `id`: heartbeats every 100 ms, elections after 500 – 1,000 ms
+    /// of silence, 1,000 entries kept after a snapshot.
+    pub fn new(id: u64) -> Self {
+        NodeConfig {
+            id,
+            heartbeat: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(500), Duration::from_millis(1_000)),
+            keep_after_snapshot: 1_000,
+        }
+    }
+
+    fn raft(&self) -> Result<Arc<Config>, RaftStoreError> {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let config = Config {
+            cluster_name: "mawex".into(),
+            heartbeat_interval: millis(self.heartbeat),
+            election_timeout_min: millis(self.election_timeout.0),
+            election_timeout_max: millis(self.election_timeout.1),
+            enable_pre_vote: Some(true),
+            // Snapshots are the master's to start (see `RaftJournal`).
+            snapshot_policy: openraft::SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: self.keep_after_snapshot,
+            ..Config::default()
+        };
+        config
+            .validate()
+            .map(Arc::new)
+            .map_err(|e| RaftStoreError::Raft(e.to_string()))
+    }
+}
+
+/// The master this node runs while it leads, and a client of it for anyone in-process.
+#[derive(Default)]
+struct Leading {
+    master: Option<Master>,
+}
+
+/// One node of a cluster of masters.
+///
+/// Every node keeps the Raft log and applies what is committed to its state machine. The
+/// node that leads also runs a [`Master`]: when it wins an election it waits until every
+/// committed entry is applied, lends the state machine's state to a new master
+/// (`RaftJournal`), and from then on that master decides and writes. When another node
+/// leads, the master here stops (its next write would fail anyway: every write is made
+/// under the leadership it started with) and the state machine rebuilds its state from its
+/// snapshot and log, never from the stopped master's, which may hold a batch that was never
+/// committed. Starting and stopping take turns: a master starts only after the last one
+/// stopped.
+pub struct MasterNode {
+    raft: Raft<MasterRaft, MasterStateMachine>,
+    machine: MasterStateMachine,
+    leading: Arc<Mutex<Leading>>,
+    proxy: watch::Receiver<Option<LocalMasterProxy>>,
+    watch: Option<WatchChangeHandle<MasterRaft>>,
+}
+
+impl std::fmt::Debug for MasterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterNode")
+            .field("id", self.raft.node_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MasterNode {
+    /// Starts node `config.id` with its data in `dir` (created if missing), reaching the
+    /// others through `network`. A node of a new cluster waits for
+    /// [`MasterNode::initialize`] on one of them; a node that has data rejoins its cluster.
+    ///
+    /// # Errors
+    /// The log or the snapshot cannot be opened or is damaged, or a setting is out of range.
+    pub async fn start<N>(
+        dir: impl AsRef<Path>,
+        config: NodeConfig,
+        network: N,
+        master: MasterConfig,
+    ) -> Result<Self, RaftStoreError>
+    where
+        N: RaftNetworkFactory<MasterRaft>,
+        N::Network: NetSnapshot<MasterRaft, SnapshotData = Vec<u8>>,
+    {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            RaftStoreError::Raft(format!("a master node runs on a tokio runtime: {e}"))
+        })?;
+        let dir = dir.as_ref();
+        let log = SledLogStore::open(dir.join(LOG_DIR))?;
+        let machine = MasterStateMachine::open(dir.join(MACHINE_DIR))?;
+        // Long enough for a node that just won to apply what is committed and start.
+        let lead_within = config.election_timeout.1.saturating_mul(4);
+        let raft = Raft::new(
+            config.id,
+            config.raft()?,
+            network,
+            log.clone(),
+            machine.clone(),
+        )
+        .await
+        .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
+        let leading = Arc::new(Mutex::new(Leading::default()));
+        let (proxy_tx, proxy) = watch::channel(None);
+        let proxy_tx = Arc::new(proxy_tx);
+
+        let on_start = {
+            let (raft, machine, log) = (raft.clone(), machine.clone(), log.clone());
+            let (leading, proxy_tx) = (leading.clone(), proxy_tx.clone());
+            move |_leader| {
+                let (raft, machine, log) = (raft.clone(), machine.clone(), log.clone());
+                let (leading, proxy_tx) = (leading.clone(), proxy_tx.clone());
+                let (runtime, master) = (runtime.clone(), master.clone());
+                async move {
+                    let builder = Master::builder().config(master);
+                    match lead(&raft, &machine, &log, builder, runtime, lead_within).await {
+                        Ok(master) => {
+                            proxy_tx.send_replace(Some(master.proxy()));
+                            lock(&leading).master = Some(master);
+                        }
+                        // The lead may be lost already; the next win tries again.
+                        Err(e) => warn!(error = %e, "the master did not start on this leader"),
+                    }
+                }
+            }
+        };
+        let on_stop = {
+            let (raft, machine, log) = (raft.clone(), machine.clone(), log.clone());
+            let (leading, proxy_tx) = (leading.clone(), proxy_tx.clone());
+            move |_leader| {
+                let (raft, machine, log) = (raft.clone(), machine.clone(), log.clone());
+                let (leading, proxy_tx) = (leading.clone(), proxy_tx.clone());
+                async move {
+                    proxy_tx.send_replace(None);
+                    stop_master(&raft, &leading, &machine, &log).await;
+                }
+            }
+        };
+        let watch = raft.on_leader_change(on_start, on_stop);
+        Ok(MasterNode {
+            raft,
+            machine,
+            leading,
+            proxy,
+            watch: Some(watch),
+        })
+    }
+
+    /// Makes a new cluster of `members` (this node among them); call it once, on one node.
+    ///
+    /// # Errors
+    /// The cluster is initialised already, or `members` does not hold this node.
+    pub async fn initialize(
+        &self,
+        members: BTreeMap<u64, BasicNode>,
+    ) -> Result<(), RaftStoreError> {
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| RaftStoreError::Raft(e.to_string()))
+    }
+
+    /// A client of the master this node runs, while it leads.
+    pub fn proxy(&self) -> Option<LocalMasterProxy> {
+        self.proxy.borrow().clone()
+    }
+
+    /// Changes as this node starts and stops leading: a client of its master, or `None`.
+    pub fn leading(&self) -> watch::Receiver<Option<LocalMasterProxy>> {
+        self.proxy.clone()
+    }
+
+    /// The Raft node.
+    pub fn raft(&self) -> &Raft<MasterRaft, MasterStateMachine> {
+        &self.raft
+    }
+
+    /// The state machine.
+    pub fn machine(&self) -> &MasterStateMachine {
+        &self.machine
+    }
+
+    /// Stops the master (if this node runs one) and the Raft node.
+    ///
+    /// # Errors
+    /// The Raft node did not stop cleanly.
+    pub async fn shutdown(mut self) -> Result<(), RaftStoreError> {
+        if let Some(mut watch) = self.watch.take() {
+            watch.close().await;
+        }
+        let master = lock(&self.leading).master.take();
+        if let Some(master) = master {
+            if let Err(e) = master.shutdown().await {
+                info!(error = %e, "the master stopped with an error");
+            }
+        }
+        self.raft
+            .shutdown()
+            .await
+            .map_err(|e| RaftStoreError::Raft(e.to_string()))
+    }
+}
+
+fn lock(leading: &Mutex<Leading>) -> std::sync::MutexGuard<'_, Leading> {
+    // The slot is only ever set or emptied whole.
+    leading
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Stops the master this node runs, if any, and takes the state back. A node that cannot
+/// take it back cannot apply what comes next: it stops (fail-stop), and the others go on.
+async fn stop_master(
+    raft: &Raft<MasterRaft, MasterStateMachine>,
+    leading: &Mutex<Leading>,
+    machine: &MasterStateMachine,
+    log: &SledLogStore,
+) {
+    let master = lock(leading).master.take();
+    let Some(master) = master else {
+        return;
+    };
+    // Its last batch cannot be committed under the old leadership: an error is expected.
+    if let Err(e) = master.shutdown().await {
+        info!(error = %e, "the master of the last leadership stopped");
+    }
+    let (machine, log) = (machine.clone(), log.clone());
+    let reclaimed = match tokio::task::spawn_blocking(move || machine.reclaim(&log)).await {
+        Ok(reclaimed) => reclaimed,
+        Err(e) => Err(RaftStoreError::Raft(format!(
+            "the reclaim did not finish: {e}"
+        ))),
+    };
+    if let Err(e) = reclaimed {
+        error!(error = %e, "the state could not be taken back; this node stops");
+        // Not awaited here: this runs on the task that a shutdown waits for.
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _ = raft.shutdown().await;
+        });
+    }
+}
