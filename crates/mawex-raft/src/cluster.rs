@@ -27,17 +27,22 @@ pub struct NodeConfig {
     /// Entries kept after a snapshot, so that a follower a little behind catches up from
     /// the log rather than from a whole snapshot.
     pub keep_after_snapshot: u64,
+    /// A follower builds a snapshot (and purges its log behind it) every this many entries.
+    /// The leader's master starts its own every `MasterConfig::snapshot_every` events.
+    pub snapshot_every_entries: u64,
 }
 
 impl NodeConfig {
     /// The defaults for node `id`: heartbeats every 100 ms, elections after 500 – 1,000 ms
-    /// of silence, 1,000 entries kept after a snapshot.
+    /// of silence, 1,000 entries kept after a snapshot, a follower's snapshot every 2,000
+    /// entries.
     pub fn new(id: u64) -> Self {
         NodeConfig {
             id,
             heartbeat: Duration::from_millis(100),
             election_timeout: (Duration::from_millis(500), Duration::from_millis(1_000)),
             keep_after_snapshot: 1_000,
+            snapshot_every_entries: 2_000,
         }
     }
 
@@ -49,8 +54,10 @@ impl NodeConfig {
             election_timeout_min: millis(self.election_timeout.0),
             election_timeout_max: millis(self.election_timeout.1),
             enable_pre_vote: Some(true),
-            // Snapshots are the master's to start (see `RaftJournal`).
-            snapshot_policy: openraft::SnapshotPolicy::Never,
+            // On a follower, openraft starts snapshots by this count. On the leader the
+            // master starts them from the copies it offers (see `RaftJournal`); a lent
+            // machine with no offer defers a build this count asks for.
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
             max_in_snapshot_log_to_keep: self.keep_after_snapshot,
             ..Config::default()
         };

@@ -14,6 +14,8 @@
 //!   decides it, so the state is applied once and held once).
 //! - [`ReplicatedMaster`]: a master on all of these, the one node of its cluster (the
 //!   embedded shape).
+//! - [`GrpcNetwork`] and [`raft_service`]: the Raft RPCs between masters over gRPC, snapshots
+//!   streamed in chunks.
 //! - [`MasterNode`]: one node of a cluster of masters, which runs a master while it leads
 //!   and hands the lead over when it loses it.
 //!
@@ -24,6 +26,7 @@ mod codec;
 mod error;
 mod journal;
 mod log_store;
+mod network;
 mod node;
 mod single_node;
 mod state_machine;
@@ -37,6 +40,7 @@ pub use cluster::{MasterNode, NodeConfig};
 pub use error::RaftStoreError;
 pub use journal::RaftJournal;
 pub use log_store::{SledLogStore, SyncsHeld};
+pub use network::{raft_service, GrpcNetwork, GrpcPeer, RaftService};
 pub use node::ReplicatedMaster;
 pub use single_node::{NoPeer, SingleNode};
 pub use state_machine::MasterStateMachine;

@@ -7,9 +7,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::Router;
-use mawex_api::{GroupName, MasterProxy, TaskId, TaskSpec, TaskState};
-use mawex_core::{LocalMasterProxy, MasterConfig};
+use common::{leader, submit, Router};
+use mawex_api::{GroupName, MasterProxy, TaskState};
+use mawex_core::MasterConfig;
 use mawex_raft::{MasterNode, NodeConfig};
 use openraft::BasicNode;
 
@@ -31,29 +31,6 @@ async fn start(router: &Router, id: u64, dir: &std::path::Path) -> MasterNode {
         .expect("the node starts");
     router.add(id, node.raft().clone());
     node
-}
-
-/// The node among `nodes` that runs the master, once one does, and a client of it.
-async fn leader(nodes: &BTreeMap<u64, MasterNode>) -> (u64, LocalMasterProxy) {
-    let started = Instant::now();
-    loop {
-        for (id, node) in nodes {
-            if let Some(proxy) = node.proxy() {
-                return (*id, proxy);
-            }
-        }
-        assert!(started.elapsed() < DEADLINE, "no node runs the master");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn submit(proxy: &LocalMasterProxy, group: &GroupName, tasks: usize) -> Vec<TaskId> {
-    let specs: Vec<TaskSpec> = (0..tasks)
-        .map(|_| TaskSpec::new(group.clone(), "h", &b"payload"[..]))
-        .collect();
-    let ids = specs.iter().map(|s| s.id).collect();
-    proxy.submit_many(specs).await.expect("accepted");
-    ids
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,11 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use mawex_raft::{MasterRaft, MasterStateMachine};
+use std::time::{Duration, Instant};
+
+use mawex_api::{MasterProxy, TaskId};
+use mawex_core::LocalMasterProxy;
+use mawex_raft::{MasterNode, MasterRaft, MasterStateMachine};
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
@@ -110,4 +114,39 @@ impl Router {
     pub(crate) fn remove(&self, id: u64) {
         self.0.lock().expect("the router's lock").remove(&id);
     }
+}
+
+/// How long a cluster may take to do what a test waits for.
+pub(crate) const CLUSTER_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The node among `nodes` that runs the master, once one does, and a client of it.
+pub(crate) async fn leader<N: std::borrow::Borrow<MasterNode>>(
+    nodes: &BTreeMap<u64, N>,
+) -> (u64, LocalMasterProxy) {
+    let started = Instant::now();
+    loop {
+        for (id, node) in nodes {
+            if let Some(proxy) = node.borrow().proxy() {
+                return (*id, proxy);
+            }
+        }
+        assert!(
+            started.elapsed() < CLUSTER_DEADLINE,
+            "no node runs the master"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub(crate) async fn submit(
+    proxy: &LocalMasterProxy,
+    group: &GroupName,
+    tasks: usize,
+) -> Vec<TaskId> {
+    let specs: Vec<TaskSpec> = (0..tasks)
+        .map(|_| TaskSpec::new(group.clone(), "h", &b"payload"[..]))
+        .collect();
+    let ids = specs.iter().map(|s| s.id).collect();
+    proxy.submit_many(specs).await.expect("accepted");
+    ids
 }

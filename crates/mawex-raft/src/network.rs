@@ -1,0 +1,330 @@
+//! The Raft RPCs between masters over gRPC: [`GrpcNetwork`] calls the peers (one cached
+//! channel each), [`raft_service`] answers them, on the port the master serves clients on
+//! (`mawex_server::Server::add_service`) or any other.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::errors::{
+    Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Raft};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::codec::{open, seal};
+use crate::{MasterRaft, MasterStateMachine};
+
+#[allow(missing_docs, clippy::all, clippy::pedantic, unreachable_pub)]
+mod proto {
+    tonic::include_proto!("mawex.raft.v1");
+}
+
+use proto::raft_peer_client::RaftPeerClient;
+use proto::raft_peer_server::{RaftPeer, RaftPeerServer};
+use proto::{Frame, SnapshotChunk};
+
+/// The largest message between peers: a batch of appended entries is bounded by openraft's
+/// `max_payload_entries`, and each entry by the master's own limits.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Snapshot bytes a chunk carries when openraft does not say.
+const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// The largest snapshot a node accepts from a peer.
+const MAX_SNAPSHOT_BYTES: usize = 16 * 1024 * 1024 * 1024;
+
+fn what(rpc: &'static str) -> impl Fn() -> String {
+    move || format!("a {rpc} message")
+}
+
+/// The service a node answers its peers' Raft RPCs with; serve it on a tonic server (the
+/// master's own, through `Server::add_service`, or one of its own).
+pub fn raft_service(raft: Raft<MasterRaft, MasterStateMachine>) -> RaftPeerServer<RaftService> {
+    RaftPeerServer::new(RaftService { raft })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// Answers the Raft RPCs of a node's peers (see [`raft_service`]).
+#[derive(Clone)]
+pub struct RaftService {
+    raft: Raft<MasterRaft, MasterStateMachine>,
+}
+
+impl std::fmt::Debug for RaftService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftService")
+            .field("node", self.raft.node_id())
+            .finish()
+    }
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], rpc: &'static str) -> Result<T, Status> {
+    open(bytes, &what(rpc)).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn reply<T: Serialize>(value: &T, rpc: &'static str) -> Result<Response<Frame>, Status> {
+    let body = seal(value, &what(rpc)).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(Frame { body: body.into() }))
+}
+
+#[tonic::async_trait]
+impl RaftPeer for RaftService {
+    async fn append_entries(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+        let rpc: AppendEntriesRequest<MasterRaft> =
+            decode(&request.into_inner().body, "AppendEntries")?;
+        reply(&self.raft.append_entries(rpc).await, "AppendEntries")
+    }
+
+    async fn vote(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+        let rpc: VoteRequest<MasterRaft> = decode(&request.into_inner().body, "Vote")?;
+        reply(&self.raft.vote(rpc).await, "Vote")
+    }
+
+    async fn pre_vote(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+        let rpc: VoteRequest<MasterRaft> = decode(&request.into_inner().body, "PreVote")?;
+        reply(&self.raft.pre_vote(rpc).await, "PreVote")
+    }
+
+    async fn transfer_leader(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+        let rpc: TransferLeaderRequest<MasterRaft> =
+            decode(&request.into_inner().body, "TransferLeader")?;
+        reply(
+            &self.raft.handle_transfer_leader(rpc).await,
+            "TransferLeader",
+        )
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<Frame>, Status> {
+        let mut chunks = request.into_inner();
+        let first = chunks
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("a snapshot with no chunk"))?;
+        let (vote, meta): (VoteOf<MasterRaft>, SnapshotMetaOf<MasterRaft>) =
+            decode(&first.head, "InstallSnapshot")?;
+        let mut data = first.data.to_vec();
+        while let Some(chunk) = chunks.message().await? {
+            if data.len().saturating_add(chunk.data.len()) > MAX_SNAPSHOT_BYTES {
+                return Err(Status::resource_exhausted(format!(
+                    "a snapshot larger than {MAX_SNAPSHOT_BYTES} bytes"
+                )));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        let snapshot = SnapshotOf::<MasterRaft, Vec<u8>> {
+            meta,
+            snapshot: data,
+        };
+        reply(
+            &self.raft.install_full_snapshot(vote, snapshot).await,
+            "InstallSnapshot",
+        )
+    }
+}
+
+/// How a node calls its peers: gRPC to each member's address (`BasicNode::addr`, as
+/// `host:port` or a URL), one channel per peer, made once and shared by every call to it.
+#[derive(Debug, Clone, Default)]
+pub struct GrpcNetwork {
+    channels: Arc<Mutex<HashMap<u64, (String, Channel)>>>,
+}
+
+impl GrpcNetwork {
+    /// A network with no channel yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The channel to `target` at `addr`: the cached one, or a new one if the address changed.
+    fn channel(&self, target: u64, addr: &str) -> Result<Channel, String> {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((known, channel)) = channels.get(&target) {
+            if known == addr {
+                return Ok(channel.clone());
+            }
+        }
+        let url = if addr.contains("://") {
+            addr.to_owned()
+        } else {
+            format!("http://{addr}")
+        };
+        let channel = Endpoint::from_shared(url)
+            .map_err(|e| format!("node {target}'s address {addr:?}: {e}"))?
+            .connect_lazy();
+        channels.insert(target, (addr.to_owned(), channel.clone()));
+        Ok(channel)
+    }
+}
+
+impl RaftNetworkFactory<MasterRaft> for GrpcNetwork {
+    type Network = GrpcPeer;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> GrpcPeer {
+        let client = self.channel(target, &node.addr).map(|channel| {
+            RaftPeerClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        });
+        GrpcPeer { target, client }
+    }
+}
+
+/// The calls of one node to one peer (see [`GrpcNetwork`]).
+#[derive(Debug)]
+pub struct GrpcPeer {
+    target: u64,
+    client: Result<RaftPeerClient<Channel>, String>,
+}
+
+fn unreachable(reason: impl ToString) -> Unreachable<MasterRaft> {
+    Unreachable::from_string(reason)
+}
+
+impl GrpcPeer {
+    fn client(&self) -> Result<RaftPeerClient<Channel>, Unreachable<MasterRaft>> {
+        self.client.clone().map_err(unreachable)
+    }
+
+    /// One request-and-answer call: `rpc` sealed, the answer opened; a remote error that
+    /// is not the call's own (the peer's node stopped) counts as unreachable.
+    async fn call<Q, A, F, Fut>(
+        &self,
+        rpc: &'static str,
+        request: &Q,
+        option: &RPCOption,
+        send: F,
+    ) -> Result<A, RPCError<MasterRaft>>
+    where
+        Q: Serialize,
+        A: DeserializeOwned,
+        F: FnOnce(RaftPeerClient<Channel>, Request<Frame>) -> Fut,
+        Fut: Future<Output = Result<Response<Frame>, Status>>,
+    {
+        let body =
+            seal(request, &what(rpc)).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = Request::new(Frame { body: body.into() });
+        request.set_timeout(option.soft_ttl());
+        let answer = send(self.client()?, request)
+            .await
+            .map_err(|status| unreachable(format!("node {}: {status}", self.target)))?;
+        let answer: Result<A, RaftError<MasterRaft>> = open(&answer.into_inner().body, &what(rpc))
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        answer.map_err(|e| RPCError::Unreachable(unreachable(format!("node {}: {e}", self.target))))
+    }
+}
+
+impl RaftNetworkV2<MasterRaft> for GrpcPeer {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<MasterRaft>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<MasterRaft>, RPCError<MasterRaft>> {
+        self.call(
+            "AppendEntries",
+            &rpc,
+            &option,
+            |mut client, request| async move { client.append_entries(request).await },
+        )
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<MasterRaft>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<MasterRaft>, RPCError<MasterRaft>> {
+        self.call("Vote", &rpc, &option, |mut client, request| async move {
+            client.vote(request).await
+        })
+        .await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<MasterRaft>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<MasterRaft>, RPCError<MasterRaft>> {
+        self.call("PreVote", &rpc, &option, |mut client, request| async move {
+            client.pre_vote(request).await
+        })
+        .await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<MasterRaft>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<MasterRaft>, RPCError<MasterRaft>> {
+        let body = seal(&rpc, &what("TransferLeader"))
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = Request::new(Frame { body: body.into() });
+        request.set_timeout(option.soft_ttl());
+        let answer = self
+            .client()?
+            .transfer_leader(request)
+            .await
+            .map_err(|status| unreachable(format!("node {}: {status}", self.target)))?;
+        let answer: Result<TransferLeaderResponse<MasterRaft>, Fatal<MasterRaft>> =
+            open(&answer.into_inner().body, &what("TransferLeader"))
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        answer.map_err(|e| RPCError::Unreachable(unreachable(format!("node {}: {e}", self.target))))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<MasterRaft>,
+        snapshot: SnapshotOf<MasterRaft, Vec<u8>>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<MasterRaft>, StreamingError<MasterRaft>> {
+        let head = seal(&(vote, snapshot.meta), &what("InstallSnapshot"))
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let size = option
+            .snapshot_chunk_size()
+            .unwrap_or(SNAPSHOT_CHUNK_BYTES)
+            .clamp(1, MAX_MESSAGE_BYTES / 2);
+        // Chunks are slices of the one buffer, sent as the stream is read.
+        let data = Bytes::from(snapshot.snapshot);
+        let count = data.len().div_ceil(size).max(1);
+        let mut head = Some(Bytes::from(head));
+        let chunks = futures::stream::iter((0..count).map(move |i| {
+            let start = i.saturating_mul(size).min(data.len());
+            let end = start.saturating_add(size).min(data.len());
+            SnapshotChunk {
+                head: head.take().unwrap_or_default(),
+                data: data.slice(start..end),
+            }
+        }));
+        let mut client = self.client()?;
+        let answer = tokio::select! {
+            answer = client.install_snapshot(Request::new(chunks)) => answer,
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+        };
+        let answer =
+            answer.map_err(|status| unreachable(format!("node {}: {status}", self.target)))?;
+        let answer: Result<SnapshotResponse<MasterRaft>, Fatal<MasterRaft>> =
+            open(&answer.into_inner().body, &what("InstallSnapshot"))
+                .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        answer.map_err(|e| {
+            StreamingError::Unreachable(unreachable(format!("node {}: {e}", self.target)))
+        })
+    }
+}
