@@ -157,7 +157,9 @@ impl ReplicatedMaster {
             Some(master) => master.shutdown().await,
             None => Ok(()),
         };
-        if let Some(offered) = self.machine.offered() {
+        // The offer the master made as it stopped may be taken already by a build that
+        // is still running: wait for a snapshot as new as it either way.
+        if let Some(offered) = self.machine.last_offer() {
             self.store_offered_snapshot(offered.index).await;
         }
         self.raft

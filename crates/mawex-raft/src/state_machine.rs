@@ -52,6 +52,8 @@ struct Machine {
     earlier_memberships: Vec<StoredMembershipOf<MasterRaft>>,
     /// The copy of the lent state a snapshot is to be built from, offered by the core.
     offered: Option<Offered>,
+    /// The entry of the latest copy offered, built since or not.
+    last_offer: Option<LogIdOf<MasterRaft>>,
 }
 
 /// A copy of the lent state as of one entry, for the next snapshot.
@@ -104,6 +106,7 @@ impl MasterStateMachine {
             membership: StoredMembershipOf::<MasterRaft>::default(),
             earlier_memberships: Vec::new(),
             offered: None,
+            last_offer: None,
         };
         let stored = match read_snapshot_file(&dir)? {
             Some((meta, data)) => {
@@ -242,6 +245,7 @@ impl MasterStateMachine {
             tracing::debug!(%log_id, "a snapshot offer skipped: its membership is gone");
             return false;
         };
+        machine.last_offer = Some(log_id);
         machine.offered = Some(Offered {
             state,
             events,
@@ -253,12 +257,9 @@ impl MasterStateMachine {
         true
     }
 
-    /// The entry of the copy offered and not yet built into a snapshot, if there is one.
-    pub(crate) fn offered(&self) -> Option<LogIdOf<MasterRaft>> {
-        self.lock()
-            .offered
-            .as_ref()
-            .and_then(|offered| offered.meta.last_log_id)
+    /// The entry of the latest copy offered, whether a snapshot was built of it yet or not.
+    pub(crate) fn last_offer(&self) -> Option<LogIdOf<MasterRaft>> {
+        self.lock().last_offer
     }
 }
 
