@@ -20,6 +20,14 @@ pub enum ApiError {
     /// The master is not running (stopped, crashed, or unreachable); retrying later may work.
     #[error("master unavailable: {0}")]
     Unavailable(String),
+    /// This master is one of a cluster and does not lead it: nothing was done. `leader` is
+    /// the address of the master that leads, when this one knows it. A remote proxy or pod
+    /// connector given several masters goes to that one (or tries the others) by itself.
+    #[error("{}", not_leader(leader.as_deref()))]
+    NotLeader {
+        /// The leader's address (`host:port`), if known.
+        leader: Option<String>,
+    },
     /// The caller did not prove who it is (no credential, or one the master does not accept).
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
@@ -43,7 +51,20 @@ pub enum ApiError {
     Decode(String),
 }
 
+fn not_leader(leader: Option<&str>) -> String {
+    match leader {
+        Some(leader) => format!("master unavailable: not the leader; the leader is at {leader}"),
+        None => "master unavailable: not the leader, and no leader is known yet".to_owned(),
+    }
+}
+
 impl ApiError {
+    /// Whether trying again (perhaps at another master) may work: `Unavailable` and
+    /// `NotLeader`.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ApiError::Unavailable(_) | ApiError::NotLeader { .. })
+    }
+
     /// `NotFound` for the task `id` (any displayable id).
     pub fn task_not_found(id: impl std::fmt::Display) -> Self {
         ApiError::NotFound(format!("task {id}"))

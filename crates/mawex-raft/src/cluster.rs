@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mawex_core::{LocalMasterProxy, Master, MasterConfig};
+
+use crate::access::{cluster_access, ClusterPodConnector, ClusterProxy, LeaderHandles};
 use openraft::network::{NetSnapshot, RaftNetworkFactory};
 use openraft::{BasicNode, Config, Raft, WatchChangeHandle};
 use tokio::sync::watch;
@@ -89,7 +91,7 @@ pub struct MasterNode {
     raft: Raft<MasterRaft, MasterStateMachine>,
     machine: MasterStateMachine,
     leading: Arc<Mutex<Leading>>,
-    proxy: watch::Receiver<Option<LocalMasterProxy>>,
+    leading_handles: watch::Receiver<Option<LeaderHandles>>,
     watch: Option<WatchChangeHandle<MasterRaft>>,
 }
 
@@ -136,7 +138,7 @@ impl MasterNode {
         .await
         .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
         let leading = Arc::new(Mutex::new(Leading::default()));
-        let (proxy_tx, proxy) = watch::channel(None);
+        let (proxy_tx, leading_handles) = watch::channel(None);
         let proxy_tx = Arc::new(proxy_tx);
 
         let on_start = {
@@ -150,7 +152,10 @@ impl MasterNode {
                     let builder = Master::builder().config(master);
                     match lead(&raft, &machine, &log, builder, runtime, lead_within).await {
                         Ok(master) => {
-                            proxy_tx.send_replace(Some(master.proxy()));
+                            proxy_tx.send_replace(Some(LeaderHandles {
+                                proxy: master.proxy(),
+                                pods: master.pod_connector(),
+                            }));
                             lock(&leading).master = Some(master);
                         }
                         // The lead may be lost already; the next win tries again.
@@ -176,7 +181,7 @@ impl MasterNode {
             raft,
             machine,
             leading,
-            proxy,
+            leading_handles,
             watch: Some(watch),
         })
     }
@@ -197,12 +202,23 @@ impl MasterNode {
 
     /// A client of the master this node runs, while it leads.
     pub fn proxy(&self) -> Option<LocalMasterProxy> {
-        self.proxy.borrow().clone()
+        self.leading_handles
+            .borrow()
+            .as_ref()
+            .map(|handles| handles.proxy.clone())
     }
 
-    /// Changes as this node starts and stops leading: a client of its master, or `None`.
-    pub fn leading(&self) -> watch::Receiver<Option<LocalMasterProxy>> {
-        self.proxy.clone()
+    /// A client of the cluster through this node, for any time: the calls of its master
+    /// while it leads, `NotLeader { leader }` while it does not. What a server of this node
+    /// serves (`mawex_server::Server::over`).
+    pub fn client(&self) -> ClusterProxy {
+        cluster_access(self.leading_handles.clone(), self.raft.clone()).0
+    }
+
+    /// The pod connector of the cluster through this node, as [`MasterNode::client`] is
+    /// its client.
+    pub fn pod_connector(&self) -> ClusterPodConnector {
+        cluster_access(self.leading_handles.clone(), self.raft.clone()).1
     }
 
     /// The Raft node.

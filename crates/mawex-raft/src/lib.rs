@@ -21,6 +21,7 @@
 //!
 //! openraft's own storage test suite runs against the two (`tests/storage_suite.rs`).
 
+mod access;
 mod cluster;
 mod codec;
 mod error;
@@ -36,6 +37,7 @@ use std::fmt;
 use mawex_core::Event;
 use serde::{Deserialize, Serialize};
 
+pub use access::{ClusterPodConnector, ClusterProxy};
 pub use cluster::{MasterNode, NodeConfig};
 pub use error::RaftStoreError;
 pub use journal::RaftJournal;

@@ -11,18 +11,18 @@ use mawex_api::{
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use mawex_core::LocalMasterProxy;
+use std::sync::Arc;
 
 use crate::auth::{check_group, token_id, Caller};
 
 pub(crate) struct ClientService {
-    proxy: LocalMasterProxy,
+    proxy: Arc<dyn MasterProxy>,
     /// Ends long waits and streams when the server stops.
     stop: CancellationToken,
 }
 
 impl ClientService {
-    pub(crate) fn new(proxy: LocalMasterProxy, stop: CancellationToken) -> Self {
+    pub(crate) fn new(proxy: Arc<dyn MasterProxy>, stop: CancellationToken) -> Self {
         ClientService { proxy, stop }
     }
 }

@@ -39,8 +39,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mawex_api::pod::PodConnector;
 use mawex_api::proto;
-use mawex_core::{LocalMasterProxy, LocalPodConnector, Master};
+use mawex_api::MasterProxy;
+use mawex_core::Master;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -121,10 +123,10 @@ impl Interceptor for Checks {
 /// A gRPC server of one master, built from parts: settings, an interceptor in front of the
 /// mawex services, and extra services served on the same port.
 pub struct Server {
-    proxy: LocalMasterProxy,
+    proxy: Arc<dyn MasterProxy>,
     /// Resolves when the master stops on its own: health turns NOT_SERVING.
     master_stopped: std::pin::Pin<Box<dyn Future<Output = String> + Send>>,
-    connector: LocalPodConnector,
+    connector: Arc<dyn PodConnector>,
     max_payload_bytes: usize,
     config: ServerConfig,
     checks: Checks,
@@ -146,11 +148,28 @@ impl Server {
     /// A server of `master` with default settings, serving the `mawex.v1` client and pod
     /// services, `grpc.health.v1` and reflection.
     pub fn new(master: &Master) -> Self {
+        Self::over(
+            Arc::new(master.proxy()),
+            Arc::new(master.pod_connector()),
+            master.max_payload_bytes(),
+        )
+        .stops_with(master.stopped())
+    }
+
+    /// A server of a master reached through `proxy` and `connector` rather than a
+    /// [`Master`] of this process: a node of a cluster, say, whose calls go to the master it
+    /// runs while it leads and answer `NotLeader` while it does not. `max_payload_bytes`
+    /// sizes its messages (`MasterConfig::max_payload_bytes`).
+    pub fn over(
+        proxy: Arc<dyn MasterProxy>,
+        connector: Arc<dyn PodConnector>,
+        max_payload_bytes: usize,
+    ) -> Self {
         Server {
-            proxy: master.proxy(),
-            master_stopped: Box::pin(master.stopped()),
-            connector: master.pod_connector(),
-            max_payload_bytes: master.max_payload_bytes(),
+            proxy,
+            master_stopped: Box::pin(std::future::pending()),
+            connector,
+            max_payload_bytes,
             config: ServerConfig::default(),
             checks: Checks::default(),
             routes: Routes::default(),
@@ -158,6 +177,15 @@ impl Server {
             insecure: false,
             tls_handle: None,
         }
+    }
+
+    /// Reports the master as stopped (health NOT_SERVING) once `stopped` resolves, with why.
+    pub fn stops_with<F>(mut self, stopped: F) -> Self
+    where
+        F: Future<Output = String> + Send + 'static,
+    {
+        self.master_stopped = Box::pin(stopped);
+        self
     }
 
     /// Uses `config` instead of the defaults.

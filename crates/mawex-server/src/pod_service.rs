@@ -7,7 +7,7 @@ use futures::{stream, Stream, StreamExt};
 use mawex_api::convert::PodFrame;
 use mawex_api::pod::{PodConnector, PodCredential, PodSession};
 use mawex_api::proto;
-use mawex_core::LocalPodConnector;
+use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -17,12 +17,12 @@ use tracing::{debug, warn};
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) struct PodLinkService {
-    connector: LocalPodConnector,
+    connector: Arc<dyn PodConnector>,
     stop: CancellationToken,
 }
 
 impl PodLinkService {
-    pub(crate) fn new(connector: LocalPodConnector, stop: CancellationToken) -> Self {
+    pub(crate) fn new(connector: Arc<dyn PodConnector>, stop: CancellationToken) -> Self {
         PodLinkService { connector, stop }
     }
 }

@@ -4,6 +4,16 @@ use tonic::{Code, Status};
 
 use crate::error::ApiError;
 
+/// The metadata key of a `NotLeader` answer: the leader's address, or empty if unknown.
+const LEADER_KEY: &str = "mawex-leader";
+
+fn e_not_leader(leader: Option<&str>) -> String {
+    ApiError::NotLeader {
+        leader: leader.map(str::to_owned),
+    }
+    .to_string()
+}
+
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         match e {
@@ -12,6 +22,17 @@ impl From<ApiError> for Status {
             ApiError::Conflict(m) => Status::already_exists(m),
             ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
             ApiError::Unavailable(m) => Status::unavailable(m),
+            ApiError::NotLeader { leader } => {
+                let mut status = Status::unavailable(e_not_leader(leader.as_deref()));
+                // Empty when no leader is known; an address that is not valid metadata
+                // (never one a node was given) goes as unknown.
+                let value = leader
+                    .as_deref()
+                    .and_then(|l| l.parse().ok())
+                    .unwrap_or_else(|| tonic::metadata::MetadataValue::from_static(""));
+                status.metadata_mut().insert(LEADER_KEY, value);
+                status
+            }
             ApiError::Unauthenticated(m) => Status::unauthenticated(m),
             ApiError::PermissionDenied(m) => Status::permission_denied(m),
             ApiError::Unimplemented(m) => Status::unimplemented(m),
@@ -77,6 +98,15 @@ impl From<Status> for ApiError {
             Code::PermissionDenied => ApiError::PermissionDenied(message),
             Code::Unimplemented => ApiError::Unimplemented(message),
             Code::DataLoss => ApiError::Decode(message),
+            Code::Unavailable if status.metadata().contains_key(LEADER_KEY) => {
+                let leader = status
+                    .metadata()
+                    .get(LEADER_KEY)
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_owned);
+                ApiError::NotLeader { leader }
+            }
             Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded => {
                 ApiError::Unavailable(message)
             }
@@ -103,6 +133,10 @@ mod tests {
             ApiError::PermissionDenied("not yours".into()),
             ApiError::Unimplemented("not here".into()),
             ApiError::Decode("output: width: invalid type".into()),
+            ApiError::NotLeader {
+                leader: Some("10.0.0.2:7070".into()),
+            },
+            ApiError::NotLeader { leader: None },
         ] {
             assert_eq!(ApiError::from(Status::from(e.clone())), e);
         }

@@ -274,6 +274,31 @@ impl Masters {
             .compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed);
     }
 
+    /// A master answered that `leader` leads: make the endpoint at that address current, if
+    /// it is one of these (whatever its scheme); else move on from `index`. True if it was.
+    pub(crate) fn follow(&self, index: usize, leader: Option<&str>) -> bool {
+        let at = leader.and_then(|leader| {
+            self.endpoints.iter().position(|(endpoint, _)| {
+                let bare = endpoint
+                    .split_once("://")
+                    .map_or(endpoint.as_str(), |(_, rest)| rest);
+                bare.trim_end_matches('/') == leader
+            })
+        });
+        match at {
+            Some(at) => {
+                let _ =
+                    self.current
+                        .compare_exchange(index, at, Ordering::Relaxed, Ordering::Relaxed);
+                true
+            }
+            None => {
+                self.failed(index);
+                false
+            }
+        }
+    }
+
     /// The endpoint at `index`, for error messages.
     pub(crate) fn endpoint(&self, index: usize) -> &str {
         self.endpoints
@@ -313,11 +338,24 @@ where
     // connection still gets the full `retry_for` to find the master again.
     let mut started = None;
     let mut delays = retry_delays();
+    let mut followed: Option<Option<String>> = None;
     loop {
         let (index, channel) = masters.current();
-        match call(channel).await {
-            Err(ApiError::Unavailable(reason)) => {
-                masters.failed(index);
+        let result = call(channel).await;
+        // A follower that names the leader: straight there, once per leader it names.
+        if let Err(ApiError::NotLeader { leader }) = &result {
+            let named = leader.clone();
+            if masters.follow(index, named.as_deref()) && followed.as_ref() != Some(&named) {
+                followed = Some(named);
+                continue;
+            }
+        }
+        match result {
+            Err(e @ (ApiError::Unavailable(_) | ApiError::NotLeader { .. })) => {
+                let reason = e.to_string();
+                if matches!(e, ApiError::Unavailable(_)) {
+                    masters.failed(index);
+                }
                 let started = *started.get_or_insert_with(tokio::time::Instant::now);
                 if started.elapsed() >= retry_for {
                     return Err(ApiError::Unavailable(format!(

@@ -118,6 +118,11 @@ impl PodConnector for GrpcPodConnector {
     async fn connect(&self, hello: PodHello) -> Result<PodSession, ApiError> {
         let (index, channel) = self.masters.current();
         let opened = self.open(PodLinkClient::new(channel), hello).await;
+        // A follower: the pod's next attempt goes to the leader it names, if it knows it.
+        if let Err(ApiError::NotLeader { leader }) = &opened {
+            self.masters.follow(index, leader.as_deref());
+            return opened;
+        }
         if let Err(ApiError::Unavailable(reason)) = &opened {
             self.masters.failed(index);
             return Err(ApiError::Unavailable(format!(

@@ -1,0 +1,236 @@
+//! How clients and pods reach the master of a cluster through any of its nodes: a node that
+//! leads hands each call to its master; one that does not answers `NotLeader`, naming the
+//! leader's address when it knows it.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mawex_api::pod::{PodConnector, PodHello, PodSession};
+use mawex_api::{
+    ApiError, BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery,
+    BroadcastSpec, BroadcastView, CancelAck, FailedCount, FailedFilter, GroupName, GroupSettings,
+    ListQuery, MasterProxy, PendingChange, ResultCursor, ResultStream, ScheduleName, ScheduleSpec,
+    ScheduleView, SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec, TaskView,
+};
+use mawex_core::{LocalMasterProxy, LocalPodConnector};
+use openraft::rt::WatchReceiver;
+use openraft::Raft;
+use tokio::sync::watch;
+
+use crate::{MasterRaft, MasterStateMachine};
+
+/// The master a node runs while it leads: its client and its pod connector.
+#[derive(Clone)]
+pub(crate) struct LeaderHandles {
+    pub(crate) proxy: LocalMasterProxy,
+    pub(crate) pods: LocalPodConnector,
+}
+
+/// What a node's proxy and connector look at: the handles of its master, if it runs one,
+/// and the Raft node that knows who leads otherwise.
+#[derive(Clone)]
+struct Access {
+    leading: watch::Receiver<Option<LeaderHandles>>,
+    raft: Raft<MasterRaft, MasterStateMachine>,
+}
+
+impl Access {
+    fn leader(&self) -> Result<LeaderHandles, ApiError> {
+        if let Some(handles) = self.leading.borrow().clone() {
+            return Ok(handles);
+        }
+        Err(ApiError::NotLeader {
+            leader: self.leader_address(),
+        })
+    }
+
+    /// The address of the node that leads, if it is another one and has an address.
+    fn leader_address(&self) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let leader = metrics.current_leader?;
+        if leader == metrics.id {
+            // This node leads, and its master is starting or stopping: no one to name.
+            return None;
+        }
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|node| node.addr.clone())
+            .filter(|addr| !addr.is_empty())
+    }
+}
+
+/// A [`MasterProxy`] for any node of a cluster: the calls of the master this node runs while
+/// it leads; `NotLeader { leader }` while it does not (see [`crate::MasterNode::client`]).
+/// Serve it (`mawex_server::Server::over`) and a client given several nodes finds the
+/// leader by itself.
+#[derive(Clone)]
+pub struct ClusterProxy {
+    access: Access,
+}
+
+impl std::fmt::Debug for ClusterProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterProxy")
+            .field("node", self.access.raft.node_id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A [`PodConnector`] for any node of a cluster: pods connect to the master this node runs
+/// while it leads, and are told `NotLeader { leader }` while it does not.
+#[derive(Clone)]
+pub struct ClusterPodConnector {
+    access: Access,
+}
+
+impl std::fmt::Debug for ClusterPodConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterPodConnector")
+            .field("node", self.access.raft.node_id())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn cluster_access(
+    leading: watch::Receiver<Option<LeaderHandles>>,
+    raft: Raft<MasterRaft, MasterStateMachine>,
+) -> (ClusterProxy, ClusterPodConnector) {
+    let access = Access { leading, raft };
+    (
+        ClusterProxy {
+            access: access.clone(),
+        },
+        ClusterPodConnector { access },
+    )
+}
+
+impl ClusterProxy {
+    fn master(&self) -> Result<LocalMasterProxy, ApiError> {
+        self.access.leader().map(|handles| handles.proxy)
+    }
+}
+
+#[async_trait]
+impl PodConnector for ClusterPodConnector {
+    async fn connect(&self, hello: PodHello) -> Result<PodSession, ApiError> {
+        self.access.leader()?.pods.connect(hello).await
+    }
+}
+
+#[async_trait]
+impl MasterProxy for ClusterProxy {
+    async fn submit(&self, spec: TaskSpec) -> Result<SubmitAck, ApiError> {
+        self.master()?.submit(spec).await
+    }
+
+    async fn submit_many(&self, specs: Vec<TaskSpec>) -> Result<Vec<SubmitAck>, ApiError> {
+        self.master()?.submit_many(specs).await
+    }
+
+    async fn get(&self, id: TaskId) -> Result<TaskView, ApiError> {
+        self.master()?.get(id).await
+    }
+
+    async fn cancel(&self, id: TaskId) -> Result<CancelAck, ApiError> {
+        self.master()?.cancel(id).await
+    }
+
+    async fn await_result(&self, id: TaskId) -> Result<TaskResult, ApiError> {
+        self.master()?.await_result(id).await
+    }
+
+    async fn results(
+        &self,
+        group: GroupName,
+        after: Option<ResultCursor>,
+    ) -> Result<ResultStream, ApiError> {
+        self.master()?.results(group, after).await
+    }
+
+    async fn list(&self, query: ListQuery) -> Result<TaskPage, ApiError> {
+        self.master()?.list(query).await
+    }
+
+    async fn failed_summary(&self) -> Result<Vec<FailedCount>, ApiError> {
+        self.master()?.failed_summary().await
+    }
+
+    async fn retry_failed(&self, filter: FailedFilter) -> Result<u64, ApiError> {
+        self.master()?.retry_failed(filter).await
+    }
+
+    async fn purge_failed(&self, filter: FailedFilter) -> Result<u64, ApiError> {
+        self.master()?.purge_failed(filter).await
+    }
+
+    async fn configure_group(
+        &self,
+        group: GroupName,
+        settings: GroupSettings,
+    ) -> Result<(), ApiError> {
+        self.master()?.configure_group(group, settings).await
+    }
+
+    async fn update_pending(
+        &self,
+        ids: Vec<TaskId>,
+        change: PendingChange,
+    ) -> Result<u64, ApiError> {
+        self.master()?.update_pending(ids, change).await
+    }
+
+    async fn create_schedule(&self, spec: ScheduleSpec) -> Result<(), ApiError> {
+        self.master()?.create_schedule(spec).await
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<ScheduleView>, ApiError> {
+        self.master()?.list_schedules().await
+    }
+
+    async fn pause_schedule(&self, name: ScheduleName, paused: bool) -> Result<(), ApiError> {
+        self.master()?.pause_schedule(name, paused).await
+    }
+
+    async fn delete_schedule(&self, name: ScheduleName) -> Result<(), ApiError> {
+        self.master()?.delete_schedule(name).await
+    }
+
+    async fn group_settings(&self, group: GroupName) -> Result<GroupSettings, ApiError> {
+        self.master()?.group_settings(group).await
+    }
+
+    async fn fire_broadcast(&self, spec: BroadcastSpec) -> Result<BroadcastView, ApiError> {
+        self.master()?.fire_broadcast(spec).await
+    }
+
+    async fn plan_broadcast(&self, spec: BroadcastSpec) -> Result<BroadcastPlan, ApiError> {
+        self.master()?.plan_broadcast(spec).await
+    }
+
+    async fn broadcast(&self, id: BroadcastId) -> Result<BroadcastView, ApiError> {
+        self.master()?.broadcast(id).await
+    }
+
+    async fn list_broadcasts(&self, query: BroadcastQuery) -> Result<BroadcastPage, ApiError> {
+        self.master()?.list_broadcasts(query).await
+    }
+
+    async fn wait_broadcast(
+        &self,
+        id: BroadcastId,
+        timeout: Duration,
+    ) -> Result<BroadcastView, ApiError> {
+        self.master()?.wait_broadcast(id, timeout).await
+    }
+
+    async fn broadcast_locks(&self) -> Result<Vec<BroadcastLock>, ApiError> {
+        self.master()?.broadcast_locks().await
+    }
+
+    async fn clear_broadcast_lock(&self, app: &str) -> Result<Option<BroadcastId>, ApiError> {
+        self.master()?.clear_broadcast_lock(app).await
+    }
+}
