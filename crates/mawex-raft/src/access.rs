@@ -13,6 +13,7 @@ use mawex_api::{
     ScheduleView, SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec, TaskView,
 };
 use mawex_core::{LocalMasterProxy, LocalPodConnector};
+use openraft::raft::ReadPolicy;
 use openraft::rt::WatchReceiver;
 use openraft::Raft;
 use tokio::sync::watch;
@@ -64,6 +65,7 @@ impl Access {
 
 /// A [`MasterProxy`] for any node of a cluster: the calls of the master this node runs while
 /// it leads; `NotLeader { leader }` while it does not (see [`crate::MasterNode::client`]).
+/// Reads are linearizable: each confirms the lead with a quorum first (read index).
 /// Serve it (`mawex_server::Server::over`) and a client given several nodes finds the
 /// leader by itself.
 #[derive(Clone)]
@@ -111,6 +113,30 @@ impl ClusterProxy {
     fn master(&self) -> Result<LocalMasterProxy, ApiError> {
         self.access.leader().map(|handles| handles.proxy)
     }
+
+    /// The master, for a read that must be current: a quorum confirms that this node still
+    /// leads (Raft's read index) first, so a deposed leader that does not know it yet never
+    /// answers from a stale state. The master's state holds every committed batch (it
+    /// applies each one before writing it), so once confirmed, it is current.
+    async fn current(&self) -> Result<LocalMasterProxy, ApiError> {
+        let master = self.master()?;
+        match self
+            .access
+            .raft
+            .ensure_linearizable(ReadPolicy::ReadIndex)
+            .await
+        {
+            Ok(_) => Ok(master),
+            Err(e) => match e.forward_to_leader() {
+                Some(_) => Err(ApiError::NotLeader {
+                    leader: self.access.leader_address(),
+                }),
+                None => Err(ApiError::Unavailable(format!(
+                    "this master cannot confirm it leads: {e}"
+                ))),
+            },
+        }
+    }
 }
 
 #[async_trait]
@@ -131,7 +157,7 @@ impl MasterProxy for ClusterProxy {
     }
 
     async fn get(&self, id: TaskId) -> Result<TaskView, ApiError> {
-        self.master()?.get(id).await
+        self.current().await?.get(id).await
     }
 
     async fn cancel(&self, id: TaskId) -> Result<CancelAck, ApiError> {
@@ -151,11 +177,11 @@ impl MasterProxy for ClusterProxy {
     }
 
     async fn list(&self, query: ListQuery) -> Result<TaskPage, ApiError> {
-        self.master()?.list(query).await
+        self.current().await?.list(query).await
     }
 
     async fn failed_summary(&self) -> Result<Vec<FailedCount>, ApiError> {
-        self.master()?.failed_summary().await
+        self.current().await?.failed_summary().await
     }
 
     async fn retry_failed(&self, filter: FailedFilter) -> Result<u64, ApiError> {
@@ -187,7 +213,7 @@ impl MasterProxy for ClusterProxy {
     }
 
     async fn list_schedules(&self) -> Result<Vec<ScheduleView>, ApiError> {
-        self.master()?.list_schedules().await
+        self.current().await?.list_schedules().await
     }
 
     async fn pause_schedule(&self, name: ScheduleName, paused: bool) -> Result<(), ApiError> {
@@ -199,7 +225,7 @@ impl MasterProxy for ClusterProxy {
     }
 
     async fn group_settings(&self, group: GroupName) -> Result<GroupSettings, ApiError> {
-        self.master()?.group_settings(group).await
+        self.current().await?.group_settings(group).await
     }
 
     async fn fire_broadcast(&self, spec: BroadcastSpec) -> Result<BroadcastView, ApiError> {
@@ -207,15 +233,15 @@ impl MasterProxy for ClusterProxy {
     }
 
     async fn plan_broadcast(&self, spec: BroadcastSpec) -> Result<BroadcastPlan, ApiError> {
-        self.master()?.plan_broadcast(spec).await
+        self.current().await?.plan_broadcast(spec).await
     }
 
     async fn broadcast(&self, id: BroadcastId) -> Result<BroadcastView, ApiError> {
-        self.master()?.broadcast(id).await
+        self.current().await?.broadcast(id).await
     }
 
     async fn list_broadcasts(&self, query: BroadcastQuery) -> Result<BroadcastPage, ApiError> {
-        self.master()?.list_broadcasts(query).await
+        self.current().await?.list_broadcasts(query).await
     }
 
     async fn wait_broadcast(
@@ -227,7 +253,7 @@ impl MasterProxy for ClusterProxy {
     }
 
     async fn broadcast_locks(&self) -> Result<Vec<BroadcastLock>, ApiError> {
-        self.master()?.broadcast_locks().await
+        self.current().await?.broadcast_locks().await
     }
 
     async fn clear_broadcast_lock(&self, app: &str) -> Result<Option<BroadcastId>, ApiError> {
