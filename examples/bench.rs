@@ -4,6 +4,8 @@
 
 #[path = "bench/backlog.rs"]
 mod backlog;
+#[path = "bench/failover.rs"]
+mod failover;
 #[path = "bench/pods.rs"]
 mod pods;
 #[path = "bench/raft.rs"]
@@ -28,7 +30,9 @@ struct Args {
     /// `backlog` (`--tasks` pending with no pod: memory, journal, snapshot pause, list,
     /// restart after kill -9), or `pods` (`--pods` one-slot pods over gRPC: the idle
     /// master's CPU, then throughput), or `raft` (batches of events through a one-node
-    /// openraft cluster on the Raft log store: throughput and syncs a batch).
+    /// openraft cluster on the Raft log store: throughput and syncs a batch), or `failover`
+    /// (three master processes, the leader killed `--kills` times under load: time to the
+    /// first accepted submit, lost and double-recorded tasks).
     #[arg(long, default_value = "local")]
     scenario: String,
     /// Tasks in the throughput phase.
@@ -68,6 +72,13 @@ struct Args {
     /// `grpc`: require tokens (a client and a pod token made for the run).
     #[arg(long)]
     tokens: bool,
+    /// `failover`: how many times the leader of three is killed.
+    #[arg(long, default_value_t = 5)]
+    kills: usize,
+    /// `failover`: the nodes' shortest election timeout in ms (the longest is twice it,
+    /// heartbeats a fifth of it); without it, `NodeConfig`'s defaults.
+    #[arg(long)]
+    election_ms: Option<u64>,
     /// `local`, `grpc`, `fair`: where the master keeps its journal: `sled` (a `SledJournal`)
     /// or `raft` (the Raft log of a one-node cluster, `mawex_raft::ReplicatedMaster`).
     #[arg(long, default_value = "sled", value_parser = ["sled", "raft"])]
@@ -507,6 +518,8 @@ fn main() -> anyhow::Result<()> {
     backlog::run_if_child()?;
     // ... and so does `pods`, to measure the master's CPU apart from the pods'.
     pods::run_if_child()?;
+    // `failover` runs each master node in a process of its own, to kill the leader.
+    failover::run_if_child()?;
     tokio::runtime::Runtime::new()?.block_on(bench())
 }
 
@@ -526,9 +539,10 @@ async fn bench() -> anyhow::Result<()> {
         "backlog" => backlog::backlog(args.tasks).await?,
         "pods" => pods::pods(args.pods, args.tasks, args.batch).await?,
         "raft" => raft::raft(args.tasks).await?,
+        "failover" => failover::failover(args.kills, args.election_ms).await?,
         other => anyhow::bail!(
             "unknown scenario {other:?}; known: local, grpc, fair, sandbox, broadcast, \
-             backlog, pods, raft"
+             backlog, pods, raft, failover"
         ),
     };
     println!("{line}");

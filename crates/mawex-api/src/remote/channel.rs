@@ -299,6 +299,11 @@ impl Masters {
         }
     }
 
+    /// How many masters there are.
+    pub(crate) fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
     /// The endpoint at `index`, for error messages.
     pub(crate) fn endpoint(&self, index: usize) -> &str {
         self.endpoints
@@ -312,6 +317,9 @@ impl Masters {
         names.join(", ")
     }
 }
+
+/// The longest pause between rounds while the masters answer that none of them leads.
+const ELECTION_POLL: Duration = Duration::from_millis(100);
 
 fn retry_delays() -> impl Iterator<Item = Duration> {
     backon::ExponentialBuilder::default()
@@ -339,6 +347,7 @@ where
     let mut started = None;
     let mut delays = retry_delays();
     let mut followed: Option<Option<String>> = None;
+    let mut failures = 0usize;
     loop {
         let (index, channel) = masters.current();
         let result = call(channel).await;
@@ -364,10 +373,22 @@ where
                         started.elapsed().as_secs_f64()
                     )));
                 }
-                // The last pause ends with the window, so the call gives up on time.
+                // The next master is tried at once; a pause comes after each round of them.
+                failures = failures.saturating_add(1);
+                if !failures.is_multiple_of(masters.len()) {
+                    continue;
+                }
+                // The last pause ends with the window, so the call gives up on time. While a
+                // cluster elects a leader (followers that know none), pauses stay short: an
+                // election takes a fraction of a second.
+                let cap = match e {
+                    ApiError::NotLeader { .. } => ELECTION_POLL,
+                    _ => Duration::from_secs(1),
+                };
                 let delay = delays
                     .next()
-                    .unwrap_or(Duration::from_secs(1))
+                    .unwrap_or(cap)
+                    .min(cap)
                     .min(retry_for.saturating_sub(started.elapsed()));
                 debug!(error = %reason, ?delay, "master unavailable; retrying");
                 tokio::time::sleep(delay).await;
