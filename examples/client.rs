@@ -7,7 +7,7 @@ use mawex::{GroupName, MasterProxy, Outcome, RemoteMasterProxy, TaskSpec};
 
 #[derive(Parser, Debug)]
 struct Args {
-    /// The master's endpoint.
+    /// The master's endpoint, or the endpoints of a cluster's masters separated by commas.
     #[arg(long, default_value = "http://127.0.0.1:7070")]
     master: String,
     /// How many `square` tasks to submit.
@@ -33,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(token) = args.token.clone() {
         config.channel = config.channel.with_token(token);
     }
-    let proxy = RemoteMasterProxy::with_config([args.master.as_str()], config)?;
+    let proxy = RemoteMasterProxy::with_config(args.master.split(','), config)?;
     let math = GroupName::new("math")?;
     let specs: Vec<_> = (1..=args.tasks)
         .map(|n| TaskSpec::new(math.clone(), "square", n.to_string()))

@@ -3,6 +3,9 @@
 //! `cargo run --example master -- --listen 127.0.0.1:7070 --journal ./mawex-journal`
 //! Stop it with Ctrl-C (clean: snapshot and close).
 //!
+//! Or one node of a cluster of masters (`--node-id`, `--peers`; `--initialize` on one node,
+//! once), whose `--journal` directory holds the node's Raft log: see the README.
+//!
 //! On a network: `--tls-cert server.pem --tls-key server.key --tokens tokens.toml` (the
 //! files are watched and reloaded when they change, and on SIGHUP); `--client-ca ca.pem`
 //! requires client certificates too. Without TLS and tokens it serves only on loopback, unless `--insecure`.
@@ -39,6 +42,34 @@ struct Args {
     /// Serve on a non-loopback address even without TLS and tokens.
     #[arg(long)]
     insecure: bool,
+    /// This node's id in a cluster of masters (with `--peers`).
+    #[arg(long, requires = "peers")]
+    node_id: Option<u64>,
+    /// Every node of the cluster, this one included: `1=127.0.0.1:7070,2=…` (the address
+    /// each serves on).
+    #[arg(long, requires = "node_id")]
+    peers: Option<String>,
+    /// Makes the cluster of `--peers`: on one node, the first time only.
+    #[arg(long, requires = "node_id")]
+    initialize: bool,
+}
+
+/// `1=host:port,2=host:port` as members.
+fn parse_peers(text: &str) -> anyhow::Result<std::collections::BTreeMap<u64, openraft::BasicNode>> {
+    text.split(',')
+        .map(|peer| {
+            let (id, addr) = peer
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--peers: {peer:?} is not id=host:port"))?;
+            Ok((id.trim().parse()?, openraft::BasicNode::new(addr.trim())))
+        })
+        .collect()
+}
+
+/// What serves: a master of its own, or a node of a cluster.
+enum Running {
+    Single(Master),
+    Node(mawex_raft::MasterNode),
 }
 
 #[tokio::main]
@@ -52,20 +83,52 @@ async fn main() -> anyhow::Result<()> {
     let mut config = MasterConfig::default();
     config.lease_timeout = std::time::Duration::from_secs_f64(args.lease_timeout);
     config.heartbeat_interval = config.lease_timeout / 5;
-    let master = Master::builder()
-        .config(config)
-        .start(SledJournal::open(&args.journal)?)
-        .await?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let (running, mut server) = match (args.node_id, &args.peers) {
+        (Some(id), Some(peers)) => {
+            let peers = parse_peers(peers)?;
+            anyhow::ensure!(peers.contains_key(&id), "--peers does not name node {id}");
+            let max_payload = config.max_payload_bytes;
+            let node = mawex_raft::MasterNode::start(
+                &args.journal,
+                mawex_raft::NodeConfig::new(id),
+                mawex_raft::GrpcNetwork::new(),
+                config,
+            )
+            .await?;
+            if args.initialize {
+                node.initialize(peers).await?;
+            }
+            let server = Server::over(
+                std::sync::Arc::new(node.client()),
+                std::sync::Arc::new(node.pod_connector()),
+                max_payload,
+            )
+            .add_service(mawex_raft::raft_service(node.raft().clone()));
+            (Running::Node(node), server)
+        }
+        _ => {
+            let master = Master::builder()
+                .config(config)
+                .start(SledJournal::open(&args.journal)?)
+                .await?;
+            let server = Server::new(&master);
+            (Running::Single(master), server)
+        }
+    };
     println!(
         "mawex master listening on http://{}",
         listener.local_addr()?
     );
     // Serves until Ctrl-C, or until the master stops on its own (a journal write failed):
-    // then ends open streams so clients and pods move on at once.
-    let stopped = master.stopped();
+    // then ends open streams so clients and pods move on at once. (A node of a cluster
+    // goes on: another node takes over.)
+    let stopped: std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>> =
+        match &running {
+            Running::Single(master) => Box::pin(master.stopped()),
+            Running::Node(_) => Box::pin(std::future::pending()),
+        };
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
-    let mut server = Server::new(&master);
     let mut watchers = Vec::new();
     let mut reload_tokens = None;
     if let Some(path) = &args.tokens {
@@ -123,6 +186,9 @@ async fn main() -> anyhow::Result<()> {
     if let Ok(reason) = failed_rx.await {
         anyhow::bail!("the master stopped: {reason}");
     }
-    master.shutdown().await?;
+    match running {
+        Running::Single(master) => master.shutdown().await?,
+        Running::Node(node) => node.shutdown().await?,
+    }
     Ok(())
 }

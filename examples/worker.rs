@@ -14,7 +14,7 @@ use mawex::{
 
 #[derive(Parser, Debug)]
 struct Args {
-    /// The master's endpoint.
+    /// The master's endpoint, or the endpoints of a cluster's masters separated by commas.
     #[arg(long, default_value = "http://127.0.0.1:7070")]
     master: String,
     /// This pod's id; keep it stable across restarts.
@@ -94,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
         PodConfig::new(PodId::new(&args.id)?, groups).with_slots(args.slots),
         Arc::new(InProcess::new(handlers()?)),
         Arc::new(GrpcPodConnector::with_config(
-            [args.master.as_str()],
+            args.master.split(','),
             channel(args.token.clone(), args.ca.as_deref())?,
         )?),
     )?;
