@@ -86,6 +86,13 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let (running, mut server) = match (args.node_id, &args.peers) {
         (Some(id), Some(peers)) => {
+            // The peers' Raft service takes no token or client certificate yet: anyone who
+            // reaches it could disturb the cluster.
+            anyhow::ensure!(
+                args.listen.ip().is_loopback() || args.insecure,
+                "a node of a cluster serves its peers without TLS or tokens so far: listen \
+                 on loopback, or pass --insecure on a network only the nodes reach"
+            );
             let peers = parse_peers(peers)?;
             anyhow::ensure!(peers.contains_key(&id), "--peers does not name node {id}");
             let max_payload = config.max_payload_bytes;
