@@ -20,6 +20,10 @@ use tokio::sync::watch;
 
 use crate::{MasterRaft, MasterStateMachine};
 
+/// How a local proxy of a master that stopped begins its answer (`mawex-core`'s
+/// `LocalMasterProxy`).
+const MASTER_STOPPED: &str = "the master stopped";
+
 /// The master a node runs while it leads: its client and its pod connector.
 #[derive(Clone)]
 pub(crate) struct LeaderHandles {
@@ -43,6 +47,23 @@ impl Access {
         Err(ApiError::NotLeader {
             leader: self.leader_address(),
         })
+    }
+
+    /// See [`ClusterProxy::settle`].
+    fn settle<T>(&self, result: Result<T, ApiError>) -> Result<T, ApiError> {
+        match result {
+            Err(ApiError::Internal(reason)) if reason.starts_with(MASTER_STOPPED) => {
+                Err(ApiError::NotLeader {
+                    leader: self.leader_address(),
+                })
+            }
+            Err(ApiError::Unavailable(_)) if self.leading.borrow().is_none() => {
+                Err(ApiError::NotLeader {
+                    leader: self.leader_address(),
+                })
+            }
+            other => other,
+        }
     }
 
     /// The address of the node that leads, if it is another one and has an address.
@@ -114,6 +135,13 @@ impl ClusterProxy {
         self.access.leader().map(|handles| handles.proxy)
     }
 
+    /// `result` of the master this node ran, as a client should see it: a master that
+    /// stopped (its node lost the lead, or it failed) answers as a node that does not lead,
+    /// so that the client moves on to another node.
+    fn settle<T>(&self, result: Result<T, ApiError>) -> Result<T, ApiError> {
+        self.access.settle(result)
+    }
+
     /// The master, for a read that must be current: a quorum confirms that this node still
     /// leads (Raft's read index) first, so a deposed leader that does not know it yet never
     /// answers from a stale state. The master's state holds every committed batch (it
@@ -142,30 +170,31 @@ impl ClusterProxy {
 #[async_trait]
 impl PodConnector for ClusterPodConnector {
     async fn connect(&self, hello: PodHello) -> Result<PodSession, ApiError> {
-        self.access.leader()?.pods.connect(hello).await
+        let pods = self.access.leader()?.pods;
+        self.access.settle(pods.connect(hello).await)
     }
 }
 
 #[async_trait]
 impl MasterProxy for ClusterProxy {
     async fn submit(&self, spec: TaskSpec) -> Result<SubmitAck, ApiError> {
-        self.master()?.submit(spec).await
+        self.settle(self.master()?.submit(spec).await)
     }
 
     async fn submit_many(&self, specs: Vec<TaskSpec>) -> Result<Vec<SubmitAck>, ApiError> {
-        self.master()?.submit_many(specs).await
+        self.settle(self.master()?.submit_many(specs).await)
     }
 
     async fn get(&self, id: TaskId) -> Result<TaskView, ApiError> {
-        self.current().await?.get(id).await
+        self.settle(self.current().await?.get(id).await)
     }
 
     async fn cancel(&self, id: TaskId) -> Result<CancelAck, ApiError> {
-        self.master()?.cancel(id).await
+        self.settle(self.master()?.cancel(id).await)
     }
 
     async fn await_result(&self, id: TaskId) -> Result<TaskResult, ApiError> {
-        self.master()?.await_result(id).await
+        self.settle(self.master()?.await_result(id).await)
     }
 
     async fn results(
@@ -173,23 +202,23 @@ impl MasterProxy for ClusterProxy {
         group: GroupName,
         after: Option<ResultCursor>,
     ) -> Result<ResultStream, ApiError> {
-        self.master()?.results(group, after).await
+        self.settle(self.master()?.results(group, after).await)
     }
 
     async fn list(&self, query: ListQuery) -> Result<TaskPage, ApiError> {
-        self.current().await?.list(query).await
+        self.settle(self.current().await?.list(query).await)
     }
 
     async fn failed_summary(&self) -> Result<Vec<FailedCount>, ApiError> {
-        self.current().await?.failed_summary().await
+        self.settle(self.current().await?.failed_summary().await)
     }
 
     async fn retry_failed(&self, filter: FailedFilter) -> Result<u64, ApiError> {
-        self.master()?.retry_failed(filter).await
+        self.settle(self.master()?.retry_failed(filter).await)
     }
 
     async fn purge_failed(&self, filter: FailedFilter) -> Result<u64, ApiError> {
-        self.master()?.purge_failed(filter).await
+        self.settle(self.master()?.purge_failed(filter).await)
     }
 
     async fn configure_group(
@@ -197,7 +226,7 @@ impl MasterProxy for ClusterProxy {
         group: GroupName,
         settings: GroupSettings,
     ) -> Result<(), ApiError> {
-        self.master()?.configure_group(group, settings).await
+        self.settle(self.master()?.configure_group(group, settings).await)
     }
 
     async fn update_pending(
@@ -205,43 +234,43 @@ impl MasterProxy for ClusterProxy {
         ids: Vec<TaskId>,
         change: PendingChange,
     ) -> Result<u64, ApiError> {
-        self.master()?.update_pending(ids, change).await
+        self.settle(self.master()?.update_pending(ids, change).await)
     }
 
     async fn create_schedule(&self, spec: ScheduleSpec) -> Result<(), ApiError> {
-        self.master()?.create_schedule(spec).await
+        self.settle(self.master()?.create_schedule(spec).await)
     }
 
     async fn list_schedules(&self) -> Result<Vec<ScheduleView>, ApiError> {
-        self.current().await?.list_schedules().await
+        self.settle(self.current().await?.list_schedules().await)
     }
 
     async fn pause_schedule(&self, name: ScheduleName, paused: bool) -> Result<(), ApiError> {
-        self.master()?.pause_schedule(name, paused).await
+        self.settle(self.master()?.pause_schedule(name, paused).await)
     }
 
     async fn delete_schedule(&self, name: ScheduleName) -> Result<(), ApiError> {
-        self.master()?.delete_schedule(name).await
+        self.settle(self.master()?.delete_schedule(name).await)
     }
 
     async fn group_settings(&self, group: GroupName) -> Result<GroupSettings, ApiError> {
-        self.current().await?.group_settings(group).await
+        self.settle(self.current().await?.group_settings(group).await)
     }
 
     async fn fire_broadcast(&self, spec: BroadcastSpec) -> Result<BroadcastView, ApiError> {
-        self.master()?.fire_broadcast(spec).await
+        self.settle(self.master()?.fire_broadcast(spec).await)
     }
 
     async fn plan_broadcast(&self, spec: BroadcastSpec) -> Result<BroadcastPlan, ApiError> {
-        self.current().await?.plan_broadcast(spec).await
+        self.settle(self.current().await?.plan_broadcast(spec).await)
     }
 
     async fn broadcast(&self, id: BroadcastId) -> Result<BroadcastView, ApiError> {
-        self.current().await?.broadcast(id).await
+        self.settle(self.current().await?.broadcast(id).await)
     }
 
     async fn list_broadcasts(&self, query: BroadcastQuery) -> Result<BroadcastPage, ApiError> {
-        self.current().await?.list_broadcasts(query).await
+        self.settle(self.current().await?.list_broadcasts(query).await)
     }
 
     async fn wait_broadcast(
@@ -249,14 +278,14 @@ impl MasterProxy for ClusterProxy {
         id: BroadcastId,
         timeout: Duration,
     ) -> Result<BroadcastView, ApiError> {
-        self.master()?.wait_broadcast(id, timeout).await
+        self.settle(self.master()?.wait_broadcast(id, timeout).await)
     }
 
     async fn broadcast_locks(&self) -> Result<Vec<BroadcastLock>, ApiError> {
-        self.current().await?.broadcast_locks().await
+        self.settle(self.current().await?.broadcast_locks().await)
     }
 
     async fn clear_broadcast_lock(&self, app: &str) -> Result<Option<BroadcastId>, ApiError> {
-        self.master()?.clear_broadcast_lock(app).await
+        self.settle(self.master()?.clear_broadcast_lock(app).await)
     }
 }

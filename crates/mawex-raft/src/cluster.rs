@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mawex_core::{LocalMasterProxy, Master, MasterConfig};
@@ -70,11 +70,154 @@ impl NodeConfig {
     }
 }
 
-/// The master this node runs while it leads, and a client of it for anyone in-process.
+/// The master this node runs while it leads.
 #[derive(Default)]
 struct Leading {
     master: Option<Master>,
+    /// Counts starts and stops of the lead: a supervisor of an earlier one leaves.
+    generation: u64,
 }
+
+/// Resolves when a master stops on its own, with why.
+type Stopped = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
+
+/// What starting and stopping this node's master takes.
+struct Ctx {
+    raft: Raft<MasterRaft, MasterStateMachine>,
+    machine: MasterStateMachine,
+    log: SledLogStore,
+    runtime: tokio::runtime::Handle,
+    master: MasterConfig,
+    lead_within: Duration,
+    /// Held while a master starts or stops, so that the two never overlap.
+    leading: tokio::sync::Mutex<Leading>,
+    handles: watch::Sender<Option<LeaderHandles>>,
+    /// The generation of the lead, as `Leading::generation`, for supervisors to watch.
+    generations: watch::Sender<u64>,
+}
+
+impl Ctx {
+    /// Moves `leading` to the next generation of the lead; a supervisor of the last one
+    /// leaves.
+    fn next_generation(&self, leading: &mut Leading) -> u64 {
+        leading.generation = leading.generation.wrapping_add(1);
+        self.generations.send_replace(leading.generation);
+        leading.generation
+    }
+
+    /// Starts a master on this leader and publishes its handles; what tells when it stops.
+    async fn start_master(&self, leading: &mut Leading) -> Result<Stopped, RaftStoreError> {
+        let builder = Master::builder().config(self.master.clone());
+        let master = lead(
+            &self.raft,
+            &self.machine,
+            &self.log,
+            builder,
+            self.runtime.clone(),
+            self.lead_within,
+        )
+        .await?;
+        let stopped: Stopped = Box::pin(master.stopped());
+        self.handles.send_replace(Some(LeaderHandles {
+            proxy: master.proxy(),
+            pods: master.pod_connector(),
+        }));
+        leading.master = Some(master);
+        Ok(stopped)
+    }
+
+    /// Stops the master, if there is one, and takes the state back. A node that cannot take
+    /// it back cannot apply what comes next: it stops (fail-stop), and the others go on.
+    /// False if it stopped.
+    async fn stop_master(&self, leading: &mut Leading) -> bool {
+        self.handles.send_replace(None);
+        if let Some(master) = leading.master.take() {
+            // Its last batch may not be committed under the old leadership: an error is
+            // expected.
+            if let Err(e) = master.shutdown().await {
+                info!(error = %e, "the master of the last leadership stopped");
+            }
+        }
+        let (machine, log) = (self.machine.clone(), self.log.clone());
+        let reclaimed = match tokio::task::spawn_blocking(move || machine.reclaim(&log)).await {
+            Ok(reclaimed) => reclaimed,
+            Err(e) => Err(RaftStoreError::Raft(format!(
+                "the reclaim did not finish: {e}"
+            ))),
+        };
+        if let Err(e) = reclaimed {
+            error!(error = %e, "the state could not be taken back; this node stops");
+            // Not awaited here: this may run on the task that a shutdown waits for.
+            let raft = self.raft.clone();
+            tokio::spawn(async move {
+                let _ = raft.shutdown().await;
+            });
+            return false;
+        }
+        true
+    }
+
+    /// This node won the lead: starts a master, and watches it for as long as the lead is
+    /// this generation's.
+    async fn on_lead(self: Arc<Self>) {
+        let mut leading = self.leading.lock().await;
+        let generation = self.next_generation(&mut leading);
+        let first = self.start_master(&mut leading).await;
+        drop(leading);
+        let stopped = match first {
+            Ok(stopped) => Some(stopped),
+            Err(e) => {
+                warn!(error = %e, "the master did not start on this leader");
+                None
+            }
+        };
+        tokio::spawn(self.supervise(generation, stopped));
+    }
+
+    /// While this node leads (in generation `generation`), keeps a master running on it: one
+    /// that stops on its own (writes it could not commit, say) or did not start is replaced,
+    /// its state taken back first, a pause between tries.
+    async fn supervise(self: Arc<Self>, generation: u64, mut stopped: Option<Stopped>) {
+        let mut generations = self.generations.subscribe();
+        loop {
+            let waited = async {
+                match stopped.take() {
+                    Some(running) => {
+                        let reason = running.await;
+                        warn!(%reason, "the master stopped while this node leads; starting another");
+                    }
+                    None => tokio::time::sleep(RESTART_PAUSE).await,
+                }
+            };
+            tokio::select! {
+                () = waited => {}
+                // The lead moved on (or the node stops): its stop takes care of the rest.
+                _ = generations.wait_for(|g| *g != generation) => return,
+            }
+            let mut leading = self.leading.lock().await;
+            if leading.generation != generation || !self.raft.is_leader() {
+                return; // the lead moved on: its stop takes care of the rest
+            }
+            if !self.stop_master(&mut leading).await {
+                return;
+            }
+            match self.start_master(&mut leading).await {
+                Ok(running) => stopped = Some(running),
+                Err(e) => warn!(error = %e, "the master did not start again on this leader"),
+            }
+        }
+    }
+
+    /// Another node leads: stops this node's master and takes the state back.
+    async fn on_lose(self: Arc<Self>) {
+        let mut leading = self.leading.lock().await;
+        self.next_generation(&mut leading);
+        self.stop_master(&mut leading).await;
+    }
+}
+
+/// How long a leader waits before it tries again to start a master that did not start.
+const RESTART_PAUSE: Duration = Duration::from_millis(200);
 
 /// One node of a cluster of masters.
 ///
@@ -90,7 +233,7 @@ struct Leading {
 pub struct MasterNode {
     raft: Raft<MasterRaft, MasterStateMachine>,
     machine: MasterStateMachine,
-    leading: Arc<Mutex<Leading>>,
+    ctx: Arc<Ctx>,
     leading_handles: watch::Receiver<Option<LeaderHandles>>,
     watch: Option<WatchChangeHandle<MasterRaft>>,
 }
@@ -137,50 +280,31 @@ impl MasterNode {
         )
         .await
         .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
-        let leading = Arc::new(Mutex::new(Leading::default()));
-        let (proxy_tx, leading_handles) = watch::channel(None);
-        let proxy_tx = Arc::new(proxy_tx);
-
+        let (handles, leading_handles) = watch::channel(None);
+        let ctx = Arc::new(Ctx {
+            raft: raft.clone(),
+            machine: machine.clone(),
+            log,
+            runtime,
+            master,
+            lead_within,
+            leading: tokio::sync::Mutex::new(Leading::default()),
+            handles,
+            generations: watch::channel(0).0,
+        });
         let on_start = {
-            let (raft, machine, log) = (raft.clone(), machine.clone(), log.clone());
-            let (leading, proxy_tx) = (leading.clone(), proxy_tx.clone());
-            move |_leader| {
-                let (raft, machine, log) = (raft.clone(), machine.clone(), log.clone());
-                let (leading, proxy_tx) = (leading.clone(), proxy_tx.clone());
-                let (runtime, master) = (runtime.clone(), master.clone());
-                async move {
-                    let builder = Master::builder().config(master);
-                    match lead(&raft, &machine, &log, builder, runtime, lead_within).await {
-                        Ok(master) => {
-                            proxy_tx.send_replace(Some(LeaderHandles {
-                                proxy: master.proxy(),
-                                pods: master.pod_connector(),
-                            }));
-                            lock(&leading).master = Some(master);
-                        }
-                        // The lead may be lost already; the next win tries again.
-                        Err(e) => warn!(error = %e, "the master did not start on this leader"),
-                    }
-                }
-            }
+            let ctx = ctx.clone();
+            move |_leader| ctx.clone().on_lead()
         };
         let on_stop = {
-            let (raft, machine, log) = (raft.clone(), machine.clone(), log.clone());
-            let (leading, proxy_tx) = (leading.clone(), proxy_tx.clone());
-            move |_leader| {
-                let (raft, machine, log) = (raft.clone(), machine.clone(), log.clone());
-                let (leading, proxy_tx) = (leading.clone(), proxy_tx.clone());
-                async move {
-                    proxy_tx.send_replace(None);
-                    stop_master(&raft, &leading, &machine, &log).await;
-                }
-            }
+            let ctx = ctx.clone();
+            move |_leader| ctx.clone().on_lose()
         };
         let watch = raft.on_leader_change(on_start, on_stop);
         Ok(MasterNode {
             raft,
             machine,
-            leading,
+            ctx,
             leading_handles,
             watch: Some(watch),
         })
@@ -239,55 +363,20 @@ impl MasterNode {
         if let Some(mut watch) = self.watch.take() {
             watch.close().await;
         }
-        let master = lock(&self.leading).master.take();
-        if let Some(master) = master {
-            if let Err(e) = master.shutdown().await {
-                info!(error = %e, "the master stopped with an error");
+        {
+            let mut leading = self.ctx.leading.lock().await;
+            // A supervisor still waiting leaves.
+            self.ctx.next_generation(&mut leading);
+            self.ctx.handles.send_replace(None);
+            if let Some(master) = leading.master.take() {
+                if let Err(e) = master.shutdown().await {
+                    info!(error = %e, "the master stopped with an error");
+                }
             }
         }
         self.raft
             .shutdown()
             .await
             .map_err(|e| RaftStoreError::Raft(e.to_string()))
-    }
-}
-
-fn lock(leading: &Mutex<Leading>) -> std::sync::MutexGuard<'_, Leading> {
-    // The slot is only ever set or emptied whole.
-    leading
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Stops the master this node runs, if any, and takes the state back. A node that cannot
-/// take it back cannot apply what comes next: it stops (fail-stop), and the others go on.
-async fn stop_master(
-    raft: &Raft<MasterRaft, MasterStateMachine>,
-    leading: &Mutex<Leading>,
-    machine: &MasterStateMachine,
-    log: &SledLogStore,
-) {
-    let master = lock(leading).master.take();
-    let Some(master) = master else {
-        return;
-    };
-    // Its last batch cannot be committed under the old leadership: an error is expected.
-    if let Err(e) = master.shutdown().await {
-        info!(error = %e, "the master of the last leadership stopped");
-    }
-    let (machine, log) = (machine.clone(), log.clone());
-    let reclaimed = match tokio::task::spawn_blocking(move || machine.reclaim(&log)).await {
-        Ok(reclaimed) => reclaimed,
-        Err(e) => Err(RaftStoreError::Raft(format!(
-            "the reclaim did not finish: {e}"
-        ))),
-    };
-    if let Err(e) = reclaimed {
-        error!(error = %e, "the state could not be taken back; this node stops");
-        // Not awaited here: this runs on the task that a shutdown waits for.
-        let raft = raft.clone();
-        tokio::spawn(async move {
-            let _ = raft.shutdown().await;
-        });
     }
 }

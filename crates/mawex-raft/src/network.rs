@@ -40,7 +40,7 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Snapshot bytes a chunk carries when openraft does not say.
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// The largest snapshot a node accepts from a peer.
-const MAX_SNAPSHOT_BYTES: usize = 16 * 1024 * 1024 * 1024;
+const MAX_SNAPSHOT_BYTES: usize = 4 * 1024 * 1024 * 1024;
 
 fn what(rpc: &'static str) -> impl Fn() -> String {
     move || format!("a {rpc} message")

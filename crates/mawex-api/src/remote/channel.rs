@@ -277,19 +277,21 @@ impl Masters {
     /// A master answered that `leader` leads: make the endpoint at that address current, if
     /// it is one of these (whatever its scheme); else move on from `index`. True if it was.
     pub(crate) fn follow(&self, index: usize, leader: Option<&str>) -> bool {
+        fn bare(address: &str) -> &str {
+            address
+                .split_once("://")
+                .map_or(address, |(_, rest)| rest)
+                .trim_end_matches('/')
+        }
         let at = leader.and_then(|leader| {
-            self.endpoints.iter().position(|(endpoint, _)| {
-                let bare = endpoint
-                    .split_once("://")
-                    .map_or(endpoint.as_str(), |(_, rest)| rest);
-                bare.trim_end_matches('/') == leader
-            })
+            self.endpoints
+                .iter()
+                .position(|(endpoint, _)| bare(endpoint) == bare(leader))
         });
         match at {
             Some(at) => {
-                let _ =
-                    self.current
-                        .compare_exchange(index, at, Ordering::Relaxed, Ordering::Relaxed);
+                // The freshest word on who leads wins, whatever another call did meanwhile.
+                self.current.store(at, Ordering::Relaxed);
                 true
             }
             None => {
@@ -346,24 +348,20 @@ where
     // connection still gets the full `retry_for` to find the master again.
     let mut started = None;
     let mut delays = retry_delays();
-    let mut followed: Option<Option<String>> = None;
     let mut failures = 0usize;
     loop {
         let (index, channel) = masters.current();
         let result = call(channel).await;
-        // A follower that names the leader: straight there, once per leader it names.
-        if let Err(ApiError::NotLeader { leader }) = &result {
-            let named = leader.clone();
-            if masters.follow(index, named.as_deref()) && followed.as_ref() != Some(&named) {
-                followed = Some(named);
-                continue;
-            }
-        }
         match result {
             Err(e @ (ApiError::Unavailable(_) | ApiError::NotLeader { .. })) => {
                 let reason = e.to_string();
-                if matches!(e, ApiError::Unavailable(_)) {
-                    masters.failed(index);
+                match &e {
+                    // A follower that names the leader: that one is tried next (else the
+                    // next in the list), counted like any other failure.
+                    ApiError::NotLeader { leader } => {
+                        masters.follow(index, leader.as_deref());
+                    }
+                    _ => masters.failed(index),
                 }
                 let started = *started.get_or_insert_with(tokio::time::Instant::now);
                 if started.elapsed() >= retry_for {
