@@ -7,26 +7,18 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{leader, submit, Router};
+use common::{leader, submit, test_node_config, Router};
 use mawex_api::{GroupName, MasterProxy, TaskState};
 use mawex_core::MasterConfig;
-use mawex_raft::{MasterNode, NodeConfig};
+use mawex_raft::MasterNode;
 use openraft::BasicNode;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-fn node_config(id: u64) -> NodeConfig {
-    let mut config = NodeConfig::new(id);
-    // Wide enough that syncs on a loaded machine do not look like a dead leader.
-    config.heartbeat = Duration::from_millis(150);
-    config.election_timeout = (Duration::from_millis(1_000), Duration::from_millis(2_000));
-    config
-}
-
 async fn start(router: &Router, id: u64, dir: &std::path::Path) -> MasterNode {
     let mut master = MasterConfig::default();
     master.snapshot_every = 50;
-    let node = MasterNode::start(dir, node_config(id), router.clone(), master)
+    let node = MasterNode::start(dir, test_node_config(id), router.clone(), master)
         .await
         .expect("the node starts");
     router.add(id, node.raft().clone());

@@ -9,63 +9,23 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{leader, submit, CLUSTER_DEADLINE};
+use common::{leader, nodes, submit, test_node_config, three_listeners, Running, CLUSTER_DEADLINE};
 use mawex_api::{GroupName, MasterProxy, TaskState};
 use mawex_core::MasterConfig;
-use mawex_raft::{raft_service, GrpcNetwork, MasterNode, NodeConfig};
-use openraft::BasicNode;
+use mawex_raft::{GrpcNetwork, MasterNode};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-
-/// A node and the gRPC server its peers reach it on.
-struct Running {
-    node: MasterNode,
-    stop_server: oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn kill(self) {
-        let _ = self.stop_server.send(());
-        self.server.await.expect("the server task ends");
-        self.node.shutdown().await.expect("the node stops");
-    }
-}
 
 async fn start(id: u64, dir: &Path, listener: TcpListener) -> Running {
-    let mut config = NodeConfig::new(id);
-    // Wide enough that syncs on a loaded machine do not look like a dead leader.
-    config.heartbeat = Duration::from_millis(150);
-    config.election_timeout = (Duration::from_millis(1_000), Duration::from_millis(2_000));
+    let mut config = test_node_config(id);
     // Nothing kept behind a snapshot: a node that was away needs one.
     config.keep_after_snapshot = 0;
     let mut master = MasterConfig::default();
     master.snapshot_every = 50;
+    let max_payload = master.max_payload_bytes;
     let node = MasterNode::start(dir, config, GrpcNetwork::new(), master)
         .await
         .expect("the node starts");
-    let (stop_server, stopped) = oneshot::channel::<()>();
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    let service = raft_service(node.raft().clone());
-    let server = tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("the server runs");
-    });
-    Running {
-        node,
-        stop_server,
-        server,
-    }
-}
-
-/// The nodes of `running`, for the shared helpers.
-fn nodes(running: &BTreeMap<u64, Running>) -> BTreeMap<u64, &MasterNode> {
-    running.iter().map(|(id, r)| (*id, &r.node)).collect()
+    Running::serve(node, listener, max_payload)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,14 +34,7 @@ async fn a_cluster_over_grpc_fails_over_and_sends_a_returning_node_a_snapshot() 
         .map(|_| tempfile::tempdir().expect("a temporary directory"))
         .collect();
     let group = GroupName::new("replicated").expect("a valid name");
-    let mut listeners = BTreeMap::new();
-    let mut members = BTreeMap::new();
-    for id in 1..=3u64 {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
-        let addr = listener.local_addr().expect("an address");
-        members.insert(id, BasicNode::new(addr.to_string()));
-        listeners.insert(id, listener);
-    }
+    let (listeners, members) = three_listeners().await;
     let mut running = BTreeMap::new();
     for (id, listener) in listeners {
         running.insert(id, start(id, dirs[id as usize - 1].path(), listener).await);

@@ -10,71 +10,26 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{leader, CLUSTER_DEADLINE};
+use common::{leader, nodes, test_node_config, three_listeners, Running, CLUSTER_DEADLINE};
 use mawex_api::{
     ApiError, GroupName, MasterProxy, Outcome, PodId, RemoteConfig, RemoteMasterProxy, TaskSpec,
     TaskState,
 };
 use mawex_core::MasterConfig;
-use mawex_raft::{raft_service, GrpcNetwork, MasterNode, NodeConfig};
+use mawex_raft::{GrpcNetwork, MasterNode};
 use mawex_sandbox::{HandlerRegistry, InProcess, TaskInput};
-use mawex_server::Server;
 use mawex_worker::{Pod, PodConfig};
-use openraft::BasicNode;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-
-/// A node and the server that serves it.
-struct Running {
-    node: MasterNode,
-    stop_server: oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn kill(self) {
-        let _ = self.stop_server.send(());
-        self.server.await.expect("the server task ends");
-        self.node.shutdown().await.expect("the node stops");
-    }
-}
 
 async fn start(id: u64, dir: &Path, listener: TcpListener) -> Running {
-    let mut config = NodeConfig::new(id);
-    // Wide enough that syncs on a loaded machine do not look like a dead leader.
-    config.heartbeat = Duration::from_millis(150);
-    config.election_timeout = (Duration::from_millis(1_000), Duration::from_millis(2_000));
     let mut master = MasterConfig::default();
     master.lease_timeout = Duration::from_secs(2);
     master.heartbeat_interval = Duration::from_millis(200);
     let max_payload = master.max_payload_bytes;
-    let node = MasterNode::start(dir, config, GrpcNetwork::new(), master)
+    let node = MasterNode::start(dir, test_node_config(id), GrpcNetwork::new(), master)
         .await
         .expect("the node starts");
-    let server = Server::over(
-        Arc::new(node.client()),
-        Arc::new(node.pod_connector()),
-        max_payload,
-    )
-    .add_service(raft_service(node.raft().clone()));
-    let (stop_server, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        server
-            .serve(listener, async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("the server runs");
-    });
-    Running {
-        node,
-        stop_server,
-        server,
-    }
-}
-
-fn nodes(running: &BTreeMap<u64, Running>) -> BTreeMap<u64, &MasterNode> {
-    running.iter().map(|(id, r)| (*id, &r.node)).collect()
+    Running::serve(node, listener, max_payload)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,14 +38,7 @@ async fn clients_and_pods_follow_the_leader_through_a_fail_over() {
         .map(|_| tempfile::tempdir().expect("a temporary directory"))
         .collect();
     let group = GroupName::new("served").expect("a valid name");
-    let mut listeners = BTreeMap::new();
-    let mut members = BTreeMap::new();
-    for id in 1..=3u64 {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
-        let addr = listener.local_addr().expect("an address");
-        members.insert(id, BasicNode::new(addr.to_string()));
-        listeners.insert(id, listener);
-    }
+    let (listeners, members) = three_listeners().await;
     let endpoints: Vec<String> = members
         .values()
         .map(|n| format!("http://{}", n.addr))

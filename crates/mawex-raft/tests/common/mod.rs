@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use mawex_api::{MasterProxy, TaskId};
 use mawex_core::LocalMasterProxy;
-use mawex_raft::{MasterNode, MasterRaft, MasterStateMachine};
+use mawex_raft::{raft_service, MasterNode, MasterRaft, MasterStateMachine, NodeConfig};
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
@@ -17,6 +17,8 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, Raft};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 
 use mawex_api::{GroupName, TaskSpec, Timestamp};
 use mawex_core::Event;
@@ -149,4 +151,72 @@ pub(crate) async fn submit(
     let ids = specs.iter().map(|s| s.id).collect();
     proxy.submit_many(specs).await.expect("accepted");
     ids
+}
+
+/// A node's settings in the tests: wide enough that syncs on a loaded machine do not look
+/// like a dead leader.
+pub(crate) fn test_node_config(id: u64) -> NodeConfig {
+    let mut config = NodeConfig::new(id);
+    config.heartbeat = Duration::from_millis(150);
+    config.election_timeout = (Duration::from_millis(1_000), Duration::from_millis(2_000));
+    config
+}
+
+/// Three loopback listeners, and the members of a cluster whose nodes serve on them.
+pub(crate) async fn three_listeners() -> (BTreeMap<u64, TcpListener>, BTreeMap<u64, BasicNode>) {
+    let mut listeners = BTreeMap::new();
+    let mut members = BTreeMap::new();
+    for id in 1..=3u64 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let addr = listener.local_addr().expect("an address");
+        members.insert(id, BasicNode::new(addr.to_string()));
+        listeners.insert(id, listener);
+    }
+    (listeners, members)
+}
+
+/// A node of a test and the server it is reached on: the mawex client and pod services
+/// through the node (`Server::over`) and its peers' Raft service, on one port.
+pub(crate) struct Running {
+    pub(crate) node: MasterNode,
+    stop_server: oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Serves `node` on `listener`, sized for payloads of up to `max_payload` bytes.
+    pub(crate) fn serve(node: MasterNode, listener: TcpListener, max_payload: usize) -> Self {
+        let server = mawex_server::Server::over(
+            Arc::new(node.client()),
+            Arc::new(node.pod_connector()),
+            max_payload,
+        )
+        .add_service(raft_service(node.raft().clone()));
+        let (stop_server, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            server
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("the server runs");
+        });
+        Running {
+            node,
+            stop_server,
+            server,
+        }
+    }
+
+    /// Stops the server, then the node.
+    pub(crate) async fn kill(self) {
+        let _ = self.stop_server.send(());
+        self.server.await.expect("the server task ends");
+        self.node.shutdown().await.expect("the node stops");
+    }
+}
+
+/// The nodes of `running`, for the helpers above.
+pub(crate) fn nodes(running: &BTreeMap<u64, Running>) -> BTreeMap<u64, &MasterNode> {
+    running.iter().map(|(id, r)| (*id, &r.node)).collect()
 }
