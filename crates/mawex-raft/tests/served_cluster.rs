@@ -113,10 +113,15 @@ async fn clients_and_pods_follow_the_leader_through_a_fail_over() {
     );
     let (second, _) = leader(&nodes(&running)).await;
     assert_ne!(second, first);
+    let mut retried = 0;
     for spec in specs.iter().chain(&after) {
         let result = client.await_result(spec.id).await.expect("a result");
         assert_eq!(result.outcome, Outcome::Succeeded(spec.payload.clone()));
+        if result.attempt.0 > 1 {
+            retried += 1;
+        }
     }
+    println!("attempts run again after the fail-over: {retried}");
     let view = client.get(after[0].id).await.expect("a task");
     assert_eq!(view.state, TaskState::Succeeded);
     pod.shutdown().await.expect("the pod stops");
