@@ -49,7 +49,9 @@ impl Access {
         })
     }
 
-    /// See [`ClusterProxy::settle`].
+    /// `result` of the master this node ran, as a client should see it: a master that
+    /// stopped (its node lost the lead, or it failed) answers as a node that does not lead,
+    /// so that the client moves on to another node.
     fn settle<T>(&self, result: Result<T, ApiError>) -> Result<T, ApiError> {
         match result {
             Err(ApiError::Internal(reason)) if reason.starts_with(MASTER_STOPPED) => {
@@ -117,29 +119,18 @@ impl std::fmt::Debug for ClusterPodConnector {
     }
 }
 
-pub(crate) fn cluster_access(
-    leading: watch::Receiver<Option<LeaderHandles>>,
-    raft: Raft<MasterRaft, MasterStateMachine>,
-) -> (ClusterProxy, ClusterPodConnector) {
-    let access = Access { leading, raft };
-    (
-        ClusterProxy {
-            access: access.clone(),
-        },
-        ClusterPodConnector { access },
-    )
-}
-
 impl ClusterProxy {
-    fn master(&self) -> Result<LocalMasterProxy, ApiError> {
-        self.access.leader().map(|handles| handles.proxy)
+    pub(crate) fn new(
+        leading: watch::Receiver<Option<LeaderHandles>>,
+        raft: Raft<MasterRaft, MasterStateMachine>,
+    ) -> Self {
+        ClusterProxy {
+            access: Access { leading, raft },
+        }
     }
 
-    /// `result` of the master this node ran, as a client should see it: a master that
-    /// stopped (its node lost the lead, or it failed) answers as a node that does not lead,
-    /// so that the client moves on to another node.
-    fn settle<T>(&self, result: Result<T, ApiError>) -> Result<T, ApiError> {
-        self.access.settle(result)
+    fn master(&self) -> Result<LocalMasterProxy, ApiError> {
+        self.access.leader().map(|handles| handles.proxy)
     }
 
     /// The master, for a read that must be current: a quorum confirms that this node still
@@ -167,6 +158,17 @@ impl ClusterProxy {
     }
 }
 
+impl ClusterPodConnector {
+    pub(crate) fn new(
+        leading: watch::Receiver<Option<LeaderHandles>>,
+        raft: Raft<MasterRaft, MasterStateMachine>,
+    ) -> Self {
+        ClusterPodConnector {
+            access: Access { leading, raft },
+        }
+    }
+}
+
 #[async_trait]
 impl PodConnector for ClusterPodConnector {
     async fn connect(&self, hello: PodHello) -> Result<PodSession, ApiError> {
@@ -178,23 +180,23 @@ impl PodConnector for ClusterPodConnector {
 #[async_trait]
 impl MasterProxy for ClusterProxy {
     async fn submit(&self, spec: TaskSpec) -> Result<SubmitAck, ApiError> {
-        self.settle(self.master()?.submit(spec).await)
+        self.access.settle(self.master()?.submit(spec).await)
     }
 
     async fn submit_many(&self, specs: Vec<TaskSpec>) -> Result<Vec<SubmitAck>, ApiError> {
-        self.settle(self.master()?.submit_many(specs).await)
+        self.access.settle(self.master()?.submit_many(specs).await)
     }
 
     async fn get(&self, id: TaskId) -> Result<TaskView, ApiError> {
-        self.settle(self.current().await?.get(id).await)
+        self.access.settle(self.current().await?.get(id).await)
     }
 
     async fn cancel(&self, id: TaskId) -> Result<CancelAck, ApiError> {
-        self.settle(self.master()?.cancel(id).await)
+        self.access.settle(self.master()?.cancel(id).await)
     }
 
     async fn await_result(&self, id: TaskId) -> Result<TaskResult, ApiError> {
-        self.settle(self.master()?.await_result(id).await)
+        self.access.settle(self.master()?.await_result(id).await)
     }
 
     async fn results(
@@ -202,23 +204,27 @@ impl MasterProxy for ClusterProxy {
         group: GroupName,
         after: Option<ResultCursor>,
     ) -> Result<ResultStream, ApiError> {
-        self.settle(self.master()?.results(group, after).await)
+        self.access
+            .settle(self.master()?.results(group, after).await)
     }
 
     async fn list(&self, query: ListQuery) -> Result<TaskPage, ApiError> {
-        self.settle(self.current().await?.list(query).await)
+        self.access.settle(self.current().await?.list(query).await)
     }
 
     async fn failed_summary(&self) -> Result<Vec<FailedCount>, ApiError> {
-        self.settle(self.current().await?.failed_summary().await)
+        self.access
+            .settle(self.current().await?.failed_summary().await)
     }
 
     async fn retry_failed(&self, filter: FailedFilter) -> Result<u64, ApiError> {
-        self.settle(self.master()?.retry_failed(filter).await)
+        self.access
+            .settle(self.master()?.retry_failed(filter).await)
     }
 
     async fn purge_failed(&self, filter: FailedFilter) -> Result<u64, ApiError> {
-        self.settle(self.master()?.purge_failed(filter).await)
+        self.access
+            .settle(self.master()?.purge_failed(filter).await)
     }
 
     async fn configure_group(
@@ -226,7 +232,8 @@ impl MasterProxy for ClusterProxy {
         group: GroupName,
         settings: GroupSettings,
     ) -> Result<(), ApiError> {
-        self.settle(self.master()?.configure_group(group, settings).await)
+        self.access
+            .settle(self.master()?.configure_group(group, settings).await)
     }
 
     async fn update_pending(
@@ -234,43 +241,53 @@ impl MasterProxy for ClusterProxy {
         ids: Vec<TaskId>,
         change: PendingChange,
     ) -> Result<u64, ApiError> {
-        self.settle(self.master()?.update_pending(ids, change).await)
+        self.access
+            .settle(self.master()?.update_pending(ids, change).await)
     }
 
     async fn create_schedule(&self, spec: ScheduleSpec) -> Result<(), ApiError> {
-        self.settle(self.master()?.create_schedule(spec).await)
+        self.access
+            .settle(self.master()?.create_schedule(spec).await)
     }
 
     async fn list_schedules(&self) -> Result<Vec<ScheduleView>, ApiError> {
-        self.settle(self.current().await?.list_schedules().await)
+        self.access
+            .settle(self.current().await?.list_schedules().await)
     }
 
     async fn pause_schedule(&self, name: ScheduleName, paused: bool) -> Result<(), ApiError> {
-        self.settle(self.master()?.pause_schedule(name, paused).await)
+        self.access
+            .settle(self.master()?.pause_schedule(name, paused).await)
     }
 
     async fn delete_schedule(&self, name: ScheduleName) -> Result<(), ApiError> {
-        self.settle(self.master()?.delete_schedule(name).await)
+        self.access
+            .settle(self.master()?.delete_schedule(name).await)
     }
 
     async fn group_settings(&self, group: GroupName) -> Result<GroupSettings, ApiError> {
-        self.settle(self.current().await?.group_settings(group).await)
+        self.access
+            .settle(self.current().await?.group_settings(group).await)
     }
 
     async fn fire_broadcast(&self, spec: BroadcastSpec) -> Result<BroadcastView, ApiError> {
-        self.settle(self.master()?.fire_broadcast(spec).await)
+        self.access
+            .settle(self.master()?.fire_broadcast(spec).await)
     }
 
     async fn plan_broadcast(&self, spec: BroadcastSpec) -> Result<BroadcastPlan, ApiError> {
-        self.settle(self.current().await?.plan_broadcast(spec).await)
+        self.access
+            .settle(self.current().await?.plan_broadcast(spec).await)
     }
 
     async fn broadcast(&self, id: BroadcastId) -> Result<BroadcastView, ApiError> {
-        self.settle(self.current().await?.broadcast(id).await)
+        self.access
+            .settle(self.current().await?.broadcast(id).await)
     }
 
     async fn list_broadcasts(&self, query: BroadcastQuery) -> Result<BroadcastPage, ApiError> {
-        self.settle(self.current().await?.list_broadcasts(query).await)
+        self.access
+            .settle(self.current().await?.list_broadcasts(query).await)
     }
 
     async fn wait_broadcast(
@@ -278,14 +295,17 @@ impl MasterProxy for ClusterProxy {
         id: BroadcastId,
         timeout: Duration,
     ) -> Result<BroadcastView, ApiError> {
-        self.settle(self.master()?.wait_broadcast(id, timeout).await)
+        self.access
+            .settle(self.master()?.wait_broadcast(id, timeout).await)
     }
 
     async fn broadcast_locks(&self) -> Result<Vec<BroadcastLock>, ApiError> {
-        self.settle(self.current().await?.broadcast_locks().await)
+        self.access
+            .settle(self.current().await?.broadcast_locks().await)
     }
 
     async fn clear_broadcast_lock(&self, app: &str) -> Result<Option<BroadcastId>, ApiError> {
-        self.settle(self.master()?.clear_broadcast_lock(app).await)
+        self.access
+            .settle(self.master()?.clear_broadcast_lock(app).await)
     }
 }

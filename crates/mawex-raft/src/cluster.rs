@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mawex_core::{LocalMasterProxy, Master, MasterConfig};
 
-use crate::access::{cluster_access, ClusterPodConnector, ClusterProxy, LeaderHandles};
+use crate::access::{ClusterPodConnector, ClusterProxy, LeaderHandles};
 use openraft::network::{NetSnapshot, RaftNetworkFactory};
 use openraft::{BasicNode, Config, Raft, WatchChangeHandle};
 use tokio::sync::watch;
@@ -48,7 +48,7 @@ impl NodeConfig {
         }
     }
 
-    fn raft(&self) -> Result<Arc<Config>, RaftStoreError> {
+    pub(crate) fn raft(&self) -> Result<Arc<Config>, RaftStoreError> {
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let config = Config {
             cluster_name: "mawex".into(),
@@ -336,13 +336,13 @@ impl MasterNode {
     /// while it leads, `NotLeader { leader }` while it does not. What a server of this node
     /// serves (`mawex_server::Server::over`).
     pub fn client(&self) -> ClusterProxy {
-        cluster_access(self.leading_handles.clone(), self.raft.clone()).0
+        ClusterProxy::new(self.leading_handles.clone(), self.raft.clone())
     }
 
     /// The pod connector of the cluster through this node, as [`MasterNode::client`] is
     /// its client.
     pub fn pod_connector(&self) -> ClusterPodConnector {
-        cluster_access(self.leading_handles.clone(), self.raft.clone()).1
+        ClusterPodConnector::new(self.leading_handles.clone(), self.raft.clone())
     }
 
     /// The Raft node.

@@ -82,14 +82,18 @@ impl RaftJournal {
     /// that the leader is most likely deposed, and the write fails.
     async fn write(
         &self,
-        batch: Batch,
+        events: &[Event],
     ) -> Result<openraft::raft::ClientWriteResponse<MasterRaft>, RaftStoreError> {
         let lease = Duration::from_millis(self.raft.config().election_timeout_max);
         let deadline = Instant::now() + lease.saturating_mul(2);
         loop {
             let (responder, answer) = ProgressResponder::<MasterRaft, _>::complete_only();
+            // The entry owns its events: one copy a try (a retry is rare).
+            let batch = Batch {
+                events: events.to_vec(),
+            };
             self.raft
-                .write(batch.clone())
+                .write(batch)
                 .with_leader(self.leader)
                 .responder(responder)
                 .await
@@ -148,10 +152,7 @@ impl Journal for RaftJournal {
                 "a batch numbered from event {first_seq} follows event {applied}"
             ))));
         }
-        let batch = Batch {
-            events: events.to_vec(),
-        };
-        let written = self.runtime.block_on(self.write(batch)).map_err(failed)?;
+        let written = self.runtime.block_on(self.write(events)).map_err(failed)?;
         // The entry's events are the ones the core numbered: no other writer came between.
         if written.data.events != last_seq {
             return Err(failed(RaftStoreError::Raft(format!(

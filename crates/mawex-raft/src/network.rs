@@ -203,7 +203,7 @@ impl GrpcPeer {
 
     /// One request-and-answer call: `rpc` sealed, the answer opened; a remote error that
     /// is not the call's own (the peer's node stopped) counts as unreachable.
-    async fn call<Q, A, F, Fut>(
+    async fn call<Q, A, E, F, Fut>(
         &self,
         rpc: &'static str,
         request: &Q,
@@ -213,6 +213,7 @@ impl GrpcPeer {
     where
         Q: Serialize,
         A: DeserializeOwned,
+        E: DeserializeOwned + std::fmt::Display,
         F: FnOnce(RaftPeerClient<Channel>, Request<Frame>) -> Fut,
         Fut: Future<Output = Result<Response<Frame>, Status>>,
     {
@@ -223,7 +224,7 @@ impl GrpcPeer {
         let answer = send(self.client()?, request)
             .await
             .map_err(|status| unreachable(format!("node {}: {status}", self.target)))?;
-        let answer: Result<A, RaftError<MasterRaft>> = open(&answer.into_inner().body, &what(rpc))
+        let answer: Result<A, E> = open(&answer.into_inner().body, &what(rpc))
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         answer.map_err(|e| RPCError::Unreachable(unreachable(format!("node {}: {e}", self.target))))
     }
@@ -237,7 +238,7 @@ impl RaftNetworkV2<MasterRaft> for GrpcPeer {
         rpc: AppendEntriesRequest<MasterRaft>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<MasterRaft>, RPCError<MasterRaft>> {
-        self.call(
+        self.call::<_, _, RaftError<MasterRaft>, _, _>(
             "AppendEntries",
             &rpc,
             &option,
@@ -251,9 +252,12 @@ impl RaftNetworkV2<MasterRaft> for GrpcPeer {
         rpc: VoteRequest<MasterRaft>,
         option: RPCOption,
     ) -> Result<VoteResponse<MasterRaft>, RPCError<MasterRaft>> {
-        self.call("Vote", &rpc, &option, |mut client, request| async move {
-            client.vote(request).await
-        })
+        self.call::<_, _, RaftError<MasterRaft>, _, _>(
+            "Vote",
+            &rpc,
+            &option,
+            |mut client, request| async move { client.vote(request).await },
+        )
         .await
     }
 
@@ -262,9 +266,12 @@ impl RaftNetworkV2<MasterRaft> for GrpcPeer {
         rpc: VoteRequest<MasterRaft>,
         option: RPCOption,
     ) -> Result<VoteResponse<MasterRaft>, RPCError<MasterRaft>> {
-        self.call("PreVote", &rpc, &option, |mut client, request| async move {
-            client.pre_vote(request).await
-        })
+        self.call::<_, _, RaftError<MasterRaft>, _, _>(
+            "PreVote",
+            &rpc,
+            &option,
+            |mut client, request| async move { client.pre_vote(request).await },
+        )
         .await
     }
 
@@ -273,19 +280,13 @@ impl RaftNetworkV2<MasterRaft> for GrpcPeer {
         rpc: TransferLeaderRequest<MasterRaft>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<MasterRaft>, RPCError<MasterRaft>> {
-        let body = seal(&rpc, &what("TransferLeader"))
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut request = Request::new(Frame { body: body.into() });
-        request.set_timeout(option.soft_ttl());
-        let answer = self
-            .client()?
-            .transfer_leader(request)
-            .await
-            .map_err(|status| unreachable(format!("node {}: {status}", self.target)))?;
-        let answer: Result<TransferLeaderResponse<MasterRaft>, Fatal<MasterRaft>> =
-            open(&answer.into_inner().body, &what("TransferLeader"))
-                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        answer.map_err(|e| RPCError::Unreachable(unreachable(format!("node {}: {e}", self.target))))
+        self.call::<_, _, Fatal<MasterRaft>, _, _>(
+            "TransferLeader",
+            &rpc,
+            &option,
+            |mut client, request| async move { client.transfer_leader(request).await },
+        )
+        .await
     }
 
     async fn full_snapshot(

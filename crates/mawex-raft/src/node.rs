@@ -3,16 +3,16 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use mawex_core::{Master, MasterBuilder};
 use openraft::errors::ForwardReason;
-use openraft::{BasicNode, Config, Raft, ServerState};
+use openraft::{BasicNode, Raft, ServerState};
 use tracing::{info, warn};
 
 use crate::{
-    MasterRaft, MasterStateMachine, RaftJournal, RaftStoreError, SingleNode, SledLogStore,
+    MasterRaft, MasterStateMachine, NodeConfig, RaftJournal, RaftStoreError, SingleNode,
+    SledLogStore,
 };
 
 /// Where in a node's directory its Raft log and its state machine's snapshot are.
@@ -29,21 +29,12 @@ const SNAPSHOT_AT_STOP_WITHIN: Duration = Duration::from_secs(30);
 /// How long each ask for that snapshot waits before asking again.
 const SNAPSHOT_RETRY: Duration = Duration::from_millis(500);
 
-/// The Raft settings of a master node: snapshots are started by the master (every
-/// `MasterConfig::snapshot_every` events, from a copy its core offers), never by openraft's
-/// count of entries, whose batches vary from one event to thousands.
-fn raft_config() -> Result<Arc<Config>, RaftStoreError> {
-    let config = Config {
-        cluster_name: "mawex".into(),
-        snapshot_policy: openraft::SnapshotPolicy::Never,
-        // A cluster of one has no follower that could use the entries a snapshot covers.
-        max_in_snapshot_log_to_keep: 0,
-        ..Config::default()
-    };
+/// The Raft settings of the node of a cluster of one: a node's, keeping no entry behind a
+/// snapshot (it has no follower that could use one).
+fn single_node_config() -> NodeConfig {
+    let mut config = NodeConfig::new(SINGLE_NODE_ID);
+    config.keep_after_snapshot = 0;
     config
-        .validate()
-        .map(Arc::new)
-        .map_err(|e| RaftStoreError::Raft(e.to_string()))
 }
 
 /// A running master on a replicated log: the Raft node, its state machine, and the
@@ -85,7 +76,7 @@ impl ReplicatedMaster {
         let machine = MasterStateMachine::open(dir.join(MACHINE_DIR))?;
         let raft = Raft::new(
             SINGLE_NODE_ID,
-            raft_config()?,
+            single_node_config().raft()?,
             SingleNode,
             log.clone(),
             machine.clone(),
