@@ -173,3 +173,48 @@ async fn a_result_lost_in_flight_is_sent_again_not_rerun() {
     pod.shutdown().await.unwrap();
     m.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_refuses_a_master_of_an_earlier_term_than_it_has_seen() {
+    let m = TestMaster::start_with(patient_config()).await;
+    let g = group("fenced");
+    let network = Network::new(m.master().pod_connector());
+    // Leaders of terms 5, then a deposed one of term 3 (it still believes it leads), then 7.
+    network.welcome_terms([5, 3, 7]);
+    let (handlers, runs, _) = instrumented();
+    let pod = Pod::start(
+        PodConfig::new(pod_id("p-fenced"), vec![g.clone()]),
+        Arc::new(InProcess::new(handlers)),
+        network.clone(),
+    )
+    .unwrap();
+    wait_for("the pod to use its session of term 5", || {
+        let used = network.sent_on(0).unwrap_or(0) > 0;
+        async move { used.then_some(()) }
+    })
+    .await;
+
+    network.cut();
+    wait_for("the pod to use a session of term 7", || {
+        let used = network.sent_on(2).unwrap_or(0) > 0;
+        async move { used.then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        network.sent_on(1),
+        Some(0),
+        "the session of term 3 is refused before the pod says anything on it"
+    );
+    let task = m
+        .proxy()
+        .submit(TaskSpec::new(g, "echo", "fenced"))
+        .await
+        .unwrap()
+        .id;
+    let result = m.proxy().await_result(task).await.unwrap();
+    assert_eq!(result.outcome, Outcome::Succeeded("fenced".into()));
+    assert_eq!(runs.count(&task), 1);
+    assert_eq!(network.connects.load(Ordering::SeqCst), 3);
+    pod.shutdown().await.unwrap();
+    m.shutdown().await;
+}

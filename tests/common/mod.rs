@@ -554,6 +554,10 @@ pub struct Network {
     swallow: Arc<std::sync::atomic::AtomicBool>,
     current: Mutex<Option<tokio_util::sync::CancellationToken>>,
     pub connects: AtomicUsize,
+    /// The terms the next sessions are welcomed in, as successive leaders would welcome them.
+    terms: Mutex<std::collections::VecDeque<u64>>,
+    /// Messages the pod sent on each session, in the order they were opened.
+    pub sent: Mutex<Vec<Arc<AtomicUsize>>>,
 }
 
 impl Network {
@@ -564,7 +568,20 @@ impl Network {
             swallow: Default::default(),
             current: Mutex::new(None),
             connects: AtomicUsize::new(0),
+            terms: Mutex::new(Default::default()),
+            sent: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The next sessions are welcomed in these terms, one each, in order.
+    pub fn welcome_terms(&self, terms: impl IntoIterator<Item = u64>) {
+        self.terms.lock().expect("lock").extend(terms);
+    }
+
+    /// How many messages the pod sent on the `n`th session (from 0).
+    pub fn sent_on(&self, n: usize) -> Option<usize> {
+        let sent = self.sent.lock().expect("lock");
+        sent.get(n).map(|count| count.load(Ordering::SeqCst))
     }
 
     /// Cuts the open session, if any: both directions stop at once.
@@ -593,6 +610,7 @@ struct CutOutbox {
     inner: Arc<dyn mawex::pod::PodOutbox>,
     cut: tokio_util::sync::CancellationToken,
     swallow: Arc<std::sync::atomic::AtomicBool>,
+    sent: Arc<AtomicUsize>,
 }
 
 impl mawex::pod::PodOutbox for CutOutbox {
@@ -600,6 +618,7 @@ impl mawex::pod::PodOutbox for CutOutbox {
         if self.cut.is_cancelled() {
             return Err(mawex::ApiError::Unavailable("connection cut".into()));
         }
+        self.sent.fetch_add(1, Ordering::SeqCst);
         if self.swallow.load(Ordering::SeqCst) {
             return Ok(());
         }
@@ -618,7 +637,12 @@ impl mawex::PodConnector for Network {
         }
         let target = self.target.lock().expect("lock").clone();
         let backlog = mawex::pod::session_backlog(&hello);
-        let session = target.connect(hello).await?;
+        let mut session = target.connect(hello).await?;
+        if let Some(term) = self.terms.lock().expect("lock").pop_front() {
+            session.welcome.term = term;
+        }
+        let sent = Arc::new(AtomicUsize::new(0));
+        self.sent.lock().expect("lock").push(sent.clone());
         self.connects.fetch_add(1, Ordering::SeqCst);
         let cut = tokio_util::sync::CancellationToken::new();
         *self.current.lock().expect("lock") = Some(cut.clone());
@@ -640,6 +664,7 @@ impl mawex::PodConnector for Network {
             inner: session.outbox,
             cut,
             swallow: self.swallow.clone(),
+            sent,
         });
         Ok(mawex::pod::PodSession::new(session.welcome, outbox, rx))
     }

@@ -35,17 +35,25 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// The defaults for node `id`: heartbeats every 100 ms, elections after 500 – 1,000 ms
-    /// of silence, 1,000 entries kept after a snapshot, a follower's snapshot every 2,000
-    /// entries.
+    /// The defaults for node `id`: heartbeats every 50 ms, election timeouts of 300 – 600 ms
+    /// (so another node leads 0.9 – 1.2 s after the leader's last heartbeat: see
+    /// [`NodeConfig::takeover_bound`]), 1,000 entries kept after a snapshot, a follower's
+    /// snapshot every 2,000 entries.
     pub fn new(id: u64) -> Self {
         NodeConfig {
             id,
-            heartbeat: Duration::from_millis(100),
-            election_timeout: (Duration::from_millis(500), Duration::from_millis(1_000)),
+            heartbeat: Duration::from_millis(50),
+            election_timeout: (Duration::from_millis(300), Duration::from_millis(600)),
             keep_after_snapshot: 1_000,
             snapshot_every_entries: 2_000,
         }
+    }
+
+    /// The longest a leader's silence lasts before another node is elected: a follower
+    /// votes only once the leader's lease (the longest election timeout) has run out, and
+    /// stands only after its own election timeout on top.
+    pub fn takeover_bound(&self) -> Duration {
+        self.election_timeout.1.saturating_mul(2)
     }
 
     pub(crate) fn raft(&self) -> Result<Arc<Config>, RaftStoreError> {
@@ -267,6 +275,10 @@ impl MasterNode {
             RaftStoreError::Raft(format!("a master node runs on a tokio runtime: {e}"))
         })?;
         let dir = dir.as_ref();
+        let mut master = master;
+        // Pods of the last leader look for this one while it is elected: their attempts
+        // wait that long on top of the lease.
+        master.recovery_grace = master.recovery_grace.max(config.takeover_bound());
         let log = SledLogStore::open(dir.join(LOG_DIR))?;
         let machine = MasterStateMachine::open(dir.join(MACHINE_DIR))?;
         // Long enough for a node that just won to apply what is committed and start.

@@ -37,6 +37,8 @@ pub struct RaftJournal {
     runtime: tokio::runtime::Handle,
     /// The leadership every write is made under.
     leader: CommittedLeaderIdOf<MasterRaft>,
+    /// The term of that leadership, for the pods' fencing.
+    term: u64,
     /// The last batch written: the master's sequence number of its last event, and its entry.
     last_written: Option<(u64, LogIdOf<MasterRaft>)>,
 }
@@ -61,17 +63,21 @@ impl RaftJournal {
         machine: MasterStateMachine,
         runtime: tokio::runtime::Handle,
     ) -> Result<Self, RaftStoreError> {
-        let leader = raft
+        let leading = raft
             .as_leader()
             .map_err(|forward| RaftStoreError::NotLeader {
                 leader: forward.leader_id,
-            })?
-            .to_committed_leader_id();
+            })?;
+        let (leader, term) = (
+            leading.to_committed_leader_id(),
+            openraft::vote::RaftLeaderId::term(leading.leader_id()),
+        );
         Ok(RaftJournal {
             raft,
             machine,
             runtime,
             leader,
+            term,
             last_written: None,
         })
     }
@@ -127,6 +133,10 @@ fn failed(e: RaftStoreError) -> CoreError {
 }
 
 impl Journal for RaftJournal {
+    fn term(&self) -> u64 {
+        self.term
+    }
+
     fn recover(&mut self) -> Result<Recovered, CoreError> {
         let (events, state) = self.machine.lend().map_err(failed)?;
         debug!(events, "the master borrows the state machine's state");

@@ -188,7 +188,12 @@ impl proto::pod_link_server::PodLink for PodLinkService {
         // Master → pod: the welcome, then whatever the master sends, until it closes the
         // session or the server stops.
         let stop = self.stop.clone();
-        let rest = ReceiverStream::new(inbox).map(|m| Ok(m.into()));
+        let term = welcome.term;
+        let rest = ReceiverStream::new(inbox).map(move |m| {
+            let mut message: proto::MasterToPod = m.into();
+            message.term = term;
+            Ok(message)
+        });
         let out = stream::once(async move { Ok(welcome.into()) })
             .chain(rest)
             .take_until(async move {

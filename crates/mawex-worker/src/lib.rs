@@ -70,6 +70,7 @@ impl Pod {
             draining: CancellationToken::new(),
             interrupted: AtomicBool::new(false),
             executed: AtomicU64::new(0),
+            highest_term: AtomicU64::new(0),
             usage: Mutex::new(usage::UsageMeter::new()),
         });
         let executors: Vec<JoinHandle<()>> = (0..shared.config.slots)

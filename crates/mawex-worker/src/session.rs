@@ -1,6 +1,7 @@
 //! The session loop: connect, say hello, serve the master's messages and heartbeat until the
 //! session is lost (then reconnect with backoff) or the pod leaves.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,8 @@ use tracing::{debug, info, warn};
 
 use crate::shared::{Shared, INTERRUPT_DEADLINE};
 
+/// The longest pause between tries while the masters are electing a leader.
+const ELECTION_POLL: Duration = Duration::from_millis(100);
 /// A session that lasted this long resets the reconnect backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(1);
 /// After `Leave`, how long the pod waits for the master to close the session (so its last
@@ -52,8 +55,13 @@ pub(crate) async fn run(
         let session = match connected {
             Ok(session) => session,
             Err(e) => {
-                let delay = delays.next().unwrap_or(max_delay);
+                let mut delay = delays.next().unwrap_or(max_delay);
                 match e {
+                    // The masters answer, and are electing a leader: it is there soon.
+                    ApiError::NotLeader { .. } => {
+                        delay = delay.min(ELECTION_POLL);
+                        debug!(pod = %shared.config.id, error = %e, ?delay, "no master leads yet; retrying")
+                    }
                     ApiError::InvalidArgument(_)
                     | ApiError::Unauthenticated(_)
                     | ApiError::PermissionDenied(_) => {
@@ -69,7 +77,24 @@ pub(crate) async fn run(
                 }
             }
         };
-        info!(pod = %shared.config.id, session = session.welcome.session, "pod connected");
+        // Fencing: a leader of an earlier term than one seen is deposed, whatever it thinks.
+        let seen = shared
+            .highest_term
+            .fetch_max(session.welcome.term, Ordering::SeqCst);
+        if session.welcome.term < seen {
+            warn!(
+                pod = %shared.config.id,
+                term = session.welcome.term,
+                seen,
+                "a master of an earlier term than one seen welcomed the pod; refused"
+            );
+            drop(session);
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(ELECTION_POLL) => continue,
+            }
+        }
+        info!(pod = %shared.config.id, session = session.welcome.session, term = session.welcome.term, "pod connected");
         let opened = tokio::time::Instant::now();
         match serve(&shared, session, &stop, &mut executors).await {
             SessionEnd::Left => return,

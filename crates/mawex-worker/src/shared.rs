@@ -57,6 +57,9 @@ pub(crate) struct Shared {
     /// Set when shutdown interrupts running attempts: they are returned, not failed.
     pub(crate) interrupted: AtomicBool,
     pub(crate) executed: AtomicU64,
+    /// The highest term a master welcomed this pod in: a session of a lower one is a
+    /// deposed leader's, and is refused.
+    pub(crate) highest_term: AtomicU64,
     pub(crate) usage: Mutex<usage::UsageMeter>,
 }
 

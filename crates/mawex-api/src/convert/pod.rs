@@ -92,6 +92,7 @@ impl From<Welcome> for proto::Welcome {
                 .unwrap_or(u64::MAX),
             lease_timeout_ms: u64::try_from(w.lease_timeout.as_millis()).unwrap_or(u64::MAX),
             acks_reports: w.acks_reports,
+            term: w.term,
         }
     }
 }
@@ -105,6 +106,7 @@ impl From<proto::Welcome> for Welcome {
             Duration::from_millis(w.lease_timeout_ms),
         );
         welcome.acks_reports = w.acks_reports;
+        welcome.term = w.term;
         welcome
     }
 }
@@ -234,6 +236,7 @@ impl TryFrom<proto::PodToMaster> for PodFrame {
 impl From<Welcome> for proto::MasterToPod {
     fn from(w: Welcome) -> Self {
         proto::MasterToPod {
+            term: w.term,
             message: Some(ToPod::Welcome(w.into())),
         }
     }
@@ -257,8 +260,10 @@ impl From<MasterMessage> for proto::MasterToPod {
                 attempts: attempts.into_iter().map(Into::into).collect(),
             }),
         };
+        // The session's term is set by whoever sends it (`MasterToPod::term`).
         proto::MasterToPod {
             message: Some(message),
+            term: 0,
         }
     }
 }

@@ -152,16 +152,21 @@ pub struct Welcome {
     /// pod keeps reports (and re-sends them after a reconnect) until then. A master that
     /// does not say so gets the older behaviour: a report counts as delivered once sent.
     pub acks_reports: bool,
+    /// The term the master leads in (a cluster's Raft term; 0 for a master with no
+    /// election). Every message of the session is of this term. A pod refuses a session of
+    /// a lower term than one it has seen, so a deposed leader cannot assign or cancel.
+    pub term: u64,
 }
 
 impl Welcome {
-    /// A welcome for `session`.
+    /// A welcome for `session`, of term 0.
     pub fn new(session: u64, heartbeat_interval: Duration, lease_timeout: Duration) -> Self {
         Welcome {
             session,
             heartbeat_interval,
             lease_timeout,
             acks_reports: false,
+            term: 0,
         }
     }
 }

@@ -275,8 +275,8 @@ impl Masters {
     }
 
     /// A master answered that `leader` leads: make the endpoint at that address current, if
-    /// it is one of these (whatever its scheme); else move on from `index`. True if it was.
-    pub(crate) fn follow(&self, index: usize, leader: Option<&str>) -> bool {
+    /// it is one of these (whatever its scheme); else move on from `index`.
+    pub(crate) fn follow(&self, index: usize, leader: Option<&str>) {
         fn bare(address: &str) -> &str {
             address
                 .split_once("://")
@@ -289,15 +289,9 @@ impl Masters {
                 .position(|(endpoint, _)| bare(endpoint) == bare(leader))
         });
         match at {
-            Some(at) => {
-                // The freshest word on who leads wins, whatever another call did meanwhile.
-                self.current.store(at, Ordering::Relaxed);
-                true
-            }
-            None => {
-                self.failed(index);
-                false
-            }
+            // The freshest word on who leads wins, whatever another call did meanwhile.
+            Some(at) => self.current.store(at, Ordering::Relaxed),
+            None => self.failed(index),
         }
     }
 
@@ -349,6 +343,8 @@ where
     let mut started = None;
     let mut delays = retry_delays();
     let mut failures = 0usize;
+    // Whether a master of this round of tries answered that it does not lead.
+    let mut electing = false;
     loop {
         let (index, channel) = masters.current();
         let result = call(channel).await;
@@ -359,6 +355,7 @@ where
                     // A follower that names the leader: that one is tried next (else the
                     // next in the list), counted like any other failure.
                     ApiError::NotLeader { leader } => {
+                        electing = true;
                         masters.follow(index, leader.as_deref());
                     }
                     _ => masters.failed(index),
@@ -377,11 +374,12 @@ where
                     continue;
                 }
                 // The last pause ends with the window, so the call gives up on time. While a
-                // cluster elects a leader (followers that know none), pauses stay short: an
-                // election takes a fraction of a second.
-                let cap = match e {
-                    ApiError::NotLeader { .. } => ELECTION_POLL,
-                    _ => Duration::from_secs(1),
+                // cluster elects a leader (a master of the round answered, but does not lead),
+                // pauses stay short: an election takes about a second.
+                let cap = if std::mem::take(&mut electing) {
+                    ELECTION_POLL
+                } else {
+                    Duration::from_secs(1)
                 };
                 let delay = delays
                     .next()

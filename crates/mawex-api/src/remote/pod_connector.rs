@@ -75,9 +75,18 @@ impl GrpcPodConnector {
             }
         };
         let (inbox_tx, inbox) = mpsc::channel(backlog);
+        let term = welcome.term;
         tokio::spawn(async move {
             loop {
                 match inbound.message().await {
+                    // Not of the session's term: not the leader that welcomed the pod.
+                    Ok(Some(m)) if m.term < term => {
+                        warn!(
+                            term = m.term,
+                            session_term = term,
+                            "a message of an earlier term is dropped"
+                        );
+                    }
                     Ok(Some(m)) => match MasterFrame::try_from(m) {
                         Ok(MasterFrame::Message(message)) => {
                             // Waiting here holds back the stream: the master sees a slow
@@ -115,21 +124,35 @@ impl PodOutbox for GrpcOutbox {
 
 #[async_trait]
 impl PodConnector for GrpcPodConnector {
+    /// Opens the session with the current master; one that cannot be reached, or that does
+    /// not lead, hands over to the next (or to the leader it names) at once, each master
+    /// tried at most twice. The error of the last try is returned: `NotLeader` while the
+    /// masters are electing one (worth trying again soon), `Unavailable` when none answered.
     async fn connect(&self, hello: PodHello) -> Result<PodSession, ApiError> {
-        let (index, channel) = self.masters.current();
-        let opened = self.open(PodLinkClient::new(channel), hello).await;
-        // A follower: the pod's next attempt goes to the leader it names, if it knows it.
-        if let Err(ApiError::NotLeader { leader }) = &opened {
-            self.masters.follow(index, leader.as_deref());
-            return opened;
+        let tries = self.masters.len().saturating_mul(2);
+        let mut last = None;
+        for _ in 0..tries {
+            let (index, channel) = self.masters.current();
+            match self.open(PodLinkClient::new(channel), hello.clone()).await {
+                // A follower: the next try goes to the leader it names, if it knows it.
+                Err(ApiError::NotLeader { leader }) => {
+                    self.masters.follow(index, leader.as_deref());
+                    last = Some(ApiError::NotLeader { leader });
+                }
+                Err(ApiError::Unavailable(reason)) => {
+                    self.masters.failed(index);
+                    let error = ApiError::Unavailable(format!(
+                        "cannot open a pod session with {}: {reason}",
+                        self.masters.endpoint(index)
+                    ));
+                    // A master that does not lead says more than one that is down.
+                    if !matches!(last, Some(ApiError::NotLeader { .. })) {
+                        last = Some(error);
+                    }
+                }
+                opened => return opened,
+            }
         }
-        if let Err(ApiError::Unavailable(reason)) = &opened {
-            self.masters.failed(index);
-            return Err(ApiError::Unavailable(format!(
-                "cannot open a pod session with {}: {reason}",
-                self.masters.endpoint(index)
-            )));
-        }
-        opened
+        Err(last.unwrap_or_else(|| ApiError::Unavailable("no master to connect to".into())))
     }
 }

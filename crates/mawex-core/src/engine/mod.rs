@@ -22,6 +22,8 @@ const FORGET_PER_TICK: usize = 10_000;
 #[derive(Debug, Clone)]
 pub(crate) struct EngineConfig {
     pub(crate) lease_timeout: Duration,
+    /// Added to `lease_timeout` for attempts running when the engine starts.
+    pub(crate) recovery_grace: Duration,
     /// Retries of tasks that name no policy of their own.
     pub(crate) default_retry: RetryPolicy,
     pub(crate) result_retention: Duration,
@@ -223,9 +225,11 @@ impl Engine {
     /// An engine over recovered `state`, its indexes built (as `Recovered::into_state` gives
     /// it: rebuilding them here too cost a restart a second at a million tasks). Attempts
     /// that were running when the master stopped become orphans: their pods get one lease
-    /// timeout to reconnect and claim them.
+    /// timeout, and the recovery grace, to reconnect and claim them.
     pub(crate) fn new(state: MasterState, config: EngineConfig, now: Timestamp) -> Self {
-        let deadline = now.saturating_add(config.lease_timeout);
+        let deadline = now
+            .saturating_add(config.lease_timeout)
+            .saturating_add(config.recovery_grace);
         let mut away = Away::default();
         for pod in state
             .broadcasts()

@@ -20,6 +20,7 @@ fn engine() -> Engine {
         MasterState::new(),
         EngineConfig {
             lease_timeout: LEASE,
+            recovery_grace: Duration::ZERO,
             // Immediate retries keep expected events exact; backoff has tests of its own.
             default_retry: RetryPolicy::new(3)
                 .with_base_delay(Duration::ZERO)
@@ -904,6 +905,29 @@ mod leases {
             vec![lease_lost(
                 &a,
                 at(100).saturating_add(LEASE),
+                "the pod went silent; its lease expired"
+            )]
+        );
+    }
+
+    #[test]
+    fn the_recovery_grace_delays_the_expiry_of_orphans() {
+        let a = spec("g");
+        let e = running(&a);
+        let grace = Duration::from_secs(2);
+        let mut config = e.config.clone();
+        config.recovery_grace = grace;
+        let mut restarted = Engine::new(e.state().clone(), config, at(100));
+        let mut out = Output::default();
+        restarted.tick(at(100).saturating_add(LEASE), &mut out);
+        assert!(out.events.is_empty(), "{:?}", out.events);
+        let expiry = at(100).saturating_add(LEASE).saturating_add(grace);
+        restarted.tick(expiry, &mut out);
+        assert_eq!(
+            out.events,
+            vec![lease_lost(
+                &a,
+                expiry,
                 "the pod went silent; its lease expired"
             )]
         );

@@ -136,6 +136,14 @@ pub trait Journal: Send + 'static {
     fn snapshot_writer(&mut self) -> Result<Option<Box<dyn SnapshotWriter>>, CoreError> {
         Ok(None)
     }
+
+    /// The term of the leadership this journal writes under (a replicated log's; it never
+    /// changes for one journal), 0 (the default) for a journal that has no election. Each
+    /// pod session is welcomed with it, and a pod refuses a session of a lower term than
+    /// one it has seen: a deposed leader cannot assign or cancel.
+    fn term(&self) -> u64 {
+        0
+    }
 }
 
 /// Stores snapshots for a [`Journal`] on another thread (see [`Journal::snapshot_writer`]).

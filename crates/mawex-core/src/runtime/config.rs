@@ -16,6 +16,11 @@ pub struct MasterConfig {
     /// A pod silent for this long loses its leases, and their tasks run again elsewhere.
     /// After a restart, pods get this long to reconnect and claim what they still run.
     pub lease_timeout: Duration,
+    /// Added to `lease_timeout` for the attempts that were running when this master
+    /// started (after a restart, or on the new leader of a cluster): their pods are still
+    /// looking for the master. A node of a cluster makes it at least its election timeout,
+    /// so that a fail-over alone never costs an attempt.
+    pub recovery_grace: Duration,
     /// How often pods are asked to heartbeat; at most a third of `lease_timeout`, so one
     /// lost heartbeat never costs a lease.
     pub heartbeat_interval: Duration,
@@ -55,6 +60,7 @@ impl Default for MasterConfig {
     fn default() -> Self {
         MasterConfig {
             lease_timeout: Duration::from_secs(10),
+            recovery_grace: Duration::ZERO,
             heartbeat_interval: Duration::from_secs(2),
             result_retention: Duration::from_secs(24 * 3600),
             snapshot_every: 200_000,
@@ -75,6 +81,7 @@ impl MasterConfig {
     pub(crate) fn engine(&self) -> crate::engine::EngineConfig {
         crate::engine::EngineConfig {
             lease_timeout: self.lease_timeout,
+            recovery_grace: self.recovery_grace,
             default_retry: self.default_retry,
             result_retention: self.result_retention,
             max_payload_bytes: self.max_payload_bytes,

@@ -350,6 +350,7 @@ impl<J: Journal> CoreLoop<J> {
                         self.config.lease_timeout,
                     );
                     welcome.acks_reports = true;
+                    welcome.term = self.journal.term();
                     welcome
                 });
                 answer(deferred, reply, r);
