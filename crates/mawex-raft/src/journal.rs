@@ -7,6 +7,7 @@ use mawex_core::{CoreError, Event, Journal, MasterState, Recovered, Repaired};
 use openraft::alias::{CommittedLeaderIdOf, LogIdOf};
 use openraft::errors::{ClientWriteError, ForwardReason};
 use openraft::impls::ProgressResponder;
+use openraft::rt::WatchReceiver;
 use openraft::Raft;
 use tracing::{debug, warn};
 
@@ -104,7 +105,7 @@ impl RaftJournal {
                 .responder(responder)
                 .await
                 .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
-            match answer.await {
+            match self.decided(answer, lease).await? {
                 Ok(Ok(written)) => return Ok(written),
                 Ok(Err(ClientWriteError::ForwardToLeader(forward)))
                     if forward.reason == ForwardReason::LeaseExpired
@@ -127,6 +128,42 @@ impl RaftJournal {
         }
     }
 }
+
+impl RaftJournal {
+    /// Waits for the `answer` to a write that reached the log. A leader cut off from its
+    /// followers would wait for ever (the entry can be committed only by a quorum, and no
+    /// one tells it that another node leads): once no quorum has acknowledged it for two
+    /// leases, the write is given up, and the master stops.
+    async fn decided<T>(
+        &self,
+        answer: impl std::future::Future<Output = T>,
+        lease: Duration,
+    ) -> Result<T, RaftStoreError> {
+        let mut answer = std::pin::pin!(answer);
+        loop {
+            tokio::select! {
+                decided = &mut answer => return Ok(decided),
+                () = tokio::time::sleep(QUORUM_CHECK) => {}
+            }
+            let metrics = self.raft.metrics();
+            let acked = metrics
+                .borrow_watched()
+                .last_quorum_acked
+                .map(|at| openraft::Instant::elapsed(&at.into_inner()));
+            // (No acknowledgement at all: a node of one, which is its own quorum.)
+            if acked.is_some_and(|silence| silence > lease.saturating_mul(2)) {
+                return Err(RaftStoreError::Raft(format!(
+                    "no quorum acknowledged this leader for {:?} (twice its lease): it may be \
+                     cut off from the others; the write is given up",
+                    lease.saturating_mul(2)
+                )));
+            }
+        }
+    }
+}
+
+/// How often a write waiting for its commit checks that a quorum still hears the leader.
+const QUORUM_CHECK: Duration = Duration::from_millis(100);
 
 fn failed(e: RaftStoreError) -> CoreError {
     CoreError::Storage(Box::new(e))

@@ -17,7 +17,8 @@
 //! - [`GrpcNetwork`] and [`raft_service`]: the Raft RPCs between masters over gRPC, snapshots
 //!   streamed in chunks.
 //! - [`MasterNode`]: one node of a cluster of masters, which runs a master while it leads
-//!   and hands the lead over when it loses it.
+//!   and hands the lead over when it loses it; its membership calls add learners, promote
+//!   them and remove nodes while it runs ([`Members`]).
 //!
 //! openraft's own storage test suite runs against the two (`tests/storage_suite.rs`).
 
@@ -27,6 +28,7 @@ mod codec;
 mod error;
 mod journal;
 mod log_store;
+mod membership;
 mod network;
 mod node;
 mod single_node;
@@ -42,6 +44,7 @@ pub use cluster::{MasterNode, NodeConfig};
 pub use error::RaftStoreError;
 pub use journal::RaftJournal;
 pub use log_store::{SledLogStore, SyncsHeld};
+pub use membership::Members;
 pub use network::{raft_service, GrpcNetwork, GrpcPeer, RaftService};
 pub use node::ReplicatedMaster;
 pub use single_node::{NoPeer, SingleNode};

@@ -38,9 +38,17 @@ pub(crate) fn accepted(group: &GroupName, tasks: usize) -> Batch {
 
 pub(crate) type Node = Raft<MasterRaft, MasterStateMachine>;
 
-/// The nodes that are up, by id: a call to one that is not there is unreachable.
+/// The nodes that are up, by id: a call to one that is not there is unreachable. A router
+/// made for a node ([`Router::for_node`]) also drops its calls across a partition.
 #[derive(Clone, Default)]
-pub(crate) struct Router(pub(crate) Arc<Mutex<BTreeMap<u64, Node>>>);
+pub(crate) struct Router(pub(crate) Arc<Mutex<BTreeMap<u64, Node>>>, Links);
+
+/// Which nodes are cut off from the rest, and whose calls a router carries.
+#[derive(Clone, Default)]
+pub(crate) struct Links {
+    isolated: Arc<Mutex<std::collections::BTreeSet<u64>>>,
+    from: Option<u64>,
+}
 
 impl Router {
     pub(crate) fn get(&self, id: u64) -> Result<Node, Unreachable<MasterRaft>> {
@@ -49,6 +57,36 @@ impl Router {
             .get(&id)
             .cloned()
             .ok_or_else(|| Unreachable::from_string(format!("node {id} is down")))
+    }
+
+    /// The same network, for the calls of node `id`.
+    pub(crate) fn for_node(&self, id: u64) -> Router {
+        let mut router = self.clone();
+        router.1.from = Some(id);
+        router
+    }
+
+    /// Cuts node `id` off from every other node (both ways) until [`Router::heal`].
+    pub(crate) fn isolate(&self, id: u64) {
+        self.1.isolated.lock().expect("the links' lock").insert(id);
+    }
+
+    /// Ends every partition.
+    pub(crate) fn heal(&self) {
+        self.1.isolated.lock().expect("the links' lock").clear();
+    }
+
+    /// Node `target`, if this router's node can reach it.
+    fn reach(&self, target: u64) -> Result<Node, Unreachable<MasterRaft>> {
+        let isolated = self.1.isolated.lock().expect("the links' lock");
+        let cut = |id: Option<u64>| id.is_some_and(|id| isolated.contains(&id));
+        if cut(self.1.from) != cut(Some(target)) {
+            return Err(Unreachable::from_string(format!(
+                "node {target} is across a partition"
+            )));
+        }
+        drop(isolated);
+        self.get(target)
     }
 }
 
@@ -75,7 +113,7 @@ impl RaftNetworkV2<MasterRaft> for Connection {
         rpc: AppendEntriesRequest<MasterRaft>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<MasterRaft>, RPCError<MasterRaft>> {
-        let node = self.router.get(self.target)?;
+        let node = self.router.reach(self.target)?;
         node.append_entries(rpc)
             .await
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
@@ -86,7 +124,7 @@ impl RaftNetworkV2<MasterRaft> for Connection {
         rpc: VoteRequest<MasterRaft>,
         _option: RPCOption,
     ) -> Result<VoteResponse<MasterRaft>, RPCError<MasterRaft>> {
-        let node = self.router.get(self.target)?;
+        let node = self.router.reach(self.target)?;
         node.vote(rpc)
             .await
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
@@ -99,7 +137,7 @@ impl RaftNetworkV2<MasterRaft> for Connection {
         _cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<MasterRaft>, StreamingError<MasterRaft>> {
-        let node = self.router.get(self.target)?;
+        let node = self.router.reach(self.target)?;
         node.install_full_snapshot(vote, snapshot)
             .await
             .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))
