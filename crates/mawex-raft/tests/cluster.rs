@@ -26,19 +26,29 @@ async fn start(router: &Router, id: u64, dir: &std::path::Path) -> MasterNode {
     node
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_master_moves_to_the_next_leader_with_every_acknowledged_task() {
-    let dirs: Vec<_> = (0..3)
+fn temporary_dirs(n: usize) -> Vec<tempfile::TempDir> {
+    (0..n)
         .map(|_| tempfile::tempdir().expect("a temporary directory"))
-        .collect();
-    let group = GroupName::new("replicated").expect("a valid name");
-    let router = Router::default();
+        .collect()
+}
+
+/// Nodes 1 – 3 of a new cluster, their data in the first three of `dirs`.
+async fn three_nodes(router: &Router, dirs: &[tempfile::TempDir]) -> BTreeMap<u64, MasterNode> {
     let mut nodes = BTreeMap::new();
     for id in 1..=3u64 {
-        nodes.insert(id, start(&router, id, dirs[id as usize - 1].path()).await);
+        nodes.insert(id, start(router, id, dirs[id as usize - 1].path()).await);
     }
     let members: BTreeMap<u64, BasicNode> = (1..=3).map(|id| (id, BasicNode::new(""))).collect();
     nodes[&1].initialize(members).await.expect("initialised");
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_moves_to_the_next_leader_with_every_acknowledged_task() {
+    let dirs = temporary_dirs(3);
+    let group = GroupName::new("replicated").expect("a valid name");
+    let router = Router::default();
+    let mut nodes = three_nodes(&router, &dirs).await;
 
     let (first, proxy) = leader(&nodes).await;
     let mut ids = Vec::new();
@@ -112,17 +122,10 @@ fn refused<T: std::fmt::Debug>(answer: Result<T, ApiError>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_from_its_followers_stops_and_the_majority_goes_on() {
-    let dirs: Vec<_> = (0..3)
-        .map(|_| tempfile::tempdir().expect("a temporary directory"))
-        .collect();
+    let dirs = temporary_dirs(3);
     let group = GroupName::new("partitioned").expect("a valid name");
     let router = Router::default();
-    let mut nodes = BTreeMap::new();
-    for id in 1..=3u64 {
-        nodes.insert(id, start(&router, id, dirs[id as usize - 1].path()).await);
-    }
-    let members: BTreeMap<u64, BasicNode> = (1..=3).map(|id| (id, BasicNode::new(""))).collect();
-    nodes[&1].initialize(members).await.expect("initialised");
+    let nodes = three_nodes(&router, &dirs).await;
     let (first, proxy) = leader(&nodes).await;
     let mut ids = submit(&proxy, &group, 20).await;
 
@@ -174,17 +177,10 @@ async fn a_leader_cut_off_from_its_followers_stops_and_the_majority_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learner_joins_is_promoted_and_a_voter_leaves_while_the_master_runs() {
-    let dirs: Vec<_> = (0..4)
-        .map(|_| tempfile::tempdir().expect("a temporary directory"))
-        .collect();
+    let dirs = temporary_dirs(4);
     let group = GroupName::new("members").expect("a valid name");
     let router = Router::default();
-    let mut nodes = BTreeMap::new();
-    for id in 1..=3u64 {
-        nodes.insert(id, start(&router, id, dirs[id as usize - 1].path()).await);
-    }
-    let members: BTreeMap<u64, BasicNode> = (1..=3).map(|id| (id, BasicNode::new(""))).collect();
-    nodes[&1].initialize(members).await.expect("initialised");
+    let mut nodes = three_nodes(&router, &dirs).await;
     let (first, proxy) = leader(&nodes).await;
     // Ten batches, snapshots among them, before the learner joins.
     let mut ids = Vec::new();
