@@ -127,9 +127,7 @@ impl RaftJournal {
             }
         }
     }
-}
 
-impl RaftJournal {
     /// Waits for the `answer` to a write that reached the log. A leader cut off from its
     /// followers would wait for ever (the entry can be committed only by a quorum, and no
     /// one tells it that another node leads): once no quorum has acknowledged it for two
@@ -146,12 +144,15 @@ impl RaftJournal {
                 () = tokio::time::sleep(QUORUM_CHECK) => {}
             }
             let metrics = self.raft.metrics();
-            let acked = metrics
-                .borrow_watched()
+            let metrics = metrics.borrow_watched();
+            // A node of one is its own quorum: no follower acknowledges it.
+            if metrics.membership_config.membership().voter_ids().count() < 2 {
+                continue;
+            }
+            let silence = metrics
                 .last_quorum_acked
                 .map(|at| openraft::Instant::elapsed(&at.into_inner()));
-            // (No acknowledgement at all: a node of one, which is its own quorum.)
-            if acked.is_some_and(|silence| silence > lease.saturating_mul(2)) {
+            if silence.is_some_and(|silence| silence > lease.saturating_mul(2)) {
                 return Err(RaftStoreError::Raft(format!(
                     "no quorum acknowledged this leader for {:?} (twice its lease): it may be \
                      cut off from the others; the write is given up",

@@ -125,11 +125,12 @@ impl PodOutbox for GrpcOutbox {
 #[async_trait]
 impl PodConnector for GrpcPodConnector {
     /// Opens the session with the current master; one that cannot be reached, or that does
-    /// not lead, hands over to the next (or to the leader it names) at once, each master
-    /// tried at most twice. The error of the last try is returned: `NotLeader` while the
-    /// masters are electing one (worth trying again soon), `Unavailable` when none answered.
+    /// not lead, hands over to the next (or to the leader it names) at once: up to
+    /// `2n - 1` tries for `n` masters (one round, then a leader named late). The error of
+    /// the last try is returned: `NotLeader` while the masters are electing one (worth
+    /// trying again soon), `Unavailable` when none answered.
     async fn connect(&self, hello: PodHello) -> Result<PodSession, ApiError> {
-        let tries = self.masters.len().saturating_mul(2);
+        let tries = self.masters.len().saturating_mul(2).saturating_sub(1);
         let mut last = None;
         for _ in 0..tries {
             let (index, channel) = self.masters.current();

@@ -18,8 +18,9 @@ pub struct MasterConfig {
     pub lease_timeout: Duration,
     /// Added to `lease_timeout` for the attempts that were running when this master
     /// started (after a restart, or on the new leader of a cluster): their pods are still
-    /// looking for the master. A node of a cluster makes it at least its election timeout,
-    /// so that a fail-over alone never costs an attempt.
+    /// looking for the master. A node of a cluster makes it at least the time an election
+    /// can take (`mawex_raft::NodeConfig::takeover_bound`), so that a fail-over alone never
+    /// costs an attempt.
     pub recovery_grace: Duration,
     /// How often pods are asked to heartbeat; at most a third of `lease_timeout`, so one
     /// lost heartbeat never costs a lease.
