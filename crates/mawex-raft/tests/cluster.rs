@@ -6,15 +6,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::{leader, submit, test_node_config, Router};
+use common::{holds_every_task, leader, submit, temporary_dirs, test_node_config, Router};
 use mawex_api::{ApiError, GroupName, MasterProxy, TaskSpec, TaskState};
 use mawex_core::MasterConfig;
 use mawex_raft::MasterNode;
 use openraft::BasicNode;
-
-const DEADLINE: Duration = Duration::from_secs(30);
 
 async fn start(router: &Router, id: u64, dir: &std::path::Path) -> MasterNode {
     let mut master = MasterConfig::default();
@@ -24,12 +22,6 @@ async fn start(router: &Router, id: u64, dir: &std::path::Path) -> MasterNode {
         .expect("the node starts");
     router.add(id, node.raft().clone());
     node
-}
-
-fn temporary_dirs(n: usize) -> Vec<tempfile::TempDir> {
-    (0..n)
-        .map(|_| tempfile::tempdir().expect("a temporary directory"))
-        .collect()
 }
 
 /// Nodes 1 – 3 of a new cluster, their data in the first three of `dirs`.
@@ -96,15 +88,6 @@ async fn the_master_moves_to_the_next_leader_with_every_acknowledged_task() {
     nodes.insert(first, back);
     for (_, node) in nodes {
         node.shutdown().await.expect("the node stops");
-    }
-}
-
-/// Waits until `node`'s state machine holds `tasks` tasks.
-async fn holds_every_task(node: &MasterNode, tasks: usize, who: &str) {
-    let started = Instant::now();
-    while node.machine().read(|state| state.len()) != Some(tasks) {
-        assert!(started.elapsed() < DEADLINE, "{who} did not catch up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

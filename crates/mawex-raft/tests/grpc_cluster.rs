@@ -5,45 +5,32 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::{leader, nodes, submit, test_node_config, three_listeners, Running, CLUSTER_DEADLINE};
+use common::{
+    holds_every_task, leader, nodes, serve_node, served_three, submit, temporary_dirs,
+    test_node_config, CLUSTER_DEADLINE,
+};
 use mawex_api::{GroupName, MasterProxy, TaskState};
 use mawex_core::MasterConfig;
-use mawex_raft::{GrpcNetwork, MasterNode};
+use mawex_raft::NodeConfig;
 use tokio::net::TcpListener;
 
-async fn start(id: u64, dir: &Path, listener: TcpListener) -> Running {
+/// Node `id`'s settings: snapshots every 50 events, and nothing kept behind one, so a node
+/// that was away needs a snapshot.
+fn settings(id: u64) -> (NodeConfig, MasterConfig) {
     let mut config = test_node_config(id);
-    // Nothing kept behind a snapshot: a node that was away needs one.
     config.keep_after_snapshot = 0;
     let mut master = MasterConfig::default();
     master.snapshot_every = 50;
-    let max_payload = master.max_payload_bytes;
-    let node = MasterNode::start(dir, config, GrpcNetwork::new(), master)
-        .await
-        .expect("the node starts");
-    Running::serve(node, listener, max_payload)
+    (config, master)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_over_grpc_fails_over_and_sends_a_returning_node_a_snapshot() {
-    let dirs: Vec<_> = (0..3)
-        .map(|_| tempfile::tempdir().expect("a temporary directory"))
-        .collect();
+    let dirs = temporary_dirs(3);
     let group = GroupName::new("replicated").expect("a valid name");
-    let (listeners, members) = three_listeners().await;
-    let mut running = BTreeMap::new();
-    for (id, listener) in listeners {
-        running.insert(id, start(id, dirs[id as usize - 1].path(), listener).await);
-    }
-    running[&1]
-        .node
-        .initialize(members.clone())
-        .await
-        .expect("initialised");
+    let (mut running, members) = served_three(&dirs, settings).await;
 
     let (first, proxy) = leader(&nodes(&running)).await;
     let mut ids = Vec::new();
@@ -74,15 +61,8 @@ async fn a_cluster_over_grpc_fails_over_and_sends_a_returning_node_a_snapshot() 
     let listener = TcpListener::bind(&members[&first].addr)
         .await
         .expect("the killed node's port again");
-    let back = start(first, dirs[first as usize - 1].path(), listener).await;
-    let started = Instant::now();
-    while back.node.machine().read(|state| state.len()) != Some(ids.len()) {
-        assert!(
-            started.elapsed() < CLUSTER_DEADLINE,
-            "the returning node did not catch up"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let back = serve_node(dirs[first as usize - 1].path(), settings(first), listener).await;
+    holds_every_task(&back.node, ids.len(), "the returning node").await;
     back.node
         .raft()
         .wait(Some(CLUSTER_DEADLINE))

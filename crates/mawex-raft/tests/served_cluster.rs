@@ -5,55 +5,38 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{leader, nodes, test_node_config, three_listeners, Running, CLUSTER_DEADLINE};
+use common::{leader, nodes, served_three, temporary_dirs, test_node_config, CLUSTER_DEADLINE};
 use mawex_api::pod::{PodConnector, PodHello};
 use mawex_api::{
     ApiError, GroupName, MasterProxy, Outcome, PodId, RemoteConfig, RemoteMasterProxy, TaskSpec,
     TaskState,
 };
 use mawex_core::MasterConfig;
-use mawex_raft::{GrpcNetwork, MasterNode};
+use mawex_raft::{MasterNode, NodeConfig};
 use mawex_sandbox::{HandlerRegistry, InProcess, TaskInput};
 use mawex_worker::{Pod, PodConfig};
 use openraft::rt::WatchReceiver;
-use tokio::net::TcpListener;
 
-async fn start(id: u64, dir: &Path, listener: TcpListener) -> Running {
+/// Node `id`'s settings: pods' leases of 2 s, heartbeats every 200 ms.
+fn settings(id: u64) -> (NodeConfig, MasterConfig) {
     let mut master = MasterConfig::default();
     master.lease_timeout = Duration::from_secs(2);
     master.heartbeat_interval = Duration::from_millis(200);
-    let max_payload = master.max_payload_bytes;
-    let node = MasterNode::start(dir, test_node_config(id), GrpcNetwork::new(), master)
-        .await
-        .expect("the node starts");
-    Running::serve(node, listener, max_payload)
+    (test_node_config(id), master)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_and_pods_follow_the_leader_through_a_fail_over() {
-    let dirs: Vec<_> = (0..3)
-        .map(|_| tempfile::tempdir().expect("a temporary directory"))
-        .collect();
+    let dirs = temporary_dirs(3);
     let group = GroupName::new("served").expect("a valid name");
-    let (listeners, members) = three_listeners().await;
+    let (mut running, members) = served_three(&dirs, settings).await;
     let endpoints: Vec<String> = members
         .values()
         .map(|n| format!("http://{}", n.addr))
         .collect();
-    let mut running = BTreeMap::new();
-    for (id, listener) in listeners {
-        running.insert(id, start(id, dirs[id as usize - 1].path(), listener).await);
-    }
-    running[&1]
-        .node
-        .initialize(members.clone())
-        .await
-        .expect("initialised");
     let (first, _) = leader(&nodes(&running)).await;
     // A pod session that only tells the term (its group has no work).
     let probed = GroupName::new("probe").expect("a valid name");

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use mawex_api::{MasterProxy, TaskId};
 use mawex_core::LocalMasterProxy;
-use mawex_raft::{raft_service, MasterNode, MasterRaft, MasterStateMachine, NodeConfig};
+use mawex_core::MasterConfig;
+use mawex_raft::{
+    raft_service, GrpcNetwork, MasterNode, MasterRaft, MasterStateMachine, NodeConfig,
+};
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
@@ -251,6 +254,58 @@ impl Running {
         let _ = self.stop_server.send(());
         self.server.await.expect("the server task ends");
         self.node.shutdown().await.expect("the node stops");
+    }
+}
+
+/// `n` temporary directories, one a node.
+pub(crate) fn temporary_dirs(n: usize) -> Vec<tempfile::TempDir> {
+    (0..n)
+        .map(|_| tempfile::tempdir().expect("a temporary directory"))
+        .collect()
+}
+
+/// Starts a node over gRPC with its data in `dir`, and serves it on `listener`.
+pub(crate) async fn serve_node(
+    dir: &std::path::Path,
+    (config, master): (NodeConfig, MasterConfig),
+    listener: TcpListener,
+) -> Running {
+    let max_payload = master.max_payload_bytes;
+    let node = MasterNode::start(dir, config, GrpcNetwork::new(), master)
+        .await
+        .expect("the node starts");
+    Running::serve(node, listener, max_payload)
+}
+
+/// Nodes 1 – 3 of a new cluster over gRPC on loopback, their data in `dirs`, each with the
+/// settings `settings` gives it; and the members, with their addresses.
+pub(crate) async fn served_three(
+    dirs: &[tempfile::TempDir],
+    settings: impl Fn(u64) -> (NodeConfig, MasterConfig),
+) -> (BTreeMap<u64, Running>, BTreeMap<u64, BasicNode>) {
+    let (listeners, members) = three_listeners().await;
+    let mut running = BTreeMap::new();
+    for (id, listener) in listeners {
+        let dir = dirs[id as usize - 1].path();
+        running.insert(id, serve_node(dir, settings(id), listener).await);
+    }
+    running[&1]
+        .node
+        .initialize(members.clone())
+        .await
+        .expect("initialised");
+    (running, members)
+}
+
+/// Waits until `node`'s state machine holds `tasks` tasks.
+pub(crate) async fn holds_every_task(node: &MasterNode, tasks: usize, who: &str) {
+    let started = Instant::now();
+    while node.machine().read(|state| state.len()) != Some(tasks) {
+        assert!(
+            started.elapsed() < CLUSTER_DEADLINE,
+            "{who} did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
