@@ -32,13 +32,16 @@ pub struct NodeConfig {
     /// A follower builds a snapshot (and purges its log behind it) every this many entries.
     /// The leader's master starts its own every `MasterConfig::snapshot_every` events.
     pub snapshot_every_entries: u64,
+    /// The longest sending a snapshot to a follower, and its installing it, may take; after
+    /// that it is sent again.
+    pub snapshot_timeout: Duration,
 }
 
 impl NodeConfig {
     /// The defaults for node `id`: heartbeats every 50 ms, election timeouts of 300 – 600 ms
     /// (so another node leads 0.9 – 1.2 s after the leader's last heartbeat: see
     /// [`NodeConfig::takeover_bound`]), 1,000 entries kept after a snapshot, a follower's
-    /// snapshot every 2,000 entries.
+    /// snapshot every 2,000 entries, 60 s to send and install a snapshot.
     pub fn new(id: u64) -> Self {
         NodeConfig {
             id,
@@ -46,6 +49,7 @@ impl NodeConfig {
             election_timeout: (Duration::from_millis(300), Duration::from_millis(600)),
             keep_after_snapshot: 1_000,
             snapshot_every_entries: 2_000,
+            snapshot_timeout: Duration::from_secs(60),
         }
     }
 
@@ -69,6 +73,7 @@ impl NodeConfig {
             // machine with no offer defers a build this count asks for.
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
             max_in_snapshot_log_to_keep: self.keep_after_snapshot,
+            install_snapshot_timeout: millis(self.snapshot_timeout),
             ..Config::default()
         };
         config

@@ -196,6 +196,18 @@ fn unreachable(reason: impl ToString) -> Unreachable<MasterRaft> {
     Unreachable::from_string(reason)
 }
 
+/// What a failed call to peer `target` tells openraft: a call that ran out of time (or was
+/// cut short) is a network error, tried again at the next heartbeat; any other failure of
+/// the transport, or an error of the peer's node (it stopped), makes the peer unreachable.
+fn transport_error(target: u64, status: &Status) -> RPCError<MasterRaft> {
+    match status.code() {
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => RPCError::Network(
+            NetworkError::from_string(format!("node {target}: timed out: {status}")),
+        ),
+        _ => RPCError::Unreachable(unreachable(format!("node {target}: {status}"))),
+    }
+}
+
 impl GrpcPeer {
     fn client(&self) -> Result<RaftPeerClient<Channel>, Unreachable<MasterRaft>> {
         self.client.clone().map_err(unreachable)
@@ -223,7 +235,7 @@ impl GrpcPeer {
         request.set_timeout(option.soft_ttl());
         let answer = send(self.client()?, request)
             .await
-            .map_err(|status| unreachable(format!("node {}: {status}", self.target)))?;
+            .map_err(|status| transport_error(self.target, &status))?;
         let answer: Result<A, E> = open(&answer.into_inner().body, &what(rpc))
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         answer.map_err(|e| RPCError::Unreachable(unreachable(format!("node {}: {e}", self.target))))
@@ -315,12 +327,25 @@ impl RaftNetworkV2<MasterRaft> for GrpcPeer {
             }
         }));
         let mut client = self.client()?;
+        // The whole transfer and its install are bounded (`NodeConfig::snapshot_timeout`):
+        // a peer that stops reading does not hold the replication to it for ever.
+        let within = option.soft_ttl();
         let answer = tokio::select! {
-            answer = client.install_snapshot(Request::new(chunks)) => answer,
+            answer = tokio::time::timeout(within, client.install_snapshot(Request::new(chunks))) => answer,
             closed = cancel => return Err(StreamingError::Closed(closed)),
         };
-        let answer =
-            answer.map_err(|status| unreachable(format!("node {}: {status}", self.target)))?;
+        let answer = answer
+            .map_err(|_| {
+                StreamingError::Network(NetworkError::from_string(format!(
+                    "node {}: the snapshot was not sent and installed within {within:?}",
+                    self.target
+                )))
+            })?
+            .map_err(|status| match transport_error(self.target, &status) {
+                RPCError::Network(e) => StreamingError::Network(e),
+                RPCError::Unreachable(e) => StreamingError::Unreachable(e),
+                other => StreamingError::Network(NetworkError::new(&other)),
+            })?;
         let answer: Result<SnapshotResponse<MasterRaft>, Fatal<MasterRaft>> =
             open(&answer.into_inner().body, &what("InstallSnapshot"))
                 .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
