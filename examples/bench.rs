@@ -158,6 +158,12 @@ enum Transport {
     Grpc,
 }
 
+/// The master of a scenario: on the sled journal, or on the Raft log of a cluster of one.
+enum Running {
+    Plain(Master),
+    Replicated(mawex_raft::ReplicatedMaster),
+}
+
 /// Distinct fairness keys of the `fair` scenario.
 const FAIR_KEYS: usize = 1000;
 
@@ -166,20 +172,19 @@ async fn run(args: &Args, transport: Transport, fair: bool) -> anyhow::Result<se
     let mut config = MasterConfig::default();
     config.snapshot_every = args.snapshot_every;
     let builder = Master::builder().config(config);
-    let (node, plain) = if args.log == "raft" {
+    let running = if args.log == "raft" {
         let node =
             mawex_raft::ReplicatedMaster::start_single(dir.path().join("raft"), builder).await?;
-        (Some(node), None)
+        Running::Replicated(node)
     } else {
         let journal = SledJournal::open(dir.path().join("journal"))?;
-        (None, Some(builder.start(journal).await?))
+        Running::Plain(builder.start(journal).await?)
     };
-    let master = match (&node, &plain) {
-        (Some(node), _) => node
+    let master = match &running {
+        Running::Replicated(node) => node
             .master()
             .ok_or_else(|| anyhow::anyhow!("the replicated master stopped"))?,
-        (None, Some(master)) => master,
-        (None, None) => anyhow::bail!("no master"),
+        Running::Plain(master) => master,
     };
     let security = security(args)?;
     let server = match transport {
@@ -241,10 +246,9 @@ async fn run(args: &Args, transport: Transport, fair: bool) -> anyhow::Result<se
     if let Some(server) = server {
         server.shutdown().await?;
     }
-    match (node, plain) {
-        (Some(node), _) => node.shutdown().await?,
-        (None, Some(master)) => master.shutdown().await?,
-        (None, None) => {}
+    match running {
+        Running::Replicated(node) => node.shutdown().await?,
+        Running::Plain(master) => master.shutdown().await?,
     }
     Ok(serde_json::json!({
         "scenario": match (transport, fair) {

@@ -198,8 +198,7 @@ impl TestMaster {
     /// A master on a sled journal whatever [`on_raft`] says: for tests of the sled journal.
     pub async fn start_on_sled(config: MasterConfig) -> TestMaster {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-        let journal = SledJournal::open(journal_path(dir.path())).expect("open journal");
-        Self::open_on_journal(dir, config, Transport::Local, journal).await
+        Self::restart_on_sled(dir, config).await
     }
 
     pub async fn start_with(config: MasterConfig) -> TestMaster {

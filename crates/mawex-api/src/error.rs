@@ -51,7 +51,8 @@ pub enum ApiError {
     Decode(String),
 }
 
-fn not_leader(leader: Option<&str>) -> String {
+/// The message of a `NotLeader` answer.
+pub(crate) fn not_leader(leader: Option<&str>) -> String {
     match leader {
         Some(leader) => format!("master unavailable: not the leader; the leader is at {leader}"),
         None => "master unavailable: not the leader, and no leader is known yet".to_owned(),

@@ -20,10 +20,6 @@ use tokio::sync::watch;
 
 use crate::{MasterRaft, MasterStateMachine};
 
-/// How a local proxy of a master that stopped begins its answer (`mawex-core`'s
-/// `LocalMasterProxy`).
-const MASTER_STOPPED: &str = "the master stopped";
-
 /// The master a node runs while it leads: its client and its pod connector.
 #[derive(Clone)]
 pub(crate) struct LeaderHandles {
@@ -49,17 +45,18 @@ impl Access {
         })
     }
 
-    /// `result` of the master this node ran, as a client should see it: a master that
-    /// stopped (its node lost the lead, or it failed) answers as a node that does not lead,
-    /// so that the client moves on to another node.
-    fn settle<T>(&self, result: Result<T, ApiError>) -> Result<T, ApiError> {
+    /// `result` of `master`, the master this node ran, as a client should see it: a master
+    /// that stopped (on a failure, or because its node lost the lead) answers as a node that
+    /// does not lead, so that the client moves on to another node.
+    fn settle<T>(
+        &self,
+        master: &LocalMasterProxy,
+        result: Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
         match result {
-            Err(ApiError::Internal(reason)) if reason.starts_with(MASTER_STOPPED) => {
-                Err(ApiError::NotLeader {
-                    leader: self.leader_address(),
-                })
-            }
-            Err(ApiError::Unavailable(_)) if self.leading.borrow().is_none() => {
+            Err(ApiError::Internal(_) | ApiError::Unavailable(_))
+                if master.failure().is_some() || self.leading.borrow().is_none() =>
+            {
                 Err(ApiError::NotLeader {
                     leader: self.leader_address(),
                 })
@@ -172,31 +169,37 @@ impl ClusterPodConnector {
 #[async_trait]
 impl PodConnector for ClusterPodConnector {
     async fn connect(&self, hello: PodHello) -> Result<PodSession, ApiError> {
-        let pods = self.access.leader()?.pods;
-        self.access.settle(pods.connect(hello).await)
+        let leader = self.access.leader()?;
+        self.access
+            .settle(&leader.proxy, leader.pods.connect(hello).await)
     }
 }
 
 #[async_trait]
 impl MasterProxy for ClusterProxy {
     async fn submit(&self, spec: TaskSpec) -> Result<SubmitAck, ApiError> {
-        self.access.settle(self.master()?.submit(spec).await)
+        let master = self.master()?;
+        self.access.settle(&master, master.submit(spec).await)
     }
 
     async fn submit_many(&self, specs: Vec<TaskSpec>) -> Result<Vec<SubmitAck>, ApiError> {
-        self.access.settle(self.master()?.submit_many(specs).await)
+        let master = self.master()?;
+        self.access.settle(&master, master.submit_many(specs).await)
     }
 
     async fn get(&self, id: TaskId) -> Result<TaskView, ApiError> {
-        self.access.settle(self.current().await?.get(id).await)
+        let master = self.current().await?;
+        self.access.settle(&master, master.get(id).await)
     }
 
     async fn cancel(&self, id: TaskId) -> Result<CancelAck, ApiError> {
-        self.access.settle(self.master()?.cancel(id).await)
+        let master = self.master()?;
+        self.access.settle(&master, master.cancel(id).await)
     }
 
     async fn await_result(&self, id: TaskId) -> Result<TaskResult, ApiError> {
-        self.access.settle(self.master()?.await_result(id).await)
+        let master = self.master()?;
+        self.access.settle(&master, master.await_result(id).await)
     }
 
     async fn results(
@@ -204,27 +207,31 @@ impl MasterProxy for ClusterProxy {
         group: GroupName,
         after: Option<ResultCursor>,
     ) -> Result<ResultStream, ApiError> {
+        let master = self.master()?;
         self.access
-            .settle(self.master()?.results(group, after).await)
+            .settle(&master, master.results(group, after).await)
     }
 
     async fn list(&self, query: ListQuery) -> Result<TaskPage, ApiError> {
-        self.access.settle(self.current().await?.list(query).await)
+        let master = self.current().await?;
+        self.access.settle(&master, master.list(query).await)
     }
 
     async fn failed_summary(&self) -> Result<Vec<FailedCount>, ApiError> {
-        self.access
-            .settle(self.current().await?.failed_summary().await)
+        let master = self.current().await?;
+        self.access.settle(&master, master.failed_summary().await)
     }
 
     async fn retry_failed(&self, filter: FailedFilter) -> Result<u64, ApiError> {
+        let master = self.master()?;
         self.access
-            .settle(self.master()?.retry_failed(filter).await)
+            .settle(&master, master.retry_failed(filter).await)
     }
 
     async fn purge_failed(&self, filter: FailedFilter) -> Result<u64, ApiError> {
+        let master = self.master()?;
         self.access
-            .settle(self.master()?.purge_failed(filter).await)
+            .settle(&master, master.purge_failed(filter).await)
     }
 
     async fn configure_group(
@@ -232,8 +239,9 @@ impl MasterProxy for ClusterProxy {
         group: GroupName,
         settings: GroupSettings,
     ) -> Result<(), ApiError> {
+        let master = self.master()?;
         self.access
-            .settle(self.master()?.configure_group(group, settings).await)
+            .settle(&master, master.configure_group(group, settings).await)
     }
 
     async fn update_pending(
@@ -241,53 +249,61 @@ impl MasterProxy for ClusterProxy {
         ids: Vec<TaskId>,
         change: PendingChange,
     ) -> Result<u64, ApiError> {
+        let master = self.master()?;
         self.access
-            .settle(self.master()?.update_pending(ids, change).await)
+            .settle(&master, master.update_pending(ids, change).await)
     }
 
     async fn create_schedule(&self, spec: ScheduleSpec) -> Result<(), ApiError> {
+        let master = self.master()?;
         self.access
-            .settle(self.master()?.create_schedule(spec).await)
+            .settle(&master, master.create_schedule(spec).await)
     }
 
     async fn list_schedules(&self) -> Result<Vec<ScheduleView>, ApiError> {
-        self.access
-            .settle(self.current().await?.list_schedules().await)
+        let master = self.current().await?;
+        self.access.settle(&master, master.list_schedules().await)
     }
 
     async fn pause_schedule(&self, name: ScheduleName, paused: bool) -> Result<(), ApiError> {
+        let master = self.master()?;
         self.access
-            .settle(self.master()?.pause_schedule(name, paused).await)
+            .settle(&master, master.pause_schedule(name, paused).await)
     }
 
     async fn delete_schedule(&self, name: ScheduleName) -> Result<(), ApiError> {
+        let master = self.master()?;
         self.access
-            .settle(self.master()?.delete_schedule(name).await)
+            .settle(&master, master.delete_schedule(name).await)
     }
 
     async fn group_settings(&self, group: GroupName) -> Result<GroupSettings, ApiError> {
+        let master = self.current().await?;
         self.access
-            .settle(self.current().await?.group_settings(group).await)
+            .settle(&master, master.group_settings(group).await)
     }
 
     async fn fire_broadcast(&self, spec: BroadcastSpec) -> Result<BroadcastView, ApiError> {
+        let master = self.master()?;
         self.access
-            .settle(self.master()?.fire_broadcast(spec).await)
+            .settle(&master, master.fire_broadcast(spec).await)
     }
 
     async fn plan_broadcast(&self, spec: BroadcastSpec) -> Result<BroadcastPlan, ApiError> {
+        let master = self.current().await?;
         self.access
-            .settle(self.current().await?.plan_broadcast(spec).await)
+            .settle(&master, master.plan_broadcast(spec).await)
     }
 
     async fn broadcast(&self, id: BroadcastId) -> Result<BroadcastView, ApiError> {
-        self.access
-            .settle(self.current().await?.broadcast(id).await)
+        let master = self.current().await?;
+        self.access.settle(&master, master.broadcast(id).await)
     }
 
     async fn list_broadcasts(&self, query: BroadcastQuery) -> Result<BroadcastPage, ApiError> {
+        let master = self.current().await?;
         self.access
-            .settle(self.current().await?.list_broadcasts(query).await)
+            .settle(&master, master.list_broadcasts(query).await)
     }
 
     async fn wait_broadcast(
@@ -295,17 +311,19 @@ impl MasterProxy for ClusterProxy {
         id: BroadcastId,
         timeout: Duration,
     ) -> Result<BroadcastView, ApiError> {
+        let master = self.master()?;
         self.access
-            .settle(self.master()?.wait_broadcast(id, timeout).await)
+            .settle(&master, master.wait_broadcast(id, timeout).await)
     }
 
     async fn broadcast_locks(&self) -> Result<Vec<BroadcastLock>, ApiError> {
-        self.access
-            .settle(self.current().await?.broadcast_locks().await)
+        let master = self.current().await?;
+        self.access.settle(&master, master.broadcast_locks().await)
     }
 
     async fn clear_broadcast_lock(&self, app: &str) -> Result<Option<BroadcastId>, ApiError> {
+        let master = self.master()?;
         self.access
-            .settle(self.master()?.clear_broadcast_lock(app).await)
+            .settle(&master, master.clear_broadcast_lock(app).await)
     }
 }

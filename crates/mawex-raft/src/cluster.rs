@@ -13,7 +13,7 @@ use openraft::{BasicNode, Config, Raft, WatchChangeHandle};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::node::{lead, LOG_DIR, MACHINE_DIR};
+use crate::node::{lead, Opened};
 use crate::{MasterRaft, MasterStateMachine, RaftStoreError, SledLogStore};
 
 /// The settings of one node of a cluster of masters.
@@ -139,10 +139,8 @@ impl Ctx {
         Ok(stopped)
     }
 
-    /// Stops the master, if there is one, and takes the state back. A node that cannot take
-    /// it back cannot apply what comes next: it stops (fail-stop), and the others go on.
-    /// False if it stopped.
-    async fn stop_master(&self, leading: &mut Leading) -> bool {
+    /// Withdraws the handles of the master, if there is one, and stops it.
+    async fn stop_running(&self, leading: &mut Leading) {
         self.handles.send_replace(None);
         if let Some(master) = leading.master.take() {
             // Its last batch may not be committed under the old leadership: an error is
@@ -151,14 +149,14 @@ impl Ctx {
                 info!(error = %e, "the master of the last leadership stopped");
             }
         }
-        let (machine, log) = (self.machine.clone(), self.log.clone());
-        let reclaimed = match tokio::task::spawn_blocking(move || machine.reclaim(&log)).await {
-            Ok(reclaimed) => reclaimed,
-            Err(e) => Err(RaftStoreError::Raft(format!(
-                "the reclaim did not finish: {e}"
-            ))),
-        };
-        if let Err(e) = reclaimed {
+    }
+
+    /// Stops the master, if there is one, and takes the state back. A node that cannot take
+    /// it back cannot apply what comes next: it stops (fail-stop), and the others go on.
+    /// False if it stopped.
+    async fn stop_master(&self, leading: &mut Leading) -> bool {
+        self.stop_running(leading).await;
+        if let Err(e) = self.machine.reclaim_blocking(&self.log).await {
             error!(error = %e, "the state could not be taken back; this node stops");
             // Not awaited here: this may run on the task that a shutdown waits for.
             let raft = self.raft.clone();
@@ -244,8 +242,6 @@ const RESTART_PAUSE: Duration = Duration::from_millis(200);
 /// committed. Starting and stopping take turns: a master starts only after the last one
 /// stopped.
 pub struct MasterNode {
-    raft: Raft<MasterRaft, MasterStateMachine>,
-    machine: MasterStateMachine,
     ctx: Arc<Ctx>,
     leading_handles: watch::Receiver<Option<LeaderHandles>>,
     watch: Option<WatchChangeHandle<MasterRaft>>,
@@ -254,7 +250,7 @@ pub struct MasterNode {
 impl std::fmt::Debug for MasterNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MasterNode")
-            .field("id", self.raft.node_id())
+            .field("id", self.ctx.raft.node_id())
             .finish_non_exhaustive()
     }
 }
@@ -276,27 +272,18 @@ impl MasterNode {
         N: RaftNetworkFactory<MasterRaft>,
         N::Network: NetSnapshot<MasterRaft, SnapshotData = Vec<u8>>,
     {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
-            RaftStoreError::Raft(format!("a master node runs on a tokio runtime: {e}"))
-        })?;
-        let dir = dir.as_ref();
         let mut master = master;
         // Pods of the last leader look for this one while it is elected: their attempts
         // wait that long on top of the lease.
         master.recovery_grace = master.recovery_grace.max(config.takeover_bound());
-        let log = SledLogStore::open(dir.join(LOG_DIR))?;
-        let machine = MasterStateMachine::open(dir.join(MACHINE_DIR))?;
         // Long enough for a node that just won to apply what is committed and start.
         let lead_within = config.election_timeout.1.saturating_mul(4);
-        let raft = Raft::new(
-            config.id,
-            config.raft()?,
-            network,
-            log.clone(),
-            machine.clone(),
-        )
-        .await
-        .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
+        let Opened {
+            runtime,
+            log,
+            machine,
+            raft,
+        } = Opened::open(dir.as_ref(), &config, network).await?;
         let (handles, leading_handles) = watch::channel(None);
         let ctx = Arc::new(Ctx {
             raft: raft.clone(),
@@ -319,8 +306,6 @@ impl MasterNode {
         };
         let watch = raft.on_leader_change(on_start, on_stop);
         Ok(MasterNode {
-            raft,
-            machine,
             ctx,
             leading_handles,
             watch: Some(watch),
@@ -335,7 +320,8 @@ impl MasterNode {
         &self,
         members: BTreeMap<u64, BasicNode>,
     ) -> Result<(), RaftStoreError> {
-        self.raft
+        self.ctx
+            .raft
             .initialize(members)
             .await
             .map_err(|e| RaftStoreError::Raft(e.to_string()))
@@ -353,23 +339,23 @@ impl MasterNode {
     /// while it leads, `NotLeader { leader }` while it does not. What a server of this node
     /// serves (`mawex_server::Server::over`).
     pub fn client(&self) -> ClusterProxy {
-        ClusterProxy::new(self.leading_handles.clone(), self.raft.clone())
+        ClusterProxy::new(self.leading_handles.clone(), self.ctx.raft.clone())
     }
 
     /// The pod connector of the cluster through this node, as [`MasterNode::client`] is
     /// its client.
     pub fn pod_connector(&self) -> ClusterPodConnector {
-        ClusterPodConnector::new(self.leading_handles.clone(), self.raft.clone())
+        ClusterPodConnector::new(self.leading_handles.clone(), self.ctx.raft.clone())
     }
 
     /// The Raft node.
     pub fn raft(&self) -> &Raft<MasterRaft, MasterStateMachine> {
-        &self.raft
+        &self.ctx.raft
     }
 
     /// The state machine.
     pub fn machine(&self) -> &MasterStateMachine {
-        &self.machine
+        &self.ctx.machine
     }
 
     /// Stops the master (if this node runs one) and the Raft node.
@@ -384,14 +370,10 @@ impl MasterNode {
             let mut leading = self.ctx.leading.lock().await;
             // A supervisor still waiting leaves.
             self.ctx.next_generation(&mut leading);
-            self.ctx.handles.send_replace(None);
-            if let Some(master) = leading.master.take() {
-                if let Err(e) = master.shutdown().await {
-                    info!(error = %e, "the master stopped with an error");
-                }
-            }
+            self.ctx.stop_running(&mut leading).await;
         }
-        self.raft
+        self.ctx
+            .raft
             .shutdown()
             .await
             .map_err(|e| RaftStoreError::Raft(e.to_string()))

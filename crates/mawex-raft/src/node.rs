@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use mawex_core::{Master, MasterBuilder};
 use openraft::errors::ForwardReason;
+use openraft::network::{NetSnapshot, RaftNetworkFactory};
 use openraft::{BasicNode, Raft, ServerState};
 use tracing::{info, warn};
 
@@ -68,21 +69,12 @@ impl ReplicatedMaster {
         dir: impl AsRef<Path>,
         builder: MasterBuilder,
     ) -> Result<Self, RaftStoreError> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
-            RaftStoreError::Raft(format!("a replicated master runs on a tokio runtime: {e}"))
-        })?;
-        let dir = dir.as_ref();
-        let log = Self::open_log(dir)?;
-        let machine = MasterStateMachine::open(dir.join(MACHINE_DIR))?;
-        let raft = Raft::new(
-            SINGLE_NODE_ID,
-            single_node_config().raft()?,
-            SingleNode,
-            log.clone(),
-            machine.clone(),
-        )
-        .await
-        .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
+        let Opened {
+            runtime,
+            log,
+            machine,
+            raft,
+        } = Opened::open(dir.as_ref(), &single_node_config(), SingleNode).await?;
         let started = async {
             let initialized = raft
                 .is_initialized()
@@ -205,6 +197,50 @@ impl ReplicatedMaster {
     }
 }
 
+/// A node's parts, opened from its directory: the runtime it runs on, its log, its state
+/// machine and its Raft node.
+pub(crate) struct Opened {
+    pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) log: SledLogStore,
+    pub(crate) machine: MasterStateMachine,
+    pub(crate) raft: Raft<MasterRaft, MasterStateMachine>,
+}
+
+impl Opened {
+    /// Opens node `config.id` with its data in `dir` (created if missing), reaching the
+    /// others through `network`. Must be called on a tokio runtime.
+    pub(crate) async fn open<N>(
+        dir: &Path,
+        config: &NodeConfig,
+        network: N,
+    ) -> Result<Self, RaftStoreError>
+    where
+        N: RaftNetworkFactory<MasterRaft>,
+        N::Network: NetSnapshot<MasterRaft, SnapshotData = Vec<u8>>,
+    {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            RaftStoreError::Raft(format!("a master node runs on a tokio runtime: {e}"))
+        })?;
+        let log = SledLogStore::open(dir.join(LOG_DIR))?;
+        let machine = MasterStateMachine::open(dir.join(MACHINE_DIR))?;
+        let raft = Raft::new(
+            config.id,
+            config.raft()?,
+            network,
+            log.clone(),
+            machine.clone(),
+        )
+        .await
+        .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
+        Ok(Opened {
+            runtime,
+            log,
+            machine,
+            raft,
+        })
+    }
+}
+
 /// Waits (up to `within`) for `raft` to lead, applies everything committed, and starts the
 /// master on it.
 pub(crate) async fn lead(
@@ -259,11 +295,8 @@ pub(crate) async fn lead(
         Ok(master) => master,
         Err(e) => {
             // The master may have borrowed the state before it failed.
-            let (machine, log) = (machine.clone(), log.clone());
-            match tokio::task::spawn_blocking(move || machine.reclaim(&log)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(reclaim)) => warn!(error = %reclaim, "the state could not be taken back"),
-                Err(join) => warn!(error = %join, "the state could not be taken back"),
+            if let Err(reclaim) = machine.reclaim_blocking(log).await {
+                warn!(error = %reclaim, "the state could not be taken back");
             }
             return Err(RaftStoreError::Master(e));
         }

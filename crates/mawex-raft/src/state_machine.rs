@@ -183,10 +183,41 @@ impl MasterStateMachine {
     /// The snapshot or the log cannot be read, an entry the machine applied is missing from
     /// the log, or the rebuilt state does not hold as many events as were applied.
     pub fn reclaim(&self, log: &SledLogStore) -> Result<(), RaftStoreError> {
-        if self.lock().state.is_some() {
-            return Ok(());
+        {
+            let mut machine = self.lock();
+            if machine.state.is_some() {
+                return Ok(());
+            }
+            // The stopped master's last copy is not built now: a build, and the purge of the
+            // log behind it, would race the replay below.
+            machine.offered = None;
         }
-        // Without the lock: the snapshot and the log up to what is applied now.
+        // A build already running may still store a newer snapshot and purge the entries
+        // this replay needs: then the replay starts over from that snapshot.
+        let mut tries = 0;
+        loop {
+            match self.rebuild(log) {
+                Err(RaftStoreError::Damaged { .. }) if tries < RECLAIM_TRIES => tries += 1,
+                rebuilt => return rebuilt,
+            }
+        }
+    }
+
+    /// [`MasterStateMachine::reclaim`] on a blocking thread, from async code.
+    pub(crate) async fn reclaim_blocking(&self, log: &SledLogStore) -> Result<(), RaftStoreError> {
+        let (machine, log) = (self.clone(), log.clone());
+        match tokio::task::spawn_blocking(move || machine.reclaim(&log)).await {
+            Ok(reclaimed) => reclaimed,
+            Err(e) => Err(RaftStoreError::Raft(format!(
+                "the reclaim did not finish: {e}"
+            ))),
+        }
+    }
+
+    /// One try of [`MasterStateMachine::reclaim`]: the stored snapshot, the log after it up
+    /// to what is applied now (without the lock), then whatever was applied meanwhile and
+    /// the move of the state into the machine (under it).
+    fn rebuild(&self, log: &SledLogStore) -> Result<(), RaftStoreError> {
         let (mut events, mut state, mut replayed) = {
             let snapshots = self.snapshots();
             match read_snapshot_file(&snapshots.dir)? {
@@ -199,7 +230,6 @@ impl MasterStateMachine {
         };
         let upto = self.last_applied();
         replay(log, &mut state, &mut events, &mut replayed, upto)?;
-        // Under the lock: whatever was applied meanwhile, then the state moves in.
         let mut machine = self.lock();
         if machine.state.is_some() {
             return Ok(());
@@ -278,6 +308,10 @@ impl MasterStateMachine {
         )
     }
 }
+
+/// How many times a reclaim starts over when the log it replays was purged behind a newer
+/// snapshot meanwhile (a real damage fails every try).
+const RECLAIM_TRIES: u32 = 3;
 
 /// Applies to `state` the batches of the entries of `log` after `replayed` up to `upto`,
 /// counting their events.

@@ -7,13 +7,6 @@ use crate::error::ApiError;
 /// The metadata key of a `NotLeader` answer: the leader's address, or empty if unknown.
 const LEADER_KEY: &str = "mawex-leader";
 
-fn e_not_leader(leader: Option<&str>) -> String {
-    ApiError::NotLeader {
-        leader: leader.map(str::to_owned),
-    }
-    .to_string()
-}
-
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         match e {
@@ -23,7 +16,7 @@ impl From<ApiError> for Status {
             ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
             ApiError::Unavailable(m) => Status::unavailable(m),
             ApiError::NotLeader { leader } => {
-                let mut status = Status::unavailable(e_not_leader(leader.as_deref()));
+                let mut status = Status::unavailable(crate::error::not_leader(leader.as_deref()));
                 // Empty when no leader is known; an address that is not valid metadata
                 // (never one a node was given) goes as unknown.
                 let value = leader

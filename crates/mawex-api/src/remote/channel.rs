@@ -349,7 +349,7 @@ where
         let (index, channel) = masters.current();
         let result = call(channel).await;
         match result {
-            Err(e @ (ApiError::Unavailable(_) | ApiError::NotLeader { .. })) => {
+            Err(e) if e.is_retryable() => {
                 let reason = e.to_string();
                 match &e {
                     // A follower that names the leader: that one is tried next (else the

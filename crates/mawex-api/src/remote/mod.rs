@@ -311,9 +311,11 @@ impl MasterProxy for RemoteMasterProxy {
                         Ok(None) => feed.stream = None,
                         Err(status) => match ApiError::from(status) {
                             // Gone, or cut off for falling behind: resume from the cursor.
-                            ApiError::Unavailable(_)
-                            | ApiError::NotLeader { .. }
-                            | ApiError::ResourceExhausted(_) => feed.stream = None,
+                            e if e.is_retryable()
+                                || matches!(e, ApiError::ResourceExhausted(_)) =>
+                            {
+                                feed.stream = None
+                            }
                             other => return Some((Err(other), None)),
                         },
                     }

@@ -54,6 +54,11 @@ pub struct LocalMasterProxy {
 }
 
 impl LocalMasterProxy {
+    /// Why the master stopped, once it stopped on a failure (its answers then say so).
+    pub fn failure(&self) -> Option<String> {
+        self.failed.borrow().clone()
+    }
+
     pub(crate) fn new(
         inbox: std_mpsc::Sender<CoreMsg>,
         reads: Arc<ReadSide>,
