@@ -9,6 +9,8 @@
 //! On a network: `--tls-cert server.pem --tls-key server.key --tokens tokens.toml` (the
 //! files are watched and reloaded when they change, and on SIGHUP); `--client-ca ca.pem`
 //! requires client certificates too. Without TLS and tokens it serves only on loopback, unless `--insecure`.
+//! A node of a cluster calls its peers over TLS with `--peer-ca ca.pem`, sending the `peer`
+//! token in `MAWEX_PEER_TOKEN`.
 
 use std::time::Duration;
 
@@ -52,6 +54,36 @@ struct Args {
     /// Makes the cluster of `--peers`: on one node, the first time only.
     #[arg(long, requires = "node_id")]
     initialize: bool,
+    /// PEM authority of the other nodes' certificates: the node calls its peers over TLS
+    /// (needed with `--tls-cert`, since the peers serve TLS only). The peer token, if the
+    /// nodes check tokens, comes from the environment variable `MAWEX_PEER_TOKEN`.
+    #[arg(long, requires = "node_id")]
+    peer_ca: Option<std::path::PathBuf>,
+    /// The name the peers' certificates are checked against (default: the host of each
+    /// address in `--peers`).
+    #[arg(long, requires = "peer_ca")]
+    peer_domain: Option<String>,
+}
+
+/// How this node calls its peers: over TLS with `--peer-ca`, with the token in
+/// `MAWEX_PEER_TOKEN` if it is set.
+fn peer_channel(args: &Args) -> anyhow::Result<mawex::ChannelConfig> {
+    let mut channel = mawex::ChannelConfig::default();
+    if let Some(ca) = &args.peer_ca {
+        let mut tls = mawex::ClientTls::new(std::fs::read(ca)?);
+        if let Some(domain) = &args.peer_domain {
+            tls = tls.with_domain(domain.clone());
+        }
+        // Peers that require client certificates (`--client-ca`) get this node's own.
+        if let (Some(_), Some(cert), Some(key)) = (&args.client_ca, &args.tls_cert, &args.tls_key) {
+            tls = tls.with_identity(std::fs::read(cert)?, std::fs::read(key)?);
+        }
+        channel = channel.with_tls(tls);
+    }
+    if let Ok(token) = std::env::var("MAWEX_PEER_TOKEN") {
+        channel = channel.with_token(token);
+    }
+    Ok(channel)
 }
 
 /// `1=host:port,2=host:port` as members.
@@ -86,12 +118,10 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let (running, mut server) = match (args.node_id, &args.peers) {
         (Some(id), Some(peers)) => {
-            // The peers' Raft service takes no token or client certificate yet: anyone who
-            // reaches it could disturb the cluster.
+            // Peers serve TLS only once this node does: it must call them over TLS too.
             anyhow::ensure!(
-                args.listen.ip().is_loopback() || args.insecure,
-                "a node of a cluster serves its peers without TLS or tokens so far: listen \
-                 on loopback, or pass --insecure on a network only the nodes reach"
+                args.tls_cert.is_none() || args.peer_ca.is_some(),
+                "a node serving TLS calls its peers over TLS: give --peer-ca"
             );
             let peers = parse_peers(peers)?;
             anyhow::ensure!(peers.contains_key(&id), "--peers does not name node {id}");
@@ -99,7 +129,7 @@ async fn main() -> anyhow::Result<()> {
             let node = mawex_raft::MasterNode::start(
                 &args.journal,
                 mawex_raft::NodeConfig::new(id),
-                mawex_raft::GrpcNetwork::new(),
+                mawex_raft::GrpcNetwork::with_config(peer_channel(&args)?),
                 config,
             )
             .await?;
@@ -111,7 +141,10 @@ async fn main() -> anyhow::Result<()> {
                 std::sync::Arc::new(node.pod_connector()),
                 max_payload,
             )
-            .add_service(mawex_raft::raft_service(node.raft().clone()));
+            .add_service_for(
+                mawex::auth::Role::Peer,
+                mawex_raft::raft_service(node.raft().clone()),
+            );
             (Running::Node(node), server)
         }
         _ => {

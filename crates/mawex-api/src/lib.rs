@@ -46,7 +46,8 @@ pub use proxy::{
     MAX_LIST_LIMIT, MAX_LIST_PAGE_BYTES,
 };
 pub use remote::{
-    BearerToken, ChannelConfig, ClientTls, GrpcPodConnector, RemoteConfig, RemoteMasterProxy,
+    AuthChannel, Bearer, BearerToken, ChannelConfig, ClientTls, GrpcPodConnector, RemoteConfig,
+    RemoteMasterProxy,
 };
 pub use task::{
     AttemptFailure, Dedup, Limits, Outcome, RetryPolicy, TaskResult, TaskSpec, TaskState, TaskView,

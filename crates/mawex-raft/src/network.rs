@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use mawex_api::{AuthChannel, ChannelConfig};
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::errors::{
     Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
@@ -19,7 +20,6 @@ use openraft::raft::{
 use openraft::{BasicNode, Raft};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::codec::{open, seal};
@@ -137,19 +137,32 @@ impl RaftPeer for RaftService {
 
 /// How a node calls its peers: gRPC to each member's address (`BasicNode::addr`, as
 /// `host:port` or a URL), one channel per peer, made once and shared by every call to it.
+/// [`GrpcNetwork::with_config`] calls them over TLS (a `host:port` address then means
+/// `https://`) and sends a token, for peers whose servers require one (a `peer` token:
+/// `mawex_server::Server::add_service_for`).
 #[derive(Debug, Clone, Default)]
 pub struct GrpcNetwork {
-    channels: Arc<Mutex<HashMap<u64, (String, Channel)>>>,
+    config: ChannelConfig,
+    channels: Arc<Mutex<HashMap<u64, (String, AuthChannel)>>>,
 }
 
 impl GrpcNetwork {
-    /// A network with no channel yet.
+    /// A network in plain text without a token, with no channel yet.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// A network that calls its peers with `config`: its TLS settings and its token (the
+    /// message limit stays the Raft link's own).
+    pub fn with_config(config: ChannelConfig) -> Self {
+        GrpcNetwork {
+            config,
+            channels: Arc::default(),
+        }
+    }
+
     /// The channel to `target` at `addr`: the cached one, or a new one if the address changed.
-    fn channel(&self, target: u64, addr: &str) -> Result<Channel, String> {
+    fn channel(&self, target: u64, addr: &str) -> Result<AuthChannel, String> {
         let mut channels = self
             .channels
             .lock()
@@ -159,14 +172,15 @@ impl GrpcNetwork {
                 return Ok(channel.clone());
             }
         }
-        let url = if addr.contains("://") {
-            addr.to_owned()
-        } else {
-            format!("http://{addr}")
+        let url = match (addr.contains("://"), self.config.tls.is_some()) {
+            (true, _) => addr.to_owned(),
+            (false, true) => format!("https://{addr}"),
+            (false, false) => format!("http://{addr}"),
         };
-        let channel = Endpoint::from_shared(url)
-            .map_err(|e| format!("node {target}'s address {addr:?}: {e}"))?
-            .connect_lazy();
+        let channel = self
+            .config
+            .connect_lazy(&url)
+            .map_err(|e| format!("node {target}'s address {addr:?}: {e}"))?;
         channels.insert(target, (addr.to_owned(), channel.clone()));
         Ok(channel)
     }
@@ -189,7 +203,7 @@ impl RaftNetworkFactory<MasterRaft> for GrpcNetwork {
 #[derive(Debug)]
 pub struct GrpcPeer {
     target: u64,
-    client: Result<RaftPeerClient<Channel>, String>,
+    client: Result<RaftPeerClient<AuthChannel>, String>,
 }
 
 fn unreachable(reason: impl ToString) -> Unreachable<MasterRaft> {
@@ -209,7 +223,7 @@ fn transport_error(target: u64, status: &Status) -> RPCError<MasterRaft> {
 }
 
 impl GrpcPeer {
-    fn client(&self) -> Result<RaftPeerClient<Channel>, Unreachable<MasterRaft>> {
+    fn client(&self) -> Result<RaftPeerClient<AuthChannel>, Unreachable<MasterRaft>> {
         self.client.clone().map_err(unreachable)
     }
 
@@ -226,7 +240,7 @@ impl GrpcPeer {
         Q: Serialize,
         A: DeserializeOwned,
         E: DeserializeOwned + std::fmt::Display,
-        F: FnOnce(RaftPeerClient<Channel>, Request<Frame>) -> Fut,
+        F: FnOnce(RaftPeerClient<AuthChannel>, Request<Frame>) -> Fut,
         Fut: Future<Output = Result<Response<Frame>, Status>>,
     {
         let body =

@@ -131,10 +131,16 @@ pub struct Server {
     config: ServerConfig,
     checks: Checks,
     routes: Routes,
+    /// Services open only to one role's tokens, added to the routes once the tokens are
+    /// known (see [`Server::add_service_for`]).
+    guarded: Vec<GuardedService>,
     tokens: Option<auth::TokenStore>,
     insecure: bool,
     tls_handle: Option<TlsHandle>,
 }
+
+/// Adds a service behind the token check of its role to the routes.
+type GuardedService = Box<dyn FnOnce(Routes, Option<auth::TokenStore>) -> Routes + Send>;
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -173,6 +179,7 @@ impl Server {
             config: ServerConfig::default(),
             checks: Checks::default(),
             routes: Routes::default(),
+            guarded: Vec::new(),
             tokens: None,
             insecure: false,
             tls_handle: None,
@@ -265,6 +272,28 @@ impl Server {
         S::Future: Send + 'static,
     {
         self.routes = self.routes.add_service(service);
+        self
+    }
+
+    /// Serves another tonic service on the same port, open only to tokens of `role` when the
+    /// server checks tokens ([`Server::tokens`]): the Raft link between the masters of a
+    /// cluster, say, for [`auth::Role::Peer`].
+    pub fn add_service_for<S>(mut self, role: auth::Role, service: S) -> Self
+    where
+        S: tower_service::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.guarded.push(Box::new(move |routes: Routes, tokens| {
+            routes.add_service(auth::Guarded::for_role(service, tokens, role))
+        }));
         self
     }
 
@@ -437,7 +466,9 @@ impl Server {
 
         let tokens = self.tokens.clone();
         let routes = self
-            .routes
+            .guarded
+            .into_iter()
+            .fold(self.routes, |routes, add| add(routes, tokens.clone()))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(InterceptedService::new(

@@ -56,7 +56,7 @@ impl std::fmt::Debug for BearerToken {
 
 /// Adds the token, if any, to every request of a channel.
 #[derive(Clone, Debug)]
-pub(crate) struct Bearer(Option<MetadataValue<Ascii>>);
+pub struct Bearer(Option<MetadataValue<Ascii>>);
 
 impl Interceptor for Bearer {
     fn call(
@@ -72,8 +72,9 @@ impl Interceptor for Bearer {
     }
 }
 
-/// A channel to a master that carries the configured token.
-pub(crate) type AuthChannel = InterceptedService<Channel, Bearer>;
+/// A channel to a master that carries the configured token (see
+/// [`ChannelConfig::connect_lazy`]).
+pub type AuthChannel = InterceptedService<Channel, Bearer>;
 
 /// TLS of a client or pod towards its masters (rustls).
 #[derive(Clone, PartialEq, Eq)]
@@ -186,6 +187,21 @@ impl ChannelConfig {
         self
     }
 
+    /// A channel to `endpoint` with these settings, carrying the token: it connects on first
+    /// use and again after every failure. What the client, the pod connector and the
+    /// masters' Raft link call their masters on.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a malformed endpoint, one whose scheme does not match the TLS
+    /// settings (`https://` with TLS, `http://` without), or a token that is not valid in
+    /// a header.
+    pub fn connect_lazy(&self, endpoint: &str) -> Result<AuthChannel, ApiError> {
+        Ok(InterceptedService::new(
+            self.channel(endpoint)?,
+            self.bearer()?,
+        ))
+    }
+
     /// A channel to `endpoint` that connects on first use and again after every failure.
     fn channel(&self, endpoint: &str) -> Result<Channel, ApiError> {
         let bad = |m: String| ApiError::InvalidArgument(format!("endpoint {endpoint:?}: {m}"));
@@ -241,13 +257,11 @@ impl Masters {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let bearer = config.bearer()?;
         let endpoints = endpoints
             .into_iter()
             .map(|e| {
                 let e = e.as_ref();
-                let channel = InterceptedService::new(config.channel(e)?, bearer.clone());
-                Ok((e.to_owned(), channel))
+                Ok((e.to_owned(), config.connect_lazy(e)?))
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
         if endpoints.is_empty() {

@@ -4,8 +4,7 @@
 mod channel;
 mod pod_connector;
 
-use channel::AuthChannel;
-pub use channel::{BearerToken, ChannelConfig, ClientTls};
+pub use channel::{AuthChannel, Bearer, BearerToken, ChannelConfig, ClientTls};
 pub use pod_connector::GrpcPodConnector;
 
 use std::future::Future;

@@ -232,7 +232,10 @@ impl Running {
             Arc::new(node.pod_connector()),
             max_payload,
         )
-        .add_service(raft_service(node.raft().clone()));
+        .add_service_for(
+            mawex_server::auth::Role::Peer,
+            raft_service(node.raft().clone()),
+        );
         let (stop_server, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             server

@@ -9,7 +9,7 @@ use tonic::server::NamedService;
 use tonic::Status;
 
 use super::rules;
-use super::tokens::TokenStore;
+use super::tokens::{Role, TokenStore};
 use super::Caller;
 
 /// A service behind the token check (none without tokens: every call passes).
@@ -17,11 +17,26 @@ use super::Caller;
 pub(crate) struct Guarded<S> {
     inner: S,
     tokens: Option<TokenStore>,
+    /// The role every call of the service needs; `None`: each RPC's own rule.
+    role: Option<Role>,
 }
 
 impl<S> Guarded<S> {
     pub(crate) fn new(inner: S, tokens: Option<TokenStore>) -> Self {
-        Guarded { inner, tokens }
+        Guarded {
+            inner,
+            tokens,
+            role: None,
+        }
+    }
+
+    /// A service whose every call needs `role`.
+    pub(crate) fn for_role(inner: S, tokens: Option<TokenStore>, role: Role) -> Self {
+        Guarded {
+            inner,
+            tokens,
+            role: Some(role),
+        }
     }
 }
 
@@ -39,7 +54,7 @@ impl<S> Guarded<S> {
     /// The caller of `request`, or the status that refuses it.
     fn check<B>(&self, store: &TokenStore, request: &http::Request<B>) -> Result<Caller, Status> {
         let path = request.uri().path();
-        let Some(needed) = rules::needed(path) else {
+        let Some(needed) = self.role.or_else(|| rules::needed(path)) else {
             return Err(Status::permission_denied(format!(
                 "{path} has no access rule on this server"
             )));

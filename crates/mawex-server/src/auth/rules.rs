@@ -57,5 +57,6 @@ pub(crate) fn allows(role: Role, needed: Role) -> bool {
         Role::Client => matches!(role, Role::Client | Role::Admin),
         Role::Admin => role == Role::Admin,
         Role::Pod => role == Role::Pod,
+        Role::Peer => role == Role::Peer,
     }
 }

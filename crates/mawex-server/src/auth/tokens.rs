@@ -4,7 +4,7 @@
 //! ```toml
 //! [[token]]
 //! id = "ci"                 # shown in logs; the secret never is
-//! role = "client"           # client, admin or pod
+//! role = "client"           # client, admin, pod or peer
 //! groups = ["builds"]       # optional: the groups it may use (client and pod tokens)
 //! sha256 = "…64 hex digits…"
 //!
@@ -44,6 +44,9 @@ pub enum Role {
     Admin,
     /// The pod link only, for the groups (and pod ids) it names.
     Pod,
+    /// The Raft link between the masters of a cluster only (the services added with
+    /// [`Server::add_service_for`](crate::Server::add_service_for) for this role).
+    Peer,
 }
 
 impl std::fmt::Display for Role {
@@ -52,6 +55,7 @@ impl std::fmt::Display for Role {
             Role::Client => "client",
             Role::Admin => "admin",
             Role::Pod => "pod",
+            Role::Peer => "peer",
         })
     }
 }
@@ -172,10 +176,12 @@ impl TokenEntry {
                 self.id
             ));
         }
-        if self.role == Role::Admin && self.groups.is_some() {
+        if matches!(self.role, Role::Admin | Role::Peer) && self.groups.is_some() {
             return Err(format!(
-                "token {}: an admin token is not limited to groups",
-                self.id
+                "token {}: {} {} token is not limited to groups",
+                self.id,
+                if self.role == Role::Admin { "an" } else { "a" },
+                self.role
             ));
         }
         if self.role != Role::Pod
@@ -522,6 +528,10 @@ mod tests {
             (
                 &format!("[[token]]\nid = \"a\"\nrole = \"admin\"\ngroups = [\"g\"]\nsha256 = \"{}\"", hash_secret("x")),
                 "admin token is not limited",
+            ),
+            (
+                &format!("[[token]]\nid = \"m\"\nrole = \"peer\"\ngroups = [\"g\"]\nsha256 = \"{}\"", hash_secret("x")),
+                "token m: a peer token is not limited",
             ),
             (
                 &format!("[[token]]\nid = \"a\"\nrole = \"client\"\nsha256 = \"{0}\"\n[[token]]\nid = \"a\"\nrole = \"pod\"\nsha256 = \"{1}\"", hash_secret("x"), hash_secret("y")),
