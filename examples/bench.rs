@@ -83,6 +83,11 @@ struct Args {
     /// or `raft` (the Raft log of a one-node cluster, `mawex_raft::ReplicatedMaster`).
     #[arg(long, default_value = "sled", value_parser = ["sled", "raft"])]
     log: String,
+    /// `grpc`: masters of a cluster on loopback (in this process, over gRPC with
+    /// `GrpcNetwork`); the client and the pod are given every node. 1: one master alone,
+    /// on `--log`.
+    #[arg(long, default_value_t = 1)]
+    masters: u64,
 }
 
 /// A fixed number of leases, or `None`: the library's default.
@@ -158,10 +163,53 @@ enum Transport {
     Grpc,
 }
 
-/// The master of a scenario: on the sled journal, or on the Raft log of a cluster of one.
+/// The master of a scenario: on the sled journal, on the Raft log of a cluster of one, or
+/// the nodes of a cluster, each with its server.
 enum Running {
     Plain(Master),
     Replicated(mawex_raft::ReplicatedMaster),
+    Cluster(Vec<(mawex_raft::MasterNode, mawex::RunningServer)>),
+}
+
+/// `n` master nodes in `dir`, each served on a loopback port (the Raft link among them,
+/// for `peer` tokens), made a cluster; and their endpoints.
+async fn cluster(
+    n: u64,
+    dir: &std::path::Path,
+    config: &MasterConfig,
+) -> anyhow::Result<(Running, Vec<String>)> {
+    let mut nodes = Vec::new();
+    let mut members = std::collections::BTreeMap::new();
+    for id in 1..=n {
+        let node = mawex_raft::MasterNode::start(
+            dir.join(format!("node-{id}")),
+            mawex_raft::NodeConfig::new(id),
+            mawex_raft::GrpcNetwork::new(),
+            config.clone(),
+        )
+        .await?;
+        let server = Server::over(
+            Arc::new(node.client()),
+            Arc::new(node.pod_connector()),
+            config.max_payload_bytes,
+        )
+        .add_service_for(
+            mawex::auth::Role::Peer,
+            mawex_raft::raft_service(node.raft().clone()),
+        )
+        .start("127.0.0.1:0".parse()?)
+        .await?;
+        members.insert(id, openraft::BasicNode::new(server.local_addr().to_string()));
+        nodes.push((node, server));
+    }
+    let endpoints = nodes.iter().map(|(_, s)| s.endpoint()).collect();
+    nodes
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no node"))?
+        .0
+        .initialize(members)
+        .await?;
+    Ok((Running::Cluster(nodes), endpoints))
 }
 
 /// Distinct fairness keys of the `fair` scenario.
@@ -171,25 +219,33 @@ async fn run(args: &Args, transport: Transport, fair: bool) -> anyhow::Result<se
     let dir = tempfile::tempdir()?;
     let mut config = MasterConfig::default();
     config.snapshot_every = args.snapshot_every;
-    let builder = Master::builder().config(config);
-    let running = if args.log == "raft" {
-        let node =
-            mawex_raft::ReplicatedMaster::start_single(dir.path().join("raft"), builder).await?;
-        Running::Replicated(node)
+    let security = security(args)?;
+    let (running, endpoints) = if args.masters > 1 {
+        anyhow::ensure!(
+            transport == Transport::Grpc && !fair && !args.tls && !args.tokens,
+            "--masters is for the grpc scenario, without --tls and --tokens"
+        );
+        cluster(args.masters, dir.path(), &config).await?
     } else {
-        let journal = SledJournal::open(dir.path().join("journal"))?;
-        Running::Plain(builder.start(journal).await?)
+        let builder = Master::builder().config(config);
+        let running = if args.log == "raft" {
+            let node =
+                mawex_raft::ReplicatedMaster::start_single(dir.path().join("raft"), builder)
+                    .await?;
+            Running::Replicated(node)
+        } else {
+            let journal = SledJournal::open(dir.path().join("journal"))?;
+            Running::Plain(builder.start(journal).await?)
+        };
+        (running, Vec::new())
     };
     let master = match &running {
-        Running::Replicated(node) => node
-            .master()
-            .ok_or_else(|| anyhow::anyhow!("the replicated master stopped"))?,
-        Running::Plain(master) => master,
+        Running::Replicated(node) => node.master(),
+        Running::Plain(master) => Some(master),
+        Running::Cluster(_) => None,
     };
-    let security = security(args)?;
-    let server = match transport {
-        Transport::Local => None,
-        Transport::Grpc => {
+    let server = match (transport, master) {
+        (Transport::Grpc, Some(master)) => {
             let mut server = Server::new(master);
             if let Some(tls) = security.server_tls.clone() {
                 server = server.tls(tls);
@@ -199,10 +255,19 @@ async fn run(args: &Args, transport: Transport, fair: bool) -> anyhow::Result<se
             }
             Some(server.start("127.0.0.1:0".parse()?).await?)
         }
+        _ => None,
     };
-    let (proxy, connector): (Arc<dyn MasterProxy>, Arc<dyn PodConnector>) = match &server {
-        None => (Arc::new(master.proxy()), Arc::new(master.pod_connector())),
-        Some(server) => {
+    let (proxy, connector): (Arc<dyn MasterProxy>, Arc<dyn PodConnector>) = match (&server, master)
+    {
+        (None, None) => (
+            Arc::new(RemoteMasterProxy::with_config(
+                &endpoints,
+                mawex::RemoteConfig::default(),
+            )?),
+            Arc::new(GrpcPodConnector::with_config(&endpoints, Default::default())?),
+        ),
+        (None, Some(master)) => (Arc::new(master.proxy()), Arc::new(master.pod_connector())),
+        (Some(server), _) => {
             let endpoint = match security.server_tls {
                 Some(_) => format!("https://localhost:{}", server.local_addr().port()),
                 None => server.endpoint(),
@@ -249,6 +314,12 @@ async fn run(args: &Args, transport: Transport, fair: bool) -> anyhow::Result<se
     match running {
         Running::Replicated(node) => node.shutdown().await?,
         Running::Plain(master) => master.shutdown().await?,
+        Running::Cluster(nodes) => {
+            for (node, server) in nodes {
+                server.shutdown().await?;
+                node.shutdown().await?;
+            }
+        }
     }
     Ok(serde_json::json!({
         "scenario": match (transport, fair) {
@@ -264,7 +335,8 @@ async fn run(args: &Args, transport: Transport, fair: bool) -> anyhow::Result<se
         "rtt_ms_p99": (percentile(&rtts, 0.99) * 1000.0).round() / 1000.0,
         "slots": args.slots,
         "prefetch": args.prefetch.0.map_or_else(|| serde_json::json!("default"), |n| serde_json::json!(n)),
-        "log": args.log,
+        "log": if args.masters > 1 { "raft" } else { args.log.as_str() },
+        "masters": args.masters,
         "tls": transport == Transport::Grpc && args.tls,
         "tokens": transport == Transport::Grpc && args.tokens,
     }))
