@@ -199,7 +199,10 @@ async fn cluster(
         )
         .start("127.0.0.1:0".parse()?)
         .await?;
-        members.insert(id, openraft::BasicNode::new(server.local_addr().to_string()));
+        members.insert(
+            id,
+            openraft::BasicNode::new(server.local_addr().to_string()),
+        );
         nodes.push((node, server));
     }
     let endpoints = nodes.iter().map(|(_, s)| s.endpoint()).collect();
@@ -229,9 +232,8 @@ async fn run(args: &Args, transport: Transport, fair: bool) -> anyhow::Result<se
     } else {
         let builder = Master::builder().config(config);
         let running = if args.log == "raft" {
-            let node =
-                mawex_raft::ReplicatedMaster::start_single(dir.path().join("raft"), builder)
-                    .await?;
+            let node = mawex_raft::ReplicatedMaster::start_single(dir.path().join("raft"), builder)
+                .await?;
             Running::Replicated(node)
         } else {
             let journal = SledJournal::open(dir.path().join("journal"))?;
@@ -264,7 +266,10 @@ async fn run(args: &Args, transport: Transport, fair: bool) -> anyhow::Result<se
                 &endpoints,
                 mawex::RemoteConfig::default(),
             )?),
-            Arc::new(GrpcPodConnector::with_config(&endpoints, Default::default())?),
+            Arc::new(GrpcPodConnector::with_config(
+                &endpoints,
+                Default::default(),
+            )?),
         ),
         (None, Some(master)) => (Arc::new(master.proxy()), Arc::new(master.pod_connector())),
         (Some(server), _) => {

@@ -144,6 +144,10 @@ async fn main() -> anyhow::Result<()> {
             .add_service_for(
                 mawex::auth::Role::Peer,
                 mawex_raft::raft_service(node.raft().clone()),
+            )
+            .add_service_for(
+                mawex::auth::Role::Admin,
+                mawex_raft::admin_service(node.admin()),
             );
             (Running::Node(node), server)
         }

@@ -1,6 +1,7 @@
 //! A cluster of masters deployed as it should be: every port speaks TLS only and checks
 //! tokens; the masters call each other's Raft link over TLS with a `peer` token, and that
-//! link refuses callers without one, or with a token of another role.
+//! link refuses callers without one, or with a token of another role; the membership
+//! service answers admin tokens only.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
@@ -18,7 +19,10 @@ use mawex::{
     ChannelConfig, ClientTls, MasterConfig, MasterProxy, Outcome, RemoteConfig, RemoteMasterProxy,
     Server, ServerTls, TaskSpec,
 };
-use mawex_raft::{raft_service, GrpcNetwork, MasterNode, MasterRaft, NodeConfig};
+use mawex_raft::{
+    admin_service, raft_service, GrpcNetwork, MasterNode, MasterRaft, NodeConfig,
+    RemoteClusterAdmin,
+};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::VoteRequest;
 use openraft::BasicNode;
@@ -85,7 +89,8 @@ async fn masters_speak_tls_with_peer_tokens_and_the_raft_link_refuses_other_call
         )
         .tls(ServerTls::new(pki.server.0.clone(), pki.server.1.clone()))
         .tokens(tokens())
-        .add_service_for(Role::Peer, raft_service(node.raft().clone()));
+        .add_service_for(Role::Peer, raft_service(node.raft().clone()))
+        .add_service_for(Role::Admin, admin_service(node.admin()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let served = tokio::spawn(async move {
             server
@@ -145,6 +150,23 @@ async fn masters_speak_tls_with_peer_tokens_and_the_raft_link_refuses_other_call
         .await
         .is_err());
     assert!(started.elapsed() < Duration::from_secs(10));
+
+    // The membership service answers an admin token only.
+    let endpoint = format!("https://{addr}");
+    let members = RemoteClusterAdmin::new(&endpoint, &tls(&pki.ca, ADMIN))
+        .unwrap()
+        .members()
+        .await
+        .unwrap();
+    assert_eq!(members.voters.len(), 3);
+    let refused = RemoteClusterAdmin::new(&endpoint, &tls(&pki.ca, PEER))
+        .unwrap()
+        .remove(2)
+        .await;
+    assert!(
+        matches!(&refused, Err(mawex::ApiError::PermissionDenied(why)) if why.contains("needs the admin role")),
+        "{refused:?}"
+    );
 
     // A pod with a pod token runs the task, through the same TLS ports.
     let (handlers, _, _) = instrumented();

@@ -27,6 +27,9 @@ pub enum RaftStoreError {
         /// The node that leads, if known.
         leader: Option<u64>,
     },
+    /// A membership change that cannot be made as asked (the message names the node).
+    #[error("membership: {0}")]
+    Membership(String),
     /// openraft failed or refused a request for a reason other than leadership.
     #[error("raft: {0}")]
     Raft(String),

@@ -34,6 +34,11 @@ mod node;
 mod single_node;
 mod state_machine;
 
+#[allow(missing_docs, clippy::all, clippy::pedantic, unreachable_pub)]
+mod proto {
+    tonic::include_proto!("mawex.raft.v1");
+}
+
 use std::fmt;
 
 use mawex_core::Event;
@@ -44,7 +49,7 @@ pub use cluster::{MasterNode, NodeConfig};
 pub use error::RaftStoreError;
 pub use journal::RaftJournal;
 pub use log_store::{SledLogStore, SyncsHeld};
-pub use membership::Members;
+pub use membership::{admin_service, AdminService, ClusterAdmin, Members, RemoteClusterAdmin};
 pub use network::{raft_service, GrpcNetwork, GrpcPeer, RaftService};
 pub use node::ReplicatedMaster;
 pub use single_node::{NoPeer, SingleNode};

@@ -2,14 +2,22 @@
 //! but does not vote), promote learners to voters, remove a node. Each change is a Raft
 //! membership change made by the leader (joint consensus for a change of voters), so it is
 //! asked of the node that leads; another answers [`RaftStoreError::NotLeader`].
+//!
+//! [`ClusterAdmin`] makes the changes on a node; [`admin_service`] serves it over gRPC
+//! (`mawex.raft.v1.ClusterAdmin`, for `admin` tokens), and [`RemoteClusterAdmin`] calls it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use mawex_api::{ApiError, AuthChannel, ChannelConfig};
 use openraft::errors::{ClientWriteError, RaftError};
 use openraft::rt::WatchReceiver;
-use openraft::{BasicNode, ChangeMembers};
+use openraft::{BasicNode, ChangeMembers, Raft};
+use tonic::{Request, Response, Status};
 
-use crate::{MasterNode, MasterRaft, RaftStoreError};
+use crate::proto;
+use crate::proto::cluster_admin_client::ClusterAdminClient;
+use crate::proto::cluster_admin_server::{ClusterAdmin as ClusterAdminRpc, ClusterAdminServer};
+use crate::{MasterNode, MasterRaft, MasterStateMachine, RaftStoreError};
 
 /// Who is in a cluster, as a node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,11 +31,67 @@ pub struct Members {
     pub learners: BTreeMap<u64, String>,
 }
 
+/// The membership calls of one node (see the module's documentation). Cheap to clone.
+#[derive(Clone)]
+pub struct ClusterAdmin {
+    raft: Raft<MasterRaft, MasterStateMachine>,
+}
+
+impl std::fmt::Debug for ClusterAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterAdmin")
+            .field("node", self.raft.node_id())
+            .finish()
+    }
+}
+
 impl MasterNode {
+    /// The membership calls of this node.
+    pub fn admin(&self) -> ClusterAdmin {
+        ClusterAdmin {
+            raft: self.raft().clone(),
+        }
+    }
+
+    /// Who is in the cluster: [`ClusterAdmin::members`].
+    pub fn members(&self) -> Members {
+        self.admin().members()
+    }
+
+    /// Adds a learner: [`ClusterAdmin::add_learner`].
+    ///
+    /// # Errors
+    /// As [`ClusterAdmin::add_learner`].
+    pub async fn add_learner(
+        &self,
+        id: u64,
+        address: impl Into<String>,
+    ) -> Result<(), RaftStoreError> {
+        self.admin().add_learner(id, address).await
+    }
+
+    /// Promotes learners: [`ClusterAdmin::promote`].
+    ///
+    /// # Errors
+    /// As [`ClusterAdmin::promote`].
+    pub async fn promote(&self, ids: BTreeSet<u64>) -> Result<(), RaftStoreError> {
+        self.admin().promote(ids).await
+    }
+
+    /// Removes a node: [`ClusterAdmin::remove`].
+    ///
+    /// # Errors
+    /// As [`ClusterAdmin::remove`].
+    pub async fn remove(&self, id: u64) -> Result<(), RaftStoreError> {
+        self.admin().remove(id).await
+    }
+}
+
+impl ClusterAdmin {
     /// Who is in the cluster, as this node knows it (its latest membership, which may not
     /// be committed yet).
     pub fn members(&self) -> Members {
-        let metrics = self.raft().metrics();
+        let metrics = self.raft.metrics();
         let metrics = metrics.borrow_watched();
         let membership = metrics.membership_config.membership();
         let address = |id: &u64| {
@@ -54,19 +118,20 @@ impl MasterNode {
     /// the cluster: a node that comes back with an empty disk joins under a new id.
     ///
     /// # Errors
-    /// [`RaftStoreError::NotLeader`] on a node that does not lead; `Raft` when `id` is a
-    /// voter already or the change is refused.
+    /// [`RaftStoreError::NotLeader`] on a node that does not lead;
+    /// [`RaftStoreError::Membership`] when `id` is a voter already.
     pub async fn add_learner(
         &self,
         id: u64,
         address: impl Into<String>,
     ) -> Result<(), RaftStoreError> {
+        self.leads()?;
         if self.members().voters.contains_key(&id) {
-            return Err(RaftStoreError::Raft(format!(
+            return Err(RaftStoreError::Membership(format!(
                 "node {id} is a voter of this cluster already"
             )));
         }
-        self.raft()
+        self.raft
             .add_learner(id, BasicNode::new(address.into()), true)
             .await
             .map(drop)
@@ -76,16 +141,17 @@ impl MasterNode {
     /// Makes the learners `ids` voters (through a joint configuration).
     ///
     /// # Errors
-    /// [`RaftStoreError::NotLeader`] on a node that does not lead; `Raft` when one of `ids`
-    /// is not a learner of the cluster.
+    /// [`RaftStoreError::NotLeader`] on a node that does not lead;
+    /// [`RaftStoreError::Membership`] when one of `ids` is not a learner of the cluster.
     pub async fn promote(&self, ids: BTreeSet<u64>) -> Result<(), RaftStoreError> {
+        self.leads()?;
         let learners = self.members().learners;
         if let Some(id) = ids.iter().find(|id| !learners.contains_key(id)) {
-            return Err(RaftStoreError::Raft(format!(
+            return Err(RaftStoreError::Membership(format!(
                 "node {id} is not a learner of this cluster: add it as one first"
             )));
         }
-        self.raft()
+        self.raft
             .change_membership(ChangeMembers::AddVoterIds(ids), false)
             .await
             .map(drop)
@@ -96,13 +162,14 @@ impl MasterNode {
     /// one voter. A leader that removes itself hands the lead over and stops its master.
     ///
     /// # Errors
-    /// [`RaftStoreError::NotLeader`] on a node that does not lead; `Raft` when `id` is not
-    /// a member, or is the last voter.
+    /// [`RaftStoreError::NotLeader`] on a node that does not lead;
+    /// [`RaftStoreError::Membership`] when `id` is not a member, or is the last voter.
     pub async fn remove(&self, id: u64) -> Result<(), RaftStoreError> {
+        self.leads()?;
         let members = self.members();
         let change = if members.voters.contains_key(&id) {
             if members.voters.len() == 1 {
-                return Err(RaftStoreError::Raft(format!(
+                return Err(RaftStoreError::Membership(format!(
                     "node {id} is the last voter of this cluster"
                 )));
             }
@@ -110,15 +177,49 @@ impl MasterNode {
         } else if members.learners.contains_key(&id) {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         } else {
-            return Err(RaftStoreError::Raft(format!(
+            return Err(RaftStoreError::Membership(format!(
                 "node {id} is not a member of this cluster"
             )));
         };
-        self.raft()
+        self.raft
             .change_membership(change, false)
             .await
             .map(drop)
             .map_err(membership_error)
+    }
+
+    /// `NotLeader` unless this node leads: a change is checked against the leader's
+    /// membership, never against a follower's, which may be behind.
+    fn leads(&self) -> Result<(), RaftStoreError> {
+        self.raft
+            .as_leader()
+            .map(drop)
+            .map_err(|forward| RaftStoreError::NotLeader {
+                leader: forward.leader_id,
+            })
+    }
+
+    /// `error` as a caller over the network sees it: `NotLeader` naming the leader's
+    /// address, `InvalidArgument` for a change that cannot be made as asked.
+    fn api_error(&self, error: RaftStoreError) -> ApiError {
+        match error {
+            RaftStoreError::NotLeader { leader } => ApiError::NotLeader {
+                leader: leader
+                    .and_then(|id| self.members().voters.get(&id).cloned())
+                    .filter(|address| !address.is_empty()),
+            },
+            RaftStoreError::Membership(why) => ApiError::InvalidArgument(why),
+            other => ApiError::Unavailable(other.to_string()),
+        }
+    }
+
+    /// The members, or the error, as the service answers.
+    fn answer(
+        &self,
+        done: Result<(), RaftStoreError>,
+    ) -> Result<Response<proto::MembersView>, Status> {
+        done.map_err(|e| Status::from(self.api_error(e)))?;
+        Ok(Response::new(self.members().into()))
     }
 }
 
@@ -129,5 +230,156 @@ fn membership_error(e: RaftError<MasterRaft, ClientWriteError<MasterRaft>>) -> R
             leader: forward.leader_id,
         },
         None => RaftStoreError::Raft(e.to_string()),
+    }
+}
+
+impl From<Members> for proto::MembersView {
+    fn from(m: Members) -> Self {
+        let list = |nodes: BTreeMap<u64, String>| {
+            nodes
+                .into_iter()
+                .map(|(id, address)| proto::Member { id, address })
+                .collect()
+        };
+        proto::MembersView {
+            leader: m.leader,
+            voters: list(m.voters),
+            learners: list(m.learners),
+        }
+    }
+}
+
+impl From<proto::MembersView> for Members {
+    fn from(m: proto::MembersView) -> Self {
+        let map =
+            |nodes: Vec<proto::Member>| nodes.into_iter().map(|n| (n.id, n.address)).collect();
+        Members {
+            leader: m.leader,
+            voters: map(m.voters),
+            learners: map(m.learners),
+        }
+    }
+}
+
+/// The `mawex.raft.v1.ClusterAdmin` service of a node (see [`admin_service`]).
+pub type AdminService = ClusterAdminServer<ClusterAdmin>;
+
+/// The membership calls of `admin`'s node over gRPC. Serve it for `admin` tokens:
+/// `mawex_server::Server::add_service_for(Role::Admin, admin_service(node.admin()))`.
+pub fn admin_service(admin: ClusterAdmin) -> AdminService {
+    ClusterAdminServer::new(admin)
+}
+
+#[tonic::async_trait]
+impl ClusterAdminRpc for ClusterAdmin {
+    async fn members(
+        &self,
+        _request: Request<proto::MembersRequest>,
+    ) -> Result<Response<proto::MembersView>, Status> {
+        self.answer(Ok(()))
+    }
+
+    async fn add_learner(
+        &self,
+        request: Request<proto::AddLearnerRequest>,
+    ) -> Result<Response<proto::MembersView>, Status> {
+        let proto::AddLearnerRequest { id, address } = request.into_inner();
+        if address.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "node {id}: an address is needed to reach it"
+            )));
+        }
+        self.answer(ClusterAdmin::add_learner(self, id, address).await)
+    }
+
+    async fn promote(
+        &self,
+        request: Request<proto::PromoteRequest>,
+    ) -> Result<Response<proto::MembersView>, Status> {
+        let ids: BTreeSet<u64> = request.into_inner().ids.into_iter().collect();
+        if ids.is_empty() {
+            return Err(Status::invalid_argument("no node to promote"));
+        }
+        self.answer(ClusterAdmin::promote(self, ids).await)
+    }
+
+    async fn remove(
+        &self,
+        request: Request<proto::RemoveRequest>,
+    ) -> Result<Response<proto::MembersView>, Status> {
+        let id = request.into_inner().id;
+        self.answer(ClusterAdmin::remove(self, id).await)
+    }
+}
+
+/// Calls the membership service of the node at an endpoint (an operator's tool). A node
+/// that does not lead answers [`ApiError::NotLeader`] with the leader's address.
+#[derive(Debug, Clone)]
+pub struct RemoteClusterAdmin {
+    client: ClusterAdminClient<AuthChannel>,
+}
+
+impl RemoteClusterAdmin {
+    /// A client of the node at `endpoint` (`http://` or, with TLS in `config`, `https://`),
+    /// sending `config`'s token.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a malformed endpoint or settings that do not match it.
+    pub fn new(endpoint: &str, config: &ChannelConfig) -> Result<Self, ApiError> {
+        Ok(RemoteClusterAdmin {
+            client: ClusterAdminClient::new(config.connect_lazy(endpoint)?),
+        })
+    }
+
+    /// Who is in the cluster, as the node knows it.
+    ///
+    /// # Errors
+    /// The node cannot be reached, or refuses the call.
+    pub async fn members(&self) -> Result<Members, ApiError> {
+        let view = self
+            .client
+            .clone()
+            .members(proto::MembersRequest {})
+            .await?;
+        Ok(view.into_inner().into())
+    }
+
+    /// Adds node `id`, reached at `address`, as a learner; answers once it caught up.
+    ///
+    /// # Errors
+    /// `NotLeader`, `InvalidArgument` (the message names the node), or the node cannot be
+    /// reached.
+    pub async fn add_learner(&self, id: u64, address: &str) -> Result<Members, ApiError> {
+        let request = proto::AddLearnerRequest {
+            id,
+            address: address.to_owned(),
+        };
+        let view = self.client.clone().add_learner(request).await?;
+        Ok(view.into_inner().into())
+    }
+
+    /// Makes the learners `ids` voters.
+    ///
+    /// # Errors
+    /// As [`RemoteClusterAdmin::add_learner`].
+    pub async fn promote(&self, ids: impl IntoIterator<Item = u64>) -> Result<Members, ApiError> {
+        let request = proto::PromoteRequest {
+            ids: ids.into_iter().collect(),
+        };
+        let view = self.client.clone().promote(request).await?;
+        Ok(view.into_inner().into())
+    }
+
+    /// Removes node `id`.
+    ///
+    /// # Errors
+    /// As [`RemoteClusterAdmin::add_learner`].
+    pub async fn remove(&self, id: u64) -> Result<Members, ApiError> {
+        let view = self
+            .client
+            .clone()
+            .remove(proto::RemoveRequest { id })
+            .await?;
+        Ok(view.into_inner().into())
     }
 }

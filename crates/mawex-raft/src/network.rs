@@ -25,11 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::codec::{open, seal};
 use crate::{MasterRaft, MasterStateMachine};
 
-#[allow(missing_docs, clippy::all, clippy::pedantic, unreachable_pub)]
-mod proto {
-    tonic::include_proto!("mawex.raft.v1");
-}
-
+use crate::proto;
 use proto::raft_peer_client::RaftPeerClient;
 use proto::raft_peer_server::{RaftPeer, RaftPeerServer};
 use proto::{Frame, SnapshotChunk};

@@ -8,17 +8,20 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{leader, nodes, served_three, temporary_dirs, test_node_config, CLUSTER_DEADLINE};
+use common::{
+    leader, nodes, serve_node, served_three, temporary_dirs, test_node_config, CLUSTER_DEADLINE,
+};
 use mawex_api::pod::{PodConnector, PodHello};
 use mawex_api::{
     ApiError, GroupName, MasterProxy, Outcome, PodId, RemoteConfig, RemoteMasterProxy, TaskSpec,
     TaskState,
 };
 use mawex_core::MasterConfig;
-use mawex_raft::{MasterNode, NodeConfig};
+use mawex_raft::{MasterNode, NodeConfig, RemoteClusterAdmin};
 use mawex_sandbox::{HandlerRegistry, InProcess, TaskInput};
 use mawex_worker::{Pod, PodConfig};
 use openraft::rt::WatchReceiver;
+use tokio::net::TcpListener;
 
 /// Node `id`'s settings: pods' leases of 2 s, heartbeats every 200 ms.
 fn settings(id: u64) -> (NodeConfig, MasterConfig) {
@@ -143,6 +146,56 @@ async fn clients_and_pods_follow_the_leader_through_a_fail_over() {
     let view = client.get(after[0].id).await.expect("a task");
     assert_eq!(view.state, TaskState::Succeeded);
     pod.shutdown().await.expect("the pod stops");
+    for (_, node) in running {
+        node.kill().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_over_grpc_go_to_the_leader() {
+    let dirs = temporary_dirs(4);
+    let (mut running, members) = served_three(&dirs, settings).await;
+    let (first, _) = leader(&nodes(&running)).await;
+    let admin = |id: u64| {
+        RemoteClusterAdmin::new(
+            &format!("http://{}", members[&id].addr),
+            &Default::default(),
+        )
+        .expect("a client")
+    };
+    let leading = admin(first);
+    let follower = *running.keys().find(|id| **id != first).expect("a follower");
+
+    // A follower names the leader; bad requests are refused, naming the node.
+    assert_eq!(
+        admin(follower).promote([4]).await.err(),
+        Some(ApiError::NotLeader {
+            leader: Some(members[&first].addr.clone())
+        })
+    );
+    let refused = leading.remove(9).await.expect_err("not a member");
+    assert!(
+        matches!(&refused, ApiError::InvalidArgument(why) if why.contains("node 9 is not a member")),
+        "{refused:?}"
+    );
+    let refused = leading.promote([4]).await.expect_err("not a learner");
+    assert!(
+        matches!(&refused, ApiError::InvalidArgument(why) if why.contains("node 4 is not a learner")),
+        "{refused:?}"
+    );
+
+    // Node 4 joins, is promoted, and a follower leaves.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+    let address = listener.local_addr().expect("an address").to_string();
+    running.insert(4, serve_node(dirs[3].path(), settings(4), listener).await);
+    let view = leading.add_learner(4, &address).await.expect("added");
+    assert_eq!(view.learners.get(&4), Some(&address));
+    let view = leading.promote([4]).await.expect("promoted");
+    assert!(view.voters.contains_key(&4) && view.learners.is_empty());
+    let view = leading.remove(follower).await.expect("removed");
+    assert_eq!(view.voters.len(), 3);
+    assert!(!view.voters.contains_key(&follower));
+    assert_eq!(leading.members().await.expect("members"), view);
     for (_, node) in running {
         node.kill().await;
     }

@@ -11,7 +11,8 @@ use mawex_api::{MasterProxy, TaskId};
 use mawex_core::LocalMasterProxy;
 use mawex_core::MasterConfig;
 use mawex_raft::{
-    raft_service, GrpcNetwork, MasterNode, MasterRaft, MasterStateMachine, NodeConfig,
+    admin_service, raft_service, GrpcNetwork, MasterNode, MasterRaft, MasterStateMachine,
+    NodeConfig,
 };
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -235,7 +236,8 @@ impl Running {
         .add_service_for(
             mawex_server::auth::Role::Peer,
             raft_service(node.raft().clone()),
-        );
+        )
+        .add_service_for(mawex_server::auth::Role::Admin, admin_service(node.admin()));
         let (stop_server, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             server
