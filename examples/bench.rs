@@ -193,10 +193,7 @@ async fn cluster(
             Arc::new(node.pod_connector()),
             config.max_payload_bytes,
         )
-        .add_service_for(
-            mawex::auth::Role::Peer,
-            mawex_raft::raft_service(node.raft().clone()),
-        )
+        .add_service_for(mawex::auth::Role::Peer, mawex_raft::raft_service(&node))
         .start("127.0.0.1:0".parse()?)
         .await?;
         members.insert(

@@ -141,10 +141,7 @@ async fn main() -> anyhow::Result<()> {
                 std::sync::Arc::new(node.pod_connector()),
                 max_payload,
             )
-            .add_service_for(
-                mawex::auth::Role::Peer,
-                mawex_raft::raft_service(node.raft().clone()),
-            )
+            .add_service_for(mawex::auth::Role::Peer, mawex_raft::raft_service(&node))
             .add_service_for(
                 mawex::auth::Role::Admin,
                 mawex_raft::admin_service(node.admin()),

@@ -89,7 +89,7 @@ async fn masters_speak_tls_with_peer_tokens_and_the_raft_link_refuses_other_call
         )
         .tls(ServerTls::new(pki.server.0.clone(), pki.server.1.clone()))
         .tokens(tokens())
-        .add_service_for(Role::Peer, raft_service(node.raft().clone()))
+        .add_service_for(Role::Peer, raft_service(&node))
         .add_service_for(Role::Admin, admin_service(node.admin()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let served = tokio::spawn(async move {

@@ -107,7 +107,7 @@ async fn child_node() {
         Arc::new(node.pod_connector()),
         max_payload,
     )
-    .add_service_for(Role::Peer, raft_service(node.raft().clone()));
+    .add_service_for(Role::Peer, raft_service(&node));
     println!("LISTENING");
     server
         .serve(listener, std::future::pending::<()>())

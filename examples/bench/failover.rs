@@ -79,7 +79,7 @@ async fn child(
         Arc::new(node.pod_connector()),
         max_payload,
     )
-    .add_service_for(mawex::auth::Role::Peer, raft_service(node.raft().clone()));
+    .add_service_for(mawex::auth::Role::Peer, raft_service(&node));
     let serving = tokio::spawn(server.serve(listener, std::future::pending()));
     if init {
         let members = members

@@ -8,13 +8,15 @@ use std::time::Duration;
 use mawex_core::{LocalMasterProxy, Master, MasterConfig};
 
 use crate::access::{ClusterPodConnector, ClusterProxy, LeaderHandles};
-use openraft::network::{NetSnapshot, RaftNetworkFactory};
+use openraft::network::NetSnapshot;
 use openraft::{BasicNode, Config, Raft, WatchChangeHandle};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::node::{lead, Opened};
-use crate::{MasterRaft, MasterStateMachine, RaftStoreError, SledLogStore};
+use crate::{
+    MasterRaft, MasterStateMachine, NodeIdentity, NodeNetwork, RaftStoreError, SledLogStore,
+};
 
 /// The settings of one node of a cluster of masters.
 #[derive(Debug, Clone)]
@@ -102,6 +104,8 @@ struct Ctx {
     runtime: tokio::runtime::Handle,
     master: MasterConfig,
     lead_within: Duration,
+    /// Which disk this node is, and what it knows of its peers'.
+    identity: NodeIdentity,
     /// Held while a master starts or stops, so that the two never overlap.
     leading: tokio::sync::Mutex<Leading>,
     handles: watch::Sender<Option<LeaderHandles>>,
@@ -269,7 +273,7 @@ impl MasterNode {
         master: MasterConfig,
     ) -> Result<Self, RaftStoreError>
     where
-        N: RaftNetworkFactory<MasterRaft>,
+        N: NodeNetwork,
         N::Network: NetSnapshot<MasterRaft, SnapshotData = Vec<u8>>,
     {
         let mut master = master;
@@ -283,12 +287,14 @@ impl MasterNode {
             log,
             machine,
             raft,
+            identity,
         } = Opened::open(dir.as_ref(), &config, network).await?;
         let (handles, leading_handles) = watch::channel(None);
         let ctx = Arc::new(Ctx {
             raft: raft.clone(),
             machine: machine.clone(),
             log,
+            identity,
             runtime,
             master,
             lead_within,
@@ -356,6 +362,17 @@ impl MasterNode {
     /// The state machine.
     pub fn machine(&self) -> &MasterStateMachine {
         &self.ctx.machine
+    }
+
+    /// Which disk this node is (see [`NodeIdentity`]).
+    pub fn identity(&self) -> &NodeIdentity {
+        &self.ctx.identity
+    }
+
+    /// The peers this node refused, or that refused it, because a node came back with
+    /// another disk under its id; and why (the error says what to do).
+    pub fn refused_peers(&self) -> BTreeMap<u64, String> {
+        self.ctx.identity.refused()
     }
 
     /// Stops the master (if this node runs one) and the Raft node.

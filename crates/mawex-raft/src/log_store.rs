@@ -22,6 +22,10 @@ const META_TREE: &str = "raft-meta";
 const VOTE_KEY: &[u8] = b"vote";
 const COMMITTED_KEY: &[u8] = b"committed";
 const PURGED_KEY: &[u8] = b"purged";
+/// This disk's incarnation: drawn when the store is made, never changed.
+const INCARNATION_KEY: &[u8] = b"incarnation";
+/// The incarnation each peer answered with first, by its id (`peer/<id>`).
+const PEER_PREFIX: &str = "peer/";
 
 /// The Raft log, the vote and the committed position of one master, in a sled database.
 ///
@@ -194,7 +198,7 @@ impl SledLogStore {
                 .spawn(move || flush_thread(db, durability, flushes))
                 .map_err(|e| RaftStoreError::Storage(e.into()))?
         };
-        Ok(SledLogStore {
+        let store = SledLogStore {
             db,
             log,
             meta,
@@ -203,7 +207,12 @@ impl SledLogStore {
                 flushes,
                 thread: Mutex::new(Some(thread)),
             }),
-        })
+        };
+        if store.read_meta::<u64>(INCARNATION_KEY)?.is_none() {
+            store.write_meta(INCARNATION_KEY, &new_incarnation())?;
+            store.sync()?;
+        }
+        Ok(store)
     }
 
     /// Makes every write so far durable, now.
@@ -236,6 +245,30 @@ impl SledLogStore {
 pub struct SyncsHeld<'a>(#[allow(dead_code)] MutexGuard<'a, Durability>);
 
 impl SledLogStore {
+    /// This disk's incarnation: a number drawn when the store was made. A node that comes
+    /// back with an empty disk has another one, which its peers tell from the one they knew.
+    ///
+    /// # Errors
+    /// The stored value cannot be read.
+    pub fn incarnation(&self) -> Result<u64, RaftStoreError> {
+        self.read_meta(INCARNATION_KEY)?
+            .ok_or_else(|| RaftStoreError::Damaged {
+                what: "the Raft log".into(),
+                reason: "its incarnation is missing".into(),
+            })
+    }
+
+    /// The incarnation peer `id` answered with first, if it ever answered.
+    pub(crate) fn peer_incarnation(&self, id: u64) -> Result<Option<u64>, RaftStoreError> {
+        self.read_meta(format!("{PEER_PREFIX}{id}").as_bytes())
+    }
+
+    /// Remembers (durably) that peer `id` is the disk of `incarnation`.
+    pub(crate) fn remember_peer(&self, id: u64, incarnation: u64) -> Result<(), RaftStoreError> {
+        self.write_meta(format!("{PEER_PREFIX}{id}").as_bytes(), &incarnation)?;
+        self.sync()
+    }
+
     fn read_meta<T: serde::de::DeserializeOwned>(
         &self,
         key: &[u8],
@@ -421,4 +454,17 @@ impl RaftLogStorage<MasterRaft> for SledLogStore {
         self.write_meta(PURGED_KEY, &log_id)?;
         Ok(self.remove(self.log.range(..=index_key(log_id.index())).keys())?)
     }
+}
+
+/// A fresh incarnation: never 0 (which means "none" on the wire), and with the process's
+/// random hasher keys, the time and the process id in it, unlike any other disk's.
+fn new_incarnation() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    hasher.write_u128(nanos);
+    hasher.write_u32(std::process::id());
+    hasher.finish().max(1)
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use mawex_api::{AuthChannel, ChannelConfig};
@@ -23,7 +23,8 @@ use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::codec::{open, seal};
-use crate::{MasterRaft, MasterStateMachine};
+use crate::identity::{parse_from, NodeIdentity, NodeNetwork, FROM_KEY, INCARNATION_KEY, TO_KEY};
+use crate::{MasterNode, MasterRaft, MasterStateMachine};
 
 use crate::proto;
 use proto::raft_peer_client::RaftPeerClient;
@@ -42,18 +43,24 @@ fn what(rpc: &'static str) -> impl Fn() -> String {
     move || format!("a {rpc} message")
 }
 
-/// The service a node answers its peers' Raft RPCs with; serve it on a tonic server (the
-/// master's own, through `Server::add_service`, or one of its own).
-pub fn raft_service(raft: Raft<MasterRaft, MasterStateMachine>) -> RaftPeerServer<RaftService> {
-    RaftPeerServer::new(RaftService { raft })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+/// The service `node` answers its peers' Raft RPCs with; serve it on a tonic server (the
+/// master's own, through `Server::add_service_for(Role::Peer, …)`, or one of its own). A
+/// caller that comes with another disk than the one its id is known by is refused (see
+/// [`crate::NodeIdentity`]).
+pub fn raft_service(node: &MasterNode) -> RaftPeerServer<RaftService> {
+    RaftPeerServer::new(RaftService {
+        raft: node.raft().clone(),
+        identity: Some(node.identity().clone()),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 /// Answers the Raft RPCs of a node's peers (see [`raft_service`]).
 #[derive(Clone)]
 pub struct RaftService {
     raft: Raft<MasterRaft, MasterStateMachine>,
+    identity: Option<NodeIdentity>,
 }
 
 impl std::fmt::Debug for RaftService {
@@ -68,33 +75,76 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], rpc: &'static str) -> Result<T, Sta
     open(bytes, &what(rpc)).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-fn reply<T: Serialize>(value: &T, rpc: &'static str) -> Result<Response<Frame>, Status> {
-    let body = seal(value, &what(rpc)).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(Response::new(Frame { body: body.into() }))
+impl RaftService {
+    /// Refuses a caller that comes with another disk than the one its id is known by.
+    fn admit(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        let (Some(identity), Some(from)) = (&self.identity, metadata.get(FROM_KEY)) else {
+            return Ok(());
+        };
+        let read = |key: &str| {
+            metadata
+                .get(key)
+                .map(|v| v.to_str().ok().and_then(parse_from))
+                .map(|parsed| {
+                    parsed.ok_or_else(|| Status::invalid_argument(format!("a malformed {key}")))
+                })
+                .transpose()
+        };
+        let Some((peer, incarnation)) = read(FROM_KEY)? else {
+            return Err(Status::invalid_argument(format!(
+                "a malformed {FROM_KEY}: {from:?}"
+            )));
+        };
+        // A caller that knew this node by another disk: this node is the one that lost it.
+        if let Some(expected) = read(TO_KEY)? {
+            identity
+                .check_known_as(peer, expected)
+                .map_err(Status::failed_precondition)?;
+        }
+        identity
+            .check(peer, incarnation)
+            .map_err(Status::failed_precondition)
+    }
+
+    /// `value` sealed as the answer to `rpc`, with this node's incarnation.
+    fn reply<T: Serialize>(&self, value: &T, rpc: &'static str) -> Result<Response<Frame>, Status> {
+        let body = seal(value, &what(rpc)).map_err(|e| Status::internal(e.to_string()))?;
+        let mut response = Response::new(Frame { body: body.into() });
+        if let Some(identity) = &self.identity {
+            response
+                .metadata_mut()
+                .insert(INCARNATION_KEY, identity.incarnation().into());
+        }
+        Ok(response)
+    }
 }
 
 #[tonic::async_trait]
 impl RaftPeer for RaftService {
     async fn append_entries(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+        self.admit(request.metadata())?;
         let rpc: AppendEntriesRequest<MasterRaft> =
             decode(&request.into_inner().body, "AppendEntries")?;
-        reply(&self.raft.append_entries(rpc).await, "AppendEntries")
+        self.reply(&self.raft.append_entries(rpc).await, "AppendEntries")
     }
 
     async fn vote(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+        self.admit(request.metadata())?;
         let rpc: VoteRequest<MasterRaft> = decode(&request.into_inner().body, "Vote")?;
-        reply(&self.raft.vote(rpc).await, "Vote")
+        self.reply(&self.raft.vote(rpc).await, "Vote")
     }
 
     async fn pre_vote(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+        self.admit(request.metadata())?;
         let rpc: VoteRequest<MasterRaft> = decode(&request.into_inner().body, "PreVote")?;
-        reply(&self.raft.pre_vote(rpc).await, "PreVote")
+        self.reply(&self.raft.pre_vote(rpc).await, "PreVote")
     }
 
     async fn transfer_leader(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+        self.admit(request.metadata())?;
         let rpc: TransferLeaderRequest<MasterRaft> =
             decode(&request.into_inner().body, "TransferLeader")?;
-        reply(
+        self.reply(
             &self.raft.handle_transfer_leader(rpc).await,
             "TransferLeader",
         )
@@ -104,6 +154,7 @@ impl RaftPeer for RaftService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<Frame>, Status> {
+        self.admit(request.metadata())?;
         let mut chunks = request.into_inner();
         let first = chunks
             .message()
@@ -124,7 +175,7 @@ impl RaftPeer for RaftService {
             meta,
             snapshot: data,
         };
-        reply(
+        self.reply(
             &self.raft.install_full_snapshot(vote, snapshot).await,
             "InstallSnapshot",
         )
@@ -140,6 +191,15 @@ impl RaftPeer for RaftService {
 pub struct GrpcNetwork {
     config: ChannelConfig,
     channels: Arc<Mutex<HashMap<u64, (String, AuthChannel)>>>,
+    /// The node's identity, once its `MasterNode` gave it.
+    identity: Arc<OnceLock<NodeIdentity>>,
+}
+
+impl NodeNetwork for GrpcNetwork {
+    fn attach(&mut self, identity: NodeIdentity) {
+        // A network is a node's own: a second node's identity is not taken.
+        let _ = self.identity.set(identity);
+    }
 }
 
 impl GrpcNetwork {
@@ -153,7 +213,7 @@ impl GrpcNetwork {
     pub fn with_config(config: ChannelConfig) -> Self {
         GrpcNetwork {
             config,
-            channels: Arc::default(),
+            ..Self::default()
         }
     }
 
@@ -191,7 +251,11 @@ impl RaftNetworkFactory<MasterRaft> for GrpcNetwork {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES)
         });
-        GrpcPeer { target, client }
+        GrpcPeer {
+            target,
+            client,
+            identity: self.identity.get().cloned(),
+        }
     }
 }
 
@@ -200,6 +264,7 @@ impl RaftNetworkFactory<MasterRaft> for GrpcNetwork {
 pub struct GrpcPeer {
     target: u64,
     client: Result<RaftPeerClient<AuthChannel>, String>,
+    identity: Option<NodeIdentity>,
 }
 
 fn unreachable(reason: impl ToString) -> Unreachable<MasterRaft> {
@@ -223,6 +288,52 @@ impl GrpcPeer {
         self.client.clone().map_err(unreachable)
     }
 
+    /// `request` carrying this node's id and incarnation.
+    fn introduced<T>(&self, mut request: Request<T>) -> Request<T> {
+        let Some(identity) = &self.identity else {
+            return request;
+        };
+        if let Ok(value) = identity.caller_value().parse() {
+            request.metadata_mut().insert(FROM_KEY, value);
+        }
+        if let Some(value) = identity
+            .callee_value(self.target)
+            .and_then(|v| v.parse().ok())
+        {
+            request.metadata_mut().insert(TO_KEY, value);
+        }
+        request
+    }
+
+    /// The failure of a call: a peer that refuses this node's disk is recorded, as a
+    /// transport failure otherwise.
+    fn failed(&self, status: &Status) -> RPCError<MasterRaft> {
+        if let (Some(identity), tonic::Code::FailedPrecondition) = (&self.identity, status.code()) {
+            identity.refused_by(self.target, status.message());
+        }
+        transport_error(self.target, status)
+    }
+
+    /// Refuses the answer of a peer that came with another disk than the one it is known by.
+    fn admit(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<(), Unreachable<MasterRaft>> {
+        let Some(identity) = &self.identity else {
+            return Ok(());
+        };
+        let Some(incarnation) = metadata
+            .get(INCARNATION_KEY)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+        else {
+            return Ok(());
+        };
+        identity
+            .check(self.target, incarnation)
+            .map_err(unreachable)
+    }
+
     /// One request-and-answer call: `rpc` sealed, the answer opened; a remote error that
     /// is not the call's own (the peer's node stopped) counts as unreachable.
     async fn call<Q, A, E, F, Fut>(
@@ -241,11 +352,12 @@ impl GrpcPeer {
     {
         let body =
             seal(request, &what(rpc)).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut request = Request::new(Frame { body: body.into() });
+        let mut request = self.introduced(Request::new(Frame { body: body.into() }));
         request.set_timeout(option.soft_ttl());
         let answer = send(self.client()?, request)
             .await
-            .map_err(|status| transport_error(self.target, &status))?;
+            .map_err(|status| self.failed(&status))?;
+        self.admit(answer.metadata())?;
         let answer: Result<A, E> = open(&answer.into_inner().body, &what(rpc))
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         answer.map_err(|e| RPCError::Unreachable(unreachable(format!("node {}: {e}", self.target))))
@@ -341,7 +453,10 @@ impl RaftNetworkV2<MasterRaft> for GrpcPeer {
         // a peer that stops reading does not hold the replication to it for ever.
         let within = option.soft_ttl();
         let answer = tokio::select! {
-            answer = tokio::time::timeout(within, client.install_snapshot(Request::new(chunks))) => answer,
+            answer = tokio::time::timeout(
+                within,
+                client.install_snapshot(self.introduced(Request::new(chunks))),
+            ) => answer,
             closed = cancel => return Err(StreamingError::Closed(closed)),
         };
         let answer = answer
@@ -351,11 +466,12 @@ impl RaftNetworkV2<MasterRaft> for GrpcPeer {
                     self.target
                 )))
             })?
-            .map_err(|status| match transport_error(self.target, &status) {
+            .map_err(|status| match self.failed(&status) {
                 RPCError::Network(e) => StreamingError::Network(e),
                 RPCError::Unreachable(e) => StreamingError::Unreachable(e),
                 other => StreamingError::Network(NetworkError::new(&other)),
             })?;
+        self.admit(answer.metadata())?;
         let answer: Result<SnapshotResponse<MasterRaft>, Fatal<MasterRaft>> =
             open(&answer.into_inner().body, &what("InstallSnapshot"))
                 .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use mawex_core::{Master, MasterBuilder};
 use openraft::errors::ForwardReason;
-use openraft::network::{NetSnapshot, RaftNetworkFactory};
+use openraft::network::NetSnapshot;
 use openraft::{BasicNode, Raft, ServerState};
 use tracing::{info, warn};
 
 use crate::{
-    MasterRaft, MasterStateMachine, NodeConfig, RaftJournal, RaftStoreError, SingleNode,
-    SledLogStore,
+    MasterRaft, MasterStateMachine, NodeConfig, NodeIdentity, NodeNetwork, RaftJournal,
+    RaftStoreError, SingleNode, SledLogStore,
 };
 
 /// Where in a node's directory its Raft log and its state machine's snapshot are.
@@ -74,6 +74,7 @@ impl ReplicatedMaster {
             log,
             machine,
             raft,
+            ..
         } = Opened::open(dir.as_ref(), &single_node_config(), SingleNode).await?;
         let started = async {
             let initialized = raft
@@ -204,18 +205,20 @@ pub(crate) struct Opened {
     pub(crate) log: SledLogStore,
     pub(crate) machine: MasterStateMachine,
     pub(crate) raft: Raft<MasterRaft, MasterStateMachine>,
+    pub(crate) identity: NodeIdentity,
 }
 
 impl Opened {
     /// Opens node `config.id` with its data in `dir` (created if missing), reaching the
-    /// others through `network`. Must be called on a tokio runtime.
+    /// others through `network` (told the node's identity first). Must be called on a
+    /// tokio runtime.
     pub(crate) async fn open<N>(
         dir: &Path,
         config: &NodeConfig,
-        network: N,
+        mut network: N,
     ) -> Result<Self, RaftStoreError>
     where
-        N: RaftNetworkFactory<MasterRaft>,
+        N: NodeNetwork,
         N::Network: NetSnapshot<MasterRaft, SnapshotData = Vec<u8>>,
     {
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
@@ -223,6 +226,8 @@ impl Opened {
         })?;
         let log = SledLogStore::open(dir.join(LOG_DIR))?;
         let machine = MasterStateMachine::open(dir.join(MACHINE_DIR))?;
+        let identity = NodeIdentity::new(config.id, log.clone())?;
+        network.attach(identity.clone());
         let raft = Raft::new(
             config.id,
             config.raft()?,
@@ -237,6 +242,7 @@ impl Opened {
             log,
             machine,
             raft,
+            identity,
         })
     }
 }

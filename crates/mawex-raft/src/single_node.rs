@@ -22,6 +22,8 @@ pub struct SingleNode;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoPeer;
 
+impl crate::NodeNetwork for SingleNode {}
+
 impl RaftNetworkFactory<MasterRaft> for SingleNode {
     type Network = NoPeer;
 

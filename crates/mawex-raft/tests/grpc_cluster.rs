@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::{
     holds_every_task, leader, nodes, serve_node, served_three, submit, temporary_dirs,
@@ -74,6 +74,73 @@ async fn a_cluster_over_grpc_fails_over_and_sends_a_returning_node_a_snapshot() 
         .expect("the returning node was sent a snapshot past what it had");
     assert!(back.node.proxy().is_none(), "the returning node follows");
     running.insert(first, back);
+    for (_, node) in running {
+        node.kill().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_with_an_empty_disk_under_its_old_id_is_refused_and_joins_as_a_new_one() {
+    let dirs = temporary_dirs(4);
+    let group = GroupName::new("disks").expect("a valid name");
+    let (mut running, members) = served_three(&dirs, settings).await;
+    let (first, proxy) = leader(&nodes(&running)).await;
+    let mut ids = submit(&proxy, &group, 20).await;
+    let lost = *running.keys().find(|id| **id != first).expect("a follower");
+    // The follower has answered the leader: each knows the other's disk.
+    holds_every_task(&running[&lost].node, ids.len(), "the follower").await;
+    running.remove(&lost).expect("the follower").kill().await;
+
+    // Its disk is lost: the same id comes back on an empty directory.
+    let empty = tempfile::tempdir().expect("a temporary directory");
+    let listener = TcpListener::bind(&members[&lost].addr)
+        .await
+        .expect("the follower's port again");
+    running.insert(
+        lost,
+        serve_node(empty.path(), settings(lost), listener).await,
+    );
+    // Both sides refuse it, saying what to do.
+    let started = Instant::now();
+    loop {
+        let leader_refuses = running[&first].node.refused_peers().get(&lost).cloned();
+        let refused = running[&lost].node.refused_peers();
+        if let Some(why) = leader_refuses.filter(|_| !refused.is_empty()) {
+            assert!(why.contains("must join under a new id"), "{why}");
+            assert!(
+                refused
+                    .values()
+                    .all(|why| why.contains("must join under a new id")),
+                "{refused:?}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < CLUSTER_DEADLINE,
+            "the empty disk was not refused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The others go on without it, and it gets nothing of theirs.
+    ids.extend(submit(&proxy, &group, 20).await);
+    assert_eq!(running[&lost].node.machine().events(), 0);
+
+    // It joins as a new node: the old id removed, a new disk added under id 4.
+    running
+        .remove(&lost)
+        .expect("the refused node")
+        .kill()
+        .await;
+    running[&first].node.remove(lost).await.expect("removed");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+    let address = listener.local_addr().expect("an address").to_string();
+    running.insert(4, serve_node(dirs[3].path(), settings(4), listener).await);
+    running[&first]
+        .node
+        .add_learner(4, address)
+        .await
+        .expect("added as a new node");
+    holds_every_task(&running[&4].node, ids.len(), "the new node").await;
     for (_, node) in running {
         node.kill().await;
     }

@@ -99,6 +99,8 @@ pub(crate) struct Connection {
     target: u64,
 }
 
+impl mawex_raft::NodeNetwork for Router {}
+
 impl RaftNetworkFactory<MasterRaft> for Router {
     type Network = Connection;
     async fn new_client(&mut self, target: u64, _node: &BasicNode) -> Connection {
@@ -233,10 +235,7 @@ impl Running {
             Arc::new(node.pod_connector()),
             max_payload,
         )
-        .add_service_for(
-            mawex_server::auth::Role::Peer,
-            raft_service(node.raft().clone()),
-        )
+        .add_service_for(mawex_server::auth::Role::Peer, raft_service(&node))
         .add_service_for(mawex_server::auth::Role::Admin, admin_service(node.admin()));
         let (stop_server, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
