@@ -48,7 +48,7 @@ pub(crate) async fn raft(tasks: usize) -> anyhow::Result<serde_json::Value> {
                         at: Timestamp(1),
                     })
                     .collect();
-                raft.client_write(Batch { events }).await?;
+                raft.client_write(Batch::new(events)).await?;
             }
             anyhow::Ok(())
         }));

@@ -410,7 +410,9 @@ pub async fn logged_events(dir: &Path) -> Vec<mawex::testing::Event> {
     entries
         .into_iter()
         .filter_map(|entry| match entry.payload {
-            openraft::EntryPayload::Normal(batch) => Some(batch.events),
+            openraft::EntryPayload::Normal(batch) => {
+                Some(std::sync::Arc::unwrap_or_clone(batch.events))
+            }
             _ => None,
         })
         .flatten()

@@ -1,6 +1,7 @@
 //! The master's journal on the Raft log: the leader's core writes each batch it commits as
 //! one entry, and it is durable once the entry is committed.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mawex_core::{CoreError, Event, Journal, MasterState, Recovered, Repaired};
@@ -89,15 +90,15 @@ impl RaftJournal {
     /// that the leader is most likely deposed, and the write fails.
     async fn write(
         &self,
-        events: &[Event],
+        events: &Arc<Vec<Event>>,
     ) -> Result<openraft::raft::ClientWriteResponse<MasterRaft>, RaftStoreError> {
         let lease = Duration::from_millis(self.raft.config().election_timeout_max);
         let deadline = Instant::now() + lease.saturating_mul(2);
         loop {
             let (responder, answer) = ProgressResponder::<MasterRaft, _>::complete_only();
-            // The entry owns its events: one copy a try (a retry is rare).
+            // The entry shares the core's events: no copy.
             let batch = Batch {
-                events: events.to_vec(),
+                events: events.clone(),
             };
             self.raft
                 .write(batch)
@@ -182,6 +183,10 @@ impl Journal for RaftJournal {
     }
 
     fn append(&mut self, first_seq: u64, events: &[Event]) -> Result<(), CoreError> {
+        self.append_shared(first_seq, &Arc::new(events.to_vec()))
+    }
+
+    fn append_shared(&mut self, first_seq: u64, events: &Arc<Vec<Event>>) -> Result<(), CoreError> {
         if events.is_empty() {
             return Ok(());
         }

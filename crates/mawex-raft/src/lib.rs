@@ -69,8 +69,18 @@ openraft::declare_raft_types!(
 /// The events of one commit of the master's core loop: what one Raft entry carries.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Batch {
-    /// The events, in the order the core applied them.
-    pub events: Vec<Event>,
+    /// The events, in the order the core applied them; on the leader, shared with the
+    /// core's committed-batch feed rather than copied.
+    pub events: std::sync::Arc<Vec<Event>>,
+}
+
+impl Batch {
+    /// A batch of `events`.
+    pub fn new(events: Vec<Event>) -> Self {
+        Batch {
+            events: std::sync::Arc::new(events),
+        }
+    }
 }
 
 impl fmt::Display for Batch {

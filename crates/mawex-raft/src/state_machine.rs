@@ -341,7 +341,7 @@ fn replay(
     for entry in entries {
         if let EntryPayload::Normal(batch) = entry.payload {
             let count = u64::try_from(batch.events.len()).unwrap_or(u64::MAX);
-            for event in batch.events {
+            for event in std::sync::Arc::unwrap_or_clone(batch.events) {
                 state.apply_owned(event);
             }
             *events = events.saturating_add(count);
@@ -487,7 +487,8 @@ impl RaftStateMachine<MasterRaft> for MasterStateMachine {
                         let count = u64::try_from(batch.events.len()).unwrap_or(u64::MAX);
                         // Lent: the core applied the batch before writing it.
                         if let Some(state) = &mut machine.state {
-                            for event in batch.events {
+                            // Decoded from the log, the events are this entry's alone.
+                            for event in std::sync::Arc::unwrap_or_clone(batch.events) {
                                 state.apply_owned(event);
                             }
                         }

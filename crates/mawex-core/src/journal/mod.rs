@@ -107,6 +107,20 @@ pub trait Journal: Send + 'static {
     /// A storage error; the master then stops.
     fn append(&mut self, first_seq: u64, events: &[Event]) -> Result<(), CoreError>;
 
+    /// [`Journal::append`] of events the caller shares (the core shares each batch with
+    /// the committed-batch feed): a journal that keeps the events as they are, rather than
+    /// encoding them, takes them without a copy. The default appends the slice.
+    ///
+    /// # Errors
+    /// As [`Journal::append`].
+    fn append_shared(
+        &mut self,
+        first_seq: u64,
+        events: &std::sync::Arc<Vec<Event>>,
+    ) -> Result<(), CoreError> {
+        self.append(first_seq, events)
+    }
+
     /// Stores `state` as of event `last_seq` and drops the records it covers.
     ///
     /// # Errors

@@ -180,7 +180,9 @@ impl<J: Journal> CoreLoop<J> {
             let pods_changed = self.engine.take_pods_changed()
                 || !out.events.is_empty()
                 || self.pod_stats.1.elapsed() >= POD_STATS_EVERY;
-            if let Err(e) = self.commit(&out.events) {
+            // Shared, not copied, by the journal's entry and the feed.
+            let events = Arc::new(std::mem::take(&mut out.events));
+            if let Err(e) = self.commit(&events) {
                 error!(error = %e, "journal append failed; the master stops");
                 return Err(e);
             }
@@ -194,7 +196,7 @@ impl<J: Journal> CoreLoop<J> {
                 self.refresh_pod_stats();
             }
             self.publish_stats();
-            self.deliver(out, deferred, new_subscribers, now);
+            self.deliver(out, &events, deferred, new_subscribers, now);
             if let Some(Stop::Clean(done)) = stop {
                 self.stop_cleanly()?;
                 let _ = done.send(());
@@ -373,7 +375,7 @@ impl<J: Journal> CoreLoop<J> {
         }
     }
 
-    fn commit(&mut self, events: &[Event]) -> Result<(), CoreError> {
+    fn commit(&mut self, events: &Arc<Vec<Event>>) -> Result<(), CoreError> {
         if events.is_empty() {
             return Ok(());
         }
@@ -392,7 +394,7 @@ impl<J: Journal> CoreLoop<J> {
                     self.last_seq
                 ))))
             })?;
-        self.journal.append(first_seq, events)?;
+        self.journal.append_shared(first_seq, events)?;
         self.last_seq = last_seq;
         self.events_since_snapshot = self.events_since_snapshot.saturating_add(count);
         // Before any answer leaves: a reader that hears of this batch can wait for it.
@@ -400,7 +402,7 @@ impl<J: Journal> CoreLoop<J> {
         if self.feed.receiver_count() > 0 {
             let _ = self.feed.send(Arc::new(CommittedBatch {
                 first_seq,
-                events: events.to_vec(),
+                events: events.clone(),
             }));
         }
         Ok(())

@@ -43,6 +43,7 @@ impl<J: Journal> CoreLoop<J> {
     pub(super) fn deliver(
         &mut self,
         out: Output,
+        events: &[Event],
         deferred: Vec<Deferred>,
         new_subscribers: Vec<(Subscriber, Option<ResultCursor>, Reply<()>)>,
         now: mawex_api::Timestamp,
@@ -53,7 +54,7 @@ impl<J: Journal> CoreLoop<J> {
 
         // Assignments, grouped per pod, skipping any cancelled in the same batch.
         let mut assigns: HashMap<u64, Vec<Assignment>> = HashMap::new();
-        for event in &out.events {
+        for event in events {
             let Event::TaskAssigned { attempt, pod, .. } = event else {
                 continue;
             };

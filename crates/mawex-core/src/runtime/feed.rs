@@ -21,8 +21,8 @@ use crate::state::Event;
 pub struct CommittedBatch {
     /// Sequence number of the first event.
     pub first_seq: u64,
-    /// The events, in order (never empty).
-    pub events: Vec<Event>,
+    /// The events, in order (never empty); shared with the journal's entry, not copied.
+    pub events: Arc<Vec<Event>>,
 }
 
 impl CommittedBatch {

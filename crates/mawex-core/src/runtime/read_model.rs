@@ -206,7 +206,7 @@ fn follow(
                 }
                 {
                     let mut state = model.state.write().unwrap_or_else(PoisonError::into_inner);
-                    for event in &batch.events {
+                    for event in batch.events.iter() {
                         state.apply(event);
                     }
                 }

@@ -30,14 +30,14 @@ use mawex_raft::Batch;
 
 /// A batch of `tasks` tasks of `group` accepted.
 pub(crate) fn accepted(group: &GroupName, tasks: usize) -> Batch {
-    Batch {
-        events: (0..tasks)
+    Batch::new(
+        (0..tasks)
             .map(|_| Event::TaskAccepted {
                 spec: TaskSpec::new(group.clone(), "h", &b"payload"[..]).into(),
                 at: Timestamp(5),
             })
             .collect(),
-    }
+    )
 }
 
 pub(crate) type Node = Raft<MasterRaft, MasterStateMachine>;
