@@ -50,7 +50,7 @@ fn what(rpc: &'static str) -> impl Fn() -> String {
 pub fn raft_service(node: &MasterNode) -> RaftPeerServer<RaftService> {
     RaftPeerServer::new(RaftService {
         raft: node.raft().clone(),
-        identity: Some(node.identity().clone()),
+        identity: node.identity().clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -60,7 +60,7 @@ pub fn raft_service(node: &MasterNode) -> RaftPeerServer<RaftService> {
 #[derive(Clone)]
 pub struct RaftService {
     raft: Raft<MasterRaft, MasterStateMachine>,
-    identity: Option<NodeIdentity>,
+    identity: NodeIdentity,
 }
 
 impl std::fmt::Debug for RaftService {
@@ -76,32 +76,28 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], rpc: &'static str) -> Result<T, Sta
 }
 
 impl RaftService {
-    /// Refuses a caller that comes with another disk than the one its id is known by.
+    /// Refuses a caller that comes with another disk than the one its id is known by. A
+    /// caller that does not say who it is (not a `MasterNode`'s network) is not checked.
     fn admit(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
-        let (Some(identity), Some(from)) = (&self.identity, metadata.get(FROM_KEY)) else {
-            return Ok(());
-        };
-        let read = |key: &str| {
-            metadata
-                .get(key)
-                .map(|v| v.to_str().ok().and_then(parse_from))
-                .map(|parsed| {
-                    parsed.ok_or_else(|| Status::invalid_argument(format!("a malformed {key}")))
-                })
-                .transpose()
+        let read = |key: &str| match metadata.get(key) {
+            None => Ok(None),
+            Some(value) => value
+                .to_str()
+                .ok()
+                .and_then(parse_from)
+                .map(Some)
+                .ok_or_else(|| Status::invalid_argument(format!("a malformed {key}"))),
         };
         let Some((peer, incarnation)) = read(FROM_KEY)? else {
-            return Err(Status::invalid_argument(format!(
-                "a malformed {FROM_KEY}: {from:?}"
-            )));
+            return Ok(());
         };
         // A caller that knew this node by another disk: this node is the one that lost it.
         if let Some(expected) = read(TO_KEY)? {
-            identity
+            self.identity
                 .check_known_as(peer, expected)
                 .map_err(Status::failed_precondition)?;
         }
-        identity
+        self.identity
             .check(peer, incarnation)
             .map_err(Status::failed_precondition)
     }
@@ -110,11 +106,9 @@ impl RaftService {
     fn reply<T: Serialize>(&self, value: &T, rpc: &'static str) -> Result<Response<Frame>, Status> {
         let body = seal(value, &what(rpc)).map_err(|e| Status::internal(e.to_string()))?;
         let mut response = Response::new(Frame { body: body.into() });
-        if let Some(identity) = &self.identity {
-            response
-                .metadata_mut()
-                .insert(INCARNATION_KEY, identity.incarnation().into());
-        }
+        response
+            .metadata_mut()
+            .insert(INCARNATION_KEY, self.identity.incarnation().into());
         Ok(response)
     }
 }
