@@ -269,6 +269,7 @@ async fn snapshots_bound_replay_and_restart_is_exact() {
         .await;
     let before = all_tasks(&m).await;
     pod.shutdown().await.unwrap();
+    m.snapshots_stored().await;
     let dir = m.halt().await;
 
     {

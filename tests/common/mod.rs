@@ -355,6 +355,25 @@ impl TestMaster {
         self.dir.clone()
     }
 
+    /// Waits until every snapshot the master asked for is stored. A replicated master's are
+    /// built on openraft's task after the ask; a sled journal's are stored by then.
+    pub async fn snapshots_stored(&self) {
+        let Some(Running::Replicated(node)) = &self.master else {
+            return;
+        };
+        let Some(offered) = node.machine().last_offer() else {
+            return;
+        };
+        node.raft()
+            .wait(Some(Duration::from_secs(30)))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= offered.index),
+                "the last snapshot asked for stored",
+            )
+            .await
+            .expect("the snapshot is stored");
+    }
+
     /// Crashes the master (nothing uncommitted survives, no snapshot) and keeps the directory.
     pub async fn halt(mut self) -> Arc<tempfile::TempDir> {
         self.stop_server().await;

@@ -288,7 +288,7 @@ impl MasterStateMachine {
     }
 
     /// The entry of the latest copy offered, whether a snapshot was built of it yet or not.
-    pub(crate) fn last_offer(&self) -> Option<LogIdOf<MasterRaft>> {
+    pub fn last_offer(&self) -> Option<LogIdOf<MasterRaft>> {
         self.lock().last_offer
     }
 }
