@@ -391,7 +391,8 @@ async fn kill_leaders() {
     each_recorded_once(&acknowledged, &seen, counting).await;
 
     // Each tick fired once: one task per tick (a tick's task id is derived from it), and as
-    // many as the schedule counts.
+    // many as the schedule counts. Paused first, so that no tick comes between the two reads.
+    client.pause_schedule(schedule.clone(), true).await.unwrap();
     let fired = client
         .list_schedules()
         .await
