@@ -239,7 +239,7 @@ async fn run(args: &Args, transport: Transport, fair: bool) -> anyhow::Result<se
         (running, Vec::new())
     };
     let master = match &running {
-        Running::Replicated(node) => node.master(),
+        Running::Replicated(node) => Some(node.master()),
         Running::Plain(master) => Some(master),
         Running::Cluster(_) => None,
     };

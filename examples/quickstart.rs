@@ -1,5 +1,5 @@
-//! Start an embedded master with a durable journal, a pod serving two groups, submit 100
-//! tasks (typed ones, and raw ones as another language would send) and print what happened.
+//! Start an embedded master (the one node of its cluster: a durable Raft log), a pod serving
+//! two groups, submit 100 tasks (typed ones, and raw ones as another language would send) and print what happened.
 //!
 //! `cargo run --example quickstart`
 
@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use mawex::{
     GroupName, HandlerRegistry, InProcess, Master, MasterProxy, Outcome, Pod, PodConfig, PodId,
-    SledJournal, Task, TaskInput, TaskSpec,
+    ReplicatedMaster, Task, TaskInput, TaskSpec,
 };
 use serde::{Deserialize, Serialize};
 
@@ -32,11 +32,12 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
 
-    // The journal lives in a temporary directory; point it anywhere to keep it.
+    // The master is the one node of its cluster, the embedded default (it grows into three
+    // masters on the same data). Its log lives in a temporary directory; point it anywhere
+    // to keep it.
     let dir = tempfile::tempdir()?;
-    let master = Master::builder()
-        .start(SledJournal::open(dir.path().join("journal"))?)
-        .await?;
+    let master =
+        ReplicatedMaster::start_single(dir.path().join("master"), Master::builder()).await?;
 
     // One pod, two consumer groups, one slot: its tasks run one after another.
     let text = GroupName::new("text")?;
@@ -97,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
     for (what, out) in &example {
         println!("  first {what}: {out}");
     }
-    let stats = master.stats().borrow().clone();
+    let stats = master.master().stats().borrow().clone();
     println!(
         "master: {} succeeded, {} failed, {} pending, {} running; journal at event {}",
         stats.counts.succeeded,

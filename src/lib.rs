@@ -50,7 +50,7 @@ pub mod prelude {
         TaskInput, TaskResult, TaskSpec, Timestamp, TypedProxy,
     };
     #[cfg(feature = "master")]
-    pub use crate::{Master, MasterConfig, MemoryJournal, Server, SledJournal};
+    pub use crate::{Master, MasterConfig, MemoryJournal, ReplicatedMaster, Server, SledJournal};
     #[cfg(feature = "worker")]
     pub use crate::{Pod, PodConfig};
 }
@@ -82,9 +82,25 @@ pub use mawex_core::{
     Master, MasterBuilder, MasterConfig, MasterStats, MemoryJournal, PodStats, Repaired,
     SledJournal, SnapshotWriter, TaskCounts,
 };
+/// The master of a cluster of one, the embedded default: its journal is the Raft log of a
+/// one-node cluster, which grows into a cluster of three or five masters (see [`cluster`])
+/// on the same data.
+#[cfg(feature = "master")]
+pub use mawex_raft::ReplicatedMaster;
 pub use mawex_sandbox::{
     HandlerError, HandlerRegistry, InProcess, Sandbox, SandboxError, TaskInput,
 };
+
+/// Clusters of masters that fail over: each node keeps the Raft log, the node that leads
+/// runs the master, the others redirect (`NotLeader`) to it.
+#[cfg(feature = "master")]
+pub mod cluster {
+    pub use mawex_raft::{
+        admin_service, raft_service, ClusterAdmin, ClusterPodConnector, ClusterProxy, GrpcNetwork,
+        MasterNode, Members, NodeConfig, NodeIdentity, RaftStoreError, RemoteClusterAdmin,
+        ReplicatedMaster,
+    };
+}
 #[cfg(feature = "master")]
 pub use mawex_server::{auth, RunningServer, Server, ServerConfig, ServerError, ServerTls};
 #[cfg(feature = "worker")]

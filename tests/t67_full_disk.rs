@@ -66,6 +66,10 @@ fn main() {
             "a_full_disk_met_inside_the_storage_stops_the_process_and_loses_nothing",
             &full_disk_without_a_reserve,
         ),
+        (
+            "a_full_disk_stops_a_replicated_master_and_loses_nothing_acknowledged",
+            &full_disk_under_the_raft_log,
+        ),
     ]);
 }
 
@@ -201,6 +205,14 @@ fn says_disk_full(message: &str) -> bool {
 /// The master stopped because the disk is full: its `stopped` future says so, every later
 /// call fails at once with the same reason, and it still halts.
 async fn stops_for_a_full_disk(master: Master) {
+    stopped_for_a_full_disk(&master).await;
+    let halted = tokio::time::timeout(DEADLINE, master.halt()).await;
+    assert!(halted.is_ok(), "a master whose disk filled up still halts");
+}
+
+/// The master stopped because the disk is full: its `stopped` future says so and every later
+/// call fails at once with the same reason.
+async fn stopped_for_a_full_disk(master: &Master) {
     let reason = tokio::time::timeout(DEADLINE, master.stopped())
         .await
         .expect("the master stops");
@@ -222,8 +234,6 @@ async fn stops_for_a_full_disk(master: Master) {
         started.elapsed() < Duration::from_secs(5),
         "a stopped master answers at once"
     );
-    let halted = tokio::time::timeout(DEADLINE, master.halt()).await;
-    assert!(halted.is_ok(), "a master whose disk filled up still halts");
 }
 
 /// Submits until one is refused; returns the acknowledged ids and checks the stop.
@@ -231,7 +241,13 @@ async fn submit_until_full(journal: &Path, reserve: u64) -> Vec<TaskId> {
     let mut config = MasterConfig::default();
     config.snapshot_every = 0;
     let master = start(journal, config, reserve).await;
-    let proxy = master.proxy();
+    let acknowledged = submit_until_refused(&master.proxy()).await;
+    stops_for_a_full_disk(master).await;
+    acknowledged
+}
+
+/// Submits until one is refused for a full disk; returns the acknowledged ids.
+async fn submit_until_refused(proxy: &impl MasterProxy) -> Vec<TaskId> {
     let mut acknowledged = Vec::new();
     let refused = loop {
         assert!(
@@ -251,7 +267,6 @@ async fn submit_until_full(journal: &Path, reserve: u64) -> Vec<TaskId> {
         acknowledged.len() > 100,
         "the disk filled up, not failed at once"
     );
-    stops_for_a_full_disk(master).await;
     acknowledged
 }
 
@@ -367,4 +382,58 @@ fn child_fills_without_a_reserve(journal: &Path, acknowledged: &Path) {
         std::fs::write(acknowledged, lines).unwrap();
     });
     std::process::exit(if outcome.is_ok() { 0 } else { 1 });
+}
+
+/// The one node of a cluster (the embedded default) keeps its reserve too: the Raft log
+/// refuses the append that would eat into it, the node stops, the master says why, and a
+/// restart after space is freed has every acknowledged task.
+fn full_disk_under_the_raft_log() {
+    let Some(disk) =
+        SmallDisk::mount("a_full_disk_stops_a_replicated_master_and_loses_nothing_acknowledged")
+    else {
+        return;
+    };
+    let journal = disk.journal();
+    let start_node = |reserve: u64| {
+        let journal = journal.clone();
+        async move {
+            let mut node = mawex::cluster::NodeConfig::single();
+            node.free_space_reserve = reserve;
+            let mut config = MasterConfig::default();
+            config.snapshot_every = 0;
+            mawex::ReplicatedMaster::start_single_with(
+                journal,
+                node,
+                Master::builder().config(config),
+            )
+            .await
+            .expect("start the node")
+        }
+    };
+    runtime().block_on(async {
+        let node = start_node(RESERVE_BYTES).await;
+        let acknowledged = submit_until_refused(&node.proxy()).await;
+        stopped_for_a_full_disk(node.master()).await;
+        let halted = tokio::time::timeout(DEADLINE, node.halt()).await;
+        assert!(halted.is_ok(), "a node whose disk filled up still halts");
+
+        disk.free_space();
+        let node = start_node(RESERVE_BYTES).await;
+        let proxy = node.proxy();
+        for id in &acknowledged {
+            let view = proxy.get(*id).await.expect("an acknowledged task survives");
+            assert_eq!(view.state, TaskState::Pending);
+        }
+        let pending = usize::try_from(node.master().stats().borrow().counts.pending).unwrap();
+        assert!(
+            pending == acknowledged.len() || pending == acknowledged.len() + 1,
+            "{pending} pending after the restart, {} acknowledged",
+            acknowledged.len()
+        );
+        proxy
+            .submit(task(0))
+            .await
+            .expect("a submit after space was freed");
+        node.shutdown().await.expect("a clean shutdown");
+    });
 }

@@ -49,7 +49,7 @@ pub mod testing;
 pub use engine::PodStats;
 pub use error::CoreError;
 pub use journal::{
-    DroppedRecord, Journal, MemoryJournal, Recovered, Repaired, SledJournal, SledSync,
+    DroppedRecord, FreeSpace, Journal, MemoryJournal, Recovered, Repaired, SledJournal, SledSync,
     SnapshotWriter,
 };
 pub use runtime::{

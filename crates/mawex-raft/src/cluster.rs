@@ -37,13 +37,18 @@ pub struct NodeConfig {
     /// The longest sending a snapshot to a follower, and its installing it, may take; after
     /// that it is sent again.
     pub snapshot_timeout: Duration,
+    /// Bytes the node keeps free on its disk: an append or a snapshot that would leave less
+    /// is refused before it begins, and the node stops saying why (sled must never meet a
+    /// full disk). 0 turns the check off.
+    pub free_space_reserve: u64,
 }
 
 impl NodeConfig {
     /// The defaults for node `id`: heartbeats every 50 ms, election timeouts of 300 – 600 ms
     /// (so another node leads 0.9 – 1.2 s after the leader's last heartbeat: see
     /// [`NodeConfig::takeover_bound`]), 1,000 entries kept after a snapshot, a follower's
-    /// snapshot every 2,000 entries, 60 s to send and install a snapshot.
+    /// snapshot every 2,000 entries, 60 s to send and install a snapshot, 64 MiB kept free
+    /// on the disk.
     pub fn new(id: u64) -> Self {
         NodeConfig {
             id,
@@ -52,7 +57,16 @@ impl NodeConfig {
             keep_after_snapshot: 1_000,
             snapshot_every_entries: 2_000,
             snapshot_timeout: Duration::from_secs(60),
+            free_space_reserve: mawex_core::FreeSpace::DEFAULT_RESERVE,
         }
+    }
+
+    /// The settings of the node of a cluster of one (the embedded default): node 1, keeping
+    /// no entry behind a snapshot (it has no follower that could use one).
+    pub fn single() -> Self {
+        let mut config = NodeConfig::new(1);
+        config.keep_after_snapshot = 0;
+        config
     }
 
     /// The longest a leader's silence lasts before another node is elected: a follower

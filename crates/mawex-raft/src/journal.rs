@@ -105,7 +105,7 @@ impl RaftJournal {
                 .with_leader(self.leader)
                 .responder(responder)
                 .await
-                .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
+                .map_err(|e| self.stopped_because(&e.to_string()))?;
             match self.decided(answer, lease).await? {
                 Ok(Ok(written)) => return Ok(written),
                 Ok(Err(ClientWriteError::ForwardToLeader(forward)))
@@ -121,11 +121,24 @@ impl RaftJournal {
                 }
                 Ok(Err(e)) => return Err(RaftStoreError::Raft(e.to_string())),
                 Err(_) => {
-                    return Err(RaftStoreError::Raft(
-                        "the Raft node stopped before the write was decided".into(),
-                    ))
+                    return Err(
+                        self.stopped_because("the Raft node stopped before the write was decided")
+                    )
                 }
             }
+        }
+    }
+
+    /// A write failed with `error`: with why the Raft node stopped, if it stopped on an
+    /// error (a storage error names the cause: a full disk, say).
+    fn stopped_because(&self, error: &str) -> RaftStoreError {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        match &metrics.running_state {
+            Err(fatal) if !error.contains(&fatal.to_string()) => {
+                RaftStoreError::Raft(format!("{error}: the Raft node stopped: {fatal}"))
+            }
+            _ => RaftStoreError::Raft(error.to_owned()),
         }
     }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use mawex_core::SledSync;
+use mawex_core::{FreeSpace, SledSync};
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -46,6 +46,8 @@ pub struct SledLogStore {
     meta: sled::Tree,
     durability: Arc<Mutex<Durability>>,
     flusher: Arc<FlusherHandle>,
+    /// Checked before each append: sled must never meet a full disk.
+    free_space: FreeSpace,
 }
 
 /// What syncs the store, and why a sync failed once one has: after that no sync is trusted
@@ -207,12 +209,22 @@ impl SledLogStore {
                 flushes,
                 thread: Mutex::new(Some(thread)),
             }),
+            free_space: FreeSpace::new(path.as_ref(), FreeSpace::DEFAULT_RESERVE),
         };
         if store.read_meta::<u64>(INCARNATION_KEY)?.is_none() {
             store.write_meta(INCARNATION_KEY, &new_incarnation())?;
             store.sync()?;
         }
         Ok(store)
+    }
+
+    /// Keeps `bytes` free on the store's filesystem: an append that would leave less is
+    /// refused before it reaches sled ([`mawex_core::CoreError::DiskFull`]), and openraft then
+    /// stops the node. 0 turns the check off.
+    #[must_use]
+    pub fn with_free_space_reserve(mut self, bytes: u64) -> Self {
+        self.free_space = self.free_space.with_reserve(bytes);
+        self
     }
 
     /// Makes every write so far durable, now.
@@ -401,17 +413,26 @@ impl RaftLogStorage<MasterRaft> for SledLogStore {
     {
         let mut batch = sled::Batch::default();
         let mut sealed = Ok(());
+        let mut bytes = 0usize;
         for entry in entries {
             let index = entry.index();
             match seal(&entry, &|| format!("log entry {index}")) {
-                Ok(bytes) => batch.insert(&index_key(index), bytes),
+                Ok(sealed) => {
+                    bytes = bytes.saturating_add(sealed.len());
+                    batch.insert(&index_key(index), sealed);
+                }
                 Err(e) => {
                     sealed = Err(e);
                     break;
                 }
             }
         }
-        let written = sealed.and_then(|()| Ok(self.log.apply_batch(batch)?));
+        let written = sealed
+            .and_then(|()| {
+                // sled keeps about twice what it is given until it compacts.
+                Ok(self.free_space.check("write", bytes.saturating_mul(2))?)
+            })
+            .and_then(|()| Ok(self.log.apply_batch(batch)?));
         let flushes = &self.flusher.flushes;
         let mut queue = lock(&flushes.queue);
         let written = match (&queue.failed, written) {

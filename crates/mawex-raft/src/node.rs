@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use mawex_core::{Master, MasterBuilder};
+use mawex_core::{LocalMasterProxy, LocalPodConnector, Master, MasterBuilder};
 use openraft::errors::ForwardReason;
 use openraft::network::NetSnapshot;
 use openraft::{BasicNode, Raft, ServerState};
@@ -19,8 +19,6 @@ use crate::{
 /// Where in a node's directory its Raft log and its state machine's snapshot are.
 pub(crate) const LOG_DIR: &str = "raft-log";
 pub(crate) const MACHINE_DIR: &str = "raft-machine";
-/// The id of the node of a cluster of one.
-const SINGLE_NODE_ID: u64 = 1;
 /// How long a node of one may take to lead after it starts (it elects itself at once).
 const LEAD_WITHIN: Duration = Duration::from_secs(30);
 /// How long a leader waits before it tries again a write refused for want of a lease.
@@ -30,21 +28,13 @@ const SNAPSHOT_AT_STOP_WITHIN: Duration = Duration::from_secs(30);
 /// How long each ask for that snapshot waits before asking again.
 const SNAPSHOT_RETRY: Duration = Duration::from_millis(500);
 
-/// The Raft settings of the node of a cluster of one: a node's, keeping no entry behind a
-/// snapshot (it has no follower that could use one).
-fn single_node_config() -> NodeConfig {
-    let mut config = NodeConfig::new(SINGLE_NODE_ID);
-    config.keep_after_snapshot = 0;
-    config
-}
-
 /// A running master on a replicated log: the Raft node, its state machine, and the
 /// [`Master`] that leads it (its journal a [`RaftJournal`]).
 ///
 /// Stop it with [`ReplicatedMaster::shutdown`]; dropping it stops the master but leaves the
 /// Raft node's tasks to the runtime's end.
 pub struct ReplicatedMaster {
-    master: Option<Master>,
+    master: Master,
     raft: Raft<MasterRaft, MasterStateMachine>,
     machine: MasterStateMachine,
 }
@@ -69,20 +59,34 @@ impl ReplicatedMaster {
         dir: impl AsRef<Path>,
         builder: MasterBuilder,
     ) -> Result<Self, RaftStoreError> {
+        Self::start_single_with(dir, NodeConfig::single(), builder).await
+    }
+
+    /// [`ReplicatedMaster::start_single`] with the node's settings: the disk's reserve, say.
+    /// The node's id must be the one its data was made with ([`NodeConfig::single`]'s).
+    ///
+    /// # Errors
+    /// As [`ReplicatedMaster::start_single`], and a setting out of range.
+    pub async fn start_single_with(
+        dir: impl AsRef<Path>,
+        config: NodeConfig,
+        builder: MasterBuilder,
+    ) -> Result<Self, RaftStoreError> {
+        let id = config.id;
         let Opened {
             runtime,
             log,
             machine,
             raft,
             ..
-        } = Opened::open(dir.as_ref(), &single_node_config(), SingleNode).await?;
+        } = Opened::open(dir.as_ref(), &config, SingleNode).await?;
         let started = async {
             let initialized = raft
                 .is_initialized()
                 .await
                 .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
             if !initialized {
-                let members = BTreeMap::from([(SINGLE_NODE_ID, BasicNode::new(""))]);
+                let members = BTreeMap::from([(id, BasicNode::new(""))]);
                 raft.initialize(members)
                     .await
                     .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
@@ -92,7 +96,7 @@ impl ReplicatedMaster {
         .await;
         match started {
             Ok(master) => Ok(ReplicatedMaster {
-                master: Some(master),
+                master,
                 raft,
                 machine,
             }),
@@ -117,8 +121,18 @@ impl ReplicatedMaster {
 
     /// The master. It stops on its own when it can no longer write the log (see
     /// [`Master::stopped`]), and this still returns it then.
-    pub fn master(&self) -> Option<&Master> {
-        self.master.as_ref()
+    pub fn master(&self) -> &Master {
+        &self.master
+    }
+
+    /// A client of the master: [`Master::proxy`].
+    pub fn proxy(&self) -> LocalMasterProxy {
+        self.master.proxy()
+    }
+
+    /// The in-process pod connector of the master: [`Master::pod_connector`].
+    pub fn pod_connector(&self) -> LocalPodConnector {
+        self.master.pod_connector()
     }
 
     /// The Raft node.
@@ -136,47 +150,18 @@ impl ReplicatedMaster {
     ///
     /// # Errors
     /// What stopped the master earlier, if anything did, or a Raft node that did not stop.
-    pub async fn shutdown(mut self) -> Result<(), RaftStoreError> {
-        let stopped = match self.master.take() {
-            Some(master) => master.shutdown().await,
-            None => Ok(()),
-        };
+    pub async fn shutdown(self) -> Result<(), RaftStoreError> {
+        let stopped = self.master.shutdown().await;
         // The offer the master made as it stopped may be taken already by a build that
         // is still running: wait for a snapshot as new as it either way.
         if let Some(offered) = self.machine.last_offer() {
-            self.store_offered_snapshot(offered.index).await;
+            store_offered_snapshot(&self.raft, offered.index).await;
         }
         self.raft
             .shutdown()
             .await
             .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
         stopped.map_err(RaftStoreError::Master)
-    }
-
-    /// Builds the snapshot of the copy the master offered last, the state as of entry
-    /// `index`, and waits (a bounded time) until it is stored. Not storing it loses nothing:
-    /// a restart replays the log instead.
-    async fn store_offered_snapshot(&self, index: u64) {
-        let deadline = std::time::Instant::now() + SNAPSHOT_AT_STOP_WITHIN;
-        // A trigger while an earlier build runs is ignored: asked again until one takes.
-        while std::time::Instant::now() < deadline {
-            if let Err(e) = self.raft.trigger().snapshot().await {
-                warn!(error = %e, "the last snapshot could not be started");
-                return;
-            }
-            let built = self
-                .raft
-                .wait(Some(SNAPSHOT_RETRY))
-                .metrics(
-                    |m| m.snapshot.is_some_and(|s| s.index >= index),
-                    "the last snapshot stored",
-                )
-                .await;
-            if built.is_ok() {
-                return;
-            }
-        }
-        warn!("the last snapshot was not stored in time; the next start replays the log");
     }
 
     /// Stops as a crash would: the master without committing its last batch, then the
@@ -185,17 +170,39 @@ impl ReplicatedMaster {
     /// # Errors
     /// As [`ReplicatedMaster::shutdown`].
     #[cfg(feature = "testing")]
-    pub async fn halt(mut self) -> Result<(), RaftStoreError> {
-        let stopped = match self.master.take() {
-            Some(master) => master.halt().await,
-            None => Ok(()),
-        };
+    pub async fn halt(self) -> Result<(), RaftStoreError> {
+        let stopped = self.master.halt().await;
         self.raft
             .shutdown()
             .await
             .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
         stopped.map_err(RaftStoreError::Master)
     }
+}
+
+/// Builds the snapshot of the copy the master offered last, the state as of entry
+/// `index`, and waits (a bounded time) until it is stored. Not storing it loses nothing:
+/// a restart replays the log instead.
+async fn store_offered_snapshot(raft: &Raft<MasterRaft, MasterStateMachine>, index: u64) {
+    let deadline = std::time::Instant::now() + SNAPSHOT_AT_STOP_WITHIN;
+    // A trigger while an earlier build runs is ignored: asked again until one takes.
+    while std::time::Instant::now() < deadline {
+        if let Err(e) = raft.trigger().snapshot().await {
+            warn!(error = %e, "the last snapshot could not be started");
+            return;
+        }
+        let built = raft
+            .wait(Some(SNAPSHOT_RETRY))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= index),
+                "the last snapshot stored",
+            )
+            .await;
+        if built.is_ok() {
+            return;
+        }
+    }
+    warn!("the last snapshot was not stored in time; the next start replays the log");
 }
 
 /// A node's parts, opened from its directory: the runtime it runs on, its log, its state
@@ -224,8 +231,10 @@ impl Opened {
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
             RaftStoreError::Raft(format!("a master node runs on a tokio runtime: {e}"))
         })?;
-        let log = SledLogStore::open(dir.join(LOG_DIR))?;
-        let machine = MasterStateMachine::open(dir.join(MACHINE_DIR))?;
+        let log = SledLogStore::open(dir.join(LOG_DIR))?
+            .with_free_space_reserve(config.free_space_reserve);
+        let machine = MasterStateMachine::open(dir.join(MACHINE_DIR))?
+            .with_free_space_reserve(config.free_space_reserve);
         let identity = NodeIdentity::new(config.id, log.clone())?;
         network.attach(identity.clone());
         let raft = Raft::new(

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::{Stream, TryStreamExt};
-use mawex_core::MasterState;
+use mawex_core::{FreeSpace, MasterState};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::EntryPayload;
@@ -84,6 +84,8 @@ impl Machine {
 struct Snapshots {
     dir: PathBuf,
     stored: Option<SnapshotMetaOf<MasterRaft>>,
+    /// Checked before a snapshot is written, so that it leaves the log its reserve.
+    free_space: FreeSpace,
 }
 
 impl MasterStateMachine {
@@ -121,8 +123,24 @@ impl MasterStateMachine {
         };
         Ok(MasterStateMachine {
             inner: Arc::new(Mutex::new(machine)),
-            snapshots: Arc::new(Mutex::new(Snapshots { dir, stored })),
+            snapshots: Arc::new(Mutex::new(Snapshots {
+                free_space: FreeSpace::new(&dir, FreeSpace::DEFAULT_RESERVE),
+                dir,
+                stored,
+            })),
         })
+    }
+
+    /// Keeps `bytes` free on the snapshots' filesystem: a snapshot that would leave less is
+    /// refused before it is written ([`mawex_core::CoreError::DiskFull`]). 0 turns the check
+    /// off.
+    #[must_use]
+    pub fn with_free_space_reserve(self, bytes: u64) -> Self {
+        {
+            let mut snapshots = self.snapshots();
+            snapshots.free_space = snapshots.free_space.clone().with_reserve(bytes);
+        }
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Machine> {
@@ -387,11 +405,16 @@ fn read_snapshot_file(dir: &Path) -> Result<Option<SnapshotFile>, RaftStoreError
 /// Replaces the snapshot file with `meta` and `data`: written to a temporary file, synced,
 /// renamed into place, the directory synced.
 fn write_snapshot_file(
-    dir: &Path,
+    snapshots: &Snapshots,
     meta: &SnapshotMetaOf<MasterRaft>,
     data: &[u8],
 ) -> Result<(), RaftStoreError> {
+    let dir = &snapshots.dir;
     let meta = seal(meta, &|| "the Raft snapshot's metadata".to_owned())?;
+    // The old file stays until the new one is in place: room for both.
+    snapshots
+        .free_space
+        .check("snapshot", data.len().saturating_add(meta.len()))?;
     let len = u32::try_from(meta.len()).map_err(|e| RaftStoreError::Encode {
         what: "the Raft snapshot's metadata".into(),
         reason: e.to_string(),
@@ -451,7 +474,7 @@ impl RaftSnapshotBuilder<MasterRaft> for MasterStateMachine {
             .as_ref()
             .is_some_and(|stored| stored.last_log_id > meta.last_log_id);
         if !newer_stored {
-            write_snapshot_file(&snapshots.dir, &meta, &data)?;
+            write_snapshot_file(&snapshots, &meta, &data)?;
             snapshots.stored = Some(meta.clone());
         }
         Ok(SnapshotOf::<MasterRaft, Vec<u8>> {
@@ -539,7 +562,7 @@ impl RaftStateMachine<MasterRaft> for MasterStateMachine {
         // Durable before the state moves to it: a restart must not find the log purged
         // past a snapshot it never kept.
         let mut snapshots = self.snapshots();
-        write_snapshot_file(&snapshots.dir, meta, &snapshot)?;
+        write_snapshot_file(&snapshots, meta, &snapshot)?;
         snapshots.stored = Some(meta.clone());
         let mut machine = self.lock();
         machine.state = Some(state);

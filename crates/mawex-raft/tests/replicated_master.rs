@@ -25,7 +25,7 @@ async fn start(dir: &std::path::Path) -> ReplicatedMaster {
 
 /// Submits `batches` batches of 20 tasks of `group`, one call each; their ids.
 async fn submit(node: &ReplicatedMaster, group: &GroupName, batches: usize) -> Vec<TaskId> {
-    let proxy = node.master().expect("the master runs").proxy();
+    let proxy = node.master().proxy();
     let mut ids = Vec::new();
     for _ in 0..batches {
         let specs: Vec<TaskSpec> = (0..20)
@@ -38,7 +38,7 @@ async fn submit(node: &ReplicatedMaster, group: &GroupName, batches: usize) -> V
 }
 
 async fn states(node: &ReplicatedMaster, ids: &[TaskId]) -> Vec<TaskState> {
-    let proxy = node.master().expect("the master runs").proxy();
+    let proxy = node.master().proxy();
     let mut states = Vec::new();
     for id in ids {
         states.push(proxy.get(*id).await.expect("a known task").state);
@@ -58,7 +58,7 @@ async fn a_replicated_master_keeps_every_acknowledged_change_across_stops_and_cr
         "the state is lent to the master"
     );
     let mut ids = submit(&node, &group, 10).await;
-    let proxy = node.master().expect("the master runs").proxy();
+    let proxy = node.master().proxy();
     proxy.cancel(ids[0]).await.expect("cancelled");
     // 200 accepted and one cancelled: snapshots were offered every 40 events, and the node
     // builds them from the copies while the master holds the state.

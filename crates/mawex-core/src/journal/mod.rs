@@ -1,5 +1,6 @@
 //! The durable, append-only record of every task state change.
 
+mod free_space;
 mod memory;
 mod sled_journal;
 #[cfg(test)]
@@ -7,6 +8,7 @@ mod tests;
 
 use tracing::error;
 
+pub use free_space::FreeSpace;
 pub use memory::MemoryJournal;
 pub use sled_journal::{open_waiting_for_lock, SledJournal, SledSync};
 

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use tracing::debug;
 
 use super::{
-    records_to_drop, replay_records, Journal, Recovered, Repaired, SharedHandle, SnapshotWriter,
-    MAX_RECORD_BYTES,
+    records_to_drop, replay_records, FreeSpace, Journal, Recovered, Repaired, SharedHandle,
+    SnapshotWriter, MAX_RECORD_BYTES,
 };
 use crate::codec::{decode_snapshot, encode_records, encode_snapshot};
 use crate::error::CoreError;
@@ -77,7 +77,7 @@ fn chunk_key(last_seq: u64, index: u32) -> Vec<u8> {
 pub struct SledJournal {
     db: sled::Db,
     dir: PathBuf,
-    reserve_bytes: u64,
+    free_space: FreeSpace,
     journal: sled::Tree,
     snapshots: sled::Tree,
     durability: SledSync,
@@ -161,7 +161,7 @@ impl SledSync {
 
 impl SledJournal {
     /// The space the journal keeps free on its filesystem unless told otherwise.
-    pub const DEFAULT_FREE_SPACE_RESERVE: u64 = 64 << 20;
+    pub const DEFAULT_FREE_SPACE_RESERVE: u64 = FreeSpace::DEFAULT_RESERVE;
 
     /// Opens (or creates) the journal in directory `path`.
     ///
@@ -185,7 +185,7 @@ impl SledJournal {
             durability: SledSync::new(path.as_ref())?,
             db,
             dir: path.as_ref().to_path_buf(),
-            reserve_bytes: Self::DEFAULT_FREE_SPACE_RESERVE,
+            free_space: FreeSpace::new(path.as_ref(), Self::DEFAULT_FREE_SPACE_RESERVE),
             journal,
             snapshots,
         };
@@ -198,7 +198,7 @@ impl SledJournal {
     /// disk then fails inside the storage itself).
     #[must_use]
     pub fn with_free_space_reserve(mut self, bytes: u64) -> Self {
-        self.reserve_bytes = bytes;
+        self.free_space = self.free_space.with_reserve(bytes);
         self
     }
 
@@ -208,34 +208,11 @@ impl SledJournal {
         Ok(SledJournal {
             db: self.db.clone(),
             dir: self.dir.clone(),
-            reserve_bytes: self.reserve_bytes,
+            free_space: self.free_space.clone(),
             journal: self.journal.clone(),
             snapshots: self.snapshots.clone(),
             durability: self.durability.try_clone()?,
         })
-    }
-
-    /// Refuses `operation` of `needed` bytes if it would eat into the reserve.
-    fn check_space(&self, operation: &'static str, needed: usize) -> Result<(), CoreError> {
-        if self.reserve_bytes == 0 {
-            return Ok(());
-        }
-        let stats = nix::sys::statvfs::statvfs(&self.dir)
-            .map_err(|e| CoreError::Storage(Box::new(std::io::Error::from(e))))?;
-        // `fsblkcnt_t` and `c_ulong` are narrower than 64 bits on some targets.
-        #[allow(clippy::useless_conversion)]
-        let free =
-            u64::from(stats.blocks_available()).saturating_mul(u64::from(stats.fragment_size()));
-        let needed = u64::try_from(needed).unwrap_or(u64::MAX);
-        if free < self.reserve_bytes.saturating_add(needed) {
-            return Err(CoreError::DiskFull {
-                operation,
-                free,
-                reserve: self.reserve_bytes,
-                needed,
-            });
-        }
-        Ok(())
     }
 
     /// Makes everything written so far durable.
@@ -553,7 +530,8 @@ impl Journal for SledJournal {
     fn append(&mut self, first_seq: u64, events: &[Event]) -> Result<(), CoreError> {
         let records = encode_records(first_seq, events, MAX_RECORD_BYTES)?;
         let bytes: usize = records.iter().map(|(_, bytes)| bytes.len()).sum();
-        self.check_space("write", bytes.saturating_mul(RECORD_AMPLIFICATION))?;
+        self.free_space
+            .check("write", bytes.saturating_mul(RECORD_AMPLIFICATION))?;
         match records.as_slice() {
             [] => return Ok(()),
             [(seq, bytes)] => {
@@ -572,7 +550,7 @@ impl Journal for SledJournal {
 
     fn snapshot(&mut self, last_seq: u64, state: &MasterState) -> Result<(), CoreError> {
         let bytes = encode_snapshot(last_seq, state)?;
-        self.check_space(
+        self.free_space.check(
             "snapshot",
             bytes.len().saturating_mul(SNAPSHOT_AMPLIFICATION),
         )?;
