@@ -57,6 +57,8 @@ pub struct SledLogStore {
 struct Durability {
     sync: SledSync,
     failed: Option<String>,
+    /// Syncs run so far, for any reason.
+    syncs: u64,
 }
 
 impl Durability {
@@ -64,6 +66,7 @@ impl Durability {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
+        self.syncs = self.syncs.saturating_add(1);
         // A panic inside the sync counts as its failure.
         let synced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.sync.sync(db)))
             .unwrap_or_else(|_| {
@@ -191,6 +194,7 @@ impl SledLogStore {
         let durability = Arc::new(Mutex::new(Durability {
             sync: SledSync::new(path.as_ref())?,
             failed: None,
+            syncs: 0,
         }));
         let flushes = Arc::new(Flushes::default());
         let thread = {
@@ -235,6 +239,12 @@ impl SledLogStore {
             lock(&self.flusher.flushes.queue).failed = Some(e.clone());
             RaftStoreError::Storage(io::Error::other(e).into())
         })
+    }
+
+    /// Syncs of the store so far, for any reason (appends, votes, truncations, purges): a
+    /// cluster of one syncs once per batch of its master, as the sled journal does.
+    pub fn syncs(&self) -> u64 {
+        lock(&self.durability).syncs
     }
 
     /// Syncs the flush thread ran so far.

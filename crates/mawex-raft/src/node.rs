@@ -37,6 +37,7 @@ pub struct ReplicatedMaster {
     master: Master,
     raft: Raft<MasterRaft, MasterStateMachine>,
     machine: MasterStateMachine,
+    log: SledLogStore,
 }
 
 impl std::fmt::Debug for ReplicatedMaster {
@@ -99,6 +100,7 @@ impl ReplicatedMaster {
                 master,
                 raft,
                 machine,
+                log,
             }),
             Err(e) => {
                 // The node holds its log locked until it stops: stopped, a retry can open it.
@@ -143,6 +145,11 @@ impl ReplicatedMaster {
     /// The state machine.
     pub fn machine(&self) -> &MasterStateMachine {
         &self.machine
+    }
+
+    /// The Raft log (its [`SledLogStore::syncs`], say).
+    pub fn log(&self) -> &SledLogStore {
+        &self.log
     }
 
     /// Stops the master cleanly (its last batch committed), stores the snapshot it offers as

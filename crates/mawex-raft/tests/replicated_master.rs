@@ -7,6 +7,7 @@ use std::time::Duration;
 use mawex_api::{GroupName, MasterProxy, TaskId, TaskSpec, TaskState};
 use mawex_core::{Master, MasterConfig};
 use mawex_raft::{MasterStateMachine, ReplicatedMaster};
+use openraft::rt::WatchReceiver;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -109,5 +110,41 @@ async fn a_state_machine_serves_one_master_at_a_time() {
         matches!(lent_again, Err(mawex_raft::RaftStoreError::Lent)),
         "a second borrower is refused: {lent_again:?}"
     );
+    node.shutdown().await.expect("a clean stop");
+}
+
+/// The embedded default costs no more syncs than the sled journal: one per batch the master
+/// commits (the flush thread's group commit may cover several), none for applying it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_of_one_syncs_at_most_once_per_batch() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut config = MasterConfig::default();
+    config.snapshot_every = 0; // No snapshot (and no purge) in the window measured.
+    let node = ReplicatedMaster::start_single(dir.path(), Master::builder().config(config))
+        .await
+        .expect("the replicated master starts");
+    let group = GroupName::new("syncs").expect("a valid name");
+    let proxy = node.proxy();
+    let last_index = || node.raft().metrics().borrow_watched().last_log_index.unwrap_or(0);
+    let (syncs_before, index_before) = (node.log().syncs(), last_index());
+    // One submit at a time: each is a batch of its own.
+    const SUBMITS: u64 = 100;
+    for _ in 0..SUBMITS {
+        proxy
+            .submit(TaskSpec::new(group.clone(), "h", &b"payload"[..]))
+            .await
+            .expect("accepted");
+    }
+    let syncs = node.log().syncs() - syncs_before;
+    let entries = last_index() - index_before;
+    assert!(
+        entries >= SUBMITS,
+        "every submit was its own entry: {entries} entries for {SUBMITS} submits"
+    );
+    assert!(
+        syncs <= entries,
+        "{syncs} syncs for {entries} entries: more than one per batch"
+    );
+    assert!(syncs > 0, "the appends were synced");
     node.shutdown().await.expect("a clean stop");
 }
