@@ -134,10 +134,11 @@ pub fn fast_config() -> MasterConfig {
     c
 }
 
-/// Whether the harness's masters keep their journal on a one-node Raft cluster
-/// (`MAWEX_TEST_LOG=raft`) instead of sled: the whole suite runs on either.
+/// Whether the harness's masters run as the one node of a Raft cluster, the embedded
+/// default, or (`MAWEX_TEST_LOG=sled`) on a plain sled journal: the whole suite runs on
+/// either.
 pub fn on_raft() -> bool {
-    std::env::var("MAWEX_TEST_LOG").is_ok_and(|log| log == "raft")
+    !std::env::var("MAWEX_TEST_LOG").is_ok_and(|log| log == "sled")
 }
 
 /// The master of a test, on a journal of its own or leading a one-node Raft cluster.
@@ -169,8 +170,8 @@ impl Running {
     }
 }
 
-/// A master on a sled journal in its own temp dir (or on a one-node Raft cluster there,
-/// see [`on_raft`]). Dropping it without `shutdown` or `halt` panics: every test ends its
+/// A master leading a one-node Raft cluster in its own temp dir (or on a sled journal
+/// there, see [`on_raft`]). Dropping it without `shutdown` or `halt` panics: every test ends its
 /// master on purpose.
 pub struct TestMaster {
     master: Option<Running>,

@@ -15,7 +15,8 @@ use tracing::{error, info, warn};
 
 use crate::node::{lead, Opened};
 use crate::{
-    MasterRaft, MasterStateMachine, NodeIdentity, NodeNetwork, RaftStoreError, SledLogStore,
+    ClusterAdmin, MasterRaft, MasterStateMachine, NodeIdentity, NodeNetwork, RaftStoreError,
+    SledLogStore,
 };
 
 /// The settings of one node of a cluster of masters.
@@ -41,6 +42,10 @@ pub struct NodeConfig {
     /// is refused before it begins, and the node stops saying why (sled must never meet a
     /// full disk). 0 turns the check off.
     pub free_space_reserve: u64,
+    /// Where the other nodes reach this one (`host:port`). A node that leads records it in
+    /// the membership when the membership says otherwise: how a cluster of one, made with no
+    /// address, becomes reachable once it grows. `None` leaves the membership as it is.
+    pub address: Option<String>,
 }
 
 impl NodeConfig {
@@ -58,6 +63,7 @@ impl NodeConfig {
             snapshot_every_entries: 2_000,
             snapshot_timeout: Duration::from_secs(60),
             free_space_reserve: mawex_core::FreeSpace::DEFAULT_RESERVE,
+            address: None,
         }
     }
 
@@ -118,6 +124,8 @@ struct Ctx {
     runtime: tokio::runtime::Handle,
     master: MasterConfig,
     lead_within: Duration,
+    /// Where the others reach this node, if set (`NodeConfig::address`).
+    address: Option<String>,
     /// Which disk this node is, and what it knows of its peers'.
     identity: NodeIdentity,
     /// Held while a master starts or stops, so that the two never overlap.
@@ -200,6 +208,17 @@ impl Ctx {
                 None
             }
         };
+        if let Some(address) = &self.address {
+            let admin = ClusterAdmin {
+                raft: self.raft.clone(),
+            };
+            let address = address.clone();
+            tokio::spawn(async move {
+                if let Err(e) = admin.record_own_address(&address).await {
+                    warn!(error = %e, %address, "this node's address could not be recorded");
+                }
+            });
+        }
         tokio::spawn(self.supervise(generation, stopped));
     }
 
@@ -312,6 +331,7 @@ impl MasterNode {
             runtime,
             master,
             lead_within,
+            address: config.address.clone(),
             leading: tokio::sync::Mutex::new(Leading::default()),
             handles,
             generations: watch::channel(0).0,

@@ -10,9 +10,9 @@ use openraft::errors::{ClientWriteError, ForwardReason};
 use openraft::impls::ProgressResponder;
 use openraft::rt::WatchReceiver;
 use openraft::Raft;
-use tracing::{debug, warn};
+use tracing::debug;
 
-use crate::node::LEASE_RETRY;
+use crate::node::{store_offered_snapshot, LEASE_RETRY};
 use crate::{Batch, MasterRaft, MasterStateMachine, RaftStoreError};
 
 /// The [`Journal`] of a master that leads a cluster: [`Journal::recover`] borrows the state
@@ -242,12 +242,11 @@ impl Journal for RaftJournal {
         if !self.machine.offer(last_seq, log_id, state.durable_copy()) {
             return Ok(());
         }
+        // openraft ignores a trigger while a build runs (that build may have taken an older
+        // offer): asked again until a snapshot covers this one.
         let raft = self.raft.clone();
-        self.runtime.spawn(async move {
-            if let Err(e) = raft.trigger().snapshot().await {
-                warn!(error = %e, "a snapshot of the replicated state could not be started");
-            }
-        });
+        self.runtime
+            .spawn(async move { store_offered_snapshot(&raft, log_id.index).await });
         Ok(())
     }
 

@@ -13,6 +13,7 @@ use openraft::errors::{ClientWriteError, RaftError};
 use openraft::rt::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers, Raft};
 use tonic::{Request, Response, Status};
+use tracing::info;
 
 use crate::proto;
 use crate::proto::cluster_admin_client::ClusterAdminClient;
@@ -34,7 +35,7 @@ pub struct Members {
 /// The membership calls of one node (see the module's documentation). Cheap to clone.
 #[derive(Clone)]
 pub struct ClusterAdmin {
-    raft: Raft<MasterRaft, MasterStateMachine>,
+    pub(crate) raft: Raft<MasterRaft, MasterStateMachine>,
 }
 
 impl std::fmt::Debug for ClusterAdmin {
@@ -88,6 +89,33 @@ impl MasterNode {
 }
 
 impl ClusterAdmin {
+    /// Records `address` as this node's in the membership if it says otherwise (a leader
+    /// only; a cluster of one is made with no address).
+    ///
+    /// # Errors
+    /// This node does not lead, or the change is refused (another change is in flight).
+    pub(crate) async fn record_own_address(&self, address: &str) -> Result<(), RaftStoreError> {
+        let id = *self.raft.node_id();
+        let members = self.members();
+        let known = members
+            .voters
+            .get(&id)
+            .or_else(|| members.learners.get(&id));
+        if known.is_none_or(|known| known == address) {
+            return Ok(());
+        }
+        self.leads()?;
+        self.raft
+            .change_membership(
+                ChangeMembers::SetNodes(BTreeMap::from([(id, BasicNode::new(address))])),
+                false,
+            )
+            .await
+            .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
+        info!(node = id, %address, "this node's address is recorded in the membership");
+        Ok(())
+    }
+
     /// Who is in the cluster, as this node knows it (its latest membership, which may not
     /// be committed yet).
     pub fn members(&self) -> Members {

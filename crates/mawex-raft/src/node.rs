@@ -190,12 +190,15 @@ impl ReplicatedMaster {
 /// Builds the snapshot of the copy the master offered last, the state as of entry
 /// `index`, and waits (a bounded time) until it is stored. Not storing it loses nothing:
 /// a restart replays the log instead.
-async fn store_offered_snapshot(raft: &Raft<MasterRaft, MasterStateMachine>, index: u64) {
+pub(crate) async fn store_offered_snapshot(
+    raft: &Raft<MasterRaft, MasterStateMachine>,
+    index: u64,
+) {
     let deadline = std::time::Instant::now() + SNAPSHOT_AT_STOP_WITHIN;
     // A trigger while an earlier build runs is ignored: asked again until one takes.
     while std::time::Instant::now() < deadline {
         if let Err(e) = raft.trigger().snapshot().await {
-            warn!(error = %e, "the last snapshot could not be started");
+            warn!(error = %e, index, "the snapshot asked for could not be started");
             return;
         }
         let built = raft
@@ -209,7 +212,10 @@ async fn store_offered_snapshot(raft: &Raft<MasterRaft, MasterStateMachine>, ind
             return;
         }
     }
-    warn!("the last snapshot was not stored in time; the next start replays the log");
+    warn!(
+        index,
+        "the snapshot asked for was not stored in time; a restart replays the log behind it"
+    );
 }
 
 /// A node's parts, opened from its directory: the runtime it runs on, its log, its state

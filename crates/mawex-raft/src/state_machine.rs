@@ -331,6 +331,9 @@ impl MasterStateMachine {
 /// snapshot meanwhile (a real damage fails every try).
 const RECLAIM_TRIES: u32 = 3;
 
+/// How many entries a replay reads from the log at a time.
+const REPLAY_CHUNK: u64 = 256;
+
 /// Applies to `state` the batches of the entries of `log` after `replayed` up to `upto`,
 /// counting their events.
 fn replay(
@@ -344,26 +347,34 @@ fn replay(
         return Ok(());
     };
     let from = replayed.map_or(0, |r| r.index.saturating_add(1));
-    let entries = log.entries(from..=upto.index)?;
-    let expected = upto.index.saturating_sub(from).saturating_add(1);
-    if u64::try_from(entries.len()).ok() != Some(expected) {
-        return Err(RaftStoreError::Damaged {
-            what: "the Raft log".into(),
-            reason: format!(
-                "entries {from}..={} are applied but {} of them are in the log",
-                upto.index,
-                entries.len()
-            ),
-        });
-    }
-    for entry in entries {
-        if let EntryPayload::Normal(batch) = entry.payload {
-            let count = u64::try_from(batch.events.len()).unwrap_or(u64::MAX);
-            for event in std::sync::Arc::unwrap_or_clone(batch.events) {
-                state.apply_owned(event);
-            }
-            *events = events.saturating_add(count);
+    // A chunk at a time: the log since the last snapshot may be large.
+    let mut next = from;
+    while next <= upto.index {
+        let last = next.saturating_add(REPLAY_CHUNK - 1).min(upto.index);
+        let entries = log.entries(next..=last)?;
+        let expected = last.saturating_sub(next).saturating_add(1);
+        if u64::try_from(entries.len()).ok() != Some(expected) {
+            return Err(RaftStoreError::Damaged {
+                what: "the Raft log".into(),
+                reason: format!(
+                    "entries {next}..={last} are applied but {} of them are in the log",
+                    entries.len()
+                ),
+            });
         }
+        for entry in entries {
+            if let EntryPayload::Normal(batch) = entry.payload {
+                let count = u64::try_from(batch.events.len()).unwrap_or(u64::MAX);
+                for event in std::sync::Arc::unwrap_or_clone(batch.events) {
+                    state.apply_owned(event);
+                }
+                *events = events.saturating_add(count);
+            }
+        }
+        let Some(after) = last.checked_add(1) else {
+            break;
+        };
+        next = after;
     }
     *replayed = Some(upto);
     Ok(())

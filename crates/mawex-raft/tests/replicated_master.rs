@@ -125,7 +125,13 @@ async fn a_cluster_of_one_syncs_at_most_once_per_batch() {
         .expect("the replicated master starts");
     let group = GroupName::new("syncs").expect("a valid name");
     let proxy = node.proxy();
-    let last_index = || node.raft().metrics().borrow_watched().last_log_index.unwrap_or(0);
+    let last_index = || {
+        node.raft()
+            .metrics()
+            .borrow_watched()
+            .last_log_index
+            .unwrap_or(0)
+    };
     let (syncs_before, index_before) = (node.log().syncs(), last_index());
     // One submit at a time: each is a batch of its own.
     const SUBMITS: u64 = 100;

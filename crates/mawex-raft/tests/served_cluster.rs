@@ -200,3 +200,60 @@ async fn membership_changes_over_grpc_go_to_the_leader() {
         node.kill().await;
     }
 }
+
+/// The embedded default grows on its own data: a cluster of one with tasks, started again as
+/// node 1 served over gRPC with its address, records the address, takes two learners and
+/// promotes them; once node 1 is killed, the other two elect a leader that has every task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_of_one_grows_into_three_that_fail_over() {
+    let dirs = temporary_dirs(3);
+    let group = GroupName::new("grown").expect("a valid name");
+    let single = mawex_raft::ReplicatedMaster::start_single(
+        dirs[0].path(),
+        mawex_core::Master::builder().config(settings(1).1),
+    )
+    .await
+    .expect("a cluster of one starts");
+    let mut ids = common::submit(&single.proxy(), &group, 50).await;
+    single.shutdown().await.expect("a clean stop");
+
+    let (listeners, members) = common::three_listeners().await;
+    let mut running = std::collections::BTreeMap::new();
+    for (id, listener) in listeners {
+        let (mut config, master) = settings(id);
+        config.address = Some(members[&id].addr.clone());
+        let dir = dirs[usize::try_from(id - 1).expect("small")].path();
+        running.insert(id, serve_node(dir, (config, master), listener).await);
+    }
+    // Nothing to initialise: node 1 has its cluster of one, and leads it again.
+    let (first, proxy) = leader(&nodes(&running)).await;
+    assert_eq!(first, 1);
+    let one = &running[&1].node;
+    let started = Instant::now();
+    while one.members().voters.get(&1) != Some(&members[&1].addr) {
+        assert!(
+            started.elapsed() < CLUSTER_DEADLINE,
+            "node 1's address was not recorded: {:?}",
+            one.members()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for id in [2, 3] {
+        one.add_learner(id, members[&id].addr.clone())
+            .await
+            .expect("a learner added");
+    }
+    one.promote([2, 3].into()).await.expect("promoted");
+    ids.extend(common::submit(&proxy, &group, 50).await);
+
+    running.remove(&1).expect("node 1").kill().await;
+    let (next, proxy) = leader(&nodes(&running)).await;
+    assert_ne!(next, 1, "another node leads");
+    for id in &ids {
+        let view = proxy.get(*id).await.expect("every task survives");
+        assert_eq!(view.state, TaskState::Pending);
+    }
+    for (_, node) in running {
+        node.kill().await;
+    }
+}

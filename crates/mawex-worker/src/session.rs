@@ -86,7 +86,9 @@ pub(crate) async fn run(
                 pod = %shared.config.id,
                 term = session.welcome.term,
                 seen,
-                "a master of an earlier term than one seen welcomed the pod; refused"
+                "a master of an earlier term than one seen welcomed the pod; refused (a \
+                 deposed leader; or, if its cluster was made again from empty disks, restart \
+                 this pod)"
             );
             drop(session);
             tokio::select! {
