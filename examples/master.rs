@@ -1,10 +1,12 @@
 //! A standalone master: durable journal, gRPC for clients and pods.
 //!
 //! `cargo run --example master -- --listen 127.0.0.1:7070 --journal ./mawex-journal`
-//! Stop it with Ctrl-C (clean: snapshot and close).
+//! Stop it with Ctrl-C (clean: snapshot and close). It is the one node of its cluster (the
+//! default); `--sled` keeps a plain sled journal instead.
 //!
 //! Or one node of a cluster of masters (`--node-id`, `--peers`; `--initialize` on one node,
-//! once), whose `--journal` directory holds the node's Raft log: see the README.
+//! once), whose `--journal` directory holds the node's Raft log: see the README. A cluster of
+//! one grows on its data: start it again as node 1 with `--peers`, then add the others.
 //!
 //! On a network: `--tls-cert server.pem --tls-key server.key --tokens tokens.toml` (the
 //! files are watched and reloaded when they change, and on SIGHUP); `--client-ca ca.pem`
@@ -16,7 +18,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use mawex::auth::{TokenStore, Tokens};
-use mawex::{Master, MasterConfig, Server, ServerTls, SledJournal};
+use mawex::{Master, MasterConfig, ReplicatedMaster, Server, ServerTls, SledJournal};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -26,6 +28,10 @@ struct Args {
     /// Journal directory (created if missing).
     #[arg(long, default_value = "./mawex-journal")]
     journal: std::path::PathBuf,
+    /// A plain sled journal rather than the Raft log of a cluster of one (a directory holds
+    /// one or the other).
+    #[arg(long, conflicts_with = "node_id")]
+    sled: bool,
     /// Seconds a silent pod keeps its leases.
     #[arg(long, default_value_t = 10.0)]
     lease_timeout: f64,
@@ -100,7 +106,8 @@ fn parse_peers(text: &str) -> anyhow::Result<std::collections::BTreeMap<u64, ope
 
 /// What serves: a master of its own, or a node of a cluster.
 enum Running {
-    Single(Master),
+    Plain(Master),
+    Single(ReplicatedMaster),
     Node(mawex_raft::MasterNode),
 }
 
@@ -126,9 +133,11 @@ async fn main() -> anyhow::Result<()> {
             let peers = parse_peers(peers)?;
             anyhow::ensure!(peers.contains_key(&id), "--peers does not name node {id}");
             let max_payload = config.max_payload_bytes;
+            let mut node_config = mawex_raft::NodeConfig::new(id);
+            node_config.address = Some(peers[&id].addr.clone());
             let node = mawex_raft::MasterNode::start(
                 &args.journal,
-                mawex_raft::NodeConfig::new(id),
+                node_config,
                 mawex_raft::GrpcNetwork::with_config(peer_channel(&args)?),
                 config,
             )
@@ -148,13 +157,20 @@ async fn main() -> anyhow::Result<()> {
             );
             (Running::Node(node), server)
         }
-        _ => {
+        _ if args.sled => {
             let master = Master::builder()
                 .config(config)
                 .start(SledJournal::open(&args.journal)?)
                 .await?;
             let server = Server::new(&master);
-            (Running::Single(master), server)
+            (Running::Plain(master), server)
+        }
+        _ => {
+            let node =
+                ReplicatedMaster::start_single(&args.journal, Master::builder().config(config))
+                    .await?;
+            let server = Server::new(node.master());
+            (Running::Single(node), server)
         }
     };
     println!(
@@ -166,7 +182,8 @@ async fn main() -> anyhow::Result<()> {
     // goes on: another node takes over.)
     let stopped: std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>> =
         match &running {
-            Running::Single(master) => Box::pin(master.stopped()),
+            Running::Plain(master) => Box::pin(master.stopped()),
+            Running::Single(node) => Box::pin(node.master().stopped()),
             Running::Node(_) => Box::pin(std::future::pending()),
         };
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
@@ -228,7 +245,8 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("the master stopped: {reason}");
     }
     match running {
-        Running::Single(master) => master.shutdown().await?,
+        Running::Plain(master) => master.shutdown().await?,
+        Running::Single(node) => node.shutdown().await?,
         Running::Node(node) => node.shutdown().await?,
     }
     Ok(())

@@ -244,6 +244,7 @@ impl Opened {
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
             RaftStoreError::Raft(format!("a master node runs on a tokio runtime: {e}"))
         })?;
+        refuse_a_plain_journal(dir)?;
         let log = SledLogStore::open(dir.join(LOG_DIR))?
             .with_free_space_reserve(config.free_space_reserve);
         let machine = MasterStateMachine::open(dir.join(MACHINE_DIR))?
@@ -267,6 +268,20 @@ impl Opened {
             identity,
         })
     }
+}
+
+/// A directory that holds a master's plain sled journal (sled's `conf` and `db` files, no
+/// Raft log) is not a node's: opened as one, it would start empty beside the tasks it holds.
+fn refuse_a_plain_journal(dir: &Path) -> Result<(), RaftStoreError> {
+    let plain = dir.join("conf").is_file() && dir.join("db").is_file();
+    if plain && !dir.join(LOG_DIR).exists() {
+        return Err(RaftStoreError::Storage(mawex_core::CoreError::Config(format!(
+            "{} holds a master's sled journal, not a node's Raft log: open it with \
+             SledJournal, or give the node another directory",
+            dir.display()
+        ))));
+    }
+    Ok(())
 }
 
 /// Waits (up to `within`) for `raft` to lead, applies everything committed, and starts the

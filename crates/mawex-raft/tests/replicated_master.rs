@@ -154,3 +154,23 @@ async fn a_cluster_of_one_syncs_at_most_once_per_batch() {
     assert!(syncs > 0, "the appends were synced");
     node.shutdown().await.expect("a clean stop");
 }
+
+/// A directory that holds a plain sled journal is refused, naming it, rather than opened as
+/// an empty node beside the tasks it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_of_a_plain_journal_is_refused() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let master = Master::builder()
+        .start(mawex_core::SledJournal::open(dir.path()).expect("a journal"))
+        .await
+        .expect("a master on sled");
+    master.shutdown().await.expect("a clean stop");
+    let refused = ReplicatedMaster::start_single(dir.path(), Master::builder())
+        .await
+        .expect_err("not a node's directory");
+    let message = refused.to_string();
+    assert!(
+        message.contains("holds a master's sled journal") && message.contains("SledJournal"),
+        "{message}"
+    );
+}
