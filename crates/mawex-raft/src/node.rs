@@ -275,11 +275,13 @@ impl Opened {
 fn refuse_a_plain_journal(dir: &Path) -> Result<(), RaftStoreError> {
     let plain = dir.join("conf").is_file() && dir.join("db").is_file();
     if plain && !dir.join(LOG_DIR).exists() {
-        return Err(RaftStoreError::Storage(mawex_core::CoreError::Config(format!(
-            "{} holds a master's sled journal, not a node's Raft log: open it with \
+        return Err(RaftStoreError::Storage(mawex_core::CoreError::Config(
+            format!(
+                "{} holds a master's sled journal, not a node's Raft log: open it with \
              SledJournal, or give the node another directory",
-            dir.display()
-        ))));
+                dir.display()
+            ),
+        )));
     }
     Ok(())
 }
