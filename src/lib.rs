@@ -96,9 +96,9 @@ pub use mawex_sandbox::{
 #[cfg(feature = "master")]
 pub mod cluster {
     pub use mawex_raft::{
-        admin_service, raft_service, ClusterAdmin, ClusterPodConnector, ClusterProxy, GrpcNetwork,
-        MasterNode, Members, NodeConfig, NodeIdentity, RaftStoreError, RemoteClusterAdmin,
-        ReplicatedMaster,
+        admin_service, raft_service, BasicNode, ClusterAdmin, ClusterPodConnector, ClusterProxy,
+        GrpcNetwork, MasterNode, Members, NodeConfig, NodeIdentity, RaftStoreError,
+        RemoteClusterAdmin, ReplicatedMaster,
     };
 }
 #[cfg(feature = "master")]

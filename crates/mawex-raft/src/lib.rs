@@ -54,6 +54,8 @@ pub use log_store::{SledLogStore, SyncsHeld};
 pub use membership::{admin_service, AdminService, ClusterAdmin, Members, RemoteClusterAdmin};
 pub use network::{raft_service, GrpcNetwork, GrpcPeer, RaftService};
 pub use node::ReplicatedMaster;
+/// A node's address in a membership (openraft's).
+pub use openraft::BasicNode;
 pub use single_node::{NoPeer, SingleNode};
 pub use state_machine::MasterStateMachine;
 

@@ -1,0 +1,294 @@
+//! The command line: every command, flag and argument.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{LogFormat, Overrides};
+
+/// Distributed task scheduling: masters, workers and tasks from a terminal.
+///
+/// Configuration comes from a TOML file (`--config`, `MAWEX_CONFIG`, or `./mawex.toml`),
+/// then `MAWEX_<SECTION>__<KEY>` environment variables, then flags (docs/configuration.md).
+/// Exit codes: 0 success, 1 error, 2 usage, 3 task failed, 4 wait timed out, 5 cancelled.
+#[derive(Debug, Parser)]
+#[command(name = "mawex", version, propagate_version = true)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(long, global = true, env = "MAWEX_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// How read commands print: a table for people, JSON, or one JSON object per line.
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// The master's endpoints, comma-separated (client.masters).
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub master: Option<Vec<String>>,
+    /// The bearer token sent with every call (client.token).
+    #[arg(long, global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// Logs: `text` or `json` (log.format).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+    /// Logs: a filter such as `info` or `mawex_core=debug` (log.level).
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How read commands print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns.
+    Table,
+    /// One JSON document.
+    Json,
+    /// One JSON object per line.
+    Jsonl,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
+    /// Lines for people.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(format: LogFormatArg) -> Self {
+        match format {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs a master (a cluster of one, or a node of a cluster with `master.cluster`).
+    Master(MasterArgs),
+    /// Runs a worker: a pod whose handlers are the commands of `worker.handlers`.
+    Worker(WorkerArgs),
+    /// Runs a master and one worker in one process, the data in `master.data_dir`.
+    Standalone(StandaloneArgs),
+    /// Submits a task (or, with `--batch`, one per JSON line on stdin).
+    Submit(SubmitArgs),
+    /// Shows a task.
+    Get(GetArgs),
+    /// Lists tasks, a page at a time.
+    List(ListArgs),
+    /// Cancels a task.
+    Cancel(GetArgs),
+    /// Runs a failed task again.
+    Retry(GetArgs),
+    /// The failed queue: a summary, or retry or purge what a filter matches.
+    Failed(FailedArgs),
+    /// Checks or shows the configuration.
+    Config {
+        /// `check` or `show`.
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Prints a completion script for a shell.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `mawex config`.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum ConfigAction {
+    /// Loads the configuration and reports the first problem, naming the key.
+    Check,
+    /// Prints every value in effect and where it came from.
+    Show,
+}
+
+/// Flags of `mawex master` (and the master of `standalone`).
+#[derive(Debug, Args, Default)]
+pub struct MasterArgs {
+    /// Where to serve gRPC (master.listen).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Where to keep the data (master.data_dir).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Makes the cluster of `master.cluster.peers`: on one node, the first time only.
+    #[arg(long)]
+    pub initialize: bool,
+}
+
+impl MasterArgs {
+    /// The configuration keys these flags set.
+    pub fn overrides(&self, flags: &mut Overrides) {
+        flags.set("master.listen", self.listen.clone());
+        flags.set("master.data_dir", self.data_dir.clone());
+    }
+}
+
+/// Flags of `mawex worker` (and the pod of `standalone`).
+#[derive(Debug, Args, Default)]
+pub struct WorkerArgs {
+    /// The pod's id (worker.id).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// The groups it serves, comma-separated (worker.groups).
+    #[arg(long, value_delimiter = ',')]
+    pub groups: Option<Vec<String>>,
+    /// Attempts run at once (worker.slots).
+    #[arg(long)]
+    pub slots: Option<u32>,
+    /// A label, `key=value` (worker.labels; repeat the flag).
+    #[arg(long = "label", value_parser = key_value)]
+    pub labels: Vec<(String, String)>,
+    /// Where other pods reach this one (worker.advertise).
+    #[arg(long)]
+    pub advertise: Option<String>,
+}
+
+impl WorkerArgs {
+    /// The configuration keys these flags set.
+    pub fn overrides(&self, flags: &mut Overrides) {
+        flags.set("worker.id", self.id.clone());
+        flags.set("worker.groups", self.groups.clone());
+        flags.set("worker.slots", self.slots);
+        flags.set("worker.advertise", self.advertise.clone());
+        for (key, value) in &self.labels {
+            flags.set(&format!("worker.labels.{key}"), Some(value.clone()));
+        }
+    }
+}
+
+/// Flags of `mawex standalone`.
+#[derive(Debug, Args, Default)]
+pub struct StandaloneArgs {
+    /// The master's flags.
+    #[command(flatten)]
+    pub master: MasterArgs,
+    /// The worker's flags.
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{text:?} is not key=value"))
+}
+
+/// `mawex submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The consumer group (not with `--batch`).
+    #[arg(required_unless_present = "batch")]
+    pub group: Option<String>,
+    /// The handler (not with `--batch`).
+    #[arg(required_unless_present = "batch")]
+    pub handler: Option<String>,
+    /// The payload; `-` reads it from stdin. Default: empty.
+    pub payload: Option<String>,
+    /// Reads tasks from stdin, one JSON object per line:
+    /// `{"group": …, "handler": …, "payload": …}` plus any of `id`, `priority`,
+    /// `delay`, `dedup`, `retry`, `fairness_key`.
+    #[arg(long, conflicts_with_all = ["group", "handler", "payload", "wait"])]
+    pub batch: bool,
+    /// Waits for the result, prints the output, and exits with the task's status.
+    #[arg(long)]
+    pub wait: bool,
+    /// With `--wait`: gives up after this long (exit 4; the task goes on).
+    #[arg(long, requires = "wait", value_parser = duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// Higher runs first (default 0).
+    #[arg(long, allow_hyphen_values = true)]
+    pub priority: Option<i32>,
+    /// Not before this long from now (`30s`, `5m`).
+    #[arg(long, value_parser = duration, conflicts_with = "at")]
+    pub delay: Option<std::time::Duration>,
+    /// Not before this time (RFC 3339: `2026-12-24T18:00:00Z`).
+    #[arg(long)]
+    pub at: Option<String>,
+    /// A deduplication key: a second submit with it within `--dedup-window` returns the first.
+    #[arg(long)]
+    pub dedup: Option<String>,
+    /// How long `--dedup` holds (default 1h).
+    #[arg(long, requires = "dedup", value_parser = duration)]
+    pub dedup_window: Option<std::time::Duration>,
+    /// Attempts in all, retries included (default: the group's).
+    #[arg(long)]
+    pub retry: Option<u32>,
+    /// Tasks of one fairness key take turns with other keys of the group.
+    #[arg(long)]
+    pub fairness_key: Option<String>,
+}
+
+/// A human duration: `500ms`, `30s`, `5m`, `1h 30m`.
+pub fn duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// A task id.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The task's id.
+    pub id: String,
+}
+
+/// `mawex list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only tasks of this group.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Only tasks in this state: pending, running, succeeded, failed, cancelled.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Tasks per page (at most 1,000).
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    /// Starts after this task id (the `next` a page printed).
+    #[arg(long)]
+    pub after: Option<String>,
+    /// Every page, not just the first.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// `mawex failed`.
+#[derive(Debug, Args)]
+pub struct FailedArgs {
+    /// `summary` (default), `retry` or `purge`.
+    #[arg(value_enum, default_value_t = FailedAction::Summary)]
+    pub action: FailedAction,
+    /// Only tasks of this group.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Only tasks whose last error is of this kind: transient, permanent, timeout, lost.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only these tasks (repeat the flag).
+    #[arg(long = "id")]
+    pub ids: Vec<String>,
+    /// Counts what would be acted on, and does nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Acts without asking (needed when stdin is not a terminal).
+    #[arg(long)]
+    pub yes: bool,
+}
+
+/// What `mawex failed` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailedAction {
+    /// Failed tasks counted by group and error kind.
+    Summary,
+    /// Runs them again.
+    Retry,
+    /// Forgets them.
+    Purge,
+}

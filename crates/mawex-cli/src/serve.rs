@@ -1,0 +1,362 @@
+//! The long-running commands: `master`, `worker`, `standalone`. Each runs until SIGTERM or
+//! Ctrl-C and then drains: a master finishes its batch, snapshots and closes; a pod stops
+//! taking work and finishes or hands back what it runs within its grace period.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use mawex::cluster::{GrpcNetwork, MasterNode, NodeConfig};
+use mawex::sandbox::{CommandSandbox, CommandSpec};
+use mawex::{
+    GroupName, GrpcPodConnector, Master, MasterConfig, Pod, PodConfig, PodConnector, PodId,
+    ReplicatedMaster, Sandbox, Server, ServerTls, SledJournal,
+};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::cli::MasterArgs;
+use crate::config::{Config, JournalKind};
+use crate::CliError;
+
+/// Resolves when the process is asked to stop (SIGTERM, SIGINT).
+async fn stop_requested() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "SIGTERM cannot be caught; stop with Ctrl-C");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = terminate => info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => info!("interrupted: draining"),
+    }
+}
+
+/// The master settings of the configuration.
+fn master_config(config: &Config) -> MasterConfig {
+    let mut master = MasterConfig::default();
+    master.lease_timeout = config.master.lease_timeout;
+    master.heartbeat_interval = config.master.heartbeat_interval;
+    master
+}
+
+/// What serves: a master on a plain journal, a cluster of one, or a node of a cluster.
+enum Running {
+    Plain(Master),
+    Single(ReplicatedMaster),
+    Node(MasterNode),
+}
+
+/// Resolves with why a master stopped on its own.
+type Stopped = Pin<Box<dyn Future<Output = String> + Send>>;
+
+impl Running {
+    /// Opens what the configuration describes, and the server for it (no TLS or tokens yet).
+    async fn open(config: &Config, initialize: bool) -> Result<(Running, Server), CliError> {
+        let section = &config.master;
+        let settings = master_config(config);
+        let max_payload = settings.max_payload_bytes;
+        match (section.journal, section.cluster.node_id) {
+            (JournalKind::Sled, Some(_)) => Err(CliError::Config(
+                "master.journal: a node of a cluster (master.cluster.node_id) keeps the raft \
+                 journal"
+                    .into(),
+            )),
+            (JournalKind::Sled, None) => {
+                let journal = SledJournal::open(&section.data_dir).map_err(CliError::serve)?;
+                let master = Master::builder()
+                    .config(settings)
+                    .start(journal)
+                    .await
+                    .map_err(CliError::serve)?;
+                let server = Server::new(&master);
+                Ok((Running::Plain(master), server))
+            }
+            (JournalKind::Raft, None) => {
+                if initialize {
+                    return Err(CliError::Usage(
+                        "--initialize makes a cluster of master.cluster.peers: set \
+                         master.cluster.node_id and peers"
+                            .into(),
+                    ));
+                }
+                let node = ReplicatedMaster::start_single(
+                    &section.data_dir,
+                    Master::builder().config(settings),
+                )
+                .await
+                .map_err(CliError::serve)?;
+                let server = Server::new(node.master());
+                Ok((Running::Single(node), server))
+            }
+            (JournalKind::Raft, Some(id)) => {
+                let peers = config.peers()?;
+                let mut node_config = NodeConfig::new(id);
+                node_config.address = peers.get(&id).cloned();
+                let node = MasterNode::start(
+                    &section.data_dir,
+                    node_config,
+                    GrpcNetwork::with_config(peer_channel(config)?),
+                    settings,
+                )
+                .await
+                .map_err(CliError::serve)?;
+                if initialize {
+                    let members = peers
+                        .into_iter()
+                        .map(|(id, address)| (id, mawex::cluster::BasicNode::new(address)))
+                        .collect::<BTreeMap<_, _>>();
+                    node.initialize(members).await.map_err(CliError::serve)?;
+                }
+                let server = Server::over(
+                    Arc::new(node.client()),
+                    Arc::new(node.pod_connector()),
+                    max_payload,
+                )
+                .add_service_for(mawex::auth::Role::Peer, mawex::cluster::raft_service(&node))
+                .add_service_for(
+                    mawex::auth::Role::Admin,
+                    mawex::cluster::admin_service(node.admin()),
+                );
+                Ok((Running::Node(node), server))
+            }
+        }
+    }
+
+    /// Why the master stopped on its own, when it does (a node goes on: another leads).
+    fn stopped(&self) -> Stopped {
+        match self {
+            Running::Plain(master) => Box::pin(master.stopped()),
+            Running::Single(node) => Box::pin(node.master().stopped()),
+            Running::Node(_) => Box::pin(std::future::pending()),
+        }
+    }
+
+    /// The in-process pod connector, for `standalone`.
+    fn pod_connector(&self) -> Option<Arc<dyn PodConnector>> {
+        match self {
+            Running::Plain(master) => Some(Arc::new(master.pod_connector())),
+            Running::Single(node) => Some(Arc::new(node.pod_connector())),
+            Running::Node(_) => None,
+        }
+    }
+
+    /// Finishes the batch, snapshots and closes.
+    async fn shutdown(self) -> Result<(), CliError> {
+        match self {
+            Running::Plain(master) => master.shutdown().await.map_err(CliError::serve),
+            Running::Single(node) => node.shutdown().await.map_err(CliError::serve),
+            Running::Node(node) => node.shutdown().await.map_err(CliError::serve),
+        }
+    }
+}
+
+/// How a node calls its peers: over TLS with `master.cluster.peer_ca` (presenting its own
+/// certificate when peers require client certificates), with `peer_token` if set.
+fn peer_channel(config: &Config) -> Result<mawex::ChannelConfig, CliError> {
+    let section = &config.master;
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(CliError::io(format!("reading {}", path.display())))
+    };
+    let mut channel = mawex::ChannelConfig::default();
+    if let Some(ca) = &section.cluster.peer_ca {
+        let mut tls = mawex::ClientTls::new(read(ca)?);
+        if let (Some(_), Some(cert), Some(key)) =
+            (&section.client_ca, &section.tls_cert, &section.tls_key)
+        {
+            tls = tls.with_identity(read(cert)?, read(key)?);
+        }
+        channel = channel.with_tls(tls);
+    } else if section.tls_cert.is_some() && section.cluster.node_id.is_some() {
+        return Err(CliError::Config(
+            "master.cluster.peer_ca: a node serving TLS calls its peers over TLS: set it".into(),
+        ));
+    }
+    if let Some(token) = &section.cluster.peer_token {
+        channel = channel.with_token(token.clone());
+    }
+    Ok(channel)
+}
+
+/// TLS and tokens from the configuration.
+fn secure(config: &Config, mut server: Server) -> Result<Server, CliError> {
+    let section = &config.master;
+    if let Some(path) = &section.tokens {
+        let tokens = mawex::auth::Tokens::from_file(path)
+            .map_err(|e| CliError::Config(format!("master.tokens: {e}")))?;
+        server = server.tokens(mawex::auth::TokenStore::new(tokens));
+    }
+    if let (Some(cert), Some(key)) = (&section.tls_cert, &section.tls_key) {
+        let tls = ServerTls::from_files_with_clients(cert, key, section.client_ca.as_deref())
+            .map_err(|e| CliError::Config(format!("master.tls_cert: {e}")))?;
+        server = server.tls(tls);
+    }
+    if section.insecure {
+        server = server.insecure();
+    }
+    Ok(server)
+}
+
+/// Serves `running` until a stop is asked for, or its master stops on its own; with a pod
+/// of `pod` beside it for `standalone`.
+async fn serve(
+    config: &Config,
+    running: Running,
+    server: Server,
+    pod: Option<Pod>,
+) -> Result<(), CliError> {
+    let listener = TcpListener::bind(config.master.listen)
+        .await
+        .map_err(CliError::io(format!("binding {}", config.master.listen)))?;
+    let address = listener
+        .local_addr()
+        .map_err(CliError::io("reading the bound address"))?;
+    println!("mawex master listening on http://{address}");
+    let stopped = running.stopped();
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
+    let served = server
+        .serve(listener, async move {
+            tokio::select! {
+                () = stop_requested() => {}
+                reason = stopped => {
+                    let _ = failed_tx.send(reason);
+                }
+            }
+        })
+        .await;
+    if let Some(pod) = pod {
+        pod.shutdown().await.map_err(CliError::serve)?;
+    }
+    if let Ok(reason) = failed_rx.await {
+        return Err(CliError::Serve(format!("the master stopped: {reason}")));
+    }
+    served.map_err(CliError::serve)?;
+    running.shutdown().await
+}
+
+/// `mawex master`.
+///
+/// # Errors
+/// A bad configuration, a data directory that cannot be opened, or a master that stopped
+/// on its own (a full disk, say).
+pub(crate) async fn master(config: &Config, args: &MasterArgs) -> Result<(), CliError> {
+    let (running, server) = Running::open(config, args.initialize).await?;
+    let server = secure(config, server)?;
+    serve(config, running, server, None).await
+}
+
+/// The pod of the configuration, its handlers the commands of `worker.handlers`.
+fn pod_config(config: &Config) -> Result<(PodConfig, CommandSandbox), CliError> {
+    let section = &config.worker;
+    if section.groups.is_empty() {
+        return Err(CliError::Config(
+            "worker.groups: names no group to serve".into(),
+        ));
+    }
+    if section.handlers.is_empty() {
+        return Err(CliError::Config(
+            "worker.handlers: names no handler to run".into(),
+        ));
+    }
+    let id = match &section.id {
+        Some(id) => id.clone(),
+        None => host_name(),
+    };
+    let id = PodId::new(&id).map_err(|e| CliError::Config(format!("worker.id: {e}")))?;
+    let groups = section
+        .groups
+        .iter()
+        .map(GroupName::new)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CliError::Config(format!("worker.groups: {e}")))?;
+    let mut pod = PodConfig::new(id, groups).with_slots(section.slots);
+    pod = pod.with_shutdown_grace(section.shutdown_grace);
+    pod.labels = section.labels.clone();
+    pod.address = section.advertise.clone();
+    let mut sandbox = CommandSandbox::new();
+    for (name, handler) in &section.handlers {
+        let mut spec = CommandSpec::new(handler.argv.iter().cloned());
+        for (key, value) in &handler.env {
+            spec = spec.env(key.clone(), value.clone());
+        }
+        for name in &handler.inherit {
+            spec = spec.inherit(name.clone());
+        }
+        if let Some(dir) = &handler.cwd {
+            spec = spec.cwd(dir.clone());
+        }
+        spec.cpu_seconds = handler.cpu_seconds;
+        spec.open_files = handler.open_files;
+        sandbox
+            .command(name, spec)
+            .map_err(|e| CliError::Config(format!("worker.handlers.{name}: {e}")))?;
+    }
+    Ok((pod, sandbox))
+}
+
+/// This machine's name, for a pod with no `worker.id`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "pod".into())
+}
+
+fn start_pod(config: &Config, connector: Arc<dyn PodConnector>) -> Result<Pod, CliError> {
+    let (pod, sandbox) = pod_config(config)?;
+    let sandbox: Arc<dyn Sandbox> = Arc::new(sandbox);
+    Pod::start(pod, sandbox, connector).map_err(CliError::serve)
+}
+
+/// `mawex worker`.
+///
+/// # Errors
+/// A bad configuration, or a pod that cannot start.
+pub(crate) async fn worker(config: &Config) -> Result<(), CliError> {
+    let connector = GrpcPodConnector::with_config(
+        config.client.masters.iter(),
+        crate::tasks::channel(config)?,
+    )?;
+    let pod = start_pod(config, Arc::new(connector))?;
+    eprintln!(
+        "mawex worker serving {:?} for {}",
+        config.worker.groups,
+        config.client.masters.join(",")
+    );
+    stop_requested().await;
+    pod.shutdown().await.map_err(CliError::serve)
+}
+
+/// `mawex standalone`: a master (a cluster of one, or a plain journal) and one worker.
+///
+/// # Errors
+/// As `master` and `worker`.
+pub(crate) async fn standalone(config: &Config) -> Result<(), CliError> {
+    if config.master.cluster.node_id.is_some() {
+        return Err(CliError::Config(
+            "master.cluster.node_id: standalone runs a cluster of one".into(),
+        ));
+    }
+    let (running, server) = Running::open(config, false).await?;
+    let server = secure(config, server)?;
+    let Some(connector) = running.pod_connector() else {
+        return Err(CliError::Serve("no in-process pod connector".into()));
+    };
+    let pod = match start_pod(config, connector) {
+        Ok(pod) => pod,
+        Err(e) => {
+            running.shutdown().await?;
+            return Err(e);
+        }
+    };
+    serve(config, running, server, Some(pod)).await
+}

@@ -1,0 +1,502 @@
+//! The task commands: submit, get, list, cancel, retry, failed.
+
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::time::Duration;
+
+use mawex::{
+    ApiError, Bytes, CancelAck, ErrorKind, FailedFilter, GroupName, ListQuery, MasterProxy,
+    Outcome, RemoteConfig, RemoteMasterProxy, RetryPolicy, TaskId, TaskSpec, TaskState, Timestamp,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{FailedAction, FailedArgs, ListArgs, Output, SubmitArgs};
+use crate::config::Config;
+use crate::output::{self, state_name, Rows, TaskRow};
+use crate::CliError;
+
+/// The default window of `--dedup`.
+const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(3600);
+
+/// How clients and workers reach the masters: TLS with `client.ca`, `client.token`.
+///
+/// # Errors
+/// The authority's file cannot be read.
+pub(crate) fn channel(config: &Config) -> Result<mawex::ChannelConfig, CliError> {
+    let client = &config.client;
+    let mut channel = mawex::ChannelConfig::default();
+    if let Some(ca) = &client.ca {
+        let pem = std::fs::read(ca).map_err(CliError::io(format!("reading {}", ca.display())))?;
+        channel = channel.with_tls(mawex::ClientTls::new(pem));
+    }
+    if let Some(token) = &client.token {
+        channel = channel.with_token(token.clone());
+    }
+    Ok(channel)
+}
+
+/// A client of the masters of `config.client`.
+///
+/// # Errors
+/// A file named in the configuration cannot be read, or an endpoint is malformed.
+pub(crate) fn connect(config: &Config) -> Result<RemoteMasterProxy, CliError> {
+    let mut remote = RemoteConfig::default();
+    remote.retry_for = config.client.timeout;
+    remote.channel = channel(config)?;
+    let client = &config.client;
+    Ok(RemoteMasterProxy::with_config(
+        client.masters.iter(),
+        remote,
+    )?)
+}
+
+fn group(name: &str) -> Result<GroupName, CliError> {
+    GroupName::new(name).map_err(|e| CliError::Usage(format!("group {name:?}: {e}")))
+}
+
+fn task_id(text: &str) -> Result<TaskId, CliError> {
+    text.parse()
+        .map_err(|e| CliError::Usage(format!("{text:?} is not a task id: {e}")))
+}
+
+fn state(text: &str) -> Result<TaskState, CliError> {
+    [
+        TaskState::Pending,
+        TaskState::Running,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Cancelled,
+    ]
+    .into_iter()
+    .find(|s| state_name(*s) == text)
+    .ok_or_else(|| {
+        CliError::Usage(format!(
+            "{text:?} is not a state: pending, running, succeeded, failed or cancelled"
+        ))
+    })
+}
+
+/// Every kind of error, by the name `--kind` takes.
+const KINDS: [(&str, ErrorKind); 11] = [
+    ("handler", ErrorKind::Handler),
+    ("panicked", ErrorKind::Panicked),
+    ("unknown-handler", ErrorKind::UnknownHandler),
+    ("timed-out", ErrorKind::TimedOut),
+    ("cancelled", ErrorKind::Cancelled),
+    ("crashed", ErrorKind::Crashed),
+    ("non-zero-exit", ErrorKind::NonZeroExit),
+    ("out-of-memory", ErrorKind::OutOfMemory),
+    ("sandbox", ErrorKind::Sandbox),
+    ("lease-expired", ErrorKind::LeaseExpired),
+    ("handler-error", ErrorKind::Handler),
+];
+
+fn kind(text: &str) -> Result<ErrorKind, CliError> {
+    KINDS
+        .iter()
+        .find(|(name, _)| *name == text)
+        .map(|(_, kind)| *kind)
+        .ok_or_else(|| {
+            let names: Vec<&str> = KINDS.iter().take(10).map(|(name, _)| *name).collect();
+            CliError::Usage(format!(
+                "{text:?} is not an error kind: {}",
+                names.join(", ")
+            ))
+        })
+}
+
+fn kind_name(kind: ErrorKind) -> &'static str {
+    KINDS
+        .iter()
+        .find(|(_, k)| *k == kind)
+        .map_or("other", |(name, _)| name)
+}
+
+/// One task of `submit --batch`: a JSON line.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchLine {
+    group: String,
+    handler: String,
+    #[serde(default)]
+    payload: Option<serde_json::Value>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    priority: Option<i32>,
+    #[serde(default, with = "humantime_serde")]
+    delay: Option<Duration>,
+    #[serde(default)]
+    dedup: Option<String>,
+    #[serde(default)]
+    retry: Option<u32>,
+    #[serde(default)]
+    fairness_key: Option<String>,
+}
+
+/// What a submit printed for each task.
+#[derive(Debug, Serialize)]
+struct Submitted {
+    id: String,
+    created: bool,
+    deduplicated: bool,
+}
+
+impl Rows for Submitted {
+    fn headers() -> &'static [&'static str] {
+        &["id", "created", "deduplicated"]
+    }
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.id.clone(),
+            self.created.to_string(),
+            self.deduplicated.to_string(),
+        ]
+    }
+}
+
+/// The payload of a JSON line: a string as its bytes, anything else as its JSON.
+fn payload_of(value: Option<serde_json::Value>) -> Bytes {
+    match value {
+        None | Some(serde_json::Value::Null) => Bytes::new(),
+        Some(serde_json::Value::String(text)) => Bytes::from(text),
+        Some(other) => Bytes::from(other.to_string()),
+    }
+}
+
+/// Options common to one submit and a batch line.
+struct Options {
+    priority: Option<i32>,
+    run_at: Option<Timestamp>,
+    dedup: Option<(String, Duration)>,
+    retry: Option<u32>,
+    fairness_key: Option<String>,
+}
+
+impl Options {
+    fn apply(self, mut spec: TaskSpec) -> Result<TaskSpec, CliError> {
+        if let Some(priority) = self.priority {
+            spec = spec.with_priority(priority);
+        }
+        if let Some(at) = self.run_at {
+            spec = spec.with_run_at(at);
+        }
+        if let Some((key, window)) = self.dedup {
+            spec = spec.with_dedup(key, window);
+        }
+        if let Some(attempts) = self.retry {
+            if attempts == 0 {
+                return Err(CliError::Usage(
+                    "--retry counts attempts in all: at least 1".into(),
+                ));
+            }
+            spec = spec.with_retry(RetryPolicy::new(attempts));
+        }
+        if let Some(key) = self.fairness_key {
+            spec = spec.with_fairness_key(key);
+        }
+        Ok(spec)
+    }
+}
+
+/// `mawex submit`.
+///
+/// # Errors
+/// Bad input, a refused submit, or (with `--wait`) the task's own ending.
+pub(crate) async fn submit(
+    config: &Config,
+    output: Output,
+    args: SubmitArgs,
+) -> Result<(), CliError> {
+    let proxy = connect(config)?;
+    if args.batch {
+        return submit_batch(&proxy, output).await;
+    }
+    let (Some(group_name), Some(handler)) = (&args.group, &args.handler) else {
+        return Err(CliError::Usage("submit needs a GROUP and a HANDLER".into()));
+    };
+    let payload = match args.payload.as_deref() {
+        None => Bytes::new(),
+        Some("-") => {
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .map_err(CliError::io("reading the payload from stdin"))?;
+            Bytes::from(bytes)
+        }
+        Some(text) => Bytes::from(text.to_owned()),
+    };
+    let run_at = match (&args.delay, &args.at) {
+        (Some(delay), _) => Some(Timestamp::after(*delay)),
+        (None, Some(at)) => Some(Timestamp::from(
+            humantime::parse_rfc3339_weak(at)
+                .map_err(|e| CliError::Usage(format!("--at {at:?}: {e}")))?,
+        )),
+        (None, None) => None,
+    };
+    let options = Options {
+        priority: args.priority,
+        run_at,
+        dedup: args
+            .dedup
+            .clone()
+            .map(|key| (key, args.dedup_window.unwrap_or(DEFAULT_DEDUP_WINDOW))),
+        retry: args.retry,
+        fairness_key: args.fairness_key.clone(),
+    };
+    let spec = options.apply(TaskSpec::new(group(group_name)?, handler.clone(), payload))?;
+    let ack = proxy.submit(spec).await?;
+    if !args.wait {
+        return output::print(
+            output,
+            &[Submitted {
+                id: ack.id.to_string(),
+                created: ack.created,
+                deduplicated: ack.deduplicated,
+            }],
+        );
+    }
+    eprintln!("submitted {}; waiting", ack.id);
+    let waited = match args.timeout {
+        Some(limit) => tokio::time::timeout(limit, proxy.await_result(ack.id))
+            .await
+            .map_err(|_| CliError::TimedOut(limit))?,
+        None => proxy.await_result(ack.id).await,
+    };
+    match waited?.outcome {
+        Outcome::Succeeded(out) => {
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(&out)
+                .and_then(|()| stdout.flush())
+                .map_err(CliError::io("writing the output"))?;
+            Ok(())
+        }
+        Outcome::Failed(error) => Err(CliError::TaskFailed(format!(
+            "{}: {}",
+            error.kind, error.message
+        ))),
+        Outcome::Cancelled => Err(CliError::Cancelled),
+        _ => Err(CliError::TaskFailed(
+            "an outcome this version does not know".into(),
+        )),
+    }
+}
+
+/// `mawex submit --batch`: one task per JSON line on stdin, submitted together; a bad line
+/// fails the whole batch before anything is sent, naming the line.
+async fn submit_batch(proxy: &RemoteMasterProxy, output: Output) -> Result<(), CliError> {
+    let mut specs = Vec::new();
+    for (number, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line.map_err(CliError::io("reading tasks from stdin"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at =
+            |e: &dyn std::fmt::Display| CliError::Usage(format!("stdin line {}: {e}", number + 1));
+        let task: BatchLine = serde_json::from_str(&line).map_err(|e| at(&e))?;
+        let mut spec = TaskSpec::new(
+            group(&task.group).map_err(|e| at(&e))?,
+            task.handler,
+            payload_of(task.payload),
+        );
+        if let Some(id) = &task.id {
+            spec = spec.with_id(task_id(id).map_err(|e| at(&e))?);
+        }
+        let options = Options {
+            priority: task.priority,
+            run_at: task.delay.map(Timestamp::after),
+            dedup: task.dedup.map(|key| (key, DEFAULT_DEDUP_WINDOW)),
+            retry: task.retry,
+            fairness_key: task.fairness_key,
+        };
+        specs.push(options.apply(spec).map_err(|e| at(&e))?);
+    }
+    if specs.is_empty() {
+        return Err(CliError::Usage("no task on stdin".into()));
+    }
+    let mut rows = Vec::with_capacity(specs.len());
+    // In pages the master takes whole, each atomic on its own.
+    for chunk in specs.chunks(1_000) {
+        for ack in proxy.submit_many(chunk.to_vec()).await? {
+            rows.push(Submitted {
+                id: ack.id.to_string(),
+                created: ack.created,
+                deduplicated: ack.deduplicated,
+            });
+        }
+    }
+    output::print(output, &rows)
+}
+
+/// `mawex get`.
+///
+/// # Errors
+/// A bad id, or a failed call (`NotFound` for an unknown task).
+pub(crate) async fn get(config: &Config, output: Output, id: &str) -> Result<(), CliError> {
+    let view = connect(config)?.get(task_id(id)?).await?;
+    output::print(output, &[TaskRow::new(&view)])
+}
+
+/// `mawex list`.
+///
+/// # Errors
+/// A bad filter, or a failed call.
+pub(crate) async fn list(config: &Config, output: Output, args: ListArgs) -> Result<(), CliError> {
+    let proxy = connect(config)?;
+    let mut query = ListQuery::default();
+    query.group = args.group.as_deref().map(group).transpose()?;
+    query.state = args.state.as_deref().map(state).transpose()?;
+    query.after = args.after.as_deref().map(task_id).transpose()?;
+    if args.limit == 0 || args.limit > mawex::MAX_LIST_LIMIT {
+        return Err(CliError::Usage(format!(
+            "--limit must be 1 to {}",
+            mawex::MAX_LIST_LIMIT
+        )));
+    }
+    query.limit = args.limit;
+    let mut rows = Vec::new();
+    loop {
+        let page = proxy.list(query.clone()).await?;
+        rows.extend(page.tasks.iter().map(TaskRow::new));
+        match page.next {
+            Some(next) if args.all => query.after = Some(next),
+            Some(next) => {
+                eprintln!("more: --after {next}");
+                break;
+            }
+            None => break,
+        }
+    }
+    output::print(output, &rows)
+}
+
+/// `mawex cancel`.
+///
+/// # Errors
+/// A bad id, or a failed call.
+pub(crate) async fn cancel(config: &Config, id: &str) -> Result<(), CliError> {
+    let id = task_id(id)?;
+    match connect(config)?.cancel(id).await? {
+        CancelAck::Cancelled => eprintln!("{id} cancelled"),
+        CancelAck::AlreadyFinished(state) => {
+            eprintln!("{id} had already finished: {}", state_name(state));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `mawex retry`: runs one failed task again.
+///
+/// # Errors
+/// A bad id, a task that is not in the failed queue, or a failed call.
+pub(crate) async fn retry(config: &Config, id: &str) -> Result<(), CliError> {
+    let id = task_id(id)?;
+    let retried = connect(config)?
+        .retry_failed(FailedFilter::ids(vec![id]))
+        .await?;
+    if retried == 0 {
+        return Err(CliError::Api(ApiError::NotFound(format!(
+            "{id} is not in the failed queue"
+        ))));
+    }
+    eprintln!("{id} queued again");
+    Ok(())
+}
+
+/// A line of the failed queue's summary.
+#[derive(Debug, Serialize)]
+struct FailedRow {
+    group: String,
+    kind: String,
+    count: u64,
+}
+
+impl Rows for FailedRow {
+    fn headers() -> &'static [&'static str] {
+        &["group", "kind", "count"]
+    }
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.group.clone(),
+            self.kind.clone(),
+            self.count.to_string(),
+        ]
+    }
+}
+
+/// `mawex failed`.
+///
+/// # Errors
+/// A bad filter, a refusal to act without `--yes`, or a failed call.
+pub(crate) async fn failed(
+    config: &Config,
+    output: Output,
+    args: FailedArgs,
+) -> Result<(), CliError> {
+    let proxy = connect(config)?;
+    let mut filter = FailedFilter::all();
+    filter.group = args.group.as_deref().map(group).transpose()?;
+    filter.kind = args.kind.as_deref().map(kind).transpose()?;
+    filter.ids = args
+        .ids
+        .iter()
+        .map(|id| task_id(id))
+        .collect::<Result<_, _>>()?;
+    let summary = proxy.failed_summary().await?;
+    let matching: Vec<FailedRow> = summary
+        .iter()
+        .filter(|c| filter.group.as_ref().is_none_or(|g| *g == c.group))
+        .filter(|c| filter.kind.is_none_or(|k| k == c.kind))
+        .map(|c| FailedRow {
+            group: c.group.to_string(),
+            kind: kind_name(c.kind).to_owned(),
+            count: c.count,
+        })
+        .collect();
+    let verb = match args.action {
+        FailedAction::Summary => return output::print(output, &matching),
+        FailedAction::Retry => "retry",
+        FailedAction::Purge => "purge",
+    };
+    // With ids the count is theirs; otherwise what the summary counts for the filter.
+    let count = if filter.ids.is_empty() {
+        matching
+            .iter()
+            .map(|row| row.count)
+            .sum::<u64>()
+            .to_string()
+    } else {
+        format!("up to {}", filter.ids.len())
+    };
+    if args.dry_run {
+        eprintln!("would {verb} {count} failed tasks (dry run: nothing done)");
+        println!("{count}");
+        return Ok(());
+    }
+    if !args.yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(CliError::Usage(format!(
+                "{verb} {count} failed tasks: add --yes (stdin is not a terminal to ask on)"
+            )));
+        }
+        eprint!("{verb} {count} failed tasks? [y/N] ");
+        let mut answer = String::new();
+        std::io::stdin()
+            .read_line(&mut answer)
+            .map_err(CliError::io("reading the answer"))?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            eprintln!("nothing done");
+            return Ok(());
+        }
+    }
+    let done = match args.action {
+        FailedAction::Retry => proxy.retry_failed(filter).await?,
+        _ => proxy.purge_failed(filter).await?,
+    };
+    eprintln!("{verb}: {done} tasks");
+    println!("{done}");
+    Ok(())
+}

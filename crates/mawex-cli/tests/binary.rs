@@ -1,0 +1,404 @@
+//! The `mawex` binary end to end: a `mawex master` and two `mawex worker`s as real processes
+//! on loopback, tasks submitted with `mawex submit`, every exit code, JSON output, batch
+//! submits from stdin; and the configuration's layers and errors.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn mawex() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mawex"));
+    // Only what a test sets: no stray `MAWEX_*__*` of the machine's.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("MAWEX_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// A process stopped when the test ends, however it ends: SIGTERM (it drains), then SIGKILL
+/// if it has not ended within a few seconds.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A config file in `dir` for a cluster of one on `master` and workers of group `sh`.
+fn write_config(dir: &Path, master: &str) -> PathBuf {
+    let path = dir.join("mawex.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[client]
+masters = ["{master}"]
+timeout = "20s"
+
+[master]
+listen = "127.0.0.1:0"
+data_dir = "{data}"
+
+[worker]
+groups = ["sh"]
+slots = 2
+shutdown_grace = "1s"
+
+[worker.handlers.upper]
+argv = ["tr", "a-z", "A-Z"]
+
+[worker.handlers.fail]
+argv = ["sh", "-c", "echo broken >&2; exit 3"]
+
+[worker.handlers.slow]
+argv = ["sleep", "30"]
+"#,
+            data = dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Starts `mawex master` and returns it with the endpoint it printed.
+fn start_master(dir: &Path) -> (Running, String) {
+    let config = write_config(dir, "http://127.0.0.1:1");
+    let mut child = mawex()
+        .arg("--config")
+        .arg(&config)
+        .arg("master")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(endpoint) = line.strip_prefix("mawex master listening on ") {
+                let _ = tx.send(endpoint.to_owned());
+            }
+        }
+    });
+    let endpoint = rx
+        .recv_timeout(DEADLINE)
+        .expect("the master prints where it listens");
+    (Running(child), endpoint)
+}
+
+/// `mawex` with the config of `dir` pointed at `endpoint`, run to its end (bounded).
+fn run(dir: &Path, endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let config = write_config(dir, endpoint);
+    let mut child = mawex()
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    let started = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("mawex {args:?} did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn code(output: &Output) -> i32 {
+    output.status.code().expect("an exit code, not a signal")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_master_two_workers_and_every_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_master, endpoint) = start_master(dir.path());
+    let config = write_config(dir.path(), &endpoint);
+    let worker = |id: &str| {
+        Running(
+            mawex()
+                .arg("--config")
+                .arg(&config)
+                .args(["worker", "--id", id])
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let _workers = [worker("w1"), worker("w2")];
+    let dir = dir.path();
+
+    // 0: the command's output, as it printed it.
+    let done = run(
+        dir,
+        &endpoint,
+        &["submit", "sh", "upper", "hello", "--wait"],
+        None,
+    );
+    assert_eq!(code(&done), 0, "{}", stderr(&done));
+    assert_eq!(stdout(&done), "HELLO");
+    // The payload from stdin.
+    let done = run(
+        dir,
+        &endpoint,
+        &["submit", "sh", "upper", "-", "--wait"],
+        Some("piped"),
+    );
+    assert_eq!((code(&done), stdout(&done)), (0, "PIPED".to_owned()));
+
+    // 3: the task failed (after its retries), and says why.
+    let failed = run(
+        dir,
+        &endpoint,
+        &["submit", "sh", "fail", "--retry", "1", "--wait"],
+        None,
+    );
+    assert_eq!(code(&failed), 3, "{}", stderr(&failed));
+    assert!(stderr(&failed).contains("broken"), "{}", stderr(&failed));
+
+    // 4: the wait timed out; the task goes on.
+    let slow = run(
+        dir,
+        &endpoint,
+        &["submit", "sh", "slow", "--wait", "--timeout", "300ms"],
+        None,
+    );
+    assert_eq!(code(&slow), 4, "{}", stderr(&slow));
+    let slow_id = stderr(&slow)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(';')
+        .to_owned();
+
+    // 5: the task waited for is cancelled meanwhile.
+    let waiting = std::thread::spawn({
+        let (dir, endpoint) = (dir.to_path_buf(), endpoint.clone());
+        move || run(&dir, &endpoint, &["submit", "sh", "slow", "--wait"], None)
+    });
+    let started = Instant::now();
+    let listed = loop {
+        let listed = run(
+            dir,
+            &endpoint,
+            &["list", "--state", "running", "-o", "json"],
+            None,
+        );
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
+        let other: Vec<String> = rows
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .filter(|id| *id != slow_id)
+            .collect();
+        if let Some(id) = other.first() {
+            break id.clone();
+        }
+        assert!(started.elapsed() < DEADLINE, "the second slow task runs");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let cancel = run(dir, &endpoint, &["cancel", &listed], None);
+    assert_eq!(code(&cancel), 0, "{}", stderr(&cancel));
+    let cancelled = waiting.join().unwrap();
+    assert_eq!(code(&cancelled), 5, "{}", stderr(&cancelled));
+
+    // 2: usage; 1: an error from the master.
+    assert_eq!(code(&run(dir, &endpoint, &["submit", "--bogus"], None)), 2);
+    assert_eq!(code(&run(dir, &endpoint, &["get", "not-an-id"], None)), 2);
+    let unknown = run(
+        dir,
+        &endpoint,
+        &["get", "0190b7d0-0000-7000-8000-000000000000"],
+        None,
+    );
+    assert_eq!(code(&unknown), 1);
+    assert!(
+        stderr(&unknown).contains("not found"),
+        "{}",
+        stderr(&unknown)
+    );
+
+    // Batch submit from stdin, JSON output; the tasks then run, as `get -o json` shows.
+    let batch = run(
+        dir,
+        &endpoint,
+        &["submit", "--batch", "-o", "json"],
+        Some("{\"group\":\"sh\",\"handler\":\"upper\",\"payload\":\"one\"}\n\n{\"group\":\"sh\",\"handler\":\"upper\",\"payload\":\"two\",\"priority\":5}\n"),
+    );
+    assert_eq!(code(&batch), 0, "{}", stderr(&batch));
+    let acks: Vec<serde_json::Value> = serde_json::from_slice(&batch.stdout).unwrap();
+    assert_eq!(acks.len(), 2);
+    for (ack, expected) in acks.iter().zip(["ONE", "TWO"]) {
+        let id = ack["id"].as_str().unwrap();
+        let started = Instant::now();
+        loop {
+            let got = run(dir, &endpoint, &["get", id, "-o", "jsonl"], None);
+            let view: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap();
+            if view["state"] == "succeeded" {
+                assert_eq!(view["output"], expected);
+                break;
+            }
+            assert!(started.elapsed() < DEADLINE, "{id} finishes: {view}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // A bad line refuses the whole batch, naming the line.
+    let bad = run(
+        dir,
+        &endpoint,
+        &["submit", "--batch"],
+        Some("{\"group\":\"sh\",\"handler\":\"upper\"}\n{\"group\":\"sh\"}\n"),
+    );
+    assert_eq!(code(&bad), 2);
+    assert!(stderr(&bad).contains("stdin line 2"), "{}", stderr(&bad));
+
+    // The failed queue: a summary, a dry run that counts, a retry that needs --yes.
+    let summary = run(dir, &endpoint, &["failed", "-o", "json"], None);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&summary.stdout).unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["kind"], "non-zero-exit");
+    let dry = run(dir, &endpoint, &["failed", "purge", "--dry-run"], None);
+    assert_eq!(stdout(&dry).trim(), "1");
+    assert_eq!(code(&run(dir, &endpoint, &["failed", "purge"], None)), 2);
+    let purged = run(dir, &endpoint, &["failed", "purge", "--yes"], None);
+    assert_eq!(
+        (code(&purged), stdout(&purged).trim().to_owned()),
+        (0, "1".into())
+    );
+}
+
+#[test]
+fn the_configuration_layers_and_its_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mawex.toml");
+    let show = |command: &mut Command| -> Vec<serde_json::Value> {
+        let output = command
+            .arg("--config")
+            .arg(&file)
+            .args(["config", "show", "-o", "json"])
+            .output()
+            .unwrap();
+        assert_eq!(code(&output), 0, "{}", stderr(&output));
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let entry = |rows: &[serde_json::Value], key: &str| {
+        rows.iter()
+            .find(|row| row["key"] == key)
+            .cloned()
+            .unwrap_or_else(|| panic!("{key} is shown"))
+    };
+
+    std::fs::write(
+        &file,
+        "[client]\nmasters = [\"http://file:1\"]\n[worker]\nslots = 2\n",
+    )
+    .unwrap();
+    let rows = show(&mut mawex());
+    assert_eq!(entry(&rows, "worker.slots")["value"], 2);
+    assert_eq!(
+        entry(&rows, "worker.slots")["origin"],
+        file.display().to_string()
+    );
+    assert_eq!(entry(&rows, "log.level")["origin"], "default");
+
+    // The environment over the file, flags over the environment.
+    let rows = show(
+        mawex()
+            .env("MAWEX_WORKER__SLOTS", "3")
+            .env("MAWEX_CLIENT__MASTERS", "[\"http://env:1\"]")
+            .args(["--master", "http://flag:1"]),
+    );
+    assert_eq!(entry(&rows, "worker.slots")["value"], 3);
+    assert_eq!(
+        entry(&rows, "worker.slots")["origin"],
+        "env MAWEX_WORKER__SLOTS"
+    );
+    assert_eq!(
+        entry(&rows, "client.masters")["value"],
+        serde_json::json!(["http://flag:1"])
+    );
+    assert_eq!(entry(&rows, "client.masters")["origin"], "command line");
+    // Secrets are masked.
+    let rows = show(mawex().args(["--token", "s3cret"]));
+    assert_eq!(entry(&rows, "client.token")["value"], "***");
+
+    // An unknown key, a bad value in the file and in the environment: refused, named.
+    let check = |command: &mut Command| {
+        let output = command
+            .arg("--config")
+            .arg(&file)
+            .args(["config", "check"])
+            .output()
+            .unwrap();
+        (code(&output), stderr(&output))
+    };
+    std::fs::write(&file, "[master]\nlisen = \"127.0.0.1:1\"\n").unwrap();
+    let (code_, message) = check(&mut mawex());
+    assert_eq!(code_, 2);
+    assert!(
+        message.contains("master.lisen") && message.contains("unknown field"),
+        "{message}"
+    );
+    std::fs::write(&file, "[worker]\nslots = \"many\"\n").unwrap();
+    let (code_, message) = check(&mut mawex());
+    assert_eq!(code_, 2);
+    assert!(message.contains("worker.slots"), "{message}");
+    std::fs::write(&file, "").unwrap();
+    let (code_, message) = check(mawex().env("MAWEX_MASTER__LEASE_TIMEOUT", "soon"));
+    assert_eq!(code_, 2);
+    assert!(
+        message.contains("master.lease_timeout") && message.contains("MAWEX_"),
+        "{message}"
+    );
+    let (code_, message) = check(mawex().env("MAWEX_WORKER__SLOTS", "0"));
+    assert_eq!(code_, 2);
+    assert!(
+        message.contains("worker.slots: must be at least 1"),
+        "{message}"
+    );
+    // A variable that is not a key (no `__`) is left alone.
+    let (code_, message) = check(mawex().env("MAWEX_TASK_ID", "x"));
+    assert_eq!(code_, 0, "{message}");
+}
