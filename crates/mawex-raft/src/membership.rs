@@ -20,6 +20,9 @@ use crate::proto::cluster_admin_client::ClusterAdminClient;
 use crate::proto::cluster_admin_server::{ClusterAdmin as ClusterAdminRpc, ClusterAdminServer};
 use crate::{MasterNode, MasterRaft, MasterStateMachine, RaftStoreError};
 
+/// How long a membership call waits for an earlier change to be committed.
+const MEMBERSHIP_SETTLES_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Who is in a cluster, as a node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -32,7 +35,9 @@ pub struct Members {
     pub learners: BTreeMap<u64, String>,
 }
 
-/// The membership calls of one node (see the module's documentation). Cheap to clone.
+/// The membership calls of one node (see the module's documentation). Each change first
+/// waits (up to 10 s) for an earlier one to be committed, and fails with
+/// [`RaftStoreError::Membership`] if it is not. Cheap to clone.
 #[derive(Clone)]
 pub struct ClusterAdmin {
     pub(crate) raft: Raft<MasterRaft, MasterStateMachine>,
@@ -105,6 +110,7 @@ impl ClusterAdmin {
             return Ok(());
         }
         self.leads()?;
+        self.settled().await?;
         self.raft
             .change_membership(
                 ChangeMembers::SetNodes(BTreeMap::from([(id, BasicNode::new(address))])),
@@ -154,6 +160,7 @@ impl ClusterAdmin {
         address: impl Into<String>,
     ) -> Result<(), RaftStoreError> {
         self.leads()?;
+        self.settled().await?;
         if self.members().voters.contains_key(&id) {
             return Err(RaftStoreError::Membership(format!(
                 "node {id} is a voter of this cluster already"
@@ -173,6 +180,7 @@ impl ClusterAdmin {
     /// [`RaftStoreError::Membership`] when one of `ids` is not a learner of the cluster.
     pub async fn promote(&self, ids: BTreeSet<u64>) -> Result<(), RaftStoreError> {
         self.leads()?;
+        self.settled().await?;
         let learners = self.members().learners;
         if let Some(id) = ids.iter().find(|id| !learners.contains_key(id)) {
             return Err(RaftStoreError::Membership(format!(
@@ -194,6 +202,7 @@ impl ClusterAdmin {
     /// [`RaftStoreError::Membership`] when `id` is not a member, or is the last voter.
     pub async fn remove(&self, id: u64) -> Result<(), RaftStoreError> {
         self.leads()?;
+        self.settled().await?;
         let members = self.members();
         let change = if members.voters.contains_key(&id) {
             if members.voters.len() == 1 {
@@ -214,6 +223,24 @@ impl ClusterAdmin {
             .await
             .map(drop)
             .map_err(membership_error)
+    }
+
+    /// Waits (a bounded time) until the latest membership change is committed: openraft takes
+    /// one change at a time, and a change is checked against the membership it follows.
+    async fn settled(&self) -> Result<(), RaftStoreError> {
+        self.raft
+            .wait(Some(MEMBERSHIP_SETTLES_WITHIN))
+            .metrics(
+                |m| m.membership_config.log_id().as_ref() <= m.last_applied.as_ref(),
+                "the last membership change committed",
+            )
+            .await
+            .map(drop)
+            .map_err(|e| {
+                RaftStoreError::Membership(format!(
+                    "another membership change is still in progress: {e}"
+                ))
+            })
     }
 
     /// `NotLeader` unless this node leads: a change is checked against the leader's
