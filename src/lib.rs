@@ -66,10 +66,11 @@ pub use mawex_api::typed;
 pub use mawex_api::{
     ApiError, Attempt, AttemptFailure, BearerToken, Bytes, CancelAck, ChannelConfig, ClientTls,
     Dedup, ErrorKind, FailedCount, FailedFilter, GroupName, GroupSettings, GrpcPodConnector,
-    Limits, ListQuery, MasterProxy, MissedTicks, Outcome, PendingChange, PodId, QueuePosition,
-    RateLimit, RemoteConfig, RemoteMasterProxy, ResultCursor, ResultStream, RetryHint, RetryPolicy,
-    ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskError, TaskId, TaskPage, TaskResult,
-    TaskSpec, TaskState, TaskView, Timestamp, MAX_LIST_LIMIT, MAX_LIST_PAGE_BYTES,
+    Limits, ListQuery, MasterProxy, MissedTicks, Outcome, PendingChange, PodId, PodView,
+    QueuePosition, RateLimit, RemoteConfig, RemoteMasterProxy, ResultCursor, ResultStream,
+    RetryHint, RetryPolicy, ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskError, TaskId,
+    TaskPage, TaskResult, TaskSpec, TaskState, TaskView, Timestamp, MAX_LIST_LIMIT,
+    MAX_LIST_PAGE_BYTES,
 };
 pub use mawex_api::{
     BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery, BroadcastSpec,

@@ -65,9 +65,8 @@ fn expected_role(path: &str) -> Role {
         "FailedSummary" | "RetryFailed" | "PurgeFailed" | "ConfigureGroup" | "GetGroupSettings"
         | "UpdatePending" | "CreateSchedule" | "ListSchedules" | "PauseSchedule"
         | "DeleteSchedule" | "FireBroadcast" | "PlanBroadcast" | "GetBroadcast"
-        | "ListBroadcasts" | "WaitBroadcast" | "ListBroadcastLocks" | "ClearBroadcastLock" => {
-            Role::Admin
-        }
+        | "ListBroadcasts" | "WaitBroadcast" | "ListBroadcastLocks" | "ClearBroadcastLock"
+        | "ListPods" => Role::Admin,
         "Session" => Role::Pod,
         other => panic!("{path}: no expected role for RPC {other}; add it to this table"),
     }

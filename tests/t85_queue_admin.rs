@@ -335,7 +335,60 @@ async fn queued_tasks_show_an_estimated_wait(t: Transport) {
     m.shutdown().await;
 }
 
+async fn connected_pods_are_listed_with_their_leases_and_labels(t: Transport) {
+    let m = TestMaster::start_on(t).await;
+    let (a, b) = (group("pods-a"), group("pods-b"));
+    let (handlers, _, _) = instrumented();
+    let mut first = PodConfig::new(pod_id("p-list-1"), vec![a.clone(), b.clone()]).with_slots(2);
+    first.labels.insert("zone".into(), "east".into());
+    first.address = Some("10.0.0.1:9000".into());
+    let first = m.pod(first, handlers.clone());
+    let second = m.pod(
+        PodConfig::new(pod_id("p-list-2"), vec![b.clone()]).with_prefetch(0),
+        handlers,
+    );
+    m.wait_stats("two pods", |s| s.pods.len() == 2).await;
+    let before = mawex::Timestamp::now();
+    // One long task, on whichever pod takes it.
+    let busy = m
+        .proxy()
+        .submit(TaskSpec::new(b.clone(), "sleep", "30000"))
+        .await
+        .unwrap();
+    m.wait_stats("the task leased", |s| s.pods.iter().any(|p| p.leased == 1))
+        .await;
+
+    let pods = m.proxy().list_pods().await.unwrap();
+    let ids: Vec<&str> = pods.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["p-list-1", "p-list-2"], "by id");
+    let one = &pods[0];
+    assert_eq!(one.groups, [a.clone(), b.clone()]);
+    assert_eq!(one.slots, 2);
+    assert_eq!(one.labels.get("zone").map(String::as_str), Some("east"));
+    assert_eq!(one.address.as_deref(), Some("10.0.0.1:9000"));
+    assert!(!one.draining);
+    for pod in &pods {
+        assert!(pod.connected_at <= before, "{pod:?}");
+        assert!(pod.last_heartbeat >= pod.connected_at, "{pod:?}");
+    }
+    let holding: Vec<(u32, u32)> = pods.iter().map(|p| (p.held, p.running)).collect();
+    assert!(
+        holding == [(1, 1), (0, 0)] || holding == [(0, 0), (1, 1)],
+        "one pod holds and runs the task: {holding:?}"
+    );
+
+    m.proxy().cancel(busy.id).await.unwrap();
+    second.shutdown().await.unwrap();
+    m.wait_stats("one pod", |s| s.pods.len() == 1).await;
+    let pods = m.proxy().list_pods().await.unwrap();
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].id.as_str(), "p-list-1");
+    first.shutdown().await.unwrap();
+    m.shutdown().await;
+}
+
 on_both_transports!(
+    connected_pods_are_listed_with_their_leases_and_labels,
     failed_tasks_are_counted_retried_and_purged,
     a_dedup_key_returns_the_live_task_until_its_window_passes,
     paused_groups_wait_and_concurrency_ceilings_hold,

@@ -293,3 +293,54 @@ impl ScheduleView {
         self.last_tick.map(|tick| self.spec.name.task_id(tick))
     }
 }
+
+/// A connected pod as the master sees it (`MasterProxy::list_pods`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PodView {
+    /// Its id.
+    pub id: crate::ids::PodId,
+    /// The groups it serves.
+    pub groups: Vec<GroupName>,
+    /// Attempts it runs at once.
+    pub slots: u32,
+    /// Attempts running: its leases, up to its slots (a pod starts what it holds as slots
+    /// free up).
+    pub running: u32,
+    /// Leases it holds: running, and queued in the pod.
+    pub held: u32,
+    /// Its labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Where other pods reach it, if it said.
+    pub address: Option<String>,
+    /// CPU use from its last heartbeat, in thousandths of one core.
+    pub cpu_permille: u32,
+    /// Memory use (resident) from its last heartbeat.
+    pub memory_bytes: u64,
+    /// When its session began.
+    pub connected_at: crate::time::Timestamp,
+    /// When the master last heard from it.
+    pub last_heartbeat: crate::time::Timestamp,
+    /// Leaving: it takes no new work.
+    pub draining: bool,
+}
+
+impl PodView {
+    /// A view of pod `id` serving `groups` with `slots`; other fields empty.
+    pub fn new(id: crate::ids::PodId, groups: Vec<GroupName>, slots: u32) -> Self {
+        PodView {
+            id,
+            groups,
+            slots,
+            running: 0,
+            held: 0,
+            labels: std::collections::BTreeMap::new(),
+            address: None,
+            cpu_permille: 0,
+            memory_bytes: 0,
+            connected_at: crate::time::Timestamp(0),
+            last_heartbeat: crate::time::Timestamp(0),
+            draining: false,
+        }
+    }
+}

@@ -6,7 +6,7 @@ use futures::Stream;
 use serde::{Deserialize, Serialize};
 
 use crate::admin::{
-    FailedCount, FailedFilter, GroupSettings, PendingChange, ScheduleSpec, ScheduleView,
+    FailedCount, FailedFilter, GroupSettings, PendingChange, PodView, ScheduleSpec, ScheduleView,
 };
 use crate::broadcast::{
     BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery, BroadcastSpec,
@@ -421,6 +421,15 @@ pub trait MasterProxy: Send + Sync {
     /// `Unavailable` when the master is down.
     async fn clear_broadcast_lock(&self, app: &str) -> Result<Option<BroadcastId>, ApiError> {
         Err(unimplemented("clear_broadcast_lock"))
+    }
+
+    /// The pods connected now, by id: their groups, slots, leases, labels, address, and the
+    /// resource use of their last heartbeat.
+    ///
+    /// # Errors
+    /// `Unavailable` when the master is down.
+    async fn list_pods(&self) -> Result<Vec<PodView>, ApiError> {
+        Err(unimplemented("list_pods"))
     }
 }
 

@@ -87,6 +87,8 @@ pub enum Command {
     Retry(GetArgs),
     /// The failed queue: a summary, or retry or purge what a filter matches.
     Failed(FailedArgs),
+    /// The pods connected to the master: groups, slots, leases, labels, CPU and memory.
+    Pods,
     /// Checks or shows the configuration.
     Config {
         /// `check` or `show`.

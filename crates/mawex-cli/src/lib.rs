@@ -99,6 +99,7 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             Command::Cancel(args) => tasks::cancel(&config, &args.id).await,
             Command::Retry(args) => tasks::retry(&config, &args.id).await,
             Command::Failed(args) => tasks::failed(&config, output, args).await,
+            Command::Pods => tasks::pods(&config, output).await,
             Command::Config { .. } | Command::Completions { .. } => Ok(()),
         }
     })

@@ -500,3 +500,98 @@ pub(crate) async fn failed(
     println!("{done}");
     Ok(())
 }
+
+/// A pod as `mawex pods` prints it.
+#[derive(Debug, Serialize)]
+struct PodRow {
+    id: String,
+    groups: Vec<String>,
+    slots: u32,
+    running: u32,
+    held: u32,
+    cpu_percent: f64,
+    memory_bytes: u64,
+    labels: std::collections::BTreeMap<String, String>,
+    address: Option<String>,
+    connected_at: String,
+    last_heartbeat: String,
+    /// Seconds since the last heartbeat, when printed.
+    silent_for_s: f64,
+    draining: bool,
+}
+
+impl Rows for PodRow {
+    fn headers() -> &'static [&'static str] {
+        &[
+            "id",
+            "groups",
+            "slots",
+            "running",
+            "held",
+            "cpu",
+            "memory",
+            "labels",
+            "address",
+            "connected",
+            "heard",
+        ]
+    }
+
+    fn cells(&self) -> Vec<String> {
+        let labels: Vec<String> = self
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let id = if self.draining {
+            format!("{} (draining)", self.id)
+        } else {
+            self.id.clone()
+        };
+        vec![
+            id,
+            self.groups.join(","),
+            self.slots.to_string(),
+            self.running.to_string(),
+            self.held.to_string(),
+            format!("{:.0}%", self.cpu_percent),
+            format!(
+                "{:.1} MiB",
+                self.memory_bytes as f64 / f64::from(1u32 << 20)
+            ),
+            labels.join(","),
+            self.address.clone().unwrap_or_default(),
+            self.connected_at.clone(),
+            format!("{:.1}s ago", self.silent_for_s),
+        ]
+    }
+}
+
+/// `mawex pods`.
+///
+/// # Errors
+/// A failed call (an `admin` token is needed where tokens are checked).
+pub(crate) async fn pods(config: &Config, output: Output) -> Result<(), CliError> {
+    let now = Timestamp::now();
+    let rows: Vec<PodRow> = connect(config)?
+        .list_pods()
+        .await?
+        .into_iter()
+        .map(|pod| PodRow {
+            id: pod.id.to_string(),
+            groups: pod.groups.iter().map(ToString::to_string).collect(),
+            slots: pod.slots,
+            running: pod.running,
+            held: pod.held,
+            cpu_percent: f64::from(pod.cpu_permille) / 10.0,
+            memory_bytes: pod.memory_bytes,
+            labels: pod.labels,
+            address: pod.address,
+            connected_at: output::time(pod.connected_at),
+            last_heartbeat: output::time(pod.last_heartbeat),
+            silent_for_s: now.saturating_since(pod.last_heartbeat).as_secs_f64(),
+            draining: pod.draining,
+        })
+        .collect();
+    output::print(output, &rows)
+}

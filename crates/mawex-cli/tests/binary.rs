@@ -161,7 +161,7 @@ fn a_master_two_workers_and_every_exit_code() {
             mawex()
                 .arg("--config")
                 .arg(&config)
-                .args(["worker", "--id", id])
+                .args(["worker", "--id", id, "--label", &format!("name={id}")])
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
                 .spawn()
@@ -170,6 +170,30 @@ fn a_master_two_workers_and_every_exit_code() {
     };
     let _workers = [worker("w1"), worker("w2")];
     let dir = dir.path();
+
+    // Both pods show up, with their groups, slots and labels.
+    let started = Instant::now();
+    let pods = loop {
+        let listed = run(dir, &endpoint, &["pods", "-o", "json"], None);
+        assert_eq!(code(&listed), 0, "{}", stderr(&listed));
+        let pods: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
+        if pods.len() == 2 {
+            break pods;
+        }
+        assert!(started.elapsed() < DEADLINE, "two pods connect: {pods:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for (pod, id) in pods.iter().zip(["w1", "w2"]) {
+        assert_eq!(pod["id"], id);
+        assert_eq!(pod["groups"], serde_json::json!(["sh"]));
+        assert_eq!(pod["slots"], 2);
+        assert_eq!(pod["labels"]["name"], id);
+    }
+    let table = stdout(&run(dir, &endpoint, &["pods"], None));
+    assert!(
+        table.lines().next().unwrap().contains("RUNNING") && table.contains("name=w2"),
+        "{table}"
+    );
 
     // 0: the command's output, as it printed it.
     let done = run(

@@ -360,6 +360,16 @@ impl proto::master_server::Master for ClientService {
         }))
     }
 
+    async fn list_pods(
+        &self,
+        _request: Request<proto::Empty>,
+    ) -> Result<Response<proto::ListPodsResponse>, Status> {
+        let pods = self.proxy.list_pods().await?;
+        Ok(Response::new(proto::ListPodsResponse {
+            pods: pods.into_iter().map(Into::into).collect(),
+        }))
+    }
+
     async fn clear_broadcast_lock(
         &self,
         request: Request<proto::ClearBroadcastLockRequest>,

@@ -1,15 +1,15 @@
 //! Group settings and the failed queue.
 
 use crate::admin::{
-    FailedCount, FailedFilter, GroupSettings, MissedTicks, PendingChange, QueuePosition, RateLimit,
-    ScheduleSpec, ScheduleView,
+    FailedCount, FailedFilter, GroupSettings, MissedTicks, PendingChange, PodView, QueuePosition,
+    RateLimit, ScheduleSpec, ScheduleView,
 };
 use crate::convert::required;
 use crate::convert::task::error_kind_filter;
 use crate::convert::{in_field, invalid, task_id};
 use crate::error::ApiError;
 use crate::failure::ErrorKind;
-use crate::ids::{GroupName, ScheduleName, TaskId};
+use crate::ids::{GroupName, PodId, ScheduleName, TaskId};
 use crate::proto;
 use crate::time::Timestamp;
 
@@ -220,5 +220,53 @@ impl TryFrom<proto::ScheduleView> for ScheduleView {
             v.last_tick_ms.map(Timestamp),
             v.fired,
         ))
+    }
+}
+
+#[doc(hidden)]
+impl From<PodView> for proto::PodView {
+    fn from(p: PodView) -> Self {
+        proto::PodView {
+            id: p.id.to_string(),
+            groups: p.groups.iter().map(ToString::to_string).collect(),
+            slots: p.slots,
+            running: p.running,
+            held: p.held,
+            labels: p.labels.into_iter().collect(),
+            address: p.address,
+            cpu_permille: p.cpu_permille,
+            memory_bytes: p.memory_bytes,
+            connected_at_ms: p.connected_at.0,
+            last_heartbeat_ms: p.last_heartbeat.0,
+            draining: p.draining,
+        }
+    }
+}
+
+#[doc(hidden)]
+impl TryFrom<proto::PodView> for PodView {
+    type Error = ApiError;
+
+    fn try_from(p: proto::PodView) -> Result<Self, ApiError> {
+        let groups = p
+            .groups
+            .iter()
+            .map(|g| GroupName::new(g).map_err(in_field("pod.groups")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut view = PodView::new(
+            PodId::new(&p.id).map_err(in_field("pod.id"))?,
+            groups,
+            p.slots,
+        );
+        view.running = p.running;
+        view.held = p.held;
+        view.labels = p.labels.into_iter().collect();
+        view.address = p.address;
+        view.cpu_permille = p.cpu_permille;
+        view.memory_bytes = p.memory_bytes;
+        view.connected_at = Timestamp(p.connected_at_ms);
+        view.last_heartbeat = Timestamp(p.last_heartbeat_ms);
+        view.draining = p.draining;
+        Ok(view)
     }
 }

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use channel::{retrying, Masters};
 
 use crate::admin::{
-    FailedCount, FailedFilter, GroupSettings, PendingChange, ScheduleSpec, ScheduleView,
+    FailedCount, FailedFilter, GroupSettings, PendingChange, PodView, ScheduleSpec, ScheduleView,
 };
 use crate::broadcast::{
     BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery, BroadcastSpec,
@@ -523,6 +523,16 @@ impl MasterProxy for RemoteMasterProxy {
             })
             .await?;
         Ok(locks.locks.into_iter().map(Into::into).collect())
+    }
+
+    async fn list_pods(&self) -> Result<Vec<PodView>, ApiError> {
+        let pods = self
+            .unary(
+                proto::Empty {},
+                |mut c, r| async move { c.list_pods(r).await },
+            )
+            .await?;
+        pods.pods.into_iter().map(PodView::try_from).collect()
     }
 
     async fn clear_broadcast_lock(&self, app: &str) -> Result<Option<BroadcastId>, ApiError> {

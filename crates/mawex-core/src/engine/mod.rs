@@ -69,8 +69,12 @@ struct PodEntry {
     draining: bool,
     /// Last reported resource use.
     usage: ResourceUsage,
-    /// Its labels, for broadcast filters.
-    labels: BTreeMap<String, String>,
+    /// Its labels, for broadcast filters (shared with the published stats).
+    labels: std::sync::Arc<BTreeMap<String, String>>,
+    /// When its session began.
+    connected_at: Timestamp,
+    /// When it last sent anything.
+    last_heard: Timestamp,
     /// Where other pods reach it (a broadcast source's address).
     address: Option<String>,
     /// The id of its token, whose `max_pods` it counts against.
@@ -117,6 +121,14 @@ pub struct PodStats {
     pub usage: ResourceUsage,
     /// Leaving: it takes no new leases.
     pub draining: bool,
+    /// Its labels.
+    pub labels: std::sync::Arc<BTreeMap<String, String>>,
+    /// Where other pods reach it, if it said.
+    pub address: Option<String>,
+    /// When its session began.
+    pub connected_at: Timestamp,
+    /// When it last sent anything (a heartbeat at least every heartbeat interval).
+    pub last_heard: Timestamp,
 }
 
 /// State machine plus live pod registry.
@@ -369,6 +381,10 @@ impl Engine {
                 leased: p.leases.len(),
                 usage: p.usage,
                 draining: p.draining,
+                labels: p.labels.clone(),
+                address: p.address.clone(),
+                connected_at: p.connected_at,
+                last_heard: p.last_heard,
             })
             .collect()
     }

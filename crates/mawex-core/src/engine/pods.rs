@@ -158,8 +158,10 @@ impl Engine {
             expires_at: now.saturating_add(self.config.lease_timeout),
             draining: false,
             usage: ResourceUsage::default(),
-            labels: hello.labels.clone(),
+            labels: std::sync::Arc::new(hello.labels.clone()),
             address: hello.address.clone(),
+            connected_at: now,
+            last_heard: now,
             token,
         };
         for r in &hello.holding {
@@ -216,6 +218,7 @@ impl Engine {
         let lease_timeout = self.config.lease_timeout;
         if let Some(entry) = self.pods.get_mut(&pod_id) {
             entry.expires_at = now.saturating_add(lease_timeout);
+            entry.last_heard = now;
         }
         match message {
             PodMessage::Heartbeat {

@@ -9,8 +9,8 @@ use futures::stream;
 use mawex_api::{
     ApiError, BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery,
     BroadcastSpec, BroadcastView, CancelAck, FailedCount, FailedFilter, GroupName, GroupSettings,
-    ListQuery, MasterProxy, PendingChange, ResultCursor, ResultStream, ScheduleName, ScheduleSpec,
-    ScheduleView, SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec, TaskView,
+    ListQuery, MasterProxy, PendingChange, PodView, ResultCursor, ResultStream, ScheduleName,
+    ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec, TaskView,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -282,6 +282,31 @@ impl MasterProxy for LocalMasterProxy {
             Ok(view) => view,
             Err(_) => self.broadcast(id).await,
         }
+    }
+
+    async fn list_pods(&self) -> Result<Vec<PodView>, ApiError> {
+        // Answered from the published stats (at most a second behind for the heartbeats'
+        // figures): a listing never waits behind the core's work. A stopped master says so.
+        self.reads.current().await?;
+        let stats = self.reads.stats();
+        Ok(stats
+            .pods
+            .iter()
+            .map(|pod| {
+                let mut view = PodView::new(pod.id.clone(), pod.groups.to_vec(), pod.slots);
+                let held = u32::try_from(pod.leased).unwrap_or(u32::MAX);
+                view.held = held;
+                view.running = held.min(pod.slots);
+                view.labels = (*pod.labels).clone();
+                view.address = pod.address.clone();
+                view.cpu_permille = pod.usage.cpu_permille;
+                view.memory_bytes = pod.usage.memory_bytes;
+                view.connected_at = pod.connected_at;
+                view.last_heartbeat = pod.last_heard;
+                view.draining = pod.draining;
+                view
+            })
+            .collect())
     }
 
     async fn broadcast_locks(&self) -> Result<Vec<BroadcastLock>, ApiError> {

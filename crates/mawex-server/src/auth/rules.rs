@@ -33,6 +33,7 @@ const ADMIN: &[&str] = &[
     "/mawex.v1.Master/WaitBroadcast",
     "/mawex.v1.Master/ListBroadcastLocks",
     "/mawex.v1.Master/ClearBroadcastLock",
+    "/mawex.v1.Master/ListPods",
 ];
 
 /// The RPCs only a `pod` token may call.
