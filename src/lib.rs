@@ -65,9 +65,9 @@ pub use mawex_api::pod::PodConnector;
 pub use mawex_api::typed;
 pub use mawex_api::{
     ApiError, Attempt, AttemptFailure, BearerToken, Bytes, CancelAck, ChannelConfig, ClientTls,
-    Dedup, ErrorKind, FailedCount, FailedFilter, GroupName, GroupSettings, GrpcPodConnector,
-    Limits, ListQuery, MasterProxy, MissedTicks, Outcome, PendingChange, PodId, PodView,
-    QueuePosition, RateLimit, RemoteConfig, RemoteMasterProxy, ResultCursor, ResultStream,
+    Dedup, ErrorKind, FailedCount, FailedFilter, GroupName, GroupSettings, GroupView,
+    GrpcPodConnector, Limits, ListQuery, MasterProxy, MissedTicks, Outcome, PendingChange, PodId,
+    PodView, QueuePosition, RateLimit, RemoteConfig, RemoteMasterProxy, ResultCursor, ResultStream,
     RetryHint, RetryPolicy, ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskError, TaskId,
     TaskPage, TaskResult, TaskSpec, TaskState, TaskView, Timestamp, MAX_LIST_LIMIT,
     MAX_LIST_PAGE_BYTES,

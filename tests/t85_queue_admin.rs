@@ -387,7 +387,71 @@ async fn connected_pods_are_listed_with_their_leases_and_labels(t: Transport) {
     m.shutdown().await;
 }
 
+async fn groups_are_listed_with_their_tasks_by_state_and_settings(t: Transport) {
+    let m = TestMaster::start_on(t).await;
+    let (busy, configured) = (group("groups-busy"), group("groups-configured"));
+    m.proxy()
+        .configure_group(
+            configured.clone(),
+            GroupSettings::default()
+                .with_paused(true)
+                .with_max_concurrency(Some(3)),
+        )
+        .await
+        .unwrap();
+    let never = RetryPolicy::never();
+    let specs = vec![
+        TaskSpec::new(busy.clone(), "echo", "a"),
+        TaskSpec::new(busy.clone(), "echo", "b"),
+        TaskSpec::new(busy.clone(), "fail", "").with_retry(never),
+        TaskSpec::new(busy.clone(), "sleep", "30000"),
+    ];
+    let sleeping = specs[3].id;
+    m.proxy().submit_many(specs).await.unwrap();
+    let cancelled = m
+        .proxy()
+        .submit(
+            TaskSpec::new(busy.clone(), "echo", "never")
+                .with_run_at(mawex::Timestamp::after(Duration::from_secs(3600))),
+        )
+        .await
+        .unwrap();
+    m.proxy().cancel(cancelled.id).await.unwrap();
+    m.proxy()
+        .submit(
+            TaskSpec::new(busy.clone(), "echo", "later")
+                .with_run_at(mawex::Timestamp::after(Duration::from_secs(3600))),
+        )
+        .await
+        .unwrap();
+    let (handlers, _, _) = instrumented();
+    let pod = m.pod(
+        PodConfig::new(pod_id("p-groups"), vec![busy.clone()]).with_slots(2),
+        handlers,
+    );
+    m.wait_stats("three finished", |s| {
+        s.counts.succeeded == 2 && s.counts.failed == 1 && s.counts.running == 1
+    })
+    .await;
+
+    let groups = m.proxy().list_groups().await.unwrap();
+    let names: Vec<&str> = groups.iter().map(|g| g.group.as_str()).collect();
+    assert_eq!(names, ["groups-busy", "groups-configured"], "by name");
+    let counts = |g: &mawex::GroupView| (g.pending, g.running, g.succeeded, g.failed, g.cancelled);
+    assert_eq!(counts(&groups[0]), (1, 1, 2, 1, 1));
+    assert!(groups[0].mean_run_time.is_some());
+    assert!(!groups[0].settings.paused);
+    assert_eq!(counts(&groups[1]), (0, 0, 0, 0, 0));
+    assert!(groups[1].settings.paused);
+    assert_eq!(groups[1].settings.max_concurrency, Some(3));
+
+    m.proxy().cancel(sleeping).await.unwrap();
+    pod.shutdown().await.unwrap();
+    m.shutdown().await;
+}
+
 on_both_transports!(
+    groups_are_listed_with_their_tasks_by_state_and_settings,
     connected_pods_are_listed_with_their_leases_and_labels,
     failed_tasks_are_counted_retried_and_purged,
     a_dedup_key_returns_the_live_task_until_its_window_passes,

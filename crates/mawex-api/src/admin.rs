@@ -344,3 +344,42 @@ impl PodView {
         }
     }
 }
+
+/// A consumer group as the master sees it (`MasterProxy::list_groups`): its tasks by state
+/// and its settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct GroupView {
+    /// The group.
+    pub group: GroupName,
+    /// Tasks waiting (delayed ones included).
+    pub pending: u64,
+    /// Tasks running.
+    pub running: u64,
+    /// Finished tasks still retained (`MasterConfig::result_retention`), by outcome.
+    pub succeeded: u64,
+    /// Failed tasks still retained (the failed queue).
+    pub failed: u64,
+    /// Cancelled tasks still retained.
+    pub cancelled: u64,
+    /// Its settings (defaults for a group never configured).
+    pub settings: GroupSettings,
+    /// The recent mean run time of its tasks, once some have finished.
+    pub mean_run_time: Option<std::time::Duration>,
+}
+
+impl GroupView {
+    /// A view of `group` with no task and default settings.
+    pub fn new(group: GroupName) -> Self {
+        GroupView {
+            group,
+            pending: 0,
+            running: 0,
+            succeeded: 0,
+            failed: 0,
+            cancelled: 0,
+            settings: GroupSettings::default(),
+            mean_run_time: None,
+        }
+    }
+}

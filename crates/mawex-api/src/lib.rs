@@ -31,8 +31,8 @@ mod time;
 pub mod typed;
 
 pub use admin::{
-    FailedCount, FailedFilter, GroupSettings, MissedTicks, PendingChange, PodView, QueuePosition,
-    RateLimit, ScheduleSpec, ScheduleView, MAX_GROUP_CONCURRENCY,
+    FailedCount, FailedFilter, GroupSettings, GroupView, MissedTicks, PendingChange, PodView,
+    QueuePosition, RateLimit, ScheduleSpec, ScheduleView, MAX_GROUP_CONCURRENCY,
 };
 pub use broadcast::{
     BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery, BroadcastSpec,

@@ -6,7 +6,8 @@ use futures::Stream;
 use serde::{Deserialize, Serialize};
 
 use crate::admin::{
-    FailedCount, FailedFilter, GroupSettings, PendingChange, PodView, ScheduleSpec, ScheduleView,
+    FailedCount, FailedFilter, GroupSettings, GroupView, PendingChange, PodView, ScheduleSpec,
+    ScheduleView,
 };
 use crate::broadcast::{
     BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery, BroadcastSpec,
@@ -430,6 +431,15 @@ pub trait MasterProxy: Send + Sync {
     /// `Unavailable` when the master is down.
     async fn list_pods(&self) -> Result<Vec<PodView>, ApiError> {
         Err(unimplemented("list_pods"))
+    }
+
+    /// Every group that has tasks or settings, by name: its tasks by state, its settings
+    /// and its recent mean run time.
+    ///
+    /// # Errors
+    /// `Unavailable` when the master is down.
+    async fn list_groups(&self) -> Result<Vec<GroupView>, ApiError> {
+        Err(unimplemented("list_groups"))
     }
 }
 

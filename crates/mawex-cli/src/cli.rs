@@ -89,6 +89,30 @@ pub enum Command {
     Failed(FailedArgs),
     /// The pods connected to the master: groups, slots, leases, labels, CPU and memory.
     Pods,
+    /// Consumer groups: their tasks by state and settings; pause, resume, limit them.
+    Groups {
+        /// What to do (default: list).
+        #[command(subcommand)]
+        action: Option<GroupAction>,
+    },
+    /// Moves pending tasks to another group.
+    Move {
+        /// The group they go to.
+        #[arg(long)]
+        to: String,
+        /// The tasks.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Puts pending tasks ahead of the others of their priority (or gives them a priority).
+    Prefer {
+        /// A new priority instead (higher runs first).
+        #[arg(long, allow_hyphen_values = true)]
+        priority: Option<i32>,
+        /// The tasks.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
     /// Checks or shows the configuration.
     Config {
         /// `check` or `show`.
@@ -99,6 +123,47 @@ pub enum Command {
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+}
+
+/// `mawex groups`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum GroupAction {
+    /// Every group with tasks or settings.
+    List,
+    /// Its tasks are accepted and wait; none starts (running ones finish).
+    Pause {
+        /// The group.
+        group: String,
+    },
+    /// Starts its tasks again.
+    Resume {
+        /// The group.
+        group: String,
+    },
+    /// At most this many starts a second (bursts of `--burst`); `off` lifts the limit.
+    Rate {
+        /// The group.
+        group: String,
+        /// Starts per second, or `off`.
+        per_second: String,
+        /// Starts saved up for a burst (default: one second's worth).
+        #[arg(long)]
+        burst: Option<u32>,
+    },
+    /// At most this many of its tasks run at once, across all pods; `off` lifts it.
+    Ceiling {
+        /// The group.
+        group: String,
+        /// Tasks at once, or `off`.
+        max: String,
+    },
+    /// Attempts in all for its tasks that name no policy of their own; `off`: the master's.
+    Retry {
+        /// The group.
+        group: String,
+        /// Attempts in all, or `off`.
+        attempts: String,
     },
 }
 

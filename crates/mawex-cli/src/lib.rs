@@ -100,6 +100,9 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             Command::Retry(args) => tasks::retry(&config, &args.id).await,
             Command::Failed(args) => tasks::failed(&config, output, args).await,
             Command::Pods => tasks::pods(&config, output).await,
+            Command::Groups { action } => tasks::groups(&config, output, action).await,
+            Command::Move { to, ids } => tasks::move_pending(&config, &to, &ids).await,
+            Command::Prefer { priority, ids } => tasks::prefer(&config, priority, &ids).await,
             Command::Config { .. } | Command::Completions { .. } => Ok(()),
         }
     })

@@ -4,12 +4,13 @@ use std::io::{BufRead, IsTerminal, Read, Write};
 use std::time::Duration;
 
 use mawex::{
-    ApiError, Bytes, CancelAck, ErrorKind, FailedFilter, GroupName, ListQuery, MasterProxy,
-    Outcome, RemoteConfig, RemoteMasterProxy, RetryPolicy, TaskId, TaskSpec, TaskState, Timestamp,
+    ApiError, Bytes, CancelAck, ErrorKind, FailedFilter, GroupName, GroupSettings, ListQuery,
+    MasterProxy, Outcome, PendingChange, RateLimit, RemoteConfig, RemoteMasterProxy, RetryPolicy,
+    TaskId, TaskSpec, TaskState, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{FailedAction, FailedArgs, ListArgs, Output, SubmitArgs};
+use crate::cli::{FailedAction, FailedArgs, GroupAction, ListArgs, Output, SubmitArgs};
 use crate::config::Config;
 use crate::output::{self, state_name, Rows, TaskRow};
 use crate::CliError;
@@ -594,4 +595,189 @@ pub(crate) async fn pods(config: &Config, output: Output) -> Result<(), CliError
         })
         .collect();
     output::print(output, &rows)
+}
+
+/// A group as `mawex groups` prints it.
+#[derive(Debug, Serialize)]
+struct GroupRow {
+    group: String,
+    pending: u64,
+    running: u64,
+    succeeded: u64,
+    failed: u64,
+    cancelled: u64,
+    paused: bool,
+    /// Starts a second, if limited.
+    rate: Option<u32>,
+    /// Starts saved up for a burst, if limited.
+    burst: Option<u32>,
+    /// Tasks at once across all pods, if limited.
+    ceiling: Option<u32>,
+    /// Attempts in all for its tasks without a policy, if set.
+    retry_attempts: Option<u32>,
+    /// Recent mean run time, in milliseconds.
+    mean_run_ms: Option<u64>,
+}
+
+impl Rows for GroupRow {
+    fn headers() -> &'static [&'static str] {
+        &[
+            "group",
+            "pending",
+            "running",
+            "succeeded",
+            "failed",
+            "cancelled",
+            "paused",
+            "rate",
+            "ceiling",
+            "retry",
+            "mean run",
+        ]
+    }
+
+    fn cells(&self) -> Vec<String> {
+        let or_dash = |v: Option<u32>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+        vec![
+            self.group.clone(),
+            self.pending.to_string(),
+            self.running.to_string(),
+            self.succeeded.to_string(),
+            self.failed.to_string(),
+            self.cancelled.to_string(),
+            if self.paused { "yes" } else { "no" }.to_owned(),
+            match (self.rate, self.burst) {
+                (Some(rate), Some(burst)) => format!("{rate}/s (burst {burst})"),
+                _ => "-".into(),
+            },
+            or_dash(self.ceiling),
+            or_dash(self.retry_attempts),
+            self.mean_run_ms
+                .map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms")),
+        ]
+    }
+}
+
+/// `off`, or a number for `what`.
+fn number_or_off(what: &str, text: &str) -> Result<Option<u32>, CliError> {
+    if text == "off" {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| CliError::Usage(format!("{what}: {text:?} is neither a number nor `off`")))
+}
+
+/// `mawex groups`.
+///
+/// # Errors
+/// A bad value, or a failed call (an `admin` token is needed where tokens are checked).
+pub(crate) async fn groups(
+    config: &Config,
+    output: Output,
+    action: Option<GroupAction>,
+) -> Result<(), CliError> {
+    let proxy = connect(config)?;
+    let (name, change): (String, Box<dyn FnOnce(GroupSettings) -> GroupSettings>) =
+        match action.unwrap_or(GroupAction::List) {
+            GroupAction::List => {
+                let rows: Vec<GroupRow> = proxy
+                    .list_groups()
+                    .await?
+                    .into_iter()
+                    .map(|g| GroupRow {
+                        group: g.group.to_string(),
+                        pending: g.pending,
+                        running: g.running,
+                        succeeded: g.succeeded,
+                        failed: g.failed,
+                        cancelled: g.cancelled,
+                        paused: g.settings.paused,
+                        rate: g.settings.rate.map(|r| r.per_second),
+                        burst: g.settings.rate.map(|r| r.burst),
+                        ceiling: g.settings.max_concurrency,
+                        retry_attempts: g.settings.retry.map(|r| r.max_attempts),
+                        mean_run_ms: g
+                            .mean_run_time
+                            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                    })
+                    .collect();
+                return output::print(output, &rows);
+            }
+            GroupAction::Pause { group } => (group, Box::new(|s| s.with_paused(true))),
+            GroupAction::Resume { group } => (group, Box::new(|s| s.with_paused(false))),
+            GroupAction::Rate {
+                group,
+                per_second,
+                burst,
+            } => {
+                let rate = number_or_off("rate", &per_second)?
+                    .map(|n| RateLimit::new(n, burst.unwrap_or(n.max(1))));
+                (group, Box::new(move |s| s.with_rate(rate)))
+            }
+            GroupAction::Ceiling { group, max } => {
+                let max = number_or_off("ceiling", &max)?;
+                (group, Box::new(move |s| s.with_max_concurrency(max)))
+            }
+            GroupAction::Retry { group, attempts } => {
+                let retry = match number_or_off("retry", &attempts)? {
+                    Some(0) => {
+                        return Err(CliError::Usage(
+                            "retry counts attempts in all: at least 1".into(),
+                        ))
+                    }
+                    attempts => attempts.map(RetryPolicy::new),
+                };
+                (group, Box::new(move |s| s.with_retry(retry)))
+            }
+        };
+    // Read, change one setting, write back: the others stay as they were.
+    let group = self::group(&name)?;
+    let settings = change(proxy.group_settings(group.clone()).await?);
+    proxy.configure_group(group.clone(), settings).await?;
+    eprintln!("group {group} configured");
+    Ok(())
+}
+
+fn task_ids(ids: &[String]) -> Result<Vec<TaskId>, CliError> {
+    ids.iter().map(|id| task_id(id)).collect()
+}
+
+/// `mawex move`.
+///
+/// # Errors
+/// A bad id or group, or a failed call.
+pub(crate) async fn move_pending(
+    config: &Config,
+    to: &str,
+    ids: &[String],
+) -> Result<(), CliError> {
+    let change = PendingChange::default().move_to(group(to)?);
+    let moved = connect(config)?
+        .update_pending(task_ids(ids)?, change)
+        .await?;
+    eprintln!("{moved} of {} pending tasks moved to {to}", ids.len());
+    println!("{moved}");
+    Ok(())
+}
+
+/// `mawex prefer`.
+///
+/// # Errors
+/// A bad id, or a failed call.
+pub(crate) async fn prefer(
+    config: &Config,
+    priority: Option<i32>,
+    ids: &[String],
+) -> Result<(), CliError> {
+    let change = match priority {
+        Some(priority) => PendingChange::default().priority(priority),
+        None => PendingChange::default().to_front(),
+    };
+    let changed = connect(config)?
+        .update_pending(task_ids(ids)?, change)
+        .await?;
+    eprintln!("{changed} of {} pending tasks preferred", ids.len());
+    println!("{changed}");
+    Ok(())
 }

@@ -9,8 +9,9 @@ use mawex_api::pod::{PodConnector, PodHello, PodSession};
 use mawex_api::{
     ApiError, BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery,
     BroadcastSpec, BroadcastView, CancelAck, FailedCount, FailedFilter, GroupName, GroupSettings,
-    ListQuery, MasterProxy, PendingChange, PodView, ResultCursor, ResultStream, ScheduleName,
-    ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec, TaskView,
+    GroupView, ListQuery, MasterProxy, PendingChange, PodView, ResultCursor, ResultStream,
+    ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec,
+    TaskView,
 };
 use mawex_core::{LocalMasterProxy, LocalPodConnector};
 use openraft::raft::ReadPolicy;
@@ -325,6 +326,11 @@ impl MasterProxy for ClusterProxy {
         let master = self.master()?;
         self.access
             .settle(&master, master.clear_broadcast_lock(app).await)
+    }
+
+    async fn list_groups(&self) -> Result<Vec<GroupView>, ApiError> {
+        let master = self.current().await?;
+        self.access.settle(&master, master.list_groups().await)
     }
 
     async fn list_pods(&self) -> Result<Vec<PodView>, ApiError> {

@@ -360,6 +360,16 @@ impl proto::master_server::Master for ClientService {
         }))
     }
 
+    async fn list_groups(
+        &self,
+        _request: Request<proto::Empty>,
+    ) -> Result<Response<proto::ListGroupsResponse>, Status> {
+        let groups = self.proxy.list_groups().await?;
+        Ok(Response::new(proto::ListGroupsResponse {
+            groups: groups.into_iter().map(Into::into).collect(),
+        }))
+    }
+
     async fn list_pods(
         &self,
         _request: Request<proto::Empty>,

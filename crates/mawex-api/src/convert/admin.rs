@@ -1,8 +1,8 @@
 //! Group settings and the failed queue.
 
 use crate::admin::{
-    FailedCount, FailedFilter, GroupSettings, MissedTicks, PendingChange, PodView, QueuePosition,
-    RateLimit, ScheduleSpec, ScheduleView,
+    FailedCount, FailedFilter, GroupSettings, GroupView, MissedTicks, PendingChange, PodView,
+    QueuePosition, RateLimit, ScheduleSpec, ScheduleView,
 };
 use crate::convert::required;
 use crate::convert::task::error_kind_filter;
@@ -267,6 +267,41 @@ impl TryFrom<proto::PodView> for PodView {
         view.connected_at = Timestamp(p.connected_at_ms);
         view.last_heartbeat = Timestamp(p.last_heartbeat_ms);
         view.draining = p.draining;
+        Ok(view)
+    }
+}
+
+#[doc(hidden)]
+impl From<GroupView> for proto::GroupView {
+    fn from(g: GroupView) -> Self {
+        proto::GroupView {
+            group: g.group.to_string(),
+            pending: g.pending,
+            running: g.running,
+            succeeded: g.succeeded,
+            failed: g.failed,
+            cancelled: g.cancelled,
+            settings: Some(g.settings.into()),
+            mean_run_ms: g
+                .mean_run_time
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+}
+
+#[doc(hidden)]
+impl TryFrom<proto::GroupView> for GroupView {
+    type Error = ApiError;
+
+    fn try_from(g: proto::GroupView) -> Result<Self, ApiError> {
+        let mut view = GroupView::new(GroupName::new(&g.group).map_err(in_field("group"))?);
+        view.pending = g.pending;
+        view.running = g.running;
+        view.succeeded = g.succeeded;
+        view.failed = g.failed;
+        view.cancelled = g.cancelled;
+        view.settings = g.settings.map(Into::into).unwrap_or_default();
+        view.mean_run_time = g.mean_run_ms.map(std::time::Duration::from_millis);
         Ok(view)
     }
 }

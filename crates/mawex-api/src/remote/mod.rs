@@ -18,7 +18,8 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use channel::{retrying, Masters};
 
 use crate::admin::{
-    FailedCount, FailedFilter, GroupSettings, PendingChange, PodView, ScheduleSpec, ScheduleView,
+    FailedCount, FailedFilter, GroupSettings, GroupView, PendingChange, PodView, ScheduleSpec,
+    ScheduleView,
 };
 use crate::broadcast::{
     BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery, BroadcastSpec,
@@ -533,6 +534,16 @@ impl MasterProxy for RemoteMasterProxy {
             )
             .await?;
         pods.pods.into_iter().map(PodView::try_from).collect()
+    }
+
+    async fn list_groups(&self) -> Result<Vec<GroupView>, ApiError> {
+        let groups = self
+            .unary(
+                proto::Empty {},
+                |mut c, r| async move { c.list_groups(r).await },
+            )
+            .await?;
+        groups.groups.into_iter().map(GroupView::try_from).collect()
     }
 
     async fn clear_broadcast_lock(&self, app: &str) -> Result<Option<BroadcastId>, ApiError> {

@@ -9,8 +9,9 @@ use futures::stream;
 use mawex_api::{
     ApiError, BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery,
     BroadcastSpec, BroadcastView, CancelAck, FailedCount, FailedFilter, GroupName, GroupSettings,
-    ListQuery, MasterProxy, PendingChange, PodView, ResultCursor, ResultStream, ScheduleName,
-    ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec, TaskView,
+    GroupView, ListQuery, MasterProxy, PendingChange, PodView, ResultCursor, ResultStream,
+    ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec,
+    TaskView,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -282,6 +283,12 @@ impl MasterProxy for LocalMasterProxy {
             Ok(view) => view,
             Err(_) => self.broadcast(id).await,
         }
+    }
+
+    async fn list_groups(&self) -> Result<Vec<GroupView>, ApiError> {
+        let model = self.reads.current().await?;
+        let state = model.read();
+        Ok(state.group_views())
     }
 
     async fn list_pods(&self) -> Result<Vec<PodView>, ApiError> {

@@ -61,6 +61,19 @@ impl Listed {
             .insert(state, ids.into_iter().collect());
     }
 
+    /// The groups that have tasks.
+    pub(crate) fn groups(&self) -> impl Iterator<Item = &GroupName> {
+        self.0.keys()
+    }
+
+    /// How many tasks of `group` are in `state`.
+    pub(crate) fn count(&self, group: &GroupName, state: TaskState) -> u64 {
+        self.0
+            .get(group)
+            .and_then(|states| states.get(&state))
+            .map_or(0, |ids| u64::try_from(ids.len()).unwrap_or(u64::MAX))
+    }
+
     /// The ids after `after` of the tasks of `group` (any, if `None`) in `state` (any, if
     /// `None`), in id order. At least one of the two is given.
     pub(crate) fn ids<'a>(

@@ -40,6 +40,28 @@ impl MasterState {
             .unwrap_or_default()
     }
 
+    /// Every group that has tasks or settings, by name: its tasks by state, its settings,
+    /// its recent mean run time.
+    pub(crate) fn group_views(&self) -> Vec<mawex_api::GroupView> {
+        let mut names: std::collections::BTreeSet<&GroupName> = self.groups.keys().collect();
+        names.extend(self.listed.groups());
+        names
+            .into_iter()
+            .map(|group| {
+                let mut view = mawex_api::GroupView::new(group.clone());
+                let count = |state| self.listed.count(group, state);
+                view.pending = count(TaskState::Pending);
+                view.running = count(TaskState::Running);
+                view.succeeded = count(TaskState::Succeeded);
+                view.failed = count(TaskState::Failed);
+                view.cancelled = count(TaskState::Cancelled);
+                view.settings = self.group_settings(group);
+                view.mean_run_time = self.mean_duration(group);
+                view
+            })
+            .collect()
+    }
+
     /// Every schedule, by name.
     pub(crate) fn schedules(&self) -> impl Iterator<Item = &Schedule> {
         self.schedules.values()

@@ -34,6 +34,7 @@ const ADMIN: &[&str] = &[
     "/mawex.v1.Master/ListBroadcastLocks",
     "/mawex.v1.Master/ClearBroadcastLock",
     "/mawex.v1.Master/ListPods",
+    "/mawex.v1.Master/ListGroups",
 ];
 
 /// The RPCs only a `pod` token may call.
