@@ -95,6 +95,12 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<GroupAction>,
     },
+    /// Cron schedules: a task submitted at every tick.
+    Cron {
+        /// What to do.
+        #[command(subcommand)]
+        action: CronAction,
+    },
     /// Moves pending tasks to another group.
     Move {
         /// The group they go to.
@@ -164,6 +170,50 @@ pub enum GroupAction {
         group: String,
         /// Attempts in all, or `off`.
         attempts: String,
+    },
+}
+
+/// `mawex cron`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum CronAction {
+    /// Creates a schedule (again with the same settings: nothing changes).
+    Add {
+        /// Its name.
+        name: String,
+        /// A cron expression: 5 fields, or 6 with seconds first (`"*/5 * * * *"`).
+        cron: String,
+        /// The group of its tasks.
+        group: String,
+        /// Their handler.
+        handler: String,
+        /// Their payload. Default: empty.
+        payload: Option<String>,
+        /// The IANA time zone the expression is read in.
+        #[arg(long, default_value = "UTC")]
+        time_zone: String,
+        /// Ticks missed while the master was down run once (default: skipped).
+        #[arg(long)]
+        run_missed_once: bool,
+        /// Priority of its tasks.
+        #[arg(long, allow_hyphen_values = true)]
+        priority: Option<i32>,
+    },
+    /// Every schedule.
+    List,
+    /// Stops a schedule firing.
+    Pause {
+        /// Its name.
+        name: String,
+    },
+    /// Lets it fire again.
+    Resume {
+        /// Its name.
+        name: String,
+    },
+    /// Deletes it.
+    Delete {
+        /// Its name.
+        name: String,
     },
 }
 

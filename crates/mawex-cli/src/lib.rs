@@ -101,6 +101,7 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             Command::Failed(args) => tasks::failed(&config, output, args).await,
             Command::Pods => tasks::pods(&config, output).await,
             Command::Groups { action } => tasks::groups(&config, output, action).await,
+            Command::Cron { action } => tasks::cron(&config, output, action).await,
             Command::Move { to, ids } => tasks::move_pending(&config, &to, &ids).await,
             Command::Prefer { priority, ids } => tasks::prefer(&config, priority, &ids).await,
             Command::Config { .. } | Command::Completions { .. } => Ok(()),

@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use mawex::{
     ApiError, Bytes, CancelAck, ErrorKind, FailedFilter, GroupName, GroupSettings, ListQuery,
-    MasterProxy, Outcome, PendingChange, RateLimit, RemoteConfig, RemoteMasterProxy, RetryPolicy,
-    TaskId, TaskSpec, TaskState, Timestamp,
+    MasterProxy, MissedTicks, Outcome, PendingChange, RateLimit, RemoteConfig, RemoteMasterProxy,
+    RetryPolicy, ScheduleName, ScheduleSpec, TaskId, TaskSpec, TaskState, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{FailedAction, FailedArgs, GroupAction, ListArgs, Output, SubmitArgs};
+use crate::cli::{CronAction, FailedAction, FailedArgs, GroupAction, ListArgs, Output, SubmitArgs};
 use crate::config::Config;
 use crate::output::{self, state_name, Rows, TaskRow};
 use crate::CliError;
@@ -779,5 +779,131 @@ pub(crate) async fn prefer(
         .await?;
     eprintln!("{changed} of {} pending tasks preferred", ids.len());
     println!("{changed}");
+    Ok(())
+}
+
+/// A schedule as `mawex cron list` prints it.
+#[derive(Debug, Serialize)]
+struct ScheduleRow {
+    name: String,
+    cron: String,
+    time_zone: String,
+    group: String,
+    handler: String,
+    paused: bool,
+    fired: u64,
+    last_tick: Option<String>,
+    missed: &'static str,
+}
+
+impl Rows for ScheduleRow {
+    fn headers() -> &'static [&'static str] {
+        &[
+            "name",
+            "cron",
+            "zone",
+            "group",
+            "handler",
+            "paused",
+            "fired",
+            "last tick",
+            "missed",
+        ]
+    }
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            self.cron.clone(),
+            self.time_zone.clone(),
+            self.group.clone(),
+            self.handler.clone(),
+            if self.paused { "yes" } else { "no" }.to_owned(),
+            self.fired.to_string(),
+            self.last_tick.clone().unwrap_or_default(),
+            self.missed.to_owned(),
+        ]
+    }
+}
+
+fn schedule_name(name: &str) -> Result<ScheduleName, CliError> {
+    ScheduleName::new(name).map_err(|e| CliError::Usage(format!("schedule {name:?}: {e}")))
+}
+
+/// `mawex cron`.
+///
+/// # Errors
+/// A bad name or expression, or a failed call (an `admin` token is needed where tokens are
+/// checked).
+pub(crate) async fn cron(
+    config: &Config,
+    output: Output,
+    action: CronAction,
+) -> Result<(), CliError> {
+    let proxy = connect(config)?;
+    match action {
+        CronAction::Add {
+            name,
+            cron,
+            group: group_name,
+            handler,
+            payload,
+            time_zone,
+            run_missed_once,
+            priority,
+        } => {
+            let mut task = TaskSpec::new(
+                group(&group_name)?,
+                handler,
+                Bytes::from(payload.unwrap_or_default()),
+            );
+            if let Some(priority) = priority {
+                task = task.with_priority(priority);
+            }
+            let spec = ScheduleSpec::new(schedule_name(&name)?, cron, task)
+                .in_time_zone(time_zone)
+                .on_missed(if run_missed_once {
+                    MissedTicks::RunOnce
+                } else {
+                    MissedTicks::Skip
+                });
+            proxy.create_schedule(spec).await?;
+            eprintln!("schedule {name} created");
+        }
+        CronAction::List => {
+            let rows: Vec<ScheduleRow> = proxy
+                .list_schedules()
+                .await?
+                .into_iter()
+                .map(|s| ScheduleRow {
+                    name: s.spec.name.to_string(),
+                    cron: s.spec.cron.clone(),
+                    time_zone: s.spec.time_zone.clone(),
+                    group: s.spec.task.group.to_string(),
+                    handler: s.spec.task.handler.clone(),
+                    paused: s.paused,
+                    fired: s.fired,
+                    last_tick: s.last_tick.map(output::time),
+                    missed: match s.spec.missed {
+                        MissedTicks::RunOnce => "run once",
+                        _ => "skip",
+                    },
+                })
+                .collect();
+            return output::print(output, &rows);
+        }
+        CronAction::Pause { name } => {
+            proxy.pause_schedule(schedule_name(&name)?, true).await?;
+            eprintln!("schedule {name} paused");
+        }
+        CronAction::Resume { name } => {
+            proxy.pause_schedule(schedule_name(&name)?, false).await?;
+            eprintln!("schedule {name} resumed");
+        }
+        CronAction::Delete { name } => {
+            proxy.delete_schedule(schedule_name(&name)?).await?;
+            eprintln!("schedule {name} deleted");
+        }
+    }
     Ok(())
 }

@@ -46,9 +46,10 @@ impl Drop for Running {
     }
 }
 
-/// A config file in `dir` for a cluster of one on `master` and workers of group `sh`.
-fn write_config(dir: &Path, master: &str) -> PathBuf {
-    let path = dir.join("mawex.toml");
+/// A config file `name` in `dir` for a cluster of one on `master` and workers of group
+/// `sh`. Written once: a process starting meanwhile must never read it half-written.
+fn write_config(dir: &Path, name: &str, master: &str) -> PathBuf {
+    let path = dir.join(name);
     std::fs::write(
         &path,
         format!(
@@ -84,7 +85,7 @@ argv = ["sleep", "30"]
 
 /// Starts `mawex master` and returns it with the endpoint it printed.
 fn start_master(dir: &Path) -> (Running, String) {
-    let config = write_config(dir, "http://127.0.0.1:1");
+    let config = write_config(dir, "master.toml", "http://127.0.0.1:1");
     let mut child = mawex()
         .arg("--config")
         .arg(&config)
@@ -109,9 +110,14 @@ fn start_master(dir: &Path) -> (Running, String) {
     (Running(child), endpoint)
 }
 
-/// `mawex` with the config of `dir` pointed at `endpoint`, run to its end (bounded).
+/// `mawex` with the config of `dir` pointed at `endpoint` (`mawex.toml`, written once before),
+/// run to its end (bounded).
 fn run(dir: &Path, endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    let config = write_config(dir, endpoint);
+    let config = dir.join("mawex.toml");
+    assert!(
+        std::fs::read_to_string(&config).is_ok_and(|text| text.contains(endpoint)),
+        "mawex.toml points at {endpoint}"
+    );
     let mut child = mawex()
         .arg("--config")
         .arg(&config)
@@ -155,7 +161,7 @@ fn stderr(output: &Output) -> String {
 fn a_master_two_workers_and_every_exit_code() {
     let dir = tempfile::tempdir().unwrap();
     let (_master, endpoint) = start_master(dir.path());
-    let config = write_config(dir.path(), &endpoint);
+    let config = write_config(dir.path(), "mawex.toml", &endpoint);
     let worker = |id: &str| {
         Running(
             mawex()
