@@ -101,6 +101,12 @@ pub enum Command {
         #[command(subcommand)]
         action: CronAction,
     },
+    /// Broadcasts: a task run on every pod of a group, pulled pod to pod in waves.
+    Broadcast {
+        /// What to do.
+        #[command(subcommand)]
+        action: BroadcastAction,
+    },
     /// Moves pending tasks to another group.
     Move {
         /// The group they go to.
@@ -215,6 +221,90 @@ pub enum CronAction {
         /// Its name.
         name: String,
     },
+}
+
+/// `mawex broadcast`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum BroadcastAction {
+    /// Fires a broadcast (a new version of the app) and prints its id.
+    Fire {
+        /// What to broadcast.
+        #[command(flatten)]
+        spec: BroadcastArgs,
+        /// Waits until every target finished, with progress on stderr; exit 3 if one did not.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Shows the targets and waves a broadcast would have, and runs nothing.
+    Plan {
+        /// What would be broadcast.
+        #[command(flatten)]
+        spec: BroadcastArgs,
+    },
+    /// A broadcast's targets: version, source, state, time.
+    Status {
+        /// Which broadcast.
+        #[command(flatten)]
+        which: WhichBroadcast,
+    },
+    /// The same as `status`, redrawn every second until the broadcast finishes.
+    Monitor {
+        /// Which broadcast.
+        #[command(flatten)]
+        which: WhichBroadcast,
+    },
+    /// The apps' locks: one broadcast per app at a time.
+    Locks,
+    /// Clears an app's lock by aborting the broadcast that holds it.
+    Unlock {
+        /// The app.
+        app: String,
+    },
+}
+
+/// A broadcast: by id, or the latest of an app.
+#[derive(Debug, Clone, Args)]
+pub struct WhichBroadcast {
+    /// Its id.
+    #[arg(required_unless_present = "app")]
+    pub id: Option<u64>,
+    /// The latest broadcast of this app.
+    #[arg(long, conflicts_with = "id")]
+    pub app: Option<String>,
+}
+
+/// What a broadcast runs, and where.
+#[derive(Debug, Clone, Args)]
+pub struct BroadcastArgs {
+    /// The app (one broadcast per app at a time).
+    pub app: String,
+    /// The group whose pods are the targets.
+    #[arg(long)]
+    pub group: String,
+    /// The handler each target runs.
+    #[arg(long)]
+    pub handler: String,
+    /// Its payload.
+    #[arg(long)]
+    pub payload: Option<String>,
+    /// The version (default: one more than the last).
+    #[arg(long)]
+    pub version: Option<String>,
+    /// A fixed tree of this many branches per node (default: pull, 5 per source).
+    #[arg(long, conflicts_with = "per_source")]
+    pub tree: Option<u32>,
+    /// Pull: a source serves at most this many targets at once.
+    #[arg(long)]
+    pub per_source: Option<u32>,
+    /// Only pods with this label, `key=value` (repeat the flag).
+    #[arg(long = "label", value_parser = key_value)]
+    pub labels: Vec<(String, String)>,
+    /// Only pods whose id matches this pattern (`*` for any run of characters).
+    #[arg(long)]
+    pub pods: Option<String>,
+    /// Where the first wave pulls from (the origin's address).
+    #[arg(long)]
+    pub origin: Option<String>,
 }
 
 /// `mawex config`.

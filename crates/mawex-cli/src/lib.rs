@@ -1,6 +1,7 @@
 //! The `mawex` binary: run masters and workers, and submit and inspect tasks, from a terminal
 //! and one configuration file. `main.rs` only calls [`run`].
 
+mod broadcasts;
 pub mod cli;
 pub mod config;
 mod error;
@@ -102,6 +103,7 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             Command::Pods => tasks::pods(&config, output).await,
             Command::Groups { action } => tasks::groups(&config, output, action).await,
             Command::Cron { action } => tasks::cron(&config, output, action).await,
+            Command::Broadcast { action } => broadcasts::broadcast(&config, output, action).await,
             Command::Move { to, ids } => tasks::move_pending(&config, &to, &ids).await,
             Command::Prefer { priority, ids } => tasks::prefer(&config, priority, &ids).await,
             Command::Config { .. } | Command::Completions { .. } => Ok(()),

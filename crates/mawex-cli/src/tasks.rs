@@ -50,7 +50,7 @@ pub(crate) fn connect(config: &Config) -> Result<RemoteMasterProxy, CliError> {
     )?)
 }
 
-fn group(name: &str) -> Result<GroupName, CliError> {
+pub(crate) fn group(name: &str) -> Result<GroupName, CliError> {
     GroupName::new(name).map_err(|e| CliError::Usage(format!("group {name:?}: {e}")))
 }
 
