@@ -12,7 +12,7 @@ use crate::config::{LogFormat, Overrides};
 /// then `MAWEX_<SECTION>__<KEY>` environment variables, then flags (docs/configuration.md).
 /// Exit codes: 0 success, 1 error, 2 usage, 3 task failed, 4 wait timed out, 5 cancelled.
 #[derive(Debug, Parser)]
-#[command(name = "mawex", version, propagate_version = true)]
+#[command(name = "mawex", version)]
 pub struct Cli {
     /// The configuration file.
     #[arg(long, global = true, env = "MAWEX_CONFIG")]
@@ -107,6 +107,8 @@ pub enum Command {
         #[command(subcommand)]
         action: BroadcastAction,
     },
+    /// A live view of the pods, groups and failed queue, refreshed every second; `q` quits.
+    Top,
     /// Moves pending tasks to another group.
     Move {
         /// The group they go to.
@@ -498,4 +500,15 @@ pub enum FailedAction {
     Retry,
     /// Forgets them.
     Purge,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own checks of every command and flag (names unique, requirements that exist).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -8,6 +8,7 @@ mod error;
 pub mod output;
 mod serve;
 mod tasks;
+mod top;
 
 use clap::{CommandFactory, Parser};
 
@@ -104,6 +105,7 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             Command::Groups { action } => tasks::groups(&config, output, action).await,
             Command::Cron { action } => tasks::cron(&config, output, action).await,
             Command::Broadcast { action } => broadcasts::broadcast(&config, output, action).await,
+            Command::Top => top::top(&config).await,
             Command::Move { to, ids } => tasks::move_pending(&config, &to, &ids).await,
             Command::Prefer { priority, ids } => tasks::prefer(&config, priority, &ids).await,
             Command::Config { .. } | Command::Completions { .. } => Ok(()),

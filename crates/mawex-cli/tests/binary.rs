@@ -75,6 +75,9 @@ argv = ["sh", "-c", "echo broken >&2; exit 3"]
 
 [worker.handlers.slow]
 argv = ["sleep", "30"]
+
+[worker.handlers.nap]
+argv = ["sleep", "1"]
 "#,
             data = dir.join("data").display()
         ),
@@ -431,4 +434,206 @@ fn the_configuration_layers_and_its_errors_name_the_key() {
     // A variable that is not a key (no `__`) is left alone.
     let (code_, message) = check(mawex().env("MAWEX_TASK_ID", "x"));
     assert_eq!(code_, 0, "{message}");
+}
+
+/// A tmux server of the test's own (its own socket), killed with the test.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    /// `None` where tmux is missing, outside CI; in CI (which installs it) a failure.
+    fn start(test: &str) -> Option<Tmux> {
+        let found = Command::new("tmux")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{test} needs tmux; .ci/run installs it"
+            );
+            eprintln!("mawex-test-skipped: {test}: tmux is not installed");
+            return None;
+        }
+        Some(Tmux {
+            socket: format!("mawex-test-{}-{test}", std::process::id()),
+        })
+    }
+
+    fn tmux(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `command` in a new 160×45 session `name`.
+    fn run(&self, name: &str, command: &str) {
+        let started = self.tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            name,
+            "-x",
+            "160",
+            "-y",
+            "45",
+            command,
+        ]);
+        assert!(started.status.success(), "{}", stderr(&started));
+    }
+
+    fn screen(&self, name: &str) -> String {
+        stdout(&self.tmux(&["capture-pane", "-p", "-t", name]))
+    }
+
+    /// Waits until the screen of `name` satisfies `ready`; returns it.
+    fn wait_for(&self, name: &str, what: &str, ready: impl Fn(&str) -> bool) -> String {
+        let started = Instant::now();
+        loop {
+            let screen = self.screen(name);
+            if ready(&screen) {
+                return screen;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "{what}; the screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn alive(&self, name: &str) -> bool {
+        self.tmux(&["has-session", "-t", name]).status.success()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.tmux(&["kill-server"]);
+    }
+}
+
+/// The row of `screen` that holds `needle`, split into its cells.
+fn row_of<'a>(screen: &'a str, needle: &str) -> Vec<&'a str> {
+    screen
+        .lines()
+        .find(|line| line.contains(needle))
+        .map(|line| {
+            line.split(|c: char| c.is_whitespace() || c == '│')
+                .filter(|cell| !cell.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn top_and_broadcast_monitor_render_in_a_terminal() {
+    let Some(tmux) = Tmux::start("top_and_broadcast_monitor_render_in_a_terminal") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_master, endpoint) = start_master(dir.path());
+    let config = write_config(dir.path(), "mawex.toml", &endpoint);
+    let worker = |id: &str| {
+        Running(
+            mawex()
+                .arg("--config")
+                .arg(&config)
+                .args(["worker", "--id", id])
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let _workers = [worker("w1"), worker("w2")];
+    let dir = dir.path();
+    let done = run(
+        dir,
+        &endpoint,
+        &["submit", "sh", "upper", "x", "--wait"],
+        None,
+    );
+    assert_eq!(code(&done), 0, "{}", stderr(&done));
+    let failed = run(
+        dir,
+        &endpoint,
+        &["submit", "sh", "fail", "--retry", "1", "--wait"],
+        None,
+    );
+    assert_eq!(code(&failed), 3, "{}", stderr(&failed));
+
+    let mawex = format!(
+        "{} --config {}",
+        env!("CARGO_BIN_EXE_mawex"),
+        config.display()
+    );
+    tmux.run("top", &format!("{mawex} top"));
+    let screen = tmux.wait_for(
+        "top",
+        "top shows both pods, the group and the failure",
+        |s| s.contains("w1") && s.contains("w2") && s.contains("non-zero exit"),
+    );
+    assert!(screen.contains("2 pods"), "{screen}");
+    let pod = row_of(&screen, "w2");
+    assert_eq!(pod.get(1..3), Some(&["sh", "0/2"][..]), "{screen}");
+    let group = row_of(&screen, "SUCCEEDED");
+    assert!(!group.is_empty(), "{screen}");
+    // GROUP PENDING RUNNING SUCCEEDED FAILED: one succeeded, one failed.
+    let sh = screen
+        .lines()
+        .filter(|line| line.contains("│sh "))
+        .map(|line| row_of(line, "sh"))
+        .find(|cells| cells.len() >= 5)
+        .unwrap_or_default();
+    assert_eq!(
+        sh.get(..5),
+        Some(&["sh", "0", "0", "1", "1"][..]),
+        "{screen}"
+    );
+    tmux.tmux(&["send-keys", "-t", "top", "q"]);
+    let started = Instant::now();
+    while tmux.alive("top") {
+        assert!(started.elapsed() < DEADLINE, "q quits top");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A broadcast of a one-second step down a tree of one branch: live, then finished.
+    let fired = run(
+        dir,
+        &endpoint,
+        &[
+            "broadcast",
+            "fire",
+            "nap",
+            "--group",
+            "sh",
+            "--handler",
+            "nap",
+            "--tree",
+            "1",
+        ],
+        None,
+    );
+    assert_eq!(code(&fired), 0, "{}", stderr(&fired));
+    let id = stdout(&fired).trim().to_owned();
+    // The view stays on screen once the monitor ends.
+    tmux.run(
+        "monitor",
+        &format!("{mawex} broadcast monitor {id}; sleep 60"),
+    );
+    let live = tmux.wait_for("monitor", "the monitor shows a running target", |s| {
+        s.contains("running") && s.contains("w1") && s.contains("w2")
+    });
+    assert!(live.contains(&format!("broadcast {id} of nap")), "{live}");
+    let finished = tmux.wait_for("monitor", "the monitor shows the end", |s| {
+        s.contains("2/2 targets finished, finished")
+    });
+    let first = row_of(&finished, "w1");
+    let second = row_of(&finished, "w2");
+    assert_eq!(first.get(2..4), Some(&["origin", "done"][..]), "{finished}");
+    assert_eq!(second.get(2..4), Some(&["w1", "done"][..]), "{finished}");
 }
