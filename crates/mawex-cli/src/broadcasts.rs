@@ -41,8 +41,7 @@ pub(crate) async fn broadcast(
                 view.targets.len()
             );
             if !wait {
-                println!("{}", view.id);
-                return Ok(());
+                return output::line(view.id);
             }
             let view = follow(&proxy, view.id, |view| {
                 let (done, all) = progress(view);
@@ -278,7 +277,7 @@ fn target_rows(view: &BroadcastView) -> Vec<TargetRow> {
             error: t
                 .error
                 .as_ref()
-                .map(|e| format!("{}: {}", e.kind, e.message)),
+                .map(|e| format!("{}: {}", crate::tasks::kind_name(e.kind), e.message)),
         })
         .collect()
 }

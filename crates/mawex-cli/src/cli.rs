@@ -368,7 +368,8 @@ impl WorkerArgs {
         flags.set("worker.slots", self.slots);
         flags.set("worker.advertise", self.advertise.clone());
         for (key, value) in &self.labels {
-            flags.set(&format!("worker.labels.{key}"), Some(value.clone()));
+            let path = vec!["worker".into(), "labels".into(), key.clone()];
+            flags.set_path(path, Some(value.clone()));
         }
     }
 }
@@ -419,7 +420,7 @@ pub struct SubmitArgs {
     /// Not before this long from now (`30s`, `5m`).
     #[arg(long, value_parser = duration, conflicts_with = "at")]
     pub delay: Option<std::time::Duration>,
-    /// Not before this time (RFC 3339: `2026-12-24T18:00:00Z`).
+    /// Not before this time, in UTC (RFC 3339: `2026-12-24T18:00:00Z`).
     #[arg(long)]
     pub at: Option<String>,
     /// A deduplication key: a second submit with it within `--dedup-window` returns the first.
@@ -477,7 +478,8 @@ pub struct FailedArgs {
     /// Only tasks of this group.
     #[arg(long)]
     pub group: Option<String>,
-    /// Only tasks whose last error is of this kind: transient, permanent, timeout, lost.
+    /// Only tasks whose last error is of this kind: handler, panicked, unknown-handler,
+    /// timed-out, cancelled, crashed, non-zero-exit, out-of-memory, sandbox, lease-expired.
     #[arg(long)]
     pub kind: Option<String>,
     /// Only these tasks (repeat the flag).

@@ -40,7 +40,7 @@ pub struct ClientSection {
     pub token: Option<String>,
     /// PEM authorities the master's certificate is checked against (`https://` endpoints).
     pub ca: Option<PathBuf>,
-    /// How long a call may take.
+    /// How long a call keeps trying while no master answers (restarting, failing over).
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
 }
@@ -232,16 +232,22 @@ impl<T: Serialize> Provider for Named<T> {
     }
 }
 
-/// Values set by flags, by dotted key (`master.listen`).
+/// Values set by flags, by key path (`["master", "listen"]`).
 #[derive(Debug, Default, Clone)]
-pub struct Overrides(BTreeMap<String, serde_json::Value>);
+pub struct Overrides(BTreeMap<Vec<String>, serde_json::Value>);
 
 impl Overrides {
-    /// Sets `key` (dotted) to `value`, if there is one.
+    /// Sets `key` (dotted: `master.listen`) to `value`, if there is one.
     pub fn set<T: Serialize>(&mut self, key: &str, value: Option<T>) {
+        self.set_path(key.split('.').map(str::to_owned).collect(), value);
+    }
+
+    /// Sets the key at `path` to `value`, if there is one: for map keys that may hold a dot
+    /// themselves (a label `app.kubernetes.io/name`).
+    pub fn set_path<T: Serialize>(&mut self, path: Vec<String>, value: Option<T>) {
         if let Some(value) = value {
             if let Ok(value) = serde_json::to_value(value) {
-                self.0.insert(key.to_owned(), value);
+                self.0.insert(path, value);
             }
         }
     }
@@ -249,8 +255,8 @@ impl Overrides {
     /// The values as one nested object.
     fn nested(&self) -> serde_json::Value {
         let mut root = serde_json::Map::new();
-        for (key, value) in &self.0 {
-            let parts: Vec<&str> = key.split('.').collect();
+        for (path, value) in &self.0 {
+            let parts: Vec<&str> = path.iter().map(String::as_str).collect();
             insert(&mut root, &parts, value.clone());
         }
         serde_json::Value::Object(root)
@@ -494,7 +500,9 @@ impl Loaded {
                     .figment
                     .find_metadata(&key)
                     .map_or_else(|| "default".to_owned(), |m| describe(m, &key));
-                let value = if SECRETS.contains(&key.as_str()) && !value.is_null() {
+                let secret = SECRETS.contains(&key.as_str())
+                    || (key.starts_with("worker.handlers.") && key.contains(".env."));
+                let value = if secret && !value.is_null() {
                     serde_json::Value::String("***".into())
                 } else {
                     value

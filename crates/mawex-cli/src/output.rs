@@ -95,9 +95,26 @@ fn shorten(text: &str, max: usize) -> String {
     short
 }
 
-/// A time as RFC 3339 (UTC, milliseconds).
+/// A time as RFC 3339 (UTC, milliseconds); one past year 9999 (from a bad clock or a bad
+/// message) as its milliseconds since the epoch.
 pub fn time(t: Timestamp) -> String {
-    humantime::format_rfc3339_millis(t.into()).to_string()
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    match write!(text, "{}", humantime::format_rfc3339_millis(t.into())) {
+        Ok(()) => text,
+        Err(_) => format!("{}ms", t.as_millis()),
+    }
+}
+
+/// Prints `text` and a newline on stdout; a reader that stopped reading is not an error.
+///
+/// # Errors
+/// stdout cannot be written.
+pub fn line(text: impl std::fmt::Display) -> Result<(), CliError> {
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written.map_err(CliError::io("writing to stdout")),
+    }
 }
 
 /// A task as `get` and `list` print it.
@@ -136,7 +153,14 @@ impl TaskRow {
     pub fn new(view: &TaskView) -> TaskRow {
         let (output, error) = match view.result.as_ref().map(|r| &r.outcome) {
             Some(Outcome::Succeeded(out)) => (Some(Body::new(out)), None),
-            Some(Outcome::Failed(e)) => (None, Some(format!("{}: {}", e.kind, e.message))),
+            Some(Outcome::Failed(e)) => (
+                None,
+                Some(format!(
+                    "{}: {}",
+                    crate::tasks::kind_name(e.kind),
+                    e.message
+                )),
+            ),
             _ => (None, None),
         };
         TaskRow {

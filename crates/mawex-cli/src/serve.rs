@@ -20,22 +20,28 @@ use crate::cli::MasterArgs;
 use crate::config::{Config, JournalKind};
 use crate::CliError;
 
-/// Resolves when the process is asked to stop (SIGTERM, SIGINT).
-async fn stop_requested() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                warn!(error = %e, "SIGTERM cannot be caught; stop with Ctrl-C");
-                std::future::pending::<()>().await;
-            }
+/// SIGTERM and SIGINT, caught from the moment this is made (a signal before the first wait
+/// is not lost, and does not kill the process undrained).
+struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> Result<Self, CliError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            terminate: signal(SignalKind::terminate()).map_err(CliError::io("catching SIGTERM"))?,
+            interrupt: signal(SignalKind::interrupt()).map_err(CliError::io("catching SIGINT"))?,
+        })
+    }
+
+    /// Resolves when the process is asked to stop.
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => info!("SIGTERM: draining"),
+            _ = self.interrupt.recv() => info!("interrupted: draining"),
         }
-    };
-    tokio::select! {
-        () = terminate => info!("SIGTERM: draining"),
-        _ = tokio::signal::ctrl_c() => info!("interrupted: draining"),
     }
 }
 
@@ -70,6 +76,18 @@ impl Running {
                     .into(),
             )),
             (JournalKind::Sled, None) => {
+                if initialize {
+                    return Err(CliError::Usage(
+                        "--initialize makes a cluster: master.journal = \"sled\" has none".into(),
+                    ));
+                }
+                if section.data_dir.join("raft-log").exists() {
+                    return Err(CliError::Config(format!(
+                        "master.journal: {} holds a node's Raft log, not a sled journal: \
+                         keep master.journal = \"raft\", or give the master another directory",
+                        section.data_dir.display()
+                    )));
+                }
                 let journal = SledJournal::open(&section.data_dir).map_err(CliError::serve)?;
                 let master = Master::builder()
                     .config(settings)
@@ -108,7 +126,15 @@ impl Running {
                 )
                 .await
                 .map_err(CliError::serve)?;
-                if initialize {
+                let initialized = node
+                    .raft()
+                    .is_initialized()
+                    .await
+                    .map_err(CliError::serve)?;
+                if initialize && initialized {
+                    warn!("--initialize: this node's cluster is made already; ignored");
+                }
+                if initialize && !initialized {
                     let members = peers
                         .into_iter()
                         .map(|(id, address)| (id, mawex::cluster::BasicNode::new(address)))
@@ -130,12 +156,13 @@ impl Running {
         }
     }
 
-    /// Why the master stopped on its own, when it does (a node goes on: another leads).
+    /// Why the master stopped on its own, when it does. A node's master may stop while
+    /// another node leads: only the node itself stopping (its storage failed, say) counts.
     fn stopped(&self) -> Stopped {
         match self {
             Running::Plain(master) => Box::pin(master.stopped()),
             Running::Single(node) => Box::pin(node.master().stopped()),
-            Running::Node(_) => Box::pin(std::future::pending()),
+            Running::Node(node) => Box::pin(node.stopped()),
         }
     }
 
@@ -204,13 +231,47 @@ fn secure(config: &Config, mut server: Server) -> Result<Server, CliError> {
     Ok(server)
 }
 
+/// A master beyond loopback serves only with TLS and tokens, or when told it may without:
+/// refused here, naming the keys, before anything is opened.
+fn check_exposure(config: &Config) -> Result<(), CliError> {
+    let section = &config.master;
+    let secured = section.tls_cert.is_some() && section.tokens.is_some();
+    if section.listen.ip().is_loopback() || secured || section.insecure {
+        return Ok(());
+    }
+    Err(CliError::Config(format!(
+        "master.listen: {} is reachable beyond this machine: set master.tls_cert, \
+         master.tls_key and master.tokens, or master.insecure = true",
+        section.listen
+    )))
+}
+
 /// Serves `running` until a stop is asked for, or its master stops on its own; with a pod
-/// of `pod` beside it for `standalone`.
+/// of `pod` beside it for `standalone`. Whatever happens, the pod then drains and the
+/// master closes (its last batch, a snapshot).
 async fn serve(
     config: &Config,
+    stop: StopSignals,
     running: Running,
     server: Server,
     pod: Option<Pod>,
+) -> Result<(), CliError> {
+    let served = serve_until_stopped(config, stop, &running, server).await;
+    let drained = match pod {
+        Some(pod) => pod.shutdown().await.map_err(CliError::serve),
+        None => Ok(()),
+    };
+    let closed = running.shutdown().await;
+    served?;
+    drained?;
+    closed
+}
+
+async fn serve_until_stopped(
+    config: &Config,
+    stop: StopSignals,
+    running: &Running,
+    server: Server,
 ) -> Result<(), CliError> {
     let listener = TcpListener::bind(config.master.listen)
         .await
@@ -218,27 +279,28 @@ async fn serve(
     let address = listener
         .local_addr()
         .map_err(CliError::io("reading the bound address"))?;
-    println!("mawex master listening on http://{address}");
+    let scheme = if config.master.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("mawex master listening on {scheme}://{address}");
     let stopped = running.stopped();
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
     let served = server
         .serve(listener, async move {
             tokio::select! {
-                () = stop_requested() => {}
+                () = stop.wait() => {}
                 reason = stopped => {
                     let _ = failed_tx.send(reason);
                 }
             }
         })
         .await;
-    if let Some(pod) = pod {
-        pod.shutdown().await.map_err(CliError::serve)?;
-    }
     if let Ok(reason) = failed_rx.await {
         return Err(CliError::Serve(format!("the master stopped: {reason}")));
     }
-    served.map_err(CliError::serve)?;
-    running.shutdown().await
+    served.map_err(CliError::serve)
 }
 
 /// `mawex master`.
@@ -247,9 +309,17 @@ async fn serve(
 /// A bad configuration, a data directory that cannot be opened, or a master that stopped
 /// on its own (a full disk, say).
 pub(crate) async fn master(config: &Config, args: &MasterArgs) -> Result<(), CliError> {
+    check_exposure(config)?;
+    let stop = StopSignals::new()?;
     let (running, server) = Running::open(config, args.initialize).await?;
-    let server = secure(config, server)?;
-    serve(config, running, server, None).await
+    let server = match secure(config, server) {
+        Ok(server) => server,
+        Err(e) => {
+            running.shutdown().await?;
+            return Err(e);
+        }
+    };
+    serve(config, stop, running, server, None).await
 }
 
 /// The pod of the configuration, its handlers the commands of `worker.handlers`.
@@ -326,13 +396,14 @@ pub(crate) async fn worker(config: &Config) -> Result<(), CliError> {
         config.client.masters.iter(),
         crate::tasks::channel(config)?,
     )?;
+    let stop = StopSignals::new()?;
     let pod = start_pod(config, Arc::new(connector))?;
     eprintln!(
         "mawex worker serving {:?} for {}",
         config.worker.groups,
         config.client.masters.join(",")
     );
-    stop_requested().await;
+    stop.wait().await;
     pod.shutdown().await.map_err(CliError::serve)
 }
 
@@ -346,17 +417,21 @@ pub(crate) async fn standalone(config: &Config) -> Result<(), CliError> {
             "master.cluster.node_id: standalone runs a cluster of one".into(),
         ));
     }
+    check_exposure(config)?;
+    let stop = StopSignals::new()?;
     let (running, server) = Running::open(config, false).await?;
-    let server = secure(config, server)?;
-    let Some(connector) = running.pod_connector() else {
-        return Err(CliError::Serve("no in-process pod connector".into()));
-    };
-    let pod = match start_pod(config, connector) {
-        Ok(pod) => pod,
+    let started = secure(config, server).and_then(|server| {
+        let connector = running
+            .pod_connector()
+            .ok_or_else(|| CliError::Serve("no in-process pod connector".into()))?;
+        Ok((server, start_pod(config, connector)?))
+    });
+    let (server, pod) = match started {
+        Ok(started) => started,
         Err(e) => {
             running.shutdown().await?;
             return Err(e);
         }
     };
-    serve(config, running, server, Some(pod)).await
+    serve(config, stop, running, server, Some(pod)).await
 }

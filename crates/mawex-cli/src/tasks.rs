@@ -15,6 +15,9 @@ use crate::config::Config;
 use crate::output::{self, state_name, Rows, TaskRow};
 use crate::CliError;
 
+/// Tasks of `submit --batch` sent in one call, each call atomic.
+const BATCH_PAGE: usize = 1_000;
+
 /// The default window of `--dedup`.
 const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(3600);
 
@@ -105,7 +108,8 @@ fn kind(text: &str) -> Result<ErrorKind, CliError> {
         })
 }
 
-fn kind_name(kind: ErrorKind) -> &'static str {
+/// The name `--kind` takes for `kind`, as every command prints it.
+pub(crate) fn kind_name(kind: ErrorKind) -> &'static str {
     KINDS
         .iter()
         .find(|(_, k)| *k == kind)
@@ -229,10 +233,13 @@ pub(crate) async fn submit(
     };
     let run_at = match (&args.delay, &args.at) {
         (Some(delay), _) => Some(Timestamp::after(*delay)),
-        (None, Some(at)) => Some(Timestamp::from(
-            humantime::parse_rfc3339_weak(at)
-                .map_err(|e| CliError::Usage(format!("--at {at:?}: {e}")))?,
-        )),
+        (None, Some(at)) => Some(Timestamp::from(humantime::parse_rfc3339(at).map_err(
+            |e| {
+                CliError::Usage(format!(
+                    "--at {at:?}: {e} (a UTC time: 2026-12-24T18:00:00Z)"
+                ))
+            },
+        )?)),
         (None, None) => None,
     };
     let options = Options {
@@ -317,14 +324,23 @@ async fn submit_batch(proxy: &RemoteMasterProxy, output: Output) -> Result<(), C
         return Err(CliError::Usage("no task on stdin".into()));
     }
     let mut rows = Vec::with_capacity(specs.len());
-    // In pages the master takes whole, each atomic on its own.
-    for chunk in specs.chunks(1_000) {
-        for ack in proxy.submit_many(chunk.to_vec()).await? {
-            rows.push(Submitted {
+    // In pages the master takes whole, each atomic on its own: a refused page leaves the
+    // ones before it submitted, and they are printed before the error.
+    for chunk in specs.chunks(BATCH_PAGE) {
+        match proxy.submit_many(chunk.to_vec()).await {
+            Ok(acks) => rows.extend(acks.into_iter().map(|ack| Submitted {
                 id: ack.id.to_string(),
                 created: ack.created,
                 deduplicated: ack.deduplicated,
-            });
+            })),
+            Err(e) if rows.is_empty() => return Err(e.into()),
+            Err(e) => {
+                output::print(output, &rows)?;
+                return Err(CliError::Serve(format!(
+                    "the first {} tasks (printed) were submitted, the rest refused: {e}",
+                    rows.len()
+                )));
+            }
         }
     }
     output::print(output, &rows)
@@ -462,28 +478,27 @@ pub(crate) async fn failed(
         FailedAction::Retry => "retry",
         FailedAction::Purge => "purge",
     };
-    // With ids the count is theirs; otherwise what the summary counts for the filter.
-    let count = if filter.ids.is_empty() {
-        matching
-            .iter()
-            .map(|row| row.count)
-            .sum::<u64>()
-            .to_string()
+    // With ids, at most their number (those still failed); otherwise what the summary
+    // counts for the filter.
+    let (count, bound) = if filter.ids.is_empty() {
+        (matching.iter().map(|row| row.count).sum::<u64>(), "")
     } else {
-        format!("up to {}", filter.ids.len())
+        (
+            u64::try_from(filter.ids.len()).unwrap_or(u64::MAX),
+            "up to ",
+        )
     };
     if args.dry_run {
-        eprintln!("would {verb} {count} failed tasks (dry run: nothing done)");
-        println!("{count}");
-        return Ok(());
+        eprintln!("would {verb} {bound}{count} failed tasks (dry run: nothing done)");
+        return output::line(count);
     }
     if !args.yes {
         if !std::io::stdin().is_terminal() {
             return Err(CliError::Usage(format!(
-                "{verb} {count} failed tasks: add --yes (stdin is not a terminal to ask on)"
+                "{verb} {bound}{count} failed tasks: add --yes (stdin is not a terminal to ask on)"
             )));
         }
-        eprint!("{verb} {count} failed tasks? [y/N] ");
+        eprint!("{verb} {bound}{count} failed tasks? [y/N] ");
         let mut answer = String::new();
         std::io::stdin()
             .read_line(&mut answer)
@@ -498,8 +513,7 @@ pub(crate) async fn failed(
         _ => proxy.purge_failed(filter).await?,
     };
     eprintln!("{verb}: {done} tasks");
-    println!("{done}");
-    Ok(())
+    output::line(done)
 }
 
 /// A pod as `mawex pods` prints it.
@@ -757,8 +771,7 @@ pub(crate) async fn move_pending(
         .update_pending(task_ids(ids)?, change)
         .await?;
     eprintln!("{moved} of {} pending tasks moved to {to}", ids.len());
-    println!("{moved}");
-    Ok(())
+    output::line(moved)
 }
 
 /// `mawex prefer`.
@@ -778,8 +791,7 @@ pub(crate) async fn prefer(
         .update_pending(task_ids(ids)?, change)
         .await?;
     eprintln!("{changed} of {} pending tasks preferred", ids.len());
-    println!("{changed}");
-    Ok(())
+    output::line(changed)
 }
 
 /// A schedule as `mawex cron list` prints it.

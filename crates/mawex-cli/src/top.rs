@@ -53,8 +53,18 @@ async fn show(
 ) -> Result<(), CliError> {
     let mut snapshot = Snapshot::default();
     let mut finished_before: Option<(Instant, BTreeMap<String, u64>)> = None;
+    terminal
+        .draw(|frame| draw(frame, endpoints, &snapshot))
+        .map_err(CliError::io("drawing"))?;
     loop {
-        refresh(proxy, &mut snapshot, &mut finished_before).await;
+        // A master that does not answer within a refresh is shown as such: the view (and
+        // `q`) never waits behind a call that retries.
+        let refreshed =
+            tokio::time::timeout(REFRESH, refresh(proxy, &mut snapshot, &mut finished_before))
+                .await;
+        if refreshed.is_err() {
+            snapshot.error = Some(format!("no answer within {REFRESH:?}"));
+        }
         terminal
             .draw(|frame| draw(frame, endpoints, &snapshot))
             .map_err(CliError::io("drawing"))?;
@@ -263,7 +273,7 @@ fn draw(frame: &mut Frame, endpoints: &str, snapshot: &Snapshot) {
     let failed_rows = snapshot.failed.iter().map(|f| {
         Row::new(vec![
             f.group.to_string(),
-            f.kind.to_string(),
+            crate::tasks::kind_name(f.kind).to_owned(),
             f.count.to_string(),
         ])
     });

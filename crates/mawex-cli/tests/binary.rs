@@ -26,8 +26,9 @@ fn mawex() -> Command {
 /// if it has not ended within a few seconds.
 struct Running(Child);
 
-impl Drop for Running {
-    fn drop(&mut self) {
+impl Running {
+    /// SIGTERM, and how the process ended, if it did within a few seconds (then killed).
+    fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         if let Ok(pid) = i32::try_from(self.0.id()) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
@@ -36,13 +37,22 @@ impl Drop for Running {
         }
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.0.kill();
         let _ = self.0.wait();
+        None
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.terminate();
+        }
     }
 }
 
@@ -98,6 +108,8 @@ fn start_master(dir: &Path) -> (Running, String) {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    // Stopped with the test even if it never says where it listens.
+    let master = Running(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -110,7 +122,7 @@ fn start_master(dir: &Path) -> (Running, String) {
     let endpoint = rx
         .recv_timeout(DEADLINE)
         .expect("the master prints where it listens");
-    (Running(child), endpoint)
+    (master, endpoint)
 }
 
 /// `mawex` with the config of `dir` pointed at `endpoint` (`mawex.toml`, written once before),
@@ -142,6 +154,7 @@ fn run(dir: &Path, endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output
         }
         if started.elapsed() > DEADLINE {
             let _ = child.kill();
+            let _ = child.wait();
             panic!("mawex {args:?} did not finish");
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -241,10 +254,10 @@ fn a_master_two_workers_and_every_exit_code() {
     );
     assert_eq!(code(&slow), 4, "{}", stderr(&slow));
     let slow_id = stderr(&slow)
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .trim_end_matches(';')
+        .lines()
+        .find_map(|line| line.strip_prefix("submitted "))
+        .and_then(|rest| rest.split(';').next())
+        .expect("the submit says which task it waits for")
         .to_owned();
 
     // 5: the task waited for is cancelled meanwhile.
@@ -431,6 +444,21 @@ fn the_configuration_layers_and_its_errors_name_the_key() {
         message.contains("worker.slots: must be at least 1"),
         "{message}"
     );
+    // A master beyond loopback without TLS and tokens is refused before it opens anything.
+    let exposed = mawex()
+        .arg("--config")
+        .arg(&file)
+        .args(["master", "--listen", "0.0.0.0:0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("never"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&exposed), 2, "{}", stderr(&exposed));
+    assert!(
+        stderr(&exposed).contains("master.insecure") && !dir.path().join("never").exists(),
+        "{}",
+        stderr(&exposed)
+    );
     // A variable that is not a key (no `__`) is left alone.
     let (code_, message) = check(mawex().env("MAWEX_TASK_ID", "x"));
     assert_eq!(code_, 0, "{message}");
@@ -535,7 +563,7 @@ fn top_and_broadcast_monitor_render_in_a_terminal() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (_master, endpoint) = start_master(dir.path());
+    let (mut master, endpoint) = start_master(dir.path());
     let config = write_config(dir.path(), "mawex.toml", &endpoint);
     let worker = |id: &str| {
         Running(
@@ -549,7 +577,7 @@ fn top_and_broadcast_monitor_render_in_a_terminal() {
                 .unwrap(),
         )
     };
-    let _workers = [worker("w1"), worker("w2")];
+    let mut workers = [worker("w1"), worker("w2")];
     let dir = dir.path();
     let done = run(
         dir,
@@ -566,8 +594,10 @@ fn top_and_broadcast_monitor_render_in_a_terminal() {
     );
     assert_eq!(code(&failed), 3, "{}", stderr(&failed));
 
+    // Only what the test sets: the tmux server's environment may hold `MAWEX_*` variables.
     let mawex = format!(
-        "{} --config {}",
+        "env -i PATH={} {} --config {}",
+        std::env::var("PATH").unwrap_or_default(),
         env!("CARGO_BIN_EXE_mawex"),
         config.display()
     );
@@ -575,7 +605,7 @@ fn top_and_broadcast_monitor_render_in_a_terminal() {
     let screen = tmux.wait_for(
         "top",
         "top shows both pods, the group and the failure",
-        |s| s.contains("w1") && s.contains("w2") && s.contains("non-zero exit"),
+        |s| s.contains("w1") && s.contains("w2") && s.contains("non-zero-exit"),
     );
     assert!(screen.contains("2 pods"), "{screen}");
     let pod = row_of(&screen, "w2");
@@ -636,4 +666,13 @@ fn top_and_broadcast_monitor_render_in_a_terminal() {
     let second = row_of(&finished, "w2");
     assert_eq!(first.get(2..4), Some(&["origin", "done"][..]), "{finished}");
     assert_eq!(second.get(2..4), Some(&["w1", "done"][..]), "{finished}");
+
+    // SIGTERM drains: each worker ends by itself, with status 0.
+    for worker in &mut workers {
+        let ended = worker.terminate();
+        assert!(
+            ended.is_some_and(|s| s.success()),
+            "a worker drains: {ended:?}"
+        );
+    }
 }

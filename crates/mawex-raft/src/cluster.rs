@@ -409,6 +409,24 @@ impl MasterNode {
         self.ctx.identity.refused()
     }
 
+    /// Resolves when the Raft node stops on its own (its storage failed: a full disk, say),
+    /// with why. A node whose master stops because another node leads goes on: that is not
+    /// a stop.
+    pub fn stopped(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        use openraft::rt::WatchReceiver;
+        let mut metrics = self.ctx.raft.metrics();
+        async move {
+            loop {
+                if let Err(fatal) = &metrics.borrow_watched().running_state {
+                    return format!("the Raft node stopped: {fatal}");
+                }
+                if metrics.changed().await.is_err() {
+                    return "the Raft node stopped".to_owned();
+                }
+            }
+        }
+    }
+
     /// Stops the master (if this node runs one) and the Raft node.
     ///
     /// # Errors
