@@ -667,7 +667,7 @@ fn top_and_broadcast_monitor_render_in_a_terminal() {
     assert_eq!(first.get(2..4), Some(&["origin", "done"][..]), "{finished}");
     assert_eq!(second.get(2..4), Some(&["w1", "done"][..]), "{finished}");
 
-    // SIGTERM drains: each worker ends by itself, with status 0.
+    // SIGTERM drains: each worker, then the master, ends by itself with status 0.
     for worker in &mut workers {
         let ended = worker.terminate();
         assert!(
@@ -675,4 +675,9 @@ fn top_and_broadcast_monitor_render_in_a_terminal() {
             "a worker drains: {ended:?}"
         );
     }
+    let ended = master.terminate();
+    assert!(
+        ended.is_some_and(|s| s.success()),
+        "the master drains: {ended:?}"
+    );
 }
