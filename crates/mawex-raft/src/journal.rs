@@ -1,6 +1,7 @@
 //! The master's journal on the Raft log: the leader's core writes each batch it commits as
 //! one entry, and it is durable once the entry is committed.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,10 @@ pub struct RaftJournal {
     term: u64,
     /// The last batch written: the master's sequence number of its last event, and its entry.
     last_written: Option<(u64, LogIdOf<MasterRaft>)>,
+    /// The entry of the newest copy offered for a snapshot.
+    snapshots_wanted: Arc<AtomicU64>,
+    /// Whether a task is asking openraft for that snapshot.
+    snapshot_asker: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for RaftJournal {
@@ -81,6 +86,8 @@ impl RaftJournal {
             leader,
             term,
             last_written: None,
+            snapshots_wanted: Arc::new(AtomicU64::new(0)),
+            snapshot_asker: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -243,10 +250,28 @@ impl Journal for RaftJournal {
             return Ok(());
         }
         // openraft ignores a trigger while a build runs (that build may have taken an older
-        // offer): asked again until a snapshot covers this one.
-        let raft = self.raft.clone();
-        self.runtime
-            .spawn(async move { store_offered_snapshot(&raft, log_id.index).await });
+        // offer): one task asks until a snapshot covers the newest offer.
+        self.snapshots_wanted
+            .fetch_max(log_id.index, Ordering::SeqCst);
+        if !self.snapshot_asker.swap(true, Ordering::SeqCst) {
+            let (raft, wanted, asker) = (
+                self.raft.clone(),
+                self.snapshots_wanted.clone(),
+                self.snapshot_asker.clone(),
+            );
+            self.runtime.spawn(async move {
+                loop {
+                    let index = wanted.load(Ordering::SeqCst);
+                    store_offered_snapshot(&raft, index).await;
+                    asker.store(false, Ordering::SeqCst);
+                    // An offer that came meanwhile, unless another asker took it.
+                    if wanted.load(Ordering::SeqCst) <= index || asker.swap(true, Ordering::SeqCst)
+                    {
+                        return;
+                    }
+                }
+            });
+        }
         Ok(())
     }
 
