@@ -96,13 +96,33 @@ argv = ["sleep", "1"]
     path
 }
 
+/// Starts `mawex worker --id ID` (labelled `name=ID`) on `config`.
+fn start_worker(config: &Path, id: &str) -> Running {
+    Running(
+        mawex()
+            .arg("--config")
+            .arg(config)
+            .args(["worker", "--id", id, "--label", &format!("name={id}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// Starts `mawex master` and returns it with the endpoint it printed.
 fn start_master(dir: &Path) -> (Running, String) {
+    start_serving(dir, "master")
+}
+
+/// Starts `mawex COMMAND` (`master` or `standalone`) and returns it with the endpoint its
+/// master printed.
+fn start_serving(dir: &Path, command: &str) -> (Running, String) {
     let config = write_config(dir, "master.toml", "http://127.0.0.1:1");
     let mut child = mawex()
         .arg("--config")
         .arg(&config)
-        .arg("master")
+        .arg(command)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -178,19 +198,7 @@ fn a_master_two_workers_and_every_exit_code() {
     let dir = tempfile::tempdir().unwrap();
     let (_master, endpoint) = start_master(dir.path());
     let config = write_config(dir.path(), "mawex.toml", &endpoint);
-    let worker = |id: &str| {
-        Running(
-            mawex()
-                .arg("--config")
-                .arg(&config)
-                .args(["worker", "--id", id, "--label", &format!("name={id}")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap(),
-        )
-    };
-    let _workers = [worker("w1"), worker("w2")];
+    let _workers = [start_worker(&config, "w1"), start_worker(&config, "w2")];
     let dir = dir.path();
 
     // Both pods show up, with their groups, slots and labels.
@@ -565,19 +573,7 @@ fn top_and_broadcast_monitor_render_in_a_terminal() {
     let dir = tempfile::tempdir().unwrap();
     let (mut master, endpoint) = start_master(dir.path());
     let config = write_config(dir.path(), "mawex.toml", &endpoint);
-    let worker = |id: &str| {
-        Running(
-            mawex()
-                .arg("--config")
-                .arg(&config)
-                .args(["worker", "--id", id])
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap(),
-        )
-    };
-    let mut workers = [worker("w1"), worker("w2")];
+    let mut workers = [start_worker(&config, "w1"), start_worker(&config, "w2")];
     let dir = dir.path();
     let done = run(
         dir,
@@ -680,4 +676,46 @@ fn top_and_broadcast_monitor_render_in_a_terminal() {
         ended.is_some_and(|s| s.success()),
         "the master drains: {ended:?}"
     );
+}
+
+/// `mawex standalone`: a master and a worker in one process, reached like a master, draining
+/// on SIGTERM; its data survives a restart.
+#[test]
+fn standalone_runs_tasks_and_keeps_them_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut standalone, endpoint) = start_serving(dir.path(), "standalone");
+    write_config(dir.path(), "mawex.toml", &endpoint);
+    let dir = dir.path();
+    let done = run(
+        dir,
+        &endpoint,
+        &["submit", "sh", "upper", "alone", "--wait"],
+        None,
+    );
+    assert_eq!(
+        (code(&done), stdout(&done)),
+        (0, "ALONE".to_owned()),
+        "{}",
+        stderr(&done)
+    );
+    let pods = run(dir, &endpoint, &["pods", "-o", "json"], None);
+    let pods: Vec<serde_json::Value> = serde_json::from_slice(&pods.stdout).unwrap();
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    let ended = standalone.terminate();
+    assert!(
+        ended.is_some_and(|s| s.success()),
+        "standalone drains: {ended:?}"
+    );
+
+    let (_again, endpoint) = start_serving(dir, "standalone");
+    write_config(dir, "mawex.toml", &endpoint);
+    let listed = run(
+        dir,
+        &endpoint,
+        &["list", "--state", "succeeded", "-o", "json"],
+        None,
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["output"], "ALONE");
 }
