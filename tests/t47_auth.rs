@@ -66,7 +66,7 @@ fn expected_role(path: &str) -> Role {
         | "UpdatePending" | "CreateSchedule" | "ListSchedules" | "PauseSchedule"
         | "DeleteSchedule" | "FireBroadcast" | "PlanBroadcast" | "GetBroadcast"
         | "ListBroadcasts" | "WaitBroadcast" | "ListBroadcastLocks" | "ClearBroadcastLock"
-        | "ListPods" | "ListGroups" => Role::Admin,
+        | "ListPods" | "ListGroups" | "DrainPod" => Role::Admin,
         "Session" => Role::Pod,
         other => panic!("{path}: no expected role for RPC {other}; add it to this table"),
     }

@@ -377,6 +377,14 @@ async fn connected_pods_are_listed_with_their_leases_and_labels(t: Transport) {
         "one pod holds and runs the task: {holding:?}"
     );
 
+    // Drained: shown so, and given no new work (the engine's draining rule); an unknown pod
+    // is not found.
+    assert!(m.proxy().drain_pod(pod_id("p-list-1")).await.unwrap());
+    assert!(!m.proxy().drain_pod(pod_id("p-list-9")).await.unwrap());
+    let pods = m.proxy().list_pods().await.unwrap();
+    let draining: Vec<bool> = pods.iter().map(|p| p.draining).collect();
+    assert_eq!(draining, [true, false]);
+
     m.proxy().cancel(busy.id).await.unwrap();
     second.shutdown().await.unwrap();
     m.wait_stats("one pod", |s| s.pods.len() == 1).await;

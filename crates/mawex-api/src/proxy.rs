@@ -14,7 +14,7 @@ use crate::broadcast::{
     BroadcastView,
 };
 use crate::error::ApiError;
-use crate::ids::{GroupName, ScheduleName, TaskId};
+use crate::ids::{GroupName, PodId, ScheduleName, TaskId};
 use crate::task::{TaskResult, TaskSpec, TaskState, TaskView};
 
 /// The most tasks one `list` page returns.
@@ -431,6 +431,15 @@ pub trait MasterProxy: Send + Sync {
     /// `Unavailable` when the master is down.
     async fn list_pods(&self) -> Result<Vec<PodView>, ApiError> {
         Err(unimplemented("list_pods"))
+    }
+
+    /// Gives pod `pod` no new work from now on: what it holds runs on, and it stays
+    /// connected (shown draining) until it reconnects. False if no such pod is connected.
+    ///
+    /// # Errors
+    /// `Unavailable` when the master is down.
+    async fn drain_pod(&self, pod: PodId) -> Result<bool, ApiError> {
+        Err(unimplemented("drain_pod"))
     }
 
     /// Every group that has tasks or settings, by name: its tasks by state, its settings

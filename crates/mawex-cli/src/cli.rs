@@ -88,7 +88,11 @@ pub enum Command {
     /// The failed queue: a summary, or retry or purge what a filter matches.
     Failed(FailedArgs),
     /// The pods connected to the master: groups, slots, leases, labels, CPU and memory.
-    Pods,
+    Pods {
+        /// What to do (default: list).
+        #[command(subcommand)]
+        action: Option<PodAction>,
+    },
     /// Consumer groups: their tasks by state and settings; pause, resume, limit them.
     Groups {
         /// What to do (default: list).
@@ -137,6 +141,19 @@ pub enum Command {
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+}
+
+/// `mawex pods`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum PodAction {
+    /// Every pod connected now.
+    List,
+    /// Gives a pod no new work: what it holds runs on; it shows `draining` until it
+    /// reconnects (stop it once it is idle).
+    Drain {
+        /// The pod's id.
+        pod: String,
     },
 }
 

@@ -101,7 +101,7 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             Command::Cancel(args) => tasks::cancel(&config, &args.id).await,
             Command::Retry(args) => tasks::retry(&config, &args.id).await,
             Command::Failed(args) => tasks::failed(&config, output, args).await,
-            Command::Pods => tasks::pods(&config, output).await,
+            Command::Pods { action } => tasks::pods(&config, output, action).await,
             Command::Groups { action } => tasks::groups(&config, output, action).await,
             Command::Cron { action } => tasks::cron(&config, output, action).await,
             Command::Broadcast { action } => broadcasts::broadcast(&config, output, action).await,

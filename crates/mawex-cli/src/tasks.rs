@@ -5,12 +5,15 @@ use std::time::Duration;
 
 use mawex::{
     ApiError, Bytes, CancelAck, ErrorKind, FailedFilter, GroupName, GroupSettings, ListQuery,
-    MasterProxy, MissedTicks, Outcome, PendingChange, RateLimit, RemoteConfig, RemoteMasterProxy,
-    RetryPolicy, ScheduleName, ScheduleSpec, TaskId, TaskSpec, TaskState, Timestamp,
+    MasterProxy, MissedTicks, Outcome, PendingChange, PodId, RateLimit, RemoteConfig,
+    RemoteMasterProxy, RetryPolicy, ScheduleName, ScheduleSpec, TaskId, TaskSpec, TaskState,
+    Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{CronAction, FailedAction, FailedArgs, GroupAction, ListArgs, Output, SubmitArgs};
+use crate::cli::{
+    CronAction, FailedAction, FailedArgs, GroupAction, ListArgs, Output, PodAction, SubmitArgs,
+};
 use crate::config::Config;
 use crate::output::{self, state_name, Rows, TaskRow};
 use crate::CliError;
@@ -586,9 +589,24 @@ impl Rows for PodRow {
 ///
 /// # Errors
 /// A failed call (an `admin` token is needed where tokens are checked).
-pub(crate) async fn pods(config: &Config, output: Output) -> Result<(), CliError> {
+pub(crate) async fn pods(
+    config: &Config,
+    output: Output,
+    action: Option<PodAction>,
+) -> Result<(), CliError> {
+    let proxy = connect(config)?;
+    if let Some(PodAction::Drain { pod }) = action {
+        let id = PodId::new(&pod).map_err(|e| CliError::Usage(format!("pod {pod:?}: {e}")))?;
+        if !proxy.drain_pod(id).await? {
+            return Err(CliError::Api(ApiError::NotFound(format!(
+                "pod {pod} is not connected"
+            ))));
+        }
+        eprintln!("pod {pod} drains: it gets no new work");
+        return Ok(());
+    }
     let now = Timestamp::now();
-    let rows: Vec<PodRow> = connect(config)?
+    let rows: Vec<PodRow> = proxy
         .list_pods()
         .await?
         .into_iter()

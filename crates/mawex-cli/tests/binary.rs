@@ -219,6 +219,8 @@ fn a_master_two_workers_and_every_exit_code() {
         assert_eq!(pod["slots"], 2);
         assert_eq!(pod["labels"]["name"], id);
     }
+    let drained = run(dir, &endpoint, &["pods", "drain", "nobody"], None);
+    assert_eq!(code(&drained), 1, "{}", stderr(&drained));
     let table = stdout(&run(dir, &endpoint, &["pods"], None));
     assert!(
         table.lines().next().unwrap().contains("RUNNING") && table.contains("name=w2"),
@@ -361,6 +363,185 @@ fn a_master_two_workers_and_every_exit_code() {
         (code(&purged), stdout(&purged).trim().to_owned()),
         (0, "1".into())
     );
+
+    // Groups: paused, a task waits; moved and preferred; limits set and shown.
+    let ok = |args: &[&str]| {
+        let out = run(dir, &endpoint, args, None);
+        assert_eq!(code(&out), 0, "mawex {args:?}: {}", stderr(&out));
+        out
+    };
+    let json =
+        |args: &[&str]| -> serde_json::Value { serde_json::from_slice(&ok(args).stdout).unwrap() };
+    ok(&["groups", "pause", "sh"]);
+    let waiting = json(&["submit", "sh", "upper", "wait", "-o", "json"]);
+    let waiting = waiting[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(stdout(&ok(&["prefer", &waiting])).trim(), "1");
+    assert_eq!(
+        stdout(&ok(&["move", "--to", "elsewhere", &waiting])).trim(),
+        "1"
+    );
+    ok(&["groups", "ceiling", "sh", "1"]);
+    ok(&["groups", "rate", "sh", "5"]);
+    ok(&["groups", "retry", "sh", "2"]);
+    ok(&["groups", "resume", "sh"]);
+    let groups = json(&["groups", "-o", "json"]);
+    let named = |name: &str| {
+        groups
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["group"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {groups}"))
+    };
+    assert_eq!(named("elsewhere")["pending"], 1);
+    let sh = named("sh");
+    assert_eq!(
+        [
+            &sh["paused"],
+            &sh["ceiling"],
+            &sh["rate"],
+            &sh["retry_attempts"]
+        ],
+        [
+            &serde_json::json!(false),
+            &serde_json::json!(1),
+            &serde_json::json!(5),
+            &serde_json::json!(2)
+        ],
+        "{sh}"
+    );
+    assert!(sh["succeeded"].as_u64().unwrap() >= 4, "{sh}");
+    assert_eq!(
+        code(&run(
+            dir,
+            &endpoint,
+            &["groups", "rate", "sh", "lots"],
+            None
+        )),
+        2
+    );
+    ok(&["groups", "ceiling", "sh", "off"]);
+    ok(&["groups", "rate", "sh", "off"]);
+
+    // A schedule fires every second until it is paused, and is gone once deleted.
+    ok(&["cron", "add", "tick", "* * * * * *", "sh", "upper", "tick"]);
+    let fired = || -> u64 {
+        let rows = json(&["cron", "list", "-o", "json"]);
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "tick")
+            .map_or(0, |r| r["fired"].as_u64().unwrap())
+    };
+    let started = Instant::now();
+    while fired() == 0 {
+        assert!(started.elapsed() < DEADLINE, "the schedule fires");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok(&["cron", "pause", "tick"]);
+    assert_eq!(json(&["cron", "list", "-o", "json"])[0]["paused"], true);
+    ok(&["cron", "delete", "tick"]);
+    assert_eq!(json(&["cron", "list", "-o", "json"]), serde_json::json!([]));
+    let refused = run(
+        dir,
+        &endpoint,
+        &["cron", "add", "bad", "not cron", "sh", "upper"],
+        None,
+    );
+    assert_eq!(code(&refused), 1);
+    assert!(stderr(&refused).contains("cron"), "{}", stderr(&refused));
+
+    // Broadcasts: planned, fired and waited for, shown; a lock held, and cleared.
+    let plan = json(&[
+        "broadcast",
+        "plan",
+        "site",
+        "--group",
+        "sh",
+        "--handler",
+        "upper",
+        "-o",
+        "json",
+    ]);
+    let planned: Vec<&str> = plan
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["pod"].as_str().unwrap())
+        .collect();
+    assert_eq!(planned, ["w1", "w2"]);
+    let fired = json(&[
+        "broadcast",
+        "fire",
+        "site",
+        "--group",
+        "sh",
+        "--handler",
+        "upper",
+        "--payload",
+        "v",
+        "--version",
+        "v1",
+        "--wait",
+        "-o",
+        "json",
+    ]);
+    let states: Vec<(&str, &str)> = fired
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["pod"].as_str().unwrap(), t["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(states, [("w1", "done"), ("w2", "done")]);
+    let status = json(&["broadcast", "status", "--app", "site", "-o", "json"]);
+    assert_eq!(status.as_array().unwrap().len(), 2);
+    assert!(status
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["version"] == "v1"));
+    let held = ok(&[
+        "broadcast",
+        "fire",
+        "long",
+        "--group",
+        "sh",
+        "--handler",
+        "slow",
+        "--tree",
+        "1",
+    ]);
+    let id = stdout(&held).trim().to_owned();
+    let locks = json(&["broadcast", "locks", "-o", "json"]);
+    assert_eq!(locks[0]["app"], "long");
+    assert_eq!(locks[0]["broadcast"].to_string(), id);
+    ok(&["broadcast", "unlock", "long"]);
+    assert_eq!(
+        json(&["broadcast", "locks", "-o", "json"]),
+        serde_json::json!([])
+    );
+    // A tree of one branch: the first target runs (and finishes, aborted or not), the
+    // second waited for it and is cancelled.
+    let targets = json(&["broadcast", "status", &id, "-o", "json"]);
+    assert_eq!(targets[1]["state"], "cancelled", "{targets}");
+
+    // A drained pod is shown so; an unknown one is not found.
+    ok(&["pods", "drain", "w2"]);
+    let pods = json(&["pods", "-o", "json"]);
+    let draining: Vec<&serde_json::Value> = pods
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["draining"])
+        .collect();
+    assert_eq!(
+        draining,
+        [&serde_json::json!(false), &serde_json::json!(true)]
+    );
+
+    // The slow task the timed-out wait left running is stopped, not left behind.
+    ok(&["cancel", &slow_id]);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use mawex_api::pod::{PodConnector, PodHello, PodSession};
 use mawex_api::{
     ApiError, BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery,
     BroadcastSpec, BroadcastView, CancelAck, FailedCount, FailedFilter, GroupName, GroupSettings,
-    GroupView, ListQuery, MasterProxy, PendingChange, PodView, ResultCursor, ResultStream,
+    GroupView, ListQuery, MasterProxy, PendingChange, PodId, PodView, ResultCursor, ResultStream,
     ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec,
     TaskView,
 };
@@ -331,6 +331,11 @@ impl MasterProxy for ClusterProxy {
     async fn list_groups(&self) -> Result<Vec<GroupView>, ApiError> {
         let master = self.current().await?;
         self.access.settle(&master, master.list_groups().await)
+    }
+
+    async fn drain_pod(&self, pod: PodId) -> Result<bool, ApiError> {
+        let master = self.master()?;
+        self.access.settle(&master, master.drain_pod(pod).await)
     }
 
     async fn list_pods(&self) -> Result<Vec<PodView>, ApiError> {

@@ -370,6 +370,19 @@ impl proto::master_server::Master for ClientService {
         }))
     }
 
+    async fn drain_pod(
+        &self,
+        request: Request<proto::DrainPodRequest>,
+    ) -> Result<Response<proto::DrainPodResponse>, Status> {
+        let caller = Caller::of(&request).cloned();
+        let pod = request.into_inner().pod;
+        audit(caller.as_ref(), "drain_pod", format_args!("pod={pod}"));
+        let pod = mawex_api::PodId::new(&pod)
+            .map_err(|e| Status::invalid_argument(format!("pod: {e}")))?;
+        let found = self.proxy.drain_pod(pod).await?;
+        Ok(Response::new(proto::DrainPodResponse { found }))
+    }
+
     async fn list_pods(
         &self,
         _request: Request<proto::Empty>,

@@ -26,7 +26,7 @@ use crate::broadcast::{
     BroadcastView,
 };
 use crate::error::ApiError;
-use crate::ids::{GroupName, ScheduleName, TaskId};
+use crate::ids::{GroupName, PodId, ScheduleName, TaskId};
 use crate::proto;
 use crate::proto::master_client::MasterClient;
 use crate::proxy::{
@@ -534,6 +534,16 @@ impl MasterProxy for RemoteMasterProxy {
             )
             .await?;
         pods.pods.into_iter().map(PodView::try_from).collect()
+    }
+
+    async fn drain_pod(&self, pod: PodId) -> Result<bool, ApiError> {
+        let request = proto::DrainPodRequest {
+            pod: pod.to_string(),
+        };
+        let answer = self
+            .unary(request, |mut c, r| async move { c.drain_pod(r).await })
+            .await?;
+        Ok(answer.found)
     }
 
     async fn list_groups(&self) -> Result<Vec<GroupView>, ApiError> {

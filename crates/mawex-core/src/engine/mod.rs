@@ -371,6 +371,21 @@ impl Engine {
         std::mem::take(&mut self.pods_changed)
     }
 
+    /// Gives pod `id` no new work from now on (what it holds runs on), until it connects
+    /// again. False if no such pod is connected.
+    pub(crate) fn drain_pod(&mut self, id: &PodId) -> bool {
+        match self.pods.get_mut(id) {
+            Some(entry) => {
+                if !entry.draining {
+                    entry.draining = true;
+                    self.pods_changed = true;
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
     pub(crate) fn pod_stats(&self) -> Vec<PodStats> {
         self.pods
             .iter()

@@ -333,6 +333,10 @@ impl<J: Journal> CoreLoop<J> {
                 let cleared = self.engine.clear_broadcast_lock(&app, now, out);
                 answer(deferred, reply, Ok(cleared));
             }
+            CoreMsg::DrainPod { pod, reply } => {
+                let found = self.engine.drain_pod(&pod);
+                answer(deferred, reply, Ok(found));
+            }
             CoreMsg::GroupSettings { group, reply } => {
                 let settings = self.engine.state().group_settings(&group);
                 answer(deferred, reply, Ok(settings));

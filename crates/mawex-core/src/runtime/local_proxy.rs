@@ -9,7 +9,7 @@ use futures::stream;
 use mawex_api::{
     ApiError, BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery,
     BroadcastSpec, BroadcastView, CancelAck, FailedCount, FailedFilter, GroupName, GroupSettings,
-    GroupView, ListQuery, MasterProxy, PendingChange, PodView, ResultCursor, ResultStream,
+    GroupView, ListQuery, MasterProxy, PendingChange, PodId, PodView, ResultCursor, ResultStream,
     ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec,
     TaskView,
 };
@@ -289,6 +289,10 @@ impl MasterProxy for LocalMasterProxy {
         let model = self.reads.current().await?;
         let state = model.read();
         Ok(state.group_views())
+    }
+
+    async fn drain_pod(&self, pod: PodId) -> Result<bool, ApiError> {
+        self.call(|reply| CoreMsg::DrainPod { pod, reply }).await
     }
 
     async fn list_pods(&self) -> Result<Vec<PodView>, ApiError> {

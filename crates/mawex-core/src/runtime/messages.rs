@@ -6,7 +6,7 @@ use mawex_api::pod::{MasterMessage, PodHello, PodMessage, Welcome};
 use mawex_api::{
     ApiError, BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery,
     BroadcastSpec, BroadcastView, CancelAck, FailedFilter, GroupName, GroupSettings, PendingChange,
-    ResultCursor, ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskResult,
+    PodId, ResultCursor, ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskResult,
     TaskSpec, TaskView,
 };
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
@@ -144,6 +144,10 @@ pub(crate) enum CoreMsg {
     ClearBroadcastLock {
         app: String,
         reply: Reply<Option<BroadcastId>>,
+    },
+    DrainPod {
+        pod: PodId,
+        reply: Reply<bool>,
     },
     PodConnect {
         hello: PodHello,

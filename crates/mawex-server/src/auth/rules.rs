@@ -35,6 +35,7 @@ const ADMIN: &[&str] = &[
     "/mawex.v1.Master/ClearBroadcastLock",
     "/mawex.v1.Master/ListPods",
     "/mawex.v1.Master/ListGroups",
+    "/mawex.v1.Master/DrainPod",
 ];
 
 /// The RPCs only a `pod` token may call.
