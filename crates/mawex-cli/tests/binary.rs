@@ -119,10 +119,15 @@ fn start_master(dir: &Path) -> (Running, String) {
 /// master printed.
 fn start_serving(dir: &Path, command: &str) -> (Running, String) {
     let config = write_config(dir, "master.toml", "http://127.0.0.1:1");
+    serve_with(&config, &[command])
+}
+
+/// Starts `mawex --config CONFIG ARGS…` and returns it with the endpoint its master printed.
+fn serve_with(config: &Path, args: &[&str]) -> (Running, String) {
     let mut child = mawex()
         .arg("--config")
-        .arg(&config)
-        .arg(command)
+        .arg(config)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -899,4 +904,105 @@ fn standalone_runs_tasks_and_keeps_them_across_a_restart() {
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["output"], "ALONE");
+}
+
+/// A free loopback port (bound and released: the node that takes it binds it again).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Three `mawex master`s as one cluster (`master.cluster`, `--initialize` on one), a worker
+/// and a client given all three: tasks run before and after the first node is killed.
+#[test]
+fn three_masters_from_one_configuration_each_fail_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let peers: String = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| format!("\"{}\" = \"127.0.0.1:{port}\"\n", i + 1))
+        .collect();
+    let masters: Vec<String> = ports
+        .iter()
+        .map(|port| format!("\"http://127.0.0.1:{port}\""))
+        .collect();
+    let common = format!(
+        "[client]\nmasters = [{}]\ntimeout = \"20s\"\n\n[worker]\ngroups = [\"sh\"]\n\
+         shutdown_grace = \"1s\"\n[worker.handlers.upper]\nargv = [\"tr\", \"a-z\", \"A-Z\"]\n",
+        masters.join(", ")
+    );
+    let mut nodes = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let id = i + 1;
+        let config = dir.path().join(format!("node-{id}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "{common}\n[master]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\
+                 lease_timeout = \"3s\"\nheartbeat_interval = \"500ms\"\n\
+                 [master.cluster]\nnode_id = {id}\n[master.cluster.peers]\n{peers}",
+                dir.path().join(format!("data-{id}")).display()
+            ),
+        )
+        .unwrap();
+        let args: &[&str] = if id == 1 {
+            &["master", "--initialize"]
+        } else {
+            &["master"]
+        };
+        nodes.push(serve_with(&config, args).0);
+    }
+    let client = dir.path().join("mawex.toml");
+    std::fs::write(&client, &common).unwrap();
+    let _worker = start_worker(&client, "w1");
+    let submit = |payload: &str| {
+        let mut child = mawex()
+            .arg("--config")
+            .arg(&client)
+            .args([
+                "submit",
+                "sh",
+                "upper",
+                payload,
+                "--wait",
+                "--timeout",
+                "50s",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > DEADLINE {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the submit of {payload} did not finish");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    };
+    let first = submit("before");
+    assert_eq!(
+        (code(&first), stdout(&first)),
+        (0, "BEFORE".to_owned()),
+        "{}",
+        stderr(&first)
+    );
+    // Node 1 dies hard (it may lead, or not): the others go on.
+    let mut node_one = nodes.remove(0);
+    let _ = node_one.0.kill();
+    let _ = node_one.0.wait();
+    let after = submit("after");
+    assert_eq!(
+        (code(&after), stdout(&after)),
+        (0, "AFTER".to_owned()),
+        "{}",
+        stderr(&after)
+    );
 }
