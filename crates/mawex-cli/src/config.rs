@@ -211,7 +211,8 @@ impl Default for LogSection {
     fn default() -> Self {
         LogSection {
             format: LogFormat::Text,
-            level: "warn".into(),
+            // openraft warns of routine races at a node's start (a vote that moved on).
+            level: "warn,openraft=error".into(),
         }
     }
 }
