@@ -21,6 +21,8 @@ use mawex::{
 
 #[path = "common/own_main.rs"]
 mod own_main;
+
+use own_main::runtime;
 #[path = "common/procs.rs"]
 mod procs;
 
@@ -52,14 +54,6 @@ fn main() {
             runtime().block_on(sigterm_forked_pod())
         }),
     ]);
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 // ------------------------------------------------------------------ children

@@ -25,6 +25,8 @@ use openraft::BasicNode;
 #[path = "common/own_main.rs"]
 mod own_main;
 
+use own_main::runtime;
+
 const ROLE: &str = "MAWEX_TEST_ROLE";
 const TASKS: usize = 10_000;
 const KILLS: usize = 5;
@@ -49,14 +51,6 @@ fn main() {
             runtime().block_on(five_survive_two())
         }),
     ]);
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 // ------------------------------------------------------------------ the node

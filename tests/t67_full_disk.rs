@@ -11,6 +11,8 @@
 #[path = "common/own_main.rs"]
 mod own_main;
 
+use own_main::runtime;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -165,14 +167,6 @@ impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = nix::mount::umount(self.dir.path());
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn task(i: usize) -> TaskSpec {

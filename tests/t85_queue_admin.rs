@@ -392,7 +392,12 @@ async fn connected_pods_are_listed_with_their_leases_and_labels(t: Transport) {
     assert_eq!(pods.len(), 1);
     assert_eq!(pods[0].id.as_str(), "p-list-1");
     first.shutdown().await.unwrap();
+    let proxy = m.proxy();
     m.shutdown().await;
+    assert!(
+        proxy.list_pods().await.is_err(),
+        "a stopped master lists no pods"
+    );
 }
 
 async fn groups_are_listed_with_their_tasks_by_state_and_settings(t: Transport) {

@@ -35,3 +35,13 @@ pub(crate) fn run_tests(tests: &[(&str, &dyn Fn())]) {
         std::process::exit(1);
     }
 }
+
+/// The runtime a test of these binaries runs on: two workers, as CI's machine has two cores.
+#[allow(dead_code)] // Not every test binary that shares this file starts one.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}

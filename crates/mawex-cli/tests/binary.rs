@@ -158,9 +158,15 @@ fn run(dir: &Path, endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output
         std::fs::read_to_string(&config).is_ok_and(|text| text.contains(endpoint)),
         "mawex.toml points at {endpoint}"
     );
+    run_with(&config, args, stdin)
+}
+
+/// `mawex --config CONFIG ARGS…` with `stdin`, run to its end (bounded). Its output is read
+/// as it comes (a full pipe never stalls it).
+fn run_with(config: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = mawex()
         .arg("--config")
-        .arg(&config)
+        .arg(config)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -172,17 +178,17 @@ fn run(dir: &Path, endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output
         input.write_all(text.as_bytes()).unwrap();
     }
     drop(input);
-    let started = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if started.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(DEADLINE) {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             panic!("mawex {args:?} did not finish");
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -960,10 +966,9 @@ fn three_masters_from_one_configuration_each_fail_over() {
     std::fs::write(&client, &common).unwrap();
     let _worker = start_worker(&client, "w1");
     let submit = |payload: &str| {
-        let mut child = mawex()
-            .arg("--config")
-            .arg(&client)
-            .args([
+        run_with(
+            &client,
+            &[
                 "submit",
                 "sh",
                 "upper",
@@ -971,21 +976,9 @@ fn three_masters_from_one_configuration_each_fail_over() {
                 "--wait",
                 "--timeout",
                 "50s",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let started = Instant::now();
-        while child.try_wait().unwrap().is_none() {
-            if started.elapsed() > DEADLINE {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the submit of {payload} did not finish");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child.wait_with_output().unwrap()
+            ],
+            None,
+        )
     };
     let first = submit("before");
     assert_eq!(

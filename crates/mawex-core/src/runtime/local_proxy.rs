@@ -297,9 +297,8 @@ impl MasterProxy for LocalMasterProxy {
 
     async fn list_pods(&self) -> Result<Vec<PodView>, ApiError> {
         // Answered from the published stats (at most a second behind for the heartbeats'
-        // figures): a listing never waits behind the core's work. A stopped master says so.
-        self.reads.current().await?;
-        let stats = self.reads.stats();
+        // figures): a listing never waits behind the core's work, nor builds the read model.
+        let stats = self.reads.live_stats()?;
         Ok(stats
             .pods
             .iter()

@@ -85,6 +85,15 @@ impl ReadSide {
         self.stats.borrow().clone()
     }
 
+    /// The published stats, or the error of a stopped master (its core, which publishes
+    /// them, is gone): for reads answered from the stats alone.
+    pub(crate) fn live_stats(&self) -> Result<MasterStats, ApiError> {
+        if self.stats.has_changed().is_err() {
+            return Err(stopped());
+        }
+        Ok(self.stats())
+    }
+
     /// The model, up to date with every batch committed before this call.
     ///
     /// # Errors
