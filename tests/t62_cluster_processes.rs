@@ -1,7 +1,10 @@
-//! Three masters, each a real process, replicating over gRPC with the default timeouts. The
-//! leader is killed with SIGKILL five times while 10,000 tasks are submitted and run and a
-//! cron schedule ticks every second: each time another node accepts submits within 2 s,
-//! every acknowledged task ends with exactly one recorded result, and no tick fires twice.
+//! Masters, each a real process, replicating over gRPC with the default timeouts. The leader
+//! is killed with SIGKILL five times while 10,000 tasks are submitted and run and a cron
+//! schedule ticks every second: each time another node accepts submits within 2 s, every
+//! acknowledged task ends with exactly one recorded result, and no tick fires twice. A
+//! follower away while the log is purged catches up from a snapshot; a leader cut off from
+//! both followers (each node reaches each peer through a TCP proxy of its own, one per link,
+//! that the test can cut) stops taking work while the majority goes on.
 //! The test binary re-executes itself as the nodes (`MAWEX_TEST_ROLE=node`).
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
@@ -9,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,8 +22,12 @@ use mawex::{
     MasterProxy, Outcome, Pod, PodConfig, PodId, RemoteConfig, RemoteMasterProxy, ScheduleName,
     ScheduleSpec, Server, TaskId, TaskInput, TaskSpec,
 };
-use mawex_raft::{raft_service, GrpcNetwork, MasterNode, NodeConfig};
-use openraft::BasicNode;
+use mawex_raft::{
+    admin_service, raft_service, GrpcNetwork, GrpcPeer, MasterNode, MasterRaft, NodeConfig,
+    NodeIdentity, NodeNetwork, RemoteClusterAdmin,
+};
+use openraft::rt::WatchReceiver;
+use openraft::{BasicNode, RaftNetworkFactory};
 
 #[path = "common/own_main.rs"]
 mod own_main;
@@ -50,6 +57,14 @@ fn main() {
         ("five_masters_survive_two_failures", &|| {
             runtime().block_on(five_survive_two())
         }),
+        (
+            "a_follower_back_after_the_log_was_purged_catches_up_from_a_snapshot",
+            &|| runtime().block_on(follower_catches_up()),
+        ),
+        (
+            "a_leader_cut_off_from_both_followers_stops_and_the_majority_goes_on",
+            &|| runtime().block_on(partitioned_leader()),
+        ),
     ]);
 }
 
@@ -57,13 +72,81 @@ fn main() {
 
 /// `1=host:port,2=…` as members.
 fn members(peers: &str) -> BTreeMap<u64, BasicNode> {
+    members_of(peers)
+        .into_iter()
+        .map(|(id, addr)| (id, BasicNode::new(addr)))
+        .collect()
+}
+
+/// `1=host:port,2=…` as a map.
+fn members_of(peers: &str) -> BTreeMap<u64, String> {
     peers
         .split(',')
         .map(|peer| {
             let (id, addr) = peer.split_once('=').unwrap();
-            (id.parse().unwrap(), BasicNode::new(addr))
+            (id.parse().unwrap(), addr.to_owned())
         })
         .collect()
+}
+
+/// `1=host:port,…` of `map`.
+fn peer_list(map: &BTreeMap<u64, String>) -> String {
+    let peers: Vec<String> = map.iter().map(|(id, a)| format!("{id}={a}")).collect();
+    peers.join(",")
+}
+
+/// The gRPC network of a node whose calls to some peers go to another address (the test's
+/// proxy of that link) than the membership says.
+#[derive(Clone)]
+struct Routed {
+    inner: GrpcNetwork,
+    routes: BTreeMap<u64, String>,
+}
+
+impl NodeNetwork for Routed {
+    fn attach(&mut self, identity: NodeIdentity) {
+        self.inner.attach(identity);
+    }
+}
+
+impl RaftNetworkFactory<MasterRaft> for Routed {
+    type Network = GrpcPeer;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> GrpcPeer {
+        match self.routes.get(&target) {
+            Some(via) => self.inner.new_client(target, &BasicNode::new(via)).await,
+            None => self.inner.new_client(target, node).await,
+        }
+    }
+}
+
+/// Prints `STATUS log=… applied=… snapshot=… purged=…` (log indexes: the last entry, the last
+/// applied, the last in the snapshot, the last purged) each time one changes.
+fn print_status(node: &MasterNode) {
+    let mut metrics = node.raft().metrics();
+    tokio::spawn(async move {
+        let index = |id: Option<&openraft::alias::LogIdOf<MasterRaft>>| id.map_or(0, |id| id.index);
+        let mut last = String::new();
+        loop {
+            let line = {
+                let m = metrics.borrow_watched();
+                format!(
+                    "STATUS log={} applied={} snapshot={} purged={}",
+                    m.last_log_index.unwrap_or(0),
+                    index(m.last_applied.as_ref()),
+                    index(m.snapshot.as_ref()),
+                    index(m.purged.as_ref())
+                )
+            };
+            if line != last {
+                println!("{line}");
+                last = line;
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 async fn child_node() {
@@ -75,6 +158,10 @@ async fn child_node() {
     let id: u64 = std::env::var("MAWEX_NODE_ID").unwrap().parse().unwrap();
     let dir = std::env::var("MAWEX_DIR").unwrap();
     let members = members(&std::env::var("MAWEX_PEERS").unwrap());
+    // How this node reaches each peer, when not at its address: through the test's proxies.
+    let routes = std::env::var("MAWEX_ROUTES")
+        .map(|routes| members_of(&routes))
+        .unwrap_or_default();
     let addr = members[&id].addr.clone();
     // The port of a node just killed may take a moment to be free again.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -88,9 +175,19 @@ async fn child_node() {
             Err(e) => panic!("{e}"),
         }
     };
-    let master = MasterConfig::default();
+    let mut master = MasterConfig::default();
+    let mut config = NodeConfig::new(id);
+    if let Ok(every) = std::env::var("MAWEX_SNAPSHOT_EVERY") {
+        // Snapshots often, and no log kept behind them: a node away needs a snapshot.
+        master.snapshot_every = every.parse().unwrap();
+        config.keep_after_snapshot = 0;
+    }
     let max_payload = master.max_payload_bytes;
-    let node = MasterNode::start(&dir, NodeConfig::new(id), GrpcNetwork::new(), master)
+    let network = Routed {
+        inner: GrpcNetwork::new(),
+        routes,
+    };
+    let node = MasterNode::start(&dir, config, network, master)
         .await
         .unwrap();
     if std::env::var_os("MAWEX_INITIALIZE").is_some() {
@@ -101,8 +198,10 @@ async fn child_node() {
         Arc::new(node.pod_connector()),
         max_payload,
     )
-    .add_service_for(Role::Peer, raft_service(&node));
+    .add_service_for(Role::Peer, raft_service(&node))
+    .add_service_for(Role::Admin, admin_service(node.admin()));
     println!("LISTENING");
+    print_status(&node);
     server
         .serve(listener, std::future::pending::<()>())
         .await
@@ -111,22 +210,65 @@ async fn child_node() {
 
 // ------------------------------------------------------------------ the parent
 
-struct NodeProcess {
-    child: Child,
-    _stdout: BufReader<ChildStdout>,
+/// A node's log as it last printed it (`STATUS` lines).
+#[derive(Debug, Clone, Copy, Default)]
+struct Status {
+    log: u64,
+    applied: u64,
+    snapshot: u64,
+    purged: u64,
 }
 
-fn spawn_node(id: u64, dir: &Path, peers: &str, initialize: bool) -> NodeProcess {
+impl Status {
+    fn parse(line: &str) -> Option<Status> {
+        let mut status = Status::default();
+        for field in line.strip_prefix("STATUS ")?.split(' ') {
+            let (name, value) = field.split_once('=')?;
+            let value = value.parse().ok()?;
+            match name {
+                "log" => status.log = value,
+                "applied" => status.applied = value,
+                "snapshot" => status.snapshot = value,
+                "purged" => status.purged = value,
+                _ => return None,
+            }
+        }
+        Some(status)
+    }
+}
+
+struct NodeProcess {
+    child: Child,
+    status: Arc<Mutex<Status>>,
+}
+
+/// How a node is started: its peers' addresses (the membership), and how it reaches each
+/// peer if not there.
+#[derive(Clone, Default)]
+struct Launch {
+    peers: String,
+    /// Per node, its routes (`peer_list` form).
+    routes: BTreeMap<u64, String>,
+    snapshot_every: Option<u64>,
+}
+
+fn spawn_node(id: u64, dir: &Path, launch: &Launch, initialize: bool) -> NodeProcess {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.env(ROLE, "node")
         .env("MAWEX_NODE_ID", id.to_string())
         .env("MAWEX_DIR", dir)
-        .env("MAWEX_PEERS", peers)
+        .env("MAWEX_PEERS", &launch.peers)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     if initialize {
         cmd.env("MAWEX_INITIALIZE", "1");
+    }
+    if let Some(routes) = launch.routes.get(&id) {
+        cmd.env("MAWEX_ROUTES", routes);
+    }
+    if let Some(every) = launch.snapshot_every {
+        cmd.env("MAWEX_SNAPSHOT_EVERY", every.to_string());
     }
     let mut child = cmd.spawn().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
@@ -138,9 +280,65 @@ fn spawn_node(id: u64, dir: &Path, peers: &str, initialize: bool) -> NodeProcess
             "node {id} exited before listening"
         );
     }
-    NodeProcess {
-        child,
-        _stdout: stdout,
+    // Read on until the node ends, keeping the latest status.
+    let status: Arc<Mutex<Status>> = Arc::default();
+    let latest = status.clone();
+    std::thread::spawn(move || {
+        for line in stdout.lines() {
+            let Ok(line) = line else { return };
+            if let Some(now) = Status::parse(&line) {
+                *latest.lock().unwrap() = now;
+            }
+        }
+    });
+    NodeProcess { child, status }
+}
+
+/// A TCP proxy for one link (one node calling one peer) that the test can cut: while cut,
+/// nothing passes either way (connections stay open and silent, as when packets are
+/// dropped); once healed, every connection that saw the cut is closed and new ones pass.
+struct Link {
+    addr: String,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Link {
+    async fn to(target: String) -> Link {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (cut, state) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                let mut state = state.clone();
+                tokio::spawn(async move {
+                    let cut_already = *state.borrow_and_update();
+                    if cut_already {
+                        Link::until(state, false).await;
+                        return;
+                    }
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = Link::until(state.clone(), true) => {
+                            Link::until(state, false).await;
+                        }
+                    }
+                });
+            }
+        });
+        Link { addr, cut }
+    }
+
+    /// Waits until the link is `cut` (or not).
+    async fn until(mut state: tokio::sync::watch::Receiver<bool>, cut: bool) {
+        let _ = state.wait_for(|now| *now == cut).await.map(drop);
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
     }
 }
 
@@ -171,7 +369,9 @@ fn cron_group() -> GroupName {
 /// node that asks only that node.
 struct Cluster {
     dirs: Vec<tempfile::TempDir>,
-    peers: String,
+    launch: Launch,
+    /// The proxy of each link (from, to), if the nodes were started behind them.
+    links: BTreeMap<(u64, u64), Link>,
     nodes: BTreeMap<u64, NodeProcess>,
     endpoints: Vec<String>,
     client: Arc<RemoteMasterProxy>,
@@ -180,6 +380,11 @@ struct Cluster {
 
 impl Cluster {
     async fn start(n: u64) -> Cluster {
+        Cluster::start_with(n, false, None).await
+    }
+
+    /// `n` nodes; with `linked`, each calls each peer through a [`Link`] of its own.
+    async fn start_with(n: u64, linked: bool, snapshot_every: Option<u64>) -> Cluster {
         let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
         let mut addrs = BTreeMap::new();
         for id in 1..=n {
@@ -187,12 +392,27 @@ impl Cluster {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             addrs.insert(id, listener.local_addr().unwrap().to_string());
         }
-        let peers: Vec<String> = addrs.iter().map(|(id, a)| format!("{id}={a}")).collect();
-        let peers = peers.join(",");
+        let mut launch = Launch {
+            peers: peer_list(&addrs),
+            snapshot_every,
+            ..Launch::default()
+        };
+        let mut links = BTreeMap::new();
+        if linked {
+            for from in 1..=n {
+                let mut routes = BTreeMap::new();
+                for to in (1..=n).filter(|to| *to != from) {
+                    let link = Link::to(addrs[&to].clone()).await;
+                    routes.insert(to, link.addr.clone());
+                    links.insert((from, to), link);
+                }
+                launch.routes.insert(from, peer_list(&routes));
+            }
+        }
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
             let dir = dirs[id as usize - 1].path();
-            nodes.insert(id, spawn_node(id, dir, &peers, id == 1));
+            nodes.insert(id, spawn_node(id, dir, &launch, id == 1));
         }
         let endpoints: Vec<String> = addrs.values().map(|a| format!("http://{a}")).collect();
         let mut config = RemoteConfig::default();
@@ -209,7 +429,8 @@ impl Cluster {
             .collect();
         let cluster = Cluster {
             dirs,
-            peers,
+            launch,
+            links,
             nodes,
             endpoints,
             client,
@@ -235,7 +456,46 @@ impl Cluster {
     fn restart(&mut self, id: u64) {
         let dir = self.dirs[id as usize - 1].path();
         self.nodes
-            .insert(id, spawn_node(id, dir, &self.peers, false));
+            .insert(id, spawn_node(id, dir, &self.launch, false));
+    }
+
+    /// Cuts (or heals) every link between node `id` and the others, both ways.
+    fn isolate(&self, id: u64, cut: bool) {
+        for ((from, to), link) in &self.links {
+            if *from == id || *to == id {
+                link.set_cut(cut);
+            }
+        }
+    }
+
+    /// Node `id`'s log as it last printed it.
+    fn status(&self, id: u64) -> Status {
+        *self.nodes[&id].status.lock().unwrap()
+    }
+
+    /// Hands the lead to node `to` (asked of the node that leads) and waits until it leads.
+    async fn hand_lead_to(&self, to: u64) {
+        let from = self.leader().await;
+        // A node can take the lead once it has the leader's log.
+        let applied = self.status(from).applied;
+        until(
+            &format!("node {to} caught up with node {from}"),
+            || self.status(to),
+            |status| status.applied >= applied,
+        )
+        .await;
+        let addr = self.endpoints[from as usize - 1].clone();
+        let admin = RemoteClusterAdmin::new(&addr, &Default::default()).unwrap();
+        let view = admin.transfer_leader(to).await.unwrap();
+        assert_eq!(view.leader, Some(to));
+        let started = Instant::now();
+        while self.leader().await != to {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "node {to} does not lead"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// A pod of one process that knows every node, serving `groups`.
@@ -480,6 +740,155 @@ async fn five_survive_two() {
     each_recorded_once(&acknowledged, &seen, counting).await;
     let now = cluster.leader().await;
     assert!(cluster.nodes.contains_key(&now), "a survivor leads");
+    pod.shutdown().await.unwrap();
+    cluster.stop();
+}
+
+/// Waits until `done` holds, or fails after 60 s with `what` and the last `state`.
+async fn until<T: std::fmt::Debug>(
+    what: &str,
+    mut state: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) {
+    let started = Instant::now();
+    loop {
+        let now = state();
+        if done(&now) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{what}: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A follower killed while the others go on past snapshots that purge the log it lacks is
+/// sent a snapshot when it is back, and then leads with every acknowledged task.
+async fn follower_catches_up() {
+    const AWAY: usize = 2_000;
+    let mut cluster = Cluster::start_with(3, false, Some(50)).await;
+    let client = cluster.client.clone();
+    let pod = cluster.pod(vec![group()]);
+    let (seen, counting) = count_results(&client).await;
+    let (acknowledged, submitting) = submit_in_background(client.clone(), AWAY);
+    until_acknowledged(&acknowledged, AWAY / 4).await;
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let had = cluster.status(follower).log;
+    cluster.kill(follower);
+
+    // The others go on until the leader's log no longer holds what the follower lacks.
+    until(
+        "the leader's log purged past what the follower had",
+        || cluster.status(leader),
+        |status| status.purged > had,
+    )
+    .await;
+    let purged = cluster.status(leader).purged;
+    cluster.restart(follower);
+    // Entries up to `purged` are in no log any more: applying them takes a snapshot.
+    until(
+        "the follower caught up",
+        || cluster.status(follower),
+        |status| status.applied >= purged && status.snapshot > had,
+    )
+    .await;
+    println!(
+        "the follower had {had}, the leader's log began after {purged}, it caught up to {:?}",
+        cluster.status(follower)
+    );
+    submitting.await.unwrap();
+
+    // Leading, it answers for every acknowledged task, each run once.
+    cluster.hand_lead_to(follower).await;
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    for id in &acknowledged {
+        cluster.probes[&follower].get(*id).await.unwrap();
+    }
+    each_recorded_once(&acknowledged, &seen, counting).await;
+    pod.shutdown().await.unwrap();
+    cluster.stop();
+}
+
+/// An answer that a node on the minority side must give: it does not lead, or cannot
+/// reach enough of the others to be sure it does.
+fn refused<T: std::fmt::Debug>(answer: Result<T, ApiError>) {
+    assert!(
+        matches!(
+            answer,
+            Err(ApiError::NotLeader { .. } | ApiError::Unavailable(_))
+        ),
+        "{answer:?}"
+    );
+}
+
+/// The leader cut off from both followers (every link between them cut by its proxy):
+/// no split brain, a clear refusal to a client on its side, the majority goes on, and once
+/// healed the old leader, made to lead again, has every acknowledged task and nothing of
+/// what it took in while cut off.
+async fn partitioned_leader() {
+    let cluster = Cluster::start_with(3, true, None).await;
+    let client = cluster.client.clone();
+    let pod = cluster.pod(vec![group()]);
+    let (seen, counting) = count_results(&client).await;
+    let mut acknowledged = Vec::new();
+    let submit_some = |n: usize| {
+        let client = client.clone();
+        async move {
+            let specs: Vec<TaskSpec> = (0..n)
+                .map(|_| TaskSpec::new(group(), "noop", "work"))
+                .collect();
+            let ids: Vec<TaskId> = specs.iter().map(|s| s.id).collect();
+            client.submit_many(specs).await.unwrap();
+            ids
+        }
+    };
+    acknowledged.extend(submit_some(20).await);
+
+    let first = cluster.leader().await;
+    cluster.isolate(first, true);
+    let cut_off = &cluster.probes[&first];
+    let stray = TaskSpec::new(group(), "noop", "stray");
+    refused(cut_off.submit(stray.clone()).await);
+    refused(cut_off.get(acknowledged[0]).await);
+
+    // The majority elects another leader, with every acknowledged task, and goes on.
+    let started = Instant::now();
+    let second = loop {
+        let now = cluster.leader().await;
+        if now != first {
+            break now;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the cut-off node still leads"
+        );
+    };
+    println!("node {first} cut off, node {second} leads");
+    for id in &acknowledged {
+        client.get(*id).await.unwrap();
+    }
+    acknowledged.extend(submit_some(20).await);
+    // Meanwhile the node cut off still accepts nothing: no second master.
+    refused(cut_off.submit(stray.clone()).await);
+
+    // Healed, the old leader follows, and led again it holds what was acknowledged.
+    cluster.isolate(first, false);
+    cluster.hand_lead_to(first).await;
+    for id in &acknowledged {
+        cut_off.get(*id).await.unwrap();
+    }
+    assert!(
+        matches!(cut_off.get(stray.id).await, Err(ApiError::NotFound(_))),
+        "the stray task is known"
+    );
+    each_recorded_once(&acknowledged, &seen, counting).await;
+    assert!(
+        !seen.lock().unwrap().contains_key(&stray.id),
+        "the stray task has a result"
+    );
     pod.shutdown().await.unwrap();
     cluster.stop();
 }

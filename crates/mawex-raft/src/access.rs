@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use mawex_api::pod::{PodConnector, PodHello, PodSession};
 use mawex_api::{
     ApiError, BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery,
@@ -209,8 +210,15 @@ impl MasterProxy for ClusterProxy {
         after: Option<ResultCursor>,
     ) -> Result<ResultStream, ApiError> {
         let master = self.master()?;
-        self.access
-            .settle(&master, master.results(group, after).await)
+        let results = self
+            .access
+            .settle(&master, master.results(group, after).await)?;
+        // The stream ends with the error of a master that stopped: settled too, so that a
+        // node that handed the lead over says `NotLeader` and the client resumes elsewhere.
+        let access = self.access.clone();
+        Ok(Box::pin(results.map(move |result| {
+            result.or_else(|e| access.settle(&master, Err(e)))
+        })))
     }
 
     async fn list(&self, query: ListQuery) -> Result<TaskPage, ApiError> {

@@ -91,6 +91,14 @@ impl MasterNode {
     pub async fn remove(&self, id: u64) -> Result<(), RaftStoreError> {
         self.admin().remove(id).await
     }
+
+    /// Hands the lead over: [`ClusterAdmin::transfer_leader`].
+    ///
+    /// # Errors
+    /// As [`ClusterAdmin::transfer_leader`].
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), RaftStoreError> {
+        self.admin().transfer_leader(to).await
+    }
 }
 
 impl ClusterAdmin {
@@ -223,6 +231,41 @@ impl ClusterAdmin {
             .await
             .map(drop)
             .map_err(membership_error)
+    }
+
+    /// Hands the lead to voter `to` and waits (up to 10 s) until this node sees it lead:
+    /// before a planned restart of the leader, so that its clients and pods move at once
+    /// instead of after an election timeout. The master on this node stops as on any loss
+    /// of the lead; `to`'s starts from the committed state. Asking the node that leads to
+    /// lead is a no-op.
+    ///
+    /// # Errors
+    /// [`RaftStoreError::NotLeader`] on a node that does not lead;
+    /// [`RaftStoreError::Membership`] when `to` is not a voter;
+    /// [`RaftStoreError::Raft`] when `to` has not taken the lead in time.
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), RaftStoreError> {
+        self.leads()?;
+        if to == *self.raft.node_id() {
+            return Ok(());
+        }
+        if !self.members().voters.contains_key(&to) {
+            return Err(RaftStoreError::Membership(format!(
+                "node {to} is not a voter of this cluster: only a voter can lead"
+            )));
+        }
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| RaftStoreError::Raft(e.to_string()))?;
+        self.raft
+            .wait(Some(MEMBERSHIP_SETTLES_WITHIN))
+            .metrics(|m| m.current_leader == Some(to), "the lead handed over")
+            .await
+            .map(drop)
+            .map_err(|e| RaftStoreError::Raft(format!("node {to} did not take the lead: {e}")))?;
+        info!(from = *self.raft.node_id(), to, "the lead is handed over");
+        Ok(())
     }
 
     /// Waits (a bounded time) until the latest membership change is committed: openraft takes
@@ -365,6 +408,14 @@ impl ClusterAdminRpc for ClusterAdmin {
         let id = request.into_inner().id;
         self.answer(ClusterAdmin::remove(self, id).await)
     }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<proto::TransferLeaderRequest>,
+    ) -> Result<Response<proto::MembersView>, Status> {
+        let to = request.into_inner().to;
+        self.answer(ClusterAdmin::transfer_leader(self, to).await)
+    }
 }
 
 /// Calls the membership service of the node at an endpoint (an operator's tool). A node
@@ -434,6 +485,19 @@ impl RemoteClusterAdmin {
             .client
             .clone()
             .remove(proto::RemoveRequest { id })
+            .await?;
+        Ok(view.into_inner().into())
+    }
+
+    /// Hands the lead to voter `to`; answers once it leads.
+    ///
+    /// # Errors
+    /// As [`RemoteClusterAdmin::add_learner`].
+    pub async fn transfer_leader(&self, to: u64) -> Result<Members, ApiError> {
+        let view = self
+            .client
+            .clone()
+            .transfer_leader(proto::TransferLeaderRequest { to })
             .await?;
         Ok(view.into_inner().into())
     }

@@ -196,6 +196,38 @@ async fn membership_changes_over_grpc_go_to_the_leader() {
     assert_eq!(view.voters.len(), 3);
     assert!(!view.voters.contains_key(&follower));
     assert_eq!(leading.members().await.expect("members"), view);
+
+    // The lead is handed to node 4 on request; a node that is no voter cannot take it. A
+    // result stream of the old leader's ends saying who leads now, so a client resumes there.
+    let mut results = running[&first]
+        .node
+        .client()
+        .results(GroupName::new("handed").expect("a valid name"), None)
+        .await
+        .expect("a result stream");
+    let refused = leading
+        .transfer_leader(follower)
+        .await
+        .expect_err("removed");
+    assert!(
+        matches!(&refused, ApiError::InvalidArgument(why) if why.contains(&format!("node {follower} is not a voter"))),
+        "{refused:?}"
+    );
+    let view = leading.transfer_leader(4).await.expect("handed over");
+    assert_eq!(view.leader, Some(4));
+    let ended = tokio::time::timeout(CLUSTER_DEADLINE, futures::StreamExt::next(&mut results))
+        .await
+        .expect("the stream ends");
+    assert!(
+        matches!(ended, Some(Err(ApiError::NotLeader { .. }))),
+        "{ended:?}"
+    );
+    let (now, _) = leader(&nodes(&running)).await;
+    assert_eq!(now, 4);
+    assert!(matches!(
+        leading.transfer_leader(first).await,
+        Err(ApiError::NotLeader { .. })
+    ));
     for (_, node) in running {
         node.kill().await;
     }
