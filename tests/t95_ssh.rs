@@ -16,32 +16,9 @@ use mawex::{
     BroadcastSpec, BroadcastView, ErrorKind, Pod, PodConfig, RetryPolicy, Source, Strategy,
     TargetState,
 };
-use sshd::LocalSshd;
+use sshd::{files_under, LocalSshd};
 
 const HOSTS: [&str; 6] = ["h1", "h2", "h3", "h4", "h5", "h6"];
-
-/// Every file under `dir`, relative, with its contents.
-fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let rel = path
-                    .strip_prefix(dir)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                files.push((rel, std::fs::read(&path).unwrap()));
-            }
-        }
-    }
-    files.sort();
-    files
-}
 
 /// A pod that runs host steps: `sync` copies the source host's directory to the target's
 /// (run on the source, as `ssh parent rsync -a dir child:dir`), `sync-not-h3` fails on h3
@@ -113,12 +90,12 @@ async fn a_directory_goes_down_a_tree_of_hosts_over_ssh() {
     else {
         return;
     };
-    let expected = tree(&base.join("origin"));
+    let expected = files_under(&base.join("origin"));
     assert_eq!(expected.len(), 3);
     for t in &view.targets {
         assert_eq!(t.state, TargetState::Done, "{t:?}");
         assert_eq!(
-            tree(&base.join(t.pod.as_str())),
+            files_under(&base.join(t.pod.as_str())),
             expected,
             "{} has the site",
             t.pod
@@ -156,7 +133,10 @@ async fn a_failing_remote_command_fails_its_target_with_its_exit_code() {
     let error = h3.error.as_ref().unwrap();
     assert_eq!(error.kind, ErrorKind::NonZeroExit, "{error}");
     assert!(error.message.contains("status 7"), "{error}");
-    assert!(tree(&base.join("h3")).is_empty(), "nothing copied to h3");
+    assert!(
+        files_under(&base.join("h3")).is_empty(),
+        "nothing copied to h3"
+    );
     assert!(
         view.targets
             .iter()

@@ -16,23 +16,9 @@ use mawex::{
     RunningServer, SledJournal, TaskId, TaskInput,
 };
 
-/// A test that cannot run here because `tool` is missing: in CI (`CI` set; `.ci/run` installs
-/// every tool) that fails the test; elsewhere the test is reported as skipped (see [`skipped`]).
-pub fn missing_tool(test: &str, tool: &str) {
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test} needs {tool}; .ci/run installs it"
-    );
-    skipped(test, &format!("{tool} is not installed"));
-}
+mod tools;
 
-/// Reports that `test` did not run, on one line written to the process's standard error past
-/// the test harness's capture, so it shows in every run and can be counted:
-/// `cargo test --workspace 2>&1 | grep -c '^mawex-test-skipped:'`.
-pub fn skipped(test: &str, why: &str) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "mawex-test-skipped: {test}: {why}");
-}
+pub use tools::{missing_tool, skipped, DEADLINE};
 
 /// How clients and pods reach the master in a test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,9 +51,6 @@ macro_rules! on_both_transports {
         }
     };
 }
-
-/// How long any condition may take before a test fails: generous for a loaded 2-core CI.
-pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Waits until `check` returns `Some`, polling every few milliseconds, or panics with `what`.
 pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T

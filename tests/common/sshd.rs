@@ -111,3 +111,29 @@ impl LocalSshd {
         self.dir.path()
     }
 }
+
+/// Every file under `dir`, relative, with its contents, sorted.
+pub fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)
+            .expect("a readable directory")
+            .flatten()
+        {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path
+                    .strip_prefix(dir)
+                    .expect("under the directory")
+                    .to_string_lossy()
+                    .into_owned();
+                files.push((rel, std::fs::read(&path).expect("a readable file")));
+            }
+        }
+    }
+    files.sort();
+    files
+}

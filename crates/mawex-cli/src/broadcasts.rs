@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use mawex::{
     BroadcastId, BroadcastQuery, BroadcastSpec, BroadcastView, Bytes, MasterProxy,
-    RemoteMasterProxy, Source, Strategy, TargetFilter, TargetState, Timestamp,
+    RemoteMasterProxy, Source, Strategy, TargetFilter, TargetState, TargetView, Timestamp,
 };
 use serde::Serialize;
 
@@ -193,8 +193,8 @@ async fn find(
 }
 
 /// Waits for broadcast `id` to finish, calling `each` with every view seen.
-async fn follow(
-    proxy: &RemoteMasterProxy,
+pub(crate) async fn follow(
+    proxy: &impl MasterProxy,
     id: BroadcastId,
     mut each: impl FnMut(&BroadcastView),
 ) -> Result<BroadcastView, CliError> {
@@ -208,7 +208,7 @@ async fn follow(
 }
 
 /// (finished targets, all targets).
-fn progress(view: &BroadcastView) -> (usize, usize) {
+pub(crate) fn progress(view: &BroadcastView) -> (usize, usize) {
     let done = view
         .targets
         .iter()
@@ -233,7 +233,7 @@ fn summary(view: &BroadcastView) -> String {
 
 /// A target as `status` and `monitor` print it.
 #[derive(Debug, Serialize)]
-struct TargetRow {
+pub(crate) struct TargetRow {
     pod: String,
     version: Option<String>,
     source: Option<String>,
@@ -246,7 +246,7 @@ struct TargetRow {
     error: Option<String>,
 }
 
-fn target_rows(view: &BroadcastView) -> Vec<TargetRow> {
+pub(crate) fn target_rows(view: &BroadcastView) -> Vec<TargetRow> {
     let now = Timestamp::now();
     view.targets
         .iter()
@@ -257,29 +257,45 @@ fn target_rows(view: &BroadcastView) -> Vec<TargetRow> {
                 Source::Origin => "origin".to_owned(),
                 other => other.to_string(),
             }),
-            state: match t.state {
-                TargetState::Waiting => "waiting",
-                TargetState::Running => "running",
-                TargetState::Done => "done",
-                TargetState::Failed => "failed",
-                TargetState::Cancelled => "cancelled",
-                _ => "unknown",
-            },
+            state: state_name(t.state),
             attempts: t.attempts,
             started_at: t.started_at.map(output::time),
             finished_at: t.finished_at.map(output::time),
-            seconds: t.started_at.map(|s| {
-                t.finished_at
-                    .unwrap_or(now)
-                    .saturating_since(s)
-                    .as_secs_f64()
-            }),
-            error: t
-                .error
-                .as_ref()
-                .map(|e| format!("{}: {}", crate::tasks::kind_name(e.kind), e.message)),
+            seconds: seconds(t, now),
+            error: error_text(t),
         })
         .collect()
+}
+
+/// A target's state as the tables print it.
+pub(crate) fn state_name(state: TargetState) -> &'static str {
+    match state {
+        TargetState::Waiting => "waiting",
+        TargetState::Running => "running",
+        TargetState::Done => "done",
+        TargetState::Failed => "failed",
+        TargetState::Cancelled => "cancelled",
+        _ => "unknown",
+    }
+}
+
+/// Seconds from a target's start to its finish (or to `now`).
+pub(crate) fn seconds(target: &TargetView, now: Timestamp) -> Option<f64> {
+    target.started_at.map(|s| {
+        target
+            .finished_at
+            .unwrap_or(now)
+            .saturating_since(s)
+            .as_secs_f64()
+    })
+}
+
+/// A target's last error on one line: its kind and message.
+pub(crate) fn error_text(target: &TargetView) -> Option<String> {
+    target.error.as_ref().map(|e| {
+        let message = e.message.trim().replace('\n', " / ");
+        format!("{}: {message}", crate::tasks::kind_name(e.kind))
+    })
 }
 
 impl Rows for TargetRow {

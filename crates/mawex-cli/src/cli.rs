@@ -131,6 +131,9 @@ pub enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// Runs a command down a tree of plain hosts over ssh: each host once its parent has
+    /// it, typically an rsync from the parent (`{source}`) to the host (`{target}`).
+    Tree(TreeArgs),
     /// Checks or shows the configuration.
     Config {
         /// `check` or `show`.
@@ -530,4 +533,53 @@ mod tests {
     fn the_command_line_is_well_formed() {
         super::Cli::command().debug_assert();
     }
+}
+
+/// Where a tree's command runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RunOn {
+    /// On the parent (`{source}`; on this machine for the first wave), pushing to the host.
+    Source,
+    /// On the host itself (`{target}`), pulling from its parent.
+    Target,
+}
+
+/// Flags of `mawex tree`.
+#[derive(Debug, Args)]
+pub struct TreeArgs {
+    /// The hosts (ssh names): one per line; blank lines and `#` comments are skipped.
+    #[arg(long)]
+    pub hosts: PathBuf,
+    /// Children per host: a host that has the command passes it on to this many.
+    #[arg(long, default_value_t = 2)]
+    pub branches: u32,
+    /// Prints the tree (each host's wave, parent and command) and runs nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Where the command runs.
+    #[arg(long, value_enum, default_value = "source")]
+    pub on: RunOn,
+    /// `{source}` for the hosts of the first wave, whose parent is this machine (their
+    /// command runs here, with `sh -c`).
+    #[arg(long, default_value = "localhost")]
+    pub origin: String,
+    /// An ssh client configuration file (`ssh -F FILE`).
+    #[arg(long)]
+    pub ssh_config: Option<PathBuf>,
+    /// An ssh option (`ssh -o OPTION`), e.g. `ConnectTimeout=5`; repeatable.
+    #[arg(long = "ssh-option")]
+    pub ssh_options: Vec<String>,
+    /// Commands run at once, at most.
+    #[arg(long, default_value_t = 16)]
+    pub parallel: u32,
+    /// Each command's time limit (e.g. `10m`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub step_timeout: Option<std::time::Duration>,
+    /// Retries of a host whose command failed (from another parent where there is one).
+    #[arg(long, default_value_t = 0)]
+    pub retries: u32,
+    /// The command, after `--`: its words joined with spaces (as ssh does), `{source}`
+    /// and `{target}` replaced by the parent and the host.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }

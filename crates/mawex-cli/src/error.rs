@@ -49,8 +49,9 @@ pub enum CliError {
     /// Running a master or a pod failed.
     #[error("{0}")]
     Serve(String),
-    /// The task waited for failed; the message is its error.
-    #[error("the task failed: {0}")]
+    /// The task waited for failed (the message says so, with its error), or a broadcast or
+    /// tree did not reach every target.
+    #[error("{0}")]
     TaskFailed(String),
     /// The wait ran out before the task finished.
     #[error("timed out after {0:?} waiting for the task (it goes on)")]

@@ -9,6 +9,7 @@ pub mod output;
 mod serve;
 mod tasks;
 mod top;
+mod tree;
 
 use clap::{CommandFactory, Parser};
 
@@ -108,6 +109,7 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             Command::Top => top::top(&config).await,
             Command::Move { to, ids } => tasks::move_pending(&config, &to, &ids).await,
             Command::Prefer { priority, ids } => tasks::prefer(&config, priority, &ids).await,
+            Command::Tree(args) => tree::tree(output, args).await,
             Command::Config { .. } | Command::Completions { .. } => Ok(()),
         }
     })

@@ -284,12 +284,12 @@ pub(crate) async fn submit(
             Ok(())
         }
         Outcome::Failed(error) => Err(CliError::TaskFailed(format!(
-            "{}: {}",
+            "the task failed: {}: {}",
             error.kind, error.message
         ))),
         Outcome::Cancelled => Err(CliError::Cancelled),
         _ => Err(CliError::TaskFailed(
-            "an outcome this version does not know".into(),
+            "the task ended with an outcome this version does not know".into(),
         )),
     }
 }
