@@ -583,3 +583,18 @@ pub struct TreeArgs {
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
 }
+
+impl Command {
+    /// Whether the command calls a master (a client's or a worker's): those find it by
+    /// discovery when `client.masters` names none.
+    pub fn is_client(&self) -> bool {
+        !matches!(
+            self,
+            Command::Master(_)
+                | Command::Standalone(_)
+                | Command::Tree(_)
+                | Command::Config { .. }
+                | Command::Completions { .. }
+        )
+    }
+}

@@ -2,7 +2,7 @@
 //! and flags over both. Unknown keys and bad values are refused, naming the key.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,13 +28,59 @@ pub struct Config {
     pub worker: WorkerSection,
     /// Logs, on stderr.
     pub log: LogSection,
+    /// Finding masters on the LAN with no address configured.
+    pub discovery: DiscoverySection,
+}
+
+/// Where a client reaches the master when `client.masters` names none and discovery is off.
+pub const LOCAL_MASTER: &str = "http://127.0.0.1:7070";
+
+/// Zero-configuration discovery: masters announce themselves by UDP multicast, signed with
+/// the cluster key; clients and workers with no `client.masters` listen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoverySection {
+    /// The cluster's name: announcements of other names are ignored.
+    pub cluster: String,
+    /// The key announcements are signed with (HMAC-SHA256), at least 16 characters. Set, a
+    /// master announces itself, and a client or worker with no `client.masters` listens.
+    pub key: Option<String>,
+    /// The multicast group and port.
+    pub group: SocketAddrV4,
+    /// The local IPv4 address of the interface to announce and listen on (default: the
+    /// system's choice, by its routes).
+    pub interface: Option<Ipv4Addr>,
+    /// How often a master announces itself.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long a client or worker listens before it gives up.
+    #[serde(with = "humantime_serde")]
+    pub wait: Duration,
+    /// The endpoint a master announces (default: its scheme and port, at its listening
+    /// address, or at the address its announcements come from when it listens on all).
+    pub advertise: Option<String>,
+}
+
+impl Default for DiscoverySection {
+    fn default() -> Self {
+        DiscoverySection {
+            cluster: "mawex".into(),
+            key: None,
+            group: SocketAddrV4::new(Ipv4Addr::new(239, 255, 77, 77), 7071),
+            interface: None,
+            interval: Duration::from_secs(1),
+            wait: Duration::from_secs(5),
+            advertise: None,
+        }
+    }
 }
 
 /// How commands (and workers) reach the master.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientSection {
-    /// The master's endpoint, or any of a cluster's masters' endpoints.
+    /// The master's endpoint, or any of a cluster's masters' endpoints. None: the masters
+    /// discovery finds when `discovery.key` is set, else [`LOCAL_MASTER`].
     pub masters: Vec<String>,
     /// The bearer token sent with every call.
     pub token: Option<String>,
@@ -48,7 +94,7 @@ pub struct ClientSection {
 impl Default for ClientSection {
     fn default() -> Self {
         ClientSection {
-            masters: vec!["http://127.0.0.1:7070".into()],
+            masters: Vec::new(),
             token: None,
             ca: None,
             timeout: Duration::from_secs(30),
@@ -387,9 +433,6 @@ impl Config {
     /// [`CliError::Config`] naming the key.
     pub fn check(&self) -> Result<(), CliError> {
         let bad = |key: &str, why: String| Err(CliError::Config(format!("{key}: {why}")));
-        if self.client.masters.is_empty() {
-            return bad("client.masters", "names no master".into());
-        }
         for master in &self.client.masters {
             if !(master.starts_with("http://") || master.starts_with("https://")) {
                 return bad(
@@ -443,6 +486,40 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return bad("log.level", e.to_string());
         }
+        let discovery = &self.discovery;
+        if discovery
+            .key
+            .as_ref()
+            .is_some_and(|key| key.chars().count() < 16)
+        {
+            return bad("discovery.key", "must be at least 16 characters".into());
+        }
+        if discovery.cluster.is_empty() || discovery.cluster.len() > 128 {
+            return bad("discovery.cluster", "must be 1 to 128 bytes".into());
+        }
+        if !discovery.group.ip().is_multicast() {
+            return bad(
+                "discovery.group",
+                format!(
+                    "{} is not a multicast address (224.0.0.0/4)",
+                    discovery.group.ip()
+                ),
+            );
+        }
+        if discovery.interval.is_zero() {
+            return bad("discovery.interval", "must be more than 0".into());
+        }
+        if discovery.wait.is_zero() {
+            return bad("discovery.wait", "must be more than 0".into());
+        }
+        if let Some(endpoint) = &discovery.advertise {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return bad(
+                    "discovery.advertise",
+                    format!("{endpoint:?} is not an http:// or https:// endpoint"),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -485,7 +562,7 @@ pub struct Origin {
 }
 
 /// Keys whose values `config show` masks.
-const SECRETS: [&str; 2] = ["client.token", "master.cluster.peer_token"];
+const SECRETS: [&str; 3] = ["client.token", "master.cluster.peer_token", "discovery.key"];
 
 impl Loaded {
     /// Every value in effect, with where it came from.
@@ -574,6 +651,10 @@ mod tests {
         config.worker.id = Some("pod-1".into());
         config.worker.labels.insert("<label>".into(), "v".into());
         config.worker.advertise = Some("host:port".into());
+        config.client.masters = vec!["http://host:7070".into()];
+        config.discovery.key = Some("k".repeat(16));
+        config.discovery.interface = Some(Ipv4Addr::LOCALHOST);
+        config.discovery.advertise = Some("http://host:7070".into());
         config.worker.handlers.insert(
             "<name>".into(),
             HandlerSection {

@@ -59,6 +59,9 @@ pub enum CliError {
     /// The task waited for was cancelled.
     #[error("the task was cancelled")]
     Cancelled,
+    /// No master was found on the network (discovery).
+    #[error("discovery: {0}")]
+    Discovery(String),
 }
 
 impl CliError {
@@ -66,7 +69,10 @@ impl CliError {
     pub fn exit(&self) -> Exit {
         match self {
             CliError::Config(_) | CliError::Usage(_) => Exit::Usage,
-            CliError::Api(_) | CliError::Io { .. } | CliError::Serve(_) => Exit::Error,
+            CliError::Api(_)
+            | CliError::Io { .. }
+            | CliError::Serve(_)
+            | CliError::Discovery(_) => Exit::Error,
             CliError::TaskFailed(_) => Exit::TaskFailed,
             CliError::TimedOut(_) => Exit::TimedOut,
             CliError::Cancelled => Exit::Cancelled,

@@ -4,6 +4,7 @@
 mod broadcasts;
 pub mod cli;
 pub mod config;
+mod discovery;
 mod error;
 pub mod output;
 mod serve;
@@ -89,9 +90,12 @@ fn execute(cli: Cli) -> Result<(), CliError> {
         .enable_all()
         .build()
         .map_err(CliError::io("starting the runtime"))?;
-    let config = loaded.config;
+    let mut config = loaded.config;
     let output = cli.output;
     runtime.block_on(async move {
+        if cli.command.is_client() {
+            config.client.masters = masters(&config).await?;
+        }
         match cli.command {
             Command::Master(args) => serve::master(&config, &args).await,
             Command::Worker(_) => serve::worker(&config).await,
@@ -113,6 +117,20 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             Command::Config { .. } | Command::Completions { .. } => Ok(()),
         }
     })
+}
+
+/// The masters a client or worker calls: `client.masters`; if it names none, those that
+/// discovery finds when `discovery.key` is set, else the local default.
+async fn masters(config: &Config) -> Result<Vec<String>, CliError> {
+    if !config.client.masters.is_empty() {
+        return Ok(config.client.masters.clone());
+    }
+    if config.discovery.key.is_none() {
+        return Ok(vec![config::LOCAL_MASTER.to_owned()]);
+    }
+    let found = discovery::discover(&config.discovery).await?;
+    tracing::info!(masters = ?found, "discovery found the masters");
+    Ok(found)
 }
 
 impl Rows for config::Origin {

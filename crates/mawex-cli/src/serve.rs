@@ -285,6 +285,15 @@ async fn serve_until_stopped(
         "http"
     };
     println!("mawex master listening on {scheme}://{address}");
+    // Aborted when serving ends, whichever way.
+    let _announcing = match config.discovery.key {
+        Some(_) => Some(AbortOnDrop(crate::discovery::announce(
+            &config.discovery,
+            scheme,
+            address,
+        )?)),
+        None => None,
+    };
     let stopped = running.stopped();
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
     let served = server
@@ -434,4 +443,13 @@ pub(crate) async fn standalone(config: &Config) -> Result<(), CliError> {
         }
     };
     serve(config, stop, running, server, Some(pod)).await
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
