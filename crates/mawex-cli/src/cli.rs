@@ -131,6 +131,12 @@ pub enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// The masters of a cluster: who is in it; add, promote, remove a node; move the lead.
+    Cluster {
+        /// What to do.
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// Runs a command down a tree of plain hosts over ssh: each host once its parent has
     /// it, typically an rsync from the parent (`{source}`) to the host (`{target}`).
     Tree(TreeArgs),
@@ -157,6 +163,38 @@ pub enum PodAction {
     Drain {
         /// The pod's id.
         pod: String,
+    },
+}
+
+/// `mawex cluster`: asked of the node that leads (a follower's answer names it).
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClusterAction {
+    /// The voters and learners, their addresses, and who leads.
+    Members,
+    /// Adds a node (started with `master.cluster`, not initialised) as a learner; answers
+    /// once it has caught up.
+    Add {
+        /// Its id: new to the cluster (a node that lost its disk joins under a new one).
+        id: u64,
+        /// Where the others reach it (`host:port`).
+        address: String,
+    },
+    /// Makes learners voters.
+    Promote {
+        /// Their ids.
+        #[arg(required = true)]
+        ids: Vec<u64>,
+    },
+    /// Removes a voter or a learner (never the last voter).
+    Remove {
+        /// Its id.
+        id: u64,
+    },
+    /// Hands the lead to a voter, e.g. before the leader is restarted: clients and pods
+    /// move at once instead of after an election timeout.
+    Transfer {
+        /// The voter that is to lead.
+        id: u64,
     },
 }
 

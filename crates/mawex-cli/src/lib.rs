@@ -3,6 +3,7 @@
 
 mod broadcasts;
 pub mod cli;
+mod cluster;
 pub mod config;
 mod discovery;
 mod error;
@@ -114,6 +115,7 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             Command::Move { to, ids } => tasks::move_pending(&config, &to, &ids).await,
             Command::Prefer { priority, ids } => tasks::prefer(&config, priority, &ids).await,
             Command::Tree(args) => tree::tree(output, args).await,
+            Command::Cluster { action } => cluster::cluster(&config, output, action).await,
             Command::Config { .. } | Command::Completions { .. } => Ok(()),
         }
     })

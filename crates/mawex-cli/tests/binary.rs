@@ -922,7 +922,8 @@ fn free_port() -> u16 {
 }
 
 /// Three `mawex master`s as one cluster (`master.cluster`, `--initialize` on one), a worker
-/// and a client given all three: tasks run before and after the first node is killed.
+/// and a client given all three: `mawex cluster` lists the members and hands the lead to
+/// node 2, and tasks run before and after node 2 is killed.
 #[test]
 fn three_masters_from_one_configuration_each_fail_over() {
     let dir = tempfile::tempdir().unwrap();
@@ -987,10 +988,36 @@ fn three_masters_from_one_configuration_each_fail_over() {
         "{}",
         stderr(&first)
     );
-    // Node 1 dies hard (it may lead, or not): the others go on.
-    let mut node_one = nodes.remove(0);
-    let _ = node_one.0.kill();
-    let _ = node_one.0.wait();
+    // The members, asked of any node; the lead handed to node 2; a bad change refused.
+    let members = run_with(&client, &["cluster", "members", "-o", "json"], None);
+    assert_eq!(code(&members), 0, "{}", stderr(&members));
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&members)).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(rows.iter().all(|r| r["role"] == "voter"), "{rows:?}");
+    assert_eq!(rows.iter().filter(|r| r["leads"] == true).count(), 1);
+    let moved = run_with(&client, &["cluster", "transfer", "2", "-o", "json"], None);
+    assert_eq!(code(&moved), 0, "{}", stderr(&moved));
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&moved)).unwrap();
+    let leader: Vec<&serde_json::Value> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["leads"] == true)
+        .collect();
+    assert_eq!(leader.len(), 1);
+    assert_eq!(leader[0]["id"], 2);
+    let refused = run_with(&client, &["cluster", "remove", "9"], None);
+    assert_eq!(code(&refused), 1);
+    assert!(
+        stderr(&refused).contains("node 9 is not a member"),
+        "{}",
+        stderr(&refused)
+    );
+    // Node 2, which leads, dies hard: the others go on.
+    let mut leading = nodes.remove(1);
+    let _ = leading.0.kill();
+    let _ = leading.0.wait();
     let after = submit("after");
     assert_eq!(
         (code(&after), stdout(&after)),
