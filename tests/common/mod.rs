@@ -18,6 +18,7 @@ use mawex::{
 
 mod tools;
 
+#[allow(unused_imports)] // Not every test binary calls each.
 pub use tools::{missing_tool, skipped, DEADLINE};
 
 /// How clients and pods reach the master in a test.

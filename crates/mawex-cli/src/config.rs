@@ -193,6 +193,59 @@ pub struct WorkerSection {
     pub shutdown_grace: Duration,
     /// The handlers it offers, each a command: name → how to run it.
     pub handlers: BTreeMap<String, HandlerSection>,
+    /// The Jobs of handlers that run on Kubernetes (`runs_on = "kubernetes"`).
+    pub kubernetes: Option<KubernetesSection>,
+}
+
+/// Where a worker's handler runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunsOn {
+    /// A child process of the worker.
+    #[default]
+    Local,
+    /// A Kubernetes Job per attempt (`worker.kubernetes`; a binary built with the
+    /// `kubernetes` feature).
+    Kubernetes,
+}
+
+/// The Jobs of a worker's Kubernetes handlers. The cluster is the one of the worker's
+/// environment: its service account in a cluster, else `KUBECONFIG` or `~/.kube/config`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSection {
+    /// The namespace of the Jobs.
+    pub namespace: String,
+    /// The image of handlers that name none.
+    pub image: String,
+    /// `imagePullPolicy` (default: the cluster's).
+    #[serde(default)]
+    pub image_pull_policy: Option<String>,
+    /// The service account the Jobs run as (default: the namespace's).
+    #[serde(default)]
+    pub service_account: Option<String>,
+    /// The environment of every Job, exactly (nothing of the worker's is passed).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// CPU request of every Job (`"250m"`).
+    #[serde(default)]
+    pub cpu_request: Option<String>,
+    /// Memory request of every Job (`"128Mi"`).
+    #[serde(default)]
+    pub memory_request: Option<String>,
+    /// CPU limit of every Job.
+    #[serde(default)]
+    pub cpu_limit: Option<String>,
+    /// Memory limit of every Job (a task's own memory limit overrides it).
+    #[serde(default)]
+    pub memory_limit: Option<String>,
+    /// Finished Jobs left behind are removed by the cluster after this.
+    #[serde(default = "ten_minutes", with = "humantime_serde")]
+    pub ttl_after_finished: Duration,
+}
+
+fn ten_minutes() -> Duration {
+    Duration::from_secs(600)
 }
 
 impl Default for WorkerSection {
@@ -205,6 +258,7 @@ impl Default for WorkerSection {
             advertise: None,
             shutdown_grace: Duration::from_secs(30),
             handlers: BTreeMap::new(),
+            kubernetes: None,
         }
     }
 }
@@ -231,6 +285,12 @@ pub struct HandlerSection {
     /// Open-file limit.
     #[serde(default)]
     pub open_files: Option<u64>,
+    /// Where it runs: `local` or `kubernetes`.
+    #[serde(default)]
+    pub runs_on: RunsOn,
+    /// The image of its Jobs (`kubernetes` only; default: `worker.kubernetes.image`).
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 /// How logs are written (on stderr).
@@ -476,11 +536,38 @@ impl Config {
             return bad("worker.slots", "must be at least 1".into());
         }
         for (name, handler) in &self.worker.handlers {
+            let key = |field: &str| format!("worker.handlers.{name}.{field}");
             if handler.argv.is_empty() {
-                return bad(
-                    &format!("worker.handlers.{name}.argv"),
-                    "names no program".into(),
-                );
+                return bad(&key("argv"), "names no program".into());
+            }
+            match handler.runs_on {
+                RunsOn::Local if handler.image.is_some() => {
+                    return bad(
+                        &key("image"),
+                        "only a kubernetes handler has an image".into(),
+                    );
+                }
+                RunsOn::Local => {}
+                RunsOn::Kubernetes => {
+                    if self.worker.kubernetes.is_none() {
+                        return bad(
+                            "worker.kubernetes",
+                            format!("needed by handler {name} (runs_on = \"kubernetes\")"),
+                        );
+                    }
+                    let local_only = [
+                        ("inherit", !handler.inherit.is_empty()),
+                        ("cwd", handler.cwd.is_some()),
+                        ("cpu_seconds", handler.cpu_seconds.is_some()),
+                        ("open_files", handler.open_files.is_some()),
+                    ];
+                    if let Some((field, _)) = local_only.iter().find(|(_, set)| *set) {
+                        return bad(
+                            &key(field),
+                            "a kubernetes handler runs in its Job's container: not used".into(),
+                        );
+                    }
+                }
             }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
@@ -579,7 +666,8 @@ impl Loaded {
                     .find_metadata(&key)
                     .map_or_else(|| "default".to_owned(), |m| describe(m, &key));
                 let secret = SECRETS.contains(&key.as_str())
-                    || (key.starts_with("worker.handlers.") && key.contains(".env."));
+                    || (key.starts_with("worker.handlers.") && key.contains(".env."))
+                    || key.starts_with("worker.kubernetes.env.");
                 let value = if secret && !value.is_null() {
                     serde_json::Value::String("***".into())
                 } else {
@@ -664,8 +752,22 @@ mod tests {
                 cwd: Some("/".into()),
                 cpu_seconds: Some(1),
                 open_files: Some(1),
+                runs_on: RunsOn::Local,
+                image: Some("image".into()),
             },
         );
+        config.worker.kubernetes = Some(KubernetesSection {
+            namespace: "jobs".into(),
+            image: "image".into(),
+            image_pull_policy: Some("IfNotPresent".into()),
+            service_account: Some("account".into()),
+            env: BTreeMap::from([("<variable>".into(), "v".into())]),
+            cpu_request: Some("1".into()),
+            memory_request: Some("1Mi".into()),
+            cpu_limit: Some("1".into()),
+            memory_limit: Some("1Mi".into()),
+            ttl_after_finished: ten_minutes(),
+        });
         config
     }
 

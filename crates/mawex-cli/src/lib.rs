@@ -7,6 +7,7 @@ mod cluster;
 pub mod config;
 mod discovery;
 mod error;
+mod handlers;
 pub mod output;
 mod serve;
 mod tasks;

@@ -8,7 +8,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use mawex::cluster::{GrpcNetwork, MasterNode, NodeConfig};
-use mawex::sandbox::{CommandSandbox, CommandSpec};
 use mawex::{
     GroupName, GrpcPodConnector, Master, MasterConfig, Pod, PodConfig, PodConnector, PodId,
     ReplicatedMaster, Sandbox, Server, ServerTls, SledJournal,
@@ -332,7 +331,7 @@ pub(crate) async fn master(config: &Config, args: &MasterArgs) -> Result<(), Cli
 }
 
 /// The pod of the configuration, its handlers the commands of `worker.handlers`.
-fn pod_config(config: &Config) -> Result<(PodConfig, CommandSandbox), CliError> {
+fn pod_config(config: &Config) -> Result<PodConfig, CliError> {
     let section = &config.worker;
     if section.groups.is_empty() {
         return Err(CliError::Config(
@@ -359,25 +358,7 @@ fn pod_config(config: &Config) -> Result<(PodConfig, CommandSandbox), CliError> 
     pod = pod.with_shutdown_grace(section.shutdown_grace);
     pod.labels = section.labels.clone();
     pod.address = section.advertise.clone();
-    let mut sandbox = CommandSandbox::new();
-    for (name, handler) in &section.handlers {
-        let mut spec = CommandSpec::new(handler.argv.iter().cloned());
-        for (key, value) in &handler.env {
-            spec = spec.env(key.clone(), value.clone());
-        }
-        for name in &handler.inherit {
-            spec = spec.inherit(name.clone());
-        }
-        if let Some(dir) = &handler.cwd {
-            spec = spec.cwd(dir.clone());
-        }
-        spec.cpu_seconds = handler.cpu_seconds;
-        spec.open_files = handler.open_files;
-        sandbox
-            .command(name, spec)
-            .map_err(|e| CliError::Config(format!("worker.handlers.{name}: {e}")))?;
-    }
-    Ok((pod, sandbox))
+    Ok(pod)
 }
 
 /// This machine's name, for a pod with no `worker.id`.
@@ -390,10 +371,12 @@ fn host_name() -> String {
         .unwrap_or_else(|| "pod".into())
 }
 
-fn start_pod(config: &Config, connector: Arc<dyn PodConnector>) -> Result<Pod, CliError> {
-    let (pod, sandbox) = pod_config(config)?;
-    let sandbox: Arc<dyn Sandbox> = Arc::new(sandbox);
-    Pod::start(pod, sandbox, connector).map_err(CliError::serve)
+fn start_pod(
+    config: &Config,
+    sandbox: Arc<dyn Sandbox>,
+    connector: Arc<dyn PodConnector>,
+) -> Result<Pod, CliError> {
+    Pod::start(pod_config(config)?, sandbox, connector).map_err(CliError::serve)
 }
 
 /// `mawex worker`.
@@ -406,7 +389,8 @@ pub(crate) async fn worker(config: &Config) -> Result<(), CliError> {
         crate::tasks::channel(config)?,
     )?;
     let stop = StopSignals::new()?;
-    let pod = start_pod(config, Arc::new(connector))?;
+    let sandbox = crate::handlers::sandbox(config).await?;
+    let pod = start_pod(config, sandbox, Arc::new(connector))?;
     eprintln!(
         "mawex worker serving {:?} for {}",
         config.worker.groups,
@@ -427,13 +411,15 @@ pub(crate) async fn standalone(config: &Config) -> Result<(), CliError> {
         ));
     }
     check_exposure(config)?;
+    pod_config(config)?;
+    let sandbox = crate::handlers::sandbox(config).await?;
     let stop = StopSignals::new()?;
     let (running, server) = Running::open(config, false).await?;
     let started = secure(config, server).and_then(|server| {
         let connector = running
             .pod_connector()
             .ok_or_else(|| CliError::Serve("no in-process pod connector".into()))?;
-        Ok((server, start_pod(config, connector)?))
+        Ok((server, start_pod(config, sandbox, connector)?))
     });
     let (server, pod) = match started {
         Ok(started) => started,

@@ -7,12 +7,13 @@
 
 #[path = "../../../tests/common/tools.rs"]
 mod common;
+mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+
+use support::{line_with, run, start};
 
 /// A network namespace held by a thread of this process: it ends with the test process,
 /// even one that crashes, and takes its end of the veth pair with it.
@@ -104,79 +105,16 @@ fn two_namespaces() -> Option<(Namespace, Namespace)> {
     Some((a, b))
 }
 
-/// A child stopped with SIGTERM (then SIGKILL) when the test ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+/// `mawex --config CONFIG args` in `ns`.
+fn mawex_in(ns: &Namespace, config: &Path, args: &[&str]) -> Command {
+    let mut command = ns.command(env!("CARGO_BIN_EXE_mawex"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("MAWEX_") {
+            command.env_remove(key);
         }
-        for _ in 0..500 {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
-}
-
-/// `mawex --config CONFIG args` in `ns`, started; its stdout lines go to the receiver.
-fn start(ns: &Namespace, config: &Path, args: &[&str]) -> (Running, mpsc::Receiver<String>) {
-    let mut child = ns
-        .command(env!("CARGO_BIN_EXE_mawex"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let (lines, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    (Running(child), receiver)
-}
-
-/// `mawex --config CONFIG args` in `ns`, to its end (bounded in time).
-fn run(ns: &Namespace, config: &Path, args: &[&str]) -> Output {
-    let child = ns
-        .command(env!("CARGO_BIN_EXE_mawex"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (done, ended) = mpsc::channel();
-    let pid = child.id();
-    let waiter = std::thread::spawn(move || {
-        let out = child.wait_with_output();
-        let _ = done.send(());
-        out
-    });
-    if ended.recv_timeout(common::DEADLINE * 2).is_err() {
-        if let Ok(pid) = i32::try_from(pid) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        panic!("mawex {args:?} did not end in time");
-    }
-    waiter.join().unwrap().unwrap()
+    command.arg("--config").arg(config).args(args);
+    command
 }
 
 fn config(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
@@ -212,15 +150,12 @@ fn clients_and_workers_find_the_master_by_its_signed_announcements_only() {
             discovery("blue", key)
         ),
     );
-    let (_master, listening) = start(&a, &master, &["master"]);
-    let line = listening
-        .recv_timeout(common::DEADLINE)
-        .expect("the master listens");
-    assert!(line.contains("listening on http://0.0.0.0:7070"), "{line}");
+    let (_master, listening) = start(mawex_in(&a, &master, &["master"]));
+    line_with(&listening, "listening on http://0.0.0.0:7070");
 
     // A worker and a client in the other namespace, neither given an address.
-    let (_worker, _) = start(&b, &here, &["worker"]);
-    let submitted = run(
+    let (_worker, _) = start(mawex_in(&b, &here, &["worker"]));
+    let submitted = run(mawex_in(
         &b,
         &here,
         &[
@@ -234,7 +169,7 @@ fn clients_and_workers_find_the_master_by_its_signed_announcements_only() {
             "--timeout",
             "30s",
         ],
-    );
+    ));
     let stderr = String::from_utf8_lossy(&submitted.stderr);
     assert!(submitted.status.success(), "{submitted:?}");
     assert_eq!(String::from_utf8_lossy(&submitted.stdout), "HELLO");
@@ -242,7 +177,7 @@ fn clients_and_workers_find_the_master_by_its_signed_announcements_only() {
         stderr.contains("http://10.77.0.1:7070"),
         "the master found at its announcement's address: {stderr}"
     );
-    let pods = run(&b, &here, &["pods", "--output", "json"]);
+    let pods = run(mawex_in(&b, &here, &["pods", "--output", "json"]));
     assert!(pods.status.success(), "{pods:?}");
     assert!(String::from_utf8_lossy(&pods.stdout).contains("\"pod-b\""));
 
@@ -252,7 +187,7 @@ fn clients_and_workers_find_the_master_by_its_signed_announcements_only() {
         ("other-name.toml", "green", key),
     ] {
         let other = config(dir.path(), name, &discovery(cluster, key));
-        let refused = run(&b, &other, &["groups"]);
+        let refused = run(mawex_in(&b, &other, &["groups"]));
         assert_eq!(refused.status.code(), Some(1), "{name}: {refused:?}");
         let stderr = String::from_utf8_lossy(&refused.stderr);
         assert!(
