@@ -218,3 +218,94 @@ async fn a_pod_refuses_a_master_of_an_earlier_term_than_it_has_seen() {
     pod.shutdown().await.unwrap();
     m.shutdown().await;
 }
+
+/// An operator drain: the pod hands back the leases it has queued (they run on another
+/// pod), finishes the one it runs, and stays drained when it reconnects to a master that
+/// restarted, which knows nothing of the drain but what the pod's hello says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_pod_hands_back_its_queue_and_stays_drained_after_a_master_restart() {
+    let m = TestMaster::start_with(patient_config()).await;
+    let g = group("drained");
+    let network = Network::new(m.master().pod_connector());
+    let (handlers, runs, _) = instrumented();
+    let drained = Pod::start(
+        PodConfig::new(pod_id("p-drained"), vec![g.clone()])
+            .with_slots(1)
+            .with_prefetch(3),
+        Arc::new(InProcess::new(handlers.clone())),
+        network.clone(),
+    )
+    .unwrap();
+    m.wait_stats("the pod", |s| s.pods.len() == 1).await;
+    let long = m
+        .proxy()
+        .submit(TaskSpec::new(g.clone(), "sleep", "1500"))
+        .await
+        .unwrap();
+    wait_for("the long task to start", || {
+        let n = runs.count(&long.id);
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    let mut queued = Vec::new();
+    for i in 0..3 {
+        let spec = TaskSpec::new(g.clone(), "echo", format!("queued-{i}"));
+        queued.push(m.proxy().submit(spec).await.unwrap().id);
+    }
+    m.wait_stats("one running and three queued on the pod", |s| {
+        s.pods.iter().any(|p| p.leased == 4)
+    })
+    .await;
+
+    assert!(m.proxy().drain_pod(pod_id("p-drained")).await.unwrap());
+    // The queue comes back at once; the running attempt stays.
+    m.wait_stats("the queue handed back", |s| {
+        s.pods.iter().any(|p| p.draining && p.leased == 1)
+    })
+    .await;
+    let other = m.pod(PodConfig::new(pod_id("p-other"), vec![g.clone()]), handlers);
+    for id in &queued {
+        let result = m.proxy().await_result(*id).await.unwrap();
+        assert!(
+            matches!(result.outcome, Outcome::Succeeded(_)),
+            "{result:?}"
+        );
+    }
+    let result = m.proxy().await_result(long.id).await.unwrap();
+    assert_eq!(
+        result.attempt.0, 1,
+        "the running attempt finished where it ran"
+    );
+    for id in &queued {
+        assert_eq!(runs.count(id), 1, "each queued task ran once");
+    }
+    other.shutdown().await.unwrap();
+
+    // A restarted master learns of the drain from the pod's hello: it gives it no work.
+    let dir = m.shutdown().await;
+    let m = TestMaster::restart(dir, patient_config()).await;
+    network.point_at(m.master().pod_connector());
+    m.wait_stats("the pod back, draining", |s| {
+        s.pods.iter().any(|p| p.draining)
+    })
+    .await;
+    let waiting = m
+        .proxy()
+        .submit(TaskSpec::new(g.clone(), "echo", "after"))
+        .await
+        .unwrap();
+    // A pod that is not drained takes it: the drained one was never offered it.
+    let fresh = m.pod(
+        PodConfig::new(pod_id("p-fresh"), vec![g.clone()]),
+        instrumented().0,
+    );
+    m.proxy().await_result(waiting.id).await.unwrap();
+    assert_eq!(
+        runs.count(&waiting.id),
+        0,
+        "the drained pod ran nothing new"
+    );
+    fresh.shutdown().await.unwrap();
+    drained.shutdown().await.unwrap();
+    m.shutdown().await;
+}

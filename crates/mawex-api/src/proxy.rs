@@ -433,8 +433,10 @@ pub trait MasterProxy: Send + Sync {
         Err(unimplemented("list_pods"))
     }
 
-    /// Gives pod `pod` no new work from now on: what it holds runs on, and it stays
-    /// connected (shown draining) until it reconnects. False if no such pod is connected.
+    /// Gives pod `pod` no new work until it restarts: it hands back the leases it has
+    /// queued, finishes what runs, and stays connected, shown draining (across a master's
+    /// restart or a fail-over too: the pod says so when it reconnects). False if no such pod
+    /// is connected.
     ///
     /// # Errors
     /// `Unavailable` when the master is down.

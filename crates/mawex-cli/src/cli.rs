@@ -158,8 +158,8 @@ pub enum Command {
 pub enum PodAction {
     /// Every pod connected now.
     List,
-    /// Gives a pod no new work: what it holds runs on; it shows `draining` until it
-    /// reconnects (stop it once it is idle).
+    /// Gives a pod no new work until it restarts: its queued leases go back, what runs
+    /// finishes; it shows `draining` (stop it once it is idle).
     Drain {
         /// The pod's id.
         pod: String,

@@ -68,6 +68,7 @@ impl Pod {
             reports: Mutex::new(Vec::new()),
             acks: AtomicBool::new(false),
             draining: CancellationToken::new(),
+            drained: AtomicBool::new(false),
             interrupted: AtomicBool::new(false),
             executed: AtomicU64::new(0),
             highest_term: AtomicU64::new(0),

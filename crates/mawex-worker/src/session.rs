@@ -123,6 +123,19 @@ pub(crate) async fn run(
     }
 }
 
+/// Told to drain: no new work until the pod restarts; what is queued goes back now, what
+/// runs finishes.
+fn drain(shared: &Shared) {
+    if !shared.drained.swap(true, Ordering::SeqCst) {
+        info!(pod = %shared.config.id, "told to drain: queued attempts go back, running ones finish");
+    }
+    shared.send(PodMessage::Drain);
+    let queued = shared.try_take_queued();
+    if !queued.is_empty() {
+        shared.send(PodMessage::Returned { attempts: queued });
+    }
+}
+
 async fn serve(
     shared: &Arc<Shared>,
     session: PodSession,
@@ -143,12 +156,19 @@ async fn serve(
     loop {
         tokio::select! {
             message = inbox.recv() => match message {
+                Some(MasterMessage::Assign { assignments, .. })
+                    if shared.drained.load(Ordering::SeqCst) =>
+                {
+                    let attempts = assignments.iter().map(|a| a.attempt).collect();
+                    shared.send(PodMessage::Returned { attempts });
+                }
                 Some(MasterMessage::Assign { batch, assignments, more }) => {
                     // A batch counts as received with its last part.
                     shared.accept(if more { batch.saturating_sub(1) } else { batch }, assignments);
                 }
                 Some(MasterMessage::Cancel(r)) => shared.cancel(r),
                 Some(MasterMessage::Ack(attempts)) => shared.acked(&attempts),
+                Some(MasterMessage::Drain) => drain(shared),
                 Some(other) => debug!(message = ?other, "unsupported master message ignored"),
                 None => return SessionEnd::Lost,
             },

@@ -54,6 +54,9 @@ pub(crate) struct Shared {
     pub(crate) acks: AtomicBool,
     /// Executors take no more work once this is cancelled.
     pub(crate) draining: CancellationToken,
+    /// A master told the pod to drain: it takes no new work until it restarts, and says so
+    /// in every hello.
+    pub(crate) drained: AtomicBool,
     /// Set when shutdown interrupts running attempts: they are returned, not failed.
     pub(crate) interrupted: AtomicBool,
     pub(crate) executed: AtomicU64,
@@ -82,6 +85,7 @@ impl Shared {
         hello.labels = self.config.labels.clone();
         hello.address = self.config.address.clone();
         hello.holding = held_refs(&lock(&self.holdings));
+        hello.draining = self.drained.load(Ordering::SeqCst);
         hello
     }
 
@@ -195,6 +199,19 @@ impl Shared {
     /// Takes back everything queued and not started, for handing back to the master.
     pub(crate) async fn take_queued(&self) -> Vec<AttemptRef> {
         let mut queue = self.queue_rx.lock().await;
+        self.take_from(&mut queue)
+    }
+
+    /// The queued attempts, taken out of the queue, if no executor is waiting on it: one
+    /// that is waits because the queue is empty.
+    pub(crate) fn try_take_queued(&self) -> Vec<AttemptRef> {
+        match self.queue_rx.try_lock() {
+            Ok(mut queue) => self.take_from(&mut queue),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn take_from(&self, queue: &mut mpsc::UnboundedReceiver<Assignment>) -> Vec<AttemptRef> {
         let mut holdings = lock(&self.holdings);
         let mut refs = Vec::new();
         while let Ok(a) = queue.try_recv() {

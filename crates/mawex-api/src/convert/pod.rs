@@ -58,6 +58,7 @@ impl From<PodHello> for proto::PodHello {
             labels: h.labels.into_iter().collect(),
             address: h.address,
             holding: to_proto_attempts(h.holding),
+            draining: h.draining,
         }
     }
 }
@@ -79,6 +80,7 @@ impl TryFrom<proto::PodHello> for PodHello {
         hello.labels = h.labels.into_iter().collect();
         hello.address = h.address;
         hello.holding = attempts(h.holding)?;
+        hello.draining = h.draining;
         Ok(hello)
     }
 }
@@ -259,6 +261,7 @@ impl From<MasterMessage> for proto::MasterToPod {
             MasterMessage::Ack(attempts) => ToPod::Ack(proto::Ack {
                 attempts: attempts.into_iter().map(Into::into).collect(),
             }),
+            MasterMessage::Drain => ToPod::Drain(proto::Drain {}),
         };
         // The session's term is set by whoever sends it (`MasterToPod::term`).
         proto::MasterToPod {
@@ -300,6 +303,7 @@ impl TryFrom<proto::MasterToPod> for MasterFrame {
                     .map(TryInto::try_into)
                     .collect::<Result<_, _>>()?,
             )),
+            ToPod::Drain(proto::Drain {}) => MasterFrame::Message(MasterMessage::Drain),
         })
     }
 }

@@ -57,6 +57,10 @@ pub struct PodHello {
     pub address: Option<String>,
     /// Attempts it still holds from an earlier connection, for the master to re-adopt.
     pub holding: Vec<AttemptRef>,
+    /// It was told to drain ([`MasterMessage::Drain`]) and takes no new work until it
+    /// restarts: the master gives it none either.
+    #[serde(default)]
+    pub draining: bool,
     /// Who the pod proved it is, set by the server that authenticated it and never taken
     /// from the wire. The first credential to register a pod id owns it while the state
     /// names the pod: a hello whose credential does not match is refused. `None` (an
@@ -133,6 +137,7 @@ impl PodHello {
             labels: BTreeMap::new(),
             address: None,
             holding: Vec::new(),
+            draining: false,
             credential: None,
         }
     }
@@ -243,4 +248,8 @@ pub enum MasterMessage {
     /// The reports (results, returns) of these attempts are durable, or were stale: forget
     /// them.
     Ack(Vec<AttemptRef>),
+    /// Take no new work until you restart (an operator drains you): hand back what is
+    /// queued, finish what runs, and say you drain in every hello from now on, so that
+    /// another master (after a fail-over or a restart) keeps you drained.
+    Drain,
 }

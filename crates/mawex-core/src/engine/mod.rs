@@ -371,15 +371,17 @@ impl Engine {
         std::mem::take(&mut self.pods_changed)
     }
 
-    /// Gives pod `id` no new work from now on (what it holds runs on), until it connects
-    /// again. False if no such pod is connected.
-    pub(crate) fn drain_pod(&mut self, id: &PodId) -> bool {
+    /// Gives pod `id` no new work from now on, and tells it so: it hands back what it has
+    /// queued, finishes what runs, and says it drains to every master until it restarts.
+    /// False if no such pod is connected.
+    pub(crate) fn drain_pod(&mut self, id: &PodId, out: &mut Output) -> bool {
         match self.pods.get_mut(id) {
             Some(entry) => {
                 if !entry.draining {
                     entry.draining = true;
                     self.pods_changed = true;
                 }
+                out.messages.push((entry.session, MasterMessage::Drain));
                 true
             }
             None => false,

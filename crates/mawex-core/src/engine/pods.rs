@@ -156,7 +156,8 @@ impl Engine {
                 .then(|| super::pace::Pace::new(hello.prefetch, hello.adaptive_prefetch)),
             leases: BTreeMap::new(),
             expires_at: now.saturating_add(self.config.lease_timeout),
-            draining: false,
+            // A pod told to drain stays drained across masters until it restarts.
+            draining: hello.draining,
             usage: ResourceUsage::default(),
             labels: std::sync::Arc::new(hello.labels.clone()),
             address: hello.address.clone(),

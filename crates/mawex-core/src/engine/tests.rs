@@ -1159,6 +1159,27 @@ mod reconciliation {
     }
 
     #[test]
+    fn an_operator_drain_tells_the_pod_and_a_drained_pod_stays_drained_on_reconnect() {
+        let mut e = engine();
+        let mut out = Output::default();
+        e.pod_hello(1, hello("p1", &["g"], 1), T0, &mut out)
+            .unwrap();
+        out.messages.clear();
+        assert!(e.drain_pod(&pod("p1"), &mut out));
+        assert_eq!(out.messages, vec![(1, MasterMessage::Drain)]);
+        assert!(!e.drain_pod(&pod("nobody"), &mut out));
+        // Its next hello (another session, or another master) says it drains: no work.
+        let mut drained = hello("p1", &["g"], 1);
+        drained.draining = true;
+        e.pod_hello(2, drained, at(1), &mut out).unwrap();
+        e.submit(vec![spec("g")], at(2), &mut out).unwrap();
+        out.events.clear();
+        e.dispatch(at(2), &mut out);
+        assert!(out.events.is_empty(), "{:?}", out.events);
+        assert!(e.pod_stats().iter().all(|p| p.draining));
+    }
+
+    #[test]
     fn returned_work_is_not_leased_back_to_the_pod_that_returned_it() {
         let a = spec("g");
         let mut e = running(&a);

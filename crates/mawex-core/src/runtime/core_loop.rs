@@ -334,7 +334,7 @@ impl<J: Journal> CoreLoop<J> {
                 answer(deferred, reply, Ok(cleared));
             }
             CoreMsg::DrainPod { pod, reply } => {
-                let found = self.engine.drain_pod(&pod);
+                let found = self.engine.drain_pod(&pod, out);
                 answer(deferred, reply, Ok(found));
             }
             CoreMsg::GroupSettings { group, reply } => {
