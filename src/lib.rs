@@ -105,7 +105,7 @@ pub mod cluster {
 #[cfg(feature = "master")]
 pub use mawex_server::{auth, RunningServer, Server, ServerConfig, ServerError, ServerTls};
 #[cfg(feature = "worker")]
-pub use mawex_worker::{Pod, PodConfig, WorkerError};
+pub use mawex_worker::{Pod, PodConfig, WorkerError, DEFAULT_PREFETCH};
 
 /// Sandboxes: where task bodies run.
 pub mod sandbox {

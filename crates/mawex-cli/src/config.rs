@@ -191,6 +191,19 @@ pub struct WorkerSection {
     /// On SIGTERM, how long running attempts may finish before they are handed back.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Leases queued beyond the slots, at most (sized to the pod's pace); 0: a task is
+    /// leased only when a slot is free.
+    pub prefetch: u32,
+    /// Time limit of attempts whose task sets none.
+    #[serde(with = "humantime_serde")]
+    pub default_timeout: Option<Duration>,
+    /// Memory limit of attempts whose task sets none (`"512MiB"`).
+    pub default_memory: Option<bytesize::ByteSize>,
+    /// The longest time limit any attempt gets here (a task may ask for less).
+    #[serde(with = "humantime_serde")]
+    pub max_timeout: Option<Duration>,
+    /// The largest memory limit any attempt gets here (a task may ask for less).
+    pub max_memory: Option<bytesize::ByteSize>,
     /// The handlers it offers, each a command: name → how to run it.
     pub handlers: BTreeMap<String, HandlerSection>,
     /// The Jobs of handlers that run on Kubernetes (`runs_on = "kubernetes"`).
@@ -257,6 +270,11 @@ impl Default for WorkerSection {
             labels: BTreeMap::new(),
             advertise: None,
             shutdown_grace: Duration::from_secs(30),
+            prefetch: mawex::DEFAULT_PREFETCH,
+            default_timeout: None,
+            default_memory: None,
+            max_timeout: None,
+            max_memory: None,
             handlers: BTreeMap::new(),
             kubernetes: None,
         }
@@ -532,8 +550,33 @@ impl Config {
                 return bad("worker.groups", e.to_string());
             }
         }
-        if self.worker.slots == 0 {
-            return bad("worker.slots", "must be at least 1".into());
+        if !(1..=mawex::pod::MAX_POD_SLOTS).contains(&self.worker.slots) {
+            return bad(
+                "worker.slots",
+                format!("must be 1 to {}", mawex::pod::MAX_POD_SLOTS),
+            );
+        }
+        if self.worker.prefetch > mawex::pod::MAX_POD_PREFETCH {
+            return bad(
+                "worker.prefetch",
+                format!("must be at most {}", mawex::pod::MAX_POD_PREFETCH),
+            );
+        }
+        for (key, limit) in [
+            ("worker.default_timeout", self.worker.default_timeout),
+            ("worker.max_timeout", self.worker.max_timeout),
+        ] {
+            if limit.is_some_and(|d| d.is_zero()) {
+                return bad(key, "must be more than 0".into());
+            }
+        }
+        for (key, limit) in [
+            ("worker.default_memory", self.worker.default_memory),
+            ("worker.max_memory", self.worker.max_memory),
+        ] {
+            if limit.is_some_and(|m| m.as_u64() == 0) {
+                return bad(key, "must be more than 0".into());
+            }
         }
         for (name, handler) in &self.worker.handlers {
             let key = |field: &str| format!("worker.handlers.{name}.{field}");
@@ -739,6 +782,10 @@ mod tests {
         config.worker.id = Some("pod-1".into());
         config.worker.labels.insert("<label>".into(), "v".into());
         config.worker.advertise = Some("host:port".into());
+        config.worker.default_timeout = Some(Duration::from_secs(1));
+        config.worker.default_memory = Some(bytesize::ByteSize::mib(1));
+        config.worker.max_timeout = Some(Duration::from_secs(1));
+        config.worker.max_memory = Some(bytesize::ByteSize::mib(1));
         config.client.masters = vec!["http://host:7070".into()];
         config.discovery.key = Some("k".repeat(16));
         config.discovery.interface = Some(Ipv4Addr::LOCALHOST);

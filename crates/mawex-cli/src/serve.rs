@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use mawex::cluster::{GrpcNetwork, MasterNode, NodeConfig};
 use mawex::{
-    GroupName, GrpcPodConnector, Master, MasterConfig, Pod, PodConfig, PodConnector, PodId,
+    GroupName, GrpcPodConnector, Limits, Master, MasterConfig, Pod, PodConfig, PodConnector, PodId,
     ReplicatedMaster, Sandbox, Server, ServerTls, SledJournal,
 };
 use tokio::net::TcpListener;
@@ -358,7 +358,17 @@ fn pod_config(config: &Config) -> Result<PodConfig, CliError> {
     pod = pod.with_shutdown_grace(section.shutdown_grace);
     pod.labels = section.labels.clone();
     pod.address = section.advertise.clone();
+    pod.prefetch = section.prefetch;
+    pod.default_limits = limits(section.default_timeout, section.default_memory);
+    pod.max_limits = limits(section.max_timeout, section.max_memory);
     Ok(pod)
+}
+
+fn limits(timeout: Option<std::time::Duration>, memory: Option<bytesize::ByteSize>) -> Limits {
+    let mut limits = Limits::default();
+    limits.timeout = timeout;
+    limits.memory_bytes = memory.map(|m| m.as_u64());
+    limits
 }
 
 /// This machine's name, for a pod with no `worker.id`.
@@ -437,5 +447,44 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_worker_section_becomes_the_pods_settings() {
+        let mut config = Config::default();
+        config.worker.id = Some("pod-7".into());
+        config.worker.groups = vec!["sh".into()];
+        config.worker.slots = 3;
+        config.worker.prefetch = 0;
+        config.worker.default_timeout = Some(std::time::Duration::from_secs(5));
+        config.worker.max_memory = Some(bytesize::ByteSize::mib(256));
+        config.worker.handlers.insert(
+            "echo".into(),
+            crate::config::HandlerSection {
+                argv: vec!["cat".into()],
+                env: BTreeMap::new(),
+                inherit: Vec::new(),
+                cwd: None,
+                cpu_seconds: None,
+                open_files: None,
+                runs_on: crate::config::RunsOn::Local,
+                image: None,
+            },
+        );
+        let pod = pod_config(&config).expect("a valid worker");
+        assert_eq!(pod.id.as_str(), "pod-7");
+        assert_eq!((pod.slots, pod.prefetch), (3, 0));
+        assert_eq!(
+            pod.default_limits.timeout,
+            Some(std::time::Duration::from_secs(5))
+        );
+        assert_eq!(pod.default_limits.memory_bytes, None);
+        assert_eq!(pod.max_limits.memory_bytes, Some(256 * 1024 * 1024));
+        assert_eq!(pod.max_limits.timeout, None);
     }
 }

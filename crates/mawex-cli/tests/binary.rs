@@ -641,9 +641,12 @@ fn the_configuration_layers_and_its_errors_name_the_key() {
     let (code_, message) = check(mawex().env("MAWEX_WORKER__SLOTS", "0"));
     assert_eq!(code_, 2);
     assert!(
-        message.contains("worker.slots: must be at least 1"),
+        message.contains("worker.slots: must be 1 to 4096"),
         "{message}"
     );
+    let (code_, message) = check(mawex().env("MAWEX_WORKER__DEFAULT_MEMORY", "lots"));
+    assert_eq!(code_, 2);
+    assert!(message.contains("worker.default_memory"), "{message}");
     // A master beyond loopback without TLS and tokens is refused before it opens anything.
     let exposed = mawex()
         .arg("--config")
