@@ -57,7 +57,8 @@ pub struct DiscoverySection {
     #[serde(with = "humantime_serde")]
     pub wait: Duration,
     /// The endpoint a master announces (default: its scheme and port, at its listening
-    /// address, or at the address its announcements come from when it listens on all).
+    /// address, or, listening on all, at the address of the interface that reaches the
+    /// group).
     pub advertise: Option<String>,
 }
 

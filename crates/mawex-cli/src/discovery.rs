@@ -2,8 +2,10 @@
 //! endpoint by UDP multicast every `discovery.interval`; a client or worker with no
 //! `client.masters` listens for the announcements of its cluster and uses every master it
 //! hears. Each announcement is signed with the cluster key (HMAC-SHA256) and carries its
-//! cluster's name and the time it was sent: one signed with another key, naming another
-//! cluster, older than a minute, or malformed is ignored.
+//! cluster's name, the master's endpoint and the time it was sent: one signed with another
+//! key, naming another cluster, older than a minute, or malformed is ignored. The endpoint is
+//! signed, never taken from the datagram's source address: a replayed announcement can only
+//! name the master that signed it.
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -27,15 +29,15 @@ const MAX_DATAGRAM: usize = 1024;
 const MAX_AGE: Duration = Duration::from_secs(60);
 /// The length of an HMAC-SHA256 tag.
 const TAG: usize = 32;
+/// The most masters one discovery keeps (a cluster has a handful).
+const MAX_MASTERS: usize = 64;
 
 /// What a master says of itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Announcement {
     cluster: String,
-    /// The endpoint, when the master names one; otherwise `scheme://<sender>:port`.
-    endpoint: Option<String>,
-    scheme: String,
-    port: u16,
+    /// Where clients reach it: `http://` or `https://`.
+    endpoint: String,
     /// When it was sent, in milliseconds since the Unix epoch.
     sent_ms: u64,
 }
@@ -67,13 +69,12 @@ fn seal(key: &hmac::Key, announcement: &Announcement) -> Result<Vec<u8>, CliErro
     Ok(datagram)
 }
 
-/// The endpoint `datagram` from `from` announces, if it is a fresh announcement of
-/// `cluster` signed with `key`.
+/// The endpoint `datagram` announces, if it is a fresh announcement of `cluster` signed with
+/// `key`; else why it is ignored.
 fn open(
     key: &hmac::Key,
     cluster: &str,
     datagram: &[u8],
-    from: SocketAddr,
     now_ms: u64,
 ) -> Result<String, &'static str> {
     if datagram.len() > MAX_DATAGRAM || datagram.len() < MAGIC.len() + TAG {
@@ -93,18 +94,50 @@ fn open(
     if now_ms.abs_diff(announcement.sent_ms) > max_age {
         return Err("too old (or from a clock far ahead)");
     }
-    if !matches!(announcement.scheme.as_str(), "http" | "https") {
-        return Err("of an unknown scheme");
+    if !(announcement.endpoint.starts_with("http://")
+        || announcement.endpoint.starts_with("https://"))
+    {
+        return Err("of an endpoint that is not http:// or https://");
     }
-    Ok(match announcement.endpoint {
-        Some(endpoint) => endpoint,
-        None => format!(
-            "{}://{}:{}",
-            announcement.scheme,
-            from.ip(),
-            announcement.port
-        ),
-    })
+    Ok(announcement.endpoint)
+}
+
+/// The local address this machine sends to `group` from: the address of the interface its
+/// routes choose (a UDP socket "connected" to the group sends nothing).
+fn route_to(group: SocketAddrV4) -> std::io::Result<std::net::IpAddr> {
+    let probe = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    probe.connect(group)?;
+    Ok(probe.local_addr()?.ip())
+}
+
+/// The endpoint a master serving at `address` announces: `discovery.advertise`, else its
+/// own address, else (bound to every interface) the address of the interface that reaches
+/// the group (`discovery.interface`, or the routes' choice).
+fn endpoint_of(
+    discovery: &DiscoverySection,
+    scheme: &str,
+    address: SocketAddr,
+) -> Result<String, CliError> {
+    if let Some(endpoint) = &discovery.advertise {
+        return Ok(endpoint.clone());
+    }
+    let ip = if !address.ip().is_unspecified() {
+        address.ip()
+    } else if let Some(interface) = discovery.interface {
+        interface.into()
+    } else {
+        route_to(discovery.group).map_err(|e| {
+            CliError::Config(format!(
+                "discovery.advertise: no route to {} to learn this master's address from \
+                 ({e}); set discovery.advertise or discovery.interface",
+                discovery.group
+            ))
+        })?
+    };
+    if ip.is_loopback() {
+        warn!(%ip, "discovery: this master announces a loopback address, which only this machine can reach (set discovery.advertise)");
+    }
+    Ok(format!("{scheme}://{}", SocketAddr::new(ip, address.port())))
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> CliError {
@@ -125,16 +158,11 @@ pub(crate) fn announce(
         signing_key(discovery.key.as_deref().ok_or_else(|| {
             CliError::Config("discovery.key: needed to announce the master".into())
         })?);
-    let endpoint = discovery.advertise.clone().or_else(|| {
-        // A master bound to one address names it; one bound to all is reached at the
-        // address its announcements come from.
-        (!address.ip().is_unspecified()).then(|| format!("{scheme}://{address}"))
-    });
+    let endpoint = endpoint_of(discovery, scheme, address)?;
+    tracing::info!(%endpoint, group = %discovery.group, "discovery: announcing this master");
     let mut announcement = Announcement {
         cluster: discovery.cluster.clone(),
         endpoint,
-        scheme: scheme.to_owned(),
-        port: address.port(),
         sent_ms: now_ms(),
     };
     seal(&key, &announcement)?;
@@ -216,6 +244,8 @@ pub(crate) async fn discover(discovery: &DiscoverySection) -> Result<Vec<String>
     let deadline = tokio::time::Instant::now() + discovery.wait;
     let mut settle_by = None;
     let mut found = BTreeSet::new();
+    // Why datagrams were ignored, for the error if no master is found.
+    let mut ignored: std::collections::BTreeMap<&'static str, u64> = Default::default();
     let mut buffer = vec![0u8; MAX_DATAGRAM + 1];
     loop {
         let until = settle_by.map_or(deadline, |settle: tokio::time::Instant| {
@@ -225,23 +255,47 @@ pub(crate) async fn discover(discovery: &DiscoverySection) -> Result<Vec<String>
         else {
             break;
         };
-        let (length, from) = received.map_err(io("receiving"))?;
+        let (length, from) = match received {
+            Ok(received) => received,
+            Err(e) => {
+                // A datagram that could not be read ends nothing.
+                debug!(error = %e, "discovery: receiving failed; listening on");
+                continue;
+            }
+        };
         let datagram = buffer.get(..length).unwrap_or_default();
-        match open(&key, &discovery.cluster, datagram, from, now_ms()) {
+        match open(&key, &discovery.cluster, datagram, now_ms()) {
             Ok(endpoint) => {
                 debug!(%endpoint, %from, "discovery: a master announced itself");
-                found.insert(endpoint);
+                // Bounded: one entry per endpoint a holder of the key signed.
+                if found.len() < MAX_MASTERS {
+                    found.insert(endpoint);
+                }
                 settle_by.get_or_insert_with(|| {
                     tokio::time::Instant::now() + discovery.interval.saturating_mul(3) / 2
                 });
             }
-            Err(why) => debug!(%from, why, "discovery: an announcement ignored"),
+            Err(why) => {
+                debug!(%from, why, "discovery: an announcement ignored");
+                let count = ignored.entry(why).or_default();
+                *count = count.saturating_add(1);
+            }
         }
     }
     if found.is_empty() {
+        let heard = if ignored.is_empty() {
+            "nothing was heard".to_owned()
+        } else {
+            let reasons: Vec<String> = ignored
+                .iter()
+                .map(|(why, n)| format!("{n} {why}"))
+                .collect();
+            format!("ignored: {}", reasons.join(", "))
+        };
         return Err(CliError::Discovery(format!(
-            "no master of cluster {:?} announced itself on {group} within {:?}: is one \
-             running with the same discovery.cluster and discovery.key, on this network?",
+            "no master of cluster {:?} announced itself on {group} within {:?} ({heard}): \
+             is one running with the same discovery.cluster and discovery.key, on this \
+             network, with a clock within a minute of this one's?",
             discovery.cluster, discovery.wait
         )));
     }
@@ -255,31 +309,43 @@ mod tests {
     fn announcement(cluster: &str) -> Announcement {
         Announcement {
             cluster: cluster.into(),
-            endpoint: None,
-            scheme: "http".into(),
-            port: 7070,
+            endpoint: "http://10.77.0.1:7070".into(),
             sent_ms: 1_000_000,
         }
     }
 
-    fn from() -> SocketAddr {
-        SocketAddr::from(([10, 77, 0, 1], 40_000))
-    }
-
     #[test]
-    fn a_signed_announcement_of_the_cluster_names_the_sender() {
+    fn a_signed_announcement_of_the_cluster_names_its_signed_endpoint() {
         let key = signing_key("a key of sixteen bytes or more");
         let datagram = seal(&key, &announcement("blue")).expect("sealed");
         assert_eq!(
-            open(&key, "blue", &datagram, from(), 1_000_500),
+            open(&key, "blue", &datagram, 1_000_500),
             Ok("http://10.77.0.1:7070".to_owned())
         );
-        let mut named = announcement("blue");
-        named.endpoint = Some("https://m1.example:7070".into());
-        let datagram = seal(&key, &named).expect("sealed");
+        let mut other = announcement("blue");
+        other.endpoint = "ftp://10.77.0.1:21".into();
+        let datagram = seal(&key, &other).expect("sealed");
+        assert!(open(&key, "blue", &datagram, 1_000_500).is_err());
+    }
+
+    #[test]
+    fn a_master_on_every_interface_announces_the_address_that_reaches_the_group() {
+        let mut discovery = DiscoverySection::default();
+        let all = SocketAddr::from(([0, 0, 0, 0], 7070));
+        discovery.interface = Some(Ipv4Addr::new(10, 1, 2, 3));
         assert_eq!(
-            open(&key, "blue", &datagram, from(), 1_000_500),
-            Ok("https://m1.example:7070".to_owned())
+            endpoint_of(&discovery, "https", all).expect("an endpoint"),
+            "https://10.1.2.3:7070"
+        );
+        let one = SocketAddr::from(([10, 9, 9, 9], 7071));
+        assert_eq!(
+            endpoint_of(&discovery, "http", one).expect("an endpoint"),
+            "http://10.9.9.9:7071"
+        );
+        discovery.advertise = Some("https://m1.example:443".into());
+        assert_eq!(
+            endpoint_of(&discovery, "http", all).expect("an endpoint"),
+            "https://m1.example:443"
         );
     }
 
@@ -289,20 +355,20 @@ mod tests {
         let datagram = seal(&key, &announcement("blue")).expect("sealed");
         let other = signing_key("another key of sixteen bytes");
         assert_eq!(
-            open(&other, "blue", &datagram, from(), 1_000_500),
+            open(&other, "blue", &datagram, 1_000_500),
             Err("signed with another key")
         );
         assert_eq!(
-            open(&key, "green", &datagram, from(), 1_000_500),
+            open(&key, "green", &datagram, 1_000_500),
             Err("of another cluster")
         );
-        assert!(open(&key, "blue", &datagram, from(), 1_000_000 + 61_000).is_err());
-        assert!(open(&key, "blue", &datagram, from(), 0).is_err());
+        assert!(open(&key, "blue", &datagram, 1_000_000 + 61_000).is_err());
+        assert!(open(&key, "blue", &datagram, 0).is_err());
         let mut changed = datagram.clone();
         let middle = changed.len() / 2;
         changed[middle] ^= 1;
-        assert!(open(&key, "blue", &changed, from(), 1_000_500).is_err());
-        assert!(open(&key, "blue", &datagram[..10], from(), 1_000_500).is_err());
-        assert!(open(&key, "blue", &[0u8; 4096], from(), 1_000_500).is_err());
+        assert!(open(&key, "blue", &changed, 1_000_500).is_err());
+        assert!(open(&key, "blue", &datagram[..10], 1_000_500).is_err());
+        assert!(open(&key, "blue", &[0u8; 4096], 1_000_500).is_err());
     }
 }
