@@ -202,8 +202,18 @@ impl Shared {
         self.take_from(&mut queue)
     }
 
-    /// The queued attempts, taken out of the queue, if no executor is waiting on it: one
-    /// that is waits because the queue is empty.
+    /// Hands back an attempt taken from the queue without starting it.
+    pub(crate) fn give_back(&self, a: Assignment) {
+        if unqueue(&mut lock(&self.holdings), &a) {
+            self.send(PodMessage::Returned {
+                attempts: vec![a.attempt],
+            });
+        }
+    }
+
+    /// The queued attempts, taken out of the queue, if no executor holds it; one that
+    /// does either waits on an empty queue or has just taken a lease, which it hands back
+    /// itself once it sees the pod drained (see [`executor`]).
     pub(crate) fn try_take_queued(&self) -> Vec<AttemptRef> {
         match self.queue_rx.try_lock() {
             Ok(mut queue) => self.take_from(&mut queue),
@@ -215,12 +225,7 @@ impl Shared {
         let mut holdings = lock(&self.holdings);
         let mut refs = Vec::new();
         while let Ok(a) = queue.try_recv() {
-            let queued = holdings
-                .held
-                .get(&a.attempt.task)
-                .is_some_and(|h| h.attempt == a.attempt.attempt && h.cancel.is_none());
-            if queued {
-                holdings.held.remove(&a.attempt.task);
+            if unqueue(&mut holdings, &a) {
                 refs.push(a.attempt);
             }
         }
@@ -319,6 +324,18 @@ impl Shared {
     }
 }
 
+/// Forgets `a` if it is held and has not started (nor been cancelled): true if it was.
+fn unqueue(holdings: &mut Holdings, a: &Assignment) -> bool {
+    let queued = holdings
+        .held
+        .get(&a.attempt.task)
+        .is_some_and(|h| h.attempt == a.attempt.attempt && h.cancel.is_none());
+    if queued {
+        holdings.held.remove(&a.attempt.task);
+    }
+    queued
+}
+
 pub(crate) fn held_refs(holdings: &Holdings) -> Vec<AttemptRef> {
     holdings
         .held
@@ -343,6 +360,12 @@ pub(crate) async fn executor(shared: Arc<Shared>) {
         let Some(a) = next else {
             return;
         };
+        // Told to drain while this lease waited in the queue (or while the session handed
+        // the rest back): it goes back too, not run.
+        if shared.drained.load(Ordering::SeqCst) {
+            shared.give_back(a);
+            continue;
+        }
         shared.run_one(a).await;
     }
 }
