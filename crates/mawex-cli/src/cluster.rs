@@ -65,44 +65,76 @@ pub(crate) async fn cluster(
     output::print(output, &rows(&members))
 }
 
-/// `call` asked of each of `client.masters` in turn until one answers, following a
-/// follower's `NotLeader` to the leader it names.
-async fn call<F, Fut>(config: &Config, call: F) -> Result<Members, CliError>
+/// `change` asked of the node that leads, once: found by asking `client.masters` in turn
+/// who leads (a read, safe to repeat), then following a `NotLeader` if the lead moved
+/// meanwhile. A change is never sent twice to different nodes: its error is the answer.
+async fn call<F, Fut>(config: &Config, change: F) -> Result<Members, CliError>
 where
     F: Fn(RemoteClusterAdmin) -> Fut,
     Fut: std::future::Future<Output = Result<Members, ApiError>>,
 {
     let channel = channel(config)?;
-    let mut last = None;
-    for endpoint in &config.client.masters {
-        let mut endpoint = endpoint.clone();
-        for _ in 0..=MAX_REDIRECTS {
-            let admin = RemoteClusterAdmin::new(&endpoint, &channel)?;
-            match call(admin).await {
-                Ok(members) => return Ok(members),
-                Err(ApiError::NotLeader {
-                    leader: Some(leader),
-                }) => endpoint = with_scheme_of(&endpoint, &leader),
-                Err(ApiError::Unimplemented(_)) => {
-                    return Err(CliError::Api(ApiError::Unimplemented(format!(
-                        "{endpoint} is not a node of a cluster (master.cluster): a cluster \
-                         of one grows once started again as node 1 with master.cluster"
-                    ))))
-                }
-                Err(e @ (ApiError::InvalidArgument(_) | ApiError::PermissionDenied(_))) => {
-                    return Err(e.into())
-                }
-                Err(e) => {
-                    last = Some(e);
-                    break;
-                }
-            }
+    let mut endpoint = leader(config, &channel).await?;
+    for _ in 0..MAX_REDIRECTS {
+        match change(RemoteClusterAdmin::new(&endpoint, &channel)?).await {
+            Err(ApiError::NotLeader {
+                leader: Some(leader),
+            }) => endpoint = with_scheme_of(&endpoint, &leader),
+            answer => return answer.map_err(|e| refine(&endpoint, e)),
         }
     }
-    Err(last.map_or_else(
-        || CliError::Usage("client.masters names no master".into()),
-        CliError::from,
-    ))
+    Err(CliError::Api(ApiError::Unavailable(format!(
+        "the lead kept moving ({MAX_REDIRECTS} redirects): try again once the cluster settles"
+    ))))
+}
+
+/// The endpoint of the node that leads, as the first of `client.masters` that answers
+/// says.
+async fn leader(config: &Config, channel: &mawex::ChannelConfig) -> Result<String, CliError> {
+    let mut last = None;
+    for endpoint in &config.client.masters {
+        match RemoteClusterAdmin::new(endpoint, channel)?.members().await {
+            Ok(members) => {
+                let address = members
+                    .leader
+                    .and_then(|id| members.voters.get(&id).cloned())
+                    .filter(|address| !address.is_empty());
+                match address {
+                    Some(address) => return Ok(with_scheme_of(endpoint, &address)),
+                    // A cluster of one made without addresses: the node itself leads.
+                    None if members.leader.is_some() && members.voters.len() == 1 => {
+                        return Ok(endpoint.clone())
+                    }
+                    None => {
+                        last = Some(ApiError::Unavailable(format!(
+                            "{endpoint} knows of no leader yet (an election?)"
+                        )));
+                    }
+                }
+            }
+            Err(
+                e @ (ApiError::Unimplemented(_)
+                | ApiError::PermissionDenied(_)
+                | ApiError::Unauthenticated(_)),
+            ) => return Err(refine(endpoint, e)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => CliError::Api(e),
+        None => CliError::Usage("client.masters names no master".into()),
+    })
+}
+
+/// `e` from `endpoint`, said plainly where the raw error would puzzle.
+fn refine(endpoint: &str, e: ApiError) -> CliError {
+    match e {
+        ApiError::Unimplemented(_) => CliError::Api(ApiError::Unimplemented(format!(
+            "{endpoint} is not a node of a cluster (master.cluster): a cluster of one grows \
+             once started again as node 1 with master.cluster"
+        ))),
+        other => CliError::Api(other),
+    }
 }
 
 /// The leader's `host:port` (or URL) as an endpoint with `endpoint`'s scheme.

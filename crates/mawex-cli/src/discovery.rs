@@ -137,7 +137,10 @@ fn endpoint_of(
     if ip.is_loopback() {
         warn!(%ip, "discovery: this master announces a loopback address, which only this machine can reach (set discovery.advertise)");
     }
-    Ok(format!("{scheme}://{}", SocketAddr::new(ip, address.port())))
+    Ok(format!(
+        "{scheme}://{}",
+        SocketAddr::new(ip, address.port())
+    ))
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> CliError {
