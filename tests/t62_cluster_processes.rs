@@ -124,26 +124,28 @@ impl RaftNetworkFactory<MasterRaft> for Routed {
 /// applied, the last in the snapshot, the last purged) each time one changes.
 fn print_status(node: &MasterNode) {
     let mut metrics = node.raft().metrics();
-    tokio::spawn(async move {
+    let line = move |metrics: &openraft::alias::WatchReceiverOf<
+        MasterRaft,
+        openraft::RaftMetrics<MasterRaft>,
+    >| {
         let index = |id: Option<&openraft::alias::LogIdOf<MasterRaft>>| id.map_or(0, |id| id.index);
-        let mut last = String::new();
-        loop {
-            let line = {
-                let m = metrics.borrow_watched();
-                format!(
-                    "STATUS log={} applied={} snapshot={} purged={}",
-                    m.last_log_index.unwrap_or(0),
-                    index(m.last_applied.as_ref()),
-                    index(m.snapshot.as_ref()),
-                    index(m.purged.as_ref())
-                )
-            };
-            if line != last {
-                println!("{line}");
-                last = line;
-            }
-            if metrics.changed().await.is_err() {
-                return;
+        let m = metrics.borrow_watched();
+        format!(
+            "STATUS log={} applied={} snapshot={} purged={}",
+            m.last_log_index.unwrap_or(0),
+            index(m.last_applied.as_ref()),
+            index(m.snapshot.as_ref()),
+            index(m.purged.as_ref())
+        )
+    };
+    let mut last = line(&metrics);
+    println!("{last}");
+    tokio::spawn(async move {
+        while metrics.changed().await.is_ok() {
+            let now = line(&metrics);
+            if now != last {
+                println!("{now}");
+                last = now;
             }
         }
     });
@@ -183,6 +185,15 @@ async fn child_node() {
         config.keep_after_snapshot = 0;
     }
     let max_payload = master.max_payload_bytes;
+    // The last entry on disk, read before the node opens it: what it has before any peer
+    // can send it more.
+    let on_disk = {
+        use openraft::storage::RaftLogStorage;
+        let mut log = mawex_raft::ReplicatedMaster::open_log(&dir).unwrap();
+        let state = log.get_log_state().await.unwrap();
+        state.last_log_id.map_or(0, |id| id.index)
+    };
+    println!("DISK log={on_disk}");
     let network = Routed {
         inner: GrpcNetwork::new(),
         routes,
@@ -239,6 +250,8 @@ impl Status {
 
 struct NodeProcess {
     child: Child,
+    /// The last entry of its log on disk when it started.
+    on_disk: u64,
     status: Arc<Mutex<Status>>,
 }
 
@@ -273,13 +286,18 @@ fn spawn_node(id: u64, dir: &Path, launch: &Launch, initialize: bool) -> NodePro
     let mut child = cmd.spawn().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
+    let mut on_disk = None;
     while !line.starts_with("LISTENING") {
         line.clear();
         assert!(
             stdout.read_line(&mut line).unwrap() > 0,
             "node {id} exited before listening"
         );
+        if let Some(index) = line.trim_end().strip_prefix("DISK log=") {
+            on_disk = Some(index.parse().unwrap());
+        }
     }
+    let on_disk = on_disk.expect("the log on disk, before listening");
     // Read on until the node ends, keeping the latest status.
     let status: Arc<Mutex<Status>> = Arc::default();
     let latest = status.clone();
@@ -291,7 +309,11 @@ fn spawn_node(id: u64, dir: &Path, launch: &Launch, initialize: bool) -> NodePro
             }
         }
     });
-    NodeProcess { child, status }
+    NodeProcess {
+        child,
+        on_disk,
+        status,
+    }
 }
 
 /// A TCP proxy for one link (one node calling one peer) that the test can cut: while cut,
@@ -788,15 +810,21 @@ async fn follower_catches_up() {
     .await;
     let purged = cluster.status(leader).purged;
     cluster.restart(follower);
-    // Entries up to `purged` are in no log any more: applying them takes a snapshot.
+    // Entries from its disk's last up to `purged` are in no log any more: applying them
+    // takes a snapshot.
+    let on_disk = cluster.nodes[&follower].on_disk;
+    assert!(
+        purged > on_disk,
+        "the follower's disk ends at {on_disk}, the leader's log after {purged}"
+    );
     until(
         "the follower caught up",
         || cluster.status(follower),
-        |status| status.applied >= purged && status.snapshot > had,
+        |status| status.applied >= purged && status.snapshot >= purged,
     )
     .await;
     println!(
-        "the follower had {had}, the leader's log began after {purged}, it caught up to {:?}",
+        "the follower's log ended at {on_disk}, the leader's began after {purged}, it caught up to {:?}",
         cluster.status(follower)
     );
     submitting.await.unwrap();
