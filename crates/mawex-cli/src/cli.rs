@@ -597,10 +597,11 @@ pub struct TreeArgs {
     /// Where the command runs.
     #[arg(long, value_enum, default_value = "source")]
     pub on: RunOn,
-    /// `{source}` for the hosts of the first wave, whose parent is this machine (their
-    /// command runs here, with `sh -c`).
-    #[arg(long, default_value = "localhost")]
-    pub origin: String,
+    /// `{source}` for the hosts of the first wave, whose parent is this machine: with
+    /// `--on source` their command runs here (`sh -c`; default `localhost`); with `--on
+    /// target` it runs on the host, so name this machine as the hosts reach it (required).
+    #[arg(long)]
+    pub origin: Option<String>,
     /// An ssh client configuration file (`ssh -F FILE`).
     #[arg(long)]
     pub ssh_config: Option<PathBuf>,

@@ -579,6 +579,22 @@ impl Config {
                 return bad(key, "must be more than 0".into());
             }
         }
+        if let (Some(default), Some(max)) = (self.worker.default_timeout, self.worker.max_timeout) {
+            if default > max {
+                return bad(
+                    "worker.default_timeout",
+                    "must not be more than worker.max_timeout".into(),
+                );
+            }
+        }
+        if let (Some(default), Some(max)) = (self.worker.default_memory, self.worker.max_memory) {
+            if default > max {
+                return bad(
+                    "worker.default_memory",
+                    "must not be more than worker.max_memory".into(),
+                );
+            }
+        }
         for (name, handler) in &self.worker.handlers {
             let key = |field: &str| format!("worker.handlers.{name}.{field}");
             if handler.argv.is_empty() {

@@ -32,9 +32,23 @@ pub(crate) async fn tree(output: Output, args: TreeArgs) -> Result<(), CliError>
     if args.branches == 0 {
         return Err(CliError::Usage("--branches: at least 1".into()));
     }
-    if args.parallel == 0 {
-        return Err(CliError::Usage("--parallel: at least 1".into()));
+    if !(1..=mawex::pod::MAX_POD_SLOTS).contains(&args.parallel) {
+        return Err(CliError::Usage(format!(
+            "--parallel: 1 to {}",
+            mawex::pod::MAX_POD_SLOTS
+        )));
     }
+    let origin = match (&args.origin, args.on) {
+        (Some(origin), _) => origin.clone(),
+        (None, RunOn::Source) => "localhost".to_owned(),
+        (None, RunOn::Target) => {
+            return Err(CliError::Usage(
+                "--origin: with --on target, the first wave's commands run on the hosts: \
+                 name this machine as they reach it"
+                    .into(),
+            ))
+        }
+    };
     let command = args.command.join(" ");
     let group = GroupName::new("hosts").map_err(|e| CliError::Usage(e.to_string()))?;
     let mut spec = BroadcastSpec::new("tree", group.clone(), STEP)
@@ -58,9 +72,9 @@ pub(crate) async fn tree(output: Output, args: TreeArgs) -> Result<(), CliError>
         .map_err(CliError::serve)?;
     let proxy = master.proxy();
     let ran = if args.dry_run {
-        plan(&proxy, spec, &args, &command, output).await
+        plan(&proxy, spec, &args, &origin, &command, output).await
     } else {
-        run(&master, spec, &args, &command, group, output).await
+        run(&master, spec, &args, &origin, &command, group, output).await
     };
     master.shutdown().await.map_err(CliError::serve)?;
     ran
@@ -81,6 +95,14 @@ fn read_hosts(path: &std::path::Path) -> Result<Vec<String>, CliError> {
         if host.contains(char::is_whitespace) {
             return Err(CliError::Usage(format!(
                 "{} line {}: one host per line, not {host:?}",
+                path.display(),
+                number + 1
+            )));
+        }
+        if let Err(e) = mawex::PodId::new(host) {
+            return Err(CliError::Usage(format!(
+                "{} line {}: {host:?} is not a host name this takes ({e}); for \
+                 `user@host`, give the user in an ssh config (`Host`, `User`)",
                 path.display(),
                 number + 1
             )));
@@ -112,6 +134,7 @@ async fn plan(
     proxy: &impl MasterProxy,
     spec: BroadcastSpec,
     args: &TreeArgs,
+    origin: &str,
     command: &str,
     output: Output,
 ) -> Result<(), CliError> {
@@ -129,7 +152,7 @@ async fn plan(
             let host = t.pod.to_string();
             let parent = match &t.source {
                 Source::Pod(pod) => pod.to_string(),
-                _ => args.origin.clone(),
+                _ => origin.to_owned(),
             };
             let runs_on = match args.on {
                 RunOn::Source => parent.clone(),
@@ -152,6 +175,7 @@ async fn run(
     master: &Master,
     spec: BroadcastSpec,
     args: &TreeArgs,
+    origin: &str,
     command: &str,
     group: GroupName,
     output: Output,
@@ -166,7 +190,7 @@ async fn run(
         options.push(option.clone());
     }
     let mut ssh = SshSandbox::new().with_options(options);
-    ssh.origin_name = args.origin.clone();
+    ssh.origin_name = origin.to_owned();
     let step = match args.on {
         RunOn::Source => SshStep::on_source(command),
         RunOn::Target => SshStep::on_target(command),
@@ -204,7 +228,7 @@ async fn run(
             host: t.pod.to_string(),
             parent: t.source.as_ref().map(|source| match source {
                 Source::Pod(pod) => pod.to_string(),
-                _ => args.origin.clone(),
+                _ => origin.to_owned(),
             }),
             state: state_name(t.state),
             attempts: t.attempts,
