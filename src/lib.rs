@@ -69,8 +69,8 @@ pub use mawex_api::{
     GrpcPodConnector, Limits, ListQuery, MasterProxy, MissedTicks, Outcome, PendingChange, PodId,
     PodView, QueuePosition, RateLimit, RemoteConfig, RemoteMasterProxy, ResultCursor, ResultStream,
     RetryHint, RetryPolicy, ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskError, TaskId,
-    TaskPage, TaskResult, TaskSpec, TaskState, TaskView, Timestamp, MAX_LIST_LIMIT,
-    MAX_LIST_PAGE_BYTES,
+    TaskPage, TaskResult, TaskSpec, TaskState, TaskView, Timestamp, UnknownErrorKind,
+    MAX_LIST_LIMIT, MAX_LIST_PAGE_BYTES,
 };
 pub use mawex_api::{
     BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery, BroadcastSpec,

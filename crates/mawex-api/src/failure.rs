@@ -34,6 +34,68 @@ pub enum ErrorKind {
     LeaseExpired,
 }
 
+impl ErrorKind {
+    /// Every kind.
+    pub const ALL: [ErrorKind; 10] = [
+        ErrorKind::Handler,
+        ErrorKind::Panicked,
+        ErrorKind::UnknownHandler,
+        ErrorKind::TimedOut,
+        ErrorKind::Cancelled,
+        ErrorKind::Crashed,
+        ErrorKind::NonZeroExit,
+        ErrorKind::OutOfMemory,
+        ErrorKind::Sandbox,
+        ErrorKind::LeaseExpired,
+    ];
+
+    /// Its name, as the command line, the REST API and filters spell it: `handler`,
+    /// `panicked`, `unknown-handler`, `timed-out`, `cancelled`, `crashed`,
+    /// `non-zero-exit`, `out-of-memory`, `sandbox`, `lease-expired`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Handler => "handler",
+            ErrorKind::Panicked => "panicked",
+            ErrorKind::UnknownHandler => "unknown-handler",
+            ErrorKind::TimedOut => "timed-out",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::Crashed => "crashed",
+            ErrorKind::NonZeroExit => "non-zero-exit",
+            ErrorKind::OutOfMemory => "out-of-memory",
+            ErrorKind::Sandbox => "sandbox",
+            ErrorKind::LeaseExpired => "lease-expired",
+        }
+    }
+}
+
+/// `text` is not the [`ErrorKind::name`] of a kind (the message lists them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownErrorKind(String);
+
+impl fmt::Display for UnknownErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.name()).collect();
+        write!(f, "{:?} is not an error kind: {}", self.0, names.join(", "))
+    }
+}
+
+impl std::error::Error for UnknownErrorKind {}
+
+impl std::str::FromStr for ErrorKind {
+    type Err = UnknownErrorKind;
+
+    /// A kind by its [`ErrorKind::name`] (`handler-error` is taken for `handler` too).
+    fn from_str(text: &str) -> Result<Self, UnknownErrorKind> {
+        if text == "handler-error" {
+            return Ok(ErrorKind::Handler);
+        }
+        ErrorKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == text)
+            .ok_or_else(|| UnknownErrorKind(text.to_owned()))
+    }
+}
+
 impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

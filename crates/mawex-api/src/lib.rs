@@ -39,7 +39,7 @@ pub use broadcast::{
     BroadcastView, PlannedTarget, Source, Strategy, TargetFilter, TargetState, TargetView,
 };
 pub use error::ApiError;
-pub use failure::{ErrorKind, RetryHint, TaskError, MAX_ERROR_MESSAGE_BYTES};
+pub use failure::{ErrorKind, RetryHint, TaskError, UnknownErrorKind, MAX_ERROR_MESSAGE_BYTES};
 pub use ids::{Attempt, GroupName, PodId, ScheduleName, TaskId};
 pub use proxy::{
     CancelAck, ListQuery, MasterProxy, ResultCursor, ResultStream, SubmitAck, TaskPage,

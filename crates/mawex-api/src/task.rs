@@ -333,12 +333,49 @@ pub enum TaskState {
 }
 
 impl TaskState {
+    /// Every state, in a task's order.
+    pub const ALL: [TaskState; 5] = [
+        TaskState::Pending,
+        TaskState::Running,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Cancelled,
+    ];
+
     /// True for states a task never leaves.
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
             TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled
         )
+    }
+
+    /// Its name, as the command line, the REST API and filters spell it: `pending`,
+    /// `running`, `succeeded`, `failed`, `cancelled`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::str::FromStr for TaskState {
+    type Err = ApiError;
+
+    /// A state by its [`TaskState::name`].
+    fn from_str(text: &str) -> Result<Self, ApiError> {
+        TaskState::ALL
+            .into_iter()
+            .find(|state| state.name() == text)
+            .ok_or_else(|| {
+                ApiError::InvalidArgument(format!(
+                    "{text:?} is not a state: pending, running, succeeded, failed or cancelled"
+                ))
+            })
     }
 }
 
@@ -495,6 +532,22 @@ mod tests {
 
     fn spec() -> TaskSpec {
         TaskSpec::new(GroupName::new("g").unwrap(), "h", vec![1, 2, 3])
+    }
+
+    #[test]
+    fn states_and_error_kinds_are_read_back_by_their_names() {
+        for state in TaskState::ALL {
+            assert_eq!(state.name().parse::<TaskState>(), Ok(state));
+        }
+        assert!(matches!(
+            "done".parse::<TaskState>(),
+            Err(ApiError::InvalidArgument(m)) if m.contains("pending, running")
+        ));
+        for kind in crate::ErrorKind::ALL {
+            assert_eq!(kind.name().parse::<crate::ErrorKind>(), Ok(kind));
+        }
+        let unknown = "oops".parse::<crate::ErrorKind>().unwrap_err().to_string();
+        assert!(unknown.contains("timed-out, cancelled"), "{unknown}");
     }
 
     #[test]

@@ -294,7 +294,7 @@ pub(crate) fn seconds(target: &TargetView, now: Timestamp) -> Option<f64> {
 pub(crate) fn error_text(target: &TargetView) -> Option<String> {
     target.error.as_ref().map(|e| {
         let message = e.message.trim().replace('\n', " / ");
-        format!("{}: {message}", crate::tasks::kind_name(e.kind))
+        format!("{}: {message}", e.kind.name())
     })
 }
 

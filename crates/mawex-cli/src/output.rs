@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use base64::Engine as _;
-use mawex::{Outcome, TaskState, TaskView, Timestamp};
+use mawex::{Outcome, TaskView, Timestamp};
 use serde::Serialize;
 
 use crate::cli::Output;
@@ -153,21 +153,14 @@ impl TaskRow {
     pub fn new(view: &TaskView) -> TaskRow {
         let (output, error) = match view.result.as_ref().map(|r| &r.outcome) {
             Some(Outcome::Succeeded(out)) => (Some(Body::new(out)), None),
-            Some(Outcome::Failed(e)) => (
-                None,
-                Some(format!(
-                    "{}: {}",
-                    crate::tasks::kind_name(e.kind),
-                    e.message
-                )),
-            ),
+            Some(Outcome::Failed(e)) => (None, Some(format!("{}: {}", e.kind.name(), e.message))),
             _ => (None, None),
         };
         TaskRow {
             id: view.spec.id.to_string(),
             group: view.spec.group.to_string(),
             handler: view.spec.handler.clone(),
-            state: state_name(view.state).to_owned(),
+            state: view.state.name().to_owned(),
             attempt: view.attempt.0,
             pod: view.pod.as_ref().map(ToString::to_string),
             submitted_at: time(view.submitted_at),
@@ -211,17 +204,5 @@ impl Rows for TaskRow {
             self.submitted_at.clone(),
             result,
         ]
-    }
-}
-
-/// A state as the binary names it (lower case, as `--state` takes it).
-pub fn state_name(state: TaskState) -> &'static str {
-    match state {
-        TaskState::Pending => "pending",
-        TaskState::Running => "running",
-        TaskState::Succeeded => "succeeded",
-        TaskState::Failed => "failed",
-        TaskState::Cancelled => "cancelled",
-        _ => "unknown",
     }
 }

@@ -15,7 +15,7 @@ use crate::cli::{
     CronAction, FailedAction, FailedArgs, GroupAction, ListArgs, Output, PodAction, SubmitArgs,
 };
 use crate::config::Config;
-use crate::output::{self, state_name, Rows, TaskRow};
+use crate::output::{self, Rows, TaskRow};
 use crate::CliError;
 
 /// Tasks of `submit --batch` sent in one call, each call atomic.
@@ -66,57 +66,15 @@ fn task_id(text: &str) -> Result<TaskId, CliError> {
 }
 
 fn state(text: &str) -> Result<TaskState, CliError> {
-    [
-        TaskState::Pending,
-        TaskState::Running,
-        TaskState::Succeeded,
-        TaskState::Failed,
-        TaskState::Cancelled,
-    ]
-    .into_iter()
-    .find(|s| state_name(*s) == text)
-    .ok_or_else(|| {
-        CliError::Usage(format!(
-            "{text:?} is not a state: pending, running, succeeded, failed or cancelled"
-        ))
+    text.parse().map_err(|e: ApiError| match e {
+        ApiError::InvalidArgument(message) => CliError::Usage(message),
+        other => CliError::Api(other),
     })
 }
 
-/// Every kind of error, by the name `--kind` takes.
-const KINDS: [(&str, ErrorKind); 11] = [
-    ("handler", ErrorKind::Handler),
-    ("panicked", ErrorKind::Panicked),
-    ("unknown-handler", ErrorKind::UnknownHandler),
-    ("timed-out", ErrorKind::TimedOut),
-    ("cancelled", ErrorKind::Cancelled),
-    ("crashed", ErrorKind::Crashed),
-    ("non-zero-exit", ErrorKind::NonZeroExit),
-    ("out-of-memory", ErrorKind::OutOfMemory),
-    ("sandbox", ErrorKind::Sandbox),
-    ("lease-expired", ErrorKind::LeaseExpired),
-    ("handler-error", ErrorKind::Handler),
-];
-
 fn kind(text: &str) -> Result<ErrorKind, CliError> {
-    KINDS
-        .iter()
-        .find(|(name, _)| *name == text)
-        .map(|(_, kind)| *kind)
-        .ok_or_else(|| {
-            let names: Vec<&str> = KINDS.iter().take(10).map(|(name, _)| *name).collect();
-            CliError::Usage(format!(
-                "{text:?} is not an error kind: {}",
-                names.join(", ")
-            ))
-        })
-}
-
-/// The name `--kind` takes for `kind`, as every command prints it.
-pub(crate) fn kind_name(kind: ErrorKind) -> &'static str {
-    KINDS
-        .iter()
-        .find(|(_, k)| *k == kind)
-        .map_or("other", |(name, _)| name)
+    text.parse()
+        .map_err(|e: mawex::UnknownErrorKind| CliError::Usage(e.to_string()))
 }
 
 /// One task of `submit --batch`: a JSON line.
@@ -400,7 +358,7 @@ pub(crate) async fn cancel(config: &Config, id: &str) -> Result<(), CliError> {
     match connect(config)?.cancel(id).await? {
         CancelAck::Cancelled => eprintln!("{id} cancelled"),
         CancelAck::AlreadyFinished(state) => {
-            eprintln!("{id} had already finished: {}", state_name(state));
+            eprintln!("{id} had already finished: {}", state.name());
         }
         _ => {}
     }
@@ -472,7 +430,7 @@ pub(crate) async fn failed(
         .filter(|c| filter.kind.is_none_or(|k| k == c.kind))
         .map(|c| FailedRow {
             group: c.group.to_string(),
-            kind: kind_name(c.kind).to_owned(),
+            kind: c.kind.name().to_owned(),
             count: c.count,
         })
         .collect();

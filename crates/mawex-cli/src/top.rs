@@ -273,7 +273,7 @@ fn draw(frame: &mut Frame, endpoints: &str, snapshot: &Snapshot) {
     let failed_rows = snapshot.failed.iter().map(|f| {
         Row::new(vec![
             f.group.to_string(),
-            crate::tasks::kind_name(f.kind).to_owned(),
+            f.kind.name().to_owned(),
             f.count.to_string(),
         ])
     });
