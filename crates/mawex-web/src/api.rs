@@ -1,0 +1,459 @@
+//! The handlers of `/api/v1` and the OpenAPI document they make up.
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Json;
+use bytes::Bytes;
+use mawex_api::{CancelAck, FailedFilter, ListQuery, PodId, MAX_LIST_LIMIT};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::ErrorAnswer;
+use crate::json::{
+    group, state, task_id, FailedCount, FailedFilterBody, Group, GroupSettingsBody, Matched,
+    NewTask, Pod, Submitted, Task, TaskPage,
+};
+use crate::{AppState, WebConfig, WebError};
+
+/// The most tasks one batch submit takes.
+pub const MAX_BATCH: usize = 10_000;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "mawex",
+        description = "Submit and inspect tasks, groups, pods and the failed queue of a mawex master."
+    ),
+    components(schemas(ErrorAnswer))
+)]
+struct ApiDoc;
+
+pub(crate) fn openapi() -> utoipa::openapi::OpenApi {
+    api_routes().split_for_parts().1
+}
+
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(submit, list_tasks))
+        .routes(routes!(submit_batch))
+        .routes(routes!(get_task))
+        .routes(routes!(cancel_task))
+        .routes(routes!(retry_task))
+        .routes(routes!(failed_summary))
+        .routes(routes!(retry_failed))
+        .routes(routes!(purge_failed))
+        .routes(routes!(list_groups))
+        .routes(routes!(get_group, set_group))
+        .routes(routes!(list_pods))
+        .routes(routes!(drain_pod))
+}
+
+pub(crate) fn router(state: AppState, config: &WebConfig) -> axum::Router {
+    let (api, doc) = api_routes().split_for_parts();
+    let doc = std::sync::Arc::new(doc);
+    api.route(
+        "/api/openapi.json",
+        get(move || {
+            let doc = doc.clone();
+            async move { Json(doc.as_ref().clone()) }
+        }),
+    )
+    .fallback(|| async { WebError::Api(mawex_api::ApiError::NotFound("this path".into())) })
+    .layer(DefaultBodyLimit::max(config.max_body_bytes))
+    .with_state(state)
+}
+
+/// The body as `T`, or a clear error: too large, or not the JSON expected (with where).
+fn body<T: DeserializeOwned>(
+    app: &AppState,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<T, WebError> {
+    let bytes = bytes.map_err(|rejection| match rejection {
+        BytesRejection::FailedToBufferBody(failed)
+            if failed.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+        {
+            WebError::TooLarge(app.max_body_bytes)
+        }
+        other => WebError::BadRequest(other.body_text()),
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| WebError::BadRequest(format!("the body: {e}")))
+}
+
+/// Submits a task.
+#[utoipa::path(
+    post, path = "/api/v1/tasks", tag = "tasks",
+    request_body = NewTask,
+    responses(
+        (status = 200, description = "Accepted (or a repeat of a known id, or a dedup hit)", body = Submitted),
+        (status = 400, description = "Malformed", body = ErrorAnswer),
+        (status = 413, description = "Too large", body = ErrorAnswer),
+    )
+)]
+async fn submit(
+    State(app): State<AppState>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Json<Submitted>, WebError> {
+    let spec = body::<NewTask>(&app, bytes)?.spec()?;
+    Ok(Json(app.proxy.submit(spec).await?.into()))
+}
+
+/// Submits tasks atomically: all are recorded, or none.
+#[utoipa::path(
+    post, path = "/api/v1/tasks/batch", tag = "tasks",
+    request_body = Vec<NewTask>,
+    responses(
+        (status = 200, description = "Accepted, in order", body = Vec<Submitted>),
+        (status = 400, description = "A malformed task (named by its index)", body = ErrorAnswer),
+        (status = 413, description = "Too large", body = ErrorAnswer),
+    )
+)]
+async fn submit_batch(
+    State(app): State<AppState>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Json<Vec<Submitted>>, WebError> {
+    let tasks: Vec<NewTask> = body(&app, bytes)?;
+    if tasks.len() > MAX_BATCH {
+        return Err(WebError::BadRequest(format!(
+            "a batch takes at most {MAX_BATCH} tasks, not {}",
+            tasks.len()
+        )));
+    }
+    let specs = tasks
+        .into_iter()
+        .enumerate()
+        .map(|(i, task)| {
+            task.spec()
+                .map_err(|e| WebError::BadRequest(format!("task {i}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let acks = app.proxy.submit_many(specs).await?;
+    Ok(Json(acks.into_iter().map(Submitted::from).collect()))
+}
+
+/// Filters and page of a task list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ListParams {
+    /// Only tasks of this group.
+    group: Option<String>,
+    /// Only tasks in this state: `pending`, `running`, `succeeded`, `failed`, `cancelled`.
+    state: Option<String>,
+    /// The previous page's `next`.
+    after: Option<String>,
+    /// Page size, 1 to 1,000 (default 100).
+    limit: Option<usize>,
+    /// Include payloads and outputs (default: left out).
+    bodies: Option<bool>,
+}
+
+/// Lists tasks, a page at a time, oldest first.
+#[utoipa::path(
+    get, path = "/api/v1/tasks", tag = "tasks",
+    params(ListParams),
+    responses(
+        (status = 200, body = TaskPage),
+        (status = 400, description = "A bad filter", body = ErrorAnswer),
+    )
+)]
+async fn list_tasks(
+    State(app): State<AppState>,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<TaskPage>, WebError> {
+    let Query(params) = params.map_err(|e| WebError::BadRequest(e.body_text()))?;
+    let mut query = ListQuery::default().limit(params.limit.unwrap_or(100).min(MAX_LIST_LIMIT + 1));
+    if let Some(g) = &params.group {
+        query = query.group(group("group", g)?);
+    }
+    if let Some(s) = &params.state {
+        query = query.state(state(s)?);
+    }
+    if let Some(after) = &params.after {
+        query = query.after(task_id(after)?);
+    }
+    if !params.bodies.unwrap_or(false) {
+        query = query.without_bodies();
+    }
+    query.validate()?;
+    let page = app.proxy.list(query).await?;
+    Ok(Json(TaskPage {
+        tasks: page.tasks.iter().map(Task::from).collect(),
+        next: page.next.map(|id| id.to_string()),
+    }))
+}
+
+/// One task.
+#[utoipa::path(
+    get, path = "/api/v1/tasks/{id}", tag = "tasks",
+    params(("id" = String, Path, description = "The task's id")),
+    responses(
+        (status = 200, body = Task),
+        (status = 400, description = "Not a task id", body = ErrorAnswer),
+        (status = 404, description = "Unknown (or forgotten after its retention)", body = ErrorAnswer),
+    )
+)]
+async fn get_task(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Task>, WebError> {
+    let view = app.proxy.get(task_id(&id)?).await?;
+    Ok(Json(Task::from(&view)))
+}
+
+/// What a cancel did.
+#[derive(Debug, Serialize, ToSchema)]
+struct Cancelled {
+    /// The task was pending or running and is cancelled now.
+    cancelled: bool,
+    /// It had finished already, in this state.
+    already: Option<&'static str>,
+}
+
+/// Cancels a task (a running attempt is stopped).
+#[utoipa::path(
+    post, path = "/api/v1/tasks/{id}/cancel", tag = "tasks",
+    params(("id" = String, Path, description = "The task's id")),
+    responses(
+        (status = 200, body = Cancelled),
+        (status = 400, description = "Not a task id", body = ErrorAnswer),
+        (status = 404, description = "Unknown", body = ErrorAnswer),
+    )
+)]
+async fn cancel_task(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Cancelled>, WebError> {
+    Ok(Json(match app.proxy.cancel(task_id(&id)?).await? {
+        CancelAck::AlreadyFinished(state) => Cancelled {
+            cancelled: false,
+            already: Some(state.name()),
+        },
+        _ => Cancelled {
+            cancelled: true,
+            already: None,
+        },
+    }))
+}
+
+/// Runs a failed task again.
+#[utoipa::path(
+    post, path = "/api/v1/tasks/{id}/retry", tag = "tasks",
+    params(("id" = String, Path, description = "The task's id")),
+    responses(
+        (status = 200, body = Matched),
+        (status = 400, description = "Not a task id", body = ErrorAnswer),
+        (status = 404, description = "Not in the failed queue", body = ErrorAnswer),
+    )
+)]
+async fn retry_task(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Matched>, WebError> {
+    let id = task_id(&id)?;
+    let count = app.proxy.retry_failed(FailedFilter::ids(vec![id])).await?;
+    if count == 0 {
+        return Err(mawex_api::ApiError::NotFound(format!("task {id} in the failed queue")).into());
+    }
+    Ok(Json(Matched {
+        count,
+        dry_run: false,
+    }))
+}
+
+/// The failed queue: how many tasks of each group failed with each kind of error.
+#[utoipa::path(
+    get, path = "/api/v1/failed", tag = "failed",
+    responses((status = 200, body = Vec<FailedCount>))
+)]
+async fn failed_summary(State(app): State<AppState>) -> Result<Json<Vec<FailedCount>>, WebError> {
+    let counts = app.proxy.failed_summary().await?;
+    Ok(Json(
+        counts
+            .iter()
+            .map(|c| FailedCount {
+                group: c.group.to_string(),
+                kind: c.kind.name(),
+                count: c.count,
+            })
+            .collect(),
+    ))
+}
+
+/// How many failed tasks `filter` matches, without acting: from the summary, or by looking
+/// each listed task up.
+async fn count_failed(app: &AppState, filter: &FailedFilter) -> Result<u64, WebError> {
+    if filter.ids.is_empty() {
+        let counts = app.proxy.failed_summary().await?;
+        return Ok(counts
+            .iter()
+            .filter(|c| filter.group.as_ref().is_none_or(|g| *g == c.group))
+            .filter(|c| filter.kind.is_none_or(|k| k == c.kind))
+            .map(|c| c.count)
+            .sum());
+    }
+    let mut count = 0;
+    for id in &filter.ids {
+        let view = match app.proxy.get(*id).await {
+            Ok(view) => view,
+            Err(mawex_api::ApiError::NotFound(_)) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let failed_with = view.result.as_ref().and_then(|r| match &r.outcome {
+            mawex_api::Outcome::Failed(e) => Some(e.kind),
+            _ => None,
+        });
+        let Some(kind) = failed_with else { continue };
+        let group_matches = filter.group.as_ref().is_none_or(|g| *g == view.spec.group);
+        if group_matches && filter.kind.is_none_or(|k| k == kind) {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+/// Runs the failed tasks the filter matches again (all of them, not a page), or, with
+/// `dry_run`, counts them.
+#[utoipa::path(
+    post, path = "/api/v1/failed/retry", tag = "failed",
+    request_body = FailedFilterBody,
+    responses(
+        (status = 200, body = Matched),
+        (status = 400, description = "A bad filter", body = ErrorAnswer),
+    )
+)]
+async fn retry_failed(
+    State(app): State<AppState>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Json<Matched>, WebError> {
+    let body: FailedFilterBody = body(&app, bytes)?;
+    let filter = body.filter()?;
+    let count = if body.dry_run {
+        count_failed(&app, &filter).await?
+    } else {
+        app.proxy.retry_failed(filter).await?
+    };
+    Ok(Json(Matched {
+        count,
+        dry_run: body.dry_run,
+    }))
+}
+
+/// Forgets the failed tasks the filter matches (all of them), or, with `dry_run`, counts
+/// them.
+#[utoipa::path(
+    post, path = "/api/v1/failed/purge", tag = "failed",
+    request_body = FailedFilterBody,
+    responses(
+        (status = 200, body = Matched),
+        (status = 400, description = "A bad filter", body = ErrorAnswer),
+    )
+)]
+async fn purge_failed(
+    State(app): State<AppState>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Json<Matched>, WebError> {
+    let body: FailedFilterBody = body(&app, bytes)?;
+    let filter = body.filter()?;
+    let count = if body.dry_run {
+        count_failed(&app, &filter).await?
+    } else {
+        app.proxy.purge_failed(filter).await?
+    };
+    Ok(Json(Matched {
+        count,
+        dry_run: body.dry_run,
+    }))
+}
+
+/// Every group with tasks or settings.
+#[utoipa::path(
+    get, path = "/api/v1/groups", tag = "groups",
+    responses((status = 200, body = Vec<Group>))
+)]
+async fn list_groups(State(app): State<AppState>) -> Result<Json<Vec<Group>>, WebError> {
+    let groups = app.proxy.list_groups().await?;
+    Ok(Json(groups.iter().map(Group::from).collect()))
+}
+
+/// One group.
+#[utoipa::path(
+    get, path = "/api/v1/groups/{group}", tag = "groups",
+    params(("group" = String, Path, description = "The group's name")),
+    responses(
+        (status = 200, body = Group),
+        (status = 400, description = "Not a group name", body = ErrorAnswer),
+        (status = 404, description = "A group with no tasks and no settings", body = ErrorAnswer),
+    )
+)]
+async fn get_group(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Group>, WebError> {
+    let name = group("group", &name)?;
+    let groups = app.proxy.list_groups().await?;
+    groups
+        .iter()
+        .find(|g| g.group == name)
+        .map(|g| Json(Group::from(g)))
+        .ok_or_else(|| mawex_api::ApiError::NotFound(format!("group {name}")).into())
+}
+
+/// Sets a group's settings (all of them: a field left out is off).
+#[utoipa::path(
+    put, path = "/api/v1/groups/{group}", tag = "groups",
+    params(("group" = String, Path, description = "The group's name")),
+    request_body = GroupSettingsBody,
+    responses(
+        (status = 200, body = GroupSettingsBody),
+        (status = 400, description = "Not a group name, or a setting out of bounds", body = ErrorAnswer),
+    )
+)]
+async fn set_group(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Json<GroupSettingsBody>, WebError> {
+    let name = group("group", &name)?;
+    let settings: GroupSettingsBody = body(&app, bytes)?;
+    app.proxy
+        .configure_group(name, settings.settings()?)
+        .await?;
+    Ok(Json(settings))
+}
+
+/// The pods connected now.
+#[utoipa::path(
+    get, path = "/api/v1/pods", tag = "pods",
+    responses((status = 200, body = Vec<Pod>))
+)]
+async fn list_pods(State(app): State<AppState>) -> Result<Json<Vec<Pod>>, WebError> {
+    let pods = app.proxy.list_pods().await?;
+    Ok(Json(pods.iter().map(Pod::from).collect()))
+}
+
+/// Gives a pod no new work until it restarts: its queued leases go back, what runs finishes.
+#[utoipa::path(
+    post, path = "/api/v1/pods/{id}/drain", tag = "pods",
+    params(("id" = String, Path, description = "The pod's id")),
+    responses(
+        (status = 204, description = "Draining"),
+        (status = 400, description = "Not a pod id", body = ErrorAnswer),
+        (status = 404, description = "Not connected", body = ErrorAnswer),
+    )
+)]
+async fn drain_pod(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, WebError> {
+    let pod = PodId::new(&id).map_err(|e| WebError::BadRequest(format!("{id:?}: {e}")))?;
+    if app.proxy.drain_pod(pod.clone()).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(mawex_api::ApiError::NotFound(format!("pod {pod}")).into())
+    }
+}

@@ -1,0 +1,513 @@
+//! The JSON of the API: what it takes and what it answers. Bytes (payloads, outputs) are a
+//! string when they are UTF-8 text, else `{"base64": "…"}`; times are RFC 3339 in UTC;
+//! durations are milliseconds.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use mawex_api::{
+    ErrorKind, FailedFilter, GroupName, GroupSettings, GroupView, Limits, Outcome, PodView,
+    RateLimit, RetryPolicy, TaskId, TaskSpec, TaskState, TaskView, Timestamp,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::WebError;
+
+/// Bytes: text when they are UTF-8, else base64.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Body {
+    /// UTF-8 text.
+    Text(String),
+    /// Any bytes.
+    Binary {
+        /// The bytes, base64 (standard alphabet, padded).
+        base64: String,
+    },
+}
+
+impl Body {
+    /// `bytes` as a body.
+    pub fn new(bytes: &[u8]) -> Body {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Body::Text(text.to_owned()),
+            Err(_) => Body::Binary {
+                base64: base64::engine::general_purpose::STANDARD.encode(bytes),
+            },
+        }
+    }
+
+    fn into_bytes(self, field: &str) -> Result<Bytes, WebError> {
+        match self {
+            Body::Text(text) => Ok(Bytes::from(text)),
+            Body::Binary { base64 } => base64::engine::general_purpose::STANDARD
+                .decode(base64)
+                .map(Bytes::from)
+                .map_err(|e| WebError::BadRequest(format!("{field}: not base64: {e}"))),
+        }
+    }
+}
+
+/// RFC 3339 in UTC, to the millisecond.
+pub(crate) fn time(t: Timestamp) -> String {
+    humantime::format_rfc3339_millis(t.into()).to_string()
+}
+
+fn parse_time(field: &str, text: &str) -> Result<Timestamp, WebError> {
+    humantime::parse_rfc3339_weak(text)
+        .map(Timestamp::from)
+        .map_err(|e| {
+            WebError::BadRequest(format!("{field}: {text:?} is not an RFC 3339 time: {e}"))
+        })
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+pub(crate) fn task_id(text: &str) -> Result<TaskId, WebError> {
+    text.parse()
+        .map_err(|e| WebError::BadRequest(format!("{text:?} is not a task id: {e}")))
+}
+
+pub(crate) fn group(field: &str, text: &str) -> Result<GroupName, WebError> {
+    GroupName::new(text).map_err(|e| WebError::BadRequest(format!("{field}: {text:?}: {e}")))
+}
+
+pub(crate) fn state(text: &str) -> Result<TaskState, WebError> {
+    text.parse()
+        .map_err(|e| WebError::BadRequest(format!("state: {e}")))
+}
+
+pub(crate) fn kind(text: &str) -> Result<ErrorKind, WebError> {
+    text.parse()
+        .map_err(|e| WebError::BadRequest(format!("kind: {e}")))
+}
+
+/// An error as the API shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Its kind: `handler`, `panicked`, `unknown-handler`, `timed-out`, `cancelled`,
+    /// `crashed`, `non-zero-exit`, `out-of-memory`, `sandbox`, `lease-expired`.
+    pub kind: &'static str,
+    /// What the handler or the sandbox said.
+    pub message: String,
+}
+
+impl From<&mawex_api::TaskError> for ErrorBody {
+    fn from(e: &mawex_api::TaskError) -> Self {
+        ErrorBody {
+            kind: e.kind.name(),
+            message: e.message.clone(),
+        }
+    }
+}
+
+/// A failed attempt.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Failure {
+    /// Which attempt (from 1).
+    pub attempt: u32,
+    /// How it failed.
+    pub error: ErrorBody,
+    /// When.
+    pub at: String,
+}
+
+/// A task.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Task {
+    /// Its id.
+    pub id: String,
+    /// Its consumer group.
+    pub group: String,
+    /// The handler that runs it.
+    pub handler: String,
+    /// `pending`, `running`, `succeeded`, `failed` or `cancelled`.
+    pub state: &'static str,
+    /// Higher runs first.
+    pub priority: i32,
+    /// The current (or last) attempt, from 1; 0 before the first.
+    pub attempt: u32,
+    /// The pod running it.
+    pub pod: Option<String>,
+    /// Its input (empty in lists unless `bodies=true`).
+    pub payload: Body,
+    /// When it was submitted.
+    pub submitted_at: String,
+    /// When its current attempt started.
+    pub started_at: Option<String>,
+    /// Not before this time (delayed, or waiting to be retried).
+    pub not_before: Option<String>,
+    /// When it finished.
+    pub finished_at: Option<String>,
+    /// Its output, once it succeeded.
+    pub output: Option<Body>,
+    /// Its error, once it failed.
+    pub error: Option<ErrorBody>,
+    /// Every failed attempt.
+    pub failures: Vec<Failure>,
+    /// Its deduplication key.
+    pub dedup_key: Option<String>,
+    /// Its fair-queueing key.
+    pub fairness_key: Option<String>,
+    /// An estimate of the time until it starts, in milliseconds (pending tasks).
+    pub eta_ms: Option<u64>,
+}
+
+impl From<&TaskView> for Task {
+    fn from(v: &TaskView) -> Self {
+        let (finished_at, output, error) = match &v.result {
+            Some(result) => {
+                let (output, error) = match &result.outcome {
+                    Outcome::Succeeded(bytes) => (Some(Body::new(bytes)), None),
+                    Outcome::Failed(e) => (None, Some(ErrorBody::from(e))),
+                    _ => (None, None),
+                };
+                (Some(time(result.finished_at)), output, error)
+            }
+            None => (None, None, None),
+        };
+        Task {
+            id: v.spec.id.to_string(),
+            group: v.spec.group.to_string(),
+            handler: v.spec.handler.clone(),
+            state: v.state.name(),
+            priority: v.spec.priority,
+            attempt: v.attempt.0,
+            pod: v.pod.as_ref().map(ToString::to_string),
+            payload: Body::new(&v.spec.payload),
+            submitted_at: time(v.submitted_at),
+            started_at: v.started_at.map(time),
+            not_before: v.not_before.map(time),
+            finished_at,
+            output,
+            error,
+            failures: v
+                .failures
+                .iter()
+                .map(|f| Failure {
+                    attempt: f.attempt.0,
+                    error: ErrorBody::from(&f.error),
+                    at: time(f.at),
+                })
+                .collect(),
+            dedup_key: v.spec.dedup.as_ref().map(|d| d.key.clone()),
+            fairness_key: v.spec.fairness_key.clone(),
+            eta_ms: v.eta.map(millis),
+        }
+    }
+}
+
+/// A task to submit.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTask {
+    /// Its id (a UUIDv7); resubmitting the same id is harmless. Default: a fresh one.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Its consumer group.
+    pub group: String,
+    /// The handler that runs it.
+    pub handler: String,
+    /// Its input (default: empty).
+    #[serde(default)]
+    pub payload: Option<Body>,
+    /// Higher runs first (default 0).
+    #[serde(default)]
+    pub priority: i32,
+    /// Not before this time (RFC 3339).
+    #[serde(default)]
+    pub run_at: Option<String>,
+    /// Not before this many milliseconds from now.
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    /// A submit with the key of a live or recent task returns that task.
+    #[serde(default)]
+    pub dedup_key: Option<String>,
+    /// How long after it finished a task still counts for its dedup key (default 1 hour).
+    #[serde(default)]
+    pub dedup_window_ms: Option<u64>,
+    /// Attempts in all (default: the group's or the master's policy).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Tasks of different keys take turns within the group.
+    #[serde(default)]
+    pub fairness_key: Option<String>,
+    /// Time limit of each attempt, in milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+impl NewTask {
+    /// The spec, checked as far as the web side can (the master checks the rest).
+    pub(crate) fn spec(self) -> Result<TaskSpec, WebError> {
+        let payload = match self.payload {
+            Some(body) => body.into_bytes("payload")?,
+            None => Bytes::new(),
+        };
+        let mut spec = TaskSpec::new(group("group", &self.group)?, self.handler, payload)
+            .with_priority(self.priority);
+        if let Some(id) = &self.id {
+            spec = spec.with_id(task_id(id)?);
+        }
+        match (&self.run_at, self.delay_ms) {
+            (Some(_), Some(_)) => {
+                return Err(WebError::BadRequest(
+                    "run_at and delay_ms: give one, not both".into(),
+                ))
+            }
+            (Some(at), None) => spec = spec.with_run_at(parse_time("run_at", at)?),
+            (None, Some(delay)) => {
+                spec = spec.with_run_at(Timestamp::after(Duration::from_millis(delay)));
+            }
+            (None, None) => {}
+        }
+        if let Some(key) = self.dedup_key {
+            let window = Duration::from_millis(self.dedup_window_ms.unwrap_or(3_600_000));
+            spec = spec.with_dedup(key, window);
+        } else if self.dedup_window_ms.is_some() {
+            return Err(WebError::BadRequest(
+                "dedup_window_ms: only with a dedup_key".into(),
+            ));
+        }
+        if let Some(attempts) = self.max_attempts {
+            spec = spec.with_retry(RetryPolicy::new(attempts));
+        }
+        if let Some(key) = self.fairness_key {
+            spec = spec.with_fairness_key(key);
+        }
+        if let Some(timeout) = self.timeout_ms {
+            spec = spec.with_limits(Limits::default().with_timeout(Duration::from_millis(timeout)));
+        }
+        // Every field but the payload's size, which is the master's to judge.
+        spec.validate(usize::MAX)?;
+        Ok(spec)
+    }
+}
+
+/// The answer to a submit.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Submitted {
+    /// The task that stands for the submit: its own, or the earlier task of its dedup key.
+    pub id: String,
+    /// A new task was recorded (false for a repeat of a known id, or a dedup hit).
+    pub created: bool,
+    /// Its dedup key matched a live or recent task, whose id this is.
+    pub deduplicated: bool,
+}
+
+impl From<mawex_api::SubmitAck> for Submitted {
+    fn from(ack: mawex_api::SubmitAck) -> Self {
+        Submitted {
+            id: ack.id.to_string(),
+            created: ack.created,
+            deduplicated: ack.deduplicated,
+        }
+    }
+}
+
+/// One page of tasks.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TaskPage {
+    /// The tasks, oldest first.
+    pub tasks: Vec<Task>,
+    /// Pass as `after` for the next page; absent on the last.
+    pub next: Option<String>,
+}
+
+/// How many tasks of a group failed with a kind of error.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FailedCount {
+    /// The group.
+    pub group: String,
+    /// The kind of their last error.
+    pub kind: &'static str,
+    /// How many.
+    pub count: u64,
+}
+
+/// Which tasks of the failed queue a retry or a purge acts on: all that match every field
+/// given.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailedFilterBody {
+    /// Only these tasks.
+    #[serde(default)]
+    pub ids: Vec<String>,
+    /// Only tasks of this group.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Only tasks whose last error is of this kind.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Count what matches and do nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+impl FailedFilterBody {
+    pub(crate) fn filter(&self) -> Result<FailedFilter, WebError> {
+        let ids = self
+            .ids
+            .iter()
+            .map(|id| task_id(id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut filter = FailedFilter::ids(ids);
+        if let Some(g) = &self.group {
+            filter = filter.group(group("group", g)?);
+        }
+        if let Some(k) = &self.kind {
+            filter = filter.kind(kind(k)?);
+        }
+        Ok(filter)
+    }
+}
+
+/// How many tasks an action matched (and acted on, unless it was a dry run).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Matched {
+    /// How many matched.
+    pub count: u64,
+    /// Nothing was done: a dry run.
+    pub dry_run: bool,
+}
+
+/// A group's settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSettingsBody {
+    /// Its tasks are accepted and wait; none starts.
+    #[serde(default)]
+    pub paused: bool,
+    /// At most this many run at once, across all pods.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    /// At most this many start a second, on average.
+    #[serde(default)]
+    pub rate_per_second: Option<u32>,
+    /// Starts allowed at once after a quiet spell (default: `rate_per_second`).
+    #[serde(default)]
+    pub rate_burst: Option<u32>,
+    /// Attempts in all for its tasks that name no policy of their own.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+}
+
+impl From<&GroupSettings> for GroupSettingsBody {
+    fn from(s: &GroupSettings) -> Self {
+        GroupSettingsBody {
+            paused: s.paused,
+            max_concurrency: s.max_concurrency,
+            rate_per_second: s.rate.as_ref().map(|r| r.per_second),
+            rate_burst: s.rate.as_ref().map(|r| r.burst),
+            max_attempts: s.retry.as_ref().map(|r| r.max_attempts),
+        }
+    }
+}
+
+impl GroupSettingsBody {
+    pub(crate) fn settings(&self) -> Result<GroupSettings, WebError> {
+        if self.rate_burst.is_some() && self.rate_per_second.is_none() {
+            return Err(WebError::BadRequest(
+                "rate_burst: only with rate_per_second".into(),
+            ));
+        }
+        let settings = GroupSettings::default()
+            .with_paused(self.paused)
+            .with_max_concurrency(self.max_concurrency)
+            .with_rate(
+                self.rate_per_second
+                    .map(|rate| RateLimit::new(rate, self.rate_burst.unwrap_or(rate))),
+            )
+            .with_retry(self.max_attempts.map(RetryPolicy::new));
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
+/// A group: its tasks by state and its settings.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Group {
+    /// Its name.
+    pub group: String,
+    /// Tasks waiting.
+    pub pending: u64,
+    /// Tasks running.
+    pub running: u64,
+    /// Retained tasks that succeeded.
+    pub succeeded: u64,
+    /// Retained tasks that failed.
+    pub failed: u64,
+    /// Retained tasks that were cancelled.
+    pub cancelled: u64,
+    /// Its settings.
+    pub settings: GroupSettingsBody,
+    /// Recent mean run time, in milliseconds.
+    pub mean_run_time_ms: Option<u64>,
+}
+
+impl From<&GroupView> for Group {
+    fn from(g: &GroupView) -> Self {
+        Group {
+            group: g.group.to_string(),
+            pending: g.pending,
+            running: g.running,
+            succeeded: g.succeeded,
+            failed: g.failed,
+            cancelled: g.cancelled,
+            settings: GroupSettingsBody::from(&g.settings),
+            mean_run_time_ms: g.mean_run_time.map(millis),
+        }
+    }
+}
+
+/// A connected pod.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Pod {
+    /// Its id.
+    pub id: String,
+    /// The groups it serves.
+    pub groups: Vec<String>,
+    /// Attempts it runs at once.
+    pub slots: u32,
+    /// Attempts running now.
+    pub running: u32,
+    /// Leases it holds (running and queued).
+    pub held: u32,
+    /// Its labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Where other pods reach it.
+    pub address: Option<String>,
+    /// CPU use, in thousandths of a core.
+    pub cpu_permille: u32,
+    /// Memory use, in bytes.
+    pub memory_bytes: u64,
+    /// When it connected.
+    pub connected_at: String,
+    /// When it was last heard.
+    pub last_heartbeat: String,
+    /// It takes no new work.
+    pub draining: bool,
+}
+
+impl From<&PodView> for Pod {
+    fn from(p: &PodView) -> Self {
+        Pod {
+            id: p.id.to_string(),
+            groups: p.groups.iter().map(ToString::to_string).collect(),
+            slots: p.slots,
+            running: p.running,
+            held: p.held,
+            labels: p.labels.clone(),
+            address: p.address.clone(),
+            cpu_permille: p.cpu_permille,
+            memory_bytes: p.memory_bytes,
+            connected_at: time(p.connected_at),
+            last_heartbeat: time(p.last_heartbeat),
+            draining: p.draining,
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! The HTTP side of the mawex dashboard: a REST/JSON API under `/api/v1`, described by an
+//! OpenAPI document at `/api/openapi.json` (derived from the handlers and their types), over
+//! any [`MasterProxy`]: an embedded master's `LocalMasterProxy`, or a `RemoteMasterProxy`
+//! of a master elsewhere. Any HTTP client can enqueue and inspect work with it.
+//!
+//! [`router`] is an [`axum::Router`] to serve as it is or to mount in an application's own:
+//!
+//! ```no_run
+//! # async fn serve(proxy: std::sync::Arc<dyn mawex_api::MasterProxy>) -> std::io::Result<()> {
+//! let app = axum::Router::new().merge(mawex_web::router(proxy, mawex_web::WebConfig::default()));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
+//!
+//! Every error answers with its HTTP status and a JSON body naming it:
+//! `{"error": {"code": "not_found", "message": "task 0190… not found"}}` (see [`WebError`]).
+
+mod api;
+mod error;
+mod json;
+
+use std::sync::Arc;
+
+use mawex_api::MasterProxy;
+
+pub use api::MAX_BATCH;
+pub use error::{ErrorAnswer, ErrorDetail, WebError};
+pub use json::{
+    Body, ErrorBody, FailedCount, FailedFilterBody, Failure, Group, GroupSettingsBody, Matched,
+    NewTask, Pod, Submitted, Task, TaskPage,
+};
+
+/// How the web side serves.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WebConfig {
+    /// The largest request body accepted (a batch of submits, say); a larger one is refused
+    /// with 413 before it is read whole.
+    pub max_body_bytes: usize,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            max_body_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// What every handler reaches.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) proxy: Arc<dyn MasterProxy>,
+    /// `WebConfig::max_body_bytes`, for the error that names it.
+    pub(crate) max_body_bytes: usize,
+}
+
+/// The API (`/api/v1/…`) and its OpenAPI document (`/api/openapi.json`) over `proxy`.
+pub fn router(proxy: Arc<dyn MasterProxy>, config: WebConfig) -> axum::Router {
+    let state = AppState {
+        proxy,
+        max_body_bytes: config.max_body_bytes,
+    };
+    api::router(state, &config)
+}
+
+/// The OpenAPI document of the API, as `/api/openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api::openapi()
+}

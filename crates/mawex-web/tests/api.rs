@@ -1,0 +1,518 @@
+//! Every endpoint of `/api/v1` against an embedded master with a pod, through the router as
+//! a server would call it: what each answers, and the clear JSON error (with its status) of
+//! each kind of bad input.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use mawex::{
+    GroupName, HandlerError, HandlerRegistry, InProcess, Master, MasterProxy, MemoryJournal, Pod,
+    PodConfig, PodId, TaskInput,
+};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+/// A master in memory with one pod (`echo` answers its payload, `fail` fails for good,
+/// `sleep` waits as many milliseconds as its payload says), and the API over it.
+struct Fixture {
+    master: Master,
+    pod: Pod,
+    app: axum::Router,
+}
+
+impl Fixture {
+    async fn start(config: mawex_web::WebConfig) -> Fixture {
+        let master = Master::builder().start(MemoryJournal::new()).await.unwrap();
+        let mut handlers = HandlerRegistry::new();
+        handlers
+            .register("echo", |t: TaskInput| async move { Ok(t.payload) })
+            .unwrap()
+            .register("fail", |_t: TaskInput| async move {
+                Err(HandlerError::permanent("it broke"))
+            })
+            .unwrap()
+            .register("sleep", |t: TaskInput| async move {
+                let ms: u64 = std::str::from_utf8(&t.payload).unwrap().parse().unwrap();
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(t.payload)
+            })
+            .unwrap();
+        let pod = Pod::start(
+            PodConfig::new(
+                PodId::new("pod-1").unwrap(),
+                vec![group("web"), group("other")],
+            )
+            .with_slots(2)
+            .with_prefetch(0),
+            Arc::new(InProcess::new(handlers)),
+            Arc::new(master.pod_connector()),
+        )
+        .unwrap();
+        let proxy: Arc<dyn MasterProxy> = Arc::new(master.proxy());
+        let app = mawex_web::router(proxy, config);
+        Fixture { master, pod, app }
+    }
+
+    /// `method path` with `body` (raw bytes): the status and the JSON answer (Null if none).
+    async fn call(&self, method: Method, path: &str, body: impl Into<Body>) -> (StatusCode, Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(body.into())
+            .unwrap();
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {bytes:?}"))
+        };
+        (status, value)
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Body::empty()).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, body.to_string()).await
+    }
+
+    /// Waits until task `id` is in `state`.
+    async fn until_state(&self, id: &str, state: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, task) = self.get(&format!("/api/v1/tasks/{id}")).await;
+            assert_eq!(status, StatusCode::OK, "{task}");
+            if task["state"] == state {
+                return task;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id} never {state}: {task}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.pod.shutdown().await.unwrap();
+        self.master.shutdown().await.unwrap();
+    }
+}
+
+fn group(name: &str) -> GroupName {
+    GroupName::new(name).unwrap()
+}
+
+/// An error answer: `status`, and a body `{"error": {"code": code, "message": …}}` whose
+/// message contains `needle`.
+#[track_caller]
+fn refused(answer: (StatusCode, Value), status: StatusCode, code: &str, needle: &str) {
+    let (got, body) = answer;
+    assert_eq!(got, status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_are_submitted_read_listed_and_cancelled() {
+    let f = Fixture::start(mawex_web::WebConfig::default()).await;
+
+    // One task, run by the pod.
+    let (status, submitted) = f
+        .post(
+            "/api/v1/tasks",
+            json!({"group": "web", "handler": "echo", "payload": "hello"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{submitted}");
+    assert_eq!(submitted["created"], true);
+    let id = submitted["id"].as_str().unwrap().to_owned();
+    let done = f.until_state(&id, "succeeded").await;
+    assert_eq!(done["output"], "hello");
+    assert_eq!(done["group"], "web");
+    assert_eq!(done["attempt"], 1);
+    assert!(done["finished_at"].as_str().unwrap().ends_with('Z'));
+
+    // Binary payloads go as base64; an id given twice is a harmless repeat.
+    let chosen = "01900000-0000-7000-8000-000000000001";
+    let binary =
+        json!({"id": chosen, "group": "web", "handler": "echo", "payload": {"base64": "AP8="}});
+    assert_eq!(
+        f.post("/api/v1/tasks", binary.clone()).await.1["created"],
+        true
+    );
+    assert_eq!(f.post("/api/v1/tasks", binary).await.1["created"], false);
+    let echoed = f.until_state(chosen, "succeeded").await;
+    assert_eq!(echoed["output"], json!({"base64": "AP8="}));
+
+    // A batch: all or none, the bad task named by its index.
+    let (status, acks) = f
+        .post(
+            "/api/v1/tasks/batch",
+            json!([
+                {"group": "web", "handler": "echo", "payload": "a"},
+                {"group": "web", "handler": "echo", "payload": "b", "priority": 5},
+                {"group": "other", "handler": "echo"}
+            ]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{acks}");
+    assert_eq!(acks.as_array().unwrap().len(), 3);
+    refused(
+        f.post(
+            "/api/v1/tasks/batch",
+            json!([{"group": "web", "handler": "echo"}, {"group": "bad group", "handler": "echo"}]),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "task 1: group",
+    );
+
+    // Lists: by group, by state, in pages.
+    for ack in acks.as_array().unwrap() {
+        f.until_state(ack["id"].as_str().unwrap(), "succeeded")
+            .await;
+    }
+    let (status, page) = f
+        .get("/api/v1/tasks?group=web&state=succeeded&limit=2")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["tasks"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        page["tasks"][0]["payload"], "",
+        "bodies are left out of lists by default"
+    );
+    let next = page["next"].as_str().unwrap();
+    let (_, rest) = f
+        .get(&format!(
+            "/api/v1/tasks?group=web&state=succeeded&limit=10&after={next}&bodies=true"
+        ))
+        .await;
+    assert_eq!(rest["tasks"].as_array().unwrap().len(), 2, "{rest}");
+    assert!(rest["next"].is_null());
+    assert!(rest["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["output"].is_string()));
+    let (_, other) = f.get("/api/v1/tasks?group=other").await;
+    assert_eq!(other["tasks"].as_array().unwrap().len(), 1);
+
+    // Cancel: a delayed task is cancelled (again: still cancelled); a finished one says so.
+    let (_, later) = f
+        .post(
+            "/api/v1/tasks",
+            json!({"group": "web", "handler": "echo", "delay_ms": 60000}),
+        )
+        .await;
+    let later = later["id"].as_str().unwrap().to_owned();
+    let (status, cancelled) = f
+        .post(&format!("/api/v1/tasks/{later}/cancel"), json!({}))
+        .await;
+    assert_eq!(
+        (status, cancelled["cancelled"].clone()),
+        (StatusCode::OK, json!(true))
+    );
+    let (_, again) = f
+        .post(&format!("/api/v1/tasks/{later}/cancel"), json!({}))
+        .await;
+    assert_eq!(
+        again["cancelled"], true,
+        "a repeated cancel is harmless: {again}"
+    );
+    f.until_state(&later, "cancelled").await;
+    let (_, finished) = f
+        .post(&format!("/api/v1/tasks/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(
+        finished,
+        json!({"cancelled": false, "already": "succeeded"})
+    );
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_json_error_with_the_right_status() {
+    let mut config = mawex_web::WebConfig::default();
+    config.max_body_bytes = 1024;
+    let f = Fixture::start(config).await;
+    let raw = |body: &'static str| f.call(Method::POST, "/api/v1/tasks", body);
+
+    refused(
+        raw("{").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "the body: EOF",
+    );
+    refused(
+        raw(r#"{"group": "web", "handler": "echo", "colour": "red"}"#).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "unknown field `colour`",
+    );
+    refused(
+        raw(r#"{"group": "web"}"#).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "missing field `handler`",
+    );
+    refused(
+        f.post(
+            "/api/v1/tasks",
+            json!({"group": "no spaces", "handler": "echo"}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "group",
+    );
+    refused(
+        f.post(
+            "/api/v1/tasks",
+            json!({"id": "nope", "group": "web", "handler": "echo"}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "\"nope\" is not a task id",
+    );
+    refused(
+        f.post(
+            "/api/v1/tasks",
+            json!({"group": "web", "handler": "echo", "payload": {"base64": "***"}}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "payload: not base64",
+    );
+    refused(
+        f.post("/api/v1/tasks", json!({"group": "web", "handler": "echo", "delay_ms": 5, "run_at": "2030-01-01T00:00:00Z"}))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "give one, not both",
+    );
+    let big = json!({"group": "web", "handler": "echo", "payload": "x".repeat(4096)});
+    refused(
+        f.post("/api/v1/tasks", big).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        "larger than 1024 bytes",
+    );
+    refused(
+        f.get("/api/v1/tasks/not-an-id").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "is not a task id",
+    );
+    refused(
+        f.get("/api/v1/tasks/01900000-0000-7000-8000-00000000abcd")
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "not found",
+    );
+    refused(
+        f.get("/api/v1/tasks?state=done").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "is not a state",
+    );
+    refused(
+        f.get("/api/v1/tasks?limit=0").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "limit",
+    );
+    refused(
+        f.get("/api/v1/tasks?limit=many").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "limit",
+    );
+    refused(
+        f.get("/api/v1/tasks?colour=red").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "colour",
+    );
+    refused(
+        f.get("/api/v1/nothing/here").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "this path",
+    );
+    refused(
+        f.get("/api/v1/groups/unknown-group").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "group unknown-group",
+    );
+    refused(
+        f.call(Method::PUT, "/api/v1/groups/web", r#"{"rate_burst": 5}"#)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "rate_burst: only with rate_per_second",
+    );
+    refused(
+        f.post("/api/v1/pods/nobody/drain", json!({})).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "pod nobody",
+    );
+    refused(
+        f.post("/api/v1/pods/bad%20id/drain", json!({})).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "bad id",
+    );
+    refused(
+        f.post("/api/v1/failed/retry", json!({"kind": "boom"}))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "is not an error kind",
+    );
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_failed_queue_groups_and_pods_are_read_and_steered() {
+    let f = Fixture::start(mawex_web::WebConfig::default()).await;
+    let batch: Vec<Value> = (0..3)
+        .map(|_| json!({"group": "web", "handler": "fail", "max_attempts": 1}))
+        .collect();
+    let (_, acks) = f.post("/api/v1/tasks/batch", Value::Array(batch)).await;
+    let ids: Vec<String> = acks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect();
+    for id in &ids {
+        let failed = f.until_state(id, "failed").await;
+        assert_eq!(failed["error"]["kind"], "handler", "{failed}");
+        assert_eq!(failed["error"]["message"], "it broke");
+    }
+    let (status, summary) = f.get("/api/v1/failed").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        summary,
+        json!([{"group": "web", "kind": "handler", "count": 3}])
+    );
+
+    // The count first, then the act, on everything the filter matches.
+    let (_, counted) = f
+        .post(
+            "/api/v1/failed/retry",
+            json!({"group": "web", "kind": "handler", "dry_run": true}),
+        )
+        .await;
+    assert_eq!(counted, json!({"count": 3, "dry_run": true}));
+    let (_, counted) = f
+        .post(
+            "/api/v1/failed/purge",
+            json!({"ids": [ids[0]], "dry_run": true}),
+        )
+        .await;
+    assert_eq!(counted["count"], 1);
+    let (_, retried) = f
+        .post(&format!("/api/v1/tasks/{}/retry", ids[0]), json!({}))
+        .await;
+    assert_eq!(retried["count"], 1);
+    f.until_state(&ids[0], "failed").await;
+    refused(
+        f.post(
+            &format!("/api/v1/tasks/{}/retry", ids[0].replace('0', "1")),
+            json!({}),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "in the failed queue",
+    );
+    let (_, purged) = f
+        .post("/api/v1/failed/purge", json!({"group": "web"}))
+        .await;
+    assert_eq!(purged, json!({"count": 3, "dry_run": false}));
+    assert_eq!(f.get("/api/v1/failed").await.1, json!([]));
+
+    // Groups: listed, set, read back.
+    let (status, set) = f
+        .call(
+            Method::PUT,
+            "/api/v1/groups/web",
+            r#"{"paused": true, "max_concurrency": 3, "rate_per_second": 10}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{set}");
+    let (_, web) = f.get("/api/v1/groups/web").await;
+    assert_eq!(web["settings"]["paused"], true, "{web}");
+    assert_eq!(web["settings"]["max_concurrency"], 3);
+    assert_eq!(web["settings"]["rate_burst"], 10);
+    let (_, groups) = f.get("/api/v1/groups").await;
+    assert!(groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|g| g["group"] == "web"));
+
+    // Pods: listed, drained.
+    let (_, pods) = f.get("/api/v1/pods").await;
+    assert_eq!(pods[0]["id"], "pod-1", "{pods}");
+    assert_eq!(pods[0]["slots"], 2);
+    let (status, _) = f.post("/api/v1/pods/pod-1/drain", json!({})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(f.get("/api/v1/pods").await.1[0]["draining"], true);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_every_endpoint() {
+    let f = Fixture::start(mawex_web::WebConfig::default()).await;
+    let (status, doc) = f.get("/api/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/api/v1/tasks", "post"),
+        ("/api/v1/tasks", "get"),
+        ("/api/v1/tasks/batch", "post"),
+        ("/api/v1/tasks/{id}", "get"),
+        ("/api/v1/tasks/{id}/cancel", "post"),
+        ("/api/v1/tasks/{id}/retry", "post"),
+        ("/api/v1/failed", "get"),
+        ("/api/v1/failed/retry", "post"),
+        ("/api/v1/failed/purge", "post"),
+        ("/api/v1/groups", "get"),
+        ("/api/v1/groups/{group}", "get"),
+        ("/api/v1/groups/{group}", "put"),
+        ("/api/v1/pods", "get"),
+        ("/api/v1/pods/{id}/drain", "post"),
+    ] {
+        assert!(
+            paths[path][method].is_object(),
+            "{method} {path} is not described"
+        );
+    }
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for schema in ["Task", "NewTask", "ErrorAnswer", "Group", "Pod"] {
+        assert!(schemas.contains_key(schema), "no schema {schema}");
+    }
+    assert_eq!(mawex_web::openapi().paths.paths.len(), paths.len());
+    f.stop().await;
+}
