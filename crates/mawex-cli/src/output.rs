@@ -3,7 +3,6 @@
 
 use std::io::Write;
 
-use base64::Engine as _;
 use mawex::{Outcome, TaskView, Timestamp};
 use serde::Serialize;
 
@@ -52,38 +51,16 @@ pub fn print<R: Rows>(output: Output, rows: &[R]) -> Result<(), CliError> {
     }
 }
 
-/// Bytes as text if they are UTF-8, else as `{"base64": …}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(untagged)]
-pub enum Body {
-    /// UTF-8 text.
-    Text(String),
-    /// Anything else.
-    Binary {
-        /// The bytes, base64 (standard alphabet, padded).
-        base64: String,
-    },
-}
+/// Bytes as text if they are UTF-8, else as `{"base64": …}`: as the REST API has them.
+pub use mawex_web::Body;
 
-impl Body {
-    /// `bytes` as a body.
-    pub fn new(bytes: &[u8]) -> Body {
-        match std::str::from_utf8(bytes) {
-            Ok(text) => Body::Text(text.to_owned()),
-            Err(_) => Body::Binary {
-                base64: base64::engine::general_purpose::STANDARD.encode(bytes),
-            },
-        }
-    }
-
-    /// A short form for a table cell.
-    fn cell(&self) -> String {
-        let text = match self {
-            Body::Text(text) => text.replace('\n', "⏎"),
-            Body::Binary { base64 } => format!("base64:{base64}"),
-        };
-        shorten(&text, 40)
-    }
+/// A short form of `body` for a table cell.
+fn cell(body: &Body) -> String {
+    let text = match body {
+        Body::Text(text) => text.replace('\n', "⏎"),
+        Body::Binary { base64 } => format!("base64:{base64}"),
+    };
+    shorten(&text, 40)
 }
 
 fn shorten(text: &str, max: usize) -> String {
@@ -190,7 +167,7 @@ impl Rows for TaskRow {
 
     fn cells(&self) -> Vec<String> {
         let result = match (&self.output, &self.error) {
-            (Some(out), _) => out.cell(),
+            (Some(out), _) => cell(out),
             (None, Some(error)) => shorten(error, 40),
             (None, None) => String::new(),
         };

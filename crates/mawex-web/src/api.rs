@@ -330,12 +330,28 @@ async fn retry_failed(
     State(app): State<AppState>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Matched>, WebError> {
-    let body: FailedFilterBody = body(&app, bytes)?;
+    on_failed(&app, bytes, FailedAction::Retry).await
+}
+
+/// What a bulk action on the failed queue does.
+#[derive(Clone, Copy)]
+enum FailedAction {
+    Retry,
+    Purge,
+}
+
+/// `action` on what the body's filter matches, or its count with `dry_run`.
+async fn on_failed(
+    app: &AppState,
+    bytes: Result<Bytes, BytesRejection>,
+    action: FailedAction,
+) -> Result<Json<Matched>, WebError> {
+    let body: FailedFilterBody = body(app, bytes)?;
     let filter = body.filter()?;
-    let count = if body.dry_run {
-        count_failed(&app, &filter).await?
-    } else {
-        app.proxy.retry_failed(filter).await?
+    let count = match (body.dry_run, action) {
+        (true, _) => count_failed(app, &filter).await?,
+        (false, FailedAction::Retry) => app.proxy.retry_failed(filter).await?,
+        (false, FailedAction::Purge) => app.proxy.purge_failed(filter).await?,
     };
     Ok(Json(Matched {
         count,
@@ -357,17 +373,7 @@ async fn purge_failed(
     State(app): State<AppState>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Matched>, WebError> {
-    let body: FailedFilterBody = body(&app, bytes)?;
-    let filter = body.filter()?;
-    let count = if body.dry_run {
-        count_failed(&app, &filter).await?
-    } else {
-        app.proxy.purge_failed(filter).await?
-    };
-    Ok(Json(Matched {
-        count,
-        dry_run: body.dry_run,
-    }))
+    on_failed(&app, bytes, FailedAction::Purge).await
 }
 
 /// Every group with tasks or settings.
