@@ -475,7 +475,7 @@ async fn a_dry_run_changes_nothing(transport: Transport) {
     }
     assert!(matches!(
         proxy.broadcast(999).await,
-        Err(ApiError::InvalidArgument(_))
+        Err(ApiError::NotFound(m)) if m.contains("#999")
     ));
     let mut huge = spec(&g, Strategy::Pull { per_source: 2 });
     huge.payload = vec![0u8; (4 << 20) + 1].into();

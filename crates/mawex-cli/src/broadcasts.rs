@@ -189,7 +189,7 @@ async fn find(
             None => break,
         }
     }
-    latest.ok_or_else(|| CliError::Api(mawex::ApiError::NotFound(format!("no broadcast of {app}"))))
+    latest.ok_or_else(|| CliError::Api(mawex::ApiError::NotFound(format!("a broadcast of {app}"))))
 }
 
 /// Waits for broadcast `id` to finish, calling `each` with every view seen.

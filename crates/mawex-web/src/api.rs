@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Json;
 use bytes::Bytes;
-use mawex_api::{CancelAck, FailedFilter, ListQuery, PodId, MAX_LIST_LIMIT};
+use mawex_api::{BroadcastQuery, CancelAck, FailedFilter, ListQuery, PodId, MAX_LIST_LIMIT};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -15,8 +15,9 @@ use utoipa_axum::routes;
 
 use crate::error::ErrorAnswer;
 use crate::json::{
-    group, state, task_id, FailedCount, FailedFilterBody, Group, GroupSettingsBody, Matched,
-    NewTask, Pod, Submitted, Task, TaskPage,
+    group, schedule_name, state, task_id, Broadcast, BroadcastPage, FailedCount, FailedFilterBody,
+    Group, GroupSettingsBody, Matched, NewBroadcast, NewSchedule, NewTask, Pod, Schedule,
+    Submitted, Task, TaskPage,
 };
 use crate::{AppState, WebConfig, WebError};
 
@@ -51,6 +52,12 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_group, set_group))
         .routes(routes!(list_pods))
         .routes(routes!(drain_pod))
+        .routes(routes!(list_schedules, create_schedule))
+        .routes(routes!(delete_schedule))
+        .routes(routes!(pause_schedule))
+        .routes(routes!(resume_schedule))
+        .routes(routes!(list_broadcasts, fire_broadcast))
+        .routes(routes!(get_broadcast))
 }
 
 pub(crate) fn router(state: AppState, config: &WebConfig) -> axum::Router {
@@ -462,4 +469,171 @@ async fn drain_pod(
     } else {
         Err(mawex_api::ApiError::NotFound(format!("pod {pod}")).into())
     }
+}
+
+/// Every cron schedule.
+#[utoipa::path(
+    get, path = "/api/v1/schedules", tag = "schedules",
+    responses((status = 200, body = Vec<Schedule>))
+)]
+async fn list_schedules(State(app): State<AppState>) -> Result<Json<Vec<Schedule>>, WebError> {
+    let schedules = app.proxy.list_schedules().await?;
+    Ok(Json(schedules.iter().map(Schedule::from).collect()))
+}
+
+/// Creates a cron schedule (or replaces the one of that name).
+#[utoipa::path(
+    post, path = "/api/v1/schedules", tag = "schedules",
+    request_body = NewSchedule,
+    responses(
+        (status = 204, description = "Created"),
+        (status = 400, description = "A bad name, expression, time zone or task", body = ErrorAnswer),
+    )
+)]
+async fn create_schedule(
+    State(app): State<AppState>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, WebError> {
+    let spec = body::<NewSchedule>(&app, bytes)?.spec()?;
+    app.proxy.create_schedule(spec).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes a schedule (one already gone: nothing to do).
+#[utoipa::path(
+    delete, path = "/api/v1/schedules/{name}", tag = "schedules",
+    params(("name" = String, Path, description = "The schedule's name")),
+    responses(
+        (status = 204, description = "Deleted, or there was none"),
+        (status = 400, description = "Not a schedule name", body = ErrorAnswer),
+    )
+)]
+async fn delete_schedule(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, WebError> {
+    app.proxy.delete_schedule(schedule_name(&name)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Stops a schedule firing (running tasks are not touched).
+#[utoipa::path(
+    post, path = "/api/v1/schedules/{name}/pause", tag = "schedules",
+    params(("name" = String, Path, description = "The schedule's name")),
+    responses(
+        (status = 204, description = "Paused"),
+        (status = 404, description = "Unknown", body = ErrorAnswer),
+    )
+)]
+async fn pause_schedule(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, WebError> {
+    app.proxy
+        .pause_schedule(schedule_name(&name)?, true)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Lets a paused schedule fire again from its next tick.
+#[utoipa::path(
+    post, path = "/api/v1/schedules/{name}/resume", tag = "schedules",
+    params(("name" = String, Path, description = "The schedule's name")),
+    responses(
+        (status = 204, description = "Resumed"),
+        (status = 404, description = "Unknown", body = ErrorAnswer),
+    )
+)]
+async fn resume_schedule(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, WebError> {
+    app.proxy
+        .pause_schedule(schedule_name(&name)?, false)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Filters and page of a broadcast list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct BroadcastParams {
+    /// Only broadcasts of this app.
+    app: Option<String>,
+    /// The previous page's `next`.
+    after: Option<u64>,
+    /// Page size, 1 to 1,000 (default 100).
+    limit: Option<usize>,
+}
+
+/// Lists broadcasts, oldest first.
+#[utoipa::path(
+    get, path = "/api/v1/broadcasts", tag = "broadcasts",
+    params(BroadcastParams),
+    responses(
+        (status = 200, body = BroadcastPage),
+        (status = 400, description = "A bad filter", body = ErrorAnswer),
+    )
+)]
+async fn list_broadcasts(
+    State(app): State<AppState>,
+    params: Result<Query<BroadcastParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<BroadcastPage>, WebError> {
+    let Query(params) = params.map_err(|e| WebError::BadRequest(e.body_text()))?;
+    let mut query = BroadcastQuery::default();
+    if let Some(name) = params.app {
+        query = query.app(name);
+    }
+    if let Some(after) = params.after {
+        query = query.after(after);
+    }
+    if let Some(limit) = params.limit {
+        query.limit = limit;
+    }
+    let page = app.proxy.list_broadcasts(query).await?;
+    Ok(Json(BroadcastPage {
+        broadcasts: page.broadcasts.iter().map(Broadcast::from).collect(),
+        next: page.next,
+    }))
+}
+
+/// One broadcast and its targets.
+#[utoipa::path(
+    get, path = "/api/v1/broadcasts/{id}", tag = "broadcasts",
+    params(("id" = u64, Path, description = "The broadcast's id")),
+    responses(
+        (status = 200, body = Broadcast),
+        (status = 400, description = "Not a broadcast id", body = ErrorAnswer),
+        (status = 404, description = "Unknown", body = ErrorAnswer),
+    )
+)]
+async fn get_broadcast(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Broadcast>, WebError> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| WebError::BadRequest(format!("{id:?} is not a broadcast id (a number)")))?;
+    Ok(Json(Broadcast::from(&app.proxy.broadcast(id).await?)))
+}
+
+/// Fires a broadcast.
+#[utoipa::path(
+    post, path = "/api/v1/broadcasts", tag = "broadcasts",
+    request_body = NewBroadcast,
+    responses(
+        (status = 200, description = "Fired: its targets", body = Broadcast),
+        (status = 400, description = "Malformed", body = ErrorAnswer),
+        (status = 409, description = "The app's lock is held by another broadcast", body = ErrorAnswer),
+    )
+)]
+async fn fire_broadcast(
+    State(app): State<AppState>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Json<Broadcast>, WebError> {
+    let spec = body::<NewBroadcast>(&app, bytes)?.spec()?;
+    Ok(Json(Broadcast::from(
+        &app.proxy.fire_broadcast(spec).await?,
+    )))
 }

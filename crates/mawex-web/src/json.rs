@@ -7,8 +7,10 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use mawex_api::{
-    ErrorKind, FailedFilter, GroupName, GroupSettings, GroupView, Limits, Outcome, PodView,
-    RateLimit, RetryPolicy, TaskId, TaskSpec, TaskState, TaskView, Timestamp,
+    BroadcastSpec, BroadcastView, ErrorKind, FailedFilter, GroupName, GroupSettings, GroupView,
+    Limits, MissedTicks, Outcome, PodView, RateLimit, RetryPolicy, ScheduleName, ScheduleSpec,
+    ScheduleView, Strategy, TargetFilter, TargetState, TaskId, TaskSpec, TaskState, TaskView,
+    Timestamp,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -510,4 +512,253 @@ impl From<&PodView> for Pod {
             draining: p.draining,
         }
     }
+}
+
+/// A cron schedule to create.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSchedule {
+    /// Its name (its identity).
+    pub name: String,
+    /// A cron expression of 5 fields, or 6 with seconds first.
+    pub cron: String,
+    /// The IANA time zone it is read in (default `UTC`).
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// Run once for ticks missed while the master was down (default: skip them).
+    #[serde(default)]
+    pub run_missed_once: bool,
+    /// The task submitted at each tick (its id is derived from the tick).
+    pub task: NewTask,
+}
+
+impl NewSchedule {
+    pub(crate) fn spec(self) -> Result<ScheduleSpec, WebError> {
+        if self.task.id.is_some() {
+            return Err(WebError::BadRequest(
+                "task.id: a schedule's tasks take ids derived from their ticks".into(),
+            ));
+        }
+        let name = schedule_name(&self.name)?;
+        let mut spec = ScheduleSpec::new(name, self.cron, self.task.spec()?);
+        if let Some(zone) = self.time_zone {
+            spec = spec.in_time_zone(zone);
+        }
+        if self.run_missed_once {
+            spec = spec.on_missed(MissedTicks::RunOnce);
+        }
+        Ok(spec)
+    }
+}
+
+pub(crate) fn schedule_name(text: &str) -> Result<ScheduleName, WebError> {
+    ScheduleName::new(text).map_err(|e| WebError::BadRequest(format!("schedule {text:?}: {e}")))
+}
+
+/// A schedule as the master knows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Schedule {
+    /// Its name.
+    pub name: String,
+    /// Its cron expression.
+    pub cron: String,
+    /// The time zone it is read in.
+    pub time_zone: String,
+    /// Ticks missed while the master was down run once.
+    pub run_missed_once: bool,
+    /// The group of its tasks.
+    pub group: String,
+    /// The handler of its tasks.
+    pub handler: String,
+    /// It does not fire.
+    pub paused: bool,
+    /// How many times it fired.
+    pub fired: u64,
+    /// The tick it last fired for.
+    pub last_tick: Option<String>,
+    /// The task of that tick.
+    pub last_task: Option<String>,
+}
+
+impl From<&ScheduleView> for Schedule {
+    fn from(v: &ScheduleView) -> Self {
+        Schedule {
+            name: v.spec.name.to_string(),
+            cron: v.spec.cron.clone(),
+            time_zone: v.spec.time_zone.clone(),
+            run_missed_once: v.spec.missed == MissedTicks::RunOnce,
+            group: v.spec.task.group.to_string(),
+            handler: v.spec.task.handler.clone(),
+            paused: v.paused,
+            fired: v.fired,
+            last_tick: v.last_tick.map(time),
+            last_task: v.last_task().map(|id| id.to_string()),
+        }
+    }
+}
+
+/// A broadcast to fire: a task run on every pod of a group (or plain hosts), each target
+/// pulling from the origin or from a target that finished.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewBroadcast {
+    /// The app (one broadcast per app at a time).
+    pub app: String,
+    /// The group whose pods are the targets (or run the steps, with `hosts`).
+    pub group: String,
+    /// The handler each target runs.
+    pub handler: String,
+    /// Its payload.
+    #[serde(default)]
+    pub payload: Option<Body>,
+    /// The version (default: the app's last plus one).
+    #[serde(default)]
+    pub version: Option<String>,
+    /// A fixed tree with this many children per target (default: pull, 5 per source).
+    #[serde(default)]
+    pub tree_branches: Option<u32>,
+    /// Pulls one source serves at once.
+    #[serde(default)]
+    pub per_source: Option<u32>,
+    /// Only pods with all these labels.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Only pods whose id matches this glob.
+    #[serde(default)]
+    pub pods: Option<String>,
+    /// What targets pulling from the origin are told it is.
+    #[serde(default)]
+    pub origin: Option<String>,
+    /// Plain hosts instead of the group's pods.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+impl NewBroadcast {
+    pub(crate) fn spec(self) -> Result<BroadcastSpec, WebError> {
+        let payload = match self.payload {
+            Some(body) => body.into_bytes("payload")?,
+            None => Bytes::new(),
+        };
+        let mut spec = BroadcastSpec::new(self.app, group("group", &self.group)?, self.handler)
+            .with_payload(payload)
+            .with_hosts(self.hosts);
+        if let Some(version) = self.version {
+            spec = spec.with_version(version);
+        }
+        spec = match (self.tree_branches, self.per_source) {
+            (Some(_), Some(_)) => {
+                return Err(WebError::BadRequest(
+                    "tree_branches and per_source: give one, not both".into(),
+                ))
+            }
+            (Some(branches), None) => spec.with_strategy(Strategy::Tree { branches }),
+            (None, Some(per_source)) => spec.with_strategy(Strategy::Pull { per_source }),
+            (None, None) => spec,
+        };
+        if let Some(origin) = self.origin {
+            spec = spec.with_origin_address(origin);
+        }
+        if !self.labels.is_empty() || self.pods.is_some() {
+            let mut filter = TargetFilter::default();
+            filter.labels = self.labels;
+            filter.name_pattern = self.pods;
+            spec = spec.with_filter(filter);
+        }
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+/// A target of a broadcast.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Target {
+    /// The pod (or host).
+    pub pod: String,
+    /// The version it has.
+    pub version: Option<String>,
+    /// `waiting`, `running`, `done`, `failed` or `cancelled`.
+    pub state: &'static str,
+    /// Where it pulled from: `origin` or a pod.
+    pub source: Option<String>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When its attempt started.
+    pub started_at: Option<String>,
+    /// When it finished.
+    pub finished_at: Option<String>,
+    /// Its last error.
+    pub error: Option<ErrorBody>,
+}
+
+/// A broadcast and the progress of each of its targets.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Broadcast {
+    /// Its id.
+    pub id: u64,
+    /// The app.
+    pub app: String,
+    /// The version it brings.
+    pub version: String,
+    /// The group.
+    pub group: String,
+    /// When it was fired.
+    pub fired_at: String,
+    /// When it finished.
+    pub finished_at: Option<String>,
+    /// It was aborted (its lock cleared).
+    pub aborted: bool,
+    /// Its targets.
+    pub targets: Vec<Target>,
+}
+
+fn target_state(state: TargetState) -> &'static str {
+    match state {
+        TargetState::Waiting => "waiting",
+        TargetState::Running => "running",
+        TargetState::Done => "done",
+        TargetState::Failed => "failed",
+        TargetState::Cancelled => "cancelled",
+        _ => "unknown",
+    }
+}
+
+impl From<&BroadcastView> for Broadcast {
+    fn from(v: &BroadcastView) -> Self {
+        Broadcast {
+            id: v.id,
+            app: v.app.clone(),
+            version: v.version.clone(),
+            group: v.group.to_string(),
+            fired_at: time(v.fired_at),
+            finished_at: v.finished_at.map(time),
+            aborted: v.aborted,
+            targets: v
+                .targets
+                .iter()
+                .map(|t| Target {
+                    pod: t.pod.to_string(),
+                    version: t.version.clone(),
+                    state: target_state(t.state),
+                    source: t.source.as_ref().map(|source| match source {
+                        mawex_api::Source::Pod(pod) => pod.to_string(),
+                        _ => "origin".to_owned(),
+                    }),
+                    attempts: t.attempts,
+                    started_at: t.started_at.map(time),
+                    finished_at: t.finished_at.map(time),
+                    error: t.error.as_ref().map(ErrorBody::from),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One page of broadcasts.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BroadcastPage {
+    /// The broadcasts, oldest first.
+    pub broadcasts: Vec<Broadcast>,
+    /// Pass as `after` for the next page; absent on the last.
+    pub next: Option<u64>,
 }

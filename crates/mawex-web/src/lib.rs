@@ -27,8 +27,9 @@ use mawex_api::MasterProxy;
 pub use api::MAX_BATCH;
 pub use error::{ErrorAnswer, ErrorDetail, WebError};
 pub use json::{
-    Body, ErrorBody, FailedCount, FailedFilterBody, Failure, Group, GroupSettingsBody, Matched,
-    NewTask, Pod, Submitted, Task, TaskPage,
+    Body, Broadcast, BroadcastPage, ErrorBody, FailedCount, FailedFilterBody, Failure, Group,
+    GroupSettingsBody, Matched, NewBroadcast, NewSchedule, NewTask, Pod, Schedule, Submitted,
+    Target, Task, TaskPage,
 };
 
 /// How the web side serves.

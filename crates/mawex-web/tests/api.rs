@@ -503,6 +503,14 @@ async fn the_openapi_document_describes_every_endpoint() {
         ("/api/v1/groups/{group}", "put"),
         ("/api/v1/pods", "get"),
         ("/api/v1/pods/{id}/drain", "post"),
+        ("/api/v1/schedules", "get"),
+        ("/api/v1/schedules", "post"),
+        ("/api/v1/schedules/{name}", "delete"),
+        ("/api/v1/schedules/{name}/pause", "post"),
+        ("/api/v1/schedules/{name}/resume", "post"),
+        ("/api/v1/broadcasts", "get"),
+        ("/api/v1/broadcasts", "post"),
+        ("/api/v1/broadcasts/{id}", "get"),
     ] {
         assert!(
             paths[path][method].is_object(),
@@ -514,5 +522,124 @@ async fn the_openapi_document_describes_every_endpoint() {
         assert!(schemas.contains_key(schema), "no schema {schema}");
     }
     assert_eq!(mawex_web::openapi().paths.paths.len(), paths.len());
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_and_broadcasts_are_created_read_and_steered() {
+    let f = Fixture::start(mawex_web::WebConfig::default()).await;
+    let every_second = json!({
+        "name": "tick", "cron": "* * * * * *",
+        "task": {"group": "web", "handler": "echo", "payload": "tick"}
+    });
+    let (status, _) = f.post("/api/v1/schedules", every_second).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let fired = loop {
+        let (_, list) = f.get("/api/v1/schedules").await;
+        let tick = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "tick")
+            .cloned();
+        let tick = tick.expect("the schedule is listed");
+        if tick["fired"].as_u64().unwrap() >= 1 {
+            break tick;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never fired: {tick}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (fired["cron"].clone(), fired["time_zone"].clone()),
+        (json!("* * * * * *"), json!("UTC"))
+    );
+    let last = fired["last_task"].as_str().unwrap();
+    assert_eq!(f.until_state(last, "succeeded").await["output"], "tick");
+    let (status, _) = f.post("/api/v1/schedules/tick/pause", json!({})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(f.get("/api/v1/schedules").await.1[0]["paused"], true);
+    let (status, _) = f.post("/api/v1/schedules/tick/resume", json!({})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = f
+        .call(Method::DELETE, "/api/v1/schedules/tick", Body::empty())
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(f.get("/api/v1/schedules").await.1, json!([]));
+    let (status, _) = f
+        .call(Method::DELETE, "/api/v1/schedules/tick", Body::empty())
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "deleting again is harmless");
+    refused(
+        f.call(
+            Method::DELETE,
+            "/api/v1/schedules/no%20spaces",
+            Body::empty(),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "no spaces",
+    );
+    refused(
+        f.post("/api/v1/schedules", json!({"name": "bad", "cron": "every day", "task": {"group": "web", "handler": "echo"}})).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "cron",
+    );
+    refused(
+        f.post("/api/v1/schedules", json!({"name": "ids", "cron": "* * * * *", "task": {"id": "01900000-0000-7000-8000-000000000001", "group": "web", "handler": "echo"}})).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "task.id",
+    );
+
+    // A broadcast to the group's one pod, followed to its end.
+    let (status, fired) = f
+        .post(
+            "/api/v1/broadcasts",
+            json!({"app": "site", "group": "web", "handler": "echo", "payload": "v1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{fired}");
+    assert_eq!(fired["targets"][0]["pod"], "pod-1");
+    let id = fired["id"].as_u64().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let (_, view) = f.get(&format!("/api/v1/broadcasts/{id}")).await;
+        if view["finished_at"].is_string() {
+            break view;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never finished: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(done["targets"][0]["state"], "done", "{done}");
+    assert_eq!(done["targets"][0]["source"], "origin");
+    let (_, page) = f.get("/api/v1/broadcasts?app=site").await;
+    assert_eq!(page["broadcasts"].as_array().unwrap().len(), 1);
+    refused(
+        f.get("/api/v1/broadcasts/xyz").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "not a broadcast id",
+    );
+    refused(
+        f.get("/api/v1/broadcasts/999").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "999",
+    );
+    refused(
+        f.post("/api/v1/broadcasts", json!({"app": "site", "group": "web", "handler": "echo", "tree_branches": 2, "per_source": 2})).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "give one, not both",
+    );
     f.stop().await;
 }

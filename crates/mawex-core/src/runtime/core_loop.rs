@@ -91,7 +91,7 @@ pub(crate) struct SnapshotTally {
 }
 
 fn no_broadcast(id: BroadcastId) -> ApiError {
-    ApiError::InvalidArgument(format!("no broadcast #{id}"))
+    ApiError::NotFound(format!("broadcast #{id}"))
 }
 
 /// How often waiters whose callers gave up are dropped.
