@@ -80,8 +80,8 @@ pub use mawex_api::{Task, TaskHandle, TypedProxy};
 #[cfg(feature = "master")]
 pub use mawex_core::{
     clock, CoreError, DroppedRecord, InFlight, Journal, LocalMasterProxy, LocalPodConnector,
-    Master, MasterBuilder, MasterConfig, MasterStats, MemoryJournal, PodStats, Repaired,
-    SledJournal, SnapshotWriter, TaskCounts,
+    Master, MasterBuilder, MasterConfig, MasterMetrics, MasterStats, MemoryJournal, PodStats,
+    Repaired, SledJournal, SnapshotWriter, TaskCounts,
 };
 /// The master of a cluster of one, the embedded default: its journal is the Raft log of a
 /// one-node cluster, which grows into a cluster of three or five masters (see [`cluster`])

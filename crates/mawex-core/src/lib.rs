@@ -53,7 +53,7 @@ pub use journal::{
     SnapshotWriter,
 };
 pub use runtime::{
-    CommittedBatch, CommittedFeed, InFlight, LocalMasterProxy, LocalPodConnector, Master,
-    MasterBuilder, MasterConfig, MasterStats,
+    CommittedBatch, CommittedFeed, GroupLabels, InFlight, LocalMasterProxy, LocalPodConnector,
+    Master, MasterBuilder, MasterConfig, MasterMetrics, MasterStats, Transition, TransitionLabels,
 };
 pub use state::{stored, Event, MasterState, RequeueReason, TaskCounts};

@@ -70,6 +70,7 @@ pub(crate) fn router(state: AppState, config: &WebConfig) -> axum::Router {
             async move { Json(doc.as_ref().clone()) }
         }),
     )
+    .route("/metrics", get(crate::metrics::metrics))
     .fallback(|| async { WebError::Api(mawex_api::ApiError::NotFound("this path".into())) })
     .layer(DefaultBodyLimit::max(config.max_body_bytes))
     .with_state(state)

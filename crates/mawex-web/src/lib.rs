@@ -19,6 +19,7 @@
 mod api;
 mod error;
 mod json;
+mod metrics;
 
 use std::sync::Arc;
 
@@ -33,19 +34,47 @@ pub use json::{
 };
 
 /// How the web side serves.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct WebConfig {
     /// The largest request body accepted (a batch of submits, say); a larger one is refused
     /// with 413 before it is read whole.
     pub max_body_bytes: usize,
+    /// Registers the master's recorded metrics in each scrape's registry (for an embedded
+    /// master: `move |r| metrics.register(r)` with `Master::metrics`). `/metrics` serves the
+    /// state's figures without it.
+    pub metrics: Option<RegisterMetrics>,
+}
+
+/// Registers metrics in a registry (see [`WebConfig::metrics`]).
+pub type RegisterMetrics = Arc<dyn Fn(&mut prometheus_client::registry::Registry) + Send + Sync>;
+
+impl std::fmt::Debug for WebConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebConfig")
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("metrics", &self.metrics.is_some())
+            .finish()
+    }
 }
 
 impl Default for WebConfig {
     fn default() -> Self {
         WebConfig {
             max_body_bytes: 8 * 1024 * 1024,
+            metrics: None,
         }
+    }
+}
+
+impl WebConfig {
+    /// The same settings, with the master's metrics registered at each scrape.
+    pub fn with_metrics(
+        mut self,
+        register: impl Fn(&mut prometheus_client::registry::Registry) + Send + Sync + 'static,
+    ) -> Self {
+        self.metrics = Some(Arc::new(register));
+        self
     }
 }
 
@@ -55,13 +84,17 @@ pub(crate) struct AppState {
     pub(crate) proxy: Arc<dyn MasterProxy>,
     /// `WebConfig::max_body_bytes`, for the error that names it.
     pub(crate) max_body_bytes: usize,
+    /// `WebConfig::metrics`.
+    pub(crate) metrics: Option<RegisterMetrics>,
 }
 
-/// The API (`/api/v1/…`) and its OpenAPI document (`/api/openapi.json`) over `proxy`.
+/// The API (`/api/v1/…`), its OpenAPI document (`/api/openapi.json`) and `/metrics`, over
+/// `proxy`.
 pub fn router(proxy: Arc<dyn MasterProxy>, config: WebConfig) -> axum::Router {
     let state = AppState {
         proxy,
         max_body_bytes: config.max_body_bytes,
+        metrics: config.metrics.clone(),
     };
     api::router(state, &config)
 }

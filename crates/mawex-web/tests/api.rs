@@ -27,7 +27,18 @@ struct Fixture {
 
 impl Fixture {
     async fn start(config: mawex_web::WebConfig) -> Fixture {
+        Fixture::start_with(config, false).await
+    }
+
+    /// With `metrics`, the master's recorded metrics are exported too.
+    async fn start_with(config: mawex_web::WebConfig, metrics: bool) -> Fixture {
         let master = Master::builder().start(MemoryJournal::new()).await.unwrap();
+        let config = if metrics {
+            let recorded = master.metrics().await.unwrap();
+            config.with_metrics(move |registry| recorded.register(registry))
+        } else {
+            config
+        };
         let mut handlers = HandlerRegistry::new();
         handlers
             .register("echo", |t: TaskInput| async move { Ok(t.payload) })
@@ -640,6 +651,124 @@ async fn schedules_and_broadcasts_are_created_read_and_steered() {
         StatusCode::BAD_REQUEST,
         "invalid_argument",
         "give one, not both",
+    );
+    f.stop().await;
+}
+
+/// The value of sample `name` with `labels` in a parsed scrape.
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)));
+    match found.map(|s| &s.value) {
+        Some(
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v),
+        ) => *v,
+        other => {
+            let names: Vec<String> = scrape
+                .samples
+                .iter()
+                .map(|s| format!("{}{:?}", s.metric, s.labels))
+                .collect();
+            panic!("{name} {labels:?}: {other:?}; the scrape has {names:?}")
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_their_counts_are_the_apis() {
+    let f = Fixture::start_with(mawex_web::WebConfig::default(), true).await;
+    let mut batch: Vec<Value> = (0..20)
+        .map(|i| json!({"group": "web", "handler": "echo", "payload": format!("{i}")}))
+        .collect();
+    batch.extend((0..5).map(|_| json!({"group": "web", "handler": "fail", "max_attempts": 1})));
+    let (_, acks) = f.post("/api/v1/tasks/batch", Value::Array(batch)).await;
+    for (i, ack) in acks.as_array().unwrap().iter().enumerate() {
+        let state = if i < 20 { "succeeded" } else { "failed" };
+        f.until_state(ack["id"].as_str().unwrap(), state).await;
+    }
+    // Three waiting in a paused group.
+    f.call(Method::PUT, "/api/v1/groups/other", r#"{"paused": true}"#)
+        .await;
+    for _ in 0..3 {
+        f.post(
+            "/api/v1/tasks",
+            json!({"group": "other", "handler": "echo"}),
+        )
+        .await;
+    }
+
+    let response = f
+        .app
+        .clone()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let text = String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .unwrap_or_else(|e| panic!("does not parse ({e}):\n{text}"));
+
+    let transitions = |to: &str| {
+        sample(
+            &scrape,
+            "mawex_task_transitions_total",
+            &[("group", "web"), ("to", to)],
+        )
+    };
+    let (_, web) = f.get("/api/v1/groups/web").await;
+    assert_eq!(transitions("accepted"), 25.0, "{text}");
+    assert_eq!(transitions("started"), 25.0);
+    assert_eq!(transitions("succeeded"), web["succeeded"].as_f64().unwrap());
+    assert_eq!(transitions("failed"), web["failed"].as_f64().unwrap());
+    assert_eq!(transitions("succeeded"), 20.0);
+    let (_, other) = f.get("/api/v1/groups/other").await;
+    assert_eq!(
+        sample(&scrape, "mawex_queue_depth", &[("group", "other")]),
+        other["pending"].as_f64().unwrap()
+    );
+    assert_eq!(
+        sample(&scrape, "mawex_queue_depth", &[("group", "other")]),
+        3.0
+    );
+    assert_eq!(sample(&scrape, "mawex_pods", &[]), 1.0);
+    assert_eq!(sample(&scrape, "mawex_up", &[]), 1.0);
+    // Every attempt's run time and wait, every commit.
+    let run_time = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "mawex_run_time_seconds" && s.labels.get("group") == Some("web"))
+        .unwrap_or_else(|| panic!("no run time:\n{text}"));
+    match &run_time.value {
+        prometheus_parse::Value::Histogram(buckets) => {
+            let all = buckets.iter().map(|b| b.count).fold(0.0, f64::max);
+            assert_eq!(all, 25.0, "{text}");
+        }
+        other => panic!("run time is {other:?}"),
+    }
+    assert!(
+        text.contains("mawex_queue_wait_seconds_count{group=\"web\"} 25"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mawex_journal_commit_seconds_count"),
+        "{text}"
     );
     f.stop().await;
 }

@@ -65,6 +65,8 @@ pub(crate) struct CoreLoop<J> {
     pub(crate) feed: broadcast::Sender<Arc<CommittedBatch>>,
     /// The last durable sequence number, for readers outside the core thread.
     pub(crate) committed: Arc<AtomicU64>,
+    /// The metrics, once asked for: commits are timed only then.
+    pub(crate) metrics: Arc<std::sync::OnceLock<Arc<super::MasterMetrics>>>,
     /// When abandoned waiters were last dropped.
     pub(crate) last_prune: std::time::Instant,
     /// Where snapshots are written, if the journal can take them from another thread.
@@ -398,7 +400,11 @@ impl<J: Journal> CoreLoop<J> {
                     self.last_seq
                 ))))
             })?;
+        let started = std::time::Instant::now();
         self.journal.append_shared(first_seq, events)?;
+        if let Some(metrics) = self.metrics.get() {
+            metrics.committed(started.elapsed(), events.len());
+        }
         self.last_seq = last_seq;
         self.events_since_snapshot = self.events_since_snapshot.saturating_add(count);
         // Before any answer leaves: a reader that hears of this batch can wait for it.

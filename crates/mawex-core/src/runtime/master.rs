@@ -14,6 +14,7 @@ use super::config::{MasterConfig, MasterStats};
 use super::core_loop::{CoreLoop, SnapshotTally};
 use super::feed::CommittedFeed;
 use super::messages::CoreMsg;
+use super::metrics::MasterMetrics;
 use super::read_model::{copy_state, ReadSide};
 use super::snapshots::SnapshotThread;
 use crate::engine::Engine;
@@ -76,11 +77,13 @@ impl MasterBuilder {
         // `Master::stopped`.
         let (failed_tx, failed_rx) = watch::channel::<Option<String>>(None);
         let committed = Arc::new(AtomicU64::new(0));
+        let metrics: Arc<std::sync::OnceLock<Arc<MasterMetrics>>> = Arc::default();
         let reads = Arc::new(ReadSide::new(
             inbox_tx.clone(),
             &feed,
             committed.clone(),
             stats_rx.clone(),
+            metrics.clone(),
         ));
 
         let thread = std::thread::Builder::new()
@@ -132,6 +135,7 @@ impl MasterBuilder {
                     delivered_seq: engine_results_recorded,
                     feed,
                     committed,
+                    metrics,
                     last_prune: std::time::Instant::now(),
                     snapshot_thread,
                     snapshots: SnapshotTally::default(),
@@ -266,6 +270,19 @@ impl Master {
                 None => std::future::pending().await,
             }
         }
+    }
+
+    /// The master's metrics (see [`MasterMetrics`]), recorded from the first call on: the
+    /// read model's thread starts then, if no read started it, and counts every batch it
+    /// applies after the ones committed before the call; the core times its commits.
+    /// Register them in a `prometheus_client` registry to export them. (A read model that
+    /// falls so far behind that it copies the state again does not count the batches the
+    /// copy covers.)
+    ///
+    /// # Errors
+    /// [`CoreError::Stopped`] when the master is not running.
+    pub async fn metrics(&self) -> Result<Arc<MasterMetrics>, CoreError> {
+        self.reads.metrics().await
     }
 
     /// Subscribes to the committed batches: every batch the master makes durable from now

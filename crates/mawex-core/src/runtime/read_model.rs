@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard};
 
 use mawex_api::ApiError;
 use tokio::sync::{broadcast, oneshot, watch};
@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 use super::config::MasterStats;
 use super::feed::{CommittedBatch, CommittedFeed};
 use super::messages::CoreMsg;
+use super::metrics::MasterMetrics;
 use crate::error::CoreError;
 use crate::state::MasterState;
 
@@ -35,6 +36,8 @@ pub(crate) struct ReadSide {
     committed: Arc<AtomicU64>,
     stats: watch::Receiver<MasterStats>,
     model: Mutex<Option<Arc<ReadModel>>>,
+    /// Set once metrics are asked for: the model's thread then counts what it applies.
+    metrics: Arc<OnceLock<Arc<MasterMetrics>>>,
 }
 
 /// The copy of the state, with the sequence number it has applied up to.
@@ -49,6 +52,9 @@ pub(crate) struct ReadModel {
 struct Applied {
     seq: u64,
     following: bool,
+    /// It holds a copy of the core's state (the first is taken by its thread, after it
+    /// started).
+    copied: bool,
 }
 
 impl ReadSide {
@@ -57,6 +63,7 @@ impl ReadSide {
         feed: &broadcast::Sender<Arc<CommittedBatch>>,
         committed: Arc<AtomicU64>,
         stats: watch::Receiver<MasterStats>,
+        metrics: Arc<OnceLock<Arc<MasterMetrics>>>,
     ) -> Self {
         ReadSide {
             inbox,
@@ -64,7 +71,25 @@ impl ReadSide {
             committed,
             stats,
             model: Mutex::new(None),
+            metrics,
         }
+    }
+
+    /// The metrics, recorded for every batch committed after this returns (see
+    /// `Master::metrics`): it waits until the model has its first copy of the state, so that
+    /// no later batch is in it, uncounted.
+    pub(crate) async fn metrics(&self) -> Result<Arc<MasterMetrics>, CoreError> {
+        let metrics = self.metrics.get_or_init(Arc::default).clone();
+        let model = self.model().map_err(|_| CoreError::Stopped)?;
+        let mut applied = model.applied.subscribe();
+        let copied = *applied
+            .wait_for(|a| a.copied || !a.following)
+            .await
+            .map_err(|_| CoreError::Stopped)?;
+        if !copied.copied {
+            return Err(CoreError::Stopped);
+        }
+        Ok(metrics)
     }
 
     /// A new subscription to the committed batches (closed at once if the master stopped).
@@ -124,14 +149,16 @@ impl ReadSide {
             applied: watch::channel(Applied {
                 seq: 0,
                 following: true,
+                copied: false,
             })
             .0,
         });
         let inbox = self.inbox.clone();
         let keeper = model.clone();
+        let metrics = self.metrics.clone();
         std::thread::Builder::new()
             .name("mawex-reads".into())
-            .spawn(move || keep(keeper, inbox, feed))
+            .spawn(move || keep(keeper, inbox, feed, &metrics))
             .map_err(|e| ApiError::Internal(format!("cannot start the read model: {e}")))?;
         *slot = Some(model.clone());
         Ok(model)
@@ -146,7 +173,10 @@ impl ReadModel {
 
     fn replace(&self, seq: u64, state: MasterState) {
         *self.state.write().unwrap_or_else(PoisonError::into_inner) = state;
-        self.applied_up_to(seq);
+        self.applied.send_modify(|a| {
+            a.seq = seq;
+            a.copied = true;
+        });
     }
 
     fn applied_up_to(&self, seq: u64) {
@@ -176,8 +206,9 @@ fn keep(
     model: Arc<ReadModel>,
     inbox: std_mpsc::Sender<CoreMsg>,
     feed: broadcast::Receiver<Arc<CommittedBatch>>,
+    metrics: &OnceLock<Arc<MasterMetrics>>,
 ) {
-    follow(&model, &inbox, feed);
+    follow(&model, &inbox, feed, metrics);
     model.stopped();
 }
 
@@ -185,6 +216,7 @@ fn follow(
     model: &ReadModel,
     inbox: &std_mpsc::Sender<CoreMsg>,
     mut feed: broadcast::Receiver<Arc<CommittedBatch>>,
+    metrics: &OnceLock<Arc<MasterMetrics>>,
 ) {
     let resync = |model: &ReadModel| -> Option<u64> {
         let (seq, mut state) = copy_state(inbox).ok()?.blocking_recv().ok()?;
@@ -215,7 +247,11 @@ fn follow(
                 }
                 {
                     let mut state = model.state.write().unwrap_or_else(PoisonError::into_inner);
+                    let metrics = metrics.get();
                     for event in batch.events.iter() {
+                        if let Some(metrics) = metrics {
+                            metrics.record(&state, event);
+                        }
                         state.apply(event);
                     }
                 }
