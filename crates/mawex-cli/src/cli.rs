@@ -113,6 +113,12 @@ pub enum Command {
     },
     /// A live view of the pods, groups and failed queue, refreshed every second; `q` quits.
     Top,
+    /// Serves the REST API and `/metrics` over the masters of `client.masters`.
+    Web {
+        /// Where to serve (web.listen; default 127.0.0.1:7080).
+        #[arg(long)]
+        listen: Option<String>,
+    },
     /// Moves pending tasks to another group.
     Move {
         /// The group they go to.

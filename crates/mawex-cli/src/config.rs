@@ -30,6 +30,28 @@ pub struct Config {
     pub log: LogSection,
     /// Finding masters on the LAN with no address configured.
     pub discovery: DiscoverySection,
+    /// The dashboard's HTTP side: the REST API and `/metrics`.
+    pub web: WebSection,
+}
+
+/// The dashboard's HTTP side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSection {
+    /// Where it is served: beside `mawex master` and `mawex standalone` when set; `mawex
+    /// web` serves here (default `127.0.0.1:7080`).
+    pub listen: Option<SocketAddr>,
+    /// The largest request body (`"8MiB"`).
+    pub max_body: bytesize::ByteSize,
+}
+
+impl Default for WebSection {
+    fn default() -> Self {
+        WebSection {
+            listen: None,
+            max_body: bytesize::ByteSize::mib(8),
+        }
+    }
 }
 
 /// Where a client reaches the master when `client.masters` names none and discovery is off.
@@ -653,6 +675,9 @@ impl Config {
                 ),
             );
         }
+        if self.web.max_body.as_u64() == 0 {
+            return bad("web.max_body", "must be more than 0".into());
+        }
         if discovery.interval.is_zero() {
             return bad("discovery.interval", "must be more than 0".into());
         }
@@ -804,6 +829,7 @@ mod tests {
         config.worker.max_timeout = Some(Duration::from_secs(1));
         config.worker.max_memory = Some(bytesize::ByteSize::mib(1));
         config.client.masters = vec!["http://host:7070".into()];
+        config.web.listen = Some(SocketAddr::from(([127, 0, 0, 1], 7080)));
         config.discovery.key = Some("k".repeat(16));
         config.discovery.interface = Some(Ipv4Addr::LOCALHOST);
         config.discovery.advertise = Some("http://host:7070".into());

@@ -13,6 +13,7 @@ mod serve;
 mod tasks;
 mod top;
 mod tree;
+mod web;
 
 use clap::{CommandFactory, Parser};
 
@@ -60,6 +61,7 @@ fn overrides(cli: &Cli) -> Overrides {
             args.master.overrides(&mut flags);
             args.worker.overrides(&mut flags);
         }
+        Command::Web { listen } => flags.set("web.listen", listen.clone()),
         _ => {}
     }
     flags
@@ -113,6 +115,7 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             Command::Cron { action } => tasks::cron(&config, output, action).await,
             Command::Broadcast { action } => broadcasts::broadcast(&config, output, action).await,
             Command::Top => top::top(&config).await,
+            Command::Web { .. } => web::web(&config).await,
             Command::Move { to, ids } => tasks::move_pending(&config, &to, &ids).await,
             Command::Prefer { priority, ids } => tasks::prefer(&config, priority, &ids).await,
             Command::Tree(args) => tree::tree(output, args).await,

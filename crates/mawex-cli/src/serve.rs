@@ -21,13 +21,13 @@ use crate::CliError;
 
 /// SIGTERM and SIGINT, caught from the moment this is made (a signal before the first wait
 /// is not lost, and does not kill the process undrained).
-struct StopSignals {
+pub(crate) struct StopSignals {
     terminate: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
 }
 
 impl StopSignals {
-    fn new() -> Result<Self, CliError> {
+    pub(crate) fn new() -> Result<Self, CliError> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(StopSignals {
             terminate: signal(SignalKind::terminate()).map_err(CliError::io("catching SIGTERM"))?,
@@ -36,7 +36,7 @@ impl StopSignals {
     }
 
     /// Resolves when the process is asked to stop.
-    async fn wait(mut self) {
+    pub(crate) async fn wait(mut self) {
         tokio::select! {
             _ = self.terminate.recv() => info!("SIGTERM: draining"),
             _ = self.interrupt.recv() => info!("interrupted: draining"),
@@ -165,6 +165,21 @@ impl Running {
         }
     }
 
+    /// What the web side serves over: the master's proxy, and its recorded metrics (a node
+    /// of a cluster runs a master only while it leads: its metrics are not recorded).
+    async fn web_parts(
+        &self,
+    ) -> (
+        Arc<dyn mawex::MasterProxy>,
+        Option<Arc<mawex::MasterMetrics>>,
+    ) {
+        match self {
+            Running::Plain(master) => (Arc::new(master.proxy()), master.metrics().await.ok()),
+            Running::Single(node) => (Arc::new(node.proxy()), node.master().metrics().await.ok()),
+            Running::Node(node) => (Arc::new(node.client()), None),
+        }
+    }
+
     /// The in-process pod connector, for `standalone`.
     fn pod_connector(&self) -> Option<Arc<dyn PodConnector>> {
         match self {
@@ -284,6 +299,13 @@ async fn serve_until_stopped(
         "http"
     };
     println!("mawex master listening on {scheme}://{address}");
+    let _web = match config.web.listen {
+        Some(listen) => {
+            let (proxy, metrics) = running.web_parts().await;
+            Some(crate::web::start(config, listen, proxy, metrics).await?)
+        }
+        None => None,
+    };
     // Aborted when serving ends, whichever way.
     let _announcing = match config.discovery.key {
         Some(_) => Some(AbortOnDrop(crate::discovery::announce(

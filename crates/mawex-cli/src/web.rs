@@ -1,0 +1,84 @@
+//! The dashboard's HTTP side (`mawex-web`: the REST API, its OpenAPI document, `/metrics`) in
+//! the binary: beside a master when `web.listen` is set, recording the master's metrics, or
+//! on its own over the masters of `client.masters` (`mawex web`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mawex::{MasterMetrics, MasterProxy};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::CliError;
+
+/// Where `mawex web` serves when `web.listen` names nothing.
+pub(crate) const DEFAULT_LISTEN: ([u8; 4], u16) = ([127, 0, 0, 1], 7080);
+
+/// The dashboard has no login yet: anyone who reaches it may do anything a client may.
+/// Beyond loopback it takes `master.insecure = true`, as a master without TLS and tokens
+/// does.
+pub(crate) fn check_exposure(config: &Config, listen: SocketAddr) -> Result<(), CliError> {
+    if listen.ip().is_loopback() || config.master.insecure {
+        return Ok(());
+    }
+    Err(CliError::Config(format!(
+        "web.listen: {listen} is reachable beyond this machine and the dashboard has no \
+         login yet: keep it on loopback (put an authenticating proxy in front), or set \
+         master.insecure = true"
+    )))
+}
+
+/// A task aborted when this is dropped: the web server of a master stops with it.
+pub(crate) struct Serving(tokio::task::JoinHandle<()>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Binds `listen` and serves the web side over `proxy` (with `metrics` recorded, if given)
+/// on a task of its own; prints where on stdout.
+pub(crate) async fn start(
+    config: &Config,
+    listen: SocketAddr,
+    proxy: Arc<dyn MasterProxy>,
+    metrics: Option<Arc<MasterMetrics>>,
+) -> Result<(Serving, SocketAddr), CliError> {
+    check_exposure(config, listen)?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(CliError::io(format!("binding web.listen {listen}")))?;
+    let address = listener
+        .local_addr()
+        .map_err(CliError::io("reading the web address"))?;
+    let mut settings = mawex_web::WebConfig::default();
+    settings.max_body_bytes = usize::try_from(config.web.max_body.as_u64()).unwrap_or(usize::MAX);
+    if let Some(metrics) = metrics {
+        settings = settings.with_metrics(move |registry| metrics.register(registry));
+    }
+    let app = mawex_web::router(proxy, settings);
+    println!("mawex web listening on http://{address}");
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the web server stopped");
+        }
+    });
+    Ok((Serving(task), address))
+}
+
+/// `mawex web`: the web side over the masters of `client.masters`, until SIGTERM or Ctrl-C.
+///
+/// # Errors
+/// A bad configuration, or an address that cannot be bound.
+pub(crate) async fn web(config: &Config) -> Result<(), CliError> {
+    let listen = config
+        .web
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(DEFAULT_LISTEN));
+    let proxy: Arc<dyn MasterProxy> = Arc::new(crate::tasks::connect(config)?);
+    let stop = crate::serve::StopSignals::new()?;
+    let _serving = start(config, listen, proxy, None).await?;
+    stop.wait().await;
+    Ok(())
+}

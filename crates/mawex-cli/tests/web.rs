@@ -1,0 +1,122 @@
+//! The dashboard's HTTP side in the binary: `mawex standalone` with `web.listen` serves the
+//! REST API and `/metrics` (recording its master's metrics), `mawex web` serves them over a
+//! remote master, and a web address beyond loopback is refused (there is no login yet).
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::{line_with, mawex, run, start, DEADLINE};
+
+/// One HTTP/1.1 request: the status and the body.
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn the_rest_api_and_metrics_are_served_beside_a_master_and_on_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mawex.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[master]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[web]\nlisten = \"127.0.0.1:0\"\n\
+             [worker]\ngroups = [\"sh\"]\nshutdown_grace = \"1s\"\n\
+             [worker.handlers.upper]\nargv = [\"tr\", \"a-z\", \"A-Z\"]\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut command = mawex();
+    command.arg("--config").arg(&config).arg("standalone");
+    let (_standalone, lines) = start(command);
+    let endpoint = line_with(&lines, "mawex master listening on ")
+        .trim_start_matches("mawex master listening on ")
+        .to_owned();
+    let web = line_with(&lines, "mawex web listening on http://")
+        .trim_start_matches("mawex web listening on http://")
+        .to_owned();
+
+    // A task through the REST API, run by the standalone's worker.
+    let (status, submitted) = http(
+        &web,
+        "POST",
+        "/api/v1/tasks",
+        r#"{"group": "sh", "handler": "upper", "payload": "from the web"}"#,
+    );
+    assert_eq!(status, 200, "{submitted}");
+    let id = json(&submitted)["id"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    let task = loop {
+        let (_, task) = http(&web, "GET", &format!("/api/v1/tasks/{id}"), "");
+        let task = json(&task);
+        if task["state"] == "succeeded" {
+            break task;
+        }
+        assert!(started.elapsed() < DEADLINE, "never succeeded: {task}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(task["output"], "FROM THE WEB");
+    let (status, metrics) = http(&web, "GET", "/metrics", "");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(r#"mawex_task_transitions_total{group="sh",to="succeeded"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("mawex_pods 1"), "{metrics}");
+
+    // `mawex web` over that master, from another process.
+    let remote = dir.path().join("remote.toml");
+    std::fs::write(&remote, format!("[client]\nmasters = [\"{endpoint}\"]\n")).unwrap();
+    let mut command = mawex();
+    command
+        .arg("--config")
+        .arg(&remote)
+        .args(["web", "--listen", "127.0.0.1:0"]);
+    let (_web, lines) = start(command);
+    let other = line_with(&lines, "mawex web listening on http://")
+        .trim_start_matches("mawex web listening on http://")
+        .to_owned();
+    let (status, groups) = http(&other, "GET", "/api/v1/groups", "");
+    assert_eq!(status, 200, "{groups}");
+    assert_eq!(json(&groups)[0]["group"], "sh");
+    assert_eq!(json(&groups)[0]["succeeded"], 1);
+
+    // No login yet: beyond loopback it is refused.
+    let mut command = mawex();
+    command
+        .arg("--config")
+        .arg(&remote)
+        .args(["web", "--listen", "0.0.0.0:0"]);
+    let refused = run(command);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("web.listen"));
+}
