@@ -29,12 +29,14 @@ const ADMIN: &str = "admin-secret";
 const POD: &str = "pod-secret";
 const OTHER_POD: &str = "other-pod-secret";
 const CACHE_POD: &str = "cache-pod-secret";
+const VIEWER: &str = "viewer-secret";
 
 fn tokens() -> Tokens {
     Tokens::new([
         TokenEntry::new("client", Role::Client, CLIENT),
         TokenEntry::new("builds-client", Role::Client, BUILDS_CLIENT).groups([group("builds")]),
         TokenEntry::new("admin", Role::Admin, ADMIN),
+        TokenEntry::new("dashboard", Role::Viewer, VIEWER),
         TokenEntry::new("fleet", Role::Pod, POD)
             .groups([group("builds")])
             .pods(["builder-*"]),
@@ -70,6 +72,29 @@ fn expected_role(path: &str) -> Role {
         "Session" => Role::Pod,
         other => panic!("{path}: no expected role for RPC {other}; add it to this table"),
     }
+}
+
+/// Whether an RPC changes nothing (a viewer may call it), written down here independently of
+/// the server's own list.
+fn reads_only(path: &str) -> bool {
+    let method = path.rsplit('/').next().unwrap();
+    matches!(
+        method,
+        "Get"
+            | "AwaitResult"
+            | "List"
+            | "StreamResults"
+            | "FailedSummary"
+            | "GetGroupSettings"
+            | "ListSchedules"
+            | "PlanBroadcast"
+            | "GetBroadcast"
+            | "ListBroadcasts"
+            | "WaitBroadcast"
+            | "ListBroadcastLocks"
+            | "ListPods"
+            | "ListGroups"
+    )
 }
 
 /// Every RPC path of the mawex services, from the descriptors the server publishes.
@@ -132,10 +157,12 @@ async fn every_rpc_needs_a_token_whose_role_allows_it() {
             (CLIENT, Role::Client),
             (ADMIN, Role::Admin),
             (POD, Role::Pod),
+            (VIEWER, Role::Viewer),
         ] {
-            let allowed = match needed {
-                Role::Client => matches!(role, Role::Client | Role::Admin),
-                other => role == other,
+            let allowed = match (role, needed) {
+                (Role::Viewer, _) => reads_only(path),
+                (_, Role::Client) => matches!(role, Role::Client | Role::Admin),
+                (_, other) => role == other,
             };
             let code = call(&channel, path, Some(secret)).await;
             if allowed {

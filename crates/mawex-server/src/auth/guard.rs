@@ -72,7 +72,12 @@ impl<S> Guarded<S> {
         let Some(token) = tokens.find_shared(secret.trim()) else {
             return Err(Status::unauthenticated("the token is not valid"));
         };
-        if !rules::allows(token.role(), needed) {
+        let allowed = match token.role() {
+            // A viewer reads whatever the path's role, and changes nothing.
+            Role::Viewer => rules::is_read(path) && self.role.is_none(),
+            role => rules::allows(role, needed),
+        };
+        if !allowed {
             return Err(Status::permission_denied(format!(
                 "token {} has the {} role; {path} needs the {needed} role",
                 token.id(),

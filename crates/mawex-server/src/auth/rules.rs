@@ -38,6 +38,30 @@ const ADMIN: &[&str] = &[
     "/mawex.v1.Master/DrainPod",
 ];
 
+/// The RPCs that change nothing: a `viewer` token may call these (and only these), whatever
+/// role they need otherwise.
+const READS: &[&str] = &[
+    "/mawex.v1.Master/Get",
+    "/mawex.v1.Master/AwaitResult",
+    "/mawex.v1.Master/List",
+    "/mawex.v1.Master/StreamResults",
+    "/mawex.v1.Master/FailedSummary",
+    "/mawex.v1.Master/GetGroupSettings",
+    "/mawex.v1.Master/ListSchedules",
+    "/mawex.v1.Master/PlanBroadcast",
+    "/mawex.v1.Master/GetBroadcast",
+    "/mawex.v1.Master/ListBroadcasts",
+    "/mawex.v1.Master/WaitBroadcast",
+    "/mawex.v1.Master/ListBroadcastLocks",
+    "/mawex.v1.Master/ListPods",
+    "/mawex.v1.Master/ListGroups",
+];
+
+/// Whether `path` changes nothing (a `viewer` token may call it).
+pub(crate) fn is_read(path: &str) -> bool {
+    READS.contains(&path)
+}
+
 /// The RPCs only a `pod` token may call.
 const POD: &[&str] = &["/mawex.v1.PodLink/Session"];
 
@@ -61,5 +85,6 @@ pub(crate) fn allows(role: Role, needed: Role) -> bool {
         Role::Admin => role == Role::Admin,
         Role::Pod => role == Role::Pod,
         Role::Peer => role == Role::Peer,
+        Role::Viewer => matches!(role, Role::Viewer | Role::Client | Role::Admin),
     }
 }

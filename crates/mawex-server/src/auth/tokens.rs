@@ -4,7 +4,7 @@
 //! ```toml
 //! [[token]]
 //! id = "ci"                 # shown in logs; the secret never is
-//! role = "client"           # client, admin, pod or peer
+//! role = "client"           # client, admin, viewer, pod or peer
 //! groups = ["builds"]       # optional: the groups it may use (client and pod tokens)
 //! sha256 = "…64 hex digits…"
 //!
@@ -47,6 +47,10 @@ pub enum Role {
     /// The Raft link between the masters of a cluster only (the services added with
     /// [`Server::add_service_for`](crate::Server::add_service_for) for this role).
     Peer,
+    /// Reads everything a client or an admin may read (tasks, results, groups, pods, the
+    /// failed queue, schedules, broadcasts, plans) and changes nothing: for dashboards and
+    /// people on call.
+    Viewer,
 }
 
 impl std::fmt::Display for Role {
@@ -56,6 +60,7 @@ impl std::fmt::Display for Role {
             Role::Admin => "admin",
             Role::Pod => "pod",
             Role::Peer => "peer",
+            Role::Viewer => "viewer",
         })
     }
 }
@@ -176,7 +181,7 @@ impl TokenEntry {
                 self.id
             ));
         }
-        if matches!(self.role, Role::Admin | Role::Peer) && self.groups.is_some() {
+        if matches!(self.role, Role::Admin | Role::Peer | Role::Viewer) && self.groups.is_some() {
             return Err(format!(
                 "token {}: {} {} token is not limited to groups",
                 self.id,
