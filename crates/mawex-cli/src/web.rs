@@ -1,6 +1,7 @@
 //! The dashboard's HTTP side (`mawex-web`: the REST API, its OpenAPI document, `/metrics`) in
 //! the binary: beside a master when `web.listen` is set, recording the master's metrics, or
-//! on its own over the masters of `client.masters` (`mawex web`).
+//! on its own over the masters of `client.masters` (`mawex web`). With `master.tokens`, every
+//! call needs a viewer, client or admin token of that file.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,6 +58,12 @@ pub(crate) async fn start(
     if let Some(metrics) = metrics {
         settings = settings.with_metrics(move |registry| metrics.register(registry));
     }
+    if let Some(path) = &config.master.tokens {
+        let tokens = mawex::auth::Tokens::from_file(path)
+            .map_err(|e| CliError::Config(format!("master.tokens: {e}")))?;
+        let store = mawex::auth::TokenStore::new(tokens);
+        settings = settings.with_auth(move |secret| web_user(&store, secret));
+    }
     let app = mawex_web::router(proxy, settings);
     println!("mawex web listening on http://{address}");
     let task = tokio::spawn(async move {
@@ -81,4 +88,27 @@ pub(crate) async fn web(config: &Config) -> Result<(), CliError> {
     let _serving = start(config, listen, proxy, None).await?;
     stop.wait().await;
     Ok(())
+}
+
+/// The web caller `secret` stands for in `store`: a viewer, client or admin token. Pod and
+/// peer tokens, and client tokens limited to groups (the web checks no groups yet), are not
+/// valid for the web.
+fn web_user(store: &mawex::auth::TokenStore, secret: &str) -> Option<mawex_web::WebUser> {
+    use mawex::auth::Role;
+    use mawex_web::WebRole;
+    let tokens = store.current();
+    let token = tokens.find(secret)?;
+    if token.limited_to().is_some() {
+        return None;
+    }
+    let role = match token.role() {
+        Role::Viewer => WebRole::Viewer,
+        Role::Client => WebRole::Client,
+        Role::Admin => WebRole::Admin,
+        _ => return None,
+    };
+    Some(mawex_web::WebUser {
+        id: token.id().to_owned(),
+        role,
+    })
 }

@@ -72,6 +72,10 @@ pub(crate) fn router(state: AppState, config: &WebConfig) -> axum::Router {
     )
     .route("/metrics", get(crate::metrics::metrics))
     .fallback(|| async { WebError::Api(mawex_api::ApiError::NotFound("this path".into())) })
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        crate::auth::guard,
+    ))
     .layer(DefaultBodyLimit::max(config.max_body_bytes))
     .with_state(state)
 }

@@ -17,6 +17,7 @@
 //! `{"error": {"code": "not_found", "message": "task 0190… not found"}}` (see [`WebError`]).
 
 mod api;
+mod auth;
 mod error;
 mod json;
 mod metrics;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use mawex_api::MasterProxy;
 
 pub use api::MAX_BATCH;
+pub use auth::{Authenticator, WebRole, WebUser};
 pub use error::{ErrorAnswer, ErrorDetail, WebError};
 pub use json::{
     Body, Broadcast, BroadcastPage, ErrorBody, FailedCount, FailedFilterBody, Failure, Group,
@@ -44,6 +46,10 @@ pub struct WebConfig {
     /// master: `move |r| metrics.register(r)` with `Master::metrics`). `/metrics` serves the
     /// state's figures without it.
     pub metrics: Option<RegisterMetrics>,
+    /// Finds the caller of each request's bearer token: set, every route but the OpenAPI
+    /// document needs a token whose role allows it (see [`WebRole`]). `None`: no checks,
+    /// for a server only trusted callers reach (loopback).
+    pub auth: Option<Authenticator>,
 }
 
 /// Registers metrics in a registry (see [`WebConfig::metrics`]).
@@ -54,6 +60,7 @@ impl std::fmt::Debug for WebConfig {
         f.debug_struct("WebConfig")
             .field("max_body_bytes", &self.max_body_bytes)
             .field("metrics", &self.metrics.is_some())
+            .field("auth", &self.auth.is_some())
             .finish()
     }
 }
@@ -63,6 +70,7 @@ impl Default for WebConfig {
         WebConfig {
             max_body_bytes: 8 * 1024 * 1024,
             metrics: None,
+            auth: None,
         }
     }
 }
@@ -76,6 +84,15 @@ impl WebConfig {
         self.metrics = Some(Arc::new(register));
         self
     }
+
+    /// The same settings, requiring a token that `authenticate` knows on every call.
+    pub fn with_auth(
+        mut self,
+        authenticate: impl Fn(&str) -> Option<WebUser> + Send + Sync + 'static,
+    ) -> Self {
+        self.auth = Some(Arc::new(authenticate));
+        self
+    }
 }
 
 /// What every handler reaches.
@@ -86,6 +103,8 @@ pub(crate) struct AppState {
     pub(crate) max_body_bytes: usize,
     /// `WebConfig::metrics`.
     pub(crate) metrics: Option<RegisterMetrics>,
+    /// `WebConfig::auth`.
+    pub(crate) auth: Option<Authenticator>,
 }
 
 /// The API (`/api/v1/…`), its OpenAPI document (`/api/openapi.json`) and `/metrics`, over
@@ -95,6 +114,7 @@ pub fn router(proxy: Arc<dyn MasterProxy>, config: WebConfig) -> axum::Router {
         proxy,
         max_body_bytes: config.max_body_bytes,
         metrics: config.metrics.clone(),
+        auth: config.auth.clone(),
     };
     api::router(state, &config)
 }

@@ -772,3 +772,128 @@ async fn metrics_parse_and_their_counts_are_the_apis() {
     );
     f.stop().await;
 }
+
+/// `path` called with `token` (and an empty JSON body for a write): the status.
+async fn status_with(f: &Fixture, method: Method, path: &str, token: Option<&str>) -> StatusCode {
+    let mut request = Request::builder()
+        .method(method.clone())
+        .uri(path)
+        .header("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let body = if method == Method::GET {
+        Body::empty()
+    } else {
+        Body::from("{}")
+    };
+    f.app
+        .clone()
+        .oneshot(request.body(body).unwrap())
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tokens_each_role_may_do_what_it_may_and_a_viewer_changes_nothing() {
+    use mawex_web::{WebRole, WebUser};
+    let config = mawex_web::WebConfig::default().with_auth(|secret| {
+        let role = match secret {
+            "viewer-secret" => WebRole::Viewer,
+            "client-secret" => WebRole::Client,
+            "admin-secret" => WebRole::Admin,
+            _ => return None,
+        };
+        Some(WebUser {
+            id: secret.trim_end_matches("-secret").to_owned(),
+            role,
+        })
+    });
+    let f = Fixture::start(config).await;
+    let task = "/api/v1/tasks/01900000-0000-7000-8000-000000000001";
+    let denied = StatusCode::FORBIDDEN;
+    // (method, path, may a viewer, a client, an admin) — an allowed call may still fail for
+    // its own reasons (not found, a bad body), never with 401 or 403.
+    let table: &[(Method, &str, [bool; 3])] = &[
+        (Method::GET, "/api/v1/tasks", [true, true, true]),
+        (Method::GET, task, [true, true, true]),
+        (Method::POST, "/api/v1/tasks", [false, true, true]),
+        (Method::POST, "/api/v1/tasks/batch", [false, true, true]),
+        (Method::POST, &format!("{task}/cancel"), [false, true, true]),
+        (Method::POST, &format!("{task}/retry"), [false, false, true]),
+        (Method::GET, "/api/v1/failed", [true, false, true]),
+        (Method::POST, "/api/v1/failed/retry", [false, false, true]),
+        (Method::POST, "/api/v1/failed/purge", [false, false, true]),
+        (Method::GET, "/api/v1/groups", [true, false, true]),
+        (Method::GET, "/api/v1/groups/web", [true, false, true]),
+        (Method::PUT, "/api/v1/groups/web", [false, false, true]),
+        (Method::GET, "/api/v1/pods", [true, false, true]),
+        (
+            Method::POST,
+            "/api/v1/pods/pod-1/drain",
+            [false, false, true],
+        ),
+        (Method::GET, "/api/v1/schedules", [true, false, true]),
+        (Method::POST, "/api/v1/schedules", [false, false, true]),
+        (Method::DELETE, "/api/v1/schedules/x", [false, false, true]),
+        (
+            Method::POST,
+            "/api/v1/schedules/x/pause",
+            [false, false, true],
+        ),
+        (
+            Method::POST,
+            "/api/v1/schedules/x/resume",
+            [false, false, true],
+        ),
+        (Method::GET, "/api/v1/broadcasts", [true, false, true]),
+        (Method::GET, "/api/v1/broadcasts/1", [true, false, true]),
+        (Method::POST, "/api/v1/broadcasts", [false, false, true]),
+        (Method::GET, "/metrics", [true, false, true]),
+    ];
+    for (method, path, allowed) in table {
+        assert_eq!(
+            status_with(&f, method.clone(), path, None).await,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} without a token"
+        );
+        assert_eq!(
+            status_with(&f, method.clone(), path, Some("made-up")).await,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} with an unknown token"
+        );
+        for (token, may) in ["viewer-secret", "client-secret", "admin-secret"]
+            .into_iter()
+            .zip(allowed)
+        {
+            let status = status_with(&f, method.clone(), path, Some(token)).await;
+            if *may {
+                assert!(
+                    status != denied && status != StatusCode::UNAUTHORIZED,
+                    "{method} {path} with {token}: {status}"
+                );
+            } else {
+                assert_eq!(status, denied, "{method} {path} with {token}");
+            }
+        }
+    }
+    // The description is open; every operation it describes is in the table above.
+    assert_eq!(
+        status_with(&f, Method::GET, "/api/openapi.json", None).await,
+        StatusCode::OK
+    );
+    let (_, doc) = f.get("/api/openapi.json").await;
+    let operations: usize = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|item| item.as_object().unwrap().len())
+        .sum();
+    assert_eq!(
+        operations + 1,
+        table.len(),
+        "a route of the API has no line in this table"
+    );
+    f.stop().await;
+}
