@@ -71,6 +71,8 @@ pub(crate) fn router(state: AppState, config: &WebConfig) -> axum::Router {
         }),
     )
     .route("/metrics", get(crate::metrics::metrics))
+    .merge(crate::pages::routes())
+    .merge(crate::login::routes())
     .fallback(|| async { WebError::Api(mawex_api::ApiError::NotFound("this path".into())) })
     .layer(axum::middleware::from_fn_with_state(
         state.clone(),

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 
+use crate::sessions::session_of;
 use crate::{AppState, WebError};
 
 /// What a caller may do.
@@ -70,6 +71,9 @@ pub(crate) fn needs(method: &Method, path: &str) -> Option<Needs> {
             | "/api/v1/broadcasts/{id}"
             | "/metrics",
         ) => AdminRead,
+        // The pages show groups and pods: what viewers and admins read.
+        (true, path) if is_page(path) => AdminRead,
+        (false, "/logout") => ClientRead,
         (
             false,
             "/api/v1/tasks/{id}/retry"
@@ -85,6 +89,22 @@ pub(crate) fn needs(method: &Method, path: &str) -> Option<Needs> {
         ) => AdminWrite,
         _ => return None,
     })
+}
+
+/// The dashboard's pages and what keeps them live (not the API, not `/metrics`).
+pub(crate) fn is_page(path: &str) -> bool {
+    matches!(
+        path,
+        "/" | "/groups" | "/tasks" | "/tasks/{id}" | "/pods" | "/fragments/{*rest}" | "/events"
+    )
+}
+
+/// Open to anyone: the page's script and style, the login page, the API's description.
+fn is_open(path: &str) -> bool {
+    matches!(
+        path,
+        "/api/openapi.json" | "/static/live.js" | "/static/style.css" | "/login"
+    )
 }
 
 fn allows(role: WebRole, needs: Needs) -> bool {
@@ -117,8 +137,8 @@ pub(crate) async fn guard(
     let Some(auth) = &app.auth else {
         return next.run(request).await;
     };
-    // The API's description holds no data; an unknown path answers 404 after this.
-    if path == "/api/openapi.json" || path.is_empty() {
+    // An unknown path answers 404 after this.
+    if is_open(&path) || path.is_empty() {
         return next.run(request).await;
     }
     let Some(needs) = needs(&method, &path) else {
@@ -127,20 +147,33 @@ pub(crate) async fn guard(
         )))
         .into_response();
     };
-    let secret = request
-        .headers()
+    let headers = request.headers();
+    let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(secret) = secret else {
-        return WebError::Api(mawex_api::ApiError::Unauthenticated(
-            "a token is required: send `Authorization: Bearer <token>`".into(),
-        ))
-        .into_response();
+    let user = match (bearer, session_of(headers)) {
+        (Some(secret), _) => auth(secret.trim()),
+        (None, Some(session)) => {
+            // A cookie goes with requests other sites make: a change must come from here.
+            if method != Method::GET && !same_origin(headers) {
+                return WebError::Api(mawex_api::ApiError::PermissionDenied(
+                    "a change with a session cookie must come from this dashboard's own pages \
+                     (its Origin header)"
+                        .into(),
+                ))
+                .into_response();
+            }
+            app.sessions.user(&session)
+        }
+        (None, None) => None,
     };
-    let Some(user) = auth(secret.trim()) else {
+    let Some(user) = user else {
+        if method == Method::GET && is_page(&path) {
+            return Redirect::to("/login").into_response();
+        }
         return WebError::Api(mawex_api::ApiError::Unauthenticated(
-            "the token is not valid here".into(),
+            "a token is required: send `Authorization: Bearer <token>`, or log in".into(),
         ))
         .into_response();
     };
@@ -166,4 +199,22 @@ pub(crate) async fn guard(
         );
     }
     response
+}
+
+/// Whether a request's `Origin` is the host it was sent to (a browser sends both).
+fn same_origin(headers: &axum::http::HeaderMap) -> bool {
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &axum::http::HeaderValue| v.to_str().ok())
+    };
+    match (
+        header(axum::http::header::ORIGIN),
+        header(axum::http::header::HOST),
+    ) {
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_some_and(|(_, authority)| authority == host),
+        _ => false,
+    }
 }

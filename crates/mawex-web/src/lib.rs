@@ -20,7 +20,10 @@ mod api;
 mod auth;
 mod error;
 mod json;
+mod login;
 mod metrics;
+mod pages;
+mod sessions;
 
 use std::sync::Arc;
 
@@ -105,6 +108,8 @@ pub(crate) struct AppState {
     pub(crate) metrics: Option<RegisterMetrics>,
     /// `WebConfig::auth`.
     pub(crate) auth: Option<Authenticator>,
+    /// The pages' sessions.
+    pub(crate) sessions: Arc<sessions::Sessions>,
 }
 
 /// The API (`/api/v1/…`), its OpenAPI document (`/api/openapi.json`) and `/metrics`, over
@@ -115,6 +120,7 @@ pub fn router(proxy: Arc<dyn MasterProxy>, config: WebConfig) -> axum::Router {
         max_body_bytes: config.max_body_bytes,
         metrics: config.metrics.clone(),
         auth: config.auth.clone(),
+        sessions: Arc::default(),
     };
     api::router(state, &config)
 }

@@ -1,0 +1,82 @@
+//! Logging in to the pages: a token, once, for a session cookie.
+
+use axum::extract::State;
+use axum::http::header::SET_COOKIE;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::{Form, Router};
+use maud::{html, DOCTYPE};
+use serde::Deserialize;
+
+use crate::sessions::{session_of, COOKIE};
+use crate::AppState;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/login", get(login_page).post(login))
+        .route("/logout", axum::routing::post(logout))
+}
+
+fn page(message: Option<&str>) -> Html<String> {
+    Html(
+        html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    title { "Log in · mawex" }
+                    link rel="stylesheet" href="/static/style.css";
+                }
+                body {
+                    form.login method="post" action="/login" {
+                        h1 { "mawex" }
+                        @if let Some(message) = message { p.bad { (message) } }
+                        label for="token" { "Token" }
+                        input id="token" name="token" type="password" autocomplete="current-password" autofocus;
+                        button type="submit" { "Log in" }
+                    }
+                }
+            }
+        }
+        .into_string(),
+    )
+}
+
+async fn login_page(State(app): State<AppState>) -> Response {
+    if app.auth.is_none() {
+        return Redirect::to("/").into_response();
+    }
+    page(None).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(State(app): State<AppState>, Form(form): Form<LoginForm>) -> Response {
+    let Some(auth) = &app.auth else {
+        return Redirect::to("/").into_response();
+    };
+    let Some(user) = auth(form.token.trim()) else {
+        tracing::info!(target: "mawex::audit", "web login refused: an unknown token");
+        return (
+            StatusCode::UNAUTHORIZED,
+            page(Some("That token is not valid here.")),
+        )
+            .into_response();
+    };
+    tracing::info!(target: "mawex::audit", token = %user.id, "web login");
+    let session = app.sessions.open(user);
+    let cookie = format!("{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/; Max-Age=43200");
+    ([(SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+}
+
+async fn logout(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(session) = session_of(&headers) {
+        app.sessions.close(&session);
+    }
+    let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    ([(SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
+}

@@ -1,0 +1,402 @@
+//! The dashboard's pages: rendered on the server (maud), each page's content a fragment that
+//! stays live. The page's own small script (`live.js`, no third-party code) follows
+//! `/events`, where the server sends the fragment again when it changed, at most once a
+//! second; without EventSource it polls the fragment.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures::stream::Stream;
+use maud::{html, Markup, DOCTYPE};
+use mawex_api::{ListQuery, TaskState};
+use serde::Deserialize;
+
+use crate::json::{group, state, task_id, Task};
+use crate::{AppState, WebError};
+
+/// How often a live fragment is looked at again (and so the most it is sent).
+const REFRESH: Duration = Duration::from_secs(1);
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(overview_page))
+        .route("/groups", get(groups_page))
+        .route("/tasks", get(tasks_page))
+        .route("/tasks/{id}", get(task_page))
+        .route("/pods", get(pods_page))
+        .route("/fragments/{*rest}", get(fragment_endpoint))
+        .route("/events", get(events))
+        .route("/static/live.js", get(script))
+        .route("/static/style.css", get(style))
+}
+
+async fn script() -> Response {
+    (
+        [
+            (CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("static/live.js"),
+    )
+        .into_response()
+}
+
+async fn style() -> Response {
+    (
+        [
+            (CONTENT_TYPE, "text/css; charset=utf-8"),
+            (CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("static/style.css"),
+    )
+        .into_response()
+}
+
+/// A whole page: the header, and `content` kept live from `fragment`.
+fn layout(title: &str, here: &str, fragment: &str, content: Markup) -> Html<String> {
+    let nav = [
+        ("/", "Overview"),
+        ("/groups", "Groups"),
+        ("/tasks", "Tasks"),
+        ("/pods", "Pods"),
+    ];
+    Html(
+        html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    meta name="viewport" content="width=device-width, initial-scale=1";
+                    title { (title) " · mawex" }
+                    link rel="stylesheet" href="/static/style.css";
+                }
+                body {
+                    header {
+                        a.brand href="/" { "mawex" }
+                        @for (href, name) in nav {
+                            a class=[(href == here).then_some("here")] href=(href) { (name) }
+                        }
+                        form method="post" action="/logout" { button type="submit" { "Log out" } }
+                    }
+                    main {
+                        h1 { (title) }
+                        div id="live" data-live=(fragment) { (content) }
+                    }
+                    script src="/static/live.js" {}
+                }
+            }
+        }
+        .into_string(),
+    )
+}
+
+/// The fragment at `path` (`/fragments/…`) with `query`.
+async fn fragment(app: &AppState, path: &str, query: Option<&str>) -> Result<Markup, WebError> {
+    match path {
+        "/fragments/overview" => overview(app).await,
+        "/fragments/groups" => groups(app).await,
+        "/fragments/pods" => pods(app).await,
+        "/fragments/tasks" => {
+            let filters: TaskFilters = serde_urlencoded::from_str(query.unwrap_or_default())
+                .map_err(|e| WebError::BadRequest(format!("the filters: {e}")))?;
+            tasks(app, &filters).await
+        }
+        other => match other.strip_prefix("/fragments/task/") {
+            Some(id) => task(app, id).await,
+            None => Err(mawex_api::ApiError::NotFound(format!("fragment {other}")).into()),
+        },
+    }
+}
+
+async fn fragment_endpoint(
+    State(app): State<AppState>,
+    Path(rest): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Html<String>, WebError> {
+    let markup = fragment(&app, &format!("/fragments/{rest}"), query.as_deref()).await?;
+    Ok(Html(markup.into_string()))
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    fragment: String,
+}
+
+/// Server-Sent Events: the fragment named, each time it changed (looked at once a second).
+async fn events(
+    State(app): State<AppState>,
+    Query(query): Query<EventsQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, WebError> {
+    let (path, fragment_query) = match query.fragment.split_once('?') {
+        Some((path, q)) => (path.to_owned(), Some(q.to_owned())),
+        None => (query.fragment.clone(), None),
+    };
+    if !path.starts_with("/fragments/") {
+        return Err(WebError::BadRequest(format!(
+            "fragment: {:?} is not a fragment of this dashboard",
+            query.fragment
+        )));
+    }
+    // The first render refuses a bad fragment before the stream starts.
+    fragment(&app, &path, fragment_query.as_deref()).await?;
+    let stream = futures::stream::unfold(
+        (app, path, fragment_query, String::new(), true),
+        |(app, path, query, last, first)| async move {
+            if !first {
+                tokio::time::sleep(REFRESH).await;
+            }
+            loop {
+                let html = match fragment(&app, &path, query.as_deref()).await {
+                    Ok(markup) => markup.into_string(),
+                    Err(e) => html! { p.bad { "The master does not answer: " (e) } }.into_string(),
+                };
+                if html != last {
+                    let event = Event::default().event("fragment").data(html.clone());
+                    return Some((Ok::<_, Infallible>(event), (app, path, query, html, false)));
+                }
+                tokio::time::sleep(REFRESH).await;
+            }
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+fn card(n: u64, what: &str) -> Markup {
+    html! { div.card { div.n data-count=(what) { (n) } div.what { (what) } } }
+}
+
+async fn overview(app: &AppState) -> Result<Markup, WebError> {
+    let groups = app.proxy.list_groups().await?;
+    let pods = app.proxy.list_pods().await?;
+    let sum = |f: fn(&mawex_api::GroupView) -> u64| groups.iter().map(f).sum::<u64>();
+    Ok(html! {
+        div.cards {
+            (card(sum(|g| g.pending), "pending"))
+            (card(sum(|g| g.running), "running"))
+            (card(sum(|g| g.succeeded), "succeeded"))
+            (card(sum(|g| g.failed), "failed"))
+            (card(pods.len() as u64, "pods"))
+        }
+        (groups_table(&groups))
+    })
+}
+
+fn groups_table(groups: &[mawex_api::GroupView]) -> Markup {
+    html! {
+        table {
+            thead { tr {
+                th { "group" } th.num { "pending" } th.num { "running" } th.num { "succeeded" }
+                th.num { "failed" } th.num { "cancelled" } th { "settings" } th.num { "mean run" }
+            } }
+            tbody {
+                @for g in groups {
+                    tr {
+                        td { a href={ "/tasks?group=" (g.group) } { (g.group) } }
+                        td.num { (g.pending) } td.num { (g.running) } td.num { (g.succeeded) }
+                        td.num.bad[g.failed > 0] { (g.failed) } td.num { (g.cancelled) }
+                        td {
+                            @if g.settings.paused { "paused " }
+                            @if let Some(max) = g.settings.max_concurrency { "≤" (max) " at once " }
+                            @if let Some(rate) = &g.settings.rate { (rate.per_second) "/s" }
+                        }
+                        td.num { @if let Some(t) = g.mean_run_time { (format!("{:.3} s", t.as_secs_f64())) } }
+                    }
+                }
+                @if groups.is_empty() { tr { td colspan="8" .muted { "No tasks yet." } } }
+            }
+        }
+    }
+}
+
+async fn groups(app: &AppState) -> Result<Markup, WebError> {
+    Ok(groups_table(&app.proxy.list_groups().await?))
+}
+
+async fn pods(app: &AppState) -> Result<Markup, WebError> {
+    let pods = app.proxy.list_pods().await?;
+    Ok(html! {
+        table {
+            thead { tr {
+                th { "pod" } th { "groups" } th.num { "running / slots" } th.num { "held" }
+                th.num { "CPU" } th.num { "memory" } th { "last heard" } th { "" }
+            } }
+            tbody {
+                @for p in &pods {
+                    tr {
+                        td { (p.id) } td { (p.groups.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")) }
+                        td.num { (p.running) " / " (p.slots) } td.num { (p.held) }
+                        td.num { (format!("{:.1} %", f64::from(p.cpu_permille) / 10.0)) }
+                        td.num { (format!("{:.0} MiB", p.memory_bytes as f64 / 1_048_576.0)) }
+                        td { (crate::json::time(p.last_heartbeat)) }
+                        td { @if p.draining { "draining" } }
+                    }
+                }
+                @if pods.is_empty() { tr { td colspan="8" .muted { "No pod is connected." } } }
+            }
+        }
+    })
+}
+
+/// The filters of the task list.
+#[derive(Debug, Default, Deserialize)]
+struct TaskFilters {
+    group: Option<String>,
+    state: Option<String>,
+    after: Option<String>,
+}
+
+impl TaskFilters {
+    fn query(&self) -> String {
+        let mut parts = Vec::new();
+        for (key, value) in [("group", &self.group), ("state", &self.state)] {
+            if let Some(value) = value.as_ref().filter(|v| !v.is_empty()) {
+                parts.push(format!("{key}={}", urlencoding(value)));
+            }
+        }
+        parts.join("&")
+    }
+}
+
+/// `text` fit for a query string (names are letters, digits and `- _ . : /`; anything else
+/// is escaped).
+fn urlencoding(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+async fn tasks(app: &AppState, filters: &TaskFilters) -> Result<Markup, WebError> {
+    let mut query = ListQuery::default().limit(50).without_bodies();
+    if let Some(g) = filters.group.as_deref().filter(|g| !g.is_empty()) {
+        query = query.group(group("group", g)?);
+    }
+    if let Some(s) = filters.state.as_deref().filter(|s| !s.is_empty()) {
+        query = query.state(state(s)?);
+    }
+    if let Some(after) = filters.after.as_deref().filter(|a| !a.is_empty()) {
+        query = query.after(task_id(after)?);
+    }
+    let page = app.proxy.list(query).await?;
+    let tasks: Vec<Task> = page.tasks.iter().map(Task::from).collect();
+    let base = filters.query();
+    Ok(html! {
+        form.filters method="get" action="/tasks" {
+            input name="group" placeholder="group" value=[filters.group.as_deref()];
+            select name="state" {
+                option value="" { "any state" }
+                @for s in TaskState::ALL {
+                    option value=(s.name()) selected[filters.state.as_deref() == Some(s.name())] { (s.name()) }
+                }
+            }
+            button type="submit" { "Filter" }
+        }
+        table {
+            thead { tr { th { "task" } th { "group" } th { "handler" } th { "state" } th.num { "attempt" } th { "submitted" } th { "error" } } }
+            tbody {
+                @for t in &tasks {
+                    tr {
+                        td { a href={ "/tasks/" (t.id) } { (t.id) } }
+                        td { (t.group) } td { (t.handler) }
+                        td class={ "state-" (t.state) } { (t.state) }
+                        td.num { (t.attempt) } td { (t.submitted_at) }
+                        td.bad { @if let Some(e) = &t.error { (e.kind) ": " (e.message) } }
+                    }
+                }
+                @if tasks.is_empty() { tr { td colspan="7" .muted { "No task matches." } } }
+            }
+        }
+        @if let Some(next) = &page.next {
+            p { a href={ "/tasks?" (base) @if !base.is_empty() { "&" } "after=" (next) } { "Next page →" } }
+        }
+    })
+}
+
+async fn task(app: &AppState, id: &str) -> Result<Markup, WebError> {
+    let view = app.proxy.get(task_id(id)?).await?;
+    let t = Task::from(&view);
+    let body = |b: &crate::json::Body| match b {
+        crate::json::Body::Text(text) => text.clone(),
+        crate::json::Body::Binary { base64 } => format!("base64: {base64}"),
+    };
+    Ok(html! {
+        table {
+            tr { th { "state" } td class={ "state-" (t.state) } { (t.state) } }
+            tr { th { "group" } td { (t.group) } }
+            tr { th { "handler" } td { (t.handler) } }
+            tr { th { "attempt" } td { (t.attempt) } }
+            tr { th { "pod" } td { (t.pod.clone().unwrap_or_default()) } }
+            tr { th { "submitted" } td { (t.submitted_at) } }
+            tr { th { "started" } td { (t.started_at.clone().unwrap_or_default()) } }
+            tr { th { "finished" } td { (t.finished_at.clone().unwrap_or_default()) } }
+            @if let Some(eta) = t.eta_ms { tr { th { "starts in" } td { (format!("{:.1} s", eta as f64 / 1000.0)) } } }
+        }
+        h2 { "Payload" } pre { (body(&t.payload)) }
+        @if let Some(output) = &t.output { h2 { "Output" } pre { (body(output)) } }
+        @if let Some(e) = &t.error { h2 { "Error" } pre.bad { (e.kind) ": " (e.message) } }
+        @if !t.failures.is_empty() {
+            h2 { "Attempts that failed" }
+            table { @for f in &t.failures { tr { td.num { (f.attempt) } td { (f.at) } td.bad { (f.error.kind) ": " (f.error.message) } } } }
+        }
+    })
+}
+
+async fn overview_page(State(app): State<AppState>) -> Result<Html<String>, WebError> {
+    Ok(layout(
+        "Overview",
+        "/",
+        "/fragments/overview",
+        overview(&app).await?,
+    ))
+}
+
+async fn groups_page(State(app): State<AppState>) -> Result<Html<String>, WebError> {
+    Ok(layout(
+        "Groups",
+        "/groups",
+        "/fragments/groups",
+        groups(&app).await?,
+    ))
+}
+
+async fn pods_page(State(app): State<AppState>) -> Result<Html<String>, WebError> {
+    Ok(layout(
+        "Pods",
+        "/pods",
+        "/fragments/pods",
+        pods(&app).await?,
+    ))
+}
+
+async fn tasks_page(
+    State(app): State<AppState>,
+    Query(filters): Query<TaskFilters>,
+) -> Result<Html<String>, WebError> {
+    let fragment = match filters.query() {
+        q if q.is_empty() => "/fragments/tasks".to_owned(),
+        q => format!("/fragments/tasks?{q}"),
+    };
+    let content = tasks(&app, &filters).await?;
+    Ok(layout("Tasks", "/tasks", &fragment, content))
+}
+
+async fn task_page(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Html<String>, WebError> {
+    let content = task(&app, &id).await?;
+    Ok(layout(
+        &format!("Task {id}"),
+        "/tasks",
+        &format!("/fragments/task/{id}"),
+        content,
+    ))
+}

@@ -1,0 +1,305 @@
+//! The dashboard in a real browser: headless Chromium over WebDriver (Debian's `chromium` and
+//! `chromium-driver`; `.ci/run` installs them, and in CI a missing one fails the test). Logged
+//! in as a viewer, the overview's counters change without a reload as tasks run; the viewer
+//! cannot submit from the page's own origin; every page is saved as a screenshot under
+//! `target/screenshots/`.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+#[path = "../../../tests/common/tools.rs"]
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mawex::{
+    HandlerError, HandlerRegistry, InProcess, Master, MasterProxy, MemoryJournal, Pod, PodConfig,
+    PodId, TaskInput,
+};
+use mawex_web::{WebRole, WebUser};
+use thirtyfour::prelude::*;
+
+const CHROMEDRIVER: &str = "chromedriver";
+
+/// chromedriver on a free port, killed with the test.
+struct Driver(Child, u16);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_driver() -> Option<Driver> {
+    let found = Command::new("sh")
+        .args(["-c", "command -v chromedriver && command -v chromium"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !found {
+        common::missing_tool(
+            "the dashboard in a browser",
+            "chromium and chromedriver (apt-get install chromium chromium-driver)",
+        );
+        return None;
+    }
+    let port = free_port();
+    let child = Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < common::DEADLINE,
+            "chromedriver did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(Driver(child, port))
+}
+
+/// One HTTP/1.1 request with `token`: the status and the body.
+fn http(addr: &str, method: &str, path: &str, body: &str, token: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Authorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Waits until the overview's counter `what` reads `n`, without reloading the page.
+async fn until_count(driver: &WebDriver, what: &str, n: u64) {
+    let started = Instant::now();
+    loop {
+        let shown = match driver
+            .find(By::Css(format!("[data-count='{what}']")))
+            .await
+        {
+            Ok(element) => element.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if shown == n.to_string() {
+            return;
+        }
+        assert!(
+            started.elapsed() < common::DEADLINE,
+            "{what} shows {shown:?}, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn screenshots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_stays_live_in_a_browser_and_a_viewer_changes_nothing() {
+    let Some(chromedriver) = start_driver() else {
+        return;
+    };
+    let master = Master::builder().start(MemoryJournal::new()).await.unwrap();
+    let mut handlers = HandlerRegistry::new();
+    handlers
+        .register("echo", |t: TaskInput| async move { Ok(t.payload) })
+        .unwrap()
+        .register("fail", |_t: TaskInput| async move {
+            Err(HandlerError::permanent("it broke"))
+        })
+        .unwrap();
+    let pod = Pod::start(
+        PodConfig::new(
+            PodId::new("pod-1").unwrap(),
+            vec![mawex::GroupName::new("web").unwrap()],
+        )
+        .with_slots(4),
+        Arc::new(InProcess::new(handlers)),
+        Arc::new(master.pod_connector()),
+    )
+    .unwrap();
+    let recorded = master.metrics().await.unwrap();
+    let config = mawex_web::WebConfig::default()
+        .with_metrics(move |r| recorded.register(r))
+        .with_auth(|secret| {
+            let role = match secret {
+                "viewer-secret" => WebRole::Viewer,
+                "admin-secret" => WebRole::Admin,
+                _ => return None,
+            };
+            Some(WebUser {
+                id: secret.trim_end_matches("-secret").to_owned(),
+                role,
+            })
+        });
+    let proxy: Arc<dyn MasterProxy> = Arc::new(master.proxy());
+    let app = mawex_web::router(proxy, config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let web = listener.local_addr().unwrap().to_string();
+    let serving = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut caps = DesiredCapabilities::chrome();
+    for arg in [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+    ] {
+        caps.add_arg(arg).unwrap();
+    }
+    caps.set_binary("/usr/bin/chromium").unwrap();
+    let driver = WebDriver::new(format!("http://127.0.0.1:{}", chromedriver.1), caps)
+        .await
+        .unwrap();
+    let base = format!("http://{web}");
+
+    // The overview needs a session: the login page exchanges a token for one.
+    driver.goto(format!("{base}/")).await.unwrap();
+    assert!(driver
+        .current_url()
+        .await
+        .unwrap()
+        .as_str()
+        .ends_with("/login"));
+    driver
+        .find(By::Id("token"))
+        .await
+        .unwrap()
+        .send_keys("viewer-secret")
+        .await
+        .unwrap();
+    driver
+        .find(By::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until_count(&driver, "succeeded", 0).await;
+    driver
+        .execute("window.notReloaded = true;", Vec::new())
+        .await
+        .unwrap();
+
+    // 50 tasks through the API: the counter follows, without a reload.
+    let batch: Vec<String> = (0..50)
+        .map(|i| format!(r#"{{"group": "web", "handler": "echo", "payload": "{i}"}}"#))
+        .collect();
+    let (status, _) = http(
+        &web,
+        "POST",
+        "/api/v1/tasks/batch",
+        &format!("[{}]", batch.join(",")),
+        "admin-secret",
+    );
+    assert_eq!(status, 200);
+    until_count(&driver, "succeeded", 50).await;
+    let fails: Vec<&str> = (0..5)
+        .map(|_| r#"{"group": "web", "handler": "fail", "max_attempts": 1}"#)
+        .collect();
+    http(
+        &web,
+        "POST",
+        "/api/v1/tasks/batch",
+        &format!("[{}]", fails.join(",")),
+        "admin-secret",
+    );
+    until_count(&driver, "failed", 5).await;
+    let still = driver
+        .execute("return window.notReloaded === true;", Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        still.json(),
+        &serde_json::json!(true),
+        "the page was reloaded"
+    );
+
+    // Bulk retry by filter (everything it matches, counted first), by an admin.
+    let (_, counted) = http(
+        &web,
+        "POST",
+        "/api/v1/failed/retry",
+        r#"{"group": "web", "dry_run": true}"#,
+        "admin-secret",
+    );
+    assert!(counted.contains(r#""count":5"#), "{counted}");
+    let (_, retried) = http(
+        &web,
+        "POST",
+        "/api/v1/failed/retry",
+        r#"{"group": "web"}"#,
+        "admin-secret",
+    );
+    assert!(retried.contains(r#""count":5"#), "{retried}");
+
+    // The viewer's session, from the dashboard's own origin, changes nothing.
+    let refused = driver
+        .execute_async(
+            "const done = arguments[0];
+             fetch('/api/v1/tasks', {method: 'POST', headers: {'content-type': 'application/json'},
+                                     body: '{\"group\": \"web\", \"handler\": \"echo\"}'})
+               .then(r => done(r.status));",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.json(), &serde_json::json!(403));
+
+    // Every page, as a screenshot.
+    let dir = screenshots();
+    let (_, page) = http(&web, "GET", "/api/v1/tasks?limit=1", "", "admin-secret");
+    let first: serde_json::Value = serde_json::from_str(&page).unwrap();
+    let task = first["tasks"][0]["id"].as_str().unwrap().to_owned();
+    for (name, path) in [
+        ("overview", "/".to_owned()),
+        ("groups", "/groups".to_owned()),
+        ("tasks", "/tasks?group=web".to_owned()),
+        ("task", format!("/tasks/{task}")),
+        ("pods", "/pods".to_owned()),
+    ] {
+        driver.goto(format!("{base}{path}")).await.unwrap();
+        driver.find(By::Css("main h1")).await.unwrap();
+        driver
+            .screenshot(&dir.join(format!("{name}.png")))
+            .await
+            .unwrap();
+    }
+    driver.quit().await.unwrap();
+    serving.abort();
+    pod.shutdown().await.unwrap();
+    master.shutdown().await.unwrap();
+}
