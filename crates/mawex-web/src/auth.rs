@@ -95,7 +95,13 @@ pub(crate) fn needs(method: &Method, path: &str) -> Option<Needs> {
 pub(crate) fn is_page(path: &str) -> bool {
     matches!(
         path,
-        "/" | "/groups" | "/tasks" | "/tasks/{id}" | "/pods" | "/fragments/{*rest}" | "/events"
+        "/" | "/groups"
+            | "/tasks"
+            | "/tasks/{id}"
+            | "/pods"
+            | "/failed"
+            | "/fragments/{*rest}"
+            | "/events"
     )
 }
 

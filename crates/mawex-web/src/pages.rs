@@ -30,6 +30,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/tasks", get(tasks_page))
         .route("/tasks/{id}", get(task_page))
         .route("/pods", get(pods_page))
+        .route("/failed", get(failed_page))
         .route("/fragments/{*rest}", get(fragment_endpoint))
         .route("/events", get(events))
         .route("/static/live.js", get(script))
@@ -64,6 +65,7 @@ fn layout(title: &str, here: &str, fragment: &str, content: Markup) -> Html<Stri
         ("/", "Overview"),
         ("/groups", "Groups"),
         ("/tasks", "Tasks"),
+        ("/failed", "Failed"),
         ("/pods", "Pods"),
     ];
     Html(
@@ -102,6 +104,7 @@ async fn fragment(app: &AppState, path: &str, query: Option<&str>) -> Result<Mar
         "/fragments/overview" => overview(app).await,
         "/fragments/groups" => groups(app).await,
         "/fragments/pods" => pods(app).await,
+        "/fragments/failed" => failed(app).await,
         "/fragments/tasks" => {
             let filters: TaskFilters = serde_urlencoded::from_str(query.unwrap_or_default())
                 .map_err(|e| WebError::BadRequest(format!("the filters: {e}")))?;
@@ -398,5 +401,49 @@ async fn task_page(
         "/tasks",
         &format!("/fragments/task/{id}"),
         content,
+    ))
+}
+
+/// A bulk action on the failed queue: a form the page's script sends as JSON, asking for the
+/// count first (a dry run) and acting once it is confirmed.
+fn bulk(action: &str, label: &str, group: &str, kind: &str, count: u64) -> Markup {
+    html! {
+        form data-json=(action) data-confirm={ (label) " " (count) " failed task" @if count != 1 { "s" } " of " (group) " (" (kind) ")?" } {
+            input type="hidden" name="group" value=(group);
+            input type="hidden" name="kind" value=(kind);
+            button type="submit" name=(label) { (label) }
+        }
+    }
+}
+
+async fn failed(app: &AppState) -> Result<Markup, WebError> {
+    let counts = app.proxy.failed_summary().await?;
+    Ok(html! {
+        p.muted { "Every action acts on all the tasks of its line, not a page: the count is asked first." }
+        p data-result {}
+        table {
+            thead { tr { th { "group" } th { "error kind" } th.num { "failed" } th { "" } th { "" } } }
+            tbody {
+                @for c in &counts {
+                    tr data-failed={ (c.group) "/" (c.kind.name()) } {
+                        td { a href={ "/tasks?group=" (c.group) "&state=failed" } { (c.group) } }
+                        td { (c.kind.name()) }
+                        td.num.bad { (c.count) }
+                        td { (bulk("/api/v1/failed/retry", "Retry", c.group.as_str(), c.kind.name(), c.count)) }
+                        td { (bulk("/api/v1/failed/purge", "Purge", c.group.as_str(), c.kind.name(), c.count)) }
+                    }
+                }
+                @if counts.is_empty() { tr { td colspan="5" .muted { "Nothing failed." } } }
+            }
+        }
+    })
+}
+
+async fn failed_page(State(app): State<AppState>) -> Result<Html<String>, WebError> {
+    Ok(layout(
+        "Failed",
+        "/failed",
+        "/fragments/failed",
+        failed(&app).await?,
     ))
 }

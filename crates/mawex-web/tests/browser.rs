@@ -102,10 +102,7 @@ fn http(addr: &str, method: &str, path: &str, body: &str, token: &str) -> (u16, 
 async fn until_count(driver: &WebDriver, what: &str, n: u64) {
     let started = Instant::now();
     loop {
-        let shown = match driver
-            .find(By::Css(format!("[data-count='{what}']")))
-            .await
-        {
+        let shown = match driver.find(By::Css(format!("[data-count='{what}']"))).await {
             Ok(element) => element.text().await.unwrap_or_default(),
             Err(_) => String::new(),
         };
@@ -117,6 +114,24 @@ async fn until_count(driver: &WebDriver, what: &str, n: u64) {
             "{what} shows {shown:?}, not {n}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the element at `css` has a text containing `needle`; returns it.
+async fn wait_text(driver: &WebDriver, css: &str, needle: &str) -> String {
+    let started = Instant::now();
+    loop {
+        if let Ok(element) = driver.find(By::Css(css)).await {
+            let text = element.text().await.unwrap_or_default();
+            if text.contains(needle) {
+                return text;
+            }
+        }
+        assert!(
+            started.elapsed() < common::DEADLINE,
+            "{css} never said {needle:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -195,7 +210,8 @@ async fn the_dashboard_stays_live_in_a_browser_and_a_viewer_changes_nothing() {
         .as_str()
         .ends_with("/login"));
     driver
-        .find(By::Id("token"))
+        .query(By::Id("token"))
+        .first()
         .await
         .unwrap()
         .send_keys("viewer-secret")
@@ -248,24 +264,6 @@ async fn the_dashboard_stays_live_in_a_browser_and_a_viewer_changes_nothing() {
         "the page was reloaded"
     );
 
-    // Bulk retry by filter (everything it matches, counted first), by an admin.
-    let (_, counted) = http(
-        &web,
-        "POST",
-        "/api/v1/failed/retry",
-        r#"{"group": "web", "dry_run": true}"#,
-        "admin-secret",
-    );
-    assert!(counted.contains(r#""count":5"#), "{counted}");
-    let (_, retried) = http(
-        &web,
-        "POST",
-        "/api/v1/failed/retry",
-        r#"{"group": "web"}"#,
-        "admin-secret",
-    );
-    assert!(retried.contains(r#""count":5"#), "{retried}");
-
     // The viewer's session, from the dashboard's own origin, changes nothing.
     let refused = driver
         .execute_async(
@@ -279,6 +277,98 @@ async fn the_dashboard_stays_live_in_a_browser_and_a_viewer_changes_nothing() {
         .unwrap();
     assert_eq!(refused.json(), &serde_json::json!(403));
 
+    // The failed queue's bulk retry, from the page: refused for the viewer, with why.
+    driver.goto(format!("{base}/failed")).await.unwrap();
+    let retry = "tr[data-failed='web/handler'] button[name=Retry]";
+    driver
+        .query(By::Css(retry))
+        .first()
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let said = wait_text(&driver, "[data-result]", "viewer").await;
+    assert!(said.contains("has the viewer role"), "{said}");
+
+    // An admin retries the whole line: the count is asked first, then confirmed.
+    driver
+        .find(By::Css("header form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    driver
+        .query(By::Id("token"))
+        .first()
+        .await
+        .unwrap()
+        .send_keys("admin-secret")
+        .await
+        .unwrap();
+    driver
+        .find(By::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // Logged in: the overview, before going on (a navigation must not race the login's).
+    until_count(&driver, "failed", 5).await;
+    driver.goto(format!("{base}/failed")).await.unwrap();
+    driver
+        .query(By::Css(retry))
+        .first()
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let asked = loop {
+        match driver.get_alert_text().await {
+            Ok(text) => break text,
+            Err(_) => {
+                assert!(
+                    started.elapsed() < common::DEADLINE,
+                    "no confirmation asked"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert!(asked.starts_with("5 match."), "{asked}");
+    driver.accept_alert().await.unwrap();
+    let said = wait_text(&driver, "[data-result]", "done").await;
+    assert_eq!(said, "5 done.");
+    // Run again, they failed again: each is on its second attempt.
+    let started = Instant::now();
+    loop {
+        let (_, page) = http(
+            &web,
+            "GET",
+            "/api/v1/tasks?group=web&state=failed",
+            "",
+            "admin-secret",
+        );
+        let failed: serde_json::Value = serde_json::from_str(&page).unwrap();
+        let attempts: Vec<u64> = failed["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["attempt"].as_u64().unwrap())
+            .collect();
+        if attempts == [2, 2, 2, 2, 2] {
+            break;
+        }
+        assert!(
+            started.elapsed() < common::DEADLINE,
+            "not retried: {attempts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Every page, as a screenshot.
     let dir = screenshots();
     let (_, page) = http(&web, "GET", "/api/v1/tasks?limit=1", "", "admin-secret");
@@ -290,6 +380,7 @@ async fn the_dashboard_stays_live_in_a_browser_and_a_viewer_changes_nothing() {
         ("tasks", "/tasks?group=web".to_owned()),
         ("task", format!("/tasks/{task}")),
         ("pods", "/pods".to_owned()),
+        ("failed", "/failed".to_owned()),
     ] {
         driver.goto(format!("{base}{path}")).await.unwrap();
         driver.find(By::Css("main h1")).await.unwrap();

@@ -11,20 +11,73 @@
         .catch(function () {});
     }, 2000);
   }
+  // A page keeps one connection open while it is shown: a hidden tab, or a page left for
+  // another (kept in the back-forward cache), closes it, so that open tabs do not use up
+  // the browser's few connections to the dashboard.
   function follow(element) {
     var url = element.getAttribute("data-live");
     if (!window.EventSource) { poll(element, url); return; }
+    var source = null;
     var failures = 0;
-    var source = new EventSource("/events?fragment=" + encodeURIComponent(url));
-    source.addEventListener("fragment", function (event) {
-      failures = 0;
-      element.innerHTML = event.data;
-      element.setAttribute("data-updated", String(Date.now()));
+    function open() {
+      if (source !== null) { return; }
+      source = new EventSource("/events?fragment=" + encodeURIComponent(url));
+      source.addEventListener("fragment", function (event) {
+        failures = 0;
+        element.innerHTML = event.data;
+        element.setAttribute("data-updated", String(Date.now()));
+      });
+      source.onerror = function () {
+        failures += 1;
+        if (failures >= 3) { close(); poll(element, url); }
+      };
+    }
+    function close() {
+      if (source !== null) { source.close(); source = null; }
+    }
+    document.addEventListener("visibilitychange", function () {
+      if (document.hidden) { close(); } else { open(); }
     });
-    source.onerror = function () {
-      failures += 1;
-      if (failures >= 3) { source.close(); poll(element, url); }
-    };
+    window.addEventListener("pagehide", close);
+    window.addEventListener("pageshow", function () { if (!document.hidden) { open(); } });
+    open();
   }
   document.querySelectorAll("[data-live]").forEach(follow);
+})();
+
+// Bulk actions: a form with data-json is sent as JSON to its URL, first as a dry run whose
+// count is shown for confirmation, then for real. The answer (or the refusal) is shown.
+(function () {
+  "use strict";
+  function send(url, fields) {
+    return fetch(url, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(fields)
+    }).then(function (response) {
+      return response.json().then(function (body) { return { ok: response.ok, body: body }; });
+    });
+  }
+  function show(form, text) {
+    var result = document.querySelector("[data-result]");
+    if (result) { result.textContent = text; }
+  }
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!form.hasAttribute || !form.hasAttribute("data-json")) { return; }
+    event.preventDefault();
+    var fields = {};
+    new FormData(form).forEach(function (value, key) { fields[key] = value; });
+    var url = form.getAttribute("data-json");
+    fields.dry_run = true;
+    send(url, fields).then(function (answer) {
+      if (!answer.ok) { show(form, answer.body.error.message); return; }
+      if (!window.confirm(answer.body.count + " match. " + form.getAttribute("data-confirm"))) { return; }
+      fields.dry_run = false;
+      send(url, fields).then(function (done) {
+        show(form, done.ok ? done.body.count + " done." : done.body.error.message);
+      });
+    });
+  });
 })();
