@@ -224,6 +224,7 @@ async fn groups(app: &AppState) -> Result<Markup, WebError> {
 async fn pods(app: &AppState) -> Result<Markup, WebError> {
     let pods = app.proxy.list_pods().await?;
     Ok(html! {
+        p data-result {}
         table {
             thead { tr {
                 th { "pod" } th { "groups" } th.num { "running / slots" } th.num { "held" }
@@ -237,7 +238,13 @@ async fn pods(app: &AppState) -> Result<Markup, WebError> {
                         td.num { (format!("{:.1} %", f64::from(p.cpu_permille) / 10.0)) }
                         td.num { (format!("{:.0} MiB", p.memory_bytes as f64 / 1_048_576.0)) }
                         td { (crate::json::time(p.last_heartbeat)) }
-                        td { @if p.draining { "draining" } }
+                        td {
+                            @if p.draining { "draining" } @else {
+                                form data-json={ "/api/v1/pods/" (p.id) "/drain" } data-direct="" data-confirm={ "Drain " (p.id) "? It takes no new work until it restarts." } {
+                                    button type="submit" name="Drain" { "Drain" }
+                                }
+                            }
+                        }
                     }
                 }
                 @if pods.is_empty() { tr { td colspan="8" .muted { "No pod is connected." } } }

@@ -369,6 +369,28 @@ async fn the_dashboard_stays_live_in_a_browser_and_a_viewer_changes_nothing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // An admin drains the pod from its page.
+    driver.goto(format!("{base}/pods")).await.unwrap();
+    driver
+        .query(By::Css("button[name=Drain]"))
+        .first()
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while driver.accept_alert().await.is_err() {
+        assert!(
+            started.elapsed() < common::DEADLINE,
+            "no confirmation asked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(wait_text(&driver, "[data-result]", "Done").await, "Done.");
+    let (_, pods) = http(&web, "GET", "/api/v1/pods", "", "admin-secret");
+    assert!(pods.contains(r#""draining":true"#), "{pods}");
+
     // Every page, as a screenshot.
     let dir = screenshots();
     let (_, page) = http(&web, "GET", "/api/v1/tasks?limit=1", "", "admin-secret");

@@ -70,6 +70,17 @@
     var fields = {};
     new FormData(form).forEach(function (value, key) { fields[key] = value; });
     var url = form.getAttribute("data-json");
+    if (form.hasAttribute("data-direct")) {
+      // One action, no count to ask: confirmed, then sent.
+      if (!window.confirm(form.getAttribute("data-confirm"))) { return; }
+      fetch(url, { method: "POST", credentials: "same-origin",
+                   headers: { "content-type": "application/json" }, body: "{}" })
+        .then(function (response) {
+          if (response.ok) { show(form, "Done."); return; }
+          return response.json().then(function (body) { show(form, body.error.message); });
+        });
+      return;
+    }
     fields.dry_run = true;
     send(url, fields).then(function (answer) {
       if (!answer.ok) { show(form, answer.body.error.message); return; }
