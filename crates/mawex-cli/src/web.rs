@@ -15,16 +15,16 @@ use crate::CliError;
 /// Where `mawex web` serves when `web.listen` names nothing.
 pub(crate) const DEFAULT_LISTEN: ([u8; 4], u16) = ([127, 0, 0, 1], 7080);
 
-/// The dashboard has no login yet: anyone who reaches it may do anything a client may.
-/// Beyond loopback it takes `master.insecure = true`, as a master without TLS and tokens
-/// does.
+/// The dashboard serves no TLS yet (its tokens would cross the network in the clear), and
+/// without `master.tokens` anyone who reaches it may do anything an admin may. Beyond
+/// loopback it takes `master.insecure = true`, as a master without TLS and tokens does.
 pub(crate) fn check_exposure(config: &Config, listen: SocketAddr) -> Result<(), CliError> {
     if listen.ip().is_loopback() || config.master.insecure {
         return Ok(());
     }
     Err(CliError::Config(format!(
-        "web.listen: {listen} is reachable beyond this machine and the dashboard has no \
-         login yet: keep it on loopback (put an authenticating proxy in front), or set \
+        "web.listen: {listen} is reachable beyond this machine and the dashboard serves no \
+         TLS yet: keep it on loopback (put a TLS proxy in front), or set \
          master.insecure = true"
     )))
 }

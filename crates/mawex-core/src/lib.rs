@@ -55,5 +55,6 @@ pub use journal::{
 pub use runtime::{
     CommittedBatch, CommittedFeed, GroupLabels, InFlight, LocalMasterProxy, LocalPodConnector,
     Master, MasterBuilder, MasterConfig, MasterMetrics, MasterStats, Transition, TransitionLabels,
+    MAX_GROUP_LABELS, OTHER_GROUPS,
 };
 pub use state::{stored, Event, MasterState, RequeueReason, TaskCounts};

@@ -301,6 +301,12 @@ async fn failed_summary(State(app): State<AppState>) -> Result<Json<Vec<FailedCo
 /// How many failed tasks `filter` matches, without acting: from the summary, or by looking
 /// each listed task up.
 async fn count_failed(app: &AppState, filter: &FailedFilter) -> Result<u64, WebError> {
+    if filter.ids.len() > MAX_BATCH {
+        return Err(WebError::BadRequest(format!(
+            "ids: at most {MAX_BATCH} tasks, not {}",
+            filter.ids.len()
+        )));
+    }
     if filter.ids.is_empty() {
         let counts = app.proxy.failed_summary().await?;
         return Ok(counts

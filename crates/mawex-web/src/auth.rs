@@ -54,7 +54,7 @@ pub(crate) enum Needs {
 /// The rule of a route (by method and matched path), or `None` for a route without one.
 pub(crate) fn needs(method: &Method, path: &str) -> Option<Needs> {
     use Needs::*;
-    let read = method == Method::GET;
+    let read = is_read(method);
     Some(match (read, path) {
         (true, "/api/v1/tasks" | "/api/v1/tasks/{id}") => ClientRead,
         (false, "/api/v1/tasks" | "/api/v1/tasks/batch" | "/api/v1/tasks/{id}/cancel") => {
@@ -140,6 +140,9 @@ pub(crate) async fn guard(
 ) -> Response {
     let method = request.method().clone();
     let path = matched.as_ref().map_or("", MatchedPath::as_str).to_owned();
+    if let Err(refused) = same_site(&request, app.auth.is_some()) {
+        return refused.into_response();
+    }
     let Some(auth) = &app.auth else {
         return next.run(request).await;
     };
@@ -162,7 +165,7 @@ pub(crate) async fn guard(
         (Some(secret), _) => auth(secret.trim()),
         (None, Some(session)) => {
             // A cookie goes with requests other sites make: a change must come from here.
-            if method != Method::GET && !same_origin(headers) {
+            if !is_read(&method) && !same_origin(headers) {
                 return WebError::Api(mawex_api::ApiError::PermissionDenied(
                     "a change with a session cookie must come from this dashboard's own pages \
                      (its Origin header)"
@@ -175,7 +178,11 @@ pub(crate) async fn guard(
         (None, None) => None,
     };
     let Some(user) = user else {
-        if method == Method::GET && is_page(&path) {
+        if is_read(&method)
+            && is_page(&path)
+            && !path.starts_with("/fragments")
+            && path != "/events"
+        {
             return Redirect::to("/login").into_response();
         }
         return WebError::Api(mawex_api::ApiError::Unauthenticated(
@@ -191,7 +198,7 @@ pub(crate) async fn guard(
         )))
         .into_response();
     }
-    let changes = method != Method::GET;
+    let changes = !is_read(&method);
     let uri = request.uri().path().to_owned();
     let response = next.run(request).await;
     if changes {
@@ -223,4 +230,60 @@ fn same_origin(headers: &axum::http::HeaderMap) -> bool {
             .is_some_and(|(_, authority)| authority == host),
         _ => false,
     }
+}
+
+/// GET and HEAD change nothing.
+fn is_read(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
+}
+
+/// Refuses what a browser sends on another site's behalf: a change whose `Origin` is not this
+/// dashboard's; a change to the API whose body is not declared JSON (a cross-site form or
+/// `no-cors` fetch cannot declare it without the browser asking first); and, without tokens,
+/// a request to a host name other than `localhost` or an IP address (DNS rebinding would
+/// let another site read the API through a name it controls).
+fn same_site(request: &Request, tokens: bool) -> Result<(), WebError> {
+    let headers = request.headers();
+    let refuse = |why: &str| {
+        Err(WebError::Api(mawex_api::ApiError::PermissionDenied(
+            why.into(),
+        )))
+    };
+    if !tokens {
+        // A browser always names the host; a request that names none is not a browser's.
+        let host = headers
+            .get(axum::http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| request.uri().authority().map(ToString::to_string))
+            .unwrap_or_else(|| "localhost".to_owned());
+        let host = host.as_str();
+        let name = match host.rsplit_once(':') {
+            Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+            _ => host,
+        };
+        let name = name.trim_start_matches('[').trim_end_matches(']');
+        if !(name == "localhost" || name.parse::<std::net::IpAddr>().is_ok()) {
+            return refuse(
+                "a dashboard without tokens answers only to localhost or an IP address, \
+                 not to a host name: set master.tokens to serve it under a name",
+            );
+        }
+    }
+    if is_read(request.method()) {
+        return Ok(());
+    }
+    if headers.contains_key(axum::http::header::ORIGIN) && !same_origin(headers) {
+        return refuse("a change must come from this dashboard's own pages (its Origin header)");
+    }
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    if request.uri().path().starts_with("/api/") && !json {
+        return Err(WebError::BadRequest(
+            "a change to the API takes a body of Content-Type: application/json".into(),
+        ));
+    }
+    Ok(())
 }

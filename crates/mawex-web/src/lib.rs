@@ -110,6 +110,8 @@ pub(crate) struct AppState {
     pub(crate) auth: Option<Authenticator>,
     /// The pages' sessions.
     pub(crate) sessions: Arc<sessions::Sessions>,
+    /// Event streams open now.
+    pub(crate) streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The API (`/api/v1/…`), its OpenAPI document (`/api/openapi.json`) and `/metrics`, over
@@ -121,6 +123,7 @@ pub fn router(proxy: Arc<dyn MasterProxy>, config: WebConfig) -> axum::Router {
         metrics: config.metrics.clone(),
         auth: config.auth.clone(),
         sessions: Arc::default(),
+        streams: Arc::default(),
     };
     api::router(state, &config)
 }

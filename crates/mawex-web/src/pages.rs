@@ -22,6 +22,20 @@ use crate::{AppState, WebError};
 
 /// How often a live fragment is looked at again (and so the most it is sent).
 const REFRESH: Duration = Duration::from_secs(1);
+/// How long one event stream lasts: the browser opens the next through the access checks
+/// again, so a session that ended or a token that was withdrawn stops getting updates.
+const STREAM_LASTS: Duration = Duration::from_secs(300);
+/// The most event streams open at once; past them, pages poll.
+const MAX_STREAMS: usize = 1_000;
+
+/// An open event stream, counted while it lives.
+struct StreamSlot(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -148,20 +162,37 @@ async fn events(
     }
     // The first render refuses a bad fragment before the stream starts.
     fragment(&app, &path, fragment_query.as_deref()).await?;
+    let open = app
+        .streams
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    let slot = StreamSlot(app.streams.clone());
+    if open >= MAX_STREAMS {
+        return Err(mawex_api::ApiError::ResourceExhausted(format!(
+            "{MAX_STREAMS} event streams are open: this page polls instead"
+        ))
+        .into());
+    }
+    let ends = tokio::time::Instant::now() + STREAM_LASTS;
     let stream = futures::stream::unfold(
-        (app, path, fragment_query, String::new(), true),
-        |(app, path, query, last, first)| async move {
+        (app, path, fragment_query, String::new(), true, slot),
+        move |(app, path, query, last, first, slot)| async move {
             if !first {
                 tokio::time::sleep(REFRESH).await;
             }
             loop {
+                if tokio::time::Instant::now() >= ends {
+                    return None;
+                }
                 let html = match fragment(&app, &path, query.as_deref()).await {
                     Ok(markup) => markup.into_string(),
                     Err(e) => html! { p.bad { "The master does not answer: " (e) } }.into_string(),
                 };
                 if html != last {
                     let event = Event::default().event("fragment").data(html.clone());
-                    return Some((Ok::<_, Infallible>(event), (app, path, query, html, false)));
+                    return Some((
+                        Ok::<_, Infallible>(event),
+                        (app, path, query, html, false, slot),
+                    ));
                 }
                 tokio::time::sleep(REFRESH).await;
             }

@@ -56,7 +56,7 @@ impl Fixture {
         let pod = Pod::start(
             PodConfig::new(
                 PodId::new("pod-1").unwrap(),
-                vec![group("web"), group("other")],
+                vec![group("web"), group("other"), group("cron")],
             )
             .with_slots(2)
             .with_prefetch(0),
@@ -690,6 +690,23 @@ async fn metrics_parse_and_their_counts_are_the_apis() {
         let state = if i < 20 { "succeeded" } else { "failed" };
         f.until_state(ack["id"].as_str().unwrap(), state).await;
     }
+    // Tasks a schedule submits count as accepted too (paused before the scrape: no tick
+    // comes between the two reads).
+    let ticking = json!({"name": "tick", "cron": "* * * * * *", "task": {"group": "cron", "handler": "echo"}});
+    f.post("/api/v1/schedules", ticking).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, cron) = f.get("/api/v1/groups/cron").await;
+        if cron["succeeded"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the schedule never ran: {cron}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f.post("/api/v1/schedules/tick/pause", json!({})).await;
     // Three waiting in a paused group.
     f.call(Method::PUT, "/api/v1/groups/other", r#"{"paused": true}"#)
         .await;
@@ -748,6 +765,20 @@ async fn metrics_parse_and_their_counts_are_the_apis() {
         3.0
     );
     assert_eq!(sample(&scrape, "mawex_pods", &[]), 1.0);
+    let (_, cron) = f.get("/api/v1/groups/cron").await;
+    let in_cron: u64 = ["pending", "running", "succeeded", "failed", "cancelled"]
+        .iter()
+        .map(|state| cron[*state].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        sample(
+            &scrape,
+            "mawex_task_transitions_total",
+            &[("group", "cron"), ("to", "accepted")]
+        ),
+        in_cron as f64,
+        "{text}"
+    );
     assert_eq!(sample(&scrape, "mawex_up", &[]), 1.0);
     // Every attempt's run time and wait, every commit.
     let run_time = scrape
@@ -851,6 +882,7 @@ async fn with_tokens_each_role_may_do_what_it_may_and_a_viewer_changes_nothing()
         (Method::GET, "/api/v1/broadcasts/1", [true, false, true]),
         (Method::POST, "/api/v1/broadcasts", [false, false, true]),
         (Method::GET, "/metrics", [true, false, true]),
+        (Method::HEAD, "/api/v1/groups", [true, false, true]),
     ];
     for (method, path, allowed) in table {
         assert_eq!(
@@ -891,9 +923,108 @@ async fn with_tokens_each_role_may_do_what_it_may_and_a_viewer_changes_nothing()
         .map(|item| item.as_object().unwrap().len())
         .sum();
     assert_eq!(
-        operations + 1,
+        operations + 2,
         table.len(),
         "a route of the API has no line in this table"
     );
+    f.stop().await;
+}
+
+/// `method path` with `headers` and a JSON body: the status and the JSON answer.
+async fn with_headers(
+    f: &Fixture,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, Value) {
+    let mut request = Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = f
+        .app
+        .clone()
+        .oneshot(
+            request
+                .body(Body::from(r#"{"group": "web", "handler": "echo"}"#))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_another_site_would_send_is_refused() {
+    let f = Fixture::start(mawex_web::WebConfig::default()).await;
+    let json = ("content-type", "application/json");
+    // This dashboard's own page may change things; another site's may not.
+    let (status, _) = with_headers(
+        &f,
+        Method::POST,
+        "/api/v1/tasks",
+        &[
+            json,
+            ("host", "127.0.0.1:7080"),
+            ("origin", "http://127.0.0.1:7080"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    refused(
+        with_headers(
+            &f,
+            Method::POST,
+            "/api/v1/tasks",
+            &[
+                json,
+                ("host", "127.0.0.1:7080"),
+                ("origin", "http://evil.example"),
+            ],
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+        "Origin",
+    );
+    // A body a cross-site form could send without the browser asking first.
+    refused(
+        with_headers(
+            &f,
+            Method::POST,
+            "/api/v1/tasks",
+            &[("content-type", "text/plain"), ("host", "127.0.0.1:7080")],
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "application/json",
+    );
+    // Without tokens, a host name is refused (DNS rebinding), even for a read.
+    refused(
+        with_headers(
+            &f,
+            Method::GET,
+            "/api/v1/tasks",
+            &[("host", "evil.example:7080")],
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+        "localhost or an IP address",
+    );
+    let (status, _) = with_headers(
+        &f,
+        Method::GET,
+        "/api/v1/tasks",
+        &[("host", "localhost:7080")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
     f.stop().await;
 }

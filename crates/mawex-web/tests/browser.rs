@@ -270,12 +270,14 @@ async fn the_dashboard_stays_live_in_a_browser_and_a_viewer_changes_nothing() {
             "const done = arguments[0];
              fetch('/api/v1/tasks', {method: 'POST', headers: {'content-type': 'application/json'},
                                      body: '{\"group\": \"web\", \"handler\": \"echo\"}'})
-               .then(r => done(r.status));",
+               .then(r => r.json().then(b => done([r.status, b.error.message])));",
             Vec::new(),
         )
         .await
         .unwrap();
-    assert_eq!(refused.json(), &serde_json::json!(403));
+    assert_eq!(refused.json()[0], serde_json::json!(403));
+    let why = refused.json()[1].as_str().unwrap_or_default();
+    assert!(why.contains("has the viewer role"), "{why}");
 
     // The failed queue's bulk retry, from the page: refused for the viewer, with why.
     driver.goto(format!("{base}/failed")).await.unwrap();

@@ -63,9 +63,19 @@ fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 4.0, 13))
 }
 
+/// The most groups that get labels of their own; the tasks of any group past them are
+/// counted under [`OTHER_GROUPS`], so that clients naming ever new groups cannot grow the
+/// master's memory or its scrapes without bound.
+pub const MAX_GROUP_LABELS: usize = 1_000;
+
+/// The label of groups past [`MAX_GROUP_LABELS`].
+pub const OTHER_GROUPS: &str = "_other";
+
 /// The metrics of one master (see the module's documentation). Cheap to share.
 #[derive(Debug)]
 pub struct MasterMetrics {
+    /// The groups that have labels of their own.
+    labelled: std::sync::Mutex<std::collections::HashSet<String>>,
     transitions: Family<TransitionLabels, Counter>,
     queue_wait: Family<GroupLabels, Histogram, fn() -> Histogram>,
     run_time: Family<GroupLabels, Histogram, fn() -> Histogram>,
@@ -76,6 +86,7 @@ pub struct MasterMetrics {
 impl Default for MasterMetrics {
     fn default() -> Self {
         MasterMetrics {
+            labelled: std::sync::Mutex::default(),
             transitions: Family::default(),
             queue_wait: Family::new_with_constructor(seconds_histogram),
             run_time: Family::new_with_constructor(seconds_histogram),
@@ -128,11 +139,27 @@ impl MasterMetrics {
     /// How many tasks of `group` went to `to` so far (for tests and dashboards).
     pub fn transitions(&self, group: &str, to: Transition) -> u64 {
         self.transitions
-            .get_or_create(&TransitionLabels {
+            .get(&TransitionLabels {
                 group: group.to_owned(),
                 to,
             })
-            .get()
+            .map_or(0, |counter| counter.get())
+    }
+
+    /// The label of `group`: its name, or [`OTHER_GROUPS`] past [`MAX_GROUP_LABELS`].
+    fn label(&self, group: &mawex_api::GroupName) -> String {
+        let mut labelled = self
+            .labelled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if labelled.contains(group.as_str()) {
+            return group.to_string();
+        }
+        if labelled.len() < MAX_GROUP_LABELS {
+            labelled.insert(group.to_string());
+            return group.to_string();
+        }
+        OTHER_GROUPS.to_owned()
     }
 
     /// One batch of `events` made durable in `took`.
@@ -144,13 +171,14 @@ impl MasterMetrics {
     fn count(&self, group: &mawex_api::GroupName, to: Transition) {
         self.transitions
             .get_or_create(&TransitionLabels {
-                group: group.to_string(),
+                group: self.label(group),
                 to,
             })
             .inc();
     }
 
     fn observe(
+        &self,
         family: &Family<GroupLabels, Histogram, fn() -> Histogram>,
         group: &mawex_api::GroupName,
         from: Timestamp,
@@ -158,22 +186,66 @@ impl MasterMetrics {
     ) {
         family
             .get_or_create(&GroupLabels {
-                group: group.to_string(),
+                group: self.label(group),
             })
             .observe(seconds(to.saturating_since(from)));
     }
 
-    /// Counts `event`, read against `state` as it was before the event was applied.
+    /// A task accepted, wherever it came from (a submit, a schedule's tick, a broadcast's
+    /// target), if it is new.
+    fn accepted(&self, state: &MasterState, spec: &crate::state::stored::TaskSpec) {
+        if state.task(&spec.id).is_none() {
+            self.count(&spec.group, Transition::accepted);
+        }
+    }
+
+    /// Counts `event`, read against `state` as it was before the event was applied, under
+    /// the same conditions as the state applies it.
     pub(crate) fn record(&self, state: &MasterState, event: &Event) {
+        let current = |attempt: &crate::state::stored::AttemptRef| {
+            state
+                .task(&attempt.task)
+                .filter(|task| task.state == TaskState::Running && task.attempt == attempt.attempt)
+        };
         match event {
-            Event::TaskAccepted { spec, .. } => self.count(&spec.group, Transition::accepted),
+            Event::TaskAccepted { spec, .. } => self.accepted(state, spec),
+            Event::ScheduleFired { task, .. } => self.accepted(state, task),
+            Event::BroadcastFired { spec, targets, .. } => {
+                for (_, task) in targets {
+                    if state.task(task).is_none() {
+                        self.count(&spec.group, Transition::accepted);
+                    }
+                }
+            }
+            Event::BroadcastTargetAdded { id, task, .. } if state.task(task).is_none() => {
+                let group = state
+                    .broadcasts()
+                    .active()
+                    .find(|(active, _)| active == id)
+                    .map(|(_, broadcast)| broadcast.spec.group.clone());
+                if let Some(group) = group {
+                    self.count(&group, Transition::accepted);
+                }
+            }
+            Event::BroadcastTargetUnreachable { task, .. } => {
+                if let Some(task) = state.task(task).filter(|t| !t.state.is_terminal()) {
+                    self.count(&task.spec.group, Transition::failed);
+                }
+            }
             Event::TaskAssigned { attempt, at, .. } => {
-                if let Some(task) = state.task(&attempt.task) {
+                let task = state
+                    .task(&attempt.task)
+                    .filter(|task| task.state == TaskState::Pending);
+                if let Some(task) = task {
                     self.count(&task.spec.group, Transition::started);
-                    let ready = task
-                        .not_before
-                        .map_or(task.submitted_at, |t| t.max(task.submitted_at));
-                    Self::observe(&self.queue_wait, &task.spec.group, ready, *at);
+                    // The wait of a first attempt, or of one that waited for its delay or
+                    // retry: a requeued attempt's wait began at a time the state does not keep.
+                    if task.attempt.0 == 0 || task.not_before.is_some() {
+                        let ready = task
+                            .not_before
+                            .map_or(task.submitted_at, |t| t.max(task.submitted_at));
+                        self.observe(&self.queue_wait, &task.spec.group, ready, *at);
+                    }
                 }
             }
             Event::TaskFinished {
@@ -181,48 +253,72 @@ impl MasterMetrics {
                 outcome,
                 at,
             } => {
-                if let Some(task) = state.task(&attempt.task) {
+                if let Some(task) = current(attempt) {
                     let to = match outcome {
                         Outcome::Succeeded(_) => Transition::succeeded,
                         Outcome::Failed(_) => Transition::failed,
-                        // Counted once, by the event that made it cancelled.
-                        Outcome::Cancelled if task.state == TaskState::Cancelled => return,
                         Outcome::Cancelled => Transition::cancelled,
                     };
                     self.count(&task.spec.group, to);
                     if let Some(started) = task.started_at() {
-                        Self::observe(&self.run_time, &task.spec.group, started, *at);
+                        self.observe(&self.run_time, &task.spec.group, started, *at);
                     }
                 }
             }
             Event::TaskRetryScheduled { attempt, at, .. } => {
-                if let Some(task) = state.task(&attempt.task) {
+                if let Some(task) = current(attempt) {
                     self.count(&task.spec.group, Transition::retry_scheduled);
                     if let Some(started) = task.started_at() {
-                        Self::observe(&self.run_time, &task.spec.group, started, *at);
+                        self.observe(&self.run_time, &task.spec.group, started, *at);
                     }
                 }
             }
             Event::TaskRequeued { attempt, .. } => {
-                if let Some(task) = state.task(&attempt.task) {
+                if let Some(task) = current(attempt) {
                     self.count(&task.spec.group, Transition::requeued);
                 }
             }
             Event::TaskCancelled { task, .. } => {
-                if let Some(task) = state.task(task) {
-                    if !task.state.is_terminal() {
-                        self.count(&task.spec.group, Transition::cancelled);
-                    }
+                if let Some(task) = state.task(task).filter(|t| !t.state.is_terminal()) {
+                    self.count(&task.spec.group, Transition::cancelled);
                 }
             }
             Event::TasksRetried { tasks, .. } => {
                 for id in tasks {
-                    if let Some(task) = state.task(id) {
+                    let failed = state.task(id).filter(|t| t.state == TaskState::Failed);
+                    if let Some(task) = failed {
                         self.count(&task.spec.group, Transition::retried);
                     }
                 }
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_past_the_label_bound_share_one_label() {
+        let metrics = MasterMetrics::default();
+        let group = |i: usize| mawex_api::GroupName::new(format!("g{i}")).expect("a name");
+        for i in 0..MAX_GROUP_LABELS {
+            assert_eq!(metrics.label(&group(i)), format!("g{i}"));
+        }
+        assert_eq!(metrics.label(&group(MAX_GROUP_LABELS)), OTHER_GROUPS);
+        assert_eq!(
+            metrics.label(&group(0)),
+            "g0",
+            "a known group keeps its label"
+        );
+        // Reading a group's count creates nothing.
+        assert_eq!(metrics.transitions("never", Transition::accepted), 0);
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        assert!(!text.contains("never"), "{text}");
     }
 }

@@ -21,4 +21,6 @@ pub use feed::{CommittedBatch, CommittedFeed};
 pub use local_pods::LocalPodConnector;
 pub use local_proxy::LocalMasterProxy;
 pub use master::{Master, MasterBuilder};
-pub use metrics::{GroupLabels, MasterMetrics, Transition, TransitionLabels};
+pub use metrics::{
+    GroupLabels, MasterMetrics, Transition, TransitionLabels, MAX_GROUP_LABELS, OTHER_GROUPS,
+};

@@ -3,13 +3,19 @@
 // Where EventSource is missing or keeps failing, the fragment is fetched every two seconds.
 (function () {
   "use strict";
+  // One timer a page at most, stopped when the stream is back.
+  var polling = null;
   function poll(element, url) {
-    window.setInterval(function () {
+    if (polling !== null) { return; }
+    polling = window.setInterval(function () {
       fetch(url, { credentials: "same-origin" })
         .then(function (response) { return response.ok ? response.text() : null; })
         .then(function (html) { if (html !== null) { element.innerHTML = html; } })
         .catch(function () {});
     }, 2000);
+  }
+  function stopPolling() {
+    if (polling !== null) { window.clearInterval(polling); polling = null; }
   }
   // A page keeps one connection open while it is shown: a hidden tab, or a page left for
   // another (kept in the back-forward cache), closes it, so that open tabs do not use up
@@ -21,9 +27,11 @@
     var failures = 0;
     function open() {
       if (source !== null) { return; }
+      failures = 0;
       source = new EventSource("/events?fragment=" + encodeURIComponent(url));
       source.addEventListener("fragment", function (event) {
         failures = 0;
+        stopPolling();
         element.innerHTML = event.data;
         element.setAttribute("data-updated", String(Date.now()));
       });
