@@ -100,6 +100,8 @@ pub(crate) fn is_page(path: &str) -> bool {
             | "/tasks/{id}"
             | "/pods"
             | "/failed"
+            | "/schedules"
+            | "/broadcasts"
             | "/fragments/{*rest}"
             | "/events"
     )

@@ -45,6 +45,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/tasks/{id}", get(task_page))
         .route("/pods", get(pods_page))
         .route("/failed", get(failed_page))
+        .route("/schedules", get(schedules_page))
+        .route("/broadcasts", get(broadcasts_page))
         .route("/fragments/{*rest}", get(fragment_endpoint))
         .route("/events", get(events))
         .route("/static/live.js", get(script))
@@ -81,6 +83,8 @@ fn layout(title: &str, here: &str, fragment: &str, content: Markup) -> Html<Stri
         ("/tasks", "Tasks"),
         ("/failed", "Failed"),
         ("/pods", "Pods"),
+        ("/schedules", "Schedules"),
+        ("/broadcasts", "Broadcasts"),
     ];
     Html(
         html! {
@@ -119,6 +123,8 @@ async fn fragment(app: &AppState, path: &str, query: Option<&str>) -> Result<Mar
         "/fragments/groups" => groups(app).await,
         "/fragments/pods" => pods(app).await,
         "/fragments/failed" => failed(app).await,
+        "/fragments/schedules" => schedules(app).await,
+        "/fragments/broadcasts" => broadcasts(app).await,
         "/fragments/tasks" => {
             let filters: TaskFilters = serde_urlencoded::from_str(query.unwrap_or_default())
                 .map_err(|e| WebError::BadRequest(format!("the filters: {e}")))?;
@@ -483,5 +489,93 @@ async fn failed_page(State(app): State<AppState>) -> Result<Html<String>, WebErr
         "/failed",
         "/fragments/failed",
         failed(&app).await?,
+    ))
+}
+
+/// A button that sends one request (confirmed first) and shows the answer.
+fn action(url: &str, method: &str, label: &str, confirm: &str) -> Markup {
+    html! {
+        form data-json=(url) data-direct="" data-method=(method) data-confirm=(confirm) {
+            button type="submit" name=(label) { (label) }
+        }
+    }
+}
+
+async fn schedules(app: &AppState) -> Result<Markup, WebError> {
+    let schedules = app.proxy.list_schedules().await?;
+    Ok(html! {
+        p data-result {}
+        table {
+            thead { tr {
+                th { "schedule" } th { "cron" } th { "time zone" } th { "group" } th { "handler" }
+                th.num { "fired" } th { "last tick" } th { "" } th { "" }
+            } }
+            tbody {
+                @for s in &schedules {
+                    @let name = s.spec.name.to_string();
+                    tr data-schedule=(name) {
+                        td { (name) } td { code { (s.spec.cron) } } td { (s.spec.time_zone) }
+                        td { (s.spec.task.group) } td { (s.spec.task.handler) }
+                        td.num { (s.fired) }
+                        td { (s.last_tick.map(crate::json::time).unwrap_or_default()) }
+                        td {
+                            @if s.paused {
+                                (action(&format!("/api/v1/schedules/{name}/resume"), "POST", "Resume", &format!("Resume {name}?")))
+                            } @else {
+                                (action(&format!("/api/v1/schedules/{name}/pause"), "POST", "Pause", &format!("Pause {name}?")))
+                            }
+                        }
+                        td { (action(&format!("/api/v1/schedules/{name}"), "DELETE", "Delete", &format!("Delete {name}? It fires no more."))) }
+                    }
+                }
+                @if schedules.is_empty() { tr { td colspan="9" .muted { "No schedule." } } }
+            }
+        }
+    })
+}
+
+async fn broadcasts(app: &AppState) -> Result<Markup, WebError> {
+    let mut query = mawex_api::BroadcastQuery::default();
+    query.limit = 20;
+    let page = app.proxy.list_broadcasts(query).await?;
+    Ok(html! {
+        @for b in page.broadcasts.iter().rev() {
+            @let view = crate::json::Broadcast::from(b);
+            h2 { (view.app) " " (view.version) " " span.muted { "#" (view.id) " · " (view.group) " · fired " (view.fired_at) @if view.aborted { " · aborted" } } }
+            table {
+                thead { tr { th { "target" } th { "pulled from" } th { "state" } th { "version" } th.num { "attempts" } th { "started" } th { "finished" } th { "error" } } }
+                tbody {
+                    @for t in &view.targets {
+                        tr {
+                            td { (t.pod) } td { (t.source.clone().unwrap_or_default()) }
+                            td class={ "state-" (t.state) } { (t.state) }
+                            td { (t.version.clone().unwrap_or_default()) } td.num { (t.attempts) }
+                            td { (t.started_at.clone().unwrap_or_default()) }
+                            td { (t.finished_at.clone().unwrap_or_default()) }
+                            td.bad { @if let Some(e) = &t.error { (e.kind) ": " (e.message) } }
+                        }
+                    }
+                }
+            }
+        }
+        @if page.broadcasts.is_empty() { p.muted { "No broadcast yet." } }
+    })
+}
+
+async fn schedules_page(State(app): State<AppState>) -> Result<Html<String>, WebError> {
+    Ok(layout(
+        "Schedules",
+        "/schedules",
+        "/fragments/schedules",
+        schedules(&app).await?,
+    ))
+}
+
+async fn broadcasts_page(State(app): State<AppState>) -> Result<Html<String>, WebError> {
+    Ok(layout(
+        "Broadcasts",
+        "/broadcasts",
+        "/fragments/broadcasts",
+        broadcasts(&app).await?,
     ))
 }

@@ -371,6 +371,44 @@ async fn the_dashboard_stays_live_in_a_browser_and_a_viewer_changes_nothing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // A broadcast and a schedule; the schedule is paused from its page.
+    let (status, _) = http(
+        &web,
+        "POST",
+        "/api/v1/broadcasts",
+        r#"{"app": "site", "group": "web", "handler": "echo", "payload": "v1"}"#,
+        "admin-secret",
+    );
+    assert_eq!(status, 200);
+    let (status, _) = http(
+        &web,
+        "POST",
+        "/api/v1/schedules",
+        r#"{"name": "nightly", "cron": "0 3 * * *", "task": {"group": "web", "handler": "echo"}}"#,
+        "admin-secret",
+    );
+    assert_eq!(status, 204);
+    driver.goto(format!("{base}/schedules")).await.unwrap();
+    driver
+        .query(By::Css("tr[data-schedule=nightly] button[name=Pause]"))
+        .first()
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while driver.accept_alert().await.is_err() {
+        assert!(
+            started.elapsed() < common::DEADLINE,
+            "no confirmation asked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(wait_text(&driver, "[data-result]", "Done").await, "Done.");
+    let (_, schedules) = http(&web, "GET", "/api/v1/schedules", "", "admin-secret");
+    assert!(schedules.contains(r#""paused":true"#), "{schedules}");
+
     // An admin drains the pod from its page.
     driver.goto(format!("{base}/pods")).await.unwrap();
     driver
@@ -405,6 +443,8 @@ async fn the_dashboard_stays_live_in_a_browser_and_a_viewer_changes_nothing() {
         ("task", format!("/tasks/{task}")),
         ("pods", "/pods".to_owned()),
         ("failed", "/failed".to_owned()),
+        ("schedules", "/schedules".to_owned()),
+        ("broadcasts", "/broadcasts".to_owned()),
     ] {
         driver.goto(format!("{base}{path}")).await.unwrap();
         driver.find(By::Css("main h1")).await.unwrap();

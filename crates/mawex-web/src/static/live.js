@@ -81,7 +81,7 @@
     if (form.hasAttribute("data-direct")) {
       // One action, no count to ask: confirmed, then sent.
       if (!window.confirm(form.getAttribute("data-confirm"))) { return; }
-      fetch(url, { method: "POST", credentials: "same-origin",
+      fetch(url, { method: form.getAttribute("data-method") || "POST", credentials: "same-origin",
                    headers: { "content-type": "application/json" }, body: "{}" })
         .then(function (response) {
           if (response.ok) { show(form, "Done."); return; }
