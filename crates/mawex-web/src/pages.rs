@@ -233,6 +233,7 @@ fn groups_table(groups: &[mawex_api::GroupView]) -> Markup {
             thead { tr {
                 th { "group" } th.num { "pending" } th.num { "running" } th.num { "succeeded" }
                 th.num { "failed" } th.num { "cancelled" } th { "settings" } th.num { "mean run" }
+                th { "" }
             } }
             tbody {
                 @for g in groups {
@@ -246,16 +247,38 @@ fn groups_table(groups: &[mawex_api::GroupView]) -> Markup {
                             @if let Some(rate) = &g.settings.rate { (rate.per_second) "/s" }
                         }
                         td.num { @if let Some(t) = g.mean_run_time { (format!("{:.3} s", t.as_secs_f64())) } }
+                        td { (pause_or_resume(g)) }
                     }
                 }
-                @if groups.is_empty() { tr { td colspan="8" .muted { "No tasks yet." } } }
+                @if groups.is_empty() { tr { td colspan="9" .muted { "No tasks yet." } } }
             }
         }
     }
 }
 
+/// Pauses or resumes a group, keeping its other settings (the body is the whole of them).
+fn pause_or_resume(g: &mawex_api::GroupView) -> Markup {
+    let mut settings = crate::json::GroupSettingsBody::from(&g.settings);
+    settings.paused = !settings.paused;
+    let (label, confirm) = if settings.paused {
+        (
+            "Pause",
+            format!("Pause {}? Its tasks wait; running ones finish.", g.group),
+        )
+    } else {
+        ("Resume", format!("Resume {}?", g.group))
+    };
+    let body = serde_json::to_string(&settings).unwrap_or_default();
+    html! {
+        form data-json={ "/api/v1/groups/" (g.group) } data-direct="" data-method="PUT" data-body=(body) data-confirm=(confirm) {
+            button type="submit" name=(label) { (label) }
+        }
+    }
+}
+
 async fn groups(app: &AppState) -> Result<Markup, WebError> {
-    Ok(groups_table(&app.proxy.list_groups().await?))
+    let groups = app.proxy.list_groups().await?;
+    Ok(html! { p data-result {} (groups_table(&groups)) })
 }
 
 async fn pods(app: &AppState) -> Result<Markup, WebError> {

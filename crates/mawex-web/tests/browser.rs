@@ -409,6 +409,39 @@ async fn the_dashboard_stays_live_in_a_browser_and_a_viewer_changes_nothing() {
     let (_, schedules) = http(&web, "GET", "/api/v1/schedules", "", "admin-secret");
     assert!(schedules.contains(r#""paused":true"#), "{schedules}");
 
+    // A group is paused from its page, and resumed.
+    driver.goto(format!("{base}/groups")).await.unwrap();
+    for (button, paused) in [("Pause", true), ("Resume", false)] {
+        driver
+            .query(By::Css(format!("button[name={button}]")))
+            .first()
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let started = Instant::now();
+        while driver.accept_alert().await.is_err() {
+            assert!(
+                started.elapsed() < common::DEADLINE,
+                "no confirmation asked"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let started = Instant::now();
+        loop {
+            let (_, web_group) = http(&web, "GET", "/api/v1/groups/web", "", "admin-secret");
+            if web_group.contains(&format!(r#""paused":{paused}"#)) {
+                break;
+            }
+            assert!(
+                started.elapsed() < common::DEADLINE,
+                "{button}: {web_group}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     // An admin drains the pod from its page.
     driver.goto(format!("{base}/pods")).await.unwrap();
     driver

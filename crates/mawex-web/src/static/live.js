@@ -82,7 +82,8 @@
       // One action, no count to ask: confirmed, then sent.
       if (!window.confirm(form.getAttribute("data-confirm"))) { return; }
       fetch(url, { method: form.getAttribute("data-method") || "POST", credentials: "same-origin",
-                   headers: { "content-type": "application/json" }, body: "{}" })
+                   headers: { "content-type": "application/json" },
+                   body: form.getAttribute("data-body") || "{}" })
         .then(function (response) {
           if (response.ok) { show(form, "Done."); return; }
           return response.json().then(function (body) { show(form, body.error.message); });
