@@ -359,6 +359,19 @@ impl TargetState {
     pub fn is_terminal(self) -> bool {
         !matches!(self, TargetState::Waiting | TargetState::Running)
     }
+
+    /// Its name, as the command line and the REST API spell it: `waiting`, `running`,
+    /// `done`, `failed`, `already-applied`, `cancelled`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetState::Waiting => "waiting",
+            TargetState::Running => "running",
+            TargetState::Done => "done",
+            TargetState::Failed => "failed",
+            TargetState::AlreadyApplied => "already-applied",
+            TargetState::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// One target as the master records it.

@@ -546,6 +546,10 @@ mod tests {
         for kind in crate::ErrorKind::ALL {
             assert_eq!(kind.name().parse::<crate::ErrorKind>(), Ok(kind));
         }
+        assert_eq!(
+            crate::broadcast::TargetState::AlreadyApplied.name(),
+            "already-applied"
+        );
         let unknown = "oops".parse::<crate::ErrorKind>().unwrap_err().to_string();
         assert!(unknown.contains("timed-out, cancelled"), "{unknown}");
     }

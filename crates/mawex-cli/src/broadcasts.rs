@@ -257,7 +257,7 @@ pub(crate) fn target_rows(view: &BroadcastView) -> Vec<TargetRow> {
                 Source::Origin => "origin".to_owned(),
                 other => other.to_string(),
             }),
-            state: state_name(t.state),
+            state: t.state.name(),
             attempts: t.attempts,
             started_at: t.started_at.map(output::time),
             finished_at: t.finished_at.map(output::time),
@@ -265,18 +265,6 @@ pub(crate) fn target_rows(view: &BroadcastView) -> Vec<TargetRow> {
             error: error_text(t),
         })
         .collect()
-}
-
-/// A target's state as the tables print it.
-pub(crate) fn state_name(state: TargetState) -> &'static str {
-    match state {
-        TargetState::Waiting => "waiting",
-        TargetState::Running => "running",
-        TargetState::Done => "done",
-        TargetState::Failed => "failed",
-        TargetState::Cancelled => "cancelled",
-        _ => "unknown",
-    }
 }
 
 /// Seconds from a target's start to its finish (or to `now`).

@@ -14,7 +14,7 @@ use mawex::{
 };
 use serde::Serialize;
 
-use crate::broadcasts::{error_text, follow, progress, seconds, state_name};
+use crate::broadcasts::{error_text, follow, progress, seconds};
 use crate::cli::{Output, RunOn, TreeArgs};
 use crate::output::{self, Rows};
 use crate::CliError;
@@ -230,7 +230,7 @@ async fn run(
                 Source::Pod(pod) => pod.to_string(),
                 _ => origin.to_owned(),
             }),
-            state: state_name(t.state),
+            state: t.state.name(),
             attempts: t.attempts,
             seconds: seconds(t, now),
             error: error_text(t),

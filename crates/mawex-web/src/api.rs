@@ -79,7 +79,24 @@ pub(crate) fn router(state: AppState, config: &WebConfig) -> axum::Router {
         crate::auth::guard,
     ))
     .layer(DefaultBodyLimit::max(config.max_body_bytes))
+    .layer(axum::middleware::map_response(security_headers))
     .with_state(state)
+}
+
+/// What every answer says to the browser: load scripts, styles and frames from this
+/// dashboard only, never be framed by another site, and take each type as declared.
+async fn security_headers(mut response: axum::response::Response) -> axum::response::Response {
+    use axum::http::HeaderValue;
+    let headers = response.headers_mut();
+    headers.insert(
+        "content-security-policy",
+        HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'; form-action 'self'"),
+    );
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    response
 }
 
 /// The body as `T`, or a clear error: too large, or not the JSON expected (with where).

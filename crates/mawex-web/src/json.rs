@@ -9,8 +9,7 @@ use bytes::Bytes;
 use mawex_api::{
     BroadcastSpec, BroadcastView, ErrorKind, FailedFilter, GroupName, GroupSettings, GroupView,
     Limits, MissedTicks, Outcome, PodView, RateLimit, RetryPolicy, ScheduleName, ScheduleSpec,
-    ScheduleView, Strategy, TargetFilter, TargetState, TaskId, TaskSpec, TaskState, TaskView,
-    Timestamp,
+    ScheduleView, Strategy, TargetFilter, TaskId, TaskSpec, TaskState, TaskView, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -677,7 +676,7 @@ pub struct Target {
     pub pod: String,
     /// The version it has.
     pub version: Option<String>,
-    /// `waiting`, `running`, `done`, `failed` or `cancelled`.
+    /// `waiting`, `running`, `done`, `failed`, `already-applied` or `cancelled`.
     pub state: &'static str,
     /// Where it pulled from: `origin` or a pod.
     pub source: Option<String>,
@@ -712,17 +711,6 @@ pub struct Broadcast {
     pub targets: Vec<Target>,
 }
 
-fn target_state(state: TargetState) -> &'static str {
-    match state {
-        TargetState::Waiting => "waiting",
-        TargetState::Running => "running",
-        TargetState::Done => "done",
-        TargetState::Failed => "failed",
-        TargetState::Cancelled => "cancelled",
-        _ => "unknown",
-    }
-}
-
 impl From<&BroadcastView> for Broadcast {
     fn from(v: &BroadcastView) -> Self {
         Broadcast {
@@ -739,7 +727,7 @@ impl From<&BroadcastView> for Broadcast {
                 .map(|t| Target {
                     pod: t.pod.to_string(),
                     version: t.version.clone(),
-                    state: target_state(t.state),
+                    state: t.state.name(),
                     source: t.source.as_ref().map(|source| match source {
                         mawex_api::Source::Pod(pod) => pod.to_string(),
                         _ => "origin".to_owned(),

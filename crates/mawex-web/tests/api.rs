@@ -497,6 +497,16 @@ async fn the_openapi_document_describes_every_endpoint() {
     let f = Fixture::start(mawex_web::WebConfig::default()).await;
     let (status, doc) = f.get("/api/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
+    let response = f
+        .app
+        .clone()
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let policy = response.headers()["content-security-policy"]
+        .to_str()
+        .unwrap();
+    assert!(policy.contains("default-src 'self'") && policy.contains("frame-ancestors 'none'"));
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let paths = doc["paths"].as_object().unwrap();
     for (path, method) in [
