@@ -322,26 +322,19 @@ struct TaskFilters {
 }
 
 impl TaskFilters {
+    /// The filters (not the page) as a query string.
     fn query(&self) -> String {
-        let mut parts = Vec::new();
-        for (key, value) in [("group", &self.group), ("state", &self.state)] {
-            if let Some(value) = value.as_ref().filter(|v| !v.is_empty()) {
-                parts.push(format!("{key}={}", urlencoding(value)));
-            }
-        }
-        parts.join("&")
+        let filled = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
+        let pairs = [
+            ("group", filled(&self.group)),
+            ("state", filled(&self.state)),
+        ];
+        let pairs: Vec<(&str, String)> = pairs
+            .into_iter()
+            .filter_map(|(key, value)| value.map(|v| (key, v)))
+            .collect();
+        serde_urlencoded::to_string(pairs).unwrap_or_default()
     }
-}
-
-/// `text` fit for a query string (names are letters, digits and `- _ . : /`; anything else
-/// is escaped).
-fn urlencoding(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }
 
 async fn tasks(app: &AppState, filters: &TaskFilters) -> Result<Markup, WebError> {

@@ -117,6 +117,26 @@ async fn until_count(driver: &WebDriver, what: &str, n: u64) {
     }
 }
 
+/// Logs in on the login page shown with `token`.
+async fn log_in(driver: &WebDriver, token: &str) {
+    let field = driver.query(By::Id("token")).first().await.unwrap();
+    field.send_keys(token).await.unwrap();
+    let submit = driver.find(By::Css("button[type=submit]")).await.unwrap();
+    submit.click().await.unwrap();
+}
+
+/// Accepts the confirmation the page asks for (waiting for it, within the deadline).
+async fn accept_confirmation(driver: &WebDriver) {
+    let started = Instant::now();
+    while driver.accept_alert().await.is_err() {
+        assert!(
+            started.elapsed() < common::DEADLINE,
+            "no confirmation asked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until the element at `css` has a text containing `needle`; returns it.
 async fn wait_text(driver: &WebDriver, css: &str, needle: &str) -> String {
     let started = Instant::now();
@@ -209,21 +229,7 @@ async fn the_dashboard_stays_live_in_a_browser_and_a_viewer_changes_nothing() {
         .unwrap()
         .as_str()
         .ends_with("/login"));
-    driver
-        .query(By::Id("token"))
-        .first()
-        .await
-        .unwrap()
-        .send_keys("viewer-secret")
-        .await
-        .unwrap();
-    driver
-        .find(By::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    log_in(&driver, "viewer-secret").await;
     until_count(&driver, "succeeded", 0).await;
     driver
         .execute("window.notReloaded = true;", Vec::new())
@@ -301,21 +307,7 @@ async fn the_dashboard_stays_live_in_a_browser_and_a_viewer_changes_nothing() {
         .click()
         .await
         .unwrap();
-    driver
-        .query(By::Id("token"))
-        .first()
-        .await
-        .unwrap()
-        .send_keys("admin-secret")
-        .await
-        .unwrap();
-    driver
-        .find(By::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    log_in(&driver, "admin-secret").await;
     // Logged in: the overview, before going on (a navigation must not race the login's).
     until_count(&driver, "failed", 5).await;
     driver.goto(format!("{base}/failed")).await.unwrap();
@@ -397,14 +389,7 @@ async fn the_dashboard_stays_live_in_a_browser_and_a_viewer_changes_nothing() {
         .click()
         .await
         .unwrap();
-    let started = Instant::now();
-    while driver.accept_alert().await.is_err() {
-        assert!(
-            started.elapsed() < common::DEADLINE,
-            "no confirmation asked"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    accept_confirmation(&driver).await;
     assert_eq!(wait_text(&driver, "[data-result]", "Done").await, "Done.");
     let (_, schedules) = http(&web, "GET", "/api/v1/schedules", "", "admin-secret");
     assert!(schedules.contains(r#""paused":true"#), "{schedules}");
@@ -420,14 +405,7 @@ async fn the_dashboard_stays_live_in_a_browser_and_a_viewer_changes_nothing() {
             .click()
             .await
             .unwrap();
-        let started = Instant::now();
-        while driver.accept_alert().await.is_err() {
-            assert!(
-                started.elapsed() < common::DEADLINE,
-                "no confirmation asked"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        accept_confirmation(&driver).await;
         let started = Instant::now();
         loop {
             let (_, web_group) = http(&web, "GET", "/api/v1/groups/web", "", "admin-secret");
@@ -452,14 +430,7 @@ async fn the_dashboard_stays_live_in_a_browser_and_a_viewer_changes_nothing() {
         .click()
         .await
         .unwrap();
-    let started = Instant::now();
-    while driver.accept_alert().await.is_err() {
-        assert!(
-            started.elapsed() < common::DEADLINE,
-            "no confirmation asked"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    accept_confirmation(&driver).await;
     assert_eq!(wait_text(&driver, "[data-result]", "Done").await, "Done.");
     let (_, pods) = http(&web, "GET", "/api/v1/pods", "", "admin-secret");
     assert!(pods.contains(r#""draining":true"#), "{pods}");
