@@ -106,6 +106,8 @@ fn layout(title: &str, here: &str, fragment: &str, content: Markup) -> Html<Stri
                     }
                     main {
                         h1 { (title) }
+                        // Outside the live fragment: an update of the fragment keeps it.
+                        p data-result {}
                         div id="live" data-live=(fragment) { (content) }
                     }
                     script src="/static/live.js" {}
@@ -278,13 +280,12 @@ fn pause_or_resume(g: &mawex_api::GroupView) -> Markup {
 
 async fn groups(app: &AppState) -> Result<Markup, WebError> {
     let groups = app.proxy.list_groups().await?;
-    Ok(html! { p data-result {} (groups_table(&groups)) })
+    Ok(groups_table(&groups))
 }
 
 async fn pods(app: &AppState) -> Result<Markup, WebError> {
     let pods = app.proxy.list_pods().await?;
     Ok(html! {
-        p data-result {}
         table {
             thead { tr {
                 th { "pod" } th { "groups" } th.num { "running / slots" } th.num { "held" }
@@ -480,7 +481,6 @@ async fn failed(app: &AppState) -> Result<Markup, WebError> {
     let counts = app.proxy.failed_summary().await?;
     Ok(html! {
         p.muted { "Every action acts on all the tasks of its line, not a page: the count is asked first." }
-        p data-result {}
         table {
             thead { tr { th { "group" } th { "error kind" } th.num { "failed" } th { "" } th { "" } } }
             tbody {
@@ -520,7 +520,6 @@ fn action(url: &str, method: &str, label: &str, confirm: &str) -> Markup {
 async fn schedules(app: &AppState) -> Result<Markup, WebError> {
     let schedules = app.proxy.list_schedules().await?;
     Ok(html! {
-        p data-result {}
         table {
             thead { tr {
                 th { "schedule" } th { "cron" } th { "time zone" } th { "group" } th { "handler" }
