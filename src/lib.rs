@@ -70,7 +70,7 @@ pub use mawex_api::{
     PodView, QueuePosition, RateLimit, RemoteConfig, RemoteMasterProxy, ResultCursor, ResultStream,
     RetryHint, RetryPolicy, ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskError, TaskId,
     TaskPage, TaskResult, TaskSpec, TaskState, TaskView, Timestamp, UnknownErrorKind,
-    MAX_LIST_LIMIT, MAX_LIST_PAGE_BYTES,
+    MAX_LIST_FILTER_LEN, MAX_LIST_LIMIT, MAX_LIST_PAGE_BYTES, MAX_LIST_SCAN,
 };
 pub use mawex_api::{
     BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery, BroadcastSpec,

@@ -496,6 +496,142 @@ async fn list_filters_and_pages(t: Transport) {
     m.shutdown().await;
 }
 
+/// Every page of `query`, followed to the end.
+async fn list_all(m: &TestMaster, mut query: ListQuery) -> Vec<mawex::TaskId> {
+    let mut ids = Vec::new();
+    loop {
+        let page = m.proxy().list(query.clone()).await.unwrap();
+        ids.extend(page.tasks.iter().map(|t| t.spec.id));
+        match page.next {
+            Some(next) => query = query.after(next),
+            None => return ids,
+        }
+    }
+}
+
+async fn list_searches_by_handler_keys_payload_error_time_and_order(t: Transport) {
+    let m = TestMaster::start_on(t).await;
+    let (g, other) = (group("search"), group("search-other"));
+    let (handlers, _, _) = instrumented();
+    let pod = m.pod(
+        PodConfig::new(pod_id("p-search"), vec![g.clone()]).with_slots(4),
+        handlers,
+    );
+    let mut specs = Vec::new();
+    for i in 0..12 {
+        let handler = if i % 3 == 0 { "fail" } else { "echo" };
+        let mut spec = TaskSpec::new(
+            g.clone(),
+            handler,
+            format!("order {i} for customer-{}", i % 2),
+        )
+        .with_retry(RetryPolicy::never());
+        if i % 4 == 1 {
+            spec = spec.with_fairness_key("tenant-a");
+        }
+        if i == 5 {
+            spec = spec.with_dedup("nightly-5", std::time::Duration::from_secs(60));
+        }
+        specs.push(spec);
+    }
+    // Waiting in a group no pod serves: never run, so never failed.
+    specs.push(TaskSpec::new(
+        other.clone(),
+        "fail",
+        "order 12 for customer-0",
+    ));
+    let ids: Vec<_> = specs.iter().map(|s| s.id).collect();
+    m.proxy().submit_many(specs).await.unwrap();
+    for id in &ids[..12] {
+        m.proxy().await_result(*id).await.unwrap();
+    }
+    let pick = |wanted: &[usize]| wanted.iter().map(|&i| ids[i]).collect::<Vec<_>>();
+    let by_three = [0, 3, 6, 9];
+
+    let q = ListQuery::default().limit(2);
+    assert_eq!(
+        list_all(&m, q.clone().handler("fail")).await,
+        pick(&[0, 3, 6, 9, 12])
+    );
+    assert_eq!(
+        list_all(&m, q.clone().handler("fail").group(g.clone())).await,
+        pick(&by_three)
+    );
+    assert_eq!(
+        list_all(&m, q.clone().fairness_key("tenant-a")).await,
+        pick(&[1, 5, 9])
+    );
+    assert_eq!(
+        list_all(&m, q.clone().dedup_key("nightly-5")).await,
+        pick(&[5])
+    );
+    assert_eq!(
+        list_all(&m, q.clone().error_text("always fails")).await,
+        pick(&by_three),
+        "the task that never ran has no error"
+    );
+    assert_eq!(
+        list_all(&m, q.clone().error_text("Always")).await,
+        [],
+        "case-sensitive"
+    );
+    assert_eq!(
+        list_all(&m, q.clone().payload_contains(&b"customer-1"[..])).await,
+        pick(&[1, 3, 5, 7, 9, 11])
+    );
+    assert_eq!(
+        list_all(
+            &m,
+            q.clone()
+                .payload_contains(&b"customer-1"[..])
+                .state(TaskState::Failed)
+        )
+        .await,
+        pick(&[3, 9])
+    );
+    // Newest first: the reverse, across pages, with and without an index.
+    let mut newest = ids.clone();
+    newest.reverse();
+    assert_eq!(list_all(&m, q.clone().newest_first()).await, newest);
+    assert_eq!(
+        list_all(&m, q.clone().newest_first().state(TaskState::Failed)).await,
+        pick(&[9, 6, 3, 0])
+    );
+    // A time range: everything was accepted before now, nothing after it.
+    let now = mawex::Timestamp::now();
+    let later = now.saturating_add(std::time::Duration::from_secs(3600));
+    assert_eq!(
+        list_all(&m, q.clone().submitted_between(None, Some(later))).await,
+        ids
+    );
+    assert_eq!(
+        list_all(&m, q.clone().submitted_between(Some(later), None)).await,
+        []
+    );
+    // Bad filters are refused, naming them.
+    for bad in [
+        ListQuery::default().handler(""),
+        ListQuery::default().error_text("x".repeat(mawex::MAX_LIST_FILTER_LEN + 1)),
+        ListQuery::default().submitted_between(Some(later), Some(now)),
+    ] {
+        let refused = match m.proxy().list(bad).await {
+            Err(mawex::ApiError::InvalidArgument(message)) => message,
+            other => panic!(
+                "expected InvalidArgument, got {:?}",
+                other.map(|_| "a page")
+            ),
+        };
+        assert!(
+            refused.contains("handler")
+                || refused.contains("error_text")
+                || refused.contains("submitted_before"),
+            "{refused}"
+        );
+    }
+    pod.shutdown().await.unwrap();
+    m.shutdown().await;
+}
+
 async fn bad_input_gets_clear_errors(t: Transport) {
     let m = TestMaster::start_on(t).await;
     let g = group("bad");
@@ -542,5 +678,6 @@ on_both_transports!(
     cancel_stops_pending_and_running_tasks,
     result_streams_resume_from_a_cursor,
     list_filters_and_pages,
+    list_searches_by_handler_keys_payload_error_time_and_order,
     bad_input_gets_clear_errors,
 );

@@ -91,7 +91,7 @@ async fn malformed_client_requests_get_clear_errors() {
             state: 42,
             after: None,
             limit: 10,
-            omit_bodies: false,
+            ..Default::default()
         })
         .await
         .unwrap_err();

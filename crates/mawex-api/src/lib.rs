@@ -43,7 +43,7 @@ pub use failure::{ErrorKind, RetryHint, TaskError, UnknownErrorKind, MAX_ERROR_M
 pub use ids::{Attempt, GroupName, PodId, ScheduleName, TaskId};
 pub use proxy::{
     CancelAck, ListQuery, MasterProxy, ResultCursor, ResultStream, SubmitAck, TaskPage,
-    MAX_LIST_LIMIT, MAX_LIST_PAGE_BYTES,
+    MAX_LIST_FILTER_LEN, MAX_LIST_LIMIT, MAX_LIST_PAGE_BYTES, MAX_LIST_SCAN,
 };
 pub use remote::{
     AuthChannel, Bearer, BearerToken, ChannelConfig, ClientTls, GrpcPodConnector, RemoteConfig,

@@ -2,6 +2,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +17,7 @@ use crate::broadcast::{
 use crate::error::ApiError;
 use crate::ids::{GroupName, PodId, ScheduleName, TaskId};
 use crate::task::{TaskResult, TaskSpec, TaskState, TaskView};
+use crate::time::Timestamp;
 
 /// The most tasks one `list` page returns.
 pub const MAX_LIST_LIMIT: usize = 1000;
@@ -95,7 +97,33 @@ pub struct ListQuery {
     /// Views without their bodies: the payload and a successful output are left empty
     /// (their sizes are what makes pages large). Default: bodies included.
     pub omit_bodies: bool,
+    /// Only tasks run by this handler.
+    pub handler: Option<String>,
+    /// Only tasks with this dedup key.
+    pub dedup_key: Option<String>,
+    /// Only tasks with this fairness key.
+    pub fairness_key: Option<String>,
+    /// Only tasks whose last error's message contains this text (case-sensitive).
+    pub error_text: Option<String>,
+    /// Only tasks whose payload contains these bytes (the UTF-8 of a text, say).
+    pub payload_contains: Option<Bytes>,
+    /// Only tasks the master accepted at or after this time.
+    pub submitted_from: Option<Timestamp>,
+    /// Only tasks the master accepted before this time.
+    pub submitted_before: Option<Timestamp>,
+    /// Newest first (descending ids) instead of oldest first; `after` then resumes below
+    /// the id it names.
+    pub newest_first: bool,
 }
+
+/// The longest text a `list` filter may carry (handler, keys, error text, payload bytes).
+pub const MAX_LIST_FILTER_LEN: usize = 1024;
+
+/// How many tasks one `list` page examines at most. A filter that the indexes do not narrow
+/// (error text, payload, handler, keys, time) is checked task by task; a page that reaches
+/// this many without filling up ends early, its `next` the last task examined, so that no
+/// request holds the read model for longer than a bounded scan.
+pub const MAX_LIST_SCAN: usize = 2_000_000;
 
 /// About how many bytes of views a `list` page holds at most: well under the default
 /// message limit of the transports, however large the payloads and outputs are.
@@ -109,6 +137,14 @@ impl Default for ListQuery {
             after: None,
             limit: 100,
             omit_bodies: false,
+            handler: None,
+            dedup_key: None,
+            fairness_key: None,
+            error_text: None,
+            payload_contains: None,
+            submitted_from: None,
+            submitted_before: None,
+            newest_first: false,
         }
     }
 }
@@ -138,12 +174,101 @@ impl ListQuery {
         self
     }
 
-    /// Checks the page size.
+    /// Only tasks run by `handler`.
+    pub fn handler(mut self, handler: impl Into<String>) -> Self {
+        self.handler = Some(handler.into());
+        self
+    }
+
+    /// Only tasks with dedup key `key`.
+    pub fn dedup_key(mut self, key: impl Into<String>) -> Self {
+        self.dedup_key = Some(key.into());
+        self
+    }
+
+    /// Only tasks with fairness key `key`.
+    pub fn fairness_key(mut self, key: impl Into<String>) -> Self {
+        self.fairness_key = Some(key.into());
+        self
+    }
+
+    /// Only tasks whose last error's message contains `text`.
+    pub fn error_text(mut self, text: impl Into<String>) -> Self {
+        self.error_text = Some(text.into());
+        self
+    }
+
+    /// Only tasks whose payload contains `bytes`.
+    pub fn payload_contains(mut self, bytes: impl Into<Bytes>) -> Self {
+        self.payload_contains = Some(bytes.into());
+        self
+    }
+
+    /// Only tasks accepted at or after `from` and before `before` (either may be open).
+    pub fn submitted_between(mut self, from: Option<Timestamp>, before: Option<Timestamp>) -> Self {
+        self.submitted_from = from;
+        self.submitted_before = before;
+        self
+    }
+
+    /// Newest first.
+    pub fn newest_first(mut self) -> Self {
+        self.newest_first = true;
+        self
+    }
+
+    /// Checks the page size and the filters.
     ///
     /// # Errors
-    /// `InvalidArgument` for a limit of 0 or above [`MAX_LIST_LIMIT`].
+    /// `InvalidArgument` for a limit of 0 or above [`MAX_LIST_LIMIT`], an empty or too long
+    /// text filter, or a time range that ends before it starts.
     pub fn validate(&self) -> Result<(), ApiError> {
-        check_page_limit("list", self.limit)
+        check_page_limit("list", self.limit)?;
+        let texts = [
+            ("handler", self.handler.as_ref().map(String::len)),
+            ("dedup_key", self.dedup_key.as_ref().map(String::len)),
+            ("fairness_key", self.fairness_key.as_ref().map(String::len)),
+            ("error_text", self.error_text.as_ref().map(String::len)),
+            (
+                "payload_contains",
+                self.payload_contains.as_ref().map(Bytes::len),
+            ),
+        ];
+        for (name, len) in texts {
+            match len {
+                Some(0) => {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "list {name} must not be empty (leave it out to match any)"
+                    )))
+                }
+                Some(len) if len > MAX_LIST_FILTER_LEN => {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "list {name} is {len} bytes, more than {MAX_LIST_FILTER_LEN}"
+                    )))
+                }
+                _ => {}
+            }
+        }
+        if let (Some(from), Some(before)) = (self.submitted_from, self.submitted_before) {
+            if before < from {
+                return Err(ApiError::InvalidArgument(format!(
+                    "list submitted_before ({before}) is earlier than submitted_from ({from})"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the query filters by more than the group and the state, which the indexes
+    /// answer: such a page examines tasks one by one (see [`MAX_LIST_SCAN`]).
+    pub fn scans(&self) -> bool {
+        self.handler.is_some()
+            || self.dedup_key.is_some()
+            || self.fairness_key.is_some()
+            || self.error_text.is_some()
+            || self.payload_contains.is_some()
+            || self.submitted_from.is_some()
+            || self.submitted_before.is_some()
     }
 
     /// Views without payloads and outputs (see [`ListQuery::omit_bodies`]).
@@ -163,7 +288,7 @@ pub(crate) fn check_page_limit(what: &str, limit: usize) -> Result<(), ApiError>
     Ok(())
 }
 
-/// One page of `list`, in task id (submission time) order.
+/// One page of `list`, in task id (submission time) order, or its reverse.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct TaskPage {

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Json;
 use bytes::Bytes;
-use mawex_api::{BroadcastQuery, CancelAck, FailedFilter, ListQuery, PodId, MAX_LIST_LIMIT};
+use mawex_api::{BroadcastQuery, CancelAck, FailedFilter, PodId, MAX_LIST_LIMIT};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -15,9 +15,9 @@ use utoipa_axum::routes;
 
 use crate::error::ErrorAnswer;
 use crate::json::{
-    group, schedule_name, state, task_id, Broadcast, BroadcastPage, FailedCount, FailedFilterBody,
-    Group, GroupSettingsBody, Matched, NewBroadcast, NewSchedule, NewTask, Pod, Schedule,
-    Submitted, Task, TaskPage,
+    group, schedule_name, task_id, Broadcast, BroadcastPage, FailedCount, FailedFilterBody, Group,
+    GroupSettingsBody, Matched, NewBroadcast, NewSchedule, NewTask, Pod, Schedule, Submitted, Task,
+    TaskFilter, TaskPage,
 };
 use crate::{AppState, WebConfig, WebError};
 
@@ -42,6 +42,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(submit, list_tasks))
         .routes(routes!(submit_batch))
+        .routes(routes!(crate::bulk::bulk_tasks))
         .routes(routes!(get_task))
         .routes(routes!(cancel_task))
         .routes(routes!(retry_task))
@@ -100,7 +101,7 @@ async fn security_headers(mut response: axum::response::Response) -> axum::respo
 }
 
 /// The body as `T`, or a clear error: too large, or not the JSON expected (with where).
-fn body<T: DeserializeOwned>(
+pub(crate) fn body<T: DeserializeOwned>(
     app: &AppState,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<T, WebError> {
@@ -166,27 +167,148 @@ async fn submit_batch(
     Ok(Json(acks.into_iter().map(Submitted::from).collect()))
 }
 
-/// Filters and page of a task list.
-#[derive(Debug, Deserialize, IntoParams)]
+/// A task search: its filters, its order and its page. The API's query parameters and the
+/// tasks page's form and links alike.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-struct ListParams {
+pub(crate) struct TaskSearch {
+    /// Only this task (an exact id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) id: Option<String>,
     /// Only tasks of this group.
-    group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) group: Option<String>,
     /// Only tasks in this state: `pending`, `running`, `succeeded`, `failed`, `cancelled`.
-    state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) state: Option<String>,
+    /// Only tasks run by this handler.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) handler: Option<String>,
+    /// Only tasks with this dedup key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) dedup_key: Option<String>,
+    /// Only tasks with this fairness key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) fairness_key: Option<String>,
+    /// Only tasks whose last error's message contains this text (case-sensitive).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) error: Option<String>,
+    /// Only tasks whose payload contains this text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) payload: Option<String>,
+    /// Only tasks submitted at or after this time (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) from: Option<String>,
+    /// Only tasks submitted before this time (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) until: Option<String>,
+    /// `oldest` first (the default) or `newest` first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) order: Option<String>,
     /// The previous page's `next`.
-    after: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) after: Option<String>,
     /// Page size, 1 to 1,000 (default 100).
-    limit: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) limit: Option<usize>,
     /// Include payloads and outputs (default: left out).
-    bodies: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) bodies: Option<bool>,
 }
 
-/// Lists tasks, a page at a time, oldest first.
+impl TaskSearch {
+    /// The filters alone.
+    pub(crate) fn filter(&self) -> TaskFilter {
+        TaskFilter {
+            group: self.group.clone(),
+            state: self.state.clone(),
+            handler: self.handler.clone(),
+            dedup_key: self.dedup_key.clone(),
+            fairness_key: self.fairness_key.clone(),
+            error: self.error.clone(),
+            payload: self.payload.clone(),
+            from: self.from.clone(),
+            until: self.until.clone(),
+        }
+    }
+
+    /// The search without its page (`after`) and with blank fields left out, as a query
+    /// string.
+    pub(crate) fn without_page(&self) -> String {
+        let mut search = self.clone();
+        search.after = None;
+        for field in [
+            &mut search.id,
+            &mut search.group,
+            &mut search.state,
+            &mut search.handler,
+            &mut search.dedup_key,
+            &mut search.fairness_key,
+            &mut search.error,
+            &mut search.payload,
+            &mut search.from,
+            &mut search.until,
+            &mut search.order,
+        ] {
+            if crate::json::filled(field).is_none() {
+                *field = None;
+            }
+        }
+        serde_urlencoded::to_string(&search).unwrap_or_default()
+    }
+
+    /// The page this search asks for, `default_limit` tasks unless it says. A search by id
+    /// is a page of that task, or an empty one.
+    pub(crate) async fn run(
+        &self,
+        proxy: &dyn mawex_api::MasterProxy,
+        default_limit: usize,
+    ) -> Result<mawex_api::TaskPage, WebError> {
+        let mut query = self
+            .filter()
+            .query()?
+            .limit(self.limit.unwrap_or(default_limit).min(MAX_LIST_LIMIT + 1));
+        if newest_first(self.order.as_deref())? {
+            query = query.newest_first();
+        }
+        if let Some(after) = crate::json::filled(&self.after) {
+            query = query.after(task_id(after)?);
+        }
+        if !self.bodies.unwrap_or(false) {
+            query = query.without_bodies();
+        }
+        query.validate()?;
+        if let Some(id) = crate::json::filled(&self.id) {
+            return match proxy.get(task_id(id)?).await {
+                Ok(view) => Ok(mawex_api::TaskPage::new(vec![view], None)),
+                Err(mawex_api::ApiError::NotFound(_)) => {
+                    Ok(mawex_api::TaskPage::new(Vec::new(), None))
+                }
+                Err(e) => Err(e.into()),
+            };
+        }
+        Ok(proxy.list(query).await?)
+    }
+}
+
+/// Whether `order` (`oldest` or `newest`, absent: oldest) puts the newest first.
+pub(crate) fn newest_first(order: Option<&str>) -> Result<bool, WebError> {
+    match order.map(str::trim) {
+        None | Some("" | "oldest") => Ok(false),
+        Some("newest") => Ok(true),
+        Some(other) => Err(WebError::BadRequest(format!(
+            "order: {other:?} is neither \"oldest\" nor \"newest\""
+        ))),
+    }
+}
+
+/// Lists and searches tasks, a page at a time, oldest or newest first. Group and state are
+/// answered from indexes; the other filters examine tasks one by one, so a page of a rare
+/// match may come back short, with a `next` to go on from.
 #[utoipa::path(
     get, path = "/api/v1/tasks", tag = "tasks",
-    params(ListParams),
+    params(TaskSearch),
     responses(
         (status = 200, body = TaskPage),
         (status = 400, description = "A bad filter", body = ErrorAnswer),
@@ -194,24 +316,10 @@ struct ListParams {
 )]
 async fn list_tasks(
     State(app): State<AppState>,
-    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+    params: Result<Query<TaskSearch>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<TaskPage>, WebError> {
-    let Query(params) = params.map_err(|e| WebError::BadRequest(e.body_text()))?;
-    let mut query = ListQuery::default().limit(params.limit.unwrap_or(100).min(MAX_LIST_LIMIT + 1));
-    if let Some(g) = &params.group {
-        query = query.group(group("group", g)?);
-    }
-    if let Some(s) = &params.state {
-        query = query.state(state(s)?);
-    }
-    if let Some(after) = &params.after {
-        query = query.after(task_id(after)?);
-    }
-    if !params.bodies.unwrap_or(false) {
-        query = query.without_bodies();
-    }
-    query.validate()?;
-    let page = app.proxy.list(query).await?;
+    let Query(search) = params.map_err(|e| WebError::BadRequest(e.body_text()))?;
+    let page = search.run(app.proxy.as_ref(), 100).await?;
     Ok(Json(TaskPage {
         tasks: page.tasks.iter().map(Task::from).collect(),
         next: page.next.map(|id| id.to_string()),

@@ -77,6 +77,7 @@ pub(crate) fn needs(method: &Method, path: &str) -> Option<Needs> {
         (
             false,
             "/api/v1/tasks/{id}/retry"
+            | "/api/v1/tasks/bulk"
             | "/api/v1/failed/retry"
             | "/api/v1/failed/purge"
             | "/api/v1/groups/{group}"

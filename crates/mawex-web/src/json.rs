@@ -8,8 +8,9 @@ use base64::Engine as _;
 use bytes::Bytes;
 use mawex_api::{
     BroadcastSpec, BroadcastView, ErrorKind, FailedFilter, GroupName, GroupSettings, GroupView,
-    Limits, MissedTicks, Outcome, PodView, RateLimit, RetryPolicy, ScheduleName, ScheduleSpec,
-    ScheduleView, Strategy, TargetFilter, TaskId, TaskSpec, TaskState, TaskView, Timestamp,
+    Limits, ListQuery, MissedTicks, Outcome, PodView, RateLimit, RetryPolicy, ScheduleName,
+    ScheduleSpec, ScheduleView, Strategy, TargetFilter, TaskId, TaskSpec, TaskState, TaskView,
+    Timestamp,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -365,6 +366,166 @@ impl FailedFilterBody {
         }
         Ok(filter)
     }
+}
+
+/// What a task search matches: every field given must match. Empty fields (a blank form
+/// input) match anything, like absent ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskFilter {
+    /// Only tasks of this group.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Only tasks in this state: `pending`, `running`, `succeeded`, `failed`, `cancelled`.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// Only tasks run by this handler.
+    #[serde(default)]
+    pub handler: Option<String>,
+    /// Only tasks with this dedup key.
+    #[serde(default)]
+    pub dedup_key: Option<String>,
+    /// Only tasks with this fairness key.
+    #[serde(default)]
+    pub fairness_key: Option<String>,
+    /// Only tasks whose last error's message contains this text (case-sensitive).
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Only tasks whose payload contains this text.
+    #[serde(default)]
+    pub payload: Option<String>,
+    /// Only tasks submitted at or after this time (RFC 3339; UTC unless it says otherwise).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Only tasks submitted before this time.
+    #[serde(default)]
+    pub until: Option<String>,
+}
+
+impl TaskFilter {
+    /// The filter as a list query (the first page, oldest first, 100 a page).
+    pub(crate) fn query(&self) -> Result<ListQuery, WebError> {
+        let mut query = ListQuery::default();
+        if let Some(g) = filled(&self.group) {
+            query = query.group(group("group", g)?);
+        }
+        if let Some(s) = filled(&self.state) {
+            query = query.state(state(s)?);
+        }
+        if let Some(h) = filled(&self.handler) {
+            query = query.handler(h);
+        }
+        if let Some(k) = filled(&self.dedup_key) {
+            query = query.dedup_key(k);
+        }
+        if let Some(k) = filled(&self.fairness_key) {
+            query = query.fairness_key(k);
+        }
+        if let Some(text) = filled(&self.error) {
+            query = query.error_text(text);
+        }
+        if let Some(text) = filled(&self.payload) {
+            query = query.payload_contains(Bytes::copy_from_slice(text.as_bytes()));
+        }
+        let from = filled(&self.from)
+            .map(|t| form_time("from", t))
+            .transpose()?;
+        let until = filled(&self.until)
+            .map(|t| form_time("until", t))
+            .transpose()?;
+        if from.is_some() || until.is_some() {
+            query = query.submitted_between(from, until);
+        }
+        query.validate()?;
+        Ok(query)
+    }
+}
+
+/// A text field's value, unless it is absent or blank.
+pub(crate) fn filled(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// A time from a form or a query: RFC 3339, with or without the seconds and the zone (UTC
+/// then), `T` or a space between date and time.
+fn form_time(field: &str, text: &str) -> Result<Timestamp, WebError> {
+    // `2026-12-07T10:30`, as a datetime-local input sends it.
+    let date_and_minutes = text.len() == 16 && text.as_bytes().get(13) == Some(&b':');
+    if date_and_minutes {
+        parse_time(field, &format!("{text}:00"))
+    } else {
+        parse_time(field, text)
+    }
+}
+
+/// What a bulk action does to each task it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BulkAction {
+    /// Cancel pending and running tasks.
+    Cancel,
+    /// Run failed tasks again, each with a fresh attempt budget.
+    Retry,
+    /// Forget failed tasks.
+    Purge,
+    /// Move pending tasks to `to_group`.
+    Move,
+    /// Give pending tasks `priority`.
+    Reprioritise,
+    /// Put pending tasks ahead of the others of their priority.
+    Front,
+    /// Put pending tasks behind the others of their priority.
+    Back,
+}
+
+impl BulkAction {
+    /// The states of the tasks this action changes.
+    pub(crate) fn applies_to(self) -> &'static [TaskState] {
+        match self {
+            BulkAction::Cancel => &[TaskState::Pending, TaskState::Running],
+            BulkAction::Retry | BulkAction::Purge => &[TaskState::Failed],
+            BulkAction::Move | BulkAction::Reprioritise | BulkAction::Front | BulkAction::Back => {
+                &[TaskState::Pending]
+            }
+        }
+    }
+}
+
+/// Which tasks a bulk action takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BulkScope {
+    /// The tasks named in `ids`.
+    Selected,
+    /// Every task `filter` matches (all of them, not a page).
+    Filter,
+}
+
+/// A bulk action on tasks: on a selection (`ids`) or on everything a filter matches.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkBody {
+    /// What to do.
+    pub action: BulkAction,
+    /// Which tasks: `selected` (`ids`) or `filter`. Default: `ids` when given, else
+    /// `filter`.
+    #[serde(default)]
+    pub scope: Option<BulkScope>,
+    /// The selected tasks (at most 10,000).
+    #[serde(default)]
+    pub ids: Vec<String>,
+    /// The tasks to act on: all that match.
+    #[serde(default)]
+    pub filter: Option<TaskFilter>,
+    /// For `move`: the group the tasks go to.
+    #[serde(default)]
+    pub to_group: Option<String>,
+    /// For `reprioritise`: the priority they take.
+    #[serde(default)]
+    pub priority: Option<i32>,
+    /// Count what the action would change, and change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// How many tasks an action matched (and acted on, unless it was a dry run).

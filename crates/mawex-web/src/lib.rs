@@ -18,12 +18,14 @@
 
 mod api;
 mod auth;
+mod bulk;
 mod error;
 mod json;
 mod login;
 mod metrics;
 mod pages;
 mod sessions;
+mod task_pages;
 
 use std::sync::Arc;
 
@@ -33,9 +35,9 @@ pub use api::MAX_BATCH;
 pub use auth::{Authenticator, WebRole, WebUser};
 pub use error::{ErrorAnswer, ErrorDetail, WebError};
 pub use json::{
-    Body, Broadcast, BroadcastPage, ErrorBody, FailedCount, FailedFilterBody, Failure, Group,
-    GroupSettingsBody, Matched, NewBroadcast, NewSchedule, NewTask, Pod, Schedule, Submitted,
-    Target, Task, TaskPage,
+    Body, Broadcast, BroadcastPage, BulkAction, BulkBody, BulkScope, ErrorBody, FailedCount,
+    FailedFilterBody, Failure, Group, GroupSettingsBody, Matched, NewBroadcast, NewSchedule,
+    NewTask, Pod, Schedule, Submitted, Target, Task, TaskFilter, TaskPage,
 };
 
 /// How the web side serves.

@@ -9,15 +9,16 @@ use std::time::Duration;
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
 use futures::stream::Stream;
 use maud::{html, Markup, DOCTYPE};
-use mawex_api::{ListQuery, TaskState};
 use serde::Deserialize;
 
-use crate::json::{group, state, task_id, Task};
+use crate::api::TaskSearch;
+use crate::json::{task_id, Task};
+use crate::task_pages;
 use crate::{AppState, WebError};
 
 /// How often a live fragment is looked at again (and so the most it is sent).
@@ -77,6 +78,17 @@ async fn style() -> Response {
 
 /// A whole page: the header, and `content` kept live from `fragment`.
 fn layout(title: &str, here: &str, fragment: &str, content: Markup) -> Html<String> {
+    layout_with(title, here, fragment, html! {}, content)
+}
+
+/// A whole page with `controls` (forms) above its live `content`.
+fn layout_with(
+    title: &str,
+    here: &str,
+    fragment: &str,
+    controls: Markup,
+    content: Markup,
+) -> Html<String> {
     let nav = [
         ("/", "Overview"),
         ("/groups", "Groups"),
@@ -106,6 +118,7 @@ fn layout(title: &str, here: &str, fragment: &str, content: Markup) -> Html<Stri
                     }
                     main {
                         h1 { (title) }
+                        (controls)
                         // Outside the live fragment: an update of the fragment keeps it.
                         p data-result {}
                         div id="live" data-live=(fragment) { (content) }
@@ -128,9 +141,9 @@ async fn fragment(app: &AppState, path: &str, query: Option<&str>) -> Result<Mar
         "/fragments/schedules" => schedules(app).await,
         "/fragments/broadcasts" => broadcasts(app).await,
         "/fragments/tasks" => {
-            let filters: TaskFilters = serde_urlencoded::from_str(query.unwrap_or_default())
-                .map_err(|e| WebError::BadRequest(format!("the filters: {e}")))?;
-            tasks(app, &filters).await
+            let search: TaskSearch = serde_urlencoded::from_str(query.unwrap_or_default())
+                .map_err(|e| WebError::BadRequest(format!("the search: {e}")))?;
+            task_pages::results(app, &search).await
         }
         other => match other.strip_prefix("/fragments/task/") {
             Some(id) => task(app, id).await,
@@ -314,76 +327,6 @@ async fn pods(app: &AppState) -> Result<Markup, WebError> {
     })
 }
 
-/// The filters of the task list.
-#[derive(Debug, Default, Deserialize)]
-struct TaskFilters {
-    group: Option<String>,
-    state: Option<String>,
-    after: Option<String>,
-}
-
-impl TaskFilters {
-    /// The filters (not the page) as a query string.
-    fn query(&self) -> String {
-        let filled = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
-        let pairs = [
-            ("group", filled(&self.group)),
-            ("state", filled(&self.state)),
-        ];
-        let pairs: Vec<(&str, String)> = pairs
-            .into_iter()
-            .filter_map(|(key, value)| value.map(|v| (key, v)))
-            .collect();
-        serde_urlencoded::to_string(pairs).unwrap_or_default()
-    }
-}
-
-async fn tasks(app: &AppState, filters: &TaskFilters) -> Result<Markup, WebError> {
-    let mut query = ListQuery::default().limit(50).without_bodies();
-    if let Some(g) = filters.group.as_deref().filter(|g| !g.is_empty()) {
-        query = query.group(group("group", g)?);
-    }
-    if let Some(s) = filters.state.as_deref().filter(|s| !s.is_empty()) {
-        query = query.state(state(s)?);
-    }
-    if let Some(after) = filters.after.as_deref().filter(|a| !a.is_empty()) {
-        query = query.after(task_id(after)?);
-    }
-    let page = app.proxy.list(query).await?;
-    let tasks: Vec<Task> = page.tasks.iter().map(Task::from).collect();
-    let base = filters.query();
-    Ok(html! {
-        form.filters method="get" action="/tasks" {
-            input name="group" placeholder="group" value=[filters.group.as_deref()];
-            select name="state" {
-                option value="" { "any state" }
-                @for s in TaskState::ALL {
-                    option value=(s.name()) selected[filters.state.as_deref() == Some(s.name())] { (s.name()) }
-                }
-            }
-            button type="submit" { "Filter" }
-        }
-        table {
-            thead { tr { th { "task" } th { "group" } th { "handler" } th { "state" } th.num { "attempt" } th { "submitted" } th { "error" } } }
-            tbody {
-                @for t in &tasks {
-                    tr {
-                        td { a href={ "/tasks/" (t.id) } { (t.id) } }
-                        td { (t.group) } td { (t.handler) }
-                        td class={ "state-" (t.state) } { (t.state) }
-                        td.num { (t.attempt) } td { (t.submitted_at) }
-                        td.bad { @if let Some(e) = &t.error { (e.kind) ": " (e.message) } }
-                    }
-                }
-                @if tasks.is_empty() { tr { td colspan="7" .muted { "No task matches." } } }
-            }
-        }
-        @if let Some(next) = &page.next {
-            p { a href={ "/tasks?" (base) @if !base.is_empty() { "&" } "after=" (next) } { "Next page →" } }
-        }
-    })
-}
-
 async fn task(app: &AppState, id: &str) -> Result<Markup, WebError> {
     let view = app.proxy.get(task_id(id)?).await?;
     let t = Task::from(&view);
@@ -442,14 +385,24 @@ async fn pods_page(State(app): State<AppState>) -> Result<Html<String>, WebError
 
 async fn tasks_page(
     State(app): State<AppState>,
-    Query(filters): Query<TaskFilters>,
-) -> Result<Html<String>, WebError> {
-    let fragment = match filters.query() {
+    search: Result<Query<TaskSearch>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, WebError> {
+    let Query(search) = search.map_err(|e| WebError::BadRequest(e.body_text()))?;
+    // A search by id that finds its task opens it.
+    if let Some(id) = crate::json::filled(&search.id) {
+        let id = task_id(id)?;
+        if app.proxy.get(id).await.is_ok() {
+            return Ok(Redirect::to(&format!("/tasks/{id}")).into_response());
+        }
+    }
+    // The live fragment shows the same page of the same search.
+    let fragment = match serde_urlencoded::to_string(&search).unwrap_or_default() {
         q if q.is_empty() => "/fragments/tasks".to_owned(),
         q => format!("/fragments/tasks?{q}"),
     };
-    let content = tasks(&app, &filters).await?;
-    Ok(layout("Tasks", "/tasks", &fragment, content))
+    let content = task_pages::results(&app, &search).await?;
+    let controls = task_pages::controls(&search);
+    Ok(layout_with("Tasks", "/tasks", &fragment, controls, content).into_response())
 }
 
 async fn task_page(

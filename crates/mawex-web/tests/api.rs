@@ -492,6 +492,183 @@ async fn the_failed_queue_groups_and_pods_are_read_and_steered() {
     f.stop().await;
 }
 
+/// The ids of a task list's answer.
+fn ids_of(page: &Value) -> Vec<String> {
+    page["tasks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not a page: {page}"))
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_are_searched_and_acted_on_in_bulk_by_selection_or_by_filter() {
+    let f = Fixture::start(mawex_web::WebConfig::default()).await;
+    // Four that fail ("it broke"), two that wait in a group no pod serves.
+    let mut batch: Vec<Value> = (0..4)
+        .map(|i| {
+            json!({"group": "web", "handler": "fail", "max_attempts": 1,
+                   "payload": format!("invoice {i} of acme"), "fairness_key": format!("t{}", i % 2)})
+        })
+        .collect();
+    batch.push(
+        json!({"group": "parked", "handler": "echo", "payload": "invoice 4 of acme",
+                      "dedup_key": "nightly"}),
+    );
+    batch.push(json!({"group": "parked", "handler": "echo", "payload": "invoice 5 of zeta"}));
+    let (_, acks) = f.post("/api/v1/tasks/batch", Value::Array(batch)).await;
+    let ids: Vec<String> = acks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect();
+    for id in &ids[..4] {
+        f.until_state(id, "failed").await;
+    }
+
+    // Search by every field, in either order.
+    let fixture = &f;
+    let search = |query: &str| {
+        let path = format!("/api/v1/tasks?{query}");
+        let f = fixture;
+        async move {
+            let (status, page) = f.get(&path).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {page}");
+            ids_of(&page)
+        }
+    };
+    assert_eq!(search("error=broke").await, ids[..4]);
+    assert_eq!(search("payload=acme&group=parked").await, ids[4..5]);
+    assert_eq!(search("dedup_key=nightly").await, ids[4..5]);
+    assert_eq!(
+        search("fairness_key=t1").await,
+        [ids[1].clone(), ids[3].clone()]
+    );
+    assert_eq!(
+        search("handler=echo&order=newest").await,
+        [ids[5].clone(), ids[4].clone()]
+    );
+    assert_eq!(search(&format!("id={}", ids[2])).await, ids[2..3]);
+    assert_eq!(
+        search("id=0190a000-0000-7000-8000-000000000000").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        search("from=2000-01-01T00:00&until=2100-01-01%2000:00:00").await,
+        ids
+    );
+    assert_eq!(
+        search("until=2000-01-01T00:00:00Z").await,
+        Vec::<String>::new()
+    );
+    refused(
+        f.get("/api/v1/tasks?order=sideways").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "sideways",
+    );
+    refused(
+        f.get("/api/v1/tasks?from=yesterday").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "from",
+    );
+    refused(
+        f.get("/api/v1/tasks?from=2030-01-01T00:00&until=2020-01-01T00:00")
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "earlier",
+    );
+
+    // The whole filter, counted first: the failed ones with "broke", whatever page shows.
+    let by_filter = json!({"action": "retry", "filter": {"error": "broke"}, "dry_run": true});
+    assert_eq!(
+        f.post("/api/v1/tasks/bulk", by_filter).await.1,
+        json!({"count": 4, "dry_run": true})
+    );
+    // A selection: only the ticked ones the action applies to (a parked task is no failure).
+    let selected = json!({"action": "purge", "ids": [ids[0], ids[4]]});
+    assert_eq!(
+        f.post("/api/v1/tasks/bulk", selected).await.1,
+        json!({"count": 1, "dry_run": false})
+    );
+    let (status, _) = f.get(&format!("/api/v1/tasks/{}", ids[0])).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "purged");
+    let retry = json!({"action": "retry", "scope": "filter", "filter": {"error": "broke", "fairness_key": "t1"}});
+    assert_eq!(f.post("/api/v1/tasks/bulk", retry).await.1["count"], 2);
+    for id in [&ids[1], &ids[3]] {
+        let task = f.until_state(id, "failed").await;
+        assert_eq!(task["attempt"], 2, "ran again: {task}");
+    }
+    // Pending tasks: reprioritised, moved (then served by the pod), cancelled.
+    let parked = json!({"group": "parked"});
+    let change = json!({"action": "reprioritise", "priority": 7, "filter": parked});
+    assert_eq!(f.post("/api/v1/tasks/bulk", change).await.1["count"], 2);
+    assert_eq!(
+        f.get(&format!("/api/v1/tasks/{}", ids[5])).await.1["priority"],
+        7
+    );
+    let cancel = json!({"action": "cancel", "ids": [ids[5]]});
+    assert_eq!(f.post("/api/v1/tasks/bulk", cancel).await.1["count"], 1);
+    f.until_state(&ids[5], "cancelled").await;
+    let to_web = json!({"action": "move", "to_group": "web", "scope": "filter", "filter": parked});
+    assert_eq!(f.post("/api/v1/tasks/bulk", to_web).await.1["count"], 1);
+    let moved = f.until_state(&ids[4], "succeeded").await;
+    assert_eq!(moved["group"], "web", "{moved}");
+
+    // Bad requests say what is wrong.
+    for (body, needle) in [
+        (
+            json!({"action": "explode", "ids": [ids[1]]}),
+            "unknown variant",
+        ),
+        (json!({"action": "retry"}), "takes `ids`"),
+        (
+            json!({"action": "retry", "scope": "selected"}),
+            "no task is selected",
+        ),
+        (
+            json!({"action": "move", "filter": {}}),
+            "to_group is required",
+        ),
+        (
+            json!({"action": "reprioritise", "filter": {}}),
+            "priority is required",
+        ),
+        (json!({"action": "retry", "ids": ["nope"]}), "not a task id"),
+        (
+            json!({"action": "retry", "filter": {"state": "asleep"}}),
+            "state",
+        ),
+        (
+            json!({"action": "retry", "filter": {"colour": "red"}}),
+            "unknown field",
+        ),
+    ] {
+        refused(
+            f.post("/api/v1/tasks/bulk", body.clone()).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            needle,
+        );
+    }
+    let too_many: Vec<String> = (0..=mawex_web::MAX_BATCH).map(|_| ids[1].clone()).collect();
+    refused(
+        f.post(
+            "/api/v1/tasks/bulk",
+            json!({"action": "cancel", "ids": too_many}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "act on a filter instead",
+    );
+    f.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_describes_every_endpoint() {
     let f = Fixture::start(mawex_web::WebConfig::default()).await;
@@ -516,6 +693,7 @@ async fn the_openapi_document_describes_every_endpoint() {
         ("/api/v1/tasks/{id}", "get"),
         ("/api/v1/tasks/{id}/cancel", "post"),
         ("/api/v1/tasks/{id}/retry", "post"),
+        ("/api/v1/tasks/bulk", "post"),
         ("/api/v1/failed", "get"),
         ("/api/v1/failed/retry", "post"),
         ("/api/v1/failed/purge", "post"),
@@ -863,6 +1041,7 @@ async fn with_tokens_each_role_may_do_what_it_may_and_a_viewer_changes_nothing()
         (Method::POST, "/api/v1/tasks/batch", [false, true, true]),
         (Method::POST, &format!("{task}/cancel"), [false, true, true]),
         (Method::POST, &format!("{task}/retry"), [false, false, true]),
+        (Method::POST, "/api/v1/tasks/bulk", [false, false, true]),
         (Method::GET, "/api/v1/failed", [true, false, true]),
         (Method::POST, "/api/v1/failed/retry", [false, false, true]),
         (Method::POST, "/api/v1/failed/purge", [false, false, true]),

@@ -125,6 +125,51 @@ async fn log_in(driver: &WebDriver, token: &str) {
     submit.click().await.unwrap();
 }
 
+/// The question of the confirmation the page asks (waited for), accepted.
+async fn confirmation(driver: &WebDriver) -> String {
+    let started = Instant::now();
+    loop {
+        if let Ok(text) = driver.get_alert_text().await {
+            driver.accept_alert().await.unwrap();
+            return text;
+        }
+        assert!(
+            started.elapsed() < common::DEADLINE,
+            "no confirmation asked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until every failed task of group `web` is on attempt `attempt` (there are five).
+async fn until_failed_on_attempt(web: &str, attempt: u64) {
+    let started = Instant::now();
+    loop {
+        let (_, page) = http(
+            web,
+            "GET",
+            "/api/v1/tasks?group=web&state=failed",
+            "",
+            "admin-secret",
+        );
+        let failed: serde_json::Value = serde_json::from_str(&page).unwrap();
+        let attempts: Vec<u64> = failed["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["attempt"].as_u64().unwrap())
+            .collect();
+        if attempts == [attempt; 5] {
+            return;
+        }
+        assert!(
+            started.elapsed() < common::DEADLINE,
+            "not retried: {attempts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Accepts the confirmation the page asks for (waiting for it, within the deadline).
 async fn accept_confirmation(driver: &WebDriver) {
     let started = Instant::now();
@@ -133,6 +178,26 @@ async fn accept_confirmation(driver: &WebDriver) {
             started.elapsed() < common::DEADLINE,
             "no confirmation asked"
         );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Clicks the first element `css` finds, finding it again if a live update replaced it
+/// between the find and the click.
+async fn click(driver: &WebDriver, css: &str) {
+    let started = Instant::now();
+    loop {
+        let clicked = match driver.query(By::Css(css)).first().await {
+            Ok(element) => element.click().await,
+            Err(e) => Err(e),
+        };
+        match clicked {
+            Ok(()) => return,
+            Err(e) => assert!(
+                started.elapsed() < common::DEADLINE,
+                "cannot click {css}: {e}"
+            ),
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -288,14 +353,7 @@ async fn the_dashboard_stays_live_in_a_browser_and_a_viewer_changes_nothing() {
     // The failed queue's bulk retry, from the page: refused for the viewer, with why.
     driver.goto(format!("{base}/failed")).await.unwrap();
     let retry = "tr[data-failed='web/handler'] button[name=Retry]";
-    driver
-        .query(By::Css(retry))
-        .first()
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&driver, retry).await;
     let said = wait_text(&driver, "[data-result]", "viewer").await;
     assert!(said.contains("has the viewer role"), "{said}");
 
@@ -311,56 +369,64 @@ async fn the_dashboard_stays_live_in_a_browser_and_a_viewer_changes_nothing() {
     // Logged in: the overview, before going on (a navigation must not race the login's).
     until_count(&driver, "failed", 5).await;
     driver.goto(format!("{base}/failed")).await.unwrap();
-    driver
-        .query(By::Css(retry))
-        .first()
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let started = Instant::now();
-    let asked = loop {
-        match driver.get_alert_text().await {
-            Ok(text) => break text,
-            Err(_) => {
-                assert!(
-                    started.elapsed() < common::DEADLINE,
-                    "no confirmation asked"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
+    click(&driver, retry).await;
+    let asked = confirmation(&driver).await;
     assert!(asked.starts_with("5 match."), "{asked}");
-    driver.accept_alert().await.unwrap();
     let said = wait_text(&driver, "[data-result]", "done").await;
     assert_eq!(said, "5 done.");
     // Run again, they failed again: each is on its second attempt.
-    let started = Instant::now();
-    loop {
-        let (_, page) = http(
+    until_failed_on_attempt(&web, 2).await;
+
+    // The tasks page: a search by error text, then a retry of everything it matches (not
+    // only the page shown), counted first.
+    driver
+        .goto(format!("{base}/tasks?error=broke&order=newest"))
+        .await
+        .unwrap();
+    assert_eq!(
+        driver
+            .find_all(By::Css("table.tasks tbody input[name='ids[]']"))
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+    click(&driver, "#bulk option[value=retry]").await;
+    click(&driver, "#bulk button[value=filter]").await;
+    let asked = confirmation(&driver).await;
+    assert!(asked.starts_with("5 match."), "{asked}");
+    assert_eq!(wait_text(&driver, "[data-result]", "done").await, "5 done.");
+    until_failed_on_attempt(&web, 3).await;
+    // Two ticked boxes, purged: the count asked is theirs.
+    let boxes = driver
+        .find_all(By::Css("table.tasks tbody input[name='ids[]']"))
+        .await
+        .unwrap();
+    let ticked = [
+        boxes[0].attr("value").await.unwrap().unwrap(),
+        boxes[1].attr("value").await.unwrap().unwrap(),
+    ];
+    for ticked in &ticked {
+        click(&driver, &format!("input[value='{ticked}']")).await;
+    }
+    click(&driver, "#bulk option[value=purge]").await;
+    click(&driver, "#bulk button[value=selected]").await;
+    let asked = confirmation(&driver).await;
+    assert!(asked.starts_with("2 match."), "{asked}");
+    // (The answer of the retry before is still shown until this one's comes.)
+    assert_eq!(
+        wait_text(&driver, "[data-result]", "2 done").await,
+        "2 done."
+    );
+    for purged in &ticked {
+        let (status, _) = http(
             &web,
             "GET",
-            "/api/v1/tasks?group=web&state=failed",
+            &format!("/api/v1/tasks/{purged}"),
             "",
             "admin-secret",
         );
-        let failed: serde_json::Value = serde_json::from_str(&page).unwrap();
-        let attempts: Vec<u64> = failed["tasks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["attempt"].as_u64().unwrap())
-            .collect();
-        if attempts == [2, 2, 2, 2, 2] {
-            break;
-        }
-        assert!(
-            started.elapsed() < common::DEADLINE,
-            "not retried: {attempts:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(status, 404, "{purged} was purged");
     }
 
     // A broadcast and a schedule; the schedule is paused from its page.
@@ -381,14 +447,7 @@ async fn the_dashboard_stays_live_in_a_browser_and_a_viewer_changes_nothing() {
     );
     assert_eq!(status, 204);
     driver.goto(format!("{base}/schedules")).await.unwrap();
-    driver
-        .query(By::Css("tr[data-schedule=nightly] button[name=Pause]"))
-        .first()
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&driver, "tr[data-schedule=nightly] button[name=Pause]").await;
     accept_confirmation(&driver).await;
     assert_eq!(wait_text(&driver, "[data-result]", "Done").await, "Done.");
     let (_, schedules) = http(&web, "GET", "/api/v1/schedules", "", "admin-secret");
@@ -397,14 +456,7 @@ async fn the_dashboard_stays_live_in_a_browser_and_a_viewer_changes_nothing() {
     // A group is paused from its page, and resumed.
     driver.goto(format!("{base}/groups")).await.unwrap();
     for (button, paused) in [("Pause", true), ("Resume", false)] {
-        driver
-            .query(By::Css(format!("button[name={button}]")))
-            .first()
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&driver, &format!("button[name={button}]")).await;
         accept_confirmation(&driver).await;
         let started = Instant::now();
         loop {
@@ -422,14 +474,7 @@ async fn the_dashboard_stays_live_in_a_browser_and_a_viewer_changes_nothing() {
 
     // An admin drains the pod from its page.
     driver.goto(format!("{base}/pods")).await.unwrap();
-    driver
-        .query(By::Css("button[name=Drain]"))
-        .first()
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&driver, "button[name=Drain]").await;
     accept_confirmation(&driver).await;
     assert_eq!(wait_text(&driver, "[data-result]", "Done").await, "Done.");
     let (_, pods) = http(&web, "GET", "/api/v1/pods", "", "admin-secret");

@@ -6,6 +6,7 @@ use crate::ids::GroupName;
 use crate::proto;
 use crate::proxy::{CancelAck, ListQuery, SubmitAck, TaskPage};
 use crate::task::TaskState;
+use crate::time::Timestamp;
 
 #[doc(hidden)]
 impl From<SubmitAck> for proto::SubmitResponse {
@@ -74,6 +75,14 @@ impl From<ListQuery> for proto::ListRequest {
             after: q.after.map(|id| id.to_string()),
             limit: u32::try_from(q.limit).unwrap_or(u32::MAX),
             omit_bodies: q.omit_bodies,
+            handler: q.handler,
+            dedup_key: q.dedup_key,
+            fairness_key: q.fairness_key,
+            error_text: q.error_text,
+            payload_contains: q.payload_contains,
+            submitted_from_ms: q.submitted_from.map(|t| t.0),
+            submitted_before_ms: q.submitted_before.map(|t| t.0),
+            newest_first: q.newest_first,
         }
     }
 }
@@ -96,6 +105,14 @@ impl TryFrom<proto::ListRequest> for ListQuery {
                 r.limit as usize
             },
             omit_bodies: r.omit_bodies,
+            handler: r.handler,
+            dedup_key: r.dedup_key,
+            fairness_key: r.fairness_key,
+            error_text: r.error_text,
+            payload_contains: r.payload_contains,
+            submitted_from: r.submitted_from_ms.map(Timestamp),
+            submitted_before: r.submitted_before_ms.map(Timestamp),
+            newest_first: r.newest_first,
         })
     }
 }

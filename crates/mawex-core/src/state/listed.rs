@@ -82,7 +82,19 @@ impl Listed {
         state: Option<TaskState>,
         after: Option<TaskId>,
     ) -> impl Iterator<Item = TaskId> + 'a {
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.ids_ordered(group, state, after, false)
+    }
+
+    /// Like [`Listed::ids`], in id order or (`descending`) its reverse, `after` resuming past
+    /// the id it names in that order.
+    pub(crate) fn ids_ordered<'a>(
+        &'a self,
+        group: Option<&GroupName>,
+        state: Option<TaskState>,
+        after: Option<TaskId>,
+        descending: bool,
+    ) -> impl Iterator<Item = TaskId> + 'a {
+        let past = after.map_or(Bound::Unbounded, Bound::Excluded);
         let sets: Vec<&'a BTreeSet<TaskId>> = match group {
             Some(group) => self
                 .0
@@ -101,29 +113,65 @@ impl Listed {
                 .filter_map(|states| state.and_then(|s| states.get(&s)))
                 .collect(),
         };
-        Merged::new(
-            sets.into_iter()
-                .map(|ids| ids.range((start, Bound::Unbounded)))
-                .collect(),
-        )
+        let ranges = sets
+            .into_iter()
+            .map(|ids| -> Box<dyn Iterator<Item = &'a TaskId> + 'a> {
+                if descending {
+                    Box::new(ids.range((Bound::Unbounded, past)).rev())
+                } else {
+                    Box::new(ids.range((past, Bound::Unbounded)))
+                }
+            })
+            .collect();
+        Merged::new(ranges, descending)
     }
 }
 
-/// Ascending ids from ascending sets, merged (the sets are disjoint: a task is in one) with a
-/// heap of each set's next id: O(log sets) an id, however many groups are merged.
+/// Ids from sets each in the same order (ascending, or descending), merged into that order
+/// (the sets are disjoint: a task is in one) with a heap of each set's next id: O(log sets)
+/// an id, however many groups are merged.
 struct Merged<'a> {
-    sets: Vec<std::collections::btree_set::Range<'a, TaskId>>,
-    next: BinaryHeap<Reverse<(TaskId, usize)>>,
+    sets: Vec<Box<dyn Iterator<Item = &'a TaskId> + 'a>>,
+    /// Max-heap of (key, set): the key is the id descending, its reverse ascending.
+    next: BinaryHeap<(Ordered, usize)>,
+    descending: bool,
+}
+
+/// A heap key: an id, or its reverse.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Ordered {
+    Up(Reverse<TaskId>),
+    Down(TaskId),
+}
+
+impl Ordered {
+    fn new(id: TaskId, descending: bool) -> Self {
+        if descending {
+            Ordered::Down(id)
+        } else {
+            Ordered::Up(Reverse(id))
+        }
+    }
+
+    fn id(&self) -> TaskId {
+        match self {
+            Ordered::Up(Reverse(id)) | Ordered::Down(id) => *id,
+        }
+    }
 }
 
 impl<'a> Merged<'a> {
-    fn new(mut sets: Vec<std::collections::btree_set::Range<'a, TaskId>>) -> Self {
+    fn new(mut sets: Vec<Box<dyn Iterator<Item = &'a TaskId> + 'a>>, descending: bool) -> Self {
         let next = sets
             .iter_mut()
             .enumerate()
-            .filter_map(|(i, ids)| ids.next().map(|id| Reverse((*id, i))))
+            .filter_map(|(i, ids)| ids.next().map(|id| (Ordered::new(*id, descending), i)))
             .collect();
-        Merged { sets, next }
+        Merged {
+            sets,
+            next,
+            descending,
+        }
     }
 }
 
@@ -131,11 +179,12 @@ impl Iterator for Merged<'_> {
     type Item = TaskId;
 
     fn next(&mut self) -> Option<TaskId> {
-        let Reverse((id, set)) = self.next.pop()?;
-        if let Some(after) = self.sets.get_mut(set).and_then(Iterator::next) {
-            self.next.push(Reverse((*after, set)));
+        let (key, set) = self.next.pop()?;
+        if let Some(following) = self.sets.get_mut(set).and_then(Iterator::next) {
+            self.next
+                .push((Ordered::new(*following, self.descending), set));
         }
-        Some(id)
+        Some(key.id())
     }
 }
 
@@ -205,6 +254,21 @@ mod tests {
         );
         assert_eq!(ids(None, Some(TaskState::Failed), None), [id(3)]);
         assert_eq!(ids(Some(&a), Some(TaskState::Failed), None), []);
+        // Newest first: merged across groups in descending order, resuming below `after`.
+        let down = |g: Option<&GroupName>, s: Option<TaskState>, after: Option<u8>| {
+            listed
+                .ids_ordered(g, s, after.map(id), true)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            down(None, Some(TaskState::Pending), None),
+            [id(6), id(5), id(4), id(2), id(1)]
+        );
+        assert_eq!(
+            down(None, Some(TaskState::Pending), Some(5)),
+            [id(4), id(2), id(1)]
+        );
+        assert_eq!(down(Some(&b), None, Some(5)), [id(3), id(1)]);
         // Emptied sets go, so a rebuilt index equals a kept one.
         listed.moved(id(3), &b, Some(TaskState::Failed), None);
         let mut rebuilt = Listed::default();

@@ -5,6 +5,7 @@ use std::time::Duration;
 use mawex_api::{
     ErrorKind, FailedCount, FailedFilter, GroupName, GroupSettings, ListQuery, Outcome,
     ScheduleName, TaskId, TaskPage, TaskState, TaskView, Timestamp, MAX_LIST_PAGE_BYTES,
+    MAX_LIST_SCAN,
 };
 
 use super::stored::TaskResult;
@@ -263,8 +264,13 @@ impl MasterState {
 
     /// One page of tasks matching `query` (already validated).
     pub(crate) fn list(&self, query: &ListQuery) -> TaskPage {
+        self.list_scanning(query, MAX_LIST_SCAN)
+    }
+
+    /// [`Self::list`], examining at most `scan_budget` tasks.
+    fn list_scanning(&self, query: &ListQuery, scan_budget: usize) -> TaskPage {
         use std::ops::Bound;
-        let start = match query.after {
+        let past = match query.after {
             Some(after) => Bound::Excluded(after),
             None => Bound::Unbounded,
         };
@@ -274,18 +280,37 @@ impl MasterState {
         // A group or a state narrows the walk to the index of those tasks.
         let candidates: Box<dyn Iterator<Item = &TaskEntry> + '_> =
             if query.group.is_none() && query.state.is_none() {
-                Box::new(self.tasks.range((start, Bound::Unbounded)).map(|(_, e)| e))
+                if query.newest_first {
+                    let range = self.tasks.range((Bound::Unbounded, past)).rev();
+                    Box::new(range.map(|(_, e)| e))
+                } else {
+                    Box::new(self.tasks.range((past, Bound::Unbounded)).map(|(_, e)| e))
+                }
             } else {
                 Box::new(
                     self.listed
-                        .ids(query.group.as_ref(), query.state, query.after)
+                        .ids_ordered(
+                            query.group.as_ref(),
+                            query.state,
+                            query.after,
+                            query.newest_first,
+                        )
                         .filter_map(|id| self.tasks.get(&id)),
                 )
             };
-        for entry in candidates {
-            if query.group.as_ref().is_some_and(|g| *g != entry.spec.group)
-                || query.state.is_some_and(|s| s != entry.state)
-            {
+        let payload = query
+            .payload_contains
+            .as_ref()
+            .map(|needle| memchr::memmem::Finder::new(needle.as_ref()));
+        let mut last_examined = None;
+        for (examined, entry) in candidates.enumerate() {
+            if examined == scan_budget {
+                // Bounded: the caller resumes after the last task examined.
+                next = last_examined;
+                break;
+            }
+            last_examined = Some(entry.spec.id);
+            if !matches(entry, query, payload.as_ref()) {
                 continue;
             }
             let mut view = entry.view();
@@ -304,6 +329,35 @@ impl MasterState {
         }
         TaskPage::new(tasks, next)
     }
+}
+
+/// Whether `entry` passes every filter of `query`; `payload` is the query's payload finder.
+fn matches(
+    entry: &TaskEntry,
+    query: &ListQuery,
+    payload: Option<&memchr::memmem::Finder<'_>>,
+) -> bool {
+    let spec = &entry.spec;
+    let text_is = |want: &Option<String>, have: Option<&str>| {
+        want.as_deref().is_none_or(|want| have == Some(want))
+    };
+    query.group.as_ref().is_none_or(|g| *g == spec.group)
+        && query.state.is_none_or(|s| s == entry.state)
+        && text_is(&query.handler, Some(&spec.handler))
+        && text_is(&query.dedup_key, spec.dedup().map(|d| d.key.as_str()))
+        && text_is(&query.fairness_key, spec.fairness_key.as_deref())
+        && query
+            .submitted_from
+            .is_none_or(|from| entry.submitted_at >= from)
+        && query
+            .submitted_before
+            .is_none_or(|before| entry.submitted_at < before)
+        && payload.is_none_or(|finder| finder.find(&spec.payload).is_some())
+        && query.error_text.as_deref().is_none_or(|text| {
+            entry
+                .last_error_message()
+                .is_some_and(|message| message.contains(text))
+        })
 }
 
 /// Empties what makes a view large: the payload and a successful output.
@@ -332,4 +386,57 @@ fn view_bytes(view: &TaskView) -> usize {
         .saturating_add(view.spec.handler.len())
         .saturating_add(result)
         .saturating_add(failures)
+}
+
+#[cfg(test)]
+mod tests {
+    use mawex_api::{GroupName, ListQuery, TaskSpec, Timestamp};
+
+    use crate::state::{Event, MasterState};
+
+    /// A search the indexes cannot answer ends a page after its scan budget, and the pages
+    /// that follow from its `next` find every match once, in order, either way round.
+    #[test]
+    fn a_scan_ends_at_its_budget_and_resumes_where_it_stopped() {
+        let group = GroupName::new("g").expect("valid");
+        let mut state = MasterState::new();
+        let mut ids = Vec::new();
+        for i in 0..100 {
+            let handler = if i % 10 == 0 { "rare" } else { "common" };
+            let spec = TaskSpec::new(group.clone(), handler, "p");
+            ids.push(spec.id);
+            state.apply(&Event::TaskAccepted {
+                spec: spec.into(),
+                at: Timestamp(1),
+            });
+        }
+        let rare: Vec<_> = ids.iter().step_by(10).copied().collect();
+        for newest_first in [false, true] {
+            let mut query = ListQuery::default().handler("rare").limit(1000);
+            query.newest_first = newest_first;
+            let (mut found, mut pages, mut short_pages) = (Vec::new(), 0, 0);
+            loop {
+                let page = state.list_scanning(&query, 7);
+                pages += 1;
+                if page.next.is_some() && page.tasks.len() < query.limit {
+                    short_pages += 1;
+                }
+                found.extend(page.tasks.iter().map(|t| t.spec.id));
+                match page.next {
+                    Some(next) => query = query.after(next),
+                    None => break,
+                }
+            }
+            let mut expected = rare.clone();
+            if newest_first {
+                expected.reverse();
+            }
+            assert_eq!(found, expected);
+            assert_eq!(pages, 15, "100 tasks, 7 a page");
+            assert_eq!(
+                short_pages, 14,
+                "every page but the last ended at its budget"
+            );
+        }
+    }
 }

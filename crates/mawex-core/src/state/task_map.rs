@@ -63,7 +63,7 @@ impl TaskMap {
     pub(crate) fn range<R: RangeBounds<TaskId>>(
         &self,
         range: R,
-    ) -> impl Iterator<Item = (&TaskId, &TaskEntry)> {
+    ) -> impl DoubleEndedIterator<Item = (&TaskId, &TaskEntry)> {
         self.0.range(range).map(|(id, e)| (id, e.as_ref()))
     }
 }

@@ -3,6 +3,32 @@
 // Where EventSource is missing or keeps failing, the fragment is fetched every two seconds.
 (function () {
   "use strict";
+  // A new fragment in place of the old, with the boxes that were ticked still ticked.
+  function swap(element, html) {
+    // Unchanged (the first event repeats what the page was rendered with): the elements
+    // stay, so that a click on one of them is never lost to its replacement.
+    var incoming = document.createElement("template");
+    incoming.innerHTML = html;
+    if (incoming.innerHTML === element.innerHTML) { return; }
+    var ticked = {};
+    var boxes = 'input[type="checkbox"][name]';
+    element.querySelectorAll(boxes).forEach(function (box) {
+      if (box.checked) { ticked[box.name + "=" + box.value] = true; }
+    });
+    element.innerHTML = html;
+    element.querySelectorAll(boxes).forEach(function (box) {
+      if (ticked[box.name + "=" + box.value]) { box.checked = true; }
+    });
+  }
+  // A box with data-tick-all="NAME" ticks or clears every box named NAME.
+  document.addEventListener("change", function (event) {
+    var all = event.target;
+    if (!all.hasAttribute || !all.hasAttribute("data-tick-all")) { return; }
+    var name = all.getAttribute("data-tick-all");
+    document.querySelectorAll('input[type="checkbox"]').forEach(function (box) {
+      if (box.name === name) { box.checked = all.checked; }
+    });
+  });
   // One timer a page at most, stopped when the stream is back.
   var polling = null;
   function poll(element, url) {
@@ -10,7 +36,7 @@
     polling = window.setInterval(function () {
       fetch(url, { credentials: "same-origin" })
         .then(function (response) { return response.ok ? response.text() : null; })
-        .then(function (html) { if (html !== null) { element.innerHTML = html; } })
+        .then(function (html) { if (html !== null) { swap(element, html); } })
         .catch(function () {});
     }, 2000);
   }
@@ -32,7 +58,7 @@
       source.addEventListener("fragment", function (event) {
         failures = 0;
         stopPolling();
-        element.innerHTML = event.data;
+        swap(element, event.data);
         element.setAttribute("data-updated", String(Date.now()));
       });
       source.onerror = function () {
@@ -67,6 +93,36 @@
       return response.json().then(function (body) { return { ok: response.ok, body: body }; });
     });
   }
+  // A form's fields as JSON: a name "a.b" nests, "x[]" collects a list, a number input
+  // gives a number, a blank field is left out; the button that sent the form adds its name
+  // and value.
+  function fieldsOf(form, submitter) {
+    var fields = {};
+    var numbers = {};
+    Array.prototype.forEach.call(form.elements, function (input) {
+      if (input.type === "number") { numbers[input.name] = true; }
+    });
+    var data = new FormData(form);
+    if (submitter && submitter.name) { data.append(submitter.name, submitter.value); }
+    data.forEach(function (value, key) {
+      if (value === "") { return; }
+      if (numbers[key]) { value = Number(value); }
+      var target = fields;
+      var parts = key.split(".");
+      while (parts.length > 1) {
+        var part = parts.shift();
+        target = target[part] = target[part] || {};
+      }
+      var name = parts[0];
+      if (name.slice(-2) === "[]") {
+        name = name.slice(0, -2);
+        (target[name] = target[name] || []).push(value);
+      } else {
+        target[name] = value;
+      }
+    });
+    return fields;
+  }
   function show(form, text) {
     var result = document.querySelector("[data-result]");
     if (result) { result.textContent = text; }
@@ -75,8 +131,7 @@
     var form = event.target;
     if (!form.hasAttribute || !form.hasAttribute("data-json")) { return; }
     event.preventDefault();
-    var fields = {};
-    new FormData(form).forEach(function (value, key) { fields[key] = value; });
+    var fields = fieldsOf(form, event.submitter);
     var url = form.getAttribute("data-json");
     if (form.hasAttribute("data-direct")) {
       // One action, no count to ask: confirmed, then sent.
