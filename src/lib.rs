@@ -66,11 +66,12 @@ pub use mawex_api::typed;
 pub use mawex_api::{
     ApiError, Attempt, AttemptFailure, BearerToken, Bytes, CancelAck, ChannelConfig, ClientTls,
     Dedup, ErrorKind, FailedCount, FailedFilter, GroupName, GroupSettings, GroupView,
-    GrpcPodConnector, Limits, ListQuery, MasterProxy, MissedTicks, Outcome, PendingChange, PodId,
-    PodView, QueuePosition, RateLimit, RemoteConfig, RemoteMasterProxy, ResultCursor, ResultStream,
-    RetryHint, RetryPolicy, ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskError, TaskId,
-    TaskPage, TaskResult, TaskSpec, TaskState, TaskView, Timestamp, UnknownErrorKind,
-    MAX_LIST_FILTER_LEN, MAX_LIST_LIMIT, MAX_LIST_PAGE_BYTES, MAX_LIST_SCAN,
+    GrpcPodConnector, Limits, ListQuery, MasterProxy, MinuteCounts, MissedTicks, Outcome,
+    PendingChange, PodId, PodView, QueuePosition, RateLimit, RemoteConfig, RemoteMasterProxy,
+    ResultCursor, ResultStream, RetryHint, RetryPolicy, ScheduleName, ScheduleSpec, ScheduleView,
+    SubmitAck, TaskError, TaskId, TaskPage, TaskResult, TaskSpec, TaskState, TaskView, Timestamp,
+    UnknownErrorKind, HISTORY_MINUTES, MAX_LIST_FILTER_LEN, MAX_LIST_LIMIT, MAX_LIST_PAGE_BYTES,
+    MAX_LIST_SCAN,
 };
 pub use mawex_api::{
     BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery, BroadcastSpec,

@@ -68,7 +68,7 @@ fn expected_role(path: &str) -> Role {
         | "UpdatePending" | "CreateSchedule" | "ListSchedules" | "PauseSchedule"
         | "DeleteSchedule" | "FireBroadcast" | "PlanBroadcast" | "GetBroadcast"
         | "ListBroadcasts" | "WaitBroadcast" | "ListBroadcastLocks" | "ClearBroadcastLock"
-        | "ListPods" | "ListGroups" | "DrainPod" => Role::Admin,
+        | "ListPods" | "ListGroups" | "History" | "DrainPod" => Role::Admin,
         "Session" => Role::Pod,
         other => panic!("{path}: no expected role for RPC {other}; add it to this table"),
     }
@@ -92,6 +92,7 @@ fn reads_only(path: &str) -> bool {
             | "ListBroadcasts"
             | "WaitBroadcast"
             | "ListBroadcastLocks"
+            | "History"
             | "ListPods"
             | "ListGroups"
     )

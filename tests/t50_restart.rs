@@ -323,6 +323,62 @@ async fn clean_shutdown_and_restart_keeps_results_and_pending_work() {
     m.shutdown().await;
 }
 
+/// The last minutes' counts summed: (accepted, started, succeeded, failed, pending now).
+async fn recent_history(m: &TestMaster) -> (u64, u64, u64, u64, u64) {
+    let minutes = m.proxy().history(5).await.unwrap();
+    assert_eq!(minutes.len(), 5);
+    assert!(minutes
+        .windows(2)
+        .all(|w| w[1].minute.0 == w[0].minute.0 + 60_000));
+    let sum = |f: fn(&mawex::MinuteCounts) -> u64| minutes.iter().map(f).sum::<u64>();
+    (
+        sum(|m| m.accepted),
+        sum(|m| m.started),
+        sum(|m| m.succeeded),
+        sum(|m| m.failed),
+        minutes.last().unwrap().pending,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_minute_history_counts_what_happened_and_survives_a_restart() {
+    let m = TestMaster::start_on(Transport::Grpc).await;
+    let g = group("history");
+    let specs: Vec<TaskSpec> = (0..30)
+        .map(|i| {
+            let handler = if i % 3 == 0 { "fail" } else { "echo" };
+            TaskSpec::new(g.clone(), handler, "").with_retry(mawex::RetryPolicy::never())
+        })
+        .collect();
+    let acks = m.proxy().submit_many(specs).await.unwrap();
+    // Two more that no pod serves: they wait.
+    m.proxy()
+        .submit_many(vec![
+            TaskSpec::new(group("history-idle"), "echo", ""),
+            TaskSpec::new(group("history-idle"), "echo", ""),
+        ])
+        .await
+        .unwrap();
+    let (handlers, _, _) = instrumented();
+    let pod = m.pod(PodConfig::new(pod_id("p-history"), vec![g]), handlers);
+    for ack in &acks {
+        m.proxy().await_result(ack.id).await.unwrap();
+    }
+    assert_eq!(recent_history(&m).await, (32, 30, 20, 10, 2));
+    for bad in [0, mawex::HISTORY_MINUTES + 1] {
+        assert!(matches!(
+            m.proxy().history(bad).await,
+            Err(mawex::ApiError::InvalidArgument(_))
+        ));
+    }
+    pod.shutdown().await.unwrap();
+    // Rebuilt from the retained tasks after a restart: the same minutes.
+    let dir = m.shutdown().await;
+    let m = TestMaster::restart(dir, fast_config()).await;
+    assert_eq!(recent_history(&m).await, (32, 30, 20, 10, 2));
+    m.shutdown().await;
+}
+
 /// A memory journal whose snapshot writer waits at a gate: the snapshot stays in flight
 /// until the test opens it.
 struct GatedSnapshots {

@@ -383,3 +383,43 @@ impl GroupView {
         }
     }
 }
+
+/// How many minutes of history a master keeps: the last 24 hours.
+pub const HISTORY_MINUTES: usize = 24 * 60;
+
+/// What happened to tasks in one minute, and how many waited at its end.
+///
+/// Counted by the master as it goes; after a restart (or a fail-over) it is rebuilt from the
+/// retained tasks: exact for what they show (every task of the last 24 hours with the
+/// default result retention of 24 hours), without the tasks purged or forgotten since; the
+/// queue depth of past minutes is then estimated from when each retained task was accepted
+/// and last started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct MinuteCounts {
+    /// The minute's start.
+    pub minute: crate::time::Timestamp,
+    /// Tasks accepted.
+    pub accepted: u64,
+    /// Attempts started.
+    pub started: u64,
+    /// Tasks that succeeded.
+    pub succeeded: u64,
+    /// Tasks that failed for good.
+    pub failed: u64,
+    /// Tasks cancelled.
+    pub cancelled: u64,
+    /// Tasks waiting in their queues (delayed ones included) at the minute's end, or now for
+    /// the current minute.
+    pub pending: u64,
+}
+
+impl MinuteCounts {
+    /// A minute with nothing counted yet.
+    pub fn new(minute: crate::time::Timestamp) -> Self {
+        MinuteCounts {
+            minute,
+            ..MinuteCounts::default()
+        }
+    }
+}

@@ -31,8 +31,9 @@ mod time;
 pub mod typed;
 
 pub use admin::{
-    FailedCount, FailedFilter, GroupSettings, GroupView, MissedTicks, PendingChange, PodView,
-    QueuePosition, RateLimit, ScheduleSpec, ScheduleView, MAX_GROUP_CONCURRENCY,
+    FailedCount, FailedFilter, GroupSettings, GroupView, MinuteCounts, MissedTicks, PendingChange,
+    PodView, QueuePosition, RateLimit, ScheduleSpec, ScheduleView, HISTORY_MINUTES,
+    MAX_GROUP_CONCURRENCY,
 };
 pub use broadcast::{
     BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery, BroadcastSpec,
@@ -42,8 +43,8 @@ pub use error::ApiError;
 pub use failure::{ErrorKind, RetryHint, TaskError, UnknownErrorKind, MAX_ERROR_MESSAGE_BYTES};
 pub use ids::{Attempt, GroupName, PodId, ScheduleName, TaskId};
 pub use proxy::{
-    CancelAck, ListQuery, MasterProxy, ResultCursor, ResultStream, SubmitAck, TaskPage,
-    MAX_LIST_FILTER_LEN, MAX_LIST_LIMIT, MAX_LIST_PAGE_BYTES, MAX_LIST_SCAN,
+    check_history_minutes, CancelAck, ListQuery, MasterProxy, ResultCursor, ResultStream,
+    SubmitAck, TaskPage, MAX_LIST_FILTER_LEN, MAX_LIST_LIMIT, MAX_LIST_PAGE_BYTES, MAX_LIST_SCAN,
 };
 pub use remote::{
     AuthChannel, Bearer, BearerToken, ChannelConfig, ClientTls, GrpcPodConnector, RemoteConfig,

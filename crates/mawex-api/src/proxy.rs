@@ -7,8 +7,8 @@ use futures::Stream;
 use serde::{Deserialize, Serialize};
 
 use crate::admin::{
-    FailedCount, FailedFilter, GroupSettings, GroupView, PendingChange, PodView, ScheduleSpec,
-    ScheduleView,
+    FailedCount, FailedFilter, GroupSettings, GroupView, MinuteCounts, PendingChange, PodView,
+    ScheduleSpec, ScheduleView, HISTORY_MINUTES,
 };
 use crate::broadcast::{
     BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery, BroadcastSpec,
@@ -577,6 +577,29 @@ pub trait MasterProxy: Send + Sync {
     async fn list_groups(&self) -> Result<Vec<GroupView>, ApiError> {
         Err(unimplemented("list_groups"))
     }
+
+    /// The last `minutes` minutes (1 to [`HISTORY_MINUTES`]), oldest first, the current one
+    /// last: tasks accepted, started and finished in each, and the queue depth.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for 0 or more than [`HISTORY_MINUTES`] minutes; `Unavailable` when
+    /// the master is down.
+    async fn history(&self, minutes: usize) -> Result<Vec<MinuteCounts>, ApiError> {
+        Err(unimplemented("history"))
+    }
+}
+
+/// The rule of `history`: 1 to [`HISTORY_MINUTES`] minutes.
+///
+/// # Errors
+/// `InvalidArgument` otherwise.
+pub fn check_history_minutes(minutes: usize) -> Result<(), ApiError> {
+    if minutes == 0 || minutes > HISTORY_MINUTES {
+        return Err(ApiError::InvalidArgument(format!(
+            "history covers 1 to {HISTORY_MINUTES} minutes, not {minutes}"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

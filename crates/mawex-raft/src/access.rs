@@ -10,9 +10,9 @@ use mawex_api::pod::{PodConnector, PodHello, PodSession};
 use mawex_api::{
     ApiError, BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery,
     BroadcastSpec, BroadcastView, CancelAck, FailedCount, FailedFilter, GroupName, GroupSettings,
-    GroupView, ListQuery, MasterProxy, PendingChange, PodId, PodView, ResultCursor, ResultStream,
-    ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec,
-    TaskView,
+    GroupView, ListQuery, MasterProxy, MinuteCounts, PendingChange, PodId, PodView, ResultCursor,
+    ResultStream, ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskPage,
+    TaskResult, TaskSpec, TaskView,
 };
 use mawex_core::{LocalMasterProxy, LocalPodConnector};
 use openraft::raft::ReadPolicy;
@@ -339,6 +339,11 @@ impl MasterProxy for ClusterProxy {
     async fn list_groups(&self) -> Result<Vec<GroupView>, ApiError> {
         let master = self.current().await?;
         self.access.settle(&master, master.list_groups().await)
+    }
+
+    async fn history(&self, minutes: usize) -> Result<Vec<MinuteCounts>, ApiError> {
+        let master = self.current().await?;
+        self.access.settle(&master, master.history(minutes).await)
     }
 
     async fn drain_pod(&self, pod: PodId) -> Result<bool, ApiError> {

@@ -370,6 +370,17 @@ impl proto::master_server::Master for ClientService {
         }))
     }
 
+    async fn history(
+        &self,
+        request: Request<proto::HistoryRequest>,
+    ) -> Result<Response<proto::HistoryResponse>, Status> {
+        let minutes = usize::try_from(request.into_inner().minutes).unwrap_or(usize::MAX);
+        let minutes = self.proxy.history(minutes).await?;
+        Ok(Response::new(proto::HistoryResponse {
+            minutes: minutes.into_iter().map(Into::into).collect(),
+        }))
+    }
+
     async fn drain_pod(
         &self,
         request: Request<proto::DrainPodRequest>,

@@ -16,8 +16,8 @@ use utoipa_axum::routes;
 use crate::error::ErrorAnswer;
 use crate::json::{
     group, schedule_name, task_id, Broadcast, BroadcastPage, FailedCount, FailedFilterBody, Group,
-    GroupSettingsBody, Matched, NewBroadcast, NewSchedule, NewTask, Pod, Schedule, Submitted, Task,
-    TaskFilter, TaskPage,
+    GroupSettingsBody, Matched, Minute, NewBroadcast, NewSchedule, NewTask, Pod, Schedule,
+    Submitted, Task, TaskFilter, TaskPage,
 };
 use crate::{AppState, WebConfig, WebError};
 
@@ -50,6 +50,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(retry_failed))
         .routes(routes!(purge_failed))
         .routes(routes!(list_groups))
+        .routes(routes!(history))
         .routes(routes!(get_group, set_group))
         .routes(routes!(list_pods))
         .routes(routes!(drain_pod))
@@ -459,6 +460,35 @@ async fn count_failed(app: &AppState, filter: &FailedFilter) -> Result<u64, WebE
         }
     }
     Ok(count)
+}
+
+/// How much history to read.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct HistoryParams {
+    /// How many minutes, 1 to 1,440 (default 60).
+    minutes: Option<usize>,
+}
+
+/// The last minutes, oldest first, the current one last: tasks accepted, started, succeeded,
+/// failed and cancelled in each, and the queue depth at its end. Kept for 24 hours; after a
+/// restart it is rebuilt from the retained tasks.
+#[utoipa::path(
+    get, path = "/api/v1/history", tag = "overview",
+    params(HistoryParams),
+    responses(
+        (status = 200, body = Vec<Minute>),
+        (status = 400, description = "Minutes out of range", body = ErrorAnswer),
+    )
+)]
+async fn history(
+    State(app): State<AppState>,
+    params: Result<Query<HistoryParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<Minute>>, WebError> {
+    let Query(params) = params.map_err(|e| WebError::BadRequest(e.body_text()))?;
+    let minutes = app.proxy.history(params.minutes.unwrap_or(60)).await?;
+    Ok(Json(minutes.iter().map(Minute::from).collect()))
 }
 
 /// Runs the failed tasks the filter matches again (all of them, not a page), or, with

@@ -65,6 +65,7 @@ pub(crate) fn needs(method: &Method, path: &str) -> Option<Needs> {
             "/api/v1/failed"
             | "/api/v1/groups"
             | "/api/v1/groups/{group}"
+            | "/api/v1/history"
             | "/api/v1/pods"
             | "/api/v1/schedules"
             | "/api/v1/broadcasts"

@@ -528,6 +528,39 @@ pub struct BulkBody {
     pub dry_run: bool,
 }
 
+/// One minute of history.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Minute {
+    /// The minute's start.
+    pub minute: String,
+    /// Tasks accepted in it.
+    pub accepted: u64,
+    /// Attempts started in it.
+    pub started: u64,
+    /// Tasks that succeeded in it.
+    pub succeeded: u64,
+    /// Tasks that failed for good in it.
+    pub failed: u64,
+    /// Tasks cancelled in it.
+    pub cancelled: u64,
+    /// Tasks waiting at its end (now, for the current minute).
+    pub pending: u64,
+}
+
+impl From<&mawex_api::MinuteCounts> for Minute {
+    fn from(m: &mawex_api::MinuteCounts) -> Self {
+        Minute {
+            minute: time(m.minute),
+            accepted: m.accepted,
+            started: m.started,
+            succeeded: m.succeeded,
+            failed: m.failed,
+            cancelled: m.cancelled,
+            pending: m.pending,
+        }
+    }
+}
+
 /// How many tasks an action matched (and acted on, unless it was a dry run).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Matched {

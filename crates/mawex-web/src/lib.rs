@@ -19,6 +19,7 @@
 mod api;
 mod auth;
 mod bulk;
+mod charts;
 mod error;
 mod json;
 mod login;
@@ -36,8 +37,8 @@ pub use auth::{Authenticator, WebRole, WebUser};
 pub use error::{ErrorAnswer, ErrorDetail, WebError};
 pub use json::{
     Body, Broadcast, BroadcastPage, BulkAction, BulkBody, BulkScope, ErrorBody, FailedCount,
-    FailedFilterBody, Failure, Group, GroupSettingsBody, Matched, NewBroadcast, NewSchedule,
-    NewTask, Pod, Schedule, Submitted, Target, Task, TaskFilter, TaskPage,
+    FailedFilterBody, Failure, Group, GroupSettingsBody, Matched, Minute, NewBroadcast,
+    NewSchedule, NewTask, Pod, Schedule, Submitted, Target, Task, TaskFilter, TaskPage,
 };
 
 /// How the web side serves.

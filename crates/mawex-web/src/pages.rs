@@ -229,6 +229,7 @@ fn card(n: u64, what: &str) -> Markup {
 async fn overview(app: &AppState) -> Result<Markup, WebError> {
     let groups = app.proxy.list_groups().await?;
     let pods = app.proxy.list_pods().await?;
+    let day = app.proxy.history(mawex_api::HISTORY_MINUTES).await?;
     let sum = |f: fn(&mawex_api::GroupView) -> u64| groups.iter().map(f).sum::<u64>();
     Ok(html! {
         div.cards {
@@ -238,8 +239,41 @@ async fn overview(app: &AppState) -> Result<Markup, WebError> {
             (card(sum(|g| g.failed), "failed"))
             (card(pods.len() as u64, "pods"))
         }
+        (history_charts(&day))
         (groups_table(&groups))
     })
+}
+
+/// The last hour a second at a time (each minute's mean) and its queue depth, and the last
+/// day a quarter of an hour at a time.
+fn history_charts(day: &[mawex_api::MinuteCounts]) -> Markup {
+    use crate::charts::{chart, Line};
+    let hour = &day[day.len().saturating_sub(60)..];
+    let per_second = |f: fn(&mawex_api::MinuteCounts) -> u64| -> Vec<f64> {
+        hour.iter().map(|m| f(m) as f64 / 60.0).collect()
+    };
+    let quarters = |f: fn(&mawex_api::MinuteCounts) -> u64| -> Vec<f64> {
+        day.chunks(15)
+            .map(|q| q.iter().map(f).sum::<u64>() as f64)
+            .collect()
+    };
+    html! {
+        div.charts {
+            (chart("Tasks a second, last hour", "each minute's mean", &[
+                Line { name: "accepted", points: per_second(|m| m.accepted) },
+                Line { name: "succeeded", points: per_second(|m| m.succeeded) },
+                Line { name: "failed", points: per_second(|m| m.failed) },
+            ], "an hour ago", "now"))
+            (chart("Queue depth, last hour", "tasks waiting", &[
+                Line { name: "pending", points: hour.iter().map(|m| m.pending as f64).collect() },
+            ], "an hour ago", "now"))
+            (chart("Tasks, last 24 hours", "a quarter of an hour", &[
+                Line { name: "accepted", points: quarters(|m| m.accepted) },
+                Line { name: "succeeded", points: quarters(|m| m.succeeded) },
+                Line { name: "failed", points: quarters(|m| m.failed) },
+            ], "a day ago", "now"))
+        }
+    }
 }
 
 fn groups_table(groups: &[mawex_api::GroupView]) -> Markup {

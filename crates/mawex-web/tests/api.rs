@@ -419,6 +419,26 @@ async fn the_failed_queue_groups_and_pods_are_read_and_steered() {
         assert_eq!(failed["error"]["kind"], "handler", "{failed}");
         assert_eq!(failed["error"]["message"], "it broke");
     }
+    // The minutes' history counts them (summed over a few minutes: the test may cross one).
+    let (status, minutes) = f.get("/api/v1/history?minutes=5").await;
+    assert_eq!(status, StatusCode::OK, "{minutes}");
+    let minutes = minutes.as_array().unwrap();
+    assert_eq!(minutes.len(), 5);
+    let sum = |field: &str| {
+        minutes
+            .iter()
+            .map(|m| m[field].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(
+        (sum("accepted"), sum("failed"), sum("succeeded")),
+        (3, 3, 0)
+    );
+    assert!(minutes[4]["minute"].as_str().unwrap().ends_with(":00.000Z"));
+    for bad in ["minutes=0", "minutes=1441", "minutes=x", "hours=1"] {
+        let (status, _) = f.get(&format!("/api/v1/history?{bad}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    }
     let (status, summary) = f.get("/api/v1/failed").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
@@ -698,6 +718,7 @@ async fn the_openapi_document_describes_every_endpoint() {
         ("/api/v1/failed/retry", "post"),
         ("/api/v1/failed/purge", "post"),
         ("/api/v1/groups", "get"),
+        ("/api/v1/history", "get"),
         ("/api/v1/groups/{group}", "get"),
         ("/api/v1/groups/{group}", "put"),
         ("/api/v1/pods", "get"),
@@ -1046,6 +1067,7 @@ async fn with_tokens_each_role_may_do_what_it_may_and_a_viewer_changes_nothing()
         (Method::POST, "/api/v1/failed/retry", [false, false, true]),
         (Method::POST, "/api/v1/failed/purge", [false, false, true]),
         (Method::GET, "/api/v1/groups", [true, false, true]),
+        (Method::GET, "/api/v1/history", [true, false, true]),
         (Method::GET, "/api/v1/groups/web", [true, false, true]),
         (Method::PUT, "/api/v1/groups/web", [false, false, true]),
         (Method::GET, "/api/v1/pods", [true, false, true]),

@@ -325,6 +325,17 @@ async fn the_dashboard_stays_live_in_a_browser_and_a_viewer_changes_nothing() {
         "admin-secret",
     );
     until_count(&driver, "failed", 5).await;
+    // The charts of the last hour and day, drawn on the server, with the failures in them.
+    let charts = driver.find_all(By::Css("figure.chart svg")).await.unwrap();
+    assert_eq!(charts.len(), 3);
+    assert_eq!(
+        driver
+            .find_all(By::Css("svg polyline.failed"))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
     let still = driver
         .execute("return window.notReloaded === true;", Vec::new())
         .await

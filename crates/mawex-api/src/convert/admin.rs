@@ -1,8 +1,8 @@
 //! Group settings and the failed queue.
 
 use crate::admin::{
-    FailedCount, FailedFilter, GroupSettings, GroupView, MissedTicks, PendingChange, PodView,
-    QueuePosition, RateLimit, ScheduleSpec, ScheduleView,
+    FailedCount, FailedFilter, GroupSettings, GroupView, MinuteCounts, MissedTicks, PendingChange,
+    PodView, QueuePosition, RateLimit, ScheduleSpec, ScheduleView,
 };
 use crate::convert::required;
 use crate::convert::task::error_kind_filter;
@@ -303,5 +303,35 @@ impl TryFrom<proto::GroupView> for GroupView {
         view.settings = g.settings.map(Into::into).unwrap_or_default();
         view.mean_run_time = g.mean_run_ms.map(std::time::Duration::from_millis);
         Ok(view)
+    }
+}
+
+#[doc(hidden)]
+impl From<MinuteCounts> for proto::MinuteCounts {
+    fn from(m: MinuteCounts) -> Self {
+        proto::MinuteCounts {
+            minute_ms: m.minute.0,
+            accepted: m.accepted,
+            started: m.started,
+            succeeded: m.succeeded,
+            failed: m.failed,
+            cancelled: m.cancelled,
+            pending: m.pending,
+        }
+    }
+}
+
+#[doc(hidden)]
+impl From<proto::MinuteCounts> for MinuteCounts {
+    fn from(m: proto::MinuteCounts) -> Self {
+        MinuteCounts {
+            minute: crate::time::Timestamp(m.minute_ms),
+            accepted: m.accepted,
+            started: m.started,
+            succeeded: m.succeeded,
+            failed: m.failed,
+            cancelled: m.cancelled,
+            pending: m.pending,
+        }
     }
 }

@@ -18,8 +18,8 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use channel::{retrying, Masters};
 
 use crate::admin::{
-    FailedCount, FailedFilter, GroupSettings, GroupView, PendingChange, PodView, ScheduleSpec,
-    ScheduleView,
+    FailedCount, FailedFilter, GroupSettings, GroupView, MinuteCounts, PendingChange, PodView,
+    ScheduleSpec, ScheduleView,
 };
 use crate::broadcast::{
     BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery, BroadcastSpec,
@@ -30,7 +30,8 @@ use crate::ids::{GroupName, PodId, ScheduleName, TaskId};
 use crate::proto;
 use crate::proto::master_client::MasterClient;
 use crate::proxy::{
-    CancelAck, ListQuery, MasterProxy, ResultCursor, ResultStream, SubmitAck, TaskPage,
+    check_history_minutes, CancelAck, ListQuery, MasterProxy, ResultCursor, ResultStream,
+    SubmitAck, TaskPage,
 };
 use crate::task::{TaskResult, TaskSpec, TaskView};
 
@@ -554,6 +555,17 @@ impl MasterProxy for RemoteMasterProxy {
             )
             .await?;
         groups.groups.into_iter().map(GroupView::try_from).collect()
+    }
+
+    async fn history(&self, minutes: usize) -> Result<Vec<MinuteCounts>, ApiError> {
+        check_history_minutes(minutes)?;
+        let request = proto::HistoryRequest {
+            minutes: u32::try_from(minutes).unwrap_or(u32::MAX),
+        };
+        let answer = self
+            .unary(request, |mut c, r| async move { c.history(r).await })
+            .await?;
+        Ok(answer.minutes.into_iter().map(MinuteCounts::from).collect())
     }
 
     async fn clear_broadcast_lock(&self, app: &str) -> Result<Option<BroadcastId>, ApiError> {

@@ -9,9 +9,9 @@ use futures::stream;
 use mawex_api::{
     ApiError, BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery,
     BroadcastSpec, BroadcastView, CancelAck, FailedCount, FailedFilter, GroupName, GroupSettings,
-    GroupView, ListQuery, MasterProxy, PendingChange, PodId, PodView, ResultCursor, ResultStream,
-    ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec,
-    TaskView,
+    GroupView, ListQuery, MasterProxy, MinuteCounts, PendingChange, PodId, PodView, ResultCursor,
+    ResultStream, ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskPage,
+    TaskResult, TaskSpec, TaskView,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -289,6 +289,12 @@ impl MasterProxy for LocalMasterProxy {
         let model = self.reads.current().await?;
         let state = model.read();
         Ok(state.group_views())
+    }
+
+    async fn history(&self, minutes: usize) -> Result<Vec<MinuteCounts>, ApiError> {
+        mawex_api::check_history_minutes(minutes)?;
+        let model = self.reads.current().await?;
+        Ok(model.history(minutes))
     }
 
     async fn drain_pod(&self, pod: PodId) -> Result<bool, ApiError> {

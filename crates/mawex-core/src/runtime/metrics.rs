@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use mawex_api::{TaskState, Timestamp};
+use mawex_api::{GroupName, TaskState, Timestamp};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -191,108 +191,126 @@ impl MasterMetrics {
             .observe(seconds(to.saturating_since(from)));
     }
 
-    /// A task accepted, wherever it came from (a submit, a schedule's tick, a broadcast's
-    /// target), if it is new.
-    fn accepted(&self, state: &MasterState, spec: &crate::state::stored::TaskSpec) {
-        if state.task(&spec.id).is_none() {
-            self.count(&spec.group, Transition::accepted);
+    /// Counts one transition (see [`transitions`]).
+    pub(crate) fn record_transition(&self, group: &GroupName, to: Transition, span: Option<Span>) {
+        self.count(group, to);
+        match span {
+            Some(Span::Wait(from, until)) => self.observe(&self.queue_wait, group, from, until),
+            Some(Span::Run(from, until)) => self.observe(&self.run_time, group, from, until),
+            None => {}
         }
     }
+}
 
-    /// Counts `event`, read against `state` as it was before the event was applied, under
-    /// the same conditions as the state applies it.
-    pub(crate) fn record(&self, state: &MasterState, event: &Event) {
-        let current = |attempt: &crate::state::stored::AttemptRef| {
-            state
-                .task(&attempt.task)
-                .filter(|task| task.state == TaskState::Running && task.attempt == attempt.attempt)
-        };
-        match event {
-            Event::TaskAccepted { spec, .. } => self.accepted(state, spec),
-            Event::ScheduleFired { task, .. } => self.accepted(state, task),
-            Event::BroadcastFired { spec, targets, .. } => {
-                for (_, task) in targets {
-                    if state.task(task).is_none() {
-                        self.count(&spec.group, Transition::accepted);
-                    }
-                }
-            }
-            Event::BroadcastTargetAdded { id, task, .. } if state.task(task).is_none() => {
-                let group = state
-                    .broadcasts()
-                    .active()
-                    .find(|(active, _)| active == id)
-                    .map(|(_, broadcast)| broadcast.spec.group.clone());
-                if let Some(group) = group {
-                    self.count(&group, Transition::accepted);
-                }
-            }
-            Event::BroadcastTargetUnreachable { task, .. } => {
-                if let Some(task) = state.task(task).filter(|t| !t.state.is_terminal()) {
-                    self.count(&task.spec.group, Transition::failed);
-                }
-            }
-            Event::TaskAssigned { attempt, at, .. } => {
-                let task = state
-                    .task(&attempt.task)
-                    .filter(|task| task.state == TaskState::Pending);
-                if let Some(task) = task {
-                    self.count(&task.spec.group, Transition::started);
-                    // The wait of a first attempt, or of one that waited for its delay or
-                    // retry: a requeued attempt's wait began at a time the state does not keep.
-                    if task.attempt.0 == 0 || task.not_before.is_some() {
-                        let ready = task
-                            .not_before
-                            .map_or(task.submitted_at, |t| t.max(task.submitted_at));
-                        self.observe(&self.queue_wait, &task.spec.group, ready, *at);
-                    }
-                }
-            }
-            Event::TaskFinished {
-                attempt,
-                outcome,
-                at,
-            } => {
-                if let Some(task) = current(attempt) {
-                    let to = match outcome {
-                        Outcome::Succeeded(_) => Transition::succeeded,
-                        Outcome::Failed(_) => Transition::failed,
-                        Outcome::Cancelled => Transition::cancelled,
-                    };
-                    self.count(&task.spec.group, to);
-                    if let Some(started) = task.started_at() {
-                        self.observe(&self.run_time, &task.spec.group, started, *at);
-                    }
-                }
-            }
-            Event::TaskRetryScheduled { attempt, at, .. } => {
-                if let Some(task) = current(attempt) {
-                    self.count(&task.spec.group, Transition::retry_scheduled);
-                    if let Some(started) = task.started_at() {
-                        self.observe(&self.run_time, &task.spec.group, started, *at);
-                    }
-                }
-            }
-            Event::TaskRequeued { attempt, .. } => {
-                if let Some(task) = current(attempt) {
-                    self.count(&task.spec.group, Transition::requeued);
-                }
-            }
-            Event::TaskCancelled { task, .. } => {
-                if let Some(task) = state.task(task).filter(|t| !t.state.is_terminal()) {
-                    self.count(&task.spec.group, Transition::cancelled);
-                }
-            }
-            Event::TasksRetried { tasks, .. } => {
-                for id in tasks {
-                    let failed = state.task(id).filter(|t| t.state == TaskState::Failed);
-                    if let Some(task) = failed {
-                        self.count(&task.spec.group, Transition::retried);
-                    }
-                }
-            }
-            _ => {}
+/// The time a transition ended, when the state knows when it began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Span {
+    /// A wait in the queue, from when the task was ready until its attempt started.
+    Wait(Timestamp, Timestamp),
+    /// An attempt's run, from its start until its end.
+    Run(Timestamp, Timestamp),
+}
+
+/// Each transition `event` makes, read against `state` as it was before the event was
+/// applied, under the same conditions as the state applies it: `seen(group, to, span)`.
+pub(crate) fn transitions(
+    state: &MasterState,
+    event: &Event,
+    mut seen: impl FnMut(&GroupName, Transition, Option<Span>),
+) {
+    let current = |attempt: &crate::state::stored::AttemptRef| {
+        state
+            .task(&attempt.task)
+            .filter(|task| task.state == TaskState::Running && task.attempt == attempt.attempt)
+    };
+    // A task accepted, wherever it came from (a submit, a schedule's tick, a broadcast's
+    // target), if it is new.
+    let mut accepted = |spec: &crate::state::stored::TaskSpec| {
+        if state.task(&spec.id).is_none() {
+            seen(&spec.group, Transition::accepted, None);
         }
+    };
+    match event {
+        Event::TaskAccepted { spec, .. } => accepted(spec),
+        Event::ScheduleFired { task, .. } => accepted(task),
+        Event::BroadcastFired { spec, targets, .. } => {
+            for (_, task) in targets {
+                if state.task(task).is_none() {
+                    seen(&spec.group, Transition::accepted, None);
+                }
+            }
+        }
+        Event::BroadcastTargetAdded { id, task, .. } if state.task(task).is_none() => {
+            let group = state
+                .broadcasts()
+                .active()
+                .find(|(active, _)| active == id)
+                .map(|(_, broadcast)| broadcast.spec.group.clone());
+            if let Some(group) = group {
+                seen(&group, Transition::accepted, None);
+            }
+        }
+        Event::BroadcastTargetUnreachable { task, .. } => {
+            if let Some(task) = state.task(task).filter(|t| !t.state.is_terminal()) {
+                seen(&task.spec.group, Transition::failed, None);
+            }
+        }
+        Event::TaskAssigned { attempt, at, .. } => {
+            let task = state
+                .task(&attempt.task)
+                .filter(|task| task.state == TaskState::Pending);
+            if let Some(task) = task {
+                // The wait of a first attempt, or of one that waited for its delay or
+                // retry: a requeued attempt's wait began at a time the state does not keep.
+                let wait = (task.attempt.0 == 0 || task.not_before.is_some()).then(|| {
+                    let ready = task
+                        .not_before
+                        .map_or(task.submitted_at, |t| t.max(task.submitted_at));
+                    Span::Wait(ready, *at)
+                });
+                seen(&task.spec.group, Transition::started, wait);
+            }
+        }
+        Event::TaskFinished {
+            attempt,
+            outcome,
+            at,
+        } => {
+            if let Some(task) = current(attempt) {
+                let to = match outcome {
+                    Outcome::Succeeded(_) => Transition::succeeded,
+                    Outcome::Failed(_) => Transition::failed,
+                    Outcome::Cancelled => Transition::cancelled,
+                };
+                let run = task.started_at().map(|started| Span::Run(started, *at));
+                seen(&task.spec.group, to, run);
+            }
+        }
+        Event::TaskRetryScheduled { attempt, at, .. } => {
+            if let Some(task) = current(attempt) {
+                let run = task.started_at().map(|started| Span::Run(started, *at));
+                seen(&task.spec.group, Transition::retry_scheduled, run);
+            }
+        }
+        Event::TaskRequeued { attempt, .. } => {
+            if let Some(task) = current(attempt) {
+                seen(&task.spec.group, Transition::requeued, None);
+            }
+        }
+        Event::TaskCancelled { task, .. } => {
+            if let Some(task) = state.task(task).filter(|t| !t.state.is_terminal()) {
+                seen(&task.spec.group, Transition::cancelled, None);
+            }
+        }
+        Event::TasksRetried { tasks, .. } => {
+            for id in tasks {
+                let failed = state.task(id).filter(|t| t.state == TaskState::Failed);
+                if let Some(task) = failed {
+                    seen(&task.spec.group, Transition::retried, None);
+                }
+            }
+        }
+        _ => {}
     }
 }
 

@@ -6,6 +6,7 @@ mod config;
 mod core_loop;
 mod deliver;
 mod feed;
+mod history;
 mod local_pods;
 mod local_proxy;
 mod master;

@@ -10,14 +10,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard};
 
-use mawex_api::ApiError;
+use mawex_api::{ApiError, Timestamp};
 use tokio::sync::{broadcast, oneshot, watch};
 use tracing::{debug, warn};
 
 use super::config::MasterStats;
 use super::feed::{CommittedBatch, CommittedFeed};
+use super::history::History;
 use super::messages::CoreMsg;
-use super::metrics::MasterMetrics;
+use super::metrics::{transitions, MasterMetrics};
 use crate::error::CoreError;
 use crate::state::MasterState;
 
@@ -40,10 +41,12 @@ pub(crate) struct ReadSide {
     metrics: Arc<OnceLock<Arc<MasterMetrics>>>,
 }
 
-/// The copy of the state, with the sequence number it has applied up to.
+/// The copy of the state, with the sequence number it has applied up to, and the history
+/// of the last day's minutes it has seen.
 #[derive(Debug)]
 pub(crate) struct ReadModel {
     state: RwLock<MasterState>,
+    history: Mutex<History>,
     applied: watch::Sender<Applied>,
 }
 
@@ -146,6 +149,7 @@ impl ReadSide {
         let feed = self.receiver();
         let model = Arc::new(ReadModel {
             state: RwLock::new(MasterState::new()),
+            history: Mutex::new(History::default()),
             applied: watch::channel(Applied {
                 seq: 0,
                 following: true,
@@ -171,7 +175,17 @@ impl ReadModel {
         self.state.read().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The last `minutes` minutes up to now (see `History`).
+    pub(crate) fn history(&self, minutes: usize) -> Vec<mawex_api::MinuteCounts> {
+        self.history
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last(Timestamp::now(), minutes)
+    }
+
     fn replace(&self, seq: u64, state: MasterState) {
+        let history = History::rebuild(&state, Timestamp::now());
+        *self.history.lock().unwrap_or_else(PoisonError::into_inner) = history;
         *self.state.write().unwrap_or_else(PoisonError::into_inner) = state;
         self.applied.send_modify(|a| {
             a.seq = seq;
@@ -247,13 +261,20 @@ fn follow(
                 }
                 {
                     let mut state = model.state.write().unwrap_or_else(PoisonError::into_inner);
+                    let mut history = model.history.lock().unwrap_or_else(PoisonError::into_inner);
                     let metrics = metrics.get();
+                    // One clock read a batch: its events were committed together.
+                    let now = Timestamp::now();
                     for event in batch.events.iter() {
-                        if let Some(metrics) = metrics {
-                            metrics.record(&state, event);
-                        }
+                        transitions(&state, event, |group, to, span| {
+                            history.count(now, to);
+                            if let Some(metrics) = metrics {
+                                metrics.record_transition(group, to, span);
+                            }
+                        });
                         state.apply(event);
                     }
+                    history.depth(now, state.counts().pending);
                 }
                 seq = batch.last_seq();
                 model.applied_up_to(seq);

@@ -207,7 +207,7 @@ impl MasterState {
         }
     }
 
-    /// The tasks in id order, to encode.
+    /// The tasks in id order (to encode them, or to rebuild what is derived from them).
     pub(crate) fn tasks_in_order(&self) -> impl Iterator<Item = (&TaskId, &TaskEntry)> {
         self.tasks.iter()
     }

@@ -35,6 +35,7 @@ const ADMIN: &[&str] = &[
     "/mawex.v1.Master/ClearBroadcastLock",
     "/mawex.v1.Master/ListPods",
     "/mawex.v1.Master/ListGroups",
+    "/mawex.v1.Master/History",
     "/mawex.v1.Master/DrainPod",
 ];
 
@@ -55,6 +56,7 @@ const READS: &[&str] = &[
     "/mawex.v1.Master/ListBroadcastLocks",
     "/mawex.v1.Master/ListPods",
     "/mawex.v1.Master/ListGroups",
+    "/mawex.v1.Master/History",
 ];
 
 /// Whether `path` changes nothing (a `viewer` token may call it).

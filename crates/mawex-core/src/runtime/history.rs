@@ -1,0 +1,237 @@
+//! The last 24 hours, a minute at a time: tasks accepted, started and finished in each
+//! minute, and the queue depth at its end. Kept by the read model's thread from the
+//! transitions it applies (off the core thread); rebuilt from the retained tasks whenever the
+//! model copies the state (at its start, so after a restart or a fail-over too).
+
+use std::collections::VecDeque;
+
+use mawex_api::{MinuteCounts, TaskState, Timestamp, HISTORY_MINUTES};
+
+use super::metrics::Transition;
+use crate::state::stored::Outcome;
+use crate::state::MasterState;
+
+const MINUTE_MS: u64 = 60_000;
+
+/// The start of the minute `t` is in.
+fn minute_of(t: Timestamp) -> Timestamp {
+    Timestamp(t.0 - t.0 % MINUTE_MS)
+}
+
+/// Consecutive minutes, oldest first, the last the latest one counted; at most
+/// [`HISTORY_MINUTES`].
+#[derive(Debug, Default)]
+pub(crate) struct History {
+    minutes: VecDeque<MinuteCounts>,
+}
+
+impl History {
+    /// The history the retained tasks of `state` tell, up to `now`.
+    pub(crate) fn rebuild(state: &MasterState, now: Timestamp) -> History {
+        let mut history = History::default();
+        let current = minute_of(now);
+        // Every minute of the window, so that each retained task finds its own.
+        let first = Timestamp(
+            current
+                .0
+                .saturating_sub(MINUTE_MS.saturating_mul(HISTORY_MINUTES as u64 - 1)),
+        );
+        let mut minute = first;
+        while minute <= current {
+            history.minutes.push_back(MinuteCounts::new(minute));
+            minute = Timestamp(minute.0 + MINUTE_MS);
+        }
+        // Queue depth from each task's wait: +1 in the minute it was accepted, -1 in the
+        // minute it left the queue (its last start, or its end if it never started).
+        let mut depth_changes = vec![0i64; history.minutes.len() + 1];
+        let index = |t: Timestamp| -> Option<usize> {
+            let t = minute_of(t);
+            if t < first {
+                return None;
+            }
+            usize::try_from((t.0 - first.0) / MINUTE_MS).ok()
+        };
+        for (_, task) in state.tasks_in_order() {
+            let accepted = task.submitted_at;
+            if let Some(slot) = history.at(accepted) {
+                slot.accepted += 1;
+            }
+            let started = task.started_at();
+            if let Some(slot) = started.and_then(|t| history.at(t)) {
+                slot.started += 1;
+            }
+            let result = task.result();
+            if let Some(result) = result {
+                if let Some(slot) = history.at(result.finished_at) {
+                    match result.outcome {
+                        Outcome::Succeeded(_) => slot.succeeded += 1,
+                        Outcome::Failed(_) => slot.failed += 1,
+                        Outcome::Cancelled => slot.cancelled += 1,
+                    }
+                }
+            }
+            let left = match task.state {
+                TaskState::Pending => None,
+                _ => started.or(result.map(|r| r.finished_at)),
+            };
+            let from = index(accepted).unwrap_or(0);
+            let until = match left {
+                Some(left) => match index(left) {
+                    Some(i) => i,
+                    None => continue, // Left the queue before the window.
+                },
+                None => depth_changes.len() - 1,
+            };
+            if from < until {
+                depth_changes[from] += 1;
+                depth_changes[until] -= 1;
+            }
+        }
+        let mut depth: i64 = 0;
+        for (slot, change) in history.minutes.iter_mut().zip(depth_changes) {
+            depth += change;
+            slot.pending = u64::try_from(depth).unwrap_or(0);
+        }
+        if let Some(last) = history.minutes.back_mut() {
+            last.pending = state.counts().pending;
+        }
+        history
+    }
+
+    /// The counts of the minute `t` is in, if it is within the window (older ones are gone).
+    fn at(&mut self, t: Timestamp) -> Option<&mut MinuteCounts> {
+        let first = self.minutes.front()?.minute;
+        let t = minute_of(t);
+        if t < first {
+            return None;
+        }
+        let i = usize::try_from((t.0 - first.0) / MINUTE_MS).ok()?;
+        self.minutes.get_mut(i)
+    }
+
+    /// The counts of `minute`, the window moved on to it if it is later than the last one:
+    /// the minutes between carry the last queue depth (nothing changed in them).
+    fn slot(&mut self, minute: Timestamp) -> Option<&mut MinuteCounts> {
+        match self.minutes.back() {
+            None => self.minutes.push_back(MinuteCounts::new(minute)),
+            Some(last) if last.minute < minute => {
+                let pending = last.pending;
+                let gap = (minute.0 - last.minute.0) / MINUTE_MS;
+                if gap > HISTORY_MINUTES as u64 {
+                    self.minutes.clear();
+                }
+                let mut next = match self.minutes.back() {
+                    Some(last) => Timestamp(last.minute.0 + MINUTE_MS),
+                    None => Timestamp(
+                        minute
+                            .0
+                            .saturating_sub(MINUTE_MS.saturating_mul(HISTORY_MINUTES as u64 - 1)),
+                    ),
+                };
+                while next <= minute {
+                    let mut counts = MinuteCounts::new(next);
+                    counts.pending = pending;
+                    self.minutes.push_back(counts);
+                    next = Timestamp(next.0 + MINUTE_MS);
+                }
+                while self.minutes.len() > HISTORY_MINUTES {
+                    self.minutes.pop_front();
+                }
+            }
+            Some(_) => {}
+        }
+        self.at(minute)
+    }
+
+    /// A transition seen at `now`.
+    pub(crate) fn count(&mut self, now: Timestamp, to: Transition) {
+        let Some(slot) = self.slot(minute_of(now)) else {
+            return;
+        };
+        match to {
+            Transition::accepted => slot.accepted += 1,
+            Transition::started => slot.started += 1,
+            Transition::succeeded => slot.succeeded += 1,
+            Transition::failed => slot.failed += 1,
+            Transition::cancelled => slot.cancelled += 1,
+            Transition::retry_scheduled | Transition::requeued | Transition::retried => {}
+        }
+    }
+
+    /// The queue depth at `now`.
+    pub(crate) fn depth(&mut self, now: Timestamp, pending: u64) {
+        if let Some(slot) = self.slot(minute_of(now)) {
+            slot.pending = pending;
+        }
+    }
+
+    /// The last `minutes` minutes up to `now`, oldest first (quiet minutes included).
+    pub(crate) fn last(&mut self, now: Timestamp, minutes: usize) -> Vec<MinuteCounts> {
+        // Bring the window up to now, so that quiet minutes show as such.
+        self.slot(minute_of(now));
+        let skip = self.minutes.len().saturating_sub(minutes);
+        self.minutes.iter().skip(skip).copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mawex_api::{GroupName, TaskSpec};
+
+    use super::*;
+    use crate::state::Event;
+
+    const T0: u64 = 1_800_000_000_000; // A minute's start.
+
+    #[test]
+    fn minutes_count_transitions_carry_the_depth_over_quiet_minutes_and_roll_off() {
+        let mut history = History::default();
+        history.count(Timestamp(T0 + 5), Transition::accepted);
+        history.count(Timestamp(T0 + 59_999), Transition::accepted);
+        history.depth(Timestamp(T0 + 59_999), 2);
+        history.count(Timestamp(T0 + 3 * MINUTE_MS), Transition::succeeded);
+        let last = history.last(Timestamp(T0 + 3 * MINUTE_MS + 1), 10);
+        assert_eq!(last.len(), 4);
+        assert_eq!(
+            (last[0].minute.0, last[0].accepted, last[0].pending),
+            (T0, 2, 2)
+        );
+        assert_eq!(last[2].pending, 2, "a quiet minute keeps the depth");
+        assert_eq!(
+            (last[3].succeeded, last[3].minute.0),
+            (1, T0 + 3 * MINUTE_MS)
+        );
+        // A day and more later: only the last day is kept.
+        let later = Timestamp(T0 + (HISTORY_MINUTES as u64 + 5) * MINUTE_MS);
+        let day = history.last(later, HISTORY_MINUTES);
+        assert_eq!(day.len(), HISTORY_MINUTES);
+        assert_eq!(day.last().map(|m| m.minute), Some(minute_of(later)));
+        assert!(day.iter().all(|m| m.accepted == 0 && m.succeeded == 0));
+        // Older than the window: not counted anywhere.
+        history.count(Timestamp(T0), Transition::accepted);
+        assert!(history
+            .last(later, HISTORY_MINUTES)
+            .iter()
+            .all(|m| m.accepted == 0));
+    }
+
+    #[test]
+    fn a_rebuild_counts_the_retained_tasks_in_their_minutes() {
+        let group = GroupName::new("g").expect("valid");
+        let mut state = MasterState::new();
+        for minute in [0, 0, 2] {
+            state.apply(&Event::TaskAccepted {
+                spec: TaskSpec::new(group.clone(), "h", "p").into(),
+                at: Timestamp(T0 + minute * MINUTE_MS + 7),
+            });
+        }
+        let now = Timestamp(T0 + 4 * MINUTE_MS);
+        let mut history = History::rebuild(&state, now);
+        let last = history.last(now, 5);
+        let accepted: Vec<u64> = last.iter().map(|m| m.accepted).collect();
+        let pending: Vec<u64> = last.iter().map(|m| m.pending).collect();
+        assert_eq!(accepted, [2, 0, 1, 0, 0]);
+        assert_eq!(pending, [2, 2, 3, 3, 3], "none started: all still wait");
+        assert_eq!(history.last(now, HISTORY_MINUTES).len(), HISTORY_MINUTES);
+    }
+}
