@@ -10,6 +10,8 @@ mod failover;
 mod pods;
 #[path = "bench/raft.rs"]
 mod raft;
+#[path = "bench/web.rs"]
+mod web;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +34,9 @@ struct Args {
     /// master's CPU, then throughput), or `raft` (batches of events through a one-node
     /// openraft cluster on the Raft log store: throughput and syncs a batch), or `failover`
     /// (three master processes, the leader killed `--kills` times under load: time to the
-    /// first accepted submit, lost and double-recorded tasks).
+    /// first accepted submit, lost and double-recorded tasks), or `web` (`--tasks` finished
+    /// tasks retained: the dashboard's task list at page 50 and a search by error text, and
+    /// the `grpc` throughput with every page open against without).
     #[arg(long, default_value = "local")]
     scenario: String,
     /// Tasks in the throughput phase.
@@ -618,9 +622,10 @@ async fn bench() -> anyhow::Result<()> {
         "pods" => pods::pods(args.pods, args.tasks, args.batch).await?,
         "raft" => raft::raft(args.tasks).await?,
         "failover" => failover::failover(args.kills, args.election_ms).await?,
+        "web" => web::web(args.tasks, args.batch).await?,
         other => anyhow::bail!(
             "unknown scenario {other:?}; known: local, grpc, fair, sandbox, broadcast, \
-             backlog, pods, raft, failover"
+             backlog, pods, raft, failover, web"
         ),
     };
     println!("{line}");
