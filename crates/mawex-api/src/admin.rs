@@ -389,11 +389,12 @@ pub const HISTORY_MINUTES: usize = 24 * 60;
 
 /// What happened to tasks in one minute, and how many waited at its end.
 ///
-/// Counted by the master as it goes; after a restart (or a fail-over) it is rebuilt from the
-/// retained tasks: exact for what they show (every task of the last 24 hours with the
-/// default result retention of 24 hours), without the tasks purged or forgotten since; the
-/// queue depth of past minutes is then estimated from when each retained task was accepted
-/// and last started.
+/// Counted by the master as it goes; after a restart (or a fail-over, or when its read model
+/// copies the state again after falling behind) it is rebuilt from the retained tasks: what
+/// they show (every task of the last 24 hours with the default result retention of 24
+/// hours), without the tasks purged or forgotten since, and one start a task (its last
+/// attempt's); the queue depth of past minutes is then estimated from when each retained
+/// task was accepted and last started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct MinuteCounts {

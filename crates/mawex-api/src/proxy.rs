@@ -123,7 +123,7 @@ pub const MAX_LIST_FILTER_LEN: usize = 1024;
 /// (error text, payload, handler, keys, time) is checked task by task; a page that reaches
 /// this many without filling up ends early, its `next` the last task examined, so that no
 /// request holds the read model for longer than a bounded scan.
-pub const MAX_LIST_SCAN: usize = 2_000_000;
+pub const MAX_LIST_SCAN: usize = 1_000_000;
 
 /// About how many bytes of views a `list` page holds at most: well under the default
 /// message limit of the transports, however large the payloads and outputs are.

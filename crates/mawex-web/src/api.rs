@@ -219,6 +219,21 @@ pub(crate) struct TaskSearch {
 }
 
 impl TaskSearch {
+    /// Whether the search examines tasks one by one (a filter besides group and state).
+    pub(crate) fn scans(&self) -> bool {
+        [
+            &self.handler,
+            &self.dedup_key,
+            &self.fairness_key,
+            &self.error,
+            &self.payload,
+            &self.from,
+            &self.until,
+        ]
+        .into_iter()
+        .any(|field| crate::json::filled(field).is_some())
+    }
+
     /// The filters alone.
     pub(crate) fn filter(&self) -> TaskFilter {
         TaskFilter {

@@ -40,10 +40,14 @@ pub(crate) async fn bulk_tasks(
 ) -> Result<Json<Matched>, WebError> {
     let request: BulkBody = body(&app, bytes)?;
     let change = pending_change(&request)?;
-    let ids = match scope(&request)? {
+    let mut ids = match scope(&request)? {
         BulkScope::Selected => selected(app.proxy.as_ref(), &request).await?,
         BulkScope::Filter => matching(app.proxy.as_ref(), &request).await?,
     };
+    // Once each: a selection may name a task twice, and a task that started between the
+    // walk of the pending tasks and that of the running ones is in both.
+    ids.sort_unstable();
+    ids.dedup();
     let count = if request.dry_run {
         u64::try_from(ids.len()).unwrap_or(u64::MAX)
     } else {
@@ -55,8 +59,8 @@ pub(crate) async fn bulk_tasks(
     }))
 }
 
-/// Which tasks the request names: its scope, else `ids` when given, else the filter. A
-/// scope of `filter` said outright takes a missing filter as the empty one (every task).
+/// Which tasks the request names: its scope, else `ids` when given, else the filter. Every
+/// task takes an explicit empty filter (`{}`), never a missing one.
 fn scope(request: &BulkBody) -> Result<BulkScope, WebError> {
     let scope = request.scope.unwrap_or(if request.ids.is_empty() {
         BulkScope::Filter
@@ -64,7 +68,6 @@ fn scope(request: &BulkBody) -> Result<BulkScope, WebError> {
         BulkScope::Selected
     });
     match scope {
-        BulkScope::Filter if request.scope.is_some() => Ok(scope),
         BulkScope::Selected if request.ids.is_empty() => Err(WebError::BadRequest(
             "no task is selected: select some, or act on the filter".into(),
         )),
@@ -73,8 +76,7 @@ fn scope(request: &BulkBody) -> Result<BulkScope, WebError> {
             request.ids.len()
         ))),
         BulkScope::Filter if request.filter.is_none() => Err(WebError::BadRequest(
-            "a bulk action takes `ids`, a `filter` (an empty one matches every task) or the \
-             scope \"filter\""
+            "a bulk action takes `ids` or a `filter` (an empty one, `{}`, matches every task)"
                 .into(),
         )),
         scope => Ok(scope),

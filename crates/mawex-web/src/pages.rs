@@ -23,6 +23,8 @@ use crate::{AppState, WebError};
 
 /// How often a live fragment is looked at again (and so the most it is sent).
 const REFRESH: Duration = Duration::from_secs(1);
+/// How often a live search that examines tasks one by one (by error text, say) is run again.
+const SCANNING_REFRESH: Duration = Duration::from_secs(10);
 /// How long one event stream lasts: the browser opens the next through the access checks
 /// again, so a session that ended or a token that was withdrawn stops getting updates.
 const STREAM_LASTS: Duration = Duration::from_secs(300);
@@ -183,6 +185,14 @@ async fn events(
     }
     // The first render refuses a bad fragment before the stream starts.
     fragment(&app, &path, fragment_query.as_deref()).await?;
+    // A search that examines tasks one by one is looked at again less often.
+    let refresh = match (path.as_str(), fragment_query.as_deref()) {
+        ("/fragments/tasks", Some(q)) => match serde_urlencoded::from_str::<TaskSearch>(q) {
+            Ok(search) if search.scans() => SCANNING_REFRESH,
+            _ => REFRESH,
+        },
+        _ => REFRESH,
+    };
     let open = app
         .streams
         .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -198,7 +208,7 @@ async fn events(
         (app, path, fragment_query, String::new(), true, slot),
         move |(app, path, query, last, first, slot)| async move {
             if !first {
-                tokio::time::sleep(REFRESH).await;
+                tokio::time::sleep(refresh).await;
             }
             loop {
                 if tokio::time::Instant::now() >= ends {
@@ -215,7 +225,7 @@ async fn events(
                         (app, path, query, html, false, slot),
                     ));
                 }
-                tokio::time::sleep(REFRESH).await;
+                tokio::time::sleep(refresh).await;
             }
         },
     );

@@ -67,13 +67,18 @@ pub(crate) fn controls(search: &TaskSearch) -> Markup {
             }
             input name="to_group" placeholder="to group" title="the group to move to";
             input type="number" name="priority" placeholder="priority" title="the new priority";
+            // The filter as an object, even when empty (every task): its fields go in it.
+            input type="hidden" name="filter" value="{}" data-json-value="";
             @for (name, value) in filter_fields {
                 @if let Some(value) = filled(value) {
                     input type="hidden" name={ "filter." (name) } value=(value);
                 }
             }
             button type="submit" name="scope" value="selected" { "On the ticked tasks" }
-            button type="submit" name="scope" value="filter" { "On every task the search matches" }
+            // A search by id is of one task: the ticked box is the way to act on it.
+            @if filled(&search.id).is_none() {
+                button type="submit" name="scope" value="filter" { "On every task the search matches" }
+            }
         }
     }
 }

@@ -647,6 +647,10 @@ async fn tasks_are_searched_and_acted_on_in_bulk_by_selection_or_by_filter() {
         ),
         (json!({"action": "retry"}), "takes `ids`"),
         (
+            json!({"action": "cancel", "scope": "filter"}),
+            "an empty one",
+        ),
+        (
             json!({"action": "retry", "scope": "selected"}),
             "no task is selected",
         ),

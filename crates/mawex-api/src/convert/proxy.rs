@@ -123,6 +123,7 @@ impl From<TaskPage> for proto::ListResponse {
         proto::ListResponse {
             tasks: p.tasks.into_iter().map(Into::into).collect(),
             next: p.next.map(|id| id.to_string()),
+            searched: true,
         }
     }
 }

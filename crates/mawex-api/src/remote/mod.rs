@@ -333,10 +333,20 @@ impl MasterProxy for RemoteMasterProxy {
     }
 
     async fn list(&self, query: ListQuery) -> Result<TaskPage, ApiError> {
+        let searches = query.scans() || query.newest_first;
         let request = proto::ListRequest::from(query);
         let page = self
             .unary(request, |mut c, r| async move { c.list(r).await })
             .await?;
+        // An older master ignores the filters it does not know: its page is not the one
+        // asked for (and a bulk action over it would take the wrong tasks).
+        if searches && !page.searched {
+            return Err(ApiError::Unimplemented(
+                "this master predates list searches (handler, keys, error text, payload, time, \
+                 newest first); upgrade it"
+                    .into(),
+            ));
+        }
         page.try_into()
     }
 

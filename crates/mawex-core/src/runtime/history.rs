@@ -44,12 +44,15 @@ impl History {
         // Queue depth from each task's wait: +1 in the minute it was accepted, -1 in the
         // minute it left the queue (its last start, or its end if it never started).
         let mut depth_changes = vec![0i64; history.minutes.len() + 1];
+        // A time after `now` (a clock that was stepped back) counts in the current minute.
+        let last = history.minutes.len() - 1;
         let index = |t: Timestamp| -> Option<usize> {
             let t = minute_of(t);
             if t < first {
                 return None;
             }
-            usize::try_from((t.0 - first.0) / MINUTE_MS).ok()
+            let i = usize::try_from((t.0 - first.0) / MINUTE_MS).unwrap_or(usize::MAX);
+            Some(i.min(last))
         };
         for (_, task) in state.tasks_in_order() {
             let accepted = task.submitted_at;
@@ -98,15 +101,17 @@ impl History {
         history
     }
 
-    /// The counts of the minute `t` is in, if it is within the window (older ones are gone).
+    /// The counts of the minute `t` is in, if it is within the window (older ones are gone;
+    /// a later one counts in the last minute).
     fn at(&mut self, t: Timestamp) -> Option<&mut MinuteCounts> {
         let first = self.minutes.front()?.minute;
         let t = minute_of(t);
         if t < first {
             return None;
         }
-        let i = usize::try_from((t.0 - first.0) / MINUTE_MS).ok()?;
-        self.minutes.get_mut(i)
+        let i = usize::try_from((t.0 - first.0) / MINUTE_MS).unwrap_or(usize::MAX);
+        let last = self.minutes.len().checked_sub(1)?;
+        self.minutes.get_mut(i.min(last))
     }
 
     /// The counts of `minute`, the window moved on to it if it is later than the last one:
@@ -233,5 +238,11 @@ mod tests {
         assert_eq!(accepted, [2, 0, 1, 0, 0]);
         assert_eq!(pending, [2, 2, 3, 3, 3], "none started: all still wait");
         assert_eq!(history.last(now, HISTORY_MINUTES).len(), HISTORY_MINUTES);
+        // Tasks stamped after the clock's now (a clock stepped back): in the last minute,
+        // and no panic.
+        let behind = Timestamp(T0 + MINUTE_MS);
+        let mut history = History::rebuild(&state, behind);
+        let last = history.last(behind, 2);
+        assert_eq!((last[0].accepted, last[1].accepted), (2, 1));
     }
 }

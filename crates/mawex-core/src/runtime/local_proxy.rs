@@ -176,9 +176,21 @@ impl MasterProxy for LocalMasterProxy {
         let _permit = self.admission.admit(Budget::Request)?;
         let model = self.reads.current().await?;
         let stats = self.reads.stats();
-        let state = model.read();
+        let scans = query.scans();
         // Wait estimates from the slots of the pods serving each group, as last published.
-        Ok(state.list_with_estimates(&query, |group| stats.slots_serving(group)))
+        let page = move || {
+            model
+                .read()
+                .list_with_estimates(&query, |group| stats.slots_serving(group))
+        };
+        if !scans {
+            return Ok(page());
+        }
+        // A search that examines tasks one by one: a few at a time, off the async threads.
+        let _turn = self.reads.scan_turn().await?;
+        tokio::task::spawn_blocking(page)
+            .await
+            .map_err(|e| ApiError::Internal(format!("a list search failed: {e}")))
     }
 
     async fn failed_summary(&self) -> Result<Vec<FailedCount>, ApiError> {

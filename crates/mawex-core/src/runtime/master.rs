@@ -84,6 +84,7 @@ impl MasterBuilder {
             committed.clone(),
             stats_rx.clone(),
             metrics.clone(),
+            clock.clone(),
         ));
 
         let thread = std::thread::Builder::new()

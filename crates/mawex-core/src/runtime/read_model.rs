@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard};
 
-use mawex_api::{ApiError, Timestamp};
+use mawex_api::ApiError;
 use tokio::sync::{broadcast, oneshot, watch};
 use tracing::{debug, warn};
 
@@ -19,6 +19,7 @@ use super::feed::{CommittedBatch, CommittedFeed};
 use super::history::History;
 use super::messages::CoreMsg;
 use super::metrics::{transitions, MasterMetrics};
+use crate::clock::Clock;
 use crate::error::CoreError;
 use crate::state::MasterState;
 
@@ -28,7 +29,6 @@ fn stopped() -> ApiError {
 
 /// What the readers of one master share: how to reach the core, the feed, and the model once
 /// it runs.
-#[derive(Debug)]
 pub(crate) struct ReadSide {
     inbox: std_mpsc::Sender<CoreMsg>,
     /// Weak, so that the feed closes when the core stops even while proxies live.
@@ -39,15 +39,32 @@ pub(crate) struct ReadSide {
     model: Mutex<Option<Arc<ReadModel>>>,
     /// Set once metrics are asked for: the model's thread then counts what it applies.
     metrics: Arc<OnceLock<Arc<MasterMetrics>>>,
+    /// The master's clock: the history's minutes are the times the core stamps events with.
+    clock: Arc<dyn Clock>,
+    /// Searches that examine tasks one by one, a few at a time.
+    scans: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many `list` searches that examine tasks one by one run at once: each holds the
+/// model for up to `MAX_LIST_SCAN` tasks, and the model's thread waits for them to apply
+/// the next batch.
+const SCANS_AT_ONCE: usize = 2;
 
 /// The copy of the state, with the sequence number it has applied up to, and the history
 /// of the last day's minutes it has seen.
-#[derive(Debug)]
 pub(crate) struct ReadModel {
     state: RwLock<MasterState>,
     history: Mutex<History>,
     applied: watch::Sender<Applied>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for ReadModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadModel")
+            .field("applied", &*self.applied.borrow())
+            .finish_non_exhaustive()
+    }
 }
 
 /// How far the model is, and whether its thread still follows the feed.
@@ -60,6 +77,14 @@ struct Applied {
     copied: bool,
 }
 
+impl std::fmt::Debug for ReadSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadSide")
+            .field("committed", &self.committed)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ReadSide {
     pub(crate) fn new(
         inbox: std_mpsc::Sender<CoreMsg>,
@@ -67,6 +92,7 @@ impl ReadSide {
         committed: Arc<AtomicU64>,
         stats: watch::Receiver<MasterStats>,
         metrics: Arc<OnceLock<Arc<MasterMetrics>>>,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         ReadSide {
             inbox,
@@ -75,7 +101,18 @@ impl ReadSide {
             stats,
             model: Mutex::new(None),
             metrics,
+            clock,
+            scans: Arc::new(tokio::sync::Semaphore::new(SCANS_AT_ONCE)),
         }
+    }
+
+    /// A turn to run a search that examines tasks one by one (waits for one).
+    pub(crate) async fn scan_turn(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.scans
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| stopped())
     }
 
     /// The metrics, recorded for every batch committed after this returns (see
@@ -150,6 +187,7 @@ impl ReadSide {
         let model = Arc::new(ReadModel {
             state: RwLock::new(MasterState::new()),
             history: Mutex::new(History::default()),
+            clock: self.clock.clone(),
             applied: watch::channel(Applied {
                 seq: 0,
                 following: true,
@@ -180,11 +218,11 @@ impl ReadModel {
         self.history
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .last(Timestamp::now(), minutes)
+            .last(self.clock.now(), minutes)
     }
 
     fn replace(&self, seq: u64, state: MasterState) {
-        let history = History::rebuild(&state, Timestamp::now());
+        let history = History::rebuild(&state, self.clock.now());
         *self.history.lock().unwrap_or_else(PoisonError::into_inner) = history;
         *self.state.write().unwrap_or_else(PoisonError::into_inner) = state;
         self.applied.send_modify(|a| {
@@ -222,8 +260,16 @@ fn keep(
     feed: broadcast::Receiver<Arc<CommittedBatch>>,
     metrics: &OnceLock<Arc<MasterMetrics>>,
 ) {
+    /// Tells the readers the model stopped however the thread ends, a panic included:
+    /// a reader never waits for a model that no longer follows the feed.
+    struct Stopped<'a>(&'a ReadModel);
+    impl Drop for Stopped<'_> {
+        fn drop(&mut self) {
+            self.0.stopped();
+        }
+    }
+    let _stopped = Stopped(&model);
     follow(&model, &inbox, feed, metrics);
-    model.stopped();
 }
 
 fn follow(
@@ -264,7 +310,7 @@ fn follow(
                     let mut history = model.history.lock().unwrap_or_else(PoisonError::into_inner);
                     let metrics = metrics.get();
                     // One clock read a batch: its events were committed together.
-                    let now = Timestamp::now();
+                    let now = model.clock.now();
                     for event in batch.events.iter() {
                         transitions(&state, event, |group, to, span| {
                             history.count(now, to);

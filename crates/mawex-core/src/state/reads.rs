@@ -304,6 +304,11 @@ impl MasterState {
             .map(|needle| memchr::memmem::Finder::new(needle.as_ref()));
         let mut last_examined = None;
         for (examined, entry) in candidates.enumerate() {
+            if tasks.len() == query.limit {
+                // Full: whether more match is for the next page to find, not this one.
+                next = tasks.last().map(|t: &TaskView| t.spec.id);
+                break;
+            }
             if examined == scan_budget {
                 // Bounded: the caller resumes after the last task examined.
                 next = last_examined;
@@ -318,9 +323,7 @@ impl MasterState {
                 omit_bodies(&mut view);
             }
             let size = view_bytes(&view);
-            if tasks.len() == query.limit
-                || (!tasks.is_empty() && bytes.saturating_add(size) > MAX_LIST_PAGE_BYTES)
-            {
+            if !tasks.is_empty() && bytes.saturating_add(size) > MAX_LIST_PAGE_BYTES {
                 next = tasks.last().map(|t: &TaskView| t.spec.id);
                 break;
             }

@@ -94,19 +94,22 @@
     });
   }
   // A form's fields as JSON: a name "a.b" nests, "x[]" collects a list, a number input
-  // gives a number, a blank field is left out; the button that sent the form adds its name
-  // and value.
+  // gives a number, an input marked data-json-value gives the JSON of its value, a blank
+  // field is left out; the button that sent the form adds its name and value.
   function fieldsOf(form, submitter) {
     var fields = {};
     var numbers = {};
+    var json = {};
     Array.prototype.forEach.call(form.elements, function (input) {
       if (input.type === "number") { numbers[input.name] = true; }
+      if (input.hasAttribute("data-json-value")) { json[input.name] = true; }
     });
     var data = new FormData(form);
     if (submitter && submitter.name) { data.append(submitter.name, submitter.value); }
     data.forEach(function (value, key) {
       if (value === "") { return; }
       if (numbers[key]) { value = Number(value); }
+      if (json[key]) { value = JSON.parse(value); }
       var target = fields;
       var parts = key.split(".");
       while (parts.length > 1) {
