@@ -366,6 +366,23 @@ pub struct GroupView {
     pub settings: GroupSettings,
     /// The recent mean run time of its tasks, once some have finished.
     pub mean_run_time: Option<std::time::Duration>,
+    /// How long its last (up to 1,000) tasks waited from ready to started, and how long
+    /// their attempts ran: the median and the 95th percentile of each.
+    pub times: GroupTimes,
+}
+
+/// Percentiles of a group's recent waits and runs (`None` until it has some).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct GroupTimes {
+    /// The median wait in the queue.
+    pub wait_p50: Option<std::time::Duration>,
+    /// The 95th percentile wait.
+    pub wait_p95: Option<std::time::Duration>,
+    /// The median run of an attempt.
+    pub run_p50: Option<std::time::Duration>,
+    /// The 95th percentile run.
+    pub run_p95: Option<std::time::Duration>,
 }
 
 impl GroupView {
@@ -380,6 +397,7 @@ impl GroupView {
             cancelled: 0,
             settings: GroupSettings::default(),
             mean_run_time: None,
+            times: GroupTimes::default(),
         }
     }
 }

@@ -31,8 +31,8 @@ mod time;
 pub mod typed;
 
 pub use admin::{
-    FailedCount, FailedFilter, GroupSettings, GroupView, MinuteCounts, MissedTicks, PendingChange,
-    PodView, QueuePosition, RateLimit, ScheduleSpec, ScheduleView, HISTORY_MINUTES,
+    FailedCount, FailedFilter, GroupSettings, GroupTimes, GroupView, MinuteCounts, MissedTicks,
+    PendingChange, PodView, QueuePosition, RateLimit, ScheduleSpec, ScheduleView, HISTORY_MINUTES,
     MAX_GROUP_CONCURRENCY,
 };
 pub use broadcast::{

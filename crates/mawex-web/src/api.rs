@@ -16,8 +16,8 @@ use utoipa_axum::routes;
 use crate::error::ErrorAnswer;
 use crate::json::{
     group, schedule_name, task_id, Broadcast, BroadcastPage, FailedCount, FailedFilterBody, Group,
-    GroupSettingsBody, Matched, Minute, NewBroadcast, NewSchedule, NewTask, Pod, Schedule,
-    Submitted, Task, TaskFilter, TaskPage,
+    GroupSettingsBody, GroupSettingsPatch, Matched, Minute, NewBroadcast, NewSchedule, NewTask,
+    Pod, Schedule, Submitted, Task, TaskFilter, TaskPage,
 };
 use crate::{AppState, WebConfig, WebError};
 
@@ -51,7 +51,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(purge_failed))
         .routes(routes!(list_groups))
         .routes(routes!(history))
-        .routes(routes!(get_group, set_group))
+        .routes(routes!(get_group, set_group, patch_group))
         .routes(routes!(list_pods))
         .routes(routes!(drain_pod))
         .routes(routes!(list_schedules, create_schedule))
@@ -620,6 +620,28 @@ async fn set_group(
         .configure_group(name, settings.settings()?)
         .await?;
     Ok(Json(settings))
+}
+
+/// Changes some of a group's settings, keeping the others.
+#[utoipa::path(
+    patch, path = "/api/v1/groups/{group}", tag = "groups",
+    params(("group" = String, Path, description = "The group's name")),
+    request_body = GroupSettingsPatch,
+    responses(
+        (status = 200, description = "Its settings now", body = GroupSettingsBody),
+        (status = 400, description = "Not a group name, or a setting out of bounds", body = ErrorAnswer),
+    )
+)]
+async fn patch_group(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Json<GroupSettingsBody>, WebError> {
+    let name = group("group", &name)?;
+    let patch: GroupSettingsPatch = body(&app, bytes)?;
+    let settings = patch.apply(app.proxy.group_settings(name.clone()).await?)?;
+    app.proxy.configure_group(name, settings).await?;
+    Ok(Json(GroupSettingsBody::from(&settings)))
 }
 
 /// The pods connected now.

@@ -623,6 +623,73 @@ impl GroupSettingsBody {
     }
 }
 
+/// Changes to a group's settings: a field left out stays as it is; `null` turns a limit off.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSettingsPatch {
+    /// Pause (`true`) or resume (`false`) it.
+    #[serde(default)]
+    pub paused: Option<bool>,
+    /// At most this many run at once, across all pods (`null`: any number).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>)]
+    pub max_concurrency: Option<Option<u32>>,
+    /// At most this many start a second, on average (`null`: no rate limit).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>)]
+    pub rate_per_second: Option<Option<u32>>,
+    /// Starts allowed at once after a quiet spell (`null`: as many as the rate).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>)]
+    pub rate_burst: Option<Option<u32>>,
+}
+
+/// A field that is present, `null` or not: `Some(None)` for `null`, told apart from a
+/// missing field (`None`, by `#[serde(default)]`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+impl GroupSettingsPatch {
+    /// `current` with these changes.
+    pub(crate) fn apply(&self, current: GroupSettings) -> Result<GroupSettings, WebError> {
+        let rate = current.rate;
+        let mut settings = current;
+        if let Some(paused) = self.paused {
+            settings = settings.with_paused(paused);
+        }
+        if let Some(max) = self.max_concurrency {
+            settings = settings.with_max_concurrency(max);
+        }
+        let rate = match (self.rate_per_second, self.rate_burst) {
+            (None, None) => rate,
+            (Some(None), _) => None,
+            (Some(Some(per_second)), burst) => Some(RateLimit::new(
+                per_second,
+                burst.flatten().unwrap_or(per_second),
+            )),
+            (None, Some(burst)) => match rate {
+                Some(rate) => Some(RateLimit::new(
+                    rate.per_second,
+                    burst.unwrap_or(rate.per_second),
+                )),
+                None => {
+                    return Err(WebError::BadRequest(
+                        "rate_burst: the group has no rate_per_second".into(),
+                    ))
+                }
+            },
+        };
+        settings = settings.with_rate(rate);
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
 /// A group: its tasks by state and its settings.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Group {
@@ -642,6 +709,14 @@ pub struct Group {
     pub settings: GroupSettingsBody,
     /// Recent mean run time, in milliseconds.
     pub mean_run_time_ms: Option<u64>,
+    /// Median wait from ready to started of its last (up to 1,000) tasks, in milliseconds.
+    pub wait_p50_ms: Option<u64>,
+    /// 95th percentile of the same waits.
+    pub wait_p95_ms: Option<u64>,
+    /// Median run of its last (up to 1,000) attempts, in milliseconds.
+    pub run_p50_ms: Option<u64>,
+    /// 95th percentile of the same runs.
+    pub run_p95_ms: Option<u64>,
 }
 
 impl From<&GroupView> for Group {
@@ -655,6 +730,10 @@ impl From<&GroupView> for Group {
             cancelled: g.cancelled,
             settings: GroupSettingsBody::from(&g.settings),
             mean_run_time_ms: g.mean_run_time.map(millis),
+            wait_p50_ms: g.times.wait_p50.map(millis),
+            wait_p95_ms: g.times.wait_p95.map(millis),
+            run_p50_ms: g.times.run_p50.map(millis),
+            run_p95_ms: g.times.run_p95.map(millis),
         }
     }
 }

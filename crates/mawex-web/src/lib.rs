@@ -37,8 +37,9 @@ pub use auth::{Authenticator, WebRole, WebUser};
 pub use error::{ErrorAnswer, ErrorDetail, WebError};
 pub use json::{
     Body, Broadcast, BroadcastPage, BulkAction, BulkBody, BulkScope, ErrorBody, FailedCount,
-    FailedFilterBody, Failure, Group, GroupSettingsBody, Matched, Minute, NewBroadcast,
-    NewSchedule, NewTask, Pod, Schedule, Submitted, Target, Task, TaskFilter, TaskPage,
+    FailedFilterBody, Failure, Group, GroupSettingsBody, GroupSettingsPatch, Matched, Minute,
+    NewBroadcast, NewSchedule, NewTask, Pod, Schedule, Submitted, Target, Task, TaskFilter,
+    TaskPage,
 };
 
 /// How the web side serves.

@@ -250,7 +250,7 @@ async fn overview(app: &AppState) -> Result<Markup, WebError> {
             (card(pods.len() as u64, "pods"))
         }
         (history_charts(&day))
-        (groups_table(&groups))
+        (groups_table(&groups, false))
     })
 }
 
@@ -286,50 +286,77 @@ fn history_charts(day: &[mawex_api::MinuteCounts]) -> Markup {
     }
 }
 
-fn groups_table(groups: &[mawex_api::GroupView]) -> Markup {
+/// The groups, each with its counts, times and settings; `editable`: with the forms that
+/// change the settings.
+fn groups_table(groups: &[mawex_api::GroupView], editable: bool) -> Markup {
+    let seconds = |d: Option<std::time::Duration>| match d {
+        Some(d) if d < std::time::Duration::from_secs(1) => format!("{} ms", d.as_millis()),
+        Some(d) => format!("{:.1} s", d.as_secs_f64()),
+        None => "–".to_owned(),
+    };
     html! {
-        table {
+        table.groups {
             thead { tr {
                 th { "group" } th.num { "pending" } th.num { "running" } th.num { "succeeded" }
-                th.num { "failed" } th.num { "cancelled" } th { "settings" } th.num { "mean run" }
-                th { "" }
+                th.num { "failed" } th.num { "cancelled" }
+                th.num { "wait p50 / p95" } th.num { "run p50 / p95" }
+                th { "settings" } th { "" }
             } }
             tbody {
                 @for g in groups {
-                    tr {
+                    tr data-group=(g.group) {
                         td { a href={ "/tasks?group=" (g.group) } { (g.group) } }
                         td.num { (g.pending) } td.num { (g.running) } td.num { (g.succeeded) }
                         td.num.bad[g.failed > 0] { (g.failed) } td.num { (g.cancelled) }
+                        td.num { (seconds(g.times.wait_p50)) " / " (seconds(g.times.wait_p95)) }
+                        td.num { (seconds(g.times.run_p50)) " / " (seconds(g.times.run_p95)) }
                         td {
-                            @if g.settings.paused { "paused " }
-                            @if let Some(max) = g.settings.max_concurrency { "≤" (max) " at once " }
-                            @if let Some(rate) = &g.settings.rate { (rate.per_second) "/s" }
+                            @if editable { (settings_form(g)) } @else {
+                                @if g.settings.paused { "paused " }
+                                @if let Some(max) = g.settings.max_concurrency { "≤" (max) " at once " }
+                                @if let Some(rate) = &g.settings.rate { (rate.per_second) "/s" }
+                            }
                         }
-                        td.num { @if let Some(t) = g.mean_run_time { (format!("{:.3} s", t.as_secs_f64())) } }
                         td { (pause_or_resume(g)) }
                     }
                 }
-                @if groups.is_empty() { tr { td colspan="9" .muted { "No tasks yet." } } }
+                @if groups.is_empty() { tr { td colspan="10" .muted { "No tasks yet." } } }
             }
         }
     }
 }
 
-/// Pauses or resumes a group, keeping its other settings (the body is the whole of them).
+/// A group's ceiling and rate, editable (a PATCH of those two: a blank one is off); its
+/// other settings stay as they are when it is sent.
+fn settings_form(g: &mawex_api::GroupView) -> Markup {
+    let settings = crate::json::GroupSettingsBody::from(&g.settings);
+    html! {
+        form.settings data-json={ "/api/v1/groups/" (g.group) } data-edit="" data-method="PATCH" {
+            label { "at once ≤ " input type="number" min="1" name="max_concurrency" placeholder="any" data-blank-null="" value=[settings.max_concurrency]; }
+            label { " starts/s ≤ " input type="number" min="1" name="rate_per_second" placeholder="any" data-blank-null="" value=[settings.rate_per_second]; }
+            " "
+            button type="submit" name="Save" { "Save" }
+        }
+    }
+}
+
+/// Pauses or resumes a group; its other settings stay as they are then (a PATCH).
 fn pause_or_resume(g: &mawex_api::GroupView) -> Markup {
-    let mut settings = crate::json::GroupSettingsBody::from(&g.settings);
-    settings.paused = !settings.paused;
-    let (label, confirm) = if settings.paused {
+    let (label, confirm, body) = if g.settings.paused {
+        (
+            "Resume",
+            format!("Resume {}?", g.group),
+            r#"{"paused": false}"#,
+        )
+    } else {
         (
             "Pause",
             format!("Pause {}? Its tasks wait; running ones finish.", g.group),
+            r#"{"paused": true}"#,
         )
-    } else {
-        ("Resume", format!("Resume {}?", g.group))
     };
-    let body = serde_json::to_string(&settings).unwrap_or_default();
     html! {
-        form data-json={ "/api/v1/groups/" (g.group) } data-direct="" data-method="PUT" data-body=(body) data-confirm=(confirm) {
+        form data-json={ "/api/v1/groups/" (g.group) } data-direct="" data-method="PATCH" data-body=(body) data-confirm=(confirm) {
             button type="submit" name=(label) { (label) }
         }
     }
@@ -337,7 +364,7 @@ fn pause_or_resume(g: &mawex_api::GroupView) -> Markup {
 
 async fn groups(app: &AppState) -> Result<Markup, WebError> {
     let groups = app.proxy.list_groups().await?;
-    Ok(groups_table(&groups))
+    Ok(groups_table(&groups, true))
 }
 
 async fn pods(app: &AppState) -> Result<Markup, WebError> {

@@ -502,6 +502,44 @@ async fn the_failed_queue_groups_and_pods_are_read_and_steered() {
         .iter()
         .any(|g| g["group"] == "web"));
 
+    // A patch changes what it names and keeps the rest; null turns a limit off.
+    let (status, patched) = f
+        .call(
+            Method::PATCH,
+            "/api/v1/groups/web",
+            r#"{"paused": false, "rate_burst": 40}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(
+        patched,
+        json!({"paused": false, "max_concurrency": 3, "rate_per_second": 10, "rate_burst": 40,
+               "max_attempts": null})
+    );
+    let (_, patched) = f
+        .call(
+            Method::PATCH,
+            "/api/v1/groups/web",
+            r#"{"max_concurrency": null, "rate_per_second": null}"#,
+        )
+        .await;
+    assert_eq!(patched["max_concurrency"], Value::Null, "{patched}");
+    assert_eq!(patched["rate_per_second"], Value::Null, "{patched}");
+    refused(
+        f.call(Method::PATCH, "/api/v1/groups/web", r#"{"rate_burst": 5}"#)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "no rate_per_second",
+    );
+    refused(
+        f.call(Method::PATCH, "/api/v1/groups/web", r#"{"colour": 5}"#)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "unknown field",
+    );
+
     // Pods: listed, drained.
     let (_, pods) = f.get("/api/v1/pods").await;
     assert_eq!(pods[0]["id"], "pod-1", "{pods}");
@@ -725,6 +763,7 @@ async fn the_openapi_document_describes_every_endpoint() {
         ("/api/v1/history", "get"),
         ("/api/v1/groups/{group}", "get"),
         ("/api/v1/groups/{group}", "put"),
+        ("/api/v1/groups/{group}", "patch"),
         ("/api/v1/pods", "get"),
         ("/api/v1/pods/{id}/drain", "post"),
         ("/api/v1/schedules", "get"),
@@ -1074,6 +1113,7 @@ async fn with_tokens_each_role_may_do_what_it_may_and_a_viewer_changes_nothing()
         (Method::GET, "/api/v1/history", [true, false, true]),
         (Method::GET, "/api/v1/groups/web", [true, false, true]),
         (Method::PUT, "/api/v1/groups/web", [false, false, true]),
+        (Method::PATCH, "/api/v1/groups/web", [false, false, true]),
         (Method::GET, "/api/v1/pods", [true, false, true]),
         (
             Method::POST,

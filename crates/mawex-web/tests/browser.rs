@@ -483,6 +483,35 @@ async fn the_dashboard_stays_live_in_a_browser_and_a_viewer_changes_nothing() {
         }
     }
 
+    // Its ceiling and rate are set from the page; the rest of its settings stay.
+    let ceiling = driver
+        .find(By::Css("tr[data-group=web] input[name=max_concurrency]"))
+        .await
+        .unwrap();
+    ceiling.send_keys("3").await.unwrap();
+    let rate = driver
+        .find(By::Css("tr[data-group=web] input[name=rate_per_second]"))
+        .await
+        .unwrap();
+    rate.send_keys("250").await.unwrap();
+    click(&driver, "tr[data-group=web] button[name=Save]").await;
+    assert_eq!(wait_text(&driver, "[data-result]", "Saved").await, "Saved.");
+    let (_, web_group) = http(&web, "GET", "/api/v1/groups/web", "", "admin-secret");
+    let web_group: serde_json::Value = serde_json::from_str(&web_group).unwrap();
+    assert_eq!(web_group["settings"]["max_concurrency"], 3, "{web_group}");
+    assert_eq!(web_group["settings"]["rate_per_second"], 250, "{web_group}");
+    assert_eq!(web_group["settings"]["paused"], false, "{web_group}");
+    // Its wait and run times, from the tasks it ran.
+    assert!(web_group["run_p95_ms"].is_u64(), "{web_group}");
+    let times = driver
+        .find(By::Css("tr[data-group=web] td:nth-child(8)"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(times.contains(" / ") && !times.contains('–'), "{times}");
+
     // An admin drains the pod from its page.
     driver.goto(format!("{base}/pods")).await.unwrap();
     click(&driver, "button[name=Drain]").await;

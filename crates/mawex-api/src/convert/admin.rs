@@ -1,12 +1,12 @@
 //! Group settings and the failed queue.
 
 use crate::admin::{
-    FailedCount, FailedFilter, GroupSettings, GroupView, MinuteCounts, MissedTicks, PendingChange,
-    PodView, QueuePosition, RateLimit, ScheduleSpec, ScheduleView,
+    FailedCount, FailedFilter, GroupSettings, GroupTimes, GroupView, MinuteCounts, MissedTicks,
+    PendingChange, PodView, QueuePosition, RateLimit, ScheduleSpec, ScheduleView,
 };
 use crate::convert::required;
 use crate::convert::task::error_kind_filter;
-use crate::convert::{in_field, invalid, task_id};
+use crate::convert::{in_field, invalid, millis, task_id};
 use crate::error::ApiError;
 use crate::failure::ErrorKind;
 use crate::ids::{GroupName, PodId, ScheduleName, TaskId};
@@ -282,9 +282,11 @@ impl From<GroupView> for proto::GroupView {
             failed: g.failed,
             cancelled: g.cancelled,
             settings: Some(g.settings.into()),
-            mean_run_ms: g
-                .mean_run_time
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            mean_run_ms: g.mean_run_time.map(millis),
+            wait_p50_ms: g.times.wait_p50.map(millis),
+            wait_p95_ms: g.times.wait_p95.map(millis),
+            run_p50_ms: g.times.run_p50.map(millis),
+            run_p95_ms: g.times.run_p95.map(millis),
         }
     }
 }
@@ -302,6 +304,12 @@ impl TryFrom<proto::GroupView> for GroupView {
         view.cancelled = g.cancelled;
         view.settings = g.settings.map(Into::into).unwrap_or_default();
         view.mean_run_time = g.mean_run_ms.map(std::time::Duration::from_millis);
+        view.times = GroupTimes {
+            wait_p50: g.wait_p50_ms.map(std::time::Duration::from_millis),
+            wait_p95: g.wait_p95_ms.map(std::time::Duration::from_millis),
+            run_p50: g.run_p50_ms.map(std::time::Duration::from_millis),
+            run_p95: g.run_p95_ms.map(std::time::Duration::from_millis),
+        };
         Ok(view)
     }
 }

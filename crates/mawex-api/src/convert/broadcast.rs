@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{in_field, invalid, required, task_id};
+use super::{in_field, invalid, millis, required, task_id};
 use crate::broadcast::{
     BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery, BroadcastSpec, BroadcastView,
     PlannedTarget, Source, Strategy, TargetFilter, TargetState, TargetView, ORIGIN,
@@ -15,10 +15,6 @@ use crate::task::Limits;
 use crate::time::Timestamp;
 
 use proto::broadcast_strategy::Kind;
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
 
 #[doc(hidden)]
 impl From<Strategy> for proto::BroadcastStrategy {

@@ -50,6 +50,11 @@ fn message_of(e: ApiError) -> String {
 }
 
 /// Prefixes the message of an invalid-argument error with the field it concerns.
+/// Whole milliseconds, saturating.
+pub(crate) fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 pub(crate) fn in_field(field: &str) -> impl Fn(ApiError) -> ApiError + '_ {
     move |e| match e {
         ApiError::InvalidArgument(m) => invalid(format!("{field}: {m}")),

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::convert::{in_field, invalid, required, task_id};
+use crate::convert::{in_field, invalid, millis, required, task_id};
 use crate::error::ApiError;
 use crate::failure::{ErrorKind, RetryHint, TaskError};
 use crate::ids::{Attempt, GroupName, PodId};
@@ -11,10 +11,6 @@ use crate::task::{
     AttemptFailure, Dedup, Limits, Outcome, RetryPolicy, TaskResult, TaskSpec, TaskState, TaskView,
 };
 use crate::time::Timestamp;
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
 
 #[doc(hidden)]
 impl From<Limits> for proto::Limits {

@@ -3,11 +3,12 @@
 //! transitions it applies (off the core thread); rebuilt from the retained tasks whenever the
 //! model copies the state (at its start, so after a restart or a fail-over too).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 
-use mawex_api::{MinuteCounts, TaskState, Timestamp, HISTORY_MINUTES};
+use mawex_api::{GroupName, GroupTimes, MinuteCounts, TaskState, Timestamp, HISTORY_MINUTES};
 
-use super::metrics::Transition;
+use super::metrics::{Span, Transition};
 use crate::state::stored::Outcome;
 use crate::state::MasterState;
 
@@ -18,11 +19,47 @@ fn minute_of(t: Timestamp) -> Timestamp {
     Timestamp(t.0 - t.0 % MINUTE_MS)
 }
 
+/// How many of a group's latest waits and runs its percentiles are taken from.
+const TIMES_KEPT: usize = 1_000;
+/// How many groups keep times: past them, a new group has none (clients naming ever new
+/// groups cannot grow the read model without bound).
+const TIMED_GROUPS: usize = 1_000;
+
 /// Consecutive minutes, oldest first, the last the latest one counted; at most
-/// [`HISTORY_MINUTES`].
+/// [`HISTORY_MINUTES`]. And each group's latest waits and runs.
 #[derive(Debug, Default)]
 pub(crate) struct History {
     minutes: VecDeque<MinuteCounts>,
+    times: HashMap<GroupName, Times>,
+}
+
+/// A group's latest waits and runs, in milliseconds, oldest first.
+#[derive(Debug, Default)]
+struct Times {
+    waits: VecDeque<u64>,
+    runs: VecDeque<u64>,
+}
+
+/// Keeps `value`, and the latest [`TIMES_KEPT`] before it.
+fn keep(kept: &mut VecDeque<u64>, value: Duration) {
+    if kept.len() == TIMES_KEPT {
+        kept.pop_front();
+    }
+    kept.push_back(u64::try_from(value.as_millis()).unwrap_or(u64::MAX));
+}
+
+/// The median and 95th percentile of `kept`.
+fn percentiles(kept: &VecDeque<u64>) -> (Option<Duration>, Option<Duration>) {
+    let mut sorted: Vec<u64> = kept.iter().copied().collect();
+    sorted.sort_unstable();
+    let at = |p: usize| -> Option<Duration> {
+        let last = sorted.len().checked_sub(1)?;
+        sorted
+            .get(last * p / 100)
+            .copied()
+            .map(Duration::from_millis)
+    };
+    (at(50), at(95))
 }
 
 impl History {
@@ -56,6 +93,14 @@ impl History {
         };
         for (_, task) in state.tasks_in_order() {
             let accepted = task.submitted_at;
+            if let Some(started) = task.started_at() {
+                // The wait of its last attempt, from when it was ready.
+                let ready = task.not_before.map_or(accepted, |t| t.max(accepted));
+                history.timed(&task.spec.group, Span::Wait(ready, started));
+                if let Some(result) = task.result() {
+                    history.timed(&task.spec.group, Span::Run(started, result.finished_at));
+                }
+            }
             if let Some(slot) = history.at(accepted) {
                 slot.accepted += 1;
             }
@@ -163,6 +208,33 @@ impl History {
         }
     }
 
+    /// A wait or a run of a task of `group` ended.
+    pub(crate) fn timed(&mut self, group: &GroupName, span: Span) {
+        if !self.times.contains_key(group) {
+            if self.times.len() >= TIMED_GROUPS {
+                return;
+            }
+            self.times.insert(group.clone(), Times::default());
+        }
+        let Some(times) = self.times.get_mut(group) else {
+            return;
+        };
+        match span {
+            Span::Wait(from, until) => keep(&mut times.waits, until.saturating_since(from)),
+            Span::Run(from, until) => keep(&mut times.runs, until.saturating_since(from)),
+        }
+    }
+
+    /// The percentiles of `group`'s latest waits and runs.
+    pub(crate) fn group_times(&self, group: &GroupName) -> GroupTimes {
+        let mut out = GroupTimes::default();
+        if let Some(times) = self.times.get(group) {
+            (out.wait_p50, out.wait_p95) = percentiles(&times.waits);
+            (out.run_p50, out.run_p95) = percentiles(&times.runs);
+        }
+        out
+    }
+
     /// The queue depth at `now`.
     pub(crate) fn depth(&mut self, now: Timestamp, pending: u64) {
         if let Some(slot) = self.slot(minute_of(now)) {
@@ -218,6 +290,33 @@ mod tests {
             .last(later, HISTORY_MINUTES)
             .iter()
             .all(|m| m.accepted == 0));
+    }
+
+    #[test]
+    fn a_groups_percentiles_come_from_its_latest_thousand_times() {
+        let mut history = History::default();
+        let (g, quiet) = (
+            GroupName::new("g").expect("valid"),
+            GroupName::new("quiet").expect("valid"),
+        );
+        // 2,000 runs of 1..=2000 ms: only the last 1,000 (1001..=2000) count.
+        for ms in 1..=2000 {
+            history.timed(&g, Span::Run(Timestamp(T0), Timestamp(T0 + ms)));
+        }
+        history.timed(&g, Span::Wait(Timestamp(T0), Timestamp(T0 + 40)));
+        let times = history.group_times(&g);
+        assert_eq!(times.run_p50, Some(Duration::from_millis(1500)));
+        assert_eq!(times.run_p95, Some(Duration::from_millis(1950)));
+        assert_eq!(times.wait_p50, Some(Duration::from_millis(40)));
+        assert_eq!(history.group_times(&quiet), GroupTimes::default());
+        // Past the bound on groups, a new one keeps nothing.
+        for n in 0..TIMED_GROUPS {
+            let other = GroupName::new(format!("other-{n}")).expect("valid");
+            history.timed(&other, Span::Wait(Timestamp(T0), Timestamp(T0 + 1)));
+        }
+        history.timed(&quiet, Span::Wait(Timestamp(T0), Timestamp(T0 + 1)));
+        assert_eq!(history.group_times(&quiet), GroupTimes::default());
+        assert_eq!(history.times.len(), TIMED_GROUPS);
     }
 
     #[test]

@@ -299,8 +299,11 @@ impl MasterProxy for LocalMasterProxy {
 
     async fn list_groups(&self) -> Result<Vec<GroupView>, ApiError> {
         let model = self.reads.current().await?;
-        let state = model.read();
-        Ok(state.group_views())
+        let mut groups = model.read().group_views();
+        for group in &mut groups {
+            group.times = model.group_times(&group.group);
+        }
+        Ok(groups)
     }
 
     async fn history(&self, minutes: usize) -> Result<Vec<MinuteCounts>, ApiError> {

@@ -221,6 +221,14 @@ impl ReadModel {
             .last(self.clock.now(), minutes)
     }
 
+    /// The percentiles of `group`'s latest waits and runs.
+    pub(crate) fn group_times(&self, group: &mawex_api::GroupName) -> mawex_api::GroupTimes {
+        self.history
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .group_times(group)
+    }
+
     fn replace(&self, seq: u64, state: MasterState) {
         let history = History::rebuild(&state, self.clock.now());
         *self.history.lock().unwrap_or_else(PoisonError::into_inner) = history;
@@ -314,6 +322,9 @@ fn follow(
                     for event in batch.events.iter() {
                         transitions(&state, event, |group, to, span| {
                             history.count(now, to);
+                            if let Some(span) = span {
+                                history.timed(group, span);
+                            }
                             if let Some(metrics) = metrics {
                                 metrics.record_transition(group, to, span);
                             }

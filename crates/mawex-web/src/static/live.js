@@ -4,7 +4,18 @@
 (function () {
   "use strict";
   // A new fragment in place of the old, with the boxes that were ticked still ticked.
+  // While someone types in a live fragment's form, its updates wait (15 s after the last
+  // key, or until the form is sent), so that what is typed is not replaced.
+  var editingUntil = 0;
+  document.addEventListener("input", function (event) {
+    if (event.target.closest && event.target.closest("[data-live]")) {
+      editingUntil = Date.now() + 15000;
+    }
+  });
+  // A form sent (see below): updates apply again.
+  document.addEventListener("mawex:sent", function () { editingUntil = 0; });
   function swap(element, html) {
+    if (Date.now() < editingUntil) { return; }
     // Unchanged (the first event repeats what the page was rendered with): the elements
     // stay, so that a click on one of them is never lost to its replacement.
     var incoming = document.createElement("template");
@@ -95,19 +106,25 @@
   }
   // A form's fields as JSON: a name "a.b" nests, "x[]" collects a list, a number input
   // gives a number, an input marked data-json-value gives the JSON of its value, a blank
-  // field is left out; the button that sent the form adds its name and value.
+  // field is left out (null if marked data-blank-null); the button that sent the form adds
+  // its name and value.
   function fieldsOf(form, submitter) {
     var fields = {};
     var numbers = {};
     var json = {};
+    var nulls = {};
     Array.prototype.forEach.call(form.elements, function (input) {
       if (input.type === "number") { numbers[input.name] = true; }
       if (input.hasAttribute("data-json-value")) { json[input.name] = true; }
+      if (input.hasAttribute("data-blank-null")) { nulls[input.name] = true; }
     });
     var data = new FormData(form);
     if (submitter && submitter.name) { data.append(submitter.name, submitter.value); }
     data.forEach(function (value, key) {
-      if (value === "") { return; }
+      if (value === "") {
+        if (nulls[key]) { fields[key] = null; }
+        return;
+      }
       if (numbers[key]) { value = Number(value); }
       if (json[key]) { value = JSON.parse(value); }
       var target = fields;
@@ -136,6 +153,18 @@
     event.preventDefault();
     var fields = fieldsOf(form, event.submitter);
     var url = form.getAttribute("data-json");
+    if (form.hasAttribute("data-edit")) {
+      // The form's fields are the new value: sent at once, the answer shown.
+      fetch(url, { method: form.getAttribute("data-method") || "PUT", credentials: "same-origin",
+                   headers: { "content-type": "application/json" },
+                   body: JSON.stringify(fields) })
+        .then(function (response) {
+          document.dispatchEvent(new Event("mawex:sent"));
+          if (response.ok) { show(form, "Saved."); return; }
+          return response.json().then(function (body) { show(form, body.error.message); });
+        });
+      return;
+    }
     if (form.hasAttribute("data-direct")) {
       // One action, no count to ask: confirmed, then sent.
       if (!window.confirm(form.getAttribute("data-confirm"))) { return; }
