@@ -269,6 +269,9 @@ pub struct ScheduleView {
     pub last_tick: Option<crate::time::Timestamp>,
     /// How many times it fired.
     pub fired: u64,
+    /// Its next tick (paused or not): the first after the last it handled, in its time zone.
+    /// `None` when its expression has no tick left.
+    pub next_tick: Option<crate::time::Timestamp>,
 }
 
 impl ScheduleView {
@@ -284,7 +287,14 @@ impl ScheduleView {
             paused,
             last_tick,
             fired,
+            next_tick: None,
         }
+    }
+
+    /// With its next tick.
+    pub fn with_next_tick(mut self, next_tick: Option<crate::time::Timestamp>) -> Self {
+        self.next_tick = next_tick;
+        self
     }
 
     /// The task it submitted at its last tick, if it fired: any tick's task id is

@@ -781,6 +781,7 @@ struct ScheduleRow {
     paused: bool,
     fired: u64,
     last_tick: Option<String>,
+    next_tick: Option<String>,
     missed: &'static str,
 }
 
@@ -795,6 +796,7 @@ impl Rows for ScheduleRow {
             "paused",
             "fired",
             "last tick",
+            "next tick",
             "missed",
         ]
     }
@@ -809,6 +811,7 @@ impl Rows for ScheduleRow {
             if self.paused { "yes" } else { "no" }.to_owned(),
             self.fired.to_string(),
             self.last_tick.clone().unwrap_or_default(),
+            self.next_tick.clone().unwrap_or_default(),
             self.missed.to_owned(),
         ]
     }
@@ -872,6 +875,7 @@ pub(crate) async fn cron(
                     paused: s.paused,
                     fired: s.fired,
                     last_tick: s.last_tick.map(output::time),
+                    next_tick: s.next_tick.map(output::time),
                     missed: match s.spec.missed {
                         MissedTicks::RunOnce => "run once",
                         _ => "skip",

@@ -850,6 +850,8 @@ pub struct Schedule {
     pub last_tick: Option<String>,
     /// The task of that tick.
     pub last_task: Option<String>,
+    /// Its next tick (whether paused or not), RFC 3339.
+    pub next_tick: Option<String>,
 }
 
 impl From<&ScheduleView> for Schedule {
@@ -865,6 +867,7 @@ impl From<&ScheduleView> for Schedule {
             fired: v.fired,
             last_tick: v.last_tick.map(time),
             last_task: v.last_task().map(|id| id.to_string()),
+            next_tick: v.next_tick.map(time),
         }
     }
 }

@@ -547,7 +547,7 @@ async fn schedules(app: &AppState) -> Result<Markup, WebError> {
         table {
             thead { tr {
                 th { "schedule" } th { "cron" } th { "time zone" } th { "group" } th { "handler" }
-                th.num { "fired" } th { "last tick" } th { "" } th { "" }
+                th.num { "fired" } th { "last tick" } th { "next tick" } th { "" } th { "" }
             } }
             tbody {
                 @for s in &schedules {
@@ -557,6 +557,11 @@ async fn schedules(app: &AppState) -> Result<Markup, WebError> {
                         td { (s.spec.task.group) } td { (s.spec.task.handler) }
                         td.num { (s.fired) }
                         td { (s.last_tick.map(crate::json::time).unwrap_or_default()) }
+                        td.next-tick {
+                            @if s.paused { span.muted { "paused" } } @else {
+                                (s.next_tick.map(crate::json::time).unwrap_or_else(|| "none".to_owned()))
+                            }
+                        }
                         td {
                             @if s.paused {
                                 (action(&format!("/api/v1/schedules/{name}/resume"), "POST", "Resume", &format!("Resume {name}?")))
@@ -567,7 +572,7 @@ async fn schedules(app: &AppState) -> Result<Markup, WebError> {
                         td { (action(&format!("/api/v1/schedules/{name}"), "DELETE", "Delete", &format!("Delete {name}? It fires no more."))) }
                     }
                 }
-                @if schedules.is_empty() { tr { td colspan="9" .muted { "No schedule." } } }
+                @if schedules.is_empty() { tr { td colspan="10" .muted { "No schedule." } } }
             }
         }
     })
@@ -596,9 +601,63 @@ async fn broadcasts(app: &AppState) -> Result<Markup, WebError> {
                     }
                 }
             }
+            (propagation(&view.targets))
         }
         @if page.broadcasts.is_empty() { p.muted { "No broadcast yet." } }
     })
+}
+
+/// Who pulled from whom, as a tree from the origin: each target under the pod it pulled
+/// from (a target not started yet waits at the end).
+fn propagation(targets: &[crate::json::Target]) -> Markup {
+    use std::collections::{BTreeMap, HashSet};
+    let mut children: BTreeMap<Option<&str>, Vec<&crate::json::Target>> = BTreeMap::new();
+    for t in targets {
+        let from = t.source.as_deref().filter(|s| *s != "origin");
+        children.entry(from).or_default().push(t);
+    }
+    let known: HashSet<&str> = targets.iter().map(|t| t.pod.as_str()).collect();
+    // Pulled from a pod that is no target of this broadcast: shown from the origin too.
+    let orphans: Vec<&crate::json::Target> = children
+        .iter()
+        .filter(|(from, _)| from.is_some_and(|f| !known.contains(f)))
+        .flat_map(|(_, ts)| ts.iter().copied())
+        .collect();
+    fn branch(
+        parent: Option<&str>,
+        children: &BTreeMap<Option<&str>, Vec<&crate::json::Target>>,
+        depth: usize,
+    ) -> Markup {
+        let Some(targets) = children.get(&parent) else {
+            return html! {};
+        };
+        html! {
+            ul {
+                @for t in targets.iter().filter(|t| t.source.is_some()) {
+                    li {
+                        span class={ "state-" (t.state) } { (t.pod) }
+                        " " span.muted { (t.state) @if let Some(v) = &t.version { " · " (v) } }
+                        // Bounded: a tree deeper than its targets would be a loop.
+                        @if depth < 64 { (branch(Some(&t.pod), children, depth + 1)) }
+                    }
+                }
+            }
+        }
+    }
+    let waiting = targets.iter().filter(|t| t.source.is_none()).count();
+    html! {
+        details.propagation open {
+            summary { "Propagation" }
+            div.tree {
+                span.muted { "origin" }
+                (branch(None, &children, 0))
+                @if !orphans.is_empty() {
+                    ul { @for t in &orphans { li { (t.pod) " " span.muted { "from " (t.source.clone().unwrap_or_default()) } } } }
+                }
+                @if waiting > 0 { p.muted { (waiting) " not started yet" } }
+            }
+        }
+    }
 }
 
 async fn schedules_page(State(app): State<AppState>) -> Result<Html<String>, WebError> {

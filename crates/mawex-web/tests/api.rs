@@ -89,6 +89,15 @@ impl Fixture {
         (status, value)
     }
 
+    /// The HTML at `path` (a page or a fragment), answered 200.
+    async fn html(&self, path: &str) -> String {
+        let request = Request::builder().uri(path).body(Body::empty()).unwrap();
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
     async fn get(&self, path: &str) -> (StatusCode, Value) {
         self.call(Method::GET, path, Body::empty()).await
     }
@@ -822,6 +831,38 @@ async fn schedules_and_broadcasts_are_created_read_and_steered() {
     );
     let last = fired["last_task"].as_str().unwrap();
     assert_eq!(f.until_state(last, "succeeded").await["output"], "tick");
+    // Its next tick: a second after one it handled, so after its last.
+    let (last_tick, next_tick) = (
+        fired["last_tick"].as_str().unwrap(),
+        fired["next_tick"].as_str().unwrap(),
+    );
+    assert!(next_tick > last_tick, "{fired}");
+    assert!(next_tick.ends_with(".000Z"), "a whole second: {next_tick}");
+    let nightly = json!({
+        "name": "nightly", "cron": "30 2 * * *", "time_zone": "Europe/Berlin",
+        "task": {"group": "web", "handler": "echo"}
+    });
+    assert_eq!(
+        f.post("/api/v1/schedules", nightly).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let (_, list) = f.get("/api/v1/schedules").await;
+    let nightly = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "nightly")
+        .unwrap();
+    // 02:30 in Berlin is 00:30 or 01:30 UTC, by the season.
+    let next = nightly["next_tick"].as_str().unwrap();
+    assert!(
+        next.ends_with("T00:30:00.000Z") || next.ends_with("T01:30:00.000Z"),
+        "{nightly}"
+    );
+    let (status, _) = f
+        .call(Method::DELETE, "/api/v1/schedules/nightly", Body::empty())
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = f.post("/api/v1/schedules/tick/pause", json!({})).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(f.get("/api/v1/schedules").await.1[0]["paused"], true);
@@ -884,6 +925,12 @@ async fn schedules_and_broadcasts_are_created_read_and_steered() {
     };
     assert_eq!(done["targets"][0]["state"], "done", "{done}");
     assert_eq!(done["targets"][0]["source"], "origin");
+    // The page draws who pulled from whom: the pod, under the origin.
+    let html = f.html("/fragments/broadcasts").await;
+    let tree = &html[html.find("<details class=\"propagation\"").expect(&html)..];
+    let origin = tree.find(">origin<").expect(tree);
+    let pod = tree.find(">pod-1<").expect(tree);
+    assert!(origin < pod, "{tree}");
     let (_, page) = f.get("/api/v1/broadcasts?app=site").await;
     assert_eq!(page["broadcasts"].as_array().unwrap().len(), 1);
     refused(

@@ -205,6 +205,7 @@ impl From<ScheduleView> for proto::ScheduleView {
             paused: v.paused,
             last_tick_ms: v.last_tick.map(|t| t.0),
             fired: v.fired,
+            next_tick_ms: v.next_tick.map(|t| t.0),
         }
     }
 }
@@ -219,7 +220,8 @@ impl TryFrom<proto::ScheduleView> for ScheduleView {
             v.paused,
             v.last_tick_ms.map(Timestamp),
             v.fired,
-        ))
+        )
+        .with_next_tick(v.next_tick_ms.map(Timestamp)))
     }
 }
 

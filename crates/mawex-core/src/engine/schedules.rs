@@ -65,11 +65,20 @@ impl Engine {
         }
     }
 
-    /// Every schedule as clients see it.
+    /// Every schedule as clients see it, with its next tick.
     pub(crate) fn schedule_views(&self) -> Vec<ScheduleView> {
         self.state
             .schedules()
-            .map(|s| ScheduleView::new(s.spec.clone().into(), s.paused, s.last_tick, s.fired))
+            .map(|s| {
+                let next = match self.compiled.get(&s.spec.name) {
+                    Some(compiled) => compiled.next_after(s.handled_through),
+                    None => Compiled::new(&s.spec.cron, &s.spec.time_zone)
+                        .ok()
+                        .and_then(|compiled| compiled.next_after(s.handled_through)),
+                };
+                ScheduleView::new(s.spec.clone().into(), s.paused, s.last_tick, s.fired)
+                    .with_next_tick(next)
+            })
             .collect()
     }
 
