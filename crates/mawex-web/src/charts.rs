@@ -81,6 +81,37 @@ pub(crate) fn chart(title: &str, unit: &str, lines: &[Line<'_>], from: &str, to:
     }
 }
 
+/// A small line of `points` (no axis), its highest point at the top, for a table cell.
+pub(crate) fn sparkline(points: &[f64], class: &str, title: &str) -> Markup {
+    const W: f64 = 120.0;
+    const H: f64 = 22.0;
+    let top = points
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(0.0_f64, f64::max);
+    let step = if points.len() > 1 {
+        W / (points.len() - 1) as f64
+    } else {
+        0.0
+    };
+    let mut line = String::new();
+    for (i, value) in points.iter().enumerate() {
+        let y = if top > 0.0 {
+            H - 1.0 - (value.max(0.0) / top) * (H - 2.0)
+        } else {
+            H - 1.0
+        };
+        let _ = write!(line, "{:.1},{:.1} ", step * i as f64, y);
+    }
+    let svg = format!(
+        r#"<svg class="spark" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" aria-label="{title}"><title>{title}</title><polyline class="line {class}" points="{line}"/></svg>"#,
+        title = escape(title),
+        class = escape(class),
+    );
+    PreEscaped(svg)
+}
+
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {

@@ -25,6 +25,7 @@ mod json;
 mod login;
 mod metrics;
 mod pages;
+mod pod_usage;
 mod sessions;
 mod task_pages;
 
@@ -116,6 +117,8 @@ pub(crate) struct AppState {
     pub(crate) sessions: Arc<sessions::Sessions>,
     /// Event streams open now.
     pub(crate) streams: Arc<std::sync::atomic::AtomicUsize>,
+    /// The pods' CPU and memory over the last hour.
+    pub(crate) pod_usage: Arc<pod_usage::PodUsage>,
 }
 
 /// The API (`/api/v1/…`), its OpenAPI document (`/api/openapi.json`) and `/metrics`, over
@@ -128,6 +131,7 @@ pub fn router(proxy: Arc<dyn MasterProxy>, config: WebConfig) -> axum::Router {
         auth: config.auth.clone(),
         sessions: Arc::default(),
         streams: Arc::default(),
+        pod_usage: Arc::default(),
     };
     api::router(state, &config)
 }

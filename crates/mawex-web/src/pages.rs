@@ -369,11 +369,26 @@ async fn groups(app: &AppState) -> Result<Markup, WebError> {
 
 async fn pods(app: &AppState) -> Result<Markup, WebError> {
     let pods = app.proxy.list_pods().await?;
+    crate::pod_usage::PodUsage::start(&app.pod_usage, &app.proxy);
+    let usage = |pod: &mawex_api::PodView| {
+        let samples = app.pod_usage.of(pod.id.as_str());
+        let cpu: Vec<f64> = samples
+            .iter()
+            .map(|s| f64::from(s.cpu_permille) / 10.0)
+            .collect();
+        let memory: Vec<f64> = samples.iter().map(|s| s.memory_bytes as f64).collect();
+        let peak_cpu = cpu.iter().copied().fold(0.0_f64, f64::max);
+        let peak_memory = memory.iter().copied().fold(0.0_f64, f64::max) / 1_048_576.0;
+        html! {
+            (crate::charts::sparkline(&cpu, "cpu", &format!("CPU, last hour: peak {peak_cpu:.1} %")))
+            (crate::charts::sparkline(&memory, "memory", &format!("memory, last hour: peak {peak_memory:.0} MiB")))
+        }
+    };
     Ok(html! {
         table {
             thead { tr {
                 th { "pod" } th { "groups" } th.num { "running / slots" } th.num { "held" }
-                th.num { "CPU" } th.num { "memory" } th { "last heard" } th { "" }
+                th.num { "CPU" } th.num { "memory" } th { "CPU · memory, last hour" } th { "last heard" } th { "" }
             } }
             tbody {
                 @for p in &pods {
@@ -382,6 +397,7 @@ async fn pods(app: &AppState) -> Result<Markup, WebError> {
                         td.num { (p.running) " / " (p.slots) } td.num { (p.held) }
                         td.num { (format!("{:.1} %", f64::from(p.cpu_permille) / 10.0)) }
                         td.num { (format!("{:.0} MiB", p.memory_bytes as f64 / 1_048_576.0)) }
+                        td.usage { (usage(p)) }
                         td { (crate::json::time(p.last_heartbeat)) }
                         td {
                             @if p.draining { "draining" } @else {
@@ -392,7 +408,7 @@ async fn pods(app: &AppState) -> Result<Markup, WebError> {
                         }
                     }
                 }
-                @if pods.is_empty() { tr { td colspan="8" .muted { "No pod is connected." } } }
+                @if pods.is_empty() { tr { td colspan="9" .muted { "No pod is connected." } } }
             }
         }
     })

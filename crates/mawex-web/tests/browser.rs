@@ -519,6 +519,23 @@ async fn the_dashboard_stays_live_in_a_browser_and_a_viewer_changes_nothing() {
     assert_eq!(wait_text(&driver, "[data-result]", "Done").await, "Done.");
     let (_, pods) = http(&web, "GET", "/api/v1/pods", "", "admin-secret");
     assert!(pods.contains(r#""draining":true"#), "{pods}");
+    // Its CPU and memory over time, sampled once the page was shown: a live update brings
+    // the first sample.
+    let started = Instant::now();
+    loop {
+        let points = match driver.find(By::Css("svg.spark polyline.memory")).await {
+            Ok(line) => line.attr("points").await.unwrap().unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if !points.trim().is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < common::DEADLINE,
+            "no memory sample drawn"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Every page, as a screenshot.
     let dir = screenshots();
