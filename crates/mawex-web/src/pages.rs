@@ -433,6 +433,8 @@ async fn task(app: &AppState, id: &str) -> Result<Markup, WebError> {
             tr { th { "finished" } td { (t.finished_at.clone().unwrap_or_default()) } }
             @if let Some(eta) = t.eta_ms { tr { th { "starts in" } td { (format!("{:.1} s", eta as f64 / 1000.0)) } } }
         }
+        h2 { "Timeline" }
+        (timeline(&view))
         h2 { "Payload" } pre { (body(&t.payload)) }
         @if let Some(output) = &t.output { h2 { "Output" } pre { (body(output)) } }
         @if let Some(e) = &t.error { h2 { "Error" } pre.bad { (e.kind) ": " (e.message) } }
@@ -441,6 +443,57 @@ async fn task(app: &AppState, id: &str) -> Result<Markup, WebError> {
             table { @for f in &t.failures { tr { td.num { (f.attempt) } td { (f.at) } td.bad { (f.error.kind) ": " (f.error.message) } } } }
         }
     })
+}
+
+/// What happened to a task, in order, each step with its time since it was accepted: its
+/// failed attempts, the start of its current one, and its end.
+fn timeline(view: &mawex_api::TaskView) -> Markup {
+    let mut steps: Vec<(mawex_api::Timestamp, String, &'static str)> =
+        vec![(view.submitted_at, "accepted".to_owned(), "")];
+    if let Some(at) = view.not_before.filter(|at| *at > view.submitted_at) {
+        steps.push((
+            at,
+            "ready (delay or retry backoff over)".to_owned(),
+            "muted",
+        ));
+    }
+    for failure in &view.failures {
+        let text = format!(
+            "attempt {} failed: {}: {}",
+            failure.attempt.0,
+            failure.error.kind.name(),
+            failure.error.message
+        );
+        steps.push((failure.at, text, "bad"));
+    }
+    if let Some(started) = view.started_at {
+        let on = view
+            .pod
+            .as_ref()
+            .map(|p| format!(" on {p}"))
+            .unwrap_or_default();
+        steps.push((
+            started,
+            format!("attempt {} started{on}", view.attempt.0),
+            "",
+        ));
+    }
+    if let Some(result) = &view.result {
+        steps.push((result.finished_at, view.state.name().to_owned(), "done"));
+    }
+    steps.sort_by_key(|(at, _, _)| *at);
+    let since = |at: mawex_api::Timestamp| {
+        let d = at.saturating_since(view.submitted_at);
+        format!("+{:.3} s", d.as_secs_f64())
+    };
+    html! {
+        ol.timeline {
+            @for (at, text, class) in &steps {
+                li class=(class) { span.when title=(crate::json::time(*at)) { (since(*at)) } " " (text) }
+            }
+            @if !view.state.is_terminal() { li.muted { "… " (view.state.name()) } }
+        }
+    }
 }
 
 async fn overview_page(State(app): State<AppState>) -> Result<Html<String>, WebError> {

@@ -474,7 +474,18 @@ async fn the_failed_queue_groups_and_pods_are_read_and_steered() {
         .post(&format!("/api/v1/tasks/{}/retry", ids[0]), json!({}))
         .await;
     assert_eq!(retried["count"], 1);
-    f.until_state(&ids[0], "failed").await;
+    let again = f.until_state(&ids[0], "failed").await;
+    // Its page tells the story in order: both failed attempts, then its end.
+    assert_eq!(again["attempt"], 2, "{again}");
+    let page = f.html(&format!("/fragments/task/{}", ids[0])).await;
+    let first = page
+        .find("attempt 1 failed: handler: it broke")
+        .expect(&page);
+    let second = page
+        .find("attempt 2 failed: handler: it broke")
+        .expect(&page);
+    assert!(first < second, "{page}");
+    assert!(page.contains("<ol class=\"timeline\">"), "{page}");
     refused(
         f.post(
             &format!("/api/v1/tasks/{}/retry", ids[0].replace('0', "1")),
