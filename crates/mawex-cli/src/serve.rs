@@ -169,14 +169,38 @@ impl Running {
     /// of a cluster runs a master only while it leads: its metrics are not recorded).
     async fn web_parts(
         &self,
+        config: &Config,
     ) -> (
         Arc<dyn mawex::MasterProxy>,
         Option<Arc<mawex::MasterMetrics>>,
+        crate::web::Status,
     ) {
+        let data_dir = config.master.data_dir.clone();
         match self {
-            Running::Plain(master) => (Arc::new(master.proxy()), master.metrics().await.ok()),
-            Running::Single(node) => (Arc::new(node.proxy()), node.master().metrics().await.ok()),
-            Running::Node(node) => (Arc::new(node.client()), None),
+            Running::Plain(master) => (
+                Arc::new(master.proxy()),
+                master.metrics().await.ok(),
+                crate::web::Status::Local {
+                    kind: "one master, sled journal",
+                    data_dir,
+                },
+            ),
+            Running::Single(node) => (
+                Arc::new(node.proxy()),
+                node.master().metrics().await.ok(),
+                crate::web::Status::Local {
+                    kind: "a cluster of one, Raft log",
+                    data_dir,
+                },
+            ),
+            Running::Node(node) => (
+                Arc::new(node.client()),
+                None,
+                crate::web::Status::Node {
+                    admin: node.admin(),
+                    data_dir,
+                },
+            ),
         }
     }
 
@@ -301,8 +325,8 @@ async fn serve_until_stopped(
     println!("mawex master listening on {scheme}://{address}");
     let _web = match config.web.listen {
         Some(listen) => {
-            let (proxy, metrics) = running.web_parts().await;
-            Some(crate::web::start(config, listen, proxy, metrics).await?)
+            let (proxy, metrics, status) = running.web_parts(config).await;
+            Some(crate::web::start(config, listen, proxy, metrics, status).await?)
         }
         None => None,
     };

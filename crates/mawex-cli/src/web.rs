@@ -45,6 +45,7 @@ pub(crate) async fn start(
     listen: SocketAddr,
     proxy: Arc<dyn MasterProxy>,
     metrics: Option<Arc<MasterMetrics>>,
+    status: Status,
 ) -> Result<(Serving, SocketAddr), CliError> {
     check_exposure(config, listen)?;
     let listener = TcpListener::bind(listen)
@@ -58,6 +59,11 @@ pub(crate) async fn start(
     if let Some(metrics) = metrics {
         settings = settings.with_metrics(move |registry| metrics.register(registry));
     }
+    let status = Arc::new(status);
+    settings = settings.with_status(move || {
+        let status = status.clone();
+        async move { status.facts().await }
+    });
     if let Some(path) = &config.master.tokens {
         let tokens = mawex::auth::Tokens::from_file(path)
             .map_err(|e| CliError::Config(format!("master.tokens: {e}")))?;
@@ -85,7 +91,11 @@ pub(crate) async fn web(config: &Config) -> Result<(), CliError> {
         .unwrap_or_else(|| SocketAddr::from(DEFAULT_LISTEN));
     let proxy: Arc<dyn MasterProxy> = Arc::new(crate::tasks::connect(config)?);
     let stop = crate::serve::StopSignals::new()?;
-    let _serving = start(config, listen, proxy, None).await?;
+    let status = Status::Remote {
+        masters: config.client.masters.clone(),
+        channel: crate::tasks::channel(config)?,
+    };
+    let _serving = start(config, listen, proxy, None, status).await?;
     stop.wait().await;
     Ok(())
 }
@@ -111,4 +121,121 @@ fn web_user(store: &mawex::auth::TokenStore, secret: &str) -> Option<mawex_web::
         id: token.id().to_owned(),
         role,
     })
+}
+
+/// Where the overview's facts about the masters come from.
+pub(crate) enum Status {
+    /// A master in this process, alone or a cluster of one, keeping its journal in
+    /// `data_dir`.
+    Local {
+        kind: &'static str,
+        data_dir: std::path::PathBuf,
+    },
+    /// A node of a cluster in this process.
+    Node {
+        admin: mawex::cluster::ClusterAdmin,
+        data_dir: std::path::PathBuf,
+    },
+    /// Masters reached over the network (`mawex web`).
+    Remote {
+        masters: Vec<String>,
+        channel: mawex::ChannelConfig,
+    },
+}
+
+impl Status {
+    /// The facts, as label and value.
+    async fn facts(&self) -> Vec<(String, String)> {
+        match self {
+            Status::Local { kind, data_dir } => vec![
+                ("masters".to_owned(), (*kind).to_owned()),
+                ("journal on disk".to_owned(), disk_use(data_dir).await),
+            ],
+            Status::Node { admin, data_dir } => {
+                let mut facts = members(&admin.members());
+                facts.push(("journal on disk".to_owned(), disk_use(data_dir).await));
+                facts
+            }
+            Status::Remote { masters, channel } => {
+                for endpoint in masters {
+                    let admin = match mawex::cluster::RemoteClusterAdmin::new(endpoint, channel) {
+                        Ok(admin) => admin,
+                        Err(_) => continue,
+                    };
+                    match admin.members().await {
+                        Ok(found) => return members(&found),
+                        // A master that is no node of a cluster: one alone.
+                        Err(mawex::ApiError::Unimplemented(_)) => {
+                            return vec![("masters".to_owned(), format!("one, at {endpoint}"))];
+                        }
+                        Err(_) => continue,
+                    }
+                }
+                vec![(
+                    "masters".to_owned(),
+                    format!("none of {} answers", masters.join(", ")),
+                )]
+            }
+        }
+    }
+}
+
+/// The leader and the members of a cluster, as facts.
+fn members(members: &mawex::cluster::Members) -> Vec<(String, String)> {
+    let node = |id: &u64, address: &String| {
+        if address.is_empty() {
+            format!("node {id}")
+        } else {
+            format!("node {id} ({address})")
+        }
+    };
+    let list = |nodes: &std::collections::BTreeMap<u64, String>| {
+        nodes
+            .iter()
+            .map(|(id, address)| node(id, address))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let leader = match members.leader {
+        Some(id) => match members.voters.get(&id) {
+            Some(address) => node(&id, address),
+            None => format!("node {id}"),
+        },
+        None => "none (an election?)".to_owned(),
+    };
+    let mut facts = vec![
+        ("leader".to_owned(), leader),
+        ("voters".to_owned(), list(&members.voters)),
+    ];
+    if !members.learners.is_empty() {
+        facts.push(("learners".to_owned(), list(&members.learners)));
+    }
+    facts
+}
+
+/// The bytes under `dir`, for people (`12.3 MiB`).
+async fn disk_use(dir: &std::path::Path) -> String {
+    let dir = dir.to_owned();
+    let bytes = tokio::task::spawn_blocking(move || bytes_under(&dir))
+        .await
+        .unwrap_or(0);
+    bytesize::ByteSize(bytes).display().iec().to_string()
+}
+
+/// The size of every file under `path`, what cannot be read counted as nothing.
+fn bytes_under(path: &std::path::Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| bytes_under(&e.path()))
+                .fold(0u64, u64::saturating_add)
+        })
+        .unwrap_or(0)
 }

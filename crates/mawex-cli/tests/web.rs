@@ -104,6 +104,22 @@ fn the_rest_api_and_metrics_are_served_beside_a_master_and_on_their_own() {
         "{metrics}"
     );
     assert!(metrics.contains("mawex_pods 1"), "{metrics}");
+    // The overview says what the masters are and how much their journal takes on disk.
+    let (status, overview) = http(&web, "GET", "/fragments/overview", "");
+    assert_eq!(status, 200);
+    assert!(
+        overview.contains(r#"<dd data-status="masters">a cluster of one, Raft log</dd>"#),
+        "{overview}"
+    );
+    let journal = overview
+        .split(r#"<dd data-status="journal on disk">"#)
+        .nth(1)
+        .and_then(|rest| rest.split("</dd>").next())
+        .unwrap_or_else(|| panic!("no journal size: {overview}"));
+    assert!(
+        journal.ends_with('B') && !journal.starts_with("0 "),
+        "{journal}"
+    );
 
     // `mawex web` over that master, from another process, checking its callers' tokens.
     let tokens = dir.path().join("tokens.toml");
@@ -158,6 +174,22 @@ fn the_rest_api_and_metrics_are_served_beside_a_master_and_on_their_own() {
     assert_eq!(status, 200, "{groups}");
     assert_eq!(json(&groups)[0]["group"], "sh");
     assert!(json(&groups)[0]["succeeded"].as_u64().unwrap() >= 1);
+    // Over the network, the overview asks the masters who they are.
+    let (status, overview) = http_with(
+        &other,
+        "GET",
+        "/fragments/overview",
+        "",
+        Some("viewer-secret"),
+    );
+    assert_eq!(status, 200, "{overview}");
+    assert!(
+        overview.contains(r#"<dd data-status="leader">node 1"#)
+            || overview.contains(&format!(
+                r#"<dd data-status="masters">one, at {endpoint}</dd>"#
+            )),
+        "{overview}"
+    );
 
     // No login yet: beyond loopback it is refused.
     let mut command = mawex();

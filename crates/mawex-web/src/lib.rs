@@ -58,7 +58,15 @@ pub struct WebConfig {
     /// document needs a token whose role allows it (see [`WebRole`]). `None`: no checks,
     /// for a server only trusted callers reach (loopback).
     pub auth: Option<Authenticator>,
+    /// What the overview says of the masters (which leads, the members, the journal's size
+    /// on disk…), from the application that serves the dashboard: the proxy does not know.
+    pub status: Option<StatusSource>,
 }
+
+/// Facts about the masters, as label and value, each time the overview is drawn (see
+/// [`WebConfig::status`]).
+pub type StatusSource =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Vec<(String, String)>> + Send + Sync>;
 
 /// Registers metrics in a registry (see [`WebConfig::metrics`]).
 pub type RegisterMetrics = Arc<dyn Fn(&mut prometheus_client::registry::Registry) + Send + Sync>;
@@ -69,6 +77,7 @@ impl std::fmt::Debug for WebConfig {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("metrics", &self.metrics.is_some())
             .field("auth", &self.auth.is_some())
+            .field("status", &self.status.is_some())
             .finish()
     }
 }
@@ -79,11 +88,23 @@ impl Default for WebConfig {
             max_body_bytes: 8 * 1024 * 1024,
             metrics: None,
             auth: None,
+            status: None,
         }
     }
 }
 
 impl WebConfig {
+    /// The same settings, with facts about the masters (`status`, asked each time the
+    /// overview is drawn, given a second to answer) on the overview.
+    pub fn with_status<F, Fut>(mut self, status: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Vec<(String, String)>> + Send + 'static,
+    {
+        self.status = Some(Arc::new(move || Box::pin(status())));
+        self
+    }
+
     /// The same settings, with the master's metrics registered at each scrape.
     pub fn with_metrics(
         mut self,
@@ -119,6 +140,8 @@ pub(crate) struct AppState {
     pub(crate) streams: Arc<std::sync::atomic::AtomicUsize>,
     /// The pods' CPU and memory over the last hour.
     pub(crate) pod_usage: Arc<pod_usage::PodUsage>,
+    /// `WebConfig::status`.
+    pub(crate) status: Option<StatusSource>,
 }
 
 /// The API (`/api/v1/…`), its OpenAPI document (`/api/openapi.json`) and `/metrics`, over
@@ -132,6 +155,7 @@ pub fn router(proxy: Arc<dyn MasterProxy>, config: WebConfig) -> axum::Router {
         sessions: Arc::default(),
         streams: Arc::default(),
         pod_usage: Arc::default(),
+        status: config.status.clone(),
     };
     api::router(state, &config)
 }

@@ -241,7 +241,20 @@ async fn overview(app: &AppState) -> Result<Markup, WebError> {
     let pods = app.proxy.list_pods().await?;
     let day = app.proxy.history(mawex_api::HISTORY_MINUTES).await?;
     let sum = |f: fn(&mawex_api::GroupView) -> u64| groups.iter().map(f).sum::<u64>();
+    let status = match &app.status {
+        Some(status) => tokio::time::timeout(Duration::from_secs(1), status())
+            .await
+            .unwrap_or_else(|_| {
+                vec![("masters".to_owned(), "did not answer within 1 s".to_owned())]
+            }),
+        None => Vec::new(),
+    };
     Ok(html! {
+        @if !status.is_empty() {
+            dl.status {
+                @for (label, value) in &status { div { dt { (label) } dd data-status=(label) { (value) } } }
+            }
+        }
         div.cards {
             (card(sum(|g| g.pending), "pending"))
             (card(sum(|g| g.running), "running"))
