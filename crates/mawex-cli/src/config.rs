@@ -43,6 +43,10 @@ pub struct WebSection {
     pub listen: Option<SocketAddr>,
     /// The largest request body (`"8MiB"`).
     pub max_body: bytesize::ByteSize,
+    /// The dashboard's certificate chain (PEM): with `tls_key`, it serves HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for WebSection {
@@ -50,6 +54,8 @@ impl Default for WebSection {
         WebSection {
             listen: None,
             max_body: bytesize::ByteSize::mib(8),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -562,6 +568,12 @@ impl Config {
                 "master.tls_cert and master.tls_key go together".into(),
             );
         }
+        if self.web.tls_cert.is_some() != self.web.tls_key.is_some() {
+            return bad(
+                "web.tls_cert",
+                "web.tls_cert and web.tls_key go together".into(),
+            );
+        }
         self.peers()?;
         if let Some(id) = &self.worker.id {
             if let Err(e) = mawex::PodId::new(id) {
@@ -830,6 +842,8 @@ mod tests {
         config.worker.max_memory = Some(bytesize::ByteSize::mib(1));
         config.client.masters = vec!["http://host:7070".into()];
         config.web.listen = Some(SocketAddr::from(([127, 0, 0, 1], 7080)));
+        config.web.tls_cert = Some("web.pem".into());
+        config.web.tls_key = Some("web.key".into());
         config.discovery.key = Some("k".repeat(16));
         config.discovery.interface = Some(Ipv4Addr::LOCALHOST);
         config.discovery.advertise = Some("http://host:7070".into());

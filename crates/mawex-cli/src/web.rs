@@ -15,18 +15,47 @@ use crate::CliError;
 /// Where `mawex web` serves when `web.listen` names nothing.
 pub(crate) const DEFAULT_LISTEN: ([u8; 4], u16) = ([127, 0, 0, 1], 7080);
 
-/// The dashboard serves no TLS yet (its tokens would cross the network in the clear), and
-/// without `master.tokens` anyone who reaches it may do anything an admin may. Beyond
-/// loopback it takes `master.insecure = true`, as a master without TLS and tokens does.
+/// Beyond loopback, the dashboard takes TLS (`web.tls_cert`, or its tokens and session
+/// cookies would cross the network in the clear) and tokens (`master.tokens`, or anyone who
+/// reaches it may do anything an admin may); or `master.insecure = true`, as a master
+/// without TLS and tokens does.
 pub(crate) fn check_exposure(config: &Config, listen: SocketAddr) -> Result<(), CliError> {
     if listen.ip().is_loopback() || config.master.insecure {
         return Ok(());
     }
+    let missing = match (
+        config.web.tls_cert.is_some(),
+        config.master.tokens.is_some(),
+    ) {
+        (true, true) => return Ok(()),
+        (false, true) => "web.tls_cert and web.tls_key (HTTPS)",
+        (true, false) => "master.tokens (a login)",
+        (false, false) => "web.tls_cert and web.tls_key (HTTPS) and master.tokens (a login)",
+    };
     Err(CliError::Config(format!(
-        "web.listen: {listen} is reachable beyond this machine and the dashboard serves no \
-         TLS yet: keep it on loopback (put a TLS proxy in front), or set \
-         master.insecure = true"
+        "web.listen: {listen} is reachable beyond this machine: that takes {missing}; or keep \
+         it on loopback, or set master.insecure = true"
     )))
+}
+
+/// The TLS settings of `web.tls_cert` and `web.tls_key`, if set.
+async fn tls(config: &Config) -> Result<Option<axum_server::tls_rustls::RustlsConfig>, CliError> {
+    let (Some(cert), Some(key)) = (&config.web.tls_cert, &config.web.tls_key) else {
+        return Ok(None);
+    };
+    // The process's TLS provider: ring, as the gRPC side uses (set once; a second call
+    // finds it set, which is as good).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+        .await
+        .map(Some)
+        .map_err(|e| {
+            CliError::Config(format!(
+                "web.tls_cert: {} with {}: {e}",
+                cert.display(),
+                key.display()
+            ))
+        })
 }
 
 /// A task aborted when this is dropped: the web server of a master stops with it.
@@ -48,6 +77,7 @@ pub(crate) async fn start(
     status: Status,
 ) -> Result<(Serving, SocketAddr), CliError> {
     check_exposure(config, listen)?;
+    let tls = tls(config).await?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(CliError::io(format!("binding web.listen {listen}")))?;
@@ -71,12 +101,28 @@ pub(crate) async fn start(
         settings = settings.with_auth(move |secret| web_user(&store, secret));
     }
     let app = mawex_web::router(proxy, settings);
-    println!("mawex web listening on http://{address}");
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the web server stopped");
+    let task = match tls {
+        None => {
+            println!("mawex web listening on http://{address}");
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "the web server stopped");
+                }
+            })
         }
-    });
+        Some(tls) => {
+            println!("mawex web listening on https://{address}");
+            let listener = listener
+                .into_std()
+                .map_err(CliError::io("handing the web listener to TLS"))?;
+            let server = axum_server::from_tcp_rustls(listener, tls);
+            tokio::spawn(async move {
+                if let Err(e) = server.serve(app.into_make_service()).await {
+                    tracing::error!(error = %e, "the web server stopped");
+                }
+            })
+        }
+    };
     Ok((Serving(task), address))
 }
 
@@ -238,4 +284,34 @@ fn bytes_under(path: &std::path::Path) -> u64 {
                 .fold(0u64, u64::saturating_add)
         })
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn beyond_loopback_the_dashboard_takes_https_and_tokens_or_insecure() {
+        let anywhere: SocketAddr = ([0, 0, 0, 0], 7080).into();
+        let mut config = Config::default();
+        assert!(check_exposure(&config, ([127, 0, 0, 1], 7080).into()).is_ok());
+        let refused = check_exposure(&config, anywhere).map_err(|e| e.to_string());
+        assert!(
+            matches!(&refused, Err(m) if m.contains("web.tls_cert") && m.contains("master.tokens")),
+            "{refused:?}"
+        );
+        config.web.tls_cert = Some("cert.pem".into());
+        config.web.tls_key = Some("key.pem".into());
+        let refused = check_exposure(&config, anywhere).map_err(|e| e.to_string());
+        assert!(
+            matches!(&refused, Err(m) if m.contains("master.tokens") && !m.contains("tls_cert")),
+            "{refused:?}"
+        );
+        config.master.tokens = Some("tokens.toml".into());
+        assert!(check_exposure(&config, anywhere).is_ok());
+        config.web.tls_cert = None;
+        config.web.tls_key = None;
+        config.master.insecure = true;
+        assert!(check_exposure(&config, anywhere).is_ok());
+    }
 }

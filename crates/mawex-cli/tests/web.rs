@@ -201,3 +201,71 @@ fn the_rest_api_and_metrics_are_served_beside_a_master_and_on_their_own() {
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("web.listen"));
 }
+
+#[test]
+fn with_a_certificate_the_dashboard_serves_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path) = (dir.path().join("web.pem"), dir.path().join("web.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let config = dir.path().join("mawex.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[master]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n\
+             [web]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            dir.path().join("data").display(),
+            cert_path.display(),
+            key_path.display(),
+        ),
+    )
+    .unwrap();
+    let mut command = mawex();
+    command.arg("--config").arg(&config).arg("master");
+    let (_master, lines) = start(command);
+    let web = line_with(&lines, "mawex web listening on https://")
+        .trim_start_matches("mawex web listening on https://")
+        .to_owned();
+
+    // A TLS client that trusts that certificate alone.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(client), name).unwrap();
+    let socket = TcpStream::connect(&web).unwrap();
+    socket.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut stream = rustls::StreamOwned::new(connection, socket);
+    write!(
+        stream,
+        "GET /api/openapi.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    // The server may close without a TLS close_notify: what was read before counts.
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"openapi\""), "{answer}");
+
+    // Plain HTTP on that port is no dashboard.
+    let (plain, _) = {
+        let mut stream = TcpStream::connect(&web).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        write!(stream, "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        (String::from_utf8_lossy(&answer).into_owned(), ())
+    };
+    assert!(!plain.contains("mawex"), "{plain}");
+}
