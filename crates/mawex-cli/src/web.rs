@@ -89,7 +89,7 @@ pub(crate) async fn start(
     if let Some(metrics) = metrics {
         settings = settings.with_metrics(move |registry| metrics.register(registry));
     }
-    let status = Arc::new(status);
+    let status = Arc::new(StatusCache::new(status));
     settings = settings.with_status(move || {
         let status = status.clone();
         async move { status.facts().await }
@@ -100,6 +100,7 @@ pub(crate) async fn start(
         let store = mawex::auth::TokenStore::new(tokens);
         settings = settings.with_auth(move |secret| web_user(&store, secret));
     }
+    settings.secure_cookies = tls.is_some();
     let app = mawex_web::router(proxy, settings);
     let task = match tls {
         None => {
@@ -169,6 +170,77 @@ fn web_user(store: &mawex::auth::TokenStore, secret: &str) -> Option<mawex_web::
     })
 }
 
+/// How long the overview's facts stand before they are asked again.
+const STATUS_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long one master has to say who leads.
+const MEMBERS_WITHIN: std::time::Duration = std::time::Duration::from_millis(800);
+
+/// Facts, and when they were asked.
+type Facts = (std::time::Instant, Vec<(String, String)>);
+
+/// The overview's facts, asked at most once per [`STATUS_FOR`] by one task at a time,
+/// whatever number of pages show them each second: a slow disk or a master that does not
+/// answer costs one walk or one call, never a pile of them.
+pub(crate) struct StatusCache {
+    status: Arc<Status>,
+    latest: Arc<std::sync::Mutex<Option<Facts>>>,
+    refreshing: Arc<std::sync::atomic::AtomicBool>,
+    filled: Arc<tokio::sync::Notify>,
+}
+
+impl StatusCache {
+    fn new(status: Status) -> Self {
+        StatusCache {
+            status: Arc::new(status),
+            latest: Arc::default(),
+            refreshing: Arc::default(),
+            filled: Arc::default(),
+        }
+    }
+
+    /// The latest facts: fresh ones, or the last known while new ones are asked for (the
+    /// first time, waiting for them up to a second).
+    async fn facts(&self) -> Vec<(String, String)> {
+        use std::sync::atomic::Ordering;
+        let lock = || {
+            self.latest
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let stale = match &*lock() {
+            Some((at, facts)) if at.elapsed() < STATUS_FOR => return facts.clone(),
+            Some((_, facts)) => Some(facts.clone()),
+            None => None,
+        };
+        let filled = self.filled.notified();
+        if !self.refreshing.swap(true, Ordering::AcqRel) {
+            let (status, latest, refreshing, notify) = (
+                self.status.clone(),
+                self.latest.clone(),
+                self.refreshing.clone(),
+                self.filled.clone(),
+            );
+            tokio::spawn(async move {
+                let facts = status.facts().await;
+                *latest
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some((std::time::Instant::now(), facts));
+                refreshing.store(false, Ordering::Release);
+                notify.notify_waiters();
+            });
+        }
+        if let Some(stale) = stale {
+            return stale;
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), filled).await;
+        lock()
+            .as_ref()
+            .map(|(_, facts)| facts.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// Where the overview's facts about the masters come from.
 pub(crate) enum Status {
     /// A master in this process, alone or a cluster of one, keeping its journal in
@@ -203,19 +275,29 @@ impl Status {
                 facts
             }
             Status::Remote { masters, channel } => {
-                for endpoint in masters {
-                    let admin = match mawex::cluster::RemoteClusterAdmin::new(endpoint, channel) {
-                        Ok(admin) => admin,
-                        Err(_) => continue,
-                    };
-                    match admin.members().await {
-                        Ok(found) => return members(&found),
-                        // A master that is no node of a cluster: one alone.
-                        Err(mawex::ApiError::Unimplemented(_)) => {
-                            return vec![("masters".to_owned(), format!("one, at {endpoint}"))];
-                        }
-                        Err(_) => continue,
-                    }
+                // Every master at once, each with its own deadline: one that does not
+                // answer does not hold up the others.
+                let asked = futures::future::join_all(masters.iter().map(|endpoint| async move {
+                    let admin = mawex::cluster::RemoteClusterAdmin::new(endpoint, channel)?;
+                    tokio::time::timeout(MEMBERS_WITHIN, admin.members())
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(mawex::ApiError::Unavailable(format!(
+                                "{endpoint} did not answer within {MEMBERS_WITHIN:?}"
+                            )))
+                        })
+                }))
+                .await;
+                if let Some(found) = asked.iter().find_map(|a| a.as_ref().ok()) {
+                    return members(found);
+                }
+                // A master that is no node of a cluster: one alone.
+                let alone = masters
+                    .iter()
+                    .zip(&asked)
+                    .find(|(_, answer)| matches!(answer, Err(mawex::ApiError::Unimplemented(_))));
+                if let Some((endpoint, _)) = alone {
+                    return vec![("masters".to_owned(), format!("one, at {endpoint}"))];
                 }
                 vec![(
                     "masters".to_owned(),

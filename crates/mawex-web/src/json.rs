@@ -667,11 +667,20 @@ impl GroupSettingsPatch {
         }
         let rate = match (self.rate_per_second, self.rate_burst) {
             (None, None) => rate,
-            (Some(None), _) => None,
-            (Some(Some(per_second)), burst) => Some(RateLimit::new(
+            (Some(None), None) => None,
+            (Some(None), Some(_)) => {
+                return Err(WebError::BadRequest(
+                    "rate_burst: not with rate_per_second null (no rate limit)".into(),
+                ))
+            }
+            // The burst kept unless named: a new rate with the burst it had (or its own).
+            (Some(Some(per_second)), None) => Some(RateLimit::new(
                 per_second,
-                burst.flatten().unwrap_or(per_second),
+                rate.map_or(per_second, |r| r.burst),
             )),
+            (Some(Some(per_second)), Some(burst)) => {
+                Some(RateLimit::new(per_second, burst.unwrap_or(per_second)))
+            }
             (None, Some(burst)) => match rate {
                 Some(rate) => Some(RateLimit::new(
                     rate.per_second,

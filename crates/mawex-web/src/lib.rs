@@ -61,6 +61,9 @@ pub struct WebConfig {
     /// What the overview says of the masters (which leads, the members, the journal's size
     /// on disk…), from the application that serves the dashboard: the proxy does not know.
     pub status: Option<StatusSource>,
+    /// Marks the session cookie `Secure` (sent over HTTPS only): set it when the dashboard
+    /// is served over HTTPS.
+    pub secure_cookies: bool,
 }
 
 /// Facts about the masters, as label and value, each time the overview is drawn (see
@@ -78,6 +81,7 @@ impl std::fmt::Debug for WebConfig {
             .field("metrics", &self.metrics.is_some())
             .field("auth", &self.auth.is_some())
             .field("status", &self.status.is_some())
+            .field("secure_cookies", &self.secure_cookies)
             .finish()
     }
 }
@@ -89,6 +93,7 @@ impl Default for WebConfig {
             metrics: None,
             auth: None,
             status: None,
+            secure_cookies: false,
         }
     }
 }
@@ -142,6 +147,10 @@ pub(crate) struct AppState {
     pub(crate) pod_usage: Arc<pod_usage::PodUsage>,
     /// `WebConfig::status`.
     pub(crate) status: Option<StatusSource>,
+    /// `WebConfig::secure_cookies`.
+    pub(crate) secure_cookies: bool,
+    /// Failed logins lately, to slow down guessing.
+    pub(crate) failed_logins: Arc<login::FailedLogins>,
 }
 
 /// The API (`/api/v1/…`), its OpenAPI document (`/api/openapi.json`) and `/metrics`, over
@@ -156,6 +165,8 @@ pub fn router(proxy: Arc<dyn MasterProxy>, config: WebConfig) -> axum::Router {
         streams: Arc::default(),
         pod_usage: Arc::default(),
         status: config.status.clone(),
+        secure_cookies: config.secure_cookies,
+        failed_logins: Arc::default(),
     };
     api::router(state, &config)
 }

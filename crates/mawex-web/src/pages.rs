@@ -384,7 +384,7 @@ async fn pods(app: &AppState) -> Result<Markup, WebError> {
     let pods = app.proxy.list_pods().await?;
     crate::pod_usage::PodUsage::start(&app.pod_usage, &app.proxy);
     let usage = |pod: &mawex_api::PodView| {
-        let samples = app.pod_usage.of(pod.id.as_str());
+        let samples = app.pod_usage.of(pod.id.as_str(), 60);
         let cpu: Vec<f64> = samples
             .iter()
             .map(|s| f64::from(s.cpu_permille) / 10.0)
@@ -464,11 +464,12 @@ fn timeline(view: &mawex_api::TaskView) -> Markup {
     let mut steps: Vec<(mawex_api::Timestamp, String, &'static str)> =
         vec![(view.submitted_at, "accepted".to_owned(), "")];
     if let Some(at) = view.not_before.filter(|at| *at > view.submitted_at) {
-        steps.push((
-            at,
-            "ready (delay or retry backoff over)".to_owned(),
-            "muted",
-        ));
+        let text = if view.state == mawex_api::TaskState::Pending {
+            "ready then (its delay or retry backoff ends)"
+        } else {
+            "ready (its delay or retry backoff over)"
+        };
+        steps.push((at, text.to_owned(), "muted"));
     }
     for failure in &view.failures {
         let text = format!(
@@ -479,7 +480,9 @@ fn timeline(view: &mawex_api::TaskView) -> Markup {
         );
         steps.push((failure.at, text, "bad"));
     }
-    if let Some(started) = view.started_at {
+    // A pending task's start is an earlier attempt's, already told by its failure.
+    let ran = view.state == mawex_api::TaskState::Running || view.state.is_terminal();
+    if let Some(started) = view.started_at.filter(|_| ran) {
         let on = view
             .pod
             .as_ref()
@@ -690,53 +693,84 @@ async fn broadcasts(app: &AppState) -> Result<Markup, WebError> {
 }
 
 /// Who pulled from whom, as a tree from the origin: each target under the pod it pulled
-/// from (a target not started yet waits at the end).
+/// from. A target that pulled from a pod the tree does not reach from the origin (one that
+/// had the version already, say) heads a tree of its own; the targets that pulled from
+/// nowhere yet, or need not, are listed after.
 fn propagation(targets: &[crate::json::Target]) -> Markup {
     use std::collections::{BTreeMap, HashSet};
-    let mut children: BTreeMap<Option<&str>, Vec<&crate::json::Target>> = BTreeMap::new();
+    type Target = crate::json::Target;
+    let mut children: BTreeMap<&str, Vec<&Target>> = BTreeMap::new();
+    let mut roots: Vec<&Target> = Vec::new();
     for t in targets {
-        let from = t.source.as_deref().filter(|s| *s != "origin");
-        children.entry(from).or_default().push(t);
-    }
-    let known: HashSet<&str> = targets.iter().map(|t| t.pod.as_str()).collect();
-    // Pulled from a pod that is no target of this broadcast: shown from the origin too.
-    let orphans: Vec<&crate::json::Target> = children
-        .iter()
-        .filter(|(from, _)| from.is_some_and(|f| !known.contains(f)))
-        .flat_map(|(_, ts)| ts.iter().copied())
-        .collect();
-    fn branch(
-        parent: Option<&str>,
-        children: &BTreeMap<Option<&str>, Vec<&crate::json::Target>>,
-        depth: usize,
-    ) -> Markup {
-        let Some(targets) = children.get(&parent) else {
-            return html! {};
-        };
-        html! {
-            ul {
-                @for t in targets.iter().filter(|t| t.source.is_some()) {
-                    li {
-                        span class={ "state-" (t.state) } { (t.pod) }
-                        " " span.muted { (t.state) @if let Some(v) = &t.version { " · " (v) } }
-                        // Bounded: a tree deeper than its targets would be a loop.
-                        @if depth < 64 { (branch(Some(&t.pod), children, depth + 1)) }
-                    }
-                }
-            }
+        match t.source.as_deref() {
+            Some("origin") => roots.push(t),
+            Some(pod) => children.entry(pod).or_default().push(t),
+            None => {}
         }
     }
-    let waiting = targets.iter().filter(|t| t.source.is_none()).count();
+    fn node(
+        t: &Target,
+        children: &BTreeMap<&str, Vec<&Target>>,
+        seen: &mut HashSet<String>,
+    ) -> Option<Markup> {
+        // Each target once: a loop of sources ends where it began.
+        if !seen.insert(t.pod.clone()) {
+            return None;
+        }
+        let under: Vec<&Target> = children.get(t.pod.as_str()).cloned().unwrap_or_default();
+        let subtree: Vec<Markup> = under
+            .iter()
+            .filter_map(|c| node(c, children, seen))
+            .collect();
+        Some(html! {
+            li {
+                span class={ "state-" (t.state) } { (t.pod) }
+                " " span.muted { (t.state) @if let Some(v) = &t.version { " · " (v) } }
+                @if !subtree.is_empty() { ul { @for s in &subtree { (s) } } }
+            }
+        })
+    }
+    let mut seen = HashSet::new();
+    let from_origin: Vec<Markup> = roots
+        .iter()
+        .filter_map(|t| node(t, &children, &mut seen))
+        .collect();
+    // Sources the origin's tree does not reach: each heads its own.
+    let mut elsewhere: Vec<(String, Vec<Markup>)> = Vec::new();
+    for (source, pulled) in &children {
+        let unreached: Vec<&Target> = pulled
+            .iter()
+            .copied()
+            .filter(|t| !seen.contains(&t.pod))
+            .collect();
+        let rest: Vec<Markup> = unreached
+            .into_iter()
+            .filter_map(|t| node(t, &children, &mut seen))
+            .collect();
+        if !rest.is_empty() {
+            elsewhere.push(((*source).to_owned(), rest));
+        }
+    }
+    let unpulled: Vec<&Target> = targets.iter().filter(|t| t.source.is_none()).collect();
     html! {
         details.propagation open {
             summary { "Propagation" }
             div.tree {
                 span.muted { "origin" }
-                (branch(None, &children, 0))
-                @if !orphans.is_empty() {
-                    ul { @for t in &orphans { li { (t.pod) " " span.muted { "from " (t.source.clone().unwrap_or_default()) } } } }
+                ul { @for n in &from_origin { (n) } }
+                @for (source, rest) in &elsewhere {
+                    span.muted { (source) }
+                    ul { @for n in rest { (n) } }
                 }
-                @if waiting > 0 { p.muted { (waiting) " not started yet" } }
+                @if !unpulled.is_empty() {
+                    p.muted {
+                        "pulled from nowhere: "
+                        @for (i, t) in unpulled.iter().enumerate() {
+                            @if i > 0 { ", " }
+                            (t.pod) " (" (t.state) ")"
+                        }
+                    }
+                }
             }
         }
     }
@@ -758,4 +792,54 @@ async fn broadcasts_page(State(app): State<AppState>) -> Result<Html<String>, We
         "/fragments/broadcasts",
         broadcasts(&app).await?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::json::Target;
+
+    fn target(pod: &str, source: Option<&str>, state: &'static str) -> Target {
+        Target {
+            pod: pod.to_owned(),
+            version: None,
+            state,
+            source: source.map(str::to_owned),
+            attempts: 1,
+            started_at: None,
+            finished_at: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn the_propagation_tree_shows_every_target_once_whatever_its_sources() {
+        let targets = [
+            target("a", Some("origin"), "done"),
+            target("b", Some("a"), "done"),
+            target("c", Some("b"), "running"),
+            // Pulled from a target that had the version already.
+            target("x", None, "already-applied"),
+            target("d", Some("x"), "done"),
+            // A loop of sources (bad data) ends where it began.
+            target("f", Some("g"), "done"),
+            target("g", Some("f"), "done"),
+            target("e", None, "waiting"),
+        ];
+        let html = super::propagation(&targets).into_string();
+        let at = |needle: &str| {
+            html.find(needle)
+                .unwrap_or_else(|| panic!("{needle} missing: {html}"))
+        };
+        assert!(at(">a<") < at(">b<") && at(">b<") < at(">c<"), "{html}");
+        // Under its source's heading, after the origin's tree.
+        assert!(at(">x<") < at(">d<") && at(">c<") < at(">x<"), "{html}");
+        for pod in ["f", "g"] {
+            let shown = format!(r#"class="state-done">{pod}</span>"#);
+            assert_eq!(html.matches(&shown).count(), 1, "{html}");
+        }
+        assert!(
+            html.contains("pulled from nowhere: x (already-applied), e (waiting)"),
+            "{html}"
+        );
+    }
 }

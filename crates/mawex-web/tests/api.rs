@@ -536,6 +536,19 @@ async fn the_failed_queue_groups_and_pods_are_read_and_steered() {
         json!({"paused": false, "max_concurrency": 3, "rate_per_second": 10, "rate_burst": 40,
                "max_attempts": null})
     );
+    // A new rate keeps the burst it had.
+    let (_, patched) = f
+        .call(
+            Method::PATCH,
+            "/api/v1/groups/web",
+            r#"{"rate_per_second": 20}"#,
+        )
+        .await;
+    assert_eq!(
+        (&patched["rate_per_second"], &patched["rate_burst"]),
+        (&json!(20), &json!(40)),
+        "{patched}"
+    );
     let (_, patched) = f
         .call(
             Method::PATCH,
@@ -1240,6 +1253,64 @@ async fn with_tokens_each_role_may_do_what_it_may_and_a_viewer_changes_nothing()
         table.len(),
         "a route of the API has no line in this table"
     );
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_close_the_login_for_a_while_and_a_session_cookie_is_secure_over_https() {
+    use mawex_web::{WebRole, WebUser};
+    let mut config = mawex_web::WebConfig::default().with_auth(|secret| {
+        (secret == "admin-secret").then(|| WebUser {
+            id: "admin".to_owned(),
+            role: WebRole::Admin,
+        })
+    });
+    config.secure_cookies = true;
+    let f = Fixture::start(config).await;
+    let log_in = |token: &'static str| {
+        let app = f.app.clone();
+        async move {
+            let request = Request::builder()
+                .method(Method::POST)
+                .uri("/login")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(Body::from(format!("token={token}")))
+                .unwrap();
+            let response = app.oneshot(request).await.unwrap();
+            let cookie = response
+                .headers()
+                .get("set-cookie")
+                .map(|c| c.to_str().unwrap().to_owned());
+            (response.status(), cookie)
+        }
+    };
+    let (status, cookie) = log_in("admin-secret").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let cookie = cookie.unwrap();
+    assert!(
+        cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict")
+            && cookie.ends_with("; Secure"),
+        "{cookie}"
+    );
+    for _ in 0..20 {
+        assert_eq!(log_in("guess").await.0, StatusCode::UNAUTHORIZED);
+    }
+    // Closed for everyone until the minute is over, a good token too.
+    assert_eq!(log_in("guess").await.0, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        log_in("admin-secret").await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Bearer tokens are no login: the API still answers them.
+    let (status, _) = with_headers(
+        &f,
+        Method::GET,
+        "/api/v1/groups",
+        &[("authorization", "Bearer admin-secret")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
     f.stop().await;
 }
 

@@ -65,16 +65,22 @@ impl Engine {
         }
     }
 
-    /// Every schedule as clients see it, with its next tick.
-    pub(crate) fn schedule_views(&self) -> Vec<ScheduleView> {
+    /// Every schedule as clients see it, with its next tick: the first after the last it
+    /// handled, or, paused, the first after `now`.
+    pub(crate) fn schedule_views(&self, now: Timestamp) -> Vec<ScheduleView> {
         self.state
             .schedules()
             .map(|s| {
+                let after = if s.paused {
+                    s.handled_through.max(now)
+                } else {
+                    s.handled_through
+                };
                 let next = match self.compiled.get(&s.spec.name) {
-                    Some(compiled) => compiled.next_after(s.handled_through),
+                    Some(compiled) => compiled.next_after(after),
                     None => Compiled::new(&s.spec.cron, &s.spec.time_zone)
                         .ok()
-                        .and_then(|compiled| compiled.next_after(s.handled_through)),
+                        .and_then(|compiled| compiled.next_after(after)),
                 };
                 ScheduleView::new(s.spec.clone().into(), s.paused, s.last_tick, s.fired)
                     .with_next_tick(next)

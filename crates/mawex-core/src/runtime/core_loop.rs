@@ -286,7 +286,7 @@ impl<J: Journal> CoreLoop<J> {
                 answer(deferred, reply, r);
             }
             CoreMsg::ListSchedules { reply } => {
-                answer(deferred, reply, Ok(self.engine.schedule_views()));
+                answer(deferred, reply, Ok(self.engine.schedule_views(now)));
             }
             CoreMsg::PauseSchedule {
                 name,

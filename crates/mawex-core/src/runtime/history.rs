@@ -3,7 +3,7 @@
 //! transitions it applies (off the core thread); rebuilt from the retained tasks whenever the
 //! model copies the state (at its start, so after a restart or a fail-over too).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use mawex_api::{GroupName, GroupTimes, MinuteCounts, TaskState, Timestamp, HISTORY_MINUTES};
@@ -21,8 +21,8 @@ fn minute_of(t: Timestamp) -> Timestamp {
 
 /// How many of a group's latest waits and runs its percentiles are taken from.
 const TIMES_KEPT: usize = 1_000;
-/// How many groups keep times: past them, a new group has none (clients naming ever new
-/// groups cannot grow the read model without bound).
+/// How many groups keep times: past them, a new group takes the place of the one quiet
+/// longest (clients naming ever new groups cannot grow the read model without bound).
 const TIMED_GROUPS: usize = 1_000;
 
 /// Consecutive minutes, oldest first, the last the latest one counted; at most
@@ -31,6 +31,10 @@ const TIMED_GROUPS: usize = 1_000;
 pub(crate) struct History {
     minutes: VecDeque<MinuteCounts>,
     times: HashMap<GroupName, Times>,
+    /// Changes to `times` so far.
+    changes: u64,
+    /// Each timed group by its last change: the quietest first.
+    by_change: BTreeMap<u64, GroupName>,
 }
 
 /// A group's latest waits and runs, in milliseconds, oldest first.
@@ -38,6 +42,11 @@ pub(crate) struct History {
 struct Times {
     waits: VecDeque<u64>,
     runs: VecDeque<u64>,
+    /// When it last changed (a count of changes to the history), to make room for a new
+    /// group by forgetting the one quiet longest.
+    changed: u64,
+    /// The percentiles, until the next change.
+    cached: Option<GroupTimes>,
 }
 
 /// Keeps `value`, and the latest [`TIMES_KEPT`] before it.
@@ -48,16 +57,13 @@ fn keep(kept: &mut VecDeque<u64>, value: Duration) {
     kept.push_back(u64::try_from(value.as_millis()).unwrap_or(u64::MAX));
 }
 
-/// The median and 95th percentile of `kept`.
+/// The median and 95th percentile of `kept` (nearest rank).
 fn percentiles(kept: &VecDeque<u64>) -> (Option<Duration>, Option<Duration>) {
     let mut sorted: Vec<u64> = kept.iter().copied().collect();
     sorted.sort_unstable();
     let at = |p: usize| -> Option<Duration> {
-        let last = sorted.len().checked_sub(1)?;
-        sorted
-            .get(last * p / 100)
-            .copied()
-            .map(Duration::from_millis)
+        let rank = (p * sorted.len()).div_ceil(100).max(1);
+        sorted.get(rank - 1).copied().map(Duration::from_millis)
     };
     (at(50), at(95))
 }
@@ -93,10 +99,16 @@ impl History {
         };
         for (_, task) in state.tasks_in_order() {
             let accepted = task.submitted_at;
-            if let Some(started) = task.started_at() {
-                // The wait of its last attempt, from when it was ready.
-                let ready = task.not_before.map_or(accepted, |t| t.max(accepted));
-                history.timed(&task.spec.group, Span::Wait(ready, started));
+            // Times as the live path takes them, where the task still tells them: the wait
+            // of a first attempt that started (a later attempt's wait began at a time the
+            // state does not keep), and the run of an attempt that ended. A pending task's
+            // start is an earlier attempt's: not counted.
+            let ran = task.state == TaskState::Running || task.state.is_terminal();
+            if let Some(started) = task.started_at().filter(|_| ran) {
+                if task.attempt.0 == 1 {
+                    let ready = task.not_before.map_or(accepted, |t| t.max(accepted));
+                    history.timed(&task.spec.group, Span::Wait(ready, started));
+                }
                 if let Some(result) = task.result() {
                     history.timed(&task.spec.group, Span::Run(started, result.finished_at));
                 }
@@ -210,28 +222,41 @@ impl History {
 
     /// A wait or a run of a task of `group` ended.
     pub(crate) fn timed(&mut self, group: &GroupName, span: Span) {
+        self.changes += 1;
         if !self.times.contains_key(group) {
             if self.times.len() >= TIMED_GROUPS {
-                return;
+                // Room for it: the group quiet longest is forgotten.
+                if let Some((_, quietest)) = self.by_change.pop_first() {
+                    self.times.remove(&quietest);
+                }
             }
             self.times.insert(group.clone(), Times::default());
         }
         let Some(times) = self.times.get_mut(group) else {
             return;
         };
+        self.by_change.remove(&times.changed);
+        self.by_change.insert(self.changes, group.clone());
+        times.changed = self.changes;
+        times.cached = None;
         match span {
             Span::Wait(from, until) => keep(&mut times.waits, until.saturating_since(from)),
             Span::Run(from, until) => keep(&mut times.runs, until.saturating_since(from)),
         }
     }
 
-    /// The percentiles of `group`'s latest waits and runs.
-    pub(crate) fn group_times(&self, group: &GroupName) -> GroupTimes {
-        let mut out = GroupTimes::default();
-        if let Some(times) = self.times.get(group) {
-            (out.wait_p50, out.wait_p95) = percentiles(&times.waits);
-            (out.run_p50, out.run_p95) = percentiles(&times.runs);
+    /// The percentiles of `group`'s latest waits and runs (worked out once a change).
+    pub(crate) fn group_times(&mut self, group: &GroupName) -> GroupTimes {
+        let Some(times) = self.times.get_mut(group) else {
+            return GroupTimes::default();
+        };
+        if let Some(cached) = times.cached {
+            return cached;
         }
+        let mut out = GroupTimes::default();
+        (out.wait_p50, out.wait_p95) = percentiles(&times.waits);
+        (out.run_p50, out.run_p95) = percentiles(&times.runs);
+        times.cached = Some(out);
         out
     }
 
@@ -309,13 +334,29 @@ mod tests {
         assert_eq!(times.run_p95, Some(Duration::from_millis(1950)));
         assert_eq!(times.wait_p50, Some(Duration::from_millis(40)));
         assert_eq!(history.group_times(&quiet), GroupTimes::default());
-        // Past the bound on groups, a new one keeps nothing.
+        // Nearest rank: of two, the median is the lower and the 95th the higher.
+        let pair = GroupName::new("pair").expect("valid");
+        history.timed(&pair, Span::Run(Timestamp(T0), Timestamp(T0 + 10)));
+        history.timed(&pair, Span::Run(Timestamp(T0), Timestamp(T0 + 20)));
+        let pair_times = history.group_times(&pair);
+        assert_eq!(pair_times.run_p50, Some(Duration::from_millis(10)));
+        assert_eq!(pair_times.run_p95, Some(Duration::from_millis(20)));
+        // Past the bound on groups, a new one takes the place of the one quiet longest.
         for n in 0..TIMED_GROUPS {
             let other = GroupName::new(format!("other-{n}")).expect("valid");
             history.timed(&other, Span::Wait(Timestamp(T0), Timestamp(T0 + 1)));
         }
-        history.timed(&quiet, Span::Wait(Timestamp(T0), Timestamp(T0 + 1)));
-        assert_eq!(history.group_times(&quiet), GroupTimes::default());
+        assert_eq!(history.times.len(), TIMED_GROUPS);
+        assert_eq!(
+            history.group_times(&g),
+            GroupTimes::default(),
+            "g went first"
+        );
+        history.timed(&quiet, Span::Wait(Timestamp(T0), Timestamp(T0 + 7)));
+        assert_eq!(
+            history.group_times(&quiet).wait_p50,
+            Some(Duration::from_millis(7))
+        );
         assert_eq!(history.times.len(), TIMED_GROUPS);
     }
 

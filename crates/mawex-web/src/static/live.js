@@ -3,19 +3,34 @@
 // Where EventSource is missing or keeps failing, the fragment is fetched every two seconds.
 (function () {
   "use strict";
-  // A new fragment in place of the old, with the boxes that were ticked still ticked.
   // While someone types in a live fragment's form, its updates wait (15 s after the last
-  // key, or until the form is sent), so that what is typed is not replaced.
+  // key, or until the form is saved), so that what is typed is not replaced; the latest
+  // one is applied then.
   var editingUntil = 0;
+  var waiting = [];
+  function flush() {
+    if (Date.now() < editingUntil) { return; }
+    var updates = waiting;
+    waiting = [];
+    updates.forEach(function (update) { swap(update[0], update[1]); });
+  }
   document.addEventListener("input", function (event) {
-    if (event.target.closest && event.target.closest("[data-live]")) {
+    var field = event.target;
+    if (field.type === "checkbox" || field.type === "radio") { return; }
+    if (field.closest && field.closest("[data-live]")) {
       editingUntil = Date.now() + 15000;
+      window.setTimeout(flush, 15100);
     }
   });
-  // A form sent (see below): updates apply again.
-  document.addEventListener("mawex:sent", function () { editingUntil = 0; });
+  // A form saved (see below): updates apply again.
+  document.addEventListener("mawex:sent", function () { editingUntil = 0; flush(); });
+  // A new fragment in place of the old, with the boxes that were ticked still ticked.
   function swap(element, html) {
-    if (Date.now() < editingUntil) { return; }
+    if (Date.now() < editingUntil) {
+      waiting = waiting.filter(function (update) { return update[0] !== element; });
+      waiting.push([element, html]);
+      return;
+    }
     // Unchanged (the first event repeats what the page was rendered with): the elements
     // stay, so that a click on one of them is never lost to its replacement.
     var incoming = document.createElement("template");
@@ -122,11 +137,12 @@
     if (submitter && submitter.name) { data.append(submitter.name, submitter.value); }
     data.forEach(function (value, key) {
       if (value === "") {
-        if (nulls[key]) { fields[key] = null; }
-        return;
+        if (!nulls[key]) { return; }
+        value = null;
+      } else {
+        if (numbers[key]) { value = Number(value); }
+        if (json[key]) { value = JSON.parse(value); }
       }
-      if (numbers[key]) { value = Number(value); }
-      if (json[key]) { value = JSON.parse(value); }
       var target = fields;
       var parts = key.split(".");
       while (parts.length > 1) {
@@ -159,8 +175,11 @@
                    headers: { "content-type": "application/json" },
                    body: JSON.stringify(fields) })
         .then(function (response) {
-          document.dispatchEvent(new Event("mawex:sent"));
-          if (response.ok) { show(form, "Saved."); return; }
+          if (response.ok) {
+            document.dispatchEvent(new Event("mawex:sent"));
+            show(form, "Saved.");
+            return;
+          }
           return response.json().then(function (body) { show(form, body.error.message); });
         });
       return;
