@@ -102,6 +102,7 @@ pub(crate) fn is_page(path: &str) -> bool {
             | "/tasks/{id}"
             | "/pods"
             | "/failed"
+            | "/failed/messages"
             | "/schedules"
             | "/broadcasts"
             | "/fragments/{*rest}"

@@ -48,6 +48,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/tasks/{id}", get(task_page))
         .route("/pods", get(pods_page))
         .route("/failed", get(failed_page))
+        .route("/failed/messages", get(failed_messages_page))
         .route("/schedules", get(schedules_page))
         .route("/broadcasts", get(broadcasts_page))
         .route("/fragments/{*rest}", get(fragment_endpoint))
@@ -140,6 +141,11 @@ async fn fragment(app: &AppState, path: &str, query: Option<&str>) -> Result<Mar
         "/fragments/groups" => groups(app).await,
         "/fragments/pods" => pods(app).await,
         "/fragments/failed" => failed(app).await,
+        "/fragments/failed-messages" => {
+            let line: FailedLine = serde_urlencoded::from_str(query.unwrap_or_default())
+                .map_err(|e| WebError::BadRequest(format!("the line: {e}")))?;
+            failed_messages(app, &line).await
+        }
         "/fragments/schedules" => schedules(app).await,
         "/fragments/broadcasts" => broadcasts(app).await,
         "/fragments/tasks" => {
@@ -187,6 +193,7 @@ async fn events(
     fragment(&app, &path, fragment_query.as_deref()).await?;
     // A search that examines tasks one by one is looked at again less often.
     let refresh = match (path.as_str(), fragment_query.as_deref()) {
+        ("/fragments/failed-messages", _) => SCANNING_REFRESH,
         ("/fragments/tasks", Some(q)) => match serde_urlencoded::from_str::<TaskSearch>(q) {
             Ok(search) if search.scans() => SCANNING_REFRESH,
             _ => REFRESH,
@@ -591,7 +598,7 @@ async fn failed(app: &AppState) -> Result<Markup, WebError> {
     Ok(html! {
         p.muted { "Every action acts on all the tasks of its line, not a page: the count is asked first." }
         table {
-            thead { tr { th { "group" } th { "error kind" } th.num { "failed" } th { "" } th { "" } } }
+            thead { tr { th { "group" } th { "error kind" } th.num { "failed" } th { "" } th { "" } th { "" } } }
             tbody {
                 @for c in &counts {
                     tr data-failed={ (c.group) "/" (c.kind.name()) } {
@@ -600,9 +607,10 @@ async fn failed(app: &AppState) -> Result<Markup, WebError> {
                         td.num.bad { (c.count) }
                         td { (bulk("/api/v1/failed/retry", "Retry", c.group.as_str(), c.kind.name(), c.count)) }
                         td { (bulk("/api/v1/failed/purge", "Purge", c.group.as_str(), c.kind.name(), c.count)) }
+                        td { a href={ "/failed/messages?" (serde_urlencoded::to_string([("group", c.group.as_str()), ("kind", c.kind.name())]).unwrap_or_default()) } { "by message" } }
                     }
                 }
-                @if counts.is_empty() { tr { td colspan="5" .muted { "Nothing failed." } } }
+                @if counts.is_empty() { tr { td colspan="6" .muted { "Nothing failed." } } }
             }
         }
     })
@@ -791,6 +799,102 @@ async fn broadcasts_page(State(app): State<AppState>) -> Result<Html<String>, We
         "/broadcasts",
         "/fragments/broadcasts",
         broadcasts(&app).await?,
+    ))
+}
+
+/// A line of the failed queue: a group and a kind of last error.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailedLine {
+    group: String,
+    kind: String,
+}
+
+/// The most failed tasks of a line whose messages are looked at (a page that stays quick).
+const MESSAGES_SCANNED: usize = 10_000;
+/// The longest message shown (and counted as one).
+const MESSAGE_SHOWN: usize = 300;
+
+/// A line of the failed queue by message: the commonest first, each with the search that
+/// finds its tasks (and acts on all of them from the tasks page).
+async fn failed_messages(app: &AppState, line: &FailedLine) -> Result<Markup, WebError> {
+    use std::collections::HashMap;
+    let group = crate::json::group("group", &line.group)?;
+    let kind = crate::json::kind(&line.kind)?;
+    let mut query = mawex_api::ListQuery::default()
+        .group(group.clone())
+        .state(mawex_api::TaskState::Failed)
+        .limit(mawex_api::MAX_LIST_LIMIT)
+        .without_bodies();
+    let (mut counts, mut scanned, mut more) = (HashMap::<String, u64>::new(), 0usize, false);
+    loop {
+        let page = app.proxy.list(query.clone()).await?;
+        for task in &page.tasks {
+            let error = match task.result.as_ref().map(|r| &r.outcome) {
+                Some(mawex_api::Outcome::Failed(error)) => Some(error),
+                _ => task.failures.last().map(|f| &f.error),
+            };
+            if let Some(error) = error.filter(|e| e.kind == kind) {
+                let message: String = error.message.chars().take(MESSAGE_SHOWN).collect();
+                *counts.entry(message).or_default() += 1;
+            }
+        }
+        scanned += page.tasks.len();
+        match page.next {
+            Some(next) if scanned < MESSAGES_SCANNED => query = query.after(next),
+            Some(_) => {
+                more = true;
+                break;
+            }
+            None => break,
+        }
+    }
+    let mut counts: Vec<(String, u64)> = counts.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    counts.truncate(50);
+    let search = |message: &str| {
+        serde_urlencoded::to_string([
+            ("group", line.group.as_str()),
+            ("state", "failed"),
+            ("error", message),
+        ])
+        .unwrap_or_default()
+    };
+    Ok(html! {
+        p.muted {
+            "Failed tasks of " (group) " whose last error is " (kind.name()) ", by message"
+            @if more { " (the first " (scanned) " of them)" }
+            ". Each search finds them all, and acts on all of them in bulk."
+        }
+        table.messages {
+            thead { tr { th { "message" } th.num { "failed" } th { "" } } }
+            tbody {
+                @for (message, count) in &counts {
+                    tr {
+                        td.bad { (message) }
+                        td.num { (count) }
+                        td { a href={ "/tasks?" (search(message)) } { "search" } }
+                    }
+                }
+                @if counts.is_empty() { tr { td colspan="3" .muted { "None." } } }
+            }
+        }
+    })
+}
+
+async fn failed_messages_page(
+    State(app): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Html<String>, WebError> {
+    let query = query.unwrap_or_default();
+    let line: FailedLine = serde_urlencoded::from_str(&query)
+        .map_err(|e| WebError::BadRequest(format!("the line: {e}")))?;
+    let content = failed_messages(&app, &line).await?;
+    Ok(layout(
+        "Failed, by message",
+        "/failed",
+        &format!("/fragments/failed-messages?{query}"),
+        content,
     ))
 }
 

@@ -454,6 +454,16 @@ async fn the_failed_queue_groups_and_pods_are_read_and_steered() {
         summary,
         json!([{"group": "web", "kind": "handler", "count": 3}])
     );
+    // A line by message, each with the search that finds its tasks.
+    let messages = f.html("/failed/messages?group=web&kind=handler").await;
+    let row = r#"<td class="bad">it broke</td><td class="num">3</td>"#;
+    assert!(messages.contains(row), "{messages}");
+    assert!(
+        messages.contains(r#"href="/tasks?group=web&amp;state=failed&amp;error=it+broke""#),
+        "{messages}"
+    );
+    let (status, _) = f.get("/failed/messages?group=web&kind=sideways").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 
     // The count first, then the act, on everything the filter matches.
     let (_, counted) = f

@@ -549,6 +549,11 @@ async fn the_dashboard_stays_live_in_a_browser_and_a_viewer_changes_nothing() {
         ("task", format!("/tasks/{task}")),
         ("pods", "/pods".to_owned()),
         ("failed", "/failed".to_owned()),
+        (
+            "failed-messages",
+            "/failed/messages?group=web&kind=handler".to_owned(),
+        ),
+        ("search", "/tasks?error=broke&order=newest".to_owned()),
         ("schedules", "/schedules".to_owned()),
         ("broadcasts", "/broadcasts".to_owned()),
     ] {
