@@ -147,26 +147,23 @@ pub(crate) async fn web(config: &Config) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The web caller `secret` stands for in `store`: a viewer, client or admin token. Pod and
-/// peer tokens, and client tokens limited to groups (the web checks no groups yet), are not
-/// valid for the web.
+/// The web caller `secret` stands for in `store`: a viewer, client or admin token (a client
+/// limited to groups stays limited to them). Pod and peer tokens are not valid for the web.
 fn web_user(store: &mawex::auth::TokenStore, secret: &str) -> Option<mawex_web::WebUser> {
     use mawex::auth::Role;
     use mawex_web::WebRole;
     let tokens = store.current();
     let token = tokens.find(secret)?;
-    if token.limited_to().is_some() {
-        return None;
-    }
     let role = match token.role() {
         Role::Viewer => WebRole::Viewer,
         Role::Client => WebRole::Client,
         Role::Admin => WebRole::Admin,
         _ => return None,
     };
-    Some(mawex_web::WebUser {
-        id: token.id().to_owned(),
-        role,
+    let user = mawex_web::WebUser::new(token.id(), role);
+    Some(match token.limited_to() {
+        Some(groups) => user.limited_to(groups.iter().cloned()),
+        None => user,
     })
 }
 

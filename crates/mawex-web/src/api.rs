@@ -13,6 +13,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::auth::{check_group, check_visible, is_limited, Caller};
 use crate::error::ErrorAnswer;
 use crate::json::{
     group, schedule_name, task_id, Broadcast, BroadcastPage, FailedCount, FailedFilterBody, Group,
@@ -129,9 +130,11 @@ pub(crate) fn body<T: DeserializeOwned>(
 )]
 async fn submit(
     State(app): State<AppState>,
+    caller: Caller,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Submitted>, WebError> {
     let spec = body::<NewTask>(&app, bytes)?.spec()?;
+    check_group(&caller, &spec.group)?;
     Ok(Json(app.proxy.submit(spec).await?.into()))
 }
 
@@ -147,6 +150,7 @@ async fn submit(
 )]
 async fn submit_batch(
     State(app): State<AppState>,
+    caller: Caller,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Vec<Submitted>>, WebError> {
     let tasks: Vec<NewTask> = body(&app, bytes)?;
@@ -164,6 +168,9 @@ async fn submit_batch(
                 .map_err(|e| WebError::BadRequest(format!("task {i}: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    for spec in &specs {
+        check_group(&caller, &spec.group)?;
+    }
     let acks = app.proxy.submit_many(specs).await?;
     Ok(Json(acks.into_iter().map(Submitted::from).collect()))
 }
@@ -332,10 +339,29 @@ pub(crate) fn newest_first(order: Option<&str>) -> Result<bool, WebError> {
 )]
 async fn list_tasks(
     State(app): State<AppState>,
+    caller: Caller,
     params: Result<Query<TaskSearch>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<TaskPage>, WebError> {
     let Query(search) = params.map_err(|e| WebError::BadRequest(e.body_text()))?;
+    if let Some(user) = is_limited(&caller) {
+        // As on gRPC: a caller of some groups lists one of them at a time.
+        match crate::json::filled(&search.group) {
+            Some(g) => check_group(&caller, &group("group", g)?)?,
+            None => {
+                return Err(WebError::Api(mawex_api::ApiError::PermissionDenied(
+                    format!(
+                        "token {} may list only its own groups: name one (group=…)",
+                        user.id
+                    ),
+                )))
+            }
+        }
+    }
     let page = search.run(app.proxy.as_ref(), 100).await?;
+    // A search by id finds any task: it must be one of the caller's.
+    for view in &page.tasks {
+        check_visible(&caller, view)?;
+    }
     Ok(Json(TaskPage {
         tasks: page.tasks.iter().map(Task::from).collect(),
         next: page.next.map(|id| id.to_string()),
@@ -354,9 +380,11 @@ async fn list_tasks(
 )]
 async fn get_task(
     State(app): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, WebError> {
     let view = app.proxy.get(task_id(&id)?).await?;
+    check_visible(&caller, &view)?;
     Ok(Json(Task::from(&view)))
 }
 
@@ -381,9 +409,14 @@ struct Cancelled {
 )]
 async fn cancel_task(
     State(app): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Cancelled>, WebError> {
-    Ok(Json(match app.proxy.cancel(task_id(&id)?).await? {
+    let id = task_id(&id)?;
+    if is_limited(&caller).is_some() {
+        check_visible(&caller, &app.proxy.get(id).await?)?;
+    }
+    Ok(Json(match app.proxy.cancel(id).await? {
         CancelAck::AlreadyFinished(state) => Cancelled {
             cancelled: false,
             already: Some(state.name()),

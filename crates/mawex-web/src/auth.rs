@@ -11,6 +11,8 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 
+use mawex_api::GroupName;
+
 use crate::sessions::session_of;
 use crate::{AppState, WebError};
 
@@ -33,6 +35,65 @@ pub struct WebUser {
     pub id: String,
     /// What it may do.
     pub role: WebRole,
+    /// The groups a client is limited to (`None`: every group). It submits only to these,
+    /// and sees, lists and cancels only their tasks, as on gRPC.
+    pub groups: Option<Vec<GroupName>>,
+}
+
+impl WebUser {
+    /// A caller with `role`, of every group.
+    pub fn new(id: impl Into<String>, role: WebRole) -> Self {
+        WebUser {
+            id: id.into(),
+            role,
+            groups: None,
+        }
+    }
+
+    /// The same caller, limited to `groups`.
+    pub fn limited_to(mut self, groups: impl IntoIterator<Item = GroupName>) -> Self {
+        self.groups = Some(groups.into_iter().collect());
+        self
+    }
+
+    fn allows_group(&self, group: &GroupName) -> bool {
+        self.groups
+            .as_ref()
+            .is_none_or(|groups| groups.contains(group))
+    }
+}
+
+/// The caller of a request, as the guard found it (none when no tokens are checked).
+pub(crate) type Caller = Option<axum::Extension<WebUser>>;
+
+/// Refuses `group` to a caller limited to other groups.
+pub(crate) fn check_group(caller: &Caller, group: &GroupName) -> Result<(), WebError> {
+    match caller {
+        Some(axum::Extension(user)) if !user.allows_group(group) => {
+            Err(WebError::Api(mawex_api::ApiError::PermissionDenied(
+                format!("token {} may not use group {group}", user.id),
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Hides a task outside the caller's groups: it learns nothing of the others' tasks.
+pub(crate) fn check_visible(caller: &Caller, view: &mawex_api::TaskView) -> Result<(), WebError> {
+    match caller {
+        Some(axum::Extension(user)) if !user.allows_group(&view.spec.group) => Err(WebError::Api(
+            mawex_api::ApiError::task_not_found(view.spec.id),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Whether the caller is limited to some groups.
+pub(crate) fn is_limited(caller: &Caller) -> Option<&WebUser> {
+    caller
+        .as_ref()
+        .map(|axum::Extension(user)| user)
+        .filter(|user| user.groups.is_some())
 }
 
 /// Finds the caller a bearer secret stands for (`None`: not a valid token for the web).
@@ -140,7 +201,7 @@ fn role_name(role: WebRole) -> &'static str {
 pub(crate) async fn guard(
     State(app): State<AppState>,
     matched: Option<MatchedPath>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let method = request.method().clone();
@@ -205,6 +266,7 @@ pub(crate) async fn guard(
     }
     let changes = !is_read(&method);
     let uri = request.uri().path().to_owned();
+    request.extensions_mut().insert(user.clone());
     let response = next.run(request).await;
     if changes {
         tracing::info!(

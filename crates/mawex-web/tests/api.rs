@@ -1169,10 +1169,7 @@ async fn with_tokens_each_role_may_do_what_it_may_and_a_viewer_changes_nothing()
             "admin-secret" => WebRole::Admin,
             _ => return None,
         };
-        Some(WebUser {
-            id: secret.trim_end_matches("-secret").to_owned(),
-            role,
-        })
+        Some(WebUser::new(secret.trim_end_matches("-secret"), role))
     });
     let f = Fixture::start(config).await;
     let task = "/api/v1/tasks/01900000-0000-7000-8000-000000000001";
@@ -1267,13 +1264,188 @@ async fn with_tokens_each_role_may_do_what_it_may_and_a_viewer_changes_nothing()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_limited_to_groups_sees_and_changes_only_their_tasks() {
+    use mawex_web::{WebRole, WebUser};
+    let config = mawex_web::WebConfig::default().with_auth(|secret| match secret {
+        "admin-secret" => Some(WebUser::new("admin", WebRole::Admin)),
+        "builds-secret" => {
+            Some(WebUser::new("builds", WebRole::Client).limited_to([group("other")]))
+        }
+        _ => None,
+    });
+    let f = Fixture::start(config).await;
+    let as_ = |token: &'static str, method: Method, path: String, body: &'static str| {
+        let app = f.app.clone();
+        async move {
+            let request = Request::builder()
+                .method(method)
+                .uri(&path)
+                .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {token}"))
+                .body(Body::from(body))
+                .unwrap();
+            let response = app.oneshot(request).await.unwrap();
+            let status = response.status();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (_, web_task) = as_(
+        "admin-secret",
+        Method::POST,
+        "/api/v1/tasks".into(),
+        r#"{"group": "web", "handler": "sleep", "payload": "60000"}"#,
+    )
+    .await;
+    let web_task = web_task["id"].as_str().unwrap().to_owned();
+    // Its own group: submitted, listed, read, cancelled.
+    let (status, own) = as_(
+        "builds-secret",
+        Method::POST,
+        "/api/v1/tasks".into(),
+        r#"{"group": "other", "handler": "sleep", "payload": "60000"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{own}");
+    let own = own["id"].as_str().unwrap().to_owned();
+    let (status, page) = as_(
+        "builds-secret",
+        Method::GET,
+        "/api/v1/tasks?group=other".into(),
+        "",
+    )
+    .await;
+    assert_eq!((status, ids_of(&page)), (StatusCode::OK, vec![own.clone()]));
+    assert_eq!(
+        as_(
+            "builds-secret",
+            Method::GET,
+            format!("/api/v1/tasks/{own}"),
+            ""
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    // Another group: refused to submit to, and its tasks are nowhere to be seen.
+    let refused_submit = as_(
+        "builds-secret",
+        Method::POST,
+        "/api/v1/tasks".into(),
+        r#"{"group": "web", "handler": "echo"}"#,
+    )
+    .await;
+    refused(
+        refused_submit,
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+        "may not use group web",
+    );
+    let batch = r#"[{"group": "other", "handler": "echo"}, {"group": "web", "handler": "echo"}]"#;
+    refused(
+        as_(
+            "builds-secret",
+            Method::POST,
+            "/api/v1/tasks/batch".into(),
+            batch,
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+        "group web",
+    );
+    refused(
+        as_(
+            "builds-secret",
+            Method::GET,
+            format!("/api/v1/tasks/{web_task}"),
+            "",
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &web_task,
+    );
+    refused(
+        as_(
+            "builds-secret",
+            Method::GET,
+            format!("/api/v1/tasks?id={web_task}&group=other"),
+            "",
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &web_task,
+    );
+    refused(
+        as_("builds-secret", Method::GET, "/api/v1/tasks".into(), "").await,
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+        "name one",
+    );
+    refused(
+        as_(
+            "builds-secret",
+            Method::GET,
+            "/api/v1/tasks?group=web".into(),
+            "",
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+        "group web",
+    );
+    refused(
+        as_(
+            "builds-secret",
+            Method::POST,
+            format!("/api/v1/tasks/{web_task}/cancel"),
+            "{}",
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &web_task,
+    );
+    let (_, still) = as_(
+        "admin-secret",
+        Method::GET,
+        format!("/api/v1/tasks/{web_task}"),
+        "",
+    )
+    .await;
+    assert_ne!(still["state"], "cancelled", "{still}");
+    let (status, cancelled) = as_(
+        "builds-secret",
+        Method::POST,
+        format!("/api/v1/tasks/{own}/cancel"),
+        "{}",
+    )
+    .await;
+    assert_eq!(
+        (status, &cancelled["cancelled"]),
+        (StatusCode::OK, &json!(true)),
+        "{cancelled}"
+    );
+    as_(
+        "admin-secret",
+        Method::POST,
+        format!("/api/v1/tasks/{web_task}/cancel"),
+        "{}",
+    )
+    .await;
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_logins_close_the_login_for_a_while_and_a_session_cookie_is_secure_over_https() {
     use mawex_web::{WebRole, WebUser};
     let mut config = mawex_web::WebConfig::default().with_auth(|secret| {
-        (secret == "admin-secret").then(|| WebUser {
-            id: "admin".to_owned(),
-            role: WebRole::Admin,
-        })
+        (secret == "admin-secret").then(|| WebUser::new("admin", WebRole::Admin))
     });
     config.secure_cookies = true;
     let f = Fixture::start(config).await;

@@ -259,10 +259,7 @@ async fn the_dashboard_stays_live_in_a_browser_and_a_viewer_changes_nothing() {
                 "admin-secret" => WebRole::Admin,
                 _ => return None,
             };
-            Some(WebUser {
-                id: secret.trim_end_matches("-secret").to_owned(),
-                role,
-            })
+            Some(WebUser::new(secret.trim_end_matches("-secret"), role))
         });
     let proxy: Arc<dyn MasterProxy> = Arc::new(master.proxy());
     let app = mawex_web::router(proxy, config);
