@@ -576,6 +576,14 @@ async fn list_searches_by_handler_keys_payload_error_time_and_order(t: Transport
         "case-sensitive"
     );
     assert_eq!(
+        list_all(&m, q.clone().error_kind(ErrorKind::Handler)).await,
+        pick(&by_three)
+    );
+    assert_eq!(
+        list_all(&m, q.clone().error_kind(ErrorKind::Panicked)).await,
+        []
+    );
+    assert_eq!(
         list_all(&m, q.clone().payload_contains(&b"customer-1"[..])).await,
         pick(&[1, 3, 5, 7, 9, 11])
     );

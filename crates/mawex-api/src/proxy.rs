@@ -15,6 +15,7 @@ use crate::broadcast::{
     BroadcastView,
 };
 use crate::error::ApiError;
+use crate::failure::ErrorKind;
 use crate::ids::{GroupName, PodId, ScheduleName, TaskId};
 use crate::task::{TaskResult, TaskSpec, TaskState, TaskView};
 use crate::time::Timestamp;
@@ -105,6 +106,8 @@ pub struct ListQuery {
     pub fairness_key: Option<String>,
     /// Only tasks whose last error's message contains this text (case-sensitive).
     pub error_text: Option<String>,
+    /// Only tasks whose last error is of this kind.
+    pub error_kind: Option<ErrorKind>,
     /// Only tasks whose payload contains these bytes (the UTF-8 of a text, say).
     pub payload_contains: Option<Bytes>,
     /// Only tasks the master accepted at or after this time.
@@ -141,6 +144,7 @@ impl Default for ListQuery {
             dedup_key: None,
             fairness_key: None,
             error_text: None,
+            error_kind: None,
             payload_contains: None,
             submitted_from: None,
             submitted_before: None,
@@ -195,6 +199,12 @@ impl ListQuery {
     /// Only tasks whose last error's message contains `text`.
     pub fn error_text(mut self, text: impl Into<String>) -> Self {
         self.error_text = Some(text.into());
+        self
+    }
+
+    /// Only tasks whose last error is of `kind`.
+    pub fn error_kind(mut self, kind: ErrorKind) -> Self {
+        self.error_kind = Some(kind);
         self
     }
 
@@ -266,6 +276,7 @@ impl ListQuery {
             || self.dedup_key.is_some()
             || self.fairness_key.is_some()
             || self.error_text.is_some()
+            || self.error_kind.is_some()
             || self.payload_contains.is_some()
             || self.submitted_from.is_some()
             || self.submitted_before.is_some()

@@ -169,6 +169,8 @@ fn web_user(store: &mawex::auth::TokenStore, secret: &str) -> Option<mawex_web::
 
 /// How long the overview's facts stand before they are asked again.
 const STATUS_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long the facts have to be found (a disk walk, the masters' answers).
+const STATUS_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long one master has to say who leads.
 const MEMBERS_WITHIN: std::time::Duration = std::time::Duration::from_millis(800);
 
@@ -218,12 +220,26 @@ impl StatusCache {
                 self.filled.clone(),
             );
             tokio::spawn(async move {
-                let facts = status.facts().await;
+                /// Lets the next render ask again however this ends (a panic included).
+                struct Done(Arc<std::sync::atomic::AtomicBool>);
+                impl Drop for Done {
+                    fn drop(&mut self) {
+                        self.0.store(false, std::sync::atomic::Ordering::Release);
+                    }
+                }
+                let _done = Done(refreshing);
+                let facts = tokio::time::timeout(STATUS_WITHIN, status.facts())
+                    .await
+                    .unwrap_or_else(|_| {
+                        vec![(
+                            "masters".to_owned(),
+                            format!("did not answer within {STATUS_WITHIN:?}"),
+                        )]
+                    });
                 *latest
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) =
                     Some((std::time::Instant::now(), facts));
-                refreshing.store(false, Ordering::Release);
                 notify.notify_waiters();
             });
         }

@@ -256,6 +256,15 @@ pub(crate) async fn guard(
         ))
         .into_response();
     };
+    // A caller limited to groups reads and changes only tasks of its groups, which only
+    // the routes of tasks check: the rest (pages, the failed queue, groups…) are not for it.
+    if user.groups.is_some() && !matches!(needs, Needs::ClientRead | Needs::ClientWrite) {
+        return WebError::Api(mawex_api::ApiError::PermissionDenied(format!(
+            "token {} is limited to some groups: {method} {path} is not for it",
+            user.id
+        )))
+        .into_response();
+    }
     if !allows(user.role, needs) {
         return WebError::Api(mawex_api::ApiError::PermissionDenied(format!(
             "token {} has the {} role: {method} {path} is not for it",

@@ -391,6 +391,9 @@ pub struct TaskFilter {
     /// Only tasks whose last error's message contains this text (case-sensitive).
     #[serde(default)]
     pub error: Option<String>,
+    /// Only tasks whose last error is of this kind (`handler`, `timed-out`, …).
+    #[serde(default)]
+    pub kind: Option<String>,
     /// Only tasks whose payload contains this text.
     #[serde(default)]
     pub payload: Option<String>,
@@ -423,6 +426,9 @@ impl TaskFilter {
         }
         if let Some(text) = filled(&self.error) {
             query = query.error_text(text);
+        }
+        if let Some(k) = filled(&self.kind) {
+            query = query.error_kind(kind(k)?);
         }
         if let Some(text) = filled(&self.payload) {
             query = query.payload_contains(Bytes::copy_from_slice(text.as_bytes()));

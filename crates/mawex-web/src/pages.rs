@@ -852,10 +852,13 @@ async fn failed_messages(app: &AppState, line: &FailedLine) -> Result<Markup, We
     let mut counts: Vec<(String, u64)> = counts.into_iter().collect();
     counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     counts.truncate(50);
+    // The search of a message: its group, its kind, its text (a message that holds another
+    // is found with it: the search shows how many before a bulk action).
     let search = |message: &str| {
         serde_urlencoded::to_string([
             ("group", line.group.as_str()),
             ("state", "failed"),
+            ("kind", kind.name()),
             ("error", message),
         ])
         .unwrap_or_default()
@@ -873,7 +876,10 @@ async fn failed_messages(app: &AppState, line: &FailedLine) -> Result<Markup, We
                     tr {
                         td.bad { (message) }
                         td.num { (count) }
-                        td { a href={ "/tasks?" (search(message)) } { "search" } }
+                        td {
+                            // A blank message searches for nothing: no link that finds them all.
+                            @if !message.trim().is_empty() { a href={ "/tasks?" (search(message)) } { "search" } }
+                        }
                     }
                 }
                 @if counts.is_empty() { tr { td colspan="3" .muted { "None." } } }

@@ -25,6 +25,7 @@ pub(crate) fn controls(search: &TaskSearch) -> Markup {
         ("dedup_key", &filter.dedup_key),
         ("fairness_key", &filter.fairness_key),
         ("error", &filter.error),
+        ("kind", &filter.kind),
         ("payload", &filter.payload),
         ("from", &filter.from),
         ("until", &filter.until),
@@ -44,6 +45,12 @@ pub(crate) fn controls(search: &TaskSearch) -> Markup {
             (text("dedup_key", "dedup key", &search.dedup_key))
             (text("fairness_key", "fairness key", &search.fairness_key))
             (text("error", "error text", &search.error))
+            select name="kind" title="the last error's kind" {
+                option value="" { "any error kind" }
+                @for k in mawex_api::ErrorKind::ALL {
+                    option value=(k.name()) selected[filled(&search.kind) == Some(k.name())] { (k.name()) }
+                }
+            }
             (text("payload", "payload text", &search.payload))
             (text("from", "submitted from (UTC, 2026-01-31 09:00)", &search.from))
             (text("until", "submitted before (UTC)", &search.until))

@@ -459,7 +459,9 @@ async fn the_failed_queue_groups_and_pods_are_read_and_steered() {
     let row = r#"<td class="bad">it broke</td><td class="num">3</td>"#;
     assert!(messages.contains(row), "{messages}");
     assert!(
-        messages.contains(r#"href="/tasks?group=web&amp;state=failed&amp;error=it+broke""#),
+        messages.contains(
+            r#"href="/tasks?group=web&amp;state=failed&amp;kind=handler&amp;error=it+broke""#
+        ),
         "{messages}"
     );
     let (status, _) = f.get("/failed/messages?group=web&kind=sideways").await;
@@ -1369,17 +1371,24 @@ async fn a_client_limited_to_groups_sees_and_changes_only_their_tasks() {
         "not_found",
         &web_task,
     );
+    // A search by its id finds nothing: not an error that would tell it exists.
+    let (status, page) = as_(
+        "builds-secret",
+        Method::GET,
+        format!("/api/v1/tasks?id={web_task}&group=other"),
+        "",
+    )
+    .await;
+    assert_eq!(
+        (status, ids_of(&page)),
+        (StatusCode::OK, Vec::<String>::new())
+    );
+    // Nothing but the routes of tasks: no page, no failed queue, no groups.
     refused(
-        as_(
-            "builds-secret",
-            Method::GET,
-            format!("/api/v1/tasks?id={web_task}&group=other"),
-            "",
-        )
-        .await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-        &web_task,
+        as_("builds-secret", Method::GET, "/api/v1/groups".into(), "").await,
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+        "limited to some groups",
     );
     refused(
         as_("builds-secret", Method::GET, "/api/v1/tasks".into(), "").await,

@@ -1,5 +1,6 @@
 //! Client requests and answers.
 
+use crate::convert::task::error_kind_filter;
 use crate::convert::{in_field, invalid, task_id, task_state};
 use crate::error::ApiError;
 use crate::ids::GroupName;
@@ -79,6 +80,10 @@ impl From<ListQuery> for proto::ListRequest {
             dedup_key: q.dedup_key,
             fairness_key: q.fairness_key,
             error_text: q.error_text,
+            error_kind: q
+                .error_kind
+                .map_or(proto::ErrorKind::Unspecified, proto::ErrorKind::from)
+                as i32,
             payload_contains: q.payload_contains,
             submitted_from_ms: q.submitted_from.map(|t| t.0),
             submitted_before_ms: q.submitted_before.map(|t| t.0),
@@ -92,6 +97,12 @@ impl TryFrom<proto::ListRequest> for ListQuery {
     type Error = ApiError;
 
     fn try_from(r: proto::ListRequest) -> Result<Self, ApiError> {
+        if r.error_kind != 0 && error_kind_filter(r.error_kind).is_none() {
+            return Err(invalid(format!(
+                "list.error_kind: unknown error kind {}",
+                r.error_kind
+            )));
+        }
         Ok(ListQuery {
             group: r
                 .group
@@ -109,6 +120,7 @@ impl TryFrom<proto::ListRequest> for ListQuery {
             dedup_key: r.dedup_key,
             fairness_key: r.fairness_key,
             error_text: r.error_text,
+            error_kind: error_kind_filter(r.error_kind),
             payload_contains: r.payload_contains,
             submitted_from: r.submitted_from_ms.map(Timestamp),
             submitted_before: r.submitted_before_ms.map(Timestamp),

@@ -109,7 +109,11 @@ impl History {
                     let ready = task.not_before.map_or(accepted, |t| t.max(accepted));
                     history.timed(&task.spec.group, Span::Wait(ready, started));
                 }
-                if let Some(result) = task.result() {
+                // A cancel is no run's end (the live path takes none from it).
+                let ended = task
+                    .result()
+                    .filter(|r| !matches!(r.outcome, Outcome::Cancelled));
+                if let Some(result) = ended {
                     history.timed(&task.spec.group, Span::Run(started, result.finished_at));
                 }
             }

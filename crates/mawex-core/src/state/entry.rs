@@ -3,7 +3,7 @@
 use mawex_api::{Attempt, ErrorKind, PodId, TaskState, TaskView, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use super::stored::{AttemptFailure, AttemptRef, Outcome, TaskResult, TaskSpec};
+use super::stored::{AttemptFailure, AttemptRef, Outcome, TaskError, TaskResult, TaskSpec};
 use super::QueueKey;
 
 /// The failed attempts a task's history keeps (the most any retry policy allows).
@@ -251,11 +251,11 @@ impl TaskEntry {
             .map_or(ErrorKind::Sandbox, |f| f.error.kind)
     }
 
-    /// The message of the last error: the failed result's, else the last failed attempt's.
-    pub(crate) fn last_error_message(&self) -> Option<&str> {
+    /// The last error: the failed result's, else the last failed attempt's.
+    pub(crate) fn last_error(&self) -> Option<&TaskError> {
         match self.result().map(|r| &r.outcome) {
-            Some(Outcome::Failed(error)) => Some(&error.message),
-            _ => self.failures().last().map(|f| f.error.message.as_str()),
+            Some(Outcome::Failed(error)) => Some(error),
+            _ => self.failures().last().map(|f| &f.error),
         }
     }
 

@@ -358,9 +358,12 @@ fn matches(
         && payload.is_none_or(|finder| finder.find(&spec.payload).is_some())
         && query.error_text.as_deref().is_none_or(|text| {
             entry
-                .last_error_message()
-                .is_some_and(|message| message.contains(text))
+                .last_error()
+                .is_some_and(|error| error.message.contains(text))
         })
+        && query
+            .error_kind
+            .is_none_or(|kind| entry.last_error().is_some_and(|error| error.kind == kind))
 }
 
 /// Empties what makes a view large: the payload and a successful output.
