@@ -21,6 +21,7 @@ pub mod broadcast;
 pub mod convert;
 mod error;
 mod failure;
+mod graph;
 mod ids;
 pub mod pod;
 pub mod proto;
@@ -41,6 +42,10 @@ pub use broadcast::{
 };
 pub use error::ApiError;
 pub use failure::{ErrorKind, RetryHint, TaskError, UnknownErrorKind, MAX_ERROR_MESSAGE_BYTES};
+pub use graph::{
+    DependencyPolicy, GraphEdge, GraphLayers, GraphNode, GraphSpec, MAX_DEPENDENCIES,
+    MAX_GRAPH_EDGES, MAX_GRAPH_NODES, MAX_NODE_NAME_LEN,
+};
 pub use ids::{Attempt, GroupName, PodId, ScheduleName, TaskId};
 pub use proxy::{
     check_history_minutes, CancelAck, ListQuery, MasterProxy, ResultCursor, ResultStream,
