@@ -522,6 +522,27 @@ pub struct ListArgs {
     /// Only tasks in this state: pending, running, succeeded, failed, cancelled.
     #[arg(long)]
     pub state: Option<String>,
+    /// Only tasks run by this handler.
+    #[arg(long)]
+    pub handler: Option<String>,
+    /// Only tasks with this dedup key.
+    #[arg(long)]
+    pub dedup_key: Option<String>,
+    /// Only tasks with this fairness key.
+    #[arg(long)]
+    pub fairness_key: Option<String>,
+    /// Only tasks whose last error's message contains this text (case-sensitive).
+    #[arg(long)]
+    pub error: Option<String>,
+    /// Only tasks whose last error is of this kind (handler, timed-out, …).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only tasks whose payload contains this text.
+    #[arg(long)]
+    pub payload: Option<String>,
+    /// Newest first (and `--after` resumes below the id it names).
+    #[arg(long)]
+    pub newest: bool,
     /// Tasks per page (at most 1,000).
     #[arg(long, default_value_t = 100)]
     pub limit: usize,

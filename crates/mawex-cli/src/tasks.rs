@@ -326,6 +326,17 @@ pub(crate) async fn list(config: &Config, output: Output, args: ListArgs) -> Res
     query.group = args.group.as_deref().map(group).transpose()?;
     query.state = args.state.as_deref().map(state).transpose()?;
     query.after = args.after.as_deref().map(task_id).transpose()?;
+    query.handler = args.handler;
+    query.dedup_key = args.dedup_key;
+    query.fairness_key = args.fairness_key;
+    query.error_text = args.error;
+    query.error_kind = args.kind.as_deref().map(kind).transpose()?;
+    query.payload_contains = args.payload.map(Bytes::from);
+    query.newest_first = args.newest;
+    query.validate().map_err(|e| match e {
+        ApiError::InvalidArgument(message) => CliError::Usage(message),
+        other => CliError::Api(other),
+    })?;
     if args.limit == 0 || args.limit > mawex::MAX_LIST_LIMIT {
         return Err(CliError::Usage(format!(
             "--limit must be 1 to {}",

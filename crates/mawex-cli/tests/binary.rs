@@ -913,6 +913,23 @@ fn standalone_runs_tasks_and_keeps_them_across_a_restart() {
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["output"], "ALONE");
+    // The search filters: found by its payload, newest first; nothing by another handler.
+    let found = run(
+        dir,
+        &endpoint,
+        &["list", "--payload", "alone", "--newest", "-o", "json"],
+        None,
+    );
+    let found: Vec<serde_json::Value> = serde_json::from_slice(&found.stdout).unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    let none = run(
+        dir,
+        &endpoint,
+        &["list", "--handler", "nobody", "-o", "json"],
+        None,
+    );
+    let none: Vec<serde_json::Value> = serde_json::from_slice(&none.stdout).unwrap();
+    assert!(none.is_empty(), "{none:?}");
 }
 
 /// A free loopback port (bound and released: the node that takes it binds it again).
