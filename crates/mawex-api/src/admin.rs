@@ -372,6 +372,8 @@ pub struct GroupView {
     pub failed: u64,
     /// Cancelled tasks still retained.
     pub cancelled: u64,
+    /// Tasks waiting for the tasks they run after.
+    pub blocked: u64,
     /// Its settings (defaults for a group never configured).
     pub settings: GroupSettings,
     /// The recent mean run time of its tasks, once some have finished.
@@ -405,6 +407,7 @@ impl GroupView {
             succeeded: 0,
             failed: 0,
             cancelled: 0,
+            blocked: 0,
             settings: GroupSettings::default(),
             mean_run_time: None,
             times: GroupTimes::default(),

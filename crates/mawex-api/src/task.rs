@@ -330,11 +330,16 @@ pub enum TaskState {
     Failed,
     /// Cancelled before it finished.
     Cancelled,
+    /// Waits for the tasks it runs after (a workflow's dependant); it becomes pending when
+    /// they have finished as its policy asks. (Last, so that stored states keep their
+    /// numbers.)
+    Blocked,
 }
 
 impl TaskState {
     /// Every state, in a task's order.
-    pub const ALL: [TaskState; 5] = [
+    pub const ALL: [TaskState; 6] = [
+        TaskState::Blocked,
         TaskState::Pending,
         TaskState::Running,
         TaskState::Succeeded,
@@ -350,10 +355,11 @@ impl TaskState {
         )
     }
 
-    /// Its name, as the command line, the REST API and filters spell it: `pending`,
-    /// `running`, `succeeded`, `failed`, `cancelled`.
+    /// Its name, as the command line, the REST API and filters spell it: `blocked`,
+    /// `pending`, `running`, `succeeded`, `failed`, `cancelled`.
     pub fn name(self) -> &'static str {
         match self {
+            TaskState::Blocked => "blocked",
             TaskState::Pending => "pending",
             TaskState::Running => "running",
             TaskState::Succeeded => "succeeded",
@@ -373,7 +379,8 @@ impl std::str::FromStr for TaskState {
             .find(|state| state.name() == text)
             .ok_or_else(|| {
                 ApiError::InvalidArgument(format!(
-                    "{text:?} is not a state: pending, running, succeeded, failed or cancelled"
+                    "{text:?} is not a state: blocked, pending, running, succeeded, failed or \
+                     cancelled"
                 ))
             })
     }
@@ -381,13 +388,7 @@ impl std::str::FromStr for TaskState {
 
 impl fmt::Display for TaskState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            TaskState::Pending => "pending",
-            TaskState::Running => "running",
-            TaskState::Succeeded => "succeeded",
-            TaskState::Failed => "failed",
-            TaskState::Cancelled => "cancelled",
-        })
+        f.write_str(self.name())
     }
 }
 
@@ -538,7 +539,16 @@ mod tests {
     fn states_and_error_kinds_are_read_back_by_their_names() {
         for state in TaskState::ALL {
             assert_eq!(state.name().parse::<TaskState>(), Ok(state));
+            assert_eq!(state.to_string(), state.name());
+            // Over the wire and back.
+            let wire = crate::proto::TaskState::from(state) as i32;
+            assert_eq!(
+                crate::convert::task_state("state", wire).map_err(|e| e.to_string()),
+                Ok(Some(state))
+            );
         }
+        assert!(!TaskState::Blocked.is_terminal());
+        assert_eq!(TaskState::ALL.len(), 6);
         assert!(matches!(
             "done".parse::<TaskState>(),
             Err(ApiError::InvalidArgument(m)) if m.contains("pending, running")

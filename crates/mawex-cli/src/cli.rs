@@ -519,7 +519,7 @@ pub struct ListArgs {
     /// Only tasks of this group.
     #[arg(long)]
     pub group: Option<String>,
-    /// Only tasks in this state: pending, running, succeeded, failed, cancelled.
+    /// Only tasks in this state: blocked, pending, running, succeeded, failed, cancelled.
     #[arg(long)]
     pub state: Option<String>,
     /// Only tasks run by this handler.

@@ -187,7 +187,8 @@ pub(crate) struct TaskSearch {
     /// Only tasks of this group.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) group: Option<String>,
-    /// Only tasks in this state: `pending`, `running`, `succeeded`, `failed`, `cancelled`.
+    /// Only tasks in this state: `blocked`, `pending`, `running`, `succeeded`, `failed`,
+    /// `cancelled`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) state: Option<String>,
     /// Only tasks run by this handler.

@@ -23,8 +23,8 @@ const IDS_PER_CALL: usize = 1_000;
 const CANCELS_IN_FLIGHT: usize = 32;
 
 /// Acts on a selection of tasks or on every task a filter matches, or, with `dry_run`,
-/// counts the tasks the action would change (those in the states it applies to: pending
-/// and running for `cancel`; failed for `retry` and `purge`; pending for the rest).
+/// counts the tasks the action would change (those in the states it applies to: blocked,
+/// pending and running for `cancel`; failed for `retry` and `purge`; pending for the rest).
 #[utoipa::path(
     post, path = "/api/v1/tasks/bulk", tag = "tasks",
     request_body = BulkBody,

@@ -376,7 +376,8 @@ pub struct TaskFilter {
     /// Only tasks of this group.
     #[serde(default)]
     pub group: Option<String>,
-    /// Only tasks in this state: `pending`, `running`, `succeeded`, `failed`, `cancelled`.
+    /// Only tasks in this state: `blocked`, `pending`, `running`, `succeeded`, `failed`,
+    /// `cancelled`.
     #[serde(default)]
     pub state: Option<String>,
     /// Only tasks run by this handler.
@@ -468,7 +469,7 @@ fn form_time(field: &str, text: &str) -> Result<Timestamp, WebError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BulkAction {
-    /// Cancel pending and running tasks.
+    /// Cancel blocked, pending and running tasks.
     Cancel,
     /// Run failed tasks again, each with a fresh attempt budget.
     Retry,
@@ -488,7 +489,7 @@ impl BulkAction {
     /// The states of the tasks this action changes.
     pub(crate) fn applies_to(self) -> &'static [TaskState] {
         match self {
-            BulkAction::Cancel => &[TaskState::Pending, TaskState::Running],
+            BulkAction::Cancel => &[TaskState::Blocked, TaskState::Pending, TaskState::Running],
             BulkAction::Retry | BulkAction::Purge => &[TaskState::Failed],
             BulkAction::Move | BulkAction::Reprioritise | BulkAction::Front | BulkAction::Back => {
                 &[TaskState::Pending]
@@ -720,6 +721,8 @@ pub struct Group {
     pub failed: u64,
     /// Retained tasks that were cancelled.
     pub cancelled: u64,
+    /// Tasks waiting for the tasks they run after.
+    pub blocked: u64,
     /// Its settings.
     pub settings: GroupSettingsBody,
     /// Recent mean run time, in milliseconds.
@@ -743,6 +746,7 @@ impl From<&GroupView> for Group {
             succeeded: g.succeeded,
             failed: g.failed,
             cancelled: g.cancelled,
+            blocked: g.blocked,
             settings: GroupSettingsBody::from(&g.settings),
             mean_run_time_ms: g.mean_run_time.map(millis),
             wait_p50_ms: g.times.wait_p50.map(millis),

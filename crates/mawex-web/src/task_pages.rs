@@ -64,7 +64,7 @@ pub(crate) fn controls(search: &TaskSearch) -> Markup {
         form.filters #bulk data-json="/api/v1/tasks/bulk" data-confirm="Go ahead?" {
             select name="action" title="bulk action" required {
                 option value="" { "Bulk action…" }
-                option value="cancel" { "Cancel (pending, running)" }
+                option value="cancel" { "Cancel (blocked, pending, running)" }
                 option value="retry" { "Retry (failed)" }
                 option value="purge" { "Purge (failed)" }
                 option value="move" { "Move to group (pending)" }

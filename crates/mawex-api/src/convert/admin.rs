@@ -283,6 +283,7 @@ impl From<GroupView> for proto::GroupView {
             succeeded: g.succeeded,
             failed: g.failed,
             cancelled: g.cancelled,
+            blocked: g.blocked,
             settings: Some(g.settings.into()),
             mean_run_ms: g.mean_run_time.map(millis),
             wait_p50_ms: g.times.wait_p50.map(millis),
@@ -304,6 +305,7 @@ impl TryFrom<proto::GroupView> for GroupView {
         view.succeeded = g.succeeded;
         view.failed = g.failed;
         view.cancelled = g.cancelled;
+        view.blocked = g.blocked;
         view.settings = g.settings.map(Into::into).unwrap_or_default();
         view.mean_run_time = g.mean_run_ms.map(std::time::Duration::from_millis);
         view.times = GroupTimes {

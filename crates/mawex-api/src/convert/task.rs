@@ -106,6 +106,7 @@ impl From<TaskState> for proto::TaskState {
             TaskState::Succeeded => proto::TaskState::Succeeded,
             TaskState::Failed => proto::TaskState::Failed,
             TaskState::Cancelled => proto::TaskState::Cancelled,
+            TaskState::Blocked => proto::TaskState::Blocked,
         }
     }
 }
@@ -119,6 +120,7 @@ pub(crate) fn task_state(field: &str, raw: i32) -> Result<Option<TaskState>, Api
         Ok(proto::TaskState::Succeeded) => Ok(Some(TaskState::Succeeded)),
         Ok(proto::TaskState::Failed) => Ok(Some(TaskState::Failed)),
         Ok(proto::TaskState::Cancelled) => Ok(Some(TaskState::Cancelled)),
+        Ok(proto::TaskState::Blocked) => Ok(Some(TaskState::Blocked)),
         Err(_) => Err(invalid(format!("{field}: unknown task state {raw}"))),
     }
 }

@@ -1286,6 +1286,7 @@ mod model {
                 TaskState::Running => counts.running += 1,
                 TaskState::Succeeded => counts.succeeded += 1,
                 TaskState::Failed => counts.failed += 1,
+                TaskState::Blocked => counts.blocked += 1,
                 _ => counts.cancelled += 1,
             }
         }

@@ -136,6 +136,8 @@ impl History {
             }
             let left = match task.state {
                 TaskState::Pending => None,
+                // Never queued yet: no part of the depth.
+                TaskState::Blocked => continue,
                 _ => started.or(result.map(|r| r.finished_at)),
             };
             let from = index(accepted).unwrap_or(0);

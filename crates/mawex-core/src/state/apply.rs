@@ -504,9 +504,10 @@ impl MasterState {
         if entry.state == TaskState::Running {
             leave_running(&mut self.running_by_group, &entry.spec.group);
         }
-        // A broadcast target holds no round: removing one would take another task's.
+        // A broadcast target holds no round, nor does a blocked task: removing one would take
+        // another task's.
         if let Some(rounds) = self.rounds.get_mut(&entry.spec.group) {
-            if !self.broadcasts.is_target(&id) {
+            if !self.broadcasts.is_target(&id) && entry.state != TaskState::Blocked {
                 let key = entry.spec.fairness_key.as_deref().unwrap_or("");
                 rounds.remove(key, entry.round);
             }

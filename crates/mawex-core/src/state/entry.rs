@@ -296,6 +296,8 @@ pub struct TaskCounts {
     pub failed: u64,
     /// Cancelled (and still retained).
     pub cancelled: u64,
+    /// Waiting for the tasks they run after.
+    pub blocked: u64,
 }
 
 impl TaskCounts {
@@ -305,7 +307,8 @@ impl TaskCounts {
             TaskState::Running => &mut self.running,
             TaskState::Succeeded => &mut self.succeeded,
             TaskState::Failed => &mut self.failed,
-            // TaskState is non_exhaustive only for other crates; Cancelled is the last state.
+            TaskState::Blocked => &mut self.blocked,
+            // TaskState is non_exhaustive only for other crates: this is Cancelled.
             _ => &mut self.cancelled,
         }
     }

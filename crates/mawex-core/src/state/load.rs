@@ -13,12 +13,13 @@ use super::rounds::Rounds;
 use super::{stored, MasterState, QueueKey, Schedule, TaskCounts, TaskEntry};
 
 /// The states, in the order of [`state_slot`].
-const STATES: [TaskState; 5] = [
+const STATES: [TaskState; 6] = [
     TaskState::Pending,
     TaskState::Running,
     TaskState::Succeeded,
     TaskState::Failed,
     TaskState::Cancelled,
+    TaskState::Blocked,
 ];
 
 /// Where `state` is in [`STATES`].
@@ -28,7 +29,8 @@ fn state_slot(state: TaskState) -> usize {
         TaskState::Running => 1,
         TaskState::Succeeded => 2,
         TaskState::Failed => 3,
-        // TaskState is non_exhaustive only for other crates; Cancelled is the last state.
+        TaskState::Blocked => 5,
+        // TaskState is non_exhaustive only for other crates: this is Cancelled.
         _ => 4,
     }
 }
@@ -37,7 +39,7 @@ fn state_slot(state: TaskState) -> usize {
 #[derive(Default)]
 struct GroupIndexes {
     /// Task ids by state (see [`state_slot`]), in id order.
-    ids: [Vec<TaskId>; 5],
+    ids: [Vec<TaskId>; 6],
     queue: Vec<(QueueKey, TaskId)>,
     running: u32,
     rounds: Rounds,
@@ -128,8 +130,9 @@ impl IndexBuilder {
                 *holder = (entry.order, *id);
             }
         }
-        // Broadcast targets are never queued and hold no round (see `add_target_task`).
-        if !entry.state.is_terminal() && !target {
+        // Broadcast targets are never queued and hold no round (see `add_target_task`), nor
+        // do blocked tasks, until they become pending.
+        if !entry.state.is_terminal() && entry.state != TaskState::Blocked && !target {
             at.add_round(entry.fairness_key(), entry.round);
         }
     }

@@ -56,6 +56,7 @@ impl MasterState {
                 view.succeeded = count(TaskState::Succeeded);
                 view.failed = count(TaskState::Failed);
                 view.cancelled = count(TaskState::Cancelled);
+                view.blocked = count(TaskState::Blocked);
                 view.settings = self.group_settings(group);
                 view.mean_run_time = self.mean_duration(group);
                 view
