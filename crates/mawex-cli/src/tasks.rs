@@ -602,6 +602,8 @@ pub(crate) async fn pods(
 #[derive(Debug, Serialize)]
 struct GroupRow {
     group: String,
+    /// Waiting for the tasks they run after.
+    blocked: u64,
     pending: u64,
     running: u64,
     succeeded: u64,
@@ -624,6 +626,7 @@ impl Rows for GroupRow {
     fn headers() -> &'static [&'static str] {
         &[
             "group",
+            "blocked",
             "pending",
             "running",
             "succeeded",
@@ -641,6 +644,7 @@ impl Rows for GroupRow {
         let or_dash = |v: Option<u32>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
         vec![
             self.group.clone(),
+            self.blocked.to_string(),
             self.pending.to_string(),
             self.running.to_string(),
             self.succeeded.to_string(),
@@ -688,6 +692,7 @@ pub(crate) async fn groups(
                     .into_iter()
                     .map(|g| GroupRow {
                         group: g.group.to_string(),
+                        blocked: g.blocked,
                         pending: g.pending,
                         running: g.running,
                         succeeded: g.succeeded,
