@@ -26,11 +26,7 @@ fn page(message: Option<&str>) -> Html<String> {
         html! {
             (DOCTYPE)
             html lang="en" {
-                head {
-                    meta charset="utf-8";
-                    title { "Log in · mawex" }
-                    link rel="stylesheet" href="/static/style.css";
-                }
+                (crate::pages::head("Log in"))
                 body {
                     form.login method="post" action="/login" {
                         h1 { "mawex" }

@@ -79,6 +79,18 @@ async fn style() -> Response {
         .into_response()
 }
 
+/// A page's head: its title, and the dashboard's style sheet.
+pub(crate) fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · mawex" }
+            link rel="stylesheet" href="/static/style.css";
+        }
+    }
+}
+
 /// A whole page: the header, and `content` kept live from `fragment`.
 fn layout(title: &str, here: &str, fragment: &str, content: Markup) -> Html<String> {
     layout_with(title, here, fragment, html! {}, content)
@@ -105,12 +117,7 @@ fn layout_with(
         html! {
             (DOCTYPE)
             html lang="en" {
-                head {
-                    meta charset="utf-8";
-                    meta name="viewport" content="width=device-width, initial-scale=1";
-                    title { (title) " · mawex" }
-                    link rel="stylesheet" href="/static/style.css";
-                }
+                (head(title))
                 body {
                     header {
                         a.brand href="/" { "mawex" }
@@ -827,6 +834,7 @@ async fn failed_messages(app: &AppState, line: &FailedLine) -> Result<Markup, We
         .limit(mawex_api::MAX_LIST_LIMIT)
         .without_bodies();
     let (mut counts, mut scanned, mut more) = (HashMap::<String, u64>::new(), 0usize, false);
+    let mut of_kind: u64 = 0;
     loop {
         let page = app.proxy.list(query.clone()).await?;
         for task in &page.tasks {
@@ -835,6 +843,7 @@ async fn failed_messages(app: &AppState, line: &FailedLine) -> Result<Markup, We
                 _ => task.failures.last().map(|f| &f.error),
             };
             if let Some(error) = error.filter(|e| e.kind == kind) {
+                of_kind += 1;
                 let message: String = error.message.chars().take(MESSAGE_SHOWN).collect();
                 *counts.entry(message).or_default() += 1;
             }
@@ -866,7 +875,7 @@ async fn failed_messages(app: &AppState, line: &FailedLine) -> Result<Markup, We
     Ok(html! {
         p.muted {
             "Failed tasks of " (group) " whose last error is " (kind.name()) ", by message"
-            @if more { " (the first " (scanned) " of them)" }
+            @if more { " (of the first " (scanned) " failed tasks of the group, the " (of_kind) " of this kind)" }
             ". Each search finds them all, and acts on all of them in bulk."
         }
         table.messages {

@@ -14,6 +14,14 @@ use crate::state::MasterState;
 
 const MINUTE_MS: u64 = 60_000;
 
+/// The first minute of the window whose last is `last`.
+fn window_start(last: Timestamp) -> Timestamp {
+    Timestamp(
+        last.0
+            .saturating_sub(MINUTE_MS.saturating_mul(HISTORY_MINUTES as u64 - 1)),
+    )
+}
+
 /// The start of the minute `t` is in.
 fn minute_of(t: Timestamp) -> Timestamp {
     Timestamp(t.0 - t.0 % MINUTE_MS)
@@ -74,11 +82,7 @@ impl History {
         let mut history = History::default();
         let current = minute_of(now);
         // Every minute of the window, so that each retained task finds its own.
-        let first = Timestamp(
-            current
-                .0
-                .saturating_sub(MINUTE_MS.saturating_mul(HISTORY_MINUTES as u64 - 1)),
-        );
+        let first = window_start(current);
         let mut minute = first;
         while minute <= current {
             history.minutes.push_back(MinuteCounts::new(minute));
@@ -190,11 +194,7 @@ impl History {
                 }
                 let mut next = match self.minutes.back() {
                     Some(last) => Timestamp(last.minute.0 + MINUTE_MS),
-                    None => Timestamp(
-                        minute
-                            .0
-                            .saturating_sub(MINUTE_MS.saturating_mul(HISTORY_MINUTES as u64 - 1)),
-                    ),
+                    None => window_start(minute),
                 };
                 while next <= minute {
                     let mut counts = MinuteCounts::new(next);
