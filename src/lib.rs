@@ -65,7 +65,8 @@ pub use mawex_api::pod::PodConnector;
 pub use mawex_api::typed;
 pub use mawex_api::{
     ApiError, Attempt, AttemptFailure, BearerToken, Bytes, CancelAck, ChannelConfig, ClientTls,
-    Dedup, ErrorKind, FailedCount, FailedFilter, GroupName, GroupSettings, GroupView,
+    Dedup, Dependency, DependencyPolicy, ErrorKind, FailedCount, FailedFilter, GraphAck, GraphEdge,
+    GraphId, GraphNode, GraphNodeView, GraphSpec, GraphView, GroupName, GroupSettings, GroupView,
     GrpcPodConnector, Limits, ListQuery, MasterProxy, MinuteCounts, MissedTicks, Outcome,
     PendingChange, PodId, PodView, QueuePosition, RateLimit, RemoteConfig, RemoteMasterProxy,
     ResultCursor, ResultStream, RetryHint, RetryPolicy, ScheduleName, ScheduleSpec, ScheduleView,

@@ -33,6 +33,8 @@ fn spec(id: &str, group: &str) -> proto::TaskSpec {
         dedup: None,
         fairness_key: None,
         sandbox: None,
+        after: Vec::new(),
+        output_limit: None,
     }
 }
 

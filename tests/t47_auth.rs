@@ -61,9 +61,8 @@ async fn serve(master: &TestMaster, tokens: TokenStore) -> RunningServer {
 fn expected_role(path: &str) -> Role {
     let method = path.rsplit('/').next().unwrap();
     match method {
-        "Submit" | "SubmitBatch" | "Get" | "Cancel" | "AwaitResult" | "List" | "StreamResults" => {
-            Role::Client
-        }
+        "Submit" | "SubmitBatch" | "Get" | "Cancel" | "AwaitResult" | "List" | "StreamResults"
+        | "SubmitGraph" | "GetGraph" | "CancelGraph" => Role::Client,
         "FailedSummary" | "RetryFailed" | "PurgeFailed" | "ConfigureGroup" | "GetGroupSettings"
         | "UpdatePending" | "CreateSchedule" | "ListSchedules" | "PauseSchedule"
         | "DeleteSchedule" | "FireBroadcast" | "PlanBroadcast" | "GetBroadcast"
@@ -93,6 +92,7 @@ fn reads_only(path: &str) -> bool {
             | "WaitBroadcast"
             | "ListBroadcastLocks"
             | "History"
+            | "GetGraph"
             | "ListPods"
             | "ListGroups"
     )

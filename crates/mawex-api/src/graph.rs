@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
-use crate::task::TaskSpec;
+use crate::ids::{GraphId, TaskId};
+use crate::task::{TaskSpec, TaskState};
+use crate::time::Timestamp;
 
 /// The most nodes one graph holds.
 pub const MAX_GRAPH_NODES: usize = 100_000;
@@ -31,6 +33,43 @@ pub enum DependencyPolicy {
     AllSucceeded,
     /// When every dependency finished, whatever its outcome.
     AllFinished,
+}
+
+/// A task a task runs after: when (its policy) and whether the dependency's result is
+/// handed to the dependant as one of its inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Dependency {
+    /// The task it runs after.
+    pub task: TaskId,
+    /// When the dependant runs, given how `task` ended.
+    pub policy: DependencyPolicy,
+    /// Whether `task`'s result is one of the dependant's inputs (the default). A fan-in that
+    /// only needs the order can leave it out, so that its inputs need no room.
+    pub pass_output: bool,
+}
+
+impl Dependency {
+    /// After `task` succeeded, with its output as an input.
+    pub fn on(task: TaskId) -> Self {
+        Dependency {
+            task,
+            policy: DependencyPolicy::default(),
+            pass_output: true,
+        }
+    }
+
+    /// The same dependency under `policy`.
+    pub fn with_policy(mut self, policy: DependencyPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The same dependency, its result not handed to the dependant.
+    pub fn without_output(mut self) -> Self {
+        self.pass_output = false;
+        self
+    }
 }
 
 /// A task of a graph, under a name unique in it.
@@ -63,6 +102,13 @@ pub struct GraphEdge {
     pub to: String,
     /// When `to` runs, given how `from` ended.
     pub policy: DependencyPolicy,
+    /// Whether `from`'s result is one of `to`'s inputs (the default).
+    #[serde(default = "yes")]
+    pub pass_output: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl GraphEdge {
@@ -72,7 +118,14 @@ impl GraphEdge {
             from: from.into(),
             to: to.into(),
             policy: DependencyPolicy::default(),
+            pass_output: true,
         }
+    }
+
+    /// The same edge, `from`'s result not handed to `to`.
+    pub fn without_output(mut self) -> Self {
+        self.pass_output = false;
+        self
     }
 
     /// The same edge, under `policy`.
@@ -82,10 +135,15 @@ impl GraphEdge {
     }
 }
 
-/// Tasks and the order among them, submitted as one.
+/// Tasks and the order among them, submitted as one: atomically (all its tasks or none),
+/// and idempotently by its id (a graph submitted again after a lost reply is recognised).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct GraphSpec {
+    /// Its id (a fresh one from [`GraphSpec::new`]). Each node's task id derives from it and
+    /// the node's name ([`GraphId::node_id`]); the id a node's spec had is not used.
+    #[serde(default)]
+    pub id: GraphId,
     /// Its tasks.
     pub nodes: Vec<GraphNode>,
     /// Who runs after whom.
@@ -101,7 +159,70 @@ pub struct GraphLayers(pub Vec<Vec<usize>>);
 impl GraphSpec {
     /// A graph of `nodes` and `edges`.
     pub fn new(nodes: Vec<GraphNode>, edges: Vec<GraphEdge>) -> Self {
-        GraphSpec { nodes, edges }
+        GraphSpec {
+            id: GraphId::new(),
+            nodes,
+            edges,
+        }
+    }
+
+    /// The same graph under `id`.
+    pub fn with_id(mut self, id: GraphId) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// The graph as the tasks a master accepts, after [`GraphSpec::validate`]: each node's
+    /// spec under its derived id, with an `after` entry for each edge into it (and the
+    /// dependencies its spec named already, on tasks outside the graph), in an order where
+    /// every task comes after those it runs after. Paired with the node's name.
+    ///
+    /// # Errors
+    /// What [`GraphSpec::validate`] refuses.
+    pub fn into_tasks(self) -> Result<Vec<(String, TaskSpec)>, ApiError> {
+        let layers = self.validate()?;
+        let ids: Vec<TaskId> = self
+            .nodes
+            .iter()
+            .map(|n| self.id.node_id(&n.name))
+            .collect();
+        let index: HashMap<&str, usize> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.as_str(), i))
+            .collect();
+        let mut after: Vec<Vec<Dependency>> = vec![Vec::new(); self.nodes.len()];
+        for edge in &self.edges {
+            // Both ends exist: validate checked every edge.
+            if let (Some(&from), Some(&to)) =
+                (index.get(edge.from.as_str()), index.get(edge.to.as_str()))
+            {
+                after[to].push(Dependency {
+                    task: ids[from],
+                    policy: edge.policy,
+                    pass_output: edge.pass_output,
+                });
+            }
+        }
+        let mut nodes: Vec<Option<GraphNode>> = self.nodes.into_iter().map(Some).collect();
+        let mut tasks = Vec::with_capacity(nodes.len());
+        for i in layers.0.into_iter().flatten() {
+            let Some(node) = nodes[i].take() else {
+                continue;
+            };
+            let mut spec = node.spec.with_id(ids[i]);
+            let mut deps = std::mem::take(&mut after[i]);
+            // A dependency the spec named that an edge names too is the edge's.
+            for dep in std::mem::take(&mut spec.after) {
+                if !deps.iter().any(|d| d.task == dep.task) {
+                    deps.push(dep);
+                }
+            }
+            spec.after = deps;
+            tasks.push((node.name, spec));
+        }
+        Ok(tasks)
     }
 
     /// Checks the graph's shape and bounds (not its tasks: each is checked as a submit is)
@@ -224,6 +345,83 @@ impl GraphSpec {
 }
 
 /// A refusal of the graph, saying why.
+/// The answer to a graph submit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct GraphAck {
+    /// The graph.
+    pub id: GraphId,
+    /// True when it was recorded now; false for a graph already known (submitted again).
+    pub created: bool,
+}
+
+impl GraphAck {
+    /// The answer for graph `id`.
+    pub fn new(id: GraphId, created: bool) -> Self {
+        GraphAck { id, created }
+    }
+}
+
+/// A node of a graph as it is now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct GraphNodeView {
+    /// Its name in the graph.
+    pub name: String,
+    /// Its task.
+    pub task: TaskId,
+    /// Where its task is.
+    pub state: TaskState,
+    /// The tasks it runs after.
+    pub after: Vec<TaskId>,
+}
+
+impl GraphNodeView {
+    /// Node `name`, task `task` in `state`, after `after`.
+    pub fn new(name: String, task: TaskId, state: TaskState, after: Vec<TaskId>) -> Self {
+        GraphNodeView {
+            name,
+            task,
+            state,
+            after,
+        }
+    }
+}
+
+/// A graph as it is now: every node's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct GraphView {
+    /// The graph.
+    pub id: GraphId,
+    /// When the master accepted it.
+    pub submitted_at: Timestamp,
+    /// Its nodes, in the order they were submitted (dependencies first). A node whose task
+    /// was forgotten (past the result retention) is left out.
+    pub nodes: Vec<GraphNodeView>,
+}
+
+impl GraphView {
+    /// Graph `id`, accepted at `submitted_at`, with `nodes`.
+    pub fn new(id: GraphId, submitted_at: Timestamp, nodes: Vec<GraphNodeView>) -> Self {
+        GraphView {
+            id,
+            submitted_at,
+            nodes,
+        }
+    }
+
+    /// True when every node's task has finished (or was forgotten).
+    pub fn is_finished(&self) -> bool {
+        self.nodes.iter().all(|n| n.state.is_terminal())
+    }
+
+    /// How many nodes are in `state`.
+    pub fn count(&self, state: TaskState) -> usize {
+        self.nodes.iter().filter(|n| n.state == state).count()
+    }
+}
+
 fn bad<T>(message: String) -> Result<T, ApiError> {
     Err(ApiError::InvalidArgument(message))
 }

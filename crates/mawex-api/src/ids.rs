@@ -60,6 +60,83 @@ impl FromStr for TaskId {
     }
 }
 
+/// Identifies a workflow graph. Chosen by the client like a [`TaskId`], so that submitting the
+/// same graph again after a lost reply is recognised; its nodes' task ids derive from it and
+/// their names ([`GraphId::node_id`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct GraphId(uuid::Uuid);
+
+impl GraphId {
+    /// A fresh, time-ordered id.
+    pub fn new() -> Self {
+        GraphId(uuid::Uuid::now_v7())
+    }
+
+    /// Wraps raw bytes. The nil id is rejected.
+    ///
+    /// # Errors
+    /// [`ApiError::InvalidArgument`] for the all-zero id.
+    pub fn from_bytes(bytes: [u8; 16]) -> Result<Self, ApiError> {
+        let id = uuid::Uuid::from_bytes(bytes);
+        if id.is_nil() {
+            return Err(ApiError::InvalidArgument("graph id must not be nil".into()));
+        }
+        Ok(GraphId(id))
+    }
+
+    /// The 16 bytes of the id.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
+    /// The task id of this graph's node `name`: the same for the same graph and name, so
+    /// a graph submitted twice names the same tasks. It keeps the graph id's time (its first
+    /// 48 bits), so a graph's tasks list together, in the order graphs were made.
+    pub fn node_id(&self, name: &str) -> TaskId {
+        // FNV-1a over the graph id and the name, then splitmix64 to spread it: twice, with
+        // different seeds, for 80 bits of the name.
+        let hash = |seed: u64| {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+            for b in self.as_bytes().iter().chain(name.as_bytes()) {
+                h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            h ^ (h >> 31)
+        };
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&self.as_bytes()[..6]);
+        bytes[6..14].copy_from_slice(&hash(0).to_be_bytes());
+        bytes[14..].copy_from_slice(&hash(0x9E37_79B9_7F4A_7C15).to_be_bytes()[..2]);
+        bytes[6] = 0x70 | (bytes[6] & 0x0f); // version 7
+        bytes[8] = 0x80 | (bytes[8] & 0x3f); // RFC 4122 variant
+                                             // Never nil: the version nibble alone makes it non-zero.
+        TaskId::from_bytes(bytes).unwrap_or_default()
+    }
+}
+
+impl Default for GraphId {
+    fn default() -> Self {
+        GraphId::new()
+    }
+}
+
+impl fmt::Display for GraphId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl FromStr for GraphId {
+    type Err = ApiError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let id = uuid::Uuid::parse_str(s)
+            .map_err(|e| ApiError::InvalidArgument(format!("graph id {s:?} is not a UUID: {e}")))?;
+        GraphId::from_bytes(*id.as_bytes())
+    }
+}
+
 /// Number of one try of a task, counted from 1. Every message about a running task carries it,
 /// so an answer from an attempt that is no longer current is recognised and dropped.
 #[derive(
@@ -231,5 +308,16 @@ mod tests {
             .is_err());
         assert!("nope".parse::<TaskId>().is_err());
         assert!(TaskId::new() > id, "v7 ids grow with time");
+    }
+
+    #[test]
+    fn a_graphs_node_ids_are_stable_distinct_and_keep_its_time() {
+        let graph = GraphId::new();
+        let a = graph.node_id("a");
+        assert_eq!(a, graph.node_id("a"));
+        assert_ne!(a, graph.node_id("b"));
+        assert_ne!(a, GraphId::new().node_id("a"));
+        assert_eq!(a.as_bytes()[..6], graph.as_bytes()[..6]);
+        assert_eq!(graph.to_string().parse::<GraphId>().unwrap(), graph);
     }
 }

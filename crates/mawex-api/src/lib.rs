@@ -43,10 +43,10 @@ pub use broadcast::{
 pub use error::ApiError;
 pub use failure::{ErrorKind, RetryHint, TaskError, UnknownErrorKind, MAX_ERROR_MESSAGE_BYTES};
 pub use graph::{
-    DependencyPolicy, GraphEdge, GraphLayers, GraphNode, GraphSpec, MAX_DEPENDENCIES,
-    MAX_GRAPH_EDGES, MAX_GRAPH_NODES, MAX_NODE_NAME_LEN,
+    Dependency, DependencyPolicy, GraphAck, GraphEdge, GraphLayers, GraphNode, GraphNodeView,
+    GraphSpec, GraphView, MAX_DEPENDENCIES, MAX_GRAPH_EDGES, MAX_GRAPH_NODES, MAX_NODE_NAME_LEN,
 };
-pub use ids::{Attempt, GroupName, PodId, ScheduleName, TaskId};
+pub use ids::{Attempt, GraphId, GroupName, PodId, ScheduleName, TaskId};
 pub use proxy::{
     check_history_minutes, CancelAck, ListQuery, MasterProxy, ResultCursor, ResultStream,
     SubmitAck, TaskPage, MAX_LIST_FILTER_LEN, MAX_LIST_LIMIT, MAX_LIST_PAGE_BYTES, MAX_LIST_SCAN,

@@ -16,7 +16,8 @@ use crate::broadcast::{
 };
 use crate::error::ApiError;
 use crate::failure::ErrorKind;
-use crate::ids::{GroupName, PodId, ScheduleName, TaskId};
+use crate::graph::{GraphAck, GraphSpec, GraphView};
+use crate::ids::{GraphId, GroupName, PodId, ScheduleName, TaskId};
 use crate::task::{TaskResult, TaskSpec, TaskState, TaskView};
 use crate::time::Timestamp;
 
@@ -597,6 +598,35 @@ pub trait MasterProxy: Send + Sync {
     /// the master is down.
     async fn history(&self, minutes: usize) -> Result<Vec<MinuteCounts>, ApiError> {
         Err(unimplemented("history"))
+    }
+
+    /// Submits a workflow graph: every node, each blocked until the nodes it runs after have
+    /// ended as its edges ask, atomically (all or none) and idempotently by the graph's id.
+    ///
+    /// # Errors
+    /// `InvalidArgument` naming the node or edge at fault (a cycle, a dangling edge, an
+    /// invalid task); `NotFound` for a dependency outside the graph the master does not know;
+    /// `ResourceExhausted` for a fan-in whose inputs could exceed the payload limit, naming
+    /// the node; `Conflict` when the graph's id, or a node's task id, is used by something
+    /// else.
+    async fn submit_graph(&self, graph: GraphSpec) -> Result<GraphAck, ApiError> {
+        Err(unimplemented("submit_graph"))
+    }
+
+    /// A graph and every node's state.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown graph (or one whose tasks were all forgotten).
+    async fn graph(&self, id: GraphId) -> Result<GraphView, ApiError> {
+        Err(unimplemented("graph"))
+    }
+
+    /// Cancels every node of a graph that has not finished; answers how many.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown graph.
+    async fn cancel_graph(&self, id: GraphId) -> Result<u64, ApiError> {
+        Err(unimplemented("cancel_graph"))
     }
 }
 

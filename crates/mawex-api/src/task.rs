@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::failure::TaskError;
-use crate::ids::{Attempt, GroupName, PodId, TaskId};
+use crate::graph::{Dependency, MAX_DEPENDENCIES};
+use crate::ids::{Attempt, GraphId, GroupName, PodId, TaskId};
 use crate::time::Timestamp;
 
 /// The longest fairness key accepted, in bytes.
@@ -177,6 +178,15 @@ pub struct TaskSpec {
     /// The sandbox to run in, by name, among those the pod offers; `None`: the pod's default
     /// for the group.
     pub sandbox: Option<String>,
+    /// Tasks it runs after (a workflow): it stays [`TaskState::Blocked`] until they have
+    /// ended as their policies ask, then runs with their results as inputs. Each must be
+    /// known to the master (submitted earlier, or earlier in the same batch).
+    #[serde(default)]
+    pub after: Vec<Dependency>,
+    /// The most output bytes it may produce; more fails it for good. Declared so that a
+    /// task running after it knows its inputs fit in a payload (see `after`).
+    #[serde(default)]
+    pub output_limit: Option<u64>,
 }
 
 impl TaskSpec {
@@ -205,7 +215,26 @@ impl TaskSpec {
             dedup: None,
             fairness_key: None,
             sandbox: None,
+            after: Vec::new(),
+            output_limit: None,
         }
+    }
+
+    /// The same task, run after `task` succeeded, with its output as an input.
+    pub fn after(self, task: TaskId) -> Self {
+        self.after_dependency(Dependency::on(task))
+    }
+
+    /// The same task, run after `dependency`.
+    pub fn after_dependency(mut self, dependency: Dependency) -> Self {
+        self.after.push(dependency);
+        self
+    }
+
+    /// The same task, its output at most `bytes`.
+    pub fn with_output_limit(mut self, bytes: u64) -> Self {
+        self.output_limit = Some(bytes);
+        self
     }
 
     /// The same task, run in the pod's sandbox named `name`.
@@ -310,6 +339,41 @@ impl TaskSpec {
                 "task {}: payload is {} bytes, the limit is {max_payload_bytes}",
                 self.id,
                 self.payload.len()
+            )));
+        }
+        self.validate_after()
+    }
+
+    /// Checks the dependencies: within bounds, each named once, none the task itself, and
+    /// no dedup key beside them.
+    fn validate_after(&self) -> Result<(), ApiError> {
+        if self.after.len() > MAX_DEPENDENCIES {
+            return Err(ApiError::InvalidArgument(format!(
+                "task {}: runs after {} tasks, more than {MAX_DEPENDENCIES}",
+                self.id,
+                self.after.len()
+            )));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(self.after.len());
+        for dep in &self.after {
+            if dep.task == self.id {
+                return Err(ApiError::InvalidArgument(format!(
+                    "task {}: it cannot run after itself",
+                    self.id
+                )));
+            }
+            if !seen.insert(dep.task) {
+                return Err(ApiError::InvalidArgument(format!(
+                    "task {}: dependency {} is named twice",
+                    self.id, dep.task
+                )));
+            }
+        }
+        if !self.after.is_empty() && self.dedup.is_some() {
+            return Err(ApiError::InvalidArgument(format!(
+                "task {}: a task that runs after others cannot have a dedup key (a duplicate \
+                 would run after other tasks than the ones it names)",
+                self.id
             )));
         }
         Ok(())
@@ -507,6 +571,11 @@ pub struct TaskView {
     /// group's recent mean duration ÷ the group's slots), if there is enough to go on. With
     /// more than 10,000 tasks ahead it is a lower bound.
     pub eta: Option<Duration>,
+    /// Cancelled because a task it ran after failed or was cancelled: the task where that
+    /// began (the first one that did not succeed, however far up).
+    pub cancelled_by: Option<TaskId>,
+    /// The graph it is a node of.
+    pub graph: Option<GraphId>,
 }
 
 impl TaskView {
@@ -523,6 +592,8 @@ impl TaskView {
             failures: Vec::new(),
             not_before: None,
             eta: None,
+            cancelled_by: None,
+            graph: None,
         }
     }
 }

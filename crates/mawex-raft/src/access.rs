@@ -9,10 +9,10 @@ use futures::StreamExt;
 use mawex_api::pod::{PodConnector, PodHello, PodSession};
 use mawex_api::{
     ApiError, BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery,
-    BroadcastSpec, BroadcastView, CancelAck, FailedCount, FailedFilter, GroupName, GroupSettings,
-    GroupView, ListQuery, MasterProxy, MinuteCounts, PendingChange, PodId, PodView, ResultCursor,
-    ResultStream, ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskPage,
-    TaskResult, TaskSpec, TaskView,
+    BroadcastSpec, BroadcastView, CancelAck, FailedCount, FailedFilter, GraphAck, GraphId,
+    GraphSpec, GraphView, GroupName, GroupSettings, GroupView, ListQuery, MasterProxy,
+    MinuteCounts, PendingChange, PodId, PodView, ResultCursor, ResultStream, ScheduleName,
+    ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec, TaskView,
 };
 use mawex_core::{LocalMasterProxy, LocalPodConnector};
 use openraft::raft::ReadPolicy;
@@ -349,6 +349,22 @@ impl MasterProxy for ClusterProxy {
     async fn drain_pod(&self, pod: PodId) -> Result<bool, ApiError> {
         let master = self.master()?;
         self.access.settle(&master, master.drain_pod(pod).await)
+    }
+
+    async fn submit_graph(&self, graph: GraphSpec) -> Result<GraphAck, ApiError> {
+        let master = self.master()?;
+        self.access
+            .settle(&master, master.submit_graph(graph).await)
+    }
+
+    async fn graph(&self, id: GraphId) -> Result<GraphView, ApiError> {
+        let master = self.current().await?;
+        self.access.settle(&master, master.graph(id).await)
+    }
+
+    async fn cancel_graph(&self, id: GraphId) -> Result<u64, ApiError> {
+        let master = self.master()?;
+        self.access.settle(&master, master.cancel_graph(id).await)
     }
 
     async fn list_pods(&self) -> Result<Vec<PodView>, ApiError> {

@@ -307,6 +307,7 @@ impl Sandbox for ForkedSandbox {
             cpu_seconds: self.cpu_seconds,
             open_files: self.open_files,
             env,
+            inputs: input.inputs,
         };
         let stdin = frame(&request).map_err(SandboxError::Spawn)?;
         let limits = process::limits_for(&input.limits, self.cpu_seconds, self.open_files);

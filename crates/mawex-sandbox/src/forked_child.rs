@@ -30,6 +30,8 @@ pub(crate) struct Request {
     pub(crate) cpu_seconds: Option<u64>,
     pub(crate) open_files: Option<u64>,
     pub(crate) env: BTreeMap<String, String>,
+    /// The results of the tasks it runs after (see `TaskInput::inputs`).
+    pub(crate) inputs: Vec<mawex_api::TaskResult>,
 }
 
 pub(crate) fn frame<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
@@ -109,6 +111,7 @@ fn child_main(registry: &HandlerRegistry) -> Result<(), String> {
     task.attempt = Attempt(request.attempt);
     task.group = request.group;
     task.env = request.env;
+    task.inputs = request.inputs;
     // Limits are enforced by the parent around this whole process.
     let result = runtime.block_on(sandbox.run(task, CancellationToken::new()));
     let response = Report::of(result);

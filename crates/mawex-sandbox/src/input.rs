@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use mawex_api::pod::AttemptRef;
-use mawex_api::{Attempt, GroupName, Limits, TaskId, TaskSpec};
+use mawex_api::{Attempt, GroupName, Limits, TaskId, TaskResult, TaskSpec};
 
 /// Everything a sandbox needs to run one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +24,9 @@ pub struct TaskInput {
     /// sandboxes add its `MAWEX_*` variables to the process environment, and no others unless
     /// the operator allowed them (see [`TaskInput::child_env`]).
     pub env: BTreeMap<String, String>,
+    /// The results of the tasks it runs after that pass their output, in the order its spec
+    /// names them (a workflow's fan-in gets all of them, on every attempt).
+    pub inputs: Vec<TaskResult>,
 }
 
 /// Prefix of the attempt variables a child process always gets.
@@ -57,7 +60,19 @@ impl TaskInput {
             payload: spec.payload,
             limits: spec.limits,
             env: BTreeMap::new(),
+            inputs: Vec::new(),
         }
+    }
+
+    /// The output of dependency `task`, if it is among the inputs and succeeded.
+    pub fn dependency_output(&self, task: &TaskId) -> Option<&Bytes> {
+        self.inputs
+            .iter()
+            .find(|r| r.id == *task)
+            .and_then(|r| match &r.outcome {
+                mawex_api::Outcome::Succeeded(output) => Some(output),
+                _ => None,
+            })
     }
 
     /// An input for trying a handler outside a master: group `test`, attempt 1.
@@ -75,6 +90,7 @@ impl TaskInput {
             payload: payload.into(),
             limits: Limits::default(),
             env: BTreeMap::new(),
+            inputs: Vec::new(),
         }
     }
 }

@@ -3,10 +3,10 @@
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
-use mawex_api::convert::{parse_update_pending, required, task_id};
+use mawex_api::convert::{graph_id, parse_update_pending, required, task_id};
 use mawex_api::{
-    proto, BroadcastQuery, BroadcastSpec, FailedFilter, GroupName, ListQuery, MasterProxy,
-    ResultCursor, ScheduleName, ScheduleSpec, TaskSpec,
+    proto, BroadcastQuery, BroadcastSpec, FailedFilter, GraphSpec, GroupName, ListQuery,
+    MasterProxy, ResultCursor, ScheduleName, ScheduleSpec, TaskSpec,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -48,6 +48,35 @@ fn visible(caller: Option<&Caller>, view: &mawex_api::TaskView) -> Result<(), St
 }
 
 impl ClientService {
+    /// Refuses dependencies outside the caller's groups (a dependant gets their results):
+    /// those of `specs` that name no task of `own` (the batch or graph itself).
+    async fn check_dependencies(
+        &self,
+        caller: Option<&Caller>,
+        specs: &[&TaskSpec],
+        own: &std::collections::HashSet<mawex_api::TaskId>,
+    ) -> Result<(), Status> {
+        for spec in specs {
+            for dep in spec.after.iter().filter(|d| !own.contains(&d.task)) {
+                self.check_task(caller, dep.task).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a graph call to a token limited to some groups: a graph's nodes may be in
+    /// any group, and its view would tell of them.
+    fn check_unlimited(caller: Option<&Caller>) -> Result<(), Status> {
+        match caller {
+            Some(c) if c.token.limited_to().is_some() => Err(Status::permission_denied(format!(
+                "token {} is limited to some groups; reading or cancelling a graph needs a \
+                 token that is not",
+                c.token.id()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Refuses a task outside the caller's groups. Costs a read only for a token limited to
     /// some groups.
     async fn check_task(
@@ -75,6 +104,8 @@ impl proto::master_server::Master for ClientService {
         let caller = Caller::of(&request).cloned();
         let spec = TaskSpec::try_from(required("task", request.into_inner().task)?)?;
         check_group(caller.as_ref(), &spec.group)?;
+        self.check_dependencies(caller.as_ref(), &[&spec], &Default::default())
+            .await?;
         let ack = self.proxy.submit(spec).await?;
         Ok(Response::new(ack.into()))
     }
@@ -101,6 +132,10 @@ impl proto::master_server::Master for ClientService {
         for spec in &specs {
             check_group(caller.as_ref(), &spec.group)?;
         }
+        let own = specs.iter().map(|s| s.id).collect();
+        let refs: Vec<&TaskSpec> = specs.iter().collect();
+        self.check_dependencies(caller.as_ref(), &refs, &own)
+            .await?;
         let acks = self.proxy.submit_many(specs).await?;
         Ok(Response::new(proto::SubmitBatchResponse {
             acks: acks.into_iter().map(Into::into).collect(),
@@ -392,6 +427,47 @@ impl proto::master_server::Master for ClientService {
             .map_err(|e| Status::invalid_argument(format!("pod: {e}")))?;
         let found = self.proxy.drain_pod(pod).await?;
         Ok(Response::new(proto::DrainPodResponse { found }))
+    }
+
+    async fn submit_graph(
+        &self,
+        request: Request<proto::SubmitGraphRequest>,
+    ) -> Result<Response<proto::SubmitGraphResponse>, Status> {
+        let caller = Caller::of(&request).cloned();
+        let graph = GraphSpec::try_from(required("graph", request.into_inner().graph)?)?;
+        for node in &graph.nodes {
+            check_group(caller.as_ref(), &node.spec.group)?;
+        }
+        let own = graph
+            .nodes
+            .iter()
+            .map(|n| graph.id.node_id(&n.name))
+            .collect();
+        let refs: Vec<&TaskSpec> = graph.nodes.iter().map(|n| &n.spec).collect();
+        self.check_dependencies(caller.as_ref(), &refs, &own)
+            .await?;
+        let ack = self.proxy.submit_graph(graph).await?;
+        Ok(Response::new(ack.into()))
+    }
+
+    async fn get_graph(
+        &self,
+        request: Request<proto::GraphIdRequest>,
+    ) -> Result<Response<proto::GraphView>, Status> {
+        Self::check_unlimited(Caller::of(&request))?;
+        let id = graph_id("id", &request.into_inner().id)?;
+        Ok(Response::new(self.proxy.graph(id).await?.into()))
+    }
+
+    async fn cancel_graph(
+        &self,
+        request: Request<proto::GraphIdRequest>,
+    ) -> Result<Response<proto::CountResponse>, Status> {
+        let caller = Caller::of(&request).cloned();
+        Self::check_unlimited(caller.as_ref())?;
+        let id = graph_id("id", &request.into_inner().id)?;
+        let count = self.proxy.cancel_graph(id).await?;
+        Ok(Response::new(proto::CountResponse { count }))
     }
 
     async fn list_pods(

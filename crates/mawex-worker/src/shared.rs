@@ -256,6 +256,7 @@ impl Shared {
             Ok(sandbox) => {
                 let mut input = TaskInput::new(r, a.spec);
                 input.env = a.env;
+                input.inputs = a.inputs;
                 input.limits = input
                     .limits
                     .or(self.config.default_limits.clone())

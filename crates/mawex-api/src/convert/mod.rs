@@ -6,12 +6,14 @@
 
 mod admin;
 mod broadcast;
+mod graph;
 mod pod;
 mod proxy;
 mod status;
 mod task;
 
 pub use admin::{parse_update_pending, update_pending_request};
+pub use graph::graph_id;
 pub use pod::{MasterFrame, PodFrame};
 pub(crate) use task::task_state;
 

@@ -120,6 +120,7 @@ impl From<Assignment> for proto::Assignment {
             attempt: Some(a.attempt.into()),
             spec: Some(a.spec.into()),
             env: a.env.into_iter().collect(),
+            inputs: a.inputs.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -133,6 +134,11 @@ impl TryFrom<proto::Assignment> for Assignment {
             attempt: required("assignment.attempt", a.attempt)?.try_into()?,
             spec: TaskSpec::try_from(required("assignment.spec", a.spec)?)?,
             env: a.env.into_iter().collect(),
+            inputs: a
+                .inputs
+                .into_iter()
+                .map(TryInto::try_into)
+                .collect::<Result<_, _>>()?,
         })
     }
 }

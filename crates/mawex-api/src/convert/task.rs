@@ -5,6 +5,7 @@ use std::time::Duration;
 use crate::convert::{in_field, invalid, millis, required, task_id};
 use crate::error::ApiError;
 use crate::failure::{ErrorKind, RetryHint, TaskError};
+use crate::graph::{Dependency, DependencyPolicy};
 use crate::ids::{Attempt, GroupName, PodId};
 use crate::proto;
 use crate::task::{
@@ -50,7 +51,52 @@ impl From<TaskSpec> for proto::TaskSpec {
             }),
             fairness_key: s.fairness_key,
             sandbox: s.sandbox,
+            after: s.after.into_iter().map(Into::into).collect(),
+            output_limit: s.output_limit,
         }
+    }
+}
+
+#[doc(hidden)]
+impl From<Dependency> for proto::Dependency {
+    fn from(d: Dependency) -> Self {
+        proto::Dependency {
+            task: d.task.to_string(),
+            policy: proto::DependencyPolicy::from(d.policy) as i32,
+            ignore_output: !d.pass_output,
+        }
+    }
+}
+
+#[doc(hidden)]
+impl TryFrom<proto::Dependency> for Dependency {
+    type Error = ApiError;
+
+    fn try_from(d: proto::Dependency) -> Result<Self, ApiError> {
+        let mut dependency =
+            Dependency::on(task_id("dependency.task", &d.task)?).with_policy(policy(d.policy)?);
+        dependency.pass_output = !d.ignore_output;
+        Ok(dependency)
+    }
+}
+
+#[doc(hidden)]
+impl From<DependencyPolicy> for proto::DependencyPolicy {
+    fn from(p: DependencyPolicy) -> Self {
+        match p {
+            DependencyPolicy::AllFinished => proto::DependencyPolicy::AllFinished,
+            // The default, and what `UNSPECIFIED` (0) means.
+            _ => proto::DependencyPolicy::AllSucceeded,
+        }
+    }
+}
+
+/// A dependency policy from the wire; an unknown value is refused, not guessed.
+pub(crate) fn policy(value: i32) -> Result<DependencyPolicy, ApiError> {
+    match proto::DependencyPolicy::try_from(value) {
+        Ok(proto::DependencyPolicy::AllSucceeded) => Ok(DependencyPolicy::AllSucceeded),
+        Ok(proto::DependencyPolicy::AllFinished) => Ok(DependencyPolicy::AllFinished),
+        Err(_) => Err(invalid(format!("unknown dependency policy {value}"))),
     }
 }
 
@@ -73,6 +119,12 @@ impl TryFrom<proto::TaskSpec> for TaskSpec {
                 .map(|d| Dedup::new(d.key, Duration::from_millis(d.window_ms))),
             fairness_key: s.fairness_key,
             sandbox: s.sandbox,
+            after: s
+                .after
+                .into_iter()
+                .map(TryInto::try_into)
+                .collect::<Result<_, _>>()?,
+            output_limit: s.output_limit,
         })
     }
 }
@@ -280,6 +332,8 @@ impl From<TaskView> for proto::TaskView {
                 .collect(),
             not_before_ms: v.not_before.map(|t| t.0),
             eta_ms: v.eta.map(millis),
+            cancelled_by: v.cancelled_by.map(|t| t.to_string()),
+            graph: v.graph.map(|g| g.to_string()),
         }
     }
 }
@@ -316,6 +370,14 @@ impl TryFrom<proto::TaskView> for TaskView {
             .collect::<Result<_, ApiError>>()?;
         view.not_before = v.not_before_ms.map(Timestamp);
         view.eta = v.eta_ms.map(Duration::from_millis);
+        view.cancelled_by = v
+            .cancelled_by
+            .map(|t| task_id("view.cancelled_by", &t))
+            .transpose()?;
+        view.graph = v
+            .graph
+            .map(|g| g.parse().map_err(in_field("view.graph")))
+            .transpose()?;
         Ok(view)
     }
 }

@@ -186,6 +186,10 @@ pub struct Assignment {
     /// Environment of this attempt beyond the task's (a broadcast target's source, say):
     /// child sandboxes pass it to the process, in-process handlers read it from their input.
     pub env: BTreeMap<String, String>,
+    /// The results of the tasks it runs after that pass their output (see
+    /// [`crate::Dependency::pass_output`]), in the order the spec names them: the same on
+    /// every attempt, from whichever master assigns it.
+    pub inputs: Vec<crate::TaskResult>,
 }
 
 /// What a pod process uses, reported with its heartbeats for monitoring.

@@ -26,7 +26,8 @@ use crate::broadcast::{
     BroadcastView,
 };
 use crate::error::ApiError;
-use crate::ids::{GroupName, PodId, ScheduleName, TaskId};
+use crate::graph::{GraphAck, GraphSpec, GraphView};
+use crate::ids::{GraphId, GroupName, PodId, ScheduleName, TaskId};
 use crate::proto;
 use crate::proto::master_client::MasterClient;
 use crate::proxy::{
@@ -576,6 +577,32 @@ impl MasterProxy for RemoteMasterProxy {
             .unary(request, |mut c, r| async move { c.history(r).await })
             .await?;
         Ok(answer.minutes.into_iter().map(MinuteCounts::from).collect())
+    }
+
+    async fn submit_graph(&self, graph: GraphSpec) -> Result<GraphAck, ApiError> {
+        let request = proto::SubmitGraphRequest {
+            graph: Some(graph.into()),
+        };
+        let answer = self
+            .unary(request, |mut c, r| async move { c.submit_graph(r).await })
+            .await?;
+        answer.try_into()
+    }
+
+    async fn graph(&self, id: GraphId) -> Result<GraphView, ApiError> {
+        let request = proto::GraphIdRequest { id: id.to_string() };
+        let answer = self
+            .unary(request, |mut c, r| async move { c.get_graph(r).await })
+            .await?;
+        answer.try_into()
+    }
+
+    async fn cancel_graph(&self, id: GraphId) -> Result<u64, ApiError> {
+        let request = proto::GraphIdRequest { id: id.to_string() };
+        let answer = self
+            .unary(request, |mut c, r| async move { c.cancel_graph(r).await })
+            .await?;
+        Ok(answer.count)
     }
 
     async fn clear_broadcast_lock(&self, app: &str) -> Result<Option<BroadcastId>, ApiError> {

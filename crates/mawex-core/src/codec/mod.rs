@@ -29,7 +29,9 @@ use std::sync::Arc;
 use mawex_api::TaskId;
 
 use crate::error::CoreError;
-use crate::state::{Event, MasterState, StateHead, StateLoader, TaskEntry};
+use crate::state::{
+    Event, MasterState, StateHead, StateLoader, TaskEntry, Workflows, WorkflowsOwned,
+};
 
 /// Format 1 (frozen in `v1.rs`): read, never written.
 pub(crate) const RECORD_FORMAT_V1: u8 = 1;
@@ -46,8 +48,14 @@ pub(crate) const RECORD_FORMAT_V4: u8 = 4;
 pub(crate) const RECORD_FORMAT_V5: u8 = 5;
 /// Format 6: format 5 plus `PodsForgotten` (appended). Read, never written.
 pub(crate) const RECORD_FORMAT_V6: u8 = 6;
-/// Format of records written by this version: format 6 plus `PodBound` (appended).
+/// Format 7: format 6 plus `PodBound` (appended). Written for every record that holds none
+/// of format 8's events, so that a version that reads 7 reads what a master writes until
+/// workflows are used.
 pub(crate) const RECORD_FORMAT_V7: u8 = 7;
+/// Format 8: format 7 plus the workflow events (`WorkflowAccepted`, `TasksUnblocked`,
+/// `TasksCancelledByDependency`, `TasksRevived`; appended). Written for records that hold
+/// one of them.
+pub(crate) const RECORD_FORMAT_V8: u8 = 8;
 /// Snapshot format 1 (frozen): read, never written.
 pub(crate) const SNAPSHOT_FORMAT_V1: u8 = 1;
 /// Snapshot format 2: read through [`SnapshotV2`], never written.
@@ -59,9 +67,12 @@ pub(crate) const SNAPSHOT_FORMAT_V3: u8 = 3;
 pub(crate) const SNAPSHOT_FORMAT_V4: u8 = 4;
 /// Snapshot format 5: format 4 plus the pod owners. Read, never written.
 pub(crate) const SNAPSHOT_FORMAT_V5: u8 = 5;
-/// Format of snapshots written by this version: format 5's state in frames, the tasks in
-/// chunks that decode in parallel (see [`encode_snapshot`]).
+/// Format 6: format 5's state in frames, the tasks in chunks that decode in parallel (see
+/// [`encode_snapshot`]). Written for a state without workflows.
 pub(crate) const SNAPSHOT_FORMAT_V6: u8 = 6;
+/// Format 7: format 6 plus a last frame with the workflows (each task's links, the graphs).
+/// Written for a state that has some.
+pub(crate) const SNAPSHOT_FORMAT_V7: u8 = 7;
 /// Tasks in one chunk of a format-6 snapshot, at most: enough that a chunk is worth a hand-off
 /// between threads, few enough that a million tasks make sixty chunks to share out.
 const TASKS_PER_CHUNK: usize = 16_384;
@@ -90,21 +101,32 @@ pub(crate) fn encode_records(
     let mut count: u32 = 0;
     let mut buf = header_placeholder();
     let mut scratch = Vec::with_capacity(1024);
+    // The oldest format that holds the record's events.
+    let format = |v8: bool| {
+        if v8 {
+            RECORD_FORMAT_V8
+        } else {
+            RECORD_FORMAT_V7
+        }
+    };
+    let mut v8 = false;
     for (seq, event) in (first_seq..).zip(events) {
         scratch.clear();
         bincode::serde::encode_into_std_write(event, &mut scratch, config())
             .map_err(|e| CoreError::Encode(e.to_string()))?;
         if count > 0 && buf.len() + scratch.len() > max_bytes {
-            records.push((start, seal(buf, RECORD_FORMAT_V7, count)));
+            records.push((start, seal(buf, format(v8), count)));
             buf = header_placeholder();
             count = 0;
             start = seq;
+            v8 = false;
         }
         buf.extend_from_slice(&scratch);
         count += 1;
+        v8 |= event.needs_format_8();
     }
     if count > 0 {
-        records.push((start, seal(buf, RECORD_FORMAT_V7, count)));
+        records.push((start, seal(buf, format(v8), count)));
     }
     Ok(records)
 }
@@ -177,11 +199,11 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<Vec<Event>, DecodeError> {
             |bytes| decode_one::<v1::EventV1>(bytes).map(|(e, used)| (e.into(), used))
         }
         RECORD_FORMAT_V2 | RECORD_FORMAT_V3 | RECORD_FORMAT_V4 | RECORD_FORMAT_V5
-        | RECORD_FORMAT_V6 | RECORD_FORMAT_V7 => decode_one::<Event>,
+        | RECORD_FORMAT_V6 | RECORD_FORMAT_V7 | RECORD_FORMAT_V8 => decode_one::<Event>,
         other => {
             return Err(DecodeError::Unreadable(format!(
                 "record format {other} is unknown to this version (it reads formats 1 to \
-                 {RECORD_FORMAT_V7}); was it written by a newer mawex?"
+                 {RECORD_FORMAT_V8}); was it written by a newer mawex?"
             )))
         }
     };
@@ -272,7 +294,13 @@ pub(crate) fn encode_snapshot(last_seq: u64, state: &MasterState) -> Result<Vec<
             .ok_or_else(|| CoreError::Encode("over 4 billion snapshot chunks".into()))?;
     }
     buf[chunk_count_at..chunk_count_at + 4].copy_from_slice(&chunks.to_le_bytes());
-    Ok(seal(buf, SNAPSHOT_FORMAT_V6, 1))
+    if state.workflows().is_empty() {
+        return Ok(seal(buf, SNAPSHOT_FORMAT_V6, 1));
+    }
+    let frame = start_frame(&mut buf);
+    encode_into(&mut buf, &state.workflows().to_ref())?;
+    end_frame(&mut buf, frame)?;
+    Ok(seal(buf, SNAPSHOT_FORMAT_V7, 1))
 }
 
 fn encode_into<T: Serialize>(buf: &mut Vec<u8>, value: &T) -> Result<(), CoreError> {
@@ -350,8 +378,9 @@ fn decode_chunk(frame: &[u8], what: &str) -> Result<Vec<(TaskId, Arc<TaskEntry>)
     Ok(tasks)
 }
 
-/// Decodes a format-6 snapshot (after its header).
-fn decode_snapshot_v6(bytes: &[u8]) -> Result<(u64, MasterState), String> {
+/// Decodes a format-6 snapshot (after its header), or a format-7 one (`workflows`: with its
+/// last frame).
+fn decode_snapshot_v6(bytes: &[u8], workflows: bool) -> Result<(u64, MasterState), String> {
     let mut frames = Frames(bytes);
     let (last_seq, head, tasks): (u64, StateHead, u64) =
         decode_frame(frames.frame("the state's head")?, "the state's head")?;
@@ -361,11 +390,21 @@ fn decode_snapshot_v6(bytes: &[u8]) -> Result<(u64, MasterState), String> {
     for i in 0..count {
         chunks.push(frames.frame(&format!("chunk {i} of {count}"))?);
     }
+    let workflows = match workflows {
+        true => Some(decode_frame::<WorkflowsOwned>(
+            frames.frame("the workflows")?,
+            "the workflows",
+        )?),
+        false => None,
+    };
     if !frames.0.is_empty() {
         return Err(format!("{} bytes left after the chunks", frames.0.len()));
     }
     let mut loader = StateLoader::new(head);
     decode_chunks(&chunks, |tasks| loader.push(tasks))?;
+    if let Some(workflows) = workflows {
+        loader.set_workflows(Workflows::from_owned(workflows));
+    }
     if u64::try_from(loader.len()).ok() != Some(tasks) {
         return Err(format!(
             "the snapshot says {tasks} tasks and holds {}",
@@ -483,7 +522,10 @@ pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<(u64, MasterState), CoreEr
         SNAPSHOT_FORMAT_V5 => {
             decode_one::<SnapshotOwned>(rest).map(|(s, used)| ((s.last_seq, s.state), used))
         }
-        SNAPSHOT_FORMAT_V6 => decode_snapshot_v6(rest).map(|snapshot| (snapshot, rest.len())),
+        SNAPSHOT_FORMAT_V6 => {
+            decode_snapshot_v6(rest, false).map(|snapshot| (snapshot, rest.len()))
+        }
+        SNAPSHOT_FORMAT_V7 => decode_snapshot_v6(rest, true).map(|snapshot| (snapshot, rest.len())),
         other => {
             return Err(CoreError::CorruptSnapshot(format!(
                 "snapshot format {other} is unknown to this version"

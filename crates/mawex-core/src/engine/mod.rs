@@ -162,6 +162,10 @@ pub(crate) struct Engine {
     away: Away,
     /// When this engine started: a pod not seen since is away since then.
     started_at: Timestamp,
+    /// Blocked tasks whose dependencies changed in this batch: judged before dispatch.
+    to_judge: BTreeSet<TaskId>,
+    /// Tasks retried in this batch that have dependants: those they cancelled come back.
+    to_revive: BTreeSet<TaskId>,
 }
 
 /// Pods that went away, by when: what a timer forgets, oldest first, without looking at the
@@ -255,7 +259,7 @@ impl Engine {
             .running()
             .map(|e| (e.spec.id, (e.attempt, deadline)))
             .collect();
-        Engine {
+        let mut engine = Engine {
             state,
             config,
             pods: BTreeMap::new(),
@@ -270,7 +274,11 @@ impl Engine {
             departed: HashMap::new(),
             away,
             started_at: now,
-        }
+            to_judge: BTreeSet::new(),
+            to_revive: BTreeSet::new(),
+        };
+        engine.judge_all_blocked();
+        engine
     }
 
     pub(crate) fn state(&self) -> &MasterState {
@@ -322,8 +330,18 @@ impl Engine {
             | Event::BroadcastTargetAdded { .. }
             | Event::BroadcastAborted { .. } => self.dispatch_needed = true,
             Event::BroadcastPullStarted { .. } | Event::BroadcastTargetUnreachable { .. } => {}
+            Event::TasksCancelledByDependency { tasks, .. } => {
+                for (task, _) in tasks {
+                    self.release(task);
+                }
+            }
+            Event::WorkflowAccepted { .. } | Event::TasksUnblocked { .. } => {
+                self.dispatch_needed = true;
+            }
+            Event::TasksRevived { .. } => {}
         }
         self.state.apply(event);
+        self.note_workflow_event(event);
     }
 
     /// Frees the lease a running task holds, wherever it is.
@@ -416,6 +434,7 @@ mod requests;
 mod retry;
 mod schedules;
 mod timers;
+mod workflows;
 
 #[cfg(test)]
 mod tests;

@@ -277,7 +277,20 @@ impl Engine {
                     debug!(task = %attempt.task, attempt = %attempt.attempt, pod = %pod_id, "result of a stale attempt dropped");
                     return;
                 }
+                let limit = self.output_limit(&attempt.task);
                 match outcome {
+                    Ok(output) if limit.is_some_and(|l| output.len() as u64 > l) => {
+                        let error = mawex_api::TaskError::new(
+                            mawex_api::ErrorKind::Sandbox,
+                            format!(
+                                "the output is {} bytes, more than the task's output_limit of {}",
+                                output.len(),
+                                limit.unwrap_or_default()
+                            ),
+                        )
+                        .with_retry(mawex_api::RetryHint::Never);
+                        self.fail_attempt(attempt, error, now, out);
+                    }
                     Ok(output) => self.emit(
                         Event::TaskFinished {
                             attempt: attempt.into(),

@@ -43,7 +43,9 @@ impl Engine {
             }
             // A known id: the same task again (a retried submit) or a conflict.
             let same = match self.state.task(&spec.id) {
-                Some(entry) => Some(entry.spec == stored::TaskSpec::from(spec.clone())),
+                Some(entry) => Some(
+                    entry.spec == stored::TaskSpec::from(spec.clone()) && self.same_links(spec),
+                ),
                 None => fresh.get(&spec.id).map(|&i| specs[i] == *spec),
             };
             match same {
@@ -73,18 +75,65 @@ impl Engine {
                 }
             }
         }
-        for (spec, ack) in specs.into_iter().zip(&acks) {
-            if ack.created && ack.id == spec.id {
-                self.emit(
+        // Tasks that run after others: checked against the state and the batch (a dependency
+        // must come first), and accepted together after the others, which they may name.
+        let mut linked = Vec::new();
+        let mut earlier: HashMap<TaskId, &TaskSpec> = HashMap::new();
+        for (index, (spec, ack)) in specs.iter().zip(&acks).enumerate() {
+            if !(ack.created && ack.id == spec.id) {
+                continue;
+            }
+            let name = format!("task #{index} of the batch ({})", spec.id);
+            if let Some(links) = self.links_for(spec, &name, None, &earlier)? {
+                linked.push((index, links));
+            }
+            earlier.insert(spec.id, spec);
+        }
+        let mut links_of: HashMap<usize, stored::Links> = linked.into_iter().collect();
+        let mut workflow = Vec::new();
+        for (index, (spec, ack)) in specs.into_iter().zip(&acks).enumerate() {
+            if !(ack.created && ack.id == spec.id) {
+                continue;
+            }
+            match links_of.remove(&index) {
+                Some(links) => workflow.push((spec.into(), links)),
+                None => self.emit(
                     Event::TaskAccepted {
                         spec: spec.into(),
                         at: now,
                     },
                     out,
-                );
+                ),
             }
         }
+        if !workflow.is_empty() {
+            self.emit(
+                Event::WorkflowAccepted {
+                    graph: None,
+                    tasks: workflow,
+                    at: now,
+                },
+                out,
+            );
+        }
         Ok(acks)
+    }
+
+    /// True when `spec`, of a known task, names the dependencies and output limit that task
+    /// was accepted with.
+    fn same_links(&self, spec: &TaskSpec) -> bool {
+        let have = self.state.workflows().links(&spec.id);
+        match (have, stored::Links::of(spec, None)) {
+            (None, None) => true,
+            (Some(have), Some(want)) => {
+                have.after == want.after && have.output_limit == want.output_limit
+            }
+            // A graph's node has links whatever its spec says.
+            (Some(have), None) => {
+                have.graph.is_some() && have.after.is_empty() && have.output_limit.is_none()
+            }
+            (None, Some(_)) => false,
+        }
     }
 
     /// Runs failed tasks matching `filter` again.
@@ -104,7 +153,13 @@ impl Engine {
 
     /// Forgets failed tasks matching `filter`.
     pub(crate) fn purge_failed(&mut self, filter: &FailedFilter, out: &mut Output) -> u64 {
-        let tasks = self.state.failed_matching(filter);
+        // A task another still runs after stays (its result is that one's input).
+        let tasks: Vec<TaskId> = self
+            .state
+            .failed_matching(filter)
+            .into_iter()
+            .filter(|t| !self.needed(t))
+            .collect();
         let n = tasks.len() as u64;
         if !tasks.is_empty() {
             self.emit(Event::TasksForgotten { tasks }, out);

@@ -12,6 +12,8 @@ use mawex_api::{
 use super::{Engine, EngineConfig, Output};
 use crate::state::{Event, MasterState, RequeueReason};
 
+mod workflows;
+
 const LEASE: Duration = Duration::from_secs(10);
 const T0: Timestamp = Timestamp(1_000_000);
 

@@ -72,9 +72,15 @@ impl Engine {
         if let Some(cutoff) = now.0.checked_sub(
             u64::try_from(self.config.result_retention.as_millis()).unwrap_or(u64::MAX),
         ) {
-            let old = self
+            // A task another still runs after stays past its retention (its result is that
+            // one's input); a few more are looked at so that such tasks do not stop the rest.
+            let old: Vec<_> = self
                 .state
-                .finished_before(Timestamp(cutoff), FORGET_PER_TICK);
+                .finished_before(Timestamp(cutoff), FORGET_PER_TICK * 4)
+                .into_iter()
+                .filter(|t| !self.needed(t))
+                .take(FORGET_PER_TICK)
+                .collect();
             if !old.is_empty() {
                 self.emit(Event::TasksForgotten { tasks: old }, out);
             }

@@ -265,10 +265,16 @@ fn check_golden(version: u8, events: &[Event]) {
     let records = read_framed(&std::fs::read(&records_path).expect("golden records present"));
     assert_eq!(records.len(), 2);
     let mut j = MemoryJournal::new();
+    // From format 8 on, a record takes the oldest format that holds its events: the first
+    // golden record may be of an older one.
     for (seq, bytes) in &records {
-        assert_eq!(bytes[0], version, "golden file of format {version}");
+        assert!(bytes[0] <= version, "golden file of format {version}");
         j.write_raw_record(*seq, bytes);
     }
+    assert_eq!(
+        records[1].1[0], version,
+        "the last record is of format {version}"
+    );
     let recovered = j.recover().expect("golden records decode");
     let decoded: Vec<Event> = recovered.events.into_iter().map(|(_, e)| e).collect();
     assert_eq!(decoded, events);
@@ -435,6 +441,104 @@ fn golden_v7_records_and_snapshot_decode() {
     check_golden(7, &events);
 }
 
+/// Format 8 added the workflow events, and snapshot format 7 the workflows: a graph of three
+/// nodes (`b` after `a`; `c` after `a` whatever its outcome, without its output), `a`
+/// cancelled, `b` cancelled by it, `c` unblocked, `b` revived.
+fn golden_events_v8() -> Vec<Event> {
+    use crate::state::stored::{Edge, GraphRecord, Links};
+    use mawex_api::{DependencyPolicy, GraphId};
+    let mut events = golden_events_v7();
+    let graph = GraphId::from_bytes([0x42; 16]).expect("non-nil");
+    let group = GroupName::new("golden").expect("valid");
+    let node = |n: u8, name: &str, after: Vec<Edge>| {
+        let spec =
+            TaskSpec::new(group.clone(), "step", Bytes::from(name.to_owned())).with_id(id(n));
+        let links = Links {
+            graph: Some((graph, name.into())),
+            after: after.into(),
+            output_limit: Some(64),
+            cancelled_by: None,
+        };
+        (spec.into(), links)
+    };
+    let edge = |n: u8, policy, pass_output| Edge {
+        task: id(n),
+        policy,
+        pass_output,
+    };
+    let at = |ms: u64| Timestamp(1_700_000_100_000 + ms);
+    events.push(Event::WorkflowAccepted {
+        graph: Some(Box::new(GraphRecord {
+            id: graph,
+            nodes: vec![id(40), id(41), id(42)],
+            at: at(0),
+        })),
+        tasks: vec![
+            node(40, "a", Vec::new()),
+            node(
+                41,
+                "b",
+                vec![edge(40, DependencyPolicy::AllSucceeded, true)],
+            ),
+            node(
+                42,
+                "c",
+                vec![edge(40, DependencyPolicy::AllFinished, false)],
+            ),
+        ],
+        at: at(0),
+    });
+    events.push(Event::TaskCancelled {
+        task: id(40),
+        at: at(1),
+    });
+    events.push(Event::TasksCancelledByDependency {
+        tasks: vec![(id(41), id(40))],
+        at: at(1),
+    });
+    events.push(Event::TasksUnblocked {
+        tasks: vec![id(42)],
+        at: at(1),
+    });
+    events.push(Event::TasksRevived {
+        tasks: vec![id(41)],
+        at: at(2),
+    });
+    events
+}
+
+/// Format 8 golden files (their snapshot is of format 7). Written once with
+/// `MAWEX_WRITE_GOLDEN=8 cargo test -p mawex-core golden` when format 8 was introduced.
+#[test]
+fn golden_v8_records_and_snapshot_decode() {
+    let events = golden_events_v8();
+    write_golden_if_asked(8, &events);
+    check_golden(8, &events);
+    let snapshot = std::fs::read(golden_dir().join("journal-v8.snapshot")).expect("present");
+    assert_eq!(
+        snapshot[0], 7,
+        "a state with workflows is a format-7 snapshot"
+    );
+    let (seq, decoded) = crate::codec::decode_snapshot(&snapshot).expect("decodes");
+    let again = crate::codec::encode_snapshot(seq, &decoded).expect("encode");
+    assert_eq!(
+        again, snapshot,
+        "the format-7 snapshot re-encodes unchanged"
+    );
+}
+
+/// A batch without workflow events is written in format 7, which versions before workflows
+/// read; one with them in format 8.
+#[test]
+fn records_take_the_oldest_format_that_holds_them() {
+    let events = golden_events_v8();
+    let plain = encode_records(1, &events[..3], usize::MAX).expect("encode");
+    assert_eq!(plain[0].1[0], 7);
+    let last = events.len() - 1;
+    let workflow = encode_records(1, &events[last..], usize::MAX).expect("encode");
+    assert_eq!(workflow[0].1[0], 8);
+}
+
 /// What is written depends on the stored types only (`crate::state::stored`), never on how
 /// the API types serialize: the format-7 golden records re-encode byte for byte from what
 /// they decode to, and so do the bodies (all after the checksum) of the format-3 to 6 ones,
@@ -445,7 +549,7 @@ fn golden_v7_records_and_snapshot_decode() {
 /// and needs a new format number (ARCHITECTURE.md, "Changing the journal format").
 #[test]
 fn written_bytes_depend_on_the_stored_types_only() {
-    for (version, compared) in [(7, 0), (6, 5), (5, 5), (4, 5), (3, 5)] {
+    for (version, compared) in [(8, 0), (7, 0), (6, 5), (5, 5), (4, 5), (3, 5)] {
         let golden = read_framed(
             &std::fs::read(golden_dir().join(format!("journal-v{version}.records")))
                 .expect("golden records present"),
@@ -518,6 +622,13 @@ fn shared_primitives_encode_as_pinned() {
     id_bytes.extend_from_slice(id(7).as_bytes());
     assert_eq!(bytes(&id(7)), id_bytes, "a task id is its 16 bytes");
     assert_eq!(bytes(&Timestamp(5)), [5]);
+    let graph = mawex_api::GraphId::from_bytes([9; 16]).expect("non-nil");
+    let mut graph_bytes = vec![16u8];
+    graph_bytes.extend_from_slice(graph.as_bytes());
+    assert_eq!(bytes(&graph), graph_bytes, "a graph id is its 16 bytes");
+    assert_eq!(bytes(&mawex_api::DependencyPolicy::AllSucceeded), [0]);
+    assert_eq!(bytes(&mawex_api::DependencyPolicy::AllFinished), [1]);
+    assert_eq!(bytes(&TaskState::Blocked), [5]);
     assert_eq!(bytes(&Attempt(3)), [3]);
     let states = [
         TaskState::Pending,

@@ -173,6 +173,7 @@ impl<J: Journal> CoreLoop<J> {
                 return Ok(());
             }
             self.engine.tick(now, &mut out);
+            self.engine.settle(now, &mut out);
             if stop.is_none() {
                 self.engine.dispatch(now, &mut out);
             }
@@ -338,6 +339,21 @@ impl<J: Journal> CoreLoop<J> {
             CoreMsg::DrainPod { pod, reply } => {
                 let found = self.engine.drain_pod(&pod, out);
                 answer(deferred, reply, Ok(found));
+            }
+            CoreMsg::SubmitGraph { id, tasks, reply } => {
+                let r = self.engine.submit_graph(id, tasks, now, out);
+                answer(deferred, reply, r);
+            }
+            CoreMsg::GetGraph { id, reply } => {
+                let r = self
+                    .engine
+                    .graph_view(&id)
+                    .ok_or_else(|| ApiError::NotFound(format!("graph {id} is unknown")));
+                answer(deferred, reply, r);
+            }
+            CoreMsg::CancelGraph { id, reply } => {
+                let r = self.engine.cancel_graph(&id, now, out);
+                answer(deferred, reply, r);
             }
             CoreMsg::GroupSettings { group, reply } => {
                 let settings = self.engine.state().group_settings(&group);

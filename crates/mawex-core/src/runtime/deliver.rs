@@ -23,7 +23,7 @@ fn split_by_bytes(items: Vec<Assignment>, budget: usize) -> impl Iterator<Item =
     let mut runs: Vec<Vec<Assignment>> = Vec::new();
     let mut bytes = 0;
     for item in items {
-        let size = item.spec.payload.len();
+        let size = item.spec.payload.len() + inputs_bytes(&item.inputs);
         match runs.last_mut() {
             Some(run) if bytes + size <= budget => {
                 bytes += size;
@@ -36,6 +36,18 @@ fn split_by_bytes(items: Vec<Assignment>, budget: usize) -> impl Iterator<Item =
         }
     }
     runs.into_iter()
+}
+
+/// The bytes of a task's inputs that count against a message's size.
+fn inputs_bytes(inputs: &[mawex_api::TaskResult]) -> usize {
+    inputs
+        .iter()
+        .map(|r| match &r.outcome {
+            mawex_api::Outcome::Succeeded(output) => output.len(),
+            mawex_api::Outcome::Failed(error) => error.message.len(),
+            _ => 0,
+        })
+        .sum()
 }
 
 impl<J: Journal> CoreLoop<J> {
@@ -70,6 +82,7 @@ impl<J: Journal> CoreLoop<J> {
                     attempt: (*attempt).into(),
                     spec: entry.spec.clone().into(),
                     env: self.engine.attempt_env(&attempt.task),
+                    inputs: self.engine.inputs(&attempt.task),
                 });
             }
         }
@@ -192,6 +205,7 @@ mod tests {
             },
             spec,
             env: Default::default(),
+            inputs: Vec::new(),
         }
     }
 

@@ -8,10 +8,10 @@ use async_trait::async_trait;
 use futures::stream;
 use mawex_api::{
     ApiError, BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery,
-    BroadcastSpec, BroadcastView, CancelAck, FailedCount, FailedFilter, GroupName, GroupSettings,
-    GroupView, ListQuery, MasterProxy, MinuteCounts, PendingChange, PodId, PodView, ResultCursor,
-    ResultStream, ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskPage,
-    TaskResult, TaskSpec, TaskView,
+    BroadcastSpec, BroadcastView, CancelAck, FailedCount, FailedFilter, GraphAck, GraphId,
+    GraphSpec, GraphView, GroupName, GroupSettings, GroupView, ListQuery, MasterProxy,
+    MinuteCounts, PendingChange, PodId, PodView, ResultCursor, ResultStream, ScheduleName,
+    ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskPage, TaskResult, TaskSpec, TaskView,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -314,6 +314,22 @@ impl MasterProxy for LocalMasterProxy {
 
     async fn drain_pod(&self, pod: PodId) -> Result<bool, ApiError> {
         self.call(|reply| CoreMsg::DrainPod { pod, reply }).await
+    }
+
+    async fn submit_graph(&self, graph: GraphSpec) -> Result<GraphAck, ApiError> {
+        let id = graph.id;
+        // Checked and ordered here, on the caller's task: the core only decides.
+        let tasks = graph.into_tasks()?;
+        self.call(|reply| CoreMsg::SubmitGraph { id, tasks, reply })
+            .await
+    }
+
+    async fn graph(&self, id: GraphId) -> Result<GraphView, ApiError> {
+        self.call(|reply| CoreMsg::GetGraph { id, reply }).await
+    }
+
+    async fn cancel_graph(&self, id: GraphId) -> Result<u64, ApiError> {
+        self.call(|reply| CoreMsg::CancelGraph { id, reply }).await
     }
 
     async fn list_pods(&self) -> Result<Vec<PodView>, ApiError> {

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use mawex_api::pod::{MasterMessage, PodHello, PodMessage, Welcome};
 use mawex_api::{
     ApiError, BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery,
-    BroadcastSpec, BroadcastView, CancelAck, FailedFilter, GroupName, GroupSettings, PendingChange,
-    PodId, ResultCursor, ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskId, TaskResult,
-    TaskSpec, TaskView,
+    BroadcastSpec, BroadcastView, CancelAck, FailedFilter, GraphAck, GraphId, GraphView, GroupName,
+    GroupSettings, PendingChange, PodId, ResultCursor, ScheduleName, ScheduleSpec, ScheduleView,
+    SubmitAck, TaskId, TaskResult, TaskSpec, TaskView,
 };
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
@@ -148,6 +148,20 @@ pub(crate) enum CoreMsg {
     DrainPod {
         pod: PodId,
         reply: Reply<bool>,
+    },
+    /// A graph, validated and ordered by the caller (dependencies first).
+    SubmitGraph {
+        id: GraphId,
+        tasks: Vec<(String, TaskSpec)>,
+        reply: Reply<GraphAck>,
+    },
+    GetGraph {
+        id: GraphId,
+        reply: Reply<GraphView>,
+    },
+    CancelGraph {
+        id: GraphId,
+        reply: Reply<u64>,
     },
     PodConnect {
         hello: PodHello,

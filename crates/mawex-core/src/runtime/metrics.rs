@@ -310,6 +310,19 @@ pub(crate) fn transitions(
                 }
             }
         }
+        Event::WorkflowAccepted { tasks, .. } => {
+            for (spec, _) in tasks {
+                accepted(spec);
+            }
+        }
+        Event::TasksCancelledByDependency { tasks, .. } => {
+            for (id, _) in tasks {
+                let blocked = state.task(id).filter(|t| t.state == TaskState::Blocked);
+                if let Some(task) = blocked {
+                    seen(&task.spec.group, Transition::cancelled, None);
+                }
+            }
+        }
         _ => {}
     }
 }

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use mawex_api::{ErrorKind, GroupName, QueuePosition, TaskId, TaskState, Timestamp};
 
 use super::stored::{
-    self, AttemptFailure, AttemptRef, BroadcastSpec, Outcome, TaskResult, TaskSpec,
+    self, AttemptFailure, AttemptRef, BroadcastSpec, Links, Outcome, TaskResult, TaskSpec,
 };
 use super::{Event, MasterState, Schedule, TaskEntry, ROUND_BASE};
 
@@ -31,6 +31,24 @@ impl MasterState {
             }
             other => self.apply(&other),
         }
+    }
+
+    /// Adds a task of a workflow just accepted (its id is not taken): blocked while it runs
+    /// after something, else pending as any task.
+    fn accept_linked(&mut self, spec: TaskSpec, links: Links, at: Timestamp) {
+        let id = spec.id;
+        if links.after.is_empty() {
+            self.accept(spec, at);
+        } else {
+            self.accepted = self.accepted.saturating_add(1);
+            let mut entry = TaskEntry::pending(spec, self.accepted, at);
+            entry.state = TaskState::Blocked;
+            self.counts.moved(None, Some(TaskState::Blocked));
+            self.listed
+                .moved(id, &entry.spec.group, None, Some(TaskState::Blocked));
+            self.tasks.insert(id, entry);
+        }
+        self.workflows.accept(id, links);
     }
 
     /// Adds a task just accepted (its id is not taken).
@@ -349,6 +367,35 @@ impl MasterState {
             Event::PodBound { pod, owner } => {
                 self.pod_owners.insert(pod.clone(), owner.clone());
             }
+            Event::WorkflowAccepted { graph, tasks, at } => {
+                if let Some(graph) = graph {
+                    self.workflows.add_graph(graph);
+                }
+                for (spec, links) in tasks {
+                    if !self.tasks.contains_key(&spec.id) {
+                        self.accept_linked(spec.clone(), links.clone(), *at);
+                    }
+                }
+            }
+            Event::TasksUnblocked { tasks, at } => {
+                for id in tasks {
+                    self.unblock(id, *at);
+                }
+            }
+            Event::TasksCancelledByDependency { tasks, at } => {
+                for (id, root) in tasks {
+                    if self.tasks.get(id).map(|e| e.state) != Some(TaskState::Blocked) {
+                        continue;
+                    }
+                    self.finish(*id, Outcome::Cancelled, *at);
+                    self.workflows.set_cancelled_by(id, Some(*root));
+                }
+            }
+            Event::TasksRevived { tasks, at: _ } => {
+                for id in tasks {
+                    self.revive(id);
+                }
+            }
             Event::TasksForgotten { tasks } => {
                 for id in tasks {
                     let Some(entry) = self.tasks.get(id) else {
@@ -375,9 +422,65 @@ impl MasterState {
                         .moved(*id, &entry.spec.group, Some(entry.state), None);
                     self.tasks.remove(id);
                     self.broadcasts.target_task_forgotten(id);
+                    self.workflows.forget(id);
                 }
             }
         }
+    }
+
+    /// A blocked task becomes pending: in its queue as a newcomer of its fairness key, or
+    /// with the delayed ones if its start time is still to come.
+    fn unblock(&mut self, id: &TaskId, at: Timestamp) {
+        let Some(entry) = self.tasks.get_mut(id) else {
+            return;
+        };
+        if entry.state != TaskState::Blocked {
+            return;
+        }
+        self.counts
+            .moved(Some(TaskState::Blocked), Some(TaskState::Pending));
+        self.listed.moved(
+            *id,
+            &entry.spec.group,
+            Some(TaskState::Blocked),
+            Some(TaskState::Pending),
+        );
+        entry.state = TaskState::Pending;
+        entry.not_before = entry.spec.run_at().filter(|t| *t > at);
+        let rounds = self.rounds.entry(entry.spec.group.clone()).or_default();
+        let key = entry.spec.fairness_key.as_deref().unwrap_or("");
+        entry.round = rounds.next_for(key);
+        rounds.add(key, entry.round);
+        let entry = entry.clone();
+        self.enqueue(&entry);
+    }
+
+    /// A task cancelled by a dependency is blocked again, its result dropped.
+    fn revive(&mut self, id: &TaskId) {
+        let cancelled_by_dependency = self
+            .workflows
+            .links(id)
+            .is_some_and(|l| l.cancelled_by.is_some());
+        let Some(entry) = self.tasks.get_mut(id) else {
+            return;
+        };
+        if entry.state != TaskState::Cancelled || !cancelled_by_dependency {
+            return;
+        }
+        if let Some(result) = entry.take_result() {
+            self.results.remove(&result.seq);
+        }
+        self.counts
+            .moved(Some(TaskState::Cancelled), Some(TaskState::Blocked));
+        self.listed.moved(
+            *id,
+            &entry.spec.group,
+            Some(TaskState::Cancelled),
+            Some(TaskState::Blocked),
+        );
+        entry.state = TaskState::Blocked;
+        entry.not_before = None;
+        self.workflows.set_cancelled_by(id, None);
     }
 
     /// The pending task of a broadcast target (already indexed as one, so never queued).

@@ -4,8 +4,8 @@ use mawex_api::{BroadcastId, GroupName, PodId, ScheduleName, TaskId, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use super::stored::{
-    AttemptRef, BroadcastSpec, GroupSettings, Outcome, PendingChange, PodOwner, ScheduleSpec,
-    Source, TaskError, TaskSpec,
+    AttemptRef, BroadcastSpec, GraphRecord, GroupSettings, Links, Outcome, PendingChange, PodOwner,
+    ScheduleSpec, Source, TaskError, TaskSpec,
 };
 
 /// One change of durable state. Applying the same events in the same order always yields the
@@ -209,6 +209,53 @@ pub enum Event {
         /// Its credential.
         owner: PodOwner,
     },
+    /// Tasks that run after others were accepted, as one (a graph, or a batch with
+    /// dependencies): each is blocked while it has dependencies, pending otherwise. (Appended
+    /// in record format 8, as are the three below.)
+    WorkflowAccepted {
+        /// The graph they make, if submitted as one.
+        graph: Option<Box<GraphRecord>>,
+        /// The tasks, dependencies first, each with what it runs after.
+        tasks: Vec<(TaskSpec, Links)>,
+        /// When.
+        at: Timestamp,
+    },
+    /// Blocked tasks whose dependencies ended as their policies ask became pending.
+    TasksUnblocked {
+        /// The tasks.
+        tasks: Vec<TaskId>,
+        /// When.
+        at: Timestamp,
+    },
+    /// Blocked tasks were cancelled because a dependency failed or was cancelled: each with
+    /// the task where that began.
+    TasksCancelledByDependency {
+        /// The tasks, each with its root cause.
+        tasks: Vec<(TaskId, TaskId)>,
+        /// When.
+        at: Timestamp,
+    },
+    /// Tasks cancelled by a dependency are blocked again: the task that caused it was retried.
+    TasksRevived {
+        /// The tasks.
+        tasks: Vec<TaskId>,
+        /// When.
+        at: Timestamp,
+    },
+}
+
+impl Event {
+    /// True for the events record format 8 added: a batch without them is written in
+    /// format 7, which every earlier version since format 7 reads.
+    pub(crate) fn needs_format_8(&self) -> bool {
+        matches!(
+            self,
+            Event::WorkflowAccepted { .. }
+                | Event::TasksUnblocked { .. }
+                | Event::TasksCancelledByDependency { .. }
+                | Event::TasksRevived { .. }
+        )
+    }
 }
 
 /// Why an attempt ended without a result.

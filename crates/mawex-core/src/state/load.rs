@@ -260,6 +260,11 @@ impl StateLoader {
         Ok(())
     }
 
+    /// Sets the workflow part (snapshot format 7 holds it after the tasks).
+    pub(crate) fn set_workflows(&mut self, workflows: super::Workflows) {
+        self.state.workflows = workflows;
+    }
+
     /// How many tasks were added.
     pub(crate) fn len(&self) -> usize {
         self.state.tasks.len()

@@ -16,6 +16,7 @@ mod rounds;
 mod schedule;
 pub mod stored;
 mod task_map;
+mod workflows;
 
 use broadcasts::Broadcasts;
 pub use entry::TaskCounts;
@@ -26,6 +27,7 @@ use rounds::Rounds;
 pub(crate) use rounds::ROUND_BASE;
 pub(crate) use schedule::Schedule;
 use task_map::TaskMap;
+pub(crate) use workflows::{Workflows, WorkflowsOwned};
 
 /// Order of a pending task in its group's queue: higher priority first, then the earlier
 /// fairness round, then oldest first.
@@ -53,6 +55,11 @@ pub struct MasterState {
     /// both): another credential may not use the id. Kept while the state names the pod,
     /// dropped with `PodsForgotten`. (Snapshot format 5.)
     pod_owners: BTreeMap<PodId, stored::PodOwner>,
+    /// What tasks run after, and the graphs they were submitted in, with the derived index
+    /// of dependants. Written by snapshot format 7 after the tasks, not by serde (older
+    /// formats, which decode through serde, hold none).
+    #[serde(skip)]
+    workflows: Workflows,
     /// Derived indexes below are rebuilt after a snapshot is loaded, not stored in it.
     #[serde(skip)]
     pending: HashMap<GroupName, BTreeMap<QueueKey, TaskId>>,
@@ -101,6 +108,7 @@ impl PartialEq for MasterState {
             && self.results_recorded == other.results_recorded
             && self.broadcasts == other.broadcasts
             && self.pod_owners == other.pod_owners
+            && self.workflows == other.workflows
             && self.waiting() == other.waiting()
             && self.results == other.results
             && self.counts == other.counts
@@ -162,6 +170,7 @@ impl MasterState {
             results_recorded: self.results_recorded,
             broadcasts: self.broadcasts.clone(),
             pod_owners: self.pod_owners.clone(),
+            workflows: self.workflows.durable_copy(),
             durations: self.durations.clone(),
             ..MasterState::default()
         }
@@ -212,6 +221,7 @@ impl MasterState {
     /// Rebuilds the derived indexes (queues, result log, counts) from the tasks.
     pub(crate) fn rebuild_indexes(&mut self) {
         self.broadcasts.rebuild_index();
+        self.workflows.rebuild();
         let mut indexes = load::IndexBuilder::default();
         for (id, entry) in self.tasks.iter() {
             indexes.add(&self.broadcasts, id, entry);
@@ -244,5 +254,10 @@ impl MasterState {
     /// The broadcasts.
     pub(crate) fn broadcasts(&self) -> &Broadcasts {
         &self.broadcasts
+    }
+
+    /// What tasks run after, and the graphs.
+    pub(crate) fn workflows(&self) -> &Workflows {
+        &self.workflows
     }
 }

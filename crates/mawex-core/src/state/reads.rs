@@ -21,7 +21,19 @@ impl MasterState {
 
     /// The task as a client sees it.
     pub fn view(&self, id: &TaskId) -> Option<TaskView> {
-        self.tasks.get(id).map(TaskEntry::view)
+        self.tasks.get(id).map(|e| self.view_of(e))
+    }
+
+    /// A task's view, with what it runs after.
+    fn view_of(&self, entry: &TaskEntry) -> TaskView {
+        let mut view = entry.view();
+        if let Some(links) = self.workflows.links(&entry.spec.id) {
+            view.spec.after = links.dependencies();
+            view.spec.output_limit = links.output_limit;
+            view.cancelled_by = links.cancelled_by;
+            view.graph = links.graph.as_ref().map(|(g, _)| *g);
+        }
+        view
     }
 
     /// The recorded result of a finished task.
@@ -319,7 +331,7 @@ impl MasterState {
             if !matches(entry, query, payload.as_ref()) {
                 continue;
             }
-            let mut view = entry.view();
+            let mut view = self.view_of(entry);
             if query.omit_bodies {
                 omit_bodies(&mut view);
             }

@@ -22,8 +22,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use mawex_api::pod::AttemptRef as ApiAttemptRef;
 use mawex_api::{
-    Attempt, ErrorKind, GroupName, MissedTicks, PodId, QueuePosition, ScheduleName, TaskId,
-    Timestamp,
+    Attempt, DependencyPolicy, ErrorKind, GraphId, GroupName, MissedTicks, PodId, QueuePosition,
+    ScheduleName, TaskId, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -904,6 +904,80 @@ impl From<&mawex_api::pod::PodCredential> for PodOwner {
             certificate: c.certificate.clone(),
         }
     }
+}
+
+/// A dependency of a task (record format 8): when the dependant may run, and whether the
+/// dependency's result is one of its inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Edge {
+    /// The task it runs after.
+    pub task: TaskId,
+    /// When (a fieldless API enum, shared: its variants only grow at the end).
+    pub policy: DependencyPolicy,
+    /// Whether `task`'s result is handed to the dependant.
+    pub pass_output: bool,
+}
+
+/// What a task of a workflow adds to its spec (record format 8): kept beside the task, not
+/// in it, so that a task without any writes what it always wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Links {
+    /// The graph it is a node of, and its name there.
+    pub graph: Option<(GraphId, Box<str>)>,
+    /// What it runs after, in the order the spec named them.
+    pub after: Box<[Edge]>,
+    /// The most output bytes it may produce.
+    pub output_limit: Option<u64>,
+    /// Cancelled because this task failed or was cancelled (set by
+    /// `TasksCancelledByDependency`, cleared when revived).
+    pub cancelled_by: Option<TaskId>,
+}
+
+impl Links {
+    /// The links of a task submitted as `spec` (none: `None`), in `graph` as `name`.
+    pub fn of(spec: &mawex_api::TaskSpec, graph: Option<(GraphId, &str)>) -> Option<Links> {
+        if spec.after.is_empty() && spec.output_limit.is_none() && graph.is_none() {
+            return None;
+        }
+        Some(Links {
+            graph: graph.map(|(id, name)| (id, Box::from(name))),
+            after: spec
+                .after
+                .iter()
+                .map(|d| Edge {
+                    task: d.task,
+                    policy: d.policy,
+                    pass_output: d.pass_output,
+                })
+                .collect(),
+            output_limit: spec.output_limit,
+            cancelled_by: None,
+        })
+    }
+
+    /// The dependencies as the API names them.
+    pub fn dependencies(&self) -> Vec<mawex_api::Dependency> {
+        self.after
+            .iter()
+            .map(|e| {
+                let mut d = mawex_api::Dependency::on(e.task).with_policy(e.policy);
+                d.pass_output = e.pass_output;
+                d
+            })
+            .collect()
+    }
+}
+
+/// A workflow graph as accepted (record format 8): its nodes by name, in the order they were
+/// submitted (dependencies first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraphRecord {
+    /// Its id.
+    pub id: GraphId,
+    /// Its nodes' tasks.
+    pub nodes: Vec<TaskId>,
+    /// When it was accepted.
+    pub at: Timestamp,
 }
 
 #[cfg(test)]

@@ -12,6 +12,9 @@ const CLIENT: &[&str] = &[
     "/mawex.v1.Master/AwaitResult",
     "/mawex.v1.Master/List",
     "/mawex.v1.Master/StreamResults",
+    "/mawex.v1.Master/SubmitGraph",
+    "/mawex.v1.Master/GetGraph",
+    "/mawex.v1.Master/CancelGraph",
 ];
 
 /// The RPCs only an `admin` token may call.
@@ -57,6 +60,7 @@ const READS: &[&str] = &[
     "/mawex.v1.Master/ListPods",
     "/mawex.v1.Master/ListGroups",
     "/mawex.v1.Master/History",
+    "/mawex.v1.Master/GetGraph",
 ];
 
 /// Whether `path` changes nothing (a `viewer` token may call it).

@@ -1,0 +1,441 @@
+//! Workflows: accepting tasks that run after others (alone, in a batch, or as a graph),
+//! unblocking them in the batch that ends their last dependency, cancelling them when a
+//! dependency fails under the default policy, reviving them when that dependency is retried,
+//! and handing them their dependencies' results.
+//!
+//! Every decision here is an event, made in the same batch as what caused it: a dependant
+//! leaves `Blocked` atomically with its last dependency's result, so a restart or a fail-over
+//! (which rebuilds all of this from committed state) can neither lose nor repeat it.
+
+use std::collections::{BTreeSet, HashMap};
+
+use mawex_api::{
+    ApiError, DependencyPolicy, GraphAck, GraphId, GraphNodeView, GraphView, TaskId, TaskResult,
+    TaskSpec, TaskState, Timestamp, MAX_ERROR_MESSAGE_BYTES,
+};
+
+use crate::state::{stored, Event};
+
+use super::{Engine, Output};
+
+/// What a blocked task should do now.
+enum Verdict {
+    /// Some dependency has not ended.
+    Wait,
+    /// Every dependency ended as its policy asks.
+    Run,
+    /// A dependency failed or was cancelled under `AllSucceeded`: cancelled, with the task
+    /// where that began.
+    Cancel(TaskId),
+}
+
+impl Engine {
+    /// Notes what an applied event means for workflows: dependants to judge again, retried
+    /// tasks whose cancelled dependants may come back. Cheap when no task has dependants.
+    pub(super) fn note_workflow_event(&mut self, event: &Event) {
+        let ended = |engine: &mut Engine, task: &TaskId| {
+            let workflows = engine.state.workflows();
+            if workflows.has_dependants(task)
+                && engine
+                    .state
+                    .task(task)
+                    .is_some_and(|e| e.state.is_terminal())
+            {
+                let dependants: Vec<TaskId> = workflows.dependants(task).copied().collect();
+                engine.to_judge.extend(dependants);
+            }
+        };
+        match event {
+            Event::TaskFinished { attempt, .. } => ended(self, &attempt.task),
+            Event::TaskCancelled { task, .. } => ended(self, task),
+            Event::TasksCancelledByDependency { tasks, .. } => {
+                for (task, _) in tasks {
+                    ended(self, task);
+                }
+            }
+            Event::WorkflowAccepted { tasks, .. } => {
+                self.to_judge.extend(tasks.iter().map(|(spec, _)| spec.id));
+            }
+            Event::TasksRevived { tasks, .. } => self.to_judge.extend(tasks.iter().copied()),
+            Event::TasksRetried { tasks, .. } => {
+                let workflows = self.state.workflows();
+                let roots = tasks.iter().filter(|t| workflows.has_dependants(t));
+                self.to_revive.extend(roots.copied());
+            }
+            _ => {}
+        }
+    }
+
+    /// Blocked tasks to judge when the engine starts: a safety net for a decision the last
+    /// master made and did not commit (there is none to lose, since decisions commit with
+    /// their cause, but a judge of every blocked task costs little).
+    pub(super) fn judge_all_blocked(&mut self) {
+        let blocked: Vec<TaskId> = self
+            .state
+            .workflows()
+            .linked()
+            .filter(|id| {
+                self.state
+                    .task(id)
+                    .is_some_and(|e| e.state == TaskState::Blocked)
+            })
+            .copied()
+            .collect();
+        self.to_judge.extend(blocked);
+    }
+
+    /// Decides what the batch so far made due: revivals first, then every dependant whose
+    /// dependencies changed, until nothing changes (a cancel cascades down in rounds).
+    pub(crate) fn settle(&mut self, now: Timestamp, out: &mut Output) {
+        if !self.to_revive.is_empty() {
+            let roots = std::mem::take(&mut self.to_revive);
+            let revived = self.revivable(roots);
+            if !revived.is_empty() {
+                self.emit(
+                    Event::TasksRevived {
+                        tasks: revived,
+                        at: now,
+                    },
+                    out,
+                );
+            }
+        }
+        while !self.to_judge.is_empty() {
+            let (mut run, mut cancel) = (Vec::new(), Vec::new());
+            for id in std::mem::take(&mut self.to_judge) {
+                match self.verdict(&id) {
+                    Verdict::Wait => {}
+                    Verdict::Run => run.push(id),
+                    Verdict::Cancel(root) => cancel.push((id, root)),
+                }
+            }
+            if !run.is_empty() {
+                self.emit(
+                    Event::TasksUnblocked {
+                        tasks: run,
+                        at: now,
+                    },
+                    out,
+                );
+            }
+            if !cancel.is_empty() {
+                self.emit(
+                    Event::TasksCancelledByDependency {
+                        tasks: cancel,
+                        at: now,
+                    },
+                    out,
+                );
+            }
+        }
+    }
+
+    /// What blocked task `id` should do, from its dependencies' states.
+    fn verdict(&self, id: &TaskId) -> Verdict {
+        let state = &self.state;
+        if state.task(id).map(|e| e.state) != Some(TaskState::Blocked) {
+            return Verdict::Wait;
+        }
+        let Some(links) = state.workflows().links(id) else {
+            return Verdict::Run;
+        };
+        let mut waiting = false;
+        for edge in links.after.iter() {
+            let Some(dep) = state.task(&edge.task) else {
+                // Forgotten, which a needed dependency never is (see `needed`): nothing can
+                // tell how it ended, so only "all finished" may go on.
+                if edge.policy == DependencyPolicy::AllSucceeded {
+                    return Verdict::Cancel(edge.task);
+                }
+                continue;
+            };
+            match dep.state {
+                TaskState::Succeeded => {}
+                TaskState::Failed | TaskState::Cancelled => {
+                    if edge.policy == DependencyPolicy::AllSucceeded {
+                        let root = state
+                            .workflows()
+                            .links(&edge.task)
+                            .and_then(|l| l.cancelled_by)
+                            .unwrap_or(edge.task);
+                        return Verdict::Cancel(root);
+                    }
+                }
+                _ => waiting = true,
+            }
+        }
+        if waiting {
+            Verdict::Wait
+        } else {
+            Verdict::Run
+        }
+    }
+
+    /// The tasks cancelled because of `roots` (directly or further down) that may be blocked
+    /// again now that the roots were retried: those whose every dependency is still known
+    /// (one forgotten could not hand over its result). Dependencies first.
+    fn revivable(&self, roots: BTreeSet<TaskId>) -> Vec<TaskId> {
+        let state = &self.state;
+        let workflows = state.workflows();
+        let mut revived = Vec::new();
+        let mut seen = BTreeSet::new();
+        for root in roots {
+            let mut next: Vec<TaskId> = workflows.dependants(&root).copied().collect();
+            while let Some(id) = next.pop() {
+                if !seen.insert(id) {
+                    continue;
+                }
+                let Some(links) = workflows.links(&id) else {
+                    continue;
+                };
+                let cancelled_here = links.cancelled_by == Some(root)
+                    && state.task(&id).map(|e| e.state) == Some(TaskState::Cancelled);
+                let deps_known = links.after.iter().all(|e| state.task(&e.task).is_some());
+                if cancelled_here && deps_known {
+                    revived.push(id);
+                    next.extend(workflows.dependants(&id).copied());
+                }
+            }
+        }
+        revived
+    }
+
+    /// True while a finished task must stay: a task that runs after it has yet to run, or
+    /// may run again (failed: it can be retried), and needs its state or result.
+    pub(crate) fn needed(&self, id: &TaskId) -> bool {
+        let state = &self.state;
+        state.workflows().dependants(id).any(|d| {
+            state.task(d).is_some_and(|e| {
+                matches!(
+                    e.state,
+                    TaskState::Blocked
+                        | TaskState::Pending
+                        | TaskState::Running
+                        | TaskState::Failed
+                )
+            })
+        })
+    }
+
+    /// The results a task's attempt gets as inputs: those of its dependencies that pass
+    /// their output, in the order it names them.
+    pub(crate) fn inputs(&self, id: &TaskId) -> Vec<TaskResult> {
+        let state = &self.state;
+        let Some(links) = state.workflows().links(id) else {
+            return Vec::new();
+        };
+        links
+            .after
+            .iter()
+            .filter(|e| e.pass_output)
+            .filter_map(|e| state.result(&e.task))
+            .collect()
+    }
+
+    /// The output limit task `id` declared, if any.
+    pub(super) fn output_limit(&self, id: &TaskId) -> Option<u64> {
+        self.state
+            .workflows()
+            .links(id)
+            .and_then(|l| l.output_limit)
+    }
+
+    /// Checks the dependencies of the tasks of a batch (or graph) about to be accepted and
+    /// builds their links. `fresh` holds the specs accepted before each one in the batch,
+    /// by id, which a dependency may name too.
+    pub(super) fn links_for(
+        &self,
+        spec: &TaskSpec,
+        name: &str,
+        graph: Option<(GraphId, &str)>,
+        fresh: &HashMap<TaskId, &TaskSpec>,
+    ) -> Result<Option<stored::Links>, ApiError> {
+        let max = self.config.max_payload_bytes as u64;
+        // The inputs together are bounded as one payload is (the payload itself apart).
+        let mut inputs_bytes: u64 = 0;
+        for dep in &spec.after {
+            if self.state.broadcasts().is_target(&dep.task) {
+                return Err(ApiError::InvalidArgument(format!(
+                    "{name}: dependency {} is a broadcast target, which no task may run after",
+                    dep.task
+                )));
+            }
+            let cap = match (self.state.task(&dep.task), fresh.get(&dep.task)) {
+                (Some(entry), _) => match entry.result().map(|r| &r.outcome) {
+                    Some(stored::Outcome::Succeeded(output)) => output.len() as u64,
+                    Some(stored::Outcome::Failed(_)) => MAX_ERROR_MESSAGE_BYTES as u64,
+                    Some(_) => 0,
+                    None => declared_cap(self.output_limit(&dep.task), dep.policy, max),
+                },
+                (None, Some(spec)) => declared_cap(spec.output_limit, dep.policy, max),
+                (None, None) => {
+                    return Err(ApiError::NotFound(format!(
+                        "{name}: dependency {} is unknown: never submitted (a task of the same \
+                         batch must come before the tasks that run after it), or finished \
+                         longer ago than the result retention and forgotten",
+                        dep.task
+                    )))
+                }
+            };
+            if dep.pass_output {
+                inputs_bytes = inputs_bytes.saturating_add(cap);
+            }
+        }
+        if inputs_bytes > max {
+            return Err(ApiError::ResourceExhausted(format!(
+                "{name}: the outputs of the {} tasks it runs after could reach {inputs_bytes} \
+                 bytes, more than the payload limit of {max}; give those tasks an \
+                 output_limit, or leave their output out of this one's inputs \
+                 (pass_output: false)",
+                spec.after.iter().filter(|d| d.pass_output).count()
+            )));
+        }
+        Ok(stored::Links::of(spec, graph))
+    }
+
+    /// Accepts a graph: its tasks in one event, atomically; a graph known already answers
+    /// `created: false` if it is the same.
+    pub(crate) fn submit_graph(
+        &mut self,
+        id: GraphId,
+        tasks: Vec<(String, TaskSpec)>,
+        now: Timestamp,
+        out: &mut Output,
+    ) -> Result<GraphAck, ApiError> {
+        if let Some(known) = self.state.workflows().graph(&id) {
+            let workflows = self.state.workflows();
+            // Compared as submitted: what happened to the tasks since is not part of it.
+            let same = known.nodes.len() == tasks.len()
+                && tasks.iter().all(|(name, spec)| {
+                    let same_spec = self
+                        .state
+                        .task(&spec.id)
+                        .is_some_and(|e| e.spec == stored::TaskSpec::from(spec.clone()));
+                    let want = stored::Links::of(spec, Some((id, name)));
+                    same_spec
+                        && match (workflows.links(&spec.id), want) {
+                            (Some(have), Some(want)) => {
+                                have.graph == want.graph
+                                    && have.after == want.after
+                                    && have.output_limit == want.output_limit
+                            }
+                            _ => false,
+                        }
+                });
+            if same {
+                return Ok(GraphAck::new(id, false));
+            }
+            return Err(ApiError::Conflict(format!(
+                "graph {id} is known with other nodes or tasks"
+            )));
+        }
+        let mut fresh: HashMap<TaskId, &TaskSpec> = HashMap::with_capacity(tasks.len());
+        let mut accepted = Vec::with_capacity(tasks.len());
+        for (name, spec) in &tasks {
+            let node = format!("node {name:?}");
+            if self.state.task(&spec.id).is_some() {
+                return Err(ApiError::Conflict(format!(
+                    "{node}: its task id {} is used by another task",
+                    spec.id
+                )));
+            }
+            spec.validate(self.config.max_payload_bytes)
+                .map_err(|e| in_node(&node, e))?;
+            let links = self
+                .links_for(spec, &node, Some((id, name)), &fresh)?
+                .ok_or_else(|| ApiError::Internal("a graph's node has no links".into()))?;
+            fresh.insert(spec.id, spec);
+            accepted.push((stored::TaskSpec::from(spec.clone()), links));
+        }
+        let record = stored::GraphRecord {
+            id,
+            nodes: tasks.iter().map(|(_, spec)| spec.id).collect(),
+            at: now,
+        };
+        self.emit(
+            Event::WorkflowAccepted {
+                graph: Some(Box::new(record)),
+                tasks: accepted,
+                at: now,
+            },
+            out,
+        );
+        Ok(GraphAck::new(id, true))
+    }
+
+    /// A graph and its nodes' states.
+    pub(crate) fn graph_view(&self, id: &GraphId) -> Option<GraphView> {
+        let state = &self.state;
+        let record = state.workflows().graph(id)?;
+        let nodes = record
+            .nodes
+            .iter()
+            .filter_map(|task| {
+                let entry = state.task(task)?;
+                let links = state.workflows().links(task)?;
+                let name = links
+                    .graph
+                    .as_ref()
+                    .map_or_else(String::new, |(_, n)| n.to_string());
+                let after = links.after.iter().map(|e| e.task).collect();
+                Some(GraphNodeView::new(name, *task, entry.state, after))
+            })
+            .collect();
+        Some(GraphView::new(*id, record.at, nodes))
+    }
+
+    /// Cancels every node of a graph that has not finished.
+    pub(crate) fn cancel_graph(
+        &mut self,
+        id: &GraphId,
+        now: Timestamp,
+        out: &mut Output,
+    ) -> Result<u64, ApiError> {
+        let record = self
+            .state
+            .workflows()
+            .graph(id)
+            .ok_or_else(|| ApiError::NotFound(format!("graph {id} is unknown")))?;
+        let live: Vec<TaskId> = record
+            .nodes
+            .iter()
+            .filter(|t| self.state.task(t).is_some_and(|e| !e.state.is_terminal()))
+            .copied()
+            .collect();
+        let mut n = 0;
+        for task in live {
+            // Cancelled one by one, dependencies first: a dependant cancelled by one of
+            // these in this batch is terminal already, and skipped.
+            if self
+                .state
+                .task(&task)
+                .is_some_and(|e| !e.state.is_terminal())
+            {
+                self.cancel(task, now, out)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The most bytes an unfinished dependency's result may take: its declared output limit, or
+/// the payload limit; under "all finished", at least an error message's (the dependant gets
+/// the error of one that failed).
+fn declared_cap(limit: Option<u64>, policy: DependencyPolicy, max: u64) -> u64 {
+    let cap = limit.unwrap_or(max);
+    match policy {
+        DependencyPolicy::AllSucceeded => cap,
+        // A master configured below an error message's size bounds at its payload limit.
+        _ => cap.max((MAX_ERROR_MESSAGE_BYTES as u64).min(max)),
+    }
+}
+
+/// An error about one node of a graph, naming it.
+fn in_node(node: &str, e: ApiError) -> ApiError {
+    match e {
+        ApiError::InvalidArgument(m) => ApiError::InvalidArgument(format!("{node}: {m}")),
+        ApiError::ResourceExhausted(m) => ApiError::ResourceExhausted(format!("{node}: {m}")),
+        other => other,
+    }
+}
