@@ -111,6 +111,12 @@ pub enum Command {
         #[command(subcommand)]
         action: BroadcastAction,
     },
+    /// Workflows: a graph of tasks from a TOML file, submitted as one; its nodes' states.
+    Graph {
+        /// What to do.
+        #[command(subcommand)]
+        action: GraphAction,
+    },
     /// A live view of the pods, groups and failed queue, refreshed every second; `q` quits.
     Top,
     /// Serves the REST API and `/metrics` over the masters of `client.masters`.
@@ -156,6 +162,39 @@ pub enum Command {
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+}
+
+/// `mawex graph`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum GraphAction {
+    /// Submits the graph a TOML file describes: `[[node]]` tables with `name`, `group`,
+    /// `handler`, and optionally `payload`, `after` (node names), `policy` (`all-succeeded`,
+    /// `all-finished`), `pass_output`, `output_limit`, `priority`, `retry`; an `id` at the
+    /// top makes submitting the file again harmless. Prints the graph's id.
+    Submit {
+        /// The file.
+        file: std::path::PathBuf,
+        /// Waits until every node finished and prints their states; exits 3 if one failed,
+        /// 5 if one was cancelled.
+        #[arg(long)]
+        wait: bool,
+        /// With `--wait`: gives up after this long (exit 4; the graph goes on).
+        #[arg(long, requires = "wait", value_parser = duration)]
+        timeout: Option<std::time::Duration>,
+    },
+    /// Every node of a graph: its task, state, and the nodes it runs after.
+    Status {
+        /// The graph's id.
+        id: String,
+        /// Waits until every node finished (exit codes as `submit --wait`).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Cancels every node of a graph that has not finished.
+    Cancel {
+        /// The graph's id.
+        id: String,
     },
 }
 
@@ -499,6 +538,18 @@ pub struct SubmitArgs {
     /// Tasks of one fairness key take turns with other keys of the group.
     #[arg(long)]
     pub fairness_key: Option<String>,
+    /// Runs after these tasks (ids, comma-separated or repeated): blocked until they ended
+    /// as `--policy` asks, then run with their outputs as inputs.
+    #[arg(long, value_delimiter = ',')]
+    pub after: Vec<String>,
+    /// With `--after`: `all-succeeded` (default: a failed one cancels this task) or
+    /// `all-finished`.
+    #[arg(long, requires = "after")]
+    pub policy: Option<String>,
+    /// The most output bytes this task may produce (more fails it for good); lets tasks
+    /// that run after it take its output as an input within the payload limit.
+    #[arg(long)]
+    pub output_limit: Option<u64>,
 }
 
 /// A human duration: `500ms`, `30s`, `5m`, `1h 30m`.

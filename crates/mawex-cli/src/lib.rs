@@ -7,6 +7,7 @@ mod cluster;
 pub mod config;
 mod discovery;
 mod error;
+mod graphs;
 mod handlers;
 pub mod output;
 mod serve;
@@ -114,6 +115,7 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             Command::Groups { action } => tasks::groups(&config, output, action).await,
             Command::Cron { action } => tasks::cron(&config, output, action).await,
             Command::Broadcast { action } => broadcasts::broadcast(&config, output, action).await,
+            Command::Graph { action } => graphs::graph(&config, output, action).await,
             Command::Top => top::top(&config).await,
             Command::Web { .. } => web::web(&config).await,
             Command::Move { to, ids } => tasks::move_pending(&config, &to, &ids).await,

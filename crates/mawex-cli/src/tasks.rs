@@ -4,8 +4,8 @@ use std::io::{BufRead, IsTerminal, Read, Write};
 use std::time::Duration;
 
 use mawex::{
-    ApiError, Bytes, CancelAck, ErrorKind, FailedFilter, GroupName, GroupSettings, ListQuery,
-    MasterProxy, MissedTicks, Outcome, PendingChange, PodId, RateLimit, RemoteConfig,
+    ApiError, Bytes, CancelAck, Dependency, ErrorKind, FailedFilter, GroupName, GroupSettings,
+    ListQuery, MasterProxy, MissedTicks, Outcome, PendingChange, PodId, RateLimit, RemoteConfig,
     RemoteMasterProxy, RetryPolicy, ScheduleName, ScheduleSpec, TaskId, TaskSpec, TaskState,
     Timestamp,
 };
@@ -15,6 +15,7 @@ use crate::cli::{
     CronAction, FailedAction, FailedArgs, GroupAction, ListArgs, Output, PodAction, SubmitArgs,
 };
 use crate::config::Config;
+use crate::graphs;
 use crate::output::{self, Rows, TaskRow};
 use crate::CliError;
 
@@ -213,7 +214,12 @@ pub(crate) async fn submit(
         retry: args.retry,
         fairness_key: args.fairness_key.clone(),
     };
-    let spec = options.apply(TaskSpec::new(group(group_name)?, handler.clone(), payload))?;
+    let mut spec = options.apply(TaskSpec::new(group(group_name)?, handler.clone(), payload))?;
+    let policy = graphs::policy("--policy", args.policy.as_deref())?;
+    for id in &args.after {
+        spec = spec.after_dependency(Dependency::on(task_id(id)?).with_policy(policy));
+    }
+    spec.output_limit = args.output_limit;
     let ack = proxy.submit(spec).await?;
     if !args.wait {
         return output::print(

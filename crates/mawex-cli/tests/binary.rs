@@ -463,6 +463,64 @@ fn a_master_two_workers_and_every_exit_code() {
     assert_eq!(code(&refused), 1);
     assert!(stderr(&refused).contains("cron"), "{}", stderr(&refused));
 
+    // Workflows: a graph from a file runs in order and is waited for; a failed node cancels
+    // what runs after it (exit 3), which `graph status` shows; a task runs after another.
+    let graph = dir.join("graph.toml");
+    std::fs::write(
+        &graph,
+        "[[node]]\nname = \"extract\"\ngroup = \"sh\"\nhandler = \"upper\"\npayload = \"rows\"\n\
+         [[node]]\nname = \"load\"\ngroup = \"sh\"\nhandler = \"upper\"\nafter = [\"extract\"]\n",
+    )
+    .unwrap();
+    let graph_path = graph.to_str().unwrap();
+    let nodes = json(&["graph", "submit", graph_path, "--wait", "-o", "json"]);
+    let states: Vec<(&str, &str)> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["name"].as_str().unwrap(), n["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(states, [("extract", "succeeded"), ("load", "succeeded")]);
+    assert_eq!(nodes[1]["after"], serde_json::json!(["extract"]));
+    std::fs::write(
+        &graph,
+        "[[node]]\nname = \"broken\"\ngroup = \"sh\"\nhandler = \"fail\"\nretry = 1\n\
+         [[node]]\nname = \"next\"\ngroup = \"sh\"\nhandler = \"upper\"\nafter = [\"broken\"]\n",
+    )
+    .unwrap();
+    let submitted = json(&["graph", "submit", graph_path, "-o", "json"]);
+    let graph_id = submitted[0]["id"].as_str().unwrap().to_owned();
+    let waited = run(
+        dir,
+        &endpoint,
+        &["graph", "status", &graph_id, "--wait"],
+        None,
+    );
+    assert_eq!(code(&waited), 3, "{}", stderr(&waited));
+    assert!(stderr(&waited).contains("broken"), "{}", stderr(&waited));
+    let nodes = json(&["graph", "status", &graph_id, "-o", "json"]);
+    assert_eq!(nodes[1]["state"], "cancelled");
+    assert_eq!(
+        code(&run(dir, &endpoint, &["graph", "cancel", &graph_id], None)),
+        0
+    );
+    let bad = run(
+        dir,
+        &endpoint,
+        &["graph", "submit", "/nonexistent.toml"],
+        None,
+    );
+    assert_eq!(code(&bad), 1, "{}", stderr(&bad));
+    let first = json(&["submit", "sh", "upper", "first", "-o", "json"]);
+    let first = first[0]["id"].as_str().unwrap().to_owned();
+    let then = run(
+        dir,
+        &endpoint,
+        &["submit", "sh", "upper", "then", "--after", &first, "--wait"],
+        None,
+    );
+    assert_eq!((code(&then), stdout(&then)), (0, "THEN".to_owned()));
+
     // Broadcasts: planned, fired and waited for, shown; a lock held, and cleared.
     let plan = json(&[
         "broadcast",
