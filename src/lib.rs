@@ -68,11 +68,11 @@ pub use mawex_api::{
     Dedup, Dependency, DependencyPolicy, ErrorKind, FailedCount, FailedFilter, GraphAck, GraphEdge,
     GraphId, GraphNode, GraphNodeView, GraphSpec, GraphView, GroupName, GroupSettings, GroupView,
     GrpcPodConnector, Limits, ListQuery, MasterProxy, MinuteCounts, MissedTicks, Outcome,
-    PendingChange, PodId, PodView, QueuePosition, RateLimit, RemoteConfig, RemoteMasterProxy,
-    ResultCursor, ResultStream, RetryHint, RetryPolicy, ScheduleName, ScheduleSpec, ScheduleView,
-    SubmitAck, TaskError, TaskId, TaskPage, TaskResult, TaskSpec, TaskState, TaskView, Timestamp,
-    UnknownErrorKind, HISTORY_MINUTES, MAX_LIST_FILTER_LEN, MAX_LIST_LIMIT, MAX_LIST_PAGE_BYTES,
-    MAX_LIST_SCAN,
+    OutputLine, OutputStream, PendingChange, PodId, PodView, QueuePosition, RateLimit,
+    RemoteConfig, RemoteMasterProxy, ResultCursor, ResultStream, RetryHint, RetryPolicy,
+    ScheduleName, ScheduleSpec, ScheduleView, SubmitAck, TaskError, TaskId, TaskOutput, TaskPage,
+    TaskResult, TaskSpec, TaskState, TaskView, Timestamp, UnknownErrorKind, HISTORY_MINUTES,
+    MAX_LIST_FILTER_LEN, MAX_LIST_LIMIT, MAX_LIST_PAGE_BYTES, MAX_LIST_SCAN, MAX_OUTPUT_LINE_BYTES,
 };
 pub use mawex_api::{
     BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery, BroadcastSpec,
@@ -91,7 +91,7 @@ pub use mawex_core::{
 #[cfg(feature = "master")]
 pub use mawex_raft::ReplicatedMaster;
 pub use mawex_sandbox::{
-    HandlerError, HandlerRegistry, InProcess, Sandbox, SandboxError, TaskInput,
+    HandlerError, HandlerRegistry, InProcess, LogHandle, Sandbox, SandboxError, TaskInput,
 };
 
 /// Clusters of masters that fail over: each node keeps the Raft log, the node that leads

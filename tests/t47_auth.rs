@@ -62,7 +62,7 @@ fn expected_role(path: &str) -> Role {
     let method = path.rsplit('/').next().unwrap();
     match method {
         "Submit" | "SubmitBatch" | "Get" | "Cancel" | "AwaitResult" | "List" | "StreamResults"
-        | "SubmitGraph" | "GetGraph" | "CancelGraph" => Role::Client,
+        | "SubmitGraph" | "GetGraph" | "CancelGraph" | "GetOutput" => Role::Client,
         "FailedSummary" | "RetryFailed" | "PurgeFailed" | "ConfigureGroup" | "GetGroupSettings"
         | "UpdatePending" | "CreateSchedule" | "ListSchedules" | "PauseSchedule"
         | "DeleteSchedule" | "FireBroadcast" | "PlanBroadcast" | "GetBroadcast"
@@ -93,6 +93,7 @@ fn reads_only(path: &str) -> bool {
             | "ListBroadcastLocks"
             | "History"
             | "GetGraph"
+            | "GetOutput"
             | "ListPods"
             | "ListGroups"
     )
@@ -236,6 +237,43 @@ async fn a_client_token_limited_to_groups_uses_only_those() {
             "the same answer as for a task that does not exist"
         );
     }
+    // Nor may it run a task after another group's task (it would get its output), not even
+    // by naming that task's id in its own batch as a duplicate of one of its tasks.
+    let after_theirs = builds
+        .submit(TaskSpec::new(group("builds"), "noop", "x").after(other.id))
+        .await;
+    assert!(
+        matches!(after_theirs, Err(ApiError::NotFound(_))),
+        "{after_theirs:?}"
+    );
+    let decoy =
+        TaskSpec::new(group("builds"), "noop", "d").with_dedup("k", Duration::from_secs(60));
+    let mut disguised =
+        TaskSpec::new(group("builds"), "noop", "d").with_dedup("k", Duration::from_secs(60));
+    disguised.id = other.id;
+    let smuggled = builds
+        .submit_many(vec![
+            decoy,
+            disguised,
+            TaskSpec::new(group("builds"), "noop", "x").after(other.id),
+        ])
+        .await;
+    assert!(
+        matches!(smuggled, Err(ApiError::NotFound(_))),
+        "{smuggled:?}"
+    );
+    let graph = mawex::GraphSpec::new(
+        vec![mawex::GraphNode::new(
+            "n",
+            TaskSpec::new(group("builds"), "noop", "x").after(other.id),
+        )],
+        Vec::new(),
+    );
+    let graph_refused = builds.submit_graph(graph).await;
+    assert!(
+        matches!(graph_refused, Err(ApiError::NotFound(_))),
+        "{graph_refused:?}"
+    );
     for refused in [
         builds.list(mawex::ListQuery::default()).await.map(|_| ()),
         builds

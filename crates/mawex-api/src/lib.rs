@@ -23,6 +23,7 @@ mod error;
 mod failure;
 mod graph;
 mod ids;
+mod output;
 pub mod pod;
 pub mod proto;
 mod proxy;
@@ -47,6 +48,9 @@ pub use graph::{
     GraphSpec, GraphView, MAX_DEPENDENCIES, MAX_GRAPH_EDGES, MAX_GRAPH_NODES, MAX_NODE_NAME_LEN,
 };
 pub use ids::{Attempt, GraphId, GroupName, PodId, ScheduleName, TaskId};
+pub use output::{
+    cut, OutputLine, OutputStream, TaskOutput, MAX_OUTPUT_LINES_PER_MESSAGE, MAX_OUTPUT_LINE_BYTES,
+};
 pub use proxy::{
     check_history_minutes, CancelAck, ListQuery, MasterProxy, ResultCursor, ResultStream,
     SubmitAck, TaskPage, MAX_LIST_FILTER_LEN, MAX_LIST_LIMIT, MAX_LIST_PAGE_BYTES, MAX_LIST_SCAN,

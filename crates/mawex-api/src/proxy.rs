@@ -18,6 +18,7 @@ use crate::error::ApiError;
 use crate::failure::ErrorKind;
 use crate::graph::{GraphAck, GraphSpec, GraphView};
 use crate::ids::{GraphId, GroupName, PodId, ScheduleName, TaskId};
+use crate::output::TaskOutput;
 use crate::task::{TaskResult, TaskSpec, TaskState, TaskView};
 use crate::time::Timestamp;
 
@@ -627,6 +628,16 @@ pub trait MasterProxy: Send + Sync {
     /// `NotFound` for an unknown graph.
     async fn cancel_graph(&self, id: GraphId) -> Result<u64, ApiError> {
         Err(unimplemented("cancel_graph"))
+    }
+
+    /// The live output of task `id`'s latest attempt: the lines after line `after` (0: from
+    /// the first one kept) that the master keeps, bounded (its last lines). Call again with
+    /// the last line's number to follow; [`TaskOutput::finished`] says when to stop.
+    ///
+    /// # Errors
+    /// `NotFound` for a task the master does not know.
+    async fn task_output(&self, id: TaskId, after: u64) -> Result<TaskOutput, ApiError> {
+        Err(unimplemented("task_output"))
     }
 }
 

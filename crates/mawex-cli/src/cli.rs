@@ -79,6 +79,15 @@ pub enum Command {
     Submit(SubmitArgs),
     /// Shows a task.
     Get(GetArgs),
+    /// A task's live output: the last lines its latest attempt printed (kept by the master,
+    /// bounded); `--follow` prints new ones until the task finishes.
+    Logs {
+        /// The task's id.
+        id: String,
+        /// Keeps printing new lines, through retries, until the task finishes.
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Lists tasks, a page at a time.
     List(ListArgs),
     /// Cancels a task.

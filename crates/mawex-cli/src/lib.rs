@@ -9,6 +9,7 @@ mod discovery;
 mod error;
 mod graphs;
 mod handlers;
+mod logs;
 pub mod output;
 mod serve;
 mod tasks;
@@ -107,6 +108,7 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             Command::Standalone(_) => serve::standalone(&config).await,
             Command::Submit(args) => tasks::submit(&config, output, args).await,
             Command::Get(args) => tasks::get(&config, output, &args.id).await,
+            Command::Logs { id, follow } => logs::logs(&config, output, &id, follow).await,
             Command::List(args) => tasks::list(&config, output, args).await,
             Command::Cancel(args) => tasks::cancel(&config, &args.id).await,
             Command::Retry(args) => tasks::retry(&config, &args.id).await,

@@ -88,6 +88,12 @@ argv = ["sleep", "30"]
 
 [worker.handlers.nap]
 argv = ["sleep", "1"]
+
+[worker.handlers.count]
+argv = ["sh", "-c", "seq 1 10000; echo done >&2"]
+
+[worker.handlers.tick]
+argv = ["sh", "-c", "for i in 1 2 3; do echo tick $i; sleep 0.2; done"]
 "#,
             data = dir.join("data").display()
         ),
@@ -520,6 +526,37 @@ fn a_master_two_workers_and_every_exit_code() {
         None,
     );
     assert_eq!((code(&then), stdout(&then)), (0, "THEN".to_owned()));
+
+    // Live output: a command's 10,000 lines are kept as a bounded tail, the last ones last;
+    // `logs -f` follows a running task and ends when it finishes.
+    let count = run(dir, &endpoint, &["submit", "sh", "count", "--wait"], None);
+    assert_eq!(code(&count), 0, "{}", stderr(&count));
+    let count = stderr(&count)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(';')
+        .to_owned();
+    let logs = run(dir, &endpoint, &["logs", &count, "-o", "json"], None);
+    assert_eq!(code(&logs), 0, "{}", stderr(&logs));
+    let lines: Vec<serde_json::Value> = serde_json::from_slice(&logs.stdout).unwrap();
+    let last = lines
+        .iter()
+        .rev()
+        .find(|l| l["stream"] == "stdout")
+        .unwrap();
+    assert_eq!(last["text"], "10000", "the last line is kept");
+    assert!(
+        lines.len() < 10_000,
+        "a bounded tail: {} lines",
+        lines.len()
+    );
+    assert!(stderr(&logs).contains("lines dropped"), "{}", stderr(&logs));
+    let ticking = json(&["submit", "sh", "tick", "-o", "json"]);
+    let ticking = ticking[0]["id"].as_str().unwrap().to_owned();
+    let followed = run(dir, &endpoint, &["logs", "-f", &ticking], None);
+    assert_eq!(code(&followed), 0, "{}", stderr(&followed));
+    assert_eq!(stdout(&followed), "tick 1\ntick 2\ntick 3\n");
 
     // Broadcasts: planned, fired and waited for, shown; a lock held, and cleared.
     let plan = json(&[

@@ -367,6 +367,13 @@ impl MasterProxy for ClusterProxy {
         self.access.settle(&master, master.cancel_graph(id).await)
     }
 
+    async fn task_output(&self, id: TaskId, after: u64) -> Result<mawex_api::TaskOutput, ApiError> {
+        // The output is kept by the leader's master, which the pods write to.
+        let master = self.master()?;
+        self.access
+            .settle(&master, master.task_output(id, after).await)
+    }
+
     async fn list_pods(&self) -> Result<Vec<PodView>, ApiError> {
         // Pods are connected to the leader's master: its list is the cluster's.
         let master = self.master()?;

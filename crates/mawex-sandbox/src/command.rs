@@ -156,15 +156,13 @@ impl Sandbox for CommandSandbox {
             command.current_dir(dir);
         }
         let limits = process::limits_for(&input.limits, spec.cpu_seconds, spec.open_files);
-        process::run_for_output(
-            command,
-            input.payload,
-            limits,
-            self.max_output_bytes,
-            self.stderr_tail_bytes,
-            self.grace,
-            &cancel,
-        )
-        .await
+        let budgets = process::Budgets {
+            stdout: self.max_output_bytes,
+            stderr: self.stderr_tail_bytes,
+            grace: self.grace,
+            log: input.log,
+            tee_stdout: true,
+        };
+        process::run_for_output(command, input.payload, limits, budgets, &cancel).await
     }
 }

@@ -309,6 +309,7 @@ impl Sandbox for ForkedSandbox {
             env,
             inputs: input.inputs,
         };
+        let log_handle = input.log;
         let stdin = frame(&request).map_err(SandboxError::Spawn)?;
         let limits = process::limits_for(&input.limits, self.cpu_seconds, self.open_files);
         let child = self.started().await?;
@@ -317,6 +318,8 @@ impl Sandbox for ForkedSandbox {
             stdout: self.max_output_bytes + 64 * 1024,
             stderr: self.stderr_tail_bytes,
             grace: self.grace,
+            log: log_handle,
+            tee_stdout: false,
         };
         let outcome = process::drive(child, stdin.into(), limits, budgets, &cancel).await?;
         if outcome.code != Some(0) {

@@ -112,6 +112,8 @@ fn child_main(registry: &HandlerRegistry) -> Result<(), String> {
     task.group = request.group;
     task.env = request.env;
     task.inputs = request.inputs;
+    // Logged lines go to stderr, which the parent streams as the attempt's output.
+    task.log = crate::input::LogHandle::new(|_, line| eprintln!("{line}"));
     // Limits are enforced by the parent around this whole process.
     let result = runtime.block_on(sandbox.run(task, CancellationToken::new()));
     let response = Report::of(result);

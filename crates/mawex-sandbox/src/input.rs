@@ -1,8 +1,66 @@
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use mawex_api::pod::AttemptRef;
-use mawex_api::{Attempt, GroupName, Limits, TaskId, TaskResult, TaskSpec};
+use mawex_api::{Attempt, GroupName, Limits, OutputStream, TaskId, TaskResult, TaskSpec};
+
+/// Where an attempt's live output goes: each line a child process prints (stdout and stderr
+/// of command and ssh sandboxes, stderr of forked ones), and what an in-process handler
+/// logs with [`LogHandle::line`]. The pod streams the lines to the master, which keeps the
+/// last of them for `mawex logs` and the dashboard. Writing never waits: past the pod's
+/// bound the oldest lines are dropped.
+#[derive(Clone, Default)]
+pub struct LogHandle(Option<Arc<WriteLine>>);
+
+/// What a [`LogHandle`] gives each line to.
+type WriteLine = dyn Fn(OutputStream, &str) + Send + Sync;
+
+impl LogHandle {
+    /// A handle that gives each line to `write`.
+    pub fn new(write: impl Fn(OutputStream, &str) + Send + Sync + 'static) -> Self {
+        LogHandle(Some(Arc::new(write)))
+    }
+
+    /// Logs `text`, a line per line of it.
+    pub fn line(&self, text: &str) {
+        self.write(OutputStream::Log, text);
+    }
+
+    /// Writes `text` as lines of `stream`.
+    pub fn write(&self, stream: OutputStream, text: &str) {
+        if let Some(write) = &self.0 {
+            for line in text.lines() {
+                write(stream, line);
+            }
+        }
+    }
+
+    /// True when lines go somewhere.
+    pub fn is_on(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl std::fmt::Debug for LogHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_on() {
+            "LogHandle(on)"
+        } else {
+            "LogHandle(off)"
+        })
+    }
+}
+
+/// Handles do not make inputs differ: two inputs that are equal but for where their lines
+/// go are the same attempt.
+impl PartialEq for LogHandle {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for LogHandle {}
 
 /// Everything a sandbox needs to run one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +85,8 @@ pub struct TaskInput {
     /// The results of the tasks it runs after that pass their output, in the order its spec
     /// names them (a workflow's fan-in gets all of them, on every attempt).
     pub inputs: Vec<TaskResult>,
+    /// Where its live output goes (nowhere unless the pod streams it).
+    pub log: LogHandle,
 }
 
 /// Prefix of the attempt variables a child process always gets.
@@ -61,6 +121,7 @@ impl TaskInput {
             limits: spec.limits,
             env: BTreeMap::new(),
             inputs: Vec::new(),
+            log: LogHandle::default(),
         }
     }
 
@@ -91,6 +152,7 @@ impl TaskInput {
             limits: Limits::default(),
             env: BTreeMap::new(),
             inputs: Vec::new(),
+            log: LogHandle::default(),
         }
     }
 }

@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::error::SandboxError;
+use crate::input::LogHandle;
+use mawex_api::{OutputStream, MAX_OUTPUT_LINE_BYTES};
 
 /// Limits of one child process.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -106,17 +108,75 @@ pub(crate) fn limits_for(
     }
 }
 
-/// Output budgets of [`run`].
-#[derive(Debug, Clone, Copy)]
+/// Output budgets of [`run`], and where its lines go live.
+#[derive(Debug, Clone)]
 pub(crate) struct Budgets {
     pub(crate) stdout: usize,
     pub(crate) stderr: usize,
     /// Between SIGTERM and SIGKILL.
     pub(crate) grace: Duration,
+    /// The attempt's live output: stderr's lines, and stdout's if `tee_stdout`.
+    pub(crate) log: LogHandle,
+    /// Whether stdout is text worth showing (not a forked child's result frame).
+    pub(crate) tee_stdout: bool,
 }
 
-/// Reads a stream to its end, keeping only its last `cap` bytes.
-async fn tail_of<R: AsyncRead + Unpin>(mut reader: R, cap: usize) -> Tail {
+/// Splits bytes into lines for a [`LogHandle`]: a line longer than an output line is cut,
+/// its rest skipped up to the next line break, so a stream without breaks costs nothing.
+struct Lines {
+    stream: OutputStream,
+    log: LogHandle,
+    partial: Vec<u8>,
+    /// Skipping the rest of a line that was too long.
+    skipping: bool,
+}
+
+impl Lines {
+    fn feed(&mut self, bytes: &[u8]) {
+        for chunk in bytes.split_inclusive(|b| *b == b'\n') {
+            let (body, ends) = match chunk.strip_suffix(b"\n") {
+                Some(body) => (body, true),
+                None => (chunk, false),
+            };
+            if !self.skipping {
+                let room = MAX_OUTPUT_LINE_BYTES.saturating_sub(self.partial.len());
+                self.partial
+                    .extend_from_slice(&body[..body.len().min(room)]);
+                if body.len() > room {
+                    self.emit();
+                    self.skipping = true;
+                }
+            }
+            if ends {
+                if !self.skipping {
+                    self.emit();
+                }
+                self.skipping = false;
+            }
+        }
+    }
+
+    fn emit(&mut self) {
+        let text = String::from_utf8_lossy(&self.partial);
+        self.log
+            .write(self.stream, text.strip_suffix('\r').unwrap_or(&text));
+        self.partial.clear();
+    }
+
+    fn finish(&mut self) {
+        if !self.partial.is_empty() && !self.skipping {
+            self.emit();
+        }
+    }
+}
+
+/// Reads a stream to its end, keeping only its last `cap` bytes, and handing each line to
+/// `lines` if given.
+async fn tail_of<R: AsyncRead + Unpin>(
+    mut reader: R,
+    cap: usize,
+    mut lines: Option<Lines>,
+) -> Tail {
     let mut kept: VecDeque<u8> = VecDeque::with_capacity(cap.min(64 * 1024));
     let mut total = 0u64;
     let mut buf = vec![0u8; 16 * 1024];
@@ -128,8 +188,14 @@ async fn tail_of<R: AsyncRead + Unpin>(mut reader: R, cap: usize) -> Tail {
                 kept.extend(&buf[..n]);
                 let excess = kept.len().saturating_sub(cap);
                 kept.drain(..excess);
+                if let Some(lines) = &mut lines {
+                    lines.feed(&buf[..n]);
+                }
             }
         }
+    }
+    if let Some(lines) = &mut lines {
+        lines.finish();
     }
     Tail {
         bytes: Bytes::from(Vec::from(kept)),
@@ -332,8 +398,22 @@ pub(crate) async fn drive(
             let _ = input.write_all(&stdin).await;
         });
     }
-    let stdout = stdout.map(|r| tokio::spawn(tail_of(r, budgets.stdout)));
-    let stderr = stderr.map(|r| tokio::spawn(tail_of(r, budgets.stderr)));
+    let lines = |stream| {
+        budgets.log.is_on().then(|| Lines {
+            stream,
+            log: budgets.log.clone(),
+            partial: Vec::new(),
+            skipping: false,
+        })
+    };
+    let stdout_lines = if budgets.tee_stdout {
+        lines(OutputStream::Stdout)
+    } else {
+        None
+    };
+    let stderr_lines = lines(OutputStream::Stderr);
+    let stdout = stdout.map(|r| tokio::spawn(tail_of(r, budgets.stdout, stdout_lines)));
+    let stderr = stderr.map(|r| tokio::spawn(tail_of(r, budgets.stderr, stderr_lines)));
 
     let deadline = async {
         match limits.timeout {
@@ -444,16 +524,14 @@ pub(crate) async fn run_for_output(
     command: Command,
     stdin: Bytes,
     limits: ProcessLimits,
-    max_output_bytes: usize,
-    stderr_tail_bytes: usize,
-    grace: Duration,
+    budgets: Budgets,
     cancel: &CancellationToken,
 ) -> Result<Bytes, SandboxError> {
+    let max_output_bytes = budgets.stdout;
     // One byte over the limit tells "too large" from "exactly the limit".
     let budgets = Budgets {
-        stdout: max_output_bytes + 1,
-        stderr: stderr_tail_bytes,
-        grace,
+        stdout: max_output_bytes.saturating_add(1),
+        ..budgets
     };
     let outcome = run(command, stdin, limits, budgets, cancel).await?;
     if outcome.code != Some(0) {

@@ -48,17 +48,43 @@ fn visible(caller: Option<&Caller>, view: &mawex_api::TaskView) -> Result<(), St
 }
 
 impl ClientService {
-    /// Refuses dependencies outside the caller's groups (a dependant gets their results):
-    /// those of `specs` that name no task of `own` (the batch or graph itself).
+    /// Refuses, for a token limited to some groups, dependencies outside its groups (a
+    /// dependant gets their results). A dependency the master does not know may only be a
+    /// task of `own` (the batch or graph itself, submitted with it); one it knows is checked
+    /// whatever the request says of it.
     async fn check_dependencies(
         &self,
         caller: Option<&Caller>,
         specs: &[&TaskSpec],
         own: &std::collections::HashSet<mawex_api::TaskId>,
     ) -> Result<(), Status> {
+        if caller.is_none_or(|c| c.token.limited_to().is_none()) {
+            return Ok(());
+        }
+        let mut ids = std::collections::BTreeSet::new();
         for spec in specs {
-            for dep in spec.after.iter().filter(|d| !own.contains(&d.task)) {
-                self.check_task(caller, dep.task).await?;
+            if spec.after.len() > mawex_api::MAX_DEPENDENCIES {
+                return Err(Status::invalid_argument(format!(
+                    "task {}: runs after {} tasks, more than {}",
+                    spec.id,
+                    spec.after.len(),
+                    mawex_api::MAX_DEPENDENCIES
+                )));
+            }
+            ids.extend(spec.after.iter().map(|d| d.task));
+        }
+        if ids.len() > MAX_CHECKED_DEPENDENCIES {
+            return Err(Status::invalid_argument(format!(
+                "a token limited to some groups names at most {MAX_CHECKED_DEPENDENCIES} \
+                 tasks to run after in one request, not {}",
+                ids.len()
+            )));
+        }
+        for id in ids {
+            match self.proxy.get(id).await {
+                Ok(view) => visible(caller, &view)?,
+                Err(mawex_api::ApiError::NotFound(_)) if own.contains(&id) => {}
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())
@@ -92,6 +118,10 @@ impl ClientService {
         }
     }
 }
+
+/// The most distinct dependencies one request of a group-limited token may name (each is
+/// looked up to check its group).
+const MAX_CHECKED_DEPENDENCIES: usize = 10_000;
 
 type ResultStream = Pin<Box<dyn Stream<Item = Result<proto::TaskResult, Status>> + Send>>;
 
@@ -448,6 +478,18 @@ impl proto::master_server::Master for ClientService {
             .await?;
         let ack = self.proxy.submit_graph(graph).await?;
         Ok(Response::new(ack.into()))
+    }
+
+    async fn get_output(
+        &self,
+        request: Request<proto::GetOutputRequest>,
+    ) -> Result<Response<proto::TaskOutput>, Status> {
+        let caller = Caller::of(&request).cloned();
+        let request = request.into_inner();
+        let id = task_id("id", &request.id)?;
+        self.check_task(caller.as_ref(), id).await?;
+        let output = self.proxy.task_output(id, request.after).await?;
+        Ok(Response::new(output.into()))
     }
 
     async fn get_graph(

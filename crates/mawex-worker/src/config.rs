@@ -47,6 +47,9 @@ pub struct PodConfig {
     /// Ceilings of every attempt on this pod: a task (or the defaults) may ask for less,
     /// never for more; an attempt that sets no limit gets the ceiling. Default: none.
     pub max_limits: Limits,
+    /// Live output bytes kept per attempt while they wait to be sent (its last lines; the
+    /// oldest are dropped past it, so a handler never waits). Default 64 KiB.
+    pub output_tail_bytes: usize,
 }
 
 impl PodConfig {
@@ -65,6 +68,7 @@ impl PodConfig {
             max_output_bytes: 4 * 1024 * 1024,
             default_limits: Limits::default(),
             max_limits: Limits::default(),
+            output_tail_bytes: 64 * 1024,
         }
     }
 

@@ -6,6 +6,7 @@
 
 mod config;
 mod error;
+mod output;
 mod session;
 mod shared;
 mod usage;
@@ -57,6 +58,7 @@ impl Pod {
         let sandboxes = sandboxes.into();
         config.validate()?;
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
+        let output_tail_bytes = config.output_tail_bytes;
         let shared = Arc::new(Shared {
             config,
             sandboxes,
@@ -73,6 +75,8 @@ impl Pod {
             executed: AtomicU64::new(0),
             highest_term: AtomicU64::new(0),
             usage: Mutex::new(usage::UsageMeter::new()),
+            outputs: output::Outputs::new(output_tail_bytes),
+            takes_output: AtomicBool::new(false),
         });
         let executors: Vec<JoinHandle<()>> = (0..shared.config.slots)
             .map(|_| tokio::spawn(executor(shared.clone())))

@@ -12,6 +12,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::output::OUTPUT_EVERY;
 use crate::shared::{Shared, INTERRUPT_DEADLINE};
 
 /// The longest pause between tries while the masters are electing a leader.
@@ -148,7 +149,12 @@ async fn serve(
         mut inbox,
         ..
     } = session;
+    shared
+        .takes_output
+        .store(welcome.takes_output, Ordering::SeqCst);
     shared.attach(outbox, welcome.acks_reports);
+    let mut output_tick = tokio::time::interval(OUTPUT_EVERY);
+    output_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A zero interval from a remote master would make `interval` panic.
     let period = welcome.heartbeat_interval.max(Duration::from_millis(1));
     let mut heartbeat = tokio::time::interval(period);
@@ -173,6 +179,7 @@ async fn serve(
                 None => return SessionEnd::Lost,
             },
             _ = heartbeat.tick() => shared.heartbeat(),
+            _ = output_tick.tick() => shared.send_output(shared.outputs.take()),
             () = stop.cancelled() => break,
         }
     }

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::config::PodConfig;
+use crate::output::Outputs;
 use crate::usage;
 
 /// An attempt the pod holds: queued, running, or finished with its result not yet delivered.
@@ -64,6 +65,10 @@ pub(crate) struct Shared {
     /// deposed leader's, and is refused.
     pub(crate) highest_term: AtomicU64,
     pub(crate) usage: Mutex<usage::UsageMeter>,
+    /// The live output of running attempts, waiting to be sent.
+    pub(crate) outputs: Arc<Outputs>,
+    /// The master of the current session takes live output.
+    pub(crate) takes_output: AtomicBool,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -127,6 +132,15 @@ impl Shared {
             .is_some_and(|h| h.attempt == r.attempt)
         {
             holdings.held.remove(&r.task);
+        }
+    }
+
+    /// Sends the live output that waits, if the master takes it (else it is dropped).
+    pub(crate) fn send_output(&self, messages: Vec<PodMessage>) {
+        if self.takes_output.load(Ordering::SeqCst) {
+            for message in messages {
+                self.send(message);
+            }
         }
     }
 
@@ -257,6 +271,7 @@ impl Shared {
                 let mut input = TaskInput::new(r, a.spec);
                 input.env = a.env;
                 input.inputs = a.inputs;
+                input.log = self.outputs.handle(r);
                 input.limits = input
                     .limits
                     .or(self.config.default_limits.clone())
@@ -281,6 +296,8 @@ impl Shared {
             }
         });
         self.executed.fetch_add(1, Ordering::Relaxed);
+        // Its last lines go before its result, so that the master still holds its lease.
+        self.send_output(self.outputs.finish(r));
         let message = match result {
             Err(e)
                 if e.kind == mawex_api::ErrorKind::Cancelled

@@ -7,6 +7,7 @@
 mod admin;
 mod broadcast;
 mod graph;
+mod output;
 mod pod;
 mod proxy;
 mod status;

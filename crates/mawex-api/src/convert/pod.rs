@@ -95,6 +95,7 @@ impl From<Welcome> for proto::Welcome {
             lease_timeout_ms: u64::try_from(w.lease_timeout.as_millis()).unwrap_or(u64::MAX),
             acks_reports: w.acks_reports,
             term: w.term,
+            takes_output: w.takes_output,
         }
     }
 }
@@ -109,6 +110,7 @@ impl From<proto::Welcome> for Welcome {
         );
         welcome.acks_reports = w.acks_reports;
         welcome.term = w.term;
+        welcome.takes_output = w.takes_output;
         welcome
     }
 }
@@ -194,6 +196,10 @@ impl From<PodMessage> for proto::PodToMaster {
             }),
             PodMessage::Drain => ToMaster::Drain(proto::Drain {}),
             PodMessage::Leave => ToMaster::Leave(proto::Leave {}),
+            PodMessage::Output { attempt, lines } => ToMaster::Output(proto::AttemptOutput {
+                attempt: Some(attempt.into()),
+                lines: lines.into_iter().map(Into::into).collect(),
+            }),
         };
         proto::PodToMaster {
             message: Some(message),
@@ -235,6 +241,19 @@ impl TryFrom<proto::PodToMaster> for PodFrame {
             },
             ToMaster::Drain(_) => PodMessage::Drain,
             ToMaster::Leave(_) => PodMessage::Leave,
+            ToMaster::Output(o) => {
+                if o.lines.len() > crate::MAX_OUTPUT_LINES_PER_MESSAGE {
+                    return Err(invalid(format!(
+                        "output: {} lines, more than {} in one message",
+                        o.lines.len(),
+                        crate::MAX_OUTPUT_LINES_PER_MESSAGE
+                    )));
+                }
+                PodMessage::Output {
+                    attempt: required("output.attempt", o.attempt)?.try_into()?,
+                    lines: o.lines.into_iter().map(Into::into).collect(),
+                }
+            }
         };
         Ok(PodFrame::Message(message))
     }

@@ -161,6 +161,9 @@ pub struct Welcome {
     /// election). Every message of the session is of this term. A pod refuses a session of
     /// a lower term than one it has seen, so a deposed leader cannot assign or cancel.
     pub term: u64,
+    /// The master takes live output ([`PodMessage::Output`]); an older one does not, and
+    /// the pod sends it none.
+    pub takes_output: bool,
 }
 
 impl Welcome {
@@ -172,6 +175,7 @@ impl Welcome {
             lease_timeout,
             acks_reports: false,
             term: 0,
+            takes_output: false,
         }
     }
 }
@@ -230,6 +234,14 @@ pub enum PodMessage {
     },
     /// I am shutting down: lease me nothing more; results and returns follow.
     Drain,
+    /// Lines an attempt printed or logged since the last such message (sent only to a
+    /// master that [`Welcome::takes_output`]; before the attempt's `Finished`).
+    Output {
+        /// Which attempt.
+        attempt: AttemptRef,
+        /// The lines, oldest first (at most [`crate::MAX_OUTPUT_LINES_PER_MESSAGE`]).
+        lines: Vec<crate::OutputLine>,
+    },
     /// I am leaving: whatever I still hold runs elsewhere.
     Leave,
 }

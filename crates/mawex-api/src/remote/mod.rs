@@ -28,6 +28,7 @@ use crate::broadcast::{
 use crate::error::ApiError;
 use crate::graph::{GraphAck, GraphSpec, GraphView};
 use crate::ids::{GraphId, GroupName, PodId, ScheduleName, TaskId};
+use crate::output::TaskOutput;
 use crate::proto;
 use crate::proto::master_client::MasterClient;
 use crate::proxy::{
@@ -593,6 +594,17 @@ impl MasterProxy for RemoteMasterProxy {
         let request = proto::GraphIdRequest { id: id.to_string() };
         let answer = self
             .unary(request, |mut c, r| async move { c.get_graph(r).await })
+            .await?;
+        answer.try_into()
+    }
+
+    async fn task_output(&self, id: TaskId, after: u64) -> Result<TaskOutput, ApiError> {
+        let request = proto::GetOutputRequest {
+            id: id.to_string(),
+            after,
+        };
+        let answer = self
+            .unary(request, |mut c, r| async move { c.get_output(r).await })
             .await?;
         answer.try_into()
     }

@@ -41,6 +41,8 @@ pub(crate) struct Output {
     pub(crate) messages: Vec<(u64, MasterMessage)>,
     /// Sessions the engine dropped (expired or replaced): close their connections.
     pub(crate) closed_sessions: Vec<u64>,
+    /// Live output of attempts whose pods hold their leases: kept, never journaled.
+    pub(crate) output: Vec<(AttemptRef, Vec<mawex_api::OutputLine>)>,
 }
 
 /// One lease of a pod.
@@ -166,6 +168,19 @@ pub(crate) struct Engine {
     to_judge: BTreeSet<TaskId>,
     /// Tasks retried in this batch that have dependants: those they cancelled come back.
     to_revive: BTreeSet<TaskId>,
+    /// Where forgetting results past their retention has got to (volatile).
+    retention: Retention,
+}
+
+/// Where forgetting results past their retention has got to: the stream position scanned,
+/// and the finished tasks kept past it because others still need them (volatile: a restart
+/// scans from the start again).
+#[derive(Debug, Default)]
+struct Retention {
+    scanned: u64,
+    held: BTreeSet<TaskId>,
+    /// Where the next look at `held` starts.
+    next_held: Option<TaskId>,
 }
 
 /// Pods that went away, by when: what a timer forgets, oldest first, without looking at the
@@ -276,6 +291,7 @@ impl Engine {
             started_at: now,
             to_judge: BTreeSet::new(),
             to_revive: BTreeSet::new(),
+            retention: Retention::default(),
         };
         engine.judge_all_blocked();
         engine

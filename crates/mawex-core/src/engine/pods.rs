@@ -277,13 +277,22 @@ impl Engine {
                     debug!(task = %attempt.task, attempt = %attempt.attempt, pod = %pod_id, "result of a stale attempt dropped");
                     return;
                 }
-                let limit = self.output_limit(&attempt.task);
+                // A task others run after hands them its output as an input: bounded by its
+                // declared limit, else by the payload limit (what the fan-in check assumed).
+                let limit = self.output_limit(&attempt.task).or_else(|| {
+                    self.state
+                        .workflows()
+                        .has_dependants(&attempt.task)
+                        .then_some(self.config.max_payload_bytes as u64)
+                });
                 match outcome {
                     Ok(output) if limit.is_some_and(|l| output.len() as u64 > l) => {
                         let error = mawex_api::TaskError::new(
                             mawex_api::ErrorKind::Sandbox,
                             format!(
-                                "the output is {} bytes, more than the task's output_limit of {}",
+                                "the output is {} bytes, more than the {} bytes a task others \
+                                 run after may hand them (its output_limit, else the payload \
+                                 limit)",
                                 output.len(),
                                 limit.unwrap_or_default()
                             ),
@@ -306,6 +315,13 @@ impl Engine {
                     if let Some(pace) = &mut entry.pace {
                         pace.finished(now, held);
                     }
+                }
+            }
+            PodMessage::Output { attempt, lines } => {
+                // Only the holder of the lease writes an attempt's output: another pod (or
+                // a late line after the result) cannot write into a task it does not run.
+                if self.pods.get(&pod_id).is_some_and(|p| p.holds(&attempt)) {
+                    out.output.push((attempt, lines));
                 }
             }
             PodMessage::Drain => {

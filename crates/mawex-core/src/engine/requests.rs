@@ -143,7 +143,14 @@ impl Engine {
         now: Timestamp,
         out: &mut Output,
     ) -> u64 {
-        let tasks = self.state.failed_matching(filter);
+        // A task of a workflow runs again only where that keeps its order and inputs
+        // (see `Engine::retryable`).
+        let tasks: Vec<TaskId> = self
+            .state
+            .failed_matching(filter)
+            .into_iter()
+            .filter(|t| self.retryable(t))
+            .collect();
         let n = tasks.len() as u64;
         if !tasks.is_empty() {
             self.emit(Event::TasksRetried { tasks, at: now }, out);
@@ -250,6 +257,11 @@ impl Engine {
         // Cancelling twice answers the same: a retried cancel whose first reply was lost
         // must not look as if the task had finished by itself.
         if entry.state == TaskState::Cancelled {
+            // Cancelled by a dependency, and now as asked too: it stays so, even if the
+            // dependency is retried.
+            if self.cancelled_by_dependency(&id) {
+                self.emit(Event::TaskCancelled { task: id, at: now }, out);
+            }
             return Ok(CancelAck::Cancelled);
         }
         if entry.state.is_terminal() {

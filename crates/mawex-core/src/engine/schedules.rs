@@ -17,6 +17,13 @@ impl Engine {
     ) -> Result<(), ApiError> {
         let compiled = Compiled::new(&spec.cron, &spec.time_zone)?;
         spec.task.validate(self.config.max_payload_bytes)?;
+        if !spec.task.after.is_empty() || spec.task.output_limit.is_some() {
+            return Err(ApiError::InvalidArgument(format!(
+                "schedule {}: a scheduled task cannot run after other tasks or declare an \
+                 output limit (each tick's task stands alone)",
+                spec.name
+            )));
+        }
         let spec = stored::ScheduleSpec::from(spec);
         match self.state.schedule(&spec.name) {
             Some(existing) if existing.spec == spec => Ok(()),

@@ -72,15 +72,7 @@ impl Engine {
         if let Some(cutoff) = now.0.checked_sub(
             u64::try_from(self.config.result_retention.as_millis()).unwrap_or(u64::MAX),
         ) {
-            // A task another still runs after stays past its retention (its result is that
-            // one's input); a few more are looked at so that such tasks do not stop the rest.
-            let old: Vec<_> = self
-                .state
-                .finished_before(Timestamp(cutoff), FORGET_PER_TICK * 4)
-                .into_iter()
-                .filter(|t| !self.needed(t))
-                .take(FORGET_PER_TICK)
-                .collect();
+            let old = self.past_retention(Timestamp(cutoff));
             if !old.is_empty() {
                 self.emit(Event::TasksForgotten { tasks: old }, out);
             }
@@ -96,6 +88,65 @@ impl Engine {
             }
         }
         self.forget_pods(now, out);
+    }
+
+    /// Up to [`FORGET_PER_TICK`] finished tasks past their retention that nothing needs.
+    /// A task another still runs after stays (its result is that one's input): it waits in
+    /// `held`, looked at again a share per tick, while the scan goes on past it, so that
+    /// such tasks never stop the others from being forgotten.
+    fn past_retention(&mut self, cutoff: Timestamp) -> Vec<mawex_api::TaskId> {
+        let mut old = Vec::new();
+        let seen = self
+            .state
+            .finished_after(self.retention.scanned, cutoff, FORGET_PER_TICK);
+        for (seq, id) in seen {
+            self.retention.scanned = seq;
+            if self.needed(&id) {
+                self.retention.held.insert(id);
+            } else {
+                old.push(id);
+            }
+        }
+        // The held ones, a share per tick, round the set.
+        let start = self.retention.next_held.take();
+        let share: Vec<mawex_api::TaskId> = match start {
+            Some(from) => self
+                .retention
+                .held
+                .range(from..)
+                .chain(self.retention.held.range(..from))
+                .take(FORGET_PER_TICK)
+                .copied()
+                .collect(),
+            None => self
+                .retention
+                .held
+                .iter()
+                .take(FORGET_PER_TICK)
+                .copied()
+                .collect(),
+        };
+        for id in share {
+            let finished = self
+                .state
+                .task(&id)
+                .and_then(|e| e.result())
+                .map(|r| r.finished_at);
+            match finished {
+                // Gone (purged), or running again (retried): its next result is scanned.
+                None => {
+                    self.retention.held.remove(&id);
+                }
+                Some(at) if at < cutoff && !self.needed(&id) => {
+                    self.retention.held.remove(&id);
+                    old.push(id);
+                }
+                Some(_) => self.retention.next_held = Some(id),
+            }
+        }
+        old.sort_unstable();
+        old.dedup();
+        old
     }
 
     /// Forgets pods away for longer than the result retention: the versions they applied

@@ -130,18 +130,24 @@ impl Engine {
         }
     }
 
+    /// Dependency `dep` of the task accepted `order`th, if it is the task that was meant: one
+    /// accepted later reuses the id of a forgotten one (ids are the clients'), and is not it.
+    fn dependency(&self, order: u64, dep: &TaskId) -> Option<&crate::state::TaskEntry> {
+        self.state.task(dep).filter(|d| d.order < order)
+    }
+
     /// What blocked task `id` should do, from its dependencies' states.
     fn verdict(&self, id: &TaskId) -> Verdict {
         let state = &self.state;
-        if state.task(id).map(|e| e.state) != Some(TaskState::Blocked) {
+        let Some(entry) = state.task(id).filter(|e| e.state == TaskState::Blocked) else {
             return Verdict::Wait;
-        }
+        };
         let Some(links) = state.workflows().links(id) else {
             return Verdict::Run;
         };
         let mut waiting = false;
         for edge in links.after.iter() {
-            let Some(dep) = state.task(&edge.task) else {
+            let Some(dep) = self.dependency(entry.order, &edge.task) else {
                 // Forgotten, which a needed dependency never is (see `needed`): nothing can
                 // tell how it ended, so only "all finished" may go on.
                 if edge.policy == DependencyPolicy::AllSucceeded {
@@ -185,13 +191,18 @@ impl Engine {
                 if !seen.insert(id) {
                     continue;
                 }
-                let Some(links) = workflows.links(&id) else {
+                let (Some(links), Some(entry)) = (workflows.links(&id), state.task(&id)) else {
                     continue;
                 };
-                let cancelled_here = links.cancelled_by == Some(root)
-                    && state.task(&id).map(|e| e.state) == Some(TaskState::Cancelled);
-                let deps_known = links.after.iter().all(|e| state.task(&e.task).is_some());
-                if cancelled_here && deps_known {
+                let cancelled_here =
+                    links.cancelled_by == Some(root) && entry.state == TaskState::Cancelled;
+                let deps_known = links
+                    .after
+                    .iter()
+                    .all(|e| self.dependency(entry.order, &e.task).is_some());
+                // One that a task still to run depends on stays as it is: that task was
+                // judged (or runs) on its outcome.
+                if cancelled_here && deps_known && !self.has_live_dependants(&id) {
                     revived.push(id);
                     next.extend(workflows.dependants(&id).copied());
                 }
@@ -205,15 +216,47 @@ impl Engine {
     pub(crate) fn needed(&self, id: &TaskId) -> bool {
         let state = &self.state;
         state.workflows().dependants(id).any(|d| {
-            state.task(d).is_some_and(|e| {
-                matches!(
-                    e.state,
-                    TaskState::Blocked
-                        | TaskState::Pending
-                        | TaskState::Running
-                        | TaskState::Failed
-                )
+            state.task(d).is_some_and(|e| match e.state {
+                TaskState::Blocked
+                | TaskState::Pending
+                | TaskState::Running
+                | TaskState::Failed => true,
+                // Cancelled by a root that failed and may be retried: it may come back, and
+                // then needs this one.
+                TaskState::Cancelled => state
+                    .workflows()
+                    .links(d)
+                    .and_then(|l| l.cancelled_by)
+                    .and_then(|root| state.task(&root))
+                    .is_some_and(|root| root.state == TaskState::Failed),
+                _ => false,
             })
+        })
+    }
+
+    /// True when a task that runs after `id` has yet to end.
+    pub(crate) fn has_live_dependants(&self, id: &TaskId) -> bool {
+        let state = &self.state;
+        state
+            .workflows()
+            .dependants(id)
+            .any(|d| state.task(d).is_some_and(|e| !e.state.is_terminal()))
+    }
+
+    /// True when a failed task may be retried: nothing that runs after it is running or
+    /// waiting on its outcome (it was judged on the failure), and, if it runs after other
+    /// tasks, every one of them has ended (it would run without their results).
+    pub(crate) fn retryable(&self, id: &TaskId) -> bool {
+        if self.has_live_dependants(id) {
+            return false;
+        }
+        let state = &self.state;
+        let (Some(links), Some(entry)) = (state.workflows().links(id), state.task(id)) else {
+            return true;
+        };
+        links.after.iter().all(|e| {
+            self.dependency(entry.order, &e.task)
+                .is_none_or(|d| d.state.is_terminal())
         })
     }
 
@@ -221,15 +264,27 @@ impl Engine {
     /// their output, in the order it names them.
     pub(crate) fn inputs(&self, id: &TaskId) -> Vec<TaskResult> {
         let state = &self.state;
-        let Some(links) = state.workflows().links(id) else {
+        let (Some(links), Some(entry)) = (state.workflows().links(id), state.task(id)) else {
             return Vec::new();
         };
         links
             .after
             .iter()
             .filter(|e| e.pass_output)
-            .filter_map(|e| state.result(&e.task))
+            .filter_map(|e| self.dependency(entry.order, &e.task))
+            .filter_map(|d| d.result().cloned().map(Into::into))
             .collect()
+    }
+
+    /// True for a task cancelled because a dependency failed or was cancelled (it comes back
+    /// if that one is retried).
+    pub(crate) fn cancelled_by_dependency(&self, id: &TaskId) -> bool {
+        self.state.task(id).map(|e| e.state) == Some(TaskState::Cancelled)
+            && self
+                .state
+                .workflows()
+                .links(id)
+                .is_some_and(|l| l.cancelled_by.is_some())
     }
 
     /// The output limit task `id` declared, if any.
@@ -263,9 +318,8 @@ impl Engine {
             let cap = match (self.state.task(&dep.task), fresh.get(&dep.task)) {
                 (Some(entry), _) => match entry.result().map(|r| &r.outcome) {
                     Some(stored::Outcome::Succeeded(output)) => output.len() as u64,
-                    Some(stored::Outcome::Failed(_)) => MAX_ERROR_MESSAGE_BYTES as u64,
-                    Some(_) => 0,
-                    None => declared_cap(self.output_limit(&dep.task), dep.policy, max),
+                    // It may run again (retried, or revived) and succeed this time.
+                    _ => declared_cap(self.output_limit(&dep.task), dep.policy, max),
                 },
                 (None, Some(spec)) => declared_cap(spec.output_limit, dep.policy, max),
                 (None, None) => {
@@ -306,7 +360,11 @@ impl Engine {
             let workflows = self.state.workflows();
             // Compared as submitted: what happened to the tasks since is not part of it.
             let same = known.nodes.len() == tasks.len()
-                && tasks.iter().all(|(name, spec)| {
+                && tasks.iter().zip(&known.nodes).all(|((name, spec), known)| {
+                    // A node forgotten since (past its retention) cannot be compared.
+                    if *known == spec.id && self.state.task(&spec.id).is_none() {
+                        return true;
+                    }
                     let same_spec = self
                         .state
                         .task(&spec.id)
@@ -329,10 +387,29 @@ impl Engine {
                 "graph {id} is known with other nodes or tasks"
             )));
         }
+        // The graph is one journal entry: bounded well inside a replicated entry's size.
+        let bytes: usize = tasks
+            .iter()
+            .map(|(name, spec)| {
+                spec.payload.len() + spec.handler.len() + name.len() + 64 + 24 * spec.after.len()
+            })
+            .sum();
+        if bytes > MAX_GRAPH_BYTES {
+            return Err(ApiError::ResourceExhausted(format!(
+                "graph {id} holds about {bytes} bytes of tasks, more than {MAX_GRAPH_BYTES}; \
+                 split it, or pass large inputs by reference"
+            )));
+        }
         let mut fresh: HashMap<TaskId, &TaskSpec> = HashMap::with_capacity(tasks.len());
         let mut accepted = Vec::with_capacity(tasks.len());
         for (name, spec) in &tasks {
             let node = format!("node {name:?}");
+            if spec.dedup.is_some() {
+                return Err(ApiError::InvalidArgument(format!(
+                    "{node}: a graph's node cannot have a dedup key (the graph's id makes it \
+                     idempotent)"
+                )));
+            }
             if self.state.task(&spec.id).is_some() {
                 return Err(ApiError::Conflict(format!(
                     "{node}: its task id {} is used by another task",
@@ -396,28 +473,36 @@ impl Engine {
             .workflows()
             .graph(id)
             .ok_or_else(|| ApiError::NotFound(format!("graph {id} is unknown")))?;
+        // Unfinished nodes, and those a failed node cancelled: cancelled as asked, they do
+        // not come back when that node is retried.
         let live: Vec<TaskId> = record
             .nodes
             .iter()
-            .filter(|t| self.state.task(t).is_some_and(|e| !e.state.is_terminal()))
+            .filter(|t| {
+                self.state.task(t).is_some_and(|e| !e.state.is_terminal())
+                    || self.cancelled_by_dependency(t)
+            })
             .copied()
             .collect();
         let mut n = 0;
         for task in live {
             // Cancelled one by one, dependencies first: a dependant cancelled by one of
             // these in this batch is terminal already, and skipped.
-            if self
+            let unfinished = self
                 .state
                 .task(&task)
-                .is_some_and(|e| !e.state.is_terminal())
-            {
+                .is_some_and(|e| !e.state.is_terminal());
+            if unfinished || self.cancelled_by_dependency(&task) {
                 self.cancel(task, now, out)?;
-                n += 1;
+                n += u64::from(unfinished);
             }
         }
         Ok(n)
     }
 }
+
+/// The most bytes of tasks one graph holds (it is one journal entry).
+const MAX_GRAPH_BYTES: usize = 32 << 20;
 
 /// The most bytes an unfinished dependency's result may take: its declared output limit, or
 /// the payload limit; under "all finished", at least an error message's (the dependant gets

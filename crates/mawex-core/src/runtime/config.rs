@@ -55,6 +55,12 @@ pub struct MasterConfig {
     /// Group settings applied at start (journaled like a runtime change, and only when they
     /// differ from what the journal holds); groups not named keep their settings.
     pub groups: BTreeMap<GroupName, GroupSettings>,
+    /// Live output kept per task (the last lines of its latest attempt), in bytes: at most
+    /// 1 MiB. Default 64 KiB.
+    pub output_tail_bytes: usize,
+    /// Live output kept in all, in bytes; past it, the tasks written longest ago lose theirs.
+    /// Default 64 MiB.
+    pub output_total_bytes: usize,
 }
 
 impl Default for MasterConfig {
@@ -73,6 +79,8 @@ impl Default for MasterConfig {
             max_waiting_calls: 64 * 1024,
             max_pods: 10_000,
             groups: BTreeMap::new(),
+            output_tail_bytes: 64 * 1024,
+            output_total_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -141,6 +149,18 @@ impl MasterConfig {
         }
         if self.max_pods == 0 {
             return Err(CoreError::Config("max_pods must be positive".into()));
+        }
+        if self.output_tail_bytes == 0 || self.output_tail_bytes > 1 << 20 {
+            return Err(CoreError::Config(format!(
+                "output_tail_bytes must be between 1 and 1 MiB, got {}",
+                self.output_tail_bytes
+            )));
+        }
+        if self.output_total_bytes < self.output_tail_bytes {
+            return Err(CoreError::Config(format!(
+                "output_total_bytes ({}) must be at least output_tail_bytes ({})",
+                self.output_total_bytes, self.output_tail_bytes
+            )));
         }
         if self.max_payload_bytes == 0 {
             return Err(CoreError::Config(

@@ -76,6 +76,8 @@ pub(crate) struct CoreLoop<J> {
     /// The pods' part of the stats, and when it was built: O(pods) to build, so a batch of
     /// heartbeats alone reuses it (see [`POD_STATS_EVERY`]).
     pub(crate) pod_stats: (Arc<[crate::PodStats]>, std::time::Instant),
+    /// The live output of attempts (volatile, bounded).
+    pub(crate) outputs: super::output::OutputStore,
 }
 
 /// How stale the pods' reported usage may be in the stats.
@@ -351,6 +353,24 @@ impl<J: Journal> CoreLoop<J> {
                     .ok_or_else(|| ApiError::NotFound(format!("graph {id} is unknown")));
                 answer(deferred, reply, r);
             }
+            CoreMsg::TaskOutput { id, after, reply } => {
+                let state = self.engine.state();
+                let r = match (state.task(&id), self.outputs.read(id, after)) {
+                    (None, None) => Err(ApiError::task_not_found(id)),
+                    (entry, kept) => {
+                        let mut output = kept.unwrap_or_else(|| {
+                            mawex_api::TaskOutput::new(id, mawex_api::Attempt(0))
+                        });
+                        let running = entry.is_some_and(|e| {
+                            e.state == mawex_api::TaskState::Running && e.attempt == output.attempt
+                        });
+                        output.finished = entry.is_none_or(|e| e.state.is_terminal());
+                        output.ended = !running && (output.finished || output.attempt.0 > 0);
+                        Ok(output)
+                    }
+                };
+                answer(deferred, reply, r);
+            }
             CoreMsg::CancelGraph { id, reply } => {
                 let r = self.engine.cancel_graph(&id, now, out);
                 answer(deferred, reply, r);
@@ -374,6 +394,7 @@ impl<J: Journal> CoreLoop<J> {
                         self.config.lease_timeout,
                     );
                     welcome.acks_reports = true;
+                    welcome.takes_output = true;
                     welcome.term = self.journal.term();
                     welcome
                 });
@@ -383,6 +404,11 @@ impl<J: Journal> CoreLoop<J> {
                 session, message, ..
             } => {
                 self.engine.pod_message(session, message, now, out);
+                // Kept at once: a read later in this batch (after the attempt's result, say)
+                // sees the lines that came before it.
+                for (attempt, lines) in out.output.drain(..) {
+                    self.outputs.append(attempt.task, attempt.attempt, lines);
+                }
             }
             CoreMsg::PodDisconnected { session } => {
                 self.sessions.remove(&session);

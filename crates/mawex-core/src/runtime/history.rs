@@ -109,7 +109,12 @@ impl History {
             // start is an earlier attempt's: not counted.
             let ran = task.state == TaskState::Running || task.state.is_terminal();
             if let Some(started) = task.started_at().filter(|_| ran) {
-                if task.attempt.0 == 1 {
+                // As live: a task that ran after others counts no wait (it was blocked).
+                let blocked_first = state
+                    .workflows()
+                    .links(&task.spec.id)
+                    .is_some_and(|l| !l.after.is_empty());
+                if task.attempt.0 == 1 && !blocked_first {
                     let ready = task.not_before.map_or(accepted, |t| t.max(accepted));
                     history.timed(&task.spec.group, Span::Wait(ready, started));
                 }

@@ -332,6 +332,11 @@ impl MasterProxy for LocalMasterProxy {
         self.call(|reply| CoreMsg::CancelGraph { id, reply }).await
     }
 
+    async fn task_output(&self, id: TaskId, after: u64) -> Result<mawex_api::TaskOutput, ApiError> {
+        self.call(|reply| CoreMsg::TaskOutput { id, after, reply })
+            .await
+    }
+
     async fn list_pods(&self) -> Result<Vec<PodView>, ApiError> {
         // Answered from the published stats (at most a second behind for the heartbeats'
         // figures): a listing never waits behind the core's work, nor builds the read model.

@@ -118,6 +118,7 @@ impl MasterBuilder {
                     }
                 };
                 let engine = Engine::new(state, config.engine(), clock.now());
+                let config_output = (config.output_tail_bytes, config.output_total_bytes);
                 let engine_results_recorded = engine.state().results_recorded();
                 let mut core = CoreLoop {
                     engine,
@@ -141,6 +142,7 @@ impl MasterBuilder {
                     snapshot_thread,
                     snapshots: SnapshotTally::default(),
                     pod_stats: (Vec::new().into(), std::time::Instant::now()),
+                    outputs: super::output::OutputStore::new(config_output.0, config_output.1),
                 };
                 // Recovered counts are visible as soon as `start` returns.
                 core.publish_stats();

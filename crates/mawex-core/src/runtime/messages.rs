@@ -163,6 +163,11 @@ pub(crate) enum CoreMsg {
         id: GraphId,
         reply: Reply<u64>,
     },
+    TaskOutput {
+        id: TaskId,
+        after: u64,
+        reply: Reply<mawex_api::TaskOutput>,
+    },
     PodConnect {
         hello: PodHello,
         outbox: mpsc::Sender<MasterMessage>,

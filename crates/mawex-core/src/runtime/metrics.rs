@@ -262,7 +262,14 @@ pub(crate) fn transitions(
             if let Some(task) = task {
                 // The wait of a first attempt, or of one that waited for its delay or
                 // retry: a requeued attempt's wait began at a time the state does not keep.
-                let wait = (task.attempt.0 == 0 || task.not_before.is_some()).then(|| {
+                // A task that ran after others was blocked, not queued, for most of its wait:
+                // the time it became ready is not kept, so it counts no wait.
+                let blocked_first = state
+                    .workflows()
+                    .links(&attempt.task)
+                    .is_some_and(|l| !l.after.is_empty());
+                let counts = (task.attempt.0 == 0 || task.not_before.is_some()) && !blocked_first;
+                let wait = counts.then(|| {
                     let ready = task
                         .not_before
                         .map_or(task.submitted_at, |t| t.max(task.submitted_at));

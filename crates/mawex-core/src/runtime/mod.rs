@@ -12,6 +12,7 @@ mod local_proxy;
 mod master;
 mod messages;
 mod metrics;
+mod output;
 mod read_model;
 mod snapshots;
 mod streams;

@@ -153,6 +153,11 @@ impl MasterState {
                 let Some(entry) = self.tasks.get(task) else {
                     return;
                 };
+                if entry.state == TaskState::Cancelled {
+                    // A task a dependency cancelled, cancelled as asked: not revived later.
+                    self.workflows.set_cancelled_by(task, None);
+                    return;
+                }
                 if entry.state.is_terminal() {
                     return;
                 }

@@ -232,18 +232,24 @@ impl MasterState {
             .filter_map(|(_, id)| self.tasks.get(id)?.result())
     }
 
-    /// Finished tasks whose results are older than `cutoff`, oldest first, at most `limit`.
-    pub(crate) fn finished_before(&self, cutoff: Timestamp, limit: usize) -> Vec<TaskId> {
+    /// Up to `limit` tasks whose results came after stream position `after` and before
+    /// `cutoff`, oldest first, with their positions.
+    pub(crate) fn finished_after(
+        &self,
+        after: u64,
+        cutoff: Timestamp,
+        limit: usize,
+    ) -> Vec<(u64, TaskId)> {
         self.results
-            .values()
-            .take_while(|id| {
+            .range(after.saturating_add(1)..)
+            .take_while(|(_, id)| {
                 self.tasks
                     .get(id)
                     .and_then(|e| e.result())
                     .is_some_and(|r| r.finished_at < cutoff)
             })
             .take(limit)
-            .copied()
+            .map(|(seq, id)| (*seq, *id))
             .collect()
     }
 

@@ -15,6 +15,7 @@ const CLIENT: &[&str] = &[
     "/mawex.v1.Master/SubmitGraph",
     "/mawex.v1.Master/GetGraph",
     "/mawex.v1.Master/CancelGraph",
+    "/mawex.v1.Master/GetOutput",
 ];
 
 /// The RPCs only an `admin` token may call.
@@ -61,6 +62,7 @@ const READS: &[&str] = &[
     "/mawex.v1.Master/ListGroups",
     "/mawex.v1.Master/History",
     "/mawex.v1.Master/GetGraph",
+    "/mawex.v1.Master/GetOutput",
 ];
 
 /// Whether `path` changes nothing (a `viewer` token may call it).

@@ -381,3 +381,133 @@ fn a_needed_dependency_outlives_its_retention() {
     );
     assert_eq!(e.inputs(&b.id).len(), 1);
 }
+
+#[test]
+fn retention_goes_on_past_tasks_that_are_still_needed() {
+    let a = spec("g");
+    let b = spec("other").after(a.id);
+    let x = spec("g");
+    let mut e = engine();
+    batch(&mut e, T0, |e, out| {
+        e.submit(vec![a.clone(), b.clone(), x.clone()], T0, out)
+            .unwrap();
+        e.pod_hello(1, hello("p1", &["g"], 2), T0, out).unwrap();
+    });
+    finish(&mut e, &a, b"A", at(1));
+    finish(&mut e, &x, b"X", at(2));
+    // B is pending in a group no pod serves: A stays, X, finished after A, goes.
+    assert_eq!(state_of(&e, &b), TaskState::Pending);
+    let later = at(2 + 3_600_000 + 1);
+    let out = batch(&mut e, later, |_, _| {});
+    let forgotten: Vec<_> = out
+        .events
+        .iter()
+        .filter_map(|ev| match ev {
+            Event::TasksForgotten { tasks } => Some(tasks.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(forgotten, vec![x.id]);
+    assert!(e.state().task(&a.id).is_some());
+    // Once B is gone (cancelled, then past its retention), A goes too.
+    batch(&mut e, later, |e, out| {
+        e.cancel(b.id, later, out).unwrap();
+    });
+    let much_later = at(2 * 3_600_000 + 10);
+    batch(&mut e, much_later, |_, _| {});
+    assert!(e.state().task(&a.id).is_none(), "released");
+}
+
+#[test]
+fn a_task_cancelled_as_asked_after_its_dependency_cancelled_it_is_not_revived() {
+    let (mut e, [a, b, c, d], _) = diamond();
+    fail(&mut e, &a, at(1));
+    assert_eq!(state_of(&e, &d), TaskState::Cancelled);
+    let out = batch(&mut e, at(2), |e, out| {
+        assert_eq!(
+            e.cancel(d.id, at(2), out).unwrap(),
+            mawex_api::CancelAck::Cancelled
+        );
+    });
+    assert_eq!(out.events.len(), 1, "{:?}", out.events);
+    batch(&mut e, at(3), |e, out| {
+        e.retry_failed(&FailedFilter::ids(vec![a.id]), at(3), out);
+    });
+    assert_eq!(state_of(&e, &b), TaskState::Blocked);
+    assert_eq!(state_of(&e, &c), TaskState::Blocked);
+    assert_eq!(state_of(&e, &d), TaskState::Cancelled, "stays cancelled");
+}
+
+#[test]
+fn a_failed_dependency_is_not_retried_while_what_runs_after_it_is_still_to_run() {
+    let a = spec("g");
+    let b =
+        spec("g").after_dependency(Dependency::on(a.id).with_policy(DependencyPolicy::AllFinished));
+    let mut e = engine();
+    batch(&mut e, T0, |e, out| {
+        e.submit(vec![a.clone(), b.clone()], T0, out).unwrap();
+        e.pod_hello(1, hello("p1", &["g"], 1), T0, out).unwrap();
+    });
+    fail(&mut e, &a, at(1));
+    assert_eq!(
+        state_of(&e, &b),
+        TaskState::Running,
+        "B runs on A's failure"
+    );
+    batch(&mut e, at(2), |e, out| {
+        assert_eq!(
+            e.retry_failed(&FailedFilter::ids(vec![a.id]), at(2), out),
+            0
+        );
+    });
+    assert_eq!(state_of(&e, &a), TaskState::Failed, "B was judged on it");
+    finish(&mut e, &b, b"B", at(3));
+    batch(&mut e, at(4), |e, out| {
+        assert_eq!(
+            e.retry_failed(&FailedFilter::ids(vec![a.id]), at(4), out),
+            1
+        );
+    });
+}
+
+#[test]
+fn a_graph_submitted_again_after_a_node_was_forgotten_is_still_the_same() {
+    let graph = GraphSpec::new(
+        vec![
+            GraphNode::new("a", spec("g")),
+            GraphNode::new("b", spec("g")),
+        ],
+        Vec::new(),
+    );
+    let mut e = engine();
+    batch(&mut e, T0, |e, out| {
+        e.submit_graph(graph.id, graph.clone().into_tasks().unwrap(), T0, out)
+            .unwrap();
+        e.pod_hello(1, hello("p1", &["g"], 1), T0, out).unwrap();
+    });
+    let a = spec("g").with_id(graph.id.node_id("a"));
+    finish(&mut e, &a, b"A", at(1));
+    let later = at(1 + 3_600_000 + 1);
+    batch(&mut e, later, |_, _| {});
+    assert!(e.state().task(&a.id).is_none(), "a was forgotten");
+    let mut out = Output::default();
+    let ack = e
+        .submit_graph(
+            graph.id,
+            graph.clone().into_tasks().unwrap(),
+            later,
+            &mut out,
+        )
+        .unwrap();
+    assert!(!ack.created);
+    let mut deduped = graph.clone().with_id(mawex_api::GraphId::new());
+    deduped.nodes[0].spec = deduped.nodes[0]
+        .spec
+        .clone()
+        .with_dedup("k", std::time::Duration::from_secs(1));
+    assert!(matches!(
+        e.submit_graph(deduped.id, deduped.into_tasks().unwrap(), later, &mut out),
+        Err(ApiError::InvalidArgument(m)) if m.contains("dedup")
+    ));
+}
