@@ -61,6 +61,10 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(resume_schedule))
         .routes(routes!(list_broadcasts, fire_broadcast))
         .routes(routes!(get_broadcast))
+        .routes(routes!(crate::workflows::submit_graph))
+        .routes(routes!(crate::workflows::get_graph))
+        .routes(routes!(crate::workflows::cancel_graph))
+        .routes(routes!(crate::workflows::task_output))
 }
 
 pub(crate) fn router(state: AppState, config: &WebConfig) -> axum::Router {
@@ -135,6 +139,7 @@ async fn submit(
 ) -> Result<Json<Submitted>, WebError> {
     let spec = body::<NewTask>(&app, bytes)?.spec()?;
     check_group(&caller, &spec.group)?;
+    crate::workflows::check_dependencies(&app, &caller, &[&spec], &Default::default()).await?;
     Ok(Json(app.proxy.submit(spec).await?.into()))
 }
 
@@ -171,6 +176,9 @@ async fn submit_batch(
     for spec in &specs {
         check_group(&caller, &spec.group)?;
     }
+    let own = specs.iter().map(|s| s.id).collect();
+    let refs: Vec<&mawex_api::TaskSpec> = specs.iter().collect();
+    crate::workflows::check_dependencies(&app, &caller, &refs, &own).await?;
     let acks = app.proxy.submit_many(specs).await?;
     Ok(Json(acks.into_iter().map(Submitted::from).collect()))
 }

@@ -117,10 +117,21 @@ pub(crate) fn needs(method: &Method, path: &str) -> Option<Needs> {
     use Needs::*;
     let read = is_read(method);
     Some(match (read, path) {
-        (true, "/api/v1/tasks" | "/api/v1/tasks/{id}") => ClientRead,
-        (false, "/api/v1/tasks" | "/api/v1/tasks/batch" | "/api/v1/tasks/{id}/cancel") => {
-            ClientWrite
-        }
+        (
+            true,
+            "/api/v1/tasks"
+            | "/api/v1/tasks/{id}"
+            | "/api/v1/tasks/{id}/output"
+            | "/api/v1/graphs/{id}",
+        ) => ClientRead,
+        (
+            false,
+            "/api/v1/tasks"
+            | "/api/v1/tasks/batch"
+            | "/api/v1/tasks/{id}/cancel"
+            | "/api/v1/graphs"
+            | "/api/v1/graphs/{id}/cancel",
+        ) => ClientWrite,
         (
             true,
             "/api/v1/failed"
@@ -161,6 +172,7 @@ pub(crate) fn is_page(path: &str) -> bool {
         "/" | "/groups"
             | "/tasks"
             | "/tasks/{id}"
+            | "/graphs/{id}"
             | "/pods"
             | "/failed"
             | "/failed/messages"

@@ -241,6 +241,17 @@ pub struct NewTask {
     /// Time limit of each attempt, in milliseconds.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Runs after these tasks (ids): blocked until they ended as `policy` asks, then run
+    /// with their outputs as inputs.
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// With `after`: `all_succeeded` (default: a failed one cancels this task) or
+    /// `all_finished`.
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// The most output bytes it may produce (more fails it for good).
+    #[serde(default)]
+    pub output_limit: Option<u64>,
 }
 
 impl NewTask {
@@ -284,6 +295,10 @@ impl NewTask {
         if let Some(timeout) = self.timeout_ms {
             spec = spec.with_limits(Limits::default().with_timeout(Duration::from_millis(timeout)));
         }
+        for dependency in crate::workflows::dependencies(&self.after, self.policy.as_deref())? {
+            spec = spec.after_dependency(dependency);
+        }
+        spec.output_limit = self.output_limit;
         // Every field but the payload's size, which is the master's to judge.
         spec.validate(usize::MAX)?;
         Ok(spec)

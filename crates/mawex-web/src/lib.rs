@@ -28,6 +28,7 @@ mod pages;
 mod pod_usage;
 mod sessions;
 mod task_pages;
+mod workflows;
 
 use std::sync::Arc;
 

@@ -46,6 +46,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/groups", get(groups_page))
         .route("/tasks", get(tasks_page))
         .route("/tasks/{id}", get(task_page))
+        .route("/graphs/{id}", get(graph_page))
         .route("/pods", get(pods_page))
         .route("/failed", get(failed_page))
         .route("/failed/messages", get(failed_messages_page))
@@ -160,9 +161,13 @@ async fn fragment(app: &AppState, path: &str, query: Option<&str>) -> Result<Mar
                 .map_err(|e| WebError::BadRequest(format!("the search: {e}")))?;
             task_pages::results(app, &search).await
         }
-        other => match other.strip_prefix("/fragments/task/") {
-            Some(id) => task(app, id).await,
-            None => Err(mawex_api::ApiError::NotFound(format!("fragment {other}")).into()),
+        other => match (
+            other.strip_prefix("/fragments/task/"),
+            other.strip_prefix("/fragments/graph/"),
+        ) {
+            (Some(id), _) => task(app, id).await,
+            (_, Some(id)) => crate::workflows::graph_fragment(app, id).await,
+            _ => Err(mawex_api::ApiError::NotFound(format!("fragment {other}")).into()),
         },
     }
 }
@@ -444,6 +449,7 @@ async fn pods(app: &AppState) -> Result<Markup, WebError> {
 async fn task(app: &AppState, id: &str) -> Result<Markup, WebError> {
     let view = app.proxy.get(task_id(id)?).await?;
     let t = Task::from(&view);
+    let extras = crate::workflows::task_extras(app, &view).await?;
     let body = |b: &crate::json::Body| match b {
         crate::json::Body::Text(text) => text.clone(),
         crate::json::Body::Binary { base64 } => format!("base64: {base64}"),
@@ -469,6 +475,7 @@ async fn task(app: &AppState, id: &str) -> Result<Markup, WebError> {
             h2 { "Attempts that failed" }
             table { @for f in &t.failures { tr { td.num { (f.attempt) } td { (f.at) } td.bad { (f.error.kind) ": " (f.error.message) } } } }
         }
+        (extras)
     })
 }
 
@@ -573,6 +580,19 @@ async fn tasks_page(
     let content = task_pages::results(&app, &search).await?;
     let controls = task_pages::controls(&search);
     Ok(layout_with("Tasks", "/tasks", &fragment, controls, content).into_response())
+}
+
+async fn graph_page(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Html<String>, WebError> {
+    let content = crate::workflows::graph_fragment(&app, &id).await?;
+    Ok(layout(
+        &format!("Graph {id}"),
+        "/tasks",
+        &format!("/fragments/graph/{id}"),
+        content,
+    ))
 }
 
 async fn task_page(

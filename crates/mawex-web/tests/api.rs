@@ -47,6 +47,11 @@ impl Fixture {
                 Err(HandlerError::permanent("it broke"))
             })
             .unwrap()
+            .register("log", |t: TaskInput| async move {
+                t.log.line("hello from the log");
+                Ok(t.payload)
+            })
+            .unwrap()
             .register("sleep", |t: TaskInput| async move {
                 let ms: u64 = std::str::from_utf8(&t.payload).unwrap().parse().unwrap();
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -777,6 +782,101 @@ async fn tasks_are_searched_and_acted_on_in_bulk_by_selection_or_by_filter() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphs_and_live_output_are_submitted_read_and_drawn() {
+    let f = Fixture::start(mawex_web::WebConfig::default()).await;
+    let task = |handler: &str, payload: &str| json!({"group": "web", "handler": handler, "payload": payload, "output_limit": 100});
+    let graph = json!({
+        "nodes": [
+            {"name": "extract", "task": task("log", "e")},
+            {"name": "transform", "task": task("echo", "t")},
+            {"name": "load", "task": task("echo", "l")},
+        ],
+        "edges": [
+            {"from": "extract", "to": "transform"},
+            {"from": "transform", "to": "load", "policy": "all_finished"},
+        ],
+    });
+    let (status, submitted) = f.post("/api/v1/graphs", graph).await;
+    assert_eq!(status, StatusCode::OK, "{submitted}");
+    assert_eq!(submitted["created"], true);
+    let id = submitted["id"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let view = loop {
+        let (status, view) = f.get(&format!("/api/v1/graphs/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        if view["finished"] == true {
+            break view;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{view}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let nodes = view["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    assert!(nodes.iter().all(|n| n["state"] == "succeeded"), "{view}");
+    assert_eq!(nodes[2]["after"], json!(["transform"]));
+    let extract = nodes[0]["task"].as_str().unwrap().to_owned();
+    let load = nodes[2]["task"].as_str().unwrap().to_owned();
+    let (status, output) = f.get(&format!("/api/v1/tasks/{extract}/output")).await;
+    assert_eq!(status, StatusCode::OK, "{output}");
+    assert_eq!(output["lines"][0]["text"], "hello from the log");
+    assert_eq!(output["lines"][0]["stream"], "log");
+    assert_eq!(
+        (output["ended"].clone(), output["finished"].clone()),
+        (json!(true), json!(true))
+    );
+    let (_, after) = f
+        .get(&format!("/api/v1/tasks/{extract}/output?after=1"))
+        .await;
+    assert_eq!(after["lines"], json!([]));
+    // A task over REST runs after another; a bad policy is named.
+    let (status, then) = f
+        .post(
+            "/api/v1/tasks",
+            json!({"group": "web", "handler": "echo", "after": [load]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{then}");
+    f.until_state(then["id"].as_str().unwrap(), "succeeded")
+        .await;
+    refused(
+        f.post(
+            "/api/v1/tasks",
+            json!({"group": "web", "handler": "echo", "after": [load], "policy": "sometimes"}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "sometimes",
+    );
+    refused(
+        f.post("/api/v1/graphs", json!({"nodes": [{"name": "a", "task": task("echo", "")}], "edges": [{"from": "a", "to": "a"}]})).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        "cycle",
+    );
+    // The pages: the graph drawn with its nodes' states; a task's dependencies and output.
+    let page = f.html(&format!("/graphs/{id}")).await;
+    assert!(page.contains("<svg class=\"graph\""), "{page}");
+    assert_eq!(page.matches("node state-succeeded").count(), 3, "{page}");
+    let task_page = f.html(&format!("/tasks/{load}")).await;
+    assert!(
+        task_page.contains("Runs after") && task_page.contains("when it finished"),
+        "{task_page}"
+    );
+    assert!(task_page.contains(&format!("/graphs/{id}")), "{task_page}");
+    let extract_page = f.html(&format!("/tasks/{extract}")).await;
+    assert!(extract_page.contains("Live output") && extract_page.contains("hello from the log"));
+    let (status, cancelled) = f
+        .post(&format!("/api/v1/graphs/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(
+        (status, cancelled["cancelled"].clone()),
+        (StatusCode::OK, json!(0))
+    );
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_describes_every_endpoint() {
     let f = Fixture::start(mawex_web::WebConfig::default()).await;
     let (status, doc) = f.get("/api/openapi.json").await;
@@ -819,6 +919,10 @@ async fn the_openapi_document_describes_every_endpoint() {
         ("/api/v1/broadcasts", "get"),
         ("/api/v1/broadcasts", "post"),
         ("/api/v1/broadcasts/{id}", "get"),
+        ("/api/v1/graphs", "post"),
+        ("/api/v1/graphs/{id}", "get"),
+        ("/api/v1/graphs/{id}/cancel", "post"),
+        ("/api/v1/tasks/{id}/output", "get"),
     ] {
         assert!(
             paths[path][method].is_object(),
@@ -1216,6 +1320,18 @@ async fn with_tokens_each_role_may_do_what_it_may_and_a_viewer_changes_nothing()
         (Method::GET, "/api/v1/broadcasts", [true, false, true]),
         (Method::GET, "/api/v1/broadcasts/1", [true, false, true]),
         (Method::POST, "/api/v1/broadcasts", [false, false, true]),
+        (Method::POST, "/api/v1/graphs", [false, true, true]),
+        (
+            Method::GET,
+            "/api/v1/graphs/01900000-0000-7000-8000-000000000002",
+            [true, true, true],
+        ),
+        (
+            Method::POST,
+            "/api/v1/graphs/01900000-0000-7000-8000-000000000002/cancel",
+            [false, true, true],
+        ),
+        (Method::GET, &format!("{task}/output"), [true, true, true]),
         (Method::GET, "/metrics", [true, false, true]),
         (Method::HEAD, "/api/v1/groups", [true, false, true]),
     ];
@@ -1345,6 +1461,39 @@ async fn a_client_limited_to_groups_sees_and_changes_only_their_tasks() {
         StatusCode::FORBIDDEN,
         "permission_denied",
         "may not use group web",
+    );
+    // Nor may it run a task after another group's task (it would get its output), in a
+    // submit or a graph.
+    let after_theirs: &'static str = Box::leak(
+        format!(r#"{{"group": "other", "handler": "echo", "after": ["{web_task}"]}}"#)
+            .into_boxed_str(),
+    );
+    refused(
+        as_(
+            "builds-secret",
+            Method::POST,
+            "/api/v1/tasks".into(),
+            after_theirs,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &web_task,
+    );
+    let graph_after_theirs: &'static str = Box::leak(
+        format!(r#"{{"nodes": [{{"name": "n", "task": {after_theirs}}}]}}"#).into_boxed_str(),
+    );
+    refused(
+        as_(
+            "builds-secret",
+            Method::POST,
+            "/api/v1/graphs".into(),
+            graph_after_theirs,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &web_task,
     );
     let batch = r#"[{"group": "other", "handler": "echo"}, {"group": "web", "handler": "echo"}]"#;
     refused(
