@@ -89,6 +89,9 @@ argv = ["sleep", "30"]
 [worker.handlers.nap]
 argv = ["sleep", "1"]
 
+[worker.handlers.first-input]
+argv = ["sh", "-c", 'cat "$MAWEX_INPUTS_DIR/$(head -n 1 "$MAWEX_INPUTS_DIR/inputs")"']
+
 [worker.handlers.count]
 argv = ["sh", "-c", "seq 1 10000; echo done >&2"]
 
@@ -475,7 +478,7 @@ fn a_master_two_workers_and_every_exit_code() {
     std::fs::write(
         &graph,
         "[[node]]\nname = \"extract\"\ngroup = \"sh\"\nhandler = \"upper\"\npayload = \"rows\"\n\
-         [[node]]\nname = \"load\"\ngroup = \"sh\"\nhandler = \"upper\"\nafter = [\"extract\"]\n",
+         [[node]]\nname = \"load\"\ngroup = \"sh\"\nhandler = \"first-input\"\nafter = [\"extract\"]\n",
     )
     .unwrap();
     let graph_path = graph.to_str().unwrap();
@@ -488,6 +491,9 @@ fn a_master_two_workers_and_every_exit_code() {
         .collect();
     assert_eq!(states, [("extract", "succeeded"), ("load", "succeeded")]);
     assert_eq!(nodes[1]["after"], serde_json::json!(["extract"]));
+    // The command that ran after `extract` read its output from its inputs directory.
+    let load = json(&["get", nodes[1]["task"].as_str().unwrap(), "-o", "json"]);
+    assert_eq!(load[0]["output"], "ROWS", "{load}");
     std::fs::write(
         &graph,
         "[[node]]\nname = \"broken\"\ngroup = \"sh\"\nhandler = \"fail\"\nretry = 1\n\

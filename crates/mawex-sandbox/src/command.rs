@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::SandboxError;
-use crate::input::TaskInput;
+use crate::input::{TaskInput, INPUTS_DIR_ENV};
 use crate::process;
 use crate::Sandbox;
 
@@ -154,6 +154,11 @@ impl Sandbox for CommandSandbox {
         command.envs(input.child_env(&spec.from_attempt));
         if let Some(dir) = &spec.cwd {
             command.current_dir(dir);
+        }
+        // Its dependencies' results as files, for as long as it runs.
+        let inputs = crate::input::inputs_dir(&input.inputs)?;
+        if let Some(dir) = &inputs {
+            command.env(INPUTS_DIR_ENV, dir.path());
         }
         let limits = process::limits_for(&input.limits, spec.cpu_seconds, spec.open_files);
         let budgets = process::Budgets {

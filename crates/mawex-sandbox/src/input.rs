@@ -5,6 +5,8 @@ use bytes::Bytes;
 use mawex_api::pod::AttemptRef;
 use mawex_api::{Attempt, GroupName, Limits, OutputStream, TaskId, TaskResult, TaskSpec};
 
+use crate::error::SandboxError;
+
 /// Where an attempt's live output goes: each line a child process prints (stdout and stderr
 /// of command and ssh sandboxes, stderr of forked ones), and what an in-process handler
 /// logs with [`LogHandle::line`]. The pod streams the lines to the master, which keeps the
@@ -87,6 +89,44 @@ pub struct TaskInput {
     pub inputs: Vec<TaskResult>,
     /// Where its live output goes (nowhere unless the pod streams it).
     pub log: LogHandle,
+}
+
+/// The variable that names the directory of a command's inputs (the results of the tasks it
+/// runs after): a file `inputs` lists their task ids in order, one a line; each has a file
+/// named by its id holding its output, `ID.error` holding `kind: message` if it failed, or
+/// `ID.cancelled` (empty) if it was cancelled. Removed when the attempt ends.
+pub const INPUTS_DIR_ENV: &str = "MAWEX_INPUTS_DIR";
+
+/// A directory holding `inputs` as [`INPUTS_DIR_ENV`] describes; `None` for no inputs.
+pub(crate) fn inputs_dir(inputs: &[TaskResult]) -> Result<Option<tempfile::TempDir>, SandboxError> {
+    if inputs.is_empty() {
+        return Ok(None);
+    }
+    let failed = |e: std::io::Error| SandboxError::Spawn(format!("writing the inputs: {e}"));
+    let dir = tempfile::Builder::new()
+        .prefix("mawex-inputs-")
+        .tempdir()
+        .map_err(failed)?;
+    let mut list = String::new();
+    for input in inputs {
+        let id = input.id.to_string();
+        let (name, bytes): (String, &[u8]) = match &input.outcome {
+            mawex_api::Outcome::Succeeded(output) => (id.clone(), output),
+            mawex_api::Outcome::Failed(error) => {
+                let text = format!("{}: {}", error.kind.name(), error.message);
+                std::fs::write(dir.path().join(format!("{id}.error")), text).map_err(failed)?;
+                list.push_str(&id);
+                list.push('\n');
+                continue;
+            }
+            _ => (format!("{id}.cancelled"), &[]),
+        };
+        std::fs::write(dir.path().join(name), bytes).map_err(failed)?;
+        list.push_str(&id);
+        list.push('\n');
+    }
+    std::fs::write(dir.path().join("inputs"), list).map_err(failed)?;
+    Ok(Some(dir))
 }
 
 /// Prefix of the attempt variables a child process always gets.

@@ -43,7 +43,7 @@ pub use command::{CommandSandbox, CommandSpec};
 pub use error::{HandlerError, SandboxError};
 pub use forked::{run_if_child, ForkedSandbox};
 pub use in_process::{HandlerRegistry, InProcess};
-pub use input::{LogHandle, TaskInput, ATTEMPT_ENV_PREFIX};
+pub use input::{LogHandle, TaskInput, ATTEMPT_ENV_PREFIX, INPUTS_DIR_ENV};
 pub use set::SandboxSet;
 pub use ssh::{SshSandbox, SshStep};
 
