@@ -44,6 +44,10 @@ fn main() {
         ("kill_9_of_the_master_loses_no_acknowledged_task", &|| {
             runtime().block_on(kill_master())
         }),
+        (
+            "kill_9_of_the_master_in_a_thousand_node_graph_runs_each_node_once_in_order",
+            &|| runtime().block_on(kill_master_in_a_graph()),
+        ),
         ("kill_9_of_a_forking_pod_leaves_no_process_behind", &|| {
             runtime().block_on(kill_forked_pod())
         }),
@@ -297,6 +301,115 @@ async fn kill_master() {
             finished.get(id),
             Some(&1),
             "task {id} has exactly one result"
+        );
+    }
+}
+
+/// When each task was first assigned and each result recorded, by the master's clock, and
+/// how many results each task has, from a stopped master's journal.
+struct Recorded {
+    first_start: HashMap<TaskId, u64>,
+    finished_at: HashMap<TaskId, u64>,
+    results: HashMap<TaskId, usize>,
+    graphs: usize,
+}
+
+fn recorded(dir: &Path) -> Recorded {
+    let mut journal = SledJournal::open(dir).unwrap();
+    let mut r = Recorded {
+        first_start: HashMap::new(),
+        finished_at: HashMap::new(),
+        results: HashMap::new(),
+        graphs: 0,
+    };
+    for (_, event) in journal.read_events().unwrap() {
+        match event {
+            Event::WorkflowAccepted { graph: Some(_), .. } => r.graphs += 1,
+            Event::TaskAssigned { attempt, at, .. } => {
+                r.first_start.entry(attempt.task).or_insert(at.0);
+            }
+            Event::TaskFinished { attempt, at, .. } => {
+                r.finished_at.insert(attempt.task, at.0);
+                *r.results.entry(attempt.task).or_insert(0) += 1;
+            }
+            _ => {}
+        }
+    }
+    r
+}
+
+/// A graph of 20 layers of 50 nodes, each node after two of the layer before, and the
+/// master killed with SIGKILL when about half of it has run: every node runs to one recorded
+/// result, after each of its dependencies finished.
+async fn kill_master_in_a_graph() {
+    const LAYERS: usize = 20;
+    const WIDTH: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let (master, addr) = start_master(&journal, "127.0.0.1:0");
+    let endpoint = format!("http://{addr}");
+    let pod = start_pod(&endpoint, "pod-a");
+    let client = patient_client(&endpoint);
+    let name = |layer: usize, i: usize| format!("n{layer}-{i}");
+    let mut nodes = Vec::new();
+    let mut edges = Vec::new();
+    for layer in 0..LAYERS {
+        for i in 0..WIDTH {
+            let spec = TaskSpec::new(group(), "work", "2").with_output_limit(16);
+            nodes.push(mawex::GraphNode::new(name(layer, i), spec));
+            if layer > 0 {
+                for j in [i, (i + 1) % WIDTH] {
+                    edges.push(mawex::GraphEdge::new(name(layer - 1, j), name(layer, i)));
+                }
+            }
+        }
+    }
+    let graph = mawex::GraphSpec::new(nodes, edges.clone());
+    client.submit_graph(graph.clone()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let view = client.graph(graph.id).await.unwrap();
+        if view.count(mawex::TaskState::Succeeded) >= LAYERS * WIDTH / 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "half the graph runs before the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    master.kill();
+    let (master, _) = start_master(&journal, &addr.to_string());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let view = client.graph(graph.id).await.unwrap();
+        if view.is_finished() {
+            assert_eq!(view.count(mawex::TaskState::Succeeded), LAYERS * WIDTH);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the graph finishes after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    master.kill();
+    pod.kill();
+
+    let r = recorded(&journal);
+    assert_eq!(r.graphs, 1, "the graph was accepted once");
+    for node in &graph.nodes {
+        let id = graph.id.node_id(&node.name);
+        assert_eq!(r.results.get(&id), Some(&1), "{} has one result", node.name);
+    }
+    for edge in &edges {
+        let (from, to) = (graph.id.node_id(&edge.from), graph.id.node_id(&edge.to));
+        assert!(
+            r.first_start[&to] >= r.finished_at[&from],
+            "{} started before {} finished",
+            edge.to,
+            edge.from
         );
     }
 }
