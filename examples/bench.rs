@@ -4,6 +4,8 @@
 
 #[path = "bench/backlog.rs"]
 mod backlog;
+#[path = "bench/dag.rs"]
+mod dag;
 #[path = "bench/failover.rs"]
 mod failover;
 #[path = "bench/pods.rs"]
@@ -36,7 +38,9 @@ struct Args {
     /// (three master processes, the leader killed `--kills` times under load: time to the
     /// first accepted submit, lost and double-recorded tasks), or `web` (`--tasks` finished
     /// tasks retained: the dashboard's task list at page 50 and a search by error text, and
-    /// the `grpc` throughput with every page open against without).
+    /// the `grpc` throughput with every page open against without), or `dag` (`--nodes` no-op
+    /// nodes in layers of `--width`, each after two of the layer before, as one graph: its
+    /// throughput against as many flat tasks, and the latency each edge adds).
     #[arg(long, default_value = "local")]
     scenario: String,
     /// Tasks in the throughput phase.
@@ -92,6 +96,12 @@ struct Args {
     /// on `--log`.
     #[arg(long, default_value_t = 1)]
     masters: u64,
+    /// `dag`: nodes of the graph (in layers of `--width`; the flat comparison runs as many).
+    #[arg(long, default_value_t = 100_000)]
+    nodes: usize,
+    /// `dag`: nodes a layer.
+    #[arg(long, default_value_t = 1000)]
+    width: usize,
 }
 
 /// A fixed number of leases, or `None`: the library's default.
@@ -623,9 +633,19 @@ async fn bench() -> anyhow::Result<()> {
         "raft" => raft::raft(args.tasks).await?,
         "failover" => failover::failover(args.kills, args.election_ms).await?,
         "web" => web::web(args.tasks, args.batch).await?,
+        "dag" => {
+            dag::dag(
+                args.nodes,
+                args.width,
+                args.slots,
+                args.prefetch.0,
+                &args.log,
+            )
+            .await?
+        }
         other => anyhow::bail!(
             "unknown scenario {other:?}; known: local, grpc, fair, sandbox, broadcast, \
-             backlog, pods, raft, failover, web"
+             backlog, pods, raft, failover, web, dag"
         ),
     };
     println!("{line}");
