@@ -126,21 +126,23 @@ pub(crate) async fn dag(
     }
     let dag_seconds = started.elapsed().as_secs_f64();
 
-    let spans = runs.spans.lock().unwrap_or_else(|p| p.into_inner());
-    let mut latencies: Vec<f64> = Vec::with_capacity(total);
-    for layer in 1..layers {
-        for i in 0..width {
-            let start = spans[&id.node_id(&name(layer, i))].0;
-            let ready = [i, (i + 1) % width]
-                .iter()
-                .map(|&j| spans[&id.node_id(&name(layer - 1, j))].1)
-                .max()
-                .unwrap_or(start);
-            latencies.push(start.saturating_duration_since(ready).as_secs_f64() * 1000.0);
+    let latencies = {
+        let spans = runs.spans.lock().unwrap_or_else(|p| p.into_inner());
+        let mut latencies: Vec<f64> = Vec::with_capacity(total);
+        for layer in 1..layers {
+            for i in 0..width {
+                let start = spans[&id.node_id(&name(layer, i))].0;
+                let ready = [i, (i + 1) % width]
+                    .iter()
+                    .map(|&j| spans[&id.node_id(&name(layer - 1, j))].1)
+                    .max()
+                    .unwrap_or(start);
+                latencies.push(start.saturating_duration_since(ready).as_secs_f64() * 1000.0);
+            }
         }
-    }
-    latencies.sort_by(f64::total_cmp);
-    drop(spans);
+        latencies.sort_by(f64::total_cmp);
+        latencies
+    };
     pod.shutdown().await?;
     match (plain, replicated) {
         (Some(master), _) => master.shutdown().await?,

@@ -158,6 +158,7 @@ fn draw(frame: &mut Frame, endpoints: &str, snapshot: &Snapshot) {
 
     let running: u64 = snapshot.groups.iter().map(|g| g.running).sum();
     let pending: u64 = snapshot.groups.iter().map(|g| g.pending).sum();
+    let blocked: u64 = snapshot.groups.iter().map(|g| g.blocked).sum();
     let status = match (&snapshot.error, snapshot.at) {
         (Some(error), _) => format!("unreachable: {error}"),
         (None, Some(at)) => crate::output::time(at),
@@ -167,7 +168,7 @@ fn draw(frame: &mut Frame, endpoints: &str, snapshot: &Snapshot) {
         Paragraph::new(vec![
             format!("mawex top — {endpoints} — {status}").into(),
             format!(
-                "{} pods, {pending} pending, {running} running — q quits",
+                "{} pods, {blocked} blocked, {pending} pending, {running} running — q quits",
                 snapshot.pods.len()
             )
             .into(),

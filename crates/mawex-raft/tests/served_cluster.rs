@@ -289,3 +289,93 @@ async fn a_cluster_of_one_grows_into_three_that_fail_over() {
         node.kill().await;
     }
 }
+
+/// A fan-in of twenty nodes, the leader killed while they run: the fan-in runs on the new
+/// leader with every one of their outputs, and each node has one result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_in_gets_every_input_once_across_a_fail_over() {
+    const LEAVES: usize = 20;
+    let dirs = temporary_dirs(3);
+    let group = GroupName::new("served").expect("a valid name");
+    let (mut running, members) = served_three(&dirs, settings).await;
+    let endpoints: Vec<String> = members
+        .values()
+        .map(|n| format!("http://{}", n.addr))
+        .collect();
+    let (first, _) = leader(&nodes(&running)).await;
+    let mut remote = RemoteConfig::default();
+    remote.retry_for = CLUSTER_DEADLINE;
+    let client = RemoteMasterProxy::with_config(&endpoints, remote).expect("a client");
+    let mut handlers = HandlerRegistry::new();
+    handlers
+        .register("slow", |t: TaskInput| async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok(t.payload)
+        })
+        .expect("a handler")
+        .register("join", |t: TaskInput| async move {
+            let mut parts: Vec<String> = t
+                .inputs
+                .iter()
+                .map(|r| match &r.outcome {
+                    Outcome::Succeeded(out) => String::from_utf8_lossy(out).into_owned(),
+                    other => format!("{other:?}"),
+                })
+                .collect();
+            parts.sort();
+            Ok(parts.join(",").into())
+        })
+        .expect("a handler");
+    let connector = mawex_api::GrpcPodConnector::with_config(&endpoints, Default::default())
+        .expect("a connector");
+    let pod = Pod::start(
+        PodConfig::new(PodId::new("p-1").expect("an id"), vec![group.clone()]).with_slots(2),
+        Arc::new(InProcess::new(handlers)),
+        Arc::new(connector),
+    )
+    .expect("the pod starts");
+    let leaf = |i: usize| format!("leaf{i:02}");
+    let mut nodes_of_graph: Vec<mawex_api::GraphNode> = (0..LEAVES)
+        .map(|i| {
+            mawex_api::GraphNode::new(
+                leaf(i),
+                TaskSpec::new(group.clone(), "slow", leaf(i)).with_output_limit(16),
+            )
+        })
+        .collect();
+    nodes_of_graph.push(mawex_api::GraphNode::new(
+        "sum",
+        TaskSpec::new(group.clone(), "join", ""),
+    ));
+    let edges = (0..LEAVES)
+        .map(|i| mawex_api::GraphEdge::new(leaf(i), "sum"))
+        .collect();
+    let graph = mawex_api::GraphSpec::new(nodes_of_graph, edges);
+    client.submit_graph(graph.clone()).await.expect("accepted");
+    client
+        .await_result(graph.id.node_id(&leaf(3)))
+        .await
+        .expect("some leaves run before the kill");
+    running.remove(&first).expect("the leader").kill().await;
+    let sum = client
+        .await_result(graph.id.node_id("sum"))
+        .await
+        .expect("the fan-in's result");
+    let expected: Vec<String> = (0..LEAVES).map(leaf).collect();
+    assert_eq!(
+        sum.outcome,
+        Outcome::Succeeded(expected.join(",").into()),
+        "every input, once each"
+    );
+    let view = client.graph(graph.id).await.expect("the graph");
+    assert!(view.is_finished());
+    assert_eq!(view.count(TaskState::Succeeded), LEAVES + 1);
+    for node in &view.nodes {
+        let task = client.get(node.task).await.expect("a task");
+        assert_eq!(task.failures, vec![], "{} failed nowhere", node.name);
+    }
+    pod.shutdown().await.expect("the pod stops");
+    for (_, node) in running {
+        node.kill().await;
+    }
+}
