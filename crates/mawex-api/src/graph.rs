@@ -35,6 +35,31 @@ pub enum DependencyPolicy {
     AllFinished,
 }
 
+impl DependencyPolicy {
+    /// Its name: `all_succeeded` or `all_finished`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DependencyPolicy::AllFinished => "all_finished",
+            _ => "all_succeeded",
+        }
+    }
+}
+
+/// By name, `all_succeeded` or `all_finished` (or with dashes: `all-finished`).
+impl std::str::FromStr for DependencyPolicy {
+    type Err = ApiError;
+
+    fn from_str(s: &str) -> Result<Self, ApiError> {
+        match s.replace('-', "_").as_str() {
+            "all_succeeded" => Ok(DependencyPolicy::AllSucceeded),
+            "all_finished" => Ok(DependencyPolicy::AllFinished),
+            _ => Err(ApiError::InvalidArgument(format!(
+                "dependency policy {s:?}: all_succeeded or all_finished"
+            ))),
+        }
+    }
+}
+
 /// A task a task runs after: when (its policy) and whether the dependency's result is
 /// handed to the dependant as one of its inputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

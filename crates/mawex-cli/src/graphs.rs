@@ -57,13 +57,8 @@ struct NodeFile {
 
 /// A dependency policy by name; `what` names where it was given.
 pub(crate) fn policy(what: &str, text: Option<&str>) -> Result<DependencyPolicy, CliError> {
-    match text {
-        None | Some("all-succeeded") => Ok(DependencyPolicy::AllSucceeded),
-        Some("all-finished") => Ok(DependencyPolicy::AllFinished),
-        Some(other) => Err(CliError::Usage(format!(
-            "{what}: policy {other:?}: use all-succeeded or all-finished"
-        ))),
-    }
+    text.map_or(Ok(DependencyPolicy::AllSucceeded), str::parse)
+        .map_err(|e| CliError::Usage(format!("{what}: {}", message(e))))
 }
 
 /// The graph `path` describes.

@@ -161,13 +161,12 @@ impl Sandbox for CommandSandbox {
             command.env(INPUTS_DIR_ENV, dir.path());
         }
         let limits = process::limits_for(&input.limits, spec.cpu_seconds, spec.open_files);
-        let budgets = process::Budgets {
-            stdout: self.max_output_bytes,
-            stderr: self.stderr_tail_bytes,
-            grace: self.grace,
-            log: input.log,
-            tee_stdout: true,
-        };
+        let budgets = process::Budgets::for_output(
+            self.max_output_bytes,
+            self.stderr_tail_bytes,
+            self.grace,
+            input.log,
+        );
         process::run_for_output(command, input.payload, limits, budgets, &cancel).await
     }
 }

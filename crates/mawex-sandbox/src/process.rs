@@ -121,6 +121,25 @@ pub(crate) struct Budgets {
     pub(crate) tee_stdout: bool,
 }
 
+impl Budgets {
+    /// The budgets of a program whose stdout is the attempt's output (of at most
+    /// `max_output_bytes`), its lines shown live through `log`.
+    pub(crate) fn for_output(
+        max_output_bytes: usize,
+        stderr_tail_bytes: usize,
+        grace: Duration,
+        log: LogHandle,
+    ) -> Self {
+        Budgets {
+            stdout: max_output_bytes,
+            stderr: stderr_tail_bytes,
+            grace,
+            log,
+            tee_stdout: true,
+        }
+    }
+}
+
 /// Splits bytes into lines for a [`LogHandle`]: a line longer than an output line is cut,
 /// its rest skipped up to the next line break, so a stream without breaks costs nothing.
 struct Lines {

@@ -219,13 +219,12 @@ impl Sandbox for SshSandbox {
         let command = process::isolated_command(program, args, &BTreeMap::new(), &self.inherit);
         let mut limits = process::limits_for(&input.limits, None, None);
         limits.timeout = Some(limits.timeout.unwrap_or(self.step_timeout));
-        let budgets = process::Budgets {
-            stdout: self.max_output_bytes,
-            stderr: self.stderr_tail_bytes,
-            grace: self.grace,
-            log: input.log,
-            tee_stdout: true,
-        };
+        let budgets = process::Budgets::for_output(
+            self.max_output_bytes,
+            self.stderr_tail_bytes,
+            self.grace,
+            input.log,
+        );
         process::run_for_output(command, input.payload, limits, budgets, &cancel).await
     }
 }

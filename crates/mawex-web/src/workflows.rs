@@ -22,13 +22,8 @@ use crate::{AppState, WebError};
 
 /// A dependency policy by name: `all_succeeded` (the default) or `all_finished`.
 pub(crate) fn policy(field: &str, text: Option<&str>) -> Result<DependencyPolicy, WebError> {
-    match text {
-        None | Some("all_succeeded") => Ok(DependencyPolicy::AllSucceeded),
-        Some("all_finished") => Ok(DependencyPolicy::AllFinished),
-        Some(other) => Err(WebError::BadRequest(format!(
-            "{field}: {other:?}: all_succeeded or all_finished"
-        ))),
-    }
+    text.map_or(Ok(DependencyPolicy::AllSucceeded), str::parse)
+        .map_err(|e| WebError::BadRequest(format!("{field}: {e}")))
 }
 
 /// The dependencies a task names, as the API takes them.
