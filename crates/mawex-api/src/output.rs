@@ -58,9 +58,10 @@ impl OutputLine {
         OutputLine { seq, stream, text }
     }
 
-    /// The bytes it counts against a bound.
+    /// The bytes it counts against a bound: its text and what holding it costs (the line
+    /// itself and its allocation), so that many short lines count what they take.
     pub fn size(&self) -> usize {
-        self.text.len() + 16
+        self.text.len() + std::mem::size_of::<OutputLine>() + 16
     }
 }
 

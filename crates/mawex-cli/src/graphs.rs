@@ -181,13 +181,14 @@ fn rows(view: &GraphView) -> Vec<NodeRow> {
         .collect()
 }
 
-/// Waits until every node of graph `id` finished; fails (exit 3) if one failed, or (exit 5)
-/// if one was cancelled.
+/// Waits until every node of graph `id` finished and prints their states; then fails (exit
+/// 3) if one failed, or (exit 5) if one was cancelled.
 async fn wait(
     proxy: &dyn MasterProxy,
     id: GraphId,
     timeout: Option<Duration>,
-) -> Result<GraphView, CliError> {
+    output: Output,
+) -> Result<(), CliError> {
     let waited = async {
         loop {
             let view = proxy.graph(id).await?;
@@ -203,6 +204,7 @@ async fn wait(
             .map_err(|_| CliError::TimedOut(limit))??,
         None => waited.await?,
     };
+    output::print(output, &rows(&view))?;
     let failed: Vec<&str> = view
         .nodes
         .iter()
@@ -218,7 +220,7 @@ async fn wait(
     if view.count(TaskState::Cancelled) > 0 {
         return Err(CliError::Cancelled);
     }
-    Ok(view)
+    Ok(())
 }
 
 /// `mawex graph`.
@@ -243,8 +245,7 @@ pub(crate) async fn graph(
             let ack = proxy.submit_graph(graph).await?;
             if waiting {
                 eprintln!("graph {} submitted; waiting", ack.id);
-                let view = wait(&proxy, ack.id, timeout).await?;
-                return output::print(output, &rows(&view));
+                return wait(&proxy, ack.id, timeout, output).await;
             }
             output::print(
                 output,
@@ -257,11 +258,10 @@ pub(crate) async fn graph(
         }
         GraphAction::Status { id, wait: waiting } => {
             let id = graph_id(&id)?;
-            let view = match waiting {
-                true => wait(&proxy, id, None).await?,
-                false => proxy.graph(id).await?,
-            };
-            output::print(output, &rows(&view))
+            match waiting {
+                true => wait(&proxy, id, None, output).await,
+                false => output::print(output, &rows(&proxy.graph(id).await?)),
+            }
         }
         GraphAction::Cancel { id } => {
             let id = graph_id(&id)?;

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::cli::Output;
 use crate::config::Config;
-use crate::output::{self, Rows};
+use crate::output::Rows;
 use crate::tasks::connect;
 use crate::CliError;
 
@@ -39,33 +39,46 @@ impl Rows for LineRow {
     }
 }
 
-/// Prints `lines`: as text (each line as printed) in a table's place, else as rows.
-fn print(output: Output, attempt: Attempt, lines: &[OutputLine]) -> Result<(), CliError> {
-    if lines.is_empty() {
-        return Ok(());
-    }
-    if output == Output::Table {
-        let stdout = std::io::stdout();
-        let mut out = stdout.lock();
-        let written = lines
-            .iter()
-            .try_for_each(|l| writeln!(out, "{}", l.text))
-            .and_then(|()| out.flush());
-        return match written {
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-            written => written.map_err(CliError::io("writing to stdout")),
-        };
-    }
-    let rows: Vec<LineRow> = lines
+/// Prints `lines`: as text (each line as printed) in a table's place, else as JSON lines.
+/// False once nobody reads stdout any more (`| head`): following stops then.
+fn print(output: Output, attempt: Attempt, lines: &[OutputLine]) -> Result<bool, CliError> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let written = lines
         .iter()
-        .map(|l| LineRow {
-            attempt: attempt.0,
-            seq: l.seq,
-            stream: l.stream.name(),
-            text: l.text.clone(),
+        .try_for_each(|l| match output {
+            Output::Table => writeln!(out, "{}", l.text),
+            _ => {
+                let row = LineRow {
+                    attempt: attempt.0,
+                    seq: l.seq,
+                    stream: l.stream.name(),
+                    text: l.text.clone(),
+                };
+                serde_json::to_writer(&mut out, &row)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| writeln!(out))
+            }
         })
-        .collect();
-    output::print(output, &rows)
+        .and_then(|()| out.flush());
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        written => written
+            .map(|()| true)
+            .map_err(CliError::io("writing to stdout")),
+    }
+}
+
+/// Lines missing between `after` and the lines read (the master's bound at the start, the
+/// pod's between lines).
+fn gaps(after: u64, dropped: u64, lines: &[OutputLine]) -> u64 {
+    let mut missing = dropped;
+    let mut last = after.saturating_add(dropped);
+    for line in lines {
+        missing = missing.saturating_add(line.seq.saturating_sub(last).saturating_sub(1));
+        last = line.seq;
+    }
+    missing
 }
 
 /// `mawex logs [--follow] ID`.
@@ -86,21 +99,30 @@ pub(crate) async fn logs(
     let mut after = 0;
     loop {
         let read = proxy.task_output(id, after).await?;
-        if read.attempt != attempt {
+        // Attempt 0 after a later one: a master that kept nothing (restarted, or a new
+        // leader); what was printed stays printed.
+        if read.attempt != attempt && read.attempt.0 > 0 {
             if attempt.0 > 0 {
                 eprintln!("-- attempt {} --", read.attempt.0);
             }
-            // Line numbers are the attempt's own: read the new one from its start.
+            // Line numbers are the attempt's own: a read after a line of the last attempt
+            // is read again from the new one's start.
+            let stale = after > 0;
             (attempt, after) = (read.attempt, 0);
-            if read.attempt.0 > 0 {
+            if stale {
                 continue;
             }
         }
-        if read.dropped > 0 {
-            eprintln!("-- {} lines dropped --", read.dropped);
+        if read.attempt == attempt {
+            let missing = gaps(after, read.dropped, &read.lines);
+            if missing > 0 {
+                eprintln!("-- {missing} lines dropped --");
+            }
+            if !print(output, read.attempt, &read.lines)? {
+                return Ok(());
+            }
+            after = read.last_seq(after);
         }
-        print(output, read.attempt, &read.lines)?;
-        after = read.last_seq(after);
         if !follow || (read.finished && read.ended) {
             return Ok(());
         }

@@ -545,7 +545,10 @@ fn a_master_two_workers_and_every_exit_code() {
         .to_owned();
     let logs = run(dir, &endpoint, &["logs", &count, "-o", "json"], None);
     assert_eq!(code(&logs), 0, "{}", stderr(&logs));
-    let lines: Vec<serde_json::Value> = serde_json::from_slice(&logs.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = stdout(&logs)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let last = lines
         .iter()
         .rev()

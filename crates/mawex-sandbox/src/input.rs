@@ -29,9 +29,12 @@ impl LogHandle {
         self.write(OutputStream::Log, text);
     }
 
-    /// Writes `text` as lines of `stream`.
+    /// Writes `text` as lines of `stream` (an empty text as one empty line).
     pub fn write(&self, stream: OutputStream, text: &str) {
         if let Some(write) = &self.0 {
+            if text.is_empty() {
+                write(stream, "");
+            }
             for line in text.lines() {
                 write(stream, line);
             }

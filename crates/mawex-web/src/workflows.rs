@@ -377,8 +377,11 @@ pub(crate) async fn task_output(
     Ok(Json(Output::from(&output)))
 }
 
-/// Past this many nodes a graph is shown as a table only.
+/// Past this many nodes, or edges, a graph is shown as a table only.
 const MAX_DRAWN_NODES: usize = 2_000;
+const MAX_DRAWN_EDGES: usize = 10_000;
+/// The most nodes the table shows.
+const MAX_TABLE_ROWS: usize = 2_000;
 
 /// A graph drawn in layers from left to right (each node one column after the last of the
 /// nodes it runs after), nodes coloured by state, then a table of its nodes.
@@ -401,7 +404,9 @@ pub(crate) fn graph_markup(view: &GraphView) -> maud::Markup {
             .max()
             .unwrap_or(0);
     }
-    let svg = (view.nodes.len() <= MAX_DRAWN_NODES).then(|| {
+    let edges: usize = view.nodes.iter().map(|n| n.after.len()).sum();
+    let drawn = view.nodes.len() <= MAX_DRAWN_NODES && edges <= MAX_DRAWN_EDGES;
+    let svg = drawn.then(|| {
         const W: usize = 150;
         const H: usize = 34;
         let mut row = vec![0usize; layer.iter().max().map_or(0, |m| m + 1)];
@@ -450,10 +455,13 @@ pub(crate) fn graph_markup(view: &GraphView) -> maud::Markup {
             " · accepted " (graph.submitted_at)
         }
         @if let Some(svg) = svg { div.graph { (PreEscaped(svg)) } }
-        @else { p.muted { "Over " (MAX_DRAWN_NODES) " nodes: shown as a table only." } }
+        @else { p.muted { "Over " (MAX_DRAWN_NODES) " nodes or " (MAX_DRAWN_EDGES) " edges: not drawn." } }
+        @if graph.nodes.len() > MAX_TABLE_ROWS {
+            p.muted { "The first " (MAX_TABLE_ROWS) " nodes of " (graph.nodes.len()) " (dependencies first); the API has them all." }
+        }
         table {
             thead { tr { th { "node" } th { "state" } th { "runs after" } } }
-            @for node in &graph.nodes {
+            @for node in graph.nodes.iter().take(MAX_TABLE_ROWS) {
                 tr {
                     td { a href={ "/tasks/" (node.task) } { (node.name) } }
                     td class={ "state-" (node.state) } { (node.state) }
@@ -487,12 +495,9 @@ pub(crate) async fn task_extras(
 ) -> Result<maud::Markup, WebError> {
     use maud::html;
     const LAST_LINES: usize = 200;
-    let output = match app.proxy.task_output(view.spec.id, 0).await {
-        Ok(output) => Some(output),
-        // A master that keeps no output (an older one) shows none.
-        Err(mawex_api::ApiError::Unimplemented(_)) => None,
-        Err(e) => return Err(e.into()),
-    };
+    // A master that keeps no output (an older one), or cannot answer now, shows none: the
+    // rest of the page stands.
+    let output = app.proxy.task_output(view.spec.id, 0).await.ok();
     Ok(html! {
         @if !view.spec.after.is_empty() {
             h2 { "Runs after" }

@@ -18,6 +18,10 @@ pub(crate) const OUTPUT_EVERY: Duration = Duration::from_millis(200);
 /// The most line bytes one message carries.
 const MESSAGE_BYTES: usize = 32 * 1024;
 
+/// The most line bytes the pod sends a tick, all attempts together: what does not go waits
+/// in its buffer (whose oldest lines give way), so a pod's output is bounded in rate too.
+const TICK_BYTES: usize = 256 * 1024;
+
 /// The lines of one attempt not sent yet.
 #[derive(Default)]
 struct Pending {
@@ -70,51 +74,70 @@ impl Outputs {
         }
     }
 
-    /// The waiting lines of every attempt, as messages (each within its bounds).
-    pub(crate) fn take(&self) -> Vec<PodMessage> {
+    /// Sends a tick's share of the waiting lines through `send`: a message per attempt at
+    /// most, [`TICK_BYTES`] in all. Sent under the buffers' lock, so that a tick's lines can
+    /// never pass an attempt's last lines (and its result) on the way.
+    pub(crate) fn send_tick(&self, mut send: impl FnMut(PodMessage)) {
         let mut attempts = lock(&self.attempts);
-        let mut messages = Vec::new();
+        let mut budget = TICK_BYTES;
         for (r, pending) in attempts.iter_mut() {
-            messages.extend(drain(*r, pending));
+            if budget == 0 {
+                break;
+            }
+            if let Some((message, bytes)) = one_message(*r, pending, budget.min(MESSAGE_BYTES)) {
+                budget = budget.saturating_sub(bytes);
+                send(message);
+            }
         }
-        messages
     }
 
-    /// Attempt `r`'s last lines, as messages, and forgets it: its result follows them.
-    pub(crate) fn finish(&self, r: AttemptRef) -> Vec<PodMessage> {
-        match lock(&self.attempts).remove(&r) {
-            Some(mut pending) => drain(r, &mut pending),
-            None => Vec::new(),
+    /// Sends attempt `r`'s last lines through `send` and forgets it: its result follows them.
+    pub(crate) fn finish(&self, r: AttemptRef, mut send: impl FnMut(PodMessage)) {
+        let mut attempts = lock(&self.attempts);
+        if let Some(mut pending) = attempts.remove(&r) {
+            while let Some((message, _)) = one_message(r, &mut pending, MESSAGE_BYTES) {
+                send(message);
+            }
         }
     }
 }
 
-fn drain(r: AttemptRef, pending: &mut Pending) -> Vec<PodMessage> {
-    let mut messages = Vec::new();
-    while !pending.lines.is_empty() {
-        let mut lines = Vec::new();
-        let mut bytes = 0;
-        while let Some(line) = pending.lines.front() {
-            let full = lines.len() >= MAX_OUTPUT_LINES_PER_MESSAGE
-                || (!lines.is_empty() && bytes + line.size() > MESSAGE_BYTES);
-            if full {
-                break;
-            }
-            bytes += line.size();
-            if let Some(line) = pending.lines.pop_front() {
-                lines.push(line);
-            }
+/// A message of `r`'s oldest waiting lines, of at most `budget` bytes (and at least one
+/// line), with its bytes; `None` if none wait.
+fn one_message(r: AttemptRef, pending: &mut Pending, budget: usize) -> Option<(PodMessage, usize)> {
+    let mut lines = Vec::new();
+    let mut bytes = 0;
+    while let Some(line) = pending.lines.front() {
+        let full = lines.len() >= MAX_OUTPUT_LINES_PER_MESSAGE
+            || (!lines.is_empty() && bytes + line.size() > budget);
+        if full {
+            break;
         }
-        messages.push(PodMessage::Output { attempt: r, lines });
+        bytes += line.size();
+        if let Some(line) = pending.lines.pop_front() {
+            lines.push(line);
+        }
     }
-    pending.bytes = 0;
-    messages
+    pending.bytes = pending.bytes.saturating_sub(bytes);
+    (!lines.is_empty()).then_some((PodMessage::Output { attempt: r, lines }, bytes))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use mawex_api::{Attempt, TaskId};
+
+    fn take(outputs: &Outputs) -> Vec<PodMessage> {
+        let mut messages = Vec::new();
+        outputs.send_tick(|m| messages.push(m));
+        messages
+    }
+
+    fn finish(outputs: &Outputs, r: AttemptRef) -> Vec<PodMessage> {
+        let mut messages = Vec::new();
+        outputs.finish(r, |m| messages.push(m));
+        messages
+    }
 
     fn lines_of(messages: &[PodMessage]) -> Vec<u64> {
         messages
@@ -137,20 +160,20 @@ mod tests {
         for i in 0..10_000 {
             log.line(&format!("line {i}"));
         }
-        let sent = lines_of(&outputs.take());
+        let sent = lines_of(&take(&outputs));
         assert!(sent.len() < 100, "bounded: {} lines", sent.len());
         assert_eq!(sent.last(), Some(&10_000), "the last line is kept");
         log.line("after");
-        assert_eq!(lines_of(&outputs.finish(r)), vec![10_001]);
+        assert_eq!(lines_of(&finish(&outputs, r)), vec![10_001]);
         log.line("too late");
         assert!(
-            outputs.take().is_empty(),
+            take(&outputs).is_empty(),
             "an ended attempt takes no more lines"
         );
     }
 
     #[test]
-    fn a_long_wait_goes_in_messages_within_their_bounds() {
+    fn a_tick_sends_one_message_an_attempt_and_the_rest_waits() {
         let outputs = Outputs::new(1 << 20);
         let r = AttemptRef {
             task: TaskId::new(),
@@ -160,14 +183,15 @@ mod tests {
         for _ in 0..3000 {
             log.line("x");
         }
-        let messages = outputs.take();
-        assert!(messages.len() >= 3);
-        for m in &messages {
-            let PodMessage::Output { lines, .. } = m else {
-                panic!("an output message")
-            };
-            assert!(lines.len() <= MAX_OUTPUT_LINES_PER_MESSAGE);
-        }
-        assert_eq!(lines_of(&messages).len(), 3000);
+        let first = take(&outputs);
+        assert_eq!(first.len(), 1, "one message a tick for an attempt");
+        let mut sent = lines_of(&first);
+        assert!(sent.len() <= MAX_OUTPUT_LINES_PER_MESSAGE);
+        sent.extend(lines_of(&finish(&outputs, r)));
+        assert_eq!(
+            sent,
+            (1..=3000).collect::<Vec<u64>>(),
+            "in order, none lost or repeated"
+        );
     }
 }

@@ -179,7 +179,7 @@ async fn serve(
                 None => return SessionEnd::Lost,
             },
             _ = heartbeat.tick() => shared.heartbeat(),
-            _ = output_tick.tick() => shared.send_output(shared.outputs.take()),
+            _ = output_tick.tick() => shared.send_output_tick(),
             () = stop.cancelled() => break,
         }
     }

@@ -135,13 +135,14 @@ impl Shared {
         }
     }
 
-    /// Sends the live output that waits, if the master takes it (else it is dropped).
-    pub(crate) fn send_output(&self, messages: Vec<PodMessage>) {
-        if self.takes_output.load(Ordering::SeqCst) {
-            for message in messages {
+    /// Sends a tick's share of the live output that waits, if the master takes it.
+    pub(crate) fn send_output_tick(&self) {
+        let takes = self.takes_output.load(Ordering::SeqCst);
+        self.outputs.send_tick(|message| {
+            if takes {
                 self.send(message);
             }
-        }
+        });
     }
 
     /// Opens the session: delivers what waited, then routes new reports to `outbox`.
@@ -297,7 +298,12 @@ impl Shared {
         });
         self.executed.fetch_add(1, Ordering::Relaxed);
         // Its last lines go before its result, so that the master still holds its lease.
-        self.send_output(self.outputs.finish(r));
+        let takes = self.takes_output.load(Ordering::SeqCst);
+        self.outputs.finish(r, |message| {
+            if takes {
+                self.send(message);
+            }
+        });
         let message = match result {
             Err(e)
                 if e.kind == mawex_api::ErrorKind::Cancelled

@@ -280,9 +280,7 @@ impl Engine {
                 // A task others run after hands them its output as an input: bounded by its
                 // declared limit, else by the payload limit (what the fan-in check assumed).
                 let limit = self.output_limit(&attempt.task).or_else(|| {
-                    self.state
-                        .workflows()
-                        .has_dependants(&attempt.task)
+                    self.output_is_an_input(&attempt.task)
                         .then_some(self.config.max_payload_bytes as u64)
                 });
                 match outcome {

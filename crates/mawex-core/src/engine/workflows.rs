@@ -287,6 +287,16 @@ impl Engine {
                 .is_some_and(|l| l.cancelled_by.is_some())
     }
 
+    /// True when a task that runs after `id` takes its output as an input.
+    pub(super) fn output_is_an_input(&self, id: &TaskId) -> bool {
+        let workflows = self.state.workflows();
+        workflows.dependants(id).any(|d| {
+            workflows
+                .links(d)
+                .is_some_and(|l| l.after.iter().any(|e| e.task == *id && e.pass_output))
+        })
+    }
+
     /// The output limit task `id` declared, if any.
     pub(super) fn output_limit(&self, id: &TaskId) -> Option<u64> {
         self.state

@@ -115,6 +115,14 @@ impl PodOutbox for LocalOutbox {
         if self.hung_up.load(Ordering::Acquire) {
             return Err(ApiError::Unavailable("the session is closed".into()));
         }
+        // Live output is what gives way when the master is busy: dropped once half the
+        // session's backlog waits, so that it never costs the session (nor crowds out the
+        // results and heartbeats that need the rest).
+        if matches!(message, PodMessage::Output { .. })
+            && self.permits.available_permits() < self.backlog / 2
+        {
+            return Ok(());
+        }
         // A pod that sends faster than the master handles its messages would grow the
         // inbox without end: it is disconnected instead (what it holds is re-reported, or
         // runs elsewhere, as after any disconnect).

@@ -105,7 +105,10 @@ impl OutputStore {
             .filter(|l| l.seq > after)
             .cloned()
             .collect();
-        let first = output.lines.first().map_or(kept.last_seq + 1, |l| l.seq);
+        let first = output
+            .lines
+            .first()
+            .map_or(kept.last_seq.saturating_add(1), |l| l.seq);
         output.dropped = first.saturating_sub(after).saturating_sub(1);
         Some(output)
     }
