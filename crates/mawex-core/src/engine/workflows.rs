@@ -179,7 +179,8 @@ impl Engine {
 
     /// The tasks cancelled because of `roots` (directly or further down) that may be blocked
     /// again now that the roots were retried: those whose every dependency is still known
-    /// (one forgotten could not hand over its result). Dependencies first.
+    /// (one forgotten could not hand over its result), in no particular order (each is
+    /// judged again afterwards, with all of them back).
     fn revivable(&self, roots: BTreeSet<TaskId>) -> Vec<TaskId> {
         let state = &self.state;
         let workflows = state.workflows();
