@@ -175,6 +175,9 @@ pub struct GraphSpec {
     pub edges: Vec<GraphEdge>,
 }
 
+/// For each node (by index), the edges into it: `(from node, edge)` by index.
+type EdgesInto = Vec<Vec<(usize, usize)>>;
+
 /// A valid graph's nodes in layers: each node (by its index in [`GraphSpec::nodes`]) is in
 /// the layer after the last of its dependencies, the first layer holding the nodes that
 /// depend on nothing.
@@ -205,31 +208,28 @@ impl GraphSpec {
     /// # Errors
     /// What [`GraphSpec::validate`] refuses.
     pub fn into_tasks(self) -> Result<Vec<(String, TaskSpec)>, ApiError> {
-        let layers = self.validate()?;
+        let (layers, edges_into) = self.check()?;
         let ids: Vec<TaskId> = self
             .nodes
             .iter()
             .map(|n| self.id.node_id(&n.name))
             .collect();
-        let index: HashMap<&str, usize> = self
-            .nodes
+        let mut after: Vec<Vec<Dependency>> = edges_into
             .iter()
-            .enumerate()
-            .map(|(i, n)| (n.name.as_str(), i))
+            .map(|edges| {
+                edges
+                    .iter()
+                    .map(|&(from, e)| {
+                        let edge = &self.edges[e];
+                        Dependency {
+                            task: ids[from],
+                            policy: edge.policy,
+                            pass_output: edge.pass_output,
+                        }
+                    })
+                    .collect()
+            })
             .collect();
-        let mut after: Vec<Vec<Dependency>> = vec![Vec::new(); self.nodes.len()];
-        for edge in &self.edges {
-            // Both ends exist: validate checked every edge.
-            if let (Some(&from), Some(&to)) =
-                (index.get(edge.from.as_str()), index.get(edge.to.as_str()))
-            {
-                after[to].push(Dependency {
-                    task: ids[from],
-                    policy: edge.policy,
-                    pass_output: edge.pass_output,
-                });
-            }
-        }
         let mut nodes: Vec<Option<GraphNode>> = self.nodes.into_iter().map(Some).collect();
         let mut tasks = Vec::with_capacity(nodes.len());
         for i in layers.0.into_iter().flatten() {
@@ -259,6 +259,12 @@ impl GraphSpec {
     /// in order, e.g. `a → b → a`); a node with more than [`MAX_DEPENDENCIES`]
     /// dependencies; more than [`MAX_GRAPH_NODES`] nodes or [`MAX_GRAPH_EDGES`] edges.
     pub fn validate(&self) -> Result<GraphLayers, ApiError> {
+        self.check().map(|(layers, _)| layers)
+    }
+
+    /// [`GraphSpec::validate`], and for each node the edges into it: `(from node, edge)` by
+    /// index.
+    fn check(&self) -> Result<(GraphLayers, EdgesInto), ApiError> {
         if self.nodes.is_empty() {
             return bad("a graph needs at least one node".into());
         }
@@ -289,8 +295,9 @@ impl GraphSpec {
             )),
         };
         let mut after: Vec<Vec<usize>> = vec![Vec::new(); self.nodes.len()];
+        let mut edges_into: Vec<Vec<(usize, usize)>> = vec![Vec::new(); self.nodes.len()];
         let mut seen_edges: HashSet<(usize, usize)> = HashSet::with_capacity(self.edges.len());
-        for edge in &self.edges {
+        for (e, edge) in self.edges.iter().enumerate() {
             let (from, to) = (node(&edge.from, edge)?, node(&edge.to, edge)?);
             if !seen_edges.insert((from, to)) {
                 return bad(format!(
@@ -299,6 +306,7 @@ impl GraphSpec {
                 ));
             }
             after[to].push(from);
+            edges_into[to].push((from, e));
             if after[to].len() > MAX_DEPENDENCIES {
                 return bad(format!(
                     "node {:?} runs after more than {MAX_DEPENDENCIES} nodes",
@@ -306,7 +314,7 @@ impl GraphSpec {
                 ));
             }
         }
-        self.layers(&after)
+        Ok((self.layers(&after)?, edges_into))
     }
 
     /// Kahn's algorithm over `after` (each node's dependencies), layer by layer; the nodes

@@ -354,15 +354,21 @@ impl TaskSpec {
                 self.after.len()
             )));
         }
-        let mut seen = std::collections::HashSet::with_capacity(self.after.len());
-        for dep in &self.after {
+        // Few dependencies (the common case) are compared pairwise: no set to build.
+        let mut seen = (self.after.len() > 16)
+            .then(|| std::collections::HashSet::with_capacity(self.after.len()));
+        for (i, dep) in self.after.iter().enumerate() {
             if dep.task == self.id {
                 return Err(ApiError::InvalidArgument(format!(
                     "task {}: it cannot run after itself",
                     self.id
                 )));
             }
-            if !seen.insert(dep.task) {
+            let repeated = match &mut seen {
+                Some(seen) => !seen.insert(dep.task),
+                None => self.after[..i].iter().any(|d| d.task == dep.task),
+            };
+            if repeated {
                 return Err(ApiError::InvalidArgument(format!(
                     "task {}: dependency {} is named twice",
                     self.id, dep.task

@@ -166,6 +166,12 @@ pub(crate) struct Engine {
     started_at: Timestamp,
     /// Blocked tasks whose dependencies changed in this batch: judged before dispatch.
     to_judge: BTreeSet<TaskId>,
+    /// How many dependencies each blocked task judged so far still waits for: a success
+    /// counts it down, and it is judged again only when none is left (volatile; a task not
+    /// in it is judged in full). A count can only be too low, never too high: each
+    /// dependency ends once while its dependant waits (see `Engine::retryable`), and a
+    /// count that reaches 0 early only costs a judge that finds it still waiting.
+    unfinished: HashMap<TaskId, u32>,
     /// Tasks retried in this batch that have dependants: those they cancelled come back.
     to_revive: BTreeSet<TaskId>,
     /// Where forgetting results past their retention has got to (volatile).
@@ -290,6 +296,7 @@ impl Engine {
             away,
             started_at: now,
             to_judge: BTreeSet::new(),
+            unfinished: HashMap::new(),
             to_revive: BTreeSet::new(),
             retention: Retention::default(),
         };

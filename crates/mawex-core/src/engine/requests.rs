@@ -83,7 +83,7 @@ impl Engine {
             if !(ack.created && ack.id == spec.id) {
                 continue;
             }
-            let name = format!("task #{index} of the batch ({})", spec.id);
+            let name = || format!("task #{index} of the batch ({})", spec.id);
             if let Some(links) = self.links_for(spec, &name, None, &earlier)? {
                 linked.push((index, links));
             }

@@ -20,8 +20,8 @@ use super::{Engine, Output};
 
 /// What a blocked task should do now.
 enum Verdict {
-    /// Some dependency has not ended.
-    Wait,
+    /// This many dependencies have not ended (0: it is not blocked).
+    Wait(u32),
     /// Every dependency ended as its policy asks.
     Run,
     /// A dependency failed or was cancelled under `AllSucceeded`: cancelled, with the task
@@ -35,26 +35,59 @@ impl Engine {
     pub(super) fn note_workflow_event(&mut self, event: &Event) {
         let ended = |engine: &mut Engine, task: &TaskId| {
             let workflows = engine.state.workflows();
-            if workflows.has_dependants(task)
-                && engine
-                    .state
-                    .task(task)
-                    .is_some_and(|e| e.state.is_terminal())
-            {
-                let dependants: Vec<TaskId> = workflows.dependants(task).copied().collect();
-                engine.to_judge.extend(dependants);
+            if !workflows.has_dependants(task) {
+                return;
+            }
+            let succeeded = match engine.state.task(task).map(|e| e.state) {
+                Some(TaskState::Succeeded) => true,
+                Some(state) if state.is_terminal() => false,
+                _ => return,
+            };
+            for dependant in workflows.dependants(task) {
+                // A success only counts down what the dependant waits for: it is judged
+                // when nothing is left. Anything else may cancel it: judged at once.
+                match engine.unfinished.get_mut(dependant) {
+                    Some(left) if succeeded && *left > 1 => *left -= 1,
+                    _ => {
+                        engine.unfinished.remove(dependant);
+                        engine.to_judge.insert(*dependant);
+                    }
+                }
             }
         };
         match event {
             Event::TaskFinished { attempt, .. } => ended(self, &attempt.task),
-            Event::TaskCancelled { task, .. } => ended(self, task),
+            Event::TaskCancelled { task, .. } => {
+                self.unfinished.remove(task);
+                ended(self, task);
+            }
             Event::TasksCancelledByDependency { tasks, .. } => {
                 for (task, _) in tasks {
+                    self.unfinished.remove(task);
                     ended(self, task);
                 }
             }
+            Event::TasksUnblocked { tasks, .. } => {
+                for task in tasks {
+                    self.unfinished.remove(task);
+                }
+            }
+            Event::TasksForgotten { tasks } => {
+                for task in tasks {
+                    self.unfinished.remove(task);
+                }
+            }
             Event::WorkflowAccepted { tasks, .. } => {
-                self.to_judge.extend(tasks.iter().map(|(spec, _)| spec.id));
+                // Only a task whose dependencies are all outside the event may be ready: one
+                // accepted with it has not ended. (A graph's other tasks wait to be judged
+                // when their dependencies end.)
+                let accepted: std::collections::HashSet<TaskId> =
+                    tasks.iter().map(|(spec, _)| spec.id).collect();
+                let ready = tasks.iter().filter(|(_, links)| {
+                    !links.after.is_empty()
+                        && links.after.iter().all(|e| !accepted.contains(&e.task))
+                });
+                self.to_judge.extend(ready.map(|(spec, _)| spec.id));
             }
             Event::TasksRevived { tasks, .. } => self.to_judge.extend(tasks.iter().copied()),
             Event::TasksRetried { tasks, .. } => {
@@ -104,7 +137,10 @@ impl Engine {
             let (mut run, mut cancel) = (Vec::new(), Vec::new());
             for id in std::mem::take(&mut self.to_judge) {
                 match self.verdict(&id) {
-                    Verdict::Wait => {}
+                    Verdict::Wait(0) => {}
+                    Verdict::Wait(left) => {
+                        self.unfinished.insert(id, left);
+                    }
                     Verdict::Run => run.push(id),
                     Verdict::Cancel(root) => cancel.push((id, root)),
                 }
@@ -140,12 +176,12 @@ impl Engine {
     fn verdict(&self, id: &TaskId) -> Verdict {
         let state = &self.state;
         let Some(entry) = state.task(id).filter(|e| e.state == TaskState::Blocked) else {
-            return Verdict::Wait;
+            return Verdict::Wait(0);
         };
         let Some(links) = state.workflows().links(id) else {
             return Verdict::Run;
         };
-        let mut waiting = false;
+        let mut waiting: u32 = 0;
         for edge in links.after.iter() {
             let Some(dep) = self.dependency(entry.order, &edge.task) else {
                 // Forgotten, which a needed dependency never is (see `needed`): nothing can
@@ -167,11 +203,11 @@ impl Engine {
                         return Verdict::Cancel(root);
                     }
                 }
-                _ => waiting = true,
+                _ => waiting = waiting.saturating_add(1),
             }
         }
-        if waiting {
-            Verdict::Wait
+        if waiting > 0 {
+            Verdict::Wait(waiting)
         } else {
             Verdict::Run
         }
@@ -312,7 +348,7 @@ impl Engine {
     pub(super) fn links_for(
         &self,
         spec: &TaskSpec,
-        name: &str,
+        name: &dyn Fn() -> String,
         graph: Option<(GraphId, &str)>,
         fresh: &HashMap<TaskId, &TaskSpec>,
     ) -> Result<Option<stored::Links>, ApiError> {
@@ -322,7 +358,8 @@ impl Engine {
         for dep in &spec.after {
             if self.state.broadcasts().is_target(&dep.task) {
                 return Err(ApiError::InvalidArgument(format!(
-                    "{name}: dependency {} is a broadcast target, which no task may run after",
+                    "{}: dependency {} is a broadcast target, which no task may run after",
+                    name(),
                     dep.task
                 )));
             }
@@ -335,9 +372,10 @@ impl Engine {
                 (None, Some(spec)) => declared_cap(spec.output_limit, dep.policy, max),
                 (None, None) => {
                     return Err(ApiError::NotFound(format!(
-                        "{name}: dependency {} is unknown: never submitted (a task of the same \
+                        "{}: dependency {} is unknown: never submitted (a task of the same \
                          batch must come before the tasks that run after it), or finished \
                          longer ago than the result retention and forgotten",
+                        name(),
                         dep.task
                     )))
                 }
@@ -348,10 +386,11 @@ impl Engine {
         }
         if inputs_bytes > max {
             return Err(ApiError::ResourceExhausted(format!(
-                "{name}: the outputs of the {} tasks it runs after could reach {inputs_bytes} \
+                "{}: the outputs of the {} tasks it runs after could reach {inputs_bytes} \
                  bytes, more than the payload limit of {max}; give those tasks an \
                  output_limit, or leave their output out of this one's inputs \
                  (pass_output: false)",
+                name(),
                 spec.after.iter().filter(|d| d.pass_output).count()
             )));
         }
@@ -414,21 +453,23 @@ impl Engine {
         let mut fresh: HashMap<TaskId, &TaskSpec> = HashMap::with_capacity(tasks.len());
         let mut accepted = Vec::with_capacity(tasks.len());
         for (name, spec) in &tasks {
-            let node = format!("node {name:?}");
+            let node = || format!("node {name:?}");
             if spec.dedup.is_some() {
                 return Err(ApiError::InvalidArgument(format!(
-                    "{node}: a graph's node cannot have a dedup key (the graph's id makes it \
-                     idempotent)"
+                    "{}: a graph's node cannot have a dedup key (the graph's id makes it \
+                     idempotent)",
+                    node()
                 )));
             }
             if self.state.task(&spec.id).is_some() {
                 return Err(ApiError::Conflict(format!(
-                    "{node}: its task id {} is used by another task",
+                    "{}: its task id {} is used by another task",
+                    node(),
                     spec.id
                 )));
             }
             spec.validate(self.config.max_payload_bytes)
-                .map_err(|e| in_node(&node, e))?;
+                .map_err(|e| in_node(&node(), e))?;
             let links = self
                 .links_for(spec, &node, Some((id, name)), &fresh)?
                 .ok_or_else(|| ApiError::Internal("a graph's node has no links".into()))?;
