@@ -78,16 +78,22 @@ impl Engine {
                 }
             }
             Event::WorkflowAccepted { tasks, .. } => {
-                // Only a task whose dependencies are all outside the event may be ready: one
-                // accepted with it has not ended. (A graph's other tasks wait to be judged
-                // when their dependencies end.)
+                // A task that runs after tasks outside the event is judged now (they may have
+                // ended); one that runs after tasks of the event only waits for all of them,
+                // none of which has ended: it is judged when the last one succeeds.
                 let accepted: std::collections::HashSet<TaskId> =
                     tasks.iter().map(|(spec, _)| spec.id).collect();
-                let ready = tasks.iter().filter(|(_, links)| {
-                    !links.after.is_empty()
-                        && links.after.iter().all(|e| !accepted.contains(&e.task))
-                });
-                self.to_judge.extend(ready.map(|(spec, _)| spec.id));
+                for (spec, links) in tasks {
+                    if links.after.is_empty() {
+                        continue;
+                    }
+                    if links.after.iter().all(|e| accepted.contains(&e.task)) {
+                        let waits = u32::try_from(links.after.len()).unwrap_or(u32::MAX);
+                        self.unfinished.insert(spec.id, waits);
+                    } else {
+                        self.to_judge.insert(spec.id);
+                    }
+                }
             }
             Event::TasksRevived { tasks, .. } => self.to_judge.extend(tasks.iter().copied()),
             Event::TasksRetried { tasks, .. } => {
