@@ -233,18 +233,10 @@ fn patient_client(endpoint: &str) -> RemoteMasterProxy {
     RemoteMasterProxy::with_config([endpoint], config).unwrap()
 }
 
-/// Counts, per task, the events of each kind recorded in a stopped master's journal.
+/// Counts, per task, the acceptances and results recorded in a stopped master's journal.
 fn audit(dir: &Path) -> (HashMap<TaskId, usize>, HashMap<TaskId, usize>) {
-    let mut journal = SledJournal::open(dir).unwrap();
-    let (mut accepted, mut finished) = (HashMap::new(), HashMap::new());
-    for (_, event) in journal.read_events().unwrap() {
-        match event {
-            Event::TaskAccepted { spec, .. } => *accepted.entry(spec.id).or_insert(0) += 1,
-            Event::TaskFinished { attempt, .. } => *finished.entry(attempt.task).or_insert(0) += 1,
-            _ => {}
-        }
-    }
-    (accepted, finished)
+    let r = recorded(dir);
+    (r.accepted, r.results)
 }
 
 async fn kill_master() {
@@ -305,9 +297,10 @@ async fn kill_master() {
     }
 }
 
-/// When each task was first assigned and each result recorded, by the master's clock, and
-/// how many results each task has, from a stopped master's journal.
+/// What a stopped master's journal recorded: how often each task was accepted and finished,
+/// when each was first assigned and last finished (by the master's clock), and the graphs.
 struct Recorded {
+    accepted: HashMap<TaskId, usize>,
     first_start: HashMap<TaskId, u64>,
     finished_at: HashMap<TaskId, u64>,
     results: HashMap<TaskId, usize>,
@@ -317,6 +310,7 @@ struct Recorded {
 fn recorded(dir: &Path) -> Recorded {
     let mut journal = SledJournal::open(dir).unwrap();
     let mut r = Recorded {
+        accepted: HashMap::new(),
         first_start: HashMap::new(),
         finished_at: HashMap::new(),
         results: HashMap::new(),
@@ -324,7 +318,13 @@ fn recorded(dir: &Path) -> Recorded {
     };
     for (_, event) in journal.read_events().unwrap() {
         match event {
-            Event::WorkflowAccepted { graph: Some(_), .. } => r.graphs += 1,
+            Event::TaskAccepted { spec, .. } => *r.accepted.entry(spec.id).or_insert(0) += 1,
+            Event::WorkflowAccepted { graph, tasks, .. } => {
+                r.graphs += usize::from(graph.is_some());
+                for (spec, _) in tasks {
+                    *r.accepted.entry(spec.id).or_insert(0) += 1;
+                }
+            }
             Event::TaskAssigned { attempt, at, .. } => {
                 r.first_start.entry(attempt.task).or_insert(at.0);
             }
@@ -366,34 +366,33 @@ async fn kill_master_in_a_graph() {
     }
     let graph = mawex::GraphSpec::new(nodes, edges.clone());
     client.submit_graph(graph.clone()).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let view = client.graph(graph.id).await.unwrap();
-        if view.count(mawex::TaskState::Succeeded) >= LAYERS * WIDTH / 2 {
-            break;
+    // Polls the graph until `done` says so, or fails with `what` after `limit`.
+    let until = |limit: u64, what: &'static str, done: fn(&mawex::GraphView) -> bool| {
+        let (client, id) = (client.clone(), graph.id);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(limit);
+            loop {
+                let view = client.graph(id).await.unwrap();
+                if done(&view) {
+                    return view;
+                }
+                assert!(Instant::now() < deadline, "{what}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
-        assert!(
-            Instant::now() < deadline,
-            "half the graph runs before the kill"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
+    until(60, "half the graph runs before the kill", |view| {
+        view.count(mawex::TaskState::Succeeded) >= LAYERS * WIDTH / 2
+    })
+    .await;
 
     master.kill();
     let (master, _) = start_master(&journal, &addr.to_string());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let view = client.graph(graph.id).await.unwrap();
-        if view.is_finished() {
-            assert_eq!(view.count(mawex::TaskState::Succeeded), LAYERS * WIDTH);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the graph finishes after the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let view = until(120, "the graph finishes after the restart", |view| {
+        view.is_finished()
+    })
+    .await;
+    assert_eq!(view.count(mawex::TaskState::Succeeded), LAYERS * WIDTH);
     master.kill();
     pod.kill();
 
@@ -401,6 +400,7 @@ async fn kill_master_in_a_graph() {
     assert_eq!(r.graphs, 1, "the graph was accepted once");
     for node in &graph.nodes {
         let id = graph.id.node_id(&node.name);
+        assert_eq!(r.accepted.get(&id), Some(&1), "{} accepted once", node.name);
         assert_eq!(r.results.get(&id), Some(&1), "{} has one result", node.name);
     }
     for edge in &edges {

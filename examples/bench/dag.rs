@@ -20,14 +20,6 @@ struct Runs {
     done: AtomicUsize,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 /// The scenario: `nodes` in layers of `width`, on a master journaled by `log` (`sled` or
 /// `raft`), one pod of `slots` slots.
 pub(crate) async fn dag(
@@ -128,7 +120,7 @@ pub(crate) async fn dag(
 
     let latencies = {
         let spans = runs.spans.lock().unwrap_or_else(|p| p.into_inner());
-        let mut latencies: Vec<f64> = Vec::with_capacity(total);
+        let mut latencies: Vec<Duration> = Vec::with_capacity(total);
         for layer in 1..layers {
             for i in 0..width {
                 let start = spans[&id.node_id(&name(layer, i))].0;
@@ -137,10 +129,10 @@ pub(crate) async fn dag(
                     .map(|&j| spans[&id.node_id(&name(layer - 1, j))].1)
                     .max()
                     .unwrap_or(start);
-                latencies.push(start.saturating_duration_since(ready).as_secs_f64() * 1000.0);
+                latencies.push(start.saturating_duration_since(ready));
             }
         }
-        latencies.sort_by(f64::total_cmp);
+        latencies.sort_unstable();
         latencies
     };
     pod.shutdown().await?;
@@ -161,8 +153,8 @@ pub(crate) async fn dag(
         "tasks_per_s": tasks_per_s.round(),
         "flat_tasks_per_s": flat_tasks_per_s.round(),
         "ratio": (tasks_per_s / flat_tasks_per_s * 1000.0).round() / 1000.0,
-        "edge_p50_ms": (percentile(&latencies, 50.0) * 1000.0).round() / 1000.0,
-        "edge_p99_ms": (percentile(&latencies, 99.0) * 1000.0).round() / 1000.0,
+        "edge_p50_ms": (super::percentile(&latencies, 0.50) * 1000.0).round() / 1000.0,
+        "edge_p99_ms": (super::percentile(&latencies, 0.99) * 1000.0).round() / 1000.0,
         "submit_ms": submit_ms.round(),
     }))
 }

@@ -49,7 +49,7 @@ pub use graph::{
 };
 pub use ids::{Attempt, GraphId, GroupName, PodId, ScheduleName, TaskId};
 pub use output::{
-    cut, OutputLine, OutputStream, TaskOutput, MAX_OUTPUT_LINES_PER_MESSAGE, MAX_OUTPUT_LINE_BYTES,
+    OutputLine, OutputStream, TaskOutput, MAX_OUTPUT_LINES_PER_MESSAGE, MAX_OUTPUT_LINE_BYTES,
 };
 pub use proxy::{
     check_history_minutes, CancelAck, ListQuery, MasterProxy, ResultCursor, ResultStream,

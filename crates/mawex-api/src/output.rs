@@ -66,7 +66,7 @@ impl OutputLine {
 }
 
 /// Cuts `text` to at most `max` bytes, at a character boundary.
-pub fn cut(text: &mut String, max: usize) {
+fn cut(text: &mut String, max: usize) {
     if text.len() > max {
         let mut at = max;
         while !text.is_char_boundary(at) {

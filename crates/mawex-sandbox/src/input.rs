@@ -199,3 +199,52 @@ impl TaskInput {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mawex_api::{Outcome, TaskError};
+
+    fn result(task: TaskId, outcome: Outcome) -> TaskResult {
+        let group = GroupName::new("g").expect("a name");
+        TaskResult::new(task, group, Attempt(1), outcome, mawex_api::Timestamp(1), 1)
+    }
+
+    #[test]
+    fn a_dependency_output_is_found_by_its_task_and_a_failure_has_none() {
+        let (ok, failed) = (TaskId::new(), TaskId::new());
+        let mut input = TaskInput::for_test("h", "");
+        input.inputs = vec![
+            result(ok, Outcome::Succeeded(Bytes::from_static(b"out"))),
+            result(
+                failed,
+                Outcome::Failed(TaskError::new(mawex_api::ErrorKind::Handler, "no")),
+            ),
+        ];
+        assert_eq!(
+            input.dependency_output(&ok),
+            Some(&Bytes::from_static(b"out"))
+        );
+        assert_eq!(input.dependency_output(&failed), None);
+        assert_eq!(input.dependency_output(&TaskId::new()), None);
+    }
+
+    #[test]
+    fn an_inputs_directory_holds_each_result_and_their_order() {
+        let (ok, failed) = (TaskId::new(), TaskId::new());
+        let dir = inputs_dir(&[
+            result(ok, Outcome::Succeeded(Bytes::from_static(b"out"))),
+            result(
+                failed,
+                Outcome::Failed(TaskError::new(mawex_api::ErrorKind::Handler, "no")),
+            ),
+        ])
+        .expect("written")
+        .expect("a directory");
+        let read = |name: String| std::fs::read_to_string(dir.path().join(name)).expect("a file");
+        assert_eq!(read("inputs".into()), format!("{ok}\n{failed}\n"));
+        assert_eq!(read(ok.to_string()), "out");
+        assert_eq!(read(format!("{failed}.error")), "handler: no");
+        assert!(inputs_dir(&[]).expect("nothing to write").is_none());
+    }
+}

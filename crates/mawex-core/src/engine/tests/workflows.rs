@@ -51,15 +51,21 @@ fn state_of(e: &Engine, task: &TaskSpec) -> TaskState {
     e.state().task(&task.id).unwrap().state
 }
 
-fn unblocked(out: &Output) -> Vec<mawex_api::TaskId> {
+/// Everything the events of `out` that `pick` takes name, in order.
+fn picked<T: Clone>(out: &Output, pick: impl Fn(&Event) -> Option<&Vec<T>>) -> Vec<T> {
     out.events
         .iter()
-        .filter_map(|ev| match ev {
-            Event::TasksUnblocked { tasks, .. } => Some(tasks.clone()),
-            _ => None,
-        })
+        .filter_map(pick)
         .flatten()
+        .cloned()
         .collect()
+}
+
+fn unblocked(out: &Output) -> Vec<mawex_api::TaskId> {
+    picked(out, |ev| match ev {
+        Event::TasksUnblocked { tasks, .. } => Some(tasks),
+        _ => None,
+    })
 }
 
 /// A diamond, A → B, A → C, B + C → D, submitted as a batch with a pod of two slots.
@@ -137,15 +143,10 @@ fn the_last_dependency_unblocks_in_its_own_batch_and_a_fan_in_gets_every_output(
 fn a_failed_dependency_cancels_with_the_root_cause_and_retrying_it_revives_the_cascade() {
     let (mut e, [a, b, c, d], mut events) = diamond();
     let out = fail(&mut e, &a, at(1));
-    let cancelled: Vec<(mawex_api::TaskId, mawex_api::TaskId)> = out
-        .events
-        .iter()
-        .filter_map(|ev| match ev {
-            Event::TasksCancelledByDependency { tasks, .. } => Some(tasks.clone()),
-            _ => None,
-        })
-        .flatten()
-        .collect();
+    let cancelled = picked(&out, |ev| match ev {
+        Event::TasksCancelledByDependency { tasks, .. } => Some(tasks),
+        _ => None,
+    });
     assert_eq!(cancelled.len(), 3, "B, C, then D: {cancelled:?}");
     assert!(
         cancelled.iter().all(|(_, root)| *root == a.id),
@@ -165,15 +166,10 @@ fn a_failed_dependency_cancels_with_the_root_cause_and_retrying_it_revives_the_c
             1
         );
     });
-    let revived: Vec<_> = out
-        .events
-        .iter()
-        .filter_map(|ev| match ev {
-            Event::TasksRevived { tasks, .. } => Some(tasks.clone()),
-            _ => None,
-        })
-        .flatten()
-        .collect();
+    let revived = picked(&out, |ev| match ev {
+        Event::TasksRevived { tasks, .. } => Some(tasks),
+        _ => None,
+    });
     assert_eq!(revived.len(), 3, "{revived:?}");
     events.extend(out.events);
     for task in [&b, &c, &d] {
@@ -399,15 +395,10 @@ fn retention_goes_on_past_tasks_that_are_still_needed() {
     assert_eq!(state_of(&e, &b), TaskState::Pending);
     let later = at(2 + 3_600_000 + 1);
     let out = batch(&mut e, later, |_, _| {});
-    let forgotten: Vec<_> = out
-        .events
-        .iter()
-        .filter_map(|ev| match ev {
-            Event::TasksForgotten { tasks } => Some(tasks.clone()),
-            _ => None,
-        })
-        .flatten()
-        .collect();
+    let forgotten = picked(&out, |ev| match ev {
+        Event::TasksForgotten { tasks } => Some(tasks),
+        _ => None,
+    });
     assert_eq!(forgotten, vec![x.id]);
     assert!(e.state().task(&a.id).is_some());
     // Once B is gone (cancelled, then past its retention), A goes too.
