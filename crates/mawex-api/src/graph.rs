@@ -202,13 +202,15 @@ impl GraphSpec {
 
     /// The graph as the tasks a master accepts, after [`GraphSpec::validate`]: each node's
     /// spec under its derived id, with an `after` entry for each edge into it (and the
-    /// dependencies its spec named already, on tasks outside the graph), in an order where
-    /// every task comes after those it runs after. Paired with the node's name.
+    /// dependencies its spec named already, on tasks outside the graph), in the order a
+    /// master queues them: every task after those it runs after, depth first (a task as
+    /// soon after its last dependency as the graph allows). Paired with the node's name.
     ///
     /// # Errors
     /// What [`GraphSpec::validate`] refuses.
     pub fn into_tasks(self) -> Result<Vec<(String, TaskSpec)>, ApiError> {
-        let (layers, edges_into) = self.check()?;
+        let edges_into = self.check()?;
+        let order = self.depth_first(&edges_into)?;
         let ids: Vec<TaskId> = self
             .nodes
             .iter()
@@ -232,7 +234,7 @@ impl GraphSpec {
             .collect();
         let mut nodes: Vec<Option<GraphNode>> = self.nodes.into_iter().map(Some).collect();
         let mut tasks = Vec::with_capacity(nodes.len());
-        for i in layers.0.into_iter().flatten() {
+        for i in order {
             let Some(node) = nodes[i].take() else {
                 continue;
             };
@@ -259,12 +261,13 @@ impl GraphSpec {
     /// in order, e.g. `a → b → a`); a node with more than [`MAX_DEPENDENCIES`]
     /// dependencies; more than [`MAX_GRAPH_NODES`] nodes or [`MAX_GRAPH_EDGES`] edges.
     pub fn validate(&self) -> Result<GraphLayers, ApiError> {
-        self.check().map(|(layers, _)| layers)
+        let edges_into = self.check()?;
+        self.layers(&edges_into)
     }
 
-    /// [`GraphSpec::validate`], and for each node the edges into it: `(from node, edge)` by
-    /// index.
-    fn check(&self) -> Result<(GraphLayers, EdgesInto), ApiError> {
+    /// The graph's shape and bounds, but for cycles: for each node the edges into it,
+    /// `(from node, edge)` by index.
+    fn check(&self) -> Result<EdgesInto, ApiError> {
         if self.nodes.is_empty() {
             return bad("a graph needs at least one node".into());
         }
@@ -294,7 +297,6 @@ impl GraphSpec {
                 edge.from, edge.to
             )),
         };
-        let mut after: Vec<Vec<usize>> = vec![Vec::new(); self.nodes.len()];
         let mut edges_into: Vec<Vec<(usize, usize)>> = vec![Vec::new(); self.nodes.len()];
         let mut seen_edges: HashSet<(usize, usize)> = HashSet::with_capacity(self.edges.len());
         for (e, edge) in self.edges.iter().enumerate() {
@@ -305,29 +307,22 @@ impl GraphSpec {
                     edge.from, edge.to
                 ));
             }
-            after[to].push(from);
             edges_into[to].push((from, e));
-            if after[to].len() > MAX_DEPENDENCIES {
+            if edges_into[to].len() > MAX_DEPENDENCIES {
                 return bad(format!(
                     "node {:?} runs after more than {MAX_DEPENDENCIES} nodes",
                     edge.to
                 ));
             }
         }
-        Ok((self.layers(&after)?, edges_into))
+        Ok(edges_into)
     }
 
-    /// Kahn's algorithm over `after` (each node's dependencies), layer by layer; the nodes
-    /// it cannot place are on or behind a cycle, which is found and named.
-    fn layers(&self, after: &[Vec<usize>]) -> Result<GraphLayers, ApiError> {
-        let mut waiting: Vec<usize> = after.iter().map(Vec::len).collect();
-        let mut dependants: Vec<Vec<usize>> = vec![Vec::new(); after.len()];
-        for (to, froms) in after.iter().enumerate() {
-            for &from in froms {
-                dependants[from].push(to);
-            }
-        }
-        let mut layer: Vec<usize> = (0..after.len()).filter(|&i| waiting[i] == 0).collect();
+    /// Kahn's algorithm over the edges into each node, layer by layer; the nodes it cannot
+    /// place are on or behind a cycle, which is found and named.
+    fn layers(&self, edges_into: &EdgesInto) -> Result<GraphLayers, ApiError> {
+        let (mut waiting, dependants) = waits(edges_into);
+        let mut layer: Vec<usize> = (0..waiting.len()).filter(|&i| waiting[i] == 0).collect();
         let (mut layers, mut placed) = (Vec::new(), 0);
         while !layer.is_empty() {
             placed += layer.len();
@@ -343,19 +338,58 @@ impl GraphSpec {
             next.sort_unstable();
             layers.push(std::mem::replace(&mut layer, next));
         }
-        if placed == after.len() {
+        if placed == waiting.len() {
             return Ok(GraphLayers(layers));
         }
+        Err(self.cycle(edges_into, &waiting))
+    }
+
+    /// The order a master queues the graph's tasks in: every node after its dependencies,
+    /// and depth first, each node as soon after the last of its dependencies as the graph
+    /// allows (Kahn's algorithm with a stack). Ready nodes run in queue order, so a node
+    /// whose dependencies just finished goes ahead of the graph's other branches instead of
+    /// waiting behind a whole layer; the graph as a whole keeps its place in line.
+    fn depth_first(&self, edges_into: &EdgesInto) -> Result<Vec<usize>, ApiError> {
+        let (mut waiting, dependants) = waits(edges_into);
+        // Reversed, so that the first ready node is taken first.
+        let mut ready: Vec<usize> = (0..waiting.len())
+            .rev()
+            .filter(|&i| waiting[i] == 0)
+            .collect();
+        let mut order = Vec::with_capacity(waiting.len());
+        while let Some(node) = ready.pop() {
+            order.push(node);
+            let from = ready.len();
+            for &dependant in &dependants[node] {
+                waiting[dependant] -= 1;
+                if waiting[dependant] == 0 {
+                    ready.push(dependant);
+                }
+            }
+            ready[from..].reverse();
+        }
+        if order.len() == waiting.len() {
+            return Ok(order);
+        }
+        Err(self.cycle(edges_into, &waiting))
+    }
+
+    /// The cycle among the nodes Kahn's algorithm left `waiting`, named.
+    fn cycle(&self, edges_into: &EdgesInto, waiting: &[usize]) -> ApiError {
         // Every node left waits for another node left: walking back through those from any
         // of them comes round to one already met, and that stretch is a cycle.
         let left = |i: usize| waiting[i] > 0;
-        let mut at = (0..after.len()).find(|&i| left(i)).unwrap_or(0);
+        let mut at = (0..waiting.len()).find(|&i| left(i)).unwrap_or(0);
         let mut met: BTreeMap<usize, usize> = BTreeMap::new();
         let mut walk = Vec::new();
         while !met.contains_key(&at) {
             met.insert(at, walk.len());
             walk.push(at);
-            match after[at].iter().copied().find(|&from| left(from)) {
+            match edges_into[at]
+                .iter()
+                .map(|&(from, _)| from)
+                .find(|&from| left(from))
+            {
                 Some(from) => at = from,
                 None => break,
             }
@@ -370,11 +404,21 @@ impl GraphSpec {
         if let Some(&first) = cycle.first() {
             cycle.push(first);
         }
-        Err(ApiError::InvalidArgument(format!(
-            "the graph has a cycle: {}",
-            cycle.join(" → ")
-        )))
+        ApiError::InvalidArgument(format!("the graph has a cycle: {}", cycle.join(" → ")))
     }
+}
+
+/// For each node, how many edges lead into it, and the nodes that run after it (in the
+/// order of its nodes).
+fn waits(edges_into: &EdgesInto) -> (Vec<usize>, Vec<Vec<usize>>) {
+    let waiting: Vec<usize> = edges_into.iter().map(Vec::len).collect();
+    let mut dependants: Vec<Vec<usize>> = vec![Vec::new(); edges_into.len()];
+    for (to, froms) in edges_into.iter().enumerate() {
+        for &(from, _) in froms {
+            dependants[from].push(to);
+        }
+    }
+    (waiting, dependants)
 }
 
 /// A refusal of the graph, saying why.
@@ -505,6 +549,42 @@ mod tests {
         // Nodes with no edge at all are one layer.
         let loose = graph(&["x", "y"], &[]);
         assert_eq!(loose.validate().expect("valid").0, vec![vec![0, 1]]);
+    }
+
+    #[test]
+    fn tasks_are_queued_depth_first() {
+        let names = |spec: GraphSpec| -> Vec<String> {
+            let tasks = spec.into_tasks().expect("valid");
+            tasks.into_iter().map(|(name, _)| name).collect()
+        };
+        // Two chains: each runs through before the other's second node.
+        let chains = graph(&["a1", "b1", "a2", "b2"], &[("a1", "a2"), ("b1", "b2")]);
+        assert_eq!(names(chains), ["a1", "a2", "b1", "b2"]);
+        // Two layers, each node after two of the layer before: a node comes right after
+        // the last of its dependencies, ahead of the rest of the first layer.
+        let layered = graph(
+            &["p", "q", "r", "s", "t"],
+            &[("p", "s"), ("q", "s"), ("q", "t"), ("r", "t")],
+        );
+        assert_eq!(names(layered), ["p", "q", "s", "r", "t"]);
+        // A fan-out keeps its nodes' order.
+        let fan = graph(
+            &["root", "x", "y", "z", "sink"],
+            &[
+                ("root", "x"),
+                ("root", "y"),
+                ("root", "z"),
+                ("x", "sink"),
+                ("y", "sink"),
+                ("z", "sink"),
+            ],
+        );
+        assert_eq!(names(fan), ["root", "x", "y", "z", "sink"]);
+        let cycle = graph(&["a", "b"], &[("a", "b"), ("b", "a")]);
+        assert!(matches!(
+            cycle.into_tasks(),
+            Err(ApiError::InvalidArgument(m)) if m.contains("cycle")
+        ));
     }
 
     #[test]

@@ -433,15 +433,30 @@ impl MasterState {
         }
     }
 
-    /// A blocked task becomes pending: in its queue as a newcomer of its fairness key, or
-    /// with the delayed ones if its start time is still to come.
+    /// A blocked task becomes pending (or delayed, if its start time is still to come). In
+    /// its queue it takes the place of the dependency of its group that was queued last, so
+    /// a graph runs depth first and keeps its place in line, not going to the back at every
+    /// layer; but while other fairness keys of the group have live tasks, it goes to the
+    /// back of its key's line, so that keys keep taking turns (see `Rounds::taking_place`).
     fn unblock(&mut self, id: &TaskId, at: Timestamp) {
-        let Some(entry) = self.tasks.get_mut(id) else {
+        let Some(entry) = self.tasks.get(id) else {
             return;
         };
         if entry.state != TaskState::Blocked {
             return;
         }
+        let place = self.workflows.links(id).and_then(|links| {
+            links
+                .after
+                .iter()
+                .filter_map(|edge| self.tasks.get(&edge.task))
+                .filter(|dependency| dependency.spec.group == entry.spec.group)
+                .map(|dependency| dependency.round)
+                .max()
+        });
+        let Some(entry) = self.tasks.get_mut(id) else {
+            return;
+        };
         self.counts
             .moved(Some(TaskState::Blocked), Some(TaskState::Pending));
         self.listed.moved(
@@ -454,7 +469,7 @@ impl MasterState {
         entry.not_before = entry.spec.run_at().filter(|t| *t > at);
         let rounds = self.rounds.entry(entry.spec.group.clone()).or_default();
         let key = entry.spec.fairness_key.as_deref().unwrap_or("");
-        entry.round = rounds.next_for(key);
+        entry.round = rounds.taking_place(key, place);
         rounds.add(key, entry.round);
         let entry = entry.clone();
         self.enqueue(&entry);

@@ -46,6 +46,19 @@ impl Rounds {
         last.map_or(floor, |l| l.saturating_add(1).max(floor))
     }
 
+    /// The round for a task of `key` that takes the place of a task of round `place` (a
+    /// dependency that finished): that round while `key` is the group's only live key, so
+    /// it goes ahead of what was queued after that task; with other keys live, the back of
+    /// its key's line ([`Rounds::next_for`]), so that it takes no turn from them. Never
+    /// behind where a new task of `key` would go.
+    pub(super) fn taking_place(&self, key: &str, place: Option<u64>) -> u64 {
+        let back = self.next_for(key);
+        match place {
+            Some(round) if self.by_key.keys().all(|live| live == key) => round.min(back),
+            _ => back,
+        }
+    }
+
     pub(super) fn add(&mut self, key: &str, round: u64) {
         self.all.add(round);
         // Look up before inserting: most adds are for a key already live, and need no String.

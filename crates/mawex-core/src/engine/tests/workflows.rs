@@ -502,3 +502,63 @@ fn a_graph_submitted_again_after_a_node_was_forgotten_is_still_the_same() {
         Err(ApiError::InvalidArgument(m)) if m.contains("dedup")
     ));
 }
+
+/// The order a one-slot pod is given tasks in, finishing each as it comes, until none is
+/// left; the events of every batch are added to `events`.
+fn run_order(e: &mut Engine, tasks: &[&TaskSpec], events: &mut Vec<Event>) -> Vec<usize> {
+    let mut order = Vec::new();
+    for step in 1..=tasks.len() as u64 {
+        let Some(next) = tasks
+            .iter()
+            .position(|t| state_of(e, t) == TaskState::Running)
+        else {
+            break;
+        };
+        order.push(next);
+        events.extend(finish(e, tasks[next], b"", at(step)).events);
+    }
+    order
+}
+
+#[test]
+fn a_dependant_takes_its_dependencys_place_in_line_unless_other_keys_wait() {
+    // One fairness key: B, unblocked by A, goes ahead of X and Y, queued after A.
+    let a = spec("g");
+    let (x, y) = (spec("g"), spec("g"));
+    let b = spec("g").after(a.id);
+    let mut e = engine();
+    let mut events = batch(&mut e, T0, |e, out| {
+        e.submit(vec![a.clone(), x.clone(), y.clone(), b.clone()], T0, out)
+            .unwrap();
+        e.pod_hello(1, hello("p1", &["g"], 1), T0, out).unwrap();
+    })
+    .events;
+    assert_eq!(
+        run_order(&mut e, &[&a, &x, &y, &b], &mut events),
+        [0, 3, 1, 2],
+        "A, then B in A's place, then X and Y"
+    );
+    assert_eq!(&replayed(&events), e.state());
+
+    // Another key waits: B goes to the back of its own key's line, so keys keep taking
+    // turns: X (the other key's first) runs before it, Y (the other key's second) after.
+    let a = spec("g").with_fairness_key("k1");
+    let (x, y) = (
+        spec("g").with_fairness_key("k2"),
+        spec("g").with_fairness_key("k2"),
+    );
+    let b = spec("g").with_fairness_key("k1").after(a.id);
+    let mut e = engine();
+    let mut events = batch(&mut e, T0, |e, out| {
+        e.submit(vec![a.clone(), x.clone(), y.clone(), b.clone()], T0, out)
+            .unwrap();
+        e.pod_hello(1, hello("p1", &["g"], 1), T0, out).unwrap();
+    })
+    .events;
+    assert_eq!(
+        run_order(&mut e, &[&a, &x, &y, &b], &mut events),
+        [0, 1, 3, 2],
+        "A, X, then B and Y taking turns"
+    );
+    assert_eq!(&replayed(&events), e.state());
+}
