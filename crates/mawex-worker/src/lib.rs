@@ -7,6 +7,7 @@
 mod config;
 mod error;
 mod output;
+mod queue;
 mod session;
 mod shared;
 mod usage;
@@ -17,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use mawex_api::pod::PodConnector;
 use mawex_api::PodId;
 use mawex_sandbox::SandboxSet;
-use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -57,14 +57,12 @@ impl Pod {
     ) -> Result<Pod, WorkerError> {
         let sandboxes = sandboxes.into();
         config.validate()?;
-        let (queue_tx, queue_rx) = mpsc::unbounded_channel();
         let output_tail_bytes = config.output_tail_bytes;
         let shared = Arc::new(Shared {
             config,
             sandboxes,
             connector,
-            queue_tx,
-            queue_rx: tokio::sync::Mutex::new(queue_rx),
+            queue: queue::LeaseQueue::default(),
             holdings: Mutex::new(Holdings::default()),
             outbox: Mutex::new(None),
             reports: Mutex::new(Vec::new()),

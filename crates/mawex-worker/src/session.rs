@@ -131,7 +131,7 @@ fn drain(shared: &Shared) {
         info!(pod = %shared.config.id, "told to drain: queued attempts go back, running ones finish");
     }
     shared.send(PodMessage::Drain);
-    let queued = shared.try_take_queued();
+    let queued = shared.take_queued();
     if !queued.is_empty() {
         shared.send(PodMessage::Returned { attempts: queued });
     }
@@ -187,7 +187,7 @@ async fn serve(
     // Leaving: no new leases, hand back what has not started.
     shared.send(PodMessage::Drain);
     shared.draining.cancel();
-    let queued = shared.take_queued().await;
+    let queued = shared.take_queued();
     if !queued.is_empty() {
         shared.send(PodMessage::Returned { attempts: queued });
     }

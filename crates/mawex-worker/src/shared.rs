@@ -9,13 +9,13 @@ use std::time::Duration;
 use mawex_api::pod::{Assignment, AttemptRef, PodConnector, PodHello, PodMessage, PodOutbox};
 use mawex_api::{Attempt, TaskError, TaskId};
 use mawex_sandbox::{SandboxSet, TaskInput};
-use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::config::PodConfig;
 use crate::output::Outputs;
+use crate::queue::LeaseQueue;
 use crate::usage;
 
 /// An attempt the pod holds: queued, running, or finished with its result not yet delivered.
@@ -42,8 +42,8 @@ pub(crate) struct Shared {
     pub(crate) config: PodConfig,
     pub(crate) sandboxes: SandboxSet,
     pub(crate) connector: Arc<dyn PodConnector>,
-    pub(crate) queue_tx: mpsc::UnboundedSender<Assignment>,
-    pub(crate) queue_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Assignment>>,
+    /// Leases not started yet.
+    pub(crate) queue: LeaseQueue,
     pub(crate) holdings: Mutex<Holdings>,
     pub(crate) outbox: Mutex<Option<Arc<dyn PodOutbox>>>,
     /// Reports of attempts that ended, kept until the master acknowledges them (or, with a
@@ -179,8 +179,7 @@ impl Shared {
                     token.cancel();
                 }
             }
-            // The receiver lives as long as `self`.
-            let _ = self.queue_tx.send(a);
+            self.queue.push(a);
         }
         holdings.received = holdings.received.max(batch);
     }
@@ -211,10 +210,17 @@ impl Shared {
         }
     }
 
-    /// Takes back everything queued and not started, for handing back to the master.
-    pub(crate) async fn take_queued(&self) -> Vec<AttemptRef> {
-        let mut queue = self.queue_rx.lock().await;
-        self.take_from(&mut queue)
+    /// Takes back everything queued and not started, for handing back to the master. An
+    /// executor that took a lease just before is not stopped by it: it sees the pod drained
+    /// (or leaving) and hands that lease back itself, or has started it.
+    pub(crate) fn take_queued(&self) -> Vec<AttemptRef> {
+        let queued = self.queue.take_all();
+        let mut holdings = lock(&self.holdings);
+        queued
+            .iter()
+            .filter(|a| unqueue(&mut holdings, a))
+            .map(|a| a.attempt)
+            .collect()
     }
 
     /// Hands back an attempt taken from the queue without starting it.
@@ -224,27 +230,6 @@ impl Shared {
                 attempts: vec![a.attempt],
             });
         }
-    }
-
-    /// The queued attempts, taken out of the queue, if no executor holds it; one that
-    /// does either waits on an empty queue or has just taken a lease, which it hands back
-    /// itself once it sees the pod drained (see [`executor`]).
-    pub(crate) fn try_take_queued(&self) -> Vec<AttemptRef> {
-        match self.queue_rx.try_lock() {
-            Ok(mut queue) => self.take_from(&mut queue),
-            Err(_) => Vec::new(),
-        }
-    }
-
-    fn take_from(&self, queue: &mut mpsc::UnboundedReceiver<Assignment>) -> Vec<AttemptRef> {
-        let mut holdings = lock(&self.holdings);
-        let mut refs = Vec::new();
-        while let Ok(a) = queue.try_recv() {
-            if unqueue(&mut holdings, &a) {
-                refs.push(a.attempt);
-            }
-        }
-        refs
     }
 
     pub(crate) async fn run_one(&self, a: Assignment) {
@@ -373,15 +358,7 @@ pub(crate) fn held_refs(holdings: &Holdings) -> Vec<AttemptRef> {
 
 pub(crate) async fn executor(shared: Arc<Shared>) {
     loop {
-        let next = {
-            let mut queue = shared.queue_rx.lock().await;
-            tokio::select! {
-                biased;
-                () = shared.draining.cancelled() => None,
-                a = queue.recv() => a,
-            }
-        };
-        let Some(a) = next else {
+        let Some(a) = shared.queue.next(&shared.draining).await else {
             return;
         };
         // Told to drain while this lease waited in the queue (or while the session handed

@@ -6,7 +6,7 @@ use crate::convert::{in_field, invalid, required, task_id};
 use crate::error::ApiError;
 use crate::ids::{Attempt, GroupName, PodId};
 use crate::pod::{
-    Assignment, AttemptRef, MasterMessage, PodHello, PodMessage, ResourceUsage, Welcome,
+    Assignment, AttemptRef, MasterMessage, PodHello, PodMessage, QueueRank, ResourceUsage, Welcome,
 };
 use crate::proto;
 use crate::proto::master_to_pod::Message as ToPod;
@@ -123,6 +123,11 @@ impl From<Assignment> for proto::Assignment {
             spec: Some(a.spec.into()),
             env: a.env.into_iter().collect(),
             inputs: a.inputs.into_iter().map(Into::into).collect(),
+            rank: a.rank.map(|r| proto::QueueRank {
+                priority: r.priority,
+                round: r.round,
+                order: r.order,
+            }),
         }
     }
 }
@@ -141,6 +146,11 @@ impl TryFrom<proto::Assignment> for Assignment {
                 .into_iter()
                 .map(TryInto::try_into)
                 .collect::<Result<_, _>>()?,
+            rank: a.rank.map(|r| QueueRank {
+                priority: r.priority,
+                round: r.round,
+                order: r.order,
+            }),
         })
     }
 }

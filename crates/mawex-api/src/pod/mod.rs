@@ -194,6 +194,46 @@ pub struct Assignment {
     /// [`crate::Dependency::pass_output`]), in the order the spec names them: the same on
     /// every attempt, from whichever master assigns it.
     pub inputs: Vec<crate::TaskResult>,
+    /// Where the task stood in the master's queue; `None` from a master that does not say.
+    #[serde(default)]
+    pub rank: Option<QueueRank>,
+}
+
+/// Where a task stood in its master's queue when it was leased. A pod starts the leases it
+/// holds lowest rank first (then in the order they came), so that leasing ahead does not
+/// change the order tasks start in: a task the master ranks ahead of leases it gave before
+/// (one of a higher priority, a workflow's task taking the place of the dependency that
+/// just finished) does not wait behind them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct QueueRank {
+    /// The task's priority: higher first.
+    pub priority: i32,
+    /// Then its fairness round: lower first.
+    pub round: u64,
+    /// Then the order the master accepted it in: lower first.
+    pub order: u64,
+}
+
+impl QueueRank {
+    /// Behind every other rank: where a lease the master did not rank goes.
+    pub const LAST: QueueRank = QueueRank {
+        priority: i32::MIN,
+        round: u64::MAX,
+        order: u64::MAX,
+    };
+}
+
+impl Ord for QueueRank {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let key = |r: &QueueRank| (std::cmp::Reverse(r.priority), r.round, r.order);
+        key(self).cmp(&key(other))
+    }
+}
+
+impl PartialOrd for QueueRank {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// What a pod process uses, reported with its heartbeats for monitoring.

@@ -83,6 +83,7 @@ impl<J: Journal> CoreLoop<J> {
                     spec: entry.spec.clone().into(),
                     env: self.engine.attempt_env(&attempt.task),
                     inputs: self.engine.inputs(&attempt.task),
+                    rank: Some(entry.rank()),
                 });
             }
         }
@@ -206,6 +207,7 @@ mod tests {
             spec,
             env: Default::default(),
             inputs: Vec::new(),
+            rank: None,
         }
     }
 

@@ -126,6 +126,15 @@ impl TaskEntry {
         (-i64::from(self.spec.priority), self.round, self.order)
     }
 
+    /// Its queue key as a pod is told it.
+    pub(crate) fn rank(&self) -> mawex_api::pod::QueueRank {
+        mawex_api::pod::QueueRank {
+            priority: self.spec.priority,
+            round: self.round,
+            order: self.order,
+        }
+    }
+
     /// A task as an older format recorded it.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn from_format_1(
