@@ -11,8 +11,22 @@ use crate::error::ApiError;
 /// Because the client generates it, a resubmission after a lost reply carries the same id and
 /// the master recognises it instead of enqueuing a second task. UUIDv7 ids sort by creation
 /// time, which is the order `list` pages in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TaskId(uuid::Uuid);
+
+/// The order of its bytes, compared as one number: the hot comparison of every map keyed
+/// by it, where comparing byte slices calls `memcmp`.
+impl Ord for TaskId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.as_u128().cmp(&other.0.as_u128())
+    }
+}
+
+impl PartialOrd for TaskId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl TaskId {
     /// A fresh, time-ordered id.
@@ -63,8 +77,22 @@ impl FromStr for TaskId {
 /// Identifies a workflow graph. Chosen by the client like a [`TaskId`], so that submitting the
 /// same graph again after a lost reply is recognised; its nodes' task ids derive from it and
 /// their names ([`GraphId::node_id`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct GraphId(uuid::Uuid);
+
+/// The order of its bytes, compared as one number: the hot comparison of every map keyed
+/// by it, where comparing byte slices calls `memcmp`.
+impl Ord for GraphId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.as_u128().cmp(&other.0.as_u128())
+    }
+}
+
+impl PartialOrd for GraphId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl GraphId {
     /// A fresh, time-ordered id.
@@ -308,6 +336,19 @@ mod tests {
             .is_err());
         assert!("nope".parse::<TaskId>().is_err());
         assert!(TaskId::new() > id, "v7 ids grow with time");
+    }
+
+    #[test]
+    fn ids_order_as_their_bytes() {
+        let ids: Vec<TaskId> = (0..200)
+            .map(|i: u128| TaskId(uuid::Uuid::from_u128((i % 7) << 120 | (i % 5) << 64 | i)))
+            .chain((0..200).map(|_| TaskId::new()))
+            .collect();
+        for a in &ids {
+            for b in &ids {
+                assert_eq!(a.cmp(b), a.0.as_bytes().cmp(b.0.as_bytes()), "{a} against {b}");
+            }
+        }
     }
 
     #[test]
