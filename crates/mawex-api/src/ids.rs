@@ -346,7 +346,11 @@ mod tests {
             .collect();
         for a in &ids {
             for b in &ids {
-                assert_eq!(a.cmp(b), a.0.as_bytes().cmp(b.0.as_bytes()), "{a} against {b}");
+                assert_eq!(
+                    a.cmp(b),
+                    a.0.as_bytes().cmp(b.0.as_bytes()),
+                    "{a} against {b}"
+                );
             }
         }
     }

@@ -457,7 +457,7 @@ impl Engine {
             )));
         }
         let mut fresh: HashMap<TaskId, &TaskSpec> = HashMap::with_capacity(tasks.len());
-        let mut accepted = Vec::with_capacity(tasks.len());
+        let mut all_links = Vec::with_capacity(tasks.len());
         for (name, spec) in &tasks {
             let node = || format!("node {name:?}");
             if spec.dedup.is_some() {
@@ -480,13 +480,19 @@ impl Engine {
                 .links_for(spec, &node, Some((id, name)), &fresh)?
                 .ok_or_else(|| ApiError::Internal("a graph's node has no links".into()))?;
             fresh.insert(spec.id, spec);
-            accepted.push((stored::TaskSpec::from(spec.clone()), links));
+            all_links.push(links);
         }
         let record = stored::GraphRecord {
             id,
             nodes: tasks.iter().map(|(_, spec)| spec.id).collect(),
             at: now,
         };
+        // Checked: the specs move into the event, not copied.
+        let accepted = tasks
+            .into_iter()
+            .zip(all_links)
+            .map(|((_, spec), links)| (stored::TaskSpec::from(spec), links))
+            .collect();
         self.emit(
             Event::WorkflowAccepted {
                 graph: Some(Box::new(record)),

@@ -1,13 +1,14 @@
 //! `MasterState::apply`: the one pure function that changes durable state.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use mawex_api::{ErrorKind, GroupName, QueuePosition, TaskId, TaskState, Timestamp};
 
+use super::broadcasts::Broadcasts;
 use super::stored::{
     self, AttemptFailure, AttemptRef, BroadcastSpec, Links, Outcome, TaskResult, TaskSpec,
 };
-use super::{Event, MasterState, Schedule, TaskEntry, ROUND_BASE};
+use super::{Event, MasterState, QueueKey, Schedule, TaskEntry, ROUND_BASE};
 
 /// One running task of `group` stopped running.
 fn leave_running(running: &mut HashMap<GroupName, u32>, group: &GroupName) {
@@ -200,8 +201,12 @@ impl MasterState {
                     if !self.broadcasts.is_target(id) {
                         rounds.add(key, entry.round);
                     }
-                    let entry = entry.clone();
-                    self.enqueue(&entry);
+                    enqueue_in(
+                        &mut self.pending,
+                        &mut self.delayed,
+                        &self.broadcasts,
+                        entry,
+                    );
                     self.broadcasts.back_to_waiting(id, None);
                 }
             }
@@ -471,8 +476,12 @@ impl MasterState {
         let key = entry.spec.fairness_key.as_deref().unwrap_or("");
         entry.round = rounds.taking_place(key, place);
         rounds.add(key, entry.round);
-        let entry = entry.clone();
-        self.enqueue(&entry);
+        enqueue_in(
+            &mut self.pending,
+            &mut self.delayed,
+            &self.broadcasts,
+            entry,
+        );
     }
 
     /// A task cancelled by a dependency is blocked again, its result dropped.
@@ -546,29 +555,24 @@ impl MasterState {
             entry.record_failure(failure);
             entry.not_before = Some(retry_at);
         }
-        let entry = entry.clone();
-        self.enqueue(&entry);
+        enqueue_in(
+            &mut self.pending,
+            &mut self.delayed,
+            &self.broadcasts,
+            entry,
+        );
         true
     }
 
     /// Puts a pending task in its group's queue, or with the delayed ones if it must wait.
     /// Broadcast targets stay out: the engine dispatches them by their strategy.
     pub(super) fn enqueue(&mut self, entry: &TaskEntry) {
-        if self.broadcasts.is_target(&entry.spec.id) {
-            return;
-        }
-        match entry.not_before {
-            Some(t) => {
-                self.delayed.insert((t, entry.order), entry.spec.id);
-            }
-            None => {
-                let queue = match self.pending.get_mut(&entry.spec.group) {
-                    Some(queue) => queue,
-                    None => self.pending.entry(entry.spec.group.clone()).or_default(),
-                };
-                queue.insert(entry.queue_key(), entry.spec.id);
-            }
-        }
+        enqueue_in(
+            &mut self.pending,
+            &mut self.delayed,
+            &self.broadcasts,
+            entry,
+        );
     }
 
     /// Takes a pending task out of whichever queue holds it.
@@ -663,5 +667,30 @@ impl MasterState {
         };
         entry.finish(result);
         self.results.insert(seq, id);
+    }
+}
+
+/// [`MasterState::enqueue`] on the fields it changes, so that it takes a task borrowed from
+/// the state's tasks (a copy of the task would cost more than the rest of it).
+fn enqueue_in(
+    pending: &mut HashMap<GroupName, BTreeMap<QueueKey, TaskId>>,
+    delayed: &mut BTreeMap<(Timestamp, u64), TaskId>,
+    broadcasts: &Broadcasts,
+    entry: &TaskEntry,
+) {
+    if broadcasts.is_target(&entry.spec.id) {
+        return;
+    }
+    match entry.not_before {
+        Some(t) => {
+            delayed.insert((t, entry.order), entry.spec.id);
+        }
+        None => {
+            let queue = match pending.get_mut(&entry.spec.group) {
+                Some(queue) => queue,
+                None => pending.entry(entry.spec.group.clone()).or_default(),
+            };
+            queue.insert(entry.queue_key(), entry.spec.id);
+        }
     }
 }

@@ -27,25 +27,25 @@ impl Listed {
         if from == to {
             return;
         }
+        // The group looked up once for both ends of the move.
+        let states = match (self.0.get_mut(group), to) {
+            (Some(states), _) => states,
+            (None, Some(_)) => self.0.entry(group.clone()).or_default(),
+            (None, None) => return,
+        };
         if let Some(from) = from {
-            if let Some(states) = self.0.get_mut(group) {
-                if let Some(ids) = states.get_mut(&from) {
-                    ids.remove(&id);
-                    if ids.is_empty() {
-                        states.remove(&from);
-                    }
-                }
-                if states.is_empty() {
-                    self.0.remove(group);
+            if let Some(ids) = states.get_mut(&from) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    states.remove(&from);
                 }
             }
         }
         if let Some(to) = to {
-            let states = match self.0.get_mut(group) {
-                Some(states) => states,
-                None => self.0.entry(group.clone()).or_default(),
-            };
             states.entry(to).or_default().insert(id);
+        }
+        if states.is_empty() {
+            self.0.remove(group);
         }
     }
 
