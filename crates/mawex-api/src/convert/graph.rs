@@ -4,7 +4,9 @@ use crate::convert::task::{policy, task_state};
 use crate::convert::{in_field, invalid, required, task_id};
 use crate::error::ApiError;
 use crate::graph::{GraphAck, GraphEdge, GraphNode, GraphNodeView, GraphSpec, GraphView};
-use crate::ids::GraphId;
+use std::collections::HashMap;
+
+use crate::ids::{GraphId, TaskId};
 use crate::proto;
 use crate::task::TaskSpec;
 use crate::time::Timestamp;
@@ -89,19 +91,43 @@ impl TryFrom<proto::SubmitGraphResponse> for GraphAck {
 #[doc(hidden)]
 impl From<GraphView> for proto::GraphView {
     fn from(v: GraphView) -> Self {
+        let index: HashMap<TaskId, u32> = v
+            .nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| Some((n.task, u32::try_from(i).ok()?)))
+            .collect();
+        let nodes = v
+            .nodes
+            .into_iter()
+            .map(|n| {
+                let inside: Option<Vec<u32>> =
+                    n.after.iter().map(|t| index.get(t).copied()).collect();
+                let (after, after_nodes) = match inside {
+                    Some(indexes) => (Vec::new(), indexes),
+                    None => (
+                        n.after.iter().map(ToString::to_string).collect(),
+                        Vec::new(),
+                    ),
+                };
+                let derived = v.id.node_id(&n.name) == n.task;
+                proto::GraphNodeView {
+                    task: if derived {
+                        String::new()
+                    } else {
+                        n.task.to_string()
+                    },
+                    name: n.name,
+                    state: proto::TaskState::from(n.state) as i32,
+                    after,
+                    after_nodes,
+                }
+            })
+            .collect();
         proto::GraphView {
             id: v.id.to_string(),
             submitted_at_ms: v.submitted_at.0,
-            nodes: v
-                .nodes
-                .into_iter()
-                .map(|n| proto::GraphNodeView {
-                    name: n.name,
-                    task: n.task.to_string(),
-                    state: proto::TaskState::from(n.state) as i32,
-                    after: n.after.iter().map(ToString::to_string).collect(),
-                })
-                .collect(),
+            nodes,
         }
     }
 }
@@ -111,30 +137,43 @@ impl TryFrom<proto::GraphView> for GraphView {
     type Error = ApiError;
 
     fn try_from(v: proto::GraphView) -> Result<Self, ApiError> {
+        let id = graph_id("graph.id", &v.id)?;
+        let tasks: Vec<TaskId> = v
+            .nodes
+            .iter()
+            .map(|n| match n.task.as_str() {
+                "" => Ok(id.node_id(&n.name)),
+                task => task_id("graph.nodes.task", task),
+            })
+            .collect::<Result<_, _>>()?;
         let nodes = v
             .nodes
             .into_iter()
-            .map(|n| {
+            .zip(&tasks)
+            .map(|(n, task)| {
                 let state = task_state("graph.nodes.state", n.state)?
                     .ok_or_else(|| invalid("graph.nodes.state is required"))?;
-                let after = n
+                let mut after: Vec<TaskId> = n
                     .after
                     .iter()
                     .map(|t| task_id("graph.nodes.after", t))
                     .collect::<Result<_, _>>()?;
-                Ok(GraphNodeView::new(
-                    n.name,
-                    task_id("graph.nodes.task", &n.task)?,
-                    state,
-                    after,
-                ))
+                for i in n.after_nodes {
+                    let dependency = usize::try_from(i)
+                        .ok()
+                        .and_then(|i| tasks.get(i))
+                        .ok_or_else(|| {
+                            invalid(format!(
+                                "graph.nodes.after_nodes: no node {i} among {}",
+                                tasks.len()
+                            ))
+                        })?;
+                    after.push(*dependency);
+                }
+                Ok(GraphNodeView::new(n.name, *task, state, after))
             })
             .collect::<Result<_, ApiError>>()?;
-        Ok(GraphView::new(
-            graph_id("graph.id", &v.id)?,
-            Timestamp(v.submitted_at_ms),
-            nodes,
-        ))
+        Ok(GraphView::new(id, Timestamp(v.submitted_at_ms), nodes))
     }
 }
 
@@ -164,19 +203,77 @@ mod tests {
         );
         let back = GraphSpec::try_from(proto::GraphSpec::from(graph.clone())).expect("decodes");
         assert_eq!(back, graph);
+        let outside = TaskId::new();
         let view = GraphView::new(
             graph.id,
             Timestamp(5),
-            vec![GraphNodeView::new(
-                "b".into(),
-                graph.id.node_id("b"),
-                TaskState::Blocked,
-                vec![graph.id.node_id("a")],
-            )],
+            vec![
+                GraphNodeView::new(
+                    "a".into(),
+                    graph.id.node_id("a"),
+                    TaskState::Running,
+                    vec![],
+                ),
+                GraphNodeView::new(
+                    "b".into(),
+                    graph.id.node_id("b"),
+                    TaskState::Blocked,
+                    vec![graph.id.node_id("a")],
+                ),
+                // After a task outside the graph, under an id not derived from its name.
+                GraphNodeView::new(
+                    "c".into(),
+                    TaskId::new(),
+                    TaskState::Blocked,
+                    vec![graph.id.node_id("a"), outside],
+                ),
+            ],
         );
-        assert_eq!(
-            GraphView::try_from(proto::GraphView::from(view.clone())).expect("decodes"),
-            view
+        let wire = proto::GraphView::from(view.clone());
+        // Derived ids and dependencies inside the graph go as nothing and as indexes.
+        assert_eq!(wire.nodes[1].task, "");
+        assert_eq!(wire.nodes[1].after_nodes, [0]);
+        assert!(wire.nodes[1].after.is_empty());
+        assert_ne!(wire.nodes[2].task, "");
+        assert_eq!(wire.nodes[2].after.len(), 2, "in order, as ids");
+        assert_eq!(GraphView::try_from(wire.clone()).expect("decodes"), view);
+
+        let mut bad = wire;
+        bad.nodes[1].after_nodes = vec![7];
+        assert!(matches!(
+            GraphView::try_from(bad),
+            Err(ApiError::InvalidArgument(m)) if m.contains("no node 7 among 3")
+        ));
+    }
+
+    #[test]
+    fn the_largest_graphs_view_fits_a_message() {
+        use prost::Message;
+        let id = GraphId::new();
+        let nodes = crate::graph::MAX_GRAPH_NODES;
+        let per_node = crate::graph::MAX_GRAPH_EDGES / nodes;
+        let tasks: Vec<TaskId> = (0..nodes).map(|i| id.node_id(&format!("n{i}"))).collect();
+        let view = GraphView::new(
+            id,
+            Timestamp(5),
+            (0..nodes)
+                .map(|i| {
+                    let after = (1..=per_node)
+                        .filter_map(|d| i.checked_sub(d))
+                        .map(|d| tasks[d]);
+                    GraphNodeView::new(
+                        format!("n{i}"),
+                        tasks[i],
+                        TaskState::Blocked,
+                        after.collect(),
+                    )
+                })
+                .collect(),
+        );
+        let bytes = proto::GraphView::from(view).encoded_len();
+        assert!(
+            bytes < 16 * 1024 * 1024,
+            "{bytes} bytes: more than a server's default message"
         );
     }
 
