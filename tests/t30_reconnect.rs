@@ -309,3 +309,68 @@ async fn a_drained_pod_hands_back_its_queue_and_stays_drained_after_a_master_res
     drained.shutdown().await.unwrap();
     m.shutdown().await;
 }
+
+/// The last lines of an attempt that ends while its pod is cut off wait with its result and
+/// reach the master after the reconnect, before the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_lines_of_an_attempt_that_ended_while_disconnected_are_kept() {
+    let m = TestMaster::start_with(patient_config()).await;
+    let g = group("lines");
+    let network = Network::new(m.master().pod_connector());
+    let go_on = Arc::new(tokio::sync::Notify::new());
+    let mut handlers = mawex::HandlerRegistry::new();
+    {
+        let go_on = go_on.clone();
+        handlers
+            .register("chatty", move |t: mawex::TaskInput| {
+                let go_on = go_on.clone();
+                async move {
+                    t.log.line("first");
+                    go_on.notified().await;
+                    t.log.line("last");
+                    Ok(mawex::Bytes::from_static(b"done"))
+                }
+            })
+            .unwrap();
+    }
+    let pod = Pod::start(
+        PodConfig::new(pod_id("p-lines"), vec![g.clone()]),
+        Arc::new(InProcess::new(handlers)),
+        network.clone(),
+    )
+    .unwrap();
+    let task = m
+        .proxy()
+        .submit(TaskSpec::new(g, "chatty", ""))
+        .await
+        .unwrap()
+        .id;
+    let proxy = m.proxy();
+    wait_for("the first line to reach the master", || {
+        let proxy = proxy.clone();
+        async move {
+            let output = proxy.task_output(task, 0).await.ok()?;
+            output.lines.iter().any(|l| l.text == "first").then_some(())
+        }
+    })
+    .await;
+
+    network.refuse(true);
+    network.cut();
+    go_on.notify_one();
+    wait_for("the attempt to end while disconnected", || {
+        let n = pod.executed();
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    network.refuse(false);
+
+    let result = m.proxy().await_result(task).await.unwrap();
+    assert_eq!(result.outcome, Outcome::Succeeded("done".into()));
+    let output = m.proxy().task_output(task, 0).await.unwrap();
+    let texts: Vec<&str> = output.lines.iter().map(|l| l.text.as_str()).collect();
+    assert_eq!(texts, ["first", "last"], "{output:?}");
+    assert_eq!(output.dropped, 0);
+    pod.shutdown().await.unwrap();
+    m.shutdown().await;
+}

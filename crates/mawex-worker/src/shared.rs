@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use mawex_api::pod::{Assignment, AttemptRef, PodConnector, PodHello, PodMessage, PodOutbox};
-use mawex_api::{Attempt, TaskError, TaskId};
+use mawex_api::{Attempt, OutputLine, TaskError, TaskId};
 use mawex_sandbox::{SandboxSet, TaskInput};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +36,10 @@ pub(crate) struct Holdings {
 /// After the grace period, interrupted attempts get this long to end before their executors
 /// are aborted.
 pub(crate) const INTERRUPT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The most bytes of output lines a pod holds for attempts that ended while no master was
+/// attached (each attempt's own lines are bounded by its buffer already).
+pub(crate) const HELD_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
 
 /// Lock order, where more than one is taken: `reports`, then `outbox`, then `holdings`.
 pub(crate) struct Shared {
@@ -115,6 +119,23 @@ impl Shared {
         }
     }
 
+    /// Sends the last lines of attempt `r`, which ended: if no master is attached, they wait
+    /// with its report and go before it after the reconnect (the master drops lines it
+    /// has, by their numbers), up to [`HELD_OUTPUT_BYTES`] in all; past that they are
+    /// dropped, which a reader sees as missed lines. They never release the attempt: its
+    /// result does.
+    pub(crate) fn report_output(&self, r: AttemptRef, message: PodMessage) {
+        let mut reports = lock(&self.reports);
+        let outbox = lock(&self.outbox).clone();
+        if outbox.is_some_and(|o| o.send(message.clone()).is_ok()) {
+            return;
+        }
+        let held: usize = reports.iter().map(|(_, m)| output_bytes(m)).sum();
+        if held.saturating_add(output_bytes(&message)) <= HELD_OUTPUT_BYTES {
+            reports.push((r, message));
+        }
+    }
+
     /// The master made these reports durable (or found them stale): forget them.
     pub(crate) fn acked(&self, attempts: &[AttemptRef]) {
         let mut reports = lock(&self.reports);
@@ -151,10 +172,12 @@ impl Shared {
         self.acks.store(acks, Ordering::SeqCst);
         let waiting = std::mem::take(&mut *reports);
         for (r, message) in waiting {
-            if outbox.send(message.clone()).is_ok() && !acks {
-                self.release(r);
-            } else {
-                reports.push((r, message));
+            let output = matches!(message, PodMessage::Output { .. });
+            match outbox.send(message.clone()) {
+                // Lines sent are done with; they never release the attempt.
+                Ok(()) if output => {}
+                Ok(()) if !acks => self.release(r),
+                _ => reports.push((r, message)),
             }
         }
         lock(&self.holdings).received = 0;
@@ -286,7 +309,7 @@ impl Shared {
         let takes = self.takes_output.load(Ordering::SeqCst);
         self.outputs.finish(r, |message| {
             if takes {
-                self.send(message);
+                self.report_output(r, message);
             }
         });
         let message = match result {
@@ -330,6 +353,14 @@ impl Shared {
             warn!(pod = %self.config.id, "interrupted attempts did not end in time; aborting them");
             aborts.iter().for_each(AbortHandle::abort);
         }
+    }
+}
+
+/// The bytes of output lines `message` holds (none if it is not output).
+fn output_bytes(message: &PodMessage) -> usize {
+    match message {
+        PodMessage::Output { lines, .. } => lines.iter().map(OutputLine::size).sum(),
+        _ => 0,
     }
 }
 

@@ -279,26 +279,32 @@ impl Engine {
                 }
                 // A task others run after hands them its output as an input: bounded by its
                 // declared limit, else by the payload limit (what the fan-in check assumed).
-                let limit = self.output_limit(&attempt.task).or_else(|| {
-                    self.output_is_an_input(&attempt.task)
-                        .then_some(self.config.max_payload_bytes as u64)
-                });
-                match outcome {
-                    Ok(output) if limit.is_some_and(|l| output.len() as u64 > l) => {
+                // An empty output is within any limit: it is not looked up.
+                let over = match &outcome {
+                    Ok(output) if !output.is_empty() => self
+                        .output_limit(&attempt.task)
+                        .or_else(|| {
+                            self.output_is_an_input(&attempt.task)
+                                .then_some(self.config.max_payload_bytes as u64)
+                        })
+                        .filter(|limit| output.len() as u64 > *limit)
+                        .map(|limit| (output.len(), limit)),
+                    _ => None,
+                };
+                match (outcome, over) {
+                    (Ok(_), Some((len, limit))) => {
                         let error = mawex_api::TaskError::new(
                             mawex_api::ErrorKind::Sandbox,
                             format!(
-                                "the output is {} bytes, more than the {} bytes a task others \
-                                 run after may hand them (its output_limit, else the payload \
-                                 limit)",
-                                output.len(),
-                                limit.unwrap_or_default()
+                                "the output is {len} bytes, more than the {limit} bytes a task \
+                                 others run after may hand them (its output_limit, else the \
+                                 payload limit)"
                             ),
                         )
                         .with_retry(mawex_api::RetryHint::Never);
                         self.fail_attempt(attempt, error, now, out);
                     }
-                    Ok(output) => self.emit(
+                    (Ok(output), None) => self.emit(
                         Event::TaskFinished {
                             attempt: attempt.into(),
                             outcome: stored::Outcome::Succeeded(output),
@@ -306,7 +312,7 @@ impl Engine {
                         },
                         out,
                     ),
-                    Err(error) => self.fail_attempt(attempt, bounded(error), now, out),
+                    (Err(error), _) => self.fail_attempt(attempt, bounded(error), now, out),
                 }
                 if let Some(entry) = self.pods.get_mut(&pod_id) {
                     let held = entry.leases.len();

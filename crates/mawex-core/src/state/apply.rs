@@ -472,7 +472,11 @@ impl MasterState {
         );
         entry.state = TaskState::Pending;
         entry.not_before = entry.spec.run_at().filter(|t| *t > at);
-        let rounds = self.rounds.entry(entry.spec.group.clone()).or_default();
+        // Looked up before inserting: the group is mostly there, and needs no copy.
+        let rounds = match self.rounds.get_mut(&entry.spec.group) {
+            Some(rounds) => rounds,
+            None => self.rounds.entry(entry.spec.group.clone()).or_default(),
+        };
         let key = entry.spec.fairness_key.as_deref().unwrap_or("");
         entry.round = rounds.taking_place(key, place);
         rounds.add(key, entry.round);
