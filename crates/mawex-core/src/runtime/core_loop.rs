@@ -346,13 +346,6 @@ impl<J: Journal> CoreLoop<J> {
                 let r = self.engine.submit_graph(id, tasks, now, out);
                 answer(deferred, reply, r);
             }
-            CoreMsg::GetGraph { id, reply } => {
-                let r = self
-                    .engine
-                    .graph_view(&id)
-                    .ok_or_else(|| ApiError::NotFound(format!("graph {id} is unknown")));
-                answer(deferred, reply, r);
-            }
             CoreMsg::TaskOutput { id, after, reply } => {
                 let state = self.engine.state();
                 let r = match (state.task(&id), self.outputs.read(id, after)) {

@@ -325,7 +325,15 @@ impl MasterProxy for LocalMasterProxy {
     }
 
     async fn graph(&self, id: GraphId) -> Result<GraphView, ApiError> {
-        self.call(|reply| CoreMsg::GetGraph { id, reply }).await
+        // From the read model, off the core thread (a big graph's view takes a while), a
+        // few at a time, like a list search.
+        let _permit = self.admission.admit(Budget::Request)?;
+        let model = self.reads.current().await?;
+        let _turn = self.reads.scan_turn().await?;
+        tokio::task::spawn_blocking(move || model.read().graph_view(&id))
+            .await
+            .map_err(|e| ApiError::Internal(format!("reading graph {id} failed: {e}")))?
+            .ok_or_else(|| ApiError::NotFound(format!("graph {id} is unknown")))
     }
 
     async fn cancel_graph(&self, id: GraphId) -> Result<u64, ApiError> {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use mawex_api::pod::{MasterMessage, PodHello, PodMessage, Welcome};
 use mawex_api::{
     ApiError, BroadcastId, BroadcastLock, BroadcastPage, BroadcastPlan, BroadcastQuery,
-    BroadcastSpec, BroadcastView, CancelAck, FailedFilter, GraphAck, GraphId, GraphView, GroupName,
+    BroadcastSpec, BroadcastView, CancelAck, FailedFilter, GraphAck, GraphId, GroupName,
     GroupSettings, PendingChange, PodId, ResultCursor, ScheduleName, ScheduleSpec, ScheduleView,
     SubmitAck, TaskId, TaskResult, TaskSpec, TaskView,
 };
@@ -154,10 +154,6 @@ pub(crate) enum CoreMsg {
         id: GraphId,
         tasks: Vec<(String, TaskSpec)>,
         reply: Reply<GraphAck>,
-    },
-    GetGraph {
-        id: GraphId,
-        reply: Reply<GraphView>,
     },
     CancelGraph {
         id: GraphId,

@@ -202,6 +202,31 @@ impl MasterState {
             .map(|(_, id)| *id)
     }
 
+    /// A graph and its nodes' states, in the order its tasks were accepted.
+    pub(crate) fn graph_view(&self, id: &mawex_api::GraphId) -> Option<mawex_api::GraphView> {
+        let record = self.workflows.graph(id)?;
+        let nodes = record
+            .nodes
+            .iter()
+            .filter_map(|task| {
+                let entry = self.task(task)?;
+                let links = self.workflows.links(task)?;
+                let name = links
+                    .graph
+                    .as_ref()
+                    .map_or_else(String::new, |(_, n)| n.to_string());
+                let after = links.after.iter().map(|e| e.task).collect();
+                Some(mawex_api::GraphNodeView::new(
+                    name,
+                    *task,
+                    entry.state,
+                    after,
+                ))
+            })
+            .collect();
+        Some(mawex_api::GraphView::new(*id, record.at, nodes))
+    }
+
     /// True if some task of `group` waits.
     pub(crate) fn has_pending(&self, group: &GroupName) -> bool {
         self.pending.get(group).is_some_and(|q| !q.is_empty())
