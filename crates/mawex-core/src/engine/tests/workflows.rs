@@ -503,20 +503,28 @@ fn a_graph_submitted_again_after_a_node_was_forgotten_is_still_the_same() {
     ));
 }
 
-/// The order a one-slot pod is given tasks in, finishing each as it comes, until none is
-/// left; the events of every batch are added to `events`.
-fn run_order(e: &mut Engine, tasks: &[&TaskSpec], events: &mut Vec<Event>) -> Vec<usize> {
+/// The order a one-slot pod is given `tasks` (submitted as one batch) in, finishing each as
+/// it comes, until none is left; and a replay of the events agrees with the engine.
+fn run_order(tasks: &[&TaskSpec]) -> Vec<usize> {
+    let mut e = engine();
+    let mut events = batch(&mut e, T0, |e, out| {
+        e.submit(tasks.iter().map(|t| (*t).clone()).collect(), T0, out)
+            .unwrap();
+        e.pod_hello(1, hello("p1", &["g"], 1), T0, out).unwrap();
+    })
+    .events;
     let mut order = Vec::new();
     for step in 1..=tasks.len() as u64 {
         let Some(next) = tasks
             .iter()
-            .position(|t| state_of(e, t) == TaskState::Running)
+            .position(|t| state_of(&e, t) == TaskState::Running)
         else {
             break;
         };
         order.push(next);
-        events.extend(finish(e, tasks[next], b"", at(step)).events);
+        events.extend(finish(&mut e, tasks[next], b"", at(step)).events);
     }
+    assert_eq!(&replayed(&events), e.state());
     order
 }
 
@@ -526,19 +534,11 @@ fn a_dependant_takes_its_dependencys_place_in_line_unless_other_keys_wait() {
     let a = spec("g");
     let (x, y) = (spec("g"), spec("g"));
     let b = spec("g").after(a.id);
-    let mut e = engine();
-    let mut events = batch(&mut e, T0, |e, out| {
-        e.submit(vec![a.clone(), x.clone(), y.clone(), b.clone()], T0, out)
-            .unwrap();
-        e.pod_hello(1, hello("p1", &["g"], 1), T0, out).unwrap();
-    })
-    .events;
     assert_eq!(
-        run_order(&mut e, &[&a, &x, &y, &b], &mut events),
+        run_order(&[&a, &x, &y, &b]),
         [0, 3, 1, 2],
         "A, then B in A's place, then X and Y"
     );
-    assert_eq!(&replayed(&events), e.state());
 
     // Another key waits: B goes to the back of its own key's line, so keys keep taking
     // turns: X (the other key's first) runs before it, Y (the other key's second) after.
@@ -548,17 +548,9 @@ fn a_dependant_takes_its_dependencys_place_in_line_unless_other_keys_wait() {
         spec("g").with_fairness_key("k2"),
     );
     let b = spec("g").with_fairness_key("k1").after(a.id);
-    let mut e = engine();
-    let mut events = batch(&mut e, T0, |e, out| {
-        e.submit(vec![a.clone(), x.clone(), y.clone(), b.clone()], T0, out)
-            .unwrap();
-        e.pod_hello(1, hello("p1", &["g"], 1), T0, out).unwrap();
-    })
-    .events;
     assert_eq!(
-        run_order(&mut e, &[&a, &x, &y, &b], &mut events),
+        run_order(&[&a, &x, &y, &b]),
         [0, 1, 3, 2],
         "A, X, then B and Y taking turns"
     );
-    assert_eq!(&replayed(&events), e.state());
 }
