@@ -450,13 +450,25 @@ impl MasterState {
         if entry.state != TaskState::Blocked {
             return;
         }
+        // Only a graph's node takes a place, and only from the graph's own nodes: a task
+        // that runs after a task submitted before others would jump them. A dependency is
+        // the task that was meant only if accepted before (ids are the clients', reusable).
         let place = self.workflows.links(id).and_then(|links| {
+            let (graph, _) = links.graph.as_ref()?;
             links
                 .after
                 .iter()
-                .filter_map(|edge| self.tasks.get(&edge.task))
-                .filter(|dependency| dependency.spec.group == entry.spec.group)
-                .map(|dependency| dependency.round)
+                .filter_map(|edge| Some((edge.task, self.tasks.get(&edge.task)?)))
+                .filter(|(_, dependency)| {
+                    dependency.order < entry.order && dependency.spec.group == entry.spec.group
+                })
+                .filter(|(task, _)| {
+                    let links = self.workflows.links(task);
+                    links
+                        .and_then(|l| l.graph.as_ref())
+                        .is_some_and(|(g, _)| g == graph)
+                })
+                .map(|(_, dependency)| dependency.round)
                 .max()
         });
         let Some(entry) = self.tasks.get_mut(id) else {

@@ -50,11 +50,16 @@ impl Rounds {
     /// dependency that finished): that round while `key` is the group's only live key, so
     /// it goes ahead of what was queued after that task; with other keys live, the back of
     /// its key's line ([`Rounds::next_for`]), so that it takes no turn from them. Never
-    /// behind where a new task of `key` would go.
+    /// below the group's first live round (a place long gone, or a task that never held a
+    /// round, would put a key that comes later that far ahead of the others), nor behind
+    /// where a new task of `key` would go.
     pub(super) fn taking_place(&self, key: &str, place: Option<u64>) -> u64 {
         let back = self.next_for(key);
         match place {
-            Some(round) if self.by_key.keys().all(|live| live == key) => round.min(back),
+            Some(round) if self.by_key.keys().all(|live| live == key) => {
+                let first = self.all.first().unwrap_or(ROUND_BASE);
+                round.max(first).min(back)
+            }
             _ => back,
         }
     }
@@ -257,6 +262,23 @@ mod tests {
             seed ^= seed << 17;
             seed
         }
+    }
+
+    #[test]
+    fn a_place_is_taken_within_the_live_rounds() {
+        let mut rounds = Rounds::default();
+        for round in ROUND_BASE + 10..ROUND_BASE + 20 {
+            rounds.add("", round);
+        }
+        // A place among the live rounds is kept; one long gone (or none ever held) is the
+        // first live round; one past the back is the back.
+        assert_eq!(rounds.taking_place("", Some(ROUND_BASE + 12)), ROUND_BASE + 12);
+        assert_eq!(rounds.taking_place("", Some(0)), ROUND_BASE + 10);
+        assert_eq!(rounds.taking_place("", Some(ROUND_BASE + 50)), ROUND_BASE + 20);
+        assert_eq!(rounds.taking_place("", None), ROUND_BASE + 20);
+        // Another key live: the back of this key's line, wherever the place was.
+        rounds.add("other", ROUND_BASE + 10);
+        assert_eq!(rounds.taking_place("", Some(ROUND_BASE + 12)), ROUND_BASE + 20);
     }
 
     #[test]

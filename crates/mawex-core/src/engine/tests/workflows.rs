@@ -503,13 +503,12 @@ fn a_graph_submitted_again_after_a_node_was_forgotten_is_still_the_same() {
     ));
 }
 
-/// The order a one-slot pod is given `tasks` (submitted as one batch) in, finishing each as
-/// it comes, until none is left; and a replay of the events agrees with the engine.
-fn run_order(tasks: &[&TaskSpec]) -> Vec<usize> {
+/// The order a one-slot pod is given `tasks` in, finishing each as it comes, until none is
+/// left, after `submit` submitted them; and a replay of the events agrees with the engine.
+fn run_order(submit: impl FnOnce(&mut Engine, &mut Output), tasks: &[&TaskSpec]) -> Vec<usize> {
     let mut e = engine();
     let mut events = batch(&mut e, T0, |e, out| {
-        e.submit(tasks.iter().map(|t| (*t).clone()).collect(), T0, out)
-            .unwrap();
+        submit(e, out);
         e.pod_hello(1, hello("p1", &["g"], 1), T0, out).unwrap();
     })
     .events;
@@ -528,29 +527,66 @@ fn run_order(tasks: &[&TaskSpec]) -> Vec<usize> {
     order
 }
 
+/// A graph of A and B (after A), submitted before X and Y, all of group `g`: the tasks
+/// in the order `[a, b, x, y]`.
+fn graph_then_two(
+    a: TaskSpec,
+    b: TaskSpec,
+    x: TaskSpec,
+    y: TaskSpec,
+) -> (GraphSpec, [TaskSpec; 4]) {
+    let graph = GraphSpec::new(
+        vec![GraphNode::new("a", a), GraphNode::new("b", b)],
+        vec![GraphEdge::new("a", "b")],
+    );
+    let tasks = graph.clone().into_tasks().unwrap();
+    let (a, b) = (tasks[0].1.clone(), tasks[1].1.clone());
+    (graph, [a, b, x, y])
+}
+
 #[test]
-fn a_dependant_takes_its_dependencys_place_in_line_unless_other_keys_wait() {
-    // One fairness key: B, unblocked by A, goes ahead of X and Y, queued after A.
-    let a = spec("g");
-    let (x, y) = (spec("g"), spec("g"));
-    let b = spec("g").after(a.id);
+fn a_graphs_task_takes_its_dependencys_place_in_line_unless_other_keys_wait() {
+    // One fairness key: B, unblocked by A, goes ahead of X and Y, submitted after the graph.
+    let (graph, [a, b, x, y]) = graph_then_two(spec("g"), spec("g"), spec("g"), spec("g"));
+    let submit = |e: &mut Engine, out: &mut Output| {
+        let tasks = graph.clone().into_tasks().unwrap();
+        e.submit_graph(graph.id, tasks, T0, out).unwrap();
+        e.submit(vec![x.clone(), y.clone()], T0, out).unwrap();
+    };
     assert_eq!(
-        run_order(&[&a, &x, &y, &b]),
-        [0, 3, 1, 2],
+        run_order(submit, &[&a, &b, &x, &y]),
+        [0, 1, 2, 3],
         "A, then B in A's place, then X and Y"
     );
 
-    // Another key waits: B goes to the back of its own key's line, so keys keep taking
-    // turns: X (the other key's first) runs before it, Y (the other key's second) after.
-    let a = spec("g").with_fairness_key("k1");
-    let (x, y) = (
+    // Another key has live tasks: B goes to the back of its own key's line (behind Z, of its
+    // key), so keys keep taking turns: X and Y (the other key's) run before it.
+    let (graph, [a, b, x, y]) = graph_then_two(
+        spec("g").with_fairness_key("k1"),
+        spec("g").with_fairness_key("k1"),
         spec("g").with_fairness_key("k2"),
         spec("g").with_fairness_key("k2"),
     );
-    let b = spec("g").with_fairness_key("k1").after(a.id);
+    let z = spec("g").with_fairness_key("k1");
+    let submit = |e: &mut Engine, out: &mut Output| {
+        let tasks = graph.clone().into_tasks().unwrap();
+        e.submit_graph(graph.id, tasks, T0, out).unwrap();
+        e.submit(vec![x.clone(), y.clone(), z.clone()], T0, out)
+            .unwrap();
+    };
     assert_eq!(
-        run_order(&[&a, &x, &y, &b]),
-        [0, 1, 3, 2],
-        "A, X, then B and Y taking turns"
+        run_order(submit, &[&a, &b, &x, &y, &z]),
+        [0, 2, 3, 4, 1],
+        "A, X, Y, Z, then B, at the back of its key's line"
     );
+
+    // A task that is no graph's node, submitted after X and Y to run after A, does not
+    // jump them: it joins the line when it is unblocked.
+    let (a, x, y) = (spec("g"), spec("g"), spec("g"));
+    let d = spec("g").after(a.id);
+    let submit = |e: &mut Engine, out: &mut Output| {
+        e.submit(vec![a.clone(), x.clone(), y.clone(), d.clone()], T0, out)
+            .unwrap();
+    };
+    assert_eq!(run_order(submit, &[&a, &x, &y, &d]), [0, 1, 2, 3]);
 }
