@@ -497,8 +497,13 @@ impl proto::master_server::Master for ClientService {
         request: Request<proto::GraphIdRequest>,
     ) -> Result<Response<proto::GraphView>, Status> {
         Self::check_unlimited(Caller::of(&request))?;
-        let id = graph_id("id", &request.into_inner().id)?;
-        Ok(Response::new(self.proxy.graph(id).await?.into()))
+        let request = request.into_inner();
+        let view = self.proxy.graph(graph_id("id", &request.id)?).await?;
+        Ok(Response::new(if request.compact {
+            mawex_api::convert::compact_view(view)
+        } else {
+            view.into()
+        }))
     }
 
     async fn cancel_graph(

@@ -171,8 +171,13 @@ impl Shared {
         let mut reports = lock(&self.reports);
         self.acks.store(acks, Ordering::SeqCst);
         let waiting = std::mem::take(&mut *reports);
+        // Set from this session's welcome before it is attached.
+        let takes_output = self.takes_output.load(Ordering::SeqCst);
         for (r, message) in waiting {
             let output = matches!(message, PodMessage::Output { .. });
+            if output && !takes_output {
+                continue;
+            }
             match outbox.send(message.clone()) {
                 // Lines sent are done with; they never release the attempt.
                 Ok(()) if output => {}
@@ -392,9 +397,9 @@ pub(crate) async fn executor(shared: Arc<Shared>) {
         let Some(a) = shared.queue.next(&shared.draining).await else {
             return;
         };
-        // Told to drain while this lease waited in the queue (or while the session handed
-        // the rest back): it goes back too, not run.
-        if shared.drained.load(Ordering::SeqCst) {
+        // Told to drain, or leaving, while this lease waited in the queue (or while the
+        // session handed the rest back): it goes back too, not run.
+        if shared.drained.load(Ordering::SeqCst) || shared.draining.is_cancelled() {
             shared.give_back(a);
             continue;
         }

@@ -88,47 +88,74 @@ impl TryFrom<proto::SubmitGraphResponse> for GraphAck {
     }
 }
 
+/// The full form: every node's task id, what it runs after by task id (what a client that
+/// does not ask for the compact form reads).
 #[doc(hidden)]
 impl From<GraphView> for proto::GraphView {
     fn from(v: GraphView) -> Self {
-        let index: HashMap<TaskId, u32> = v
-            .nodes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, n)| Some((n.task, u32::try_from(i).ok()?)))
-            .collect();
-        let nodes = v
-            .nodes
-            .into_iter()
-            .map(|n| {
-                let inside: Option<Vec<u32>> =
-                    n.after.iter().map(|t| index.get(t).copied()).collect();
-                let (after, after_nodes) = match inside {
-                    Some(indexes) => (Vec::new(), indexes),
-                    None => (
-                        n.after.iter().map(ToString::to_string).collect(),
-                        Vec::new(),
-                    ),
-                };
-                let derived = v.id.node_id(&n.name) == n.task;
-                proto::GraphNodeView {
-                    task: if derived {
-                        String::new()
-                    } else {
-                        n.task.to_string()
-                    },
-                    name: n.name,
-                    state: proto::TaskState::from(n.state) as i32,
-                    after,
-                    after_nodes,
-                }
-            })
-            .collect();
         proto::GraphView {
             id: v.id.to_string(),
             submitted_at_ms: v.submitted_at.0,
-            nodes,
+            nodes: v
+                .nodes
+                .into_iter()
+                .map(|n| proto::GraphNodeView {
+                    name: n.name,
+                    task: n.task.to_string(),
+                    state: proto::TaskState::from(n.state) as i32,
+                    after: n.after.iter().map(ToString::to_string).collect(),
+                    after_nodes: Vec::new(),
+                })
+                .collect(),
         }
+    }
+}
+
+/// The compact form (`GraphIdRequest::compact`): a task id derived from the node's name is
+/// left out, and what a node runs after inside the graph goes as node indexes, ahead of the
+/// ids of what it runs after outside (a graph's task names its edges first), so that the
+/// largest graphs fit a message. Read back by the same `TryFrom` as the full form.
+#[doc(hidden)]
+pub fn compact_view(v: GraphView) -> proto::GraphView {
+    let index: HashMap<TaskId, u32> = v
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| Some((n.task, u32::try_from(i).ok()?)))
+        .collect();
+    let nodes = v
+        .nodes
+        .into_iter()
+        .map(|n| {
+            let inside: Vec<Option<u32>> = n.after.iter().map(|t| index.get(t).copied()).collect();
+            let leading = inside.iter().take_while(|i| i.is_some()).count();
+            // Indexes, then ids: exact when the graph's own dependencies come first.
+            let (after_nodes, after) = if inside[leading..].iter().all(Option::is_none) {
+                (
+                    inside[..leading].iter().flatten().copied().collect(),
+                    &n.after[leading..],
+                )
+            } else {
+                (Vec::new(), &n.after[..])
+            };
+            let derived = v.id.node_id(&n.name) == n.task;
+            proto::GraphNodeView {
+                task: if derived {
+                    String::new()
+                } else {
+                    n.task.to_string()
+                },
+                after: after.iter().map(ToString::to_string).collect(),
+                after_nodes,
+                name: n.name,
+                state: proto::TaskState::from(n.state) as i32,
+            }
+        })
+        .collect();
+    proto::GraphView {
+        id: v.id.to_string(),
+        submitted_at_ms: v.submitted_at.0,
+        nodes,
     }
 }
 
@@ -153,11 +180,8 @@ impl TryFrom<proto::GraphView> for GraphView {
             .map(|(n, task)| {
                 let state = task_state("graph.nodes.state", n.state)?
                     .ok_or_else(|| invalid("graph.nodes.state is required"))?;
-                let mut after: Vec<TaskId> = n
-                    .after
-                    .iter()
-                    .map(|t| task_id("graph.nodes.after", t))
-                    .collect::<Result<_, _>>()?;
+                let mut after: Vec<TaskId> =
+                    Vec::with_capacity(n.after_nodes.len() + n.after.len());
                 for i in n.after_nodes {
                     let dependency = usize::try_from(i)
                         .ok()
@@ -169,6 +193,9 @@ impl TryFrom<proto::GraphView> for GraphView {
                             ))
                         })?;
                     after.push(*dependency);
+                }
+                for t in &n.after {
+                    after.push(task_id("graph.nodes.after", t)?);
                 }
                 Ok(GraphNodeView::new(n.name, *task, state, after))
             })
@@ -229,14 +256,49 @@ mod tests {
                 ),
             ],
         );
-        let wire = proto::GraphView::from(view.clone());
+        // The full form: every id.
+        let full = proto::GraphView::from(view.clone());
+        assert!(full
+            .nodes
+            .iter()
+            .all(|n| !n.task.is_empty() && n.after_nodes.is_empty()));
+        assert_eq!(GraphView::try_from(full).expect("decodes"), view);
+
+        let wire = compact_view(view.clone());
         // Derived ids and dependencies inside the graph go as nothing and as indexes.
         assert_eq!(wire.nodes[1].task, "");
         assert_eq!(wire.nodes[1].after_nodes, [0]);
         assert!(wire.nodes[1].after.is_empty());
         assert_ne!(wire.nodes[2].task, "");
-        assert_eq!(wire.nodes[2].after.len(), 2, "in order, as ids");
+        assert_eq!(wire.nodes[2].after_nodes, [0], "inside first, as indexes");
+        assert_eq!(
+            wire.nodes[2].after,
+            [outside.to_string()],
+            "then outside, as ids"
+        );
         assert_eq!(GraphView::try_from(wire.clone()).expect("decodes"), view);
+        // Outside before inside: all as ids, in order.
+        let mixed = GraphView::new(
+            graph.id,
+            Timestamp(5),
+            vec![
+                GraphNodeView::new(
+                    "a".into(),
+                    graph.id.node_id("a"),
+                    TaskState::Running,
+                    vec![],
+                ),
+                GraphNodeView::new(
+                    "b".into(),
+                    graph.id.node_id("b"),
+                    TaskState::Blocked,
+                    vec![outside, graph.id.node_id("a")],
+                ),
+            ],
+        );
+        let compact = compact_view(mixed.clone());
+        assert!(compact.nodes[1].after_nodes.is_empty());
+        assert_eq!(GraphView::try_from(compact).expect("decodes"), mixed);
 
         let mut bad = wire;
         bad.nodes[1].after_nodes = vec![7];
@@ -270,7 +332,7 @@ mod tests {
                 })
                 .collect(),
         );
-        let bytes = proto::GraphView::from(view).encoded_len();
+        let bytes = compact_view(view).encoded_len();
         assert!(
             bytes < 16 * 1024 * 1024,
             "{bytes} bytes: more than a server's default message"

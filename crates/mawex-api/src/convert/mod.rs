@@ -14,7 +14,7 @@ mod status;
 mod task;
 
 pub use admin::{parse_update_pending, update_pending_request};
-pub use graph::graph_id;
+pub use graph::{compact_view, graph_id};
 pub use pod::{MasterFrame, PodFrame};
 pub(crate) use task::task_state;
 

@@ -591,7 +591,10 @@ impl MasterProxy for RemoteMasterProxy {
     }
 
     async fn graph(&self, id: GraphId) -> Result<GraphView, ApiError> {
-        let request = proto::GraphIdRequest { id: id.to_string() };
+        let request = proto::GraphIdRequest {
+            id: id.to_string(),
+            compact: true,
+        };
         let answer = self
             .unary(request, |mut c, r| async move { c.get_graph(r).await })
             .await?;
@@ -610,7 +613,10 @@ impl MasterProxy for RemoteMasterProxy {
     }
 
     async fn cancel_graph(&self, id: GraphId) -> Result<u64, ApiError> {
-        let request = proto::GraphIdRequest { id: id.to_string() };
+        let request = proto::GraphIdRequest {
+            id: id.to_string(),
+            compact: false,
+        };
         let answer = self
             .unary(request, |mut c, r| async move { c.cancel_graph(r).await })
             .await?;

@@ -272,13 +272,22 @@ mod tests {
         }
         // A place among the live rounds is kept; one long gone (or none ever held) is the
         // first live round; one past the back is the back.
-        assert_eq!(rounds.taking_place("", Some(ROUND_BASE + 12)), ROUND_BASE + 12);
+        assert_eq!(
+            rounds.taking_place("", Some(ROUND_BASE + 12)),
+            ROUND_BASE + 12
+        );
         assert_eq!(rounds.taking_place("", Some(0)), ROUND_BASE + 10);
-        assert_eq!(rounds.taking_place("", Some(ROUND_BASE + 50)), ROUND_BASE + 20);
+        assert_eq!(
+            rounds.taking_place("", Some(ROUND_BASE + 50)),
+            ROUND_BASE + 20
+        );
         assert_eq!(rounds.taking_place("", None), ROUND_BASE + 20);
         // Another key live: the back of this key's line, wherever the place was.
         rounds.add("other", ROUND_BASE + 10);
-        assert_eq!(rounds.taking_place("", Some(ROUND_BASE + 12)), ROUND_BASE + 20);
+        assert_eq!(
+            rounds.taking_place("", Some(ROUND_BASE + 12)),
+            ROUND_BASE + 20
+        );
     }
 
     #[test]
