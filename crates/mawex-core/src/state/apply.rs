@@ -438,11 +438,13 @@ impl MasterState {
         }
     }
 
-    /// A blocked task becomes pending (or delayed, if its start time is still to come). In
-    /// its queue it takes the place of the dependency of its group that was queued last, so
-    /// a graph runs depth first and keeps its place in line, not going to the back at every
-    /// layer; but while other fairness keys of the group have live tasks, it goes to the
-    /// back of its key's line, so that keys keep taking turns (see `Rounds::taking_place`).
+    /// A blocked task becomes pending (or delayed, if its start time is still to come). A
+    /// graph's task takes, in its queue, the place of its dependency of the same graph and
+    /// group that was queued last, so that a graph runs depth first and keeps its place in
+    /// line, not going to the back at every layer; but while other fairness keys of the
+    /// group have live tasks, it goes to the back of its key's line, so that keys keep
+    /// taking turns (see `Rounds::taking_place`). Any other task joins the line as a
+    /// newcomer of its key.
     fn unblock(&mut self, id: &TaskId, at: Timestamp) {
         let Some(entry) = self.tasks.get(id) else {
             return;
