@@ -227,7 +227,11 @@ impl History {
             Transition::succeeded => slot.succeeded += 1,
             Transition::failed => slot.failed += 1,
             Transition::cancelled => slot.cancelled += 1,
-            Transition::retry_scheduled | Transition::requeued | Transition::retried => {}
+            Transition::retry_scheduled
+            | Transition::requeued
+            | Transition::retried
+            | Transition::unblocked
+            | Transition::revived => {}
         }
     }
 

@@ -40,6 +40,10 @@ pub enum Transition {
     requeued,
     /// Failed tasks were put back in their queues by a retry from the failed queue.
     retried,
+    /// What it runs after finished as it needs: it left `blocked` for its queue.
+    unblocked,
+    /// The dependency that cancelled it was retried: it is `blocked` again.
+    revived,
 }
 
 /// A transition of a group's tasks.
@@ -330,6 +334,26 @@ pub(crate) fn transitions(
                 }
             }
         }
+        Event::TasksUnblocked { tasks, .. } => {
+            for id in tasks {
+                let blocked = state.task(id).filter(|t| t.state == TaskState::Blocked);
+                if let Some(task) = blocked {
+                    seen(&task.spec.group, Transition::unblocked, None);
+                }
+            }
+        }
+        Event::TasksRevived { tasks, .. } => {
+            for id in tasks {
+                let cancelled_by_dependency = state
+                    .workflows()
+                    .links(id)
+                    .is_some_and(|l| l.cancelled_by.is_some());
+                let cancelled = state.task(id).filter(|t| t.state == TaskState::Cancelled);
+                if let Some(task) = cancelled.filter(|_| cancelled_by_dependency) {
+                    seen(&task.spec.group, Transition::revived, None);
+                }
+            }
+        }
         _ => {}
     }
 }
@@ -337,6 +361,60 @@ pub(crate) fn transitions(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dependant_is_counted_when_cancelled_revived_and_unblocked() {
+        use crate::state::stored;
+        let group = mawex_api::GroupName::new("g").expect("a name");
+        let a = mawex_api::TaskSpec::new(group.clone(), "h", "");
+        let b = mawex_api::TaskSpec::new(group, "h", "").after(a.id);
+        let links = stored::Links::of(&b, None).expect("links");
+        let at = Timestamp(1);
+        let events = [
+            Event::TaskAccepted {
+                spec: a.clone().into(),
+                at,
+            },
+            Event::WorkflowAccepted {
+                graph: None,
+                tasks: vec![(b.clone().into(), links)],
+                at,
+            },
+            Event::TasksCancelledByDependency {
+                tasks: vec![(b.id, a.id)],
+                at,
+            },
+            Event::TasksRevived {
+                tasks: vec![b.id],
+                at,
+            },
+            Event::TasksUnblocked {
+                tasks: vec![b.id],
+                at,
+            },
+            // Not blocked any more: nothing to count.
+            Event::TasksUnblocked {
+                tasks: vec![b.id],
+                at,
+            },
+        ];
+        let mut state = MasterState::new();
+        let mut seen = Vec::new();
+        for event in &events {
+            transitions(&state, event, |_, to, _| seen.push(to));
+            state.apply(event);
+        }
+        assert_eq!(
+            seen,
+            [
+                Transition::accepted,
+                Transition::accepted,
+                Transition::cancelled,
+                Transition::revived,
+                Transition::unblocked,
+            ]
+        );
+    }
 
     #[test]
     fn groups_past_the_label_bound_share_one_label() {
