@@ -109,7 +109,8 @@ impl History {
             // start is an earlier attempt's: not counted.
             let ran = task.state == TaskState::Running || task.state.is_terminal();
             if let Some(started) = task.started_at().filter(|_| ran) {
-                // As live: a task that ran after others counts no wait (it was blocked).
+                // A task that ran after others counts no wait here: when it left `blocked`
+                // is not in the state (live, its wait counts from there when that was seen).
                 let blocked_first = state
                     .workflows()
                     .links(&task.spec.id)

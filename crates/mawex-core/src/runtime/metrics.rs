@@ -7,9 +7,10 @@
 //! figures (queue depth, running tasks, pods) are the exporter's to read at scrape time from
 //! the master's read calls: they are exact then, not counted.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use mawex_api::{GroupName, TaskState, Timestamp};
+use mawex_api::{GroupName, TaskId, TaskState, Timestamp};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -215,11 +216,22 @@ pub(crate) enum Span {
     Run(Timestamp, Timestamp),
 }
 
+/// The most dependants whose time of leaving `blocked` is kept until their first attempt
+/// starts; past it, such a task's wait is not observed.
+const MAX_READY_TIMES: usize = 1 << 20;
+
+/// When each dependant left `blocked` (its wait in the queue begins there, and the state does
+/// not keep it), from its `TasksUnblocked` until its first attempt starts. Volatile: a copy of
+/// the state taken again starts it empty, and those waits go unobserved.
+#[derive(Debug, Default)]
+pub(crate) struct ReadyTimes(HashMap<TaskId, Timestamp>);
+
 /// Each transition `event` makes, read against `state` as it was before the event was
 /// applied, under the same conditions as the state applies it: `seen(group, to, span)`.
 pub(crate) fn transitions(
     state: &MasterState,
     event: &Event,
+    ready: &mut ReadyTimes,
     mut seen: impl FnMut(&GroupName, Transition, Option<Span>),
 ) {
     let current = |attempt: &crate::state::stored::AttemptRef| {
@@ -266,17 +278,21 @@ pub(crate) fn transitions(
             if let Some(task) = task {
                 // The wait of a first attempt, or of one that waited for its delay or
                 // retry: a requeued attempt's wait began at a time the state does not keep.
-                // A task that ran after others was blocked, not queued, for most of its wait:
-                // the time it became ready is not kept, so it counts no wait.
+                // A task that ran after others was blocked, not queued, until it was
+                // unblocked: its wait begins then, if that time was seen.
                 let blocked_first = state
                     .workflows()
                     .links(&attempt.task)
                     .is_some_and(|l| !l.after.is_empty());
-                let counts = (task.attempt.0 == 0 || task.not_before.is_some()) && !blocked_first;
-                let wait = counts.then(|| {
-                    let ready = task
-                        .not_before
-                        .map_or(task.submitted_at, |t| t.max(task.submitted_at));
+                let unblocked_at = ready.0.remove(&attempt.task);
+                let queued_at = if blocked_first {
+                    unblocked_at
+                } else {
+                    Some(task.submitted_at)
+                };
+                let counts = task.attempt.0 == 0 || task.not_before.is_some();
+                let wait = queued_at.filter(|_| counts).map(|since| {
+                    let ready = task.not_before.map_or(since, |t| t.max(since));
                     Span::Wait(ready, *at)
                 });
                 seen(&task.spec.group, Transition::started, wait);
@@ -309,6 +325,7 @@ pub(crate) fn transitions(
             }
         }
         Event::TaskCancelled { task, .. } => {
+            ready.0.remove(task);
             if let Some(task) = state.task(task).filter(|t| !t.state.is_terminal()) {
                 seen(&task.spec.group, Transition::cancelled, None);
             }
@@ -334,12 +351,20 @@ pub(crate) fn transitions(
                 }
             }
         }
-        Event::TasksUnblocked { tasks, .. } => {
+        Event::TasksUnblocked { tasks, at } => {
             for id in tasks {
                 let blocked = state.task(id).filter(|t| t.state == TaskState::Blocked);
                 if let Some(task) = blocked {
+                    if ready.0.len() < MAX_READY_TIMES {
+                        ready.0.insert(*id, *at);
+                    }
                     seen(&task.spec.group, Transition::unblocked, None);
                 }
+            }
+        }
+        Event::TasksForgotten { tasks } => {
+            for id in tasks {
+                ready.0.remove(id);
             }
         }
         Event::TasksRevived { tasks, .. } => {
@@ -390,18 +415,19 @@ mod tests {
             },
             Event::TasksUnblocked {
                 tasks: vec![b.id],
-                at,
+                at: Timestamp(5),
             },
             // Not blocked any more: nothing to count.
             Event::TasksUnblocked {
                 tasks: vec![b.id],
-                at,
+                at: Timestamp(7),
             },
         ];
         let mut state = MasterState::new();
+        let mut ready = ReadyTimes::default();
         let mut seen = Vec::new();
         for event in &events {
-            transitions(&state, event, |_, to, _| seen.push(to));
+            transitions(&state, event, &mut ready, |_, to, _| seen.push(to));
             state.apply(event);
         }
         assert_eq!(
@@ -414,6 +440,27 @@ mod tests {
                 Transition::unblocked,
             ]
         );
+        // Its wait in the queue counts from its unblocking, not its submit.
+        let assigned = Event::TaskAssigned {
+            attempt: stored::AttemptRef {
+                task: b.id,
+                attempt: mawex_api::Attempt(1),
+            },
+            pod: mawex_api::PodId::new("p").expect("a name"),
+            at: Timestamp(9),
+        };
+        let mut spans = Vec::new();
+        transitions(&state, &assigned, &mut ready, |_, to, span| {
+            spans.push((to, span));
+        });
+        assert_eq!(
+            spans,
+            [(
+                Transition::started,
+                Some(Span::Wait(Timestamp(5), Timestamp(9)))
+            )]
+        );
+        assert!(ready.0.is_empty(), "taken at the first start");
     }
 
     #[test]

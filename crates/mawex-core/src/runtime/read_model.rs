@@ -18,7 +18,7 @@ use super::config::MasterStats;
 use super::feed::{CommittedBatch, CommittedFeed};
 use super::history::History;
 use super::messages::CoreMsg;
-use super::metrics::{transitions, MasterMetrics};
+use super::metrics::{transitions, MasterMetrics, ReadyTimes};
 use crate::clock::Clock;
 use crate::error::CoreError;
 use crate::state::MasterState;
@@ -295,6 +295,7 @@ fn follow(
     let Some(mut seq) = resync(model) else {
         return;
     };
+    let mut ready = ReadyTimes::default();
     loop {
         match feed.blocking_recv() {
             Ok(batch) => {
@@ -311,6 +312,7 @@ fn follow(
                         Some(s) => seq = s,
                         None => return,
                     }
+                    ready = ReadyTimes::default();
                     continue;
                 }
                 {
@@ -320,7 +322,7 @@ fn follow(
                     // One clock read a batch: its events were committed together.
                     let now = model.clock.now();
                     for event in batch.events.iter() {
-                        transitions(&state, event, |group, to, span| {
+                        transitions(&state, event, &mut ready, |group, to, span| {
                             history.count(now, to);
                             if let Some(span) = span {
                                 history.timed(group, span);
@@ -342,6 +344,7 @@ fn follow(
                     Some(s) => seq = s,
                     None => return,
                 }
+                ready = ReadyTimes::default();
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
