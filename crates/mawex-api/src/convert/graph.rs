@@ -231,28 +231,23 @@ mod tests {
         let back = GraphSpec::try_from(proto::GraphSpec::from(graph.clone())).expect("decodes");
         assert_eq!(back, graph);
         let outside = TaskId::new();
+        // Node `name` of the graph (under its derived id), in `state`, after `after`.
+        let node = |name: &str, state: TaskState, after: Vec<TaskId>| {
+            GraphNodeView::new(name.into(), graph.id.node_id(name), state, after)
+        };
+        let a = graph.id.node_id("a");
         let view = GraphView::new(
             graph.id,
             Timestamp(5),
             vec![
-                GraphNodeView::new(
-                    "a".into(),
-                    graph.id.node_id("a"),
-                    TaskState::Running,
-                    vec![],
-                ),
-                GraphNodeView::new(
-                    "b".into(),
-                    graph.id.node_id("b"),
-                    TaskState::Blocked,
-                    vec![graph.id.node_id("a")],
-                ),
+                node("a", TaskState::Running, vec![]),
+                node("b", TaskState::Blocked, vec![a]),
                 // After a task outside the graph, under an id not derived from its name.
                 GraphNodeView::new(
                     "c".into(),
                     TaskId::new(),
                     TaskState::Blocked,
-                    vec![graph.id.node_id("a"), outside],
+                    vec![a, outside],
                 ),
             ],
         );
@@ -282,18 +277,8 @@ mod tests {
             graph.id,
             Timestamp(5),
             vec![
-                GraphNodeView::new(
-                    "a".into(),
-                    graph.id.node_id("a"),
-                    TaskState::Running,
-                    vec![],
-                ),
-                GraphNodeView::new(
-                    "b".into(),
-                    graph.id.node_id("b"),
-                    TaskState::Blocked,
-                    vec![outside, graph.id.node_id("a")],
-                ),
+                node("a", TaskState::Running, vec![]),
+                node("b", TaskState::Blocked, vec![outside, a]),
             ],
         );
         let compact = compact_view(mixed.clone());

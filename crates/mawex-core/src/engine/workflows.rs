@@ -504,13 +504,6 @@ impl Engine {
         Ok(GraphAck::new(id, true))
     }
 
-    /// A graph and its nodes' states (a proxy reads it from its copy of the state, off this
-    /// thread: a view of 100,000 nodes takes tens of milliseconds to build).
-    #[cfg(test)]
-    pub(crate) fn graph_view(&self, id: &GraphId) -> Option<mawex_api::GraphView> {
-        self.state.graph_view(id)
-    }
-
     /// Cancels every node of a graph that has not finished.
     pub(crate) fn cancel_graph(
         &mut self,

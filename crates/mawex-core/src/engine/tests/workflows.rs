@@ -322,7 +322,7 @@ fn a_graph_is_atomic_idempotent_by_id_and_cancelled_as_one() {
         e.submit_graph(other.id, other.into_tasks().unwrap(), at(2), &mut out),
         Err(ApiError::Conflict(_))
     ));
-    let view = e.graph_view(&graph.id).unwrap();
+    let view = e.state().graph_view(&graph.id).unwrap();
     let states: Vec<_> = view
         .nodes
         .iter()
@@ -341,7 +341,7 @@ fn a_graph_is_atomic_idempotent_by_id_and_cancelled_as_one() {
     let out = batch(&mut e, at(3), |e, out| {
         assert_eq!(e.cancel_graph(&graph.id, at(3), out).unwrap(), 3);
     });
-    assert!(e.graph_view(&graph.id).unwrap().is_finished());
+    assert!(e.state().graph_view(&graph.id).unwrap().is_finished());
     assert!(
         !out.events
             .iter()
