@@ -5,7 +5,7 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use mawex::testing::{Event, MasterState, Recovered};
 use mawex::{
@@ -157,4 +157,195 @@ async fn sequence_numbers_that_run_out_stop_the_master() {
     let reason = master.stopped().await;
     assert!(reason.contains("run out"), "{reason}");
     assert!(master.shutdown().await.is_err());
+}
+
+/// How far [`HoldingClock`] has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    Off,
+    /// The next reading on the core thread stops there.
+    Armed,
+    /// The core thread waits inside a reading.
+    Holding,
+    /// Let go: readings on the core thread are counted.
+    Released,
+}
+
+/// A clock that, once armed, holds the core thread inside its next reading, the start of a
+/// batch's decisions, until released; then counts the core thread's readings, one per
+/// batch decided (the core reads the clock for nothing else while no lease or timer is
+/// due).
+#[derive(Clone)]
+struct HoldingClock {
+    inner: Arc<mawex::clock::SystemClock>,
+    state: Arc<(Mutex<(Hold, u32)>, Condvar)>,
+}
+
+impl HoldingClock {
+    fn new() -> Self {
+        HoldingClock {
+            inner: Arc::new(mawex::clock::SystemClock::new()),
+            state: Arc::new((Mutex::new((Hold::Off, 0)), Condvar::new())),
+        }
+    }
+
+    fn set(&self, hold: Hold) {
+        let (state, changed) = &*self.state;
+        state.lock().unwrap().0 = hold;
+        changed.notify_all();
+    }
+
+    fn get(&self) -> (Hold, u32) {
+        *self.state.0.lock().unwrap()
+    }
+}
+
+impl mawex::clock::Clock for HoldingClock {
+    fn now(&self) -> mawex::Timestamp {
+        if std::thread::current().name() == Some("mawex-core") {
+            let (state, changed) = &*self.state;
+            let mut state = state.lock().unwrap();
+            match state.0 {
+                Hold::Armed => {
+                    state.0 = Hold::Holding;
+                    changed.notify_all();
+                    while state.0 == Hold::Holding {
+                        state = changed.wait(state).unwrap();
+                    }
+                }
+                Hold::Released => state.1 += 1,
+                Hold::Off | Hold::Holding => {}
+            }
+        }
+        self.inner.now()
+    }
+}
+
+/// What [`Gated`] does with an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    Open,
+    Stall,
+    Fail,
+}
+
+/// A memory journal whose appends wait while its gate says `Stall`, and fail once it says
+/// `Fail`.
+struct Gated {
+    inner: MemoryJournal,
+    gate: Arc<(Mutex<Gate>, Condvar)>,
+}
+
+impl Journal for Gated {
+    fn recover(&mut self) -> Result<Recovered, CoreError> {
+        self.inner.recover()
+    }
+
+    fn append(&mut self, first_seq: u64, events: &[Event]) -> Result<(), CoreError> {
+        let (gate, changed) = &*self.gate;
+        let mut gate = gate.lock().unwrap();
+        while *gate == Gate::Stall {
+            gate = changed.wait(gate).unwrap();
+        }
+        if *gate == Gate::Fail {
+            return Err(std::io::Error::other("disk on fire").into());
+        }
+        self.inner.append(first_seq, events)
+    }
+
+    fn snapshot(&mut self, last_seq: u64, state: &MasterState) -> Result<(), CoreError> {
+        self.inner.snapshot(last_seq, state)
+    }
+
+    fn repair(&mut self) -> Result<Repaired, CoreError> {
+        self.inner.repair()
+    }
+}
+
+/// The core decides the next batch while the journal writes the last one. What the next
+/// batch lets out leaves only once the last one is durable: a read that saw a task still
+/// in the journal is answered only if that task is kept.
+async fn a_batch_decided_while_the_last_is_written(outcome: Gate) {
+    let storage = MemoryJournal::new();
+    let gate = Arc::new((Mutex::new(Gate::Open), Condvar::new()));
+    let clock = HoldingClock::new();
+    let journal = Gated {
+        inner: storage.clone(),
+        gate: gate.clone(),
+    };
+    let master = Master::builder()
+        .clock(Arc::new(clock.clone()))
+        .start(journal)
+        .await
+        .unwrap();
+    let proxy = master.proxy();
+    let g = GroupName::new("pipelined").unwrap();
+    let spec = TaskSpec::new(g.clone(), "h", "");
+    let id = spec.id;
+
+    // Hold the core as it starts deciding the submit, and queue reads behind it.
+    *gate.0.lock().unwrap() = Gate::Stall;
+    clock.set(Hold::Armed);
+    let mut submit = Box::pin(proxy.submit(spec));
+    assert!(
+        futures::poll!(&mut submit).is_pending(),
+        "sent, not answered"
+    );
+    common::wait_for("the core to start deciding the submit", || async {
+        (clock.get().0 == Hold::Holding).then_some(())
+    })
+    .await;
+    let mut reads = Vec::new();
+    for _ in 0..3 {
+        let mut read = Box::pin(proxy.get(id));
+        assert!(futures::poll!(&mut read).is_pending(), "sent, not answered");
+        reads.push(read);
+    }
+    // The submit's batch goes to the journal, which stalls; the reads form the next batch,
+    // decided meanwhile (a reading of the clock), and wait for the submit's.
+    clock.set(Hold::Released);
+    common::wait_for(
+        "the reads to be decided while the journal stalls",
+        || async { (clock.get().1 >= 1).then_some(()) },
+    )
+    .await;
+    for read in &mut reads {
+        assert!(
+            futures::poll!(read).is_pending(),
+            "nothing leaves before the submit is durable"
+        );
+    }
+    assert!(futures::poll!(&mut submit).is_pending());
+
+    let (state, changed) = &*gate;
+    *state.lock().unwrap() = outcome;
+    changed.notify_all();
+    let submitted = submit.await;
+    let seen: Vec<_> = futures::future::join_all(reads).await;
+    if outcome == Gate::Open {
+        assert_eq!(submitted.unwrap().id, id);
+        for view in seen {
+            assert_eq!(view.unwrap().state, mawex::TaskState::Pending);
+        }
+        master.shutdown().await.unwrap();
+    } else {
+        assert!(says_why(&submitted), "{submitted:?}");
+        for view in &seen {
+            assert!(says_why(view), "a read of what was never durable: {view:?}");
+        }
+        assert!(master.shutdown().await.is_err());
+        let restarted = Master::builder().start(storage).await.unwrap();
+        assert!(restarted.proxy().get(id).await.is_err(), "not kept");
+        restarted.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_decided_while_the_last_is_written_leaves_once_that_is_durable() {
+    a_batch_decided_while_the_last_is_written(Gate::Open).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_decided_while_the_last_fails_to_be_written_never_leaves() {
+    a_batch_decided_while_the_last_is_written(Gate::Fail).await;
 }

@@ -2,13 +2,17 @@
 //!
 //! Each turn: wait for a message (or the next lease deadline), drain everything queued,
 //! decide it all (events are applied in memory as they are decided), run timers and
-//! dispatch, append the whole batch to the journal with one flush, and only then answer
-//! clients, send assignments and publish results. A journal error stops the core: the
-//! in-memory state may be ahead of the disk, and the disk is the truth on restart.
+//! dispatch, hand the whole batch to the journal (one record, one flush, on the journal's
+//! own thread), and only once it is durable answer clients, send assignments and publish
+//! results. The journal writes batch N while the core decides batch N+1: what N lets out
+//! is gathered from the state as N left it, before N+1 is decided, and leaves once N is
+//! durable and before N+1 goes to the journal. So nothing leaves before it is durable,
+//! and the time a batch spends in the journal is not time the core stops deciding. A
+//! journal error stops the core: the in-memory state may be ahead of the disk, and the
+//! disk is the truth on restart.
 //!
-//! The core is a plain OS thread, not a tokio task, because the journal's flush is a
-//! blocking fsync; on its own thread it blocks nothing else, and work that arrives
-//! meanwhile simply forms the next batch.
+//! The core is a plain OS thread, not a tokio task: it blocks waiting for its inbox or for
+//! the journal, and blocks nothing else meanwhile.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +26,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use super::config::{MasterConfig, MasterStats};
+use super::deliver::Outgoing;
 use super::feed::CommittedBatch;
+use super::journal_thread::JournalThread;
 use super::messages::{CoreMsg, Reply};
 use super::snapshots::{SnapshotThread, Written};
 use super::streams::Subscriber;
@@ -30,7 +36,7 @@ use crate::clock::Clock;
 use crate::engine::{Engine, Output};
 use crate::error::CoreError;
 use crate::journal::Journal;
-use crate::state::Event;
+use crate::state::{Event, MasterState};
 
 /// The most messages decided in one batch; bounds the latency of one turn.
 const MAX_BATCH_MESSAGES: usize = 16 * 1024;
@@ -44,13 +50,18 @@ enum Stop {
     Crash,
 }
 
-pub(crate) struct CoreLoop<J> {
+pub(crate) struct CoreLoop<J: Journal> {
     pub(crate) engine: Engine,
-    pub(crate) journal: J,
+    /// The journal, on its own thread: it writes one batch while the core decides the next.
+    pub(crate) journal: JournalThread<J>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: MasterConfig,
     pub(crate) inbox: Receiver<CoreMsg>,
+    /// The sequence number of the last event decided (durable once its batch is out).
     pub(crate) last_seq: u64,
+    /// The last event and the counts of tasks per state of the last batch let out: what
+    /// the stats show.
+    pub(crate) released: (u64, crate::state::TaskCounts),
     pub(crate) events_since_snapshot: u64,
     pub(crate) stats: watch::Sender<MasterStats>,
     pub(crate) sessions: HashMap<u64, mpsc::Sender<MasterMessage>>,
@@ -80,6 +91,23 @@ pub(crate) struct CoreLoop<J> {
     pub(crate) outputs: super::output::OutputStore,
 }
 
+/// A batch decided, numbered `first_seq..=last_seq`, and what leaves once it is durable.
+struct Pending {
+    first_seq: u64,
+    last_seq: u64,
+    events: Arc<Vec<Event>>,
+    outgoing: Outgoing,
+    /// Tasks per state as the batch left them.
+    counts: crate::state::TaskCounts,
+    /// Callers that asked for a copy of the state.
+    copies: Vec<oneshot::Sender<(u64, MasterState)>>,
+    /// The state as the batch left it, taken for the copies or a snapshot.
+    copy: Option<MasterState>,
+    /// Whether a snapshot of `copy` is to be taken once the batch is durable.
+    snapshot_due: bool,
+    now: mawex_api::Timestamp,
+}
+
 /// How stale the pods' reported usage may be in the stats.
 const POD_STATS_EVERY: Duration = Duration::from_secs(1);
 
@@ -105,26 +133,35 @@ impl<J: Journal> CoreLoop<J> {
     /// Runs until shutdown, halt, or a journal failure.
     /// Drops everything but the storage (waiting callers, sessions, the inbox) and returns
     /// it: the journal, and the snapshot thread, which may be writing to it.
-    pub(crate) fn into_storage(mut self) -> (J, Option<SnapshotThread>) {
+    pub(crate) fn into_storage(mut self) -> (JournalThread<J>, Option<SnapshotThread>) {
         let thread = self.snapshot_thread.take();
         (self.journal, thread)
     }
 
     pub(crate) fn run(&mut self) -> Result<(), CoreError> {
         let mut batch: Vec<CoreMsg> = Vec::new();
+        // The batch the journal is writing, with what leaves once it is durable.
+        let mut writing: Option<Pending> = None;
         loop {
-            let wait = self.wait_time();
-            match self.inbox.recv_timeout(wait) {
-                Ok(msg) => batch.push(msg),
-                Err(RecvTimeoutError::Timeout) => {}
-                // Every handle, proxy and pod link is gone: nobody can ask anything more.
-                Err(RecvTimeoutError::Disconnected) => return self.stop_cleanly(),
-            }
-            while batch.len() < MAX_BATCH_MESSAGES {
-                match self.inbox.try_recv() {
-                    Ok(msg) => batch.push(msg),
-                    Err(_) => break,
+            if writing.is_some() {
+                // Decide what came meanwhile while the journal writes; with nothing new,
+                // wait for the write instead.
+                self.take_queued(&mut batch);
+                if batch.is_empty() {
+                    if let Some(pending) = writing.take() {
+                        self.finish(pending)?;
+                    }
+                    self.after_turn()?;
+                    continue;
                 }
+            } else {
+                match self.inbox.recv_timeout(self.wait_time()) {
+                    Ok(msg) => batch.push(msg),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    // Every handle, proxy and pod link is gone: nobody can ask anything more.
+                    Err(RecvTimeoutError::Disconnected) => return self.stop_cleanly(),
+                }
+                self.take_queued(&mut batch);
             }
             let now = self.clock.now();
             let mut out = Output::default();
@@ -179,53 +216,169 @@ impl<J: Journal> CoreLoop<J> {
             if stop.is_none() {
                 self.engine.dispatch(now, &mut out);
             }
-            // A batch without events that connected, dropped or drained no pod changed no
-            // lease (heartbeats, reads): the pods' stats only need their usage refreshed,
-            // which can wait.
-            let pods_changed = self.engine.take_pods_changed()
-                || !out.events.is_empty()
-                || self.pod_stats.1.elapsed() >= POD_STATS_EVERY;
-            // Shared, not copied, by the journal's entry and the feed.
-            let events = Arc::new(std::mem::take(&mut out.events));
-            if let Err(e) = self.commit(&events) {
-                error!(error = %e, "journal append failed; the master stops");
-                return Err(e);
+            let pending = self.decided(out, deferred, new_subscribers, copies, now)?;
+            // The last batch is durable and out before this one goes to the journal: writes
+            // and deliveries keep the order of decisions.
+            if let Some(last) = writing.take() {
+                self.finish(last)?;
             }
-            // Copies are of committed state only: taken after the commit, before the next
-            // batch. O(1): the receiver rebuilds the indexes on its own thread.
-            for reply in copies {
-                let _ = reply.send((self.last_seq, self.engine.state().durable_copy()));
+            if pending.events.is_empty() {
+                self.release_durable(pending)?;
+            } else {
+                self.journal
+                    .append(pending.first_seq, pending.events.clone())?;
+                writing = Some(pending);
             }
-            // Stats first, so whoever hears back from this batch sees it in them too.
-            if pods_changed {
-                self.refresh_pod_stats();
-            }
-            self.publish_stats();
-            self.deliver(out, &events, deferred, new_subscribers, now);
             if let Some(Stop::Clean(done)) = stop {
+                if let Some(last) = writing.take() {
+                    self.finish(last)?;
+                }
                 self.stop_cleanly()?;
                 let _ = done.send(());
                 return Ok(());
             }
-            if self.last_prune.elapsed() >= PRUNE_EVERY {
-                self.prune_waiters();
-            }
-            if let Some(written) = self.snapshot_thread.as_mut().and_then(|t| t.finished()) {
-                self.snapshot_written(written)?;
-            }
-            if self.config.snapshot_every > 0
-                && self.events_since_snapshot >= self.config.snapshot_every
-            {
-                self.take_snapshot()?;
+            self.after_turn()?;
+        }
+    }
+
+    /// Moves whatever the inbox holds into `batch`, up to [`MAX_BATCH_MESSAGES`].
+    fn take_queued(&mut self, batch: &mut Vec<CoreMsg>) {
+        while batch.len() < MAX_BATCH_MESSAGES {
+            match self.inbox.try_recv() {
+                Ok(msg) => batch.push(msg),
+                Err(_) => break,
             }
         }
     }
 
+    /// Numbers the batch just decided and gathers, from the state as the batch left it,
+    /// everything that leaves once it is durable.
+    fn decided(
+        &mut self,
+        mut out: Output,
+        deferred: Vec<Deferred>,
+        new_subscribers: Vec<(Subscriber, Option<ResultCursor>, Reply<()>)>,
+        copies: Vec<oneshot::Sender<(u64, MasterState)>>,
+        now: mawex_api::Timestamp,
+    ) -> Result<Pending, CoreError> {
+        // A batch without events that connected, dropped or drained no pod changed no
+        // lease (heartbeats, reads): the pods' stats only need their usage refreshed,
+        // which can wait.
+        if self.engine.take_pods_changed()
+            || !out.events.is_empty()
+            || self.pod_stats.1.elapsed() >= POD_STATS_EVERY
+        {
+            self.refresh_pod_stats();
+        }
+        // Shared, not copied, by the journal's entry and the feed.
+        let events = Arc::new(std::mem::take(&mut out.events));
+        let first_seq = self.last_seq.saturating_add(1);
+        // Sequence numbers come from the journal: one that cannot be followed by this batch
+        // (only a damaged journal gets near 2^64) stops the master instead of wrapping.
+        let count = u64::try_from(events.len()).unwrap_or(u64::MAX);
+        self.last_seq = self
+            .last_seq
+            .checked_add(count)
+            .filter(|last| *last < u64::MAX)
+            .ok_or_else(|| {
+                CoreError::Storage(Box::new(std::io::Error::other(format!(
+                    "journal sequence numbers run out at 2^64 after {}; only a damaged \
+                     journal gets this far",
+                    self.last_seq
+                ))))
+            })?;
+        self.events_since_snapshot = self.events_since_snapshot.saturating_add(count);
+        // Copies are of the state as of this batch, which is durable when they leave. O(1):
+        // the receiver rebuilds the indexes on its own thread.
+        let snapshot_due = self.config.snapshot_every > 0
+            && self.events_since_snapshot >= self.config.snapshot_every
+            && !self
+                .snapshot_thread
+                .as_ref()
+                .is_some_and(SnapshotThread::busy);
+        let copy = (!copies.is_empty() || snapshot_due).then(|| self.engine.state().durable_copy());
+        if snapshot_due {
+            self.events_since_snapshot = 0;
+        }
+        let outgoing = self.prepare(out, &events, deferred, new_subscribers);
+        Ok(Pending {
+            first_seq,
+            last_seq: self.last_seq,
+            events,
+            outgoing,
+            counts: self.engine.counts(),
+            copies,
+            copy,
+            snapshot_due,
+            now,
+        })
+    }
+
+    /// Waits for the journal to make `pending` durable, then lets it out.
+    fn finish(&mut self, pending: Pending) -> Result<(), CoreError> {
+        let took = self.journal.wait().inspect_err(|e| {
+            error!(error = %e, "journal append failed; the master stops");
+        })?;
+        if let Some(metrics) = self.metrics.get() {
+            metrics.committed(took, pending.events.len());
+        }
+        self.release_durable(pending)
+    }
+
+    /// Lets out a batch whose events are durable (or that has none): its feed entry, the
+    /// stats, copies, answers and assignments; then starts its snapshot if one is due.
+    fn release_durable(&mut self, pending: Pending) -> Result<(), CoreError> {
+        let Pending {
+            first_seq,
+            last_seq,
+            events,
+            outgoing,
+            counts,
+            copies,
+            copy,
+            snapshot_due,
+            now,
+        } = pending;
+        // Before any answer leaves: a reader that hears of this batch can wait for it.
+        self.committed.store(last_seq, Ordering::Release);
+        if !events.is_empty() && self.feed.receiver_count() > 0 {
+            let _ = self
+                .feed
+                .send(Arc::new(CommittedBatch { first_seq, events }));
+        }
+        if let Some(state) = &copy {
+            for reply in copies {
+                let _ = reply.send((last_seq, state.clone()));
+            }
+        }
+        // Stats first, so whoever hears back from this batch sees it in them too.
+        self.released = (last_seq, counts);
+        self.publish_stats();
+        self.release(outgoing, now);
+        match copy {
+            Some(state) if snapshot_due => self.take_snapshot(last_seq, state),
+            _ => Ok(()),
+        }
+    }
+
+    /// Housekeeping between batches: dropping abandoned waiters, hearing from the snapshot
+    /// thread.
+    fn after_turn(&mut self) -> Result<(), CoreError> {
+        if self.last_prune.elapsed() >= PRUNE_EVERY {
+            self.prune_waiters();
+        }
+        if let Some(written) = self.snapshot_thread.as_mut().and_then(|t| t.finished()) {
+            self.snapshot_written(written)?;
+        }
+        Ok(())
+    }
+
     fn wait_time(&self) -> Duration {
-        let now = self.clock.now();
+        // The clock is read only for a deadline: otherwise each batch reads it once, as it
+        // starts deciding.
         match self.engine.next_deadline() {
             Some(deadline) => deadline
-                .saturating_since(now)
+                .saturating_since(self.clock.now())
                 .clamp(Duration::from_millis(1), MAX_IDLE),
             None => MAX_IDLE,
         }
@@ -416,43 +569,6 @@ impl<J: Journal> CoreLoop<J> {
         }
     }
 
-    fn commit(&mut self, events: &Arc<Vec<Event>>) -> Result<(), CoreError> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let first_seq = self.last_seq.saturating_add(1);
-        // Sequence numbers come from the journal: one that cannot be followed by this batch
-        // (only a damaged journal gets near 2^64) stops the master instead of wrapping.
-        let count = u64::try_from(events.len()).unwrap_or(u64::MAX);
-        let last_seq = self
-            .last_seq
-            .checked_add(count)
-            .filter(|last| *last < u64::MAX)
-            .ok_or_else(|| {
-                CoreError::Storage(Box::new(std::io::Error::other(format!(
-                    "journal sequence numbers run out at 2^64 after {}; only a damaged \
-                     journal gets this far",
-                    self.last_seq
-                ))))
-            })?;
-        let started = std::time::Instant::now();
-        self.journal.append_shared(first_seq, events)?;
-        if let Some(metrics) = self.metrics.get() {
-            metrics.committed(started.elapsed(), events.len());
-        }
-        self.last_seq = last_seq;
-        self.events_since_snapshot = self.events_since_snapshot.saturating_add(count);
-        // Before any answer leaves: a reader that hears of this batch can wait for it.
-        self.committed.store(self.last_seq, Ordering::Release);
-        if self.feed.receiver_count() > 0 {
-            let _ = self.feed.send(Arc::new(CommittedBatch {
-                first_seq,
-                events: events.clone(),
-            }));
-        }
-        Ok(())
-    }
-
     /// Drops the waits and result streams of callers that went away (timed out, cancelled,
     /// disconnected), which would otherwise pile up.
     fn prune_waiters(&mut self) {
@@ -499,9 +615,9 @@ impl<J: Journal> CoreLoop<J> {
 
     pub(crate) fn publish_stats(&self) {
         let stats = MasterStats {
-            counts: self.engine.counts(),
+            counts: self.released.1,
             pods: self.pod_stats.0.clone(),
-            last_seq: self.last_seq,
+            last_seq: self.released.0,
             snapshots: self.snapshots.written,
             longest_snapshot: self.snapshots.longest_pause,
             longest_snapshot_write: self.snapshots.longest_write,
@@ -509,35 +625,32 @@ impl<J: Journal> CoreLoop<J> {
         self.stats.send_replace(stats);
     }
 
-    /// Starts a snapshot of the state as of the last commit: handed to the snapshot thread
-    /// when there is one (unless it is still writing the previous one: the next turn tries
-    /// again), else written here.
-    fn take_snapshot(&mut self) -> Result<(), CoreError> {
+    /// Starts a snapshot of `state`, as of event `last_seq`, which is durable: handed to the
+    /// snapshot thread when there is one, else written here.
+    fn take_snapshot(&mut self, last_seq: u64, state: MasterState) -> Result<(), CoreError> {
         let started = std::time::Instant::now();
         match &mut self.snapshot_thread {
-            Some(thread) if thread.busy() => return Ok(()),
-            Some(thread) => thread.write(self.last_seq, self.engine.state().durable_copy())?,
-            None => self.write_snapshot_here()?,
+            Some(thread) => thread.write(last_seq, state)?,
+            None => self.write_snapshot_here(last_seq, state)?,
         }
-        self.events_since_snapshot = 0;
         let pause = started.elapsed();
         self.snapshots.longest_pause = self.snapshots.longest_pause.max(pause);
         debug!(
-            seq = self.last_seq,
+            seq = last_seq,
             pause_us = pause.as_micros() as u64,
             "snapshot started"
         );
         Ok(())
     }
 
-    /// Writes a snapshot on the core thread.
-    fn write_snapshot_here(&mut self) -> Result<(), CoreError> {
-        let started = std::time::Instant::now();
-        let result = self.journal.snapshot(self.last_seq, self.engine.state());
+    /// Writes a snapshot through the journal's thread, waiting for it.
+    fn write_snapshot_here(&mut self, last_seq: u64, state: MasterState) -> Result<(), CoreError> {
+        let result = self.journal.snapshot(last_seq, state);
+        let took = result.as_ref().map_or(Duration::ZERO, |took| *took);
         self.snapshot_written(Written {
-            last_seq: self.last_seq,
-            result,
-            took: started.elapsed(),
+            last_seq,
+            result: result.map(|_| ()),
+            took,
         })
     }
 
@@ -559,7 +672,9 @@ impl<J: Journal> CoreLoop<J> {
             self.snapshot_written(written)?;
         }
         if self.events_since_snapshot > 0 {
-            self.write_snapshot_here()?;
+            // Every batch is durable by now: the state is the journal's.
+            let state = self.engine.state().durable_copy();
+            self.write_snapshot_here(self.last_seq, state)?;
         }
         for s in self.subscribers.drain(..) {
             let _ = s

@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 
 use mawex_api::pod::{Assignment, MasterMessage};
-use mawex_api::{ResultCursor, TaskResult};
+use mawex_api::{BroadcastView, ResultCursor, TaskResult};
 
 use super::core_loop::{CoreLoop, Deferred};
 use super::messages::Reply;
-use super::streams::Subscriber;
+use super::streams::{Subscriber, MAX_STREAM_LAG};
 use crate::engine::Output;
 use crate::journal::Journal;
 use crate::state::Event;
@@ -50,20 +50,35 @@ fn inputs_bytes(inputs: &[mawex_api::TaskResult]) -> usize {
         .sum()
 }
 
+/// What leaves the master once a batch is durable, read from the state as the batch left it:
+/// the core may decide the next batch before this one is durable, and nothing of that one
+/// may leave with this.
+pub(super) struct Outgoing {
+    /// Answers to requests, in the order they came.
+    deferred: Vec<Deferred>,
+    /// Messages the engine had for pods (cancels, acks, drains), by session.
+    messages: Vec<(u64, MasterMessage)>,
+    /// Assignments per session, with the dispatch batch that made them.
+    assigns: HashMap<u64, Vec<Assignment>>,
+    batch: u64,
+    closed_sessions: Vec<u64>,
+    /// Results recorded in the batch, in stream order, each with its waiters.
+    results: Vec<(TaskResult, Vec<Reply<TaskResult>>)>,
+    /// Broadcasts that finished (or were aborted), with their waiters.
+    broadcasts: Vec<(BroadcastView, Vec<Reply<BroadcastView>>)>,
+    /// New result streams, each with its backlog (this batch's results included).
+    new_subscribers: Vec<(Subscriber, Vec<TaskResult>, Reply<()>)>,
+}
+
 impl<J: Journal> CoreLoop<J> {
-    /// Everything that may leave the master once the batch is durable.
-    pub(super) fn deliver(
+    /// Gathers what may leave the master once the batch just decided is durable.
+    pub(super) fn prepare(
         &mut self,
         out: Output,
         events: &[Event],
         deferred: Vec<Deferred>,
         new_subscribers: Vec<(Subscriber, Option<ResultCursor>, Reply<()>)>,
-        now: mawex_api::Timestamp,
-    ) {
-        for reply in deferred {
-            reply();
-        }
-
+    ) -> Outgoing {
         // Assignments, grouped per pod, skipping any cancelled in the same batch.
         let mut assigns: HashMap<u64, Vec<Assignment>> = HashMap::new();
         for event in events {
@@ -87,11 +102,87 @@ impl<J: Journal> CoreLoop<J> {
                 });
             }
         }
+
+        // Every result recorded, whatever event recorded it, has the next stream position,
+        // so reading the result log from the last position gathered misses none by
+        // construction (a result retried away in the same batch is no longer there to send).
+        let results: Vec<(TaskResult, Vec<Reply<TaskResult>>)> = self
+            .engine
+            .state()
+            .results_after(self.delivered_seq)
+            .map(|r| {
+                let result: TaskResult = r.clone().into();
+                let waiters = self.waiters.remove(&result.id).unwrap_or_default();
+                (result, waiters)
+            })
+            .collect();
+        self.delivered_seq = self.engine.state().results_recorded();
+
+        let mut broadcasts = Vec::new();
+        if !self.broadcast_waiters.is_empty() {
+            let engine = &self.engine;
+            self.broadcast_waiters.retain(|id, waiters| {
+                match engine
+                    .broadcast_view(*id)
+                    .filter(|v| v.finished_at.is_some())
+                {
+                    Some(view) => {
+                        broadcasts.push((view, std::mem::take(waiters)));
+                        false
+                    }
+                    None => true,
+                }
+            });
+        }
+        let new_subscribers = new_subscribers
+            .into_iter()
+            .map(|(sub, after, reply)| {
+                let after = after.map_or(0, |c| c.0);
+                // Of its group only, and no more than the stream may lag (it is cut off at
+                // that point anyway).
+                let backlog = self
+                    .engine
+                    .state()
+                    .results_after(after)
+                    .filter(|r| r.group == sub.group)
+                    .take(MAX_STREAM_LAG.saturating_add(1))
+                    .map(|r| r.clone().into())
+                    .collect();
+                (sub, backlog, reply)
+            })
+            .collect();
+        Outgoing {
+            deferred,
+            messages: out.messages,
+            assigns,
+            batch: self.engine.batch(),
+            closed_sessions: out.closed_sessions,
+            results,
+            broadcasts,
+            new_subscribers,
+        }
+    }
+
+    /// Sends what a durable batch let out.
+    pub(super) fn release(&mut self, outgoing: Outgoing, now: mawex_api::Timestamp) {
+        let Outgoing {
+            deferred,
+            messages,
+            assigns,
+            batch,
+            closed_sessions,
+            results,
+            broadcasts,
+            new_subscribers,
+        } = outgoing;
+        for reply in deferred {
+            reply();
+        }
         // Cancels first: a pod must stop an old attempt before it hears of a newer one.
         // Acks of one session go as one message: a pod may report thousands per batch.
         let mut dead_sessions = Vec::new();
         let mut acks: HashMap<u64, Vec<mawex_api::pod::AttemptRef>> = HashMap::new();
-        for (session, message) in out.messages {
+        for (session, message) in messages {
             if let MasterMessage::Ack(attempts) = message {
                 acks.entry(session).or_default().extend(attempts);
             } else if !self.send_to(session, message) {
@@ -103,7 +194,6 @@ impl<J: Journal> CoreLoop<J> {
                 dead_sessions.push(session);
             }
         }
-        let batch = self.engine.batch();
         for (session, assignments) in assigns {
             // Split by payload size so that no message outgrows a transport's limit.
             let mut chunks = split_by_bytes(assignments, MAX_ASSIGN_PAYLOAD_BYTES).peekable();
@@ -120,7 +210,7 @@ impl<J: Journal> CoreLoop<J> {
                 }
             }
         }
-        for session in out.closed_sessions {
+        for session in closed_sessions {
             self.sessions.remove(&session);
         }
         for session in dead_sessions {
@@ -128,56 +218,25 @@ impl<J: Journal> CoreLoop<J> {
             self.engine.pod_disconnected(session, now);
         }
 
-        // Results: waiters, then existing subscribers, then new subscribers with their
-        // backlog (which already holds this batch's results, so none is sent twice). Every
-        // result recorded, whatever event recorded it, has the next stream position, so
-        // reading the result log from the last position delivered misses none by
-        // construction (a result retried away in the same batch is no longer there to send).
-        let recorded: Vec<TaskResult> = self
-            .engine
-            .state()
-            .results_after(self.delivered_seq)
-            .map(|r| r.clone().into())
-            .collect();
-        self.delivered_seq = self.engine.state().results_recorded();
-        for result in recorded {
+        // Results: streams and waiters, then new streams with their backlog (which already
+        // holds this batch's results, so none is sent twice).
+        for (result, mut waiters) in results {
             self.subscribers.retain(|s| s.offer(&result));
-            if let Some(mut waiters) = self.waiters.remove(&result.id) {
-                let last = waiters.pop();
-                for w in waiters {
-                    let _ = w.send(Ok(result.clone()));
-                }
-                if let Some(w) = last {
-                    let _ = w.send(Ok(result));
-                }
+            let last = waiters.pop();
+            for w in waiters {
+                let _ = w.send(Ok(result.clone()));
+            }
+            if let Some(w) = last {
+                let _ = w.send(Ok(result));
             }
         }
-        // Broadcasts that finished (or were aborted) in this batch.
-        if !self.broadcast_waiters.is_empty() {
-            let engine = &self.engine;
-            self.broadcast_waiters.retain(|id, waiters| {
-                match engine
-                    .broadcast_view(*id)
-                    .filter(|v| v.finished_at.is_some())
-                {
-                    Some(view) => {
-                        for w in waiters.drain(..) {
-                            let _ = w.send(Ok(view.clone()));
-                        }
-                        false
-                    }
-                    None => true,
-                }
-            });
+        for (view, waiters) in broadcasts {
+            for w in waiters {
+                let _ = w.send(Ok(view.clone()));
+            }
         }
-        for (sub, after, reply) in new_subscribers {
-            let after = after.map_or(0, |c| c.0);
-            let open = self
-                .engine
-                .state()
-                .results_after(after)
-                .all(|result| sub.offer(&result.clone().into()));
-            if open {
+        for (sub, backlog, reply) in new_subscribers {
+            if backlog.iter().all(|result| sub.offer(result)) {
                 self.subscribers.push(sub);
             }
             let _ = reply.send(Ok(()));

@@ -117,9 +117,17 @@ impl MasterBuilder {
                         return;
                     }
                 };
+                let journal = match super::journal_thread::JournalThread::start(journal) {
+                    Ok(thread) => thread,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
                 let engine = Engine::new(state, config.engine(), clock.now());
                 let config_output = (config.output_tail_bytes, config.output_total_bytes);
                 let engine_results_recorded = engine.state().results_recorded();
+                let engine_counts = engine.counts();
                 let mut core = CoreLoop {
                     engine,
                     journal,
@@ -127,6 +135,7 @@ impl MasterBuilder {
                     config,
                     inbox: inbox_rx,
                     last_seq,
+                    released: (last_seq, engine_counts),
                     events_since_snapshot: events as u64,
                     stats: stats_tx,
                     sessions: HashMap::new(),

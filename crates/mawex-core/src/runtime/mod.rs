@@ -7,6 +7,7 @@ mod core_loop;
 mod deliver;
 mod feed;
 mod history;
+mod journal_thread;
 mod local_pods;
 mod local_proxy;
 mod master;
