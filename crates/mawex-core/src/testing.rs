@@ -59,7 +59,7 @@ where
     T: JournalUnderTest,
     F: FnMut() -> T,
 {
-    let scenarios: [Scenario<T>; 15] = [
+    let scenarios: [Scenario<T>; 14] = [
         ("an empty journal recovers empty", recovers_empty),
         (
             "appended events recover in order after a restart",
@@ -68,10 +68,6 @@ where
         (
             "a batch larger than a record is split and recovers whole",
             large_batches,
-        ),
-        (
-            "batches written together recover in order, one after the other",
-            batches_together,
         ),
         (
             "sequence numbers sort numerically, not by their bytes",
@@ -210,23 +206,6 @@ fn large_batches<T: JournalUnderTest>(storage: &mut T) {
         12 * MAX_RECORD_BYTES / 4
     );
     let recovered = storage.open().recover().expect("recover");
-    assert_eq!(recovered.events, numbered(&events, 1));
-}
-
-fn batches_together<T: JournalUnderTest>(storage: &mut T) {
-    let events = accepted(1, 9, 8);
-    {
-        let mut journal = storage.open();
-        journal.recover().expect("recover");
-        journal.append(1, &events[..2]).expect("append");
-        let batches: Vec<(u64, std::sync::Arc<Vec<Event>>)> = vec![
-            (3, std::sync::Arc::new(events[2..5].to_vec())),
-            (6, std::sync::Arc::new(events[5..6].to_vec())),
-            (7, std::sync::Arc::new(events[6..].to_vec())),
-        ];
-        journal.append_batches(&batches).expect("append batches");
-    }
-    let recovered = storage.open().recover().expect("recover after a restart");
     assert_eq!(recovered.events, numbered(&events, 1));
 }
 

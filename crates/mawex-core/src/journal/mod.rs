@@ -123,23 +123,6 @@ pub trait Journal: Send + 'static {
         self.append(first_seq, events)
     }
 
-    /// Appends several batches in order, each as [`Journal::append_shared`] would, and
-    /// makes them all durable: the core hands over every batch it decided while the last
-    /// write was syncing, and a journal that can sync them all at once overrides this (the
-    /// default appends them one by one).
-    ///
-    /// # Errors
-    /// As [`Journal::append`]; after an error, none of the batches counts as durable.
-    fn append_batches(
-        &mut self,
-        batches: &[(u64, std::sync::Arc<Vec<Event>>)],
-    ) -> Result<(), CoreError> {
-        for (first_seq, events) in batches {
-            self.append_shared(*first_seq, events)?;
-        }
-        Ok(())
-    }
-
     /// Stores `state` as of event `last_seq` and drops the records it covers.
     ///
     /// # Errors

@@ -219,27 +219,6 @@ impl SledJournal {
     fn sync(&mut self) -> Result<(), CoreError> {
         self.durability.sync(&self.db)
     }
-
-    /// Writes encoded records (one sled batch, so all or none), unsynced.
-    fn write_records(&mut self, records: Vec<(u64, Vec<u8>)>) -> Result<(), CoreError> {
-        let bytes: usize = records.iter().map(|(_, bytes)| bytes.len()).sum();
-        self.free_space
-            .check("write", bytes.saturating_mul(RECORD_AMPLIFICATION))?;
-        match records.as_slice() {
-            [] => {}
-            [(seq, bytes)] => {
-                self.journal.insert(seq.to_be_bytes(), bytes.as_slice())?;
-            }
-            _ => {
-                let mut batch = sled::Batch::default();
-                for (seq, bytes) in records {
-                    batch.insert(&seq.to_be_bytes(), bytes);
-                }
-                self.journal.apply_batch(batch)?;
-            }
-        }
-        Ok(())
-    }
 }
 
 impl SledSync {
@@ -550,22 +529,25 @@ impl Journal for SledJournal {
 
     fn append(&mut self, first_seq: u64, events: &[Event]) -> Result<(), CoreError> {
         let records = encode_records(first_seq, events, MAX_RECORD_BYTES)?;
-        self.write_records(records)?;
+        let bytes: usize = records.iter().map(|(_, bytes)| bytes.len()).sum();
+        self.free_space
+            .check("write", bytes.saturating_mul(RECORD_AMPLIFICATION))?;
+        match records.as_slice() {
+            [] => return Ok(()),
+            [(seq, bytes)] => {
+                self.journal.insert(seq.to_be_bytes(), bytes.as_slice())?;
+            }
+            _ => {
+                let mut batch = sled::Batch::default();
+                for (seq, bytes) in records {
+                    batch.insert(&seq.to_be_bytes(), bytes);
+                }
+                self.journal.apply_batch(batch)?;
+            }
+        }
         self.sync()
     }
 
-    /// Writes each batch's records, then syncs once for all of them.
-    fn append_batches(
-        &mut self,
-        batches: &[(u64, std::sync::Arc<Vec<Event>>)],
-    ) -> Result<(), CoreError> {
-        let mut records = Vec::new();
-        for (first_seq, events) in batches {
-            records.extend(encode_records(*first_seq, events, MAX_RECORD_BYTES)?);
-        }
-        self.write_records(records)?;
-        self.sync()
-    }
     fn snapshot(&mut self, last_seq: u64, state: &MasterState) -> Result<(), CoreError> {
         let bytes = encode_snapshot(last_seq, state)?;
         self.free_space.check(

@@ -14,7 +14,7 @@
 //! The core is a plain OS thread, not a tokio task: it blocks waiting for its inbox or for
 //! the journal, and blocks nothing else meanwhile.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -28,7 +28,7 @@ use tracing::{debug, error, info, warn};
 use super::config::{MasterConfig, MasterStats};
 use super::deliver::Outgoing;
 use super::feed::CommittedBatch;
-use super::journal_thread::{JournalThread, MAX_IN_FLIGHT};
+use super::journal_thread::JournalThread;
 use super::messages::{CoreMsg, Reply};
 use super::snapshots::{SnapshotThread, Written};
 use super::streams::Subscriber;
@@ -140,17 +140,17 @@ impl<J: Journal> CoreLoop<J> {
 
     pub(crate) fn run(&mut self) -> Result<(), CoreError> {
         let mut batch: Vec<CoreMsg> = Vec::new();
-        // Batches decided and not yet let out, in order; those with events wait for the
-        // journal.
-        let mut writing: VecDeque<Pending> = VecDeque::new();
+        // The batch the journal is writing, with what leaves once it is durable.
+        let mut writing: Option<Pending> = None;
         loop {
-            if !writing.is_empty() {
-                // Let out what the journal made durable meanwhile, and decide what came
-                // meanwhile while it writes; with nothing new, wait for the journal instead.
-                self.let_out(&mut writing, false)?;
+            if writing.is_some() {
+                // Decide what came meanwhile while the journal writes; with nothing new,
+                // wait for the write instead.
                 self.take_queued(&mut batch);
                 if batch.is_empty() {
-                    self.let_out(&mut writing, true)?;
+                    if let Some(pending) = writing.take() {
+                        self.finish(pending)?;
+                    }
                     self.after_turn()?;
                     continue;
                 }
@@ -217,24 +217,22 @@ impl<J: Journal> CoreLoop<J> {
                 self.engine.dispatch(now, &mut out);
             }
             let pending = self.decided(out, deferred, new_subscribers, copies, now)?;
-            // A snapshot written through the journal's own thread waits for it, so it is
-            // taken with nothing else in flight.
-            let drain = stop.is_some() || (pending.snapshot_due && self.snapshot_thread.is_none());
-            if !pending.events.is_empty() {
-                while writing.iter().filter(|p| !p.events.is_empty()).count() >= MAX_IN_FLIGHT {
-                    self.let_out(&mut writing, true)?;
-                }
+            // The last batch is durable and out before this one goes to the journal: writes
+            // and deliveries keep the order of decisions.
+            if let Some(last) = writing.take() {
+                self.finish(last)?;
+            }
+            if pending.events.is_empty() {
+                self.release_durable(pending)?;
+            } else {
                 self.journal
                     .append(pending.first_seq, pending.events.clone())?;
-            }
-            // Let out in the order decided: a batch without events once every batch before
-            // it is out.
-            writing.push_back(pending);
-            self.let_out(&mut writing, false)?;
-            while drain && !writing.is_empty() {
-                self.let_out(&mut writing, true)?;
+                writing = Some(pending);
             }
             if let Some(Stop::Clean(done)) = stop {
+                if let Some(last) = writing.take() {
+                    self.finish(last)?;
+                }
                 self.stop_cleanly()?;
                 let _ = done.send(());
                 return Ok(());
@@ -316,36 +314,15 @@ impl<J: Journal> CoreLoop<J> {
         })
     }
 
-    /// Lets out the batches at the front of `writing` that are durable: one with events
-    /// once the journal reports it written, one without once every batch before it is out.
-    /// With `wait`, waits for the journal's report on the first one with events.
-    fn let_out(
-        &mut self,
-        writing: &mut VecDeque<Pending>,
-        mut wait: bool,
-    ) -> Result<(), CoreError> {
-        while let Some(front) = writing.front() {
-            if !front.events.is_empty() {
-                let written = if std::mem::take(&mut wait) {
-                    self.journal.wait()
-                } else {
-                    match self.journal.try_wait() {
-                        Some(written) => written,
-                        None => break,
-                    }
-                };
-                let took = written.inspect_err(|e| {
-                    error!(error = %e, "journal append failed; the master stops");
-                })?;
-                if let Some(metrics) = self.metrics.get() {
-                    metrics.committed(took, front.events.len());
-                }
-            }
-            if let Some(pending) = writing.pop_front() {
-                self.release_durable(pending)?;
-            }
+    /// Waits for the journal to make `pending` durable, then lets it out.
+    fn finish(&mut self, pending: Pending) -> Result<(), CoreError> {
+        let took = self.journal.wait().inspect_err(|e| {
+            error!(error = %e, "journal append failed; the master stops");
+        })?;
+        if let Some(metrics) = self.metrics.get() {
+            metrics.committed(took, pending.events.len());
         }
-        Ok(())
+        self.release_durable(pending)
     }
 
     /// Lets out a batch whose events are durable (or that has none): its feed entry, the
@@ -653,9 +630,6 @@ impl<J: Journal> CoreLoop<J> {
     fn take_snapshot(&mut self, last_seq: u64, state: MasterState) -> Result<(), CoreError> {
         let started = std::time::Instant::now();
         match &mut self.snapshot_thread {
-            // Still writing one that a batch before it started: this one is skipped, and
-            // the next is due after as many events again.
-            Some(thread) if thread.busy() => return Ok(()),
             Some(thread) => thread.write(last_seq, state)?,
             None => self.write_snapshot_here(last_seq, state)?,
         }

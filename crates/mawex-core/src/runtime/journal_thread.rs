@@ -2,9 +2,8 @@
 //! journal encodes, writes and syncs the last one (see `core_loop`).
 //!
 //! Writes go in the order they were handed over, and each is reported back in that order.
-//! Batches handed over while the last write was syncing are written together, with one
-//! sync (`Journal::append_batches`). At most [`MAX_IN_FLIGHT`] batches wait for the
-//! journal at once.
+//! The core hands over at most one batch before it hears back about it, so what is in
+//! flight is bounded by one batch.
 
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
@@ -14,9 +13,6 @@ use std::time::{Duration, Instant};
 use crate::error::CoreError;
 use crate::journal::Journal;
 use crate::state::{Event, MasterState};
-
-/// The most batches the core hands over before it hears back about the first.
-pub(crate) const MAX_IN_FLIGHT: usize = 4;
 
 /// One write.
 enum Job {
@@ -50,62 +46,27 @@ impl<J: Journal> JournalThread<J> {
     /// Starts the thread over `journal`.
     pub(crate) fn start(mut journal: J) -> Result<Self, CoreError> {
         let term = journal.term();
-        let (jobs, inbox) = std_mpsc::sync_channel::<Job>(MAX_IN_FLIGHT);
+        let (jobs, inbox) = std_mpsc::sync_channel::<Job>(1);
         let (done_tx, done) = std_mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("mawex-journal".into())
             .spawn(move || {
-                let mut next: Option<Job> = None;
-                loop {
-                    let Some(job) = next.take().or_else(|| inbox.recv().ok()) else {
-                        break;
-                    };
+                for job in inbox {
                     let started = Instant::now();
-                    let (result, written) = match job {
+                    let result = match job {
                         Job::Append { first_seq, events } => {
-                            // Whatever else is queued goes with it, up to a job that is
-                            // not an append.
-                            let mut batches = vec![(first_seq, events)];
-                            while let Ok(more) = inbox.try_recv() {
-                                match more {
-                                    Job::Append { first_seq, events } => {
-                                        batches.push((first_seq, events));
-                                    }
-                                    other => {
-                                        next = Some(other);
-                                        break;
-                                    }
-                                }
-                            }
-                            (journal.append_batches(&batches), batches.len())
+                            journal.append_shared(first_seq, &events)
                         }
-                        Job::Snapshot { last_seq, state } => {
-                            (journal.snapshot(last_seq, &state), 1)
-                        }
+                        Job::Snapshot { last_seq, state } => journal.snapshot(last_seq, &state),
                     };
-                    let took = started.elapsed();
-                    match result {
-                        Ok(()) => {
-                            for _ in 0..written {
-                                if done_tx
-                                    .send(Done {
-                                        result: Ok(()),
-                                        took,
-                                    })
-                                    .is_err()
-                                {
-                                    return journal;
-                                }
-                            }
-                        }
-                        // Nothing more is written: the master stops.
-                        Err(e) => {
-                            let _ = done_tx.send(Done {
-                                result: Err(e),
-                                took,
-                            });
-                            break;
-                        }
+                    let failed = result.is_err();
+                    let done = Done {
+                        result,
+                        took: started.elapsed(),
+                    };
+                    // After a failure nothing more is written: the master stops.
+                    if done_tx.send(done).is_err() || failed {
+                        break;
                     }
                 }
                 journal
@@ -141,17 +102,8 @@ impl<J: Journal> JournalThread<J> {
         done.result.map(|()| done.took)
     }
 
-    /// [`JournalThread::wait`] if the oldest write has ended, `None` if it has not.
-    pub(crate) fn try_wait(&mut self) -> Option<Result<Duration, CoreError>> {
-        match self.done.try_recv() {
-            Ok(done) => Some(done.result.map(|()| done.took)),
-            Err(std_mpsc::TryRecvError::Empty) => None,
-            Err(std_mpsc::TryRecvError::Disconnected) => Some(Err(gone())),
-        }
-    }
-
-    /// Stores a snapshot of `state` as of event `last_seq` and waits for it. Every write
-    /// handed over before it must have been waited for.
+    /// Stores a snapshot of `state` as of event `last_seq` (every write handed over before
+    /// it has been waited for) and waits for it.
     pub(crate) fn snapshot(
         &mut self,
         last_seq: u64,
@@ -199,73 +151,6 @@ mod tests {
         Event::TasksForgotten {
             tasks: vec![mawex_api::TaskId::new()],
         }
-    }
-
-    /// A memory journal that stalls its first write until told, and records the batches of
-    /// each write.
-    struct Recording {
-        inner: MemoryJournal,
-        writes: Arc<std::sync::Mutex<Vec<Vec<u64>>>>,
-        stall: Option<(std_mpsc::Sender<()>, std_mpsc::Receiver<()>)>,
-    }
-
-    impl Journal for Recording {
-        fn recover(&mut self) -> Result<crate::journal::Recovered, CoreError> {
-            self.inner.recover()
-        }
-        fn append(&mut self, first_seq: u64, events: &[Event]) -> Result<(), CoreError> {
-            self.inner.append(first_seq, events)
-        }
-        fn append_batches(&mut self, batches: &[(u64, Arc<Vec<Event>>)]) -> Result<(), CoreError> {
-            if let Some((entered, go)) = self.stall.take() {
-                entered.send(()).expect("the test waits");
-                go.recv().expect("the test lets go");
-            }
-            let firsts = batches.iter().map(|(first, _)| *first).collect();
-            self.writes.lock().expect("not poisoned").push(firsts);
-            for (first_seq, events) in batches {
-                self.inner.append(*first_seq, events)?;
-            }
-            Ok(())
-        }
-        fn snapshot(&mut self, last_seq: u64, state: &MasterState) -> Result<(), CoreError> {
-            self.inner.snapshot(last_seq, state)
-        }
-        fn repair(&mut self) -> Result<crate::journal::Repaired, CoreError> {
-            self.inner.repair()
-        }
-    }
-
-    #[test]
-    fn batches_handed_over_during_a_write_are_written_together() {
-        let (entered_tx, entered) = std_mpsc::channel();
-        let (go, go_rx) = std_mpsc::channel();
-        let writes = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let journal = Recording {
-            inner: MemoryJournal::new(),
-            writes: writes.clone(),
-            stall: Some((entered_tx, go_rx)),
-        };
-        let mut thread = JournalThread::start(journal).expect("starts");
-        thread
-            .append(1, Arc::new(vec![event()]))
-            .expect("handed over");
-        entered.recv().expect("the first write started");
-        thread
-            .append(2, Arc::new(vec![event()]))
-            .expect("handed over");
-        thread
-            .append(3, Arc::new(vec![event()]))
-            .expect("handed over");
-        go.send(()).expect("the write waits");
-        for _ in 0..3 {
-            thread.wait().expect("written");
-        }
-        assert!(thread.try_wait().is_none(), "one report a batch");
-        assert_eq!(
-            *writes.lock().expect("not poisoned"),
-            vec![vec![1], vec![2, 3]]
-        );
     }
 
     #[test]
