@@ -9,10 +9,27 @@ use std::ops::Bound;
 
 use mawex_api::{ErrorKind, GroupName, TaskId, TaskState};
 
-/// Task ids by group, then state. Empty sets are removed, so that a state rebuilt from
-/// scratch equals one kept up to date.
+/// Task ids by group, then state. A group without tasks is removed, so that a state rebuilt
+/// from scratch equals one kept up to date.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub(crate) struct Listed(HashMap<GroupName, HashMap<TaskState, BTreeSet<TaskId>>>);
+pub(crate) struct Listed(HashMap<GroupName, ByState>);
+
+/// A group's task ids, by state (at [`slot`]): an array, not a map, as every task's every
+/// move looks two of them up.
+type ByState = [BTreeSet<TaskId>; TaskState::ALL.len()];
+
+/// Where `state`'s ids are in a [`ByState`].
+fn slot(state: TaskState) -> usize {
+    match state {
+        TaskState::Blocked => 0,
+        TaskState::Pending => 1,
+        TaskState::Running => 2,
+        TaskState::Succeeded => 3,
+        TaskState::Failed => 4,
+        // Cancelled, and any state a later version adds (none is stored by this one).
+        _ => 5,
+    }
+}
 
 impl Listed {
     /// Task `id` of `group` went from state `from` to `to` (`None`: it did not exist, or
@@ -34,18 +51,17 @@ impl Listed {
             (None, None) => return,
         };
         if let Some(from) = from {
-            if let Some(ids) = states.get_mut(&from) {
-                ids.remove(&id);
-                if ids.is_empty() {
-                    states.remove(&from);
+            states[slot(from)].remove(&id);
+        }
+        match to {
+            Some(to) => {
+                states[slot(to)].insert(id);
+            }
+            None => {
+                if states.iter().all(BTreeSet::is_empty) {
+                    self.0.remove(group);
                 }
             }
-        }
-        if let Some(to) = to {
-            states.entry(to).or_default().insert(id);
-        }
-        if states.is_empty() {
-            self.0.remove(group);
         }
     }
 
@@ -55,10 +71,7 @@ impl Listed {
         if ids.is_empty() {
             return;
         }
-        self.0
-            .entry(group.clone())
-            .or_default()
-            .insert(state, ids.into_iter().collect());
+        self.0.entry(group.clone()).or_default()[slot(state)] = ids.into_iter().collect();
     }
 
     /// The groups that have tasks.
@@ -68,10 +81,9 @@ impl Listed {
 
     /// How many tasks of `group` are in `state`.
     pub(crate) fn count(&self, group: &GroupName, state: TaskState) -> u64 {
-        self.0
-            .get(group)
-            .and_then(|states| states.get(&state))
-            .map_or(0, |ids| u64::try_from(ids.len()).unwrap_or(u64::MAX))
+        self.0.get(group).map_or(0, |states| {
+            u64::try_from(states[slot(state)].len()).unwrap_or(u64::MAX)
+        })
     }
 
     /// The ids after `after` of the tasks of `group` (any, if `None`) in `state` (any, if
@@ -100,17 +112,17 @@ impl Listed {
                 .0
                 .get(group)
                 .into_iter()
-                .flat_map(|states| {
-                    states
-                        .iter()
-                        .filter(move |(s, _)| state.is_none_or(|want| **s == want))
-                        .map(|(_, ids)| ids)
+                .flat_map(|states| match state {
+                    Some(want) => vec![&states[slot(want)]],
+                    None => states.iter().collect(),
                 })
+                .filter(|ids| !ids.is_empty())
                 .collect(),
             None => self
                 .0
                 .values()
-                .filter_map(|states| state.and_then(|s| states.get(&s)))
+                .filter_map(|states| state.map(|s| &states[slot(s)]))
+                .filter(|ids| !ids.is_empty())
                 .collect(),
         };
         let ranges = sets
