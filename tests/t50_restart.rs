@@ -286,6 +286,40 @@ async fn snapshots_bound_replay_and_restart_is_exact() {
     m.shutdown().await;
 }
 
+/// A snapshot due after every batch, while the core decides batches as the journal writes
+/// the one before: one starts at a time (the others are skipped), none stops the master,
+/// and a restart is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_due_after_every_batch_under_load_keep_everything() {
+    let mut config = fast_config();
+    config.snapshot_every = 1;
+    let m = TestMaster::start_with(config.clone()).await;
+    let g = group("snap-every");
+    let (handlers, _, _) = instrumented();
+    let pod = m.pod(
+        PodConfig::new(pod_id("p-snap-every"), vec![g.clone()]).with_slots(2),
+        handlers,
+    );
+    let submits = (0..50).map(|i| {
+        let proxy = m.proxy();
+        let specs: Vec<_> = (0..20)
+            .map(|j| TaskSpec::new(g.clone(), "echo", format!("{i}.{j}")))
+            .collect();
+        async move { proxy.submit_many(specs).await }
+    });
+    for submitted in futures::future::join_all(submits).await {
+        submitted.unwrap();
+    }
+    m.wait_stats("all done", |s| s.counts.succeeded == 1000)
+        .await;
+    let before = all_tasks(&m).await;
+    pod.shutdown().await.unwrap();
+    let dir = m.shutdown().await;
+    let m = TestMaster::restart(dir, config).await;
+    assert_eq!(all_tasks(&m).await, before);
+    m.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clean_shutdown_and_restart_keeps_results_and_pending_work() {
     let m = TestMaster::start().await;

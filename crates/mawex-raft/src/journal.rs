@@ -32,8 +32,9 @@ use crate::{Batch, MasterRaft, MasterStateMachine, RaftStoreError};
 /// [`Journal::snapshot`] only offers the copy: the snapshot is built and stored on openraft's
 /// task afterwards, and one not stored before a crash costs only a longer replay.
 ///
-/// The core thread calls it; its waits run on the tokio runtime it was opened on, which must
-/// be a multi-thread runtime (or one whose thread is free to drive it).
+/// The core thread or the journal's thread calls it (one at a time); its waits run on the
+/// tokio runtime it was opened on, which must be a multi-thread runtime (or one whose thread
+/// is free to drive it).
 pub struct RaftJournal {
     raft: Raft<MasterRaft, MasterStateMachine>,
     machine: MasterStateMachine,

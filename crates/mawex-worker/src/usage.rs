@@ -63,21 +63,24 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(target_os = "linux")]
     fn measures_this_process_on_linux() {
-        if !std::path::Path::new("/proc/self/stat").exists() {
-            return;
-        }
         let mut meter = UsageMeter::new();
         let first = meter.sample().expect("a sample");
         assert!(first.memory_bytes > 1024 * 1024, "{first:?}");
-        // Burn some CPU so the second sample has something to show.
-        let started = Instant::now();
+        // Burn 200 ms of CPU (however long that takes on a busy machine), so the second
+        // sample has something to show.
+        let before = cpu_ticks().expect("CPU ticks");
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
         let mut x = 0u64;
-        while started.elapsed().as_millis() < 200 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        while cpu_ticks().expect("CPU ticks") < before + TICKS_PER_SECOND / 5 {
+            for _ in 0..100_000 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
+            assert!(Instant::now() < deadline, "no CPU time in 30 s");
         }
         assert_ne!(x, 1);
         let second = meter.sample().expect("a sample");
-        assert!(second.cpu_permille > 300, "{second:?}");
+        assert!(second.cpu_permille > 0, "{second:?}");
     }
 }

@@ -59,9 +59,13 @@ pub(crate) struct CoreLoop<J: Journal> {
     pub(crate) inbox: Receiver<CoreMsg>,
     /// The sequence number of the last event decided (durable once its batch is out).
     pub(crate) last_seq: u64,
-    /// The last event and the counts of tasks per state of the last batch let out: what
-    /// the stats show.
-    pub(crate) released: (u64, crate::state::TaskCounts),
+    /// The last event, the counts of tasks per state and the pods' part of the stats as
+    /// of the last batch let out: what the stats show.
+    pub(crate) released: (u64, crate::state::TaskCounts, Arc<[crate::PodStats]>),
+    /// A batch decided and not yet let out holds a snapshot to take: no other is due.
+    pub(crate) snapshot_decided: bool,
+    /// Result streams opened by batches decided and not yet let out.
+    pub(crate) streams_decided: usize,
     pub(crate) events_since_snapshot: u64,
     pub(crate) stats: watch::Sender<MasterStats>,
     pub(crate) sessions: HashMap<u64, mpsc::Sender<MasterMessage>>,
@@ -99,6 +103,10 @@ struct Pending {
     outgoing: Outgoing,
     /// Tasks per state as the batch left them.
     counts: crate::state::TaskCounts,
+    /// The pods' part of the stats as the batch left it.
+    pods: Arc<[crate::PodStats]>,
+    /// Result streams the batch opens.
+    streams: usize,
     /// Callers that asked for a copy of the state.
     copies: Vec<oneshot::Sender<(u64, MasterState)>>,
     /// The state as the batch left it, taken for the copies or a snapshot.
@@ -154,7 +162,7 @@ impl<J: Journal> CoreLoop<J> {
                     self.after_turn()?;
                     continue;
                 }
-            } else {
+            } else if batch.is_empty() {
                 match self.inbox.recv_timeout(self.wait_time()) {
                     Ok(msg) => batch.push(msg),
                     Err(RecvTimeoutError::Timeout) => {}
@@ -186,10 +194,11 @@ impl<J: Journal> CoreLoop<J> {
                         reply,
                     } => {
                         let limit = self.config.max_result_streams;
-                        if self.subscribers.len() + new_subscribers.len() >= limit {
+                        let opening = self.streams_decided + new_subscribers.len();
+                        if self.subscribers.len() + opening >= limit {
                             self.subscribers.retain(|s| !s.results.is_closed());
                         }
-                        if self.subscribers.len() + new_subscribers.len() >= limit {
+                        if self.subscribers.len() + opening >= limit {
                             // Refusing touches no state, so it needs no commit to wait for.
                             let _ = reply.send(Err(ApiError::ResourceExhausted(format!(
                                 "{limit} result streams are open, the most this master \
@@ -222,17 +231,29 @@ impl<J: Journal> CoreLoop<J> {
             if let Some(last) = writing.take() {
                 self.finish(last)?;
             }
-            if pending.events.is_empty() {
-                self.release_durable(pending)?;
+            if !pending.events.is_empty() {
+                // With more to decide already waiting, the journal's thread writes this
+                // batch meanwhile; with nothing, the core writes it itself (it would only
+                // wait for the thread).
+                self.take_queued(&mut batch);
+                if batch.is_empty() || stop.is_some() {
+                    let took = self
+                        .journal
+                        .append_here(pending.first_seq, &pending.events)
+                        .inspect_err(|e| {
+                            error!(error = %e, "journal append failed; the master stops");
+                        })?;
+                    self.committed_metrics(took, pending.events.len());
+                    self.release_durable(pending)?;
+                } else {
+                    self.journal
+                        .append(pending.first_seq, pending.events.clone())?;
+                    writing = Some(pending);
+                }
             } else {
-                self.journal
-                    .append(pending.first_seq, pending.events.clone())?;
-                writing = Some(pending);
+                self.release_durable(pending)?;
             }
             if let Some(Stop::Clean(done)) = stop {
-                if let Some(last) = writing.take() {
-                    self.finish(last)?;
-                }
                 self.stop_cleanly()?;
                 let _ = done.send(());
                 return Ok(());
@@ -292,6 +313,7 @@ impl<J: Journal> CoreLoop<J> {
         // the receiver rebuilds the indexes on its own thread.
         let snapshot_due = self.config.snapshot_every > 0
             && self.events_since_snapshot >= self.config.snapshot_every
+            && !self.snapshot_decided
             && !self
                 .snapshot_thread
                 .as_ref()
@@ -299,7 +321,10 @@ impl<J: Journal> CoreLoop<J> {
         let copy = (!copies.is_empty() || snapshot_due).then(|| self.engine.state().durable_copy());
         if snapshot_due {
             self.events_since_snapshot = 0;
+            self.snapshot_decided = true;
         }
+        let streams = new_subscribers.len();
+        self.streams_decided += streams;
         let outgoing = self.prepare(out, &events, deferred, new_subscribers);
         Ok(Pending {
             first_seq,
@@ -307,6 +332,8 @@ impl<J: Journal> CoreLoop<J> {
             events,
             outgoing,
             counts: self.engine.counts(),
+            pods: self.pod_stats.0.clone(),
+            streams,
             copies,
             copy,
             snapshot_due,
@@ -319,10 +346,15 @@ impl<J: Journal> CoreLoop<J> {
         let took = self.journal.wait().inspect_err(|e| {
             error!(error = %e, "journal append failed; the master stops");
         })?;
-        if let Some(metrics) = self.metrics.get() {
-            metrics.committed(took, pending.events.len());
-        }
+        self.committed_metrics(took, pending.events.len());
         self.release_durable(pending)
+    }
+
+    /// Counts a commit of `events` that took `took`, once the metrics are asked for.
+    fn committed_metrics(&self, took: Duration, events: usize) {
+        if let Some(metrics) = self.metrics.get() {
+            metrics.committed(took, events);
+        }
     }
 
     /// Lets out a batch whose events are durable (or that has none): its feed entry, the
@@ -334,6 +366,8 @@ impl<J: Journal> CoreLoop<J> {
             events,
             outgoing,
             counts,
+            pods,
+            streams,
             copies,
             copy,
             snapshot_due,
@@ -352,11 +386,15 @@ impl<J: Journal> CoreLoop<J> {
             }
         }
         // Stats first, so whoever hears back from this batch sees it in them too.
-        self.released = (last_seq, counts);
+        self.released = (last_seq, counts, pods);
         self.publish_stats();
+        self.streams_decided = self.streams_decided.saturating_sub(streams);
         self.release(outgoing, now);
         match copy {
-            Some(state) if snapshot_due => self.take_snapshot(last_seq, state),
+            Some(state) if snapshot_due => {
+                self.snapshot_decided = false;
+                self.take_snapshot(last_seq, state)
+            }
             _ => Ok(()),
         }
     }
@@ -616,7 +654,7 @@ impl<J: Journal> CoreLoop<J> {
     pub(crate) fn publish_stats(&self) {
         let stats = MasterStats {
             counts: self.released.1,
-            pods: self.pod_stats.0.clone(),
+            pods: self.released.2.clone(),
             last_seq: self.released.0,
             snapshots: self.snapshots.written,
             longest_snapshot: self.snapshots.longest_pause,
@@ -630,8 +668,12 @@ impl<J: Journal> CoreLoop<J> {
     fn take_snapshot(&mut self, last_seq: u64, state: MasterState) -> Result<(), CoreError> {
         let started = std::time::Instant::now();
         match &mut self.snapshot_thread {
+            // Still writing an earlier one (only one is decided due at a time, but it may
+            // outlast the batches after it): this one is skipped, and the next is due after
+            // as many events again.
+            Some(thread) if thread.busy() => return Ok(()),
             Some(thread) => thread.write(last_seq, state)?,
-            None => self.write_snapshot_here(last_seq, state)?,
+            None => self.write_snapshot_here(last_seq, &state)?,
         }
         let pause = started.elapsed();
         self.snapshots.longest_pause = self.snapshots.longest_pause.max(pause);
@@ -643,14 +685,14 @@ impl<J: Journal> CoreLoop<J> {
         Ok(())
     }
 
-    /// Writes a snapshot through the journal's thread, waiting for it.
-    fn write_snapshot_here(&mut self, last_seq: u64, state: MasterState) -> Result<(), CoreError> {
+    /// Writes a snapshot on the core thread (nothing is in the journal's thread then).
+    fn write_snapshot_here(&mut self, last_seq: u64, state: &MasterState) -> Result<(), CoreError> {
+        let started = std::time::Instant::now();
         let result = self.journal.snapshot(last_seq, state);
-        let took = result.as_ref().map_or(Duration::ZERO, |took| *took);
         self.snapshot_written(Written {
             last_seq,
-            result: result.map(|_| ()),
-            took,
+            result,
+            took: started.elapsed(),
         })
     }
 
@@ -674,7 +716,7 @@ impl<J: Journal> CoreLoop<J> {
         if self.events_since_snapshot > 0 {
             // Every batch is durable by now: the state is the journal's.
             let state = self.engine.state().durable_copy();
-            self.write_snapshot_here(self.last_seq, state)?;
+            self.write_snapshot_here(self.last_seq, &state)?;
         }
         for s in self.subscribers.drain(..) {
             let _ = s

@@ -1,12 +1,13 @@
-//! The journal on a thread of its own, so that the core decides the next batch while the
-//! journal encodes, writes and syncs the last one (see `core_loop`).
+//! The journal, with a thread of its own to write on, so that the core decides the next
+//! batch while the journal encodes, writes and syncs the last one (see `core_loop`).
 //!
-//! Writes go in the order they were handed over, and each is reported back in that order.
-//! The core hands over at most one batch before it hears back about it, so what is in
-//! flight is bounded by one batch.
+//! The core hands a batch to the thread only when it has more to decide meanwhile, and at
+//! most one before it hears back about it; otherwise it writes the batch itself, sparing
+//! an idle master two thread switches per request. The journal sits behind a mutex that
+//! only one of them ever holds at a time.
 
 use std::sync::mpsc as std_mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -14,16 +15,10 @@ use crate::error::CoreError;
 use crate::journal::Journal;
 use crate::state::{Event, MasterState};
 
-/// One write.
-enum Job {
-    Append {
-        first_seq: u64,
-        events: Arc<Vec<Event>>,
-    },
-    Snapshot {
-        last_seq: u64,
-        state: Box<MasterState>,
-    },
+/// One batch for the thread to write.
+struct Job {
+    first_seq: u64,
+    events: Arc<Vec<Event>>,
 }
 
 /// How a write went, and how long it took on the journal's thread.
@@ -32,33 +27,32 @@ struct Done {
     took: Duration,
 }
 
-/// The journal's thread. Dropping it lets the thread finish what it was handed, then joins
-/// it, which closes the journal.
+/// The journal and its thread. Dropping it lets the thread finish what it was handed, then
+/// joins it, and closes the journal.
 pub(crate) struct JournalThread<J: Journal> {
+    journal: Arc<Mutex<J>>,
     jobs: Option<std_mpsc::SyncSender<Job>>,
     done: std_mpsc::Receiver<Done>,
-    thread: Option<JoinHandle<J>>,
+    thread: Option<JoinHandle<()>>,
     /// [`Journal::term`], read once: it never changes for one journal.
     term: u64,
 }
 
 impl<J: Journal> JournalThread<J> {
     /// Starts the thread over `journal`.
-    pub(crate) fn start(mut journal: J) -> Result<Self, CoreError> {
+    pub(crate) fn start(journal: J) -> Result<Self, CoreError> {
         let term = journal.term();
+        let journal = Arc::new(Mutex::new(journal));
         let (jobs, inbox) = std_mpsc::sync_channel::<Job>(1);
         let (done_tx, done) = std_mpsc::channel();
+        let shared = journal.clone();
         let thread = std::thread::Builder::new()
             .name("mawex-journal".into())
             .spawn(move || {
                 for job in inbox {
                     let started = Instant::now();
-                    let result = match job {
-                        Job::Append { first_seq, events } => {
-                            journal.append_shared(first_seq, &events)
-                        }
-                        Job::Snapshot { last_seq, state } => journal.snapshot(last_seq, &state),
-                    };
+                    let result = lock(&shared)
+                        .and_then(|mut journal| journal.append_shared(job.first_seq, &job.events));
                     let failed = result.is_err();
                     let done = Done {
                         result,
@@ -69,10 +63,10 @@ impl<J: Journal> JournalThread<J> {
                         break;
                     }
                 }
-                journal
             })
             .map_err(|e| CoreError::Thread(e.to_string()))?;
         Ok(JournalThread {
+            journal,
             jobs: Some(jobs),
             done,
             thread: Some(thread),
@@ -85,44 +79,51 @@ impl<J: Journal> JournalThread<J> {
         self.term
     }
 
-    /// Hands `events`, numbered from `first_seq`, to the journal; [`JournalThread::wait`]
+    /// Hands `events`, numbered from `first_seq`, to the thread; [`JournalThread::wait`]
     /// says when they are durable.
     pub(crate) fn append(
         &mut self,
         first_seq: u64,
         events: Arc<Vec<Event>>,
     ) -> Result<(), CoreError> {
-        self.send(Job::Append { first_seq, events })
+        self.jobs
+            .as_ref()
+            .ok_or_else(gone)?
+            .send(Job { first_seq, events })
+            .map_err(|_| gone())
     }
 
-    /// Waits for the oldest write handed over and not yet waited for: how long it took once
-    /// the journal started it, or why it failed.
+    /// Waits for the write handed over and not yet waited for: how long it took once the
+    /// thread started it, or why it failed.
     pub(crate) fn wait(&mut self) -> Result<Duration, CoreError> {
         let done = self.done.recv().map_err(|_| gone())?;
         done.result.map(|()| done.took)
     }
 
-    /// Stores a snapshot of `state` as of event `last_seq` (every write handed over before
-    /// it has been waited for) and waits for it.
-    pub(crate) fn snapshot(
+    /// Appends `events` here, on the caller's thread, and makes them durable: how long it
+    /// took. Nothing handed over may be waiting.
+    pub(crate) fn append_here(
         &mut self,
-        last_seq: u64,
-        state: MasterState,
+        first_seq: u64,
+        events: &Arc<Vec<Event>>,
     ) -> Result<Duration, CoreError> {
-        self.send(Job::Snapshot {
-            last_seq,
-            state: Box::new(state),
-        })?;
-        self.wait()
+        let started = Instant::now();
+        lock(&self.journal)?.append_shared(first_seq, events)?;
+        Ok(started.elapsed())
     }
 
-    fn send(&mut self, job: Job) -> Result<(), CoreError> {
-        self.jobs
-            .as_ref()
-            .ok_or_else(gone)?
-            .send(job)
-            .map_err(|_| gone())
+    /// Stores a snapshot of `state` as of event `last_seq` here, on the caller's thread.
+    /// Nothing handed over may be waiting.
+    pub(crate) fn snapshot(&mut self, last_seq: u64, state: &MasterState) -> Result<(), CoreError> {
+        lock(&self.journal)?.snapshot(last_seq, state)
     }
+}
+
+/// The journal, or an error if a write panicked while it held it.
+fn lock<J>(journal: &Mutex<J>) -> Result<MutexGuard<'_, J>, CoreError> {
+    journal
+        .lock()
+        .map_err(|_| CoreError::Thread("a journal write panicked".into()))
 }
 
 /// The thread ended (after a failure it reported, or a panic).
@@ -134,11 +135,11 @@ impl<J: Journal> Drop for JournalThread<J> {
     fn drop(&mut self) {
         self.jobs = None;
         if let Some(thread) = self.thread.take() {
-            // The journal closes here, as the thread hands it back.
             if thread.join().is_err() {
                 tracing::error!("the journal's thread panicked");
             }
         }
+        // The journal closes as the last handle on it, this one, goes.
     }
 }
 
