@@ -4,40 +4,12 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use mawex::testing::{Event, MasterState, Recovered};
 use mawex::{
     ApiError, CoreError, GroupName, Journal, Master, MasterProxy, MemoryJournal, Repaired, TaskSpec,
 };
-
-/// A memory journal whose appends fail once `broken` is set.
-struct Flaky {
-    inner: MemoryJournal,
-    broken: Arc<AtomicBool>,
-}
-
-impl Journal for Flaky {
-    fn recover(&mut self) -> Result<Recovered, CoreError> {
-        self.inner.recover()
-    }
-
-    fn append(&mut self, first_seq: u64, events: &[Event]) -> Result<(), CoreError> {
-        if self.broken.load(Ordering::SeqCst) {
-            return Err(std::io::Error::other("disk on fire").into());
-        }
-        self.inner.append(first_seq, events)
-    }
-
-    fn snapshot(&mut self, last_seq: u64, state: &MasterState) -> Result<(), CoreError> {
-        self.inner.snapshot(last_seq, state)
-    }
-
-    fn repair(&mut self) -> Result<Repaired, CoreError> {
-        self.inner.repair()
-    }
-}
 
 /// The error of a call to a master whose journal failed: it says so, and why.
 fn says_why<T>(result: &Result<T, ApiError>) -> bool {
@@ -48,11 +20,7 @@ fn says_why<T>(result: &Result<T, ApiError>) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_append_is_never_acknowledged_and_stops_the_master() {
     let storage = MemoryJournal::new();
-    let broken = Arc::new(AtomicBool::new(false));
-    let journal = Flaky {
-        inner: storage.clone(),
-        broken: broken.clone(),
-    };
+    let (journal, gate) = gated(storage.clone());
     let master = Master::builder().start(journal).await.unwrap();
     let proxy = master.proxy();
     let g = GroupName::new("flaky").unwrap();
@@ -61,7 +29,7 @@ async fn a_failed_append_is_never_acknowledged_and_stops_the_master() {
         .await
         .unwrap();
 
-    broken.store(true, Ordering::SeqCst);
+    set(&gate, Gate::Fail);
     let lost = proxy.submit(TaskSpec::new(g.clone(), "h", "")).await;
     // Every call answers at once, saying why.
     assert!(says_why(&lost), "{lost:?}");
@@ -88,11 +56,7 @@ async fn a_stopped_master_says_so_over_grpc() {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
 
-    let broken = Arc::new(AtomicBool::new(false));
-    let journal = Flaky {
-        inner: MemoryJournal::new(),
-        broken: broken.clone(),
-    };
+    let (journal, gate) = gated(MemoryJournal::new());
     let master = Master::builder().start(journal).await.unwrap();
     let server = mawex::Server::new(&master)
         .start("127.0.0.1:0".parse().unwrap())
@@ -105,7 +69,7 @@ async fn a_stopped_master_says_so_over_grpc() {
         .await
         .unwrap();
 
-    broken.store(true, Ordering::SeqCst);
+    set(&gate, Gate::Fail);
     let started = std::time::Instant::now();
     let lost = remote.submit(TaskSpec::new(g, "h", "")).await;
     assert!(
@@ -236,6 +200,21 @@ struct Gated {
     gate: Arc<(Mutex<Gate>, Condvar)>,
 }
 
+/// A gated journal over `inner`, open, and its gate.
+fn gated(inner: MemoryJournal) -> (Gated, Arc<(Mutex<Gate>, Condvar)>) {
+    let gate = Arc::new((Mutex::new(Gate::Open), Condvar::new()));
+    let journal = Gated {
+        inner,
+        gate: gate.clone(),
+    };
+    (journal, gate)
+}
+
+fn set(gate: &(Mutex<Gate>, Condvar), to: Gate) {
+    *gate.0.lock().unwrap() = to;
+    gate.1.notify_all();
+}
+
 impl Journal for Gated {
     fn recover(&mut self) -> Result<Recovered, CoreError> {
         self.inner.recover()
@@ -267,12 +246,8 @@ impl Journal for Gated {
 /// in the journal is answered only if that task is kept.
 async fn a_batch_decided_while_the_last_is_written(outcome: Gate) {
     let storage = MemoryJournal::new();
-    let gate = Arc::new((Mutex::new(Gate::Open), Condvar::new()));
+    let (journal, gate) = gated(storage.clone());
     let clock = HoldingClock::new();
-    let journal = Gated {
-        inner: storage.clone(),
-        gate: gate.clone(),
-    };
     let master = Master::builder()
         .clock(Arc::new(clock.clone()))
         .start(journal)
@@ -284,7 +259,7 @@ async fn a_batch_decided_while_the_last_is_written(outcome: Gate) {
     let id = spec.id;
 
     // Hold the core as it starts deciding the submit, and queue reads behind it.
-    *gate.0.lock().unwrap() = Gate::Stall;
+    set(&gate, Gate::Stall);
     clock.set(Hold::Armed);
     let mut submit = Box::pin(proxy.submit(spec));
     assert!(
@@ -317,9 +292,7 @@ async fn a_batch_decided_while_the_last_is_written(outcome: Gate) {
     }
     assert!(futures::poll!(&mut submit).is_pending());
 
-    let (state, changed) = &*gate;
-    *state.lock().unwrap() = outcome;
-    changed.notify_all();
+    set(&gate, outcome);
     let submitted = submit.await;
     let seen: Vec<_> = futures::future::join_all(reads).await;
     if outcome == Gate::Open {
