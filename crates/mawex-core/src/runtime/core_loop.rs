@@ -2,14 +2,14 @@
 //!
 //! Each turn: wait for a message (or the next lease deadline), drain everything queued,
 //! decide it all (events are applied in memory as they are decided), run timers and
-//! dispatch, hand the whole batch to the journal (one record, one flush, on the journal's
-//! own thread), and only once it is durable answer clients, send assignments and publish
-//! results. The journal writes batch N while the core decides batch N+1: what N lets out
-//! is gathered from the state as N left it, before N+1 is decided, and leaves once N is
-//! durable and before N+1 goes to the journal. So nothing leaves before it is durable,
-//! and the time a batch spends in the journal is not time the core stops deciding. A
-//! journal error stops the core: the in-memory state may be ahead of the disk, and the
-//! disk is the truth on restart.
+//! dispatch, hand the whole batch to the journal (one record, one flush), and only once it
+//! is durable answer clients, send assignments and publish results. When more requests
+//! are already waiting, the journal's thread writes batch N while the core decides batch
+//! N+1 (otherwise the core writes it itself): what N lets out is gathered from the state
+//! as N left it, before N+1 is decided, and leaves once N is durable and before N+1 goes
+//! to the journal. So nothing leaves before it is durable, and the time a batch spends in
+//! the journal is not time the core stops deciding. A journal error stops the core: the
+//! in-memory state may be ahead of the disk, and the disk is the truth on restart.
 //!
 //! The core is a plain OS thread, not a tokio task: it blocks waiting for its inbox or for
 //! the journal, and blocks nothing else meanwhile.
@@ -52,7 +52,7 @@ enum Stop {
 
 pub(crate) struct CoreLoop<J: Journal> {
     pub(crate) engine: Engine,
-    /// The journal, on its own thread: it writes one batch while the core decides the next.
+    /// The journal, with a thread that writes one batch while the core decides the next.
     pub(crate) journal: JournalThread<J>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: MasterConfig,
@@ -235,8 +235,11 @@ impl<J: Journal> CoreLoop<J> {
                 // With more to decide already waiting, the journal's thread writes this
                 // batch meanwhile; with nothing, the core writes it itself (it would only
                 // wait for the thread).
-                self.take_queued(&mut batch);
-                if batch.is_empty() || stop.is_some() {
+                let more_waiting = stop.is_none() && {
+                    self.take_queued(&mut batch);
+                    !batch.is_empty()
+                };
+                if !more_waiting {
                     let took = self
                         .journal
                         .append_here(pending.first_seq, &pending.events)
