@@ -59,9 +59,8 @@ pub(crate) struct CoreLoop<J: Journal> {
     pub(crate) inbox: Receiver<CoreMsg>,
     /// The sequence number of the last event decided (durable once its batch is out).
     pub(crate) last_seq: u64,
-    /// The last event, the counts of tasks per state and the pods' part of the stats as
-    /// of the last batch let out: what the stats show.
-    pub(crate) released: (u64, crate::state::TaskCounts, Arc<[crate::PodStats]>),
+    /// What the stats show: the last batch let out.
+    pub(crate) released: Released,
     /// A batch decided and not yet let out holds a snapshot to take: no other is due.
     pub(crate) snapshot_decided: bool,
     /// Result streams opened by batches decided and not yet let out.
@@ -95,16 +94,23 @@ pub(crate) struct CoreLoop<J: Journal> {
     pub(crate) outputs: super::output::OutputStore,
 }
 
-/// A batch decided, numbered `first_seq..=last_seq`, and what leaves once it is durable.
+/// The stats' view of a batch, as the batch left the state.
+pub(crate) struct Released {
+    /// Its last event.
+    pub(crate) last_seq: u64,
+    /// Tasks per state.
+    pub(crate) counts: crate::state::TaskCounts,
+    /// The pods' part of the stats.
+    pub(crate) pods: Arc<[crate::PodStats]>,
+}
+
+/// A batch decided, numbered from `first_seq`, and what leaves once it is durable.
 struct Pending {
     first_seq: u64,
-    last_seq: u64,
     events: Arc<Vec<Event>>,
     outgoing: Outgoing,
-    /// Tasks per state as the batch left them.
-    counts: crate::state::TaskCounts,
-    /// The pods' part of the stats as the batch left it.
-    pods: Arc<[crate::PodStats]>,
+    /// What the stats show once it is out.
+    stats: Released,
     /// Result streams the batch opens.
     streams: usize,
     /// Callers that asked for a copy of the state.
@@ -331,11 +337,13 @@ impl<J: Journal> CoreLoop<J> {
         let outgoing = self.prepare(out, &events, deferred, new_subscribers);
         Ok(Pending {
             first_seq,
-            last_seq: self.last_seq,
             events,
             outgoing,
-            counts: self.engine.counts(),
-            pods: self.pod_stats.0.clone(),
+            stats: Released {
+                last_seq: self.last_seq,
+                counts: self.engine.counts(),
+                pods: self.pod_stats.0.clone(),
+            },
             streams,
             copies,
             copy,
@@ -365,17 +373,16 @@ impl<J: Journal> CoreLoop<J> {
     fn release_durable(&mut self, pending: Pending) -> Result<(), CoreError> {
         let Pending {
             first_seq,
-            last_seq,
             events,
             outgoing,
-            counts,
-            pods,
+            stats,
             streams,
             copies,
             copy,
             snapshot_due,
             now,
         } = pending;
+        let last_seq = stats.last_seq;
         // Before any answer leaves: a reader that hears of this batch can wait for it.
         self.committed.store(last_seq, Ordering::Release);
         if !events.is_empty() && self.feed.receiver_count() > 0 {
@@ -389,7 +396,7 @@ impl<J: Journal> CoreLoop<J> {
             }
         }
         // Stats first, so whoever hears back from this batch sees it in them too.
-        self.released = (last_seq, counts, pods);
+        self.released = stats;
         self.publish_stats();
         self.streams_decided = self.streams_decided.saturating_sub(streams);
         self.release(outgoing, now);
@@ -656,9 +663,9 @@ impl<J: Journal> CoreLoop<J> {
 
     pub(crate) fn publish_stats(&self) {
         let stats = MasterStats {
-            counts: self.released.1,
-            pods: self.released.2.clone(),
-            last_seq: self.released.0,
+            counts: self.released.counts,
+            pods: self.released.pods.clone(),
+            last_seq: self.released.last_seq,
             snapshots: self.snapshots.written,
             longest_snapshot: self.snapshots.longest_pause,
             longest_snapshot_write: self.snapshots.longest_write,
@@ -671,9 +678,9 @@ impl<J: Journal> CoreLoop<J> {
     fn take_snapshot(&mut self, last_seq: u64, state: MasterState) -> Result<(), CoreError> {
         let started = std::time::Instant::now();
         match &mut self.snapshot_thread {
-            // Still writing an earlier one (only one is decided due at a time, but it may
-            // outlast the batches after it): this one is skipped, and the next is due after
-            // as many events again.
+            // Not reached (a snapshot is decided due only while none is written, and no other
+            // starts before it), but a snapshot skipped costs only a longer replay, where one
+            // handed to a busy thread would stop the master.
             Some(thread) if thread.busy() => return Ok(()),
             Some(thread) => thread.write(last_seq, state)?,
             None => self.write_snapshot_here(last_seq, &state)?,

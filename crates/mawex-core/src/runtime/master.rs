@@ -11,7 +11,7 @@ use tracing::info;
 
 use super::admission::{Admission, InFlight};
 use super::config::{MasterConfig, MasterStats};
-use super::core_loop::{CoreLoop, SnapshotTally};
+use super::core_loop::{CoreLoop, Released, SnapshotTally};
 use super::feed::CommittedFeed;
 use super::messages::CoreMsg;
 use super::metrics::MasterMetrics;
@@ -135,7 +135,11 @@ impl MasterBuilder {
                     config,
                     inbox: inbox_rx,
                     last_seq,
-                    released: (last_seq, engine_counts, Vec::new().into()),
+                    released: Released {
+                        last_seq,
+                        counts: engine_counts,
+                        pods: Vec::new().into(),
+                    },
                     snapshot_decided: false,
                     streams_decided: 0,
                     events_since_snapshot: events as u64,
